@@ -1,0 +1,206 @@
+"""The Docker daemon, through the Docker SDK."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from deployer.containers import Release
+from deployer.errors import BootError, DeployerError, DockerUnavailable, PullError
+
+_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, FileNotFoundError)
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    status: str  # created, running, restarting, exited, dead ...
+    exit_code: int | None
+    restart_count: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+    addresses: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv4 address
+
+    def address(self, network: str) -> str | None:
+        return self.addresses.get(network) or None
+
+
+def _info(container: Any) -> ContainerInfo:
+    attrs = container.attrs
+    state = attrs.get("State", {})
+    networks = attrs.get("NetworkSettings", {}).get("Networks") or {}
+    return ContainerInfo(
+        id=container.id,
+        name=container.name,
+        status=state.get("Status", container.status),
+        exit_code=state.get("ExitCode"),
+        restart_count=attrs.get("RestartCount", 0),
+        labels=dict(container.labels),
+        addresses={name: net.get("IPAddress", "") for name, net in networks.items()},
+    )
+
+
+class DockerHost:
+    """Talks to one daemon. The client connects lazily, so a dead daemon fails the call, not the import."""
+
+    def __init__(self, base_url: str, *, timeout: int = 120) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self._client: docker.DockerClient | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = docker.DockerClient(base_url=self.base_url, timeout=self.timeout)
+            except docker.errors.DockerException as exc:
+                raise DockerUnavailable(f"the Docker daemon at {self.base_url} does not answer: {_short(exc)}") from None
+        return self._client
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise DockerUnavailable(f"the Docker daemon at {self.base_url} does not answer ({what}): "
+                                    f"{_short(exc)}") from None
+
+    def ping(self) -> None:
+        try:
+            self._call("ping", self.client.ping)
+        except docker.errors.APIError as exc:
+            raise DockerUnavailable(f"the Docker daemon at {self.base_url} is unhealthy: {_short(exc)}") from None
+
+    # --- images --------------------------------------------------------------------------------
+
+    def pull(self, release: Release, auth: Mapping[str, str] | None = None) -> Release:
+        """Pull the tag and return the release with the manifest digest the registry gave."""
+        try:
+            image = self._call("pull", self.client.images.pull, release.image, tag=release.tag,
+                               auth_config=dict(auth) if auth else None)
+        except docker.errors.APIError as exc:
+            raise PullError(f"cannot pull {release.reference}: {_short(exc)}", tag=release.tag) from None
+        return Release(tag=release.tag, image=release.image, digest=_repo_digest(image.attrs, release.image))
+
+    def has_image(self, reference: str) -> bool:
+        try:
+            self._call("inspect image", self.client.images.get, reference)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.APIError:
+            return False
+
+    def tag_image(self, source: str, release: Release) -> None:
+        """Give a locally present image (by digest) its tag again, so the container shows it."""
+        try:
+            image = self._call("get image", self.client.images.get, source)
+            image.tag(release.image, release.tag)
+        except docker.errors.APIError as exc:
+            raise PullError(f"image {source} is not available locally: {_short(exc)}") from None
+
+    # --- networks ------------------------------------------------------------------------------
+
+    def ensure_network(self, name: str, bridge: str) -> None:
+        """A bridge network the deployer owns, with a known interface name for its netfilter rules."""
+        try:
+            network = self._call("inspect network", self.client.networks.get, name)
+        except docker.errors.NotFound:
+            try:
+                self._call("create network", self.client.networks.create, name, driver="bridge",
+                           options={"com.docker.network.bridge.name": bridge},
+                           labels={"deployer.network": "1"})
+            except docker.errors.APIError as exc:
+                if "already exists" not in str(exc):
+                    raise DeployerError(f"cannot create Docker network {name!r}: {_short(exc)}") from None
+            return
+        except docker.errors.APIError as exc:
+            raise DeployerError(f"cannot inspect Docker network {name!r}: {_short(exc)}") from None
+        options = network.attrs.get("Options") or {}
+        actual = options.get("com.docker.network.bridge.name")
+        if actual != bridge:
+            raise DeployerError(f"Docker network {name!r} exists with bridge {actual!r}, not {bridge!r}: "
+                                f"remove it or set [deployer] bridge to match")
+
+    def remove_network(self, name: str) -> None:
+        try:
+            self._call("remove network", self.client.networks.get(name).remove)
+        except docker.errors.NotFound:
+            pass
+
+    # --- containers ----------------------------------------------------------------------------
+
+    def containers(self, filters: Mapping[str, Any]) -> list[ContainerInfo]:
+        try:
+            found = self._call("list containers", self.client.containers.list, all=True, filters=dict(filters))
+        except docker.errors.APIError as exc:
+            raise DeployerError(f"cannot list containers: {_short(exc)}") from None
+        infos = []
+        for container in found:
+            try:
+                infos.append(_info(container))
+            except docker.errors.NotFound:
+                continue
+        return infos
+
+    def inspect(self, container_id: str) -> ContainerInfo | None:
+        try:
+            return _info(self._call("inspect", self.client.containers.get, container_id))
+        except docker.errors.NotFound:
+            return None
+
+    def run(self, reference: str, arguments: Mapping[str, Any]) -> ContainerInfo:
+        try:
+            container = self._call("run", self.client.containers.run, reference, **arguments)
+            container.reload()
+        except docker.errors.ImageNotFound as exc:
+            raise PullError(f"image {reference} is not present: {_short(exc)}") from None
+        except docker.errors.APIError as exc:
+            raise BootError(f"cannot start {arguments.get('name')}: {_short(exc)}") from None
+        return _info(container)
+
+    def logs_tail(self, container_id: str, lines: int = 20) -> str:
+        try:
+            container = self._call("logs", self.client.containers.get, container_id)
+            return container.logs(tail=lines, stdout=True, stderr=True).decode("utf-8", "replace").strip()
+        except (docker.errors.APIError, DockerUnavailable):
+            return ""
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        """SIGTERM, wait `timeout` seconds, then SIGKILL (docker stop)."""
+        try:
+            self._call("stop", self.client.containers.get(container_id).stop, timeout=timeout)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            raise DeployerError(f"cannot stop container {container_id[:12]}: {_short(exc)}") from None
+
+    def remove(self, container_id: str) -> None:
+        try:
+            self._call("remove", self.client.containers.get(container_id).remove, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise DeployerError(f"cannot remove container {container_id[:12]}: {_short(exc)}") from None
+
+
+def _repo_digest(attrs: Mapping[str, Any], repository: str) -> str | None:
+    for entry in attrs.get("RepoDigests") or []:
+        name, _, digest = entry.partition("@")
+        if name == repository:
+            return digest
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    """A one-line reason from a docker or requests error, without the request URL noise."""
+    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+        text = exc.explanation
+        text = text.decode() if isinstance(text, bytes) else str(text)
+    else:
+        text = str(exc)
+    return " ".join(text.split())[:400]

@@ -1,0 +1,79 @@
+"""iptables, conntrack and the few sysctls the rules depend on."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import sh
+
+from deployer.errors import ConntrackError, RulesError
+
+_DELETED = re.compile(r"(\d+) flow entries have been (deleted|shown)")
+
+
+class Netfilter:
+    def __init__(self, *, wait_seconds: int = 10, proc_sys: Path = Path("/proc/sys")) -> None:
+        self.wait_seconds = wait_seconds
+        self.proc_sys = proc_sys
+
+    def save_nat(self) -> str:
+        try:
+            return str(sh.Command("iptables-save")("-t", "nat"))
+        except sh.ErrorReturnCode as exc:
+            raise RulesError(f"iptables-save failed: {_stderr(exc)}") from None
+        except sh.CommandNotFound:
+            raise RulesError("iptables-save is not installed") from None
+
+    def restore(self, text: str) -> None:
+        """Apply one transaction; iptables-restore applies all of it or nothing."""
+        try:
+            sh.Command("iptables-restore")("-w", str(self.wait_seconds), "--noflush", _in=text)
+        except sh.ErrorReturnCode as exc:
+            excerpt = "\n".join(text.splitlines()[:12])
+            raise RulesError(f"iptables-restore refused the transaction: {_stderr(exc)}", rules=excerpt) from None
+        except sh.CommandNotFound:
+            raise RulesError("iptables-restore is not installed") from None
+
+    def conntrack_delete(self, arguments: list[str]) -> int:
+        """Delete the entries matching a filter; return how many went."""
+        return self._conntrack(["-D", *arguments])[0]
+
+    def conntrack_list(self, arguments: list[str]) -> list[str]:
+        return self._conntrack(["-L", *arguments])[1]
+
+    def _conntrack(self, arguments: list[str]) -> tuple[int, list[str]]:
+        try:
+            result = sh.Command("conntrack")(*arguments, _ok_code=[0, 1])
+        except sh.ErrorReturnCode as exc:
+            raise ConntrackError(f"conntrack {' '.join(arguments)} failed: {_stderr(exc)}") from None
+        except sh.CommandNotFound:
+            raise ConntrackError("conntrack is not installed") from None
+        stderr = result.stderr.decode("utf-8", "replace")
+        match = _DELETED.search(stderr)
+        if result.exit_code == 1 and not match:
+            raise ConntrackError(f"conntrack {' '.join(arguments)} failed: {stderr.strip()}")
+        lines = [line for line in str(result).splitlines() if line.strip()]
+        return (int(match.group(1)) if match else 0), lines
+
+    def enable_route_localnet(self, interface: str) -> None:
+        """Let packets from 127.0.0.1 that were DNATed to a container leave through its bridge."""
+        self._write_sysctl(f"net/ipv4/conf/{interface}/route_localnet", "1")
+
+    def ip_forward_enabled(self) -> bool:
+        try:
+            return (self.proc_sys / "net/ipv4/ip_forward").read_text().strip() == "1"
+        except OSError:
+            return False
+
+    def _write_sysctl(self, key: str, value: str) -> None:
+        path = self.proc_sys / key
+        try:
+            if path.read_text().strip() != value:
+                path.write_text(value)
+        except OSError as exc:
+            raise RulesError(f"cannot set {key.replace('/', '.')}={value}: {exc.strerror}") from None
+
+
+def _stderr(exc: sh.ErrorReturnCode) -> str:
+    return " ".join(exc.stderr.decode("utf-8", "replace").split())[:500] or f"exit code {exc.exit_code}"

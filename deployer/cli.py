@@ -1,0 +1,140 @@
+"""The command line: a thin layer over the engine. Errors become one clear line and an exit code here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, Sequence
+
+from deployer import config as config_module
+from deployer.errors import DeployerError
+
+Handler = Callable[[argparse.Namespace], int]
+
+EPILOG = """\
+The config file is --config, else $DEPLOYER_CONFIG, else /etc/deployer/deployer.toml.
+Exit codes: 0 done, 1 failed (traffic stays where it was), 2 bad input or config, 75 app busy."""
+
+
+def _command(sub: argparse._SubParsersAction, name: str, handler: Handler, help: str, example: str,
+             description: str | None = None) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=description or help,
+                            epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deployer", description="Zero-downtime deploys of Docker apps by flipping DNAT rules.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "-c", help="path of the TOML config file")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only warnings and the result")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _command(sub, "deploy", cmd_deploy, "deploy a tag of an app with zero downtime",
+                 "deployer deploy demo v2",
+                 "Pull APP's image at TAG, start it on the idle port set, health-check it, flip the DNAT rules\n"
+                 "to it in one transaction, clean conntrack, drain and stop the old instance.")
+    p.add_argument("app")
+    p.add_argument("tag")
+
+    p = _command(sub, "rollback", cmd_rollback, "go back to the previous release, behind the same health gate",
+                 "deployer rollback demo")
+    p.add_argument("app")
+
+    p = _command(sub, "status", cmd_status, "show the active release of each app and whether the live rules match",
+                 "deployer status demo --json")
+    p.add_argument("app", nargs="?")
+    p.add_argument("--json", action="store_true", help="print JSON for tools")
+
+    p = _command(sub, "rules", cmd_rules, "print the iptables-restore transaction for an app, without applying it",
+                 "deployer rules demo")
+    p.add_argument("app")
+
+    p = _command(sub, "reconcile", cmd_reconcile,
+                 "bring rules, containers and the record back into agreement (also runs when the server starts)",
+                 "deployer reconcile")
+    p.add_argument("app", nargs="?")
+
+    for register in _extensions():
+        register(sub, _command)
+    return parser
+
+
+def _extensions() -> list[Callable[..., None]]:
+    """Commands that live beside their own concern (server, audit ...)."""
+    registrars: list[Callable[..., None]] = []
+    return registrars
+
+
+def _engine(args: argparse.Namespace):
+    from deployer.runtime import build_engine
+
+    return build_engine(args.loaded_config)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    result = _engine(args).deploy(args.app, args.tag, actor=config_module.local_actor())
+    print(f"{result.app}: {result.tag} is live on {result.port_set} ({result.container}, {result.digest or 'no digest'})"
+          + (f", replacing {result.previous_tag}" if result.previous_tag else ""))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    result = _engine(args).rollback(args.app, actor=config_module.local_actor())
+    print(f"{result.app}: rolled back to {result.tag} on {result.port_set} ({result.container})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    statuses = _engine(args).status(args.app)
+    if args.json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=2, default=str))
+        return 0
+    for s in statuses:
+        if s.active:
+            a = s.active
+            line = f"{s.app}: {a.tag} on {a.port_set} ({a.container_name} {a.address}, {a.digest or 'no digest'})"
+        else:
+            line = f"{s.app}: not deployed"
+        line += "; rules match" if s.rules_match else "; RULES DIFFER (run: deployer reconcile)"
+        print(line)
+        if s.previous:
+            print(f"  previous: {s.previous.tag} ({s.previous.digest or 'no digest'})")
+        for c in s.containers:
+            print(f"  container {c['name']} {c['status']} set={c['set']} tag={c['tag']} address={c['address']}")
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    sys.stdout.write(_engine(args).rules_text(args.app))
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    repairs = _engine(args).reconcile(args.app, actor=config_module.local_actor())
+    for repair in repairs:
+        print(f"repaired: {repair}")
+    if not repairs:
+        print("nothing to repair: rules, containers and records agree")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.loaded_config = config_module.load(config_module.config_path(args.config))
+        return args.handler(args)
+    except DeployerError as exc:
+        print(f"deployer: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("deployer: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,572 @@
+"""Load and validate the TOML config once; nothing else in the project reads the environment.
+
+Every error names the file, the app and the key, so an operator can fix it without reading code.
+Secrets are never written in the config: it names a file or an environment variable instead.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from deployer.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/deployer/deployer.toml")
+CONFIG_ENV = "DEPLOYER_CONFIG"
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+SETS = ("blue", "green")
+PROTOCOLS = ("tcp", "udp")
+HOOK_NAMES = ("pre-deploy", "post-healthy", "post-flip", "post-deploy", "on-failure")
+
+# iptables chain names are at most 28 characters: PREFIX (<= 8) + "-" + app (<= 19).
+APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,18}$")
+CHAIN_PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9]{0,7}$")
+# Linux interface names are at most 15 characters.
+BRIDGE_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,14}$")
+REPOSITORY_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+# Docker's reference grammar: a registry host[:port], then lowercase path components.
+IMAGE_RE = re.compile(
+    r"^(?:(?P<registry>[a-zA-Z0-9.-]+(?::[0-9]+)?)/)?"
+    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)$"
+)
+RESTART_RE = re.compile(r"^(no|always|unless-stopped|on-failure(:[0-9]+)?)$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One published port: clients use `external`; the instance of each set listens on its own host port."""
+
+    external: int
+    container: int
+    protocol: str
+    blue: int
+    green: int
+
+    def set_port(self, port_set: str) -> int:
+        return self.blue if port_set == "blue" else self.green
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    type: str  # "http" or "tcp"
+    port: int  # container port whose set port is probed
+    path: str = "/"
+    expect_status: int = 200
+    interval: float = 1.0
+    timeout: float = 2.0
+    successes: int = 3
+    deadline: float = 60.0
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    registry: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    name: str
+    image: str  # repository without tag, e.g. 127.0.0.1:5000/demo
+    ports: tuple[PortMapping, ...]
+    health: HealthCheck
+    repository: str | None = None  # GitHub owner/name allowed to trigger deploys
+    tag_pattern: str | None = None
+    prereleases: bool = False
+    bind: str = "127.0.0.1"
+    drain_seconds: float = 10.0
+    stop_timeout: int = 10
+    restart: str = "unless-stopped"
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    volumes: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+    hooks_dir: Path | None = None
+
+    @property
+    def registry(self) -> str | None:
+        match = IMAGE_RE.match(self.image)
+        host = match.group("registry") if match else None
+        # "library/nginx": the first component is a path, not a registry, unless it looks like a host.
+        if host and ("." in host or ":" in host or host == "localhost"):
+            return host
+        return None
+
+    def port_for(self, container_port: int, protocol: str = "tcp") -> PortMapping:
+        for port in self.ports:
+            if port.container == container_port and port.protocol == protocol:
+                return port
+        raise KeyError((container_port, protocol))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Host-wide settings: where state lives, which chains and network the deployer owns."""
+
+    state_dir: Path
+    hooks_dir: Path
+    hook_timeout: float = 60.0
+    lock_wait: float = 0.0
+    chain_prefix: str = "DEPLOYER"
+    network: str = "deployer"
+    bridge: str = "deployer0"
+    docker_host: str = "unix:///var/run/docker.sock"
+    iptables_wait: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    settings: Settings
+    apps: Mapping[str, AppConfig]
+    registries: Mapping[str, RegistryAuth] = field(default_factory=dict)
+    # Names of the environment variables that carry secrets: kept out of hook environments.
+    secret_env_names: frozenset[str] = frozenset()
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def app(self, name: str) -> AppConfig:
+        from deployer.errors import UnknownApp
+
+        try:
+            return self.apps[name]
+        except KeyError:
+            known = ", ".join(sorted(self.apps)) or "none"
+            raise UnknownApp(f"unknown app {name!r} (configured: {known})", app=name) from None
+
+    def app_for_repository(self, full_name: str) -> AppConfig | None:
+        for app in self.apps.values():
+            if app.repository and app.repository.lower() == full_name.lower():
+                return app
+        return None
+
+    def hooks_dir_for(self, app: AppConfig) -> Path:
+        return app.hooks_dir or self.settings.hooks_dir
+
+    def secrets(self) -> list[str]:
+        """Every secret value the config resolved, so tests and log filters can look for them."""
+        return [r.password for r in self.registries.values() if r.password]
+
+
+def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The config path: the --config flag, else $DEPLOYER_CONFIG, else /etc/deployer/deployer.toml."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH
+
+
+def local_actor(environ: Mapping[str, str] | None = None) -> str:
+    """Who runs the CLI: the user behind sudo when there is one, as the audit log's actor."""
+    import getpass
+
+    environ = os.environ if environ is None else environ
+    user = environ.get("SUDO_USER") or getpass.getuser()
+    return f"cli:{user}"
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError naming the file, app and key."""
+    path = Path(path)
+    environ = os.environ if environ is None else environ
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("config file not found", path=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", path=path) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+    return parse(data, path=path, environ=environ)
+
+
+def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) -> Config:
+    base = path.parent
+    _only_keys(data, {"deployer", "apps", "registries", "server"}, path=path, where=None)
+    settings = _parse_settings(data.get("deployer", {}), path=path, base=base, environ=environ)
+    secret_env_names: set[str] = set()
+    registries = _parse_registries(data.get("registries", {}), path=path, base=base, environ=environ,
+                                   secret_env_names=secret_env_names)
+    apps_data = data.get("apps", {})
+    if not isinstance(apps_data, dict) or not apps_data:
+        raise ConfigError("at least one app must be configured under [apps.NAME]", path=path, key="apps")
+    apps = {name: _parse_app(name, value, path=path, base=base) for name, value in apps_data.items()}
+    _check_port_conflicts(apps, path=path)
+    _check_repositories(apps, path=path)
+    return Config(path=path, settings=settings, apps=apps, registries=registries,
+                  secret_env_names=frozenset(secret_env_names), raw=data)
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def _parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, str]) -> Settings:
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", path=path, key="deployer")
+    allowed = {"state_dir", "hooks_dir", "hook_timeout", "lock_wait", "chain_prefix", "network", "bridge",
+               "docker_host", "iptables_wait"}
+    _only_keys(data, allowed, path=path, where="deployer")
+    key = lambda k: f"deployer.{k}"  # noqa: E731
+    prefix = _get(data, "chain_prefix", str, "DEPLOYER", path=path, key=key("chain_prefix"))
+    if not CHAIN_PREFIX_RE.match(prefix):
+        raise ConfigError("must be 1 to 8 uppercase letters or digits, starting with a letter",
+                          path=path, key=key("chain_prefix"))
+    bridge = _get(data, "bridge", str, "deployer0", path=path, key=key("bridge"))
+    if not BRIDGE_RE.match(bridge):
+        raise ConfigError("must be a Linux interface name of at most 15 characters", path=path, key=key("bridge"))
+    network = _get(data, "network", str, "deployer", path=path, key=key("network"))
+    if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", network):
+        raise ConfigError("must be a Docker network name", path=path, key=key("network"))
+    return Settings(
+        state_dir=_path(data.get("state_dir", "state"), base, path=path, key=key("state_dir")),
+        hooks_dir=_path(data.get("hooks_dir", "hooks"), base, path=path, key=key("hooks_dir")),
+        hook_timeout=_positive(data, "hook_timeout", 60.0, path=path, key=key("hook_timeout")),
+        lock_wait=_non_negative(data, "lock_wait", 0.0, path=path, key=key("lock_wait")),
+        chain_prefix=prefix,
+        network=network,
+        bridge=bridge,
+        docker_host=(_get(data, "docker_host", str, None, path=path, key=key("docker_host"))
+                     or environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST),
+        iptables_wait=int(_positive(data, "iptables_wait", 10, path=path, key=key("iptables_wait"))),
+    )
+
+
+def _parse_registries(data: Any, *, path: Path, base: Path, environ: Mapping[str, str],
+                      secret_env_names: set[str]) -> dict[str, RegistryAuth]:
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table of registry hosts", path=path, key="registries")
+    registries = {}
+    for host, entry in data.items():
+        where = f"registries.{host}"
+        if not isinstance(entry, dict):
+            raise ConfigError("must be a table", path=path, key=where)
+        _only_keys(entry, {"username", "password_file", "password_env"}, path=path, where=where)
+        username = _get(entry, "username", str, None, path=path, key=f"{where}.username")
+        if not username:
+            raise ConfigError("is required", path=path, key=f"{where}.username")
+        password = read_secret(entry, "password", path=path, base=base, environ=environ, where=where,
+                               secret_env_names=secret_env_names)
+        registries[host] = RegistryAuth(registry=host, username=username, password=password)
+    return registries
+
+
+def read_secret(entry: Mapping[str, Any], name: str, *, path: Path, base: Path, environ: Mapping[str, str],
+                where: str, secret_env_names: set[str], required: bool = True) -> str | None:
+    """Resolve `<name>_file` or `<name>_env`. A secret written inline in the config is refused."""
+    if name in entry:
+        raise ConfigError(f"secrets are not written in the config: use {name}_file or {name}_env",
+                          path=path, key=f"{where}.{name}")
+    file_key, env_key = f"{name}_file", f"{name}_env"
+    if file_key in entry and env_key in entry:
+        raise ConfigError(f"set only one of {file_key} and {env_key}", path=path, key=where)
+    if file_key in entry:
+        secret_path = _path(entry[file_key], base, path=path, key=f"{where}.{file_key}")
+        try:
+            value = secret_path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {secret_path}: {exc.strerror}",
+                              path=path, key=f"{where}.{file_key}") from None
+    elif env_key in entry:
+        var = _get(entry, env_key, str, None, path=path, key=f"{where}.{env_key}")
+        secret_env_names.add(var)
+        value = environ.get(var, "")
+        if not value:
+            raise ConfigError(f"environment variable {var} is not set", path=path, key=f"{where}.{env_key}")
+    elif required:
+        raise ConfigError(f"one of {file_key} or {env_key} is required", path=path, key=where)
+    else:
+        return None
+    if not value:
+        raise ConfigError("secret is empty", path=path, key=f"{where}.{file_key}")
+    return value
+
+
+def _parse_app(name: str, data: Any, *, path: Path, base: Path) -> AppConfig:
+    if not APP_NAME_RE.match(name):
+        raise ConfigError("app names are 1 to 19 lowercase letters, digits or '-', starting with a letter",
+                          path=path, app=name)
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", path=path, app=name)
+    allowed = {"image", "ports", "health", "repository", "tag_pattern", "prereleases", "bind", "drain_seconds",
+               "stop_timeout", "restart", "env", "env_files", "volumes", "labels", "command", "hooks_dir"}
+    _only_keys(data, allowed, path=path, where=None, app=name)
+
+    def get(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        return _get(data, key, kind, default, path=path, key=key, app=name)
+
+    image = get("image", str, None)
+    if not image:
+        raise ConfigError("is required", path=path, app=name, key="image")
+    if "@" in image or not IMAGE_RE.match(image):
+        raise ConfigError("must be an image repository without tag or digest, e.g. registry.example:5000/app",
+                          path=path, app=name, key="image")
+
+    repository = get("repository", str, None)
+    if repository is not None and not REPOSITORY_RE.match(repository):
+        raise ConfigError("must be a GitHub repository as owner/name", path=path, app=name, key="repository")
+
+    tag_pattern = get("tag_pattern", str, None)
+    if tag_pattern is not None:
+        try:
+            re.compile(tag_pattern)
+        except re.error as exc:
+            raise ConfigError(f"not a valid regular expression: {exc}", path=path, app=name,
+                              key="tag_pattern") from None
+
+    bind = get("bind", str, "127.0.0.1")
+    try:
+        ipaddress.IPv4Address(bind)
+    except ValueError:
+        raise ConfigError("must be an IPv4 address", path=path, app=name, key="bind") from None
+
+    restart = get("restart", str, "unless-stopped")
+    if not RESTART_RE.match(restart):
+        raise ConfigError("must be no, always, unless-stopped or on-failure[:N]", path=path, app=name, key="restart")
+
+    ports = _parse_ports(name, data.get("ports"), path=path)
+    env = _parse_env(name, data, path=path, base=base)
+    volumes = get("volumes", list, [])
+    for i, volume in enumerate(volumes):
+        if not isinstance(volume, str) or not re.match(r"^[^:]+:/[^:]*(:(ro|rw))?$", volume):
+            raise ConfigError("must be 'SOURCE:/container/path[:ro|:rw]'", path=path, app=name, key=f"volumes[{i}]")
+    labels = get("labels", dict, {})
+    for key, value in labels.items():
+        if not isinstance(value, str):
+            raise ConfigError("label values must be strings", path=path, app=name, key=f"labels.{key}")
+        if key.startswith("deployer."):
+            raise ConfigError("labels starting with 'deployer.' are reserved", path=path, app=name,
+                              key=f"labels.{key}")
+    command = get("command", list, None)
+    if command is not None and not all(isinstance(c, str) for c in command):
+        raise ConfigError("must be a list of strings", path=path, app=name, key="command")
+    hooks_dir = data.get("hooks_dir")
+
+    return AppConfig(
+        name=name,
+        image=image,
+        ports=ports,
+        health=_parse_health(name, data.get("health", {}), ports, path=path),
+        repository=repository,
+        tag_pattern=tag_pattern,
+        prereleases=get("prereleases", bool, False),
+        bind=bind,
+        drain_seconds=_non_negative(data, "drain_seconds", 10.0, path=path, key="drain_seconds", app=name),
+        stop_timeout=int(_non_negative(data, "stop_timeout", 10, path=path, key="stop_timeout", app=name)),
+        restart=restart,
+        env=env,
+        volumes=tuple(volumes),
+        labels=dict(labels),
+        command=tuple(command) if command is not None else None,
+        hooks_dir=_path(hooks_dir, base, path=path, key="hooks_dir", app=name) if hooks_dir is not None else None,
+    )
+
+
+def _parse_ports(app: str, data: Any, *, path: Path) -> tuple[PortMapping, ...]:
+    if not isinstance(data, list) or not data:
+        raise ConfigError("at least one [[apps.NAME.ports]] entry is required", path=path, app=app, key="ports")
+    ports = []
+    for i, entry in enumerate(data):
+        where = f"ports[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError("must be a table", path=path, app=app, key=where)
+        _only_keys(entry, {"external", "container", "protocol", "blue", "green"}, path=path, where=where, app=app)
+        values = {}
+        for key in ("external", "container", "blue", "green"):
+            value = entry.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+                raise ConfigError("must be a port number from 1 to 65535", path=path, app=app, key=f"{where}.{key}")
+            values[key] = value
+        protocol = entry.get("protocol", "tcp")
+        if protocol not in PROTOCOLS:
+            raise ConfigError("must be 'tcp' or 'udp'", path=path, app=app, key=f"{where}.protocol")
+        host_ports = [values["external"], values["blue"], values["green"]]
+        if len(set(host_ports)) != 3:
+            raise ConfigError("external, blue and green must be three different host ports",
+                              path=path, app=app, key=where)
+        ports.append(PortMapping(protocol=protocol, **values))
+    seen: set[tuple[int, str]] = set()
+    for port in ports:
+        if (port.container, port.protocol) in seen:
+            raise ConfigError(f"container port {port.container}/{port.protocol} is listed twice",
+                              path=path, app=app, key="ports")
+        seen.add((port.container, port.protocol))
+    return tuple(ports)
+
+
+def _parse_health(app: str, data: Any, ports: tuple[PortMapping, ...], *, path: Path) -> HealthCheck:
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", path=path, app=app, key="health")
+    allowed = {"type", "port", "path", "expect_status", "interval", "timeout", "successes", "deadline"}
+    _only_keys(data, allowed, path=path, where="health", app=app)
+    kind = data.get("type", "http")
+    if kind not in ("http", "tcp"):
+        raise ConfigError("must be 'http' or 'tcp'", path=path, app=app, key="health.type")
+    tcp_ports = [p.container for p in ports if p.protocol == "tcp"]
+    if not tcp_ports:
+        raise ConfigError("a health check needs a tcp port in [[apps.NAME.ports]]", path=path, app=app,
+                          key="health.port")
+    port = data.get("port", tcp_ports[0])
+    if port not in tcp_ports:
+        raise ConfigError(f"must be one of the app's tcp container ports {tcp_ports}", path=path, app=app,
+                          key="health.port")
+    check_path = data.get("path", "/")
+    if not isinstance(check_path, str) or not check_path.startswith("/") or any(c in check_path for c in " \r\n"):
+        raise ConfigError("must be an absolute URL path", path=path, app=app, key="health.path")
+    expect = data.get("expect_status", 200)
+    if isinstance(expect, bool) or not isinstance(expect, int) or not 100 <= expect <= 599:
+        raise ConfigError("must be an HTTP status code", path=path, app=app, key="health.expect_status")
+    successes = data.get("successes", 3)
+    if isinstance(successes, bool) or not isinstance(successes, int) or successes < 1:
+        raise ConfigError("must be a whole number of at least 1", path=path, app=app, key="health.successes")
+    health = HealthCheck(
+        type=kind,
+        port=port,
+        path=check_path,
+        expect_status=expect,
+        interval=_positive(data, "interval", 1.0, path=path, key="health.interval", app=app),
+        timeout=_positive(data, "timeout", 2.0, path=path, key="health.timeout", app=app),
+        successes=successes,
+        deadline=_positive(data, "deadline", 60.0, path=path, key="health.deadline", app=app),
+    )
+    if health.deadline < health.interval * (health.successes - 1):
+        raise ConfigError("is shorter than interval x (successes - 1): the gate could never pass",
+                          path=path, app=app, key="health.deadline")
+    return health
+
+
+def _parse_env(app: str, data: Mapping[str, Any], *, path: Path, base: Path) -> dict[str, str]:
+    """Env files first, in order, then `env` on top, so the config file has the last word."""
+    env: dict[str, str] = {}
+    files = data.get("env_files", [])
+    if not isinstance(files, list):
+        raise ConfigError("must be a list of file paths", path=path, app=app, key="env_files")
+    for i, name in enumerate(files):
+        key = f"env_files[{i}]"
+        env_path = _path(name, base, path=path, key=key, app=app)
+        try:
+            text = env_path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {env_path}: {exc.strerror}", path=path, app=app, key=key) from None
+        try:
+            env.update(parse_env_file(text))
+        except ValueError as exc:
+            raise ConfigError(f"{env_path}: {exc}", path=path, app=app, key=key) from None
+    inline = data.get("env", {})
+    if not isinstance(inline, dict):
+        raise ConfigError("must be a table of NAME = \"value\"", path=path, app=app, key="env")
+    for name, value in inline.items():
+        if not ENV_NAME_RE.match(name):
+            raise ConfigError("not a valid environment variable name", path=path, app=app, key=f"env.{name}")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError("must be a string or a number", path=path, app=app, key=f"env.{name}")
+        env[name] = str(value)
+    return env
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """Docker's env-file format: NAME=value lines, '#' comments, no shell expansion or quoting."""
+    env = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not ENV_NAME_RE.match(name):
+            raise ValueError(f"line {number}: expected NAME=value")
+        env[name] = value
+    return env
+
+
+def _check_port_conflicts(apps: Mapping[str, AppConfig], *, path: Path) -> None:
+    """A host port belongs to one role of one app: two owners would steal each other's traffic."""
+    owners: dict[tuple[int, str], str] = {}
+    for app in apps.values():
+        for port in app.ports:
+            for role in ("external", "blue", "green"):
+                key = (getattr(port, role), port.protocol)
+                if key in owners:
+                    raise ConfigError(f"host port {key[0]}/{key[1]} is already used as {owners[key]}",
+                                      path=path, app=app.name, key="ports")
+                owners[key] = f"the {role} port of app {app.name!r}"
+
+
+def _check_repositories(apps: Mapping[str, AppConfig], *, path: Path) -> None:
+    seen: dict[str, str] = {}
+    for app in apps.values():
+        if app.repository:
+            key = app.repository.lower()
+            if key in seen:
+                raise ConfigError(f"repository {app.repository} already triggers app {seen[key]!r}",
+                                  path=path, app=app.name, key="repository")
+            seen[key] = app.name
+
+
+# --- small typed getters -------------------------------------------------------------------------
+
+
+def _only_keys(data: Mapping[str, Any], allowed: set[str], *, path: Path, where: str | None,
+               app: str | None = None) -> None:
+    for key in data:
+        if key not in allowed:
+            full = f"{where}.{key}" if where else key
+            raise ConfigError(f"unknown key (allowed: {', '.join(sorted(allowed))})", path=path, app=app, key=full)
+
+
+def _get(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], default: Any, *, path: Path, key: str,
+         app: str | None = None) -> Any:
+    if name not in data:
+        return default
+    value = data[name]
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"must be of type {_kind_name(kind)}", path=path, app=app, key=key)
+    if not isinstance(value, kind):
+        raise ConfigError(f"must be of type {_kind_name(kind)}", path=path, app=app, key=key)
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "table"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _number(data: Mapping[str, Any], name: str, default: float, *, path: Path, key: str, app: str | None) -> float:
+    value = data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError("must be a number", path=path, app=app, key=key)
+    return value
+
+
+def _positive(data: Mapping[str, Any], name: str, default: float, *, path: Path, key: str,
+              app: str | None = None) -> float:
+    value = _number(data, name, default, path=path, key=key, app=app)
+    if value <= 0:
+        raise ConfigError("must be greater than 0", path=path, app=app, key=key)
+    return value
+
+
+def _non_negative(data: Mapping[str, Any], name: str, default: float, *, path: Path, key: str,
+                  app: str | None = None) -> float:
+    value = _number(data, name, default, path=path, key=key, app=app)
+    if value < 0:
+        raise ConfigError("must not be negative", path=path, app=app, key=key)
+    return value
+
+
+def _path(value: Any, base: Path, *, path: Path, key: str, app: str | None = None) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError("must be a path", path=path, app=app, key=key)
+    candidate = Path(value)
+    return candidate if candidate.is_absolute() else (base / candidate)

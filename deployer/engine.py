@@ -1,0 +1,450 @@
+"""The deploy engine: orders the effects of a deploy, a rollback and a reconcile.
+
+It receives its adapters as arguments (Docker, netfilter, hooks, journal), so tests drive it
+with the real ones, and nothing here reaches for a global client.
+
+The rule that shapes it: traffic is never left without a target. The old instance stops only
+after the rules point at the new one, the rules change in one transaction, and a crash at any
+step leaves the rules pointing at a running instance, which `reconcile` then builds on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+from deployer import conntrack, rules
+from deployer.adapters.docker_host import ContainerInfo
+from deployer.adapters.processes import HookOutcome
+from deployer.config import AppConfig, Config
+from deployer.containers import (LABEL_DIGEST, LABEL_IMAGE, LABEL_SET, LABEL_TAG, Release, container_name,
+                                 other_set, run_arguments, selector)
+from deployer.errors import BootError, DeployerError, HookFailed, NothingToRollBack, RulesError
+from deployer.health import probe_for, wait_healthy
+from deployer.hooks import HookContext, hook_environment, hook_path
+from deployer.journal import Journal, utc_now
+from deployer.locks import AppLock
+from deployer.state import AppState, Instance, StateStore
+from deployer.tags import check_tag
+
+
+class DockerPort(Protocol):
+    def ping(self) -> None: ...
+    def pull(self, release: Release, auth: Mapping[str, str] | None = None) -> Release: ...
+    def has_image(self, reference: str) -> bool: ...
+    def tag_image(self, source: str, release: Release) -> None: ...
+    def ensure_network(self, name: str, bridge: str) -> None: ...
+    def containers(self, filters: Mapping[str, Any]) -> list[ContainerInfo]: ...
+    def inspect(self, container_id: str) -> ContainerInfo | None: ...
+    def run(self, reference: str, arguments: Mapping[str, Any]) -> ContainerInfo: ...
+    def logs_tail(self, container_id: str, lines: int = 20) -> str: ...
+    def stop(self, container_id: str, timeout: int) -> None: ...
+    def remove(self, container_id: str) -> None: ...
+
+
+class NetfilterPort(Protocol):
+    def save_nat(self) -> str: ...
+    def restore(self, text: str) -> None: ...
+    def conntrack_delete(self, arguments: list[str]) -> int: ...
+    def conntrack_list(self, arguments: list[str]) -> list[str]: ...
+    def enable_route_localnet(self, interface: str) -> None: ...
+
+
+HookRunner = Callable[[Path, Mapping[str, str], float], HookOutcome]
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    app: str
+    tag: str
+    port_set: str
+    digest: str | None
+    container: str
+    previous_tag: str | None
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    app: str
+    active: Instance | None
+    previous: Instance | None
+    rules_match: bool
+    live_rules: list[str]
+    wanted_rules: list[str]
+    containers: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def forwards_to(app: AppConfig, address: str, port_set: str, tag: str) -> list[rules.Forward]:
+    """The DNAT rules that send every external port of the app to one instance."""
+    comment = f"{app.name} {port_set} {tag}"
+    return [rules.Forward(p.protocol, p.external, address, p.container, comment) for p in app.ports]
+
+
+class Engine:
+    def __init__(self, config: Config, docker: DockerPort, netfilter: NetfilterPort, *,
+                 journal: Journal | None = None, run_hook: HookRunner | None = None,
+                 environ: Mapping[str, str] | None = None,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        from deployer.adapters.processes import run_hook as default_run_hook
+
+        self.config = config
+        self.settings = config.settings
+        self.docker = docker
+        self.netfilter = netfilter
+        self.journal = journal or Journal(secrets=config.secrets())
+        self.run_hook = run_hook or default_run_hook
+        self.environ = dict(os.environ if environ is None else environ)
+        self.sleep = sleep
+        self.clock = clock
+        self.store = StateStore(self.settings.state_dir)
+        self.names = rules.ChainNames(self.settings.chain_prefix)
+
+    # --- public operations ---------------------------------------------------------------------
+
+    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None) -> DeployResult:
+        app = self.config.app(app_name)
+        check_tag(app, tag)
+        with self._app_lock(app, tag=tag, actor=actor):
+            return self._deploy(app, Release(tag=tag, image=app.image), actor=actor, job=job, kind="deploy")
+
+    def rollback(self, app_name: str, *, actor: str, job: str | None = None) -> DeployResult:
+        """Go back to the previous release, pinned by digest, behind the same health gate."""
+        app = self.config.app(app_name)
+        with self._app_lock(app, tag="rollback", actor=actor):
+            self._reconcile_app(app, actor=actor, job=job)
+            previous = self.store.load(app.name).previous
+            if previous is None:
+                raise NothingToRollBack(f"app {app.name!r} has no previous release to roll back to", app=app.name)
+            release = Release(tag=previous.tag, image=previous.image, digest=previous.digest)
+            return self._deploy(app, release, actor=actor, job=job, kind="rollback", reconciled=True)
+
+    def reconcile(self, app_name: str | None = None, *, actor: str) -> list[str]:
+        """Bring rules, containers and the record back into agreement; return the repairs made."""
+        apps = [self.config.app(app_name)] if app_name else list(self.config.apps.values())
+        repairs: list[str] = []
+        for app in apps:
+            with self._app_lock(app, tag="reconcile", actor=actor):
+                repairs.extend(self._reconcile_app(app, actor=actor))
+        return repairs
+
+    def status(self, app_name: str | None = None) -> list[AppStatus]:
+        apps = [self.config.app(app_name)] if app_name else list(self.config.apps.values())
+        live = rules.parse_nat(self.netfilter.save_nat())
+        result = []
+        for app in apps:
+            state = self.store.load(app.name)
+            wanted = self._wanted_rules(app, state.active)
+            live_rules = live.rules(self.names.app(app.name))
+            containers = [
+                {"name": c.name, "id": c.id[:12], "status": c.status, "set": c.labels.get(LABEL_SET),
+                 "tag": c.labels.get(LABEL_TAG), "address": c.address(self.settings.network)}
+                for c in self.docker.containers(selector(self.settings, app.name))
+            ]
+            result.append(AppStatus(app.name, state.active, state.previous, live_rules == wanted,
+                                    live_rules, wanted, containers))
+        return result
+
+    def rules_text(self, app_name: str) -> str:
+        """The transaction the deployer would apply for the app's recorded active instance."""
+        app = self.config.app(app_name)
+        state = self.store.load(app.name)
+        live = rules.parse_nat(self.netfilter.save_nat())
+        chain_rules = self._wanted_rules(app, state.active)
+        return rules.render_restore(live, self.names, self.settings.bridge, {app.name: chain_rules})
+
+    # --- the deploy sequence -------------------------------------------------------------------
+
+    def _deploy(self, app: AppConfig, release: Release, *, actor: str, job: str | None, kind: str,
+                reconciled: bool = False) -> DeployResult:
+        base = {"app": app.name, "job": job, "actor": actor}
+        self.journal.record(f"{kind}.started", tag=release.tag, **base)
+        try:
+            if not reconciled:
+                self._reconcile_app(app, actor=actor, job=job)
+            state = self.store.load(app.name)
+            old = state.active
+            new_set = other_set(old.port_set if old else None)
+            context = HookContext(app=app.name, tag=release.tag, actor=actor, job=job, old_set=old.port_set if old
+                                  else None, new_set=new_set, old_tag=old.tag if old else None,
+                                  new_ports=self._set_ports(app, new_set),
+                                  old_ports=self._set_ports(app, old.port_set) if old else None,
+                                  bind=app.bind, health_path=app.health.path if app.health.type == "http" else None)
+        except DeployerError as exc:
+            self.journal.record(f"{kind}.failed", outcome="failed", tag=release.tag, error=str(exc), **base)
+            raise
+
+        new: ContainerInfo | None = None
+        try:
+            self._hook("pre-deploy", app, context, base)
+            with self.journal.step("pull", **base) as step:
+                release = self._obtain_image(app, release)
+                step.detail.update(image=release.reference, digest=release.digest)
+            context = replace(context, digest=release.digest)
+            with self.journal.step("start", **base) as step:
+                self._remove_leftovers(app, new_set, keep=old.container_id if old else None)
+                self.docker.ensure_network(self.settings.network, self.settings.bridge)
+                new = self.docker.run(release.reference, run_arguments(self.settings, app, new_set, release))
+                address = new.address(self.settings.network)
+                step.detail.update(container=new.name, set=new_set, address=address)
+                if not address:
+                    raise BootError(self._exit_reason(new.id, f"container {new.name} has no address on network "
+                                                              f"{self.settings.network!r}"), app=app.name)
+            with self.journal.step("health", **base) as step:
+                set_port = app.port_for(app.health.port).set_port(new_set)
+                probe = probe_for(app.health, app.bind, set_port)
+                step.detail["probes"] = wait_healthy(app.health, probe, lambda: self._not_running(new),
+                                                     clock=self.clock, sleep=self.sleep)
+            self._hook("post-healthy", app, context, base)
+            with self.journal.step("flip", **base) as step:
+                old_addresses = self._flip(app, address, new_set, release.tag)
+                step.detail.update(to=f"{new_set} {address}", **({"from": ",".join(sorted(old_addresses))}
+                                                                 if old_addresses else {}))
+        except DeployerError as exc:
+            self._abandon(app, new, base)
+            self._hook("on-failure", app, replace(context, error=str(exc)), base, must_pass=False)
+            self.journal.record(f"{kind}.failed", outcome="failed", tag=release.tag, error=str(exc),
+                                error_type=type(exc).__name__, **base)
+            raise
+
+        # Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
+        instance = Instance(port_set=new_set, tag=release.tag, image=release.image, digest=release.digest,
+                            container_id=new.id, container_name=new.name, address=address, since=utc_now())
+        with self.journal.step("conntrack", **base) as step:
+            step.detail["deleted"] = self._clean_flows(conntrack.after_flip(app, old_addresses))
+        with self.journal.step("record", **base):
+            self.store.save(self.store.load(app.name).promoted(instance, utc_now()))
+        self._hook("post-flip", app, context, base, must_pass=False)
+        if old is not None:
+            self._retire(app, old, base, drain=True)
+        self._hook("post-deploy", app, context, base, must_pass=False)
+        self.journal.record(f"{kind}.finished", outcome="ok", tag=release.tag, set=new_set, digest=release.digest,
+                            **base)
+        return DeployResult(app.name, release.tag, new_set, release.digest, new.name, old.tag if old else None)
+
+    def _obtain_image(self, app: AppConfig, release: Release) -> Release:
+        """Pull the tag; a rollback uses the image kept locally by digest, pulling only if it is gone."""
+        if release.digest and self.docker.has_image(release.pinned_reference):
+            self.docker.tag_image(release.pinned_reference, release)
+            return release
+        pulled = self.docker.pull(release, self._registry_auth(app))
+        if release.digest and pulled.digest and pulled.digest != release.digest:
+            # The tag moved since; a rollback must run what ran before, so fetch that exact digest.
+            self.docker.pull(Release(tag=release.digest, image=release.image), self._registry_auth(app))
+            self.docker.tag_image(release.pinned_reference, release)
+            return release
+        return pulled
+
+    def _flip(self, app: AppConfig, address: str, port_set: str, tag: str) -> set[str]:
+        """Point the app's chain at `address` in one transaction; verify it; restore on failure."""
+        with self._netfilter_lock():
+            live = rules.parse_nat(self.netfilter.save_nat())
+            chain = self.names.app(app.name)
+            before = live.rules(chain)
+            wanted = rules.app_rules(self.names, app.name, forwards_to(app, address, port_set, tag))
+            self.netfilter.enable_route_localnet(self.settings.bridge)
+            self.netfilter.restore(rules.render_restore(live, self.names, self.settings.bridge, {app.name: wanted}))
+            after = rules.parse_nat(self.netfilter.save_nat()).rules(chain)
+            if after != wanted:
+                self.netfilter.restore(rules.render_restore(live, self.names, self.settings.bridge, {app.name: before}))
+                raise RulesError(f"the live rules of app {app.name!r} differ from what was applied; "
+                                 f"the previous rules were restored", app=app.name, rules="\n".join(after))
+        return rules.dnat_destinations(before) - {address}
+
+    def _retire(self, app: AppConfig, old: Instance, base: dict[str, Any], *, drain: bool) -> None:
+        """Let the old instance's open connections finish, then stop and remove it (its image stays)."""
+        if drain:
+            with self.journal.step("drain", **base) as step:
+                step.detail["remaining"] = self._drain(app, old.address)
+        with self.journal.step("stop", container=old.container_name, **base):
+            self.docker.stop(old.container_id, app.stop_timeout)
+            self.docker.remove(old.container_id)
+            self._clean_flows(conntrack.after_stop(app, old.address))
+
+    def _drain(self, app: AppConfig, address: str) -> int:
+        """Wait up to drain_seconds, ending early once no established TCP flow reaches `address`."""
+        deadline = self.clock() + app.drain_seconds
+        filters = conntrack.established_tcp(app, address)
+        while True:
+            remaining = sum(len(self.netfilter.conntrack_list(f)) for f in filters)
+            if remaining == 0 or self.clock() >= deadline:
+                return remaining
+            self.sleep(min(0.25, max(0.0, deadline - self.clock())))
+
+    def _abandon(self, app: AppConfig, new: ContainerInfo | None, base: dict[str, Any]) -> None:
+        """Remove a new instance that never took traffic."""
+        if new is None:
+            return
+        with contextlib.suppress(DeployerError):
+            with self.journal.step("remove-new", container=new.name, **base):
+                self.docker.remove(new.id)
+
+    # --- reconcile -----------------------------------------------------------------------------
+
+    def _reconcile_app(self, app: AppConfig, *, actor: str, job: str | None = None) -> list[str]:
+        """Make rules, containers and the record agree, choosing the instance that serves now.
+
+        The serving instance is, in order: a running instance the live rules already point at
+        (traffic is there; never move it needlessly); the recorded active instance if it runs;
+        any other running instance of the app that passes a health probe. The rules are pointed
+        at it before anything else is stopped, so there is no moment without a target.
+        """
+        repairs: list[str] = []
+        state = self.store.load(app.name)
+        containers = self.docker.containers(selector(self.settings, app.name))
+        running = [c for c in containers if c.status == "running" and c.address(self.settings.network)]
+        live = rules.parse_nat(self.netfilter.save_nat())
+        targets = rules.dnat_destinations(live.rules(self.names.app(app.name)))
+        active_id = state.active.container_id if state.active else None
+
+        serving = (next((c for c in running if c.address(self.settings.network) in targets and c.id == active_id),
+                        None)
+                   or next((c for c in running if c.address(self.settings.network) in targets), None)
+                   or next((c for c in running if c.id == active_id), None)
+                   or next((c for c in running if self._probe_once(app, c)), None))
+        if serving is None:
+            if state.active is not None:
+                repairs.append(f"no running instance of {app.name}: the recorded {state.active.port_set} "
+                               f"instance {state.active.container_name} is gone; rules left as they are")
+            self._ensure_base(app)
+            self._report(repairs, app, actor, job)
+            return repairs
+
+        port_set = serving.labels.get(LABEL_SET, "blue")
+        tag = serving.labels.get(LABEL_TAG, "unknown")
+        address = serving.address(self.settings.network)
+        wanted = rules.app_rules(self.names, app.name, forwards_to(app, address, port_set, tag))
+        if live.rules(self.names.app(app.name)) != wanted or self._base_missing(live, app):
+            old_addresses = self._flip(app, address, port_set, tag)
+            self._clean_flows(conntrack.after_flip(app, old_addresses))
+            repairs.append(f"rules of {app.name} pointed at {port_set} {address} ({tag})")
+        else:
+            self.netfilter.enable_route_localnet(self.settings.bridge)
+
+        if state.active is None or state.active.container_id != serving.id or state.active.address != address:
+            instance = Instance(port_set=port_set, tag=tag, image=serving.labels.get(LABEL_IMAGE, app.image),
+                                digest=serving.labels.get(LABEL_DIGEST) or None, container_id=serving.id,
+                                container_name=serving.name, address=address, since=utc_now())
+            self.store.save(state.promoted(instance, utc_now()))
+            repairs.append(f"record of {app.name} set to {port_set} {serving.name} ({tag})")
+
+        for other in containers:
+            if other.id == serving.id:
+                continue
+            if other.status == "running":
+                self.docker.stop(other.id, app.stop_timeout)
+            self.docker.remove(other.id)
+            if other.address(self.settings.network):
+                self._clean_flows(conntrack.after_stop(app, other.address(self.settings.network)))
+            repairs.append(f"removed {other.name} ({other.labels.get(LABEL_TAG, '?')}, {other.status}), "
+                           f"which was not serving")
+        self._report(repairs, app, actor, job)
+        return repairs
+
+    def _report(self, repairs: list[str], app: AppConfig, actor: str, job: str | None) -> None:
+        for repair in repairs:
+            self.journal.record("reconcile.repair", app=app.name, actor=actor, job=job, detail=repair)
+
+    def _base_missing(self, live: rules.NatTable, app: AppConfig) -> bool:
+        text = rules.render_restore(live, self.names, self.settings.bridge, {}, ensure_apps=[app.name])
+        return text.strip() != "*nat\nCOMMIT"
+
+    def _ensure_base(self, app: AppConfig) -> None:
+        with self._netfilter_lock():
+            live = rules.parse_nat(self.netfilter.save_nat())
+            if self._base_missing(live, app):
+                self.netfilter.restore(rules.render_restore(live, self.names, self.settings.bridge, {},
+                                                            ensure_apps=[app.name]))
+
+    def _probe_once(self, app: AppConfig, container: ContainerInfo) -> bool:
+        port_set = container.labels.get(LABEL_SET)
+        if port_set not in ("blue", "green"):
+            return False
+        probe = probe_for(app.health, app.bind, app.port_for(app.health.port).set_port(port_set))
+        return probe().ok
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _wanted_rules(self, app: AppConfig, active: Instance | None) -> list[str]:
+        if active is None:
+            return []
+        return rules.app_rules(self.names, app.name, forwards_to(app, active.address, active.port_set, active.tag))
+
+    def _remove_leftovers(self, app: AppConfig, port_set: str, keep: str | None) -> None:
+        name = container_name(self.settings, app.name, port_set)
+        for container in self.docker.containers(selector(self.settings, app.name)):
+            if container.id != keep and (container.labels.get(LABEL_SET) == port_set or container.name == name):
+                self.docker.remove(container.id)
+
+    def _not_running(self, container: ContainerInfo) -> str | None:
+        info = self.docker.inspect(container.id)
+        if info is None:
+            return f"container {container.name} disappeared"
+        if info.status in ("exited", "dead") or info.restart_count > 0 or info.status == "restarting":
+            return self._exit_reason(container.id, f"container {container.name} exited "
+                                                   f"(exit code {info.exit_code}) before it became healthy")
+        return None
+
+    def _exit_reason(self, container_id: str, message: str) -> str:
+        logs = self.docker.logs_tail(container_id, 20)
+        return f"{message}; last log lines:\n{logs}" if logs else message
+
+    def _clean_flows(self, filters: list[list[str]]) -> int:
+        return sum(self.netfilter.conntrack_delete(f) for f in filters)
+
+    def _set_ports(self, app: AppConfig, port_set: str) -> dict[str, int]:
+        return {f"{p.container}/{p.protocol}": p.set_port(port_set) for p in app.ports}
+
+    def _registry_auth(self, app: AppConfig) -> dict[str, str] | None:
+        auth = self.config.registries.get(app.registry or "")
+        return {"username": auth.username, "password": auth.password} if auth else None
+
+    def _hook(self, name: str, app: AppConfig, context: HookContext, base: dict[str, Any], *,
+              must_pass: bool = True) -> None:
+        path = hook_path(self.config.hooks_dir_for(app), name)
+        if path is None:
+            return
+        env = hook_environment(name, context, self.environ, self.config.secret_env_names)
+        try:
+            with self.journal.step(f"hook {name}", **base) as step:
+                outcome = self.run_hook(path, env, self.settings.hook_timeout)
+                step.detail["output"] = _tail(outcome.output)
+                if outcome.exit_code is None:
+                    raise HookFailed(f"hook {name} timed out after {self.settings.hook_timeout:g}s", app=app.name)
+                step.detail["exit_code"] = outcome.exit_code
+                if outcome.exit_code != 0:
+                    raise HookFailed(f"hook {name} exited with {outcome.exit_code}: {_tail(outcome.output, 3)}",
+                                     app=app.name)
+        except HookFailed:
+            if must_pass:
+                raise
+
+    @contextlib.contextmanager
+    def _app_lock(self, app: AppConfig, **holder: Any) -> Iterator[None]:
+        with AppLock(self.settings.state_dir, app.name, wait=self.settings.lock_wait, holder=holder):
+            yield
+
+    @contextlib.contextmanager
+    def _netfilter_lock(self) -> Iterator[None]:
+        """Serialise read-render-restore across deployer processes: a render is only valid for the rules it read."""
+        path = Path(self.settings.state_dir) / "locks" / "netfilter.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])

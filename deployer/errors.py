@@ -1,0 +1,96 @@
+"""The project's own small error hierarchy.
+
+Adapters translate library errors (docker.errors.*, sh.ErrorReturnCode) into these,
+so the CLI and the web layer each turn them into messages and exit codes in one place.
+"""
+
+from __future__ import annotations
+
+
+class DeployerError(Exception):
+    """Base of every error the deployer raises on purpose.
+
+    `exit_code` is what the CLI exits with; `context` carries facts for the audit log
+    (app, port set, tag ...). Neither ever holds a secret.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, **context: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = {k: v for k, v in context.items() if v is not None}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(DeployerError):
+    """The config file is missing or invalid. Names the file, the app and the key."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: object = None, app: str | None = None, key: str | None = None) -> None:
+        where = []
+        if path is not None:
+            where.append(str(path))
+        if app is not None:
+            where.append(f"app {app!r}")
+        if key is not None:
+            where.append(f"key {key!r}")
+        full = f"{': '.join([', '.join(where), message]) if where else message}"
+        super().__init__(full, path=str(path) if path is not None else None, app=app, key=key)
+
+
+class InvalidTag(DeployerError):
+    """A tag that is not a valid Docker tag, or does not match the app's tag pattern."""
+
+    exit_code = 2
+
+
+class UnknownApp(DeployerError):
+    exit_code = 2
+
+
+class LockError(DeployerError):
+    """Another deploy of the same app holds the per-app lock."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+class DockerUnavailable(DeployerError):
+    """The Docker daemon does not answer."""
+
+
+class PullError(DeployerError):
+    """The image could not be pulled (unknown tag, registry down, bad credentials)."""
+
+
+class BootError(DeployerError):
+    """The new container could not start, or exited before it became healthy."""
+
+
+class HealthCheckFailed(DeployerError):
+    """The new instance did not pass its health gate before the deadline."""
+
+
+class HookFailed(DeployerError):
+    """A lifecycle hook exited non-zero or timed out."""
+
+
+class RulesError(DeployerError):
+    """iptables-restore refused a transaction, or the live rules could not be read."""
+
+
+class ConntrackError(DeployerError):
+    """The conntrack tool failed."""
+
+
+class StateError(DeployerError):
+    """The recorded state could not be read or written."""
+
+
+class NothingToRollBack(DeployerError):
+    """The app has no previous release recorded."""
+
+    exit_code = 2

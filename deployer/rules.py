@@ -1,0 +1,231 @@
+"""Render the nat rules the deployer owns, as iptables-restore text; parse what iptables-save shows.
+
+Pure code: nothing here runs a command. The layout, after kube-proxy's:
+
+    PREROUTING  -m addrtype --dst-type LOCAL -j DEPLOYER     (outside clients)
+    OUTPUT      -m addrtype --dst-type LOCAL -j DEPLOYER     (clients on the host itself)
+    DEPLOYER    -j DEPLOYER-<app>                            (one jump per app)
+    DEPLOYER-<app>  -p tcp -m tcp --dport 1000 ... -j DNAT --to-destination <instance>
+    POSTROUTING -j DEPLOYER-POSTROUTING
+    DEPLOYER-POSTROUTING -s 127.0.0.0/8 -o <bridge> -j MASQUERADE (loopback clients)
+
+A flip rewrites one app chain in one `iptables-restore --noflush` transaction, so its cost does
+not grow with the number of apps, and no other chain is touched. Missing jumps are ensured in
+the same transaction. Rules are rendered exactly as iptables-save prints them, so the live
+state can be compared with the wanted state as text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+BUILTIN_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+LOOPBACK = "127.0.0.0/8"
+_NO_QUOTE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Send new flows to one external port on to `to_address:to_port`."""
+
+    protocol: str
+    external: int
+    to_address: str
+    to_port: int
+    comment: str
+
+    def rule(self, chain: str) -> str:
+        return (
+            f"-A {chain} -p {self.protocol} -m {self.protocol} --dport {self.external}"
+            f" -m comment --comment {save_string(self.comment)}"
+            f" -j DNAT --to-destination {self.to_address}:{self.to_port}"
+        )
+
+
+@dataclass(frozen=True)
+class ChainNames:
+    prefix: str
+
+    @property
+    def top(self) -> str:
+        return self.prefix
+
+    @property
+    def postrouting(self) -> str:
+        return f"{self.prefix}-POSTROUTING"
+
+    def app(self, app: str) -> str:
+        return f"{self.prefix}-{app}"
+
+    def owns(self, chain: str) -> bool:
+        return chain == self.top or chain.startswith(f"{self.prefix}-")
+
+
+@dataclass
+class NatTable:
+    """The nat table as iptables-save shows it: chain name -> rule lines ("-A CHAIN ...")."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)
+
+    def rules(self, chain: str) -> list[str]:
+        return self.chains.get(chain, [])
+
+    def has_chain(self, chain: str) -> bool:
+        return chain in self.chains
+
+
+def save_string(value: str) -> str:
+    """Quote like iptables-save (xtables_save_string), so rendered text equals saved text."""
+    if _NO_QUOTE.match(value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
+    return f'"{escaped}"'
+
+
+def parse_nat(saved: str) -> NatTable:
+    """Parse `iptables-save -t nat` output."""
+    table = NatTable()
+    in_nat = False
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            in_nat = line == "*nat"
+            continue
+        if not in_nat or not line or line.startswith("#"):
+            continue
+        if line == "COMMIT":
+            in_nat = False
+        elif line.startswith(":"):
+            table.chains.setdefault(line[1:].split(" ", 1)[0], [])
+        elif line.startswith("-A "):
+            chain = line.split(" ", 2)[1]
+            table.chains.setdefault(chain, []).append(line)
+    return table
+
+
+def builtin_jumps(names: ChainNames) -> dict[str, str]:
+    """The jump rule from each built-in chain into the deployer's chains, as saved."""
+    return {
+        "PREROUTING": f"-A PREROUTING -m addrtype --dst-type LOCAL -j {names.top}",
+        "OUTPUT": f"-A OUTPUT -m addrtype --dst-type LOCAL -j {names.top}",
+        "POSTROUTING": f"-A POSTROUTING -j {names.postrouting}",
+    }
+
+
+def postrouting_rules(names: ChainNames, bridge: str) -> list[str]:
+    # A client on 127.0.0.1 is DNATed to a container; the reply must come back to an address the
+    # container can route to, so loopback sources leaving through the bridge are masqueraded.
+    return [f"-A {names.postrouting} -s {LOOPBACK} -o {bridge} -m comment --comment "
+            f"{save_string('deployer: loopback clients')} -j MASQUERADE"]
+
+
+def app_jump(names: ChainNames, app: str) -> str:
+    return f"-A {names.top} -j {names.app(app)}"
+
+
+def app_rules(names: ChainNames, app: str, forwards: Sequence[Forward]) -> list[str]:
+    return [forward.rule(names.app(app)) for forward in forwards]
+
+
+def render_restore(
+    live: NatTable,
+    names: ChainNames,
+    bridge: str,
+    app_chains: Mapping[str, Sequence[str]],
+    ensure_apps: Iterable[str] = (),
+) -> str:
+    """One iptables-restore --noflush transaction.
+
+    Rewrites each chain in `app_chains` whole with the given rule lines (from `app_rules`, or
+    the lines saved before a flip, to put them back), and ensures (adds only when missing) the top chain,
+    the POSTROUTING chain, the jumps from the built-in chains and the jumps to each app chain in
+    `app_chains` and `ensure_apps`. Chains not named here, and all foreign rules, are untouched.
+    """
+    declare: list[str] = []
+    rules: list[str] = []
+    if not live.has_chain(names.top):
+        declare.append(names.top)
+    wanted_post = postrouting_rules(names, bridge)
+    if live.rules(names.postrouting) != wanted_post:
+        declare.append(names.postrouting)  # declaring a chain in a restore flushes it
+        rules.extend(wanted_post)
+
+    for app in sorted(set(app_chains) | set(ensure_apps)):
+        chain = names.app(app)
+        if app in app_chains:
+            declare.append(chain)
+            rules.extend(app_chains[app])
+        elif not live.has_chain(chain):
+            declare.append(chain)
+        jump = app_jump(names, app)
+        if jump not in live.rules(names.top):
+            rules.append(jump)
+
+    for builtin, jump in builtin_jumps(names).items():
+        if jump not in live.rules(builtin):
+            body = jump.removeprefix(f"-A {builtin} ")
+            # First in PREROUTING and OUTPUT, so no earlier DNAT of somebody else's shadows ours;
+            # last in POSTROUTING, after other masquerades have had their say.
+            rules.append(f"-A {builtin} {body}" if builtin == "POSTROUTING" else f"-I {builtin} 1 {body}")
+
+    lines = ["*nat", *(f":{chain} - [0:0]" for chain in declare), *rules, "COMMIT", ""]
+    return "\n".join(lines)
+
+
+def render_removal(live: NatTable, names: ChainNames, apps: Iterable[str]) -> str | None:
+    """A transaction that removes apps' chains and their jumps (used when tests or operators clean up)."""
+    rules: list[str] = []
+    deletes: list[str] = []
+    for app in sorted(apps):
+        chain = names.app(app)
+        jump = app_jump(names, app)
+        if jump in live.rules(names.top):
+            rules.append(jump.replace("-A ", "-D ", 1))
+        if live.has_chain(chain):
+            rules.append(f"-F {chain}")
+            deletes.append(f"-X {chain}")
+    if not rules and not deletes:
+        return None
+    return "\n".join(["*nat", *rules, *deletes, "COMMIT", ""])
+
+
+def render_teardown(live: NatTable, names: ChainNames) -> str | None:
+    """Remove everything the deployer owns in the nat table: jumps first, then its chains."""
+    rules: list[str] = []
+    for builtin, jump in builtin_jumps(names).items():
+        if jump in live.rules(builtin):
+            rules.append(jump.replace("-A ", "-D ", 1))
+    owned = [chain for chain in live.chains if names.owns(chain)]
+    if not rules and not owned:
+        return None
+    flushes = [f"-F {chain}" for chain in owned]
+    deletes = [f"-X {chain}" for chain in owned]
+    return "\n".join(["*nat", *rules, *flushes, *deletes, "COMMIT", ""])
+
+
+def live_forwards(live: NatTable, names: ChainNames, app: str) -> list[str]:
+    """The app chain's rules as saved: compare with `app_rules` to detect drift."""
+    return list(live.rules(names.app(app)))
+
+
+_DNAT_TARGET = re.compile(r"--to-destination (\d+\.\d+\.\d+\.\d+):(\d+)")
+
+
+def dnat_destinations(rules: Iterable[str]) -> set[str]:
+    """The instance addresses the given rules send traffic to."""
+    found = set()
+    for rule in rules:
+        match = _DNAT_TARGET.search(rule)
+        if match:
+            found.add(match.group(1))
+    return found
+
+
+def missing_jump_targets(restore_text: str, live: NatTable) -> list[str]:
+    """Chains jumped to in a restore text that neither it nor the live table declares (a render bug)."""
+    declared = set(live.chains) | {line[1:].split(" ", 1)[0] for line in restore_text.splitlines()
+                                   if line.startswith(":")}
+    targets = set(re.findall(r" -j ([A-Za-z0-9_-]+)", restore_text))
+    builtin_targets = {"DNAT", "MASQUERADE", "ACCEPT", "RETURN", "DROP", "REDIRECT", "SNAT", "MARK", "CONNMARK"}
+    return sorted(t for t in targets - builtin_targets if t not in declared)

@@ -1,0 +1,108 @@
+"""The recorded state of each app, written atomically so it survives a crash or a power loss.
+
+One JSON file per app under `<state_dir>/apps/`. A write goes to a temporary file in the same
+folder, is fsynced, renamed over the old file and the folder is fsynced: a reader sees the old
+record or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from deployer.errors import StateError
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A release running on one port set."""
+
+    port_set: str
+    tag: str
+    image: str
+    digest: str | None
+    container_id: str
+    container_name: str
+    address: str
+    since: str  # ISO 8601 UTC time it became active
+
+
+@dataclass(frozen=True)
+class AppState:
+    app: str
+    active: Instance | None = None
+    previous: Instance | None = None  # what `rollback` returns to
+    updated_at: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # room for later modes (maintenance, forward)
+
+    def promoted(self, instance: Instance, now: str) -> "AppState":
+        """The state after `instance` took over traffic: the old active becomes the rollback target."""
+        previous = self.active if self.active and self.active.container_id != instance.container_id else self.previous
+        return replace(self, active=instance, previous=previous, updated_at=now)
+
+
+def _instance(data: Any) -> Instance | None:
+    return Instance(**data) if data else None
+
+
+class StateStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir)
+        self.apps_dir = self.root / "apps"
+
+    def path(self, app: str) -> Path:
+        return self.apps_dir / f"{app}.json"
+
+    def load(self, app: str) -> AppState:
+        path = self.path(app)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return AppState(app=app)
+        except (OSError, ValueError) as exc:
+            raise StateError(f"cannot read the state of app {app!r} from {path}: {exc}", app=app) from None
+        try:
+            return AppState(
+                app=data["app"],
+                active=_instance(data.get("active")),
+                previous=_instance(data.get("previous")),
+                updated_at=data.get("updated_at"),
+                extra=data.get("extra", {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise StateError(f"the state file {path} is not a deployer state: {exc}", app=app) from None
+
+    def save(self, state: AppState) -> None:
+        payload = {"schema": SCHEMA, **asdict(state)}
+        write_atomically(self.path(state.app), json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror}") from None
