@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("sh").setLevel(logging.WARNING)  # it logs every process start at INFO
     try:
         args.loaded_config = config_module.load(config_module.config_path(args.config))
         return args.handler(args)

@@ -155,12 +155,13 @@ class Engine:
         return result
 
     def rules_text(self, app_name: str) -> str:
-        """The transaction the deployer would apply for the app's recorded active instance."""
+        """Every rule the deployer keeps for the app's recorded active instance, as one transaction.
+
+        Rendered against an empty table, so it shows the jumps and chains too, not a diff.
+        """
         app = self.config.app(app_name)
-        state = self.store.load(app.name)
-        live = rules.parse_nat(self.netfilter.save_nat())
-        chain_rules = self._wanted_rules(app, state.active)
-        return rules.render_restore(live, self.names, self.settings.bridge, {app.name: chain_rules})
+        chain_rules = self._wanted_rules(app, self.store.load(app.name).active)
+        return rules.render_restore(rules.NatTable(), self.names, self.settings.bridge, {app.name: chain_rules})
 
     # --- the deploy sequence -------------------------------------------------------------------
 
@@ -219,10 +220,11 @@ class Engine:
         # Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
         instance = Instance(port_set=new_set, tag=release.tag, image=release.image, digest=release.digest,
                             container_id=new.id, container_name=new.name, address=address, since=utc_now())
-        with self.journal.step("conntrack", **base) as step:
-            step.detail["deleted"] = self._clean_flows(conntrack.after_flip(app, old_addresses))
+        # The record is written first: from here on it must say what is live, whatever fails next.
         with self.journal.step("record", **base):
             self.store.save(self.store.load(app.name).promoted(instance, utc_now()))
+        with contextlib.suppress(DeployerError), self.journal.step("conntrack", **base) as step:
+            step.detail["deleted"] = self._clean_flows(conntrack.after_flip(app, old_addresses))
         self._hook("post-flip", app, context, base, must_pass=False)
         if old is not None:
             self._retire(app, old, base, drain=True)

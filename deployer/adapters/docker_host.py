@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import docker
 import docker.errors
@@ -61,16 +61,17 @@ class DockerHost:
                 raise DockerUnavailable(f"the Docker daemon at {self.base_url} does not answer: {_short(exc)}") from None
         return self._client
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, operation: Callable[[], Any]) -> Any:
+        """Run one SDK operation; a daemon that does not answer becomes DockerUnavailable."""
         try:
-            return fn(*args, **kwargs)
+            return operation()
         except _UNREACHABLE as exc:
             raise DockerUnavailable(f"the Docker daemon at {self.base_url} does not answer ({what}): "
                                     f"{_short(exc)}") from None
 
     def ping(self) -> None:
         try:
-            self._call("ping", self.client.ping)
+            self._call("ping", lambda: self.client.ping())
         except docker.errors.APIError as exc:
             raise DockerUnavailable(f"the Docker daemon at {self.base_url} is unhealthy: {_short(exc)}") from None
 
@@ -79,15 +80,15 @@ class DockerHost:
     def pull(self, release: Release, auth: Mapping[str, str] | None = None) -> Release:
         """Pull the tag and return the release with the manifest digest the registry gave."""
         try:
-            image = self._call("pull", self.client.images.pull, release.image, tag=release.tag,
-                               auth_config=dict(auth) if auth else None)
+            image = self._call("pull", lambda: self.client.images.pull(
+                release.image, tag=release.tag, auth_config=dict(auth) if auth else None))
         except docker.errors.APIError as exc:
             raise PullError(f"cannot pull {release.reference}: {_short(exc)}", tag=release.tag) from None
         return Release(tag=release.tag, image=release.image, digest=_repo_digest(image.attrs, release.image))
 
     def has_image(self, reference: str) -> bool:
         try:
-            self._call("inspect image", self.client.images.get, reference)
+            self._call("inspect image", lambda: self.client.images.get(reference))
             return True
         except docker.errors.ImageNotFound:
             return False
@@ -97,8 +98,7 @@ class DockerHost:
     def tag_image(self, source: str, release: Release) -> None:
         """Give a locally present image (by digest) its tag again, so the container shows it."""
         try:
-            image = self._call("get image", self.client.images.get, source)
-            image.tag(release.image, release.tag)
+            self._call("tag image", lambda: self.client.images.get(source).tag(release.image, release.tag))
         except docker.errors.APIError as exc:
             raise PullError(f"image {source} is not available locally: {_short(exc)}") from None
 
@@ -107,12 +107,12 @@ class DockerHost:
     def ensure_network(self, name: str, bridge: str) -> None:
         """A bridge network the deployer owns, with a known interface name for its netfilter rules."""
         try:
-            network = self._call("inspect network", self.client.networks.get, name)
+            network = self._call("inspect network", lambda: self.client.networks.get(name))
         except docker.errors.NotFound:
             try:
-                self._call("create network", self.client.networks.create, name, driver="bridge",
-                           options={"com.docker.network.bridge.name": bridge},
-                           labels={"deployer.network": "1"})
+                self._call("create network", lambda: self.client.networks.create(
+                    name, driver="bridge", options={"com.docker.network.bridge.name": bridge},
+                    labels={"deployer.network": "1"}))
             except docker.errors.APIError as exc:
                 if "already exists" not in str(exc):
                     raise DeployerError(f"cannot create Docker network {name!r}: {_short(exc)}") from None
@@ -127,7 +127,7 @@ class DockerHost:
 
     def remove_network(self, name: str) -> None:
         try:
-            self._call("remove network", self.client.networks.get(name).remove)
+            self._call("remove network", lambda: self.client.networks.get(name).remove())
         except docker.errors.NotFound:
             pass
 
@@ -135,7 +135,7 @@ class DockerHost:
 
     def containers(self, filters: Mapping[str, Any]) -> list[ContainerInfo]:
         try:
-            found = self._call("list containers", self.client.containers.list, all=True, filters=dict(filters))
+            found = self._call("list containers", lambda: self.client.containers.list(all=True, filters=dict(filters)))
         except docker.errors.APIError as exc:
             raise DeployerError(f"cannot list containers: {_short(exc)}") from None
         infos = []
@@ -148,14 +148,14 @@ class DockerHost:
 
     def inspect(self, container_id: str) -> ContainerInfo | None:
         try:
-            return _info(self._call("inspect", self.client.containers.get, container_id))
+            return _info(self._call("inspect", lambda: self.client.containers.get(container_id)))
         except docker.errors.NotFound:
             return None
 
     def run(self, reference: str, arguments: Mapping[str, Any]) -> ContainerInfo:
         try:
-            container = self._call("run", self.client.containers.run, reference, **arguments)
-            container.reload()
+            container = self._call("run", lambda: self.client.containers.run(reference, **arguments))
+            self._call("inspect", container.reload)
         except docker.errors.ImageNotFound as exc:
             raise PullError(f"image {reference} is not present: {_short(exc)}") from None
         except docker.errors.APIError as exc:
@@ -164,15 +164,16 @@ class DockerHost:
 
     def logs_tail(self, container_id: str, lines: int = 20) -> str:
         try:
-            container = self._call("logs", self.client.containers.get, container_id)
-            return container.logs(tail=lines, stdout=True, stderr=True).decode("utf-8", "replace").strip()
+            logs = self._call("logs", lambda: self.client.containers.get(container_id).logs(
+                tail=lines, stdout=True, stderr=True))
+            return logs.decode("utf-8", "replace").strip()
         except (docker.errors.APIError, DockerUnavailable):
             return ""
 
     def stop(self, container_id: str, timeout: int) -> None:
         """SIGTERM, wait `timeout` seconds, then SIGKILL (docker stop)."""
         try:
-            self._call("stop", self.client.containers.get(container_id).stop, timeout=timeout)
+            self._call("stop", lambda: self.client.containers.get(container_id).stop(timeout=timeout))
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
@@ -180,7 +181,7 @@ class DockerHost:
 
     def remove(self, container_id: str) -> None:
         try:
-            self._call("remove", self.client.containers.get(container_id).remove, force=True)
+            self._call("remove", lambda: self.client.containers.get(container_id).remove(force=True))
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:

@@ -44,7 +44,7 @@ class Netfilter:
 
     def _conntrack(self, arguments: list[str]) -> tuple[int, list[str]]:
         try:
-            result = sh.Command("conntrack")(*arguments, _ok_code=[0, 1])
+            result = sh.Command("conntrack")(*arguments, _ok_code=[0, 1], _return_cmd=True)
         except sh.ErrorReturnCode as exc:
             raise ConntrackError(f"conntrack {' '.join(arguments)} failed: {_stderr(exc)}") from None
         except sh.CommandNotFound:

@@ -1,0 +1,273 @@
+"""Fixtures for integration tests: the real dockerd, registry, iptables and conntrack.
+
+Each test gets its own chain prefix (DT + 5 hex digits), state folder and container names, so
+nothing it does can touch the host's own deployer or another test. Everything a test made is
+removed afterwards, on failure too; a session starts by removing what a killed run left.
+Where CI=true, a missing prerequisite fails the tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from deployer import config as config_module
+from deployer import rules
+from deployer.adapters.docker_host import DockerHost
+from deployer.adapters.netfilter import Netfilter
+from deployer.engine import Engine
+from deployer.journal import Journal
+from support import netns
+
+REPO = Path(__file__).resolve().parents[2]
+REGISTRY = "127.0.0.1:5000"
+IMAGE = f"{REGISTRY}/deployer-test"
+NETWORK = "dpltest"
+BRIDGE = "dpltest0"
+TEST_PREFIX_RE = re.compile(r"^DT[0-9A-F]{5}(-|$)")
+TEST_LABEL = "test.deployer"
+IN_CI = os.environ.get("CI") == "true"
+
+
+def _missing(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"integration prerequisite missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, **kwargs)
+
+
+# --- session: the host is ready, and clean of earlier runs -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def host() -> Iterator[None]:
+    if os.geteuid() != 0:
+        _missing("integration tests need root (dockerd, iptables, conntrack)")
+    for tool in ("iptables-restore", "conntrack", "ip", "docker", "dockerd", "gcc"):
+        if shutil.which(tool) is None:
+            _missing(f"{tool} is not installed (run scripts/install-deps)")
+    for script in ("ensure-dockerd", "ensure-registry"):
+        result = run([str(REPO / "scripts" / script)])
+        if result.returncode != 0:
+            _missing(f"scripts/{script} failed: {result.stderr.strip()[-500:]}")
+    remove_leftovers()
+    yield
+    remove_leftovers()
+    DockerHost("unix:///var/run/docker.sock").remove_network(NETWORK)
+
+
+def remove_leftovers() -> None:
+    """Remove test containers, nat chains and namespaces that a killed run left behind."""
+    docker = DockerHost("unix:///var/run/docker.sock")
+    for container in docker.containers({"label": [TEST_LABEL]}):
+        docker.remove(container.id)
+    nf = Netfilter()
+    live = rules.parse_nat(nf.save_nat())
+    prefixes = {name.split("-")[0] for name in live.chains if TEST_PREFIX_RE.match(name)}
+    for prefix in sorted(prefixes):
+        text = rules.render_teardown(live, rules.ChainNames(prefix))
+        if text:
+            nf.restore(text)
+        live = rules.parse_nat(nf.save_nat())
+    netns.cleanup_stale()
+
+
+class Images:
+    """Build and push test images on demand; remove the local tags at the end."""
+
+    def __init__(self) -> None:
+        self.built: set[str] = set()
+
+    def ensure(self, *versions: str) -> None:
+        for version in versions:
+            if version in self.built:
+                continue
+            result = run([str(REPO / "scripts" / "build-app-image"), version, IMAGE])
+            if result.returncode != 0:
+                raise RuntimeError(f"building {IMAGE}:{version} failed: {result.stderr}")
+            self.built.add(version)
+
+    def remove_local(self) -> None:
+        for version in self.built:
+            run(["docker", "rmi", "-f", f"{IMAGE}:{version}"])
+
+
+@pytest.fixture(scope="session")
+def images(host: None) -> Iterator[Images]:
+    built = Images()
+    built.ensure("v1", "v2")
+    yield built
+    built.remove_local()
+
+
+# --- one deployer per test -------------------------------------------------------------------------
+
+
+def app_toml(name: str, *, external: int, blue: int, green: int, udp: tuple[int, int, int] | None = None,
+             env: dict[str, str] | None = None, health: dict[str, Any] | None = None, drain: float = 2.0,
+             stop_timeout: int = 10, extra: str = "") -> str:
+    """The TOML of one test app: the demo server's HTTP port, and its UDP port when asked."""
+    checks = {"type": "http", "path": "/healthz", "interval": 0.2, "timeout": 1, "successes": 2, "deadline": 15}
+    checks.update(health or {})
+    env = {"DRAIN_TIMEOUT": str(max(1, int(stop_timeout) - 2)), **(env or {})}
+    lines = [
+        f"[apps.{name}]",
+        f'image = "{IMAGE}"',
+        f"drain_seconds = {drain}",
+        f"stop_timeout = {stop_timeout}",
+        "env = { " + ", ".join(f'{k} = "{v}"' for k, v in env.items()) + " }",
+        f'labels = {{ "{TEST_LABEL}" = "1" }}',
+        extra,
+        f"[[apps.{name}.ports]]",
+        f"external = {external}\ncontainer = 8080\nprotocol = \"tcp\"\nblue = {blue}\ngreen = {green}",
+    ]
+    if udp:
+        lines += [f"[[apps.{name}.ports]]",
+                  f"external = {udp[0]}\ncontainer = 9090\nprotocol = \"udp\"\nblue = {udp[1]}\ngreen = {udp[2]}"]
+    lines.append(f"[apps.{name}.health]")
+    lines += [f"{k} = {json.dumps(v)}" for k, v in checks.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Deployer:
+    """A deployer with its own chains, state and config, driven in-process or through its CLI."""
+
+    root: Path
+    prefix: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    config_path: Path | None = None
+
+    def configure(self, *apps: str, settings: str = "") -> config_module.Config:
+        self.config_path = self.root / "deployer.toml"
+        self.config_path.write_text(
+            "[deployer]\n"
+            f'state_dir = "{self.root / "state"}"\n'
+            f'hooks_dir = "{self.root / "hooks"}"\n'
+            f'chain_prefix = "{self.prefix}"\n'
+            f'network = "{NETWORK}"\n'
+            f'bridge = "{BRIDGE}"\n'
+            "hook_timeout = 20\n"
+            f"{settings}\n" + "\n".join(apps))
+        (self.root / "hooks").mkdir(exist_ok=True)
+        return self.config()
+
+    def config(self) -> config_module.Config:
+        assert self.config_path is not None, "call configure() first"
+        return config_module.load(self.config_path)
+
+    def engine(self) -> Engine:
+        cfg = self.config()
+
+        def capture(event: dict[str, Any]) -> None:
+            self.events.append({**event, "wall": time.time()})
+
+        journal = Journal([capture], secrets=cfg.secrets())
+        return Engine(cfg, DockerHost(cfg.settings.docker_host), Netfilter(), journal=journal)
+
+    def hook(self, name: str, script: str) -> Path:
+        path = self.root / "hooks" / name
+        path.write_text("#!/bin/sh\n" + script)
+        path.chmod(0o755)
+        return path
+
+    def cli(self, *args: str, timeout: float = 180, **kwargs: Any) -> subprocess.CompletedProcess:
+        return run([sys.executable, "-m", "deployer", "-c", str(self.config_path), *args], timeout=timeout,
+                   cwd=REPO, **kwargs)
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "deployer", "-c", str(self.config_path), *args],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+
+    def nat(self) -> rules.NatTable:
+        return rules.parse_nat(Netfilter().save_nat())
+
+    def chain(self, app: str) -> list[str]:
+        return self.nat().rules(f"{self.prefix}-{app}")
+
+    def containers(self, app: str | None = None) -> list:
+        labels = [f"deployer.owner={self.prefix.lower()}"] + ([f"deployer.app={app}"] if app else [])
+        return DockerHost("unix:///var/run/docker.sock").containers({"label": labels})
+
+    def steps(self, app: str | None = None) -> list[tuple[str, str]]:
+        return [(e["step"], e["outcome"]) for e in self.events
+                if e["event"] == "step" and (app is None or e.get("app") == app)]
+
+    def teardown(self) -> None:
+        docker = DockerHost("unix:///var/run/docker.sock")
+        for container in self.containers():
+            docker.remove(container.id)
+        nf = Netfilter()
+        text = rules.render_teardown(rules.parse_nat(nf.save_nat()), rules.ChainNames(self.prefix))
+        if text:
+            nf.restore(text)
+
+
+@pytest.fixture
+def deployer(host: None, images: Images, tmp_path: Path) -> Iterator[Deployer]:
+    instance = Deployer(root=tmp_path, prefix=f"DT{secrets.token_hex(3).upper()[:5]}")
+    try:
+        yield instance
+    finally:
+        instance.teardown()
+
+
+@pytest.fixture
+def outside(host: None) -> Iterator[netns.OutsideClient]:
+    with netns.OutsideClient() as client:
+        yield client
+
+
+def host_address() -> str:
+    """The host's own primary IPv4 address (what a client on the host uses besides 127.0.0.1)."""
+    out = run(["ip", "-4", "-o", "addr", "show", "scope", "global"]).stdout
+    for line in out.splitlines():
+        interface, address = line.split()[1], line.split()[3].split("/")[0]
+        if not interface.startswith(("docker", "br-", "veth", "dpt-", "deployer", BRIDGE)):
+            return address
+    raise AssertionError("the host has no global IPv4 address")
+
+
+def http_get(host: str, port: int, path: str = "/", timeout: float = 5) -> str:
+    import http.client
+
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.read().decode()
+    finally:
+        connection.close()
+
+
+def udp_ask(host: str, port: int, payload: str = "ping", timeout: float = 2) -> str:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(payload.encode(), (host, port))
+        return sock.recv(2048).decode()
+
+
+def kill_process_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            process.kill()
+    process.wait(timeout=10)
