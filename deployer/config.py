@@ -93,7 +93,7 @@ class AppConfig:
 
     @property
     def registry(self) -> str | None:
-        match = IMAGE_RE.match(self.image)
+        match = IMAGE_RE.fullmatch(self.image)
         host = match.group("registry") if match else None
         # "library/nginx": the first component is a path, not a registry, unless it looks like a host.
         if host and ("." in host or ":" in host or host == "localhost"):
@@ -219,14 +219,17 @@ def _parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, 
     _only_keys(data, allowed, path=path, where="deployer")
     key = lambda k: f"deployer.{k}"  # noqa: E731
     prefix = _get(data, "chain_prefix", str, "DEPLOYER", path=path, key=key("chain_prefix"))
-    if not CHAIN_PREFIX_RE.match(prefix):
+    if not CHAIN_PREFIX_RE.fullmatch(prefix):
         raise ConfigError("must be 1 to 8 uppercase letters or digits, starting with a letter",
                           path=path, key=key("chain_prefix"))
+    if prefix in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD") or prefix.startswith("DOCKER"):
+        raise ConfigError("must not name a built-in chain or Docker's chains: the deployer owns every chain "
+                          "it names", path=path, key=key("chain_prefix"))
     bridge = _get(data, "bridge", str, "deployer0", path=path, key=key("bridge"))
-    if not BRIDGE_RE.match(bridge):
+    if not BRIDGE_RE.fullmatch(bridge):
         raise ConfigError("must be a Linux interface name of at most 15 characters", path=path, key=key("bridge"))
     network = _get(data, "network", str, "deployer", path=path, key=key("network"))
-    if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", network):
+    if not re.fullmatch(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", network):
         raise ConfigError("must be a Docker network name", path=path, key=key("network"))
     return Settings(
         state_dir=_path(data.get("state_dir", "state"), base, path=path, key=key("state_dir")),
@@ -251,7 +254,8 @@ def _parse_registries(data: Any, *, path: Path, base: Path, environ: Mapping[str
         where = f"registries.{host}"
         if not isinstance(entry, dict):
             raise ConfigError("must be a table", path=path, key=where)
-        _only_keys(entry, {"username", "password_file", "password_env"}, path=path, where=where)
+        # "password" is allowed here only so read_secret can explain why it is refused.
+        _only_keys(entry, {"username", "password", "password_file", "password_env"}, path=path, where=where)
         username = _get(entry, "username", str, None, path=path, key=f"{where}.username")
         if not username:
             raise ConfigError("is required", path=path, key=f"{where}.username")
@@ -293,7 +297,7 @@ def read_secret(entry: Mapping[str, Any], name: str, *, path: Path, base: Path, 
 
 
 def _parse_app(name: str, data: Any, *, path: Path, base: Path) -> AppConfig:
-    if not APP_NAME_RE.match(name):
+    if not APP_NAME_RE.fullmatch(name):
         raise ConfigError("app names are 1 to 19 lowercase letters, digits or '-', starting with a letter",
                           path=path, app=name)
     if not isinstance(data, dict):
@@ -308,12 +312,12 @@ def _parse_app(name: str, data: Any, *, path: Path, base: Path) -> AppConfig:
     image = get("image", str, None)
     if not image:
         raise ConfigError("is required", path=path, app=name, key="image")
-    if "@" in image or not IMAGE_RE.match(image):
+    if "@" in image or not IMAGE_RE.fullmatch(image):
         raise ConfigError("must be an image repository without tag or digest, e.g. registry.example:5000/app",
                           path=path, app=name, key="image")
 
     repository = get("repository", str, None)
-    if repository is not None and not REPOSITORY_RE.match(repository):
+    if repository is not None and not REPOSITORY_RE.fullmatch(repository):
         raise ConfigError("must be a GitHub repository as owner/name", path=path, app=name, key="repository")
 
     tag_pattern = get("tag_pattern", str, None)
@@ -331,14 +335,14 @@ def _parse_app(name: str, data: Any, *, path: Path, base: Path) -> AppConfig:
         raise ConfigError("must be an IPv4 address", path=path, app=name, key="bind") from None
 
     restart = get("restart", str, "unless-stopped")
-    if not RESTART_RE.match(restart):
+    if not RESTART_RE.fullmatch(restart):
         raise ConfigError("must be no, always, unless-stopped or on-failure[:N]", path=path, app=name, key="restart")
 
     ports = _parse_ports(name, data.get("ports"), path=path)
     env = _parse_env(name, data, path=path, base=base)
     volumes = get("volumes", list, [])
     for i, volume in enumerate(volumes):
-        if not isinstance(volume, str) or not re.match(r"^[^:]+:/[^:]*(:(ro|rw))?$", volume):
+        if not isinstance(volume, str) or not re.fullmatch(r"^[^:]+:/[^:]*(:(ro|rw))?$", volume):
             raise ConfigError("must be 'SOURCE:/container/path[:ro|:rw]'", path=path, app=name, key=f"volumes[{i}]")
     labels = get("labels", dict, {})
     for key, value in labels.items():
@@ -466,7 +470,7 @@ def _parse_env(app: str, data: Mapping[str, Any], *, path: Path, base: Path) -> 
     if not isinstance(inline, dict):
         raise ConfigError("must be a table of NAME = \"value\"", path=path, app=app, key="env")
     for name, value in inline.items():
-        if not ENV_NAME_RE.match(name):
+        if not ENV_NAME_RE.fullmatch(name):
             raise ConfigError("not a valid environment variable name", path=path, app=app, key=f"env.{name}")
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError("must be a string or a number", path=path, app=app, key=f"env.{name}")
@@ -483,7 +487,7 @@ def parse_env_file(text: str) -> dict[str, str]:
             continue
         name, sep, value = line.partition("=")
         name = name.strip()
-        if not sep or not ENV_NAME_RE.match(name):
+        if not sep or not ENV_NAME_RE.fullmatch(name):
             raise ValueError(f"line {number}: expected NAME=value")
         env[name] = value
     return env

@@ -41,11 +41,21 @@ def hook_path(hooks_dir: Path, name: str) -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
+_FACT_NAMES = frozenset({"DEPLOYER_HOOK", "DEPLOYER_APP", "DEPLOYER_TAG", "DEPLOYER_ACTOR", "DEPLOYER_JOB",
+                         "DEPLOYER_DIGEST", "DEPLOYER_OLD_SET", "DEPLOYER_NEW_SET", "DEPLOYER_OLD_TAG",
+                         "DEPLOYER_BIND", "DEPLOYER_HEALTH_PATH", "DEPLOYER_ERROR"})
+
+
+def _is_fact(name: str) -> bool:
+    """A name this module sets: never inherited, or a deploy run from a hook would see stale facts."""
+    return name in _FACT_NAMES or name.startswith(("DEPLOYER_NEW_PORT", "DEPLOYER_OLD_PORT"))
+
+
 def hook_environment(name: str, context: HookContext, inherited: Mapping[str, str],
                      secret_names: frozenset[str] = frozenset()) -> dict[str, str]:
     """The inherited environment without secrets, plus DEPLOYER_* facts about this deploy."""
     env = {k: v for k, v in inherited.items()
-           if k not in secret_names and not k.startswith(_ALWAYS_DROPPED_PREFIXES)}
+           if k not in secret_names and not k.startswith(_ALWAYS_DROPPED_PREFIXES) and not _is_fact(k)}
     facts = {
         "DEPLOYER_HOOK": name,
         "DEPLOYER_APP": context.app,

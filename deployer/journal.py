@@ -36,7 +36,8 @@ class Journal:
     def __init__(self, sinks: list[Sink] | None = None, *, secrets: list[str] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.sinks = list(sinks) if sinks is not None else [log_sink]
-        self.secrets = [s for s in (secrets or []) if s]
+        # Longest first, so a secret that contains another is masked whole.
+        self.secrets = sorted({s for s in (secrets or []) if s}, key=len, reverse=True)
         self.clock = clock
 
     def record(self, event: str, **fields: Any) -> None:
@@ -57,12 +58,12 @@ class Journal:
         try:
             yield step
         except BaseException as exc:
-            self.record("step", step=name, outcome="failed", started_at=started_at,
-                        duration_ms=round((self.clock() - start) * 1000, 1), error=str(exc) or type(exc).__name__,
-                        **fields, **step.detail)
+            self.record("step", **{**fields, **step.detail, "step": name, "outcome": "failed",
+                                   "started_at": started_at, "duration_ms": round((self.clock() - start) * 1000, 1),
+                                   "error": str(exc) or type(exc).__name__})
             raise
-        self.record("step", step=name, outcome="ok", started_at=started_at,
-                    duration_ms=round((self.clock() - start) * 1000, 1), **fields, **step.detail)
+        self.record("step", **{**fields, **step.detail, "step": name, "outcome": "ok", "started_at": started_at,
+                               "duration_ms": round((self.clock() - start) * 1000, 1)})
 
     def _emit(self, event: Event, *, durable: bool) -> None:
         event = {"ts": utc_now(), **{k: v for k, v in event.items() if v is not None}}

@@ -78,7 +78,7 @@ class NatTable:
 
 def save_string(value: str) -> str:
     """Quote like iptables-save (xtables_save_string), so rendered text equals saved text."""
-    if _NO_QUOTE.match(value):
+    if _NO_QUOTE.fullmatch(value):
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
     return f'"{escaped}"'

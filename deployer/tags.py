@@ -13,7 +13,7 @@ DOCKER_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 def check_tag(app: AppConfig, tag: object) -> str:
     """Return the tag if it is a valid Docker tag that matches the app's pattern; raise InvalidTag."""
-    if not isinstance(tag, str) or not DOCKER_TAG_RE.match(tag):
+    if not isinstance(tag, str) or not DOCKER_TAG_RE.fullmatch(tag):
         shown = repr(tag)[:60]
         raise InvalidTag(f"{shown} is not a valid Docker tag", app=app.name)
     if app.tag_pattern is not None and not re.fullmatch(app.tag_pattern, tag):

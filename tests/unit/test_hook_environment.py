@@ -130,9 +130,6 @@ def test_inherited_environment_is_not_modified():
     assert inherited == {"PATH": "/bin", "DEPLOYER_TOKEN": "t"}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a fact that is None leaves an inherited variable of the same name in place, so a hook "
-                          "sees a stale DEPLOYER_OLD_TAG/DEPLOYER_ERROR/DEPLOYER_OLD_PORT_* as a fact")
 def test_inherited_values_of_unknown_facts_do_not_pass_as_facts():
     # e.g. the deployer run from another deploy's hook inherits that deploy's facts
     inherited = {"PATH": "/bin", "DEPLOYER_OLD_TAG": "v7", "DEPLOYER_OLD_SET": "green", "DEPLOYER_ERROR": "stale",

@@ -135,9 +135,6 @@ def test_save_string_quotes_like_iptables_save(value, saved):
     assert rules.save_string(value) == saved
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="_NO_QUOTE ends with '$', which matches before a trailing newline, so 'v1\\n' is "
-                          "left unquoted")
 def test_save_string_quotes_a_trailing_newline():
     assert rules.save_string("v1\n") == '"v1\n"'
 

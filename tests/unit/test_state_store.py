@@ -85,8 +85,6 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary_file(tmp_path):
     assert os.listdir(path.parent) == ["demo.json"]
 
 
-@pytest.mark.xfail(strict=True, raises=FileExistsError,
-                   reason="write_atomically creates the folder outside its try, so the OSError escapes raw")
 def test_an_unwritable_folder_raises_state_error(tmp_path):
     blocker = tmp_path / "apps"
     blocker.write_text("a file where the folder should be")
