@@ -37,7 +37,6 @@ IMAGE = f"{REGISTRY}/deployer-test"
 NETWORK = "dpltest"
 BRIDGE = "dpltest0"
 TEST_PREFIX_RE = re.compile(r"^DT[0-9A-F]{5}(-|$)")
-TEST_LABEL = "test.deployer"
 IN_CI = os.environ.get("CI") == "true"
 
 
@@ -54,6 +53,35 @@ def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
 # --- session: the host is ready, and clean of earlier runs -----------------------------------------
 
 
+# Which test prefixes and sessions are alive: a session cleans only what dead ones left behind,
+# so two test runs on one machine never remove each other's containers, chains or namespaces.
+OWNERS = Path("/run/deployer-tests")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _owner_alive(name: str) -> bool:
+    try:
+        return _alive(int((OWNERS / name).read_text()))
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def claim(name: str) -> None:
+    OWNERS.mkdir(parents=True, exist_ok=True)
+    (OWNERS / name).write_text(str(os.getpid()))
+
+
+def release(name: str) -> None:
+    (OWNERS / name).unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def host() -> Iterator[None]:
     if os.geteuid() != 0:
@@ -65,26 +93,41 @@ def host() -> Iterator[None]:
         result = run([str(REPO / "scripts" / script)])
         if result.returncode != 0:
             _missing(f"scripts/{script} failed: {result.stderr.strip()[-500:]}")
+    session = f"session-{os.getpid()}"
+    claim(session)
     remove_leftovers()
-    yield
-    remove_leftovers()
-    DockerHost("unix:///var/run/docker.sock").remove_network(NETWORK)
+    try:
+        yield
+    finally:
+        remove_leftovers()
+        release(session)
+        if not _other_sessions():
+            DockerHost("unix:///var/run/docker.sock").remove_network(NETWORK)
+
+
+def _other_sessions() -> bool:
+    return any(entry.name.startswith("session-") and entry.name != f"session-{os.getpid()}"
+               and _owner_alive(entry.name) for entry in (OWNERS.iterdir() if OWNERS.exists() else []))
 
 
 def remove_leftovers() -> None:
-    """Remove test containers, nat chains and namespaces that a killed run left behind."""
+    """Remove test containers, nat chains and namespaces whose test run is gone."""
     docker = DockerHost("unix:///var/run/docker.sock")
-    for container in docker.containers({"label": [TEST_LABEL]}):
-        docker.remove(container.id)
+    for container in docker.containers({"label": ["deployer.owner"]}):
+        owner = container.labels.get("deployer.owner", "").upper()
+        if TEST_PREFIX_RE.match(owner) and not _owner_alive(owner):
+            docker.remove(container.id)
     nf = Netfilter()
     live = rules.parse_nat(nf.save_nat())
     prefixes = {name.split("-")[0] for name in live.chains if TEST_PREFIX_RE.match(name)}
-    for prefix in sorted(prefixes):
+    for prefix in sorted(p for p in prefixes if not _owner_alive(p)):
         text = rules.render_teardown(live, rules.ChainNames(prefix))
         if text:
             nf.restore(text)
         live = rules.parse_nat(nf.save_nat())
-    netns.cleanup_stale()
+        release(prefix)
+    if not _other_sessions():
+        netns.cleanup_stale()
 
 
 class Images:
@@ -131,7 +174,6 @@ def app_toml(name: str, *, external: int, blue: int, green: int, udp: tuple[int,
         f"drain_seconds = {drain}",
         f"stop_timeout = {stop_timeout}",
         "env = { " + ", ".join(f'{k} = "{v}"' for k, v in env.items()) + " }",
-        f'labels = {{ "{TEST_LABEL}" = "1" }}',
         extra,
         f"[[apps.{name}.ports]]",
         f"external = {external}\ncontainer = 8080\nprotocol = \"tcp\"\nblue = {blue}\ngreen = {green}",
@@ -221,10 +263,12 @@ class Deployer:
 @pytest.fixture
 def deployer(host: None, images: Images, tmp_path: Path) -> Iterator[Deployer]:
     instance = Deployer(root=tmp_path, prefix=f"DT{secrets.token_hex(3).upper()[:5]}")
+    claim(instance.prefix)
     try:
         yield instance
     finally:
         instance.teardown()
+        release(instance.prefix)
 
 
 @pytest.fixture
