@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                  "deployer reconcile")
     p.add_argument("app", nargs="?")
 
+    p = _command(sub, "uninstall", cmd_uninstall,
+                 "remove the deployer's containers, nat rules and records from this host (images stay)",
+                 "deployer uninstall --yes")
+    p.add_argument("--yes", action="store_true", help="confirm: the apps stop serving")
+
     for register in _extensions():
         register(sub, _command)
     return parser
@@ -120,6 +125,15 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         print(f"repaired: {repair}")
     if not repairs:
         print("nothing to repair: rules, containers and records agree")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print("deployer: uninstall stops every app of this deployer; confirm with --yes", file=sys.stderr)
+        return 2
+    for item in _engine(args).uninstall(actor=config_module.local_actor()):
+        print(f"removed {item}")
     return 0
 
 

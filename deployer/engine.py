@@ -163,6 +163,26 @@ class Engine:
         chain_rules = self._wanted_rules(app, self.store.load(app.name).active)
         return rules.render_restore(rules.NatTable(), self.names, self.settings.bridge, {app.name: chain_rules})
 
+    def uninstall(self, *, actor: str) -> list[str]:
+        """Remove everything the deployer made on this host: its containers, rules and records.
+
+        Images stay. Traffic to the apps stops: this is for taking a host out of service.
+        """
+        removed = []
+        for container in self.docker.containers(selector(self.settings)):
+            self.docker.remove(container.id)
+            removed.append(f"container {container.name}")
+        with self._netfilter_lock():
+            text = rules.render_teardown(rules.parse_nat(self.netfilter.save_nat()), self.names)
+            if text:
+                self.netfilter.restore(text)
+                removed.append(f"nat chains {self.names.top}*")
+        for app in self.config.apps:
+            if self.store.forget(app):
+                removed.append(f"record of {app}")
+        self.journal.record("uninstall", actor=actor, removed=removed)
+        return removed
+
     # --- the deploy sequence -------------------------------------------------------------------
 
     def _deploy(self, app: AppConfig, release: Release, *, actor: str, job: str | None, kind: str,

@@ -78,6 +78,14 @@ class StateStore:
         except (KeyError, TypeError) as exc:
             raise StateError(f"the state file {path} is not a deployer state: {exc}", app=app) from None
 
+    def forget(self, app: str) -> bool:
+        """Delete an app's record; True if there was one."""
+        try:
+            self.path(app).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
     def save(self, state: AppState) -> None:
         payload = {"schema": SCHEMA, **asdict(state)}
         write_atomically(self.path(state.app), json.dumps(payload, indent=2, sort_keys=True) + "\n")
