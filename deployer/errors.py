@@ -94,3 +94,10 @@ class NothingToRollBack(DeployerError):
     """The app has no previous release recorded."""
 
     exit_code = 2
+
+
+class AuditError(DeployerError):
+    """The audit log cannot be read or written, or a filter given to it is invalid.
+
+    A bad filter carries `field` in its context, so the web layer can answer 400 instead of 500.
+    """
