@@ -37,6 +37,10 @@ IMAGE_RE = re.compile(
 )
 RESTART_RE = re.compile(r"^(no|always|unless-stopped|on-failure(:[0-9]+)?)$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ASSET_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,200}$")
+ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
+MIN_OPERATOR_SECRET = 16
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,15 @@ class RegistryAuth:
 
 
 @dataclass(frozen=True)
+class AssetConfig:
+    """Take the image from a release asset (a `docker save` tarball) instead of the registry."""
+
+    name: str  # e.g. "image.tar"; "<name>.sha256" is verified when the release has it
+    token: str | None = field(default=None, repr=False)  # sent to the GitHub API host only
+    max_bytes: int = 2 * 1024**3
+
+
+@dataclass(frozen=True)
 class AppConfig:
     name: str
     image: str  # repository without tag, e.g. 127.0.0.1:5000/demo
@@ -90,6 +103,7 @@ class AppConfig:
     labels: Mapping[str, str] = field(default_factory=dict)
     command: tuple[str, ...] | None = None
     hooks_dir: Path | None = None
+    asset: AssetConfig | None = None
 
     @property
     def registry(self) -> str | None:
@@ -123,6 +137,37 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class OperatorKey:
+    """One operator's key for signed manual requests; the id travels in the request, the secret never does."""
+
+    key_id: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """`deployer serve`: the webhook receiver (gunicorn) and the deploy worker."""
+
+    listen: str = "127.0.0.1:8000"
+    workers: int = 2
+    max_body_bytes: int = 1024 * 1024
+    github_secret: str | None = field(default=None, repr=False)  # unset: every delivery is refused
+    operators: Mapping[str, OperatorKey] = field(default_factory=dict)
+    job_timeout: float = 1800.0
+    github_api: str = "https://api.github.com"
+    user: str | None = None  # the receiver drops to this account when serve starts as root
+    group: str | None = None  # shares the queue with the worker
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     settings: Settings
@@ -131,6 +176,7 @@ class Config:
     # Names of the environment variables that carry secrets: kept out of hook environments.
     secret_env_names: frozenset[str] = frozenset()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     def app(self, name: str) -> AppConfig:
         from deployer.errors import UnknownApp
@@ -152,7 +198,11 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret value the config resolved, so tests and log filters can look for them."""
-        return [r.password for r in self.registries.values() if r.password]
+        values = [r.password for r in self.registries.values() if r.password]
+        values += [self.server.github_secret] if self.server.github_secret else []
+        values += [key.secret for key in self.server.operators.values()]
+        values += [app.asset.token for app in self.apps.values() if app.asset and app.asset.token]
+        return values
 
 
 def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path:
@@ -201,11 +251,14 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
     apps_data = data.get("apps", {})
     if not isinstance(apps_data, dict) or not apps_data:
         raise ConfigError("at least one app must be configured under [apps.NAME]", path=path, key="apps")
-    apps = {name: _parse_app(name, value, path=path, base=base) for name, value in apps_data.items()}
+    apps = {name: _parse_app(name, value, path=path, base=base, environ=environ, secret_env_names=secret_env_names)
+            for name, value in apps_data.items()}
     _check_port_conflicts(apps, path=path)
     _check_repositories(apps, path=path)
+    server = _parse_server(data.get("server", {}), path=path, base=base, environ=environ,
+                           secret_env_names=secret_env_names)
     return Config(path=path, settings=settings, apps=apps, registries=registries,
-                  secret_env_names=frozenset(secret_env_names), raw=data)
+                  secret_env_names=frozenset(secret_env_names), raw=data, server=server)
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -296,14 +349,15 @@ def read_secret(entry: Mapping[str, Any], name: str, *, path: Path, base: Path, 
     return value
 
 
-def _parse_app(name: str, data: Any, *, path: Path, base: Path) -> AppConfig:
+def _parse_app(name: str, data: Any, *, path: Path, base: Path, environ: Mapping[str, str],
+               secret_env_names: set[str]) -> AppConfig:
     if not APP_NAME_RE.fullmatch(name):
         raise ConfigError("app names are 1 to 19 lowercase letters, digits or '-', starting with a letter",
                           path=path, app=name)
     if not isinstance(data, dict):
         raise ConfigError("must be a table", path=path, app=name)
     allowed = {"image", "ports", "health", "repository", "tag_pattern", "prereleases", "bind", "drain_seconds",
-               "stop_timeout", "restart", "env", "env_files", "volumes", "labels", "command", "hooks_dir"}
+               "stop_timeout", "restart", "env", "env_files", "volumes", "labels", "command", "hooks_dir", "asset"}
     _only_keys(data, allowed, path=path, where=None, app=name)
 
     def get(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -373,6 +427,101 @@ def _parse_app(name: str, data: Any, *, path: Path, base: Path) -> AppConfig:
         labels=dict(labels),
         command=tuple(command) if command is not None else None,
         hooks_dir=_path(hooks_dir, base, path=path, key="hooks_dir", app=name) if hooks_dir is not None else None,
+        asset=(_parse_asset(name, data["asset"], path=path, base=base, environ=environ,
+                            secret_env_names=secret_env_names) if "asset" in data else None),
+    )
+
+
+def _parse_asset(app: str, data: Any, *, path: Path, base: Path, environ: Mapping[str, str],
+                 secret_env_names: set[str]) -> AssetConfig:
+    where = f"apps.{app}.asset"
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", path=path, app=app, key="asset")
+    _only_keys(data, {"name", "token", "token_file", "token_env", "max_bytes"}, path=path, where="asset", app=app)
+    name = _get(data, "name", str, None, path=path, key="asset.name", app=app)
+    if not name or not ASSET_NAME_RE.fullmatch(name):
+        raise ConfigError("must be the file name of a release asset, e.g. image.tar", path=path, app=app,
+                          key="asset.name")
+    max_bytes = data.get("max_bytes", AssetConfig.max_bytes)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ConfigError("must be a whole number of bytes, at least 1", path=path, app=app, key="asset.max_bytes")
+    token = read_secret(data, "token", path=path, base=base, environ=environ, where=where,
+                        secret_env_names=secret_env_names, required=False)
+    return AssetConfig(name=name, token=token, max_bytes=max_bytes)
+
+
+def _parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, str],
+                  secret_env_names: set[str]) -> ServerConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", path=path, key="server")
+    allowed = {"listen", "workers", "max_body_bytes", "github_secret", "github_secret_file", "github_secret_env",
+               "operators", "job_timeout", "github_api", "user", "group"}
+    _only_keys(data, allowed, path=path, where="server")
+    key = lambda k: f"server.{k}"  # noqa: E731
+    defaults = ServerConfig()
+
+    listen = _get(data, "listen", str, defaults.listen, path=path, key=key("listen"))
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        port_number = int(port)
+    except ValueError:
+        port_number = 0
+    if not sep or not 1 <= port_number <= 65535:
+        raise ConfigError("must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:8000", path=path,
+                          key=key("listen"))
+
+    workers = data.get("workers", defaults.workers)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 2:
+        raise ConfigError("must be a whole number of at least 2, so one slow request never holds up the others",
+                          path=path, key=key("workers"))
+    max_body = data.get("max_body_bytes", defaults.max_body_bytes)
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1024:
+        raise ConfigError("must be a whole number of bytes, at least 1024", path=path, key=key("max_body_bytes"))
+
+    github_api = _get(data, "github_api", str, defaults.github_api, path=path, key=key("github_api"))
+    if not re.fullmatch(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$", github_api):
+        raise ConfigError("must be an http(s) URL such as https://api.github.com", path=path, key=key("github_api"))
+
+    accounts = {}
+    for name in ("user", "group"):
+        value = _get(data, name, str, None, path=path, key=key(name))
+        if value is not None and not ACCOUNT_RE.fullmatch(value):
+            raise ConfigError("must be a user or group name", path=path, key=key(name))
+        accounts[name] = value
+
+    github_secret = read_secret(data, "github_secret", path=path, base=base, environ=environ, where="server",
+                                secret_env_names=secret_env_names, required=False)
+
+    operators_data = data.get("operators", {})
+    if not isinstance(operators_data, dict):
+        raise ConfigError("must be a table of [server.operators.KEY_ID] tables", path=path, key=key("operators"))
+    operators = {}
+    for key_id, entry in operators_data.items():
+        where = f"server.operators.{key_id}"
+        if not KEY_ID_RE.fullmatch(key_id):
+            raise ConfigError("key ids are 1 to 64 letters, digits, '.', '_' or '-'", path=path, key=where)
+        if not isinstance(entry, dict):
+            raise ConfigError("must be a table", path=path, key=where)
+        _only_keys(entry, {"secret", "secret_file", "secret_env"}, path=path, where=where)
+        secret = read_secret(entry, "secret", path=path, base=base, environ=environ, where=where,
+                             secret_env_names=secret_env_names)
+        if len(secret) < MIN_OPERATOR_SECRET:
+            raise ConfigError(f"the secret is shorter than {MIN_OPERATOR_SECRET} characters; "
+                              "make one with: openssl rand -hex 32", path=path, key=where)
+        operators[key_id] = OperatorKey(key_id=key_id, secret=secret)
+
+    return ServerConfig(
+        listen=listen,
+        workers=workers,
+        max_body_bytes=max_body,
+        github_secret=github_secret,
+        operators=operators,
+        job_timeout=_positive(data, "job_timeout", defaults.job_timeout, path=path, key=key("job_timeout")),
+        github_api=github_api.rstrip("/"),
+        user=accounts["user"],
+        group=accounts["group"],
     )
 
 

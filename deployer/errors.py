@@ -101,3 +101,40 @@ class AuditError(DeployerError):
 
     A bad filter carries `field` in its context, so the web layer can answer 400 instead of 500.
     """
+
+
+class RequestRejected(DeployerError):
+    """An HTTP request the server refuses and does not act on; the web layer maps each kind to a status."""
+
+    exit_code = 2
+
+
+class Unauthorized(RequestRejected):
+    """A missing or wrong signature, an unknown key, a stale timestamp or a reused nonce.
+
+    The message says which check failed, never what value was expected.
+    """
+
+
+class MalformedRequest(RequestRejected):
+    """The body is not the JSON (or form) its content type announces."""
+
+
+class InvalidRequest(RequestRejected):
+    """Well-formed, but a required field or header is missing or of the wrong type."""
+
+
+class PayloadTooLarge(RequestRejected):
+    """The body is over the configured cap; it was not read whole."""
+
+
+class UnsupportedMediaType(RequestRejected):
+    """A content type the endpoint does not take."""
+
+
+class UnknownJob(RequestRejected):
+    """No job has that id."""
+
+
+class AssetError(DeployerError):
+    """A release asset could not be downloaded, was too large, or did not match its .sha256."""

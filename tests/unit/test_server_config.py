@@ -1,0 +1,138 @@
+"""The [server] section and the per-app [apps.NAME.asset] table: what loads, and each refusal."""
+
+from pathlib import Path
+
+import pytest
+
+from deployer import config
+from deployer.config import AssetConfig, OperatorKey, ServerConfig
+from deployer.errors import ConfigError
+
+APP = """\
+[apps.web]
+image = "registry.example:5000/web"
+repository = "acme/web"
+
+[[apps.web.ports]]
+external = 8000
+container = 80
+blue = 8001
+green = 8002
+"""
+
+
+def write(folder: Path, text: str) -> Path:
+    path = folder / "deployer.toml"
+    path.write_text(text)
+    return path
+
+
+def refusal(path: Path, environ: dict | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, environ=environ or {})
+    return str(caught.value)
+
+
+def test_no_server_section_gives_the_defaults(tmp_path):
+    loaded = config.load(write(tmp_path, APP), environ={})
+    assert loaded.server == ServerConfig()
+    assert (loaded.server.listen, loaded.server.workers, loaded.server.github_secret) == ("127.0.0.1:8000", 2, None)
+    assert loaded.app("web").asset is None
+
+
+def test_a_full_server_section_loads(tmp_path):
+    (tmp_path / "github").write_text("gh-secret-value\n")
+    (tmp_path / "alice").write_text("alice-secret-0123456789\n")
+    path = write(tmp_path, APP + """
+[server]
+listen = "0.0.0.0:9000"
+workers = 4
+max_body_bytes = 65536
+github_secret_file = "github"
+job_timeout = 600
+github_api = "http://127.0.0.1:22950/"
+user = "deployer"
+group = "deployer"
+
+[server.operators.alice]
+secret_file = "alice"
+
+[server.operators."bob.ops"]
+secret_env = "BOB_KEY"
+""")
+    loaded = config.load(path, environ={"BOB_KEY": "bob-secret-abcdefghijkl"})
+    assert loaded.server == ServerConfig(
+        listen="0.0.0.0:9000", workers=4, max_body_bytes=65536, github_secret="gh-secret-value",
+        operators={"alice": OperatorKey("alice", "alice-secret-0123456789"),
+                   "bob.ops": OperatorKey("bob.ops", "bob-secret-abcdefghijkl")},
+        job_timeout=600, github_api="http://127.0.0.1:22950", user="deployer", group="deployer")
+    assert (loaded.server.host, loaded.server.port) == ("0.0.0.0", 9000)
+    assert sorted(loaded.secrets()) == ["alice-secret-0123456789", "bob-secret-abcdefghijkl", "gh-secret-value"]
+    assert "BOB_KEY" in loaded.secret_env_names
+    assert "secret-" not in repr(loaded.server)
+
+
+def test_the_github_secret_from_the_environment(tmp_path):
+    path = write(tmp_path, APP + '[server]\ngithub_secret_env = "GH_HOOK"\n')
+    assert config.load(path, environ={"GH_HOOK": "xyz"}).server.github_secret == "xyz"
+    assert refusal(path) == f"{path}, key 'server.github_secret_env': environment variable GH_HOOK is not set"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[server]\ngithub_secret = "inline"\n',
+     "key 'server.github_secret': secrets are not written in the config: use github_secret_file or github_secret_env"),
+    ('[server]\nlisten = "localhost:8000"\n',
+     "key 'server.listen': must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:8000"),
+    ('[server]\nlisten = "127.0.0.1:70000"\n',
+     "key 'server.listen': must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:8000"),
+    ('[server]\nworkers = 1\n',
+     "key 'server.workers': must be a whole number of at least 2, so one slow request never holds up the others"),
+    ('[server]\nmax_body_bytes = 10\n', "key 'server.max_body_bytes': must be a whole number of bytes, at least 1024"),
+    ('[server]\njob_timeout = 0\n', "key 'server.job_timeout': must be greater than 0"),
+    ('[server]\ngithub_api = "ftp://x"\n',
+     "key 'server.github_api': must be an http(s) URL such as https://api.github.com"),
+    ('[server]\nuser = "Root Admin"\n', "key 'server.user': must be a user or group name"),
+    ('[server]\nport = 1\n', "key 'server.port': unknown key (allowed: github_api, github_secret, github_secret_env, "
+                             "github_secret_file, group, job_timeout, listen, max_body_bytes, operators, user, workers)"),
+    ('[server.operators."bad id!"]\nsecret_env = "X"\n',
+     "key 'server.operators.bad id!': key ids are 1 to 64 letters, digits, '.', '_' or '-'"),
+    ('[server.operators.alice]\nsecret = "inline-secret-inline"\n',
+     "key 'server.operators.alice.secret': secrets are not written in the config: use secret_file or secret_env"),
+    ('[server.operators.alice]\n',
+     "key 'server.operators.alice': one of secret_file or secret_env is required"),
+    ('[server.operators.alice]\nsecret_env = "SHORT"\n',
+     "key 'server.operators.alice': the secret is shorter than 16 characters; make one with: openssl rand -hex 32"),
+])
+def test_server_refusals_name_the_key(tmp_path, text, message):
+    path = write(tmp_path, APP + text)
+    assert refusal(path, {"SHORT": "too-short", "X": "x" * 20}) == f"{path}, {message}"
+
+
+def test_an_asset_table_loads_with_its_token(tmp_path):
+    (tmp_path / "token").write_text("ghp_assettoken\n")
+    path = write(tmp_path, APP + '[apps.web.asset]\nname = "image.tar"\ntoken_file = "token"\nmax_bytes = 1000\n')
+    loaded = config.load(path, environ={})
+    assert loaded.app("web").asset == AssetConfig(name="image.tar", token="ghp_assettoken", max_bytes=1000)
+    assert loaded.secrets() == ["ghp_assettoken"]
+    assert "ghp_assettoken" not in repr(loaded.app("web"))
+
+
+def test_an_asset_without_token_is_for_public_repositories(tmp_path):
+    path = write(tmp_path, APP + '[apps.web.asset]\nname = "image.tar"\n')
+    assert config.load(path, environ={}).app("web").asset == AssetConfig(name="image.tar")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[apps.web.asset]\n', "app 'web', key 'asset.name': must be the file name of a release asset, e.g. image.tar"),
+    ('[apps.web.asset]\nname = "../image.tar"\n',
+     "app 'web', key 'asset.name': must be the file name of a release asset, e.g. image.tar"),
+    ('[apps.web.asset]\nname = "image.tar"\nmax_bytes = 0\n',
+     "app 'web', key 'asset.max_bytes': must be a whole number of bytes, at least 1"),
+    ('[apps.web.asset]\nname = "image.tar"\ntoken = "ghp_inline"\n',
+     "key 'apps.web.asset.token': secrets are not written in the config: use token_file or token_env"),
+    ('[apps.web.asset]\nname = "image.tar"\nurl = "https://x"\n',
+     "app 'web', key 'asset.url': unknown key (allowed: max_bytes, name, token, token_env, token_file)"),
+])
+def test_asset_refusals_name_the_key(tmp_path, text, message):
+    path = write(tmp_path, APP + text)
+    assert refusal(path) == f"{path}, {message}"
