@@ -49,6 +49,7 @@ class DockerPort(Protocol):
 
 class NetfilterPort(Protocol):
     def save_nat(self) -> str: ...
+    def list_chain(self, chain: str) -> list[str] | None: ...
     def restore(self, text: str) -> None: ...
     def conntrack_delete(self, arguments: list[str]) -> int: ...
     def conntrack_list(self, arguments: list[str]) -> list[str]: ...
@@ -213,7 +214,6 @@ class Engine:
             context = replace(context, digest=release.digest)
             with self.journal.step("start", **base) as step:
                 self._remove_leftovers(app, new_set, keep=old.container_id if old else None)
-                self.docker.ensure_network(self.settings.network, self.settings.bridge)
                 new = self.docker.run(release.reference, run_arguments(self.settings, app, new_set, release))
                 address = new.address(self.settings.network)
                 step.detail.update(container=new.name, set=new_set, address=address)
@@ -227,7 +227,7 @@ class Engine:
                                                      clock=self.clock, sleep=self.sleep)
             self._hook("post-healthy", app, context, base)
             with self.journal.step("flip", **base) as step:
-                old_addresses = self._flip(app, address, new_set, release.tag)
+                old_addresses = self._flip(app, address, new_set, release.tag, step.detail)
                 step.detail.update(to=f"{new_set} {address}", **({"from": ",".join(sorted(old_addresses))}
                                                                  if old_addresses else {}))
         except DeployerError as exc:
@@ -266,20 +266,36 @@ class Engine:
             return release
         return pulled
 
-    def _flip(self, app: AppConfig, address: str, port_set: str, tag: str) -> set[str]:
-        """Point the app's chain at `address` in one transaction; verify it; restore on failure."""
+    def _flip(self, app: AppConfig, address: str, port_set: str, tag: str,
+              step: dict[str, Any] | None = None) -> set[str]:
+        """Move the app's traffic to `address` in one transaction; verify; put the old rules back on failure.
+
+        Touches the app's own chain only, so its cost does not grow with the number of apps.
+        Returns the addresses the rules pointed at before.
+        """
+        chain = self.names.app(app.name)
+        wanted = rules.app_rules(self.names, app.name, forwards_to(app, address, port_set, tag))
         with self._netfilter_lock():
-            live = rules.parse_nat(self.netfilter.save_nat())
-            chain = self.names.app(app.name)
-            before = live.rules(chain)
-            wanted = rules.app_rules(self.names, app.name, forwards_to(app, address, port_set, tag))
-            self.netfilter.enable_route_localnet(self.settings.bridge)
-            self.netfilter.restore(rules.render_restore(live, self.names, self.settings.bridge, {app.name: wanted}))
-            after = rules.parse_nat(self.netfilter.save_nat()).rules(chain)
-            if after != wanted:
-                self.netfilter.restore(rules.render_restore(live, self.names, self.settings.bridge, {app.name: before}))
-                raise RulesError(f"the live rules of app {app.name!r} differ from what was applied; "
-                                 f"the previous rules were restored", app=app.name, rules="\n".join(after))
+            before = self.netfilter.list_chain(chain)
+            if before is None:
+                self._ensure_base(app, locked=True)
+                before = []
+            if before == wanted:
+                return set()
+            started = self.clock()
+            self.netfilter.restore(rules.render_takeover(self.names, app.name, wanted, before))
+            if step is not None:
+                step["committed_ms"] = round((self.clock() - started) * 1000, 2)
+            try:
+                if before:
+                    self.netfilter.restore(rules.render_chain(self.names, app.name, wanted))
+                after = self.netfilter.list_chain(chain)
+                if after != wanted:
+                    raise RulesError(f"the live rules of app {app.name!r} differ from what was applied",
+                                     app=app.name, rules="\n".join(after or []))
+            except RulesError as exc:
+                self.netfilter.restore(rules.render_chain(self.names, app.name, before))
+                raise RulesError(f"{exc}; the previous rules were restored", app=app.name) from None
         return rules.dnat_destinations(before) - {address}
 
     def _retire(self, app: AppConfig, old: Instance, base: dict[str, Any], *, drain: bool) -> None:
@@ -345,12 +361,15 @@ class Engine:
         tag = serving.labels.get(LABEL_TAG, "unknown")
         address = serving.address(self.settings.network)
         wanted = rules.app_rules(self.names, app.name, forwards_to(app, address, port_set, tag))
-        if live.rules(self.names.app(app.name)) != wanted or self._base_missing(live, app):
+        if self._base_missing(live, app):
+            self._ensure_base(app)
+            repairs.append(f"jumps and chains of {app.name} restored")
+        else:
+            self._prepare_bridge()
+        if live.rules(self.names.app(app.name)) != wanted:
             old_addresses = self._flip(app, address, port_set, tag)
             self._clean_flows(conntrack.after_flip(app, old_addresses))
             repairs.append(f"rules of {app.name} pointed at {port_set} {address} ({tag})")
-        else:
-            self.netfilter.enable_route_localnet(self.settings.bridge)
 
         if state.active is None or state.active.container_id != serving.id or state.active.address != address:
             instance = Instance(port_set=port_set, tag=tag, image=serving.labels.get(LABEL_IMAGE, app.image),
@@ -380,12 +399,19 @@ class Engine:
         text = rules.render_restore(live, self.names, self.settings.bridge, {}, ensure_apps=[app.name])
         return text.strip() != "*nat\nCOMMIT"
 
-    def _ensure_base(self, app: AppConfig) -> None:
-        with self._netfilter_lock():
+    def _ensure_base(self, app: AppConfig, *, locked: bool = False) -> None:
+        """Add whatever is missing of the jumps, the POSTROUTING chain and the app's (empty) chain."""
+        with contextlib.nullcontext() if locked else self._netfilter_lock():
+            self._prepare_bridge()
             live = rules.parse_nat(self.netfilter.save_nat())
             if self._base_missing(live, app):
                 self.netfilter.restore(rules.render_restore(live, self.names, self.settings.bridge, {},
                                                             ensure_apps=[app.name]))
+
+    def _prepare_bridge(self) -> None:
+        """The deployer's Docker network, and loopback clients allowed through its bridge."""
+        self.docker.ensure_network(self.settings.network, self.settings.bridge)
+        self.netfilter.enable_route_localnet(self.settings.bridge)
 
     def _probe_once(self, app: AppConfig, container: ContainerInfo) -> bool:
         port_set = container.labels.get(LABEL_SET)

@@ -173,6 +173,31 @@ def render_restore(
     return "\n".join(lines)
 
 
+def render_takeover(names: ChainNames, app: str, wanted: Sequence[str], before: Sequence[str]) -> str:
+    """The flip: put the wanted rules in front of the app chain in one add-only transaction.
+
+    The first matching DNAT rule wins, so from the commit on every new flow takes the new rules
+    and the old ones are shadowed. An add-only transaction commits in about a millisecond;
+    one that also deletes rules waits for the kernel to retire them (some 15 ms here), which is
+    left to `render_chain` afterwards, when it no longer delays the move.
+    """
+    chain = names.app(app)
+    if not before:
+        return "\n".join(["*nat", f":{chain} - [0:0]", *wanted, "COMMIT", ""])
+    inserts = [f"-I {chain} 1 {rule.removeprefix(f'-A {chain} ')}" for rule in reversed(wanted)]
+    return "\n".join(["*nat", *inserts, "COMMIT", ""])
+
+
+def render_chain(names: ChainNames, app: str, lines: Sequence[str]) -> str:
+    """Rewrite one app chain whole, in one transaction (after a takeover, or to restore it)."""
+    return "\n".join(["*nat", f":{names.app(app)} - [0:0]", *lines, "COMMIT", ""])
+
+
+def parse_chain_listing(listing: str, chain: str) -> list[str]:
+    """The rules of `iptables -t nat -S CHAIN`, which prints them as iptables-save does."""
+    return [line for line in listing.splitlines() if line.startswith(f"-A {chain} ")]
+
+
 def render_removal(live: NatTable, names: ChainNames, apps: Iterable[str]) -> str | None:
     """A transaction that removes apps' chains and their jumps (used when tests or operators clean up)."""
     rules: list[str] = []

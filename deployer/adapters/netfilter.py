@@ -8,6 +8,7 @@ from pathlib import Path
 import sh
 
 from deployer.errors import ConntrackError, RulesError
+from deployer.rules import parse_chain_listing
 
 _DELETED = re.compile(r"(\d+) flow entries have been (deleted|shown)")
 
@@ -19,16 +20,29 @@ class Netfilter:
 
     def save_nat(self) -> str:
         try:
-            return str(sh.Command("iptables-save")("-t", "nat"))
+            return str(_command("iptables-save")("-t", "nat"))
         except sh.ErrorReturnCode as exc:
             raise RulesError(f"iptables-save failed: {_stderr(exc)}") from None
         except sh.CommandNotFound:
             raise RulesError("iptables-save is not installed") from None
 
+    def list_chain(self, chain: str) -> list[str] | None:
+        """One nat chain's rules as saved, or None when it does not exist; costs the same for any table size."""
+        try:
+            listing = str(_command("iptables")("-w", str(self.wait_seconds), "-t", "nat", "-S", chain))
+        except sh.ErrorReturnCode as exc:
+            # The nft backend says "incompatible" for a chain that is not there.
+            if any(word in _stderr(exc) for word in ("No chain", "does not exist", "incompatible")):
+                return None
+            raise RulesError(f"iptables -S {chain} failed: {_stderr(exc)}") from None
+        except sh.CommandNotFound:
+            raise RulesError("iptables is not installed") from None
+        return parse_chain_listing(listing, chain)
+
     def restore(self, text: str) -> None:
         """Apply one transaction; iptables-restore applies all of it or nothing."""
         try:
-            sh.Command("iptables-restore")("-w", str(self.wait_seconds), "--noflush", _in=text)
+            _command("iptables-restore")("-w", str(self.wait_seconds), "--noflush", _in=text)
         except sh.ErrorReturnCode as exc:
             excerpt = "\n".join(text.splitlines()[:12])
             raise RulesError(f"iptables-restore refused the transaction: {_stderr(exc)}", rules=excerpt) from None
@@ -44,7 +58,7 @@ class Netfilter:
 
     def _conntrack(self, arguments: list[str]) -> tuple[int, list[str]]:
         try:
-            result = sh.Command("conntrack")(*arguments, _ok_code=[0, 1], _return_cmd=True)
+            result = _command("conntrack")(*arguments, _ok_code=[0, 1], _return_cmd=True)
         except sh.ErrorReturnCode as exc:
             raise ConntrackError(f"conntrack {' '.join(arguments)} failed: {_stderr(exc)}") from None
         except sh.CommandNotFound:
@@ -73,6 +87,11 @@ class Netfilter:
                 path.write_text(value)
         except OSError as exc:
             raise RulesError(f"cannot set {key.replace('/', '.')}={value}: {exc.strerror}") from None
+
+
+def _command(name: str) -> sh.Command:
+    # No pseudo-terminal: these tools print plain text, and a pty costs milliseconds per call.
+    return sh.Command(name).bake(_tty_out=False)
 
 
 def _stderr(exc: sh.ErrorReturnCode) -> str:

@@ -399,3 +399,41 @@ def test_live_forwards_are_the_saved_app_chain():
     live = rules.parse_nat(SAVED)
     assert rules.live_forwards(live, NAMES, "demo") == DEMO_BLUE_V1
     assert rules.live_forwards(live, NAMES, "api") == []
+
+
+# --- the two-phase flip --------------------------------------------------------------------------
+
+OLD = [
+    '-A DEPLOYER-demo -p tcp -m tcp --dport 1000 -m comment --comment "demo blue v1" -j DNAT --to-destination 172.18.0.2:8080',
+    '-A DEPLOYER-demo -p udp -m udp --dport 1000 -m comment --comment "demo blue v1" -j DNAT --to-destination 172.18.0.2:9090',
+]
+NEW = [
+    '-A DEPLOYER-demo -p tcp -m tcp --dport 1000 -m comment --comment "demo green v2" -j DNAT --to-destination 172.18.0.3:8080',
+    '-A DEPLOYER-demo -p udp -m udp --dport 1000 -m comment --comment "demo green v2" -j DNAT --to-destination 172.18.0.3:9090',
+]
+
+
+def test_takeover_inserts_the_new_rules_in_front_in_their_order_and_deletes_nothing():
+    assert rules.render_takeover(NAMES, "demo", NEW, OLD) == (
+        "*nat\n"
+        '-I DEPLOYER-demo 1 -p udp -m udp --dport 1000 -m comment --comment "demo green v2" '
+        "-j DNAT --to-destination 172.18.0.3:9090\n"
+        '-I DEPLOYER-demo 1 -p tcp -m tcp --dport 1000 -m comment --comment "demo green v2" '
+        "-j DNAT --to-destination 172.18.0.3:8080\n"
+        "COMMIT\n")
+
+
+def test_takeover_of_an_empty_chain_writes_it_whole():
+    assert rules.render_takeover(NAMES, "demo", NEW, []) == "\n".join(
+        ["*nat", ":DEPLOYER-demo - [0:0]", *NEW, "COMMIT", ""])
+
+
+def test_render_chain_rewrites_one_chain_and_nothing_else():
+    assert rules.render_chain(NAMES, "demo", NEW) == "\n".join(["*nat", ":DEPLOYER-demo - [0:0]", *NEW, "COMMIT", ""])
+    assert rules.render_chain(NAMES, "demo", []) == "*nat\n:DEPLOYER-demo - [0:0]\nCOMMIT\n"
+
+
+def test_parse_chain_listing_keeps_only_the_chains_rules():
+    listing = "-N DEPLOYER-demo\n" + "\n".join(OLD) + "\n"
+    assert rules.parse_chain_listing(listing, "DEPLOYER-demo") == OLD
+    assert rules.parse_chain_listing("-N DEPLOYER-demo\n", "DEPLOYER-demo") == []
