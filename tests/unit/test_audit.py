@@ -452,3 +452,20 @@ def test_cli_prune_and_show(config_file, capsys):
     assert cli.main(["-c", str(config_file), "audit", "show", "nope"]) == 1
     assert capsys.readouterr().err == ("deployer: no job 'nope' and no deploy started at entry nope "
                                        "in the audit log\n")
+
+
+# --- the benchmark -------------------------------------------------------------------------------
+
+
+def test_benchmark_smoke_runs_on_2000_entries(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "audit.json"
+    bench = Path(__file__).resolve().parents[2] / "bench" / "audit_bench.py"
+    done = subprocess.run([sys.executable, str(bench), "--entries", "2000", "--runs", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert (result["entries"], result["verify_ok"], result["verify_checked"]) == (2000, True, 2200)
+    assert "verify: 2,200 entries in" in done.stdout
