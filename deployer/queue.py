@@ -1,0 +1,523 @@
+"""The durable deploy queue: one SQLite file, `<state_dir>/queue/jobs.db`, shared by processes.
+
+The receiver (gunicorn workers, possibly an unprivileged user) only inserts: jobs, deliveries it
+has seen, nonces it has used. The deploy worker claims and finishes jobs. A job is committed
+(WAL, synchronous=FULL) before the receiver answers 202, so an accepted job survives SIGKILL of
+every process and a power loss.
+
+Every write is one `BEGIN IMMEDIATE` transaction: the write lock is taken before anything is
+read, so two processes can never both decide "this app is idle" or "this nonce is new".
+
+Job states: queued -> running -> succeeded | failed; queued -> superseded | skipped; a running job
+whose worker died, or whose app was busy, goes back to queued. No job is ever deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import secrets
+import sqlite3
+import stat
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from deployer.errors import StateError, Unauthorized
+
+FOLDER = "queue"
+DB_NAME = "jobs.db"
+BUSY_TIMEOUT_MS = 30_000
+TERMINAL = frozenset({"succeeded", "failed", "superseded", "skipped"})
+WAITING = frozenset({"queued", "running"})
+# The queue folder is shared with the receiver's group: setgid keeps that group on new files,
+# group-writable so SQLite can create its -wal and -shm files whoever opens the database first.
+FOLDER_MODE = 0o2770
+FILE_MODE = 0o660
+
+# Named migrations, applied once each, in order (never edit one that has shipped: add another).
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    ("0001_jobs", [
+        """CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            app TEXT NOT NULL,
+            tag TEXT,                      -- NULL: redeploy whatever is active when the job runs
+            kind TEXT NOT NULL,            -- release | redeploy
+            actor TEXT NOT NULL,
+            source TEXT NOT NULL,          -- JSON: delivery, hook id, action / key id, reason
+            status TEXT NOT NULL,
+            reason TEXT,
+            superseded_by TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            not_before REAL NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        )""",
+        "CREATE INDEX jobs_app_status ON jobs (app, status, seq)",
+        "CREATE INDEX jobs_status ON jobs (status, seq)",
+        "CREATE INDEX jobs_app_tag ON jobs (app, tag, kind)",
+        """CREATE TABLE steps (
+            job_id TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            at REAL NOT NULL,
+            name TEXT NOT NULL,
+            outcome TEXT,
+            detail TEXT NOT NULL,
+            PRIMARY KEY (job_id, n)
+        )""",
+        """CREATE TABLE deliveries (
+            hook_id TEXT NOT NULL,
+            delivery TEXT NOT NULL,
+            job_id TEXT,
+            verdict TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (hook_id, delivery)
+        )""",
+        """CREATE TABLE nonces (
+            key_id TEXT NOT NULL,
+            nonce TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (key_id, nonce)
+        )""",
+        "CREATE INDEX nonces_expiry ON nonces (expires_at)",
+        # What the worker last saw live, so the receiver (which cannot read app state) can dedupe.
+        "CREATE TABLE active (app TEXT PRIMARY KEY, tag TEXT, job_id TEXT, updated_at REAL NOT NULL)",
+        """CREATE TABLE worker (
+            id INTEGER PRIMARY KEY CHECK (id = 0),
+            pid INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            docker TEXT,                   -- NULL: not checked yet; "ok" or the reason it failed
+            netfilter TEXT,
+            checked_at REAL
+        )""",
+    ]),
+]
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    app: str
+    tag: str | None
+    kind: str
+    actor: str
+    status: str
+    source: Mapping[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    superseded_by: str | None = None
+    attempts: int = 0
+    not_before: float = 0.0
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    seq: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["source"] = dict(self.source)
+        data.pop("seq")
+        return data
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a delivery or request led to: a new job, an existing one, or none (ignored)."""
+
+    job: Job | None
+    created: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    job: Job
+    superseded: list[Job]
+
+
+_JOB_COLUMNS = ("seq, id, app, tag, kind, actor, status, source, reason, superseded_by, attempts, not_before, "
+                "created_at, started_at, finished_at")
+
+
+def _job(row: tuple) -> Job:
+    (seq, id_, app, tag, kind, actor, status, source, reason, superseded_by, attempts, not_before, created_at,
+     started_at, finished_at) = row
+    return Job(id=id_, app=app, tag=tag, kind=kind, actor=actor, status=status, source=json.loads(source),
+               reason=reason, superseded_by=superseded_by, attempts=attempts, not_before=not_before,
+               created_at=created_at, started_at=started_at, finished_at=finished_at, seq=seq)
+
+
+def new_job_id() -> str:
+    return "job-" + secrets.token_hex(8)
+
+
+def queue_path(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / FOLDER / DB_NAME
+
+
+def prepare_folder(state_dir: str | os.PathLike[str], group: str | None = None) -> Path:
+    """Create the queue folder and database file with the modes that let `group` enqueue.
+
+    Run by the privileged side (serve, worker) before the receiver starts. The state folder gets
+    group read and search only: the receiver can reach the queue, but not change app records or locks.
+    """
+    root = Path(state_dir)
+    folder = root / FOLDER
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(exist_ok=True)
+        path = folder / DB_NAME
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+        if group is not None:
+            gid = grp.getgrnam(group).gr_gid
+            os.chown(root, -1, gid)
+            os.chmod(root, stat.S_IMODE(os.stat(root).st_mode) | 0o050)
+            os.chown(folder, -1, gid)
+            for entry in folder.iterdir():
+                if entry.name.startswith(DB_NAME):
+                    os.chown(entry, -1, gid)
+                    os.chmod(entry, FILE_MODE)
+        os.chmod(folder, FOLDER_MODE if group is not None else 0o700)
+        if group is None:
+            os.chmod(path, 0o600)
+    except KeyError:
+        raise StateError(f"group {group!r} does not exist (create it: groupadd --system {group})") from None
+    except OSError as exc:
+        raise StateError(f"cannot prepare the queue folder {folder}: {exc.strerror}") from None
+    return path
+
+
+class Queue:
+    """The queue database. One connection per process and thread; never shared across a fork."""
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self._local = threading.local()
+
+    @classmethod
+    def for_state_dir(cls, state_dir: str | os.PathLike[str], **kwargs: Any) -> "Queue":
+        return cls(queue_path(state_dir), **kwargs)
+
+    # --- connection and transactions -----------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")  # a 202 promises the job survives a power loss
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open the job queue {self.path}: {exc}") from None
+        except OSError as exc:
+            raise StateError(f"cannot open the job queue {self.path}: {exc.strerror}") from None
+        self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StateError(f"the job queue {self.path} is not writable: {exc}") from None
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise StateError(f"cannot commit to the job queue {self.path}: {exc}") from None
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read the job queue {self.path}: {exc}") from None
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+        if all(name in done for name, _ in MIGRATIONS):
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+            for name, statements in MIGRATIONS:
+                if name in done:
+                    continue
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None
+
+    # --- the receiver's side -------------------------------------------------------------------
+
+    def submit_release(self, *, app: str, tag: str, actor: str, hook_id: str, delivery: str,
+                       source: Mapping[str, Any]) -> Submission:
+        """Queue a release unless this delivery, or this release of the app, already has its job."""
+        now = self.clock()
+        with self._write() as conn:
+            seen = self._seen_delivery(conn, hook_id, delivery)
+            if seen is not None:
+                return seen
+            earlier = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app = ? AND tag = ? "
+                                   "AND (kind = 'release' OR status IN ('queued', 'running')) "
+                                   "ORDER BY seq DESC LIMIT 1", (app, tag)).fetchone()
+            active = conn.execute("SELECT tag, job_id FROM active WHERE app = ?", (app,)).fetchone()
+            if earlier is not None:
+                job = _job(earlier)
+                reason = _earlier_reason(job)
+            elif active is not None and active[0] == tag:
+                job = self._get(conn, active[1]) if active[1] else None
+                reason = f"tag {tag} is already active"
+            else:
+                job = self._insert_job(conn, app=app, tag=tag, kind="release", actor=actor, source=source, now=now)
+                self._remember_delivery(conn, hook_id, delivery, job.id, "queued", "queued", now)
+                return Submission(job, True, "queued")
+            self._remember_delivery(conn, hook_id, delivery, job.id if job else None, "duplicate", reason, now)
+            return Submission(job, False, reason)
+
+    def record_ignored(self, *, hook_id: str, delivery: str, reason: str) -> Submission:
+        """Remember a delivery that deploys nothing, so its redelivery gets the same answer."""
+        with self._write() as conn:
+            seen = self._seen_delivery(conn, hook_id, delivery)
+            if seen is not None:
+                return seen
+            self._remember_delivery(conn, hook_id, delivery, None, "ignored", reason, self.clock())
+        return Submission(None, False, reason)
+
+    def submit_manual(self, *, app: str, tag: str | None, actor: str, source: Mapping[str, Any]) -> Job:
+        """A signed redeploy always makes a job: an operator who asks again means it."""
+        with self._write() as conn:
+            return self._insert_job(conn, app=app, tag=tag, kind="redeploy", actor=actor, source=source,
+                                    now=self.clock())
+
+    def use_nonce(self, key_id: str, nonce: str, expires_at: float) -> None:
+        """Remember a nonce until `expires_at`; a second use is Unauthorized."""
+        now = self.clock()
+        with self._write() as conn:
+            conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+            try:
+                conn.execute("INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?, ?, ?)",
+                             (key_id, nonce, expires_at))
+            except sqlite3.IntegrityError:
+                raise Unauthorized("nonce already used") from None
+
+    def _seen_delivery(self, conn: sqlite3.Connection, hook_id: str, delivery: str) -> Submission | None:
+        row = conn.execute("SELECT job_id, verdict, reason FROM deliveries WHERE hook_id = ? AND delivery = ?",
+                           (hook_id, delivery)).fetchone()
+        if row is None:
+            return None
+        job = self._get(conn, row[0]) if row[0] else None
+        return Submission(job, False, f"delivery {delivery} was already received ({row[2]})")
+
+    @staticmethod
+    def _remember_delivery(conn: sqlite3.Connection, hook_id: str, delivery: str, job_id: str | None, verdict: str,
+                           reason: str, now: float) -> None:
+        conn.execute("INSERT INTO deliveries (hook_id, delivery, job_id, verdict, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
+                     (hook_id, delivery, job_id, verdict, reason, now))
+
+    @staticmethod
+    def _insert_job(conn: sqlite3.Connection, *, app: str, tag: str | None, kind: str, actor: str,
+                    source: Mapping[str, Any], now: float) -> Job:
+        job_id = new_job_id()
+        row = conn.execute(
+            f"INSERT INTO jobs (id, app, tag, kind, actor, source, status, created_at) "
+            f"VALUES (?, ?, ?, ?, ?, ?, 'queued', ?) RETURNING {_JOB_COLUMNS}",
+            (job_id, app, tag, kind, actor, json.dumps(dict(source), sort_keys=True), now)).fetchone()
+        return _job(row)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, job_id: str) -> Job | None:
+        row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def jobs(self, *, app: str | None = None, status: str | None = None) -> list[Job]:
+        where, args = [], []
+        if app is not None:
+            where.append("app = ?")
+            args.append(app)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return [_job(r) for r in self._read(f"SELECT {_JOB_COLUMNS} FROM jobs{clause} ORDER BY seq", tuple(args))]
+
+    def steps(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self._read("SELECT n, at, name, outcome, detail FROM steps WHERE job_id = ? ORDER BY n", (job_id,))
+        return [{"n": n, "at": at, "name": name, "outcome": outcome, **({"detail": json.loads(detail)}
+                                                                        if detail != "{}" else {})}
+                for n, at, name, outcome, detail in rows]
+
+    def delivery(self, hook_id: str, delivery: str) -> dict[str, Any] | None:
+        rows = self._read("SELECT job_id, verdict, reason FROM deliveries WHERE hook_id = ? AND delivery = ?",
+                          (hook_id, delivery))
+        return dict(zip(("job_id", "verdict", "reason"), rows[0])) if rows else None
+
+    def active_tag(self, app: str) -> str | None:
+        rows = self._read("SELECT tag FROM active WHERE app = ?", (app,))
+        return rows[0][0] if rows else None
+
+    def worker_status(self) -> dict[str, Any] | None:
+        rows = self._read("SELECT pid, started_at, heartbeat_at, docker, netfilter, checked_at FROM worker")
+        return dict(zip(("pid", "started_at", "heartbeat_at", "docker", "netfilter", "checked_at"), rows[0])) \
+            if rows else None
+
+    # --- the worker's side ---------------------------------------------------------------------
+
+    def claim(self) -> Claim | None:
+        """Start the newest waiting job of an idle app; the older waiting jobs of that app are superseded.
+
+        Apps are served in the order their oldest waiting job arrived, so a busy app does not starve others.
+        """
+        now = self.clock()
+        with self._write() as conn:
+            busy = {row[0] for row in conn.execute("SELECT DISTINCT app FROM jobs WHERE status = 'running'")}
+            waiting = [_job(r) for r in conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY seq")]
+            order: list[str] = []
+            for job in waiting:
+                if job.app not in order:
+                    order.append(job.app)
+            for app in order:
+                if app in busy:
+                    continue
+                jobs = [j for j in waiting if j.app == app]
+                newest = jobs[-1]
+                if newest.not_before > now:
+                    continue
+                superseded = []
+                for older in jobs[:-1]:
+                    conn.execute("UPDATE jobs SET status = 'superseded', superseded_by = ?, reason = ?, "
+                                 "finished_at = ? WHERE seq = ?",
+                                 (newest.id, f"superseded by {newest.id} ({newest.tag or 'active release'}), "
+                                             f"which was queued later", now, older.seq))
+                    superseded.append(self._get(conn, older.id))
+                row = conn.execute(f"UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, "
+                                   f"reason = NULL WHERE seq = ? RETURNING {_JOB_COLUMNS}", (now, newest.seq)).fetchone()
+                return Claim(_job(row), [j for j in superseded if j is not None])
+        return None
+
+    def finish(self, job: Job, status: str, reason: str | None = None) -> bool:
+        """End a running job. False when this attempt no longer owns it (it was recovered meanwhile)."""
+        assert status in TERMINAL, status
+        with self._write() as conn:
+            updated = conn.execute("UPDATE jobs SET status = ?, reason = ?, finished_at = ? "
+                                   "WHERE id = ? AND status = 'running' AND attempts = ?",
+                                   (status, reason, self.clock(), job.id, job.attempts)).rowcount
+        return updated == 1
+
+    def skip(self, job: Job, reason: str) -> bool:
+        return self.finish(job, "skipped", reason)
+
+    def requeue(self, job: Job, reason: str, *, delay: float = 0.0) -> bool:
+        """Put a running job back: it runs again once `delay` has passed, unless something newer supersedes it."""
+        with self._write() as conn:
+            updated = conn.execute("UPDATE jobs SET status = 'queued', reason = ?, not_before = ? "
+                                   "WHERE id = ? AND status = 'running' AND attempts = ?",
+                                   (reason, self.clock() + delay, job.id, job.attempts)).rowcount
+        return updated == 1
+
+    def recover(self, *, max_attempts: int) -> list[Job]:
+        """Jobs left running by a worker that died: back to the queue, or failed after too many tries.
+
+        Only the one worker that holds the worker lock may call this: it knows no other worker runs.
+        """
+        now = self.clock()
+        recovered = []
+        with self._write() as conn:
+            for job in [_job(r) for r in conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'running'")]:
+                if job.attempts >= max_attempts:
+                    reason = (f"the worker stopped while this job ran, {job.attempts} times; not tried again "
+                              f"(check the worker's log, then redeploy by hand)")
+                    conn.execute("UPDATE jobs SET status = 'failed', reason = ?, finished_at = ? WHERE seq = ?",
+                                 (reason, now, job.seq))
+                else:
+                    reason = "the worker stopped while this job ran; queued again"
+                    conn.execute("UPDATE jobs SET status = 'queued', reason = ?, not_before = 0 WHERE seq = ?",
+                                 (reason, job.seq))
+                self._add_step(conn, job.id, "interrupted", "failed" if job.attempts >= max_attempts else "requeued",
+                               {"reason": reason}, now)
+                recovered.append(self._get(conn, job.id))
+        return [j for j in recovered if j is not None]
+
+    def add_step(self, job_id: str, name: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
+        with self._write() as conn:
+            self._add_step(conn, job_id, name, outcome, detail, self.clock())
+
+    @staticmethod
+    def _add_step(conn: sqlite3.Connection, job_id: str, name: str, outcome: str | None, detail: Mapping[str, Any],
+                  now: float) -> None:
+        n = conn.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM steps WHERE job_id = ?", (job_id,)).fetchone()[0]
+        conn.execute("INSERT INTO steps (job_id, n, at, name, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                     (job_id, n, now, name, outcome, json.dumps(dict(detail), sort_keys=True, default=str)))
+
+    def set_active(self, app: str, tag: str | None, job_id: str | None = None) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO active (app, tag, job_id, updated_at) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT (app) DO UPDATE SET tag = excluded.tag, job_id = excluded.job_id, "
+                         "updated_at = excluded.updated_at", (app, tag, job_id, self.clock()))
+
+    def heartbeat(self, *, pid: int, started_at: float, docker: str | None = None,
+                  netfilter: str | None = None, checked: bool = False) -> None:
+        now = self.clock()
+        with self._write() as conn:
+            conn.execute("INSERT INTO worker (id, pid, started_at, heartbeat_at) VALUES (0, ?, ?, ?) "
+                         "ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, started_at = excluded.started_at, "
+                         "heartbeat_at = excluded.heartbeat_at", (pid, started_at, now))
+            if checked:
+                conn.execute("UPDATE worker SET docker = ?, netfilter = ?, checked_at = ? WHERE id = 0",
+                             (docker, netfilter, now))
+
+
+def _earlier_reason(job: Job) -> str:
+    tag = job.tag
+    return {
+        "queued": f"release {tag} is already queued as {job.id}",
+        "running": f"release {tag} is already being deployed by {job.id}",
+        "succeeded": f"release {tag} was already deployed by {job.id}",
+        "superseded": f"release {tag} was superseded by {job.superseded_by}; redeploy it with POST /deploy",
+        "skipped": f"release {tag} was already handled by {job.id} ({job.reason})",
+        "failed": f"release {tag} already failed in {job.id}; retry with POST /deploy",
+    }.get(job.status, f"release {tag} already has job {job.id}")

@@ -1,0 +1,130 @@
+"""Request signatures: GitHub's webhook signature and the signed manual requests. Pure: no I/O, no clock.
+
+Every comparison of a signature goes through `hmac.compare_digest`, so the time a check takes does
+not reveal how much of a guess was right. Errors say which check failed, never the expected value.
+
+The manual scheme (documented in docs/server.md, so a client in any language can sign):
+
+    canonical = "deployer-v1\\n" METHOD "\\n" PATH "\\n" KEY_ID "\\n" TIMESTAMP "\\n" NONCE "\\n" hex(SHA-256(body))
+    X-Deployer-Signature: v1=hex(HMAC-SHA256(secret, canonical))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from deployer.errors import Unauthorized
+
+GITHUB_HEADER = "X-Hub-Signature-256"
+KEY_HEADER = "X-Deployer-Key"
+TIMESTAMP_HEADER = "X-Deployer-Timestamp"
+NONCE_HEADER = "X-Deployer-Nonce"
+SIGNATURE_HEADER = "X-Deployer-Signature"
+
+SCHEME = "deployer-v1"
+WINDOW_SECONDS = 300
+NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
+
+
+def body_sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _hmac_hex(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+# --- GitHub ----------------------------------------------------------------------------------------
+
+
+def github_signature(secret: str, body: bytes) -> str:
+    """The header value GitHub sends: `sha256=` and the HMAC-SHA256 of the raw body."""
+    return "sha256=" + _hmac_hex(secret, body)
+
+
+def verify_github(secret: str | None, body: bytes, header: str | None) -> None:
+    """Raise Unauthorized unless `header` is GitHub's signature of exactly these bytes."""
+    if not secret:
+        raise Unauthorized("webhook deliveries are refused: no GitHub secret is configured "
+                           "([server] github_secret_file or github_secret_env)")
+    if not header:
+        raise Unauthorized(f"missing {GITHUB_HEADER} header")
+    if not hmac.compare_digest(header.strip().encode("utf-8", "replace"),
+                               github_signature(secret, body).encode("ascii")):
+        raise Unauthorized(f"{GITHUB_HEADER} does not match the body")
+
+
+# --- signed manual requests ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignedHeaders:
+    key_id: str
+    timestamp: int
+    nonce: str
+    signature: str  # "v1=<hex>"
+
+
+def canonical_string(method: str, path: str, key_id: str, timestamp: int, nonce: str, body: bytes) -> str:
+    """What a manual request's signature covers: a replay to another route or with another body fails."""
+    return "\n".join([SCHEME, method.upper(), path, key_id, str(timestamp), nonce, body_sha256(body)])
+
+
+def manual_signature(secret: str, canonical: str) -> str:
+    return "v1=" + _hmac_hex(secret, canonical.encode("utf-8"))
+
+
+def sign_request(secret: str, *, method: str, path: str, key_id: str, timestamp: int, nonce: str,
+                 body: bytes) -> dict[str, str]:
+    """The four headers a client sends with a manual request."""
+    canonical = canonical_string(method, path, key_id, timestamp, nonce, body)
+    return {KEY_HEADER: key_id, TIMESTAMP_HEADER: str(timestamp), NONCE_HEADER: nonce,
+            SIGNATURE_HEADER: manual_signature(secret, canonical)}
+
+
+def read_signed_headers(headers: Mapping[str, str]) -> SignedHeaders:
+    """Parse the four headers; anything missing or malformed is Unauthorized, before any secret is used."""
+    values = {}
+    for name in (KEY_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER):
+        value = headers.get(name)
+        if not value:
+            raise Unauthorized(f"missing {name} header")
+        values[name] = value.strip()
+    if not TIMESTAMP_RE.match(values[TIMESTAMP_HEADER]):
+        raise Unauthorized(f"{TIMESTAMP_HEADER} must be a unix time in whole seconds")
+    if not NONCE_RE.match(values[NONCE_HEADER]):
+        raise Unauthorized(f"{NONCE_HEADER} must be 16 to 128 letters, digits, '-' or '_'")
+    if not values[SIGNATURE_HEADER].startswith("v1="):
+        raise Unauthorized(f"{SIGNATURE_HEADER} must be v1=<hex>")
+    return SignedHeaders(key_id=values[KEY_HEADER], timestamp=int(values[TIMESTAMP_HEADER]),
+                         nonce=values[NONCE_HEADER], signature=values[SIGNATURE_HEADER])
+
+
+def check_timestamp(timestamp: int, now: float, window: int = WINDOW_SECONDS) -> None:
+    """A request is valid for `window` seconds either side of the server's clock."""
+    if abs(now - timestamp) > window:
+        raise Unauthorized(f"the timestamp is more than {window} s away from the server's clock "
+                           f"(check the client's clock)")
+
+
+def verify_manual(secrets: Mapping[str, str], signed: SignedHeaders, *, method: str, path: str, body: bytes,
+                  now: float, window: int = WINDOW_SECONDS) -> None:
+    """Key known, timestamp in the window, signature right. The nonce's single use is the queue's to check."""
+    secret = secrets.get(signed.key_id)
+    if secret is None:
+        raise Unauthorized("unknown key id")
+    check_timestamp(signed.timestamp, now, window)
+    expected = manual_signature(secret, canonical_string(method, path, signed.key_id, signed.timestamp,
+                                                         signed.nonce, body))
+    if not hmac.compare_digest(signed.signature.encode("utf-8", "replace"), expected.encode("ascii")):
+        raise Unauthorized(f"{SIGNATURE_HEADER} does not match the request")
+
+
+def nonce_expiry(timestamp: int, now: float, window: int = WINDOW_SECONDS) -> float:
+    """Until when a nonce must be remembered: past the last moment its timestamp is still accepted."""
+    return max(now, timestamp + window) + window

@@ -1,0 +1,204 @@
+"""The release policy, driven by GitHub's real payloads (../shared/github-payloads/)."""
+
+import copy
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from deployer import config as config_module
+from deployer import releases
+from deployer.errors import InvalidRequest, InvalidTag, UnknownApp
+from deployer.releases import AssetRef, Decision
+
+PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "github-payloads"  # ../shared from the repository
+
+
+def payload(name: str, **release_changes) -> dict:
+    data = json.loads((PAYLOADS / name).read_text())
+    data.get("release", {}).update(release_changes)
+    return data
+
+
+PUBLISHED = "release-published.payload.json"
+RELEASED = "release-released.json"
+PRERELEASED = "release-prereleased.payload.json"
+PING = "ping-payload.json"
+
+
+def make_config(prereleases: bool = False, tag_pattern: str | None = None, asset: bool = False):
+    text = f"""
+[apps.web]
+image = "registry.example:5000/web"
+repository = "Codertocat/Hello-World"
+prereleases = {str(prereleases).lower()}
+{f"tag_pattern = '{tag_pattern}'" if tag_pattern else ""}
+[[apps.web.ports]]
+external = 8000
+container = 80
+blue = 8001
+green = 8002
+{'[apps.web.asset]' + chr(10) + 'name = "image.tar"' if asset else ""}
+"""
+    return config_module.parse(tomllib.loads(text), path=Path("/etc/deployer/deployer.toml"), environ={})
+
+
+BASE = dict(event="release", repository="Codertocat/Hello-World", sender="Codertocat", app="web",
+            release_id=17372790, tag="0.0.1")
+
+
+def test_published_release_deploys():
+    assert releases.decide("release", payload(PUBLISHED), make_config()) == Decision(
+        "deploy", "published release 0.0.1", action="published", **BASE)
+
+
+def test_released_deploys_as_well_and_the_queue_makes_it_one_deploy():
+    assert releases.decide("release", payload(RELEASED), make_config()) == Decision(
+        "deploy", "released release 0.0.1", action="released", **BASE)
+
+
+def test_a_prerelease_is_ignored_unless_the_app_opts_in():
+    prerelease = payload(PUBLISHED, prerelease=True)
+    assert releases.decide("release", prerelease, make_config()) == Decision(
+        "ignore", "the release is a prerelease, and app 'web' does not deploy prereleases (prereleases = false)",
+        action="published", **BASE)
+    assert releases.decide("release", prerelease, make_config(prereleases=True)) == Decision(
+        "deploy", "published prerelease 0.0.1", action="published", **BASE)
+
+
+def test_the_prereleased_action_defers_to_published():
+    # GitHub's real 'prereleased' payload: GitHub also sends 'published' for the same release.
+    decision = releases.decide("release", payload(PRERELEASED), make_config(prereleases=True))
+    assert (decision.verdict, decision.reason) == (
+        "ignore", "action 'prereleased' is ignored: the 'published' delivery of the same release decides whether "
+                  "a prerelease deploys")
+
+
+def test_a_promoted_prerelease_deploys_on_released():
+    # When a prerelease becomes a full release GitHub sends 'released' with prerelease false.
+    assert releases.decide("release", payload(RELEASED), make_config(prereleases=False)).verdict == "deploy"
+
+
+def test_drafts_never_deploy():
+    decision = releases.decide("release", payload(PUBLISHED, draft=True), make_config(prereleases=True))
+    assert (decision.verdict, decision.reason) == ("ignore", "the release is a draft")
+
+
+@pytest.mark.parametrize("action, reason", [
+    ("created", "action 'created' is ignored: a created release is a draft or is followed by 'published'"),
+    ("edited", "action 'edited' is ignored: editing a release does not deploy it"),
+    ("deleted", "action 'deleted' is ignored: deleting a release does not deploy anything"),
+    ("unpublished", "action 'unpublished' is ignored: unpublishing does not deploy anything "
+                    "(roll back with `deployer rollback` if needed)"),
+    ("renamed", "action 'renamed' is ignored: only 'published' and 'released' deploy"),
+])
+def test_other_actions_are_acknowledged_with_a_reason(action, reason):
+    data = payload(PUBLISHED)
+    data["action"] = action
+    assert releases.decide("release", data, make_config()) == Decision("ignore", reason, action=action, **BASE)
+
+
+def test_ping_answers_pong_and_says_whether_the_repository_is_configured():
+    ping = payload(PING)
+    assert releases.decide("ping", ping, make_config()) == Decision(
+        "pong", "pong; no app is configured for repository Octocoders/Hello-World", "ping",
+        repository="Octocoders/Hello-World", sender="Codertocat")
+    ping["repository"]["full_name"] = "codertocat/hello-world"  # GitHub names are case-insensitive
+    assert releases.decide("ping", ping, make_config()).reason == \
+        "pong; repository codertocat/hello-world deploys app 'web'"
+
+
+def test_other_events_are_ignored():
+    decision = releases.decide("push", payload(PUBLISHED), make_config())
+    assert (decision.verdict, decision.reason) == ("ignore", "event 'push' is not acted on; only 'release' deploys")
+
+
+def test_an_unconfigured_repository_is_refused():
+    data = payload(PUBLISHED)
+    data["repository"]["full_name"] = "someone/else"
+    with pytest.raises(UnknownApp) as caught:
+        releases.decide("release", data, make_config())
+    assert str(caught.value) == "no app is configured for repository someone/else"
+
+
+@pytest.mark.parametrize("path, message", [
+    (("action",), "missing field action"),
+    (("release",), "missing field release"),
+    (("release", "tag_name"), "missing field release.tag_name"),
+    (("release", "draft"), "missing field release.draft"),
+    (("release", "prerelease"), "missing field release.prerelease"),
+    (("release", "id"), "missing field release.id"),
+    (("repository",), "missing field repository.full_name"),
+    (("repository", "full_name"), "missing field repository.full_name"),
+])
+def test_missing_fields_are_named(path, message):
+    data = payload(PUBLISHED)
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    with pytest.raises(InvalidRequest) as caught:
+        releases.decide("release", data, make_config())
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("tag_name", 1, "field release.tag_name must be a string"),
+    ("draft", "false", "field release.draft must be true or false"),
+    ("id", True, "field release.id must be a whole number"),
+])
+def test_fields_of_the_wrong_type_are_named(field, value, message):
+    with pytest.raises(InvalidRequest) as caught:
+        releases.decide("release", payload(PUBLISHED, **{field: value}), make_config())
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("tag", ["v1;rm -rf /", "$(id)", "../x", "a" * 200, "v1\n", "-v1", ""])
+def test_hostile_tags_are_refused(tag):
+    with pytest.raises(InvalidTag):
+        releases.decide("release", payload(PUBLISHED, tag_name=tag), make_config())
+
+
+def test_a_tag_outside_the_apps_pattern_is_refused():
+    with pytest.raises(InvalidTag) as caught:
+        releases.decide("release", payload(PUBLISHED), make_config(tag_pattern=r"^v[0-9.]+$"))
+    assert str(caught.value) == "tag '0.0.1' does not match the pattern of app 'web': ^v[0-9.]+$"
+
+
+def test_a_hostile_tag_in_an_ignored_action_is_not_echoed_into_the_decision():
+    decision = releases.decide("release", payload(PUBLISHED, tag_name="$(id)", draft=True), make_config())
+    assert (decision.verdict, decision.tag) == ("ignore", None)
+
+
+def test_the_sender_is_reduced_to_login_characters():
+    data = payload(PUBLISHED)
+    data["sender"]["login"] = "evil\nlogin [bot]"
+    assert releases.decide("release", data, make_config()).sender == "evillogin[bot]"
+    assert releases.decide("release", data, make_config()).actor == "github:evillogin[bot]"
+    del data["sender"]
+    assert releases.decide("release", data, make_config()).actor == "github:unknown"
+
+
+def test_an_asset_app_takes_the_asset_ids_from_the_release():
+    assets = [{"id": 11, "name": "image.tar", "size": 5000, "state": "uploaded"},
+              {"id": 12, "name": "image.tar.sha256", "size": 80, "state": "uploaded"},
+              {"id": 13, "name": "notes.txt", "size": 1, "state": "uploaded"}]
+    decision = releases.decide("release", payload(PUBLISHED, assets=assets), make_config(asset=True))
+    assert decision.asset == AssetRef(asset_id=11, name="image.tar", size=5000, checksum_id=12)
+
+
+def test_an_asset_app_ignores_a_release_without_the_asset():
+    # The real payload has no assets; a half-uploaded asset does not count either.
+    decision = releases.decide("release", payload(PUBLISHED), make_config(asset=True))
+    assert (decision.verdict, decision.reason) == (
+        "ignore", "the release has no uploaded asset named 'image.tar', which app 'web' takes its image from")
+    starting = [{"id": 11, "name": "image.tar", "size": 5000, "state": "starter"}]
+    assert releases.decide("release", payload(PUBLISHED, assets=starting), make_config(asset=True)).verdict == "ignore"
+
+
+def test_the_payload_is_not_changed():
+    data = payload(PUBLISHED)
+    before = copy.deepcopy(data)
+    releases.decide("release", data, make_config())
+    assert data == before
