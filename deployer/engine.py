@@ -144,7 +144,7 @@ class Engine:
         result = []
         for app in apps:
             state = self.store.load(app.name)
-            wanted = self._wanted_rules(app, state.active)
+            wanted = self._wanted_rules(app, state)
             live_rules = live.rules(self.names.app(app.name))
             containers = [
                 {"name": c.name, "id": c.id[:12], "status": c.status, "set": c.labels.get(LABEL_SET),
@@ -161,7 +161,7 @@ class Engine:
         Rendered against an empty table, so it shows the jumps and chains too, not a diff.
         """
         app = self.config.app(app_name)
-        chain_rules = self._wanted_rules(app, self.store.load(app.name).active)
+        chain_rules = self._wanted_rules(app, self.store.load(app.name))
         return rules.render_restore(rules.NatTable(), self.names, self.settings.bridge, {app.name: chain_rules})
 
     def uninstall(self, *, actor: str) -> list[str]:
@@ -227,7 +227,8 @@ class Engine:
                                                      clock=self.clock, sleep=self.sleep)
             self._hook("post-healthy", app, context, base)
             with self.journal.step("flip", **base) as step:
-                old_addresses = self._flip(app, address, new_set, release.tag, step.detail)
+                old_addresses = self._flip(app, self._instance_rules(app, address, new_set, release.tag),
+                                           step.detail)
                 step.detail.update(to=f"{new_set} {address}", **({"from": ",".join(sorted(old_addresses))}
                                                                  if old_addresses else {}))
         except DeployerError as exc:
@@ -266,15 +267,13 @@ class Engine:
             return release
         return pulled
 
-    def _flip(self, app: AppConfig, address: str, port_set: str, tag: str,
-              step: dict[str, Any] | None = None) -> set[str]:
-        """Move the app's traffic to `address` in one transaction; verify; put the old rules back on failure.
+    def _flip(self, app: AppConfig, wanted: list[str], step: dict[str, Any] | None = None) -> set[str]:
+        """Make `wanted` the app's rules in one transaction; verify; put the old rules back on failure.
 
         Touches the app's own chain only, so its cost does not grow with the number of apps.
-        Returns the addresses the rules pointed at before.
+        Returns the addresses the rules pointed at before and no longer do.
         """
         chain = self.names.app(app.name)
-        wanted = rules.app_rules(self.names, app.name, forwards_to(app, address, port_set, tag))
         with self._netfilter_lock():
             before = self.netfilter.list_chain(chain)
             if before is None:
@@ -296,7 +295,7 @@ class Engine:
             except RulesError as exc:
                 self.netfilter.restore(rules.render_chain(self.names, app.name, before))
                 raise RulesError(f"{exc}; the previous rules were restored", app=app.name) from None
-        return rules.dnat_destinations(before) - {address}
+        return rules.dnat_destinations(before) - rules.dnat_destinations(wanted)
 
     def _retire(self, app: AppConfig, old: Instance, base: dict[str, Any], *, drain: bool) -> None:
         """Let the old instance's open connections finish, then stop and remove it (its image stays)."""
@@ -360,14 +359,14 @@ class Engine:
         port_set = serving.labels.get(LABEL_SET, "blue")
         tag = serving.labels.get(LABEL_TAG, "unknown")
         address = serving.address(self.settings.network)
-        wanted = rules.app_rules(self.names, app.name, forwards_to(app, address, port_set, tag))
+        wanted = self._instance_rules(app, address, port_set, tag)
         if self._base_missing(live, app):
             self._ensure_base(app)
             repairs.append(f"jumps and chains of {app.name} restored")
         else:
             self._prepare_bridge()
         if live.rules(self.names.app(app.name)) != wanted:
-            old_addresses = self._flip(app, address, port_set, tag)
+            old_addresses = self._flip(app, wanted)
             self._clean_flows(conntrack.after_flip(app, old_addresses))
             repairs.append(f"rules of {app.name} pointed at {port_set} {address} ({tag})")
 
@@ -422,10 +421,15 @@ class Engine:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _wanted_rules(self, app: AppConfig, active: Instance | None) -> list[str]:
-        if active is None:
+    def _instance_rules(self, app: AppConfig, address: str, port_set: str, tag: str) -> list[str]:
+        return rules.app_rules(self.names, app.name, forwards_to(app, address, port_set, tag))
+
+    def _wanted_rules(self, app: AppConfig, state: AppState) -> list[str]:
+        """The app chain the record calls for: in "serving" mode, traffic to the active instance."""
+        if state.active is None:
             return []
-        return rules.app_rules(self.names, app.name, forwards_to(app, active.address, active.port_set, active.tag))
+        active = state.active
+        return self._instance_rules(app, active.address, active.port_set, active.tag)
 
     def _remove_leftovers(self, app: AppConfig, port_set: str, keep: str | None) -> None:
         name = container_name(self.settings, app.name, port_set)

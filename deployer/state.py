@@ -39,7 +39,10 @@ class AppState:
     active: Instance | None = None
     previous: Instance | None = None  # what `rollback` returns to
     updated_at: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # room for later modes (maintenance, forward)
+    # What the external ports lead to: "serving" (the active instance) or another mode's target,
+    # e.g. a maintenance page or another host; `mode_detail` holds that mode's facts.
+    mode: str = "serving"
+    mode_detail: dict[str, Any] = field(default_factory=dict)
 
     def promoted(self, instance: Instance, now: str) -> "AppState":
         """The state after `instance` took over traffic: the old active becomes the rollback target."""
@@ -73,7 +76,8 @@ class StateStore:
                 active=_instance(data.get("active")),
                 previous=_instance(data.get("previous")),
                 updated_at=data.get("updated_at"),
-                extra=data.get("extra", {}),
+                mode=data.get("mode", "serving"),
+                mode_detail=data.get("mode_detail", {}),
             )
         except (KeyError, TypeError) as exc:
             raise StateError(f"the state file {path} is not a deployer state: {exc}", app=app) from None

@@ -26,7 +26,7 @@ def test_missing_file_gives_an_empty_state(tmp_path):
 def test_round_trip(tmp_path):
     store = StateStore(tmp_path)
     state = AppState(app="demo", active=GREEN_V2, previous=BLUE_V1, updated_at="2026-11-21T10:00:01.000Z",
-                     extra={"maintenance": False})
+                     mode="maintenance", mode_detail={"message": "back soon"})
     store.save(state)
     assert store.load("demo") == state
     assert store.path("demo") == tmp_path / "apps" / "demo.json"
@@ -61,10 +61,10 @@ def test_promoting_the_same_container_again_keeps_previous():
     assert again == AppState(app="demo", active=moved, previous=BLUE_V1, updated_at="t3")
 
 
-def test_promoted_keeps_extra_and_does_not_change_the_original():
-    state = AppState(app="demo", active=BLUE_V1, extra={"maintenance": True})
+def test_promoted_keeps_the_mode_and_does_not_change_the_original():
+    state = AppState(app="demo", active=BLUE_V1, mode="maintenance", mode_detail={"message": "back soon"})
     promoted = state.promoted(GREEN_V2, "t")
-    assert promoted.extra == {"maintenance": True}
+    assert (promoted.mode, promoted.mode_detail) == ("maintenance", {"message": "back soon"})
     assert state.active == BLUE_V1 and state.previous is None
 
 
