@@ -469,3 +469,27 @@ def test_benchmark_smoke_runs_on_2000_entries(tmp_path):
     result = json.loads(out.read_text())
     assert (result["entries"], result["verify_ok"], result["verify_checked"]) == (2000, True, 2200)
     assert "verify: 2,200 entries in" in done.stdout
+
+
+def test_cli_follow_streams_new_entries_until_interrupted(config_file):
+    import signal
+    import subprocess
+    import sys
+
+    log = AuditLog.for_state_dir(config_file.parent / "state")
+    fill(log, 3)
+    follower = subprocess.Popen([sys.executable, "-m", "deployer", "-c", str(config_file), "audit", "--follow",
+                                 "--jsonl", "--limit", "2", "--event", "deploy.*,step"],
+                                cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        first = [json.loads(follower.stdout.readline())["seq"] for _ in range(2)]
+        log.append({"event": "job.queued", "app": "web"})  # filtered out
+        log.append({"event": "deploy.started", "app": "web"})
+        streamed = json.loads(follower.stdout.readline())
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(timeout=10) == 0
+    finally:
+        follower.kill()
+    assert first == [2, 3]  # the latest entries, oldest first
+    assert (streamed["seq"], streamed["event"]) == (5, "deploy.started")
