@@ -151,7 +151,9 @@ class Engine:
                  "tag": c.labels.get(LABEL_TAG), "address": c.address(self.settings.network)}
                 for c in self.docker.containers(selector(self.settings, app.name))
             ]
-            result.append(AppStatus(app.name, state.active, state.previous, live_rules == wanted,
+            # Once deployed, the jumps into the app's chain must be there too, or outside clients miss it.
+            jumps_ok = state.active is None or not self._base_missing(live, app)
+            result.append(AppStatus(app.name, state.active, state.previous, live_rules == wanted and jumps_ok,
                                     live_rules, wanted, containers))
         return result
 

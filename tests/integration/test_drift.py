@@ -40,6 +40,7 @@ def test_flushed_chain_and_removed_jump_are_repaired(deployer, outside):
     probe = ["python3", "-c", f"import urllib.request; print(urllib.request.urlopen("
                               f"'http://{outside.host_ip}:18300/', timeout=2).read().decode())"]
     assert outside.run(probe, capture_output=True, text=True).returncode != 0
+    assert status(deployer)["rules_match"] is False
     repaired = deployer.cli("reconcile", "drift")
     assert repaired.returncode == 0, repaired.stderr
     assert outside.run(probe, capture_output=True, text=True, check=True).stdout.startswith("v1 ")
