@@ -565,12 +565,6 @@ class AuditLog:
                      "first_seq": first, "last_seq": pruned.last})
         return pruned
 
-    def last_seq(self) -> int:
-        conn = self._connect(create=False)
-        if conn is None:
-            return 0
-        return conn.execute("SELECT seq FROM head WHERE id = 0").fetchone()[0]
-
 
 @dataclass(frozen=True)
 class Pruned:

@@ -127,6 +127,16 @@ def test_verify_names_entries_deleted_from_the_end(log):
     assert verdict.problem == "entries 5-6 removed from the end: the log's head is entry 6"
 
 
+def test_verify_names_the_last_entry_rewritten_with_a_recomputed_hash(log):
+    fill(log)
+    entry, prev = sqlite3.connect(log.path).execute("SELECT entry, prev_hash FROM entries WHERE seq = 6").fetchone()
+    forged = entry.replace('"s6"', '"s9"')
+    sql(log, f"UPDATE entries SET entry = '{forged}', hash = '{chain_hash(prev, forged)}' WHERE seq = 6")
+    verdict = log.verify()
+    assert (verdict.first_bad, verdict.problem) == (
+        6, "entry 6 was rewritten with a new hash: the head records another hash")
+
+
 def test_verify_names_two_swapped_entries(log):
     fill(log)
     sql(log, "UPDATE entries SET seq = -seq WHERE seq IN (3, 4)",
