@@ -1,0 +1,396 @@
+"""The HTTP receiver: GitHub webhooks, signed manual redeploys, job status and health.
+
+It only checks, decides and enqueues; it never touches Docker or netfilter, so it can run as an
+unprivileged user. gunicorn serves it with `deployer.web:create_app()`. Every error becomes its
+status code in `STATUS` below, the one place that maps them. Every delivery and manual request
+is recorded in the journal (verdict and reason, never a secret or a raw header).
+
+    curl -s http://127.0.0.1:8000/healthz
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import Any, Callable, Mapping
+from urllib.parse import parse_qs
+
+from flask import Blueprint, Flask, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from deployer import config as config_module
+from deployer import releases, signatures
+from deployer.config import Config
+from deployer.errors import (DeployerError, InvalidRequest, InvalidTag, MalformedRequest, PayloadTooLarge, StateError,
+                             Unauthorized, UnknownApp, UnknownJob, UnsupportedMediaType)
+from deployer.journal import Journal
+from deployer.queue import Queue
+
+log = logging.getLogger("deployer.web")
+
+STATUS: list[tuple[type[DeployerError], int]] = [
+    (Unauthorized, 401),
+    (MalformedRequest, 400),
+    (InvalidRequest, 422),
+    (InvalidTag, 422),
+    (PayloadTooLarge, 413),
+    (UnsupportedMediaType, 415),
+    (UnknownApp, 404),
+    (UnknownJob, 404),
+    (StateError, 503),
+    (DeployerError, 500),
+]
+
+DELIVERY_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+EVENT_RE = re.compile(r"^[a-z_]{1,64}$")
+HOOK_ID_RE = re.compile(r"^[0-9]{1,20}$")
+JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
+WORKER_STALE_SECONDS = 15.0
+MAX_REASON = 500
+
+
+class Receiver:
+    """What the views share: the loaded config, the queue, the journal and the clock."""
+
+    def __init__(self, config: Config, queue: Queue, journal: Journal, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.queue = queue
+        self.journal = journal
+        self.clock = clock
+
+    @property
+    def operator_secrets(self) -> dict[str, str]:
+        return {key_id: key.secret for key_id, key in self.config.server.operators.items()}
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """The app factory. gunicorn reads the config named by $DEPLOYER_CONFIG; tests pass their own parts.
+
+    test_config keys: DEPLOYER_CONFIG (a loaded Config), QUEUE, JOURNAL, CLOCK.
+    """
+    from deployer.runtime import build_journal
+
+    overrides = dict(test_config or {})
+    config = overrides.pop("DEPLOYER_CONFIG", None) or config_module.load(config_module.config_path(None))
+    queue = overrides.pop("QUEUE", None) or Queue.for_state_dir(config.settings.state_dir)
+    journal = overrides.pop("JOURNAL", None) or build_journal(config)
+    clock = overrides.pop("CLOCK", None) or time.time
+
+    app = Flask("deployer")
+    app.config.update(MAX_CONTENT_LENGTH=config.server.max_body_bytes, JSON_SORT_KEYS=False)
+    app.config.update(overrides)
+    app.extensions["deployer"] = Receiver(config, queue, journal, clock)
+    app.register_blueprint(hooks)
+    app.register_blueprint(manual)
+    app.register_blueprint(health)
+    app.register_error_handler(DeployerError, _deployer_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    app.after_request(_record_request)
+    _share_gunicorn_logging()
+    return app
+
+
+def _receiver() -> Receiver:
+    return current_app.extensions["deployer"]
+
+
+# --- recording every request -----------------------------------------------------------------------
+
+
+def _begin_record(name: str, **fields: Any) -> dict[str, Any]:
+    """Start the journal entry of this request; views add facts as they learn them."""
+    g.record_event = name
+    g.record = {"remote_addr": request.remote_addr, **fields}
+    return g.record
+
+
+def _record_request(response):
+    event = g.pop("record_event", None)
+    if event is not None:
+        fields = g.pop("record", {})
+        fields.setdefault("verdict", "rejected" if response.status_code >= 400 else "accepted")
+        _receiver().journal.record(event, status=response.status_code, **fields)
+    return response
+
+
+# --- errors: the one place that maps them to status codes ------------------------------------------
+
+
+def status_for(exc: DeployerError) -> int:
+    return next(code for kind, code in STATUS if isinstance(exc, kind))
+
+
+def _deployer_error(exc: DeployerError):
+    status = status_for(exc)
+    if "record" in g:
+        g.record.update(verdict="rejected", reason=str(exc))
+    if status >= 500:
+        log.error("request failed: %s", exc)
+    return jsonify(error=str(exc)), status
+
+
+def _http_error(exc: HTTPException):
+    if "record" in g:
+        g.record.update(verdict="rejected", reason=exc.description)
+    response = jsonify(error=exc.description)
+    response.status_code = exc.code or 500
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value  # Allow, for a 405
+    return response
+
+
+def _unexpected_error(exc: Exception):
+    log.exception("unexpected error while serving %s %s", request.method, request.path)
+    if "record" in g:
+        g.record.update(verdict="rejected", reason=f"internal error ({type(exc).__name__})")
+    return jsonify(error="internal error; see the server log"), 500
+
+
+# --- request bodies --------------------------------------------------------------------------------
+
+
+def read_body(limit: int) -> bytes:
+    """The raw body, refused with 413 before it is read whole when it is over `limit`."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the body is {length} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    try:
+        stream = request.stream
+        while True:
+            chunk = stream.read(min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+    except HTTPException as exc:
+        if exc.code == 413:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes") from None
+        raise
+    return b"".join(chunks)
+
+
+def parse_json_object(data: bytes, what: str = "body") -> dict[str, Any]:
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MalformedRequest(f"the {what} is not valid JSON: {str(exc)[:120]}") from None
+    if not isinstance(value, dict):
+        raise MalformedRequest(f"the {what} must be a JSON object")
+    return value
+
+
+def github_payload(body: bytes, mimetype: str) -> dict[str, Any]:
+    """GitHub's two content types: the JSON itself, or a form whose `payload` field holds it."""
+    if mimetype == "application/json":
+        return parse_json_object(body)
+    if mimetype == "application/x-www-form-urlencoded":
+        try:
+            form = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=True,
+                            max_num_fields=20)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise MalformedRequest(f"the body is not a valid form: {str(exc)[:120]}") from None
+        values = form.get("payload")
+        if not values or len(values) != 1:
+            raise MalformedRequest("the form has no single 'payload' field")
+        return parse_json_object(values[0].encode("utf-8"), "payload field")
+    raise UnsupportedMediaType(f"content type {mimetype or '(none)'!r} is not accepted: use application/json "
+                               f"or application/x-www-form-urlencoded")
+
+
+def _header(name: str, pattern: re.Pattern[str], *, required: bool = True) -> str | None:
+    value = request.headers.get(name)
+    if value is None or value == "":
+        if required:
+            raise InvalidRequest(f"missing {name} header")
+        return None
+    if not pattern.match(value):
+        raise InvalidRequest(f"malformed {name} header")
+    return value
+
+
+# --- POST /hooks/github ----------------------------------------------------------------------------
+
+hooks = Blueprint("hooks", __name__)
+
+
+@hooks.route("/hooks/github", methods=["POST"])
+def github_hook():
+    """Receive a GitHub delivery. Example: GitHub → Settings → Webhooks → https://host/hooks/github."""
+    receiver = _receiver()
+    record = _begin_record("delivery",
+                           delivery=_safe_header("X-GitHub-Delivery", DELIVERY_RE),
+                           hook_id=_safe_header("X-GitHub-Hook-ID", HOOK_ID_RE),
+                           github_event=_safe_header("X-GitHub-Event", EVENT_RE))
+    body = read_body(receiver.config.server.max_body_bytes)
+    record["body_sha256"] = signatures.body_sha256(body)
+    signatures.verify_github(receiver.config.server.github_secret, body,
+                             request.headers.get(signatures.GITHUB_HEADER))
+    payload = github_payload(body, request.mimetype)
+    event = _header("X-GitHub-Event", EVENT_RE)
+    delivery = _header("X-GitHub-Delivery", DELIVERY_RE)
+    hook_id = _header("X-GitHub-Hook-ID", HOOK_ID_RE, required=False) or "-"
+
+    decision = releases.decide(event, payload, receiver.config)
+    record.update(action=decision.action, repository=decision.repository, sender=decision.sender,
+                  app=decision.app, tag=decision.tag, verdict=decision.verdict, reason=decision.reason)
+    if decision.verdict == "pong":
+        return jsonify(status="pong", reason=decision.reason), 200
+    if decision.verdict == "ignore":
+        outcome = receiver.queue.record_ignored(hook_id=hook_id, delivery=delivery, reason=decision.reason)
+        record["reason"] = outcome.reason
+        return jsonify(status="ignored", reason=outcome.reason), 200
+
+    actor = f"{decision.actor} (delivery {delivery})"
+    source = {"delivery": delivery, "hook_id": hook_id, "action": decision.action, "release_id": decision.release_id,
+              "repository": decision.repository, "sender": decision.sender}
+    if decision.asset is not None:
+        source["asset"] = {"id": decision.asset.asset_id, "name": decision.asset.name, "size": decision.asset.size,
+                           "checksum_id": decision.asset.checksum_id}
+    outcome = receiver.queue.submit_release(app=decision.app, tag=decision.tag, actor=actor, hook_id=hook_id,
+                                            delivery=delivery, source=source)
+    record.update(job=outcome.job.id if outcome.job else None,
+                  verdict="queued" if outcome.created else "duplicate", reason=outcome.reason)
+    if outcome.created:
+        receiver.journal.record("job.queued", job=outcome.job.id, app=decision.app, tag=decision.tag, actor=actor,
+                                kind="release", delivery=delivery)
+        return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
+    return jsonify(status="duplicate", reason=outcome.reason, job=outcome.job.id if outcome.job else None,
+                   job_status=outcome.job.status if outcome.job else None), 200
+
+
+def _safe_header(name: str, pattern: re.Pattern[str]) -> str | None:
+    """A header for the record only when it looks like what it claims: no forged log lines."""
+    value = request.headers.get(name)
+    return value if value and pattern.match(value) else None
+
+
+def _job_accepted(job_id: str, app: str, tag: str | None, reason: str):
+    response = jsonify(status="queued", job=job_id, app=app, tag=tag, reason=reason, url=f"/jobs/{job_id}")
+    response.status_code = 202
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return response
+
+
+# --- signed manual requests: POST /deploy, GET /jobs/<id> ------------------------------------------
+
+manual = Blueprint("manual", __name__)
+
+
+def authenticate(body: bytes, record: dict[str, Any]) -> str:
+    """Check key, timestamp, signature, then spend the nonce. Returns the key id."""
+    receiver = _receiver()
+    signed = signatures.read_signed_headers(request.headers)
+    record.update(key_id=signed.key_id if signed.key_id in receiver.operator_secrets else None,
+                  nonce=signed.nonce, timestamp=signed.timestamp)
+    now = receiver.clock()
+    path = request.script_root + request.path
+    if request.query_string:
+        path += "?" + request.query_string.decode("latin-1")
+    signatures.verify_manual(receiver.operator_secrets, signed, method=request.method, path=path, body=body, now=now)
+    receiver.queue.use_nonce(signed.key_id, signed.nonce, signatures.nonce_expiry(signed.timestamp, now))
+    return signed.key_id
+
+
+@manual.route("/deploy", methods=["POST"])
+def deploy():
+    """Redeploy an app, signed with an operator key. Example: deployer redeploy demo v1.2.0 --url http://host:8000"""
+    receiver = _receiver()
+    record = _begin_record("manual_request")
+    body = read_body(receiver.config.server.max_body_bytes)
+    record["body_sha256"] = signatures.body_sha256(body)
+    key_id = authenticate(body, record)
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType(f"content type {request.mimetype or '(none)'!r} is not accepted: "
+                                   f"use application/json")
+    wanted = manual_request(parse_json_object(body), receiver.config)
+    record.update(app=wanted["app"], tag=wanted["tag"], reason=wanted["reason"])
+    actor = f"key:{key_id}"
+    job = receiver.queue.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor,
+                                       source={"key_id": key_id, "reason": wanted["reason"]})
+    record.update(job=job.id, verdict="queued")
+    receiver.journal.record("job.queued", job=job.id, app=job.app, tag=job.tag, actor=actor, kind="redeploy",
+                            reason=wanted["reason"])
+    return _job_accepted(job.id, job.app, job.tag, "queued")
+
+
+def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
+    """Validate {"app": ..., "tag": ... (optional), "reason": ... (optional)}."""
+    app_name = data.get("app")
+    if app_name is None:
+        raise InvalidRequest("missing field app")
+    if not isinstance(app_name, str):
+        raise InvalidRequest("field app must be a string")
+    app = config.apps.get(app_name)
+    if app is None:
+        raise UnknownApp(f"unknown app {app_name[:64]!r}")
+    tag = data.get("tag")
+    if tag is not None:
+        releases.valid_tag(app, tag)
+    reason = data.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON
+                               or not reason.isprintable()):
+        raise InvalidRequest(f"field reason must be printable text of at most {MAX_REASON} characters")
+    unknown = sorted(set(data) - {"app", "tag", "reason"})
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0][:64]!r} (allowed: app, tag, reason)")
+    return {"app": app.name, "tag": tag, "reason": reason}
+
+
+@manual.route("/jobs/<job_id>", methods=["GET"])
+def job_status(job_id: str):
+    """A job's state and steps, signed like /deploy. Example: deployer redeploy demo --wait (polls this)."""
+    receiver = _receiver()
+    record = _begin_record("manual_request")
+    body = read_body(receiver.config.server.max_body_bytes)
+    record["body_sha256"] = signatures.body_sha256(body)
+    authenticate(body, record)
+    job = receiver.queue.get(job_id) if JOB_ID_RE.match(job_id) else None
+    if job is None:
+        raise UnknownJob("no job has that id")
+    record.update(job=job.id, app=job.app, verdict="answered")
+    return jsonify(**job.as_dict(), steps=receiver.queue.steps(job.id)), 200
+
+
+# --- GET /healthz ----------------------------------------------------------------------------------
+
+health = Blueprint("health", __name__)
+
+
+@health.route("/healthz", methods=["GET"])
+def healthz():
+    """Liveness, and whether the worker runs and Docker and netfilter answer it. Example: curl host:8000/healthz"""
+    receiver = _receiver()
+    try:
+        worker = receiver.queue.worker_status()
+        queue_state = "ok"
+    except StateError as exc:
+        worker, queue_state = None, str(exc)
+    now = receiver.clock()
+    alive = worker is not None and now - worker["heartbeat_at"] < WORKER_STALE_SECONDS
+    report = {
+        "receiver": "ok",
+        "queue": queue_state,
+        "worker": ("ok" if alive else "no heartbeat" if worker is None
+                   else f"last heartbeat {now - worker['heartbeat_at']:.0f} s ago"),
+        "docker": (worker or {}).get("docker") or "unknown",
+        "netfilter": (worker or {}).get("netfilter") or "unknown",
+    }
+    healthy = all(value == "ok" for value in report.values())
+    return jsonify(status="ok" if healthy else "degraded", **report), 200 if healthy else 503
+
+
+def _share_gunicorn_logging() -> None:
+    """Under gunicorn, the deployer's log lines go where gunicorn's do (its error log)."""
+    gunicorn = logging.getLogger("gunicorn.error")
+    deployer_log = logging.getLogger("deployer")
+    if gunicorn.handlers and not deployer_log.handlers:
+        deployer_log.handlers = list(gunicorn.handlers)
+        deployer_log.setLevel(logging.INFO)
+        deployer_log.propagate = False

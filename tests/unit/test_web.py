@@ -1,0 +1,507 @@
+"""The receiver through Flask's test client: a fresh app, queue and journal per test; no engine at all.
+
+Covers the bad-input table row by row: each rejection is answered with its status, acted on
+never (no job), and recorded in the journal with its reason and without any secret.
+"""
+
+import io
+import json
+import tomllib
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from deployer import config as config_module
+from deployer import signatures
+from deployer.journal import Journal
+from deployer.queue import Queue
+from deployer.web import create_app
+
+PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "github-payloads"  # ../shared from the repository
+GITHUB_SECRET = "gh-webhook-secret-5f2a9c"
+ALICE_SECRET = "alice-operator-secret-8d41e7b2"
+NOW = 1_767_225_600
+CAP = 64 * 1024
+HOSTILE_TAGS = ["v1;rm -rf /", "$(id)", "../x", "v" * 200]
+
+
+def read_payload(name: str) -> bytes:
+    return (PAYLOADS / name).read_bytes()
+
+
+class Clock:
+    now = float(NOW)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def settings(tmp_path):
+    text = f"""
+[deployer]
+state_dir = "{tmp_path / 'state'}"
+
+[server]
+max_body_bytes = {CAP}
+github_secret_env = "GH_SECRET"
+
+[server.operators.alice]
+secret_env = "ALICE_SECRET"
+
+[apps.web]
+image = "registry.example:5000/web"
+repository = "Codertocat/Hello-World"
+tag_pattern = '^[v0-9][A-Za-z0-9._-]*$'
+
+[[apps.web.ports]]
+external = 8000
+container = 80
+blue = 8001
+green = 8002
+"""
+    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml",
+                               environ={"GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET})
+
+
+@pytest.fixture
+def events():
+    return []
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def queue(settings, clock):
+    return Queue.for_state_dir(settings.settings.state_dir, clock=clock)
+
+
+@pytest.fixture
+def app(settings, queue, events, clock):
+    journal = Journal([events.append], secrets=settings.secrets())
+    return create_app({"DEPLOYER_CONFIG": settings, "QUEUE": queue, "JOURNAL": journal, "CLOCK": clock,
+                       "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def deliver(client, body: bytes, *, event="release", delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958",
+            hook_id="109948940", secret=GITHUB_SECRET, content_type="application/json", signature=None,
+            headers=None):
+    sent = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "X-GitHub-Hook-ID": hook_id,
+            "Content-Type": content_type}
+    if secret is not None:
+        sent["X-Hub-Signature-256"] = signature or signatures.github_signature(secret, body)
+    sent.update(headers or {})
+    return client.post("/hooks/github", data=body, headers={k: v for k, v in sent.items() if v is not None})
+
+
+def published(**release_changes) -> bytes:
+    data = json.loads(read_payload("release-published.payload.json"))
+    data["release"].update(release_changes)
+    return json.dumps(data).encode()
+
+
+def signed_call(client, method, path, body=b"", *, key_id="alice", secret=ALICE_SECRET, timestamp=NOW,
+                nonce=None, content_type="application/json"):
+    nonce = nonce or f"nonce-{signed_call.counter:016d}"
+    signed_call.counter += 1
+    headers = signatures.sign_request(secret, method=method, path=path, key_id=key_id, timestamp=timestamp,
+                                      nonce=nonce, body=body)
+    if content_type:
+        headers["Content-Type"] = content_type
+    return client.open(path, method=method, data=body, headers=headers)
+
+
+signed_call.counter = 0
+
+
+def deliveries(events):
+    return [e for e in events if e["event"] == "delivery"]
+
+
+def assert_no_secret(events, *responses):
+    text = json.dumps(events, default=str) + "".join(r.get_data(as_text=True) for r in responses)
+    for secret in (GITHUB_SECRET, ALICE_SECRET):
+        assert secret not in text
+
+
+# --- deliveries that are acted on ------------------------------------------------------------------
+
+
+def test_a_signed_published_release_is_queued_and_answered_202(client, queue, events):
+    response = deliver(client, read_payload("release-published.payload.json"))
+    assert response.status_code == 202
+    body = response.get_json()
+    job = queue.get(body["job"])
+    assert body == {"status": "queued", "job": job.id, "app": "web", "tag": "0.0.1", "reason": "queued",
+                    "url": f"/jobs/{job.id}"}
+    assert response.headers["Location"] == f"/jobs/{job.id}"
+    assert (job.app, job.tag, job.kind, job.status) == ("web", "0.0.1", "release", "queued")
+    assert job.actor == "github:Codertocat (delivery 72d3162e-cc78-11e3-81ab-4c9367dc0958)"
+    assert job.source == {"delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "hook_id": "109948940",
+                          "action": "published", "release_id": 17372790, "repository": "Codertocat/Hello-World",
+                          "sender": "Codertocat"}
+    [record] = deliveries(events)
+    assert {k: v for k, v in record.items() if k not in ("ts", "_durable")} == {
+        "event": "delivery", "remote_addr": "127.0.0.1", "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        "hook_id": "109948940", "github_event": "release", "action": "published",
+        "repository": "Codertocat/Hello-World", "sender": "Codertocat", "app": "web", "tag": "0.0.1",
+        "body_sha256": signatures.body_sha256(read_payload("release-published.payload.json")),
+        "verdict": "queued", "reason": "queued", "job": job.id, "status": 202}
+    queued = [e for e in events if e["event"] == "job.queued"]
+    assert [(e["job"], e["app"], e["tag"], e["kind"]) for e in queued] == [(job.id, "web", "0.0.1", "release")]
+    assert_no_secret(events, response)
+
+
+def test_the_form_encoded_content_type_is_accepted(client, queue):
+    body = urlencode({"payload": read_payload("release-published.payload.json").decode()}).encode()
+    response = deliver(client, body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 202
+    assert queue.get(response.get_json()["job"]).tag == "0.0.1"
+
+
+def test_ping_answers_200(client, queue, events):
+    response = deliver(client, read_payload("ping-payload.json"), event="ping")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "pong",
+                                   "reason": "pong; no app is configured for repository Octocoders/Hello-World"}
+    assert queue.jobs() == []
+    assert deliveries(events)[0]["verdict"] == "pong"
+
+
+def test_a_redelivery_does_not_deploy_twice(client, queue):
+    first = deliver(client, read_payload("release-published.payload.json"))
+    again = deliver(client, read_payload("release-published.payload.json"))
+    assert again.status_code == 200
+    assert again.get_json() == {"status": "duplicate", "job": first.get_json()["job"], "job_status": "queued",
+                                "reason": "delivery 72d3162e-cc78-11e3-81ab-4c9367dc0958 was already received "
+                                          "(queued)"}
+    assert len(queue.jobs()) == 1
+
+
+def test_published_and_released_of_one_release_make_one_job(client, queue):
+    first = deliver(client, read_payload("release-published.payload.json"), delivery="d-published")
+    second = deliver(client, read_payload("release-released.json"), delivery="d-released")
+    assert second.status_code == 200
+    assert second.get_json()["job"] == first.get_json()["job"]
+    assert len(queue.jobs()) == 1
+
+
+def test_a_tag_already_active_makes_no_job(client, queue):
+    queue.set_active("web", "0.0.1", None)
+    response = deliver(client, read_payload("release-released.json"))
+    assert (response.status_code, response.get_json()["reason"]) == (200, "tag 0.0.1 is already active")
+    assert queue.jobs() == []
+
+
+def test_ignored_actions_are_acknowledged_with_the_reason(client, queue, events):
+    response = deliver(client, published(prerelease=True))
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ignored", "reason": "the release is a prerelease, and app 'web' does "
+                                                                  "not deploy prereleases (prereleases = false)"}
+    assert queue.jobs() == []
+    assert deliveries(events)[0]["verdict"] == "ignore"
+
+
+# --- the bad-input table ---------------------------------------------------------------------------
+
+
+def assert_refused(response, status, error, queue, events, event="delivery"):
+    assert response.status_code == status
+    assert response.get_json() == {"error": error}
+    assert queue.jobs() == []
+    records = [e for e in events if e["event"] == event]
+    assert records and records[-1]["verdict"] == "rejected" and records[-1]["reason"] == error
+    assert records[-1]["status"] == status
+    assert_no_secret(events, response)
+
+
+def test_missing_signature_is_401(client, queue, events):
+    response = deliver(client, read_payload("release-published.payload.json"), secret=None)
+    assert_refused(response, 401, "missing X-Hub-Signature-256 header", queue, events)
+
+
+def test_wrong_signature_is_401_and_never_reveals_the_expected_value(client, queue, events):
+    body = read_payload("release-published.payload.json")
+    response = deliver(client, body, secret="not-the-secret")
+    assert_refused(response, 401, "X-Hub-Signature-256 does not match the body", queue, events)
+    expected = signatures.github_signature(GITHUB_SECRET, body)
+    assert expected[7:] not in response.get_data(as_text=True)
+    assert expected[7:] not in json.dumps(events)
+
+
+def test_an_unset_github_secret_refuses_every_delivery(settings, queue, events, clock):
+    from dataclasses import replace
+
+    unset = replace(settings, server=replace(settings.server, github_secret=None))
+    app = create_app({"DEPLOYER_CONFIG": unset, "QUEUE": queue, "JOURNAL": Journal([events.append]), "CLOCK": clock})
+    response = deliver(app.test_client(), read_payload("release-published.payload.json"))
+    assert_refused(response, 401, "webhook deliveries are refused: no GitHub secret is configured "
+                                  "([server] github_secret_file or github_secret_env)", queue, events)
+
+
+def test_the_signature_is_checked_before_the_body_is_parsed(client, queue, events):
+    response = deliver(client, b"{not json", secret="wrong", content_type="text/plain")
+    assert_refused(response, 401, "X-Hub-Signature-256 does not match the body", queue, events)
+
+
+def test_malformed_json_is_400(client, queue, events):
+    response = deliver(client, b'{"action": "published", ')
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith("the body is not valid JSON: ")
+    assert queue.jobs() == [] and deliveries(events)[-1]["verdict"] == "rejected"
+
+
+@pytest.mark.parametrize("body, error", [
+    (b"[1, 2]", "the body must be a JSON object"),
+    (b"\xff\xfe", "the body is not valid JSON: 'utf-8' codec can't decode byte 0xff in position 0: invalid "
+                  "start byte"),
+])
+def test_other_malformed_bodies_are_400(client, queue, events, body, error):
+    assert_refused(deliver(client, body), 400, error, queue, events)
+
+
+def test_a_form_without_payload_is_400(client, queue, events):
+    response = deliver(client, b"other=1", content_type="application/x-www-form-urlencoded")
+    assert_refused(response, 400, "the form has no single 'payload' field", queue, events)
+
+
+def test_missing_fields_are_422(client, queue, events):
+    data = json.loads(read_payload("release-published.payload.json"))
+    del data["release"]["tag_name"]
+    response = deliver(client, json.dumps(data).encode())
+    assert_refused(response, 422, "missing field release.tag_name", queue, events)
+
+
+@pytest.mark.parametrize("header, error", [
+    ("X-GitHub-Event", "missing X-GitHub-Event header"),
+    ("X-GitHub-Delivery", "missing X-GitHub-Delivery header"),
+])
+def test_missing_github_headers_are_422(client, queue, events, header, error):
+    response = deliver(client, read_payload("release-published.payload.json"), headers={header: None})
+    assert_refused(response, 422, error, queue, events)
+
+
+def test_a_body_over_the_cap_is_413_and_is_not_read(client, queue, events):
+    class Unread(io.RawIOBase):
+        def read(self, *_):
+            raise AssertionError("the body was read")
+
+    response = client.post("/hooks/github", headers={"Content-Type": "application/json", "X-GitHub-Event": "release",
+                                                     "X-GitHub-Delivery": "d-1"},
+                           environ_overrides={"wsgi.input": Unread(), "CONTENT_LENGTH": str(CAP + 1)})
+    assert_refused(response, 413, f"the body is {CAP + 1} bytes; the limit is {CAP}", queue, events)
+
+
+def test_a_chunked_body_over_the_cap_is_413_after_reading_no_more_than_the_cap(client, queue, events):
+    class Endless(io.RawIOBase):
+        served = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            self.served += len(buffer)
+            buffer[:] = b"x" * len(buffer)
+            return len(buffer)
+
+    stream = Endless()
+    response = client.post("/hooks/github", headers={"Content-Type": "application/json", "X-GitHub-Event": "release",
+                                                     "X-GitHub-Delivery": "d-1"},
+                           environ_overrides={"wsgi.input": stream, "wsgi.input_terminated": True,
+                                              "CONTENT_LENGTH": ""})
+    assert_refused(response, 413, f"the body is over the limit of {CAP} bytes", queue, events)
+    assert stream.served <= CAP + 65536
+
+
+def test_an_unsupported_content_type_is_415(client, queue, events):
+    response = deliver(client, read_payload("release-published.payload.json"), content_type="text/plain")
+    assert_refused(response, 415, "content type 'text/plain' is not accepted: use application/json or "
+                                  "application/x-www-form-urlencoded", queue, events)
+
+
+@pytest.mark.parametrize("tag", HOSTILE_TAGS)
+def test_a_hostile_tag_in_a_release_is_422_and_deploys_nothing(client, queue, events, tag):
+    response = deliver(client, published(tag_name=tag))
+    assert response.status_code == 422
+    assert "is not a valid Docker tag" in response.get_json()["error"]
+    assert queue.jobs() == []
+    assert deliveries(events)[-1]["verdict"] == "rejected"
+    assert deliveries(events)[-1].get("tag") is None  # the hostile text is not recorded as a tag
+
+
+def test_a_tag_outside_the_apps_pattern_is_422(client, queue, events):
+    response = deliver(client, published(tag_name="release_7"))
+    assert_refused(response, 422, "tag 'release_7' does not match the pattern of app 'web': ^[v0-9][A-Za-z0-9._-]*$",
+                   queue, events)
+
+
+def test_an_unconfigured_repository_is_404(client, queue, events):
+    data = json.loads(read_payload("release-published.payload.json"))
+    data["repository"]["full_name"] = "someone/else"
+    response = deliver(client, json.dumps(data).encode())
+    assert_refused(response, 404, "no app is configured for repository someone/else", queue, events)
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/hooks/github"), ("PUT", "/hooks/github"), ("GET", "/deploy"),
+                                          ("DELETE", "/jobs/job-0123456789abcdef"), ("POST", "/healthz")])
+def test_a_wrong_method_is_405(client, queue, method, path):
+    response = client.open(path, method=method)
+    assert response.status_code == 405
+    assert response.get_json()["error"].startswith("The method is not allowed")
+    assert "Allow" in response.headers
+    assert queue.jobs() == []
+
+
+# --- signed manual requests ------------------------------------------------------------------------
+
+
+def redeploy_body(**fields) -> bytes:
+    return json.dumps({"app": "web", **fields}).encode()
+
+
+def test_a_signed_redeploy_is_queued(client, queue, events):
+    response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2", reason="hotfix"))
+    assert response.status_code == 202
+    job = queue.get(response.get_json()["job"])
+    assert (job.app, job.tag, job.kind, job.actor) == ("web", "v2", "redeploy", "key:alice")
+    assert job.source == {"key_id": "alice", "reason": "hotfix"}
+    [record] = [e for e in events if e["event"] == "manual_request"]
+    assert (record["key_id"], record["timestamp"], record["verdict"], record["job"]) == ("alice", NOW, "queued", job.id)
+    assert record["nonce"].startswith("nonce-")
+    assert_no_secret(events, response)
+
+
+def test_a_redeploy_without_tag_means_the_active_release(client, queue):
+    response = signed_call(client, "POST", "/deploy", redeploy_body())
+    assert response.status_code == 202
+    assert queue.get(response.get_json()["job"]).tag is None
+
+
+def test_a_job_is_readable_with_a_signed_get(client, queue):
+    job_id = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2")).get_json()["job"]
+    queue.add_step(job_id, "pull", "ok", {"duration_ms": 12.5})
+    response = signed_call(client, "GET", f"/jobs/{job_id}", content_type=None)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert (body["id"], body["status"], body["tag"]) == (job_id, "queued", "v2")
+    assert [(s["name"], s["outcome"], s["detail"]) for s in body["steps"]] == [("pull", "ok", {"duration_ms": 12.5})]
+
+
+def test_an_unsigned_job_read_is_401(client, queue, events):
+    job_id = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2")).get_json()["job"]
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 401
+    assert response.get_json() == {"error": "missing X-Deployer-Key header"}
+
+
+def test_an_unknown_job_is_404_after_authentication(client):
+    assert signed_call(client, "GET", "/jobs/job-0123456789abcdef", content_type=None).status_code == 404
+    assert signed_call(client, "GET", "/jobs/../../etc", content_type=None).status_code == 404
+    assert client.get("/jobs/job-0123456789abcdef").status_code == 401
+
+
+def test_a_stale_timestamp_is_401(client, queue, events):
+    response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), timestamp=NOW - 301)
+    assert_refused(response, 401, "the timestamp is more than 300 s away from the server's clock (check the "
+                                  "client's clock)", queue, events, event="manual_request")
+
+
+def test_a_timestamp_from_the_future_is_401(client, queue, events):
+    response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), timestamp=NOW + 301)
+    assert response.status_code == 401
+
+
+def test_a_reused_nonce_is_401(client, queue, events):
+    body = redeploy_body(tag="v2")
+    first = signed_call(client, "POST", "/deploy", body, nonce="the-same-nonce-0001")
+    assert first.status_code == 202
+    replay = signed_call(client, "POST", "/deploy", body, nonce="the-same-nonce-0001")
+    assert replay.status_code == 401 and replay.get_json() == {"error": "nonce already used"}
+    assert len(queue.jobs()) == 1
+
+
+def test_a_nonce_is_spent_even_when_the_request_is_then_refused(client, queue):
+    assert signed_call(client, "POST", "/deploy", redeploy_body(tag="$(id)"), nonce="spent-nonce-00001") \
+        .status_code == 422
+    again = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), nonce="spent-nonce-00001")
+    assert again.status_code == 401
+
+
+def test_an_unknown_key_id_is_401(client, queue, events):
+    response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), key_id="mallory")
+    assert_refused(response, 401, "unknown key id", queue, events, event="manual_request")
+    assert [e for e in events if e["event"] == "manual_request"][-1].get("key_id") is None
+
+
+def test_a_wrong_manual_signature_is_401(client, queue, events):
+    response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), secret="x" * 30)
+    assert_refused(response, 401, "X-Deployer-Signature does not match the request", queue, events,
+                   event="manual_request")
+
+
+def test_an_unknown_app_is_404(client, queue, events):
+    response = signed_call(client, "POST", "/deploy", json.dumps({"app": "nope"}).encode())
+    assert_refused(response, 404, "unknown app 'nope'", queue, events, event="manual_request")
+
+
+@pytest.mark.parametrize("tag", HOSTILE_TAGS)
+def test_a_hostile_tag_in_a_redeploy_is_422(client, queue, tag):
+    response = signed_call(client, "POST", "/deploy", redeploy_body(tag=tag))
+    assert response.status_code == 422
+    assert "is not a valid Docker tag" in response.get_json()["error"]
+    assert queue.jobs() == []
+
+
+@pytest.mark.parametrize("body, status, error", [
+    (b"{", 400, None),
+    (b'{"tag": "v2"}', 422, "missing field app"),
+    (b'{"app": 7}', 422, "field app must be a string"),
+    (b'{"app": "web", "reason": "a\\nb"}', 422, "field reason must be printable text of at most 500 characters"),
+    (b'{"app": "web", "force": true}', 422, "unknown field 'force' (allowed: app, tag, reason)"),
+])
+def test_malformed_redeploy_bodies(client, queue, body, status, error):
+    response = signed_call(client, "POST", "/deploy", body)
+    assert response.status_code == status
+    if error:
+        assert response.get_json() == {"error": error}
+    assert queue.jobs() == []
+
+
+def test_a_redeploy_must_be_json(client, queue):
+    response = signed_call(client, "POST", "/deploy", b"app=web", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415
+
+
+def test_a_redeploy_over_the_cap_is_413(client, queue):
+    response = signed_call(client, "POST", "/deploy", redeploy_body(reason="x" * CAP))
+    assert response.status_code == 413
+
+
+# --- health ----------------------------------------------------------------------------------------
+
+
+def test_health_is_degraded_without_a_worker(client):
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "degraded", "receiver": "ok", "queue": "ok", "worker": "no heartbeat",
+                                   "docker": "unknown", "netfilter": "unknown"}
+
+
+def test_health_reports_the_workers_checks(client, queue, clock):
+    queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
+    assert client.get("/healthz").get_json()["status"] == "ok"
+    queue.heartbeat(pid=1, started_at=clock.now, docker="the Docker daemon does not answer", netfilter="ok",
+                    checked=True)
+    response = client.get("/healthz")
+    assert (response.status_code, response.get_json()["docker"]) == (503, "the Docker daemon does not answer")
+    clock.now += 60
+    assert client.get("/healthz").get_json()["worker"] == "last heartbeat 60 s ago"
