@@ -1,0 +1,408 @@
+"""The deploy worker: the one process that holds the Docker socket and netfilter.
+
+It takes the worker lock (one worker per state folder), recovers jobs a dead worker left running,
+runs `reconcile` so rules, containers and records agree before anything new happens, then claims
+jobs from the queue. Each job runs in its own child process (`python -m deployer.worker`), so a
+job can be timed out and killed, and a crash in one deploy cannot take the worker down. A child
+that dies without recording an outcome is failed by the worker, which then reconciles the app.
+
+Every event of a job, including the engine's steps, is copied into the job, where GET /jobs/<id> shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from deployer.config import Config
+from deployer.errors import DeployerError, LockError, StateError
+from deployer.journal import Event, Journal
+from deployer.queue import Job, Queue
+from deployer.state import StateStore
+
+log = logging.getLogger("deployer.worker")
+
+MAX_ATTEMPTS = 3
+BUSY_RETRY_SECONDS = 5.0
+HEARTBEAT_SECONDS = 2.0
+CHECK_SECONDS = 15.0
+POLL_SECONDS = 0.2
+WORKER_ACTOR = "worker"
+
+
+# --- one job, start to end (runs in the job's own process) ---------------------------------------
+
+
+class EngineLike(Protocol):
+    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None) -> Any: ...
+
+
+@dataclass
+class JobTools:
+    """What a job acts with: the real engine and asset loader in production, small fakes in unit tests."""
+
+    engine: Callable[[str | None], EngineLike]  # given the preloaded image reference, if any
+    load_asset: Callable[[Job], str] | None = None  # downloads and loads the release asset; returns the reference
+
+
+def active_tag(config: Config, app: str) -> str | None:
+    state = StateStore(config.settings.state_dir).load(app)
+    return state.active.tag if state.active else None
+
+
+def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
+            now: Callable[[], float] = time.time) -> str:
+    """Run one claimed job to its end and record the outcome in the queue; return the job's status."""
+    base = {"job": job.id, "app": job.app, "actor": job.actor}
+    journal.record("job.started", tag=job.tag, kind=job.kind, attempt=job.attempts, **base)
+    try:
+        tag = job.tag or active_tag(config, job.app)
+        if tag is None:
+            return _end(queue, journal, job, "failed", f"app {job.app!r} has no active release to redeploy; "
+                                                       f"name a tag", base)
+        if job.kind == "release" and active_tag(config, job.app) == tag:
+            queue.set_active(job.app, tag)
+            return _end(queue, journal, job, "skipped", f"tag {tag} is already active", base)
+        preloaded = None
+        app = config.app(job.app)
+        if job.kind == "release" and app.asset is not None and tools.load_asset is not None:
+            with journal.step("asset", **base) as step:
+                preloaded = tools.load_asset(job)
+                step.detail["image"] = preloaded
+        result = tools.engine(preloaded).deploy(job.app, tag, actor=job.actor, job=job.id)
+    except LockError as exc:
+        if now() - job.created_at > config.server.job_timeout:
+            return _end(queue, journal, job, "failed", f"the app stayed busy for longer than "
+                                                       f"{config.server.job_timeout:g} s: {exc}", base)
+        queue.requeue(job, f"waiting: {exc}", delay=BUSY_RETRY_SECONDS)
+        journal.record("job.requeued", reason=str(exc), **base)
+        return "queued"
+    except DeployerError as exc:
+        return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
+    queue.set_active(job.app, tag, job.id)
+    return _end(queue, journal, job, "succeeded", f"{tag} is live on {result.port_set}", base, tag=tag,
+                digest=getattr(result, "digest", None))
+
+
+def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, base: dict[str, Any],
+         **extra: Any) -> str:
+    owned = queue.finish(job, status, reason)
+    event = {"succeeded": "job.finished", "skipped": "job.finished"}.get(status, "job.failed")
+    journal.record(event, outcome={"succeeded": "ok", "skipped": "skipped"}.get(status, "failed"),
+                   status=status, reason=reason, **({} if owned else {"note": "the job was recovered meanwhile"}),
+                   **base, **extra)
+    return status
+
+
+class JobSteps:
+    """A journal sink that copies the events of one job into the queue, for GET /jobs/<id>."""
+
+    SKIP = {"ts", "event", "job", "_durable", "app", "actor", "step", "outcome"}
+
+    def __init__(self, queue: Queue, job_id: str) -> None:
+        self.queue = queue
+        self.job_id = job_id
+
+    def __call__(self, event: Event) -> None:
+        if event.get("job") != self.job_id:
+            return
+        name = event["step"] if event["event"] in ("step", "step.begin") else event["event"]
+        outcome = "running" if event["event"] == "step.begin" else event.get("outcome")
+        detail = {k: v for k, v in event.items() if k not in self.SKIP}
+        with contextlib.suppress(StateError):  # a lost progress line must not fail the deploy
+            self.queue.add_step(self.job_id, name, outcome, detail)
+
+
+# --- the supervising worker --------------------------------------------------------------------------
+
+
+class Running(Protocol):
+    pid: int
+
+    def poll(self) -> int | None: ...
+    def kill(self) -> None: ...
+
+
+@dataclass
+class Child:
+    job: Job
+    process: Running
+    started: float
+
+
+class WorkerLock:
+    """One worker per state folder: it alone may decide that a running job has lost its worker."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / "queue" / "worker.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise LockError(f"another worker is running on this state folder (pid {holder or '?'})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass
+class Worker:
+    config: Config
+    queue: Queue
+    journal: Journal
+    launch: Callable[[Job], Running]
+    reconcile: Callable[[str | None], list[str]]  # app name or None (all apps) -> repairs
+    checks: Callable[[], tuple[str, str]] | None = None  # -> (docker, netfilter): "ok" or the reason
+    clock: Callable[[], float] = time.time
+    children: dict[str, Child] = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        """Recover what a dead worker left, reconcile every app, and publish what is live."""
+        self.started_at = self.clock()
+        self.lock = WorkerLock(self.config.settings.state_dir)
+        self.lock.acquire()
+        for job in self.queue.recover(max_attempts=MAX_ATTEMPTS):
+            self.journal.record("job.requeued" if job.status == "queued" else "job.failed", job=job.id, app=job.app,
+                                actor=WORKER_ACTOR, reason=job.reason, **({"outcome": "failed"}
+                                                                         if job.status == "failed" else {}))
+        try:
+            self.reconcile(None)
+        except DeployerError as exc:
+            self.journal.record("worker.reconcile", outcome="failed", actor=WORKER_ACTOR, error=str(exc))
+        for app in self.config.apps:
+            with contextlib.suppress(DeployerError):
+                self.queue.set_active(app, active_tag(self.config, app))
+        self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at)
+        self.journal.record("worker.started", actor=WORKER_ACTOR, pid=os.getpid())
+
+    def poll(self) -> bool:
+        """Reap ended children, time out slow ones, claim new jobs. True when something happened."""
+        busy = self._reap()
+        while not self.stopping.is_set():
+            claim = self.queue.claim()
+            if claim is None:
+                break
+            busy = True
+            for old in claim.superseded:
+                self.journal.record("job.superseded", job=old.id, app=old.app, tag=old.tag, actor=old.actor,
+                                    superseded_by=claim.job.id, reason=old.reason)
+            try:
+                process = self.launch(claim.job)
+            except OSError as exc:
+                reason = f"cannot start the deploy process: {exc.strerror or exc}"
+                self.queue.finish(claim.job, "failed", reason)
+                self.journal.record("job.failed", outcome="failed", job=claim.job.id, app=claim.job.app,
+                                    actor=claim.job.actor, reason=reason)
+                continue
+            self.children[claim.job.id] = Child(claim.job, process, self.clock())
+        return busy
+
+    def _reap(self) -> bool:
+        reaped = False
+        for job_id, child in list(self.children.items()):
+            code = child.process.poll()
+            timed_out = code is None and self.clock() - child.started > self.config.server.job_timeout
+            if code is None and not timed_out:
+                continue
+            if timed_out:
+                child.process.kill()
+                with contextlib.suppress(Exception):
+                    while child.process.poll() is None:
+                        time.sleep(0.05)
+            del self.children[job_id]
+            reaped = True
+            self._settle(child, code, timed_out)
+        return reaped
+
+    def _settle(self, child: Child, code: int | None, timed_out: bool) -> None:
+        """A child that ended without recording an outcome: fail the job, then repair the app."""
+        job = self.queue.get(child.job.id)
+        if job is None or job.status != "running" or job.attempts != child.job.attempts:
+            return
+        reason = (f"timed out after {self.config.server.job_timeout:g} s; the deploy was stopped" if timed_out
+                  else f"the deploy process ended (exit status {code}) before it recorded an outcome")
+        self.queue.finish(child.job, "failed", reason)
+        self.journal.record("job.failed", outcome="failed", job=job.id, app=job.app, actor=job.actor, reason=reason)
+        try:
+            self.reconcile(job.app)
+        except DeployerError as exc:
+            self.journal.record("worker.reconcile", outcome="failed", app=job.app, actor=WORKER_ACTOR, error=str(exc))
+        with contextlib.suppress(DeployerError):
+            self.queue.set_active(job.app, active_tag(self.config, job.app))
+
+    def heartbeat_forever(self) -> None:
+        """Runs in its own thread: /healthz reads the heartbeat and the Docker and netfilter checks."""
+        last_check = 0.0
+        while not self.stopping.is_set():
+            try:
+                if self.checks is not None and self.clock() - last_check >= CHECK_SECONDS:
+                    docker_state, netfilter_state = self.checks()
+                    last_check = self.clock()
+                    self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at, docker=docker_state,
+                                         netfilter=netfilter_state, checked=True)
+                else:
+                    self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at)
+            except StateError as exc:
+                log.warning("worker heartbeat failed: %s", exc)
+            self.stopping.wait(HEARTBEAT_SECONDS)
+
+    def run(self, *, poll_seconds: float = POLL_SECONDS) -> None:
+        """Until `stopping` is set; then wait for running jobs to end (a second stop kills them)."""
+        beat = threading.Thread(target=self.heartbeat_forever, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            while not self.stopping.is_set():
+                if not self.poll():
+                    self.stopping.wait(poll_seconds)
+            while self.children:
+                self._reap()
+                time.sleep(poll_seconds)
+        finally:
+            self.lock.release()
+
+    def kill_children(self) -> None:
+        for child in self.children.values():
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+
+
+# --- production wiring -------------------------------------------------------------------------------
+
+
+def process_launcher(config: Config) -> Callable[[Job], subprocess.Popen]:
+    """Each job in `python -m deployer.worker`, in the worker's process group, sharing its stderr."""
+    def launch(job: Job) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "deployer.worker", "--config", str(config.path),
+                                 "--job", job.id, "--attempt", str(job.attempts)], stdin=subprocess.DEVNULL)
+    return launch
+
+
+def real_checks(config: Config) -> Callable[[], tuple[str, str]]:
+    from deployer.adapters.docker_host import DockerHost
+    from deployer.adapters.netfilter import Netfilter
+
+    def checks() -> tuple[str, str]:
+        results = []
+        for probe in (lambda: DockerHost(config.settings.docker_host, timeout=5).ping(),
+                      lambda: Netfilter(wait_seconds=config.settings.iptables_wait).save_nat()):
+            try:
+                probe()
+                results.append("ok")
+            except DeployerError as exc:
+                results.append(str(exc)[:200])
+            except Exception as exc:  # noqa: BLE001 - a health probe reports, it never crashes the worker
+                results.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        return results[0], results[1]
+    return checks
+
+
+def build_worker(config: Config, queue: Queue | None = None, journal: Journal | None = None) -> Worker:
+    from deployer.runtime import build_engine, build_journal
+
+    journal = journal or build_journal(config)
+    queue = queue or Queue.for_state_dir(config.settings.state_dir)
+
+    def reconcile(app: str | None) -> list[str]:
+        return build_engine(config, journal).reconcile(app, actor=WORKER_ACTOR)
+
+    return Worker(config, queue, journal, launch=process_launcher(config), reconcile=reconcile,
+                  checks=real_checks(config))
+
+
+def real_tools(config: Config, journal: Journal) -> JobTools:
+    from deployer import assets
+    from deployer.adapters.docker_host import DockerHost
+    from deployer.adapters.image_archive import load_image
+    from deployer.adapters.netfilter import Netfilter
+    from deployer.engine import Engine
+    from deployer.runtime import build_engine
+
+    def engine(preloaded: str | None) -> Engine:
+        if preloaded is None:
+            return build_engine(config, journal)
+        docker = assets.PreloadedImage(DockerHost(config.settings.docker_host), preloaded)
+        return Engine(config, docker, Netfilter(wait_seconds=config.settings.iptables_wait), journal=journal)
+
+    def load_asset(job: Job) -> str:
+        app = config.app(job.app)
+        asset = job.source.get("asset")
+        if not asset or app.asset is None or app.repository is None:
+            raise DeployerError(f"job {job.id} names no release asset to load", app=app.name)
+        folder = Path(config.settings.state_dir) / "assets" / job.id
+        downloader = assets.AssetDownloader(config.server.github_api, app.repository, app.asset.token)
+        try:
+            downloaded = downloader.download_image(asset, folder, max_bytes=app.asset.max_bytes)
+            assets.check_archive_tags(assets.archive_tags(downloaded.path), app.image)
+            return load_image(DockerHost(config.settings.docker_host), downloaded.path, app.image, job.tag)
+        finally:
+            with contextlib.suppress(OSError):
+                for entry in folder.iterdir():
+                    entry.unlink()
+                folder.rmdir()
+
+    return JobTools(engine=engine, load_asset=load_asset)
+
+
+def _die_with_parent() -> None:
+    """A job dies with its worker (PR_SET_PDEATHSIG): a killed worker leaves no deploy running unseen."""
+    parent = os.getppid()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def child_main(argv: list[str] | None = None) -> int:
+    """Entry of one job's process: load the config, run the job, record its outcome."""
+    from deployer import config as config_module
+    from deployer.runtime import build_journal
+
+    parser = argparse.ArgumentParser(prog="python -m deployer.worker", description="run one claimed deploy job")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--attempt", type=int, required=True)
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    # Stopping is the worker's call: it waits for the deploy, or kills it and reconciles.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("sh").setLevel(logging.WARNING)
+    config = config_module.load(args.config)
+    queue = Queue.for_state_dir(config.settings.state_dir)
+    job = queue.get(args.job)
+    if job is None or job.status != "running" or job.attempts != args.attempt:
+        log.warning("job %s is no longer this process's to run", args.job)
+        return 0
+    journal = build_journal(config, extra_sinks=[JobSteps(queue, job.id)])
+    execute(job, config=config, queue=queue, journal=journal, tools=real_tools(config, journal))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())
