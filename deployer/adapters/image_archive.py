@@ -1,0 +1,31 @@
+"""Load an image archive (`docker save` output) through the Docker SDK."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import docker.errors
+
+from deployer.adapters.docker_host import DockerHost
+from deployer.errors import AssetError, DeployerError
+
+
+def load_image(host: DockerHost, path: Path, image: str, tag: str) -> str:
+    """Load the archive and tag its one image `image:tag`; return that reference."""
+    try:
+        with open(path, "rb") as archive:
+            images = host._call("load image", lambda: host.client.images.load(archive))
+        if len(images) != 1:
+            raise AssetError(f"the archive loaded {len(images)} images; expected exactly one")
+        host._call("tag image", lambda: images[0].tag(image, tag))
+    except docker.errors.APIError as exc:
+        raise DeployerError(f"Docker could not load the image archive: {_reason(exc)}") from None
+    except OSError as exc:
+        raise AssetError(f"cannot read the image archive {path}: {exc.strerror}") from None
+    return f"{image}:{tag}"
+
+
+def _reason(exc: docker.errors.APIError) -> str:
+    text = exc.explanation or str(exc)
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    return " ".join(text.split())[:400]

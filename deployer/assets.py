@@ -1,0 +1,209 @@
+"""An image from a release asset: a `docker save` tarball attached to the GitHub release.
+
+The download URL is built from the configured repository and the asset id, never taken from
+the payload. GitHub answers the API URL with a 302 to its storage host; the token goes to the
+API host only, never after a redirect to another host. The size is capped while streaming, and
+a `<name>.sha256` asset, when the release has one, must match. Before Docker loads the archive,
+its manifest must name no image but the app's own, so an asset cannot retag other images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from deployer.containers import Release
+from deployer.errors import AssetError
+
+MAX_REDIRECTS = 5
+CHECKSUM_MAX_BYTES = 4096
+CHUNK = 1024 * 1024
+_SHA256_RE = re.compile(r"^([0-9a-fA-F]{64})(\s|$)")
+
+
+def asset_url(api: str, repository: str, asset_id: int) -> str:
+    """GitHub's REST endpoint for one release asset."""
+    if isinstance(asset_id, bool) or not isinstance(asset_id, int) or asset_id < 1:
+        raise AssetError(f"asset id {asset_id!r} is not a positive whole number")
+    return f"{api.rstrip('/')}/repos/{repository}/releases/assets/{asset_id}"
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+def redirect_headers(api_url: str, target: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers for the next hop: the Authorization header stays only on the API host's own origin."""
+    if origin(target) == origin(api_url):
+        return dict(headers)
+    return {k: v for k, v in headers.items() if k.lower() != "authorization"}
+
+
+def check_redirect(api_url: str, target: str) -> None:
+    """A redirect may not downgrade to plain http (unless the API itself is plain http, as in tests)."""
+    scheme = urlsplit(target).scheme
+    if scheme not in ("https", "http") or (scheme == "http" and urlsplit(api_url).scheme == "https"):
+        raise AssetError(f"refusing a redirect of the asset download to a {scheme or 'relative'} URL")
+
+
+def parse_checksum(text: bytes, name: str) -> str:
+    """`sha256sum` output (`<hex>  <file>`) or the bare hex digest."""
+    match = _SHA256_RE.match(text.decode("utf-8", "replace").strip())
+    if not match:
+        raise AssetError(f"{name}.sha256 does not start with a SHA-256 hex digest")
+    return match.group(1).lower()
+
+
+def archive_tags(path: Path) -> list[str]:
+    """The image names a `docker save` archive will apply when loaded (from its manifest.json)."""
+    try:
+        with tarfile.open(path) as archive:
+            member = archive.extractfile("manifest.json")
+            manifest = json.load(member) if member else None
+    except (tarfile.TarError, KeyError, OSError, ValueError) as exc:
+        raise AssetError(f"the asset is not a docker save archive: {exc}") from None
+    if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
+        raise AssetError("the asset must hold exactly one image (docker save of one image)")
+    tags = manifest[0].get("RepoTags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise AssetError("the asset's manifest.json has malformed RepoTags")
+    return tags
+
+
+def check_archive_tags(tags: list[str], image: str) -> None:
+    """An asset may only carry names of the app's own image repository."""
+    foreign = [t for t in tags if t.rpartition(":")[0] != image]
+    if foreign:
+        raise AssetError(f"the asset would tag other images ({', '.join(foreign[:3])}); only {image}:<tag> is "
+                         f"allowed")
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    path: Path
+    size: int
+    sha256: str
+    checksum_verified: bool
+
+
+class AssetDownloader:
+    """Fetches assets over requests; a fresh session that ignores the environment (proxies, .netrc)."""
+
+    def __init__(self, api: str, repository: str, token: str | None, *, timeout: float = 30.0,
+                 session: requests.Session | None = None) -> None:
+        self.api = api
+        self.repository = repository
+        self.token = token
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.trust_env = False  # no .netrc credentials for the storage host, no env proxies
+
+    def fetch(self, asset_id: int, dest: Path, *, max_bytes: int, name: str) -> tuple[int, str]:
+        """Stream one asset into `dest`; return its size and SHA-256. Over `max_bytes` is an AssetError."""
+        url = asset_url(self.api, self.repository, asset_id)
+        headers = {"Accept": "application/octet-stream", "User-Agent": "deployer",
+                   "X-GitHub-Api-Version": "2022-11-28"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        response = self._get(url, headers)
+        try:
+            for _ in range(MAX_REDIRECTS):
+                if response.status_code not in (301, 302, 303, 307, 308):
+                    break
+                target = urljoin(response.url, response.headers.get("Location", ""))
+                check_redirect(url, target)
+                headers = redirect_headers(url, target, headers)
+                response.close()
+                response = self._get(target, headers)
+            if response.status_code != 200:
+                raise AssetError(f"downloading asset {name} ({asset_id}) of {self.repository} failed: HTTP "
+                                 f"{response.status_code}" + (" (a private repository needs asset.token_file)"
+                                                              if response.status_code in (401, 403, 404) else ""))
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise AssetError(f"asset {name} is {declared} bytes, over the limit of {max_bytes}")
+            return self._save(response, dest, max_bytes=max_bytes, name=name)
+        finally:
+            response.close()
+
+    def _get(self, url: str, headers: Mapping[str, str]) -> requests.Response:
+        try:
+            return self.session.get(url, headers=dict(headers), allow_redirects=False, stream=True,
+                                    timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise AssetError(f"cannot download from {origin(url)[1]}: {type(exc).__name__}") from None
+
+    @staticmethod
+    def _save(response: requests.Response, dest: Path, *, max_bytes: int, name: str) -> tuple[int, str]:
+        digest, size = hashlib.sha256(), 0
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in response.iter_content(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise AssetError(f"asset {name} is over the limit of {max_bytes} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+        except requests.RequestException as exc:
+            dest.unlink(missing_ok=True)
+            raise AssetError(f"the download of {name} broke off: {type(exc).__name__}") from None
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        return size, digest.hexdigest()
+
+    def download_image(self, asset: Mapping[str, Any], folder: Path, *, max_bytes: int) -> Downloaded:
+        """The image archive, checked against its .sha256 companion when the release has one."""
+        name = str(asset["name"])
+        path = folder / "image.tar"
+        size, sha256 = self.fetch(int(asset["id"]), path, max_bytes=max_bytes, name=name)
+        verified = False
+        if asset.get("checksum_id"):
+            checksum_path = folder / "image.tar.sha256"
+            try:
+                self.fetch(int(asset["checksum_id"]), checksum_path, max_bytes=CHECKSUM_MAX_BYTES,
+                           name=f"{name}.sha256")
+                expected = parse_checksum(checksum_path.read_bytes(), name)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            finally:
+                checksum_path.unlink(missing_ok=True)
+            if expected != sha256:
+                path.unlink(missing_ok=True)
+                raise AssetError(f"{name} does not match {name}.sha256 (got sha256:{sha256[:12]}..., "
+                                 f"expected sha256:{expected[:12]}...)")
+            verified = True
+        return Downloaded(path=path, size=size, sha256=sha256, checksum_verified=verified)
+
+
+class PreloadedImage:
+    """A Docker port whose pull of one reference uses the image already loaded from the asset.
+
+    Everything else goes to the real adapter; the engine does not know the difference.
+    """
+
+    def __init__(self, docker: Any, reference: str) -> None:
+        self._docker = docker
+        self.reference = reference
+
+    def pull(self, release: Release, auth: Mapping[str, str] | None = None) -> Release:
+        if release.reference == self.reference and self._docker.has_image(self.reference):
+            return Release(tag=release.tag, image=release.image, digest=None)
+        return self._docker.pull(release, auth)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._docker, name)
