@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions() -> list[Callable[..., None]]:
     """Commands that live beside their own concern (server, audit ...)."""
     registrars: list[Callable[..., None]] = []
+    registrars.append(__import__("deployer.server_cli", fromlist=["register"]).register)
     registrars.append(__import__("deployer.audit_cli", fromlist=["register"]).register)
     return registrars
 

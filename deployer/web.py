@@ -112,7 +112,10 @@ def _record_request(response):
     if event is not None:
         fields = g.pop("record", {})
         fields.setdefault("verdict", "rejected" if response.status_code >= 400 else "accepted")
-        _receiver().journal.record(event, status=response.status_code, **fields)
+        journal = _receiver().journal
+        # A status poll (`redeploy --wait` asks every second) goes to the log only; its refusals are recorded.
+        emit = journal.note if fields["verdict"] == "answered" else journal.record
+        emit(event, status=response.status_code, **fields)
     return response
 
 

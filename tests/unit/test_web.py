@@ -386,7 +386,7 @@ def test_a_redeploy_without_tag_means_the_active_release(client, queue):
     assert queue.get(response.get_json()["job"]).tag is None
 
 
-def test_a_job_is_readable_with_a_signed_get(client, queue):
+def test_a_job_is_readable_with_a_signed_get(client, queue, events):
     job_id = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2")).get_json()["job"]
     queue.add_step(job_id, "pull", "ok", {"duration_ms": 12.5})
     response = signed_call(client, "GET", f"/jobs/{job_id}", content_type=None)
@@ -394,6 +394,9 @@ def test_a_job_is_readable_with_a_signed_get(client, queue):
     body = response.get_json()
     assert (body["id"], body["status"], body["tag"]) == (job_id, "queued", "v2")
     assert [(s["name"], s["outcome"], s["detail"]) for s in body["steps"]] == [("pull", "ok", {"duration_ms": 12.5})]
+    reads = [e for e in events if e["event"] == "manual_request" and e.get("job") == job_id]
+    # The signed POST is a durable record; a successful status read reaches the log only.
+    assert [(e["verdict"], e["_durable"]) for e in reads] == [("queued", True), ("answered", False)]
 
 
 def test_an_unsigned_job_read_is_401(client, queue, events):
