@@ -1,0 +1,410 @@
+"""`deployer serve` end to end: gunicorn on loopback, the real worker, engine, registry and netfilter.
+
+Deliveries are GitHub's real payloads (../shared/github-payloads/), signed the way GitHub signs
+them; manual requests are signed with an operator key by the `deployer redeploy` client. Every
+server a test starts is SIGKILLed (its whole process group) in teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import requests
+
+from conftest import IMAGE, REPO, Deployer, app_toml, http_get
+from deployer import signatures
+from deployer.queue import TERMINAL, Queue
+from support.fake_github import FakeGitHub, free_port
+
+pytestmark = pytest.mark.integration
+
+PAYLOADS = REPO.parent / "shared" / "github-payloads"
+TRAFFIC = str(REPO / "tests" / "support" / "traffic.py")
+GITHUB_REPO = "Codertocat/Hello-World"
+HOOK_ID = "109948940"
+
+
+def real_payload(name: str) -> bytes:
+    return (PAYLOADS / name).read_bytes()
+
+
+def release_payload(tag: str, action: str = "published", **release: Any) -> bytes:
+    """GitHub's real 'published' payload, for another tag (each tag is its own release)."""
+    data = json.loads(real_payload("release-published.payload.json"))
+    data["action"] = action
+    data["release"].update(tag_name=tag, id=17372790 + sum(map(ord, tag)), **release)
+    return json.dumps(data).encode()
+
+
+@dataclass
+class Served:
+    """One `deployer serve` process group, and signed clients for it."""
+
+    deployer: Deployer
+    port: int
+    github_secret: str
+    operator_secret: str
+    secret_file: Path
+    process: subprocess.Popen | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def queue(self) -> Queue:
+        return Queue.for_state_dir(self.deployer.root / "state")
+
+    def start(self, timeout: float = 60) -> None:
+        log = self.deployer.root / f"serve-{len(self.logs) + 1}.log"
+        self.logs.append(log)
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "deployer", "-c", str(self.deployer.config_path), "serve"],
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"serve exited:\n{log.read_text()[-3000:]}"
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"serve did not become healthy:\n{log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL serve, gunicorn and every job process: the whole process group."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("processes of the killed server are still alive")
+        self.process = None
+
+    def deliver(self, body: bytes, *, event: str = "release", delivery: str | None = None) -> requests.Response:
+        headers = {"Content-Type": "application/json", "User-Agent": "GitHub-Hookshot/test",
+                   "X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+                   "X-GitHub-Hook-ID": HOOK_ID,
+                   "X-Hub-Signature-256": signatures.github_signature(self.github_secret, body)}
+        return requests.post(f"{self.url}/hooks/github", data=body, headers=headers, timeout=10)
+
+    def signed(self, method: str, path: str, body: bytes = b"") -> requests.Response:
+        headers = signatures.sign_request(self.operator_secret, method=method, path=path, key_id="ops",
+                                          timestamp=int(time.time()), nonce=secrets.token_urlsafe(18), body=body)
+        if body:
+            headers["Content-Type"] = "application/json"
+        return requests.request(method, f"{self.url}{path}", data=body, headers=headers, timeout=10)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.signed("GET", f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, job_id: str, statuses: frozenset[str] | set[str] = TERMINAL, timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} is still {job['status']}: {json.dumps(job, indent=1)[-3000:]}")
+            time.sleep(0.2)
+
+    def redeploy(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "deployer", "-c", str(self.deployer.config_path), "redeploy",
+                               *args, "--url", self.url, "--key-id", "ops", "--secret-file", str(self.secret_file)],
+                              cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+    def log_text(self) -> str:
+        return "".join(path.read_text(errors="replace") for path in self.logs)
+
+
+@pytest.fixture
+def serve(deployer: Deployer) -> Iterator[Callable[..., Served]]:
+    """Configure the test's deployer with a [server] section and start `deployer serve` on it."""
+    started: list[Served] = []
+
+    def make(*apps: str, server: str = "", start: bool = True) -> Served:
+        folder = deployer.root / "secrets"
+        folder.mkdir(exist_ok=True)
+        github_secret, operator_secret = secrets.token_hex(20), secrets.token_hex(24)
+        (folder / "github").write_text(github_secret + "\n")
+        (folder / "ops").write_text(operator_secret + "\n")
+        port = free_port()
+        deployer.configure(*apps, settings=(
+            f"\n[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 2\nmax_body_bytes = 65536\n"
+            f"github_secret_file = \"{folder / 'github'}\"\njob_timeout = 300\n{server}\n"
+            f"[server.operators.ops]\nsecret_file = \"{folder / 'ops'}\"\n"))
+        served = Served(deployer, port, github_secret, operator_secret, folder / "ops")
+        started.append(served)
+        if start:
+            served.start()
+        return served
+
+    try:
+        yield make
+    finally:
+        for served in started:
+            served.kill()
+
+
+def web_app(port: int, *, drain: float = 0.5, stop_timeout: int = 4, extra: str = "") -> str:
+    return app_toml("web", external=port, blue=port + 1, green=port + 2, drain=drain, stop_timeout=stop_timeout,
+                    env={"DRAIN_TIMEOUT": str(stop_timeout - 2)}, extra=f'repository = "{GITHUB_REPO}"\n{extra}')
+
+
+def served_version(port: int) -> str:
+    return http_get("127.0.0.1", port).split()[0]
+
+
+def assert_no_secret_anywhere(served: Served, *more: str) -> None:
+    """Grep every log and every file of the state folder (databases included) for each secret."""
+    values = [served.github_secret, served.operator_secret, *more]
+    places = [*served.logs, *(p for p in (served.deployer.root / "state").rglob("*") if p.is_file())]
+    assert places
+    for place in places:
+        data = place.read_bytes()
+        for value in values:
+            assert value.encode() not in data, f"a secret is in {place}"
+
+
+# --- a release under load -------------------------------------------------------------------------
+
+
+def test_a_signed_published_release_deploys_with_zero_failed_requests(serve, images, tmp_path):
+    images.ensure("0.0.1")  # the tag of GitHub's real payload
+    served = serve(web_app(22100, drain=2.0, stop_timeout=6))
+    first = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": "v1"}).encode())
+    assert first.status_code == 202, first.text
+    assert served.wait(first.json()["job"])["status"] == "succeeded"
+    assert served_version(22100) == "v1"
+
+    out = tmp_path / "traffic"
+    out.mkdir()
+    clients = [subprocess.Popen([sys.executable, TRAFFIC, mode, "127.0.0.1:22100", "--out", str(out / f"{mode}.jsonl"),
+                                 "--pause", "0.005", "--timeout", "5", "--duration", "120"])
+               for mode in ("http-new", "http-keepalive")]
+    try:
+        time.sleep(1.0)
+        published = served.deliver(real_payload("release-published.payload.json"), delivery="d-published")
+        assert published.status_code == 202, published.text
+        job_id = published.json()["job"]
+        assert published.json() == {"status": "queued", "job": job_id, "app": "web", "tag": "0.0.1",
+                                    "reason": "queued", "url": f"/jobs/{job_id}"}
+        # GitHub sends 'released' for the same release, and may redeliver: neither deploys again.
+        released = served.deliver(real_payload("release-released.json"), delivery="d-released")
+        again = served.deliver(real_payload("release-published.payload.json"), delivery="d-published")
+        assert (released.status_code, released.json()["job"]) == (200, job_id)
+        assert (again.status_code, again.json()["job"]) == (200, job_id)
+        job = served.wait(job_id)
+        assert (job["status"], job["reason"]) == ("succeeded", "0.0.1 is live on green"), job
+        time.sleep(1.0)
+    finally:
+        for client in clients:
+            client.send_signal(signal.SIGTERM)
+        for client in clients:
+            client.wait(timeout=15)
+
+    records = [json.loads(line) for path in out.glob("*.jsonl") for line in path.read_text().splitlines()]
+    failed = [r for r in records if not r.get("ok")]
+    assert len(records) > 200 and failed == [], failed[:5]
+    versions = [r["version"] for r in sorted(records, key=lambda r: r["t"])]
+    assert versions[0] == "v1" and versions[-1] == "0.0.1"
+    assert served_version(22100) == "0.0.1"
+
+    steps = [(s["name"], s["outcome"]) for s in job["steps"] if s["outcome"] != "running"]
+    assert ("pull", "ok") in steps and ("flip", "ok") in steps and steps[-1] == ("job.finished", "ok")
+    assert job["actor"] == "github:Codertocat (delivery d-published)"
+    assert len(served.queue().jobs()) == 2
+    assert_no_secret_anywhere(served)
+
+
+# --- manual redeploys -------------------------------------------------------------------------------
+
+
+def test_the_redeploy_client_deploys_a_tag_and_redeploys_the_active_release(serve):
+    served = serve(web_app(22110))
+    first = served.redeploy("web", "v2", "--reason", "first deploy", "--wait")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.splitlines()[0].startswith("web: queued job-")
+    assert "  flip ok" in first.stdout and first.stdout.rstrip().endswith("web: succeeded: v2 is live on blue")
+    assert served_version(22110) == "v2"
+
+    again = served.redeploy("web", "--wait")  # no tag: the active release, on the other set
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.rstrip().endswith("web: succeeded: v2 is live on green")
+    assert served_version(22110) == "v2"
+    assert [j.actor for j in served.queue().jobs()] == ["key:ops", "key:ops"]
+
+    refused = served.redeploy("web", "$(id)")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("deployer: the server refused the request (422): ")
+    assert len(served.queue().jobs()) == 2
+    assert_no_secret_anywhere(served)
+
+
+# --- duplicates and superseding ---------------------------------------------------------------------
+
+
+def test_waiting_releases_are_superseded_by_the_newest(serve):
+    served = serve(web_app(22120))
+    served.deployer.hook("pre-deploy", "sleep 3\n")  # holds the first deploy while the others queue
+    running = served.deliver(release_payload("v1")).json()["job"]
+    served.wait(running, {"running"})
+    skipped_over = served.deliver(release_payload("v9")).json()["job"]  # no such image: it must never run
+    newest = served.deliver(release_payload("v2")).json()["job"]
+    assert len({running, skipped_over, newest}) == 3
+
+    assert served.wait(newest)["status"] == "succeeded"
+    assert served.wait(running)["status"] == "succeeded"
+    old = served.wait(skipped_over)
+    assert (old["status"], old["superseded_by"]) == ("superseded", newest)
+    assert old["reason"] == f"superseded by {newest} (v2), which was queued later"
+    assert old["steps"] == [] and old["started_at"] is None
+    assert served_version(22120) == "v2"
+
+    late = served.deliver(release_payload("v9", action="released"))
+    assert (late.status_code, late.json()["job"]) == (200, skipped_over)
+    assert late.json()["reason"] == f"release v9 was superseded by {newest}; redeploy it with POST /deploy"
+    active = served.deliver(release_payload("v2", action="released"))
+    assert (active.status_code, active.json()["job"]) == (200, newest)
+    assert len(served.queue().jobs()) == 3
+
+
+# --- SIGKILL and restart ------------------------------------------------------------------------------
+
+
+def test_sigkill_of_server_and_worker_loses_no_accepted_job(serve):
+    served = serve(web_app(22130))
+    served.deployer.hook("pre-deploy", "sleep 2\n")
+    interrupted = served.deliver(release_payload("v1")).json()["job"]
+    served.wait(interrupted, {"running"})
+    accepted = [interrupted]
+    for tag in ("v9", "v8"):
+        response = served.deliver(release_payload(tag))
+        assert response.status_code == 202
+        accepted.append(response.json()["job"])
+    manual = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": "v2"}).encode())
+    assert manual.status_code == 202
+    accepted.append(manual.json()["job"])
+
+    served.kill()  # mid-deploy: serve, gunicorn and the job's process all at once
+    assert {j.status for j in served.queue().jobs()} == {"running", "queued"}
+
+    served.start()
+    finished = {job_id: served.wait(job_id) for job_id in accepted}
+    assert set(finished) == {j.id for j in served.queue().jobs()}  # nothing lost, nothing extra
+    assert finished[accepted[3]]["status"] == "succeeded"
+    for job_id in accepted[:3]:
+        assert (finished[job_id]["status"], finished[job_id]["superseded_by"]) == ("superseded", accepted[3])
+    interrupted_steps = [(s["name"], s["outcome"]) for s in finished[interrupted]["steps"]]
+    assert ("interrupted", "requeued") in interrupted_steps  # it shows why it did not run to its end
+    assert served_version(22130) == "v2"
+    status = served.deployer.cli("status", "web")
+    assert "rules match" in status.stdout, status.stdout + status.stderr
+    assert len(served.deployer.containers("web")) == 1
+
+
+# --- the bad-input table over real HTTP ---------------------------------------------------------------
+
+
+def raw_request(port: int, head: str) -> str:
+    """Send only a request head (no body) and read the answer: what a body-less refusal looks like."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer.decode(errors="replace")
+
+
+def test_refusals_over_gunicorn(serve):
+    served = serve(web_app(22140))
+    body = real_payload("release-published.payload.json")
+    unsigned = requests.post(f"{served.url}/hooks/github", data=body, timeout=10,
+                             headers={"Content-Type": "application/json", "X-GitHub-Event": "release",
+                                      "X-GitHub-Delivery": "d-1"})
+    assert (unsigned.status_code, unsigned.json()) == (401, {"error": "missing X-Hub-Signature-256 header"})
+    # A 100 MB body is refused from its Content-Length, without the server waiting for it.
+    answer = raw_request(served.port, "POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                      "Content-Length: 100000000\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 413 ") and "the limit is 65536" in answer
+    assert served.deliver(b"{broken").status_code == 400
+    assert requests.get(f"{served.url}/hooks/github", timeout=10).status_code == 405
+    assert served.signed("POST", "/deploy", json.dumps({"app": "nope"}).encode()).status_code == 404
+    assert served.queue().jobs() == []
+    log = served.log_text()
+    assert "verdict=rejected" in log and "reason=missing X-Hub-Signature-256 header" in log
+
+
+# --- an image from a release asset ----------------------------------------------------------------------
+
+
+def test_an_image_from_a_release_asset(serve, images, tmp_path):
+    archive = tmp_path / "image.tar"
+    saved = subprocess.run(["docker", "save", "-o", str(archive), f"{IMAGE}:v2"], capture_output=True, text=True)
+    assert saved.returncode == 0, saved.stderr
+    data = archive.read_bytes()
+    import hashlib
+
+    token = "ghp_" + secrets.token_hex(16)
+    (tmp_path / "token").write_text(token)
+    tag = f"asset-{secrets.token_hex(3)}"  # never pushed: only the asset can provide it
+    checksum = f"{hashlib.sha256(data).hexdigest()}  image.tar\n".encode()
+    try:
+        with FakeGitHub(GITHUB_REPO, assets={501: data, 502: checksum}, token=token, private=True) as github:
+            served = serve(web_app(22150, extra=f'[apps.web.asset]\nname = "image.tar"\n'
+                                                f'token_file = "{tmp_path / "token"}"\n'),
+                           server=f'github_api = "{github.api_url}"')
+            assets = [{"id": 501, "name": "image.tar", "size": len(data), "state": "uploaded"},
+                      {"id": 502, "name": "image.tar.sha256", "size": len(checksum), "state": "uploaded"}]
+            response = served.deliver(release_payload(tag, assets=assets))
+            assert response.status_code == 202, response.text
+            job = served.wait(response.json()["job"])
+            assert job["status"] == "succeeded", job
+        assert served_version(22150) == "v2"  # what the archive holds
+        assert [s.path for s in github.api_seen] == [f"/repos/{GITHUB_REPO}/releases/assets/501",
+                                                     f"/repos/{GITHUB_REPO}/releases/assets/502"]
+        assert all(s.headers.get("Authorization") == f"Bearer {token}" for s in github.api_seen)
+        assert len(github.storage_seen) == 2
+        assert all("Authorization" not in s.headers for s in github.storage_seen)
+        assert ("asset", "ok") in [(s["name"], s["outcome"]) for s in job["steps"]]
+        assert_no_secret_anywhere(served, token)
+    finally:
+        subprocess.run(["docker", "rmi", f"{IMAGE}:{tag}"], capture_output=True)
+
+
+# --- the benchmark's smoke ---------------------------------------------------------------------------
+
+
+def test_webhook_burst_smoke():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "webhook_burst.py"), "--count", "20", "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["accepted_202"], summary["accepted_without_job"], summary["jobs_in_queue"]) == (20, 0, 20)
+    assert summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"]
