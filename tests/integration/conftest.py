@@ -30,6 +30,7 @@ from deployer.adapters.netfilter import Netfilter
 from deployer.engine import Engine
 from deployer.journal import Journal
 from support import netns
+from support.owners import OWNERS, alive, claim, owner_alive, release
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = "127.0.0.1:5000"
@@ -55,31 +56,7 @@ def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
 
 # Which test prefixes and sessions are alive: a session cleans only what dead ones left behind,
 # so two test runs on one machine never remove each other's containers, chains or namespaces.
-OWNERS = Path("/run/deployer-tests")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def _owner_alive(name: str) -> bool:
-    try:
-        return _alive(int((OWNERS / name).read_text()))
-    except (FileNotFoundError, ValueError):
-        return False
-
-
-def claim(name: str) -> None:
-    OWNERS.mkdir(parents=True, exist_ok=True)
-    (OWNERS / name).write_text(str(os.getpid()))
-
-
-def release(name: str) -> None:
-    (OWNERS / name).unlink(missing_ok=True)
+_alive, _owner_alive = alive, owner_alive
 
 
 @pytest.fixture(scope="session")
