@@ -1,0 +1,238 @@
+"""What a bench run does and where: its sizes, its ports, its names and the deployer configs it uses.
+
+Pure: nothing here touches the host. One run owns:
+
+- a chain prefix DB + 5 hex digits (its nat chains, containers, network and namespaces are named
+  after it, and a claim file with its pid tells other runs and test sessions it is alive);
+- one block of 100 ports in 24000-24999, laid out by `Ports`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from deployer import rules
+
+PORT_FIRST, PORT_LAST = 24000, 24999
+BLOCK = 100
+BLOCKS = (PORT_LAST + 1 - PORT_FIRST) // BLOCK
+RUN_PREFIX_RE = re.compile(r"^DB[0-9A-F]{5}$")
+CHAIN_OF_RUN_RE = re.compile(r"^(DB[0-9A-F]{5})(?:-|$)")
+OWNER_OF_RUN_RE = re.compile(r"^db[0-9a-f]{5}$")
+
+# The scenarios of the deploys-under-load part, in the order they run.
+SCENARIOS = ("ours", "seed", "stop-start", "naive")
+DATAPATHS = ("direct", "dnat", "haproxy", "nginx", "docker")
+CLIENTS = ("host", "outside")
+SCALE_POINTS = (1, 10, 100, 1000)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything a run does. `quick` is the CI smoke: small, but every code path."""
+
+    quick: bool
+    rounds: int  # data path: interleaved rounds over all paths
+    wrk_seconds: float
+    wrk_warmup_seconds: float
+    deploys: int  # per scenario, under load
+    scale_points: tuple[int, ...]
+    flips_per_point: int
+    wrk_threads: int = 1
+    wrk_connections: int = 32
+    drain_seconds: float = 1.0
+    settle_seconds: float = 0.6  # between deploys, so each flip stands apart in the plots
+    load_pause: float = 0.01  # each load client's pause between requests
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def plan_for(quick: bool, *, deploys: int | None = None, rounds: int | None = None) -> Plan:
+    if quick:
+        plan = Plan(quick=True, rounds=1, wrk_seconds=1.0, wrk_warmup_seconds=0.3, deploys=3,
+                    scale_points=SCALE_POINTS, flips_per_point=2)
+    else:
+        plan = Plan(quick=False, rounds=4, wrk_seconds=4.0, wrk_warmup_seconds=1.0, deploys=20,
+                    scale_points=SCALE_POINTS, flips_per_point=8)
+    changes: dict[str, Any] = {}
+    if deploys is not None:
+        changes["deploys"] = deploys
+    if rounds is not None:
+        changes["rounds"] = rounds
+    if changes:
+        from dataclasses import replace
+
+        plan = replace(plan, **changes)
+    return plan
+
+
+@dataclass(frozen=True)
+class AppPorts:
+    """One app's external ports and its blue/green set ports (TCP for HTTP, UDP for the echo)."""
+
+    tcp: int
+    tcp_blue: int
+    tcp_green: int
+    udp: int
+    udp_blue: int
+    udp_green: int
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The layout of one run's block of 100 ports."""
+
+    base: int
+
+    def __post_init__(self) -> None:
+        if not (PORT_FIRST <= self.base and self.base + BLOCK - 1 <= PORT_LAST) or (self.base - PORT_FIRST) % BLOCK:
+            raise ValueError(f"port block {self.base} is not one of the blocks of {PORT_FIRST}-{PORT_LAST}")
+
+    def _app(self, offset: int) -> AppPorts:
+        b = self.base + offset
+        return AppPorts(b, b + 1, b + 2, b + 3, b + 4, b + 5)
+
+    def scenario(self, name: str) -> AppPorts:
+        return self._app(10 * SCENARIOS.index(name))
+
+    @property
+    def datapath(self) -> AppPorts:
+        return self._app(40)
+
+    @property
+    def haproxy(self) -> int:
+        return self.base + 46
+
+    @property
+    def nginx(self) -> int:
+        return self.base + 47
+
+    @property
+    def scale(self) -> AppPorts:
+        return self._app(50)
+
+    def filler(self, index: int) -> int:
+        """The external port of the index-th stand-in app of the scale part: never sent traffic."""
+        return self.base + 60 + index % 40
+
+    @staticmethod
+    def block(index: int) -> "Ports":
+        return Ports(PORT_FIRST + BLOCK * index)
+
+
+@dataclass(frozen=True)
+class RunNames:
+    """Everything of one run is named after its prefix, so leftovers can be traced to their owner."""
+
+    prefix: str  # DB + 5 upper-case hex digits: the nat chain prefix and the claim name
+
+    def __post_init__(self) -> None:
+        if not RUN_PREFIX_RE.fullmatch(self.prefix):
+            raise ValueError(f"bench prefix {self.prefix!r} is not DB + 5 hex digits")
+
+    @property
+    def owner(self) -> str:
+        """The containers' deployer.owner label (what the engine derives from the chain prefix)."""
+        return self.prefix.lower()
+
+    @property
+    def network(self) -> str:
+        return self.owner
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.owner}-br"
+
+    @property
+    def netns_prefix(self) -> str:
+        return self.owner  # 7 characters: namespace and veth names stay within IFNAMSIZ
+
+    @property
+    def scratch(self) -> Path:
+        return Path("/tmp") / f"deployer-bench-{self.prefix}"
+
+    def ports_claim(self, block: int) -> str:
+        return f"bench-ports-{block}"
+
+
+def prefix_of_chain(chain: str) -> str | None:
+    match = CHAIN_OF_RUN_RE.match(chain)
+    return match.group(1) if match else None
+
+
+# --- deployer configs ------------------------------------------------------------------------------
+
+
+def deployer_toml(names: RunNames, state_dir: Path, hooks_dir: Path, apps: list[str]) -> str:
+    return "\n".join([
+        "[deployer]",
+        f"state_dir = {json.dumps(str(state_dir))}",
+        f"hooks_dir = {json.dumps(str(hooks_dir))}",
+        f"chain_prefix = {json.dumps(names.prefix)}",
+        f"network = {json.dumps(names.network)}",
+        f"bridge = {json.dumps(names.bridge)}",
+        "hook_timeout = 20",
+        "",
+        *apps,
+    ])
+
+
+HEALTH = {"type": "http", "path": "/healthz", "interval": 0.1, "timeout": 1, "successes": 2, "deadline": 20}
+
+
+def app_toml(name: str, image: str, ports: AppPorts, *, bind: str = "127.0.0.1", drain_seconds: float = 1.0,
+             stop_timeout: int = 5, env: Mapping[str, str] | None = None) -> str:
+    """One demo app: its HTTP port and its UDP echo port, each with blue and green set ports."""
+    env = {"DRAIN_TIMEOUT": str(max(1, stop_timeout - 2)), **(env or {})}
+    lines = [
+        f"[apps.{name}]",
+        f"image = {json.dumps(image)}",
+        f"bind = {json.dumps(bind)}",
+        f"drain_seconds = {drain_seconds}",
+        f"stop_timeout = {stop_timeout}",
+        "env = { " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in env.items()) + " }",
+        f"[[apps.{name}.ports]]",
+        f"external = {ports.tcp}",
+        "container = 8080",
+        'protocol = "tcp"',
+        f"blue = {ports.tcp_blue}",
+        f"green = {ports.tcp_green}",
+        f"[[apps.{name}.ports]]",
+        f"external = {ports.udp}",
+        "container = 9090",
+        'protocol = "udp"',
+        f"blue = {ports.udp_blue}",
+        f"green = {ports.udp_green}",
+        f"[apps.{name}.health]",
+        *(f"{k} = {json.dumps(v)}" for k, v in HEALTH.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def tags_for(plan: Plan) -> list[str]:
+    """The image tags a run builds: one to start from, then one per deploy."""
+    return [f"v{n}" for n in range(1, plan.deploys + 2)]
+
+
+# --- stand-in apps for the scale part ---------------------------------------------------------------
+
+FILLER_NETWORK = "198.51.100"  # TEST-NET-2: nothing answers there, and no traffic is sent to these rules
+
+
+def filler_name(index: int) -> str:
+    return f"f{index:04d}"
+
+
+def filler_chains(names: RunNames, ports: Ports, indexes: range) -> dict[str, list[str]]:
+    """Chain rules of stand-in apps, as the deployer renders an app's chain: one DNAT rule each."""
+    chain_names = rules.ChainNames(names.prefix)
+    return {filler_name(i): rules.app_rules(chain_names, filler_name(i), [rules.Forward(
+        "tcp", ports.filler(i), f"{FILLER_NETWORK}.{i % 250 + 1}", 8080, f"{filler_name(i)} blue stand-in")])
+        for i in indexes}

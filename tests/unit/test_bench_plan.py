@@ -1,0 +1,70 @@
+"""The bench's plan: its sizes, its port layout inside 24000-24999, its names and its configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.plan import (Ports, RunNames, app_toml, deployer_toml, filler_chains, plan_for, prefix_of_chain,
+                        tags_for)
+from deployer import config as config_module
+
+
+def test_quick_plan_is_small_and_full_plan_has_the_issue_defaults():
+    quick, full = plan_for(True), plan_for(False)
+    assert (quick.deploys, quick.rounds, quick.flips_per_point) == (3, 1, 2)
+    assert (full.deploys, full.scale_points) == (20, (1, 10, 100, 1000))
+    assert plan_for(False, deploys=5, rounds=2).deploys == 5
+    assert tags_for(quick) == ["v1", "v2", "v3", "v4"]
+
+
+def test_every_port_of_every_block_stays_in_the_bench_range():
+    for block in range(10):
+        ports = Ports.block(block)
+        used = [ports.haproxy, ports.nginx, *(ports.filler(i) for i in range(1000))]
+        for app in [ports.datapath, ports.scale, *(ports.scenario(s) for s in ("ours", "seed", "stop-start", "naive"))]:
+            used += [app.tcp, app.tcp_blue, app.tcp_green, app.udp, app.udp_blue, app.udp_green]
+        assert all(ports.base <= p < ports.base + 100 for p in used)
+        singles = [p for p in used if p not in {ports.filler(i) for i in range(1000)}]
+        assert len(singles) == len(set(singles)), "two uses of one port"
+    with pytest.raises(ValueError):
+        Ports(24050)
+    with pytest.raises(ValueError):
+        Ports(25000)
+
+
+def test_run_names_derive_from_the_prefix():
+    names = RunNames("DB1A2B3")
+    assert (names.owner, names.network, names.bridge, names.netns_prefix) == ("db1a2b3", "db1a2b3", "db1a2b3-br",
+                                                                              "db1a2b3")
+    assert str(names.scratch) == "/tmp/deployer-bench-DB1A2B3"
+    assert prefix_of_chain("DB1A2B3-ours") == "DB1A2B3" and prefix_of_chain("DB1A2B3") == "DB1A2B3"
+    assert prefix_of_chain("DT1A2B3-web") is None and prefix_of_chain("DOCKER") is None
+    with pytest.raises(ValueError):
+        RunNames("DT1A2B3")
+
+
+def test_the_rendered_config_loads_and_says_what_the_bench_meant(tmp_path: Path):
+    names = RunNames("DBABCDE")
+    ports = Ports.block(3).scenario("seed")
+    text = app_toml("seed", "127.0.0.1:5000/deployer-bench", ports, bind="0.0.0.0", drain_seconds=1.5, stop_timeout=5)
+    path = tmp_path / "deployer.toml"
+    path.write_text(deployer_toml(names, tmp_path / "state", tmp_path / "hooks", [text]))
+    config = config_module.load(path)
+    assert config.settings.chain_prefix == "DBABCDE" and config.settings.bridge == "dbabcde-br"
+    app = config.app("seed")
+    assert app.bind == "0.0.0.0" and app.drain_seconds == 1.5 and app.env["DRAIN_TIMEOUT"] == "3"
+    assert [(p.protocol, p.external, p.blue, p.green) for p in app.ports] == [
+        ("tcp", 24310, 24311, 24312), ("udp", 24313, 24314, 24315)]
+    assert app.health.path == "/healthz" and app.health.interval == 0.1
+
+
+def test_stand_in_apps_are_rendered_like_the_deployer_renders_an_app_chain():
+    chains = filler_chains(RunNames("DBABCDE"), Ports.block(0), range(2))
+    assert chains == {
+        "f0000": ['-A DBABCDE-f0000 -p tcp -m tcp --dport 24060 -m comment --comment "f0000 blue stand-in" '
+                  '-j DNAT --to-destination 198.51.100.1:8080'],
+        "f0001": ['-A DBABCDE-f0001 -p tcp -m tcp --dport 24061 -m comment --comment "f0001 blue stand-in" '
+                  '-j DNAT --to-destination 198.51.100.2:8080'],
+    }
