@@ -138,3 +138,21 @@ class UnknownJob(RequestRejected):
 
 class AssetError(DeployerError):
     """A release asset could not be downloaded, was too large, or did not match its .sha256."""
+
+
+class ForwardingError(DeployerError):
+    """Forwarding an app to another host, or routing its replies back, could not be set up or removed."""
+
+
+class InvalidForwarding(ForwardingError):
+    """A forward or forward-return argument that is not valid (an address, a port, a mark)."""
+
+    exit_code = 2
+
+
+class PreflightFailed(ForwardingError):
+    """The host is not ready for a forward or a forward-return; nothing was changed. Names each problem."""
+
+    def __init__(self, message: str, problems: list[str], **context: object) -> None:
+        super().__init__(message + "".join(f"\n  - {problem}" for problem in problems), **context)
+        self.problems = problems

@@ -1,0 +1,587 @@
+"""Forward an app to the host it is moving away from, and route the replies back there. Pure.
+
+While DNS changes propagate, the new host DNATs the app's external ports to the old host
+(`deployer forward APP --to OLD`). Two ways to get the replies back through the new host,
+which must see them to undo its DNAT:
+
+- masquerade: the new host also rewrites the source to its own address. Works over any routed
+  network; the app sees the new host as the client.
+- source-preserving (the default): the old host marks connections that arrive from the new
+  host (CONNMARK, recognised by the new host's MAC on the shared link, or by the tunnel device),
+  copies the mark onto their replies, and routes marked packets through a table of their own
+  whose default route is the new host (`deployer forward-return --via NEW --dev DEV`).
+
+This module renders the rules and `ip` commands and decides the preflight checks from facts
+the adapters gathered; `forwarder.py` orders the effects.
+
+Chains, all owned by the deployer (PREFIX is [deployer] chain_prefix):
+
+    nat     PREFIX-<app>          the app's chain: DNAT to the old host instead of an instance
+    nat     PREFIX-SNAT           masquerade of forwarded flows   (jumped to from POSTROUTING)
+    filter  PREFIX-FORWARD        accepts forwarded flows         (from DOCKER-USER, else FORWARD)
+    mangle  PREFIX-RETURN         old host: mark, restore marks   (from PREROUTING)
+    mangle  PREFIX-RETURN-LOCAL   old host: restore marks         (from OUTPUT)
+
+Docker sets the FORWARD policy to DROP, so DNATed flows that leave the host again need an
+accept rule. Docker keeps DOCKER-USER first in FORWARD and never flushes it, so the jump goes
+there when it exists; rules appended to FORWARD would sit behind Docker's own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping, Sequence
+
+from deployer.config import AppConfig
+from deployer.errors import InvalidForwarding
+from deployer.rules import ChainNames, Forward, NatTable, save_string
+from deployer.state import AppState
+
+MODE = "forward"
+DEFAULT_MARK = 0x2000000
+DEFAULT_TABLE = 202
+DEFAULT_PRIORITY = 202
+_PORT_SPEC = re.compile(r"^(\d{1,5})(?:/(tcp|udp))?=(\d{1,5})$")
+_COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
+_JUMP = re.compile(r" -j (\S+)$")
+_REACHABLE_STATES = {"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP"}
+
+
+# --- what is forwarded where --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PortTarget:
+    protocol: str
+    external: int
+    to_port: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an app's external ports go while it is forwarded; kept in the record's mode_detail."""
+
+    address: str
+    masquerade: bool
+    ports: tuple[PortTarget, ...]
+
+    def detail(self, **extra: Any) -> dict[str, Any]:
+        return {"to": self.address, "masquerade": self.masquerade,
+                "ports": [{"protocol": p.protocol, "external": p.external, "to_port": p.to_port} for p in self.ports],
+                **extra}
+
+    @classmethod
+    def from_detail(cls, detail: Mapping[str, Any]) -> "Target":
+        return cls(address=detail["to"], masquerade=bool(detail.get("masquerade")),
+                   ports=tuple(PortTarget(p["protocol"], int(p["external"]), int(p["to_port"]))
+                               for p in detail.get("ports", [])))
+
+
+def plan_target(app: AppConfig, address: str, *, masquerade: bool = False,
+                port_specs: Sequence[str] = ()) -> Target:
+    """Validate `--to` and `--port EXTERNAL[/PROTO]=PORT`; every external port goes to the same number by default."""
+    try:
+        parsed = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise InvalidForwarding(f"--to {address!r} is not an IPv4 address", app=app.name) from None
+    if parsed.is_loopback or parsed.is_multicast or parsed.is_unspecified or parsed.is_link_local \
+            or str(parsed) == "255.255.255.255":
+        raise InvalidForwarding(f"--to {address} is not the unicast address of another host", app=app.name)
+    overrides: dict[tuple[int, str | None], int] = {}
+    for spec in port_specs:
+        match = _PORT_SPEC.fullmatch(spec)
+        if not match:
+            raise InvalidForwarding(f"--port {spec!r} must be EXTERNAL=PORT or EXTERNAL/tcp=PORT, e.g. 1000=2000",
+                                    app=app.name)
+        external, protocol, to_port = int(match.group(1)), match.group(2), int(match.group(3))
+        if not 1 <= to_port <= 65535:
+            raise InvalidForwarding(f"--port {spec!r}: {to_port} is not a port number", app=app.name)
+        if not any(p.external == external and protocol in (None, p.protocol) for p in app.ports):
+            known = ", ".join(f"{p.external}/{p.protocol}" for p in app.ports)
+            raise InvalidForwarding(f"--port {spec!r}: app {app.name!r} has no external port "
+                                    f"{external}{'/' + protocol if protocol else ''} (it has {known})", app=app.name)
+        overrides[(external, protocol)] = to_port
+    ports = tuple(PortTarget(p.protocol, p.external,
+                             overrides.get((p.external, p.protocol), overrides.get((p.external, None), p.external)))
+                  for p in app.ports)
+    return Target(str(parsed), masquerade, ports)
+
+
+def after_promotion(state: AppState) -> AppState:
+    """A deployed instance replaces a forward: from its flip on, the app serves locally again."""
+    return replace(state, mode="serving", mode_detail={}) if state.mode == MODE else state
+
+
+def status_notes(notes: Sequence[str], state: AppState) -> list[str]:
+    """`deployer status` lines: the forward described in full instead of the bare mode name."""
+    if state.mode != MODE:
+        return list(notes)
+    return [describe(state.mode_detail)] + [note for note in notes if note != f"mode: {MODE}"]
+
+
+def describe(detail: Mapping[str, Any]) -> str:
+    """One line for `deployer status`."""
+    target = Target.from_detail(detail)
+    ports = ", ".join(f"{p.external}/{p.protocol}" + (f"->{p.to_port}" if p.to_port != p.external else "")
+                      for p in target.ports)
+    how = "masquerading clients" if target.masquerade else "keeping client addresses"
+    return f"mode: forward to {target.address} ({ports}; {how})"
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+
+def forward_chain(names: ChainNames) -> str:
+    return f"{names.prefix}-FORWARD"
+
+
+def snat_chain(names: ChainNames) -> str:
+    return f"{names.prefix}-SNAT"
+
+
+def return_chain(names: ChainNames) -> str:
+    return f"{names.prefix}-RETURN"
+
+
+def return_local_chain(names: ChainNames) -> str:
+    return f"{names.prefix}-RETURN-LOCAL"
+
+
+def _comment(app: str, target: Target) -> str:
+    return f"{app} forward {target.address}"
+
+
+def app_rules(names: ChainNames, app: str, target: Target) -> list[str]:
+    """The app chain in forward mode: each external port DNATed to the old host."""
+    comment = _comment(app, target)
+    return [Forward(p.protocol, p.external, target.address, p.to_port, comment).rule(names.app(app))
+            for p in target.ports]
+
+
+def accept_rules(names: ChainNames, app: str, target: Target) -> list[str]:
+    """Filter FORWARD: only flows this host DNATed to the old host, both ways."""
+    chain, comment = forward_chain(names), save_string(_comment(app, target))
+    lines = []
+    for p in target.ports:
+        for direction, side in (("-d", "--dport"), ("-s", "--sport")):
+            lines.append(f"-A {chain} {direction} {target.address}/32 -p {p.protocol} -m {p.protocol} {side} "
+                         f"{p.to_port} -m conntrack --ctstate DNAT -m comment --comment {comment} -j ACCEPT")
+    return lines
+
+
+def masquerade_rules(names: ChainNames, app: str, target: Target) -> list[str]:
+    """nat POSTROUTING: the old host answers the new host, which undoes both translations."""
+    if not target.masquerade:
+        return []
+    chain, comment = snat_chain(names), save_string(_comment(app, target))
+    return [f"-A {chain} -d {target.address}/32 -p {p.protocol} -m {p.protocol} --dport {p.to_port} "
+            f"-m conntrack --ctstate DNAT -m comment --comment {comment} -j MASQUERADE" for p in target.ports]
+
+
+def parse_table(saved: str, table: str) -> NatTable:
+    """One table of `iptables-save` output: chain name -> rule lines (the nat parser, for any table)."""
+    result = NatTable()
+    inside = False
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            inside = line == f"*{table}"
+        elif not inside or not line or line.startswith("#"):
+            continue
+        elif line == "COMMIT":
+            inside = False
+        elif line.startswith(":"):
+            result.chains.setdefault(line[1:].split(" ", 1)[0], [])
+        elif line.startswith("-A "):
+            result.chains.setdefault(line.split(" ", 2)[1], []).append(line)
+    return result
+
+
+def owned_by(line: str, app: str) -> bool:
+    """Whether a rule in a shared chain is one of the app's (its comment starts with "<app> forward")."""
+    match = _COMMENT.search(line)
+    comment = (match.group(1) if match.group(1) is not None else match.group(2)) if match else ""
+    return comment.replace('\\"', '"').startswith(f"{app} forward")
+
+
+def jumps_to(table: NatTable, chain: str) -> list[str]:
+    """Every rule in another chain that jumps to `chain`."""
+    return [line for name, lines in table.chains.items() if name != chain
+            for line in lines if (m := _JUMP.search(line)) and m.group(1) == chain]
+
+
+def _shared_chain(live: NatTable, table: str, chain: str, app: str, wanted: Sequence[str],
+                  jump: str) -> list[str]:
+    """Lines of one table's transaction: the app's rules in a shared chain become `wanted`.
+
+    The chain is rewritten whole (declaring it in a restore flushes it) with the other apps'
+    rules kept; a chain left empty is deleted with every jump to it.
+    """
+    current = live.rules(chain)
+    keep = [line for line in current if not owned_by(line, app)]
+    lines = keep + list(wanted)
+    jumps = jumps_to(live, chain)
+    if lines:
+        if lines == current and jumps:
+            return []
+        body = [f":{chain} - [0:0]", *lines]
+        return body if jumps else body + [jump]
+    if not live.has_chain(chain):
+        return []
+    return [*(j.replace("-A ", "-D ", 1) for j in jumps), f"-F {chain}", f"-X {chain}"]
+
+
+def render_extras(filter_table: NatTable, nat_table: NatTable, names: ChainNames, app: str,
+                  target: Target | None) -> str | None:
+    """The filter and nat transactions that give the app exactly `target`'s accept and masquerade
+    rules (none for None), touching no other app's. None when nothing needs to change."""
+    parent = "DOCKER-USER" if filter_table.has_chain("DOCKER-USER") else "FORWARD"
+    sections = []
+    filter_lines = _shared_chain(filter_table, "filter", forward_chain(names), app,
+                                 accept_rules(names, app, target) if target else [],
+                                 f"-I {parent} 1 -j {forward_chain(names)}")
+    if filter_lines:
+        sections += ["*filter", *filter_lines, "COMMIT"]
+    nat_lines = _shared_chain(nat_table, "nat", snat_chain(names), app,
+                              masquerade_rules(names, app, target) if target else [],
+                              f"-A POSTROUTING -j {snat_chain(names)}")
+    if nat_lines:
+        sections += ["*nat", *nat_lines, "COMMIT"]
+    return "\n".join([*sections, ""]) if sections else None
+
+
+def extras_apps(filter_table: NatTable, nat_table: NatTable, names: ChainNames) -> set[str]:
+    """Apps that have accept or masquerade rules (to clean up after an uninstall or a lost record)."""
+    found = set()
+    for line in filter_table.rules(forward_chain(names)) + nat_table.rules(snat_chain(names)):
+        match = _COMMENT.search(line)
+        comment = (match.group(1) or match.group(2) or "") if match else ""
+        app, _, rest = comment.partition(" ")
+        if rest.startswith("forward"):
+            found.add(app)
+    return found
+
+
+def render_extras_teardown(filter_table: NatTable, nat_table: NatTable, names: ChainNames) -> str | None:
+    """Remove both shared chains whole, and the jumps to them."""
+    sections = []
+    for table_name, table, chain in (("filter", filter_table, forward_chain(names)),
+                                     ("nat", nat_table, snat_chain(names))):
+        if table.has_chain(chain):
+            sections += [f"*{table_name}", *(j.replace("-A ", "-D ", 1) for j in jumps_to(table, chain)),
+                         f"-F {chain}", f"-X {chain}", "COMMIT"]
+    return "\n".join([*sections, ""]) if sections else None
+
+
+# --- the return path on the old host --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReturnPath:
+    """Replies to connections that came through the new host go back through it."""
+
+    via: str  # the new host's address on the shared link
+    dev: str  # that link (an Ethernet device or a tunnel)
+    lladdr: str | None  # the new host's MAC on it; None on a link without one (a tunnel)
+    mark: int = DEFAULT_MARK
+    table: int = DEFAULT_TABLE
+    priority: int = DEFAULT_PRIORITY
+
+    @property
+    def fwmark(self) -> str:
+        return f"{self.mark:#x}/{self.mark:#x}"
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        return {"via": self.via, "dev": self.dev, "lladdr": self.lladdr, "mark": self.mark, "table": self.table,
+                "priority": self.priority, **extra}
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> "ReturnPath":
+        return cls(via=data["via"], dev=data["dev"], lladdr=data.get("lladdr"), mark=int(data["mark"]),
+                   table=int(data["table"]), priority=int(data["priority"]))
+
+
+def check_return_arguments(via: str, dev: str, mark: int, table: int, priority: int) -> None:
+    """Bad input, refused before any fact is gathered."""
+    try:
+        parsed = ipaddress.IPv4Address(via)
+    except ValueError:
+        raise InvalidForwarding(f"--via {via!r} is not an IPv4 address") from None
+    if parsed.is_loopback or parsed.is_multicast or parsed.is_unspecified:
+        raise InvalidForwarding(f"--via {via} is not the unicast address of another host")
+    if not re.fullmatch(r"[A-Za-z0-9_.@:-]{1,15}", dev) or dev in (".", ".."):
+        raise InvalidForwarding(f"--dev {dev!r} is not an interface name")
+    if mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
+        raise InvalidForwarding(f"--mark {mark:#x} must be a single bit, e.g. 0x2000000: it is matched with "
+                                "itself as the mask, so other marks on the packet stay")
+    if not 1 <= table <= 0xFFFFFFFF or table in (253, 254, 255):
+        raise InvalidForwarding(f"--table {table} must be a routing table number other than 253, 254 and 255 "
+                                "(default, main, local)")
+    if not 1 <= priority <= 32765:
+        raise InvalidForwarding(f"--priority {priority} must be from 1 to 32765 (before the main table's rule)")
+
+
+def return_rules(names: ChainNames, path: ReturnPath, *, mark_new: bool = True) -> dict[str, list[str]]:
+    """The mangle chains: mark new connections from the new host; copy the mark onto their replies.
+
+    CONNMARK sets the connection's mark, not the packet's, so the forwarded packets themselves
+    are routed as usual; only reply-direction packets get the packet mark that `ip rule` sees:
+    in OUTPUT when a local process answers, in PREROUTING when a container's answer is forwarded.
+    `mark_new=False` renders the restore rules alone, to let open connections finish at --off.
+    """
+    chain, local = return_chain(names), return_local_chain(names)
+    mark = f"{path.mark:#x}"
+    restore = (f"-m conntrack --ctdir REPLY -m connmark --mark {path.fwmark} -j CONNMARK --restore-mark "
+               f"--nfmask {mark} --ctmask {mark}")
+    source = f"-m mac --mac-source {path.lladdr.lower()} " if path.lladdr else ""
+    rules = [f"-A {chain} -i {path.dev} {source}-m conntrack --ctstate NEW -m comment --comment "
+             f"{save_string(f'deployer: forwarded by {path.via}')} -j CONNMARK --set-xmark {path.fwmark}"] \
+        if mark_new else []
+    return {chain: rules + [f"-A {chain} {restore}"], local: [f"-A {local} {restore}"]}
+
+
+def render_return(mangle: NatTable, names: ChainNames, path: ReturnPath | None, *, mark_new: bool = True) -> str | None:
+    """One mangle transaction: both chains rewritten whole (None: removed), jumps ensured first in line."""
+    wanted = return_rules(names, path, mark_new=mark_new) if path else {}
+    hooks = {return_chain(names): "PREROUTING", return_local_chain(names): "OUTPUT"}
+    lines: list[str] = []
+    for chain, hook in hooks.items():
+        jumps = jumps_to(mangle, chain)
+        if chain in wanted:
+            if mangle.rules(chain) == wanted[chain] and jumps:
+                continue
+            lines += [f":{chain} - [0:0]", *wanted[chain]]
+            if not jumps:
+                lines.append(f"-I {hook} 1 -j {chain}")
+        elif mangle.has_chain(chain):
+            lines += [*(j.replace("-A ", "-D ", 1) for j in jumps), f"-F {chain}", f"-X {chain}"]
+    return "\n".join(["*mangle", *lines, "COMMIT", ""]) if lines else None
+
+
+def route_commands(path: ReturnPath, rules_now: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """The table's default route first, then the rule that sends marked packets to it (added once)."""
+    commands = [["ip", "-4", "route", "replace", "default", "via", path.via, "dev", path.dev,
+                 "table", str(path.table)]]
+    if not any(_is_our_rule(rule, path) for rule in rules_now):
+        commands.append(["ip", "-4", "rule", "add", "fwmark", path.fwmark, "lookup", str(path.table),
+                         "priority", str(path.priority)])
+    return commands
+
+
+def route_removal_commands(path: ReturnPath, rules_now: Sequence[Mapping[str, Any]],
+                           table_routes: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """The rule first (so nothing is sent to an emptied table), then the table's routes."""
+    commands = [["ip", "-4", "rule", "del", "fwmark", path.fwmark, "lookup", str(path.table),
+                 "priority", str(path.priority)] for rule in rules_now if _is_our_rule(rule, path)]
+    if table_routes:
+        commands.append(["ip", "-4", "route", "flush", "table", str(path.table)])
+    return commands
+
+
+def _mark_of(rule: Mapping[str, Any]) -> tuple[int, int] | None:
+    if "fwmark" not in rule:
+        return None
+    return int(str(rule["fwmark"]), 0), int(str(rule.get("fwmask", "0xffffffff")), 0)
+
+
+def _is_our_rule(rule: Mapping[str, Any], path: ReturnPath) -> bool:
+    return (rule.get("priority") == path.priority and _mark_of(rule) == (path.mark, path.mark)
+            and str(rule.get("table")) == str(path.table) and set(rule) <= {"priority", "src", "fwmark", "fwmask",
+                                                                            "table"})
+
+
+# --- facts and preflight decisions ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """`ip -4 route get ADDRESS`: how this host reaches an address."""
+
+    kind: str | None  # "unicast", "local", ... ; None: no route
+    dev: str | None = None
+    gateway: str | None = None
+    source: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Whether a peer answered one ICMP echo, and what the neighbour table knows of it."""
+
+    echo: bool
+    lladdr: str | None = None
+    state: tuple[str, ...] = ()
+
+    @property
+    def neighbour(self) -> bool:
+        return bool(self.lladdr) and bool(_REACHABLE_STATES & set(self.state))
+
+    @property
+    def answers(self) -> bool:
+        return self.echo or self.neighbour
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    exists: bool
+    up: bool = False
+    arp: bool = True  # False on links without link-layer addresses (tunnels): no MAC to match
+
+
+@dataclass(frozen=True)
+class ForwardFacts:
+    ip_forward: bool
+    ip_forward_writable: bool
+    route: Route
+    peer: Peer
+    ports: Mapping[int, str | None] = field(default_factory=dict)  # tcp port -> None if it accepted, else why
+
+
+@dataclass(frozen=True)
+class ReturnFacts:
+    link: Link
+    route: Route
+    rp_filter_all: int
+    rp_filter_dev: int | None
+    peer: Peer
+    rules: Sequence[Mapping[str, Any]]  # `ip -j -4 rule show`
+    table_routes: Sequence[Mapping[str, Any]]  # `ip -j -4 route show table N`
+    recorded: Mapping[str, Any] | None = None  # the forward-return record, if one is set up
+
+
+def check_forward(app: str, target: Target, facts: ForwardFacts, mode: str,
+                  mode_detail: Mapping[str, Any]) -> list[str]:
+    """Everything wrong with forwarding `app` to `target` on this host; empty when it may go ahead."""
+    problems = []
+    if mode not in ("serving", MODE):
+        problems.append(f"app {app!r} is in mode {mode!r}; leave it first")
+    elif mode == MODE and mode_detail.get("to") != target.address:
+        problems.append(f"app {app!r} already forwards to {mode_detail.get('to')}; run `deployer forward {app} "
+                        f"--off` first")
+    route = facts.route
+    if route.kind == "local":
+        problems.append(f"{target.address} is an address of this host: forwarding to it would loop")
+        return problems
+    if route.kind is None:
+        problems.append(f"no route to {target.address}" + (f" ({route.error})" if route.error else ""))
+        return problems
+    if route.kind != "unicast":
+        problems.append(f"{target.address} is a {route.kind} route, not a host")
+    if not target.masquerade and route.gateway:
+        problems.append(f"{target.address} is reached through the gateway {route.gateway} on {route.dev}, not on a "
+                        f"link of its own: keeping client addresses needs a direct link or a tunnel to the old host, "
+                        f"whose replies come back the same way; use --masquerade over a routed network")
+    if not facts.ip_forward and not facts.ip_forward_writable:
+        problems.append("IPv4 forwarding is off (net.ipv4.ip_forward=0) and cannot be switched on here")
+    if not facts.peer.answers and not any(error is None for error in facts.ports.values()):
+        where = f" on {route.dev}" if route.dev else ""
+        problems.append(f"{target.address} does not answer{where}: no ICMP echo reply, no neighbour entry")
+    for port, error in sorted(facts.ports.items()):
+        if error is not None:
+            problems.append(f"{target.address}:{port}/tcp does not accept connections from this host ({error}): "
+                            f"is the app running on the old host?")
+    return problems
+
+
+def check_return(path: ReturnPath, facts: ReturnFacts) -> list[str]:
+    """Everything wrong with routing replies back through `path` on this host."""
+    problems = []
+    link = facts.link
+    if not link.exists:
+        return [f"there is no interface {path.dev!r}"]
+    if not link.up:
+        problems.append(f"interface {path.dev} is down")
+    recorded = facts.recorded
+    if recorded and (recorded.get("via"), recorded.get("dev")) != (path.via, path.dev):
+        problems.append(f"replies already return via {recorded.get('via')} on {recorded.get('dev')}; run "
+                        f"`deployer forward-return --off` first")
+    route = facts.route
+    if route.kind == "local":
+        problems.append(f"{path.via} is an address of this host")
+    elif route.kind is None or route.dev != path.dev or route.gateway:
+        how = ("there is no route to it" if route.kind is None else
+               f"it is reached through {route.gateway} on {route.dev}" if route.gateway else
+               f"it is reached on {route.dev}")
+        problems.append(f"{path.via} is not on {path.dev}'s link ({how}): the new host must be a neighbour on "
+                        f"{path.dev}, over a layer-2 link or a tunnel")
+    effective = max(facts.rp_filter_all, facts.rp_filter_dev or 0)
+    if effective == 1:
+        which = "all" if facts.rp_filter_all == 1 else path.dev
+        problems.append(f"strict reverse-path filtering on {path.dev} (net.ipv4.conf.{which}.rp_filter=1) drops "
+                        f"forwarded packets, whose client sources route elsewhere: set it to loose, e.g. "
+                        f"sysctl -w net.ipv4.conf.{which}.rp_filter=2"
+                        + (f" (and net.ipv4.conf.{path.dev}.rp_filter to 0 or 2)" if which == "all" else ""))
+    if route.kind is not None and route.kind != "local" and not facts.peer.answers:
+        problems.append(f"{path.via} does not answer on {path.dev}: no ICMP echo reply, no neighbour entry")
+    elif link.arp and not facts.peer.lladdr and route.kind not in (None, "local"):
+        problems.append(f"{path.via} has no MAC address on {path.dev} in the neighbour table, so its packets "
+                        f"cannot be recognised")
+    for rule in facts.rules:
+        if _is_our_rule(rule, path):
+            continue
+        clash = []
+        if rule.get("priority") == path.priority:
+            clash.append(f"priority {path.priority}")
+        mark = _mark_of(rule)
+        if mark and mark[0] & mark[1] & path.mark:
+            clash.append(f"mark {path.mark:#x}")
+        if str(rule.get("table")) == str(path.table):
+            clash.append(f"table {path.table}")
+        if clash:
+            problems.append(f"ip rule {describe_rule(rule)} already uses {' and '.join(clash)}: choose others "
+                            f"with --priority, --mark or --table")
+    ours = [r for r in facts.table_routes
+            if r.get("dst") == "default" and r.get("gateway") == path.via and r.get("dev") == path.dev]
+    others = [r for r in facts.table_routes if r not in ours]
+    if others and not (recorded and int(recorded.get("table", -1)) == path.table):
+        problems.append(f"routing table {path.table} is in use ({len(others)} route(s), e.g. "
+                        f"{describe_route(others[0])}): choose another with --table")
+    return problems
+
+
+def describe_rule(rule: Mapping[str, Any]) -> str:
+    parts = [f"{rule.get('priority')}:", f"from {rule.get('src', 'all')}"]
+    if "fwmark" in rule:
+        parts.append(f"fwmark {rule['fwmark']}" + (f"/{rule['fwmask']}" if "fwmask" in rule else ""))
+    parts.append(f"lookup {rule.get('table')}")
+    return " ".join(parts)
+
+
+def describe_route(route: Mapping[str, Any]) -> str:
+    parts = [str(route.get("dst", "?"))]
+    if route.get("gateway"):
+        parts.append(f"via {route['gateway']}")
+    if route.get("dev"):
+        parts.append(f"dev {route['dev']}")
+    return " ".join(parts)
+
+
+# --- parsing what `ip -j` prints -------------------------------------------------------------------
+
+
+def parse_route_get(data: Iterable[Mapping[str, Any]]) -> Route:
+    entries = list(data)
+    if not entries:
+        return Route(kind=None, error="no route")
+    entry = entries[0]
+    return Route(kind=entry.get("type", "unicast"), dev=entry.get("dev"), gateway=entry.get("gateway"),
+                 source=entry.get("prefsrc"))
+
+
+def parse_link(name: str, data: Iterable[Mapping[str, Any]]) -> Link:
+    entries = [e for e in data if e.get("ifname") == name]
+    if not entries:
+        return Link(name, exists=False)
+    entry = entries[0]
+    flags = set(entry.get("flags", []))
+    has_mac = entry.get("link_type") in ("ether", "ieee802.1q") and "NOARP" not in flags
+    return Link(name, exists=True, up="UP" in flags and "LOWER_UP" in flags, arp=has_mac)
+
+
+def parse_neighbour(address: str, data: Iterable[Mapping[str, Any]]) -> tuple[str | None, tuple[str, ...]]:
+    for entry in data:
+        if entry.get("dst") == address:
+            return entry.get("lladdr"), tuple(entry.get("state", []))
+    return None, ()
