@@ -1,0 +1,105 @@
+"""Part 1: the same backend container and the same wrk load through each path, in interleaved rounds.
+
+The backend is deployed by the real engine, with its set ports published on all addresses so
+Docker's own published port can be measured too. From the host, 127.0.0.1 on a published port
+goes through docker-proxy; from the outside namespace Docker answers a published port with its
+own DNAT rule instead (docker-proxy is only in the loopback path), and the report says so.
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+from typing import Any
+
+from bench import analysis
+from bench.drivers import EngineDriver, scratch_path
+from bench.lab import IMAGE, Lab, say
+from bench.loadgen import WrkOutputError, parse_wrk, wrk_argv
+from bench.plan import CLIENTS, DATAPATHS, Plan, app_toml
+from bench.proxies import haproxy_argv, haproxy_config, nginx_argv, nginx_config
+
+APP = "datapath"
+NOTES = {
+    "docker": {"host": "127.0.0.1 -> docker-proxy (userland)", "outside": "Docker's own DNAT rule (no docker-proxy)"},
+}
+
+
+def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[str, Any]:
+    assert lab.ports is not None
+    ports = lab.ports.datapath
+    driver = EngineDriver(lab, APP, app_toml(APP, IMAGE, ports, bind="0.0.0.0", drain_seconds=0.5))
+    workdir = scratch_path(lab, APP)
+    proxies = []
+    try:
+        driver.deploy(tags[0])
+        (container,) = lab.docker.containers({"label": [f"deployer.owner={lab.names.owner}", f"deployer.app={APP}"]})
+        backend = (container.address(lab.names.network) or "", 8080)
+        set_port = ports.tcp_blue if container.labels.get("deployer.set") == "blue" else ports.tcp_green
+        listen = [("127.0.0.1", lab.ports.haproxy), (outside.host_ip, lab.ports.haproxy)]
+        (workdir / "haproxy.cfg").write_text(haproxy_config(listen, backend))
+        listen = [("127.0.0.1", lab.ports.nginx), (outside.host_ip, lab.ports.nginx)]
+        (workdir / "nginx.conf").write_text(nginx_config(listen, backend, workdir))
+        proxies.append(lab.popen(haproxy_argv(workdir / "haproxy.cfg")))
+        proxies.append(lab.popen(nginx_argv(workdir / "nginx.conf", workdir)))
+
+        targets = {}
+        for client, host in (("host", "127.0.0.1"), ("outside", outside.host_ip)):
+            targets[client] = {"direct": f"{backend[0]}:{backend[1]}", "dnat": f"{host}:{ports.tcp}",
+                               "haproxy": f"{host}:{lab.ports.haproxy}", "nginx": f"{host}:{lab.ports.nginx}",
+                               "docker": f"{host}:{set_port}"}
+        for path in ("haproxy", "nginx", "docker", "dnat"):
+            _wait_answers(targets["host"][path])
+
+        def measure(client: str, path: str, seconds: float) -> dict[str, Any]:
+            argv = wrk_argv(f"http://{targets[client][path]}/", threads=plan.wrk_threads,
+                            connections=plan.wrk_connections, seconds=seconds)
+            result = lab.run(argv, inside=outside if client == "outside" else None, timeout=seconds + 30, check=False)
+            try:
+                return parse_wrk(result.stdout).as_dict()
+            except WrkOutputError as exc:
+                return {"rps": None, "error": f"{exc} {result.stderr.strip()[-200:]}"}
+
+        for client in CLIENTS:
+            for path in DATAPATHS:
+                measure(client, path, plan.wrk_warmup_seconds)
+        rounds = []
+        for number in range(plan.rounds):
+            for client in CLIENTS:
+                for path in DATAPATHS:
+                    rounds.append({"round": number, "client": client, "path": path,
+                                   **measure(client, path, plan.wrk_seconds)})
+            say(f"  round {number + 1}/{plan.rounds} done")
+        summary = analysis.datapath_summary(rounds)
+        return {
+            "settings": {"tool": "wrk", "threads": plan.wrk_threads, "connections": plan.wrk_connections,
+                         "seconds": plan.wrk_seconds, "rounds": plan.rounds, "warmup_seconds": plan.wrk_warmup_seconds,
+                         "order": "each round runs every path for the host client, then for the outside client"},
+            "backend": {"image": f"{IMAGE}:{tags[0]}", "address": backend[0], "set_port": set_port},
+            "targets": targets,
+            "notes": NOTES,
+            "rounds": rounds,
+            "summary": summary,
+        }
+    finally:
+        for process in proxies:
+            lab.stop(process)
+        lab.remove_containers(APP)
+        lab.remove_app_chains([APP])
+
+
+def _wait_answers(target: str, timeout: float = 10.0) -> None:
+    host, _, port = target.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection = http.client.HTTPConnection(host, int(port), timeout=1)
+            connection.request("GET", "/")
+            if connection.getresponse().status == 200:
+                connection.close()
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing answers on {target} after {timeout:g} s")
+        time.sleep(0.1)

@@ -1,0 +1,95 @@
+"""Who deploys in a scenario: the real engine (ours, or with a baseline's netfilter adapter) or a baseline.
+
+Each driver records its journal's events with the wall-clock moment the bench received them,
+which the analysis lines up with the load clients' records.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from deployer import config as config_module
+from deployer.adapters.netfilter import Netfilter
+from deployer.config import Config
+from deployer.engine import Engine
+from deployer.journal import Journal
+
+from bench.baselines import NoUdpCleanup, SeedRecipe, StopThenStart
+from bench.lab import Lab
+from bench.plan import deployer_toml
+
+
+def bench_config(lab: Lab, app: str, app_text: str) -> Config:
+    """A deployer config of its own for one app of this run: its state under the run's scratch folder."""
+    root = lab.scratch / app
+    (root / "hooks").mkdir(parents=True, exist_ok=True)
+    path = root / "deployer.toml"
+    path.write_text(deployer_toml(lab.names, root / "state", root / "hooks", [app_text]))
+    return config_module.load(path)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append({**event, "wall": time.time()})
+
+
+class EngineDriver:
+    """The deployer's engine, driven in-process as `deployer deploy` would drive it."""
+
+    switch_steps = ("flip", "flip")
+
+    def __init__(self, lab: Lab, app: str, app_text: str, *, netfilter: Netfilter | None = None) -> None:
+        self.app = app
+        self.config = bench_config(lab, app, app_text)
+        self.recorder = Recorder()
+        journal = Journal([self.recorder], secrets=self.config.secrets())
+        self.engine = Engine(self.config, lab.docker, netfilter or Netfilter(), journal=journal)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.recorder.events
+
+    def deploy(self, tag: str) -> None:
+        self.engine.deploy(self.app, tag, actor="bench")
+
+
+class BaselineDriver:
+    def __init__(self, lab: Lab, app: str, app_text: str, kind: str, *, outside_address: str) -> None:
+        self.app = app
+        config = bench_config(lab, app, app_text)
+        self.recorder = Recorder()
+        journal = Journal([self.recorder])
+        arguments = (config.settings, config.app(app), lab.docker, lab.netfilter, journal)
+        if kind == "seed":
+            self.baseline: SeedRecipe | StopThenStart = SeedRecipe(*arguments)
+        elif kind == "stop-start":
+            self.baseline = StopThenStart(*arguments, addresses=["127.0.0.1", outside_address])
+        else:
+            raise ValueError(f"no baseline {kind!r}")
+        self.switch_steps = self.baseline.switch_steps
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.recorder.events
+
+    def deploy(self, tag: str) -> None:
+        self.baseline.deploy(tag)
+
+
+def driver_for(lab: Lab, scenario: str, app_text: str, *, outside_address: str) -> EngineDriver | BaselineDriver:
+    if scenario == "ours":
+        return EngineDriver(lab, scenario, app_text)
+    if scenario == "naive":
+        return EngineDriver(lab, scenario, app_text, netfilter=NoUdpCleanup())
+    return BaselineDriver(lab, scenario, app_text, scenario, outside_address=outside_address)
+
+
+def scratch_path(lab: Lab, *parts: str) -> Path:
+    path = lab.scratch.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
