@@ -74,6 +74,7 @@ def _extensions() -> list[Callable[..., None]]:
     registrars: list[Callable[..., None]] = []
     registrars.append(__import__("deployer.server_cli", fromlist=["register"]).register)
     registrars.append(__import__("deployer.audit_cli", fromlist=["register"]).register)
+    registrars.append(__import__("deployer.forward_cli", fromlist=["register"]).register)
     return registrars
 
 
@@ -109,6 +110,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             line = f"{s.app}: not deployed"
         line += "; rules match" if s.rules_match else "; RULES DIFFER (run: deployer reconcile)"
         print(line)
+        for note in getattr(s, "notes", []):  # the mode (maintenance, forward ...), a drain
+            print(f"  {note}")
         if s.previous:
             print(f"  previous: {s.previous.tag} ({s.previous.digest or 'no digest'})")
         for c in s.containers:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from deployer import conntrack, rules
+from deployer import forwarding
 from deployer.adapters.docker_host import ContainerInfo
 from deployer.adapters.processes import HookOutcome
 from deployer.config import AppConfig, Config
@@ -175,6 +176,7 @@ class Engine:
         for container in self.docker.containers(selector(self.settings)):
             self.docker.remove(container.id)
             removed.append(f"container {container.name}")
+        removed.extend(self._forwarder().uninstall())  # first: its nat chain is jumped to from POSTROUTING
         with self._netfilter_lock():
             text = rules.render_teardown(rules.parse_nat(self.netfilter.save_nat()), self.names)
             if text:
@@ -245,12 +247,15 @@ class Engine:
                             container_id=new.id, container_name=new.name, address=address, since=utc_now())
         # The record is written first: from here on it must say what is live, whatever fails next.
         with self.journal.step("record", **base):
-            self.store.save(self.store.load(app.name).promoted(instance, utc_now()))
+            self.store.save(forwarding.after_promotion(self.store.load(app.name).promoted(instance, utc_now())))
         with contextlib.suppress(DeployerError), self.journal.step("conntrack", **base) as step:
             step.detail["deleted"] = self._clean_flows(conntrack.after_flip(app, old_addresses))
         self._hook("post-flip", app, context, base, must_pass=False)
         if old is not None:
             self._retire(app, old, base, drain=True)
+        if state.mode == forwarding.MODE:  # the forward this deploy replaced: drain it, then drop its rules
+            with contextlib.suppress(DeployerError):
+                self._forwarder().leave(app, state.mode_detail, base)
         self._hook("post-deploy", app, context, base, must_pass=False)
         self.journal.record(f"{kind}.finished", outcome="ok", tag=release.tag, set=new_set, digest=release.digest,
                             **base)
@@ -344,6 +349,15 @@ class Engine:
         live = rules.parse_nat(self.netfilter.save_nat())
         targets = rules.dnat_destinations(live.rules(self.names.app(app.name)))
         active_id = state.active.container_id if state.active else None
+        if state.mode == forwarding.MODE:
+            if not any(c.address(self.settings.network) in targets for c in running):
+                repairs = self._forwarder().reconcile(app, state, live)  # instances are left as they are
+                self._report(repairs, app, actor, job)
+                return repairs
+            # A deploy from forward mode stopped after its flip: the instance serves, so the forward ends.
+            self.store.save(forwarding.after_promotion(state))
+            repairs.extend(self._forwarder().leave(app, state.mode_detail, {"app": app.name, "actor": actor}))
+            state = self.store.load(app.name)
 
         serving = (next((c for c in running if c.address(self.settings.network) in targets and c.id == active_id),
                         None)
@@ -426,8 +440,15 @@ class Engine:
     def _instance_rules(self, app: AppConfig, address: str, port_set: str, tag: str) -> list[str]:
         return rules.app_rules(self.names, app.name, forwards_to(app, address, port_set, tag))
 
+    def _forwarder(self) -> Any:
+        from deployer.forwarder import Forwarder  # it builds on the engine
+
+        return Forwarder(self)
+
     def _wanted_rules(self, app: AppConfig, state: AppState) -> list[str]:
         """The app chain the record calls for: in "serving" mode, traffic to the active instance."""
+        if state.mode == forwarding.MODE:  # another host serves: DNAT to it (see forwarding.py)
+            return forwarding.app_rules(self.names, app.name, forwarding.Target.from_detail(state.mode_detail))
         if state.active is None:
             return []
         active = state.active

@@ -26,6 +26,15 @@ class Netfilter:
         except sh.CommandNotFound:
             raise RulesError("iptables-save is not installed") from None
 
+    def save_table(self, table: str) -> str:
+        """`iptables-save -t TABLE`: filter and mangle hold the forwarding chains (see forwarding.py)."""
+        try:
+            return str(_command("iptables-save")("-t", table))
+        except sh.ErrorReturnCode as exc:
+            raise RulesError(f"iptables-save -t {table} failed: {_stderr(exc)}") from None
+        except sh.CommandNotFound:
+            raise RulesError("iptables-save is not installed") from None
+
     def list_chain(self, chain: str) -> list[str] | None:
         """One nat chain's rules as saved, or None when it does not exist; costs the same for any table size."""
         try:
