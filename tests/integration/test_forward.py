@@ -1,0 +1,387 @@
+"""Moving an app to a new host: the new host forwards to the old one, under load from a client.
+
+Three machines are network namespaces (tests/support/hosts.py): a client, a new host and an
+old host. The deployer runs inside the new host's namespace (`deployer forward`) and inside the
+old host's (`deployer forward-return`), each against that namespace's own netfilter and routes.
+The app on the old host is the demo server as a plain process, plus one behind a DNAT to a
+"container" namespace, which is how a deployer host runs it: the first answers from a local
+socket (mangle OUTPUT restores the mark), the second's answers are forwarded (mangle PREROUTING).
+
+The old host's default route is its own uplink, so without the return path its replies to
+forwarded clients go there and are lost: the tests show that first, then that every request is
+served once the return path is set up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import BRIDGE, NETWORK, REPO, Deployer, claim, release
+from support.hosts import Hosts
+
+pytestmark = pytest.mark.integration
+
+SERVER = REPO / "demo" / "app" / "build" / "server"
+TRAFFIC = str(REPO / "tests" / "support" / "traffic.py")
+TABLE = "202"
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def ensure_server() -> None:
+    source = SERVER.parent.parent / "server.c"
+    if SERVER.exists() and SERVER.stat().st_mtime >= source.stat().st_mtime:
+        return
+    SERVER.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-pthread", "-o", f"{SERVER}.tmp", str(source)],
+                   check=True, capture_output=True)
+    Path(f"{SERVER}.tmp").replace(SERVER)
+
+
+def app_toml(name: str, ports: list[tuple[str, int, int, int, int]], *, bind: str = "127.0.0.1",
+             drain: float = 2.0) -> str:
+    """ports: (protocol, external, container, blue, green)."""
+    lines = [f"[apps.{name}]", 'image = "127.0.0.1:5000/deployer-test"', f'bind = "{bind}"',
+             f"drain_seconds = {drain}", "stop_timeout = 4", 'env = { DRAIN_TIMEOUT = "2" }']
+    for protocol, external, container, blue, green in ports:
+        lines += [f"[[apps.{name}.ports]]", f'protocol = "{protocol}"', f"external = {external}",
+                  f"container = {container}", f"blue = {blue}", f"green = {green}"]
+    lines += [f"[apps.{name}.health]", 'type = "http"', "port = 8080", 'path = "/healthz"', "interval = 0.2",
+              "timeout = 1", "successes = 2", "deadline = 20"]
+    return "\n".join(lines) + "\n"
+
+
+def serve(hosts: Hosts, namespace: str, version: str, http: int, udp: int) -> None:
+    hosts.popen(namespace, ["env", f"HTTP_PORT={http}", f"UDP_PORT={udp}", f"APP_VERSION={version}",
+                            "DRAIN_TIMEOUT=1", str(SERVER)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = ("import socket,time\nfor _ in range(100):\n    try:\n        socket.create_connection(('127.0.0.1', "
+             f"{http}), 0.2).close(); break\n    except OSError: time.sleep(0.05)\nelse: raise SystemExit(1)")
+    assert hosts.run(namespace, [sys.executable, "-c", probe]).returncode == 0, f"{version} never listened"
+
+
+def get(hosts: Hosts, address: str, port: int, timeout: float = 3) -> str:
+    code = (f"import urllib.request; print(urllib.request.urlopen('http://{address}:{port}/', "
+            f"timeout={timeout}).read().decode().strip())")
+    result = hosts.run(hosts.client, [sys.executable, "-c", code], timeout=timeout + 10)
+    if result.returncode != 0:
+        return f"FAILED: {result.stderr.strip()[-200:]}"
+    version, _, client = result.stdout.strip().partition(" ")
+    return f"{version} {client.rsplit(':', 1)[0]}"  # the client's port says nothing
+
+
+class Load:
+    """Traffic clients running in the client's namespace, each writing one JSON line per request."""
+
+    def __init__(self, hosts: Hosts, out: Path) -> None:
+        self.hosts, self.out = hosts, out
+        self.clients: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, mode: str, address: str, port: int) -> None:
+        argv = [sys.executable, TRAFFIC, mode, f"{address}:{port}", "--out", str(self.out / f"{name}.jsonl"),
+                "--pause", "0.02", "--timeout", "1" if mode == "udp" else "5", "--duration", "120"]
+        self.clients[name] = self.hosts.popen(self.hosts.client, argv)
+
+    def stop(self) -> dict[str, list[dict[str, Any]]]:
+        for proc in self.clients.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.clients.values():
+            proc.wait(timeout=15)
+        return {name: [json.loads(line) for line in (self.out / f"{name}.jsonl").read_text().splitlines()]
+                for name in self.clients}
+
+
+def failed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if not r.get("ok", r.get("answered"))]
+
+
+def client_ip_of(record: dict[str, Any]) -> str:
+    return record["client"].rsplit(":", 1)[0]
+
+
+@pytest.fixture
+def new_host(host: None, tmp_path: Path) -> Iterator[Deployer]:
+    """The new host's deployer: its own chain prefix, state and config (it runs in a namespace)."""
+    ensure_server()
+    instance = Deployer(root=tmp_path, prefix=f"DT{secrets.token_hex(3).upper()[:5]}")
+    claim(instance.prefix)
+    try:
+        yield instance
+    finally:
+        instance.teardown()
+        release(instance.prefix)
+
+
+def deployer_in(hosts: Hosts, namespace: str, deployer: Deployer, *args: str,
+                timeout: float = 120) -> subprocess.CompletedProcess:
+    return hosts.run(namespace, [sys.executable, "-m", "deployer", "-c", str(deployer.config_path), *args],
+                     cwd=REPO, timeout=timeout)
+
+
+def like_a_docker_host(hosts: Hosts, *, docker_user: bool) -> None:
+    """FORWARD policy DROP, as dockerd sets it, and (with docker_user) its DOCKER-USER chain first in FORWARD.
+
+    The new host also gets an empty bridge named like the deployer's bridge: the bridge itself
+    is dockerd's, in the root namespace, and the deployer sets route_localnet on it.
+    """
+    rules = ["*filter", ":FORWARD DROP [0:0]"]
+    if docker_user:
+        rules += [":DOCKER-USER - [0:0]", "-A FORWARD -j DOCKER-USER", "-A DOCKER-USER -j RETURN"]
+    hosts.iptables_restore(hosts.new, "\n".join(rules + ["COMMIT", ""]))
+    hosts.run(hosts.new, ["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+    hosts.sysctl(hosts.new, "net/ipv4/ip_forward", "0")
+
+
+def deployer_leftovers(hosts: Hosts, namespace: str, prefix: str, *addresses: str) -> list[str]:
+    """Anything forwarding leaves behind: chains, rules naming the old host, marks, ip rules, routes of the table."""
+    saved = hosts.save(namespace)
+    found = [line for line in saved.splitlines()
+             if any(f"{prefix}-{name}" in line for name in ("FORWARD", "SNAT", "RETURN"))
+             or "CONNMARK" in line or any(address in line for address in addresses)]
+    rules = hosts.run(namespace, ["ip", "-4", "rule", "show"]).stdout
+    found += [f"ip rule: {line}" for line in rules.splitlines() if "fwmark" in line or f"lookup {TABLE}" in line]
+    table = hosts.run(namespace, ["ip", "-4", "route", "show", "table", TABLE]).stdout
+    found += [f"table {TABLE}: {line}" for line in table.splitlines() if line.strip()]
+    return found
+
+
+# --- source-preserving mode ---------------------------------------------------------------------------
+
+
+def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None:
+    with Hosts(container=True) as hosts:
+        like_a_docker_host(hosts, docker_user=True)
+        new_host.configure(app_toml("web", [("tcp", 26080, 8080, 26082, 26083), ("tcp", 26081, 8081, 26084, 26085),
+                                            ("udp", 26080, 9090, 26082, 26083)]))
+        old_host = Deployer(root=new_host.root / "old", prefix=new_host.prefix)
+        old_host.root.mkdir()
+        old_host.configure(app_toml("web", [("tcp", 26080, 8080, 26082, 26083)]))
+        # The app on the old host: port 26080/tcp a local process, 26081/tcp and 26080/udp a container behind DNAT.
+        serve(hosts, hosts.old, "old", 26080, 26089)
+        serve(hosts, hosts.kube, "old-container", 26081, 26080)
+        hosts.iptables_restore(hosts.old, "\n".join([
+            "*nat",
+            f"-A PREROUTING -p tcp -m tcp --dport 26081 -j DNAT --to-destination {hosts.container_ip}:26081",
+            f"-A PREROUTING -p udp -m udp --dport 26080 -j DNAT --to-destination {hosts.container_ip}:26080",
+            "COMMIT", ""]))
+
+        done = deployer_in(hosts, hosts.new, new_host, "forward", "web", "--to", hosts.old_link)
+        assert done.returncode == 0, done.stderr
+        assert hosts.run(hosts.new, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
+        # Without the return path the old host answers forwarded clients through its own uplink: lost.
+        assert get(hosts, hosts.new_public, 26080, timeout=1.5).startswith("FAILED")
+        assert get(hosts, hosts.old_public, 26080) == f"old {hosts.client_direct}", "direct clients broke"
+
+        done = deployer_in(hosts, hosts.old, old_host, "forward-return", "--via", hosts.new_link,
+                           "--dev", hosts.old_dev)
+        assert done.returncode == 0, done.stderr
+        assert "MAC" in done.stdout
+
+        load = Load(hosts, new_host.root)
+        load.start("forwarded-new", "http-new", hosts.new_public, 26080)
+        load.start("forwarded-keepalive", "http-keepalive", hosts.new_public, 26081)
+        load.start("forwarded-udp", "udp", hosts.new_public, 26080)
+        load.start("direct", "http-new", hosts.old_public, 26080)
+        time.sleep(4)
+        status = deployer_in(hosts, hosts.new, new_host, "status", "web")
+        seen = load.stop()
+
+        assert status.returncode == 0, status.stderr
+        assert f"mode: forward to {hosts.old_link}" in status.stdout and "keeping client addresses" in status.stdout
+        assert "rules match" in status.stdout
+        for name, records in seen.items():
+            assert len(records) > 30, f"{name}: too little traffic to judge ({len(records)})"
+            assert not failed(records), f"{name}: {len(failed(records))} of {len(records)} failed: {failed(records)[:2]}"
+        assert {(r["version"], client_ip_of(r)) for r in seen["forwarded-new"]} == {("old", hosts.client_ip)}
+        assert {(r["version"], client_ip_of(r)) for r in seen["forwarded-keepalive"]} == \
+            {("old-container", hosts.client_ip)}
+        assert {r["version"] for r in seen["forwarded-udp"]} == {"old-container"}
+        assert {(r["version"], client_ip_of(r)) for r in seen["direct"]} == {("old", hosts.client_direct)}
+
+        # Off on both hosts, and nothing of the deployer's is left.
+        done = deployer_in(hosts, hosts.new, new_host, "forward", "web", "--off")
+        assert done.returncode == 0, done.stderr
+        done = deployer_in(hosts, hosts.old, old_host, "forward-return", "--off")
+        assert done.returncode == 0, done.stderr
+        assert deployer_leftovers(hosts, hosts.new, new_host.prefix, hosts.old_link) == []
+        assert deployer_leftovers(hosts, hosts.old, old_host.prefix, hosts.new_link) == []
+        assert hosts.save(hosts.new).count(f":{new_host.prefix}-web ") == 1
+        assert not any(line.startswith(f"-A {new_host.prefix}-web ") for line in hosts.save(hosts.new).splitlines())
+        assert get(hosts, hosts.old_public, 26080) == f"old {hosts.client_direct}"
+        record = json.loads((new_host.root / "state" / "apps" / "web.json").read_text())
+        assert (record["mode"], record["mode_detail"]) == ("serving", {})
+        assert not (old_host.root / "state" / "forward-return.json").exists()
+
+        audit = deployer_in(hosts, hosts.new, new_host, "audit", "--event", "forward*", "--jsonl")
+        events = [json.loads(line)["event"] for line in audit.stdout.splitlines()]
+        assert {"forward.started", "forward.finished", "forward-off.started", "forward-off.finished"} <= set(events)
+        audit = deployer_in(hosts, hosts.old, old_host, "audit", "--event", "forward-return*", "--jsonl")
+        events = [json.loads(line)["event"] for line in audit.stdout.splitlines()]
+        assert {"forward-return.finished", "forward-return-off.finished"} <= set(events)
+
+
+# --- masquerade, and the cut-over to a real local deploy --------------------------------------------------
+
+
+def docker_subnet() -> str:
+    from deployer.adapters.docker_host import DockerHost
+
+    DockerHost("unix:///var/run/docker.sock").ensure_network(NETWORK, BRIDGE)
+    result = subprocess.run(["docker", "network", "inspect", NETWORK, "-f", "{{(index .IPAM.Config 0).Subnet}}"],
+                            capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def segments(records: list[dict[str, Any]]) -> list[tuple[str, set[str]]]:
+    """Versions in the order clients saw them, with the client addresses each saw."""
+    result: list[tuple[str, set[str]]] = []
+    for record in sorted(records, key=lambda r: r["t"]):
+        if not result or result[-1][0] != record["version"]:
+            result.append((record["version"], set()))
+        if "client" in record:  # datagrams are answered without one
+            result[-1][1].add(client_ip_of(record))
+    return result
+
+
+def test_masquerade_then_cut_over_to_a_local_deploy_and_back_without_a_failed_request(new_host: Deployer,
+                                                                                      images: Any) -> None:
+    """The new host's deployer deploys a real container of the machine's dockerd, from its own namespace.
+
+    dockerd lives in the root namespace, so the new host reaches its containers over a veth to
+    it (as a host reaches its own Docker bridge), and the app publishes its set ports on the
+    root end of that veth, where the health checks reach them. The flip is the same: the app
+    chain goes from the DNAT to the old host to the DNAT to the container, in one transaction.
+    """
+    with Hosts(root_link=True) as hosts:
+        like_a_docker_host(hosts, docker_user=False)
+        subnet = docker_subnet()
+        hosts.run(hosts.new, ["ip", "route", "add", subnet, "via", hosts.root_ip], check=True)
+        # What Docker's own FORWARD rules do on a real host: accept traffic to and from its containers.
+        hosts.iptables_restore(hosts.new, "*filter\n-A FORWARD -o to-root -j ACCEPT\n-A FORWARD -i to-root -j ACCEPT\n"
+                                          "COMMIT\n")
+        new_host.configure(app_toml("web", [("tcp", 26180, 8080, 26181, 26182), ("udp", 26180, 9090, 26181, 26182)],
+                                    bind=hosts.root_ip))
+        serve(hosts, hosts.old, "old", 26180, 26180)
+
+        def step(*args: str) -> float:
+            started = time.monotonic()
+            done = deployer_in(hosts, hosts.new, new_host, *args)
+            assert done.returncode == 0, f"deployer {' '.join(args)}: {done.stderr[-2000:]}"
+            return time.monotonic() - started
+
+        took = {"forward": step("forward", "web", "--to", hosts.old_link, "--masquerade")}
+        load = Load(hosts, new_host.root)
+        load.start("new", "http-new", hosts.new_public, 26180)
+        load.start("udp", "udp", hosts.new_public, 26180)
+        time.sleep(1.5)
+        took["deploy"] = step("deploy", "web", "v1")
+        time.sleep(1.5)
+        took["forward-again"] = step("forward", "web", "--to", hosts.old_link, "--masquerade")
+        time.sleep(1.5)
+        status = deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
+        took["off"] = step("forward", "web", "--off")
+        time.sleep(1.5)
+        seen = load.stop()
+        print(f"durations: { {k: round(v, 2) for k, v in took.items()} }, requests: "
+              f"{ {k: len(v) for k, v in seen.items()} }")
+
+        assert not failed(seen["new"]), f"{len(failed(seen['new']))} failed: {failed(seen['new'])[:3]}"
+        assert [(version, clients) for version, clients in segments(seen["new"])] == [
+            ("old", {hosts.new_link}), ("v1", {hosts.client_ip}), ("old", {hosts.new_link}), ("v1", {hosts.client_ip})]
+        unanswered = failed(seen["udp"])
+        assert len(unanswered) <= 3, f"{len(unanswered)} datagrams unanswered over 3 moves: {unanswered[:3]}"
+        assert [v for v, _ in segments([r for r in seen["udp"] if r["answered"]])] == ["old", "v1", "old", "v1"]
+        assert f"mode: forward to {hosts.old_link}" in status and "masquerading clients" in status
+        assert "v1 on blue" in status
+
+        after = deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
+        assert "v1 on blue" in after and "rules match" in after and "mode:" not in after
+        again = deployer_in(hosts, hosts.new, new_host, "forward", "web", "--off")
+        assert again.returncode == 0 and "not forwarding; nothing to remove" in again.stdout
+        assert deployer_leftovers(hosts, hosts.new, new_host.prefix, hosts.old_link) == []
+        record = json.loads((new_host.root / "state" / "apps" / "web.json").read_text())
+        assert (record["mode"], record["active"]["tag"]) == ("serving", "v1")
+
+
+# --- preflight refusals -----------------------------------------------------------------------------------
+
+
+def test_preflight_refusals_change_nothing(new_host: Deployer) -> None:
+    with Hosts() as hosts:
+        like_a_docker_host(hosts, docker_user=True)
+        new_host.configure(app_toml("web", [("tcp", 26280, 8080, 26281, 26282)]))
+        old_host = Deployer(root=new_host.root / "old", prefix=new_host.prefix)
+        old_host.root.mkdir()
+        old_host.configure(app_toml("web", [("tcp", 26280, 8080, 26281, 26282)]))
+        spare = hosts.subnets["e"]  # routed nowhere yet
+        def snapshot(namespace: str) -> tuple[list[str], str]:
+            rules = [re.sub(r"\[\d+:\d+\]", "", line) for line in hosts.save(namespace).splitlines()
+                     if not line.startswith("#")]
+            return rules, hosts.run(namespace, ["ip", "rule"]).stdout
+
+        before = {ns: snapshot(ns) for ns in (hosts.new, hosts.old)}
+
+        def refused(namespace: str, deployer: Deployer, *args: str, code: int = 1) -> str:
+            done = deployer_in(hosts, namespace, deployer, *args)
+            assert done.returncode == code, f"{args}: exit {done.returncode}: {done.stdout} {done.stderr}"
+            return done.stderr
+
+        assert "is not an IPv4 address" in refused(hosts.new, new_host, "forward", "web", "--to", "198.18.0.256",
+                                                   code=2)
+        assert "has no external port 1234" in refused(hosts.new, new_host, "forward", "web", "--to", hosts.old_link,
+                                                      "--port", "1234=80", code=2)
+        assert f"no route to {spare[5]}" in refused(hosts.new, new_host, "forward", "web", "--to", str(spare[5]))
+        assert "is an address of this host" in refused(hosts.new, new_host, "forward", "web", "--to",
+                                                       hosts.new_public)
+        message = refused(hosts.new, new_host, "forward", "web", "--to", hosts.old_link)
+        assert f"{hosts.old_link}:26280/tcp does not accept connections from this host (Connection refused)" in message
+        hosts.run(hosts.new, ["ip", "route", "add", str(spare), "via", hosts.old_link], check=True)
+        message = refused(hosts.new, new_host, "forward", "web", "--to", str(spare[5]))
+        assert f"is reached through the gateway {hosts.old_link} on {hosts.new_dev}" in message
+        assert "use --masquerade" in message
+
+        def return_refusal(*args: str) -> str:
+            return refused(hosts.old, old_host, "forward-return", *args)
+
+        via = ["--via", hosts.new_link]
+        assert "there is no interface 'eth9'" in return_refusal(*via, "--dev", "eth9")
+        hosts.sysctl(hosts.old, f"net/ipv4/conf/{hosts.old_dev}/rp_filter", "1")
+        assert f"net.ipv4.conf.{hosts.old_dev}.rp_filter=1" in return_refusal(*via, "--dev", hosts.old_dev)
+        hosts.sysctl(hosts.old, f"net/ipv4/conf/{hosts.old_dev}/rp_filter", "0")
+        assert f"{hosts.client_direct} is not on {hosts.old_dev}'s link" in return_refusal(
+            "--via", hosts.client_direct, "--dev", hosts.old_dev)
+        silent = str(hosts.subnets["b"][9])
+        assert f"{silent} does not answer on {hosts.old_dev}" in return_refusal("--via", silent, "--dev", hosts.old_dev)
+        hosts.run(hosts.old, ["ip", "rule", "add", "priority", "202", "lookup", "100"], check=True)
+        assert "already uses priority 202" in return_refusal(*via, "--dev", hosts.old_dev)
+        hosts.run(hosts.old, ["ip", "rule", "del", "priority", "202", "lookup", "100"], check=True)
+        hosts.run(hosts.old, ["ip", "route", "add", "198.19.255.0/24", "via", hosts.new_link, "table", TABLE],
+                  check=True)
+        assert f"routing table {TABLE} is in use" in return_refusal(*via, "--dev", hosts.old_dev)
+        hosts.run(hosts.old, ["ip", "route", "flush", "table", TABLE], check=True)
+
+        # Nothing was applied anywhere: rules, ip rules, forwarding, records.
+        hosts.run(hosts.new, ["ip", "route", "del", str(spare)], check=True)
+        for namespace in (hosts.new, hosts.old):
+            assert snapshot(namespace) == before[namespace]
+        assert hosts.run(hosts.new, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "0"
+        assert not (new_host.root / "state" / "apps" / "web.json").exists()
+        assert not (old_host.root / "state" / "forward-return.json").exists()
+
+        # Set up once, a second new host is refused until --off.
+        done = deployer_in(hosts, hosts.old, old_host, "forward-return", *via, "--dev", hosts.old_dev)
+        assert done.returncode == 0, done.stderr
+        assert f"already return via {hosts.new_link}" in return_refusal("--via", str(hosts.subnets["b"][3]), "--dev",
+                                                                       hosts.old_dev)
+        assert deployer_in(hosts, hosts.old, old_host, "forward-return", "--off").returncode == 0
+        assert deployer_leftovers(hosts, hosts.old, old_host.prefix, hosts.new_link) == []
