@@ -280,7 +280,8 @@ class Forwarder:
         for command in forwarding.route_removal_commands(path, self.routing.rules(),
                                                          self.routing.table_routes(path.table)):
             self.routing.run(command)
-            removed.append(" ".join(command[2:]))
+            removed.append(f"ip rule {' '.join(command[4:])}" if command[2] == "rule"
+                           else f"the routes of table {path.table}")
         return removed
 
     def _drain_marked(self, path: ReturnPath, seconds: float) -> int:

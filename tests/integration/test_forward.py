@@ -208,6 +208,16 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         assert {r["version"] for r in seen["forwarded-udp"]} == {"old-container"}
         assert {(r["version"], client_ip_of(r)) for r in seen["direct"]} == {("old", hosts.client_direct)}
 
+        # Drift (the accept jump deleted, the app chain flushed by hand) shows in status; reconcile repairs it.
+        hosts.run(hosts.new, ["iptables", "-D", "DOCKER-USER", "-j", f"{new_host.prefix}-FORWARD"], check=True)
+        hosts.run(hosts.new, ["iptables", "-t", "nat", "-F", f"{new_host.prefix}-web"], check=True)
+        assert "RULES DIFFER" in deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
+        repaired = deployer_in(hosts, hosts.new, new_host, "reconcile", "web")
+        assert repaired.returncode == 0, repaired.stderr
+        assert f"accept rules of web's forward to {hosts.old_link} restored" in repaired.stdout
+        assert f"rules of web forwarded to {hosts.old_link} again" in repaired.stdout
+        assert get(hosts, hosts.new_public, 26080) == f"old {hosts.client_ip}"
+
         # Off on both hosts, and nothing of the deployer's is left.
         done = deployer_in(hosts, hosts.new, new_host, "forward", "web", "--off")
         assert done.returncode == 0, done.stderr
@@ -383,5 +393,9 @@ def test_preflight_refusals_change_nothing(new_host: Deployer) -> None:
         assert done.returncode == 0, done.stderr
         assert f"already return via {hosts.new_link}" in return_refusal("--via", str(hosts.subnets["b"][3]), "--dev",
                                                                        hosts.old_dev)
-        assert deployer_in(hosts, hosts.old, old_host, "forward-return", "--off").returncode == 0
+        # Uninstall takes the return path away too.
+        done = deployer_in(hosts, hosts.old, old_host, "uninstall", "--yes")
+        assert done.returncode == 0, done.stderr
+        assert "return path" in done.stdout
         assert deployer_leftovers(hosts, hosts.old, old_host.prefix, hosts.new_link) == []
+        assert not (old_host.root / "state" / "forward-return.json").exists()
