@@ -79,6 +79,7 @@ class AppStatus:
     live_rules: list[str]
     wanted_rules: list[str]
     containers: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # lines for people: the mode
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -155,7 +156,7 @@ class Engine:
             # Once deployed, the jumps into the app's chain must be there too, or outside clients miss it.
             jumps_ok = state.active is None or not self._base_missing(live, app)
             result.append(AppStatus(app.name, state.active, state.previous, live_rules == wanted and jumps_ok,
-                                    live_rules, wanted, containers))
+                                    live_rules, wanted, containers, notes=forwarding.status_notes([], state)))
         return result
 
     def rules_text(self, app_name: str) -> str:
