@@ -86,6 +86,17 @@ class AssetConfig:
 
 
 @dataclass(frozen=True)
+class WatchdogConfig:
+    """`deployer watch`: probe the active instance every `interval`; `failures` in a row flip to the maintenance
+    page, `recoveries` in a row flip back. Each flip needs a full streak, so rules never flap faster than that."""
+
+    enabled: bool = True
+    interval: float = 1.0
+    failures: int = 3
+    recoveries: int = 3
+
+
+@dataclass(frozen=True)
 class AppConfig:
     name: str
     image: str  # repository without tag, e.g. 127.0.0.1:5000/demo
@@ -104,6 +115,10 @@ class AppConfig:
     command: tuple[str, ...] | None = None
     hooks_dir: Path | None = None
     asset: AssetConfig | None = None
+    maintenance_page: Path | None = None  # HTML shown by the maintenance responder; None: the built-in page
+    status_port: int | None = None  # the forward an upstream load balancer checks (see drain.py)
+    host_bound: bool = False  # runs on the host itself; covered by the socket match (see hostbound.py)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
     @property
     def registry(self) -> str | None:
@@ -134,6 +149,7 @@ class Settings:
     bridge: str = "deployer0"
     docker_host: str = "unix:///var/run/docker.sock"
     iptables_wait: int = 10
+    maintenance_port: int = 8999  # the maintenance responder's port, on every local address
 
 
 @dataclass(frozen=True)
@@ -253,7 +269,7 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
         raise ConfigError("at least one app must be configured under [apps.NAME]", path=path, key="apps")
     apps = {name: _parse_app(name, value, path=path, base=base, environ=environ, secret_env_names=secret_env_names)
             for name, value in apps_data.items()}
-    _check_port_conflicts(apps, path=path)
+    _check_port_conflicts(apps, path=path, maintenance_port=settings.maintenance_port)
     _check_repositories(apps, path=path)
     server = _parse_server(data.get("server", {}), path=path, base=base, environ=environ,
                            secret_env_names=secret_env_names)
@@ -268,7 +284,7 @@ def _parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, 
     if not isinstance(data, dict):
         raise ConfigError("must be a table", path=path, key="deployer")
     allowed = {"state_dir", "hooks_dir", "hook_timeout", "lock_wait", "chain_prefix", "network", "bridge",
-               "docker_host", "iptables_wait"}
+               "docker_host", "iptables_wait", "maintenance_port"}
     _only_keys(data, allowed, path=path, where="deployer")
     key = lambda k: f"deployer.{k}"  # noqa: E731
     prefix = _get(data, "chain_prefix", str, "DEPLOYER", path=path, key=key("chain_prefix"))
@@ -295,6 +311,8 @@ def _parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, 
         docker_host=(_get(data, "docker_host", str, None, path=path, key=key("docker_host"))
                      or environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST),
         iptables_wait=int(_positive(data, "iptables_wait", 10, path=path, key=key("iptables_wait"))),
+        maintenance_port=_port(data.get("maintenance_port", Settings.maintenance_port), path=path,
+                               key=key("maintenance_port")),
     )
 
 
@@ -356,8 +374,11 @@ def _parse_app(name: str, data: Any, *, path: Path, base: Path, environ: Mapping
                           path=path, app=name)
     if not isinstance(data, dict):
         raise ConfigError("must be a table", path=path, app=name)
+    if _get(data, "host_bound", bool, False, path=path, key="host_bound", app=name):
+        return _parse_host_bound_app(name, data, path=path, base=base)
     allowed = {"image", "ports", "health", "repository", "tag_pattern", "prereleases", "bind", "drain_seconds",
-               "stop_timeout", "restart", "env", "env_files", "volumes", "labels", "command", "hooks_dir", "asset"}
+               "stop_timeout", "restart", "env", "env_files", "volumes", "labels", "command", "hooks_dir", "asset",
+               "maintenance_page", "status_port", "host_bound", "watchdog"}
     _only_keys(data, allowed, path=path, where=None, app=name)
 
     def get(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -429,7 +450,77 @@ def _parse_app(name: str, data: Any, *, path: Path, base: Path, environ: Mapping
         hooks_dir=_path(hooks_dir, base, path=path, key="hooks_dir", app=name) if hooks_dir is not None else None,
         asset=(_parse_asset(name, data["asset"], path=path, base=base, environ=environ,
                             secret_env_names=secret_env_names) if "asset" in data else None),
+        maintenance_page=_maintenance_page(name, data, path=path, base=base),
+        status_port=(_port(data["status_port"], path=path, key="status_port", app=name)
+                     if "status_port" in data else None),
+        watchdog=_parse_watchdog(name, data.get("watchdog", {}), path=path),
     )
+
+
+def _parse_host_bound_app(name: str, data: Mapping[str, Any], *, path: Path, base: Path) -> AppConfig:
+    """An app that listens on the host itself: only its tcp ports and its page; nothing to deploy."""
+    _only_keys(data, {"host_bound", "ports", "maintenance_page"}, path=path, where=None, app=name)
+    entries = data.get("ports")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("at least one [[apps.NAME.ports]] entry is required", path=path, app=name, key="ports")
+    ports = []
+    for i, entry in enumerate(entries):
+        where = f"ports[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError("must be a table", path=path, app=name, key=where)
+        _only_keys(entry, {"external", "protocol"}, path=path, where=where, app=name)
+        if entry.get("protocol", "tcp") != "tcp":
+            raise ConfigError("must be 'tcp': a host-bound app's ports get the maintenance page, which is HTTP",
+                              path=path, app=name, key=f"{where}.protocol")
+        external = _port(entry.get("external"), path=path, key=f"{where}.external", app=name)
+        ports.append(PortMapping(external=external, container=external, protocol="tcp", blue=0, green=0))
+    if len({p.external for p in ports}) != len(ports):
+        raise ConfigError("a port is listed twice", path=path, app=name, key="ports")
+    return AppConfig(name=name, image="", ports=tuple(ports),
+                     health=HealthCheck(type="tcp", port=ports[0].external), host_bound=True,
+                     maintenance_page=_maintenance_page(name, data, path=path, base=base))
+
+
+MAX_PAGE_BYTES = 1024 * 1024
+
+
+def _maintenance_page(app: str, data: Mapping[str, Any], *, path: Path, base: Path) -> Path | None:
+    if "maintenance_page" not in data:
+        return None
+    page = _path(data["maintenance_page"], base, path=path, key="maintenance_page", app=app)
+    try:
+        size = page.stat().st_size
+        with page.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot read {page}: {exc.strerror}", path=path, app=app, key="maintenance_page") from None
+    if size > MAX_PAGE_BYTES:
+        raise ConfigError("is larger than 1 MiB; a maintenance page should load fast", path=path, app=app,
+                          key="maintenance_page")
+    return page
+
+
+def _parse_watchdog(app: str, data: Any, *, path: Path) -> WatchdogConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", path=path, app=app, key="watchdog")
+    _only_keys(data, {"enabled", "interval", "failures", "recoveries"}, path=path, where="watchdog", app=app)
+    counts = {}
+    for name in ("failures", "recoveries"):
+        value = data.get(name, getattr(WatchdogConfig, name))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError("must be a whole number of at least 1", path=path, app=app, key=f"watchdog.{name}")
+        counts[name] = value
+    return WatchdogConfig(
+        enabled=_get(data, "enabled", bool, True, path=path, key="watchdog.enabled", app=app),
+        interval=_positive(data, "interval", WatchdogConfig.interval, path=path, key="watchdog.interval", app=app),
+        **counts,
+    )
+
+
+def _port(value: Any, *, path: Path, key: str, app: str | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError("must be a port number from 1 to 65535", path=path, app=app, key=key)
+    return value
 
 
 def _parse_asset(app: str, data: Any, *, path: Path, base: Path, environ: Mapping[str, str],
@@ -642,17 +733,27 @@ def parse_env_file(text: str) -> dict[str, str]:
     return env
 
 
-def _check_port_conflicts(apps: Mapping[str, AppConfig], *, path: Path) -> None:
+def _check_port_conflicts(apps: Mapping[str, AppConfig], *, path: Path,
+                          maintenance_port: int | None = None) -> None:
     """A host port belongs to one role of one app: two owners would steal each other's traffic."""
     owners: dict[tuple[int, str], str] = {}
     for app in apps.values():
         for port in app.ports:
-            for role in ("external", "blue", "green"):
+            for role in ("external",) if app.host_bound else ("external", "blue", "green"):
                 key = (getattr(port, role), port.protocol)
                 if key in owners:
                     raise ConfigError(f"host port {key[0]}/{key[1]} is already used as {owners[key]}",
                                       path=path, app=app.name, key="ports")
                 owners[key] = f"the {role} port of app {app.name!r}"
+    for app in apps.values():
+        if app.status_port is not None:
+            if (app.status_port, "tcp") in owners:
+                raise ConfigError(f"host port {app.status_port}/tcp is already used as "
+                                  f"{owners[(app.status_port, 'tcp')]}", path=path, app=app.name, key="status_port")
+            owners[(app.status_port, "tcp")] = f"the status port of app {app.name!r}"
+    if maintenance_port is not None and (maintenance_port, "tcp") in owners:
+        raise ConfigError(f"port {maintenance_port}/tcp is already used as {owners[(maintenance_port, 'tcp')]}",
+                          path=path, key="deployer.maintenance_port")
 
 
 def _check_repositories(apps: Mapping[str, AppConfig], *, path: Path) -> None:

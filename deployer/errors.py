@@ -140,6 +140,16 @@ class AssetError(DeployerError):
     """A release asset could not be downloaded, was too large, or did not match its .sha256."""
 
 
+class NotDeployable(DeployerError):
+    """The app is host-bound: it runs on the host itself, so the deployer has nothing to deploy."""
+
+    exit_code = 2
+
+
+class ModeError(DeployerError):
+    """A maintenance, failover or drain change that cannot be made as asked (no responder, instance still failing)."""
+
+
 class ForwardingError(DeployerError):
     """Forwarding an app to another host, or routing its replies back, could not be set up or removed."""
 

@@ -43,6 +43,9 @@ class AppState:
     # e.g. a maintenance page or another host; `mode_detail` holds that mode's facts.
     mode: str = "serving"
     mode_detail: dict[str, Any] = field(default_factory=dict)
+    # Out of an upstream load balancer's rotation (its status port closed): who drained it and since when.
+    # Apart from the mode, so a drained host can be redeployed or put in maintenance and stay drained.
+    drained: dict[str, Any] | None = None
 
     def promoted(self, instance: Instance, now: str) -> "AppState":
         """The state after `instance` took over traffic: the old active becomes the rollback target."""
@@ -78,6 +81,7 @@ class StateStore:
                 updated_at=data.get("updated_at"),
                 mode=data.get("mode", "serving"),
                 mode_detail=data.get("mode_detail", {}),
+                drained=data.get("drained"),
             )
         except (KeyError, TypeError) as exc:
             raise StateError(f"the state file {path} is not a deployer state: {exc}", app=app) from None

@@ -21,8 +21,9 @@ blue = 8001
 green = 8002
 """
 
-ALLOWED_APP_KEYS = ("asset, bind, command, drain_seconds, env, env_files, health, hooks_dir, image, labels, ports, "
-                    "prereleases, repository, restart, stop_timeout, tag_pattern, volumes")
+ALLOWED_APP_KEYS = ("asset, bind, command, drain_seconds, env, env_files, health, hooks_dir, host_bound, image, labels, "
+                    "maintenance_page, ports, prereleases, repository, restart, status_port, stop_timeout, tag_pattern, "
+                    "volumes, watchdog")
 
 
 def write(folder: Path, text: str, name: str = "deployer.toml") -> Path:
@@ -203,7 +204,7 @@ def test_unknown_key_in_the_deployer_table(tmp_path):
     path = write(tmp_path, '[deployer]\nstate_dri = "/var/lib/deployer"\n' + MINIMAL)
     assert str(refusal(path)) == (
         f"{path}, key 'deployer.state_dri': unknown key (allowed: bridge, chain_prefix, docker_host, "
-        "hook_timeout, hooks_dir, iptables_wait, lock_wait, network, state_dir)")
+        "hook_timeout, hooks_dir, iptables_wait, lock_wait, maintenance_port, network, state_dir)")
 
 
 def test_unknown_top_level_table(tmp_path):
