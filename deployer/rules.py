@@ -222,6 +222,14 @@ def render_teardown(live: NatTable, names: ChainNames) -> str | None:
         if jump in live.rules(builtin):
             rules.append(jump.replace("-A ", "-D ", 1))
     owned = [chain for chain in live.chains if names.owns(chain)]
+    # Any other jump from a built-in chain into an owned one (e.g. PREFIX-HOSTBOUND, from PREROUTING only):
+    # a chain that is still jumped to cannot be deleted.
+    for builtin in BUILTIN_CHAINS:
+        for rule in live.rules(builtin):
+            target = rule.rsplit(" -j ", 1)[-1] if " -j " in rule else ""
+            delete = rule.replace("-A ", "-D ", 1)
+            if target in owned and delete not in rules:
+                rules.append(delete)
     if not rules and not owned:
         return None
     flushes = [f"-F {chain}" for chain in owned]

@@ -1,0 +1,52 @@
+"""What one app's chain holds, decided from its record alone. Pure.
+
+- serving: every external port DNATed to the active instance (the engine's forwards);
+- maintenance (manual, or a failover of the active instance): tcp ports REDIRECTed to the responder, udp ports
+  still forwarded to the instance;
+- plus the status-port forward while the app serves, has an instance and is not drained.
+
+The engine flips the chain to this list in one transaction whatever changed: a deploy, a mode, a drain.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from deployer import drain, maintenance
+from deployer.config import AppConfig
+from deployer.rules import ChainNames, Forward, app_rules
+from deployer.state import AppState
+
+
+def wanted(names: ChainNames, app: AppConfig, state: AppState, forwards: Sequence[Forward],
+           maintenance_port: int) -> list[str]:
+    """`forwards`: the active instance's DNAT forwards (empty without one), as the engine renders them."""
+    chain = names.app(app.name)
+    if maintenance.in_maintenance(state):
+        return (maintenance.redirect_rules(chain, app, maintenance_port)
+                + app_rules(names, app.name, [f for f in forwards if f.protocol != "tcp"]))
+    result = app_rules(names, app.name, forwards)
+    if state.active is not None and not state.drained:
+        status = drain.status_forward(app, state.active)
+        if status is not None:
+            result.append(status.rule(chain))
+    return result
+
+
+def notes(app: AppConfig, state: AppState) -> list[str]:
+    """Lines for `deployer status`: the mode, a drain, and how a host-bound app is covered."""
+    lines = [line for line in (maintenance.describe(state), drain.describe(state)) if line]
+    if app.host_bound:
+        ports = ", ".join(str(p.external) for p in app.ports)
+        lines.append(f"host-bound: runs on the host; clients from other machines get the maintenance page while "
+                     f"nothing listens on port {ports}")
+    return lines
+
+
+def flip_detail(before: AppState, after: AppState) -> dict[str, str]:
+    """What a deploy's flip log line should say beyond "to": that the page stays up, or a failover ended."""
+    if maintenance.in_maintenance(after):
+        return {"mode": "maintenance", "note": "the new instance takes traffic when maintenance is turned off"}
+    if maintenance.failover_applies(before):
+        return {"failover": "ended by the new instance"}
+    return {}

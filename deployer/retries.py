@@ -1,0 +1,78 @@
+"""While the watchdog runs, a dying instance's refusals become retries. Pure: the rules, as iptables-save prints them.
+
+When a container is killed, its network namespace lives on for some tens of milliseconds without the process:
+its kernel answers new connections with a reset, and the client reports "connection refused" before any
+watchdog could notice. One owned chain in the mangle table, jumped to from PREROUTING (where replies from the
+containers come in, for outside and local clients alike), drops such resets:
+
+    -p tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdstport PORT ! --ctstatus ASSURED --ctdir REPLY
+
+that is, a reset sent back on one of the app's DNATed connections that never completed its handshake. A reset
+on an established connection (ASSURED) passes. The client, having no answer, sends its SYN again a second later;
+conntrack has seen the reset and closed the entry, so the new SYN passes the nat table again and takes the rules
+of that moment: the maintenance page once the watchdog has flipped, or the instance if it came back.
+
+Only while a watchdog runs: without one, a dead instance's clients would wait for a timeout instead of a quick
+refusal. So `deployer watch` (and the server) writes the chain when it starts and removes it when it stops.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from deployer.config import AppConfig
+from deployer.rules import ChainNames, NatTable, save_string
+
+TABLE = "mangle"
+
+
+def chain(names: ChainNames) -> str:
+    return f"{names.prefix}-RETRY"
+
+
+def jump(names: ChainNames) -> str:
+    return f"-A PREROUTING -j {chain(names)}"
+
+
+def chain_rules(names: ChainNames, apps: Iterable[AppConfig]) -> list[str]:
+    rules = []
+    for app in sorted(apps, key=lambda a: a.name):
+        for port in sorted({p.external for p in app.ports if p.protocol == "tcp"}):
+            rules.append(f"-A {chain(names)} -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT "
+                         f"--ctorigdstport {port} ! --ctstatus ASSURED --ctdir REPLY -m comment --comment "
+                         f"{save_string(f'{app.name}: a refusal of its instance becomes a retry')} -j DROP")
+    return rules
+
+
+def parse(saved: str) -> NatTable:
+    """The mangle table of `iptables-save -t mangle` (the same shape as the nat table's)."""
+    table = NatTable()
+    inside = False
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            inside = line == f"*{TABLE}"
+        elif inside and line.startswith(":"):
+            table.chains.setdefault(line[1:].split(" ", 1)[0], [])
+        elif inside and line.startswith("-A "):
+            table.chains.setdefault(line.split(" ", 2)[1], []).append(line)
+        elif line == "COMMIT":
+            inside = False
+    return table
+
+
+def render_ensure(live: NatTable, names: ChainNames, apps: Iterable[AppConfig]) -> str | None:
+    """One transaction that makes the chain hold these apps' rules, jumped to first in PREROUTING."""
+    wanted = chain_rules(names, apps)
+    lines = []
+    if not live.has_chain(chain(names)) or live.rules(chain(names)) != wanted:
+        lines += [f":{chain(names)} - [0:0]", *wanted]
+    if jump(names) not in live.rules("PREROUTING"):
+        lines.append(f"-I PREROUTING 1 -j {chain(names)}")
+    return "\n".join([f"*{TABLE}", *lines, "COMMIT", ""]) if lines else None
+
+
+def render_removal(live: NatTable, names: ChainNames) -> str | None:
+    if not live.has_chain(chain(names)):
+        return None
+    deletes = [rule.replace("-A ", "-D ", 1) for rule in live.rules("PREROUTING") if rule == jump(names)]
+    return "\n".join([f"*{TABLE}", *deletes, f"-F {chain(names)}", f"-X {chain(names)}", "COMMIT", ""])
