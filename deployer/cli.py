@@ -74,6 +74,7 @@ def _extensions() -> list[Callable[..., None]]:
     registrars: list[Callable[..., None]] = []
     registrars.append(__import__("deployer.server_cli", fromlist=["register"]).register)
     registrars.append(__import__("deployer.audit_cli", fromlist=["register"]).register)
+    registrars.append(__import__("deployer.ops_cli", fromlist=["register"]).register)
     registrars.append(__import__("deployer.forward_cli", fromlist=["register"]).register)
     return registrars
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
-from deployer import conntrack, rules
+from deployer import app_chain, conntrack, hostbound, maintenance, modes, rules
 from deployer import forwarding
 from deployer.adapters.docker_host import ContainerInfo
 from deployer.adapters.processes import HookOutcome
@@ -79,7 +79,10 @@ class AppStatus:
     live_rules: list[str]
     wanted_rules: list[str]
     containers: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # lines for people: the mode
+    mode: str = "serving"
+    mode_detail: dict[str, Any] = field(default_factory=dict)
+    drained: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)  # lines for people: the mode, a drain, a host-bound app
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -116,6 +119,7 @@ class Engine:
 
     def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None) -> DeployResult:
         app = self.config.app(app_name)
+        hostbound.check_deployable(app)
         check_tag(app, tag)
         with self._app_lock(app, tag=tag, actor=actor):
             return self._deploy(app, Release(tag=tag, image=app.image), actor=actor, job=job, kind="deploy")
@@ -123,6 +127,7 @@ class Engine:
     def rollback(self, app_name: str, *, actor: str, job: str | None = None) -> DeployResult:
         """Go back to the previous release, pinned by digest, behind the same health gate."""
         app = self.config.app(app_name)
+        hostbound.check_deployable(app)
         with self._app_lock(app, tag="rollback", actor=actor):
             self._reconcile_app(app, actor=actor, job=job)
             previous = self.store.load(app.name).previous
@@ -155,8 +160,13 @@ class Engine:
             ]
             # Once deployed, the jumps into the app's chain must be there too, or outside clients miss it.
             jumps_ok = state.active is None or not self._base_missing(live, app)
+            if app.host_bound:
+                live_rules = live_rules + hostbound.live_app_rules(live, self.names, app)
+                wanted = wanted + hostbound.app_rules(self.names, app, self.settings.maintenance_port)
+                jumps_ok = not self._base_missing(live, app) and hostbound.jump(self.names) in live.rules("PREROUTING")
             result.append(AppStatus(app.name, state.active, state.previous, live_rules == wanted and jumps_ok,
-                                    live_rules, wanted, containers, notes=forwarding.status_notes([], state)))
+                                    live_rules, wanted, containers, state.mode, state.mode_detail, state.drained,
+                                    forwarding.status_notes(app_chain.notes(app, state), state)))
         return result
 
     def rules_text(self, app_name: str) -> str:
@@ -166,7 +176,10 @@ class Engine:
         """
         app = self.config.app(app_name)
         chain_rules = self._wanted_rules(app, self.store.load(app.name))
-        return rules.render_restore(rules.NatTable(), self.names, self.settings.bridge, {app.name: chain_rules})
+        text = rules.render_restore(rules.NatTable(), self.names, self.settings.bridge, {app.name: chain_rules})
+        if app.host_bound:
+            text = hostbound.with_socket_rules(text, self.names, app, self.settings.maintenance_port)
+        return text
 
     def uninstall(self, *, actor: str) -> list[str]:
         """Remove everything the deployer made on this host: its containers, rules and records.
@@ -177,6 +190,7 @@ class Engine:
         for container in self.docker.containers(selector(self.settings)):
             self.docker.remove(container.id)
             removed.append(f"container {container.name}")
+        removed.extend(modes.remove_retries(self))  # the watchdog's mangle chain, if one was left behind
         removed.extend(self._forwarder().uninstall())  # first: its nat chain is jumped to from POSTROUTING
         with self._netfilter_lock():
             text = rules.render_teardown(rules.parse_nat(self.netfilter.save_nat()), self.names)
@@ -232,8 +246,13 @@ class Engine:
                                                      clock=self.clock, sleep=self.sleep)
             self._hook("post-healthy", app, context, base)
             with self.journal.step("flip", **base) as step:
-                old_addresses = self._flip(app, self._instance_rules(app, address, new_set, release.tag),
-                                           step.detail)
+                instance = Instance(port_set=new_set, tag=release.tag, image=release.image, digest=release.digest,
+                                    container_id=new.id, container_name=new.name, address=address, since=utc_now())
+                # The mode decides what the chain leads to: a manual maintenance stays, a failover of the old
+                # instance ends, and a status-port forward moves along with the ports.
+                after = forwarding.after_promotion(maintenance.after_promotion(state.promoted(instance, utc_now())))
+                old_addresses = self._flip(app, self._wanted_rules(app, after), step.detail)
+                step.detail.update(**app_chain.flip_detail(state, after))
                 step.detail.update(to=f"{new_set} {address}", **({"from": ",".join(sorted(old_addresses))}
                                                                  if old_addresses else {}))
         except DeployerError as exc:
@@ -244,11 +263,10 @@ class Engine:
             raise
 
         # Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
-        instance = Instance(port_set=new_set, tag=release.tag, image=release.image, digest=release.digest,
-                            container_id=new.id, container_name=new.name, address=address, since=utc_now())
         # The record is written first: from here on it must say what is live, whatever fails next.
         with self.journal.step("record", **base):
-            self.store.save(forwarding.after_promotion(self.store.load(app.name).promoted(instance, utc_now())))
+            self.store.save(forwarding.after_promotion(
+                maintenance.after_promotion(self.store.load(app.name).promoted(instance, utc_now()))))
         with contextlib.suppress(DeployerError), self.journal.step("conntrack", **base) as step:
             step.detail["deleted"] = self._clean_flows(conntrack.after_flip(app, old_addresses))
         self._hook("post-flip", app, context, base, must_pass=False)
@@ -343,6 +361,8 @@ class Engine:
         any other running instance of the app that passes a health probe. The rules are pointed
         at it before anything else is stopped, so there is no moment without a target.
         """
+        if app.host_bound:
+            return modes.reconcile_host_bound(self, app, actor=actor, job=job)
         repairs: list[str] = []
         state = self.store.load(app.name)
         containers = self.docker.containers(selector(self.settings, app.name))
@@ -376,7 +396,10 @@ class Engine:
         port_set = serving.labels.get(LABEL_SET, "blue")
         tag = serving.labels.get(LABEL_TAG, "unknown")
         address = serving.address(self.settings.network)
-        wanted = self._instance_rules(app, address, port_set, tag)
+        instance = Instance(port_set=port_set, tag=tag, image=serving.labels.get(LABEL_IMAGE, app.image),
+                            digest=serving.labels.get(LABEL_DIGEST) or None, container_id=serving.id,
+                            container_name=serving.name, address=address, since=utc_now())
+        wanted = self._wanted_rules(app, state.promoted(instance, utc_now()))  # as the mode says
         if self._base_missing(live, app):
             self._ensure_base(app)
             repairs.append(f"jumps and chains of {app.name} restored")
@@ -388,9 +411,6 @@ class Engine:
             repairs.append(f"rules of {app.name} pointed at {port_set} {address} ({tag})")
 
         if state.active is None or state.active.container_id != serving.id or state.active.address != address:
-            instance = Instance(port_set=port_set, tag=tag, image=serving.labels.get(LABEL_IMAGE, app.image),
-                                digest=serving.labels.get(LABEL_DIGEST) or None, container_id=serving.id,
-                                container_name=serving.name, address=address, since=utc_now())
             self.store.save(state.promoted(instance, utc_now()))
             repairs.append(f"record of {app.name} set to {port_set} {serving.name} ({tag})")
 
@@ -447,13 +467,16 @@ class Engine:
         return Forwarder(self)
 
     def _wanted_rules(self, app: AppConfig, state: AppState) -> list[str]:
-        """The app chain the record calls for: in "serving" mode, traffic to the active instance."""
+        """The app chain the record calls for: in "serving" mode, traffic to the active instance.
+
+        In maintenance (manual, or a failover of the active instance) tcp ports go to the responder; a
+        status-port forward rides along while the app serves and is not drained (see app_chain).
+        """
         if state.mode == forwarding.MODE:  # another host serves: DNAT to it (see forwarding.py)
             return forwarding.app_rules(self.names, app.name, forwarding.Target.from_detail(state.mode_detail))
-        if state.active is None:
-            return []
         active = state.active
-        return self._instance_rules(app, active.address, active.port_set, active.tag)
+        forwards = forwards_to(app, active.address, active.port_set, active.tag) if active else []
+        return app_chain.wanted(self.names, app, state, forwards, self.settings.maintenance_port)
 
     def _remove_leftovers(self, app: AppConfig, port_set: str, keep: str | None) -> None:
         name = container_name(self.settings, app.name, port_set)

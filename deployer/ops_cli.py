@@ -1,0 +1,195 @@
+"""Commands for operating apps beside deploys: maintenance, the responder, the watchdog, drain. Thin: modes.py acts."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+from deployer import config as config_module
+from deployer import modes
+from deployer.config import Config
+
+
+def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command(sub, "maintenance", cmd_maintenance,
+                "show the maintenance page on an app's ports instead of the app, or end that",
+                'deployer maintenance on demo --message "Back at 10:00 UTC"',
+                "on: move every tcp external port of APP to the maintenance responder (503, Retry-After and the\n"
+                "app's page), in one transaction on the app's chain; open connections stay where they are. It is\n"
+                "refused when no responder answers on [deployer] maintenance_port.\n"
+                "off: serve the app again; refused while its instance fails its health check. It also ends an\n"
+                "automatic failover. A deploy during maintenance keeps the page up.")
+    p.add_argument("action", choices=["on", "off"])
+    p.add_argument("app")
+    p.add_argument("--message", help="a line shown on the page (on only)")
+
+    command(sub, "maintenance-server", cmd_maintenance_server,
+            "run the maintenance responder: 503, Retry-After and each app's page, on [deployer] maintenance_port",
+            "deployer maintenance-server",
+            "Answer on every local address on [deployer] maintenance_port until SIGTERM or Ctrl-C.\n"
+            "`deployer watch` runs one too, unless --no-responder.")
+
+    p = command(sub, "watch", cmd_watch,
+                "fail apps over to the maintenance page when their instance dies, and back when it recovers",
+                "deployer watch",
+                "Probe each app's active instance every [apps.NAME.watchdog] interval; after `failures` failed\n"
+                "probes in a row its ports go to the maintenance page, after `recoveries` passing probes in a row\n"
+                "they come back. A deploy of a new instance also ends a failover. Runs the maintenance responder\n"
+                "as well unless --no-responder. Runs until SIGTERM or Ctrl-C.")
+    p.add_argument("--no-responder", action="store_true",
+                   help="another process (deployer maintenance-server or serve) runs the responder")
+
+    p = command(sub, "drain", cmd_drain,
+                "take the host out of an upstream load balancer: close the app's status port",
+                "deployer drain demo --wait --timeout 120",
+                "Remove APP's status-port forward, so the upstream's health checks fail and it sends no new\n"
+                "sessions. With --wait, wait until conntrack shows none of the app's tcp connections open and none\n"
+                "closed in the last --settle seconds; exit 1 if that has not happened after --timeout.")
+    p.add_argument("app")
+    p.add_argument("--wait", action="store_true", help="wait until the app is idle")
+    p.add_argument("--timeout", type=_seconds, default=300.0, help="seconds --wait waits at most (default 300)")
+    p.add_argument("--settle", type=_seconds, default=2.0,
+                   help="seconds without a connection that count as idle (default 2; above the upstream's check "
+                        "interval x fall is safest)")
+
+    p = command(sub, "undrain", cmd_undrain, "put the host back into the upstream's rotation: restore the status port",
+                "deployer undrain demo")
+    p.add_argument("app")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _engine(args: argparse.Namespace):
+    from deployer.runtime import build_engine
+
+    return build_engine(args.loaded_config)
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    actor = config_module.local_actor()
+    engine = _engine(args)
+    if args.action == "on":
+        modes.maintenance_on(engine, args.app, actor=actor, message=args.message)
+        ports = ", ".join(sorted({f"{p.external}/tcp" for p in engine.config.app(args.app).ports
+                                  if p.protocol == "tcp"}))
+        print(f"{args.app}: maintenance page on ({ports} -> the responder on port "
+              f"{engine.settings.maintenance_port})")
+        return 0
+    if args.message:
+        print("deployer: --message goes with 'maintenance on'", file=sys.stderr)
+        return 2
+    after = modes.maintenance_off(engine, args.app, actor=actor)
+    if after is None:
+        print(f"{args.app}: was not in maintenance; nothing changed")
+    elif after.active:
+        print(f"{args.app}: serving again ({after.active.tag} on {after.active.port_set}, {after.active.address})")
+    else:
+        print(f"{args.app}: maintenance off")
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def _run_until(stop: threading.Event, *targets: Callable[[], None]) -> int:
+    """Run each target in a thread until `stop`; if one dies of an error, stop the rest and exit 1."""
+    failures: list[BaseException] = []
+
+    def guarded(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - reported below, and stops the others
+            failures.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=guarded, args=(t,), daemon=True) for t in targets]
+    for thread in threads:
+        thread.start()
+    while not stop.wait(0.5):
+        pass
+    for thread in threads:
+        thread.join(timeout=30)
+    for exc in failures:
+        print(f"deployer: {exc}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_maintenance_server(args: argparse.Namespace) -> int:
+    from deployer import responder
+
+    config: Config = args.loaded_config
+    stop = _stop_on_signals()
+    server = responder.make_server(config)  # binds now, so a taken port fails before anything else
+    print(f"maintenance responder on port {config.settings.maintenance_port}", flush=True)
+    return _run_until(stop, lambda: responder.serve(config, stop, server))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from deployer import responder
+    from deployer.watchdog import run_watchdog, watched_apps
+
+    config: Config = args.loaded_config
+    stop = _stop_on_signals()
+    targets = [lambda: run_watchdog(config, stop)]
+    if not args.no_responder:
+        server = responder.make_server(config)  # a taken port fails now, not in a thread
+        targets.append(lambda: responder.serve(config, stop, server))
+    names = ", ".join(a.name for a in watched_apps(config)) or "no app (every watchdog is disabled)"
+    print(f"watching {names}" + ("" if args.no_responder else
+                                 f"; maintenance responder on port {config.settings.maintenance_port}"), flush=True)
+    return _run_until(stop, *targets)
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    actor = config_module.local_actor()
+    engine = _engine(args)
+    after = modes.drain_app(engine, args.app, actor=actor)
+    port = engine.config.app(args.app).status_port
+    print(f"{args.app}: drained: status port {port} closed; the upstream stops sending new sessions"
+          if after else f"{args.app}: already drained (status port {port} closed)", flush=True)
+    if not args.wait:
+        return 0
+    result = modes.wait_drained(engine, args.app, actor=actor, timeout=args.timeout, settle=args.settle)
+    if result.idle:
+        print(f"{args.app}: idle after {result.waited:g} s: no connection open, none closed in the last "
+              f"{args.settle:g} s")
+        return 0
+    print(f"{args.app}: not idle after {result.waited:g} s: {result.open} connection(s) open, {result.recent} "
+          f"closed in the last {args.settle:g} s", file=sys.stderr)
+    return 1
+
+
+def cmd_undrain(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    after = modes.undrain_app(engine, args.app, actor=config_module.local_actor())
+    port = engine.config.app(args.app).status_port
+    if after is None:
+        print(f"{args.app}: was not drained; nothing changed")
+    elif after.active is None:
+        print(f"{args.app}: undrained; the status port opens once a release is deployed")
+    elif after.mode != "serving":
+        print(f"{args.app}: undrained; the status port opens when maintenance ends")
+    else:
+        print(f"{args.app}: back in rotation: status port {port} forwards to {after.active.port_set} "
+              f"{after.active.address}:{engine.config.app(args.app).health.port}")
+    return 0
+

@@ -1,0 +1,149 @@
+"""The maintenance responder: one small HTTP server per host that answers every request with 503, Retry-After and
+the page of the app the request was meant for.
+
+It listens on [deployer] maintenance_port on every local address: the apps' ports are REDIRECTed to it, which
+lands on the incoming interface's address or on 127.0.0.1 (maintenance.py says why not DNAT to 127.0.0.1 only).
+It tells the apps apart by each connection's original destination port, which conntrack keeps (SO_ORIGINAL_DST);
+a connection made straight to the port gets the generic page. Every answer closes its connection: a keep-alive
+client has to come back through the nat table, or it would stay on the page after the app is back. The page and
+the message are read for each request, so `maintenance on --message` and an edited page show at once.
+
+Started by `deployer maintenance-server`, `deployer watch` and the server (`serve(config, stop)`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from deployer import maintenance
+from deployer.config import AppConfig, Config
+from deployer.errors import DeployerError, StateError
+from deployer.state import StateStore
+
+log = logging.getLogger("deployer.responder")
+
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+HEADER = "X-Deployer-Maintenance"
+MAX_DISCARD = 64 * 1024  # request bytes read and dropped before answering, so the close sends FIN, not RST
+
+
+def original_port(connection: socket.socket) -> int | None:
+    """The destination port the client used, before the REDIRECT; None when conntrack does not know it."""
+    try:
+        raw = connection.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError:
+        return None
+    return struct.unpack("!H", raw[2:4])[0]
+
+
+class Pages:
+    """Which app a port belongs to, and its page with the current message."""
+
+    def __init__(self, config: Config) -> None:
+        self.apps: dict[int, AppConfig] = {p.external: app for app in config.apps.values() for p in app.ports
+                                           if p.protocol == "tcp"}
+        self.store = StateStore(config.settings.state_dir)
+
+    def for_port(self, port: int | None) -> tuple[str | None, bytes]:
+        app = self.apps.get(port) if port is not None else None
+        if app is None:
+            return None, maintenance.page(None)
+        template = None
+        if app.maintenance_page is not None:
+            try:
+                template = app.maintenance_page.read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:
+                log.warning("maintenance page of %s unreadable (%s); the built-in page is shown", app.name, exc)
+        try:
+            message = self.store.load(app.name).mode_detail.get("message")
+        except StateError:
+            message = None
+        return app.name, maintenance.page(app.name, template, message)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "deployer-maintenance"
+    timeout = 10  # a client that sends nothing does not hold a thread for long
+
+    def _answer(self) -> None:
+        self._discard_body()
+        app, page = self.server.pages.for_port(original_port(self.connection))  # type: ignore[attr-defined]
+        self.send_response(503)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(page)))
+        self.send_header("Retry-After", str(maintenance.RETRY_AFTER))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.send_header(HEADER, app or "-")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(page)
+        self.close_connection = True
+
+    def _discard_body(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        if 0 < length <= MAX_DISCARD:
+            self.rfile.read(length)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _answer
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class Responder(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512  # the default of 5 drops SYNs under a burst of clients sent here at once
+
+    def __init__(self, config: Config, host: str, port: int) -> None:
+        self.pages = Pages(config)
+        try:
+            super().__init__((host, port), Handler)
+        except OSError as exc:
+            raise DeployerError(f"the maintenance responder cannot listen on {host or '*'}:{port}: "
+                                f"{exc.strerror}") from None
+
+
+def make_server(config: Config, host: str = "0.0.0.0", port: int | None = None) -> Responder:
+    return Responder(config, host, config.settings.maintenance_port if port is None else port)
+
+
+def serve(config: Config, stop: threading.Event, server: Responder | None = None) -> None:
+    """Answer until `stop` is set (for the server and `deployer watch`, in a thread of their own)."""
+    server = server or make_server(config)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="maintenance-responder", daemon=True)
+    thread.start()
+    log.info("maintenance responder listening on *:%d", server.server_address[1])
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def check(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> str | None:
+    """None when a maintenance responder answers on the port, else what is wrong."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/", headers={"User-Agent": "deployer-check"})
+        response = connection.getresponse()
+        response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{type(exc).__name__}: {exc}".rstrip(": ")
+    finally:
+        connection.close()
+    if response.status != 503 or response.getheader(HEADER) is None:
+        return f"something else answers there (status {response.status})"
+    return None

@@ -1,0 +1,136 @@
+"""The watchdog: fail an app over to the maintenance page when its active instance stops passing its health check,
+and back when it passes again.
+
+`observe` decides (pure): it counts a streak. `failures` failed probes in a row while the app serves flip it to
+the page; `recoveries` passing probes in a row while it is failed over flip it back. The streak restarts from zero
+at every flip and whenever anyone else changes the app (a deploy, `maintenance on`): so two flips are at least
+min(failures, recoveries) x interval apart however the instance flaps, and an instance that alternates between
+passing and failing never moves the rules at all.
+
+`AppWatch` acts: one thread per app probes the active instance through its set port, as the deploy's health gate
+does, every `[apps.NAME.watchdog] interval`, and flips through modes.py, which locks the app (a running deploy
+wins; the watchdog tries again at its next probe), flips the chain in one transaction, records and journals it.
+A manual maintenance is the operator's: the watchdog leaves it alone. Host-bound apps are covered by the socket
+match instead. While it runs, a dying instance's refused handshakes become retries (retries.py), so the window
+before the flip shows as a short delay, not as "connection refused". Run one watchdog per host.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from deployer import maintenance, modes
+from deployer.config import AppConfig, Config, WatchdogConfig
+from deployer.errors import DeployerError, LockError
+from deployer.health import ProbeResult, probe_for
+from deployer.journal import Journal
+from deployer.state import AppState
+
+log = logging.getLogger("deployer.watchdog")
+
+SERVING = "serving"
+FAILED_OVER = "failed-over"
+
+
+@dataclass(frozen=True)
+class Streak:
+    failing: int = 0  # failed probes in a row, while serving
+    passing: int = 0  # passed probes in a row, while failed over
+
+
+def observe(streak: Streak, ok: bool, phase: str, policy: WatchdogConfig) -> tuple[Streak, str | None]:
+    """Count one probe; return the new streak and "fail" or "recover" when it is time to flip."""
+    if phase == FAILED_OVER:
+        passing = streak.passing + 1 if ok else 0
+        return Streak(passing=passing), ("recover" if passing >= policy.recoveries else None)
+    failing = 0 if ok else streak.failing + 1
+    return Streak(failing=failing), ("fail" if failing >= policy.failures else None)
+
+
+def phase_of(state: AppState) -> str | None:
+    """What the watchdog watches for in this record: a failure, a recovery, or nothing (None)."""
+    if state.active is None:
+        return None
+    if state.mode == maintenance.SERVING:
+        return SERVING
+    if maintenance.failover_applies(state):
+        return FAILED_OVER
+    return None  # a manual maintenance, or another mode: not the watchdog's
+
+
+def watched_apps(config: Config) -> list[AppConfig]:
+    return [app for app in config.apps.values() if not app.host_bound and app.watchdog.enabled]
+
+
+class AppWatch:
+    """Probe one app's active instance until `stop` is set, flipping when `observe` says so."""
+
+    def __init__(self, engine, app: AppConfig, stop: threading.Event,
+                 probe: Callable[[AppConfig, AppState], ProbeResult] | None = None) -> None:
+        self.engine = engine
+        self.app = app
+        self.stop = stop
+        self.probe = probe or _probe_active
+        self.streak = Streak()
+        self.watching: tuple[str, str] | None = None  # (phase, container id) the streak is about
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.round()
+            except DeployerError as exc:
+                log.warning("[%s] watchdog: %s", self.app.name, exc)
+            self.stop.wait(self.app.watchdog.interval)
+
+    def round(self) -> None:
+        state = self.engine.store.load(self.app.name)
+        phase = phase_of(state)
+        watching = (phase, state.active.container_id) if phase and state.active else None
+        if watching != self.watching:  # a flip, or somebody else's change: a new streak
+            self.watching, self.streak = watching, Streak()
+        if watching is None:
+            return
+        result = self.probe(self.app, state)
+        self.streak, action = observe(self.streak, result.ok, watching[0], self.app.watchdog)
+        if not result.ok and watching[0] == SERVING:
+            self.engine.journal.note("watchdog.probe", app=self.app.name, outcome="failed", detail=result.detail,
+                                     streak=self.streak.failing, of=self.app.watchdog.failures)
+        if action is None:
+            return
+        try:
+            if action == "fail":
+                modes.failover_on(self.engine, self.app, container_id=watching[1], failures=self.streak.failing,
+                                  last=result.detail)
+            else:
+                modes.failover_off(self.engine, self.app, container_id=watching[1], passes=self.streak.passing)
+        except LockError:
+            return  # a deploy holds the app: it decides where traffic goes; the streak stands for the next probe
+
+
+def _probe_active(app: AppConfig, state: AppState) -> ProbeResult:
+    assert state.active is not None
+    return probe_for(app.health, app.bind, app.port_for(app.health.port).set_port(state.active.port_set))()
+
+
+def run_watchdog(config: Config, stop: threading.Event, *, journal: Journal | None = None) -> None:
+    """Watch every app with the watchdog enabled until `stop` is set; for `deployer watch` and the server."""
+    from deployer.runtime import build_engine, build_journal
+
+    journal = journal or build_journal(config)
+    apps = watched_apps(config)
+    engine = build_engine(config, journal)
+    modes.ensure_retries(engine, apps)
+    journal.note("watchdog.started", actor="watchdog", apps=[a.name for a in apps])
+    threads = [threading.Thread(target=AppWatch(build_engine(config, journal), app, stop).run,
+                                name=f"watchdog-{app.name}", daemon=True) for app in apps]
+    try:
+        for thread in threads:
+            thread.start()
+        stop.wait()
+        for thread in threads:
+            thread.join()
+    finally:
+        modes.remove_retries(engine)

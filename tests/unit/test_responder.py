@@ -1,0 +1,103 @@
+"""The maintenance responder as a real server on a loopback port: status, headers, page, and that it closes."""
+
+import http.client
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from deployer import maintenance, responder
+from deployer.config import parse
+from deployer.state import AppState, StateStore
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    (tmp_path / "demo.html").write_text("<title>{{app}}</title><p>{{message}}</p>")
+    data = {"deployer": {"state_dir": str(tmp_path / "state")},
+            "apps": {"demo": {"image": "demo", "maintenance_page": "demo.html",
+                              "ports": [{"external": 1000, "container": 80, "blue": 1001, "green": 1002}]},
+                     "api": {"image": "api",
+                             "ports": [{"external": 2000, "container": 80, "blue": 2001, "green": 2002}]}}}
+    return parse(data, path=tmp_path / "deployer.toml", environ={})
+
+
+@pytest.fixture
+def server(cfg):
+    server = responder.make_server(cfg, host="127.0.0.1", port=0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def ask(port, method="GET", body=None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request(method, "/some/page?x=1", body=body)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def test_every_method_gets_503_with_retry_after_and_the_page(server):
+    port = server.server_address[1]
+    for method, body in (("GET", None), ("POST", b"name=value" * 100), ("DELETE", None)):
+        status, headers, page = ask(port, method, body)
+        assert status == 503
+        assert headers["Retry-After"] == "5"
+        assert headers["Connection"] == "close"
+        assert headers["Cache-Control"] == "no-store"
+        assert headers["Content-Type"] == "text/html; charset=utf-8"
+        assert headers[responder.HEADER] == "-"  # straight to the port: no app
+        assert page == maintenance.page(None)
+    status, headers, page = ask(port, "HEAD")
+    assert (status, page, headers["Content-Length"]) == (503, b"", str(len(maintenance.page(None))))
+
+
+def test_the_server_closes_the_connection_after_its_answer(server):
+    with socket.create_connection(server.server_address, timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):  # ends only because the server closes
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+
+
+def test_check_tells_a_responder_from_anything_else(server):
+    assert responder.check(server.server_address[1]) is None
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        assert responder.check(other.server_address[1]) == "something else answers there (status 200)"
+    finally:
+        other.shutdown()
+        other.server_close()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    assert responder.check(port).startswith("ConnectionRefusedError")
+
+
+def test_pages_by_original_port_with_the_recorded_message(cfg):
+    pages = responder.Pages(cfg)
+    StateStore(cfg.settings.state_dir).save(
+        maintenance.manual_on(AppState(app="demo"), actor="cli:ops", now="t", message="back at 10 & soon"))
+    assert pages.for_port(1000) == ("demo", b"<title>demo</title><p>back at 10 &amp; soon</p>")
+    assert pages.for_port(2000) == ("api", maintenance.page("api"))
+    assert pages.for_port(1001) == (None, maintenance.page(None))  # a set port is not an external one
+    assert pages.for_port(None) == (None, maintenance.page(None))
