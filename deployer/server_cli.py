@@ -77,10 +77,10 @@ def start_gunicorn(config: Config, log: Any = None) -> subprocess.Popen:
 
     `log`: a file for its output (default: this process's stdout and stderr).
     """
-    env = dict(os.environ)  # carries the *_env secrets the receiver needs
+    from deployer.worker import child_environment
+
+    env = child_environment()  # carries the *_env secrets the receiver needs
     env["DEPLOYER_CONFIG"] = str(config.path)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     drop: dict[str, Any] = {}
     user, group = config.server.user, config.server.group
     if user is not None and os.geteuid() == 0:

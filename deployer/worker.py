@@ -294,11 +294,20 @@ class Worker:
 # --- production wiring -------------------------------------------------------------------------------
 
 
+def child_environment() -> dict[str, str]:
+    """The inherited environment (it carries the *_env secrets), with this package importable from any cwd."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def process_launcher(config: Config) -> Callable[[Job], subprocess.Popen]:
     """Each job in `python -m deployer.worker`, in the worker's process group, sharing its stderr."""
     def launch(job: Job) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "deployer.worker", "--config", str(config.path),
-                                 "--job", job.id, "--attempt", str(job.attempts)], stdin=subprocess.DEVNULL)
+                                 "--job", job.id, "--attempt", str(job.attempts)], stdin=subprocess.DEVNULL,
+                                env=child_environment())
     return launch
 
 
