@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -48,6 +50,10 @@ def release_payload(tag: str, action: str = "published", **release: Any) -> byte
     return json.dumps(data).encode()
 
 
+class PortTaken(Exception):
+    """Another process bound the listen port between the choice and gunicorn's bind."""
+
+
 @dataclass
 class Served:
     """One `deployer serve` process group, and signed clients for it."""
@@ -68,6 +74,7 @@ class Served:
         return Queue.for_state_dir(self.deployer.root / "state")
 
     def start(self, timeout: float = 60) -> None:
+        """Start serve and wait until it is healthy; PortTaken when another process holds the port."""
         log = self.deployer.root / f"serve-{len(self.logs) + 1}.log"
         self.logs.append(log)
         with open(log, "w") as out:
@@ -76,9 +83,15 @@ class Served:
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"serve exited:\n{log.read_text()[-3000:]}"
+            text = log.read_text(errors="replace")
+            if "Connection in use" in text:
+                self.kill()
+                raise PortTaken(self.port)
+            assert self.process.poll() is None, f"serve exited:\n{text[-3000:]}"
             try:
-                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                # Our gunicorn must have bound the port: another test run's server may answer on it too.
+                if (f"Listening at: {self.url}" in text
+                        and requests.get(f"{self.url}/healthz", timeout=2).status_code == 200):
                     return
             except requests.RequestException:
                 pass
@@ -148,22 +161,27 @@ def serve(deployer: Deployer) -> Iterator[Callable[..., Served]]:
     """Configure the test's deployer with a [server] section and start `deployer serve` on it."""
     started: list[Served] = []
 
-    def make(*apps: str, server: str = "", start: bool = True) -> Served:
+    def make(*apps: str, server: str = "") -> Served:
         folder = deployer.root / "secrets"
         folder.mkdir(exist_ok=True)
         github_secret, operator_secret = secrets.token_hex(20), secrets.token_hex(24)
         (folder / "github").write_text(github_secret + "\n")
         (folder / "ops").write_text(operator_secret + "\n")
-        port = free_port()
-        deployer.configure(*apps, settings=(
-            f"\n[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 2\nmax_body_bytes = 65536\n"
-            f"github_secret_file = \"{folder / 'github'}\"\njob_timeout = 300\n{server}\n"
-            f"[server.operators.ops]\nsecret_file = \"{folder / 'ops'}\"\n"))
-        served = Served(deployer, port, github_secret, operator_secret, folder / "ops")
-        started.append(served)
-        if start:
-            served.start()
-        return served
+        for attempt in range(3):
+            port = free_port()
+            deployer.configure(*apps, settings=(
+                f"\n[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 2\nmax_body_bytes = 65536\n"
+                f"github_secret_file = \"{folder / 'github'}\"\njob_timeout = 300\n{server}\n"
+                f"[server.operators.ops]\nsecret_file = \"{folder / 'ops'}\"\n"))
+            served = Served(deployer, port, github_secret, operator_secret, folder / "ops")
+            started.append(served)
+            try:
+                served.start()
+                return served
+            except PortTaken:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     try:
         yield make
@@ -366,7 +384,12 @@ def test_refusals_over_gunicorn(serve):
 
 def test_an_image_from_a_release_asset(serve, images, tmp_path):
     archive = tmp_path / "image.tar"
-    saved = subprocess.run(["docker", "save", "-o", str(archive), f"{IMAGE}:v2"], capture_output=True, text=True)
+    source = f"{IMAGE}:asset-source-{secrets.token_hex(3)}"  # a tag of v2 that no other test run removes
+    pulled = subprocess.run(["docker", "pull", "-q", f"{IMAGE}:v2"], capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr
+    subprocess.run(["docker", "tag", f"{IMAGE}:v2", source], check=True, capture_output=True)
+    saved = subprocess.run(["docker", "save", "-o", str(archive), source], capture_output=True, text=True)
+    subprocess.run(["docker", "rmi", source], capture_output=True)
     assert saved.returncode == 0, saved.stderr
     data = archive.read_bytes()
     import hashlib
@@ -408,3 +431,127 @@ def test_webhook_burst_smoke():
     summary = json.loads(result.stdout)
     assert (summary["accepted_202"], summary["accepted_without_job"], summary["jobs_in_queue"]) == (20, 0, 20)
     assert summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+
+
+# --- the privilege split ----------------------------------------------------------------------------------
+
+
+def _unprivileged_receiver(config_path: str, port: int, report) -> None:
+    """In a forked child: load everything as root, drop to nobody:nogroup, then build and serve the receiver.
+
+    The interpreter of this machine lives under /root, which nobody cannot read, so the code is imported
+    before the drop; every file the receiver opens (config, secrets, queue) is opened after it.
+    """
+    import grp
+    import pwd
+
+    import werkzeug.serving
+
+    from deployer import runtime, web  # noqa: F401 - imported while root can still read the code
+    from deployer.config import load
+
+    # One request through a throwaway app, so lazily imported modules load before the drop.
+    scratch = Path(tempfile.mkdtemp(prefix="deployer-preload-"))
+    preload_config = load(config_path)
+    from dataclasses import replace
+    scratch_config = replace(preload_config, settings=replace(preload_config.settings, state_dir=scratch))
+    web.create_app({"DEPLOYER_CONFIG": scratch_config}).test_client().post(
+        "/hooks/github", data=b"{}", headers={"Content-Type": "application/json", "X-Hub-Signature-256": "x"})
+    shutil.rmtree(scratch)
+    holder: dict[str, Any] = {}
+    server = werkzeug.serving.make_server("127.0.0.1", port, lambda env, start: holder["app"](env, start),
+                                          threaded=True)  # it reads werkzeug's package metadata: as root
+
+    user, group = pwd.getpwnam("nobody"), grp.getgrnam("nogroup")
+    os.setgroups([])
+    os.setgid(group.gr_gid)
+    os.setuid(user.pw_uid)
+    os.umask(0o007)
+    facts: dict[str, Any] = {"uid": os.getuid(), "gid": os.getgid()}
+    try:
+        socket.socket(socket.AF_UNIX).connect("/var/run/docker.sock")
+        facts["docker_socket"] = "opened"
+    except PermissionError:
+        facts["docker_socket"] = "denied"
+    except OSError as exc:
+        facts["docker_socket"] = f"not there ({exc})"
+    os.environ["DEPLOYER_CONFIG"] = config_path
+    holder["app"] = web.create_app()
+    report.send(facts)
+    server.serve_forever()
+
+
+def test_the_receiver_runs_unprivileged_and_only_enqueues(deployer, images):
+    import grp
+    import multiprocessing
+    import stat
+
+    shared = Path(tempfile.mkdtemp(prefix="deployer-split-", dir="/tmp"))  # reachable by nobody, unlike tmp_path
+    shared.chmod(0o755)
+    nogroup = grp.getgrnam("nogroup").gr_gid
+    worker = receiver = None
+    try:
+        deployer.root = shared
+        folder = shared / "secrets"
+        folder.mkdir()
+        os.chown(folder, 0, nogroup)
+        folder.chmod(0o750)
+        github_secret, operator_secret = secrets.token_hex(20), secrets.token_hex(24)
+        for name, value in (("github", github_secret), ("ops", operator_secret)):
+            (folder / name).write_text(value)
+            os.chown(folder / name, 0, nogroup)
+            (folder / name).chmod(0o640)
+        port = free_port()
+        deployer.configure(web_app(22160), settings=(
+            f'\n[server]\nlisten = "127.0.0.1:{port}"\nuser = "nobody"\ngroup = "nogroup"\n'
+            f'github_secret_file = "{folder / "github"}"\n'
+            f'[server.operators.ops]\nsecret_file = "{folder / "ops"}"\n'))
+        deployer.config_path.chmod(0o644)
+
+        worker = subprocess.Popen([sys.executable, "-m", "deployer", "-c", str(deployer.config_path), "worker"],
+                                  cwd=REPO, stdout=open(shared / "worker.log", "w"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        queue = Queue.for_state_dir(shared / "state")
+        deadline = time.monotonic() + 30
+        while not (queue.path.exists() and queue.worker_status()):
+            assert time.monotonic() < deadline and worker.poll() is None, (shared / "worker.log").read_text()
+            time.sleep(0.2)
+
+        context = multiprocessing.get_context("fork")
+        parent_end, child_end = context.Pipe()
+        receiver = context.Process(target=_unprivileged_receiver, args=(str(deployer.config_path), port, child_end))
+        receiver.start()
+        assert parent_end.poll(30), "the unprivileged receiver did not start"
+        facts = parent_end.recv()
+        assert facts == {"uid": 65534, "gid": nogroup, "docker_socket": "denied"}
+
+        served = Served(deployer, port, github_secret, operator_secret, folder / "ops")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                requests.get(f"{served.url}/healthz", timeout=2)
+                break
+            except requests.RequestException:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        response = served.deliver(release_payload("v1"))
+        assert response.status_code == 202, response.text
+        job = served.wait(response.json()["job"])  # the job read is signed and served by nobody, too
+        assert job["status"] == "succeeded", job
+        assert served_version(22160) == "v1"
+
+        modes = {p.name: (stat.S_IMODE(p.stat().st_mode), p.stat().st_gid) for p in queue.path.parent.iterdir()
+                 if p.name.startswith("jobs.db")}
+        assert modes["jobs.db"] == (0o660, nogroup)
+        assert stat.S_IMODE(queue.path.parent.stat().st_mode) == 0o2770
+        assert all(gid == nogroup for _, gid in modes.values()), modes
+        app_state = shared / "state" / "apps" / "web.json"
+        assert stat.S_IMODE(app_state.stat().st_mode) & 0o077 == 0  # the receiver cannot read the app records
+    finally:
+        if receiver is not None and receiver.is_alive():
+            receiver.kill()
+            receiver.join(10)
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        shutil.rmtree(shared, ignore_errors=True)

@@ -8,6 +8,7 @@ test can see where the token went.
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ LOOPBACK_PORTS = range(22900, 23000)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A free port in the range these tests may listen on."""
-    for port in LOOPBACK_PORTS:
+    """A free port in the range these tests may listen on; random, so concurrent runs rarely pick the same."""
+    for port in random.sample(LOOPBACK_PORTS, len(LOOPBACK_PORTS)):
         with socket.socket() as probe:
             try:
                 probe.bind((host, port))

@@ -4,7 +4,6 @@ The real engine and real child processes are exercised by tests/integration/test
 """
 
 import tomllib
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
