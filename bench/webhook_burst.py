@@ -1,6 +1,6 @@
 """Webhook burst: how fast the receiver acknowledges signed GitHub deliveries, and that none is lost.
 
-    python3 bench/webhook_burst.py                         # 500 deliveries, 16 at a time
+    python3 bench/webhook_burst.py                         # 500 deliveries, 8 at a time
     python3 bench/webhook_burst.py --count 20 --json       # the smoke the tests run
 
 It starts the receiver exactly as `deployer serve` does (gunicorn, `[server] workers`, the app
@@ -151,7 +151,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=500, help="deliveries to send (default 500)")
-    parser.add_argument("--concurrency", type=int, default=16, help="deliveries in flight at once (default 16)")
+    parser.add_argument("--concurrency", type=int, default=8, help="deliveries in flight at once (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, as [server] workers (default 2)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON only")
     parser.add_argument("--out", type=Path, help="also write the summary to this file")
