@@ -196,6 +196,7 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         status = deployer_in(hosts, hosts.new, new_host, "status", "web")
         seen = load.stop()
 
+        print(f"requests: { {name: len(records) for name, records in seen.items()} }")
         assert status.returncode == 0, status.stderr
         assert f"mode: forward to {hosts.old_link}" in status.stdout and "keeping client addresses" in status.stdout
         assert "rules match" in status.stdout
@@ -302,8 +303,12 @@ def test_masquerade_then_cut_over_to_a_local_deploy_and_back_without_a_failed_re
         took["off"] = step("forward", "web", "--off")
         time.sleep(1.5)
         seen = load.stop()
+        audit = deployer_in(hosts, hosts.new, new_host, "audit", "--event", "step", "--limit", "0", "--jsonl")
+        commits = [json.loads(line).get("committed_ms") for line in audit.stdout.splitlines()
+                   if json.loads(line).get("step") == "flip"]
         print(f"durations: { {k: round(v, 2) for k, v in took.items()} }, requests: "
-              f"{ {k: len(v) for k, v in seen.items()} }")
+              f"{ {k: len(v) for k, v in seen.items()} }, unanswered datagrams: {len(failed(seen['udp']))}, "
+              f"flip commits (ms, newest first): {commits}")
 
         assert not failed(seen["new"]), f"{len(failed(seen['new']))} failed: {failed(seen['new'])[:3]}"
         assert [(version, clients) for version, clients in segments(seen["new"])] == [
