@@ -371,10 +371,14 @@ def route_commands(path: ReturnPath, rules_now: Sequence[Mapping[str, Any]]) -> 
 
 def route_removal_commands(path: ReturnPath, rules_now: Sequence[Mapping[str, Any]],
                            table_routes: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    """The rule first (so nothing is sent to an emptied table), then the table's routes."""
+    """The rule first (so nothing is sent to an emptied table), then the table's routes.
+
+    Without a record (`path.via` empty) the table counts as ours only while our rule points at it:
+    somebody else's table of the same number is left alone.
+    """
     commands = [["ip", "-4", "rule", "del", "fwmark", path.fwmark, "lookup", str(path.table),
                  "priority", str(path.priority)] for rule in rules_now if _is_our_rule(rule, path)]
-    if table_routes:
+    if table_routes and (path.via or commands):
         commands.append(["ip", "-4", "route", "flush", "table", str(path.table)])
     return commands
 

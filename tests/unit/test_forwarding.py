@@ -286,6 +286,13 @@ def test_removal_commands_drop_the_rule_then_flush_the_table():
     assert forwarding.route_removal_commands(PATH, RULES, []) == []
 
 
+def test_without_a_record_a_table_is_flushed_only_while_our_rule_points_at_it():
+    unrecorded = ReturnPath("", "", None)
+    assert forwarding.route_removal_commands(unrecorded, RULES, [OUR_ROUTE]) == []
+    assert forwarding.route_removal_commands(unrecorded, RULES + [OUR_RULE], [OUR_ROUTE])[-1] == \
+        ["ip", "-4", "route", "flush", "table", "202"]
+
+
 @pytest.mark.parametrize("args, message", [
     (("new-host", "eth1", 0x2000000, 202, 202), "is not an IPv4 address"),
     ((NEW, "eth1; reboot", 0x2000000, 202, 202), "is not an interface name"),
