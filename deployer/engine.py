@@ -24,7 +24,7 @@ from deployer.adapters.docker_host import ContainerInfo
 from deployer.adapters.processes import HookOutcome
 from deployer.config import AppConfig, Config
 from deployer.containers import (LABEL_DIGEST, LABEL_IMAGE, LABEL_SET, LABEL_TAG, Release, container_name,
-                                 other_set, run_arguments, selector)
+                                 other_set, restart_policy, run_arguments, selector)
 from deployer.errors import BootError, DeployerError, HookFailed, NothingToRollBack, RulesError
 from deployer.health import probe_for, wait_healthy
 from deployer.hooks import HookContext, hook_environment, hook_path
@@ -44,6 +44,7 @@ class DockerPort(Protocol):
     def inspect(self, container_id: str) -> ContainerInfo | None: ...
     def run(self, reference: str, arguments: Mapping[str, Any]) -> ContainerInfo: ...
     def logs_tail(self, container_id: str, lines: int = 20) -> str: ...
+    def set_restart_policy(self, container_id: str, policy: Mapping[str, Any]) -> None: ...
     def stop(self, container_id: str, timeout: int) -> None: ...
     def remove(self, container_id: str) -> None: ...
 
@@ -233,17 +234,24 @@ class Engine:
             context = replace(context, digest=release.digest)
             with self.journal.step("start", **base) as step:
                 self._remove_leftovers(app, new_set, keep=old.container_id if old else None)
-                new = self.docker.run(release.reference, run_arguments(self.settings, app, new_set, release))
+                self.docker.ensure_network(self.settings.network, self.settings.bridge)
+                arguments = run_arguments(self.settings, app, new_set, release)
+                # No restarts before the gate passed: a crash stays a crash, with its exit code, not a loop.
+                arguments["restart_policy"] = restart_policy("no")
+                new = self.docker.run(release.reference, arguments)
                 address = new.address(self.settings.network)
                 step.detail.update(container=new.name, set=new_set, address=address)
                 if not address:
-                    raise BootError(self._exit_reason(new.id, f"container {new.name} has no address on network "
-                                                              f"{self.settings.network!r}"), app=app.name)
+                    # Most often the process has already exited: say so with its exit code, as the gate does.
+                    raise BootError(self._not_running(new) or self._exit_reason(
+                        new.id, f"container {new.name} has no address on network {self.settings.network!r}"),
+                        app=app.name)
             with self.journal.step("health", **base) as step:
                 set_port = app.port_for(app.health.port).set_port(new_set)
                 probe = probe_for(app.health, app.bind, set_port)
                 step.detail["probes"] = wait_healthy(app.health, probe, lambda: self._not_running(new),
                                                      clock=self.clock, sleep=self.sleep)
+                self.docker.set_restart_policy(new.id, restart_policy(app.restart))
             self._hook("post-healthy", app, context, base)
             with self.journal.step("flip", **base) as step:
                 instance = Instance(port_set=new_set, tag=release.tag, image=release.image, digest=release.digest,
@@ -389,7 +397,7 @@ class Engine:
             if state.active is not None:
                 repairs.append(f"no running instance of {app.name}: the recorded {state.active.port_set} "
                                f"instance {state.active.container_name} is gone; rules left as they are")
-            self._ensure_base(app)
+                self._ensure_base(app)
             self._report(repairs, app, actor, job)
             return repairs
 

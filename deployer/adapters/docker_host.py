@@ -113,10 +113,13 @@ class DockerHost:
                 self._call("create network", lambda: self.client.networks.create(
                     name, driver="bridge", options={"com.docker.network.bridge.name": bridge},
                     labels={"deployer.network": "1"}))
+                return
             except docker.errors.APIError as exc:
-                if "already exists" not in str(exc):
+                # Another deployer process may have created it a moment ago: accept theirs if it fits.
+                try:
+                    network = self._call("inspect network", lambda: self.client.networks.get(name))
+                except docker.errors.NotFound:
                     raise DeployerError(f"cannot create Docker network {name!r}: {_short(exc)}") from None
-            return
         except docker.errors.APIError as exc:
             raise DeployerError(f"cannot inspect Docker network {name!r}: {_short(exc)}") from None
         options = network.attrs.get("Options") or {}
@@ -153,14 +156,27 @@ class DockerHost:
             return None
 
     def run(self, reference: str, arguments: Mapping[str, Any]) -> ContainerInfo:
+        create = {k: v for k, v in arguments.items() if k != "detach"}
         try:
-            container = self._call("run", lambda: self.client.containers.run(reference, **arguments))
-            self._call("inspect", container.reload)
+            container = self._call("create", lambda: self.client.containers.create(reference, **create))
         except docker.errors.ImageNotFound as exc:
             raise PullError(f"image {reference} is not present: {_short(exc)}") from None
         except docker.errors.APIError as exc:
+            raise BootError(f"cannot create {arguments.get('name')}: {_short(exc)}") from None
+        try:
+            self._call("start", container.start)
+            self._call("inspect", container.reload)
+        except docker.errors.APIError as exc:
+            # Created but never started (a published port is taken ...): it must not stay behind.
+            self.remove(container.id)
             raise BootError(f"cannot start {arguments.get('name')}: {_short(exc)}") from None
         return _info(container)
+
+    def set_restart_policy(self, container_id: str, policy: Mapping[str, Any]) -> None:
+        try:
+            self._call("update", lambda: self.client.containers.get(container_id).update(restart_policy=dict(policy)))
+        except docker.errors.APIError as exc:
+            raise BootError(f"cannot set the restart policy of {container_id[:12]}: {_short(exc)}") from None
 
     def logs_tail(self, container_id: str, lines: int = 20) -> str:
         try:

@@ -181,8 +181,8 @@ class Deployer:
             f'chain_prefix = "{self.prefix}"\n'
             f'network = "{NETWORK}"\n'
             f'bridge = "{BRIDGE}"\n'
-            "hook_timeout = 20\n"
-            f"{settings}\n" + "\n".join(apps))
+            + ("" if "hook_timeout" in settings else "hook_timeout = 20\n")
+            + f"{settings}\n" + "\n".join(apps))
         (self.root / "hooks").mkdir(exist_ok=True)
         return self.config()
 

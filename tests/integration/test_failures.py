@@ -133,9 +133,6 @@ def test_unpullable_tag_fails_before_anything_starts(deployer, outside):
     before.assert_unchanged()
 
 
-@pytest.mark.xfail(strict=True, reason="a container that exited before Docker reported its address gets "
-                                       "'has no address on network' without the exit code (Engine._deploy); one "
-                                       "caught between two restarts is said to have exited with code 0")
 def test_container_that_exits_at_once_fails_fast(deployer, outside):
     """Fails fast, and says why: the exit code and the last log line, with either restart policy.
 
@@ -165,8 +162,6 @@ def test_container_that_exits_at_once_fails_fast(deployer, outside):
     assert without_exit_code == []
 
 
-@pytest.mark.xfail(strict=True, reason="DockerHost.run leaves the created container behind when Docker cannot "
-                                       "start it (here: its set port is taken)")
 def test_set_port_taken_by_another_process_fails_and_leaves_no_container(deployer, outside):
     """Docker creates the container, then cannot publish its port: the created container must go too."""
     deploy_v1(deployer, "web", external=21025, blue=21026, green=21027)
