@@ -82,8 +82,8 @@ def cmd_forward(args: argparse.Namespace) -> int:
                                       actor=actor)
     print(f"{args.app}: {forwarding.describe(target.detail()).removeprefix('mode: ')}")
     if not target.masquerade:
-        print(f"  the old host must route replies back: deployer forward-return --via <this host's address> "
-              f"--dev <its link to this host>", file=sys.stderr)
+        print("  the old host must route replies back: deployer forward-return --via <this host's address> "
+              "--dev <its link to this host>", file=sys.stderr)
     return 0
 
 

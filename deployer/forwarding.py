@@ -211,7 +211,7 @@ def jumps_to(table: NatTable, chain: str) -> list[str]:
             for line in lines if (m := _JUMP.search(line)) and m.group(1) == chain]
 
 
-def _shared_chain(live: NatTable, table: str, chain: str, app: str, wanted: Sequence[str],
+def _shared_chain(live: NatTable, chain: str, app: str, wanted: Sequence[str],
                   jump: str) -> list[str]:
     """Lines of one table's transaction: the app's rules in a shared chain become `wanted`.
 
@@ -238,12 +238,12 @@ def render_extras(filter_table: NatTable, nat_table: NatTable, names: ChainNames
     rules (none for None), touching no other app's. None when nothing needs to change."""
     parent = "DOCKER-USER" if filter_table.has_chain("DOCKER-USER") else "FORWARD"
     sections = []
-    filter_lines = _shared_chain(filter_table, "filter", forward_chain(names), app,
+    filter_lines = _shared_chain(filter_table, forward_chain(names), app,
                                  accept_rules(names, app, target) if target else [],
                                  f"-I {parent} 1 -j {forward_chain(names)}")
     if filter_lines:
         sections += ["*filter", *filter_lines, "COMMIT"]
-    nat_lines = _shared_chain(nat_table, "nat", snat_chain(names), app,
+    nat_lines = _shared_chain(nat_table, snat_chain(names), app,
                               masquerade_rules(names, app, target) if target else [],
                               f"-A POSTROUTING -j {snat_chain(names)}")
     if nat_lines:

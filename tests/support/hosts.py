@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import random
 import secrets
 import subprocess
 from typing import Any, Sequence
@@ -66,8 +67,6 @@ class Hosts:
     def _subnets(self, count: int) -> list[ipaddress.IPv4Network]:
         used = netns._networks_in_use()
         free = [n for n in netns.ADDRESS_POOL.subnets(new_prefix=24) if not any(n.overlaps(u) for u in used)]
-        import random
-
         return random.sample(free, count)
 
     def _create(self) -> None:
