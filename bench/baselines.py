@@ -150,6 +150,8 @@ class SeedRecipe(_Baseline):
             for argv in seed_flip(self.chain, new_rules, old_rules):
                 subprocess.run(argv, check=True, capture_output=True)
             step.detail["committed_ms"] = round((time.monotonic() - started) * 1000, 2)
+            # New flows take the new rule from the last delete on: that is this recipe's commit.
+            self.journal.note("netfilter.write", app=self.app.name)
             step.detail["deleted"] = sum(self.netfilter.conntrack_delete(f) for f in app_flows(self.app))
         if old:
             with self.journal.step("stop", app=self.app.name):

@@ -38,6 +38,24 @@ class Recorder:
         self.events.append({**event, "wall": time.time()})
 
 
+class TimedWrites:
+    """A netfilter adapter that reports when each rules write (an iptables-restore) ended.
+
+    Everything else passes through to the adapter it wraps, so the engine sees the real one.
+    """
+
+    def __init__(self, inner: Netfilter, report: Recorder) -> None:
+        self._inner = inner
+        self._report = report
+
+    def restore(self, text: str) -> None:
+        self._inner.restore(text)
+        self._report({"event": "netfilter.write"})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class EngineDriver:
     """The deployer's engine, driven in-process as `deployer deploy` would drive it."""
 
@@ -48,7 +66,8 @@ class EngineDriver:
         self.config = bench_config(lab, app, app_text)
         self.recorder = Recorder()
         journal = Journal([self.recorder], secrets=self.config.secrets())
-        self.engine = Engine(self.config, lab.docker, netfilter or Netfilter(), journal=journal)
+        timed = TimedWrites(netfilter or Netfilter(), self.recorder)
+        self.engine = Engine(self.config, lab.docker, timed, journal=journal)  # type: ignore[arg-type]
 
     @property
     def events(self) -> list[dict[str, Any]]:

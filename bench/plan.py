@@ -26,7 +26,9 @@ OWNER_OF_RUN_RE = re.compile(r"^db[0-9a-f]{5}$")
 
 # The scenarios of the deploys-under-load part, in the order they run.
 SCENARIOS = ("ours", "seed", "stop-start", "naive")
-DATAPATHS = ("direct", "dnat", "haproxy", "nginx", "docker")
+DATAPATHS = ("direct", "dnat", "dnat-addr", "haproxy", "nginx", "docker")
+# DNAT through a local address that is not loopback: no masquerade. Only the host has such a path.
+HOST_ONLY_PATHS = ("dnat-addr",)
 CLIENTS = ("host", "outside")
 SCALE_POINTS = (1, 10, 100, 1000)
 
@@ -60,7 +62,7 @@ def plan_for(quick: bool, *, deploys: int | None = None, rounds: int | None = No
                     scale_points=SCALE_POINTS, flips_per_point=2)
     else:
         plan = Plan(quick=False, rounds=4, wrk_seconds=4.0, wrk_warmup_seconds=1.0, deploys=20,
-                    scale_points=SCALE_POINTS, flips_per_point=8)
+                    scale_points=SCALE_POINTS, flips_per_point=16)
     changes: dict[str, Any] = {}
     if deploys is not None:
         changes["deploys"] = deploys
@@ -148,7 +150,8 @@ class RunNames:
 
     @property
     def bridge(self) -> str:
-        return f"{self.owner}-br"
+        # Not starting with the namespace prefix: a stale-namespace sweep must never take the bridge.
+        return f"br-{self.owner}"
 
     @property
     def netns_prefix(self) -> str:
@@ -214,6 +217,15 @@ def app_toml(name: str, image: str, ports: AppPorts, *, bind: str = "127.0.0.1",
         *(f"{k} = {json.dumps(v)}" for k, v in HEALTH.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def visits(points: tuple[int, ...], flips_per_point: int) -> list[tuple[int, int]]:
+    """(other apps, flips) in the order measured: up, then back down, half the flips each way.
+
+    Slow changes in the machine's load (other work on it) then weigh on every point alike.
+    """
+    up = flips_per_point - flips_per_point // 2
+    return [(p, up) for p in points] + [(p, flips_per_point // 2) for p in reversed(points) if flips_per_point // 2]
 
 
 def tags_for(plan: Plan) -> list[str]:

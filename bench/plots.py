@@ -8,8 +8,8 @@ from typing import Any, Mapping
 from bench.plan import CLIENTS, DATAPATHS, SCENARIOS
 from bench.tables import SCENARIO_LABELS
 
-BAR_LABELS = {"direct": "direct", "dnat": "DNAT\n(deployer)", "haproxy": "HAProxy", "nginx": "nginx",
-              "docker": "Docker\npublished port"}
+BAR_LABELS = {"direct": "direct", "dnat": "DNAT\n(deployer)", "dnat-addr": "DNAT via a\nlocal address",
+              "haproxy": "HAProxy", "nginx": "nginx", "docker": "Docker\npublished port"}
 
 
 def _pyplot() -> Any:
@@ -30,7 +30,7 @@ def datapath_plot(datapath: Mapping[str, Any], path: Path) -> None:
     for offset, client in zip((-width / 2, width / 2), CLIENTS):
         entries = [summary.get(client, {}).get(p, {}) for p in DATAPATHS]
         xs = [i + offset for i in range(len(DATAPATHS))]
-        rps = [e.get("rps") or 0 for e in entries]
+        rps = [e.get("rps") or 0 for e in entries]  # 0: a path this client has not
         bars = rps_ax.bar(xs, rps, width, label=client, color=colours[client])
         for bar, entry in zip(bars, entries):
             if entry.get("rps_ratio") is not None:

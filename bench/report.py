@@ -80,6 +80,9 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
         for client in CLIENTS:
             out += [f"### {CLIENT_TITLES[client]}", "", tables.datapath_table(datapath["summary"], client), ""]
         out += [
+            "From the host, the deployer's external port is reached on 127.0.0.1, which also needs the deployer's "
+            "loopback MASQUERADE; \"DNAT via a local non-loopback address\" is the same rule reached through the "
+            "host end of the namespace's veth, without the masquerade. "
             "Docker's published port is docker-proxy (a userland copy loop) only for clients on 127.0.0.1; for "
             "the outside client Docker answers the published port with its own DNAT rule.",
             "HAProxy and nginx each run one worker on the host, with keep-alive to the backend.",
@@ -105,10 +108,12 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
             "",
             tables.deploys_table(scenarios),
             "",
-            "Flip time. \"Rules committed\" is the transaction that moves new flows (`committed_ms` of the flip "
-            "step: the add-only restore; for the seed recipe its `iptables -A` and `-D` commands). \"Flip step\" "
-            "adds reading the chain before, dropping the shadowed rules and verifying after (and for the seed "
-            "recipe its conntrack flush). \"Healthy -> flip step done\" runs from the health gate's end.",
+            "Flip time. \"Commit\" is the write that moves new flows (`committed_ms` of the flip step: the "
+            "add-only `iptables-restore`; for the seed recipe its `iptables -A` and `-D` commands). \"Healthy -> "
+            "committed\" runs from the end of the health gate to the end of that write (timed by the bench around "
+            "the netfilter adapter), so it adds reading the app's chain before the write. \"Flip step\" also "
+            "drops the shadowed rules and verifies the chain after the commit (and, for the seed recipe, flushes "
+            "conntrack).",
             "",
             tables.switch_table(scenarios),
             "",
@@ -131,7 +136,8 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
             "",
             f"The flip time of one app while 1, 10, 100 and 1,000 other apps have their chains and jumps installed "
             f"(stand-ins rendered by `deployer.rules`, installed in one transaction), {scale['settings']['flips_per_point']} "
-            "real deploys per point. The flip reads and rewrites the app's own chain only.",
+            "real deploys per point, measured going up from 1 and coming back down. The flip reads and rewrites the "
+            "app's own chain only.",
             "",
             tables.scale_table(summary),
             "",

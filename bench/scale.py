@@ -16,7 +16,7 @@ from deployer import rules
 from bench import analysis
 from bench.drivers import EngineDriver
 from bench.lab import IMAGE, Lab, say
-from bench.plan import Plan, app_toml, filler_chains, filler_name
+from bench.plan import Plan, app_toml, filler_chains, filler_name, visits
 
 APP = "flip"
 
@@ -26,33 +26,38 @@ def run_scale(lab: Lab, plan: Plan, tags: list[str]) -> dict[str, Any]:
     driver = EngineDriver(lab, APP, app_toml(APP, IMAGE, lab.ports.scale, drain_seconds=0.3, stop_timeout=3))
     names = rules.ChainNames(lab.names.prefix)
     installed = 0
-    points = []
+    figures: dict[int, dict[str, list[float]]] = {}
+    install_ms: dict[int, float] = {}
     try:
         driver.deploy(tags[0])
         next_tag = itertools.cycle([tags[1], tags[0]])
-        for point in plan.scale_points:
+        for point, flips in visits(plan.scale_points, plan.flips_per_point):
             started = time.monotonic()
             live = rules.parse_nat(lab.netfilter.save_nat())
-            chains = filler_chains(lab.names, lab.ports, range(installed, point))
-            lab.netfilter.restore(rules.render_restore(live, names, lab.names.bridge, chains))
-            install_ms = round((time.monotonic() - started) * 1000, 1)
+            if point > installed:
+                chains = filler_chains(lab.names, lab.ports, range(installed, point))
+                lab.netfilter.restore(rules.render_restore(live, names, lab.names.bridge, chains))
+                install_ms[point] = round((time.monotonic() - started) * 1000, 1)
+            elif point < installed:
+                text = rules.render_removal(live, names, [filler_name(i) for i in range(point, installed)])
+                if text:
+                    lab.netfilter.restore(text)
             installed = point
             mark = len(driver.events)
-            for _ in range(plan.flips_per_point):
+            for _ in range(flips):
                 driver.deploy(next(next_tag))
             events = driver.events[mark:]
-            flips = analysis.steps(events, "flip")
-            points.append({
-                "other_apps": point,
-                "install_ms": install_ms,
-                "committed_ms": [e["committed_ms"] for e in flips if "committed_ms" in e],
-                "flip_step_ms": [e["duration_ms"] for e in flips],
-                "deploy_ms": analysis.deploy_durations(events, since=0),
-            })
-            say(f"  {point} other apps: flip commit median "
-                f"{analysis.summary(points[-1]['committed_ms'])['median']} ms")
+            flip_events = analysis.steps(events, "flip")
+            entry = figures.setdefault(point, {"committed_ms": [], "flip_step_ms": [], "deploy_ms": []})
+            entry["committed_ms"] += [e["committed_ms"] for e in flip_events if "committed_ms" in e]
+            entry["flip_step_ms"] += [e["duration_ms"] for e in flip_events]
+            entry["deploy_ms"] += analysis.deploy_durations(events, since=0)
+            say(f"  {point} other apps: flip commit median {analysis.summary(entry['committed_ms'])['median']} ms "
+                f"over {len(entry['committed_ms'])} flips")
+        points = [{"other_apps": p, "install_ms": install_ms.get(p), **figures[p]} for p in plan.scale_points]
         return {
             "settings": {"points": list(plan.scale_points), "flips_per_point": plan.flips_per_point,
+                         "order": "up from 1 to the largest point, then back down, half the flips each way",
                          "stand_ins": "one chain with one DNAT rule each, and its jump, under the run's prefix"},
             "points": points,
             "summary": analysis.scale_summary(points),

@@ -9,6 +9,7 @@ from bench.plan import DATAPATHS, SCENARIOS
 PATH_LABELS = {
     "direct": "direct to the container",
     "dnat": "deployer external port (DNAT)",
+    "dnat-addr": "DNAT via a local non-loopback address",
     "haproxy": "HAProxy (http mode)",
     "nginx": "nginx reverse proxy",
     "docker": "Docker published port",
@@ -83,11 +84,12 @@ def switch_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
         s = scenarios[name]
         flip = s["flip"]
         rows.append([SCENARIO_LABELS.get(name, name), ms(flip["committed_ms"]["median"]),
-                     ms(flip["committed_ms"]["p95"]), ms(flip["step_ms"]["median"]),
-                     ms(flip["healthy_to_flip_done_ms"]["median"]), ms(s["switch_ms"]["median"]),
-                     ms(s["deploy_ms"]["median"])])
-    return table(["scenario", "rules committed (median)", "committed p95", "flip step (median)",
-                  "healthy -> flip step done", "switch window (median)", "deploy (median)"], rows)
+                     ms(flip["committed_ms"]["p95"]), ms(flip.get("healthy_to_committed_ms", {}).get("median")),
+                     ms(flip["step_ms"]["median"]), ms(flip["healthy_to_flip_done_ms"]["median"]),
+                     ms(s["switch_ms"]["median"]), ms(s["deploy_ms"]["median"])])
+    return table(["scenario", "commit (median)", "commit p95", "healthy -> committed (median)",
+                  "flip step (median)", "healthy -> flip step done", "switch window (median)", "deploy (median)"],
+                 rows)
 
 
 def steps_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:

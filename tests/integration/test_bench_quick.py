@@ -35,7 +35,8 @@ def test_quick_bench_writes_its_results_and_removes_what_it_made(host, tmp_path)
     datapath = json.loads((results / "datapath.json").read_text())
     for client in ("host", "outside"):
         paths = datapath["summary"][client]
-        assert set(paths) == {"direct", "dnat", "haproxy", "nginx", "docker"}
+        assert set(paths) == {"direct", "dnat", "haproxy", "nginx", "docker"} | ({"dnat-addr"} if client == "host"
+                                                                                else set())
         assert all(p["rps"] and p["p50_ms"] and p["p99_ms"] for p in paths.values()), paths
         assert paths["direct"]["rps_ratio"] == 1.0
 
@@ -48,7 +49,7 @@ def test_quick_bench_writes_its_results_and_removes_what_it_made(host, tmp_path)
                 "flip", "steps_ms", "deploy_ms", "timeline"} <= set(scenario), name
     ours = deploys["scenarios"]["ours"]
     assert ours["failed_requests"] == 0 and ours["udp_stale_answers"] == 0
-    assert ours["flip"]["committed_ms"]["n"] == 3
+    assert ours["flip"]["committed_ms"]["n"] == 3 and ours["flip"]["healthy_to_committed_ms"]["n"] == 3
     assert {"pull", "start", "health", "flip", "conntrack", "drain", "stop"} <= set(ours["steps_ms"])
     # Each baseline shows its own failure.
     assert deploys["scenarios"]["stop-start"]["failed_requests"] > 0

@@ -79,7 +79,9 @@ def test_http_figures_and_the_worst_latency_around_a_switch():
 def test_a_scenario_summary_lines_up_steps_records_and_deploys():
     events = [
         {"event": "deploy.started", "wall": 1.0},
-        step("pull", 1.1, 100), step("health", 1.5, 300), step("flip", 1.55, 50, committed_ms=3.0),
+        step("pull", 1.1, 100), step("health", 1.5, 300),
+        {"event": "netfilter.write", "wall": 1.52}, {"event": "netfilter.write", "wall": 1.54},
+        step("flip", 1.55, 50, committed_ms=3.0),
         step("drain", 2.5, 900),
         {"event": "deploy.finished", "wall": 3.0},
     ]
@@ -94,6 +96,7 @@ def test_a_scenario_summary_lines_up_steps_records_and_deploys():
     assert summary["udp_sent"] == 1 and summary["udp_stale_answers"] == 0
     assert summary["flip"]["committed_ms"]["median"] == 3.0 and summary["flip"]["step_ms"]["median"] == 50
     assert summary["flip"]["healthy_to_flip_done_ms"]["median"] == pytest.approx(50.0)
+    assert summary["flip"]["healthy_to_committed_ms"]["median"] == pytest.approx(20.0), "the first write in the flip"
     assert summary["steps_ms"] == {"pull": 100, "health": 300, "flip": 50, "drain": 900}
     assert summary["deploy_ms"]["median"] == 2000
     assert summary["timeline"]["switches"] == [[1.0, 1.05]]

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from bench.plan import (Ports, RunNames, app_toml, deployer_toml, filler_chains, plan_for, prefix_of_chain,
-                        tags_for)
+                        tags_for, visits)
 from deployer import config as config_module
 
 
 def test_quick_plan_is_small_and_full_plan_has_the_issue_defaults():
     quick, full = plan_for(True), plan_for(False)
     assert (quick.deploys, quick.rounds, quick.flips_per_point) == (3, 1, 2)
+    assert full.flips_per_point == 16
     assert (full.deploys, full.scale_points) == (20, (1, 10, 100, 1000))
     assert plan_for(False, deploys=5, rounds=2).deploys == 5
     assert tags_for(quick) == ["v1", "v2", "v3", "v4"]
@@ -36,7 +37,7 @@ def test_every_port_of_every_block_stays_in_the_bench_range():
 
 def test_run_names_derive_from_the_prefix():
     names = RunNames("DB1A2B3")
-    assert (names.owner, names.network, names.bridge, names.netns_prefix) == ("db1a2b3", "db1a2b3", "db1a2b3-br",
+    assert (names.owner, names.network, names.bridge, names.netns_prefix) == ("db1a2b3", "db1a2b3", "br-db1a2b3",
                                                                               "db1a2b3")
     assert str(names.scratch) == "/tmp/deployer-bench-DB1A2B3"
     assert prefix_of_chain("DB1A2B3-ours") == "DB1A2B3" and prefix_of_chain("DB1A2B3") == "DB1A2B3"
@@ -52,7 +53,7 @@ def test_the_rendered_config_loads_and_says_what_the_bench_meant(tmp_path: Path)
     path = tmp_path / "deployer.toml"
     path.write_text(deployer_toml(names, tmp_path / "state", tmp_path / "hooks", [text]))
     config = config_module.load(path)
-    assert config.settings.chain_prefix == "DBABCDE" and config.settings.bridge == "dbabcde-br"
+    assert config.settings.chain_prefix == "DBABCDE" and config.settings.bridge == "br-dbabcde"
     app = config.app("seed")
     assert app.bind == "0.0.0.0" and app.drain_seconds == 1.5 and app.env["DRAIN_TIMEOUT"] == "3"
     assert [(p.protocol, p.external, p.blue, p.green) for p in app.ports] == [
@@ -68,3 +69,9 @@ def test_stand_in_apps_are_rendered_like_the_deployer_renders_an_app_chain():
         "f0001": ['-A DBABCDE-f0001 -p tcp -m tcp --dport 24061 -m comment --comment "f0001 blue stand-in" '
                   '-j DNAT --to-destination 198.51.100.2:8080'],
     }
+
+
+def test_scale_points_are_visited_up_then_down_with_half_the_flips_each_way():
+    assert visits((1, 10, 100), 4) == [(1, 2), (10, 2), (100, 2), (100, 2), (10, 2), (1, 2)]
+    assert visits((1, 10), 3) == [(1, 2), (10, 2), (10, 1), (1, 1)]
+    assert visits((1, 10), 1) == [(1, 1), (10, 1)]
