@@ -9,10 +9,11 @@ and a drain are each one transaction on that chain, and a deploy moves the forwa
 external ports. In maintenance mode the forward is gone too: a host that shows the maintenance page is out.
 
 `wait_idle` decides when the app is idle from conntrack: no tcp flow to its external ports is open (established
-or being set up or torn down), and none closed within the last `settle` seconds. The second condition matters:
-until the upstream notices the refused check (its interval x fall) it still opens short connections, and a
-moment with none open proves nothing. A closed flow stays in conntrack as TIME_WAIT (or CLOSE, after a reset)
-with a timer that started at the close, which dates it.
+or being set up or torn down), none closed within the last `settle` seconds, and at least `settle` seconds have
+passed since the drain. Until the upstream notices the refused check (its interval x fall) it still opens short
+connections, and a moment with none open proves nothing; so `settle` should exceed that check period. A closed
+flow stays in conntrack as TIME_WAIT (or CLOSE, after a reset) with a timer that started at the close, which
+dates it.
 """
 
 from __future__ import annotations
@@ -85,14 +86,19 @@ class IdleResult:
     waited: float  # seconds
 
 
-def wait_idle(count: Callable[[], Census], *, timeout: float, clock: Callable[[], float] = time.monotonic,
-              sleep: Callable[[float], None] = time.sleep, poll: float = 0.25) -> IdleResult:
-    """Poll until a census shows nothing open and nothing closed recently, or until `timeout`."""
+def wait_idle(count: Callable[[], Census], *, timeout: float, min_wait: float = 0.0,
+              clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+              poll: float = 0.25) -> IdleResult:
+    """Poll until a census shows nothing open and nothing closed recently, or until `timeout`.
+
+    Never idle before `min_wait`: a quiet moment right after the drain may only mean the upstream has not
+    checked yet (and an app with little traffic has such moments), so the wait covers its check period.
+    """
     started = clock()
     while True:
         now_census = count()
         waited = clock() - started
-        if now_census.open == 0 and now_census.closed_recently == 0:
+        if now_census.open == 0 and now_census.closed_recently == 0 and waited >= min_wait:
             return IdleResult(True, 0, 0, round(waited, 2))
         if waited >= timeout:
             return IdleResult(False, now_census.open, now_census.closed_recently, round(waited, 2))

@@ -186,7 +186,7 @@ def wait_drained(engine: Engine, app_name: str, *, actor: str, timeout: float, s
                  for line in engine.netfilter.conntrack_list(["-p", "tcp", "--orig-port-dst", str(port)])]
         return drain.census(lines, settle=settle, time_wait_timeout=time_wait, close_timeout=close)
 
-    result = drain.wait_idle(count, timeout=timeout, clock=engine.clock, sleep=engine.sleep)
+    result = drain.wait_idle(count, timeout=timeout, min_wait=settle, clock=engine.clock, sleep=engine.sleep)
     engine.journal.record("drain.wait", app=app.name, actor=actor, outcome="ok" if result.idle else "failed",
                           idle=result.idle, open=result.open, recent=result.recent, waited_s=result.waited)
     return result

@@ -47,13 +47,14 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "deployer drain demo --wait --timeout 120",
                 "Remove APP's status-port forward, so the upstream's health checks fail and it sends no new\n"
                 "sessions. With --wait, wait until conntrack shows none of the app's tcp connections open and none\n"
-                "closed in the last --settle seconds; exit 1 if that has not happened after --timeout.")
+                "closed in the last --settle seconds (and at least that long); exit 1 if that has not happened\n"
+                "after --timeout.")
     p.add_argument("app")
     p.add_argument("--wait", action="store_true", help="wait until the app is idle")
     p.add_argument("--timeout", type=_seconds, default=300.0, help="seconds --wait waits at most (default 300)")
-    p.add_argument("--settle", type=_seconds, default=2.0,
-                   help="seconds without a connection that count as idle (default 2; above the upstream's check "
-                        "interval x fall is safest)")
+    p.add_argument("--settle", type=_seconds, default=5.0,
+                   help="seconds without a new or closing connection that count as idle, and the least the wait "
+                        "lasts (default 5); make it longer than the upstream's check interval x fall")
 
     p = command(sub, "undrain", cmd_undrain, "put the host back into the upstream's rotation: restore the status port",
                 "deployer undrain demo")

@@ -55,3 +55,13 @@ def test_wait_idle_gives_up_at_the_timeout_with_what_is_left():
 
     result = drain.wait_idle(lambda: Census(2, 5), timeout=1.0, clock=lambda: now[0], sleep=sleep)
     assert result == drain.IdleResult(idle=False, open=2, recent=5, waited=1.0)
+
+
+def test_wait_idle_lasts_at_least_min_wait_even_when_quiet_at_once():
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    result = drain.wait_idle(lambda: Census(0, 0), timeout=10, min_wait=1.0, clock=lambda: now[0], sleep=sleep)
+    assert result == drain.IdleResult(idle=True, open=0, recent=0, waited=1.0)
