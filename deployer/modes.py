@@ -149,6 +149,9 @@ def failover_off(engine: Engine, app: AppConfig, *, container_id: str, passes: i
 
 def _with_status_port(engine: Engine, app_name: str) -> AppConfig:
     app = engine.config.app(app_name)
+    if app.host_bound:
+        raise ModeError(f"app {app.name!r} is host-bound and has no status port: point the upstream's checks at "
+                        f"its port itself", app=app.name)
     if app.status_port is None:
         raise ModeError(f"app {app.name!r} has no status_port: an upstream load balancer has nothing to check, so "
                         f"there is nothing to drain. Set [apps.{app.name}] status_port.", app=app.name)

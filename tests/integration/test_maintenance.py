@@ -15,7 +15,10 @@ import time
 import pytest
 
 from conftest import REPO, app_toml, host_address
+from deployer import retries
+from deployer.adapters.netfilter import Netfilter
 from deployer.audit import AuditLog, Query
+from deployer.rules import ChainNames
 from deployer.state import StateStore
 from support.load import Background, Load, statuses
 
@@ -94,7 +97,18 @@ def test_maintenance_on_and_off_under_load(deployer, outside, tmp_path):
     assert back["mode"] == "serving" and back["rules_match"]
 
 
-def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(deployer, outside, tmp_path):
+@pytest.fixture
+def no_retry_chain_left(deployer):
+    """The watchdog removes its mangle chain when it stops; if it was killed instead, remove it here."""
+    yield
+    netfilter = Netfilter()
+    text = retries.render_removal(retries.parse(netfilter.save_table("mangle")), ChainNames(deployer.prefix))
+    if text:
+        netfilter.restore(text)
+
+
+def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(deployer, outside, tmp_path,
+                                                                              no_retry_chain_left):
     interval, failures = 0.3, 3
     deployer.configure(app_toml("fo", external=25200, blue=25201, green=25202,
                                 extra=f"[apps.fo.watchdog]\ninterval = {interval}\nfailures = {failures}\n"
@@ -115,6 +129,7 @@ def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(de
     with Background(deployer_argv(deployer, "watch"), tmp_path / "watch.log", cwd=REPO) as watch, \
             Load(tmp_path / "load") as load:
         watch.wait_for("watching fo; maintenance responder on port 25290")
+        assert retries.parse(Netfilter().save_table("mangle")).has_chain(f"{deployer.prefix}-RETRY")
         load.start("outside", "http-new", f"{outside.host_ip}:25200", popen=outside.popen)
         load.start("loopback", "http-new", "127.0.0.1:25200")
         time.sleep(1.0)
@@ -130,6 +145,7 @@ def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(de
         time.sleep(1.5)
         load.stop()
     assert watch.process.returncode == 0, watch.output()
+    assert not retries.parse(Netfilter().save_table("mangle")).has_chain(f"{deployer.prefix}-RETRY")
 
     threshold = failures * interval
     timeline = {"killed": killed, "failed_over": failed_over, "restarted": restarted, "recovered": recovered}
