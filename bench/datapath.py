@@ -8,9 +8,12 @@ own DNAT rule instead (docker-proxy is only in the loopback path), and the repor
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import time
 from typing import Any
+
+from deployer.errors import DeployerError
 
 from bench import analysis
 from bench.drivers import EngineDriver, scratch_path
@@ -91,7 +94,8 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
     finally:
         for process in proxies:
             lab.stop(process)
-        lab.remove_containers(APP)
+        with contextlib.suppress(DeployerError):  # a gone Docker daemon: the run's cleanup does it later
+            lab.remove_containers(APP)
         lab.remove_app_chains([APP])
 
 

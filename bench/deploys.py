@@ -8,11 +8,14 @@ recorded and lined up with the journal's steps afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from deployer.errors import DeployerError
 
 from bench import analysis
 from bench.drivers import driver_for, scratch_path
@@ -39,7 +42,9 @@ def run_deploys(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[str
     errors: dict[str, str] = {}
     for name in SCENARIOS:
         try:
-            scenarios[name] = run_scenario(lab, plan, outside, name, tags)
+            scenarios[name] = lab.again_after_docker_restart(
+                name, lambda: run_scenario(lab, plan, outside, name, tags),
+                lambda: (lab.remove_containers(name), lab.remove_app_chains([name])))
             s = scenarios[name]
             say(f"  {name}: {s['deploys']} deploys, {s['failed_requests']} failed of {s['requests']} requests, "
                 f"{s['udp_unanswered']} unanswered and {s['udp_stale_answers']} stale of {s['udp_sent']} datagrams")
@@ -88,8 +93,10 @@ def run_scenario(lab: Lab, plan: Plan, outside: Any, name: str, tags: list[str])
         result["load_seconds"] = round(time.time() - load_start, 1)
         return result
     finally:
-        lab.remove_containers(name)
-        lab.remove_app_chains([name])
+        # With the Docker daemon gone this cannot finish; the retry or the run's cleanup does it later.
+        with contextlib.suppress(DeployerError):
+            lab.remove_containers(name)
+            lab.remove_app_chains([name])
 
 
 def _load(path: Path) -> list[dict[str, Any]]:

@@ -20,12 +20,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from deployer import rules
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.netfilter import Netfilter
-from deployer.errors import DeployerError
+from deployer.errors import DeployerError, DockerUnavailable
 
 from bench.plan import BLOCKS, OWNER_OF_RUN_RE, RUN_PREFIX_RE, Ports, RunNames, prefix_of_chain
 
@@ -37,6 +37,7 @@ from support import netns, owners  # noqa: E402
 DOCKER_URL = "unix:///var/run/docker.sock"
 IMAGE = "127.0.0.1:5000/deployer-bench"
 TRAFFIC = REPO / "tests" / "support" / "traffic.py"
+T = TypeVar("T")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -61,6 +62,7 @@ class Lab:
         self._images: set[str] = set()
         self._closed = False
         self._old_handlers: dict[int, Any] = {}
+        self.retried: list[str] = []  # what ran again after the Docker daemon went away
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -168,6 +170,28 @@ class Lab:
         text = rules.render_removal(live, rules.ChainNames(self.names.prefix), apps)
         if text:
             self.netfilter.restore(text)
+
+    def again_after_docker_restart(self, label: str, attempt: Callable[[], T], tidy: Callable[[], None]) -> T:
+        """Run `attempt`; if the Docker daemon goes away meanwhile (a restart by other work on the
+        machine), wait for it, `tidy` what the broken attempt left, and run it once more."""
+        try:
+            return attempt()
+        except DockerUnavailable as exc:
+            say(f"{label}: the Docker daemon went away ({exc}); waiting for it to run {label} again")
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    self.docker.ping()
+                    break
+                except DeployerError:
+                    if time.monotonic() > deadline:
+                        raise exc from None
+                    time.sleep(1)
+            self.docker.ensure_network(self.names.network, self.names.bridge)
+            self.netfilter.enable_route_localnet(self.names.bridge)
+            tidy()
+            self.retried.append(label)
+            return attempt()
 
     # --- closing ----------------------------------------------------------------------------------
 

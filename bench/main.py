@@ -73,7 +73,7 @@ def run(plan: Plan, parts: list[str], results: Path, markdown: Path, command: st
     with Lab() as lab:
         owner = {"prefix": lab.names.prefix, "ports": [lab.ports.base, lab.ports.base + 99] if lab.ports else None}
         with timed("building images"):
-            lab.build_images(tags)
+            lab.again_after_docker_restart("building images", lambda: lab.build_images(tags), lambda: None)
         outside = lab.outside()
         from bench.datapath import run_datapath
         from bench.deploys import run_deploys
@@ -87,11 +87,12 @@ def run(plan: Plan, parts: list[str], results: Path, markdown: Path, command: st
         for part in parts:
             try:
                 with timed(part) as took:
-                    outputs[part] = steps[part]()
+                    outputs[part] = lab.again_after_docker_restart(part, steps[part], lambda: lab.remove_containers())
                 outputs[part]["seconds"] = took["seconds"]
             except Exception as exc:  # report the other parts all the same
                 traceback.print_exc()
                 errors[part] = f"{type(exc).__name__}: {exc}"
+        retried = list(lab.retried)
         for name, error in outputs.get("deploys", {}).get("errors", {}).items():
             errors[f"deploys/{name}"] = error
     duration = round(time.monotonic() - started, 1)
@@ -108,6 +109,7 @@ def run(plan: Plan, parts: list[str], results: Path, markdown: Path, command: st
         "tools": tool_versions(),
         "load_average": {"start": load_start, "end": machine.load_average()},
         "errors": errors,
+        "retried_after_dockerd_restart": retried,
     }
     run_info["targets"] = analysis.targets(outputs.get("datapath"), outputs.get("deploys"), outputs.get("scale"),
                                            duration_s=duration, quick=plan.quick)

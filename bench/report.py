@@ -64,6 +64,9 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
         tables.targets_table(run["targets"]),
         "",
     ]
+    if run.get("retried_after_dockerd_restart"):
+        out += ["The Docker daemon was restarted by other work on the machine during this run; these parts ran "
+                "again from the start once it answered: " + ", ".join(run["retried_after_dockerd_restart"]) + ".", ""]
     if run.get("errors"):
         out += ["Parts that failed in this run: " + "; ".join(f"{k}: {v}" for k, v in run["errors"].items()), ""]
     if datapath:

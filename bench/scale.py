@@ -7,11 +7,14 @@ containers and no traffic. The measured app is deployed by the real engine, back
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from typing import Any
 
 from deployer import rules
+
+from deployer.errors import DeployerError
 
 from bench import analysis
 from bench.drivers import EngineDriver
@@ -63,5 +66,6 @@ def run_scale(lab: Lab, plan: Plan, tags: list[str]) -> dict[str, Any]:
             "summary": analysis.scale_summary(points),
         }
     finally:
-        lab.remove_containers(APP)
+        with contextlib.suppress(DeployerError):  # a gone Docker daemon: the run's cleanup does it later
+            lab.remove_containers(APP)
         lab.remove_app_chains([APP, *(filler_name(i) for i in range(installed))])
