@@ -111,8 +111,12 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _run_until(stop: threading.Event, *targets: Callable[[], None]) -> int:
-    """Run each target in a thread until `stop`; if one dies of an error, stop the rest and exit 1."""
+def _run_until(stop: threading.Event, *targets: Callable[[], None], ready: threading.Event | None = None,
+               announce: str = "") -> int:
+    """Run each target in a thread until `stop`; if one dies of an error, stop the rest and exit 1.
+
+    `announce` is printed once `ready` is set: scripts wait for that line.
+    """
     failures: list[BaseException] = []
 
     def guarded(target: Callable[[], None]) -> None:
@@ -125,6 +129,11 @@ def _run_until(stop: threading.Event, *targets: Callable[[], None]) -> int:
     threads = [threading.Thread(target=guarded, args=(t,), daemon=True) for t in targets]
     for thread in threads:
         thread.start()
+    if ready is not None:
+        while not ready.wait(0.1) and not stop.is_set():
+            pass
+    if announce and (ready is None or ready.is_set()):
+        print(announce, flush=True)
     while not stop.wait(0.5):
         pass
     for thread in threads:
@@ -140,8 +149,8 @@ def cmd_maintenance_server(args: argparse.Namespace) -> int:
     config: Config = args.loaded_config
     stop = _stop_on_signals()
     server = responder.make_server(config)  # binds now, so a taken port fails before anything else
-    print(f"maintenance responder on port {config.settings.maintenance_port}", flush=True)
-    return _run_until(stop, lambda: responder.serve(config, stop, server))
+    return _run_until(stop, lambda: responder.serve(config, stop, server),
+                      announce=f"maintenance responder on port {config.settings.maintenance_port}")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -150,14 +159,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     config: Config = args.loaded_config
     stop = _stop_on_signals()
-    targets = [lambda: run_watchdog(config, stop)]
+    ready = threading.Event()
+    targets = [lambda: run_watchdog(config, stop, ready=ready)]
     if not args.no_responder:
         server = responder.make_server(config)  # a taken port fails now, not in a thread
         targets.append(lambda: responder.serve(config, stop, server))
     names = ", ".join(a.name for a in watched_apps(config)) or "no app (every watchdog is disabled)"
-    print(f"watching {names}" + ("" if args.no_responder else
-                                 f"; maintenance responder on port {config.settings.maintenance_port}"), flush=True)
-    return _run_until(stop, *targets)
+    return _run_until(stop, *targets, ready=ready, announce=f"watching {names}" + (
+        "" if args.no_responder else f"; maintenance responder on port {config.settings.maintenance_port}"))
 
 
 def cmd_drain(args: argparse.Namespace) -> int:

@@ -115,8 +115,12 @@ def _probe_active(app: AppConfig, state: AppState) -> ProbeResult:
     return probe_for(app.health, app.bind, app.port_for(app.health.port).set_port(state.active.port_set))()
 
 
-def run_watchdog(config: Config, stop: threading.Event, *, journal: Journal | None = None) -> None:
-    """Watch every app with the watchdog enabled until `stop` is set; for `deployer watch` and the server."""
+def run_watchdog(config: Config, stop: threading.Event, *, journal: Journal | None = None,
+                 ready: threading.Event | None = None) -> None:
+    """Watch every app with the watchdog enabled until `stop` is set; for `deployer watch` and the server.
+
+    `ready` is set once the retry rules are in place and every app is watched.
+    """
     from deployer.runtime import build_engine, build_journal
 
     journal = journal or build_journal(config)
@@ -129,6 +133,8 @@ def run_watchdog(config: Config, stop: threading.Event, *, journal: Journal | No
     try:
         for thread in threads:
             thread.start()
+        if ready is not None:
+            ready.set()
         stop.wait()
         for thread in threads:
             thread.join()
