@@ -150,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("sh").setLevel(logging.WARNING)  # it logs every process start at INFO
     try:
-        args.loaded_config = config_module.load(config_module.config_path(args.config))
+        # A client command (redeploy) runs on an operator's machine, which has no config file.
+        needs_config = getattr(args, "needs_config", True)
+        args.loaded_config = config_module.load(config_module.config_path(args.config)) if needs_config else None
         return args.handler(args)
     except DeployerError as exc:
         print(f"deployer: {exc}", file=sys.stderr)
