@@ -53,7 +53,8 @@ def chain_rules(names: ChainNames, apps: Iterable[AppConfig], maintenance_port: 
             for rule in app_rules(names, app, maintenance_port)]
 
 
-def render_ensure(live: NatTable, names: ChainNames, apps: Mapping[str, AppConfig], maintenance_port: int) -> str | None:
+def render_ensure(live: NatTable, names: ChainNames, apps: Mapping[str, AppConfig],
+                  maintenance_port: int) -> str | None:
     """One transaction that makes the chain and its PREROUTING jump what the config says; None if they are."""
     wanted = chain_rules(names, apps.values(), maintenance_port)
     lines = []

@@ -232,7 +232,7 @@ def ensure_retries(engine: Engine, apps: list[AppConfig]) -> None:
     """Write the mangle chain that turns these apps' refused handshakes into retries (see retries.py)."""
     with engine._netfilter_lock():
         live = retries.parse(engine.netfilter.save_table(retries.TABLE))
-        text = retries.render_ensure(live, engine.names, apps)
+        text = retries.render_ensure(live, engine.names, apps, engine.settings.bridge)
         if text:
             engine.netfilter.restore(text)
 

@@ -5,12 +5,15 @@ its kernel answers new connections with a reset, and the client reports "connect
 watchdog could notice. One owned chain in the mangle table, jumped to from PREROUTING (where replies from the
 containers come in, for outside and local clients alike), drops such resets:
 
-    -p tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdstport PORT ! --ctstatus ASSURED --ctdir REPLY
+    -i BRIDGE -p tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdstport PORT ! --ctstatus ASSURED
+    --ctdir REPLY
 
-that is, a reset sent back on one of the app's DNATed connections that never completed its handshake. A reset
-on an established connection (ASSURED) passes. The client, having no answer, sends its SYN again a second later;
-conntrack has seen the reset and closed the entry, so the new SYN passes the nat table again and takes the rules
-of that moment: the maintenance page once the watchdog has flipped, or the instance if it came back.
+that is, a reset that an instance (on the deployer's bridge) sent back on one of the app's DNATed connections that
+never completed its handshake. A reset on an established connection (ASSURED) passes, and so does anything that
+does not come from an instance (an app forwarded to another host, for one). The client, having no answer, sends
+its SYN again a second later; conntrack has seen the reset and closed the entry, so the new SYN passes the nat
+table again and takes the rules of that moment: the maintenance page once the watchdog has flipped, or the
+instance if it came back.
 
 Only while a watchdog runs: without one, a dead instance's clients would wait for a timeout instead of a quick
 refusal. So `deployer watch` (and the server) writes the chain when it starts and removes it when it stops.
@@ -34,13 +37,14 @@ def jump(names: ChainNames) -> str:
     return f"-A PREROUTING -j {chain(names)}"
 
 
-def chain_rules(names: ChainNames, apps: Iterable[AppConfig]) -> list[str]:
+def chain_rules(names: ChainNames, apps: Iterable[AppConfig], bridge: str) -> list[str]:
     rules = []
     for app in sorted(apps, key=lambda a: a.name):
         for port in sorted({p.external for p in app.ports if p.protocol == "tcp"}):
-            rules.append(f"-A {chain(names)} -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT "
-                         f"--ctorigdstport {port} ! --ctstatus ASSURED --ctdir REPLY -m comment --comment "
-                         f"{save_string(f'{app.name}: a refusal of its instance becomes a retry')} -j DROP")
+            comment = save_string(f"{app.name}: a refusal of its instance becomes a retry")
+            rules.append(f"-A {chain(names)} -i {bridge} -p tcp -m tcp --tcp-flags RST RST -m conntrack "
+                         f"--ctstate DNAT --ctorigdstport {port} ! --ctstatus ASSURED --ctdir REPLY "
+                         f"-m comment --comment {comment} -j DROP")
     return rules
 
 
@@ -60,9 +64,9 @@ def parse(saved: str) -> NatTable:
     return table
 
 
-def render_ensure(live: NatTable, names: ChainNames, apps: Iterable[AppConfig]) -> str | None:
+def render_ensure(live: NatTable, names: ChainNames, apps: Iterable[AppConfig], bridge: str) -> str | None:
     """One transaction that makes the chain hold these apps' rules, jumped to first in PREROUTING."""
-    wanted = chain_rules(names, apps)
+    wanted = chain_rules(names, apps, bridge)
     lines = []
     if not live.has_chain(chain(names)) or live.rules(chain(names)) != wanted:
         lines += [f":{chain(names)} - [0:0]", *wanted]

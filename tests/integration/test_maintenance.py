@@ -144,11 +144,16 @@ def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(de
         recovered = wait_mode("serving")
         time.sleep(1.5)
         load.stop()
+        # How many resets of the dying instance became retries (it depends on timing, so it is only recorded).
+        saved = subprocess.run(["iptables-save", "-c", "-t", "mangle"], capture_output=True, text=True).stdout
+        retried = sum(int(line[1:].split(":", 1)[0]) for line in saved.splitlines()
+                      if line.startswith("[") and f"-A {deployer.prefix}-RETRY " in line)
     assert watch.process.returncode == 0, watch.output()
     assert not retries.parse(Netfilter().save_table("mangle")).has_chain(f"{deployer.prefix}-RETRY")
 
     threshold = failures * interval
-    timeline = {"killed": killed, "failed_over": failed_over, "restarted": restarted, "recovered": recovered}
+    timeline = {"killed": killed, "failed_over": failed_over, "restarted": restarted, "recovered": recovered,
+                "resets_retried": retried}
     (tmp_path / "timeline.json").write_text(json.dumps(timeline))  # to read when a run fails
     for name in ("outside", "loopback"):
         records = load.records(name)

@@ -233,10 +233,10 @@ def test_an_own_page_gets_app_and_message_filled_in():
 # --- the watchdog's retry rules (mangle) -----------------------------------------------------------
 
 RETRY_RULES = [
-    "-A DEPLOYER-RETRY -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdstport 1000 "
+    "-A DEPLOYER-RETRY -i deployer0 -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdstport 1000 "
     '! --ctstatus ASSURED --ctdir REPLY -m comment --comment "demo: a refusal of its instance becomes a retry" '
     "-j DROP",
-    "-A DEPLOYER-RETRY -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdstport 1443 "
+    "-A DEPLOYER-RETRY -i deployer0 -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdstport 1443 "
     '! --ctstatus ASSURED --ctdir REPLY -m comment --comment "demo: a refusal of its instance becomes a retry" '
     "-j DROP",
 ]
@@ -255,15 +255,15 @@ COMMIT
 
 
 def test_retry_rules_drop_only_resets_of_unfinished_handshakes_on_tcp_ports():
-    assert retries.chain_rules(NAMES, [DEMO]) == RETRY_RULES
-    assert retries.render_ensure(NatTable(), NAMES, [DEMO]) == "\n".join(
+    assert retries.chain_rules(NAMES, [DEMO], "deployer0") == RETRY_RULES
+    assert retries.render_ensure(NatTable(), NAMES, [DEMO], "deployer0") == "\n".join(
         ["*mangle", ":DEPLOYER-RETRY - [0:0]", *RETRY_RULES, "-I PREROUTING 1 -j DEPLOYER-RETRY", "COMMIT", ""])
 
 
 def test_retry_rules_in_place_are_read_back_and_left_alone_then_removed():
     live = retries.parse(SAVED_MANGLE.format(rules="\n".join(RETRY_RULES)))
     assert live.rules("PREROUTING") == ["-A PREROUTING -j DEPLOYER-RETRY"]
-    assert retries.render_ensure(live, NAMES, [DEMO]) is None
+    assert retries.render_ensure(live, NAMES, [DEMO], "deployer0") is None
     assert retries.render_removal(live, NAMES) == "\n".join(
         ["*mangle", "-D PREROUTING -j DEPLOYER-RETRY", "-F DEPLOYER-RETRY", "-X DEPLOYER-RETRY", "COMMIT", ""])
     assert retries.render_removal(NatTable(), NAMES) is None
