@@ -109,7 +109,7 @@ def run(entries: int, out: Path, runs: int = 20) -> dict:
         fill(log, entries, now)
         fill_s = time.perf_counter() - begin
         single, _ = timed(lambda: log.append({"event": "bench.single", "actor": "bench"}), 200)
-        db_bytes = sum(p.stat().st_size for p in Path(folder).glob("audit.db*"))
+        db_bytes = sum(p.stat().st_size for p in log.path.parent.glob("audit.db*"))
 
         rows = []
         for name, args in QUERIES.items():

@@ -1,9 +1,10 @@
 """The audit log: a durable, append-only, hash-chained record of what happened to the host.
 
-Storage is one SQLite file, `<state_dir>/audit.db`, in WAL mode, so the web workers, the deploy
-worker and every CLI append at once. An append reads the head of the chain and inserts the next
-entry in one `BEGIN IMMEDIATE` transaction: appends queue behind each other, none is lost and
-none forks the chain.
+Storage is one SQLite file, `<state_dir>/audit/audit.db`, in WAL mode, so the web workers, the
+deploy worker and every CLI append at once. An append reads the head of the chain and inserts the
+next entry in one `BEGIN IMMEDIATE` transaction: appends queue behind each other, none is lost and
+none forks the chain. The folder is shared with the receiver's group like the queue's (see
+folders.py), so an unprivileged receiver records its deliveries and manual requests too.
 
 Each entry stores its canonical JSON (every field, its own `seq` included) and
 hash = SHA-256(prev_hash + canonical JSON). Editing, removing or reordering a row breaks the
@@ -33,12 +34,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from deployer.errors import AuditError
+from deployer.folders import share_folder
 from deployer.journal import Event, utc_now
 
 log = logging.getLogger("deployer.audit")
 
 GENESIS = "0" * 64
-DB_NAME = "audit.db"
+FOLDER = "audit"
+DB_NAME = "audit.db"  # <state_dir>/audit/audit.db; before the folder, <state_dir>/audit.db
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 60_000
 COLUMNS = ("ts", "event", "app", "actor", "job", "outcome")
@@ -420,39 +423,61 @@ def deploy_span(entries: Iterable[Entry]) -> list[Entry]:
 # --- the store (thin) ----------------------------------------------------------------------------
 
 
+def audit_path(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / FOLDER / DB_NAME
+
+
 class AuditLog:
     """The audit database of one state folder. One connection per process and thread."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, legacy: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
+        self.legacy = Path(legacy) if legacy is not None else None  # where an older deployer kept it
         self._local = threading.local()
 
     @classmethod
     def for_state_dir(cls, state_dir: str | os.PathLike[str]) -> "AuditLog":
-        return cls(Path(state_dir) / DB_NAME)
+        return cls(audit_path(state_dir), legacy=Path(state_dir) / DB_NAME)
+
+    def location(self) -> Path:
+        """The log's file: `path`, after moving a log from `legacy` there when it can (see `move_log`)."""
+        if self.legacy is None or self.path.exists() or not self.legacy.exists():
+            return self.path
+        return self.path if move_log(self.legacy, self.path) else self.legacy
+
+    def open(self) -> Path:
+        """Create the log and its schema now, as the privileged side does before the receiver starts."""
+        self._connect(create=True)
+        return self._local.path
 
     # connections: a connection must not cross a fork (gunicorn) or a thread
     def _connect(self, *, create: bool) -> sqlite3.Connection | None:
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             return conn
-        if not create and not self.path.exists():
+        path = self.location()
+        if not create and not path.exists():
             return None
         try:
-            if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(FileExistsError):
-                    os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                   check_same_thread=False)
+            if path != self.path:  # a log not moved yet is used where it is, never created there
+                conn = sqlite3.connect(path.absolute().as_uri() + "?mode=rw", uri=True,
+                                       timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+            else:
+                if create:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with contextlib.suppress(FileExistsError):
+                        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+                conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                       check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                with _init_lock(self.path):
+            if (conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION
+                    or conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal"):  # new, or just moved
+                with _init_lock(path):
                     self._create_schema(conn)
             conn.execute("PRAGMA synchronous = FULL")  # an audit entry must survive a power loss
         except (sqlite3.Error, OSError) as exc:
-            raise AuditError(f"cannot open the audit log {self.path}: {exc}", path=str(self.path)) from None
-        self._local.conn, self._local.pid = conn, os.getpid()
+            raise AuditError(f"cannot open the audit log {path}: {exc}", path=str(path)) from None
+        self._local.conn, self._local.pid, self._local.path = conn, os.getpid(), path
         return conn
 
     @staticmethod
@@ -584,6 +609,59 @@ def _init_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def move_log(old: Path, new: Path) -> bool:
+    """Move a log kept where an older deployer kept it (`<state_dir>/audit.db`) to `new`, once.
+
+    A WAL database is three files that every process using it holds open: moving them under a
+    running process would split the log in two. Leaving WAL mode needs the only connection to the
+    database, so it succeeds only when no other process has the log open, and leaves one
+    self-contained file to rename. In use, or without the rights to move it (the receiver),
+    the log stays where it is and is used there; a later open moves it. True when it is at `new`.
+    """
+    try:
+        new.parent.mkdir(parents=True, exist_ok=True)
+        with _init_lock(new):
+            if new.exists():
+                return True
+            conn = sqlite3.connect(old.absolute().as_uri() + "?mode=rw", uri=True, timeout=0, isolation_level=None)
+            try:
+                if conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0] != "delete":
+                    return False
+            finally:
+                conn.close()
+            os.rename(old, new)
+    except (sqlite3.Error, OSError) as exc:
+        log.info("audit: the audit log stays at %s for now: %s", old, exc)
+        return False
+    with contextlib.suppress(OSError):
+        old.with_name(old.name + ".init-lock").unlink()
+    log.info("audit: moved the audit log from %s to %s", old, new)
+    return True
+
+
+def prepare_folder(state_dir: str | os.PathLike[str], group: str | None = None) -> Path:
+    """Create the audit folder and log with the modes that let `group` append; returns where the log is.
+
+    Run by the privileged side (serve, worker) before the receiver starts, like the queue's
+    `prepare_folder`. A log at the old place is moved in first; while another process holds it
+    open it stays there unshared (the receiver's records then reach the log output only) and the
+    next start moves it.
+    """
+    audit_log = AuditLog.for_state_dir(state_dir)
+    try:
+        where = audit_log.open()  # the schema, created by the privileged side
+    except AuditError as exc:  # like every audit failure, it must not stop deploys
+        log.warning("audit: %s; records reach the log output only", exc)
+        return audit_log.path
+    finally:
+        audit_log.close()
+    if where != audit_log.path:
+        log.warning("audit: %s is in use by another process and stays there until the next start; "
+                    "until then the receiver cannot write it", where)
+        return where
+    return share_folder(state_dir, FOLDER, DB_NAME, group)
 
 
 @contextlib.contextmanager

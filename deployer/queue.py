@@ -15,12 +15,10 @@ whose worker died, or whose app was busy, goes back to queued. No job is ever de
 from __future__ import annotations
 
 import contextlib
-import grp
 import json
 import os
 import secrets
 import sqlite3
-import stat
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,16 +26,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from deployer.errors import StateError, Unauthorized
+from deployer.folders import share_folder
 
 FOLDER = "queue"
 DB_NAME = "jobs.db"
 BUSY_TIMEOUT_MS = 30_000
 TERMINAL = frozenset({"succeeded", "failed", "superseded", "skipped"})
 WAITING = frozenset({"queued", "running"})
-# The queue folder is shared with the receiver's group: setgid keeps that group on new files,
-# group-writable so SQLite can create its -wal and -shm files whoever opens the database first.
-FOLDER_MODE = 0o2770
-FILE_MODE = 0o660
 
 # Named migrations, applied once each, in order (never edit one that has shipped: add another).
 MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -169,34 +164,9 @@ def queue_path(state_dir: str | os.PathLike[str]) -> Path:
 def prepare_folder(state_dir: str | os.PathLike[str], group: str | None = None) -> Path:
     """Create the queue folder and database file with the modes that let `group` enqueue.
 
-    Run by the privileged side (serve, worker) before the receiver starts. The state folder gets
-    group read and search only: the receiver can reach the queue, but not change app records or locks.
+    Run by the privileged side (serve, worker) before the receiver starts; see `folders.share_folder`.
     """
-    root = Path(state_dir)
-    folder = root / FOLDER
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        folder.mkdir(exist_ok=True)
-        path = folder / DB_NAME
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
-        if group is not None:
-            gid = grp.getgrnam(group).gr_gid
-            os.chown(root, -1, gid)
-            os.chmod(root, stat.S_IMODE(os.stat(root).st_mode) | 0o050)
-            os.chown(folder, -1, gid)
-            for entry in folder.iterdir():
-                if entry.name.startswith(DB_NAME):
-                    os.chown(entry, -1, gid)
-                    os.chmod(entry, FILE_MODE)
-        os.chmod(folder, FOLDER_MODE if group is not None else 0o700)
-        if group is None:
-            os.chmod(path, 0o600)
-    except KeyError:
-        raise StateError(f"group {group!r} does not exist (create it: groupadd --system {group})") from None
-    except OSError as exc:
-        raise StateError(f"cannot prepare the queue folder {folder}: {exc.strerror}") from None
-    return path
+    return share_folder(state_dir, FOLDER, DB_NAME, group)
 
 
 class Queue:

@@ -99,10 +99,12 @@ def start_gunicorn(config: Config, log: Any = None) -> subprocess.Popen:
 
 
 def _prepare(config: Config):
+    from deployer import audit
     from deployer.queue import Queue, prepare_folder
 
     group = config.server.group if os.geteuid() == 0 else None
     prepare_folder(config.settings.state_dir, group)
+    audit.prepare_folder(config.settings.state_dir, group)  # the receiver records deliveries there
     queue = Queue.for_state_dir(config.settings.state_dir)
     queue.worker_status()  # creates the tables now, as the privileged user
     return queue

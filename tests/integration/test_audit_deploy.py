@@ -46,7 +46,8 @@ def trail(entries) -> list[tuple]:
 
 
 def secret_absent(deployer, *texts: str) -> None:
-    stored = b"".join(p.read_bytes() for p in (deployer.root / "state").glob("audit.db*"))
+    stored = b"".join(p.read_bytes() for p in (deployer.root / "state" / "audit").glob("audit.db*"))
+    assert stored  # the log is where this looks
     assert SECRET.encode() not in stored
     for text in texts:
         assert SECRET not in text

@@ -27,6 +27,7 @@ import requests
 
 from conftest import IMAGE, REPO, Deployer, app_toml, http_get
 from deployer import signatures
+from deployer.audit import AuditLog, Query
 from deployer.queue import TERMINAL, Queue
 from support.fake_github import FakeGitHub, free_port
 
@@ -547,6 +548,13 @@ def test_the_receiver_runs_unprivileged_and_only_enqueues(deployer, images):
         assert all(gid == nogroup for _, gid in modes.values()), modes
         app_state = shared / "state" / "apps" / "web.json"
         assert stat.S_IMODE(app_state.stat().st_mode) & 0o077 == 0  # the receiver cannot read the app records
+        # The receiver recorded the delivery in the audit log itself: its folder is shared like the queue's.
+        audit_log = AuditLog.for_state_dir(shared / "state")
+        [delivery] = audit_log.query(Query(event=("delivery",)))
+        assert (delivery.get("verdict"), delivery.get("job")) == ("queued", job["id"])
+        assert audit_log.verify().ok
+        audit_folder = audit_log.path.parent
+        assert (stat.S_IMODE(audit_folder.stat().st_mode), audit_folder.stat().st_gid) == (0o2770, nogroup)
     finally:
         if receiver is not None and receiver.is_alive():
             receiver.kill()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import grp
 import logging
+import os
 import sqlite3
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -356,8 +359,78 @@ def test_build_journal_adds_the_audit_sink_for_the_state_dir(tmp_path):
         "image": "registry.example/web", "ports": [{"external": 8000, "container": 80, "blue": 8001, "green": 8002}],
     }}}, path=tmp_path / "deployer.toml", environ={})
     build_journal(config).record("deploy.started", app="web", actor="cli:ann")
-    entries = AuditLog(tmp_path / "state" / "audit.db").query(Query())
+    entries = AuditLog(tmp_path / "state" / "audit" / "audit.db").query(Query())
     assert [(e.event, e.get("app"), e.get("actor")) for e in entries] == [("deploy.started", "web", "cli:ann")]
+
+
+# --- where the log lives: its own folder, shared with the receiver's group ------------------------
+
+
+def modes(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (stat.S_IMODE(p.stat().st_mode), p.stat().st_gid) for p in folder.iterdir()}
+
+
+def test_the_log_lives_in_its_own_folder(log, tmp_path):
+    assert log.path == tmp_path / "state" / "audit" / "audit.db"
+    fill(log, 1)
+    assert log.path.exists() and not (tmp_path / "state" / "audit.db").exists()
+
+
+def test_prepare_folder_shares_the_log_and_its_wal_with_the_receivers_group(tmp_path):
+    group = grp.getgrgid(os.getgid()).gr_name
+    path = audit.prepare_folder(tmp_path / "state", group)
+    assert path == tmp_path / "state" / "audit" / "audit.db"
+    assert (stat.S_IMODE(path.parent.stat().st_mode), path.parent.stat().st_gid) == (0o2770, os.getgid())
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) & 0o050 == 0o050
+    log = AuditLog.for_state_dir(tmp_path / "state")
+    assert log.query(Query()) == [] and log.verify().ok  # the schema is there already
+    log.append({"event": "delivery", "verdict": "rejected"})  # opens the WAL, as a receiver's append would
+    found = modes(path.parent)
+    assert {"audit.db", "audit.db-wal", "audit.db-shm"} <= set(found)
+    assert all(mode == (0o660, os.getgid()) for mode in found.values()), found
+
+
+def test_prepare_folder_without_a_group_keeps_the_log_private(tmp_path):
+    path = audit.prepare_folder(tmp_path / "state")
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def old_log(tmp_path: Path, count: int = 3) -> AuditLog:
+    """A log where deployers before the audit folder kept it: <state_dir>/audit.db."""
+    old = AuditLog(tmp_path / "state" / "audit.db")
+    fill(old, count)
+    return old
+
+
+def test_a_log_at_the_old_place_is_moved_into_the_folder_on_first_open(tmp_path):
+    old = old_log(tmp_path)
+    head = old.verify().head_hash
+    old.close()
+    log = AuditLog.for_state_dir(tmp_path / "state")
+    assert [e.seq for e in log.query(Query())] == [3, 2, 1]
+    assert log.path.exists() and not old.path.exists()
+    assert not list((tmp_path / "state").glob("audit.db*"))  # no -wal, -shm or lock left behind
+    log.append({"event": "deploy.started", "app": "web"})
+    verdict = log.verify()
+    assert (verdict.ok, verdict.checked, verdict.head_seq) == (True, 4, 4)
+    assert log.query(Query(after=3))[0].prev_hash == head  # the chain goes on from where it was
+    assert sqlite3.connect(log.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_log_at_the_old_place_stays_there_while_another_process_has_it_open(tmp_path):
+    old = old_log(tmp_path)  # its connection stays open, as a running deployer's would
+    log = AuditLog.for_state_dir(tmp_path / "state")
+    log.append({"event": "deploy.started", "app": "web"})
+    assert not log.path.exists()
+    assert [e.seq for e in old.query(Query())] == [4, 3, 2, 1]  # one log, written where it is
+    assert audit.prepare_folder(tmp_path / "state", grp.getgrgid(os.getgid()).gr_name) == old.path
+    assert not log.path.exists()  # no empty log made beside it: the chain is not restarted
+    old.close()
+    log.close()
+    moved = AuditLog.for_state_dir(tmp_path / "state")
+    assert moved.verify().head_seq == 4 and moved.verify().ok
+    assert moved.path.exists() and not old.path.exists()
 
 
 # --- timelines -----------------------------------------------------------------------------------
