@@ -169,6 +169,7 @@ class ServerConfig:
     max_body_bytes: int = 1024 * 1024
     github_secret: str | None = field(default=None, repr=False)  # unset: every delivery is refused
     operators: Mapping[str, OperatorKey] = field(default_factory=dict)
+    audit_token: str | None = field(default=None, repr=False)  # a bearer token that may read GET /audit only
     job_timeout: float = 1800.0
     github_api: str = "https://api.github.com"
     user: str | None = None  # the receiver drops to this account when serve starts as root
@@ -217,6 +218,7 @@ class Config:
         values = [r.password for r in self.registries.values() if r.password]
         values += [self.server.github_secret] if self.server.github_secret else []
         values += [key.secret for key in self.server.operators.values()]
+        values += [self.server.audit_token] if self.server.audit_token else []
         values += [app.asset.token for app in self.apps.values() if app.asset and app.asset.token]
         return values
 
@@ -546,7 +548,8 @@ def _parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, st
     if not isinstance(data, dict):
         raise ConfigError("must be a table", path=path, key="server")
     allowed = {"listen", "workers", "max_body_bytes", "github_secret", "github_secret_file", "github_secret_env",
-               "operators", "job_timeout", "github_api", "user", "group"}
+               "operators", "job_timeout", "github_api", "user", "group", "audit_token", "audit_token_file",
+               "audit_token_env"}
     _only_keys(data, allowed, path=path, where="server")
     key = lambda k: f"server.{k}"  # noqa: E731
     defaults = ServerConfig()
@@ -584,6 +587,11 @@ def _parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, st
 
     github_secret = read_secret(data, "github_secret", path=path, base=base, environ=environ, where="server",
                                 secret_env_names=secret_env_names, required=False)
+    audit_token = read_secret(data, "audit_token", path=path, base=base, environ=environ, where="server",
+                              secret_env_names=secret_env_names, required=False)
+    if audit_token is not None and len(audit_token) < MIN_OPERATOR_SECRET:
+        raise ConfigError(f"the token is shorter than {MIN_OPERATOR_SECRET} characters; "
+                          "make one with: openssl rand -hex 32", path=path, key=key("audit_token"))
 
     operators_data = data.get("operators", {})
     if not isinstance(operators_data, dict):
@@ -609,6 +617,7 @@ def _parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, st
         max_body_bytes=max_body,
         github_secret=github_secret,
         operators=operators,
+        audit_token=audit_token,
         job_timeout=_positive(data, "job_timeout", defaults.job_timeout, path=path, key=key("job_timeout")),
         github_api=github_api.rstrip("/"),
         user=accounts["user"],

@@ -29,9 +29,9 @@ REJECTIONS = {400: MalformedRequest, 401: Unauthorized, 404: UnknownApp, 413: Pa
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
     command(sub, "serve", cmd_serve, "run the webhook receiver (gunicorn) and the deploy worker",
             "deployer serve",
-            "Serve POST /hooks/github, POST /deploy, GET /jobs/<id> and GET /healthz with gunicorn on\n"
-            "[server] listen, and run the deploy worker, which reconciles every app first. As root with\n"
-            "[server] user and group set, gunicorn runs as that user: it only enqueues; the worker\n"
+            "Serve POST /hooks/github, POST /deploy, GET /jobs/<id>, GET /audit and GET /healthz with\n"
+            "gunicorn on [server] listen, and run the deploy worker, which reconciles every app first. As\n"
+            "root with [server] user and group set, gunicorn runs as that user: it only enqueues; the worker\n"
             "alone uses Docker and netfilter. SIGTERM waits for a running deploy; a second one stops it.")
     command(sub, "worker", cmd_worker, "run only the deploy worker (when gunicorn runs separately)",
             "deployer worker",

@@ -7,6 +7,10 @@ The manual scheme (documented in docs/server.md, so a client in any language can
 
     canonical = "deployer-v1\\n" METHOD "\\n" PATH "\\n" KEY_ID "\\n" TIMESTAMP "\\n" NONCE "\\n" hex(SHA-256(body))
     X-Deployer-Signature: v1=hex(HMAC-SHA256(secret, canonical))
+
+PATH includes the query string exactly as sent (see `request_target`), so a signed GET /audit
+cannot be replayed with other filters. GET /audit also takes a read-only bearer token
+(`verify_bearer`), which no other route accepts.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ KEY_HEADER = "X-Deployer-Key"
 TIMESTAMP_HEADER = "X-Deployer-Timestamp"
 NONCE_HEADER = "X-Deployer-Nonce"
 SIGNATURE_HEADER = "X-Deployer-Signature"
+AUTHORIZATION_HEADER = "Authorization"  # Bearer <audit token>
 
 SCHEME = "deployer-v1"
 WINDOW_SECONDS = 300
@@ -70,8 +75,22 @@ class SignedHeaders:
     signature: str  # "v1=<hex>"
 
 
+def request_target(path: str, query_string: bytes | str = b"") -> str:
+    """The PATH line of the canonical string: the path, then `?` and the query string exactly as sent.
+
+    The query is bound byte for byte, not decoded, re-encoded or sorted: a client signs the very
+    text it puts after `?` in its request line (`/audit?app=demo&since=24h`), and changing, adding,
+    removing or reordering a parameter breaks the signature. No query, or an empty one, signs the bare path.
+    """
+    query = query_string.decode("latin-1") if isinstance(query_string, bytes) else query_string
+    return f"{path}?{query}" if query else path
+
+
 def canonical_string(method: str, path: str, key_id: str, timestamp: int, nonce: str, body: bytes) -> str:
-    """What a manual request's signature covers: a replay to another route or with another body fails."""
+    """What a manual request's signature covers: a replay to another route, query or body fails.
+
+    `path` is the `request_target`: the path and its query string.
+    """
     return "\n".join([SCHEME, method.upper(), path, key_id, str(timestamp), nonce, body_sha256(body)])
 
 
@@ -123,6 +142,21 @@ def verify_manual(secrets: Mapping[str, str], signed: SignedHeaders, *, method: 
                                                          signed.nonce, body))
     if not hmac.compare_digest(signed.signature.encode("utf-8", "replace"), expected.encode("ascii")):
         raise Unauthorized(f"{SIGNATURE_HEADER} does not match the request")
+
+
+def verify_bearer(token: str | None, header: str | None) -> None:
+    """Raise Unauthorized unless `header` is `Bearer <token>`: the read-only audit token, for GET /audit only.
+
+    Both sides are hashed before the constant-time comparison, so not even the token's length shows.
+    """
+    if not token:
+        raise Unauthorized("no audit token is configured ([server] audit_token_file or audit_token_env)")
+    scheme, _, given = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Unauthorized(f"the {AUTHORIZATION_HEADER} header must be: Bearer <token>")
+    if not hmac.compare_digest(hashlib.sha256(given.strip().encode("utf-8", "replace")).digest(),
+                               hashlib.sha256(token.encode("utf-8")).digest()):
+        raise Unauthorized("the bearer token does not match")
 
 
 def nonce_expiry(timestamp: int, now: float, window: int = WINDOW_SECONDS) -> float:

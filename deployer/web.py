@@ -1,6 +1,6 @@
-"""The HTTP receiver: GitHub webhooks, signed manual redeploys, job status and health.
+"""The HTTP receiver: GitHub webhooks, signed manual redeploys, job status, the audit log and health.
 
-It only checks, decides and enqueues; it never touches Docker or netfilter, so it can run as an
+It only checks, decides, enqueues and reads; it never touches Docker or netfilter, so it can run as an
 unprivileged user. gunicorn serves it with `deployer.web:create_app()`. Every error becomes its
 status code in `STATUS` below, the one place that maps them. Every delivery and manual request
 is recorded in the journal (verdict and reason, never a secret or a raw header).
@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qs
 
@@ -22,9 +23,10 @@ from werkzeug.exceptions import HTTPException
 
 from deployer import config as config_module
 from deployer import releases, signatures
+from deployer.audit import AuditLog, Query, audit_query_from_args, query_to_json
 from deployer.config import Config
-from deployer.errors import (DeployerError, InvalidRequest, InvalidTag, MalformedRequest, PayloadTooLarge, StateError,
-                             Unauthorized, UnknownApp, UnknownJob, UnsupportedMediaType)
+from deployer.errors import (AuditError, DeployerError, InvalidRequest, InvalidTag, MalformedRequest, PayloadTooLarge,
+                             StateError, Unauthorized, UnknownApp, UnknownJob, UnsupportedMediaType)
 from deployer.journal import Journal
 from deployer.queue import Queue
 
@@ -40,6 +42,7 @@ STATUS: list[tuple[type[DeployerError], int]] = [
     (UnknownApp, 404),
     (UnknownJob, 404),
     (StateError, 503),
+    (AuditError, 503),  # the log could not be read; a bad filter is a MalformedRequest by then
     (DeployerError, 500),
 ]
 
@@ -52,13 +55,15 @@ MAX_REASON = 500
 
 
 class Receiver:
-    """What the views share: the loaded config, the queue, the journal and the clock."""
+    """What the views share: the loaded config, the queue, the journal, the audit log and the clock."""
 
-    def __init__(self, config: Config, queue: Queue, journal: Journal, clock: Callable[[], float]) -> None:
+    def __init__(self, config: Config, queue: Queue, journal: Journal, clock: Callable[[], float],
+                 audit: AuditLog | None = None) -> None:
         self.config = config
         self.queue = queue
         self.journal = journal
         self.clock = clock
+        self.audit = audit or AuditLog.for_state_dir(config.settings.state_dir)
 
     @property
     def operator_secrets(self) -> dict[str, str]:
@@ -68,7 +73,7 @@ class Receiver:
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """The app factory. gunicorn reads the config named by $DEPLOYER_CONFIG; tests pass their own parts.
 
-    test_config keys: DEPLOYER_CONFIG (a loaded Config), QUEUE, JOURNAL, CLOCK.
+    test_config keys: DEPLOYER_CONFIG (a loaded Config), QUEUE, JOURNAL, CLOCK, AUDIT (the AuditLog GET /audit reads).
     """
     from deployer.runtime import build_journal
 
@@ -77,13 +82,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     queue = overrides.pop("QUEUE", None) or Queue.for_state_dir(config.settings.state_dir)
     journal = overrides.pop("JOURNAL", None) or build_journal(config)
     clock = overrides.pop("CLOCK", None) or time.time
+    audit = overrides.pop("AUDIT", None)
 
     app = Flask("deployer")
     app.config.update(MAX_CONTENT_LENGTH=config.server.max_body_bytes, JSON_SORT_KEYS=False)
     app.config.update(overrides)
-    app.extensions["deployer"] = Receiver(config, queue, journal, clock)
+    app.extensions["deployer"] = Receiver(config, queue, journal, clock, audit)
     app.register_blueprint(hooks)
     app.register_blueprint(manual)
+    app.register_blueprint(review)
     app.register_blueprint(health)
     app.register_error_handler(DeployerError, _deployer_error)
     app.register_error_handler(HTTPException, _http_error)
@@ -293,9 +300,7 @@ def authenticate(body: bytes, record: dict[str, Any]) -> str:
     record.update(key_id=signed.key_id if signed.key_id in receiver.operator_secrets else None,
                   nonce=signed.nonce, timestamp=signed.timestamp)
     now = receiver.clock()
-    path = request.script_root + request.path
-    if request.query_string:
-        path += "?" + request.query_string.decode("latin-1")
+    path = signatures.request_target(request.script_root + request.path, request.query_string)
     signatures.verify_manual(receiver.operator_secrets, signed, method=request.method, path=path, body=body, now=now)
     receiver.queue.use_nonce(signed.key_id, signed.nonce, signatures.nonce_expiry(signed.timestamp, now))
     return signed.key_id
@@ -359,6 +364,48 @@ def job_status(job_id: str):
         raise UnknownJob("no job has that id")
     record.update(job=job.id, app=job.app, verdict="answered")
     return jsonify(**job.as_dict(), steps=receiver.queue.steps(job.id)), 200
+
+
+# --- GET /audit ------------------------------------------------------------------------------------
+
+review = Blueprint("audit", __name__)
+
+
+@review.route("/audit", methods=["GET"])
+def audit_entries():
+    """Audit entries as JSON, filtered like `deployer audit`; signed like /deploy, or with the read-only token.
+
+    Example: curl -H "Authorization: Bearer $TOKEN" 'http://host:8000/audit?app=demo&since=24h'
+    """
+    receiver = _receiver()
+    record = _begin_record("manual_request", route="/audit")
+    header = request.headers.get(signatures.AUTHORIZATION_HEADER)
+    if header is not None:  # the token is checked alone: a request that offers one stands or falls by it
+        record["auth"] = "token"
+        signatures.verify_bearer(receiver.config.server.audit_token, header)
+    else:
+        record["auth"] = "signature"
+        body = read_body(receiver.config.server.max_body_bytes)
+        record["body_sha256"] = signatures.body_sha256(body)
+        authenticate(body, record)
+    query = audit_query(request.args, now=receiver.clock())
+    entries = receiver.audit.query(query)
+    record.update(verdict="answered", count=len(entries))
+    return jsonify(query_to_json(query, entries)), 200
+
+
+def audit_query(args: Any, *, now: float) -> Query:
+    """The filters of GET /audit (a MultiDict), each given once; a bad one is a 400 that names it."""
+    repeated = next((name for name in args if len(args.getlist(name)) > 1), None)
+    if repeated is not None:
+        raise MalformedRequest(f"parameter {repeated[:64]}: given more than once (several events: event=a,b)",
+                               parameter=repeated[:64])
+    try:
+        return audit_query_from_args(args.to_dict(), now=datetime.fromtimestamp(now, timezone.utc))
+    except AuditError as exc:
+        name = str(exc.context.get("field", "?"))
+        raise MalformedRequest(f"parameter {name[:64]}: {str(exc).removeprefix(name + ': ')}",
+                               parameter=name[:64]) from None
 
 
 # --- GET /healthz ----------------------------------------------------------------------------------

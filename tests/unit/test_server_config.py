@@ -78,6 +78,18 @@ def test_the_github_secret_from_the_environment(tmp_path):
     assert refusal(path) == f"{path}, key 'server.github_secret_env': environment variable GH_HOOK is not set"
 
 
+def test_the_audit_token_is_read_like_a_secret_and_masked(tmp_path):
+    (tmp_path / "audit-token").write_text("audit-token-0123456789abcdef\n")
+    loaded = config.load(write(tmp_path, APP + '[server]\naudit_token_file = "audit-token"\n'), environ={})
+    assert loaded.server.audit_token == "audit-token-0123456789abcdef"
+    assert loaded.secrets() == ["audit-token-0123456789abcdef"]
+    assert "audit-token-0" not in repr(loaded.server)
+    from_env = config.load(write(tmp_path, APP + '[server]\naudit_token_env = "AUDIT_TOKEN"\n'),
+                           environ={"AUDIT_TOKEN": "t" * 32})
+    assert (from_env.server.audit_token, "AUDIT_TOKEN" in from_env.secret_env_names) == ("t" * 32, True)
+    assert config.load(write(tmp_path, APP), environ={}).server.audit_token is None
+
+
 @pytest.mark.parametrize("text, message", [
     ('[server]\ngithub_secret = "inline"\n',
      "key 'server.github_secret': secrets are not written in the config: use github_secret_file or github_secret_env"),
@@ -92,8 +104,13 @@ def test_the_github_secret_from_the_environment(tmp_path):
     ('[server]\ngithub_api = "ftp://x"\n',
      "key 'server.github_api': must be an http(s) URL such as https://api.github.com"),
     ('[server]\nuser = "Root Admin"\n', "key 'server.user': must be a user or group name"),
-    ('[server]\nport = 1\n', "key 'server.port': unknown key (allowed: github_api, github_secret, github_secret_env, "
-                             "github_secret_file, group, job_timeout, listen, max_body_bytes, operators, user, workers)"),
+    ('[server]\nport = 1\n', "key 'server.port': unknown key (allowed: audit_token, audit_token_env, audit_token_file, "
+                             "github_api, github_secret, github_secret_env, github_secret_file, group, job_timeout, "
+                             "listen, max_body_bytes, operators, user, workers)"),
+    ('[server]\naudit_token = "inline-token-inline"\n',
+     "key 'server.audit_token': secrets are not written in the config: use audit_token_file or audit_token_env"),
+    ('[server]\naudit_token_env = "SHORT"\n',
+     "key 'server.audit_token': the token is shorter than 16 characters; make one with: openssl rand -hex 32"),
     ('[server.operators."bad id!"]\nsecret_env = "X"\n',
      "key 'server.operators.bad id!': key ids are 1 to 64 letters, digits, '.', '_' or '-'"),
     ('[server.operators.alice]\nsecret = "inline-secret-inline"\n',

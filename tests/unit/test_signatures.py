@@ -70,6 +70,43 @@ def test_a_get_with_an_empty_body_signs_the_hash_of_nothing():
     assert headers["X-Deployer-Signature"] == "v1=965a361e4a24b352215ab0bb1a557d427b8e31de151283683305be056674a7cf"
 
 
+def test_the_query_string_is_bound_exactly_as_sent():
+    assert signatures.request_target("/audit", b"") == "/audit"
+    assert signatures.request_target("/audit", b"app=demo&event=deploy.%2A") == "/audit?app=demo&event=deploy.%2A"
+    assert signatures.request_target("/audit", "limit=1&app=demo") == "/audit?limit=1&app=demo"  # not reordered
+    # The GET /audit example of docs/server.md; openssl:
+    #   printf 'deployer-v1\nGET\n/audit?app=demo&since=24h&event=deploy.%%2A\nalice\n1767225600\n
+    #           n7Qk2VxW9pLm4RtY8sZa3e\n<sha256 of "">' | openssl dgst -sha256 -hmac "$SECRET"
+    target = signatures.request_target("/audit", b"app=demo&since=24h&event=deploy.%2A")
+    headers = signatures.sign_request(SECRET, method="GET", path=target, key_id="alice", timestamp=TIMESTAMP,
+                                      nonce="n7Qk2VxW9pLm4RtY8sZa3e", body=b"")
+    assert headers["X-Deployer-Signature"] == "v1=c34a0eb716fef9567bdaabc5b7af362b421ed55c314b1e9d7a9c2d34e8b462ec"
+
+
+AUDIT_TOKEN = "audit-read-token-3c9e51f0a7d2"
+
+
+def test_the_audit_token_is_accepted_as_a_bearer_token_only():
+    signatures.verify_bearer(AUDIT_TOKEN, f"Bearer {AUDIT_TOKEN}")
+    signatures.verify_bearer(AUDIT_TOKEN, f"bearer  {AUDIT_TOKEN} ")
+
+
+@pytest.mark.parametrize("token, header, message", [
+    (None, f"Bearer {AUDIT_TOKEN}", "no audit token is configured ([server] audit_token_file or audit_token_env)"),
+    (AUDIT_TOKEN, None, "the Authorization header must be: Bearer <token>"),
+    (AUDIT_TOKEN, AUDIT_TOKEN, "the Authorization header must be: Bearer <token>"),
+    (AUDIT_TOKEN, f"Basic {AUDIT_TOKEN}", "the Authorization header must be: Bearer <token>"),
+    (AUDIT_TOKEN, "Bearer ", "the Authorization header must be: Bearer <token>"),
+    (AUDIT_TOKEN, f"Bearer {AUDIT_TOKEN[:-1]}", "the bearer token does not match"),
+    (AUDIT_TOKEN, f"Bearer {AUDIT_TOKEN}0", "the bearer token does not match"),
+    (AUDIT_TOKEN, "Bearer \u00e9t\u00e9", "the bearer token does not match"),
+])
+def test_a_wrong_audit_token_is_refused_without_revealing_it(token, header, message):
+    with pytest.raises(Unauthorized) as caught:
+        signatures.verify_bearer(token, header)
+    assert str(caught.value) == message
+
+
 def signed(**changes):
     headers = {"X-Deployer-Key": "alice", "X-Deployer-Timestamp": str(TIMESTAMP), "X-Deployer-Nonce": NONCE,
                "X-Deployer-Signature": SIGNATURE}
