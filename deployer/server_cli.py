@@ -27,12 +27,16 @@ REJECTIONS = {400: MalformedRequest, 401: Unauthorized, 404: UnknownApp, 413: Pa
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
-    command(sub, "serve", cmd_serve, "run the webhook receiver (gunicorn) and the deploy worker",
-            "deployer serve",
-            "Serve POST /hooks/github, POST /deploy, GET /jobs/<id>, GET /audit and GET /healthz with\n"
-            "gunicorn on [server] listen, and run the deploy worker, which reconciles every app first. As\n"
-            "root with [server] user and group set, gunicorn runs as that user: it only enqueues; the worker\n"
-            "alone uses Docker and netfilter. SIGTERM waits for a running deploy; a second one stops it.")
+    p = command(sub, "serve", cmd_serve, "run the webhook receiver (gunicorn) and the deploy worker",
+                "deployer serve --watch",
+                "Serve POST /hooks/github, POST /deploy, GET /jobs/<id>, GET /audit and GET /healthz with\n"
+                "gunicorn on [server] listen, and run the deploy worker, which reconciles every app first. As\n"
+                "root with [server] user and group set, gunicorn runs as that user: it only enqueues; the worker\n"
+                "alone uses Docker and netfilter. SIGTERM waits for a running deploy; a second one stops it.\n"
+                "With --watch, the maintenance responder and the failover watchdog run beside the worker,\n"
+                "as `deployer watch` runs them.")
+    p.add_argument("--watch", action="store_true",
+                   help="also run the maintenance responder and the failover watchdog (see deployer watch)")
     command(sub, "worker", cmd_worker, "run only the deploy worker (when gunicorn runs separately)",
             "deployer worker",
             "Reconcile every app, then run queued jobs, one at a time per app. One worker per state folder.")
@@ -127,6 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config: Config = args.loaded_config
     queue = _prepare(config)
     worker = build_worker(config, queue)
+    stop_watch = _start_watch(config) if args.watch else None
     gunicorn = start_gunicorn(config)
     gunicorn_died = threading.Event()
 
@@ -144,10 +149,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         worker.stopping.set()
         _stop_gunicorn(gunicorn)
+        if stop_watch is not None:
+            stop_watch()
     if gunicorn_died.is_set():
         print(f"deployer: gunicorn exited with status {gunicorn.returncode}; the worker stopped too", file=sys.stderr)
         return 1
     return 0
+
+
+def _start_watch(config: Config) -> Callable[[], None]:
+    """The maintenance responder and the failover watchdog in threads beside the worker; returns their stop.
+
+    The responder binds its port here, so a taken port stops serve before gunicorn starts.
+    """
+    from deployer import responder
+    from deployer.watchdog import run_watchdog
+
+    stop = threading.Event()
+    server = responder.make_server(config)
+    threads = [threading.Thread(target=run_watchdog, args=(config, stop), name="watchdog", daemon=True),
+               threading.Thread(target=responder.serve, args=(config, stop, server), name="responder", daemon=True)]
+    for thread in threads:
+        thread.start()
+
+    def finish() -> None:
+        stop.set()  # the watchdog removes its retry rules on the way out
+        for thread in threads:
+            thread.join(timeout=30)
+
+    return finish
 
 
 def _stop_gunicorn(process: subprocess.Popen) -> None:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,16 +96,32 @@ def remove_leftovers() -> None:
         if TEST_PREFIX_RE.match(owner) and not _owner_alive(owner):
             docker.remove(container.id)
     nf = Netfilter()
-    live = rules.parse_nat(nf.save_nat())
-    prefixes = {name.split("-")[0] for name in live.chains if TEST_PREFIX_RE.match(name)}
+    chains = [line[1:].split(" ", 1)[0] for table in ("nat", "mangle", "filter")
+              for line in nf.save_table(table).splitlines() if line.startswith(":")]
+    prefixes = {name.split("-")[0] for name in chains if TEST_PREFIX_RE.match(name)}
     for prefix in sorted(p for p in prefixes if not _owner_alive(p)):
-        text = rules.render_teardown(live, rules.ChainNames(prefix))
-        if text:
-            nf.restore(text)
-        live = rules.parse_nat(nf.save_nat())
+        uninstall_prefix(prefix)
         release(prefix)
     if not _other_sessions():
         netns.cleanup_stale()
+
+
+def uninstall_prefix(prefix: str) -> None:
+    """Remove every rule and container of a test deployer, through the deployer's own `uninstall`.
+
+    It knows every chain the deployer owns (nat, the watchdog's mangle chain, the forward chains in
+    filter and mangle), so no test keeps a second list of them.
+    """
+    with tempfile.TemporaryDirectory(prefix="deployer-cleanup-") as folder:
+        path = Path(folder) / "deployer.toml"
+        path.write_text(
+            f'[deployer]\nstate_dir = "{folder}/state"\nchain_prefix = "{prefix}"\n'
+            f'network = "{NETWORK}"\nbridge = "{BRIDGE}"\n'
+            f'[apps.cleanup]\nimage = "{IMAGE}"\n'
+            "[[apps.cleanup.ports]]\nexternal = 1\ncontainer = 1\nblue = 2\ngreen = 3\n")
+        cfg = config_module.load(path)
+        engine = Engine(cfg, DockerHost(cfg.settings.docker_host), Netfilter(), journal=Journal([]))
+        engine.uninstall(actor="test-cleanup")
 
 
 class Images:
@@ -228,13 +245,7 @@ class Deployer:
                 if e["event"] == "step" and (app is None or e.get("app") == app)]
 
     def teardown(self) -> None:
-        docker = DockerHost("unix:///var/run/docker.sock")
-        for container in self.containers():
-            docker.remove(container.id)
-        nf = Netfilter()
-        text = rules.render_teardown(rules.parse_nat(nf.save_nat()), rules.ChainNames(self.prefix))
-        if text:
-            nf.restore(text)
+        uninstall_prefix(self.prefix)
 
 
 @pytest.fixture

@@ -66,6 +66,7 @@ class Served:
     secret_file: Path
     process: subprocess.Popen | None = None
     logs: list[Path] = field(default_factory=list)
+    serve_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -80,7 +81,7 @@ class Served:
         self.logs.append(log)
         with open(log, "w") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "deployer", "-c", str(self.deployer.config_path), "serve"],
+                [sys.executable, "-m", "deployer", "-c", str(self.deployer.config_path), "serve", *self.serve_args],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -162,7 +163,7 @@ def serve(deployer: Deployer) -> Iterator[Callable[..., Served]]:
     """Configure the test's deployer with a [server] section and start `deployer serve` on it."""
     started: list[Served] = []
 
-    def make(*apps: str, server: str = "") -> Served:
+    def make(*apps: str, server: str = "", settings: str = "", serve_args: tuple[str, ...] = ()) -> Served:
         folder = deployer.root / "secrets"
         folder.mkdir(exist_ok=True)
         github_secret, operator_secret = secrets.token_hex(20), secrets.token_hex(24)
@@ -171,10 +172,10 @@ def serve(deployer: Deployer) -> Iterator[Callable[..., Served]]:
         for attempt in range(3):
             port = free_port()
             deployer.configure(*apps, settings=(
-                f"\n[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 2\nmax_body_bytes = 65536\n"
+                f"{settings}\n[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 2\nmax_body_bytes = 65536\n"
                 f"github_secret_file = \"{folder / 'github'}\"\njob_timeout = 300\n{server}\n"
                 f"[server.operators.ops]\nsecret_file = \"{folder / 'ops'}\"\n"))
-            served = Served(deployer, port, github_secret, operator_secret, folder / "ops")
+            served = Served(deployer, port, github_secret, operator_secret, folder / "ops", serve_args=serve_args)
             started.append(served)
             try:
                 served.start()
@@ -563,3 +564,39 @@ def test_the_receiver_runs_unprivileged_and_only_enqueues(deployer, images):
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(10)
         shutil.rmtree(shared, ignore_errors=True)
+
+
+# --- serve --watch ---------------------------------------------------------------------------------
+
+
+def test_serve_with_watch_answers_with_the_page_when_the_instance_dies(serve):
+    """`serve --watch` runs the maintenance responder and the failover watchdog beside the worker."""
+    from deployer import retries
+    from deployer.adapters.netfilter import Netfilter
+
+    served = serve(web_app(22130, extra="[apps.web.watchdog]\ninterval = 0.3\nfailures = 2\nrecoveries = 2\n"),
+                   settings="maintenance_port = 22139", serve_args=("--watch",))
+    assert served.redeploy("web", "v1", "--wait").returncode == 0
+    assert served_version(22130) == "v1"
+    assert requests.get("http://127.0.0.1:22139/", timeout=5).status_code == 503  # the responder answers
+    chain = f"{served.deployer.prefix}-RETRY"
+    assert retries.parse(Netfilter().save_table("mangle")).has_chain(chain)
+
+    container = served.deployer.containers("web")[0]
+    subprocess.run(["docker", "kill", container.id], check=True, capture_output=True)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            answer = requests.get("http://127.0.0.1:22130/", timeout=2)
+            if answer.status_code == 503:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "the watchdog never moved the app to the maintenance page"
+        time.sleep(0.2)
+    assert "Retry-After" in answer.headers
+
+    served.process.send_signal(signal.SIGTERM)  # a graceful stop removes the watchdog's retry rules
+    served.process.wait(timeout=60)
+    served.process = None
+    assert not retries.parse(Netfilter().save_table("mangle")).has_chain(chain)
