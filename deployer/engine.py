@@ -273,8 +273,7 @@ class Engine:
         # Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
         # The record is written first: from here on it must say what is live, whatever fails next.
         with self.journal.step("record", **base):
-            self.store.save(forwarding.after_promotion(
-                maintenance.after_promotion(self.store.load(app.name).promoted(instance, utc_now()))))
+            self.store.save(after)  # the app lock is held: nothing else changed the record since the flip
         with contextlib.suppress(DeployerError), self.journal.step("conntrack", **base) as step:
             step.detail["deleted"] = self._clean_flows(conntrack.after_flip(app, old_addresses))
         self._hook("post-flip", app, context, base, must_pass=False)
