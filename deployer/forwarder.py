@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from deployer import conntrack, forwarding
+from deployer import conntrack, forwarding, rules
 from deployer.config import AppConfig
 from deployer.errors import DeployerError, PreflightFailed, StateError
 from deployer.forwarding import MODE, ReturnPath, Target
@@ -176,8 +176,8 @@ class Forwarder:
     def _apply_extras(self, app: str, target: Target | None) -> bool:
         """Make the app's accept and masquerade rules those of `target` (None: none). True if anything changed."""
         with self.engine._netfilter_lock():
-            text = forwarding.render_extras(forwarding.parse_table(self.netfilter.save_table("filter"), "filter"),
-                                            forwarding.parse_table(self.netfilter.save_nat(), "nat"),
+            text = forwarding.render_extras(rules.parse_table(self.netfilter.save_table("filter"), "filter"),
+                                            rules.parse_table(self.netfilter.save_nat(), "nat"),
                                             self.names, app, target)
             if text:
                 self.netfilter.restore(text)
@@ -294,7 +294,7 @@ class Forwarder:
             self.engine.sleep(min(0.25, max(0.0, deadline - self.engine.clock())))
 
     def _mangle(self) -> Any:
-        return forwarding.parse_table(self.netfilter.save_table("mangle"), "mangle")
+        return rules.parse_table(self.netfilter.save_table("mangle"), "mangle")
 
     # --- the host-level record and lock -------------------------------------------------------------
 
@@ -331,8 +331,8 @@ class Forwarder:
         removed = []
         with self.engine._netfilter_lock():
             text = forwarding.render_extras_teardown(
-                forwarding.parse_table(self.netfilter.save_table("filter"), "filter"),
-                forwarding.parse_table(self.netfilter.save_nat(), "nat"), self.names)
+                rules.parse_table(self.netfilter.save_table("filter"), "filter"),
+                rules.parse_table(self.netfilter.save_nat(), "nat"), self.names)
             if text:
                 self.netfilter.restore(text)
                 removed.append(f"forwarding chains {forwarding.forward_chain(self.names)} and "

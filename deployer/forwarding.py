@@ -180,24 +180,6 @@ def masquerade_rules(names: ChainNames, app: str, target: Target) -> list[str]:
             f"-m conntrack --ctstate DNAT -m comment --comment {comment} -j MASQUERADE" for p in target.ports]
 
 
-def parse_table(saved: str, table: str) -> NatTable:
-    """One table of `iptables-save` output: chain name -> rule lines (the nat parser, for any table)."""
-    result = NatTable()
-    inside = False
-    for line in saved.splitlines():
-        if line.startswith("*"):
-            inside = line == f"*{table}"
-        elif not inside or not line or line.startswith("#"):
-            continue
-        elif line == "COMMIT":
-            inside = False
-        elif line.startswith(":"):
-            result.chains.setdefault(line[1:].split(" ", 1)[0], [])
-        elif line.startswith("-A "):
-            result.chains.setdefault(line.split(" ", 2)[1], []).append(line)
-    return result
-
-
 def owned_by(line: str, app: str) -> bool:
     """Whether a rule in a shared chain is one of the app's (its comment starts with "<app> forward")."""
     match = _COMMENT.search(line)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from deployer.config import AppConfig
-from deployer.rules import ChainNames, NatTable, save_string
+from deployer.rules import ChainNames, NatTable, parse_table, save_string
 
 TABLE = "mangle"
 
@@ -50,18 +50,7 @@ def chain_rules(names: ChainNames, apps: Iterable[AppConfig], bridge: str) -> li
 
 def parse(saved: str) -> NatTable:
     """The mangle table of `iptables-save -t mangle` (the same shape as the nat table's)."""
-    table = NatTable()
-    inside = False
-    for line in saved.splitlines():
-        if line.startswith("*"):
-            inside = line == f"*{TABLE}"
-        elif inside and line.startswith(":"):
-            table.chains.setdefault(line[1:].split(" ", 1)[0], [])
-        elif inside and line.startswith("-A "):
-            table.chains.setdefault(line.split(" ", 2)[1], []).append(line)
-        elif line == "COMMIT":
-            inside = False
-    return table
+    return parse_table(saved, TABLE)
 
 
 def render_ensure(live: NatTable, names: ChainNames, apps: Iterable[AppConfig], bridge: str) -> str | None:

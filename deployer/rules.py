@@ -84,24 +84,27 @@ def save_string(value: str) -> str:
     return f'"{escaped}"'
 
 
-def parse_nat(saved: str) -> NatTable:
-    """Parse `iptables-save -t nat` output."""
-    table = NatTable()
-    in_nat = False
+def parse_table(saved: str, table: str) -> NatTable:
+    """One table of `iptables-save` output (nat, mangle, filter): chain name -> rule lines, in order."""
+    result = NatTable()
+    inside = False
     for line in saved.splitlines():
         if line.startswith("*"):
-            in_nat = line == "*nat"
+            inside = line == f"*{table}"
+        elif not inside or not line or line.startswith("#"):
             continue
-        if not in_nat or not line or line.startswith("#"):
-            continue
-        if line == "COMMIT":
-            in_nat = False
+        elif line == "COMMIT":
+            inside = False
         elif line.startswith(":"):
-            table.chains.setdefault(line[1:].split(" ", 1)[0], [])
+            result.chains.setdefault(line[1:].split(" ", 1)[0], [])
         elif line.startswith("-A "):
-            chain = line.split(" ", 2)[1]
-            table.chains.setdefault(chain, []).append(line)
-    return table
+            result.chains.setdefault(line.split(" ", 2)[1], []).append(line)
+    return result
+
+
+def parse_nat(saved: str) -> NatTable:
+    """Parse `iptables-save -t nat` output."""
+    return parse_table(saved, "nat")
 
 
 def builtin_jumps(names: ChainNames) -> dict[str, str]:

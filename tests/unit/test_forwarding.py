@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer import forwarding
+from deployer import forwarding, rules
 from deployer.config import parse
 from deployer.errors import InvalidForwarding
 from deployer.forwarding import (ForwardFacts, Link, Peer, PortTarget, ReturnFacts, ReturnPath, Route, Target,
@@ -48,7 +48,7 @@ COMMIT
 
 
 def table(saved: str, name: str) -> forwarding.NatTable:
-    return forwarding.parse_table(saved, name)
+    return rules.parse_table(saved, name)
 
 
 EMPTY_FILTER = table("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", "filter")
