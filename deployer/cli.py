@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from deployer import audit_cli, forward_cli, ops_cli, server_cli
 from deployer import config as config_module
 from deployer.errors import DeployerError
 
@@ -70,13 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions() -> list[Callable[..., None]]:
-    """Commands that live beside their own concern (server, audit ...)."""
-    registrars: list[Callable[..., None]] = []
-    registrars.append(__import__("deployer.server_cli", fromlist=["register"]).register)
-    registrars.append(__import__("deployer.audit_cli", fromlist=["register"]).register)
-    registrars.append(__import__("deployer.ops_cli", fromlist=["register"]).register)
-    registrars.append(__import__("deployer.forward_cli", fromlist=["register"]).register)
-    return registrars
+    """Commands that live beside their own concern: the server, the audit log, maintenance, forwarding."""
+    return [server_cli.register, audit_cli.register, ops_cli.register, forward_cli.register]
 
 
 def _engine(args: argparse.Namespace):
