@@ -91,6 +91,9 @@ def main() -> int:
         print("\nwhat the traffic saw (versions by when each connection or datagram started):")
         results = [summarize(name, path, flip) for name, path, _ in clients]
         print("\n".join(line for line, _ in results))
+        print("New connections go to v2 from the flip on. A UDP stream moves when the deployer deletes its\n"
+              "conntrack entry, a few milliseconds after the flip; keep-alive connections finish on v1 until\n"
+              "the drain ends and v1 stops.")
     deployer("status", "demo")
     failures = sum(failed for _, failed in results)
     print(f"\n{'zero downtime: no failed request' if failures == 0 else f'{failures} FAILED REQUESTS'}; "

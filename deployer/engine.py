@@ -260,6 +260,8 @@ class Engine:
                 # instance ends, and a status-port forward moves along with the ports.
                 after = forwarding.after_promotion(maintenance.after_promotion(state.promoted(instance, utc_now())))
                 old_addresses = self._flip(app, self._wanted_rules(app, after), step.detail)
+                # `since` is when the instance took the traffic: the commit, not the moment it was described.
+                after = replace(after, active=replace(after.active, since=step.detail.get("committed_at", utc_now())))
                 step.detail.update(**app_chain.flip_detail(state, after))
                 step.detail.update(to=f"{new_set} {address}", **({"from": ",".join(sorted(old_addresses))}
                                                                  if old_addresses else {}))
@@ -318,6 +320,7 @@ class Engine:
             self.netfilter.restore(rules.render_takeover(self.names, app.name, wanted, before))
             if step is not None:
                 step["committed_ms"] = round((self.clock() - started) * 1000, 2)
+                step["committed_at"] = utc_now()
             try:
                 if before:
                     self.netfilter.restore(rules.render_chain(self.names, app.name, wanted))
