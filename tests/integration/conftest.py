@@ -104,6 +104,9 @@ def remove_leftovers() -> None:
         release(prefix)
     if not _other_sessions():
         netns.cleanup_stale()
+    for entry in list(OWNERS.iterdir()) if OWNERS.exists() else []:
+        if not _owner_alive(entry.name):  # the claim of a run that was killed: nothing of it is left now
+            entry.unlink(missing_ok=True)
 
 
 def uninstall_prefix(prefix: str) -> None:
