@@ -278,6 +278,24 @@ def host_address() -> str:
     raise AssertionError("the host has no global IPv4 address")
 
 
+def outside_get(outside: netns.OutsideClient, port: int, timeout: float = 5) -> str:
+    """GET / on the host's side of the veth, from the outside namespace (through nat PREROUTING)."""
+    result = outside.run(["python3", "-c", f"import urllib.request; print(urllib.request.urlopen("
+                                           f"'http://{outside.host_ip}:{port}/', timeout={timeout}).read().decode(), "
+                                           "end='')"], capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def owned_nat(deployer: "Deployer") -> list[str]:
+    """Every nat line of a test's deployer: its chains, their rules and the jumps into them."""
+    lines = []
+    for chain, chain_rules in deployer.nat().chains.items():
+        if chain == deployer.prefix or chain.startswith(f"{deployer.prefix}-"):
+            lines.append(f":{chain}")
+        lines.extend(rule for rule in chain_rules if deployer.prefix in rule)
+    return lines
+
+
 def http_get(host: str, port: int, path: str = "/", timeout: float = 5) -> str:
     import http.client
 

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import IMAGE, app_toml, host_address, http_get, udp_ask
+from conftest import IMAGE, app_toml, host_address, http_get, outside_get, udp_ask
 
 pytestmark = pytest.mark.integration
 
 
 def served(outside, port: int) -> dict[str, str]:
     """What each kind of client gets on the external port: outside (PREROUTING), 127.0.0.1 and the host address (OUTPUT)."""
-    result = outside.run(["python3", "-c", f"import urllib.request; print(urllib.request.urlopen("
-                                           f"'http://{outside.host_ip}:{port}/', timeout=5).read().decode(), end='')"],
-                         capture_output=True, text=True, check=True)
     return {
-        "outside": result.stdout.strip(),
+        "outside": outside_get(outside, port),
         "loopback": http_get("127.0.0.1", port).strip(),
         "host": http_get(host_address(), port).strip(),
     }

@@ -12,30 +12,11 @@ import time
 
 import pytest
 
-from conftest import IMAGE, app_toml, http_get
+from conftest import IMAGE, app_toml, http_get, outside_get, owned_nat
 from deployer.adapters.docker_host import DockerHost
 from deployer.errors import BootError, ConfigError, HealthCheckFailed, PullError
 
 pytestmark = pytest.mark.integration
-
-
-def outside_get(outside, port: int) -> str:
-    """GET / from the outside namespace (through nat PREROUTING)."""
-    result = outside.run(["python3", "-c", f"import urllib.request; print(urllib.request.urlopen("
-                                           f"'http://{outside.host_ip}:{port}/', timeout=5).read().decode(), end='')"],
-                         capture_output=True, text=True, check=True)
-    return result.stdout.strip()
-
-
-def owned_nat(deployer) -> list[str]:
-    """Every nat line of this test's deployer: its chains, their rules and the jumps into them."""
-    saved = deployer.nat()
-    lines = []
-    for chain, chain_rules in saved.chains.items():
-        if chain == deployer.prefix or chain.startswith(f"{deployer.prefix}-"):
-            lines.append(f":{chain}")
-        lines.extend(rule for rule in chain_rules if deployer.prefix in rule)
-    return lines
 
 
 def state_bytes(deployer, app: str) -> bytes | None:

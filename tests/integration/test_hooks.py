@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, app_toml, http_get
+from conftest import REPO, app_toml, http_get, outside_get, owned_nat
 from deployer import config as config_module
 from deployer.errors import HealthCheckFailed, HookFailed, PullError
 
@@ -27,23 +27,6 @@ def configure(deployer, *apps: str, hook_timeout: float | None = None, settings:
     if hook_timeout is not None:
         settings = f"hook_timeout = {hook_timeout:g}\n{settings}"
     return deployer.configure(*apps, settings=settings)
-
-
-def outside_get(outside, port: int) -> str:
-    result = outside.run(["python3", "-c", f"import urllib.request; print(urllib.request.urlopen("
-                                           f"'http://{outside.host_ip}:{port}/', timeout=5).read().decode(), end='')"],
-                         capture_output=True, text=True, check=True)
-    return result.stdout.strip()
-
-
-def owned_nat(deployer) -> list[str]:
-    saved = deployer.nat()
-    lines = []
-    for chain, chain_rules in saved.chains.items():
-        if chain == deployer.prefix or chain.startswith(f"{deployer.prefix}-"):
-            lines.append(f":{chain}")
-        lines.extend(rule for rule in chain_rules if deployer.prefix in rule)
-    return lines
 
 
 def state_bytes(deployer, app: str = "web") -> bytes | None:
