@@ -462,15 +462,8 @@ def _parse_app(name: str, data: Any, *, path: Path, base: Path, environ: Mapping
 def _parse_host_bound_app(name: str, data: Mapping[str, Any], *, path: Path, base: Path) -> AppConfig:
     """An app that listens on the host itself: only its tcp ports and its page; nothing to deploy."""
     _only_keys(data, {"host_bound", "ports", "maintenance_page"}, path=path, where=None, app=name)
-    entries = data.get("ports")
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError("at least one [[apps.NAME.ports]] entry is required", path=path, app=name, key="ports")
     ports = []
-    for i, entry in enumerate(entries):
-        where = f"ports[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError("must be a table", path=path, app=name, key=where)
-        _only_keys(entry, {"external", "protocol"}, path=path, where=where, app=name)
+    for where, entry in _port_tables(name, data.get("ports"), {"external", "protocol"}, path=path):
         if entry.get("protocol", "tcp") != "tcp":
             raise ConfigError("must be 'tcp': a host-bound app's ports get the maintenance page, which is HTTP",
                               path=path, app=name, key=f"{where}.protocol")
@@ -625,21 +618,25 @@ def _parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, st
     )
 
 
-def _parse_ports(app: str, data: Any, *, path: Path) -> tuple[PortMapping, ...]:
+def _port_tables(app: str, data: Any, allowed: set[str], *, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The [[apps.NAME.ports]] entries, each a table with only `allowed` keys, with its place for errors."""
     if not isinstance(data, list) or not data:
         raise ConfigError("at least one [[apps.NAME.ports]] entry is required", path=path, app=app, key="ports")
-    ports = []
+    tables = []
     for i, entry in enumerate(data):
         where = f"ports[{i}]"
         if not isinstance(entry, dict):
             raise ConfigError("must be a table", path=path, app=app, key=where)
-        _only_keys(entry, {"external", "container", "protocol", "blue", "green"}, path=path, where=where, app=app)
-        values = {}
-        for key in ("external", "container", "blue", "green"):
-            value = entry.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-                raise ConfigError("must be a port number from 1 to 65535", path=path, app=app, key=f"{where}.{key}")
-            values[key] = value
+        _only_keys(entry, allowed, path=path, where=where, app=app)
+        tables.append((where, entry))
+    return tables
+
+
+def _parse_ports(app: str, data: Any, *, path: Path) -> tuple[PortMapping, ...]:
+    ports = []
+    for where, entry in _port_tables(app, data, {"external", "container", "protocol", "blue", "green"}, path=path):
+        values = {key: _port(entry.get(key), path=path, key=f"{where}.{key}", app=app)
+                  for key in ("external", "container", "blue", "green")}
         protocol = entry.get("protocol", "tcp")
         if protocol not in PROTOCOLS:
             raise ConfigError("must be 'tcp' or 'udp'", path=path, app=app, key=f"{where}.protocol")
