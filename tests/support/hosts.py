@@ -138,15 +138,7 @@ class Hosts:
         return self.run(namespace, ["iptables-save"], check=True).stdout
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        self.procs.clear()
+        netns.stop_processes(self.procs, timeout=3)
         for route in self.root_routes:
             ip("route", "del", *route[2:], check=False)
         self.root_routes.clear()

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = [
-    "ADDRESS_POOL", "DEFAULT_PREFIX", "NetnsError", "OutsideClient", "cleanup_stale", "outside_clients",
+    "ADDRESS_POOL", "DEFAULT_PREFIX", "NetnsError", "OutsideClient", "cleanup_stale", "outside_clients", "stop_processes",
 ]
 
 DEFAULT_PREFIX = "dpt-"
@@ -134,6 +134,19 @@ def _namespace_names() -> list[str]:
     return [line.split()[0] for line in _ip("netns", "list").splitlines() if line.strip()]
 
 
+def stop_processes(procs: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM what still runs, SIGKILL what outlives `timeout`, and forget them all."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    procs.clear()
+
+
 def cleanup_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
     """Delete namespaces and host veths named ``prefix*`` left by a killed run.
 
@@ -231,15 +244,7 @@ class OutsideClient:
 
     def close(self) -> None:
         """Remove everything this client created; safe to call twice."""
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=2)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        self._procs.clear()
+        stop_processes(self._procs, timeout=2)
         if not self._created:
             return
         self._created = False
