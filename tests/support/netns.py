@@ -31,7 +31,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = [
-    "ADDRESS_POOL", "DEFAULT_PREFIX", "NetnsError", "OutsideClient", "cleanup_stale", "outside_clients", "stop_processes",
+    "ADDRESS_POOL", "DEFAULT_PREFIX", "NetnsError", "OutsideClient", "cleanup_stale", "outside_clients",
+    "stop_processes",
 ]
 
 DEFAULT_PREFIX = "dpt-"
