@@ -219,6 +219,9 @@ class Forwarder:
                                 self._remove_return(path)
                         raise
                 self._save_return(path.record(since=(recorded or {}).get("since", utc_now())))
+                with contextlib.suppress(DeployerError), self.journal.step("conntrack", **base) as step:
+                    filters = forwarding.unmarked_flows(path, facts.link.addresses)
+                    step.detail["deleted"] = self.engine._clean_flows(filters)
             except DeployerError as exc:
                 self.journal.record("forward-return.failed", outcome="failed", error=str(exc),
                                     error_type=type(exc).__name__, **base)

@@ -323,6 +323,24 @@ def return_rules(names: ChainNames, path: ReturnPath, *, mark_new: bool = True) 
     return {chain: rules + [f"-A {chain} {restore}"], local: [f"-A {local} {restore}"]}
 
 
+def unmarked_flows(path: ReturnPath, addresses: Iterable[str]) -> list[list[str]]:
+    """conntrack filters for flows that reached `addresses` before the return path marked them.
+
+    Connection tracking decides once per flow, so a flow that began before `forward-return` stays
+    unmarked and its replies keep leaving through the old host's uplink: a client whose SYN is
+    still being retried never gets an answer, and a UDP client that keeps sending from the same
+    port never does either. Deleting those entries lets the next packet start a flow that gets the
+    mark. Only TCP handshakes that never completed (SYN_RECV) and UDP flows are taken: an
+    established TCP connection was never one of these, and it would break if its entry went.
+    """
+    unmarked = f"0/{path.mark:#x}"
+    filters = []
+    for address in sorted(set(addresses)):
+        filters.append(["-p", "tcp", "--orig-dst", address, "--mark", unmarked, "--state", "SYN_RECV"])
+        filters.append(["-p", "udp", "--orig-dst", address, "--mark", unmarked])
+    return filters
+
+
 def render_return(mangle: NatTable, names: ChainNames, path: ReturnPath | None, *, mark_new: bool = True) -> str | None:
     """One mangle transaction: both chains rewritten whole (None: removed), jumps ensured first in line."""
     wanted = return_rules(names, path, mark_new=mark_new) if path else {}
@@ -414,6 +432,7 @@ class Link:
     exists: bool
     up: bool = False
     arp: bool = True  # False on links without link-layer addresses (tunnels): no MAC to match
+    addresses: tuple[str, ...] = ()  # its IPv4 addresses: where the new host's forwarded flows arrive
 
 
 @dataclass(frozen=True)
@@ -563,7 +582,8 @@ def parse_link(name: str, data: Iterable[Mapping[str, Any]]) -> Link:
     entry = entries[0]
     flags = set(entry.get("flags", []))
     has_mac = entry.get("link_type") in ("ether", "ieee802.1q") and "NOARP" not in flags
-    return Link(name, exists=True, up="UP" in flags and "LOWER_UP" in flags, arp=has_mac)
+    addresses = tuple(a["local"] for a in entry.get("addr_info", []) if a.get("family") == "inet" and a.get("local"))
+    return Link(name, exists=True, up="UP" in flags and "LOWER_UP" in flags, arp=has_mac, addresses=addresses)
 
 
 def parse_neighbour(address: str, data: Iterable[Mapping[str, Any]]) -> tuple[str | None, tuple[str, ...]]:

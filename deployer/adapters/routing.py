@@ -35,7 +35,7 @@ class Routing:
 
     def link(self, name: str) -> forwarding.Link:
         try:
-            return forwarding.parse_link(name, self._json("link", "show", "dev", name))
+            return forwarding.parse_link(name, self._json("addr", "show", "dev", name))
         except ForwardingError:
             return forwarding.Link(name, exists=False)
 

@@ -90,6 +90,41 @@ def below_ephemeral(hosts: Hosts) -> int:
     return low - 1
 
 
+# A connect that keeps retrying its SYN (up to 20 s), from a fixed client port; prints the answer.
+PENDING_TCP = """
+import http.client, sys
+c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=20, source_address=("0.0.0.0", int(sys.argv[3])))
+c.request("GET", "/")
+print(c.getresponse().read().decode().strip())
+"""
+
+# One UDP socket on a fixed port, sending every 0.2 s until a datagram is answered (up to 20 s).
+PENDING_UDP = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[3])))
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.settimeout(0.2)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    try:
+        s.send(b"req")
+        print(s.recv(2048).decode().strip())
+        break
+    except OSError:
+        pass
+"""
+
+
+def wait_for_flow(hosts: Hosts, namespace: str, protocol: str, source_port: int) -> None:
+    """Until the host's conntrack has a flow from the client's `source_port`."""
+    deadline = time.monotonic() + 10
+    while "src=" not in hosts.run(namespace, ["conntrack", "-L", "-p", protocol, "--orig-port-src",
+                                              str(source_port)]).stdout:
+        assert time.monotonic() < deadline, f"no {protocol} flow from port {source_port} on {namespace}"
+        time.sleep(0.05)
+
+
 class Load:
     """Traffic clients running in the client's namespace, each writing one JSON line per request."""
 
@@ -192,13 +227,24 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         # The attempt leaves unmarked conntrack entries on both hosts for a minute or two, and a later
         # connection from the same client port would inherit them and stall; so it comes from a port
         # below the ephemeral range, which the load clients never use.
-        assert get(hosts, hosts.new_public, 26080, timeout=1.5, source_port=below_ephemeral(hosts)).startswith("FAILED")
+        port = below_ephemeral(hosts)
+        assert get(hosts, hosts.new_public, 26080, timeout=1.5, source_port=port).startswith("FAILED")
         assert get(hosts, hosts.old_public, 26080) == f"old {hosts.client_direct}", "direct clients broke"
+        # Two clients already trying when the return path comes: a TCP connect still retrying its SYN,
+        # and a UDP client sending from one port. Their flows began unmarked on the old host.
+        pending = {"tcp": hosts.popen(hosts.client, [sys.executable, "-c", PENDING_TCP, hosts.new_public, "26080",
+                                                     str(port - 1)], stdout=subprocess.PIPE, text=True),
+                   "udp": hosts.popen(hosts.client, [sys.executable, "-c", PENDING_UDP, hosts.new_public, "26080",
+                                                     str(port - 2)], stdout=subprocess.PIPE, text=True)}
+        for protocol, source_port in (("tcp", port - 1), ("udp", port - 2)):
+            wait_for_flow(hosts, hosts.old, protocol, source_port)
 
         done = deployer_in(hosts, hosts.old, old_host, "forward-return", "--via", hosts.new_link,
                            "--dev", hosts.old_dev)
         assert done.returncode == 0, done.stderr
         assert "MAC" in done.stdout
+        answers = {protocol: proc.communicate(timeout=30)[0].strip() for protocol, proc in pending.items()}
+        assert answers == {"tcp": f"old {hosts.client_ip}:{port - 1}", "udp": "old-container req"}, answers
 
         load = Load(hosts, new_host.root)
         load.start("forwarded-new", "http-new", hosts.new_public, 26080)
@@ -252,6 +298,9 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         audit = deployer_in(hosts, hosts.old, old_host, "audit", "--event", "forward-return*", "--jsonl")
         events = [json.loads(line)["event"] for line in audit.stdout.splitlines()]
         assert {"forward-return.finished", "forward-return-off.finished"} <= set(events)
+        steps = deployer_in(hosts, hosts.old, old_host, "audit", "--event", "step", "--jsonl")
+        [forgotten] = [e for e in map(json.loads, steps.stdout.splitlines()) if e.get("step") == "conntrack"]
+        assert forgotten["deleted"] >= 2, forgotten  # the pending TCP handshake and the UDP flow
 
 
 # --- masquerade, and the cut-over to a real local deploy --------------------------------------------------

@@ -247,6 +247,16 @@ def test_on_a_tunnel_the_device_alone_recognises_the_new_host():
         '203.0.113.20" -j CONNMARK --set-xmark 0x100/0x100')
 
 
+def test_flows_that_arrived_before_the_marking_are_forgotten_unless_established():
+    assert forwarding.unmarked_flows(ReturnPath(NEW, "eth1", None, mark=0x100), ["203.0.113.7", "10.0.0.7",
+                                                                               "203.0.113.7"]) == [
+        ["-p", "tcp", "--orig-dst", "10.0.0.7", "--mark", "0/0x100", "--state", "SYN_RECV"],
+        ["-p", "udp", "--orig-dst", "10.0.0.7", "--mark", "0/0x100"],
+        ["-p", "tcp", "--orig-dst", "203.0.113.7", "--mark", "0/0x100", "--state", "SYN_RECV"],
+        ["-p", "udp", "--orig-dst", "203.0.113.7", "--mark", "0/0x100"]]
+    assert forwarding.unmarked_flows(PATH, []) == []
+
+
 def live_mangle(mark_rule: bool = True) -> forwarding.NatTable:
     lines = ["*mangle", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":DEPLOYER-RETURN - [0:0]",
              ":DEPLOYER-RETURN-LOCAL - [0:0]", "-A PREROUTING -j DEPLOYER-RETURN",
@@ -418,8 +428,11 @@ def test_parsing_ip_json():
         Route("unicast", "eth0", "198.51.100.1", "198.51.100.9")
     assert forwarding.parse_route_get([{"type": "local", "dst": OLD, "dev": "lo"}]).kind == "local"
     assert forwarding.parse_link("eth1", [{"ifname": "eth1", "flags": ["BROADCAST", "UP", "LOWER_UP"],
-                                           "link_type": "ether", "address": "52:54:00:ab:cd:ef"}]) == \
-        Link("eth1", True, True, True)
+                                           "link_type": "ether", "address": "52:54:00:ab:cd:ef", "addr_info": [
+                                               {"family": "inet", "local": "203.0.113.7", "prefixlen": 24},
+                                               {"family": "inet6", "local": "fe80::1", "prefixlen": 64},
+                                               {"family": "inet", "local": "10.0.0.7", "prefixlen": 8}]}]) == \
+        Link("eth1", True, True, True, ("203.0.113.7", "10.0.0.7"))
     assert forwarding.parse_link("wg0", [{"ifname": "wg0", "flags": ["POINTOPOINT", "NOARP", "UP", "LOWER_UP"],
                                           "link_type": "none"}]) == Link("wg0", True, True, False)
     assert forwarding.parse_link("eth9", []) == Link("eth9", False)
