@@ -19,7 +19,7 @@ from bench import analysis
 from bench.drivers import EngineDriver, scratch_path
 from bench.lab import IMAGE, Lab, say
 from bench.loadgen import WrkOutputError, parse_wrk, wrk_argv
-from bench.plan import CLIENTS, DATAPATHS, Plan, app_toml
+from bench.plan import CLIENTS, DATAPATHS, Plan, app_toml, round_order
 from bench.proxies import haproxy_argv, haproxy_config, nginx_argv, nginx_config
 
 APP = "datapath"
@@ -76,7 +76,7 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         rounds = []
         for number in range(plan.rounds):
             for client in CLIENTS:
-                for path in paths[client]:
+                for path in round_order(paths[client], number):
                     rounds.append({"round": number, "client": client, "path": path,
                                    **measure(client, path, plan.wrk_seconds)})
             say(f"  round {number + 1}/{plan.rounds} done")
@@ -84,7 +84,8 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         return {
             "settings": {"tool": "wrk", "threads": plan.wrk_threads, "connections": plan.wrk_connections,
                          "seconds": plan.wrk_seconds, "rounds": plan.rounds, "warmup_seconds": plan.wrk_warmup_seconds,
-                         "order": "each round runs every path for the host client, then for the outside client"},
+                         "order": "each round runs every path for the host client, then for the outside client; "
+                                  "the order of the paths is reversed in every other round"},
             "backend": {"image": f"{IMAGE}:{tags[0]}", "address": backend[0], "set_port": set_port},
             "targets": targets,
             "notes": NOTES,

@@ -38,7 +38,7 @@ class Plan:
     """How much of everything a run does. `quick` is the CI smoke: small, but every code path."""
 
     quick: bool
-    rounds: int  # data path: interleaved rounds over all paths
+    rounds: int  # data path: interleaved rounds over all paths (even: the order alternates)
     wrk_seconds: float
     wrk_warmup_seconds: float
     deploys: int  # per scenario, under load
@@ -56,12 +56,22 @@ class Plan:
         return asdict(self)
 
 
+def round_order(paths: tuple[str, ...] | list[str], number: int) -> list[str]:
+    """The paths of data-path round `number`: as listed in even rounds, reversed in odd ones.
+
+    A fixed order gives every path the same neighbour and the same place in the round, so a
+    drift of the machine over a round (a neighbour's job, a warming cache) lands on the same
+    paths every time. Alternating the order cancels a steady drift over each pair of rounds.
+    """
+    return list(paths) if number % 2 == 0 else list(reversed(paths))
+
+
 def plan_for(quick: bool, *, deploys: int | None = None, rounds: int | None = None) -> Plan:
     if quick:
         plan = Plan(quick=True, rounds=1, wrk_seconds=1.0, wrk_warmup_seconds=0.3, deploys=3,
                     scale_points=SCALE_POINTS, flips_per_point=2)
     else:
-        plan = Plan(quick=False, rounds=4, wrk_seconds=4.0, wrk_warmup_seconds=1.0, deploys=20,
+        plan = Plan(quick=False, rounds=6, wrk_seconds=4.0, wrk_warmup_seconds=1.0, deploys=20,
                     scale_points=SCALE_POINTS, flips_per_point=16)
     changes: dict[str, Any] = {}
     if deploys is not None:

@@ -76,7 +76,7 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
             "",
             f"One backend container (the demo app, `GET /`), deployed by the engine. Load: `wrk -t{s['threads']} "
             f"-c{s['connections']} -d{s['seconds']:g}s`, {s['rounds']} rounds, interleaved (every path in turn, "
-            f"then again), after a {s['warmup_seconds']:g} s warm-up of each path. Figures are medians over the rounds; "
+            f"then again in the reverse order, and so on), after a {s['warmup_seconds']:g} s warm-up of each path. Figures are medians over the rounds; "
             "a ratio is the median of the per-round ratios to the direct path of the same client.",
             "",
         ]

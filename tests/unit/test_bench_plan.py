@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.plan import (Ports, RunNames, app_toml, deployer_toml, filler_chains, plan_for, prefix_of_chain,
-                        tags_for, visits)
+                        round_order, tags_for, visits)
 from deployer import config as config_module
 
 
@@ -17,7 +17,14 @@ def test_quick_plan_is_small_and_full_plan_has_the_issue_defaults():
     assert full.flips_per_point == 16
     assert (full.deploys, full.scale_points) == (20, (1, 10, 100, 1000))
     assert plan_for(False, deploys=5, rounds=2).deploys == 5
+    assert full.rounds % 2 == 0, "an odd number of rounds leaves the order unbalanced"
     assert tags_for(quick) == ["v1", "v2", "v3", "v4"]
+
+
+def test_data_path_rounds_alternate_their_order():
+    paths = ("direct", "dnat", "haproxy")
+    assert [round_order(paths, n) for n in range(3)] == [
+        ["direct", "dnat", "haproxy"], ["haproxy", "dnat", "direct"], ["direct", "dnat", "haproxy"]]
 
 
 def test_every_port_of_every_block_stays_in_the_bench_range():
