@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "run into bench/results, else RESULTS/BENCHMARKS.md)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--deploys", type=int, help="deploys per scenario (default 20; quick 3)")
-    parser.add_argument("--rounds", type=int, help="data-path rounds (default 4; quick 1)")
+    parser.add_argument("--rounds", type=int, help="data-path rounds (default 6; quick 1)")
     return parser
 
 

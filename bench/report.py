@@ -52,8 +52,8 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
         "",
         "Tools: " + ", ".join(f"{name} {version}" for name, version in run.get("tools", {}).items()) + ".",
         "",
-        "**Noise.** This is a shared 2-core machine: the load generator, the backend and any proxy compete for",
-        "the same two cores, and other work (other test runs) ran at the same time "
+        f"**Noise.** This is a shared {machine['nproc']}-core machine: the load generator, the backend and any proxy "
+        "compete for the same cores, with whatever else runs on it "
         f"(load average {_load(run['load_average']['start'])} at the start, {_load(run['load_average']['end'])} at "
         "the end).",
         "Absolute figures move from run to run; the rounds are interleaved so that every path sees the same",
