@@ -229,7 +229,7 @@ class Engine:
         try:
             self._hook("pre-deploy", app, context, base)
             with self.journal.step("pull", **base) as step:
-                release = self._obtain_image(app, release)
+                release = self._obtain_image(app, release, rollback=kind == "rollback")
                 step.detail.update(image=release.reference, digest=release.digest)
             context = replace(context, digest=release.digest)
             with self.journal.step("start", **base) as step:
@@ -289,10 +289,16 @@ class Engine:
                             **base)
         return DeployResult(app.name, release.tag, new_set, release.digest, new.name, old.tag if old else None)
 
-    def _obtain_image(self, app: AppConfig, release: Release) -> Release:
-        """Pull the tag; a rollback uses the image kept locally by digest, pulling only if it is gone."""
+    def _obtain_image(self, app: AppConfig, release: Release, *, rollback: bool = False) -> Release:
+        """Pull the tag; a rollback uses the image kept locally by digest, pulling only if it is gone.
+
+        A release loaded from a release asset has no registry digest, and its tag may exist in no
+        registry at all: its rollback runs the image still tagged locally, the one that ran.
+        """
         if release.digest and self.docker.has_image(release.pinned_reference):
             self.docker.tag_image(release.pinned_reference, release)
+            return release
+        if rollback and not release.digest and self.docker.has_image(release.reference):
             return release
         pulled = self.docker.pull(release, self._registry_auth(app))
         if release.digest and pulled.digest and pulled.digest != release.digest:

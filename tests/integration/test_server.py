@@ -419,6 +419,14 @@ def test_an_image_from_a_release_asset(serve, images, tmp_path):
         assert all("Authorization" not in s.headers for s in github.storage_seen)
         assert ("asset", "ok") in [(s["name"], s["outcome"]) for s in job["steps"]]
         assert_no_secret_anywhere(served, token)
+
+        # A rollback to the asset's release runs the image it loaded: no registry has that tag.
+        done = served.deployer.cli("deploy", "web", "v1")
+        assert done.returncode == 0 and served_version(22150) == "v1", done.stderr
+        done = served.deployer.cli("rollback", "web")
+        assert done.returncode == 0, done.stderr
+        assert served_version(22150) == "v2"
+        assert json.loads(served.deployer.cli("status", "web", "--json").stdout)[0]["active"]["tag"] == tag
     finally:
         subprocess.run(["docker", "rmi", f"{IMAGE}:{tag}"], capture_output=True)
 
