@@ -165,9 +165,13 @@ class Engine:
                 live_rules = live_rules + hostbound.live_app_rules(live, self.names, app)
                 wanted = wanted + hostbound.app_rules(self.names, app, self.settings.maintenance_port)
                 jumps_ok = not self._base_missing(live, app) and hostbound.jump(self.names) in live.rules("PREROUTING")
-            result.append(AppStatus(app.name, state.active, state.previous, live_rules == wanted and jumps_ok,
-                                    live_rules, wanted, containers, state.mode, state.mode_detail, state.drained,
-                                    forwarding.status_notes(app_chain.notes(app, state), state)))
+            notes = forwarding.status_notes(app_chain.notes(app, state), state)
+            # A forward also needs its accept rules and IPv4 forwarding, or the old host never sees a packet.
+            forward_problems = self._forwarder().drift(app.name, state, live) if state.mode == forwarding.MODE else []
+            result.append(AppStatus(app.name, state.active, state.previous,
+                                    live_rules == wanted and jumps_ok and not forward_problems, live_rules, wanted,
+                                    containers, state.mode, state.mode_detail, state.drained,
+                                    notes + forward_problems))
         return result
 
     def rules_text(self, app_name: str) -> str:

@@ -161,6 +161,18 @@ class Forwarder:
             repairs.append(f"rules of {app.name} forwarded to {target.address} again")
         return repairs
 
+    def drift(self, app: str, state: AppState, nat: Any) -> list[str]:
+        """What `status` finds wrong with a forward beyond the app chain: its filter and nat rules, forwarding."""
+        target = Target.from_detail(state.mode_detail)
+        problems = []
+        filter_table = rules.parse_table(self.netfilter.save_table("filter"), "filter")
+        if forwarding.render_extras(filter_table, nat, self.names, app, target) is not None:
+            which = "accept and masquerade rules" if target.masquerade else "accept rules"
+            problems.append(f"the forward's {which} are missing or changed")
+        if self.routing.sysctl("net/ipv4/ip_forward") != "1":
+            problems.append("IPv4 forwarding is off")
+        return problems
+
     def forward_facts(self, target: Target) -> forwarding.ForwardFacts:
         route = self.routing.route_get(target.address)
         unicast = route.kind == "unicast"

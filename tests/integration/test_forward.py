@@ -268,14 +268,23 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         assert {r["version"] for r in seen["forwarded-udp"]} == {"old-container"}
         assert {(r["version"], client_ip_of(r)) for r in seen["direct"]} == {("old", hosts.client_direct)}
 
-        # Drift (the accept jump deleted, the app chain flushed by hand) shows in status; reconcile repairs it.
+        # Drift shows in status, each kind on its own: the accept jump deleted, IPv4 forwarding switched
+        # off (the app chain is still right), then the app chain flushed. Reconcile repairs all three.
         hosts.run(hosts.new, ["iptables", "-D", "DOCKER-USER", "-j", f"{new_host.prefix}-FORWARD"], check=True)
+        drifted = deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
+        assert "RULES DIFFER" in drifted and "the forward's accept rules are missing or changed" in drifted, drifted
+        assert "IPv4 forwarding is off" not in drifted
+        hosts.sysctl(hosts.new, "net/ipv4/ip_forward", "0")
+        assert "IPv4 forwarding is off" in deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
         hosts.run(hosts.new, ["iptables", "-t", "nat", "-F", f"{new_host.prefix}-web"], check=True)
         assert "RULES DIFFER" in deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
         repaired = deployer_in(hosts, hosts.new, new_host, "reconcile", "web")
         assert repaired.returncode == 0, repaired.stderr
+        assert "IPv4 forwarding switched on again" in repaired.stdout
         assert f"accept rules of web's forward to {hosts.old_link} restored" in repaired.stdout
         assert f"rules of web forwarded to {hosts.old_link} again" in repaired.stdout
+        repaired_status = deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
+        assert "rules match" in repaired_status and "missing or changed" not in repaired_status, repaired_status
         assert get(hosts, hosts.new_public, 26080) == f"old {hosts.client_ip}"
 
         # Off on both hosts, and nothing of the deployer's is left.
