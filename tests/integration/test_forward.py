@@ -224,9 +224,9 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         assert done.returncode == 0, done.stderr
         assert hosts.run(hosts.new, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
         # Without the return path the old host answers forwarded clients through its own uplink: lost.
-        # The attempt leaves unmarked conntrack entries on both hosts for a minute or two, and a later
-        # connection from the same client port would inherit them and stall; so it comes from a port
-        # below the ephemeral range, which the load clients never use.
+        # The attempt leaves a half-open handshake and conntrack entries behind for a minute or two, and a
+        # load connection that happened to get the same client port would inherit them; so it comes from
+        # a port below the ephemeral range, which the load clients never use.
         port = below_ephemeral(hosts)
         assert get(hosts, hosts.new_public, 26080, timeout=1.5, source_port=port).startswith("FAILED")
         assert get(hosts, hosts.old_public, 26080) == f"old {hosts.client_direct}", "direct clients broke"
