@@ -8,6 +8,7 @@ Where CI=true, a missing prerequisite fails the tests instead of skipping them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -251,15 +252,22 @@ class Deployer:
         uninstall_prefix(self.prefix)
 
 
-@pytest.fixture
-def deployer(host: None, images: Images, tmp_path: Path) -> Iterator[Deployer]:
-    instance = Deployer(root=tmp_path, prefix=f"DT{secrets.token_hex(3).upper()[:5]}")
+@contextlib.contextmanager
+def owned_deployer(root: Path) -> Iterator[Deployer]:
+    """A deployer with a chain prefix of its own, claimed while it lives; everything it made goes at the end."""
+    instance = Deployer(root=root, prefix=f"DT{secrets.token_hex(3).upper()[:5]}")
     claim(instance.prefix)
     try:
         yield instance
     finally:
         instance.teardown()
         release(instance.prefix)
+
+
+@pytest.fixture
+def deployer(host: None, images: Images, tmp_path: Path) -> Iterator[Deployer]:
+    with owned_deployer(tmp_path) as instance:
+        yield instance
 
 
 @pytest.fixture

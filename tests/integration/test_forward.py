@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import BRIDGE, NETWORK, REPO, Deployer, claim, release
+from conftest import BRIDGE, NETWORK, REPO, Deployer, owned_deployer
 from support.hosts import Hosts
 
 pytestmark = pytest.mark.integration
@@ -158,13 +157,8 @@ def client_ip_of(record: dict[str, Any]) -> str:
 def new_host(host: None, tmp_path: Path) -> Iterator[Deployer]:
     """The new host's deployer: its own chain prefix, state and config (it runs in a namespace)."""
     ensure_server()
-    instance = Deployer(root=tmp_path, prefix=f"DT{secrets.token_hex(3).upper()[:5]}")
-    claim(instance.prefix)
-    try:
+    with owned_deployer(tmp_path) as instance:
         yield instance
-    finally:
-        instance.teardown()
-        release(instance.prefix)
 
 
 def deployer_in(hosts: Hosts, namespace: str, deployer: Deployer, *args: str,
