@@ -165,8 +165,7 @@ class Forwarder:
         """What `status` finds wrong with a forward beyond the app chain: its filter and nat rules, forwarding."""
         target = Target.from_detail(state.mode_detail)
         problems = []
-        filter_table = rules.parse_table(self.netfilter.save_table("filter"), "filter")
-        if forwarding.render_extras(filter_table, nat, self.names, app, target) is not None:
+        if forwarding.render_extras(self._table("filter"), nat, self.names, app, target) is not None:
             which = "accept and masquerade rules" if target.masquerade else "accept rules"
             problems.append(f"the forward's {which} are missing or changed")
         if self.routing.sysctl("net/ipv4/ip_forward") != "1":
@@ -188,9 +187,7 @@ class Forwarder:
     def _apply_extras(self, app: str, target: Target | None) -> bool:
         """Make the app's accept and masquerade rules those of `target` (None: none). True if anything changed."""
         with self.engine._netfilter_lock():
-            text = forwarding.render_extras(rules.parse_table(self.netfilter.save_table("filter"), "filter"),
-                                            rules.parse_table(self.netfilter.save_nat(), "nat"),
-                                            self.names, app, target)
+            text = forwarding.render_extras(self._table("filter"), self._table("nat"), self.names, app, target)
             if text:
                 self.netfilter.restore(text)
         return text is not None
@@ -222,7 +219,7 @@ class Forwarder:
                         for command in commands:
                             self.routing.run(command)
                         with self.engine._netfilter_lock():
-                            text = forwarding.render_return(self._mangle(), self.names, path)
+                            text = forwarding.render_return(self._table("mangle"), self.names, path)
                             if text:
                                 self.netfilter.restore(text)
                     except DeployerError:
@@ -255,7 +252,7 @@ class Forwarder:
             try:
                 with self.journal.step("drain-return", **base) as step:
                     with self.engine._netfilter_lock():
-                        mangle = self._mangle()
+                        mangle = self._table("mangle")
                         if mangle.has_chain(forwarding.return_chain(self.names)):
                             text = forwarding.render_return(mangle, self.names, path, mark_new=False)
                             if text:
@@ -288,7 +285,7 @@ class Forwarder:
     def _remove_return(self, path: ReturnPath) -> list[str]:
         removed = []
         with self.engine._netfilter_lock():
-            text = forwarding.render_return(self._mangle(), self.names, None)
+            text = forwarding.render_return(self._table("mangle"), self.names, None)
             if text:
                 self.netfilter.restore(text)
                 removed.append("mangle chains")
@@ -308,8 +305,9 @@ class Forwarder:
                 return remaining
             self.engine.sleep(min(0.25, max(0.0, deadline - self.engine.clock())))
 
-    def _mangle(self) -> Any:
-        return rules.parse_table(self.netfilter.save_table("mangle"), "mangle")
+    def _table(self, name: str) -> Any:
+        """One table as it is now (filter, nat or mangle), parsed."""
+        return rules.parse_table(self.netfilter.save_table(name), name)
 
     # --- the host-level record and lock -------------------------------------------------------------
 
@@ -345,9 +343,7 @@ class Forwarder:
         """Everything forwarding left on this host: accept and masquerade chains, the return path."""
         removed = []
         with self.engine._netfilter_lock():
-            text = forwarding.render_extras_teardown(
-                rules.parse_table(self.netfilter.save_table("filter"), "filter"),
-                rules.parse_table(self.netfilter.save_nat(), "nat"), self.names)
+            text = forwarding.render_extras_teardown(self._table("filter"), self._table("nat"), self.names)
             if text:
                 self.netfilter.restore(text)
                 removed.append(f"forwarding chains {forwarding.forward_chain(self.names)} and "
@@ -356,9 +352,9 @@ class Forwarder:
         if recorded:
             removed += [f"return path: {item}" for item in self._remove_return(ReturnPath.from_record(recorded))]
             self.forget_return()
-        elif self._mangle().has_chain(forwarding.return_chain(self.names)):
+        elif self._table("mangle").has_chain(forwarding.return_chain(self.names)):
             with self.engine._netfilter_lock():
-                text = forwarding.render_return(self._mangle(), self.names, None)
+                text = forwarding.render_return(self._table("mangle"), self.names, None)
                 if text:
                     self.netfilter.restore(text)
                     removed.append("return path: mangle chains")
