@@ -21,14 +21,14 @@ import subprocess
 import time
 from typing import Any, Mapping, Sequence
 
-from deployer import rules
-from deployer.adapters.docker_host import ContainerInfo, DockerHost
+from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.netfilter import Netfilter
 from deployer.config import AppConfig, Settings
-from deployer.containers import Release, other_set, run_arguments
 from deployer.errors import BootError
-from deployer.health import probe_for, wait_healthy
+from deployer.host.health import probe_for, wait_healthy
 from deployer.journal import Journal
+from deployer.plan import rules
+from deployer.plan.containers import ContainerInfo, Release, other_set, run_arguments
 
 # --- pure: commands and arguments ------------------------------------------------------------------
 

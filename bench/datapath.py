@@ -13,14 +13,13 @@ import http.client
 import time
 from typing import Any
 
-from deployer.errors import DeployerError
-
 from bench import analysis
 from bench.drivers import EngineDriver, scratch_path
 from bench.lab import IMAGE, Lab, say
 from bench.loadgen import WrkOutputError, parse_wrk, wrk_argv
 from bench.plan import CLIENTS, DATAPATHS, Plan, app_toml, round_order
 from bench.proxies import haproxy_argv, haproxy_config, nginx_argv, nginx_config
+from deployer.errors import DeployerError
 
 APP = "datapath"
 NOTES = {

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deployer.errors import DeployerError
-
 from bench import analysis
 from bench.drivers import driver_for, scratch_path
 from bench.lab import IMAGE, TRAFFIC, Lab, say
 from bench.plan import SCENARIOS, Plan, app_toml
+from deployer.errors import DeployerError
 
 # name, where it runs, traffic.py mode, protocol
 CLIENTS = [

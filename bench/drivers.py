@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deployer import config as config_module
-from deployer.adapters.netfilter import Netfilter
-from deployer.config import Config
-from deployer.engine import Engine
-from deployer.journal import Journal
-
 from bench.baselines import NoUdpCleanup, SeedRecipe, StopThenStart
 from bench.lab import Lab
 from bench.plan import deployer_toml
+from deployer import config as config_module
+from deployer.adapters.netfilter import Netfilter
+from deployer.config import Config
+from deployer.host.engine import Engine
+from deployer.journal import Journal
 
 
 def bench_config(lab: Lab, app: str, app_text: str) -> Config:

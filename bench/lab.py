@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from deployer import rules
+from bench.plan import BLOCKS, OWNER_OF_RUN_RE, RUN_PREFIX_RE, Ports, RunNames, prefix_of_chain
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.netfilter import Netfilter
 from deployer.errors import DeployerError, DockerUnavailable
-
-from bench.plan import BLOCKS, OWNER_OF_RUN_RE, RUN_PREFIX_RE, Ports, RunNames, prefix_of_chain
+from deployer.plan import rules
 
 REPO = Path(__file__).resolve().parents[1]
 # The load client and the outside namespaces are the integration tests' own, shared on purpose.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from deployer import rules
+from deployer.plan import rules
 
 PORT_FIRST, PORT_LAST = 24000, 24999
 BLOCK = 100

@@ -12,14 +12,12 @@ import itertools
 import time
 from typing import Any
 
-from deployer import rules
-
-from deployer.errors import DeployerError
-
 from bench import analysis
 from bench.drivers import EngineDriver
 from bench.lab import IMAGE, Lab, say
 from bench.plan import Plan, app_toml, filler_chains, filler_name, visits
+from deployer.errors import DeployerError
+from deployer.plan import rules
 
 APP = "flip"
 

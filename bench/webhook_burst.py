@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deployer import config as config_module  # noqa: E402
-from deployer import signatures  # noqa: E402
-from deployer.queue import Queue  # noqa: E402
-from deployer.server_cli import start_gunicorn  # noqa: E402
+from deployer.cli.server import start_gunicorn  # noqa: E402
+from deployer.server import signatures  # noqa: E402
+from deployer.server.jobs import Queue  # noqa: E402
 
 PAYLOAD = REPO.parent / "shared" / "github-payloads" / "release-published.payload.json"
 TARGET_P99_MS = 100.0

@@ -1,3 +1,3 @@
-from deployer.cli import main
+from deployer.cli.main import main
 
 raise SystemExit(main())

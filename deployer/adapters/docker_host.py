@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import docker
 import docker.errors
 import requests.exceptions
 
-from deployer.containers import Release
 from deployer.errors import BootError, DeployerError, DockerUnavailable, PullError
+from deployer.plan.containers import ContainerInfo, Release
 
 _UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, FileNotFoundError)
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    id: str
-    name: str
-    status: str  # created, running, restarting, exited, dead ...
-    exit_code: int | None
-    restart_count: int
-    labels: Mapping[str, str] = field(default_factory=dict)
-    addresses: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv4 address
-
-    def address(self, network: str) -> str | None:
-        return self.addresses.get(network) or None
 
 
 def _info(container: Any) -> ContainerInfo:

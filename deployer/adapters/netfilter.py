@@ -8,7 +8,7 @@ from pathlib import Path
 import sh
 
 from deployer.errors import ConntrackError, RulesError
-from deployer.rules import parse_chain_listing
+from deployer.plan.rules import parse_chain_listing
 
 _DELETED = re.compile(r"(\d+) flow entries have been (deleted|shown)")
 

@@ -5,15 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-
-@dataclass(frozen=True)
-class HookOutcome:
-    exit_code: int | None  # None: timed out and killed
-    output: str
+from deployer.plan.hooks import HookOutcome
 
 
 def run_hook(path: Path, env: Mapping[str, str], timeout: float) -> HookOutcome:

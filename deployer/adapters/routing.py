@@ -1,6 +1,6 @@
 """Routes, `ip rule`s, neighbours, one ICMP echo and the sysctls forwarding depends on.
 
-Facts come back as the plain types of `deployer.forwarding`, which decides what they mean;
+Facts come back as the plain types of `deployer.plan.forwarding`, which decides what they mean;
 changes are the `ip` argument lists it rendered. `ip -j` prints JSON, so nothing here parses
 free text.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 import sh
 
-from deployer import forwarding
 from deployer.errors import ForwardingError
+from deployer.plan import forwarding
 
 
 class Routing:
@@ -114,7 +114,7 @@ class Routing:
             raise ForwardingError(f"cannot set {key.replace('/', '.')}={value}: {exc.strerror}") from None
 
     def run(self, command: list[str]) -> None:
-        """Run one `ip` command rendered by deployer.forwarding."""
+        """Run one `ip` command rendered by deployer.plan.forwarding."""
         if not command or command[0] != "ip":
             raise ForwardingError(f"not an ip command: {command!r}")
         try:

@@ -26,11 +26,11 @@ from typing import Any, Iterator
 import pytest
 
 from deployer import config as config_module
-from deployer import rules
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.netfilter import Netfilter
-from deployer.engine import Engine
+from deployer.host.engine import Engine
 from deployer.journal import Journal
+from deployer.plan import rules
 from support import netns
 from support.owners import OWNERS, alive, claim, owner_alive, release
 

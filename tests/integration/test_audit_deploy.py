@@ -10,11 +10,11 @@ import json
 from datetime import datetime
 
 import pytest
-
 from conftest import app_toml
+
 from deployer.audit import AuditLog, Query
 from deployer.errors import HealthCheckFailed
-from deployer.runtime import build_engine
+from deployer.host.wiring import build_engine
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 import requests
-
 from conftest import IMAGE
-from deployer.audit import AuditLog, Query
 from test_server import GITHUB_REPO, HOOK_ID, real_payload, serve, web_app  # noqa: F401 - serve is a fixture
+
+from deployer.audit import AuditLog, Query
 
 pytestmark = pytest.mark.integration
 

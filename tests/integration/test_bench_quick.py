@@ -11,10 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from deployer import rules
+
 from deployer.adapters.netfilter import Netfilter
+from deployer.plan import rules
 
 pytestmark = pytest.mark.integration
 

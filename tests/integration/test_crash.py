@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, app_toml, http_get
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import IMAGE, app_toml, host_address, http_get, outside_get, udp_ask
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import _missing, app_toml
+
 from support.load import Load
 
 pytestmark = pytest.mark.integration

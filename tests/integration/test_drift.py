@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import REPO, app_toml, http_get, run, udp_ask
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import socket
 import time
 
 import pytest
-
 from conftest import IMAGE, app_toml, http_get, outside_get, owned_nat
+
 from deployer.adapters.docker_host import DockerHost
 from deployer.errors import BootError, ConfigError, HealthCheckFailed, PullError
 

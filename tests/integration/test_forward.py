@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from conftest import BRIDGE, NETWORK, REPO, Deployer, owned_deployer
+
 from support.hosts import Hosts
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, app_toml, http_get, outside_get, owned_nat
+
 from deployer import config as config_module
 from deployer.errors import HealthCheckFailed, HookFailed, PullError
 

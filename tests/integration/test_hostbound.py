@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, _missing
+
 from support.load import Background, Load, statuses
 
 pytestmark = pytest.mark.integration

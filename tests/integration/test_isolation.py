@@ -8,14 +8,14 @@ import subprocess
 import threading
 import time
 
-import pytest
-
 import conftest
+import pytest
 from conftest import IMAGE, app_toml, http_get, run
-from deployer import rules
+
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.netfilter import Netfilter
 from deployer.errors import PullError
+from deployer.plan import rules
 
 pytestmark = pytest.mark.integration
 

@@ -13,13 +13,13 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO, app_toml, host_address
-from deployer import retries
+
 from deployer.adapters.netfilter import Netfilter
 from deployer.audit import AuditLog, Query
-from deployer.rules import ChainNames
-from deployer.state import StateStore
+from deployer.host.state import StateStore
+from deployer.plan import retries
+from deployer.plan.rules import ChainNames
 from support.load import Background, Load, statuses
 
 pytestmark = pytest.mark.integration

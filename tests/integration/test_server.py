@@ -24,11 +24,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import requests
-
 from conftest import IMAGE, REPO, Deployer, app_toml, http_get
-from deployer import signatures
+
 from deployer.audit import AuditLog, Query
-from deployer.queue import TERMINAL, Queue
+from deployer.server import signatures
+from deployer.server.jobs import TERMINAL, Queue
 from support.fake_github import FakeGitHub, free_port
 
 pytestmark = pytest.mark.integration
@@ -457,8 +457,9 @@ def _unprivileged_receiver(config_path: str, port: int, report) -> None:
 
     import werkzeug.serving
 
-    from deployer import runtime, web  # noqa: F401 - imported while root can still read the code
     from deployer.config import load
+    from deployer.host import wiring as runtime
+    from deployer.server import web  # noqa: F401 - imported while root can still read the code
 
     # One request through a throwaway app, so lazily imported modules load before the drop.
     scratch = Path(tempfile.mkdtemp(prefix="deployer-preload-"))
@@ -579,8 +580,8 @@ def test_the_receiver_runs_unprivileged_and_only_enqueues(deployer, images):
 
 def test_serve_with_watch_answers_with_the_page_when_the_instance_dies(serve):
     """`serve --watch` runs the maintenance responder and the failover watchdog beside the worker."""
-    from deployer import retries
     from deployer.adapters.netfilter import Netfilter
+    from deployer.plan import retries
 
     served = serve(web_app(22130, extra="[apps.web.watchdog]\ninterval = 0.3\nfailures = 2\nrecoveries = 2\n"),
                    settings="maintenance_port = 22139", serve_args=("--watch",))

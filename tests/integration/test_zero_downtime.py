@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, app_toml, host_address
 
 pytestmark = pytest.mark.integration

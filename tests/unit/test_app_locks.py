@@ -12,11 +12,11 @@ import time
 import pytest
 
 from deployer.errors import LockError
-from deployer.locks import AppLock
+from deployer.host.locks import AppLock
 
 HOLDER = """
 import sys
-from deployer.locks import AppLock
+from deployer.host.locks import AppLock
 with AppLock(sys.argv[1], sys.argv[2], holder={"tag": "v9", "actor": "cli:alice"}):
     print("locked", flush=True)
     sys.stdin.readline()

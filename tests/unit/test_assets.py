@@ -7,9 +7,9 @@ import tarfile
 
 import pytest
 
-from deployer import assets
-from deployer.containers import Release
 from deployer.errors import AssetError
+from deployer.plan.containers import Release
+from deployer.server import assets
 from support.fake_github import FakeGitHub
 
 REPO = "Codertocat/Hello-World"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
-import grp
 import logging
 import os
 import sqlite3
@@ -14,10 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from deployer import audit, cli
-from deployer.audit import (GENESIS, AuditLog, AuditSink, Entry, Query, audit_query_from_args, build_select,
-                            canonical_json, chain_hash, check_chain, deploy_span, parse_time, record_for)
-from deployer.audit_cli import format_timeline
+from deployer import audit
+from deployer.audit import (
+    GENESIS,
+    AuditLog,
+    AuditSink,
+    Entry,
+    Query,
+    audit_query_from_args,
+    build_select,
+    canonical_json,
+    chain_hash,
+    check_chain,
+    deploy_span,
+    parse_time,
+    record_for,
+)
+from deployer.cli.audit import format_timeline
+from deployer.cli.main import main as cli
 from deployer.errors import AuditError
 from deployer.journal import Journal
 
@@ -353,7 +367,7 @@ def test_sink_never_raises_into_the_engine_but_warns(tmp_path, caplog):
 
 def test_build_journal_adds_the_audit_sink_for_the_state_dir(tmp_path):
     from deployer.config import parse
-    from deployer.runtime import build_journal
+    from deployer.host.wiring import build_journal
 
     config = parse({"deployer": {"state_dir": "state"}, "apps": {"web": {
         "image": "registry.example/web", "ports": [{"external": 8000, "container": 80, "blue": 8001, "green": 8002}],
@@ -494,10 +508,10 @@ def config_file(tmp_path: Path) -> Path:
 def test_cli_verify_exits_1_naming_the_entry_and_0_when_intact(config_file, capsys):
     log = AuditLog.for_state_dir(config_file.parent / "state")
     fill(log)
-    assert cli.main(["-c", str(config_file), "audit", "verify"]) == 0
+    assert cli(["-c", str(config_file), "audit", "verify"]) == 0
     assert capsys.readouterr().out.startswith("audit log intact: 6 entries checked; head entry 6 ")
     sql(log, "DELETE FROM entries WHERE seq = 4")
-    assert cli.main(["-c", str(config_file), "audit", "verify"]) == 1
+    assert cli(["-c", str(config_file), "audit", "verify"]) == 1
     assert capsys.readouterr().out == ("audit log BROKEN at entry 4: entry 4 removed: the chain jumps from entry 3 "
                                        "to entry 5\n(3 entries checked before it)\n")
 
@@ -505,21 +519,21 @@ def test_cli_verify_exits_1_naming_the_entry_and_0_when_intact(config_file, caps
 def test_cli_lists_filters_and_prints_json(config_file, capsys):
     log = AuditLog.for_state_dir(config_file.parent / "state")
     fill(log, 3)
-    assert cli.main(["-c", str(config_file), "audit", "--limit", "2"]) == 0
+    assert cli(["-c", str(config_file), "audit", "--limit", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["SEQ", "TIME", "(UTC)", "EVENT", "APP", "ACTOR", "JOB", "OUTCOME", "DETAIL"]
     assert [line.split()[:4] for line in lines[1:]] == [["3", "2024-05-03", "10:00:00", "step"],
                                                         ["2", "2024-05-02", "10:00:00", "step"]]
-    assert cli.main(["-c", str(config_file), "audit", "--json", "--until", "2024-05-02"]) == 0
+    assert cli(["-c", str(config_file), "audit", "--json", "--until", "2024-05-02"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["count"] == 1 and document["entries"][0]["step"] == "s1"
-    assert cli.main(["-c", str(config_file), "audit", "--jsonl", "--event", "step", "--limit", "0"]) == 0
+    assert cli(["-c", str(config_file), "audit", "--jsonl", "--event", "step", "--limit", "0"]) == 0
     assert [json.loads(line)["seq"] for line in capsys.readouterr().out.splitlines()] == [3, 2, 1]
 
 
 def test_cli_refuses_a_bad_time_with_exit_2(config_file, capsys):
     with pytest.raises(SystemExit) as caught:
-        cli.main(["-c", str(config_file), "audit", "--since", "last week"])
+        cli(["-c", str(config_file), "audit", "--since", "last week"])
     assert caught.value.code == 2
     assert "argument --since: since: expected a time like 24h" in capsys.readouterr().err
 
@@ -527,12 +541,12 @@ def test_cli_refuses_a_bad_time_with_exit_2(config_file, capsys):
 def test_cli_prune_and_show(config_file, capsys):
     log = AuditLog.for_state_dir(config_file.parent / "state")
     fill(log)
-    assert cli.main(["-c", str(config_file), "audit", "prune", "--before", "2024-05-03"]) == 0
+    assert cli(["-c", str(config_file), "audit", "prune", "--before", "2024-05-03"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("pruned 2 entries (1-2) older than 2024-05-03T00:00:00.000Z; checkpoint: entry 2 ")
-    assert cli.main(["-c", str(config_file), "audit", "verify"]) == 0
+    assert cli(["-c", str(config_file), "audit", "verify"]) == 0
     assert "after the checkpoint at entry 2" in capsys.readouterr().out
-    assert cli.main(["-c", str(config_file), "audit", "show", "nope"]) == 1
+    assert cli(["-c", str(config_file), "audit", "show", "nope"]) == 1
     assert capsys.readouterr().err == ("deployer: no job 'nope' and no deploy started at entry nope "
                                        "in the audit log\n")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from bench.baselines import app_flows, filter_protocol, iptables_dnat, published_arguments, seed_flip
 from bench.plan import Ports, RunNames, app_toml, deployer_toml
 from deployer import config as config_module
-from deployer.containers import Release
-from deployer.rules import Forward
+from deployer.plan.containers import Release
+from deployer.plan.rules import Forward
 
 NEW = Forward("tcp", 24010, "172.19.0.3", 8080, "seed green v2")
 OLD = Forward("tcp", 24010, "172.19.0.2", 8080, "seed blue v1")

@@ -6,8 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from bench.plan import (Ports, RunNames, app_toml, deployer_toml, filler_chains, plan_for, prefix_of_chain,
-                        round_order, tags_for, visits)
+from bench.plan import (
+    Ports,
+    RunNames,
+    app_toml,
+    deployer_toml,
+    filler_chains,
+    plan_for,
+    prefix_of_chain,
+    round_order,
+    tags_for,
+    visits,
+)
 from deployer import config as config_module
 
 

@@ -1,7 +1,7 @@
 """The conntrack filters after a flip, after a stop and while draining: exact argument lists."""
 
-from deployer import conntrack
 from deployer.config import AppConfig, HealthCheck, PortMapping
+from deployer.plan import conntrack
 
 DEMO = AppConfig(
     name="demo",

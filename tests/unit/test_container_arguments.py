@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from deployer import containers
 from deployer.config import AppConfig, HealthCheck, PortMapping, Settings
-from deployer.containers import Release
+from deployer.plan import containers
+from deployer.plan.containers import Release
 
 SETTINGS = Settings(state_dir=Path("/var/lib/deployer"), hooks_dir=Path("/etc/deployer/hooks"))
 DEMO = AppConfig(

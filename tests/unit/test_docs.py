@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from deployer import config as config_module
-from deployer.cli import build_parser
-from deployer.web import create_app
+from deployer.cli.main import build_parser
+from deployer.server.web import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()

@@ -1,7 +1,7 @@
 """Draining: when conntrack says an app is idle, and how long the wait lasts."""
 
-from deployer import drain
-from deployer.drain import Census
+from deployer.plan import drain
+from deployer.plan.drain import Census
 
 # `conntrack -L -p tcp --orig-port-dst 1000` on a host (time_wait timeout 120 s, close timeout 10 s).
 LINES = [

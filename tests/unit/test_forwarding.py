@@ -6,13 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from deployer import forwarding, rules
 from deployer.config import parse
 from deployer.errors import InvalidForwarding
-from deployer.forwarding import (ForwardFacts, Link, Peer, PortTarget, ReturnFacts, ReturnPath, Route, Target,
-                                 check_forward, check_return)
-from deployer.rules import ChainNames
-from deployer.state import AppState
+from deployer.plan import forwarding, rules
+from deployer.plan.forwarding import (
+    ForwardFacts,
+    Link,
+    Peer,
+    PortTarget,
+    ReturnFacts,
+    ReturnPath,
+    Route,
+    Target,
+    check_forward,
+    check_return,
+)
+from deployer.plan.records import AppState
+from deployer.plan.rules import ChainNames
 
 NAMES = ChainNames("DEPLOYER")
 OLD = "203.0.113.7"

@@ -9,7 +9,7 @@ import pytest
 
 from deployer.config import HealthCheck
 from deployer.errors import BootError, HealthCheckFailed
-from deployer.health import ProbeResult, http_probe, probe_for, tcp_probe, wait_healthy
+from deployer.host.health import ProbeResult, http_probe, probe_for, tcp_probe, wait_healthy
 
 
 class FakeTime:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from deployer.hooks import HookContext, hook_environment, hook_path
+from deployer.plan.hooks import HookContext, hook_environment, hook_path
 
 
 def make(folder, name, mode):

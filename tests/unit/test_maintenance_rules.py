@@ -3,11 +3,11 @@ transitions and the page."""
 
 import pytest
 
-from deployer import app_chain, drain, hostbound, maintenance, retries, rules
 from deployer.config import AppConfig, HealthCheck, PortMapping
 from deployer.errors import NotDeployable
-from deployer.rules import ChainNames, Forward, NatTable
-from deployer.state import AppState, Instance
+from deployer.plan import app_chain, drain, hostbound, maintenance, retries, rules
+from deployer.plan.records import AppState, Instance
+from deployer.plan.rules import ChainNames, Forward, NatTable
 
 NAMES = ChainNames("DEPLOYER")
 MPORT = 8999

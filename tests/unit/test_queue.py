@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from deployer.errors import Unauthorized
-from deployer.queue import MIGRATIONS, Queue, prepare_folder, queue_path
+from deployer.server.jobs import MIGRATIONS, Queue, prepare_folder, queue_path
 
 
 class Clock:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from deployer import config as config_module
-from deployer import releases
 from deployer.errors import InvalidRequest, InvalidTag, UnknownApp
-from deployer.releases import AssetRef, Decision
+from deployer.server import releases
+from deployer.server.releases import AssetRef, Decision
 
 PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "github-payloads"  # ../shared from the repository
 

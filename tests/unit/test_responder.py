@@ -7,9 +7,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from deployer import maintenance, responder
 from deployer.config import parse
-from deployer.state import AppState, StateStore
+from deployer.host.state import StateStore
+from deployer.plan import maintenance
+from deployer.plan.records import AppState
+from deployer.server import responder
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from deployer import rules
-from deployer.rules import ChainNames, Forward, NatTable
+from deployer.plan import rules
+from deployer.plan.rules import ChainNames, Forward, NatTable
 
 NAMES = ChainNames("DEPLOYER")
 BRIDGE = "deployer0"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from deployer import signatures
 from deployer.errors import Unauthorized
+from deployer.server import signatures
 
 # GitHub's documented test vector ("Validating webhook deliveries").
 GITHUB_SECRET = "It's a Secret to Everybody"

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from deployer.errors import StateError
-from deployer.state import AppState, Instance, StateStore, write_atomically
+from deployer.host.state import StateStore, write_atomically
+from deployer.plan.records import AppState, Instance
 
 BLUE_V1 = Instance(port_set="blue", tag="v1", image="127.0.0.1:5000/demo", digest="sha256:" + "11" * 32,
                    container_id="c1" * 32, container_name="deployer-demo-blue", address="172.18.0.2",

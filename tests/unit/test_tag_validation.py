@@ -4,7 +4,7 @@ import pytest
 
 from deployer.config import AppConfig, HealthCheck, PortMapping
 from deployer.errors import InvalidTag
-from deployer.tags import check_tag
+from deployer.plan.tags import check_tag
 
 PORTS = (PortMapping(external=8000, container=80, protocol="tcp", blue=8001, green=8002),)
 ANY = AppConfig(name="web", image="registry.example:5000/web", ports=PORTS, health=HealthCheck(type="tcp", port=80))

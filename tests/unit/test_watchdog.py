@@ -3,13 +3,15 @@ the rules."""
 
 import pytest
 
-from deployer import maintenance, watchdog
 from deployer.config import AppConfig, HealthCheck, PortMapping, WatchdogConfig
 from deployer.errors import LockError
-from deployer.health import ProbeResult
+from deployer.host import watchdog
+from deployer.host.health import ProbeResult
+from deployer.host.state import StateStore
+from deployer.host.watchdog import FAILED_OVER, SERVING, Streak, observe, phase_of
 from deployer.journal import Journal
-from deployer.state import AppState, Instance, StateStore
-from deployer.watchdog import FAILED_OVER, SERVING, Streak, observe, phase_of
+from deployer.plan import maintenance
+from deployer.plan.records import AppState, Instance
 
 POLICY = WatchdogConfig(interval=0.5, failures=3, recoveries=2)
 ACTIVE = Instance(port_set="blue", tag="v1", image="demo", digest=None, container_id="c1", container_name="b",

@@ -13,10 +13,10 @@ from urllib.parse import urlencode
 import pytest
 
 from deployer import config as config_module
-from deployer import signatures
 from deployer.journal import Journal
-from deployer.queue import Queue
-from deployer.web import create_app
+from deployer.server import signatures
+from deployer.server.jobs import Queue
+from deployer.server.web import create_app
 
 PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "github-payloads"  # ../shared from the repository
 GITHUB_SECRET = "gh-webhook-secret-5f2a9c"

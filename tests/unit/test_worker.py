@@ -10,10 +10,11 @@ import pytest
 
 from deployer import config as config_module
 from deployer.errors import HealthCheckFailed, LockError
+from deployer.host.state import StateStore
 from deployer.journal import Journal
-from deployer.queue import Queue
-from deployer.state import AppState, Instance, StateStore
-from deployer.worker import JobSteps, JobTools, Worker, WorkerLock, execute
+from deployer.plan.records import AppState, Instance
+from deployer.server.jobs import Queue
+from deployer.server.worker import JobSteps, JobTools, Worker, WorkerLock, execute
 
 
 class Clock:

@@ -10,51 +10,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from deployer.errors import StateError
+from deployer.plan.records import AppState, instance_from
 
 SCHEMA = 1
-
-
-@dataclass(frozen=True)
-class Instance:
-    """A release running on one port set."""
-
-    port_set: str
-    tag: str
-    image: str
-    digest: str | None
-    container_id: str
-    container_name: str
-    address: str
-    since: str  # ISO 8601 UTC time it became active
-
-
-@dataclass(frozen=True)
-class AppState:
-    app: str
-    active: Instance | None = None
-    previous: Instance | None = None  # what `rollback` returns to
-    updated_at: str | None = None
-    # What the external ports lead to: "serving" (the active instance) or another mode's target,
-    # e.g. a maintenance page or another host; `mode_detail` holds that mode's facts.
-    mode: str = "serving"
-    mode_detail: dict[str, Any] = field(default_factory=dict)
-    # Out of an upstream load balancer's rotation (its status port closed): who drained it and since when.
-    # Apart from the mode, so a drained host can be redeployed or put in maintenance and stay drained.
-    drained: dict[str, Any] | None = None
-
-    def promoted(self, instance: Instance, now: str) -> "AppState":
-        """The state after `instance` took over traffic: the old active becomes the rollback target."""
-        previous = self.active if self.active and self.active.container_id != instance.container_id else self.previous
-        return replace(self, active=instance, previous=previous, updated_at=now)
-
-
-def _instance(data: Any) -> Instance | None:
-    return Instance(**data) if data else None
 
 
 class StateStore:
@@ -76,8 +38,8 @@ class StateStore:
         try:
             return AppState(
                 app=data["app"],
-                active=_instance(data.get("active")),
-                previous=_instance(data.get("previous")),
+                active=instance_from(data.get("active")),
+                previous=instance_from(data.get("previous")),
                 updated_at=data.get("updated_at"),
                 mode=data.get("mode", "serving"),
                 mode_detail=data.get("mode_detail", {}),

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from deployer.config import AppConfig, Config
 from deployer.errors import InvalidRequest, InvalidTag, UnknownApp
-from deployer.tags import DOCKER_TAG_RE, check_tag
+from deployer.plan.tags import DOCKER_TAG_RE, check_tag
 
 SENDER_RE = re.compile(r"[^A-Za-z0-9_.\[\]-]")
 IGNORED_ACTIONS = {

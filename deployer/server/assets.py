@@ -21,8 +21,8 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from deployer.containers import Release
 from deployer.errors import AssetError
+from deployer.plan.containers import Release
 
 MAX_REDIRECTS = 5
 CHECKSUM_MAX_BYTES = 4096

@@ -2,7 +2,7 @@
 
 It takes the worker lock (one worker per state folder), recovers jobs a dead worker left running,
 runs `reconcile` so rules, containers and records agree before anything new happens, then claims
-jobs from the queue. Each job runs in its own child process (`python -m deployer.worker`), so a
+jobs from the queue. Each job runs in its own child process (`python -m deployer.server.worker`), so a
 job can be timed out and killed, and a crash in one deploy cannot take the worker down. A child
 that dies without recording an outcome is failed by the worker, which then reconciles the app.
 
@@ -28,9 +28,9 @@ from typing import Any, Callable, Protocol
 
 from deployer.config import Config
 from deployer.errors import DeployerError, LockError, StateError
+from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
-from deployer.queue import Job, Queue
-from deployer.state import StateStore
+from deployer.server.jobs import Job, Queue
 
 log = logging.getLogger("deployer.worker")
 
@@ -303,9 +303,9 @@ def child_environment() -> dict[str, str]:
 
 
 def process_launcher(config: Config) -> Callable[[Job], subprocess.Popen]:
-    """Each job in `python -m deployer.worker`, in the worker's process group, sharing its stderr."""
+    """Each job in `python -m deployer.server.worker`, in the worker's process group, sharing its stderr."""
     def launch(job: Job) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "deployer.worker", "--config", str(config.path),
+        return subprocess.Popen([sys.executable, "-m", "deployer.server.worker", "--config", str(config.path),
                                  "--job", job.id, "--attempt", str(job.attempts)], stdin=subprocess.DEVNULL,
                                 env=child_environment())
     return launch
@@ -331,7 +331,7 @@ def real_checks(config: Config) -> Callable[[], tuple[str, str]]:
 
 
 def build_worker(config: Config, queue: Queue | None = None, journal: Journal | None = None) -> Worker:
-    from deployer.runtime import build_engine, build_journal
+    from deployer.host.wiring import build_engine, build_journal
 
     journal = journal or build_journal(config)
     queue = queue or Queue.for_state_dir(config.settings.state_dir)
@@ -344,12 +344,12 @@ def build_worker(config: Config, queue: Queue | None = None, journal: Journal | 
 
 
 def real_tools(config: Config, journal: Journal) -> JobTools:
-    from deployer import assets
     from deployer.adapters.docker_host import DockerHost
     from deployer.adapters.image_archive import load_image
     from deployer.adapters.netfilter import Netfilter
-    from deployer.engine import Engine
-    from deployer.runtime import build_engine
+    from deployer.host.engine import Engine
+    from deployer.host.wiring import build_engine
+    from deployer.server import assets
 
     def engine(preloaded: str | None) -> Engine:
         if preloaded is None:
@@ -389,9 +389,9 @@ def _die_with_parent() -> None:
 def child_main(argv: list[str] | None = None) -> int:
     """Entry of one job's process: load the config, run the job, record its outcome."""
     from deployer import config as config_module
-    from deployer.runtime import build_journal
+    from deployer.host.wiring import build_journal
 
-    parser = argparse.ArgumentParser(prog="python -m deployer.worker", description="run one claimed deploy job")
+    parser = argparse.ArgumentParser(prog="python -m deployer.server.worker", description="run one claimed deploy job")
     parser.add_argument("--config", required=True)
     parser.add_argument("--job", required=True)
     parser.add_argument("--attempt", type=int, required=True)

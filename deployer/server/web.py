@@ -1,7 +1,7 @@
 """The HTTP receiver: GitHub webhooks, signed manual redeploys, job status, the audit log and health.
 
 It only checks, decides, enqueues and reads; it never touches Docker or netfilter, so it can run as an
-unprivileged user. gunicorn serves it with `deployer.web:create_app()`. Every error becomes its
+unprivileged user. gunicorn serves it with `deployer.server.web:create_app()`. Every error becomes its
 status code in `STATUS` below, the one place that maps them. Every delivery and manual request
 is recorded in the journal (verdict and reason, never a secret or a raw header).
 
@@ -22,13 +22,24 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from deployer import config as config_module
-from deployer import releases, signatures
-from deployer.audit import AuditLog, Query, audit_query_from_args, query_to_json
+from deployer.audit import AuditLog, Query, audit_query_from_args, build_journal, query_to_json
 from deployer.config import Config
-from deployer.errors import (AuditError, DeployerError, InvalidRequest, InvalidTag, MalformedRequest, PayloadTooLarge,
-                             StateError, Unauthorized, UnknownApp, UnknownJob, UnsupportedMediaType)
+from deployer.errors import (
+    AuditError,
+    DeployerError,
+    InvalidRequest,
+    InvalidTag,
+    MalformedRequest,
+    PayloadTooLarge,
+    StateError,
+    Unauthorized,
+    UnknownApp,
+    UnknownJob,
+    UnsupportedMediaType,
+)
 from deployer.journal import Journal
-from deployer.queue import Queue
+from deployer.server import releases, signatures
+from deployer.server.jobs import Queue
 
 log = logging.getLogger("deployer.web")
 
@@ -75,7 +86,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     test_config keys: DEPLOYER_CONFIG (a loaded Config), QUEUE, JOURNAL, CLOCK, AUDIT (the AuditLog GET /audit reads).
     """
-    from deployer.runtime import build_journal
 
     overrides = dict(test_config or {})
     config = overrides.pop("DEPLOYER_CONFIG", None) or config_module.load(config_module.config_path(None))

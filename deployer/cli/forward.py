@@ -7,8 +7,8 @@ import sys
 from typing import Callable
 
 from deployer import config as config_module
-from deployer import forwarding
 from deployer.errors import InvalidForwarding
+from deployer.plan import forwarding
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -64,8 +64,8 @@ def _number(text: str) -> int:
 
 
 def _forwarder(args: argparse.Namespace):
-    from deployer.forwarder import Forwarder
-    from deployer.runtime import build_engine
+    from deployer.host.forwarder import Forwarder
+    from deployer.host.wiring import build_engine
 
     return Forwarder(build_engine(args.loaded_config))
 

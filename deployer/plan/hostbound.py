@@ -25,7 +25,7 @@ from typing import Iterable, Mapping
 
 from deployer.config import AppConfig
 from deployer.errors import NotDeployable
-from deployer.rules import ChainNames, NatTable, save_string
+from deployer.plan.rules import ChainNames, NatTable, save_string
 
 
 def chain(names: ChainNames) -> str:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Callable, Sequence
 
 from deployer import config as config_module
-from deployer.audit import (AuditLog, Entry, Query, Verdict, audit_query_from_args, parse_time, query_to_json)
+from deployer.audit import AuditLog, Entry, Query, Verdict, audit_query_from_args, parse_time, query_to_json
 from deployer.errors import AuditError
 
 FILTERS = ("app", "since", "until", "event", "outcome", "actor", "limit")

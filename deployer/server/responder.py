@@ -20,10 +20,10 @@ import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from deployer import maintenance
 from deployer.config import AppConfig, Config
 from deployer.errors import DeployerError, StateError
-from deployer.state import StateStore
+from deployer.host.state import StateStore
+from deployer.plan import maintenance
 
 log = logging.getLogger("deployer.responder")
 

@@ -33,6 +33,12 @@ class HookContext:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class HookOutcome:
+    exit_code: int | None  # None: timed out and killed
+    output: str
+
+
 def hook_path(hooks_dir: Path, name: str) -> Path | None:
     """The executable for a hook point, or None when the operator installed none."""
     if name not in HOOK_NAMES:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from deployer.config import AppConfig
-from deployer.rules import Forward
-from deployer.state import AppState, Instance
+from deployer.plan.records import AppState, Instance
+from deployer.plan.rules import Forward
 
 CLOSED_STATES = ("TIME_WAIT", "CLOSE")
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from deployer import drain, maintenance
 from deployer.config import AppConfig
-from deployer.rules import ChainNames, Forward, app_rules
-from deployer.state import AppState
+from deployer.plan import drain, maintenance
+from deployer.plan.records import AppState
+from deployer.plan.rules import ChainNames, Forward, app_rules
 
 
 def wanted(names: ChainNames, app: AppConfig, state: AppState, forwards: Sequence[Forward],

@@ -36,8 +36,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from deployer.config import AppConfig
 from deployer.errors import InvalidForwarding
-from deployer.rules import ChainNames, Forward, NatTable, save_string
-from deployer.state import AppState
+from deployer.plan.records import AppState
+from deployer.plan.rules import ChainNames, Forward, NatTable, save_string
 
 MODE = "forward"
 DEFAULT_MARK = 0x2000000

@@ -13,17 +13,17 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from deployer import conntrack, drain, hostbound, maintenance, retries, rules
 from deployer.config import AppConfig
 from deployer.errors import DeployerError, ModeError
-from deployer.health import probe_for
+from deployer.host.health import probe_for
+from deployer.host.locks import AppLock
 from deployer.journal import utc_now
-from deployer.locks import AppLock
-from deployer.responder import check
-from deployer.state import AppState
+from deployer.plan import conntrack, drain, hostbound, maintenance, retries, rules
+from deployer.plan.records import AppState
+from deployer.server.responder import check
 
 if TYPE_CHECKING:
-    from deployer.engine import Engine
+    from deployer.host.engine import Engine
 
 Decide = Callable[[AppState], "AppState | None"]
 

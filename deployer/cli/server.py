@@ -15,10 +15,19 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from deployer import signatures
 from deployer.config import Config
-from deployer.errors import (DeployerError, InvalidRequest, MalformedRequest, PayloadTooLarge, RequestRejected,
-                             Unauthorized, UnknownApp, UnknownJob, UnsupportedMediaType)
+from deployer.errors import (
+    DeployerError,
+    InvalidRequest,
+    MalformedRequest,
+    PayloadTooLarge,
+    RequestRejected,
+    Unauthorized,
+    UnknownApp,
+    UnknownJob,
+    UnsupportedMediaType,
+)
+from deployer.server import signatures
 
 GUNICORN_STOP_SECONDS = 15
 CLIENT_TIMEOUT = 30
@@ -66,7 +75,7 @@ def gunicorn_argv(config: Config) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--workers", str(server.workers), "--bind", server.listen,
             "--worker-class", "sync", "--timeout", "30", "--graceful-timeout", "10", "--access-logfile", "-",
             "--error-logfile", "-", "--log-level", "info", "--name", "deployer-receiver",
-            *_no_control_socket(), "deployer.web:create_app()"]
+            *_no_control_socket(), "deployer.server.web:create_app()"]
 
 
 def _no_control_socket() -> list[str]:
@@ -81,7 +90,7 @@ def start_gunicorn(config: Config, log: Any = None) -> subprocess.Popen:
 
     `log`: a file for its output (default: this process's stdout and stderr).
     """
-    from deployer.worker import child_environment
+    from deployer.server.worker import child_environment
 
     env = child_environment()  # carries the *_env secrets the receiver needs
     env["DEPLOYER_CONFIG"] = str(config.path)
@@ -104,7 +113,7 @@ def start_gunicorn(config: Config, log: Any = None) -> subprocess.Popen:
 
 def _prepare(config: Config):
     from deployer import audit
-    from deployer.queue import Queue, prepare_folder
+    from deployer.server.jobs import Queue, prepare_folder
 
     group = config.server.group if os.geteuid() == 0 else None
     prepare_folder(config.settings.state_dir, group)
@@ -126,7 +135,7 @@ def _stop_on_signals(worker) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deployer.worker import build_worker
+    from deployer.server.worker import build_worker
 
     config: Config = args.loaded_config
     queue = _prepare(config)
@@ -162,8 +171,8 @@ def _start_watch(config: Config) -> Callable[[], None]:
 
     The responder binds its port here, so a taken port stops serve before gunicorn starts.
     """
-    from deployer import responder
-    from deployer.watchdog import run_watchdog
+    from deployer.host.watchdog import run_watchdog
+    from deployer.server import responder
 
     stop = threading.Event()
     server = responder.make_server(config)
@@ -192,7 +201,7 @@ def _stop_gunicorn(process: subprocess.Popen) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from deployer.worker import build_worker
+    from deployer.server.worker import build_worker
 
     config: Config = args.loaded_config
     worker = build_worker(config, _prepare(config))

@@ -22,8 +22,8 @@ from dataclasses import replace
 from typing import Any
 
 from deployer.config import AppConfig
-from deployer.rules import save_string
-from deployer.state import AppState
+from deployer.plan.records import AppState
+from deployer.plan.rules import save_string
 
 SERVING = "serving"
 MAINTENANCE = "maintenance"

@@ -9,8 +9,8 @@ import threading
 from typing import Any, Callable
 
 from deployer import config as config_module
-from deployer import modes
 from deployer.config import Config
+from deployer.host import modes
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -72,7 +72,7 @@ def _seconds(text: str) -> float:
 
 
 def _engine(args: argparse.Namespace):
-    from deployer.runtime import build_engine
+    from deployer.host.wiring import build_engine
 
     return build_engine(args.loaded_config)
 
@@ -144,7 +144,7 @@ def _run_until(stop: threading.Event, *targets: Callable[[], None], ready: threa
 
 
 def cmd_maintenance_server(args: argparse.Namespace) -> int:
-    from deployer import responder
+    from deployer.server import responder
 
     config: Config = args.loaded_config
     stop = _stop_on_signals()
@@ -154,8 +154,8 @@ def cmd_maintenance_server(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from deployer import responder
-    from deployer.watchdog import run_watchdog, watched_apps
+    from deployer.host.watchdog import run_watchdog, watched_apps
+    from deployer.server import responder
 
     config: Config = args.loaded_config
     stop = _stop_on_signals()

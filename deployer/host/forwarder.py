@@ -21,16 +21,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from deployer import conntrack, forwarding, rules
 from deployer.config import AppConfig
 from deployer.errors import DeployerError, PreflightFailed, StateError
-from deployer.forwarding import MODE, ReturnPath, Target
+from deployer.host.state import write_atomically
 from deployer.journal import utc_now
-from deployer.state import AppState, write_atomically
+from deployer.plan import conntrack, forwarding, rules
+from deployer.plan.forwarding import MODE, ReturnPath, Target
+from deployer.plan.records import AppState
 
 if TYPE_CHECKING:
     from deployer.adapters.routing import Routing
-    from deployer.engine import Engine
+    from deployer.host.engine import Engine
 
 RETURN_RECORD = "forward-return.json"
 

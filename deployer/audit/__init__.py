@@ -31,11 +31,14 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from deployer.errors import AuditError
 from deployer.folders import share_folder
-from deployer.journal import Event, utc_now
+from deployer.journal import Event, Journal, Sink, log_sink, utc_now
+
+if TYPE_CHECKING:
+    from deployer.config import Config
 
 log = logging.getLogger("deployer.audit")
 
@@ -701,3 +704,9 @@ class AuditSink:
         except Exception as exc:  # noqa: BLE001 - the record must never break the deploy
             self.failures += 1
             log.warning("audit: could not record %s: %s", event.get("event"), exc)
+
+
+def build_journal(config: "Config", extra_sinks: list[Sink] | None = None) -> Journal:
+    """The journal every operation writes to: the log, this host's audit log, and any extra sinks."""
+    audit = AuditSink.for_state_dir(config.settings.state_dir)
+    return Journal([log_sink, audit, *(extra_sinks or [])], secrets=config.secrets())

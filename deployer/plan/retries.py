@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from deployer.config import AppConfig
-from deployer.rules import ChainNames, NatTable, parse_table, save_string
+from deployer.plan.rules import ChainNames, NatTable, parse_table, save_string
 
 TABLE = "mangle"
 

@@ -8,8 +8,11 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from deployer import audit_cli, forward_cli, ops_cli, server_cli
 from deployer import config as config_module
+from deployer.cli import audit as audit_cli
+from deployer.cli import forward as forward_cli
+from deployer.cli import ops as ops_cli
+from deployer.cli import server as server_cli
 from deployer.errors import DeployerError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -76,7 +79,7 @@ def _extensions() -> list[Callable[..., None]]:
 
 
 def _engine(args: argparse.Namespace):
-    from deployer.runtime import build_engine
+    from deployer.host.wiring import build_engine
 
     return build_engine(args.loaded_config)
 

@@ -18,20 +18,30 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
-from deployer import app_chain, conntrack, hostbound, maintenance, modes, rules
-from deployer import forwarding
-from deployer.adapters.docker_host import ContainerInfo
-from deployer.adapters.processes import HookOutcome
 from deployer.config import AppConfig, Config
-from deployer.containers import (LABEL_DIGEST, LABEL_IMAGE, LABEL_SET, LABEL_TAG, Release, container_name,
-                                 other_set, restart_policy, run_arguments, selector)
 from deployer.errors import BootError, DeployerError, HookFailed, NothingToRollBack, RulesError
-from deployer.health import probe_for, wait_healthy
-from deployer.hooks import HookContext, hook_environment, hook_path
+from deployer.host import modes
+from deployer.host.health import probe_for, wait_healthy
+from deployer.host.locks import AppLock
+from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
-from deployer.locks import AppLock
-from deployer.state import AppState, Instance, StateStore
-from deployer.tags import check_tag
+from deployer.plan import app_chain, conntrack, forwarding, hostbound, maintenance, rules
+from deployer.plan.containers import (
+    LABEL_DIGEST,
+    LABEL_IMAGE,
+    LABEL_SET,
+    LABEL_TAG,
+    ContainerInfo,
+    Release,
+    container_name,
+    other_set,
+    restart_policy,
+    run_arguments,
+    selector,
+)
+from deployer.plan.hooks import HookContext, HookOutcome, hook_environment, hook_path
+from deployer.plan.records import AppState, Instance
+from deployer.plan.tags import check_tag
 
 
 class DockerPort(Protocol):
@@ -483,7 +493,7 @@ class Engine:
         return rules.app_rules(self.names, app.name, forwards_to(app, address, port_set, tag))
 
     def _forwarder(self) -> Any:
-        from deployer.forwarder import Forwarder  # it builds on the engine
+        from deployer.host.forwarder import Forwarder  # it builds on the engine
 
         return Forwarder(self)
 

@@ -9,7 +9,7 @@ address on the deployer's network, so no docker-proxy is in the data path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from deployer.config import AppConfig, Settings
@@ -38,6 +38,22 @@ class Release:
     def pinned_reference(self) -> str:
         """The exact content by digest: what a rollback runs even if the tag moved since."""
         return f"{self.image}@{self.digest}" if self.digest else self.reference
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What the daemon says of one container: the facts the engine decides on."""
+
+    id: str
+    name: str
+    status: str  # created, running, restarting, exited, dead ...
+    exit_code: int | None
+    restart_count: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+    addresses: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv4 address
+
+    def address(self, network: str) -> str | None:
+        return self.addresses.get(network) or None
 
 
 def owner(settings: Settings) -> str:

@@ -22,12 +22,13 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from deployer import maintenance, modes
 from deployer.config import AppConfig, Config, WatchdogConfig
 from deployer.errors import DeployerError, LockError
-from deployer.health import ProbeResult, probe_for
+from deployer.host import modes
+from deployer.host.health import ProbeResult, probe_for
 from deployer.journal import Journal
-from deployer.state import AppState
+from deployer.plan import maintenance
+from deployer.plan.records import AppState
 
 log = logging.getLogger("deployer.watchdog")
 
@@ -121,7 +122,7 @@ def run_watchdog(config: Config, stop: threading.Event, *, journal: Journal | No
 
     `ready` is set once the retry rules are in place and every app is watched.
     """
-    from deployer.runtime import build_engine, build_journal
+    from deployer.host.wiring import build_engine, build_journal
 
     journal = journal or build_journal(config)
     apps = watched_apps(config)

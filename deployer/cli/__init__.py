@@ -1,0 +1,1 @@
+"""The command line: parse, call the library, turn errors into exit codes."""
