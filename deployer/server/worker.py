@@ -297,7 +297,7 @@ class Worker:
 def child_environment() -> dict[str, str]:
     """The inherited environment (it carries the *_env secrets), with this package importable from any cwd."""
     env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds the deployer package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     return env
 
