@@ -177,29 +177,24 @@ def test_every_link_resolves(path):
     assert not broken, f"{path.name}: links to nothing: {broken}"
 
 
+def named_but_missing(pattern: str, exists) -> list[str]:
+    """`FILE: name` for each match of `pattern` in the docs for which `exists(name)` is false."""
+    return [f"{path.name}: {named}" for path, text in ALL_TEXT.items()
+            for named in sorted(set(re.findall(pattern, text))) if not exists(named)]
+
+
 def test_every_test_file_the_docs_name_exists():
     test_files = {p.name for p in (REPO / "tests").rglob("test_*.py")}
-    missing = []
-    for path, text in ALL_TEXT.items():
-        for named in sorted(set(re.findall(r"\btests/[\w/]+\.py\b", text))):
-            if not (REPO / named).is_file():
-                missing.append(f"{path.name}: {named}")
-        for named in sorted(set(re.findall(r"(?<![\w/])(test_\w+\.py)\b", text))):
-            if named not in test_files:
-                missing.append(f"{path.name}: {named}")
+    missing = (named_but_missing(r"\btests/[\w/]+\.py\b", lambda named: (REPO / named).is_file())
+               + named_but_missing(r"(?<![\w/])(test_\w+\.py)\b", lambda named: named in test_files))
     assert not missing, f"the docs name test files that do not exist: {missing}"
 
 
 def test_every_module_the_docs_name_exists():
-    missing = []
-    for path, text in ALL_TEXT.items():
-        # Not /etc/deployer/... or ~/.deployer/...: paths in the repository start with deployer/.
-        for named in sorted(set(re.findall(r"(?<![\w./~-])deployer/[\w/]+(?:\.py)?", text))):
-            if not (REPO / named).exists():
-                missing.append(f"{path.name}: {named}")
-        for named in sorted(set(re.findall(r"(?<![\w./~-])deployer(?:\.\w+)+", text))):
-            if not (REPO / named).is_file() and not importable_name(named):  # deployer.toml is a file
-                missing.append(f"{path.name}: {named}")
+    # Not /etc/deployer/... or ~/.deployer/...: paths in the repository start with deployer/.
+    missing = (named_but_missing(r"(?<![\w./~-])deployer/[\w/]+(?:\.py)?", lambda named: (REPO / named).exists())
+               + named_but_missing(r"(?<![\w./~-])deployer(?:\.\w+)+",  # deployer.toml is a file
+                                   lambda named: (REPO / named).is_file() or importable_name(named)))
     assert not missing, f"the docs name modules that do not exist: {missing}"
 
 
