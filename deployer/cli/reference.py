@@ -3,6 +3,9 @@
 Regenerate it with `python3 -m deployer.cli.reference > docs/commands.md`; a unit test fails
 while the file differs from a fresh render. The render reads only the parser: no terminal width,
 no environment, so the same parser always gives the same text.
+
+argparse has no public way to list a parser's arguments and subcommands; the render reads its
+`_actions`, as argparse's own help formatter does.
 """
 
 from __future__ import annotations
