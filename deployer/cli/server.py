@@ -215,7 +215,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 class SignedClient:
-    """Signs each request with an operator key, as the README describes ("Signing a manual request")."""
+    """Signs each request with an operator key, as docs/server.md describes ("Signing a manual request")."""
 
     def __init__(self, base_url: str, key_id: str, secret: str, *, timeout: float = CLIENT_TIMEOUT) -> None:
         import requests

@@ -3,7 +3,7 @@
 Every comparison of a signature goes through `hmac.compare_digest`, so the time a check takes does
 not reveal how much of a guess was right. Errors say which check failed, never the expected value.
 
-The manual scheme (documented in the README, so a client in any language can sign):
+The manual scheme (documented in docs/server.md, so a client in any language can sign):
 
     canonical = "deployer-v1\\n" METHOD "\\n" PATH "\\n" KEY_ID "\\n" TIMESTAMP "\\n" NONCE "\\n" hex(SHA-256(body))
     X-Deployer-Signature: v1=hex(HMAC-SHA256(secret, canonical))

@@ -10,7 +10,7 @@ GITHUB_SECRET = "It's a Secret to Everybody"
 GITHUB_BODY = b"Hello, World!"
 GITHUB_EXPECTED = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
 
-# The worked example of the README; the signature was computed with:
+# The worked example of docs/server.md; the signature was computed with:
 #   printf '%s' "$CANONICAL" | openssl dgst -sha256 -hmac "$SECRET"
 SECRET = "3f1c9a7e5b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f2a4c6e8b0d1f3a"
 BODY = b'{"app": "demo", "tag": "v1.4.2", "reason": "hotfix rollout"}'
@@ -74,7 +74,7 @@ def test_the_query_string_is_bound_exactly_as_sent():
     assert signatures.request_target("/audit", b"") == "/audit"
     assert signatures.request_target("/audit", b"app=demo&event=deploy.%2A") == "/audit?app=demo&event=deploy.%2A"
     assert signatures.request_target("/audit", "limit=1&app=demo") == "/audit?limit=1&app=demo"  # not reordered
-    # The GET /audit example of the README; openssl:
+    # The GET /audit example of docs/server.md; openssl:
     #   printf 'deployer-v1\nGET\n/audit?app=demo&since=24h&event=deploy.%%2A\nalice\n1767225600\n
     #           n7Qk2VxW9pLm4RtY8sZa3e\n<sha256 of "">' | openssl dgst -sha256 -hmac "$SECRET"
     target = signatures.request_target("/audit", b"app=demo&since=24h&event=deploy.%2A")

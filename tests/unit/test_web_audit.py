@@ -81,7 +81,7 @@ def with_token(client, target: str, token: str = AUDIT_TOKEN, method: str = "GET
 
 
 def signed(client, target: str, *, signed_target: str | None = None, method: str = "GET"):
-    """A request signed as the README says; `signed_target` signs another path or query than the one sent."""
+    """A request signed as docs/server.md says; `signed_target` signs another path or query than the one sent."""
     signed.counter += 1
     headers = signatures.sign_request(ALICE_SECRET, method=method, path=signed_target or target, key_id="alice",
                                       timestamp=NOW, nonce=f"audit-nonce-{signed.counter:08d}", body=b"")
