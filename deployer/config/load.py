@@ -57,6 +57,9 @@ CONFIG_ENV = "DEPLOYER_CONFIG"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 MIN_OPERATOR_SECRET = 16
 MAX_PAGE_BYTES = 1024 * 1024
+TOP_LEVEL_KEYS = {"deployer", "apps", "registries", "server"}
+# What gunicorn keeps of serve's environment besides the receiver's own secrets: none of these is a secret.
+RECEIVER_PLAIN_ENV = frozenset({"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH"})
 
 
 def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path:
@@ -161,10 +164,6 @@ def receiver_environment(config: Config, environ: Mapping[str, str] | None = Non
     return env
 
 
-TOP_LEVEL_KEYS = {"deployer", "apps", "registries", "server"}
-RECEIVER_PLAIN_ENV = frozenset({"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH"})
-
-
 def _apps_table(data: Mapping[str, Any], *, path: Path) -> dict[str, Any]:
     apps_data = data.get("apps", {})
     if not isinstance(apps_data, dict) or not apps_data:
@@ -207,7 +206,7 @@ def _parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, 
                      or environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST),
         iptables_wait=int(duration(data, "iptables_wait", 10, path=path, key=key("iptables_wait"))),
         maintenance_port=port_number(data.get("maintenance_port", Settings.maintenance_port), path=path,
-                               key=key("maintenance_port")),
+                                     key=key("maintenance_port")),
     )
 
 
@@ -378,7 +377,8 @@ def _parse_app(name: str, data: Any, *, path: Path, base: Path, environ: Mapping
         volumes=tuple(volumes),
         labels=dict(labels),
         command=tuple(command) if command is not None else None,
-        hooks_dir=absolute_path(hooks_dir, base, path=path, key="hooks_dir", app=name) if hooks_dir is not None else None,
+        hooks_dir=(absolute_path(hooks_dir, base, path=path, key="hooks_dir", app=name)
+                   if hooks_dir is not None else None),
         asset=(_parse_asset(name, data["asset"], path=path, base=base, environ=environ,
                             secret_env_names=secret_env_names) if "asset" in data else None),
         maintenance_page=_maintenance_page(name, data, path=path, base=base),
@@ -403,7 +403,6 @@ def _parse_host_bound_app(name: str, data: Mapping[str, Any], *, path: Path, bas
     return AppConfig(name=name, image="", ports=tuple(ports),
                      health=HealthCheck(type="tcp", port=ports[0].external), host_bound=True,
                      maintenance_page=_maintenance_page(name, data, path=path, base=base))
-
 
 
 def _maintenance_page(app: str, data: Mapping[str, Any], *, path: Path, base: Path) -> Path | None:
