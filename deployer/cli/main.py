@@ -28,11 +28,10 @@ def _global_flags(defaults: bool) -> argparse.ArgumentParser:
     The top-level parser gives the defaults; under a command they default to SUPPRESS, so a flag given
     before the command is not overwritten by the command's parser when it is not repeated after it.
     """
+    unset = {} if defaults else {"default": argparse.SUPPRESS}
     flags = argparse.ArgumentParser(add_help=False)
-    flags.add_argument("--config", "-c", help="path of the TOML config file",
-                       **({} if defaults else {"default": argparse.SUPPRESS}))
-    flags.add_argument("--quiet", "-q", action="store_true", help="print only warnings and the result",
-                       **({} if defaults else {"default": argparse.SUPPRESS}))
+    flags.add_argument("--config", "-c", help="path of the TOML config file", **unset)
+    flags.add_argument("--quiet", "-q", action="store_true", help="print only warnings and the result", **unset)
     return flags
 
 
