@@ -19,12 +19,30 @@ Handler = Callable[[argparse.Namespace], int]
 
 EPILOG = """\
 The config file is --config, else $DEPLOYER_CONFIG, else /etc/deployer/deployer.toml.
+--config/-c and --quiet/-q go before or after the command: deployer status -c x.toml.
 Exit codes: 0 done, 1 failed (traffic stays where it was), 2 bad input or config, 75 app busy."""
+
+
+def _global_flags(defaults: bool) -> argparse.ArgumentParser:
+    """--config and --quiet, which people type before the command or after it.
+
+    The top-level parser gives the defaults; under a command they default to SUPPRESS, so a flag given
+    before the command is not overwritten by the command's parser when it is not repeated after it.
+    """
+    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--config", "-c", help="path of the TOML config file", **unset)
+    flags.add_argument("--quiet", "-q", action="store_true", help="print only warnings and the result", **unset)
+    return flags
+
+
+COMMAND_FLAGS = _global_flags(defaults=False)
 
 
 def _command(sub: argparse._SubParsersAction, name: str, handler: Handler, help: str, example: str,
              description: str | None = None) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help, description=description or help,
+    """One command (or a nested action such as `audit verify`): help with an example, and the global flags."""
+    parser = sub.add_parser(name, help=help, description=description or help, parents=[COMMAND_FLAGS],
                             epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(handler=handler)
     return parser
@@ -33,9 +51,7 @@ def _command(sub: argparse._SubParsersAction, name: str, handler: Handler, help:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deployer", description="Zero-downtime deploys of Docker apps by flipping DNAT rules.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "-c", help="path of the TOML config file")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only warnings and the result")
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_global_flags(defaults=True)])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = _command(sub, "deploy", cmd_deploy, "deploy a tag of an app with zero downtime",

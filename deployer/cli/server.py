@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from deployer import config as config_module
 from deployer.config import Config
 from deployer.errors import (
     DeployerError,
@@ -92,8 +93,9 @@ def start_gunicorn(config: Config, log: Any = None) -> subprocess.Popen:
     """
     from deployer.server.worker import child_environment
 
-    env = child_environment()  # carries the *_env secrets the receiver needs
-    env["DEPLOYER_CONFIG"] = str(config.path)
+    # Only what the receiver needs: never the worker's registry, asset or app secrets from root's environment.
+    env = config_module.receiver_environment(config)
+    env["PYTHONPATH"] = child_environment()["PYTHONPATH"]  # this package, importable from any cwd
     drop: dict[str, Any] = {}
     user, group = config.server.user, config.server.group
     if user is not None and os.geteuid() == 0:

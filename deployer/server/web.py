@@ -88,7 +88,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """
 
     overrides = dict(test_config or {})
-    config = overrides.pop("DEPLOYER_CONFIG", None) or config_module.load(config_module.config_path(None))
+    # The receiver's own part of the config: it never opens registry passwords, asset tokens or env files.
+    config = overrides.pop("DEPLOYER_CONFIG", None) or config_module.load_receiver(config_module.config_path(None))
     queue = overrides.pop("QUEUE", None) or Queue.for_state_dir(config.settings.state_dir)
     journal = overrides.pop("JOURNAL", None) or build_journal(config)
     clock = overrides.pop("CLOCK", None) or time.time
@@ -250,8 +251,12 @@ def github_hook():
                            github_event=_safe_header("X-GitHub-Event", EVENT_RE))
     body = read_body(receiver.config.server.max_body_bytes)
     record["body_sha256"] = signatures.body_sha256(body)
-    signatures.verify_github(receiver.config.server.github_secret, body,
+    repository = _claimed_repository(body)  # picks the secret that must have signed; trusted only once it has
+    signatures.verify_github(receiver.config.github_secret_for(repository), body,
                              request.headers.get(signatures.GITHUB_HEADER))
+    pinned_hook = receiver.config.github_hook_id_for(repository)
+    if pinned_hook is not None and request.headers.get("X-GitHub-Hook-ID") != str(pinned_hook):
+        raise Unauthorized("X-GitHub-Hook-ID is not the webhook this repository's app is pinned to (github_hook_id)")
     payload = github_payload(body, request.mimetype)
     event = _header("X-GitHub-Event", EVENT_RE)
     delivery = _header("X-GitHub-Delivery", DELIVERY_RE)
@@ -283,6 +288,16 @@ def github_hook():
         return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
     return jsonify(status="duplicate", reason=outcome.reason, job=outcome.job.id if outcome.job else None,
                    job_status=outcome.job.status if outcome.job else None), 200
+
+
+def _claimed_repository(body: bytes) -> str | None:
+    """`repository.full_name` as the unverified body claims it; None when the body cannot say (refused later)."""
+    try:
+        repository = github_payload(body, request.mimetype).get("repository")
+    except DeployerError:
+        return None
+    name = repository.get("full_name") if isinstance(repository, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _safe_header(name: str, pattern: re.Pattern[str]) -> str | None:

@@ -512,8 +512,14 @@ def test_the_receiver_runs_unprivileged_and_only_enqueues(deployer, images):
             (folder / name).write_text(value)
             os.chown(folder / name, 0, nogroup)
             (folder / name).chmod(0o640)
+        # The worker's own secrets are root's alone (0600): the receiver never opens them, so it starts.
+        for name, value in (("registry", secrets.token_hex(16)), ("web.env", "WORKER_ONLY=1\n")):
+            (folder / name).write_text(value)
+            (folder / name).chmod(0o600)
         port = free_port()
-        deployer.configure(web_app(22160), settings=(
+        deployer.configure(web_app(22160, extra=f'env_files = ["{folder / "web.env"}"]'), settings=(
+            f'\n[registries."registry.invalid:5000"]\nusername = "deploy"\n'
+            f'password_file = "{folder / "registry"}"\n'
             f'\n[server]\nlisten = "127.0.0.1:{port}"\nuser = "nobody"\ngroup = "nogroup"\n'
             f'github_secret_file = "{folder / "github"}"\n'
             f'[server.operators.ops]\nsecret_file = "{folder / "ops"}"\n'))
@@ -573,6 +579,47 @@ def test_the_receiver_runs_unprivileged_and_only_enqueues(deployer, images):
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(10)
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def _gunicorn_environments(session: int) -> list[dict[str, str]]:
+    """The environment of every gunicorn process (master and workers) in serve's session."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"\0-m\0gunicorn\0" not in cmdline or os.getsid(int(proc.name)) != session:
+                continue
+            raw = (proc / "environ").read_bytes()
+        except (ValueError, OSError):
+            continue
+        found.append(dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item))
+    return found
+
+
+def test_gunicorn_gets_the_receiver_secrets_only_and_each_app_its_own_github_secret(serve, monkeypatch):
+    """serve (root) holds the worker's *_env secrets; gunicorn gets only the receiver's."""
+    app_secret = secrets.token_hex(20)
+    worker_only = {"REGISTRY_PASSWORD": secrets.token_hex(16), "ASSET_TOKEN": secrets.token_hex(16)}
+    for name, value in {"WEB_GITHUB_SECRET": app_secret, **worker_only}.items():
+        monkeypatch.setenv(name, value)
+    served = serve(web_app(22170, extra='github_secret_env = "WEB_GITHUB_SECRET"\n[apps.web.asset]\n'
+                                        'name = "image.tar"\ntoken_env = "ASSET_TOKEN"'),
+                   settings='[registries."registry.invalid:5000"]\nusername = "u"\npassword_env = "REGISTRY_PASSWORD"')
+    environments = _gunicorn_environments(served.process.pid)
+    assert len(environments) >= 3  # the master and its two workers
+    for env in environments:
+        assert env.get("WEB_GITHUB_SECRET") == app_secret, sorted(env)
+        assert env["DEPLOYER_CONFIG"] == str(served.deployer.config_path)
+        leaked = sorted(name for name in worker_only if name in env)  # names only: no value in a failure
+        assert leaked == []
+        assert "HOME" not in env and "SUDO_USER" not in env
+    # The shared secret no longer signs for an app with its own: refused before anything is queued.
+    body = release_payload("v1")
+    assert served.deliver(body).status_code == 401
+    assert served.queue().jobs() == []
+    served.github_secret = app_secret
+    response = served.deliver(body)
+    assert response.status_code in (200, 202), response.text  # 200: the release has no image.tar asset
 
 
 # --- serve --watch ---------------------------------------------------------------------------------

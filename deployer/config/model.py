@@ -1,0 +1,259 @@
+"""What a loaded config is: frozen dataclasses, and the lookups the deployer and the receiver share.
+
+Nothing here reads a file or the environment; `load.py` builds these, `fields.py` checks each value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from deployer.errors import UnknownApp
+
+SETS = ("blue", "green")
+PROTOCOLS = ("tcp", "udp")
+HOOK_NAMES = ("pre-deploy", "post-healthy", "post-flip", "post-deploy", "on-failure")
+
+# Docker's reference grammar: a registry host[:port], then lowercase path components.
+IMAGE_RE = re.compile(
+    r"^(?:(?P<registry>[a-zA-Z0-9.-]+(?::[0-9]+)?)/)?"
+    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)$"
+)
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One published port: clients use `external`; the instance of each set listens on its own host port."""
+
+    external: int
+    container: int
+    protocol: str
+    blue: int
+    green: int
+
+    def set_port(self, port_set: str) -> int:
+        return self.blue if port_set == "blue" else self.green
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    type: str  # "http" or "tcp"
+    port: int  # container port whose set port is probed
+    path: str = "/"
+    expect_status: int = 200
+    interval: float = 1.0
+    timeout: float = 2.0
+    successes: int = 3
+    deadline: float = 60.0
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    registry: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AssetConfig:
+    """Take the image from a release asset (a `docker save` tarball) instead of the registry."""
+
+    name: str  # e.g. "image.tar"; "<name>.sha256" is verified when the release has it
+    token: str | None = field(default=None, repr=False)  # sent to the GitHub API host only
+    max_bytes: int = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    """`deployer watch`: probe the active instance every `interval`; `failures` in a row flip to the maintenance
+    page, `recoveries` in a row flip back. Each flip needs a full streak, so rules never flap faster than that."""
+
+    enabled: bool = True
+    interval: float = 1.0
+    failures: int = 3
+    recoveries: int = 3
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    name: str
+    image: str  # repository without tag, e.g. 127.0.0.1:5000/demo
+    ports: tuple[PortMapping, ...]
+    health: HealthCheck
+    repository: str | None = None  # GitHub owner/name allowed to trigger deploys
+    tag_pattern: str | None = None
+    prereleases: bool = False
+    bind: str = "127.0.0.1"
+    drain_seconds: float = 10.0
+    stop_timeout: int = 10
+    restart: str = "unless-stopped"
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    volumes: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+    hooks_dir: Path | None = None
+    asset: AssetConfig | None = None
+    maintenance_page: Path | None = None  # HTML shown by the maintenance responder; None: the built-in page
+    status_port: int | None = None  # the forward an upstream load balancer checks (see drain.py)
+    host_bound: bool = False  # runs on the host itself; covered by the socket match (see hostbound.py)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    github_secret: str | None = field(default=None, repr=False)  # signs this app's deliveries instead of [server]'s
+    github_hook_id: int | None = None  # the one GitHub webhook (X-GitHub-Hook-ID) allowed to deploy it
+
+    @property
+    def registry(self) -> str | None:
+        match = IMAGE_RE.fullmatch(self.image)
+        host = match.group("registry") if match else None
+        # "library/nginx": the first component is a path, not a registry, unless it looks like a host.
+        if host and ("." in host or ":" in host or host == "localhost"):
+            return host
+        return None
+
+    def port_for(self, container_port: int, protocol: str = "tcp") -> PortMapping:
+        for port in self.ports:
+            if port.container == container_port and port.protocol == protocol:
+                return port
+        raise KeyError((container_port, protocol))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Host-wide settings: where state lives, which chains and network the deployer owns."""
+
+    state_dir: Path
+    hooks_dir: Path
+    hook_timeout: float = 60.0
+    lock_wait: float = 0.0
+    chain_prefix: str = "DEPLOYER"
+    network: str = "deployer"
+    bridge: str = "deployer0"
+    docker_host: str = "unix:///var/run/docker.sock"
+    iptables_wait: int = 10
+    maintenance_port: int = 8999  # the maintenance responder's port, on every local address
+
+
+@dataclass(frozen=True)
+class OperatorKey:
+    """One operator's key for signed manual requests; the id travels in the request, the secret never does."""
+
+    key_id: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """`deployer serve`: the webhook receiver (gunicorn) and the deploy worker."""
+
+    listen: str = "127.0.0.1:8000"
+    workers: int = 2
+    max_body_bytes: int = 1024 * 1024
+    github_secret: str | None = field(default=None, repr=False)  # unset: every delivery is refused
+    operators: Mapping[str, OperatorKey] = field(default_factory=dict)
+    audit_token: str | None = field(default=None, repr=False)  # a bearer token that may read GET /audit only
+    job_timeout: float = 1800.0
+    github_api: str = "https://api.github.com"
+    user: str | None = None  # the receiver drops to this account when serve starts as root
+    group: str | None = None  # shares the queue with the worker
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class AppLookup:
+    """What the deployer and the receiver both ask of their apps: by name, by repository, whose secret signs."""
+
+    apps: Mapping[str, Any]
+    server: ServerConfig
+
+    def app(self, name: str) -> Any:
+        try:
+            return self.apps[name]
+        except KeyError:
+            known = ", ".join(sorted(self.apps)) or "none"
+            raise UnknownApp(f"unknown app {name!r} (configured: {known})", app=name) from None
+
+    def app_for_repository(self, full_name: str) -> Any:
+        for app in self.apps.values():
+            if app.repository and app.repository.lower() == full_name.lower():
+                return app
+        return None
+
+    def github_secret_for(self, repository: str | None) -> str | None:
+        """The secret a delivery naming `repository` must be signed with: its app's own, else [server]'s.
+
+        An app with its own secret never accepts the shared one, so no other repository's webhook signs for it.
+        """
+        app = self.app_for_repository(repository) if repository else None
+        if app is not None and app.github_secret:
+            return app.github_secret
+        return self.server.github_secret
+
+    def github_hook_id_for(self, repository: str | None) -> int | None:
+        app = self.app_for_repository(repository) if repository else None
+        return app.github_hook_id if app is not None else None
+
+    def _server_secrets(self) -> list[str]:
+        values = [self.server.github_secret] if self.server.github_secret else []
+        values += [key.secret for key in self.server.operators.values()]
+        values += [self.server.audit_token] if self.server.audit_token else []
+        values += [app.github_secret for app in self.apps.values() if app.github_secret]
+        return values
+
+
+@dataclass(frozen=True)
+class Config(AppLookup):
+    path: Path
+    settings: Settings
+    apps: Mapping[str, AppConfig]
+    registries: Mapping[str, RegistryAuth] = field(default_factory=dict)
+    # Names of the environment variables that carry secrets: kept out of hook environments.
+    secret_env_names: frozenset[str] = frozenset()
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    # The subset of secret_env_names the receiver reads: the only secrets gunicorn's environment carries.
+    receiver_env_names: frozenset[str] = frozenset()
+
+    def hooks_dir_for(self, app: AppConfig) -> Path:
+        return app.hooks_dir or self.settings.hooks_dir
+
+    def secrets(self) -> list[str]:
+        """Every secret value the config resolved, so tests and log filters can look for them."""
+        values = [r.password for r in self.registries.values() if r.password]
+        values += self._server_secrets()
+        values += [app.asset.token for app in self.apps.values() if app.asset and app.asset.token]
+        return values
+
+
+@dataclass(frozen=True)
+class ReceiverApp:
+    """What the receiver knows of an app: enough to apply the release policy and check who signed."""
+
+    name: str
+    repository: str | None = None
+    tag_pattern: str | None = None
+    prereleases: bool = False
+    asset: AssetConfig | None = None  # its name only: the token stays with the worker
+    host_bound: bool = False
+    github_secret: str | None = field(default=None, repr=False)
+    github_hook_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ReceiverConfig(AppLookup):
+    """The receiver's own config: it never holds registry passwords, asset tokens or app environments."""
+
+    path: Path
+    settings: Settings  # for state_dir: the queue and the audit log
+    apps: Mapping[str, ReceiverApp]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    secret_env_names: frozenset[str] = frozenset()
+
+    def secrets(self) -> list[str]:
+        return self._server_secrets()
