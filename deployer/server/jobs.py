@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from deployer.errors import StateError, Unauthorized
-from deployer.folders import share_folder
+from deployer.folders import check_database, check_same_database, share_folder
 
 FOLDER = "queue"
 DB_NAME = "jobs.db"
@@ -191,8 +191,14 @@ class Queue:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            identity = check_database(self.path)  # the receiver's group can plant links here
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                    check_same_thread=False)
+            try:
+                check_same_database(self.path, identity)
+            except BaseException:
+                conn.close()
+                raise
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")  # a 202 promises the job survives a power loss

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from deployer.config import Config
-from deployer.errors import DeployerError, LockError, StateError
+from deployer.errors import DeployerError, LockError, StateError, UnsafePath
+from deployer.folders import open_entry
 from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
 from deployer.server.jobs import Job, Queue
@@ -143,15 +144,18 @@ class Child:
 
 
 class WorkerLock:
-    """One worker per state folder: it alone may decide that a running job has lost its worker."""
+    """One worker per state folder: it alone may decide that a running job has lost its worker.
+
+    The lock lives in root's own `locks/`, not in the queue folder the receiver's group can write.
+    """
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / "queue" / "worker.lock"
+        self.path = Path(state_dir) / "locks" / "worker.lock"
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = open_entry(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -328,6 +332,29 @@ def real_checks(config: Config) -> Callable[[], tuple[str, str]]:
                 results.append(f"{type(exc).__name__}: {str(exc)[:200]}")
         return results[0], results[1]
     return checks
+
+
+def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
+    """The queue's and the audit log's folders, shared with `[server] group` when run as root; returns the queue.
+
+    Run before the receiver starts. A planted link or odd file there is refused, and recorded as
+    `security.refused` before the error stops the start.
+    """
+    from deployer import audit
+    from deployer.server import jobs
+
+    state_dir = config.settings.state_dir
+    group = config.server.group if os.geteuid() == 0 else None
+    try:
+        jobs.prepare_folder(state_dir, group)
+        audit.prepare_folder(state_dir, group)  # the receiver records deliveries there
+        queue = Queue.for_state_dir(state_dir)
+        queue.worker_status()  # creates the tables now, as the privileged user
+    except UnsafePath as exc:
+        journal = journal or audit.build_journal(config)
+        journal.record("security.refused", outcome="failed", actor=WORKER_ACTOR, reason=str(exc), **exc.context)
+        raise
+    return queue
 
 
 def build_worker(config: Config, queue: Queue | None = None, journal: Journal | None = None) -> Worker:
