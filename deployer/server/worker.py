@@ -31,7 +31,7 @@ from deployer.errors import DeployerError, LockError, StateError, UnsafePath
 from deployer.folders import open_entry
 from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
-from deployer.server.jobs import Job, Queue
+from deployer.server.jobs import Job, Queue, row_problem
 
 log = logging.getLogger("deployer.worker")
 
@@ -66,6 +66,9 @@ def active_tag(config: Config, app: str) -> str | None:
 def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
             now: Callable[[], float] = time.time) -> str:
     """Run one claimed job to its end and record the outcome in the queue; return the job's status."""
+    problem = row_problem(job, config.apps)
+    if problem is not None:
+        return refuse_row(queue, journal, job, problem)
     base = {"job": job.id, "app": job.app, "actor": job.actor}
     journal.record("job.started", tag=job.tag, kind=job.kind, attempt=job.attempts, **base)
     try:
@@ -105,6 +108,14 @@ def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, bas
                    status=status, reason=reason, **({} if owned else {"note": "the job was recovered meanwhile"}),
                    **base, **extra)
     return status
+
+
+def refuse_row(queue: Queue, journal: Journal, job: Job, problem: str) -> str:
+    """Fail a queue row that is not fit to act on; only its row number identifies it in the audit log."""
+    reason = f"refused queue row {job.seq}: {problem}"
+    queue.finish(job, "failed", reason)
+    journal.record("job.failed", outcome="failed", actor=WORKER_ACTOR, row=job.seq, reason=reason)
+    return "failed"
 
 
 class JobSteps:
@@ -215,6 +226,10 @@ class Worker:
             for old in claim.superseded:
                 self.journal.record("job.superseded", job=old.id, app=old.app, tag=old.tag, actor=old.actor,
                                     superseded_by=claim.job.id, reason=old.reason)
+            problem = row_problem(claim.job, self.config.apps)
+            if problem is not None:
+                refuse_row(self.queue, self.journal, claim.job, problem)
+                continue
             try:
                 process = self.launch(claim.job)
             except OSError as exc:
