@@ -81,12 +81,16 @@ def archive_tags(path: Path) -> list[str]:
     return tags
 
 
-def check_archive_tags(tags: list[str], image: str) -> None:
-    """An asset may only carry names of the app's own image repository."""
-    foreign = [t for t in tags if t.rpartition(":")[0] != image]
-    if foreign:
-        raise AssetError(f"the asset would tag other images ({', '.join(foreign[:3])}); only {image}:<tag> is "
-                         f"allowed")
+def check_archive_tags(tags: list[str], image: str, tag: str) -> None:
+    """An asset may only carry the name of its own release, `image:tag`, or none.
+
+    Another tag of the same repository would be applied too: a v2 asset tagging `image:v1`
+    would make a later rollback to v1, which runs the image tagged locally, run v2.
+    """
+    expected = f"{image}:{tag}"
+    others = [t for t in tags if t != expected]
+    if others:
+        raise AssetError(f"the asset would also tag {', '.join(others[:3])}; only {expected} is allowed")
 
 
 @dataclass(frozen=True)

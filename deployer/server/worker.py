@@ -408,7 +408,7 @@ def real_tools(config: Config, journal: Journal) -> JobTools:
         downloader = assets.AssetDownloader(config.server.github_api, app.repository, app.asset.token)
         try:
             downloaded = downloader.download_image(asset, folder, max_bytes=app.asset.max_bytes)
-            assets.check_archive_tags(assets.archive_tags(downloaded.path), app.image)
+            assets.check_archive_tags(assets.archive_tags(downloaded.path), app.image, job.tag)
             return load_image(DockerHost(config.settings.docker_host), downloaded.path, app.image, job.tag)
         finally:
             with contextlib.suppress(OSError):
