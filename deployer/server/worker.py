@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import fcntl
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -321,23 +319,24 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-def process_launcher(config: Config) -> Callable[[Job], subprocess.Popen]:
+def process_launcher(config: Config) -> Callable[[Job], Running]:
     """Each job in `python -m deployer.server.worker`, in the worker's process group, sharing its stderr."""
-    def launch(job: Job) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "deployer.server.worker", "--config", str(config.path),
-                                 "--job", job.id, "--attempt", str(job.attempts)], stdin=subprocess.DEVNULL,
-                                env=child_environment())
+    from deployer.host.wiring import start_job
+
+    def launch(job: Job) -> Running:
+        return start_job([sys.executable, "-m", "deployer.server.worker", "--config", str(config.path),
+                          "--job", job.id, "--attempt", str(job.attempts)], child_environment())
     return launch
 
 
 def real_checks(config: Config) -> Callable[[], tuple[str, str]]:
-    from deployer.adapters.docker_host import DockerHost
-    from deployer.adapters.netfilter import Netfilter
+    from deployer.host.wiring import build_host_probes
+
+    probes = build_host_probes(config)
 
     def checks() -> tuple[str, str]:
         results = []
-        for probe in (lambda: DockerHost(config.settings.docker_host, timeout=5).ping(),
-                      lambda: Netfilter(wait_seconds=config.settings.iptables_wait).save_nat()):
+        for probe in probes:
             try:
                 probe()
                 results.append("ok")
@@ -386,30 +385,26 @@ def build_worker(config: Config, queue: Queue | None = None, journal: Journal | 
 
 
 def real_tools(config: Config, journal: Journal) -> JobTools:
-    from deployer.adapters.docker_host import DockerHost
-    from deployer.adapters.image_archive import load_image
-    from deployer.adapters.netfilter import Netfilter
-    from deployer.host.engine import Engine
-    from deployer.host.wiring import build_engine
+    from deployer.host.wiring import build_asset_http, build_engine, build_image_loader
     from deployer.server import assets
 
-    def engine(preloaded: str | None) -> Engine:
-        if preloaded is None:
-            return build_engine(config, journal)
-        docker = assets.PreloadedImage(DockerHost(config.settings.docker_host), preloaded)
-        return Engine(config, docker, Netfilter(wait_seconds=config.settings.iptables_wait), journal=journal)
+    load_image = build_image_loader(config)
+
+    def engine(preloaded: str | None) -> EngineLike:
+        return build_engine(config, journal, preloaded=preloaded)
 
     def load_asset(job: Job) -> str:
         app = config.app(job.app)
         asset = job.source.get("asset")
-        if not asset or app.asset is None or app.repository is None:
+        if not asset or app.asset is None or app.repository is None or job.tag is None:
             raise DeployerError(f"job {job.id} names no release asset to load", app=app.name)
-        folder = Path(config.settings.state_dir) / "assets" / job.id
-        downloader = assets.AssetDownloader(config.server.github_api, app.repository, app.asset.token)
+        folder = Path(config.settings.state_dir) / "assets" / job.id  # a checked id: see row_problem
+        downloader = assets.AssetDownloader(config.server.github_api, app.repository, app.asset.token,
+                                            http=build_asset_http())
         try:
             downloaded = downloader.download_image(asset, folder, max_bytes=app.asset.max_bytes)
             assets.check_archive_tags(assets.archive_tags(downloaded.path), app.image, job.tag)
-            return load_image(DockerHost(config.settings.docker_host), downloaded.path, app.image, job.tag)
+            return load_image(downloaded.path, app.image, job.tag)
         finally:
             with contextlib.suppress(OSError):
                 for entry in folder.iterdir():
@@ -417,15 +412,6 @@ def real_tools(config: Config, journal: Journal) -> JobTools:
                 folder.rmdir()
 
     return JobTools(engine=engine, load_asset=load_asset)
-
-
-def _die_with_parent() -> None:
-    """A job dies with its worker (PR_SET_PDEATHSIG): a killed worker leaves no deploy running unseen."""
-    parent = os.getppid()
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def child_main(argv: list[str] | None = None) -> int:
@@ -438,7 +424,9 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", required=True)
     parser.add_argument("--attempt", type=int, required=True)
     args = parser.parse_args(argv)
-    _die_with_parent()
+    from deployer.host.wiring import die_with_parent
+
+    die_with_parent()  # a killed worker leaves no deploy running unseen
     # Stopping is the worker's call: it waits for the deploy, or kills it and reconciles.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

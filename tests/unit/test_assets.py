@@ -7,6 +7,8 @@ import tarfile
 
 import pytest
 
+from deployer.adapters.github import GitHubHttp
+from deployer.adapters.image_archive import PreloadedImage
 from deployer.errors import AssetError
 from deployer.plan.containers import Release
 from deployer.server import assets
@@ -25,7 +27,7 @@ def github():
 
 
 def downloader(github, token=TOKEN):
-    return assets.AssetDownloader(github.api_url, REPO, token, timeout=5)
+    return assets.AssetDownloader(github.api_url, REPO, token, http=GitHubHttp(timeout=5))
 
 
 def test_the_image_is_fetched_through_the_redirect_and_verified(github, tmp_path):
@@ -193,7 +195,7 @@ class RecordingDocker:
 
 def test_the_preloaded_image_is_used_instead_of_a_pull():
     docker = RecordingDocker({"r/web:v2"})
-    port = assets.PreloadedImage(docker, "r/web:v2")
+    port = PreloadedImage(docker, "r/web:v2")
     assert port.pull(Release(tag="v2", image="r/web")) == Release(tag="v2", image="r/web", digest=None)
     assert port.pull(Release(tag="v1", image="r/web")).digest == "sha256:pulled"
     assert docker.pulls == ["r/web:v1"]
