@@ -83,6 +83,10 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
             with journal.step("asset", **base) as step:
                 preloaded = tools.load_asset(job)
                 step.detail["image"] = preloaded
+        elif app.asset is not None:
+            # Its releases come as assets, not through the registry: a redeploy runs the image an
+            # earlier asset left tagged on the host (a pull only if that image is gone).
+            preloaded = f"{app.image}:{tag}"
         result = tools.engine(preloaded).deploy(job.app, tag, actor=job.actor, job=job.id)
     except LockError as exc:
         if now() - job.created_at > config.server.job_timeout:

@@ -420,6 +420,12 @@ def test_an_image_from_a_release_asset(serve, images, tmp_path):
         assert ("asset", "ok") in [(s["name"], s["outcome"]) for s in job["steps"]]
         assert_no_secret_anywhere(served, token)
 
+        # A manual redeploy of it runs that image too: a registry pull of the tag would fail.
+        manual = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": tag}).encode())
+        assert manual.status_code == 202, manual.text
+        assert served.wait(manual.json()["job"])["status"] == "succeeded"
+        assert served_version(22150) == "v2"
+
         # A rollback to the asset's release runs the image it loaded: no registry has that tag.
         done = served.deployer.cli("deploy", "web", "v1")
         assert done.returncode == 0 and served_version(22150) == "v1", done.stderr
