@@ -9,12 +9,11 @@ import os
 import signal
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+from support.configs import app_toml, make_config
 
-from deployer import config as config_module
 from deployer.adapters.processes import child_pids, start_job
 from deployer.journal import Journal
 from deployer.server.jobs import Queue
@@ -68,20 +67,7 @@ def no_marker_after_the_sleep(marker: Path) -> bool:
 
 def test_a_job_killed_by_its_timeout_takes_its_running_hook_with_it(tmp_path, job_with_hook):
     process, hook_pid, marker, sleep_pid = job_with_hook
-    text = f"""
-[deployer]
-state_dir = "{tmp_path / 'state'}"
-[server]
-job_timeout = 10
-[apps.web]
-image = "registry.example:5000/web"
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-"""
-    config = config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ={})
+    config = make_config(tmp_path, app_toml("web", 8000), server="job_timeout = 10")
     now = [1_000_000.0]
     queue = Queue.for_state_dir(config.settings.state_dir, clock=lambda: now[0])
     queue.submit_release(app="web", tag="v1", actor="a", hook_id="1", delivery="d", source={})

@@ -5,11 +5,10 @@ execute paths must fail it with the reason, record that in the audit log, and ac
 """
 
 import sqlite3
-import tomllib
 
 import pytest
+from support.configs import ASSET_SITE, app_toml, make_config
 
-from deployer import config as config_module
 from deployer.audit import AuditLog, AuditSink, Query
 from deployer.journal import Journal
 from deployer.server.jobs import Queue, row_problem
@@ -20,29 +19,7 @@ GOOD_ID = "job-0123456789abcdef"
 
 @pytest.fixture
 def config(tmp_path):
-    text = f"""
-[deployer]
-state_dir = "{tmp_path / 'state'}"
-[apps.web]
-image = "registry.example:5000/web"
-tag_pattern = "v[0-9]+"
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-[apps.site]
-image = "registry.example:5000/site"
-repository = "acme/site"
-[apps.site.asset]
-name = "image.tar"
-[[apps.site.ports]]
-external = 9000
-container = 80
-blue = 9001
-green = 9002
-"""
-    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ={})
+    return make_config(tmp_path, app_toml("web", 8000, extra='tag_pattern = "v[0-9]+"\n'), ASSET_SITE)
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ its mode, owner and content, and that the entry was refused with an error that n
 
 import os
 import stat
-import tomllib
 from pathlib import Path
 
 import pytest
+from support.configs import app_toml, make_config
 
 from deployer import audit
-from deployer import config as config_module
 from deployer.audit import AuditLog, Query
 from deployer.errors import StateError
 from deployer.folders import share_folder
@@ -135,20 +134,7 @@ def test_the_init_lock_creates_nothing_through_a_dangling_link(state, tmp_path):
 
 
 def test_a_refused_start_is_recorded_in_the_audit_log(tmp_path, state, secret):
-    text = f"""
-[deployer]
-state_dir = "{state}"
-[server]
-group = "{GROUP}"
-[apps.web]
-image = "registry.example:5000/web"
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-"""
-    config = config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ={})
+    config = make_config(tmp_path, app_toml("web", 8000), server=f'group = "{GROUP}"')
     audit.prepare_folder(state, GROUP)
     plant_link(state / "queue", "jobs.db.x", secret)
     with pytest.raises(StateError, match="jobs.db.x"):

@@ -7,6 +7,7 @@ import tomllib
 from types import SimpleNamespace
 
 import pytest
+from support.configs import ASSET_SITE, make_config
 
 from deployer import config as config_module
 from deployer.errors import HealthCheckFailed, LockError
@@ -313,21 +314,7 @@ def test_job_steps_ignore_other_jobs_events(config, queue):
 
 @pytest.fixture
 def asset_config(tmp_path):
-    text = f"""
-[deployer]
-state_dir = "{tmp_path / 'state'}"
-[apps.site]
-image = "registry.example:5000/site"
-repository = "acme/site"
-[apps.site.asset]
-name = "image.tar"
-[[apps.site.ports]]
-external = 9000
-container = 80
-blue = 9001
-green = 9002
-"""
-    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ={})
+    return make_config(tmp_path, ASSET_SITE)
 
 
 def run_with_tools(config, tag):
