@@ -90,6 +90,10 @@ class StateError(DeployerError):
     """The recorded state could not be read or written."""
 
 
+class UnsafePath(StateError):
+    """An entry in a folder another user can write is a link or not a plain file: root refuses to follow it."""
+
+
 class NothingToRollBack(DeployerError):
     """The app has no previous release recorded."""
 

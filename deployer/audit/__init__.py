@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from deployer.errors import AuditError
-from deployer.folders import share_folder
+from deployer.folders import check_database, check_same_database, open_entry, share_folder
 from deployer.journal import Event, Journal, Sink, log_sink, utc_now
 
 if TYPE_CHECKING:
@@ -470,8 +470,14 @@ class AuditLog:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     with contextlib.suppress(FileExistsError):
                         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+                identity = check_database(path)  # the receiver's group can plant links here
                 conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                        check_same_thread=False)
+                try:
+                    check_same_database(path, identity)
+                except BaseException:
+                    conn.close()
+                    raise
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if (conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION
                     or conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal"):  # new, or just moved
@@ -606,12 +612,12 @@ class Pruned:
 def _init_lock(path: Path) -> Iterator[None]:
     """Serialise creating the schema: switching a new file to WAL while another process does
     the same fails at once with "database is locked" (SQLite does not wait in that case)."""
-    with open(path.with_name(path.name + ".init-lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    fd = open_entry(path.with_name(path.name + ".init-lock"), os.O_RDONLY | os.O_CREAT, 0o660)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def move_log(old: Path, new: Path) -> bool:

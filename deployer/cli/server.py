@@ -114,15 +114,9 @@ def start_gunicorn(config: Config, log: Any = None) -> subprocess.Popen:
 
 
 def _prepare(config: Config):
-    from deployer import audit
-    from deployer.server.jobs import Queue, prepare_folder
+    from deployer.server.worker import prepare_shared
 
-    group = config.server.group if os.geteuid() == 0 else None
-    prepare_folder(config.settings.state_dir, group)
-    audit.prepare_folder(config.settings.state_dir, group)  # the receiver records deliveries there
-    queue = Queue.for_state_dir(config.settings.state_dir)
-    queue.worker_status()  # creates the tables now, as the privileged user
-    return queue
+    return prepare_shared(config)
 
 
 def _stop_on_signals(worker) -> None:

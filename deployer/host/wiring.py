@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 from deployer.adapters.docker_host import DockerHost
+from deployer.adapters.github import GitHubHttp
+from deployer.adapters.image_archive import PreloadedImage, load_image
 from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.processes import die_with_parent, start_job
 from deployer.audit import build_journal
 from deployer.config import Config
 from deployer.host.engine import Engine
 from deployer.journal import Journal
 
 
-def build_engine(config: Config, journal: Journal | None = None) -> Engine:
+def build_engine(config: Config, journal: Journal | None = None, *, preloaded: str | None = None) -> Engine:
+    """`preloaded`: an image reference already on the host (from a release asset), deployed without a pull."""
+    docker = DockerHost(config.settings.docker_host)
     return Engine(
         config,
-        DockerHost(config.settings.docker_host),
+        PreloadedImage(docker, preloaded) if preloaded is not None else docker,
         Netfilter(wait_seconds=config.settings.iptables_wait),
         journal=journal or build_journal(config),
     )
 
 
-__all__ = ["build_engine", "build_journal"]
+# --- what the deploy worker acts with besides the engine ----------------------------------------
+
+
+def build_host_probes(config: Config) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The worker's health probes: Docker answers, and the nat table can be read."""
+    return (lambda: DockerHost(config.settings.docker_host, timeout=5).ping(),
+            lambda: Netfilter(wait_seconds=config.settings.iptables_wait).save_nat())
+
+
+def build_image_loader(config: Config) -> Callable[[Path, str, str], str]:
+    """Loads a `docker save` archive and tags its image `image:tag`; returns that reference."""
+    return lambda path, image, tag: load_image(DockerHost(config.settings.docker_host), path, image, tag)
+
+
+def build_asset_http() -> GitHubHttp:
+    return GitHubHttp()
+
+
+__all__ = ["build_asset_http", "build_engine", "build_host_probes", "build_image_loader", "build_journal",
+           "die_with_parent", "start_job"]

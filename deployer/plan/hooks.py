@@ -14,6 +14,8 @@ from deployer.config import HOOK_NAMES
 
 # A hook must not see the deployer's own secrets, whatever it inherits.
 _ALWAYS_DROPPED_PREFIXES = ("DEPLOYER_SECRET", "DEPLOYER_TOKEN")
+# A fact such as DEPLOYER_ERROR quotes a container's log lines: bounded, so a hook's environment stays small.
+MAX_FACT_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,13 @@ def _is_fact(name: str) -> bool:
 
 def hook_environment(name: str, context: HookContext, inherited: Mapping[str, str],
                      secret_names: frozenset[str] = frozenset()) -> dict[str, str]:
-    """The inherited environment without secrets, plus DEPLOYER_* facts about this deploy."""
-    env = {k: v for k, v in inherited.items()
-           if k not in secret_names and not k.startswith(_ALWAYS_DROPPED_PREFIXES) and not _is_fact(k)}
+    """The inherited environment without secrets, plus DEPLOYER_* facts about this deploy.
+
+    Every value is one the kernel can pass: no NUL in it, and a fact is at most MAX_FACT_CHARS long.
+    """
+    env = {k: _without_nul(v) for k, v in inherited.items()
+           if k not in secret_names and not k.startswith(_ALWAYS_DROPPED_PREFIXES) and not _is_fact(k)
+           and "\0" not in k and "=" not in k}
     facts = {
         "DEPLOYER_HOOK": name,
         "DEPLOYER_APP": context.app,
@@ -83,5 +89,14 @@ def hook_environment(name: str, context: HookContext, inherited: Mapping[str, st
         if ports:
             # The first port, for the common single-port app.
             facts[f"DEPLOYER_{prefix}_PORT"] = str(next(iter(ports.values())))
-    env.update({k: v for k, v in facts.items() if v is not None})
+    env.update({k: _bounded(_without_nul(v)) for k, v in facts.items() if v is not None})
     return env
+
+
+def _without_nul(value: str) -> str:
+    """A NUL cannot be passed in an environment (exec would refuse the whole hook)."""
+    return value.replace("\0", "")
+
+
+def _bounded(value: str) -> str:
+    return value if len(value) <= MAX_FACT_CHARS else value[:MAX_FACT_CHARS - 3] + "..."

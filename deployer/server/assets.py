@@ -16,13 +16,10 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Protocol
 from urllib.parse import urljoin, urlsplit
 
-import requests
-
 from deployer.errors import AssetError
-from deployer.plan.containers import Release
 
 MAX_REDIRECTS = 5
 CHECKSUM_MAX_BYTES = 4096
@@ -81,12 +78,16 @@ def archive_tags(path: Path) -> list[str]:
     return tags
 
 
-def check_archive_tags(tags: list[str], image: str) -> None:
-    """An asset may only carry names of the app's own image repository."""
-    foreign = [t for t in tags if t.rpartition(":")[0] != image]
-    if foreign:
-        raise AssetError(f"the asset would tag other images ({', '.join(foreign[:3])}); only {image}:<tag> is "
-                         f"allowed")
+def check_archive_tags(tags: list[str], image: str, tag: str) -> None:
+    """An asset may only carry the name of its own release, `image:tag`, or none.
+
+    Another tag of the same repository would be applied too: a v2 asset tagging `image:v1`
+    would make a later rollback to v1, which runs the image tagged locally, run v2.
+    """
+    expected = f"{image}:{tag}"
+    others = [t for t in tags if t != expected]
+    if others:
+        raise AssetError(f"the asset would also tag {', '.join(others[:3])}; only {expected} is allowed")
 
 
 @dataclass(frozen=True)
@@ -97,17 +98,29 @@ class Downloaded:
     checksum_verified: bool
 
 
-class AssetDownloader:
-    """Fetches assets over requests; a fresh session that ignores the environment (proxies, .netrc)."""
+class HttpReply(Protocol):
+    status: int
+    url: str
+    headers: Mapping[str, str]
 
-    def __init__(self, api: str, repository: str, token: str | None, *, timeout: float = 30.0,
-                 session: requests.Session | None = None) -> None:
+    def chunks(self, size: int) -> Iterator[bytes]: ...
+    def close(self) -> None: ...
+
+
+class Http(Protocol):
+    """One GET, no redirect followed (adapters/github.py); errors are AssetErrors."""
+
+    def get(self, url: str, headers: Mapping[str, str]) -> HttpReply: ...
+
+
+class AssetDownloader:
+    """Fetches a release's assets through `http`, deciding each redirect and cap itself."""
+
+    def __init__(self, api: str, repository: str, token: str | None, *, http: Http) -> None:
         self.api = api
         self.repository = repository
         self.token = token
-        self.timeout = timeout
-        self.session = session or requests.Session()
-        self.session.trust_env = False  # no .netrc credentials for the storage host, no env proxies
+        self.http = http
 
     def fetch(self, asset_id: int, dest: Path, *, max_bytes: int, name: str) -> tuple[int, str]:
         """Stream one asset into `dest`; return its size and SHA-256. Over `max_bytes` is an AssetError."""
@@ -116,50 +129,40 @@ class AssetDownloader:
                    "X-GitHub-Api-Version": "2022-11-28"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        response = self._get(url, headers)
+        reply = self.http.get(url, headers)
         try:
             for _ in range(MAX_REDIRECTS):
-                if response.status_code not in (301, 302, 303, 307, 308):
+                if reply.status not in (301, 302, 303, 307, 308):
                     break
-                target = urljoin(response.url, response.headers.get("Location", ""))
+                target = urljoin(reply.url, reply.headers.get("Location", ""))
                 check_redirect(url, target)
                 headers = redirect_headers(url, target, headers)
-                response.close()
-                response = self._get(target, headers)
-            if response.status_code != 200:
+                reply.close()
+                reply = self.http.get(target, headers)
+            if reply.status != 200:
                 raise AssetError(f"downloading asset {name} ({asset_id}) of {self.repository} failed: HTTP "
-                                 f"{response.status_code}" + (" (a private repository needs asset.token_file)"
-                                                              if response.status_code in (401, 403, 404) else ""))
-            declared = response.headers.get("Content-Length")
+                                 f"{reply.status}" + (" (a private repository needs asset.token_file)"
+                                                      if reply.status in (401, 403, 404) else ""))
+            declared = reply.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise AssetError(f"asset {name} is {declared} bytes, over the limit of {max_bytes}")
-            return self._save(response, dest, max_bytes=max_bytes, name=name)
+            return self._save(reply, dest, max_bytes=max_bytes, name=name)
         finally:
-            response.close()
-
-    def _get(self, url: str, headers: Mapping[str, str]) -> requests.Response:
-        try:
-            return self.session.get(url, headers=dict(headers), allow_redirects=False, stream=True,
-                                    timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise AssetError(f"cannot download from {origin(url)[1]}: {type(exc).__name__}") from None
+            reply.close()
 
     @staticmethod
-    def _save(response: requests.Response, dest: Path, *, max_bytes: int, name: str) -> tuple[int, str]:
+    def _save(reply: HttpReply, dest: Path, *, max_bytes: int, name: str) -> tuple[int, str]:
         digest, size = hashlib.sha256(), 0
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "wb") as out:
-                for chunk in response.iter_content(CHUNK):
+                for chunk in reply.chunks(CHUNK):
                     size += len(chunk)
                     if size > max_bytes:
                         raise AssetError(f"asset {name} is over the limit of {max_bytes} bytes")
                     digest.update(chunk)
                     out.write(chunk)
-        except requests.RequestException as exc:
-            dest.unlink(missing_ok=True)
-            raise AssetError(f"the download of {name} broke off: {type(exc).__name__}") from None
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
@@ -188,22 +191,3 @@ class AssetDownloader:
                                  f"expected sha256:{expected[:12]}...)")
             verified = True
         return Downloaded(path=path, size=size, sha256=sha256, checksum_verified=verified)
-
-
-class PreloadedImage:
-    """A Docker port whose pull of one reference uses the image already loaded from the asset.
-
-    Everything else goes to the real adapter; the engine does not know the difference.
-    """
-
-    def __init__(self, docker: Any, reference: str) -> None:
-        self._docker = docker
-        self.reference = reference
-
-    def pull(self, release: Release, auth: Mapping[str, str] | None = None) -> Release:
-        if release.reference == self.reference and self._docker.has_image(self.reference):
-            return Release(tag=release.tag, image=release.image, digest=None)
-        return self._docker.pull(release, auth)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._docker, name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -25,8 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from deployer.errors import StateError, Unauthorized
-from deployer.folders import share_folder
+from deployer.config import AppConfig
+from deployer.errors import InvalidTag, StateError, Unauthorized
+from deployer.folders import check_database, check_same_database, share_folder
+from deployer.plan.tags import check_tag
 
 FOLDER = "queue"
 DB_NAME = "jobs.db"
@@ -121,7 +124,7 @@ class Job:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["source"] = dict(self.source)
+        data["source"] = dict(self.source) if isinstance(self.source, Mapping) else None
         data.pop("seq")
         return data
 
@@ -148,13 +151,56 @@ _JOB_COLUMNS = ("seq, id, app, tag, kind, actor, status, source, reason, superse
 def _job(row: tuple) -> Job:
     (seq, id_, app, tag, kind, actor, status, source, reason, superseded_by, attempts, not_before, created_at,
      started_at, finished_at) = row
-    return Job(id=id_, app=app, tag=tag, kind=kind, actor=actor, status=status, source=json.loads(source),
+    try:
+        source = json.loads(source)
+    except (TypeError, ValueError):
+        source = None  # a row the receiver's group wrote by hand; `row_problem` refuses it
+    return Job(id=id_, app=app, tag=tag, kind=kind, actor=actor, status=status, source=source,
                reason=reason, superseded_by=superseded_by, attempts=attempts, not_before=not_before,
                created_at=created_at, started_at=started_at, finished_at=finished_at, seq=seq)
 
 
 def new_job_id() -> str:
     return "job-" + secrets.token_hex(8)
+
+
+JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
+KINDS = frozenset({"release", "redeploy"})
+MAX_ACTOR_CHARS = 200
+
+
+def row_problem(job: Job, apps: Mapping[str, AppConfig]) -> str | None:
+    """Why a job read from the queue must not be acted on, or None.
+
+    The receiver's group can write the queue file, so the worker checks every field it uses again:
+    the id becomes a path, the app and tag reach Docker and hooks, the actor reaches the audit log.
+    """
+    if not isinstance(job.id, str) or not JOB_ID_RE.fullmatch(job.id):
+        return f"job id {_shown(job.id)} is not a job id (job-<16 hex digits>)"
+    if job.kind not in KINDS:
+        return f"job kind {_shown(job.kind)} is not one of {', '.join(sorted(KINDS))}"
+    if not isinstance(job.app, str) or job.app not in apps:
+        return f"app {_shown(job.app)} is not in the config"
+    if job.tag is None:
+        if job.kind != "redeploy":
+            return "a release job names no tag"
+    else:
+        try:
+            check_tag(apps[job.app], job.tag)
+        except InvalidTag as exc:
+            return str(exc)
+    if not isinstance(job.actor, str) or not 0 < len(job.actor) <= MAX_ACTOR_CHARS or not job.actor.isprintable():
+        return f"actor {_shown(job.actor)} is not printable text of at most {MAX_ACTOR_CHARS} characters"
+    if not isinstance(job.source, Mapping):
+        return "the job's source is not a JSON object"
+    numbers = (job.attempts, job.not_before, job.created_at)
+    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
+        return "the job's attempts and times are not numbers"
+    return None
+
+
+def _shown(value: object) -> str:
+    return repr(value)[:60]
 
 
 def queue_path(state_dir: str | os.PathLike[str]) -> Path:
@@ -191,8 +237,14 @@ class Queue:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            identity = check_database(self.path)  # the receiver's group can plant links here
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                    check_same_thread=False)
+            try:
+                check_same_database(self.path, identity)
+            except BaseException:
+                conn.close()
+                raise
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")  # a 202 promises the job survives a power loss
@@ -395,8 +447,8 @@ class Queue:
                     continue
                 jobs = [j for j in waiting if j.app == app]
                 newest = jobs[-1]
-                if newest.not_before > now:
-                    continue
+                if isinstance(newest.not_before, (int, float)) and newest.not_before > now:
+                    continue  # (a row with a malformed time is claimed at once, for the worker to refuse)
                 superseded = []
                 for older in jobs[:-1]:
                     conn.execute("UPDATE jobs SET status = 'superseded', superseded_by = ?, reason = ?, "

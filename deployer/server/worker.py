@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import fcntl
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -27,10 +25,11 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from deployer.config import Config
-from deployer.errors import DeployerError, LockError, StateError
+from deployer.errors import DeployerError, LockError, StateError, UnsafePath
+from deployer.folders import open_entry
 from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
-from deployer.server.jobs import Job, Queue
+from deployer.server.jobs import Job, Queue, row_problem
 
 log = logging.getLogger("deployer.worker")
 
@@ -65,6 +64,9 @@ def active_tag(config: Config, app: str) -> str | None:
 def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
             now: Callable[[], float] = time.time) -> str:
     """Run one claimed job to its end and record the outcome in the queue; return the job's status."""
+    problem = row_problem(job, config.apps)
+    if problem is not None:
+        return refuse_row(queue, journal, job, problem)
     base = {"job": job.id, "app": job.app, "actor": job.actor}
     journal.record("job.started", tag=job.tag, kind=job.kind, attempt=job.attempts, **base)
     try:
@@ -81,6 +83,10 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
             with journal.step("asset", **base) as step:
                 preloaded = tools.load_asset(job)
                 step.detail["image"] = preloaded
+        elif app.asset is not None:
+            # Its releases come as assets, not through the registry: a redeploy runs the image an
+            # earlier asset left tagged on the host (a pull only if that image is gone).
+            preloaded = f"{app.image}:{tag}"
         result = tools.engine(preloaded).deploy(job.app, tag, actor=job.actor, job=job.id)
     except LockError as exc:
         if now() - job.created_at > config.server.job_timeout:
@@ -104,6 +110,14 @@ def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, bas
                    status=status, reason=reason, **({} if owned else {"note": "the job was recovered meanwhile"}),
                    **base, **extra)
     return status
+
+
+def refuse_row(queue: Queue, journal: Journal, job: Job, problem: str) -> str:
+    """Fail a queue row that is not fit to act on; only its row number identifies it in the audit log."""
+    reason = f"refused queue row {job.seq}: {problem}"
+    queue.finish(job, "failed", reason)
+    journal.record("job.failed", outcome="failed", actor=WORKER_ACTOR, row=job.seq, reason=reason)
+    return "failed"
 
 
 class JobSteps:
@@ -143,15 +157,18 @@ class Child:
 
 
 class WorkerLock:
-    """One worker per state folder: it alone may decide that a running job has lost its worker."""
+    """One worker per state folder: it alone may decide that a running job has lost its worker.
+
+    The lock lives in root's own `locks/`, not in the queue folder the receiver's group can write.
+    """
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / "queue" / "worker.lock"
+        self.path = Path(state_dir) / "locks" / "worker.lock"
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = open_entry(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -211,6 +228,10 @@ class Worker:
             for old in claim.superseded:
                 self.journal.record("job.superseded", job=old.id, app=old.app, tag=old.tag, actor=old.actor,
                                     superseded_by=claim.job.id, reason=old.reason)
+            problem = row_problem(claim.job, self.config.apps)
+            if problem is not None:
+                refuse_row(self.queue, self.journal, claim.job, problem)
+                continue
             try:
                 process = self.launch(claim.job)
             except OSError as exc:
@@ -302,23 +323,24 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-def process_launcher(config: Config) -> Callable[[Job], subprocess.Popen]:
+def process_launcher(config: Config) -> Callable[[Job], Running]:
     """Each job in `python -m deployer.server.worker`, in the worker's process group, sharing its stderr."""
-    def launch(job: Job) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "deployer.server.worker", "--config", str(config.path),
-                                 "--job", job.id, "--attempt", str(job.attempts)], stdin=subprocess.DEVNULL,
-                                env=child_environment())
+    from deployer.host.wiring import start_job
+
+    def launch(job: Job) -> Running:
+        return start_job([sys.executable, "-m", "deployer.server.worker", "--config", str(config.path),
+                          "--job", job.id, "--attempt", str(job.attempts)], child_environment())
     return launch
 
 
 def real_checks(config: Config) -> Callable[[], tuple[str, str]]:
-    from deployer.adapters.docker_host import DockerHost
-    from deployer.adapters.netfilter import Netfilter
+    from deployer.host.wiring import build_host_probes
+
+    probes = build_host_probes(config)
 
     def checks() -> tuple[str, str]:
         results = []
-        for probe in (lambda: DockerHost(config.settings.docker_host, timeout=5).ping(),
-                      lambda: Netfilter(wait_seconds=config.settings.iptables_wait).save_nat()):
+        for probe in probes:
             try:
                 probe()
                 results.append("ok")
@@ -328,6 +350,29 @@ def real_checks(config: Config) -> Callable[[], tuple[str, str]]:
                 results.append(f"{type(exc).__name__}: {str(exc)[:200]}")
         return results[0], results[1]
     return checks
+
+
+def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
+    """The queue's and the audit log's folders, shared with `[server] group` when run as root; returns the queue.
+
+    Run before the receiver starts. A planted link or odd file there is refused, and recorded as
+    `security.refused` before the error stops the start.
+    """
+    from deployer import audit
+    from deployer.server import jobs
+
+    state_dir = config.settings.state_dir
+    group = config.server.group if os.geteuid() == 0 else None
+    try:
+        jobs.prepare_folder(state_dir, group)
+        audit.prepare_folder(state_dir, group)  # the receiver records deliveries there
+        queue = Queue.for_state_dir(state_dir)
+        queue.worker_status()  # creates the tables now, as the privileged user
+    except UnsafePath as exc:
+        journal = journal or audit.build_journal(config)
+        journal.record("security.refused", outcome="failed", actor=WORKER_ACTOR, reason=str(exc), **exc.context)
+        raise
+    return queue
 
 
 def build_worker(config: Config, queue: Queue | None = None, journal: Journal | None = None) -> Worker:
@@ -344,30 +389,26 @@ def build_worker(config: Config, queue: Queue | None = None, journal: Journal | 
 
 
 def real_tools(config: Config, journal: Journal) -> JobTools:
-    from deployer.adapters.docker_host import DockerHost
-    from deployer.adapters.image_archive import load_image
-    from deployer.adapters.netfilter import Netfilter
-    from deployer.host.engine import Engine
-    from deployer.host.wiring import build_engine
+    from deployer.host.wiring import build_asset_http, build_engine, build_image_loader
     from deployer.server import assets
 
-    def engine(preloaded: str | None) -> Engine:
-        if preloaded is None:
-            return build_engine(config, journal)
-        docker = assets.PreloadedImage(DockerHost(config.settings.docker_host), preloaded)
-        return Engine(config, docker, Netfilter(wait_seconds=config.settings.iptables_wait), journal=journal)
+    load_image = build_image_loader(config)
+
+    def engine(preloaded: str | None) -> EngineLike:
+        return build_engine(config, journal, preloaded=preloaded)
 
     def load_asset(job: Job) -> str:
         app = config.app(job.app)
         asset = job.source.get("asset")
-        if not asset or app.asset is None or app.repository is None:
+        if not asset or app.asset is None or app.repository is None or job.tag is None:
             raise DeployerError(f"job {job.id} names no release asset to load", app=app.name)
-        folder = Path(config.settings.state_dir) / "assets" / job.id
-        downloader = assets.AssetDownloader(config.server.github_api, app.repository, app.asset.token)
+        folder = Path(config.settings.state_dir) / "assets" / job.id  # a checked id: see row_problem
+        downloader = assets.AssetDownloader(config.server.github_api, app.repository, app.asset.token,
+                                            http=build_asset_http())
         try:
             downloaded = downloader.download_image(asset, folder, max_bytes=app.asset.max_bytes)
-            assets.check_archive_tags(assets.archive_tags(downloaded.path), app.image)
-            return load_image(DockerHost(config.settings.docker_host), downloaded.path, app.image, job.tag)
+            assets.check_archive_tags(assets.archive_tags(downloaded.path), app.image, job.tag)
+            return load_image(downloaded.path, app.image, job.tag)
         finally:
             with contextlib.suppress(OSError):
                 for entry in folder.iterdir():
@@ -375,15 +416,6 @@ def real_tools(config: Config, journal: Journal) -> JobTools:
                 folder.rmdir()
 
     return JobTools(engine=engine, load_asset=load_asset)
-
-
-def _die_with_parent() -> None:
-    """A job dies with its worker (PR_SET_PDEATHSIG): a killed worker leaves no deploy running unseen."""
-    parent = os.getppid()
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def child_main(argv: list[str] | None = None) -> int:
@@ -396,7 +428,9 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", required=True)
     parser.add_argument("--attempt", type=int, required=True)
     args = parser.parse_args(argv)
-    _die_with_parent()
+    from deployer.host.wiring import die_with_parent
+
+    die_with_parent()  # a killed worker leaves no deploy running unseen
     # Stopping is the worker's call: it waits for the deploy, or kills it and reconciles.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

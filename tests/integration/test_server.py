@@ -386,7 +386,8 @@ def test_refusals_over_gunicorn(serve):
 
 def test_an_image_from_a_release_asset(serve, images, tmp_path):
     archive = tmp_path / "image.tar"
-    source = f"{IMAGE}:asset-source-{secrets.token_hex(3)}"  # a tag of v2 that no other test run removes
+    tag = f"asset-{secrets.token_hex(3)}"  # never pushed: only the asset can provide it
+    source = f"{IMAGE}:{tag}"  # v2 under the release's own tag, the one name an asset may carry
     pulled = subprocess.run(["docker", "pull", "-q", f"{IMAGE}:v2"], capture_output=True, text=True)
     assert pulled.returncode == 0, pulled.stderr
     subprocess.run(["docker", "tag", f"{IMAGE}:v2", source], check=True, capture_output=True)
@@ -398,7 +399,6 @@ def test_an_image_from_a_release_asset(serve, images, tmp_path):
 
     token = "ghp_" + secrets.token_hex(16)
     (tmp_path / "token").write_text(token)
-    tag = f"asset-{secrets.token_hex(3)}"  # never pushed: only the asset can provide it
     checksum = f"{hashlib.sha256(data).hexdigest()}  image.tar\n".encode()
     try:
         with FakeGitHub(GITHUB_REPO, assets={501: data, 502: checksum}, token=token, private=True) as github:
@@ -419,6 +419,12 @@ def test_an_image_from_a_release_asset(serve, images, tmp_path):
         assert all("Authorization" not in s.headers for s in github.storage_seen)
         assert ("asset", "ok") in [(s["name"], s["outcome"]) for s in job["steps"]]
         assert_no_secret_anywhere(served, token)
+
+        # A manual redeploy of it runs that image too: a registry pull of the tag would fail.
+        manual = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": tag}).encode())
+        assert manual.status_code == 202, manual.text
+        assert served.wait(manual.json()["job"])["status"] == "succeeded"
+        assert served_version(22150) == "v2"
 
         # A rollback to the asset's release runs the image it loaded: no registry has that tag.
         done = served.deployer.cli("deploy", "web", "v1")

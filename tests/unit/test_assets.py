@@ -7,6 +7,8 @@ import tarfile
 
 import pytest
 
+from deployer.adapters.github import GitHubHttp
+from deployer.adapters.image_archive import PreloadedImage
 from deployer.errors import AssetError
 from deployer.plan.containers import Release
 from deployer.server import assets
@@ -25,7 +27,7 @@ def github():
 
 
 def downloader(github, token=TOKEN):
-    return assets.AssetDownloader(github.api_url, REPO, token, timeout=5)
+    return assets.AssetDownloader(github.api_url, REPO, token, http=GitHubHttp(timeout=5))
 
 
 def test_the_image_is_fetched_through_the_redirect_and_verified(github, tmp_path):
@@ -151,11 +153,20 @@ def test_an_archive_may_only_name_the_apps_own_image(tmp_path):
     image = "127.0.0.1:5000/web"
     tags = assets.archive_tags(archive(tmp_path / "a.tar", [{"RepoTags": [f"{image}:v2"], "Config": "x"}]))
     assert tags == [f"{image}:v2"]
-    assets.check_archive_tags(tags, image)
-    assets.check_archive_tags([], image)
+    assets.check_archive_tags(tags, image, "v2")
+    assets.check_archive_tags([], image, "v2")
     with pytest.raises(AssetError) as caught:
-        assets.check_archive_tags([f"{image}:v2", "nginx:latest"], image)
-    assert str(caught.value) == f"the asset would tag other images (nginx:latest); only {image}:<tag> is allowed"
+        assets.check_archive_tags([f"{image}:v2", "nginx:latest"], image, "v2")
+    assert str(caught.value) == f"the asset would also tag nginx:latest; only {image}:v2 is allowed"
+
+
+def test_an_archive_may_not_carry_another_release_of_the_same_image():
+    image = "127.0.0.1:5000/web"
+    with pytest.raises(AssetError) as caught:  # it would poison a later rollback to v1
+        assets.check_archive_tags([f"{image}:v2", f"{image}:v1"], image, "v2")
+    assert str(caught.value) == f"the asset would also tag {image}:v1; only {image}:v2 is allowed"
+    with pytest.raises(AssetError):
+        assets.check_archive_tags([f"{image}:v1"], image, "v2")
 
 
 def test_an_archive_with_several_images_or_none_is_refused(tmp_path):
@@ -184,7 +195,7 @@ class RecordingDocker:
 
 def test_the_preloaded_image_is_used_instead_of_a_pull():
     docker = RecordingDocker({"r/web:v2"})
-    port = assets.PreloadedImage(docker, "r/web:v2")
+    port = PreloadedImage(docker, "r/web:v2")
     assert port.pull(Release(tag="v2", image="r/web")) == Release(tag="v2", image="r/web", digest=None)
     assert port.pull(Release(tag="v1", image="r/web")).digest == "sha256:pulled"
     assert docker.pulls == ["r/web:v1"]

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from deployer.plan.hooks import HookContext, hook_environment, hook_path
+from deployer.adapters.processes import run_hook
+from deployer.plan.hooks import MAX_FACT_CHARS, HookContext, hook_environment, hook_path
 
 
 def make(folder, name, mode):
@@ -139,3 +140,28 @@ def test_inherited_values_of_unknown_facts_do_not_pass_as_facts():
     assert sorted(k for k in env if k.startswith("DEPLOYER_")) == [
         "DEPLOYER_ACTOR", "DEPLOYER_APP", "DEPLOYER_BIND", "DEPLOYER_HOOK", "DEPLOYER_NEW_PORT",
         "DEPLOYER_NEW_PORT_8080_TCP", "DEPLOYER_NEW_SET", "DEPLOYER_TAG"]
+
+
+def test_a_nul_in_a_fact_or_an_inherited_value_is_dropped():
+    # A container's log line with a NUL reaches DEPLOYER_ERROR; exec refuses any value holding one.
+    context = HookContext(app="demo", tag="v1", actor="cli:alice", error="boot failed: \x00bad\x00 byte")
+    env = hook_environment("on-failure", context, {"PATH": "/bin", "NOTE": "a\x00b", "BAD\x00NAME": "x", "A=B": "y"})
+    assert env["DEPLOYER_ERROR"] == "boot failed: bad byte"
+    assert env["NOTE"] == "ab"
+    assert "BAD\x00NAME" not in env and "A=B" not in env
+    assert not any("\x00" in key or "\x00" in value for key, value in env.items())
+
+
+def test_a_long_fact_is_cut_to_a_bound():
+    context = HookContext(app="demo", tag="v1", actor="cli:alice", error="x" * 100_000)
+    error = hook_environment("on-failure", context, {})["DEPLOYER_ERROR"]
+    assert len(error) == MAX_FACT_CHARS and error.endswith("...")
+    short = HookContext(app="demo", tag="v1", actor="cli:alice", error="x" * MAX_FACT_CHARS)
+    assert hook_environment("on-failure", short, {})["DEPLOYER_ERROR"] == "x" * MAX_FACT_CHARS
+
+
+def test_the_hook_runner_reports_an_environment_exec_refuses_as_a_failed_hook(tmp_path):
+    hook = make(tmp_path, "on-failure", 0o755)
+    outcome = run_hook(hook, {"PATH": "/bin", "DEPLOYER_ERROR": "a\x00b"}, timeout=5)
+    assert outcome.exit_code == 126
+    assert outcome.output == f"cannot run {hook}: embedded null byte"

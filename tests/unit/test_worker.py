@@ -7,6 +7,7 @@ import tomllib
 from types import SimpleNamespace
 
 import pytest
+from support.configs import ASSET_SITE, make_config
 
 from deployer import config as config_module
 from deployer.errors import HealthCheckFailed, LockError
@@ -306,3 +307,36 @@ def test_job_steps_ignore_other_jobs_events(config, queue):
     sink({"event": "reconcile.repair", "job": job.id, "detail": "rules pointed at blue", "_durable": True})
     assert [(s["name"], s["detail"]) for s in queue.steps(job.id)] == [
         ("reconcile.repair", {"detail": "rules pointed at blue"})]
+
+
+# --- an app whose releases come as assets ---------------------------------------------------------
+
+
+@pytest.fixture
+def asset_config(tmp_path):
+    return make_config(tmp_path, ASSET_SITE)
+
+
+def run_with_tools(config, tag):
+    """A manual redeploy of `site` through execute; returns what the engine was built with and what it deployed."""
+    queue = Queue.for_state_dir(config.settings.state_dir)
+    queue.submit_manual(app="site", tag=tag, actor="key:alice", source={})
+    job = queue.claim().job
+    journal = Journal([])
+    built, engine = [], FakeEngine(journal)
+    loaded = []
+    tools = JobTools(engine=lambda preloaded: built.append(preloaded) or engine, load_asset=loaded.append)
+    assert execute(job, config=config, queue=queue, journal=journal, tools=tools) == "succeeded"
+    assert loaded == []  # a manual job names no asset to download
+    return built, [d[1] for d in engine.deploys]
+
+
+def test_a_manual_redeploy_of_an_asset_app_runs_the_image_tagged_on_the_host(asset_config):
+    # Its images need not be in any registry: a pull would fail (test_an_image_from_a_release_asset in
+    # tests/integration/test_server.py drives the real path: a release from an asset, then POST /deploy).
+    assert run_with_tools(asset_config, "v3") == (["registry.example:5000/site:v3"], ["v3"])
+
+
+def test_a_manual_redeploy_of_the_active_release_of_an_asset_app_runs_its_local_image(asset_config):
+    activate(asset_config, "site", "v2")
+    assert run_with_tools(asset_config, None) == (["registry.example:5000/site:v2"], ["v2"])
