@@ -36,7 +36,7 @@ from deployer.cli.server import start_gunicorn  # noqa: E402
 from deployer.server import signatures  # noqa: E402
 from deployer.server.jobs import Queue  # noqa: E402
 
-PAYLOAD = REPO.parent / "shared" / "github-payloads" / "release-published.payload.json"
+PAYLOAD = REPO / "tests" / "fixtures" / "github" / "release-published.payload.json"
 TARGET_P99_MS = 100.0
 PORTS = range(22900, 23000)
 

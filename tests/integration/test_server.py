@@ -1,6 +1,6 @@
 """`deployer serve` end to end: gunicorn on loopback, the real worker, engine, registry and netfilter.
 
-Deliveries are GitHub's real payloads (../shared/github-payloads/), signed the way GitHub signs
+Deliveries are GitHub's real payloads (tests/fixtures/github/), signed the way GitHub signs
 them; manual requests are signed with an operator key by the `deployer redeploy` client. Every
 server a test starts is SIGKILLed (its whole process group) in teardown.
 """
@@ -30,10 +30,10 @@ from deployer.audit import AuditLog, Query
 from deployer.server import signatures
 from deployer.server.jobs import TERMINAL, Queue
 from support.fake_github import FakeGitHub, free_port
+from support.github_payloads import PAYLOADS
 
 pytestmark = pytest.mark.integration
 
-PAYLOADS = REPO.parent / "shared" / "github-payloads"
 TRAFFIC = str(REPO / "tests" / "support" / "traffic.py")
 GITHUB_REPO = "Codertocat/Hello-World"
 HOOK_ID = "109948940"

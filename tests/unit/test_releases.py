@@ -1,4 +1,4 @@
-"""The release policy, driven by GitHub's real payloads (../shared/github-payloads/)."""
+"""The release policy, driven by GitHub's real payloads (tests/fixtures/github/)."""
 
 import copy
 import json
@@ -11,8 +11,7 @@ from deployer import config as config_module
 from deployer.errors import InvalidRequest, InvalidTag, UnknownApp
 from deployer.server import releases
 from deployer.server.releases import AssetRef, Decision
-
-PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "github-payloads"  # ../shared from the repository
+from support.github_payloads import PAYLOADS
 
 
 def payload(name: str, **release_changes) -> dict:

@@ -7,7 +7,6 @@ never (no job), and recorded in the journal with its reason and without any secr
 import io
 import json
 import tomllib
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -17,8 +16,8 @@ from deployer.journal import Journal
 from deployer.server import signatures
 from deployer.server.jobs import Queue
 from deployer.server.web import create_app
+from support.github_payloads import PAYLOADS
 
-PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "github-payloads"  # ../shared from the repository
 GITHUB_SECRET = "gh-webhook-secret-5f2a9c"
 ALICE_SECRET = "alice-operator-secret-8d41e7b2"
 NOW = 1_767_225_600
