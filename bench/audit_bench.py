@@ -1,7 +1,7 @@
 """Audit log benchmark: filtered queries and `verify` on a log of 100,000 entries.
 
-    python3 bench/audit_bench.py                      # 100,000 entries, writes bench/results/audit.json
-    python3 bench/audit_bench.py --entries 2000 --out /tmp/audit.json   # the smoke the tests run
+    .venv/bin/python bench/audit_bench.py             # 100,000 entries, writes bench/results/audit.json
+    .venv/bin/python bench/audit_bench.py --entries 2000 --out /tmp/audit.json   # the smoke the tests run
 
 The log is filled with a realistic mix (deliveries, jobs, deploys and their steps for 20 apps,
 spread over 90 days) in batches, then each query runs through the same code path as

@@ -1,10 +1,10 @@
 """The bench: data path, deploys under load, and scale; tables, JSON, plots and BENCHMARKS.md.
 
-    sudo bench/run                 # everything, ~10 min: bench/results/*.json|png and BENCHMARKS.md
-    sudo bench/run --quick         # the CI smoke, ~2 min: bench/results/tmp/quick/
-    sudo python3 -m bench --parts scale --results /tmp/r    # one part, elsewhere
+    bench/run                      # everything, ~10 min: bench/results/*.json|png and BENCHMARKS.md
+    bench/run --quick              # the CI smoke, ~2 min: bench/results/tmp/quick/
+    .venv/bin/python -m bench --parts scale --results /tmp/r    # one part, elsewhere (as root)
 
-`bench/run` installs what the bench needs first; `python3 -m bench` assumes it is there.
+`bench/run` installs what the bench needs first (.venv included); `python -m bench` assumes it is there.
 Run as root: it drives dockerd, iptables, conntrack and network namespaces. Everything it
 makes is removed at the end, on failure and on Ctrl-C too.
 """

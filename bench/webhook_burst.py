@@ -1,7 +1,7 @@
 """Webhook burst: how fast the receiver acknowledges signed GitHub deliveries, and that none is lost.
 
-    python3 bench/webhook_burst.py                         # 500 deliveries, 8 at a time
-    python3 bench/webhook_burst.py --count 20 --json       # the smoke the tests run
+    .venv/bin/python bench/webhook_burst.py                # 500 deliveries, 8 at a time
+    .venv/bin/python bench/webhook_burst.py --count 20 --json   # the smoke the tests run
 
 It starts the receiver exactly as `deployer serve` does (gunicorn, `[server] workers`, the app
 factory) on a loopback port from 22900-22999, with a throwaway config and state folder, and no
