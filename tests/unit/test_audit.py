@@ -568,6 +568,14 @@ def test_benchmark_smoke_runs_on_2000_entries(tmp_path):
     assert "verify: 2,200 entries in" in done.stdout
 
 
+def default_sigint() -> None:
+    """SIGINT as in a terminal, for a child of a run that inherited it ignored (started in the background by a
+    shell): Python leaves an ignored SIGINT ignored, and the follower would never see Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_cli_follow_streams_new_entries_until_interrupted(config_file):
     import signal
     import subprocess
@@ -578,7 +586,8 @@ def test_cli_follow_streams_new_entries_until_interrupted(config_file):
     follower = subprocess.Popen([sys.executable, "-m", "deployer", "-c", str(config_file), "audit", "--follow",
                                  "--jsonl", "--limit", "2", "--event", "deploy.*,step"],
                                 cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=default_sigint)  # noqa: PLW1509 - no other thread runs here
     try:
         first = [json.loads(follower.stdout.readline())["seq"] for _ in range(2)]
         log.append({"event": "job.queued", "app": "web"})  # filtered out
