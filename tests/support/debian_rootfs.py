@@ -215,6 +215,10 @@ def _copy_tree(source: Path, target: Path) -> None:
         shutil.copytree(source, target, dirs_exist_ok=True)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Rootfs:
     """A fresh copy of the stock tree under /var/tmp, ready to chroot into."""
 
@@ -292,9 +296,14 @@ class Rootfs:
                 raise RootfsError(f"could not unmount {left}")
 
     def run(self, script: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """`script` in bash inside the tree, as root, stdout and stderr together."""
+        """`script` in bash inside the tree, as root, stdout and stderr together.
+
+        SIGINT starts at its default, as in a terminal: a test run started in the background by a
+        shell inherits it ignored, and Python then never turns it into KeyboardInterrupt.
+        """
         return subprocess.run(["chroot", str(self.path), "/usr/bin/env", "-i", *self.env(), "bash", "-c", script],
-                              check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+                              check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                              preexec_fn=_default_sigint)
 
     def remove(self) -> None:
         remove_tree(self.path)
