@@ -41,6 +41,8 @@ NETWORK = "dpltest"
 BRIDGE = "dpltest0"
 TEST_PREFIX_RE = re.compile(r"^DT[0-9A-F]{5}(-|$)")
 IN_CI = os.environ.get("CI") == "true"
+# The audit actor of the CLI the tests start: cli:root, or the user behind sudo (`sudo scripts/test`).
+CLI_ACTOR = config_module.local_actor()
 
 
 def _missing(reason: str) -> None:

@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 
 import pytest
-from conftest import app_toml
+from conftest import CLI_ACTOR, app_toml
 
 from deployer.audit import AuditLog, Query
 from deployer.errors import HealthCheckFailed
@@ -97,13 +97,13 @@ def test_cli_deploy_is_audited_and_reviewable_from_the_cli(deployer):
     assert listed.returncode == 0, listed.stderr
     entries = [json.loads(line) for line in listed.stdout.splitlines()][::-1]
     assert [(e["event"], e.get("step"), e.get("outcome")) for e in entries] == FIRST_DEPLOY
-    assert {e["actor"] for e in entries} == {"cli:root"}
+    assert {e["actor"] for e in entries} == {CLI_ACTOR}
     assert all("job" not in e for e in entries)  # a CLI deploy has no job id: `show` takes the seq
 
     shown = deployer.cli("audit", "show", "1")
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    assert lines[0] == "deploy of web v1 by cli:root (entries 1-8)"
+    assert lines[0] == f"deploy of web v1 by {CLI_ACTOR} (entries 1-8)"
     assert [line.split()[2] for line in lines[2:-1]] == ["deploy.started", "pull", "start", "health", "flip",
                                                          "record", "conntrack", "deploy.finished"]
     assert lines[-1].startswith("total ") and lines[-1].endswith(" s, deploy.finished ok")

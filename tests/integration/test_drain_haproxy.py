@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import _missing, app_toml
+from conftest import CLI_ACTOR, _missing, app_toml
 
 from support.load import Load
 
@@ -144,7 +144,7 @@ def test_drain_redeploy_and_undrain_a_host_behind_haproxy(deployer, haproxy, tmp
     assert status_after_drain == {"a": "DOWN", "b": "UP"}
     # While drained, the redeploy moved the ports to the new instance but left the status port closed.
     assert not [rule for rule in chain_while_drained if "--dport 25403" in rule], chain_while_drained
-    assert status_json["rules_match"] and status_json["drained"]["actor"] == "cli:root"
+    assert status_json["rules_match"] and status_json["drained"]["actor"] == CLI_ACTOR
     assert status_json["active"]["tag"] == "v2"
     assert any("--dport 25403" in rule for rule in deployer.chain("ha"))
 
@@ -161,5 +161,5 @@ def test_drain_redeploy_and_undrain_a_host_behind_haproxy(deployer, haproxy, tmp
     events = [(e["event"], e["actor"], e["outcome"]) for e in map(
         json.loads, deployer.cli("audit", "--app", "ha", "--event", "drain,drain.wait,undrain", "--jsonl").stdout
         .splitlines())]
-    assert sorted(events) == sorted([("drain", "cli:root", "ok"), ("drain.wait", "cli:root", "ok"),
-                                     ("undrain", "cli:root", "ok")])
+    assert sorted(events) == sorted([("drain", CLI_ACTOR, "ok"), ("drain.wait", CLI_ACTOR, "ok"),
+                                     ("undrain", CLI_ACTOR, "ok")])

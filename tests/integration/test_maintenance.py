@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, app_toml, host_address
+from conftest import CLI_ACTOR, REPO, app_toml, host_address
 
 from deployer.adapters.netfilter import Netfilter
 from deployer.audit import AuditLog, Query
@@ -92,7 +92,7 @@ def test_maintenance_on_and_off_under_load(deployer, outside, tmp_path):
     assert keepalive and all(r["status"] == 200 and "error" not in r for r in keepalive)
 
     assert [(e["event"], e["actor"], e.get("message")) for e in audit(deployer, "maintenance.*")] == [
-        ("maintenance.on", "cli:root", "Back at 10:00 UTC"), ("maintenance.off", "cli:root", None)]
+        ("maintenance.on", CLI_ACTOR, "Back at 10:00 UTC"), ("maintenance.off", CLI_ACTOR, None)]
     back = json.loads(deployer.cli("status", "mt", "--json").stdout)[0]
     assert back["mode"] == "serving" and back["rules_match"]
 
