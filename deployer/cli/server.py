@@ -214,42 +214,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # --- the redeploy client --------------------------------------------------------------------------
 
 
-class SignedClient:
-    """Signs each request with an operator key, as the README describes ("Signing a manual request")."""
-
-    def __init__(self, base_url: str, key_id: str, secret: str, *, timeout: float = CLIENT_TIMEOUT) -> None:
-        import requests
-
-        self.base_url = base_url.rstrip("/")
-        self.prefix = urlsplit(self.base_url).path
-        self.key_id = key_id
-        self.secret = secret
-        self.timeout = timeout
-        self.session = requests.Session()
-        self.session.trust_env = False
-
-    def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, Any]]:
-        import requests
-
-        headers = signatures.sign_request(self.secret, method=method, path=self.prefix + path, key_id=self.key_id,
-                                          timestamp=int(time.time()), nonce=secrets.token_urlsafe(24), body=body)
-        if body:
-            headers["Content-Type"] = "application/json"
-        try:
-            response = self.session.request(method, self.base_url + path, data=body, headers=headers,
-                                            timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise DeployerError(f"cannot reach {self.base_url}: {type(exc).__name__}") from None
-        try:
-            data = response.json()
-        except ValueError:
-            data = {"error": response.text[:200]}
-        if response.status_code >= 400:
-            message = f"the server refused the request ({response.status_code}): {data.get('error', '')}"
-            raise REJECTIONS.get(response.status_code, DeployerError)(message)
-        return response.status_code, data
-
-
 def read_secret_file(path: Path) -> str:
     try:
         secret = path.expanduser().read_text().strip()
@@ -260,8 +224,19 @@ def read_secret_file(path: Path) -> str:
     return secret
 
 
+def operator_signer(key_id: str, secret: str) -> Callable[[str, str, str, bytes], dict[str, str]]:
+    """Sign as `key_id`: now, with a fresh nonce (the scheme of `server.signatures`)."""
+    def sign(method: str, host: str, path: str, body: bytes) -> dict[str, str]:
+        return signatures.sign_request(secret, method=method, host=host, path=path, key_id=key_id,
+                                       timestamp=int(time.time()), nonce=secrets.token_urlsafe(24), body=body)
+
+    return sign
+
+
 def cmd_redeploy(args: argparse.Namespace) -> int:
-    client = SignedClient(args.url, args.key_id, read_secret_file(args.secret_file))
+    from deployer.adapters.api_client import SignedClient
+
+    client = SignedClient(args.url, operator_signer(args.key_id, read_secret_file(args.secret_file)))
     request = {"app": args.app, **({"tag": args.tag} if args.tag else {}),
                **({"reason": args.reason} if args.reason else {})}
     _, answer = client.request("POST", "/deploy", json.dumps(request).encode())
@@ -269,33 +244,25 @@ def cmd_redeploy(args: argparse.Namespace) -> int:
     print(f"{args.app}: queued {job_id} ({args.tag or 'the active release'})", flush=True)
     if not args.wait:
         return 0
-    return follow(client, job_id, timeout=args.timeout)
+    return follow(client.job_updates(job_id, timeout=args.timeout), job_id, timeout=args.timeout)
 
 
-def follow(client: SignedClient, job_id: str, *, timeout: float, interval: float = 1.0) -> int:
-    """Print each new step of the job until it ends; the exit code says how it ended."""
-    deadline = time.monotonic() + timeout
-    shown = 0
-    while True:
-        try:
-            _, job = client.request("GET", f"/jobs/{job_id}")
-        except UnknownApp:
-            raise UnknownJob(f"the server does not know job {job_id}") from None
+def follow(updates: Iterable[dict[str, Any]], job_id: str, *, timeout: float) -> int:
+    """Print each new step of the job as the updates come; the exit code says how it ended."""
+    shown, job = 0, {}
+    for job in updates:
         for step in job.get("steps", [])[shown:]:
             print("  " + describe_step(step), flush=True)
         shown = len(job.get("steps", []))
-        status = job["status"]
-        if status in ("succeeded", "skipped"):
-            print(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": "))
-            return 0
-        if status in ("failed", "superseded"):
-            print(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": "), file=sys.stderr)
-            return 1
-        if time.monotonic() > deadline:
-            print(f"{job['app']}: still {status} after {timeout:g} s; follow it with GET /jobs/{job_id}",
-                  file=sys.stderr)
-            return 1
-        time.sleep(interval)
+    status = job["status"]
+    if status in ("succeeded", "skipped"):
+        print(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": "))
+        return 0
+    if status in ("failed", "superseded"):
+        print(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    print(f"{job['app']}: still {status} after {timeout:g} s; follow it with GET /jobs/{job_id}", file=sys.stderr)
+    return 1
 
 
 def describe_step(step: dict[str, Any]) -> str:

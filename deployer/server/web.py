@@ -311,7 +311,8 @@ def authenticate(body: bytes, record: dict[str, Any]) -> str:
                   nonce=signed.nonce, timestamp=signed.timestamp)
     now = receiver.clock()
     path = signatures.request_target(request.script_root + request.path, request.query_string)
-    signatures.verify_manual(receiver.operator_secrets, signed, method=request.method, path=path, body=body, now=now)
+    signatures.verify_manual(receiver.operator_secrets, signed, method=request.method, host=request.host,
+                             path=path, body=body, now=now)
     receiver.queue.use_nonce(signed.key_id, signed.nonce, signatures.nonce_expiry(signed.timestamp, now))
     return signed.key_id
 

@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -128,7 +129,7 @@ class Served:
         return requests.post(f"{self.url}/hooks/github", data=body, headers=headers, timeout=10)
 
     def signed(self, method: str, path: str, body: bytes = b"") -> requests.Response:
-        headers = signatures.sign_request(self.operator_secret, method=method, path=path, key_id="ops",
+        headers = signatures.sign_request(self.operator_secret, method=method, host=urlsplit(self.url).netloc, path=path, key_id="ops",
                                           timestamp=int(time.time()), nonce=secrets.token_urlsafe(18), body=body)
         if body:
             headers["Content-Type"] = "application/json"
