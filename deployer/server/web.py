@@ -390,6 +390,15 @@ def audit_entries():
     """
     receiver = _receiver()
     record = _begin_record("manual_request", route="/audit")
+    _authenticate_reader(receiver, record)
+    query = audit_query(request.args, now=receiver.clock())
+    entries = receiver.audit.query(query)
+    record.update(verdict="answered", count=len(entries))
+    return jsonify(query_to_json(query, entries)), 200
+
+
+def _authenticate_reader(receiver: Receiver, record: dict[str, Any]) -> None:
+    """The read-only audit token, or an operator signature: what GET /audit and a detailed /healthz take."""
     header = request.headers.get(signatures.AUTHORIZATION_HEADER)
     if header is not None:  # the token is checked alone: a request that offers one stands or falls by it
         record["auth"] = "token"
@@ -399,10 +408,6 @@ def audit_entries():
         body = read_body(receiver.config.server.max_body_bytes)
         record["body_sha256"] = signatures.body_sha256(body)
         authenticate(body, record)
-    query = audit_query(request.args, now=receiver.clock())
-    entries = receiver.audit.query(query)
-    record.update(verdict="answered", count=len(entries))
-    return jsonify(query_to_json(query, entries)), 200
 
 
 def audit_query(args: Any, *, now: float) -> Query:
@@ -426,8 +431,26 @@ health = Blueprint("health", __name__)
 
 @health.route("/healthz", methods=["GET"])
 def healthz():
-    """Liveness, and whether the worker runs and Docker and netfilter answer it. Example: curl host:8000/healthz"""
+    """Whether the receiver, the queue, the worker, Docker and netfilter are ok; the details need a signature.
+
+    Unauthenticated, it says ok (200) or degraded (503) and nothing else: the reasons name paths and
+    daemon errors. Signed like /deploy, or with the audit token, it names each part.
+    Example: curl host:8000/healthz; curl -H "Authorization: Bearer $TOKEN" host:8000/healthz
+    """
     receiver = _receiver()
+    report = health_report(receiver)
+    healthy = all(value == "ok" for value in report.values())
+    status = 200 if healthy else 503
+    if not _offers_credentials():
+        return jsonify(status="ok" if healthy else "degraded"), status
+    record = _begin_record("manual_request", route="/healthz")
+    _authenticate_reader(receiver, record)
+    record["verdict"] = "answered"
+    return jsonify(status="ok" if healthy else "degraded", **report), status
+
+
+def health_report(receiver: Receiver) -> dict[str, str]:
+    """Each part and "ok" or what is wrong with it, for an operator's eyes only."""
     try:
         worker = receiver.queue.worker_status()
         queue_state = "ok"
@@ -435,7 +458,7 @@ def healthz():
         worker, queue_state = None, str(exc)
     now = receiver.clock()
     alive = worker is not None and now - worker["heartbeat_at"] < WORKER_STALE_SECONDS
-    report = {
+    return {
         "receiver": "ok",
         "queue": queue_state,
         "worker": ("ok" if alive else "no heartbeat" if worker is None
@@ -443,8 +466,11 @@ def healthz():
         "docker": (worker or {}).get("docker") or "unknown",
         "netfilter": (worker or {}).get("netfilter") or "unknown",
     }
-    healthy = all(value == "ok" for value in report.values())
-    return jsonify(status="ok" if healthy else "degraded", **report), 200 if healthy else 503
+
+
+def _offers_credentials() -> bool:
+    return (request.headers.get(signatures.AUTHORIZATION_HEADER) is not None
+            or request.headers.get(signatures.SIGNATURE_HEADER) is not None)
 
 
 def _share_gunicorn_logging() -> None:

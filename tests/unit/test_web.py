@@ -493,18 +493,45 @@ def test_a_redeploy_over_the_cap_is_413(client, queue):
 
 
 def test_health_is_degraded_without_a_worker(client):
-    response = client.get("/healthz")
+    response = signed_call(client, "GET", "/healthz")
     assert response.status_code == 503
     assert response.get_json() == {"status": "degraded", "receiver": "ok", "queue": "ok", "worker": "no heartbeat",
                                    "docker": "unknown", "netfilter": "unknown"}
 
 
+def test_unauthenticated_health_says_ok_or_degraded_and_nothing_else(client, queue, clock, settings):
+    assert (client.get("/healthz").status_code, client.get("/healthz").get_json()) == (503, {"status": "degraded"})
+    queue.heartbeat(pid=1, started_at=clock.now, docker="cannot reach /var/run/docker.sock: permission denied",
+                    netfilter="ok", checked=True)
+    response = client.get("/healthz")
+    assert (response.status_code, response.get_json()) == (503, {"status": "degraded"})
+    assert b"docker.sock" not in response.data and str(settings.settings.state_dir).encode() not in response.data
+    queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
+    assert (client.get("/healthz").status_code, client.get("/healthz").get_json()) == (200, {"status": "ok"})
+
+
+def test_a_queue_error_is_not_shown_without_credentials(tmp_path, settings, events, clock):
+    broken = Queue(tmp_path / "not-a-folder" / "jobs.db", clock=clock)
+    (tmp_path / "not-a-folder").write_text("a file where the folder should be")
+    app = create_app({"DEPLOYER_CONFIG": settings, "QUEUE": broken, "CLOCK": clock, "TESTING": True,
+                      "JOURNAL": Journal([events.append])})
+    client = app.test_client()
+    anonymous = client.get("/healthz")
+    assert (anonymous.status_code, anonymous.get_json()) == (503, {"status": "degraded"})
+    assert b"not-a-folder" not in anonymous.data
+
+
+def test_health_details_refuse_a_bad_signature(client):
+    response = signed_call(client, "GET", "/healthz", secret="x" * 30)
+    assert (response.status_code, response.get_json()) == (401, {"error": signatures.SIGNATURE_REFUSED})
+
+
 def test_health_reports_the_workers_checks(client, queue, clock):
     queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
-    assert client.get("/healthz").get_json()["status"] == "ok"
+    assert signed_call(client, "GET", "/healthz").get_json()["status"] == "ok"
     queue.heartbeat(pid=1, started_at=clock.now, docker="the Docker daemon does not answer", netfilter="ok",
                     checked=True)
-    response = client.get("/healthz")
+    response = signed_call(client, "GET", "/healthz")
     assert (response.status_code, response.get_json()["docker"]) == (503, "the Docker daemon does not answer")
     clock.now += 60
-    assert client.get("/healthz").get_json()["worker"] == "last heartbeat 60 s ago"
+    assert signed_call(client, "GET", "/healthz").get_json()["worker"] == "last heartbeat 60 s ago"
