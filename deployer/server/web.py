@@ -40,6 +40,7 @@ from deployer.errors import (
 from deployer.journal import Journal
 from deployer.server import releases, signatures
 from deployer.server.jobs import Queue
+from deployer.server.rejections import Rejections
 
 log = logging.getLogger("deployer.web")
 
@@ -75,6 +76,7 @@ class Receiver:
         self.journal = journal
         self.clock = clock
         self.audit = audit or AuditLog.for_state_dir(config.settings.state_dir)
+        self.rejections = Rejections(journal.record, clock)
 
     @property
     def operator_secrets(self) -> dict[str, str]:
@@ -105,6 +107,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(DeployerError, _deployer_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
+    app.before_request(_throttle)
     app.after_request(_record_request)
     _share_gunicorn_logging()
     return app
@@ -124,11 +127,46 @@ def _begin_record(name: str, **fields: Any) -> dict[str, Any]:
     return g.record
 
 
+def _authenticated() -> None:
+    """From here on the request is recorded one by one, whatever its answer."""
+    g.authenticated = True
+
+
+def _throttle():
+    """A source over its limit that offers no credential at all is answered 429 before its body is read."""
+    rejections = _receiver().rejections
+    rejections.flush_due()
+    if _offers_any_credential():
+        return None
+    wait = rejections.retry_after(request.remote_addr)
+    if wait is None:
+        return None
+    rejections.note(route=request.path[:64], status=429, source=request.remote_addr, reason="rate limited")
+    return _too_many(wait)
+
+
+def _too_many(wait: int):
+    response = jsonify(error=f"too many refused requests from this address; retry after {wait} s")
+    response.status_code = 429
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
+def _offers_any_credential() -> bool:
+    return any(request.headers.get(name) is not None for name in (
+        signatures.GITHUB_HEADER, signatures.SIGNATURE_HEADER, signatures.AUTHORIZATION_HEADER))
+
+
 def _record_request(response):
     event = g.pop("record_event", None)
     if event is not None:
         fields = g.pop("record", {})
         fields.setdefault("verdict", "rejected" if response.status_code >= 400 else "accepted")
+        if fields["verdict"] == "rejected" and not g.get("authenticated"):
+            # Anyone can send these: counted and recorded in aggregate, never a row each (rejections.py)
+            wait = _receiver().rejections.note(route=request.path[:64], status=response.status_code,
+                                               source=request.remote_addr, reason=str(fields.get("reason")))
+            return _too_many(wait) if wait is not None and response.status_code == 401 else response
         journal = _receiver().journal
         # A status poll (`redeploy --wait` asks every second) goes to the log only; its refusals are recorded.
         emit = journal.note if fields["verdict"] == "answered" else journal.record
@@ -252,6 +290,7 @@ def github_hook():
     record["body_sha256"] = signatures.body_sha256(body)
     signatures.verify_github(receiver.config.server.github_secret, body,
                              request.headers.get(signatures.GITHUB_HEADER))
+    _authenticated()
     payload = github_payload(body, request.mimetype)
     event = _header("X-GitHub-Event", EVENT_RE)
     delivery = _header("X-GitHub-Delivery", DELIVERY_RE)
@@ -314,6 +353,7 @@ def authenticate(body: bytes, record: dict[str, Any]) -> str:
     signatures.verify_manual(receiver.operator_secrets, signed, method=request.method, host=request.host,
                              path=path, body=body, now=now)
     receiver.queue.use_nonce(signed.key_id, signed.nonce, signatures.nonce_expiry(signed.timestamp, now))
+    _authenticated()
     return signed.key_id
 
 
@@ -403,6 +443,7 @@ def _authenticate_reader(receiver: Receiver, record: dict[str, Any]) -> None:
     if header is not None:  # the token is checked alone: a request that offers one stands or falls by it
         record["auth"] = "token"
         signatures.verify_bearer(receiver.config.server.audit_token, header)
+        _authenticated()
     else:
         record["auth"] = "signature"
         body = read_body(receiver.config.server.max_body_bytes)
@@ -469,6 +510,7 @@ def health_report(receiver: Receiver) -> dict[str, str]:
 
 
 def _offers_credentials() -> bool:
+    """An operator's signature or the audit token (a GitHub signature opens no detail)."""
     return (request.headers.get(signatures.AUTHORIZATION_HEADER) is not None
             or request.headers.get(signatures.SIGNATURE_HEADER) is not None)
 

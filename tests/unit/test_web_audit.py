@@ -173,10 +173,11 @@ def test_refusals_are_recorded_without_the_token_and_reads_are_not(tmp_path, cli
     with_token(client, "/audit", "not-the-token-at-all")
     with_token(client, "/audit")
     signed(client, "/audit")
-    [refused] = log.query(Query(event=("manual_request",)))
-    assert {k: refused.get(k) for k in ("route", "auth", "verdict", "status", "reason")} == {
-        "route": "/audit", "auth": "token", "verdict": "rejected", "status": 401,
-        "reason": "the bearer token does not match"}
+    assert log.query(Query(event=("manual_request",))) == []  # refused before it authenticated: aggregated
+    client.application.extensions["deployer"].rejections.flush()
+    [refused] = log.query(Query(event=("rejected_requests",)))
+    assert {k: refused.get(k) for k in ("route", "status", "reason", "count")} == {
+        "route": "/audit", "status": 401, "reason": "the bearer token does not match", "count": 1}
     log.close()
     stored = b"".join(p.read_bytes() for p in log.path.parent.glob("audit.db*"))
     assert b"not-the-token-at-all" not in stored and AUDIT_TOKEN.encode() not in stored
