@@ -308,19 +308,18 @@ def github_hook():
 
     actor = f"{decision.actor} (delivery {delivery})"
     source = {"delivery": delivery, "hook_id": hook_id, "action": decision.action, "release_id": decision.release_id,
-              "repository": decision.repository, "sender": decision.sender}
+              "published_at": decision.published_at, "repository": decision.repository, "sender": decision.sender}
     if decision.asset is not None:
         source["asset"] = {"id": decision.asset.asset_id, "name": decision.asset.name, "size": decision.asset.size,
                            "checksum_id": decision.asset.checksum_id}
     outcome = receiver.queue.submit_release(app=decision.app, tag=decision.tag, actor=actor, hook_id=hook_id,
-                                            delivery=delivery, source=source)
-    record.update(job=outcome.job.id if outcome.job else None,
-                  verdict="queued" if outcome.created else "duplicate", reason=outcome.reason)
+                                            delivery=delivery, source=source, published_at=decision.published_at)
+    record.update(job=outcome.job.id if outcome.job else None, verdict=outcome.verdict, reason=outcome.reason)
     if outcome.created:
         receiver.journal.record("job.queued", job=outcome.job.id, app=decision.app, tag=decision.tag, actor=actor,
                                 kind="release", delivery=delivery)
         return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
-    return jsonify(status="duplicate", reason=outcome.reason, job=outcome.job.id if outcome.job else None,
+    return jsonify(status=outcome.verdict, reason=outcome.reason, job=outcome.job.id if outcome.job else None,
                    job_status=outcome.job.status if outcome.job else None), 200
 
 

@@ -147,7 +147,8 @@ def test_a_signed_published_release_is_queued_and_answered_202(client, queue, ev
     assert (job.app, job.tag, job.kind, job.status) == ("web", "0.0.1", "release", "queued")
     assert job.actor == "github:Codertocat (delivery 72d3162e-cc78-11e3-81ab-4c9367dc0958)"
     assert job.source == {"delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "hook_id": "109948940",
-                          "action": "published", "release_id": 17372790, "repository": "Codertocat/Hello-World",
+                          "action": "published", "release_id": 17372790, "published_at": "2019-05-15T15:20:53Z",
+                          "repository": "Codertocat/Hello-World",
                           "sender": "Codertocat"}
     [record] = deliveries(events)
     assert {k: v for k, v in record.items() if k not in ("ts", "_durable")} == {
