@@ -1,4 +1,4 @@
-"""Run hook executables with a timeout, capturing their output for the log."""
+"""Child processes: hook executables with a timeout, and the long-running children the server supervises."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Mapping
+from typing import IO, Mapping
 
+from deployer.errors import DeployerError
 from deployer.plan.hooks import HookOutcome
 
 
@@ -28,3 +29,17 @@ def run_hook(path: Path, env: Mapping[str, str], timeout: float) -> HookOutcome:
         output, _ = process.communicate()
         return HookOutcome(None, output.decode("utf-8", "replace"))
     return HookOutcome(process.returncode, output.decode("utf-8", "replace"))
+
+
+def spawn(argv: list[str], env: Mapping[str, str], *, user: str | None = None, group: str | None = None,
+          umask: int = 0o077, log: IO[bytes] | None = None) -> subprocess.Popen:
+    """Start a long-running child (gunicorn, the maintenance responder), as `user` (no other groups) when given.
+
+    `log`: a file for its output (default: this process's stdout and stderr). Raises DeployerError.
+    """
+    drop: dict[str, object] = {"user": user, "group": group or user, "extra_groups": []} if user else {}
+    try:
+        return subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, umask=umask, stdout=log,
+                                stderr=subprocess.STDOUT if log is not None else None, **drop)
+    except (OSError, KeyError) as exc:
+        raise DeployerError(f"cannot start {Path(argv[0]).name} {' '.join(argv[1:3])}: {exc}") from None

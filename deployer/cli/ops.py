@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
-from typing import Any, Callable
+from typing import Callable
 
 from deployer import config as config_module
 from deployer.config import Config
@@ -100,72 +99,29 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handle(_signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stop
-
-
-def _run_until(stop: threading.Event, *targets: Callable[[], None], ready: threading.Event | None = None,
-               announce: str = "") -> int:
-    """Run each target in a thread until `stop`; if one dies of an error, stop the rest and exit 1.
-
-    `announce` is printed once `ready` is set: scripts wait for that line.
-    """
-    failures: list[BaseException] = []
-
-    def guarded(target: Callable[[], None]) -> None:
-        try:
-            target()
-        except BaseException as exc:  # noqa: BLE001 - reported below, and stops the others
-            failures.append(exc)
-            stop.set()
-
-    threads = [threading.Thread(target=guarded, args=(t,), daemon=True) for t in targets]
-    for thread in threads:
-        thread.start()
-    if ready is not None:
-        while not ready.wait(0.1) and not stop.is_set():
-            pass
-    if announce and (ready is None or ready.is_set()):
-        print(announce, flush=True)
-    while not stop.wait(0.5):
-        pass
-    for thread in threads:
-        thread.join(timeout=30)
-    for exc in failures:
-        print(f"deployer: {exc}", file=sys.stderr)
-    return 1 if failures else 0
-
-
 def cmd_maintenance_server(args: argparse.Namespace) -> int:
-    from deployer.server import responder
+    from deployer.server import responder, supervisor
 
     config: Config = args.loaded_config
-    stop = _stop_on_signals()
+    stop = supervisor.stop_on_signals()
     server = responder.make_server(config)  # binds now, so a taken port fails before anything else
-    return _run_until(stop, lambda: responder.serve(config, stop, server),
+    return supervisor.run_threads(stop, lambda: responder.serve(config, stop, server),
                       announce=f"maintenance responder on port {config.settings.maintenance_port}")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from deployer.host.watchdog import run_watchdog, watched_apps
-    from deployer.server import responder
+    from deployer.server import responder, supervisor
 
     config: Config = args.loaded_config
-    stop = _stop_on_signals()
+    stop = supervisor.stop_on_signals()
     ready = threading.Event()
     targets = [lambda: run_watchdog(config, stop, ready=ready)]
     if not args.no_responder:
         server = responder.make_server(config)  # a taken port fails now, not in a thread
         targets.append(lambda: responder.serve(config, stop, server))
     names = ", ".join(a.name for a in watched_apps(config)) or "no app (every watchdog is disabled)"
-    return _run_until(stop, *targets, ready=ready, announce=f"watching {names}" + (
+    return supervisor.run_threads(stop, *targets, ready=ready, announce=f"watching {names}" + (
         "" if args.no_responder else f"; maintenance responder on port {config.settings.maintenance_port}"))
 
 

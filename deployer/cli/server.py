@@ -4,35 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import urlsplit
+from typing import Any, Callable, Iterable
 
-from deployer.config import Config
-from deployer.errors import (
-    DeployerError,
-    InvalidRequest,
-    MalformedRequest,
-    PayloadTooLarge,
-    RequestRejected,
-    Unauthorized,
-    UnknownApp,
-    UnknownJob,
-    UnsupportedMediaType,
-)
+from deployer.errors import RequestRejected
 from deployer.server import signatures
-
-GUNICORN_STOP_SECONDS = 15
-CLIENT_TIMEOUT = 30
-REJECTIONS = {400: MalformedRequest, 401: Unauthorized, 404: UnknownApp, 413: PayloadTooLarge,
-              415: UnsupportedMediaType, 422: InvalidRequest}
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -70,145 +49,17 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
 # --- serve and worker ----------------------------------------------------------------------------
 
 
-def gunicorn_argv(config: Config) -> list[str]:
-    server = config.server
-    return [sys.executable, "-m", "gunicorn", "--workers", str(server.workers), "--bind", server.listen,
-            "--worker-class", "sync", "--timeout", "30", "--graceful-timeout", "10", "--access-logfile", "-",
-            "--error-logfile", "-", "--log-level", "info", "--name", "deployer-receiver",
-            *_no_control_socket(), "deployer.server.web:create_app()"]
-
-
-def _no_control_socket() -> list[str]:
-    """Newer gunicorn opens a control socket in $HOME; the receiver needs none (and may have no home)."""
-    from gunicorn.config import KNOWN_SETTINGS
-
-    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
-
-
-def start_gunicorn(config: Config, log: Any = None) -> subprocess.Popen:
-    """gunicorn with the app factory; as `[server] user` (whole process tree) when serve runs as root.
-
-    `log`: a file for its output (default: this process's stdout and stderr).
-    """
-    from deployer.server.worker import child_environment
-
-    env = child_environment()  # carries the *_env secrets the receiver needs
-    env["DEPLOYER_CONFIG"] = str(config.path)
-    drop: dict[str, Any] = {}
-    user, group = config.server.user, config.server.group
-    if user is not None and os.geteuid() == 0:
-        drop = {"user": user, "group": group or user, "extra_groups": []}
-    elif user is not None:
-        import pwd
-
-        if pwd.getpwuid(os.geteuid()).pw_name != user:
-            raise DeployerError(f"[server] user is {user!r}: start serve as root (it drops to {user!r} for "
-                                f"gunicorn), or as {user!r} itself")
-    try:
-        return subprocess.Popen(gunicorn_argv(config), env=env, stdin=subprocess.DEVNULL, umask=0o007,
-                                stdout=log, stderr=subprocess.STDOUT if log is not None else None, **drop)
-    except (OSError, KeyError) as exc:
-        raise DeployerError(f"cannot start gunicorn: {exc}") from None
-
-
-def _prepare(config: Config):
-    from deployer import audit
-    from deployer.server.jobs import Queue, prepare_folder
-
-    group = config.server.group if os.geteuid() == 0 else None
-    prepare_folder(config.settings.state_dir, group)
-    audit.prepare_folder(config.settings.state_dir, group)  # the receiver records deliveries there
-    queue = Queue.for_state_dir(config.settings.state_dir)
-    queue.worker_status()  # creates the tables now, as the privileged user
-    return queue
-
-
-def _stop_on_signals(worker) -> None:
-    """The first SIGTERM/SIGINT stops claiming and waits for running deploys; the second kills them."""
-    def handle(signum: int, _frame: Any) -> None:
-        if worker.stopping.is_set():
-            worker.kill_children()
-        worker.stopping.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deployer.server.worker import build_worker
+    from deployer.host.wiring import spawn_process
+    from deployer.server import supervisor
 
-    config: Config = args.loaded_config
-    queue = _prepare(config)
-    worker = build_worker(config, queue)
-    stop_watch = _start_watch(config) if args.watch else None
-    gunicorn = start_gunicorn(config)
-    gunicorn_died = threading.Event()
-
-    def watch() -> None:
-        gunicorn.wait()
-        if not worker.stopping.is_set():
-            gunicorn_died.set()
-            worker.stopping.set()
-
-    threading.Thread(target=watch, name="gunicorn-watch", daemon=True).start()
-    _stop_on_signals(worker)
-    try:
-        worker.start()
-        worker.run()
-    finally:
-        worker.stopping.set()
-        _stop_gunicorn(gunicorn)
-        if stop_watch is not None:
-            stop_watch()
-    if gunicorn_died.is_set():
-        print(f"deployer: gunicorn exited with status {gunicorn.returncode}; the worker stopped too", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _start_watch(config: Config) -> Callable[[], None]:
-    """The maintenance responder and the failover watchdog in threads beside the worker; returns their stop.
-
-    The responder binds its port here, so a taken port stops serve before gunicorn starts.
-    """
-    from deployer.host.watchdog import run_watchdog
-    from deployer.server import responder
-
-    stop = threading.Event()
-    server = responder.make_server(config)
-    threads = [threading.Thread(target=run_watchdog, args=(config, stop), name="watchdog", daemon=True),
-               threading.Thread(target=responder.serve, args=(config, stop, server), name="responder", daemon=True)]
-    for thread in threads:
-        thread.start()
-
-    def finish() -> None:
-        stop.set()  # the watchdog removes its retry rules on the way out
-        for thread in threads:
-            thread.join(timeout=30)
-
-    return finish
-
-
-def _stop_gunicorn(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()  # gunicorn's graceful shutdown: finish the requests in flight
-    try:
-        process.wait(GUNICORN_STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return supervisor.serve(args.loaded_config, spawn=spawn_process, watch=args.watch)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from deployer.server.worker import build_worker
+    from deployer.server import supervisor
 
-    config: Config = args.loaded_config
-    worker = build_worker(config, _prepare(config))
-    _stop_on_signals(worker)
-    worker.start()
-    worker.run()
-    return 0
+    return supervisor.run_worker(args.loaded_config)
 
 
 # --- the redeploy client --------------------------------------------------------------------------
@@ -234,7 +85,7 @@ def operator_signer(key_id: str, secret: str) -> Callable[[str, str, str, bytes]
 
 
 def cmd_redeploy(args: argparse.Namespace) -> int:
-    from deployer.adapters.api_client import SignedClient
+    from deployer.host.wiring import SignedClient
 
     client = SignedClient(args.url, operator_signer(args.key_id, read_secret_file(args.secret_file)))
     request = {"app": args.app, **({"tag": args.tag} if args.tag else {}),

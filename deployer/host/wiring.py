@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from deployer.adapters.api_client import SignedClient
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.processes import spawn as spawn_process
 from deployer.audit import build_journal
 from deployer.config import Config
 from deployer.host.engine import Engine
@@ -19,4 +21,4 @@ def build_engine(config: Config, journal: Journal | None = None) -> Engine:
     )
 
 
-__all__ = ["build_engine", "build_journal"]
+__all__ = ["build_engine", "build_journal", "spawn_process", "SignedClient"]

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import json
 
-from test_web import (  # the receiver's fixtures: config, queue, clock, and the GitHub and operator signers
-    GITHUB_SECRET,
-    Clock,
-    clock,  # noqa: F401 - fixture
-    deliver,
-    published,
-    queue,  # noqa: F401 - fixture
-    settings,  # noqa: F401 - fixture
-    signed_call,
-)
+import test_web
+from test_web import GITHUB_SECRET, Clock, deliver, published, signed_call
 
 from deployer.audit import AuditLog, Query, build_journal
 from deployer.server.rejections import Rejections
 from deployer.server.web import create_app
+
+settings, queue, clock = test_web.settings, test_web.queue, test_web.clock  # the receiver's fixtures
 
 
 def audited_app(settings, queue, clock):

@@ -8,17 +8,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_web import (  # the receiver's fixtures and signers
-    app,  # noqa: F401 - fixture
-    client,  # noqa: F401 - fixture
-    clock,  # noqa: F401 - fixture
-    deliver,
-    events,  # noqa: F401 - fixture
-    published,
-    queue,  # noqa: F401 - fixture
-    settings,  # noqa: F401 - fixture
-    signed_call,
-)
+import test_web
+from test_web import deliver, published, signed_call
+
+# the receiver's fixtures: a config, a real queue in tmp, the journal's events, the app and its client
+settings, queue, events, clock, app, client = (test_web.settings, test_web.queue, test_web.events, test_web.clock,
+                                               test_web.app, test_web.client)
 
 T1, T2, T3 = "2026-11-01T10:00:00Z", "2026-11-02T10:00:00Z", "2026-11-03T10:00:00Z"
 
