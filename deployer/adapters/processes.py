@@ -32,14 +32,15 @@ def run_hook(path: Path, env: Mapping[str, str], timeout: float) -> HookOutcome:
 
 
 def spawn(argv: list[str], env: Mapping[str, str], *, user: str | None = None, group: str | None = None,
-          umask: int = 0o077, log: IO[bytes] | None = None) -> subprocess.Popen:
+          umask: int = 0o077, log: IO[bytes] | None = None, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     """Start a long-running child (gunicorn, the maintenance responder), as `user` (no other groups) when given.
 
-    `log`: a file for its output (default: this process's stdout and stderr). Raises DeployerError.
+    `log`: a file for its output (default: this process's stdout and stderr); `pass_fds`: descriptors it
+    inherits (a socket bound for it). Raises DeployerError.
     """
     drop: dict[str, object] = {"user": user, "group": group or user, "extra_groups": []} if user else {}
     try:
         return subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, umask=umask, stdout=log,
-                                stderr=subprocess.STDOUT if log is not None else None, **drop)
+                                stderr=subprocess.STDOUT if log is not None else None, pass_fds=pass_fds, **drop)
     except (OSError, KeyError) as exc:
         raise DeployerError(f"cannot start {Path(argv[0]).name} {' '.join(argv[1:3])}: {exc}") from None

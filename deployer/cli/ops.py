@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import threading
 from typing import Callable
@@ -25,11 +26,13 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
     p.add_argument("app")
     p.add_argument("--message", help="a line shown on the page (on only)")
 
-    command(sub, "maintenance-server", cmd_maintenance_server,
-            "run the maintenance responder: 503, Retry-After and each app's page, on [deployer] maintenance_port",
-            "deployer maintenance-server",
-            "Answer on every local address on [deployer] maintenance_port until SIGTERM or Ctrl-C.\n"
-            "`deployer watch` runs one too, unless --no-responder.")
+    p = command(sub, "maintenance-server", cmd_maintenance_server,
+                "run the maintenance responder: 503, Retry-After and each app's page, on [deployer] maintenance_port",
+                "deployer maintenance-server",
+                "Answer on every local address on [deployer] maintenance_port until SIGTERM or Ctrl-C.\n"
+                "`deployer watch` runs one too, unless --no-responder; `deployer serve --watch` starts this\n"
+                "command as its child, as [server] user, on a socket it has bound.")
+    p.add_argument("--listen-fd", type=int, help="answer on this inherited listening socket (serve --watch uses it)")
 
     p = command(sub, "watch", cmd_watch,
                 "fail apps over to the maintenance page when their instance dies, and back when it recovers",
@@ -100,17 +103,21 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
 
 
 def cmd_maintenance_server(args: argparse.Namespace) -> int:
+    from deployer.host.wiring import Deadlines
     from deployer.server import responder, supervisor
 
     config: Config = args.loaded_config
     stop = supervisor.stop_on_signals()
-    server = responder.make_server(config)  # binds now, so a taken port fails before anything else
+    listener = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
+    # binds now, so a taken port fails before anything else
+    server = responder.make_server(config, deadlines=Deadlines(), listener=listener)
     return supervisor.run_threads(stop, lambda: responder.serve(config, stop, server),
                       announce=f"maintenance responder on port {config.settings.maintenance_port}")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from deployer.host.watchdog import run_watchdog, watched_apps
+    from deployer.host.wiring import Deadlines
     from deployer.server import responder, supervisor
 
     config: Config = args.loaded_config
@@ -118,7 +125,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     ready = threading.Event()
     targets = [lambda: run_watchdog(config, stop, ready=ready)]
     if not args.no_responder:
-        server = responder.make_server(config)  # a taken port fails now, not in a thread
+        server = responder.make_server(config, deadlines=Deadlines())  # a taken port fails now, not in a thread
         targets.append(lambda: responder.serve(config, stop, server))
     names = ", ".join(a.name for a in watched_apps(config)) or "no app (every watchdog is disabled)"
     return supervisor.run_threads(stop, *targets, ready=ready, announce=f"watching {names}" + (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from deployer.adapters.api_client import SignedClient
+from deployer.adapters.deadlines import Deadlines
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.netfilter import Netfilter
 from deployer.adapters.processes import spawn as spawn_process
@@ -21,4 +22,4 @@ def build_engine(config: Config, journal: Journal | None = None) -> Engine:
     )
 
 
-__all__ = ["build_engine", "build_journal", "spawn_process", "SignedClient"]
+__all__ = ["build_engine", "build_journal", "spawn_process", "Deadlines", "SignedClient"]

@@ -3,7 +3,9 @@
 - `serve`: the deploy worker runs in this process's main thread; gunicorn (the receiver) is a child,
   started as `[server] user` when serve runs as root, and started again with a growing delay
   (1 s, doubling to 30 s; back to 1 s once it has run a minute) whenever it dies. A dead gunicorn
-  never stops the worker. With --watch the maintenance responder and the watchdog run in threads.
+  never stops the worker. With --watch the watchdog runs in a thread (it needs root), and the
+  maintenance responder, which anyone on the network reaches, in a `maintenance-server` child on a
+  socket serve binds, as `[server] user` too, restarted the same way.
 - `run_threads`: the threads of `watch` and `maintenance-server`, and of serve's --watch: if one dies
   of an error, the others are stopped and the command exits 1, so the service manager restarts it.
 - systemd restarts a whole command that dies (deploy/systemd: `Restart=on-failure`).
@@ -237,49 +239,67 @@ def run_worker(config: Config) -> int:
 
 
 def serve(config: Config, *, spawn: Spawn, watch: bool = False, backoff: Backoff | None = None) -> int:
-    """The worker here, gunicorn beside it (restarted whenever it dies), and with `watch` the responder and watchdog."""
+    """The worker here; gunicorn and, with `watch`, the responder beside it (each restarted whenever it dies)."""
     from deployer.server.worker import build_worker
 
     queue = prepare(config)
     worker = build_worker(config, queue)
     receiver_user(config)  # a wrong user fails now, not in the restart loop
-    stop_watch = start_watch(config) if watch else None
-    receiver_stop = threading.Event()
-    receiver = threading.Thread(target=keep_running, name="receiver",
-                                args=("gunicorn", lambda: start_gunicorn(config, spawn), receiver_stop),
-                                kwargs={"backoff": backoff}, daemon=True)
-    receiver.start()
+    children = [("gunicorn", lambda: start_gunicorn(config, spawn))]
+    stop_watchdog = None
+    if watch:
+        listener = bind_listener(config)  # a taken port stops serve before anything starts
+        children.append(("the maintenance responder", lambda: start_responder(config, spawn, listener)))
+        stop_watchdog = start_watchdog(config)
+    children_stop = threading.Event()
+    threads = [threading.Thread(target=keep_running, name=name, args=(name, start, children_stop),
+                                kwargs={"backoff": backoff}, daemon=True) for name, start in children]
+    for thread in threads:
+        thread.start()
     stop_worker_on_signals(worker)
     try:
         worker.start()
         worker.run()
     finally:
         worker.stopping.set()
-        receiver_stop.set()
-        receiver.join(GUNICORN_STOP_SECONDS + 5)
-        if stop_watch is not None:
-            stop_watch()
+        children_stop.set()
+        for thread in threads:
+            thread.join(GUNICORN_STOP_SECONDS + 5)
+        if stop_watchdog is not None:
+            stop_watchdog()
     return 0
 
 
-def start_watch(config: Config) -> Callable[[], None]:
-    """The maintenance responder and the failover watchdog in threads beside the worker; returns their stop.
-
-    The responder binds its port here, so a taken port stops serve before gunicorn starts.
-    """
-    from deployer.host.watchdog import run_watchdog
+def bind_listener(config: Config):
     from deployer.server import responder
 
+    return responder.bind_listener(config)
+
+
+def start_responder(config: Config, spawn: Spawn, listener: Any, python: str = sys.executable) -> Process:
+    """`deployer maintenance-server` on the socket serve bound, as the receiver's user when serve drops to one.
+
+    The responder answers anyone on the network, so it does not run in the root worker's process.
+    """
+    from deployer.server.worker import child_environment
+
+    drop = receiver_user(config)
+    argv = [python, "-m", "deployer", "-c", str(config.path), "maintenance-server",
+            "--listen-fd", str(listener.fileno())]
+    return spawn(argv, child_environment(), user=drop[0] if drop else None, group=drop[1] if drop else None,
+                 umask=0o077, pass_fds=(listener.fileno(),))
+
+
+def start_watchdog(config: Config) -> Callable[[], None]:
+    """The failover watchdog in a thread beside the worker (it changes netfilter rules: root); returns its stop."""
+    from deployer.host.watchdog import run_watchdog
+
     stop = threading.Event()
-    server = responder.make_server(config)
-    threads = [threading.Thread(target=run_watchdog, args=(config, stop), name="watchdog", daemon=True),
-               threading.Thread(target=responder.serve, args=(config, stop, server), name="responder", daemon=True)]
-    for thread in threads:
-        thread.start()
+    thread = threading.Thread(target=run_watchdog, args=(config, stop), name="watchdog", daemon=True)
+    thread.start()
 
     def finish() -> None:
         stop.set()  # the watchdog removes its retry rules on the way out
-        for thread in threads:
-            thread.join(timeout=30)
+        thread.join(timeout=30)
 
     return finish

@@ -148,3 +148,23 @@ def test_the_receiver_is_spawned_with_its_config_and_umask(config, monkeypatch):
     [(argv, env, options)] = calls
     assert env["DEPLOYER_CONFIG"] == str(config.path)
     assert options == {"user": None, "group": None, "umask": 0o007, "log": None}
+
+
+def test_the_responder_of_serve_watch_is_a_child_on_the_socket_serve_bound(config):
+    import socket
+
+    calls = []
+
+    def spawn(argv, env, **options):
+        calls.append((argv, options))
+        return FakeProcess(2)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        supervisor.start_responder(config, spawn, listener, python="/opt/deployer/.venv/bin/python")
+    finally:
+        listener.close()
+    [(argv, options)] = calls
+    assert argv == ["/opt/deployer/.venv/bin/python", "-m", "deployer", "-c", str(config.path), "maintenance-server",
+                    "--listen-fd", str(options["pass_fds"][0])]
+    assert (options["user"], options["umask"]) == (None, 0o077)  # [server] user unset: no user to drop to
