@@ -133,10 +133,14 @@ def _authenticated() -> None:
 
 
 def _throttle():
-    """A source over its limit that offers no credential at all is answered 429 before its body is read."""
+    """A source over its limit that offers no credential at all is answered 429 before its body is read.
+
+    /healthz is exempt: it writes nothing, and a load balancer's probe behind the same proxy as a flood
+    must not take the receiver out of rotation.
+    """
     rejections = _receiver().rejections
     rejections.flush_due()
-    if _offers_any_credential():
+    if _offers_any_credential() or request.path == "/healthz":
         return None
     wait = rejections.retry_after(request.remote_addr)
     if wait is None:

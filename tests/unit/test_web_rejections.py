@@ -78,6 +78,14 @@ def test_a_throttled_source_is_told_when_to_come_back(settings, queue, clock):
     assert client.post("/deploy", data=b"{}", headers={"Content-Type": "application/json"}).status_code == 401
 
 
+def test_a_throttled_source_still_gets_its_health_answer(settings, queue, clock):
+    client = audited_app(settings, queue, clock).test_client()
+    for _ in range(40):
+        client.post("/deploy", data=b"{}", headers={"Content-Type": "application/json"})
+    assert client.post("/deploy", data=b"{}", headers={"Content-Type": "application/json"}).status_code == 429
+    assert client.get("/healthz").get_json() == {"status": "degraded"}  # no worker here; but not a 429
+
+
 def test_a_signed_request_from_a_throttled_source_is_still_served(settings, queue, clock):
     client = audited_app(settings, queue, clock).test_client()
     for _ in range(40):
