@@ -2,12 +2,13 @@
 
 gunicorn's sync worker serves one connection at a time, so two clients that drip bytes hold both
 workers and every delivery waits behind them. gthread serves each connection in a thread of a pool
-(`--threads`), and since gunicorn 22 hands a connection to a thread only once it has sent data, so
-idle connections hold none. A dripping client still holds a thread while it drips: this worker
+(`--threads`). A client that drips bytes, or sends none, still holds a thread meanwhile: this worker
 arms a deadline when a thread takes a connection (HEADER_SECONDS to send the request line and
 headers) and re-arms it once they are parsed (BODY_SECONDS for the body and the answer), and the
 socket of a request that misses one is shut down. A slow client therefore holds a thread for
 HEADER_SECONDS + BODY_SECONDS at most, and only `threads x workers` of them at once can delay others.
+The supervisor sets `--worker-connections` to `--threads`, so a worker whose threads are all busy
+accepts nothing and leaves new connections to the others (with more, it queues them in its pool).
 
 gunicorn runs it as `--worker-class deployer.adapters.http_worker.DeadlineThreadWorker`.
 """

@@ -16,8 +16,10 @@ keeping it would keep that replay open. PATH includes the query string exactly a
 
 Every refusal after the headers parse is one of two answers: the timestamp is outside the window
 (checked first, before the key is looked up), or "the signature does not verify", the same for an
-unknown key id and a wrong signature, so the answers do not tell which key ids exist. GET /audit also takes a read-only bearer token
-(`verify_bearer`), which no other route accepts.
+unknown key id and a wrong signature, so the answers do not tell which key ids exist.
+
+GET /audit (and a detailed GET /healthz) also take a read-only bearer token (`verify_bearer`),
+which no other route accepts.
 """
 
 from __future__ import annotations

@@ -31,8 +31,9 @@ from deployer.errors import DeployerError
 log = logging.getLogger("deployer.supervisor")
 
 GUNICORN_STOP_SECONDS = 15
-THREADS = 32  # per gunicorn worker: a dripping client holds one for at most the request deadlines
-WORKER_CONNECTIONS = 256  # per gunicorn worker; past it, connections wait in the listen backlog
+THREADS = 64  # per gunicorn worker: a dripping client holds one for at most the request deadlines
+WORKER_CONNECTIONS = THREADS  # a worker whose threads are all busy accepts nothing: another one does
+# (and no connection is kept alive: a kept-alive one would count against that, and GitHub does not reuse them)
 WORKER_CLASS = "deployer.adapters.http_worker.DeadlineThreadWorker"
 
 
@@ -57,8 +58,8 @@ Spawn = Callable[..., Process]  # spawn(argv, env, *, user=None, group=None, uma
 def gunicorn_argv(config: Config, python: str = sys.executable) -> list[str]:
     server = config.server
     return [python, "-m", "gunicorn", "--workers", str(server.workers), "--bind", server.listen,
-            "--worker-class", WORKER_CLASS, "--threads", str(THREADS),
-            "--worker-connections", str(WORKER_CONNECTIONS), "--timeout", "30", "--graceful-timeout", "10",
+            "--worker-class", WORKER_CLASS, "--threads", str(THREADS), "--worker-connections", str(WORKER_CONNECTIONS),
+            "--keep-alive", "0", "--timeout", "30", "--graceful-timeout", "10",
             "--access-logfile", "-", "--error-logfile", "-", "--log-level", "info", "--name", "deployer-receiver",
             *_no_control_socket(), "deployer.server.web:create_app()"]
 

@@ -133,7 +133,7 @@ def test_gunicorn_runs_threads_with_request_deadlines_not_sync_workers(config):
     assert argv[:3] == ["/opt/deployer/.venv/bin/python", "-m", "gunicorn"]
     options = dict(zip(argv[3::2], argv[4::2]))
     assert options["--worker-class"] == "deployer.adapters.http_worker.DeadlineThreadWorker"
-    assert (options["--workers"], options["--threads"], options["--bind"]) == ("3", "32", "127.0.0.1:8123")
+    assert (options["--workers"], options["--threads"], options["--bind"]) == ("3", "64", "127.0.0.1:8123")
     assert argv[-1] == "deployer.server.web:create_app()"
 
 
