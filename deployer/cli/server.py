@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "gunicorn on [server] listen, and run the deploy worker, which reconciles every app first. As\n"
                 "root with [server] user and group set, gunicorn runs as that user: it only enqueues; the worker\n"
                 "alone uses Docker and netfilter. SIGTERM waits for a running deploy; a second one stops it.\n"
-                "With --watch, the maintenance responder and the failover watchdog run beside the worker,\n"
-                "as `deployer watch` runs them.")
+                "A gunicorn that dies is started again after 1 s, doubling to 30 s while it keeps dying.\n"
+                "With --watch, the failover watchdog runs beside the worker, and the maintenance responder in\n"
+                "a child process on the port serve binds, as [server] user too.")
     p.add_argument("--watch", action="store_true",
                    help="also run the maintenance responder and the failover watchdog (see deployer watch)")
     command(sub, "worker", cmd_worker, "run only the deploy worker (when gunicorn runs separately)",
