@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "Probe each app's active instance every [apps.NAME.watchdog] interval; after `failures` failed\n"
                 "probes in a row its ports go to the maintenance page, after `recoveries` passing probes in a row\n"
                 "they come back. A deploy of a new instance also ends a failover. Runs the maintenance responder\n"
-                "as well unless --no-responder. Runs until SIGTERM or Ctrl-C.")
+                "as well, in a child process, unless --no-responder. Runs until SIGTERM or Ctrl-C.")
     p.add_argument("--no-responder", action="store_true",
                    help="another process (deployer maintenance-server or serve) runs the responder")
 
@@ -112,21 +112,23 @@ def cmd_maintenance_server(args: argparse.Namespace) -> int:
     # binds now, so a taken port fails before anything else
     server = responder.make_server(config, deadlines=Deadlines(), listener=listener)
     return supervisor.run_threads(stop, lambda: responder.serve(config, stop, server),
-                      announce=f"maintenance responder on port {config.settings.maintenance_port}")
+                                  announce=f"maintenance responder on port {config.settings.maintenance_port}")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from deployer.host.watchdog import run_watchdog, watched_apps
-    from deployer.host.wiring import Deadlines
-    from deployer.server import responder, supervisor
+    from deployer.host.wiring import spawn_process
+    from deployer.server import supervisor
 
     config: Config = args.loaded_config
     stop = supervisor.stop_on_signals()
     ready = threading.Event()
     targets = [lambda: run_watchdog(config, stop, ready=ready)]
     if not args.no_responder:
-        server = responder.make_server(config, deadlines=Deadlines())  # a taken port fails now, not in a thread
-        targets.append(lambda: responder.serve(config, stop, server))
+        # The watchdog needs root; the responder, which anyone reaches, runs in a child (as [server] user, if set).
+        listener = supervisor.bind_listener(config)  # a taken port fails now, not in a thread
+        targets.append(lambda: supervisor.keep_running(
+            "the maintenance responder", lambda: supervisor.start_responder(config, spawn_process, listener), stop))
     names = ", ".join(a.name for a in watched_apps(config)) or "no app (every watchdog is disabled)"
     return supervisor.run_threads(stop, *targets, ready=ready, announce=f"watching {names}" + (
         "" if args.no_responder else f"; maintenance responder on port {config.settings.maintenance_port}"))
