@@ -66,9 +66,10 @@ def test_the_canonical_string_and_signature_of_the_documented_example():
 
 
 def test_a_get_with_an_empty_body_signs_the_hash_of_nothing():
-    # openssl: printf 'deployer-v2\nGET\ndeploy.example:8443\n/jobs/job-0123456789abcdef\nalice\n1767225600\nn7Qk...a3d\n<sha256 of "">'
-    headers = signatures.sign_request(SECRET, method="GET", host=HOST, path="/jobs/job-0123456789abcdef", key_id="alice",
-                                      timestamp=TIMESTAMP, nonce="n7Qk2VxW9pLm4RtY8sZa3d", body=b"")
+    # openssl: printf 'deployer-v2\nGET\ndeploy.example:8443\n/jobs/job-0123456789abcdef\nalice\n1767225600\n
+    #                  n7Qk...a3d\n<sha256 of "">'
+    headers = signatures.sign_request(SECRET, method="GET", host=HOST, path="/jobs/job-0123456789abcdef",
+                                      key_id="alice", timestamp=TIMESTAMP, nonce="n7Qk2VxW9pLm4RtY8sZa3d", body=b"")
     assert headers["X-Deployer-Signature"] == "v2=61eca3510964851bcf464adafc826cb3f67d09c85a9a69db7bd03d339e4b285f"
 
 

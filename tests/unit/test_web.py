@@ -113,8 +113,8 @@ def signed_call(client, method, path, body=b"", *, key_id="alice", secret=ALICE_
                 nonce=None, content_type="application/json"):
     nonce = nonce or f"nonce-{signed_call.counter:016d}"
     signed_call.counter += 1
-    headers = signatures.sign_request(secret, method=method, host="localhost", path=path, key_id=key_id, timestamp=timestamp,
-                                      nonce=nonce, body=body)
+    headers = signatures.sign_request(secret, method=method, host="localhost", path=path, key_id=key_id,
+                                      timestamp=timestamp, nonce=nonce, body=body)
     if content_type:
         headers["Content-Type"] = content_type
     return client.open(path, method=method, data=body, headers=headers)
@@ -428,8 +428,9 @@ def test_an_unknown_job_is_404_after_authentication(client):
 
 def test_a_stale_timestamp_is_401(client, queue, events):
     response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), timestamp=NOW - 301)
-    assert_refused_before_auth(client, response, 401, "the timestamp is more than 300 s away from the server's clock (check the "
-                                  "client's clock)", queue, events, event="manual_request")
+    assert_refused_before_auth(client, response, 401, "the timestamp is more than 300 s away from the server's "
+                                                      "clock (check the client's clock)", queue, events,
+                               event="manual_request")
 
 
 def test_a_timestamp_from_the_future_is_401(client, queue, events):

@@ -83,8 +83,9 @@ def with_token(client, target: str, token: str = AUDIT_TOKEN, method: str = "GET
 def signed(client, target: str, *, signed_target: str | None = None, method: str = "GET"):
     """A request signed as the README says; `signed_target` signs another path or query than the one sent."""
     signed.counter += 1
-    headers = signatures.sign_request(ALICE_SECRET, method=method, host="localhost", path=signed_target or target, key_id="alice",
-                                      timestamp=NOW, nonce=f"audit-nonce-{signed.counter:08d}", body=b"")
+    headers = signatures.sign_request(ALICE_SECRET, method=method, host="localhost", path=signed_target or target,
+                                      key_id="alice", timestamp=NOW, nonce=f"audit-nonce-{signed.counter:08d}",
+                                      body=b"")
     return client.open(target, method=method, headers=headers)
 
 

@@ -33,7 +33,8 @@ CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", "text/
                  "application/json; charset=utf-16", "", "application/x-www-form-urlencoded; charset=latin-1"]
 header_value = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"),
                        max_size=80)
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                           | st.text(max_size=20),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
                                                                                        max_size=4), max_leaves=12)
 bodies = st.one_of(st.binary(max_size=300),
