@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deployer import config as config_module  # noqa: E402
-from deployer.cli.server import start_gunicorn  # noqa: E402
+from deployer.host.wiring import spawn_process  # noqa: E402
 from deployer.server import signatures  # noqa: E402
+from deployer.server.supervisor import start_gunicorn  # noqa: E402
 from deployer.server.jobs import Queue  # noqa: E402
 
 PAYLOAD = REPO / "tests" / "fixtures" / "github" / "release-published.payload.json"
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_module.load(write_config(root, port, args.workers, secret), environ={})
         items = deliveries(args.count, secret)
         log = open(root / "gunicorn.log", "w")
-        process = start_gunicorn(config, log=log)
+        process = start_gunicorn(config, spawn_process, log)
         try:
             wait_ready(port, process)
         except SystemExit:

@@ -4,7 +4,8 @@ A hook runs in a process group of its own, so its timeout kills what it started 
 outlive its job either (a retried job would run it a second time beside the first): it gets
 PR_SET_PDEATHSIG, so the kernel kills it the moment its job's process ends however it ends, and a
 job killed by the worker is first stopped, so it can start nothing new, then each hook group it
-has running is killed with it.
+has running is killed with it. The long-running children the server supervises (gunicorn, the
+maintenance responder) start through `spawn`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import IO, Mapping, Sequence
 
+from deployer.errors import DeployerError
 from deployer.plan.hooks import HookOutcome
 
 PR_SET_PDEATHSIG = 1
@@ -84,3 +86,18 @@ def child_pids(pid: int) -> list[int]:
             with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as handle:
                 children.extend(int(word) for word in handle.read().split())
     return children
+
+
+def spawn(argv: list[str], env: Mapping[str, str], *, user: str | None = None, group: str | None = None,
+          umask: int = 0o077, log: IO[bytes] | None = None, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """Start a long-running child (gunicorn, the maintenance responder), as `user` (no other groups) when given.
+
+    `log`: a file for its output (default: this process's stdout and stderr); `pass_fds`: descriptors it
+    inherits (a socket bound for it). Raises DeployerError.
+    """
+    drop: dict[str, object] = {"user": user, "group": group or user, "extra_groups": []} if user else {}
+    try:
+        return subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, umask=umask, stdout=log,
+                                stderr=subprocess.STDOUT if log is not None else None, pass_fds=pass_fds, **drop)
+    except (OSError, KeyError) as exc:
+        raise DeployerError(f"cannot start {Path(argv[0]).name} {' '.join(argv[1:3])}: {exc}") from None

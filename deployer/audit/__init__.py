@@ -27,6 +27,7 @@ import math
 import os
 import re
 import sqlite3
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -241,6 +242,7 @@ def check_chain(rows: Iterable[Sequence[Any]], *, start: tuple[int, str] = (0, G
 # --- queries (pure) ------------------------------------------------------------------------------
 
 
+MAX_SEQ = 2 ** 63 - 1
 RELATIVE_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 QUERY_KEYS = ("app", "since", "until", "event", "outcome", "actor", "job", "limit", "after")
@@ -249,11 +251,13 @@ QUERY_KEYS = ("app", "since", "until", "event", "outcome", "actor", "job", "limi
 def parse_time(text: str, *, now: datetime | None = None, field_name: str = "since") -> str:
     """`24h`, `30m`, `7d` (ago), or an ISO date or time (UTC unless it says otherwise) -> stored spelling."""
     match = RELATIVE_RE.match(text)
-    if match:
-        now = now or datetime.now(timezone.utc)
-        return format_ts(now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))}))
     try:
+        if match:
+            now = now or datetime.now(timezone.utc)
+            return format_ts(now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))}))
         return format_ts(datetime.fromisoformat(text.strip()))
+    except OverflowError:  # before year 1 or after 9999, once made relative or moved to UTC
+        raise AuditError(f"{field_name}: {text.strip()[:40]} is out of range", field=field_name) from None
     except ValueError:
         raise AuditError(f"{field_name}: expected a time like 24h, 30m, 7d, 2024-05-01 or 2024-05-01T12:00Z, "
                          f"not {text!r}", field=field_name) from None
@@ -343,17 +347,17 @@ def audit_query_from_args(args: Mapping[str, str | None], *, now: datetime | Non
     elif limit is not None and (limit < 1 or (max_limit is not None and limit > max_limit)):
         most = f" and at most {max_limit}" if max_limit is not None else " (0: no limit)"
         raise AuditError(f"limit: must be at least 1{most}", field="limit")
-    events = tuple(e.strip() for e in (value.get("event") or "").split(",") if e.strip())
+    events = tuple(_pattern_arg(e.strip(), "event") for e in (value.get("event") or "").split(",") if e.strip())
     return Query(
         app=value.get("app"),
         since=parse_time(value["since"], now=now, field_name="since") if value.get("since") else None,
         until=parse_time(value["until"], now=now, field_name="until") if value.get("until") else None,
         event=events,
         outcome=value.get("outcome"),
-        actor=value.get("actor"),
+        actor=_pattern_arg(value["actor"], "actor") if value.get("actor") else None,
         job=value.get("job"),
         limit=limit,
-        after=_whole_number(value["after"], "after") if value.get("after") else None,
+        after=_seq_number(value["after"], "after") if value.get("after") else None,
     )
 
 
@@ -362,6 +366,23 @@ def _whole_number(text: str, name: str) -> int:
         return int(text)
     except (TypeError, ValueError):
         raise AuditError(f"{name}: must be a whole number, not {text!r}", field=name) from None
+
+
+def _seq_number(text: str, name: str) -> int:
+    """A seq to compare with: SQLite's integers stop at 2**63 - 1, and a larger one cannot be bound."""
+    number = _whole_number(text, name)
+    if number < 0:
+        raise AuditError(f"{name}: must not be negative", field=name)
+    if number > MAX_SEQ:
+        raise AuditError(f"{name}: must be at most {MAX_SEQ}", field=name)
+    return number
+
+
+def _pattern_arg(pattern: str, name: str) -> str:
+    """A `prefix*` pattern becomes a range up to the prefix's next code point; U+10FFFF has none."""
+    if pattern.endswith("*") and pattern.rstrip("*")[-1:] == chr(sys.maxunicode):
+        raise AuditError(f"{name}: a pattern must not end in U+10FFFF before its '*'", field=name)
+    return pattern
 
 
 # --- entries as read back (pure) -----------------------------------------------------------------

@@ -166,8 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("sh").setLevel(logging.WARNING)  # it logs every process start at INFO
     try:
         # A client command (redeploy) runs on an operator's machine, which has no config file.
+        # The maintenance responder runs unprivileged: it loads what the receiver loads, never the worker's secrets.
         needs_config = getattr(args, "needs_config", True)
-        args.loaded_config = config_module.load(config_module.config_path(args.config)) if needs_config else None
+        load = config_module.load_receiver if needs_config == "receiver" else config_module.load
+        args.loaded_config = load(config_module.config_path(args.config)) if needs_config else None
         return args.handler(args)
     except DeployerError as exc:
         print(f"deployer: {exc}", file=sys.stderr)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
+import socket
 import sys
 import threading
-from typing import Any, Callable
+from typing import Callable
 
 from deployer import config as config_module
 from deployer.config import Config
@@ -26,11 +26,14 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
     p.add_argument("app")
     p.add_argument("--message", help="a line shown on the page (on only)")
 
-    command(sub, "maintenance-server", cmd_maintenance_server,
-            "run the maintenance responder: 503, Retry-After and each app's page, on [deployer] maintenance_port",
-            "deployer maintenance-server",
-            "Answer on every local address on [deployer] maintenance_port until SIGTERM or Ctrl-C.\n"
-            "`deployer watch` runs one too, unless --no-responder.")
+    p = command(sub, "maintenance-server", cmd_maintenance_server,
+                "run the maintenance responder: 503, Retry-After and each app's page, on [deployer] maintenance_port",
+                "deployer maintenance-server",
+                "Answer on every local address on [deployer] maintenance_port until SIGTERM or Ctrl-C.\n"
+                "`deployer watch` runs one too, unless --no-responder; `deployer serve --watch` starts this\n"
+                "command as its child, as [server] user, on a socket it has bound.")
+    p.add_argument("--listen-fd", type=int, help="answer on this inherited listening socket (serve --watch uses it)")
+    p.set_defaults(needs_config="receiver")  # it may run unprivileged: never the worker's secrets
 
     p = command(sub, "watch", cmd_watch,
                 "fail apps over to the maintenance page when their instance dies, and back when it recovers",
@@ -38,7 +41,7 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "Probe each app's active instance every [apps.NAME.watchdog] interval; after `failures` failed\n"
                 "probes in a row its ports go to the maintenance page, after `recoveries` passing probes in a row\n"
                 "they come back. A deploy of a new instance also ends a failover. Runs the maintenance responder\n"
-                "as well unless --no-responder. Runs until SIGTERM or Ctrl-C.")
+                "as well, in a child process, unless --no-responder. Runs until SIGTERM or Ctrl-C.")
     p.add_argument("--no-responder", action="store_true",
                    help="another process (deployer maintenance-server or serve) runs the responder")
 
@@ -100,72 +103,35 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handle(_signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stop
-
-
-def _run_until(stop: threading.Event, *targets: Callable[[], None], ready: threading.Event | None = None,
-               announce: str = "") -> int:
-    """Run each target in a thread until `stop`; if one dies of an error, stop the rest and exit 1.
-
-    `announce` is printed once `ready` is set: scripts wait for that line.
-    """
-    failures: list[BaseException] = []
-
-    def guarded(target: Callable[[], None]) -> None:
-        try:
-            target()
-        except BaseException as exc:  # noqa: BLE001 - reported below, and stops the others
-            failures.append(exc)
-            stop.set()
-
-    threads = [threading.Thread(target=guarded, args=(t,), daemon=True) for t in targets]
-    for thread in threads:
-        thread.start()
-    if ready is not None:
-        while not ready.wait(0.1) and not stop.is_set():
-            pass
-    if announce and (ready is None or ready.is_set()):
-        print(announce, flush=True)
-    while not stop.wait(0.5):
-        pass
-    for thread in threads:
-        thread.join(timeout=30)
-    for exc in failures:
-        print(f"deployer: {exc}", file=sys.stderr)
-    return 1 if failures else 0
-
-
 def cmd_maintenance_server(args: argparse.Namespace) -> int:
-    from deployer.server import responder
+    from deployer.host.wiring import Deadlines
+    from deployer.server import responder, supervisor
 
     config: Config = args.loaded_config
-    stop = _stop_on_signals()
-    server = responder.make_server(config)  # binds now, so a taken port fails before anything else
-    return _run_until(stop, lambda: responder.serve(config, stop, server),
-                      announce=f"maintenance responder on port {config.settings.maintenance_port}")
+    stop = supervisor.stop_on_signals()
+    listener = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
+    # binds now, so a taken port fails before anything else
+    server = responder.make_server(config, deadlines=Deadlines(), listener=listener)
+    return supervisor.run_threads(stop, lambda: responder.serve(config, stop, server),
+                                  announce=f"maintenance responder on port {config.settings.maintenance_port}")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from deployer.host.watchdog import run_watchdog, watched_apps
-    from deployer.server import responder
+    from deployer.host.wiring import spawn_process
+    from deployer.server import supervisor
 
     config: Config = args.loaded_config
-    stop = _stop_on_signals()
+    stop = supervisor.stop_on_signals()
     ready = threading.Event()
     targets = [lambda: run_watchdog(config, stop, ready=ready)]
     if not args.no_responder:
-        server = responder.make_server(config)  # a taken port fails now, not in a thread
-        targets.append(lambda: responder.serve(config, stop, server))
+        # The watchdog needs root; the responder, which anyone reaches, runs in a child (as [server] user, if set).
+        listener = supervisor.bind_listener(config)  # a taken port fails now, not in a thread
+        targets.append(lambda: supervisor.keep_running(
+            "the maintenance responder", lambda: supervisor.start_responder(config, spawn_process, listener), stop))
     names = ", ".join(a.name for a in watched_apps(config)) or "no app (every watchdog is disabled)"
-    return _run_until(stop, *targets, ready=ready, announce=f"watching {names}" + (
+    return supervisor.run_threads(stop, *targets, ready=ready, announce=f"watching {names}" + (
         "" if args.no_responder else f"; maintenance responder on port {config.settings.maintenance_port}"))
 
 

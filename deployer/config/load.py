@@ -312,11 +312,14 @@ def _parse_receiver_app(name: str, data: Any, *, path: Path, base: Path, environ
                         secret_env_names: set[str]) -> ReceiverApp:
     data, host_bound = _app_data(name, data, path=path)
     if host_bound:
-        return ReceiverApp(name=name, host_bound=True)
+        bound = _parse_host_bound_app(name, data, path=path, base=base)
+        return ReceiverApp(name=name, host_bound=True, ports=bound.ports, maintenance_page=bound.maintenance_page)
     asset = (_parse_asset(name, data["asset"], path=path, base=base, environ=environ,
                           secret_env_names=secret_env_names, with_token=False) if "asset" in data else None)
-    return ReceiverApp(name=name, asset=asset, **_release_policy(name, data, path=path, base=base, environ=environ,
-                                                                 secret_env_names=secret_env_names))
+    return ReceiverApp(name=name, asset=asset, ports=_parse_ports(name, data.get("ports"), path=path),
+                       maintenance_page=_maintenance_page(name, data, path=path, base=base),
+                       **_release_policy(name, data, path=path, base=base, environ=environ,
+                                         secret_env_names=secret_env_names))
 
 
 def _parse_app(name: str, data: Any, *, path: Path, base: Path, environ: Mapping[str, str],

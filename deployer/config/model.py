@@ -243,6 +243,9 @@ class ReceiverApp:
     host_bound: bool = False
     github_secret: str | None = field(default=None, repr=False)
     github_hook_id: int | None = None
+    # For the maintenance responder, which runs unprivileged too: which port is whose page.
+    ports: tuple[PortMapping, ...] = ()
+    maintenance_page: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from deployer.adapters.api_client import SignedClient
+from deployer.adapters.deadlines import Deadlines
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.github import GitHubHttp
 from deployer.adapters.image_archive import PreloadedImage, load_image
 from deployer.adapters.netfilter import Netfilter
 from deployer.adapters.processes import die_with_parent, start_job
+from deployer.adapters.processes import spawn as spawn_process
 from deployer.audit import build_journal
 from deployer.config import Config
 from deployer.host.engine import Engine
@@ -45,5 +48,5 @@ def build_asset_http() -> GitHubHttp:
     return GitHubHttp()
 
 
-__all__ = ["build_asset_http", "build_engine", "build_host_probes", "build_image_loader", "build_journal",
-           "die_with_parent", "start_job"]
+__all__ = ["Deadlines", "SignedClient", "build_asset_http", "build_engine", "build_host_probes", "build_image_loader",
+           "build_journal", "die_with_parent", "spawn_process", "start_job"]

@@ -97,6 +97,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             checked_at REAL
         )""",
     ]),
+    # When GitHub published each release: a late or redelivered older release must not deploy over it.
+    ("0002_jobs_published_at", [
+        "ALTER TABLE jobs ADD COLUMN published_at TEXT",  # release.published_at (UTC, ...Z); NULL: not a release
+        "CREATE INDEX jobs_app_published ON jobs (app, kind, published_at)",
+    ]),
 ]
 
 
@@ -131,11 +136,16 @@ class Job:
 
 @dataclass(frozen=True)
 class Submission:
-    """What a delivery or request led to: a new job, an existing one, or none (ignored)."""
+    """What a delivery or request led to: a new job, an existing one, or none (ignored).
+
+    verdict: "queued", "duplicate" (this delivery or release has its job), "older" (a newer release is
+    live or queued) or "ignored".
+    """
 
     job: Job | None
     created: bool
     reason: str
+    verdict: str = "duplicate"
 
 
 @dataclass(frozen=True)
@@ -310,8 +320,13 @@ class Queue:
     # --- the receiver's side -------------------------------------------------------------------
 
     def submit_release(self, *, app: str, tag: str, actor: str, hook_id: str, delivery: str,
-                       source: Mapping[str, Any]) -> Submission:
-        """Queue a release unless this delivery, or this release of the app, already has its job."""
+                       source: Mapping[str, Any], published_at: str | None = None) -> Submission:
+        """Queue a release unless this delivery or this release already has its job, or a newer one is live or queued.
+
+        "Newer" is GitHub's `published_at` (one spelling, `YYYY-MM-DDTHH:MM:SSZ`, so it compares as text): the
+        order in which releases were published, which a redelivery keeps and an out-of-order arrival does not
+        change. Without it (a caller that has none) the order is not checked.
+        """
         now = self.clock()
         with self._write() as conn:
             seen = self._seen_delivery(conn, hook_id, delivery)
@@ -327,10 +342,19 @@ class Queue:
             elif active is not None and active[0] == tag:
                 job = self._get(conn, active[1]) if active[1] else None
                 reason = f"tag {tag} is already active"
+            elif (newer := self._newer_release(conn, app, published_at, active[0] if active else None)) is not None:
+                job, where, newer_published_at = newer
+                reason = (f"release {tag} (published {published_at}) is older than release {job.tag} "
+                          f"(published {newer_published_at}), which is {where}; "
+                          f"deploy it on purpose with POST /deploy")
+                self._remember_delivery(conn, hook_id, delivery, job.id, "older", reason, now)
+                return Submission(job, False, reason, "older")
             else:
                 job = self._insert_job(conn, app=app, tag=tag, kind="release", actor=actor, source=source, now=now)
+                if published_at is not None:
+                    conn.execute("UPDATE jobs SET published_at = ? WHERE seq = ?", (published_at, job.seq))
                 self._remember_delivery(conn, hook_id, delivery, job.id, "queued", "queued", now)
-                return Submission(job, True, "queued")
+                return Submission(job, True, "queued", "queued")
             self._remember_delivery(conn, hook_id, delivery, job.id if job else None, "duplicate", reason, now)
             return Submission(job, False, reason)
 
@@ -341,7 +365,7 @@ class Queue:
             if seen is not None:
                 return seen
             self._remember_delivery(conn, hook_id, delivery, None, "ignored", reason, self.clock())
-        return Submission(None, False, reason)
+        return Submission(None, False, reason, "ignored")
 
     def submit_manual(self, *, app: str, tag: str | None, actor: str, source: Mapping[str, Any]) -> Job:
         """A signed redeploy always makes a job: an operator who asks again means it."""
@@ -359,6 +383,22 @@ class Queue:
                              (key_id, nonce, expires_at))
             except sqlite3.IntegrityError:
                 raise Unauthorized("nonce already used") from None
+
+    def _newer_release(self, conn: sqlite3.Connection, app: str, published_at: str | None,
+                       live_tag: str | None) -> tuple[Job, str, str] | None:
+        """The newest release of `app` published after `published_at` that is queued, running or live:
+        the job, where it is and when it was published."""
+        if published_at is None:
+            return None
+        row = conn.execute(
+            f"SELECT {_JOB_COLUMNS}, published_at FROM jobs WHERE app = ? AND kind = 'release' AND published_at > ? "
+            "AND (status IN ('queued', 'running') OR tag IS ?) ORDER BY published_at DESC, seq DESC LIMIT 1",
+            (app, published_at, live_tag)).fetchone()
+        if row is None:
+            return None
+        job = _job(row[:-1])
+        where = "live" if job.tag == live_tag and job.status not in WAITING else job.status
+        return job, where, row[-1]
 
     def _seen_delivery(self, conn: sqlite3.Connection, hook_id: str, delivery: str) -> Submission | None:
         row = conn.execute("SELECT job_id, verdict, reason FROM deliveries WHERE hook_id = ? AND delivery = ?",
@@ -446,15 +486,18 @@ class Queue:
                 if app in busy:
                     continue
                 jobs = [j for j in waiting if j.app == app]
-                newest = jobs[-1]
+                live = conn.execute("SELECT tag FROM active WHERE app = ?", (app,)).fetchone()
+                newest = _winner(jobs, live[0] if live else None)
                 if isinstance(newest.not_before, (int, float)) and newest.not_before > now:
                     continue  # (a row with a malformed time is claimed at once, for the worker to refuse)
                 superseded = []
-                for older in jobs[:-1]:
+                for older in (j for j in jobs if j.seq != newest.seq):
+                    why = ("which was queued later" if older.seq < newest.seq
+                           else "a newer release than the live one this would redeploy")
                     conn.execute("UPDATE jobs SET status = 'superseded', superseded_by = ?, reason = ?, "
                                  "finished_at = ? WHERE seq = ?",
                                  (newest.id, f"superseded by {newest.id} ({newest.tag or 'active release'}), "
-                                             f"which was queued later", now, older.seq))
+                                             f"{why}", now, older.seq))
                     superseded.append(self._get(conn, older.id))
                 row = conn.execute(f"UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, "
                                    f"reason = NULL WHERE seq = ? RETURNING {_JOB_COLUMNS}", (now, newest.seq)).fetchone()
@@ -531,6 +574,19 @@ class Queue:
             if checked:
                 conn.execute("UPDATE worker SET docker = ?, netfilter = ?, checked_at = ? WHERE id = 0",
                              (docker, netfilter, now))
+
+
+def _winner(waiting: list[Job], live_tag: str | None) -> Job:
+    """The waiting job of an app that runs: the last queued, unless that only redeploys the live release
+    (no tag, or the live tag) while a release waits: a redeploy of what runs must not cancel something newer.
+    An explicit redeploy of another tag (a rollback) is meant, and wins as the last queued.
+    """
+    newest = waiting[-1]
+    if newest.kind == "redeploy" and newest.tag in (None, live_tag):
+        releases = [job for job in waiting if job.kind == "release"]
+        if releases:
+            return releases[-1]
+    return newest
 
 
 def _earlier_reason(job: Job) -> str:

@@ -11,6 +11,10 @@ The policy, in the order it is applied:
 - `prereleased` adds nothing to the `published` delivery of the same release; `created`, `edited`,
   `unpublished` and `deleted` never deploy.
 - When the app takes its image from a release asset, a release without that asset does not deploy.
+- A release that deploys carries its `published_at`: the queue refuses it when a release published
+  later is live or queued (a late delivery, a redelivery, two releases arriving out of order).
+  Publication order, not the id (a draft made long ago gets an old id when it is published) or
+  version order (`tag_pattern` says which tags are allowed, not how they sort).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from deployer.errors import InvalidRequest, InvalidTag, UnknownApp
 from deployer.plan.tags import DOCKER_TAG_RE, check_tag
 
 SENDER_RE = re.compile(r"[^A-Za-z0-9_.\[\]-]")
+PUBLISHED_AT_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")  # as GitHub sends it
 IGNORED_ACTIONS = {
     "prereleased": "the 'published' delivery of the same release decides whether a prerelease deploys",
     "created": "a created release is a draft or is followed by 'published'",
@@ -54,6 +59,7 @@ class Decision:
     app: str | None = None
     tag: str | None = None
     release_id: int | None = None
+    published_at: str | None = None
     asset: AssetRef | None = None
 
     @property
@@ -109,6 +115,9 @@ def decide(event: str, payload: Mapping[str, Any], config: Config) -> Decision:
         return Decision("ignore", reason, **base)
 
     valid_tag(app, tag)
+    published_at = _required(release, "published_at", str, "release.published_at")
+    if not PUBLISHED_AT_RE.fullmatch(published_at):
+        raise InvalidRequest("field release.published_at must be a UTC time like 2019-05-15T15:20:53Z")
     asset = None
     if app.asset is not None:
         asset = find_asset(release, app.asset.name)
@@ -116,7 +125,8 @@ def decide(event: str, payload: Mapping[str, Any], config: Config) -> Decision:
             return Decision("ignore", f"the release has no uploaded asset named {app.asset.name!r}, which app "
                                       f"{app.name!r} takes its image from", **base)
     kind = "prerelease" if prerelease else "release"
-    return Decision("deploy", f"{action} {kind} {tag}", asset=asset, **{**base, "tag": tag})
+    return Decision("deploy", f"{action} {kind} {tag}", asset=asset, published_at=published_at,
+                    **{**base, "tag": tag})
 
 
 def _why_not(action: str, draft: bool, prerelease: bool, app: AppConfig) -> str | None:

@@ -8,7 +8,14 @@ a connection made straight to the port gets the generic page. Every answer close
 client has to come back through the nat table, or it would stay on the page after the app is back. The page and
 the message are read for each request, so `maintenance on --message` and an edited page show at once.
 
-Started by `deployer maintenance-server`, `deployer watch` and the server (`serve(config, stop)`).
+Started by `deployer maintenance-server` and `deployer watch`; `deployer serve --watch` binds the port and hands
+it to a `maintenance-server` child of its own, which runs as [server] user when serve runs as root, so the
+responder, which any client on the network reaches, never runs in the root worker's process.
+
+Anyone can connect, so a connection costs bounded time and there are at most `MAX_CONNECTIONS` at once: a
+connection past the cap is closed at once, and one that has not had its answer within `REQUEST_SECONDS` of
+being taken (a client that drips its request a byte a second) is shut down. The per-read `Handler.timeout`
+alone did not stop a client that sends one byte just before each read times out.
 """
 
 from __future__ import annotations
@@ -19,8 +26,12 @@ import socket
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
-from deployer.config import AppConfig, Config
+from deployer.config import AppConfig, Config, ReceiverApp, ReceiverConfig
+
+# The responder may run unprivileged, on the receiver's part of the config (see cli/ops.py).
+AnyConfig = Config | ReceiverConfig
 from deployer.errors import DeployerError, StateError
 from deployer.host.state import StateStore
 from deployer.plan import maintenance
@@ -30,6 +41,16 @@ log = logging.getLogger("deployer.responder")
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 HEADER = "X-Deployer-Maintenance"
 MAX_DISCARD = 64 * 1024  # request bytes read and dropped before answering, so the close sends FIN, not RST
+MAX_CONNECTIONS = 256
+REQUEST_SECONDS = 5.0  # from the connection's start to its answer
+BACKLOG = 512  # the default of 5 drops SYNs under a burst of clients sent here at once
+
+
+class Deadlines(Protocol):
+    """What adapters.deadlines.Deadlines offers: shut a socket down unless disarmed in time."""
+
+    def arm(self, sock: socket.socket, seconds: float, ticket: int | None = None) -> int: ...
+    def disarm(self, ticket: int) -> None: ...
 
 
 def original_port(connection: socket.socket) -> int | None:
@@ -44,8 +65,8 @@ def original_port(connection: socket.socket) -> int | None:
 class Pages:
     """Which app a port belongs to, and its page with the current message."""
 
-    def __init__(self, config: Config) -> None:
-        self.apps: dict[int, AppConfig] = {p.external: app for app in config.apps.values() for p in app.ports
+    def __init__(self, config: AnyConfig) -> None:
+        self.apps: dict[int, AppConfig | ReceiverApp] = {p.external: app for app in config.apps.values() for p in app.ports
                                            if p.protocol == "tcp"}
         self.store = StateStore(config.settings.state_dir)
 
@@ -103,24 +124,63 @@ class Handler(BaseHTTPRequestHandler):
 class Responder(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 512  # the default of 5 drops SYNs under a burst of clients sent here at once
+    request_queue_size = BACKLOG
 
-    def __init__(self, config: Config, host: str, port: int) -> None:
+    def __init__(self, config: AnyConfig, host: str, port: int, *, deadlines: Deadlines,
+                 listener: socket.socket | None = None, max_connections: int = MAX_CONNECTIONS,
+                 request_seconds: float = REQUEST_SECONDS) -> None:
         self.pages = Pages(config)
+        self.deadlines = deadlines
+        self.request_seconds = request_seconds
+        self._slots = threading.BoundedSemaphore(max_connections)
+        if listener is not None:  # bound by serve, which hands it over
+            super().__init__(listener.getsockname()[:2], Handler, bind_and_activate=False)
+            self.socket.close()
+            self.socket = listener
+            return
         try:
             super().__init__((host, port), Handler)
         except OSError as exc:
             raise DeployerError(f"the maintenance responder cannot listen on {host or '*'}:{port}: "
                                 f"{exc.strerror}") from None
 
+    def process_request(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's names
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # past the cap: closed at once, no thread
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
 
-def make_server(config: Config, host: str = "0.0.0.0", port: int | None = None) -> Responder:
-    return Responder(config, host, config.settings.maintenance_port if port is None else port)
+    def process_request_thread(self, request, client_address) -> None:  # noqa: ANN001
+        ticket = self.deadlines.arm(request, self.request_seconds)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.deadlines.disarm(ticket)
+            self._slots.release()
 
 
-def serve(config: Config, stop: threading.Event, server: Responder | None = None) -> None:
-    """Answer until `stop` is set (for the server and `deployer watch`, in a thread of their own)."""
-    server = server or make_server(config)
+def make_server(config: AnyConfig, host: str = "0.0.0.0", port: int | None = None, *, deadlines: Deadlines,
+                listener: socket.socket | None = None, **limits: float) -> Responder:
+    return Responder(config, host, config.settings.maintenance_port if port is None else port,
+                     deadlines=deadlines, listener=listener, **limits)
+
+
+def bind_listener(config: AnyConfig, host: str = "0.0.0.0") -> socket.socket:
+    """The responder's listening socket, for serve to bind (before it starts anything) and hand to its child."""
+    port = config.settings.maintenance_port
+    try:
+        return socket.create_server((host, port), backlog=BACKLOG, reuse_port=False)
+    except OSError as exc:
+        raise DeployerError(f"the maintenance responder cannot listen on {host or '*'}:{port}: "
+                            f"{exc.strerror}") from None
+
+
+def serve(config: AnyConfig, stop: threading.Event, server: Responder) -> None:
+    """Answer until `stop` is set (for `deployer watch` and `maintenance-server`, in a thread of their own)."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                               name="maintenance-responder", daemon=True)
     thread.start()

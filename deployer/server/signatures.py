@@ -5,12 +5,21 @@ not reveal how much of a guess was right. Errors say which check failed, never t
 
 The manual scheme (documented in docs/server.md, so a client in any language can sign):
 
-    canonical = "deployer-v1\\n" METHOD "\\n" PATH "\\n" KEY_ID "\\n" TIMESTAMP "\\n" NONCE "\\n" hex(SHA-256(body))
-    X-Deployer-Signature: v1=hex(HMAC-SHA256(secret, canonical))
+    canonical = "deployer-v2\\n" METHOD "\\n" HOST "\\n" PATH "\\n" KEY_ID "\\n" TIMESTAMP "\\n" NONCE "\\n"
+                hex(SHA-256(body))
+    X-Deployer-Signature: v2=hex(HMAC-SHA256(secret, canonical))
 
-PATH includes the query string exactly as sent (see `request_target`), so a signed GET /audit
-cannot be replayed with other filters. GET /audit also takes a read-only bearer token
-(`verify_bearer`), which no other route accepts.
+HOST is the Host header as sent, in lower case, so a request signed for one server cannot be
+replayed to another that shares the key. `v1`, which did not bind the Host, is no longer accepted:
+keeping it would keep that replay open. PATH includes the query string exactly as sent (see
+`request_target`), so a signed GET /audit cannot be replayed with other filters.
+
+Every refusal after the headers parse is one of two answers: the timestamp is outside the window
+(checked first, before the key is looked up), or "the signature does not verify", the same for an
+unknown key id and a wrong signature, so the answers do not tell which key ids exist.
+
+GET /audit (and a detailed GET /healthz) also take a read-only bearer token (`verify_bearer`),
+which no other route accepts.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
+from secrets import token_hex
 from typing import Mapping
 
 from deployer.errors import Unauthorized
@@ -30,10 +40,13 @@ NONCE_HEADER = "X-Deployer-Nonce"
 SIGNATURE_HEADER = "X-Deployer-Signature"
 AUTHORIZATION_HEADER = "Authorization"  # Bearer <audit token>
 
-SCHEME = "deployer-v1"
+SCHEME = "deployer-v2"
+SIGNATURE_PREFIX = "v2="
 WINDOW_SECONDS = 300
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
+SIGNATURE_REFUSED = f"{SIGNATURE_HEADER} does not verify (unknown key id or wrong signature)"
+_UNKNOWN_KEY_SECRET = token_hex(32)
 
 
 def body_sha256(body: bytes) -> str:
@@ -72,7 +85,7 @@ class SignedHeaders:
     key_id: str
     timestamp: int
     nonce: str
-    signature: str  # "v1=<hex>"
+    signature: str  # "v2=<hex>"
 
 
 def request_target(path: str, query_string: bytes | str = b"") -> str:
@@ -86,22 +99,24 @@ def request_target(path: str, query_string: bytes | str = b"") -> str:
     return f"{path}?{query}" if query else path
 
 
-def canonical_string(method: str, path: str, key_id: str, timestamp: int, nonce: str, body: bytes) -> str:
-    """What a manual request's signature covers: a replay to another route, query or body fails.
+def canonical_string(method: str, host: str, path: str, key_id: str, timestamp: int, nonce: str,
+                     body: bytes) -> str:
+    """What a manual request's signature covers: a replay to another server, route, query or body fails.
 
-    `path` is the `request_target`: the path and its query string.
+    `host` is the Host header (`deploy.example:8443`); `path` is the `request_target`: the path and its query.
     """
-    return "\n".join([SCHEME, method.upper(), path, key_id, str(timestamp), nonce, body_sha256(body)])
+    return "\n".join([SCHEME, method.upper(), host.strip().lower(), path, key_id, str(timestamp), nonce,
+                      body_sha256(body)])
 
 
 def manual_signature(secret: str, canonical: str) -> str:
-    return "v1=" + _hmac_hex(secret, canonical.encode("utf-8"))
+    return SIGNATURE_PREFIX + _hmac_hex(secret, canonical.encode("utf-8"))
 
 
-def sign_request(secret: str, *, method: str, path: str, key_id: str, timestamp: int, nonce: str,
+def sign_request(secret: str, *, method: str, host: str, path: str, key_id: str, timestamp: int, nonce: str,
                  body: bytes) -> dict[str, str]:
-    """The four headers a client sends with a manual request."""
-    canonical = canonical_string(method, path, key_id, timestamp, nonce, body)
+    """The four headers a client sends with a manual request to the server it names in `host`."""
+    canonical = canonical_string(method, host, path, key_id, timestamp, nonce, body)
     return {KEY_HEADER: key_id, TIMESTAMP_HEADER: str(timestamp), NONCE_HEADER: nonce,
             SIGNATURE_HEADER: manual_signature(secret, canonical)}
 
@@ -118,8 +133,9 @@ def read_signed_headers(headers: Mapping[str, str]) -> SignedHeaders:
         raise Unauthorized(f"{TIMESTAMP_HEADER} must be a unix time in whole seconds")
     if not NONCE_RE.match(values[NONCE_HEADER]):
         raise Unauthorized(f"{NONCE_HEADER} must be 16 to 128 letters, digits, '-' or '_'")
-    if not values[SIGNATURE_HEADER].startswith("v1="):
-        raise Unauthorized(f"{SIGNATURE_HEADER} must be v1=<hex>")
+    if not values[SIGNATURE_HEADER].startswith(SIGNATURE_PREFIX):
+        raise Unauthorized(f"{SIGNATURE_HEADER} must be v2=<hex> (v1, which did not bind the Host, "
+                           f"is no longer accepted)")
     return SignedHeaders(key_id=values[KEY_HEADER], timestamp=int(values[TIMESTAMP_HEADER]),
                          nonce=values[NONCE_HEADER], signature=values[SIGNATURE_HEADER])
 
@@ -131,17 +147,21 @@ def check_timestamp(timestamp: int, now: float, window: int = WINDOW_SECONDS) ->
                            f"(check the client's clock)")
 
 
-def verify_manual(secrets: Mapping[str, str], signed: SignedHeaders, *, method: str, path: str, body: bytes,
-                  now: float, window: int = WINDOW_SECONDS) -> None:
-    """Key known, timestamp in the window, signature right. The nonce's single use is the queue's to check."""
-    secret = secrets.get(signed.key_id)
-    if secret is None:
-        raise Unauthorized("unknown key id")
+def verify_manual(secrets: Mapping[str, str], signed: SignedHeaders, *, method: str, host: str, path: str,
+                  body: bytes, now: float, window: int = WINDOW_SECONDS) -> None:
+    """Timestamp in the window, key known and signature right. The nonce's single use is the queue's to check.
+
+    An unknown key is checked against a throwaway secret, so it costs what a wrong signature costs and
+    gets the same answer.
+    """
     check_timestamp(signed.timestamp, now, window)
-    expected = manual_signature(secret, canonical_string(method, path, signed.key_id, signed.timestamp,
+    known = signed.key_id in secrets
+    secret = secrets[signed.key_id] if known else _UNKNOWN_KEY_SECRET
+    expected = manual_signature(secret, canonical_string(method, host, path, signed.key_id, signed.timestamp,
                                                          signed.nonce, body))
-    if not hmac.compare_digest(signed.signature.encode("utf-8", "replace"), expected.encode("ascii")):
-        raise Unauthorized(f"{SIGNATURE_HEADER} does not match the request")
+    matches = hmac.compare_digest(signed.signature.encode("utf-8", "replace"), expected.encode("ascii"))
+    if not (matches and known):
+        raise Unauthorized(SIGNATURE_REFUSED)
 
 
 def verify_bearer(token: str | None, header: str | None) -> None:

@@ -40,6 +40,7 @@ from deployer.errors import (
 from deployer.journal import Journal
 from deployer.server import releases, signatures
 from deployer.server.jobs import Queue
+from deployer.server.rejections import Rejections
 
 log = logging.getLogger("deployer.web")
 
@@ -75,6 +76,7 @@ class Receiver:
         self.journal = journal
         self.clock = clock
         self.audit = audit or AuditLog.for_state_dir(config.settings.state_dir)
+        self.rejections = Rejections(journal.record, clock)
 
     @property
     def operator_secrets(self) -> dict[str, str]:
@@ -106,6 +108,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(DeployerError, _deployer_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
+    app.before_request(_throttle)
     app.after_request(_record_request)
     _share_gunicorn_logging()
     return app
@@ -125,11 +128,50 @@ def _begin_record(name: str, **fields: Any) -> dict[str, Any]:
     return g.record
 
 
+def _authenticated() -> None:
+    """From here on the request is recorded one by one, whatever its answer."""
+    g.authenticated = True
+
+
+def _throttle():
+    """A source over its limit that offers no credential at all is answered 429 before its body is read.
+
+    /healthz is exempt: it writes nothing, and a load balancer's probe behind the same proxy as a flood
+    must not take the receiver out of rotation.
+    """
+    rejections = _receiver().rejections
+    rejections.flush_due()
+    if _offers_any_credential() or request.path == "/healthz":
+        return None
+    wait = rejections.retry_after(request.remote_addr)
+    if wait is None:
+        return None
+    rejections.note(route=request.path[:64], status=429, source=request.remote_addr, reason="rate limited")
+    return _too_many(wait)
+
+
+def _too_many(wait: int):
+    response = jsonify(error=f"too many refused requests from this address; retry after {wait} s")
+    response.status_code = 429
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
+def _offers_any_credential() -> bool:
+    return any(request.headers.get(name) is not None for name in (
+        signatures.GITHUB_HEADER, signatures.SIGNATURE_HEADER, signatures.AUTHORIZATION_HEADER))
+
+
 def _record_request(response):
     event = g.pop("record_event", None)
     if event is not None:
         fields = g.pop("record", {})
         fields.setdefault("verdict", "rejected" if response.status_code >= 400 else "accepted")
+        if fields["verdict"] == "rejected" and not g.get("authenticated"):
+            # Anyone can send these: counted and recorded in aggregate, never a row each (rejections.py)
+            wait = _receiver().rejections.note(route=request.path[:64], status=response.status_code,
+                                               source=request.remote_addr, reason=str(fields.get("reason")))
+            return _too_many(wait) if wait is not None and response.status_code == 401 else response
         journal = _receiver().journal
         # A status poll (`redeploy --wait` asks every second) goes to the log only; its refusals are recorded.
         emit = journal.note if fields["verdict"] == "answered" else journal.record
@@ -257,6 +299,7 @@ def github_hook():
     pinned_hook = receiver.config.github_hook_id_for(repository)
     if pinned_hook is not None and request.headers.get("X-GitHub-Hook-ID") != str(pinned_hook):
         raise Unauthorized("X-GitHub-Hook-ID is not the webhook this repository's app is pinned to (github_hook_id)")
+    _authenticated()
     payload = github_payload(body, request.mimetype)
     event = _header("X-GitHub-Event", EVENT_RE)
     delivery = _header("X-GitHub-Delivery", DELIVERY_RE)
@@ -274,19 +317,18 @@ def github_hook():
 
     actor = f"{decision.actor} (delivery {delivery})"
     source = {"delivery": delivery, "hook_id": hook_id, "action": decision.action, "release_id": decision.release_id,
-              "repository": decision.repository, "sender": decision.sender}
+              "published_at": decision.published_at, "repository": decision.repository, "sender": decision.sender}
     if decision.asset is not None:
         source["asset"] = {"id": decision.asset.asset_id, "name": decision.asset.name, "size": decision.asset.size,
                            "checksum_id": decision.asset.checksum_id}
     outcome = receiver.queue.submit_release(app=decision.app, tag=decision.tag, actor=actor, hook_id=hook_id,
-                                            delivery=delivery, source=source)
-    record.update(job=outcome.job.id if outcome.job else None,
-                  verdict="queued" if outcome.created else "duplicate", reason=outcome.reason)
+                                            delivery=delivery, source=source, published_at=decision.published_at)
+    record.update(job=outcome.job.id if outcome.job else None, verdict=outcome.verdict, reason=outcome.reason)
     if outcome.created:
         receiver.journal.record("job.queued", job=outcome.job.id, app=decision.app, tag=decision.tag, actor=actor,
                                 kind="release", delivery=delivery)
         return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
-    return jsonify(status="duplicate", reason=outcome.reason, job=outcome.job.id if outcome.job else None,
+    return jsonify(status=outcome.verdict, reason=outcome.reason, job=outcome.job.id if outcome.job else None,
                    job_status=outcome.job.status if outcome.job else None), 200
 
 
@@ -326,8 +368,10 @@ def authenticate(body: bytes, record: dict[str, Any]) -> str:
                   nonce=signed.nonce, timestamp=signed.timestamp)
     now = receiver.clock()
     path = signatures.request_target(request.script_root + request.path, request.query_string)
-    signatures.verify_manual(receiver.operator_secrets, signed, method=request.method, path=path, body=body, now=now)
+    signatures.verify_manual(receiver.operator_secrets, signed, method=request.method, host=request.host,
+                             path=path, body=body, now=now)
     receiver.queue.use_nonce(signed.key_id, signed.nonce, signatures.nonce_expiry(signed.timestamp, now))
+    _authenticated()
     return signed.key_id
 
 
@@ -404,19 +448,25 @@ def audit_entries():
     """
     receiver = _receiver()
     record = _begin_record("manual_request", route="/audit")
+    _authenticate_reader(receiver, record)
+    query = audit_query(request.args, now=receiver.clock())
+    entries = receiver.audit.query(query)
+    record.update(verdict="answered", count=len(entries))
+    return jsonify(query_to_json(query, entries)), 200
+
+
+def _authenticate_reader(receiver: Receiver, record: dict[str, Any]) -> None:
+    """The read-only audit token, or an operator signature: what GET /audit and a detailed /healthz take."""
     header = request.headers.get(signatures.AUTHORIZATION_HEADER)
     if header is not None:  # the token is checked alone: a request that offers one stands or falls by it
         record["auth"] = "token"
         signatures.verify_bearer(receiver.config.server.audit_token, header)
+        _authenticated()
     else:
         record["auth"] = "signature"
         body = read_body(receiver.config.server.max_body_bytes)
         record["body_sha256"] = signatures.body_sha256(body)
         authenticate(body, record)
-    query = audit_query(request.args, now=receiver.clock())
-    entries = receiver.audit.query(query)
-    record.update(verdict="answered", count=len(entries))
-    return jsonify(query_to_json(query, entries)), 200
 
 
 def audit_query(args: Any, *, now: float) -> Query:
@@ -440,8 +490,26 @@ health = Blueprint("health", __name__)
 
 @health.route("/healthz", methods=["GET"])
 def healthz():
-    """Liveness, and whether the worker runs and Docker and netfilter answer it. Example: curl host:8000/healthz"""
+    """Whether the receiver, the queue, the worker, Docker and netfilter are ok; the details need a signature.
+
+    Unauthenticated, it says ok (200) or degraded (503) and nothing else: the reasons name paths and
+    daemon errors. Signed like /deploy, or with the audit token, it names each part.
+    Example: curl host:8000/healthz; curl -H "Authorization: Bearer $TOKEN" host:8000/healthz
+    """
     receiver = _receiver()
+    report = health_report(receiver)
+    healthy = all(value == "ok" for value in report.values())
+    status = 200 if healthy else 503
+    if not _offers_credentials():
+        return jsonify(status="ok" if healthy else "degraded"), status
+    record = _begin_record("manual_request", route="/healthz")
+    _authenticate_reader(receiver, record)
+    record["verdict"] = "answered"
+    return jsonify(status="ok" if healthy else "degraded", **report), status
+
+
+def health_report(receiver: Receiver) -> dict[str, str]:
+    """Each part and "ok" or what is wrong with it, for an operator's eyes only."""
     try:
         worker = receiver.queue.worker_status()
         queue_state = "ok"
@@ -449,7 +517,7 @@ def healthz():
         worker, queue_state = None, str(exc)
     now = receiver.clock()
     alive = worker is not None and now - worker["heartbeat_at"] < WORKER_STALE_SECONDS
-    report = {
+    return {
         "receiver": "ok",
         "queue": queue_state,
         "worker": ("ok" if alive else "no heartbeat" if worker is None
@@ -457,8 +525,12 @@ def healthz():
         "docker": (worker or {}).get("docker") or "unknown",
         "netfilter": (worker or {}).get("netfilter") or "unknown",
     }
-    healthy = all(value == "ok" for value in report.values())
-    return jsonify(status="ok" if healthy else "degraded", **report), 200 if healthy else 503
+
+
+def _offers_credentials() -> bool:
+    """An operator's signature or the audit token (a GitHub signature opens no detail)."""
+    return (request.headers.get(signatures.AUTHORIZATION_HEADER) is not None
+            or request.headers.get(signatures.SIGNATURE_HEADER) is not None)
 
 
 def _share_gunicorn_logging() -> None:

@@ -7,6 +7,7 @@ server a test starts is SIGKILLed (its whole process group) in teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -16,11 +17,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -128,7 +131,7 @@ class Served:
         return requests.post(f"{self.url}/hooks/github", data=body, headers=headers, timeout=10)
 
     def signed(self, method: str, path: str, body: bytes = b"") -> requests.Response:
-        headers = signatures.sign_request(self.operator_secret, method=method, path=path, key_id="ops",
+        headers = signatures.sign_request(self.operator_secret, method=method, host=urlsplit(self.url).netloc, path=path, key_id="ops",
                                           timestamp=int(time.time()), nonce=secrets.token_urlsafe(18), body=body)
         if body:
             headers["Content-Type"] = "application/json"
@@ -378,7 +381,103 @@ def test_refusals_over_gunicorn(serve):
     assert served.signed("POST", "/deploy", json.dumps({"app": "nope"}).encode()).status_code == 404
     assert served.queue().jobs() == []
     log = served.log_text()
-    assert "verdict=rejected" in log and "reason=missing X-Hub-Signature-256 header" in log
+    assert "verdict=rejected" in log  # the signed broken body; the unsigned one is counted, not logged alone
+
+
+# --- slow clients, floods and a gunicorn that dies -----------------------------------------------------
+
+
+def drip_connections(port: int, count: int, stop: threading.Event) -> list[socket.socket]:
+    """`count` connections that send a delivery's head one byte a second, until `stop` or the server closes them."""
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+    head = b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Slow: " + b"a" * 600
+
+    def drip() -> None:
+        for n in range(len(head)):
+            for sock in sockets:
+                with contextlib.suppress(OSError):
+                    sock.send(head[n:n + 1])
+            if stop.wait(1.0):
+                return
+
+    threading.Thread(target=drip, daemon=True).start()
+    return sockets
+
+
+def test_dripping_clients_do_not_delay_a_delivery(serve):
+    served = serve(web_app(22170))
+    stop = threading.Event()
+    slow = drip_connections(served.port, 50, stop)
+    try:
+        time.sleep(2)  # each dripper has sent its first bytes: the sync worker would be stuck behind them
+        for n in range(5):
+            started = time.monotonic()
+            answer = served.deliver(real_payload("ping-payload.json"), event="ping")
+            took = time.monotonic() - started
+            assert (answer.status_code, answer.json()["status"]) == (200, "pong")
+            assert took < 1.0, f"delivery {n} took {took:.2f} s beside 50 dripping clients"
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for sock in slow:
+            sock.close()
+
+
+def test_an_unsigned_flood_adds_few_rows_and_a_signed_delivery_in_it_is_served(serve):
+    served = serve(web_app(22180))
+    body = real_payload("release-published.payload.json")
+    log = AuditLog.for_state_dir(served.deployer.root / "state")
+    before = len(log.query(Query(limit=None)))
+    session = requests.Session()
+    answers: dict[int, int] = {}
+    for n in range(600):
+        if n == 300:
+            signed = served.deliver(release_payload("v1"))
+            assert signed.status_code == 202, signed.text
+            continue
+        response = session.post(f"{served.url}/hooks/github", data=body, timeout=10,
+                                headers={"Content-Type": "application/json", "X-GitHub-Event": "release",
+                                         "X-GitHub-Delivery": f"flood-{n}", "X-Hub-Signature-256": "sha256=0"})
+        answers[response.status_code] = answers.get(response.status_code, 0) + 1
+    assert set(answers) <= {401, 429} and answers.get(429, 0) > 0
+    assert "Retry-After" in response.headers
+    entries = log.query(Query(limit=None, oldest_first=True))
+    log.close()
+    written = entries[before:]
+    deliveries = [e for e in written if e.get("event") == "delivery"]
+    assert [(e.get("verdict"), e.get("status")) for e in deliveries] == [("queued", 202)]  # the signed one only
+    assert len(written) < 60, [e.get("event") for e in written]  # its job's records; no row per refusal
+
+
+def gunicorn_master(serve_pid: int) -> int | None:
+    """The gunicorn child of a serve process, from /proc (its only child running gunicorn)."""
+    for task in Path(f"/proc/{serve_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"gunicorn" in cmdline:
+                return int(child)
+    return None
+
+
+def test_serve_starts_gunicorn_again_when_it_is_killed(serve):
+    served = serve(web_app(22190))
+    first = gunicorn_master(served.process.pid)
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        again = gunicorn_master(served.process.pid)
+        try:
+            if again not in (None, first) and requests.get(f"{served.url}/healthz", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"gunicorn was not started again:\n{served.log_text()[-3000:]}"
+        time.sleep(0.2)
+    assert served.process.poll() is None  # the worker ran on
+    assert "gunicorn exited with status -9; starting it again in 1 s" in served.log_text()
+    answer = served.deliver(real_payload("ping-payload.json"), event="ping")
+    assert answer.status_code == 200
 
 
 # --- an image from a release asset ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deployer import config
-from deployer.config import AssetConfig, ReceiverApp
+from deployer.config import AssetConfig, PortMapping, ReceiverApp
 from deployer.errors import ConfigError
 
 WORKER_SECRETS = """\
@@ -94,9 +94,10 @@ def test_the_receiver_starts_without_the_worker_files_and_holds_none_of_the_work
     assert dict(receiver.apps) == {
         "web": ReceiverApp(name="web", repository="acme/web", tag_pattern="^v[0-9]+$", prereleases=True,
                            asset=AssetConfig(name="image.tar", token=None), github_secret="web-own-github-secret",
-                           github_hook_id=4242),
-        "api": ReceiverApp(name="api", repository="acme/api", asset=AssetConfig(name="api.tar", token=None)),
-        "edge": ReceiverApp(name="edge", host_bound=True),
+                           github_hook_id=4242, ports=(PortMapping(8000, 80, "tcp", 8001, 8002),)),
+        "api": ReceiverApp(name="api", repository="acme/api", asset=AssetConfig(name="api.tar", token=None),
+                           ports=(PortMapping(9000, 80, "tcp", 9001, 9002),)),
+        "edge": ReceiverApp(name="edge", host_bound=True, ports=(PortMapping(80, 80, "tcp", 0, 0),)),
     }
     assert sorted(receiver.secrets()) == ["alice-secret-0123456789", "audit-token-0123456789abcdef",
                                           "global-github-secret", "web-own-github-secret"]

@@ -49,12 +49,12 @@ BASE = dict(event="release", repository="Codertocat/Hello-World", sender="Codert
 
 def test_published_release_deploys():
     assert releases.decide("release", payload(PUBLISHED), make_config()) == Decision(
-        "deploy", "published release 0.0.1", action="published", **BASE)
+        "deploy", "published release 0.0.1", action="published", published_at="2019-05-15T15:20:53Z", **BASE)
 
 
 def test_released_deploys_as_well_and_the_queue_makes_it_one_deploy():
     assert releases.decide("release", payload(RELEASED), make_config()) == Decision(
-        "deploy", "released release 0.0.1", action="released", **BASE)
+        "deploy", "released release 0.0.1", action="released", published_at="2019-05-15T15:20:53Z", **BASE)
 
 
 def test_a_prerelease_is_ignored_unless_the_app_opts_in():
@@ -63,7 +63,7 @@ def test_a_prerelease_is_ignored_unless_the_app_opts_in():
         "ignore", "the release is a prerelease, and app 'web' does not deploy prereleases (prereleases = false)",
         action="published", **BASE)
     assert releases.decide("release", prerelease, make_config(prereleases=True)) == Decision(
-        "deploy", "published prerelease 0.0.1", action="published", **BASE)
+        "deploy", "published prerelease 0.0.1", action="published", published_at="2019-05-15T15:20:53Z", **BASE)
 
 
 def test_the_prereleased_action_defers_to_published():

@@ -2,11 +2,14 @@
 
 import http.client
 import socket
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from deployer.adapters.deadlines import Deadlines
 from deployer.config import parse
 from deployer.host.state import StateStore
 from deployer.plan import maintenance
@@ -25,14 +28,48 @@ def cfg(tmp_path):
     return parse(data, path=tmp_path / "deployer.toml", environ={})
 
 
-@pytest.fixture
-def server(cfg):
-    server = responder.make_server(cfg, host="127.0.0.1", port=0)
+def running(cfg, **limits):
+    server = responder.make_server(cfg, host="127.0.0.1", port=0, deadlines=Deadlines(), **limits)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
+    return server
+
+
+@pytest.fixture
+def server(cfg):
+    server = running(cfg)
     yield server
     server.shutdown()
     server.server_close()
+
+
+def drippers(port: int, count: int, stop: threading.Event) -> list[socket.socket]:
+    """`count` connections that send a request one byte a second, from a thread, until `stop`."""
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+
+    def drip() -> None:
+        for n in range(len(head)):
+            for sock in sockets:
+                try:
+                    sock.send(head[n:n + 1])
+                except OSError:
+                    pass
+            if stop.wait(1.0):
+                return
+
+    threading.Thread(target=drip, daemon=True).start()
+    return sockets
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except OSError:  # reset counts as closed too; a timeout does not
+        return not isinstance(sys.exc_info()[1], socket.timeout)
 
 
 def ask(port, method="GET", body=None):
@@ -103,3 +140,54 @@ def test_pages_by_original_port_with_the_recorded_message(cfg):
     assert pages.for_port(2000) == ("api", maintenance.page("api"))
     assert pages.for_port(1001) == (None, maintenance.page(None))  # a set port is not an external one
     assert pages.for_port(None) == (None, maintenance.page(None))
+
+
+def test_fifty_dripping_clients_do_not_delay_an_answer_past_a_second(server):
+    port = server.server_address[1]
+    stop = threading.Event()
+    slow = drippers(port, 50, stop)
+    try:
+        time.sleep(1.5)  # every dripper has a thread and has sent a byte or two
+        for _ in range(3):
+            started = time.monotonic()
+            status, _, _ = ask(port)
+            assert status == 503
+            assert time.monotonic() - started < 1.0
+    finally:
+        stop.set()
+        for sock in slow:
+            sock.close()
+
+
+def test_a_request_that_drips_past_the_deadline_is_cut_off(cfg):
+    server = running(cfg, request_seconds=0.5)
+    stop = threading.Event()
+    try:
+        [slow] = drippers(server.server_address[1], 1, stop)
+        started = time.monotonic()
+        assert closed_within(slow, 3.0)  # it sends a byte a second and would take 1,000 s
+        assert time.monotonic() - started < 1.5
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_connections_past_the_cap_are_closed_at_once_and_the_slots_come_back(cfg):
+    server = running(cfg, max_connections=4, request_seconds=1.0)
+    port = server.server_address[1]
+    stop = threading.Event()
+    try:
+        slow = drippers(port, 4, stop)
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        extra.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert closed_within(extra, 0.5)  # closed without an answer: no thread for it
+        extra.close()
+        for sock in slow:
+            assert closed_within(sock, 3.0)  # the deadline frees the slots
+        assert ask(port)[0] == 503
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()

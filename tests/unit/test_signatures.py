@@ -17,8 +17,9 @@ BODY = b'{"app": "demo", "tag": "v1.4.2", "reason": "hotfix rollout"}'
 BODY_SHA256 = "84108e2a1a8452fc38fcc8dfdafb679afd3222b02c70f39420b3e641a29b8778"
 TIMESTAMP = 1767225600
 NONCE = "n7Qk2VxW9pLm4RtY8sZa3c"
-CANONICAL = f"deployer-v1\nPOST\n/deploy\nalice\n1767225600\nn7Qk2VxW9pLm4RtY8sZa3c\n{BODY_SHA256}"
-SIGNATURE = "v1=186b8593e100d08740e1bc4decba51a5e1560ad054bc83160feab9f81ea435de"
+HOST = "deploy.example:8443"
+CANONICAL = f"deployer-v2\nPOST\n{HOST}\n/deploy\nalice\n1767225600\nn7Qk2VxW9pLm4RtY8sZa3c\n{BODY_SHA256}"
+SIGNATURE = "v2=57afc850e1699d37c44835f2ab6d592761f121e4ba154bc8aa81b805fabdba71"
 
 
 # --- GitHub ----------------------------------------------------------------------------------------
@@ -55,19 +56,21 @@ def test_github_refusals_never_reveal_the_expected_value(secret, body, header, m
 
 def test_the_canonical_string_and_signature_of_the_documented_example():
     assert signatures.body_sha256(BODY) == BODY_SHA256
-    assert signatures.canonical_string("post", "/deploy", "alice", TIMESTAMP, NONCE, BODY) == CANONICAL
+    assert signatures.canonical_string("post", "Deploy.Example:8443", "/deploy", "alice", TIMESTAMP, NONCE,
+                                        BODY) == CANONICAL
     assert signatures.manual_signature(SECRET, CANONICAL) == SIGNATURE
-    assert signatures.sign_request(SECRET, method="POST", path="/deploy", key_id="alice", timestamp=TIMESTAMP,
-                                   nonce=NONCE, body=BODY) == {
+    assert signatures.sign_request(SECRET, method="POST", host=HOST, path="/deploy", key_id="alice",
+                                   timestamp=TIMESTAMP, nonce=NONCE, body=BODY) == {
         "X-Deployer-Key": "alice", "X-Deployer-Timestamp": "1767225600", "X-Deployer-Nonce": NONCE,
         "X-Deployer-Signature": SIGNATURE}
 
 
 def test_a_get_with_an_empty_body_signs_the_hash_of_nothing():
-    # openssl: printf 'deployer-v1\nGET\n/jobs/job-0123456789abcdef\nalice\n1767225600\nn7Qk...a3d\n<sha256 of "">'
-    headers = signatures.sign_request(SECRET, method="GET", path="/jobs/job-0123456789abcdef", key_id="alice",
-                                      timestamp=TIMESTAMP, nonce="n7Qk2VxW9pLm4RtY8sZa3d", body=b"")
-    assert headers["X-Deployer-Signature"] == "v1=965a361e4a24b352215ab0bb1a557d427b8e31de151283683305be056674a7cf"
+    # openssl: printf 'deployer-v2\nGET\ndeploy.example:8443\n/jobs/job-0123456789abcdef\nalice\n1767225600\n
+    #                  n7Qk...a3d\n<sha256 of "">'
+    headers = signatures.sign_request(SECRET, method="GET", host=HOST, path="/jobs/job-0123456789abcdef",
+                                      key_id="alice", timestamp=TIMESTAMP, nonce="n7Qk2VxW9pLm4RtY8sZa3d", body=b"")
+    assert headers["X-Deployer-Signature"] == "v2=61eca3510964851bcf464adafc826cb3f67d09c85a9a69db7bd03d339e4b285f"
 
 
 def test_the_query_string_is_bound_exactly_as_sent():
@@ -75,12 +78,12 @@ def test_the_query_string_is_bound_exactly_as_sent():
     assert signatures.request_target("/audit", b"app=demo&event=deploy.%2A") == "/audit?app=demo&event=deploy.%2A"
     assert signatures.request_target("/audit", "limit=1&app=demo") == "/audit?limit=1&app=demo"  # not reordered
     # The GET /audit example of docs/server.md; openssl:
-    #   printf 'deployer-v1\nGET\n/audit?app=demo&since=24h&event=deploy.%%2A\nalice\n1767225600\n
+    #   printf 'deployer-v2\nGET\ndeploy.example:8443\n/audit?app=demo&since=24h&event=deploy.%%2A\nalice\n1767225600\n
     #           n7Qk2VxW9pLm4RtY8sZa3e\n<sha256 of "">' | openssl dgst -sha256 -hmac "$SECRET"
     target = signatures.request_target("/audit", b"app=demo&since=24h&event=deploy.%2A")
-    headers = signatures.sign_request(SECRET, method="GET", path=target, key_id="alice", timestamp=TIMESTAMP,
-                                      nonce="n7Qk2VxW9pLm4RtY8sZa3e", body=b"")
-    assert headers["X-Deployer-Signature"] == "v1=c34a0eb716fef9567bdaabc5b7af362b421ed55c314b1e9d7a9c2d34e8b462ec"
+    headers = signatures.sign_request(SECRET, method="GET", host=HOST, path=target, key_id="alice",
+                                      timestamp=TIMESTAMP, nonce="n7Qk2VxW9pLm4RtY8sZa3e", body=b"")
+    assert headers["X-Deployer-Signature"] == "v2=0fb77cdcd1b2680cfac86ddf7f9786b202a57bc4dbda480ea8dc5c2fc9f2e783"
 
 
 AUDIT_TOKEN = "audit-read-token-3c9e51f0a7d2"
@@ -114,9 +117,13 @@ def signed(**changes):
     return {k: v for k, v in headers.items() if v is not None}
 
 
-def verify(headers, *, method="POST", path="/deploy", body=BODY, now=TIMESTAMP + 10, keys=None):
+def verify(headers, *, method="POST", host=HOST, path="/deploy", body=BODY, now=TIMESTAMP + 10, keys=None):
     signatures.verify_manual(keys or {"alice": SECRET}, signatures.read_signed_headers(headers), method=method,
-                             path=path, body=body, now=now)
+                             host=host, path=path, body=body, now=now)
+
+
+REFUSED = "X-Deployer-Signature does not verify (unknown key id or wrong signature)"
+V2_ONLY = "X-Deployer-Signature must be v2=<hex> (v1, which did not bind the Host, is no longer accepted)"
 
 
 def test_the_documented_example_verifies_within_the_window():
@@ -135,7 +142,8 @@ def test_the_documented_example_verifies_within_the_window():
     (signed(**{"X-Deployer-Nonce": "short"}), "X-Deployer-Nonce must be 16 to 128 letters, digits, '-' or '_'"),
     (signed(**{"X-Deployer-Nonce": "n7Qk2VxW9pLm4RtY8s/a3c"}),
      "X-Deployer-Nonce must be 16 to 128 letters, digits, '-' or '_'"),
-    (signed(**{"X-Deployer-Signature": SIGNATURE[3:]}), "X-Deployer-Signature must be v1=<hex>"),
+    (signed(**{"X-Deployer-Signature": SIGNATURE[3:]}), V2_ONLY),
+    (signed(**{"X-Deployer-Signature": "v1=" + SIGNATURE[3:]}), V2_ONLY),
 ])
 def test_malformed_headers_are_refused_before_any_secret_is_used(headers, message):
     with pytest.raises(Unauthorized) as caught:
@@ -146,17 +154,37 @@ def test_malformed_headers_are_refused_before_any_secret_is_used(headers, messag
 @pytest.mark.parametrize("change, message", [
     ({"now": TIMESTAMP + 301}, "the timestamp is more than 300 s away from the server's clock (check the client's clock)"),
     ({"now": TIMESTAMP - 301}, "the timestamp is more than 300 s away from the server's clock (check the client's clock)"),
-    ({"keys": {"bob": SECRET}}, "unknown key id"),
-    ({"keys": {"alice": SECRET + "x"}}, "X-Deployer-Signature does not match the request"),
-    ({"method": "PUT"}, "X-Deployer-Signature does not match the request"),
-    ({"path": "/jobs/job-0123456789abcdef"}, "X-Deployer-Signature does not match the request"),
-    ({"body": BODY.replace(b"v1.4.2", b"v1.4.3")}, "X-Deployer-Signature does not match the request"),
+    ({"keys": {"bob": SECRET}}, REFUSED),
+    ({"keys": {"alice": SECRET + "x"}}, REFUSED),
+    ({"method": "PUT"}, REFUSED),
+    ({"host": "other.example:8443"}, REFUSED),
+    ({"host": "deploy.example"}, REFUSED),
+    ({"path": "/jobs/job-0123456789abcdef"}, REFUSED),
+    ({"body": BODY.replace(b"v1.4.2", b"v1.4.3")}, REFUSED),
 ])
 def test_a_change_to_any_bound_part_is_refused(change, message):
     with pytest.raises(Unauthorized) as caught:
         verify(signed(), **change)
     assert str(caught.value) == message
     assert SIGNATURE[3:] not in str(caught.value)
+
+
+def test_an_unknown_key_and_a_stale_timestamp_say_nothing_about_which_keys_exist():
+    """The timestamp is judged before the key: a stale request gets one answer whether or not its key exists."""
+    answers = {}
+    for keys in ({"alice": SECRET}, {"bob": SECRET}):
+        for now in (TIMESTAMP + 10, TIMESTAMP + 1000):
+            with pytest.raises(Unauthorized) as caught:
+                verify(signed(**{"X-Deployer-Signature": SIGNATURE[:-1] + "0"}), keys=keys, now=now)
+            answers[(tuple(keys), now)] = str(caught.value)
+    assert answers[(("alice",), TIMESTAMP + 10)] == answers[(("bob",), TIMESTAMP + 10)] == REFUSED
+    assert answers[(("alice",), TIMESTAMP + 1000)] == answers[(("bob",), TIMESTAMP + 1000)]
+
+
+def test_a_request_signed_for_one_server_is_refused_by_another_sharing_the_key():
+    verify(signed(), host="DEPLOY.example:8443")  # the Host is compared in lower case
+    with pytest.raises(Unauthorized):
+        verify(signed(), host="deploy-2.example:8443")
 
 
 @pytest.mark.parametrize("headers", [

@@ -112,8 +112,8 @@ def signed_call(client, method, path, body=b"", *, key_id="alice", secret=ALICE_
                 nonce=None, content_type="application/json"):
     nonce = nonce or f"nonce-{signed_call.counter:016d}"
     signed_call.counter += 1
-    headers = signatures.sign_request(secret, method=method, path=path, key_id=key_id, timestamp=timestamp,
-                                      nonce=nonce, body=body)
+    headers = signatures.sign_request(secret, method=method, host="localhost", path=path, key_id=key_id,
+                                      timestamp=timestamp, nonce=nonce, body=body)
     if content_type:
         headers["Content-Type"] = content_type
     return client.open(path, method=method, data=body, headers=headers)
@@ -146,7 +146,8 @@ def test_a_signed_published_release_is_queued_and_answered_202(client, queue, ev
     assert (job.app, job.tag, job.kind, job.status) == ("web", "0.0.1", "release", "queued")
     assert job.actor == "github:Codertocat (delivery 72d3162e-cc78-11e3-81ab-4c9367dc0958)"
     assert job.source == {"delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "hook_id": "109948940",
-                          "action": "published", "release_id": 17372790, "repository": "Codertocat/Hello-World",
+                          "action": "published", "release_id": 17372790, "published_at": "2019-05-15T15:20:53Z",
+                          "repository": "Codertocat/Hello-World",
                           "sender": "Codertocat"}
     [record] = deliveries(events)
     assert {k: v for k, v in record.items() if k not in ("ts", "_durable")} == {
@@ -223,15 +224,27 @@ def assert_refused(response, status, error, queue, events, event="delivery"):
     assert_no_secret(events, response)
 
 
+def assert_refused_before_auth(client, response, status, error, queue, events, event="delivery"):
+    """Refused before it authenticated: no row of its own, but one aggregated row once the interval is flushed."""
+    assert response.status_code == status
+    assert response.get_json() == {"error": error}
+    assert queue.jobs() == []
+    assert [e for e in events if e["event"] == event] == []
+    client.application.extensions["deployer"].rejections.flush()
+    [row] = [e for e in events if e["event"] == "rejected_requests"]
+    assert (row["status"], row["reason"], row["count"], row["source"]) == (status, error, 1, "127.0.0.1")
+    assert_no_secret(events, response)
+
+
 def test_missing_signature_is_401(client, queue, events):
     response = deliver(client, read_payload("release-published.payload.json"), secret=None)
-    assert_refused(response, 401, "missing X-Hub-Signature-256 header", queue, events)
+    assert_refused_before_auth(client, response, 401, "missing X-Hub-Signature-256 header", queue, events)
 
 
 def test_wrong_signature_is_401_and_never_reveals_the_expected_value(client, queue, events):
     body = read_payload("release-published.payload.json")
     response = deliver(client, body, secret="not-the-secret")
-    assert_refused(response, 401, "X-Hub-Signature-256 does not match the body", queue, events)
+    assert_refused_before_auth(client, response, 401, "X-Hub-Signature-256 does not match the body", queue, events)
     expected = signatures.github_signature(GITHUB_SECRET, body)
     assert expected[7:] not in response.get_data(as_text=True)
     assert expected[7:] not in json.dumps(events)
@@ -242,14 +255,15 @@ def test_an_unset_github_secret_refuses_every_delivery(settings, queue, events, 
 
     unset = replace(settings, server=replace(settings.server, github_secret=None))
     app = create_app({"DEPLOYER_CONFIG": unset, "QUEUE": queue, "JOURNAL": Journal([events.append]), "CLOCK": clock})
-    response = deliver(app.test_client(), read_payload("release-published.payload.json"))
-    assert_refused(response, 401, "webhook deliveries are refused: no GitHub secret is configured "
+    client = app.test_client()
+    response = deliver(client, read_payload("release-published.payload.json"))
+    assert_refused_before_auth(client, response, 401, "webhook deliveries are refused: no GitHub secret is configured "
                                   "([server] github_secret_file or github_secret_env)", queue, events)
 
 
 def test_the_signature_is_checked_before_the_body_is_parsed(client, queue, events):
     response = deliver(client, b"{not json", secret="wrong", content_type="text/plain")
-    assert_refused(response, 401, "X-Hub-Signature-256 does not match the body", queue, events)
+    assert_refused_before_auth(client, response, 401, "X-Hub-Signature-256 does not match the body", queue, events)
 
 
 def test_malformed_json_is_400(client, queue, events):
@@ -297,7 +311,7 @@ def test_a_body_over_the_cap_is_413_and_is_not_read(client, queue, events):
     response = client.post("/hooks/github", headers={"Content-Type": "application/json", "X-GitHub-Event": "release",
                                                      "X-GitHub-Delivery": "d-1"},
                            environ_overrides={"wsgi.input": Unread(), "CONTENT_LENGTH": str(CAP + 1)})
-    assert_refused(response, 413, f"the body is {CAP + 1} bytes; the limit is {CAP}", queue, events)
+    assert_refused_before_auth(client, response, 413, f"the body is {CAP + 1} bytes; the limit is {CAP}", queue, events)
 
 
 def test_a_chunked_body_over_the_cap_is_413_after_reading_no_more_than_the_cap(client, queue, events):
@@ -317,7 +331,7 @@ def test_a_chunked_body_over_the_cap_is_413_after_reading_no_more_than_the_cap(c
                                                      "X-GitHub-Delivery": "d-1"},
                            environ_overrides={"wsgi.input": stream, "wsgi.input_terminated": True,
                                               "CONTENT_LENGTH": ""})
-    assert_refused(response, 413, f"the body is over the limit of {CAP} bytes", queue, events)
+    assert_refused_before_auth(client, response, 413, f"the body is over the limit of {CAP} bytes", queue, events)
     assert stream.served <= CAP + 65536
 
 
@@ -413,8 +427,9 @@ def test_an_unknown_job_is_404_after_authentication(client):
 
 def test_a_stale_timestamp_is_401(client, queue, events):
     response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), timestamp=NOW - 301)
-    assert_refused(response, 401, "the timestamp is more than 300 s away from the server's clock (check the "
-                                  "client's clock)", queue, events, event="manual_request")
+    assert_refused_before_auth(client, response, 401, "the timestamp is more than 300 s away from the server's "
+                                                      "clock (check the client's clock)", queue, events,
+                               event="manual_request")
 
 
 def test_a_timestamp_from_the_future_is_401(client, queue, events):
@@ -440,13 +455,14 @@ def test_a_nonce_is_spent_even_when_the_request_is_then_refused(client, queue):
 
 def test_an_unknown_key_id_is_401(client, queue, events):
     response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), key_id="mallory")
-    assert_refused(response, 401, "unknown key id", queue, events, event="manual_request")
-    assert [e for e in events if e["event"] == "manual_request"][-1].get("key_id") is None
+    assert_refused_before_auth(client, response, 401, signatures.SIGNATURE_REFUSED, queue, events,
+                               event="manual_request")
+    assert "mallory" not in json.dumps(events)
 
 
 def test_a_wrong_manual_signature_is_401(client, queue, events):
     response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), secret="x" * 30)
-    assert_refused(response, 401, "X-Deployer-Signature does not match the request", queue, events,
+    assert_refused_before_auth(client, response, 401, signatures.SIGNATURE_REFUSED, queue, events,
                    event="manual_request")
 
 
@@ -492,18 +508,45 @@ def test_a_redeploy_over_the_cap_is_413(client, queue):
 
 
 def test_health_is_degraded_without_a_worker(client):
-    response = client.get("/healthz")
+    response = signed_call(client, "GET", "/healthz")
     assert response.status_code == 503
     assert response.get_json() == {"status": "degraded", "receiver": "ok", "queue": "ok", "worker": "no heartbeat",
                                    "docker": "unknown", "netfilter": "unknown"}
 
 
+def test_unauthenticated_health_says_ok_or_degraded_and_nothing_else(client, queue, clock, settings):
+    assert (client.get("/healthz").status_code, client.get("/healthz").get_json()) == (503, {"status": "degraded"})
+    queue.heartbeat(pid=1, started_at=clock.now, docker="cannot reach /var/run/docker.sock: permission denied",
+                    netfilter="ok", checked=True)
+    response = client.get("/healthz")
+    assert (response.status_code, response.get_json()) == (503, {"status": "degraded"})
+    assert b"docker.sock" not in response.data and str(settings.settings.state_dir).encode() not in response.data
+    queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
+    assert (client.get("/healthz").status_code, client.get("/healthz").get_json()) == (200, {"status": "ok"})
+
+
+def test_a_queue_error_is_not_shown_without_credentials(tmp_path, settings, events, clock):
+    broken = Queue(tmp_path / "not-a-folder" / "jobs.db", clock=clock)
+    (tmp_path / "not-a-folder").write_text("a file where the folder should be")
+    app = create_app({"DEPLOYER_CONFIG": settings, "QUEUE": broken, "CLOCK": clock, "TESTING": True,
+                      "JOURNAL": Journal([events.append])})
+    client = app.test_client()
+    anonymous = client.get("/healthz")
+    assert (anonymous.status_code, anonymous.get_json()) == (503, {"status": "degraded"})
+    assert b"not-a-folder" not in anonymous.data
+
+
+def test_health_details_refuse_a_bad_signature(client):
+    response = signed_call(client, "GET", "/healthz", secret="x" * 30)
+    assert (response.status_code, response.get_json()) == (401, {"error": signatures.SIGNATURE_REFUSED})
+
+
 def test_health_reports_the_workers_checks(client, queue, clock):
     queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
-    assert client.get("/healthz").get_json()["status"] == "ok"
+    assert signed_call(client, "GET", "/healthz").get_json()["status"] == "ok"
     queue.heartbeat(pid=1, started_at=clock.now, docker="the Docker daemon does not answer", netfilter="ok",
                     checked=True)
-    response = client.get("/healthz")
+    response = signed_call(client, "GET", "/healthz")
     assert (response.status_code, response.get_json()["docker"]) == (503, "the Docker daemon does not answer")
     clock.now += 60
-    assert client.get("/healthz").get_json()["worker"] == "last heartbeat 60 s ago"
+    assert signed_call(client, "GET", "/healthz").get_json()["worker"] == "last heartbeat 60 s ago"

@@ -83,8 +83,9 @@ def with_token(client, target: str, token: str = AUDIT_TOKEN, method: str = "GET
 def signed(client, target: str, *, signed_target: str | None = None, method: str = "GET"):
     """A request signed as docs/server.md says; `signed_target` signs another path or query than the one sent."""
     signed.counter += 1
-    headers = signatures.sign_request(ALICE_SECRET, method=method, path=signed_target or target, key_id="alice",
-                                      timestamp=NOW, nonce=f"audit-nonce-{signed.counter:08d}", body=b"")
+    headers = signatures.sign_request(ALICE_SECRET, method=method, host="localhost", path=signed_target or target,
+                                      key_id="alice", timestamp=NOW, nonce=f"audit-nonce-{signed.counter:08d}",
+                                      body=b"")
     return client.open(target, method=method, headers=headers)
 
 
@@ -157,7 +158,7 @@ def test_a_signed_request_reads_it_with_its_query_bound(client):
 def test_a_signature_covers_the_query_exactly_as_sent(client, sent, signed_for):
     response = signed(client, sent, signed_target=signed_for)
     assert response.status_code == 401
-    assert response.get_json() == {"error": "X-Deployer-Signature does not match the request"}
+    assert response.get_json() == {"error": signatures.SIGNATURE_REFUSED}
 
 
 def test_the_token_opens_get_audit_only(tmp_path, client):
@@ -173,10 +174,11 @@ def test_refusals_are_recorded_without_the_token_and_reads_are_not(tmp_path, cli
     with_token(client, "/audit", "not-the-token-at-all")
     with_token(client, "/audit")
     signed(client, "/audit")
-    [refused] = log.query(Query(event=("manual_request",)))
-    assert {k: refused.get(k) for k in ("route", "auth", "verdict", "status", "reason")} == {
-        "route": "/audit", "auth": "token", "verdict": "rejected", "status": 401,
-        "reason": "the bearer token does not match"}
+    assert log.query(Query(event=("manual_request",))) == []  # refused before it authenticated: aggregated
+    client.application.extensions["deployer"].rejections.flush()
+    [refused] = log.query(Query(event=("rejected_requests",)))
+    assert {k: refused.get(k) for k in ("route", "status", "reason", "count")} == {
+        "route": "/audit", "status": 401, "reason": "the bearer token does not match", "count": 1}
     log.close()
     stored = b"".join(p.read_bytes() for p in log.path.parent.glob("audit.db*"))
     assert b"not-the-token-at-all" not in stored and AUDIT_TOKEN.encode() not in stored
@@ -222,6 +224,21 @@ def test_filters_select_the_right_entries(client, filters, expected):
     ("/audit?app=web&app=api", "parameter app: given more than once (several events: event=a,b)"),
 ])
 def test_a_bad_filter_is_400_naming_the_parameter(client, target, message):
+    response = with_token(client, target)
+    assert (response.status_code, response.get_json()) == (400, {"error": message})
+
+
+@pytest.mark.parametrize("target, message", [
+    (audit(event="\U0010FFFF*"), "parameter event: a pattern must not end in U+10FFFF before its '*'"),
+    (audit(actor="\U0010FFFF*"), "parameter actor: a pattern must not end in U+10FFFF before its '*'"),
+    (audit(since="999999999999d"), "parameter since: 999999999999d is out of range"),
+    (audit(until="99999999999999w"), "parameter until: 99999999999999w is out of range"),
+    (audit(since="0001-01-01T00:00:00+01:00"), "parameter since: 0001-01-01T00:00:00+01:00 is out of range"),
+    (audit(after=str(10 ** 20)), f"parameter after: must be at most {2 ** 63 - 1}"),
+    (audit(after="1e20"), "parameter after: must be a whole number, not '1e20'"),
+    (audit(after="-5"), "parameter after: must not be negative"),
+])
+def test_a_filter_out_of_range_is_400_not_500(client, target, message):
     response = with_token(client, target)
     assert (response.status_code, response.get_json()) == (400, {"error": message})
 

@@ -1,0 +1,75 @@
+"""The shipped systemd units (deploy/systemd) parse, restart what dies and keep the README's hardening.
+
+`systemd-analyze verify` checks each unit in a scratch root that holds systemd's own units and the
+venv's executables (it refuses an ExecStart it cannot find), and prints any value it ignored.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
+NAMES = ["deployer-receiver.service", "deployer-worker.service"]
+VENV_BIN = "/opt/deployer/.venv/bin/"
+
+
+def sections(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # keys are case-sensitive
+    parser.read(UNITS / name)
+    return parser
+
+
+@pytest.fixture
+def systemd_analyze():
+    found = shutil.which("systemd-analyze")
+    if found is None:
+        message = "systemd-analyze is missing: scripts/install-deps installs Debian's systemd package"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def test_every_unit_verifies_without_a_warning(tmp_path, systemd_analyze):
+    root = tmp_path / "root"
+    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / VENV_BIN.strip("/")).mkdir(parents=True)
+    for tool in ("deployer", "gunicorn"):
+        path = root / VENV_BIN.strip("/") / tool
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    for name in NAMES:
+        shutil.copy(UNITS / name, root / "etc/systemd/system" / name)
+    shown = subprocess.run([systemd_analyze, "verify", "--man=no", "--generators=no", f"--root={root}",
+                            *(f"/etc/systemd/system/{name}" for name in NAMES)],
+                           capture_output=True, text=True, timeout=60)
+    assert (shown.returncode, shown.stdout + shown.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_unit_restarts_what_dies_and_runs_from_the_venv(name):
+    service = sections(name)["Service"]
+    assert service["Restart"] == "on-failure"
+    assert service["ExecStart"].startswith(VENV_BIN)
+
+
+def test_the_receiver_keeps_the_hardening_and_the_threaded_worker():
+    service = sections("deployer-receiver.service")["Service"]
+    assert (service["User"], service["Group"], service["UMask"]) == ("deployer", "deployer", "0007")
+    assert (service["NoNewPrivileges"], service["ProtectSystem"], service["PrivateTmp"]) == ("yes", "strict", "yes")
+    assert service["ReadWritePaths"].split() == ["/var/lib/deployer/state/queue", "/var/lib/deployer/state/audit"]
+    assert "--worker-class deployer.adapters.http_worker.DeadlineThreadWorker" in service["ExecStart"]
+
+
+def test_the_worker_lets_a_running_deploy_finish():
+    service = sections("deployer-worker.service")["Service"]
+    assert (service["KillMode"], service["TimeoutStopSec"]) == ("mixed", "120")
+    assert "User" not in service  # Docker and netfilter need root
