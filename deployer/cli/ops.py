@@ -155,12 +155,13 @@ def cmd_maintenance_server(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from deployer.host.watchdog import run_watchdog, watched_apps
+    from deployer.host.wiring import build_engine
     from deployer.server import responder
 
     config: Config = args.loaded_config
     stop = _stop_on_signals()
     ready = threading.Event()
-    targets = [lambda: run_watchdog(config, stop, ready=ready)]
+    targets = [lambda: run_watchdog(config, stop, build_engine, ready=ready)]
     if not args.no_responder:
         server = responder.make_server(config)  # a taken port fails now, not in a thread
         targets.append(lambda: responder.serve(config, stop, server))

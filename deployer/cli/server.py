@@ -172,11 +172,12 @@ def _start_watch(config: Config) -> Callable[[], None]:
     The responder binds its port here, so a taken port stops serve before gunicorn starts.
     """
     from deployer.host.watchdog import run_watchdog
+    from deployer.host.wiring import build_engine
     from deployer.server import responder
 
     stop = threading.Event()
     server = responder.make_server(config)
-    threads = [threading.Thread(target=run_watchdog, args=(config, stop), name="watchdog", daemon=True),
+    threads = [threading.Thread(target=run_watchdog, args=(config, stop, build_engine), name="watchdog", daemon=True),
                threading.Thread(target=responder.serve, args=(config, stop, server), name="responder", daemon=True)]
     for thread in threads:
         thread.start()
