@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import pytest
 
 from deployer.config import parse
-from deployer.errors import HealthCheckFailed, HookFailed, RulesError
+from deployer.errors import HealthCheckFailed, HookFailed, RulesError, StateError
 from deployer.host.engine import Engine
 from deployer.journal import Journal
 from deployer.plan.containers import ContainerInfo, Release
@@ -428,3 +428,71 @@ def test_reconcile_after_a_killed_deploy_keeps_the_serving_instance_and_removes_
     host.taken()
     assert host.engine().reconcile("web", actor="cli:ann") == []
     assert host.effects == PREPARE_BRIDGE
+
+
+# --- failures that the journal now names alike ---------------------------------------------------------
+
+
+def test_a_deploy_that_cannot_read_its_record_fails_with_the_error_type_and_changes_nothing(host):
+    host.taken()
+    (host.tmp_path / "state" / "apps" / "web.json").write_text("{not json")
+    with pytest.raises(StateError):
+        host.engine().deploy("web", "v2", actor="cli:ann")
+    assert host.effects == []
+    assert host.trail() == [("deploy.started", None, None), ("deploy.failed", None, "failed")]
+    assert host.events[-1]["error_type"] == "StateError"
+
+
+def test_a_deploy_whose_record_cannot_be_written_after_the_flip_says_it_failed(host, monkeypatch):
+    host.taken()
+    engine = host.engine()
+
+    def unwritable(state: Any) -> None:
+        raise StateError("cannot write web.json: No space left on device")
+
+    monkeypatch.setattr(engine.store, "save", unwritable)
+    with pytest.raises(StateError):
+        engine.deploy("web", "v2", actor="cli:ann")
+    # Traffic is on green already: nothing is undone, and the old instance is left for reconcile to retire.
+    assert host.effects == [*PREPARE_BRIDGE, *START_GREEN, *GREEN_PASSES, TAKEOVER, CLEANUP]
+    assert host.trail()[-3:] == [("step", "flip", "ok"), ("step", "record", "failed"),
+                                 ("deploy.failed", None, "failed")]
+    assert host.chain() == [NEW_RULE]
+
+
+# --- mode changes through the same chains ------------------------------------------------------------
+
+
+REDIRECT = ('-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m comment --comment "web maintenance" '
+            "-j REDIRECT --to-ports 8999")
+
+
+def test_maintenance_on_flips_the_chain_to_the_responder_and_off_flips_it_back(host):
+    from deployer.host import modes
+
+    host.taken()
+    modes.maintenance_on(host.engine(), "web", actor="cli:ann", message="back soon")
+    assert host.chain() == [REDIRECT]
+    assert host.effects == [f"restore *nat | -I DEPLOYER-web 1 {REDIRECT.removeprefix('-A DEPLOYER-web ')} | COMMIT",
+                            f"restore *nat | :DEPLOYER-web - [0:0] | {REDIRECT} | COMMIT"]
+    assert [(e["event"], e["outcome"], e["mode"], e["message"]) for e in host.events if e["_durable"]] == [
+        ("maintenance.on", "ok", "maintenance", "back soon")]
+
+    host.taken()
+    modes.maintenance_off(host.engine(), "web", actor="cli:ann")
+    assert host.effects == ["probe 127.0.0.1:18081",  # the active instance must pass before the page goes
+                            f"restore *nat | -I DEPLOYER-web 1 {OLD_RULE.removeprefix('-A DEPLOYER-web ')} | COMMIT",
+                            PUT_BACK]
+    assert host.chain() == [OLD_RULE]
+
+
+def test_a_refused_mode_change_is_journaled_failed_with_its_error_type(host):
+    from deployer.host import modes
+
+    host.taken()
+    host.netfilter.refuse = lambda text: "REDIRECT" in text
+    with pytest.raises(RulesError):
+        modes.maintenance_on(host.engine(), "web", actor="cli:ann")
+    [event] = [e for e in host.events if e["_durable"]]
+    assert (event["event"], event["outcome"], event["error_type"]) == ("maintenance.on", "failed", "RulesError")
+    assert host.chain() == [OLD_RULE] and host.record() == ("deployer-web-blue", None)
