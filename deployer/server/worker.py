@@ -346,7 +346,6 @@ def build_worker(config: Config, queue: Queue | None = None, journal: Journal | 
 def real_tools(config: Config, journal: Journal) -> JobTools:
     from deployer.adapters.docker_host import DockerHost
     from deployer.adapters.image_archive import load_image
-    from deployer.adapters.netfilter import Netfilter
     from deployer.host.engine import Engine
     from deployer.host.wiring import build_engine
     from deployer.server import assets
@@ -355,7 +354,7 @@ def real_tools(config: Config, journal: Journal) -> JobTools:
         if preloaded is None:
             return build_engine(config, journal)
         docker = assets.PreloadedImage(DockerHost(config.settings.docker_host), preloaded)
-        return Engine(config, docker, Netfilter(wait_seconds=config.settings.iptables_wait), journal=journal)
+        return build_engine(config, journal, docker=docker)
 
     def load_asset(job: Job) -> str:
         app = config.app(job.app)
