@@ -106,7 +106,8 @@ class Chains:
         """Add whatever is missing of the jumps, the POSTROUTING chain and the app's (empty) chain."""
         if not locked:
             with self.lock():
-                return self.ensure_base(app, locked=True)
+                self.ensure_base(app, locked=True)
+            return
         self.prepare_bridge()
         live = self.table("nat")
         if self.base_missing(live, app):

@@ -61,4 +61,3 @@ def wait_healthy(
                 f"health check did not pass {check.successes} times in a row within {check.deadline:g}s "
                 f"({probes} probes; last: {last.detail})")
         sleep(check.interval)
-
