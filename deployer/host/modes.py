@@ -70,7 +70,7 @@ def _serving_or_maintenance(state: AppState) -> None:
         raise ModeError(f"app {state.app!r} is in mode {state.mode!r}; end that first", app=state.app)
 
 
-def current_address(host: ModeHost, state: AppState) -> str | None:
+def _current_address(host: ModeHost, state: AppState) -> str | None:
     """Where the active instance is now: a container restarted by hand may have another address."""
     if state.active is None:
         return None
@@ -114,7 +114,7 @@ def maintenance_off(host: ModeHost, app_name: str, *, actor: str) -> AppState | 
         _serving_or_maintenance(state)
         if state.active is None or app.host_bound:
             return maintenance.serving(state, now=utc_now())
-        address = current_address(host, state)
+        address = _current_address(host, state)
         failing = "its container is not running" if address is None else _probe_active(host, app, state)
         if failing:
             raise ModeError(f"the active instance of {app.name!r} ({state.active.container_name}) fails its health "
@@ -149,7 +149,7 @@ def failover_off(host: ModeHost, app: AppConfig, *, container_id: str, passes: i
         if not maintenance.failover_applies(state) or state.active is None \
                 or state.active.container_id != container_id:
             return None
-        address = current_address(host, state)
+        address = _current_address(host, state)
         if address is None:
             return None
         return maintenance.back_to_serving(state, now=utc_now(), address=address)
