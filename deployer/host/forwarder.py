@@ -18,7 +18,7 @@ import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, ContextManager, Mapping, Protocol
 
 from deployer.config import AppConfig, Config
 from deployer.errors import DeployerError, PreflightFailed, StateError
@@ -70,7 +70,7 @@ class Forwarder:
         self.clock = host.clock
         self.routing = routing
 
-    def _operation(self, kind: str, base: Mapping[str, Any], lock: Any) -> Operation:
+    def _operation(self, kind: str, base: Mapping[str, Any], lock: ContextManager[Any]) -> Operation:
         return Operation(self.journal, kind, base, lock=lock, clock=self.clock)
 
     # --- forward (the new host) ------------------------------------------------------------------
