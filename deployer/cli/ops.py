@@ -118,13 +118,13 @@ def cmd_maintenance_server(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from deployer.host.watchdog import run_watchdog, watched_apps
-    from deployer.host.wiring import spawn_process
+    from deployer.host.wiring import build_engine, spawn_process
     from deployer.server import supervisor
 
     config: Config = args.loaded_config
     stop = supervisor.stop_on_signals()
     ready = threading.Event()
-    targets = [lambda: run_watchdog(config, stop, ready=ready)]
+    targets = [lambda: run_watchdog(config, stop, build_engine, ready=ready)]
     if not args.no_responder:
         # The watchdog needs root; the responder, which anyone reaches, runs in a child (as [server] user, if set).
         listener = supervisor.bind_listener(config)  # a taken port fails now, not in a thread

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from deployer.adapters.deadlines import Deadlines
+from deployer.adapters.probes import check_responder
 from deployer.config import parse
 from deployer.host.state import StateStore
 from deployer.plan import maintenance
@@ -107,7 +108,7 @@ def test_the_server_closes_the_connection_after_its_answer(server):
 
 
 def test_check_tells_a_responder_from_anything_else(server):
-    assert responder.check(server.server_address[1]) is None
+    assert check_responder(server.server_address[1]) is None
 
     class Other(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -121,7 +122,7 @@ def test_check_tells_a_responder_from_anything_else(server):
     other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
     threading.Thread(target=other.serve_forever, daemon=True).start()
     try:
-        assert responder.check(other.server_address[1]) == "something else answers there (status 200)"
+        assert check_responder(other.server_address[1]) == "something else answers there (status 200)"
     finally:
         other.shutdown()
         other.server_close()
@@ -129,7 +130,7 @@ def test_check_tells_a_responder_from_anything_else(server):
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    assert responder.check(port).startswith("ConnectionRefusedError")
+    assert check_responder(port).startswith("ConnectionRefusedError")
 
 
 def test_pages_by_original_port_with_the_recorded_message(cfg):
