@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import threading
 from typing import Callable
@@ -109,7 +108,7 @@ def cmd_maintenance_server(args: argparse.Namespace) -> int:
 
     config: Config = args.loaded_config
     stop = supervisor.stop_on_signals()
-    listener = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
+    listener = responder.inherited_listener(args.listen_fd) if args.listen_fd is not None else None
     # binds now, so a taken port fails before anything else
     server = responder.make_server(config, deadlines=Deadlines(), listener=listener)
     return supervisor.run_threads(stop, lambda: responder.serve(config, stop, server),

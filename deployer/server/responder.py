@@ -168,6 +168,11 @@ def make_server(config: AnyConfig, host: str = "0.0.0.0", port: int | None = Non
                      deadlines=deadlines, listener=listener, **limits)
 
 
+def inherited_listener(fd: int) -> socket.socket:
+    """The listening socket `serve --watch` bound and passed down (`maintenance-server --listen-fd`)."""
+    return socket.socket(fileno=fd)
+
+
 def bind_listener(config: AnyConfig, host: str = "0.0.0.0") -> socket.socket:
     """The responder's listening socket, for serve to bind (before it starts anything) and hand to its child."""
     port = config.settings.maintenance_port
