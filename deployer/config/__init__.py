@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from deployer.config.cluster import ClusterConfig, check_cluster_apps, parse_cluster
 from deployer.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/deployer/deployer.toml")
@@ -119,6 +120,7 @@ class AppConfig:
     status_port: int | None = None  # the forward an upstream load balancer checks (see drain.py)
     host_bound: bool = False  # runs on the host itself; covered by the socket match (see hostbound.py)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    cluster: bool = False  # served on the shared address of [cluster] (see deployer/plan/cluster.py)
 
     @property
     def registry(self) -> str | None:
@@ -194,6 +196,7 @@ class Config:
     secret_env_names: frozenset[str] = frozenset()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     server: ServerConfig = field(default_factory=ServerConfig)
+    cluster: ClusterConfig | None = None
 
     def app(self, name: str) -> AppConfig:
         from deployer.errors import UnknownApp
@@ -261,7 +264,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
 
 def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) -> Config:
     base = path.parent
-    _only_keys(data, {"deployer", "apps", "registries", "server"}, path=path, where=None)
+    _only_keys(data, {"deployer", "apps", "registries", "server", "cluster"}, path=path, where=None)
     settings = _parse_settings(data.get("deployer", {}), path=path, base=base, environ=environ)
     secret_env_names: set[str] = set()
     registries = _parse_registries(data.get("registries", {}), path=path, base=base, environ=environ,
@@ -275,8 +278,10 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
     _check_repositories(apps, path=path)
     server = _parse_server(data.get("server", {}), path=path, base=base, environ=environ,
                            secret_env_names=secret_env_names)
+    cluster = parse_cluster(data["cluster"], path=path) if "cluster" in data else None
+    check_cluster_apps(cluster, {name: app.cluster for name, app in apps.items()}, path=path)
     return Config(path=path, settings=settings, apps=apps, registries=registries,
-                  secret_env_names=frozenset(secret_env_names), raw=data, server=server)
+                  secret_env_names=frozenset(secret_env_names), raw=data, server=server, cluster=cluster)
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -380,7 +385,7 @@ def _parse_app(name: str, data: Any, *, path: Path, base: Path, environ: Mapping
         return _parse_host_bound_app(name, data, path=path, base=base)
     allowed = {"image", "ports", "health", "repository", "tag_pattern", "prereleases", "bind", "drain_seconds",
                "stop_timeout", "restart", "env", "env_files", "volumes", "labels", "command", "hooks_dir", "asset",
-               "maintenance_page", "status_port", "host_bound", "watchdog"}
+               "maintenance_page", "status_port", "host_bound", "watchdog", "cluster"}
     _only_keys(data, allowed, path=path, where=None, app=name)
 
     def get(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -456,6 +461,7 @@ def _parse_app(name: str, data: Any, *, path: Path, base: Path, environ: Mapping
         status_port=(_port(data["status_port"], path=path, key="status_port", app=name)
                      if "status_port" in data else None),
         watchdog=_parse_watchdog(name, data.get("watchdog", {}), path=path),
+        cluster=get("cluster", bool, False),
     )
 
 
