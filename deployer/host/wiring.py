@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from deployer.adapters.docker_host import DockerHost
+from deployer.adapters.keepalived import Keepalived
 from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.shared_address import SharedAddress
 from deployer.audit import build_journal
 from deployer.config import Config
+from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import Engine
 from deployer.journal import Journal
 
@@ -19,4 +22,14 @@ def build_engine(config: Config, journal: Journal | None = None) -> Engine:
     )
 
 
-__all__ = ["build_engine", "build_journal"]
+def build_cluster_agent(config: Config, journal: Journal | None = None) -> ClusterAgent:
+    return ClusterAgent(config, Netfilter(wait_seconds=config.settings.iptables_wait),
+                        Keepalived(ClusterPaths.under(config.settings.state_dir).folder), SharedAddress(),
+                        journal=journal or build_journal(config))
+
+
+def build_cluster_control(config: Config) -> ClusterControl:
+    return ClusterControl(config, Netfilter(wait_seconds=config.settings.iptables_wait), build_journal(config))
+
+
+__all__ = ["build_cluster_agent", "build_cluster_control", "build_engine", "build_journal"]

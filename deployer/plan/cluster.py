@@ -215,7 +215,7 @@ def parse_notice(line: str) -> Notice | None:
 def owned_buckets(states: Mapping[int, str], since: Mapping[int, float], now: float, delay: float) -> set[int]:
     """The buckets to take in: MASTER for at least `delay`, so the old owner has let go of a bucket first
     (it drops it as soon as it hears the new master's advert; a lost bucket is let go at once)."""
-    return {b for b, state in states.items() if state == MASTER and now - since.get(b, now) >= delay}
+    return {b for b, state in states.items() if state == MASTER and now - since.get(b, now) >= delay - 1e-9}
 
 
 def leave_problem(cluster: ClusterConfig, states: Mapping[int, str]) -> str | None:

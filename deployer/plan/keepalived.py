@@ -6,8 +6,8 @@ tells the deployer what it became through `vrrp_notify_fifo` (`INSTANCE "b0" MAS
 "which buckets am I master of" into its node mask.
 
 Two track files put every instance of this host into FAULT at once, so its peers take all its buckets:
-`health`, written by the agent from its own view (are this host's active instances healthy?), and `joined`,
-which `deployer cluster leave` and `join` change. A non-zero number in either means FAULT (weight 0).
+`track-health`, written by the agent from its own view (are this host's active instances healthy?), and
+`track-leave`, which the agent writes when `deployer cluster leave` or `join` asks it to. A non-zero number in either means FAULT (weight 0).
 
 keepalived 2.2.7 wants a virtual address on a VRRPv3 instance. Each instance gets one that harms nothing:
 127.255.<router id>.1/32 on `lo`, an address nobody routes to and no ARP is ever sent for.
@@ -21,7 +21,7 @@ from deployer.config.cluster import ClusterConfig
 from deployer.plan.cluster import instance_name, priority
 
 HEALTH_TRACK = "deployer_health"
-JOINED_TRACK = "deployer_joined"
+LEAVE_TRACK = "deployer_leave"
 
 
 def router_id(cluster: ClusterConfig, bucket: int) -> int:
@@ -32,7 +32,7 @@ def placeholder_address(cluster: ClusterConfig, bucket: int) -> str:
     return f"127.255.{router_id(cluster, bucket)}.1/32"
 
 
-def render_config(cluster: ClusterConfig, *, notify_fifo: Path, health_file: Path, joined_file: Path,
+def render_config(cluster: ClusterConfig, *, notify_fifo: Path, health_file: Path, leave_file: Path,
                   source: Path) -> str:
     """The whole keepalived.conf of this host."""
     me = cluster.peer(cluster.host)
@@ -50,8 +50,8 @@ def render_config(cluster: ClusterConfig, *, notify_fifo: Path, health_file: Pat
         "    weight 0",
         "}",
         "",
-        f"track_file {JOINED_TRACK} {{",
-        f"    file {joined_file}",
+        f"track_file {LEAVE_TRACK} {{",
+        f"    file {leave_file}",
         "    weight 0",
         "}",
     ]
@@ -70,7 +70,7 @@ def render_config(cluster: ClusterConfig, *, notify_fifo: Path, health_file: Pat
         lines += [
             "    track_file {",
             f"        {HEALTH_TRACK}",
-            f"        {JOINED_TRACK}",
+            f"        {LEAVE_TRACK}",
             "    }",
             "    virtual_ipaddress {",
             f"        {placeholder_address(cluster, bucket)} dev lo",

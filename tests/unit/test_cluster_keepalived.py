@@ -19,8 +19,8 @@ def cluster(host: str, **extra):
 
 
 def render(host: str, **extra) -> str:
-    return render_config(cluster(host, **extra), notify_fifo=STATE / "notify.fifo", health_file=STATE / "health",
-                         joined_file=STATE / "joined", source=PATH)
+    return render_config(cluster(host, **extra), notify_fifo=STATE / "notify.fifo", health_file=STATE / "track-health",
+                         leave_file=STATE / "track-leave", source=PATH)
 
 
 def instance(bucket: int, priority: int, source: str, advert: str = "0.2") -> str:
@@ -35,7 +35,7 @@ vrrp_instance b{bucket} {{
     mcast_src_ip {source}
     track_file {{
         deployer_health
-        deployer_joined
+        deployer_leave
     }}
     virtual_ipaddress {{
         127.255.{60 + bucket}.1/32 dev lo
@@ -54,12 +54,12 @@ global_defs {
 }
 
 track_file deployer_health {
-    file /var/lib/deployer/state/cluster/health
+    file /var/lib/deployer/state/cluster/track-health
     weight 0
 }
 
-track_file deployer_joined {
-    file /var/lib/deployer/state/cluster/joined
+track_file deployer_leave {
+    file /var/lib/deployer/state/cluster/track-leave
     weight 0
 }
 """
