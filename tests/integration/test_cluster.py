@@ -103,21 +103,20 @@ def _break(bed: ClusterBed, victim, how: str) -> None:
     elif how == "keepalived":
         bed.kill_keepalived(victim, signal.SIGKILL)
     elif how == "instance":
-        victim.sh("docker", "-H", victim.socket, "kill", "web-" + _active_set(victim))
+        victim.sh("docker", "-H", victim.socket, "kill", _active_container(victim))
 
 
 def _heal(bed: ClusterBed, victim, how: str) -> None:
     if how == "link":
         subprocess.run(["ip", "-n", bed.segment, "link", "set", victim.seg_link, "up"], check=True)
     elif how == "instance":
-        victim.sh("docker", "-H", victim.socket, "start", "web-" + _active_set(victim))
+        victim.sh("docker", "-H", victim.socket, "start", _active_container(victim))
         victim.deployer("reconcile", "web")
     # keepalived: the agent starts it again by itself.
 
 
-def _active_set(host) -> str:
-    record = json.loads((host.state / "apps" / "web.json").read_text())
-    return record["active"]["port_set"]
+def _active_container(host) -> str:
+    return json.loads((host.state / "apps" / "web.json").read_text())["active"]["container_id"]
 
 
 def _udp_answered(records: list, source: str, since: float, hosts: set[str]) -> float | None:
