@@ -11,8 +11,8 @@ import os
 import signal
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from deployer.errors import ClusterError
 

@@ -7,7 +7,8 @@ import json
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from deployer import config as config_module
 from deployer.host.cluster import cluster_of

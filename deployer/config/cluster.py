@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from deployer.errors import ConfigError
 
@@ -71,7 +72,7 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
     for name in data:
         if name not in KEYS:
             raise ConfigError(f"unknown key (allowed: {', '.join(sorted(KEYS))})", path=path, key=f"cluster.{name}")
-    key = lambda k: f"cluster.{k}"  # noqa: E731
+    key = lambda k: f"cluster.{k}"
 
     interface = _string(data, "interface", path=path)
     if not INTERFACE_RE.fullmatch(interface):

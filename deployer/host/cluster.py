@@ -21,9 +21,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from deployer.config import AppConfig, Config
 from deployer.config.cluster import ClusterConfig

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 from deployer.config import AppConfig
 from deployer.config.cluster import ClusterConfig
@@ -66,13 +66,13 @@ def jhash_1word(a: int, initval: int) -> int:
     """The kernel's jhash_1word (include/linux/jhash.h): __jhash_nwords(a, 0, 0, initval + JHASH_INITVAL + 4)."""
     start = (initval + _JHASH_INITVAL + (1 << 2)) & _M32
     a, b, c = (a + start) & _M32, start, start
-    c ^= b; c = (c - _rol32(b, 14)) & _M32  # noqa: E702
-    a ^= c; a = (a - _rol32(c, 11)) & _M32  # noqa: E702
-    b ^= a; b = (b - _rol32(a, 25)) & _M32  # noqa: E702
-    c ^= b; c = (c - _rol32(b, 16)) & _M32  # noqa: E702
-    a ^= c; a = (a - _rol32(c, 4)) & _M32  # noqa: E702
-    b ^= a; b = (b - _rol32(a, 14)) & _M32  # noqa: E702
-    c ^= b; c = (c - _rol32(b, 24)) & _M32  # noqa: E702
+    c ^= b; c = (c - _rol32(b, 14)) & _M32
+    a ^= c; a = (a - _rol32(c, 11)) & _M32
+    b ^= a; b = (b - _rol32(a, 25)) & _M32
+    c ^= b; c = (c - _rol32(b, 16)) & _M32
+    a ^= c; a = (a - _rol32(c, 4)) & _M32
+    b ^= a; b = (b - _rol32(a, 14)) & _M32
+    c ^= b; c = (c - _rol32(b, 24)) & _M32
     return c
 
 

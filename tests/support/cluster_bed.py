@@ -356,6 +356,49 @@ check_interval = 0.1
         # CLOCK_MONOTONIC is the machine's, in every namespace: the load's times and ours compare directly.
         return ClientLoad(proc, stopfile, json.loads(first)["started"])
 
+    # --- failures ---------------------------------------------------------------------------------
+
+    def takeover(self, victim: Host, how: str) -> float:
+        """Break `victim` (its link cut, its keepalived killed or its app instance killed) under UDP load; return
+        the seconds until the last of its sources had a datagram answered by another host. Asserts that every
+        source is served again and no datagram is answered twice; heals the victim and waits for the buckets to
+        come home."""
+        others = {h.name for h in self.hosts} - {victim.name}
+        theirs = [s for s in self.sources if self.owner_of(s) == victim.name]
+        load = self.client_load(30)
+        time.sleep(0.5)
+        broke_at = load.at()
+        self._break(victim, how)
+        self.wait_for(lambda: not victim.owned() and sum(len(h.owned()) for h in self.hosts) == BUCKETS, 10,
+                      f"{victim.name}'s buckets with the others after its {how} failed")
+        time.sleep(2.5)
+        records = load.finish()
+        answered = {s: udp_answered(records["udp"], s, broke_at, others) for s in theirs}
+        assert all(t is not None for t in answered.values()), f"sources never served again: {answered}"
+        twice = [r for r in records["udp"] if len(r[3]) > 1]
+        assert not twice, f"datagrams answered twice: {twice[:5]}"
+        self._heal(victim, how)
+        self.wait_for(self.all_buckets_home, 30, f"{victim.name}'s buckets home again after its {how} came back")
+        return round(max(t for t in answered.values() if t is not None) - broke_at, 3)
+
+    def _break(self, victim: Host, how: str) -> None:
+        if how == "link":
+            run(["ip", "-n", self.segment, "link", "set", victim.seg_link, "down"])
+        elif how == "keepalived":
+            self.kill_keepalived(victim, signal.SIGKILL)
+        elif how == "instance":
+            victim.sh("docker", "-H", victim.socket, "kill", active_container(victim))
+        else:
+            raise ValueError(how)
+
+    def _heal(self, victim: Host, how: str) -> None:
+        if how == "link":
+            run(["ip", "-n", self.segment, "link", "set", victim.seg_link, "up"])
+        elif how == "instance":
+            victim.sh("docker", "-H", victim.socket, "start", active_container(victim))
+            victim.deployer("reconcile", "web")
+        # keepalived: the agent starts it again by itself.
+
     # --- the rules --------------------------------------------------------------------------------
 
     def marked_sources(self, host: Host) -> set[str]:
@@ -426,6 +469,17 @@ class ClientLoad:
         return json.loads(out)
 
 
+def active_container(host: Host) -> str:
+    return json.loads((host.state / "apps" / "web.json").read_text())["active"]["container_id"]
+
+
+def udp_answered(records: list, source: str, since: float, hosts: set[str]) -> float | None:
+    """When `source` first had a datagram sent at or after `since` answered by one of `hosts`."""
+    times = [answer[0] for sent_at, src, _, answers in records if src == source and sent_at >= since
+             for answer in answers if answer[1] in hosts]
+    return min(times) if times else None
+
+
 def ranking_names(bed: ClusterBed, bucket: int) -> list[str]:
     names = [h.name for h in bed.hosts]
     start = bucket % len(names)
@@ -447,4 +501,4 @@ def _unmount_under(root: Path) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True)
 
 
-__all__ = ["BUCKETS", "ClientLoad", "ClusterBed", "Host", "SEED", "bucket_of", "ranking"]
+__all__ = ["BUCKETS", "SEED", "ClientLoad", "ClusterBed", "Host", "bucket_of", "ranking"]
