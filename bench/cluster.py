@@ -84,12 +84,17 @@ backend hosts
 
 
 def chain_counters(bed: ClusterBed) -> dict[str, dict[str, int]]:
-    """Each host's cluster chain: packets that entered it, and packets its DROP rule dropped."""
+    """Each host: the packets to the shared address that reached it (the jump from PREROUTING), and those its
+    chain dropped (its last rule)."""
     counters = {}
     for host in bed.hosts:
-        listing = host.sh("iptables", "-t", "mangle", "-L", "DEPLOYER-CLUSTER", "-v", "-x", "-n").stdout
-        rows = [line.split() for line in listing.splitlines()[2:] if line.strip()]
-        counters[host.name] = {"entered": int(rows[0][0]), "dropped": int(rows[-1][0])}
+        counts = {}
+        for chain, key in (("PREROUTING", "entered"), ("DEPLOYER-CLUSTER", "dropped")):
+            listing = host.sh("iptables", "-t", "mangle", "-L", chain, "-v", "-x", "-n").stdout
+            rows = [line.split() for line in listing.splitlines()[2:] if line.strip()]
+            row = next(r for r in rows if "DEPLOYER-CLUSTER" in r) if key == "entered" else rows[-1]
+            counts[key] = int(row[0])
+        counters[host.name] = counts
     return counters
 
 

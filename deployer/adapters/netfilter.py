@@ -83,6 +83,11 @@ class Netfilter:
         """Let packets from 127.0.0.1 that were DNATed to a container leave through its bridge."""
         self._write_sysctl(f"net/ipv4/conf/{interface}/route_localnet", "1")
 
+    def disable_tcp_loose(self) -> None:
+        """nf_conntrack_tcp_loose=0: a mid-stream segment of a connection this host never saw open is invalid,
+        so a cluster host never picks up a connection another host took in (deployer/plan/cluster.py)."""
+        self._write_sysctl("net/netfilter/nf_conntrack_tcp_loose", "0")
+
     def ip_forward_enabled(self) -> bool:
         try:
             return (self.proc_sys / "net/ipv4/ip_forward").read_text().strip() == "1"

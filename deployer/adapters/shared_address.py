@@ -1,21 +1,15 @@
 """The shared address on this host: the /32 on the interface, the multicast MAC joined, ARP answered with it.
 
-Also the one sysctl the cluster's TCP model depends on: nf_conntrack_tcp_loose=0, so a host never picks up a
-connection in the middle that another host took in. Every step checks first and changes only what differs.
+Every step checks first and changes only what differs.
 """
 
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
-
 from deployer.errors import ClusterError
 
 
 class SharedAddress:
-    def __init__(self, *, proc_sys: Path = Path("/proc/sys")) -> None:
-        self.proc_sys = proc_sys
-
     def join(self, interface: str, address: str, mac: str, *, arp_mangle: bool) -> None:
         _run(["ip", "addr", "replace", f"{address}/32", "dev", interface])
         if mac not in _run(["ip", "maddr", "show", "dev", interface]):
@@ -24,7 +18,6 @@ class SharedAddress:
             rule = ["OUTPUT", "-s", address, "-j", "mangle", "--mangle-mac-s", mac]
             if f"-s {address} --mangle-mac-s {mac}" not in _run(["arptables", "-S", "OUTPUT"]):
                 _run(["arptables", "-A", *rule])
-        self._write_sysctl("net/netfilter/nf_conntrack_tcp_loose", "0")
 
     def part(self, interface: str, address: str, mac: str) -> None:
         """Take the address, the MAC and the ARP rule off this host (at uninstall, or a test's end)."""
@@ -33,14 +26,6 @@ class SharedAddress:
             _run(["arptables", "-D", "OUTPUT", "-s", address, "-j", "mangle", "--mangle-mac-s", mac], check=False)
         _run(["ip", "maddr", "del", mac, "dev", interface], check=False)
         _run(["ip", "addr", "del", f"{address}/32", "dev", interface], check=False)
-
-    def _write_sysctl(self, key: str, value: str) -> None:
-        path = self.proc_sys / key
-        try:
-            if path.read_text().strip() != value:
-                path.write_text(value)
-        except OSError as exc:
-            raise ClusterError(f"cannot set {key.replace('/', '.')}={value}: {exc.strerror}") from None
 
 
 def _run(command: list[str], *, check: bool = True) -> str:

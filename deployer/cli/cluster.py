@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from deployer import config as config_module
+from deployer.cli.ops import seconds
 from deployer.host.cluster import cluster_of
 from deployer.plan import cluster as plan
 from deployer.plan.keepalived import render_config
@@ -43,26 +44,16 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                     "buckets are gone and the TCP connections this host took in have finished; exit 1 after\n"
                     "--timeout.")
     leave.add_argument("--wait", action="store_true", help="wait until the buckets are gone and the flows finished")
-    leave.add_argument("--timeout", type=_seconds, default=300.0, help="seconds --wait waits at most (default 300)")
+    leave.add_argument("--timeout", type=seconds, default=300.0, help="seconds --wait waits at most (default 300)")
     leave.add_argument("--force", action="store_true", help="leave even when no other host would take the buckets")
 
     join = command(actions, "join", cmd_join, "take part again: this host's home buckets come back",
                    "deployer cluster join --wait")
     join.add_argument("--wait", action="store_true", help="wait until the home buckets are back")
-    join.add_argument("--timeout", type=_seconds, default=60.0, help="seconds --wait waits at most (default 60)")
+    join.add_argument("--timeout", type=seconds, default=60.0, help="seconds --wait waits at most (default 60)")
 
     command(actions, "config", cmd_config, "print the keepalived configuration this host runs",
             "deployer cluster config")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
 
 
 def _control(args: argparse.Namespace):

@@ -46,6 +46,7 @@ class NetfilterPort(Protocol):
     def save_table(self, table: str) -> str: ...
     def restore(self, text: str) -> None: ...
     def conntrack_list(self, arguments: list[str]) -> list[str]: ...
+    def disable_tcp_loose(self) -> None: ...
 
 
 class KeepalivedPort(Protocol):
@@ -139,6 +140,7 @@ class ClusterAgent:
 
     def start(self) -> None:
         c = self.cluster
+        self.netfilter.disable_tcp_loose()
         self.shared.join(c.interface, c.address, c.multicast_mac, arp_mangle=c.arp == "mangle")
         self.keepalived.prepare(render_config(c, notify_fifo=self.paths.fifo, health_file=self.paths.health_track,
                                               leave_file=self.paths.leave_track, source=self.config.path))
@@ -310,10 +312,7 @@ def read_intent(paths: ClusterPaths) -> str:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_status(paths: ClusterPaths) -> dict[str, Any]:
@@ -402,6 +401,7 @@ class ClusterControl:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Atomically: the agent and the commands read these files while the other side writes them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     try:

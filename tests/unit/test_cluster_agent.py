@@ -45,6 +45,9 @@ class FakeNetfilter:
     def conntrack_list(self, arguments: list[str]) -> list[str]:
         return self.flows
 
+    def disable_tcp_loose(self) -> None:
+        self.effects.append("tcp_loose=0")
+
 
 class FakeKeepalived:
     def __init__(self, effects: Effects) -> None:
@@ -126,7 +129,7 @@ def serving(agent, clock, effects) -> None:
 def test_start_joins_the_address_writes_the_chain_owning_nothing_then_starts_keepalived(bed):
     agent, effects, _, _, events = bed
     agent.start()
-    assert effects == ["shared 198.18.10.100 03:00:c6:12:0a:64 on eth0", "keepalived config",
+    assert effects == ["tcp_loose=0", "shared 198.18.10.100 03:00:c6:12:0a:64 on eth0", "keepalived config",
                        "track-health=1", "track-leave=0", "rules [] +jump", "keepalived start"]
     assert [(e["event"], e["outcome"]) for e in events if e["_durable"]] == [("cluster.run", "started")]
 

@@ -21,7 +21,8 @@ blue = 8001
 green = 8002
 """
 
-ALLOWED_APP_KEYS = ("asset, bind, cluster, command, drain_seconds, env, env_files, health, hooks_dir, host_bound, image, labels, "
+ALLOWED_APP_KEYS = ("asset, bind, cluster, command, drain_seconds, env, env_files, health, hooks_dir, host_bound, "
+                    "image, labels, "
                     "maintenance_page, ports, prereleases, repository, restart, status_port, stop_timeout, tag_pattern, "
                     "volumes, watchdog")
 
