@@ -87,11 +87,13 @@ def bucket_of(source: str, buckets: int, seed: int) -> int:
 
 
 def ranking(cluster: ClusterConfig, bucket: int) -> list[str]:
-    """The hosts in the order they serve a bucket: its home host first, then its backups, rotated per bucket so
-    a failed host's buckets spread over the others."""
+    """The hosts in the order they serve a bucket: its home host first (bucket mod N), then the others, whose order
+    turns by one for each further bucket of the same home, so a failed host's buckets spread over the others."""
     names = list(cluster.host_names)
-    start = bucket % len(names)
-    return names[start:] + names[:start]
+    home = names[bucket % len(names)]
+    others = names[bucket % len(names) + 1:] + names[:bucket % len(names)]
+    turn = (bucket // len(names)) % len(others) if others else 0
+    return [home, *others[turn:], *others[:turn]]
 
 
 def priority(cluster: ClusterConfig, bucket: int, host: str) -> int:

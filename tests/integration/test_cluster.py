@@ -91,6 +91,11 @@ def test_every_source_is_answered_by_exactly_the_host_the_oracle_names(bed: Clus
     # No host took in a TCP flow of another host's source, even for a moment: the SYN reached all three.
     for host in bed.hosts:
         assert {bed.owner_of(s) for s in bed.marked_sources(host)} <= {host.name}
+    status = json.loads(bed.host("h2").deployer("cluster", "status", "--json").stdout)
+    assert (status["healthy"], status["intent"], status["owned"]) == (True, "join", [1, 4])
+    assert [(b["bucket"], b["home"], b["state"]) for b in status["buckets"]] == [
+        (0, "h1", "BACKUP"), (1, "h2", "MASTER"), (2, "h3", "BACKUP"), (3, "h1", "BACKUP"), (4, "h2", "MASTER"),
+        (5, "h3", "BACKUP")]
 
 
 # --- failures: the others take the buckets ----------------------------------------------------------

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deployer import config
 from deployer.plan.cluster import bucket_of, ranking
 from support import netns
 
@@ -481,9 +482,7 @@ def udp_answered(records: list, source: str, since: float, hosts: set[str]) -> f
 
 
 def ranking_names(bed: ClusterBed, bucket: int) -> list[str]:
-    names = [h.name for h in bed.hosts]
-    start = bucket % len(names)
-    return names[start:] + names[:start]
+    return ranking(config.load(bed.hosts[0].config, environ={}).cluster, bucket)
 
 
 def _alive(pid: int) -> bool:

@@ -98,11 +98,11 @@ def test_removal_deletes_the_jump_then_the_chain():
     assert cluster.render_removal(cluster.parse("*mangle\nCOMMIT\n"), NAMES) is None
 
 
-def test_each_bucket_has_a_home_host_and_rotated_backups():
+def test_each_bucket_has_a_home_host_and_backups_that_spread_a_failed_hosts_buckets():
     assert [cluster.ranking(CLUSTER, b) for b in range(6)] == [
         ["h1", "h2", "h3"], ["h2", "h3", "h1"], ["h3", "h1", "h2"],
-        ["h1", "h2", "h3"], ["h2", "h3", "h1"], ["h3", "h1", "h2"]]
-    assert [cluster.priority(CLUSTER, b, "h1") for b in range(6)] == [200, 190, 195, 200, 190, 195]
+        ["h1", "h3", "h2"], ["h2", "h1", "h3"], ["h3", "h2", "h1"]]
+    assert [cluster.priority(CLUSTER, b, "h1") for b in range(6)] == [200, 190, 195, 200, 195, 190]
     assert cluster.home_buckets(CLUSTER, "h2") == [1, 4]
 
 
