@@ -176,10 +176,11 @@ class ClusterAgent:
 
     def tick(self) -> float:
         """One round: health, intent, keepalived's life, then the chain. Returns when the next round is due."""
+        problem = self._unhealthy()  # outside the lock: a slow probe must not hold up a lost bucket's release
         with self.lock:
-            return self._tick()
+            return self._tick(problem)
 
-    def _tick(self) -> float:
+    def _tick(self, problem: str | None) -> float:
         now = self.clock()
         s = self.state
         if not self.keepalived.running():
@@ -190,7 +191,7 @@ class ClusterAgent:
             self._apply(set(), reason="keepalived is not running")
             if now - s.last_start >= RESTART_PAUSE:
                 self._start_keepalived()
-        self._check_health()
+        self._check_health(problem)
         s.intent = read_intent(self.paths)
         out = not s.healthy or s.intent == LEAVE
         if out:
@@ -233,9 +234,8 @@ class ClusterAgent:
         self.keepalived.write_file(self.paths.leave_track, wanted[1])
         s.tracks = wanted
 
-    def _check_health(self) -> None:
+    def _check_health(self, problem: str | None) -> None:
         s = self.state
-        problem = self._unhealthy()
         if problem is None:
             s.passes, s.failures = s.passes + 1, 0
             if not s.healthy and s.passes >= PASSES_TO_SERVE:

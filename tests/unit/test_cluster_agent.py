@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,26 @@ def test_leave_wait_returns_once_the_buckets_are_gone_and_the_tcp_flows_finished
     done = control.leave(actor="cli:ops", wait=True, timeout=60, force=False)
     assert done["owned"] == [] and done["open_tcp_flows"] == 0 and len(rounds) == 3
     assert [e["outcome"] for e in events if e["event"] == "cluster.leave"] == ["requested", "left"]
+
+
+def test_a_slow_health_probe_does_not_hold_up_letting_a_bucket_go(bed):
+    agent, effects, _, clock, _ = bed
+    serving(agent, clock, effects)
+    probing, answer = threading.Event(), threading.Event()
+
+    def slow_probe() -> ProbeResult:
+        probing.set()
+        answer.wait(5)
+        return ProbeResult(True, "ok")
+
+    agent.probe = lambda app: slow_probe
+    round_ = threading.Thread(target=agent.tick)
+    round_.start()
+    assert probing.wait(5)
+    notice = threading.Thread(target=agent.on_notice, args=('INSTANCE "b0" BACKUP 200\n',))
+    notice.start()
+    notice.join(1)
+    assert effects == ["rules [2]"], "the lost bucket waited for the probe"
+    answer.set()
+    round_.join(5)
+    notice.join(5)
