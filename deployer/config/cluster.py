@@ -50,7 +50,7 @@ class ClusterConfig:
     mark: int = DEFAULT_MARK
     multicast_mac: str = ""
     check_interval: float = 0.2  # how often the agent checks this host's active instances
-    handover_delay: float = 0.05  # a bucket gained is taken this long after the old owner was told to let go
+    handover_delay: float = 0.25  # a bucket gained is taken this long after keepalived said MASTER (see parse)
     arp: str = "mangle"  # "mangle": the hosts answer ARP for the address with the multicast MAC; "none": the router
 
     @property
@@ -145,9 +145,12 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
     check_interval = _number(data, "check_interval", 0.2, path=path)
     if check_interval <= 0:
         raise ConfigError("must be greater than 0", path=path, key=key("check_interval"))
-    handover = _number(data, "handover_delay", 0.05, path=path)
-    if not 0 <= handover < 1:
-        raise ConfigError("must be from 0 to under 1 second", path=path, key=key("handover_delay"))
+    # Two hosts can become master of one bucket at once (their timers ran out together); the one of lower
+    # priority steps down when it hears the other's next advert, at most one advert interval later. Taking a
+    # bucket only after that long means the loser never took it in.
+    handover = _number(data, "handover_delay", round(advert * 1.25, 3), path=path)
+    if not 0 <= handover <= 10:
+        raise ConfigError("must be from 0 to 10 seconds", path=path, key=key("handover_delay"))
 
     return ClusterConfig(address=address, interface=interface, subnet=str(subnet), buckets=buckets,
                          hash_seed=hash_seed, host=host, hosts=tuple(hosts), advert_interval=advert,

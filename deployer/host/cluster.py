@@ -38,7 +38,9 @@ from deployer.plan.rules import ChainNames
 
 FAILURES_TO_FAULT = 2  # probes failed in a row before the host goes out of service
 PASSES_TO_SERVE = 3  # probes passed in a row before it comes back
-RESTART_PAUSE = 1.0  # seconds between starts of a keepalived that keeps dying
+# After keepalived died, start it again only once its peers have surely taken its buckets: started at once, its
+# timers run out with theirs, and two hosts become master of one bucket together.
+RESTART_PAUSE = 2.0
 JOIN, LEAVE = "join", "leave"
 
 
@@ -112,7 +114,7 @@ class AgentState:
     passes: int = 0
     intent: str = JOIN
     tracks: tuple[str, str] | None = None  # what the track files say now: health, leave
-    last_start: float = float("-inf")
+    died_at: float | None = None  # when keepalived was found dead
     problem: str | None = None
 
 
@@ -184,12 +186,14 @@ class ClusterAgent:
         now = self.clock()
         s = self.state
         if not self.keepalived.running():
-            if s.states or s.owned:
+            if s.died_at is None:
+                s.died_at = now
                 s.problem = "keepalived is not running"
                 s.states.clear()
                 s.since.clear()
             self._apply(set(), reason="keepalived is not running")
-            if now - s.last_start >= RESTART_PAUSE:
+            if now - s.died_at >= RESTART_PAUSE:
+                s.died_at = None
                 self._start_keepalived()
         self._check_health(problem)
         s.intent = read_intent(self.paths)
@@ -210,7 +214,6 @@ class ClusterAgent:
     # --- the pieces ------------------------------------------------------------------------------
 
     def _start_keepalived(self) -> None:
-        self.state.last_start = self.clock()
         pid = self.keepalived.start()
         self.journal.note("cluster.keepalived", host=self.cluster.host, pid=pid)
 

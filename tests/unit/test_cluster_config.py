@@ -43,13 +43,18 @@ def test_a_cluster_loads_with_its_defaults():
         host="h2", hosts=(ClusterHost("h1", "198.18.10.1"), ClusterHost("h2", "198.18.10.2"),
                           ClusterHost("h3", "198.18.10.3")),
         advert_interval=0.2, router_id_base=50, mark=0x4000000, multicast_mac="03:00:c6:12:0a:64",
-        check_interval=0.2, handover_delay=0.05, arp="mangle")
+        check_interval=0.2, handover_delay=0.25, arp="mangle")
     assert loaded.apps["web"].cluster is True
 
 
 def test_no_cluster_table_means_no_cluster_and_apps_are_not_shared():
     loaded = load()
     assert loaded.cluster is None and loaded.apps["web"].cluster is False
+
+
+def test_the_handover_delay_outlasts_one_advert_interval_by_default():
+    assert load({**CLUSTER, "advert_interval": 1}).cluster.handover_delay == 1.25
+    assert load({**CLUSTER, "handover_delay": 0}).cluster.handover_delay == 0
 
 
 def test_a_decimal_seed_loads_as_a_number():
