@@ -2,6 +2,7 @@
 
     bench/run                      # everything, ~10 min: bench/results/*.json|png and BENCHMARKS.md
     bench/run --quick              # the CI smoke, ~2 min: bench/results/tmp/quick/
+    bench/run --only cluster       # three hosts sharing one address, ~3 min (bench/cluster.py)
     .venv/bin/python -m bench --parts scale --results /tmp/r    # one part, elsewhere (as root)
 
 `bench/run` installs what the bench needs first (.venv included); `python -m bench` assumes it is there.
@@ -43,11 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--deploys", type=int, help="deploys per scenario (default 20; quick 3)")
     parser.add_argument("--rounds", type=int, help="data-path rounds (default 6; quick 1)")
+    parser.add_argument("--only", choices=["cluster"], help="run one part that is not in the default run: cluster "
+                                                           "(three hosts sharing an address; see bench/cluster.py)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if args.only == "cluster":
+        from bench.cluster import main as cluster_main
+
+        return cluster_main([*(["--results", str(args.results)] if args.results else []),
+                             *(["--rounds", str(args.rounds)] if args.rounds else []), *rest])
+    if rest:
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
     if unknown:

@@ -170,3 +170,13 @@ class PreflightFailed(ForwardingError):
     def __init__(self, message: str, problems: list[str], **context: object) -> None:
         super().__init__(message + "".join(f"\n  - {problem}" for problem in problems), **context)
         self.problems = problems
+
+
+class ClusterError(DeployerError):
+    """The cluster agent, keepalived or the shared address could not do what was asked (see docs/cluster.md)."""
+
+
+class LeaveRefused(ClusterError):
+    """Leaving now would leave buckets with no healthy host; --force overrides."""
+
+    exit_code = 2

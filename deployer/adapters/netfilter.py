@@ -83,6 +83,11 @@ class Netfilter:
         """Let packets from 127.0.0.1 that were DNATed to a container leave through its bridge."""
         self._write_sysctl(f"net/ipv4/conf/{interface}/route_localnet", "1")
 
+    def disable_tcp_loose(self) -> None:
+        """nf_conntrack_tcp_loose=0: a mid-stream segment of a connection this host never saw open is invalid,
+        so a cluster host never picks up a connection another host took in (deployer/plan/cluster.py)."""
+        self._write_sysctl("net/netfilter/nf_conntrack_tcp_loose", "0")
+
     def conntrack_timeout(self, name: str) -> int | None:
         """One of the kernel's conntrack timeouts in seconds (e.g. nf_conntrack_tcp_timeout_time_wait), if readable."""
         try:

@@ -53,8 +53,8 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "after --timeout.")
     p.add_argument("app")
     p.add_argument("--wait", action="store_true", help="wait until the app is idle")
-    p.add_argument("--timeout", type=_seconds, default=300.0, help="seconds --wait waits at most (default 300)")
-    p.add_argument("--settle", type=_seconds, default=5.0,
+    p.add_argument("--timeout", type=seconds, default=300.0, help="seconds --wait waits at most (default 300)")
+    p.add_argument("--settle", type=seconds, default=5.0,
                    help="seconds without a new or closing connection that count as idle, and the least the wait "
                         "lasts (default 5); make it longer than the upstream's check interval x fall")
 
@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
     p.add_argument("app")
 
 
-def _seconds(text: str) -> float:
+def seconds(text: str) -> float:
+    """An argparse type: a non-negative number of seconds (--timeout, --settle)."""
     try:
         value = float(text)
     except ValueError:

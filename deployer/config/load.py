@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from deployer.config.cluster import check_cluster_apps, parse_cluster
 from deployer.config.fields import (
     ACCOUNT_RE,
     APP_NAME_RE,
@@ -57,7 +58,7 @@ CONFIG_ENV = "DEPLOYER_CONFIG"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 MIN_OPERATOR_SECRET = 16
 MAX_PAGE_BYTES = 1024 * 1024
-TOP_LEVEL_KEYS = {"deployer", "apps", "registries", "server"}
+TOP_LEVEL_KEYS = {"deployer", "apps", "registries", "server", "cluster"}
 # What gunicorn keeps of serve's environment besides the receiver's own secrets: none of these is a secret.
 RECEIVER_PLAIN_ENV = frozenset({"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH"})
 
@@ -131,9 +132,11 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
     _check_repositories(apps, path=path)
     server = _parse_server(data.get("server", {}), path=path, base=base, environ=environ,
                            secret_env_names=receiver_env_names)
+    cluster = parse_cluster(data["cluster"], path=path) if "cluster" in data else None
+    check_cluster_apps(cluster, {name: app.cluster for name, app in apps.items()}, path=path)
     return Config(path=path, settings=settings, apps=apps, registries=registries,
                   secret_env_names=frozenset(secret_env_names | receiver_env_names), raw=data, server=server,
-                  receiver_env_names=frozenset(receiver_env_names))
+                  receiver_env_names=frozenset(receiver_env_names), cluster=cluster)
 
 
 def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) -> ReceiverConfig:
@@ -264,7 +267,7 @@ def read_secret(entry: Mapping[str, Any], name: str, *, path: Path, base: Path, 
 APP_KEYS = {"image", "ports", "health", "repository", "tag_pattern", "prereleases", "bind", "drain_seconds",
             "stop_timeout", "restart", "env", "env_files", "volumes", "labels", "command", "hooks_dir", "asset",
             "maintenance_page", "status_port", "host_bound", "watchdog", "github_secret", "github_secret_file",
-            "github_secret_env", "github_hook_id"}
+            "github_secret_env", "github_hook_id", "cluster"}
 HOST_BOUND_APP_KEYS = {"host_bound", "ports", "maintenance_page"}
 
 
@@ -388,6 +391,7 @@ def _parse_app(name: str, data: Any, *, path: Path, base: Path, environ: Mapping
         status_port=(port_number(data["status_port"], path=path, key="status_port", app=name)
                      if "status_port" in data else None),
         watchdog=_parse_watchdog(name, data.get("watchdog", {}), path=path),
+        cluster=get("cluster", bool, False),
         **policy,
     )
 

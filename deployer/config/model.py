@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from deployer.config.cluster import ClusterConfig
 from deployer.errors import UnknownApp
 
 SETS = ("blue", "green")
@@ -99,6 +100,7 @@ class AppConfig:
     status_port: int | None = None  # the forward an upstream load balancer checks (see drain.py)
     host_bound: bool = False  # runs on the host itself; covered by the socket match (see hostbound.py)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    cluster: bool = False  # served on the shared address of [cluster] (see deployer/plan/cluster.py)
     github_secret: str | None = field(default=None, repr=False)  # signs this app's deliveries instead of [server]'s
     github_hook_id: int | None = None  # the one GitHub webhook (X-GitHub-Hook-ID) allowed to deploy it
 
@@ -217,6 +219,7 @@ class Config(AppLookup):
     secret_env_names: frozenset[str] = frozenset()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     server: ServerConfig = field(default_factory=ServerConfig)
+    cluster: ClusterConfig | None = None
     # The subset of secret_env_names the receiver reads: the only secrets gunicorn's environment carries.
     receiver_env_names: frozenset[str] = frozenset()
 

@@ -10,14 +10,17 @@ from deployer.adapters.deadlines import Deadlines
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.github import GitHubHttp
 from deployer.adapters.image_archive import PreloadedImage, load_image
+from deployer.adapters.keepalived import Keepalived
 from deployer.adapters.netfilter import Netfilter
 from deployer.adapters.probes import Probes
 from deployer.adapters.processes import die_with_parent, run_hook, start_job
 from deployer.adapters.processes import spawn as spawn_process
 from deployer.adapters.routing import Routing
+from deployer.adapters.shared_address import SharedAddress
 from deployer.audit import build_journal
 from deployer.config import Config
 from deployer.host.chains import NetfilterBackend
+from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import DockerPort, Engine
 from deployer.journal import Journal
 
@@ -59,5 +62,19 @@ def build_asset_http() -> GitHubHttp:
     return GitHubHttp()
 
 
-__all__ = ["Deadlines", "SignedClient", "build_asset_http", "build_engine", "build_host_probes", "build_image_loader",
-           "build_journal", "die_with_parent", "spawn_process", "start_job"]
+# --- the cluster agent and its commands ------------------------------------------------------------
+
+
+def build_cluster_agent(config: Config, journal: Journal | None = None) -> ClusterAgent:
+    return ClusterAgent(config, Netfilter(wait_seconds=config.settings.iptables_wait),
+                        Keepalived(ClusterPaths.under(config.settings.state_dir).folder), SharedAddress(),
+                        journal=journal or build_journal(config), prober=Probes())
+
+
+def build_cluster_control(config: Config) -> ClusterControl:
+    return ClusterControl(config, Netfilter(wait_seconds=config.settings.iptables_wait), build_journal(config))
+
+
+__all__ = ["Deadlines", "SignedClient", "build_asset_http", "build_cluster_agent", "build_cluster_control",
+           "build_engine", "build_host_probes", "build_image_loader", "build_journal", "die_with_parent",
+           "spawn_process", "start_job"]

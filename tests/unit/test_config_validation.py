@@ -21,7 +21,7 @@ blue = 8001
 green = 8002
 """
 
-ALLOWED_APP_KEYS = ("asset, bind, command, drain_seconds, env, env_files, github_hook_id, github_secret, "
+ALLOWED_APP_KEYS = ("asset, bind, cluster, command, drain_seconds, env, env_files, github_hook_id, github_secret, "
                     "github_secret_env, github_secret_file, health, hooks_dir, host_bound, image, labels, "
                     "maintenance_page, ports, prereleases, repository, restart, status_port, stop_timeout, tag_pattern, "
                     "volumes, watchdog")
@@ -210,7 +210,7 @@ def test_unknown_key_in_the_deployer_table(tmp_path):
 
 def test_unknown_top_level_table(tmp_path):
     path = write(tmp_path, "[deploy]\nx = 1\n" + MINIMAL)
-    assert str(refusal(path)) == f"{path}, key 'deploy': unknown key (allowed: apps, deployer, registries, server)"
+    assert str(refusal(path)) == f"{path}, key 'deploy': unknown key (allowed: apps, cluster, deployer, registries, server)"
 
 
 @pytest.mark.parametrize("name", ["Web", "web_1", "1web", "a" * 20, "-web"])

@@ -112,6 +112,10 @@ TABLES = {
     "[[apps.NAME.ports]] host_bound": {"apps": {"web": {**HOST_BOUND, "ports": [{"external": 80, PROBE: 1}]}}},
     "[server]": {"apps": {"web": APP}, "server": {PROBE: 1}},
     "[server.operators.NAME]": {"apps": {"web": APP}, "server": {"operators": {"alice": {PROBE: 1}}}},
+    "[cluster]": {"apps": {"web": APP}, "cluster": {PROBE: 1}},
+    "[[cluster.hosts]]": {"apps": {"web": APP}, "cluster": {
+        "interface": "eth0", "subnet": "198.18.10.0/24", "address": "198.18.10.100", "buckets": 2, "hash_seed": 1,
+        "hosts": [{"name": "h1", "address": "198.18.10.1", PROBE: 1}]}},
 }
 
 

@@ -1,0 +1,103 @@
+"""keepalived as a process the agent supervises: its config file, its track files, its notify FIFO, its pid.
+
+Stopped by its own pid (the pidfile it was started with), never by name: other keepalived processes may run on
+the same machine. Decides nothing: what to write and when is the agent's (deployer/host/cluster.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from deployer.errors import ClusterError
+
+STOP_LINE = "DEPLOYER STOP"  # written into the FIFO to end the reader; keepalived never writes it
+
+
+class Keepalived:
+    def __init__(self, folder: Path, *, binary: str = "keepalived") -> None:
+        self.folder = Path(folder)
+        self.binary = binary
+        self.config_path = self.folder / "keepalived.conf"
+        self.fifo = self.folder / "notify.fifo"
+        self.pidfile = self.folder / "keepalived.pid"
+        self.vrrp_pidfile = self.folder / "vrrp.pid"
+        self.log_path = self.folder / "keepalived.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def prepare(self, config_text: str) -> None:
+        """The folder (root's alone), the config and the FIFO, before keepalived starts."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.folder, 0o700)
+        self.write_file(self.config_path, config_text)
+        if self.fifo.exists() and not stat.S_ISFIFO(self.fifo.lstat().st_mode):
+            self.fifo.unlink()
+        if not self.fifo.exists():
+            os.mkfifo(self.fifo, 0o600)
+
+    def write_file(self, path: Path, text: str) -> None:
+        """Atomically: keepalived reads a track file whenever it changes, and must never see half of one."""
+        temporary = path.with_name(f".{path.name}.tmp")
+        try:
+            temporary.write_text(text)
+            os.replace(temporary, path)
+        except OSError as exc:
+            raise ClusterError(f"cannot write {path}: {exc.strerror}") from None
+
+    def start(self) -> int:
+        for stale in (self.pidfile, self.vrrp_pidfile):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        try:
+            log = self.log_path.open("ab")
+            self._process = subprocess.Popen(
+                [self.binary, "-n", "-l", "-D", "-f", str(self.config_path), "-p", str(self.pidfile),
+                 "-r", str(self.vrrp_pidfile)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            log.close()
+        except FileNotFoundError:
+            raise ClusterError(f"{self.binary} is not installed (Debian: apt-get install keepalived)") from None
+        except OSError as exc:
+            raise ClusterError(f"cannot start {self.binary}: {exc.strerror}") from None
+        return self._process.pid
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def pid(self) -> int | None:
+        return self._process.pid if self.running() else None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM to its pid: its master instances send priority 0, so the peers take over at once."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def notices(self) -> Iterator[str]:
+        """The FIFO's lines, until STOP_LINE. Opened read-write, so a restart of keepalived is not an end of file."""
+        fd = os.open(self.fifo, os.O_RDWR)
+        with os.fdopen(fd, "r", buffering=1) as fifo:
+            for line in fifo:
+                if line.strip() == STOP_LINE:
+                    return
+                yield line
+
+    def end_notices(self) -> None:
+        with contextlib.suppress(OSError):
+            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                os.write(fd, f"{STOP_LINE}\n".encode())
+            finally:
+                os.close(fd)
+

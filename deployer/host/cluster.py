@@ -1,0 +1,415 @@
+"""The cluster agent: keepalived says which buckets this host is master of; the agent makes the rules say the same.
+
+It receives its adapters (netfilter, keepalived, the shared address, a probe factory) as arguments; only
+deployer/host/wiring.py builds the real ones. The order of effects, which the unit tests pin down:
+
+- start: join the shared address, write keepalived's config and track files, write the chain owning nothing,
+  start keepalived. Until keepalived reports, this host takes in no new flow.
+- a bucket lost (BACKUP, FAULT, keepalived gone) is dropped from the chain at once; a bucket gained is taken
+  `handover_delay` after keepalived said MASTER, the moment the old owner needs to drop it.
+- to go out of service (unhealthy, or asked to leave): drop every bucket first, then tell keepalived (its track
+  file). The other way round, this host would still take in new flows after a peer took its buckets over.
+- stop: drop every bucket, then stop keepalived by its pid (its instances send priority 0: a quick takeover).
+
+The control side (`cluster status`, `leave`, `join`) talks to the agent through files in <state_dir>/cluster/:
+it writes the intent ("join" or "leave"), the agent writes status.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from deployer.config import AppConfig, Config
+from deployer.config.cluster import ClusterConfig
+from deployer.errors import ClusterError, DeployerError, LeaveRefused
+from deployer.host.health import Prober, ProbeResult, set_port_probe
+from deployer.host.state import StateStore
+from deployer.journal import Journal, utc_now
+from deployer.plan import cluster as plan
+from deployer.plan.keepalived import render_config
+from deployer.plan.rules import ChainNames
+
+FAILURES_TO_FAULT = 2  # probes failed in a row before the host goes out of service
+PASSES_TO_SERVE = 3  # probes passed in a row before it comes back
+# After keepalived died, start it again only once its peers have surely taken its buckets: started at once, its
+# timers run out with theirs, and two hosts become master of one bucket together.
+RESTART_PAUSE = 2.0
+JOIN, LEAVE = "join", "leave"
+
+
+class NetfilterPort(Protocol):
+    def save_table(self, table: str) -> str: ...
+    def restore(self, text: str) -> None: ...
+    def conntrack_list(self, arguments: list[str]) -> list[str]: ...
+    def disable_tcp_loose(self) -> None: ...
+
+
+class KeepalivedPort(Protocol):
+    def prepare(self, config_text: str) -> None: ...
+    def write_file(self, path: Path, text: str) -> None: ...
+    def start(self) -> int: ...
+    def running(self) -> bool: ...
+    def pid(self) -> int | None: ...
+    def stop(self, timeout: float = 5.0) -> None: ...
+    def notices(self) -> Iterator[str]: ...
+    def end_notices(self) -> None: ...
+
+
+class SharedAddressPort(Protocol):
+    def join(self, interface: str, address: str, mac: str, *, arp_mangle: bool) -> None: ...
+
+
+ProbeFactory = Callable[[AppConfig], "Callable[[], ProbeResult] | None"]
+
+
+@dataclass(frozen=True)
+class ClusterPaths:
+    folder: Path
+
+    @classmethod
+    def under(cls, state_dir: Path) -> ClusterPaths:
+        return cls(Path(state_dir) / "cluster")
+
+    @property
+    def fifo(self) -> Path:
+        return self.folder / "notify.fifo"
+
+    @property
+    def health_track(self) -> Path:
+        return self.folder / "track-health"
+
+    @property
+    def leave_track(self) -> Path:
+        return self.folder / "track-leave"
+
+    @property
+    def intent(self) -> Path:
+        return self.folder / "intent"
+
+    @property
+    def status(self) -> Path:
+        return self.folder / "status.json"
+
+
+def cluster_of(config: Config) -> ClusterConfig:
+    if config.cluster is None:
+        raise ClusterError(f"{config.path} has no [cluster] table (docs/cluster.md)")
+    return config.cluster
+
+
+@dataclass
+class AgentState:
+    states: dict[int, str] = field(default_factory=dict)  # bucket -> keepalived's state of it here
+    since: dict[int, float] = field(default_factory=dict)  # bucket -> when it became MASTER
+    owned: set[int] | None = None  # the buckets the chain takes in; None before the first write
+    healthy: bool = False
+    failures: int = 0
+    passes: int = 0
+    intent: str = JOIN
+    tracks: tuple[str, str] | None = None  # what the track files say now: health, leave
+    died_at: float | None = None  # when keepalived was found dead
+    problem: str | None = None
+
+
+class ClusterAgent:
+    def __init__(self, config: Config, netfilter: NetfilterPort, keepalived: KeepalivedPort,
+                 shared: SharedAddressPort, *, journal: Journal, prober: Prober | None = None,
+                 probe: ProbeFactory | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.cluster = cluster_of(config)
+        self.netfilter = netfilter
+        self.keepalived = keepalived
+        self.shared = shared
+        self.journal = journal
+        self.clock = clock
+        self.paths = ClusterPaths.under(config.settings.state_dir)
+        self.names = ChainNames(config.settings.chain_prefix)
+        self.store = StateStore(config.settings.state_dir)
+        self.apps = [app for app in config.apps.values() if app.cluster]
+        self.prober = prober
+        self.probe = probe or self._probe_active
+        self.state = AgentState()
+        self.lock = threading.Lock()
+        self.changed = threading.Event()
+
+    # --- the order of effects --------------------------------------------------------------------
+
+    def start(self) -> None:
+        c = self.cluster
+        self.netfilter.disable_tcp_loose()
+        self.shared.join(c.interface, c.address, c.multicast_mac, arp_mangle=c.arp == "mangle")
+        self.keepalived.prepare(render_config(c, notify_fifo=self.paths.fifo, health_file=self.paths.health_track,
+                                              leave_file=self.paths.leave_track, source=self.config.path))
+        self.state.intent = read_intent(self.paths)
+        self._write_tracks()  # unhealthy: no bucket before the health checks pass
+        live = plan.parse(self.netfilter.save_table(plan.TABLE))
+        self.netfilter.restore(plan.render_ensure(live, self.names, c, self.config.apps.values(), set()))
+        self.state.owned = set()
+        self._start_keepalived()
+        self.journal.record("cluster.run", actor="cluster", outcome="started", host=c.host,
+                            home=plan.home_buckets(c, c.host), intent=self.state.intent)
+
+    def stop(self) -> None:
+        self._apply(set(), reason="stopping")
+        self.keepalived.stop()
+        self.keepalived.end_notices()
+        self._write_status()
+        self.journal.record("cluster.run", actor="cluster", outcome="stopped", host=self.cluster.host)
+
+    def on_notice(self, line: str) -> None:
+        notice = plan.parse_notice(line)
+        if notice is None or not 0 <= notice.bucket < self.cluster.buckets:
+            return
+        with self.lock:
+            before = self.state.states.get(notice.bucket)
+            self.state.states[notice.bucket] = notice.state
+            if notice.state == plan.MASTER and before != plan.MASTER:
+                self.state.since[notice.bucket] = self.clock()
+            if notice.state != plan.MASTER and self.state.owned and notice.bucket in self.state.owned:
+                # A lost bucket is let go at once, not at the next round.
+                self._apply(self.state.owned - {notice.bucket}, reason=f"keepalived: {notice.state}")
+        self.changed.set()
+
+    def tick(self) -> float:
+        """One round: health, intent, keepalived's life, then the chain. Returns when the next round is due."""
+        problem = self._unhealthy()  # outside the lock: a slow probe must not hold up a lost bucket's release
+        with self.lock:
+            return self._tick(problem)
+
+    def _tick(self, problem: str | None) -> float:
+        now = self.clock()
+        s = self.state
+        if not self.keepalived.running():
+            if s.died_at is None:
+                s.died_at = now
+                s.problem = "keepalived is not running"
+                s.states.clear()
+                s.since.clear()
+            self._apply(set(), reason="keepalived is not running")
+            if now - s.died_at >= RESTART_PAUSE:
+                s.died_at = None
+                self._start_keepalived()
+        self._check_health(problem)
+        s.intent = read_intent(self.paths)
+        out = not s.healthy or s.intent == LEAVE
+        if out:
+            self._apply(set(), reason="unhealthy" if not s.healthy else "leaving")
+            self._write_tracks()
+            wanted: set[int] = set()
+        else:
+            self._write_tracks()
+            wanted = plan.owned_buckets(s.states, s.since, now, self.cluster.handover_delay)
+            self._apply(wanted, reason="keepalived")
+        self._write_status()
+        pending = [s.since[b] + self.cluster.handover_delay - now for b, state in s.states.items()
+                   if state == plan.MASTER and b not in wanted and not out]
+        return min([self.cluster.check_interval, *[max(p, 0.001) for p in pending]])
+
+    # --- the pieces ------------------------------------------------------------------------------
+
+    def _start_keepalived(self) -> None:
+        pid = self.keepalived.start()
+        self.journal.note("cluster.keepalived", host=self.cluster.host, pid=pid)
+
+    def _apply(self, owned: set[int], *, reason: str) -> None:
+        if owned == self.state.owned:
+            return
+        before = self.state.owned or set()
+        self.netfilter.restore(plan.render_owned(self.names, self.cluster, self.config.apps.values(), owned))
+        self.state.owned = set(owned)
+        self.journal.record("cluster.buckets", actor="cluster", outcome="ok", host=self.cluster.host,
+                            owned=sorted(owned), gained=sorted(owned - before), lost=sorted(before - owned),
+                            reason=reason)
+
+    def _write_tracks(self) -> None:
+        """keepalived's track files: non-zero puts every instance of this host into FAULT."""
+        s = self.state
+        wanted = ("0\n" if s.healthy else "1\n", "1\n" if s.intent == LEAVE else "0\n")
+        if wanted == s.tracks:
+            return
+        self.keepalived.write_file(self.paths.health_track, wanted[0])
+        self.keepalived.write_file(self.paths.leave_track, wanted[1])
+        s.tracks = wanted
+
+    def _check_health(self, problem: str | None) -> None:
+        s = self.state
+        if problem is None:
+            s.passes, s.failures = s.passes + 1, 0
+            if not s.healthy and s.passes >= PASSES_TO_SERVE:
+                s.healthy, s.problem = True, None
+                self.journal.record("cluster.health", actor="cluster", outcome="healthy", host=self.cluster.host)
+            return
+        s.failures, s.passes, s.problem = s.failures + 1, 0, problem
+        if s.healthy and s.failures >= FAILURES_TO_FAULT:
+            s.healthy = False
+            self.journal.record("cluster.health", actor="cluster", outcome="unhealthy", host=self.cluster.host,
+                                problem=problem)
+
+    def _unhealthy(self) -> str | None:
+        """Why this host should not serve the shared address now, or None: every cluster app's instance answers."""
+        for app in self.apps:
+            probe = self.probe(app)
+            if probe is None:
+                return f"{app.name} has no active instance"
+            result = probe()
+            if not result.ok:
+                return f"{app.name}: {result.detail}"
+        return None
+
+    def _probe_active(self, app: AppConfig) -> Callable[[], ProbeResult] | None:
+        try:
+            active = self.store.load(app.name).active
+        except DeployerError:
+            return None
+        if active is None:
+            return None
+        assert self.prober is not None, "the agent probes instances through a prober (host/wiring.py gives it one)"
+        return set_port_probe(self.prober, app, active.port_set)
+
+    def _write_status(self) -> None:
+        s = self.state
+        status = {
+            "host": self.cluster.host, "updated": utc_now(), "healthy": s.healthy, "intent": s.intent,
+            "problem": s.problem, "keepalived_pid": self.keepalived.pid(),
+            "states": {str(b): state for b, state in sorted(s.states.items())}, "owned": sorted(s.owned or ()),
+        }
+        write_json(self.paths.status, status)
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop`: follow the FIFO in a thread, and tick."""
+        self.start()
+        reader = threading.Thread(target=self._follow, name="cluster-notices", daemon=True)
+        reader.start()
+        try:
+            while not stop.is_set():
+                wait = self.tick()
+                self.changed.wait(wait)
+                self.changed.clear()
+        finally:
+            self.stop()
+
+    def _follow(self) -> None:
+        for line in self.keepalived.notices():
+            self.on_notice(line)
+
+
+# --- the control side: status, leave, join -------------------------------------------------------
+
+
+def read_intent(paths: ClusterPaths) -> str:
+    try:
+        text = paths.intent.read_text().strip()
+    except FileNotFoundError:
+        return JOIN
+    except OSError as exc:
+        raise ClusterError(f"cannot read {paths.intent}: {exc.strerror}") from None
+    return LEAVE if text == LEAVE else JOIN
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_status(paths: ClusterPaths) -> dict[str, Any]:
+    try:
+        return json.loads(paths.status.read_text())
+    except FileNotFoundError:
+        raise ClusterError(f"no cluster agent has run here ({paths.status} is missing): start deployer cluster run") \
+            from None
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"cannot read {paths.status}: {exc}") from None
+
+
+@dataclass
+class ClusterControl:
+    """What the CLI does: read the agent's status, ask it to leave or join, and wait for it."""
+
+    config: Config
+    netfilter: NetfilterPort
+    journal: Journal
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def cluster(self) -> ClusterConfig:
+        return cluster_of(self.config)
+
+    @property
+    def paths(self) -> ClusterPaths:
+        return ClusterPaths.under(self.config.settings.state_dir)
+
+    def status(self) -> dict[str, Any]:
+        c = self.cluster
+        status = read_status(self.paths)
+        lines = self.netfilter.conntrack_list(plan.conntrack_filter(c))
+        flows = plan.flows_per_bucket(lines, c)
+        status["buckets"] = [
+            {"bucket": b, "home": plan.ranking(c, b)[0], "ranking": plan.ranking(c, b),
+             "state": status["states"].get(str(b), "unknown"), "taken_in": b in status["owned"], "flows": flows[b]}
+            for b in range(c.buckets)]
+        status["open_tcp_flows"] = plan.open_tcp_flows(lines, c)
+        return status
+
+    def leave(self, *, actor: str, wait: bool, timeout: float, force: bool) -> dict[str, Any]:
+        c = self.cluster
+        status = read_status(self.paths)
+        states = {int(b): state for b, state in status["states"].items()}
+        problem = plan.leave_problem(c, states)
+        if problem and not force:
+            self.journal.record("cluster.leave", actor=actor, outcome="refused", host=c.host, problem=problem)
+            raise LeaveRefused(f"leaving now would leave buckets with no host: {problem}; --force leaves anyway")
+        write_text(self.paths.intent, f"{LEAVE}\n")
+        self.journal.record("cluster.leave", actor=actor, outcome="requested", host=c.host, forced=force or None,
+                            owned=status["owned"])
+        if not wait:
+            return status
+        started = self.clock()
+        done = self._wait(lambda s: not s["owned"] and s["open_tcp_flows"] == 0, timeout,
+                          "its buckets to go and its TCP connections to finish")
+        self.journal.record("cluster.leave", actor=actor, outcome="left", host=c.host,
+                            duration_ms=round((self.clock() - started) * 1000, 1))
+        return done
+
+    def join(self, *, actor: str, wait: bool, timeout: float) -> dict[str, Any]:
+        c = self.cluster
+        write_text(self.paths.intent, f"{JOIN}\n")
+        self.journal.record("cluster.join", actor=actor, outcome="requested", host=c.host)
+        home = set(plan.home_buckets(c, c.host))
+        if not wait:
+            return read_status(self.paths)
+        started = self.clock()
+        done = self._wait(lambda s: home <= set(s["owned"]), timeout, f"its home buckets {sorted(home)} to come back")
+        self.journal.record("cluster.join", actor=actor, outcome="joined", host=c.host, owned=done["owned"],
+                            duration_ms=round((self.clock() - started) * 1000, 1))
+        return done
+
+    def _wait(self, done: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
+        deadline = self.clock() + timeout
+        while True:
+            status = self.status()
+            if done(status):
+                return status
+            if self.clock() >= deadline:
+                raise ClusterError(f"waited {timeout:g}s for {what}; still holding buckets {status['owned']} and "
+                                   f"{status['open_tcp_flows']} open TCP connection(s)")
+            self.sleep(0.1)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically: the agent and the commands read these files while the other side writes them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise ClusterError(f"cannot write {path}: {exc.strerror}") from None

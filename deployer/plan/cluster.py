@@ -1,0 +1,263 @@
+"""Load sharing across hosts: which host answers which flow to the shared address. Pure: rules, hashes, decisions.
+
+Every host on the segment sees every packet to the shared address: it resolves to a multicast MAC, so the switch
+floods it. Each host takes in only the flows of its buckets, the buckets keepalived says it is master of. One
+owned chain in the mangle table, jumped to first from PREROUTING for packets to the shared address:
+
+    mangle PREROUTING -d SHARED/32 -j PREFIX-CLUSTER
+    PREFIX-CLUSTER  -m cluster (1 node of 1)                      every packet: its pkt_type becomes host
+                    -p tcp -m connmark --mark M/M -j RETURN       a tcp flow this host took in: keep it
+                    -p tcp --dports P --ctstate NEW -m cluster (bucket b) -j CONNMARK --set-xmark M/M   per bucket
+                    -p tcp -m connmark --mark M/M -j RETURN       the new flow just taken in
+                    -p udp --dports Q -m cluster (bucket b) -j RETURN                                   per bucket
+                    -j DROP                                        everything else, silently
+
+Why each line:
+- mangle PREROUTING runs before nat PREROUTING, so the decision is made before the app's DNAT; a flow taken in
+  then goes through the app's own nat chain, and a local deploy's flip works on the shared address unchanged.
+- A frame sent to a multicast MAC arrives as PACKET_MULTICAST, which TCP and forwarding throw away. The cluster
+  match turns that into PACKET_HOST whenever it is evaluated (xt_cluster.c does that on purpose), so the first
+  rule evaluates one that always matches (one bucket of one), for every packet, before anything else.
+- TCP: a host keeps the flows it took in (the connmark), whoever owns their bucket now. So on a planned leave the
+  old owner finishes its established connections and the new owner takes only new ones. The new owner drops the
+  old flows' packets: with nf_conntrack_tcp_loose=0 a mid-stream segment it never saw the SYN of is INVALID, has
+  no connmark, and falls through to DROP (never a reset, which would kill the connection on the old owner).
+- UDP has no handshake, so no flow is "established" anywhere: each datagram goes to its bucket's owner of that
+  moment. A host that lost a bucket stops answering at once, without waiting for its conntrack entries to expire.
+- DROP, not REJECT: the other hosts answer those packets.
+
+The buckets change in one iptables-restore of the owned chain alone; the jump is ensured once, when the agent
+starts. The ports P and Q are those of the apps served on the shared address (`cluster = true`).
+
+The bucket of a source is the kernel's: jhash_1word(source address as the kernel holds it, seed), scaled into
+the bucket count with reciprocal_scale. `bucket_of` computes the same, so the status can count flows per bucket
+and the tests can predict which host answers which client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from deployer.config import AppConfig
+from deployer.config.cluster import ClusterConfig
+from deployer.plan.rules import ChainNames, SavedTable, parse_table, save_string
+
+TABLE = "mangle"
+MASTER, BACKUP, FAULT, STOP = "MASTER", "BACKUP", "FAULT", "STOP"
+HOME_PRIORITY = 200
+PRIORITY_STEP = 5
+MULTIPORT_MAX = 15  # ports per multiport match
+
+_M32 = 0xFFFFFFFF
+_JHASH_INITVAL = 0xDEADBEEF
+
+
+# --- the hash ------------------------------------------------------------------------------------
+
+
+def _rol32(value: int, shift: int) -> int:
+    return ((value << shift) | (value >> (32 - shift))) & _M32
+
+
+def jhash_1word(a: int, initval: int) -> int:
+    """The kernel's jhash_1word (include/linux/jhash.h): __jhash_nwords(a, 0, 0, initval + JHASH_INITVAL + 4)."""
+    start = (initval + _JHASH_INITVAL + (1 << 2)) & _M32
+    a, b, c = (a + start) & _M32, start, start
+    c ^= b; c = (c - _rol32(b, 14)) & _M32
+    a ^= c; a = (a - _rol32(c, 11)) & _M32
+    b ^= a; b = (b - _rol32(a, 25)) & _M32
+    c ^= b; c = (c - _rol32(b, 16)) & _M32
+    a ^= c; a = (a - _rol32(c, 4)) & _M32
+    b ^= a; b = (b - _rol32(a, 14)) & _M32
+    c ^= b; c = (c - _rol32(b, 24)) & _M32
+    return c
+
+
+def bucket_of(source: str, buckets: int, seed: int) -> int:
+    """The bucket xt_cluster puts a flow from `source` in: the address is hashed as the kernel holds it (network
+    byte order, read as a little-endian word on x86 and arm64), then scaled into 0..buckets-1."""
+    word = int.from_bytes(ipaddress.IPv4Address(source).packed, "little")
+    return (jhash_1word(word, seed) * buckets) >> 32
+
+
+# --- buckets and hosts ---------------------------------------------------------------------------
+
+
+def ranking(cluster: ClusterConfig, bucket: int) -> list[str]:
+    """The hosts in the order they serve a bucket: its home host first (bucket mod N), then the others, whose order
+    turns by one for each further bucket of the same home, so a failed host's buckets spread over the others."""
+    names = list(cluster.host_names)
+    home = names[bucket % len(names)]
+    others = names[bucket % len(names) + 1:] + names[:bucket % len(names)]
+    turn = (bucket // len(names)) % len(others) if others else 0
+    return [home, *others[turn:], *others[:turn]]
+
+
+def priority(cluster: ClusterConfig, bucket: int, host: str) -> int:
+    return HOME_PRIORITY - PRIORITY_STEP * ranking(cluster, bucket).index(host)
+
+
+def home_buckets(cluster: ClusterConfig, host: str) -> list[int]:
+    return [b for b in range(cluster.buckets) if ranking(cluster, b)[0] == host]
+
+
+def instance_name(bucket: int) -> str:
+    return f"b{bucket}"
+
+
+def nodemask(buckets: Iterable[int]) -> int:
+    mask = 0
+    for bucket in buckets:
+        mask |= 1 << bucket
+    return mask
+
+
+# --- rules ---------------------------------------------------------------------------------------
+
+
+def chain(names: ChainNames) -> str:
+    return f"{names.prefix}-CLUSTER"
+
+
+def jump(names: ChainNames, cluster: ClusterConfig) -> str:
+    return f"-A PREROUTING -d {cluster.address}/32 -j {chain(names)}"
+
+
+def _cluster_match(total: int, bucket: int, seed: int) -> str:
+    return (f"-m cluster --cluster-total-nodes {total} --cluster-local-node {bucket + 1} "
+            f"--cluster-hash-seed {seed:#010x}")
+
+
+def _port_groups(apps: Iterable[AppConfig], protocol: str) -> list[str]:
+    ports = sorted({p.external for app in apps if app.cluster for p in app.ports if p.protocol == protocol})
+    return [",".join(str(p) for p in ports[i:i + MULTIPORT_MAX]) for i in range(0, len(ports), MULTIPORT_MAX)]
+
+
+def chain_rules(names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], owned: Iterable[int]) -> list[str]:
+    """The owned chain for this host's buckets `owned`, as iptables-restore takes it.
+
+    One rule per owned bucket (`--cluster-local-node`), not one node mask: iptables 1.8.9 refuses a
+    `--cluster-local-nodemask` above 32 (it checks the mask against the node limit), although the kernel takes
+    any mask, and iptables-save prints every rule as a mask, so its output of buckets 6 and up does not restore.
+    """
+    apps = list(apps)
+    c = chain(names)
+    mark = f"{cluster.mark:#x}/{cluster.mark:#x}"
+    owned = sorted(set(owned))
+    tcp, udp = _port_groups(apps, "tcp"), _port_groups(apps, "udp")
+    rules = [f"-A {c} {_cluster_match(1, 0, 0)} -m comment --comment {save_string('cluster: take the frame in')}",
+             f"-A {c} -p tcp -m connmark --mark {mark} -m comment --comment "
+             f"{save_string('cluster: a flow this host took in')} -j RETURN"]
+    for bucket in owned:
+        mine = _cluster_match(cluster.buckets, bucket, cluster.hash_seed)
+        rules += [f"-A {c} -p tcp -m multiport --dports {ports} -m conntrack --ctstate NEW {mine} "
+                  f"-j CONNMARK --set-xmark {mark}" for ports in tcp]
+    if owned and tcp:
+        rules.append(f"-A {c} -p tcp -m connmark --mark {mark} -j RETURN")
+    for bucket in owned:
+        mine = _cluster_match(cluster.buckets, bucket, cluster.hash_seed)
+        rules += [f"-A {c} -p udp -m multiport --dports {ports} {mine} -j RETURN" for ports in udp]
+    rules.append(f"-A {c} -m comment --comment {save_string('cluster: another host answers')} -j DROP")
+    return rules
+
+
+def parse(saved: str) -> SavedTable:
+    """The mangle table of `iptables-save -t mangle`."""
+    return parse_table(saved, TABLE)
+
+
+def render_owned(names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], owned: Iterable[int]) -> str:
+    """The node-mask change: the owned chain rewritten whole, in one transaction that touches nothing else."""
+    return "\n".join([f"*{TABLE}", f":{chain(names)} - [0:0]", *chain_rules(names, cluster, apps, owned),
+                      "COMMIT", ""])
+
+
+def render_ensure(live: SavedTable, names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig],
+                  owned: Iterable[int]) -> str:
+    """At start: the chain for `owned` and, when missing, the jump to it, first in PREROUTING."""
+    lines = [f"*{TABLE}", f":{chain(names)} - [0:0]", *chain_rules(names, cluster, apps, owned)]
+    if jump(names, cluster) not in live.rules("PREROUTING"):
+        lines.append(f"-I PREROUTING 1 -d {cluster.address}/32 -j {chain(names)}")
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def render_removal(live: SavedTable, names: ChainNames) -> str | None:
+    """Remove the chain and every jump to it. While it is gone this host answers every flow: stop keepalived and
+    the agent first, and take the host off the segment (or the shared address off it)."""
+    if not live.has_chain(chain(names)):
+        return None
+    deletes = [rule.replace("-A ", "-D ", 1) for rule in live.rules("PREROUTING")
+               if rule.endswith(f" -j {chain(names)}")]
+    return "\n".join([f"*{TABLE}", *deletes, f"-F {chain(names)}", f"-X {chain(names)}", "COMMIT", ""])
+
+
+# --- keepalived's notify FIFO --------------------------------------------------------------------
+
+_NOTIFY = re.compile(r'^INSTANCE "b(\d+)" (MASTER|BACKUP|FAULT|STOP) (\d+)$')
+
+
+@dataclass(frozen=True)
+class Notice:
+    bucket: int
+    state: str
+    priority: int
+
+
+def parse_notice(line: str) -> Notice | None:
+    """One line of keepalived's vrrp_notify_fifo, e.g. `INSTANCE "b0" MASTER 200`; None for any other line."""
+    match = _NOTIFY.fullmatch(line.strip())
+    if not match:
+        return None
+    return Notice(bucket=int(match.group(1)), state=match.group(2), priority=int(match.group(3)))
+
+
+def owned_buckets(states: Mapping[int, str], since: Mapping[int, float], now: float, delay: float) -> set[int]:
+    """The buckets to take in: MASTER for at least `delay`, so the old owner has let go of a bucket first
+    (it drops it as soon as it hears the new master's advert; a lost bucket is let go at once)."""
+    return {b for b, state in states.items() if state == MASTER and now - since.get(b, now) >= delay - 1e-9}
+
+
+def leave_problem(cluster: ClusterConfig, states: Mapping[int, str]) -> str | None:
+    """Why leaving now would leave buckets with no host, or None.
+
+    Every host is in every bucket's instance. A healthy peer is master of at least its home bucket, so this host
+    is BACKUP somewhere exactly when some peer would take over: if it is master of every bucket, none would.
+    """
+    if len(cluster.hosts) == 1:
+        return "this is the only host of the cluster"
+    if not states:
+        return "keepalived has not reported any bucket yet"
+    if not any(state == BACKUP for state in states.values()):
+        return (f"this host is master of every bucket ({len(states)}); no other host is healthy to take them")
+    return None
+
+
+# --- flows ---------------------------------------------------------------------------------------
+
+_SRC = re.compile(r"\bsrc=(\d+\.\d+\.\d+\.\d+)\b")
+_MARK = re.compile(r"\bmark=(\d+)\b")
+
+
+def conntrack_filter(cluster: ClusterConfig) -> list[str]:
+    """The flows to the shared address (their original destination)."""
+    return ["-f", "ipv4", "--orig-dst", cluster.address]
+
+
+def flows_per_bucket(lines: Sequence[str], cluster: ClusterConfig) -> dict[int, int]:
+    """Flows this host took in (its connmark bit), counted per bucket of their source."""
+    counts = {b: 0 for b in range(cluster.buckets)}
+    for line in lines:
+        source, mark = _SRC.search(line), _MARK.search(line)
+        if source and mark and int(mark.group(1)) & cluster.mark:
+            counts[bucket_of(source.group(1), cluster.buckets, cluster.hash_seed)] += 1
+    return counts
+
+
+def open_tcp_flows(lines: Sequence[str], cluster: ClusterConfig) -> int:
+    """TCP flows this host took in that are not closed yet: what `cluster leave --wait` waits for."""
+    opened = (" SYN_SENT ", " SYN_RECV ", " ESTABLISHED ")
+    return sum(1 for line in lines if line.startswith("tcp") and any(word in line for word in opened)
+               and (mark := _MARK.search(line)) is not None and int(mark.group(1)) & cluster.mark)

@@ -1,0 +1,286 @@
+"""The cluster agent's order of effects, through small hand-written fakes: no root, no keepalived."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from deployer import config
+from deployer.errors import LeaveRefused
+from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
+from deployer.host.health import ProbeResult
+from deployer.journal import Journal
+
+
+def load(tmp_path: Path, host: str = "h1") -> config.Config:
+    return config.parse({
+        "deployer": {"state_dir": str(tmp_path / "state")},
+        "apps": {"web": {"image": "r.example/web", "cluster": True, "ports": [
+            {"external": 80, "container": 8080, "blue": 8001, "green": 8002}]}},
+        "cluster": {"address": "198.18.10.100", "interface": "eth0", "subnet": "198.18.10.0/24", "buckets": 4,
+                    "hash_seed": 1, "host": host, "handover_delay": 0.05, "check_interval": 0.2,
+                    "hosts": [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"}]},
+    }, path=tmp_path / "deployer.toml", environ={})
+
+
+class Effects(list):
+    """Every effect in order, as short strings."""
+
+
+class FakeNetfilter:
+    def __init__(self, effects: Effects) -> None:
+        self.effects = effects
+        self.flows: list[str] = []
+
+    def save_table(self, table: str) -> str:
+        return ""
+
+    def restore(self, text: str) -> None:
+        buckets = sorted({int(n) - 1 for n in re.findall(r"--cluster-total-nodes 4 --cluster-local-node (\d+)", text)})
+        self.effects.append(f"rules {buckets}" + (" +jump" if "-I PREROUTING" in text else ""))
+
+    def conntrack_list(self, arguments: list[str]) -> list[str]:
+        return self.flows
+
+    def disable_tcp_loose(self) -> None:
+        self.effects.append("tcp_loose=0")
+
+
+class FakeKeepalived:
+    def __init__(self, effects: Effects) -> None:
+        self.effects = effects
+        self.alive = False
+
+    def prepare(self, config_text: str) -> None:
+        assert "vrrp_instance b3 {" in config_text
+        self.effects.append("keepalived config")
+
+    def write_file(self, path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        self.effects.append(f"{path.name}={text.strip()}")
+
+    def start(self) -> int:
+        self.alive = True
+        self.effects.append("keepalived start")
+        return 4242
+
+    def running(self) -> bool:
+        return self.alive
+
+    def pid(self) -> int | None:
+        return 4242 if self.alive else None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.alive = False
+        self.effects.append("keepalived stop")
+
+    def notices(self):
+        return iter(())
+
+    def end_notices(self) -> None:
+        pass
+
+
+class FakeShared:
+    def __init__(self, effects: Effects) -> None:
+        self.effects = effects
+
+    def join(self, interface: str, address: str, mac: str, *, arp_mangle: bool) -> None:
+        self.effects.append(f"shared {address} {mac} on {interface}")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def bed(tmp_path):
+    effects = Effects()
+    health = {"ok": True}
+    clock = Clock()
+    events: list[dict] = []
+    agent = ClusterAgent(load(tmp_path), FakeNetfilter(effects), FakeKeepalived(effects), FakeShared(effects),
+                         journal=Journal([events.append]), clock=clock,
+                         probe=lambda app: (lambda: ProbeResult(health["ok"], "ok" if health["ok"] else "refused")))
+    return agent, effects, health, clock, events
+
+
+def serving(agent, clock, effects) -> None:
+    """Started, healthy (three passing checks), master of its home buckets 0 and 2 past the handover delay."""
+    agent.start()
+    for _ in range(3):
+        agent.tick()
+    agent.on_notice('INSTANCE "b0" MASTER 200\n')
+    agent.on_notice('INSTANCE "b2" MASTER 200\n')
+    agent.on_notice('INSTANCE "b1" BACKUP 195\n')
+    clock.now += 0.06
+    agent.tick()
+    effects.clear()
+
+
+def test_start_joins_the_address_writes_the_chain_owning_nothing_then_starts_keepalived(bed):
+    agent, effects, _, _, events = bed
+    agent.start()
+    assert effects == ["tcp_loose=0", "shared 198.18.10.100 03:00:c6:12:0a:64 on eth0", "keepalived config",
+                       "track-health=1", "track-leave=0", "rules [] +jump", "keepalived start"]
+    assert [(e["event"], e["outcome"]) for e in events if e["_durable"]] == [("cluster.run", "started")]
+
+
+def test_the_host_serves_only_after_its_health_checks_pass(bed):
+    agent, effects, _, _, _ = bed
+    agent.start()
+    effects.clear()
+    agent.tick()
+    agent.tick()
+    assert effects == []
+    agent.tick()
+    assert effects == ["track-health=0", "track-leave=0"]
+
+
+def test_a_bucket_gained_is_taken_after_the_handover_delay_and_a_lost_one_is_let_go_at_once(bed):
+    agent, effects, _, clock, events = bed
+    agent.start()
+    for _ in range(3):
+        agent.tick()
+    effects.clear()
+    agent.on_notice('INSTANCE "b0" MASTER 200\n')
+    assert agent.tick() == pytest.approx(0.05)  # the next round comes when the delay ends
+    assert effects == []
+    clock.now += 0.05
+    agent.tick()
+    assert effects == ["rules [0]"]
+    agent.on_notice('INSTANCE "b0" BACKUP 200\n')  # no tick: the notice itself lets go
+    assert effects == ["rules [0]", "rules []"]
+    assert [e["lost"] for e in events if e["event"] == "cluster.buckets"] == [[], [0]]
+
+
+def test_an_unhealthy_host_drops_its_buckets_before_it_tells_keepalived(bed):
+    agent, effects, health, clock, events = bed
+    serving(agent, clock, effects)
+    health["ok"] = False
+    agent.tick()
+    assert effects == []  # one failed probe is not enough
+    agent.tick()
+    assert effects == ["rules []", "track-health=1", "track-leave=0"]
+    assert [e["outcome"] for e in events if e["event"] == "cluster.health"] == ["healthy", "unhealthy"]
+
+
+def test_leaving_drops_the_buckets_before_the_track_file_and_joining_brings_them_back(bed, tmp_path):
+    agent, effects, _, clock, _ = bed
+    serving(agent, clock, effects)
+    paths = ClusterPaths.under(tmp_path / "state")
+    paths.intent.write_text("leave\n")
+    agent.tick()
+    assert effects == ["rules []", "track-health=0", "track-leave=1"]
+    agent.on_notice('INSTANCE "b0" FAULT 200\n')
+    agent.on_notice('INSTANCE "b2" FAULT 200\n')
+    effects.clear()
+    paths.intent.write_text("join\n")
+    agent.tick()
+    assert effects == ["track-health=0", "track-leave=0"]
+    agent.on_notice('INSTANCE "b0" MASTER 200\n')
+    clock.now += 0.06
+    agent.tick()
+    assert effects[-1] == "rules [0]"
+
+
+def test_when_keepalived_dies_the_buckets_go_at_once_and_it_is_started_again_once_the_peers_have_them(bed):
+    agent, effects, _, clock, events = bed
+    serving(agent, clock, effects)
+    agent.keepalived.alive = False
+    agent.tick()
+    assert effects == ["rules []"]
+    status = json.loads(agent.paths.status.read_text())
+    assert status["owned"] == [] and status["states"] == {}
+    clock.now += 1.9
+    agent.tick()
+    assert effects == ["rules []"]
+    clock.now += 0.1
+    agent.tick()
+    assert effects == ["rules []", "keepalived start"]
+
+
+def test_stop_drops_the_buckets_before_it_stops_keepalived(bed):
+    agent, effects, _, clock, _ = bed
+    serving(agent, clock, effects)
+    agent.stop()
+    assert effects == ["rules []", "keepalived stop"]
+
+
+def test_the_status_file_says_what_the_chain_takes_in(bed):
+    agent, effects, _, clock, _ = bed
+    serving(agent, clock, effects)
+    status = json.loads(agent.paths.status.read_text())
+    assert (status["owned"], status["states"], status["healthy"]) == ([0, 2], {"0": "MASTER", "1": "BACKUP",
+                                                                                "2": "MASTER"}, True)
+
+
+def test_leave_is_refused_when_no_peer_would_take_the_buckets_and_nothing_is_asked(bed, tmp_path):
+    agent, effects, _, clock, events = bed
+    serving(agent, clock, effects)
+    for bucket in (1, 3):
+        agent.on_notice(f'INSTANCE "b{bucket}" MASTER 195\n')
+    clock.now += 0.06
+    agent.tick()
+    control = ClusterControl(agent.config, agent.netfilter, agent.journal)
+    with pytest.raises(LeaveRefused) as refused:
+        control.leave(actor="cli:ops", wait=False, timeout=1, force=False)
+    assert str(refused.value) == ("leaving now would leave buckets with no host: this host is master of every bucket "
+                                  "(4); no other host is healthy to take them; --force leaves anyway")
+    assert not agent.paths.intent.exists()
+    assert [(e["event"], e["outcome"]) for e in events if e["event"] == "cluster.leave"] == [
+        ("cluster.leave", "refused")]
+    control.leave(actor="cli:ops", wait=False, timeout=1, force=True)
+    assert agent.paths.intent.read_text() == "leave\n"
+
+
+def test_leave_wait_returns_once_the_buckets_are_gone_and_the_tcp_flows_finished(bed):
+    agent, effects, _, clock, events = bed
+    serving(agent, clock, effects)
+    open_flow = ("tcp      6 431999 ESTABLISHED src=198.18.20.1 dst=198.18.10.100 sport=40000 dport=80 "
+                 "src=172.24.0.2 dst=198.18.20.1 sport=8080 dport=40000 [ASSURED] mark=67108864 use=1")
+    agent.netfilter.flows = [open_flow]
+    rounds = []
+
+    def sleep(_seconds: float) -> None:
+        rounds.append(1)
+        agent.tick()  # the agent runs beside the command
+        if len(rounds) == 3:
+            agent.netfilter.flows = []  # the client closed its connection
+
+    control = ClusterControl(agent.config, agent.netfilter, agent.journal, sleep=sleep)
+    done = control.leave(actor="cli:ops", wait=True, timeout=60, force=False)
+    assert done["owned"] == [] and done["open_tcp_flows"] == 0 and len(rounds) == 3
+    assert [e["outcome"] for e in events if e["event"] == "cluster.leave"] == ["requested", "left"]
+
+
+def test_a_slow_health_probe_does_not_hold_up_letting_a_bucket_go(bed):
+    agent, effects, _, clock, _ = bed
+    serving(agent, clock, effects)
+    probing, answer = threading.Event(), threading.Event()
+
+    def slow_probe() -> ProbeResult:
+        probing.set()
+        answer.wait(5)
+        return ProbeResult(True, "ok")
+
+    agent.probe = lambda app: slow_probe
+    round_ = threading.Thread(target=agent.tick)
+    round_.start()
+    assert probing.wait(5)
+    notice = threading.Thread(target=agent.on_notice, args=('INSTANCE "b0" BACKUP 200\n',))
+    notice.start()
+    notice.join(1)
+    assert effects == ["rules [2]"], "the lost bucket waited for the probe"
+    answer.set()
+    round_.join(5)
+    notice.join(5)

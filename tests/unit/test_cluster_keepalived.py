@@ -1,0 +1,77 @@
+"""keepalived's configuration, rendered from [cluster], as exact text."""
+
+from pathlib import Path
+
+from deployer import config
+from deployer.plan.keepalived import render_config
+
+PATH = Path("/etc/deployer/deployer.toml")
+STATE = Path("/var/lib/deployer/state/cluster")
+
+
+def cluster(host: str, **extra):
+    return config.parse({"apps": {"web": {"image": "r.example/web", "cluster": True, "ports": [
+        {"external": 80, "container": 8080, "blue": 8001, "green": 8002}]}},
+        "cluster": {"address": "198.18.10.100", "interface": "eth1", "subnet": "198.18.10.0/24", "buckets": 3,
+                    "hash_seed": 7, "host": host, "advert_interval": 0.2, "router_id_base": 60,
+                    "hosts": [{"name": "a", "address": "198.18.10.1"}, {"name": "b", "address": "198.18.10.2"}],
+                    **extra}}, path=PATH, environ={}).cluster
+
+
+def render(host: str, **extra) -> str:
+    return render_config(cluster(host, **extra), notify_fifo=STATE / "notify.fifo", health_file=STATE / "track-health",
+                         leave_file=STATE / "track-leave", source=PATH)
+
+
+def instance(bucket: int, priority: int, source: str, advert: str = "0.2") -> str:
+    return f"""
+vrrp_instance b{bucket} {{
+    state BACKUP
+    interface eth1
+    virtual_router_id {60 + bucket}
+    version 3
+    priority {priority}
+    advert_int {advert}
+    mcast_src_ip {source}
+    track_file {{
+        deployer_health
+        deployer_leave
+    }}
+    virtual_ipaddress {{
+        127.255.{60 + bucket}.1/32 dev lo
+    }}
+}}
+"""
+
+
+HEAD = """\
+# Rendered by the deployer from [cluster] in /etc/deployer/deployer.toml; changes here are overwritten.
+global_defs {
+    router_id deployer-%s
+    vrrp_notify_fifo /var/lib/deployer/state/cluster/notify.fifo
+    vrrp_garp_master_repeat 1
+    vrrp_garp_master_refresh 0
+}
+
+track_file deployer_health {
+    file /var/lib/deployer/state/cluster/track-health
+    weight 0
+}
+
+track_file deployer_leave {
+    file /var/lib/deployer/state/cluster/track-leave
+    weight 0
+}
+"""
+
+
+def test_the_config_of_a_home_host_and_a_backup():
+    assert render("a") == HEAD % "a" + instance(0, 200, "198.18.10.1") + instance(1, 195, "198.18.10.1") \
+        + instance(2, 200, "198.18.10.1")
+    assert render("b") == HEAD % "b" + instance(0, 195, "198.18.10.2") + instance(1, 200, "198.18.10.2") \
+        + instance(2, 195, "198.18.10.2")
+
+
+def test_the_advert_interval_is_written_as_configured():
+    assert "    advert_int 1\n" in render("a", advert_interval=1)
+    assert "    advert_int 0.05\n" in render("a", advert_interval=0.05)

@@ -1,0 +1,159 @@
+"""The bucket rules as exact iptables-save text, the buckets' ranking, the notify lines, and the hash model."""
+
+import re
+from pathlib import Path
+
+from deployer import config
+from deployer.plan import cluster
+from deployer.plan.rules import ChainNames, parse_table
+
+NAMES = ChainNames("DEPLOYER")
+PATH = Path("/etc/deployer/deployer.toml")
+DATA = {
+    "apps": {
+        "web": {"image": "r.example/web", "cluster": True, "ports": [
+            {"external": 80, "container": 8080, "blue": 8001, "green": 8002},
+            {"external": 53, "container": 5353, "protocol": "udp", "blue": 8001, "green": 8002}]},
+        "api": {"image": "r.example/api", "cluster": True, "ports": [
+            {"external": 443, "container": 8443, "blue": 9001, "green": 9002}]},
+        "local": {"image": "r.example/local", "ports": [
+            {"external": 8080, "container": 80, "blue": 7001, "green": 7002}]},
+    },
+    "cluster": {"address": "198.18.10.100", "interface": "eth0", "subnet": "198.18.10.0/24", "buckets": 6,
+                "hash_seed": "0xdeadbeef", "host": "h1",
+                "hosts": [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"},
+                          {"name": "h3", "address": "198.18.10.3"}]},
+}
+LOADED = config.parse(DATA, path=PATH, environ={})
+CLUSTER = LOADED.cluster
+APPS = list(LOADED.apps.values())
+
+HEAD = [
+    "-A DEPLOYER-CLUSTER -m cluster --cluster-total-nodes 1 --cluster-local-node 1 "
+    '--cluster-hash-seed 0x00000000 -m comment --comment "cluster: take the frame in"',
+    "-A DEPLOYER-CLUSTER -p tcp -m connmark --mark 0x4000000/0x4000000 -m comment "
+    '--comment "cluster: a flow this host took in" -j RETURN',
+]
+TAIL = '-A DEPLOYER-CLUSTER -m comment --comment "cluster: another host answers" -j DROP'
+
+
+def test_the_chain_takes_new_flows_of_its_buckets_only_and_keeps_its_own_tcp_flows():
+    assert cluster.chain_rules(NAMES, CLUSTER, APPS, {5, 0}) == [
+        *HEAD,
+        "-A DEPLOYER-CLUSTER -p tcp -m multiport --dports 80,443 -m conntrack --ctstate NEW -m cluster "
+        "--cluster-total-nodes 6 --cluster-local-node 1 --cluster-hash-seed 0xdeadbeef "
+        "-j CONNMARK --set-xmark 0x4000000/0x4000000",
+        "-A DEPLOYER-CLUSTER -p tcp -m multiport --dports 80,443 -m conntrack --ctstate NEW -m cluster "
+        "--cluster-total-nodes 6 --cluster-local-node 6 --cluster-hash-seed 0xdeadbeef "
+        "-j CONNMARK --set-xmark 0x4000000/0x4000000",
+        "-A DEPLOYER-CLUSTER -p tcp -m connmark --mark 0x4000000/0x4000000 -j RETURN",
+        "-A DEPLOYER-CLUSTER -p udp -m multiport --dports 53 -m cluster --cluster-total-nodes 6 "
+        "--cluster-local-node 1 --cluster-hash-seed 0xdeadbeef -j RETURN",
+        "-A DEPLOYER-CLUSTER -p udp -m multiport --dports 53 -m cluster --cluster-total-nodes 6 "
+        "--cluster-local-node 6 --cluster-hash-seed 0xdeadbeef -j RETURN",
+        TAIL,
+    ]
+
+
+def test_owning_no_bucket_keeps_the_own_tcp_flows_and_drops_the_rest():
+    assert cluster.chain_rules(NAMES, CLUSTER, APPS, set()) == [*HEAD, TAIL]
+
+
+def test_more_than_15_ports_take_several_multiport_rules():
+    many = config.parse({**DATA, "apps": {"web": {"image": "r.example/web", "cluster": True, "ports": [
+        {"external": 1000 + i, "container": 2000 + i, "blue": 3000 + i, "green": 4000 + i} for i in range(16)]}}},
+        path=PATH, environ={})
+    rules = cluster.chain_rules(NAMES, many.cluster, many.apps.values(), {1})
+    assert [r.split(" -m conntrack")[0].split("--dports ")[1] for r in rules if "multiport" in r] == [
+        ",".join(str(1000 + i) for i in range(15)), "1015"]
+
+
+def test_the_start_transaction_writes_the_chain_and_inserts_the_jump_first():
+    assert cluster.render_ensure(parse_table("", "mangle"), NAMES, CLUSTER, APPS, set()) == "\n".join([
+        "*mangle", ":DEPLOYER-CLUSTER - [0:0]", *HEAD, TAIL,
+        "-I PREROUTING 1 -d 198.18.10.100/32 -j DEPLOYER-CLUSTER", "COMMIT", ""])
+
+
+def test_the_start_transaction_keeps_a_jump_that_is_there():
+    saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n:DEPLOYER-CLUSTER - [0:0]\n" \
+            "-A PREROUTING -d 198.18.10.100/32 -j DEPLOYER-CLUSTER\nCOMMIT\n"
+    text = cluster.render_ensure(cluster.parse(saved), NAMES, CLUSTER, APPS, set())
+    assert "PREROUTING" not in text
+
+
+def test_a_node_mask_change_rewrites_the_owned_chain_and_nothing_else():
+    text = cluster.render_owned(NAMES, CLUSTER, APPS, {2})
+    lines = text.splitlines()
+    assert lines[:2] == ["*mangle", ":DEPLOYER-CLUSTER - [0:0]"] and lines[-1] == "COMMIT"
+    assert all(line.startswith("-A DEPLOYER-CLUSTER ") for line in lines[2:-1])
+    assert re.findall(r"--cluster-total-nodes 6 --cluster-local-node (\d+) ", text) == ["3", "3"]
+
+
+def test_removal_deletes_the_jump_then_the_chain():
+    saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n:DEPLOYER-CLUSTER - [0:0]\n" \
+            "-A PREROUTING -d 198.18.10.100/32 -j DEPLOYER-CLUSTER\n-A DEPLOYER-CLUSTER -j DROP\nCOMMIT\n"
+    assert cluster.render_removal(cluster.parse(saved), NAMES) == "\n".join([
+        "*mangle", "-D PREROUTING -d 198.18.10.100/32 -j DEPLOYER-CLUSTER", "-F DEPLOYER-CLUSTER",
+        "-X DEPLOYER-CLUSTER", "COMMIT", ""])
+    assert cluster.render_removal(cluster.parse("*mangle\nCOMMIT\n"), NAMES) is None
+
+
+def test_each_bucket_has_a_home_host_and_backups_that_spread_a_failed_hosts_buckets():
+    assert [cluster.ranking(CLUSTER, b) for b in range(6)] == [
+        ["h1", "h2", "h3"], ["h2", "h3", "h1"], ["h3", "h1", "h2"],
+        ["h1", "h3", "h2"], ["h2", "h1", "h3"], ["h3", "h2", "h1"]]
+    assert [cluster.priority(CLUSTER, b, "h1") for b in range(6)] == [200, 190, 195, 200, 195, 190]
+    assert cluster.home_buckets(CLUSTER, "h2") == [1, 4]
+
+
+def test_notify_lines_parse_and_other_lines_do_not():
+    assert cluster.parse_notice('INSTANCE "b3" MASTER 200\n') == cluster.Notice(3, "MASTER", 200)
+    assert cluster.parse_notice('INSTANCE "b0" FAULT 195') == cluster.Notice(0, "FAULT", 195)
+    assert cluster.parse_notice('GROUP "g" MASTER 0') is None
+    assert cluster.parse_notice('INSTANCE "web" MASTER 200') is None
+
+
+def test_a_bucket_is_taken_only_after_the_handover_delay():
+    states = {0: "MASTER", 1: "MASTER", 2: "BACKUP"}
+    since = {0: 10.0, 1: 10.96, 2: 5.0}
+    assert cluster.owned_buckets(states, since, now=11.0, delay=0.05) == {0}
+    assert cluster.owned_buckets(states, since, now=11.02, delay=0.05) == {0, 1}
+
+
+def test_leaving_is_refused_when_no_peer_would_take_the_buckets():
+    assert cluster.leave_problem(CLUSTER, {0: "MASTER", 1: "BACKUP"}) is None
+    assert cluster.leave_problem(CLUSTER, {b: "MASTER" for b in range(6)}) == (
+        "this host is master of every bucket (6); no other host is healthy to take them")
+    assert cluster.leave_problem(CLUSTER, {}) == "keepalived has not reported any bucket yet"
+
+
+def test_the_hash_spreads_sources_over_all_buckets_and_is_stable():
+    sources = [f"198.18.20.{i}" for i in range(1, 129)]
+    buckets = [cluster.bucket_of(s, 6, 0xDEADBEEF) for s in sources]
+    assert set(buckets) == set(range(6))
+    assert all(buckets.count(b) >= 8 for b in range(6))
+    assert buckets == [cluster.bucket_of(s, 6, 0xDEADBEEF) for s in sources]
+    assert buckets != [cluster.bucket_of(s, 6, 1) for s in sources]
+
+
+def test_the_hash_model_gives_the_buckets_the_kernel_gave():
+    # What xt_cluster answered for these sources in a namespace (one rule per bucket, one datagram per source);
+    # tests/integration/test_cluster.py::test_the_hash_model_predicts_the_kernels_buckets checks 64 sources.
+    assert [cluster.bucket_of(f"198.18.78.{i}", 32, 0xDEADBEEF) for i in range(10, 16)] == [10, 0, 6, 8, 31, 11]
+    assert [cluster.bucket_of(f"198.18.78.{i}", 6, 12345) for i in range(10, 16)] == [0, 4, 0, 1, 1, 4]
+
+
+def test_flows_are_counted_per_bucket_only_when_this_host_took_them_in():
+    lines = [
+        "tcp      6 431999 ESTABLISHED src=198.18.20.1 dst=198.18.10.100 sport=40000 dport=80 src=172.24.0.2 "
+        "dst=198.18.20.1 sport=8080 dport=40000 [ASSURED] mark=67108864 use=1",
+        "tcp      6 431999 ESTABLISHED src=198.18.20.2 dst=198.18.10.100 sport=40000 dport=80 src=172.24.0.2 "
+        "dst=198.18.20.2 sport=8080 dport=40000 [ASSURED] mark=0 use=1",
+        "tcp      6 110 TIME_WAIT src=198.18.20.3 dst=198.18.10.100 sport=40000 dport=80 src=172.24.0.2 "
+        "dst=198.18.20.3 sport=8080 dport=40000 [ASSURED] mark=67108864 use=1",
+    ]
+    counts = cluster.flows_per_bucket(lines, CLUSTER)
+    assert sum(counts.values()) == 2
+    assert counts[cluster.bucket_of("198.18.20.1", 6, 0xDEADBEEF)] >= 1
+    assert cluster.open_tcp_flows(lines, CLUSTER) == 1
+
