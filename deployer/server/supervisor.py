@@ -87,13 +87,22 @@ def receiver_user(config: Config) -> tuple[str, str] | None:
     return None
 
 
-def start_gunicorn(config: Config, spawn: Spawn, log_file: Any = None) -> Process:
-    """gunicorn with the app factory; as `[server] user` (whole process tree) when serve runs as root."""
+def unprivileged_environment(config: Config) -> dict[str, str]:
+    """The environment of what serve starts as [server] user (gunicorn, the responder): the receiver's own.
+
+    Never the worker's registry, asset or app secrets from root's environment; PYTHONPATH so the package
+    imports from any working folder.
+    """
     from deployer.server.worker import child_environment
 
-    # Only what the receiver needs: never the worker's registry, asset or app secrets from root's environment.
     env = config_module.receiver_environment(config)
-    env["PYTHONPATH"] = child_environment()["PYTHONPATH"]  # this package, importable from any cwd
+    env["PYTHONPATH"] = child_environment()["PYTHONPATH"]
+    return env
+
+
+def start_gunicorn(config: Config, spawn: Spawn, log_file: Any = None) -> Process:
+    """gunicorn with the app factory; as `[server] user` (whole process tree) when serve runs as root."""
+    env = unprivileged_environment(config)
     drop = receiver_user(config)
     return spawn(gunicorn_argv(config), env, user=drop[0] if drop else None, group=drop[1] if drop else None,
                  umask=0o007, log=log_file)
@@ -281,13 +290,10 @@ def start_responder(config: Config, spawn: Spawn, listener: Any, python: str = s
 
     The responder answers anyone on the network, so it does not run in the root worker's process.
     """
-    from deployer.server.worker import child_environment
-
     drop = receiver_user(config)
     argv = [python, "-m", "deployer", "-c", str(config.path), "maintenance-server",
             "--listen-fd", str(listener.fileno())]
-    env = config_module.receiver_environment(config)  # like the receiver's: none of the worker's secrets
-    env["PYTHONPATH"] = child_environment()["PYTHONPATH"]
+    env = unprivileged_environment(config)
     return spawn(argv, env, user=drop[0] if drop else None, group=drop[1] if drop else None,
                  umask=0o077, pass_fds=(listener.fileno(),))
 
