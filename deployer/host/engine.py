@@ -129,12 +129,16 @@ class Engine:
 
     # --- public operations ---------------------------------------------------------------------
 
-    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None) -> DeployResult:
+    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None,
+               wait_on_transient: bool = False) -> DeployResult:
+        """`wait_on_transient`: the caller will try again after a transient fault before the flip, so such a
+        fault is recorded as `deploy.waiting` and runs no on-failure hook (traffic has not moved)."""
         app = self.config.app(app_name)
         hostbound.check_deployable(app)
         check_tag(app, tag)
         with self._app_lock(app, tag=tag, actor=actor):
-            return self._deploy(app, Release(tag=tag, image=app.image), actor=actor, job=job, kind="deploy")
+            return self._deploy(app, Release(tag=tag, image=app.image), actor=actor, job=job, kind="deploy",
+                                wait_on_transient=wait_on_transient)
 
     def rollback(self, app_name: str, *, actor: str, job: str | None = None) -> DeployResult:
         """Go back to the previous release, pinned by digest, behind the same health gate."""
@@ -222,7 +226,7 @@ class Engine:
     # --- the deploy sequence -------------------------------------------------------------------
 
     def _deploy(self, app: AppConfig, release: Release, *, actor: str, job: str | None, kind: str,
-                reconciled: bool = False) -> DeployResult:
+                reconciled: bool = False, wait_on_transient: bool = False) -> DeployResult:
         base = {"app": app.name, "job": job, "actor": actor}
         self.journal.record(f"{kind}.started", tag=release.tag, **base)
         try:
@@ -237,7 +241,10 @@ class Engine:
                                   old_ports=self._set_ports(app, old.port_set) if old else None,
                                   bind=app.bind, health_path=app.health.path if app.health.type == "http" else None)
         except DeployerError as exc:
-            self.journal.record(f"{kind}.failed", outcome="failed", tag=release.tag, error=str(exc), **base)
+            waits = exc.transient and wait_on_transient
+            self.journal.record(f"{kind}.waiting" if waits else f"{kind}.failed",
+                                outcome="waiting" if waits else "failed", tag=release.tag,
+                                error=str(exc), **base)
             raise
 
         new: ContainerInfo | None = None
@@ -282,6 +289,10 @@ class Engine:
                                                                  if old_addresses else {}))
         except DeployerError as exc:
             self._abandon(app, new, base)
+            if exc.transient and wait_on_transient:
+                self.journal.record(f"{kind}.waiting", outcome="waiting", tag=release.tag, error=str(exc),
+                                    error_type=type(exc).__name__, fault=exc.fault, **base)
+                raise
             self._hook("on-failure", app, replace(context, error=str(exc)), base, must_pass=False)
             self.journal.record(f"{kind}.failed", outcome="failed", tag=release.tag, error=str(exc),
                                 error_type=type(exc).__name__, **base)
