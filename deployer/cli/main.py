@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from typing import Callable, Sequence
 
 from deployer import config as config_module
@@ -13,7 +14,7 @@ from deployer.cli import audit as audit_cli
 from deployer.cli import forward as forward_cli
 from deployer.cli import ops as ops_cli
 from deployer.cli import server as server_cli
-from deployer.errors import DeployerError
+from deployer.errors import DeployerError, DockerUnavailable, StateError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -113,8 +114,37 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def host_faults(config: config_module.Config) -> list[str]:
+    """The worker's faults and what waits on them, and a full disk even when the worker cannot say so."""
+    from deployer.folders import space_problem
+    from deployer.server.faults import fault_lines
+    from deployer.server.jobs import Queue, queue_path
+
+    lines = []
+    problem = space_problem(config.settings.state_dir)
+    if queue_path(config.settings.state_dir).exists():
+        try:
+            queue = Queue.for_state_dir(config.settings.state_dir)
+            lines = fault_lines(queue.worker_status(), queue.waiting(), time.time())
+        except StateError as exc:
+            lines = [f"fault queue: {exc}"]
+    if problem is not None and not any(line.startswith("fault disk:") for line in lines):
+        lines.insert(0, f"fault disk: {problem}")
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    statuses = _engine(args).status(args.app)
+    faults = [] if args.json else host_faults(args.loaded_config)
+    for line in faults:
+        print(line)
+    try:
+        statuses = _engine(args).status(args.app)
+    except DockerUnavailable as exc:
+        if args.json:
+            raise
+        if not any(line.startswith("fault docker:") for line in faults):
+            print(f"fault docker: {exc}")
+        return 1
     if args.json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2, default=str))
         return 0

@@ -37,6 +37,7 @@ from deployer.errors import (
     UnknownJob,
     UnsupportedMediaType,
 )
+from deployer.folders import space_problem
 from deployer.journal import Journal
 from deployer.server import releases, signatures
 from deployer.server.jobs import Job, Queue
@@ -550,6 +551,9 @@ def health_report(receiver: Receiver) -> dict[str, str]:
         worker, queue_state = None, str(exc)
     now = receiver.clock()
     alive = worker is not None and now - worker["heartbeat_at"] < WORKER_STALE_SECONDS
+    # The receiver checks the disk itself: a worker that cannot write the queue cannot report it either.
+    disk = space_problem(receiver.config.settings.state_dir) or (worker or {}).get("faults", {}).get("disk", {}).get(
+        "reason") or "ok"
     return {
         "receiver": "ok",
         "queue": queue_state,
@@ -557,6 +561,7 @@ def health_report(receiver: Receiver) -> dict[str, str]:
                    else f"last heartbeat {now - worker['heartbeat_at']:.0f} s ago"),
         "docker": (worker or {}).get("docker") or "unknown",
         "netfilter": (worker or {}).get("netfilter") or "unknown",
+        "disk": disk,
     }
 
 
