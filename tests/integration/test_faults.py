@@ -1,7 +1,9 @@
-"""The host's own faults, real and undone by each test: a full state folder, a registry that went away.
+"""The host's own faults, real and undone by each test: a full state folder, a registry that went away, a
+Docker daemon that stops answering.
 
-Each fault is injected by the test (a tmpfs of its own, a registry of its own on another port, stopped by
-its pid) and undone in `finally`. The shared dockerd and the shared registry on :5000 are never touched.
+Each fault is injected by the test (a tmpfs of its own, a registry of its own on another port, a socket of its
+own in front of the daemon, each stopped by its pid) and undone in `finally`. The shared dockerd and the shared
+registry on :5000 are never stopped.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -18,9 +23,10 @@ from typing import Iterator
 import pytest
 import requests
 from conftest import IMAGE, run
-from test_server import serve, served_version, web_app  # noqa: F401 - the serve fixture
+from test_server import TRAFFIC, serve, served_version, web_app  # noqa: F401 - the serve fixture
 
 from deployer.audit import AuditLog, Query
+from deployer.server.jobs import TERMINAL
 from support.fake_github import free_port
 
 pytestmark = pytest.mark.integration
@@ -154,3 +160,125 @@ def test_a_full_state_folder_answers_503_loses_no_accepted_job_and_recovers_with
         assert {j.id for j in queue.jobs()} >= set(accepted)
         verified = deployer.cli("audit", "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@contextlib.contextmanager
+def docker_socket() -> Iterator[dict]:
+    """A socket of the test's own in front of the shared daemon (socat): stopping it by its pid is, for the
+    deployer pointed at it, a daemon that stops answering; the shared dockerd, which every other test uses,
+    is never stopped."""
+    folder = Path(tempfile.mkdtemp(prefix="dsock-", dir="/tmp"))
+    path = folder / "docker.sock"
+    state: dict = {"process": None, "url": f"unix://{path}"}
+
+    def start() -> None:
+        state["process"] = subprocess.Popen(["socat", f"UNIX-LISTEN:{path},fork,unlink-early",
+                                             "UNIX-CONNECT:/var/run/docker.sock"], stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not path.exists():
+            assert time.monotonic() < deadline, "socat did not listen"
+            time.sleep(0.05)
+
+    def stop() -> None:
+        process = state["process"]
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            process.wait(timeout=10)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        state["process"] = None
+
+    state.update(start=start, stop=stop)
+    start()
+    try:
+        yield state
+    finally:
+        stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def health(served) -> dict:
+    response = served.signed("GET", "/healthz")
+    assert response.status_code in (200, 503), response.text
+    return response.json()
+
+
+def wait_for(what, check, timeout: float) -> float:
+    """Seconds until `check()` is true; fails after `timeout`."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, f"{what}: not within {timeout} s"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def test_a_release_delivered_while_docker_does_not_answer_deploys_with_zero_downtime_when_it_does(serve, tmp_path):
+    with docker_socket() as daemon:
+        served = serve(web_app(22340, drain=1.0), settings=f'docker_host = "{daemon["url"]}"')
+        first = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": "v1"}).encode())
+        assert served.wait(first.json()["job"])["status"] == "succeeded"
+        assert wait_for("docker ok", lambda: health(served)["docker"] == "ok", 10) < 10
+
+        out = tmp_path / "traffic.jsonl"
+        client = subprocess.Popen([sys.executable, TRAFFIC, "http-new", "127.0.0.1:22340", "--out", str(out),
+                                   "--pause", "0.01", "--timeout", "5", "--duration", "120"])
+        try:
+            daemon["stop"]()
+            down = wait_for("docker reported down", lambda: health(served)["docker"] != "ok", 10)
+            assert down < 5, down
+            assert requests.get(f"{served.url}/healthz", timeout=5).json() == {"status": "degraded"}
+            status = served.deployer.cli("status")
+            assert status.returncode == 1 and "fault docker:" in status.stdout, status.stdout + status.stderr
+
+            answer = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": "v2"}).encode())
+            assert answer.status_code == 202, answer.text
+            job_id = answer.json()["job"]
+            wait_for("job.waiting", lambda: [e for e in audit_events(served, "job.waiting")
+                                             if e.get("job") == job_id], 20)
+            status = served.deployer.cli("status")
+            assert f"waiting: {job_id} (web v2" in status.stdout, status.stdout
+            assert served_version(22340) == "v1"
+
+            daemon["start"]()
+            up = wait_for("docker reported up", lambda: health(served)["docker"] == "ok", 10)
+            assert up < 5, up
+            deployed = wait_for("deployed", lambda: served.job(job_id)["status"] in TERMINAL, 60)
+            job = served.job(job_id)
+            assert (job["status"], job["reason"]) == ("succeeded", "v2 is live on green"), job
+            assert deployed < 15, deployed
+            time.sleep(1.0)
+        finally:
+            client.send_signal(signal.SIGTERM)
+            client.wait(timeout=15)
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        failed = [r for r in records if not r.get("ok")]
+        assert len(records) > 100 and failed == [], failed[:5]
+        assert served_version(22340) == "v2"
+        waits = [e for e in audit_events(served, "job.waiting") if e.get("job") == job_id]
+        assert waits and {e["fault"] for e in waits} == {"docker"}
+        assert [e["outcome"] for e in audit_events(served, "worker.fault") if e.get("fault") == "docker"][:2] == [
+            "failed", "ok"]
+
+
+def test_a_fault_that_outlasts_the_job_timeout_fails_the_job_and_runs_on_failure(serve):
+    with docker_socket() as daemon:
+        served = serve(web_app(22360), settings=f'docker_host = "{daemon["url"]}"')
+        first = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": "v1"}).encode())
+        assert served.wait(first.json()["job"])["status"] == "succeeded"
+        marker = served.deployer.root / "on-failure.out"
+        served.deployer.hook("on-failure", f'echo "$DEPLOYER_TAG $DEPLOYER_ERROR" > {marker}\n')
+        served.kill()
+        served.deployer.config_path.write_text(
+            served.deployer.config_path.read_text().replace("job_timeout = 300", "job_timeout = 6"))
+        served.start()
+        daemon["stop"]()
+        answer = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": "v2"}).encode())
+        assert answer.status_code == 202, answer.text
+        job = served.wait(answer.json()["job"], timeout=60)
+        assert job["status"] == "failed", job
+        assert job["reason"].startswith("gave up after ") and "over 6 s: " in job["reason"], job["reason"]
+        assert "does not answer" in job["reason"]
+        assert marker.read_text().startswith("v2 "), "on-failure did not run"
+        assert [e["fault"] for e in audit_events(served, "job.failed") if e.get("job") == job["id"]] == ["docker"]
+        daemon["start"]()
+        assert served_version(22360) == "v1"  # traffic stayed where it was
