@@ -235,6 +235,7 @@ class Worker:
     stopping: threading.Event = field(default_factory=threading.Event)
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> {"reason", "since"}
     paused: str | None = None  # why the worker claims nothing now (the queue cannot be written)
+    _faults_lock: threading.Lock = field(default_factory=threading.Lock)  # the heartbeat thread shares `faults`
 
     def start(self) -> None:
         """Recover what a dead worker left, reconcile every app, and publish what is live."""
@@ -326,15 +327,16 @@ class Worker:
 
     def note_fault(self, part: str, reason: str) -> None:
         """A part of the host is wrong: remembered with the time it was first seen, journaled once."""
-        if part not in self.faults:
-            self.faults[part] = {"reason": reason, "since": self.clock()}
+        with self._faults_lock:
+            new = part not in self.faults
+            self.faults[part] = {"reason": reason, "since": self.faults.get(part, {}).get("since", self.clock())}
+        if new:
             self.journal.record("worker.fault", outcome="failed", actor=WORKER_ACTOR, fault=part, reason=reason)
-        else:
-            self.faults[part]["reason"] = reason
 
     def clear_fault(self, part: str) -> bool:
         """The part is right again; True when it was wrong (the jobs that wait on it are woken)."""
-        fault = self.faults.pop(part, None)
+        with self._faults_lock:
+            fault = self.faults.pop(part, None)
         if fault is None:
             return False
         self.journal.record("worker.fault", outcome="ok", actor=WORKER_ACTOR, fault=part,
@@ -374,16 +376,22 @@ class Worker:
                     self.clear_fault(part)
             else:
                 self.note_fault(part, state)
+        with self._faults_lock:
+            faults = {part: dict(fault) for part, fault in self.faults.items()}
         self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at, docker=docker_state,
-                             netfilter=netfilter_state, checked=True, faults=self.faults)
+                             netfilter=netfilter_state, checked=True, faults=faults)
 
     def heartbeat_forever(self) -> None:
         """Runs in its own thread: /healthz and `status` read the heartbeat, the checks and the faults."""
+        failing = False
         while not self.stopping.is_set():
             try:
                 self.check_once()
-            except StateError as exc:
-                log.warning("worker heartbeat failed: %s", exc)
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - the heartbeat reports; it must never end
+                if not failing:  # once per outage, not every 2 s
+                    log.warning("worker heartbeat failed: %s", exc)
+                failing = True
             self.stopping.wait(HEARTBEAT_SECONDS)
 
     def run(self, *, poll_seconds: float = POLL_SECONDS) -> None:
