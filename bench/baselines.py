@@ -23,9 +23,10 @@ from typing import Any, Mapping, Sequence
 
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.probes import probe_for
 from deployer.config import AppConfig, Settings
 from deployer.errors import BootError
-from deployer.host.health import probe_for, wait_healthy
+from deployer.host.health import wait_healthy
 from deployer.journal import Journal
 from deployer.plan import rules
 from deployer.plan.containers import ContainerInfo, Release, other_set, run_arguments

@@ -16,7 +16,7 @@ from bench.plan import deployer_toml
 from deployer import config as config_module
 from deployer.adapters.netfilter import Netfilter
 from deployer.config import Config
-from deployer.host.engine import Engine
+from deployer.host.wiring import build_engine
 from deployer.journal import Journal
 
 
@@ -66,7 +66,7 @@ class EngineDriver:
         self.recorder = Recorder()
         journal = Journal([self.recorder], secrets=self.config.secrets())
         timed = TimedWrites(netfilter or Netfilter(), self.recorder)
-        self.engine = Engine(self.config, lab.docker, timed, journal=journal)  # type: ignore[arg-type]
+        self.engine = build_engine(self.config, journal, docker=lab.docker, netfilter=timed)  # type: ignore[arg-type]
 
     @property
     def events(self) -> list[dict[str, Any]]:

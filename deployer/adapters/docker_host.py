@@ -46,7 +46,7 @@ class DockerHost:
                 raise DockerUnavailable(f"the Docker daemon at {self.base_url} does not answer: {_short(exc)}") from None
         return self._client
 
-    def _call(self, what: str, operation: Callable[[], Any]) -> Any:
+    def call(self, what: str, operation: Callable[[], Any]) -> Any:
         """Run one SDK operation; a daemon that does not answer becomes DockerUnavailable."""
         try:
             return operation()
@@ -56,7 +56,7 @@ class DockerHost:
 
     def ping(self) -> None:
         try:
-            self._call("ping", lambda: self.client.ping())
+            self.call("ping", lambda: self.client.ping())
         except docker.errors.APIError as exc:
             raise DockerUnavailable(f"the Docker daemon at {self.base_url} is unhealthy: {_short(exc)}") from None
 
@@ -65,7 +65,7 @@ class DockerHost:
     def pull(self, release: Release, auth: Mapping[str, str] | None = None) -> Release:
         """Pull the tag and return the release with the manifest digest the registry gave."""
         try:
-            image = self._call("pull", lambda: self.client.images.pull(
+            image = self.call("pull", lambda: self.client.images.pull(
                 release.image, tag=release.tag, auth_config=dict(auth) if auth else None))
         except docker.errors.APIError as exc:
             raise pull_error(exc, release) from None
@@ -73,7 +73,7 @@ class DockerHost:
 
     def has_image(self, reference: str) -> bool:
         try:
-            self._call("inspect image", lambda: self.client.images.get(reference))
+            self.call("inspect image", lambda: self.client.images.get(reference))
             return True
         except docker.errors.ImageNotFound:
             return False
@@ -83,7 +83,7 @@ class DockerHost:
     def tag_image(self, source: str, release: Release) -> None:
         """Give a locally present image (by digest) its tag again, so the container shows it."""
         try:
-            self._call("tag image", lambda: self.client.images.get(source).tag(release.image, release.tag))
+            self.call("tag image", lambda: self.client.images.get(source).tag(release.image, release.tag))
         except docker.errors.APIError as exc:
             raise PullError(f"image {source} is not available locally: {_short(exc)}") from None
 
@@ -92,17 +92,17 @@ class DockerHost:
     def ensure_network(self, name: str, bridge: str) -> None:
         """A bridge network the deployer owns, with a known interface name for its netfilter rules."""
         try:
-            network = self._call("inspect network", lambda: self.client.networks.get(name))
+            network = self.call("inspect network", lambda: self.client.networks.get(name))
         except docker.errors.NotFound:
             try:
-                self._call("create network", lambda: self.client.networks.create(
+                self.call("create network", lambda: self.client.networks.create(
                     name, driver="bridge", options={"com.docker.network.bridge.name": bridge},
                     labels={"deployer.network": "1"}))
                 return
             except docker.errors.APIError as exc:
                 # Another deployer process may have created it a moment ago: accept theirs if it fits.
                 try:
-                    network = self._call("inspect network", lambda: self.client.networks.get(name))
+                    network = self.call("inspect network", lambda: self.client.networks.get(name))
                 except docker.errors.NotFound:
                     raise DeployerError(f"cannot create Docker network {name!r}: {_short(exc)}") from None
         except docker.errors.APIError as exc:
@@ -115,7 +115,7 @@ class DockerHost:
 
     def remove_network(self, name: str) -> None:
         try:
-            self._call("remove network", lambda: self.client.networks.get(name).remove())
+            self.call("remove network", lambda: self.client.networks.get(name).remove())
         except docker.errors.NotFound:
             pass
 
@@ -123,7 +123,7 @@ class DockerHost:
 
     def containers(self, filters: Mapping[str, Any]) -> list[ContainerInfo]:
         try:
-            found = self._call("list containers", lambda: self.client.containers.list(all=True, filters=dict(filters)))
+            found = self.call("list containers", lambda: self.client.containers.list(all=True, filters=dict(filters)))
         except docker.errors.APIError as exc:
             raise DeployerError(f"cannot list containers: {_short(exc)}") from None
         infos = []
@@ -136,21 +136,21 @@ class DockerHost:
 
     def inspect(self, container_id: str) -> ContainerInfo | None:
         try:
-            return _info(self._call("inspect", lambda: self.client.containers.get(container_id)))
+            return _info(self.call("inspect", lambda: self.client.containers.get(container_id)))
         except docker.errors.NotFound:
             return None
 
     def run(self, reference: str, arguments: Mapping[str, Any]) -> ContainerInfo:
         create = {k: v for k, v in arguments.items() if k != "detach"}
         try:
-            container = self._call("create", lambda: self.client.containers.create(reference, **create))
+            container = self.call("create", lambda: self.client.containers.create(reference, **create))
         except docker.errors.ImageNotFound as exc:
             raise PullError(f"image {reference} is not present: {_short(exc)}") from None
         except docker.errors.APIError as exc:
             raise BootError(f"cannot create {arguments.get('name')}: {_short(exc)}") from None
         try:
-            self._call("start", container.start)
-            self._call("inspect", container.reload)
+            self.call("start", container.start)
+            self.call("inspect", container.reload)
         except docker.errors.APIError as exc:
             # Created but never started (a published port is taken ...): it must not stay behind.
             self.remove(container.id)
@@ -159,13 +159,13 @@ class DockerHost:
 
     def set_restart_policy(self, container_id: str, policy: Mapping[str, Any]) -> None:
         try:
-            self._call("update", lambda: self.client.containers.get(container_id).update(restart_policy=dict(policy)))
+            self.call("update", lambda: self.client.containers.get(container_id).update(restart_policy=dict(policy)))
         except docker.errors.APIError as exc:
             raise BootError(f"cannot set the restart policy of {container_id[:12]}: {_short(exc)}") from None
 
     def logs_tail(self, container_id: str, lines: int = 20) -> str:
         try:
-            logs = self._call("logs", lambda: self.client.containers.get(container_id).logs(
+            logs = self.call("logs", lambda: self.client.containers.get(container_id).logs(
                 tail=lines, stdout=True, stderr=True))
             return logs.decode("utf-8", "replace").strip()
         except (docker.errors.APIError, DockerUnavailable):
@@ -174,7 +174,7 @@ class DockerHost:
     def stop(self, container_id: str, timeout: int) -> None:
         """SIGTERM, wait `timeout` seconds, then SIGKILL (docker stop)."""
         try:
-            self._call("stop", lambda: self.client.containers.get(container_id).stop(timeout=timeout))
+            self.call("stop", lambda: self.client.containers.get(container_id).stop(timeout=timeout))
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
@@ -182,7 +182,7 @@ class DockerHost:
 
     def remove(self, container_id: str) -> None:
         try:
-            self._call("remove", lambda: self.client.containers.get(container_id).remove(force=True))
+            self.call("remove", lambda: self.client.containers.get(container_id).remove(force=True))
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:

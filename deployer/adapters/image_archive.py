@@ -16,10 +16,10 @@ def load_image(host: DockerHost, path: Path, image: str, tag: str) -> str:
     """Load the archive and tag its one image `image:tag`; return that reference."""
     try:
         with open(path, "rb") as archive:
-            images = host._call("load image", lambda: host.client.images.load(archive))
+            images = host.call("load image", lambda: host.client.images.load(archive))
         if len(images) != 1:
             raise AssetError(f"the archive loaded {len(images)} images; expected exactly one")
-        host._call("tag image", lambda: images[0].tag(image, tag))
+        host.call("tag image", lambda: images[0].tag(image, tag))
     except docker.errors.APIError as exc:
         raise DeployerError(f"Docker could not load the image archive: {_reason(exc)}") from None
     except OSError as exc:

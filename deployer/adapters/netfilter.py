@@ -83,11 +83,12 @@ class Netfilter:
         """Let packets from 127.0.0.1 that were DNATed to a container leave through its bridge."""
         self._write_sysctl(f"net/ipv4/conf/{interface}/route_localnet", "1")
 
-    def ip_forward_enabled(self) -> bool:
+    def conntrack_timeout(self, name: str) -> int | None:
+        """One of the kernel's conntrack timeouts in seconds (e.g. nf_conntrack_tcp_timeout_time_wait), if readable."""
         try:
-            return (self.proc_sys / "net/ipv4/ip_forward").read_text().strip() == "1"
-        except OSError:
-            return False
+            return int((self.proc_sys / "net/netfilter" / name).read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def _write_sysctl(self, key: str, value: str) -> None:
         path = self.proc_sys / key

@@ -64,10 +64,9 @@ def _number(text: str) -> int:
 
 
 def _forwarder(args: argparse.Namespace):
-    from deployer.host.forwarder import Forwarder
     from deployer.host.wiring import build_engine
 
-    return Forwarder(build_engine(args.loaded_config))
+    return build_engine(args.loaded_config).forwarder
 
 
 def cmd_forward(args: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import threading
 from typing import Callable
@@ -109,7 +108,7 @@ def cmd_maintenance_server(args: argparse.Namespace) -> int:
 
     config: Config = args.loaded_config
     stop = supervisor.stop_on_signals()
-    listener = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
+    listener = responder.inherited_listener(args.listen_fd) if args.listen_fd is not None else None
     # binds now, so a taken port fails before anything else
     server = responder.make_server(config, deadlines=Deadlines(), listener=listener)
     return supervisor.run_threads(stop, lambda: responder.serve(config, stop, server),
@@ -118,13 +117,13 @@ def cmd_maintenance_server(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from deployer.host.watchdog import run_watchdog, watched_apps
-    from deployer.host.wiring import spawn_process
+    from deployer.host.wiring import build_engine, spawn_process
     from deployer.server import supervisor
 
     config: Config = args.loaded_config
     stop = supervisor.stop_on_signals()
     ready = threading.Event()
-    targets = [lambda: run_watchdog(config, stop, ready=ready)]
+    targets = [lambda: run_watchdog(config, stop, build_engine, ready=ready)]
     if not args.no_responder:
         # The watchdog needs root; the responder, which anyone reaches, runs in a child (as [server] user, if set).
         listener = supervisor.bind_listener(config)  # a taken port fails now, not in a thread

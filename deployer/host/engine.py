@@ -1,7 +1,9 @@
 """The deploy engine: orders the effects of a deploy, a rollback and a reconcile.
 
-It receives its adapters as arguments (Docker, netfilter, hooks, journal), so tests drive it
-with the real ones, and nothing here reaches for a global client.
+It receives its adapters as arguments (Docker, netfilter, routing, probes, hooks, journal): the CLI
+and the server get the real ones from wiring.py, tests pass the real ones or small fakes, and
+nothing here reaches for a global client. The netfilter transactions are `Chains`', the journal's
+bookkeeping around each operation is `Operation`'s; the engine orders the steps.
 
 The rule that shapes it: traffic is never left without a target. The old instance stops only
 after the rules point at the new one, the rules change in one transaction, and a crash at any
@@ -11,18 +13,19 @@ step leaves the rules pointing at a running instance, which `reconcile` then bui
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from deployer.config import AppConfig, Config
-from deployer.errors import BootError, DeployerError, HookFailed, NothingToRollBack, RulesError
+from deployer.errors import BootError, DeployerError, HookFailed, NothingToRollBack
 from deployer.host import modes
-from deployer.host.health import probe_for, wait_healthy
-from deployer.host.locks import AppLock
+from deployer.host.chains import Chains, NetfilterBackend
+from deployer.host.forwarder import Forwarder, RoutingPort
+from deployer.host.health import Prober, set_port_probe, wait_healthy
+from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation, record_repairs
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
 from deployer.plan import app_chain, conntrack, forwarding, hostbound, maintenance, rules
@@ -40,7 +43,7 @@ from deployer.plan.containers import (
     selector,
 )
 from deployer.plan.hooks import HookContext, HookOutcome, hook_environment, hook_path
-from deployer.plan.records import AppState, Instance
+from deployer.plan.records import SERVING, Instance
 from deployer.plan.tags import check_tag
 
 
@@ -57,16 +60,6 @@ class DockerPort(Protocol):
     def set_restart_policy(self, container_id: str, policy: Mapping[str, Any]) -> None: ...
     def stop(self, container_id: str, timeout: int) -> None: ...
     def remove(self, container_id: str) -> None: ...
-
-
-class NetfilterPort(Protocol):
-    def save_nat(self) -> str: ...
-    def save_table(self, table: str) -> str: ...
-    def list_chain(self, chain: str) -> list[str] | None: ...
-    def restore(self, text: str) -> None: ...
-    def conntrack_delete(self, arguments: list[str]) -> int: ...
-    def conntrack_list(self, arguments: list[str]) -> list[str]: ...
-    def enable_route_localnet(self, interface: str) -> None: ...
 
 
 HookRunner = Callable[[Path, Mapping[str, str], float], HookOutcome]
@@ -91,7 +84,7 @@ class AppStatus:
     live_rules: list[str]
     wanted_rules: list[str]
     containers: list[dict[str, Any]] = field(default_factory=list)
-    mode: str = "serving"
+    mode: str = SERVING
     mode_detail: dict[str, Any] = field(default_factory=dict)
     drained: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)  # lines for people: the mode, a drain, a host-bound app
@@ -102,72 +95,68 @@ class AppStatus:
         return asdict(self)
 
 
-def forwards_to(app: AppConfig, address: str, port_set: str, tag: str) -> list[rules.Forward]:
-    """The DNAT rules that send every external port of the app to one instance."""
-    comment = f"{app.name} {port_set} {tag}"
-    return [rules.Forward(p.protocol, p.external, address, p.container, comment) for p in app.ports]
-
-
 class Engine:
-    def __init__(self, config: Config, docker: DockerPort, netfilter: NetfilterPort, *,
-                 journal: Journal | None = None, run_hook: HookRunner | None = None,
+    def __init__(self, config: Config, docker: DockerPort, netfilter: NetfilterBackend, *, routing: RoutingPort,
+                 prober: Prober, run_hook: HookRunner, journal: Journal | None = None,
                  environ: Mapping[str, str] | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
-        from deployer.adapters.processes import run_hook as default_run_hook
-
         self.config = config
         self.settings = config.settings
         self.docker = docker
         self.netfilter = netfilter
+        self.prober = prober
         self.journal = journal or Journal(secrets=config.secrets())
-        self.run_hook = run_hook or default_run_hook
+        self.run_hook = run_hook
         self.environ = dict(os.environ if environ is None else environ)
         self.sleep = sleep
         self.clock = clock
         self.store = StateStore(self.settings.state_dir)
-        self.names = rules.ChainNames(self.settings.chain_prefix)
+        self.chains = Chains(netfilter, docker, self.settings, clock=clock, sleep=sleep)
+        self.names = self.chains.names
+        self.forwarder = Forwarder(self, routing)
 
     # --- public operations ---------------------------------------------------------------------
 
     def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None,
                wait_on_transient: bool = False) -> DeployResult:
-        """`wait_on_transient`: the caller will try again after a transient fault before the flip, so such a
-        fault is recorded as `deploy.waiting` and runs no on-failure hook (traffic has not moved)."""
+        """`wait_on_transient`: the caller will try again after a transient fault (every one strikes before the
+        flip), so such a fault is recorded as `deploy.waiting` and runs no on-failure hook."""
         app = self.config.app(app_name)
         hostbound.check_deployable(app)
         check_tag(app, tag)
-        with self._app_lock(app, tag=tag, actor=actor):
-            return self._deploy(app, Release(tag=tag, image=app.image), actor=actor, job=job, kind="deploy",
-                                wait_on_transient=wait_on_transient)
+        with self._operation("deploy", app, actor, job, tag=tag) as operation:
+            operation.waits_on_transient = wait_on_transient
+            return self._deploy(operation, app, Release(tag=tag, image=app.image), actor=actor, job=job)
 
     def rollback(self, app_name: str, *, actor: str, job: str | None = None) -> DeployResult:
         """Go back to the previous release, pinned by digest, behind the same health gate."""
         app = self.config.app(app_name)
         hostbound.check_deployable(app)
-        with self._app_lock(app, tag="rollback", actor=actor):
+        with self._operation("rollback", app, actor, job, tag="rollback") as operation:
             self._reconcile_app(app, actor=actor, job=job)
             previous = self.store.load(app.name).previous
             if previous is None:
                 raise NothingToRollBack(f"app {app.name!r} has no previous release to roll back to", app=app.name)
             release = Release(tag=previous.tag, image=previous.image, digest=previous.digest)
-            return self._deploy(app, release, actor=actor, job=job, kind="rollback", reconciled=True)
+            return self._deploy(operation, app, release, actor=actor, job=job, rollback=True)
 
     def reconcile(self, app_name: str | None = None, *, actor: str) -> list[str]:
         """Bring rules, containers and the record back into agreement; return the repairs made."""
         apps = [self.config.app(app_name)] if app_name else list(self.config.apps.values())
         repairs: list[str] = []
         for app in apps:
-            with self._app_lock(app, tag="reconcile", actor=actor):
+            with self._operation("reconcile", app, actor, None, tag="reconcile", shape=FAILURES_ONLY) as operation:
+                operation.start()
                 repairs.extend(self._reconcile_app(app, actor=actor))
         return repairs
 
     def status(self, app_name: str | None = None) -> list[AppStatus]:
         apps = [self.config.app(app_name)] if app_name else list(self.config.apps.values())
-        live = rules.parse_nat(self.netfilter.save_nat())
+        live = self.chains.table("nat")
         result = []
         for app in apps:
             state = self.store.load(app.name)
-            wanted = self._wanted_rules(app, state)
+            wanted = self.chains.wanted(app, state)
             live_rules = live.rules(self.names.app(app.name))
             containers = [
                 {"name": c.name, "id": c.id[:12], "status": c.status, "set": c.labels.get(LABEL_SET),
@@ -175,14 +164,15 @@ class Engine:
                 for c in self.docker.containers(selector(self.settings, app.name))
             ]
             # Once deployed, the jumps into the app's chain must be there too, or outside clients miss it.
-            jumps_ok = state.active is None or not self._base_missing(live, app)
+            jumps_ok = state.active is None or not self.chains.base_missing(live, app)
             if app.host_bound:
                 live_rules = live_rules + hostbound.live_app_rules(live, self.names, app)
                 wanted = wanted + hostbound.app_rules(self.names, app, self.settings.maintenance_port)
-                jumps_ok = not self._base_missing(live, app) and hostbound.jump(self.names) in live.rules("PREROUTING")
+                jumps_ok = (not self.chains.base_missing(live, app)
+                            and hostbound.jump(self.names) in live.rules("PREROUTING"))
             notes = forwarding.status_notes(app_chain.notes(app, state), state)
             # A forward also needs its accept rules and IPv4 forwarding, or the old host never sees a packet.
-            forward_problems = self._forwarder().drift(app.name, state, live) if state.mode == forwarding.MODE else []
+            forward_problems = self.forwarder.drift(app.name, state, live) if state.mode == forwarding.MODE else []
             result.append(AppStatus(app.name, state.active, state.previous,
                                     live_rules == wanted and jumps_ok and not forward_problems, live_rules, wanted,
                                     containers, state.mode, state.mode_detail, state.drained,
@@ -195,8 +185,8 @@ class Engine:
         Rendered against an empty table, so it shows the jumps and chains too, not a diff.
         """
         app = self.config.app(app_name)
-        chain_rules = self._wanted_rules(app, self.store.load(app.name))
-        text = rules.render_restore(rules.NatTable(), self.names, self.settings.bridge, {app.name: chain_rules})
+        chain_rules = self.chains.wanted(app, self.store.load(app.name))
+        text = rules.render_restore(rules.SavedTable(), self.names, self.settings.bridge, {app.name: chain_rules})
         if app.host_bound:
             text = hostbound.with_socket_rules(text, self.names, app, self.settings.maintenance_port)
         return text
@@ -210,13 +200,10 @@ class Engine:
         for container in self.docker.containers(selector(self.settings)):
             self.docker.remove(container.id)
             removed.append(f"container {container.name}")
-        removed.extend(modes.remove_retries(self))  # the watchdog's mangle chain, if one was left behind
-        removed.extend(self._forwarder().uninstall())  # first: its nat chain is jumped to from POSTROUTING
-        with self._netfilter_lock():
-            text = rules.render_teardown(rules.parse_nat(self.netfilter.save_nat()), self.names)
-            if text:
-                self.netfilter.restore(text)
-                removed.append(f"nat chains {self.names.top}*")
+        removed.extend(modes.remove_retries(self.chains))  # the watchdog's mangle chain, if one was left behind
+        removed.extend(self.forwarder.uninstall())  # first: its nat chain is jumped to from POSTROUTING
+        if self.chains.rewrite(lambda nat: rules.render_teardown(nat, self.names), "nat"):
+            removed.append(f"nat chains {self.names.top}*")
         for app in self.config.apps:
             if self.store.forget(app):
                 removed.append(f"record of {app}")
@@ -225,36 +212,37 @@ class Engine:
 
     # --- the deploy sequence -------------------------------------------------------------------
 
-    def _deploy(self, app: AppConfig, release: Release, *, actor: str, job: str | None, kind: str,
-                reconciled: bool = False, wait_on_transient: bool = False) -> DeployResult:
-        base = {"app": app.name, "job": job, "actor": actor}
-        self.journal.record(f"{kind}.started", tag=release.tag, **base)
-        try:
-            if not reconciled:
-                self._reconcile_app(app, actor=actor, job=job)
-            state = self.store.load(app.name)
-            old = state.active
-            new_set = other_set(old.port_set if old else None)
-            context = HookContext(app=app.name, tag=release.tag, actor=actor, job=job, old_set=old.port_set if old
-                                  else None, new_set=new_set, old_tag=old.tag if old else None,
-                                  new_ports=self._set_ports(app, new_set),
-                                  old_ports=self._set_ports(app, old.port_set) if old else None,
-                                  bind=app.bind, health_path=app.health.path if app.health.type == "http" else None)
-        except DeployerError as exc:
-            waits = exc.transient and wait_on_transient
-            self.journal.record(f"{kind}.waiting" if waits else f"{kind}.failed",
-                                outcome="waiting" if waits else "failed", tag=release.tag,
-                                error=str(exc), **base)
-            raise
+    def _operation(self, kind: str, app: AppConfig, actor: str, job: str | None, *, tag: str,
+                   shape: str = BRACKETED) -> Operation:
+        """The operation's bookkeeping around its steps, holding the app's lock (`tag` says for what)."""
+        return Operation(self.journal, kind, {"app": app.name, "job": job, "actor": actor},
+                         lock=self.chains.app_lock(app.name, tag=tag, actor=actor), shape=shape, clock=self.clock)
+
+    def _deploy(self, operation: Operation, app: AppConfig, release: Release, *, actor: str, job: str | None,
+                rollback: bool = False) -> DeployResult:
+        """The steps of a deploy (and a rollback) inside its operation, which holds the app's lock."""
+        base = operation.base
+        operation.failed["tag"] = release.tag
+        operation.start(tag=release.tag)
+        if not rollback:  # a rollback reconciled before it chose its release
+            self._reconcile_app(app, actor=actor, job=job)
+        state = self.store.load(app.name)
+        old = state.active
+        new_set = other_set(old.port_set if old else None)
+        context = HookContext(app=app.name, tag=release.tag, actor=actor, job=job, old_set=old.port_set if old
+                              else None, new_set=new_set, old_tag=old.tag if old else None,
+                              new_ports=self._set_ports(app, new_set),
+                              old_ports=self._set_ports(app, old.port_set) if old else None,
+                              bind=app.bind, health_path=app.health.path if app.health.type == "http" else None)
 
         new: ContainerInfo | None = None
         try:
             self._hook("pre-deploy", app, context, base)
-            with self.journal.step("pull", **base) as step:
-                release = self._obtain_image(app, release, rollback=kind == "rollback")
+            with operation.step("pull") as step:
+                release = self._obtain_image(app, release, rollback=rollback)
                 step.detail.update(image=release.reference, digest=release.digest)
             context = replace(context, digest=release.digest)
-            with self.journal.step("start", **base) as step:
+            with operation.step("start") as step:
                 self._remove_leftovers(app, new_set, keep=old.container_id if old else None)
                 self.docker.ensure_network(self.settings.network, self.settings.bridge)
                 arguments = run_arguments(self.settings, app, new_set, release)
@@ -268,20 +256,19 @@ class Engine:
                     raise BootError(self._not_running(new) or self._exit_reason(
                         new.id, f"container {new.name} has no address on network {self.settings.network!r}"),
                         app=app.name)
-            with self.journal.step("health", **base) as step:
-                set_port = app.port_for(app.health.port).set_port(new_set)
-                probe = probe_for(app.health, app.bind, set_port)
+            with operation.step("health") as step:
+                probe = set_port_probe(self.prober, app, new_set)
                 step.detail["probes"] = wait_healthy(app.health, probe, lambda: self._not_running(new),
                                                      clock=self.clock, sleep=self.sleep)
                 self.docker.set_restart_policy(new.id, restart_policy(app.restart))
             self._hook("post-healthy", app, context, base)
-            with self.journal.step("flip", **base) as step:
+            with operation.step("flip") as step:
                 instance = Instance(port_set=new_set, tag=release.tag, image=release.image, digest=release.digest,
                                     container_id=new.id, container_name=new.name, address=address, since=utc_now())
                 # The mode decides what the chain leads to: a manual maintenance stays, a failover of the old
                 # instance ends, and a status-port forward moves along with the ports.
                 after = forwarding.after_promotion(maintenance.after_promotion(state.promoted(instance, utc_now())))
-                old_addresses = self._flip(app, self._wanted_rules(app, after), step.detail)
+                old_addresses = self.chains.flip(app, self.chains.wanted(app, after), step.detail)
                 # `since` is when the instance took the traffic: the commit, not the moment it was described.
                 after = replace(after, active=replace(after.active, since=step.detail.get("committed_at", utc_now())))
                 step.detail.update(**app_chain.flip_detail(state, after))
@@ -289,30 +276,24 @@ class Engine:
                                                                  if old_addresses else {}))
         except DeployerError as exc:
             self._abandon(app, new, base)
-            if exc.transient and wait_on_transient:
-                self.journal.record(f"{kind}.waiting", outcome="waiting", tag=release.tag, error=str(exc),
-                                    error_type=type(exc).__name__, fault=exc.fault, **base)
-                raise
-            self._hook("on-failure", app, replace(context, error=str(exc)), base, must_pass=False)
-            self.journal.record(f"{kind}.failed", outcome="failed", tag=release.tag, error=str(exc),
-                                error_type=type(exc).__name__, **base)
+            if not operation.waits(exc):
+                self._hook("on-failure", app, replace(context, error=str(exc)), base, must_pass=False)
             raise
 
         # Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
         # The record is written first: from here on it must say what is live, whatever fails next.
-        with self.journal.step("record", **base):
+        with operation.step("record"):
             self.store.save(after)  # the app lock is held: nothing else changed the record since the flip
-        with contextlib.suppress(DeployerError), self.journal.step("conntrack", **base) as step:
-            step.detail["deleted"] = self._clean_flows(conntrack.after_flip(app, old_addresses))
+        with contextlib.suppress(DeployerError), operation.step("conntrack") as step:
+            step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, old_addresses))
         self._hook("post-flip", app, context, base, must_pass=False)
         if old is not None:
             self._retire(app, old, base, drain=True)
         if state.mode == forwarding.MODE:  # the forward this deploy replaced: drain it, then drop its rules
             with contextlib.suppress(DeployerError):
-                self._forwarder().leave(app, state.mode_detail, base)
+                self.forwarder.leave(app, state.mode_detail, base)
         self._hook("post-deploy", app, context, base, must_pass=False)
-        self.journal.record(f"{kind}.finished", outcome="ok", tag=release.tag, set=new_set, digest=release.digest,
-                            **base)
+        operation.finish(tag=release.tag, set=new_set, digest=release.digest)
         return DeployResult(app.name, release.tag, new_set, release.digest, new.name, old.tag if old else None)
 
     def _obtain_image(self, app: AppConfig, release: Release, *, rollback: bool = False) -> Release:
@@ -334,56 +315,16 @@ class Engine:
             return release
         return pulled
 
-    def _flip(self, app: AppConfig, wanted: list[str], step: dict[str, Any] | None = None) -> set[str]:
-        """Make `wanted` the app's rules in one transaction; verify; put the old rules back on failure.
-
-        Touches the app's own chain only, so its cost does not grow with the number of apps.
-        Returns the addresses the rules pointed at before and no longer do.
-        """
-        chain = self.names.app(app.name)
-        with self._netfilter_lock():
-            before = self.netfilter.list_chain(chain)
-            if before is None:
-                self._ensure_base(app, locked=True)
-                before = []
-            if before == wanted:
-                return set()
-            started = self.clock()
-            self.netfilter.restore(rules.render_takeover(self.names, app.name, wanted, before))
-            if step is not None:
-                step["committed_ms"] = round((self.clock() - started) * 1000, 2)
-                step["committed_at"] = utc_now()
-            try:
-                if before:
-                    self.netfilter.restore(rules.render_chain(self.names, app.name, wanted))
-                after = self.netfilter.list_chain(chain)
-                if after != wanted:
-                    raise RulesError(f"the live rules of app {app.name!r} differ from what was applied",
-                                     app=app.name, rules="\n".join(after or []))
-            except RulesError as exc:
-                self.netfilter.restore(rules.render_chain(self.names, app.name, before))
-                raise RulesError(f"{exc}; the previous rules were restored", app=app.name) from None
-        return rules.dnat_destinations(before) - rules.dnat_destinations(wanted)
-
     def _retire(self, app: AppConfig, old: Instance, base: dict[str, Any], *, drain: bool) -> None:
         """Let the old instance's open connections finish, then stop and remove it (its image stays)."""
         if drain:
             with self.journal.step("drain", **base) as step:
-                step.detail["remaining"] = self._drain(app, old.address)
+                step.detail["remaining"] = self.chains.wait_for_old_flows(conntrack.established_tcp(app, old.address),
+                                                                          app.drain_seconds)
         with self.journal.step("stop", container=old.container_name, **base):
             self.docker.stop(old.container_id, app.stop_timeout)
             self.docker.remove(old.container_id)
-            self._clean_flows(conntrack.after_stop(app, old.address))
-
-    def _drain(self, app: AppConfig, address: str) -> int:
-        """Wait up to drain_seconds, ending early once no established TCP flow reaches `address`."""
-        deadline = self.clock() + app.drain_seconds
-        filters = conntrack.established_tcp(app, address)
-        while True:
-            remaining = sum(len(self.netfilter.conntrack_list(f)) for f in filters)
-            if remaining == 0 or self.clock() >= deadline:
-                return remaining
-            self.sleep(min(0.25, max(0.0, deadline - self.clock())))
+            self.chains.clean_flows(conntrack.after_stop(app, old.address))
 
     def _abandon(self, app: AppConfig, new: ContainerInfo | None, base: dict[str, Any]) -> None:
         """Remove a new instance that never took traffic."""
@@ -409,17 +350,17 @@ class Engine:
         state = self.store.load(app.name)
         containers = self.docker.containers(selector(self.settings, app.name))
         running = [c for c in containers if c.status == "running" and c.address(self.settings.network)]
-        live = rules.parse_nat(self.netfilter.save_nat())
+        live = self.chains.table("nat")
         targets = rules.dnat_destinations(live.rules(self.names.app(app.name)))
         active_id = state.active.container_id if state.active else None
         if state.mode == forwarding.MODE:
             if not any(c.address(self.settings.network) in targets for c in running):
-                repairs = self._forwarder().reconcile(app, state, live)  # instances are left as they are
-                self._report(repairs, app, actor, job)
+                repairs = self.forwarder.reconcile(app, state, live)  # instances are left as they are
+                record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
                 return repairs
             # A deploy from forward mode stopped after its flip: the instance serves, so the forward ends.
             self.store.save(forwarding.after_promotion(state))
-            repairs.extend(self._forwarder().leave(app, state.mode_detail, {"app": app.name, "actor": actor}))
+            repairs.extend(self.forwarder.leave(app, state.mode_detail, {"app": app.name, "actor": actor}))
             state = self.store.load(app.name)
 
         serving = (next((c for c in running if c.address(self.settings.network) in targets and c.id == active_id),
@@ -431,8 +372,8 @@ class Engine:
             if state.active is not None:
                 repairs.append(f"no running instance of {app.name}: the recorded {state.active.port_set} "
                                f"instance {state.active.container_name} is gone; rules left as they are")
-                self._ensure_base(app)
-            self._report(repairs, app, actor, job)
+                self.chains.ensure_base(app)
+            record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
             return repairs
 
         port_set = serving.labels.get(LABEL_SET, "blue")
@@ -441,15 +382,15 @@ class Engine:
         instance = Instance(port_set=port_set, tag=tag, image=serving.labels.get(LABEL_IMAGE, app.image),
                             digest=serving.labels.get(LABEL_DIGEST) or None, container_id=serving.id,
                             container_name=serving.name, address=address, since=utc_now())
-        wanted = self._wanted_rules(app, state.promoted(instance, utc_now()))  # as the mode says
-        if self._base_missing(live, app):
-            self._ensure_base(app)
+        wanted = self.chains.wanted(app, state.promoted(instance, utc_now()))  # as the mode says
+        if self.chains.base_missing(live, app):
+            self.chains.ensure_base(app)
             repairs.append(f"jumps and chains of {app.name} restored")
         else:
-            self._prepare_bridge()
+            self.chains.prepare_bridge()
         if live.rules(self.names.app(app.name)) != wanted:
-            old_addresses = self._flip(app, wanted)
-            self._clean_flows(conntrack.after_flip(app, old_addresses))
+            old_addresses = self.chains.flip(app, wanted)
+            self.chains.clean_flows(conntrack.after_flip(app, old_addresses))
             repairs.append(f"rules of {app.name} pointed at {port_set} {address} ({tag})")
 
         if state.active is None or state.active.container_id != serving.id or state.active.address != address:
@@ -463,62 +404,19 @@ class Engine:
                 self.docker.stop(other.id, app.stop_timeout)
             self.docker.remove(other.id)
             if other.address(self.settings.network):
-                self._clean_flows(conntrack.after_stop(app, other.address(self.settings.network)))
+                self.chains.clean_flows(conntrack.after_stop(app, other.address(self.settings.network)))
             repairs.append(f"removed {other.name} ({other.labels.get(LABEL_TAG, '?')}, {other.status}), "
                            f"which was not serving")
-        self._report(repairs, app, actor, job)
+        record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
         return repairs
-
-    def _report(self, repairs: list[str], app: AppConfig, actor: str, job: str | None) -> None:
-        for repair in repairs:
-            self.journal.record("reconcile.repair", app=app.name, actor=actor, job=job, detail=repair)
-
-    def _base_missing(self, live: rules.NatTable, app: AppConfig) -> bool:
-        text = rules.render_restore(live, self.names, self.settings.bridge, {}, ensure_apps=[app.name])
-        return text.strip() != "*nat\nCOMMIT"
-
-    def _ensure_base(self, app: AppConfig, *, locked: bool = False) -> None:
-        """Add whatever is missing of the jumps, the POSTROUTING chain and the app's (empty) chain."""
-        with contextlib.nullcontext() if locked else self._netfilter_lock():
-            self._prepare_bridge()
-            live = rules.parse_nat(self.netfilter.save_nat())
-            if self._base_missing(live, app):
-                self.netfilter.restore(rules.render_restore(live, self.names, self.settings.bridge, {},
-                                                            ensure_apps=[app.name]))
-
-    def _prepare_bridge(self) -> None:
-        """The deployer's Docker network, and loopback clients allowed through its bridge."""
-        self.docker.ensure_network(self.settings.network, self.settings.bridge)
-        self.netfilter.enable_route_localnet(self.settings.bridge)
 
     def _probe_once(self, app: AppConfig, container: ContainerInfo) -> bool:
         port_set = container.labels.get(LABEL_SET)
         if port_set not in ("blue", "green"):
             return False
-        probe = probe_for(app.health, app.bind, app.port_for(app.health.port).set_port(port_set))
-        return probe().ok
+        return set_port_probe(self.prober, app, port_set)().ok
 
     # --- helpers -------------------------------------------------------------------------------
-
-    def _instance_rules(self, app: AppConfig, address: str, port_set: str, tag: str) -> list[str]:
-        return rules.app_rules(self.names, app.name, forwards_to(app, address, port_set, tag))
-
-    def _forwarder(self) -> Any:
-        from deployer.host.forwarder import Forwarder  # it builds on the engine
-
-        return Forwarder(self)
-
-    def _wanted_rules(self, app: AppConfig, state: AppState) -> list[str]:
-        """The app chain the record calls for: in "serving" mode, traffic to the active instance.
-
-        In maintenance (manual, or a failover of the active instance) tcp ports go to the responder; a
-        status-port forward rides along while the app serves and is not drained (see app_chain).
-        """
-        if state.mode == forwarding.MODE:  # another host serves: DNAT to it (see forwarding.py)
-            return forwarding.app_rules(self.names, app.name, forwarding.Target.from_detail(state.mode_detail))
-        active = state.active
-        forwards = forwards_to(app, active.address, active.port_set, active.tag) if active else []
-        return app_chain.wanted(self.names, app, state, forwards, self.settings.maintenance_port)
 
     def _remove_leftovers(self, app: AppConfig, port_set: str, keep: str | None) -> None:
         name = container_name(self.settings, app.name, port_set)
@@ -538,9 +436,6 @@ class Engine:
     def _exit_reason(self, container_id: str, message: str) -> str:
         logs = self.docker.logs_tail(container_id, 20)
         return f"{message}; last log lines:\n{logs}" if logs else message
-
-    def _clean_flows(self, filters: list[list[str]]) -> int:
-        return sum(self.netfilter.conntrack_delete(f) for f in filters)
 
     def _set_ports(self, app: AppConfig, port_set: str) -> dict[str, int]:
         return {f"{p.container}/{p.protocol}": p.set_port(port_set) for p in app.ports}
@@ -568,23 +463,6 @@ class Engine:
         except HookFailed:
             if must_pass:
                 raise
-
-    @contextlib.contextmanager
-    def _app_lock(self, app: AppConfig, **holder: Any) -> Iterator[None]:
-        with AppLock(self.settings.state_dir, app.name, wait=self.settings.lock_wait, holder=holder):
-            yield
-
-    @contextlib.contextmanager
-    def _netfilter_lock(self) -> Iterator[None]:
-        """Serialise read-render-restore across deployer processes: a render is only valid for the rules it read."""
-        path = Path(self.settings.state_dir) / "locks" / "netfilter.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _tail(text: str, lines: int = 20) -> str:

@@ -9,141 +9,155 @@ The order is what keeps traffic flowing:
 - on the old host, the return route and `ip rule` exist before the first connection is marked,
   and at `--off` marking stops first while replies of open connections still find their way.
 
-The app chain is flipped by the engine's own one-transaction flip.
+The app chain is flipped by the same one-transaction flip as a deploy's (`Chains.flip`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Mapping, Protocol
 
-from deployer.config import AppConfig
+from deployer.config import AppConfig, Config
 from deployer.errors import DeployerError, PreflightFailed, StateError
-from deployer.host.state import write_atomically
-from deployer.journal import utc_now
-from deployer.plan import conntrack, forwarding, rules
+from deployer.host.chains import Chains
+from deployer.host.locks import HostLock
+from deployer.host.operation import Operation
+from deployer.host.state import StateStore, write_atomically
+from deployer.journal import Journal, utc_now
+from deployer.plan import conntrack, forwarding
 from deployer.plan.forwarding import MODE, ReturnPath, Target
-from deployer.plan.records import AppState
-
-if TYPE_CHECKING:
-    from deployer.adapters.routing import Routing
-    from deployer.host.engine import Engine
+from deployer.plan.records import SERVING, AppState
+from deployer.plan.rules import SavedTable
 
 RETURN_RECORD = "forward-return.json"
 
 
-class Forwarder:
-    def __init__(self, engine: "Engine", routing: "Routing | None" = None) -> None:
-        if routing is None:
-            from deployer.adapters.routing import Routing
+class RoutingPort(Protocol):
+    """Routes, links, neighbours, `ip rule`s and the sysctls forwarding depends on (adapters/routing.py)."""
 
-            routing = Routing()
-        self.engine = engine
+    def route_get(self, address: str) -> forwarding.Route: ...
+    def link(self, name: str) -> forwarding.Link: ...
+    def rules(self) -> list[dict[str, Any]]: ...
+    def table_routes(self, table: int) -> list[dict[str, Any]]: ...
+    def probe_peer(self, address: str, dev: str | None, timeout: float = 1.0) -> forwarding.Peer: ...
+    def tcp_open(self, address: str, port: int, timeout: float = 2.0) -> str | None: ...
+    def sysctl(self, key: str) -> str | None: ...
+    def sysctl_writable(self, key: str) -> bool: ...
+    def set_sysctl(self, key: str, value: str) -> None: ...
+    def run(self, command: list[str]) -> None: ...
+
+
+class ForwardHost(Protocol):
+    """The parts of a host forwarding uses (the engine is one)."""
+
+    config: Config
+    store: StateStore
+    chains: Chains
+    journal: Journal
+    clock: Callable[[], float]
+
+
+class Forwarder:
+    def __init__(self, host: ForwardHost, routing: RoutingPort) -> None:
+        self.config = host.config
+        self.chains = host.chains
+        self.names = host.chains.names
+        self.journal = host.journal
+        self.store = host.store
+        self.clock = host.clock
         self.routing = routing
-        self.names = engine.names
-        self.journal = engine.journal
-        self.netfilter = engine.netfilter
-        self.store = engine.store
+
+    def _operation(self, kind: str, base: Mapping[str, Any], lock: ContextManager[Any]) -> Operation:
+        return Operation(self.journal, kind, base, lock=lock, clock=self.clock)
 
     # --- forward (the new host) ------------------------------------------------------------------
 
     def forward(self, app_name: str, address: str, *, masquerade: bool = False, ports: tuple[str, ...] = (),
                 actor: str) -> Target:
         """DNAT the app's external ports to `address`, ensuring forwarding and its accept rules first."""
-        app = self.engine.config.app(app_name)
+        app = self.config.app(app_name)
         target = forwarding.plan_target(app, address, masquerade=masquerade, port_specs=ports)
         base = {"app": app.name, "actor": actor}
-        with self.engine._app_lock(app, tag="forward", actor=actor):
-            self.journal.record("forward.started", to=target.address, masquerade=target.masquerade, **base)
+        with self._operation("forward", base, self.chains.app_lock(app.name, tag="forward", actor=actor)) as op:
+            op.failed["to"] = target.address
+            op.start(to=target.address, masquerade=target.masquerade)
+            state = self.store.load(app.name)
+            with op.step("preflight") as step:
+                facts = self.forward_facts(target)
+                step.detail.update(route=f"{facts.route.dev or '-'} via {facts.route.gateway or 'link'}",
+                                   ip_forward=facts.ip_forward, echo=facts.peer.echo)
+                problems = forwarding.check_forward(app.name, target, facts, state.mode, state.mode_detail)
+                if problems:
+                    raise PreflightFailed(f"not forwarding {app.name} to {target.address}; nothing was changed:",
+                                          problems, app=app.name)
+            if not facts.ip_forward:
+                with op.step("ip-forward"):
+                    self.routing.set_sysctl("net/ipv4/ip_forward", "1")
+            before = Target.from_detail(state.mode_detail) if state.mode == MODE else None
+            with op.step("forward-rules") as step:
+                step.detail["changed"] = self._apply_extras(app.name, target)
             try:
-                state = self.store.load(app.name)
-                with self.journal.step("preflight", **base) as step:
-                    facts = self.forward_facts(target)
-                    step.detail.update(route=f"{facts.route.dev or '-'} via {facts.route.gateway or 'link'}",
-                                       ip_forward=facts.ip_forward, echo=facts.peer.echo)
-                    problems = forwarding.check_forward(app.name, target, facts, state.mode, state.mode_detail)
-                    if problems:
-                        raise PreflightFailed(f"not forwarding {app.name} to {target.address}; nothing was changed:",
-                                              problems, app=app.name)
-                if not facts.ip_forward:
-                    with self.journal.step("ip-forward", **base):
-                        self.routing.set_sysctl("net/ipv4/ip_forward", "1")
-                before = Target.from_detail(state.mode_detail) if state.mode == MODE else None
-                with self.journal.step("forward-rules", **base) as step:
-                    step.detail["changed"] = self._apply_extras(app.name, target)
-                try:
-                    with self.journal.step("flip", **base) as step:
-                        moved = self.engine._flip(app, forwarding.app_rules(self.names, app.name, target), step.detail)
-                        step.detail["to"] = f"forward {target.address}"
-                except DeployerError:
-                    with contextlib.suppress(DeployerError):
-                        self._apply_extras(app.name, before)
-                    raise
-                with self.journal.step("record", **base):
-                    current = self.store.load(app.name)
-                    self.store.save(replace(current, mode=MODE, updated_at=utc_now(), mode_detail=target.detail(
-                        since=current.mode_detail.get("since", utc_now()) if current.mode == MODE else utc_now(),
-                        dev=facts.route.dev)))
-                with contextlib.suppress(DeployerError), self.journal.step("conntrack", **base) as step:
-                    step.detail["deleted"] = self.engine._clean_flows(conntrack.after_flip(app, moved))
-            except DeployerError as exc:
-                self.journal.record("forward.failed", outcome="failed", to=target.address, error=str(exc),
-                                    error_type=type(exc).__name__, **base)
+                with op.step("flip") as step:
+                    moved = self.chains.flip(app, forwarding.app_rules(self.names, app.name, target), step.detail)
+                    step.detail["to"] = f"forward {target.address}"
+            except DeployerError:
+                with contextlib.suppress(DeployerError):
+                    self._apply_extras(app.name, before)
                 raise
-            self.journal.record("forward.finished", outcome="ok", to=target.address, masquerade=target.masquerade,
-                                **base)
+            with op.step("record"):
+                current = self.store.load(app.name)
+                self.store.save(replace(current, mode=MODE, updated_at=utc_now(), mode_detail=target.detail(
+                    since=current.mode_detail.get("since", utc_now()) if current.mode == MODE else utc_now(),
+                    dev=facts.route.dev)))
+            with contextlib.suppress(DeployerError), op.step("conntrack") as step:
+                step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, moved))
+            op.finish(to=target.address, masquerade=target.masquerade)
         return target
 
     def forward_off(self, app_name: str, *, actor: str) -> list[str]:
         """Flip the app back to its local instance (or to nothing), then retire the forward. Returns what changed."""
-        app = self.engine.config.app(app_name)
+        app = self.config.app(app_name)
         base = {"app": app.name, "actor": actor}
-        with self.engine._app_lock(app, tag="forward-off", actor=actor):
+        with self._operation("forward-off", base, self.chains.app_lock(app.name, tag="forward-off",
+                                                                        actor=actor)) as op:
             state = self.store.load(app.name)
             if state.mode != MODE:
                 leftovers = self._apply_extras(app.name, None)
                 if leftovers:
-                    self.journal.record("forward-off.finished", outcome="ok", removed="leftover accept rules", **base)
+                    op.finish(removed="leftover accept rules")
                     return [f"leftover accept and masquerade rules of {app.name}"]
                 return []
-            self.journal.record("forward-off.started", to=state.mode_detail.get("to"), **base)
-            try:
-                serving = replace(state, mode="serving", mode_detail={})
-                wanted = self.engine._wanted_rules(app, serving)
-                with self.journal.step("flip", **base) as step:
-                    moved = self.engine._flip(app, wanted, step.detail)
-                    step.detail["to"] = (f"{state.active.port_set} {state.active.address}" if state.active
-                                         else "nothing (no local instance)")
-                with self.journal.step("record", **base):
-                    self.store.save(replace(self.store.load(app.name), mode="serving", mode_detail={},
-                                            updated_at=utc_now()))
-                with contextlib.suppress(DeployerError), self.journal.step("conntrack", **base) as step:
-                    step.detail["deleted"] = self.engine._clean_flows(conntrack.after_flip(app, moved))
-                changes = [f"{app.name} no longer forwards to {state.mode_detail.get('to')}"]
-                changes += self.leave(app, state.mode_detail, base)
-            except DeployerError as exc:
-                self.journal.record("forward-off.failed", outcome="failed", error=str(exc),
-                                    error_type=type(exc).__name__, **base)
-                raise
-            self.journal.record("forward-off.finished", outcome="ok", **base)
+            op.start(to=state.mode_detail.get("to"))
+            wanted = self.chains.wanted(app, replace(state, mode=SERVING, mode_detail={}))
+            with op.step("flip") as step:
+                moved = self.chains.flip(app, wanted, step.detail)
+                step.detail["to"] = (f"{state.active.port_set} {state.active.address}" if state.active
+                                     else "nothing (no local instance)")
+            with op.step("record"):
+                self.store.save(replace(self.store.load(app.name), mode=SERVING, mode_detail={},
+                                        updated_at=utc_now()))
+            with contextlib.suppress(DeployerError), op.step("conntrack") as step:
+                step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, moved))
+            changes = [f"{app.name} no longer forwards to {state.mode_detail.get('to')}"]
+            changes += self.leave(app, state.mode_detail, base)
         return changes
 
     def leave(self, app: AppConfig, detail: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
         """After the flip away from a forward: drain its TCP connections, then drop its accept rules and flows."""
         target = Target.from_detail(detail)
         with self.journal.step("drain-forward", **base) as step:
-            step.detail["remaining"] = self.engine._drain(app, target.address)
+            step.detail["remaining"] = self.chains.wait_for_old_flows(conntrack.established_tcp(app, target.address),
+                                                                      app.drain_seconds)
         with self.journal.step("forward-rules", **base) as step:
             step.detail["changed"] = self._apply_extras(app.name, None)
         with contextlib.suppress(DeployerError):
-            self.engine._clean_flows(conntrack.after_stop(app, target.address))
+            self.chains.clean_flows(conntrack.after_stop(app, target.address))
         return [f"accept{' and masquerade' if target.masquerade else ''} rules for {target.address} removed"]
 
-    def reconcile(self, app: AppConfig, state: AppState, live: Any) -> list[str]:
+    def reconcile(self, app: AppConfig, state: AppState, live: SavedTable) -> list[str]:
         """Forward mode: the app chain, the accept rules and forwarding as the record says; instances untouched."""
         target = Target.from_detail(state.mode_detail)
         repairs = []
@@ -153,20 +167,20 @@ class Forwarder:
         if self._apply_extras(app.name, target):
             repairs.append(f"accept rules of {app.name}'s forward to {target.address} restored")
         wanted = forwarding.app_rules(self.names, app.name, target)
-        if self.engine._base_missing(live, app):
-            self.engine._ensure_base(app)
+        if self.chains.base_missing(live, app):
+            self.chains.ensure_base(app)
             repairs.append(f"jumps and chains of {app.name} restored")
         if live.rules(self.names.app(app.name)) != wanted:
-            moved = self.engine._flip(app, wanted)
-            self.engine._clean_flows(conntrack.after_flip(app, moved))
+            moved = self.chains.flip(app, wanted)
+            self.chains.clean_flows(conntrack.after_flip(app, moved))
             repairs.append(f"rules of {app.name} forwarded to {target.address} again")
         return repairs
 
-    def drift(self, app: str, state: AppState, nat: Any) -> list[str]:
+    def drift(self, app: str, state: AppState, nat: SavedTable) -> list[str]:
         """What `status` finds wrong with a forward beyond the app chain: its filter and nat rules, forwarding."""
         target = Target.from_detail(state.mode_detail)
         problems = []
-        if forwarding.render_extras(self._table("filter"), nat, self.names, app, target) is not None:
+        if forwarding.render_extras(self.chains.table("filter"), nat, self.names, app, target) is not None:
             which = "accept and masquerade rules" if target.masquerade else "accept rules"
             problems.append(f"the forward's {which} are missing or changed")
         if self.routing.sysctl("net/ipv4/ip_forward") != "1":
@@ -187,11 +201,8 @@ class Forwarder:
 
     def _apply_extras(self, app: str, target: Target | None) -> bool:
         """Make the app's accept and masquerade rules those of `target` (None: none). True if anything changed."""
-        with self.engine._netfilter_lock():
-            text = forwarding.render_extras(self._table("filter"), self._table("nat"), self.names, app, target)
-            if text:
-                self.netfilter.restore(text)
-        return text is not None
+        return self.chains.rewrite(lambda filter_table, nat: forwarding.render_extras(
+            filter_table, nat, self.names, app, target), "filter", "nat") is not None
 
     # --- forward-return (the old host) ------------------------------------------------------------
 
@@ -201,43 +212,35 @@ class Forwarder:
         """Mark connections that arrive from the new host and route their replies back through it."""
         forwarding.check_return_arguments(via, dev, mark, table, priority)
         base = {"actor": actor}
-        with self._return_lock():
-            self.journal.record("forward-return.started", via=via, dev=dev, **base)
-            try:
-                with self.journal.step("preflight", **base) as step:
-                    recorded = self.load_return()
-                    facts = self.return_facts(via, dev, table, recorded)
-                    path = ReturnPath(via, dev, facts.peer.lladdr if facts.link.arp else None, mark, table, priority)
-                    step.detail.update(lladdr=path.lladdr, rp_filter=facts.rp_filter_dev, echo=facts.peer.echo)
-                    problems = forwarding.check_return(path, facts)
-                    if problems:
-                        raise PreflightFailed(f"not routing replies via {via} on {dev}; nothing was changed:",
-                                              problems)
-                with self.journal.step("return-route", **base) as step:
-                    commands = forwarding.route_commands(path, facts.rules)
-                    step.detail["commands"] = [" ".join(c) for c in commands]
-                    try:
-                        for command in commands:
-                            self.routing.run(command)
-                        with self.engine._netfilter_lock():
-                            text = forwarding.render_return(self._table("mangle"), self.names, path)
-                            if text:
-                                self.netfilter.restore(text)
-                    except DeployerError:
-                        if not recorded:
-                            with contextlib.suppress(DeployerError):
-                                self._remove_return(path)
-                        raise
-                self._save_return(path.record(since=(recorded or {}).get("since", utc_now())))
-                with contextlib.suppress(DeployerError), self.journal.step("conntrack", **base) as step:
-                    filters = forwarding.unmarked_flows(path, facts.link.addresses)
-                    step.detail["deleted"] = self.engine._clean_flows(filters)
-            except DeployerError as exc:
-                self.journal.record("forward-return.failed", outcome="failed", error=str(exc),
-                                    error_type=type(exc).__name__, **base)
-                raise
-            self.journal.record("forward-return.finished", outcome="ok", via=via, dev=dev, lladdr=path.lladdr,
-                                mark=f"{mark:#x}", table=table, **base)
+        with self._operation("forward-return", base, self._return_lock()) as op:
+            op.start(via=via, dev=dev)
+            with op.step("preflight") as step:
+                recorded = self.load_return()
+                facts = self.return_facts(via, dev, table, recorded)
+                path = ReturnPath(via, dev, facts.peer.lladdr if facts.link.arp else None, mark, table, priority)
+                step.detail.update(lladdr=path.lladdr, rp_filter=facts.rp_filter_dev, echo=facts.peer.echo)
+                problems = forwarding.check_return(path, facts)
+                if problems:
+                    raise PreflightFailed(f"not routing replies via {via} on {dev}; nothing was changed:",
+                                          problems)
+            with op.step("return-route") as step:
+                commands = forwarding.route_commands(path, facts.rules)
+                step.detail["commands"] = [" ".join(c) for c in commands]
+                try:
+                    for command in commands:
+                        self.routing.run(command)
+                    self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, path),
+                                        "mangle")
+                except DeployerError:
+                    if not recorded:
+                        with contextlib.suppress(DeployerError):
+                            self._remove_return(path)
+                    raise
+            self._save_return(path.record(since=(recorded or {}).get("since", utc_now())))
+            with contextlib.suppress(DeployerError), op.step("conntrack") as step:
+                filters = forwarding.unmarked_flows(path, facts.link.addresses)
+                step.detail["deleted"] = self.chains.clean_flows(filters)
+            op.finish(via=via, dev=dev, lladdr=path.lladdr, mark=f"{mark:#x}", table=table)
         return path
 
     def forward_return_off(self, *, drain: float = 10.0, mark: int = forwarding.DEFAULT_MARK,
@@ -245,29 +248,21 @@ class Forwarder:
                            actor: str) -> list[str]:
         """Stop marking, let marked connections finish (up to `drain` seconds), then remove everything."""
         base = {"actor": actor}
-        with self._return_lock():
+        with self._operation("forward-return-off", base, self._return_lock()) as op:
             recorded = self.load_return()
             path = (ReturnPath.from_record(recorded) if recorded
                     else ReturnPath("", "", None, mark, table, priority))
-            self.journal.record("forward-return-off.started", via=path.via or None, **base)
-            try:
-                with self.journal.step("drain-return", **base) as step:
-                    with self.engine._netfilter_lock():
-                        mangle = self._table("mangle")
-                        if mangle.has_chain(forwarding.return_chain(self.names)):
-                            text = forwarding.render_return(mangle, self.names, path, mark_new=False)
-                            if text:
-                                self.netfilter.restore(text)
-                    step.detail["remaining"] = self._drain_marked(path, drain)
-                with self.journal.step("return-route", **base) as step:
-                    removed = self._remove_return(path)
-                    step.detail["removed"] = removed
-                self.forget_return()
-            except DeployerError as exc:
-                self.journal.record("forward-return-off.failed", outcome="failed", error=str(exc),
-                                    error_type=type(exc).__name__, **base)
-                raise
-            self.journal.record("forward-return-off.finished", outcome="ok", removed=removed, **base)
+            op.start(via=path.via or None)
+            with op.step("drain-return") as step:
+                self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, path, mark_new=False)
+                                    if mangle.has_chain(forwarding.return_chain(self.names)) else None, "mangle")
+                marked = [["-p", "tcp", "--mark", path.fwmark, "--state", "ESTABLISHED"]]
+                step.detail["remaining"] = self.chains.wait_for_old_flows(marked, drain)
+            with op.step("return-route") as step:
+                removed = self._remove_return(path)
+                step.detail["removed"] = removed
+            self.forget_return()
+            op.finish(removed=removed)
         return removed
 
     def return_facts(self, via: str, dev: str, table: int,
@@ -285,11 +280,8 @@ class Forwarder:
 
     def _remove_return(self, path: ReturnPath) -> list[str]:
         removed = []
-        with self.engine._netfilter_lock():
-            text = forwarding.render_return(self._table("mangle"), self.names, None)
-            if text:
-                self.netfilter.restore(text)
-                removed.append("mangle chains")
+        if self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, None), "mangle"):
+            removed.append("mangle chains")
         for command in forwarding.route_removal_commands(path, self.routing.rules(),
                                                          self.routing.table_routes(path.table)):
             self.routing.run(command)
@@ -297,23 +289,10 @@ class Forwarder:
                            else f"the routes of table {path.table}")
         return removed
 
-    def _drain_marked(self, path: ReturnPath, seconds: float) -> int:
-        deadline = self.engine.clock() + seconds
-        while True:
-            remaining = len(self.netfilter.conntrack_list(["-p", "tcp", "--mark", path.fwmark,
-                                                           "--state", "ESTABLISHED"]))
-            if remaining == 0 or self.engine.clock() >= deadline:
-                return remaining
-            self.engine.sleep(min(0.25, max(0.0, deadline - self.engine.clock())))
-
-    def _table(self, name: str) -> Any:
-        """One table as it is now (filter, nat or mangle), parsed."""
-        return rules.parse_table(self.netfilter.save_table(name), name)
-
     # --- the host-level record and lock -------------------------------------------------------------
 
     def _return_path_file(self) -> Path:
-        return Path(self.engine.settings.state_dir) / RETURN_RECORD
+        return Path(self.chains.settings.state_dir) / RETURN_RECORD
 
     def load_return(self) -> dict[str, Any] | None:
         path = self._return_path_file()
@@ -330,34 +309,23 @@ class Forwarder:
     def forget_return(self) -> None:
         self._return_path_file().unlink(missing_ok=True)
 
-    @contextlib.contextmanager
-    def _return_lock(self) -> Iterator[None]:
-        path = Path(self.engine.settings.state_dir) / "locks" / "forward-return.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+    def _return_lock(self) -> HostLock:
+        return HostLock(self.chains.lock_path("forward-return"))
 
     # --- uninstall ------------------------------------------------------------------------------
 
     def uninstall(self) -> list[str]:
         """Everything forwarding left on this host: accept and masquerade chains, the return path."""
         removed = []
-        with self.engine._netfilter_lock():
-            text = forwarding.render_extras_teardown(self._table("filter"), self._table("nat"), self.names)
-            if text:
-                self.netfilter.restore(text)
-                removed.append(f"forwarding chains {forwarding.forward_chain(self.names)} and "
-                               f"{forwarding.snat_chain(self.names)}")
+        if self.chains.rewrite(lambda filter_table, nat: forwarding.render_extras_teardown(
+                filter_table, nat, self.names), "filter", "nat"):
+            removed.append(f"forwarding chains {forwarding.forward_chain(self.names)} and "
+                           f"{forwarding.snat_chain(self.names)}")
         recorded = self.load_return()
         if recorded:
             removed += [f"return path: {item}" for item in self._remove_return(ReturnPath.from_record(recorded))]
             self.forget_return()
-        elif self._table("mangle").has_chain(forwarding.return_chain(self.names)):
-            with self.engine._netfilter_lock():
-                text = forwarding.render_return(self._table("mangle"), self.names, None)
-                if text:
-                    self.netfilter.restore(text)
-                    removed.append("return path: mangle chains")
+        elif self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, None), "mangle"):
+            removed.append("return path: mangle chains")
         return removed
 

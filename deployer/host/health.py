@@ -2,28 +2,32 @@
 
 The gate needs `successes` consecutive passing probes: one lucky answer from a booting app
 does not open it. The poller takes the probe and a liveness check as functions, so the same
-loop is tested with plain functions and used with real sockets.
+loop is tested with plain functions and used with real sockets (adapters/probes.py), which
+the engine, the modes and the watchdog receive as a `Prober`.
 """
 
 from __future__ import annotations
 
-import http.client
-import socket
 import time
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
-from deployer.config import HealthCheck
+from deployer.config import AppConfig, HealthCheck
 from deployer.errors import BootError, HealthCheckFailed
+from deployer.plan.health import Probe, ProbeResult
+
+__all__ = ["Probe", "ProbeResult", "Prober", "set_port_probe", "wait_healthy"]
 
 
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    detail: str
+class Prober(Protocol):
+    """Client probes: an instance's health check, and whether the maintenance responder answers."""
+
+    def health(self, check: HealthCheck, host: str, port: int) -> Probe: ...
+    def responder(self, port: int) -> str | None: ...
 
 
-Probe = Callable[[], ProbeResult]
+def set_port_probe(prober: Prober, app: AppConfig, port_set: str) -> Probe:
+    """The app's health check against the instance on `port_set`, through that set's host port."""
+    return prober.health(app.health, app.bind, app.port_for(app.health.port).set_port(port_set))
 
 
 def wait_healthy(
@@ -57,50 +61,3 @@ def wait_healthy(
                 f"health check did not pass {check.successes} times in a row within {check.deadline:g}s "
                 f"({probes} probes; last: {last.detail})")
         sleep(check.interval)
-
-
-def http_probe(host: str, port: int, path: str, expect_status: int, timeout: float) -> Probe:
-    def probe() -> ProbeResult:
-        connection = http.client.HTTPConnection(host, port, timeout=timeout)
-        try:
-            connection.request("GET", path, headers={"User-Agent": "deployer-health", "Connection": "close"})
-            status = connection.getresponse().status
-        except (OSError, http.client.HTTPException) as exc:
-            return ProbeResult(False, f"GET {path}: {type(exc).__name__}: {exc}".rstrip(": "))
-        finally:
-            connection.close()
-        if status != expect_status:
-            return ProbeResult(False, f"GET {path}: status {status}, expected {expect_status}")
-        return ProbeResult(True, f"GET {path}: {status}")
-
-    return probe
-
-
-def tcp_probe(host: str, port: int, timeout: float, hold: float = 0.2) -> Probe:
-    """A TCP connect that the peer keeps open for `hold` seconds.
-
-    A bare connect is not enough: Docker's userland proxy on the published set port accepts a
-    connection even when nothing listens in the container, then closes it at once.
-    """
-
-    def probe() -> ProbeResult:
-        try:
-            with socket.create_connection((host, port), timeout=timeout) as sock:
-                sock.settimeout(hold)
-                try:
-                    data = sock.recv(1)
-                except socket.timeout:
-                    return ProbeResult(True, f"tcp {port}: open")
-                if data:
-                    return ProbeResult(True, f"tcp {port}: open (banner)")
-                return ProbeResult(False, f"tcp {port}: closed by peer right after connect")
-        except OSError as exc:
-            return ProbeResult(False, f"tcp {port}: {exc.strerror or exc}")
-
-    return probe
-
-
-def probe_for(check: HealthCheck, host: str, port: int) -> Probe:
-    if check.type == "http":
-        return http_probe(host, port, check.path, check.expect_status, check.timeout)
-    return tcp_probe(host, port, check.timeout)

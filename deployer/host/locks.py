@@ -1,4 +1,4 @@
-"""Per-app deploy locks: flock(2) on a file per app, released by the kernel if the holder dies."""
+"""Deploy locks: flock(2) on a file per app (and a few host-wide ones), released by the kernel if the holder dies."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from deployer.errors import LockError
 
@@ -69,3 +70,25 @@ class AppLock:
         if "since" in info:
             parts.append(f"for {time.time() - float(info['since']):.0f}s")
         return f" ({', '.join(parts)})" if parts else ""
+
+
+class HostLock:
+    """Wait for and hold one host-wide flock(2) file, e.g. the netfilter lock that makes read-render-restore atomic."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._handle: IO[str] | None = None
+
+    def __enter__(self) -> "HostLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._handle = handle
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from deployer.errors import StateError
-from deployer.plan.records import AppState, instance_from
+from deployer.plan.records import SERVING, AppState, instance_from
 
 SCHEMA = 1
 
@@ -41,7 +41,7 @@ class StateStore:
                 active=instance_from(data.get("active")),
                 previous=instance_from(data.get("previous")),
                 updated_at=data.get("updated_at"),
-                mode=data.get("mode", "serving"),
+                mode=data.get("mode", SERVING),
                 mode_detail=data.get("mode_detail", {}),
                 drained=data.get("drained"),
             )

@@ -22,18 +22,20 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from deployer.audit import build_journal
 from deployer.config import AppConfig, Config, WatchdogConfig
 from deployer.errors import DeployerError, LockError
 from deployer.host import modes
-from deployer.host.health import ProbeResult, probe_for
+from deployer.host.health import ProbeResult, set_port_probe
+from deployer.host.modes import ModeHost
 from deployer.journal import Journal
 from deployer.plan import maintenance
-from deployer.plan.records import AppState
+from deployer.plan.records import SERVING, AppState
 
 log = logging.getLogger("deployer.watchdog")
 
-SERVING = "serving"
-FAILED_OVER = "failed-over"
+FAILED_OVER = "failed-over"  # the phases: SERVING (watching for a failure) or FAILED_OVER (for a recovery)
+HostFactory = Callable[[Config, Journal], ModeHost]  # e.g. wiring.build_engine
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def phase_of(state: AppState) -> str | None:
     """What the watchdog watches for in this record: a failure, a recovery, or nothing (None)."""
     if state.active is None:
         return None
-    if state.mode == maintenance.SERVING:
+    if state.mode == SERVING:
         return SERVING
     if maintenance.failover_applies(state):
         return FAILED_OVER
@@ -69,12 +71,12 @@ def watched_apps(config: Config) -> list[AppConfig]:
 class AppWatch:
     """Probe one app's active instance until `stop` is set, flipping when `observe` says so."""
 
-    def __init__(self, engine, app: AppConfig, stop: threading.Event,
+    def __init__(self, engine: ModeHost, app: AppConfig, stop: threading.Event,
                  probe: Callable[[AppConfig, AppState], ProbeResult] | None = None) -> None:
         self.engine = engine
         self.app = app
         self.stop = stop
-        self.probe = probe or _probe_active
+        self.probe = probe or self._probe_active
         self.streak = Streak()
         self.watching: tuple[str, str] | None = None  # (phase, container id) the streak is about
 
@@ -111,23 +113,22 @@ class AppWatch:
             return  # a deploy holds the app: it decides where traffic goes; the streak stands for the next probe
 
 
-def _probe_active(app: AppConfig, state: AppState) -> ProbeResult:
-    assert state.active is not None
-    return probe_for(app.health, app.bind, app.port_for(app.health.port).set_port(state.active.port_set))()
+    def _probe_active(self, app: AppConfig, state: AppState) -> ProbeResult:
+        assert state.active is not None
+        return set_port_probe(self.engine.prober, app, state.active.port_set)()
 
 
-def run_watchdog(config: Config, stop: threading.Event, *, journal: Journal | None = None,
-                 ready: threading.Event | None = None) -> None:
+def run_watchdog(config: Config, stop: threading.Event, build_engine: HostFactory, *,
+                 journal: Journal | None = None, ready: threading.Event | None = None) -> None:
     """Watch every app with the watchdog enabled until `stop` is set; for `deployer watch` and the server.
 
-    `ready` is set once the retry rules are in place and every app is watched.
+    `build_engine` makes the engine each app's watch flips through (wiring.build_engine: the caller picks the
+    adapters). `ready` is set once the retry rules are in place and every app is watched.
     """
-    from deployer.host.wiring import build_engine, build_journal
-
     journal = journal or build_journal(config)
     apps = watched_apps(config)
     engine = build_engine(config, journal)
-    modes.ensure_retries(engine, apps)
+    modes.ensure_retries(engine.chains, apps)
     journal.note("watchdog.started", actor="watchdog", apps=[a.name for a in apps])
     threads = [threading.Thread(target=AppWatch(build_engine(config, journal), app, stop).run,
                                 name=f"watchdog-{app.name}", daemon=True) for app in apps]
@@ -140,4 +141,4 @@ def run_watchdog(config: Config, stop: threading.Event, *, journal: Journal | No
         for thread in threads:
             thread.join()
     finally:
-        modes.remove_retries(engine)
+        modes.remove_retries(engine.chains)

@@ -11,21 +11,32 @@ from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.github import GitHubHttp
 from deployer.adapters.image_archive import PreloadedImage, load_image
 from deployer.adapters.netfilter import Netfilter
-from deployer.adapters.processes import die_with_parent, start_job
+from deployer.adapters.probes import Probes
+from deployer.adapters.processes import die_with_parent, run_hook, start_job
 from deployer.adapters.processes import spawn as spawn_process
+from deployer.adapters.routing import Routing
 from deployer.audit import build_journal
 from deployer.config import Config
-from deployer.host.engine import Engine
+from deployer.host.chains import NetfilterBackend
+from deployer.host.engine import DockerPort, Engine
 from deployer.journal import Journal
 
 
-def build_engine(config: Config, journal: Journal | None = None, *, preloaded: str | None = None) -> Engine:
-    """`preloaded`: an image reference already on the host (from a release asset), deployed without a pull."""
-    docker = DockerHost(config.settings.docker_host)
+def build_engine(config: Config, journal: Journal | None = None, *, preloaded: str | None = None,
+                 docker: DockerPort | None = None, netfilter: NetfilterBackend | None = None) -> Engine:
+    """The engine with the real adapters.
+
+    `preloaded`: an image reference already on the host (from a release asset), deployed without a pull;
+    `docker` and `netfilter` replace two of the adapters (a benchmark's wrappers).
+    """
+    docker = docker or DockerHost(config.settings.docker_host)
     return Engine(
         config,
         PreloadedImage(docker, preloaded) if preloaded is not None else docker,
-        Netfilter(wait_seconds=config.settings.iptables_wait),
+        netfilter or Netfilter(wait_seconds=config.settings.iptables_wait),
+        routing=Routing(),
+        prober=Probes(),
+        run_hook=run_hook,
         journal=journal or build_journal(config),
     )
 

@@ -13,9 +13,27 @@ from __future__ import annotations
 from typing import Sequence
 
 from deployer.config import AppConfig
-from deployer.plan import drain, maintenance
+from deployer.plan import drain, forwarding, maintenance
 from deployer.plan.records import AppState
 from deployer.plan.rules import ChainNames, Forward, app_rules
+
+
+def forwards_to(app: AppConfig, address: str, port_set: str, tag: str) -> list[Forward]:
+    """The DNAT forwards that send every external port of the app to one instance."""
+    comment = f"{app.name} {port_set} {tag}"
+    return [Forward(p.protocol, p.external, address, p.container, comment) for p in app.ports]
+
+
+def for_record(names: ChainNames, app: AppConfig, state: AppState, maintenance_port: int) -> list[str]:
+    """The app chain the record calls for, whatever its mode.
+
+    Forward mode DNATs to another host (see forwarding.py); otherwise `wanted` decides from the active instance.
+    """
+    if state.mode == forwarding.MODE:
+        return forwarding.app_rules(names, app.name, forwarding.Target.from_detail(state.mode_detail))
+    active = state.active
+    forwards = forwards_to(app, active.address, active.port_set, active.tag) if active else []
+    return wanted(names, app, state, forwards, maintenance_port)
 
 
 def wanted(names: ChainNames, app: AppConfig, state: AppState, forwards: Sequence[Forward],

@@ -110,7 +110,3 @@ def restart_policy(restart: str) -> dict[str, Any]:
 def other_set(port_set: str | None) -> str:
     """The idle set: the one that is not active (blue when nothing is)."""
     return "green" if port_set == "blue" else "blue"
-
-
-def labels_describe(labels: Mapping[str, str]) -> str:
-    return f"{labels.get(LABEL_APP, '?')}/{labels.get(LABEL_SET, '?')} {labels.get(LABEL_TAG, '?')}"

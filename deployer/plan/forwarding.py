@@ -36,8 +36,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from deployer.config import AppConfig
 from deployer.errors import InvalidForwarding
-from deployer.plan.records import AppState
-from deployer.plan.rules import ChainNames, Forward, NatTable, save_string
+from deployer.plan.records import SERVING, AppState
+from deployer.plan.rules import ChainNames, Forward, SavedTable, save_string
 
 MODE = "forward"
 DEFAULT_MARK = 0x2000000
@@ -111,7 +111,7 @@ def plan_target(app: AppConfig, address: str, *, masquerade: bool = False,
 
 def after_promotion(state: AppState) -> AppState:
     """A deployed instance replaces a forward: from its flip on, the app serves locally again."""
-    return replace(state, mode="serving", mode_detail={}) if state.mode == MODE else state
+    return replace(state, mode=SERVING, mode_detail={}) if state.mode == MODE else state
 
 
 def status_notes(notes: Sequence[str], state: AppState) -> list[str]:
@@ -187,13 +187,13 @@ def owned_by(line: str, app: str) -> bool:
     return comment.replace('\\"', '"').startswith(f"{app} forward")
 
 
-def jumps_to(table: NatTable, chain: str) -> list[str]:
+def jumps_to(table: SavedTable, chain: str) -> list[str]:
     """Every rule in another chain that jumps to `chain`."""
     return [line for name, lines in table.chains.items() if name != chain
             for line in lines if (m := _JUMP.search(line)) and m.group(1) == chain]
 
 
-def _shared_chain(live: NatTable, chain: str, app: str, wanted: Sequence[str],
+def _shared_chain(live: SavedTable, chain: str, app: str, wanted: Sequence[str],
                   jump: str) -> list[str]:
     """Lines of one table's transaction: the app's rules in a shared chain become `wanted`.
 
@@ -214,7 +214,7 @@ def _shared_chain(live: NatTable, chain: str, app: str, wanted: Sequence[str],
     return [*(j.replace("-A ", "-D ", 1) for j in jumps), f"-F {chain}", f"-X {chain}"]
 
 
-def render_extras(filter_table: NatTable, nat_table: NatTable, names: ChainNames, app: str,
+def render_extras(filter_table: SavedTable, nat_table: SavedTable, names: ChainNames, app: str,
                   target: Target | None) -> str | None:
     """The filter and nat transactions that give the app exactly `target`'s accept and masquerade
     rules (none for None), touching no other app's. None when nothing needs to change."""
@@ -233,19 +233,7 @@ def render_extras(filter_table: NatTable, nat_table: NatTable, names: ChainNames
     return "\n".join([*sections, ""]) if sections else None
 
 
-def extras_apps(filter_table: NatTable, nat_table: NatTable, names: ChainNames) -> set[str]:
-    """Apps that have accept or masquerade rules (to clean up after an uninstall or a lost record)."""
-    found = set()
-    for line in filter_table.rules(forward_chain(names)) + nat_table.rules(snat_chain(names)):
-        match = _COMMENT.search(line)
-        comment = (match.group(1) or match.group(2) or "") if match else ""
-        app, _, rest = comment.partition(" ")
-        if rest.startswith("forward"):
-            found.add(app)
-    return found
-
-
-def render_extras_teardown(filter_table: NatTable, nat_table: NatTable, names: ChainNames) -> str | None:
+def render_extras_teardown(filter_table: SavedTable, nat_table: SavedTable, names: ChainNames) -> str | None:
     """Remove both shared chains whole, and the jumps to them."""
     sections = []
     for table_name, table, chain in (("filter", filter_table, forward_chain(names)),
@@ -341,7 +329,8 @@ def unmarked_flows(path: ReturnPath, addresses: Iterable[str]) -> list[list[str]
     return filters
 
 
-def render_return(mangle: NatTable, names: ChainNames, path: ReturnPath | None, *, mark_new: bool = True) -> str | None:
+def render_return(mangle: SavedTable, names: ChainNames, path: ReturnPath | None, *,
+                  mark_new: bool = True) -> str | None:
     """One mangle transaction: both chains rewritten whole (None: removed), jumps ensured first in line."""
     wanted = return_rules(names, path, mark_new=mark_new) if path else {}
     hooks = {return_chain(names): "PREROUTING", return_local_chain(names): "OUTPUT"}
@@ -460,7 +449,7 @@ def check_forward(app: str, target: Target, facts: ForwardFacts, mode: str,
                   mode_detail: Mapping[str, Any]) -> list[str]:
     """Everything wrong with forwarding `app` to `target` on this host; empty when it may go ahead."""
     problems = []
-    if mode not in ("serving", MODE):
+    if mode not in (SERVING, MODE):
         problems.append(f"app {app!r} is in mode {mode!r}; leave it first")
     elif mode == MODE and mode_detail.get("to") != target.address:
         problems.append(f"app {app!r} already forwards to {mode_detail.get('to')}; run `deployer forward {app} "

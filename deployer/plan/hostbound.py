@@ -25,7 +25,7 @@ from typing import Iterable, Mapping
 
 from deployer.config import AppConfig
 from deployer.errors import NotDeployable
-from deployer.plan.rules import ChainNames, NatTable, save_string
+from deployer.plan.rules import ChainNames, SavedTable, save_string
 
 
 def chain(names: ChainNames) -> str:
@@ -53,7 +53,7 @@ def chain_rules(names: ChainNames, apps: Iterable[AppConfig], maintenance_port: 
             for rule in app_rules(names, app, maintenance_port)]
 
 
-def render_ensure(live: NatTable, names: ChainNames, apps: Mapping[str, AppConfig],
+def render_ensure(live: SavedTable, names: ChainNames, apps: Mapping[str, AppConfig],
                   maintenance_port: int) -> str | None:
     """One transaction that makes the chain and its PREROUTING jump what the config says; None if they are."""
     wanted = chain_rules(names, apps.values(), maintenance_port)
@@ -68,7 +68,7 @@ def render_ensure(live: NatTable, names: ChainNames, apps: Mapping[str, AppConfi
     return "\n".join(["*nat", *lines, "COMMIT", ""])
 
 
-def live_app_rules(live: NatTable, names: ChainNames, app: AppConfig) -> list[str]:
+def live_app_rules(live: SavedTable, names: ChainNames, app: AppConfig) -> list[str]:
     """The app's rules as they are in the live chain (picked by its ports, which no other app shares)."""
     ports = {f"--dport {p.external} " for p in app.ports if p.protocol == "tcp"}
     return [rule for rule in live.rules(chain(names)) if any(port in rule for port in ports)]

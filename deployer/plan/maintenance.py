@@ -22,13 +22,13 @@ from dataclasses import replace
 from typing import Any
 
 from deployer.config import AppConfig
-from deployer.plan.records import AppState
+from deployer.plan.records import SERVING, AppState
 from deployer.plan.rules import save_string
 
-SERVING = "serving"
 MAINTENANCE = "maintenance"
 MANUAL = "manual"  # an operator's `maintenance on`
 FAILOVER = "failover"  # the watchdog's, tied to the instance that failed
+RESPONDER_HEADER = "X-Deployer-Maintenance"  # on every answer of the responder, so a probe knows it
 RETRY_AFTER = 5  # seconds, in the Retry-After header and the page's refresh
 
 

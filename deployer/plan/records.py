@@ -23,6 +23,9 @@ class Instance:
     since: str  # ISO 8601 UTC time it became active
 
 
+SERVING = "serving"  # the mode in which the external ports lead to the active instance
+
+
 @dataclass(frozen=True)
 class AppState:
     app: str
@@ -31,7 +34,7 @@ class AppState:
     updated_at: str | None = None
     # What the external ports lead to: "serving" (the active instance) or another mode's target,
     # e.g. a maintenance page or another host; `mode_detail` holds that mode's facts.
-    mode: str = "serving"
+    mode: str = SERVING
     mode_detail: dict[str, Any] = field(default_factory=dict)
     # Out of an upstream load balancer's rotation (its status port closed): who drained it and since when.
     # Apart from the mode, so a drained host can be redeployed or put in maintenance and stay drained.

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from deployer.config import AppConfig
-from deployer.plan.rules import ChainNames, NatTable, parse_table, save_string
+from deployer.plan.rules import ChainNames, SavedTable, parse_table, save_string
 
 TABLE = "mangle"
 
@@ -48,12 +48,12 @@ def chain_rules(names: ChainNames, apps: Iterable[AppConfig], bridge: str) -> li
     return rules
 
 
-def parse(saved: str) -> NatTable:
+def parse(saved: str) -> SavedTable:
     """The mangle table of `iptables-save -t mangle` (the same shape as the nat table's)."""
     return parse_table(saved, TABLE)
 
 
-def render_ensure(live: NatTable, names: ChainNames, apps: Iterable[AppConfig], bridge: str) -> str | None:
+def render_ensure(live: SavedTable, names: ChainNames, apps: Iterable[AppConfig], bridge: str) -> str | None:
     """One transaction that makes the chain hold these apps' rules, jumped to first in PREROUTING."""
     wanted = chain_rules(names, apps, bridge)
     lines = []
@@ -64,7 +64,7 @@ def render_ensure(live: NatTable, names: ChainNames, apps: Iterable[AppConfig], 
     return "\n".join([f"*{TABLE}", *lines, "COMMIT", ""]) if lines else None
 
 
-def render_removal(live: NatTable, names: ChainNames) -> str | None:
+def render_removal(live: SavedTable, names: ChainNames) -> str | None:
     if not live.has_chain(chain(names)):
         return None
     deletes = [rule.replace("-A ", "-D ", 1) for rule in live.rules("PREROUTING") if rule == jump(names)]

@@ -64,8 +64,8 @@ class ChainNames:
 
 
 @dataclass
-class NatTable:
-    """The nat table as iptables-save shows it: chain name -> rule lines ("-A CHAIN ...")."""
+class SavedTable:
+    """One table (nat, filter or mangle) as iptables-save shows it: chain name -> rule lines ("-A CHAIN ...")."""
 
     chains: dict[str, list[str]] = field(default_factory=dict)
 
@@ -84,9 +84,9 @@ def save_string(value: str) -> str:
     return f'"{escaped}"'
 
 
-def parse_table(saved: str, table: str) -> NatTable:
+def parse_table(saved: str, table: str) -> SavedTable:
     """One table of `iptables-save` output (nat, mangle, filter): chain name -> rule lines, in order."""
-    result = NatTable()
+    result = SavedTable()
     inside = False
     for line in saved.splitlines():
         if line.startswith("*"):
@@ -102,7 +102,7 @@ def parse_table(saved: str, table: str) -> NatTable:
     return result
 
 
-def parse_nat(saved: str) -> NatTable:
+def parse_nat(saved: str) -> SavedTable:
     """Parse `iptables-save -t nat` output."""
     return parse_table(saved, "nat")
 
@@ -132,7 +132,7 @@ def app_rules(names: ChainNames, app: str, forwards: Sequence[Forward]) -> list[
 
 
 def render_restore(
-    live: NatTable,
+    live: SavedTable,
     names: ChainNames,
     bridge: str,
     app_chains: Mapping[str, Sequence[str]],
@@ -201,7 +201,7 @@ def parse_chain_listing(listing: str, chain: str) -> list[str]:
     return [line for line in listing.splitlines() if line.startswith(f"-A {chain} ")]
 
 
-def render_removal(live: NatTable, names: ChainNames, apps: Iterable[str]) -> str | None:
+def render_removal(live: SavedTable, names: ChainNames, apps: Iterable[str]) -> str | None:
     """A transaction that removes apps' chains and their jumps (used when tests or operators clean up)."""
     rules: list[str] = []
     deletes: list[str] = []
@@ -218,7 +218,7 @@ def render_removal(live: NatTable, names: ChainNames, apps: Iterable[str]) -> st
     return "\n".join(["*nat", *rules, *deletes, "COMMIT", ""])
 
 
-def render_teardown(live: NatTable, names: ChainNames) -> str | None:
+def render_teardown(live: SavedTable, names: ChainNames) -> str | None:
     """Remove everything the deployer owns in the nat table: jumps first, then its chains."""
     rules: list[str] = []
     for builtin, jump in builtin_jumps(names).items():
@@ -240,11 +240,6 @@ def render_teardown(live: NatTable, names: ChainNames) -> str | None:
     return "\n".join(["*nat", *rules, *flushes, *deletes, "COMMIT", ""])
 
 
-def live_forwards(live: NatTable, names: ChainNames, app: str) -> list[str]:
-    """The app chain's rules as saved: compare with `app_rules` to detect drift."""
-    return list(live.rules(names.app(app)))
-
-
 _DNAT_TARGET = re.compile(r"--to-destination (\d+\.\d+\.\d+\.\d+):(\d+)")
 
 
@@ -257,11 +252,3 @@ def dnat_destinations(rules: Iterable[str]) -> set[str]:
             found.add(match.group(1))
     return found
 
-
-def missing_jump_targets(restore_text: str, live: NatTable) -> list[str]:
-    """Chains jumped to in a restore text that neither it nor the live table declares (a render bug)."""
-    declared = set(live.chains) | {line[1:].split(" ", 1)[0] for line in restore_text.splitlines()
-                                   if line.startswith(":")}
-    targets = set(re.findall(r" -j ([A-Za-z0-9_-]+)", restore_text))
-    builtin_targets = {"DNAT", "MASQUERADE", "ACCEPT", "RETURN", "DROP", "REDIRECT", "SNAT", "MARK", "CONNMARK"}
-    return sorted(t for t in targets - builtin_targets if t not in declared)

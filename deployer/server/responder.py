@@ -20,7 +20,6 @@ alone did not stop a client that sends one byte just before each read times out.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import socket
 import struct
@@ -39,7 +38,7 @@ from deployer.plan import maintenance
 log = logging.getLogger("deployer.responder")
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
-HEADER = "X-Deployer-Maintenance"
+HEADER = maintenance.RESPONDER_HEADER
 MAX_DISCARD = 64 * 1024  # request bytes read and dropped before answering, so the close sends FIN, not RST
 MAX_CONNECTIONS = 256
 REQUEST_SECONDS = 5.0  # from the connection's start to its answer
@@ -169,6 +168,11 @@ def make_server(config: AnyConfig, host: str = "0.0.0.0", port: int | None = Non
                      deadlines=deadlines, listener=listener, **limits)
 
 
+def inherited_listener(fd: int) -> socket.socket:
+    """The listening socket `serve --watch` bound and passed down (`maintenance-server --listen-fd`)."""
+    return socket.socket(fileno=fd)
+
+
 def bind_listener(config: AnyConfig, host: str = "0.0.0.0") -> socket.socket:
     """The responder's listening socket, for serve to bind (before it starts anything) and hand to its child."""
     port = config.settings.maintenance_port
@@ -192,18 +196,3 @@ def serve(config: AnyConfig, stop: threading.Event, server: Responder) -> None:
         server.server_close()
         thread.join()
 
-
-def check(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> str | None:
-    """None when a maintenance responder answers on the port, else what is wrong."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        connection.request("GET", "/", headers={"User-Agent": "deployer-check"})
-        response = connection.getresponse()
-        response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        return f"{type(exc).__name__}: {exc}".rstrip(": ")
-    finally:
-        connection.close()
-    if response.status != 503 or response.getheader(HEADER) is None:
-        return f"something else answers there (status {response.status})"
-    return None

@@ -295,9 +295,10 @@ def start_responder(config: Config, spawn: Spawn, listener: Any, python: str = s
 def start_watchdog(config: Config) -> Callable[[], None]:
     """The failover watchdog in a thread beside the worker (it changes netfilter rules: root); returns its stop."""
     from deployer.host.watchdog import run_watchdog
+    from deployer.host.wiring import build_engine
 
     stop = threading.Event()
-    thread = threading.Thread(target=run_watchdog, args=(config, stop), name="watchdog", daemon=True)
+    thread = threading.Thread(target=run_watchdog, args=(config, stop, build_engine), name="watchdog", daemon=True)
     thread.start()
 
     def finish() -> None:

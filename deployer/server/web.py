@@ -10,6 +10,7 @@ is recorded in the journal (verdict and reason, never a secret or a raw header).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import re
@@ -79,6 +80,14 @@ class Receiver:
         self.clock = clock
         self.audit = audit or AuditLog.for_state_dir(config.settings.state_dir)
         self.rejections = Rejections(journal.record, clock)
+        # A receiver process that stops (gunicorn restarts its workers, serve stops) writes what it counted.
+        atexit.register(self._flush_at_exit)
+
+    def _flush_at_exit(self) -> None:
+        try:
+            self.rejections.flush()
+        except Exception as exc:  # noqa: BLE001 - the process is ending; say so, do not mask its own exit
+            log.warning("could not record the refused requests counted before exit: %s", exc)
 
     @property
     def operator_secrets(self) -> dict[str, str]:

@@ -29,6 +29,7 @@ from deployer import config as config_module
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.netfilter import Netfilter
 from deployer.host.engine import Engine
+from deployer.host.wiring import build_engine
 from deployer.journal import Journal
 from deployer.plan import rules
 from support import netns
@@ -126,7 +127,7 @@ def uninstall_prefix(prefix: str) -> None:
             f'[apps.cleanup]\nimage = "{IMAGE}"\n'
             "[[apps.cleanup.ports]]\nexternal = 1\ncontainer = 1\nblue = 2\ngreen = 3\n")
         cfg = config_module.load(path)
-        engine = Engine(cfg, DockerHost(cfg.settings.docker_host), Netfilter(), journal=Journal([]))
+        engine = build_engine(cfg, Journal([]))
         engine.uninstall(actor="test-cleanup")
 
 
@@ -220,7 +221,7 @@ class Deployer:
             self.events.append({**event, "wall": time.time()})
 
         journal = Journal([capture], secrets=cfg.secrets())
-        return Engine(cfg, DockerHost(cfg.settings.docker_host), Netfilter(), journal=journal)
+        return build_engine(cfg, journal)
 
     def hook(self, name: str, script: str) -> Path:
         path = self.root / "hooks" / name
@@ -236,7 +237,7 @@ class Deployer:
         return subprocess.Popen([sys.executable, "-m", "deployer", "-c", str(self.config_path), *args],
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
 
-    def nat(self) -> rules.NatTable:
+    def nat(self) -> rules.SavedTable:
         return rules.parse_nat(Netfilter().save_nat())
 
     def chain(self, app: str) -> list[str]:

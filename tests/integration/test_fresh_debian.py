@@ -21,8 +21,8 @@ import shutil
 import time
 
 import pytest
-
 from conftest import REPO, _missing
+
 from support import debian_rootfs
 from support.debian_rootfs import Rootfs, RootfsError
 

@@ -103,6 +103,14 @@ class Served:
             time.sleep(0.2)
         raise AssertionError(f"serve did not become healthy:\n{log.read_text()[-3000:]}")
 
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM serve, as systemd stops it: gunicorn finishes, the worker waits for running jobs."""
+        assert self.process is not None
+        self.process.terminate()
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
     def kill(self) -> None:
         """SIGKILL serve, gunicorn and every job process: the whole process group."""
         if self.process is None:

@@ -112,9 +112,3 @@ def test_release_references():
     assert RELEASE.pinned_reference == "127.0.0.1:5000/demo@sha256:" + "ab" * 32
     unpinned = Release(tag="v2", image="127.0.0.1:5000/demo")
     assert unpinned.pinned_reference == unpinned.reference == "127.0.0.1:5000/demo:v2"
-
-
-def test_labels_describe():
-    labels = containers.run_arguments(SETTINGS, DEMO, "green", RELEASE)["labels"]
-    assert containers.labels_describe(labels) == "demo/green v2"
-    assert containers.labels_describe({}) == "?/? ?"

@@ -57,7 +57,7 @@ COMMIT
 """
 
 
-def table(saved: str, name: str) -> forwarding.NatTable:
+def table(saved: str, name: str) -> forwarding.SavedTable:
     return rules.parse_table(saved, name)
 
 
@@ -215,7 +215,6 @@ def test_an_app_whose_name_starts_like_another_does_not_own_its_rules():
     live = table(FILTER, "filter")
     assert not forwarding.owned_by(live.rules("DEPLOYER-FORWARD")[0], "ap")
     assert forwarding.owned_by(live.rules("DEPLOYER-FORWARD")[0], "api")
-    assert forwarding.extras_apps(live, EMPTY_NAT, NAMES) == {"api"}
 
 
 def test_teardown_removes_both_shared_chains_and_their_jumps():
@@ -267,7 +266,7 @@ def test_flows_that_arrived_before_the_marking_are_forgotten_unless_established(
     assert forwarding.unmarked_flows(PATH, []) == []
 
 
-def live_mangle(mark_rule: bool = True) -> forwarding.NatTable:
+def live_mangle(mark_rule: bool = True) -> forwarding.SavedTable:
     lines = ["*mangle", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":DEPLOYER-RETURN - [0:0]",
              ":DEPLOYER-RETURN-LOCAL - [0:0]", "-A PREROUTING -j DEPLOYER-RETURN",
              "-A OUTPUT -j DEPLOYER-RETURN-LOCAL", *([MARK_RULE] if mark_rule else []),

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
+from deployer.adapters.probes import http_probe, probe_for, tcp_probe
 from deployer.config import HealthCheck
 from deployer.errors import BootError, HealthCheckFailed
-from deployer.host.health import ProbeResult, http_probe, probe_for, tcp_probe, wait_healthy
+from deployer.host.health import ProbeResult, wait_healthy
 
 
 class FakeTime:

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from support.configs import app_toml, make_config
 
 from deployer.adapters.processes import child_pids, start_job
 from deployer.journal import Journal
 from deployer.server.jobs import Queue
 from deployer.server.worker import Worker
+from support.configs import app_toml, make_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLEEP = 1.5

@@ -7,7 +7,7 @@ from deployer.config import AppConfig, HealthCheck, PortMapping
 from deployer.errors import NotDeployable
 from deployer.plan import app_chain, drain, hostbound, maintenance, retries, rules
 from deployer.plan.records import AppState, Instance
-from deployer.plan.rules import ChainNames, Forward, NatTable
+from deployer.plan.rules import ChainNames, Forward, SavedTable
 
 NAMES = ChainNames("DEPLOYER")
 MPORT = 8999
@@ -151,14 +151,14 @@ def test_socket_rules_let_a_listener_through_and_send_the_rest_to_the_page():
 
 
 def test_the_socket_chain_is_jumped_to_from_prerouting_only():
-    text = hostbound.render_ensure(NatTable(), NAMES, {"demo": DEMO, "web": WEB}, MPORT)
+    text = hostbound.render_ensure(SavedTable(), NAMES, {"demo": DEMO, "web": WEB}, MPORT)
     assert text == "\n".join(["*nat", ":DEPLOYER-HOSTBOUND - [0:0]", *WEB_SOCKET_RULES,
                               "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND", "COMMIT", ""])
     assert "OUTPUT" not in text
 
 
 def test_ensuring_the_socket_chain_again_changes_nothing():
-    live = NatTable({"PREROUTING": ["-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND"],
+    live = SavedTable({"PREROUTING": ["-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND"],
                      "DEPLOYER-HOSTBOUND": list(WEB_SOCKET_RULES)})
     assert hostbound.render_ensure(live, NAMES, {"web": WEB}, MPORT) is None
     assert hostbound.live_app_rules(live, NAMES, WEB) == WEB_SOCKET_RULES
@@ -176,7 +176,7 @@ def test_host_bound_maintenance_redirects_in_the_app_chain_for_every_client():
 
 
 def test_rules_text_of_a_host_bound_app_shows_its_socket_rules():
-    text = rules.render_restore(NatTable(), NAMES, "deployer0", {"web": []})
+    text = rules.render_restore(SavedTable(), NAMES, "deployer0", {"web": []})
     assert hostbound.with_socket_rules(text, NAMES, WEB, MPORT) == "\n".join([
         "*nat", ":DEPLOYER - [0:0]", ":DEPLOYER-POSTROUTING - [0:0]", ":DEPLOYER-web - [0:0]",
         ":DEPLOYER-HOSTBOUND - [0:0]",
@@ -191,7 +191,7 @@ def test_rules_text_of_a_host_bound_app_shows_its_socket_rules():
 
 
 def test_teardown_removes_the_prerouting_jump_to_the_socket_chain_before_the_chain():
-    live = NatTable({"PREROUTING": ["-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND",
+    live = SavedTable({"PREROUTING": ["-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND",
                                     "-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER"],
                      "OUTPUT": ["-A OUTPUT -m addrtype --dst-type LOCAL -j DEPLOYER"],
                      "DEPLOYER": [], "DEPLOYER-HOSTBOUND": list(WEB_SOCKET_RULES)})
@@ -256,7 +256,7 @@ COMMIT
 
 def test_retry_rules_drop_only_resets_of_unfinished_handshakes_on_tcp_ports():
     assert retries.chain_rules(NAMES, [DEMO], "deployer0") == RETRY_RULES
-    assert retries.render_ensure(NatTable(), NAMES, [DEMO], "deployer0") == "\n".join(
+    assert retries.render_ensure(SavedTable(), NAMES, [DEMO], "deployer0") == "\n".join(
         ["*mangle", ":DEPLOYER-RETRY - [0:0]", *RETRY_RULES, "-I PREROUTING 1 -j DEPLOYER-RETRY", "COMMIT", ""])
 
 
@@ -266,4 +266,4 @@ def test_retry_rules_in_place_are_read_back_and_left_alone_then_removed():
     assert retries.render_ensure(live, NAMES, [DEMO], "deployer0") is None
     assert retries.render_removal(live, NAMES) == "\n".join(
         ["*mangle", "-D PREROUTING -j DEPLOYER-RETRY", "-F DEPLOYER-RETRY", "-X DEPLOYER-RETRY", "COMMIT", ""])
-    assert retries.render_removal(NatTable(), NAMES) is None
+    assert retries.render_removal(SavedTable(), NAMES) is None

@@ -7,12 +7,12 @@ execute paths must fail it with the reason, record that in the audit log, and ac
 import sqlite3
 
 import pytest
-from support.configs import ASSET_SITE, app_toml, make_config
 
 from deployer.audit import AuditLog, AuditSink, Query
 from deployer.journal import Journal
 from deployer.server.jobs import Queue, row_problem
 from deployer.server.worker import JobTools, Worker, execute
+from support.configs import ASSET_SITE, app_toml, make_config
 
 GOOD_ID = "job-0123456789abcdef"
 

@@ -10,7 +10,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from support.configs import app_toml, make_config
 
 from deployer import audit
 from deployer.audit import AuditLog, Query
@@ -18,6 +17,7 @@ from deployer.errors import StateError
 from deployer.folders import share_folder
 from deployer.server.jobs import Queue
 from deployer.server.worker import WorkerLock, prepare_shared
+from support.configs import app_toml, make_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
                                 reason="plants links for root to refuse: run as root")

@@ -7,7 +7,6 @@ import tomllib
 from types import SimpleNamespace
 
 import pytest
-from support.configs import ASSET_SITE, make_config
 
 from deployer import config as config_module
 from deployer.errors import HealthCheckFailed, LockError
@@ -16,6 +15,7 @@ from deployer.journal import Journal
 from deployer.plan.records import AppState, Instance
 from deployer.server.jobs import Queue
 from deployer.server.worker import JobSteps, JobTools, Worker, WorkerLock, execute
+from support.configs import ASSET_SITE, make_config
 
 
 class Clock:

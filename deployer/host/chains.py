@@ -1,0 +1,177 @@
+"""The deployer's netfilter transactions on one host: one component that deploys, modes and forwarding share.
+
+It holds the netfilter lock around every read-render-restore (a render is only valid for the rules it read),
+flips an app's chain (add-only takeover, cleanup, read back, the old rules put back on failure), ensures the
+base chains and jumps, deletes conntrack flows after a commit and waits for old flows to end. The rendering is
+plan/'s; the commands are the backend's. The backend is a Protocol, so another one (native nftables, or a test's
+fake) can take iptables-restore's place without touching the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from deployer.config import AppConfig, Settings
+from deployer.errors import RulesError
+from deployer.host.locks import AppLock, HostLock
+from deployer.journal import utc_now
+from deployer.plan import app_chain, rules
+from deployer.plan.records import AppState
+from deployer.plan.rules import SavedTable
+
+
+class NetfilterBackend(Protocol):
+    """What the chains need of netfilter: save a table, list one chain, restore a transaction, conntrack."""
+
+    def save_table(self, table: str) -> str: ...
+    def list_chain(self, chain: str) -> list[str] | None: ...
+    def restore(self, text: str) -> None: ...
+    def conntrack_delete(self, arguments: list[str]) -> int: ...
+    def conntrack_list(self, arguments: list[str]) -> list[str]: ...
+    def conntrack_timeout(self, name: str) -> int | None: ...
+    def enable_route_localnet(self, interface: str) -> None: ...
+
+
+class BridgeNetwork(Protocol):
+    """The Docker network whose bridge the loopback masquerade names."""
+
+    def ensure_network(self, name: str, bridge: str) -> None: ...
+
+
+Render = Callable[..., "str | None"]
+
+
+class Chains:
+    def __init__(self, backend: NetfilterBackend, network: BridgeNetwork, settings: Settings, *,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.backend = backend
+        self.network = network
+        self.settings = settings
+        self.names = rules.ChainNames(settings.chain_prefix)
+        self.clock = clock
+        self.sleep = sleep
+
+    # --- locks ---------------------------------------------------------------------------------
+
+    def lock(self) -> HostLock:
+        """Serialise read-render-restore across deployer processes. Not reentrant: take it once."""
+        return HostLock(self.lock_path("netfilter"))
+
+    def app_lock(self, app: str, *, wait: float | None = None, **holder: Any) -> AppLock:
+        """The app's own lock: a deploy, a mode change and a forward of one app never interleave."""
+        return AppLock(self.settings.state_dir, app, wait=self.settings.lock_wait if wait is None else wait,
+                       holder=holder)
+
+    def lock_path(self, name: str) -> Path:
+        return Path(self.settings.state_dir) / "locks" / f"{name}.lock"
+
+    # --- reading and rendering -------------------------------------------------------------------
+
+    def table(self, name: str) -> SavedTable:
+        """One table as it is now (nat, filter or mangle), parsed."""
+        return rules.parse_table(self.backend.save_table(name), name)
+
+    def chain(self, app: str) -> list[str] | None:
+        """The app's chain as it is now; None when it does not exist."""
+        return self.backend.list_chain(self.names.app(app))
+
+    def wanted(self, app: AppConfig, state: AppState) -> list[str]:
+        """The app chain the record calls for (see app_chain.for_record)."""
+        return app_chain.for_record(self.names, app, state, self.settings.maintenance_port)
+
+    def base_missing(self, live: SavedTable, app: AppConfig) -> bool:
+        """Whether any of the jumps, the POSTROUTING chain or the app's chain is missing from `live`."""
+        text = rules.render_restore(live, self.names, self.settings.bridge, {}, ensure_apps=[app.name])
+        return text.strip() != "*nat\nCOMMIT"
+
+    # --- changes -------------------------------------------------------------------------------
+
+    def rewrite(self, render: Render, *tables: str) -> str | None:
+        """Under the lock, read `tables`, render a transaction from them and restore it; the text, or None if
+        there was nothing to change."""
+        with self.lock():
+            text = render(*(self.table(name) for name in tables))
+            if text:
+                self.backend.restore(text)
+        return text or None
+
+    def prepare_bridge(self) -> None:
+        """The deployer's Docker network, and loopback clients allowed through its bridge."""
+        self.network.ensure_network(self.settings.network, self.settings.bridge)
+        self.backend.enable_route_localnet(self.settings.bridge)
+
+    def ensure_base(self, app: AppConfig, *, locked: bool = False) -> None:
+        """Add whatever is missing of the jumps, the POSTROUTING chain and the app's (empty) chain."""
+        if not locked:
+            with self.lock():
+                self.ensure_base(app, locked=True)
+            return
+        self.prepare_bridge()
+        live = self.table("nat")
+        if self.base_missing(live, app):
+            self.backend.restore(rules.render_restore(live, self.names, self.settings.bridge, {},
+                                                      ensure_apps=[app.name]))
+
+    def flip(self, app: AppConfig, wanted: list[str], detail: dict[str, Any] | None = None) -> set[str]:
+        """Make `wanted` the app's rules in one transaction; verify; put the old rules back on failure.
+
+        Touches the app's own chain only, so its cost does not grow with the number of apps. `detail`, when
+        given, gets the commit's duration and time. Returns the addresses the rules pointed at before and no
+        longer do.
+        """
+        chain = self.names.app(app.name)
+        with self.lock():
+            before = self.backend.list_chain(chain)
+            if before is None:
+                self.ensure_base(app, locked=True)
+                before = []
+            if before == wanted:
+                return set()
+            started = self.clock()
+            self.backend.restore(rules.render_takeover(self.names, app.name, wanted, before))
+            if detail is not None:
+                detail["committed_ms"] = round((self.clock() - started) * 1000, 2)
+                detail["committed_at"] = utc_now()
+            try:
+                if before:
+                    self.backend.restore(rules.render_chain(self.names, app.name, wanted))
+                after = self.backend.list_chain(chain)
+                if after != wanted:
+                    raise RulesError(f"the live rules of app {app.name!r} differ from what was applied",
+                                     app=app.name, rules="\n".join(after or []))
+            except RulesError as exc:
+                self.backend.restore(rules.render_chain(self.names, app.name, before))
+                raise RulesError(f"{exc}; the previous rules were restored", app=app.name) from None
+        return rules.dnat_destinations(before) - rules.dnat_destinations(wanted)
+
+    # --- conntrack -----------------------------------------------------------------------------
+
+    def clean_flows(self, filters: list[list[str]]) -> int:
+        """Delete the conntrack entries matching each filter; how many went."""
+        return sum(self.backend.conntrack_delete(f) for f in filters)
+
+    def flows(self, filters: list[list[str]]) -> list[str]:
+        """The conntrack entries matching each filter, as `conntrack -L` prints them."""
+        return [line for f in filters for line in self.backend.conntrack_list(f)]
+
+    def count_flows(self, filters: list[list[str]]) -> int:
+        return sum(len(self.backend.conntrack_list(f)) for f in filters)
+
+    def wait_for_old_flows(self, filters: list[list[str]], seconds: float) -> int:
+        """Wait up to `seconds` for the flows matching `filters` to end, returning early once none is left.
+
+        What a retired instance, a forward or a return path is given to finish its open connections; returns
+        how many were still open.
+        """
+        deadline = self.clock() + seconds
+        while True:
+            remaining = self.count_flows(filters)
+            if remaining == 0 or self.clock() >= deadline:
+                return remaining
+            self.sleep(min(0.25, max(0.0, deadline - self.clock())))
+
+    def conntrack_timeout(self, name: str, default: int) -> int:
+        timeout = self.backend.conntrack_timeout(name)
+        return default if timeout is None else timeout
