@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app")
 
     p = _command(sub, "status", cmd_status, "show the active release of each app and whether the live rules match",
-                 "deployer status demo --json")
+                 "deployer status demo --json",
+                 "Show the active release of each app and whether the live rules match. First, one line per\n"
+                 "fault of the host the worker has seen (docker, netfilter, disk, a stale worker heartbeat):\n"
+                 "what is wrong, since when, and which jobs wait on it. Exits 1 when Docker does not answer.")
     p.add_argument("app", nargs="?")
     p.add_argument("--json", action="store_true", help="print JSON for tools")
 
