@@ -68,7 +68,8 @@ def own_registry(folder: Path, port: int) -> Iterator[dict]:
 
 
 def audit_events(served, *names: str) -> list[dict]:
-    entries = AuditLog.for_state_dir(served.deployer.root / "state").query(Query(event=names, limit=None))
+    entries = AuditLog.for_state_dir(served.deployer.root / "state").query(Query(event=names, limit=None,
+                                                                                  oldest_first=True))
     return [entry.fields for entry in entries]
 
 

@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 import pytest
 
 from deployer.config import parse
-from deployer.errors import HealthCheckFailed, HookFailed, RegistryUnavailable, RulesError, StateError
+from deployer.errors import (DockerUnavailable, HealthCheckFailed, HookFailed, RegistryUnavailable, RulesError,
+                             StateError)
 from deployer.host.engine import Engine
 from deployer.journal import Journal
 from deployer.plan.containers import ContainerInfo, Release
@@ -516,3 +517,21 @@ def test_a_registry_down_before_the_flip_changes_nothing_and_runs_on_failure_onl
     assert host.trail()[-1] == (ended, None, "waiting" if waits else "failed")
     assert (host.chain(), host.running(), host.record()) == ([OLD_RULE], ["deployer-web-blue running"],
                                                              ("deployer-web-blue", None))
+
+
+@pytest.mark.parametrize("waits, hooks, ended", [(True, [], "deploy.waiting"),
+                                                 (False, ["hook on-failure"], "deploy.failed")])
+def test_a_daemon_down_at_the_first_step_runs_on_failure_only_when_the_job_gives_up(host, monkeypatch, waits, hooks,
+                                                                                    ended):
+    host.taken()
+    host.hook("on-failure")
+
+    def down(filters):
+        raise DockerUnavailable("the Docker daemon at unix:///x.sock does not answer (list containers)")
+
+    monkeypatch.setattr(host.docker, "containers", down)
+    with pytest.raises(DockerUnavailable):
+        host.engine().deploy("web", "v2", actor="worker", wait_on_transient=waits)
+    assert [e for e in host.effects if e.startswith("hook")] == hooks
+    assert host.trail()[-1] == (ended, None, "waiting" if waits else "failed")
+    assert host.chain() == [OLD_RULE]
