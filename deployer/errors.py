@@ -15,6 +15,10 @@ class DeployerError(Exception):
     """
 
     exit_code = 1
+    # A fault of the host that clears by itself (a daemon restarting, a registry down, a full disk): a job
+    # that meets one waits and tries again instead of failing. Set by the adapter that maps the library error.
+    transient = False
+    fault: str | None = None  # what waits on it, when transient: "docker", "registry", "disk"
 
     def __init__(self, message: str, **context: object) -> None:
         super().__init__(message)
@@ -61,9 +65,19 @@ class LockError(DeployerError):
 class DockerUnavailable(DeployerError):
     """The Docker daemon does not answer."""
 
+    transient = True
+    fault = "docker"
+
 
 class PullError(DeployerError):
-    """The image could not be pulled (unknown tag, registry down, bad credentials)."""
+    """The image could not be pulled: an unknown tag, bad credentials. Waiting will not help."""
+
+
+class RegistryUnavailable(PullError):
+    """The registry refused the connection, timed out or answered 5xx: it may be back in a minute."""
+
+    transient = True
+    fault = "registry"
 
 
 class BootError(DeployerError):
@@ -88,6 +102,13 @@ class ConntrackError(DeployerError):
 
 class StateError(DeployerError):
     """The recorded state could not be read or written."""
+
+
+class DiskFull(StateError):
+    """The state folder's file system is full: nothing durable can be written until space returns."""
+
+    transient = True
+    fault = "disk"
 
 
 class UnsafePath(StateError):

@@ -153,3 +153,18 @@ def share_folder(state_dir: str | os.PathLike[str], name: str, db_name: str, gro
         raise UnsafePath(f"the shared folder {folder} holds entries root will not touch: " + "; ".join(refused),
                          path=str(folder))
     return path
+
+
+LOW_SPACE_BYTES = 1 << 20  # below this the queue and the audit log may not fit one more transaction
+
+
+def space_problem(path: str | os.PathLike[str], low: int = LOW_SPACE_BYTES) -> str | None:
+    """Why the file system that holds `path` cannot take durable writes now, or None when it can."""
+    try:
+        info = os.statvfs(path)
+    except OSError as exc:
+        return f"cannot check the free space of {path}: {exc.strerror}"
+    free = info.f_bavail * info.f_frsize
+    if free < low:
+        return f"{free // 1024} KiB free on the file system of {path} (below {low // 1024} KiB)"
+    return None

@@ -44,6 +44,10 @@ class Journal:
         """A durable event: reaches every sink (log and audit)."""
         self._emit({"event": event, **fields}, durable=True)
 
+    def record_or_raise(self, event: str, **fields: Any) -> None:
+        """A durable event that must be in the audit log: the audit sink raises AuditError if it could not write it."""
+        self._emit({"event": event, **fields}, durable=True, required=True)
+
     def note(self, event: str, **fields: Any) -> None:
         """Progress only (a step began): reaches the log, not the audit record."""
         self._emit({"event": event, **fields}, durable=False)
@@ -65,10 +69,12 @@ class Journal:
         self.record("step", **{**fields, **step.detail, "step": name, "outcome": "ok", "started_at": started_at,
                                "duration_ms": round((self.clock() - start) * 1000, 1)})
 
-    def _emit(self, event: Event, *, durable: bool) -> None:
+    def _emit(self, event: Event, *, durable: bool, required: bool = False) -> None:
         event = {"ts": utc_now(), **{k: v for k, v in event.items() if v is not None}}
         event = self._masked(event)
         event["_durable"] = durable
+        if required:
+            event["_required"] = True
         for sink in self.sinks:
             sink(event)
 
@@ -88,7 +94,7 @@ class Journal:
 
 def format_event(event: Event) -> str:
     """One readable line: `[app] step pull ok 120.4ms digest=sha256:...`."""
-    skip = {"ts", "event", "app", "step", "outcome", "duration_ms", "_durable", "started_at"}
+    skip = {"ts", "event", "app", "step", "outcome", "duration_ms", "_durable", "_required", "started_at"}
     head = [f"[{event['app']}]" if event.get("app") else "[deployer]"]
     if event["event"] == "step.begin":
         head.append(f"{event['step']} ...")

@@ -8,7 +8,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from deployer.errors import BootError, DeployerError, DockerUnavailable, PullError
+from deployer.errors import BootError, DeployerError, DockerUnavailable, PullError, RegistryUnavailable
 from deployer.plan.containers import ContainerInfo, Release
 
 _UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, FileNotFoundError)
@@ -68,7 +68,7 @@ class DockerHost:
             image = self.call("pull", lambda: self.client.images.pull(
                 release.image, tag=release.tag, auth_config=dict(auth) if auth else None))
         except docker.errors.APIError as exc:
-            raise PullError(f"cannot pull {release.reference}: {_short(exc)}", tag=release.tag) from None
+            raise pull_error(exc, release) from None
         return Release(tag=release.tag, image=release.image, digest=_repo_digest(image.attrs, release.image))
 
     def has_image(self, reference: str) -> bool:
@@ -188,6 +188,21 @@ class DockerHost:
         except docker.errors.APIError as exc:
             if "already in progress" not in str(exc):
                 raise DeployerError(f"cannot remove container {container_id[:12]}: {_short(exc)}") from None
+
+
+# What the daemon says when the registry itself answered no: waiting will not change it.
+_REFUSED = ("manifest unknown", "not found", "unauthorized", "denied", "invalid reference")
+
+
+def pull_error(exc: docker.errors.APIError, release: Release) -> PullError:
+    """A registry that could not be reached (the daemon answers 5xx: refused, timed out, 502/503) may come back;
+    an unknown tag or refused credentials will not."""
+    reason = _short(exc)
+    status = exc.status_code or 500
+    permanent = isinstance(exc, docker.errors.NotFound) or status < 500 or any(
+        marker in reason.lower() for marker in _REFUSED)
+    kind = PullError if permanent else RegistryUnavailable
+    return kind(f"cannot pull {release.reference}: {reason}", tag=release.tag)
 
 
 def _repo_digest(attrs: Mapping[str, Any], repository: str) -> str | None:

@@ -129,7 +129,7 @@ def format_ts(moment: datetime) -> str:
 
 def record_for(event: Event, *, now: str | None = None) -> dict[str, Any]:
     """The fields an event is stored with: scrubbed, without `_durable`, with a normalised `ts`."""
-    record = scrubbed({k: v for k, v in event.items() if k not in ("_durable", "seq") and v is not None})
+    record = scrubbed({k: v for k, v in event.items() if k not in ("_durable", "_required", "seq") and v is not None})
     if not record.get("event"):
         raise AuditError("an audit event needs an `event` name", field="event")
     record["event"] = str(record["event"])
@@ -713,7 +713,9 @@ class AuditSink:
     """A journal sink that records durable events; progress notes stay in the log only.
 
     It never raises into the engine: a deploy must not fail because its record could not be
-    written. A failure is logged as a warning, and counted so a caller can see it.
+    written. A failure is logged as a warning, and counted so a caller can see it. The one exception
+    is an event recorded with `Journal.record_or_raise` (the receiver's `job.queued`: no 202 without
+    it): its failure is raised as AuditError.
     """
 
     store: AuditLog
@@ -731,6 +733,9 @@ class AuditSink:
         except Exception as exc:  # noqa: BLE001 - the record must never break the deploy
             self.failures += 1
             log.warning("audit: could not record %s: %s", event.get("event"), exc)
+            if event.get("_required"):
+                raise exc if isinstance(exc, AuditError) else AuditError(
+                    f"cannot append to the audit log: {exc}") from None
 
 
 def build_journal(config: "Config", extra_sinks: list[Sink] | None = None) -> Journal:

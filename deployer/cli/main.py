@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from typing import Callable, Sequence
 
 from deployer import config as config_module
@@ -14,7 +15,7 @@ from deployer.cli import cluster as cluster_cli
 from deployer.cli import forward as forward_cli
 from deployer.cli import ops as ops_cli
 from deployer.cli import server as server_cli
-from deployer.errors import DeployerError
+from deployer.errors import DeployerError, DockerUnavailable, StateError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -67,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app")
 
     p = _command(sub, "status", cmd_status, "show the active release of each app and whether the live rules match",
-                 "deployer status demo --json")
+                 "deployer status demo --json",
+                 "Show the active release of each app and whether the live rules match. First, one line per\n"
+                 "fault of the host the worker has seen (docker, netfilter, disk, a stale worker heartbeat):\n"
+                 "what is wrong, since when, and which jobs wait on it. Exits 1 when Docker does not answer.")
     p.add_argument("app", nargs="?")
     p.add_argument("--json", action="store_true", help="print JSON for tools")
 
@@ -114,8 +118,37 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def host_faults(config: config_module.Config) -> list[str]:
+    """The worker's faults and what waits on them, and a full disk even when the worker cannot say so."""
+    from deployer.folders import space_problem
+    from deployer.server.faults import fault_lines
+    from deployer.server.jobs import Queue, queue_path
+
+    lines = []
+    problem = space_problem(config.settings.state_dir)
+    if queue_path(config.settings.state_dir).exists():
+        try:
+            queue = Queue.for_state_dir(config.settings.state_dir)
+            lines = fault_lines(queue.worker_status(), queue.waiting(), time.time())
+        except StateError as exc:
+            lines = [f"fault queue: {exc}"]
+    if problem is not None and not any(line.startswith("fault disk:") for line in lines):
+        lines.insert(0, f"fault disk: {problem}")
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    statuses = _engine(args).status(args.app)
+    faults = [] if args.json else host_faults(args.loaded_config)
+    for line in faults:
+        print(line)
+    try:
+        statuses = _engine(args).status(args.app)
+    except DockerUnavailable as exc:
+        if args.json:
+            raise
+        if not any(line.startswith("fault docker:") for line in faults):
+            print(f"fault docker: {exc}")
+        return 1
     if args.json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2, default=str))
         return 0

@@ -43,7 +43,7 @@ from deployer.plan.containers import (
     selector,
 )
 from deployer.plan.hooks import HookContext, HookOutcome, hook_environment, hook_path
-from deployer.plan.records import SERVING, Instance
+from deployer.plan.records import SERVING, AppState, Instance
 from deployer.plan.tags import check_tag
 
 
@@ -117,11 +117,15 @@ class Engine:
 
     # --- public operations ---------------------------------------------------------------------
 
-    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None) -> DeployResult:
+    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None,
+               wait_on_transient: bool = False) -> DeployResult:
+        """`wait_on_transient`: the caller will try again after a transient fault (every one strikes before the
+        flip), so such a fault is recorded as `deploy.waiting` and runs no on-failure hook."""
         app = self.config.app(app_name)
         hostbound.check_deployable(app)
         check_tag(app, tag)
         with self._operation("deploy", app, actor, job, tag=tag) as operation:
+            operation.waits_on_transient = wait_on_transient
             return self._deploy(operation, app, Release(tag=tag, image=app.image), actor=actor, job=job)
 
     def rollback(self, app_name: str, *, actor: str, job: str | None = None) -> DeployResult:
@@ -221,15 +225,20 @@ class Engine:
         operation.failed["tag"] = release.tag
         operation.start(tag=release.tag)
         if not rollback:  # a rollback reconciled before it chose its release
-            self._reconcile_app(app, actor=actor, job=job)
+            try:
+                self._reconcile_app(app, actor=actor, job=job)
+            except DeployerError as exc:
+                # Most often a daemon that does not answer: nothing moved, but a job that gives up on it is a
+                # failed deploy, and on-failure is told so.
+                if not operation.waits(exc):
+                    with contextlib.suppress(DeployerError):
+                        context = self._hook_context(app, release, actor, job, self.store.load(app.name))
+                        self._hook("on-failure", app, replace(context, error=str(exc)), base, must_pass=False)
+                raise
         state = self.store.load(app.name)
         old = state.active
         new_set = other_set(old.port_set if old else None)
-        context = HookContext(app=app.name, tag=release.tag, actor=actor, job=job, old_set=old.port_set if old
-                              else None, new_set=new_set, old_tag=old.tag if old else None,
-                              new_ports=self._set_ports(app, new_set),
-                              old_ports=self._set_ports(app, old.port_set) if old else None,
-                              bind=app.bind, health_path=app.health.path if app.health.type == "http" else None)
+        context = self._hook_context(app, release, actor, job, state)
 
         new: ContainerInfo | None = None
         try:
@@ -272,7 +281,8 @@ class Engine:
                                                                  if old_addresses else {}))
         except DeployerError as exc:
             self._abandon(app, new, base)
-            self._hook("on-failure", app, replace(context, error=str(exc)), base, must_pass=False)
+            if not operation.waits(exc):
+                self._hook("on-failure", app, replace(context, error=str(exc)), base, must_pass=False)
             raise
 
         # Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
@@ -438,6 +448,16 @@ class Engine:
     def _registry_auth(self, app: AppConfig) -> dict[str, str] | None:
         auth = self.config.registries.get(app.registry or "")
         return {"username": auth.username, "password": auth.password} if auth else None
+
+    def _hook_context(self, app: AppConfig, release: Release, actor: str, job: str | None,
+                      state: AppState) -> HookContext:
+        old = state.active
+        new_set = other_set(old.port_set if old else None)
+        return HookContext(app=app.name, tag=release.tag, actor=actor, job=job, old_set=old.port_set if old
+                           else None, new_set=new_set, old_tag=old.tag if old else None,
+                           new_ports=self._set_ports(app, new_set),
+                           old_ports=self._set_ports(app, old.port_set) if old else None,
+                           bind=app.bind, health_path=app.health.path if app.health.type == "http" else None)
 
     def _hook(self, name: str, app: AppConfig, context: HookContext, base: dict[str, Any], *,
               must_pass: bool = True) -> None:

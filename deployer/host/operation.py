@@ -38,6 +38,8 @@ class Operation:
         self.shape = shape
         self.clock = clock
         self.failed: dict[str, Any] = {}  # extra fields of the failure event, e.g. the tag
+        # The caller tries again after a transient fault: it ends the operation as "<kind>.waiting", not failed.
+        self.waits_on_transient = False
         self.started = False
         self.ended = False
         self._began = 0.0
@@ -67,8 +69,16 @@ class Operation:
             self.journal.record(self.kind, **self.base, outcome="ok", **fields,
                                 duration_ms=round((self.clock() - self._began) * 1000, 1))
 
+    def waits(self, exc: DeployerError) -> bool:
+        """Whether this failure only makes the caller wait and try again (a transient fault it waits on)."""
+        return self.waits_on_transient and exc.transient
+
     def fail(self, exc: DeployerError) -> None:
         self.ended = True
+        if self.waits(exc):
+            self.journal.record(f"{self.kind}.waiting", outcome="waiting", **self.failed, error=str(exc),
+                                error_type=type(exc).__name__, fault=exc.fault, **self.base)
+            return
         name = self.kind if self.shape == ONE_EVENT else f"{self.kind}.failed"
         self.journal.record(name, outcome="failed", **self.failed, error=str(exc), error_type=type(exc).__name__,
                             **self.base)

@@ -9,12 +9,16 @@ Every write is one `BEGIN IMMEDIATE` transaction: the write lock is taken before
 read, so two processes can never both decide "this app is idle" or "this nonce is new".
 
 Job states: queued -> running -> succeeded | failed; queued -> superseded | skipped; a running job
-whose worker died, or whose app was busy, goes back to queued. No job is ever deleted.
+whose worker died, whose app was busy, or that met a transient fault of the host (`waiting_on` names
+it: docker, registry, disk) goes back to queued. A job the receiver is still accepting is `accepting`:
+no worker claims it until its audit record is written (`confirm`); if that record cannot be written,
+the job is deleted again (`withdraw`) and never ran. No other job is ever deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from deployer.config import AppConfig
-from deployer.errors import InvalidTag, StateError, Unauthorized
+from deployer.errors import DiskFull, InvalidTag, StateError, Unauthorized
 from deployer.folders import check_database, check_same_database, share_folder
 from deployer.plan.tags import check_tag
 
@@ -36,6 +40,7 @@ DB_NAME = "jobs.db"
 BUSY_TIMEOUT_MS = 30_000
 TERMINAL = frozenset({"succeeded", "failed", "superseded", "skipped"})
 WAITING = frozenset({"queued", "running"})
+ACCEPTING = "accepting"
 
 # Named migrations, applied once each, in order (never edit one that has shipped: add another).
 MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -102,6 +107,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "ALTER TABLE jobs ADD COLUMN published_at TEXT",  # release.published_at (UTC, ...Z); NULL: not a release
         "CREATE INDEX jobs_app_published ON jobs (app, kind, published_at)",
     ]),
+    # The host's faults: what a waiting job waits on, and what the worker last saw wrong (JSON, see `heartbeat`).
+    ("0003_faults", [
+        "ALTER TABLE jobs ADD COLUMN waiting_on TEXT",
+        "ALTER TABLE worker ADD COLUMN faults TEXT",
+    ]),
 ]
 
 
@@ -121,6 +131,7 @@ class Job:
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    waiting_on: str | None = None
     seq: int = 0
 
     @property
@@ -155,19 +166,19 @@ class Claim:
 
 
 _JOB_COLUMNS = ("seq, id, app, tag, kind, actor, status, source, reason, superseded_by, attempts, not_before, "
-                "created_at, started_at, finished_at")
+                "created_at, started_at, finished_at, waiting_on")
 
 
 def _job(row: tuple) -> Job:
     (seq, id_, app, tag, kind, actor, status, source, reason, superseded_by, attempts, not_before, created_at,
-     started_at, finished_at) = row
+     started_at, finished_at, waiting_on) = row
     try:
         source = json.loads(source)
     except (TypeError, ValueError):
         source = None  # a row the receiver's group wrote by hand; `row_problem` refuses it
     return Job(id=id_, app=app, tag=tag, kind=kind, actor=actor, status=status, source=source,
                reason=reason, superseded_by=superseded_by, attempts=attempts, not_before=not_before,
-               created_at=created_at, started_at=started_at, finished_at=finished_at, seq=seq)
+               created_at=created_at, started_at=started_at, finished_at=finished_at, waiting_on=waiting_on, seq=seq)
 
 
 def new_job_id() -> str:
@@ -211,6 +222,14 @@ def row_problem(job: Job, apps: Mapping[str, AppConfig]) -> str | None:
 
 def _shown(value: object) -> str:
     return repr(value)[:60]
+
+
+def state_error(what: str, exc: BaseException) -> StateError:
+    """SQLite's "database or disk is full" (or ENOSPC) is DiskFull, a fault that waiting clears; the rest is StateError."""
+    full = (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC))
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return (DiskFull if full else StateError)(f"{what}: {detail}")
 
 
 def queue_path(state_dir: str | os.PathLike[str]) -> Path:
@@ -260,9 +279,9 @@ class Queue:
             conn.execute("PRAGMA synchronous = FULL")  # a 202 promises the job survives a power loss
             self._migrate(conn)
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open the job queue {self.path}: {exc}") from None
+            raise state_error(f"cannot open the job queue {self.path}", exc) from None
         except OSError as exc:
-            raise StateError(f"cannot open the job queue {self.path}: {exc.strerror}") from None
+            raise state_error(f"cannot open the job queue {self.path}", exc) from None
         self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
@@ -272,24 +291,29 @@ class Queue:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StateError(f"the job queue {self.path} is not writable: {exc}") from None
+            raise state_error(f"the job queue {self.path} is not writable", exc) from None
         try:
             yield conn
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise state_error(f"cannot write to the job queue {self.path}", exc) from None
         except BaseException:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            raise StateError(f"cannot commit to the job queue {self.path}: {exc}") from None
+            raise state_error(f"cannot commit to the job queue {self.path}", exc) from None
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:
             return self._conn().execute(sql, args).fetchall()
         except sqlite3.Error as exc:
-            raise StateError(f"cannot read the job queue {self.path}: {exc}") from None
+            raise state_error(f"cannot read the job queue {self.path}", exc) from None
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -320,19 +344,20 @@ class Queue:
     # --- the receiver's side -------------------------------------------------------------------
 
     def submit_release(self, *, app: str, tag: str, actor: str, hook_id: str, delivery: str,
-                       source: Mapping[str, Any], published_at: str | None = None) -> Submission:
+                       source: Mapping[str, Any], published_at: str | None = None, hold: bool = False) -> Submission:
         """Queue a release unless this delivery or this release already has its job, or a newer one is live or queued.
 
         "Newer" is GitHub's `published_at` (one spelling, `YYYY-MM-DDTHH:MM:SSZ`, so it compares as text): the
         order in which releases were published, which a redelivery keeps and an out-of-order arrival does not
-        change. Without it (a caller that has none) the order is not checked.
+        change. Without it (a caller that has none) the order is not checked. With `hold`, a new job is
+        `accepting` until `confirm` (or `withdraw`).
         """
         now = self.clock()
         with self._write() as conn:
             seen = self._seen_delivery(conn, hook_id, delivery)
             if seen is not None:
                 return seen
-            earlier = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app = ? AND tag = ? "
+            earlier = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app = ? AND tag = ? AND status != 'accepting' "
                                    "AND (kind = 'release' OR status IN ('queued', 'running')) "
                                    "ORDER BY seq DESC LIMIT 1", (app, tag)).fetchone()
             active = conn.execute("SELECT tag, job_id FROM active WHERE app = ?", (app,)).fetchone()
@@ -350,7 +375,8 @@ class Queue:
                 self._remember_delivery(conn, hook_id, delivery, job.id, "older", reason, now)
                 return Submission(job, False, reason, "older")
             else:
-                job = self._insert_job(conn, app=app, tag=tag, kind="release", actor=actor, source=source, now=now)
+                job = self._insert_job(conn, app=app, tag=tag, kind="release", actor=actor, source=source, now=now,
+                                       status=ACCEPTING if hold else "queued")
                 if published_at is not None:
                     conn.execute("UPDATE jobs SET published_at = ? WHERE seq = ?", (published_at, job.seq))
                 self._remember_delivery(conn, hook_id, delivery, job.id, "queued", "queued", now)
@@ -367,11 +393,29 @@ class Queue:
             self._remember_delivery(conn, hook_id, delivery, None, "ignored", reason, self.clock())
         return Submission(None, False, reason, "ignored")
 
-    def submit_manual(self, *, app: str, tag: str | None, actor: str, source: Mapping[str, Any]) -> Job:
-        """A signed redeploy always makes a job: an operator who asks again means it."""
+    def submit_manual(self, *, app: str, tag: str | None, actor: str, source: Mapping[str, Any],
+                      hold: bool = False) -> Job:
+        """A signed redeploy always makes a job: an operator who asks again means it. `hold`: as in submit_release."""
         with self._write() as conn:
             return self._insert_job(conn, app=app, tag=tag, kind="redeploy", actor=actor, source=source,
-                                    now=self.clock())
+                                    now=self.clock(), status=ACCEPTING if hold else "queued")
+
+    def confirm(self, job: Job) -> Job:
+        """An accepting job's audit record is written: from now on a worker may claim it."""
+        with self._write() as conn:
+            row = conn.execute(f"UPDATE jobs SET status = 'queued' WHERE id = ? AND status = 'accepting' "
+                               f"RETURNING {_JOB_COLUMNS}", (job.id,)).fetchone()
+        if row is None:
+            raise StateError(f"job {job.id} is no longer being accepted")
+        return _job(row)
+
+    def withdraw(self, job: Job) -> bool:
+        """Delete an accepting job and the delivery that led to it: it was never accepted, so a redelivery is new."""
+        with self._write() as conn:
+            deleted = conn.execute("DELETE FROM jobs WHERE id = ? AND status = 'accepting'", (job.id,)).rowcount
+            if deleted:
+                conn.execute("DELETE FROM deliveries WHERE job_id = ?", (job.id,))
+        return deleted == 1
 
     def use_nonce(self, key_id: str, nonce: str, expires_at: float) -> None:
         """Remember a nonce until `expires_at`; a second use is Unauthorized."""
@@ -392,7 +436,8 @@ class Queue:
             return None
         row = conn.execute(
             f"SELECT {_JOB_COLUMNS}, published_at FROM jobs WHERE app = ? AND kind = 'release' AND published_at > ? "
-            "AND (status IN ('queued', 'running') OR tag IS ?) ORDER BY published_at DESC, seq DESC LIMIT 1",
+            "AND (status IN ('queued', 'running') OR (tag IS ? AND status != 'accepting')) "
+            "ORDER BY published_at DESC, seq DESC LIMIT 1",
             (app, published_at, live_tag)).fetchone()
         if row is None:
             return None
@@ -416,12 +461,12 @@ class Queue:
 
     @staticmethod
     def _insert_job(conn: sqlite3.Connection, *, app: str, tag: str | None, kind: str, actor: str,
-                    source: Mapping[str, Any], now: float) -> Job:
+                    source: Mapping[str, Any], now: float, status: str = "queued") -> Job:
         job_id = new_job_id()
         row = conn.execute(
             f"INSERT INTO jobs (id, app, tag, kind, actor, source, status, created_at) "
-            f"VALUES (?, ?, ?, ?, ?, ?, 'queued', ?) RETURNING {_JOB_COLUMNS}",
-            (job_id, app, tag, kind, actor, json.dumps(dict(source), sort_keys=True), now)).fetchone()
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_JOB_COLUMNS}",
+            (job_id, app, tag, kind, actor, json.dumps(dict(source), sort_keys=True), status, now)).fetchone()
         return _job(row)
 
     # --- reading -------------------------------------------------------------------------------
@@ -462,9 +507,17 @@ class Queue:
         return rows[0][0] if rows else None
 
     def worker_status(self) -> dict[str, Any] | None:
-        rows = self._read("SELECT pid, started_at, heartbeat_at, docker, netfilter, checked_at FROM worker")
-        return dict(zip(("pid", "started_at", "heartbeat_at", "docker", "netfilter", "checked_at"), rows[0])) \
-            if rows else None
+        """The worker's last heartbeat; `faults` maps each part it found wrong to {"reason", "since"}."""
+        rows = self._read("SELECT pid, started_at, heartbeat_at, docker, netfilter, checked_at, faults FROM worker")
+        if not rows:
+            return None
+        status = dict(zip(("pid", "started_at", "heartbeat_at", "docker", "netfilter", "checked_at"), rows[0][:-1]))
+        try:
+            faults = json.loads(rows[0][-1] or "{}")
+        except ValueError:
+            faults = {}
+        status["faults"] = faults if isinstance(faults, dict) else {}
+        return status
 
     # --- the worker's side ---------------------------------------------------------------------
 
@@ -500,7 +553,8 @@ class Queue:
                                              f"{why}", now, older.seq))
                     superseded.append(self._get(conn, older.id))
                 row = conn.execute(f"UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, "
-                                   f"reason = NULL WHERE seq = ? RETURNING {_JOB_COLUMNS}", (now, newest.seq)).fetchone()
+                                   f"reason = NULL, waiting_on = NULL WHERE seq = ? RETURNING {_JOB_COLUMNS}",
+                                   (now, newest.seq)).fetchone()
                 return Claim(_job(row), [j for j in superseded if j is not None])
         return None
 
@@ -516,13 +570,25 @@ class Queue:
     def skip(self, job: Job, reason: str) -> bool:
         return self.finish(job, "skipped", reason)
 
-    def requeue(self, job: Job, reason: str, *, delay: float = 0.0) -> bool:
-        """Put a running job back: it runs again once `delay` has passed, unless something newer supersedes it."""
+    def requeue(self, job: Job, reason: str, *, delay: float = 0.0, waiting_on: str | None = None) -> bool:
+        """Put a running job back: it runs again once `delay` has passed (or `wake(waiting_on)`), unless something
+        newer supersedes it."""
         with self._write() as conn:
-            updated = conn.execute("UPDATE jobs SET status = 'queued', reason = ?, not_before = ? "
+            updated = conn.execute("UPDATE jobs SET status = 'queued', reason = ?, not_before = ?, waiting_on = ? "
                                    "WHERE id = ? AND status = 'running' AND attempts = ?",
-                                   (reason, self.clock() + delay, job.id, job.attempts)).rowcount
+                                   (reason, self.clock() + delay, waiting_on, job.id, job.attempts)).rowcount
         return updated == 1
+
+    def wake(self, fault: str) -> int:
+        """The fault cleared: the jobs waiting on it may run now, not at the end of their backoff."""
+        with self._write() as conn:
+            return conn.execute("UPDATE jobs SET not_before = 0 WHERE status = 'queued' AND waiting_on = ?",
+                                (fault,)).rowcount
+
+    def waiting(self) -> list[Job]:
+        """Queued jobs that wait on a fault of the host."""
+        return [_job(r) for r in self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'queued' "
+                                            "AND waiting_on IS NOT NULL ORDER BY seq")]
 
     def recover(self, *, max_attempts: int) -> list[Job]:
         """Jobs left running by a worker that died: back to the queue, or failed after too many tries.
@@ -565,7 +631,8 @@ class Queue:
                          "updated_at = excluded.updated_at", (app, tag, job_id, self.clock()))
 
     def heartbeat(self, *, pid: int, started_at: float, docker: str | None = None,
-                  netfilter: str | None = None, checked: bool = False) -> None:
+                  netfilter: str | None = None, checked: bool = False,
+                  faults: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         now = self.clock()
         with self._write() as conn:
             conn.execute("INSERT INTO worker (id, pid, started_at, heartbeat_at) VALUES (0, ?, ?, ?) "
@@ -574,6 +641,8 @@ class Queue:
             if checked:
                 conn.execute("UPDATE worker SET docker = ?, netfilter = ?, checked_at = ? WHERE id = 0",
                              (docker, netfilter, now))
+            if faults is not None:
+                conn.execute("UPDATE worker SET faults = ? WHERE id = 0", (json.dumps(dict(faults), sort_keys=True),))
 
 
 def _winner(waiting: list[Job], live_tag: str | None) -> Job:

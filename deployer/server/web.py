@@ -38,9 +38,10 @@ from deployer.errors import (
     UnknownJob,
     UnsupportedMediaType,
 )
+from deployer.folders import space_problem
 from deployer.journal import Journal
 from deployer.server import releases, signatures
-from deployer.server.jobs import Queue
+from deployer.server.jobs import Job, Queue
 from deployer.server.rejections import Rejections
 
 log = logging.getLogger("deployer.web")
@@ -65,6 +66,7 @@ HOOK_ID_RE = re.compile(r"^[0-9]{1,20}$")
 JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
 WORKER_STALE_SECONDS = 15.0
 MAX_REASON = 500
+RETRY_AFTER_SECONDS = 10  # a 503: the queue or the audit log cannot be written (most often a full disk)
 
 
 class Receiver:
@@ -201,7 +203,11 @@ def _deployer_error(exc: DeployerError):
         g.record.update(verdict="rejected", reason=str(exc))
     if status >= 500:
         log.error("request failed: %s", exc)
-    return jsonify(error=str(exc)), status
+    response = jsonify(error=str(exc))
+    response.status_code = status
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def _http_error(exc: HTTPException):
@@ -331,11 +337,12 @@ def github_hook():
         source["asset"] = {"id": decision.asset.asset_id, "name": decision.asset.name, "size": decision.asset.size,
                            "checksum_id": decision.asset.checksum_id}
     outcome = receiver.queue.submit_release(app=decision.app, tag=decision.tag, actor=actor, hook_id=hook_id,
-                                            delivery=delivery, source=source, published_at=decision.published_at)
+                                            delivery=delivery, source=source, published_at=decision.published_at,
+                                            hold=True)
     record.update(job=outcome.job.id if outcome.job else None, verdict=outcome.verdict, reason=outcome.reason)
     if outcome.created:
-        receiver.journal.record("job.queued", job=outcome.job.id, app=decision.app, tag=decision.tag, actor=actor,
-                                kind="release", delivery=delivery)
+        accept(receiver, outcome.job, job=outcome.job.id, app=decision.app, tag=decision.tag, actor=actor,
+               kind="release", delivery=delivery)
         return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
     return jsonify(status=outcome.verdict, reason=outcome.reason, job=outcome.job.id if outcome.job else None,
                    job_status=outcome.job.status if outcome.job else None), 200
@@ -399,11 +406,38 @@ def deploy():
     record.update(app=wanted["app"], tag=wanted["tag"], reason=wanted["reason"])
     actor = f"key:{key_id}"
     job = receiver.queue.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor,
-                                       source={"key_id": key_id, "reason": wanted["reason"]})
+                                       source={"key_id": key_id, "reason": wanted["reason"]}, hold=True)
     record.update(job=job.id, verdict="queued")
-    receiver.journal.record("job.queued", job=job.id, app=job.app, tag=job.tag, actor=actor, kind="redeploy",
-                            reason=wanted["reason"])
+    accept(receiver, job, job=job.id, app=job.app, tag=job.tag, actor=actor, kind="redeploy", reason=wanted["reason"])
     return _job_accepted(job.id, job.app, job.tag, "queued")
+
+
+def accept(receiver: Receiver, held: Job, **fields: Any) -> None:
+    """Make a held job claimable once its `job.queued` record is in the audit log; else withdraw it and raise.
+
+    The queue and the audit log are two SQLite files, so no one transaction holds both: the job is written
+    first as `accepting` (no worker claims it), then the record, then the job is released. A 202 follows
+    only when all three got through; any failure is a 503 and leaves no job that could run unrecorded.
+    """
+    try:
+        receiver.journal.record_or_raise("job.queued", **fields)
+    except AuditError:
+        _withdraw(receiver, held)
+        raise
+    try:
+        receiver.queue.confirm(held)
+    except StateError as exc:
+        _withdraw(receiver, held)
+        receiver.journal.record("job.withdrawn", job=held.id, app=held.app, actor=held.actor, outcome="failed",
+                                reason=f"the job could not be released to the worker: {exc}")
+        raise
+
+
+def _withdraw(receiver: Receiver, job: Job) -> None:
+    try:
+        receiver.queue.withdraw(job)
+    except StateError as exc:  # it stays `accepting`: never claimed, never run
+        log.error("job %s could not be withdrawn; it stays accepting and will not run: %s", job.id, exc)
 
 
 def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
@@ -526,6 +560,9 @@ def health_report(receiver: Receiver) -> dict[str, str]:
         worker, queue_state = None, str(exc)
     now = receiver.clock()
     alive = worker is not None and now - worker["heartbeat_at"] < WORKER_STALE_SECONDS
+    # The receiver checks the disk itself: a worker that cannot write the queue cannot report it either.
+    disk = space_problem(receiver.config.settings.state_dir) or (worker or {}).get("faults", {}).get("disk", {}).get(
+        "reason") or "ok"
     return {
         "receiver": "ok",
         "queue": queue_state,
@@ -533,6 +570,7 @@ def health_report(receiver: Receiver) -> dict[str, str]:
                    else f"last heartbeat {now - worker['heartbeat_at']:.0f} s ago"),
         "docker": (worker or {}).get("docker") or "unknown",
         "netfilter": (worker or {}).get("netfilter") or "unknown",
+        "disk": disk,
     }
 
 

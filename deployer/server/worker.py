@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ from typing import Any, Callable, Protocol
 
 from deployer.config import Config
 from deployer.errors import DeployerError, LockError, StateError, UnsafePath
-from deployer.folders import open_entry
+from deployer.folders import open_entry, space_problem
 from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
 from deployer.server.jobs import Job, Queue, row_problem
@@ -35,8 +36,12 @@ log = logging.getLogger("deployer.worker")
 
 MAX_ATTEMPTS = 3
 BUSY_RETRY_SECONDS = 5.0
+# A job that meets a transient fault waits 1 s, 2, 4, 8, 16, then 30 s between tries, each cut by up to half at
+# random (so jobs held by one fault do not all return at once); the worker also wakes them when it sees the fault clear.
+WAIT_FIRST_SECONDS = 1.0
+WAIT_MOST_SECONDS = 30.0
+PAUSE_SECONDS = 2.0  # between tries to reach the queue while it cannot be written (a full disk)
 HEARTBEAT_SECONDS = 2.0
-CHECK_SECONDS = 15.0
 POLL_SECONDS = 0.2
 WORKER_ACTOR = "worker"
 
@@ -45,7 +50,14 @@ WORKER_ACTOR = "worker"
 
 
 class EngineLike(Protocol):
-    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None) -> Any: ...
+    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None,
+               wait_on_transient: bool = False) -> Any: ...
+
+
+def wait_seconds(attempt: int, jitter: float) -> float:
+    """The wait after the `attempt`-th try met a transient fault; `jitter` in [0, 1) cuts it by up to half."""
+    nominal = min(WAIT_MOST_SECONDS, WAIT_FIRST_SECONDS * 2 ** max(0, attempt - 1))
+    return round(nominal * (1 - jitter / 2), 3)
 
 
 @dataclass
@@ -62,8 +74,13 @@ def active_tag(config: Config, app: str) -> str | None:
 
 
 def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
-            now: Callable[[], float] = time.time) -> str:
-    """Run one claimed job to its end and record the outcome in the queue; return the job's status."""
+            now: Callable[[], float] = time.time, jitter: Callable[[], float] = random.random) -> str:
+    """Run one claimed job to its end and record the outcome in the queue; return the job's status.
+
+    A transient fault (DockerUnavailable, RegistryUnavailable, DiskFull) puts the job back with a backoff
+    while the wait would end before `job_timeout` (counted from when the job was queued); past that,
+    it fails with the last reason, and the engine runs on-failure as for any failure.
+    """
     problem = row_problem(job, config.apps)
     if problem is not None:
         return refuse_row(queue, journal, job, problem)
@@ -87,7 +104,10 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
             # Its releases come as assets, not through the registry: a redeploy runs the image an
             # earlier asset left tagged on the host (a pull only if that image is gone).
             preloaded = f"{app.image}:{tag}"
-        result = tools.engine(preloaded).deploy(job.app, tag, actor=job.actor, job=job.id)
+        delay = wait_seconds(job.attempts, jitter())
+        may_wait = now() + delay - job.created_at < config.server.job_timeout
+        result = tools.engine(preloaded).deploy(job.app, tag, actor=job.actor, job=job.id,
+                                                wait_on_transient=may_wait)
     except LockError as exc:
         if now() - job.created_at > config.server.job_timeout:
             return _end(queue, journal, job, "failed", f"the app stayed busy for longer than "
@@ -96,10 +116,25 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
         journal.record("job.requeued", reason=str(exc), **base)
         return "queued"
     except DeployerError as exc:
+        if exc.transient and may_wait:
+            return wait(queue, journal, job, exc, delay, base)
+        if exc.transient:
+            return _end(queue, journal, job, "failed", f"gave up after {job.attempts} tries over "
+                                                       f"{config.server.job_timeout:g} s: {exc}", base,
+                        error_type=type(exc).__name__, fault=exc.fault)
         return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
     queue.set_active(job.app, tag, job.id)
     return _end(queue, journal, job, "succeeded", f"{tag} is live on {result.port_set}", base, tag=tag,
                 digest=getattr(result, "digest", None))
+
+
+def wait(queue: Queue, journal: Journal, job: Job, exc: DeployerError, delay: float, base: dict[str, Any]) -> str:
+    """Back to the queue until the fault clears: the row and the audit log say on what, and how many tries so far."""
+    reason = f"waiting on {exc.fault}: {exc}"
+    queue.requeue(job, reason, delay=delay, waiting_on=exc.fault)
+    journal.record("job.waiting", fault=exc.fault, reason=str(exc), attempt=job.attempts, retry_in=delay,
+                   error_type=type(exc).__name__, **base)
+    return "queued"
 
 
 def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, base: dict[str, Any],
@@ -123,7 +158,7 @@ def refuse_row(queue: Queue, journal: Journal, job: Job, problem: str) -> str:
 class JobSteps:
     """A journal sink that copies the events of one job into the queue, for GET /jobs/<id>."""
 
-    SKIP = {"ts", "event", "job", "_durable", "app", "actor", "step", "outcome"}
+    SKIP = {"ts", "event", "job", "_durable", "_required", "app", "actor", "step", "outcome"}
 
     def __init__(self, queue: Queue, job_id: str) -> None:
         self.queue = queue
@@ -195,8 +230,12 @@ class Worker:
     reconcile: Callable[[str | None], list[str]]  # app name or None (all apps) -> repairs
     checks: Callable[[], tuple[str, str]] | None = None  # -> (docker, netfilter): "ok" or the reason
     clock: Callable[[], float] = time.time
+    disk: Callable[[], str] | None = None  # -> "ok" or why the state folder's disk is (nearly) full
     children: dict[str, Child] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
+    faults: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> {"reason", "since"}
+    paused: str | None = None  # why the worker claims nothing now (the queue cannot be written)
+    _faults_lock: threading.Lock = field(default_factory=threading.Lock)  # the heartbeat thread shares `faults`
 
     def start(self) -> None:
         """Recover what a dead worker left, reconcile every app, and publish what is live."""
@@ -255,10 +294,56 @@ class Worker:
                 with contextlib.suppress(Exception):
                     while child.process.poll() is None:
                         time.sleep(0.05)
+            self._settle(child, code, timed_out)  # a queue that cannot be read now: settled on the next round
             del self.children[job_id]
             reaped = True
-            self._settle(child, code, timed_out)
         return reaped
+
+    def step(self) -> bool:
+        """One round of `poll`; a queue that cannot be written (a full disk) pauses claiming instead of
+        ending the worker, and the next round that gets through resumes it. True when something happened."""
+        try:
+            busy = self.poll()
+        except StateError as exc:
+            self._pause(exc)
+            return False
+        if self.paused is not None:
+            self._resume()
+        return busy
+
+    def _pause(self, exc: StateError) -> None:
+        if self.paused is None:
+            log.error("worker: claiming no jobs until the job queue can be written again: %s", exc)
+            self.note_fault("disk" if exc.fault == "disk" else "queue", str(exc))
+        self.paused = str(exc)
+        self.stopping.wait(PAUSE_SECONDS)
+
+    def _resume(self) -> None:
+        log.warning("worker: the job queue can be written again; claiming jobs (paused by: %s)", self.paused)
+        self.paused = None
+        for part in ("disk", "queue"):
+            self.clear_fault(part)
+        self.journal.record("worker.resumed", actor=WORKER_ACTOR)
+
+    def note_fault(self, part: str, reason: str) -> None:
+        """A part of the host is wrong: remembered with the time it was first seen, journaled once."""
+        with self._faults_lock:
+            new = part not in self.faults
+            self.faults[part] = {"reason": reason, "since": self.faults.get(part, {}).get("since", self.clock())}
+        if new:
+            self.journal.record("worker.fault", outcome="failed", actor=WORKER_ACTOR, fault=part, reason=reason)
+
+    def clear_fault(self, part: str) -> bool:
+        """The part is right again; True when it was wrong (the jobs that wait on it are woken)."""
+        with self._faults_lock:
+            fault = self.faults.pop(part, None)
+        if fault is None:
+            return False
+        self.journal.record("worker.fault", outcome="ok", actor=WORKER_ACTOR, fault=part,
+                            lasted_s=round(self.clock() - fault["since"], 1))
+        with contextlib.suppress(StateError):
+            self.queue.wake(part)
+        return True
 
     def _settle(self, child: Child, code: int | None, timed_out: bool) -> None:
         """A child that ended without recording an outcome: fail the job, then repair the app."""
@@ -276,20 +361,37 @@ class Worker:
         with contextlib.suppress(DeployerError):
             self.queue.set_active(job.app, active_tag(self.config, job.app))
 
+    def check_once(self) -> None:
+        """Probe Docker, netfilter and the disk; note what is wrong, wake what waited on what came back; beat."""
+        if self.checks is None:
+            self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at)
+            return
+        docker_state, netfilter_state = self.checks()
+        parts = {"docker": docker_state, "netfilter": netfilter_state}
+        if self.disk is not None:
+            parts["disk"] = self.disk()
+        for part, state in parts.items():
+            if state == "ok":
+                if not (part == "disk" and self.paused is not None):  # resumed by a write that gets through
+                    self.clear_fault(part)
+            else:
+                self.note_fault(part, state)
+        with self._faults_lock:
+            faults = {part: dict(fault) for part, fault in self.faults.items()}
+        self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at, docker=docker_state,
+                             netfilter=netfilter_state, checked=True, faults=faults)
+
     def heartbeat_forever(self) -> None:
-        """Runs in its own thread: /healthz reads the heartbeat and the Docker and netfilter checks."""
-        last_check = 0.0
+        """Runs in its own thread: /healthz and `status` read the heartbeat, the checks and the faults."""
+        failing = False
         while not self.stopping.is_set():
             try:
-                if self.checks is not None and self.clock() - last_check >= CHECK_SECONDS:
-                    docker_state, netfilter_state = self.checks()
-                    last_check = self.clock()
-                    self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at, docker=docker_state,
-                                         netfilter=netfilter_state, checked=True)
-                else:
-                    self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at)
-            except StateError as exc:
-                log.warning("worker heartbeat failed: %s", exc)
+                self.check_once()
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - the heartbeat reports; it must never end
+                if not failing:  # once per outage, not every 2 s
+                    log.warning("worker heartbeat failed: %s", exc)
+                failing = True
             self.stopping.wait(HEARTBEAT_SECONDS)
 
     def run(self, *, poll_seconds: float = POLL_SECONDS) -> None:
@@ -298,10 +400,11 @@ class Worker:
         beat.start()
         try:
             while not self.stopping.is_set():
-                if not self.poll():
+                if not self.step():
                     self.stopping.wait(poll_seconds)
             while self.children:
-                self._reap()
+                with contextlib.suppress(StateError):
+                    self._reap()
                 time.sleep(poll_seconds)
         finally:
             self.lock.release()
@@ -384,8 +487,11 @@ def build_worker(config: Config, queue: Queue | None = None, journal: Journal | 
     def reconcile(app: str | None) -> list[str]:
         return build_engine(config, journal).reconcile(app, actor=WORKER_ACTOR)
 
+    def disk() -> str:
+        return space_problem(config.settings.state_dir) or "ok"
+
     return Worker(config, queue, journal, launch=process_launcher(config), reconcile=reconcile,
-                  checks=real_checks(config))
+                  checks=real_checks(config), disk=disk)
 
 
 def real_tools(config: Config, journal: Journal) -> JobTools:

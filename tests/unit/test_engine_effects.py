@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 import pytest
 
 from deployer.config import parse
-from deployer.errors import HealthCheckFailed, HookFailed, RulesError, StateError
+from deployer.errors import (DockerUnavailable, HealthCheckFailed, HookFailed, RegistryUnavailable, RulesError,
+                             StateError)
 from deployer.host.engine import Engine
 from deployer.journal import Journal
 from deployer.plan.containers import ContainerInfo, Release
@@ -496,3 +497,41 @@ def test_a_refused_mode_change_is_journaled_failed_with_its_error_type(host):
     [event] = [e for e in host.events if e["_durable"]]
     assert (event["event"], event["outcome"], event["error_type"]) == ("maintenance.on", "failed", "RulesError")
     assert host.chain() == [OLD_RULE] and host.record() == ("deployer-web-blue", None)
+
+
+@pytest.mark.parametrize("waits, hooks, ended", [(True, [], "deploy.waiting"),
+                                                 (False, ["hook on-failure"], "deploy.failed")])
+def test_a_registry_down_before_the_flip_changes_nothing_and_runs_on_failure_only_when_the_job_gives_up(
+        host, monkeypatch, waits, hooks, ended):
+    host.taken()
+    host.hook("on-failure")
+
+    def refused(release, auth=None):
+        host.effects.add(f"pull {release.reference}")
+        raise RegistryUnavailable(f"cannot pull {release.reference}: connection refused")
+
+    monkeypatch.setattr(host.docker, "pull", refused)
+    with pytest.raises(RegistryUnavailable):
+        host.engine().deploy("web", "v2", actor="worker", wait_on_transient=waits)
+    assert host.effects == [*PREPARE_BRIDGE, "pull 127.0.0.1:5000/web:v2", *hooks]
+    assert host.trail()[-1] == (ended, None, "waiting" if waits else "failed")
+    assert (host.chain(), host.running(), host.record()) == ([OLD_RULE], ["deployer-web-blue running"],
+                                                             ("deployer-web-blue", None))
+
+
+@pytest.mark.parametrize("waits, hooks, ended", [(True, [], "deploy.waiting"),
+                                                 (False, ["hook on-failure"], "deploy.failed")])
+def test_a_daemon_down_at_the_first_step_runs_on_failure_only_when_the_job_gives_up(host, monkeypatch, waits, hooks,
+                                                                                    ended):
+    host.taken()
+    host.hook("on-failure")
+
+    def down(filters):
+        raise DockerUnavailable("the Docker daemon at unix:///x.sock does not answer (list containers)")
+
+    monkeypatch.setattr(host.docker, "containers", down)
+    with pytest.raises(DockerUnavailable):
+        host.engine().deploy("web", "v2", actor="worker", wait_on_transient=waits)
+    assert [e for e in host.effects if e.startswith("hook")] == hooks
+    assert host.trail()[-1] == (ended, None, "waiting" if waits else "failed")
+    assert host.chain() == [OLD_RULE]

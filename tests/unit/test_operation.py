@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from deployer.errors import DeployerError, RulesError
+from deployer.errors import DeployerError, DockerUnavailable, PullError, RulesError
 from deployer.host.operation import BRACKETED, FAILURES_ONLY, ONE_EVENT, Operation, record_repairs
 from deployer.journal import Journal
 
@@ -138,3 +138,21 @@ def test_an_interrupt_is_not_a_failure_of_the_operation():
             op.start()
             raise KeyboardInterrupt
     assert log == ["lock", "deploy.started", "unlock"]
+
+
+@pytest.mark.parametrize("error, waits, event", [
+    (DockerUnavailable("the Docker daemon does not answer"), True, "deploy.waiting"),
+    (DockerUnavailable("the Docker daemon does not answer"), False, "deploy.failed"),
+    (PullError("manifest unknown"), True, "deploy.failed"),
+])
+def test_a_transient_fault_the_caller_waits_on_ends_the_operation_as_waiting(error, waits, event):
+    events: list[dict] = []
+    with pytest.raises(type(error)):
+        with Operation(Journal([events.append]), "deploy", {"app": "web", "job": "j", "actor": "a"},
+                       clock=Clock()) as operation:
+            operation.waits_on_transient = waits
+            operation.start(tag="v2")
+            raise error
+    ended = durable(events)[-1]
+    assert (ended["event"], ended["outcome"], ended["error"]) == (
+        event, "waiting" if event == "deploy.waiting" else "failed", str(error))

@@ -511,7 +511,7 @@ def test_health_is_degraded_without_a_worker(client):
     response = signed_call(client, "GET", "/healthz")
     assert response.status_code == 503
     assert response.get_json() == {"status": "degraded", "receiver": "ok", "queue": "ok", "worker": "no heartbeat",
-                                   "docker": "unknown", "netfilter": "unknown"}
+                                   "docker": "unknown", "netfilter": "unknown", "disk": "ok"}
 
 
 def test_unauthenticated_health_says_ok_or_degraded_and_nothing_else(client, queue, clock, settings):

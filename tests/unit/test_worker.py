@@ -32,9 +32,11 @@ class FakeEngine:
         self.journal = journal
         self.fail = fail
         self.deploys = []
+        self.waits = []
 
-    def deploy(self, app_name, tag, *, actor, job=None):
+    def deploy(self, app_name, tag, *, actor, job=None, wait_on_transient=False):
         self.deploys.append((app_name, tag, actor, job))
+        self.waits.append(wait_on_transient)
         with self.journal.step("pull", app=app_name, job=job, actor=actor) as step:
             step.detail["image"] = f"registry.example/{app_name}:{tag}"
         if self.fail:
