@@ -101,6 +101,9 @@ class AppConfig:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     github_secret: str | None = field(default=None, repr=False)  # signs this app's deliveries instead of [server]'s
     github_hook_id: int | None = None  # the one GitHub webhook (X-GitHub-Hook-ID) allowed to deploy it
+    canary: int | None = None  # a GitHub release starts a canary with this share (see plan/canary.py)
+    canary_sticky: bool = False  # that canary splits by client address
+    canary_bake: float | None = None  # seconds a healthy canary runs before the watchdog promotes it
 
     @property
     def registry(self) -> str | None:

@@ -181,7 +181,7 @@ class Engine:
                 wanted = wanted + hostbound.app_rules(self.names, app, self.settings.maintenance_port)
                 jumps_ok = (not self.chains.base_missing(live, app)
                             and hostbound.jump(self.names) in live.rules("PREROUTING"))
-            notes = forwarding.status_notes(app_chain.notes(app, state), state)
+            notes = forwarding.status_notes(app_chain.notes(app, state), state) + self._canary_flows(app, state)
             # A forward also needs its accept rules and IPv4 forwarding, or the old host never sees a packet.
             forward_problems = self.forwarder.drift(app.name, state, live) if state.mode == forwarding.MODE else []
             result.append(AppStatus(app.name, state.active, state.previous,
@@ -189,6 +189,21 @@ class Engine:
                                     containers, state.mode, state.mode_detail, state.drained,
                                     notes + forward_problems))
         return result
+
+    def _canary_flows(self, app: AppConfig, state: AppState) -> list[str]:
+        """While a canary runs: the live conntrack flows each instance answers, tcp and udp."""
+        split = canary.Split.of(state)
+        if split is None or state.active is None:
+            return []
+        counts = []
+        for instance in (state.active, split.canary):
+            try:
+                flows = sum(self.chains.count_flows(conntrack.flows_to(app, protocol, instance.address))
+                            for protocol in ("tcp", "udp"))
+            except DeployerError as exc:
+                return [f"live flows: unknown ({exc})"]
+            counts.append(f"{instance.tag} ({instance.port_set} {instance.address}) {flows}")
+        return ["live flows: " + ", ".join(counts)]
 
     def rules_text(self, app_name: str) -> str:
         """Every rule the deployer keeps for the app's recorded active instance, as one transaction.

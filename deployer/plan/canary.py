@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any, Sequence
 
@@ -215,6 +216,19 @@ def aborted(state: AppState, *, now: str) -> AppState:
     """All traffic back to the active instance; the canary leaves no trace in the record."""
     _running(state)
     return replace(state, mode=SERVING, mode_detail={}, updated_at=now)
+
+
+def bake_deadline(now: datetime, seconds: float | None) -> str | None:
+    """When a canary started at `now` promotes itself, as the journal writes times; None without a bake."""
+    if not seconds:
+        return None
+    return (now + timedelta(seconds=seconds)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def baked(state: AppState, now: str) -> bool:
+    """Whether the canary's bake time is over (ISO times of one format compare as text)."""
+    split = Split.of(state)
+    return split is not None and split.bake_until is not None and now >= split.bake_until
 
 
 def refuse_deploy(state: AppState) -> None:

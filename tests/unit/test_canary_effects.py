@@ -115,3 +115,12 @@ def test_reconcile_ends_a_canary_whose_instance_is_gone_and_restores_the_split_w
     assert repairs[0] == "canary of web ended: deployer-web-green is not running"
     assert host.chain() == [OLD_RULE] and host.running() == ["deployer-web-blue running"]
     assert host.engine().store.load("web").mode == "serving"
+
+
+def test_status_shows_the_split_and_the_live_flows_of_each_instance(host):
+    start(host)
+    host.netfilter.flows["-p tcp --orig-port-dst 18080 --reply-src " + NEW] = ["tcp 6 100 ESTABLISHED src=..."]
+    status = host.engine().status("web")[0]
+    assert status.rules_match and status.mode == "canary"
+    assert status.notes[-1] == f"live flows: v1 (blue {OLD}) 0, v2 (green {NEW}) 1"
+    assert status.notes[0].startswith("mode: canary v2 on green (172.18.0.3) takes 10% per new connection")
