@@ -18,6 +18,7 @@ The record: mode "canary", its detail naming the canary instance, weight, sticky
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
@@ -53,6 +54,7 @@ def probability(weight: int) -> str:
     return f"{stored / 0x80000000:.11f}"
 
 
+@functools.lru_cache(maxsize=None)
 def sticky_nodes(weight: int) -> tuple[int, int]:
     """(share, total): the canary's cluster nodes out of `total`, the fraction nearest the weight (smallest total
     on a tie) that one rule per port can express (see `split_rules`: at most MASK_NODES nodes on either side)."""
