@@ -124,3 +124,38 @@ def test_status_shows_the_split_and_the_live_flows_of_each_instance(host):
     assert status.rules_match and status.mode == "canary"
     assert status.notes[-1] == f"live flows: v1 (blue {OLD}) 0, v2 (green {NEW}) 1"
     assert status.notes[0].startswith("mode: canary v2 on green (172.18.0.3) takes 10% per new connection")
+
+
+# --- through the queue and the worker ------------------------------------------------------------
+
+
+def test_a_signed_promote_job_promotes_the_canary_and_says_so(host):
+    from deployer.journal import Journal
+    from deployer.server.jobs import Queue
+    from deployer.server.worker import JobTools, execute
+
+    start(host)
+    queue = Queue.for_state_dir(host.config.settings.state_dir)
+    queue.submit_release(app="web", tag="v3", actor="github:octo (delivery d)", hook_id="1", delivery="d", source={})
+    queue.submit_manual(app="web", tag=None, actor="key:alice", source={"reason": "looks good"}, kind="promote")
+    claim = queue.claim()
+    assert (claim.job.kind, claim.superseded) == ("promote", [])  # first, alone; the release still waits
+    events: list = []
+    status = execute(claim.job, config=host.config, queue=queue, journal=Journal([events.append]),
+                     tools=JobTools(engine=lambda _: host.engine()))
+    assert status == "succeeded"
+    assert queue.get(claim.job.id).reason == "promote: v2 serves everything"
+    assert host.record() == ("deployer-web-green", "deployer-web-blue")
+    assert queue.claim().job.kind == "release"
+
+
+def test_a_release_of_an_app_with_canary_set_starts_a_canary(tmp_path):
+    from deployer.config import parse
+    from deployer.server.worker import canary_start
+
+    app = parse({"deployer": {"state_dir": str(tmp_path)},
+                 "apps": {"web": {"image": "r/web", "canary": 10, "canary_sticky": True, "canary_bake": 600,
+                                  "ports": [{"external": 1, "container": 2, "blue": 3, "green": 4}]}}},
+                path=tmp_path / "d.toml", environ={}).app("web")
+    split = canary_start(app)
+    assert (split.weight, split.sticky, split.bake_until is not None) == (10, True, True)

@@ -33,8 +33,9 @@ class FakeEngine:
         self.fail = fail
         self.deploys = []
 
-    def deploy(self, app_name, tag, *, actor, job=None):
+    def deploy(self, app_name, tag, *, actor, job=None, canary_split=None):
         self.deploys.append((app_name, tag, actor, job))
+        self.canary_split = canary_split
         with self.journal.step("pull", app=app_name, job=job, actor=actor) as step:
             step.detail["image"] = f"registry.example/{app_name}:{tag}"
         if self.fail:
