@@ -48,15 +48,14 @@ def add_deploy_flags(parser: argparse.ArgumentParser) -> None:
                              "healthy (needs `deployer watch`)")
 
 
-def canary_start(args: argparse.Namespace, app_canary: int | None = None, app_sticky: bool = False,
-                 app_bake: float | None = None) -> CanaryStart | None:
-    """The split a deploy asks for: the flags, else nothing (a GitHub release uses the app's config)."""
+def canary_start(args: argparse.Namespace, app_bake: float | None = None) -> CanaryStart | None:
+    """The split a deploy asks for: the flags (--bake, else the app's canary_bake), else none."""
     if args.canary is None:
         if args.sticky or args.bake:
             raise argparse.ArgumentTypeError("--sticky and --bake go with --canary")
         return None
     return CanaryStart(args.canary, args.sticky, args.seed,
-                       canary.bake_deadline(datetime.now(timezone.utc), args.bake))
+                       canary.bake_deadline(datetime.now(timezone.utc), args.bake or app_bake))
 
 
 def percent(text: str) -> int:

@@ -106,7 +106,7 @@ def _engine(args: argparse.Namespace):
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     try:
-        split = canary_cli.canary_start(args)
+        split = canary_cli.canary_start(args, args.loaded_config.app(args.app).canary_bake)
     except argparse.ArgumentTypeError as exc:
         print(f"deployer: {exc}", file=sys.stderr)
         return 2
