@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -18,8 +19,9 @@ import pytest
 from conftest import REPO, app_toml, host_address, run
 
 from deployer.audit import AuditLog, Query
+from deployer.host.state import StateStore
 from deployer.plan import canary
-from support.load import Load
+from support.load import Background, Load
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +179,35 @@ def test_promote_and_abort_under_load_drop_nothing(deployer, outside, images, tm
     assert [e["outcome"] for e in audit(deployer, f"{ending}.finished")] == ["ok"]
     state = json.loads(deployer.cli("status", "cp", "--json").stdout)[0]
     assert state["mode"] == "serving" and state["active"]["tag"] == survivor and state["rules_match"]
+
+
+def test_a_canary_killed_mid_canary_is_aborted_by_the_watchdog_with_the_reason(deployer, outside, images, tmp_path):
+    images.ensure("v1", "v2")
+    interval, failures = 0.3, 3
+    deployer.configure(app_toml("cw", external=26500, blue=26501, green=26502,
+                                extra=f"[apps.cw.watchdog]\ninterval = {interval}\nfailures = {failures}\n"),
+                       settings="maintenance_port = 26590")
+    assert deployer.cli("deploy", "cw", "v1").returncode == 0
+    assert deployer.cli("deploy", "cw", "v2", "--canary", "50").returncode == 0
+    store = StateStore(deployer.root / "state")
+    canary_id = canary.Split.of(store.load("cw")).canary.container_id
+    argv = [sys.executable, "-m", "deployer", "-c", str(deployer.config_path), "watch"]
+    with Background(argv, tmp_path / "watch.log", cwd=REPO) as watch:
+        watch.wait_for("watching cw")
+        time.sleep(1.0)
+        killed = time.monotonic()
+        assert subprocess.run(["docker", "kill", canary_id], capture_output=True).returncode == 0
+        while store.load("cw").mode == "canary":
+            assert time.monotonic() - killed < 15, watch.output()
+            time.sleep(0.05)
+        aborted_after = time.monotonic() - killed
+        sources = many_sources(outside)[:8]
+        seen = spread(outside, 26500, "tcp", sources, count=200)
+    # The threshold: `failures` probes `interval` apart, each up to its 1 s timeout, and the transaction.
+    assert aborted_after <= failures * (interval + 1) + 1, aborted_after
+    assert share_versions(seen) == Counter({"v1": 200})
+    (started,) = audit(deployer, "abort.started")
+    assert started["actor"] == "watchdog"
+    assert started["reason"].startswith(f"the canary failed {failures} health checks in a row; last: ")
+    assert [e["outcome"] for e in audit(deployer, "abort.finished")] == ["ok"]
+    assert [c.labels["deployer.tag"] for c in deployer.containers("cw")] == ["v1"]
