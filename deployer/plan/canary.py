@@ -10,7 +10,8 @@ The nat table sees only the first packet of each conntrack flow, so the split is
 udp flow; packets of a flow follow its first one. With `sticky`, the canary rule matches on a hash of the client's
 source address instead (the `cluster` match: jhash of the address with a seed, scaled onto `total` nodes, the rule
 matching `share` of them), so each client stays on one instance for the whole canary. The cluster match offers at
-most 32 nodes, so a sticky weight is the nearest fraction share/total with total <= 32 (10 -> 1/10, 1 -> 1/32).
+most 32 nodes and one rule covers at most five of them on either side (MASK_NODES), so a sticky weight is the
+nearest such fraction share/total (10 -> 1/10, 37 -> 3/8, 1 -> 1/32, 99 -> 31/32); status shows the effective share.
 
 The record: mode "canary", its detail naming the canary instance, weight, sticky, seed, since and bake deadline;
 `active` stays the old instance until `promote`, so status, reconcile and the watchdog know both.
