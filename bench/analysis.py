@@ -337,7 +337,7 @@ def targets(datapath: Mapping[str, Any] | None, deploys: Mapping[str, Any] | Non
     found: list[dict[str, Any]] = []
     if datapath:
         for client, paths in datapath["summary"].items():
-            for path, how in (("dnat", ""), ("dnat-addr", ", via a local address")):
+            for path, how in (("dnat", ""), ("dnat-addr", ", via a local address"), ("split", ", canary split")):
                 if path not in paths:
                     continue
                 rps, p50 = paths[path].get("rps_ratio"), paths[path].get("p50_ratio")

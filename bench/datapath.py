@@ -4,6 +4,10 @@ The backend is deployed by the real engine, with its set ports published on all 
 Docker's own published port can be measured too. From the host, 127.0.0.1 on a published port
 goes through docker-proxy; from the outside namespace Docker answers a published port with its
 own DNAT rule instead (docker-proxy is only in the loopback path), and the report says so.
+
+Then a canary of the next tag takes 50% of new connections (a statistic match in front of the DNAT rule, see
+plan/canary.py), and more rounds measure that split path against direct, in the same run: its ratios stand beside
+the plain DNAT path's.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from bench import analysis
 from bench.drivers import EngineDriver, scratch_path
 from bench.lab import IMAGE, Lab, say
 from bench.loadgen import WrkOutputError, parse_wrk, wrk_argv
-from bench.plan import CLIENTS, DATAPATHS, Plan, app_toml, round_order
+from bench.plan import CLIENTS, DATAPATHS, SPLIT_PATHS, Plan, app_toml, round_order
 from bench.proxies import haproxy_argv, haproxy_config, nginx_argv, nginx_config
 from deployer.errors import DeployerError
+from deployer.host.engine import CanaryStart
 
 APP = "datapath"
 NOTES = {
@@ -27,6 +32,8 @@ NOTES = {
     "dnat": {"host": "127.0.0.1 -> DNAT in OUTPUT, then the deployer's loopback MASQUERADE",
              "outside": "DNAT in PREROUTING"},
     "dnat-addr": {"host": "the namespace veth's host address -> DNAT in OUTPUT, no masquerade"},
+    "split": {"host": "127.0.0.1 -> the canary's statistic match, then DNAT to one of two instances",
+              "outside": "the canary's statistic match in PREROUTING, then DNAT"},
 }
 
 
@@ -56,7 +63,7 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         # The host end of the namespace's veth is a local address of the host: DNAT without the
         # masquerade that a 127.0.0.1 client needs, to tell the two costs apart.
         targets["host"]["dnat-addr"] = f"{outside.host_ip}:{ports.tcp}"
-        paths = {client: [p for p in DATAPATHS if p in targets[client]] for client in CLIENTS}
+        paths = {client: [p for p in DATAPATHS if p in targets[client] and p != "split"] for client in CLIENTS}
         for path in ("haproxy", "nginx", "docker", "dnat"):
             _wait_answers(targets["host"][path])
 
@@ -79,6 +86,17 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
                     rounds.append({"round": number, "client": client, "path": path,
                                    **measure(client, path, plan.wrk_seconds)})
             say(f"  round {number + 1}/{plan.rounds} done")
+        # The split: the same external port, now shared 50/50 by two instances of the same server.
+        driver.engine.deploy(APP, tags[1], actor="bench", canary_split=CanaryStart(50))
+        for client in CLIENTS:
+            targets[client]["split"] = targets[client]["dnat"]
+        _wait_answers(targets["host"]["split"])
+        for number in range(plan.rounds):
+            for client in CLIENTS:
+                for path in round_order(list(SPLIT_PATHS), number):
+                    rounds.append({"round": plan.rounds + number, "client": client, "path": path,
+                                   **measure(client, path, plan.wrk_seconds)})
+            say(f"  split round {number + 1}/{plan.rounds} done")
         summary = analysis.datapath_summary(rounds)
         return {
             "settings": {"tool": "wrk", "threads": plan.wrk_threads, "connections": plan.wrk_connections,

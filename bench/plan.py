@@ -26,7 +26,9 @@ OWNER_OF_RUN_RE = re.compile(r"^db[0-9a-f]{5}$")
 
 # The scenarios of the deploys-under-load part, in the order they run.
 SCENARIOS = ("ours", "seed", "stop-start", "naive")
-DATAPATHS = ("direct", "dnat", "dnat-addr", "haproxy", "nginx", "docker")
+DATAPATHS = ("direct", "dnat", "dnat-addr", "split", "haproxy", "nginx", "docker")
+# The canary's split (statistic match, 50%), measured after the others: it needs a second instance.
+SPLIT_PATHS = ("direct", "split")
 # DNAT through a local address that is not loopback: no masquerade. Only the host has such a path.
 HOST_ONLY_PATHS = ("dnat-addr",)
 CLIENTS = ("host", "outside")

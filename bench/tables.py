@@ -10,6 +10,7 @@ PATH_LABELS = {
     "direct": "direct to the container",
     "dnat": "deployer external port (DNAT)",
     "dnat-addr": "DNAT via a local non-loopback address",
+    "split": "canary split, 50% (statistic match + DNAT)",
     "haproxy": "HAProxy (http mode)",
     "nginx": "nginx reverse proxy",
     "docker": "Docker published port",

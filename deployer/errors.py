@@ -175,6 +175,12 @@ class ModeError(DeployerError):
     """A maintenance, failover or drain change that cannot be made as asked (no responder, instance still failing)."""
 
 
+class CanaryError(ModeError):
+    """A canary that cannot start, change or end as asked (a bad weight, no canary running, a deploy during one)."""
+
+    exit_code = 2
+
+
 class ForwardingError(DeployerError):
     """Forwarding an app to another host, or routing its replies back, could not be set up or removed."""
 

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 from deployer import config as config_module
 from deployer.cli import audit as audit_cli
 from deployer.cli import cluster as cluster_cli
+from deployer.cli import canary as canary_cli
 from deployer.cli import forward as forward_cli
 from deployer.cli import ops as ops_cli
 from deployer.cli import server as server_cli
@@ -59,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "deploy", cmd_deploy, "deploy a tag of an app with zero downtime",
                  "deployer deploy demo v2",
                  "Pull APP's image at TAG, start it on the idle port set, health-check it, flip the DNAT rules\n"
-                 "to it in one transaction, clean conntrack, drain and stop the old instance.")
+                 "to it in one transaction, clean conntrack, drain and stop the old instance.\n"
+                 "With --canary PERCENT, the flip splits new connections instead and both instances serve\n"
+                 "until `deployer promote` or `deployer abort` (e.g. deployer deploy demo v2 --canary 10 --sticky).")
     p.add_argument("app")
     p.add_argument("tag")
+    canary_cli.add_deploy_flags(p)
 
     p = _command(sub, "rollback", cmd_rollback, "go back to the previous release, behind the same health gate",
                  "deployer rollback demo")
@@ -96,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[..., None]]:
     """Commands that live beside their own concern: the server, the audit log, maintenance, forwarding."""
-    return [server_cli.register, audit_cli.register, ops_cli.register, forward_cli.register, cluster_cli.register]
+    return [server_cli.register, audit_cli.register, ops_cli.register, forward_cli.register, cluster_cli.register,
+            canary_cli.register]
 
 
 def _engine(args: argparse.Namespace):
@@ -106,7 +111,16 @@ def _engine(args: argparse.Namespace):
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    result = _engine(args).deploy(args.app, args.tag, actor=config_module.local_actor())
+    try:
+        split = canary_cli.canary_start(args, args.loaded_config.app(args.app).canary_bake)
+    except argparse.ArgumentTypeError as exc:
+        print(f"deployer: {exc}", file=sys.stderr)
+        return 2
+    result = _engine(args).deploy(args.app, args.tag, actor=config_module.local_actor(), canary_split=split)
+    if split is not None:
+        print(f"{result.app}: canary {result.tag} on {result.port_set} ({result.container}) gets {split.weight}% of "
+              f"new connections{' by client address' if split.sticky else ''}; {result.previous_tag} the rest")
+        return 0
     print(f"{result.app}: {result.tag} is live on {result.port_set} ({result.container}, {result.digest or 'no digest'})"
           + (f", replacing {result.previous_tag}" if result.previous_tag else ""))
     return 0

@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
     p.add_argument("--key-id", required=True, help="the operator key id ([server.operators.KEY_ID])")
     p.add_argument("--secret-file", required=True, type=Path, help="file holding that key's secret")
     p.add_argument("--reason", help="why, for the audit record")
+    p.add_argument("--action", choices=["promote", "abort"],
+                   help="instead of a redeploy, promote or abort the app's running canary (no TAG)")
     p.add_argument("--wait", action="store_true", help="follow the job to its end")
     p.add_argument("--timeout", type=float, default=1800, help="seconds --wait waits (default 1800)")
     p.set_defaults(needs_config=False)
@@ -89,11 +91,16 @@ def cmd_redeploy(args: argparse.Namespace) -> int:
     from deployer.host.wiring import SignedClient
 
     client = SignedClient(args.url, operator_signer(args.key_id, read_secret_file(args.secret_file)))
+    if args.action and args.tag:
+        print(f"deployer: --action {args.action} takes no TAG: it ends the running canary", file=sys.stderr)
+        return 2
     request = {"app": args.app, **({"tag": args.tag} if args.tag else {}),
+               **({"action": args.action} if args.action else {}),
                **({"reason": args.reason} if args.reason else {})}
     _, answer = client.request("POST", "/deploy", json.dumps(request).encode())
     job_id = answer["job"]
-    print(f"{args.app}: queued {job_id} ({args.tag or 'the active release'})", flush=True)
+    what = f"{args.action} of the canary" if args.action else args.tag or "the active release"
+    print(f"{args.app}: queued {job_id} ({what})", flush=True)
     if not args.wait:
         return 0
     return follow(client.job_updates(job_id, timeout=args.timeout), job_id, timeout=args.timeout)

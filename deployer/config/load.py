@@ -267,7 +267,7 @@ def read_secret(entry: Mapping[str, Any], name: str, *, path: Path, base: Path, 
 APP_KEYS = {"image", "ports", "health", "repository", "tag_pattern", "prereleases", "bind", "drain_seconds",
             "stop_timeout", "restart", "env", "env_files", "volumes", "labels", "command", "hooks_dir", "asset",
             "maintenance_page", "status_port", "host_bound", "watchdog", "github_secret", "github_secret_file",
-            "github_secret_env", "github_hook_id", "cluster"}
+            "github_secret_env", "github_hook_id", "cluster", "canary", "canary_sticky", "canary_bake"}
 HOST_BOUND_APP_KEYS = {"host_bound", "ports", "maintenance_page"}
 
 
@@ -392,6 +392,12 @@ def _parse_app(name: str, data: Any, *, path: Path, base: Path, environ: Mapping
                      if "status_port" in data else None),
         watchdog=_parse_watchdog(name, data.get("watchdog", {}), path=path),
         cluster=get("cluster", bool, False),
+        canary=(integer(data["canary"], minimum=1, maximum=99, path=path, key="canary", app=name,
+                        message="must be the canary's share of new connections, a whole percentage from 1 to 99")
+                if "canary" in data else None),
+        canary_sticky=typed(data, "canary_sticky", bool, False, path=path, key="canary_sticky", app=name),
+        canary_bake=(duration(data, "canary_bake", 0.0, path=path, key="canary_bake", app=name)
+                     if "canary_bake" in data else None),
         **policy,
     )
 

@@ -103,6 +103,9 @@ class AppConfig:
     cluster: bool = False  # served on the shared address of [cluster] (see deployer/plan/cluster.py)
     github_secret: str | None = field(default=None, repr=False)  # signs this app's deliveries instead of [server]'s
     github_hook_id: int | None = None  # the one GitHub webhook (X-GitHub-Hook-ID) allowed to deploy it
+    canary: int | None = None  # a GitHub release starts a canary with this share (see plan/canary.py)
+    canary_sticky: bool = False  # that canary splits by client address
+    canary_bake: float | None = None  # seconds a healthy canary runs before the watchdog promotes it
 
     @property
     def registry(self) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 from deployer.config import AppConfig, Config
-from deployer.errors import BootError, DeployerError, HookFailed, NothingToRollBack
+from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack
 from deployer.host import modes
 from deployer.host.chains import Chains, NetfilterBackend
 from deployer.host.forwarder import Forwarder, RoutingPort
@@ -28,7 +28,7 @@ from deployer.host.health import Prober, set_port_probe, wait_healthy
 from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation, record_repairs
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
-from deployer.plan import app_chain, conntrack, forwarding, hostbound, maintenance, rules
+from deployer.plan import app_chain, canary, conntrack, forwarding, hostbound, maintenance, rules
 from deployer.plan.containers import (
     LABEL_DIGEST,
     LABEL_IMAGE,
@@ -63,6 +63,16 @@ class DockerPort(Protocol):
 
 
 HookRunner = Callable[[Path, Mapping[str, str], float], HookOutcome]
+
+
+@dataclass(frozen=True)
+class CanaryStart:
+    """How a deploy splits traffic with the instance it leaves serving (see plan/canary.py)."""
+
+    weight: int
+    sticky: bool = False
+    seed: int = canary.DEFAULT_SEED
+    bake_until: str | None = None  # ISO time: the watchdog promotes then, if the canary stayed healthy
 
 
 @dataclass(frozen=True)
@@ -118,15 +128,20 @@ class Engine:
     # --- public operations ---------------------------------------------------------------------
 
     def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None,
-               wait_on_transient: bool = False) -> DeployResult:
-        """`wait_on_transient`: the caller will try again after a transient fault (every one strikes before the
+               wait_on_transient: bool = False, canary_split: CanaryStart | None = None) -> DeployResult:
+        """Deploy `tag`; with `canary_split`, the new instance takes that share of new flows and the old one stays.
+
+        `wait_on_transient`: the caller will try again after a transient fault (every one strikes before the
         flip), so such a fault is recorded as `deploy.waiting` and runs no on-failure hook."""
         app = self.config.app(app_name)
         hostbound.check_deployable(app)
         check_tag(app, tag)
+        if canary_split is not None:
+            canary.check_weight(canary_split.weight)
         with self._operation("deploy", app, actor, job, tag=tag) as operation:
             operation.waits_on_transient = wait_on_transient
-            return self._deploy(operation, app, Release(tag=tag, image=app.image), actor=actor, job=job)
+            return self._deploy(operation, app, Release(tag=tag, image=app.image), actor=actor, job=job,
+                                canary_split=canary_split)
 
     def rollback(self, app_name: str, *, actor: str, job: str | None = None) -> DeployResult:
         """Go back to the previous release, pinned by digest, behind the same health gate."""
@@ -170,7 +185,7 @@ class Engine:
                 wanted = wanted + hostbound.app_rules(self.names, app, self.settings.maintenance_port)
                 jumps_ok = (not self.chains.base_missing(live, app)
                             and hostbound.jump(self.names) in live.rules("PREROUTING"))
-            notes = forwarding.status_notes(app_chain.notes(app, state), state)
+            notes = forwarding.status_notes(app_chain.notes(app, state), state) + self._canary_flows(app, state)
             # A forward also needs its accept rules and IPv4 forwarding, or the old host never sees a packet.
             forward_problems = self.forwarder.drift(app.name, state, live) if state.mode == forwarding.MODE else []
             result.append(AppStatus(app.name, state.active, state.previous,
@@ -178,6 +193,21 @@ class Engine:
                                     containers, state.mode, state.mode_detail, state.drained,
                                     notes + forward_problems))
         return result
+
+    def _canary_flows(self, app: AppConfig, state: AppState) -> list[str]:
+        """While a canary runs: the live conntrack flows each instance answers, tcp and udp."""
+        split = canary.Split.of(state)
+        if split is None or state.active is None:
+            return []
+        counts = []
+        for instance in (state.active, split.canary):
+            try:
+                flows = sum(self.chains.count_flows(conntrack.flows_to(app, protocol, instance.address))
+                            for protocol in ("tcp", "udp"))
+            except DeployerError as exc:
+                return [f"live flows: unknown ({exc})"]
+            counts.append(f"{instance.tag} ({instance.port_set} {instance.address}) {flows}")
+        return ["live flows: " + ", ".join(counts)]
 
     def rules_text(self, app_name: str) -> str:
         """Every rule the deployer keeps for the app's recorded active instance, as one transaction.
@@ -219,11 +249,17 @@ class Engine:
                          lock=self.chains.app_lock(app.name, tag=tag, actor=actor), shape=shape, clock=self.clock)
 
     def _deploy(self, operation: Operation, app: AppConfig, release: Release, *, actor: str, job: str | None,
-                rollback: bool = False) -> DeployResult:
+                rollback: bool = False, canary_split: CanaryStart | None = None) -> DeployResult:
         """The steps of a deploy (and a rollback) inside its operation, which holds the app's lock."""
         base = operation.base
         operation.failed["tag"] = release.tag
-        operation.start(tag=release.tag)
+        operation.start(tag=release.tag, **({"canary": canary_split.weight} if canary_split else {}))
+        # A third instance has no port set: the running canary is promoted or aborted first.
+        before = self.store.load(app.name)
+        canary.refuse_deploy(before)
+        if canary_split is not None and before.active is None:
+            raise CanaryError(f"app {app.name!r} has no active instance to split traffic with; deploy it "
+                              f"without --canary first", app=app.name)
         if not rollback:  # a rollback reconciled before it chose its release
             try:
                 self._reconcile_app(app, actor=actor, job=job)
@@ -272,10 +308,20 @@ class Engine:
                                     container_id=new.id, container_name=new.name, address=address, since=utc_now())
                 # The mode decides what the chain leads to: a manual maintenance stays, a failover of the old
                 # instance ends, and a status-port forward moves along with the ports.
-                after = forwarding.after_promotion(maintenance.after_promotion(state.promoted(instance, utc_now())))
+                if canary_split is not None:
+                    after = canary.started(state, instance, weight=canary_split.weight, sticky=canary_split.sticky,
+                                           seed=canary_split.seed, now=utc_now(), actor=actor,
+                                           bake_until=canary_split.bake_until)
+                else:
+                    after = forwarding.after_promotion(maintenance.after_promotion(state.promoted(instance,
+                                                                                                  utc_now())))
                 old_addresses = self.chains.flip(app, self.chains.wanted(app, after), step.detail)
                 # `since` is when the instance took the traffic: the commit, not the moment it was described.
-                after = replace(after, active=replace(after.active, since=step.detail.get("committed_at", utc_now())))
+                if canary_split is None:
+                    after = replace(after, active=replace(after.active,
+                                                          since=step.detail.get("committed_at", utc_now())))
+                else:
+                    step.detail["canary"] = canary_split.weight
                 step.detail.update(**app_chain.flip_detail(state, after))
                 step.detail.update(to=f"{new_set} {address}", **({"from": ",".join(sorted(old_addresses))}
                                                                  if old_addresses else {}))
@@ -292,8 +338,11 @@ class Engine:
         with contextlib.suppress(DeployerError), operation.step("conntrack") as step:
             step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, old_addresses))
         self._hook("post-flip", app, context, base, must_pass=False)
+        if canary_split is not None:  # both serve until promote or abort
+            operation.finish(tag=release.tag, set=new_set, digest=release.digest, canary=canary_split.weight)
+            return DeployResult(app.name, release.tag, new_set, release.digest, new.name, old.tag if old else None)
         if old is not None:
-            self._retire(app, old, base, drain=True)
+            self.retire(app, old, base, drain=True)
         if state.mode == forwarding.MODE:  # the forward this deploy replaced: drain it, then drop its rules
             with contextlib.suppress(DeployerError):
                 self.forwarder.leave(app, state.mode_detail, base)
@@ -320,7 +369,7 @@ class Engine:
             return release
         return pulled
 
-    def _retire(self, app: AppConfig, old: Instance, base: dict[str, Any], *, drain: bool) -> None:
+    def retire(self, app: AppConfig, old: Instance, base: dict[str, Any], *, drain: bool) -> None:
         """Let the old instance's open connections finish, then stop and remove it (its image stays)."""
         if drain:
             with self.journal.step("drain", **base) as step:
@@ -368,6 +417,16 @@ class Engine:
             repairs.extend(self.forwarder.leave(app, state.mode_detail, {"app": app.name, "actor": actor}))
             state = self.store.load(app.name)
 
+        split = canary.Split.of(state)
+        if split is not None:
+            kept = self._reconcile_canary(app, state, split, running, live, repairs)
+            if kept:
+                repairs.extend(self._remove_others(app, containers, kept))
+                record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
+                return repairs
+            state = self.store.load(app.name)
+            active_id = state.active.container_id if state.active else None
+
         serving = (next((c for c in running if c.address(self.settings.network) in targets and c.id == active_id),
                         None)
                    or next((c for c in running if c.address(self.settings.network) in targets), None)
@@ -402,8 +461,15 @@ class Engine:
             self.store.save(state.promoted(instance, utc_now()))
             repairs.append(f"record of {app.name} set to {port_set} {serving.name} ({tag})")
 
+        repairs.extend(self._remove_others(app, containers, {serving.id}))
+        record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
+        return repairs
+
+    def _remove_others(self, app: AppConfig, containers: list[ContainerInfo], keep: set[str]) -> list[str]:
+        """Stop and remove the app's containers that serve nothing."""
+        repairs = []
         for other in containers:
-            if other.id == serving.id:
+            if other.id in keep:
                 continue
             if other.status == "running":
                 self.docker.stop(other.id, app.stop_timeout)
@@ -412,8 +478,42 @@ class Engine:
                 self.chains.clean_flows(conntrack.after_stop(app, other.address(self.settings.network)))
             repairs.append(f"removed {other.name} ({other.labels.get(LABEL_TAG, '?')}, {other.status}), "
                            f"which was not serving")
-        record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
         return repairs
+
+    def _reconcile_canary(self, app: AppConfig, state: AppState, split: canary.Split, running: list[ContainerInfo],
+                          live: rules.SavedTable, repairs: list[str]) -> set[str]:
+        """Keep the split the record names while both instances run; the ids kept, or none when it ended.
+
+        With one of them gone the canary is over: the record is set to the survivor (the canary promoted when
+        the active one died, aborted when the canary did) and the ordinary reconcile takes it from there.
+        """
+        assert state.active is not None
+        address = {c.id: c.address(self.settings.network) for c in running}
+        active_up, canary_up = state.active.container_id in address, split.canary.container_id in address
+        if active_up and canary_up:
+            state = replace(state, active=replace(state.active, address=address[state.active.container_id]),
+                            mode_detail=replace(split, canary=replace(
+                                split.canary, address=address[split.canary.container_id])).detail())
+            if self.chains.base_missing(live, app):
+                self.chains.ensure_base(app)
+                repairs.append(f"jumps and chains of {app.name} restored")
+            wanted = self.chains.wanted(app, state)
+            if live.rules(self.names.app(app.name)) != wanted:
+                self.chains.clean_flows(conntrack.after_flip(app, self.chains.flip(app, wanted)))
+                repairs.append(f"rules of {app.name} set to the canary split the record names "
+                               f"({split.weight}% to {split.canary.tag})")
+            if state != self.store.load(app.name):
+                self.store.save(state)
+                repairs.append(f"record of {app.name}: the instances' addresses updated")
+            return {state.active.container_id, split.canary.container_id}
+        if canary_up:
+            self.store.save(canary.promoted(state, now=utc_now()))
+            repairs.append(f"canary of {app.name} promoted: the active instance {state.active.container_name} "
+                           f"is not running")
+        else:
+            self.store.save(canary.aborted(state, now=utc_now()))
+            repairs.append(f"canary of {app.name} ended: {split.canary.container_name} is not running")
+        return set()
 
     def _probe_once(self, app: AppConfig, container: ContainerInfo) -> bool:
         port_set = container.labels.get(LABEL_SET)

@@ -13,6 +13,10 @@ wins; the watchdog tries again at its next probe), flips the chain in one transa
 A manual maintenance is the operator's: the watchdog leaves it alone. Host-bound apps are covered by the socket
 match instead. While it runs, a dying instance's refused handshakes become retries (retries.py), so the window
 before the flip shows as a short delay, not as "connection refused". Run one watchdog per host.
+
+While a canary runs, the watch is on the canary: `failures` failed probes in a row abort it (host/canary.py: all
+traffic back to the active instance, the canary stopped, the reason in the audit log), and once its bake time is
+over a passing probe promotes it.
 """
 
 from __future__ import annotations
@@ -25,17 +29,19 @@ from typing import Callable
 from deployer.audit import build_journal
 from deployer.config import AppConfig, Config, WatchdogConfig
 from deployer.errors import DeployerError, LockError
+from deployer.host import canary as canary_ops
 from deployer.host import modes
 from deployer.host.health import ProbeResult, set_port_probe
-from deployer.host.modes import ModeHost
-from deployer.journal import Journal
-from deployer.plan import maintenance
-from deployer.plan.records import SERVING, AppState
+from deployer.host.canary import CanaryHost
+from deployer.journal import Journal, utc_now
+from deployer.plan import canary, maintenance
+from deployer.plan.records import SERVING, AppState, Instance
 
 log = logging.getLogger("deployer.watchdog")
 
 FAILED_OVER = "failed-over"  # the phases: SERVING (watching for a failure) or FAILED_OVER (for a recovery)
-HostFactory = Callable[[Config, Journal], ModeHost]  # e.g. wiring.build_engine
+CANARY = canary.MODE  # watching a canary: for a failure (abort) or the end of its bake time (promote)
+HostFactory = Callable[[Config, Journal], CanaryHost]  # e.g. wiring.build_engine
 
 
 @dataclass(frozen=True)
@@ -57,11 +63,19 @@ def phase_of(state: AppState) -> str | None:
     """What the watchdog watches for in this record: a failure, a recovery, or nothing (None)."""
     if state.active is None:
         return None
+    if canary.in_canary(state):
+        return CANARY
     if state.mode == SERVING:
         return SERVING
     if maintenance.failover_applies(state):
         return FAILED_OVER
     return None  # a manual maintenance, or another mode: not the watchdog's
+
+
+def watched(state: AppState) -> Instance | None:
+    """The instance the watchdog probes: the canary while one runs, else the active one."""
+    split = canary.Split.of(state)
+    return split.canary if split is not None else state.active
 
 
 def watched_apps(config: Config) -> list[AppConfig]:
@@ -71,7 +85,7 @@ def watched_apps(config: Config) -> list[AppConfig]:
 class AppWatch:
     """Probe one app's active instance until `stop` is set, flipping when `observe` says so."""
 
-    def __init__(self, engine: ModeHost, app: AppConfig, stop: threading.Event,
+    def __init__(self, engine: CanaryHost, app: AppConfig, stop: threading.Event,
                  probe: Callable[[AppConfig, AppState], ProbeResult] | None = None) -> None:
         self.engine = engine
         self.app = app
@@ -91,16 +105,20 @@ class AppWatch:
     def round(self) -> None:
         state = self.engine.store.load(self.app.name)
         phase = phase_of(state)
-        watching = (phase, state.active.container_id) if phase and state.active else None
+        instance = watched(state)
+        watching = (phase, instance.container_id) if phase and instance else None
         if watching != self.watching:  # a flip, or somebody else's change: a new streak
             self.watching, self.streak = watching, Streak()
         if watching is None:
             return
         result = self.probe(self.app, state)
         self.streak, action = observe(self.streak, result.ok, watching[0], self.app.watchdog)
-        if not result.ok and watching[0] == SERVING:
+        if not result.ok and watching[0] in (SERVING, CANARY):
             self.engine.journal.note("watchdog.probe", app=self.app.name, outcome="failed", detail=result.detail,
                                      streak=self.streak.failing, of=self.app.watchdog.failures)
+        if watching[0] == CANARY:
+            self._judge_canary(state, action, result)
+            return
         if action is None:
             return
         try:
@@ -113,9 +131,23 @@ class AppWatch:
             return  # a deploy holds the app: it decides where traffic goes; the streak stands for the next probe
 
 
+    def _judge_canary(self, state: AppState, action: str | None, result: ProbeResult) -> None:
+        """Abort a canary that failed its checks; promote one whose bake time is over while it passes."""
+        try:
+            if action == "fail":
+                canary_ops.abort(self.engine, self.app.name, actor="watchdog",
+                                 reason=f"the canary failed {self.streak.failing} health checks in a row; "
+                                        f"last: {result.detail}")
+            elif result.ok and self.streak.failing == 0 and canary.baked(state, utc_now()):
+                canary_ops.promote(self.engine, self.app.name, actor="watchdog",
+                                   reason="its bake time is over and it passed its health checks")
+        except LockError:
+            return  # somebody else moves the app now; the next probe sees what they did
+
     def _probe_active(self, app: AppConfig, state: AppState) -> ProbeResult:
-        assert state.active is not None
-        return set_port_probe(self.engine.prober, app, state.active.port_set)()
+        instance = watched(state)
+        assert instance is not None
+        return set_port_probe(self.engine.prober, app, instance.port_set)()
 
 
 def run_watchdog(config: Config, stop: threading.Event, build_engine: HostFactory, *,

@@ -3,6 +3,8 @@
 - serving: every external port DNATed to the active instance (the engine's forwards);
 - maintenance (manual, or a failover of the active instance): tcp ports REDIRECTed to the responder, udp ports
   still forwarded to the instance;
+- canary: each external port split between a new instance and the active one (canary.py); the status port
+  stays on the active instance;
 - plus the status-port forward while the app serves, has an instance and is not drained.
 
 The engine flips the chain to this list in one transaction whatever changed: a deploy, a mode, a drain.
@@ -10,10 +12,11 @@ The engine flips the chain to this list in one transaction whatever changed: a d
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 from deployer.config import AppConfig
-from deployer.plan import drain, forwarding, maintenance
+from deployer.plan import canary, drain, forwarding, maintenance
 from deployer.plan.records import AppState
 from deployer.plan.rules import ChainNames, Forward, app_rules
 
@@ -33,7 +36,22 @@ def for_record(names: ChainNames, app: AppConfig, state: AppState, maintenance_p
         return forwarding.app_rules(names, app.name, forwarding.Target.from_detail(state.mode_detail))
     active = state.active
     forwards = forwards_to(app, active.address, active.port_set, active.tag) if active else []
+    split = canary.Split.of(state)
+    if split is not None:
+        new = split.canary
+        canary_forwards = [replace(f, comment=f"{f.comment} canary")
+                           for f in forwards_to(app, new.address, new.port_set, new.tag)]
+        result = canary.split_rules(names.app(app.name), forwards, canary_forwards, split.weight,
+                                    sticky=split.sticky, seed=split.seed)
+        return result + _status(names, app, state)
     return wanted(names, app, state, forwards, maintenance_port)
+
+
+def _status(names: ChainNames, app: AppConfig, state: AppState) -> list[str]:
+    if state.active is None or state.drained:
+        return []
+    status = drain.status_forward(app, state.active)
+    return [] if status is None else [status.rule(names.app(app.name))]
 
 
 def wanted(names: ChainNames, app: AppConfig, state: AppState, forwards: Sequence[Forward],
@@ -43,17 +61,13 @@ def wanted(names: ChainNames, app: AppConfig, state: AppState, forwards: Sequenc
     if maintenance.in_maintenance(state):
         return (maintenance.redirect_rules(chain, app, maintenance_port)
                 + app_rules(names, app.name, [f for f in forwards if f.protocol != "tcp"]))
-    result = app_rules(names, app.name, forwards)
-    if state.active is not None and not state.drained:
-        status = drain.status_forward(app, state.active)
-        if status is not None:
-            result.append(status.rule(chain))
-    return result
+    return app_rules(names, app.name, forwards) + _status(names, app, state)
 
 
 def notes(app: AppConfig, state: AppState) -> list[str]:
     """Lines for `deployer status`: the mode, a drain, and how a host-bound app is covered."""
-    lines = [line for line in (maintenance.describe(state), drain.describe(state)) if line]
+    mode = canary.describe(state) if canary.in_canary(state) else maintenance.describe(state)
+    lines = [line for line in (mode, drain.describe(state)) if line]
     if app.host_bound:
         ports = ", ".join(str(p.external) for p in app.ports)
         lines.append(f"host-bound: runs on the host; clients from other machines get the maintenance page while "

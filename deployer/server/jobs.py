@@ -186,7 +186,8 @@ def new_job_id() -> str:
 
 
 JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
-KINDS = frozenset({"release", "redeploy"})
+CANARY_KINDS = frozenset({"promote", "abort"})  # a signed request ends a running canary; it names no tag
+KINDS = frozenset({"release", "redeploy"}) | CANARY_KINDS
 MAX_ACTOR_CHARS = 200
 
 
@@ -202,7 +203,10 @@ def row_problem(job: Job, apps: Mapping[str, AppConfig]) -> str | None:
         return f"job kind {_shown(job.kind)} is not one of {', '.join(sorted(KINDS))}"
     if not isinstance(job.app, str) or job.app not in apps:
         return f"app {_shown(job.app)} is not in the config"
-    if job.tag is None:
+    if job.kind in CANARY_KINDS:
+        if job.tag is not None:
+            return f"a {job.kind} job names no tag, but this one names {_shown(job.tag)}"
+    elif job.tag is None:
         if job.kind != "redeploy":
             return "a release job names no tag"
     else:
@@ -394,10 +398,13 @@ class Queue:
         return Submission(None, False, reason, "ignored")
 
     def submit_manual(self, *, app: str, tag: str | None, actor: str, source: Mapping[str, Any],
-                      hold: bool = False) -> Job:
-        """A signed redeploy always makes a job: an operator who asks again means it. `hold`: as in submit_release."""
+                      hold: bool = False, kind: str = "redeploy") -> Job:
+        """A signed redeploy (or promote, or abort) always makes a job: an operator who asks again means it.
+
+        `hold`: as in submit_release."""
+        assert kind == "redeploy" or kind in CANARY_KINDS, kind
         with self._write() as conn:
-            return self._insert_job(conn, app=app, tag=tag, kind="redeploy", actor=actor, source=source,
+            return self._insert_job(conn, app=app, tag=tag, kind=kind, actor=actor, source=source,
                                     now=self.clock(), status=ACCEPTING if hold else "queued")
 
     def confirm(self, job: Job) -> Job:
@@ -540,11 +547,14 @@ class Queue:
                     continue
                 jobs = [j for j in waiting if j.app == app]
                 live = conn.execute("SELECT tag FROM active WHERE app = ?", (app,)).fetchone()
-                newest = _winner(jobs, live[0] if live else None)
+                # A promote or abort ends the canary the deploys after it would be refused during: it runs
+                # first, alone, and supersedes nothing.
+                action = next((j for j in jobs if j.kind in CANARY_KINDS), None)
+                newest = action or _winner(jobs, live[0] if live else None)
                 if isinstance(newest.not_before, (int, float)) and newest.not_before > now:
                     continue  # (a row with a malformed time is claimed at once, for the worker to refuse)
                 superseded = []
-                for older in (j for j in jobs if j.seq != newest.seq):
+                for older in (j for j in jobs if j.seq != newest.seq and action is None):
                     why = ("which was queued later" if older.seq < newest.seq
                            else "a newer release than the live one this would redeploy")
                     conn.execute("UPDATE jobs SET status = 'superseded', superseded_by = ?, reason = ?, "

@@ -41,7 +41,7 @@ from deployer.errors import (
 from deployer.folders import space_problem
 from deployer.journal import Journal
 from deployer.server import releases, signatures
-from deployer.server.jobs import Job, Queue
+from deployer.server.jobs import CANARY_KINDS, Job, Queue
 from deployer.server.rejections import Rejections
 
 log = logging.getLogger("deployer.web")
@@ -393,7 +393,8 @@ def authenticate(body: bytes, record: dict[str, Any]) -> str:
 
 @manual.route("/deploy", methods=["POST"])
 def deploy():
-    """Redeploy an app, signed with an operator key. Example: deployer redeploy demo v1.2.0 --url http://host:8000"""
+    """Redeploy an app, or promote or abort its canary ("action"), signed with an operator key.
+    Example: deployer redeploy demo v1.2.0 --url http://host:8000"""
     receiver = _receiver()
     record = _begin_record("manual_request")
     body = read_body(receiver.config.server.max_body_bytes)
@@ -405,10 +406,11 @@ def deploy():
     wanted = manual_request(parse_json_object(body), receiver.config)
     record.update(app=wanted["app"], tag=wanted["tag"], reason=wanted["reason"])
     actor = f"key:{key_id}"
-    job = receiver.queue.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor,
+    kind = wanted["action"] or "redeploy"
+    job = receiver.queue.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor, kind=kind,
                                        source={"key_id": key_id, "reason": wanted["reason"]}, hold=True)
     record.update(job=job.id, verdict="queued")
-    accept(receiver, job, job=job.id, app=job.app, tag=job.tag, actor=actor, kind="redeploy", reason=wanted["reason"])
+    accept(receiver, job, job=job.id, app=job.app, tag=job.tag, actor=actor, kind=kind, reason=wanted["reason"])
     return _job_accepted(job.id, job.app, job.tag, "queued")
 
 
@@ -441,7 +443,8 @@ def _withdraw(receiver: Receiver, job: Job) -> None:
 
 
 def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
-    """Validate {"app": ..., "tag": ... (optional), "reason": ... (optional)}."""
+    """Validate {"app": ..., "tag": ... (optional), "action": "promote" or "abort" (optional, without a tag),
+    "reason": ... (optional)}."""
     app_name = data.get("app")
     if app_name is None:
         raise InvalidRequest("missing field app")
@@ -457,10 +460,15 @@ def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON
                                or not reason.isprintable()):
         raise InvalidRequest(f"field reason must be printable text of at most {MAX_REASON} characters")
-    unknown = sorted(set(data) - {"app", "tag", "reason"})
+    action = data.get("action")
+    if action is not None and action not in CANARY_KINDS:
+        raise InvalidRequest("field action must be \"promote\" or \"abort\" (a canary's end)")
+    if action is not None and tag is not None:
+        raise InvalidRequest(f"field action {action!r} takes no tag: it ends the running canary")
+    unknown = sorted(set(data) - {"app", "tag", "reason", "action"})
     if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0][:64]!r} (allowed: app, tag, reason)")
-    return {"app": app.name, "tag": tag, "reason": reason}
+        raise InvalidRequest(f"unknown field {unknown[0][:64]!r} (allowed: app, tag, action, reason)")
+    return {"app": app.name, "tag": tag, "reason": reason, "action": action}
 
 
 @manual.route("/jobs/<job_id>", methods=["GET"])

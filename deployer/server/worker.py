@@ -25,12 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from deployer.config import Config
+from datetime import datetime, timezone
+
+from deployer.config import AppConfig, Config
 from deployer.errors import DeployerError, LockError, StateError, UnsafePath
 from deployer.folders import open_entry, space_problem
 from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
-from deployer.server.jobs import Job, Queue, row_problem
+from deployer.plan import canary
+from deployer.server.jobs import CANARY_KINDS, Job, Queue, row_problem
 
 log = logging.getLogger("deployer.worker")
 
@@ -51,7 +54,7 @@ WORKER_ACTOR = "worker"
 
 class EngineLike(Protocol):
     def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None,
-               wait_on_transient: bool = False) -> Any: ...
+               wait_on_transient: bool = False, canary_split: Any = None) -> Any: ...
 
 
 def wait_seconds(attempt: int, jitter: float) -> float:
@@ -86,7 +89,11 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
         return refuse_row(queue, journal, job, problem)
     base = {"job": job.id, "app": job.app, "actor": job.actor}
     journal.record("job.started", tag=job.tag, kind=job.kind, attempt=job.attempts, **base)
+    delay = wait_seconds(job.attempts, jitter())
+    may_wait = now() + delay - job.created_at < config.server.job_timeout
     try:
+        if job.kind in CANARY_KINDS:
+            return _end_canary(job, config=config, queue=queue, journal=journal, tools=tools, base=base)
         tag = job.tag or active_tag(config, job.app)
         if tag is None:
             return _end(queue, journal, job, "failed", f"app {job.app!r} has no active release to redeploy; "
@@ -104,10 +111,11 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
             # Its releases come as assets, not through the registry: a redeploy runs the image an
             # earlier asset left tagged on the host (a pull only if that image is gone).
             preloaded = f"{app.image}:{tag}"
-        delay = wait_seconds(job.attempts, jitter())
-        may_wait = now() + delay - job.created_at < config.server.job_timeout
+        # A release of an app with `canary` set starts a canary; a redeploy (a rollback, a retry) deploys whole.
+        split = canary_start(app) if job.kind == "release" and app.canary else None
         result = tools.engine(preloaded).deploy(job.app, tag, actor=job.actor, job=job.id,
-                                                wait_on_transient=may_wait)
+                                                wait_on_transient=may_wait,
+                                                **({"canary_split": split} if split else {}))
     except LockError as exc:
         if now() - job.created_at > config.server.job_timeout:
             return _end(queue, journal, job, "failed", f"the app stayed busy for longer than "
@@ -135,6 +143,26 @@ def wait(queue: Queue, journal: Journal, job: Job, exc: DeployerError, delay: fl
     journal.record("job.waiting", fault=exc.fault, reason=str(exc), attempt=job.attempts, retry_in=delay,
                    error_type=type(exc).__name__, **base)
     return "queued"
+def canary_start(app: AppConfig) -> Any:
+    """The split the app's config asks a release for (`canary`, `canary_sticky`, `canary_bake`)."""
+    from deployer.host.engine import CanaryStart
+
+    assert app.canary is not None
+    return CanaryStart(app.canary, app.canary_sticky,
+                       bake_until=canary.bake_deadline(datetime.now(timezone.utc), app.canary_bake))
+
+
+def _end_canary(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
+                base: dict[str, Any]) -> str:
+    """A signed promote or abort: the same transaction as `deployer promote` or `deployer abort`."""
+    from deployer.host import canary as canary_ops
+
+    end = canary_ops.promote if job.kind == "promote" else canary_ops.abort
+    reason = job.source.get("reason") if isinstance(job.source, dict) else None
+    after = end(tools.engine(None), job.app, actor=job.actor, job=job.id, reason=reason)
+    tag = after.active.tag if after.active else None
+    queue.set_active(job.app, tag, job.id)
+    return _end(queue, journal, job, "succeeded", f"{job.kind}: {tag} serves everything", base, tag=tag)
 
 
 def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, base: dict[str, Any],

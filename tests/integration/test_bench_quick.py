@@ -35,8 +35,8 @@ def test_quick_bench_writes_its_results_and_removes_what_it_made(host, tmp_path)
     datapath = json.loads((results / "datapath.json").read_text())
     for client in ("host", "outside"):
         paths = datapath["summary"][client]
-        assert set(paths) == {"direct", "dnat", "haproxy", "nginx", "docker"} | ({"dnat-addr"} if client == "host"
-                                                                                else set())
+        expected = {"direct", "dnat", "split", "haproxy", "nginx", "docker"}
+        assert set(paths) == expected | ({"dnat-addr"} if client == "host" else set())
         assert all(p["rps"] and p["p50_ms"] and p["p99_ms"] for p in paths.values()), paths
         assert paths["direct"]["rps_ratio"] == 1.0
 

@@ -21,7 +21,8 @@ blue = 8001
 green = 8002
 """
 
-ALLOWED_APP_KEYS = ("asset, bind, cluster, command, drain_seconds, env, env_files, github_hook_id, github_secret, "
+ALLOWED_APP_KEYS = ("asset, bind, canary, canary_bake, canary_sticky, cluster, command, drain_seconds, env, "
+                    "env_files, github_hook_id, github_secret, "
                     "github_secret_env, github_secret_file, health, hooks_dir, host_bound, image, labels, "
                     "maintenance_page, ports, prereleases, repository, restart, status_port, stop_timeout, tag_pattern, "
                     "volumes, watchdog")

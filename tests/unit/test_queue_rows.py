@@ -4,6 +4,7 @@ Each row here is inserted with sqlite3 directly, as such a writer would; the wor
 execute paths must fail it with the reason, record that in the audit log, and act on nothing.
 """
 
+import dataclasses
 import sqlite3
 
 import pytest
@@ -100,3 +101,12 @@ def test_a_row_the_receiver_wrote_passes(config):
     queue = Queue.for_state_dir(config.settings.state_dir)
     job = queue.submit_manual(app="web", tag=None, actor="key:alice", source={"reason": "x"})
     assert row_problem(job, config.apps) is None
+
+
+def test_promote_and_abort_rows_name_no_tag(config):
+    queue = Queue.for_state_dir(config.settings.state_dir)
+    for kind in ("promote", "abort"):
+        job = queue.submit_manual(app="web", tag=None, actor="key:alice", source={}, kind=kind)
+        assert row_problem(job, config.apps) is None
+        tagged = dataclasses.replace(job, tag="v2")
+        assert row_problem(tagged, config.apps) == f"a {kind} job names no tag, but this one names 'v2'"

@@ -140,3 +140,51 @@ def test_a_change_by_someone_else_starts_a_new_streak(tmp_path, monkeypatch):
     assert calls == []
     watch.round()
     assert [c["container_id"] for c in calls] == ["c2"]
+
+
+# --- a canary ------------------------------------------------------------------------------------
+
+CANARY_GREEN = Instance(port_set="green", tag="v2", image="demo", digest=None, container_id="c2",
+                        container_name="g", address="172.18.0.3", since="2026-11-21T10:00:00.000Z")
+
+
+def canary_watch(tmp_path, monkeypatch, probes, *, bake_until=None):
+    from deployer.plan import canary
+
+    engine = Engine(tmp_path)
+    engine.store.save(canary.started(AppState(app="demo", active=ACTIVE), CANARY_GREEN, weight=10, sticky=False,
+                                     seed=1, now="t", actor="cli:ann", bake_until=bake_until))
+    calls, probed, results = [], [], iter(probes)
+
+    def ending(kind):
+        def end(engine_, app_name, *, actor, reason):
+            calls.append((kind, actor, reason))
+            decide = canary.aborted if kind == "abort" else canary.promoted
+            engine_.store.save(decide(engine_.store.load(app_name), now="t"))
+        return end
+
+    monkeypatch.setattr(watchdog.canary_ops, "abort", ending("abort"))
+    monkeypatch.setattr(watchdog.canary_ops, "promote", ending("promote"))
+    monkeypatch.setattr(watchdog.modes, "failover_on", lambda *a, **k: calls.append(("failover", k)))
+
+    def probe(app, state):
+        probed.append(watchdog.watched(state).container_id)
+        return ProbeResult(next(results) == "+", "GET /healthz: refused")
+
+    watch = watchdog.AppWatch(engine, APP, stop=None, probe=probe)
+    for _ in probes:
+        watch.round()
+    return calls, probed
+
+
+def test_a_canary_that_fails_its_checks_is_aborted_with_the_reason(tmp_path, monkeypatch):
+    calls, probed = canary_watch(tmp_path, monkeypatch, "+---")
+    assert probed == ["c2"] * 4  # the canary is what is watched while it runs
+    assert calls == [("abort", "watchdog", "the canary failed 3 health checks in a row; last: GET /healthz: refused")]
+
+
+def test_a_canary_is_promoted_once_its_bake_time_is_over_and_never_before(tmp_path, monkeypatch):
+    calls, _ = canary_watch(tmp_path, monkeypatch, "++++", bake_until="2999-01-01T00:00:00.000Z")
+    assert calls == []
+    calls, _ = canary_watch(tmp_path, monkeypatch, "-+", bake_until="2000-01-01T00:00:00.000Z")
+    assert calls == [("promote", "watchdog", "its bake time is over and it passed its health checks")]

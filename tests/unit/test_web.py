@@ -484,7 +484,7 @@ def test_a_hostile_tag_in_a_redeploy_is_422(client, queue, tag):
     (b'{"tag": "v2"}', 422, "missing field app"),
     (b'{"app": 7}', 422, "field app must be a string"),
     (b'{"app": "web", "reason": "a\\nb"}', 422, "field reason must be printable text of at most 500 characters"),
-    (b'{"app": "web", "force": true}', 422, "unknown field 'force' (allowed: app, tag, reason)"),
+    (b'{"app": "web", "force": true}', 422, "unknown field 'force' (allowed: app, tag, action, reason)"),
 ])
 def test_malformed_redeploy_bodies(client, queue, body, status, error):
     response = signed_call(client, "POST", "/deploy", body)
@@ -550,3 +550,19 @@ def test_health_reports_the_workers_checks(client, queue, clock):
     assert (response.status_code, response.get_json()["docker"]) == (503, "the Docker daemon does not answer")
     clock.now += 60
     assert signed_call(client, "GET", "/healthz").get_json()["worker"] == "last heartbeat 60 s ago"
+
+
+def test_a_signed_promote_or_abort_is_queued_as_its_own_kind(client, queue):
+    for action in ("promote", "abort"):
+        response = signed_call(client, "POST", "/deploy", redeploy_body(action=action, reason="checked"))
+        assert response.status_code == 202, response.get_json()
+    assert [(j.kind, j.tag) for j in queue.jobs()] == [("promote", None), ("abort", None)]
+
+
+@pytest.mark.parametrize("body, error", [
+    ({"action": "rollout"}, 'field action must be "promote" or "abort" (a canary\'s end)'),
+    ({"action": "promote", "tag": "v2"}, "field action 'promote' takes no tag: it ends the running canary")])
+def test_a_bad_canary_action_is_422(client, queue, body, error):
+    response = signed_call(client, "POST", "/deploy", redeploy_body(**body))
+    assert (response.status_code, response.get_json()) == (422, {"error": error})
+    assert queue.jobs() == []

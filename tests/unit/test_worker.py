@@ -34,9 +34,10 @@ class FakeEngine:
         self.deploys = []
         self.waits = []
 
-    def deploy(self, app_name, tag, *, actor, job=None, wait_on_transient=False):
+    def deploy(self, app_name, tag, *, actor, job=None, wait_on_transient=False, canary_split=None):
         self.deploys.append((app_name, tag, actor, job))
         self.waits.append(wait_on_transient)
+        self.canary_split = canary_split
         with self.journal.step("pull", app=app_name, job=job, actor=actor) as step:
             step.detail["image"] = f"registry.example/{app_name}:{tag}"
         if self.fail:
