@@ -1,5 +1,9 @@
 """Part 3: the flip time of one app while 1, 10, 100 and 1,000 other apps have rules installed.
 
+Beside each point's flips, the floor: the same add-only text a flip committed, aimed at a chain of its own and
+given to a bare `iptables-restore --noflush` (`subprocess.run`, nothing else around it), so the commit's cost
+over the tool itself is read as a ratio in the same run, whatever the machine.
+
 The other apps are stand-ins: their chains and jumps, rendered by `deployer.rules` and
 installed in one transaction per point, under the run's own chain prefix. They get no
 containers and no traffic. The measured app is deployed by the real engine, back and forth.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import subprocess
 import time
 from typing import Any
 
@@ -49,17 +54,20 @@ def run_scale(lab: Lab, plan: Plan, tags: list[str]) -> dict[str, Any]:
                 driver.deploy(next(next_tag))
             events = driver.events[mark:]
             flip_events = analysis.steps(events, "flip")
-            entry = figures.setdefault(point, {"committed_ms": [], "flip_step_ms": [], "deploy_ms": []})
+            entry = figures.setdefault(point, {"committed_ms": [], "flip_step_ms": [], "deploy_ms": [],
+                                               "floor_ms": []})
             entry["committed_ms"] += [e["committed_ms"] for e in flip_events if "committed_ms" in e]
             entry["flip_step_ms"] += [e["duration_ms"] for e in flip_events]
             entry["deploy_ms"] += analysis.deploy_durations(events, since=0)
+            entry["floor_ms"] += floor_ms(lab, names, _last_takeover(driver.writes.texts, names.app(APP)), flips)
             say(f"  {point} other apps: flip commit median {analysis.summary(entry['committed_ms'])['median']} ms "
-                f"over {len(entry['committed_ms'])} flips")
+                f"over {len(entry['committed_ms'])} flips; floor {analysis.summary(entry['floor_ms'])['median']} ms")
         points = [{"other_apps": p, "install_ms": install_ms.get(p), **figures[p]} for p in plan.scale_points]
         return {
             "settings": {"points": list(plan.scale_points), "flips_per_point": plan.flips_per_point,
                          "order": "up from 1 to the largest point, then back down, half the flips each way",
-                         "stand_ins": "one chain with one DNAT rule each, and its jump, under the run's prefix"},
+                         "stand_ins": "one chain with one DNAT rule each, and its jump, under the run's prefix",
+                         "floor": f"a bare iptables-restore --noflush of a flip's add-only text, into {FLOOR}"},
             "points": points,
             "summary": analysis.scale_summary(points),
         }
@@ -67,3 +75,29 @@ def run_scale(lab: Lab, plan: Plan, tags: list[str]) -> dict[str, Any]:
         with contextlib.suppress(DeployerError):  # a gone Docker daemon: the run's cleanup does it later
             lab.remove_containers(APP)
         lab.remove_app_chains([APP, *(filler_name(i) for i in range(installed))])
+
+
+FLOOR = "floor"
+
+
+def _last_takeover(texts: list[str], chain: str) -> str:
+    """The add-only text of the latest flip (`-I CHAIN 1 ...` lines only)."""
+    return next(t for t in reversed(texts) if f"\n-I {chain} 1 " in t)
+
+
+def floor_ms(lab: Lab, names: rules.ChainNames, takeover: str, runs: int) -> list[float]:
+    """Each run's time of the bare tool committing `takeover`, aimed at a chain no jump leads to."""
+    chain = names.app(FLOOR)
+    text = takeover.replace(f"-I {names.app(APP)} 1 ", f"-I {chain} 1 ")
+    lab.netfilter.restore(rules.render_chain(names, FLOOR, []))
+    times = []
+    try:
+        for _ in range(max(runs, 5)):
+            started = time.perf_counter()
+            subprocess.run(["iptables-restore", "--noflush"], input=text, text=True, check=True)
+            times.append(round((time.perf_counter() - started) * 1000, 2))
+            lab.netfilter.restore(rules.render_chain(names, FLOOR, []))  # untimed: the next run adds to an empty chain
+    finally:
+        lab.netfilter.restore(f"*nat\n-F {chain}\n-X {chain}\nCOMMIT\n")
+    return times
+
