@@ -80,13 +80,15 @@ def run_scale(lab: Lab, plan: Plan, tags: list[str]) -> dict[str, Any]:
 FLOOR = "floor"
 
 
-def _last_takeover(texts: list[str], chain: str) -> str:
-    """The add-only text of the latest flip (`-I CHAIN 1 ...` lines only)."""
-    return next(t for t in reversed(texts) if f"\n-I {chain} 1 " in t)
+def _last_takeover(texts: list[str], chain: str) -> str | None:
+    """The add-only text of the latest flip (`-I CHAIN 1 ...` lines only); None before any."""
+    return next((t for t in reversed(texts) if f"\n-I {chain} 1 " in t), None)
 
 
-def floor_ms(lab: Lab, names: rules.ChainNames, takeover: str, runs: int) -> list[float]:
+def floor_ms(lab: Lab, names: rules.ChainNames, takeover: str | None, runs: int) -> list[float]:
     """Each run's time of the bare tool committing `takeover`, aimed at a chain no jump leads to."""
+    if takeover is None:
+        return []
     chain = names.app(FLOOR)
     text = takeover.replace(f"-I {names.app(APP)} 1 ", f"-I {chain} 1 ")
     lab.netfilter.restore(rules.render_chain(names, FLOOR, []))
