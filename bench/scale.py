@@ -70,6 +70,7 @@ def run_scale(lab: Lab, plan: Plan, tags: list[str]) -> dict[str, Any]:
                          "floor": f"a bare iptables-restore --noflush of a flip's add-only text, into {FLOOR}"},
             "points": points,
             "summary": analysis.scale_summary(points),
+            "nftables": run_nft_scale(lab),
         }
     finally:
         with contextlib.suppress(DeployerError):  # a gone Docker daemon: the run's cleanup does it later
@@ -103,3 +104,48 @@ def floor_ms(lab: Lab, names: rules.ChainNames, takeover: str | None, runs: int)
         lab.netfilter.restore(f"*nat\n-F {chain}\n-X {chain}\nCOMMIT\n")
     return times
 
+
+
+NFT_POINTS = (1, 10, 100, 1000, 10000)
+NFT_FLIPS = 30
+
+
+def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
+    """The nftables flip (plan/nft.py's transaction, through libnftables in process) with 1 to 10,000 other
+    apps' ports in the maps. A table of the run's own with maps only and no hooks: no packet can meet it."""
+    from deployer.adapters.nftables import Nftables
+    from deployer.plan import nft
+
+    nftables = Nftables()
+    table = f"{nft.table_name(lab.names.prefix)}-scale"
+    app = [rules.Forward("tcp", 1, "10.255.255.2", 80, APP), rules.Forward("udp", 2, "10.255.255.2", 53, APP)]
+    points = []
+    try:
+        nftables.run("\n".join([f"add table ip {table}", *(
+            f"add map ip {table} {nft.map_name(p)} {{ type inet_service : ipv4_addr . inet_service; }}"
+            for p in nft.PROTOCOLS), *nft.add_elements(table, app), ""]))
+        installed = 0
+        for point in NFT_POINTS:
+            others = [rules.Forward("tcp", 10 + i, f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}", 80, "f")
+                      for i in range(installed, point)]
+            for start in range(0, len(others), 1000):
+                nftables.run("\n".join([*nft.add_elements(table, others[start:start + 1000]), ""]))
+            installed = point
+            times, current = [], app
+            for i in range(flips):
+                wanted = [rules.Forward(f.protocol, f.external, f"10.255.255.{i % 2 + 3}", f.to_port, APP)
+                          for f in app]
+                text = nft.render_flip(table, current, wanted)
+                started = time.perf_counter()
+                nftables.run(text or "")
+                times.append(round((time.perf_counter() - started) * 1000, 3))
+                current = wanted
+            points.append({"other_apps": point, "committed_ms": times})
+            say(f"  nftables, {point} other apps: flip commit median {analysis.summary(times, 3)['median']} ms")
+    finally:
+        with contextlib.suppress(DeployerError):
+            nftables.run(f"delete table ip {table}\n")
+        nftables.close()
+    return {"settings": {"points": list(NFT_POINTS), "flips_per_point": flips,
+                         "table": "maps only, no hooks: the flip transaction of plan/nft.py, in process"},
+            "points": points, "summary": analysis.nft_scale_summary(points)}

@@ -126,6 +126,12 @@ def scale_table(summary: Mapping[str, Any]) -> str:
                   "flip step (median)", "flip step p95", "whole deploy (median)", "flips"], rows)
 
 
+def nft_scale_table(summary: Mapping[str, Any]) -> str:
+    rows = [[count(p["other_apps"]), ms(p["committed_ms"]["median"]), ms(p["committed_ms"]["p95"]),
+             p["committed_ms"]["n"]] for p in summary["points"]]
+    return table(["other apps", "nftables flip commit (median)", "commit p95", "flips"], rows)
+
+
 def targets_table(found: Sequence[Mapping[str, Any]]) -> str:
     return table(["target", "met", "figure"], [[t["target"], "yes" if t["met"] else "NO", t["detail"]]
                                                 for t in found], align="lll")
