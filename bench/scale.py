@@ -121,9 +121,8 @@ def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
     app = [rules.Forward("tcp", 1, "10.255.255.2", 80, APP), rules.Forward("udp", 2, "10.255.255.2", 53, APP)]
     points = []
     try:
-        nftables.run("\n".join([f"add table ip {table}", *(
-            f"add map ip {table} {nft.map_name(p)} {{ type inet_service : ipv4_addr . inet_service; }}"
-            for p in nft.PROTOCOLS), *nft.add_elements(table, app), ""]))
+        maps = [line for line in nft.declarations(table) if line.startswith(("add table", "add map"))]
+        nftables.run("\n".join([*maps, *nft.add_elements(table, app), ""]))
         installed = 0
         for point in NFT_POINTS:
             others = [rules.Forward("tcp", 10 + i, f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}", 80, "f")

@@ -124,7 +124,8 @@ def test_scale_reads_the_commit_against_the_floor_and_the_step_against_the_commi
     assert summary["points"][0]["floor_ms"]["median"] == 2.5
     found = {t["target"]: t for t in analysis.targets(None, None, {"summary": summary}, duration_s=60, quick=True)}
     assert found["flip commit within 1.5x the floor (bare iptables-restore)"]["met"]
-    assert found["whole flip step within 3.0x the commit"]["detail"] == "median flip step / median commit, all points: x2.67"
+    assert found["whole flip step within 3.0x the commit"]["detail"] == (
+        "median flip step / median commit, all points: x2.67")
     slow = analysis.scale_summary([point(1, 6.0, 20.0, 2.5)])
     found = {t["target"]: t["met"] for t in analysis.targets(None, None, {"summary": slow}, duration_s=60, quick=True)}
     assert not found["flip commit within 1.5x the floor (bare iptables-restore)"]

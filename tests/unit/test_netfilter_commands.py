@@ -24,7 +24,8 @@ def tools(tmp_path, monkeypatch):
 
     def tool(name: str, body: str) -> Path:
         path = bin_dir / name
-        path.write_text(f"#!/bin/sh\necho \"$*\" > {tmp_path}/{name}.args\n/bin/cat > {tmp_path}/{name}.stdin\n{body}\n")
+        record = f'echo "$*" > {tmp_path}/{name}.args\n/bin/cat > {tmp_path}/{name}.stdin'
+        path.write_text(f"#!/bin/sh\n{record}\n{body}\n")
         path.chmod(0o755)
         return tmp_path
 

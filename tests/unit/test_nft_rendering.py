@@ -13,8 +13,8 @@ def test_the_whole_table_declares_empties_and_fills_everything_in_one_transactio
     api = [Forward("tcp", 9000, "172.18.0.9", 8080, "api blue v3")]
     assert nft.render_table("deployer", "deployer0", 8999, WEB_BLUE + api, maintenance_ports=[9000]) == (
         "add table ip deployer\n"
-        "add map ip deployer tcp-ports { type inet_service : ipv4_addr . inet_service; }\n"
-        "add map ip deployer udp-ports { type inet_service : ipv4_addr . inet_service; }\n"
+        "add map ip deployer tcp-ports { type inet_service : ipv4_addr . inet_service; size 65536; }\n"
+        "add map ip deployer udp-ports { type inet_service : ipv4_addr . inet_service; size 65536; }\n"
         "add set ip deployer maintenance-tcp { type inet_service; }\n"
         "add chain ip deployer prerouting { type nat hook prerouting priority dstnat - 5; policy accept; }\n"
         "add chain ip deployer output { type nat hook output priority -105; policy accept; }\n"
