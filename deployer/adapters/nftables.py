@@ -3,7 +3,7 @@
 One context lives as long as the adapter: a transaction is one `nft_run_cmd_from_buffer` call on it, with no
 process to spawn and no netlink socket to close after a commit (closing one after a deleting commit waits
 13 to 20 ms here, see docs/benchmarks.md). ctypes rather than Debian's python3-nftables: that module lives in
-Debian's dist-packages, which a venv does not see, and it is itself a thin ctypes wrapper over the same six
+Debian's dist-packages, which a venv does not see, and it is itself a thin ctypes wrapper over the same
 functions.
 """
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.nftables import Nftables
 from deployer.errors import ConntrackError, RulesError
 
 
@@ -90,3 +91,9 @@ def test_the_hot_path_spawns_its_tools_without_the_sh_wrapper():
 
     # sh's pty and reader threads cost some 7 ms a call; the flip spawns three commands.
     assert "sh" not in vars(netfilter) and netfilter.subprocess is sys.modules["subprocess"]
+
+
+def test_a_missing_libnftables_says_it_is_not_installed_and_how_to_install_it():
+    with pytest.raises(RulesError, match=r"^libnftables-missing\.so\.1 is not installed \(Debian: apt-get install "
+                                         r"libnftables1\)$"):
+        Nftables(library="libnftables-missing.so.1").run("list tables")
