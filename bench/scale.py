@@ -99,11 +99,10 @@ def floor_ms(lab: Lab, names: rules.ChainNames, takeover: str | None, runs: int)
             started = time.perf_counter()
             subprocess.run(["iptables-restore", "--noflush"], input=text, text=True, check=True)
             times.append(round((time.perf_counter() - started) * 1000, 2))
-            lab.netfilter.restore(rules.render_chain(names, FLOOR, []))  # untimed: the next run adds to an empty chain
+            lab.netfilter.restore(rules.render_chain(names, FLOOR, []))  # untimed: the next run starts empty
     finally:
         lab.netfilter.restore(f"*nat\n-F {chain}\n-X {chain}\nCOMMIT\n")
     return times
-
 
 
 NFT_POINTS = (1, 10, 100, 1000, 10000)
