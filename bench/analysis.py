@@ -319,13 +319,38 @@ def scale_summary(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """
     rows = [{"other_apps": p["other_apps"], "install_ms": p.get("install_ms"),
              "committed_ms": summary(p["committed_ms"]), "flip_step_ms": summary(p["flip_step_ms"]),
-             "deploy_ms": summary(p["deploy_ms"], 0)} for p in points]
+             "deploy_ms": summary(p["deploy_ms"], 0), "floor_ms": summary(p.get("floor_ms", []))} for p in points]
     medians = [r["committed_ms"]["median"] for r in rows if r["committed_ms"]["median"] is not None]
     flat = None
     if len(medians) >= 2:
         flat = medians[-1] <= max(medians[0] * FLAT_FACTOR, medians[0] + FLAT_SLACK_MS)
+    pooled = {key: _median(v for p in points for v in p.get(key, [])) for key in
+              ("committed_ms", "flip_step_ms", "floor_ms")}
     return {"points": rows, "flat": flat,
-            "largest_over_smallest": _round(medians[-1] / medians[0], 2) if len(medians) >= 2 and medians[0] else None}
+            "largest_over_smallest": _round(medians[-1] / medians[0], 2) if len(medians) >= 2 and medians[0] else None,
+            "commit_over_floor": _ratio(pooled["committed_ms"], pooled["floor_ms"]),
+            "step_over_commit": _ratio(pooled["flip_step_ms"], pooled["committed_ms"])}
+
+
+NFT_COMMIT_MS = 1.0
+NFT_FLAT_FACTOR = 1.3
+
+
+def nft_scale_summary(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The nftables flip per point; flat means the largest point's median within NFT_FLAT_FACTOR of the smallest."""
+    rows = [{"other_apps": p["other_apps"], "committed_ms": summary(p["committed_ms"], 3)} for p in points]
+    medians = [r["committed_ms"]["median"] for r in rows if r["committed_ms"]["median"] is not None]
+    ratio = round(medians[-1] / medians[0], 2) if len(medians) >= 2 and medians[0] else None
+    return {"points": rows, "largest_over_smallest": ratio, "flat": ratio is not None and ratio <= NFT_FLAT_FACTOR,
+            "worst_median_ms": max(medians) if medians else None}
+
+
+COMMIT_OVER_FLOOR = 1.5
+STEP_OVER_COMMIT = 3.0
+
+
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    return round(top / bottom, 2) if top is not None and bottom else None
 
 
 # --- targets ---------------------------------------------------------------------------------------
@@ -368,6 +393,21 @@ def targets(datapath: Mapping[str, Any] | None, deploys: Mapping[str, Any] | Non
         found.append({"target": "flip time flat across 1 to 1,000 other apps", "met": bool(scale["summary"]["flat"]),
                       "detail": f"median commit at the largest point / smallest: "
                                 f"x{scale['summary']['largest_over_smallest']}"})
+    if scale and "commit_over_floor" in scale["summary"]:  # results from before the floor was measured lack it
+        over_floor, over_commit = scale["summary"]["commit_over_floor"], scale["summary"]["step_over_commit"]
+        found.append({"target": f"flip commit within {COMMIT_OVER_FLOOR}x the floor (bare iptables-restore)",
+                      "met": over_floor is not None and over_floor <= COMMIT_OVER_FLOOR,
+                      "detail": f"median commit / median floor, all points: x{over_floor}"})
+        found.append({"target": f"whole flip step within {STEP_OVER_COMMIT}x the commit",
+                      "met": over_commit is not None and over_commit <= STEP_OVER_COMMIT,
+                      "detail": f"median flip step / median commit, all points: x{over_commit}"})
+    if scale and "nftables" in scale:
+        nft = scale["nftables"]["summary"]
+        worst = nft["worst_median_ms"]
+        found.append({"target": f"nftables flip commit median within {NFT_COMMIT_MS:g} ms at every point",
+                      "met": worst is not None and worst <= NFT_COMMIT_MS, "detail": f"worst median {worst} ms"})
+        found.append({"target": f"nftables flip flat (within {NFT_FLAT_FACTOR}x) from 1 to 10,000 other apps",
+                      "met": bool(nft["flat"]), "detail": f"largest point / smallest: x{nft['largest_over_smallest']}"})
     limit = 180 if quick else 900
     found.append({"target": f"{'quick' if quick else 'full'} run under {limit // 60} min", "met": duration_s < limit,
                   "detail": f"{duration_s / 60:.1f} min"})

@@ -46,10 +46,12 @@ class TimedWrites:
     def __init__(self, inner: Netfilter, report: Recorder) -> None:
         self._inner = inner
         self._report = report
+        self.texts: list[str] = []  # every transaction written, for the floor (see scale.py)
 
     def restore(self, text: str) -> None:
         self._inner.restore(text)
         self._report({"event": "netfilter.write"})
+        self.texts.append(text)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -65,8 +67,9 @@ class EngineDriver:
         self.config = bench_config(lab, app, app_text)
         self.recorder = Recorder()
         journal = Journal([self.recorder], secrets=self.config.secrets())
-        timed = TimedWrites(netfilter or Netfilter(), self.recorder)
-        self.engine = build_engine(self.config, journal, docker=lab.docker, netfilter=timed)  # type: ignore[arg-type]
+        self.writes = TimedWrites(netfilter or Netfilter(), self.recorder)
+        self.engine = build_engine(self.config, journal, docker=lab.docker,
+                                   netfilter=self.writes)  # type: ignore[arg-type]
 
     @property
     def events(self) -> list[dict[str, Any]]:

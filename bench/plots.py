@@ -107,8 +107,11 @@ def scale_plot(scale: Mapping[str, Any], path: Path) -> None:
     points = scale["summary"]["points"]
     xs = [p["other_apps"] for p in points]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for key, label, colour in (("committed_ms", "flip commit (add-only restore)", "#4c72b0"),
+    for key, label, colour in (("floor_ms", "floor (bare iptables-restore)", "#55a868"),
+                               ("committed_ms", "flip commit (add-only restore)", "#4c72b0"),
                                ("flip_step_ms", "whole flip step", "#dd8452")):
+        if key not in points[0]:
+            continue
         medians = [p[key]["median"] for p in points]
         p95 = [p[key]["p95"] for p in points]
         ax.plot(xs, medians, marker="o", color=colour, label=f"{label}, median")

@@ -25,6 +25,9 @@ def terminal_report(run: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
                 tables.steps_table(scenarios), "", tables.clients_table(scenarios), ""]
     if scale:
         out += ["Scale: flip time of one app with other apps' rules installed", tables.scale_table(scale["summary"]), ""]
+        if "nftables" in scale:
+            out += ["Scale, nftables: the flip transaction with other apps' ports in the maps",
+                    tables.nft_scale_table(scale["nftables"]["summary"]), ""]
     for part, error in run.get("errors", {}).items():
         out.append(f"ERROR in {part}: {error}")
     out += ["Targets", tables.targets_table(run["targets"])]
@@ -152,6 +155,10 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
             _image("Flip time against the number of other apps", plots.get("scale")),
             "",
         ]
+        if "nftables" in scale:
+            out += ["The same flip on the nftables table being built (docs/backends.md): its transaction through "
+                    "libnftables in process, with 1 to 10,000 other apps' ports in the maps.", "",
+                    tables.nft_scale_table(scale["nftables"]["summary"]), ""]
     if others:
         out += ["## Other benchmarks in bench/", ""]
         out += [f"- `{path}`: {how}" for path, how in others]

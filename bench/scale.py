@@ -1,5 +1,9 @@
 """Part 3: the flip time of one app while 1, 10, 100 and 1,000 other apps have rules installed.
 
+Beside each point's flips, the floor: the same add-only text a flip committed, aimed at a chain of its own and
+given to a bare `iptables-restore --noflush` (`subprocess.run`, nothing else around it), so the commit's cost
+over the tool itself is read as a ratio in the same run, whatever the machine.
+
 The other apps are stand-ins: their chains and jumps, rendered by `deployer.rules` and
 installed in one transaction per point, under the run's own chain prefix. They get no
 containers and no traffic. The measured app is deployed by the real engine, back and forth.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import subprocess
 import time
 from typing import Any
 
@@ -49,21 +54,96 @@ def run_scale(lab: Lab, plan: Plan, tags: list[str]) -> dict[str, Any]:
                 driver.deploy(next(next_tag))
             events = driver.events[mark:]
             flip_events = analysis.steps(events, "flip")
-            entry = figures.setdefault(point, {"committed_ms": [], "flip_step_ms": [], "deploy_ms": []})
+            entry = figures.setdefault(point, {"committed_ms": [], "flip_step_ms": [], "deploy_ms": [],
+                                               "floor_ms": []})
             entry["committed_ms"] += [e["committed_ms"] for e in flip_events if "committed_ms" in e]
             entry["flip_step_ms"] += [e["duration_ms"] for e in flip_events]
             entry["deploy_ms"] += analysis.deploy_durations(events, since=0)
+            entry["floor_ms"] += floor_ms(lab, names, _last_takeover(driver.writes.texts, names.app(APP)), flips)
             say(f"  {point} other apps: flip commit median {analysis.summary(entry['committed_ms'])['median']} ms "
-                f"over {len(entry['committed_ms'])} flips")
+                f"over {len(entry['committed_ms'])} flips; floor {analysis.summary(entry['floor_ms'])['median']} ms")
         points = [{"other_apps": p, "install_ms": install_ms.get(p), **figures[p]} for p in plan.scale_points]
         return {
             "settings": {"points": list(plan.scale_points), "flips_per_point": plan.flips_per_point,
                          "order": "up from 1 to the largest point, then back down, half the flips each way",
-                         "stand_ins": "one chain with one DNAT rule each, and its jump, under the run's prefix"},
+                         "stand_ins": "one chain with one DNAT rule each, and its jump, under the run's prefix",
+                         "floor": f"a bare iptables-restore --noflush of a flip's add-only text, into {FLOOR}"},
             "points": points,
             "summary": analysis.scale_summary(points),
+            "nftables": run_nft_scale(lab),
         }
     finally:
         with contextlib.suppress(DeployerError):  # a gone Docker daemon: the run's cleanup does it later
             lab.remove_containers(APP)
         lab.remove_app_chains([APP, *(filler_name(i) for i in range(installed))])
+
+
+FLOOR = "floor"
+
+
+def _last_takeover(texts: list[str], chain: str) -> str | None:
+    """The add-only text of the latest flip (`-I CHAIN 1 ...` lines only); None before any."""
+    return next((t for t in reversed(texts) if f"\n-I {chain} 1 " in t), None)
+
+
+def floor_ms(lab: Lab, names: rules.ChainNames, takeover: str | None, runs: int) -> list[float]:
+    """Each run's time of the bare tool committing `takeover`, aimed at a chain no jump leads to."""
+    if takeover is None:
+        return []
+    chain = names.app(FLOOR)
+    text = takeover.replace(f"-I {names.app(APP)} 1 ", f"-I {chain} 1 ")
+    lab.netfilter.restore(rules.render_chain(names, FLOOR, []))
+    times = []
+    try:
+        for _ in range(max(runs, 5)):
+            started = time.perf_counter()
+            subprocess.run(["iptables-restore", "--noflush"], input=text, text=True, check=True)
+            times.append(round((time.perf_counter() - started) * 1000, 2))
+            lab.netfilter.restore(rules.render_chain(names, FLOOR, []))  # untimed: the next run starts empty
+    finally:
+        lab.netfilter.restore(f"*nat\n-F {chain}\n-X {chain}\nCOMMIT\n")
+    return times
+
+
+NFT_POINTS = (1, 10, 100, 1000, 10000)
+NFT_FLIPS = 30
+
+
+def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
+    """The nftables flip (plan/nft.py's transaction, through libnftables in process) with 1 to 10,000 other
+    apps' ports in the maps. A table of the run's own with maps only and no hooks: no packet can meet it."""
+    from deployer.adapters.nftables import Nftables
+    from deployer.plan import nft
+
+    nftables = Nftables()
+    table = f"{nft.table_name(lab.names.prefix)}-scale"
+    app = [rules.Forward("tcp", 1, "10.255.255.2", 80, APP), rules.Forward("udp", 2, "10.255.255.2", 53, APP)]
+    points = []
+    try:
+        maps = [line for line in nft.declarations(table) if line.startswith(("add table", "add map"))]
+        nftables.run("\n".join([*maps, *nft.add_elements(table, app), ""]))
+        installed = 0
+        for point in NFT_POINTS:
+            others = [rules.Forward("tcp", 10 + i, f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}", 80, "f")
+                      for i in range(installed, point)]
+            for start in range(0, len(others), 1000):
+                nftables.run("\n".join([*nft.add_elements(table, others[start:start + 1000]), ""]))
+            installed = point
+            times, current = [], app
+            for i in range(flips):
+                wanted = [rules.Forward(f.protocol, f.external, f"10.255.255.{i % 2 + 3}", f.to_port, APP)
+                          for f in app]
+                text = nft.render_flip(table, current, wanted)
+                started = time.perf_counter()
+                nftables.run(text or "")
+                times.append(round((time.perf_counter() - started) * 1000, 3))
+                current = wanted
+            points.append({"other_apps": point, "committed_ms": times})
+            say(f"  nftables, {point} other apps: flip commit median {analysis.summary(times, 3)['median']} ms")
+    finally:
+        with contextlib.suppress(DeployerError):
+            nftables.run(f"delete table ip {table}\n")
+        nftables.close()
+    return {"settings": {"points": list(NFT_POINTS), "flips_per_point": flips,
+                         "table": "maps only, no hooks: the flip transaction of plan/nft.py, in process"},
+            "points": points, "summary": analysis.nft_scale_summary(points)}

@@ -119,11 +119,18 @@ def clients_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def scale_table(summary: Mapping[str, Any]) -> str:
-    rows = [[count(p["other_apps"]), ms(p["install_ms"]), ms(p["committed_ms"]["median"]), ms(p["committed_ms"]["p95"]),
+    rows = [[count(p["other_apps"]), ms(p["install_ms"]), ms(p.get("floor_ms", {}).get("median")),
+             ms(p["committed_ms"]["median"]), ms(p["committed_ms"]["p95"]),
              ms(p["flip_step_ms"]["median"]), ms(p["flip_step_ms"]["p95"]), ms(p["deploy_ms"]["median"]),
              p["committed_ms"]["n"]] for p in summary["points"]]
-    return table(["other apps", "installing their rules", "flip commit (median)", "commit p95",
+    return table(["other apps", "installing their rules", "floor (median)", "flip commit (median)", "commit p95",
                   "flip step (median)", "flip step p95", "whole deploy (median)", "flips"], rows)
+
+
+def nft_scale_table(summary: Mapping[str, Any]) -> str:
+    rows = [[count(p["other_apps"]), ms(p["committed_ms"]["median"]), ms(p["committed_ms"]["p95"]),
+             p["committed_ms"]["n"]] for p in summary["points"]]
+    return table(["other apps", "nftables flip commit (median)", "commit p95", "flips"], rows)
 
 
 def targets_table(found: Sequence[Mapping[str, Any]]) -> str:

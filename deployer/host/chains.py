@@ -1,10 +1,10 @@
 """The deployer's netfilter transactions on one host: one component that deploys, modes and forwarding share.
 
 It holds the netfilter lock around every read-render-restore (a render is only valid for the rules it read),
-flips an app's chain (add-only takeover, cleanup, read back, the old rules put back on failure), ensures the
-base chains and jumps, deletes conntrack flows after a commit and waits for old flows to end. The rendering is
-plan/'s; the commands are the backend's. The backend is a Protocol, so another one (native nftables, or a test's
-fake) can take iptables-restore's place without touching the engine.
+flips an app's chain (add-only takeover, then a rewrite whose commit proves the result, the old rules put back
+on failure), ensures the base chains and jumps, deletes conntrack flows after a commit and waits for old flows to
+end. The rendering is plan/'s; the commands are the backend's. The backend is a Protocol, so another one (native
+nftables, or a test's fake) can take iptables-restore's place without touching the engine.
 """
 
 from __future__ import annotations
@@ -115,11 +115,18 @@ class Chains:
                                                       ensure_apps=[app.name]))
 
     def flip(self, app: AppConfig, wanted: list[str], detail: dict[str, Any] | None = None) -> set[str]:
-        """Make `wanted` the app's rules in one transaction; verify; put the old rules back on failure.
+        """Make `wanted` the app's rules in one transaction; put the old rules back on failure.
 
         Touches the app's own chain only, so its cost does not grow with the number of apps. `detail`, when
         given, gets the commit's duration and time. Returns the addresses the rules pointed at before and no
         longer do.
+
+        The chain is read once, before the move, and not read back after it: the last transaction of every
+        flip declares the chain (which flushes it) and appends exactly `wanted`, and iptables-restore commits
+        a transaction whole or not at all. So a commit proves the chain holds `wanted`, as rendered; a refusal
+        is the one way a flip fails to produce it, and it puts `before` back. That the rendering is the text
+        iptables-save prints is the rendering's contract (tests/unit/test_rules_rendering.py, and the drift
+        check of every reconcile, which compares the live chain with it).
         """
         chain = self.names.app(app.name)
         with self.lock():
@@ -130,20 +137,17 @@ class Chains:
             if before == wanted:
                 return set()
             started = self.clock()
+            # Add-only when there are rules to shadow: new flows move at the commit; the rewrite tidies after.
             self.backend.restore(rules.render_takeover(self.names, app.name, wanted, before))
             if detail is not None:
                 detail["committed_ms"] = round((self.clock() - started) * 1000, 2)
                 detail["committed_at"] = utc_now()
-            try:
-                if before:
+            if before:
+                try:
                     self.backend.restore(rules.render_chain(self.names, app.name, wanted))
-                after = self.backend.list_chain(chain)
-                if after != wanted:
-                    raise RulesError(f"the live rules of app {app.name!r} differ from what was applied",
-                                     app=app.name, rules="\n".join(after or []))
-            except RulesError as exc:
-                self.backend.restore(rules.render_chain(self.names, app.name, before))
-                raise RulesError(f"{exc}; the previous rules were restored", app=app.name) from None
+                except RulesError as exc:
+                    self.backend.restore(rules.render_chain(self.names, app.name, before))
+                    raise RulesError(f"{exc}; the previous rules were restored", app=app.name) from None
         return rules.dnat_destinations(before) - rules.dnat_destinations(wanted)
 
     # --- conntrack -----------------------------------------------------------------------------

@@ -114,6 +114,37 @@ def test_scale_is_flat_within_a_factor_or_a_slack():
     assert not analysis.scale_summary([point(1, 4.0), point(1000, 12.0)])["flat"]
 
 
+def test_scale_reads_the_commit_against_the_floor_and_the_step_against_the_commit():
+    def point(n: int, commit: float, step: float, floor: float) -> dict:
+        return {"other_apps": n, "install_ms": 1.0, "committed_ms": [commit] * 3, "flip_step_ms": [step] * 3,
+                "deploy_ms": [900.0], "floor_ms": [floor] * 3}
+
+    summary = analysis.scale_summary([point(1, 3.0, 8.0, 2.5), point(1000, 3.0, 8.0, 2.5)])
+    assert (summary["commit_over_floor"], summary["step_over_commit"]) == (1.2, 2.67)
+    assert summary["points"][0]["floor_ms"]["median"] == 2.5
+    found = {t["target"]: t for t in analysis.targets(None, None, {"summary": summary}, duration_s=60, quick=True)}
+    assert found["flip commit within 1.5x the floor (bare iptables-restore)"]["met"]
+    assert found["whole flip step within 3.0x the commit"]["detail"] == (
+        "median flip step / median commit, all points: x2.67")
+    slow = analysis.scale_summary([point(1, 6.0, 20.0, 2.5)])
+    found = {t["target"]: t["met"] for t in analysis.targets(None, None, {"summary": slow}, duration_s=60, quick=True)}
+    assert not found["flip commit within 1.5x the floor (bare iptables-restore)"]
+    assert not found["whole flip step within 3.0x the commit"]
+
+
+def test_the_nftables_flip_is_judged_by_its_worst_median_and_its_flatness():
+    def point(n: int, commit: float) -> dict:
+        return {"other_apps": n, "committed_ms": [commit] * 3}
+
+    flat = analysis.nft_scale_summary([point(1, 0.2), point(10000, 0.25)])
+    assert (flat["flat"], flat["largest_over_smallest"], flat["worst_median_ms"]) == (True, 1.25, 0.25)
+    steep = {"summary": analysis.scale_summary([]), "nftables": {"summary": analysis.nft_scale_summary(
+        [point(1, 0.2), point(10000, 1.2)])}}
+    found = {t["target"]: t["met"] for t in analysis.targets(None, None, steep, duration_s=60, quick=True)}
+    assert not found["nftables flip commit median within 1 ms at every point"]
+    assert not found["nftables flip flat (within 1.3x) from 1 to 10,000 other apps"]
+
+
 def test_targets_say_met_or_not_with_their_figure():
     datapath = {"summary": {"host": {"dnat": {"rps_ratio": 0.97, "p50_ratio": 1.02}},
                             "outside": {"dnat": {"rps_ratio": 0.90, "p50_ratio": 1.0}}}}

@@ -61,6 +61,7 @@ class FakeNetfilter:
         self.tables: dict[str, dict[str, list[str]]] = {t: {c: [] for c in cs} for t, cs in self.BUILTIN.items()}
         self.refuse: Callable[[str], bool] = lambda text: False
         self.flows: dict[str, list[str]] = {}  # a conntrack filter (joined) -> the entries it lists
+        self.reads: list[str] = []  # the chains listed, in order: a read is a command on the real host
 
     def save_table(self, table: str) -> str:
         chains = self.tables[table]
@@ -68,6 +69,7 @@ class FakeNetfilter:
         return "\n".join([f"*{table}", *heads, *(r for rules in chains.values() for r in rules), "COMMIT", ""])
 
     def list_chain(self, chain: str) -> list[str] | None:
+        self.reads.append(chain)
         rules = self.tables["nat"].get(chain)
         return None if rules is None else list(rules)
 
@@ -330,6 +332,15 @@ def test_a_deploy_gates_green_flips_to_it_then_drains_and_retires_blue(host):
     assert (result.port_set, result.previous_tag) == ("green", "v1")
     assert (host.chain(), host.running(), host.record()) == ([NEW_RULE], ["deployer-web-green running"],
                                                              ("deployer-web-green", "deployer-web-blue"))
+
+
+def test_a_flip_reads_the_app_chain_once_and_its_rewrite_stands_for_the_read_back(host):
+    host.taken()
+    engine = host.engine()
+    host.netfilter.reads.clear()
+    engine.deploy("web", "v2", actor="cli:ann")
+    assert host.netfilter.reads.count("DEPLOYER-web") == 1
+    assert host.effects[host.effects.index(TAKEOVER) + 1] == CLEANUP  # the whole chain, as wanted, last
 
 
 def test_a_failed_health_gate_removes_green_and_leaves_the_rules_on_blue(host):
