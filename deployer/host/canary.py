@@ -33,8 +33,13 @@ def reweight(host: ModeHost, app_name: str, weight: int, *, actor: str) -> AppSt
     """Give the canary `weight` percent of new flows; None if it already has that."""
     app = host.config.app(app_name)
     canary.check_weight(weight)
-    return modes.apply(host, app, lambda state: canary.reweighted(state, weight, now=utc_now()),
-                       event="canary.weight", actor=actor, weight=weight)
+    after = modes.apply(host, app, lambda state: canary.reweighted(state, weight, now=utc_now()),
+                        event="canary.weight", actor=actor, weight=weight)
+    if after is not None:
+        with contextlib.suppress(DeployerError):
+            host.chains.clean_flows([f for address in canary.rehashed_udp(after)
+                                     for f in conntrack.flows_to(app, "udp", address)])
+    return after
 
 
 def promote(host: CanaryHost, app_name: str, *, actor: str, job: str | None = None,

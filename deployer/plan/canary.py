@@ -209,6 +209,19 @@ def reweighted(state: AppState, weight: int, *, now: str) -> AppState | None:
     return replace(state, mode_detail=replace(split, weight=weight).detail(), updated_at=now)
 
 
+def rehashed_udp(state: AppState) -> list[str]:
+    """The instances whose udp flows to forget after a weight change of `state`'s canary.
+
+    With a sticky split a new weight moves some client addresses to the other instance, but conntrack would
+    keep each of their udp flows where it was; forgotten, a flow's next datagram is hashed again (an address
+    that did not move lands where it was). Per connection, a udp flow is a connection and stays where it is.
+    """
+    split = Split.of(state)
+    if split is None or not split.sticky or state.active is None:
+        return []
+    return sorted({state.active.address, split.canary.address})
+
+
 def promoted(state: AppState, *, now: str) -> AppState:
     """All traffic to the canary, recorded as the release: the old active becomes `previous`."""
     split = _running(state)

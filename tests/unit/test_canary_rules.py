@@ -144,6 +144,15 @@ def test_promote_abort_and_reweight_need_a_canary_and_a_deploy_during_one_is_ref
     canary.refuse_deploy(plain)
 
 
+def test_a_sticky_weight_change_forgets_the_udp_flows_of_both_instances_and_a_per_connection_one_none():
+    plain = AppState(app="demo", active=BLUE)
+    sticky = canary.started(plain, GREEN, weight=10, sticky=True, seed=7, now=NOW, actor="t")
+    per_connection = canary.started(plain, GREEN, weight=10, sticky=False, seed=7, now=NOW, actor="t")
+    assert canary.rehashed_udp(canary.reweighted(sticky, 50, now=NOW)) == sorted({BLUE.address, GREEN.address})
+    assert canary.rehashed_udp(canary.reweighted(per_connection, 50, now=NOW)) == []
+    assert canary.rehashed_udp(plain) == []
+
+
 def test_status_says_the_split_and_the_effective_share():
     running = canary.started(AppState(app="demo", active=BLUE), GREEN, weight=1, sticky=True, seed=7, now=NOW,
                              actor="t")
