@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 
 from deployer.config import HealthCheck
 from deployer.plan.health import Probe, ProbeResult
@@ -74,6 +75,32 @@ def check_responder(port: int, host: str = "127.0.0.1", timeout: float = 2.0) ->
     if response.status != 503 or response.getheader(RESPONDER_HEADER) is None:
         return f"something else answers there (status {response.status})"
     return None
+
+
+# Docker talks plain HTTP to a registry on a loopback address unless told otherwise, and HTTPS to any other.
+_PLAIN_HTTP_HOSTS = ("localhost", "127.", "[::1]")
+
+
+def check_registry(registry: str, timeout: float = 3.0) -> str | None:
+    """None when the registry (`host[:port]`) answers its API root, else why not.
+
+    Liveness only: any answer below 500 counts (401 is what a registry with a login says), and so does a
+    certificate this process does not trust (Docker may trust it); no credential is sent.
+    """
+    host, _, port = registry.rpartition(":") if registry.rsplit(":", 1)[-1].isdigit() else (registry, "", "")
+    plain = host.startswith(_PLAIN_HTTP_HOSTS)
+    kind = http.client.HTTPConnection if plain else http.client.HTTPSConnection
+    connection = kind(host.strip("[]"), int(port) if port else (80 if plain else 443), timeout=timeout)
+    try:
+        connection.request("GET", "/v2/", headers={"User-Agent": "deployer-check"})
+        status = connection.getresponse().status
+    except ssl.SSLCertVerificationError:
+        return None
+    except (OSError, http.client.HTTPException) as exc:
+        return f"registry {registry}: {type(exc).__name__}: {exc}".rstrip(": ")
+    finally:
+        connection.close()
+    return f"registry {registry}: answers {status}" if status >= 500 else None
 
 
 class Probes:

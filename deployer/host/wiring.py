@@ -12,7 +12,7 @@ from deployer.adapters.github import GitHubHttp
 from deployer.adapters.image_archive import PreloadedImage, load_image
 from deployer.adapters.keepalived import Keepalived
 from deployer.adapters.netfilter import Netfilter
-from deployer.adapters.probes import Probes
+from deployer.adapters.probes import Probes, check_registry
 from deployer.adapters.processes import die_with_parent, run_hook, start_job
 from deployer.adapters.processes import spawn as spawn_process
 from deployer.adapters.routing import Routing
@@ -51,6 +51,18 @@ def build_host_probes(config: Config) -> tuple[Callable[[], object], Callable[[]
     """The worker's health probes: Docker answers, and the nat table can be read."""
     return (lambda: DockerHost(config.settings.docker_host, timeout=5).ping(),
             lambda: Netfilter(wait_seconds=config.settings.iptables_wait).save_nat())
+
+
+def build_registry_check(config: Config) -> Callable[[], str] | None:
+    """Whether every registry an app pulls from answers: "ok" or the reasons; None when no app names one."""
+    registries = sorted({app.registry for app in config.apps.values() if app.registry})
+    if not registries:
+        return None
+
+    def check() -> str:
+        problems = [problem for problem in map(check_registry, registries) if problem]
+        return "; ".join(problems)[:300] if problems else "ok"
+    return check
 
 
 def build_image_loader(config: Config) -> Callable[[Path, str, str], str]:

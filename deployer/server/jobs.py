@@ -112,6 +112,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "ALTER TABLE jobs ADD COLUMN waiting_on TEXT",
         "ALTER TABLE worker ADD COLUMN faults TEXT",
     ]),
+    # Whether the registries the apps pull from answer: "ok", the reason, or NULL when no app names one.
+    ("0004_registry_health", [
+        "ALTER TABLE worker ADD COLUMN registry TEXT",
+    ]),
 ]
 
 
@@ -515,10 +519,12 @@ class Queue:
 
     def worker_status(self) -> dict[str, Any] | None:
         """The worker's last heartbeat; `faults` maps each part it found wrong to {"reason", "since"}."""
-        rows = self._read("SELECT pid, started_at, heartbeat_at, docker, netfilter, checked_at, faults FROM worker")
+        rows = self._read("SELECT pid, started_at, heartbeat_at, docker, netfilter, registry, checked_at, faults "
+                          "FROM worker")
         if not rows:
             return None
-        status = dict(zip(("pid", "started_at", "heartbeat_at", "docker", "netfilter", "checked_at"), rows[0][:-1]))
+        status = dict(zip(("pid", "started_at", "heartbeat_at", "docker", "netfilter", "registry", "checked_at"),
+                          rows[0][:-1]))
         try:
             faults = json.loads(rows[0][-1] or "{}")
         except ValueError:
@@ -641,7 +647,7 @@ class Queue:
                          "updated_at = excluded.updated_at", (app, tag, job_id, self.clock()))
 
     def heartbeat(self, *, pid: int, started_at: float, docker: str | None = None,
-                  netfilter: str | None = None, checked: bool = False,
+                  netfilter: str | None = None, registry: str | None = None, checked: bool = False,
                   faults: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         now = self.clock()
         with self._write() as conn:
@@ -649,8 +655,8 @@ class Queue:
                          "ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, started_at = excluded.started_at, "
                          "heartbeat_at = excluded.heartbeat_at", (pid, started_at, now))
             if checked:
-                conn.execute("UPDATE worker SET docker = ?, netfilter = ?, checked_at = ? WHERE id = 0",
-                             (docker, netfilter, now))
+                conn.execute("UPDATE worker SET docker = ?, netfilter = ?, registry = ?, checked_at = ? WHERE id = 0",
+                             (docker, netfilter, registry, now))
             if faults is not None:
                 conn.execute("UPDATE worker SET faults = ? WHERE id = 0", (json.dumps(dict(faults), sort_keys=True),))
 

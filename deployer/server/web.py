@@ -571,7 +571,7 @@ def health_report(receiver: Receiver) -> dict[str, str]:
     # The receiver checks the disk itself: a worker that cannot write the queue cannot report it either.
     disk = space_problem(receiver.config.settings.state_dir) or (worker or {}).get("faults", {}).get("disk", {}).get(
         "reason") or "ok"
-    return {
+    report = {
         "receiver": "ok",
         "queue": queue_state,
         "worker": ("ok" if alive else "no heartbeat" if worker is None
@@ -580,6 +580,9 @@ def health_report(receiver: Receiver) -> dict[str, str]:
         "netfilter": (worker or {}).get("netfilter") or "unknown",
         "disk": disk,
     }
+    if (worker or {}).get("registry") is not None:  # only when an app pulls from a registry
+        report["registry"] = worker["registry"]
+    return report
 
 
 def _offers_credentials() -> bool:

@@ -259,6 +259,7 @@ class Worker:
     checks: Callable[[], tuple[str, str]] | None = None  # -> (docker, netfilter): "ok" or the reason
     clock: Callable[[], float] = time.time
     disk: Callable[[], str] | None = None  # -> "ok" or why the state folder's disk is (nearly) full
+    registry: Callable[[], str] | None = None  # -> "ok" or why a registry an app pulls from does not answer
     children: dict[str, Child] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> {"reason", "since"}
@@ -390,12 +391,16 @@ class Worker:
             self.queue.set_active(job.app, active_tag(self.config, job.app))
 
     def check_once(self) -> None:
-        """Probe Docker, netfilter and the disk; note what is wrong, wake what waited on what came back; beat."""
+        """Probe Docker, netfilter, the registries and the disk; note what is wrong, wake what waited on what came
+        back; beat."""
         if self.checks is None:
             self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at)
             return
         docker_state, netfilter_state = self.checks()
         parts = {"docker": docker_state, "netfilter": netfilter_state}
+        registry_state = self.registry() if self.registry is not None else None
+        if registry_state is not None:
+            parts["registry"] = registry_state
         if self.disk is not None:
             parts["disk"] = self.disk()
         for part, state in parts.items():
@@ -407,7 +412,7 @@ class Worker:
         with self._faults_lock:
             faults = {part: dict(fault) for part, fault in self.faults.items()}
         self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at, docker=docker_state,
-                             netfilter=netfilter_state, checked=True, faults=faults)
+                             netfilter=netfilter_state, registry=registry_state, checked=True, faults=faults)
 
     def heartbeat_forever(self) -> None:
         """Runs in its own thread: /healthz and `status` read the heartbeat, the checks and the faults."""
@@ -507,7 +512,7 @@ def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
 
 
 def build_worker(config: Config, queue: Queue | None = None, journal: Journal | None = None) -> Worker:
-    from deployer.host.wiring import build_engine, build_journal
+    from deployer.host.wiring import build_engine, build_journal, build_registry_check
 
     journal = journal or build_journal(config)
     queue = queue or Queue.for_state_dir(config.settings.state_dir)
@@ -519,7 +524,7 @@ def build_worker(config: Config, queue: Queue | None = None, journal: Journal | 
         return space_problem(config.settings.state_dir) or "ok"
 
     return Worker(config, queue, journal, launch=process_launcher(config), reconcile=reconcile,
-                  checks=real_checks(config), disk=disk)
+                  checks=real_checks(config), disk=disk, registry=build_registry_check(config))
 
 
 def real_tools(config: Config, journal: Journal) -> JobTools:

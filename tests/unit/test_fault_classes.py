@@ -202,6 +202,36 @@ def test_the_checks_note_a_fault_once_and_wake_its_jobs_when_it_clears(config, q
     assert queue.claim().job.id == job.id  # woken, not left to its backoff
 
 
+def test_a_registry_that_comes_back_wakes_the_jobs_that_wait_on_it_and_health_names_it(config, queue, clock):
+    events = []
+    registry = iter(["registry 127.0.0.1:5001: ConnectionRefusedError: [Errno 111] Connection refused", "ok"])
+    worker = Worker(config, queue, Journal([events.append]), launch=lambda job: Process(None),
+                    reconcile=lambda app: [], clock=clock, checks=lambda: ("ok", "ok"), disk=lambda: "ok",
+                    registry=lambda: next(registry))
+    worker.started_at = clock.now
+    job = claimed(queue)
+    run_job(config, queue, [], job.id, engine=FakeEngine(None, fail=RegistryUnavailable("refused")), clock=clock)
+    assert queue.get(job.id).waiting_on == "registry"
+    worker.check_once()
+    status = queue.worker_status()
+    assert status["registry"].startswith("registry 127.0.0.1:5001: ConnectionRefusedError")
+    assert set(status["faults"]) == {"registry"}
+    assert queue.claim() is None  # still within its backoff
+    worker.check_once()
+    assert queue.worker_status()["registry"] == "ok"
+    assert queue.worker_status()["faults"] == {}
+    assert [(e["fault"], e["outcome"]) for e in events] == [("registry", "failed"), ("registry", "ok")]
+    assert queue.claim().job.id == job.id
+
+
+def test_without_a_registry_check_the_heartbeat_names_no_registry(config, queue, clock):
+    worker = Worker(config, queue, Journal([]), launch=lambda job: Process(None), reconcile=lambda app: [],
+                    clock=clock, checks=lambda: ("ok", "ok"), disk=lambda: "ok")
+    worker.started_at = clock.now
+    worker.check_once()
+    assert queue.worker_status()["registry"] is None
+
+
 # --- the receiver: no 202 without the job and its audit record -----------------------------------------
 
 

@@ -552,6 +552,18 @@ def test_health_reports_the_workers_checks(client, queue, clock):
     assert signed_call(client, "GET", "/healthz").get_json()["worker"] == "last heartbeat 60 s ago"
 
 
+def test_health_names_the_registry_only_when_the_worker_checks_one(client, queue, clock):
+    queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
+    assert "registry" not in signed_call(client, "GET", "/healthz").get_json()
+    queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True,
+                    registry="registry 127.0.0.1:5001: ConnectionRefusedError: [Errno 111] Connection refused")
+    response = signed_call(client, "GET", "/healthz")
+    assert (response.status_code, response.get_json()["registry"]) == (
+        503, "registry 127.0.0.1:5001: ConnectionRefusedError: [Errno 111] Connection refused")
+    queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True, registry="ok")
+    assert signed_call(client, "GET", "/healthz").get_json()["registry"] == "ok"
+
+
 def test_a_signed_promote_or_abort_is_queued_as_its_own_kind(client, queue):
     for action in ("promote", "abort"):
         response = signed_call(client, "POST", "/deploy", redeploy_body(action=action, reason="checked"))
