@@ -332,7 +332,9 @@ class Engine:
             raise
 
         # Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
-        # The record is written first: from here on it must say what is live, whatever fails next.
+        # The record is written first: from here on it must say what is live, whatever fails next. A fault
+        # from here on (a full disk under the record) is a failure, not a wait: the flip happened.
+        operation.waits_on_transient = False
         with operation.step("record"):
             self.store.save(after)  # the app lock is held: nothing else changed the record since the flip
         with contextlib.suppress(DeployerError), operation.step("conntrack") as step:

@@ -7,13 +7,14 @@ record or the new one, never half of one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from deployer.errors import StateError
+from deployer.errors import DiskFull, StateError
 from deployer.plan.records import SERVING, AppState, instance_from
 
 SCHEMA = 1
@@ -83,4 +84,6 @@ def write_atomically(path: Path, text: str) -> None:
         finally:
             os.close(dir_fd)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # waiting helps: it is written once space returns
+            raise DiskFull(f"cannot write {path}: {exc.strerror}") from None
         raise StateError(f"cannot write {path}: {exc.strerror}") from None

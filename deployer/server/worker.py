@@ -267,10 +267,26 @@ class Worker:
     _faults_lock: threading.Lock = field(default_factory=threading.Lock)  # the heartbeat thread shares `faults`
 
     def start(self) -> None:
-        """Recover what a dead worker left, reconcile every app, and publish what is live."""
+        """Recover what a dead worker left, reconcile every app, and publish what is live.
+
+        A full disk does not end the start: it waits, as a running worker does, until the queue can be written.
+        """
         self.started_at = self.clock()
         self.lock = WorkerLock(self.config.settings.state_dir)
         self.lock.acquire()
+        while True:
+            try:
+                self._recover_and_publish()
+                break
+            except StateError as exc:
+                if exc.fault != "disk" or self.stopping.is_set():
+                    raise
+                self._pause(exc)
+        if self.paused is not None:
+            self._resume()
+        self.journal.record("worker.started", actor=WORKER_ACTOR, pid=os.getpid())
+
+    def _recover_and_publish(self) -> None:
         for job in self.queue.recover(max_attempts=MAX_ATTEMPTS):
             self.journal.record("job.requeued" if job.status == "queued" else "job.failed", job=job.id, app=job.app,
                                 actor=WORKER_ACTOR, reason=job.reason, **({"outcome": "failed"}
@@ -283,7 +299,6 @@ class Worker:
             with contextlib.suppress(DeployerError):
                 self.queue.set_active(app, active_tag(self.config, app))
         self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at)
-        self.journal.record("worker.started", actor=WORKER_ACTOR, pid=os.getpid())
 
     def poll(self) -> bool:
         """Reap ended children, time out slow ones, claim new jobs. True when something happened."""

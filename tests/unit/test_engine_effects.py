@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import pytest
 
 from deployer.config import parse
-from deployer.errors import (DockerUnavailable, HealthCheckFailed, HookFailed, RegistryUnavailable, RulesError,
+from deployer.errors import (DiskFull, DockerUnavailable, HealthCheckFailed, HookFailed, RegistryUnavailable, RulesError,
                              StateError)
 from deployer.host.engine import Engine
 from deployer.journal import Journal
@@ -546,3 +546,19 @@ def test_a_daemon_down_at_the_first_step_runs_on_failure_only_when_the_job_gives
     assert [e for e in host.effects if e.startswith("hook")] == hooks
     assert host.trail()[-1] == (ended, None, "waiting" if waits else "failed")
     assert host.chain() == [OLD_RULE]
+
+
+def test_a_full_disk_under_the_record_after_the_flip_is_a_failure_not_a_wait(host, monkeypatch):
+    host.taken()
+    host.hook("on-failure")
+    engine = host.engine()
+
+    def full(state):
+        host.effects.add("save record")
+        raise DiskFull("cannot write state/web.json: No space left on device")
+
+    monkeypatch.setattr(engine.store, "save", full)
+    with pytest.raises(DiskFull):
+        engine.deploy("web", "v2", actor="worker", wait_on_transient=True)
+    assert host.effects[-1] == "save record"  # the flip happened: no on-failure, and no `deploy.waiting`
+    assert host.trail()[-1] == ("deploy.failed", None, "failed")

@@ -180,6 +180,47 @@ def test_a_full_disk_pauses_claiming_and_the_worker_resumes_by_itself(config, cl
     assert queue.calls == ["claim", "claim", "claim", "claim", "wake disk"]  # resumed once a round got through
 
 
+def test_a_worker_started_on_a_full_disk_waits_for_space_instead_of_exiting(config, clock, monkeypatch):
+    monkeypatch.setattr(worker_module, "PAUSE_SECONDS", 0)
+    queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
+    full_rounds = [DiskFull("cannot commit to the job queue: database or disk is full")] * 2
+    real_recover = queue.recover
+
+    def recover(**kwargs):
+        if full_rounds:
+            raise full_rounds.pop()
+        return real_recover(**kwargs)
+
+    monkeypatch.setattr(queue, "recover", recover)
+    events = []
+    worker = Worker(config, queue, Journal([events.append]), launch=lambda job: Process(None),
+                    reconcile=lambda app: [], clock=clock)
+    worker.start()
+    try:
+        assert worker.paused is None and queue.worker_status() is not None
+        assert [(e["event"], e.get("fault"), e.get("outcome")) for e in events] == [
+            ("worker.fault", "disk", "failed"), ("worker.fault", "disk", "ok"), ("worker.resumed", None, None),
+            ("worker.started", None, None)]
+    finally:
+        worker.lock.release()
+
+
+def test_a_worker_started_on_a_broken_queue_stops_with_the_reason(config, clock, monkeypatch):
+    queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
+
+    def broken(**kwargs):
+        raise StateError("the job queue is not a database: file is not a database")
+
+    monkeypatch.setattr(queue, "recover", broken)
+    worker = Worker(config, queue, Journal([]), launch=lambda job: Process(None), reconcile=lambda app: [],
+                    clock=clock)
+    try:
+        with pytest.raises(StateError, match="not a database"):
+            worker.start()
+    finally:
+        worker.lock.release()
+
+
 def test_the_checks_note_a_fault_once_and_wake_its_jobs_when_it_clears(config, queue, clock):
     events = []
     answers = iter([("the Docker daemon does not answer", "ok"), ("the Docker daemon does not answer", "ok"),

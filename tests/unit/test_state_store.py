@@ -1,11 +1,12 @@
 """The per-app record: round trip, promotion, atomic writes, and unreadable files."""
 
+import errno
 import json
 import os
 
 import pytest
 
-from deployer.errors import StateError
+from deployer.errors import DiskFull, StateError
 from deployer.host.state import StateStore, write_atomically
 from deployer.plan.records import AppState, Instance
 
@@ -137,3 +138,17 @@ def test_a_failed_rename_raises_state_error_and_cleans_up(tmp_path):
         write_atomically(path, "{}\n")
     assert str(caught.value) == f"cannot write {path}: Is a directory"
     assert os.listdir(path.parent) == ["demo.json"]
+
+
+def test_a_full_file_system_is_disk_full_a_fault_that_waiting_clears(tmp_path, monkeypatch):
+    path = tmp_path / "apps" / "demo.json"
+    write_atomically(path, '{"old": true}\n')
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(DiskFull) as caught:
+        write_atomically(path, '{"new": true}\n')
+    assert (str(caught.value), caught.value.transient) == (f"cannot write {path}: No space left on device", True)
+    assert path.read_text() == '{"old": true}\n' and os.listdir(path.parent) == ["demo.json"]
