@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench import analysis
@@ -35,8 +34,6 @@ NOTES = {
     "dnat-addr": {"host": "the namespace veth's host address -> DNAT in OUTPUT, no masquerade"},
     "split": {"host": "127.0.0.1 -> the canary's statistic match, then DNAT to one of two instances",
               "outside": "the canary's statistic match in PREROUTING, then DNAT"},
-    "direct-pair": {"host": "both instances directly, two wrk at once with half the connections each",
-                    "outside": "both instances directly, two wrk at once with half the connections each"},
 }
 
 
@@ -70,24 +67,14 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         for path in ("haproxy", "nginx", "docker", "dnat"):
             _wait_answers(targets["host"][path])
 
-        def wrk(client: str, target: str, seconds: float, *, threads: int, connections: int) -> dict[str, Any]:
-            argv = wrk_argv(f"http://{target}/", threads=threads, connections=connections, seconds=seconds)
+        def measure(client: str, path: str, seconds: float) -> dict[str, Any]:
+            argv = wrk_argv(f"http://{targets[client][path]}/", threads=plan.wrk_threads,
+                            connections=plan.wrk_connections, seconds=seconds)
             result = lab.run(argv, inside=outside if client == "outside" else None, timeout=seconds + 30, check=False)
             try:
                 return parse_wrk(result.stdout).as_dict()
             except WrkOutputError as exc:
                 return {"rps": None, "error": f"{exc} {result.stderr.strip()[-200:]}"}
-
-        def measure(client: str, path: str, seconds: float) -> dict[str, Any]:
-            if path != "direct-pair":
-                return wrk(client, targets[client][path], seconds, threads=plan.wrk_threads,
-                           connections=plan.wrk_connections)
-            halves = targets[client][path].split()
-            with ThreadPoolExecutor(len(halves)) as pool:
-                runs = list(pool.map(lambda target: wrk(client, target, seconds,
-                                                        threads=max(1, plan.wrk_threads // len(halves)),
-                                                        connections=plan.wrk_connections // len(halves)), halves))
-            return analysis.combined_wrk(runs)
 
         for client in CLIENTS:
             for path in paths[client]:
@@ -101,11 +88,8 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
             say(f"  round {number + 1}/{plan.rounds} done")
         # The split: the same external port, now shared 50/50 by two instances of the same server.
         driver.engine.deploy(APP, tags[1], actor="bench", canary_split=CanaryStart(50))
-        pair = sorted(f"{c.address(lab.names.network)}:8080" for c in lab.docker.containers(
-            {"label": [f"deployer.owner={lab.names.owner}", f"deployer.app={APP}"]}))
         for client in CLIENTS:
             targets[client]["split"] = targets[client]["dnat"]
-            targets[client]["direct-pair"] = " ".join(pair)
         _wait_answers(targets["host"]["split"])
         for number in range(plan.rounds):
             for client in CLIENTS:
@@ -114,7 +98,6 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
                                    **measure(client, path, plan.wrk_seconds)})
             say(f"  split round {number + 1}/{plan.rounds} done")
         summary = analysis.datapath_summary(rounds)
-        analysis.add_pair_ratios(summary, [r for r in rounds if r["round"] >= plan.rounds])
         return {
             "settings": {"tool": "wrk", "threads": plan.wrk_threads, "connections": plan.wrk_connections,
                          "seconds": plan.wrk_seconds, "rounds": plan.rounds, "warmup_seconds": plan.wrk_warmup_seconds,

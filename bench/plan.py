@@ -26,11 +26,9 @@ OWNER_OF_RUN_RE = re.compile(r"^db[0-9a-f]{5}$")
 
 # The scenarios of the deploys-under-load part, in the order they run.
 SCENARIOS = ("ours", "seed", "stop-start", "naive")
-DATAPATHS = ("direct", "dnat", "dnat-addr", "direct-pair", "split", "haproxy", "nginx", "docker")
-# The canary's split (statistic match, 50%), measured after the others: it needs a second instance. Its fair
-# baseline is the same two instances reached directly (two wrk at once, half the connections each): on a small
-# machine two servers and the client share the cores, which costs throughput whatever the path.
-SPLIT_PATHS = ("direct", "direct-pair", "split")
+DATAPATHS = ("direct", "dnat", "dnat-addr", "split", "haproxy", "nginx", "docker")
+# The canary's split (statistic match, 50%), measured after the others: it needs a second instance.
+SPLIT_PATHS = ("direct", "split")
 # DNAT through a local address that is not loopback: no masquerade. Only the host has such a path.
 HOST_ONLY_PATHS = ("dnat-addr",)
 CLIENTS = ("host", "outside")

@@ -9,7 +9,7 @@ from bench.plan import CLIENTS, DATAPATHS, SCENARIOS
 from bench.tables import SCENARIO_LABELS
 
 BAR_LABELS = {"direct": "direct", "dnat": "DNAT\n(deployer)", "dnat-addr": "DNAT via a\nlocal address",
-              "direct-pair": "direct to\nboth instances", "split": "canary split\n(50%)",
+              "split": "canary split\n(50%)",
               "haproxy": "HAProxy", "nginx": "nginx", "docker": "Docker\npublished port"}
 
 

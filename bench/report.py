@@ -19,9 +19,6 @@ def terminal_report(run: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
     if datapath:
         for client in CLIENTS:
             out += [f"Data path, {CLIENT_TITLES[client]}", tables.datapath_table(datapath["summary"], client), ""]
-        if any("pair_rps_ratio" in paths.get("split", {}) for paths in datapath["summary"].values()):
-            out += ["The canary split against its two instances reached directly", tables.split_table(
-                datapath["summary"]), ""]
     if deploys and deploys["scenarios"]:
         scenarios = deploys["scenarios"]
         out += ["Deploys under load", tables.deploys_table(scenarios), "", tables.switch_table(scenarios), "",
@@ -88,11 +85,6 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
         ]
         for client in CLIENTS:
             out += [f"### {CLIENT_TITLES[client]}", "", tables.datapath_table(datapath["summary"], client), ""]
-        if any("pair_rps_ratio" in paths.get("split", {}) for paths in datapath["summary"].values()):
-            out += ["### The canary split against its two instances", "",
-                    "A split spreads the load over two servers, which on a small machine share the cores with the "
-                    "client: its fair baseline is the same two instances reached directly, in the same rounds.", "",
-                    tables.split_table(datapath["summary"]), ""]
         out += [
             "From the host, the deployer's external port is reached on 127.0.0.1, which also needs the deployer's "
             "loopback MASQUERADE; \"DNAT via a local non-loopback address\" is the same rule reached through the "

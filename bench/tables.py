@@ -10,7 +10,6 @@ PATH_LABELS = {
     "direct": "direct to the container",
     "dnat": "deployer external port (DNAT)",
     "dnat-addr": "DNAT via a local non-loopback address",
-    "direct-pair": "direct to both instances of the canary",
     "split": "canary split, 50% (statistic match + DNAT)",
     "haproxy": "HAProxy (http mode)",
     "nginx": "nginx reverse proxy",
@@ -67,19 +66,6 @@ def datapath_table(summary: Mapping[str, Mapping[str, Any]], client: str) -> str
                      ratio(entry["p99_ratio"]), count(entry["errors"])])
     return table(["path", "requests/s", "p50", "p99", "req/s vs direct", "p50 vs direct", "p99 vs direct",
                   "errors"], rows)
-
-
-def split_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
-    """The canary split against the same two instances reached directly, per client."""
-    rows = []
-    for client, paths in summary.items():
-        split = paths.get("split", {})
-        if "pair_rps_ratio" in split:
-            rows.append([client, ratio(split["pair_rps_ratio"]), ratio(split["pair_p50_ratio"]),
-                         ratio(split["pair_p99_ratio"]), ratio(split.get("rps_ratio")),
-                         ratio(paths.get("dnat", {}).get("rps_ratio"))])
-    return table(["client", "split req/s vs both direct", "p50", "p99", "split req/s vs one direct",
-                  "plain DNAT req/s vs direct"], rows)
 
 
 def deploys_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:

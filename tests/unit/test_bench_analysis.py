@@ -164,22 +164,3 @@ def test_targets_say_met_or_not_with_their_figure():
         "flip time flat across 1 to 1,000 other apps": True,
         "full run under 15 min": True,
     }
-
-
-def test_two_wrk_at_once_are_one_load_and_the_split_is_judged_against_both_instances_direct():
-    both = analysis.combined_wrk([{"rps": 600.0, "p50_ms": 1.0, "p99_ms": 3.0, "requests": 3000, "errors": 0},
-                                  {"rps": 400.0, "p50_ms": 2.0, "p99_ms": 5.0, "requests": 1000, "errors": 2}])
-    assert both == {"rps": 1000.0, "p50_ms": 1.25, "p99_ms": 5.0, "requests": 4000, "errors": 2}
-    assert analysis.combined_wrk([{"rps": None, "error": "wrk failed"}, {"rps": 1.0}])["rps"] is None
-    rounds = []
-    for number, (direct, pair, split) in enumerate([(100.0, 70.0, 69.0), (90.0, 60.0, 61.0), (95.0, 80.0, 72.0)]):
-        for path, rps in (("direct", direct), ("direct-pair", pair), ("split", split)):
-            rounds.append({"round": 3 + number, "client": "host", "path": path, "rps": rps, "p50_ms": 1.0,
-                           "p99_ms": 2.0, "errors": 0})
-    summary = analysis.datapath_summary(rounds)
-    analysis.add_pair_ratios(summary, rounds)
-    split = summary["host"]["split"]
-    assert (split["rps_ratio"], split["pair_rps_ratio"], split["pair_p50_ratio"]) == (0.69, 0.986, 1.0)
-    found = analysis.targets({"summary": summary}, None, None, duration_s=100, quick=False)
-    assert [(t["target"], t["met"]) for t in found if "split" in t["target"]] == [
-        ("canary split within 5% of its two instances reached directly (host): throughput and p50", True)]
