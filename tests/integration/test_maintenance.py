@@ -152,7 +152,7 @@ def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(de
     assert not retries.parse(Netfilter().save_table("mangle")).has_chain(f"{deployer.prefix}-RETRY")
 
     threshold = failures * interval
-    timeline = {"killed": killed, "failed_over": failed_over, "restarted": restarted, "recovered": recovered,
+    timeline = {"killed": killed, "kill_returned": kill_returned, "failed_over": failed_over, "restarted": restarted, "recovered": recovered,
                 "resets_retried": retried}
     (tmp_path / "timeline.json").write_text(json.dumps(timeline))  # to read when a run fails
     for name in ("outside", "loopback"):
@@ -164,7 +164,8 @@ def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(de
         assert statuses([r for r in records if "error" not in r]) == "200 503 200", name
         first_page = min(r["t_end"] for r in records if r.get("status") == 503)
         # Within the threshold (failures x interval), with room for probe and process scheduling on a busy host.
-        assert killed < first_page < killed + threshold + 3.0, (name, first_page - killed)
+        # Timed from when the kill was in place: the docker CLI's own round trip can take seconds on a busy host.
+        assert killed < first_page < kill_returned + threshold + 3.0, (name, first_page - kill_returned)
         steady = [r for r in records if failed_over + 0.5 < r["t"] and r["t_end"] < restarted]
         assert len(steady) > 10 and {r["status"] for r in steady} == {503}, name
         assert {r["status"] for r in records if r["t"] > recovered + 0.5} == {200}, name
