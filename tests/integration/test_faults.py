@@ -97,13 +97,18 @@ def test_a_release_delivered_while_the_registry_is_down_deploys_when_it_is_back(
             assert run(["docker", "tag", f"{IMAGE}:{tag}", f"{image}:{tag}"]).returncode == 0
             pushed = run(["docker", "push", f"{image}:{tag}"])
             assert pushed.returncode == 0, pushed.stderr
+        client = None
         try:
             served = serve(web_app(22300).replace(f'image = "{IMAGE}"', f'image = "{image}"'))
             first = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": "v1"}).encode())
             assert served.wait(first.json()["job"])["status"] == "succeeded"
             assert wait_for_health(served, "registry", lambda state: state == "ok") < 5
+            out = tmp_path / "traffic.jsonl"
+            client = subprocess.Popen([sys.executable, TRAFFIC, "http-new", "127.0.0.1:22300", "--out", str(out),
+                                       "--pause", "0.01", "--timeout", "5", "--duration", "120"])
             registry["stop"]()
-            assert wait_for_health(served, "registry", lambda state: state.startswith(f"registry 127.0.0.1:{port}")) < 5
+            down = f"registry 127.0.0.1:{port}: "
+            assert wait_for_health(served, "registry", lambda state: state.startswith(down)) < 5
             answer = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": "v2"}).encode())
             assert answer.status_code == 202, answer.text
             job_id = answer.json()["job"]
@@ -118,6 +123,12 @@ def test_a_release_delivered_while_the_registry_is_down_deploys_when_it_is_back(
             assert wait_for_health(served, "registry", lambda state: state == "ok") < 5
             job = served.wait(job_id, timeout=60)
             assert (job["status"], job["reason"]) == ("succeeded", "v2 is live on green"), job
+            time.sleep(1.0)
+            client.send_signal(signal.SIGTERM)
+            client.wait(timeout=15)
+            records = [json.loads(line) for line in out.read_text().splitlines()]
+            failed = [r for r in records if not r.get("ok")]
+            assert len(records) > 100 and failed == [], failed[:5]  # zero downtime throughout
             assert served_version(22300) == "v2"
             waits = [e for e in audit_events(served, "job.waiting") if e.get("job") == job_id]
             assert waits and all(e["fault"] == "registry" for e in waits)
@@ -127,6 +138,9 @@ def test_a_release_delivered_while_the_registry_is_down_deploys_when_it_is_back(
             woke_after = iso_seconds(started["ts"]) - iso_seconds(last["ts"])
             assert woke_after < last["retry_in"], (woke_after, last["retry_in"])
         finally:
+            if client is not None and client.poll() is None:
+                client.kill()
+                client.wait(timeout=5)
             for tag in ("v1", "v2"):
                 run(["docker", "rmi", "-f", f"{image}:{tag}"])
 
