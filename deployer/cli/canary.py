@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from deployer import config as config_module
+from deployer.errors import CanaryError
 from deployer.host.engine import CanaryStart
 from deployer.plan import canary
 
@@ -63,7 +64,7 @@ def percent(text: str) -> int:
         return canary.check_weight(int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole percentage from 1 to 99, not {text!r}") from None
-    except Exception as exc:  # CanaryError: the same words the engine would use
+    except CanaryError as exc:  # the same words the engine would use
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
