@@ -407,10 +407,12 @@ def deploy():
     record.update(app=wanted["app"], tag=wanted["tag"], reason=wanted["reason"])
     actor = f"key:{key_id}"
     kind = wanted["action"] or "redeploy"
+    rollout = {"rollout": wanted["rollout"]} if wanted["rollout"] else {}
     job = receiver.queue.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor, kind=kind,
-                                       source={"key_id": key_id, "reason": wanted["reason"]}, hold=True)
-    record.update(job=job.id, verdict="queued")
-    accept(receiver, job, job=job.id, app=job.app, tag=job.tag, actor=actor, kind=kind, reason=wanted["reason"])
+                                       source={"key_id": key_id, "reason": wanted["reason"], **rollout}, hold=True)
+    record.update(job=job.id, verdict="queued", **rollout)
+    accept(receiver, job, job=job.id, app=job.app, tag=job.tag, actor=actor, kind=kind, reason=wanted["reason"],
+           **rollout)
     return _job_accepted(job.id, job.app, job.tag, "queued")
 
 
@@ -444,7 +446,7 @@ def _withdraw(receiver: Receiver, job: Job) -> None:
 
 def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
     """Validate {"app": ..., "tag": ... (optional), "action": "promote" or "abort" (optional, without a tag),
-    "reason": ... (optional)}."""
+    "reason": ... (optional), "rollout": the controller's rollout id (optional, a job id; docs/fleet.md)}."""
     app_name = data.get("app")
     if app_name is None:
         raise InvalidRequest("missing field app")
@@ -465,10 +467,13 @@ def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
         raise InvalidRequest("field action must be \"promote\" or \"abort\" (a canary's end)")
     if action is not None and tag is not None:
         raise InvalidRequest(f"field action {action!r} takes no tag: it ends the running canary")
-    unknown = sorted(set(data) - {"app", "tag", "reason", "action"})
+    rollout = data.get("rollout")
+    if rollout is not None and (not isinstance(rollout, str) or not JOB_ID_RE.match(rollout)):
+        raise InvalidRequest("field rollout must be a rollout's id (job-<16 hex digits>)")
+    unknown = sorted(set(data) - {"app", "tag", "reason", "action", "rollout"})
     if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0][:64]!r} (allowed: app, tag, action, reason)")
-    return {"app": app.name, "tag": tag, "reason": reason, "action": action}
+        raise InvalidRequest(f"unknown field {unknown[0][:64]!r} (allowed: app, tag, action, reason, rollout)")
+    return {"app": app.name, "tag": tag, "reason": reason, "action": action, "rollout": rollout}
 
 
 @manual.route("/jobs/<job_id>", methods=["GET"])
@@ -484,6 +489,21 @@ def job_status(job_id: str):
         raise UnknownJob("no job has that id")
     record.update(job=job.id, app=job.app, verdict="answered")
     return jsonify(**job.as_dict(), steps=receiver.queue.steps(job.id)), 200
+
+
+@manual.route("/apps/<app_name>", methods=["GET"])
+def app_status(app_name: str):
+    """An app's live tag and port set and its last job, signed like /deploy: what a fleet controller reads.
+    Example: deployer fleet status web (asks each host of [fleet])"""
+    receiver = _receiver()
+    record = _begin_record("manual_request", route="/apps")
+    body = read_body(receiver.config.server.max_body_bytes)
+    record["body_sha256"] = signatures.body_sha256(body)
+    authenticate(body, record)
+    app = receiver.config.app(app_name)
+    live = receiver.queue.live(app.name)
+    record.update(app=app.name, verdict="answered")
+    return jsonify(**live, health=health_report(receiver)), 200
 
 
 # --- GET /audit ------------------------------------------------------------------------------------
