@@ -300,3 +300,67 @@ def test_a_second_run_of_a_finished_rollout_deploys_nothing(queue, clock):
     before = list(hosts.calls)
     run(queue, hosts, clock)
     assert hosts.calls == before
+
+
+# --- the worker runs it as a job ----------------------------------------------------------------------
+
+
+def controller_config(tmp_path: Path):
+    from deployer import config as config_module
+
+    secret = tmp_path / "fleet.secret"
+    secret.write_text("fleet-secret-0123456789abcdef\n")
+    hosts = [{"name": f"h{i}", "url": f"http://h{i}:8000", "key_id": "fleet", "secret_file": str(secret)}
+             for i in (1, 2, 3)]
+    return config_module.parse({"deployer": {"state_dir": str(tmp_path / "state")},
+                                "fleet": {"apps": ["web"], "hosts": hosts}}, path=tmp_path / "deployer.toml",
+                               environ={})
+
+
+def claimed_rollout(queue: Queue, tag: str = "v2", app: str = "web") -> Job:
+    queue.submit_manual(app=app, tag=tag, actor="cli:ops", kind=ROLLOUT, source={"revert": True})
+    claim = queue.claim()
+    assert claim is not None
+    return claim.job
+
+
+def test_the_worker_runs_a_rollout_job_and_copies_its_progress_into_the_jobs_steps(tmp_path, queue):
+    from deployer.server.worker import JobSteps, JobTools, execute
+
+    config = controller_config(tmp_path)
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    job_ = claimed_rollout(queue)
+    events: list = []
+    journal = Journal([events.append, JobSteps(queue, job_.id)])
+    status = execute(job_, config=config, queue=queue, journal=journal,
+                     tools=JobTools(engine=lambda _: None, fleet=lambda: hosts))  # type: ignore[arg-type, return-value]
+    assert status == "succeeded"
+    assert queue.get(job_.id).reason == "v2 is live on every host (3 deployed, 0 already on it)"
+    done = [s["detail"]["host"] for s in queue.steps(job_.id)
+            if s["name"] == "rollout.host" and s["detail"]["state"] == "done"]
+    assert done == ["h1", "h2", "h3"]
+
+
+def test_a_failed_rollout_fails_its_job_with_the_hosts_reason(tmp_path, queue):
+    from deployer.server.worker import JobTools, execute
+
+    config = controller_config(tmp_path)
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}, fail={"h1": "v2"})
+    job_ = claimed_rollout(queue)
+    status = execute(job_, config=config, queue=queue, journal=Journal([]),
+                     tools=JobTools(engine=lambda _: None, fleet=lambda: hosts))  # type: ignore[arg-type, return-value]
+    assert status == "failed"
+    assert queue.get(job_.id).reason.startswith("rollout of web v2 stopped: host h1: its deploy job")
+
+
+def test_a_rollout_row_of_an_app_that_is_not_a_fleet_app_is_refused(tmp_path, queue):
+    from deployer.server.worker import JobTools, execute
+
+    config = controller_config(tmp_path)
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    job_ = claimed_rollout(queue, app="api")
+    status = execute(job_, config=config, queue=queue, journal=Journal([]),
+                     tools=JobTools(engine=lambda _: None, fleet=lambda: hosts))  # type: ignore[arg-type, return-value]
+    assert status == "failed"
+    assert "app 'api' is not a fleet app ([fleet] apps)" in queue.get(job_.id).reason
+    assert hosts.calls == []
