@@ -343,7 +343,9 @@ class Worker:
         reaped = False
         for job_id, child in list(self.children.items()):
             code = child.process.poll()
-            timed_out = code is None and self.clock() - child.started > self.config.server.job_timeout
+            # A rollout bounds itself: each host's step has its own deadline ([fleet] host_timeout).
+            timed_out = (code is None and child.job.kind != ROLLOUT
+                         and self.clock() - child.started > self.config.server.job_timeout)
             if code is None and not timed_out:
                 continue
             if timed_out:
@@ -411,6 +413,8 @@ class Worker:
                   else f"the deploy process ended (exit status {code}) before it recorded an outcome")
         self.queue.finish(child.job, "failed", reason)
         self.journal.record("job.failed", outcome="failed", job=job.id, app=job.app, actor=job.actor, reason=reason)
+        if job.kind == ROLLOUT:
+            return  # nothing of it runs here to repair: each host's own worker repairs its own deploy
         try:
             self.reconcile(job.app)
         except DeployerError as exc:

@@ -364,3 +364,23 @@ def test_a_rollout_row_of_an_app_that_is_not_a_fleet_app_is_refused(tmp_path, qu
     assert status == "failed"
     assert "app 'api' is not a fleet app ([fleet] apps)" in queue.get(job_.id).reason
     assert hosts.calls == []
+
+
+def test_a_rollout_job_outlives_the_job_timeout_and_a_dead_one_repairs_nothing_here(tmp_path, clock):
+    from test_worker import Process, make_worker
+
+    config = controller_config(tmp_path)  # job_timeout: the default 1800 s
+    queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
+    queue.submit_manual(app="web", tag="v2", actor="cli:ops", kind=ROLLOUT, source={})
+    process, reconciled, events = Process(code=None), [], []
+    worker = make_worker(config, queue, events, clock, lambda job: process, reconciled)
+    worker.start()
+    worker.poll()
+    clock.now += 4000
+    worker.poll()
+    assert queue.jobs()[0].status == "running" and not process.killed
+    process.code = -9  # the controller's job process died (its hosts' deploys go on without it)
+    worker.poll()
+    assert queue.jobs()[0].status == "failed"
+    assert reconciled == [None]  # at start only, over no app: a fleet app runs nowhere here
+    worker.lock.release()
