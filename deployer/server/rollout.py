@@ -150,7 +150,7 @@ class Rollout:
             except DeployerError:
                 status = {}
             last = status.get("last_job") or {}
-            if last.get("rollout") == self.id and last.get("tag") == tag and last.get("status") != "failed":
+            if last.get("rollout") == self.id and last.get("tag") == tag:  # followed to its end, whatever it is
                 self._set(row.host, following, host_job=last.get("id"), tag=tag)
                 return
             if status.get("tag") == tag:

@@ -140,8 +140,8 @@ def test_an_unreachable_host_stops_the_rollout_after_its_timeout_and_the_others_
         time.sleep(1.0)
         queued = bed.deployer("rollout", "web", "v2")
         rollout = rollout_id(queued)
-        bed.cluster.wait_for(lambda: ("h1", "done") in host_states(bed, rollout), 120, "h1 done")
-        bed.stop_server(h2)  # mid-rollout: h1 is done, h2 is next
+        bed.cluster.wait_for(lambda: ("h1", "deploying") in host_states(bed, rollout), 120, "h1 deploying")
+        bed.stop_server(h2)  # mid-rollout: h1 is being deployed, h2 is next
         started = time.monotonic()
         deadline = time.monotonic() + 120
         while (job := bed.queue.get(rollout)) is not None and not job.done and time.monotonic() < deadline:

@@ -250,6 +250,16 @@ def test_killed_after_the_post_before_its_job_was_recorded_it_follows_that_job(q
     assert hosts.tags == {"h1": "v2", "h2": "v2", "h3": "v2"}
 
 
+def test_killed_after_a_post_whose_job_then_failed_it_reports_that_failure_and_posts_nothing_again(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}, fail={"h2": "v2"}, crash_at=("deploy", "h2"))
+    with pytest.raises(Crash):
+        run(queue, hosts, clock)
+    with pytest.raises(RolloutFailed) as failed:
+        run(queue, hosts, clock)
+    assert hosts.deploys() == [("h1", "v2"), ("h2", "v2"), ("h1", "v1")]
+    assert "host h2: its deploy job job-0000000000000002 failed" in str(failed.value)
+
+
 def test_killed_while_following_a_host_it_follows_the_recorded_job(queue, clock):
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}, crash_at=("job", "h2"))
     with pytest.raises(Crash):
