@@ -32,7 +32,7 @@ HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 PERCENT_RE = re.compile(r"^([0-9]{1,3})%$")
 # scheme://host[:port][/prefix]: no user, query or fragment (the plan layer may not import urllib, even through here)
 URL_RE = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
-KEYS = {"apps", "hosts", "max_parallel", "canary", "bake", "host_timeout"}
+KEYS = {"apps", "hosts", "max_parallel", "canary", "bake", "host_timeout", "releases"}
 HOST_KEYS = {"name", "url", "key_id", "secret_file", "secret_env"}
 DEFAULT_HOST_TIMEOUT = 600.0
 
@@ -58,6 +58,9 @@ class FleetConfig:
     canary: int | str | None = None  # a host's name, or how many hosts form the first batch
     bake: float = 0.0
     host_timeout: float = DEFAULT_HOST_TIMEOUT
+    # [fleet.releases.APP]: the release policy of a fleet app whose GitHub releases queue a rollout here
+    # (ReceiverApp values, parsed by load.py with the policy of every other app).
+    releases: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def host_names(self) -> tuple[str, ...]:
@@ -67,7 +70,8 @@ class FleetConfig:
         return next(h for h in self.hosts if h.name == name)
 
 
-def parse_fleet(data: Any, *, path: Path, read_secret: SecretReader) -> FleetConfig:
+def parse_fleet(data: Any, *, path: Path, read_secret: SecretReader,
+                releases: Mapping[str, Any] | None = None) -> FleetConfig:
     data = table(data, path=path, key="fleet")
     only_keys(data, KEYS, path=path, where="fleet")
     apps = typed(data, "apps", list, None, path=path, key="fleet.apps")
@@ -88,7 +92,30 @@ def parse_fleet(data: Any, *, path: Path, read_secret: SecretReader) -> FleetCon
         canary=check_canary(data.get("canary"), names, path=path, key="fleet.canary"),
         bake=duration(data, "bake", 0.0, path=path, key="fleet.bake", zero=True),
         host_timeout=duration(data, "host_timeout", DEFAULT_HOST_TIMEOUT, path=path, key="fleet.host_timeout"),
+        releases=dict(releases or {}),
     )
+
+
+RELEASE_KEYS = {"repository", "tag_pattern", "prereleases", "github_secret_file", "github_secret_env",
+                "github_hook_id"}
+
+
+def release_tables(data: Mapping[str, Any], *, path: Path) -> dict[str, dict[str, Any]]:
+    """The [fleet.releases.APP] tables, each naming a fleet app and holding only release-policy keys."""
+    fleet = data.get("fleet")
+    if not isinstance(fleet, dict):
+        return {}
+    tables = table(fleet.get("releases", {}), path=path, key="fleet.releases")
+    apps = fleet.get("apps") if isinstance(fleet.get("apps"), list) else []
+    for name, entry in tables.items():
+        where = f"fleet.releases.{name}"
+        if name not in apps:
+            raise ConfigError("names no app of [fleet] apps", path=path, key=where)
+        only_keys(table(entry, path=path, key=where), RELEASE_KEYS, path=path, where=where)
+        if "repository" not in entry:
+            raise ConfigError("is required: the GitHub repository whose releases roll this app out", path=path,
+                              key=f"{where}.repository")
+    return tables
 
 
 def _host(entry: Any, where: str, earlier: list[FleetHost], *, path: Path, read_secret: SecretReader) -> FleetHost:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from deployer.config.cluster import check_cluster_apps, parse_cluster
-from deployer.config.fleet import parse_fleet
+from deployer.config.fleet import parse_fleet, release_tables
 from deployer.config.fields import (
     ACCOUNT_RE,
     APP_NAME_RE,
@@ -140,8 +140,11 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
         def fleet_secret(entry: Mapping[str, Any], name: str, where: str) -> str:
             return read_secret(entry, name, path=path, base=base, environ=environ, where=where,
                                secret_env_names=secret_env_names)
-        fleet = parse_fleet(data["fleet"], path=path, read_secret=fleet_secret)
+        fleet = parse_fleet(data["fleet"], path=path, read_secret=fleet_secret,
+                            releases=_fleet_releases(data, path=path, base=base, environ=environ,
+                                                     secret_env_names=receiver_env_names))
         _check_fleet_apps(fleet.apps, apps, path=path)
+        _check_repositories({**apps, **fleet.releases}, path=path)
     return Config(path=path, settings=settings, apps=apps, registries=registries,
                   secret_env_names=frozenset(secret_env_names | receiver_env_names), raw=data, server=server,
                   receiver_env_names=frozenset(receiver_env_names), cluster=cluster, fleet=fleet)
@@ -156,6 +159,9 @@ def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str,
     apps = {name: _parse_receiver_app(name, value, path=path, base=base, environ=environ,
                                       secret_env_names=secret_env_names)
             for name, value in _apps_table(data, path=path).items()}
+    fleet_releases = _fleet_releases(data, path=path, base=base, environ=environ, secret_env_names=secret_env_names)
+    _check_fleet_apps(tuple(fleet_releases), apps, path=path)
+    apps.update(fleet_releases)
     _check_repositories(apps, path=path)
     server = _parse_server(data.get("server", {}), path=path, base=base, environ=environ,
                            secret_env_names=secret_env_names)
@@ -173,6 +179,15 @@ def receiver_environment(config: Config, environ: Mapping[str, str] | None = Non
     env = {name: environ[name] for name in sorted(kept) if name in environ}
     env[CONFIG_ENV] = str(config.path)
     return env
+
+
+def _fleet_releases(data: Mapping[str, Any], *, path: Path, base: Path, environ: Mapping[str, str],
+                    secret_env_names: set[str]) -> dict[str, ReceiverApp]:
+    """A controller's receiver knows a fleet app by its release policy alone: its releases queue a rollout."""
+    return {name: ReceiverApp(name=name, fleet=True, **_release_policy(name, entry, path=path, base=base,
+                                                                       environ=environ,
+                                                                       secret_env_names=secret_env_names))
+            for name, entry in release_tables(data, path=path).items()}
 
 
 def _check_fleet_apps(fleet_apps: tuple[str, ...], apps: Mapping[str, Any], *, path: Path) -> None:

@@ -237,6 +237,8 @@ class Config(AppLookup):
         values += self._server_secrets()
         values += [app.asset.token for app in self.apps.values() if app.asset and app.asset.token]
         values += [host.secret for host in self.fleet.hosts] if self.fleet else []
+        values += [app.github_secret for app in (self.fleet.releases.values() if self.fleet else ())
+                   if app.github_secret]
         return values
 
 
@@ -255,6 +257,7 @@ class ReceiverApp:
     # For the maintenance responder, which runs unprivileged too: which port is whose page.
     ports: tuple[PortMapping, ...] = ()
     maintenance_page: Path | None = None
+    fleet: bool = False  # a controller's fleet app ([fleet.releases.NAME]): a release queues a rollout
 
 
 @dataclass(frozen=True)

@@ -389,13 +389,14 @@ class Queue:
     # --- the receiver's side -------------------------------------------------------------------
 
     def submit_release(self, *, app: str, tag: str, actor: str, hook_id: str, delivery: str,
-                       source: Mapping[str, Any], published_at: str | None = None, hold: bool = False) -> Submission:
+                       source: Mapping[str, Any], published_at: str | None = None, hold: bool = False,
+                       kind: str = "release") -> Submission:
         """Queue a release unless this delivery or this release already has its job, or a newer one is live or queued.
 
         "Newer" is GitHub's `published_at` (one spelling, `YYYY-MM-DDTHH:MM:SSZ`, so it compares as text): the
         order in which releases were published, which a redelivery keeps and an out-of-order arrival does not
         change. Without it (a caller that has none) the order is not checked. With `hold`, a new job is
-        `accepting` until `confirm` (or `withdraw`).
+        `accepting` until `confirm` (or `withdraw`). `kind`: a controller queues a fleet app's release as a rollout.
         """
         now = self.clock()
         with self._write() as conn:
@@ -403,8 +404,8 @@ class Queue:
             if seen is not None:
                 return seen
             earlier = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app = ? AND tag = ? AND status != 'accepting' "
-                                   "AND (kind = 'release' OR status IN ('queued', 'running')) "
-                                   "ORDER BY seq DESC LIMIT 1", (app, tag)).fetchone()
+                                   "AND (kind = ? OR status IN ('queued', 'running')) "
+                                   "ORDER BY seq DESC LIMIT 1", (app, tag, kind)).fetchone()
             active = conn.execute("SELECT tag, job_id FROM active WHERE app = ?", (app,)).fetchone()
             if earlier is not None:
                 job = _job(earlier)
@@ -412,7 +413,8 @@ class Queue:
             elif active is not None and active[0] == tag:
                 job = self._get(conn, active[1]) if active[1] else None
                 reason = f"tag {tag} is already active"
-            elif (newer := self._newer_release(conn, app, published_at, active[0] if active else None)) is not None:
+            elif (newer := self._newer_release(conn, app, published_at, active[0] if active else None,
+                                               kind)) is not None:
                 job, where, newer_published_at = newer
                 reason = (f"release {tag} (published {published_at}) is older than release {job.tag} "
                           f"(published {newer_published_at}), which is {where}; "
@@ -420,7 +422,7 @@ class Queue:
                 self._remember_delivery(conn, hook_id, delivery, job.id, "older", reason, now)
                 return Submission(job, False, reason, "older")
             else:
-                job = self._insert_job(conn, app=app, tag=tag, kind="release", actor=actor, source=source, now=now,
+                job = self._insert_job(conn, app=app, tag=tag, kind=kind, actor=actor, source=source, now=now,
                                        status=ACCEPTING if hold else "queued")
                 if published_at is not None:
                     conn.execute("UPDATE jobs SET published_at = ? WHERE seq = ?", (published_at, job.seq))
@@ -477,16 +479,16 @@ class Queue:
                 raise Unauthorized("nonce already used") from None
 
     def _newer_release(self, conn: sqlite3.Connection, app: str, published_at: str | None,
-                       live_tag: str | None) -> tuple[Job, str, str] | None:
+                       live_tag: str | None, kind: str = "release") -> tuple[Job, str, str] | None:
         """The newest release of `app` published after `published_at` that is queued, running or live:
         the job, where it is and when it was published."""
         if published_at is None:
             return None
         row = conn.execute(
-            f"SELECT {_JOB_COLUMNS}, published_at FROM jobs WHERE app = ? AND kind = 'release' AND published_at > ? "
+            f"SELECT {_JOB_COLUMNS}, published_at FROM jobs WHERE app = ? AND kind = ? AND published_at > ? "
             "AND (status IN ('queued', 'running') OR (tag IS ? AND status != 'accepting')) "
             "ORDER BY published_at DESC, seq DESC LIMIT 1",
-            (app, published_at, live_tag)).fetchone()
+            (app, kind, published_at, live_tag)).fetchone()
         if row is None:
             return None
         job = _job(row[:-1])

@@ -41,7 +41,7 @@ from deployer.errors import (
 from deployer.folders import space_problem
 from deployer.journal import Journal
 from deployer.server import releases, signatures
-from deployer.server.jobs import CANARY_KINDS, Job, Queue
+from deployer.server.jobs import CANARY_KINDS, ROLLOUT, Job, Queue
 from deployer.server.rejections import Rejections
 
 log = logging.getLogger("deployer.web")
@@ -336,13 +336,15 @@ def github_hook():
     if decision.asset is not None:
         source["asset"] = {"id": decision.asset.asset_id, "name": decision.asset.name, "size": decision.asset.size,
                            "checksum_id": decision.asset.checksum_id}
+    # A controller's fleet app is not deployed here: its release is rolled out across the fleet (fleet.md).
+    kind = ROLLOUT if getattr(receiver.config.app(decision.app), "fleet", False) else "release"
     outcome = receiver.queue.submit_release(app=decision.app, tag=decision.tag, actor=actor, hook_id=hook_id,
                                             delivery=delivery, source=source, published_at=decision.published_at,
-                                            hold=True)
+                                            hold=True, kind=kind)
     record.update(job=outcome.job.id if outcome.job else None, verdict=outcome.verdict, reason=outcome.reason)
     if outcome.created:
         accept(receiver, outcome.job, job=outcome.job.id, app=decision.app, tag=decision.tag, actor=actor,
-               kind="release", delivery=delivery)
+               kind=kind, delivery=delivery, **({"rollout": outcome.job.id} if kind == ROLLOUT else {}))
         return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
     return jsonify(status=outcome.verdict, reason=outcome.reason, job=outcome.job.id if outcome.job else None,
                    job_status=outcome.job.status if outcome.job else None), 200
@@ -455,6 +457,9 @@ def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
     app = config.apps.get(app_name)
     if app is None:
         raise UnknownApp(f"unknown app {app_name[:64]!r}")
+    if getattr(app, "fleet", False):  # (only a receiver's config knows fleet apps)
+        raise InvalidRequest(f"app {app.name!r} is a fleet app: it runs on the fleet's hosts; roll a tag out with "
+                             f"`deployer rollout {app.name} TAG` on this controller")
     tag = data.get("tag")
     if tag is not None:
         releases.valid_tag(app, tag)
