@@ -239,11 +239,9 @@ def row_problem(job: Job, apps: Mapping[str, AppConfig], fleet_apps: tuple[str, 
         if not isinstance(job.app, str) or job.app not in fleet_apps:
             return f"app {_shown(job.app)} is not a fleet app ([fleet] apps)"
         if not isinstance(job.tag, str) or not DOCKER_TAG_RE.fullmatch(job.tag):
-            return f"tag {_shown(job.tag)} is not a Docker tag"
+            return f"tag {_shown(job.tag)} is not a Docker tag"  # each host checks its own tag_pattern too
     elif not isinstance(job.app, str) or job.app not in apps:
         return f"app {_shown(job.app)} is not in the config"
-    if job.kind == ROLLOUT:
-        pass  # its tag is checked above; each host checks it against its own pattern too
     elif job.kind in CANARY_KINDS:
         if job.tag is not None:
             return f"a {job.kind} job names no tag, but this one names {_shown(job.tag)}"
