@@ -77,13 +77,11 @@ def active_tag(config: Config, app: str) -> str | None:
     return state.active.tag if state.active else None
 
 
-def publish_active(queue: Queue, config: Config, app: str, job_id: str | None = None) -> str | None:
+def publish_active(queue: Queue, config: Config, app: str) -> None:
     """Copy the app's live tag and port set into the queue, where the receiver (which cannot read the
-    records) answers GET /apps/<app> and dedupes releases; returns the tag."""
-    state = StateStore(config.settings.state_dir).load(app)
-    tag = state.active.tag if state.active else None
-    queue.set_active(app, tag, job_id, state.active.port_set if state.active else None)
-    return tag
+    records) answers GET /apps/<app> and dedupes releases."""
+    active = StateStore(config.settings.state_dir).load(app).active
+    queue.set_active(app, active.tag if active else None, None, active.port_set if active else None)
 
 
 def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
