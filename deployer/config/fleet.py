@@ -16,6 +16,9 @@ Each error names the key, so a rollout never starts from a config that would ski
     url = "http://10.0.0.1:8000"
     key_id = "fleet"
     secret_file = "/etc/deployer/fleet.secret"
+
+    [fleet.releases.web]     # optional: its GitHub releases, received here, queue a rollout
+    repository = "example/web"
 """
 
 from __future__ import annotations

@@ -8,12 +8,11 @@ own record and audit log, not only from what the controller says.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import pytest
 
-from support.cluster_bed import ClusterBed
+from support.cluster_bed import ClusterBed, failed_requests, missing_tool
 from support.fleet_bed import FleetBed
 
 IN_CI = os.environ.get("CI") == "true"
@@ -27,9 +26,8 @@ def _missing(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def fleet(host: None):
-    for tool in ("keepalived", "arptables", "socat", "nsenter", "dockerd"):
-        if shutil.which(tool) is None:
-            _missing(f"{tool} is not installed (run scripts/install-deps)")
+    if (tool := missing_tool()) is not None:
+        _missing(f"{tool} is not installed (run scripts/install-deps)")
     with ClusterBed() as cluster:
         cluster.start()
         with FleetBed(cluster) as built:
@@ -40,10 +38,6 @@ def fleet(host: None):
 def bed(fleet: FleetBed) -> FleetBed:
     fleet.reset()
     return fleet
-
-
-def failures(records: dict) -> dict[str, list]:
-    return {kind: [r for r in records[kind] if str(r[3]).startswith("error")] for kind in ("new", "keepalive")}
 
 
 def udp_lost(records: dict) -> list:
@@ -67,7 +61,7 @@ def test_a_rollout_one_host_at_a_time_under_load_fails_nothing(bed: FleetBed):
     time.sleep(1.0)
     records = load.finish()
     assert result.returncode == 0, result.stdout + result.stderr + bed.logs()
-    assert failures(records) == {"new": [], "keepalive": []}
+    assert failed_requests(records) == {"new": [], "keepalive": []}
     assert udp_lost(records) == []
     assert bed.tags() == {"h1": "v2", "h2": "v2", "h3": "v2"}
     rollout = rollout_id(result)
@@ -152,7 +146,7 @@ def test_an_unreachable_host_stops_the_rollout_after_its_timeout_and_the_others_
         assert job is not None and job.status == "failed", job
         assert "host h2" in job.reason and "did not answer within 8 s" in job.reason, job.reason
         assert 8 <= took < 60, took
-        assert failures(records) == {"new": [], "keepalive": []}
+        assert failed_requests(records) == {"new": [], "keepalive": []}
         assert udp_lost(records) == []
         assert bed.tags() == {"h1": "v1", "h2": "v1", "h3": "v1"}  # h1 reverted; h2 and h3 untouched
     finally:
@@ -183,5 +177,5 @@ def test_a_controller_killed_during_the_second_hosts_swap_resumes_and_deploys_it
     assert len([e for e in bed.audit("job.queued", h2.state) if e.get("rollout") == rollout]) == 1
     assert ("h2", "done") in host_states(bed, rollout)
     assert any(e.get("rollout") == rollout for e in bed.audit("rollout.resumed"))
-    assert failures(records) == {"new": [], "keepalive": []}
+    assert failed_requests(records) == {"new": [], "keepalive": []}
     assert udp_lost(records) == []
