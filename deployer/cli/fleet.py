@@ -21,6 +21,7 @@ from deployer.plan.tags import DOCKER_TAG_RE
 from deployer.server.jobs import ROLLOUT, Job, Queue
 
 POLL_SECONDS = 0.5
+WORKER_STALE_SECONDS = 15.0  # as /healthz judges the worker's heartbeat
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -100,6 +101,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         queue.withdraw(job)
         raise
     print(f"{args.app}: queued rollout {job.id} of {args.tag} over {', '.join(fleet.host_names)}", flush=True)
+    worker = queue.worker_status()
+    if worker is None or time.time() - worker["heartbeat_at"] > WORKER_STALE_SECONDS:
+        print("deployer: no worker runs on this controller's state folder: the rollout waits for `deployer worker` "
+              "(or `deployer serve`)", file=sys.stderr, flush=True)
     if not args.wait:
         return 0
     return follow(queue, job, timeout=args.timeout)

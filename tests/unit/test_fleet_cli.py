@@ -48,7 +48,9 @@ def test_a_rollout_is_queued_with_its_options_and_recorded(controller, capsys):
     [job] = queued(controller)
     assert (job.app, job.tag, job.kind, job.status) == ("web", "v2", ROLLOUT, "queued")
     assert job.source == {"max_parallel": "50%", "canary": "h2", "bake": 5, "revert": False, "reason": "release day"}
-    assert capsys.readouterr().out == f"web: queued rollout {job.id} of v2 over h1, h2, h3\n"
+    out, err = capsys.readouterr()
+    assert out == f"web: queued rollout {job.id} of v2 over h1, h2, h3\n"
+    assert "no worker runs on this controller's state folder" in err  # none was started here
     [record] = AuditLog.for_state_dir(controller.parent / "state").query(Query(event=("job.queued",)))
     assert (record.get("job"), record.get("rollout"), record.get("kind")) == (job.id, job.id, ROLLOUT)
 
@@ -59,3 +61,11 @@ def test_a_command_of_the_fleet_on_a_deployer_without_fleet_says_so(tmp_path, ca
                     'container = 8080\nblue = 8001\ngreen = 8002\n')
     assert main(["-c", str(path), "fleet", "status"]) == 2
     assert "this deployer is not a controller: it has no [fleet] table" in capsys.readouterr().err
+
+
+def test_no_warning_while_the_controllers_worker_beats(controller, capsys):
+    import time
+
+    Queue.for_state_dir(controller.parent / "state").heartbeat(pid=1, started_at=time.time())
+    assert main(["-c", str(controller), "rollout", "web", "v2"]) == 0
+    assert "no worker" not in capsys.readouterr().err
