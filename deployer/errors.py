@@ -207,3 +207,9 @@ class LeaveRefused(ClusterError):
     """Leaving now would leave buckets with no healthy host; --force overrides."""
 
     exit_code = 2
+
+
+class RolloutFailed(DeployerError):
+    """A rollout across the fleet stopped: a host failed its deploy, refused it or did not answer in time.
+
+    The message names each host and what happened to it (reverted, left on the tag, untouched)."""

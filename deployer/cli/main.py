@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 from deployer import config as config_module
 from deployer.cli import audit as audit_cli
 from deployer.cli import cluster as cluster_cli
+from deployer.cli import fleet as fleet_cli
 from deployer.cli import canary as canary_cli
 from deployer.cli import forward as forward_cli
 from deployer.cli import ops as ops_cli
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions() -> list[Callable[..., None]]:
     """Commands that live beside their own concern: the server, the audit log, maintenance, forwarding."""
     return [server_cli.register, audit_cli.register, ops_cli.register, forward_cli.register, cluster_cli.register,
-            canary_cli.register]
+            canary_cli.register, fleet_cli.register]
 
 
 def _engine(args: argparse.Namespace):

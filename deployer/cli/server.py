@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from deployer.errors import RequestRejected
-from deployer.server import signatures
+from deployer.server.fleet import operator_signer
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -76,15 +74,6 @@ def read_secret_file(path: Path) -> str:
     if not secret:
         raise RequestRejected(f"the secret file {path} is empty")
     return secret
-
-
-def operator_signer(key_id: str, secret: str) -> Callable[[str, str, str, bytes], dict[str, str]]:
-    """Sign as `key_id`: now, with a fresh nonce (the scheme of `server.signatures`)."""
-    def sign(method: str, host: str, path: str, body: bytes) -> dict[str, str]:
-        return signatures.sign_request(secret, method=method, host=host, path=path, key_id=key_id,
-                                       timestamp=int(time.time()), nonce=secrets.token_urlsafe(24), body=body)
-
-    return sign
 
 
 def cmd_redeploy(args: argparse.Namespace) -> int:

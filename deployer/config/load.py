@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from deployer.config.cluster import check_cluster_apps, parse_cluster
+from deployer.config.fleet import parse_fleet, release_tables
 from deployer.config.fields import (
     ACCOUNT_RE,
     APP_NAME_RE,
@@ -58,7 +59,7 @@ CONFIG_ENV = "DEPLOYER_CONFIG"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 MIN_OPERATOR_SECRET = 16
 MAX_PAGE_BYTES = 1024 * 1024
-TOP_LEVEL_KEYS = {"deployer", "apps", "registries", "server", "cluster"}
+TOP_LEVEL_KEYS = {"deployer", "apps", "registries", "server", "cluster", "fleet"}
 # What gunicorn keeps of serve's environment besides the receiver's own secrets: none of these is a secret.
 RECEIVER_PLAIN_ENV = frozenset({"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH"})
 
@@ -134,9 +135,19 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
                            secret_env_names=receiver_env_names)
     cluster = parse_cluster(data["cluster"], path=path) if "cluster" in data else None
     check_cluster_apps(cluster, {name: app.cluster for name, app in apps.items()}, path=path)
+    fleet = None
+    if "fleet" in data:
+        def fleet_secret(entry: Mapping[str, Any], name: str, where: str) -> str:
+            return read_secret(entry, name, path=path, base=base, environ=environ, where=where,
+                               secret_env_names=secret_env_names)
+        fleet = parse_fleet(data["fleet"], path=path, read_secret=fleet_secret,
+                            releases=_fleet_releases(data, path=path, base=base, environ=environ,
+                                                     secret_env_names=receiver_env_names))
+        _check_fleet_apps(fleet.apps, apps, path=path)
+        _check_repositories({**apps, **fleet.releases}, path=path)
     return Config(path=path, settings=settings, apps=apps, registries=registries,
                   secret_env_names=frozenset(secret_env_names | receiver_env_names), raw=data, server=server,
-                  receiver_env_names=frozenset(receiver_env_names), cluster=cluster)
+                  receiver_env_names=frozenset(receiver_env_names), cluster=cluster, fleet=fleet)
 
 
 def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) -> ReceiverConfig:
@@ -148,6 +159,9 @@ def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str,
     apps = {name: _parse_receiver_app(name, value, path=path, base=base, environ=environ,
                                       secret_env_names=secret_env_names)
             for name, value in _apps_table(data, path=path).items()}
+    fleet_releases = _fleet_releases(data, path=path, base=base, environ=environ, secret_env_names=secret_env_names)
+    _check_fleet_apps(tuple(fleet_releases), apps, path=path)
+    apps.update(fleet_releases)
     _check_repositories(apps, path=path)
     server = _parse_server(data.get("server", {}), path=path, base=base, environ=environ,
                            secret_env_names=secret_env_names)
@@ -167,8 +181,27 @@ def receiver_environment(config: Config, environ: Mapping[str, str] | None = Non
     return env
 
 
+def _fleet_releases(data: Mapping[str, Any], *, path: Path, base: Path, environ: Mapping[str, str],
+                    secret_env_names: set[str]) -> dict[str, ReceiverApp]:
+    """A controller's receiver knows a fleet app by its release policy alone: its releases queue a rollout."""
+    return {name: ReceiverApp(name=name, fleet=True, **_release_policy(name, entry, path=path, base=base,
+                                                                       environ=environ,
+                                                                       secret_env_names=secret_env_names))
+            for name, entry in release_tables(data, path=path).items()}
+
+
+def _check_fleet_apps(fleet_apps: tuple[str, ...], apps: Mapping[str, Any], *, path: Path) -> None:
+    """A fleet app runs on the fleet's hosts, not here: one name must not mean both."""
+    both = sorted(set(fleet_apps) & set(apps))
+    if both:
+        raise ConfigError(f"app {both[0]!r} is also configured under [apps]: a controller rolls a fleet app out "
+                          "to its hosts and runs no copy of its own", path=path, key="fleet.apps")
+
+
 def _apps_table(data: Mapping[str, Any], *, path: Path) -> dict[str, Any]:
     apps_data = data.get("apps", {})
+    if "fleet" in data and apps_data == {}:
+        return {}  # a controller only: its apps run on the fleet's hosts
     if not isinstance(apps_data, dict) or not apps_data:
         raise ConfigError("at least one app must be configured under [apps.NAME]", path=path, key="apps")
     return apps_data

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from deployer.config.cluster import ClusterConfig
+from deployer.config.fleet import FleetConfig
 from deployer.errors import UnknownApp
 
 SETS = ("blue", "green")
@@ -223,6 +224,7 @@ class Config(AppLookup):
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     server: ServerConfig = field(default_factory=ServerConfig)
     cluster: ClusterConfig | None = None
+    fleet: FleetConfig | None = None  # this deployer is a controller: it rolls these apps out to these hosts
     # The subset of secret_env_names the receiver reads: the only secrets gunicorn's environment carries.
     receiver_env_names: frozenset[str] = frozenset()
 
@@ -234,6 +236,9 @@ class Config(AppLookup):
         values = [r.password for r in self.registries.values() if r.password]
         values += self._server_secrets()
         values += [app.asset.token for app in self.apps.values() if app.asset and app.asset.token]
+        values += [host.secret for host in self.fleet.hosts] if self.fleet else []
+        values += [app.github_secret for app in (self.fleet.releases.values() if self.fleet else ())
+                   if app.github_secret]
         return values
 
 
@@ -252,6 +257,7 @@ class ReceiverApp:
     # For the maintenance responder, which runs unprivileged too: which port is whose page.
     ports: tuple[PortMapping, ...] = ()
     maintenance_page: Path | None = None
+    fleet: bool = False  # a controller's fleet app ([fleet.releases.NAME]): a release queues a rollout
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Mapping
 from deployer.config import AppConfig
 from deployer.errors import DiskFull, InvalidTag, StateError, Unauthorized
 from deployer.folders import check_database, check_same_database, share_folder
-from deployer.plan.tags import check_tag
+from deployer.plan.tags import DOCKER_TAG_RE, check_tag
 
 FOLDER = "queue"
 DB_NAME = "jobs.db"
@@ -116,6 +116,24 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0004_registry_health", [
         "ALTER TABLE worker ADD COLUMN registry TEXT",
     ]),
+    # A controller's rollouts: each host's progress, written before and after each step, so a rollout resumes
+    # where it stood. And, on every host, the port set of the live release, for the controller to read.
+    ("0005_rollouts", [
+        """CREATE TABLE rollout_hosts (
+            rollout_id TEXT NOT NULL,      -- the controller's job id of the rollout
+            host TEXT NOT NULL,
+            position INTEGER NOT NULL,     -- the deploy order
+            batch INTEGER NOT NULL,        -- -1: skipped, already on the tag
+            previous TEXT,                 -- the tag the host had when the rollout was planned
+            state TEXT NOT NULL,           -- see deployer/plan/rollout.py
+            host_job TEXT,                 -- the job on the host that deploys it (or reverts it)
+            reason TEXT,                   -- the latest note on it
+            failure TEXT,                  -- why its deploy failed: kept while it is reverted
+            since REAL NOT NULL,           -- when the state was entered: a host's deadline counts from here
+            PRIMARY KEY (rollout_id, host)
+        )""",
+        "ALTER TABLE active ADD COLUMN port_set TEXT",
+    ]),
 ]
 
 
@@ -147,6 +165,20 @@ class Job:
         data["source"] = dict(self.source) if isinstance(self.source, Mapping) else None
         data.pop("seq")
         return data
+
+
+@dataclass(frozen=True)
+class RolloutHost:
+    """One host's row of a rollout: its batch, the tag it had, where it stands (deployer/plan/rollout.py)."""
+
+    host: str
+    batch: int
+    previous: str | None
+    state: str
+    host_job: str | None = None
+    reason: str | None = None
+    failure: str | None = None
+    since: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -191,23 +223,30 @@ def new_job_id() -> str:
 
 JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
 CANARY_KINDS = frozenset({"promote", "abort"})  # a signed request ends a running canary; it names no tag
-KINDS = frozenset({"release", "redeploy"}) | CANARY_KINDS
+ROLLOUT = "rollout"  # a controller's job: a tag rolled out across the fleet's hosts (deployer/server/rollout.py)
+KINDS = frozenset({"release", "redeploy", ROLLOUT}) | CANARY_KINDS
 MAX_ACTOR_CHARS = 200
 
 
-def row_problem(job: Job, apps: Mapping[str, AppConfig]) -> str | None:
+def row_problem(job: Job, apps: Mapping[str, AppConfig], fleet_apps: tuple[str, ...] = ()) -> str | None:
     """Why a job read from the queue must not be acted on, or None.
 
     The receiver's group can write the queue file, so the worker checks every field it uses again:
     the id becomes a path, the app and tag reach Docker and hooks, the actor reaches the audit log.
+    A rollout names a fleet app (`fleet_apps`); every other kind an app of this host.
     """
     if not isinstance(job.id, str) or not JOB_ID_RE.fullmatch(job.id):
         return f"job id {_shown(job.id)} is not a job id (job-<16 hex digits>)"
     if job.kind not in KINDS:
         return f"job kind {_shown(job.kind)} is not one of {', '.join(sorted(KINDS))}"
-    if not isinstance(job.app, str) or job.app not in apps:
+    if job.kind == ROLLOUT:
+        if not isinstance(job.app, str) or job.app not in fleet_apps:
+            return f"app {_shown(job.app)} is not a fleet app ([fleet] apps)"
+        if not isinstance(job.tag, str) or not DOCKER_TAG_RE.fullmatch(job.tag):
+            return f"tag {_shown(job.tag)} is not a Docker tag"  # each host checks its own tag_pattern too
+    elif not isinstance(job.app, str) or job.app not in apps:
         return f"app {_shown(job.app)} is not in the config"
-    if job.kind in CANARY_KINDS:
+    elif job.kind in CANARY_KINDS:
         if job.tag is not None:
             return f"a {job.kind} job names no tag, but this one names {_shown(job.tag)}"
     elif job.tag is None:
@@ -352,13 +391,14 @@ class Queue:
     # --- the receiver's side -------------------------------------------------------------------
 
     def submit_release(self, *, app: str, tag: str, actor: str, hook_id: str, delivery: str,
-                       source: Mapping[str, Any], published_at: str | None = None, hold: bool = False) -> Submission:
+                       source: Mapping[str, Any], published_at: str | None = None, hold: bool = False,
+                       kind: str = "release") -> Submission:
         """Queue a release unless this delivery or this release already has its job, or a newer one is live or queued.
 
         "Newer" is GitHub's `published_at` (one spelling, `YYYY-MM-DDTHH:MM:SSZ`, so it compares as text): the
         order in which releases were published, which a redelivery keeps and an out-of-order arrival does not
         change. Without it (a caller that has none) the order is not checked. With `hold`, a new job is
-        `accepting` until `confirm` (or `withdraw`).
+        `accepting` until `confirm` (or `withdraw`). `kind`: a controller queues a fleet app's release as a rollout.
         """
         now = self.clock()
         with self._write() as conn:
@@ -366,8 +406,8 @@ class Queue:
             if seen is not None:
                 return seen
             earlier = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app = ? AND tag = ? AND status != 'accepting' "
-                                   "AND (kind = 'release' OR status IN ('queued', 'running')) "
-                                   "ORDER BY seq DESC LIMIT 1", (app, tag)).fetchone()
+                                   "AND (kind = ? OR status IN ('queued', 'running')) "
+                                   "ORDER BY seq DESC LIMIT 1", (app, tag, kind)).fetchone()
             active = conn.execute("SELECT tag, job_id FROM active WHERE app = ?", (app,)).fetchone()
             if earlier is not None:
                 job = _job(earlier)
@@ -375,7 +415,8 @@ class Queue:
             elif active is not None and active[0] == tag:
                 job = self._get(conn, active[1]) if active[1] else None
                 reason = f"tag {tag} is already active"
-            elif (newer := self._newer_release(conn, app, published_at, active[0] if active else None)) is not None:
+            elif (newer := self._newer_release(conn, app, published_at, active[0] if active else None,
+                                               kind)) is not None:
                 job, where, newer_published_at = newer
                 reason = (f"release {tag} (published {published_at}) is older than release {job.tag} "
                           f"(published {newer_published_at}), which is {where}; "
@@ -383,7 +424,7 @@ class Queue:
                 self._remember_delivery(conn, hook_id, delivery, job.id, "older", reason, now)
                 return Submission(job, False, reason, "older")
             else:
-                job = self._insert_job(conn, app=app, tag=tag, kind="release", actor=actor, source=source, now=now,
+                job = self._insert_job(conn, app=app, tag=tag, kind=kind, actor=actor, source=source, now=now,
                                        status=ACCEPTING if hold else "queued")
                 if published_at is not None:
                     conn.execute("UPDATE jobs SET published_at = ? WHERE seq = ?", (published_at, job.seq))
@@ -406,7 +447,7 @@ class Queue:
         """A signed redeploy (or promote, or abort) always makes a job: an operator who asks again means it.
 
         `hold`: as in submit_release."""
-        assert kind == "redeploy" or kind in CANARY_KINDS, kind
+        assert kind in ("redeploy", ROLLOUT) or kind in CANARY_KINDS, kind
         with self._write() as conn:
             return self._insert_job(conn, app=app, tag=tag, kind=kind, actor=actor, source=source,
                                     now=self.clock(), status=ACCEPTING if hold else "queued")
@@ -440,16 +481,16 @@ class Queue:
                 raise Unauthorized("nonce already used") from None
 
     def _newer_release(self, conn: sqlite3.Connection, app: str, published_at: str | None,
-                       live_tag: str | None) -> tuple[Job, str, str] | None:
+                       live_tag: str | None, kind: str = "release") -> tuple[Job, str, str] | None:
         """The newest release of `app` published after `published_at` that is queued, running or live:
         the job, where it is and when it was published."""
         if published_at is None:
             return None
         row = conn.execute(
-            f"SELECT {_JOB_COLUMNS}, published_at FROM jobs WHERE app = ? AND kind = 'release' AND published_at > ? "
+            f"SELECT {_JOB_COLUMNS}, published_at FROM jobs WHERE app = ? AND kind = ? AND published_at > ? "
             "AND (status IN ('queued', 'running') OR (tag IS ? AND status != 'accepting')) "
             "ORDER BY published_at DESC, seq DESC LIMIT 1",
-            (app, published_at, live_tag)).fetchone()
+            (app, kind, published_at, live_tag)).fetchone()
         if row is None:
             return None
         job = _job(row[:-1])
@@ -640,11 +681,55 @@ class Queue:
         conn.execute("INSERT INTO steps (job_id, n, at, name, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
                      (job_id, n, now, name, outcome, json.dumps(dict(detail), sort_keys=True, default=str)))
 
-    def set_active(self, app: str, tag: str | None, job_id: str | None = None) -> None:
+    def set_active(self, app: str, tag: str | None, job_id: str | None = None, port_set: str | None = None) -> None:
         with self._write() as conn:
-            conn.execute("INSERT INTO active (app, tag, job_id, updated_at) VALUES (?, ?, ?, ?) "
+            conn.execute("INSERT INTO active (app, tag, job_id, updated_at, port_set) VALUES (?, ?, ?, ?, ?) "
                          "ON CONFLICT (app) DO UPDATE SET tag = excluded.tag, job_id = excluded.job_id, "
-                         "updated_at = excluded.updated_at", (app, tag, job_id, self.clock()))
+                         "updated_at = excluded.updated_at, port_set = excluded.port_set",
+                         (app, tag, job_id, self.clock(), port_set))
+
+    def live(self, app: str) -> dict[str, Any]:
+        """What the worker last saw live of `app` and its last job: what GET /apps/<app> answers a controller."""
+        rows = self._read("SELECT tag, port_set, job_id FROM active WHERE app = ?", (app,))
+        tag, port_set, job_id = rows[0] if rows else (None, None, None)
+        last = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app = ? AND status != 'accepting' "
+                          "ORDER BY seq DESC LIMIT 1", (app,))
+        job = _job(last[0]) if last else None
+        return {"app": app, "tag": tag, "port_set": port_set, "job": job_id,
+                "last_job": None if job is None else {
+                    "id": job.id, "tag": job.tag, "kind": job.kind, "status": job.status, "reason": job.reason,
+                    "rollout": job.source.get("rollout") if isinstance(job.source, Mapping) else None}}
+
+    # --- a controller's rollouts ---------------------------------------------------------------
+
+    def plan_rollout(self, rollout_id: str, steps: list[RolloutHost]) -> list[RolloutHost]:
+        """Record each host's step once; a rollout that resumes keeps the plan it recorded first."""
+        now = self.clock()
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM rollout_hosts WHERE rollout_id = ?", (rollout_id,)).fetchone() is None:
+                conn.executemany(
+                    "INSERT INTO rollout_hosts (rollout_id, host, position, batch, previous, state, since) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(rollout_id, step.host, n, step.batch, step.previous, step.state, now)
+                     for n, step in enumerate(steps)])
+        return self.rollout_hosts(rollout_id)
+
+    def rollout_hosts(self, rollout_id: str) -> list[RolloutHost]:
+        rows = self._read("SELECT host, batch, previous, state, host_job, reason, failure, since FROM rollout_hosts "
+                          "WHERE rollout_id = ? ORDER BY position", (rollout_id,))
+        return [RolloutHost(*row) for row in rows]
+
+    def set_rollout_host(self, rollout_id: str, host: str, state: str, *, host_job: str | None = None,
+                         reason: str | None = None, failure: str | None = None) -> RolloutHost:
+        """A host's new state; `failure` once set stays (a revert does not erase why the rollout stopped)."""
+        with self._write() as conn:
+            row = conn.execute("UPDATE rollout_hosts SET state = ?, host_job = ?, reason = ?, "
+                               "failure = COALESCE(?, failure), since = ? WHERE rollout_id = ? AND host = ? "
+                               "RETURNING host, batch, previous, state, host_job, reason, failure, since",
+                               (state, host_job, reason, failure, self.clock(), rollout_id, host)).fetchone()
+        if row is None:
+            raise StateError(f"rollout {rollout_id} has no host {host!r}")
+        return RolloutHost(*row)
 
     def heartbeat(self, *, pid: int, started_at: float, docker: str | None = None,
                   netfilter: str | None = None, registry: str | None = None, checked: bool = False,

@@ -41,7 +41,7 @@ from deployer.errors import (
 from deployer.folders import space_problem
 from deployer.journal import Journal
 from deployer.server import releases, signatures
-from deployer.server.jobs import CANARY_KINDS, Job, Queue
+from deployer.server.jobs import CANARY_KINDS, ROLLOUT, Job, Queue
 from deployer.server.rejections import Rejections
 
 log = logging.getLogger("deployer.web")
@@ -336,13 +336,15 @@ def github_hook():
     if decision.asset is not None:
         source["asset"] = {"id": decision.asset.asset_id, "name": decision.asset.name, "size": decision.asset.size,
                            "checksum_id": decision.asset.checksum_id}
+    # A controller's fleet app is not deployed here: its release is rolled out across the fleet (fleet.md).
+    kind = ROLLOUT if getattr(receiver.config.app(decision.app), "fleet", False) else "release"
     outcome = receiver.queue.submit_release(app=decision.app, tag=decision.tag, actor=actor, hook_id=hook_id,
                                             delivery=delivery, source=source, published_at=decision.published_at,
-                                            hold=True)
+                                            hold=True, kind=kind)
     record.update(job=outcome.job.id if outcome.job else None, verdict=outcome.verdict, reason=outcome.reason)
     if outcome.created:
         accept(receiver, outcome.job, job=outcome.job.id, app=decision.app, tag=decision.tag, actor=actor,
-               kind="release", delivery=delivery)
+               kind=kind, delivery=delivery, **({"rollout": outcome.job.id} if kind == ROLLOUT else {}))
         return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
     return jsonify(status=outcome.verdict, reason=outcome.reason, job=outcome.job.id if outcome.job else None,
                    job_status=outcome.job.status if outcome.job else None), 200
@@ -407,10 +409,12 @@ def deploy():
     record.update(app=wanted["app"], tag=wanted["tag"], reason=wanted["reason"])
     actor = f"key:{key_id}"
     kind = wanted["action"] or "redeploy"
+    rollout = {"rollout": wanted["rollout"]} if wanted["rollout"] else {}
     job = receiver.queue.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor, kind=kind,
-                                       source={"key_id": key_id, "reason": wanted["reason"]}, hold=True)
-    record.update(job=job.id, verdict="queued")
-    accept(receiver, job, job=job.id, app=job.app, tag=job.tag, actor=actor, kind=kind, reason=wanted["reason"])
+                                       source={"key_id": key_id, "reason": wanted["reason"], **rollout}, hold=True)
+    record.update(job=job.id, verdict="queued", **rollout)
+    accept(receiver, job, job=job.id, app=job.app, tag=job.tag, actor=actor, kind=kind, reason=wanted["reason"],
+           **rollout)
     return _job_accepted(job.id, job.app, job.tag, "queued")
 
 
@@ -444,7 +448,7 @@ def _withdraw(receiver: Receiver, job: Job) -> None:
 
 def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
     """Validate {"app": ..., "tag": ... (optional), "action": "promote" or "abort" (optional, without a tag),
-    "reason": ... (optional)}."""
+    "reason": ... (optional), "rollout": the controller's rollout id (optional, a job id; docs/fleet.md)}."""
     app_name = data.get("app")
     if app_name is None:
         raise InvalidRequest("missing field app")
@@ -453,6 +457,9 @@ def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
     app = config.apps.get(app_name)
     if app is None:
         raise UnknownApp(f"unknown app {app_name[:64]!r}")
+    if getattr(app, "fleet", False):  # (only a receiver's config knows fleet apps)
+        raise InvalidRequest(f"app {app.name!r} is a fleet app: it runs on the fleet's hosts; roll a tag out with "
+                             f"`deployer rollout {app.name} TAG` on this controller")
     tag = data.get("tag")
     if tag is not None:
         releases.valid_tag(app, tag)
@@ -465,10 +472,13 @@ def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
         raise InvalidRequest("field action must be \"promote\" or \"abort\" (a canary's end)")
     if action is not None and tag is not None:
         raise InvalidRequest(f"field action {action!r} takes no tag: it ends the running canary")
-    unknown = sorted(set(data) - {"app", "tag", "reason", "action"})
+    rollout = data.get("rollout")
+    if rollout is not None and (not isinstance(rollout, str) or not JOB_ID_RE.match(rollout)):
+        raise InvalidRequest("field rollout must be a rollout's id (job-<16 hex digits>)")
+    unknown = sorted(set(data) - {"app", "tag", "reason", "action", "rollout"})
     if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0][:64]!r} (allowed: app, tag, action, reason)")
-    return {"app": app.name, "tag": tag, "reason": reason, "action": action}
+        raise InvalidRequest(f"unknown field {unknown[0][:64]!r} (allowed: app, tag, action, reason, rollout)")
+    return {"app": app.name, "tag": tag, "reason": reason, "action": action, "rollout": rollout}
 
 
 @manual.route("/jobs/<job_id>", methods=["GET"])
@@ -484,6 +494,21 @@ def job_status(job_id: str):
         raise UnknownJob("no job has that id")
     record.update(job=job.id, app=job.app, verdict="answered")
     return jsonify(**job.as_dict(), steps=receiver.queue.steps(job.id)), 200
+
+
+@manual.route("/apps/<app_name>", methods=["GET"])
+def app_status(app_name: str):
+    """An app's live tag and port set and its last job, signed like /deploy: what a fleet controller reads.
+    Example: deployer fleet status web (asks each host of [fleet])"""
+    receiver = _receiver()
+    record = _begin_record("manual_request", route="/apps")
+    body = read_body(receiver.config.server.max_body_bytes)
+    record["body_sha256"] = signatures.body_sha256(body)
+    authenticate(body, record)
+    app = receiver.config.app(app_name)
+    live = receiver.queue.live(app.name)
+    record.update(app=app.name, verdict="answered")
+    return jsonify(**live, health=health_report(receiver)), 200
 
 
 # --- GET /audit ------------------------------------------------------------------------------------

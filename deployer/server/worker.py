@@ -33,7 +33,7 @@ from deployer.folders import open_entry, space_problem
 from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
 from deployer.plan import canary
-from deployer.server.jobs import CANARY_KINDS, Job, Queue, row_problem
+from deployer.server.jobs import CANARY_KINDS, ROLLOUT, Job, Queue, row_problem
 
 log = logging.getLogger("deployer.worker")
 
@@ -69,11 +69,19 @@ class JobTools:
 
     engine: Callable[[str | None], EngineLike]  # given the preloaded image reference, if any
     load_asset: Callable[[Job], str] | None = None  # downloads and loads the release asset; returns the reference
+    fleet: Callable[[], Any] | None = None  # a controller's client of its hosts (deployer/server/fleet.py)
 
 
 def active_tag(config: Config, app: str) -> str | None:
     state = StateStore(config.settings.state_dir).load(app)
     return state.active.tag if state.active else None
+
+
+def publish_active(queue: Queue, config: Config, app: str) -> None:
+    """Copy the app's live tag and port set into the queue, where the receiver (which cannot read the
+    records) answers GET /apps/<app> and dedupes releases."""
+    active = StateStore(config.settings.state_dir).load(app).active
+    queue.set_active(app, active.tag if active else None, None, active.port_set if active else None)
 
 
 def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
@@ -84,11 +92,13 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
     while the wait would end before `job_timeout` (counted from when the job was queued); past that,
     it fails with the last reason, and the engine runs on-failure as for any failure.
     """
-    problem = row_problem(job, config.apps)
+    problem = row_problem(job, config.apps, fleet_apps(config))
     if problem is not None:
         return refuse_row(queue, journal, job, problem)
     base = {"job": job.id, "app": job.app, "actor": job.actor}
     journal.record("job.started", tag=job.tag, kind=job.kind, attempt=job.attempts, **base)
+    if job.kind == ROLLOUT:
+        return _roll_out(job, config=config, queue=queue, journal=journal, tools=tools, base=base)
     delay = wait_seconds(job.attempts, jitter())
     may_wait = now() + delay - job.created_at < config.server.job_timeout
     try:
@@ -99,7 +109,7 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
             return _end(queue, journal, job, "failed", f"app {job.app!r} has no active release to redeploy; "
                                                        f"name a tag", base)
         if job.kind == "release" and active_tag(config, job.app) == tag:
-            queue.set_active(job.app, tag)
+            publish_active(queue, config, job.app)
             return _end(queue, journal, job, "skipped", f"tag {tag} is already active", base)
         preloaded = None
         app = config.app(job.app)
@@ -131,7 +141,7 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
                                                        f"{config.server.job_timeout:g} s: {exc}", base,
                         error_type=type(exc).__name__, fault=exc.fault)
         return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
-    queue.set_active(job.app, tag, job.id)
+    queue.set_active(job.app, tag, job.id, getattr(result, "port_set", None))
     return _end(queue, journal, job, "succeeded", f"{tag} is live on {result.port_set}", base, tag=tag,
                 digest=getattr(result, "digest", None))
 
@@ -161,8 +171,25 @@ def _end_canary(job: Job, *, config: Config, queue: Queue, journal: Journal, too
     reason = job.source.get("reason") if isinstance(job.source, dict) else None
     after = end(tools.engine(None), job.app, actor=job.actor, job=job.id, reason=reason)
     tag = after.active.tag if after.active else None
-    queue.set_active(job.app, tag, job.id)
+    queue.set_active(job.app, tag, job.id, after.active.port_set if after.active else None)
     return _end(queue, journal, job, "succeeded", f"{job.kind}: {tag} serves everything", base, tag=tag)
+
+
+def fleet_apps(config: Config) -> tuple[str, ...]:
+    return config.fleet.apps if config.fleet else ()
+
+
+def _roll_out(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
+              base: dict[str, Any]) -> str:
+    """A controller's rollout: it sequences the hosts' own deploys; a failure is the rollout's, named by host."""
+    from deployer.server import rollout
+
+    assert config.fleet is not None and tools.fleet is not None
+    try:
+        summary = rollout.Rollout(job, fleet=config.fleet, queue=queue, journal=journal, hosts=tools.fleet()).run()
+    except DeployerError as exc:
+        return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
+    return _end(queue, journal, job, "succeeded", summary, base, tag=job.tag)
 
 
 def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, base: dict[str, Any],
@@ -297,7 +324,7 @@ class Worker:
             self.journal.record("worker.reconcile", outcome="failed", actor=WORKER_ACTOR, error=str(exc))
         for app in self.config.apps:
             with contextlib.suppress(DeployerError):
-                self.queue.set_active(app, active_tag(self.config, app))
+                publish_active(self.queue, self.config, app)
         self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at)
 
     def poll(self) -> bool:
@@ -311,7 +338,7 @@ class Worker:
             for old in claim.superseded:
                 self.journal.record("job.superseded", job=old.id, app=old.app, tag=old.tag, actor=old.actor,
                                     superseded_by=claim.job.id, reason=old.reason)
-            problem = row_problem(claim.job, self.config.apps)
+            problem = row_problem(claim.job, self.config.apps, fleet_apps(self.config))
             if problem is not None:
                 refuse_row(self.queue, self.journal, claim.job, problem)
                 continue
@@ -330,7 +357,9 @@ class Worker:
         reaped = False
         for job_id, child in list(self.children.items()):
             code = child.process.poll()
-            timed_out = code is None and self.clock() - child.started > self.config.server.job_timeout
+            # A rollout bounds itself: each host's step has its own deadline ([fleet] host_timeout).
+            timed_out = (code is None and child.job.kind != ROLLOUT
+                         and self.clock() - child.started > self.config.server.job_timeout)
             if code is None and not timed_out:
                 continue
             if timed_out:
@@ -398,12 +427,14 @@ class Worker:
                   else f"the deploy process ended (exit status {code}) before it recorded an outcome")
         self.queue.finish(child.job, "failed", reason)
         self.journal.record("job.failed", outcome="failed", job=job.id, app=job.app, actor=job.actor, reason=reason)
+        if job.kind == ROLLOUT:
+            return  # nothing of it runs here to repair: each host's own worker repairs its own deploy
         try:
             self.reconcile(job.app)
         except DeployerError as exc:
             self.journal.record("worker.reconcile", outcome="failed", app=job.app, actor=WORKER_ACTOR, error=str(exc))
         with contextlib.suppress(DeployerError):
-            self.queue.set_active(job.app, active_tag(self.config, job.app))
+            publish_active(self.queue, self.config, job.app)
 
     def check_once(self) -> None:
         """Probe Docker, netfilter, the registries and the disk; note what is wrong, wake what waited on what came
@@ -569,7 +600,13 @@ def real_tools(config: Config, journal: Journal) -> JobTools:
                     entry.unlink()
                 folder.rmdir()
 
-    return JobTools(engine=engine, load_asset=load_asset)
+    def fleet() -> Any:
+        from deployer.server.fleet import FleetClient
+
+        assert config.fleet is not None
+        return FleetClient(config.fleet)
+
+    return JobTools(engine=engine, load_asset=load_asset, fleet=fleet if config.fleet else None)
 
 
 def child_main(argv: list[str] | None = None) -> int:

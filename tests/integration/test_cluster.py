@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 
 from deployer.plan.cluster import bucket_of
 from support import netns
-from support.cluster_bed import BUCKETS, SEED, ClusterBed
+from support.cluster_bed import BUCKETS, SEED, ClusterBed, failed_requests, missing_tool
 
 IN_CI = os.environ.get("CI") == "true"
 TRIES = int(os.environ.get("CLUSTER_TRIES", "10"))
@@ -36,9 +35,8 @@ def _missing(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def bed(host: None):
-    for tool in ("keepalived", "arptables", "socat", "nsenter", "dockerd"):
-        if shutil.which(tool) is None:
-            _missing(f"{tool} is not installed (run scripts/install-deps)")
+    if (tool := missing_tool()) is not None:
+        _missing(f"{tool} is not installed (run scripts/install-deps)")
     with ClusterBed() as built:
         built.start()
         yield built
@@ -113,10 +111,6 @@ def test_a_failed_hosts_buckets_are_served_by_the_others_within_2_s(bed: Cluster
 # --- planned changes: nothing fails -----------------------------------------------------------------
 
 
-def _failures(records: dict) -> dict[str, list]:
-    return {kind: [r for r in records[kind] if str(r[3]).startswith("error")] for kind in ("new", "keepalive")}
-
-
 def test_a_zero_downtime_deploy_on_one_host_under_cluster_load_fails_nothing(bed: ClusterBed):
     h1 = bed.host("h1")
     load = bed.client_load(60)
@@ -124,7 +118,7 @@ def test_a_zero_downtime_deploy_on_one_host_under_cluster_load_fails_nothing(bed
     h1.deployer("deploy", "web", "v2")
     time.sleep(1)
     records = load.finish()
-    assert _failures(records) == {"new": [], "keepalive": []}
+    assert failed_requests(records) == {"new": [], "keepalive": []}
     assert [r for r in records["udp"] if len(r[3]) > 1] == []
     served = {r[3] for r in records["new"]} | {r[3] for r in records["keepalive"]}
     assert served == {"h1", "h2", "h3"}
@@ -147,7 +141,7 @@ def test_leave_wait_under_load_fails_nothing_and_join_brings_the_buckets_home(be
     records = load.finish()  # the client closes its connections: the leave can finish
     out, _ = leaving.communicate(timeout=30)
     assert leaving.returncode == 0, out
-    assert _failures(records) == {"new": [], "keepalive": []}
+    assert failed_requests(records) == {"new": [], "keepalive": []}
     assert [r for r in records["udp"] if len(r[3]) > 1] == []
     after = [r for r in records["keepalive"] if r[2] in theirs and r[0] > gone_at]
     assert after and {r[3] for r in after} == {"h2"}, "established connections left the old owner"
@@ -162,7 +156,7 @@ def test_leave_wait_under_load_fails_nothing_and_join_brings_the_buckets_home(be
     joined_at = load.at()
     time.sleep(2.0)
     records = load.finish()
-    assert _failures(records) == {"new": [], "keepalive": []}
+    assert failed_requests(records) == {"new": [], "keepalive": []}
     assert [r for r in records["udp"] if len(r[3]) > 1] == []
     back = {r[3] for r in records["new"] if r[2] in theirs and r[0] > joined_at}
     assert back == {"h2"}

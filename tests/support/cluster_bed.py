@@ -49,6 +49,19 @@ BUCKETS, SEED = 6, 0x5EED
 INTERFACE = "eth1"
 
 
+TOOLS = ("keepalived", "arptables", "socat", "nsenter", "dockerd")
+
+
+def missing_tool() -> str | None:
+    """The first tool the bed needs that is not installed, or None."""
+    return next((tool for tool in TOOLS if shutil.which(tool) is None), None)
+
+
+def failed_requests(records: dict) -> dict[str, list]:
+    """The HTTP requests of a load that got no answer, new connections and keep-alive ones apart."""
+    return {kind: [r for r in records[kind] if str(r[3]).startswith("error")] for kind in ("new", "keepalive")}
+
+
 def run(argv: list[str], *, check: bool = True, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and result.returncode != 0:

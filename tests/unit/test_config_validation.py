@@ -211,7 +211,7 @@ def test_unknown_key_in_the_deployer_table(tmp_path):
 
 def test_unknown_top_level_table(tmp_path):
     path = write(tmp_path, "[deploy]\nx = 1\n" + MINIMAL)
-    assert str(refusal(path)) == f"{path}, key 'deploy': unknown key (allowed: apps, cluster, deployer, registries, server)"
+    assert str(refusal(path)) == f"{path}, key 'deploy': unknown key (allowed: apps, cluster, deployer, fleet, registries, server)"
 
 
 @pytest.mark.parametrize("name", ["Web", "web_1", "1web", "a" * 20, "-web"])

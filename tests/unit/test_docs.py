@@ -116,6 +116,8 @@ TABLES = {
     "[[cluster.hosts]]": {"apps": {"web": APP}, "cluster": {
         "interface": "eth0", "subnet": "198.18.10.0/24", "address": "198.18.10.100", "buckets": 2, "hash_seed": 1,
         "hosts": [{"name": "h1", "address": "198.18.10.1", PROBE: 1}]}},
+    "[fleet]": {"fleet": {PROBE: 1}},
+    "[[fleet.hosts]]": {"fleet": {"apps": ["web"], "hosts": [{PROBE: 1}]}},
 }
 
 

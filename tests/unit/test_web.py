@@ -484,7 +484,7 @@ def test_a_hostile_tag_in_a_redeploy_is_422(client, queue, tag):
     (b'{"tag": "v2"}', 422, "missing field app"),
     (b'{"app": 7}', 422, "field app must be a string"),
     (b'{"app": "web", "reason": "a\\nb"}', 422, "field reason must be printable text of at most 500 characters"),
-    (b'{"app": "web", "force": true}', 422, "unknown field 'force' (allowed: app, tag, action, reason)"),
+    (b'{"app": "web", "force": true}', 422, "unknown field 'force' (allowed: app, tag, action, reason, rollout)"),
 ])
 def test_malformed_redeploy_bodies(client, queue, body, status, error):
     response = signed_call(client, "POST", "/deploy", body)

@@ -1,0 +1,193 @@
+"""`deployer rollout` and `deployer fleet status`, on a controller ([fleet]). Thin: deployer/server/rollout.py acts.
+
+`rollout` queues a job in this controller's own queue; its worker runs it (`deployer worker` or `serve`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from deployer import config as config_module
+from deployer.cli.ops import seconds
+from deployer.config.fleet import FleetConfig, check_canary, check_max_parallel
+from deployer.errors import ConfigError, DeployerError, InvalidTag
+from deployer.plan import rollout as plan
+from deployer.plan.tags import DOCKER_TAG_RE
+from deployer.server.jobs import ROLLOUT, Job, Queue
+
+POLL_SECONDS = 0.5
+WORKER_STALE_SECONDS = 15.0  # as /healthz judges the worker's heartbeat
+
+
+def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command(sub, "rollout", cmd_rollout, "roll a tag out across the fleet's hosts, batch by batch (docs/fleet.md)",
+                "deployer rollout web v2 --canary h1 --max-parallel 50% --bake 30 --wait",
+                "Queue a rollout in this controller's queue; its worker runs it. The canary batch goes first,\n"
+                "then batches of --max-parallel hosts: each host gets a signed POST /deploy and is followed to\n"
+                "its end (GET /jobs/<id>), then baked. A host already on TAG is skipped. At the first failure\n"
+                "(a failed health gate, a host that does not answer within [fleet] host_timeout) the rollout\n"
+                "stops and, unless --no-revert, deploys back the tag each done host had. With --wait, show each\n"
+                "host's progress; exit 1 when it failed, naming the host and the reason.")
+    p.add_argument("app")
+    p.add_argument("tag")
+    p.add_argument("--max-parallel", help="hosts per batch: a count or a percentage such as 50%% "
+                                          "(default: [fleet] max_parallel)")
+    p.add_argument("--canary", help="the first batch, alone: a host's name or a count of hosts "
+                                    "(default: [fleet] canary)")
+    p.add_argument("--bake", type=seconds, help="seconds to wait between batches (default: [fleet] bake)")
+    p.add_argument("--no-revert", action="store_true", help="on a failure, leave the done hosts on TAG")
+    p.add_argument("--reason", help="why, for the audit records of the controller and each host")
+    p.add_argument("--wait", action="store_true", help="follow the rollout to its end")
+    p.add_argument("--timeout", type=seconds, default=3600.0, help="seconds --wait waits (default 3600)")
+
+    p = command(sub, "fleet", cmd_fleet_status, "the fleet's hosts: each one's tag, port set and health",
+                "deployer fleet status web",
+                "Without an action: the same as `deployer fleet status`.")
+    p.add_argument("--json", action="store_true", help="print JSON for tools")
+    p.set_defaults(app=None)
+    actions = p.add_subparsers(dest="fleet_action", metavar="ACTION")
+    s = command(actions, "status", cmd_fleet_status,
+                "ask each host of [fleet] (signed GET /apps/<app>) what it runs; hosts that differ are marked",
+                "deployer fleet status web --json",
+                "One line per host and app: the live tag, the port set, the host's health and its last job.\n"
+                "A host whose tag differs from what most hosts run is marked DIFFERS. Exit 1 when a host\n"
+                "does not answer or any differs.")
+    s.add_argument("app", nargs="?")
+    s.add_argument("--json", action="store_true", help="print JSON for tools")
+
+
+def fleet_of(config: config_module.Config, app: str | None = None) -> FleetConfig:
+    if config.fleet is None:
+        raise ConfigError("this deployer is not a controller: it has no [fleet] table", path=config.path, key="fleet")
+    if app is not None and app not in config.fleet.apps:
+        raise ConfigError(f"app {app!r} is not a fleet app (listed: {', '.join(config.fleet.apps)})",
+                          path=config.path, key="fleet.apps")
+    return config.fleet
+
+
+def rollout_options(args: argparse.Namespace, fleet: FleetConfig) -> plan.Options:
+    """The flags over [fleet]'s values; a bad one is refused before anything is queued."""
+    max_parallel = check_max_parallel(args.max_parallel if args.max_parallel is not None else fleet.max_parallel,
+                                      len(fleet.hosts), path=None, key="--max-parallel")
+    canary = check_canary(args.canary if args.canary is not None else fleet.canary, fleet.host_names, path=None,
+                          key="--canary")
+    return plan.Options(max_parallel=max_parallel, canary=canary,
+                        bake=args.bake if args.bake is not None else fleet.bake, revert=not args.no_revert)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from deployer.host.wiring import build_journal
+
+    config = args.loaded_config
+    fleet = fleet_of(config, args.app)
+    if not DOCKER_TAG_RE.fullmatch(args.tag):
+        raise InvalidTag(f"{args.tag[:60]!r} is not a valid Docker tag", app=args.app)
+    options = rollout_options(args, fleet)
+    queue = Queue.for_state_dir(config.settings.state_dir)
+    journal = build_journal(config)
+    actor = config_module.local_actor()
+    source = {**options.as_dict(), **({"reason": args.reason} if args.reason else {})}
+    job = queue.submit_manual(app=args.app, tag=args.tag, actor=actor, kind=ROLLOUT, source=source, hold=True)
+    try:  # as the receiver does: no job a worker could run without its `job.queued` record
+        journal.record_or_raise("job.queued", job=job.id, app=args.app, tag=args.tag, actor=actor, kind=ROLLOUT,
+                                rollout=job.id, **source)
+        queue.confirm(job)
+    except DeployerError:
+        queue.withdraw(job)
+        raise
+    print(f"{args.app}: queued rollout {job.id} of {args.tag} over {', '.join(fleet.host_names)}", flush=True)
+    worker = queue.worker_status()
+    if worker is None or time.time() - worker["heartbeat_at"] > WORKER_STALE_SECONDS:
+        print("deployer: no worker runs on this controller's state folder: the rollout waits for `deployer worker` "
+              "(or `deployer serve`)", file=sys.stderr, flush=True)
+    if not args.wait:
+        return 0
+    return follow(queue, job, timeout=args.timeout)
+
+
+def follow(queue: Queue, job: Job, *, timeout: float, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Print each host's progress as the worker records it; the exit code says how the rollout ended."""
+    deadline, shown = time.monotonic() + timeout, 0
+    current: Job | None = job
+    while True:
+        steps = queue.steps(job.id)
+        for step in steps[shown:]:
+            line = describe(step)
+            if line:
+                print("  " + line, flush=True)
+        shown = len(steps)
+        current = queue.get(job.id)
+        if current is None or current.done or time.monotonic() > deadline:
+            break
+        sleep(POLL_SECONDS)
+    if current is not None and current.status == "succeeded":
+        print(f"{job.app}: {current.reason}")
+        return 0
+    if current is not None and current.done:
+        print(f"{job.app}: rollout {current.status}: {current.reason}", file=sys.stderr)
+        return 1
+    print(f"{job.app}: rollout {job.id} still {current.status if current else '?'} after {timeout:g} s; "
+          f"it goes on (the worker runs it)", file=sys.stderr)
+    return 1
+
+
+def describe(step: dict[str, Any]) -> str | None:
+    detail = step.get("detail") or {}
+    if step["name"] == "rollout.host":
+        words = [detail.get("host", "?"), detail.get("state", "?"), detail.get("tag", "")]
+        words += [f"job={detail['host_job']}"] if detail.get("host_job") else []
+        words += [f"({detail['reason']})"] if detail.get("reason") else []
+        return " ".join(w for w in words if w)
+    if step["name"] == "rollout.planned":
+        return "batches: " + " | ".join(", ".join(b) for b in detail.get("batches", [])) + (
+            f"; skipped (already on the tag): {', '.join(detail['skipped'])}" if detail.get("skipped") else "")
+    if step["name"] == "rollout.bake":
+        return f"baking {detail.get('seconds')} s after batch {detail.get('batch')}"
+    if step["name"] == "rollout.resumed":
+        return "resumed: " + ", ".join(f"{h} {s}" for h, s in (detail.get("states") or {}).items())
+    return None
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from deployer.server.fleet import FleetClient
+
+    fleet = fleet_of(args.loaded_config, args.app)
+    client = FleetClient(fleet)
+    report: dict[str, dict[str, Any]] = {}
+    for app in [args.app] if args.app else list(fleet.apps):
+        hosts: dict[str, Any] = {}
+        for name in fleet.host_names:
+            try:
+                hosts[name] = dict(client.status(name, app))
+            except DeployerError as exc:
+                hosts[name] = {"error": str(exc)}
+        differs = plan.odd_ones({h: s.get("tag") for h, s in hosts.items() if "error" not in s})
+        for name, status in hosts.items():
+            status["differs"] = name in differs
+        report[app] = hosts
+    bad = any("error" in s or s["differs"] for hosts in report.values() for s in hosts.values())
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 1 if bad else 0
+    for app, hosts in report.items():
+        for name, s in hosts.items():
+            print(f"{app} {name}: " + (f"does not answer: {s['error']}" if "error" in s else host_line(s)))
+    return 1 if bad else 0
+
+
+def host_line(status: dict[str, Any]) -> str:
+    health = status.get("health") or {}
+    unwell = [f"{part} {state}" for part, state in health.items() if state != "ok"]
+    last = status.get("last_job") or {}
+    parts = [f"{status.get('tag') or 'not deployed'} on {status.get('port_set') or '-'}",
+             "healthy" if not unwell else "unhealthy: " + ", ".join(unwell)]
+    if last:
+        parts.append(f"last job {last.get('id')} {last.get('status')}"
+                     + (f" (rollout {last['rollout']})" if last.get("rollout") else ""))
+    return "; ".join(parts) + ("  DIFFERS" if status.get("differs") else "")
+

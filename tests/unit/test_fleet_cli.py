@@ -1,0 +1,71 @@
+"""`deployer rollout` on a controller: bad input is refused before anything is queued; good input queues one
+rollout job, with its options and its `job.queued` audit record, for the worker to run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deployer.audit import AuditLog, Query
+from deployer.cli.main import main
+from deployer.server.jobs import ROLLOUT, Queue
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Path:
+    secret = tmp_path / "fleet.secret"
+    secret.write_text("fleet-secret-0123456789abcdef\n")
+    hosts = "".join(f'[[fleet.hosts]]\nname = "h{i}"\nurl = "http://10.0.0.{i}:8000"\nkey_id = "fleet"\n'
+                    f'secret_file = "{secret}"\n' for i in (1, 2, 3))
+    path = tmp_path / "deployer.toml"
+    path.write_text(f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n[fleet]\napps = ["web"]\nbake = 5\n{hosts}')
+    return path
+
+
+def queued(controller: Path) -> list:
+    return Queue.for_state_dir(controller.parent / "state").jobs()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["rollout", "api", "v2"], "app 'api' is not a fleet app (listed: web)"),
+    (["rollout", "web", "v2;id"], "is not a valid Docker tag"),
+    (["rollout", "web", "v2", "--max-parallel", "0"], "key '--max-parallel': must be a count of hosts from 1 to 3"),
+    (["rollout", "web", "v2", "--max-parallel", "4"], "key '--max-parallel': must be a count of hosts from 1 to 3"),
+    (["rollout", "web", "v2", "--canary", "h9"], "key '--canary': names no host of [[fleet.hosts]] (h1, h2, h3)"),
+    (["rollout", "web", "v2", "--canary", "3"], "key '--canary': must be a host's name or a count of hosts from 1 "
+                                                "to 2"),
+])
+def test_bad_input_is_refused_with_exit_2_and_queues_nothing(controller, capsys, args, message):
+    assert main(["-c", str(controller), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert queued(controller) == []
+
+
+def test_a_rollout_is_queued_with_its_options_and_recorded(controller, capsys):
+    assert main(["-c", str(controller), "rollout", "web", "v2", "--max-parallel", "50%", "--canary", "h2",
+                 "--no-revert", "--reason", "release day"]) == 0
+    [job] = queued(controller)
+    assert (job.app, job.tag, job.kind, job.status) == ("web", "v2", ROLLOUT, "queued")
+    assert job.source == {"max_parallel": "50%", "canary": "h2", "bake": 5, "revert": False, "reason": "release day"}
+    out, err = capsys.readouterr()
+    assert out == f"web: queued rollout {job.id} of v2 over h1, h2, h3\n"
+    assert "no worker runs on this controller's state folder" in err  # none was started here
+    [record] = AuditLog.for_state_dir(controller.parent / "state").query(Query(event=("job.queued",)))
+    assert (record.get("job"), record.get("rollout"), record.get("kind")) == (job.id, job.id, ROLLOUT)
+
+
+def test_a_command_of_the_fleet_on_a_deployer_without_fleet_says_so(tmp_path, capsys):
+    path = tmp_path / "deployer.toml"
+    path.write_text('[apps.web]\nimage = "registry.example/web"\n[[apps.web.ports]]\nexternal = 80\n'
+                    'container = 8080\nblue = 8001\ngreen = 8002\n')
+    assert main(["-c", str(path), "fleet", "status"]) == 2
+    assert "this deployer is not a controller: it has no [fleet] table" in capsys.readouterr().err
+
+
+def test_no_warning_while_the_controllers_worker_beats(controller, capsys):
+    import time
+
+    Queue.for_state_dir(controller.parent / "state").heartbeat(pid=1, started_at=time.time())
+    assert main(["-c", str(controller), "rollout", "web", "v2"]) == 0
+    assert "no worker" not in capsys.readouterr().err
