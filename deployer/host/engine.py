@@ -315,7 +315,7 @@ class Engine:
                 else:
                     after = forwarding.after_promotion(maintenance.after_promotion(state.promoted(instance,
                                                                                                   utc_now())))
-                old_addresses = self.chains.flip(app, self.chains.wanted(app, after), step.detail)
+                old_addresses = self.chains.flip(app, self.chains.wanted(app, after), step.detail, tidy=False)
                 # `since` is when the instance took the traffic: the commit, not the moment it was described.
                 if canary_split is None:
                     after = replace(after, active=replace(after.active,
@@ -337,6 +337,9 @@ class Engine:
             self.store.save(after)  # the app lock is held: nothing else changed the record since the flip
         with contextlib.suppress(DeployerError), operation.step("conntrack") as step:
             step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, old_addresses))
+        if app.name in self.chains.shadowed:  # the flip's deleting rewrite, out of its timed step
+            with contextlib.suppress(DeployerError), operation.step("tidy"):
+                self.chains.tidy(app)
         self._hook("post-flip", app, context, base, must_pass=False)
         if canary_split is not None:  # both serve until promote or abort
             operation.finish(tag=release.tag, set=new_set, digest=release.digest, canary=canary_split.weight)
@@ -405,7 +408,8 @@ class Engine:
         containers = self.docker.containers(selector(self.settings, app.name))
         running = [c for c in containers if c.status == "running" and c.address(self.settings.network)]
         live = self.chains.table("nat")
-        targets = rules.dnat_destinations(live.rules(self.names.app(app.name)))
+        # The rules that still match new flows: an untidied flip leaves the old ones shadowed behind them.
+        targets = rules.dnat_destinations(rules.unshadowed(live.rules(self.names.app(app.name))))
         active_id = state.active.container_id if state.active else None
         if state.mode == forwarding.MODE:
             if not any(c.address(self.settings.network) in targets for c in running):
@@ -452,10 +456,12 @@ class Engine:
             repairs.append(f"jumps and chains of {app.name} restored")
         else:
             self.chains.prepare_bridge()
-        if live.rules(self.names.app(app.name)) != wanted:
+        live_chain = live.rules(self.names.app(app.name))
+        if live_chain != wanted:
             old_addresses = self.chains.flip(app, wanted)
             self.chains.clean_flows(conntrack.after_flip(app, old_addresses))
-            repairs.append(f"rules of {app.name} pointed at {port_set} {address} ({tag})")
+            repairs.append(f"shadowed rules of {app.name} removed" if rules.unshadowed(live_chain) == wanted
+                           else f"rules of {app.name} pointed at {port_set} {address} ({tag})")
 
         if state.active is None or state.active.container_id != serving.id or state.active.address != address:
             self.store.save(state.promoted(instance, utc_now()))
