@@ -45,8 +45,10 @@ Render = Callable[..., "str | None"]
 
 class Chains:
     def __init__(self, backend: NetfilterBackend, network: BridgeNetwork, settings: Settings, *,
+                 retired: NetfilterBackend | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.backend = backend
+        self.retired = retired  # the other backend, whose rules a switched host still holds until reconcile
         self.network = network
         self.settings = settings
         self.names = rules.ChainNames(settings.chain_prefix)
@@ -178,6 +180,32 @@ class Chains:
         with self.lock():
             self.backend.restore(rules.render_chain(self.names, app.name, wanted))
         return True
+
+    def retire_other(self, app: AppConfig) -> list[str]:
+        """Remove the app's rules from the other backend, once this one's serve it; and that backend's base
+        chains with its last app. What was removed.
+
+        The order makes a switch of backends safe under load (docs/backends.md): the new backend's rules are
+        written first, and while both hold the app, new flows take the nftables table's DNAT (it hooks at
+        priority -105, before iptables-nft's nat chains at -100), so no moment is without one.
+        """
+        other, chain = self.retired, self.names.app(app.name)
+        if other is None or other.list_chain(chain) is None:
+            return []
+        removed = []
+        with self.lock():
+            live = rules.parse_table(other.save_table("nat"), "nat")
+            text = rules.render_removal(live, self.names, [app.name])
+            if text:
+                other.restore(text)
+                removed.append(f"{chain} removed from the previous backend")
+            live = rules.parse_table(other.save_table("nat"), "nat")
+            if not any(self.names.owns(c) and c not in (self.names.top, self.names.postrouting) for c in live.chains):
+                teardown = rules.render_teardown(live, self.names)
+                if teardown:
+                    other.restore(teardown)
+                    removed.append("the previous backend's base chains removed")
+        return removed
 
     # --- conntrack -----------------------------------------------------------------------------
 

@@ -108,7 +108,7 @@ class AppStatus:
 class Engine:
     def __init__(self, config: Config, docker: DockerPort, netfilter: NetfilterBackend, *, routing: RoutingPort,
                  prober: Prober, run_hook: HookRunner, journal: Journal | None = None,
-                 environ: Mapping[str, str] | None = None,
+                 environ: Mapping[str, str] | None = None, retired_netfilter: NetfilterBackend | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.settings = config.settings
@@ -121,7 +121,7 @@ class Engine:
         self.sleep = sleep
         self.clock = clock
         self.store = StateStore(self.settings.state_dir)
-        self.chains = Chains(netfilter, docker, self.settings, clock=clock, sleep=sleep)
+        self.chains = Chains(netfilter, docker, self.settings, retired=retired_netfilter, clock=clock, sleep=sleep)
         self.names = self.chains.names
         self.forwarder = Forwarder(self, routing)
 
@@ -425,6 +425,7 @@ class Engine:
         if split is not None:
             kept = self._reconcile_canary(app, state, split, running, live, repairs)
             if kept:
+                repairs.extend(self.chains.retire_other(app))
                 repairs.extend(self._remove_others(app, containers, kept))
                 record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
                 return repairs
@@ -467,6 +468,7 @@ class Engine:
             self.store.save(state.promoted(instance, utc_now()))
             repairs.append(f"record of {app.name} set to {port_set} {serving.name} ({tag})")
 
+        repairs.extend(self.chains.retire_other(app))  # after a switch of backends, once this one serves
         repairs.extend(self._remove_others(app, containers, {serving.id}))
         record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
         return repairs

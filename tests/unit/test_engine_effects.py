@@ -208,6 +208,7 @@ class Host:
         self.tmp_path = tmp_path
         self.effects = Effects()
         self.netfilter = FakeNetfilter(self.effects)
+        self.retired: FakeNetfilter | None = None  # the backend a switch left behind
         self.docker = FakeDocker(self.effects)
         self.prober = FakeProber(self.effects)
         self.clock = FakeClock()
@@ -235,7 +236,8 @@ class Host:
     def engine(self) -> Engine:
         journal = Journal([self.events.append], clock=self.clock)
         return Engine(self.config, self.docker, self.netfilter, routing=NoRouting(), prober=self.prober,
-                      run_hook=self.run_hook, journal=journal, environ={}, clock=self.clock, sleep=self.clock.sleep)
+                      run_hook=self.run_hook, journal=journal, environ={}, clock=self.clock, sleep=self.clock.sleep,
+                      retired_netfilter=self.retired)
 
     def taken(self) -> list[str]:
         """The effects so far, and a fresh list for what comes next."""
@@ -454,6 +456,27 @@ def test_reconcile_after_a_killed_deploy_keeps_the_serving_instance_and_removes_
 
     host.taken()
     assert host.engine().reconcile("web", actor="cli:ann") == []
+    assert host.effects == PREPARE_BRIDGE
+
+
+def test_reconcile_after_a_switch_of_backends_writes_the_new_rules_first_then_removes_the_old(host):
+    host.taken()
+    old, new = host.netfilter, FakeNetfilter(host.effects)
+    host.netfilter, host.retired = new, old  # the config now names the other backend
+    assert host.engine().reconcile("web", actor="cli:ann") == [
+        "jumps and chains of web restored", "rules of web pointed at blue 172.18.0.2 (v1)",
+        "DEPLOYER-web removed from the previous backend", "the previous backend's base chains removed"]
+    assert host.effects == [
+        *PREPARE_BRIDGE, BASE,  # the new backend first: it serves before the old one loses anything
+        f"restore *nat | :DEPLOYER-web - [0:0] | {OLD_RULE} | COMMIT",
+        "restore *nat | -D DEPLOYER -j DEPLOYER-web | -F DEPLOYER-web | -X DEPLOYER-web | COMMIT",
+        "restore *nat | -D PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER | "
+        "-D OUTPUT -m addrtype --dst-type LOCAL -j DEPLOYER | -D POSTROUTING -j DEPLOYER-POSTROUTING | "
+        "-F DEPLOYER | -F DEPLOYER-POSTROUTING | -X DEPLOYER | -X DEPLOYER-POSTROUTING | COMMIT"]
+    assert [c for c in old.tables["nat"] if c.startswith("DEPLOYER")] == []
+    assert host.chain() == [OLD_RULE]
+    host.taken()
+    assert host.engine().reconcile("web", actor="cli:ann") == []  # nothing left of the old backend
     assert host.effects == PREPARE_BRIDGE
 
 
