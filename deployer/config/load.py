@@ -224,6 +224,12 @@ BACKENDS = ("iptables", "nftables")
 NFTABLES_REFUSES = {"host_bound": "a host-bound app", "canary": "a canary split", "cluster": "a cluster app"}
 
 
+def refuse_on_nftables(config: Config, what: str) -> None:
+    """A command the nftables backend cannot carry out yet, refused before anything runs."""
+    if config.settings.backend == "nftables":
+        raise ConfigError(f'{what} needs backend = "iptables" for now', path=config.path, key="deployer.backend")
+
+
 def _check_backend(settings: Settings, data: Mapping[str, Any], *, path: Path) -> None:
     if settings.backend != "nftables":
         return

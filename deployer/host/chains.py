@@ -100,6 +100,18 @@ class Chains:
                 self.backend.restore(text)
         return text or None
 
+    def teardown(self) -> bool:
+        """Remove every nat chain the deployer owns, from both backends; whether there was any."""
+        removed = False
+        for backend in (self.backend, self.retired):
+            if backend is not None:
+                with self.lock():
+                    text = rules.render_teardown(rules.parse_table(backend.save_table("nat"), "nat"), self.names)
+                    if text:
+                        backend.restore(text)
+                        removed = True
+        return removed
+
     def prepare_bridge(self) -> None:
         """The deployer's Docker network, and loopback clients allowed through its bridge."""
         self.network.ensure_network(self.settings.network, self.settings.bridge)

@@ -232,7 +232,7 @@ class Engine:
             removed.append(f"container {container.name}")
         removed.extend(modes.remove_retries(self.chains))  # the watchdog's mangle chain, if one was left behind
         removed.extend(self.forwarder.uninstall())  # first: its nat chain is jumped to from POSTROUTING
-        if self.chains.rewrite(lambda nat: rules.render_teardown(nat, self.names), "nat"):
+        if self.chains.teardown():
             removed.append(f"nat chains {self.names.top}*")
         for app in self.config.apps:
             if self.store.forget(app):
