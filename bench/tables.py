@@ -23,7 +23,7 @@ SCENARIO_LABELS = {
     "stop-start": "stop-then-start on the same port",
     "naive": "naive swap, no UDP conntrack cleanup",
 }
-STEP_ORDER = ("pull", "start", "health", "flip", "record", "conntrack", "drain", "stop")
+STEP_ORDER = ("pull", "start", "health", "flip", "record", "conntrack", "tidy", "drain", "stop")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
