@@ -29,11 +29,14 @@ class NftablesBackend:
         self.table = table
 
     def listing(self, what: str = "") -> nft.Listing:
-        """The table (or one chain: `chain ip TABLE NAME`) as it is now; empty when it does not exist."""
+        """The table (or one chain: `chain ip TABLE NAME`) as it is now; empty when it does not exist.
+
+        Without libnftables there is no table the deployer wrote: an iptables host that never ran this backend
+        reads it as empty (its reconcile and uninstall look here too), and a write says what is missing."""
         try:
             return nft.parse_listing(self.runner.run(f"list {what or f'table ip {self.table}'}"))
         except RulesError as exc:
-            if "No such file or directory" in str(exc):
+            if "No such file or directory" in str(exc) or "is not installed" in str(exc):
                 return nft.Listing({})
             raise
 
@@ -43,7 +46,7 @@ class NftablesBackend:
         return self.listing().saved()
 
     def list_chain(self, chain: str) -> list[str] | None:
-        return self.listing(f"chain ip {self.table} {chain}").rules(chain)
+        return self.listing(f"chain ip {self.table} {chain}").rules(chain)  # None: no such chain
 
     def restore(self, text: str) -> None:
         """The nat part as one nft transaction, the rest through iptables-restore; both translated first, so a

@@ -176,3 +176,14 @@ def test_the_backend_reads_handles_only_for_a_transaction_that_deletes():
     assert runner.ran[1:] == [nft.translate_restore(rules.render_chain(NAMES, "web", [GREEN]), "deployer")[0]]
     backend.restore(f"*nat\n-D DEPLOYER-web {BLUE.split(' ', 2)[2]}\nCOMMIT\n")
     assert runner.ran[2:] == ["list table ip deployer", "delete rule ip deployer DEPLOYER-web handle 7\n"]
+
+
+def test_without_libnftables_the_table_reads_as_empty_and_a_write_says_what_is_missing():
+    class Missing:
+        def run(self, text: str) -> str:
+            raise RulesError("libnftables.so.1 is not installed (Debian: apt-get install libnftables1)")
+
+    backend = NftablesBackend(Missing(), FakeIptables(), table="deployer")  # type: ignore[arg-type]
+    assert (backend.save_table("nat"), backend.list_chain("DEPLOYER-web")) == ("*nat\nCOMMIT\n", None)
+    with pytest.raises(RulesError, match="is not installed"):
+        backend.restore(rules.render_chain(NAMES, "web", [GREEN]))
