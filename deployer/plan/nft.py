@@ -1,6 +1,8 @@
 """Render the deployer's own nftables table, as nft's input language; pure, like rules.py for iptables.
 
-The layout:
+Two layouts. The nftables backend (host/nft_backend.py) uses the second one, at the end of this module: the
+chains of rules.py mirrored in the table, translated both ways. The first, port maps, is what the bench measures
+as the flip's floor on nftables and the layout the plain forwards are to move to; its layout:
 
     table ip deployer
       map tcp-ports { type inet_service : ipv4_addr . inet_service; size 65536; }  external port -> instance
@@ -153,7 +155,9 @@ def render_teardown(table: str) -> str:
 
 # --- the nftables backend: the iptables layout, mirrored in the deployer's own table ------------------------
 #
-# The backend keeps the chains rules.py draws (PREROUTING, OUTPUT, POSTROUTING as base chains of the table, then
+# A rule added to a table costs nft a read of every chain's header first (12 ms with 10,000 chains here, the
+# same for any rule), so this layout's flip grows with the number of apps past a thousand, where the port maps'
+# does not (docs/benchmarks.md). The backend keeps the chains rules.py draws (PREROUTING, OUTPUT, POSTROUTING as base chains of the table, then
 # DEPLOYER, DEPLOYER-<app>, DEPLOYER-POSTROUTING), and translates each rule both ways through the forms below:
 # the host layer renders iptables-restore text as it does for iptables, and reads back iptables-save lines, so a
 # flip, reconcile and drift detection are the same code and the same string comparison on either backend. A
