@@ -237,9 +237,9 @@ def _check_backend(settings: Settings, data: Mapping[str, Any], *, path: Path) -
         raise ConfigError('load sharing across hosts needs backend = "iptables" for now (deployer.backend is '
                           '"nftables")', path=path, key="cluster")
     for name, app in _apps_table(data, path=path).items():
-        for key in NFTABLES_REFUSES:
+        for key, what in NFTABLES_REFUSES.items():
             if isinstance(app, dict) and app.get(key) not in (None, False):
-                raise ConfigError(f'{NFTABLES_REFUSES[key]} needs backend = "iptables" for now (deployer.backend '
+                raise ConfigError(f'{what} needs backend = "iptables" for now (deployer.backend '
                                   f'is "nftables")', path=path, app=name, key=key)
 
 

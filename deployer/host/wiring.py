@@ -88,5 +88,5 @@ def build_cluster_control(config: Config) -> ClusterControl:
 
 
 __all__ = ["Deadlines", "SignedClient", "build_asset_http", "build_cluster_agent", "build_cluster_control",
-           "build_engine", "build_netfilter", "build_host_probes", "build_image_loader", "build_journal", "die_with_parent",
-           "spawn_process", "start_job"]
+           "build_engine", "build_host_probes", "build_image_loader", "build_journal", "build_netfilter",
+           "die_with_parent", "spawn_process", "start_job"]

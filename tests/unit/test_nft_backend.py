@@ -170,8 +170,8 @@ def test_the_backend_writes_nat_in_its_table_and_leaves_filter_to_iptables():
 def test_the_backend_reads_handles_only_for_a_transaction_that_deletes():
     runner = FakeRunner({"list table ip deployer": LISTING, "list chain ip deployer DEPLOYER-web": LISTING})
     backend = NftablesBackend(runner, FakeIptables(), table="deployer")  # type: ignore[arg-type]
-    assert backend.list_chain("DEPLOYER-web") == [GREEN, BLUE, '-A DEPLOYER-web -m comment --comment '
-                                                  '"nft: ip daddr 10.0.0.1 counter packets 0 bytes 0 accept"']
+    foreign = '-A DEPLOYER-web -m comment --comment "nft: ip daddr 10.0.0.1 counter packets 0 bytes 0 accept"'
+    assert backend.list_chain("DEPLOYER-web") == [GREEN, BLUE, foreign]
     backend.restore(rules.render_chain(NAMES, "web", [GREEN]))
     assert runner.ran[1:] == [nft.translate_restore(rules.render_chain(NAMES, "web", [GREEN]), "deployer")[0]]
     backend.restore(f"*nat\n-D DEPLOYER-web {BLUE.split(' ', 2)[2]}\nCOMMIT\n")
