@@ -41,7 +41,7 @@ def build_engine(config: Config, journal: Journal | None = None, *, preloaded: s
         config,
         PreloadedImage(docker, preloaded) if preloaded is not None else docker,
         netfilter or chosen,
-        retired_netfilter=other,
+        retired_netfilter=None if netfilter is not None else other,  # a supplied adapter comes without a pair
         routing=Routing(),
         prober=Probes(),
         run_hook=run_hook,
