@@ -21,7 +21,7 @@ from bench import analysis
 from bench.drivers import EngineDriver, scratch_path
 from bench.lab import IMAGE, Lab, say
 from bench.loadgen import WrkOutputError, parse_wrk, wrk_argv
-from bench.plan import CLIENTS, DATAPATHS, SPLIT_PATHS, Plan, app_toml, round_order
+from bench.plan import CLIENTS, DATAPATHS, NFT_PATHS, SPLIT_PATHS, Plan, app_toml, round_order
 from bench.proxies import haproxy_argv, haproxy_config, nginx_argv, nginx_config
 from deployer.errors import DeployerError
 from deployer.host.engine import CanaryStart
@@ -32,6 +32,9 @@ NOTES = {
     "dnat": {"host": "127.0.0.1 -> DNAT in OUTPUT, then the deployer's loopback MASQUERADE",
              "outside": "DNAT in PREROUTING"},
     "dnat-addr": {"host": "the namespace veth's host address -> DNAT in OUTPUT, no masquerade"},
+    "nft": {"host": "127.0.0.1 -> the nftables table's DNAT in output, then its loopback masquerade",
+            "outside": "the nftables table's DNAT in prerouting"},
+    "nft-addr": {"host": "the namespace veth's host address -> the nftables table's DNAT in output"},
     "split": {"host": "127.0.0.1 -> the canary's statistic match, then DNAT to one of two instances",
               "outside": "the canary's statistic match in PREROUTING, then DNAT"},
 }
@@ -40,7 +43,8 @@ NOTES = {
 def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[str, Any]:
     assert lab.ports is not None
     ports = lab.ports.datapath
-    driver = EngineDriver(lab, APP, app_toml(APP, IMAGE, ports, bind="0.0.0.0", drain_seconds=0.5))
+    app_text = app_toml(APP, IMAGE, ports, bind="0.0.0.0", drain_seconds=0.5)
+    driver = EngineDriver(lab, APP, app_text)
     workdir = scratch_path(lab, APP)
     proxies = []
     try:
@@ -63,7 +67,8 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         # The host end of the namespace's veth is a local address of the host: DNAT without the
         # masquerade that a 127.0.0.1 client needs, to tell the two costs apart.
         targets["host"]["dnat-addr"] = f"{outside.host_ip}:{ports.tcp}"
-        paths = {client: [p for p in DATAPATHS if p in targets[client] and p != "split"] for client in CLIENTS}
+        paths = {client: [p for p in DATAPATHS if p in targets[client] and p not in ("split", "nft", "nft-addr")]
+                 for client in CLIENTS}
         for path in ("haproxy", "nginx", "docker", "dnat"):
             _wait_answers(targets["host"][path])
 
@@ -86,6 +91,19 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
                     rounds.append({"round": number, "client": client, "path": path,
                                    **measure(client, path, plan.wrk_seconds)})
             say(f"  round {number + 1}/{plan.rounds} done")
+        # The same port through the nftables backend: the host switched to it, and back to iptables after.
+        switched = driver.switch_backend(lab, app_text, "nftables")
+        for client in CLIENTS:
+            targets[client]["nft"] = targets[client]["dnat"]
+        targets["host"]["nft-addr"] = targets["host"]["dnat-addr"]
+        _wait_answers(targets["host"]["nft"])
+        for number in range(plan.rounds):
+            for client in CLIENTS:
+                for path in round_order([p for p in NFT_PATHS if p in targets[client]], number):
+                    rounds.append({"round": 2 * plan.rounds + number, "client": client, "path": path,
+                                   **measure(client, path, plan.wrk_seconds)})
+            say(f"  nftables round {number + 1}/{plan.rounds} done")
+        switched += driver.switch_backend(lab, app_text, "iptables")
         # The split: the same external port, now shared 50/50 by two instances of the same server.
         driver.engine.deploy(APP, tags[1], actor="bench", canary_split=CanaryStart(50))
         for client in CLIENTS:
@@ -108,6 +126,7 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
             "notes": NOTES,
             "rounds": rounds,
             "summary": summary,
+            "backend_switches": switched,
         }
     finally:
         for process in proxies:

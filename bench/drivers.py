@@ -20,12 +20,12 @@ from deployer.host.wiring import build_engine
 from deployer.journal import Journal
 
 
-def bench_config(lab: Lab, app: str, app_text: str) -> Config:
+def bench_config(lab: Lab, app: str, app_text: str, backend: str = "iptables") -> Config:
     """A deployer config of its own for one app of this run: its state under the run's scratch folder."""
     root = lab.scratch / app
     (root / "hooks").mkdir(parents=True, exist_ok=True)
     path = root / "deployer.toml"
-    path.write_text(deployer_toml(lab.names, root / "state", root / "hooks", [app_text]))
+    path.write_text(deployer_toml(lab.names, root / "state", root / "hooks", [app_text], backend))
     return config_module.load(path)
 
 
@@ -77,6 +77,11 @@ class EngineDriver:
 
     def deploy(self, tag: str) -> None:
         self.engine.deploy(self.app, tag, actor="bench")
+
+    def switch_backend(self, lab: Lab, app_text: str, backend: str) -> list[str]:
+        """Rewrite the config with `backend` and reconcile, as an operator switches a host (docs/backends.md)."""
+        config = bench_config(lab, self.app, app_text, backend)
+        return build_engine(config, Journal([self.recorder]), docker=lab.docker).reconcile(self.app, actor="bench")
 
 
 class BaselineDriver:

@@ -25,8 +25,10 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 from bench.plan import BLOCKS, OWNER_OF_RUN_RE, RUN_PREFIX_RE, Ports, RunNames, prefix_of_chain
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.nftables import Nftables
 from deployer.errors import DeployerError, DockerUnavailable
-from deployer.plan import rules
+from deployer.host.nft_backend import NftablesBackend
+from deployer.plan import nft, rules
 
 REPO = Path(__file__).resolve().parents[1]
 # The load client and the outside namespaces are the integration tests' own, shared on purpose.
@@ -234,9 +236,12 @@ class Lab:
         self._clients.clear()
 
     def _teardown_chains(self) -> None:
-        text = rules.render_teardown(rules.parse_nat(self.netfilter.save_nat()), rules.ChainNames(self.names.prefix))
-        if text:
-            self.netfilter.restore(text)
+        names = rules.ChainNames(self.names.prefix)
+        nftables = NftablesBackend(Nftables(handles=True), self.netfilter, table=nft.table_name(names.prefix))
+        for backend in (self.netfilter, nftables):  # a run stopped while the nftables backend held its rules
+            text = rules.render_teardown(rules.parse_nat(backend.save_table("nat")), names)
+            if text:
+                backend.restore(text)
 
     def _remove_images(self) -> None:
         # Only the local tags: every scenario pulls from the registry, so a concurrent run is not hurt.

@@ -26,11 +26,13 @@ OWNER_OF_RUN_RE = re.compile(r"^db[0-9a-f]{5}$")
 
 # The scenarios of the deploys-under-load part, in the order they run.
 SCENARIOS = ("ours", "seed", "stop-start", "naive")
-DATAPATHS = ("direct", "dnat", "dnat-addr", "split", "haproxy", "nginx", "docker")
+DATAPATHS = ("direct", "dnat", "dnat-addr", "nft", "nft-addr", "split", "haproxy", "nginx", "docker")
+# The same DNAT through the nftables backend: the host switched to it, measured, and switched back.
+NFT_PATHS = ("direct", "nft", "nft-addr")
 # The canary's split (statistic match, 50%), measured after the others: it needs a second instance.
 SPLIT_PATHS = ("direct", "split")
 # DNAT through a local address that is not loopback: no masquerade. Only the host has such a path.
-HOST_ONLY_PATHS = ("dnat-addr",)
+HOST_ONLY_PATHS = ("dnat-addr", "nft-addr")
 CLIENTS = ("host", "outside")
 SCALE_POINTS = (1, 10, 100, 1000)
 
@@ -185,7 +187,8 @@ def prefix_of_chain(chain: str) -> str | None:
 # --- deployer configs ------------------------------------------------------------------------------
 
 
-def deployer_toml(names: RunNames, state_dir: Path, hooks_dir: Path, apps: list[str]) -> str:
+def deployer_toml(names: RunNames, state_dir: Path, hooks_dir: Path, apps: list[str], backend: str = "iptables"
+                  ) -> str:
     return "\n".join([
         "[deployer]",
         f"state_dir = {json.dumps(str(state_dir))}",
@@ -194,6 +197,7 @@ def deployer_toml(names: RunNames, state_dir: Path, hooks_dir: Path, apps: list[
         f"network = {json.dumps(names.network)}",
         f"bridge = {json.dumps(names.bridge)}",
         "hook_timeout = 20",
+        f"backend = {json.dumps(backend)}",
         "",
         *apps,
     ])

@@ -9,6 +9,7 @@ from bench.plan import CLIENTS, DATAPATHS, SCENARIOS
 from bench.tables import SCENARIO_LABELS
 
 BAR_LABELS = {"direct": "direct", "dnat": "DNAT\n(deployer)", "dnat-addr": "DNAT via a\nlocal address",
+              "nft": "DNAT\n(nftables)", "nft-addr": "nftables via a\nlocal address",
               "split": "canary split\n(50%)",
               "haproxy": "HAProxy", "nginx": "nginx", "docker": "Docker\npublished port"}
 

@@ -26,7 +26,7 @@ def terminal_report(run: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
     if scale:
         out += ["Scale: flip time of one app with other apps' rules installed", tables.scale_table(scale["summary"]), ""]
         if "nftables" in scale:
-            out += ["Scale, nftables: the flip transaction with other apps' ports in the maps",
+            out += ["Scale, nftables: the port maps' flip, and the backend's flip with other apps' chains",
                     tables.nft_scale_table(scale["nftables"]["summary"]), ""]
     for part, error in run.get("errors", {}).items():
         out.append(f"ERROR in {part}: {error}")
@@ -156,8 +156,9 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
             "",
         ]
         if "nftables" in scale:
-            out += ["The same flip on the nftables table being built (docs/backends.md): its transaction through "
-                    "libnftables in process, with 1 to 10,000 other apps' ports in the maps.", "",
+            out += ["The same flip on nftables, through libnftables in process (docs/backends.md): the port maps' "
+                    "transaction with 1 to 10,000 other apps' ports in the maps, and the backend's own flip (read "
+                    "the chain, the add-only insert, the tidy) with as many other apps' chains.", "",
                     tables.nft_scale_table(scale["nftables"]["summary"]), ""]
     if others:
         out += ["## Other benchmarks in bench/", ""]

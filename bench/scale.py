@@ -106,6 +106,55 @@ def floor_ms(lab: Lab, names: rules.ChainNames, takeover: str | None, runs: int)
 
 
 NFT_POINTS = (1, 10, 100, 1000, 10000)
+
+
+class BackendFlips:
+    """The nftables backend's own flip (host/nft_backend.py): its chains mirrored in a table of the run's own,
+    without base chains, so no packet meets it. Each flip does what `Chains.flip` does on it: read the app's
+    chain, the add-only insert (the commit), then the tidy that rewrites the chain."""
+
+    def __init__(self, lab: Lab) -> None:
+        from deployer.adapters.nftables import Nftables
+        from deployer.host.nft_backend import NftablesBackend
+        from deployer.plan import nft
+
+        self.names = rules.ChainNames(lab.names.prefix)
+        self.runner = Nftables(handles=True)
+        self.table = f"{nft.table_name(lab.names.prefix)}-chains"
+        self.backend = NftablesBackend(self.runner, lab.netfilter, table=self.table)
+        self.runner.run(f"add table ip {self.table}\n")
+        self.installed = 0
+        self.current = self.rules(0)
+        self.backend.restore(rules.render_chain(self.names, APP, self.current))
+
+    def rules(self, i: int) -> list[str]:
+        return [rules.Forward(p, n, f"10.255.255.{i % 2 + 3}", 80, f"{APP} {i}").rule(self.names.app(APP))
+                for p, n in (("tcp", 1), ("udp", 2))]
+
+    def at(self, point: int, flips: int) -> dict[str, list[float]]:
+        for start in range(self.installed, point, 1000):
+            stop = min(point, start + 1000)
+            self.backend.restore("".join(rules.render_chain(self.names, filler_name(i), [
+                rules.Forward("tcp", 10 + i, "10.255.255.9", 80, "f").rule(self.names.app(filler_name(i)))])
+                for i in range(start, stop)))
+        self.installed = point
+        committed, steps = [], []
+        for i in range(flips):
+            wanted = self.rules(i + 1)
+            started = time.perf_counter()
+            before = self.backend.list_chain(self.names.app(APP)) or []
+            moved = time.perf_counter()
+            self.backend.restore(rules.render_takeover(self.names, APP, wanted, before))
+            committed.append(round((time.perf_counter() - moved) * 1000, 3))
+            self.backend.restore(rules.render_chain(self.names, APP, wanted))
+            steps.append(round((time.perf_counter() - started) * 1000, 3))
+            self.current = wanted
+        return {"backend_committed_ms": committed, "backend_step_ms": steps}
+
+    def close(self) -> None:
+        with contextlib.suppress(DeployerError):
+            self.runner.run(f"delete table ip {self.table}\n")
+        self.runner.close()
 NFT_FLIPS = 30
 
 
@@ -118,7 +167,8 @@ def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
     nftables = Nftables()
     table = f"{nft.table_name(lab.names.prefix)}-scale"
     app = [rules.Forward("tcp", 1, "10.255.255.2", 80, APP), rules.Forward("udp", 2, "10.255.255.2", 53, APP)]
-    points = []
+    points: list[dict[str, Any]] = []
+    backend: BackendFlips | None = None
     try:
         maps = [line for line in nft.declarations(table) if line.startswith(("add table", "add map"))]
         nftables.run("\n".join([*maps, *nft.add_elements(table, app), ""]))
@@ -140,9 +190,18 @@ def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
                 current = wanted
             points.append({"other_apps": point, "committed_ms": times})
             say(f"  nftables, {point} other apps: flip commit median {analysis.summary(times, 3)['median']} ms")
+        # nft reads every chain of every table before a command: the maps' table goes before the chains come.
+        nftables.run(f"delete table ip {table}\n")
+        backend = BackendFlips(lab)
+        for entry in points:
+            entry.update(backend.at(entry["other_apps"], flips))
+            say(f"  nftables backend, {entry['other_apps']} other apps: flip commit median "
+                f"{analysis.summary(entry['backend_committed_ms'], 3)['median']} ms")
     finally:
         with contextlib.suppress(DeployerError):
             nftables.run(f"delete table ip {table}\n")
+        if backend is not None:
+            backend.close()
         nftables.close()
     return {"settings": {"points": list(NFT_POINTS), "flips_per_point": flips,
                          "table": "maps only, no hooks: the flip transaction of plan/nft.py, in process"},

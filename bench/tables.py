@@ -10,6 +10,8 @@ PATH_LABELS = {
     "direct": "direct to the container",
     "dnat": "deployer external port (DNAT)",
     "dnat-addr": "DNAT via a local non-loopback address",
+    "nft": "deployer external port, nftables backend",
+    "nft-addr": "nftables backend via a local non-loopback address",
     "split": "canary split, 50% (statistic match + DNAT)",
     "haproxy": "HAProxy (http mode)",
     "nginx": "nginx reverse proxy",
@@ -21,7 +23,7 @@ SCENARIO_LABELS = {
     "stop-start": "stop-then-start on the same port",
     "naive": "naive swap, no UDP conntrack cleanup",
 }
-STEP_ORDER = ("pull", "start", "health", "flip", "record", "conntrack", "drain", "stop")
+STEP_ORDER = ("pull", "start", "health", "flip", "record", "conntrack", "tidy", "drain", "stop")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
@@ -128,9 +130,12 @@ def scale_table(summary: Mapping[str, Any]) -> str:
 
 
 def nft_scale_table(summary: Mapping[str, Any]) -> str:
+    none = {"median": None, "p95": None}
     rows = [[count(p["other_apps"]), ms(p["committed_ms"]["median"]), ms(p["committed_ms"]["p95"]),
-             p["committed_ms"]["n"]] for p in summary["points"]]
-    return table(["other apps", "nftables flip commit (median)", "commit p95", "flips"], rows)
+             ms(p.get("backend_committed_ms", none)["median"]), ms(p.get("backend_committed_ms", none)["p95"]),
+             ms(p.get("backend_step_ms", none)["median"]), p["committed_ms"]["n"]] for p in summary["points"]]
+    return table(["other apps", "port-map flip commit (median)", "commit p95", "backend flip commit (median)",
+                  "backend commit p95", "backend flip step (median)", "flips"], rows)
 
 
 def targets_table(found: Sequence[Mapping[str, Any]]) -> str:

@@ -15,11 +15,13 @@ import threading
 from deployer.errors import RulesError
 
 LIBRARY = "libnftables.so.1"
+OUTPUT_HANDLE = 1 << 3  # NFT_CTX_OUTPUT_HANDLE
 
 
 class Nftables:
-    def __init__(self, *, library: str = LIBRARY) -> None:
+    def __init__(self, *, library: str = LIBRARY, handles: bool = False) -> None:
         self.library = library
+        self.handles = handles  # listings print each rule's handle, as `nft -a` does
         self._lib: ctypes.CDLL | None = None
         self._ctx: int | None = None
         self._guard = threading.Lock()  # one context, one command at a time
@@ -62,6 +64,9 @@ class Nftables:
             ctx = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
             if not ctx:
                 raise RulesError("libnftables could not make a context")
+            if self.handles:
+                lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+                lib.nft_ctx_output_set_flags(ctx, OUTPUT_HANDLE)
             lib.nft_ctx_buffer_output(ctx)
             lib.nft_ctx_buffer_error(ctx)
             self._lib, self._ctx = lib, ctx

@@ -138,6 +138,7 @@ class Settings:
     docker_host: str = "unix:///var/run/docker.sock"
     iptables_wait: int = 10
     maintenance_port: int = 8999  # the maintenance responder's port, on every local address
+    backend: str = "iptables"  # who writes the nat rules: iptables-restore, or nftables in process (backends.md)
 
 
 @dataclass(frozen=True)

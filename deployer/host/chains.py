@@ -1,10 +1,11 @@
 """The deployer's netfilter transactions on one host: one component that deploys, modes and forwarding share.
 
 It holds the netfilter lock around every read-render-restore (a render is only valid for the rules it read),
-flips an app's chain (add-only takeover, then a rewrite whose commit proves the result, the old rules put back
-on failure), ensures the base chains and jumps, deletes conntrack flows after a commit and waits for old flows to
-end. The rendering is plan/'s; the commands are the backend's. The backend is a Protocol, so another one (native
-nftables, or a test's fake) can take iptables-restore's place without touching the engine.
+flips an app's chain (add-only takeover, then a tidy rewrite whose commit proves the result, the old rules put
+back on failure; a deploy tidies after its timed flip), ensures the base chains and jumps, deletes conntrack
+flows after a commit and waits for old flows to end. The rendering is plan/'s; the commands are the backend's.
+The backend is a Protocol, so another one (host/nft_backend.py, or a test's fake) can take iptables-restore's
+place without touching the engine; after a switch, the other one is `retired` until reconcile empties it.
 """
 
 from __future__ import annotations
@@ -45,13 +46,16 @@ Render = Callable[..., "str | None"]
 
 class Chains:
     def __init__(self, backend: NetfilterBackend, network: BridgeNetwork, settings: Settings, *,
+                 retired: NetfilterBackend | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.backend = backend
+        self.retired = retired  # the other backend, whose rules a switched host still holds until reconcile
         self.network = network
         self.settings = settings
         self.names = rules.ChainNames(settings.chain_prefix)
         self.clock = clock
         self.sleep = sleep
+        self.shadowed: dict[str, list[str]] = {}  # app -> its wanted rules, with shadowed rules left behind them
 
     # --- locks ---------------------------------------------------------------------------------
 
@@ -97,6 +101,18 @@ class Chains:
                 self.backend.restore(text)
         return text or None
 
+    def teardown(self) -> bool:
+        """Remove every nat chain the deployer owns, from both backends; whether there was any."""
+        removed = False
+        for backend in (self.backend, self.retired):
+            if backend is not None:
+                with self.lock():
+                    text = rules.render_teardown(rules.parse_table(backend.save_table("nat"), "nat"), self.names)
+                    if text:
+                        backend.restore(text)
+                        removed = True
+        return removed
+
     def prepare_bridge(self) -> None:
         """The deployer's Docker network, and loopback clients allowed through its bridge."""
         self.network.ensure_network(self.settings.network, self.settings.bridge)
@@ -114,19 +130,24 @@ class Chains:
             self.backend.restore(rules.render_restore(live, self.names, self.settings.bridge, {},
                                                       ensure_apps=[app.name]))
 
-    def flip(self, app: AppConfig, wanted: list[str], detail: dict[str, Any] | None = None) -> set[str]:
+    def flip(self, app: AppConfig, wanted: list[str], detail: dict[str, Any] | None = None, *,
+             tidy: bool = True) -> set[str]:
         """Make `wanted` the app's rules in one transaction; put the old rules back on failure.
 
         Touches the app's own chain only, so its cost does not grow with the number of apps. `detail`, when
         given, gets the commit's duration and time. Returns the addresses the rules pointed at before and no
         longer do.
 
-        The chain is read once, before the move, and not read back after it: the last transaction of every
-        flip declares the chain (which flushes it) and appends exactly `wanted`, and iptables-restore commits
-        a transaction whole or not at all. So a commit proves the chain holds `wanted`, as rendered; a refusal
-        is the one way a flip fails to produce it, and it puts `before` back. That the rendering is the text
-        iptables-save prints is the rendering's contract (tests/unit/test_rules_rendering.py, and the drift
-        check of every reconcile, which compares the live chain with it).
+        The chain is read once, before the move, and not read back after it. The move is add-only: the wanted
+        rules go in front, and the first matching rule wins, so its commit proves that every new flow takes
+        them. The tidy then declares the chain (which flushes it) and appends exactly `wanted`; iptables-restore
+        commits a transaction whole or not at all, so a commit proves the chain holds `wanted`, as rendered, and
+        a refusal puts `before` back. That the rendering is the text iptables-save prints is the rendering's
+        contract (tests/unit/test_rules_rendering.py, and the drift check of every reconcile).
+
+        `tidy=False` leaves the tidy to `tidy()`, after the flip's timed step: a transaction that deletes rules
+        waits 13 to 20 ms after its commit here (docs/benchmarks.md), and the traffic has already moved. A
+        crash before it leaves shadowed rules that match nothing new; reconcile removes them.
         """
         chain = self.names.app(app.name)
         with self.lock():
@@ -136,19 +157,68 @@ class Chains:
                 before = []
             if before == wanted:
                 return set()
+            if before[:len(wanted)] == wanted:  # an earlier flip's move, untidied: only the tidy is left
+                self.shadowed.pop(app.name, None)
+                self.rewrite_chain(app, wanted, before)
+                return rules.dnat_destinations(before) - rules.dnat_destinations(wanted)
             started = self.clock()
-            # Add-only when there are rules to shadow: new flows move at the commit; the rewrite tidies after.
+            # Add-only when there are rules to shadow: new flows move at the commit; the tidy comes after.
             self.backend.restore(rules.render_takeover(self.names, app.name, wanted, before))
             if detail is not None:
                 detail["committed_ms"] = round((self.clock() - started) * 1000, 2)
                 detail["committed_at"] = utc_now()
-            if before:
-                try:
-                    self.backend.restore(rules.render_chain(self.names, app.name, wanted))
-                except RulesError as exc:
-                    self.backend.restore(rules.render_chain(self.names, app.name, before))
-                    raise RulesError(f"{exc}; the previous rules were restored", app=app.name) from None
+            if before and tidy:
+                self.rewrite_chain(app, wanted, before)
+            elif before:
+                self.shadowed[app.name] = list(wanted)
         return rules.dnat_destinations(before) - rules.dnat_destinations(wanted)
+
+    def rewrite_chain(self, app: AppConfig, wanted: list[str], before: list[str]) -> None:
+        """The app's chain rewritten to `wanted`; `before` put back if that is refused. Under the lock."""
+        try:
+            self.backend.restore(rules.render_chain(self.names, app.name, wanted))
+        except RulesError as exc:
+            self.backend.restore(rules.render_chain(self.names, app.name, before))
+            raise RulesError(f"{exc}; the previous rules were restored", app=app.name) from None
+
+    def tidy(self, app: AppConfig) -> bool:
+        """Drop the rules that a `flip(tidy=False)` left shadowed; whether there were any.
+
+        The caller still holds the app's lock, so the chain is what that flip made: no read is needed. A
+        refusal leaves the wanted rules in front, still serving, and the shadowed ones to reconcile.
+        """
+        wanted = self.shadowed.pop(app.name, None)
+        if wanted is None:
+            return False
+        with self.lock():
+            self.backend.restore(rules.render_chain(self.names, app.name, wanted))
+        return True
+
+    def retire_other(self, app: AppConfig) -> list[str]:
+        """Remove the app's rules from the other backend, once this one's serve it; and that backend's base
+        chains with its last app. What was removed.
+
+        The order makes a switch of backends safe under load (docs/backends.md): the new backend's rules are
+        written first, and while both hold the app, new flows take the nftables table's DNAT (it hooks at
+        priority -105, before iptables-nft's nat chains at -100), so no moment is without one.
+        """
+        other, chain = self.retired, self.names.app(app.name)
+        if other is None or other.list_chain(chain) is None:
+            return []
+        removed = []
+        with self.lock():
+            live = rules.parse_table(other.save_table("nat"), "nat")
+            text = rules.render_removal(live, self.names, [app.name])
+            if text:
+                other.restore(text)
+                removed.append(f"{chain} removed from the previous backend")
+            live = rules.parse_table(other.save_table("nat"), "nat")
+            if not any(self.names.owns(c) and c not in (self.names.top, self.names.postrouting) for c in live.chains):
+                teardown = rules.render_teardown(live, self.names)
+                if teardown:
+                    other.restore(teardown)
+                    removed.append("the previous backend's base chains removed")
+        return removed
 
     # --- conntrack -----------------------------------------------------------------------------
 

@@ -108,7 +108,7 @@ class AppStatus:
 class Engine:
     def __init__(self, config: Config, docker: DockerPort, netfilter: NetfilterBackend, *, routing: RoutingPort,
                  prober: Prober, run_hook: HookRunner, journal: Journal | None = None,
-                 environ: Mapping[str, str] | None = None,
+                 environ: Mapping[str, str] | None = None, retired_netfilter: NetfilterBackend | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.settings = config.settings
@@ -121,7 +121,7 @@ class Engine:
         self.sleep = sleep
         self.clock = clock
         self.store = StateStore(self.settings.state_dir)
-        self.chains = Chains(netfilter, docker, self.settings, clock=clock, sleep=sleep)
+        self.chains = Chains(netfilter, docker, self.settings, retired=retired_netfilter, clock=clock, sleep=sleep)
         self.names = self.chains.names
         self.forwarder = Forwarder(self, routing)
 
@@ -232,7 +232,7 @@ class Engine:
             removed.append(f"container {container.name}")
         removed.extend(modes.remove_retries(self.chains))  # the watchdog's mangle chain, if one was left behind
         removed.extend(self.forwarder.uninstall())  # first: its nat chain is jumped to from POSTROUTING
-        if self.chains.rewrite(lambda nat: rules.render_teardown(nat, self.names), "nat"):
+        if self.chains.teardown():
             removed.append(f"nat chains {self.names.top}*")
         for app in self.config.apps:
             if self.store.forget(app):
@@ -315,7 +315,7 @@ class Engine:
                 else:
                     after = forwarding.after_promotion(maintenance.after_promotion(state.promoted(instance,
                                                                                                   utc_now())))
-                old_addresses = self.chains.flip(app, self.chains.wanted(app, after), step.detail)
+                old_addresses = self.chains.flip(app, self.chains.wanted(app, after), step.detail, tidy=False)
                 # `since` is when the instance took the traffic: the commit, not the moment it was described.
                 if canary_split is None:
                     after = replace(after, active=replace(after.active,
@@ -339,6 +339,9 @@ class Engine:
             self.store.save(after)  # the app lock is held: nothing else changed the record since the flip
         with contextlib.suppress(DeployerError), operation.step("conntrack") as step:
             step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, old_addresses))
+        if app.name in self.chains.shadowed:  # the flip's deleting rewrite, out of its timed step
+            with contextlib.suppress(DeployerError), operation.step("tidy"):
+                self.chains.tidy(app)
         self._hook("post-flip", app, context, base, must_pass=False)
         if canary_split is not None:  # both serve until promote or abort
             operation.finish(tag=release.tag, set=new_set, digest=release.digest, canary=canary_split.weight)
@@ -407,7 +410,8 @@ class Engine:
         containers = self.docker.containers(selector(self.settings, app.name))
         running = [c for c in containers if c.status == "running" and c.address(self.settings.network)]
         live = self.chains.table("nat")
-        targets = rules.dnat_destinations(live.rules(self.names.app(app.name)))
+        # The rules that still match new flows: an untidied flip leaves the old ones shadowed behind them.
+        targets = rules.dnat_destinations(rules.unshadowed(live.rules(self.names.app(app.name))))
         active_id = state.active.container_id if state.active else None
         if state.mode == forwarding.MODE:
             if not any(c.address(self.settings.network) in targets for c in running):
@@ -423,6 +427,7 @@ class Engine:
         if split is not None:
             kept = self._reconcile_canary(app, state, split, running, live, repairs)
             if kept:
+                repairs.extend(self.chains.retire_other(app))
                 repairs.extend(self._remove_others(app, containers, kept))
                 record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
                 return repairs
@@ -454,15 +459,18 @@ class Engine:
             repairs.append(f"jumps and chains of {app.name} restored")
         else:
             self.chains.prepare_bridge()
-        if live.rules(self.names.app(app.name)) != wanted:
+        live_chain = live.rules(self.names.app(app.name))
+        if live_chain != wanted:
             old_addresses = self.chains.flip(app, wanted)
             self.chains.clean_flows(conntrack.after_flip(app, old_addresses))
-            repairs.append(f"rules of {app.name} pointed at {port_set} {address} ({tag})")
+            repairs.append(f"shadowed rules of {app.name} removed" if rules.unshadowed(live_chain) == wanted
+                           else f"rules of {app.name} pointed at {port_set} {address} ({tag})")
 
         if state.active is None or state.active.container_id != serving.id or state.active.address != address:
             self.store.save(state.promoted(instance, utc_now()))
             repairs.append(f"record of {app.name} set to {port_set} {serving.name} ({tag})")
 
+        repairs.extend(self.chains.retire_other(app))  # after a switch of backends, once this one serves
         repairs.extend(self._remove_others(app, containers, {serving.id}))
         record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
         return repairs

@@ -12,6 +12,7 @@ from deployer.adapters.github import GitHubHttp
 from deployer.adapters.image_archive import PreloadedImage, load_image
 from deployer.adapters.keepalived import Keepalived
 from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.nftables import Nftables
 from deployer.adapters.probes import Probes, check_registry
 from deployer.adapters.processes import die_with_parent, run_hook, start_job
 from deployer.adapters.processes import spawn as spawn_process
@@ -22,7 +23,9 @@ from deployer.config import Config
 from deployer.host.chains import NetfilterBackend
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import DockerPort, Engine
+from deployer.host.nft_backend import NftablesBackend
 from deployer.journal import Journal
+from deployer.plan import nft
 
 
 def build_engine(config: Config, journal: Journal | None = None, *, preloaded: str | None = None,
@@ -33,15 +36,24 @@ def build_engine(config: Config, journal: Journal | None = None, *, preloaded: s
     `docker` and `netfilter` replace two of the adapters (a benchmark's wrappers).
     """
     docker = docker or DockerHost(config.settings.docker_host)
+    chosen, other = build_netfilter(config)
     return Engine(
         config,
         PreloadedImage(docker, preloaded) if preloaded is not None else docker,
-        netfilter or Netfilter(wait_seconds=config.settings.iptables_wait),
+        netfilter or chosen,
+        retired_netfilter=None if netfilter is not None else other,  # a supplied adapter comes without a pair
         routing=Routing(),
         prober=Probes(),
         run_hook=run_hook,
         journal=journal or build_journal(config),
     )
+
+
+def build_netfilter(config: Config) -> tuple[NetfilterBackend, NetfilterBackend]:
+    """The backend `[deployer] backend` names, and the other one, whose rules reconcile removes after a switch."""
+    iptables = Netfilter(wait_seconds=config.settings.iptables_wait)
+    nftables = NftablesBackend(Nftables(handles=True), iptables, table=nft.table_name(config.settings.chain_prefix))
+    return (nftables, iptables) if config.settings.backend == "nftables" else (iptables, nftables)
 
 
 # --- what the deploy worker acts with besides the engine ----------------------------------------
@@ -88,5 +100,5 @@ def build_cluster_control(config: Config) -> ClusterControl:
 
 
 __all__ = ["Deadlines", "SignedClient", "build_asset_http", "build_cluster_agent", "build_cluster_control",
-           "build_engine", "build_host_probes", "build_image_loader", "build_journal", "die_with_parent",
-           "spawn_process", "start_job"]
+           "build_engine", "build_host_probes", "build_image_loader", "build_journal", "build_netfilter",
+           "die_with_parent", "spawn_process", "start_job"]

@@ -240,6 +240,22 @@ def render_teardown(live: SavedTable, names: ChainNames) -> str | None:
     return "\n".join(["*nat", *rules, *flushes, *deletes, "COMMIT", ""])
 
 
+_COMMENT = re.compile(r' -m comment --comment (?:"(?:[^"\\]|\\.)*"|\S+)')
+
+
+def unshadowed(lines: Sequence[str]) -> list[str]:
+    """The rules of one chain that can match a new flow: a rule with the same matches as an earlier one never
+    does (what an add-only flip leaves behind it until its tidy)."""
+    seen: set[str] = set()
+    result = []
+    for line in lines:
+        key = _COMMENT.sub("", line).split(" -j ", 1)[0]
+        if key not in seen:
+            seen.add(key)
+            result.append(line)
+    return result
+
+
 _DNAT_TARGET = re.compile(r"--to-destination (\d+\.\d+\.\d+\.\d+):(\d+)")
 
 

@@ -28,7 +28,9 @@ import pytest
 from deployer import config as config_module
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.nftables import Nftables
 from deployer.host.engine import Engine
+from deployer.host.nft_backend import NftablesBackend
 from deployer.host.wiring import build_engine
 from deployer.journal import Journal
 from deployer.plan import rules
@@ -242,6 +244,11 @@ class Deployer:
 
     def chain(self, app: str) -> list[str]:
         return self.nat().rules(f"{self.prefix}-{app}")
+
+    def nft_chain(self, app: str) -> list[str]:
+        """The app's chain in the deployer's nftables table, as iptables-save lines; [] without one."""
+        backend = NftablesBackend(Nftables(handles=True), Netfilter(), table=self.prefix.lower())
+        return backend.list_chain(f"{self.prefix}-{app}") or []
 
     def containers(self, app: str | None = None) -> list:
         labels = [f"deployer.owner={self.prefix.lower()}"] + ([f"deployer.app={app}"] if app else [])

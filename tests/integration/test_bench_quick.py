@@ -35,8 +35,8 @@ def test_quick_bench_writes_its_results_and_removes_what_it_made(host, tmp_path)
     datapath = json.loads((results / "datapath.json").read_text())
     for client in ("host", "outside"):
         paths = datapath["summary"][client]
-        expected = {"direct", "dnat", "split", "haproxy", "nginx", "docker"}
-        assert set(paths) == expected | ({"dnat-addr"} if client == "host" else set())
+        expected = {"direct", "dnat", "nft", "split", "haproxy", "nginx", "docker"}
+        assert set(paths) == expected | ({"dnat-addr", "nft-addr"} if client == "host" else set())
         assert all(p["rps"] and p["p50_ms"] and p["p99_ms"] for p in paths.values()), paths
         assert paths["direct"]["rps_ratio"] == 1.0
 
@@ -58,6 +58,7 @@ def test_quick_bench_writes_its_results_and_removes_what_it_made(host, tmp_path)
     scale = json.loads((results / "scale.json").read_text())
     assert [p["other_apps"] for p in scale["summary"]["points"]] == [1, 10, 100, 1000]
     assert all(p["committed_ms"]["n"] == 2 for p in scale["summary"]["points"])
+    assert all(p["backend_committed_ms"]["n"] > 0 for p in scale["nftables"]["summary"]["points"])
 
     for plot in ("datapath.png", "deploys.png", "scale.png"):
         assert (results / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
@@ -67,6 +68,8 @@ def test_quick_bench_writes_its_results_and_removes_what_it_made(host, tmp_path)
     prefix = info["prefix"]
     nat = rules.parse_nat(Netfilter().save_nat())
     assert not [chain for chain in nat.chains if chain.startswith(prefix)]
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    assert prefix.lower() not in tables  # the nftables backend's table, and the scale part's
     leftover = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=deployer.owner={prefix.lower()}"],
                               capture_output=True, text=True).stdout.split()
     assert not leftover

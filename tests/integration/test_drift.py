@@ -16,12 +16,31 @@ def status(deployer) -> dict:
     return json.loads(deployer.cli("status", "drift", "--json").stdout)[0]
 
 
-def test_flushed_chain_and_removed_jump_are_repaired(deployer, outside):
-    deployer.configure(app_toml("drift", external=18300, blue=18301, green=18302, udp=(18303, 18304, 18305)))
+def flush_chain(backend: str, prefix: str, chain: str) -> None:
+    argv = (["iptables", "-w", "-t", "nat", "-F", chain] if backend == "iptables"
+            else ["nft", "flush", "chain", "ip", prefix.lower(), chain])
+    assert run(argv).returncode == 0
+
+
+def delete_local_jump(backend: str, prefix: str) -> None:
+    """The jump from PREROUTING into the deployer's chains, removed by hand."""
+    if backend == "iptables":
+        jump = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", prefix]
+        assert run(["iptables", "-w", "-t", "nat", "-D", "PREROUTING", *jump]).returncode == 0
+        return
+    listing = run(["nft", "-a", "list", "chain", "ip", prefix.lower(), "PREROUTING"]).stdout
+    (handle,) = [line.rsplit(" ", 1)[1] for line in listing.splitlines() if f"jump {prefix} # handle" in line]
+    assert run(["nft", "delete", "rule", "ip", prefix.lower(), "PREROUTING", "handle", handle]).returncode == 0
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_flushed_chain_and_removed_jump_are_repaired(deployer, outside, backend):
+    deployer.configure(app_toml("drift", external=18300, blue=18301, green=18302, udp=(18303, 18304, 18305)),
+                       settings=f'backend = "{backend}"')
     assert deployer.cli("deploy", "drift", "v1").returncode == 0
     chain = f"{deployer.prefix}-drift"
 
-    assert run(["iptables", "-w", "-t", "nat", "-F", chain]).returncode == 0
+    flush_chain(backend, deployer.prefix, chain)
     assert status(deployer)["rules_match"] is False
     assert "RULES DIFFER" in deployer.cli("status", "drift").stdout
     with pytest.raises(OSError):
@@ -34,8 +53,7 @@ def test_flushed_chain_and_removed_jump_are_repaired(deployer, outside):
     assert udp_ask("127.0.0.1", 18303, "x") == "v1 x"
 
     # The jump from PREROUTING removed by hand: outside clients lose the app, reconcile restores it.
-    jump = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", deployer.prefix]
-    assert run(["iptables", "-w", "-t", "nat", "-D", "PREROUTING", *jump]).returncode == 0
+    delete_local_jump(backend, deployer.prefix)
     probe = ["python3", "-c", f"import urllib.request; print(urllib.request.urlopen("
                               f"'http://{outside.host_ip}:18300/', timeout=2).read().decode())"]
     assert outside.run(probe, capture_output=True, text=True).returncode != 0

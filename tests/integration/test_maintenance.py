@@ -34,8 +34,10 @@ def audit(deployer, event: str) -> list[dict]:
         Query(event=(event,), oldest_first=True, limit=None))]
 
 
-def test_maintenance_on_and_off_under_load(deployer, outside, tmp_path):
-    deployer.configure(app_toml("mt", external=25100, blue=25101, green=25102), settings="maintenance_port = 25190")
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_maintenance_on_and_off_under_load(deployer, outside, tmp_path, backend):
+    deployer.configure(app_toml("mt", external=25100, blue=25101, green=25102),
+                       settings=f'maintenance_port = 25190\nbackend = "{backend}"')
     assert deployer.cli("deploy", "mt", "v1").returncode == 0
     refused = deployer.cli("maintenance", "on", "mt")
     assert refused.returncode == 1 and "no maintenance responder answers on port 25190" in refused.stderr

@@ -60,11 +60,13 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_ten_deploys_under_load_drop_nothing(deployer, outside, images, tmp_path):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_ten_deploys_under_load_drop_nothing(deployer, outside, images, tmp_path, backend):
     tags = [f"v{n}" for n in range(1, DEPLOYS + 2)]
     images.ensure(*tags)
     deployer.configure(app_toml("zd", external=18100, blue=18101, green=18102, udp=(18103, 18104, 18105),
-                                drain=DRAIN, stop_timeout=6, env={"DRAIN_TIMEOUT": "4"}))
+                                drain=DRAIN, stop_timeout=6, env={"DRAIN_TIMEOUT": "4"}),
+                       settings=f'backend = "{backend}"')
     engine = deployer.engine()
     engine.deploy("zd", tags[0], actor="test")
 
@@ -130,3 +132,6 @@ def test_ten_deploys_under_load_drop_nothing(deployer, outside, images, tmp_path
                         "connections": len({r["conn"] for r in records})}
     print(json.dumps(report, indent=2))
     assert [c.labels["deployer.tag"] for c in deployer.containers("zd")] == [tags[-1]]
+    # The rules are the chosen backend's alone: the other holds nothing of the app.
+    in_nft, in_iptables = deployer.nft_chain("zd"), deployer.chain("zd")
+    assert (len(in_nft), len(in_iptables)) == ((2, 0) if backend == "nftables" else (0, 2))

@@ -133,16 +133,21 @@ def test_scale_reads_the_commit_against_the_floor_and_the_step_against_the_commi
 
 
 def test_the_nftables_flip_is_judged_by_its_worst_median_and_its_flatness():
-    def point(n: int, commit: float) -> dict:
-        return {"other_apps": n, "committed_ms": [commit] * 3}
+    def point(n: int, commit: float, backend: float) -> dict:
+        return {"other_apps": n, "committed_ms": [commit] * 3, "backend_committed_ms": [backend] * 3,
+                "backend_step_ms": [backend * 2] * 3}
 
-    flat = analysis.nft_scale_summary([point(1, 0.2), point(10000, 0.25)])
+    flat = analysis.nft_scale_summary([point(1, 0.2, 0.5), point(10000, 0.25, 0.6)])
     assert (flat["flat"], flat["largest_over_smallest"], flat["worst_median_ms"]) == (True, 1.25, 0.25)
+    assert (flat["backend_flat"], flat["backend_largest_over_smallest"], flat["backend_worst_median_ms"]) == (
+        True, 1.2, 0.6)
     steep = {"summary": analysis.scale_summary([]), "nftables": {"summary": analysis.nft_scale_summary(
-        [point(1, 0.2), point(10000, 1.2)])}}
+        [point(1, 0.2, 0.5), point(10000, 1.2, 0.55)])}}
     found = {t["target"]: t["met"] for t in analysis.targets(None, None, steep, duration_s=60, quick=True)}
-    assert not found["nftables flip commit median within 1 ms at every point"]
-    assert not found["nftables flip flat (within 1.3x) from 1 to 10,000 other apps"]
+    assert not found["nftables flip (port maps) commit median within 1 ms at every point"]
+    assert not found["nftables flip (port maps) flat (within 1.3x) from 1 to 10,000 other apps"]
+    assert found["nftables backend flip commit median within 1 ms at every point"]
+    assert found["nftables backend flip flat (within 1.3x) from 1 to 10,000 other apps"]
 
 
 def test_targets_say_met_or_not_with_their_figure():

@@ -205,7 +205,7 @@ def test_unknown_key_in_the_health_table(tmp_path):
 def test_unknown_key_in_the_deployer_table(tmp_path):
     path = write(tmp_path, '[deployer]\nstate_dri = "/var/lib/deployer"\n' + MINIMAL)
     assert str(refusal(path)) == (
-        f"{path}, key 'deployer.state_dri': unknown key (allowed: bridge, chain_prefix, docker_host, "
+        f"{path}, key 'deployer.state_dri': unknown key (allowed: backend, bridge, chain_prefix, docker_host, "
         "hook_timeout, hooks_dir, iptables_wait, lock_wait, maintenance_port, network, state_dir)")
 
 
@@ -575,3 +575,35 @@ def test_config_error_without_app_or_key():
     error = ConfigError("config file not found", path="/x.toml")
     assert str(error) == "/x.toml: config file not found"
     assert error.context == {"path": "/x.toml"}
+
+
+def test_the_backend_is_iptables_unless_the_config_says_nftables(tmp_path):
+    assert config.load(write(tmp_path, MINIMAL), environ={}).settings.backend == "iptables"
+    nftables = write(tmp_path, '[deployer]\nbackend = "nftables"\n' + MINIMAL)
+    assert config.load(nftables, environ={}).settings.backend == "nftables"
+
+
+def test_an_unknown_backend_is_refused_naming_the_key(tmp_path):
+    path = write(tmp_path, '[deployer]\nbackend = "pf"\n' + MINIMAL)
+    assert str(refusal(path)) == f"{path}, key 'deployer.backend': must be \"iptables\" or \"nftables\", not 'pf'"
+
+
+@pytest.mark.parametrize("line, key, what", [
+    ("canary = 10", "canary", "a canary split"),
+    ("cluster = true", "cluster", "a cluster app"),
+])
+def test_the_nftables_backend_refuses_what_it_cannot_write_yet(tmp_path, line, key, what):
+    app = MINIMAL.replace('image = "registry.example:5000/web"\n', f'image = "registry.example:5000/web"\n{line}\n')
+    path = write(tmp_path, '[deployer]\nbackend = "nftables"\n' + app)
+    assert str(refusal(path)) == (f"{path}, app 'web', key '{key}': {what} needs backend = \"iptables\" for now "
+                                  f"(deployer.backend is \"nftables\")")
+
+
+def test_the_nftables_backend_refuses_a_host_bound_app_and_a_cluster_table(tmp_path):
+    nginx = '[apps.nginx]\nhost_bound = true\n[[apps.nginx.ports]]\nexternal = 80\n'
+    path = write(tmp_path, '[deployer]\nbackend = "nftables"\n' + MINIMAL + nginx)
+    assert str(refusal(path)) == (f"{path}, app 'nginx', key 'host_bound': a host-bound app needs backend = "
+                                  f"\"iptables\" for now (deployer.backend is \"nftables\")")
+    path = write(tmp_path, '[deployer]\nbackend = "nftables"\n' + MINIMAL + '[cluster]\naddress = "198.18.0.9"\n')
+    assert str(refusal(path)) == (f"{path}, key 'cluster': load sharing across hosts needs backend = \"iptables\" "
+                                  f"for now (deployer.backend is \"nftables\")")

@@ -208,6 +208,7 @@ class Host:
         self.tmp_path = tmp_path
         self.effects = Effects()
         self.netfilter = FakeNetfilter(self.effects)
+        self.retired: FakeNetfilter | None = None  # the backend a switch left behind
         self.docker = FakeDocker(self.effects)
         self.prober = FakeProber(self.effects)
         self.clock = FakeClock()
@@ -235,7 +236,8 @@ class Host:
     def engine(self) -> Engine:
         journal = Journal([self.events.append], clock=self.clock)
         return Engine(self.config, self.docker, self.netfilter, routing=NoRouting(), prober=self.prober,
-                      run_hook=self.run_hook, journal=journal, environ={}, clock=self.clock, sleep=self.clock.sleep)
+                      run_hook=self.run_hook, journal=journal, environ={}, clock=self.clock, sleep=self.clock.sleep,
+                      retired_netfilter=self.retired)
 
     def taken(self) -> list[str]:
         """The effects so far, and a fresh list for what comes next."""
@@ -317,15 +319,16 @@ def test_a_deploy_gates_green_flips_to_it_then_drains_and_retires_blue(host):
     assert host.effects == [
         *PREPARE_BRIDGE,  # the reconcile before the deploy: the base is in place, nothing to repair
         *START_GREEN, *GREEN_PASSES,
-        TAKEOVER, CLEANUP,  # add-only first, so new flows move at once; then the old rule goes
+        TAKEOVER,  # add-only, so new flows move at once (a tcp-only app has no conntrack entries to delete)
+        CLEANUP,  # the tidy, out of the flip's timed step: the shadowed old rule goes
         "conntrack -L -p tcp --orig-port-dst 18080 --reply-src 172.18.0.2 --state ESTABLISHED",  # the drain
         "stop deployer-web-blue", "remove deployer-web-blue",
         "conntrack -D -p tcp --orig-port-dst 18080 --reply-src 172.18.0.2",
     ]
     assert host.trail() == [
         ("deploy.started", None, None), ("step", "pull", "ok"), ("step", "start", "ok"), ("step", "health", "ok"),
-        ("step", "flip", "ok"), ("step", "record", "ok"), ("step", "conntrack", "ok"), ("step", "drain", "ok"),
-        ("step", "stop", "ok"), ("deploy.finished", None, "ok")]
+        ("step", "flip", "ok"), ("step", "record", "ok"), ("step", "conntrack", "ok"), ("step", "tidy", "ok"),
+        ("step", "drain", "ok"), ("step", "stop", "ok"), ("deploy.finished", None, "ok")]
     finished = host.events[-1]
     assert {k: finished[k] for k in ("app", "job", "actor", "tag", "set", "digest")} == {
         "app": "web", "job": "j-1", "actor": "cli:ann", "tag": "v2", "set": "green", "digest": "sha256:v2"}
@@ -357,17 +360,30 @@ def test_a_failed_health_gate_removes_green_and_leaves_the_rules_on_blue(host):
                                                              ("deployer-web-blue", None))
 
 
-def test_a_flip_whose_cleanup_is_refused_puts_the_old_rules_back(host):
+def test_a_deploy_whose_tidy_is_refused_keeps_serving_green_and_leaves_the_shadowed_rule_to_reconcile(host):
     host.taken()
     host.netfilter.refuse = lambda text: text.startswith("*nat\n:DEPLOYER-web") and NEW in text
+    host.engine().deploy("web", "v2", actor="cli:ann")
+    assert host.effects[host.effects.index(TAKEOVER):][:2] == [TAKEOVER, CLEANUP]  # no put-back: green serves
+    assert ("step", "tidy", "failed") in host.trail()
+    assert (host.chain(), host.running(), host.record()) == ([NEW_RULE, OLD_RULE], ["deployer-web-green running"],
+                                                             ("deployer-web-green", "deployer-web-blue"))
+    host.netfilter.refuse = lambda text: False
+    host.taken()
+    assert host.engine().reconcile("web", actor="cli:ann") == ["shadowed rules of web removed"]
+    assert host.effects == [*PREPARE_BRIDGE, CLEANUP]  # read once, then only the tidy: no second takeover
+    assert host.chain() == [NEW_RULE]
+
+
+def test_a_flip_whose_rewrite_is_refused_puts_the_old_rules_back(host):
+    host.taken()
+    engine = host.engine()
+    web = engine.config.app("web")
+    host.netfilter.refuse = lambda text: text.startswith("*nat\n:DEPLOYER-web") and NEW in text
     with pytest.raises(RulesError, match="the previous rules were restored"):
-        host.engine().deploy("web", "v2", actor="cli:ann")
-    assert host.effects == [*PREPARE_BRIDGE, *START_GREEN, *GREEN_PASSES, TAKEOVER, CLEANUP, PUT_BACK,
-                            "remove deployer-web-green"]
-    assert host.trail()[-3:] == [("step", "flip", "failed"), ("step", "remove-new", "ok"),
-                                 ("deploy.failed", None, "failed")]
-    assert (host.chain(), host.running(), host.record()) == ([OLD_RULE], ["deployer-web-blue running"],
-                                                             ("deployer-web-blue", None))
+        engine.chains.flip(web, [NEW_RULE])
+    assert host.effects == [TAKEOVER, CLEANUP, PUT_BACK]
+    assert host.chain() == [OLD_RULE]
 
 
 def test_a_failing_post_healthy_hook_stops_the_deploy_before_the_flip_and_runs_on_failure(host):
@@ -387,7 +403,7 @@ def test_a_failing_post_healthy_hook_stops_the_deploy_before_the_flip_and_runs_o
 def kill_deploy(host: Host, monkeypatch: pytest.MonkeyPatch, point: str) -> None:
     """Run `deploy web v2` and kill it where test_crash.py does."""
     engine = host.engine()
-    if point == "after-flip":  # the flip committed and was read back; the record was not written yet
+    if point == "after-flip":  # the flip's move committed; the record was not written, the tidy not run
         def die(state: Any) -> None:
             raise Killed("record")
 
@@ -413,8 +429,9 @@ CRASHES = {
     "during-health": ([OLD_RULE], [*PREPARE_BRIDGE, *STOP_GREEN],
                       ["removed deployer-web-green (v2, running), which was not serving"],
                       [OLD_RULE], ("deployer-web-blue", None)),
-    "after-flip": ([NEW_RULE], [*PREPARE_BRIDGE, *STOP_BLUE],
-                   ["record of web set to green deployer-web-green (v2)",
+    # The shadowed blue rule matches nothing new: green serves, so it stays; the tidy the crash skipped runs.
+    "after-flip": ([NEW_RULE, OLD_RULE], [*PREPARE_BRIDGE, CLEANUP, *STOP_BLUE],
+                   ["shadowed rules of web removed", "record of web set to green deployer-web-green (v2)",
                     "removed deployer-web-blue (v1, running), which was not serving"],
                    [NEW_RULE], ("deployer-web-green", "deployer-web-blue")),
     "during-drain": ([NEW_RULE], [*PREPARE_BRIDGE, *STOP_BLUE],
@@ -432,13 +449,34 @@ def test_reconcile_after_a_killed_deploy_keeps_the_serving_instance_and_removes_
     assert host.running() == ["deployer-web-blue running", "deployer-web-green running"]
 
     assert host.engine().reconcile("web", actor="cli:ann") == repairs
-    assert host.effects == effects  # the rules never move: they already point at a running instance
+    assert host.effects == effects  # the traffic never moves: the rules already lead to a running instance
     assert host.trail() == [("reconcile.repair", None, None)] * len(repairs)
     kept = record_after[0]
     assert (host.chain(), host.running(), host.record()) == (rules_after, [f"{kept} running"], record_after)
 
     host.taken()
     assert host.engine().reconcile("web", actor="cli:ann") == []
+    assert host.effects == PREPARE_BRIDGE
+
+
+def test_reconcile_after_a_switch_of_backends_writes_the_new_rules_first_then_removes_the_old(host):
+    host.taken()
+    old, new = host.netfilter, FakeNetfilter(host.effects)
+    host.netfilter, host.retired = new, old  # the config now names the other backend
+    assert host.engine().reconcile("web", actor="cli:ann") == [
+        "jumps and chains of web restored", "rules of web pointed at blue 172.18.0.2 (v1)",
+        "DEPLOYER-web removed from the previous backend", "the previous backend's base chains removed"]
+    assert host.effects == [
+        *PREPARE_BRIDGE, BASE,  # the new backend first: it serves before the old one loses anything
+        f"restore *nat | :DEPLOYER-web - [0:0] | {OLD_RULE} | COMMIT",
+        "restore *nat | -D DEPLOYER -j DEPLOYER-web | -F DEPLOYER-web | -X DEPLOYER-web | COMMIT",
+        "restore *nat | -D PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER | "
+        "-D OUTPUT -m addrtype --dst-type LOCAL -j DEPLOYER | -D POSTROUTING -j DEPLOYER-POSTROUTING | "
+        "-F DEPLOYER | -F DEPLOYER-POSTROUTING | -X DEPLOYER | -X DEPLOYER-POSTROUTING | COMMIT"]
+    assert [c for c in old.tables["nat"] if c.startswith("DEPLOYER")] == []
+    assert host.chain() == [OLD_RULE]
+    host.taken()
+    assert host.engine().reconcile("web", actor="cli:ann") == []  # nothing left of the old backend
     assert host.effects == PREPARE_BRIDGE
 
 
@@ -466,10 +504,10 @@ def test_a_deploy_whose_record_cannot_be_written_after_the_flip_says_it_failed(h
     with pytest.raises(StateError):
         engine.deploy("web", "v2", actor="cli:ann")
     # Traffic is on green already: nothing is undone, and the old instance is left for reconcile to retire.
-    assert host.effects == [*PREPARE_BRIDGE, *START_GREEN, *GREEN_PASSES, TAKEOVER, CLEANUP]
+    assert host.effects == [*PREPARE_BRIDGE, *START_GREEN, *GREEN_PASSES, TAKEOVER]  # the tidy too: reconcile's
     assert host.trail()[-3:] == [("step", "flip", "ok"), ("step", "record", "failed"),
                                  ("deploy.failed", None, "failed")]
-    assert host.chain() == [NEW_RULE]
+    assert host.chain() == [NEW_RULE, OLD_RULE]  # green's rule leads; blue's matches nothing new
 
 
 # --- mode changes through the same chains ------------------------------------------------------------

@@ -440,3 +440,12 @@ def test_parse_chain_listing_keeps_only_the_chains_rules():
     listing = "-N DEPLOYER-demo\n" + "\n".join(OLD) + "\n"
     assert rules.parse_chain_listing(listing, "DEPLOYER-demo") == OLD
     assert rules.parse_chain_listing("-N DEPLOYER-demo\n", "DEPLOYER-demo") == []
+
+
+def test_unshadowed_drops_the_rules_a_takeover_left_behind_the_ones_that_win():
+    redirect = ('-A DEPLOYER-demo -p tcp -m tcp --dport 1000 -m comment --comment "demo: \\"maint\\"" '
+                "-j REDIRECT --to-ports 8999")
+    udp = "-A DEPLOYER-demo -p udp -m udp --dport 1001 -m comment --comment demo -j DNAT --to-destination 172.18.0.2:53"
+    assert rules.unshadowed([*NEW, *OLD]) == NEW
+    assert rules.unshadowed([redirect, *OLD, udp]) == [redirect, OLD[1], udp]  # the same port over udp: kept
+    assert rules.unshadowed(OLD) == OLD
