@@ -25,7 +25,9 @@ FIRST_DEPLOY = [
     ("step", "record", "ok"), ("step", "conntrack", "ok"),
     ("deploy.finished", None, "ok"),
 ]
-UPGRADE = FIRST_DEPLOY[:-1] + [("step", "drain", "ok"), ("step", "stop", "ok"), ("deploy.finished", None, "ok")]
+# An upgrade's flip leaves the old rules shadowed behind the new ones; its tidy step removes them.
+UPGRADE = FIRST_DEPLOY[:-1] + [("step", "tidy", "ok"), ("step", "drain", "ok"), ("step", "stop", "ok"),
+                               ("deploy.finished", None, "ok")]
 FAILED_HEALTH = [
     ("deploy.started", None, None),
     ("step", "pull", "ok"), ("step", "start", "ok"), ("step", "health", "failed"), ("step", "remove-new", "ok"),

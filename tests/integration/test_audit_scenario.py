@@ -32,10 +32,10 @@ def unhealthy_tag(images):
 
 
 def deploy_steps(*, first: bool) -> list[tuple]:
-    """A successful deploy's steps; a first deploy has no old instance to drain and stop."""
+    """A successful deploy's steps; a first deploy has no old rules to tidy and no old instance to drain and stop."""
     steps = [("step", "pull", "ok"), ("step", "start", "ok"), ("step", "health", "ok"), ("step", "flip", "ok"),
              ("step", "record", "ok"), ("step", "conntrack", "ok")]
-    return steps if first else steps + [("step", "drain", "ok"), ("step", "stop", "ok")]
+    return steps if first else steps + [("step", "tidy", "ok"), ("step", "drain", "ok"), ("step", "stop", "ok")]
 
 
 def test_webhook_manual_rejected_and_failed_gate_leave_the_exact_trail(serve, images, unhealthy_tag):
