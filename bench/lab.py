@@ -237,7 +237,8 @@ class Lab:
 
     def _teardown_chains(self) -> None:
         names = rules.ChainNames(self.names.prefix)
-        nftables = NftablesBackend(Nftables(handles=True), self.netfilter, table=nft.table_name(names.prefix))
+        nftables = NftablesBackend(Nftables(handles=True), self.netfilter, table=nft.table_name(names.prefix),
+                                  prefix=names.prefix)
         for backend in (self.netfilter, nftables):  # a run stopped while the nftables backend held its rules
             text = rules.render_teardown(rules.parse_nat(backend.save_table("nat")), names)
             if text:

@@ -12,9 +12,13 @@ containers and no traffic. The measured app is deployed by the real engine, back
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
+import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench import analysis
@@ -109,9 +113,9 @@ NFT_POINTS = (1, 10, 100, 1000, 10000)
 
 
 class BackendFlips:
-    """The nftables backend's own flip (host/nft_backend.py): its chains mirrored in a table of the run's own,
-    without base chains, so no packet meets it. Each flip does what `Chains.flip` does on it: read the app's
-    chain, the add-only insert (the commit), then the tidy that rewrites the chain."""
+    """The nftables backend's own flip (host/nft_backend.py), in a table of the run's own without base chains, so
+    no packet meets it. Each flip does what `Chains.flip` does on it: read the app's chain, the add-only
+    takeover (the commit), then the tidy. The other apps are elements of the same maps, as on a host."""
 
     def __init__(self, lab: Lab) -> None:
         from deployer.adapters.nftables import Nftables
@@ -119,10 +123,13 @@ class BackendFlips:
         from deployer.plan import nft
 
         self.names = rules.ChainNames(lab.names.prefix)
-        self.runner = Nftables(handles=True)
-        self.table = f"{nft.table_name(lab.names.prefix)}-chains"
-        self.backend = NftablesBackend(self.runner, lab.netfilter, table=self.table)
-        self.runner.run(f"add table ip {self.table}\n")
+        self.runner, self.reader = Nftables(), Nftables(handles=True)
+        self.table = f"{nft.table_name(lab.names.prefix)}-backend"
+        self.state = Path(tempfile.mkdtemp(prefix="deployer-bench-nft-"))
+        ports = {APP: [("tcp", 1), ("udp", 2)]}
+        self.backend = NftablesBackend(self.runner, lab.netfilter, table=self.table, prefix=lab.names.prefix,
+                                       reader=self.reader, generation=self.state / "nftables.generation",
+                                       ports=lambda app: ports.get(app, ()))
         self.installed = 0
         self.current = self.rules(0)
         self.backend.restore(rules.render_chain(self.names, APP, self.current))
@@ -135,9 +142,10 @@ class BackendFlips:
         for start in range(self.installed, point, 1000):
             stop = min(point, start + 1000)
             self.backend.restore("".join(rules.render_chain(self.names, filler_name(i), [
-                rules.Forward("tcp", 10 + i, "10.255.255.9", 80, "f").rule(self.names.app(filler_name(i)))])
+                rules.Forward("tcp", 10 + i, "10.255.255.9", 80, filler_name(i)).rule(self.names.app(filler_name(i)))])
                 for i in range(start, stop)))
         self.installed = point
+        self.backend.list_chain(self.names.app(APP))  # as a deployer process that has read the table once
         committed, steps = [], []
         for i in range(flips):
             wanted = self.rules(i + 1)
@@ -155,6 +163,10 @@ class BackendFlips:
         with contextlib.suppress(DeployerError):
             self.runner.run(f"delete table ip {self.table}\n")
         self.runner.close()
+        self.reader.close()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
 NFT_FLIPS = 30
 
 
@@ -166,31 +178,31 @@ def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
 
     nftables = Nftables()
     table = f"{nft.table_name(lab.names.prefix)}-scale"
-    app = [rules.Forward("tcp", 1, "10.255.255.2", 80, APP), rules.Forward("udp", 2, "10.255.255.2", 53, APP)]
+    app = [nft.element(rules.Forward("tcp", 1, "10.255.255.2", 80, APP)),
+           nft.element(rules.Forward("udp", 2, "10.255.255.2", 53, APP))]
     points: list[dict[str, Any]] = []
     backend: BackendFlips | None = None
     try:
-        maps = [line for line in nft.declarations(table) if line.startswith(("add table", "add map"))]
-        nftables.run("\n".join([*maps, *nft.add_elements(table, app), ""]))
+        nftables.run("\n".join([*nft.map_declarations(table), *nft.add_elements(table, app), ""]))
         installed = 0
         for point in NFT_POINTS:
-            others = [rules.Forward("tcp", 10 + i, f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}", 80, "f")
-                      for i in range(installed, point)]
+            others = [nft.element(rules.Forward("tcp", 10 + i, f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}",
+                                                80, "f")) for i in range(installed, point)]
             for start in range(0, len(others), 1000):
                 nftables.run("\n".join([*nft.add_elements(table, others[start:start + 1000]), ""]))
             installed = point
             times, current = [], app
             for i in range(flips):
-                wanted = [rules.Forward(f.protocol, f.external, f"10.255.255.{i % 2 + 3}", f.to_port, APP)
-                          for f in app]
-                text = nft.render_flip(table, current, wanted)
+                wanted = [dataclasses.replace(e, value=f"10.255.255.{i % 2 + 3} . {e.value.split(' . ')[1]}")
+                          for e in app]
+                text = nft.render_replace(table, current, wanted)
                 started = time.perf_counter()
                 nftables.run(text or "")
                 times.append(round((time.perf_counter() - started) * 1000, 3))
                 current = wanted
             points.append({"other_apps": point, "committed_ms": times})
             say(f"  nftables, {point} other apps: flip commit median {analysis.summary(times, 3)['median']} ms")
-        # nft reads every chain of every table before a command: the maps' table goes before the chains come.
+        # nft reads every set of every table before a command: the floor's table goes before the backend's comes.
         nftables.run(f"delete table ip {table}\n")
         backend = BackendFlips(lab)
         for entry in points:
@@ -204,5 +216,5 @@ def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
             backend.close()
         nftables.close()
     return {"settings": {"points": list(NFT_POINTS), "flips_per_point": flips,
-                         "table": "maps only, no hooks: the flip transaction of plan/nft.py, in process"},
+                         "table": "maps only, no hooks: the element replace of plan/nft.py, bare, in process"},
             "points": points, "summary": analysis.nft_scale_summary(points)}

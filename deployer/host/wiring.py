@@ -25,7 +25,7 @@ from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import DockerPort, Engine
 from deployer.host.nft_backend import NftablesBackend
 from deployer.journal import Journal
-from deployer.plan import nft
+from deployer.plan import app_chain, nft
 
 
 def build_engine(config: Config, journal: Journal | None = None, *, preloaded: str | None = None,
@@ -52,7 +52,11 @@ def build_engine(config: Config, journal: Journal | None = None, *, preloaded: s
 def build_netfilter(config: Config) -> tuple[NetfilterBackend, NetfilterBackend]:
     """The backend `[deployer] backend` names, and the other one, whose rules reconcile removes after a switch."""
     iptables = Netfilter(wait_seconds=config.settings.iptables_wait)
-    nftables = NftablesBackend(Nftables(handles=True), iptables, table=nft.table_name(config.settings.chain_prefix))
+    ports = {app.name: app_chain.ports(app) for app in config.apps.values()}
+    nftables = NftablesBackend(Nftables(), iptables, table=nft.table_name(config.settings.chain_prefix),
+                               prefix=config.settings.chain_prefix, reader=Nftables(handles=True),
+                               generation=Path(config.settings.state_dir) / "locks" / "nftables.generation",
+                               ports=lambda app: ports.get(app, ()))
     return (nftables, iptables) if config.settings.backend == "nftables" else (iptables, nftables)
 
 

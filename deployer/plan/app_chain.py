@@ -27,6 +27,15 @@ def forwards_to(app: AppConfig, address: str, port_set: str, tag: str) -> list[F
     return [Forward(p.protocol, p.external, address, p.container, comment) for p in app.ports]
 
 
+def ports(app: AppConfig) -> list[tuple[str, int]]:
+    """The (protocol, external port) pairs the app's chain has rules for, in the order they are rendered: its
+    ports as the config lists them, then the status port."""
+    found = [(p.protocol, p.external) for p in app.ports]
+    if app.status_port is not None:
+        found.append(("tcp", app.status_port))
+    return list(dict.fromkeys(found))
+
+
 def for_record(names: ChainNames, app: AppConfig, state: AppState, maintenance_port: int) -> list[str]:
     """The app chain the record calls for, whatever its mode.
 

@@ -1,50 +1,70 @@
-"""Render the deployer's own nftables table, as nft's input language; pure, like rules.py for iptables.
+"""The deployer's own nftables table, as nft's input language, and the iptables view of it; pure, like rules.py.
 
-Two layouts. The nftables backend (host/nft_backend.py) uses the second one, at the end of this module: the
-chains of rules.py mirrored in the table, translated both ways. The first, port maps, is what the bench measures
-as the flip's floor on nftables and the layout the plain forwards are to move to; its layout:
+The nftables backend (host/nft_backend.py) stands where iptables-restore does: the host layer renders
+iptables-restore text and reads iptables-save lines as ever, and this module translates both ways. The table
+it writes is not a copy of the chains, though:
 
     table ip deployer
-      map tcp-ports { type inet_service : ipv4_addr . inet_service; size 65536; }  external port -> instance
-      map udp-ports { ... }                                              (every app's ports, one map a protocol)
-      set maintenance-tcp { type inet_service; }                         tcp ports sent to the responder
-      chain prerouting  { nat hook prerouting priority dstnat - 5;  fib daddr type local jump serve }
-      chain output      { nat hook output priority -105;            fib daddr type local jump serve }
-      chain serve       { maintenance redirect; dnat through tcp-ports; dnat through udp-ports }
-      chain postrouting { nat hook postrouting priority srcnat + 5;  127.0.0.0/8 out the bridge: masquerade }
+      map tcp-ports       { type inet_service : ipv4_addr . inet_service; size 65536; }  port -> instance
+      map udp-ports       { ... }
+      map maintenance-tcp { type inet_service : inet_service; size 65536; }           port -> the responder's
+      chain PREROUTING  { nat hook prerouting priority dstnat - 5;  fib daddr type local jump DEPLOYER }
+      chain OUTPUT      { nat hook output priority -105;            fib daddr type local jump DEPLOYER }
+      chain POSTROUTING { nat hook postrouting priority srcnat + 5; jump DEPLOYER-POSTROUTING }
+      chain DEPLOYER    { redirect through maintenance-tcp; dnat through tcp-ports; dnat through udp-ports }
+      chain DEPLOYER-POSTROUTING { 127.0.0.0/8 out the bridge: masquerade }
+
+An app's chain (DEPLOYER-<app>) is no chain here. Each of its rules is one element of a map, with the rule's
+comment ("web green v2"): a DNAT forward goes in its protocol's map, and a maintenance REDIRECT in
+maintenance-tcp. The comment's first word names the app, so the iptables view puts it back in the app's
+chain, with the jump to it. nft reads every chain's header (and every set's) before any command, 12 to 16 ms
+with 10,000 chains here. So a layout of one chain per app, or one map per app, makes a flip cost grow with the
+number of apps. Three maps keyed by port do not: a flip replaces elements, and its commit stays flat.
+External ports are unique on a host (the config checks), so one element per port holds an app chain's
+meaning. The first rule for a port wins in a chain, and only that one is kept as an element: an add-only
+takeover replaces what it shadows, and the tidy after it has nothing left to do. The view orders an app's
+rules as the engine renders them (maintenance redirects, then the forwards, in the order of the app's ports),
+so drift detection compares the same text on both backends.
+
+The base chains and DEPLOYER-POSTROUTING are chains, written through the rule forms below (each as
+iptables-save prints it and as `nft list` prints it). A rule of no known form is refused before anything is
+applied, and one read back comes as a comment that never equals a wanted rule.
 
 Priorities just before Docker's iptables-nft nat chains (dstnat, -100), so no DNAT of Docker's shadows ours.
-nft 1.0.6 accepts the `dstnat` keyword on prerouting only, hence -105 on output.
-
-One map per protocol for all apps, not one per app: external ports are unique on a host (the config checks),
-and nft reads every set's header before each command, so per-app maps made a flip cost grow with the number
-of apps (0.2 ms with one, 11 ms with 1,000, 107 ms with 10,000 here); one map keyed by port stays at 0.15 ms.
-Sized for every port there is, so the kernel never grows it in the middle of a flip (without the size, the
-commit was x1.45 slower at 10,000 ports than at one).
-
-A flip deletes the app's ports as they were read and adds the wanted elements, in one transaction. The
-transaction checks the read's keys: deleting a port that is not there, or adding one that is still there, is
-refused whole. So a commit proves that each of the app's ports now leads to the wanted instance, with no
-read-back. (nft deletes an element by its key: which instance a port led to before is the read's word alone,
-under the netfilter lock, and decides only which old flows conntrack cleanup deletes.)
-
-Each feature renders in a function of its own. A canary split would be one more: a rule in `serve`, before
-the DNAT through the maps, `tcp dport <port> dnat ip to numgen random mod 100 map { 0-89 : <a> . <p>,
-90-99 : <b> . <p> }` (or `jhash ip saddr mod 100` for a sticky split), rendered from the split's weights.
+nft 1.0.6 accepts the `dstnat` keyword on prerouting only, hence -105 on output. The maps are sized for every
+port there is, so the kernel never grows one in the middle of a flip.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
 
 from deployer.errors import RulesError
-from deployer.plan.rules import LOOPBACK, Forward, save_string
+from deployer.plan.rules import Forward, save_string
 
 PROTOCOLS = ("tcp", "udp")
-MAINTENANCE_SET = "maintenance-tcp"
+MAINTENANCE = "maintenance-tcp"
+MAP_TYPES = {"tcp-ports": "ipv4_addr . inet_service", "udp-ports": "ipv4_addr . inet_service",
+             MAINTENANCE: "inet_service"}
+BASE_CHAINS = {
+    "PREROUTING": "type nat hook prerouting priority dstnat - 5; policy accept;",
+    "OUTPUT": "type nat hook output priority -105; policy accept;",
+    "POSTROUTING": "type nat hook postrouting priority srcnat + 5; policy accept;",
+}
+# The top chain's rules, as nft lists them: the maintenance redirect first, so it wins over a forward of the
+# same port, then each protocol's forwards. A lookup that finds no element ends its rule, and the packet goes on.
+DISPATCH = (
+    f"meta l4proto tcp redirect to :tcp dport map @{MAINTENANCE}",
+    "dnat ip to tcp dport map @tcp-ports",
+    "dnat ip to udp dport map @udp-ports",
+)
+COMMENT_LIMIT = 128  # nft refuses a longer comment, and one with a double quote in it
+
+Key = tuple[str, int]  # (protocol, external port)
+Order = Callable[[str], Sequence[Key]]  # an app's ports, in the order the engine renders its rules
 
 
 def table_name(prefix: str) -> str:
@@ -56,119 +76,147 @@ def map_name(protocol: str) -> str:
     return f"{protocol}-ports"
 
 
-def element(forward: Forward) -> str:
-    """One map element: `18080 : 172.18.0.3 . 80`."""
-    return f"{forward.external} : {forward.to_address} . {forward.to_port}"
+def is_app_chain(chain: str, prefix: str) -> bool:
+    """DEPLOYER-web is an app's; DEPLOYER-POSTROUTING, -HOSTBOUND and the like are upper case, as no app is."""
+    return chain.startswith(f"{prefix}-") and chain[len(prefix) + 1:][:1].islower()
 
 
-def _by_protocol(forwards: Iterable[Forward], protocol: str) -> list[Forward]:
-    return sorted((f for f in forwards if f.protocol == protocol), key=lambda f: f.external)
+# --- elements: the rules of an app chain -------------------------------------------------------------------
 
 
-def declarations(table: str) -> list[str]:
-    """The table, its maps, its set and its chains; `add` leaves what exists as it is."""
-    return [
-        f"add table ip {table}",
-        *(f"add map ip {table} {map_name(p)} {{ type inet_service : ipv4_addr . inet_service; size 65536; }}"
-          for p in PROTOCOLS),
-        f"add set ip {table} {MAINTENANCE_SET} {{ type inet_service; }}",
-        f"add chain ip {table} prerouting {{ type nat hook prerouting priority dstnat - 5; policy accept; }}",
-        f"add chain ip {table} output {{ type nat hook output priority -105; policy accept; }}",
-        f"add chain ip {table} postrouting {{ type nat hook postrouting priority srcnat + 5; policy accept; }}",
-        f"add chain ip {table} serve",
-    ]
+@dataclass(frozen=True)
+class Element:
+    """One element of a map: an app chain's rule for one port."""
+
+    map: str
+    port: int
+    comment: str
+    value: str  # "172.18.0.3 . 80" in a protocol's map; the responder's port in maintenance-tcp
+
+    @property
+    def key(self) -> Key:
+        return ("udp" if self.map == "udp-ports" else "tcp", self.port)
+
+    @property
+    def owner(self) -> str:
+        return self.comment.split(" ", 1)[0]
+
+    def text(self) -> str:
+        return f'{self.port} comment "{self.comment}" : {self.value}'
+
+    def rule(self, chain: str) -> str:
+        """As iptables-save prints the rule."""
+        if self.map == MAINTENANCE:
+            return (f"-A {chain} -p tcp -m tcp --dport {self.port} -m comment --comment {save_string(self.comment)}"
+                    f" -j REDIRECT --to-ports {self.value}")
+        address, port = self.value.split(" . ")
+        return Forward(self.key[0], self.port, address, int(port), self.comment).rule(chain)
 
 
-def hook_rules(table: str, bridge: str) -> list[str]:
-    """Local destinations from outside (prerouting) and from the host (output) go through `serve`."""
-    return [
-        f"add rule ip {table} prerouting fib daddr type local jump serve",
-        f"add rule ip {table} output fib daddr type local jump serve",
-        # A client on 127.0.0.1 is DNATed to a container, which cannot answer 127.0.0.1 (see rules.py).
-        f'add rule ip {table} postrouting ip saddr {LOOPBACK} oifname "{bridge}" masquerade',
-    ]
+def element(forward: Forward) -> Element:
+    return Element(map_name(forward.protocol), forward.external, forward.comment,
+                   f"{forward.to_address} . {forward.to_port}")
 
 
-def serve_rules(table: str, maintenance_port: int) -> list[str]:
-    """The maintenance redirect first (tcp only: the responder speaks HTTP), then the DNAT through each map."""
-    return [
-        f"add rule ip {table} serve tcp dport @{MAINTENANCE_SET} redirect to :{maintenance_port}",
-        *(f"add rule ip {table} serve dnat ip to {p} dport map @{map_name(p)}" for p in PROTOCOLS),
-    ]
+_DNAT = re.compile(r'-p (?P<p>tcp|udp) -m (?P=p) --dport (?P<port>\d+) -m comment --comment '
+                   r'(?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j DNAT --to-destination '
+                   r'(?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+)')
+_REDIRECT = re.compile(r'-p tcp -m tcp --dport (?P<port>\d+) -m comment --comment '
+                       r'(?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j REDIRECT --to-ports (?P<to>\d+)')
+CANNOT = 'the nftables backend cannot express this rule (it needs backend = "iptables" for now)'
 
 
-def render_table(table: str, bridge: str, maintenance_port: int, forwards: Sequence[Forward],
-                 maintenance_ports: Sequence[int] = ()) -> str:
-    """The whole table in one transaction (a host's first write, and reconcile): every chain, map and set
-    emptied and filled, so the result is the rendered state whatever was there."""
-    lines = declarations(table)
-    lines += [f"flush chain ip {table} {c}" for c in ("prerouting", "output", "postrouting", "serve")]
-    lines += [f"flush map ip {table} {map_name(p)}" for p in PROTOCOLS]
-    lines += [f"flush set ip {table} {MAINTENANCE_SET}"]
-    lines += hook_rules(table, bridge) + serve_rules(table, maintenance_port)
-    lines += add_elements(table, forwards)
-    if maintenance_ports:
-        lines.append(f"add element ip {table} {MAINTENANCE_SET} {{ {', '.join(map(str, sorted(maintenance_ports)))} }}")
-    return "\n".join([*lines, ""])
+def element_of(chain: str, body: str) -> Element:
+    """One rule of an app chain (its body, after `-A CHAIN `) as an element; RulesError when it is none."""
+    match = _DNAT.fullmatch(body)
+    if match:
+        found = Element(map_name(match["p"]), int(match["port"]), _comment(match["comment"], body),
+                        f"{match['addr']} . {match['to']}")
+    else:
+        match = _REDIRECT.fullmatch(body)
+        if match is None:
+            raise RulesError(CANNOT, rules=f"-A {chain} {body}")
+        found = Element(MAINTENANCE, int(match["port"]), _comment(match["comment"], body), match["to"])
+    if f"{chain.split('-', 1)[0]}-{found.owner}" != chain:
+        raise RulesError(f"the nftables backend names a rule's app by its comment's first word, and "
+                         f"{found.comment!r} does not name the app of {chain}", rules=f"-A {chain} {body}")
+    return found
 
 
-def add_elements(table: str, forwards: Iterable[Forward]) -> list[str]:
+def _comment(saved: str, body: str) -> str:
+    comment = _unsave(saved)
+    if '"' in comment or len(comment) > COMMENT_LIMIT:
+        raise RulesError(f"the nftables backend cannot write the comment {comment!r}: nft takes at most "
+                         f"{COMMENT_LIMIT} characters and no double quote", rules=body)
+    return comment
+
+
+def _unsave(value: str) -> str:
+    """iptables-save's quoting undone (the inverse of rules.save_string)."""
+    if not value.startswith('"'):
+        return value
+    return re.sub(r"\\(.)", r"\1", value[1:-1])
+
+
+def effective(chain: str, lines: Iterable[str]) -> list[Element]:
+    """An app chain's rules as elements: the first rule for a port, as in a chain, and the rest dropped."""
+    seen: set[Key] = set()
+    result = []
+    for line in lines:
+        found = element_of(chain, line.split(" ", 2)[2])
+        if found.key not in seen:
+            seen.add(found.key)
+            result.append(found)
+    return result
+
+
+def ordered(elements: Iterable[Element], order: Sequence[Key]) -> list[Element]:
+    """The maintenance redirects first (they win), then the forwards; each by the app's ports, then the rest."""
+    rank = {key: i for i, key in enumerate(order)}
+    return sorted(elements, key=lambda e: (e.map != MAINTENANCE, rank.get(e.key, len(rank)), e.map, e.port))
+
+
+def add_elements(table: str, elements: Iterable[Element]) -> list[str]:
     lines = []
-    for protocol in PROTOCOLS:
-        found = _by_protocol(forwards, protocol)
+    for name in MAP_TYPES:
+        found = [e.text() for e in elements if e.map == name]
         if found:
-            lines.append(f"add element ip {table} {map_name(protocol)} {{ {', '.join(map(element, found))} }}")
+            lines.append(f"add element ip {table} {name} {{ {', '.join(found)} }}")
     return lines
 
 
-def delete_elements(table: str, forwards: Iterable[Forward]) -> list[str]:
+def delete_elements(table: str, elements: Iterable[Element]) -> list[str]:
     lines = []
-    for protocol in PROTOCOLS:
-        found = _by_protocol(forwards, protocol)
+    for name in MAP_TYPES:
+        found = [str(e.port) for e in elements if e.map == name]
         if found:
-            ports = ", ".join(str(f.external) for f in found)
-            lines.append(f"delete element ip {table} {map_name(protocol)} {{ {ports} }}")
+            lines.append(f"delete element ip {table} {name} {{ {', '.join(found)} }}")
     return lines
 
 
-def render_flip(table: str, before: Sequence[Forward], wanted: Sequence[Forward]) -> str | None:
-    """The flip of one app: its elements as read deleted, the wanted ones added, in one transaction; None
-    when nothing changes."""
-    def keyed(forwards: Sequence[Forward]) -> list[tuple[str, str]]:
-        return sorted((f.protocol, element(f)) for f in forwards)
+def map_declarations(table: str) -> list[str]:
+    """The table and its maps; `add` leaves what exists as it is."""
+    return [f"add table ip {table}",
+            *(f"add map ip {table} {name} {{ type inet_service : {data}; size 65536; }}"
+              for name, data in MAP_TYPES.items())]
 
-    if keyed(before) == keyed(wanted):
+
+def render_replace(table: str, before: Sequence[Element], wanted: Sequence[Element]) -> str | None:
+    """What was read and is not wanted deleted, what is wanted and was not there added, in one transaction.
+
+    nft deletes an element by its key, and refuses the whole transaction when the key is not there, or when an
+    add meets a key that is still there: so a commit proves each port now leads where `wanted` says. An
+    element whose comment alone changed is replaced too (an add of a present key with the same data keeps the
+    old comment). None when nothing changes.
+    """
+    gone = [e for e in before if e not in wanted]
+    new = [e for e in wanted if e not in before]
+    if not gone and not new:
         return None
-    return "\n".join([*delete_elements(table, before), *add_elements(table, wanted), ""])
+    return "\n".join([*delete_elements(table, gone), *add_elements(table, new), ""])
 
 
-def render_maintenance(table: str, ports: Sequence[int], on: bool) -> str:
-    """Send an app's tcp ports to the responder (on) or back to their instance (off); one transaction."""
-    verb = "add" if on else "delete"
-    return f"{verb} element ip {table} {MAINTENANCE_SET} {{ {', '.join(map(str, sorted(ports)))} }}\n"
-
-
-def render_teardown(table: str) -> str:
-    """Remove the table and everything in it."""
-    return f"delete table ip {table}\n"
-
-
-# --- the nftables backend: the iptables layout, mirrored in the deployer's own table ------------------------
-#
-# A rule added to a table costs nft a read of every chain's header first (12 ms with 10,000 chains here, the
-# same for any rule), so this layout's flip grows with the number of apps past a thousand, where the port maps'
-# does not (docs/benchmarks.md). The backend keeps the chains rules.py draws (PREROUTING, OUTPUT, POSTROUTING as base chains of the table, then
-# DEPLOYER, DEPLOYER-<app>, DEPLOYER-POSTROUTING), and translates each rule both ways through the forms below:
-# the host layer renders iptables-restore text as it does for iptables, and reads back iptables-save lines, so a
-# flip, reconcile and drift detection are the same code and the same string comparison on either backend. A
-# rule outside these forms is refused before anything is applied.
-
-BASE_CHAINS = {
-    "PREROUTING": "type nat hook prerouting priority dstnat - 5; policy accept;",
-    "OUTPUT": "type nat hook output priority -105; policy accept;",
-    "POSTROUTING": "type nat hook postrouting priority srcnat + 5; policy accept;",
-}
-COMMENT_LIMIT = 128  # nft refuses a longer comment, and one with a double quote in it
+# --- the chains' rules ------------------------------------------------------------------------------------
 
 _IPT_FIELDS = {"p": r"tcp|udp", "port": r"\d+", "to": r"\d+", "addr": r"\d+\.\d+\.\d+\.\d+",
                "src": r"\d+\.\d+\.\d+\.\d+/\d+", "target": r"[A-Za-z0-9_-]+", "out": r"[A-Za-z0-9_.-]+",
@@ -178,17 +226,13 @@ _NFT_FIELDS = {**_IPT_FIELDS, "out": r'"[A-Za-z0-9_.-]+"', "comment": r'"[^"]*"'
 
 @dataclass(frozen=True)
 class RuleForm:
-    """One rule the backend can write: its iptables-save body (after `-A CHAIN `) and its nft text."""
+    """One rule of a chain the backend can write: its iptables-save body (after `-A CHAIN `) and its nft text."""
 
     iptables: str
     nft: str
 
 
 FORMS = (
-    RuleForm("-p {p} -m {p} --dport {port} -m comment --comment {comment} -j DNAT --to-destination {addr}:{to}",
-             "{p} dport {port} dnat to {addr}:{to} comment {comment}"),
-    RuleForm("-p tcp -m tcp --dport {port} -m comment --comment {comment} -j REDIRECT --to-ports {to}",
-             "tcp dport {port} redirect to :{to} comment {comment}"),
     RuleForm("-m addrtype --dst-type LOCAL -j {target}", "fib daddr type local jump {target}"),
     RuleForm("-s {src} -o {out} -m comment --comment {comment} -j MASQUERADE",
              "ip saddr {src} oifname {out} masquerade comment {comment}"),
@@ -211,31 +255,19 @@ _TO_IPTABLES = [(form, _pattern(form.nft, _NFT_FIELDS)) for form in FORMS]
 _TARGETS = ("DNAT", "REDIRECT", "MASQUERADE", "SNAT", "RETURN", "ACCEPT", "DROP")
 
 
-def _unsave(value: str) -> str:
-    """iptables-save's quoting undone (the inverse of rules.save_string)."""
-    if not value.startswith('"'):
-        return value
-    return re.sub(r"\\(.)", r"\1", value[1:-1])
-
-
 def rule_to_nft(body: str) -> str:
-    """One iptables rule body as nft text; RulesError when the backend cannot write it."""
+    """One rule of a chain, its iptables body as nft text; RulesError when the backend cannot write it."""
     for form, pattern in _TO_NFT:
         match = pattern.fullmatch(body)
         if match is None or match.groupdict().get("target") in _TARGETS:
             continue
         values = dict(match.groupdict())
         if "comment" in values:
-            comment = _unsave(values["comment"])
-            if '"' in comment or len(comment) > COMMENT_LIMIT:
-                raise RulesError(f"the nftables backend cannot write the comment {comment!r}: nft takes at most "
-                                 f"{COMMENT_LIMIT} characters and no double quote", rules=body)
-            values["comment"] = f'"{comment}"'
+            values["comment"] = f'"{_comment(values["comment"], body)}"'
         if "out" in values:
             values["out"] = f'"{values["out"]}"'
         return form.nft.format(**values)
-    raise RulesError('the nftables backend cannot express this rule (it needs backend = "iptables" for now)',
-                     rules=body)
+    raise RulesError(CANNOT, rules=body)
 
 
 def rule_to_iptables(chain: str, text: str) -> str:
@@ -251,48 +283,108 @@ def rule_to_iptables(chain: str, text: str) -> str:
         if "out" in values:
             values["out"] = values["out"][1:-1]
         return f"-A {chain} {form.iptables.format(**values)}"
+    return _foreign(chain, text)
+
+
+def _foreign(chain: str, text: str) -> str:
     return f"-A {chain} -m comment --comment {save_string('nft: ' + text)}"
 
 
-@dataclass(frozen=True)
-class Listing:
-    """The table as `nft -a list table` printed it: chain -> its rules as iptables-save lines, with handles."""
+# --- reading ------------------------------------------------------------------------------------------------
 
-    chains: dict[str, list[tuple[str, int]]]
 
-    def saved(self) -> str:
-        """As `iptables-save -t nat` would print these chains."""
-        lines = ["*nat"]
-        lines += [f":{c} ACCEPT [0:0]" if c in BASE_CHAINS else f":{c} - [0:0]" for c in self.chains]
-        lines += [rule for rules in self.chains.values() for rule, _ in rules]
+@dataclass
+class Table:
+    """The deployer's table as `nft -a list` printed it: each chain's rules (nft text, handle), the elements."""
+
+    chains: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    elements: list[Element] = field(default_factory=list)
+    maps: set[str] = field(default_factory=set)
+
+    def owned(self, app: str) -> list[Element]:
+        return [e for e in self.elements if e.owner == app]
+
+    def dispatching(self, prefix: str) -> bool:
+        """Whether the top chain holds exactly the lookups through the maps, so every element is reached."""
+        return tuple(text for text, _ in self.chains.get(prefix, [])) == DISPATCH and set(MAP_TYPES) <= self.maps
+
+    def view(self, prefix: str, order: Order) -> dict[str, list[str]]:
+        """The chains as iptables-save would print them: chain -> its rules, the app chains among them."""
+        owners = sorted({e.owner for e in self.elements if e.comment})
+        result: dict[str, list[str]] = {}
+        for chain, found in self.chains.items():
+            if chain == prefix:
+                dispatching = self.dispatching(prefix)
+                result[chain] = ([f"-A {prefix} -j {prefix}-{owner}" for owner in owners] if dispatching
+                                 else [rule_to_iptables(chain, text) for text, _ in found])
+            else:
+                result[chain] = [rule_to_iptables(chain, text) for text, _ in found]
+        for owner in owners:
+            chain = f"{prefix}-{owner}"
+            result[chain] = [e.rule(chain) for e in ordered(self.owned(owner), order(owner))]
+        strays = [e for e in self.elements if not e.comment]
+        if strays:  # not the deployer's: shown where drift detection sees it
+            result.setdefault(prefix, []).extend(_foreign(prefix, f"{e.map} element {e.port} : {e.value}")
+                                                 for e in strays)
+        return result
+
+    def saved(self, prefix: str, order: Order) -> str:
+        """As `iptables-save -t nat` would print the deployer's chains."""
+        chains = self.view(prefix, order)
+        lines = ["*nat", *(f":{c} ACCEPT [0:0]" if c in BASE_CHAINS else f":{c} - [0:0]" for c in chains)]
+        lines += [rule for found in chains.values() for rule in found]
         return "\n".join([*lines, "COMMIT", ""])
-
-    def rules(self, chain: str) -> list[str] | None:
-        found = self.chains.get(chain)
-        return None if found is None else [rule for rule, _ in found]
 
 
 _CHAIN_LINE = re.compile(r"chain (\S+) \{(?: # handle \d+)?$")
+_MAP_LINE = re.compile(r"map (\S+) \{(?: # handle \d+)?$")
 _HANDLE = re.compile(r"^(.*) # handle (\d+)$")
+_ELEMENT = re.compile(r'(\d+)(?: comment "([^"]*)")? : (\d+\.\d+\.\d+\.\d+ \. \d+|\d+)')
 
 
-def parse_listing(listing: str) -> Listing:
-    """`nft -a list table ip T` (or `list chain`): each chain's rules, translated, with their handles."""
-    chains: dict[str, list[tuple[str, int]]] = {}
+def parse_listing(listing: str) -> Table:
+    """`nft -a list table ip T` (or `get element`): each chain's rules with their handles, each map's elements."""
+    table = Table()
     chain: str | None = None
+    current_map: str | None = None
+    elements: list[str] | None = None
     for raw in listing.splitlines():
         line = raw.strip()
-        header = _CHAIN_LINE.fullmatch(line)
+        if elements is not None:  # inside `elements = { ... }`, which nft folds over lines
+            elements.append(line)
+            if line.endswith("}") and line.count('"') % 2 == 0:
+                _add_elements(table, current_map, " ".join(elements))
+                elements = None
+            continue
+        header, map_header = _CHAIN_LINE.fullmatch(line), _MAP_LINE.fullmatch(line)
         if header:
             chain = header.group(1)
-            chains[chain] = []
+            table.chains[chain] = []
+        elif map_header:
+            current_map = map_header.group(1)
+            table.maps.add(current_map)
         elif line == "}":
-            chain = None
+            chain = current_map = None
+        elif current_map is not None and line.startswith("elements = {"):
+            elements = [line]
+            if line.endswith("}"):
+                _add_elements(table, current_map, line)
+                elements = None
         elif chain is not None and line and not line.startswith("type "):
             match = _HANDLE.fullmatch(line)
             text, handle = (match.group(1), int(match.group(2))) if match else (line, 0)
-            chains[chain].append((rule_to_iptables(chain, text), handle))
-    return Listing(chains)
+            table.chains[chain].append((text, handle))
+    return table
+
+
+def _add_elements(table: Table, name: str | None, text: str) -> None:
+    if name not in MAP_TYPES:
+        return
+    for match in _ELEMENT.finditer(text.removeprefix("elements = {")):
+        table.elements.append(Element(name, int(match.group(1)), match.group(2) or "", match.group(3)))
+
+
+# --- writing -------------------------------------------------------------------------------------------------
 
 
 def base_declarations(table: str) -> list[str]:
@@ -300,17 +392,88 @@ def base_declarations(table: str) -> list[str]:
     return [f"add table ip {table}", *(f"add chain ip {table} {c} {{ {spec} }}" for c, spec in BASE_CHAINS.items())]
 
 
-def translate_restore(text: str, table: str, live: Listing | None = None) -> tuple[str, str]:
-    """An iptables-restore --noflush transaction as (nft commands for its nat part, the other tables' text).
+def dispatch_rules(table: str, prefix: str) -> list[str]:
+    """The top chain emptied and given its lookups through the maps."""
+    return [f"add chain ip {table} {prefix}", f"flush chain ip {table} {prefix}",
+            *(f"add rule ip {table} {prefix} {rule}" for rule in DISPATCH)]
 
-    The nat part becomes one nft transaction in the deployer's table; filter and mangle stay iptables' (the
-    forwarding and the watchdog's chains). A deletion of a rule needs its handle: `live` is the table as read.
+
+def app_chains_only(text: str, prefix: str) -> bool:
+    """Whether a transaction writes app chains and nothing else (a flip, its tidy, an app's removal): what it
+    needs to know is then those apps' elements, not the whole table."""
+    nat = _nat_lines(text)
+    return bool(nat) and all(is_app_chain(_chain_of(line), prefix) for line in nat)
+
+
+def _chain_of(line: str) -> str:
+    parts = line.split(" ")
+    return parts[0][1:] if line.startswith(":") else parts[1] if len(parts) > 1 else ""
+
+
+def touched_apps(text: str, prefix: str) -> dict[str, list[Key]]:
+    """The apps whose chains a transaction writes, with the ports its rules name."""
+    found: dict[str, list[Key]] = {}
+    for line in _nat_lines(text):
+        chain = _chain_of(line)
+        if not is_app_chain(chain, prefix):
+            continue
+        keys = found.setdefault(chain[len(prefix) + 1:], [])
+        if line.startswith(("-A ", "-I ", "-D ")):
+            body = line.split(" ", 3)[3] if line.startswith("-I ") else line.split(" ", 2)[2]
+            keys.append(element_of(chain, body).key)
+    return found
+
+
+def has_nat(text: str) -> bool:
+    return bool(_nat_lines(text))
+
+
+def _nat_lines(text: str) -> list[str]:
+    lines, section = [], None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            section = line[1:]
+        elif line == "COMMIT":
+            section = None
+        elif section == "nat" and line.strip() and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+@dataclass(frozen=True)
+class Translation:
+    """A restore's nat part as nft commands, the other tables' text for iptables-restore, and each written
+    app's elements as the commit leaves them."""
+
+    nat: str
+    other: str
+    apps: dict[str, list[Element]]
+    removes_table: bool = False
+    declares_maps: bool = False
+
+
+def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole: bool = True) -> Translation:
+    """An iptables-restore --noflush transaction, translated.
+
+    `live` is the table as read: whole, or (`whole=False`, for a transaction that writes app chains alone)
+    the written apps' elements and whatever else holds the ports it names. Each app chain the text writes is
+    played out on its rules as read, line by line as iptables-restore would; the outcome becomes elements
+    (`effective`), and only the difference is written. The other chains' lines become rules, a deletion by
+    the handle read. filter and mangle stay iptables'.
     """
-    nat: list[str] = []
     other: list[str] = []
+    chain_commands: list[str] = []
+    apps: dict[str, list[str]] = {}  # app chain -> its rules, as the transaction leaves them
     section: str | None = None
-    touches_base = removes_table = False
-    handles = {chain: list(rules) for chain, rules in (live.chains if live else {}).items()}
+    touches_base = declares_top = jumps = removes_table = False
+    handles = {chain: list(found) for chain, found in live.chains.items()}
+
+    def app_rules(chain: str) -> list[str]:
+        if chain not in apps:
+            owner = chain[len(prefix) + 1:]
+            apps[chain] = [e.rule(chain) for e in ordered(live.owned(owner), ())]
+        return apps[chain]
+
     for line in text.splitlines():
         if line.startswith("*"):
             section = line[1:]
@@ -329,33 +492,89 @@ def translate_restore(text: str, table: str, live: Listing | None = None) -> tup
             chain = line[1:].split(" ", 1)[0]
             if chain in BASE_CHAINS:
                 touches_base = True
+            elif is_app_chain(chain, prefix):
+                app_rules(chain).clear()  # declaring a chain in a restore flushes it
+            elif chain == prefix:
+                declares_top = True
             else:
-                nat += [f"add chain ip {table} {chain}", f"flush chain ip {table} {chain}"]
+                chain_commands += [f"add chain ip {table} {chain}", f"flush chain ip {table} {chain}"]
         elif line.startswith(("-A ", "-I ", "-D ")):
             verb, chain, rest = line.split(" ", 2)
-            touches_base = touches_base or chain in BASE_CHAINS
             if verb == "-I":
                 position, _, rest = rest.partition(" ")
                 if position != "1":
                     raise RulesError("the nftables backend inserts at the top of a chain only", rules=line)
-                nat.append(f"insert rule ip {table} {chain} {rule_to_nft(rest)}")
-            elif verb == "-A":
-                nat.append(f"add rule ip {table} {chain} {rule_to_nft(rest)}")
-            else:
-                saved = f"-A {chain} {rest}"
-                found = next((i for i, (rule, _) in enumerate(handles.get(chain, [])) if rule == saved), None)
-                if found is None:
+            if is_app_chain(chain, prefix):
+                found = app_rules(chain)
+                element_of(chain, rest)  # refused now if it cannot be one
+                if verb == "-A":
+                    found.append(f"-A {chain} {rest}")
+                elif verb == "-I":
+                    found.insert(0, f"-A {chain} {rest}")
+                elif f"-A {chain} {rest}" in found:
+                    found.remove(f"-A {chain} {rest}")
+                else:
                     raise RulesError("no such rule to delete", rules=line)
-                nat.append(f"delete rule ip {table} {chain} handle {handles[chain].pop(found)[1]}")
+            elif chain == prefix:
+                if not rest.startswith(f"-j {prefix}-"):
+                    raise RulesError(CANNOT, rules=line)
+                jumps = jumps or verb != "-D"  # a jump is the dispatch; a deleted one goes with the app's rules
+            else:
+                touches_base = touches_base or chain in BASE_CHAINS
+                if verb == "-I":
+                    chain_commands.append(f"insert rule ip {table} {chain} {rule_to_nft(rest)}")
+                elif verb == "-A":
+                    chain_commands.append(f"add rule ip {table} {chain} {rule_to_nft(rest)}")
+                else:
+                    wanted = rule_to_nft(rest)
+                    at = next((i for i, (found_text, _) in enumerate(handles.get(chain, []))
+                               if found_text == wanted), None)
+                    if at is None:
+                        raise RulesError("no such rule to delete", rules=line)
+                    chain_commands.append(f"delete rule ip {table} {chain} handle {handles[chain].pop(at)[1]}")
         elif line.startswith("-F "):
-            nat.append(f"flush chain ip {table} {line[3:]}")
+            chain = line[3:]
+            if is_app_chain(chain, prefix):
+                app_rules(chain).clear()
+            elif chain != prefix:
+                chain_commands.append(f"flush chain ip {table} {chain}")
         elif line.startswith("-X "):
-            nat.append(f"delete chain ip {table} {line[3:]}")
-            removes_table = removes_table or line[3:] == table.upper()
+            chain = line[3:]
+            if is_app_chain(chain, prefix):
+                app_rules(chain).clear()
+            elif chain == prefix:
+                removes_table = True
+            else:
+                chain_commands.append(f"delete chain ip {table} {chain}")
         elif line.strip() and not line.startswith("#"):
             raise RulesError("the nftables backend cannot apply this line", rules=line)
-    if nat and touches_base:
-        nat = base_declarations(table) + nat
-    if removes_table:  # the teardown: the base chains go with the top chain, and the table with them
-        nat.append(f"delete table ip {table}")
-    return ("\n".join([*nat, ""]) if nat else ""), ("\n".join([*other, ""]) if other else "")
+
+    others = ("\n".join([*other, ""]) if other else "")
+    if removes_table:  # the teardown: everything the deployer owns in nat is this table
+        return Translation(f"delete table ip {table}\n" if live.chains or live.maps else "", others, {}, True)
+    before: list[Element] = []
+    after: list[Element] = []
+    result: dict[str, list[Element]] = {}
+    for chain, found in apps.items():
+        before += live.owned(chain[len(prefix) + 1:])
+        result[chain[len(prefix) + 1:]] = effective(chain, found)
+        after += result[chain[len(prefix) + 1:]]
+    taken = {e.key: e.owner for e in live.elements if e not in before}
+    for e in after:
+        if e.key in taken and e not in before:
+            raise RulesError(f"port {e.port}/{e.key[0]} is already in the nftables maps, for "
+                             f"{taken[e.key] or 'a rule not of the deployer'}", rules=e.rule(f"{prefix}-{e.owner}"))
+    elements = render_replace(table, before, after)
+    nat: list[str] = []
+    maps = whole and bool(elements or declares_top or jumps or apps)
+    if whole:
+        if touches_base:
+            nat += base_declarations(table)
+        if maps:
+            nat += map_declarations(table)[0 if not nat else 1:]
+        if declares_top or (jumps and not live.dispatching(prefix)):
+            nat += dispatch_rules(table, prefix)
+    nat += chain_commands
+    if elements:
+        nat.append(elements.rstrip("\n"))
+    return Translation("\n".join([*nat, ""]) if nat else "", others, result, declares_maps=maps)

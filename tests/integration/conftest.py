@@ -247,7 +247,7 @@ class Deployer:
 
     def nft_chain(self, app: str) -> list[str]:
         """The app's chain in the deployer's nftables table, as iptables-save lines; [] without one."""
-        backend = NftablesBackend(Nftables(handles=True), Netfilter(), table=self.prefix.lower())
+        backend = NftablesBackend(Nftables(handles=True), Netfilter(), table=self.prefix.lower(), prefix=self.prefix)
         return backend.list_chain(f"{self.prefix}-{app}") or []
 
     def containers(self, app: str | None = None) -> list:

@@ -17,9 +17,12 @@ def status(deployer) -> dict:
 
 
 def flush_chain(backend: str, prefix: str, chain: str) -> None:
-    argv = (["iptables", "-w", "-t", "nat", "-F", chain] if backend == "iptables"
-            else ["nft", "flush", "chain", "ip", prefix.lower(), chain])
-    assert run(argv).returncode == 0
+    """The app's rules removed by hand: its chain flushed, or on nftables its elements, in the maps."""
+    if backend == "iptables":
+        assert run(["iptables", "-w", "-t", "nat", "-F", chain]).returncode == 0
+        return
+    for name in ("tcp-ports", "udp-ports"):
+        assert run(["nft", "flush", "map", "ip", prefix.lower(), name]).returncode == 0
 
 
 def delete_local_jump(backend: str, prefix: str) -> None:

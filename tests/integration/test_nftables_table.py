@@ -1,5 +1,6 @@
-"""The deployer's nftables table through libnftables in process: it loads, a flip moves traffic, a flip
-rendered from a wrong read is refused whole and changes nothing.
+"""The nftables backend's table through libnftables in process, with its base chains: a first write loads it, a
+flip moves new connections, and a flip planned from a picture gone stale is refused whole, changes nothing, and
+the next one reads the table and goes through.
 
 Runs in the host's namespace under a table of its own, beside whatever Docker has written, and removes it.
 """
@@ -10,15 +11,18 @@ import os
 import socket
 import threading
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import IN_CI
+from deployer.adapters.netfilter import Netfilter
 from deployer.adapters.nftables import Nftables
 from deployer.errors import RulesError
-from deployer.plan import nft
-from deployer.plan.rules import Forward
+from deployer.host.nft_backend import NftablesBackend
+from deployer.plan import rules
+from deployer.plan.rules import ChainNames, Forward, SavedTable
 
 
 def _missing(reason: str) -> None:
@@ -28,20 +32,24 @@ def _missing(reason: str) -> None:
 
 
 @pytest.fixture
-def table() -> Iterator[tuple[Nftables, str]]:
+def backend(tmp_path: Path) -> Iterator[NftablesBackend]:
     if os.geteuid() != 0:
         _missing("nftables needs root")
-    nftables = Nftables()
     try:
-        nftables.run("list tables")
+        Nftables().run("list tables")
     except RulesError as exc:
         _missing(str(exc))
-    name = f"dt{uuid.uuid4().hex[:6]}"
+    prefix = f"DT{uuid.uuid4().hex[:6].upper()}"
+    made = NftablesBackend(Nftables(), Netfilter(), table=prefix.lower(), prefix=prefix, reader=Nftables(handles=True),
+                           generation=tmp_path / "nftables.generation", ports=lambda app: [("tcp", EXTERNAL)])
     try:
-        yield nftables, name
+        yield made
     finally:
-        if name in nftables.run("list tables"):
-            nftables.run(nft.render_teardown(name))
+        if prefix.lower() in made.reader.run("list tables"):
+            made.runner.run(f"delete table ip {prefix.lower()}")
+
+
+EXTERNAL = 47000 + os.getpid() % 1000  # nothing of the suite's listens up there
 
 
 def _host_address() -> str:
@@ -73,26 +81,33 @@ def _ask(address: str, port: int) -> bytes:
         return conn.recv(16)
 
 
-def test_a_flip_moves_new_connections_and_a_wrong_read_is_refused_whole(table):
-    nftables, name = table
+def test_a_flip_moves_new_connections_and_one_planned_from_a_stale_picture_is_refused_whole(backend):
+    names = ChainNames(backend.prefix)
     address = _host_address()
     blue, blue_port = _serve(address, b"blue")
     green, green_port = _serve(address, b"green")
-    external = 47000 + int(name[2:], 16) % 1000  # nothing of the suite's listens up there
+    chain = names.app("t")
+    on_blue = [Forward("tcp", EXTERNAL, address, blue_port, "t blue v1").rule(chain)]
+    on_green = [Forward("tcp", EXTERNAL, address, green_port, "t green v2").rule(chain)]
     try:
-        on_blue = [Forward("tcp", external, address, blue_port, "t")]
-        on_green = [Forward("tcp", external, address, green_port, "t")]
-        nftables.run(nft.render_table(name, "dt-none0", 9, on_blue))
-        assert _ask(address, external) == b"blue"  # the output hook: a client on the host, a local address
+        backend.restore(rules.render_restore(SavedTable(), names, "dt-none0", {"t": on_blue}))
+        assert _ask(address, EXTERNAL) == b"blue"  # the output hook: a client on the host, a local address
 
-        nftables.run(nft.render_flip(name, on_blue, on_green))
-        assert _ask(address, external) == b"green"
+        backend.restore(rules.render_takeover(names, "t", on_green, backend.list_chain(chain) or []))
+        assert _ask(address, EXTERNAL) == b"green"
+        assert backend.list_chain(chain) == on_green
 
-        wrong = [Forward("tcp", external + 1, address, blue_port, "t")]  # a port that is not in the map
+        # Removed by hand, so what the backend keeps says it is there; the flip's delete of it is refused
+        # whole, and the element it would have added is not there either.
+        backend.runner.run(f"delete element ip {backend.table} tcp-ports {{ {EXTERNAL} }}")
         with pytest.raises(RulesError, match="nft refused the transaction"):
-            nftables.run(nft.render_flip(name, wrong, on_blue))
-        assert _ask(address, external) == b"green"
-        assert f"{external} : {address} . {green_port}" in nftables.run(f"list map ip {name} tcp-ports")
+            backend.restore(rules.render_takeover(names, "t", on_blue, backend.list_chain(chain) or []))
+        assert str(EXTERNAL) not in backend.reader.run(f"list map ip {backend.table} tcp-ports")
+
+        # The refusal made the backend read again: the next flip is planned from the table as it is.
+        assert backend.list_chain(chain) is None
+        backend.restore(rules.render_chain(names, "t", on_blue))
+        assert _ask(address, EXTERNAL) == b"blue"
     finally:
         blue.close()
         green.close()

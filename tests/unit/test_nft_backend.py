@@ -1,66 +1,101 @@
-"""The nftables backend: the iptables chains translated into nft text and back, exactly (plan/nft.py), and the
-backend's routing of a transaction (host/nft_backend.py) through hand-written fakes."""
+"""The nftables backend: the iptables chains translated into the table's maps and chains and back, exactly
+(plan/nft.py), and the backend's planning of a transaction (host/nft_backend.py) through hand-written fakes."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from deployer.config import AppConfig, HealthCheck, PortMapping
 from deployer.errors import RulesError
 from deployer.host.nft_backend import NftablesBackend
-from deployer.plan import canary, hostbound, maintenance, nft, rules
+from deployer.plan import app_chain, canary, hostbound, maintenance, nft, rules
 from deployer.plan.rules import ChainNames, Forward, SavedTable
 
 NAMES = ChainNames("DEPLOYER")
 BLUE = Forward("tcp", 18080, "172.18.0.2", 80, "web blue v1").rule("DEPLOYER-web")
 GREEN = Forward("tcp", 18080, "172.18.0.3", 80, "web green v2").rule("DEPLOYER-web")
 UDP = Forward("udp", 18081, "172.18.0.3", 53, "web green v2").rule("DEPLOYER-web")
+REDIRECT = maintenance.redirect_rule("DEPLOYER-web", "web", 18080, 8999)
 
 
-def test_a_first_deploy_becomes_one_nft_transaction_with_the_base_chains_in_front():
+def _translate(text: str, live: nft.Table, whole: bool = True) -> nft.Translation:
+    return nft.translate_restore(text, "deployer", "DEPLOYER", live, whole=whole)
+
+
+def _elements(*lines: str) -> nft.Table:
+    return nft.Table(elements=[nft.element_of(line.split(" ", 2)[1], line.split(" ", 2)[2]) for line in lines])
+
+
+def test_a_first_deploy_becomes_one_transaction_the_base_chains_the_lookups_and_the_apps_elements():
     text = rules.render_restore(SavedTable(), NAMES, "deployer0", {"web": [BLUE]})
-    assert nft.translate_restore(text, "deployer") == ((
+    translation = _translate(text, nft.Table())
+    assert translation.nat == (
         "add table ip deployer\n"
         "add chain ip deployer PREROUTING { type nat hook prerouting priority dstnat - 5; policy accept; }\n"
         "add chain ip deployer OUTPUT { type nat hook output priority -105; policy accept; }\n"
         "add chain ip deployer POSTROUTING { type nat hook postrouting priority srcnat + 5; policy accept; }\n"
+        "add map ip deployer tcp-ports { type inet_service : ipv4_addr . inet_service; size 65536; }\n"
+        "add map ip deployer udp-ports { type inet_service : ipv4_addr . inet_service; size 65536; }\n"
+        "add map ip deployer maintenance-tcp { type inet_service : inet_service; size 65536; }\n"
         "add chain ip deployer DEPLOYER\n"
         "flush chain ip deployer DEPLOYER\n"
+        "add rule ip deployer DEPLOYER meta l4proto tcp redirect to :tcp dport map @maintenance-tcp\n"
+        "add rule ip deployer DEPLOYER dnat ip to tcp dport map @tcp-ports\n"
+        "add rule ip deployer DEPLOYER dnat ip to udp dport map @udp-ports\n"
         "add chain ip deployer DEPLOYER-POSTROUTING\n"
         "flush chain ip deployer DEPLOYER-POSTROUTING\n"
-        "add chain ip deployer DEPLOYER-web\n"
-        "flush chain ip deployer DEPLOYER-web\n"
         'add rule ip deployer DEPLOYER-POSTROUTING ip saddr 127.0.0.0/8 oifname "deployer0" masquerade '
         'comment "deployer: loopback clients"\n'
-        'add rule ip deployer DEPLOYER-web tcp dport 18080 dnat to 172.18.0.2:80 comment "web blue v1"\n'
-        "add rule ip deployer DEPLOYER jump DEPLOYER-web\n"
         "insert rule ip deployer PREROUTING fib daddr type local jump DEPLOYER\n"
         "insert rule ip deployer OUTPUT fib daddr type local jump DEPLOYER\n"
-        "add rule ip deployer POSTROUTING jump DEPLOYER-POSTROUTING\n"), "")
+        "add rule ip deployer POSTROUTING jump DEPLOYER-POSTROUTING\n"
+        'add element ip deployer tcp-ports { 18080 comment "web blue v1" : 172.18.0.2 . 80 }\n')
+    assert (translation.other, translation.apps) == ("", {"web": _elements(BLUE).elements})
 
 
-def test_a_flip_is_an_add_only_insert_then_a_tidy_that_declares_the_chain():
-    takeover = rules.render_takeover(NAMES, "web", [GREEN, UDP], [BLUE])
-    assert nft.translate_restore(takeover, "deployer") == ((
-        'insert rule ip deployer DEPLOYER-web udp dport 18081 dnat to 172.18.0.3:53 comment "web green v2"\n'
-        'insert rule ip deployer DEPLOYER-web tcp dport 18080 dnat to 172.18.0.3:80 comment "web green v2"\n'), "")
-    assert nft.translate_restore(rules.render_chain(NAMES, "web", [GREEN]), "deployer") == ((
-        "add chain ip deployer DEPLOYER-web\n"
-        "flush chain ip deployer DEPLOYER-web\n"
-        'add rule ip deployer DEPLOYER-web tcp dport 18080 dnat to 172.18.0.3:80 comment "web green v2"\n'), "")
+def test_a_flips_takeover_replaces_the_elements_it_shadows_and_leaves_its_tidy_nothing_to_do():
+    takeover = _translate(rules.render_takeover(NAMES, "web", [GREEN, UDP], [BLUE]), _elements(BLUE), whole=False)
+    assert takeover.nat == (
+        "delete element ip deployer tcp-ports { 18080 }\n"
+        'add element ip deployer tcp-ports { 18080 comment "web green v2" : 172.18.0.3 . 80 }\n'
+        'add element ip deployer udp-ports { 18081 comment "web green v2" : 172.18.0.3 . 53 }\n')
+    after = nft.Table(elements=takeover.apps["web"])
+    assert _translate(rules.render_chain(NAMES, "web", [GREEN, UDP]), after, whole=False).nat == ""
+    # The tidy of a chain that lost a port deletes that port's element.
+    assert _translate(rules.render_chain(NAMES, "web", [GREEN]), after, whole=False).nat == (
+        "delete element ip deployer udp-ports { 18081 }\n")
 
 
-def test_each_rule_the_backend_writes_comes_back_as_the_line_iptables_save_prints():
-    app = AppConfig(name="web", image="web", ports=(PortMapping(18080, 80, "tcp", 18081, 18082),),
-                    health=HealthCheck(type="tcp", port=80))
-    written = [*maintenance.redirect_rules("DEPLOYER-web", app, 8999),  # maintenance
-               Forward("tcp", 1005, "172.18.0.3", 8080, "web status green v2").rule("DEPLOYER-web"),  # drain port
-               GREEN, UDP, rules.app_jump(NAMES, "web"), *rules.builtin_jumps(NAMES).values(),
-               *rules.postrouting_rules(NAMES, "deployer0")]
-    for line in written:
+def test_maintenance_takes_a_tcp_port_from_its_forward_and_gives_it_back():
+    on = _translate(rules.render_takeover(NAMES, "web", [REDIRECT, UDP], [GREEN, UDP]), _elements(GREEN, UDP),
+                    whole=False)
+    assert on.nat == ("delete element ip deployer tcp-ports { 18080 }\n"
+                      'add element ip deployer maintenance-tcp { 18080 comment "web maintenance" : 8999 }\n')
+    off = _translate(rules.render_takeover(NAMES, "web", [GREEN, UDP], [REDIRECT, UDP]),
+                     nft.Table(elements=on.apps["web"]), whole=False)
+    assert off.nat == ("delete element ip deployer maintenance-tcp { 18080 }\n"
+                       'add element ip deployer tcp-ports { 18080 comment "web green v2" : 172.18.0.3 . 80 }\n')
+
+
+def test_a_changed_comment_alone_replaces_the_element():
+    relabelled = Forward("tcp", 18080, "172.18.0.3", 80, "web blue v2").rule("DEPLOYER-web")
+    assert _translate(rules.render_chain(NAMES, "web", [relabelled]), _elements(GREEN), whole=False).nat == (
+        "delete element ip deployer tcp-ports { 18080 }\n"
+        'add element ip deployer tcp-ports { 18080 comment "web blue v2" : 172.18.0.3 . 80 }\n')
+
+
+def test_each_rule_of_an_app_chain_is_one_element_and_comes_back_as_the_line_iptables_save_prints():
+    status = Forward("tcp", 1005, "172.18.0.3", 8080, "web status green v2").rule("DEPLOYER-web")
+    for line in (REDIRECT, status, GREEN, UDP):
+        found = nft.element_of("DEPLOYER-web", line.split(" ", 2)[2])
+        assert found.rule("DEPLOYER-web") == line
+    assert nft.element_of("DEPLOYER-web", REDIRECT.split(" ", 2)[2]).text() == '18080 comment "web maintenance" : 8999'
+    for line in (rules.app_jump(NAMES, "web"), *rules.builtin_jumps(NAMES).values(),
+                 *rules.postrouting_rules(NAMES, "deployer0")):
         chain, body = line.split(" ", 2)[1], line.split(" ", 2)[2]
         assert nft.rule_to_iptables(chain, nft.rule_to_nft(body)) == line
-    assert nft.rule_to_nft(written[0].split(" ", 2)[2]) == 'tcp dport 18080 redirect to :8999 comment "web maintenance"'
 
 
 def test_what_the_backend_cannot_write_is_refused_before_anything_is_applied():
@@ -69,12 +104,18 @@ def test_what_the_backend_cannot_write_is_refused_before_anything_is_applied():
     socket = hostbound.app_rules(NAMES, _host_bound(), 8999)[0]
     for line in (split[0], socket):
         with pytest.raises(RulesError, match='needs backend = "iptables" for now'):
-            nft.translate_restore(f"*nat\n{line}\nCOMMIT\n", "deployer")
+            _translate(f"*nat\n{line}\nCOMMIT\n", nft.Table())
     quoted = Forward("tcp", 18080, "172.18.0.3", 80, 'web "green"').rule("DEPLOYER-web")
     with pytest.raises(RulesError, match="no double quote"):
-        nft.translate_restore(f"*nat\n{quoted}\nCOMMIT\n", "deployer")
+        _translate(f"*nat\n{quoted}\nCOMMIT\n", nft.Table())
     with pytest.raises(RulesError, match="top of a chain only"):
-        nft.translate_restore(f"*nat\n-I DEPLOYER-web 2 {GREEN.split(' ', 2)[2]}\nCOMMIT\n", "deployer")
+        _translate(f"*nat\n-I DEPLOYER-web 2 {GREEN.split(' ', 2)[2]}\nCOMMIT\n", nft.Table())
+    stranger = Forward("tcp", 18080, "172.18.0.3", 80, "api blue v1").rule("DEPLOYER-web")
+    with pytest.raises(RulesError, match="does not name the app of DEPLOYER-web"):
+        _translate(f"*nat\n{stranger}\nCOMMIT\n", nft.Table())
+    api = Forward("tcp", 18080, "172.18.0.9", 80, "api blue v1").rule("DEPLOYER-api")
+    with pytest.raises(RulesError, match="18080/tcp is already in the nftables maps, for api"):
+        _translate(rules.render_chain(NAMES, "web", [GREEN]), _elements(api), whole=False)
 
 
 def _host_bound() -> AppConfig:
@@ -83,63 +124,106 @@ def _host_bound() -> AppConfig:
 
 
 LISTING = """table ip deployer { # handle 1
-	chain PREROUTING { # handle 1
+	map tcp-ports { # handle 1
+		type inet_service : ipv4_addr . inet_service
+		size 65536
+		elements = { 18080 comment "web green v2" : 172.18.0.3 . 80,
+			     9000 comment "api blue v1" : 172.18.0.9 . 8080, 7 : 10.0.0.1 . 7 }
+	}
+
+	map udp-ports { # handle 2
+		type inet_service : ipv4_addr . inet_service
+		size 65536
+		elements = { 18081 comment "web green v2" : 172.18.0.3 . 53 }
+	}
+
+	map maintenance-tcp { # handle 3
+		type inet_service : inet_service
+		size 65536
+	}
+
+	chain PREROUTING { # handle 4
 		type nat hook prerouting priority dstnat - 5; policy accept;
 		fib daddr type local jump DEPLOYER # handle 10
 	}
 
-	chain DEPLOYER { # handle 4
-		jump DEPLOYER-web # handle 9
-	}
-
-	chain DEPLOYER-web { # handle 6
-		tcp dport 18080 dnat to 172.18.0.3:80 comment "web green v2" # handle 8
-		tcp dport 18080 dnat to 172.18.0.2:80 comment "web blue v1" # handle 7
-		ip daddr 10.0.0.1 counter packets 0 bytes 0 accept # handle 11
+	chain DEPLOYER { # handle 5
+		meta l4proto tcp redirect to :tcp dport map @maintenance-tcp # handle 6
+		dnat ip to tcp dport map @tcp-ports # handle 7
+		dnat ip to udp dport map @udp-ports # handle 8
 	}
 }
 """
 
 
-def test_a_listing_reads_as_iptables_save_text_and_a_foreign_rule_never_equals_a_wanted_one():
-    listing = nft.parse_listing(LISTING)
-    assert listing.saved() == (
-        "*nat\n:PREROUTING ACCEPT [0:0]\n:DEPLOYER - [0:0]\n:DEPLOYER-web - [0:0]\n"
+def _ports(app: str) -> list[nft.Key]:
+    return {"web": [("udp", 18081), ("tcp", 18080)]}.get(app, [])
+
+
+def test_a_listing_reads_as_iptables_save_text_in_the_order_the_engine_renders():
+    table = nft.parse_listing(LISTING)
+    assert table.saved("DEPLOYER", _ports) == (
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:DEPLOYER - [0:0]\n:DEPLOYER-api - [0:0]\n:DEPLOYER-web - [0:0]\n"
         "-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER\n"
-        "-A DEPLOYER -j DEPLOYER-web\n"
-        f"{GREEN}\n{BLUE}\n"
-        '-A DEPLOYER-web -m comment --comment "nft: ip daddr 10.0.0.1 counter packets 0 bytes 0 accept"\n'
+        "-A DEPLOYER -j DEPLOYER-api\n-A DEPLOYER -j DEPLOYER-web\n"
+        '-A DEPLOYER -m comment --comment "nft: tcp-ports element 7 : 10.0.0.1 . 7"\n'
+        '-A DEPLOYER-api -p tcp -m tcp --dport 9000 -m comment --comment "api blue v1" '
+        "-j DNAT --to-destination 172.18.0.9:8080\n"
+        f"{UDP}\n{GREEN}\n"
         "COMMIT\n")
-    assert listing.rules("DEPLOYER-other") is None
 
 
-def test_a_teardown_deletes_rules_by_the_handles_read_and_removes_the_table():
-    listing = nft.parse_listing(LISTING)
-    text = rules.render_teardown(rules.parse_nat(listing.saved()), NAMES)
-    nat, other = nft.translate_restore(text, "deployer", listing)
-    assert (nat.splitlines()[4:], other) == ([
-        "delete rule ip deployer PREROUTING handle 10",
-        "flush chain ip deployer DEPLOYER", "flush chain ip deployer DEPLOYER-web",
-        "delete chain ip deployer DEPLOYER", "delete chain ip deployer DEPLOYER-web",
-        "delete table ip deployer"], "")
+def test_without_its_lookups_the_top_chain_shows_no_jump_and_a_foreign_rule_never_equals_a_wanted_one():
+    broken = LISTING.replace("\t\tdnat ip to udp dport map @udp-ports # handle 8\n",
+                             "\t\tip daddr 10.0.0.1 counter packets 0 bytes 0 accept # handle 8\n")
+    view = nft.parse_listing(broken).view("DEPLOYER", _ports)
+    assert view["DEPLOYER"][2:] == [
+        '-A DEPLOYER -m comment --comment "nft: ip daddr 10.0.0.1 counter packets 0 bytes 0 accept"',
+        '-A DEPLOYER -m comment --comment "nft: tcp-ports element 7 : 10.0.0.1 . 7"']
+    assert rules.app_jump(NAMES, "web") not in view["DEPLOYER"]
+    ensure = rules.render_restore(rules.parse_nat(nft.parse_listing(broken).saved("DEPLOYER", _ports)), NAMES,
+                                  "deployer0", {}, ensure_apps=["web"])
+    assert "add rule ip deployer DEPLOYER dnat ip to udp dport map @udp-ports" in \
+        _translate(ensure, nft.parse_listing(broken)).nat
+
+
+def test_an_apps_removal_deletes_its_elements_and_a_teardown_the_table():
+    table = nft.parse_listing(LISTING)
+    live = rules.parse_nat(table.saved("DEPLOYER", _ports))
+    removal = _translate(rules.render_removal(live, NAMES, ["web"]) or "", table)
+    assert removal.nat.splitlines()[-2:] == ["delete element ip deployer tcp-ports { 18080 }",
+                                             "delete element ip deployer udp-ports { 18081 }"]
+    assert removal.apps == {"web": []}
+    teardown = _translate(rules.render_teardown(live, NAMES) or "", table)
+    assert (teardown.nat, teardown.removes_table) == ("delete table ip deployer\n", True)
     with pytest.raises(RulesError, match="no such rule to delete"):
-        nft.translate_restore(f"*nat\n-D DEPLOYER-web {UDP.split(' ', 2)[2]}\nCOMMIT\n", "deployer", listing)
+        _translate(f"*nat\n-D DEPLOYER-web {BLUE.split(' ', 2)[2]}\nCOMMIT\n", table)
+
+
+def test_an_apps_ports_are_its_config_ports_then_its_status_port():
+    app = AppConfig(name="web", image="web", ports=(PortMapping(18080, 80, "tcp", 1, 2),
+                                                    PortMapping(18080, 53, "udp", 3, 4)),
+                    health=HealthCheck(type="tcp", port=80), status_port=1005)
+    assert app_chain.ports(app) == [("tcp", 18080), ("udp", 18080), ("tcp", 1005)]
 
 
 # --- the backend, through fakes -------------------------------------------------------------------------------
 
 
 class FakeRunner:
-    def __init__(self, tables: dict[str, str]) -> None:
-        self.tables = tables  # "list ..." command -> its output; a missing one fails as nft does
+    def __init__(self, listing: str | None = None) -> None:
+        self.listing = listing  # what `list table` prints; None: there is no table, as nft says
         self.ran: list[str] = []
+        self.refuse = False
 
     def run(self, text: str) -> str:
         self.ran.append(text)
         if text.startswith("list "):
-            if text not in self.tables:
+            if self.listing is None:
                 raise RulesError("nft refused the transaction: Error: No such file or directory")
-            return self.tables[text]
+            return self.listing
+        if self.refuse:
+            raise RulesError("nft refused the transaction: Error: Could not process rule: File exists")
         return ""
 
 
@@ -155,35 +239,78 @@ class FakeIptables:
         self.ran.append("restore " + " | ".join(text.strip().splitlines()))
 
 
-def test_the_backend_writes_nat_in_its_table_and_leaves_filter_to_iptables():
-    runner, iptables = FakeRunner({}), FakeIptables()
-    backend = NftablesBackend(runner, iptables, table="deployer")  # type: ignore[arg-type]
+def _backend(tmp_path: Path, listing: str | None = LISTING) -> tuple[NftablesBackend, FakeRunner, FakeRunner]:
+    writer, reader = FakeRunner(), FakeRunner(listing)
+    backend = NftablesBackend(writer, FakeIptables(), table="deployer", prefix="DEPLOYER", reader=reader,  # type: ignore[arg-type]
+                              generation=tmp_path / "nftables.generation", ports=_ports)
+    return backend, writer, reader
+
+
+def test_the_backend_writes_nat_in_its_table_and_leaves_filter_to_iptables(tmp_path):
+    backend, writer, reader = _backend(tmp_path, listing=None)
     assert backend.save_table("nat") == "*nat\nCOMMIT\n"  # no table yet
     assert backend.list_chain("DEPLOYER-web") is None
-    backend.restore(f"*filter\n-A DEPLOYER-FORWARD -j ACCEPT\nCOMMIT\n*nat\n{GREEN}\nCOMMIT\n")
-    assert iptables.ran == ["restore *filter | -A DEPLOYER-FORWARD -j ACCEPT | COMMIT"]
-    assert runner.ran[-1] == ('add rule ip deployer DEPLOYER-web tcp dport 18080 dnat to 172.18.0.3:80 '
-                              'comment "web green v2"\n')
-    assert backend.save_table("mangle") == "*mangle\nCOMMIT\n" and iptables.ran[-1] == "save mangle"
+    backend.restore(f"*filter\n-A DEPLOYER-FORWARD -j ACCEPT\nCOMMIT\n*nat\n:DEPLOYER-web - [0:0]\n{GREEN}\nCOMMIT\n")
+    assert backend.iptables.ran == ["restore *filter | -A DEPLOYER-FORWARD -j ACCEPT | COMMIT"]  # type: ignore[attr-defined]
+    assert writer.ran[-1].endswith('add element ip deployer tcp-ports { 18080 comment "web green v2" : '
+                                   '172.18.0.3 . 80 }\n')
+    assert backend.save_table("mangle") == "*mangle\nCOMMIT\n"
 
 
-def test_the_backend_reads_handles_only_for_a_transaction_that_deletes():
-    runner = FakeRunner({"list table ip deployer": LISTING, "list chain ip deployer DEPLOYER-web": LISTING})
-    backend = NftablesBackend(runner, FakeIptables(), table="deployer")  # type: ignore[arg-type]
-    foreign = '-A DEPLOYER-web -m comment --comment "nft: ip daddr 10.0.0.1 counter packets 0 bytes 0 accept"'
-    assert backend.list_chain("DEPLOYER-web") == [GREEN, BLUE, foreign]
-    backend.restore(rules.render_chain(NAMES, "web", [GREEN]))
-    assert runner.ran[1:] == [nft.translate_restore(rules.render_chain(NAMES, "web", [GREEN]), "deployer")[0]]
-    backend.restore(f"*nat\n-D DEPLOYER-web {BLUE.split(' ', 2)[2]}\nCOMMIT\n")
-    assert runner.ran[2:] == ["list table ip deployer", "delete rule ip deployer DEPLOYER-web handle 7\n"]
+def test_a_flip_reads_nothing_while_no_other_process_has_written(tmp_path):
+    backend, writer, reader = _backend(tmp_path)
+    before = backend.list_chain("DEPLOYER-web")
+    assert before == [UDP, GREEN] and reader.ran == ["list table ip deployer"]  # the first read is whole
+    blue = [Forward("udp", 18081, "172.18.0.2", 53, "web blue v3").rule("DEPLOYER-web"),
+            Forward("tcp", 18080, "172.18.0.2", 80, "web blue v3").rule("DEPLOYER-web")]
+    backend.restore(rules.render_takeover(NAMES, "web", blue, before or []))
+    assert backend.list_chain("DEPLOYER-web") == blue  # what it committed, kept
+    backend.restore(rules.render_chain(NAMES, "web", blue))  # the tidy: nothing to write
+    assert reader.ran == ["list table ip deployer"]
+    assert writer.ran == ["delete element ip deployer tcp-ports { 18080 }\n"
+                          "delete element ip deployer udp-ports { 18081 }\n"
+                          'add element ip deployer tcp-ports { 18080 comment "web blue v3" : 172.18.0.2 . 80 }\n'
+                          'add element ip deployer udp-ports { 18081 comment "web blue v3" : 172.18.0.2 . 53 }\n']
+    assert (tmp_path / "nftables.generation").read_text() == f"{1:020d}"
 
 
-def test_without_libnftables_the_table_reads_as_empty_and_a_write_says_what_is_missing():
+def test_a_commit_by_another_process_or_a_refused_one_makes_the_next_flip_read_the_table(tmp_path):
+    backend, writer, reader = _backend(tmp_path)
+    backend.restore(rules.render_takeover(NAMES, "web", [GREEN], backend.list_chain("DEPLOYER-web") or []))
+    (tmp_path / "nftables.generation").write_text(f"{7:020d}")  # another deployer process committed
+    backend.list_chain("DEPLOYER-web")
+    assert reader.ran == ["list table ip deployer"] * 2
+    writer.refuse = True
+    with pytest.raises(RulesError, match="File exists"):
+        backend.restore(rules.render_takeover(NAMES, "web", [BLUE], [UDP, GREEN]))
+    backend.list_chain("DEPLOYER-web")
+    assert reader.ran == ["list table ip deployer"] * 3
+
+
+def test_without_a_generation_file_every_flip_reads_the_table(tmp_path):
+    writer, reader = FakeRunner(), FakeRunner(LISTING)
+    backend = NftablesBackend(writer, FakeIptables(), table="deployer", prefix="DEPLOYER", reader=reader,  # type: ignore[arg-type]
+                              ports=_ports)
+    backend.restore(rules.render_takeover(NAMES, "web", [BLUE], backend.list_chain("DEPLOYER-web") or []))
+    backend.list_chain("DEPLOYER-web")
+    assert reader.ran == ["list table ip deployer"] * 3
+
+
+def test_a_planted_link_is_not_written_through(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    (tmp_path / "nftables.generation").symlink_to(target)
+    backend, writer, _ = _backend(tmp_path)
+    backend.restore(rules.render_takeover(NAMES, "web", [BLUE], backend.list_chain("DEPLOYER-web") or []))
+    assert target.read_text() == "keep" and writer.ran
+
+
+def test_without_libnftables_the_table_reads_as_empty_and_a_write_says_what_is_missing(tmp_path):
     class Missing:
         def run(self, text: str) -> str:
             raise RulesError("libnftables.so.1 is not installed (Debian: apt-get install libnftables1)")
 
-    backend = NftablesBackend(Missing(), FakeIptables(), table="deployer")  # type: ignore[arg-type]
+    backend = NftablesBackend(Missing(), FakeIptables(), table="deployer", prefix="DEPLOYER")  # type: ignore[arg-type]
     assert (backend.save_table("nat"), backend.list_chain("DEPLOYER-web")) == ("*nat\nCOMMIT\n", None)
     with pytest.raises(RulesError, match="is not installed"):
         backend.restore(rules.render_chain(NAMES, "web", [GREEN]))
