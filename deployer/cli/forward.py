@@ -77,7 +77,6 @@ def cmd_forward(args: argparse.Namespace) -> int:
         changes = _forwarder(args).forward_off(args.app, actor=actor)
         print("\n".join(changes) if changes else f"{args.app}: not forwarding; nothing to remove")
         return 0
-    config_module.refuse_on_nftables(args.loaded_config, "a forward to another host")
     target = _forwarder(args).forward(args.app, args.to, masquerade=args.masquerade, ports=tuple(args.port),
                                       actor=actor)
     print(f"{args.app}: {forwarding.describe(target.detail()).removeprefix('mode: ')}")

@@ -252,9 +252,9 @@ def _parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, 
 
 
 BACKENDS = ("iptables", "nftables")
-# What the nftables backend cannot write yet: the socket match of host-bound apps, the canary's statistic split,
-# the cluster's buckets (tested on iptables only). Refused here, never silently left out.
-NFTABLES_REFUSES = {"host_bound": "a host-bound app", "canary": "a canary split", "cluster": "a cluster app"}
+# What the nftables backend cannot write yet: the canary's statistic split, the cluster's buckets (tested on
+# iptables only). Refused here, never silently left out.
+NFTABLES_REFUSES = {"canary": "a canary split", "cluster": "a cluster app"}
 
 
 def refuse_on_nftables(config: Config, what: str) -> None:

@@ -90,6 +90,7 @@ class NftablesBackend:
         self.kept: dict[str, list[nft.Element]] | None = None  # owner -> its elements, as last read or written
         self.kept_at: int | None = None
         self.kept_keys: dict[nft.Key, list[nft.Element]] = {}  # the same elements, by port
+        self.kept_markers: set[str] = set()  # apps with no rules, whose empty chain is there
         self.kept_maps = False  # whether the maps were there: a transaction from what is kept only fills them
 
     def listing(self) -> nft.Table:
@@ -107,6 +108,8 @@ class NftablesBackend:
                 raise
         self.kept, self.kept_at, self.kept_maps = {}, seen, set(nft.MAP_TYPES) <= table.maps
         self.kept_keys = {}
+        self.kept_markers = {chain[len(self.prefix) + 1:] for chain in table.chains
+                             if nft.is_app_chain(chain, self.prefix)}
         for found in table.elements:
             self.kept.setdefault(found.owner, []).append(found)
             self.kept_keys.setdefault(found.key, []).append(found)
@@ -137,7 +140,7 @@ class NftablesBackend:
         if nft.is_app_chain(chain, self.prefix):
             app = chain[len(self.prefix) + 1:]
             found = nft.ordered(self._kept().get(app, []), self.ports(app))
-            return [e.rule(chain) for e in found] or None
+            return [e.rule(chain) for e in found] or ([] if app in self.kept_markers else None)
         return self.listing().view(self.prefix, self.ports).get(chain)
 
     def restore(self, text: str) -> None:
@@ -150,8 +153,9 @@ class NftablesBackend:
             keys = {key for named in touched.values() for key in named}
             elements = [e for app in touched for e in kept.get(app, [])]
             elements += [e for key in keys for e in self.kept_keys.get(key, []) if e.owner not in touched]
-            translation = nft.translate_restore(text, self.table, self.prefix, nft.Table(elements=elements),
-                                                whole=False)
+            markers = {f"{self.prefix}-{app}": [] for app in touched if app in self.kept_markers}
+            translation = nft.translate_restore(text, self.table, self.prefix,
+                                                nft.Table(chains=markers, elements=elements), whole=False)
         else:
             translation = nft.translate_restore(text, self.table, self.prefix,
                                                 self.listing() if nft.has_nat(text) else nft.Table())
@@ -169,7 +173,9 @@ class NftablesBackend:
         counted = self.generation.advance(current)
         if valid and counted is not None and self.kept is not None:
             if translation.removes_table:
-                self.kept, self.kept_keys, self.kept_maps = {}, {}, False
+                self.kept, self.kept_keys, self.kept_maps, self.kept_markers = {}, {}, False, set()
+            for app, marked in translation.markers.items():
+                (self.kept_markers.add if marked else self.kept_markers.discard)(app)
             self.kept_maps = self.kept_maps or translation.declares_maps
             for app, found in translation.apps.items():
                 self._keep(app, found)

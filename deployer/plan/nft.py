@@ -24,7 +24,9 @@ External ports are unique on a host (the config checks), so one element per port
 meaning. The first rule for a port wins in a chain, and only that one is kept as an element: an add-only
 takeover replaces what it shadows, and the tidy after it has nothing left to do. The view orders an app's
 rules as the engine renders them (maintenance redirects, then the forwards, in the order of the app's ports),
-so drift detection compares the same text on both backends.
+so drift detection compares the same text on both backends. An app with no rules at all (a host-bound app
+out of maintenance, or one not deployed yet) has an empty chain of its name instead, unjumped to, so that its
+chain and jump still show where iptables would have an empty chain.
 
 The base chains and DEPLOYER-POSTROUTING are chains, written through the rule forms below (each as
 iptables-save prints it and as `nft list` prints it). A rule of no known form is refused before anything is
@@ -234,8 +236,19 @@ class RuleForm:
 
 FORMS = (
     RuleForm("-m addrtype --dst-type LOCAL -j {target}", "fib daddr type local jump {target}"),
+    # The loopback clients' masquerade (rules.py).
     RuleForm("-s {src} -o {out} -m comment --comment {comment} -j MASQUERADE",
              "ip saddr {src} oifname {out} masquerade comment {comment}"),
+    # A forward's masquerade towards the old host (forwarding.py): `--ctstate DNAT` is conntrack's DNAT status.
+    RuleForm("-d {addr}/32 -p {p} -m {p} --dport {to} -m conntrack --ctstate DNAT -m comment --comment {comment} "
+             "-j MASQUERADE", "ip daddr {addr} {p} dport {to} ct status dnat masquerade comment {comment}"),
+    # A host-bound app's socket match (hostbound.py). `-m socket --nowildcard` matches when any socket takes the
+    # packet, a listener on 0.0.0.0 too; nft's socket expression finds the same socket, and either value of
+    # its transparent flag means one was found.
+    RuleForm("-p tcp -m tcp --dport {port} -m socket --nowildcard -m comment --comment {comment} -j RETURN",
+             "tcp dport {port} socket transparent {{ 0, 1 }} return comment {comment}"),
+    RuleForm("-p tcp -m tcp --dport {port} -m comment --comment {comment} -j REDIRECT --to-ports {to}",
+             "tcp dport {port} redirect to :{to} comment {comment}"),
     RuleForm("-j {target}", "jump {target}"),
 )
 
@@ -310,18 +323,21 @@ class Table:
 
     def view(self, prefix: str, order: Order) -> dict[str, list[str]]:
         """The chains as iptables-save would print them: chain -> its rules, the app chains among them."""
-        owners = sorted({e.owner for e in self.elements if e.comment})
+        markers = {chain[len(prefix) + 1:]: found for chain, found in self.chains.items()
+                   if is_app_chain(chain, prefix)}
+        owners = sorted({e.owner for e in self.elements if e.comment} | set(markers))
         result: dict[str, list[str]] = {}
         for chain, found in self.chains.items():
             if chain == prefix:
                 dispatching = self.dispatching(prefix)
                 result[chain] = ([f"-A {prefix} -j {prefix}-{owner}" for owner in owners] if dispatching
                                  else [rule_to_iptables(chain, text) for text, _ in found])
-            else:
+            elif not is_app_chain(chain, prefix):
                 result[chain] = [rule_to_iptables(chain, text) for text, _ in found]
         for owner in owners:
             chain = f"{prefix}-{owner}"
             result[chain] = [e.rule(chain) for e in ordered(self.owned(owner), order(owner))]
+            result[chain] += [_foreign(chain, text) for text, _ in markers.get(owner, [])]  # written by hand
         strays = [e for e in self.elements if not e.comment]
         if strays:  # not the deployer's: shown where drift detection sees it
             result.setdefault(prefix, []).extend(_foreign(prefix, f"{e.map} element {e.port} : {e.value}")
@@ -450,6 +466,7 @@ class Translation:
     apps: dict[str, list[Element]]
     removes_table: bool = False
     declares_maps: bool = False
+    markers: dict[str, bool] = field(default_factory=dict)  # app -> whether its empty chain is there after
 
 
 def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole: bool = True) -> Translation:
@@ -464,6 +481,7 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     other: list[str] = []
     chain_commands: list[str] = []
     apps: dict[str, list[str]] = {}  # app chain -> its rules, as the transaction leaves them
+    deleted: set[str] = set()  # app chains the transaction removes (-X)
     section: str | None = None
     touches_base = declares_top = jumps = removes_table = False
     handles = {chain: list(found) for chain, found in live.chains.items()}
@@ -542,6 +560,7 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
             chain = line[3:]
             if is_app_chain(chain, prefix):
                 app_rules(chain).clear()
+                deleted.add(chain)
             elif chain == prefix:
                 removes_table = True
             else:
@@ -555,26 +574,38 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     before: list[Element] = []
     after: list[Element] = []
     result: dict[str, list[Element]] = {}
+    markers: dict[str, bool] = {}
+    marker_commands: list[str] = []
     for chain, found in apps.items():
-        before += live.owned(chain[len(prefix) + 1:])
-        result[chain[len(prefix) + 1:]] = effective(chain, found)
-        after += result[chain[len(prefix) + 1:]]
+        app = chain[len(prefix) + 1:]
+        before += live.owned(app)
+        result[app] = effective(chain, found)
+        after += result[app]
+        markers[app] = not result[app] and chain not in deleted
+        if markers[app] and chain not in live.chains:
+            marker_commands.append(f"add chain ip {table} {chain}")
+        elif not markers[app] and chain in live.chains:
+            marker_commands += [f"flush chain ip {table} {chain}", f"delete chain ip {table} {chain}"]
     taken = {e.key: e.owner for e in live.elements if e not in before}
     for e in after:
         if e.key in taken and e not in before:
             raise RulesError(f"port {e.port}/{e.key[0]} is already in the nftables maps, for "
                              f"{taken[e.key] or 'a rule not of the deployer'}", rules=e.rule(f"{prefix}-{e.owner}"))
     elements = render_replace(table, before, after)
+    dispatch = declares_top or (jumps and not live.dispatching(prefix))
     nat: list[str] = []
-    maps = whole and bool(elements or declares_top or jumps or apps)
+    maps = whole and bool(elements or dispatch or marker_commands)
     if whole:
         if touches_base:
             nat += base_declarations(table)
         if maps:
             nat += map_declarations(table)[0 if not nat else 1:]
-        if declares_top or (jumps and not live.dispatching(prefix)):
+        if dispatch:
             nat += dispatch_rules(table, prefix)
     nat += chain_commands
     if elements:
         nat.append(elements.rstrip("\n"))
-    return Translation("\n".join([*nat, ""]) if nat else "", others, result, declares_maps=maps)
+    nat += marker_commands
+    if not (elements or marker_commands or chain_commands or dispatch):
+        nat = []
+    return Translation("\n".join([*nat, ""]) if nat else "", others, result, declares_maps=maps, markers=markers)

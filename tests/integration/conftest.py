@@ -245,6 +245,14 @@ class Deployer:
     def chain(self, app: str) -> list[str]:
         return self.nat().rules(f"{self.prefix}-{app}")
 
+    def nat_of(self, backend: str) -> rules.SavedTable:
+        """The deployer's nat rules as iptables-save lines, from the backend named."""
+        if backend == "iptables":
+            return self.nat()
+        nftables = NftablesBackend(Nftables(), Netfilter(), table=self.prefix.lower(), prefix=self.prefix,
+                                   reader=Nftables(handles=True))
+        return rules.parse_nat(nftables.save_table("nat"))
+
     def nft_chain(self, app: str) -> list[str]:
         """The app's chain in the deployer's nftables table, as iptables-save lines; [] without one."""
         backend = NftablesBackend(Nftables(handles=True), Netfilter(), table=self.prefix.lower(), prefix=self.prefix)

@@ -182,8 +182,9 @@ def like_a_docker_host(hosts: Hosts, *, docker_user: bool) -> None:
 
 
 def deployer_leftovers(hosts: Hosts, namespace: str, prefix: str, *addresses: str) -> list[str]:
-    """Anything forwarding leaves behind: chains, rules naming the old host, marks, ip rules, routes of the table."""
-    saved = hosts.save(namespace)
+    """Anything forwarding leaves behind: chains, rules naming the old host, marks, ip rules, routes of the table;
+    in iptables, and in the nftables backend's table."""
+    saved = hosts.save(namespace) + hosts.nft_table(namespace, prefix.lower())
     found = [line for line in saved.splitlines()
              if any(f"{prefix}-{name}" in line for name in ("FORWARD", "SNAT", "RETURN"))
              or "CONNMARK" in line or any(address in line for address in addresses)]
@@ -329,8 +330,9 @@ def segments(records: list[dict[str, Any]]) -> list[tuple[str, set[str]]]:
     return result
 
 
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_masquerade_then_cut_over_to_a_local_deploy_and_back_without_a_failed_request(new_host: Deployer,
-                                                                                      images: Any) -> None:
+                                                                                      images: Any, backend: str) -> None:
     """The new host's deployer deploys a real container of the machine's dockerd, from its own namespace.
 
     dockerd lives in the root namespace, so the new host reaches its containers over a veth to
@@ -346,7 +348,7 @@ def test_masquerade_then_cut_over_to_a_local_deploy_and_back_without_a_failed_re
         hosts.iptables_restore(hosts.new, "*filter\n-A FORWARD -o to-root -j ACCEPT\n-A FORWARD -i to-root -j ACCEPT\n"
                                           "COMMIT\n")
         new_host.configure(app_toml("web", [("tcp", 26180, 8080, 26181, 26182), ("udp", 26180, 9090, 26181, 26182)],
-                                    bind=hosts.root_ip))
+                                    bind=hosts.root_ip), settings=f'backend = "{backend}"')
         serve(hosts, hosts.old, "old", 26180, 26180)
 
         def step(*args: str) -> float:
@@ -365,6 +367,12 @@ def test_masquerade_then_cut_over_to_a_local_deploy_and_back_without_a_failed_re
         took["forward-again"] = step("forward", "web", "--to", hosts.old_link, "--masquerade")
         time.sleep(1.5)
         status = deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
+        iptables_nat = hosts.run(hosts.new, ["iptables-save", "-t", "nat"], check=True).stdout
+        table = hosts.nft_table(hosts.new, new_host.prefix.lower())
+        # The masquerade towards the old host is in the nat rules of the backend the config names, only there.
+        assert (f"{new_host.prefix}-SNAT" in iptables_nat) == (backend == "iptables")
+        assert (f"ip daddr {hosts.old_link} tcp dport 26180 ct status dnat masquerade" in table) == (
+            backend == "nftables")
         took["off"] = step("forward", "web", "--off")
         time.sleep(1.5)
         seen = load.stop()

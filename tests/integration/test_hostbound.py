@@ -99,9 +99,10 @@ def local_get(port: int) -> str:
         return type(exc).__name__
 
 
-def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, outside, nginx, tmp_path):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, outside, nginx, tmp_path, backend):
     deployer.configure(f"[apps.web]\nhost_bound = true\n[[apps.web.ports]]\nexternal = {PORT}\n",
-                       settings="maintenance_port = 25390")
+                       settings=f'maintenance_port = 25390\nbackend = "{backend}"')
     nginx.start()
     refused = deployer.cli("deploy", "web", "v1")
     assert refused.returncode == 2 and "host-bound" in refused.stderr
@@ -111,8 +112,11 @@ def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, outside,
     assert status["rules_match"], status
     assert f"--dport {PORT} -m socket --nowildcard" in status["live_rules"][0]
     hostbound_chain = f"{deployer.prefix}-HOSTBOUND"
-    assert f"-A PREROUTING -m addrtype --dst-type LOCAL -j {hostbound_chain}" in deployer.nat().rules("PREROUTING")
-    assert not [r for r in deployer.nat().rules("OUTPUT") if hostbound_chain in r]
+    nat = deployer.nat_of(backend)
+    assert f"-A PREROUTING -m addrtype --dst-type LOCAL -j {hostbound_chain}" in nat.rules("PREROUTING")
+    assert not [r for r in nat.rules("OUTPUT") if hostbound_chain in r]
+    assert not [r for r in deployer.nat_of("nftables" if backend == "iptables" else "iptables").chains
+                if r.startswith(deployer.prefix)]  # nothing of the deployer's in the other backend
 
     with Background([sys.executable, "-m", "deployer", "-c", str(deployer.config_path), "maintenance-server"],
                     tmp_path / "responder.log", cwd=REPO) as server, Load(tmp_path / "load") as load:

@@ -137,6 +137,10 @@ class Hosts:
     def save(self, namespace: str) -> str:
         return self.run(namespace, ["iptables-save"], check=True).stdout
 
+    def nft_table(self, namespace: str, table: str) -> str:
+        """`nft list table ip TABLE` in the namespace; empty when there is none."""
+        return self.run(namespace, ["nft", "list", "table", "ip", table]).stdout
+
     def close(self) -> None:
         netns.stop_processes(self.procs, timeout=3)
         for route in self.root_routes:

@@ -76,9 +76,8 @@ green = 18002
 
 @pytest.mark.parametrize("command, what", [
     (["deploy", "demo", "v2", "--canary", "10"], "a canary split"),
-    (["forward", "demo", "--to", "198.18.0.9"], "a forward to another host"),
 ])
-def test_the_nftables_backend_refuses_a_canary_and_a_forward_before_anything_runs(tmp_path, capsys, command, what):
+def test_the_nftables_backend_refuses_a_canary_before_anything_runs(tmp_path, capsys, command, what):
     path = tmp_path / "deployer.toml"
     path.write_text(NFTABLES_CONFIG.format(state=tmp_path / "state"))
     assert main(["-c", str(path), *command]) == 2

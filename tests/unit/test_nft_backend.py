@@ -10,7 +10,7 @@ import pytest
 from deployer.config import AppConfig, HealthCheck, PortMapping
 from deployer.errors import RulesError
 from deployer.host.nft_backend import NftablesBackend
-from deployer.plan import app_chain, canary, hostbound, maintenance, nft, rules
+from deployer.plan import app_chain, canary, forwarding, hostbound, maintenance, nft, rules
 from deployer.plan.rules import ChainNames, Forward, SavedTable
 
 NAMES = ChainNames("DEPLOYER")
@@ -79,6 +79,21 @@ def test_maintenance_takes_a_tcp_port_from_its_forward_and_gives_it_back():
                        'add element ip deployer tcp-ports { 18080 comment "web green v2" : 172.18.0.3 . 80 }\n')
 
 
+def test_an_app_with_no_rules_has_an_empty_chain_of_its_name_until_its_first_element():
+    live = rules.parse_nat(nft.parse_listing(LISTING).saved("DEPLOYER", _ports))
+    ensure = _translate(rules.render_restore(live, NAMES, "deployer0", {}, ensure_apps=["nginx"]),
+                        nft.parse_listing(LISTING))
+    assert ensure.nat.splitlines()[-1] == "add chain ip deployer DEPLOYER-nginx" and ensure.markers == {"nginx": True}
+    marked = nft.parse_listing(LISTING.replace("\tchain DEPLOYER {", "\tchain DEPLOYER-nginx {\n\t}\n\n\tchain DEPLOYER {"))
+    assert marked.view("DEPLOYER", _ports)["DEPLOYER-nginx"] == []
+    assert rules.app_jump(NAMES, "nginx") in marked.view("DEPLOYER", _ports)["DEPLOYER"]
+    page = maintenance.redirect_rule("DEPLOYER-nginx", "nginx", 80, 8999)
+    first = _translate(rules.render_chain(NAMES, "nginx", [page]), marked)
+    assert first.nat.splitlines()[-3:] == [
+        'add element ip deployer maintenance-tcp { 80 comment "nginx maintenance" : 8999 }',
+        "flush chain ip deployer DEPLOYER-nginx", "delete chain ip deployer DEPLOYER-nginx"]
+
+
 def test_a_changed_comment_alone_replaces_the_element():
     relabelled = Forward("tcp", 18080, "172.18.0.3", 80, "web blue v2").rule("DEPLOYER-web")
     assert _translate(rules.render_chain(NAMES, "web", [relabelled]), _elements(GREEN), whole=False).nat == (
@@ -92,8 +107,11 @@ def test_each_rule_of_an_app_chain_is_one_element_and_comes_back_as_the_line_ipt
         found = nft.element_of("DEPLOYER-web", line.split(" ", 2)[2])
         assert found.rule("DEPLOYER-web") == line
     assert nft.element_of("DEPLOYER-web", REDIRECT.split(" ", 2)[2]).text() == '18080 comment "web maintenance" : 8999'
+    target = forwarding.Target("10.0.0.2", True, (forwarding.PortTarget("tcp", 18080, 8080),
+                                                  forwarding.PortTarget("udp", 18081, 9090)))
     for line in (rules.app_jump(NAMES, "web"), *rules.builtin_jumps(NAMES).values(),
-                 *rules.postrouting_rules(NAMES, "deployer0")):
+                 *rules.postrouting_rules(NAMES, "deployer0"), *forwarding.masquerade_rules(NAMES, "web", target),
+                 *hostbound.app_rules(NAMES, _host_bound(), 8999), hostbound.jump(NAMES)):
         chain, body = line.split(" ", 2)[1], line.split(" ", 2)[2]
         assert nft.rule_to_iptables(chain, nft.rule_to_nft(body)) == line
 
@@ -101,8 +119,8 @@ def test_each_rule_of_an_app_chain_is_one_element_and_comes_back_as_the_line_ipt
 def test_what_the_backend_cannot_write_is_refused_before_anything_is_applied():
     split = canary.split_rules("DEPLOYER-web", [Forward("tcp", 18080, "172.18.0.2", 80, "web blue v1")],
                                [Forward("tcp", 18080, "172.18.0.3", 80, "web green v2 canary")], 10)
-    socket = hostbound.app_rules(NAMES, _host_bound(), 8999)[0]
-    for line in (split[0], socket):
+    marked = "-A DEPLOYER-POSTROUTING -m mark --mark 0x1 -j MASQUERADE"
+    for line in (split[0], marked):
         with pytest.raises(RulesError, match='needs backend = "iptables" for now'):
             _translate(f"*nat\n{line}\nCOMMIT\n", nft.Table())
     quoted = Forward("tcp", 18080, "172.18.0.3", 80, 'web "green"').rule("DEPLOYER-web")
