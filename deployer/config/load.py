@@ -252,9 +252,8 @@ def _parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, 
 
 
 BACKENDS = ("iptables", "nftables")
-# What the nftables backend cannot write yet: the canary's statistic split, the cluster's buckets (tested on
-# iptables only). Refused here, never silently left out.
-NFTABLES_REFUSES = {"canary": "a canary split", "cluster": "a cluster app"}
+# What the nftables backend cannot write yet: the canary's split. Refused here, never silently left out.
+NFTABLES_REFUSES = {"canary": "a canary split"}
 
 
 def refuse_on_nftables(config: Config, what: str) -> None:
@@ -266,9 +265,6 @@ def refuse_on_nftables(config: Config, what: str) -> None:
 def _check_backend(settings: Settings, data: Mapping[str, Any], *, path: Path) -> None:
     if settings.backend != "nftables":
         return
-    if "cluster" in data:
-        raise ConfigError('load sharing across hosts needs backend = "iptables" for now (deployer.backend is '
-                          '"nftables")', path=path, key="cluster")
     for name, app in _apps_table(data, path=path).items():
         for key, what in NFTABLES_REFUSES.items():
             if isinstance(app, dict) and app.get(key) not in (None, False):

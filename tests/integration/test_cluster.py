@@ -111,18 +111,22 @@ def test_a_failed_hosts_buckets_are_served_by_the_others_within_2_s(bed: Cluster
 # --- planned changes: nothing fails -----------------------------------------------------------------
 
 
-def test_a_zero_downtime_deploy_on_one_host_under_cluster_load_fails_nothing(bed: ClusterBed):
-    h1 = bed.host("h1")
+def deploy_under_load(bed: ClusterBed, host: str, tag: str) -> None:
+    """One deploy on one host while the client loads the shared address: nothing fails, every host answers."""
     load = bed.client_load(60)
     time.sleep(1)
-    h1.deployer("deploy", "web", "v2")
+    bed.host(host).deployer("deploy", "web", tag)
     time.sleep(1)
     records = load.finish()
     assert failed_requests(records) == {"new": [], "keepalive": []}
     assert [r for r in records["udp"] if len(r[3]) > 1] == []
     served = {r[3] for r in records["new"]} | {r[3] for r in records["keepalive"]}
     assert served == {"h1", "h2", "h3"}
-    h1.deployer("deploy", "web", "v1")
+
+
+def test_a_zero_downtime_deploy_on_one_host_under_cluster_load_fails_nothing(bed: ClusterBed):
+    deploy_under_load(bed, "h1", "v2")
+    bed.host("h1").deployer("deploy", "web", "v1")
 
 
 def test_leave_wait_under_load_fails_nothing_and_join_brings_the_buckets_home(bed: ClusterBed):
@@ -160,3 +164,23 @@ def test_leave_wait_under_load_fails_nothing_and_join_brings_the_buckets_home(be
     assert [r for r in records["udp"] if len(r[3]) > 1] == []
     back = {r[3] for r in records["new"] if r[2] in theirs and r[0] > joined_at}
     assert back == {"h2"}
+
+
+# --- the nftables backend ------------------------------------------------------------------------------
+
+
+def test_on_the_nftables_backend_each_source_is_answered_by_its_owner_and_a_deploy_fails_nothing(host: None):
+    """The same hosts with `backend = "nftables"`: the buckets stay in mangle (iptables'), the app's DNAT is in
+    the nftables table of each host, reached for the shared address as for any local one."""
+    if (tool := missing_tool()) is not None:
+        _missing(f"{tool} is not installed (run scripts/install-deps)")
+    with ClusterBed(backend="nftables") as bed:
+        bed.start()
+        replies = bed.client_once()
+        wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
+        assert not wrong, f"answered by other hosts than the oracle's, twice, or not at all: {wrong}"
+        h1 = bed.host("h1")
+        table = h1.sh("nft", "list", "table", "ip", "deployer").stdout
+        assert "dnat ip to tcp dport map @tcp-ports" in table and 'comment "web blue' in table
+        assert "-A DEPLOYER-web" not in h1.sh("iptables-save", "-t", "nat").stdout
+        deploy_under_load(bed, "h1", "v2")

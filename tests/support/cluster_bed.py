@@ -115,6 +115,7 @@ class Host:
 class ClusterBed:
     hosts_count: int = 3
     sources_count: int = 64
+    backend: str = "iptables"  # the hosts' [deployer] backend
     token: str = field(default_factory=lambda: secrets.token_hex(2))
     hosts: list[Host] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
@@ -240,6 +241,7 @@ class ClusterBed:
 state_dir = "{host.state}"
 hooks_dir = "{host.folder / 'hooks'}"
 chain_prefix = "DEPLOYER"
+backend = "{self.backend}"
 network = "dplc"
 bridge = "dplc0"
 docker_host = "{host.socket}"

@@ -36,6 +36,12 @@ def refusal(cluster: dict | None = None, *, app: dict | None = None) -> str:
     return str(caught.value)
 
 
+def test_a_cluster_loads_on_the_nftables_backend_too():
+    data = {"deployer": {"backend": "nftables"}, "apps": {"web": {**APP, "cluster": True}}, "cluster": CLUSTER}
+    loaded = config.parse(data, path=PATH, environ={})
+    assert (loaded.settings.backend, loaded.apps["web"].cluster) == ("nftables", True)
+
+
 def test_a_cluster_loads_with_its_defaults():
     loaded = load(CLUSTER, app={"cluster": True})
     assert loaded.cluster == ClusterConfig(

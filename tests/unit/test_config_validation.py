@@ -590,7 +590,6 @@ def test_an_unknown_backend_is_refused_naming_the_key(tmp_path):
 
 @pytest.mark.parametrize("line, key, what", [
     ("canary = 10", "canary", "a canary split"),
-    ("cluster = true", "cluster", "a cluster app"),
 ])
 def test_the_nftables_backend_refuses_what_it_cannot_write_yet(tmp_path, line, key, what):
     app = MINIMAL.replace('image = "registry.example:5000/web"\n', f'image = "registry.example:5000/web"\n{line}\n')
@@ -599,10 +598,7 @@ def test_the_nftables_backend_refuses_what_it_cannot_write_yet(tmp_path, line, k
                                   f"(deployer.backend is \"nftables\")")
 
 
-def test_the_nftables_backend_takes_a_host_bound_app_and_refuses_a_cluster_table(tmp_path):
+def test_the_nftables_backend_takes_a_host_bound_app(tmp_path):
     nginx = '[apps.nginx]\nhost_bound = true\n[[apps.nginx.ports]]\nexternal = 80\n'
     path = write(tmp_path, '[deployer]\nbackend = "nftables"\n' + MINIMAL + nginx)
     assert config.load(path, environ={}).apps["nginx"].host_bound
-    path = write(tmp_path, '[deployer]\nbackend = "nftables"\n' + MINIMAL + '[cluster]\naddress = "198.18.0.9"\n')
-    assert str(refusal(path)) == (f"{path}, key 'cluster': load sharing across hosts needs backend = \"iptables\" "
-                                  f"for now (deployer.backend is \"nftables\")")
