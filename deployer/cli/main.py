@@ -117,8 +117,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"deployer: {exc}", file=sys.stderr)
         return 2
-    if split is not None:
-        config_module.refuse_on_nftables(args.loaded_config, "a canary split")
     result = _engine(args).deploy(args.app, args.tag, actor=config_module.local_actor(), canary_split=split)
     if split is not None:
         print(f"{result.app}: canary {result.tag} on {result.port_set} ({result.container}) gets {split.weight}% of "

@@ -23,7 +23,6 @@ from deployer.config.load import (
     parse_receiver,
     read_secret,
     receiver_environment,
-    refuse_on_nftables,
 )
 from deployer.config.model import (
     HOOK_NAMES,
@@ -49,5 +48,5 @@ __all__ = [
     "MIN_OPERATOR_SECRET", "PROTOCOLS", "SETS", "AppConfig", "AssetConfig", "Config", "HealthCheck", "OperatorKey",
     "PortMapping", "ReceiverApp", "ReceiverConfig", "RegistryAuth", "ServerConfig", "Settings", "WatchdogConfig",
     "config_path", "load", "load_receiver", "local_actor", "parse", "parse_env_file", "parse_receiver",
-    "read_secret", "receiver_environment", "refuse_on_nftables",
+    "read_secret", "receiver_environment",
 ]

@@ -122,7 +122,6 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
     base = path.parent
     only_keys(data, TOP_LEVEL_KEYS, path=path, where=None)
     settings = _parse_settings(data.get("deployer", {}), path=path, base=base, environ=environ)
-    _check_backend(settings, data, path=path)
     secret_env_names: set[str] = set()
     registries = _parse_registries(data.get("registries", {}), path=path, base=base, environ=environ,
                                    secret_env_names=secret_env_names)
@@ -252,24 +251,6 @@ def _parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, 
 
 
 BACKENDS = ("iptables", "nftables")
-# What the nftables backend cannot write yet: the canary's split. Refused here, never silently left out.
-NFTABLES_REFUSES = {"canary": "a canary split"}
-
-
-def refuse_on_nftables(config: Config, what: str) -> None:
-    """A command the nftables backend cannot carry out yet, refused before anything runs."""
-    if config.settings.backend == "nftables":
-        raise ConfigError(f'{what} needs backend = "iptables" for now', path=config.path, key="deployer.backend")
-
-
-def _check_backend(settings: Settings, data: Mapping[str, Any], *, path: Path) -> None:
-    if settings.backend != "nftables":
-        return
-    for name, app in _apps_table(data, path=path).items():
-        for key, what in NFTABLES_REFUSES.items():
-            if isinstance(app, dict) and app.get(key) not in (None, False):
-                raise ConfigError(f'{what} needs backend = "iptables" for now (deployer.backend '
-                                  f'is "nftables")', path=path, app=name, key=key)
 
 
 def _parse_registries(data: Any, *, path: Path, base: Path, environ: Mapping[str, str],

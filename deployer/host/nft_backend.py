@@ -19,6 +19,7 @@ adds is taken, and a changed value is replaced.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -76,6 +77,61 @@ class Generation:
         return value
 
 
+@dataclass
+class Picture:
+    """What the backend keeps of its table between transactions: the elements by app and by port, the splits,
+    the apps' empty chains; `ready`: the lookups are in place and nothing of the old layout is left, so a
+    transaction of app chains needs nothing else."""
+
+    generation: int | None
+    ready: bool
+    elements: dict[str, list[nft.Element]] = field(default_factory=dict)
+    by_key: dict[nft.Key, list[nft.Element]] = field(default_factory=dict)
+    splits: list[nft.Split] = field(default_factory=list)
+    markers: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, table: nft.Table, prefix: str, generation: int | None) -> Picture:
+        picture = cls(generation, table.dispatching(prefix, exact=True), splits=table.splits(prefix),
+                      markers={chain[len(prefix) + 1:] for chain in table.chains if nft.is_app_chain(chain, prefix)})
+        for found in table.elements:
+            picture.elements.setdefault(found.owner, []).append(found)
+            picture.by_key.setdefault(found.key, []).append(found)
+        return picture
+
+    def rules(self, prefix: str, app: str, order: Sequence[nft.Key]) -> list[str] | None:
+        """The app's chain as iptables-save lines; None when it has no chain."""
+        chain = f"{prefix}-{app}"
+        found = nft.app_view(chain, self.elements.get(app, []), [s for s in self.splits if s.owner == app], order)
+        return found or ([] if app in self.markers else None)
+
+    def table_for(self, prefix: str, touched: dict[str, list[nft.Key]]) -> nft.Table:
+        """What a transaction of these apps' chains is planned from: their elements, any other on the ports it
+        names, the splits chain, their empty chains."""
+        elements = [e for app in touched for e in self.elements.get(app, [])]
+        keys = {key for named in touched.values() for key in named}
+        elements += [e for key in keys for e in self.by_key.get(key, []) if e.owner not in touched]
+        chains: dict[str, list[tuple[str, int]]] = {nft.splits_chain(prefix): [(s.nft, 0) for s in self.splits]}
+        chains.update({f"{prefix}-{app}": [] for app in touched if app in self.markers})
+        return nft.Table(chains=chains, elements=elements)
+
+    def apply(self, translation: nft.Translation, generation: int) -> None:
+        """A committed transaction's outcome."""
+        if translation.removes_table:
+            self.elements, self.by_key, self.splits, self.markers, self.ready = {}, {}, [], set(), False
+        for app, (elements, splits) in translation.apps.items():
+            for gone in self.elements.pop(app, []):
+                self.by_key[gone.key].remove(gone)
+            self.elements[app] = elements
+            for found in elements:
+                self.by_key.setdefault(found.key, []).append(found)
+            self.splits = [s for s in self.splits if s.owner != app] + splits
+        for app, marked in translation.markers.items():
+            (self.markers.add if marked else self.markers.discard)(app)
+        self.ready = self.ready or translation.ready
+        self.generation = generation
+
+
 class NftablesBackend:
     def __init__(self, runner: NftRunner, iptables: NetfilterBackend, *, table: str, prefix: str,
                  reader: NftRunner | None = None, generation: Path | None = None,
@@ -87,11 +143,7 @@ class NftablesBackend:
         self.prefix = prefix
         self.ports = ports  # an app's ports from the config, in the order its rules are rendered
         self.generation = Generation(generation)
-        self.kept: dict[str, list[nft.Element]] | None = None  # owner -> its elements, as last read or written
-        self.kept_at: int | None = None
-        self.kept_keys: dict[nft.Key, list[nft.Element]] = {}  # the same elements, by port
-        self.kept_markers: set[str] = set()  # apps with no rules, whose empty chain is there
-        self.kept_maps = False  # whether the maps were there: a transaction from what is kept only fills them
+        self.picture: Picture | None = None  # as last read or written
 
     def listing(self) -> nft.Table:
         """The whole table as it is now, read; empty when it does not exist.
@@ -106,29 +158,16 @@ class NftablesBackend:
                 table = nft.Table()
             else:
                 raise
-        self.kept, self.kept_at, self.kept_maps = {}, seen, set(nft.MAP_TYPES) <= table.maps
-        self.kept_keys = {}
-        self.kept_markers = {chain[len(self.prefix) + 1:] for chain in table.chains
-                             if nft.is_app_chain(chain, self.prefix)}
-        for found in table.elements:
-            self.kept.setdefault(found.owner, []).append(found)
-            self.kept_keys.setdefault(found.key, []).append(found)
+        self.picture = Picture.of(table, self.prefix, seen)
         return table
 
-    def _keep(self, app: str, elements: list[nft.Element]) -> None:
-        assert self.kept is not None
-        for gone in self.kept.pop(app, []):
-            self.kept_keys[gone.key].remove(gone)
-        self.kept[app] = elements
-        for found in elements:
-            self.kept_keys.setdefault(found.key, []).append(found)
-
-    def _kept(self) -> dict[str, list[nft.Element]]:
-        """What the table holds by app: as kept, when no other process has written since; else read."""
-        if self.kept is None or self.kept_at is None or self.kept_at != self.generation.read():
+    def _picture(self) -> Picture:
+        """What the table holds: as kept, when no other process has written since; else read."""
+        if self.picture is None or self.picture.generation is None \
+                or self.picture.generation != self.generation.read():
             self.listing()
-        assert self.kept is not None
-        return self.kept
+        assert self.picture is not None
+        return self.picture
 
     def save_table(self, table: str) -> str:
         if table != "nat":
@@ -139,23 +178,17 @@ class NftablesBackend:
         """One chain as iptables-save lines; None when it does not exist."""
         if nft.is_app_chain(chain, self.prefix):
             app = chain[len(self.prefix) + 1:]
-            found = nft.ordered(self._kept().get(app, []), self.ports(app))
-            return [e.rule(chain) for e in found] or ([] if app in self.kept_markers else None)
+            return self._picture().rules(self.prefix, app, self.ports(app))
         return self.listing().view(self.prefix, self.ports).get(chain)
 
     def restore(self, text: str) -> None:
         """The nat part as one nft transaction, the rest through iptables-restore; both translated first, so a
         rule the backend cannot write changes nothing. A transaction of app chains alone (a flip) is planned
         from what is kept of the table; any other reads the table whole first."""
-        kept = self._kept() if nft.app_chains_only(text, self.prefix) else None
-        if kept is not None and self.kept_maps:
-            touched = nft.touched_apps(text, self.prefix)
-            keys = {key for named in touched.values() for key in named}
-            elements = [e for app in touched for e in kept.get(app, [])]
-            elements += [e for key in keys for e in self.kept_keys.get(key, []) if e.owner not in touched]
-            markers = {f"{self.prefix}-{app}": [] for app in touched if app in self.kept_markers}
-            translation = nft.translate_restore(text, self.table, self.prefix,
-                                                nft.Table(chains=markers, elements=elements), whole=False)
+        picture = self._picture() if nft.app_chains_only(text, self.prefix) else None
+        if picture is not None and picture.ready:
+            live = picture.table_for(self.prefix, nft.touched_apps(text, self.prefix))
+            translation = nft.translate_restore(text, self.table, self.prefix, live, whole=False)
         else:
             translation = nft.translate_restore(text, self.table, self.prefix,
                                                 self.listing() if nft.has_nat(text) else nft.Table())
@@ -164,24 +197,18 @@ class NftablesBackend:
         if not translation.nat:
             return
         current = self.generation.read()
-        valid = self.kept is not None and self.kept_at is not None and self.kept_at == current
+        picture = self.picture
+        valid = picture is not None and picture.generation is not None and picture.generation == current
         try:
             self.runner.run(translation.nat)
         except RulesError:
-            self.kept = None  # what is there is to be read again
+            self.picture = None  # what is there is to be read again
             raise
         counted = self.generation.advance(current)
-        if valid and counted is not None and self.kept is not None:
-            if translation.removes_table:
-                self.kept, self.kept_keys, self.kept_maps, self.kept_markers = {}, {}, False, set()
-            for app, marked in translation.markers.items():
-                (self.kept_markers.add if marked else self.kept_markers.discard)(app)
-            self.kept_maps = self.kept_maps or translation.declares_maps
-            for app, found in translation.apps.items():
-                self._keep(app, found)
-            self.kept_at = counted
+        if valid and counted is not None and picture is not None:
+            picture.apply(translation, counted)
         else:
-            self.kept = None
+            self.picture = None
 
     def conntrack_delete(self, arguments: list[str]) -> int:
         return self.iptables.conntrack_delete(arguments)

@@ -11,26 +11,34 @@ it writes is not a copy of the chains, though:
       chain PREROUTING  { nat hook prerouting priority dstnat - 5;  fib daddr type local jump DEPLOYER }
       chain OUTPUT      { nat hook output priority -105;            fib daddr type local jump DEPLOYER }
       chain POSTROUTING { nat hook postrouting priority srcnat + 5; jump DEPLOYER-POSTROUTING }
-      chain DEPLOYER    { redirect through maintenance-tcp; dnat through tcp-ports; dnat through udp-ports }
+      chain DEPLOYER    { redirect through maintenance-tcp; jump DEPLOYER-SPLITS;
+                          dnat through tcp-ports; dnat through udp-ports }
+      chain DEPLOYER-SPLITS      { the canaries' splits: numgen random, or jhash ip saddr }
       chain DEPLOYER-POSTROUTING { 127.0.0.0/8 out the bridge: masquerade }
+      (chain DEPLOYER-HOSTBOUND, DEPLOYER-SNAT: the socket match, a forward's masquerade, when in use)
 
 An app's chain (DEPLOYER-<app>) is no chain here. Each of its rules is one element of a map, with the rule's
 comment ("web green v2"): a DNAT forward goes in its protocol's map, and a maintenance REDIRECT in
-maintenance-tcp. The comment's first word names the app, so the iptables view puts it back in the app's
-chain, with the jump to it. nft reads every chain's header (and every set's) before any command, 12 to 16 ms
-with 10,000 chains here. So a layout of one chain per app, or one map per app, makes a flip cost grow with the
-number of apps. Three maps keyed by port do not: a flip replaces elements, and its commit stays flat.
-External ports are unique on a host (the config checks), so one element per port holds an app chain's
-meaning. The first rule for a port wins in a chain, and only that one is kept as an element: an add-only
-takeover replaces what it shadows, and the tidy after it has nothing left to do. The view orders an app's
-rules as the engine renders them (maintenance redirects, then the forwards, in the order of the app's ports),
-so drift detection compares the same text on both backends. An app with no rules at all (a host-bound app
-out of maintenance, or one not deployed yet) has an empty chain of its name instead, unjumped to, so that its
+maintenance-tcp. A canary's split is a rule of DEPLOYER-SPLITS, before the maps, so what it does not take falls
+through to the port's element. The comment's first word names the app, so the iptables view puts each back in
+the app's chain, with the jump to it.
+
+Why maps: nft reads every chain's header (and every set's) before any command, 12 to 16 ms with 10,000 chains
+here. So a layout of one chain per app, or one map per app, makes a flip cost grow with the number of apps.
+Three maps keyed by port do not: a flip replaces elements, and its commit stays flat. External ports are
+unique on a host (the config checks), so one element per port holds an app chain's meaning. The first rule
+that takes a port whole wins in a chain, and only that one is kept: an add-only takeover replaces what it
+shadows, and the tidy after it has nothing left to do. The view orders an app's rules as nft evaluates them
+and the engine renders them (maintenance redirects, splits, then the forwards in the order of the app's
+ports), so drift detection compares the same text on both backends. An app with no rules at all (a host-bound
+app out of maintenance, or one not deployed yet) has an empty chain of its name instead, unjumped to, so its
 chain and jump still show where iptables would have an empty chain.
 
-The base chains and DEPLOYER-POSTROUTING are chains, written through the rule forms below (each as
-iptables-save prints it and as `nft list` prints it). A rule of no known form is refused before anything is
-applied, and one read back comes as a comment that never equals a wanted rule.
+The other chains are chains, written through the rule forms below (each as iptables-save prints it and as
+`nft list` prints it). A rule of no known form is refused before anything is applied, and one read back
+comes as a comment that never equals a wanted rule. A table of the layout before the maps (one chain per app,
+jumped to from the top chain) is moved app by app: each app's first write here adds its elements and removes
+its old chain and jump in one transaction, while the other apps' old chains stay in front of the lookups.
 
 Priorities just before Docker's iptables-nft nat chains (dstnat, -100), so no DNAT of Docker's shadows ours.
 nft 1.0.6 accepts the `dstnat` keyword on prerouting only, hence -105 on output. The maps are sized for every
@@ -45,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from deployer.errors import RulesError
+from deployer.plan.canary import probability
 from deployer.plan.rules import Forward, save_string
 
 PROTOCOLS = ("tcp", "udp")
@@ -56,15 +65,7 @@ BASE_CHAINS = {
     "OUTPUT": "type nat hook output priority -105; policy accept;",
     "POSTROUTING": "type nat hook postrouting priority srcnat + 5; policy accept;",
 }
-# The top chain's rules, as nft lists them: the maintenance redirect first, so it wins over a forward of the
-# same port, then each protocol's forwards. A lookup that finds no element ends its rule, and the packet goes on.
-DISPATCH = (
-    f"meta l4proto tcp redirect to :tcp dport map @{MAINTENANCE}",
-    "dnat ip to tcp dport map @tcp-ports",
-    "dnat ip to udp dport map @udp-ports",
-)
 COMMENT_LIMIT = 128  # nft refuses a longer comment, and one with a double quote in it
-
 Key = tuple[str, int]  # (protocol, external port)
 Order = Callable[[str], Sequence[Key]]  # an app's ports, in the order the engine renders its rules
 
@@ -76,6 +77,19 @@ def table_name(prefix: str) -> str:
 
 def map_name(protocol: str) -> str:
     return f"{protocol}-ports"
+
+
+def splits_chain(prefix: str) -> str:
+    """The canary splits of every app, in one chain (few apps run a canary at once)."""
+    return f"{prefix}-SPLITS"
+
+
+def dispatch(prefix: str) -> tuple[str, ...]:
+    """The top chain's rules, as nft lists them: the maintenance redirect first, so it wins over anything else
+    for its port, then the canary splits, then each protocol's forwards. A lookup that finds no element ends
+    its rule, and the packet goes on."""
+    return (f"meta l4proto tcp redirect to :tcp dport map @{MAINTENANCE}", f"jump {splits_chain(prefix)}",
+            "dnat ip to tcp dport map @tcp-ports", "dnat ip to udp dport map @udp-ports")
 
 
 def is_app_chain(chain: str, prefix: str) -> bool:
@@ -139,10 +153,14 @@ def element_of(chain: str, body: str) -> Element:
         if match is None:
             raise RulesError(CANNOT, rules=f"-A {chain} {body}")
         found = Element(MAINTENANCE, int(match["port"]), _comment(match["comment"], body), match["to"])
-    if f"{chain.split('-', 1)[0]}-{found.owner}" != chain:
-        raise RulesError(f"the nftables backend names a rule's app by its comment's first word, and "
-                         f"{found.comment!r} does not name the app of {chain}", rules=f"-A {chain} {body}")
+    _check_owner(chain, body, found.comment)
     return found
+
+
+def _check_owner(chain: str, body: str, comment: str) -> None:
+    if f"{chain.split('-', 1)[0]}-{comment.split(' ', 1)[0]}" != chain:
+        raise RulesError(f"the nftables backend names a rule's app by its comment's first word, and "
+                         f"{comment!r} does not name the app of {chain}", rules=f"-A {chain} {body}")
 
 
 def _comment(saved: str, body: str) -> str:
@@ -160,16 +178,124 @@ def _unsave(value: str) -> str:
     return re.sub(r"\\(.)", r"\1", value[1:-1])
 
 
-def effective(chain: str, lines: Iterable[str]) -> list[Element]:
-    """An app chain's rules as elements: the first rule for a port, as in a chain, and the rest dropped."""
-    seen: set[Key] = set()
-    result = []
+@dataclass(frozen=True)
+class Split:
+    """A canary's rule for one port (canary.py): a share of new flows DNATed, the rest fall through to the
+    port's element. A rule of the splits chain, not an element."""
+
+    protocol: str
+    port: int
+    comment: str
+    nft: str  # as nft lists it
+
+    @property
+    def key(self) -> Key:
+        return (self.protocol, self.port)
+
+    @property
+    def owner(self) -> str:
+        return self.comment.split(" ", 1)[0]
+
+    def rule(self, chain: str) -> str:
+        """As iptables-save prints the rule."""
+        match = _SPLIT_NFT.fullmatch(self.nft)
+        assert match is not None
+        if match["weight"] is not None:
+            test = f"-m statistic --mode random --probability {probability(int(match['weight']))}"
+        else:
+            test = (f"-m cluster --cluster-local-nodemask 0x{(1 << int(match['nodes'])) - 1:08x} --cluster-total-nodes "
+                    f"{match['total']} --cluster-hash-seed 0x{int(match['seed'], 16):08x}")
+        return (f"-A {chain} -p {self.protocol} -m {self.protocol} --dport {self.port} {test} -m comment --comment "
+                f"{save_string(self.comment)} -j DNAT --to-destination {match['addr']}:{match['to']}")
+
+
+_SPLIT_IPT = re.compile(r'-p (?P<p>tcp|udp) -m (?P=p) --dport (?P<port>\d+) (?:-m statistic --mode random '
+                        r'--probability (?P<probability>0\.\d+)|-m cluster '
+                        r'--cluster-local-nodemask 0x(?P<mask>[0-9a-f]{8}) --cluster-total-nodes (?P<total>\d+) '
+                        r'--cluster-hash-seed 0x(?P<seed>[0-9a-f]{8})) '
+                        r'-m comment --comment (?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j DNAT '
+                        r'--to-destination (?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+)')
+_SPLIT_NFT = re.compile(r'(?P<p>tcp|udp) dport (?P<port>\d+) (?:numgen random mod 100 < (?P<weight>\d+)|jhash ip saddr '
+                        r'mod (?P<total>\d+) seed 0x(?P<seed>[0-9a-f]+) < (?P<nodes>\d+)) dnat to '
+                        r'(?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+) comment "(?P<comment>[^"]*)"')
+
+
+def split_of(body: str) -> Split | None:
+    """A canary's split rule (its body, after `-A CHAIN `) for the splits chain; None when it is none.
+
+    The random split is `numgen random mod 100 < weight`: the statistic match's probability is the weight's
+    (canary.probability), so nothing else reads back the same. The sticky one hashes the client address as
+    xt_cluster does: nft's `jhash ip saddr` is the same jhash of the same four bytes, and `< nodes` is the
+    mask of the low nodes that canary.py sets; a mask of any other shape is not a split canary.py renders.
+    """
+    match = _SPLIT_IPT.fullmatch(body)
+    if match is None:
+        return None
+    comment = _comment(match["comment"], body)
+    if match["probability"] is not None:
+        weight = round(float(match["probability"]) * 100)
+        if not 1 <= weight <= 99 or probability(weight) != match["probability"]:
+            return None
+        test = f"numgen random mod 100 < {weight}"
+    else:
+        mask, total = int(match["mask"], 16), int(match["total"])
+        nodes = mask.bit_length()
+        if mask != (1 << nodes) - 1 or not 0 < nodes < total:
+            return None
+        test = f"jhash ip saddr mod {total} seed {int(match['seed'], 16):#x} < {nodes}"
+    text = f'{match["p"]} dport {match["port"]} {test} dnat to {match["addr"]}:{match["to"]} comment "{comment}"'
+    return Split(match["p"], int(match["port"]), comment, text)
+
+
+def split_listed(text: str) -> Split | None:
+    """A rule of the splits chain as nft lists it; None when it is not one of the deployer's."""
+    match = _SPLIT_NFT.fullmatch(text)
+    return None if match is None else Split(match["p"], int(match["port"]), match["comment"], text)
+
+
+Rule = Element | Split
+
+
+def rule_of(chain: str, body: str) -> Rule:
+    """One rule of an app chain: an element, or a canary's split; RulesError when it is neither."""
+    found = split_of(body)
+    if found is None:
+        return element_of(chain, body)
+    _check_owner(chain, body, found.comment)
+    return found
+
+
+def effective(chain: str, lines: Iterable[str]) -> tuple[list[Element], list[Split]]:
+    """An app chain's rules as elements and splits: the first rule that takes a port whole, as in a chain, and
+    the splits before it; what comes after it for that port is dropped (it would never match).
+
+    nft looks up the maintenance redirects before the splits: a redirect behind a split of its port cannot be
+    written so, and is refused.
+    """
+    taken: set[Key] = set()
+    split: set[Key] = set()
+    elements, splits = [], []
     for line in lines:
-        found = element_of(chain, line.split(" ", 2)[2])
-        if found.key not in seen:
-            seen.add(found.key)
-            result.append(found)
-    return result
+        found = rule_of(chain, line.split(" ", 2)[2])
+        if found.key in taken:
+            continue
+        if isinstance(found, Split):
+            split.add(found.key)
+            splits.append(found)
+            continue
+        if found.map == MAINTENANCE and found.key in split:
+            raise RulesError("the nftables backend looks up a maintenance redirect before a canary's split; "
+                             "it cannot put one behind the other", rules=line)
+        taken.add(found.key)
+        elements.append(found)
+    return elements, splits
+
+
+def app_view(chain: str, elements: Iterable[Element], splits: Iterable[Split], order: Sequence[Key]) -> list[str]:
+    """An app's rules in the order nft evaluates them: maintenance redirects, splits, forwards."""
+    found = ordered(elements, order)
+    return ([e.rule(chain) for e in found if e.map == MAINTENANCE] + [s.rule(chain) for s in splits]
+            + [e.rule(chain) for e in found if e.map != MAINTENANCE])
 
 
 def ordered(elements: Iterable[Element], order: Sequence[Key]) -> list[Element]:
@@ -317,31 +443,50 @@ class Table:
     def owned(self, app: str) -> list[Element]:
         return [e for e in self.elements if e.owner == app]
 
-    def dispatching(self, prefix: str) -> bool:
-        """Whether the top chain holds exactly the lookups through the maps, so every element is reached."""
-        return tuple(text for text, _ in self.chains.get(prefix, [])) == DISPATCH and set(MAP_TYPES) <= self.maps
+    def splits(self, prefix: str) -> list[Split]:
+        """The splits chain's rules that are the deployer's."""
+        return [found for text, _ in self.chains.get(splits_chain(prefix), [])
+                if (found := split_listed(text)) is not None]
+
+    def owned_splits(self, prefix: str, app: str) -> list[Split]:
+        return [found for found in self.splits(prefix) if found.owner == app]
+
+    def legacy_jumps(self, prefix: str) -> list[tuple[str, int]]:
+        """The top chain's jumps to app chains: the layout before the maps had one chain per app. They stay in
+        front of the lookups until each app's first write here moves its rules into the maps."""
+        return [(text, handle) for text, handle in self.chains.get(prefix, [])
+                if text.startswith(f"jump {prefix}-") and is_app_chain(text.removeprefix("jump "), prefix)]
+
+    def dispatching(self, prefix: str, *, exact: bool = False) -> bool:
+        """Whether the top chain holds the lookups through the maps and the jump to the splits, so every element
+        and split is reached; `exact`: and nothing else (no app chain of the old layout is left)."""
+        legacy = set() if exact else set(self.legacy_jumps(prefix))
+        rules = tuple(text for text, handle in self.chains.get(prefix, []) if (text, handle) not in legacy)
+        return (rules == dispatch(prefix) and splits_chain(prefix) in self.chains and set(MAP_TYPES) <= self.maps)
 
     def view(self, prefix: str, order: Order) -> dict[str, list[str]]:
         """The chains as iptables-save would print them: chain -> its rules, the app chains among them."""
         markers = {chain[len(prefix) + 1:]: found for chain, found in self.chains.items()
                    if is_app_chain(chain, prefix)}
-        owners = sorted({e.owner for e in self.elements if e.comment} | set(markers))
+        splits = self.splits(prefix)
+        owners = sorted({e.owner for e in self.elements if e.comment} | {s.owner for s in splits} | set(markers))
         result: dict[str, list[str]] = {}
         for chain, found in self.chains.items():
             if chain == prefix:
                 dispatching = self.dispatching(prefix)
                 result[chain] = ([f"-A {prefix} -j {prefix}-{owner}" for owner in owners] if dispatching
                                  else [rule_to_iptables(chain, text) for text, _ in found])
-            elif not is_app_chain(chain, prefix):
+            elif not is_app_chain(chain, prefix) and chain != splits_chain(prefix):
                 result[chain] = [rule_to_iptables(chain, text) for text, _ in found]
         for owner in owners:
             chain = f"{prefix}-{owner}"
-            result[chain] = [e.rule(chain) for e in ordered(self.owned(owner), order(owner))]
-            result[chain] += [_foreign(chain, text) for text, _ in markers.get(owner, [])]  # written by hand
-        strays = [e for e in self.elements if not e.comment]
+            result[chain] = app_view(chain, self.owned(owner), [s for s in splits if s.owner == owner], order(owner))
+            result[chain] += [_foreign(chain, text) for text, _ in markers.get(owner, [])]  # not in this layout
+        strays = [_foreign(prefix, f"{e.map} element {e.port} : {e.value}") for e in self.elements if not e.comment]
+        strays += [_foreign(prefix, text) for text, _ in self.chains.get(splits_chain(prefix), [])
+                   if split_listed(text) is None]
         if strays:  # not the deployer's: shown where drift detection sees it
-            result.setdefault(prefix, []).extend(_foreign(prefix, f"{e.map} element {e.port} : {e.value}")
-                                                 for e in strays)
+            result.setdefault(prefix, []).extend(strays)
         return result
 
     def saved(self, prefix: str, order: Order) -> str:
@@ -408,10 +553,12 @@ def base_declarations(table: str) -> list[str]:
     return [f"add table ip {table}", *(f"add chain ip {table} {c} {{ {spec} }}" for c, spec in BASE_CHAINS.items())]
 
 
-def dispatch_rules(table: str, prefix: str) -> list[str]:
-    """The top chain emptied and given its lookups through the maps."""
-    return [f"add chain ip {table} {prefix}", f"flush chain ip {table} {prefix}",
-            *(f"add rule ip {table} {prefix} {rule}" for rule in DISPATCH)]
+def dispatch_rules(table: str, prefix: str, kept: Iterable[str] = ()) -> list[str]:
+    """The top chain emptied and given its lookups through the maps, and the splits chain; `kept`: jumps of
+    the old layout that stay in front, to app chains not yet moved into the maps."""
+    return [f"add chain ip {table} {splits_chain(prefix)}", f"add chain ip {table} {prefix}",
+            f"flush chain ip {table} {prefix}", *(f"add rule ip {table} {prefix} {rule}" for rule in kept),
+            *(f"add rule ip {table} {prefix} {rule}" for rule in dispatch(prefix))]
 
 
 def app_chains_only(text: str, prefix: str) -> bool:
@@ -436,7 +583,7 @@ def touched_apps(text: str, prefix: str) -> dict[str, list[Key]]:
         keys = found.setdefault(chain[len(prefix) + 1:], [])
         if line.startswith(("-A ", "-I ", "-D ")):
             body = line.split(" ", 3)[3] if line.startswith("-I ") else line.split(" ", 2)[2]
-            keys.append(element_of(chain, body).key)
+            keys.append(rule_of(chain, body).key)
     return found
 
 
@@ -459,13 +606,13 @@ def _nat_lines(text: str) -> list[str]:
 @dataclass(frozen=True)
 class Translation:
     """A restore's nat part as nft commands, the other tables' text for iptables-restore, and each written
-    app's elements as the commit leaves them."""
+    app's rules as the commit leaves them."""
 
     nat: str
     other: str
-    apps: dict[str, list[Element]]
+    apps: dict[str, tuple[list[Element], list[Split]]]
     removes_table: bool = False
-    declares_maps: bool = False
+    ready: bool = False  # the lookups, the maps and the splits chain are written, and nothing of the old layout
     markers: dict[str, bool] = field(default_factory=dict)  # app -> whether its empty chain is there after
 
 
@@ -473,10 +620,11 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     """An iptables-restore --noflush transaction, translated.
 
     `live` is the table as read: whole, or (`whole=False`, for a transaction that writes app chains alone)
-    the written apps' elements and whatever else holds the ports it names. Each app chain the text writes is
-    played out on its rules as read, line by line as iptables-restore would; the outcome becomes elements
-    (`effective`), and only the difference is written. The other chains' lines become rules, a deletion by
-    the handle read. filter and mangle stay iptables'.
+    the written apps' elements, whatever else holds the ports it names, and the splits chain. Each app chain
+    the text writes is played out on its rules as read, line by line as iptables-restore would; the outcome
+    becomes elements and splits (`effective`), and only the difference is written: elements replaced, the
+    splits chain rewritten whole when a split changed. The other chains' lines become rules, a deletion by the
+    handle read. filter and mangle stay iptables'.
     """
     other: list[str] = []
     chain_commands: list[str] = []
@@ -489,7 +637,7 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     def app_rules(chain: str) -> list[str]:
         if chain not in apps:
             owner = chain[len(prefix) + 1:]
-            apps[chain] = [e.rule(chain) for e in ordered(live.owned(owner), ())]
+            apps[chain] = app_view(chain, live.owned(owner), live.owned_splits(prefix, owner), ())
         return apps[chain]
 
     for line in text.splitlines():
@@ -524,7 +672,7 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
                     raise RulesError("the nftables backend inserts at the top of a chain only", rules=line)
             if is_app_chain(chain, prefix):
                 found = app_rules(chain)
-                element_of(chain, rest)  # refused now if it cannot be one
+                rule_of(chain, rest)  # refused now if it cannot be written
                 if verb == "-A":
                     found.append(f"-A {chain} {rest}")
                 elif verb == "-I":
@@ -536,7 +684,7 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
             elif chain == prefix:
                 if not rest.startswith(f"-j {prefix}-"):
                     raise RulesError(CANNOT, rules=line)
-                jumps = jumps or verb != "-D"  # a jump is the dispatch; a deleted one goes with the app's rules
+                jumps = jumps or verb != "-D"  # a jump is the lookups; a deleted one goes with the app's rules
             else:
                 touches_base = touches_base or chain in BASE_CHAINS
                 if verb == "-I":
@@ -571,41 +719,63 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     others = ("\n".join([*other, ""]) if other else "")
     if removes_table:  # the teardown: everything the deployer owns in nat is this table
         return Translation(f"delete table ip {table}\n" if live.chains or live.maps else "", others, {}, True)
+
+    result: dict[str, tuple[list[Element], list[Split]]] = {}
     before: list[Element] = []
     after: list[Element] = []
-    result: dict[str, list[Element]] = {}
+    splits_before = live.splits(prefix)
+    splits_after = [found for found in splits_before if f"{prefix}-{found.owner}" not in apps]
     markers: dict[str, bool] = {}
-    marker_commands: list[str] = []
     for chain, found in apps.items():
         app = chain[len(prefix) + 1:]
-        before += live.owned(app)
         result[app] = effective(chain, found)
-        after += result[app]
-        markers[app] = not result[app] and chain not in deleted
-        if markers[app] and chain not in live.chains:
-            marker_commands.append(f"add chain ip {table} {chain}")
-        elif not markers[app] and chain in live.chains:
-            marker_commands += [f"flush chain ip {table} {chain}", f"delete chain ip {table} {chain}"]
+        before += live.owned(app)
+        after += result[app][0]
+        splits_after += result[app][1]
+        markers[app] = not result[app][0] and not result[app][1] and chain not in deleted
     taken = {e.key: e.owner for e in live.elements if e not in before}
     for e in after:
         if e.key in taken and e not in before:
             raise RulesError(f"port {e.port}/{e.key[0]} is already in the nftables maps, for "
                              f"{taken[e.key] or 'a rule not of the deployer'}", rules=e.rule(f"{prefix}-{e.owner}"))
     elements = render_replace(table, before, after)
-    dispatch = declares_top or (jumps and not live.dispatching(prefix))
+    splits_changed = splits_after != splits_before
+    rewrite_dispatch = whole and (declares_top or ((jumps or elements is not None or splits_changed or apps)
+                                                   and not live.dispatching(prefix)))
+    # An app chain here is an empty chain of an app with no rules, or a chain of the layout before the maps,
+    # jumped to from the top chain: once written, an app's chain is empty (and kept) or gone, and never jumped.
+    legacy = live.legacy_jumps(prefix)
+    marker_commands: list[str] = []
+    for chain in apps:
+        app = chain[len(prefix) + 1:]
+        if chain not in live.chains:
+            if markers[app]:
+                marker_commands.append(f"add chain ip {table} {chain}")
+            continue
+        if not rewrite_dispatch:  # else the top chain is rewritten without its jump
+            marker_commands += [f"delete rule ip {table} {prefix} handle {handle}"
+                                for text, handle in legacy if text == f"jump {chain}"]
+        if live.chains[chain] or not markers[app]:
+            marker_commands.append(f"flush chain ip {table} {chain}")
+        if not markers[app]:
+            marker_commands.append(f"delete chain ip {table} {chain}")
+    kept_jumps = [text for text, _ in legacy if text.removeprefix("jump ") not in apps]
+
     nat: list[str] = []
-    maps = whole and bool(elements or dispatch or marker_commands)
-    if whole:
-        if touches_base:
-            nat += base_declarations(table)
-        if maps:
-            nat += map_declarations(table)[0 if not nat else 1:]
-        if dispatch:
-            nat += dispatch_rules(table, prefix)
+    if whole and touches_base:
+        nat += base_declarations(table)
+    if rewrite_dispatch or (whole and (elements or marker_commands)):
+        nat += map_declarations(table)[0 if not nat else 1:]
+    if rewrite_dispatch:
+        nat += dispatch_rules(table, prefix, kept_jumps)
     nat += chain_commands
     if elements:
         nat.append(elements.rstrip("\n"))
+    if splits_changed:
+        nat += [f"flush chain ip {table} {splits_chain(prefix)}",
+                *(f"add rule ip {table} {splits_chain(prefix)} {found.nft}" for found in splits_after)]
     nat += marker_commands
-    if not (elements or marker_commands or chain_commands or dispatch):
+    if not (elements or splits_changed or marker_commands or chain_commands or rewrite_dispatch):
         nat = []
-    return Translation("\n".join([*nat, ""]) if nat else "", others, result, declares_maps=maps, markers=markers)
+    ready = whole and (rewrite_dispatch or live.dispatching(prefix)) and not kept_jumps
+    return Translation("\n".join([*nat, ""]) if nat else "", others, result, ready=ready, markers=markers)

@@ -59,10 +59,12 @@ def audit(deployer, event: str) -> list[dict]:
         Query(event=(event,), oldest_first=True, limit=None))]
 
 
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_a_per_connection_split_gives_the_canary_its_share_of_new_tcp_connections_and_udp_flows(deployer, outside,
-                                                                                               images):
+                                                                                               images, backend):
     images.ensure("v1", "v2")
-    deployer.configure(app_toml("cs", external=26100, blue=26101, green=26102, udp=(26103, 26104, 26105)))
+    deployer.configure(app_toml("cs", external=26100, blue=26101, green=26102, udp=(26103, 26104, 26105)),
+                       settings=f'backend = "{backend}"')
     assert deployer.cli("deploy", "cs", "v1").returncode == 0
     started = deployer.cli("deploy", "cs", "v2", "--canary", "10")
     assert started.returncode == 0, started.stderr
@@ -94,10 +96,12 @@ def pick_seed(sources: list[str]) -> int:
     raise AssertionError("no seed splits these addresses evenly")
 
 
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_a_sticky_split_keeps_every_client_address_on_the_instance_the_hash_model_predicts(deployer, outside,
-                                                                                          images):
+                                                                                          images, backend):
     images.ensure("v1", "v2")
-    deployer.configure(app_toml("cy", external=26200, blue=26201, green=26202, udp=(26203, 26204, 26205)))
+    deployer.configure(app_toml("cy", external=26200, blue=26201, green=26202, udp=(26203, 26204, 26205)),
+                       settings=f'backend = "{backend}"')
     assert deployer.cli("deploy", "cy", "v1").returncode == 0
     sources = many_sources(outside)
     seed = pick_seed(sources)
@@ -145,11 +149,13 @@ def share_versions(seen: dict) -> Counter:
     return total
 
 
-@pytest.mark.parametrize("ending", ["promote", "abort"])
-def test_promote_and_abort_under_load_drop_nothing(deployer, outside, images, tmp_path, ending):
+@pytest.mark.parametrize("ending, backend", [("promote", "iptables"), ("abort", "iptables"),
+                                             ("promote", "nftables"), ("abort", "nftables")])
+def test_promote_and_abort_under_load_drop_nothing(deployer, outside, images, tmp_path, ending, backend):
     images.ensure("v1", "v2")
     deployer.configure(app_toml("cp", external=26400, blue=26401, green=26402, udp=(26403, 26404, 26405),
-                                drain=2.0, stop_timeout=6, env={"DRAIN_TIMEOUT": "4"}))
+                                drain=2.0, stop_timeout=6, env={"DRAIN_TIMEOUT": "4"}),
+                       settings=f'backend = "{backend}"')
     assert deployer.cli("deploy", "cp", "v1").returncode == 0
     assert deployer.cli("deploy", "cp", "v2", "--canary", "30").returncode == 0
     with Load(tmp_path / "load") as load:

@@ -41,7 +41,7 @@ def backend(tmp_path: Path) -> Iterator[NftablesBackend]:
         _missing(str(exc))
     prefix = f"DT{uuid.uuid4().hex[:6].upper()}"
     made = NftablesBackend(Nftables(), Netfilter(), table=prefix.lower(), prefix=prefix, reader=Nftables(handles=True),
-                           generation=tmp_path / "nftables.generation", ports=lambda app: [("tcp", EXTERNAL)])
+                           generation=tmp_path / "nftables.generation", ports=lambda app: PORTS.get(app, []))
     try:
         yield made
     finally:
@@ -50,6 +50,7 @@ def backend(tmp_path: Path) -> Iterator[NftablesBackend]:
 
 
 EXTERNAL = 47000 + os.getpid() % 1000  # nothing of the suite's listens up there
+PORTS = {"t": [("tcp", EXTERNAL)], "u": [("tcp", EXTERNAL + 1000)]}
 
 
 def _host_address() -> str:
@@ -108,6 +109,36 @@ def test_a_flip_moves_new_connections_and_one_planned_from_a_stale_picture_is_re
         assert backend.list_chain(chain) is None
         backend.restore(rules.render_chain(names, "t", on_blue))
         assert _ask(address, EXTERNAL) == b"blue"
+    finally:
+        blue.close()
+        green.close()
+
+
+def test_a_table_of_the_layout_before_the_maps_moves_app_by_app_and_every_port_keeps_answering(backend):
+    names = ChainNames(backend.prefix)
+    table, top = backend.table, backend.prefix
+    address = _host_address()
+    blue, blue_port = _serve(address, b"blue")
+    green, green_port = _serve(address, b"green")
+    ports = {"t": EXTERNAL, "u": EXTERNAL + 1000}
+    old = [f"add table ip {table}",
+           f"add chain ip {table} OUTPUT {{ type nat hook output priority -105; policy accept; }}",
+           f"add chain ip {table} {top}", f"add rule ip {table} OUTPUT fib daddr type local jump {top}"]
+    for app, port in ports.items():
+        old += [f"add chain ip {table} {top}-{app}", f"add rule ip {table} {top} jump {top}-{app}",
+                f"add rule ip {table} {top}-{app} tcp dport {port} dnat to {address}:{blue_port} "
+                f'comment "{app} blue v1"']
+    try:
+        backend.runner.run("\n".join([*old, ""]))
+        assert (_ask(address, ports["t"]), _ask(address, ports["u"])) == (b"blue", b"blue")
+        for app in ("t", "u"):
+            moved = [Forward("tcp", ports[app], address, green_port, f"{app} green v2").rule(names.app(app))]
+            backend.restore(rules.render_chain(names, app, moved))
+            assert _ask(address, ports["t"]) == b"green"
+            assert _ask(address, ports["u"]) == (b"green" if app == "u" else b"blue")  # u: its old chain still
+        listing = backend.reader.run(f"list table ip {table}")
+        assert f"chain {top}-t" not in listing and f"chain {top}-u" not in listing
+        assert backend.listing().dispatching(top, exact=True)
     finally:
         blue.close()
         green.close()

@@ -61,26 +61,3 @@ def test_nested_help_lists_the_global_flags(capsys):
     assert "--config CONFIG, -c CONFIG" in out and "--quiet, -q" in out
 
 
-NFTABLES_CONFIG = """[deployer]
-backend = "nftables"
-state_dir = "{state}"
-[apps.demo]
-image = "127.0.0.1:5000/demo"
-[[apps.demo.ports]]
-external = 18000
-container = 80
-blue = 18001
-green = 18002
-"""
-
-
-@pytest.mark.parametrize("command, what", [
-    (["deploy", "demo", "v2", "--canary", "10"], "a canary split"),
-])
-def test_the_nftables_backend_refuses_a_canary_before_anything_runs(tmp_path, capsys, command, what):
-    path = tmp_path / "deployer.toml"
-    path.write_text(NFTABLES_CONFIG.format(state=tmp_path / "state"))
-    assert main(["-c", str(path), *command]) == 2
-    assert capsys.readouterr().err.strip() == (f"deployer: {path}, key 'deployer.backend': {what} needs "
-                                               f'backend = "iptables" for now')
-    assert not (tmp_path / "state").exists()

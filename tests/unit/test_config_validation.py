@@ -588,17 +588,8 @@ def test_an_unknown_backend_is_refused_naming_the_key(tmp_path):
     assert str(refusal(path)) == f"{path}, key 'deployer.backend': must be \"iptables\" or \"nftables\", not 'pf'"
 
 
-@pytest.mark.parametrize("line, key, what", [
-    ("canary = 10", "canary", "a canary split"),
-])
-def test_the_nftables_backend_refuses_what_it_cannot_write_yet(tmp_path, line, key, what):
-    app = MINIMAL.replace('image = "registry.example:5000/web"\n', f'image = "registry.example:5000/web"\n{line}\n')
-    path = write(tmp_path, '[deployer]\nbackend = "nftables"\n' + app)
-    assert str(refusal(path)) == (f"{path}, app 'web', key '{key}': {what} needs backend = \"iptables\" for now "
-                                  f"(deployer.backend is \"nftables\")")
-
-
-def test_the_nftables_backend_takes_a_host_bound_app(tmp_path):
+def test_the_nftables_backend_takes_every_feature_a_host_bound_app_and_a_canary_too(tmp_path):
     nginx = '[apps.nginx]\nhost_bound = true\n[[apps.nginx.ports]]\nexternal = 80\n'
-    path = write(tmp_path, '[deployer]\nbackend = "nftables"\n' + MINIMAL + nginx)
-    assert config.load(path, environ={}).apps["nginx"].host_bound
+    web = MINIMAL.replace('image = "registry.example:5000/web"\n', 'image = "registry.example:5000/web"\ncanary = 10\n')
+    loaded = config.load(write(tmp_path, '[deployer]\nbackend = "nftables"\n' + web + nginx), environ={})
+    assert (loaded.apps["nginx"].host_bound, loaded.apps["web"].canary) == (True, 10)
