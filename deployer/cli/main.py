@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app", nargs="?")
     p.add_argument("--json", action="store_true", help="print JSON for tools")
 
-    p = _command(sub, "rules", cmd_rules, "print the iptables-restore transaction for an app, without applying it",
+    p = _command(sub, "rules", cmd_rules, "print the transaction for an app (iptables-restore text, or nft commands on "
+                 "the nftables backend), without applying it",
                  "deployer rules demo")
     p.add_argument("app")
 

@@ -28,7 +28,7 @@ from deployer.host.health import Prober, set_port_probe, wait_healthy
 from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation, record_repairs
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
-from deployer.plan import app_chain, canary, conntrack, forwarding, hostbound, maintenance, rules
+from deployer.plan import app_chain, canary, conntrack, forwarding, hostbound, maintenance, nft, rules
 from deployer.plan.containers import (
     LABEL_DIGEST,
     LABEL_IMAGE,
@@ -210,7 +210,8 @@ class Engine:
         return ["live flows: " + ", ".join(counts)]
 
     def rules_text(self, app_name: str) -> str:
-        """Every rule the deployer keeps for the app's recorded active instance, as one transaction.
+        """Every rule the deployer keeps for the app's recorded active instance, as one transaction: the
+        iptables-restore text, or on the nftables backend the nft commands it becomes.
 
         Rendered against an empty table, so it shows the jumps and chains too, not a diff.
         """
@@ -219,6 +220,9 @@ class Engine:
         text = rules.render_restore(rules.SavedTable(), self.names, self.settings.bridge, {app.name: chain_rules})
         if app.host_bound:
             text = hostbound.with_socket_rules(text, self.names, app, self.settings.maintenance_port)
+        if self.settings.backend == "nftables":
+            prefix = self.settings.chain_prefix
+            return nft.translate_restore(text, nft.table_name(prefix), prefix, nft.Table()).nat
         return text
 
     def uninstall(self, *, actor: str) -> list[str]:

@@ -56,3 +56,8 @@ def test_a_switch_of_backends_under_load_fails_no_request(deployer, outside, ima
             assert not failed, f"{name}: {len(failed)} failed requests, first: {failed[:3]}"
         assert {r["version"] for r in records if r.get("version")} == {"v1", "v2"}, name
     assert rules_in() == {before: 0, after: 2}
+    # `deployer rules` prints the transaction of the backend the config names.
+    printed = deployer.cli("rules", "sw").stdout
+    table = deployer.prefix.lower()
+    assert (f"add element ip {table} tcp-ports" in printed) == (after == "nftables"), printed
+    assert (f":{deployer.prefix}-sw - [0:0]" in printed) == (after == "iptables"), printed
