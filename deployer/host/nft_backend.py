@@ -19,6 +19,7 @@ adds is taken, and a changed value is replaced.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -59,11 +60,12 @@ class Generation:
         return int(text) if text.isdigit() else None
 
     def advance(self, seen: int | None) -> int | None:
-        """The next count, written in place (a rename costs a flip a third of a millisecond here); None when
-        there is no file to keep it in. A read torn by a write reads as no count, and the table is read."""
+        """The next count, written in place (a rename costs a flip a third of a millisecond here; writers and the
+        flips that trust the count hold the netfilter lock); None when there is no file to keep it in. After a
+        count that could not be read, one no process can have seen: the clock's nanoseconds."""
         if self.path is None:
             return None
-        value = (seen or 0) + 1
+        value = seen + 1 if seen is not None else time.time_ns()
         try:
             descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError:

@@ -466,6 +466,15 @@ def test_without_a_generation_file_every_flip_reads_the_table(tmp_path):
     assert reader.ran == ["list table ip deployer"] * 3
 
 
+def test_after_a_count_it_cannot_read_the_backend_writes_one_no_process_has_seen(tmp_path):
+    (tmp_path / "nftables.generation").write_text("garbage")
+    backend, writer, reader = _backend(tmp_path)
+    backend.restore(rules.render_takeover(NAMES, "web", [BLUE], backend.list_chain("DEPLOYER-web") or []))
+    assert int((tmp_path / "nftables.generation").read_text()) > 10 ** 15
+    backend.list_chain("DEPLOYER-web")
+    assert reader.ran == ["list table ip deployer"] * 3  # nothing was trusted: each call read the table
+
+
 def test_a_planted_link_is_not_written_through(tmp_path):
     target = tmp_path / "elsewhere"
     target.write_text("keep")
