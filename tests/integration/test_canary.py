@@ -119,24 +119,25 @@ def test_a_sticky_split_keeps_every_client_address_on_the_instance_the_hash_mode
             assert abs(share(seen, "v2") - weight) <= 3
 
 
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_killed_right_after_the_canary_committed_both_serve_and_reconcile_keeps_the_split(deployer, outside,
-                                                                                          images):
+                                                                                          images, backend):
     images.ensure("v1", "v2")
-    deployer.configure(app_toml("ck", external=26300, blue=26301, green=26302))
+    deployer.configure(app_toml("ck", external=26300, blue=26301, green=26302), settings=f'backend = "{backend}"')
     assert deployer.cli("deploy", "ck", "v1").returncode == 0
     # The post-flip hook runs right after the split is committed and recorded: it SIGKILLs the deployer.
     deployer.hook("post-flip", 'kill -KILL "$PPID"\n')
     killed = deployer.cli("deploy", "ck", "v2", "--canary", "50")
     assert killed.returncode == -9, (killed.returncode, killed.stderr)
     (deployer.root / "hooks" / "post-flip").unlink()
-    split = deployer.chain("ck")
+    split = deployer.nat_of(backend).rules(f"{deployer.prefix}-ck")
     assert "--probability 0.50000000000" in split[0] and len(split) == 2
     sources = many_sources(outside)[:8]
     assert set(share_versions(spread(outside, 26300, "tcp", sources, count=200))) == {"v1", "v2"}
     repaired = deployer.cli("reconcile", "ck")
     assert repaired.returncode == 0, repaired.stderr
     assert "nothing to repair" in repaired.stdout
-    assert deployer.chain("ck") == split
+    assert deployer.nat_of(backend).rules(f"{deployer.prefix}-ck") == split
     assert sorted(c.labels["deployer.tag"] for c in deployer.containers("ck")) == ["v1", "v2"]
     assert set(share_versions(spread(outside, 26300, "tcp", sources, count=200))) == {"v1", "v2"}
 
