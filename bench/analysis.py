@@ -410,7 +410,7 @@ def targets(datapath: Mapping[str, Any] | None, deploys: Mapping[str, Any] | Non
                       "detail": f"median flip step / median commit, all points: x{over_commit}"})
     if scale and "nftables" in scale:
         nft = scale["nftables"]["summary"]
-        for prefix, what in (("", "nftables flip (port maps)"), ("backend_", "nftables backend flip")):
+        for prefix, what in (("", "nftables floor (a bare element replace)"), ("backend_", "nftables backend flip")):
             if nft.get(f"{prefix}worst_median_ms") is None:
                 continue
             worst = nft[f"{prefix}worst_median_ms"]

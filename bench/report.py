@@ -26,7 +26,7 @@ def terminal_report(run: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
     if scale:
         out += ["Scale: flip time of one app with other apps' rules installed", tables.scale_table(scale["summary"]), ""]
         if "nftables" in scale:
-            out += ["Scale, nftables: the port maps' flip, and the backend's flip with other apps' chains",
+            out += ["Scale, nftables: the floor (a bare element replace) and the backend's flip, other apps in the maps",
                     tables.nft_scale_table(scale["nftables"]["summary"]), ""]
     for part, error in run.get("errors", {}).items():
         out.append(f"ERROR in {part}: {error}")
@@ -156,9 +156,10 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
             "",
         ]
         if "nftables" in scale:
-            out += ["The same flip on nftables, through libnftables in process (docs/backends.md): the port maps' "
-                    "transaction with 1 to 10,000 other apps' ports in the maps, and the backend's own flip (read "
-                    "the chain, the add-only insert, the tidy) with as many other apps' chains.", "",
+            out += ["The same flip on nftables, through libnftables in process (docs/backends.md), with 1 to 10,000 "
+                    "other apps' ports in the maps: the floor, a bare element replace given to libnftables, and the "
+                    "backend's own flip (read the app's chain, the add-only takeover that is the commit, the tidy), "
+                    "as `Chains.flip` runs it.", "",
                     tables.nft_scale_table(scale["nftables"]["summary"]), ""]
     if others:
         out += ["## Other benchmarks in bench/", ""]

@@ -134,7 +134,7 @@ def nft_scale_table(summary: Mapping[str, Any]) -> str:
     rows = [[count(p["other_apps"]), ms(p["committed_ms"]["median"]), ms(p["committed_ms"]["p95"]),
              ms(p.get("backend_committed_ms", none)["median"]), ms(p.get("backend_committed_ms", none)["p95"]),
              ms(p.get("backend_step_ms", none)["median"]), p["committed_ms"]["n"]] for p in summary["points"]]
-    return table(["other apps", "port-map flip commit (median)", "commit p95", "backend flip commit (median)",
+    return table(["other apps", "floor: element replace (median)", "floor p95", "backend flip commit (median)",
                   "backend commit p95", "backend flip step (median)", "flips"], rows)
 
 
