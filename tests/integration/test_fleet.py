@@ -118,7 +118,8 @@ def test_with_no_revert_the_done_hosts_stay_and_status_shows_the_split(bed: Flee
 
 
 def test_an_unreachable_host_stops_the_rollout_after_its_timeout_and_the_others_keep_serving(bed: FleetBed):
-    bed.write_controller(host_timeout=8)
+    # Long enough for h1's own deploy on a busy machine: the timeout is h2's, which stops answering.
+    bed.write_controller(host_timeout=20)
     h2 = bed.cluster.host("h2")
     bed.stop_server(h2)  # by its pid: the host serves on, its deployer server does not answer
     try:
@@ -144,8 +145,8 @@ def test_an_unreachable_host_stops_the_rollout_after_its_timeout_and_the_others_
         time.sleep(1.0)
         records = load.finish()
         assert job is not None and job.status == "failed", job
-        assert "host h2" in job.reason and "did not answer within 8 s" in job.reason, job.reason
-        assert 8 <= took < 60, took
+        assert "host h2" in job.reason and "did not answer within 20 s" in job.reason, job.reason
+        assert 20 <= took < 90, took
         assert failed_requests(records) == {"new": [], "keepalive": []}
         assert udp_lost(records) == []
         assert bed.tags() == {"h1": "v1", "h2": "v1", "h3": "v1"}  # h1 reverted; h2 and h3 untouched
