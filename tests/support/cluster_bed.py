@@ -40,6 +40,7 @@ from typing import Any
 from deployer import config
 from deployer.plan.cluster import bucket_of, ranking
 from support import netns
+from support.beds import Bed
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_SCRIPT = Path(__file__).with_name("cluster_client.py")
@@ -112,7 +113,7 @@ class Host:
 
 
 @dataclass
-class ClusterBed:
+class ClusterBed(Bed):
     hosts_count: int = 3
     sources_count: int = 64
     backend: str = "iptables"  # the hosts' [deployer] backend
@@ -138,17 +139,6 @@ class ClusterBed:
         return f"{self.prefix}-c"
 
     # --- building ---------------------------------------------------------------------------------
-
-    def __enter__(self) -> ClusterBed:
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _namespace(self, name: str) -> None:
         run(["ip", "netns", "add", name])

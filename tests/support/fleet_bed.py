@@ -26,6 +26,7 @@ from typing import Any
 
 from deployer.audit import AuditLog, Query
 from deployer.server.jobs import Queue
+from support.beds import Bed
 from support.cluster_bed import IMAGE, REPO, ClusterBed, Host, run
 
 PORT = 8000
@@ -33,7 +34,7 @@ KEY_ID = "fleet"
 
 
 @dataclass
-class FleetBed:
+class FleetBed(Bed):
     cluster: ClusterBed
     secret: str = field(default_factory=lambda: secrets.token_hex(24))
     servers: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -52,17 +53,6 @@ class FleetBed:
         return Queue.for_state_dir(self.folder / "state")
 
     # --- building -----------------------------------------------------------------------------------
-
-    def __enter__(self) -> FleetBed:
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _build(self) -> None:
         bad = f"FROM {IMAGE}:v2\nENV HEALTH_STATUS=500\n"

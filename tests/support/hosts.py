@@ -29,6 +29,7 @@ import subprocess
 from typing import Any, Sequence
 
 from support import netns
+from support.beds import Bed
 
 PREFIX = netns.DEFAULT_PREFIX  # so a killed run's leftovers go with the session cleanup
 
@@ -37,7 +38,7 @@ def ip(*args: str, check: bool = True) -> str:
     return netns._ip(*args, check=check)
 
 
-class Hosts:
+class Hosts(Bed):
     def __init__(self, *, container: bool = False, root_link: bool = False) -> None:
         token = secrets.token_hex(3)
         self.client, self.new, self.old = (f"{PREFIX}{token}-{s}" for s in ("c", "n", "o"))
@@ -47,29 +48,18 @@ class Hosts:
         self.procs: list[subprocess.Popen] = []
         self.namespaces: list[str] = []
         self.root_routes: list[list[str]] = []
-        # addresses, filled in by _create
+        # addresses, filled in by _build
         self.client_ip = self.new_public = self.new_link = self.old_link = ""
         self.old_public = self.client_direct = self.root_ip = self.new_root_ip = ""
         self.container_ip = self.old_container_gw = ""
         self.old_dev, self.new_dev = "to-new", "to-old"
-
-    def __enter__(self) -> "Hosts":
-        try:
-            self._create()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _subnets(self, count: int) -> list[ipaddress.IPv4Network]:
         used = netns._networks_in_use()
         free = [n for n in netns.ADDRESS_POOL.subnets(new_prefix=24) if not any(n.overlaps(u) for u in used)]
         return random.sample(free, count)
 
-    def _create(self) -> None:
+    def _build(self) -> None:
         for name in filter(None, (self.client, self.new, self.old, self.kube)):
             ip("netns", "add", name)
             self.namespaces.append(name)

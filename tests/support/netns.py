@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from support.beds import Bed
+
 __all__ = [
     "ADDRESS_POOL", "DEFAULT_PREFIX", "NetnsError", "OutsideClient", "cleanup_stale", "outside_clients",
     "stop_processes",
@@ -169,7 +171,7 @@ def cleanup_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
     return removed
 
 
-class OutsideClient:
+class OutsideClient(Bed):
     """A network namespace wired to the host by a veth pair.
 
     Inside, the client has ``client_ip`` and a default route via ``host_ip``,
@@ -193,18 +195,7 @@ class OutsideClient:
     def __repr__(self) -> str:
         return f"OutsideClient(name={self.name!r}, client_ip={self.client_ip!r}, host_ip={self.host_ip!r})"
 
-    def __enter__(self) -> OutsideClient:
-        try:
-            self._create()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _create(self) -> None:
+    def _build(self) -> None:
         self._created = True
         _ip("netns", "add", self.name)
         with open(_LOCK_PATH, "a") as lock:
