@@ -198,16 +198,17 @@ class NftablesBackend:
             self.iptables.restore(translation.other)
         if not translation.nat:
             return
-        current = self.generation.read()
+        # The picture was made or checked against the count just now (by `_picture` or `listing`), under the
+        # netfilter lock, so the count is the picture's: no second read of the file.
         picture = self.picture
-        valid = picture is not None and picture.generation is not None and picture.generation == current
+        current = picture.generation if picture is not None else self.generation.read()
         try:
             self.runner.run(translation.nat)
         except RulesError:
             self.picture = None  # what is there is to be read again
             raise
         counted = self.generation.advance(current)
-        if valid and counted is not None and picture is not None:
+        if picture is not None and current is not None and counted is not None:
             picture.apply(translation, counted)
         else:
             self.picture = None
