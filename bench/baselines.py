@@ -22,7 +22,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 from deployer.adapters.docker_host import DockerHost
-from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.iptables import Netfilter
 from deployer.adapters.probes import probe_for
 from deployer.config import AppConfig, Settings
 from deployer.errors import BootError

@@ -14,9 +14,9 @@ from bench.baselines import NoUdpCleanup, SeedRecipe, StopThenStart
 from bench.lab import Lab
 from bench.plan import deployer_toml
 from deployer import config as config_module
-from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.iptables import Netfilter
 from deployer.config import Config
-from deployer.host.wiring import build_engine
+from deployer.wiring import build_engine
 from deployer.journal import Journal
 
 

@@ -24,10 +24,10 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from bench.plan import BLOCKS, OWNER_OF_RUN_RE, RUN_PREFIX_RE, Ports, RunNames, prefix_of_chain
 from deployer.adapters.docker_host import DockerHost
-from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.iptables import Netfilter
 from deployer.adapters.nftables import Nftables
 from deployer.errors import DeployerError, DockerUnavailable
-from deployer.host.nft_backend import NftablesBackend
+from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.plan import nft, rules
 
 REPO = Path(__file__).resolve().parents[1]

@@ -113,13 +113,13 @@ NFT_POINTS = (1, 10, 100, 1000, 10000)
 
 
 class BackendFlips:
-    """The nftables backend's own flip (host/nft_backend.py), in a table of the run's own without base chains, so
+    """The nftables backend's own flip (host/netfilter/nftables.py), in a table of the run's own without base chains, so
     no packet meets it. Each flip does what `Chains.flip` does on it: read the app's chain, the add-only
     takeover (the commit), then the tidy. The other apps are elements of the same maps, as on a host."""
 
     def __init__(self, lab: Lab) -> None:
         from deployer.adapters.nftables import Nftables
-        from deployer.host.nft_backend import NftablesBackend
+        from deployer.host.netfilter.nftables import NftablesBackend
         from deployer.plan import nft
 
         self.names = rules.ChainNames(lab.names.prefix)

@@ -1,6 +1,6 @@
 """HTTP GETs to GitHub's API and storage hosts, through requests; no decisions.
 
-`server/assets.py` decides where to go (redirects, which headers go where, size caps, checksums);
+`worker/assets.py` decides where to go (redirects, which headers go where, size caps, checksums);
 this adapter only fetches, one hop at a time, and turns every requests error into an AssetError.
 """
 

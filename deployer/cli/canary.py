@@ -76,7 +76,7 @@ def duration(text: str) -> float:
 
 
 def _engine(args: argparse.Namespace):
-    from deployer.host.wiring import build_engine
+    from deployer.wiring import build_engine
 
     return build_engine(args.loaded_config)
 

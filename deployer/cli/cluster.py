@@ -57,13 +57,13 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
 
 
 def _control(args: argparse.Namespace):
-    from deployer.host.wiring import build_cluster_control
+    from deployer.wiring import build_cluster_control
 
     return build_cluster_control(args.loaded_config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from deployer.host.wiring import build_cluster_agent
+    from deployer.wiring import build_cluster_agent
 
     agent = build_cluster_agent(args.loaded_config)
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""`deployer rollout` and `deployer fleet status`, on a controller ([fleet]). Thin: deployer/server/rollout.py acts.
+"""`deployer rollout` and `deployer fleet status`, on a controller ([fleet]). Thin: deployer/fleet/rollout.py acts.
 
 `rollout` queues a job in this controller's own queue; its worker runs it (`deployer worker` or `serve`).
 """
@@ -18,7 +18,7 @@ from deployer.config.fleet import FleetConfig, check_canary, check_max_parallel
 from deployer.errors import ConfigError, DeployerError, InvalidTag
 from deployer.plan import rollout as plan
 from deployer.plan.tags import DOCKER_TAG_RE
-from deployer.server.jobs import ROLLOUT, Job, Queue
+from deployer.queue.jobs import ROLLOUT, Job, Queue
 
 POLL_SECONDS = 0.5
 WORKER_STALE_SECONDS = 15.0  # as /healthz judges the worker's heartbeat
@@ -81,7 +81,7 @@ def rollout_options(args: argparse.Namespace, fleet: FleetConfig) -> plan.Option
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    from deployer.host.wiring import build_journal
+    from deployer.wiring import build_journal
 
     config = args.loaded_config
     fleet = fleet_of(config, args.app)
@@ -154,7 +154,7 @@ def describe(step: dict[str, Any]) -> str | None:
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
-    from deployer.server.fleet import FleetClient
+    from deployer.fleet.client import FleetClient
 
     fleet = fleet_of(args.loaded_config, args.app)
     client = FleetClient(fleet)

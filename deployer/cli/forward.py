@@ -64,7 +64,7 @@ def _number(text: str) -> int:
 
 
 def _forwarder(args: argparse.Namespace):
-    from deployer.host.wiring import build_engine
+    from deployer.wiring import build_engine
 
     return build_engine(args.loaded_config).forwarder
 

@@ -107,7 +107,7 @@ def _extensions() -> list[Callable[..., None]]:
 
 
 def _engine(args: argparse.Namespace):
-    from deployer.host.wiring import build_engine
+    from deployer.wiring import build_engine
 
     return build_engine(args.loaded_config)
 
@@ -137,8 +137,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def host_faults(config: config_module.Config) -> list[str]:
     """The worker's faults and what waits on them, and a full disk even when the worker cannot say so."""
     from deployer.folders import space_problem
-    from deployer.server.faults import fault_lines
-    from deployer.server.jobs import Queue, queue_path
+    from deployer.worker.faults import fault_lines
+    from deployer.queue.jobs import Queue, queue_path
 
     lines = []
     problem = space_problem(config.settings.state_dir)

@@ -75,7 +75,7 @@ def seconds(text: str) -> float:
 
 
 def _engine(args: argparse.Namespace):
-    from deployer.host.wiring import build_engine
+    from deployer.wiring import build_engine
 
     return build_engine(args.loaded_config)
 
@@ -104,8 +104,9 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
 
 
 def cmd_maintenance_server(args: argparse.Namespace) -> int:
-    from deployer.host.wiring import Deadlines
-    from deployer.server import responder, supervisor
+    from deployer.wiring import Deadlines
+    from deployer.host import responder
+    from deployer.worker import supervisor
 
     config: Config = args.loaded_config
     stop = supervisor.stop_on_signals()
@@ -118,8 +119,8 @@ def cmd_maintenance_server(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from deployer.host.watchdog import run_watchdog, watched_apps
-    from deployer.host.wiring import build_engine, spawn_process
-    from deployer.server import supervisor
+    from deployer.wiring import build_engine, spawn_process
+    from deployer.worker import supervisor
 
     config: Config = args.loaded_config
     stop = supervisor.stop_on_signals()

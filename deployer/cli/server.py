@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from deployer.errors import RequestRejected
-from deployer.server.fleet import operator_signer
+from deployer.fleet.client import operator_signer
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -51,14 +51,14 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deployer.host.wiring import spawn_process
-    from deployer.server import supervisor
+    from deployer.wiring import spawn_process
+    from deployer.worker import supervisor
 
     return supervisor.serve(args.loaded_config, spawn=spawn_process, watch=args.watch)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from deployer.server import supervisor
+    from deployer.worker import supervisor
 
     return supervisor.run_worker(args.loaded_config)
 
@@ -77,7 +77,7 @@ def read_secret_file(path: Path) -> str:
 
 
 def cmd_redeploy(args: argparse.Namespace) -> int:
-    from deployer.host.wiring import SignedClient
+    from deployer.wiring import SignedClient
 
     client = SignedClient(args.url, operator_signer(args.key_id, read_secret_file(args.secret_file)))
     if args.action and args.tag:

@@ -1,7 +1,7 @@
 """The cluster agent: keepalived says which buckets this host is master of; the agent makes the rules say the same.
 
 It receives its adapters (netfilter, keepalived, the shared address, a probe factory) as arguments; only
-deployer/host/wiring.py builds the real ones. The order of effects, which the unit tests pin down:
+deployer/wiring.py builds the real ones. The order of effects, which the unit tests pin down:
 
 - start: join the shared address, write keepalived's config and track files, write the chain owning nothing,
   start keepalived. Until keepalived reports, this host takes in no new flow.
@@ -270,7 +270,7 @@ class ClusterAgent:
             return None
         if active is None:
             return None
-        assert self.prober is not None, "the agent probes instances through a prober (host/wiring.py gives it one)"
+        assert self.prober is not None, "the agent probes instances through a prober (wiring.py gives it one)"
         return set_port_probe(self.prober, app, active.port_set)
 
     def _write_status(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable, ContextManager, Mapping, Protocol
 
 from deployer.config import AppConfig, Config
 from deployer.errors import DeployerError, PreflightFailed, StateError
-from deployer.host.chains import Chains
+from deployer.host.netfilter.chains import Chains
 from deployer.host.locks import HostLock
 from deployer.host.operation import Operation
 from deployer.host.state import StateStore, write_atomically

@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 
 from deployer.config import AppConfig, Config, Settings
 from deployer.errors import DeployerError, ModeError
-from deployer.host.chains import Chains
+from deployer.host.netfilter.chains import Chains
 from deployer.host.health import Prober, set_port_probe
 from deployer.host.operation import ONE_EVENT, Operation, record_repairs
 from deployer.host.state import StateStore

@@ -1,6 +1,6 @@
 """The deployer's own nftables table, as nft's input language, and the iptables view of it; pure, like rules.py.
 
-The nftables backend (host/nft_backend.py) stands where iptables-restore does: the host layer renders
+The nftables backend (host/netfilter/nftables.py) stands where iptables-restore does: the host layer renders
 iptables-restore text and reads iptables-save lines as ever, and this module translates both ways. The table
 it writes is not a copy of the chains, though:
 

@@ -27,11 +27,11 @@ import pytest
 
 from deployer import config as config_module
 from deployer.adapters.docker_host import DockerHost
-from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.iptables import Netfilter
 from deployer.adapters.nftables import Nftables
 from deployer.host.engine import Engine
-from deployer.host.nft_backend import NftablesBackend
-from deployer.host.wiring import build_engine
+from deployer.host.netfilter.nftables import NftablesBackend
+from deployer.wiring import build_engine
 from deployer.journal import Journal
 from deployer.plan import rules
 from support import netns

@@ -14,7 +14,7 @@ from conftest import CLI_ACTOR, app_toml
 
 from deployer.audit import AuditLog, Query
 from deployer.errors import HealthCheckFailed
-from deployer.host.wiring import build_engine
+from deployer.wiring import build_engine
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from conftest import IMAGE, run
 from test_server import TRAFFIC, serve, served_version, web_app  # noqa: F401 - the serve fixture
 
 from deployer.audit import AuditLog, Query
-from deployer.server.jobs import TERMINAL
+from deployer.queue.jobs import TERMINAL
 from support.fake_github import free_port
 
 pytestmark = pytest.mark.integration

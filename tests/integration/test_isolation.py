@@ -13,7 +13,7 @@ import pytest
 from conftest import IMAGE, app_toml, http_get, run
 
 from deployer.adapters.docker_host import DockerHost
-from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.iptables import Netfilter
 from deployer.errors import PullError
 from deployer.plan import rules
 

@@ -15,7 +15,7 @@ import time
 import pytest
 from conftest import CLI_ACTOR, REPO, app_toml, host_address
 
-from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.iptables import Netfilter
 from deployer.audit import AuditLog, Query
 from deployer.host.state import StateStore
 from deployer.plan import retries

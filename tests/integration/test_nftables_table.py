@@ -17,10 +17,10 @@ from typing import Iterator
 import pytest
 
 from conftest import IN_CI
-from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.iptables import Netfilter
 from deployer.adapters.nftables import Nftables
 from deployer.errors import RulesError
-from deployer.host.nft_backend import NftablesBackend
+from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.plan import rules
 from deployer.plan.rules import ChainNames, Forward, SavedTable
 

@@ -30,8 +30,8 @@ import requests
 from conftest import IMAGE, REPO, Deployer, app_toml, http_get
 
 from deployer.audit import AuditLog, Query
-from deployer.server import signatures
-from deployer.server.jobs import TERMINAL, Queue
+from deployer import signatures
+from deployer.queue.jobs import TERMINAL, Queue
 from support.fake_github import FakeGitHub, free_port
 from support.github_payloads import PAYLOADS
 
@@ -571,8 +571,8 @@ def _unprivileged_receiver(config_path: str, port: int, report) -> None:
     import werkzeug.serving
 
     from deployer.config import load
-    from deployer.host import wiring as runtime
-    from deployer.server import web  # noqa: F401 - imported while root can still read the code
+    from deployer import wiring as runtime
+    from deployer.receiver import web  # noqa: F401 - imported while root can still read the code
 
     # One request through a throwaway app, so lazily imported modules load before the drop.
     scratch = Path(tempfile.mkdtemp(prefix="deployer-preload-"))
@@ -740,7 +740,7 @@ def test_gunicorn_gets_the_receiver_secrets_only_and_each_app_its_own_github_sec
 
 def test_serve_with_watch_answers_with_the_page_when_the_instance_dies(serve):
     """`serve --watch` runs the maintenance responder and the failover watchdog beside the worker."""
-    from deployer.adapters.netfilter import Netfilter
+    from deployer.adapters.iptables import Netfilter
     from deployer.plan import retries
 
     served = serve(web_app(22130, extra="[apps.web.watchdog]\ninterval = 0.3\nfailures = 2\nrecoveries = 2\n"),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from deployer.audit import AuditLog, Query
-from deployer.server.jobs import Queue
+from deployer.queue.jobs import Queue
 from support.beds import Bed
 from support.cluster_bed import IMAGE, REPO, ClusterBed, Host, run
 

@@ -11,7 +11,7 @@ from deployer.adapters.github import GitHubHttp
 from deployer.adapters.image_archive import PreloadedImage
 from deployer.errors import AssetError
 from deployer.plan.containers import Release
-from deployer.server import assets
+from deployer.worker import assets
 from support.fake_github import FakeGitHub
 
 REPO = "Codertocat/Hello-World"

@@ -367,7 +367,7 @@ def test_sink_never_raises_into_the_engine_but_warns(tmp_path, caplog):
 
 def test_build_journal_adds_the_audit_sink_for_the_state_dir(tmp_path):
     from deployer.config import parse
-    from deployer.host.wiring import build_journal
+    from deployer.wiring import build_journal
 
     config = parse({"deployer": {"state_dir": "state"}, "apps": {"web": {
         "image": "registry.example/web", "ports": [{"external": 8000, "container": 80, "blue": 8001, "green": 8002}],

@@ -20,7 +20,7 @@ def test_the_receiver_runs_unprivileged_without_docker_or_capabilities():
     assert not receiver.get("privileged") and receiver.get("network_mode") != "host"
     assert not any("docker.sock" in volume for volume in receiver["volumes"])
     assert receiver["read_only"] is True
-    assert receiver["command"][-1] == "deployer.server.web:create_app()"
+    assert receiver["command"][-1] == "deployer.receiver.web:create_app()"
 
 
 def test_the_receiver_may_write_only_the_queue_and_the_audit_folders():

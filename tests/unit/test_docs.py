@@ -17,7 +17,7 @@ from deployer import config as config_module
 from deployer.cli.main import build_parser
 from deployer.cli.reference import command_names
 from deployer.errors import ConfigError
-from deployer.server.web import create_app
+from deployer.receiver.web import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 README_PATH = REPO / "README.md"
@@ -205,7 +205,7 @@ def test_every_module_the_docs_name_exists():
 
 
 def importable_name(dotted: str) -> bool:
-    """`deployer.server.web` is a module or package; `deployer.server.web.create_app` a name in one."""
+    """`deployer.receiver.web` is a module or package; `deployer.receiver.web.create_app` a name in one."""
     parts = dotted.split(".")
     for length in (len(parts), len(parts) - 1):
         base = REPO.joinpath(*parts[:length])

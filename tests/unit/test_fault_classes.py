@@ -18,11 +18,11 @@ from deployer.errors import (AuditError, DiskFull, DockerUnavailable, HealthChec
                              RegistryUnavailable, StateError)
 from deployer.journal import Journal
 from deployer.plan.containers import Release
-from deployer.server import worker as worker_module
-from deployer.server.faults import fault_lines
-from deployer.server.jobs import Job, Queue, state_error
-from deployer.server.web import create_app
-from deployer.server.worker import Worker, wait_seconds
+from deployer.worker import loop as worker_module
+from deployer.worker.faults import fault_lines
+from deployer.queue.jobs import Job, Queue, state_error
+from deployer.receiver.web import create_app
+from deployer.worker.loop import Worker, wait_seconds
 
 RELEASE = Release(tag="v2", image="127.0.0.1:5001/web")
 

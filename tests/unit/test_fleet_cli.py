@@ -9,7 +9,7 @@ import pytest
 
 from deployer.audit import AuditLog, Query
 from deployer.cli.main import main
-from deployer.server.jobs import ROLLOUT, Queue
+from deployer.queue.jobs import ROLLOUT, Queue
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import pytest
 
 from deployer.adapters.processes import child_pids, start_job
 from deployer.journal import Journal
-from deployer.server.jobs import Queue
-from deployer.server.worker import Worker
+from deployer.queue.jobs import Queue
+from deployer.worker.loop import Worker
 from support.configs import app_toml, make_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

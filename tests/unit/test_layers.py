@@ -1,7 +1,7 @@
 """The layering is checked, not just drawn: the import contracts hold, and the receiver stays light.
 
 .importlinter holds the contracts (each layer imports only the layers under it; the planning layer imports no
-effect library; the receiver imports neither the Docker SDK nor the engine nor an adapter; only host/wiring.py
+effect library; the receiver imports neither the Docker SDK nor the engine nor an adapter; only wiring.py
 imports concrete adapters). CI runs `lint-imports` too; this test makes `scripts/test` catch a break as well.
 """
 
@@ -22,8 +22,8 @@ def test_the_import_contracts_hold():
 
 
 def test_importing_the_receiver_loads_neither_docker_nor_the_engine():
-    """What gunicorn imports for `deployer.server.web:create_app()`, in a fresh interpreter."""
-    probe = ("import sys, deployer.server.web\n"
+    """What gunicorn imports for `deployer.receiver.web:create_app()`, in a fresh interpreter."""
+    probe = ("import sys, deployer.receiver.web\n"
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('docker', 'sh')\n"
              "      or m.startswith(('deployer.host', 'deployer.adapters'))))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)

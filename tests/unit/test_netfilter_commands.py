@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.iptables import Netfilter
 from deployer.adapters.nftables import Nftables
 from deployer.errors import ConntrackError, RulesError
 
@@ -87,7 +87,7 @@ def test_no_terminal_is_given_to_the_tools(tools):
 def test_the_hot_path_spawns_its_tools_without_the_sh_wrapper():
     import sys
 
-    import deployer.adapters.netfilter as netfilter
+    import deployer.adapters.iptables as netfilter
 
     # sh's pty and reader threads cost some 7 ms a call; the flip spawns three commands.
     assert "sh" not in vars(netfilter) and netfilter.subprocess is sys.modules["subprocess"]

@@ -1,5 +1,5 @@
 """The nftables backend: the iptables chains translated into the table's maps and chains and back, exactly
-(plan/nft.py), and the backend's planning of a transaction (host/nft_backend.py) through hand-written fakes."""
+(plan/nft.py), and the backend's planning of a transaction (host/netfilter/nftables.py) through hand-written fakes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from deployer.config import AppConfig, HealthCheck, PortMapping
 from deployer.errors import RulesError
-from deployer.host.nft_backend import NftablesBackend
+from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.plan import app_chain, canary, forwarding, hostbound, maintenance, nft, rules
 from deployer.plan.rules import ChainNames, Forward, SavedTable
 

@@ -1,6 +1,6 @@
 """No module uses another's insides: underscore names are private to the module (or class) that defines them.
 
-A seam another module needs is made public instead (as host/chains.py did for the engine's netfilter work).
+A seam another module needs is made public instead (as host/netfilter/chains.py did for the engine's netfilter work).
 """
 
 from __future__ import annotations

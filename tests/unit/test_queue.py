@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from deployer.errors import Unauthorized
-from deployer.server.jobs import MIGRATIONS, Queue, prepare_folder, queue_path
+from deployer.queue.jobs import MIGRATIONS, Queue, prepare_folder, queue_path
 
 
 class Clock:

@@ -11,8 +11,8 @@ import pytest
 
 from deployer.audit import AuditLog, AuditSink, Query
 from deployer.journal import Journal
-from deployer.server.jobs import Queue, row_problem
-from deployer.server.worker import JobTools, Worker, execute
+from deployer.queue.jobs import Queue, row_problem
+from deployer.worker.loop import JobTools, Worker, execute
 from support.configs import ASSET_SITE, app_toml, make_config
 
 GOOD_ID = "job-0123456789abcdef"

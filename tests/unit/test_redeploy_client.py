@@ -19,8 +19,8 @@ from werkzeug.serving import make_server
 
 from deployer import config as config_module
 from deployer.journal import Journal
-from deployer.server.jobs import Queue
-from deployer.server.web import create_app
+from deployer.queue.jobs import Queue
+from deployer.receiver.web import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 ALICE_SECRET = "alice-operator-secret-8d41e7b2"

@@ -9,8 +9,8 @@ import pytest
 
 from deployer import config as config_module
 from deployer.errors import InvalidRequest, InvalidTag, UnknownApp
-from deployer.server import releases
-from deployer.server.releases import AssetRef, Decision
+from deployer.receiver import releases
+from deployer.receiver.releases import AssetRef, Decision
 from support.github_payloads import PAYLOADS
 
 

@@ -15,7 +15,7 @@ from deployer.config import parse
 from deployer.host.state import StateStore
 from deployer.plan import maintenance
 from deployer.plan.records import AppState
-from deployer.server import responder
+from deployer.host import responder
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from deployer import audit
 from deployer.audit import AuditLog, Query
 from deployer.errors import StateError
 from deployer.folders import share_folder
-from deployer.server.jobs import Queue
-from deployer.server.worker import WorkerLock, prepare_shared
+from deployer.queue.jobs import Queue
+from deployer.worker.loop import WorkerLock, prepare_shared
 from support.configs import app_toml, make_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",

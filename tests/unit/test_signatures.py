@@ -3,7 +3,7 @@
 import pytest
 
 from deployer.errors import Unauthorized
-from deployer.server import signatures
+from deployer import signatures
 
 # GitHub's documented test vector ("Validating webhook deliveries").
 GITHUB_SECRET = "It's a Secret to Everybody"

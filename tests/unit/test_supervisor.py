@@ -11,8 +11,8 @@ import pytest
 
 from deployer import config as config_module
 from deployer.errors import DeployerError
-from deployer.server import supervisor
-from deployer.server.supervisor import Backoff, keep_running
+from deployer.worker import supervisor
+from deployer.worker.supervisor import Backoff, keep_running
 
 
 class FakeProcess:
@@ -134,7 +134,7 @@ def test_gunicorn_runs_threads_with_request_deadlines_not_sync_workers(config):
     options = dict(zip(argv[3::2], argv[4::2]))
     assert options["--worker-class"] == "deployer.adapters.http_worker.DeadlineThreadWorker"
     assert (options["--workers"], options["--threads"], options["--bind"]) == ("3", "64", "127.0.0.1:8123")
-    assert argv[-1] == "deployer.server.web:create_app()"
+    assert argv[-1] == "deployer.receiver.web:create_app()"
 
 
 def test_the_receiver_is_spawned_with_its_config_and_umask(config, monkeypatch):

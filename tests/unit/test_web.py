@@ -13,9 +13,9 @@ import pytest
 
 from deployer import config as config_module
 from deployer.journal import Journal
-from deployer.server import signatures
-from deployer.server.jobs import Queue
-from deployer.server.web import create_app
+from deployer import signatures
+from deployer.queue.jobs import Queue
+from deployer.receiver.web import create_app
 from support.github_payloads import PAYLOADS
 
 GITHUB_SECRET = "gh-webhook-secret-5f2a9c"

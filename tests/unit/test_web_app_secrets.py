@@ -11,9 +11,9 @@ import pytest
 
 from deployer import config as config_module
 from deployer.journal import Journal
-from deployer.server import signatures
-from deployer.server.jobs import Queue
-from deployer.server.web import create_app
+from deployer import signatures
+from deployer.queue.jobs import Queue
+from deployer.receiver.web import create_app
 
 GLOBAL_SECRET = "global-webhook-secret-1d9e"
 A_SECRET = "app-a-webhook-secret-77c3"

@@ -13,9 +13,9 @@ import pytest
 
 from deployer import config as config_module
 from deployer.audit import AuditLog, Query
-from deployer.server import signatures
-from deployer.server.jobs import Queue
-from deployer.server.web import create_app
+from deployer import signatures
+from deployer.queue.jobs import Queue
+from deployer.receiver.web import create_app
 
 ALICE_SECRET = "alice-operator-secret-8d41e7b2"
 AUDIT_TOKEN = "audit-read-token-3c9e51f0a7d2"

@@ -12,8 +12,8 @@ from test_web import app, client, clock, events, queue, settings  # noqa: F401 -
 from deployer import config as config_module
 from deployer.errors import ConfigError
 from deployer.journal import Journal
-from deployer.server.jobs import ROLLOUT, Queue, row_problem
-from deployer.server.web import create_app
+from deployer.queue.jobs import ROLLOUT, Queue, row_problem
+from deployer.receiver.web import create_app
 
 ROLLOUT_ID = "job-00000000000000aa"
 

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from deployer import config as config_module
 from deployer.journal import Journal
-from deployer.server import signatures
-from deployer.server.jobs import Queue
-from deployer.server.web import create_app
+from deployer import signatures
+from deployer.queue.jobs import Queue
+from deployer.receiver.web import create_app
 
 GITHUB_SECRET = "gh-webhook-secret-fuzz-7b1c"
 ALICE_SECRET = "alice-operator-secret-fuzz-4e9a"

@@ -12,8 +12,8 @@ import test_web
 from test_web import GITHUB_SECRET, Clock, deliver, published, signed_call
 
 from deployer.audit import AuditLog, Query, build_journal
-from deployer.server.rejections import Rejections
-from deployer.server.web import create_app
+from deployer.receiver.rejections import Rejections
+from deployer.receiver.web import create_app
 
 settings, queue, clock = test_web.settings, test_web.queue, test_web.clock  # the receiver's fixtures
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.image_archive import PreloadedImage
-from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.iptables import Netfilter
 from deployer.adapters.probes import Probes
 from deployer.adapters.processes import run_hook
 from deployer.adapters.routing import Routing
 from deployer.config import parse
-from deployer.host.wiring import build_engine
+from deployer.wiring import build_engine
 from deployer.journal import Journal
-from deployer.server.worker import real_tools
+from deployer.worker.loop import real_tools
 
 
 def config(tmp_path):

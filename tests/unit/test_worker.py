@@ -13,8 +13,8 @@ from deployer.errors import HealthCheckFailed, LockError
 from deployer.host.state import StateStore
 from deployer.journal import Journal
 from deployer.plan.records import AppState, Instance
-from deployer.server.jobs import Queue
-from deployer.server.worker import JobSteps, JobTools, Worker, WorkerLock, execute
+from deployer.queue.jobs import Queue
+from deployer.worker.loop import JobSteps, JobTools, Worker, WorkerLock, execute
 from support.configs import ASSET_SITE, make_config
 
 

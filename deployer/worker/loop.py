@@ -2,7 +2,7 @@
 
 It takes the worker lock (one worker per state folder), recovers jobs a dead worker left running,
 runs `reconcile` so rules, containers and records agree before anything new happens, then claims
-jobs from the queue. Each job runs in its own child process (`python -m deployer.server.worker`), so a
+jobs from the queue. Each job runs in its own child process (`python -m deployer.worker.loop`), so a
 job can be timed out and killed, and a crash in one deploy cannot take the worker down. A child
 that dies without recording an outcome is failed by the worker, which then reconciles the app.
 
@@ -33,7 +33,7 @@ from deployer.folders import open_entry, space_problem
 from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
 from deployer.plan import canary
-from deployer.server.jobs import CANARY_KINDS, ROLLOUT, Job, Queue, row_problem
+from deployer.queue.jobs import CANARY_KINDS, ROLLOUT, Job, Queue, row_problem
 
 log = logging.getLogger("deployer.worker")
 
@@ -69,7 +69,7 @@ class JobTools:
 
     engine: Callable[[str | None], EngineLike]  # given the preloaded image reference, if any
     load_asset: Callable[[Job], str] | None = None  # downloads and loads the release asset; returns the reference
-    fleet: Callable[[], Any] | None = None  # a controller's client of its hosts (deployer/server/fleet.py)
+    fleet: Callable[[], Any] | None = None  # a controller's client of its hosts (deployer/fleet/client.py)
 
 
 def active_tag(config: Config, app: str) -> str | None:
@@ -182,7 +182,7 @@ def fleet_apps(config: Config) -> tuple[str, ...]:
 def _roll_out(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
               base: dict[str, Any]) -> str:
     """A controller's rollout: it sequences the hosts' own deploys; a failure is the rollout's, named by host."""
-    from deployer.server import rollout
+    from deployer.fleet import rollout
 
     assert config.fleet is not None and tools.fleet is not None
     try:
@@ -506,17 +506,17 @@ def child_environment() -> dict[str, str]:
 
 
 def process_launcher(config: Config) -> Callable[[Job], Running]:
-    """Each job in `python -m deployer.server.worker`, in the worker's process group, sharing its stderr."""
-    from deployer.host.wiring import start_job
+    """Each job in `python -m deployer.worker.loop`, in the worker's process group, sharing its stderr."""
+    from deployer.wiring import start_job
 
     def launch(job: Job) -> Running:
-        return start_job([sys.executable, "-m", "deployer.server.worker", "--config", str(config.path),
+        return start_job([sys.executable, "-m", "deployer.worker.loop", "--config", str(config.path),
                           "--job", job.id, "--attempt", str(job.attempts)], child_environment())
     return launch
 
 
 def real_checks(config: Config) -> Callable[[], tuple[str, str]]:
-    from deployer.host.wiring import build_host_probes
+    from deployer.wiring import build_host_probes
 
     probes = build_host_probes(config)
 
@@ -541,7 +541,7 @@ def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
     `security.refused` before the error stops the start.
     """
     from deployer import audit
-    from deployer.server import jobs
+    from deployer.queue import jobs
 
     state_dir = config.settings.state_dir
     group = config.server.group if os.geteuid() == 0 else None
@@ -558,7 +558,7 @@ def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
 
 
 def build_worker(config: Config, queue: Queue | None = None, journal: Journal | None = None) -> Worker:
-    from deployer.host.wiring import build_engine, build_journal, build_registry_check
+    from deployer.wiring import build_engine, build_journal, build_registry_check
 
     journal = journal or build_journal(config)
     queue = queue or Queue.for_state_dir(config.settings.state_dir)
@@ -574,8 +574,8 @@ def build_worker(config: Config, queue: Queue | None = None, journal: Journal | 
 
 
 def real_tools(config: Config, journal: Journal) -> JobTools:
-    from deployer.host.wiring import build_asset_http, build_engine, build_image_loader
-    from deployer.server import assets
+    from deployer.wiring import build_asset_http, build_engine, build_image_loader
+    from deployer.worker import assets
 
     load_image = build_image_loader(config)
 
@@ -601,7 +601,7 @@ def real_tools(config: Config, journal: Journal) -> JobTools:
                 folder.rmdir()
 
     def fleet() -> Any:
-        from deployer.server.fleet import FleetClient
+        from deployer.fleet.client import FleetClient
 
         assert config.fleet is not None
         return FleetClient(config.fleet)
@@ -612,14 +612,14 @@ def real_tools(config: Config, journal: Journal) -> JobTools:
 def child_main(argv: list[str] | None = None) -> int:
     """Entry of one job's process: load the config, run the job, record its outcome."""
     from deployer import config as config_module
-    from deployer.host.wiring import build_journal
+    from deployer.wiring import build_journal
 
-    parser = argparse.ArgumentParser(prog="python -m deployer.server.worker", description="run one claimed deploy job")
+    parser = argparse.ArgumentParser(prog="python -m deployer.worker.loop", description="run one claimed deploy job")
     parser.add_argument("--config", required=True)
     parser.add_argument("--job", required=True)
     parser.add_argument("--attempt", type=int, required=True)
     args = parser.parse_args(argv)
-    from deployer.host.wiring import die_with_parent
+    from deployer.wiring import die_with_parent
 
     die_with_parent()  # a killed worker leaves no deploy running unseen
     # Stopping is the worker's call: it waits for the deploy, or kills it and reconciles.

@@ -1,7 +1,7 @@
 """The HTTP receiver: GitHub webhooks, signed manual redeploys, job status, the audit log and health.
 
 It only checks, decides, enqueues and reads; it never touches Docker or netfilter, so it can run as an
-unprivileged user. gunicorn serves it with `deployer.server.web:create_app()`. Every error becomes its
+unprivileged user. gunicorn serves it with `deployer.receiver.web:create_app()`. Every error becomes its
 status code in `STATUS` below, the one place that maps them. Every delivery and manual request
 is recorded in the journal (verdict and reason, never a secret or a raw header).
 
@@ -40,9 +40,10 @@ from deployer.errors import (
 )
 from deployer.folders import space_problem
 from deployer.journal import Journal
-from deployer.server import releases, signatures
-from deployer.server.jobs import CANARY_KINDS, ROLLOUT, Job, Queue
-from deployer.server.rejections import Rejections
+from deployer.receiver import releases
+from deployer import signatures
+from deployer.queue.jobs import CANARY_KINDS, ROLLOUT, Job, Queue
+from deployer.receiver.rejections import Rejections
 
 log = logging.getLogger("deployer.web")
 

@@ -62,7 +62,7 @@ def gunicorn_argv(config: Config, python: str = sys.executable) -> list[str]:
             "--worker-class", WORKER_CLASS, "--threads", str(THREADS), "--worker-connections", str(WORKER_CONNECTIONS),
             "--keep-alive", "0", "--timeout", "30", "--graceful-timeout", "10",
             "--access-logfile", "-", "--error-logfile", "-", "--log-level", "info", "--name", "deployer-receiver",
-            *_no_control_socket(), "deployer.server.web:create_app()"]
+            *_no_control_socket(), "deployer.receiver.web:create_app()"]
 
 
 def _no_control_socket() -> list[str]:
@@ -93,7 +93,7 @@ def unprivileged_environment(config: Config) -> dict[str, str]:
     Never the worker's registry, asset or app secrets from root's environment; PYTHONPATH so the package
     imports from any working folder.
     """
-    from deployer.server.worker import child_environment
+    from deployer.worker.loop import child_environment
 
     env = config_module.receiver_environment(config)
     env["PYTHONPATH"] = child_environment()["PYTHONPATH"]
@@ -221,7 +221,7 @@ def prepare(config: Config):
 
     A planted link or odd file there stops the start (see worker.prepare_shared).
     """
-    from deployer.server.worker import prepare_shared
+    from deployer.worker.loop import prepare_shared
 
     return prepare_shared(config)
 
@@ -238,7 +238,7 @@ def stop_worker_on_signals(worker: Any) -> None:
 
 
 def run_worker(config: Config) -> int:
-    from deployer.server.worker import build_worker
+    from deployer.worker.loop import build_worker
 
     worker = build_worker(config, prepare(config))
     stop_worker_on_signals(worker)
@@ -249,7 +249,7 @@ def run_worker(config: Config) -> int:
 
 def serve(config: Config, *, spawn: Spawn, watch: bool = False, backoff: Backoff | None = None) -> int:
     """The worker here; gunicorn and, with `watch`, the responder beside it (each restarted whenever it dies)."""
-    from deployer.server.worker import build_worker
+    from deployer.worker.loop import build_worker
 
     queue = prepare(config)
     worker = build_worker(config, queue)
@@ -280,7 +280,7 @@ def serve(config: Config, *, spawn: Spawn, watch: bool = False, backoff: Backoff
 
 
 def bind_listener(config: Config):
-    from deployer.server import responder
+    from deployer.host import responder
 
     return responder.bind_listener(config)
 
@@ -301,7 +301,7 @@ def start_responder(config: Config, spawn: Spawn, listener: Any, python: str = s
 def start_watchdog(config: Config) -> Callable[[], None]:
     """The failover watchdog in a thread beside the worker (it changes netfilter rules: root); returns its stop."""
     from deployer.host.watchdog import run_watchdog
-    from deployer.host.wiring import build_engine
+    from deployer.wiring import build_engine
 
     stop = threading.Event()
     thread = threading.Thread(target=run_watchdog, args=(config, stop, build_engine), name="watchdog", daemon=True)

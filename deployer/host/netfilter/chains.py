@@ -4,7 +4,7 @@ It holds the netfilter lock around every read-render-restore (a render is only v
 flips an app's chain (add-only takeover, then a tidy rewrite whose commit proves the result, the old rules put
 back on failure; a deploy tidies after its timed flip), ensures the base chains and jumps, deletes conntrack
 flows after a commit and waits for old flows to end. The rendering is plan/'s; the commands are the backend's.
-The backend is a Protocol, so another one (host/nft_backend.py, or a test's fake) can take iptables-restore's
+The backend is a Protocol, so another one (host/netfilter/nftables.py, or a test's fake) can take iptables-restore's
 place without touching the engine; after a switch, the other one is `retired` until reconcile empties it.
 """
 

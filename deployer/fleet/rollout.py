@@ -22,14 +22,14 @@ from deployer.config.fleet import FleetConfig, check_canary, check_max_parallel
 from deployer.errors import DeployerError, RequestRejected, RolloutFailed
 from deployer.journal import Journal
 from deployer.plan import rollout as plan
-from deployer.server.jobs import Job, RolloutHost
+from deployer.queue.jobs import Job, RolloutHost
 
 FINISHED = frozenset({"succeeded", "skipped", "failed", "superseded"})
 POLL_SECONDS = 1.0
 
 
 class Hosts(Protocol):
-    """What the controller asks of a host, by its name (deployer/server/fleet.py over HTTP; a fake in tests)."""
+    """What the controller asks of a host, by its name (deployer/fleet/client.py over HTTP; a fake in tests)."""
 
     def deploy(self, host: str, app: str, tag: str, *, rollout: str, reason: str) -> str: ...
     def job(self, host: str, job_id: str) -> Mapping[str, Any]: ...

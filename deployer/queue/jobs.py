@@ -223,7 +223,7 @@ def new_job_id() -> str:
 
 JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
 CANARY_KINDS = frozenset({"promote", "abort"})  # a signed request ends a running canary; it names no tag
-ROLLOUT = "rollout"  # a controller's job: a tag rolled out across the fleet's hosts (deployer/server/rollout.py)
+ROLLOUT = "rollout"  # a controller's job: a tag rolled out across the fleet's hosts (deployer/fleet/rollout.py)
 KINDS = frozenset({"release", "redeploy", ROLLOUT}) | CANARY_KINDS
 MAX_ACTOR_CHARS = 200
 

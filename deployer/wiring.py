@@ -11,7 +11,7 @@ from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.github import GitHubHttp
 from deployer.adapters.image_archive import PreloadedImage, load_image
 from deployer.adapters.keepalived import Keepalived
-from deployer.adapters.netfilter import Netfilter
+from deployer.adapters.iptables import Netfilter
 from deployer.adapters.nftables import Nftables
 from deployer.adapters.probes import Probes, check_registry
 from deployer.adapters.processes import die_with_parent, run_hook, start_job
@@ -20,10 +20,10 @@ from deployer.adapters.routing import Routing
 from deployer.adapters.shared_address import SharedAddress
 from deployer.audit import build_journal
 from deployer.config import Config
-from deployer.host.chains import NetfilterBackend
+from deployer.host.netfilter.chains import NetfilterBackend
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import DockerPort, Engine
-from deployer.host.nft_backend import NftablesBackend
+from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.journal import Journal
 from deployer.plan import app_chain, nft
 

@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable
 
 from deployer.config.fleet import FleetConfig
-from deployer.server import signatures
+from deployer import signatures
 
 REQUEST_TIMEOUT = 5.0  # one request; a host's whole deploy has [fleet] host_timeout
 
@@ -32,7 +32,7 @@ class FleetClient:
     """post, follow and status of each host of [fleet], by its name."""
 
     def __init__(self, fleet: FleetConfig, *, timeout: float = REQUEST_TIMEOUT) -> None:
-        from deployer.host.wiring import SignedClient
+        from deployer.wiring import SignedClient
 
         self.clients = {host.name: SignedClient(host.url, operator_signer(host.key_id, host.secret), timeout=timeout)
                         for host in fleet.hosts}
