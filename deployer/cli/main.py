@@ -138,14 +138,15 @@ def host_faults(config: config_module.Config) -> list[str]:
     """The worker's faults and what waits on them, and a full disk even when the worker cannot say so."""
     from deployer.folders import space_problem
     from deployer.worker.faults import fault_lines
-    from deployer.queue.jobs import Queue, queue_path
+    from deployer.queue.database import queue_path
+    from deployer.queue.queue import Queue
 
     lines = []
     problem = space_problem(config.settings.state_dir)
     if queue_path(config.settings.state_dir).exists():
         try:
             queue = Queue.for_state_dir(config.settings.state_dir)
-            lines = fault_lines(queue.worker_status(), queue.waiting(), time.time())
+            lines = fault_lines(queue.heartbeat.worker_status(), queue.jobs.waiting(), time.time())
         except StateError as exc:
             lines = [f"fault queue: {exc}"]
     if problem is not None and not any(line.startswith("fault disk:") for line in lines):

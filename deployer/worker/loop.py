@@ -33,7 +33,9 @@ from deployer.folders import open_entry, space_problem
 from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
 from deployer.plan import canary
-from deployer.queue.jobs import CANARY_KINDS, ROLLOUT, Job, Queue, row_problem
+from deployer.queue.model import CANARY_KINDS, ROLLOUT, Job
+from deployer.queue.queue import Queue
+from deployer.queue.rows import row_problem
 
 log = logging.getLogger("deployer.worker")
 
@@ -81,7 +83,7 @@ def publish_active(queue: Queue, config: Config, app: str) -> None:
     """Copy the app's live tag and port set into the queue, where the receiver (which cannot read the
     records) answers GET /apps/<app> and dedupes releases."""
     active = StateStore(config.settings.state_dir).load(app).active
-    queue.set_active(app, active.tag if active else None, None, active.port_set if active else None)
+    queue.live.set_active(app, active.tag if active else None, None, active.port_set if active else None)
 
 
 def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
@@ -130,7 +132,7 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
         if now() - job.created_at > config.server.job_timeout:
             return _end(queue, journal, job, "failed", f"the app stayed busy for longer than "
                                                        f"{config.server.job_timeout:g} s: {exc}", base)
-        queue.requeue(job, f"waiting: {exc}", delay=BUSY_RETRY_SECONDS)
+        queue.jobs.requeue(job, f"waiting: {exc}", delay=BUSY_RETRY_SECONDS)
         journal.record("job.requeued", reason=str(exc), **base)
         return "queued"
     except DeployerError as exc:
@@ -141,7 +143,7 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
                                                        f"{config.server.job_timeout:g} s: {exc}", base,
                         error_type=type(exc).__name__, fault=exc.fault)
         return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
-    queue.set_active(job.app, tag, job.id, getattr(result, "port_set", None))
+    queue.live.set_active(job.app, tag, job.id, getattr(result, "port_set", None))
     return _end(queue, journal, job, "succeeded", f"{tag} is live on {result.port_set}", base, tag=tag,
                 digest=getattr(result, "digest", None))
 
@@ -149,7 +151,7 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
 def wait(queue: Queue, journal: Journal, job: Job, exc: DeployerError, delay: float, base: dict[str, Any]) -> str:
     """Back to the queue until the fault clears: the row and the audit log say on what, and how many tries so far."""
     reason = f"waiting on {exc.fault}: {exc}"
-    queue.requeue(job, reason, delay=delay, waiting_on=exc.fault)
+    queue.jobs.requeue(job, reason, delay=delay, waiting_on=exc.fault)
     journal.record("job.waiting", fault=exc.fault, reason=str(exc), attempt=job.attempts, retry_in=delay,
                    error_type=type(exc).__name__, **base)
     return "queued"
@@ -171,7 +173,7 @@ def _end_canary(job: Job, *, config: Config, queue: Queue, journal: Journal, too
     reason = job.source.get("reason") if isinstance(job.source, dict) else None
     after = end(tools.engine(None), job.app, actor=job.actor, job=job.id, reason=reason)
     tag = after.active.tag if after.active else None
-    queue.set_active(job.app, tag, job.id, after.active.port_set if after.active else None)
+    queue.live.set_active(job.app, tag, job.id, after.active.port_set if after.active else None)
     return _end(queue, journal, job, "succeeded", f"{job.kind}: {tag} serves everything", base, tag=tag)
 
 
@@ -186,7 +188,8 @@ def _roll_out(job: Job, *, config: Config, queue: Queue, journal: Journal, tools
 
     assert config.fleet is not None and tools.fleet is not None
     try:
-        summary = rollout.Rollout(job, fleet=config.fleet, queue=queue, journal=journal, hosts=tools.fleet()).run()
+        summary = rollout.Rollout(job, fleet=config.fleet, progress=queue.rollouts, journal=journal,
+                                  hosts=tools.fleet()).run()
     except DeployerError as exc:
         return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
     return _end(queue, journal, job, "succeeded", summary, base, tag=job.tag)
@@ -194,7 +197,7 @@ def _roll_out(job: Job, *, config: Config, queue: Queue, journal: Journal, tools
 
 def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, base: dict[str, Any],
          **extra: Any) -> str:
-    owned = queue.finish(job, status, reason)
+    owned = queue.jobs.finish(job, status, reason)
     event = {"succeeded": "job.finished", "skipped": "job.finished"}.get(status, "job.failed")
     journal.record(event, outcome={"succeeded": "ok", "skipped": "skipped"}.get(status, "failed"),
                    status=status, reason=reason, **({} if owned else {"note": "the job was recovered meanwhile"}),
@@ -205,7 +208,7 @@ def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, bas
 def refuse_row(queue: Queue, journal: Journal, job: Job, problem: str) -> str:
     """Fail a queue row that is not fit to act on; only its row number identifies it in the audit log."""
     reason = f"refused queue row {job.seq}: {problem}"
-    queue.finish(job, "failed", reason)
+    queue.jobs.finish(job, "failed", reason)
     journal.record("job.failed", outcome="failed", actor=WORKER_ACTOR, row=job.seq, reason=reason)
     return "failed"
 
@@ -226,7 +229,7 @@ class JobSteps:
         outcome = "running" if event["event"] == "step.begin" else event.get("outcome")
         detail = {k: v for k, v in event.items() if k not in self.SKIP}
         with contextlib.suppress(StateError):  # a lost progress line must not fail the deploy
-            self.queue.add_step(self.job_id, name, outcome, detail)
+            self.queue.jobs.add_step(self.job_id, name, outcome, detail)
 
 
 # --- the supervising worker --------------------------------------------------------------------------
@@ -314,9 +317,9 @@ class Worker:
         self.journal.record("worker.started", actor=WORKER_ACTOR, pid=os.getpid())
 
     def _recover_and_publish(self) -> None:
-        for job in self.queue.recover(max_attempts=MAX_ATTEMPTS):
-            self.journal.record("job.requeued" if job.status == "queued" else "job.failed", job=job.id, app=job.app,
-                                actor=WORKER_ACTOR, reason=job.reason, **({"outcome": "failed"}
+        for job in self.queue.jobs.recover(max_attempts=MAX_ATTEMPTS):
+            self.journal.record("job.requeued" if job.status == "queued" else "job.failed", job=job.id,
+                                app=job.app, actor=WORKER_ACTOR, reason=job.reason, **({"outcome": "failed"}
                                                                          if job.status == "failed" else {}))
         try:
             self.reconcile(None)
@@ -325,13 +328,13 @@ class Worker:
         for app in self.config.apps:
             with contextlib.suppress(DeployerError):
                 publish_active(self.queue, self.config, app)
-        self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at)
+        self.queue.heartbeat.heartbeat(pid=os.getpid(), started_at=self.started_at)
 
     def poll(self) -> bool:
         """Reap ended children, time out slow ones, claim new jobs. True when something happened."""
         busy = self._reap()
         while not self.stopping.is_set():
-            claim = self.queue.claim()
+            claim = self.queue.jobs.claim()
             if claim is None:
                 break
             busy = True
@@ -346,7 +349,7 @@ class Worker:
                 process = self.launch(claim.job)
             except OSError as exc:
                 reason = f"cannot start the deploy process: {exc.strerror or exc}"
-                self.queue.finish(claim.job, "failed", reason)
+                self.queue.jobs.finish(claim.job, "failed", reason)
                 self.journal.record("job.failed", outcome="failed", job=claim.job.id, app=claim.job.app,
                                     actor=claim.job.actor, reason=reason)
                 continue
@@ -415,17 +418,17 @@ class Worker:
         self.journal.record("worker.fault", outcome="ok", actor=WORKER_ACTOR, fault=part,
                             lasted_s=round(self.clock() - fault["since"], 1))
         with contextlib.suppress(StateError):
-            self.queue.wake(part)
+            self.queue.jobs.wake(part)
         return True
 
     def _settle(self, child: Child, code: int | None, timed_out: bool) -> None:
         """A child that ended without recording an outcome: fail the job, then repair the app."""
-        job = self.queue.get(child.job.id)
+        job = self.queue.jobs.get(child.job.id)
         if job is None or job.status != "running" or job.attempts != child.job.attempts:
             return
         reason = (f"timed out after {self.config.server.job_timeout:g} s; the deploy was stopped" if timed_out
                   else f"the deploy process ended (exit status {code}) before it recorded an outcome")
-        self.queue.finish(child.job, "failed", reason)
+        self.queue.jobs.finish(child.job, "failed", reason)
         self.journal.record("job.failed", outcome="failed", job=job.id, app=job.app, actor=job.actor, reason=reason)
         if job.kind == ROLLOUT:
             return  # nothing of it runs here to repair: each host's own worker repairs its own deploy
@@ -440,7 +443,7 @@ class Worker:
         """Probe Docker, netfilter, the registries and the disk; note what is wrong, wake what waited on what came
         back; beat."""
         if self.checks is None:
-            self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at)
+            self.queue.heartbeat.heartbeat(pid=os.getpid(), started_at=self.started_at)
             return
         docker_state, netfilter_state = self.checks()
         parts = {"docker": docker_state, "netfilter": netfilter_state}
@@ -457,8 +460,8 @@ class Worker:
                 self.note_fault(part, state)
         with self._faults_lock:
             faults = {part: dict(fault) for part, fault in self.faults.items()}
-        self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at, docker=docker_state,
-                             netfilter=netfilter_state, registry=registry_state, checked=True, faults=faults)
+        self.queue.heartbeat.heartbeat(pid=os.getpid(), started_at=self.started_at, docker=docker_state,
+                                       netfilter=netfilter_state, registry=registry_state, checked=True, faults=faults)
 
     def heartbeat_forever(self) -> None:
         """Runs in its own thread: /healthz and `status` read the heartbeat, the checks and the faults."""
@@ -541,15 +544,15 @@ def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
     `security.refused` before the error stops the start.
     """
     from deployer import audit
-    from deployer.queue import jobs
+    from deployer.queue import database
 
     state_dir = config.settings.state_dir
     group = config.server.group if os.geteuid() == 0 else None
     try:
-        jobs.prepare_folder(state_dir, group)
+        database.prepare_folder(state_dir, group)
         audit.prepare_folder(state_dir, group)  # the receiver records deliveries there
         queue = Queue.for_state_dir(state_dir)
-        queue.worker_status()  # creates the tables now, as the privileged user
+        queue.heartbeat.worker_status()  # creates the tables now, as the privileged user
     except UnsafePath as exc:
         journal = journal or audit.build_journal(config)
         journal.record("security.refused", outcome="failed", actor=WORKER_ACTOR, reason=str(exc), **exc.context)
@@ -629,7 +632,7 @@ def child_main(argv: list[str] | None = None) -> int:
     logging.getLogger("sh").setLevel(logging.WARNING)
     config = config_module.load(args.config)
     queue = Queue.for_state_dir(config.settings.state_dir)
-    job = queue.get(args.job)
+    job = queue.jobs.get(args.job)
     if job is None or job.status != "running" or job.attempts != args.attempt:
         log.warning("job %s is no longer this process's to run", args.job)
         return 0

@@ -9,7 +9,8 @@ import pytest
 
 from deployer.audit import AuditLog, Query
 from deployer.cli.main import main
-from deployer.queue.jobs import ROLLOUT, Queue
+from deployer.queue.model import ROLLOUT
+from deployer.queue.queue import Queue
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def controller(tmp_path: Path) -> Path:
 
 
 def queued(controller: Path) -> list:
-    return Queue.for_state_dir(controller.parent / "state").jobs()
+    return Queue.for_state_dir(controller.parent / "state").jobs.jobs()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -66,6 +67,6 @@ def test_a_command_of_the_fleet_on_a_deployer_without_fleet_says_so(tmp_path, ca
 def test_no_warning_while_the_controllers_worker_beats(controller, capsys):
     import time
 
-    Queue.for_state_dir(controller.parent / "state").heartbeat(pid=1, started_at=time.time())
+    Queue.for_state_dir(controller.parent / "state").heartbeat.heartbeat(pid=1, started_at=time.time())
     assert main(["-c", str(controller), "rollout", "web", "v2"]) == 0
     assert "no worker" not in capsys.readouterr().err

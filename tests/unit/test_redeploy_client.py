@@ -19,7 +19,7 @@ from werkzeug.serving import make_server
 
 from deployer import config as config_module
 from deployer.journal import Journal
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,7 +85,7 @@ def test_redeploy_sends_a_signed_request_without_a_config_file(tmp_path, server)
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith("web: queued job-") and "(v2)" in sent.stdout
     job_id = sent.stdout.split()[2]
-    job = queue.get(job_id)
+    job = queue.jobs.get(job_id)
     assert (job.app, job.tag, job.kind, job.actor, job.source["reason"]) == ("web", "v2", "redeploy", "key:alice",
                                                                             "hotfix")
     assert ALICE_SECRET not in sent.stdout + sent.stderr

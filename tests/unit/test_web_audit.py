@@ -14,7 +14,7 @@ import pytest
 from deployer import config as config_module
 from deployer.audit import AuditLog, Query
 from deployer import signatures
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 
 ALICE_SECRET = "alice-operator-secret-8d41e7b2"
@@ -167,7 +167,7 @@ def test_the_token_opens_get_audit_only(tmp_path, client):
     assert (deploy.status_code, deploy.get_json()) == (401, {"error": "missing X-Deployer-Key header"})
     job = with_token(client, "/jobs/job-0123456789abcdef")
     assert (job.status_code, job.get_json()) == (401, {"error": "missing X-Deployer-Key header"})
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
 
 
 def test_refusals_are_recorded_without_the_token_and_reads_are_not(tmp_path, client, log):
