@@ -24,13 +24,13 @@ from deployer.errors import (
     UnknownJob,
     UnsupportedMediaType,
 )
+from deployer.queue.model import FINISHED
 
 # sign(method, host, path, body) -> the headers that authenticate the request
 Signer = Callable[[str, str, str, bytes], Mapping[str, str]]
 CLIENT_TIMEOUT = 30
 REJECTIONS = {400: MalformedRequest, 401: Unauthorized, 404: UnknownApp, 413: PayloadTooLarge,
               415: UnsupportedMediaType, 422: InvalidRequest, 429: DeployerError}
-FINISHED = frozenset({"succeeded", "skipped", "failed", "superseded"})
 
 
 class SignedClient:

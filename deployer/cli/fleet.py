@@ -19,7 +19,7 @@ from deployer.errors import ConfigError, DeployerError, InvalidTag
 from deployer.plan import rollout as plan
 from deployer.plan.tags import DOCKER_TAG_RE
 from deployer.queue.accept import accept
-from deployer.queue.model import ROLLOUT, Job
+from deployer.queue.model import ROLLOUT, Job, JobStatus
 from deployer.queue.queue import Queue
 
 POLL_SECONDS = 0.5
@@ -122,7 +122,7 @@ def follow(queue: Queue, job: Job, *, timeout: float, sleep: Callable[[float], N
         if current is None or current.done or time.monotonic() > deadline:
             break
         sleep(POLL_SECONDS)
-    if current is not None and current.status == "succeeded":
+    if current is not None and current.status == JobStatus.SUCCEEDED:
         print(f"{job.app}: {current.reason}")
         return 0
     if current is not None and current.done:

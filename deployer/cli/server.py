@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 
 from deployer.errors import RequestRejected
 from deployer.fleet.client import operator_signer
+from deployer.queue.model import JobStatus
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -103,10 +104,10 @@ def follow(updates: Iterable[dict[str, Any]], job_id: str, *, timeout: float) ->
             print("  " + describe_step(step), flush=True)
         shown = len(job.get("steps", []))
     status = job["status"]
-    if status in ("succeeded", "skipped"):
+    if status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED):
         print(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": "))
         return 0
-    if status in ("failed", "superseded"):
+    if status in (JobStatus.FAILED, JobStatus.SUPERSEDED):
         print(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": "), file=sys.stderr)
         return 1
     print(f"{job['app']}: still {status} after {timeout:g} s; follow it with GET /jobs/{job_id}", file=sys.stderr)

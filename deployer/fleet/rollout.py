@@ -22,9 +22,8 @@ from deployer.config.fleet import FleetConfig, check_canary, check_max_parallel
 from deployer.errors import DeployerError, RequestRejected, RolloutFailed
 from deployer.journal import Journal
 from deployer.plan import rollout as plan
-from deployer.queue.model import Job, RolloutHost
+from deployer.queue.model import FINISHED, Job, JobStatus, RolloutHost
 
-FINISHED = frozenset({"succeeded", "skipped", "failed", "superseded"})
 POLL_SECONDS = 1.0
 
 
@@ -191,7 +190,7 @@ class Rollout:
                 self._set(row.host, failed, host_job=row.host_job, tag=tag, reason=self._silent(exc))
 
     def _ended(self, row: RolloutHost, job: Mapping[str, Any], tag: str, *, done: str, failed: str) -> None:
-        if job.get("status") not in ("succeeded", "skipped"):
+        if job.get("status") not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED):
             self._set(row.host, failed, host_job=row.host_job, tag=tag,
                       reason=f"its deploy job {row.host_job} {job.get('status')}: {job.get('reason') or '?'}")
             return

@@ -2,7 +2,7 @@
 
 Job states: queued -> running -> succeeded | failed; queued -> superseded | skipped; a running job
 whose worker died, whose app was busy, or that met a transient fault of the host (`waiting_on` names
-it: docker, registry, disk) goes back to queued. JobStatus.ACCEPTING job the receiver is still accepting is `accepting`:
+it: docker, registry, disk) goes back to queued. A job the receiver is still accepting is `accepting`:
 no worker claims it until its audit record is written (`confirm`); if that record cannot be written,
 the job is deleted again (`withdraw`) and never ran. No other job is ever deleted.
 """

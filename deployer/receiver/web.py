@@ -43,7 +43,7 @@ from deployer.journal import Journal
 from deployer.receiver import releases
 from deployer import signatures
 from deployer.queue.accept import accept
-from deployer.queue.model import CANARY_KINDS, ROLLOUT
+from deployer.queue.model import CANARY_KINDS, ROLLOUT, JobKind, JobStatus
 from deployer.queue.queue import Queue
 from deployer.receiver.rejections import Rejections
 
@@ -340,7 +340,7 @@ def github_hook():
         source["asset"] = {"id": decision.asset.asset_id, "name": decision.asset.name, "size": decision.asset.size,
                            "checksum_id": decision.asset.checksum_id}
     # A controller's fleet app is not deployed here: its release is rolled out across the fleet (fleet.md).
-    kind = ROLLOUT if getattr(receiver.config.app(decision.app), "fleet", False) else "release"
+    kind = ROLLOUT if getattr(receiver.config.app(decision.app), "fleet", False) else JobKind.RELEASE
     outcome = receiver.queue.jobs.submit_release(app=decision.app, tag=decision.tag, actor=actor, hook_id=hook_id,
                                                  delivery=delivery, source=source, published_at=decision.published_at,
                                                  hold=True, kind=kind)
@@ -371,7 +371,7 @@ def _safe_header(name: str, pattern: re.Pattern[str]) -> str | None:
 
 
 def _job_accepted(job_id: str, app: str, tag: str | None, reason: str):
-    response = jsonify(status="queued", job=job_id, app=app, tag=tag, reason=reason, url=f"/jobs/{job_id}")
+    response = jsonify(status=JobStatus.QUEUED, job=job_id, app=app, tag=tag, reason=reason, url=f"/jobs/{job_id}")
     response.status_code = 202
     response.headers["Location"] = f"/jobs/{job_id}"
     return response
@@ -412,7 +412,7 @@ def deploy():
     wanted = manual_request(parse_json_object(body), receiver.config)
     record.update(app=wanted["app"], tag=wanted["tag"], reason=wanted["reason"])
     actor = f"key:{key_id}"
-    kind = wanted["action"] or "redeploy"
+    kind = wanted["action"] or JobKind.REDEPLOY
     rollout = {"rollout": wanted["rollout"]} if wanted["rollout"] else {}
     job = receiver.queue.jobs.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor, kind=kind,
                                             source={"key_id": key_id, "reason": wanted["reason"], **rollout}, hold=True)

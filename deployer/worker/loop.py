@@ -33,7 +33,7 @@ from deployer.folders import open_entry, space_problem
 from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
 from deployer.plan import canary
-from deployer.queue.model import CANARY_KINDS, ROLLOUT, Job
+from deployer.queue.model import CANARY_KINDS, ROLLOUT, Job, JobKind, JobStatus
 from deployer.queue.queue import Queue
 from deployer.queue.rows import row_problem
 
@@ -108,14 +108,14 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
             return _end_canary(job, config=config, queue=queue, journal=journal, tools=tools, base=base)
         tag = job.tag or active_tag(config, job.app)
         if tag is None:
-            return _end(queue, journal, job, "failed", f"app {job.app!r} has no active release to redeploy; "
-                                                       f"name a tag", base)
-        if job.kind == "release" and active_tag(config, job.app) == tag:
+            return _end(queue, journal, job, JobStatus.FAILED, f"app {job.app!r} has no active release to redeploy; "
+                                                               f"name a tag", base)
+        if job.kind == JobKind.RELEASE and active_tag(config, job.app) == tag:
             publish_active(queue, config, job.app)
-            return _end(queue, journal, job, "skipped", f"tag {tag} is already active", base)
+            return _end(queue, journal, job, JobStatus.SKIPPED, f"tag {tag} is already active", base)
         preloaded = None
         app = config.app(job.app)
-        if job.kind == "release" and app.asset is not None and tools.load_asset is not None:
+        if job.kind == JobKind.RELEASE and app.asset is not None and tools.load_asset is not None:
             with journal.step("asset", **base) as step:
                 preloaded = tools.load_asset(job)
                 step.detail["image"] = preloaded
@@ -124,27 +124,27 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
             # earlier asset left tagged on the host (a pull only if that image is gone).
             preloaded = f"{app.image}:{tag}"
         # A release of an app with `canary` set starts a canary; a redeploy (a rollback, a retry) deploys whole.
-        split = canary_start(app) if job.kind == "release" and app.canary else None
+        split = canary_start(app) if job.kind == JobKind.RELEASE and app.canary else None
         result = tools.engine(preloaded).deploy(job.app, tag, actor=job.actor, job=job.id,
                                                 wait_on_transient=may_wait,
                                                 **({"canary_split": split} if split else {}))
     except LockError as exc:
         if now() - job.created_at > config.server.job_timeout:
-            return _end(queue, journal, job, "failed", f"the app stayed busy for longer than "
-                                                       f"{config.server.job_timeout:g} s: {exc}", base)
+            return _end(queue, journal, job, JobStatus.FAILED, f"the app stayed busy for longer than "
+                                                               f"{config.server.job_timeout:g} s: {exc}", base)
         queue.jobs.requeue(job, f"waiting: {exc}", delay=BUSY_RETRY_SECONDS)
         journal.record("job.requeued", reason=str(exc), **base)
-        return "queued"
+        return JobStatus.QUEUED
     except DeployerError as exc:
         if exc.transient and may_wait:
             return wait(queue, journal, job, exc, delay, base)
         if exc.transient:
-            return _end(queue, journal, job, "failed", f"gave up after {job.attempts} tries over "
-                                                       f"{config.server.job_timeout:g} s: {exc}", base,
+            return _end(queue, journal, job, JobStatus.FAILED, f"gave up after {job.attempts} tries over "
+                                                               f"{config.server.job_timeout:g} s: {exc}", base,
                         error_type=type(exc).__name__, fault=exc.fault)
-        return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
+        return _end(queue, journal, job, JobStatus.FAILED, str(exc), base, error_type=type(exc).__name__)
     queue.live.set_active(job.app, tag, job.id, getattr(result, "port_set", None))
-    return _end(queue, journal, job, "succeeded", f"{tag} is live on {result.port_set}", base, tag=tag,
+    return _end(queue, journal, job, JobStatus.SUCCEEDED, f"{tag} is live on {result.port_set}", base, tag=tag,
                 digest=getattr(result, "digest", None))
 
 
@@ -154,7 +154,7 @@ def wait(queue: Queue, journal: Journal, job: Job, exc: DeployerError, delay: fl
     queue.jobs.requeue(job, reason, delay=delay, waiting_on=exc.fault)
     journal.record("job.waiting", fault=exc.fault, reason=str(exc), attempt=job.attempts, retry_in=delay,
                    error_type=type(exc).__name__, **base)
-    return "queued"
+    return JobStatus.QUEUED
 def canary_start(app: AppConfig) -> Any:
     """The split the app's config asks a release for (`canary`, `canary_sticky`, `canary_bake`)."""
     from deployer.host.engine import CanaryStart
@@ -169,12 +169,12 @@ def _end_canary(job: Job, *, config: Config, queue: Queue, journal: Journal, too
     """A signed promote or abort: the same transaction as `deployer promote` or `deployer abort`."""
     from deployer.host import canary as canary_ops
 
-    end = canary_ops.promote if job.kind == "promote" else canary_ops.abort
+    end = canary_ops.promote if job.kind == JobKind.PROMOTE else canary_ops.abort
     reason = job.source.get("reason") if isinstance(job.source, dict) else None
     after = end(tools.engine(None), job.app, actor=job.actor, job=job.id, reason=reason)
     tag = after.active.tag if after.active else None
     queue.live.set_active(job.app, tag, job.id, after.active.port_set if after.active else None)
-    return _end(queue, journal, job, "succeeded", f"{job.kind}: {tag} serves everything", base, tag=tag)
+    return _end(queue, journal, job, JobStatus.SUCCEEDED, f"{job.kind}: {tag} serves everything", base, tag=tag)
 
 
 def fleet_apps(config: Config) -> tuple[str, ...]:
@@ -191,15 +191,15 @@ def _roll_out(job: Job, *, config: Config, queue: Queue, journal: Journal, tools
         summary = rollout.Rollout(job, fleet=config.fleet, progress=queue.rollouts, journal=journal,
                                   hosts=tools.fleet()).run()
     except DeployerError as exc:
-        return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
-    return _end(queue, journal, job, "succeeded", summary, base, tag=job.tag)
+        return _end(queue, journal, job, JobStatus.FAILED, str(exc), base, error_type=type(exc).__name__)
+    return _end(queue, journal, job, JobStatus.SUCCEEDED, summary, base, tag=job.tag)
 
 
 def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, base: dict[str, Any],
          **extra: Any) -> str:
     owned = queue.jobs.finish(job, status, reason)
-    event = {"succeeded": "job.finished", "skipped": "job.finished"}.get(status, "job.failed")
-    journal.record(event, outcome={"succeeded": "ok", "skipped": "skipped"}.get(status, "failed"),
+    event = {JobStatus.SUCCEEDED: "job.finished", JobStatus.SKIPPED: "job.finished"}.get(status, "job.failed")
+    journal.record(event, outcome={JobStatus.SUCCEEDED: "ok", JobStatus.SKIPPED: "skipped"}.get(status, "failed"),
                    status=status, reason=reason, **({} if owned else {"note": "the job was recovered meanwhile"}),
                    **base, **extra)
     return status
@@ -208,9 +208,9 @@ def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, bas
 def refuse_row(queue: Queue, journal: Journal, job: Job, problem: str) -> str:
     """Fail a queue row that is not fit to act on; only its row number identifies it in the audit log."""
     reason = f"refused queue row {job.seq}: {problem}"
-    queue.jobs.finish(job, "failed", reason)
+    queue.jobs.finish(job, JobStatus.FAILED, reason)
     journal.record("job.failed", outcome="failed", actor=WORKER_ACTOR, row=job.seq, reason=reason)
-    return "failed"
+    return JobStatus.FAILED
 
 
 class JobSteps:
@@ -318,9 +318,9 @@ class Worker:
 
     def _recover_and_publish(self) -> None:
         for job in self.queue.jobs.recover(max_attempts=MAX_ATTEMPTS):
-            self.journal.record("job.requeued" if job.status == "queued" else "job.failed", job=job.id,
+            self.journal.record("job.requeued" if job.status == JobStatus.QUEUED else "job.failed", job=job.id,
                                 app=job.app, actor=WORKER_ACTOR, reason=job.reason, **({"outcome": "failed"}
-                                                                         if job.status == "failed" else {}))
+                                                                         if job.status == JobStatus.FAILED else {}))
         try:
             self.reconcile(None)
         except DeployerError as exc:
@@ -349,7 +349,7 @@ class Worker:
                 process = self.launch(claim.job)
             except OSError as exc:
                 reason = f"cannot start the deploy process: {exc.strerror or exc}"
-                self.queue.jobs.finish(claim.job, "failed", reason)
+                self.queue.jobs.finish(claim.job, JobStatus.FAILED, reason)
                 self.journal.record("job.failed", outcome="failed", job=claim.job.id, app=claim.job.app,
                                     actor=claim.job.actor, reason=reason)
                 continue
@@ -424,11 +424,11 @@ class Worker:
     def _settle(self, child: Child, code: int | None, timed_out: bool) -> None:
         """A child that ended without recording an outcome: fail the job, then repair the app."""
         job = self.queue.jobs.get(child.job.id)
-        if job is None or job.status != "running" or job.attempts != child.job.attempts:
+        if job is None or job.status != JobStatus.RUNNING or job.attempts != child.job.attempts:
             return
         reason = (f"timed out after {self.config.server.job_timeout:g} s; the deploy was stopped" if timed_out
                   else f"the deploy process ended (exit status {code}) before it recorded an outcome")
-        self.queue.jobs.finish(child.job, "failed", reason)
+        self.queue.jobs.finish(child.job, JobStatus.FAILED, reason)
         self.journal.record("job.failed", outcome="failed", job=job.id, app=job.app, actor=job.actor, reason=reason)
         if job.kind == ROLLOUT:
             return  # nothing of it runs here to repair: each host's own worker repairs its own deploy
@@ -633,7 +633,7 @@ def child_main(argv: list[str] | None = None) -> int:
     config = config_module.load(args.config)
     queue = Queue.for_state_dir(config.settings.state_dir)
     job = queue.jobs.get(args.job)
-    if job is None or job.status != "running" or job.attempts != args.attempt:
+    if job is None or job.status != JobStatus.RUNNING or job.attempts != args.attempt:
         log.warning("job %s is no longer this process's to run", args.job)
         return 0
     journal = build_journal(config, extra_sinks=[JobSteps(queue, job.id)])
