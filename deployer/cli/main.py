@@ -18,6 +18,10 @@ from deployer.cli import forward as forward_cli
 from deployer.cli import ops as ops_cli
 from deployer.cli import server as server_cli
 from deployer.errors import DeployerError, DockerUnavailable, StateError
+from deployer.folders import space_problem
+from deployer.queue.database import queue_path
+from deployer.queue.queue import Queue
+from deployer.worker.faults import fault_lines
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -136,11 +140,6 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def host_faults(config: config_module.Config) -> list[str]:
     """The worker's faults and what waits on them, and a full disk even when the worker cannot say so."""
-    from deployer.folders import space_problem
-    from deployer.worker.faults import fault_lines
-    from deployer.queue.database import queue_path
-    from deployer.queue.queue import Queue
-
     lines = []
     problem = space_problem(config.settings.state_dir)
     if queue_path(config.settings.state_dir).exists():
