@@ -19,7 +19,7 @@ from deployer.errors import ConfigError, DeployerError, InvalidTag
 from deployer.plan import rollout as plan
 from deployer.plan.tags import DOCKER_TAG_RE
 from deployer.queue.accept import accept
-from deployer.queue.model import ROLLOUT, Job, JobStatus
+from deployer.queue.model import Job, JobKind, JobStatus
 from deployer.queue.queue import Queue
 
 POLL_SECONDS = 0.5
@@ -94,8 +94,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     journal = build_journal(config)
     actor = config_module.local_actor()
     source = {**options.as_dict(), **({"reason": args.reason} if args.reason else {})}
-    job = queue.jobs.submit_manual(app=args.app, tag=args.tag, actor=actor, kind=ROLLOUT, source=source, hold=True)
-    accept(queue.jobs, journal, job, job=job.id, app=args.app, tag=args.tag, actor=actor, kind=ROLLOUT,
+    job = queue.jobs.submit_manual(app=args.app, tag=args.tag, actor=actor, kind=JobKind.ROLLOUT, source=source,
+                                   hold=True)
+    accept(queue.jobs, journal, job, job=job.id, app=args.app, tag=args.tag, actor=actor, kind=JobKind.ROLLOUT,
            rollout=job.id, **source)
     print(f"{args.app}: queued rollout {job.id} of {args.tag} over {', '.join(fleet.host_names)}", flush=True)
     worker = queue.heartbeat.worker_status()

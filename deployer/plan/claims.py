@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Mapping, Sequence
 
-from deployer.plan.job_states import CANARY_ACTIONS, JobKind
+from deployer.plan.job_states import CANARY_KINDS, JobKind
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def decide_claim(waiting: Sequence[Candidate], *, busy: Collection[str], live: M
         if app in busy:
             continue
         jobs = [j for j in waiting if j.app == app]
-        action = next((j for j in jobs if j.kind in CANARY_ACTIONS), None)
+        action = next((j for j in jobs if j.kind in CANARY_KINDS), None)
         newest = action or winner(jobs, live.get(app))
         if isinstance(newest.not_before, (int, float)) and newest.not_before > now:
             continue

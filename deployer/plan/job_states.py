@@ -19,19 +19,9 @@ class JobStatus(enum.StrEnum):
     SUPERSEDED = "superseded"
     SKIPPED = "skipped"
 
-    @classmethod
-    def finished(cls) -> frozenset[JobStatus]:
-        """The statuses a job never leaves."""
-        return FINISHED
 
-    @classmethod
-    def waiting(cls) -> frozenset[JobStatus]:
-        """The statuses of a job that still runs or will."""
-        return WAITING
-
-
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUPERSEDED, JobStatus.SKIPPED})
-WAITING = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUPERSEDED, JobStatus.SKIPPED})  # never left
+WAITING = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})  # a job that runs, or will
 
 
 class JobKind(enum.StrEnum):
@@ -41,10 +31,6 @@ class JobKind(enum.StrEnum):
     PROMOTE = "promote"  # a signed request that ends a running canary; it names no tag
     ABORT = "abort"
 
-    @classmethod
-    def canary_actions(cls) -> frozenset[JobKind]:
-        """The kinds that end a running canary."""
-        return CANARY_ACTIONS
 
-
-CANARY_ACTIONS = frozenset({JobKind.PROMOTE, JobKind.ABORT})
+CANARY_KINDS = frozenset({JobKind.PROMOTE, JobKind.ABORT})  # they end a running canary; they name no tag
+KINDS = frozenset(JobKind)

@@ -8,16 +8,12 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from deployer.plan.job_states import CANARY_ACTIONS, FINISHED, WAITING, JobKind, JobStatus
+from deployer.plan.job_states import CANARY_KINDS, FINISHED, KINDS, WAITING, JobKind, JobStatus
 
-__all__ = ["CANARY_KINDS", "FINISHED", "JOB_COLUMNS", "JOB_ID_RE", "KINDS", "ROLLOUT", "TERMINAL", "WAITING",
-           "Claim", "Job", "JobKind", "JobStatus", "RolloutHost", "Submission", "job_from_row", "new_job_id"]
+# The statuses and kinds are the plan layer's words (the claim policy decides on them); found here too.
+__all__ = ["CANARY_KINDS", "FINISHED", "JOB_COLUMNS", "JOB_ID_RE", "KINDS", "WAITING", "Claim", "Job", "JobKind",
+           "JobStatus", "RolloutHost", "Submission", "job_from_row", "new_job_id"]
 
-TERMINAL = FINISHED  # the statuses a job never leaves
-ACCEPTING = JobStatus.ACCEPTING
-CANARY_KINDS = CANARY_ACTIONS  # a signed request ends a running canary; it names no tag
-ROLLOUT = JobKind.ROLLOUT
-KINDS = frozenset(JobKind)
 JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
 
 

@@ -43,7 +43,7 @@ from deployer.journal import Journal
 from deployer.receiver import releases
 from deployer import signatures
 from deployer.queue.accept import accept
-from deployer.queue.model import CANARY_KINDS, ROLLOUT, JobKind, JobStatus
+from deployer.queue.model import CANARY_KINDS, JobKind, JobStatus
 from deployer.queue.queue import Queue
 from deployer.receiver.rejections import Rejections
 
@@ -340,7 +340,7 @@ def github_hook():
         source["asset"] = {"id": decision.asset.asset_id, "name": decision.asset.name, "size": decision.asset.size,
                            "checksum_id": decision.asset.checksum_id}
     # A controller's fleet app is not deployed here: its release is rolled out across the fleet (fleet.md).
-    kind = ROLLOUT if getattr(receiver.config.app(decision.app), "fleet", False) else JobKind.RELEASE
+    kind = JobKind.ROLLOUT if getattr(receiver.config.app(decision.app), "fleet", False) else JobKind.RELEASE
     outcome = receiver.queue.jobs.submit_release(app=decision.app, tag=decision.tag, actor=actor, hook_id=hook_id,
                                                  delivery=delivery, source=source, published_at=decision.published_at,
                                                  hold=True, kind=kind)
@@ -348,7 +348,7 @@ def github_hook():
     if outcome.created:
         accept(receiver.queue.jobs, receiver.journal, outcome.job, job=outcome.job.id, app=decision.app,
                tag=decision.tag, actor=actor, kind=kind, delivery=delivery,
-               **({"rollout": outcome.job.id} if kind == ROLLOUT else {}))
+               **({"rollout": outcome.job.id} if kind == JobKind.ROLLOUT else {}))
         return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
     return jsonify(status=outcome.verdict, reason=outcome.reason, job=outcome.job.id if outcome.job else None,
                    job_status=outcome.job.status if outcome.job else None), 200

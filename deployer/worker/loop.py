@@ -33,7 +33,7 @@ from deployer.folders import open_entry, space_problem
 from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
 from deployer.plan import canary
-from deployer.queue.model import CANARY_KINDS, ROLLOUT, Job, JobKind, JobStatus
+from deployer.queue.model import CANARY_KINDS, Job, JobKind, JobStatus
 from deployer.queue.queue import Queue
 from deployer.queue.rows import row_problem
 
@@ -99,7 +99,7 @@ def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: 
         return refuse_row(queue, journal, job, problem)
     base = {"job": job.id, "app": job.app, "actor": job.actor}
     journal.record("job.started", tag=job.tag, kind=job.kind, attempt=job.attempts, **base)
-    if job.kind == ROLLOUT:
+    if job.kind == JobKind.ROLLOUT:
         return _roll_out(job, config=config, queue=queue, journal=journal, tools=tools, base=base)
     delay = wait_seconds(job.attempts, jitter())
     may_wait = now() + delay - job.created_at < config.server.job_timeout
@@ -361,7 +361,7 @@ class Worker:
         for job_id, child in list(self.children.items()):
             code = child.process.poll()
             # A rollout bounds itself: each host's step has its own deadline ([fleet] host_timeout).
-            timed_out = (code is None and child.job.kind != ROLLOUT
+            timed_out = (code is None and child.job.kind != JobKind.ROLLOUT
                          and self.clock() - child.started > self.config.server.job_timeout)
             if code is None and not timed_out:
                 continue
@@ -430,7 +430,7 @@ class Worker:
                   else f"the deploy process ended (exit status {code}) before it recorded an outcome")
         self.queue.jobs.finish(child.job, JobStatus.FAILED, reason)
         self.journal.record("job.failed", outcome="failed", job=job.id, app=job.app, actor=job.actor, reason=reason)
-        if job.kind == ROLLOUT:
+        if job.kind == JobKind.ROLLOUT:
             return  # nothing of it runs here to repair: each host's own worker repairs its own deploy
         try:
             self.reconcile(job.app)

@@ -27,7 +27,7 @@ from conftest import IMAGE, run
 from test_server import TRAFFIC, serve, served_version, web_app  # noqa: F401 - the serve fixture
 
 from deployer.audit import AuditLog, Query
-from deployer.queue.model import TERMINAL
+from deployer.queue.model import FINISHED
 from support.fake_github import free_port
 
 pytestmark = pytest.mark.integration
@@ -279,7 +279,7 @@ def test_a_release_delivered_while_docker_does_not_answer_deploys_with_zero_down
             daemon["start"]()
             up = wait_for("docker reported up", lambda: health(served)["docker"] == "ok", 10)
             assert up < 5, up
-            deployed = wait_for("deployed", lambda: served.job(job_id)["status"] in TERMINAL, 60)
+            deployed = wait_for("deployed", lambda: served.job(job_id)["status"] in FINISHED, 60)
             job = served.job(job_id)
             assert (job["status"], job["reason"]) == ("succeeded", "v2 is live on green"), job
             assert deployed < 15, deployed

@@ -31,7 +31,7 @@ from conftest import IMAGE, REPO, Deployer, app_toml, http_get
 
 from deployer.audit import AuditLog, Query
 from deployer import signatures
-from deployer.queue.model import TERMINAL
+from deployer.queue.model import FINISHED
 from deployer.queue.queue import Queue
 from support.fake_github import FakeGitHub, free_port
 from support.github_payloads import PAYLOADS
@@ -151,7 +151,7 @@ class Served:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def wait(self, job_id: str, statuses: frozenset[str] | set[str] = TERMINAL, timeout: float = 90) -> dict:
+    def wait(self, job_id: str, statuses: frozenset[str] | set[str] = FINISHED, timeout: float = 90) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)

@@ -18,7 +18,7 @@ import pytest
 from deployer.config.fleet import FleetConfig, FleetHost
 from deployer.errors import DeployerError, RolloutFailed, Unauthorized, UnknownApp
 from deployer.journal import Journal
-from deployer.queue.model import ROLLOUT, Job
+from deployer.queue.model import Job, JobKind
 from deployer.queue.queue import Queue
 from deployer.fleet.rollout import Rollout
 
@@ -109,7 +109,8 @@ def queue(tmp_path: Path, clock: Clock) -> Queue:
 
 
 def job(tag: str = "v2", **source: Any) -> Job:
-    return Job(id=ROLLOUT_ID, app="web", tag=tag, kind=ROLLOUT, actor="cli:ops", status="running", source=source)
+    return Job(id=ROLLOUT_ID, app="web", tag=tag, kind=JobKind.ROLLOUT, actor="cli:ops", status="running",
+               source=source)
 
 
 def run(queue: Queue, hosts: FakeHosts, clock: Clock, *, config: FleetConfig | None = None, events=None,
@@ -329,7 +330,7 @@ def controller_config(tmp_path: Path):
 
 
 def claimed_rollout(queue: Queue, tag: str = "v2", app: str = "web") -> Job:
-    queue.jobs.submit_manual(app=app, tag=tag, actor="cli:ops", kind=ROLLOUT, source={"revert": True})
+    queue.jobs.submit_manual(app=app, tag=tag, actor="cli:ops", kind=JobKind.ROLLOUT, source={"revert": True})
     claim = queue.jobs.claim()
     assert claim is not None
     return claim.job
@@ -382,7 +383,7 @@ def test_a_rollout_job_outlives_the_job_timeout_and_a_dead_one_repairs_nothing_h
 
     config = controller_config(tmp_path)  # job_timeout: the default 1800 s
     queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
-    queue.jobs.submit_manual(app="web", tag="v2", actor="cli:ops", kind=ROLLOUT, source={})
+    queue.jobs.submit_manual(app="web", tag="v2", actor="cli:ops", kind=JobKind.ROLLOUT, source={})
     process, reconciled, events = Process(code=None), [], []
     worker = make_worker(config, queue, events, clock, lambda job: process, reconciled)
     worker.start()

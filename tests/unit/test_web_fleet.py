@@ -12,7 +12,7 @@ from test_web import app, client, clock, events, queue, settings  # noqa: F401 -
 from deployer import config as config_module
 from deployer.errors import ConfigError
 from deployer.journal import Journal
-from deployer.queue.model import ROLLOUT
+from deployer.queue.model import JobKind
 from deployer.queue.queue import Queue
 from deployer.queue.rows import row_problem
 from deployer.receiver.web import create_app
@@ -113,9 +113,9 @@ def test_a_release_of_a_fleet_app_queues_a_rollout_on_the_controller(controller,
     response = deliver(client, published())
     assert response.status_code == 202, response.get_json()
     [job] = queue.jobs.jobs()
-    assert (job.app, job.kind, job.status) == ("web", ROLLOUT, "queued")
+    assert (job.app, job.kind, job.status) == ("web", JobKind.ROLLOUT, "queued")
     [queued] = [e for e in events if e["event"] == "job.queued"]
-    assert (queued["kind"], queued["rollout"]) == (ROLLOUT, job.id)
+    assert (queued["kind"], queued["rollout"]) == (JobKind.ROLLOUT, job.id)
     assert row_problem(job, full.apps, full.fleet.apps) is None  # the controller's worker runs it
     assert "fleet-host-secret-77aa" not in repr(events)
     # The receiver never holds the hosts' key: only the worker's config reads it.
