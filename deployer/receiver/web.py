@@ -43,7 +43,7 @@ from deployer.journal import Journal
 from deployer.receiver import releases
 from deployer import signatures
 from deployer.queue.accept import accept
-from deployer.queue.model import CANARY_KINDS, JobKind, JobStatus
+from deployer.queue.model import CANARY_KINDS, JOB_ID_RE, JobKind, JobStatus
 from deployer.queue.queue import Queue
 from deployer.receiver.rejections import Rejections
 
@@ -66,7 +66,6 @@ STATUS: list[tuple[type[DeployerError], int]] = [
 DELIVERY_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 EVENT_RE = re.compile(r"^[a-z_]{1,64}$")
 HOOK_ID_RE = re.compile(r"^[0-9]{1,20}$")
-JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
 WORKER_STALE_SECONDS = 15.0
 MAX_REASON = 500
 RETRY_AFTER_SECONDS = 10  # a 503: the queue or the audit log cannot be written (most often a full disk)

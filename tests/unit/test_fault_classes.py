@@ -145,18 +145,18 @@ def test_a_fault_that_waiting_will_not_clear_fails_at_once(config, queue, clock)
 class FillingJobs(JobStore):
     """Real jobs whose claims fail with DiskFull while the queue's `full` is set; records what the worker asked."""
 
-    def __init__(self, queue: "FillingQueue") -> None:
-        super().__init__(queue.database)
-        self.queue = queue
+    def __init__(self, owner: "FillingQueue") -> None:
+        super().__init__(owner.database)
+        self.owner = owner
 
     def claim(self):
-        self.queue.calls.append("claim")
-        if self.queue.full:
+        self.owner.calls.append("claim")
+        if self.owner.full:
             raise DiskFull("cannot commit to the job queue: database or disk is full")
         return super().claim()
 
     def wake(self, fault):
-        self.queue.calls.append(f"wake {fault}")
+        self.owner.calls.append(f"wake {fault}")
         return super().wake(fault)
 
 
