@@ -15,16 +15,16 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from deployer.config import AppConfig, Config
 from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack
 from deployer.host import modes
-from deployer.host.netfilter.chains import Chains, NetfilterBackend
 from deployer.host.forwarder import Forwarder, RoutingPort
 from deployer.host.health import Prober, set_port_probe, wait_healthy
+from deployer.host.netfilter.chains import Chains, NetfilterBackend
 from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation, record_repairs
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
@@ -100,9 +100,39 @@ class AppStatus:
     notes: list[str] = field(default_factory=list)  # lines for people: the mode, a drain, a host-bound app
 
     def as_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
+
+
+@dataclass
+class DeployRun:
+    """One deploy's facts as its steps learn them: the record it builds on, what was pulled, the new instance."""
+
+    operation: Operation
+    app: AppConfig
+    release: Release  # the pull puts what it pulled here, with its digest
+    state: AppState  # the record the deploy builds on, as it was before the flip
+    context: HookContext
+    new_set: str
+    new: ContainerInfo | None = None
+    address: str | None = None
+    old_addresses: set[str] = field(default_factory=set)  # where the rules pointed before the flip
+    after: AppState | None = None  # the record the flip made true
+
+    @property
+    def base(self) -> dict[str, Any]:
+        return self.operation.base
+
+    @property
+    def old(self) -> Instance | None:
+        return self.state.active
+
+    def started(self) -> ContainerInfo:
+        assert self.new is not None, "the new instance starts before it is gated or flipped to"
+        return self.new
+
+    def result(self) -> DeployResult:
+        return DeployResult(self.app.name, self.release.tag, self.new_set, self.release.digest, self.started().name,
+                            self.old.tag if self.old else None)
 
 
 class Engine:
@@ -140,8 +170,10 @@ class Engine:
             canary.check_weight(canary_split.weight)
         with self._operation("deploy", app, actor, job, tag=tag) as operation:
             operation.waits_on_transient = wait_on_transient
-            return self._deploy(operation, app, Release(tag=tag, image=app.image), actor=actor, job=job,
-                                canary_split=canary_split)
+            release = Release(tag=tag, image=app.image)
+            if canary_split is not None:
+                return self._start_canary(operation, app, release, canary_split, actor=actor, job=job)
+            return self._deploy(operation, app, release, actor=actor, job=job)
 
     def rollback(self, app_name: str, *, actor: str, job: str | None = None) -> DeployResult:
         """Go back to the previous release, pinned by digest, behind the same health gate."""
@@ -253,18 +285,65 @@ class Engine:
                          lock=self.chains.app_lock(app.name, tag=tag, actor=actor), shape=shape, clock=self.clock)
 
     def _deploy(self, operation: Operation, app: AppConfig, release: Release, *, actor: str, job: str | None,
-                rollback: bool = False, canary_split: CanaryStart | None = None) -> DeployResult:
-        """The steps of a deploy (and a rollback) inside its operation, which holds the app's lock."""
-        base = operation.base
-        operation.failed["tag"] = release.tag
-        operation.start(tag=release.tag, **({"canary": canary_split.weight} if canary_split else {}))
-        # A third instance has no port set: the running canary is promoted or aborted first.
-        before = self.store.load(app.name)
-        canary.refuse_deploy(before)
-        if canary_split is not None and before.active is None:
+                rollback: bool = False) -> DeployResult:
+        """A deploy (and a rollback) inside its operation, which holds the app's lock: start the new instance,
+        gate it, flip all traffic to it, then retire the old one."""
+        self._open(operation, app, release)
+        run = self._prepare(operation, app, release, actor=actor, job=job, reconciled=rollback)
+
+        def promoted(instance: Instance) -> AppState:
+            # The mode decides what the chain leads to: a manual maintenance stays, a failover of the old
+            # instance ends, and a status-port forward moves along with the ports.
+            return forwarding.after_promotion(maintenance.after_promotion(run.state.promoted(instance, utc_now())))
+
+        with self._abandoned_on_failure(run):
+            self._start_new(run, rollback=rollback)
+            self._gate(run)
+            self._flip(run, promoted, committed=_took_traffic)
+        self._record(run)
+        self._retire_old(run)
+        self._hook("post-deploy", app, run.context, run.base, must_pass=False)
+        operation.finish(tag=run.release.tag, set=run.new_set, digest=run.release.digest)
+        return run.result()
+
+    def _start_canary(self, operation: Operation, app: AppConfig, release: Release, split: CanaryStart, *,
+                      actor: str, job: str | None) -> DeployResult:
+        """A deploy that starts a canary: the same steps up to the flip, which gives the new instance `split`'s
+        share of new flows; both serve until promote or abort, so nothing is retired."""
+        before = self._open(operation, app, release, canary=split.weight)
+        if before.active is None:
             raise CanaryError(f"app {app.name!r} has no active instance to split traffic with; deploy it "
                               f"without --canary first", app=app.name)
-        if not rollback:  # a rollback reconciled before it chose its release
+        run = self._prepare(operation, app, release, actor=actor, job=job)
+
+        def started(instance: Instance) -> AppState:
+            return canary.started(run.state, instance, weight=split.weight, sticky=split.sticky, seed=split.seed,
+                                  now=utc_now(), actor=actor, bake_until=split.bake_until)
+
+        with self._abandoned_on_failure(run):
+            self._start_new(run)
+            self._gate(run)
+            self._flip(run, started, detail={"canary": split.weight})
+        self._record(run)
+        operation.finish(tag=run.release.tag, set=run.new_set, digest=run.release.digest, canary=split.weight)
+        return run.result()
+
+    # --- the steps of a deploy -----------------------------------------------------------------
+
+    def _open(self, operation: Operation, app: AppConfig, release: Release, **detail: Any) -> AppState:
+        """The operation starts; a third instance has no port set, so a running canary is promoted or aborted
+        first. Returns the record as it was."""
+        operation.failed["tag"] = release.tag
+        operation.start(tag=release.tag, **detail)
+        before = self.store.load(app.name)
+        canary.refuse_deploy(before)
+        return before
+
+    def _prepare(self, operation: Operation, app: AppConfig, release: Release, *, actor: str, job: str | None,
+                 reconciled: bool = False) -> DeployRun:
+        """Reconcile first (unless done: a rollback reconciled before it chose its release), then read the record
+        the deploy builds on."""
+        if not reconciled:
             try:
                 self._reconcile_app(app, actor=actor, job=job)
             except DeployerError as exc:
@@ -273,91 +352,96 @@ class Engine:
                 if not operation.waits(exc):
                     with contextlib.suppress(DeployerError):
                         context = self._hook_context(app, release, actor, job, self.store.load(app.name))
-                        self._hook("on-failure", app, replace(context, error=str(exc)), base, must_pass=False)
+                        self._hook("on-failure", app, replace(context, error=str(exc)), operation.base,
+                                   must_pass=False)
                 raise
         state = self.store.load(app.name)
-        old = state.active
-        new_set = other_set(old.port_set if old else None)
-        context = self._hook_context(app, release, actor, job, state)
+        return DeployRun(operation, app, release, state, self._hook_context(app, release, actor, job, state),
+                         new_set=other_set(state.active.port_set if state.active else None))
 
-        new: ContainerInfo | None = None
+    @contextlib.contextmanager
+    def _abandoned_on_failure(self, run: DeployRun) -> Iterator[None]:
+        """Before the flip, a failure removes the new instance and leaves traffic where it was."""
         try:
-            self._hook("pre-deploy", app, context, base)
-            with operation.step("pull") as step:
-                release = self._obtain_image(app, release, rollback=rollback)
-                step.detail.update(image=release.reference, digest=release.digest)
-            context = replace(context, digest=release.digest)
-            with operation.step("start") as step:
-                self._remove_leftovers(app, new_set, keep=old.container_id if old else None)
-                self.docker.ensure_network(self.settings.network, self.settings.bridge)
-                arguments = run_arguments(self.settings, app, new_set, release)
-                # No restarts before the gate passed: a crash stays a crash, with its exit code, not a loop.
-                arguments["restart_policy"] = restart_policy("no")
-                new = self.docker.run(release.reference, arguments)
-                address = new.address(self.settings.network)
-                step.detail.update(container=new.name, set=new_set, address=address)
-                if not address:
-                    # Most often the process has already exited: say so with its exit code, as the gate does.
-                    raise BootError(self._not_running(new) or self._exit_reason(
-                        new.id, f"container {new.name} has no address on network {self.settings.network!r}"),
-                        app=app.name)
-            with operation.step("health") as step:
-                probe = set_port_probe(self.prober, app, new_set)
-                step.detail["probes"] = wait_healthy(app.health, probe, lambda: self._not_running(new),
-                                                     clock=self.clock, sleep=self.sleep)
-                self.docker.set_restart_policy(new.id, restart_policy(app.restart))
-            self._hook("post-healthy", app, context, base)
-            with operation.step("flip") as step:
-                instance = Instance(port_set=new_set, tag=release.tag, image=release.image, digest=release.digest,
-                                    container_id=new.id, container_name=new.name, address=address, since=utc_now())
-                # The mode decides what the chain leads to: a manual maintenance stays, a failover of the old
-                # instance ends, and a status-port forward moves along with the ports.
-                if canary_split is not None:
-                    after = canary.started(state, instance, weight=canary_split.weight, sticky=canary_split.sticky,
-                                           seed=canary_split.seed, now=utc_now(), actor=actor,
-                                           bake_until=canary_split.bake_until)
-                else:
-                    after = forwarding.after_promotion(maintenance.after_promotion(state.promoted(instance,
-                                                                                                  utc_now())))
-                old_addresses = self.chains.flip(app, self.chains.wanted(app, after), step.detail, tidy=False)
-                # `since` is when the instance took the traffic: the commit, not the moment it was described.
-                if canary_split is None:
-                    after = replace(after, active=replace(after.active,
-                                                          since=step.detail.get("committed_at", utc_now())))
-                else:
-                    step.detail["canary"] = canary_split.weight
-                step.detail.update(**app_chain.flip_detail(state, after))
-                step.detail.update(to=f"{new_set} {address}", **({"from": ",".join(sorted(old_addresses))}
-                                                                 if old_addresses else {}))
+            yield
         except DeployerError as exc:
-            self._abandon(app, new, base)
-            if not operation.waits(exc):
-                self._hook("on-failure", app, replace(context, error=str(exc)), base, must_pass=False)
+            self._abandon(run.app, run.new, run.base)
+            if not run.operation.waits(exc):
+                self._hook("on-failure", run.app, replace(run.context, error=str(exc)), run.base, must_pass=False)
             raise
 
-        # Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
-        # The record is written first: from here on it must say what is live, whatever fails next. A fault
-        # from here on (a full disk under the record) is a failure, not a wait: the flip happened.
+    def _start_new(self, run: DeployRun, *, rollback: bool = False) -> None:
+        """pre-deploy, pull, then run the new instance on the free port set."""
+        app, old = run.app, run.old
+        self._hook("pre-deploy", app, run.context, run.base)
+        with run.operation.step("pull") as step:
+            run.release = self._obtain_image(app, run.release, rollback=rollback)
+            step.detail.update(image=run.release.reference, digest=run.release.digest)
+        run.context = replace(run.context, digest=run.release.digest)
+        with run.operation.step("start") as step:
+            self._remove_leftovers(app, run.new_set, keep=old.container_id if old else None)
+            self.docker.ensure_network(self.settings.network, self.settings.bridge)
+            arguments = run_arguments(self.settings, app, run.new_set, run.release)
+            # No restarts before the gate passed: a crash stays a crash, with its exit code, not a loop.
+            arguments["restart_policy"] = restart_policy("no")
+            new = run.new = self.docker.run(run.release.reference, arguments)
+            run.address = new.address(self.settings.network)
+            step.detail.update(container=new.name, set=run.new_set, address=run.address)
+            if not run.address:
+                # Most often the process has already exited: say so with its exit code, as the gate does.
+                raise BootError(self._not_running(new) or self._exit_reason(
+                    new.id, f"container {new.name} has no address on network {self.settings.network!r}"),
+                    app=app.name)
+
+    def _gate(self, run: DeployRun) -> None:
+        """Consecutive passing probes, then the app's restart policy, then post-healthy, which can still refuse."""
+        new = run.started()
+        with run.operation.step("health") as step:
+            probe = set_port_probe(self.prober, run.app, run.new_set)
+            step.detail["probes"] = wait_healthy(run.app.health, probe, lambda: self._not_running(new),
+                                                 clock=self.clock, sleep=self.sleep)
+            self.docker.set_restart_policy(new.id, restart_policy(run.app.restart))
+        self._hook("post-healthy", run.app, run.context, run.base)
+
+    def _flip(self, run: DeployRun, decide: Callable[[Instance], AppState], *,
+              committed: Callable[[AppState, str], AppState] = lambda after, at: after,
+              detail: Mapping[str, Any] | None = None) -> None:
+        """Point the app's chain at the new instance in one transaction, as the record `decide` makes says."""
+        new, release = run.started(), run.release
+        with run.operation.step("flip") as step:
+            instance = Instance(port_set=run.new_set, tag=release.tag, image=release.image, digest=release.digest,
+                                container_id=new.id, container_name=new.name, address=run.address, since=utc_now())
+            after = decide(instance)
+            run.old_addresses = self.chains.flip(run.app, self.chains.wanted(run.app, after), step.detail, tidy=False)
+            run.after = committed(after, step.detail.get("committed_at", utc_now()))
+            step.detail.update(detail or {})
+            step.detail.update(**app_chain.flip_detail(run.state, run.after))
+            step.detail.update(to=f"{run.new_set} {run.address}", **({"from": ",".join(sorted(run.old_addresses))}
+                                                                     if run.old_addresses else {}))
+
+    def _record(self, run: DeployRun) -> None:
+        """Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
+
+        The record is written first: from here on it must say what is live, whatever fails next. A fault
+        from here on (a full disk under the record) is a failure, not a wait: the flip happened."""
+        app, operation = run.app, run.operation
         operation.waits_on_transient = False
         with operation.step("record"):
-            self.store.save(after)  # the app lock is held: nothing else changed the record since the flip
+            self.store.save(run.after)  # the app lock is held: nothing else changed the record since the flip
         with contextlib.suppress(DeployerError), operation.step("conntrack") as step:
-            step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, old_addresses))
+            step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, run.old_addresses))
         if app.name in self.chains.shadowed:  # the flip's deleting rewrite, out of its timed step
             with contextlib.suppress(DeployerError), operation.step("tidy"):
                 self.chains.tidy(app)
-        self._hook("post-flip", app, context, base, must_pass=False)
-        if canary_split is not None:  # both serve until promote or abort
-            operation.finish(tag=release.tag, set=new_set, digest=release.digest, canary=canary_split.weight)
-            return DeployResult(app.name, release.tag, new_set, release.digest, new.name, old.tag if old else None)
-        if old is not None:
-            self.retire(app, old, base, drain=True)
-        if state.mode == forwarding.MODE:  # the forward this deploy replaced: drain it, then drop its rules
+        self._hook("post-flip", app, run.context, run.base, must_pass=False)
+
+    def _retire_old(self, run: DeployRun) -> None:
+        """Drain and stop the instance that served before, and end the forward this deploy replaced."""
+        if run.old is not None:
+            self.retire(run.app, run.old, run.base, drain=True)
+        if run.state.mode == forwarding.MODE:  # the forward this deploy replaced: drain it, then drop its rules
             with contextlib.suppress(DeployerError):
-                self.forwarder.leave(app, state.mode_detail, base)
-        self._hook("post-deploy", app, context, base, must_pass=False)
-        operation.finish(tag=release.tag, set=new_set, digest=release.digest)
-        return DeployResult(app.name, release.tag, new_set, release.digest, new.name, old.tag if old else None)
+                self.forwarder.leave(run.app, run.state.mode_detail, run.base)
 
     def _obtain_image(self, app: AppConfig, release: Release, *, rollback: bool = False) -> Release:
         """Pull the tag; a rollback uses the image kept locally by digest, pulling only if it is gone.
@@ -592,6 +676,12 @@ class Engine:
         except HookFailed:
             if must_pass:
                 raise
+
+
+def _took_traffic(after: AppState, committed_at: str) -> AppState:
+    """`since` is when the instance took the traffic: the commit, not the moment it was described."""
+    assert after.active is not None
+    return replace(after, active=replace(after.active, since=committed_at))
 
 
 def _tail(text: str, lines: int = 20) -> str:
