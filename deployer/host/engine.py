@@ -25,13 +25,12 @@ from deployer.host import modes
 from deployer.host.forwarder import Forwarder, RoutingPort
 from deployer.host.health import Prober, set_port_probe, wait_healthy
 from deployer.host.netfilter.chains import Chains, NetfilterBackend
-from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation, record_repairs
+from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation
+from deployer.host.reconcile import reconcile_app
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
 from deployer.plan import app_chain, canary, conntrack, forwarding, hostbound, maintenance, nft, rules
 from deployer.plan.containers import (
-    LABEL_DIGEST,
-    LABEL_IMAGE,
     LABEL_SET,
     LABEL_TAG,
     ContainerInfo,
@@ -180,7 +179,7 @@ class Engine:
         app = self.config.app(app_name)
         hostbound.check_deployable(app)
         with self._operation("rollback", app, actor, job, tag="rollback") as operation:
-            self._reconcile_app(app, actor=actor, job=job)
+            reconcile_app(self, app, actor=actor, job=job)
             previous = self.store.load(app.name).previous
             if previous is None:
                 raise NothingToRollBack(f"app {app.name!r} has no previous release to roll back to", app=app.name)
@@ -194,7 +193,7 @@ class Engine:
         for app in apps:
             with self._operation("reconcile", app, actor, None, tag="reconcile", shape=FAILURES_ONLY) as operation:
                 operation.start()
-                repairs.extend(self._reconcile_app(app, actor=actor))
+                repairs.extend(reconcile_app(self, app, actor=actor))
         return repairs
 
     def status(self, app_name: str | None = None) -> list[AppStatus]:
@@ -345,7 +344,7 @@ class Engine:
         the deploy builds on."""
         if not reconciled:
             try:
-                self._reconcile_app(app, actor=actor, job=job)
+                reconcile_app(self, app, actor=actor, job=job)
             except DeployerError as exc:
                 # Most often a daemon that does not answer: nothing moved, but a job that gives up on it is a
                 # failed deploy, and on-failure is told so.
@@ -480,144 +479,6 @@ class Engine:
         with contextlib.suppress(DeployerError):
             with self.journal.step("remove-new", container=new.name, **base):
                 self.docker.remove(new.id)
-
-    # --- reconcile -----------------------------------------------------------------------------
-
-    def _reconcile_app(self, app: AppConfig, *, actor: str, job: str | None = None) -> list[str]:
-        """Make rules, containers and the record agree, choosing the instance that serves now.
-
-        The serving instance is, in order: a running instance the live rules already point at
-        (traffic is there; never move it needlessly); the recorded active instance if it runs;
-        any other running instance of the app that passes a health probe. The rules are pointed
-        at it before anything else is stopped, so there is no moment without a target.
-        """
-        if app.host_bound:
-            return modes.reconcile_host_bound(self, app, actor=actor, job=job)
-        repairs: list[str] = []
-        state = self.store.load(app.name)
-        containers = self.docker.containers(selector(self.settings, app.name))
-        running = [c for c in containers if c.status == "running" and c.address(self.settings.network)]
-        live = self.chains.table("nat")
-        # The rules that still match new flows: an untidied flip leaves the old ones shadowed behind them.
-        targets = rules.dnat_destinations(rules.unshadowed(live.rules(self.names.app(app.name))))
-        active_id = state.active.container_id if state.active else None
-        if state.mode == forwarding.MODE:
-            if not any(c.address(self.settings.network) in targets for c in running):
-                repairs = self.forwarder.reconcile(app, state, live)  # instances are left as they are
-                record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
-                return repairs
-            # A deploy from forward mode stopped after its flip: the instance serves, so the forward ends.
-            self.store.save(forwarding.after_promotion(state))
-            repairs.extend(self.forwarder.leave(app, state.mode_detail, {"app": app.name, "actor": actor}))
-            state = self.store.load(app.name)
-
-        split = canary.Split.of(state)
-        if split is not None:
-            kept = self._reconcile_canary(app, state, split, running, live, repairs)
-            if kept:
-                repairs.extend(self.chains.retire_other(app))
-                repairs.extend(self._remove_others(app, containers, kept))
-                record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
-                return repairs
-            state = self.store.load(app.name)
-            active_id = state.active.container_id if state.active else None
-
-        serving = (next((c for c in running if c.address(self.settings.network) in targets and c.id == active_id),
-                        None)
-                   or next((c for c in running if c.address(self.settings.network) in targets), None)
-                   or next((c for c in running if c.id == active_id), None)
-                   or next((c for c in running if self._probe_once(app, c)), None))
-        if serving is None:
-            if state.active is not None:
-                repairs.append(f"no running instance of {app.name}: the recorded {state.active.port_set} "
-                               f"instance {state.active.container_name} is gone; rules left as they are")
-                self.chains.ensure_base(app)
-            record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
-            return repairs
-
-        port_set = serving.labels.get(LABEL_SET, "blue")
-        tag = serving.labels.get(LABEL_TAG, "unknown")
-        address = serving.address(self.settings.network)
-        instance = Instance(port_set=port_set, tag=tag, image=serving.labels.get(LABEL_IMAGE, app.image),
-                            digest=serving.labels.get(LABEL_DIGEST) or None, container_id=serving.id,
-                            container_name=serving.name, address=address, since=utc_now())
-        wanted = self.chains.wanted(app, state.promoted(instance, utc_now()))  # as the mode says
-        if self.chains.base_missing(live, app):
-            self.chains.ensure_base(app)
-            repairs.append(f"jumps and chains of {app.name} restored")
-        else:
-            self.chains.prepare_bridge()
-        live_chain = live.rules(self.names.app(app.name))
-        if live_chain != wanted:
-            old_addresses = self.chains.flip(app, wanted)
-            self.chains.clean_flows(conntrack.after_flip(app, old_addresses))
-            repairs.append(f"shadowed rules of {app.name} removed" if rules.unshadowed(live_chain) == wanted
-                           else f"rules of {app.name} pointed at {port_set} {address} ({tag})")
-
-        if state.active is None or state.active.container_id != serving.id or state.active.address != address:
-            self.store.save(state.promoted(instance, utc_now()))
-            repairs.append(f"record of {app.name} set to {port_set} {serving.name} ({tag})")
-
-        repairs.extend(self.chains.retire_other(app))  # after a switch of backends, once this one serves
-        repairs.extend(self._remove_others(app, containers, {serving.id}))
-        record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
-        return repairs
-
-    def _remove_others(self, app: AppConfig, containers: list[ContainerInfo], keep: set[str]) -> list[str]:
-        """Stop and remove the app's containers that serve nothing."""
-        repairs = []
-        for other in containers:
-            if other.id in keep:
-                continue
-            if other.status == "running":
-                self.docker.stop(other.id, app.stop_timeout)
-            self.docker.remove(other.id)
-            if other.address(self.settings.network):
-                self.chains.clean_flows(conntrack.after_stop(app, other.address(self.settings.network)))
-            repairs.append(f"removed {other.name} ({other.labels.get(LABEL_TAG, '?')}, {other.status}), "
-                           f"which was not serving")
-        return repairs
-
-    def _reconcile_canary(self, app: AppConfig, state: AppState, split: canary.Split, running: list[ContainerInfo],
-                          live: rules.SavedTable, repairs: list[str]) -> set[str]:
-        """Keep the split the record names while both instances run; the ids kept, or none when it ended.
-
-        With one of them gone the canary is over: the record is set to the survivor (the canary promoted when
-        the active one died, aborted when the canary did) and the ordinary reconcile takes it from there.
-        """
-        assert state.active is not None
-        address = {c.id: c.address(self.settings.network) for c in running}
-        active_up, canary_up = state.active.container_id in address, split.canary.container_id in address
-        if active_up and canary_up:
-            state = replace(state, active=replace(state.active, address=address[state.active.container_id]),
-                            mode_detail=replace(split, canary=replace(
-                                split.canary, address=address[split.canary.container_id])).detail())
-            if self.chains.base_missing(live, app):
-                self.chains.ensure_base(app)
-                repairs.append(f"jumps and chains of {app.name} restored")
-            wanted = self.chains.wanted(app, state)
-            if live.rules(self.names.app(app.name)) != wanted:
-                self.chains.clean_flows(conntrack.after_flip(app, self.chains.flip(app, wanted)))
-                repairs.append(f"rules of {app.name} set to the canary split the record names "
-                               f"({split.weight}% to {split.canary.tag})")
-            if state != self.store.load(app.name):
-                self.store.save(state)
-                repairs.append(f"record of {app.name}: the instances' addresses updated")
-            return {state.active.container_id, split.canary.container_id}
-        if canary_up:
-            self.store.save(canary.promoted(state, now=utc_now()))
-            repairs.append(f"canary of {app.name} promoted: the active instance {state.active.container_name} "
-                           f"is not running")
-        else:
-            self.store.save(canary.aborted(state, now=utc_now()))
-            repairs.append(f"canary of {app.name} ended: {split.canary.container_name} is not running")
-        return set()
-
-    def _probe_once(self, app: AppConfig, container: ContainerInfo) -> bool:
-        port_set = container.labels.get(LABEL_SET)
-        if port_set not in ("blue", "green"):
-            return False
-        return set_port_probe(self.prober, app, port_set)().ok
 
     # --- helpers -------------------------------------------------------------------------------
 
