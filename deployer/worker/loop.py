@@ -5,6 +5,7 @@ runs `reconcile` so rules, containers and records agree before anything new happ
 jobs from the queue. Each job runs in its own child process (`python -m deployer.worker.loop`), so a
 job can be timed out and killed, and a crash in one deploy cannot take the worker down. A child
 that dies without recording an outcome is failed by the worker, which then reconciles the app.
+What a job does, kind by kind, is deployer/worker/run.py.
 
 Every event of a job, including the engine's steps, is copied into the job, where GET /jobs/<id> shows it.
 """
@@ -16,7 +17,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import random
 import signal
 import sys
 import threading
@@ -25,189 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from datetime import datetime, timezone
-
-from deployer.config import AppConfig, Config
+from deployer.config import Config
 from deployer.errors import DeployerError, LockError, StateError, UnsafePath
 from deployer.folders import open_entry, space_problem
-from deployer.host.state import StateStore
 from deployer.journal import Event, Journal
-from deployer.plan import canary
-from deployer.queue.jobs import CANARY_KINDS, ROLLOUT, Job, Queue, row_problem
+from deployer.queue.jobs import ROLLOUT, Job, Queue, row_problem
+from deployer.worker.run import WORKER_ACTOR, EngineLike, JobTools, execute, fleet_apps, publish_active, refuse_row
 
 log = logging.getLogger("deployer.worker")
 
 MAX_ATTEMPTS = 3
-BUSY_RETRY_SECONDS = 5.0
-# A job that meets a transient fault waits 1 s, 2, 4, 8, 16, then 30 s between tries, each cut by up to half at
-# random (so jobs held by one fault do not all return at once); the worker also wakes them when it sees the fault clear.
-WAIT_FIRST_SECONDS = 1.0
-WAIT_MOST_SECONDS = 30.0
 PAUSE_SECONDS = 2.0  # between tries to reach the queue while it cannot be written (a full disk)
 HEARTBEAT_SECONDS = 2.0
 POLL_SECONDS = 0.2
-WORKER_ACTOR = "worker"
 
 
-# --- one job, start to end (runs in the job's own process) ---------------------------------------
-
-
-class EngineLike(Protocol):
-    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None,
-               wait_on_transient: bool = False, canary_split: Any = None) -> Any: ...
-
-
-def wait_seconds(attempt: int, jitter: float) -> float:
-    """The wait after the `attempt`-th try met a transient fault; `jitter` in [0, 1) cuts it by up to half."""
-    nominal = min(WAIT_MOST_SECONDS, WAIT_FIRST_SECONDS * 2 ** max(0, attempt - 1))
-    return round(nominal * (1 - jitter / 2), 3)
-
-
-@dataclass
-class JobTools:
-    """What a job acts with: the real engine and asset loader in production, small fakes in unit tests."""
-
-    engine: Callable[[str | None], EngineLike]  # given the preloaded image reference, if any
-    load_asset: Callable[[Job], str] | None = None  # downloads and loads the release asset; returns the reference
-    fleet: Callable[[], Any] | None = None  # a controller's client of its hosts (deployer/fleet/client.py)
-
-
-def active_tag(config: Config, app: str) -> str | None:
-    state = StateStore(config.settings.state_dir).load(app)
-    return state.active.tag if state.active else None
-
-
-def publish_active(queue: Queue, config: Config, app: str) -> None:
-    """Copy the app's live tag and port set into the queue, where the receiver (which cannot read the
-    records) answers GET /apps/<app> and dedupes releases."""
-    active = StateStore(config.settings.state_dir).load(app).active
-    queue.set_active(app, active.tag if active else None, None, active.port_set if active else None)
-
-
-def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
-            now: Callable[[], float] = time.time, jitter: Callable[[], float] = random.random) -> str:
-    """Run one claimed job to its end and record the outcome in the queue; return the job's status.
-
-    A transient fault (DockerUnavailable, RegistryUnavailable, DiskFull) puts the job back with a backoff
-    while the wait would end before `job_timeout` (counted from when the job was queued); past that,
-    it fails with the last reason, and the engine runs on-failure as for any failure.
-    """
-    problem = row_problem(job, config.apps, fleet_apps(config))
-    if problem is not None:
-        return refuse_row(queue, journal, job, problem)
-    base = {"job": job.id, "app": job.app, "actor": job.actor}
-    journal.record("job.started", tag=job.tag, kind=job.kind, attempt=job.attempts, **base)
-    if job.kind == ROLLOUT:
-        return _roll_out(job, config=config, queue=queue, journal=journal, tools=tools, base=base)
-    delay = wait_seconds(job.attempts, jitter())
-    may_wait = now() + delay - job.created_at < config.server.job_timeout
-    try:
-        if job.kind in CANARY_KINDS:
-            return _end_canary(job, config=config, queue=queue, journal=journal, tools=tools, base=base)
-        tag = job.tag or active_tag(config, job.app)
-        if tag is None:
-            return _end(queue, journal, job, "failed", f"app {job.app!r} has no active release to redeploy; "
-                                                       f"name a tag", base)
-        if job.kind == "release" and active_tag(config, job.app) == tag:
-            publish_active(queue, config, job.app)
-            return _end(queue, journal, job, "skipped", f"tag {tag} is already active", base)
-        preloaded = None
-        app = config.app(job.app)
-        if job.kind == "release" and app.asset is not None and tools.load_asset is not None:
-            with journal.step("asset", **base) as step:
-                preloaded = tools.load_asset(job)
-                step.detail["image"] = preloaded
-        elif app.asset is not None:
-            # Its releases come as assets, not through the registry: a redeploy runs the image an
-            # earlier asset left tagged on the host (a pull only if that image is gone).
-            preloaded = f"{app.image}:{tag}"
-        # A release of an app with `canary` set starts a canary; a redeploy (a rollback, a retry) deploys whole.
-        split = canary_start(app) if job.kind == "release" and app.canary else None
-        result = tools.engine(preloaded).deploy(job.app, tag, actor=job.actor, job=job.id,
-                                                wait_on_transient=may_wait,
-                                                **({"canary_split": split} if split else {}))
-    except LockError as exc:
-        if now() - job.created_at > config.server.job_timeout:
-            return _end(queue, journal, job, "failed", f"the app stayed busy for longer than "
-                                                       f"{config.server.job_timeout:g} s: {exc}", base)
-        queue.requeue(job, f"waiting: {exc}", delay=BUSY_RETRY_SECONDS)
-        journal.record("job.requeued", reason=str(exc), **base)
-        return "queued"
-    except DeployerError as exc:
-        if exc.transient and may_wait:
-            return wait(queue, journal, job, exc, delay, base)
-        if exc.transient:
-            return _end(queue, journal, job, "failed", f"gave up after {job.attempts} tries over "
-                                                       f"{config.server.job_timeout:g} s: {exc}", base,
-                        error_type=type(exc).__name__, fault=exc.fault)
-        return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
-    queue.set_active(job.app, tag, job.id, getattr(result, "port_set", None))
-    return _end(queue, journal, job, "succeeded", f"{tag} is live on {result.port_set}", base, tag=tag,
-                digest=getattr(result, "digest", None))
-
-
-def wait(queue: Queue, journal: Journal, job: Job, exc: DeployerError, delay: float, base: dict[str, Any]) -> str:
-    """Back to the queue until the fault clears: the row and the audit log say on what, and how many tries so far."""
-    reason = f"waiting on {exc.fault}: {exc}"
-    queue.requeue(job, reason, delay=delay, waiting_on=exc.fault)
-    journal.record("job.waiting", fault=exc.fault, reason=str(exc), attempt=job.attempts, retry_in=delay,
-                   error_type=type(exc).__name__, **base)
-    return "queued"
-def canary_start(app: AppConfig) -> Any:
-    """The split the app's config asks a release for (`canary`, `canary_sticky`, `canary_bake`)."""
-    from deployer.host.engine import CanaryStart
-
-    assert app.canary is not None
-    return CanaryStart(app.canary, app.canary_sticky,
-                       bake_until=canary.bake_deadline(datetime.now(timezone.utc), app.canary_bake))
-
-
-def _end_canary(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
-                base: dict[str, Any]) -> str:
-    """A signed promote or abort: the same transaction as `deployer promote` or `deployer abort`."""
-    from deployer.host import canary as canary_ops
-
-    end = canary_ops.promote if job.kind == "promote" else canary_ops.abort
-    reason = job.source.get("reason") if isinstance(job.source, dict) else None
-    after = end(tools.engine(None), job.app, actor=job.actor, job=job.id, reason=reason)
-    tag = after.active.tag if after.active else None
-    queue.set_active(job.app, tag, job.id, after.active.port_set if after.active else None)
-    return _end(queue, journal, job, "succeeded", f"{job.kind}: {tag} serves everything", base, tag=tag)
-
-
-def fleet_apps(config: Config) -> tuple[str, ...]:
-    return config.fleet.apps if config.fleet else ()
-
-
-def _roll_out(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
-              base: dict[str, Any]) -> str:
-    """A controller's rollout: it sequences the hosts' own deploys; a failure is the rollout's, named by host."""
-    from deployer.fleet import rollout
-
-    assert config.fleet is not None and tools.fleet is not None
-    try:
-        summary = rollout.Rollout(job, fleet=config.fleet, queue=queue, journal=journal, hosts=tools.fleet()).run()
-    except DeployerError as exc:
-        return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
-    return _end(queue, journal, job, "succeeded", summary, base, tag=job.tag)
-
-
-def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, base: dict[str, Any],
-         **extra: Any) -> str:
-    owned = queue.finish(job, status, reason)
-    event = {"succeeded": "job.finished", "skipped": "job.finished"}.get(status, "job.failed")
-    journal.record(event, outcome={"succeeded": "ok", "skipped": "skipped"}.get(status, "failed"),
-                   status=status, reason=reason, **({} if owned else {"note": "the job was recovered meanwhile"}),
-                   **base, **extra)
-    return status
-
-
-def refuse_row(queue: Queue, journal: Journal, job: Job, problem: str) -> str:
-    """Fail a queue row that is not fit to act on; only its row number identifies it in the audit log."""
-    reason = f"refused queue row {job.seq}: {problem}"
-    queue.finish(job, "failed", reason)
-    journal.record("job.failed", outcome="failed", actor=WORKER_ACTOR, row=job.seq, reason=reason)
-    return "failed"
+# --- one job's progress, copied into its row (runs in the job's own process) ----------------------
 
 
 class JobSteps:
