@@ -2,35 +2,33 @@
 
 It takes the worker lock (one worker per state folder), recovers jobs a dead worker left running,
 runs `reconcile` so rules, containers and records agree before anything new happens, then claims
-jobs from the queue. Each job runs in its own child process (`python -m deployer.worker.loop`), so a
-job can be timed out and killed, and a crash in one deploy cannot take the worker down. A child
-that dies without recording an outcome is failed by the worker, which then reconciles the app.
-What a job does, kind by kind, is deployer/worker/run.py.
+jobs from the queue. Each job runs in its own child process (deployer/worker/child.py), started by the
+`launch` it is given, so a job can be timed out and killed, and a crash in one deploy cannot take the
+worker down. A child that dies without recording an outcome is failed by the worker, which then
+reconciles the app.
 
-Every event of a job, including the engine's steps, is copied into the job, where GET /jobs/<id> shows it.
+What it acts with (the launcher, reconcile, the host's checks) it receives from deployer/wiring.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import logging
 import os
-import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Sequence
 
 from deployer.config import Config
-from deployer.errors import DeployerError, LockError, StateError, UnsafePath
-from deployer.folders import open_entry, space_problem
-from deployer.journal import Event, Journal
+from deployer.errors import DeployerError, LockError, StateError
+from deployer.folders import open_entry
+from deployer.journal import Journal
 from deployer.queue.jobs import ROLLOUT, Job, Queue, row_problem
-from deployer.worker.run import WORKER_ACTOR, EngineLike, JobTools, execute, fleet_apps, publish_active, refuse_row
+from deployer.worker.child import Running
+from deployer.worker.run import WORKER_ACTOR, fleet_apps, publish_active, refuse_row
 
 log = logging.getLogger("deployer.worker")
 
@@ -40,36 +38,23 @@ HEARTBEAT_SECONDS = 2.0
 POLL_SECONDS = 0.2
 
 
-# --- one job's progress, copied into its row (runs in the job's own process) ----------------------
-
-
-class JobSteps:
-    """A journal sink that copies the events of one job into the queue, for GET /jobs/<id>."""
-
-    SKIP = {"ts", "event", "job", "_durable", "_required", "app", "actor", "step", "outcome"}
-
-    def __init__(self, queue: Queue, job_id: str) -> None:
-        self.queue = queue
-        self.job_id = job_id
-
-    def __call__(self, event: Event) -> None:
-        if event.get("job") != self.job_id:
-            return
-        name = event["step"] if event["event"] in ("step", "step.begin") else event["event"]
-        outcome = "running" if event["event"] == "step.begin" else event.get("outcome")
-        detail = {k: v for k, v in event.items() if k not in self.SKIP}
-        with contextlib.suppress(StateError):  # a lost progress line must not fail the deploy
-            self.queue.add_step(self.job_id, name, outcome, detail)
+def host_checks(probes: Sequence[Callable[[], object]]) -> Callable[[], tuple[str, str]]:
+    """The worker's checks over its two probes (Docker, netfilter): "ok" or the reason, for each."""
+    def checks() -> tuple[str, str]:
+        results = []
+        for probe in probes:
+            try:
+                probe()
+                results.append("ok")
+            except DeployerError as exc:
+                results.append(str(exc)[:200])
+            except Exception as exc:  # noqa: BLE001 - a health probe reports, it never crashes the worker
+                results.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        return results[0], results[1]
+    return checks
 
 
 # --- the supervising worker --------------------------------------------------------------------------
-
-
-class Running(Protocol):
-    pid: int
-
-    def poll(self) -> int | None: ...
-    def kill(self) -> None: ...
 
 
 @dataclass
@@ -325,151 +310,3 @@ class Worker:
         for child in self.children.values():
             with contextlib.suppress(ProcessLookupError):
                 child.process.kill()
-
-
-# --- production wiring -------------------------------------------------------------------------------
-
-
-def child_environment() -> dict[str, str]:
-    """The inherited environment (it carries the *_env secrets), with this package importable from any cwd."""
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds the deployer package
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def process_launcher(config: Config) -> Callable[[Job], Running]:
-    """Each job in `python -m deployer.worker.loop`, in the worker's process group, sharing its stderr."""
-    from deployer.wiring import start_job
-
-    def launch(job: Job) -> Running:
-        return start_job([sys.executable, "-m", "deployer.worker.loop", "--config", str(config.path),
-                          "--job", job.id, "--attempt", str(job.attempts)], child_environment())
-    return launch
-
-
-def real_checks(config: Config) -> Callable[[], tuple[str, str]]:
-    from deployer.wiring import build_host_probes
-
-    probes = build_host_probes(config)
-
-    def checks() -> tuple[str, str]:
-        results = []
-        for probe in probes:
-            try:
-                probe()
-                results.append("ok")
-            except DeployerError as exc:
-                results.append(str(exc)[:200])
-            except Exception as exc:  # noqa: BLE001 - a health probe reports, it never crashes the worker
-                results.append(f"{type(exc).__name__}: {str(exc)[:200]}")
-        return results[0], results[1]
-    return checks
-
-
-def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
-    """The queue's and the audit log's folders, shared with `[server] group` when run as root; returns the queue.
-
-    Run before the receiver starts. A planted link or odd file there is refused, and recorded as
-    `security.refused` before the error stops the start.
-    """
-    from deployer import audit
-    from deployer.queue import jobs
-
-    state_dir = config.settings.state_dir
-    group = config.server.group if os.geteuid() == 0 else None
-    try:
-        jobs.prepare_folder(state_dir, group)
-        audit.prepare_folder(state_dir, group)  # the receiver records deliveries there
-        queue = Queue.for_state_dir(state_dir)
-        queue.worker_status()  # creates the tables now, as the privileged user
-    except UnsafePath as exc:
-        journal = journal or audit.build_journal(config)
-        journal.record("security.refused", outcome="failed", actor=WORKER_ACTOR, reason=str(exc), **exc.context)
-        raise
-    return queue
-
-
-def build_worker(config: Config, queue: Queue | None = None, journal: Journal | None = None) -> Worker:
-    from deployer.wiring import build_engine, build_journal, build_registry_check
-
-    journal = journal or build_journal(config)
-    queue = queue or Queue.for_state_dir(config.settings.state_dir)
-
-    def reconcile(app: str | None) -> list[str]:
-        return build_engine(config, journal).reconcile(app, actor=WORKER_ACTOR)
-
-    def disk() -> str:
-        return space_problem(config.settings.state_dir) or "ok"
-
-    return Worker(config, queue, journal, launch=process_launcher(config), reconcile=reconcile,
-                  checks=real_checks(config), disk=disk, registry=build_registry_check(config))
-
-
-def real_tools(config: Config, journal: Journal) -> JobTools:
-    from deployer.wiring import build_asset_http, build_engine, build_image_loader
-    from deployer.worker import assets
-
-    load_image = build_image_loader(config)
-
-    def engine(preloaded: str | None) -> EngineLike:
-        return build_engine(config, journal, preloaded=preloaded)
-
-    def load_asset(job: Job) -> str:
-        app = config.app(job.app)
-        asset = job.source.get("asset")
-        if not asset or app.asset is None or app.repository is None or job.tag is None:
-            raise DeployerError(f"job {job.id} names no release asset to load", app=app.name)
-        folder = Path(config.settings.state_dir) / "assets" / job.id  # a checked id: see row_problem
-        downloader = assets.AssetDownloader(config.server.github_api, app.repository, app.asset.token,
-                                            http=build_asset_http())
-        try:
-            downloaded = downloader.download_image(asset, folder, max_bytes=app.asset.max_bytes)
-            assets.check_archive_tags(assets.archive_tags(downloaded.path), app.image, job.tag)
-            return load_image(downloaded.path, app.image, job.tag)
-        finally:
-            with contextlib.suppress(OSError):
-                for entry in folder.iterdir():
-                    entry.unlink()
-                folder.rmdir()
-
-    def fleet() -> Any:
-        from deployer.fleet.client import FleetClient
-
-        assert config.fleet is not None
-        return FleetClient(config.fleet)
-
-    return JobTools(engine=engine, load_asset=load_asset, fleet=fleet if config.fleet else None)
-
-
-def child_main(argv: list[str] | None = None) -> int:
-    """Entry of one job's process: load the config, run the job, record its outcome."""
-    from deployer import config as config_module
-    from deployer.wiring import build_journal
-
-    parser = argparse.ArgumentParser(prog="python -m deployer.worker.loop", description="run one claimed deploy job")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--job", required=True)
-    parser.add_argument("--attempt", type=int, required=True)
-    args = parser.parse_args(argv)
-    from deployer.wiring import die_with_parent
-
-    die_with_parent()  # a killed worker leaves no deploy running unseen
-    # Stopping is the worker's call: it waits for the deploy, or kills it and reconciles.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("sh").setLevel(logging.WARNING)
-    config = config_module.load(args.config)
-    queue = Queue.for_state_dir(config.settings.state_dir)
-    job = queue.get(args.job)
-    if job is None or job.status != "running" or job.attempts != args.attempt:
-        log.warning("job %s is no longer this process's to run", args.job)
-        return 0
-    journal = build_journal(config, extra_sinks=[JobSteps(queue, job.id)])
-    execute(job, config=config, queue=queue, journal=journal, tools=real_tools(config, journal))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(child_main())

@@ -335,7 +335,7 @@ def claimed_rollout(queue: Queue, tag: str = "v2", app: str = "web") -> Job:
 
 
 def test_the_worker_runs_a_rollout_job_and_copies_its_progress_into_the_jobs_steps(tmp_path, queue):
-    from deployer.worker.loop import JobSteps
+    from deployer.worker.child import JobSteps
     from deployer.worker.run import JobTools, execute
 
     config = controller_config(tmp_path)

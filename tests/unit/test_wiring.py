@@ -9,9 +9,8 @@ from deployer.adapters.probes import Probes
 from deployer.adapters.processes import run_hook
 from deployer.adapters.routing import Routing
 from deployer.config import parse
-from deployer.wiring import build_engine
+from deployer.wiring import build_engine, build_job_tools
 from deployer.journal import Journal
-from deployer.worker.loop import real_tools
 
 
 def config(tmp_path):
@@ -36,5 +35,5 @@ def test_a_wrapped_docker_or_netfilter_replaces_the_real_one(tmp_path):
 
 
 def test_the_worker_runs_an_asset_release_through_the_preloaded_image(tmp_path):
-    engine = real_tools(config(tmp_path), Journal([])).engine("127.0.0.1:5000/web:v2")
+    engine = build_job_tools(config(tmp_path), Journal([])).engine("127.0.0.1:5000/web:v2")
     assert isinstance(engine.docker, PreloadedImage) and isinstance(engine.prober, Probes)
