@@ -28,6 +28,7 @@ from deployer.adapters.shared_address import SharedAddress
 from deployer import audit
 from deployer.audit import build_journal
 from deployer.config import Config
+from deployer.config.fleet import FleetConfig
 from deployer.errors import UnsafePath
 from deployer.fleet.client import FleetClient
 from deployer.folders import space_problem
@@ -157,9 +158,14 @@ def build_job_tools(config: Config, journal: Journal) -> JobTools:
 
     def fleet() -> Any:
         assert config.fleet is not None
-        return FleetClient(config.fleet)
+        return build_fleet_client(config.fleet)
 
     return JobTools(engine=engine, load_asset=load_asset, fleet=fleet if config.fleet else None)
+
+
+def build_fleet_client(fleet: FleetConfig) -> FleetClient:
+    """The controller's client of its hosts, one signed client each."""
+    return FleetClient(fleet, connect=SignedClient)
 
 
 # --- the cluster agent and its commands ------------------------------------------------------------
@@ -176,6 +182,6 @@ def build_cluster_control(config: Config) -> ClusterControl:
 
 
 __all__ = ["Deadlines", "SignedClient", "build_asset_http", "build_cluster_agent", "build_cluster_control",
-           "build_engine", "build_host_probes", "build_image_loader", "build_job_tools",
+           "build_engine", "build_fleet_client", "build_host_probes", "build_image_loader", "build_job_tools",
            "build_journal", "build_netfilter", "build_worker", "die_with_parent", "prepare_shared", "spawn_process",
            "start_job"]
