@@ -6,14 +6,14 @@ import json
 import tomllib
 
 import pytest
-from test_web import ALICE_SECRET, GITHUB_SECRET, assert_no_secret, deliver, published, redeploy_body, signed_call
-from test_web import app, client, clock, events, queue, settings  # noqa: F401 - the fixtures
 
 from deployer import config as config_module
 from deployer.errors import ConfigError
 from deployer.journal import Journal
 from deployer.queue.jobs import ROLLOUT, Queue, row_problem
 from deployer.receiver.web import create_app
+from support.receiver import (ALICE_SECRET, GITHUB_SECRET, assert_no_secret, deliver, published, redeploy_body,
+                              signed_call)
 
 ROLLOUT_ID = "job-00000000000000aa"
 

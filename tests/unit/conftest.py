@@ -1,0 +1,111 @@
+"""Fixtures several unit modules share: the receiver's config, queue, journal events, app and client; the worker's
+config; the engine's fake host with v1 live. Plain helpers (fakes, builders) live in tests/support/."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from deployer import config as config_module
+from deployer.journal import Journal
+from deployer.queue.jobs import Queue
+from deployer.receiver.web import create_app
+from support.engine_fakes import Host
+from support.receiver import ALICE_SECRET, CAP, GITHUB_SECRET, Clock
+
+# --- the receiver -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path):
+    text = f"""
+[deployer]
+state_dir = "{tmp_path / 'state'}"
+
+[server]
+max_body_bytes = {CAP}
+github_secret_env = "GH_SECRET"
+
+[server.operators.alice]
+secret_env = "ALICE_SECRET"
+
+[apps.web]
+image = "registry.example:5000/web"
+repository = "Codertocat/Hello-World"
+tag_pattern = '^[v0-9][A-Za-z0-9._-]*$'
+
+[[apps.web.ports]]
+external = 8000
+container = 80
+blue = 8001
+green = 8002
+"""
+    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml",
+                               environ={"GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET})
+
+
+@pytest.fixture
+def events():
+    return []
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def queue(settings, clock):
+    return Queue.for_state_dir(settings.settings.state_dir, clock=clock)
+
+
+@pytest.fixture
+def app(settings, queue, events, clock):
+    journal = Journal([events.append], secrets=settings.secrets())
+    return create_app({"DEPLOYER_CONFIG": settings, "QUEUE": queue, "JOURNAL": journal, "CLOCK": clock,
+                       "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+# --- the worker -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config(tmp_path):
+    text = f"""
+[deployer]
+state_dir = "{tmp_path / 'state'}"
+[server]
+job_timeout = 100
+[apps.web]
+image = "registry.example:5000/web"
+[[apps.web.ports]]
+external = 8000
+container = 80
+blue = 8001
+green = 8002
+[apps.api]
+image = "registry.example:5000/api"
+[[apps.api.ports]]
+external = 9000
+container = 80
+blue = 9001
+green = 9002
+"""
+    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ={})
+
+
+# --- the engine -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def host(tmp_path):
+    """A host with v1 deployed on blue, through the engine itself; its effects are the first test's."""
+    host = Host(tmp_path)
+    host.engine().deploy("web", "v1", actor="cli:ann")
+    return host
