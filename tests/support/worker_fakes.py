@@ -1,11 +1,11 @@
-"""The worker's side of a job without an engine: a fake engine and a fake job process, a claimed job, one run."""
+"""The worker without an engine: a fake engine and a fake job process, a claimed job, one run, a worker."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 from deployer.journal import Journal
-from deployer.worker.loop import JobSteps, JobTools, execute
+from deployer.worker.loop import JobSteps, JobTools, Worker, execute
 
 
 class Clock:
@@ -47,6 +47,17 @@ class Process:
     def kill(self):
         self.killed = True
         self.code = -9
+
+
+def make_worker(config, queue, events, clock, launch, reconciled):
+    """A worker whose reconcile only notes the app."""
+    journal = Journal([events.append])
+
+    def reconcile(app):
+        reconciled.append(app)
+        return []
+
+    return Worker(config, queue, journal, launch=launch, reconcile=reconcile, clock=clock)
 
 
 def run_job(config, queue, events, job_id, engine=None, clock=None):

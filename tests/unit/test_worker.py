@@ -10,9 +10,9 @@ from deployer.host.state import StateStore
 from deployer.journal import Journal
 from deployer.plan.records import AppState, Instance
 from deployer.queue.jobs import Queue
-from deployer.worker.loop import JobSteps, JobTools, Worker, WorkerLock, execute
+from deployer.worker.loop import JobSteps, JobTools, WorkerLock, execute
 from support.configs import ASSET_SITE, make_config
-from support.worker_fakes import Clock, FakeEngine, Process, claimed, run_job
+from support.worker_fakes import Clock, FakeEngine, Process, claimed, make_worker, run_job
 
 
 @pytest.fixture
@@ -100,16 +100,6 @@ def test_a_busy_app_puts_the_job_back_until_the_job_timeout(config, queue, event
 
 
 # --- the supervising worker -------------------------------------------------------------------------
-
-
-def make_worker(config, queue, events, clock, launch, reconciled):
-    journal = Journal([events.append])
-
-    def reconcile(app):
-        reconciled.append(app)
-        return []
-
-    return Worker(config, queue, journal, launch=launch, reconcile=reconcile, clock=clock)
 
 
 def test_the_worker_runs_the_newest_job_per_app_and_supersedes_the_rest(config, queue, events, clock):
