@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from deployer import config as config_module
 from deployer.config import Config
@@ -42,6 +42,14 @@ def app_toml(name: str, external: int | None = None, *, blue: int | None = None,
 ASSET_SITE = app_toml("site", 9000, extra='repository = "acme/site"\n[apps.site.asset]\nname = "image.tar"\n')
 
 
-def make_config(tmp_path: Path, *apps: str, server: str = "") -> Config:
-    text = f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n[server]\n{server}\n' + "".join(apps)
-    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ={})
+def config_text(tmp_path: Path, *apps: str, server: str = "", tables: str = "") -> str:
+    """A whole config: [deployer] with its state folder under tmp_path, [server] with the `server` lines (its own
+    sub-tables too), other `tables`, then the apps."""
+    return f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n[server]\n{server}\n{tables}\n' + "".join(apps)
+
+
+def make_config(tmp_path: Path, *apps: str, server: str = "", tables: str = "",
+                environ: Mapping[str, str] | None = None, parse: Callable[..., Any] = config_module.parse) -> Config:
+    """`config_text` parsed as tmp_path/deployer.toml (`parse_receiver` parses the receiver's part only)."""
+    text = config_text(tmp_path, *apps, server=server, tables=tables)
+    return parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ=dict(environ or {}))

@@ -11,6 +11,8 @@ GITHUB_SECRET = "gh-webhook-secret-5f2a9c"
 ALICE_SECRET = "alice-operator-secret-8d41e7b2"
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 CAP = 64 * 1024
+# The [server] sub-table of the operator key alice, read from $ALICE_SECRET.
+ALICE_KEY = '[server.operators.alice]\nsecret_env = "ALICE_SECRET"\n'
 
 
 def read_payload(name: str) -> bytes:

@@ -3,46 +3,23 @@ config; the engine's fake host with v1 live. Plain helpers (fakes, builders) liv
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
 
-from deployer import config as config_module
 from deployer.journal import Journal
 from deployer.queue.jobs import Queue
 from deployer.receiver.web import create_app
+from support.configs import app_toml, make_config
 from support.engine_fakes import Host
-from support.receiver import ALICE_SECRET, CAP, GITHUB_SECRET, Clock
+from support.receiver import ALICE_KEY, ALICE_SECRET, CAP, GITHUB_SECRET, Clock
 
 # --- the receiver -----------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def settings(tmp_path):
-    text = f"""
-[deployer]
-state_dir = "{tmp_path / 'state'}"
-
-[server]
-max_body_bytes = {CAP}
-github_secret_env = "GH_SECRET"
-
-[server.operators.alice]
-secret_env = "ALICE_SECRET"
-
-[apps.web]
-image = "registry.example:5000/web"
-repository = "Codertocat/Hello-World"
-tag_pattern = '^[v0-9][A-Za-z0-9._-]*$'
-
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-"""
-    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml",
-                               environ={"GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET})
+    web = app_toml("web", 8000, repository="Codertocat/Hello-World", tag_pattern="^[v0-9][A-Za-z0-9._-]*$")
+    return make_config(tmp_path, web, server=f'max_body_bytes = {CAP}\ngithub_secret_env = "GH_SECRET"\n{ALICE_KEY}',
+                       environ={"GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET})
 
 
 @pytest.fixture
@@ -77,27 +54,7 @@ def client(app):
 
 @pytest.fixture
 def config(tmp_path):
-    text = f"""
-[deployer]
-state_dir = "{tmp_path / 'state'}"
-[server]
-job_timeout = 100
-[apps.web]
-image = "registry.example:5000/web"
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-[apps.api]
-image = "registry.example:5000/api"
-[[apps.api.ports]]
-external = 9000
-container = 80
-blue = 9001
-green = 9002
-"""
-    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ={})
+    return make_config(tmp_path, app_toml("web", 8000), app_toml("api", 9000), server="job_timeout = 100")
 
 
 # --- the engine -------------------------------------------------------------------------------------
