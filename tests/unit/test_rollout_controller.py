@@ -20,6 +20,7 @@ from deployer.errors import DeployerError, RolloutFailed, Unauthorized, UnknownA
 from deployer.journal import Journal
 from deployer.queue.jobs import ROLLOUT, Job, Queue
 from deployer.fleet.rollout import Rollout
+from support.worker_fakes import Process, make_worker
 
 ROLLOUT_ID = "job-00000000000000aa"
 
@@ -378,8 +379,6 @@ def test_a_rollout_row_of_an_app_that_is_not_a_fleet_app_is_refused(tmp_path, qu
 
 
 def test_a_rollout_job_outlives_the_job_timeout_and_a_dead_one_repairs_nothing_here(tmp_path, clock):
-    from test_worker import Process, make_worker
-
     config = controller_config(tmp_path)  # job_timeout: the default 1800 s
     queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
     queue.submit_manual(app="web", tag="v2", actor="cli:ops", kind=ROLLOUT, source={})
