@@ -20,7 +20,7 @@ from deployer.adapters.routing import Routing
 from deployer.adapters.shared_address import SharedAddress
 from deployer.audit import build_journal
 from deployer.config import Config
-from deployer.host.netfilter.chains import NetfilterBackend
+from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import DockerPort, Engine
 from deployer.host.netfilter.nftables import NftablesBackend

@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping, Protocol
 from deployer.config import AppConfig, Config
 from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack
 from deployer.host import modes
-from deployer.host.netfilter.chains import Chains, NetfilterBackend
+from deployer.host.netfilter.backend import NetfilterBackend
+from deployer.host.netfilter.chains import Chains
 from deployer.host.forwarder import Forwarder, RoutingPort
 from deployer.host.health import Prober, set_port_probe, wait_healthy
 from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation, record_repairs

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from deployer.errors import RulesError
-from deployer.host.netfilter.chains import NetfilterBackend
+from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.plan import nft
 
 
