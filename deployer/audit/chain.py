@@ -208,5 +208,3 @@ class Entry:
 def entry_from_row(row: Sequence[Any]) -> Entry:
     seq, *_, entry_json, prev_hash, digest = row
     return Entry(seq, json.loads(entry_json), prev_hash, digest)
-
-

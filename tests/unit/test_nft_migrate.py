@@ -1,4 +1,4 @@
-"""The move from the layout before the maps (plan/nft/migrate.py): which old jumps stay, what a written chain becomes."""
+"""The move from the layout before the maps (plan/nft/migrate.py): which old jumps stay, what written chains become."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from deployer.plan.nft.forms import CANNOT, written_comment
 from deployer.plan.nft.layout import MAINTENANCE, MAP_TYPES, Key, map_name
 from deployer.plan.rules import Forward, save_string
 
+
 @dataclass(frozen=True)
 class Element:
     """One element of a map: an app chain's rule for one port."""
@@ -58,6 +59,7 @@ _DNAT = re.compile(r'-p (?P<p>tcp|udp) -m (?P=p) --dport (?P<port>\d+) -m commen
 _REDIRECT = re.compile(r'-p tcp -m tcp --dport (?P<port>\d+) -m comment --comment '
                        r'(?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j REDIRECT --to-ports (?P<to>\d+)')
 
+
 def element_of(chain: str, body: str) -> Element:
     """One rule of an app chain (its body, after `-A CHAIN `) as an element; RulesError when it is none."""
     match = _DNAT.fullmatch(body)
@@ -77,6 +79,7 @@ def _check_owner(chain: str, body: str, comment: str) -> None:
     if f"{chain.split('-', 1)[0]}-{comment.split(' ', 1)[0]}" != chain:
         raise RulesError(f"the nftables backend names a rule's app by its comment's first word, and "
                          f"{comment!r} does not name the app of {chain}", rules=f"-A {chain} {body}")
+
 
 @dataclass(frozen=True)
 class Split:
@@ -220,6 +223,7 @@ def delete_elements(table: str, elements: Iterable[Element]) -> list[str]:
         if found:
             lines.append(f"delete element ip {table} {name} {{ {', '.join(found)} }}")
     return lines
+
 
 def render_replace(table: str, before: Sequence[Element], wanted: Sequence[Element]) -> str | None:
     """What was read and is not wanted deleted, what is wanted and was not there added, in one transaction.

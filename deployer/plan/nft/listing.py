@@ -14,6 +14,7 @@ from deployer.plan.nft.forms import foreign, rule_to_iptables
 from deployer.plan.nft.layout import BASE_CHAINS, MAP_TYPES, Order, dispatch, is_app_chain, splits_chain
 from deployer.plan.nft.migrate import legacy_jumps
 
+
 @dataclass
 class Table:
     """The deployer's table as `nft -a list` printed it: each chain's rules (nft text, handle), the elements."""

@@ -80,39 +80,44 @@ class Translation:
     markers: dict[str, bool] = field(default_factory=dict)  # app -> whether its empty chain is there after
 
 
-def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole: bool = True) -> Translation:
-    """An iptables-restore --noflush transaction, translated.
+@dataclass
+class Played:
+    """A restore's nat lines played out: the app chains as it leaves them, the other chains' commands, and
+    what else it touches."""
 
-    `live` is the table as read: whole, or (`whole=False`, for a transaction that writes app chains alone)
-    the written apps' elements, whatever else holds the ports it names, and the splits chain. Each app chain
-    the text writes is played out on its rules as read, line by line as iptables-restore would; the outcome
-    becomes elements and splits (`effective`), and only the difference is written: elements replaced, the
-    splits chain rewritten whole when a split changed. The other chains' lines become rules, a deletion by the
-    handle read. filter and mangle stay iptables'.
-    """
-    other: list[str] = []
-    chain_commands: list[str] = []
-    apps: dict[str, list[str]] = {}  # app chain -> its rules, as the transaction leaves them
-    deleted: set[str] = set()  # app chains the transaction removes (-X)
+    other: list[str] = field(default_factory=list)  # the other tables' lines, for iptables-restore
+    chain_commands: list[str] = field(default_factory=list)  # the chains that are chains here, as nft commands
+    apps: dict[str, list[str]] = field(default_factory=dict)  # app chain -> its rules, as the transaction leaves them
+    deleted: set[str] = field(default_factory=set)  # app chains the transaction removes (-X)
+    touches_base: bool = False
+    declares_top: bool = False
+    jumps: bool = False  # a jump to an app chain added: the lookups are wanted
+    removes_table: bool = False
+
+
+def play(text: str, table: str, prefix: str, live: Table) -> Played:
+    """The transaction's lines in order, as iptables-restore would take them: each app chain on its rules as
+    read (`-I` in front, `-A` behind, `-D`, a declared chain flushed), the other chains' lines as nft commands
+    (a deletion by the handle read). RulesError for a line the backend cannot write."""
+    played = Played()
     section: str | None = None
-    touches_base = declares_top = jumps = removes_table = False
     handles = {chain: list(found) for chain, found in live.chains.items()}
 
     def app_rules(chain: str) -> list[str]:
-        if chain not in apps:
+        if chain not in played.apps:
             owner = chain[len(prefix) + 1:]
-            apps[chain] = app_view(chain, live.owned(owner), live.owned_splits(prefix, owner), ())
-        return apps[chain]
+            played.apps[chain] = app_view(chain, live.owned(owner), live.owned_splits(prefix, owner), ())
+        return played.apps[chain]
 
     for line in text.splitlines():
         if line.startswith("*"):
             section = line[1:]
             if section != "nat":
-                other.append(line)
+                played.other.append(line)
             continue
         if section != "nat":
             if section is not None:
-                other.append(line)
+                played.other.append(line)
             if line == "COMMIT":
                 section = None
             continue
@@ -121,13 +126,13 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
         elif line.startswith(":"):
             chain = line[1:].split(" ", 1)[0]
             if chain in BASE_CHAINS:
-                touches_base = True
+                played.touches_base = True
             elif is_app_chain(chain, prefix):
                 app_rules(chain).clear()  # declaring a chain in a restore flushes it
             elif chain == prefix:
-                declares_top = True
+                played.declares_top = True
             else:
-                chain_commands += [f"add chain ip {table} {chain}", f"flush chain ip {table} {chain}"]
+                played.chain_commands += [f"add chain ip {table} {chain}", f"flush chain ip {table} {chain}"]
         elif line.startswith(("-A ", "-I ", "-D ")):
             verb, chain, rest = line.split(" ", 2)
             if verb == "-I":
@@ -148,40 +153,56 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
             elif chain == prefix:
                 if not rest.startswith(f"-j {prefix}-"):
                     raise RulesError(CANNOT, rules=line)
-                jumps = jumps or verb != "-D"  # a jump is the lookups; a deleted one goes with the app's rules
+                # a jump is the lookups; a deleted one goes with the app's rules
+                played.jumps = played.jumps or verb != "-D"
             else:
-                touches_base = touches_base or chain in BASE_CHAINS
+                played.touches_base = played.touches_base or chain in BASE_CHAINS
                 if verb == "-I":
-                    chain_commands.append(f"insert rule ip {table} {chain} {rule_to_nft(rest)}")
+                    played.chain_commands.append(f"insert rule ip {table} {chain} {rule_to_nft(rest)}")
                 elif verb == "-A":
-                    chain_commands.append(f"add rule ip {table} {chain} {rule_to_nft(rest)}")
+                    played.chain_commands.append(f"add rule ip {table} {chain} {rule_to_nft(rest)}")
                 else:
                     wanted = rule_to_nft(rest)
                     at = next((i for i, (found_text, _) in enumerate(handles.get(chain, []))
                                if found_text == wanted), None)
                     if at is None:
                         raise RulesError("no such rule to delete", rules=line)
-                    chain_commands.append(f"delete rule ip {table} {chain} handle {handles[chain].pop(at)[1]}")
+                    handle = handles[chain].pop(at)[1]
+                    played.chain_commands.append(f"delete rule ip {table} {chain} handle {handle}")
         elif line.startswith("-F "):
             chain = line[3:]
             if is_app_chain(chain, prefix):
                 app_rules(chain).clear()
             elif chain != prefix:
-                chain_commands.append(f"flush chain ip {table} {chain}")
+                played.chain_commands.append(f"flush chain ip {table} {chain}")
         elif line.startswith("-X "):
             chain = line[3:]
             if is_app_chain(chain, prefix):
                 app_rules(chain).clear()
-                deleted.add(chain)
+                played.deleted.add(chain)
             elif chain == prefix:
-                removes_table = True
+                played.removes_table = True
             else:
-                chain_commands.append(f"delete chain ip {table} {chain}")
+                played.chain_commands.append(f"delete chain ip {table} {chain}")
         elif line.strip() and not line.startswith("#"):
             raise RulesError("the nftables backend cannot apply this line", rules=line)
+    return played
 
-    others = ("\n".join([*other, ""]) if other else "")
-    if removes_table:  # the teardown: everything the deployer owns in nat is this table
+
+def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole: bool = True) -> Translation:
+    """An iptables-restore --noflush transaction, translated.
+
+    `live` is the table as read: whole, or (`whole=False`, for a transaction that writes app chains alone)
+    the written apps' elements, whatever else holds the ports it names, and the splits chain. Each app chain
+    the text writes is played out on its rules as read, line by line as iptables-restore would; the outcome
+    becomes elements and splits (`effective`), and only the difference is written: elements replaced, the
+    splits chain rewritten whole when a split changed. The other chains' lines become rules, a deletion by the
+    handle read. filter and mangle stay iptables'.
+    """
+    played = play(text, table, prefix, live)
+    apps = played.apps
+    others = ("\n".join([*played.other, ""]) if played.other else "")
+    if played.removes_table:  # the teardown: everything the deployer owns in nat is this table
         return Translation(f"delete table ip {table}\n" if live.chains or live.maps else "", others, {}, True)
 
     result: dict[str, tuple[list[Element], list[Split]]] = {}
@@ -196,7 +217,7 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
         before += live.owned(app)
         after += result[app][0]
         splits_after += result[app][1]
-        markers[app] = not result[app][0] and not result[app][1] and chain not in deleted
+        markers[app] = not result[app][0] and not result[app][1] and chain not in played.deleted
     taken = {e.key: e.owner for e in live.elements if e not in before}
     for e in after:
         if e.key in taken and e not in before:
@@ -204,8 +225,8 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
                              f"{taken[e.key] or 'a rule not of the deployer'}", rules=e.rule(f"{prefix}-{e.owner}"))
     elements = render_replace(table, before, after)
     splits_changed = splits_after != splits_before
-    rewrite_dispatch = whole and (declares_top or ((jumps or elements is not None or splits_changed or apps)
-                                                   and not live.dispatching(prefix)))
+    wants_lookups = played.jumps or elements is not None or splits_changed or apps
+    rewrite_dispatch = whole and (played.declares_top or (wants_lookups and not live.dispatching(prefix)))
     marker_commands: list[str] = []
     for chain in apps:
         kept = markers[chain[len(prefix) + 1:]]
@@ -216,20 +237,20 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     old_jumps = kept_jumps(live.chains, prefix, apps)
 
     nat: list[str] = []
-    if whole and touches_base:
+    if whole and played.touches_base:
         nat += base_declarations(table)
     if rewrite_dispatch or (whole and (elements or marker_commands)):
         nat += map_declarations(table)[0 if not nat else 1:]
     if rewrite_dispatch:
         nat += dispatch_rules(table, prefix, old_jumps)
-    nat += chain_commands
+    nat += played.chain_commands
     if elements:
         nat.append(elements.rstrip("\n"))
     if splits_changed:
         nat += [f"flush chain ip {table} {splits_chain(prefix)}",
                 *(f"add rule ip {table} {splits_chain(prefix)} {found.nft}" for found in splits_after)]
     nat += marker_commands
-    if not (elements or splits_changed or marker_commands or chain_commands or rewrite_dispatch):
+    if not (elements or splits_changed or marker_commands or played.chain_commands or rewrite_dispatch):
         nat = []
     ready = whole and (rewrite_dispatch or live.dispatching(prefix)) and not old_jumps
     return Translation("\n".join([*nat, ""]) if nat else "", others, result, ready=ready, markers=markers)
