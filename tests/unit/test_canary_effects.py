@@ -132,7 +132,7 @@ def test_status_shows_the_split_and_the_live_flows_of_each_instance(host):
 def test_a_signed_promote_job_promotes_the_canary_and_says_so(host):
     from deployer.journal import Journal
     from deployer.queue.jobs import Queue
-    from deployer.worker.loop import JobTools, execute
+    from deployer.worker.run import JobTools, execute
 
     start(host)
     queue = Queue.for_state_dir(host.config.settings.state_dir)
@@ -151,7 +151,7 @@ def test_a_signed_promote_job_promotes_the_canary_and_says_so(host):
 
 def test_a_release_of_an_app_with_canary_set_starts_a_canary(tmp_path):
     from deployer.config import parse
-    from deployer.worker.loop import canary_start
+    from deployer.worker.run import canary_start
 
     app = parse({"deployer": {"state_dir": str(tmp_path)},
                  "apps": {"web": {"image": "r/web", "canary": 10, "canary_sticky": True, "canary_bake": 600,

@@ -22,7 +22,8 @@ from deployer.worker import loop as worker_module
 from deployer.worker.faults import fault_lines
 from deployer.queue.jobs import Job, Queue, state_error
 from deployer.receiver.web import create_app
-from deployer.worker.loop import Worker, wait_seconds
+from deployer.worker.loop import Worker
+from deployer.worker.run import wait_seconds
 
 RELEASE = Release(tag="v2", image="127.0.0.1:5001/web")
 

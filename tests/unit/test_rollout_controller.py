@@ -335,7 +335,8 @@ def claimed_rollout(queue: Queue, tag: str = "v2", app: str = "web") -> Job:
 
 
 def test_the_worker_runs_a_rollout_job_and_copies_its_progress_into_the_jobs_steps(tmp_path, queue):
-    from deployer.worker.loop import JobSteps, JobTools, execute
+    from deployer.worker.child import JobSteps
+    from deployer.worker.run import JobTools, execute
 
     config = controller_config(tmp_path)
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
@@ -352,7 +353,7 @@ def test_the_worker_runs_a_rollout_job_and_copies_its_progress_into_the_jobs_ste
 
 
 def test_a_failed_rollout_fails_its_job_with_the_hosts_reason(tmp_path, queue):
-    from deployer.worker.loop import JobTools, execute
+    from deployer.worker.run import JobTools, execute
 
     config = controller_config(tmp_path)
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}, fail={"h1": "v2"})
@@ -364,7 +365,7 @@ def test_a_failed_rollout_fails_its_job_with_the_hosts_reason(tmp_path, queue):
 
 
 def test_a_rollout_row_of_an_app_that_is_not_a_fleet_app_is_refused(tmp_path, queue):
-    from deployer.worker.loop import JobTools, execute
+    from deployer.worker.run import JobTools, execute
 
     config = controller_config(tmp_path)
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})

@@ -14,7 +14,9 @@ from deployer.host.state import StateStore
 from deployer.journal import Journal
 from deployer.plan.records import AppState, Instance
 from deployer.queue.jobs import Queue
-from deployer.worker.loop import JobSteps, JobTools, Worker, WorkerLock, execute
+from deployer.worker.child import JobSteps
+from deployer.worker.loop import Worker, WorkerLock
+from deployer.worker.run import JobTools, execute
 from support.configs import ASSET_SITE, make_config
 
 
