@@ -32,7 +32,7 @@ from deployer.config.fleet import FleetConfig
 from deployer.errors import UnsafePath
 from deployer.fleet.client import FleetClient
 from deployer.folders import space_problem
-from deployer.host.netfilter.chains import NetfilterBackend
+from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import DockerPort, Engine
 from deployer.host.netfilter.nftables import NftablesBackend

@@ -24,7 +24,8 @@ from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, N
 from deployer.host import modes
 from deployer.host.forwarder import Forwarder, RoutingPort
 from deployer.host.health import Prober, set_port_probe, wait_healthy
-from deployer.host.netfilter.chains import Chains, NetfilterBackend
+from deployer.host.netfilter.backend import NetfilterBackend
+from deployer.host.netfilter.chains import Chains
 from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation
 from deployer.host.reconcile import reconcile_app
 from deployer.host.state import StateStore
