@@ -21,6 +21,7 @@ from deployer.journal import Journal
 from deployer.queue.model import Job, JobKind
 from deployer.queue.queue import Queue
 from deployer.fleet.rollout import Rollout
+from support.worker_fakes import Process, make_worker
 
 ROLLOUT_ID = "job-00000000000000aa"
 
@@ -337,7 +338,8 @@ def claimed_rollout(queue: Queue, tag: str = "v2", app: str = "web") -> Job:
 
 
 def test_the_worker_runs_a_rollout_job_and_copies_its_progress_into_the_jobs_steps(tmp_path, queue):
-    from deployer.worker.loop import JobSteps, JobTools, execute
+    from deployer.worker.child import JobSteps
+    from deployer.worker.run import JobTools, execute
 
     config = controller_config(tmp_path)
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
@@ -354,7 +356,7 @@ def test_the_worker_runs_a_rollout_job_and_copies_its_progress_into_the_jobs_ste
 
 
 def test_a_failed_rollout_fails_its_job_with_the_hosts_reason(tmp_path, queue):
-    from deployer.worker.loop import JobTools, execute
+    from deployer.worker.run import JobTools, execute
 
     config = controller_config(tmp_path)
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}, fail={"h1": "v2"})
@@ -366,7 +368,7 @@ def test_a_failed_rollout_fails_its_job_with_the_hosts_reason(tmp_path, queue):
 
 
 def test_a_rollout_row_of_an_app_that_is_not_a_fleet_app_is_refused(tmp_path, queue):
-    from deployer.worker.loop import JobTools, execute
+    from deployer.worker.run import JobTools, execute
 
     config = controller_config(tmp_path)
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
@@ -379,8 +381,6 @@ def test_a_rollout_row_of_an_app_that_is_not_a_fleet_app_is_refused(tmp_path, qu
 
 
 def test_a_rollout_job_outlives_the_job_timeout_and_a_dead_one_repairs_nothing_here(tmp_path, clock):
-    from test_worker import Process, make_worker
-
     config = controller_config(tmp_path)  # job_timeout: the default 1800 s
     queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
     queue.jobs.submit_manual(app="web", tag="v2", actor="cli:ops", kind=JobKind.ROLLOUT, source={})
