@@ -141,6 +141,14 @@ class Unauthorized(RequestRejected):
     """
 
 
+class MisdirectedRequest(RequestRejected):
+    """The request names (in its Host) a server other than this one: refused before any credential is checked."""
+
+
+class Forbidden(RequestRejected):
+    """A verified key whose scope does not cover what it asked for."""
+
+
 class MalformedRequest(RequestRejected):
     """The body is not the JSON (or form) its content type announces."""
 

@@ -17,7 +17,7 @@ from deployer.config.app import parse_app, parse_receiver_app, release_policy
 from deployer.config.cluster import check_cluster_apps, parse_cluster
 from deployer.config.fields import only_keys
 from deployer.config.fleet import parse_fleet, release_tables
-from deployer.config.model import AppConfig, Config, ReceiverApp, ReceiverConfig
+from deployer.config.model import AppConfig, Config, ReceiverApp, ReceiverConfig, ServerConfig
 from deployer.config.registries import parse_registries
 from deployer.config.secrets import read_secret
 from deployer.config.server import parse_server
@@ -110,6 +110,7 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
                                                      secret_env_names=receiver_env_names))
         _check_fleet_apps(fleet.apps, apps, path=path)
         _check_repositories({**apps, **fleet.releases}, path=path)
+    _check_key_apps(server, {*apps, *(fleet.apps if fleet else ())}, path=path)
     return Config(path=path, settings=settings, apps=apps, registries=registries,
                   secret_env_names=frozenset(secret_env_names | receiver_env_names), raw=data, server=server,
                   receiver_env_names=frozenset(receiver_env_names), cluster=cluster, fleet=fleet)
@@ -130,6 +131,7 @@ def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str,
     _check_repositories(apps, path=path)
     server = parse_server(data.get("server", {}), path=path, base=base, environ=environ,
                           secret_env_names=secret_env_names)
+    _check_key_apps(server, set(apps), path=path)
     return ReceiverConfig(path=path, settings=settings, apps=apps, server=server,
                           secret_env_names=frozenset(secret_env_names))
 
@@ -153,6 +155,14 @@ def _fleet_releases(data: Mapping[str, Any], *, path: Path, base: Path, environ:
                                                                       environ=environ,
                                                                       secret_env_names=secret_env_names))
             for name, entry in release_tables(data, path=path).items()}
+
+
+def _check_key_apps(server: ServerConfig, apps: set[str], *, path: Path) -> None:
+    """A key limited to an app that is not configured would be a typo that grants nothing: say so."""
+    for key in server.operators.values():
+        unknown = sorted(set(key.apps or ()) - apps)
+        if unknown:
+            raise ConfigError(f"no app is named {unknown[0]!r}", path=path, key=f"server.operators.{key.key_id}.apps")
 
 
 def _check_fleet_apps(fleet_apps: tuple[str, ...], apps: Mapping[str, Any], *, path: Path) -> None:

@@ -143,10 +143,16 @@ class Settings:
 
 @dataclass(frozen=True)
 class OperatorKey:
-    """One operator's key for signed manual requests; the id travels in the request, the secret never does."""
+    """One operator's key for signed manual requests; the id travels in the request, the secret never does.
+
+    `scope` says what the key may do (receiver/scopes.py has the table): "operator" everything, "fleet" what a
+    controller needs, "read" reading only. `apps`, when set, limits the key to those apps.
+    """
 
     key_id: str
     secret: str = field(repr=False)
+    scope: str = "operator"
+    apps: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ class ServerConfig:
     """`deployer serve`: the webhook receiver (gunicorn) and the deploy worker."""
 
     listen: str = "127.0.0.1:8000"
+    names: tuple[str, ...] = ("127.0.0.1:8000", "localhost:8000")  # the Host headers this server answers to
     workers: int = 2
     max_body_bytes: int = 1024 * 1024
     github_secret: str | None = field(default=None, repr=False)  # unset: every delivery is refused

@@ -13,6 +13,11 @@ from deployer.config.secrets import read_secret
 from deployer.errors import ConfigError
 
 MIN_OPERATOR_SECRET = 16
+SCOPES = ("operator", "fleet", "read")  # what each may do: deployer/receiver/scopes.py
+# A Host header as a client sends it: a DNS name or an address (IPv6 in brackets), and a port unless it is the
+# scheme's default.
+HOST_NAME_RE = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)(:[0-9]{1,5})?$")
+LOOPBACK_NAMES = {"127.0.0.1": ("localhost",), "::1": ("localhost",)}
 
 
 def parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, str],
@@ -20,7 +25,7 @@ def parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, str
     if not isinstance(data, dict):
         raise ConfigError("must be a table", path=path, key="server")
     allowed = {"listen", "workers", "max_body_bytes", "github_secret", "github_secret_file", "github_secret_env",
-               "operators", "job_timeout", "github_api", "user", "group", "audit_token", "audit_token_file",
+               "operators", "names", "job_timeout", "github_api", "user", "group", "audit_token", "audit_token_file",
                "audit_token_env"}
     only_keys(data, allowed, path=path, where="server")
     key = lambda k: f"server.{k}"  # noqa: E731
@@ -38,6 +43,7 @@ def parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, str
         raise ConfigError("must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:8000", path=path,
                           key=key("listen"))
 
+    names = host_names(data, listen, path=path, key=key("names"))
     workers = integer(data.get("workers", defaults.workers), minimum=2, path=path, key=key("workers"),
                       message="must be a whole number of at least 2, so one slow request never holds up the others")
     max_body = integer(data.get("max_body_bytes", defaults.max_body_bytes), minimum=1024, path=path,
@@ -72,16 +78,24 @@ def parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, str
             raise ConfigError("key ids are 1 to 64 letters, digits, '.', '_' or '-'", path=path, key=where)
         if not isinstance(entry, dict):
             raise ConfigError("must be a table", path=path, key=where)
-        only_keys(entry, {"secret", "secret_file", "secret_env"}, path=path, where=where)
+        only_keys(entry, {"secret", "secret_file", "secret_env", "scope", "apps"}, path=path, where=where)
         secret = read_secret(entry, "secret", path=path, base=base, environ=environ, where=where,
                              secret_env_names=secret_env_names)
         if len(secret) < MIN_OPERATOR_SECRET:
             raise ConfigError(f"the secret is shorter than {MIN_OPERATOR_SECRET} characters; "
                               "make one with: openssl rand -hex 32", path=path, key=where)
-        operators[key_id] = OperatorKey(key_id=key_id, secret=secret)
+        scope = typed(entry, "scope", str, "operator", path=path, key=f"{where}.scope")
+        if scope not in SCOPES:
+            raise ConfigError(f"must be one of {', '.join(SCOPES)}", path=path, key=f"{where}.scope")
+        apps = key_apps(entry, path=path, key=f"{where}.apps")
+        if scope == "fleet" and not apps:
+            raise ConfigError("a fleet key names the apps it may deploy: apps = [\"web\"]", path=path,
+                              key=f"{where}.apps")
+        operators[key_id] = OperatorKey(key_id=key_id, secret=secret, scope=scope, apps=apps)
 
     return ServerConfig(
         listen=listen,
+        names=names,
         workers=workers,
         max_body_bytes=max_body,
         github_secret=github_secret,
@@ -92,3 +106,39 @@ def parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, str
         user=accounts["user"],
         group=accounts["group"],
     )
+
+
+def host_names(data: Mapping[str, Any], listen: str, *, path: Path, key: str) -> tuple[str, ...]:
+    """The Host headers this server answers to: `names`, or what `listen` implies.
+
+    A signed request binds its Host, so a server that knows its own names refuses one signed for another
+    server that shares the key. A server listening on every address cannot know them: it must be told.
+    """
+    if "names" not in data:
+        host, _, port = listen.rpartition(":")
+        address = ipaddress.ip_address(host.strip("[]"))
+        if address.is_unspecified:
+            raise ConfigError(f"listen = {listen!r} takes requests on every address, so the names this server "
+                              "answers to must be given: names = [\"deploy.example.com\", \"10.0.0.1:8000\"] "
+                              "(the Host header clients send)", path=path, key=key)
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        return (f"{shown}:{port}", *(f"{name}:{port}" for name in LOOPBACK_NAMES.get(str(address), ())))
+    names = data["names"]
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        raise ConfigError("must be a list of the Host names clients use, e.g. [\"deploy.example.com\"]",
+                          path=path, key=key)
+    for name in names:
+        if not HOST_NAME_RE.fullmatch(name.lower()):
+            raise ConfigError(f"{name[:80]!r} is not a Host header: a name or an address, and :PORT unless it is "
+                              "the scheme's default", path=path, key=key)
+    return tuple(dict.fromkeys(name.lower() for name in names))
+
+
+def key_apps(entry: Mapping[str, Any], *, path: Path, key: str) -> tuple[str, ...] | None:
+    """The apps a key is limited to; None: every app. Whether each exists is checked with the apps."""
+    if "apps" not in entry:
+        return None
+    apps = entry["apps"]
+    if not isinstance(apps, list) or not apps or not all(isinstance(app, str) and app for app in apps):
+        raise ConfigError("must be a list of app names", path=path, key=key)
+    return tuple(dict.fromkeys(apps))

@@ -24,13 +24,15 @@ from werkzeug.exceptions import HTTPException
 
 from deployer import config as config_module
 from deployer.audit import AuditLog, Query, audit_query_from_args, build_journal, query_to_json
-from deployer.config import Config
+from deployer.config import Config, OperatorKey
 from deployer.errors import (
     AuditError,
     DeployerError,
+    Forbidden,
     InvalidRequest,
     InvalidTag,
     MalformedRequest,
+    MisdirectedRequest,
     PayloadTooLarge,
     StateError,
     Unauthorized,
@@ -45,12 +47,16 @@ from deployer import signatures
 from deployer.queue.accept import accept
 from deployer.queue.model import CANARY_KINDS, JOB_ID_RE, JobKind, JobStatus
 from deployer.queue.queue import Queue
+from deployer.receiver import scopes
 from deployer.receiver.rejections import Rejections
+from deployer.receiver.scopes import Action
 
 log = logging.getLogger("deployer.web")
 
 STATUS: list[tuple[type[DeployerError], int]] = [
+    (MisdirectedRequest, 421),
     (Unauthorized, 401),
+    (Forbidden, 403),
     (MalformedRequest, 400),
     (InvalidRequest, 422),
     (InvalidTag, 422),
@@ -66,6 +72,7 @@ STATUS: list[tuple[type[DeployerError], int]] = [
 DELIVERY_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 EVENT_RE = re.compile(r"^[a-z_]{1,64}$")
 HOOK_ID_RE = re.compile(r"^[0-9]{1,20}$")
+GITHUB_SIGNATURE_RE = re.compile(r"^sha256=[0-9a-f]{64}$")
 WORKER_STALE_SECONDS = 15.0
 MAX_REASON = 500
 RETRY_AFTER_SECONDS = 10  # a 503: the queue or the audit log cannot be written (most often a full disk)
@@ -94,6 +101,28 @@ class Receiver:
     @property
     def operator_secrets(self) -> dict[str, str]:
         return {key_id: key.secret for key_id, key in self.config.server.operators.items()}
+
+    def plausible_credential(self, headers: Mapping[str, str]) -> bool:
+        """Whether a request offers a credential worth reading its body for, judged from its headers alone.
+
+        A throttled source is answered 429 before its body is read unless it offers one; a header that is
+        merely present (`X-Hub-Signature-256: x`) is not one. A signature must have its form, name a known
+        key and be within its time window; a bearer token must be the token.
+        """
+        if GITHUB_SIGNATURE_RE.match(headers.get(signatures.GITHUB_HEADER) or ""):
+            return True
+        if headers.get(signatures.AUTHORIZATION_HEADER) is not None:
+            try:
+                signatures.verify_bearer(self.config.server.audit_token, headers.get(signatures.AUTHORIZATION_HEADER))
+                return True
+            except Unauthorized:
+                return False
+        try:
+            signed = signatures.read_signed_headers(headers)
+            signatures.check_timestamp(signed.timestamp, self.clock())
+        except Unauthorized:
+            return False
+        return signed.key_id in self.config.server.operators
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -147,17 +176,17 @@ def _authenticated() -> None:
 
 
 def _throttle():
-    """A source over its limit that offers no credential at all is answered 429 before its body is read.
+    """A source over its limit that offers no plausible credential is answered 429 before its body is read.
 
     /healthz is exempt: it writes nothing, and a load balancer's probe behind the same proxy as a flood
     must not take the receiver out of rotation.
     """
     rejections = _receiver().rejections
     rejections.flush_due()
-    if _offers_any_credential() or request.path == "/healthz":
+    if request.path == "/healthz":
         return None
     wait = rejections.retry_after(request.remote_addr)
-    if wait is None:
+    if wait is None or _receiver().plausible_credential(request.headers):
         return None
     rejections.note(route=request.path[:64], status=429, source=request.remote_addr, reason="rate limited")
     return _too_many(wait)
@@ -168,11 +197,6 @@ def _too_many(wait: int):
     response.status_code = 429
     response.headers["Retry-After"] = str(wait)
     return response
-
-
-def _offers_any_credential() -> bool:
-    return any(request.headers.get(name) is not None for name in (
-        signatures.GITHUB_HEADER, signatures.SIGNATURE_HEADER, signatures.AUTHORIZATION_HEADER))
 
 
 def _record_request(response):
@@ -381,9 +405,22 @@ def _job_accepted(job_id: str, app: str, tag: str | None, reason: str):
 manual = Blueprint("manual", __name__)
 
 
-def authenticate(body: bytes, record: dict[str, Any]) -> str:
-    """Check key, timestamp, signature, then spend the nonce. Returns the key id."""
+def check_host(receiver: Receiver) -> None:
+    """Refuse a request that names another server, before any credential is looked at.
+
+    A signature binds the Host it was made for; a server that shares the key with others must also know that
+    Host is its own, or a request signed for one host, sent unchanged to another, would be acted on by both.
+    """
+    host = request.host.lower()
+    if host not in receiver.config.server.names:
+        raise MisdirectedRequest(f"this server answers to {', '.join(receiver.config.server.names)}, not to "
+                                 f"{request.host[:100]!r} ([server] names)")
+
+
+def authenticate(body: bytes, record: dict[str, Any]) -> OperatorKey:
+    """Check the Host, key, timestamp, signature, then spend the nonce. Returns the verified key."""
     receiver = _receiver()
+    check_host(receiver)
     signed = signatures.read_signed_headers(request.headers)
     record.update(key_id=signed.key_id if signed.key_id in receiver.operator_secrets else None,
                   nonce=signed.nonce, timestamp=signed.timestamp)
@@ -393,7 +430,13 @@ def authenticate(body: bytes, record: dict[str, Any]) -> str:
                              path=path, body=body, now=now)
     receiver.queue.deliveries.use_nonce(signed.key_id, signed.nonce, signatures.nonce_expiry(signed.timestamp, now))
     _authenticated()
-    return signed.key_id
+    return receiver.config.server.operators[signed.key_id]
+
+
+def permit(key: OperatorKey, action: Action, app: str | None = None) -> None:
+    refusal = scopes.refusal(key, action, app)
+    if refusal is not None:
+        raise Forbidden(refusal)
 
 
 @manual.route("/deploy", methods=["POST"])
@@ -404,12 +447,14 @@ def deploy():
     record = _begin_record("manual_request")
     body = read_body(receiver.config.server.max_body_bytes)
     record["body_sha256"] = signatures.body_sha256(body)
-    key_id = authenticate(body, record)
+    key = authenticate(body, record)
+    key_id = key.key_id
     if request.mimetype != "application/json":
         raise UnsupportedMediaType(f"content type {request.mimetype or '(none)'!r} is not accepted: "
                                    f"use application/json")
     wanted = manual_request(parse_json_object(body), receiver.config)
     record.update(app=wanted["app"], tag=wanted["tag"], reason=wanted["reason"])
+    permit(key, Action.END_CANARY if wanted["action"] else Action.DEPLOY, wanted["app"])
     actor = f"key:{key_id}"
     kind = wanted["action"] or JobKind.REDEPLOY
     rollout = {"rollout": wanted["rollout"]} if wanted["rollout"] else {}
@@ -463,10 +508,10 @@ def job_status(job_id: str):
     record = _begin_record("manual_request")
     body = read_body(receiver.config.server.max_body_bytes)
     record["body_sha256"] = signatures.body_sha256(body)
-    authenticate(body, record)
+    key = authenticate(body, record)
     job = receiver.queue.jobs.get(job_id) if JOB_ID_RE.match(job_id) else None
-    if job is None:
-        raise UnknownJob("no job has that id")
+    if job is None or scopes.refusal(key, Action.READ_APP, job.app) is not None:
+        raise UnknownJob("no job has that id")  # a job of an app the key may not see is as unknown
     record.update(job=job.id, app=job.app, verdict="answered")
     return jsonify(**job.as_dict(), steps=receiver.queue.jobs.steps(job.id)), 200
 
@@ -479,8 +524,9 @@ def app_status(app_name: str):
     record = _begin_record("manual_request", route="/apps")
     body = read_body(receiver.config.server.max_body_bytes)
     record["body_sha256"] = signatures.body_sha256(body)
-    authenticate(body, record)
+    key = authenticate(body, record)
     app = receiver.config.app(app_name)
+    permit(key, Action.READ_APP, app.name)
     live = receiver.queue.live.live(app.name)
     record.update(app=app.name, verdict="answered")
     return jsonify(**live, health=health_report(receiver)), 200
@@ -508,6 +554,7 @@ def audit_entries():
 
 def _authenticate_reader(receiver: Receiver, record: dict[str, Any]) -> None:
     """The read-only audit token, or an operator signature: what GET /audit and a detailed /healthz take."""
+    check_host(receiver)
     header = request.headers.get(signatures.AUTHORIZATION_HEADER)
     if header is not None:  # the token is checked alone: a request that offers one stands or falls by it
         record["auth"] = "token"
@@ -517,7 +564,7 @@ def _authenticate_reader(receiver: Receiver, record: dict[str, Any]) -> None:
         record["auth"] = "signature"
         body = read_body(receiver.config.server.max_body_bytes)
         record["body_sha256"] = signatures.body_sha256(body)
-        authenticate(body, record)
+        permit(authenticate(body, record), Action.READ_LOG)
 
 
 def audit_query(args: Any, *, now: float) -> Query:

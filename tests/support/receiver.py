@@ -13,6 +13,9 @@ NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 CAP = 64 * 1024
 # The [server] sub-table of the operator key alice, read from $ALICE_SECRET.
 ALICE_KEY = '[server.operators.alice]\nsecret_env = "ALICE_SECRET"\n'
+# Flask's test client sends `Host: localhost`: the receivers under test answer to that name.
+TEST_HOST = "localhost"
+NAMES = f'names = ["{TEST_HOST}"]\n'
 
 
 def read_payload(name: str) -> bytes:
@@ -44,14 +47,15 @@ def published(**release_changes) -> bytes:
 
 
 def signed_call(client, method, path, body=b"", *, key_id="alice", secret=ALICE_SECRET, timestamp=NOW,
-                nonce=None, content_type="application/json"):
+                nonce=None, content_type="application/json", host=TEST_HOST, sent_to=None):
+    """A request signed for `host` and sent with that Host (or, to replay it elsewhere, with `sent_to`'s)."""
     nonce = nonce or f"nonce-{signed_call.counter:016d}"
     signed_call.counter += 1
-    headers = signatures.sign_request(secret, method=method, host="localhost", path=path, key_id=key_id,
+    headers = signatures.sign_request(secret, method=method, host=host, path=path, key_id=key_id,
                                       timestamp=timestamp, nonce=nonce, body=body)
     if content_type:
         headers["Content-Type"] = content_type
-    return client.open(path, method=method, data=body, headers=headers)
+    return client.open(path, method=method, data=body, headers=headers, base_url=f"http://{sent_to or host}")
 
 
 signed_call.counter = 0

@@ -10,7 +10,7 @@ from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from support.configs import app_toml, make_config
 from support.engine_fakes import Host
-from support.receiver import ALICE_KEY, ALICE_SECRET, CAP, GITHUB_SECRET, Clock
+from support.receiver import ALICE_KEY, ALICE_SECRET, CAP, GITHUB_SECRET, NAMES, Clock
 
 # --- the receiver -----------------------------------------------------------------------------------
 
@@ -18,7 +18,7 @@ from support.receiver import ALICE_KEY, ALICE_SECRET, CAP, GITHUB_SECRET, Clock
 @pytest.fixture
 def settings(tmp_path):
     web = app_toml("web", 8000, repository="Codertocat/Hello-World", tag_pattern="^[v0-9][A-Za-z0-9._-]*$")
-    return make_config(tmp_path, web, server=f'max_body_bytes = {CAP}\ngithub_secret_env = "GH_SECRET"\n{ALICE_KEY}',
+    return make_config(tmp_path, web, server=f'{NAMES}max_body_bytes = {CAP}\ngithub_secret_env = "GH_SECRET"\n{ALICE_KEY}',
                        environ={"GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET})
 
 

@@ -33,12 +33,13 @@ def deployer(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def server(tmp_path):
-    """The receiver on a free port from 27000-27999, in a thread of this process."""
-    config = make_config(tmp_path / "server", app_toml("web", 8000), server=ALICE_KEY,
-                         environ={"ALICE_SECRET": ALICE_SECRET})
-    queue = Queue.for_state_dir(config.settings.state_dir)
-    app = create_app({"DEPLOYER_CONFIG": config, "QUEUE": queue, "JOURNAL": Journal([])})
+    """The receiver on a free port from 27000-27999, in a thread of this process; it listens (and so answers to
+    the Host) 127.0.0.1:PORT, as `deployer serve` would."""
     for port in random.sample(range(27000, 28000), 50):
+        config = make_config(tmp_path / "server", app_toml("web", 8000), server=f'listen = "127.0.0.1:{port}"\n'
+                             + ALICE_KEY, environ={"ALICE_SECRET": ALICE_SECRET})
+        queue = Queue.for_state_dir(config.settings.state_dir)
+        app = create_app({"DEPLOYER_CONFIG": config, "QUEUE": queue, "JOURNAL": Journal([])})
         try:
             httpd = make_server("127.0.0.1", port, app, threaded=True)
             break

@@ -37,6 +37,7 @@ def test_a_full_server_section_loads(tmp_path):
     path = write(tmp_path, APP + """
 [server]
 listen = "0.0.0.0:9000"
+names = ["Deploy.Example.com", "10.0.0.1:9000"]
 workers = 4
 max_body_bytes = 65536
 github_secret_file = "github"
@@ -53,7 +54,7 @@ secret_env = "BOB_KEY"
 """)
     loaded = config.load(path, environ={"BOB_KEY": "bob-secret-abcdefghijkl"})
     assert loaded.server == ServerConfig(
-        listen="0.0.0.0:9000", workers=4, max_body_bytes=65536, github_secret="gh-secret-value",
+        listen="0.0.0.0:9000", names=("deploy.example.com", "10.0.0.1:9000"), workers=4, max_body_bytes=65536, github_secret="gh-secret-value",
         operators={"alice": OperatorKey("alice", "alice-secret-0123456789"),
                    "bob.ops": OperatorKey("bob.ops", "bob-secret-abcdefghijkl")},
         job_timeout=600, github_api="http://127.0.0.1:22950", user="deployer", group="deployer")
@@ -97,7 +98,7 @@ def test_the_audit_token_is_read_like_a_secret_and_masked(tmp_path):
     ('[server]\nuser = "Root Admin"\n', "key 'server.user': must be a user or group name"),
     ('[server]\nport = 1\n', "key 'server.port': unknown key (allowed: audit_token, audit_token_env, audit_token_file, "
                              "github_api, github_secret, github_secret_env, github_secret_file, group, job_timeout, "
-                             "listen, max_body_bytes, operators, user, workers)"),
+                             "listen, max_body_bytes, names, operators, user, workers)"),
     ('[server]\naudit_token = "inline-token-inline"\n',
      "key 'server.audit_token': secrets are not written in the config: use audit_token_file or audit_token_env"),
     ('[server]\naudit_token_env = "SHORT"\n',
@@ -144,3 +145,47 @@ def test_an_asset_without_token_is_for_public_repositories(tmp_path):
 def test_asset_refusals_name_the_key(tmp_path, text, message):
     path = write(tmp_path, APP + text)
     assert refusal(path) == f"{path}, {message}"
+
+
+@pytest.mark.parametrize(("listen", "names"), [
+    ("127.0.0.1:8000", ("127.0.0.1:8000", "localhost:8000")),
+    ("10.0.0.1:8443", ("10.0.0.1:8443",)),
+    ("[::1]:8000", ("[::1]:8000", "localhost:8000")),
+    ("[fd42::1]:8000", ("[fd42::1]:8000",)),
+])
+def test_a_server_answers_to_the_names_its_listen_address_implies(tmp_path, listen, names):
+    path = write(tmp_path, APP + f'[server]\nlisten = "{listen}"\n')
+    assert config.load(path, environ={}).server.names == names
+
+
+@pytest.mark.parametrize(("server", "key", "message"), [
+    ('listen = "0.0.0.0:8000"\n', "server.names", "takes requests on every address, so the names"),
+    ('names = []\n', "server.names", "must be a list of the Host names"),
+    ('names = ["deploy.example.com/x"]\n', "server.names", "is not a Host header"),
+])
+def test_names_that_cannot_bind_a_request_are_refused(tmp_path, server, key, message):
+    path = write(tmp_path, APP + "[server]\n" + server)
+    with pytest.raises(ConfigError) as refused:
+        config.load(path, environ={})
+    assert f"key '{key}'" in str(refused.value) and message in str(refused.value)
+
+
+@pytest.mark.parametrize(("entry", "key", "message"), [
+    ('scope = "admin"\n', "server.operators.k.scope", "must be one of operator, fleet, read"),
+    ('scope = "fleet"\n', "server.operators.k.apps", "a fleet key names the apps it may deploy"),
+    ('apps = ["nope"]\n', "server.operators.k.apps", "no app is named 'nope'"),
+    ('apps = "demo"\n', "server.operators.k.apps", "must be a list of app names"),
+])
+def test_a_keys_scope_and_apps_are_checked(tmp_path, entry, key, message):
+    (tmp_path / "k").write_text("k-secret-0123456789abcdef\n")
+    path = write(tmp_path, APP + '[server]\n[server.operators.k]\nsecret_file = "k"\n' + entry)
+    with pytest.raises(ConfigError) as refused:
+        config.load(path, environ={})
+    assert key in str(refused.value) and message in str(refused.value)
+
+
+def test_a_scoped_key_loads_with_its_apps(tmp_path):
+    (tmp_path / "k").write_text("k-secret-0123456789abcdef\n")
+    path = write(tmp_path, APP + '[server]\n[server.operators.k]\nsecret_file = "k"\nscope = "fleet"\napps = ["web"]\n')
+    assert config.load(path, environ={}).server.operators["k"] == OperatorKey("k", "k-secret-0123456789abcdef",
+                                                                               scope="fleet", apps=("web",))

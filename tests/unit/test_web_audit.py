@@ -15,7 +15,7 @@ from deployer import signatures
 from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from support.configs import app_toml, make_config
-from support.receiver import ALICE_KEY, ALICE_SECRET, NOW, Clock
+from support.receiver import ALICE_KEY, ALICE_SECRET, NAMES, NOW, Clock
 
 AUDIT_TOKEN = "audit-read-token-3c9e51f0a7d2"
 
@@ -31,7 +31,7 @@ SEEDED = [
 
 
 def load_config(tmp_path, *, token: bool = True):
-    server = ('audit_token_env = "AUDIT_TOKEN"\n' if token else "") + ALICE_KEY
+    server = NAMES + ('audit_token_env = "AUDIT_TOKEN"\n' if token else "") + ALICE_KEY
     return make_config(tmp_path, app_toml("web", 8000), server=server,
                        environ={"ALICE_SECRET": ALICE_SECRET, "AUDIT_TOKEN": AUDIT_TOKEN})
 

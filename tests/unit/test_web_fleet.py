@@ -15,7 +15,7 @@ from deployer.queue.queue import Queue
 from deployer.queue.rows import row_problem
 from deployer.receiver.web import create_app
 from support.configs import config_text
-from support.receiver import (ALICE_KEY, ALICE_SECRET, GITHUB_SECRET, assert_no_secret, deliver, published,
+from support.receiver import (ALICE_KEY, ALICE_SECRET, GITHUB_SECRET, NAMES, assert_no_secret, deliver, published,
                               redeploy_body, signed_call)
 
 ROLLOUT_ID = "job-00000000000000aa"
@@ -87,7 +87,7 @@ tag_pattern = '^[v0-9][A-Za-z0-9._-]*$'
 
 def controller_text(tmp_path, secret) -> str:
     """A controller without apps of its own: its receiver takes GitHub's deliveries and alice's requests."""
-    server = f'github_secret_env = "GH_SECRET"\n{ALICE_KEY}'
+    server = f'{NAMES}github_secret_env = "GH_SECRET"\n{ALICE_KEY}'
     return config_text(tmp_path, server=server, tables=FLEET.format(secret=secret))
 
 
