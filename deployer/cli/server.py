@@ -16,7 +16,7 @@ from deployer.queue.model import JobStatus
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command(sub, "serve", cmd_serve, "run the webhook receiver (gunicorn) and the deploy worker",
                 "deployer serve --watch",
-                "Serve POST /hooks/github, POST /deploy, GET /jobs/<id>, GET /audit and GET /healthz with\n"
+                "Serve POST /hooks/github, POST /deploy, GET /jobs/<id>, GET /apps/<app>, GET /audit and GET /healthz with\n"
                 "gunicorn on [server] listen, and run the deploy worker, which reconciles every app first. As\n"
                 "root with [server] user and group set, gunicorn runs as that user: it only enqueues; the worker\n"
                 "alone uses Docker and netfilter. SIGTERM waits for a running deploy; a second one stops it.\n"
