@@ -24,6 +24,7 @@ import fcntl
 import grp
 import os
 import stat
+import time
 from pathlib import Path
 
 from deployer.errors import StateError, UnsafePath
@@ -106,6 +107,26 @@ def own_folder(path: str | os.PathLike[str], mode: int) -> Path:
     except OSError as exc:
         raise StateError(f"cannot prepare the folder {folder}: {exc.strerror}") from None
     return folder
+
+
+def flock_within(fd: int, seconds: float, *, first_poll: float = 0.001, last_poll: float = 0.05) -> bool:
+    """Take the exclusive flock on `fd`, waiting at most `seconds`; False when another open file still holds it.
+
+    Whoever can open a lock file can hold it, a read-only descriptor is enough: a wait without a bound is a wait
+    another user decides the end of. The pause between tries starts at `first_poll` and doubles up to `last_poll`.
+    """
+    deadline = time.monotonic() + seconds
+    poll = first_poll
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(poll, left))
+            poll = min(poll * 2, last_poll)
 
 
 def check_database(path: Path) -> tuple[int, int]:

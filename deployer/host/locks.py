@@ -17,12 +17,11 @@ from pathlib import Path
 from types import TracebackType
 
 from deployer.errors import LockError, UnsafePath
-from deployer.folders import PRIVATE_FOLDER_MODE, STATE_FOLDER_MODE, open_entry, own_folder
+from deployer.folders import PRIVATE_FOLDER_MODE, STATE_FOLDER_MODE, flock_within, open_entry, own_folder
 
 LOCKS = "locks"
 LOCK_FILE_MODE = 0o600
 HOST_LOCK_WAIT = 30.0  # seconds; `[deployer] host_lock_wait`
-_FIRST_POLL, _LAST_POLL = 0.001, 0.05  # a host-wide lock is held for milliseconds: look again soon, then less often
 
 
 def locks_folder(state_dir: str | os.PathLike[str]) -> Path:
@@ -50,15 +49,6 @@ def open_lock_file(path: Path) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def try_flock(fd: int) -> bool:
-    """Take the exclusive lock if it is free; False when another open file holds it."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
 
 
 def write_holder(fd: int, holder: dict) -> None:
@@ -105,14 +95,10 @@ class AppLock:
 
     def __enter__(self) -> "AppLock":
         fd = open_lock_file(self.path)
-        deadline = time.monotonic() + self.wait
-        while not try_flock(fd):
-            if time.monotonic() >= deadline:
-                who = describe_holder(fd)
-                os.close(fd)
-                raise LockError(f"another deploy of app {self.app!r} is running{who}; try again later",
-                                app=self.app)
-            time.sleep(self.poll)
+        if not flock_within(fd, self.wait, first_poll=self.poll, last_poll=self.poll):
+            who = describe_holder(fd)
+            os.close(fd)
+            raise LockError(f"another deploy of app {self.app!r} is running{who}; try again later", app=self.app)
         write_holder(fd, self.holder)
         self._fd = fd
         return self
@@ -144,17 +130,11 @@ class HostLock:
 
     def __enter__(self) -> "HostLock":
         fd = open_lock_file(self.path)
-        deadline = time.monotonic() + self.wait
-        poll = _FIRST_POLL
-        while not try_flock(fd):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                who = describe_holder(fd)
-                os.close(fd)
-                raise LockError(f"the {self.name} lock ({self.path}) is still held{who or ' (holder unknown)'} after "
-                                f"{self.wait:g}s; try again later, or stop its holder", lock=self.name)
-            time.sleep(min(poll, left))
-            poll = min(poll * 2, _LAST_POLL)
+        if not flock_within(fd, self.wait):  # held for milliseconds: tried again soon, then less often
+            who = describe_holder(fd)
+            os.close(fd)
+            raise LockError(f"the {self.name} lock ({self.path}) is still held{who or ' (holder unknown)'} after "
+                            f"{self.wait:g}s; try again later, or stop its holder", lock=self.name)
         write_holder(fd, {})
         self._fd = fd
         return self

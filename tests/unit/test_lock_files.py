@@ -14,8 +14,11 @@ import time
 
 import pytest
 
+from deployer import audit
+from deployer.audit import log as audit_store
 from deployer.config import parse
-from deployer.errors import ConfigError, LockError, UnsafePath
+from deployer.errors import AuditError, ConfigError, LockError, UnsafePath
+from deployer.folders import flock_within
 from deployer.host.locks import AppLock, HostLock, locks_folder
 from deployer.worker.loop import WorkerLock
 
@@ -151,6 +154,41 @@ def test_a_holder_that_wrote_nothing_is_unknown(tmp_path):
         with pytest.raises(LockError, match=r"the forward-return lock .* is still held \(holder unknown\) after 0.1s"):
             with HostLock(path, wait=0.1):
                 pytest.fail("the lock was granted twice")
+    finally:
+        os.close(fd)
+
+
+def test_flock_within_takes_a_free_lock_at_once_and_gives_up_on_a_held_one_after_its_bound(tmp_path):
+    path = tmp_path / "some.lock"
+    path.touch()
+    holder, waiter = os.open(path, os.O_RDONLY), os.open(path, os.O_RDONLY)
+    try:
+        assert flock_within(holder, 0)
+        started = time.monotonic()
+        assert not flock_within(waiter, 0.15)
+        assert 0.15 <= time.monotonic() - started < 1
+        os.close(holder)
+        holder = -1
+        assert flock_within(waiter, 0)
+    finally:
+        for fd in (holder, waiter):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_the_audit_logs_init_lock_held_by_another_ends_the_wait_with_an_error(tmp_path, monkeypatch):
+    """The receiver's group can open the init lock too: root's first open of a new log waits a bounded time."""
+    monkeypatch.setattr(audit_store, "INIT_LOCK_WAIT", 0.1)
+    log = audit.AuditLog.for_state_dir(tmp_path / "state")
+    lock = log.path.with_name(log.path.name + ".init-lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(AuditError, match=r"the audit log's init lock \(.*audit.db.init-lock\) is still held "
+                                             r"after 0.1s"):
+            log.append({"event": "test", "actor": "t"})
     finally:
         os.close(fd)
 
