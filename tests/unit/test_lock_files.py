@@ -9,8 +9,11 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import stat
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -105,27 +108,36 @@ def test_a_state_or_locks_folder_another_user_owns_is_refused(tmp_path, owned_by
             pytest.fail("root used a folder another user owns")
 
 
+@pytest.fixture
+def reachable():
+    """A folder under /tmp that any user can enter, unlike tmp_path (whose parents are root's 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="deployer-locks-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @as_root
-def test_another_user_cannot_open_the_netfilter_lock_to_hold_it(tmp_path):
-    tmp_path.chmod(0o755)  # the test's own folder is not what keeps nobody out
-    path = tmp_path / "state" / "locks" / "netfilter.lock"
+def test_another_user_cannot_open_the_netfilter_lock_to_hold_it(reachable):
+    path = reachable / "state" / "locks" / "netfilter.lock"
     with HostLock(path):
         pass
-    assert os.stat(tmp_path).st_mode & 0o005 == 0o005  # nobody reaches the state folder's door
     child = os.fork()
-    if child == 0:  # as nobody: what would be needed to hold the lock is to open the file at all
+    if child == 0:  # as nobody: to hold the lock, opening the file is all it takes
         code = 1
         try:
             os.setgid(NOBODY)
             os.setuid(NOBODY)
-            os.open(path, os.O_RDONLY)
+            os.stat(reachable)  # the door to the state folder is open to nobody ...
+            code = 2
+            os.open(path, os.O_RDONLY)  # ... the lock file is not
             code = 0
         except PermissionError:
-            code = 13
+            pass
         finally:
             os._exit(code)
     _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 13
+    assert os.waitstatus_to_exitcode(status) == 2
 
 
 def test_a_held_host_lock_ends_the_wait_with_an_error_naming_the_lock_and_its_holder(tmp_path):
