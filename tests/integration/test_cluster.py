@@ -269,7 +269,7 @@ def test_with_unicast_a_strangers_forged_advert_changes_no_owner(host: None):
     anyone else on the interface. A stranger on the segment (a fourth namespace) forging priority 255 for every
     bucket, to the VRRP group and to each host, moves no bucket."""
     if (tool := missing_tool()) is not None:
-        _missing(f"{tool} is not installed (run scripts/install-deps)")
+        missing(f"{tool} is not installed (run scripts/install-deps)")
     with ClusterBed(unicast=True) as bed:
         bed.start()
         home = owners(bed)
