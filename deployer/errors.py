@@ -57,7 +57,7 @@ class UnknownApp(DeployerError):
 
 
 class LockError(DeployerError):
-    """Another deploy of the same app holds the per-app lock."""
+    """A lock is held by another process: the app's (another deploy of it), or a host-wide one past its wait."""
 
     exit_code = 75  # EX_TEMPFAIL: try again later
 

@@ -11,6 +11,10 @@ protected_symlinks does not cover a folder that is neither sticky nor world-writ
 follows a link there: every entry root opens is opened with O_NOFOLLOW and checked on its
 descriptor (a plain file with one link), and modes are changed through that descriptor. Anything
 else is refused with UnsafePath, never followed or repaired.
+
+The state folder itself and root's own folders in it (`locks/`) are made by `own_folder`: created with their mode,
+narrowed when an older deployer (or a umask) left them wider, and refused when another user owns them: root never
+keeps using what someone else can rewrite.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import fcntl
 import grp
 import os
 import stat
+import time
 from pathlib import Path
 
 from deployer.errors import StateError, UnsafePath
 
 FOLDER_MODE = 0o2770
 FILE_MODE = 0o660
+STATE_FOLDER_MODE = 0o750  # the receiver's group may enter it to reach the queue and the audit log; nobody else
+PRIVATE_FOLDER_MODE = 0o700  # root's alone: the locks
 # The files SQLite opens beside a database by itself, by name.
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 _NO_SURPRISES = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -71,6 +78,57 @@ def open_folder(path: Path) -> int:
         raise
 
 
+def own_folder(path: str | os.PathLike[str], mode: int) -> Path:
+    """`path` as a folder of this user's, with no permission beyond `mode`: made so, or narrowed to it.
+
+    Modes are repaired, not refused: the deployer's own earlier versions made these folders 0755, and narrowing
+    a folder root owns, through a descriptor opened without following a link, trusts nothing another user wrote.
+    A folder another user owns, or a link in its place, is refused with UnsafePath: its owner could have put
+    anything in it, and could put anything back after a repair.
+    """
+    folder = Path(path)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(folder, mode)
+        except FileExistsError:
+            pass
+        fd = open_folder(folder)
+        try:
+            info = os.fstat(fd)
+            if info.st_uid != os.geteuid():
+                raise UnsafePath(f"{folder} belongs to uid {info.st_uid}, not to uid {os.geteuid()} that runs the "
+                                 f"deployer; refusing to use it (chown {os.geteuid()} {folder}, or remove it)",
+                                 path=str(folder))
+            if stat.S_IMODE(info.st_mode) & ~mode:
+                os.fchmod(fd, stat.S_IMODE(info.st_mode) & mode)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StateError(f"cannot prepare the folder {folder}: {exc.strerror}") from None
+    return folder
+
+
+def flock_within(fd: int, seconds: float, *, first_poll: float = 0.001, last_poll: float = 0.05) -> bool:
+    """Take the exclusive flock on `fd`, waiting at most `seconds`; False when another open file still holds it.
+
+    Whoever can open a lock file can hold it, a read-only descriptor is enough: a wait without a bound is a wait
+    another user decides the end of. The pause between tries starts at `first_poll` and doubles up to `last_poll`.
+    """
+    deadline = time.monotonic() + seconds
+    poll = first_poll
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(poll, left))
+            poll = min(poll * 2, last_poll)
+
+
 def check_database(path: Path) -> tuple[int, int]:
     """Before opening a shared SQLite database: it and the files SQLite opens beside it must be plain files.
 
@@ -113,8 +171,8 @@ def share_folder(state_dir: str | os.PathLike[str], name: str, db_name: str, gro
     folder = root / name
     path = folder / db_name
     refused: list[str] = []
+    own_folder(root, STATE_FOLDER_MODE)
     try:
-        root.mkdir(parents=True, exist_ok=True)
         folder.mkdir(exist_ok=True)
         folder_fd = open_folder(folder)
         try:

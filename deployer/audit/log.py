@@ -12,7 +12,6 @@ The chain's pure functions (chain.py) and the queries' (query.py) decide; `Audit
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import sqlite3
@@ -24,7 +23,7 @@ from typing import Iterable, Iterator
 from deployer.audit.chain import GENESIS, ROW_COLUMNS, Entry, Verdict, check_chain, entry_from_row, record_for, row_for
 from deployer.audit.query import Query, build_select, deploy_span
 from deployer.errors import AuditError
-from deployer.folders import check_database, check_same_database, open_entry, share_folder
+from deployer.folders import check_database, check_same_database, flock_within, open_entry, share_folder
 from deployer.journal import Event, utc_now
 
 log = logging.getLogger("deployer.audit")
@@ -33,6 +32,7 @@ FOLDER = "audit"
 DB_NAME = "audit.db"  # <state_dir>/audit/audit.db; before the folder, <state_dir>/audit.db
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 60_000
+INIT_LOCK_WAIT = 30.0  # seconds; the receiver's group can open the init lock too, so the wait has a bound
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS entries (
@@ -254,9 +254,12 @@ class Pruned:
 def _init_lock(path: Path) -> Iterator[None]:
     """Serialise creating the schema: switching a new file to WAL while another process does
     the same fails at once with "database is locked" (SQLite does not wait in that case)."""
-    fd = open_entry(path.with_name(path.name + ".init-lock"), os.O_RDONLY | os.O_CREAT, 0o660)
+    lock = path.with_name(path.name + ".init-lock")
+    fd = open_entry(lock, os.O_RDONLY | os.O_CREAT, 0o660)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not flock_within(fd, INIT_LOCK_WAIT):
+            raise AuditError(f"the audit log's init lock ({lock}) is still held after {INIT_LOCK_WAIT:g}s; "
+                             "another process is creating the log, or holds the lock", path=str(lock))
         yield
     finally:
         os.close(fd)  # releases the lock

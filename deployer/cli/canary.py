@@ -42,8 +42,9 @@ def add_deploy_flags(parser: argparse.ArgumentParser) -> None:
                              "keeps serving the rest until promote or abort")
     parser.add_argument("--sticky", action="store_true",
                         help="with --canary: split by client source address, so each client stays on one instance")
-    parser.add_argument("--seed", type=lambda text: int(text, 0), default=canary.DEFAULT_SEED,
-                        help="with --sticky: the hash seed, which decides which addresses go to the canary")
+    parser.add_argument("--seed", type=seed,
+                        help="with --sticky: the hash seed, which decides which addresses go to the canary "
+                             "(default: a random one for each canary)")
     parser.add_argument("--bake", type=duration, metavar="TIME",
                         help="with --canary: promote by itself after TIME (600, 10m, 1h) if the canary stayed "
                              "healthy (needs `deployer watch`)")
@@ -52,11 +53,15 @@ def add_deploy_flags(parser: argparse.ArgumentParser) -> None:
 def canary_start(args: argparse.Namespace, app_bake: float | None = None) -> CanaryStart | None:
     """The split a deploy asks for: the flags (--bake, else the app's canary_bake), else none."""
     if args.canary is None:
-        if args.sticky or args.bake:
-            raise argparse.ArgumentTypeError("--sticky and --bake go with --canary")
+        if args.sticky or args.bake or args.seed is not None:
+            raise argparse.ArgumentTypeError("--sticky, --seed and --bake go with --canary")
         return None
-    return CanaryStart(args.canary, args.sticky, args.seed,
-                       canary.bake_deadline(datetime.now(timezone.utc), args.bake or app_bake))
+    if args.seed is not None and not args.sticky:
+        raise argparse.ArgumentTypeError("--seed goes with --sticky: only a sticky split hashes addresses")
+    bake_until = canary.bake_deadline(datetime.now(timezone.utc), args.bake or app_bake)
+    if args.seed is None:
+        return CanaryStart(args.canary, args.sticky, bake_until=bake_until)
+    return CanaryStart(args.canary, args.sticky, args.seed, bake_until)
 
 
 def percent(text: str) -> int:
@@ -65,6 +70,17 @@ def percent(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole percentage from 1 to 99, not {text!r}") from None
     except CanaryError as exc:  # the same words the engine would use
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def seed(text: str) -> int:
+    """`--seed`: a whole number in decimal or 0x hex, 32 bits."""
+    try:
+        return canary.check_seed(int(text, 0))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {canary.SEED_MAX:#x} (decimal or "
+                                         f"0x hex), not {text!r}") from None
+    except CanaryError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 

@@ -24,7 +24,7 @@ MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 ARP_MODES = ("mangle", "none")
 
 KEYS = {"address", "interface", "subnet", "buckets", "hash_seed", "host", "hosts", "advert_interval",
-        "router_id_base", "mark", "multicast_mac", "check_interval", "handover_delay", "arp"}
+        "router_id_base", "mark", "multicast_mac", "check_interval", "handover_delay", "arp", "unicast"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,12 @@ class ClusterConfig:
     check_interval: float = 0.2  # how often the agent checks this host's active instances
     handover_delay: float = 0.25  # a bucket gained is taken this long after keepalived said MASTER (see parse)
     arp: str = "mangle"  # "mangle": the hosts answer ARP for the address with the multicast MAC; "none": the router
+    unicast: bool = False  # VRRP adverts to the other hosts' addresses only, and VRRP from anyone else dropped
+
+    @property
+    def peers(self) -> tuple[ClusterHost, ...]:
+        """The other hosts: whose VRRP adverts this host listens to."""
+        return tuple(h for h in self.hosts if h.name != self.host)
 
     @property
     def host_names(self) -> tuple[str, ...]:
@@ -142,6 +148,9 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
     arp = data.get("arp", "mangle")
     if arp not in ARP_MODES:
         raise ConfigError("must be 'mangle' or 'none'", path=path, key=key("arp"))
+    unicast = data.get("unicast", False)
+    if not isinstance(unicast, bool):
+        raise ConfigError("must be true or false", path=path, key=key("unicast"))
     check_interval = _number(data, "check_interval", 0.2, path=path)
     if check_interval <= 0:
         raise ConfigError("must be greater than 0", path=path, key=key("check_interval"))
@@ -155,7 +164,7 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
     return ClusterConfig(address=address, interface=interface, subnet=str(subnet), buckets=buckets,
                          hash_seed=hash_seed, host=host, hosts=tuple(hosts), advert_interval=advert,
                          router_id_base=router_id_base, mark=mark, multicast_mac=mac,
-                         check_interval=check_interval, handover_delay=handover, arp=arp)
+                         check_interval=check_interval, handover_delay=handover, arp=arp, unicast=unicast)
 
 
 def check_cluster_apps(cluster: ClusterConfig | None, cluster_apps: Mapping[str, bool], *, path: Path) -> None:

@@ -132,6 +132,7 @@ class Settings:
     hooks_dir: Path
     hook_timeout: float = 60.0
     lock_wait: float = 0.0
+    host_lock_wait: float = 30.0  # how long the netfilter and forward-return locks are waited for
     chain_prefix: str = "DEPLOYER"
     network: str = "deployer"
     bridge: str = "deployer0"

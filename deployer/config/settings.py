@@ -17,8 +17,8 @@ BACKENDS = ("iptables", "nftables")
 def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, str]) -> Settings:
     if not isinstance(data, dict):
         raise ConfigError("must be a table", path=path, key="deployer")
-    allowed = {"state_dir", "hooks_dir", "hook_timeout", "lock_wait", "chain_prefix", "network", "bridge",
-               "docker_host", "iptables_wait", "maintenance_port", "backend"}
+    allowed = {"state_dir", "hooks_dir", "hook_timeout", "lock_wait", "host_lock_wait", "chain_prefix", "network",
+               "bridge", "docker_host", "iptables_wait", "maintenance_port", "backend"}
     only_keys(data, allowed, path=path, where="deployer")
     key = lambda k: f"deployer.{k}"  # noqa: E731
     prefix = typed(data, "chain_prefix", str, "DEPLOYER", path=path, key=key("chain_prefix"))
@@ -42,6 +42,7 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
         hooks_dir=absolute_path(data.get("hooks_dir", "hooks"), base, path=path, key=key("hooks_dir")),
         hook_timeout=duration(data, "hook_timeout", 60.0, path=path, key=key("hook_timeout")),
         lock_wait=duration(data, "lock_wait", 0.0, path=path, key=key("lock_wait"), zero=True),
+        host_lock_wait=duration(data, "host_lock_wait", 30.0, path=path, key=key("host_lock_wait")),
         chain_prefix=prefix,
         network=network,
         bridge=bridge,

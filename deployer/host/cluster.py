@@ -4,7 +4,8 @@ It receives its adapters (netfilter, keepalived, the shared address, a probe fac
 deployer/wiring.py builds the real ones. The order of effects, which the unit tests pin down:
 
 - start: join the shared address, write keepalived's config and track files, write the chain owning nothing,
-  start keepalived. Until keepalived reports, this host takes in no new flow.
+  with `unicast` the filter that drops VRRP from anyone but the other hosts (removed without it), start
+  keepalived. Until keepalived reports, this host takes in no new flow.
 - a bucket lost (BACKUP, FAULT, keepalived gone) is dropped from the chain at once; a bucket gained is taken
   `handover_delay` after keepalived said MASTER, the moment the old owner needs to drop it.
 - to go out of service (unhealthy, or asked to leave): drop every bucket first, then tell keepalived (its track
@@ -152,6 +153,10 @@ class ClusterAgent:
         live = plan.parse(self.netfilter.save_table(plan.TABLE))
         self.netfilter.restore(plan.render_ensure(live, self.names, c, self.config.apps.values(), set()))
         self.state.owned = set()
+        vrrp_filter = plan.render_vrrp_filter(plan.parse_filter(self.netfilter.save_table(plan.FILTER_TABLE)),
+                                              self.names, c)
+        if vrrp_filter:
+            self.netfilter.restore(vrrp_filter)
         self._start_keepalived()
         self.journal.record("cluster.run", actor="cluster", outcome="started", host=c.host,
                             home=plan.home_buckets(c, c.host), intent=self.state.intent)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -65,13 +66,18 @@ class DockerPort(Protocol):
 HookRunner = Callable[[Path, Mapping[str, str], float], HookOutcome]
 
 
+def drawn_seed() -> int:
+    """A canary's own hash seed, secret: who knows the seed can tell which client addresses reach the canary."""
+    return secrets.randbits(32)
+
+
 @dataclass(frozen=True)
 class CanaryStart:
     """How a deploy splits traffic with the instance it leaves serving (see plan/canary.py)."""
 
     weight: int
     sticky: bool = False
-    seed: int = canary.DEFAULT_SEED
+    seed: int = field(default_factory=drawn_seed)  # drawn for each canary; `deploy --seed` sets one
     bake_until: str | None = None  # ISO time: the watchdog promotes then, if the canary stayed healthy
 
 

@@ -310,7 +310,7 @@ class Forwarder:
         self._return_path_file().unlink(missing_ok=True)
 
     def _return_lock(self) -> HostLock:
-        return HostLock(self.chains.lock_path("forward-return"))
+        return HostLock(self.chains.lock_path("forward-return"), wait=self.chains.settings.host_lock_wait)
 
     # --- uninstall ------------------------------------------------------------------------------
 

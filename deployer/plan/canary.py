@@ -35,7 +35,11 @@ MAX_NODES = 32  # XT_CLUSTER_NODES_MAX
 # iptables 1.8.9 parses --cluster-local-nodemask as a number from 1 to 32 (and so cannot restore the masks it saves
 # above that): a mask of the low five nodes, 0x1f, is the widest that round-trips.
 MASK_NODES = 5
-DEFAULT_SEED = 0x5EED0001
+# The seed every sticky canary had while it was one public constant: a record without a seed was rendered with it.
+# A new canary gets a seed of its own, drawn where it starts (host/engine.py), so the split cannot be computed
+# from outside.
+LEGACY_SEED = 0x5EED0001
+SEED_MAX = 0xFFFFFFFF  # the cluster match's hash seed is 32 bits
 
 
 # --- the weight ----------------------------------------------------------------------------------
@@ -47,6 +51,13 @@ def check_weight(weight: Any) -> int:
         raise CanaryError(f"a canary weight is a whole percentage from 1 to 99, not {weight!r} "
                           f"(0 is `deployer abort`, 100 is `deployer promote`)")
     return weight
+
+
+def check_seed(seed: Any) -> int:
+    """A hash seed is a whole number from 0 to 0xffffffff: the cluster match takes 32 bits."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise CanaryError(f"the hash seed must be a whole number from 0 to {SEED_MAX:#x}, not {seed!r}")
+    return seed
 
 
 def probability(weight: int) -> str:
@@ -129,7 +140,7 @@ def matched_rule(chain: str, forward: Forward, match: str) -> str:
 
 
 def split_rules(chain: str, active: Sequence[Forward], canary: Sequence[Forward], weight: int, *,
-                sticky: bool = False, seed: int = DEFAULT_SEED) -> list[str]:
+                sticky: bool = False, seed: int = LEGACY_SEED) -> list[str]:
     """Each port's canary rule, then the active instance's rules; weight 0 and 100 are the plain chains.
 
     Sticky with the canary on more than MASK_NODES nodes, the rule in front is the active instance's, on the
@@ -177,7 +188,7 @@ class Split:
         canary = instance_from(d.get("canary"))
         if canary is None:
             return None
-        return cls(canary, int(d["weight"]), bool(d.get("sticky")), int(d.get("seed", DEFAULT_SEED)),
+        return cls(canary, int(d["weight"]), bool(d.get("sticky")), int(d.get("seed", LEGACY_SEED)),
                    str(d.get("since")), d.get("bake_until"), d.get("actor"))
 
 

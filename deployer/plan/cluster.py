@@ -29,6 +29,13 @@ Why each line:
 The buckets change in one iptables-restore of the owned chain alone; the jump is ensured once, when the agent
 starts. The ports P and Q are those of the apps served on the shared address (`cluster = true`).
 
+With `unicast = true`, one more owned chain, in the filter table, drops VRRP from anyone but the other hosts, on
+the cluster's interface, before keepalived reads it (a raw socket sees a packet after INPUT):
+
+    filter INPUT -i IFACE -p 112 -j PREFIX-VRRP
+    PREFIX-VRRP     -s PEER/32 -j RETURN                           per other host
+                    -j DROP                                        a forged advert, or a stray router's
+
 The bucket of a source is the kernel's: jhash_1word(source address as the kernel holds it, seed), scaled into
 the bucket count with reciprocal_scale. `bucket_of` computes the same, so the status can count flows per bucket
 and the tests can predict which host answers which client.
@@ -46,6 +53,8 @@ from deployer.config.cluster import ClusterConfig
 from deployer.plan.rules import ChainNames, SavedTable, parse_table, save_string
 
 TABLE = "mangle"
+FILTER_TABLE = "filter"
+VRRP = 112  # VRRP's IP protocol number; by number, as iptables-restore takes it without /etc/protocols
 MASTER, BACKUP, FAULT, STOP = "MASTER", "BACKUP", "FAULT", "STOP"
 HOME_PRIORITY = 200
 PRIORITY_STEP = 5
@@ -192,6 +201,49 @@ def render_removal(live: SavedTable, names: ChainNames) -> str | None:
     deletes = [rule.replace("-A ", "-D ", 1) for rule in live.rules("PREROUTING")
                if rule.endswith(f" -j {chain(names)}")]
     return "\n".join([f"*{TABLE}", *deletes, f"-F {chain(names)}", f"-X {chain(names)}", "COMMIT", ""])
+
+
+def vrrp_chain(names: ChainNames) -> str:
+    return f"{names.prefix}-VRRP"
+
+
+def vrrp_filter_rules(names: ChainNames, cluster: ClusterConfig) -> list[str]:
+    """The VRRP chain: adverts from the other hosts' addresses go on to keepalived, any other is dropped."""
+    c = vrrp_chain(names)
+    rules = []
+    for peer in cluster.peers:
+        comment = save_string(f"cluster: VRRP from {peer.name}")
+        rules.append(f"-A {c} -s {peer.address}/32 -m comment --comment {comment} -j RETURN")
+    rules.append(f"-A {c} -m comment --comment {save_string('cluster: VRRP from anyone else')} -j DROP")
+    return rules
+
+
+def render_vrrp_filter(live: SavedTable, names: ChainNames, cluster: ClusterConfig) -> str | None:
+    """At start, from the filter table as it is: the VRRP chain and its jump with `unicast`, their removal without
+    it (a host switched back to multicast); None when there is nothing to change.
+
+    A jump is recognised by its interface and target: iptables-save prints the protocol by name where
+    /etc/protocols knows it (`-p vrrp`), and restore is given its number. A jump from another interface (the
+    config's interface changed) is deleted.
+    """
+    c = vrrp_chain(names)
+    jumps = [rule for rule in live.rules("INPUT") if rule.endswith(f" -j {c}")]
+    if not cluster.unicast:
+        if not live.has_chain(c):
+            return None
+        return "\n".join([f"*{FILTER_TABLE}", *(rule.replace("-A ", "-D ", 1) for rule in jumps), f"-F {c}",
+                          f"-X {c}", "COMMIT", ""])
+    mine = [rule for rule in jumps if rule.startswith(f"-A INPUT -i {cluster.interface} ")]
+    lines = [f"*{FILTER_TABLE}", f":{c} - [0:0]", *vrrp_filter_rules(names, cluster),
+             *(rule.replace("-A ", "-D ", 1) for rule in jumps if rule not in mine)]
+    if not mine:
+        lines.append(f"-I INPUT 1 -i {cluster.interface} -p {VRRP} -j {c}")
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def parse_filter(saved: str) -> SavedTable:
+    """The filter table of `iptables-save -t filter`."""
+    return parse_table(saved, FILTER_TABLE)
 
 
 # --- keepalived's notify FIFO --------------------------------------------------------------------

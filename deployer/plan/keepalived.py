@@ -9,6 +9,11 @@ Two track files put every instance of this host into FAULT at once, so its peers
 `track-health`, written by the agent from its own view (are this host's active instances healthy?), and
 `track-leave`, which the agent writes when `deployer cluster leave` or `join` asks it to. A non-zero number in either means FAULT (weight 0).
 
+With `unicast = true`, each instance sends its adverts to the other hosts' addresses (`unicast_peer`) instead of
+the VRRP multicast group, and takes adverts only from them (`check_unicast_src`); the cluster's filter chain
+(`plan.cluster.vrrp_filter_rules`) drops VRRP from any other source before keepalived sees it. VRRP itself carries
+no authentication: see docs/cluster.md for what each mode trusts.
+
 keepalived 2.2.7 wants a virtual address on a VRRPv3 instance. Each instance gets one that harms nothing:
 127.255.<router id>.1/32 on `lo`, an address nobody routes to and no ARP is ever sent for.
 """
@@ -65,8 +70,14 @@ def render_config(cluster: ClusterConfig, *, notify_fifo: Path, health_file: Pat
             "    version 3",
             f"    priority {priority(cluster, bucket, cluster.host)}",
             f"    advert_int {cluster.advert_interval:g}",
-            f"    mcast_src_ip {me.address}",
         ]
+        if cluster.unicast:
+            lines.append(f"    unicast_src_ip {me.address}")
+            if cluster.peers:
+                lines += ["    check_unicast_src", "    unicast_peer {",
+                          *(f"        {peer.address}" for peer in cluster.peers), "    }"]
+        else:
+            lines.append(f"    mcast_src_ip {me.address}")
         lines += [
             "    track_file {",
             f"        {HEALTH_TRACK}",

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from deployer.config import Config
 from deployer.errors import DeployerError, LockError, StateError
-from deployer.folders import open_entry
+from deployer.host.locks import open_lock_file
 from deployer.journal import Journal
 from deployer.queue.model import Job, JobKind, JobStatus
 from deployer.queue.queue import Queue
@@ -77,8 +77,7 @@ class WorkerLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = open_entry(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_lock_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -178,3 +178,114 @@ def test_on_the_nftables_backend_each_source_is_answered_by_its_owner_and_a_depl
         assert "dnat ip to tcp dport map @tcp-ports" in table and 'comment "web blue' in table
         assert "-A DEPLOYER-web" not in h1.sh("iptables-save", "-t", "nat").stdout
         deploy_under_load(bed, "h1", "v2")
+
+
+# --- VRRP from a stranger on the segment ------------------------------------------------------------
+
+# A forged VRRPv3 advert (RFC 5798): priority 255 for each router id, with the instance's own placeholder
+# address, sent from a raw socket as keepalived's peers would send it (TTL 255), to the VRRP group and to each host.
+FORGER = r"""
+import socket, struct, sys, time
+
+source, seconds = sys.argv[1], float(sys.argv[2])
+router_ids = [int(r) for r in sys.argv[3].split(",")]
+targets = sys.argv[4].split(",")
+
+
+def checksum(data):
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def advert(router_id, destination):
+    head = struct.pack("!BBBBH", 0x31, router_id, 255, 1, 20)  # version 3, advert; priority 255; 1 address; 20 cs
+    addresses = socket.inet_aton(f"127.255.{router_id}.1")
+    pseudo = socket.inet_aton(source) + socket.inet_aton(destination) + struct.pack("!BBH", 0, 112, 8 + 4)
+    return head + struct.pack("!H", checksum(pseudo + head + b"\0\0" + addresses)) + addresses
+
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+sock.bind((source, 0))
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(source))
+sent, deadline = 0, time.monotonic() + seconds
+while time.monotonic() < deadline:
+    for router_id in router_ids:
+        for destination in targets:
+            sock.sendto(advert(router_id, destination), (destination, 0))
+            sent += 1
+    time.sleep(0.05)
+print(sent, flush=True)
+"""
+VRRP_GROUP = "224.0.0.18"
+FORGE_SECONDS = 3.0  # 15 advert intervals: a backup's master-down timer is about 3 of them
+
+
+def forge(bed: ClusterBed, stranger: str, source: str) -> subprocess.Popen:
+    """The stranger advertises priority 255 for every bucket's router id, for FORGE_SECONDS."""
+    router_ids = ",".join(str(50 + b) for b in range(BUCKETS))  # [cluster] router_id_base defaults to 50
+    targets = ",".join([VRRP_GROUP, *(h.address for h in bed.hosts)])
+    return subprocess.Popen(["ip", "netns", "exec", stranger, sys.executable, "-c", FORGER, source,
+                             str(FORGE_SECONDS), router_ids, targets], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def owners(bed: ClusterBed) -> dict[str, list[int]]:
+    return {h.name: sorted(h.owned()) for h in bed.hosts}
+
+
+def watch_owners(bed: ClusterBed, forger: subprocess.Popen) -> list[dict[str, list[int]]]:
+    """Every distinct picture of who owns which bucket while the forger runs, and one advert interval after."""
+    seen = [owners(bed)]
+    while forger.poll() is None:
+        if (now := owners(bed)) != seen[-1]:
+            seen.append(now)
+        time.sleep(0.02)
+    time.sleep(0.3)
+    if (now := owners(bed)) != seen[-1]:
+        seen.append(now)
+    out, err = forger.communicate(timeout=10)
+    assert forger.returncode == 0 and int(out) > 0, err
+    return seen
+
+
+def test_without_unicast_a_strangers_forged_advert_takes_the_buckets_away(bed: ClusterBed):
+    """The threat docs/cluster.md names: plain VRRP takes any advert from the segment at its word."""
+    home = owners(bed)
+    address = str(list(bed.subnet.hosts())[50])  # .51: no host, source or shared address of the bed
+    seen = watch_owners(bed, forge(bed, bed.stranger("x", address), address))
+    assert any(sum(len(o) for o in picture.values()) < BUCKETS for picture in seen), \
+        f"the forged adverts moved nothing, so the test below would prove nothing: {seen}"
+    bed.wait_for(bed.all_buckets_home, 30, "every bucket home again once the forged adverts stopped")
+    assert owners(bed) == home
+
+
+def test_with_unicast_a_strangers_forged_advert_changes_no_owner(host: None):
+    """`unicast = true`: keepalived sends to and takes from the other hosts only, and the filter drops VRRP from
+    anyone else on the interface. A stranger on the segment (a fourth namespace) forging priority 255 for every
+    bucket, to the VRRP group and to each host, moves no bucket."""
+    if (tool := missing_tool()) is not None:
+        missing(f"{tool} is not installed (run scripts/install-deps)")
+    with ClusterBed(unicast=True) as bed:
+        bed.start()
+        home = owners(bed)
+        assert sum(len(o) for o in home.values()) == BUCKETS
+        h1 = bed.host("h1")
+        assert "unicast_peer" in (h1.state / "cluster" / "keepalived.conf").read_text()
+        address = str(list(bed.subnet.hosts())[50])
+        seen = watch_owners(bed, forge(bed, bed.stranger("x", address), address))
+        assert seen == [home], f"the forged adverts moved buckets: {seen}"
+        for member in bed.hosts:
+            status = member.status()
+            assert {b for b, state in status["states"].items() if state == "MASTER"} == \
+                {str(b) for b in home[member.name]}, status
+            dropped = member.sh("iptables", "-w", "-L", "DEPLOYER-VRRP", "-v", "-n", "-x").stdout
+            drop = next(line for line in dropped.splitlines() if "DROP" in line)
+            assert int(drop.split()[0]) > 0, f"{member.name} never saw a forged advert:\n{dropped}"
+        replies = bed.client_once()
+        wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
+        assert not wrong, f"answered by other hosts than the oracle's after the forged adverts: {wrong}"

@@ -117,6 +117,7 @@ class ClusterBed(Bed):
     hosts_count: int = 3
     sources_count: int = 64
     backend: str = "iptables"  # the hosts' [deployer] backend
+    unicast: bool = False  # the hosts' [cluster] unicast: VRRP to the peers only, and from them only
     token: str = field(default_factory=lambda: secrets.token_hex(2))
     hosts: list[Host] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
@@ -181,6 +182,14 @@ class ClusterBed(Bed):
             self._wait_dockerd(host)
             self._configure(host)
             host.deployer("deploy", "web", "v1")
+
+    def stranger(self, name: str, address: str) -> str:
+        """A namespace on the segment, at `address`, that is no host of the cluster; its name. Removed with the bed."""
+        namespace = f"{self.prefix}-{name}"
+        self._namespace(namespace)
+        self._attach(namespace, namespace, INTERFACE)
+        run(["ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", INTERFACE])
+        return namespace
 
     def _attach(self, namespace: str, seg_end: str, inside: str) -> None:
         run(["ip", "link", "add", seg_end, "netns", self.segment, "type", "veth", "peer", "name", inside,
@@ -273,6 +282,7 @@ hash_seed = {SEED}
 host = "{host.name}"
 advert_interval = 0.2
 check_interval = 0.1
+unicast = {"true" if self.unicast else "false"}
 
 {hosts}""")
 

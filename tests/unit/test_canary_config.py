@@ -5,6 +5,7 @@ import argparse
 import pytest
 
 from deployer.cli import canary as canary_cli
+from deployer.cli.main import build_parser
 from deployer.config import parse
 from deployer.errors import ConfigError
 
@@ -42,3 +43,36 @@ def test_bake_times(text, seconds):
 def test_a_percent_flag_outside_1_to_99_is_refused(text):
     with pytest.raises(argparse.ArgumentTypeError, match="1 to 99"):
         canary_cli.percent(text)
+
+
+@pytest.mark.parametrize("text, seed", [("0", 0), ("4660", 4660), ("0x1234", 0x1234), ("0xffffffff", 0xFFFFFFFF)])
+def test_seed_flags_in_decimal_or_hex(text, seed):
+    assert canary_cli.seed(text) == seed
+
+
+@pytest.mark.parametrize("text", ["abc", "0x", "-1", "0x100000000", "1.5"])
+def test_a_seed_flag_that_is_not_32_bits_is_refused_with_what_it_must_be(text):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"whole number from 0 to 0xffffffff"):
+        canary_cli.seed(text)
+
+
+def test_deploy_seed_abc_says_what_a_seed_is(capsys):
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["deploy", "demo", "v2", "--canary", "10", "--sticky", "--seed", "abc"])
+    assert caught.value.code == 2
+    assert "argument --seed: must be a whole number from 0 to 0xffffffff (decimal or 0x hex), not 'abc'" \
+        in capsys.readouterr().err
+
+
+def test_without_a_seed_each_canary_start_draws_one():
+    args = argparse.Namespace(canary=10, sticky=True, seed=None, bake=None)
+    first, second = canary_cli.canary_start(args), canary_cli.canary_start(args)
+    assert first.seed != second.seed
+    assert canary_cli.canary_start(argparse.Namespace(canary=10, sticky=True, seed=7, bake=None)).seed == 7
+
+
+@pytest.mark.parametrize("canary, sticky, message", [(None, False, "--seed and --bake go with --canary"),
+                                                     (10, False, "--seed goes with --sticky")])
+def test_a_seed_without_a_sticky_canary_is_refused(canary, sticky, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        canary_cli.canary_start(argparse.Namespace(canary=canary, sticky=sticky, seed=7, bake=None))

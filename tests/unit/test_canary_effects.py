@@ -153,3 +153,25 @@ def test_a_release_of_an_app_with_canary_set_starts_a_canary(tmp_path):
                 path=tmp_path / "d.toml", environ={}).app("web")
     split = canary_start(app)
     assert (split.weight, split.sticky, split.bake_until is not None) == (10, True, True)
+
+
+def test_each_sticky_canary_draws_its_own_seed_and_the_rules_use_the_recorded_one(host):
+    """The seed decides which client addresses reach the canary: a public one would let anyone compute that."""
+    seeds = []
+    for _ in range(2):
+        host.engine().deploy("web", "v2", actor="cli:ann", canary_split=CanaryStart(10, sticky=True))
+        split = canary.Split.of(host.engine().store.load("web"))
+        seeds.append(split.seed)
+        assert split.seed != canary.LEGACY_SEED
+        assert [rule for rule in host.chain() if "-m cluster" in rule] == [
+            f'-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m cluster --cluster-local-nodemask 0x00000001 '
+            f'--cluster-total-nodes 10 --cluster-hash-seed 0x{split.seed:08x} '
+            f'-m comment --comment "web green v2 canary" -j DNAT --to-destination {split.canary.address}:80']
+        canary_ops.abort(host.engine(), "web", actor="cli:ann")
+    assert seeds[0] != seeds[1]
+
+
+def test_a_seed_given_by_hand_is_the_one_recorded(host):
+    host.engine().deploy("web", "v2", actor="cli:ann", canary_split=CanaryStart(10, sticky=True, seed=0x1234))
+    assert canary.Split.of(host.engine().store.load("web")).seed == 0x1234
+    assert "--cluster-hash-seed 0x00001234" in host.chain()[0]

@@ -47,7 +47,7 @@ def split_of(probability: str) -> list[str]:
     ]
 
 
-def chain_at(weight: int, *, sticky: bool = False, seed: int = canary.DEFAULT_SEED) -> list[str]:
+def chain_at(weight: int, *, sticky: bool = False, seed: int = canary.LEGACY_SEED) -> list[str]:
     state = AppState(app="demo", active=BLUE, mode=canary.MODE,
                      mode_detail=canary.Split(GREEN, weight, sticky, seed, NOW).detail())
     return app_chain.for_record(NAMES, DEMO, state, 8999)
@@ -180,3 +180,13 @@ def test_the_hash_model_matches_known_values():
 
 
 KNOWN_NODES = [15, 16, 2, 10]
+
+
+@pytest.mark.parametrize("seed, ok", [(0, True), (7, True), (0xFFFFFFFF, True), (-1, False), (0x100000000, False),
+                                      (True, False), ("7", False), (1.0, False)])
+def test_a_seed_is_a_whole_number_of_32_bits(seed, ok):
+    if ok:
+        assert canary.check_seed(seed) == seed
+    else:
+        with pytest.raises(CanaryError, match="the hash seed must be a whole number from 0 to 0xffffffff"):
+            canary.check_seed(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -284,3 +285,46 @@ def test_a_slow_health_probe_does_not_hold_up_letting_a_bucket_go(bed):
     answer.set()
     round_.join(5)
     notice.join(5)
+
+
+class TextNetfilter(FakeNetfilter):
+    """Keeps each transaction's text, and answers the filter table with what a previous start left."""
+
+    def __init__(self, effects: Effects, saved_filter: str = "") -> None:
+        super().__init__(effects)
+        self.texts: list[str] = []
+        self.saved_filter = saved_filter
+
+    def save_table(self, table: str) -> str:
+        return self.saved_filter if table == "filter" else ""
+
+    def restore(self, text: str) -> None:
+        self.texts.append(text)
+        self.effects.append(text.splitlines()[0] + (" vrrp" if "DEPLOYER-VRRP" in text else ""))
+
+
+def agent_with(tmp_path, netfilter: TextNetfilter, **cluster) -> ClusterAgent:
+    loaded = load(tmp_path)
+    loaded = dataclasses.replace(loaded, cluster=dataclasses.replace(loaded.cluster, **cluster))
+    return ClusterAgent(loaded, netfilter, FakeKeepalived(netfilter.effects), FakeShared(netfilter.effects),
+                        journal=Journal([]), probe=lambda app: (lambda: ProbeResult(True, "ok")))
+
+
+def test_with_unicast_the_vrrp_filter_is_in_place_before_keepalived_starts(tmp_path):
+    netfilter = TextNetfilter(Effects())
+    agent_with(tmp_path, netfilter, unicast=True).start()
+    assert netfilter.effects[-3:] == ["*mangle", "*filter vrrp", "keepalived start"]
+    assert netfilter.texts[-1] == "\n".join([
+        "*filter", ":DEPLOYER-VRRP - [0:0]",
+        '-A DEPLOYER-VRRP -s 198.18.10.2/32 -m comment --comment "cluster: VRRP from h2" -j RETURN',
+        '-A DEPLOYER-VRRP -m comment --comment "cluster: VRRP from anyone else" -j DROP',
+        "-I INPUT 1 -i eth0 -p 112 -j DEPLOYER-VRRP", "COMMIT", ""])
+
+
+def test_back_to_multicast_the_start_removes_the_vrrp_filter(tmp_path):
+    netfilter = TextNetfilter(Effects(), "*filter\n:INPUT ACCEPT [0:0]\n:DEPLOYER-VRRP - [0:0]\n"
+                                         "-A INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP\nCOMMIT\n")
+    agent_with(tmp_path, netfilter).start()
+    assert netfilter.effects[-3:] == ["*mangle", "*filter vrrp", "keepalived start"]
+    assert netfilter.texts[-1].splitlines()[1:4] == ["-D INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP", "-F DEPLOYER-VRRP",
+                                                     "-X DEPLOYER-VRRP"]

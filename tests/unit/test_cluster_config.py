@@ -144,3 +144,15 @@ def test_an_unknown_key_is_named():
 def test_an_app_on_the_shared_address_needs_a_cluster():
     assert refusal(app={"cluster": True}) == (
         f"{PATH}, app 'web', key 'cluster': needs a [cluster] table: it names the shared address")
+
+
+def test_unicast_is_off_by_default_and_names_the_other_hosts_as_peers():
+    assert load(CLUSTER).cluster.unicast is False
+    loaded = load({**CLUSTER, "unicast": True}).cluster
+    assert loaded.unicast is True
+    assert loaded.peers == (ClusterHost("h1", "198.18.10.1"), ClusterHost("h3", "198.18.10.3"))
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "true"])
+def test_unicast_must_be_true_or_false(value):
+    assert refusal({**CLUSTER, "unicast": value}) == f"{PATH}, key 'cluster.unicast': must be true or false"

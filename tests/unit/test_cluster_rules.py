@@ -157,3 +157,39 @@ def test_flows_are_counted_per_bucket_only_when_this_host_took_them_in():
     assert counts[cluster.bucket_of("198.18.20.1", 6, 0xDEADBEEF)] >= 1
     assert cluster.open_tcp_flows(lines, CLUSTER) == 1
 
+
+
+UNICAST = config.parse({**DATA, "cluster": {**DATA["cluster"], "unicast": True}}, path=PATH, environ={}).cluster
+VRRP_CHAIN = [
+    '-A DEPLOYER-VRRP -s 198.18.10.2/32 -m comment --comment "cluster: VRRP from h2" -j RETURN',
+    '-A DEPLOYER-VRRP -s 198.18.10.3/32 -m comment --comment "cluster: VRRP from h3" -j RETURN',
+    '-A DEPLOYER-VRRP -m comment --comment "cluster: VRRP from anyone else" -j DROP',
+]
+
+
+def test_with_unicast_vrrp_from_anyone_but_the_other_hosts_is_dropped_on_the_cluster_interface():
+    assert cluster.render_vrrp_filter(cluster.parse_filter(""), NAMES, UNICAST) == "\n".join([
+        "*filter", ":DEPLOYER-VRRP - [0:0]", *VRRP_CHAIN, "-I INPUT 1 -i eth0 -p 112 -j DEPLOYER-VRRP", "COMMIT", ""])
+
+
+def test_the_vrrp_chain_is_rewritten_and_a_jump_that_is_there_kept_as_iptables_save_prints_it():
+    saved = "*filter\n:INPUT ACCEPT [0:0]\n:DEPLOYER-VRRP - [0:0]\n-A INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP\n" \
+            "-A DEPLOYER-VRRP -s 198.18.10.9/32 -j RETURN\nCOMMIT\n"
+    assert cluster.render_vrrp_filter(cluster.parse_filter(saved), NAMES, UNICAST) == "\n".join([
+        "*filter", ":DEPLOYER-VRRP - [0:0]", *VRRP_CHAIN, "COMMIT", ""])
+
+
+def test_a_jump_from_another_interface_is_replaced():
+    saved = "*filter\n:INPUT ACCEPT [0:0]\n:DEPLOYER-VRRP - [0:0]\n-A INPUT -i eth9 -p vrrp -j DEPLOYER-VRRP\nCOMMIT\n"
+    assert cluster.render_vrrp_filter(cluster.parse_filter(saved), NAMES, UNICAST) == "\n".join([
+        "*filter", ":DEPLOYER-VRRP - [0:0]", *VRRP_CHAIN, "-D INPUT -i eth9 -p vrrp -j DEPLOYER-VRRP",
+        "-I INPUT 1 -i eth0 -p 112 -j DEPLOYER-VRRP", "COMMIT", ""])
+
+
+def test_without_unicast_the_vrrp_filter_is_removed_if_a_previous_start_left_it_and_nothing_is_done_otherwise():
+    saved = "*filter\n:INPUT ACCEPT [0:0]\n:DEPLOYER-VRRP - [0:0]\n-A INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP\n" \
+            '-A DEPLOYER-VRRP -m comment --comment "cluster: VRRP from anyone else" -j DROP\nCOMMIT\n'
+    assert cluster.render_vrrp_filter(cluster.parse_filter(saved), NAMES, CLUSTER) == "\n".join([
+        "*filter", "-D INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP", "-F DEPLOYER-VRRP", "-X DEPLOYER-VRRP", "COMMIT", ""])
+    assert cluster.render_vrrp_filter(cluster.parse_filter("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"), NAMES,
+                                      CLUSTER) is None

@@ -207,7 +207,7 @@ def test_unknown_key_in_the_deployer_table(tmp_path):
     path = write(tmp_path, '[deployer]\nstate_dri = "/var/lib/deployer"\n' + MINIMAL)
     assert str(refusal(path)) == (
         f"{path}, key 'deployer.state_dri': unknown key (allowed: backend, bridge, chain_prefix, docker_host, "
-        "hook_timeout, hooks_dir, iptables_wait, lock_wait, maintenance_port, network, state_dir)")
+        "hook_timeout, hooks_dir, host_lock_wait, iptables_wait, lock_wait, maintenance_port, network, state_dir)")
 
 
 def test_unknown_top_level_table(tmp_path):

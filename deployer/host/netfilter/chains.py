@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from deployer.config import AppConfig, Settings
 from deployer.errors import RulesError
-from deployer.host.locks import AppLock, HostLock
+from deployer.host.locks import LOCKS, AppLock, HostLock
 from deployer.host.netfilter.backend import BridgeNetwork, NetfilterBackend
 from deployer.journal import utc_now
 from deployer.plan import app_chain, rules
@@ -45,7 +45,7 @@ class Chains:
 
     def lock(self) -> HostLock:
         """Serialise read-render-restore across deployer processes. Not reentrant: take it once."""
-        return HostLock(self.lock_path("netfilter"))
+        return HostLock(self.lock_path("netfilter"), wait=self.settings.host_lock_wait)
 
     def app_lock(self, app: str, *, wait: float | None = None, **holder: Any) -> AppLock:
         """The app's own lock: a deploy, a mode change and a forward of one app never interleave."""
@@ -53,7 +53,7 @@ class Chains:
                        holder=holder)
 
     def lock_path(self, name: str) -> Path:
-        return Path(self.settings.state_dir) / "locks" / f"{name}.lock"
+        return Path(self.settings.state_dir) / LOCKS / f"{name}.lock"
 
     # --- reading and rendering -------------------------------------------------------------------
 
