@@ -9,6 +9,7 @@ hosts. The command line calls these and runs what it gets.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +35,7 @@ from deployer.fleet.client import FleetClient
 from deployer.folders import space_problem
 from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
+from deployer.host import responder
 from deployer.host.engine import DockerPort, Engine
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.journal import Journal
@@ -169,6 +171,11 @@ def build_fleet_client(fleet: FleetConfig) -> FleetClient:
     return FleetClient(fleet, connect=SignedClient)
 
 
+def build_maintenance_server(config: Config, listener: socket.socket | None = None) -> responder.Responder:
+    """The maintenance responder's server, bound now (a taken port fails before anything else), with deadlines."""
+    return responder.make_server(config, deadlines=Deadlines(), listener=listener)
+
+
 # --- the cluster agent and its commands ------------------------------------------------------------
 
 
@@ -182,7 +189,7 @@ def build_cluster_control(config: Config) -> ClusterControl:
     return ClusterControl(config, Netfilter(wait_seconds=config.settings.iptables_wait), build_journal(config))
 
 
-__all__ = ["Deadlines", "SignedClient", "build_asset_http", "build_cluster_agent", "build_cluster_control",
+__all__ = ["SignedClient", "build_asset_http", "build_cluster_agent", "build_cluster_control",
            "build_engine", "build_fleet_client", "build_host_probes", "build_image_loader", "build_job_tools",
-           "build_journal", "build_netfilter", "build_worker", "die_with_parent", "prepare_shared", "spawn_process",
+           "build_journal", "build_maintenance_server", "build_netfilter", "build_worker", "die_with_parent", "prepare_shared", "spawn_process",
            "start_job"]

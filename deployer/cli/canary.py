@@ -11,6 +11,8 @@ from deployer import config as config_module
 from deployer.errors import CanaryError
 from deployer.host.engine import CanaryStart
 from deployer.plan import canary
+from deployer.host import canary as canary_ops
+from deployer.wiring import build_engine
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
 
@@ -92,13 +94,11 @@ def duration(text: str) -> float:
 
 
 def _engine(args: argparse.Namespace):
-    from deployer.wiring import build_engine
 
     return build_engine(args.loaded_config)
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
-    from deployer.host import canary as canary_ops
 
     after = canary_ops.reweight(_engine(args), args.app, args.percent, actor=config_module.local_actor())
     print(f"{args.app}: the canary " + ("already had" if after is None else "now gets") + f" {args.percent}% of "
@@ -107,7 +107,6 @@ def cmd_canary(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from deployer.host import canary as canary_ops
 
     after = canary_ops.promote(_engine(args), args.app, actor=config_module.local_actor())
     assert after.active is not None
@@ -117,7 +116,6 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
-    from deployer.host import canary as canary_ops
 
     after = canary_ops.abort(_engine(args), args.app, actor=config_module.local_actor())
     assert after.active is not None

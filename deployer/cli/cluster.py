@@ -15,6 +15,9 @@ from deployer.cli.ops import seconds
 from deployer.host.cluster import cluster_of
 from deployer.plan import cluster as plan
 from deployer.plan.keepalived import render_config
+from deployer.host.cluster import ClusterPaths
+from deployer.wiring import build_cluster_agent
+from deployer.wiring import build_cluster_control
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -57,13 +60,11 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
 
 
 def _control(args: argparse.Namespace):
-    from deployer.wiring import build_cluster_control
 
     return build_cluster_control(args.loaded_config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from deployer.wiring import build_cluster_agent
 
     agent = build_cluster_agent(args.loaded_config)
     stop = threading.Event()
@@ -115,7 +116,6 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from deployer.host.cluster import ClusterPaths
 
     config = args.loaded_config
     c = cluster_of(config)

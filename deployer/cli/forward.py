@@ -9,6 +9,7 @@ from typing import Callable
 from deployer import config as config_module
 from deployer.errors import InvalidForwarding
 from deployer.plan import forwarding
+from deployer.wiring import build_engine
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -64,7 +65,6 @@ def _number(text: str) -> int:
 
 
 def _forwarder(args: argparse.Namespace):
-    from deployer.wiring import build_engine
 
     return build_engine(args.loaded_config).forwarder
 

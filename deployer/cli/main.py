@@ -22,6 +22,7 @@ from deployer.folders import space_problem
 from deployer.queue.database import queue_path
 from deployer.queue.queue import Queue
 from deployer.worker.faults import fault_lines
+from deployer.wiring import build_engine
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -111,7 +112,6 @@ def _extensions() -> list[Callable[..., None]]:
 
 
 def _engine(args: argparse.Namespace):
-    from deployer.wiring import build_engine
 
     return build_engine(args.loaded_config)
 

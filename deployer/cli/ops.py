@@ -10,6 +10,10 @@ from typing import Callable
 from deployer import config as config_module
 from deployer.config import Config
 from deployer.host import modes
+from deployer.host import responder
+from deployer.host.watchdog import run_watchdog, watched_apps
+from deployer.wiring import build_engine, build_maintenance_server, spawn_process
+from deployer.worker import supervisor
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -75,7 +79,6 @@ def seconds(text: str) -> float:
 
 
 def _engine(args: argparse.Namespace):
-    from deployer.wiring import build_engine
 
     return build_engine(args.loaded_config)
 
@@ -104,23 +107,17 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
 
 
 def cmd_maintenance_server(args: argparse.Namespace) -> int:
-    from deployer.wiring import Deadlines
-    from deployer.host import responder
-    from deployer.worker import supervisor
 
     config: Config = args.loaded_config
     stop = supervisor.stop_on_signals()
     listener = responder.inherited_listener(args.listen_fd) if args.listen_fd is not None else None
     # binds now, so a taken port fails before anything else
-    server = responder.make_server(config, deadlines=Deadlines(), listener=listener)
+    server = build_maintenance_server(config, listener)
     return supervisor.run_threads(stop, lambda: responder.serve(config, stop, server),
                                   announce=f"maintenance responder on port {config.settings.maintenance_port}")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from deployer.host.watchdog import run_watchdog, watched_apps
-    from deployer.wiring import build_engine, spawn_process
-    from deployer.worker import supervisor
 
     config: Config = args.loaded_config
     stop = supervisor.stop_on_signals()

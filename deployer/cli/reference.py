@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from deployer.cli.main import build_parser
 
 REGENERATE = "python3 -m deployer.cli.reference > docs/commands.md"
 # One usage line however long, instead of argparse's wrapping at the terminal's width.
@@ -129,7 +130,6 @@ def _cell(text: str) -> str:
 
 
 def main() -> int:
-    from deployer.cli.main import build_parser
 
     sys.stdout.write(render_commands(build_parser()))
     return 0
