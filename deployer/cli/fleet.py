@@ -1,6 +1,8 @@
 """`deployer rollout` and `deployer fleet status`, on a controller ([fleet]). Thin: deployer/fleet/rollout.py acts.
 
 `rollout` queues a job in this controller's own queue; its worker runs it (`deployer worker` or `serve`).
+Whatever a host answered (tags, reasons, job ids, errors) is printed through `printable`: no control character
+from a host reaches the terminal.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from deployer.cli.ops import seconds
 from deployer.config.fleet import FleetConfig, check_canary, check_max_parallel
 from deployer.errors import ConfigError, DeployerError, InvalidTag
 from deployer.plan import rollout as plan
+from deployer.plan.printable import printable
 from deployer.plan.tags import DOCKER_TAG_RE
 from deployer.queue.jobs import ROLLOUT, Job, Queue
 
@@ -119,17 +122,17 @@ def follow(queue: Queue, job: Job, *, timeout: float, sleep: Callable[[float], N
         for step in steps[shown:]:
             line = describe(step)
             if line:
-                print("  " + line, flush=True)
+                print("  " + printable(line), flush=True)
         shown = len(steps)
         current = queue.get(job.id)
         if current is None or current.done or time.monotonic() > deadline:
             break
         sleep(POLL_SECONDS)
     if current is not None and current.status == "succeeded":
-        print(f"{job.app}: {current.reason}")
+        print(f"{job.app}: {printable(current.reason)}")
         return 0
     if current is not None and current.done:
-        print(f"{job.app}: rollout {current.status}: {current.reason}", file=sys.stderr)
+        print(f"{job.app}: rollout {current.status}: {printable(current.reason)}", file=sys.stderr)
         return 1
     print(f"{job.app}: rollout {job.id} still {current.status if current else '?'} after {timeout:g} s; "
           f"it goes on (the worker runs it)", file=sys.stderr)
@@ -171,12 +174,12 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
             status["differs"] = name in differs
         report[app] = hosts
     bad = any("error" in s or s["differs"] for hosts in report.values() for s in hosts.values())
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
+    if args.json:  # JSON escapes C0 controls itself; DEL, C1 and the like are escaped here, line by line
+        print("\n".join(printable(line) for line in json.dumps(report, indent=2, default=str).splitlines()))
         return 1 if bad else 0
     for app, hosts in report.items():
         for name, s in hosts.items():
-            print(f"{app} {name}: " + (f"does not answer: {s['error']}" if "error" in s else host_line(s)))
+            print(printable(f"{app} {name}: " + (f"does not answer: {s['error']}" if "error" in s else host_line(s))))
     return 1 if bad else 0
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from deployer.errors import RequestRejected
-from deployer.fleet.client import operator_signer
+from deployer.fleet.client import job_id_of, operator_signer
+from deployer.plan.printable import printable
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -87,7 +88,7 @@ def cmd_redeploy(args: argparse.Namespace) -> int:
                **({"action": args.action} if args.action else {}),
                **({"reason": args.reason} if args.reason else {})}
     _, answer = client.request("POST", "/deploy", json.dumps(request).encode())
-    job_id = answer["job"]
+    job_id = job_id_of(answer.get("job"), "the job id the server answered")
     what = f"{args.action} of the canary" if args.action else args.tag or "the active release"
     print(f"{args.app}: queued {job_id} ({what})", flush=True)
     if not args.wait:
@@ -100,16 +101,17 @@ def follow(updates: Iterable[dict[str, Any]], job_id: str, *, timeout: float) ->
     shown, job = 0, {}
     for job in updates:
         for step in job.get("steps", [])[shown:]:
-            print("  " + describe_step(step), flush=True)
+            print("  " + printable(describe_step(step)), flush=True)
         shown = len(job.get("steps", []))
     status = job["status"]
     if status in ("succeeded", "skipped"):
-        print(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": "))
+        print(printable(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": ")))
         return 0
     if status in ("failed", "superseded"):
-        print(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": "), file=sys.stderr)
+        print(printable(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": ")), file=sys.stderr)
         return 1
-    print(f"{job['app']}: still {status} after {timeout:g} s; follow it with GET /jobs/{job_id}", file=sys.stderr)
+    print(printable(f"{job['app']}: still {status} after {timeout:g} s; follow it with GET /jobs/{job_id}"),
+          file=sys.stderr)
     return 1
 
 
