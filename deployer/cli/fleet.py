@@ -104,6 +104,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         queue.withdraw(job)
         raise
     print(f"{args.app}: queued rollout {job.id} of {args.tag} over {', '.join(fleet.host_names)}", flush=True)
+    if fleet.insecure_hosts:
+        print(f"deployer: warning: {insecure_warning(fleet.insecure_hosts)}", file=sys.stderr, flush=True)
     worker = queue.worker_status()
     if worker is None or time.time() - worker["heartbeat_at"] > WORKER_STALE_SECONDS:
         print("deployer: no worker runs on this controller's state folder: the rollout waits for `deployer worker` "
@@ -149,11 +151,18 @@ def describe(step: dict[str, Any]) -> str | None:
     if step["name"] == "rollout.planned":
         return "batches: " + " | ".join(", ".join(b) for b in detail.get("batches", [])) + (
             f"; skipped (already on the tag): {', '.join(detail['skipped'])}" if detail.get("skipped") else "")
+    if step["name"] == "rollout.insecure":
+        return "warning: " + insecure_warning(detail.get("hosts") or [])
     if step["name"] == "rollout.bake":
         return f"baking {detail.get('seconds')} s after batch {detail.get('batch')}"
     if step["name"] == "rollout.resumed":
         return "resumed: " + ", ".join(f"{h} {s}" for h, s in (detail.get("states") or {}).items())
     return None
+
+
+def insecure_warning(hosts: list[str] | tuple[str, ...]) -> str:
+    return (f"plain http to {', '.join(hosts)} (insecure_http = true in [[fleet.hosts]]): anyone on the path can "
+            f"read the signed requests and answer for {'that host' if len(hosts) == 1 else 'those hosts'}")
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:

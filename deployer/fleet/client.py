@@ -43,7 +43,8 @@ class FleetClient:
     def __init__(self, fleet: FleetConfig, *, timeout: float = REQUEST_TIMEOUT) -> None:
         from deployer.wiring import SignedClient
 
-        self.clients = {host.name: SignedClient(host.url, operator_signer(host.key_id, host.secret), timeout=timeout)
+        self.clients = {host.name: SignedClient(host.url, operator_signer(host.key_id, host.secret), timeout=timeout,
+                                                ca_file=host.ca_file)
                         for host in fleet.hosts}
 
     def deploy(self, host: str, app: str, tag: str, *, rollout: str, reason: str) -> str:

@@ -86,6 +86,8 @@ class Rollout:
     def run(self) -> str:
         """Roll the tag out; return what happened. Raises RolloutFailed naming the host and the reason."""
         options = options_of(self.job.source, self.fleet)
+        if self.fleet.insecure_hosts:
+            self._record("rollout.insecure", hosts=list(self.fleet.insecure_hosts))
         rows = self.queue.rollout_hosts(self.id)
         if rows:
             self._record("rollout.resumed", states={r.host: r.state for r in rows})

@@ -320,8 +320,8 @@ def controller_config(tmp_path: Path):
 
     secret = tmp_path / "fleet.secret"
     secret.write_text("fleet-secret-0123456789abcdef\n")
-    hosts = [{"name": f"h{i}", "url": f"http://h{i}:8000", "key_id": "fleet", "secret_file": str(secret)}
-             for i in (1, 2, 3)]
+    hosts = [{"name": f"h{i}", "url": f"http://h{i}:8000", "key_id": "fleet", "secret_file": str(secret),
+              "insecure_http": True} for i in (1, 2, 3)]
     return config_module.parse({"deployer": {"state_dir": str(tmp_path / "state")},
                                 "fleet": {"apps": ["web"], "hosts": hosts}}, path=tmp_path / "deployer.toml",
                                environ={})
