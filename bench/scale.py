@@ -171,7 +171,7 @@ NFT_FLIPS = 30
 
 
 def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
-    """The nftables flip (plan/nft.py's transaction, through libnftables in process) with 1 to 10,000 other
+    """The nftables flip (plan/nft/'s transaction, through libnftables in process) with 1 to 10,000 other
     apps' ports in the maps. A table of the run's own with maps only and no hooks: no packet can meet it."""
     from deployer.adapters.nftables import Nftables
     from deployer.plan import nft

@@ -1,9 +1,16 @@
-"""Build the real engine from a config: the one place that picks the concrete adapters."""
+"""Build the real engine from a config: the one place that picks the concrete adapters.
+
+It also puts together what each process of the deployer runs with: the worker (its launcher, reconcile and
+checks), a job's own process (its journal and tools: `python -m deployer.cli.job` calls `build_journal` and
+`build_job_tools`), the supervisor's children (spawn), the watchdog's engine and the controller's client of its
+hosts. The command line calls these and runs what it gets.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from deployer.adapters.api_client import SignedClient
 from deployer.adapters.deadlines import Deadlines
@@ -18,14 +25,25 @@ from deployer.adapters.processes import die_with_parent, run_hook, start_job
 from deployer.adapters.processes import spawn as spawn_process
 from deployer.adapters.routing import Routing
 from deployer.adapters.shared_address import SharedAddress
+from deployer import audit
 from deployer.audit import build_journal
 from deployer.config import Config
-from deployer.host.netfilter.chains import NetfilterBackend
+from deployer.config.fleet import FleetConfig
+from deployer.errors import UnsafePath
+from deployer.fleet.client import FleetClient
+from deployer.folders import space_problem
+from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import DockerPort, Engine
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.journal import Journal
 from deployer.plan import app_chain, nft
+from deployer.queue import jobs
+from deployer.queue.jobs import Job, Queue
+from deployer.worker import assets
+from deployer.worker.child import process_launcher
+from deployer.worker.loop import Worker, host_checks
+from deployer.worker.run import WORKER_ACTOR, EngineLike, JobTools
 
 
 def build_engine(config: Config, journal: Journal | None = None, *, preloaded: str | None = None,
@@ -90,6 +108,66 @@ def build_asset_http() -> GitHubHttp:
     return GitHubHttp()
 
 
+# --- the worker and a job's own process ----------------------------------------------------------
+
+
+def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
+    """The queue's and the audit log's folders, shared with `[server] group` when run as root; returns the queue.
+
+    Run before the receiver starts. A planted link or odd file there is refused, and recorded as
+    `security.refused` before the error stops the start.
+    """
+    state_dir = config.settings.state_dir
+    group = config.server.group if os.geteuid() == 0 else None
+    try:
+        jobs.prepare_folder(state_dir, group)
+        audit.prepare_folder(state_dir, group)  # the receiver records deliveries there
+        queue = Queue.for_state_dir(state_dir)
+        queue.worker_status()  # creates the tables now, as the privileged user
+    except UnsafePath as exc:
+        journal = journal or build_journal(config)
+        journal.record("security.refused", outcome="failed", actor=WORKER_ACTOR, reason=str(exc), **exc.context)
+        raise
+    return queue
+
+
+def build_worker(config: Config, queue: Queue | None = None, journal: Journal | None = None) -> Worker:
+    """The worker with its real launcher (start_job), reconcile (the engine), checks and registry check."""
+    journal = journal or build_journal(config)
+    queue = queue or Queue.for_state_dir(config.settings.state_dir)
+
+    def reconcile(app: str | None) -> list[str]:
+        return build_engine(config, journal).reconcile(app, actor=WORKER_ACTOR)
+
+    def disk() -> str:
+        return space_problem(config.settings.state_dir) or "ok"
+
+    return Worker(config, queue, journal, launch=process_launcher(config, start_job), reconcile=reconcile,
+                  checks=host_checks(build_host_probes(config)), disk=disk, registry=build_registry_check(config))
+
+
+def build_job_tools(config: Config, journal: Journal) -> JobTools:
+    """What a job's own process acts with: the engine, the release asset loader, a controller's fleet client."""
+    load_image = build_image_loader(config)
+
+    def engine(preloaded: str | None) -> EngineLike:
+        return build_engine(config, journal, preloaded=preloaded)
+
+    def load_asset(job: Job) -> str:
+        return assets.load_release_asset(config, job, http=build_asset_http(), load_image=load_image)
+
+    def fleet() -> Any:
+        assert config.fleet is not None
+        return build_fleet_client(config.fleet)
+
+    return JobTools(engine=engine, load_asset=load_asset, fleet=fleet if config.fleet else None)
+
+
+def build_fleet_client(fleet: FleetConfig) -> FleetClient:
+    """The controller's client of its hosts, one signed client each."""
+    return FleetClient(fleet, connect=SignedClient)
+
+
 # --- the cluster agent and its commands ------------------------------------------------------------
 
 
@@ -104,5 +182,6 @@ def build_cluster_control(config: Config) -> ClusterControl:
 
 
 __all__ = ["Deadlines", "SignedClient", "build_asset_http", "build_cluster_agent", "build_cluster_control",
-           "build_engine", "build_host_probes", "build_image_loader", "build_journal", "build_netfilter",
-           "die_with_parent", "spawn_process", "start_job"]
+           "build_engine", "build_fleet_client", "build_host_probes", "build_image_loader", "build_job_tools",
+           "build_journal", "build_netfilter", "build_worker", "die_with_parent", "prepare_shared", "spawn_process",
+           "start_job"]

@@ -166,10 +166,10 @@ def insecure_warning(hosts: list[str] | tuple[str, ...]) -> str:
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
-    from deployer.fleet.client import FleetClient
+    from deployer.wiring import build_fleet_client
 
     fleet = fleet_of(args.loaded_config, args.app)
-    client = FleetClient(fleet)
+    client = build_fleet_client(fleet)
     report: dict[str, dict[str, Any]] = {}
     for app in [args.app] if args.app else list(fleet.apps):
         hosts: dict[str, Any] = {}

@@ -58,16 +58,21 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deployer.wiring import spawn_process
+    from deployer import wiring
     from deployer.worker import supervisor
 
-    return supervisor.serve(args.loaded_config, spawn=spawn_process, watch=args.watch)
+    config = args.loaded_config
+    worker = wiring.build_worker(config, wiring.prepare_shared(config))
+    return supervisor.serve(config, worker, spawn=wiring.spawn_process, build_engine=wiring.build_engine,
+                            watch=args.watch)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from deployer import wiring
     from deployer.worker import supervisor
 
-    return supervisor.run_worker(args.loaded_config)
+    config = args.loaded_config
+    return supervisor.run_worker(wiring.build_worker(config, wiring.prepare_shared(config)))
 
 
 # --- the redeploy client --------------------------------------------------------------------------

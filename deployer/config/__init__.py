@@ -4,24 +4,23 @@ Every error names the file, the app and the key, so an operator can fix it witho
 Secrets are never written in the config: it names a file or an environment variable instead.
 
 - `model`: what a loaded config is (frozen dataclasses);
-- `load`: reading the file, the environment and the secrets, and making paths absolute;
+- `load`: reading the file and the environment, making paths absolute, the checks across tables;
+- `settings`, `registries`, `app`, `server`, `cluster`, `fleet`: one table each, with its own checks;
+- `secrets`, `env_files`: what a config names instead of a secret, and an app's env files;
 - `fields`: one check per kind of value.
 """
 
+from deployer.config.app import MAX_PAGE_BYTES
+from deployer.config.env_files import parse_env_file
 from deployer.config.load import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
-    DEFAULT_DOCKER_HOST,
-    MAX_PAGE_BYTES,
-    MIN_OPERATOR_SECRET,
     config_path,
     load,
     load_receiver,
     local_actor,
     parse,
-    parse_env_file,
     parse_receiver,
-    read_secret,
     receiver_environment,
 )
 from deployer.config.model import (
@@ -42,6 +41,9 @@ from deployer.config.model import (
     Settings,
     WatchdogConfig,
 )
+from deployer.config.secrets import read_secret
+from deployer.config.server import MIN_OPERATOR_SECRET
+from deployer.config.settings import DEFAULT_DOCKER_HOST
 
 __all__ = [
     "CONFIG_ENV", "DEFAULT_CONFIG_PATH", "DEFAULT_DOCKER_HOST", "HOOK_NAMES", "IMAGE_RE", "MAX_PAGE_BYTES",

@@ -4,6 +4,7 @@ What a rollout asks of a host goes through the routes every deployer server alre
 the rollout's id, which the host records in its own `job.queued` entry), GET /jobs/<id>, and GET /apps/<app>
 (the live tag, port set and last job, read from the host's queue). A host that does not answer is a
 DeployerError naming its URL; one that refuses is the RequestRejected of its status (deployer/adapters/api_client.py).
+The signed client itself comes from deployer/wiring.py (`build_fleet_client`), through `connect`.
 
 Every answer is checked before the controller acts on it or records it: a job id has the form of this
 deployer's own (it becomes part of the next signed path), a tag is a Docker tag, a status and a reason are short
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from deployer.config.fleet import FleetConfig
 from deployer import signatures
@@ -27,8 +28,17 @@ from deployer.queue.jobs import JOB_ID_RE
 REQUEST_TIMEOUT = 5.0  # one request, its whole answer included; a host's whole deploy has [fleet] host_timeout
 MAX_TEXT_CHARS = 500  # a status, a reason or an error a host answers: kept to this
 
+Signer = Callable[[str, str, str, bytes], dict[str, str]]
 
-def operator_signer(key_id: str, secret: str) -> Callable[[str, str, str, bytes], dict[str, str]]:
+
+class HostClient(Protocol):
+    def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, Any]]: ...
+
+
+Connect = Callable[..., HostClient]  # connect(url, signer, *, timeout, ca_file) -> a signed client of one host
+
+
+def operator_signer(key_id: str, secret: str) -> Signer:
     """Sign as `key_id`: now, with a fresh nonce (the scheme of `server.signatures`)."""
     def sign(method: str, host: str, path: str, body: bytes) -> dict[str, str]:
         return signatures.sign_request(secret, method=method, host=host, path=path, key_id=key_id,
@@ -40,11 +50,9 @@ def operator_signer(key_id: str, secret: str) -> Callable[[str, str, str, bytes]
 class FleetClient:
     """post, follow and status of each host of [fleet], by its name."""
 
-    def __init__(self, fleet: FleetConfig, *, timeout: float = REQUEST_TIMEOUT) -> None:
-        from deployer.wiring import SignedClient
-
-        self.clients = {host.name: SignedClient(host.url, operator_signer(host.key_id, host.secret), timeout=timeout,
-                                                ca_file=host.ca_file)
+    def __init__(self, fleet: FleetConfig, *, connect: Connect, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.clients = {host.name: connect(host.url, operator_signer(host.key_id, host.secret), timeout=timeout,
+                                           ca_file=host.ca_file)
                         for host in fleet.hosts}
 
     def deploy(self, host: str, app: str, tag: str, *, rollout: str, reason: str) -> str:

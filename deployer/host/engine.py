@@ -15,23 +15,23 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from deployer.config import AppConfig, Config
 from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack
 from deployer.host import modes
-from deployer.host.netfilter.chains import Chains, NetfilterBackend
 from deployer.host.forwarder import Forwarder, RoutingPort
 from deployer.host.health import Prober, set_port_probe, wait_healthy
-from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation, record_repairs
+from deployer.host.netfilter.backend import NetfilterBackend
+from deployer.host.netfilter.chains import Chains
+from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation
+from deployer.host.reconcile import reconcile_app
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
 from deployer.plan import app_chain, canary, conntrack, forwarding, hostbound, maintenance, nft, rules
 from deployer.plan.containers import (
-    LABEL_DIGEST,
-    LABEL_IMAGE,
     LABEL_SET,
     LABEL_TAG,
     ContainerInfo,
@@ -100,9 +100,39 @@ class AppStatus:
     notes: list[str] = field(default_factory=list)  # lines for people: the mode, a drain, a host-bound app
 
     def as_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
+
+
+@dataclass
+class DeployRun:
+    """One deploy's facts as its steps learn them: the record it builds on, what was pulled, the new instance."""
+
+    operation: Operation
+    app: AppConfig
+    release: Release  # the pull puts what it pulled here, with its digest
+    state: AppState  # the record the deploy builds on, as it was before the flip
+    context: HookContext
+    new_set: str
+    new: ContainerInfo | None = None
+    address: str | None = None
+    old_addresses: set[str] = field(default_factory=set)  # where the rules pointed before the flip
+    after: AppState | None = None  # the record the flip made true
+
+    @property
+    def base(self) -> dict[str, Any]:
+        return self.operation.base
+
+    @property
+    def old(self) -> Instance | None:
+        return self.state.active
+
+    def started(self) -> ContainerInfo:
+        assert self.new is not None, "the new instance starts before it is gated or flipped to"
+        return self.new
+
+    def result(self) -> DeployResult:
+        return DeployResult(self.app.name, self.release.tag, self.new_set, self.release.digest, self.started().name,
+                            self.old.tag if self.old else None)
 
 
 class Engine:
@@ -140,15 +170,17 @@ class Engine:
             canary.check_weight(canary_split.weight)
         with self._operation("deploy", app, actor, job, tag=tag) as operation:
             operation.waits_on_transient = wait_on_transient
-            return self._deploy(operation, app, Release(tag=tag, image=app.image), actor=actor, job=job,
-                                canary_split=canary_split)
+            release = Release(tag=tag, image=app.image)
+            if canary_split is not None:
+                return self._start_canary(operation, app, release, canary_split, actor=actor, job=job)
+            return self._deploy(operation, app, release, actor=actor, job=job)
 
     def rollback(self, app_name: str, *, actor: str, job: str | None = None) -> DeployResult:
         """Go back to the previous release, pinned by digest, behind the same health gate."""
         app = self.config.app(app_name)
         hostbound.check_deployable(app)
         with self._operation("rollback", app, actor, job, tag="rollback") as operation:
-            self._reconcile_app(app, actor=actor, job=job)
+            reconcile_app(self, app, actor=actor, job=job)
             previous = self.store.load(app.name).previous
             if previous is None:
                 raise NothingToRollBack(f"app {app.name!r} has no previous release to roll back to", app=app.name)
@@ -162,7 +194,7 @@ class Engine:
         for app in apps:
             with self._operation("reconcile", app, actor, None, tag="reconcile", shape=FAILURES_ONLY) as operation:
                 operation.start()
-                repairs.extend(self._reconcile_app(app, actor=actor))
+                repairs.extend(reconcile_app(self, app, actor=actor))
         return repairs
 
     def status(self, app_name: str | None = None) -> list[AppStatus]:
@@ -253,111 +285,163 @@ class Engine:
                          lock=self.chains.app_lock(app.name, tag=tag, actor=actor), shape=shape, clock=self.clock)
 
     def _deploy(self, operation: Operation, app: AppConfig, release: Release, *, actor: str, job: str | None,
-                rollback: bool = False, canary_split: CanaryStart | None = None) -> DeployResult:
-        """The steps of a deploy (and a rollback) inside its operation, which holds the app's lock."""
-        base = operation.base
-        operation.failed["tag"] = release.tag
-        operation.start(tag=release.tag, **({"canary": canary_split.weight} if canary_split else {}))
-        # A third instance has no port set: the running canary is promoted or aborted first.
-        before = self.store.load(app.name)
-        canary.refuse_deploy(before)
-        if canary_split is not None and before.active is None:
+                rollback: bool = False) -> DeployResult:
+        """A deploy (and a rollback) inside its operation, which holds the app's lock: start the new instance,
+        gate it, flip all traffic to it, then retire the old one."""
+        self._open(operation, app, release)
+        run = self._prepare(operation, app, release, actor=actor, job=job, reconciled=rollback)
+
+        def promoted(instance: Instance) -> AppState:
+            # The mode decides what the chain leads to: a manual maintenance stays, a failover of the old
+            # instance ends, and a status-port forward moves along with the ports.
+            return forwarding.after_promotion(maintenance.after_promotion(run.state.promoted(instance, utc_now())))
+
+        with self._abandoned_on_failure(run):
+            self._start_new(run, rollback=rollback)
+            self._gate(run)
+            self._flip(run, promoted, committed=_took_traffic)
+        self._record(run)
+        self._retire_old(run)
+        self._hook("post-deploy", app, run.context, run.base, must_pass=False)
+        operation.finish(tag=run.release.tag, set=run.new_set, digest=run.release.digest)
+        return run.result()
+
+    def _start_canary(self, operation: Operation, app: AppConfig, release: Release, split: CanaryStart, *,
+                      actor: str, job: str | None) -> DeployResult:
+        """A deploy that starts a canary: the same steps up to the flip, which gives the new instance `split`'s
+        share of new flows; both serve until promote or abort, so nothing is retired."""
+        before = self._open(operation, app, release, canary=split.weight)
+        if before.active is None:
             raise CanaryError(f"app {app.name!r} has no active instance to split traffic with; deploy it "
                               f"without --canary first", app=app.name)
-        if not rollback:  # a rollback reconciled before it chose its release
+        run = self._prepare(operation, app, release, actor=actor, job=job)
+
+        def started(instance: Instance) -> AppState:
+            return canary.started(run.state, instance, weight=split.weight, sticky=split.sticky, seed=split.seed,
+                                  now=utc_now(), actor=actor, bake_until=split.bake_until)
+
+        with self._abandoned_on_failure(run):
+            self._start_new(run)
+            self._gate(run)
+            self._flip(run, started, detail={"canary": split.weight})
+        self._record(run)
+        operation.finish(tag=run.release.tag, set=run.new_set, digest=run.release.digest, canary=split.weight)
+        return run.result()
+
+    # --- the steps of a deploy -----------------------------------------------------------------
+
+    def _open(self, operation: Operation, app: AppConfig, release: Release, **detail: Any) -> AppState:
+        """The operation starts; a third instance has no port set, so a running canary is promoted or aborted
+        first. Returns the record as it was."""
+        operation.failed["tag"] = release.tag
+        operation.start(tag=release.tag, **detail)
+        before = self.store.load(app.name)
+        canary.refuse_deploy(before)
+        return before
+
+    def _prepare(self, operation: Operation, app: AppConfig, release: Release, *, actor: str, job: str | None,
+                 reconciled: bool = False) -> DeployRun:
+        """Reconcile first (unless done: a rollback reconciled before it chose its release), then read the record
+        the deploy builds on."""
+        if not reconciled:
             try:
-                self._reconcile_app(app, actor=actor, job=job)
+                reconcile_app(self, app, actor=actor, job=job)
             except DeployerError as exc:
                 # Most often a daemon that does not answer: nothing moved, but a job that gives up on it is a
                 # failed deploy, and on-failure is told so.
                 if not operation.waits(exc):
                     with contextlib.suppress(DeployerError):
                         context = self._hook_context(app, release, actor, job, self.store.load(app.name))
-                        self._hook("on-failure", app, replace(context, error=str(exc)), base, must_pass=False)
+                        self._hook("on-failure", app, replace(context, error=str(exc)), operation.base,
+                                   must_pass=False)
                 raise
         state = self.store.load(app.name)
-        old = state.active
-        new_set = other_set(old.port_set if old else None)
-        context = self._hook_context(app, release, actor, job, state)
+        return DeployRun(operation, app, release, state, self._hook_context(app, release, actor, job, state),
+                         new_set=other_set(state.active.port_set if state.active else None))
 
-        new: ContainerInfo | None = None
+    @contextlib.contextmanager
+    def _abandoned_on_failure(self, run: DeployRun) -> Iterator[None]:
+        """Before the flip, a failure removes the new instance and leaves traffic where it was."""
         try:
-            self._hook("pre-deploy", app, context, base)
-            with operation.step("pull") as step:
-                release = self._obtain_image(app, release, rollback=rollback)
-                step.detail.update(image=release.reference, digest=release.digest)
-            context = replace(context, digest=release.digest)
-            with operation.step("start") as step:
-                self._remove_leftovers(app, new_set, keep=old.container_id if old else None)
-                self.docker.ensure_network(self.settings.network, self.settings.bridge)
-                arguments = run_arguments(self.settings, app, new_set, release)
-                # No restarts before the gate passed: a crash stays a crash, with its exit code, not a loop.
-                arguments["restart_policy"] = restart_policy("no")
-                new = self.docker.run(release.reference, arguments)
-                address = new.address(self.settings.network)
-                step.detail.update(container=new.name, set=new_set, address=address)
-                if not address:
-                    # Most often the process has already exited: say so with its exit code, as the gate does.
-                    raise BootError(self._not_running(new) or self._exit_reason(
-                        new.id, f"container {new.name} has no address on network {self.settings.network!r}"),
-                        app=app.name)
-            with operation.step("health") as step:
-                probe = set_port_probe(self.prober, app, new_set)
-                step.detail["probes"] = wait_healthy(app.health, probe, lambda: self._not_running(new),
-                                                     clock=self.clock, sleep=self.sleep)
-                self.docker.set_restart_policy(new.id, restart_policy(app.restart))
-            self._hook("post-healthy", app, context, base)
-            with operation.step("flip") as step:
-                instance = Instance(port_set=new_set, tag=release.tag, image=release.image, digest=release.digest,
-                                    container_id=new.id, container_name=new.name, address=address, since=utc_now())
-                # The mode decides what the chain leads to: a manual maintenance stays, a failover of the old
-                # instance ends, and a status-port forward moves along with the ports.
-                if canary_split is not None:
-                    after = canary.started(state, instance, weight=canary_split.weight, sticky=canary_split.sticky,
-                                           seed=canary_split.seed, now=utc_now(), actor=actor,
-                                           bake_until=canary_split.bake_until)
-                else:
-                    after = forwarding.after_promotion(maintenance.after_promotion(state.promoted(instance,
-                                                                                                  utc_now())))
-                old_addresses = self.chains.flip(app, self.chains.wanted(app, after), step.detail, tidy=False)
-                # `since` is when the instance took the traffic: the commit, not the moment it was described.
-                if canary_split is None:
-                    after = replace(after, active=replace(after.active,
-                                                          since=step.detail.get("committed_at", utc_now())))
-                else:
-                    step.detail["canary"] = canary_split.weight
-                step.detail.update(**app_chain.flip_detail(state, after))
-                step.detail.update(to=f"{new_set} {address}", **({"from": ",".join(sorted(old_addresses))}
-                                                                 if old_addresses else {}))
+            yield
         except DeployerError as exc:
-            self._abandon(app, new, base)
-            if not operation.waits(exc):
-                self._hook("on-failure", app, replace(context, error=str(exc)), base, must_pass=False)
+            self._abandon(run.app, run.new, run.base)
+            if not run.operation.waits(exc):
+                self._hook("on-failure", run.app, replace(run.context, error=str(exc)), run.base, must_pass=False)
             raise
 
-        # Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
-        # The record is written first: from here on it must say what is live, whatever fails next. A fault
-        # from here on (a full disk under the record) is a failure, not a wait: the flip happened.
+    def _start_new(self, run: DeployRun, *, rollback: bool = False) -> None:
+        """pre-deploy, pull, then run the new instance on the free port set."""
+        app, old = run.app, run.old
+        self._hook("pre-deploy", app, run.context, run.base)
+        with run.operation.step("pull") as step:
+            run.release = self._obtain_image(app, run.release, rollback=rollback)
+            step.detail.update(image=run.release.reference, digest=run.release.digest)
+        run.context = replace(run.context, digest=run.release.digest)
+        with run.operation.step("start") as step:
+            self._remove_leftovers(app, run.new_set, keep=old.container_id if old else None)
+            self.docker.ensure_network(self.settings.network, self.settings.bridge)
+            arguments = run_arguments(self.settings, app, run.new_set, run.release)
+            # No restarts before the gate passed: a crash stays a crash, with its exit code, not a loop.
+            arguments["restart_policy"] = restart_policy("no")
+            new = run.new = self.docker.run(run.release.reference, arguments)
+            run.address = new.address(self.settings.network)
+            step.detail.update(container=new.name, set=run.new_set, address=run.address)
+            if not run.address:
+                # Most often the process has already exited: say so with its exit code, as the gate does.
+                raise BootError(self._not_running(new) or self._exit_reason(
+                    new.id, f"container {new.name} has no address on network {self.settings.network!r}"),
+                    app=app.name)
+
+    def _gate(self, run: DeployRun) -> None:
+        """Consecutive passing probes, then the app's restart policy, then post-healthy, which can still refuse."""
+        new = run.started()
+        with run.operation.step("health") as step:
+            probe = set_port_probe(self.prober, run.app, run.new_set)
+            step.detail["probes"] = wait_healthy(run.app.health, probe, lambda: self._not_running(new),
+                                                 clock=self.clock, sleep=self.sleep)
+            self.docker.set_restart_policy(new.id, restart_policy(run.app.restart))
+        self._hook("post-healthy", run.app, run.context, run.base)
+
+    def _flip(self, run: DeployRun, decide: Callable[[Instance], AppState], *,
+              committed: Callable[[AppState, str], AppState] = lambda after, at: after,
+              detail: Mapping[str, Any] | None = None) -> None:
+        """Point the app's chain at the new instance in one transaction, as the record `decide` makes says."""
+        new, release = run.started(), run.release
+        with run.operation.step("flip") as step:
+            instance = Instance(port_set=run.new_set, tag=release.tag, image=release.image, digest=release.digest,
+                                container_id=new.id, container_name=new.name, address=run.address, since=utc_now())
+            after = decide(instance)
+            run.old_addresses = self.chains.flip(run.app, self.chains.wanted(run.app, after), step.detail, tidy=False)
+            run.after = committed(after, step.detail.get("committed_at", utc_now()))
+            step.detail.update(detail or {})
+            step.detail.update(**app_chain.flip_detail(run.state, run.after))
+            step.detail.update(to=f"{run.new_set} {run.address}", **({"from": ",".join(sorted(run.old_addresses))}
+                                                                     if run.old_addresses else {}))
+
+    def _record(self, run: DeployRun) -> None:
+        """Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
+
+        The record is written first: from here on it must say what is live, whatever fails next. A fault
+        from here on (a full disk under the record) is a failure, not a wait: the flip happened."""
+        app, operation = run.app, run.operation
         operation.waits_on_transient = False
         with operation.step("record"):
-            self.store.save(after)  # the app lock is held: nothing else changed the record since the flip
+            self.store.save(run.after)  # the app lock is held: nothing else changed the record since the flip
         with contextlib.suppress(DeployerError), operation.step("conntrack") as step:
-            step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, old_addresses))
+            step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, run.old_addresses))
         if app.name in self.chains.shadowed:  # the flip's deleting rewrite, out of its timed step
             with contextlib.suppress(DeployerError), operation.step("tidy"):
                 self.chains.tidy(app)
-        self._hook("post-flip", app, context, base, must_pass=False)
-        if canary_split is not None:  # both serve until promote or abort
-            operation.finish(tag=release.tag, set=new_set, digest=release.digest, canary=canary_split.weight)
-            return DeployResult(app.name, release.tag, new_set, release.digest, new.name, old.tag if old else None)
-        if old is not None:
-            self.retire(app, old, base, drain=True)
-        if state.mode == forwarding.MODE:  # the forward this deploy replaced: drain it, then drop its rules
+        self._hook("post-flip", app, run.context, run.base, must_pass=False)
+
+    def _retire_old(self, run: DeployRun) -> None:
+        """Drain and stop the instance that served before, and end the forward this deploy replaced."""
+        if run.old is not None:
+            self.retire(run.app, run.old, run.base, drain=True)
+        if run.state.mode == forwarding.MODE:  # the forward this deploy replaced: drain it, then drop its rules
             with contextlib.suppress(DeployerError):
-                self.forwarder.leave(app, state.mode_detail, base)
-        self._hook("post-deploy", app, context, base, must_pass=False)
-        operation.finish(tag=release.tag, set=new_set, digest=release.digest)
-        return DeployResult(app.name, release.tag, new_set, release.digest, new.name, old.tag if old else None)
+                self.forwarder.leave(run.app, run.state.mode_detail, run.base)
 
     def _obtain_image(self, app: AppConfig, release: Release, *, rollback: bool = False) -> Release:
         """Pull the tag; a rollback uses the image kept locally by digest, pulling only if it is gone.
@@ -396,144 +480,6 @@ class Engine:
         with contextlib.suppress(DeployerError):
             with self.journal.step("remove-new", container=new.name, **base):
                 self.docker.remove(new.id)
-
-    # --- reconcile -----------------------------------------------------------------------------
-
-    def _reconcile_app(self, app: AppConfig, *, actor: str, job: str | None = None) -> list[str]:
-        """Make rules, containers and the record agree, choosing the instance that serves now.
-
-        The serving instance is, in order: a running instance the live rules already point at
-        (traffic is there; never move it needlessly); the recorded active instance if it runs;
-        any other running instance of the app that passes a health probe. The rules are pointed
-        at it before anything else is stopped, so there is no moment without a target.
-        """
-        if app.host_bound:
-            return modes.reconcile_host_bound(self, app, actor=actor, job=job)
-        repairs: list[str] = []
-        state = self.store.load(app.name)
-        containers = self.docker.containers(selector(self.settings, app.name))
-        running = [c for c in containers if c.status == "running" and c.address(self.settings.network)]
-        live = self.chains.table("nat")
-        # The rules that still match new flows: an untidied flip leaves the old ones shadowed behind them.
-        targets = rules.dnat_destinations(rules.unshadowed(live.rules(self.names.app(app.name))))
-        active_id = state.active.container_id if state.active else None
-        if state.mode == forwarding.MODE:
-            if not any(c.address(self.settings.network) in targets for c in running):
-                repairs = self.forwarder.reconcile(app, state, live)  # instances are left as they are
-                record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
-                return repairs
-            # A deploy from forward mode stopped after its flip: the instance serves, so the forward ends.
-            self.store.save(forwarding.after_promotion(state))
-            repairs.extend(self.forwarder.leave(app, state.mode_detail, {"app": app.name, "actor": actor}))
-            state = self.store.load(app.name)
-
-        split = canary.Split.of(state)
-        if split is not None:
-            kept = self._reconcile_canary(app, state, split, running, live, repairs)
-            if kept:
-                repairs.extend(self.chains.retire_other(app))
-                repairs.extend(self._remove_others(app, containers, kept))
-                record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
-                return repairs
-            state = self.store.load(app.name)
-            active_id = state.active.container_id if state.active else None
-
-        serving = (next((c for c in running if c.address(self.settings.network) in targets and c.id == active_id),
-                        None)
-                   or next((c for c in running if c.address(self.settings.network) in targets), None)
-                   or next((c for c in running if c.id == active_id), None)
-                   or next((c for c in running if self._probe_once(app, c)), None))
-        if serving is None:
-            if state.active is not None:
-                repairs.append(f"no running instance of {app.name}: the recorded {state.active.port_set} "
-                               f"instance {state.active.container_name} is gone; rules left as they are")
-                self.chains.ensure_base(app)
-            record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
-            return repairs
-
-        port_set = serving.labels.get(LABEL_SET, "blue")
-        tag = serving.labels.get(LABEL_TAG, "unknown")
-        address = serving.address(self.settings.network)
-        instance = Instance(port_set=port_set, tag=tag, image=serving.labels.get(LABEL_IMAGE, app.image),
-                            digest=serving.labels.get(LABEL_DIGEST) or None, container_id=serving.id,
-                            container_name=serving.name, address=address, since=utc_now())
-        wanted = self.chains.wanted(app, state.promoted(instance, utc_now()))  # as the mode says
-        if self.chains.base_missing(live, app):
-            self.chains.ensure_base(app)
-            repairs.append(f"jumps and chains of {app.name} restored")
-        else:
-            self.chains.prepare_bridge()
-        live_chain = live.rules(self.names.app(app.name))
-        if live_chain != wanted:
-            old_addresses = self.chains.flip(app, wanted)
-            self.chains.clean_flows(conntrack.after_flip(app, old_addresses))
-            repairs.append(f"shadowed rules of {app.name} removed" if rules.unshadowed(live_chain) == wanted
-                           else f"rules of {app.name} pointed at {port_set} {address} ({tag})")
-
-        if state.active is None or state.active.container_id != serving.id or state.active.address != address:
-            self.store.save(state.promoted(instance, utc_now()))
-            repairs.append(f"record of {app.name} set to {port_set} {serving.name} ({tag})")
-
-        repairs.extend(self.chains.retire_other(app))  # after a switch of backends, once this one serves
-        repairs.extend(self._remove_others(app, containers, {serving.id}))
-        record_repairs(self.journal, repairs, app=app.name, actor=actor, job=job)
-        return repairs
-
-    def _remove_others(self, app: AppConfig, containers: list[ContainerInfo], keep: set[str]) -> list[str]:
-        """Stop and remove the app's containers that serve nothing."""
-        repairs = []
-        for other in containers:
-            if other.id in keep:
-                continue
-            if other.status == "running":
-                self.docker.stop(other.id, app.stop_timeout)
-            self.docker.remove(other.id)
-            if other.address(self.settings.network):
-                self.chains.clean_flows(conntrack.after_stop(app, other.address(self.settings.network)))
-            repairs.append(f"removed {other.name} ({other.labels.get(LABEL_TAG, '?')}, {other.status}), "
-                           f"which was not serving")
-        return repairs
-
-    def _reconcile_canary(self, app: AppConfig, state: AppState, split: canary.Split, running: list[ContainerInfo],
-                          live: rules.SavedTable, repairs: list[str]) -> set[str]:
-        """Keep the split the record names while both instances run; the ids kept, or none when it ended.
-
-        With one of them gone the canary is over: the record is set to the survivor (the canary promoted when
-        the active one died, aborted when the canary did) and the ordinary reconcile takes it from there.
-        """
-        assert state.active is not None
-        address = {c.id: c.address(self.settings.network) for c in running}
-        active_up, canary_up = state.active.container_id in address, split.canary.container_id in address
-        if active_up and canary_up:
-            state = replace(state, active=replace(state.active, address=address[state.active.container_id]),
-                            mode_detail=replace(split, canary=replace(
-                                split.canary, address=address[split.canary.container_id])).detail())
-            if self.chains.base_missing(live, app):
-                self.chains.ensure_base(app)
-                repairs.append(f"jumps and chains of {app.name} restored")
-            wanted = self.chains.wanted(app, state)
-            if live.rules(self.names.app(app.name)) != wanted:
-                self.chains.clean_flows(conntrack.after_flip(app, self.chains.flip(app, wanted)))
-                repairs.append(f"rules of {app.name} set to the canary split the record names "
-                               f"({split.weight}% to {split.canary.tag})")
-            if state != self.store.load(app.name):
-                self.store.save(state)
-                repairs.append(f"record of {app.name}: the instances' addresses updated")
-            return {state.active.container_id, split.canary.container_id}
-        if canary_up:
-            self.store.save(canary.promoted(state, now=utc_now()))
-            repairs.append(f"canary of {app.name} promoted: the active instance {state.active.container_name} "
-                           f"is not running")
-        else:
-            self.store.save(canary.aborted(state, now=utc_now()))
-            repairs.append(f"canary of {app.name} ended: {split.canary.container_name} is not running")
-        return set()
-
-    def _probe_once(self, app: AppConfig, container: ContainerInfo) -> bool:
-        port_set = container.labels.get(LABEL_SET)
-        if port_set not in ("blue", "green"):
-            return False
-        return set_port_probe(self.prober, app, port_set)().ok
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -592,6 +538,12 @@ class Engine:
         except HookFailed:
             if must_pass:
                 raise
+
+
+def _took_traffic(after: AppState, committed_at: str) -> AppState:
+    """`since` is when the instance took the traffic: the commit, not the moment it was described."""
+    assert after.active is not None
+    return replace(after, active=replace(after.active, since=committed_at))
 
 
 def _tail(text: str, lines: int = 20) -> str:

@@ -9,6 +9,7 @@ its manifest must name no image but the app's own, so an asset cannot retag othe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,10 +17,12 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 from urllib.parse import urljoin, urlsplit
 
-from deployer.errors import AssetError
+from deployer.config import Config
+from deployer.errors import AssetError, DeployerError
+from deployer.queue.jobs import Job
 
 MAX_REDIRECTS = 5
 CHECKSUM_MAX_BYTES = 4096
@@ -191,3 +194,25 @@ class AssetDownloader:
                                  f"expected sha256:{expected[:12]}...)")
             verified = True
         return Downloaded(path=path, size=size, sha256=sha256, checksum_verified=verified)
+
+
+ImageLoader = Callable[[Path, str, str], str]  # (archive, image, tag) -> the reference Docker tagged
+
+
+def load_release_asset(config: Config, job: Job, *, http: Http, load_image: ImageLoader) -> str:
+    """The job's release asset, downloaded into its own folder, its tags checked, loaded; the folder goes after."""
+    app = config.app(job.app)
+    asset = job.source.get("asset")
+    if not asset or app.asset is None or app.repository is None or job.tag is None:
+        raise DeployerError(f"job {job.id} names no release asset to load", app=app.name)
+    folder = Path(config.settings.state_dir) / "assets" / job.id  # a checked id: see row_problem
+    downloader = AssetDownloader(config.server.github_api, app.repository, app.asset.token, http=http)
+    try:
+        downloaded = downloader.download_image(asset, folder, max_bytes=app.asset.max_bytes)
+        check_archive_tags(archive_tags(downloaded.path), app.image, job.tag)
+        return load_image(downloaded.path, app.image, job.tag)
+    finally:
+        with contextlib.suppress(OSError):
+            for entry in folder.iterdir():
+                entry.unlink()
+            folder.rmdir()

@@ -2,241 +2,59 @@
 
 It takes the worker lock (one worker per state folder), recovers jobs a dead worker left running,
 runs `reconcile` so rules, containers and records agree before anything new happens, then claims
-jobs from the queue. Each job runs in its own child process (`python -m deployer.worker.loop`), so a
-job can be timed out and killed, and a crash in one deploy cannot take the worker down. A child
-that dies without recording an outcome is failed by the worker, which then reconciles the app.
+jobs from the queue. Each job runs in its own child process (deployer/worker/child.py), started by the
+`launch` it is given, so a job can be timed out and killed, and a crash in one deploy cannot take the
+worker down. A child that dies without recording an outcome is failed by the worker, which then
+reconciles the app.
 
-Every event of a job, including the engine's steps, is copied into the job, where GET /jobs/<id> shows it.
+What it acts with (the launcher, reconcile, the host's checks) it receives from deployer/wiring.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import logging
 import os
-import random
-import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Sequence
 
-from datetime import datetime, timezone
-
-from deployer.config import AppConfig, Config
-from deployer.errors import DeployerError, LockError, StateError, UnsafePath
-from deployer.folders import open_entry, space_problem
-from deployer.host.state import StateStore
-from deployer.journal import Event, Journal
-from deployer.plan import canary
-from deployer.queue.jobs import CANARY_KINDS, ROLLOUT, Job, Queue, row_problem
+from deployer.config import Config
+from deployer.errors import DeployerError, LockError, StateError
+from deployer.folders import open_entry
+from deployer.journal import Journal
+from deployer.queue.jobs import ROLLOUT, Job, Queue, row_problem
+from deployer.worker.child import Running
+from deployer.worker.run import WORKER_ACTOR, fleet_apps, publish_active, refuse_row
 
 log = logging.getLogger("deployer.worker")
 
 MAX_ATTEMPTS = 3
-BUSY_RETRY_SECONDS = 5.0
-# A job that meets a transient fault waits 1 s, 2, 4, 8, 16, then 30 s between tries, each cut by up to half at
-# random (so jobs held by one fault do not all return at once); the worker also wakes them when it sees the fault clear.
-WAIT_FIRST_SECONDS = 1.0
-WAIT_MOST_SECONDS = 30.0
 PAUSE_SECONDS = 2.0  # between tries to reach the queue while it cannot be written (a full disk)
 HEARTBEAT_SECONDS = 2.0
 POLL_SECONDS = 0.2
-WORKER_ACTOR = "worker"
 
 
-# --- one job, start to end (runs in the job's own process) ---------------------------------------
-
-
-class EngineLike(Protocol):
-    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None,
-               wait_on_transient: bool = False, canary_split: Any = None) -> Any: ...
-
-
-def wait_seconds(attempt: int, jitter: float) -> float:
-    """The wait after the `attempt`-th try met a transient fault; `jitter` in [0, 1) cuts it by up to half."""
-    nominal = min(WAIT_MOST_SECONDS, WAIT_FIRST_SECONDS * 2 ** max(0, attempt - 1))
-    return round(nominal * (1 - jitter / 2), 3)
-
-
-@dataclass
-class JobTools:
-    """What a job acts with: the real engine and asset loader in production, small fakes in unit tests."""
-
-    engine: Callable[[str | None], EngineLike]  # given the preloaded image reference, if any
-    load_asset: Callable[[Job], str] | None = None  # downloads and loads the release asset; returns the reference
-    fleet: Callable[[], Any] | None = None  # a controller's client of its hosts (deployer/fleet/client.py)
-
-
-def active_tag(config: Config, app: str) -> str | None:
-    state = StateStore(config.settings.state_dir).load(app)
-    return state.active.tag if state.active else None
-
-
-def publish_active(queue: Queue, config: Config, app: str) -> None:
-    """Copy the app's live tag and port set into the queue, where the receiver (which cannot read the
-    records) answers GET /apps/<app> and dedupes releases."""
-    active = StateStore(config.settings.state_dir).load(app).active
-    queue.set_active(app, active.tag if active else None, None, active.port_set if active else None)
-
-
-def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
-            now: Callable[[], float] = time.time, jitter: Callable[[], float] = random.random) -> str:
-    """Run one claimed job to its end and record the outcome in the queue; return the job's status.
-
-    A transient fault (DockerUnavailable, RegistryUnavailable, DiskFull) puts the job back with a backoff
-    while the wait would end before `job_timeout` (counted from when the job was queued); past that,
-    it fails with the last reason, and the engine runs on-failure as for any failure.
-    """
-    problem = row_problem(job, config.apps, fleet_apps(config))
-    if problem is not None:
-        return refuse_row(queue, journal, job, problem)
-    base = {"job": job.id, "app": job.app, "actor": job.actor}
-    journal.record("job.started", tag=job.tag, kind=job.kind, attempt=job.attempts, **base)
-    if job.kind == ROLLOUT:
-        return _roll_out(job, config=config, queue=queue, journal=journal, tools=tools, base=base)
-    delay = wait_seconds(job.attempts, jitter())
-    may_wait = now() + delay - job.created_at < config.server.job_timeout
-    try:
-        if job.kind in CANARY_KINDS:
-            return _end_canary(job, config=config, queue=queue, journal=journal, tools=tools, base=base)
-        tag = job.tag or active_tag(config, job.app)
-        if tag is None:
-            return _end(queue, journal, job, "failed", f"app {job.app!r} has no active release to redeploy; "
-                                                       f"name a tag", base)
-        if job.kind == "release" and active_tag(config, job.app) == tag:
-            publish_active(queue, config, job.app)
-            return _end(queue, journal, job, "skipped", f"tag {tag} is already active", base)
-        preloaded = None
-        app = config.app(job.app)
-        if job.kind == "release" and app.asset is not None and tools.load_asset is not None:
-            with journal.step("asset", **base) as step:
-                preloaded = tools.load_asset(job)
-                step.detail["image"] = preloaded
-        elif app.asset is not None:
-            # Its releases come as assets, not through the registry: a redeploy runs the image an
-            # earlier asset left tagged on the host (a pull only if that image is gone).
-            preloaded = f"{app.image}:{tag}"
-        # A release of an app with `canary` set starts a canary; a redeploy (a rollback, a retry) deploys whole.
-        split = canary_start(app) if job.kind == "release" and app.canary else None
-        result = tools.engine(preloaded).deploy(job.app, tag, actor=job.actor, job=job.id,
-                                                wait_on_transient=may_wait,
-                                                **({"canary_split": split} if split else {}))
-    except LockError as exc:
-        if now() - job.created_at > config.server.job_timeout:
-            return _end(queue, journal, job, "failed", f"the app stayed busy for longer than "
-                                                       f"{config.server.job_timeout:g} s: {exc}", base)
-        queue.requeue(job, f"waiting: {exc}", delay=BUSY_RETRY_SECONDS)
-        journal.record("job.requeued", reason=str(exc), **base)
-        return "queued"
-    except DeployerError as exc:
-        if exc.transient and may_wait:
-            return wait(queue, journal, job, exc, delay, base)
-        if exc.transient:
-            return _end(queue, journal, job, "failed", f"gave up after {job.attempts} tries over "
-                                                       f"{config.server.job_timeout:g} s: {exc}", base,
-                        error_type=type(exc).__name__, fault=exc.fault)
-        return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
-    queue.set_active(job.app, tag, job.id, getattr(result, "port_set", None))
-    return _end(queue, journal, job, "succeeded", f"{tag} is live on {result.port_set}", base, tag=tag,
-                digest=getattr(result, "digest", None))
-
-
-def wait(queue: Queue, journal: Journal, job: Job, exc: DeployerError, delay: float, base: dict[str, Any]) -> str:
-    """Back to the queue until the fault clears: the row and the audit log say on what, and how many tries so far."""
-    reason = f"waiting on {exc.fault}: {exc}"
-    queue.requeue(job, reason, delay=delay, waiting_on=exc.fault)
-    journal.record("job.waiting", fault=exc.fault, reason=str(exc), attempt=job.attempts, retry_in=delay,
-                   error_type=type(exc).__name__, **base)
-    return "queued"
-def canary_start(app: AppConfig) -> Any:
-    """The split the app's config asks a release for (`canary`, `canary_sticky`, `canary_bake`)."""
-    from deployer.host.engine import CanaryStart
-
-    assert app.canary is not None
-    return CanaryStart(app.canary, app.canary_sticky,
-                       bake_until=canary.bake_deadline(datetime.now(timezone.utc), app.canary_bake))
-
-
-def _end_canary(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
-                base: dict[str, Any]) -> str:
-    """A signed promote or abort: the same transaction as `deployer promote` or `deployer abort`."""
-    from deployer.host import canary as canary_ops
-
-    end = canary_ops.promote if job.kind == "promote" else canary_ops.abort
-    reason = job.source.get("reason") if isinstance(job.source, dict) else None
-    after = end(tools.engine(None), job.app, actor=job.actor, job=job.id, reason=reason)
-    tag = after.active.tag if after.active else None
-    queue.set_active(job.app, tag, job.id, after.active.port_set if after.active else None)
-    return _end(queue, journal, job, "succeeded", f"{job.kind}: {tag} serves everything", base, tag=tag)
-
-
-def fleet_apps(config: Config) -> tuple[str, ...]:
-    return config.fleet.apps if config.fleet else ()
-
-
-def _roll_out(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
-              base: dict[str, Any]) -> str:
-    """A controller's rollout: it sequences the hosts' own deploys; a failure is the rollout's, named by host."""
-    from deployer.fleet import rollout
-
-    assert config.fleet is not None and tools.fleet is not None
-    try:
-        summary = rollout.Rollout(job, fleet=config.fleet, queue=queue, journal=journal, hosts=tools.fleet()).run()
-    except DeployerError as exc:
-        return _end(queue, journal, job, "failed", str(exc), base, error_type=type(exc).__name__)
-    return _end(queue, journal, job, "succeeded", summary, base, tag=job.tag)
-
-
-def _end(queue: Queue, journal: Journal, job: Job, status: str, reason: str, base: dict[str, Any],
-         **extra: Any) -> str:
-    owned = queue.finish(job, status, reason)
-    event = {"succeeded": "job.finished", "skipped": "job.finished"}.get(status, "job.failed")
-    journal.record(event, outcome={"succeeded": "ok", "skipped": "skipped"}.get(status, "failed"),
-                   status=status, reason=reason, **({} if owned else {"note": "the job was recovered meanwhile"}),
-                   **base, **extra)
-    return status
-
-
-def refuse_row(queue: Queue, journal: Journal, job: Job, problem: str) -> str:
-    """Fail a queue row that is not fit to act on; only its row number identifies it in the audit log."""
-    reason = f"refused queue row {job.seq}: {problem}"
-    queue.finish(job, "failed", reason)
-    journal.record("job.failed", outcome="failed", actor=WORKER_ACTOR, row=job.seq, reason=reason)
-    return "failed"
-
-
-class JobSteps:
-    """A journal sink that copies the events of one job into the queue, for GET /jobs/<id>."""
-
-    SKIP = {"ts", "event", "job", "_durable", "_required", "app", "actor", "step", "outcome"}
-
-    def __init__(self, queue: Queue, job_id: str) -> None:
-        self.queue = queue
-        self.job_id = job_id
-
-    def __call__(self, event: Event) -> None:
-        if event.get("job") != self.job_id:
-            return
-        name = event["step"] if event["event"] in ("step", "step.begin") else event["event"]
-        outcome = "running" if event["event"] == "step.begin" else event.get("outcome")
-        detail = {k: v for k, v in event.items() if k not in self.SKIP}
-        with contextlib.suppress(StateError):  # a lost progress line must not fail the deploy
-            self.queue.add_step(self.job_id, name, outcome, detail)
+def host_checks(probes: Sequence[Callable[[], object]]) -> Callable[[], tuple[str, str]]:
+    """The worker's checks over its two probes (Docker, netfilter): "ok" or the reason, for each."""
+    def checks() -> tuple[str, str]:
+        results = []
+        for probe in probes:
+            try:
+                probe()
+                results.append("ok")
+            except DeployerError as exc:
+                results.append(str(exc)[:200])
+            except Exception as exc:  # noqa: BLE001 - a health probe reports, it never crashes the worker
+                results.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        return results[0], results[1]
+    return checks
 
 
 # --- the supervising worker --------------------------------------------------------------------------
-
-
-class Running(Protocol):
-    pid: int
-
-    def poll(self) -> int | None: ...
-    def kill(self) -> None: ...
 
 
 @dataclass
@@ -492,151 +310,3 @@ class Worker:
         for child in self.children.values():
             with contextlib.suppress(ProcessLookupError):
                 child.process.kill()
-
-
-# --- production wiring -------------------------------------------------------------------------------
-
-
-def child_environment() -> dict[str, str]:
-    """The inherited environment (it carries the *_env secrets), with this package importable from any cwd."""
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds the deployer package
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def process_launcher(config: Config) -> Callable[[Job], Running]:
-    """Each job in `python -m deployer.worker.loop`, in the worker's process group, sharing its stderr."""
-    from deployer.wiring import start_job
-
-    def launch(job: Job) -> Running:
-        return start_job([sys.executable, "-m", "deployer.worker.loop", "--config", str(config.path),
-                          "--job", job.id, "--attempt", str(job.attempts)], child_environment())
-    return launch
-
-
-def real_checks(config: Config) -> Callable[[], tuple[str, str]]:
-    from deployer.wiring import build_host_probes
-
-    probes = build_host_probes(config)
-
-    def checks() -> tuple[str, str]:
-        results = []
-        for probe in probes:
-            try:
-                probe()
-                results.append("ok")
-            except DeployerError as exc:
-                results.append(str(exc)[:200])
-            except Exception as exc:  # noqa: BLE001 - a health probe reports, it never crashes the worker
-                results.append(f"{type(exc).__name__}: {str(exc)[:200]}")
-        return results[0], results[1]
-    return checks
-
-
-def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
-    """The queue's and the audit log's folders, shared with `[server] group` when run as root; returns the queue.
-
-    Run before the receiver starts. A planted link or odd file there is refused, and recorded as
-    `security.refused` before the error stops the start.
-    """
-    from deployer import audit
-    from deployer.queue import jobs
-
-    state_dir = config.settings.state_dir
-    group = config.server.group if os.geteuid() == 0 else None
-    try:
-        jobs.prepare_folder(state_dir, group)
-        audit.prepare_folder(state_dir, group)  # the receiver records deliveries there
-        queue = Queue.for_state_dir(state_dir)
-        queue.worker_status()  # creates the tables now, as the privileged user
-    except UnsafePath as exc:
-        journal = journal or audit.build_journal(config)
-        journal.record("security.refused", outcome="failed", actor=WORKER_ACTOR, reason=str(exc), **exc.context)
-        raise
-    return queue
-
-
-def build_worker(config: Config, queue: Queue | None = None, journal: Journal | None = None) -> Worker:
-    from deployer.wiring import build_engine, build_journal, build_registry_check
-
-    journal = journal or build_journal(config)
-    queue = queue or Queue.for_state_dir(config.settings.state_dir)
-
-    def reconcile(app: str | None) -> list[str]:
-        return build_engine(config, journal).reconcile(app, actor=WORKER_ACTOR)
-
-    def disk() -> str:
-        return space_problem(config.settings.state_dir) or "ok"
-
-    return Worker(config, queue, journal, launch=process_launcher(config), reconcile=reconcile,
-                  checks=real_checks(config), disk=disk, registry=build_registry_check(config))
-
-
-def real_tools(config: Config, journal: Journal) -> JobTools:
-    from deployer.wiring import build_asset_http, build_engine, build_image_loader
-    from deployer.worker import assets
-
-    load_image = build_image_loader(config)
-
-    def engine(preloaded: str | None) -> EngineLike:
-        return build_engine(config, journal, preloaded=preloaded)
-
-    def load_asset(job: Job) -> str:
-        app = config.app(job.app)
-        asset = job.source.get("asset")
-        if not asset or app.asset is None or app.repository is None or job.tag is None:
-            raise DeployerError(f"job {job.id} names no release asset to load", app=app.name)
-        folder = Path(config.settings.state_dir) / "assets" / job.id  # a checked id: see row_problem
-        downloader = assets.AssetDownloader(config.server.github_api, app.repository, app.asset.token,
-                                            http=build_asset_http())
-        try:
-            downloaded = downloader.download_image(asset, folder, max_bytes=app.asset.max_bytes)
-            assets.check_archive_tags(assets.archive_tags(downloaded.path), app.image, job.tag)
-            return load_image(downloaded.path, app.image, job.tag)
-        finally:
-            with contextlib.suppress(OSError):
-                for entry in folder.iterdir():
-                    entry.unlink()
-                folder.rmdir()
-
-    def fleet() -> Any:
-        from deployer.fleet.client import FleetClient
-
-        assert config.fleet is not None
-        return FleetClient(config.fleet)
-
-    return JobTools(engine=engine, load_asset=load_asset, fleet=fleet if config.fleet else None)
-
-
-def child_main(argv: list[str] | None = None) -> int:
-    """Entry of one job's process: load the config, run the job, record its outcome."""
-    from deployer import config as config_module
-    from deployer.wiring import build_journal
-
-    parser = argparse.ArgumentParser(prog="python -m deployer.worker.loop", description="run one claimed deploy job")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--job", required=True)
-    parser.add_argument("--attempt", type=int, required=True)
-    args = parser.parse_args(argv)
-    from deployer.wiring import die_with_parent
-
-    die_with_parent()  # a killed worker leaves no deploy running unseen
-    # Stopping is the worker's call: it waits for the deploy, or kills it and reconciles.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("sh").setLevel(logging.WARNING)
-    config = config_module.load(args.config)
-    queue = Queue.for_state_dir(config.settings.state_dir)
-    job = queue.get(args.job)
-    if job is None or job.status != "running" or job.attempts != args.attempt:
-        log.warning("job %s is no longer this process's to run", args.job)
-        return 0
-    journal = build_journal(config, extra_sinks=[JobSteps(queue, job.id)])
-    execute(job, config=config, queue=queue, journal=journal, tools=real_tools(config, journal))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(child_main())

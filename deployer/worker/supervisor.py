@@ -11,13 +11,15 @@
 - systemd restarts a whole command that dies (deploy/systemd: `Restart=on-failure`).
 
 The processes themselves are started by the spawn function it is given (`adapters.processes.spawn`
-through `host.wiring`), so tests drive the restarts with fakes.
+through deployer/wiring.py), and the worker and the watchdog's engine come from there too, so tests drive
+the restarts with fakes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pwd
 import signal
 import sys
 import threading
@@ -28,6 +30,10 @@ from typing import Any, Callable, Protocol
 from deployer import config as config_module
 from deployer.config import Config
 from deployer.errors import DeployerError
+from deployer.host import responder
+from deployer.host.watchdog import HostFactory, run_watchdog
+from deployer.worker.child import child_environment
+from deployer.worker.loop import Worker
 
 log = logging.getLogger("deployer.supervisor")
 
@@ -67,7 +73,7 @@ def gunicorn_argv(config: Config, python: str = sys.executable) -> list[str]:
 
 def _no_control_socket() -> list[str]:
     """Newer gunicorn opens a control socket in $HOME; the receiver needs none (and may have no home)."""
-    from gunicorn.config import KNOWN_SETTINGS
+    from gunicorn.config import KNOWN_SETTINGS  # lazy: loaded only by serve, which starts gunicorn
 
     return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
 
@@ -79,8 +85,6 @@ def receiver_user(config: Config) -> tuple[str, str] | None:
         return None
     if os.geteuid() == 0:
         return user, group or user
-    import pwd
-
     if pwd.getpwuid(os.geteuid()).pw_name != user:
         raise DeployerError(f"[server] user is {user!r}: start serve as root (it drops to {user!r} for "
                             f"gunicorn), or as {user!r} itself")
@@ -93,8 +97,6 @@ def unprivileged_environment(config: Config) -> dict[str, str]:
     Never the worker's registry, asset or app secrets from root's environment; PYTHONPATH so the package
     imports from any working folder.
     """
-    from deployer.worker.loop import child_environment
-
     env = config_module.receiver_environment(config)
     env["PYTHONPATH"] = child_environment()["PYTHONPATH"]
     return env
@@ -216,16 +218,6 @@ def run_threads(stop: threading.Event, *targets: Callable[[], None], ready: thre
 # --- serve and worker ------------------------------------------------------------------------------
 
 
-def prepare(config: Config):
-    """The queue and audit folders with the modes the receiver needs, made by the privileged side; the queue.
-
-    A planted link or odd file there stops the start (see worker.prepare_shared).
-    """
-    from deployer.worker.loop import prepare_shared
-
-    return prepare_shared(config)
-
-
 def stop_worker_on_signals(worker: Any) -> None:
     """The first SIGTERM/SIGINT stops claiming and waits for running deploys; the second kills them."""
     def handle(signum: int, _frame: Any) -> None:
@@ -237,29 +229,27 @@ def stop_worker_on_signals(worker: Any) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def run_worker(config: Config) -> int:
-    from deployer.worker.loop import build_worker
-
-    worker = build_worker(config, prepare(config))
+def run_worker(worker: Worker) -> int:
+    """The worker alone (gunicorn runs elsewhere), built on the folders it shares with the receiver."""
     stop_worker_on_signals(worker)
     worker.start()
     worker.run()
     return 0
 
 
-def serve(config: Config, *, spawn: Spawn, watch: bool = False, backoff: Backoff | None = None) -> int:
-    """The worker here; gunicorn and, with `watch`, the responder beside it (each restarted whenever it dies)."""
-    from deployer.worker.loop import build_worker
+def serve(config: Config, worker: Worker, *, spawn: Spawn, build_engine: HostFactory, watch: bool = False,
+          backoff: Backoff | None = None) -> int:
+    """The worker here; gunicorn and, with `watch`, the responder beside it (each restarted whenever it dies).
 
-    queue = prepare(config)
-    worker = build_worker(config, queue)
+    `worker` is built on the folders shared with the receiver; `build_engine` gives the watchdog its engine.
+    """
     receiver_user(config)  # a wrong user fails now, not in the restart loop
     children = [("gunicorn", lambda: start_gunicorn(config, spawn))]
     stop_watchdog = None
     if watch:
         listener = bind_listener(config)  # a taken port stops serve before anything starts
         children.append(("the maintenance responder", lambda: start_responder(config, spawn, listener)))
-        stop_watchdog = start_watchdog(config)
+        stop_watchdog = start_watchdog(config, build_engine)
     children_stop = threading.Event()
     threads = [threading.Thread(target=keep_running, name=name, args=(name, start, children_stop),
                                 kwargs={"backoff": backoff}, daemon=True) for name, start in children]
@@ -279,9 +269,7 @@ def serve(config: Config, *, spawn: Spawn, watch: bool = False, backoff: Backoff
     return 0
 
 
-def bind_listener(config: Config):
-    from deployer.host import responder
-
+def bind_listener(config: Config) -> Any:
     return responder.bind_listener(config)
 
 
@@ -298,11 +286,8 @@ def start_responder(config: Config, spawn: Spawn, listener: Any, python: str = s
                  umask=0o077, pass_fds=(listener.fileno(),))
 
 
-def start_watchdog(config: Config) -> Callable[[], None]:
+def start_watchdog(config: Config, build_engine: HostFactory) -> Callable[[], None]:
     """The failover watchdog in a thread beside the worker (it changes netfilter rules: root); returns its stop."""
-    from deployer.host.watchdog import run_watchdog
-    from deployer.wiring import build_engine
-
     stop = threading.Event()
     thread = threading.Thread(target=run_watchdog, args=(config, stop, build_engine), name="watchdog", daemon=True)
     thread.start()

@@ -10,11 +10,11 @@ import json
 from datetime import datetime
 
 import pytest
-from conftest import CLI_ACTOR, app_toml
 
 from deployer.audit import AuditLog, Query
 from deployer.errors import HealthCheckFailed
 from deployer.wiring import build_engine
+from support.integration import CLI_ACTOR, demo_app
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ FAILED_HEALTH = [
 def configure(deployer, *, health_status: int = 200):
     (deployer.root / "registry-password").write_text(SECRET + "\n")
     return deployer.configure(
-        app_toml("web", external=23000, blue=23001, green=23002, env={"HEALTH_STATUS": str(health_status)},
+        demo_app("web", external=23000, blue=23001, green=23002, env={"HEALTH_STATUS": str(health_status)},
                  health={"deadline": 2}),
         settings='[registries."127.0.0.1:5000"]\nusername = "ci"\npassword_file = "registry-password"\n')
 

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 import requests
-from conftest import IMAGE
-from test_server import GITHUB_REPO, HOOK_ID, real_payload, serve, web_app  # noqa: F401 - serve is a fixture
 
 from deployer.audit import AuditLog, Query
+from support.integration import IMAGE
+from support.served import GITHUB_REPO, HOOK_ID, real_payload, web_app
 
 pytestmark = pytest.mark.integration
 

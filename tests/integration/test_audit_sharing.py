@@ -19,6 +19,7 @@ import pytest
 
 from deployer import audit
 from deployer.audit import AuditLog, Query
+from deployer.errors import AuditError
 
 
 def _receiver(state_dir: str, conn) -> None:
@@ -31,7 +32,7 @@ def _receiver(state_dir: str, conn) -> None:
         AuditLog(Path(state_dir) / "audit.db").append({"event": "delivery"})  # the old place, in the state folder
         conn.send("the old place was writable")
         return
-    except audit.AuditError:
+    except AuditError:
         pass
     log = AuditLog.for_state_dir(state_dir)
     while (message := conn.recv()) != "stop":

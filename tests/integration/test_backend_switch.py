@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import app_toml
-from test_zero_downtime import load, start_clients, stop_clients
+
+from support.integration import demo_app
+from support.load import read_records, start_clients, stop_clients
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.parametrize("before, after", [("iptables", "nftables"), ("nftables", "iptables")])
 def test_a_switch_of_backends_under_load_fails_no_request(deployer, outside, images, tmp_path, before, after):
     images.ensure("v1", "v2")
-    app = app_toml("sw", external=18140, blue=18141, green=18142, udp=(18143, 18144, 18145), drain=1.0,
+    app = demo_app("sw", external=18140, blue=18141, green=18142, udp=(18143, 18144, 18145), drain=1.0,
                    stop_timeout=4)
     deployer.configure(app, settings=f'backend = "{before}"')
     deployer.engine().deploy("sw", "v1", actor="test")
@@ -46,7 +47,7 @@ def test_a_switch_of_backends_under_load_fails_no_request(deployer, outside, ima
     assert f"{deployer.prefix}-sw removed from the previous backend" in repairs
     assert "the previous backend's base chains removed" in repairs
     for name, _ in clients:
-        records = load(out_dir / f"{name}.jsonl")
+        records = read_records(out_dir / f"{name}.jsonl")
         assert len(records) > 100, f"{name}: too little traffic to judge ({len(records)} requests)"
         if name.endswith("udp"):
             unanswered = [r for r in records if not r["answered"]]

@@ -11,10 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from deployer.adapters.iptables import Netfilter
 from deployer.plan import rules
+from support.integration import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,11 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import REPO, app_toml, host_address, run
 
 from deployer.audit import AuditLog, Query
 from deployer.host.state import StateStore
 from deployer.plan import canary
+from support.integration import REPO, demo_app, host_address, run
 from support.load import Background, Load
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def audit(deployer, event: str) -> list[dict]:
 def test_a_per_connection_split_gives_the_canary_its_share_of_new_tcp_connections_and_udp_flows(deployer, outside,
                                                                                                images, backend):
     images.ensure("v1", "v2")
-    deployer.configure(app_toml("cs", external=26100, blue=26101, green=26102, udp=(26103, 26104, 26105)),
+    deployer.configure(demo_app("cs", external=26100, blue=26101, green=26102, udp=(26103, 26104, 26105)),
                        settings=f'backend = "{backend}"')
     assert deployer.cli("deploy", "cs", "v1").returncode == 0
     started = deployer.cli("deploy", "cs", "v2", "--canary", "10")
@@ -100,7 +100,7 @@ def pick_seed(sources: list[str]) -> int:
 def test_a_sticky_split_keeps_every_client_address_on_the_instance_the_hash_model_predicts(deployer, outside,
                                                                                           images, backend):
     images.ensure("v1", "v2")
-    deployer.configure(app_toml("cy", external=26200, blue=26201, green=26202, udp=(26203, 26204, 26205)),
+    deployer.configure(demo_app("cy", external=26200, blue=26201, green=26202, udp=(26203, 26204, 26205)),
                        settings=f'backend = "{backend}"')
     assert deployer.cli("deploy", "cy", "v1").returncode == 0
     sources = many_sources(outside)
@@ -123,7 +123,7 @@ def test_a_sticky_split_keeps_every_client_address_on_the_instance_the_hash_mode
 def test_killed_right_after_the_canary_committed_both_serve_and_reconcile_keeps_the_split(deployer, outside,
                                                                                           images, backend):
     images.ensure("v1", "v2")
-    deployer.configure(app_toml("ck", external=26300, blue=26301, green=26302), settings=f'backend = "{backend}"')
+    deployer.configure(demo_app("ck", external=26300, blue=26301, green=26302), settings=f'backend = "{backend}"')
     assert deployer.cli("deploy", "ck", "v1").returncode == 0
     # The post-flip hook runs right after the split is committed and recorded: it SIGKILLs the deployer.
     deployer.hook("post-flip", 'kill -KILL "$PPID"\n')
@@ -154,7 +154,7 @@ def share_versions(seen: dict) -> Counter:
                                              ("promote", "nftables"), ("abort", "nftables")])
 def test_promote_and_abort_under_load_drop_nothing(deployer, outside, images, tmp_path, ending, backend):
     images.ensure("v1", "v2")
-    deployer.configure(app_toml("cp", external=26400, blue=26401, green=26402, udp=(26403, 26404, 26405),
+    deployer.configure(demo_app("cp", external=26400, blue=26401, green=26402, udp=(26403, 26404, 26405),
                                 drain=2.0, stop_timeout=6, env={"DRAIN_TIMEOUT": "4"}),
                        settings=f'backend = "{backend}"')
     assert deployer.cli("deploy", "cp", "v1").returncode == 0
@@ -194,7 +194,7 @@ def test_promote_and_abort_under_load_drop_nothing(deployer, outside, images, tm
 def test_a_canary_killed_mid_canary_is_aborted_by_the_watchdog_with_the_reason(deployer, outside, images, tmp_path):
     images.ensure("v1", "v2")
     interval, failures = 0.3, 3
-    deployer.configure(app_toml("cw", external=26500, blue=26501, green=26502,
+    deployer.configure(demo_app("cw", external=26500, blue=26501, green=26502,
                                 extra=f"[apps.cw.watchdog]\ninterval = {interval}\nfailures = {failures}\n"),
                        settings="maintenance_port = 26590")
     assert deployer.cli("deploy", "cw", "v1").returncode == 0

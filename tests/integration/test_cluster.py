@@ -21,22 +21,16 @@ import pytest
 from deployer.plan.cluster import bucket_of
 from support import netns
 from support.cluster_bed import BUCKETS, SEED, ClusterBed, failed_requests, missing_tool
+from support.integration import missing
 
-IN_CI = os.environ.get("CI") == "true"
 TRIES = int(os.environ.get("CLUSTER_TRIES", "10"))
 FIGURES = Path(os.environ.get("CLUSTER_FIGURES", "/tmp/deployer-cluster-figures.json"))
-
-
-def _missing(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"integration prerequisite missing in CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def bed(host: None):
     if (tool := missing_tool()) is not None:
-        _missing(f"{tool} is not installed (run scripts/install-deps)")
+        missing(f"{tool} is not installed (run scripts/install-deps)")
     with ClusterBed() as built:
         built.start()
         yield built
@@ -173,7 +167,7 @@ def test_on_the_nftables_backend_each_source_is_answered_by_its_owner_and_a_depl
     """The same hosts with `backend = "nftables"`: the buckets stay in mangle (iptables'), the app's DNAT is in
     the nftables table of each host, reached for the shared address as for any local one."""
     if (tool := missing_tool()) is not None:
-        _missing(f"{tool} is not installed (run scripts/install-deps)")
+        missing(f"{tool} is not installed (run scripts/install-deps)")
     with ClusterBed(backend="nftables") as bed:
         bed.start()
         replies = bed.client_once()

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, app_toml, http_get
+
+from support.integration import demo_app, http_get
+from support.load import TRAFFIC
 
 pytestmark = pytest.mark.integration
-
-TRAFFIC = str(REPO / "tests" / "support" / "traffic.py")
 
 
 def kill_at(process: subprocess.Popen, marker: str, delay: float = 0.0, timeout: float = 60) -> list[str]:
@@ -49,7 +49,7 @@ def kill_at(process: subprocess.Popen, marker: str, delay: float = 0.0, timeout:
 ], ids=["after-start", "during-health", "after-flip", "during-drain"])
 def test_killed_deploy_keeps_traffic_and_reconciles(deployer, outside, tmp_path, marker, delay):
     def config(boot_delay: str) -> None:
-        deployer.configure(app_toml("crash", external=18200, blue=18201, green=18202, drain=3.0, stop_timeout=5,
+        deployer.configure(demo_app("crash", external=18200, blue=18201, green=18202, drain=3.0, stop_timeout=5,
                                     env={"BOOT_DELAY": boot_delay, "DRAIN_TIMEOUT": "3"},
                                     health={"successes": 3, "interval": 0.3}))
 

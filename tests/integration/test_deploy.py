@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import IMAGE, app_toml, host_address, http_get, outside_get, udp_ask
+
+from support.integration import IMAGE, demo_app, host_address, http_get, outside_get, udp_ask
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +23,7 @@ def versions(seen: dict[str, str]) -> set[str]:
 
 
 def test_deploy_then_upgrade_then_rollback_reaches_every_client(deployer, outside):
-    deployer.configure(app_toml("web", external=18000, blue=18001, green=18002, udp=(18003, 18004, 18005)))
+    deployer.configure(demo_app("web", external=18000, blue=18001, green=18002, udp=(18003, 18004, 18005)))
     engine = deployer.engine()
 
     first = engine.deploy("web", "v1", actor="test")
@@ -46,7 +47,7 @@ def test_deploy_then_upgrade_then_rollback_reaches_every_client(deployer, outsid
 
 
 def test_outside_client_source_address_reaches_the_app(deployer, outside):
-    deployer.configure(app_toml("web", external=18010, blue=18011, green=18012))
+    deployer.configure(demo_app("web", external=18010, blue=18011, green=18012))
     deployer.engine().deploy("web", "v1", actor="test")
     seen = served(outside, 18010)
     assert seen["outside"].split()[1].split(":")[0] == outside.client_ip
@@ -54,7 +55,7 @@ def test_outside_client_source_address_reaches_the_app(deployer, outside):
 
 
 def test_rules_live_only_in_the_deployers_chains(deployer):
-    deployer.configure(app_toml("web", external=18020, blue=18021, green=18022))
+    deployer.configure(demo_app("web", external=18020, blue=18021, green=18022))
     result = deployer.engine().deploy("web", "v1", actor="test")
     container = deployer.containers("web")[0]
     address = container.address("dpltest")
@@ -73,7 +74,7 @@ def test_rules_live_only_in_the_deployers_chains(deployer):
 
 
 def test_cli_deploy_status_and_rules(deployer):
-    deployer.configure(app_toml("web", external=18030, blue=18031, green=18032))
+    deployer.configure(demo_app("web", external=18030, blue=18031, green=18032))
     deployed = deployer.cli("deploy", "web", "v1")
     assert deployed.returncode == 0, deployed.stderr
     assert deployed.stdout.startswith("web: v1 is live on blue")

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ACTOR, _missing, app_toml
 
+from support.integration import CLI_ACTOR, demo_app, missing
 from support.load import Load
 
 pytestmark = pytest.mark.integration
@@ -94,7 +94,7 @@ class HAProxy:
 @pytest.fixture
 def haproxy(tmp_path):
     if shutil.which("haproxy") is None:
-        _missing("haproxy is not installed (run scripts/install-deps)")
+        missing("haproxy is not installed (run scripts/install-deps)")
     root = tmp_path / "haproxy"
     root.mkdir()
     holder: list[HAProxy] = []
@@ -107,9 +107,9 @@ def haproxy(tmp_path):
 
 def test_drain_redeploy_and_undrain_a_host_behind_haproxy(deployer, haproxy, tmp_path):
     deployer.configure(
-        app_toml("ha", external=25400, blue=25401, green=25402, env={"APP_VERSION": "hostA"},
+        demo_app("ha", external=25400, blue=25401, green=25402, env={"APP_VERSION": "hostA"},
                  extra="status_port = 25403"),
-        app_toml("hb", external=25410, blue=25411, green=25412, env={"APP_VERSION": "hostB"},
+        demo_app("hb", external=25410, blue=25411, green=25412, env={"APP_VERSION": "hostB"},
                  extra="status_port = 25413"),
         settings="maintenance_port = 25490")
     assert deployer.cli("deploy", "ha", "v1").returncode == 0

@@ -7,7 +7,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO, app_toml, http_get, run, udp_ask
+
+from support.integration import REPO, demo_app, http_get, run, udp_ask
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ def delete_local_jump(backend: str, prefix: str) -> None:
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_flushed_chain_and_removed_jump_are_repaired(deployer, outside, backend):
-    deployer.configure(app_toml("drift", external=18300, blue=18301, green=18302, udp=(18303, 18304, 18305)),
+    deployer.configure(demo_app("drift", external=18300, blue=18301, green=18302, udp=(18303, 18304, 18305)),
                        settings=f'backend = "{backend}"')
     assert deployer.cli("deploy", "drift", "v1").returncode == 0
     chain = f"{deployer.prefix}-drift"
@@ -80,7 +81,7 @@ def restart_dockerd() -> None:
 
 
 def test_dockerd_restart_is_repaired(deployer, outside):
-    deployer.configure(app_toml("drift", external=18310, blue=18311, green=18312, udp=(18313, 18314, 18315)))
+    deployer.configure(demo_app("drift", external=18310, blue=18311, green=18312, udp=(18313, 18314, 18315)))
     assert deployer.cli("deploy", "drift", "v1").returncode == 0
     before = status(deployer)["active"]
 

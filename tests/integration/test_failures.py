@@ -11,10 +11,10 @@ import socket
 import time
 
 import pytest
-from conftest import IMAGE, app_toml, http_get, outside_get, owned_nat
 
 from deployer.adapters.docker_host import DockerHost
 from deployer.errors import BootError, ConfigError, HealthCheckFailed, PullError
+from support.integration import IMAGE, demo_app, http_get, outside_get, owned_nat
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ class Snapshot:
 
 
 def deploy_v1(deployer, app: str, *, external: int, blue: int, green: int, **extra):
-    deployer.configure(app_toml(app, external=external, blue=blue, green=green, drain=0.5, stop_timeout=3, **extra))
+    deployer.configure(demo_app(app, external=external, blue=blue, green=green, drain=0.5, stop_timeout=3, **extra))
     result = deployer.engine().deploy(app, "v1", actor="test")
     assert (result.tag, result.port_set) == ("v1", "blue")
     assert http_get("127.0.0.1", external).split()[0] == "v1"
@@ -76,7 +76,7 @@ def test_failing_health_gate_keeps_v1_serving(deployer, outside):
     assert (state.active.tag, state.active.port_set) == ("v1", "blue")
 
     # The same app, but the next instance answers /healthz with 500.
-    deployer.configure(app_toml("web", external=21000, blue=21001, green=21002, drain=0.5, stop_timeout=3,
+    deployer.configure(demo_app("web", external=21000, blue=21001, green=21002, drain=0.5, stop_timeout=3,
                                 env={"HEALTH_STATUS": "500"}, health={"deadline": 2}))
     deployer.events.clear()
     with pytest.raises(HealthCheckFailed) as failed:
@@ -127,7 +127,7 @@ def test_container_that_exits_at_once_fails_fast(deployer, outside):
     deadline = 30
     without_exit_code = []
     for restart in ("unless-stopped", "no", "unless-stopped", "no", "unless-stopped", "no"):
-        deployer.configure(app_toml("web", external=21020, blue=21021, green=21022, drain=0.5, stop_timeout=3,
+        deployer.configure(demo_app("web", external=21020, blue=21021, green=21022, drain=0.5, stop_timeout=3,
                                     env={"CRASH": "1"}, health={"deadline": deadline},
                                     extra=f'restart = "{restart}"'))
         started = time.monotonic()
@@ -166,7 +166,7 @@ HOSTILE_TAGS = ["v1;rm -rf /", "$(id)", "../x", "a" * 200, "v1 v2", "v1\nv2", "`
 @pytest.mark.parametrize("tag", HOSTILE_TAGS, ids=["semicolon", "subshell", "dotdot", "long", "space", "newline",
                                                     "backtick"])
 def test_hostile_tags_are_refused_before_anything_happens(deployer, tag):
-    deployer.configure(app_toml("web", external=21030, blue=21031, green=21032, drain=0.5, stop_timeout=3))
+    deployer.configure(demo_app("web", external=21030, blue=21031, green=21032, drain=0.5, stop_timeout=3))
     cli = deployer.cli("deploy", "web", tag)
     assert cli.returncode == 2, cli.stderr
     assert "is not a valid Docker tag" in reason_line(cli.stderr)
@@ -191,9 +191,9 @@ INVALID_APPS = {
 def test_invalid_config_is_one_line_naming_file_app_and_key(deployer, case):
     change, key = INVALID_APPS[case]
     if isinstance(change, tuple):
-        toml = app_toml("web", external=21040, blue=21041, green=21042).replace(*change)
+        toml = demo_app("web", external=21040, blue=21041, green=21042).replace(*change)
     else:
-        toml = app_toml("web", external=21040, blue=21041, green=21042, extra=change)
+        toml = demo_app("web", external=21040, blue=21041, green=21042, extra=change)
     with pytest.raises(ConfigError):
         deployer.configure(toml)  # writes the file, then refuses to load it
     cli = deployer.cli("deploy", "web", "v1")
@@ -210,7 +210,7 @@ def test_invalid_config_is_one_line_naming_file_app_and_key(deployer, case):
 
 
 def test_dead_docker_socket_fails_cleanly(deployer):
-    deployer.configure(app_toml("web", external=21050, blue=21051, green=21052, drain=0.5, stop_timeout=3),
+    deployer.configure(demo_app("web", external=21050, blue=21051, green=21052, drain=0.5, stop_timeout=3),
                        settings='docker_host = "unix:///tmp/no-such-docker.sock"')
     started = time.monotonic()
     cli = deployer.cli("deploy", "web", "v1", timeout=60)

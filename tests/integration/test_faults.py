@@ -23,12 +23,13 @@ from typing import Iterator
 
 import pytest
 import requests
-from conftest import IMAGE, run
-from test_server import TRAFFIC, serve, served_version, web_app  # noqa: F401 - the serve fixture
 
 from deployer.audit import AuditLog, Query
 from deployer.queue.jobs import TERMINAL
 from support.fake_github import free_port
+from support.integration import IMAGE, run
+from support.load import TRAFFIC
+from support.served import served_version, web_app
 
 pytestmark = pytest.mark.integration
 

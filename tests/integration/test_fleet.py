@@ -7,27 +7,19 @@ own record and audit log, not only from what the controller says.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 from support.cluster_bed import ClusterBed, failed_requests, missing_tool
 from support.fleet_bed import FleetBed
-
-IN_CI = os.environ.get("CI") == "true"
-
-
-def _missing(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"integration prerequisite missing in CI: {reason}")
-    pytest.skip(reason)
+from support.integration import missing
 
 
 @pytest.fixture(scope="module")
 def fleet(host: None):
     if (tool := missing_tool()) is not None:
-        _missing(f"{tool} is not installed (run scripts/install-deps)")
+        missing(f"{tool} is not installed (run scripts/install-deps)")
     with ClusterBed() as cluster:
         cluster.start()
         with FleetBed(cluster) as built:

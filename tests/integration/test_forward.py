@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import BRIDGE, NETWORK, REPO, Deployer, owned_deployer
 
 from support.hosts import Hosts
+from support.integration import BRIDGE, NETWORK, REPO, Deployer, demo_app, owned_deployer
+from support.load import TRAFFIC
 
 pytestmark = pytest.mark.integration
 
 SERVER = REPO / "demo" / "app" / "build" / "server"
-TRAFFIC = str(REPO / "tests" / "support" / "traffic.py")
 TABLE = "202"
 
 
@@ -48,17 +48,9 @@ def ensure_server() -> None:
     Path(f"{SERVER}.tmp").replace(SERVER)
 
 
-def app_toml(name: str, ports: list[tuple[str, int, int, int, int]], *, bind: str = "127.0.0.1",
-             drain: float = 2.0) -> str:
-    """ports: (protocol, external, container, blue, green)."""
-    lines = [f"[apps.{name}]", 'image = "127.0.0.1:5000/deployer-test"', f'bind = "{bind}"',
-             f"drain_seconds = {drain}", "stop_timeout = 4", 'env = { DRAIN_TIMEOUT = "2" }']
-    for protocol, external, container, blue, green in ports:
-        lines += [f"[[apps.{name}.ports]]", f'protocol = "{protocol}"', f"external = {external}",
-                  f"container = {container}", f"blue = {blue}", f"green = {green}"]
-    lines += [f"[apps.{name}.health]", 'type = "http"', "port = 8080", 'path = "/healthz"', "interval = 0.2",
-              "timeout = 1", "successes = 2", "deadline = 20"]
-    return "\n".join(lines) + "\n"
+def forwarded_app(ports: list[tuple[str, int, int, int, int]], *, bind: str = "127.0.0.1") -> str:
+    """The app `web` of the test image on `ports` (protocol, external, container, blue, green), checked on 8080."""
+    return demo_app("web", ports=ports, bind=bind, stop_timeout=4, health={"port": 8080, "deadline": 20})
 
 
 def serve(hosts: Hosts, namespace: str, version: str, http: int, udp: int) -> None:
@@ -201,11 +193,11 @@ def deployer_leftovers(hosts: Hosts, namespace: str, prefix: str, *addresses: st
 def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None:
     with Hosts(container=True) as hosts:
         like_a_docker_host(hosts, docker_user=True)
-        new_host.configure(app_toml("web", [("tcp", 26080, 8080, 26082, 26083), ("tcp", 26081, 8081, 26084, 26085),
-                                            ("udp", 26080, 9090, 26082, 26083)]))
+        new_host.configure(forwarded_app([("tcp", 26080, 8080, 26082, 26083), ("tcp", 26081, 8081, 26084, 26085),
+                                          ("udp", 26080, 9090, 26082, 26083)]))
         old_host = Deployer(root=new_host.root / "old", prefix=new_host.prefix)
         old_host.root.mkdir()
-        old_host.configure(app_toml("web", [("tcp", 26080, 8080, 26082, 26083)]))
+        old_host.configure(forwarded_app([("tcp", 26080, 8080, 26082, 26083)]))
         # The app on the old host: port 26080/tcp a local process, 26081/tcp and 26080/udp a container behind DNAT.
         serve(hosts, hosts.old, "old", 26080, 26089)
         serve(hosts, hosts.kube, "old-container", 26081, 26080)
@@ -347,8 +339,8 @@ def test_masquerade_then_cut_over_to_a_local_deploy_and_back_without_a_failed_re
         # What Docker's own FORWARD rules do on a real host: accept traffic to and from its containers.
         hosts.iptables_restore(hosts.new, "*filter\n-A FORWARD -o to-root -j ACCEPT\n-A FORWARD -i to-root -j ACCEPT\n"
                                           "COMMIT\n")
-        new_host.configure(app_toml("web", [("tcp", 26180, 8080, 26181, 26182), ("udp", 26180, 9090, 26181, 26182)],
-                                    bind=hosts.root_ip), settings=f'backend = "{backend}"')
+        new_host.configure(forwarded_app([("tcp", 26180, 8080, 26181, 26182), ("udp", 26180, 9090, 26181, 26182)],
+                                         bind=hosts.root_ip), settings=f'backend = "{backend}"')
         serve(hosts, hosts.old, "old", 26180, 26180)
 
         def step(*args: str) -> float:
@@ -407,10 +399,10 @@ def test_masquerade_then_cut_over_to_a_local_deploy_and_back_without_a_failed_re
 def test_preflight_refusals_change_nothing(new_host: Deployer) -> None:
     with Hosts() as hosts:
         like_a_docker_host(hosts, docker_user=True)
-        new_host.configure(app_toml("web", [("tcp", 26280, 8080, 26281, 26282)]))
+        new_host.configure(forwarded_app([("tcp", 26280, 8080, 26281, 26282)]))
         old_host = Deployer(root=new_host.root / "old", prefix=new_host.prefix)
         old_host.root.mkdir()
-        old_host.configure(app_toml("web", [("tcp", 26280, 8080, 26281, 26282)]))
+        old_host.configure(forwarded_app([("tcp", 26280, 8080, 26281, 26282)]))
         spare = hosts.subnets["e"]  # routed nowhere yet
         def snapshot(namespace: str) -> tuple[list[str], str]:
             rules = [re.sub(r"\[\d+:\d+\]", "", line) for line in hosts.save(namespace).splitlines()

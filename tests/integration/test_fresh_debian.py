@@ -21,10 +21,10 @@ import shutil
 import time
 
 import pytest
-from conftest import REPO, _missing
 
 from support import debian_rootfs
 from support.debian_rootfs import Rootfs, RootfsError
+from support.integration import REPO, missing
 
 pytestmark = pytest.mark.integration
 
@@ -34,18 +34,18 @@ CLONE = "/opt/deployer"
 @pytest.fixture
 def fresh_debian():
     if os.geteuid() != 0:
-        _missing("the fresh-Debian test needs root (debootstrap, chroot, mount)")
+        missing("the fresh-Debian test needs root (debootstrap, chroot, mount)")
     if not (REPO / ".git").exists() or shutil.which("git") is None:
-        _missing("the fresh-Debian test clones the checkout: it needs git and a git checkout")
+        missing("the fresh-Debian test clones the checkout: it needs git and a git checkout")
     reason = debian_rootfs.ensure_debootstrap()
     if reason:
-        _missing(reason)
+        missing(reason)
     debian_rootfs.remove_leftovers()
     log: list[str] = []
     try:
         rootfs = Rootfs.create(log)
     except RootfsError as exc:
-        _missing(f"no stock {debian_rootfs.SUITE} tree: {exc}")
+        missing(f"no stock {debian_rootfs.SUITE} tree: {exc}")
     try:
         yield rootfs, log
     finally:

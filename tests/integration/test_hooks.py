@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, app_toml, http_get, outside_get, owned_nat
 
 from deployer import config as config_module
 from deployer.errors import HealthCheckFailed, HookFailed, PullError
+from support.integration import REPO, demo_app, http_get, outside_get, owned_nat
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ EXTERNAL, BLUE, GREEN = 21100, 21101, 21102
 
 
 def web(port: int = EXTERNAL, **overrides) -> str:
-    return app_toml("web", external=port, blue=port + 1, green=port + 2, drain=0.5, stop_timeout=3, **overrides)
+    return demo_app("web", external=port, blue=port + 1, green=port + 2, drain=0.5, stop_timeout=3, **overrides)
 
 
 def configure(deployer, *apps: str, hook_timeout: float | None = None, settings: str = ""):

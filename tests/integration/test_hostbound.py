@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, _missing
 
+from support.integration import REPO, missing
 from support.load import Background, Load, statuses
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ class Nginx:
 @pytest.fixture
 def nginx(tmp_path):
     if shutil.which("nginx") is None:
-        _missing("nginx is not installed (run scripts/install-deps)")
+        missing("nginx is not installed (run scripts/install-deps)")
     root = tmp_path / "nginx"
     root.mkdir()
     server = Nginx(root)

@@ -8,20 +8,19 @@ import subprocess
 import threading
 import time
 
-import conftest
 import pytest
-from conftest import IMAGE, app_toml, http_get, run
 
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.iptables import Netfilter
 from deployer.errors import PullError
 from deployer.plan import rules
+from support.integration import IMAGE, TEST_PREFIX_RE, demo_app, http_get, remove_leftovers, run
 
 pytestmark = pytest.mark.integration
 
 
 def app(name: str, port: int, **overrides) -> str:
-    return app_toml(name, external=port, blue=port + 1, green=port + 2, drain=0.5, stop_timeout=3, **overrides)
+    return demo_app(name, external=port, blue=port + 1, green=port + 2, drain=0.5, stop_timeout=3, **overrides)
 
 
 def version(port: int) -> str:
@@ -323,9 +322,9 @@ def test_remove_leftovers_removes_what_a_dead_run_left_and_nothing_alive(deploye
             f"{IMAGE}:v1", name=f"{dead.lower()}-web-blue",
             labels={"deployer.owner": dead.lower(), "deployer.app": "web", "deployer.set": "blue",
                     "test.deployer": "1"})
-        assert conftest.TEST_PREFIX_RE.match(dead)
+        assert TEST_PREFIX_RE.match(dead)
 
-        conftest.remove_leftovers()
+        remove_leftovers()
 
         nat = deployer.nat()
         assert not [chain for chain in nat.chains if chain == dead or chain.startswith(f"{dead}-")]

@@ -13,13 +13,13 @@ import sys
 import time
 
 import pytest
-from conftest import CLI_ACTOR, REPO, app_toml, host_address
 
 from deployer.adapters.iptables import Netfilter
 from deployer.audit import AuditLog, Query
 from deployer.host.state import StateStore
 from deployer.plan import retries
 from deployer.plan.rules import ChainNames
+from support.integration import CLI_ACTOR, REPO, demo_app, host_address
 from support.load import Background, Load, statuses
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def audit(deployer, event: str) -> list[dict]:
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_maintenance_on_and_off_under_load(deployer, outside, tmp_path, backend):
-    deployer.configure(app_toml("mt", external=25100, blue=25101, green=25102),
+    deployer.configure(demo_app("mt", external=25100, blue=25101, green=25102),
                        settings=f'maintenance_port = 25190\nbackend = "{backend}"')
     assert deployer.cli("deploy", "mt", "v1").returncode == 0
     refused = deployer.cli("maintenance", "on", "mt")
@@ -112,7 +112,7 @@ def no_retry_chain_left(deployer):
 def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(deployer, outside, tmp_path,
                                                                               no_retry_chain_left):
     interval, failures = 0.3, 3
-    deployer.configure(app_toml("fo", external=25200, blue=25201, green=25202,
+    deployer.configure(demo_app("fo", external=25200, blue=25201, green=25202,
                                 extra=f"[apps.fo.watchdog]\ninterval = {interval}\nfailures = {failures}\n"
                                       "recoveries = 3\n"),
                        settings="maintenance_port = 25290")

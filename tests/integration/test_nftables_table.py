@@ -16,29 +16,23 @@ from typing import Iterator
 
 import pytest
 
-from conftest import IN_CI
 from deployer.adapters.iptables import Netfilter
 from deployer.adapters.nftables import Nftables
 from deployer.errors import RulesError
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.plan import rules
 from deployer.plan.rules import ChainNames, Forward, SavedTable
-
-
-def _missing(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"integration prerequisite missing in CI: {reason}")
-    pytest.skip(reason)
+from support.integration import missing
 
 
 @pytest.fixture
 def backend(tmp_path: Path) -> Iterator[NftablesBackend]:
     if os.geteuid() != 0:
-        _missing("nftables needs root")
+        missing("nftables needs root")
     try:
         Nftables().run("list tables")
     except RulesError as exc:
-        _missing(str(exc))
+        missing(str(exc))
     prefix = f"DT{uuid.uuid4().hex[:6].upper()}"
     made = NftablesBackend(Nftables(), Netfilter(), table=prefix.lower(), prefix=prefix, reader=Nftables(handles=True),
                            generation=tmp_path / "nftables.generation", ports=lambda app: PORTS.get(app, []))

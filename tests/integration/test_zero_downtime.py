@@ -9,62 +9,25 @@ with wall-clock times and compared with the moments the deployer committed each 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from conftest import REPO, app_toml, host_address
+
+from support.integration import demo_app
+from support.load import read_records, start_clients, stop_clients
 
 pytestmark = pytest.mark.integration
 
-TRAFFIC = str(REPO / "tests" / "support" / "traffic.py")
 DEPLOYS = 10
 DRAIN = 2.0
-
-
-def start_clients(outside, out_dir: Path, tcp_port: int, udp_port: int) -> list[tuple[str, subprocess.Popen]]:
-    here = host_address()
-    plans = [
-        ("outside-new", outside.host_ip, "http-new", tcp_port, True),
-        ("outside-keepalive", outside.host_ip, "http-keepalive", tcp_port, True),
-        ("outside-udp", outside.host_ip, "udp", udp_port, True),
-        ("loopback-new", "127.0.0.1", "http-new", tcp_port, False),
-        ("host-keepalive", here, "http-keepalive", tcp_port, False),
-        ("loopback-udp", "127.0.0.1", "udp", udp_port, False),
-    ]
-    clients = []
-    for name, target, mode, port, in_namespace in plans:
-        argv = [sys.executable, TRAFFIC, mode, f"{target}:{port}", "--out", str(out_dir / f"{name}.jsonl"),
-                "--pause", "0.01", "--timeout", "1" if mode == "udp" else "5", "--duration", "300"]
-        process = outside.popen(argv) if in_namespace else subprocess.Popen(argv)
-        clients.append((name, process))
-    return clients
-
-
-def stop_clients(clients: list[tuple[str, subprocess.Popen]]) -> None:
-    for _, process in clients:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for _, process in clients:
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def load(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_ten_deploys_under_load_drop_nothing(deployer, outside, images, tmp_path, backend):
     tags = [f"v{n}" for n in range(1, DEPLOYS + 2)]
     images.ensure(*tags)
-    deployer.configure(app_toml("zd", external=18100, blue=18101, green=18102, udp=(18103, 18104, 18105),
+    deployer.configure(demo_app("zd", external=18100, blue=18101, green=18102, udp=(18103, 18104, 18105),
                                 drain=DRAIN, stop_timeout=6, env={"DRAIN_TIMEOUT": "4"}),
                        settings=f'backend = "{backend}"')
     engine = deployer.engine()
@@ -97,7 +60,7 @@ def test_ten_deploys_under_load_drop_nothing(deployer, outside, images, tmp_path
 
     report = {}
     for name, _ in clients:
-        records = load(out_dir / f"{name}.jsonl")
+        records = read_records(out_dir / f"{name}.jsonl")
         assert len(records) > 100, f"{name}: too little traffic to judge ({len(records)} requests)"
         if name.endswith("udp"):
             unanswered = [r for r in records if not r["answered"]]

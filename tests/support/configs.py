@@ -1,24 +1,55 @@
-"""Small configs for unit tests: a state folder under tmp_path and apps on made-up ports."""
+"""Configs for tests: one app's TOML table, and a whole config parsed with its state folder under tmp_path."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 from deployer import config as config_module
 from deployer.config import Config
 
 
-def app_toml(name: str, external: int, *, extra: str = "") -> str:
-    """One app `name` with image registry.example:5000/<name> on external, external+1 (blue), external+2 (green)."""
-    return (f'[apps.{name}]\nimage = "registry.example:5000/{name}"\n{extra}'
-            f"[[apps.{name}.ports]]\nexternal = {external}\ncontainer = 80\nblue = {external + 1}\n"
-            f"green = {external + 2}\n")
+def toml_value(value: Any) -> str:
+    """A TOML value: strings quoted (JSON's escapes are TOML's), booleans lowercase, tables inline."""
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return json.dumps(value)
+
+
+def app_toml(name: str, external: int | None = None, *, blue: int | None = None, green: int | None = None,
+             container: int = 80, protocol: str | None = None, ports: Sequence[tuple[str, int, int, int, int]] = (),
+             image: str | None = None, health: Mapping[str, Any] | None = None, extra: str = "", **keys: Any) -> str:
+    """One app `name`: its image (registry.example:5000/<name> unless named), its own `keys` (drain_seconds, env,
+    bind ...), `extra` TOML lines, its ports, then its [health] table. The port `external` goes to `container`, with
+    blue and green on the next two ports unless named; `ports` adds (protocol, external, container, blue, green)."""
+    lines = [f"[apps.{name}]", f"image = {toml_value(image or f'registry.example:5000/{name}')}"]
+    lines += [f"{key} = {toml_value(value)}" for key, value in keys.items()]
+    lines += [extra.rstrip("\n")] if extra else []
+    table = [] if external is None else [(protocol, external, container, blue or external + 1, green or external + 2)]
+    for kind, outside, inside, blue_port, green_port in [*table, *ports]:
+        lines += [f"[[apps.{name}.ports]]", f"external = {outside}", f"container = {inside}"]
+        lines += [f"protocol = {toml_value(kind)}"] if kind else []
+        lines += [f"blue = {blue_port}", f"green = {green_port}"]
+    if health:
+        lines += [f"[apps.{name}.health]", *(f"{key} = {toml_value(value)}" for key, value in health.items())]
+    return "\n".join(lines) + "\n"
 
 
 ASSET_SITE = app_toml("site", 9000, extra='repository = "acme/site"\n[apps.site.asset]\nname = "image.tar"\n')
 
 
-def make_config(tmp_path: Path, *apps: str, server: str = "") -> Config:
-    text = f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n[server]\n{server}\n' + "".join(apps)
-    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ={})
+def config_text(tmp_path: Path, *apps: str, server: str = "", tables: str = "") -> str:
+    """A whole config: [deployer] with its state folder under tmp_path, [server] with the `server` lines (its own
+    sub-tables too), other `tables`, then the apps."""
+    return f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n[server]\n{server}\n{tables}\n' + "".join(apps)
+
+
+def make_config(tmp_path: Path, *apps: str, server: str = "", tables: str = "",
+                environ: Mapping[str, str] | None = None, parse: Callable[..., Any] = config_module.parse) -> Config:
+    """`config_text` parsed as tmp_path/deployer.toml (`parse_receiver` parses the receiver's part only)."""
+    text = config_text(tmp_path, *apps, server=server, tables=tables)
+    return parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ=dict(environ or {}))

@@ -1,6 +1,7 @@
 """Load clients and long-running helper processes for integration tests, stopped and read back reliably.
 
 `Load` runs tests/support/traffic.py clients (on the host or in an OutsideClient) and returns their records;
+`start_clients` starts the zero-downtime tests' six clients (outside, loopback and the host's address; HTTP and UDP);
 `Background` runs a process with its output in a file (a pipe nobody reads would fill and block it), waits for
 a line in it, and stops it (SIGTERM, then SIGKILL) however the test ends.
 """
@@ -15,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from support.integration import host_address
 
 TRAFFIC = str(Path(__file__).resolve().parent / "traffic.py")
 
@@ -101,3 +104,38 @@ def statuses(records: list[dict[str, Any]]) -> str:
         if not runs or runs[-1] != outcome:
             runs.append(outcome)
     return " ".join(runs)
+
+
+def start_clients(outside, out_dir: Path, tcp_port: int, udp_port: int) -> list[tuple[str, subprocess.Popen]]:
+    here = host_address()
+    plans = [
+        ("outside-new", outside.host_ip, "http-new", tcp_port, True),
+        ("outside-keepalive", outside.host_ip, "http-keepalive", tcp_port, True),
+        ("outside-udp", outside.host_ip, "udp", udp_port, True),
+        ("loopback-new", "127.0.0.1", "http-new", tcp_port, False),
+        ("host-keepalive", here, "http-keepalive", tcp_port, False),
+        ("loopback-udp", "127.0.0.1", "udp", udp_port, False),
+    ]
+    clients = []
+    for name, target, mode, port, in_namespace in plans:
+        argv = [sys.executable, TRAFFIC, mode, f"{target}:{port}", "--out", str(out_dir / f"{name}.jsonl"),
+                "--pause", "0.01", "--timeout", "1" if mode == "udp" else "5", "--duration", "300"]
+        process = outside.popen(argv) if in_namespace else subprocess.Popen(argv)
+        clients.append((name, process))
+    return clients
+
+
+def stop_clients(clients: list[tuple[str, subprocess.Popen]]) -> None:
+    for _, process in clients:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for _, process in clients:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records a traffic client wrote, one JSON line each."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

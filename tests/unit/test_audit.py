@@ -34,6 +34,7 @@ from deployer.cli.audit import format_timeline
 from deployer.cli.main import main as cli
 from deployer.errors import AuditError
 from deployer.journal import Journal
+from support.configs import app_toml, config_text
 
 NOW = datetime(2024, 5, 10, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -500,8 +501,7 @@ def test_timeline_by_job_is_oldest_first(log):
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "deployer.toml"
-    path.write_text('[deployer]\nstate_dir = "state"\n[apps.web]\nimage = "registry.example/web"\n'
-                    "[[apps.web.ports]]\nexternal = 8000\ncontainer = 80\nblue = 8001\ngreen = 8002\n")
+    path.write_text(config_text(tmp_path, app_toml("web", 8000)))
     return path
 
 

@@ -1,26 +1,19 @@
-"""A canary through the engine and the fakes of test_engine_effects: the order of its effects, a crash right after
-its commit, and what reconcile keeps."""
+"""A canary through the engine and the fakes of tests/support/engine_fakes.py: the order of its effects, a crash
+right after its commit, and what reconcile keeps."""
 
 from __future__ import annotations
 
 import pytest
-from test_engine_effects import NEW, OLD, OLD_RULE, Host, Killed
 
 from deployer.errors import CanaryError
 from deployer.host import canary as canary_ops
 from deployer.host.engine import CanaryStart
 from deployer.plan import canary
+from support.engine_fakes import NEW, OLD, OLD_RULE, Host, Killed
 
 SPLIT = (f'-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m statistic --mode random --probability 0.10000000009 '
          f'-m comment --comment "web green v2 canary" -j DNAT --to-destination {NEW}:80')
 ONLY_NEW = f'-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m comment --comment "web green v2" -j DNAT --to-destination {NEW}:80'
-
-
-@pytest.fixture
-def host(tmp_path) -> Host:
-    host = Host(tmp_path)
-    host.engine().deploy("web", "v1", actor="cli:ann")
-    return host
 
 
 def start(host: Host, weight: int = 10) -> None:
@@ -132,7 +125,7 @@ def test_status_shows_the_split_and_the_live_flows_of_each_instance(host):
 def test_a_signed_promote_job_promotes_the_canary_and_says_so(host):
     from deployer.journal import Journal
     from deployer.queue.jobs import Queue
-    from deployer.worker.loop import JobTools, execute
+    from deployer.worker.run import JobTools, execute
 
     start(host)
     queue = Queue.for_state_dir(host.config.settings.state_dir)
@@ -151,7 +144,7 @@ def test_a_signed_promote_job_promotes_the_canary_and_says_so(host):
 
 def test_a_release_of_an_app_with_canary_set_starts_a_canary(tmp_path):
     from deployer.config import parse
-    from deployer.worker.loop import canary_start
+    from deployer.worker.run import canary_start
 
     app = parse({"deployer": {"state_dir": str(tmp_path)},
                  "apps": {"web": {"image": "r/web", "canary": 10, "canary_sticky": True, "canary_bake": 600,

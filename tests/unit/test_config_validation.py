@@ -7,6 +7,7 @@ import pytest
 from deployer import config
 from deployer.config import AppConfig, HealthCheck, PortMapping, RegistryAuth, Settings
 from deployer.errors import ConfigError, UnknownApp
+from support.configs import app_toml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -413,17 +414,8 @@ def test_bad_app_values(tmp_path, line, key, message):
 
 
 def test_a_repository_triggers_one_app_only(tmp_path):
-    path = write(tmp_path, MINIMAL.replace("image =", 'repository = "acme/web"\nimage =') + """
-[apps.api]
-image = "registry.example:5000/api"
-repository = "ACME/web"
-
-[[apps.api.ports]]
-external = 9000
-container = 80
-blue = 9001
-green = 9002
-""")
+    path = write(tmp_path, MINIMAL.replace("image =", 'repository = "acme/web"\nimage =')
+                 + app_toml("api", 9000, repository="ACME/web"))
     assert str(refusal(path)) == f"{path}, app 'api', key 'repository': repository ACME/web already triggers app 'web'"
 
 

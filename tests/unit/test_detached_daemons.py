@@ -28,7 +28,7 @@ def test_a_detached_daemon_inherits_no_descriptor_of_its_caller(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         fds = {int(name): os.readlink(f"/proc/{pid}/fd/{name}") for name in os.listdir(f"/proc/{pid}/fd")}
-        assert sorted(fds) == [0, 1, 2]
+        assert sorted(fds) == [0, 1, 2], fds  # where a stray descriptor points says whose it is
         assert (fds[0], fds[1], fds[2]) == ("/dev/null", str(log), str(log))
     finally:
         os.kill(pid, signal.SIGTERM)

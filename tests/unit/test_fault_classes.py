@@ -10,8 +10,6 @@ import sqlite3
 import docker.errors
 import pytest
 import requests
-from test_web import GITHUB_SECRET, clock, deliver, read_payload, settings  # noqa: F401 - fixtures
-from test_worker import FakeEngine, Process, claimed, config, queue, run_job  # noqa: F401 - fixtures
 
 from deployer.adapters.docker_host import DockerHost, pull_error
 from deployer.errors import (AuditError, DiskFull, DockerUnavailable, HealthCheckFailed, HookFailed, PullError,
@@ -22,7 +20,10 @@ from deployer.worker import loop as worker_module
 from deployer.worker.faults import fault_lines
 from deployer.queue.jobs import Job, Queue, state_error
 from deployer.receiver.web import create_app
-from deployer.worker.loop import Worker, wait_seconds
+from deployer.worker.loop import Worker
+from deployer.worker.run import wait_seconds
+from support.receiver import deliver, read_payload
+from support.worker_fakes import FakeEngine, Process, claimed, run_job
 
 RELEASE = Release(tag="v2", image="127.0.0.1:5001/web")
 

@@ -10,6 +10,7 @@ import pytest
 from deployer.audit import AuditLog, Query
 from deployer.cli.main import main
 from deployer.queue.jobs import ROLLOUT, Queue
+from support.configs import app_toml, config_text
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def controller(tmp_path: Path) -> Path:
                     'insecure_http = true\n'
                     f'secret_file = "{secret}"\n' for i in (1, 2, 3))
     path = tmp_path / "deployer.toml"
-    path.write_text(f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n[fleet]\napps = ["web"]\nbake = 5\n{hosts}')
+    path.write_text(config_text(tmp_path, tables=f'[fleet]\napps = ["web"]\nbake = 5\n{hosts}'))
     return path
 
 
@@ -58,8 +59,7 @@ def test_a_rollout_is_queued_with_its_options_and_recorded(controller, capsys):
 
 def test_a_command_of_the_fleet_on_a_deployer_without_fleet_says_so(tmp_path, capsys):
     path = tmp_path / "deployer.toml"
-    path.write_text('[apps.web]\nimage = "registry.example/web"\n[[apps.web.ports]]\nexternal = 80\n'
-                    'container = 8080\nblue = 8001\ngreen = 8002\n')
+    path.write_text(config_text(tmp_path, app_toml("web", 80, container=8080, blue=8001, green=8002)))
     assert main(["-c", str(path), "fleet", "status"]) == 2
     assert "this deployer is not a controller: it has no [fleet] table" in capsys.readouterr().err
 

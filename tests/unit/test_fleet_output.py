@@ -9,16 +9,22 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
-from test_signed_client import send, serve  # noqa: F401 - fixture
 
 from deployer.cli import fleet as fleet_cli
 from deployer.cli.main import main
 from deployer.queue.jobs import ROLLOUT, Job
+from support.http_answers import Server, answering_servers, send
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]")  # every control character but the line's own \n
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Server]]:
+    with answering_servers() as start:
+        yield start
+
+
 HOSTILE = "ok\x1b[2J\x1b]0;owned\x07\nforged: v9 is live\r\x9b\u202e"
 
 

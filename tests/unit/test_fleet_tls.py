@@ -6,11 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_rollout_controller import FakeHosts, clock, fleet, queue, run  # noqa: F401 - fixtures
 
 from deployer import config
 from deployer.cli.main import main
-from deployer.config.fleet import FleetConfig, FleetHost
 from deployer.errors import ConfigError
 
 
@@ -71,16 +69,6 @@ def test_an_https_host_takes_a_ca_file_relative_to_the_config(tmp_path, secret):
 def test_each_bad_tls_setting_is_refused_naming_its_key(tmp_path, secret, entry, key, message):
     text = refusal(tmp_path, **entry)
     assert f"key {key!r}" in text and message in text, text
-
-
-def test_each_rollout_over_plain_http_records_a_warning_naming_the_hosts(queue, clock):
-    events: list = []
-    plain = fleet()
-    config_ = FleetConfig(apps=plain.apps, hosts=(plain.hosts[0], FleetHost("h2", "http://10.0.0.2:8000", "fleet",
-                                                                            "secret", insecure_http=True),
-                                                  plain.hosts[2]))
-    run(queue, FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}), clock, config=config_, events=events)
-    assert [e["hosts"] for e in events if e["event"] == "rollout.insecure"] == [["h2"]]
 
 
 def test_the_rollout_command_warns_of_each_plain_http_host(tmp_path, secret, capsys):

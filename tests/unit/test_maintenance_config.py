@@ -7,18 +7,7 @@ import pytest
 from deployer import config
 from deployer.config import PortMapping, WatchdogConfig
 from deployer.errors import ConfigError
-
-APP = """\
-[apps.web]
-image = "registry.example:5000/web"
-{extra}
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-"""
-
+from support.configs import app_toml
 
 def load(tmp_path: Path, text: str) -> config.Config:
     path = tmp_path / "deployer.toml"
@@ -34,7 +23,7 @@ def refusal(tmp_path: Path, text: str) -> str:
 
 
 def test_defaults(tmp_path):
-    loaded = load(tmp_path, APP.format(extra=""))
+    loaded = load(tmp_path, app_toml("web", 8000))
     web = loaded.app("web")
     assert loaded.settings.maintenance_port == 8999
     assert (web.maintenance_page, web.status_port, web.host_bound) == (None, None, False)
@@ -44,7 +33,7 @@ def test_defaults(tmp_path):
 def test_every_key_as_written(tmp_path):
     (tmp_path / "pages").mkdir()
     (tmp_path / "pages" / "web.html").write_text("<h1>{{app}}</h1>")
-    loaded = load(tmp_path, "[deployer]\nmaintenance_port = 8100\n" + APP.format(extra=(
+    loaded = load(tmp_path, "[deployer]\nmaintenance_port = 8100\n" + app_toml("web", 8000, extra=(
         'maintenance_page = "pages/web.html"\nstatus_port = 8005\n'
         "[apps.web.watchdog]\nenabled = false\ninterval = 0.5\nfailures = 2\nrecoveries = 4\n")))
     web = loaded.app("web")
@@ -55,7 +44,7 @@ def test_every_key_as_written(tmp_path):
 
 
 def test_a_host_bound_app_needs_only_its_ports(tmp_path):
-    loaded = load(tmp_path, APP.format(extra="") + "[apps.nginx]\nhost_bound = true\n"
+    loaded = load(tmp_path, app_toml("web", 8000) + "[apps.nginx]\nhost_bound = true\n"
                   "[[apps.nginx.ports]]\nexternal = 80\n[[apps.nginx.ports]]\nexternal = 443\nprotocol = \"tcp\"\n")
     nginx = loaded.app("nginx")
     assert nginx.host_bound
@@ -88,13 +77,13 @@ def test_a_host_bound_app_needs_only_its_ports(tmp_path):
     ("", "watchdog = 3", "app 'web', key 'watchdog': must be a table"),
 ])
 def test_refusals_name_the_key(tmp_path, settings, extra, message):
-    text = (f"[deployer]\n{settings}\n" if settings else "") + APP.format(extra=extra)
+    text = (f"[deployer]\n{settings}\n" if settings else "") + app_toml("web", 8000, extra=extra)
     assert refusal(tmp_path, text) == message.format(root=tmp_path)
 
 
 def test_a_page_over_a_mebibyte_is_refused(tmp_path):
     (tmp_path / "big.html").write_bytes(b"x" * (1024 * 1024 + 1))
-    assert refusal(tmp_path, APP.format(extra='maintenance_page = "big.html"')) == (
+    assert refusal(tmp_path, app_toml("web", 8000, extra='maintenance_page = "big.html"')) == (
         "app 'web', key 'maintenance_page': is larger than 1 MiB; a maintenance page should load fast")
 
 
@@ -122,4 +111,4 @@ HOST = '[apps.nginx]\nhost_bound = true\n{extra}\n'
      "app 'nginx', key 'ports': host port 8002/tcp is already used as the green port of app 'web'"),
 ])
 def test_host_bound_refusals(tmp_path, extra, message):
-    assert refusal(tmp_path, APP.format(extra="") + HOST.format(extra=extra)) == message
+    assert refusal(tmp_path, app_toml("web", 8000) + HOST.format(extra=extra)) == message

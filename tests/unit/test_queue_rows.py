@@ -12,7 +12,8 @@ import pytest
 from deployer.audit import AuditLog, AuditSink, Query
 from deployer.journal import Journal
 from deployer.queue.jobs import Queue, row_problem
-from deployer.worker.loop import JobTools, Worker, execute
+from deployer.worker.loop import Worker
+from deployer.worker.run import JobTools, execute
 from support.configs import ASSET_SITE, app_toml, make_config
 
 GOOD_ID = "job-0123456789abcdef"

@@ -10,6 +10,7 @@ import pytest
 from deployer import config
 from deployer.config import AssetConfig, PortMapping, ReceiverApp
 from deployer.errors import ConfigError
+from support.configs import app_toml
 
 WORKER_SECRETS = """\
 [registries."registry.example:5000"]
@@ -158,17 +159,8 @@ def test_an_app_secret_from_the_environment(tmp_path):
     assert "WEB_GH" in receiver.secret_env_names
 
 
-MINIMAL = """\
-[apps.web]
-image = "registry.example:5000/web"
-repository = "acme/web"
-{extra}
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-"""
+def minimal(extra: str) -> str:
+    return app_toml("web", 8000, repository="acme/web", extra=extra)
 
 
 @pytest.mark.parametrize("extra, where, message", [
@@ -185,7 +177,7 @@ green = 8002
 ])
 @pytest.mark.parametrize("loader", [config.load, config.load_receiver], ids=["load", "load_receiver"])
 def test_bad_app_github_keys_are_refused_naming_the_key(tmp_path, extra, where, message, loader):
-    path = write(tmp_path, MINIMAL.format(extra=extra))
+    path = write(tmp_path, minimal(extra))
     with pytest.raises(ConfigError) as caught:
         loader(path, environ={})
     assert str(caught.value).startswith(f"{path}, {where}: {message}")
@@ -195,7 +187,7 @@ def test_bad_app_github_keys_are_refused_naming_the_key(tmp_path, extra, where, 
 @pytest.mark.parametrize("extra, key", [('github_secret_file = "web-github"', "github_secret_file"),
                                         ("github_hook_id = 7", "github_hook_id")])
 def test_an_app_secret_or_hook_needs_a_repository(tmp_path, extra, key):
-    path = write(tmp_path, MINIMAL.format(extra=extra).replace('repository = "acme/web"\n', ""))
+    path = write(tmp_path, minimal(extra).replace('repository = "acme/web"\n', ""))
     with pytest.raises(ConfigError) as caught:
         config.load_receiver(path, environ={})
     assert str(caught.value) == (f"{path}, app 'web', key '{key}': needs repository: only deliveries from the "
@@ -220,7 +212,7 @@ def test_gunicorn_gets_the_receiver_secrets_and_never_the_worker_secrets(tmp_pat
 
 
 def test_gunicorn_gets_an_app_secret_from_the_environment_too(tmp_path):
-    path = write(tmp_path, MINIMAL.format(extra='github_secret_env = "WEB_GH"'))
+    path = write(tmp_path, minimal('github_secret_env = "WEB_GH"'))
     loaded = config.load(path, environ={"WEB_GH": "web-from-env", "OTHER": "x"})
     assert config.receiver_environment(loaded, {"WEB_GH": "web-from-env", "OTHER": "x"}) == {
         "WEB_GH": "web-from-env", "DEPLOYER_CONFIG": str(path)}

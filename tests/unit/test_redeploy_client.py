@@ -11,19 +11,18 @@ import random
 import subprocess
 import sys
 import threading
-import tomllib
 from pathlib import Path
 
 import pytest
 from werkzeug.serving import make_server
 
-from deployer import config as config_module
 from deployer.journal import Journal
 from deployer.queue.jobs import Queue
 from deployer.receiver.web import create_app
+from support.configs import app_toml, make_config
+from support.receiver import ALICE_KEY, ALICE_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
-ALICE_SECRET = "alice-operator-secret-8d41e7b2"
 NO_CONFIG = {**os.environ, "DEPLOYER_CONFIG": "/nonexistent"}
 
 
@@ -35,24 +34,8 @@ def deployer(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture
 def server(tmp_path):
     """The receiver on a free port from 27000-27999, in a thread of this process."""
-    text = f"""
-[deployer]
-state_dir = "{tmp_path / 'server' / 'state'}"
-
-[server.operators.alice]
-secret_env = "ALICE_SECRET"
-
-[apps.web]
-image = "registry.example:5000/web"
-
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-"""
-    config = config_module.parse(tomllib.loads(text), path=tmp_path / "server" / "deployer.toml",
-                                 environ={"ALICE_SECRET": ALICE_SECRET})
+    config = make_config(tmp_path / "server", app_toml("web", 8000), server=ALICE_KEY,
+                         environ={"ALICE_SECRET": ALICE_SECRET})
     queue = Queue.for_state_dir(config.settings.state_dir)
     app = create_app({"DEPLOYER_CONFIG": config, "QUEUE": queue, "JOURNAL": Journal([])})
     for port in random.sample(range(27000, 28000), 50):

@@ -11,6 +11,7 @@ from deployer import config as config_module
 from deployer.errors import InvalidRequest, InvalidTag, UnknownApp
 from deployer.receiver import releases
 from deployer.receiver.releases import AssetRef, Decision
+from support.configs import app_toml
 from support.github_payloads import PAYLOADS
 
 
@@ -26,20 +27,11 @@ PRERELEASED = "release-prereleased.payload.json"
 PING = "ping-payload.json"
 
 
-def make_config(prereleases: bool = False, tag_pattern: str | None = None, asset: bool = False):
-    text = f"""
-[apps.web]
-image = "registry.example:5000/web"
-repository = "Codertocat/Hello-World"
-prereleases = {str(prereleases).lower()}
-{f"tag_pattern = '{tag_pattern}'" if tag_pattern else ""}
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-{'[apps.web.asset]' + chr(10) + 'name = "image.tar"' if asset else ""}
-"""
+def app_config(prereleases: bool = False, tag_pattern: str | None = None, asset: bool = False):
+    """The app `web` alone, with its release policy."""
+    policy = {"prereleases": prereleases, **({"tag_pattern": tag_pattern} if tag_pattern else {})}
+    asset_table = '[apps.web.asset]\nname = "image.tar"' if asset else ""
+    text = app_toml("web", 8000, repository="Codertocat/Hello-World", extra=asset_table, **policy)
     return config_module.parse(tomllib.loads(text), path=Path("/etc/deployer/deployer.toml"), environ={})
 
 
@@ -48,27 +40,27 @@ BASE = dict(event="release", repository="Codertocat/Hello-World", sender="Codert
 
 
 def test_published_release_deploys():
-    assert releases.decide("release", payload(PUBLISHED), make_config()) == Decision(
+    assert releases.decide("release", payload(PUBLISHED), app_config()) == Decision(
         "deploy", "published release 0.0.1", action="published", published_at="2019-05-15T15:20:53Z", **BASE)
 
 
 def test_released_deploys_as_well_and_the_queue_makes_it_one_deploy():
-    assert releases.decide("release", payload(RELEASED), make_config()) == Decision(
+    assert releases.decide("release", payload(RELEASED), app_config()) == Decision(
         "deploy", "released release 0.0.1", action="released", published_at="2019-05-15T15:20:53Z", **BASE)
 
 
 def test_a_prerelease_is_ignored_unless_the_app_opts_in():
     prerelease = payload(PUBLISHED, prerelease=True)
-    assert releases.decide("release", prerelease, make_config()) == Decision(
+    assert releases.decide("release", prerelease, app_config()) == Decision(
         "ignore", "the release is a prerelease, and app 'web' does not deploy prereleases (prereleases = false)",
         action="published", **BASE)
-    assert releases.decide("release", prerelease, make_config(prereleases=True)) == Decision(
+    assert releases.decide("release", prerelease, app_config(prereleases=True)) == Decision(
         "deploy", "published prerelease 0.0.1", action="published", published_at="2019-05-15T15:20:53Z", **BASE)
 
 
 def test_the_prereleased_action_defers_to_published():
     # GitHub's real 'prereleased' payload: GitHub also sends 'published' for the same release.
-    decision = releases.decide("release", payload(PRERELEASED), make_config(prereleases=True))
+    decision = releases.decide("release", payload(PRERELEASED), app_config(prereleases=True))
     assert (decision.verdict, decision.reason) == (
         "ignore", "action 'prereleased' is ignored: the 'published' delivery of the same release decides whether "
                   "a prerelease deploys")
@@ -76,11 +68,11 @@ def test_the_prereleased_action_defers_to_published():
 
 def test_a_promoted_prerelease_deploys_on_released():
     # When a prerelease becomes a full release GitHub sends 'released' with prerelease false.
-    assert releases.decide("release", payload(RELEASED), make_config(prereleases=False)).verdict == "deploy"
+    assert releases.decide("release", payload(RELEASED), app_config(prereleases=False)).verdict == "deploy"
 
 
 def test_drafts_never_deploy():
-    decision = releases.decide("release", payload(PUBLISHED, draft=True), make_config(prereleases=True))
+    decision = releases.decide("release", payload(PUBLISHED, draft=True), app_config(prereleases=True))
     assert (decision.verdict, decision.reason) == ("ignore", "the release is a draft")
 
 
@@ -95,21 +87,21 @@ def test_drafts_never_deploy():
 def test_other_actions_are_acknowledged_with_a_reason(action, reason):
     data = payload(PUBLISHED)
     data["action"] = action
-    assert releases.decide("release", data, make_config()) == Decision("ignore", reason, action=action, **BASE)
+    assert releases.decide("release", data, app_config()) == Decision("ignore", reason, action=action, **BASE)
 
 
 def test_ping_answers_pong_and_says_whether_the_repository_is_configured():
     ping = payload(PING)
-    assert releases.decide("ping", ping, make_config()) == Decision(
+    assert releases.decide("ping", ping, app_config()) == Decision(
         "pong", "pong; no app is configured for repository Octocoders/Hello-World", "ping",
         repository="Octocoders/Hello-World", sender="Codertocat")
     ping["repository"]["full_name"] = "codertocat/hello-world"  # GitHub names are case-insensitive
-    assert releases.decide("ping", ping, make_config()).reason == \
+    assert releases.decide("ping", ping, app_config()).reason == \
         "pong; repository codertocat/hello-world deploys app 'web'"
 
 
 def test_other_events_are_ignored():
-    decision = releases.decide("push", payload(PUBLISHED), make_config())
+    decision = releases.decide("push", payload(PUBLISHED), app_config())
     assert (decision.verdict, decision.reason) == ("ignore", "event 'push' is not acted on; only 'release' deploys")
 
 
@@ -117,7 +109,7 @@ def test_an_unconfigured_repository_is_refused():
     data = payload(PUBLISHED)
     data["repository"]["full_name"] = "someone/else"
     with pytest.raises(UnknownApp) as caught:
-        releases.decide("release", data, make_config())
+        releases.decide("release", data, app_config())
     assert str(caught.value) == "no app is configured for repository someone/else"
 
 
@@ -138,7 +130,7 @@ def test_missing_fields_are_named(path, message):
         parent = parent[key]
     del parent[path[-1]]
     with pytest.raises(InvalidRequest) as caught:
-        releases.decide("release", data, make_config())
+        releases.decide("release", data, app_config())
     assert str(caught.value) == message
 
 
@@ -149,55 +141,55 @@ def test_missing_fields_are_named(path, message):
 ])
 def test_fields_of_the_wrong_type_are_named(field, value, message):
     with pytest.raises(InvalidRequest) as caught:
-        releases.decide("release", payload(PUBLISHED, **{field: value}), make_config())
+        releases.decide("release", payload(PUBLISHED, **{field: value}), app_config())
     assert str(caught.value) == message
 
 
 @pytest.mark.parametrize("tag", ["v1;rm -rf /", "$(id)", "../x", "a" * 200, "v1\n", "-v1", ""])
 def test_hostile_tags_are_refused(tag):
     with pytest.raises(InvalidTag):
-        releases.decide("release", payload(PUBLISHED, tag_name=tag), make_config())
+        releases.decide("release", payload(PUBLISHED, tag_name=tag), app_config())
 
 
 def test_a_tag_outside_the_apps_pattern_is_refused():
     with pytest.raises(InvalidTag) as caught:
-        releases.decide("release", payload(PUBLISHED), make_config(tag_pattern=r"^v[0-9.]+$"))
+        releases.decide("release", payload(PUBLISHED), app_config(tag_pattern=r"^v[0-9.]+$"))
     assert str(caught.value) == "tag '0.0.1' does not match the pattern of app 'web': ^v[0-9.]+$"
 
 
 def test_a_hostile_tag_in_an_ignored_action_is_not_echoed_into_the_decision():
-    decision = releases.decide("release", payload(PUBLISHED, tag_name="$(id)", draft=True), make_config())
+    decision = releases.decide("release", payload(PUBLISHED, tag_name="$(id)", draft=True), app_config())
     assert (decision.verdict, decision.tag) == ("ignore", None)
 
 
 def test_the_sender_is_reduced_to_login_characters():
     data = payload(PUBLISHED)
     data["sender"]["login"] = "evil\nlogin [bot]"
-    assert releases.decide("release", data, make_config()).sender == "evillogin[bot]"
-    assert releases.decide("release", data, make_config()).actor == "github:evillogin[bot]"
+    assert releases.decide("release", data, app_config()).sender == "evillogin[bot]"
+    assert releases.decide("release", data, app_config()).actor == "github:evillogin[bot]"
     del data["sender"]
-    assert releases.decide("release", data, make_config()).actor == "github:unknown"
+    assert releases.decide("release", data, app_config()).actor == "github:unknown"
 
 
 def test_an_asset_app_takes_the_asset_ids_from_the_release():
     assets = [{"id": 11, "name": "image.tar", "size": 5000, "state": "uploaded"},
               {"id": 12, "name": "image.tar.sha256", "size": 80, "state": "uploaded"},
               {"id": 13, "name": "notes.txt", "size": 1, "state": "uploaded"}]
-    decision = releases.decide("release", payload(PUBLISHED, assets=assets), make_config(asset=True))
+    decision = releases.decide("release", payload(PUBLISHED, assets=assets), app_config(asset=True))
     assert decision.asset == AssetRef(asset_id=11, name="image.tar", size=5000, checksum_id=12)
 
 
 def test_an_asset_app_ignores_a_release_without_the_asset():
     # The real payload has no assets; a half-uploaded asset does not count either.
-    decision = releases.decide("release", payload(PUBLISHED), make_config(asset=True))
+    decision = releases.decide("release", payload(PUBLISHED), app_config(asset=True))
     assert (decision.verdict, decision.reason) == (
         "ignore", "the release has no uploaded asset named 'image.tar', which app 'web' takes its image from")
     starting = [{"id": 11, "name": "image.tar", "size": 5000, "state": "starter"}]
-    assert releases.decide("release", payload(PUBLISHED, assets=starting), make_config(asset=True)).verdict == "ignore"
+    assert releases.decide("release", payload(PUBLISHED, assets=starting), app_config(asset=True)).verdict == "ignore"
 
 
 def test_the_payload_is_not_changed():
     data = payload(PUBLISHED)
     before = copy.deepcopy(data)
-    releases.decide("release", data, make_config())
+    releases.decide("release", data, app_config())
     assert data == before

@@ -20,6 +20,7 @@ from deployer.errors import DeployerError, RolloutFailed, Unauthorized, UnknownA
 from deployer.journal import Journal
 from deployer.queue.jobs import ROLLOUT, Job, Queue
 from deployer.fleet.rollout import Rollout
+from support.worker_fakes import Process, make_worker
 
 ROLLOUT_ID = "job-00000000000000aa"
 
@@ -335,7 +336,8 @@ def claimed_rollout(queue: Queue, tag: str = "v2", app: str = "web") -> Job:
 
 
 def test_the_worker_runs_a_rollout_job_and_copies_its_progress_into_the_jobs_steps(tmp_path, queue):
-    from deployer.worker.loop import JobSteps, JobTools, execute
+    from deployer.worker.child import JobSteps
+    from deployer.worker.run import JobTools, execute
 
     config = controller_config(tmp_path)
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
@@ -352,7 +354,7 @@ def test_the_worker_runs_a_rollout_job_and_copies_its_progress_into_the_jobs_ste
 
 
 def test_a_failed_rollout_fails_its_job_with_the_hosts_reason(tmp_path, queue):
-    from deployer.worker.loop import JobTools, execute
+    from deployer.worker.run import JobTools, execute
 
     config = controller_config(tmp_path)
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}, fail={"h1": "v2"})
@@ -364,7 +366,7 @@ def test_a_failed_rollout_fails_its_job_with_the_hosts_reason(tmp_path, queue):
 
 
 def test_a_rollout_row_of_an_app_that_is_not_a_fleet_app_is_refused(tmp_path, queue):
-    from deployer.worker.loop import JobTools, execute
+    from deployer.worker.run import JobTools, execute
 
     config = controller_config(tmp_path)
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
@@ -377,8 +379,6 @@ def test_a_rollout_row_of_an_app_that_is_not_a_fleet_app_is_refused(tmp_path, qu
 
 
 def test_a_rollout_job_outlives_the_job_timeout_and_a_dead_one_repairs_nothing_here(tmp_path, clock):
-    from test_worker import Process, make_worker
-
     config = controller_config(tmp_path)  # job_timeout: the default 1800 s
     queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
     queue.submit_manual(app="web", tag="v2", actor="cli:ops", kind=ROLLOUT, source={})
@@ -394,3 +394,56 @@ def test_a_rollout_job_outlives_the_job_timeout_and_a_dead_one_repairs_nothing_h
     assert queue.jobs()[0].status == "failed"
     assert reconciled == [None]  # at start only, over no app: a fleet app runs nowhere here
     worker.lock.release()
+
+
+# --- hosts that answer what they should not ----------------------------------------------------------
+
+
+def test_an_answer_of_the_wrong_shape_fails_that_host_and_the_done_hosts_are_reverted(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    original = hosts.job
+
+    def job(host: str, job_id: str) -> Any:
+        return [] if host == "h2" else original(host, job_id)  # `[]` has no .get: an AttributeError in the step
+
+    hosts.job = job  # type: ignore[method-assign]
+    with pytest.raises(RolloutFailed) as failed:
+        run(queue, hosts, clock)
+    assert states(queue) == {"h1": "reverted", "h2": "failed", "h3": "pending"}
+    assert hosts.tags["h1"] == "v1"
+    assert "host h2: its answer could not be handled (AttributeError: " in str(failed.value)
+    assert "reverted h1 to v1" in str(failed.value)
+
+
+def test_a_deploy_step_that_raises_anything_fails_the_host_without_killing_the_rollout(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    original = hosts.deploy
+
+    def deploy(host: str, *args: Any, **kwargs: Any) -> str:
+        if host == "h2":
+            raise KeyError("job")
+        return original(host, *args, **kwargs)
+
+    hosts.deploy = deploy  # type: ignore[method-assign]
+    with pytest.raises(RolloutFailed) as failed:
+        run(queue, hosts, clock)
+    assert states(queue) == {"h1": "reverted", "h2": "failed", "h3": "pending"}
+    assert "host h2: its answer could not be handled (KeyError: 'job')" in str(failed.value)
+
+
+def test_a_preflight_answer_that_raises_stops_the_rollout_before_any_deploy(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    hosts.status = lambda host, app: "v1"  # type: ignore[method-assign, assignment, return-value]
+    with pytest.raises(RolloutFailed, match="nothing was changed on any host"):
+        run(queue, hosts, clock)
+    assert hosts.deploys() == []
+
+
+def test_each_rollout_over_plain_http_records_a_warning_naming_the_hosts(queue, clock):
+    events: list = []
+    plain = fleet()
+    config_ = FleetConfig(apps=plain.apps, hosts=(plain.hosts[0], FleetHost("h2", "http://10.0.0.2:8000", "fleet",
+                                                                            "secret", insecure_http=True),
+                                                  plain.hosts[2]))
+    run(queue, FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}), clock, config=config_, events=events)
+    assert [e["hosts"] for e in events if e["event"] == "rollout.insecure"] == [["h2"]]

@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from deployer.adapters.api_client import SignedClient
 from deployer.cli import fleet as fleet_cli
 from deployer.config.fleet import FleetConfig, FleetHost
 from deployer.errors import RolloutFailed
@@ -233,7 +234,7 @@ def test_the_rollout_ends_whatever_the_hosts_answer(servers, scripts, revert):
         job = Job(id="job-00000000000000aa", app="web", tag="v2", kind=ROLLOUT, actor="cli:ops", status="running",
                   source={"revert": revert})
         rollout = Rollout(job, fleet=config, queue=queue, journal=Journal([events.append]),
-                          hosts=FleetClient(config, timeout=CLIENT_TIMEOUT), clock=clock, sleep=clock.sleep, poll=1.0)
+                          hosts=FleetClient(config, connect=SignedClient, timeout=CLIENT_TIMEOUT), clock=clock, sleep=clock.sleep, poll=1.0)
         try:
             summary, failure = rollout.run(), None
         except RolloutFailed as exc:

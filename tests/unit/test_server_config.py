@@ -7,18 +7,9 @@ import pytest
 from deployer import config
 from deployer.config import AssetConfig, OperatorKey, ServerConfig
 from deployer.errors import ConfigError
+from support.configs import app_toml
 
-APP = """\
-[apps.web]
-image = "registry.example:5000/web"
-repository = "acme/web"
-
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-"""
+APP = app_toml("web", 8000, repository="acme/web")
 
 
 def write(folder: Path, text: str) -> Path:

@@ -16,7 +16,8 @@ from deployer.audit import AuditLog, Query
 from deployer.errors import StateError
 from deployer.folders import share_folder
 from deployer.queue.jobs import Queue
-from deployer.worker.loop import WorkerLock, prepare_shared
+from deployer.wiring import prepare_shared
+from deployer.worker.loop import WorkerLock
 from support.configs import app_toml, make_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",

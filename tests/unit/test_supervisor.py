@@ -5,14 +5,12 @@ Driven with hand-written fakes for the process and the stop event, so no test wa
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
 
-from deployer import config as config_module
 from deployer.errors import DeployerError
 from deployer.worker import supervisor
 from deployer.worker.supervisor import Backoff, keep_running
+from support.configs import app_toml, make_config
 
 
 class FakeProcess:
@@ -108,24 +106,7 @@ def test_the_backoff_doubles_to_its_most_and_starts_over_after_a_stable_run():
 
 @pytest.fixture
 def config(tmp_path):
-    text = f"""
-[deployer]
-state_dir = "{tmp_path / 'state'}"
-
-[server]
-listen = "127.0.0.1:8123"
-workers = 3
-
-[apps.web]
-image = "registry.example:5000/web"
-
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-"""
-    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ={})
+    return make_config(tmp_path, app_toml("web", 8000), server='listen = "127.0.0.1:8123"\nworkers = 3')
 
 
 def test_gunicorn_runs_threads_with_request_deadlines_not_sync_workers(config):

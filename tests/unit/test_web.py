@@ -6,130 +6,22 @@ never (no job), and recorded in the journal with its reason and without any secr
 
 import io
 import json
-import tomllib
 from urllib.parse import urlencode
 
 import pytest
 
-from deployer import config as config_module
 from deployer.journal import Journal
 from deployer import signatures
 from deployer.queue.jobs import Queue
 from deployer.receiver.web import create_app
-from support.github_payloads import PAYLOADS
+from support.receiver import (CAP, GITHUB_SECRET, NOW, assert_no_secret, deliver, published, read_payload,
+                              redeploy_body, signed_call)
 
-GITHUB_SECRET = "gh-webhook-secret-5f2a9c"
-ALICE_SECRET = "alice-operator-secret-8d41e7b2"
-NOW = 1_767_225_600
-CAP = 64 * 1024
 HOSTILE_TAGS = ["v1;rm -rf /", "$(id)", "../x", "v" * 200]
-
-
-def read_payload(name: str) -> bytes:
-    return (PAYLOADS / name).read_bytes()
-
-
-class Clock:
-    now = float(NOW)
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def settings(tmp_path):
-    text = f"""
-[deployer]
-state_dir = "{tmp_path / 'state'}"
-
-[server]
-max_body_bytes = {CAP}
-github_secret_env = "GH_SECRET"
-
-[server.operators.alice]
-secret_env = "ALICE_SECRET"
-
-[apps.web]
-image = "registry.example:5000/web"
-repository = "Codertocat/Hello-World"
-tag_pattern = '^[v0-9][A-Za-z0-9._-]*$'
-
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-"""
-    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml",
-                               environ={"GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET})
-
-
-@pytest.fixture
-def events():
-    return []
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def queue(settings, clock):
-    return Queue.for_state_dir(settings.settings.state_dir, clock=clock)
-
-
-@pytest.fixture
-def app(settings, queue, events, clock):
-    journal = Journal([events.append], secrets=settings.secrets())
-    return create_app({"DEPLOYER_CONFIG": settings, "QUEUE": queue, "JOURNAL": journal, "CLOCK": clock,
-                       "TESTING": True})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-def deliver(client, body: bytes, *, event="release", delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958",
-            hook_id="109948940", secret=GITHUB_SECRET, content_type="application/json", signature=None,
-            headers=None):
-    sent = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "X-GitHub-Hook-ID": hook_id,
-            "Content-Type": content_type}
-    if secret is not None:
-        sent["X-Hub-Signature-256"] = signature or signatures.github_signature(secret, body)
-    sent.update(headers or {})
-    return client.post("/hooks/github", data=body, headers={k: v for k, v in sent.items() if v is not None})
-
-
-def published(**release_changes) -> bytes:
-    data = json.loads(read_payload("release-published.payload.json"))
-    data["release"].update(release_changes)
-    return json.dumps(data).encode()
-
-
-def signed_call(client, method, path, body=b"", *, key_id="alice", secret=ALICE_SECRET, timestamp=NOW,
-                nonce=None, content_type="application/json"):
-    nonce = nonce or f"nonce-{signed_call.counter:016d}"
-    signed_call.counter += 1
-    headers = signatures.sign_request(secret, method=method, host="localhost", path=path, key_id=key_id,
-                                      timestamp=timestamp, nonce=nonce, body=body)
-    if content_type:
-        headers["Content-Type"] = content_type
-    return client.open(path, method=method, data=body, headers=headers)
-
-
-signed_call.counter = 0
 
 
 def deliveries(events):
     return [e for e in events if e["event"] == "delivery"]
-
-
-def assert_no_secret(events, *responses):
-    text = json.dumps(events, default=str) + "".join(r.get_data(as_text=True) for r in responses)
-    for secret in (GITHUB_SECRET, ALICE_SECRET):
-        assert secret not in text
 
 
 # --- deliveries that are acted on ------------------------------------------------------------------
@@ -375,10 +267,6 @@ def test_a_wrong_method_is_405(client, queue, method, path):
 
 
 # --- signed manual requests ------------------------------------------------------------------------
-
-
-def redeploy_body(**fields) -> bytes:
-    return json.dumps({"app": "web", **fields}).encode()
 
 
 def test_a_signed_redeploy_is_queued(client, queue, events):

@@ -14,6 +14,7 @@ from deployer.journal import Journal
 from deployer import signatures
 from deployer.queue.jobs import Queue
 from deployer.receiver.web import create_app
+from support.configs import app_toml, config_text
 
 GLOBAL_SECRET = "global-webhook-secret-1d9e"
 A_SECRET = "app-a-webhook-secret-77c3"
@@ -21,26 +22,12 @@ B_SECRET = "app-b-webhook-secret-e05b"
 B_HOOK = "5551234"
 
 
-def app_table(name: str, repository: str, port: int, extra: str = "") -> str:
-    return f"""
-[apps.{name}]
-image = "registry.example:5000/{name}"
-repository = "{repository}"
-{extra}
-[[apps.{name}.ports]]
-external = {port}
-container = 80
-blue = {port + 1}
-green = {port + 2}
-"""
-
-
 @pytest.fixture
 def loaded(tmp_path):
-    text = (f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n[server]\ngithub_secret_env = "GH_GLOBAL"\n'
-            + app_table("alpha", "acme/alpha", 8000, 'github_secret_env = "GH_A"')
-            + app_table("beta", "acme/beta", 8100, f'github_secret_env = "GH_B"\ngithub_hook_id = {B_HOOK}')
-            + app_table("gamma", "acme/gamma", 8200))
+    alpha = app_toml("alpha", 8000, repository="acme/alpha", github_secret_env="GH_A")
+    beta = app_toml("beta", 8100, repository="acme/beta", github_secret_env="GH_B", github_hook_id=int(B_HOOK))
+    gamma = app_toml("gamma", 8200, repository="acme/gamma")
+    text = config_text(tmp_path, alpha, beta, gamma, server='github_secret_env = "GH_GLOBAL"')
     path = tmp_path / "deployer.toml"
     path.write_text(text)
     return config_module.parse_receiver(tomllib.loads(text), path=path,
@@ -50,11 +37,6 @@ def loaded(tmp_path):
 @pytest.fixture
 def queue(loaded):
     return Queue.for_state_dir(loaded.settings.state_dir)
-
-
-@pytest.fixture
-def events():
-    return []
 
 
 @pytest.fixture
@@ -142,9 +124,9 @@ def test_no_secret_reaches_the_journal(client, events):
 
 def test_the_app_factory_loads_only_the_receiver_config(tmp_path, monkeypatch):
     """gunicorn's `create_app()`: a registry password file and an env file it cannot read do not stop it."""
-    text = (f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n[server]\ngithub_secret_env = "GH_GLOBAL"\n'
-            '[registries."registry.example:5000"]\nusername = "u"\npassword_file = "root-only/registry"\n'
-            + app_table("alpha", "acme/alpha", 8000, 'env_files = ["root-only/alpha.env"]'))
+    alpha = app_toml("alpha", 8000, repository="acme/alpha", env_files=["root-only/alpha.env"])
+    registry = '[registries."registry.example:5000"]\nusername = "u"\npassword_file = "root-only/registry"'
+    text = config_text(tmp_path, alpha, server='github_secret_env = "GH_GLOBAL"', tables=registry)
     (tmp_path / "deployer.toml").write_text(text)
     monkeypatch.setenv("DEPLOYER_CONFIG", str(tmp_path / "deployer.toml"))
     monkeypatch.setenv("GH_GLOBAL", GLOBAL_SECRET)

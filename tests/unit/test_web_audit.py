@@ -6,20 +6,18 @@ a refused read lands in the same audit log the route answers from.
 
 from __future__ import annotations
 
-import tomllib
 from urllib.parse import urlencode
 
 import pytest
 
-from deployer import config as config_module
 from deployer.audit import AuditLog, Query
 from deployer import signatures
 from deployer.queue.jobs import Queue
 from deployer.receiver.web import create_app
+from support.configs import app_toml, make_config
+from support.receiver import ALICE_KEY, ALICE_SECRET, NOW, Clock
 
-ALICE_SECRET = "alice-operator-secret-8d41e7b2"
 AUDIT_TOKEN = "audit-read-token-3c9e51f0a7d2"
-NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 SEEDED = [
     {"ts": "2025-12-30T10:00:00.000Z", "event": "deploy.started", "app": "web", "actor": "cli:ann", "tag": "v1"},
@@ -32,35 +30,10 @@ SEEDED = [
 ]
 
 
-class Clock:
-    now = float(NOW)
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def load_config(tmp_path, *, token: bool = True):
-    text = f"""
-[deployer]
-state_dir = "{tmp_path / 'state'}"
-
-[server]
-{'audit_token_env = "AUDIT_TOKEN"' if token else ''}
-
-[server.operators.alice]
-secret_env = "ALICE_SECRET"
-
-[apps.web]
-image = "registry.example:5000/web"
-
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-"""
-    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml",
-                               environ={"ALICE_SECRET": ALICE_SECRET, "AUDIT_TOKEN": AUDIT_TOKEN})
+    server = ('audit_token_env = "AUDIT_TOKEN"\n' if token else "") + ALICE_KEY
+    return make_config(tmp_path, app_toml("web", 8000), server=server,
+                       environ={"ALICE_SECRET": ALICE_SECRET, "AUDIT_TOKEN": AUDIT_TOKEN})
 
 
 @pytest.fixture

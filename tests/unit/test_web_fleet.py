@@ -6,14 +6,15 @@ import json
 import tomllib
 
 import pytest
-from test_web import ALICE_SECRET, GITHUB_SECRET, assert_no_secret, deliver, published, redeploy_body, signed_call
-from test_web import app, client, clock, events, queue, settings  # noqa: F401 - the fixtures
 
 from deployer import config as config_module
 from deployer.errors import ConfigError
 from deployer.journal import Journal
 from deployer.queue.jobs import ROLLOUT, Queue, row_problem
 from deployer.receiver.web import create_app
+from support.configs import config_text
+from support.receiver import (ALICE_KEY, ALICE_SECRET, GITHUB_SECRET, assert_no_secret, deliver, published,
+                              redeploy_body, signed_call)
 
 ROLLOUT_ID = "job-00000000000000aa"
 
@@ -66,16 +67,7 @@ def test_get_apps_needs_a_signature_and_a_known_app(client):
 # --- a controller's receiver: a fleet app's release queues a rollout --------------------------------
 
 
-CONTROLLER = """
-[deployer]
-state_dir = "{state}"
-
-[server]
-github_secret_env = "GH_SECRET"
-
-[server.operators.alice]
-secret_env = "ALICE_SECRET"
-
+FLEET = """\
 [fleet]
 apps = ["web"]
 
@@ -92,12 +84,18 @@ tag_pattern = '^[v0-9][A-Za-z0-9._-]*$'
 """
 
 
+def controller_text(tmp_path, secret) -> str:
+    """A controller without apps of its own: its receiver takes GitHub's deliveries and alice's requests."""
+    server = f'github_secret_env = "GH_SECRET"\n{ALICE_KEY}'
+    return config_text(tmp_path, server=server, tables=FLEET.format(secret=secret))
+
+
 @pytest.fixture
 def controller(tmp_path, events, clock):
     secret = tmp_path / "fleet.secret"
     secret.write_text("fleet-host-secret-77aa\n")
     path = tmp_path / "deployer.toml"
-    path.write_text(CONTROLLER.format(state=tmp_path / "state", secret=secret))
+    path.write_text(controller_text(tmp_path, secret))
     environ = {"GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET}
     receiver_config = config_module.load_receiver(path, environ=environ)
     queue = Queue.for_state_dir(receiver_config.settings.state_dir, clock=clock)
@@ -133,7 +131,7 @@ def test_a_signed_redeploy_of_a_fleet_app_is_refused_on_the_controller(controlle
 def test_a_release_policy_for_an_app_not_in_the_fleet_is_refused(tmp_path):
     secret = tmp_path / "s"
     secret.write_text("x" * 20)
-    text = CONTROLLER.format(state=tmp_path, secret=secret).replace("[fleet.releases.web]", "[fleet.releases.api]")
+    text = controller_text(tmp_path, secret).replace("[fleet.releases.web]", "[fleet.releases.api]")
     with pytest.raises(ConfigError, match=r"key 'fleet.releases.api': names no app of \[fleet\] apps"):
         config_module.parse(tomllib.loads(text), path=tmp_path / "d.toml", environ={"GH_SECRET": "g" * 20,
                                                                                     "ALICE_SECRET": "a" * 20})

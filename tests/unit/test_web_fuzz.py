@@ -8,21 +8,20 @@ only counted, into at most `max_keys + 1` aggregated rows per interval.
 from __future__ import annotations
 
 import json
-import tomllib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deployer import config as config_module
 from deployer.journal import Journal
 from deployer import signatures
 from deployer.queue.jobs import Queue
 from deployer.receiver.web import create_app
+from support.configs import app_toml, make_config
+from support.receiver import ALICE_KEY, Clock
 
 GITHUB_SECRET = "gh-webhook-secret-fuzz-7b1c"
 ALICE_SECRET = "alice-operator-secret-fuzz-4e9a"
-NOW = 1_767_225_600
 
 ROUTES = ["/hooks/github", "/deploy", "/jobs/job-0123456789abcdef", "/audit", "/healthz", "/", "/hooks/github/x",
           "/jobs/../../etc/passwd", "/audit?since=999999999999d", "/audit?event=%F4%8F%BF%BF*", "/audit?after=1e20"]
@@ -44,41 +43,13 @@ bodies = st.one_of(st.binary(max_size=300),
                    .map(lambda value: json.dumps(value).encode()))
 
 
-class Clock:
-    now = float(NOW)
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
-    text = f"""
-[deployer]
-state_dir = "{root / 'state'}"
-
-[server]
-max_body_bytes = 4096
-github_secret_env = "GH_SECRET"
-audit_token_env = "AUDIT_TOKEN"
-
-[server.operators.alice]
-secret_env = "ALICE_SECRET"
-
-[apps.web]
-image = "registry.example:5000/web"
-repository = "Codertocat/Hello-World"
-
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-"""
-    config = config_module.parse(tomllib.loads(text), path=root / "deployer.toml",
-                                 environ={"GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET,
-                                          "AUDIT_TOKEN": "audit-token-fuzz-0d3e"})
+    web = app_toml("web", 8000, repository="Codertocat/Hello-World")
+    server = f'max_body_bytes = 4096\ngithub_secret_env = "GH_SECRET"\naudit_token_env = "AUDIT_TOKEN"\n{ALICE_KEY}'
+    config = make_config(root, web, server=server, environ={"GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET,
+                                                            "AUDIT_TOKEN": "audit-token-fuzz-0d3e"})
     events: list[dict] = []
     clock = Clock()
     queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import json
 
-import test_web
-from test_web import GITHUB_SECRET, Clock, deliver, published, signed_call
-
 from deployer.audit import AuditLog, Query, build_journal
 from deployer.receiver.rejections import Rejections
 from deployer.receiver.web import create_app
-
-settings, queue, clock = test_web.settings, test_web.queue, test_web.clock  # the receiver's fixtures
+from support.receiver import GITHUB_SECRET, Clock, deliver, published, signed_call
 
 
 def audited_app(settings, queue, clock):

@@ -8,12 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import test_web
-from test_web import deliver, published, signed_call
 
-# the receiver's fixtures: a config, a real queue in tmp, the journal's events, the app and its client
-settings, queue, events, clock, app, client = (test_web.settings, test_web.queue, test_web.events, test_web.clock,
-                                               test_web.app, test_web.client)
+from support.receiver import deliver, published, signed_call
 
 T1, T2, T3 = "2026-11-01T10:00:00Z", "2026-11-02T10:00:00Z", "2026-11-03T10:00:00Z"
 

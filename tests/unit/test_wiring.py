@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deployer.adapters.api_client import SignedClient
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.image_archive import PreloadedImage
 from deployer.adapters.iptables import Netfilter
@@ -9,9 +10,8 @@ from deployer.adapters.probes import Probes
 from deployer.adapters.processes import run_hook
 from deployer.adapters.routing import Routing
 from deployer.config import parse
-from deployer.wiring import build_engine
+from deployer.wiring import build_engine, build_fleet_client, build_job_tools
 from deployer.journal import Journal
-from deployer.worker.loop import real_tools
 
 
 def config(tmp_path):
@@ -36,5 +36,17 @@ def test_a_wrapped_docker_or_netfilter_replaces_the_real_one(tmp_path):
 
 
 def test_the_worker_runs_an_asset_release_through_the_preloaded_image(tmp_path):
-    engine = real_tools(config(tmp_path), Journal([])).engine("127.0.0.1:5000/web:v2")
+    engine = build_job_tools(config(tmp_path), Journal([])).engine("127.0.0.1:5000/web:v2")
     assert isinstance(engine.docker, PreloadedImage) and isinstance(engine.prober, Probes)
+
+
+def test_the_controller_gets_a_signed_client_of_each_host(tmp_path):
+    secret = tmp_path / "fleet.secret"
+    secret.write_text("fleet-secret-0123456789abcdef\n")
+    hosts = [{"name": f"h{i}", "url": f"http://h{i}:8000", "key_id": "fleet", "secret_file": str(secret),
+              "insecure_http": True} for i in (1, 2)]
+    controller = parse({"deployer": {"state_dir": str(tmp_path / "state")},
+                        "fleet": {"apps": ["web"], "hosts": hosts}}, path=tmp_path / "deployer.toml", environ={})
+    client = build_fleet_client(controller.fleet)
+    assert {name: (type(c), c.base_url, c.timeout) for name, c in client.clients.items()} == {
+        "h1": (SignedClient, "http://h1:8000", 5.0), "h2": (SignedClient, "http://h2:8000", 5.0)}

@@ -3,71 +3,18 @@
 The real engine and real child processes are exercised by tests/integration/test_server.py.
 """
 
-import tomllib
-from types import SimpleNamespace
-
 import pytest
 
-from deployer import config as config_module
 from deployer.errors import HealthCheckFailed, LockError
 from deployer.host.state import StateStore
 from deployer.journal import Journal
 from deployer.plan.records import AppState, Instance
 from deployer.queue.jobs import Queue
-from deployer.worker.loop import JobSteps, JobTools, Worker, WorkerLock, execute
+from deployer.worker.child import JobSteps
+from deployer.worker.loop import Worker, WorkerLock
+from deployer.worker.run import JobTools, execute
 from support.configs import ASSET_SITE, make_config
-
-
-class Clock:
-    now = 1_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
-class FakeEngine:
-    """Records deploys; emits steps through the journal the way the engine does."""
-
-    def __init__(self, journal, fail=None):
-        self.journal = journal
-        self.fail = fail
-        self.deploys = []
-        self.waits = []
-
-    def deploy(self, app_name, tag, *, actor, job=None, wait_on_transient=False, canary_split=None):
-        self.deploys.append((app_name, tag, actor, job))
-        self.waits.append(wait_on_transient)
-        self.canary_split = canary_split
-        with self.journal.step("pull", app=app_name, job=job, actor=actor) as step:
-            step.detail["image"] = f"registry.example/{app_name}:{tag}"
-        if self.fail:
-            raise self.fail
-        return SimpleNamespace(port_set="green", digest="sha256:abc")
-
-
-@pytest.fixture
-def config(tmp_path):
-    text = f"""
-[deployer]
-state_dir = "{tmp_path / 'state'}"
-[server]
-job_timeout = 100
-[apps.web]
-image = "registry.example:5000/web"
-[[apps.web.ports]]
-external = 8000
-container = 80
-blue = 8001
-green = 8002
-[apps.api]
-image = "registry.example:5000/api"
-[[apps.api.ports]]
-external = 9000
-container = 80
-blue = 9001
-green = 9002
-"""
-    return config_module.parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ={})
+from support.worker_fakes import Clock, FakeEngine, Process, claimed, make_worker, run_job
 
 
 @pytest.fixture
@@ -80,31 +27,10 @@ def queue(config, clock):
     return Queue.for_state_dir(config.settings.state_dir, clock=clock)
 
 
-@pytest.fixture
-def events():
-    return []
-
-
 def activate(config, app, tag):
     StateStore(config.settings.state_dir).save(AppState(app=app, active=Instance(
         port_set="blue", tag=tag, image="img", digest=None, container_id="c1", container_name="n", address="10.0.0.2",
         since="2026-01-01T00:00:00Z")))
-
-
-def run_job(config, queue, events, job_id, engine=None, clock=None):
-    journal = Journal([events.append, JobSteps(queue, job_id)])
-    engine = engine or FakeEngine(journal)
-    engine.journal = journal
-    job = queue.get(job_id)
-    status = execute(job, config=config, queue=queue, journal=journal, tools=JobTools(engine=lambda _: engine),
-                     now=clock or Clock())
-    return status, engine
-
-
-def claimed(queue, **kwargs):
-    defaults = dict(app="web", tag="v2", actor="github:octo (delivery d)", hook_id="1", delivery="d", source={})
-    queue.submit_release(**{**defaults, **kwargs})
-    return queue.claim().job
 
 
 # --- one job ----------------------------------------------------------------------------------------
@@ -176,30 +102,6 @@ def test_a_busy_app_puts_the_job_back_until_the_job_timeout(config, queue, event
 
 
 # --- the supervising worker -------------------------------------------------------------------------
-
-
-class Process:
-    def __init__(self, code=0):
-        self.code = code
-        self.pid = 4242
-        self.killed = False
-
-    def poll(self):
-        return self.code
-
-    def kill(self):
-        self.killed = True
-        self.code = -9
-
-
-def make_worker(config, queue, events, clock, launch, reconciled):
-    journal = Journal([events.append])
-
-    def reconcile(app):
-        reconciled.append(app)
-        return []
-
-    return Worker(config, queue, journal, launch=launch, reconcile=reconcile, clock=clock)
 
 
 def test_the_worker_runs_the_newest_job_per_app_and_supersedes_the_rest(config, queue, events, clock):

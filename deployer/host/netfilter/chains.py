@@ -4,41 +4,25 @@ It holds the netfilter lock around every read-render-restore (a render is only v
 flips an app's chain (add-only takeover, then a tidy rewrite whose commit proves the result, the old rules put
 back on failure; a deploy tidies after its timed flip), ensures the base chains and jumps, deletes conntrack
 flows after a commit and waits for old flows to end. The rendering is plan/'s; the commands are the backend's.
-The backend is a Protocol, so another one (host/netfilter/nftables.py, or a test's fake) can take iptables-restore's
-place without touching the engine; after a switch, the other one is `retired` until reconcile empties it.
+The backend is a Protocol (backend.py), so another one (host/netfilter/nftables.py, or a test's fake) can take
+iptables-restore's place without touching the engine; after a switch, the other one is `retired` until reconcile
+empties it.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from deployer.config import AppConfig, Settings
 from deployer.errors import RulesError
 from deployer.host.locks import AppLock, HostLock
+from deployer.host.netfilter.backend import BridgeNetwork, NetfilterBackend
 from deployer.journal import utc_now
 from deployer.plan import app_chain, rules
 from deployer.plan.records import AppState
 from deployer.plan.rules import SavedTable
-
-
-class NetfilterBackend(Protocol):
-    """What the chains need of netfilter: save a table, list one chain, restore a transaction, conntrack."""
-
-    def save_table(self, table: str) -> str: ...
-    def list_chain(self, chain: str) -> list[str] | None: ...
-    def restore(self, text: str) -> None: ...
-    def conntrack_delete(self, arguments: list[str]) -> int: ...
-    def conntrack_list(self, arguments: list[str]) -> list[str]: ...
-    def conntrack_timeout(self, name: str) -> int | None: ...
-    def enable_route_localnet(self, interface: str) -> None: ...
-
-
-class BridgeNetwork(Protocol):
-    """The Docker network whose bridge the loopback masquerade names."""
-
-    def ensure_network(self, name: str, bridge: str) -> None: ...
 
 
 Render = Callable[..., "str | None"]

@@ -1,7 +1,7 @@
 """The nftables backend: the deployer's nat rules in its own nftables table, one transaction a change, in process.
 
 It stands behind the same `NetfilterBackend` seam as iptables: the chains render iptables-restore text and read
-iptables-save lines as ever, and this backend translates both ways (deployer/plan/nft.py), so a flip, reconcile
+iptables-save lines as ever, and this backend translates both ways (deployer/plan/nft/), so a flip, reconcile
 and drift detection are the same code on either backend. The nat table is the only one it owns; filter and
 mangle (the forwarding's accept rules, the watchdog's and the cluster's chains), conntrack and the sysctls stay
 with the iptables adapter it is given.
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from deployer.errors import RulesError
-from deployer.host.netfilter.chains import NetfilterBackend
+from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.plan import nft
 
 

@@ -1,5 +1,7 @@
 """The OutsideClient helper: real traffic from a namespace, and clean teardown."""
 
+from __future__ import annotations
+
 import os
 import shutil
 import socket
@@ -9,13 +11,10 @@ import threading
 
 import pytest
 
+from support.integration import missing
 from support.netns import OutsideClient, cleanup_stale
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
-                       reason="needs root and iproute2"),
-]
+pytestmark = pytest.mark.integration
 
 PREFIX = "dpu-"
 
@@ -30,6 +29,8 @@ def _links() -> str:
 
 @pytest.fixture(autouse=True)
 def _no_leftovers():
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        missing("the namespace client needs root and iproute2")
     cleanup_stale(PREFIX)
     yield
     assert PREFIX not in _namespaces()

@@ -1,0 +1,94 @@
+"""The [server] table: the receiver's address, workers, limits, accounts, and the secrets it checks requests by."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from deployer.config.fields import ACCOUNT_RE, KEY_ID_RE, duration, integer, only_keys, typed
+from deployer.config.model import OperatorKey, ServerConfig
+from deployer.config.secrets import read_secret
+from deployer.errors import ConfigError
+
+MIN_OPERATOR_SECRET = 16
+
+
+def parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, str],
+                 secret_env_names: set[str]) -> ServerConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", path=path, key="server")
+    allowed = {"listen", "workers", "max_body_bytes", "github_secret", "github_secret_file", "github_secret_env",
+               "operators", "job_timeout", "github_api", "user", "group", "audit_token", "audit_token_file",
+               "audit_token_env"}
+    only_keys(data, allowed, path=path, where="server")
+    key = lambda k: f"server.{k}"  # noqa: E731
+    defaults = ServerConfig()
+
+    listen = typed(data, "listen", str, defaults.listen, path=path, key=key("listen"))
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        listen_port = int(port_text)
+    except ValueError:
+        listen_port = 0
+    if not sep or not 1 <= listen_port <= 65535:
+        raise ConfigError("must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:8000", path=path,
+                          key=key("listen"))
+
+    workers = integer(data.get("workers", defaults.workers), minimum=2, path=path, key=key("workers"),
+                      message="must be a whole number of at least 2, so one slow request never holds up the others")
+    max_body = integer(data.get("max_body_bytes", defaults.max_body_bytes), minimum=1024, path=path,
+                       key=key("max_body_bytes"), message="must be a whole number of bytes, at least 1024")
+
+    github_api = typed(data, "github_api", str, defaults.github_api, path=path, key=key("github_api"))
+    if not re.fullmatch(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$", github_api):
+        raise ConfigError("must be an http(s) URL such as https://api.github.com", path=path, key=key("github_api"))
+
+    accounts = {}
+    for name in ("user", "group"):
+        value = typed(data, name, str, None, path=path, key=key(name))
+        if value is not None and not ACCOUNT_RE.fullmatch(value):
+            raise ConfigError("must be a user or group name", path=path, key=key(name))
+        accounts[name] = value
+
+    github_secret = read_secret(data, "github_secret", path=path, base=base, environ=environ, where="server",
+                                secret_env_names=secret_env_names, required=False)
+    audit_token = read_secret(data, "audit_token", path=path, base=base, environ=environ, where="server",
+                              secret_env_names=secret_env_names, required=False)
+    if audit_token is not None and len(audit_token) < MIN_OPERATOR_SECRET:
+        raise ConfigError(f"the token is shorter than {MIN_OPERATOR_SECRET} characters; "
+                          "make one with: openssl rand -hex 32", path=path, key=key("audit_token"))
+
+    operators_data = data.get("operators", {})
+    if not isinstance(operators_data, dict):
+        raise ConfigError("must be a table of [server.operators.KEY_ID] tables", path=path, key=key("operators"))
+    operators = {}
+    for key_id, entry in operators_data.items():
+        where = f"server.operators.{key_id}"
+        if not KEY_ID_RE.fullmatch(key_id):
+            raise ConfigError("key ids are 1 to 64 letters, digits, '.', '_' or '-'", path=path, key=where)
+        if not isinstance(entry, dict):
+            raise ConfigError("must be a table", path=path, key=where)
+        only_keys(entry, {"secret", "secret_file", "secret_env"}, path=path, where=where)
+        secret = read_secret(entry, "secret", path=path, base=base, environ=environ, where=where,
+                             secret_env_names=secret_env_names)
+        if len(secret) < MIN_OPERATOR_SECRET:
+            raise ConfigError(f"the secret is shorter than {MIN_OPERATOR_SECRET} characters; "
+                              "make one with: openssl rand -hex 32", path=path, key=where)
+        operators[key_id] = OperatorKey(key_id=key_id, secret=secret)
+
+    return ServerConfig(
+        listen=listen,
+        workers=workers,
+        max_body_bytes=max_body,
+        github_secret=github_secret,
+        operators=operators,
+        audit_token=audit_token,
+        job_timeout=duration(data, "job_timeout", defaults.job_timeout, path=path, key=key("job_timeout")),
+        github_api=github_api.rstrip("/"),
+        user=accounts["user"],
+        group=accounts["group"],
+    )

@@ -1,0 +1,55 @@
+"""The [deployer] table: where the state and hooks live, the chains' prefix, the network, the backend."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from deployer.config.fields import BRIDGE_RE, CHAIN_PREFIX_RE, absolute_path, duration, only_keys, port_number, typed
+from deployer.config.model import Settings
+from deployer.errors import ConfigError
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+BACKENDS = ("iptables", "nftables")
+
+
+def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, str]) -> Settings:
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", path=path, key="deployer")
+    allowed = {"state_dir", "hooks_dir", "hook_timeout", "lock_wait", "chain_prefix", "network", "bridge",
+               "docker_host", "iptables_wait", "maintenance_port", "backend"}
+    only_keys(data, allowed, path=path, where="deployer")
+    key = lambda k: f"deployer.{k}"  # noqa: E731
+    prefix = typed(data, "chain_prefix", str, "DEPLOYER", path=path, key=key("chain_prefix"))
+    if not CHAIN_PREFIX_RE.fullmatch(prefix):
+        raise ConfigError("must be 1 to 8 uppercase letters or digits, starting with a letter",
+                          path=path, key=key("chain_prefix"))
+    if prefix in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD") or prefix.startswith("DOCKER"):
+        raise ConfigError("must not name a built-in chain or Docker's chains: the deployer owns every chain "
+                          "it names", path=path, key=key("chain_prefix"))
+    bridge = typed(data, "bridge", str, "deployer0", path=path, key=key("bridge"))
+    if not BRIDGE_RE.fullmatch(bridge):
+        raise ConfigError("must be a Linux interface name of at most 15 characters", path=path, key=key("bridge"))
+    network = typed(data, "network", str, "deployer", path=path, key=key("network"))
+    if not re.fullmatch(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", network):
+        raise ConfigError("must be a Docker network name", path=path, key=key("network"))
+    backend = typed(data, "backend", str, "iptables", path=path, key=key("backend"))
+    if backend not in BACKENDS:
+        raise ConfigError(f'must be "iptables" or "nftables", not {backend!r}', path=path, key=key("backend"))
+    return Settings(
+        state_dir=absolute_path(data.get("state_dir", "state"), base, path=path, key=key("state_dir")),
+        hooks_dir=absolute_path(data.get("hooks_dir", "hooks"), base, path=path, key=key("hooks_dir")),
+        hook_timeout=duration(data, "hook_timeout", 60.0, path=path, key=key("hook_timeout")),
+        lock_wait=duration(data, "lock_wait", 0.0, path=path, key=key("lock_wait"), zero=True),
+        chain_prefix=prefix,
+        network=network,
+        bridge=bridge,
+        docker_host=(typed(data, "docker_host", str, None, path=path, key=key("docker_host"))
+                     or environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST),
+        iptables_wait=int(duration(data, "iptables_wait", 10, path=path, key=key("iptables_wait"))),
+        maintenance_port=port_number(data.get("maintenance_port", Settings.maintenance_port), path=path,
+                                     key=key("maintenance_port")),
+        backend=backend,
+    )
+
