@@ -9,6 +9,7 @@ import pytest
 
 from deployer import config
 from deployer.cli.main import main
+from deployer.config.fleet import is_loopback_url
 from deployer.errors import ConfigError
 
 
@@ -105,3 +106,13 @@ def test_a_redeploy_over_plain_http_to_another_host_is_refused_without_the_flag(
 def test_a_redeploy_ca_file_that_names_no_file_is_refused(secret, capsys):
     assert main(redeploy(secret, "--url", "https://deploy.example:8443", "--ca-file", "/nonexistent/ca.pem")) == 2
     assert "key '--ca-file': names no file: /nonexistent/ca.pem" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("url", "loopback"), [
+    ("http://127.0.0.1:8000", True), ("http://127.255.0.9", True), ("http://localhost:8000/deploy", True),
+    ("http://LOCALHOST", True), ("http://[::1]:8000", True), ("http://10.0.0.1:8000", False),
+    ("http://[::ffff:10.0.0.1]:8000", False), ("http://localhost.example:8000", False),
+    ("http://128.0.0.1", False), ("http://user@127.0.0.1", False), ("127.0.0.1:8000", False),
+])
+def test_which_urls_name_this_host_itself(url, loopback):
+    assert is_loopback_url(url) is loopback
