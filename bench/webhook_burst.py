@@ -35,7 +35,7 @@ from deployer import config as config_module  # noqa: E402
 from deployer.wiring import spawn_process  # noqa: E402
 from deployer import signatures  # noqa: E402
 from deployer.worker.supervisor import start_gunicorn  # noqa: E402
-from deployer.queue.jobs import Queue  # noqa: E402
+from deployer.queue.queue import Queue  # noqa: E402
 
 PAYLOAD = REPO / "tests" / "fixtures" / "github" / "release-published.payload.json"
 TARGET_P99_MS = 100.0
@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         accepted = [(item, r) for item, r in zip(items, results) if r["status"] == 202]
         missing = []
         for item, result in accepted:
-            job = queue.get(result["answer"].get("job", ""))
-            recorded = queue.delivery("109948940", item["delivery"])
+            job = queue.jobs.get(result["answer"].get("job", ""))
+            recorded = queue.deliveries.delivery("109948940", item["delivery"])
             if job is None or job.tag != item["tag"] or not recorded or recorded["job_id"] != job.id:
                 missing.append(item["delivery"])
         latencies = [r["ms"] for r in results if r["status"] is not None]
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             "other_status": sorted({str(r["status"]) for r in results if r["status"] != 202}),
             "errors": [r["error"] for r in results if "error" in r][:5],
             "accepted_without_job": len(missing),
-            "jobs_in_queue": len(queue.jobs()),
+            "jobs_in_queue": len(queue.jobs.jobs()),
             "p50_ms": round(percentile(latencies, 0.50), 2) if latencies else None,
             "p99_ms": round(percentile(latencies, 0.99), 2) if latencies else None,
             "max_ms": round(max(latencies), 2) if latencies else None,

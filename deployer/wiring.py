@@ -38,8 +38,9 @@ from deployer.host.engine import DockerPort, Engine
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.journal import Journal
 from deployer.plan import app_chain, nft
-from deployer.queue import jobs
-from deployer.queue.jobs import Job, Queue
+from deployer.queue import database
+from deployer.queue.model import Job
+from deployer.queue.queue import Queue
 from deployer.worker import assets
 from deployer.worker.child import process_launcher
 from deployer.worker.loop import Worker, host_checks
@@ -120,10 +121,10 @@ def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
     state_dir = config.settings.state_dir
     group = config.server.group if os.geteuid() == 0 else None
     try:
-        jobs.prepare_folder(state_dir, group)
+        database.prepare_folder(state_dir, group)
         audit.prepare_folder(state_dir, group)  # the receiver records deliveries there
         queue = Queue.for_state_dir(state_dir)
-        queue.worker_status()  # creates the tables now, as the privileged user
+        queue.heartbeat.worker_status()  # creates the tables now, as the privileged user
     except UnsafePath as exc:
         journal = journal or build_journal(config)
         journal.record("security.refused", outcome="failed", actor=WORKER_ACTOR, reason=str(exc), **exc.context)

@@ -43,6 +43,7 @@ from deployer.errors import (
     UnsupportedMediaType,
 )
 from deployer.plan.printable import printable
+from deployer.queue.model import FINISHED
 
 # sign(method, host, path, body) -> the headers that authenticate the request
 Signer = Callable[[str, str, str, bytes], Mapping[str, str]]
@@ -52,7 +53,6 @@ READ_CHUNK = 64 * 1024
 SHOWN_ERROR_CHARS = 200
 REJECTIONS = {400: MalformedRequest, 401: Unauthorized, 404: UnknownApp, 413: PayloadTooLarge,
               415: UnsupportedMediaType, 422: InvalidRequest, 429: DeployerError}
-FINISHED = frozenset({"succeeded", "skipped", "failed", "superseded"})
 DEADLINES = Deadlines()  # one watcher thread shuts down the late sockets of every client in this process
 
 

@@ -21,7 +21,9 @@ from deployer.errors import ConfigError, DeployerError, InvalidTag
 from deployer.plan import rollout as plan
 from deployer.plan.printable import printable
 from deployer.plan.tags import DOCKER_TAG_RE
-from deployer.queue.jobs import ROLLOUT, Job, Queue
+from deployer.queue.accept import accept
+from deployer.queue.model import Job, JobKind, JobStatus
+from deployer.queue.queue import Queue
 
 POLL_SECONDS = 0.5
 WORKER_STALE_SECONDS = 15.0  # as /healthz judges the worker's heartbeat
@@ -95,18 +97,14 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     journal = build_journal(config)
     actor = config_module.local_actor()
     source = {**options.as_dict(), **({"reason": args.reason} if args.reason else {})}
-    job = queue.submit_manual(app=args.app, tag=args.tag, actor=actor, kind=ROLLOUT, source=source, hold=True)
-    try:  # as the receiver does: no job a worker could run without its `job.queued` record
-        journal.record_or_raise("job.queued", job=job.id, app=args.app, tag=args.tag, actor=actor, kind=ROLLOUT,
-                                rollout=job.id, **source)
-        queue.confirm(job)
-    except DeployerError:
-        queue.withdraw(job)
-        raise
+    job = queue.jobs.submit_manual(app=args.app, tag=args.tag, actor=actor, kind=JobKind.ROLLOUT, source=source,
+                                   hold=True)
+    accept(queue.jobs, journal, job, job=job.id, app=args.app, tag=args.tag, actor=actor, kind=JobKind.ROLLOUT,
+           rollout=job.id, **source)
     print(f"{args.app}: queued rollout {job.id} of {args.tag} over {', '.join(fleet.host_names)}", flush=True)
     if fleet.insecure_hosts:
         print(f"deployer: warning: {insecure_warning(fleet.insecure_hosts)}", file=sys.stderr, flush=True)
-    worker = queue.worker_status()
+    worker = queue.heartbeat.worker_status()
     if worker is None or time.time() - worker["heartbeat_at"] > WORKER_STALE_SECONDS:
         print("deployer: no worker runs on this controller's state folder: the rollout waits for `deployer worker` "
               "(or `deployer serve`)", file=sys.stderr, flush=True)
@@ -120,17 +118,17 @@ def follow(queue: Queue, job: Job, *, timeout: float, sleep: Callable[[float], N
     deadline, shown = time.monotonic() + timeout, 0
     current: Job | None = job
     while True:
-        steps = queue.steps(job.id)
+        steps = queue.jobs.steps(job.id)
         for step in steps[shown:]:
             line = describe(step)
             if line:
                 print("  " + printable(line), flush=True)
         shown = len(steps)
-        current = queue.get(job.id)
+        current = queue.jobs.get(job.id)
         if current is None or current.done or time.monotonic() > deadline:
             break
         sleep(POLL_SECONDS)
-    if current is not None and current.status == "succeeded":
+    if current is not None and current.status == JobStatus.SUCCEEDED:
         print(f"{job.app}: {printable(current.reason)}")
         return 0
     if current is not None and current.done:

@@ -18,6 +18,10 @@ from deployer.cli import forward as forward_cli
 from deployer.cli import ops as ops_cli
 from deployer.cli import server as server_cli
 from deployer.errors import DeployerError, DockerUnavailable, StateError
+from deployer.folders import space_problem
+from deployer.queue.database import queue_path
+from deployer.queue.queue import Queue
+from deployer.worker.faults import fault_lines
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -136,16 +140,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def host_faults(config: config_module.Config) -> list[str]:
     """The worker's faults and what waits on them, and a full disk even when the worker cannot say so."""
-    from deployer.folders import space_problem
-    from deployer.worker.faults import fault_lines
-    from deployer.queue.jobs import Queue, queue_path
-
     lines = []
     problem = space_problem(config.settings.state_dir)
     if queue_path(config.settings.state_dir).exists():
         try:
             queue = Queue.for_state_dir(config.settings.state_dir)
-            lines = fault_lines(queue.worker_status(), queue.waiting(), time.time())
+            lines = fault_lines(queue.heartbeat.worker_status(), queue.jobs.waiting(), time.time())
         except StateError as exc:
             lines = [f"fault queue: {exc}"]
     if problem is not None and not any(line.startswith("fault disk:") for line in lines):

@@ -12,6 +12,7 @@ from deployer.config.fleet import check_server_url, is_loopback_url
 from deployer.errors import ConfigError, RequestRejected
 from deployer.fleet.client import job_id_of, operator_signer
 from deployer.plan.printable import printable
+from deployer.queue.model import JobStatus
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -123,10 +124,10 @@ def follow(updates: Iterable[dict[str, Any]], job_id: str, *, timeout: float) ->
             print("  " + printable(describe_step(step)), flush=True)
         shown = len(job.get("steps", []))
     status = job["status"]
-    if status in ("succeeded", "skipped"):
+    if status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED):
         print(printable(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": ")))
         return 0
-    if status in ("failed", "superseded"):
+    if status in (JobStatus.FAILED, JobStatus.SUPERSEDED):
         print(printable(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": ")), file=sys.stderr)
         return 1
     print(printable(f"{job['app']}: still {status} after {timeout:g} s; follow it with GET /jobs/{job_id}"),

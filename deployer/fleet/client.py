@@ -23,7 +23,7 @@ from deployer import signatures
 from deployer.errors import UnexpectedAnswer
 from deployer.plan.printable import printable
 from deployer.plan.tags import DOCKER_TAG_RE
-from deployer.queue.jobs import JOB_ID_RE
+from deployer.queue.model import JOB_ID_RE
 
 REQUEST_TIMEOUT = 5.0  # one request, its whole answer included; a host's whole deploy has [fleet] host_timeout
 MAX_TEXT_CHARS = 500  # a status, a reason or an error a host answers: kept to this

@@ -27,9 +27,8 @@ from deployer.errors import DeployerError, RequestRejected, RolloutFailed
 from deployer.journal import Journal
 from deployer.plan import rollout as plan
 from deployer.plan.printable import printable
-from deployer.queue.jobs import Job, RolloutHost
+from deployer.queue.model import FINISHED, Job, JobStatus, RolloutHost
 
-FINISHED = frozenset({"succeeded", "skipped", "failed", "superseded"})
 POLL_SECONDS = 1.0
 
 
@@ -67,7 +66,7 @@ def options_of(source: Mapping[str, Any], fleet: FleetConfig) -> plan.Options:
 class Rollout:
     job: Job  # the controller's job: its id is the rollout's id
     fleet: FleetConfig
-    queue: Progress
+    progress: Progress  # the queue's rollout store
     journal: Journal
     hosts: Hosts
     clock: Callable[[], float] = time.time  # the queue's clock: `since` is recorded with it
@@ -88,30 +87,30 @@ class Rollout:
         options = options_of(self.job.source, self.fleet)
         if self.fleet.insecure_hosts:
             self._record("rollout.insecure", hosts=list(self.fleet.insecure_hosts))
-        rows = self.queue.rollout_hosts(self.id)
+        rows = self.progress.rollout_hosts(self.id)
         if rows:
             self._record("rollout.resumed", states={r.host: r.state for r in rows})
         else:
             current = self._preflight()
             steps = plan.plan(self.fleet.host_names, current, self.tag, options)
-            rows = self.queue.plan_rollout(self.id, [RolloutHost(s.host, s.batch, s.previous, s.state)
-                                                     for s in steps])
+            rows = self.progress.plan_rollout(self.id, [RolloutHost(s.host, s.batch, s.previous, s.state)
+                                                        for s in steps])
             self._record("rollout.planned", batches=_batches(rows), skipped=[r.host for r in rows
                                                                              if r.state == plan.SKIPPED])
         if any(r.state in (plan.FAILED, plan.REVERTING, plan.REVERTED, plan.REVERT_FAILED) for r in rows):
             return self._stop(options)  # it had failed before the controller stopped: finish the stop
         numbers = sorted({r.batch for r in rows if r.batch >= 0})
         for n in numbers:
-            batch = [r for r in self.queue.rollout_hosts(self.id) if r.batch == n]
+            batch = [r for r in self.progress.rollout_hosts(self.id) if r.batch == n]
             if all(r.state == plan.DONE for r in batch):
                 continue
             self._deploy(batch)
-            if any(r.state == plan.FAILED for r in self.queue.rollout_hosts(self.id) if r.batch == n):
+            if any(r.state == plan.FAILED for r in self.progress.rollout_hosts(self.id) if r.batch == n):
                 return self._stop(options)
             if options.bake and n != numbers[-1]:
                 self._record("rollout.bake", seconds=options.bake, batch=n)
                 self.sleep(options.bake)
-        done = [r.host for r in self.queue.rollout_hosts(self.id) if r.state == plan.DONE]
+        done = [r.host for r in self.progress.rollout_hosts(self.id) if r.state == plan.DONE]
         return f"{self.tag} is live on every host ({len(done)} deployed, {len(rows) - len(done)} already on it)"
 
     # --- before anything changes -------------------------------------------------------------------
@@ -137,13 +136,13 @@ class Rollout:
             if row.state in (plan.PENDING, plan.POSTING):
                 self._start(row, self.tag, plan.DEPLOYING)
         while True:
-            waiting = [r for r in self.queue.rollout_hosts(self.id)
+            waiting = [r for r in self.progress.rollout_hosts(self.id)
                        if r.batch == batch[0].batch and r.state == plan.DEPLOYING]
             if not waiting:
                 return
             for row in waiting:
                 self._check(row, self.tag, done=plan.DONE, failed=plan.FAILED)
-            if any(r.state == plan.DEPLOYING for r in self.queue.rollout_hosts(self.id)):
+            if any(r.state == plan.DEPLOYING for r in self.progress.rollout_hosts(self.id)):
                 self.sleep(self.poll)
 
     def _start(self, row: RolloutHost, tag: str, following: str) -> None:
@@ -206,7 +205,7 @@ class Rollout:
             self._set(row.host, failed, host_job=row.host_job, tag=tag, reason=unexpected(exc))
 
     def _ended(self, row: RolloutHost, job: Mapping[str, Any], tag: str, *, done: str, failed: str) -> None:
-        if job.get("status") not in ("succeeded", "skipped"):
+        if job.get("status") not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED):
             self._set(row.host, failed, host_job=row.host_job, tag=tag,
                       reason=f"its deploy job {row.host_job} {job.get('status')}: {job.get('reason') or '?'}")
             return
@@ -224,7 +223,7 @@ class Rollout:
 
     def _stop(self, options: plan.Options) -> str:
         """The hosts done go back (unless revert is off), the rest stay; then the rollout fails, naming why."""
-        rows = self.queue.rollout_hosts(self.id)
+        rows = self.progress.rollout_hosts(self.id)
         failed = [r for r in rows if r.state == plan.FAILED]
         if options.revert:
             current = {}
@@ -238,13 +237,13 @@ class Rollout:
             for row in rows:
                 if row.host in back and not (row.state == plan.REVERTING and row.host_job):
                     self._start(row, str(row.previous), plan.REVERTING)
-            while any(r.state == plan.REVERTING for r in self.queue.rollout_hosts(self.id)):
-                for row in self.queue.rollout_hosts(self.id):
+            while any(r.state == plan.REVERTING for r in self.progress.rollout_hosts(self.id)):
+                for row in self.progress.rollout_hosts(self.id):
                     if row.state == plan.REVERTING:
                         self._check(row, str(row.previous), done=plan.REVERTED, failed=plan.REVERT_FAILED)
-                if any(r.state == plan.REVERTING for r in self.queue.rollout_hosts(self.id)):
+                if any(r.state == plan.REVERTING for r in self.progress.rollout_hosts(self.id)):
                     self.sleep(self.poll)
-        rows = self.queue.rollout_hosts(self.id)
+        rows = self.progress.rollout_hosts(self.id)
         failed = [r for r in rows if r.failure]
         raise RolloutFailed(self._failure(rows, options), app=self.job.app, tag=self.tag,
                             host=failed[0].host if failed else None)
@@ -272,8 +271,8 @@ class Rollout:
     # --- the record --------------------------------------------------------------------------------
 
     def _set(self, host: str, state: str, *, tag: str, host_job: str | None = None, reason: str | None = None) -> None:
-        self.queue.set_rollout_host(self.id, host, state, host_job=host_job, reason=reason,
-                                    failure=reason if state == plan.FAILED else None)
+        self.progress.set_rollout_host(self.id, host, state, host_job=host_job, reason=reason,
+                                       failure=reason if state == plan.FAILED else None)
         outcome = {plan.DONE: "ok", plan.REVERTED: "ok", plan.FAILED: "failed", plan.REVERT_FAILED: "failed"}
         self._record("rollout.host", host=host, state=state, tag=tag, host_job=host_job, reason=reason,
                      outcome=outcome.get(state))

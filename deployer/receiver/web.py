@@ -42,7 +42,9 @@ from deployer.folders import space_problem
 from deployer.journal import Journal
 from deployer.receiver import releases
 from deployer import signatures
-from deployer.queue.jobs import CANARY_KINDS, ROLLOUT, Job, Queue
+from deployer.queue.accept import accept
+from deployer.queue.model import CANARY_KINDS, JOB_ID_RE, JobKind, JobStatus
+from deployer.queue.queue import Queue
 from deployer.receiver.rejections import Rejections
 
 log = logging.getLogger("deployer.web")
@@ -64,7 +66,6 @@ STATUS: list[tuple[type[DeployerError], int]] = [
 DELIVERY_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 EVENT_RE = re.compile(r"^[a-z_]{1,64}$")
 HOOK_ID_RE = re.compile(r"^[0-9]{1,20}$")
-JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
 WORKER_STALE_SECONDS = 15.0
 MAX_REASON = 500
 RETRY_AFTER_SECONDS = 10  # a 503: the queue or the audit log cannot be written (most often a full disk)
@@ -327,7 +328,7 @@ def github_hook():
     if decision.verdict == "pong":
         return jsonify(status="pong", reason=decision.reason), 200
     if decision.verdict == "ignore":
-        outcome = receiver.queue.record_ignored(hook_id=hook_id, delivery=delivery, reason=decision.reason)
+        outcome = receiver.queue.deliveries.record_ignored(hook_id=hook_id, delivery=delivery, reason=decision.reason)
         record["reason"] = outcome.reason
         return jsonify(status="ignored", reason=outcome.reason), 200
 
@@ -338,14 +339,15 @@ def github_hook():
         source["asset"] = {"id": decision.asset.asset_id, "name": decision.asset.name, "size": decision.asset.size,
                            "checksum_id": decision.asset.checksum_id}
     # A controller's fleet app is not deployed here: its release is rolled out across the fleet (fleet.md).
-    kind = ROLLOUT if getattr(receiver.config.app(decision.app), "fleet", False) else "release"
-    outcome = receiver.queue.submit_release(app=decision.app, tag=decision.tag, actor=actor, hook_id=hook_id,
-                                            delivery=delivery, source=source, published_at=decision.published_at,
-                                            hold=True, kind=kind)
+    kind = JobKind.ROLLOUT if getattr(receiver.config.app(decision.app), "fleet", False) else JobKind.RELEASE
+    outcome = receiver.queue.jobs.submit_release(app=decision.app, tag=decision.tag, actor=actor, hook_id=hook_id,
+                                                 delivery=delivery, source=source, published_at=decision.published_at,
+                                                 hold=True, kind=kind)
     record.update(job=outcome.job.id if outcome.job else None, verdict=outcome.verdict, reason=outcome.reason)
     if outcome.created:
-        accept(receiver, outcome.job, job=outcome.job.id, app=decision.app, tag=decision.tag, actor=actor,
-               kind=kind, delivery=delivery, **({"rollout": outcome.job.id} if kind == ROLLOUT else {}))
+        accept(receiver.queue.jobs, receiver.journal, outcome.job, job=outcome.job.id, app=decision.app,
+               tag=decision.tag, actor=actor, kind=kind, delivery=delivery,
+               **({"rollout": outcome.job.id} if kind == JobKind.ROLLOUT else {}))
         return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
     return jsonify(status=outcome.verdict, reason=outcome.reason, job=outcome.job.id if outcome.job else None,
                    job_status=outcome.job.status if outcome.job else None), 200
@@ -368,7 +370,7 @@ def _safe_header(name: str, pattern: re.Pattern[str]) -> str | None:
 
 
 def _job_accepted(job_id: str, app: str, tag: str | None, reason: str):
-    response = jsonify(status="queued", job=job_id, app=app, tag=tag, reason=reason, url=f"/jobs/{job_id}")
+    response = jsonify(status=JobStatus.QUEUED, job=job_id, app=app, tag=tag, reason=reason, url=f"/jobs/{job_id}")
     response.status_code = 202
     response.headers["Location"] = f"/jobs/{job_id}"
     return response
@@ -389,7 +391,7 @@ def authenticate(body: bytes, record: dict[str, Any]) -> str:
     path = signatures.request_target(request.script_root + request.path, request.query_string)
     signatures.verify_manual(receiver.operator_secrets, signed, method=request.method, host=request.host,
                              path=path, body=body, now=now)
-    receiver.queue.use_nonce(signed.key_id, signed.nonce, signatures.nonce_expiry(signed.timestamp, now))
+    receiver.queue.deliveries.use_nonce(signed.key_id, signed.nonce, signatures.nonce_expiry(signed.timestamp, now))
     _authenticated()
     return signed.key_id
 
@@ -409,42 +411,14 @@ def deploy():
     wanted = manual_request(parse_json_object(body), receiver.config)
     record.update(app=wanted["app"], tag=wanted["tag"], reason=wanted["reason"])
     actor = f"key:{key_id}"
-    kind = wanted["action"] or "redeploy"
+    kind = wanted["action"] or JobKind.REDEPLOY
     rollout = {"rollout": wanted["rollout"]} if wanted["rollout"] else {}
-    job = receiver.queue.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor, kind=kind,
-                                       source={"key_id": key_id, "reason": wanted["reason"], **rollout}, hold=True)
+    job = receiver.queue.jobs.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor, kind=kind,
+                                            source={"key_id": key_id, "reason": wanted["reason"], **rollout}, hold=True)
     record.update(job=job.id, verdict="queued", **rollout)
-    accept(receiver, job, job=job.id, app=job.app, tag=job.tag, actor=actor, kind=kind, reason=wanted["reason"],
-           **rollout)
+    accept(receiver.queue.jobs, receiver.journal, job, job=job.id, app=job.app, tag=job.tag, actor=actor, kind=kind,
+           reason=wanted["reason"], **rollout)
     return _job_accepted(job.id, job.app, job.tag, "queued")
-
-
-def accept(receiver: Receiver, held: Job, **fields: Any) -> None:
-    """Make a held job claimable once its `job.queued` record is in the audit log; else withdraw it and raise.
-
-    The queue and the audit log are two SQLite files, so no one transaction holds both: the job is written
-    first as `accepting` (no worker claims it), then the record, then the job is released. A 202 follows
-    only when all three got through; any failure is a 503 and leaves no job that could run unrecorded.
-    """
-    try:
-        receiver.journal.record_or_raise("job.queued", **fields)
-    except AuditError:
-        _withdraw(receiver, held)
-        raise
-    try:
-        receiver.queue.confirm(held)
-    except StateError as exc:
-        _withdraw(receiver, held)
-        receiver.journal.record("job.withdrawn", job=held.id, app=held.app, actor=held.actor, outcome="failed",
-                                reason=f"the job could not be released to the worker: {exc}")
-        raise
-
-
-def _withdraw(receiver: Receiver, job: Job) -> None:
-    try:
-        receiver.queue.withdraw(job)
-    except StateError as exc:  # it stays `accepting`: never claimed, never run
-        log.error("job %s could not be withdrawn; it stays accepting and will not run: %s", job.id, exc)
 
 
 def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
@@ -490,11 +464,11 @@ def job_status(job_id: str):
     body = read_body(receiver.config.server.max_body_bytes)
     record["body_sha256"] = signatures.body_sha256(body)
     authenticate(body, record)
-    job = receiver.queue.get(job_id) if JOB_ID_RE.match(job_id) else None
+    job = receiver.queue.jobs.get(job_id) if JOB_ID_RE.match(job_id) else None
     if job is None:
         raise UnknownJob("no job has that id")
     record.update(job=job.id, app=job.app, verdict="answered")
-    return jsonify(**job.as_dict(), steps=receiver.queue.steps(job.id)), 200
+    return jsonify(**job.as_dict(), steps=receiver.queue.jobs.steps(job.id)), 200
 
 
 @manual.route("/apps/<app_name>", methods=["GET"])
@@ -507,7 +481,7 @@ def app_status(app_name: str):
     record["body_sha256"] = signatures.body_sha256(body)
     authenticate(body, record)
     app = receiver.config.app(app_name)
-    live = receiver.queue.live(app.name)
+    live = receiver.queue.live.live(app.name)
     record.update(app=app.name, verdict="answered")
     return jsonify(**live, health=health_report(receiver)), 200
 
@@ -588,7 +562,7 @@ def healthz():
 def health_report(receiver: Receiver) -> dict[str, str]:
     """Each part and "ok" or what is wrong with it, for an operator's eyes only."""
     try:
-        worker = receiver.queue.worker_status()
+        worker = receiver.queue.heartbeat.worker_status()
         queue_state = "ok"
     except StateError as exc:
         worker, queue_state = None, str(exc)

@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 from deployer.config import Config
 from deployer.errors import AssetError, DeployerError
-from deployer.queue.jobs import Job
+from deployer.queue.model import Job
 
 MAX_REDIRECTS = 5
 CHECKSUM_MAX_BYTES = 4096

@@ -19,7 +19,8 @@ from typing import Callable, Protocol
 from deployer.config import Config
 from deployer.errors import StateError
 from deployer.journal import Event, Journal, Sink
-from deployer.queue.jobs import Job, Queue
+from deployer.queue.model import Job, JobStatus
+from deployer.queue.queue import Queue
 from deployer.worker.run import JobTools, execute
 
 log = logging.getLogger("deployer.worker")
@@ -72,7 +73,7 @@ class JobSteps:
         outcome = "running" if event["event"] == "step.begin" else event.get("outcome")
         detail = {k: v for k, v in event.items() if k not in self.SKIP}
         with contextlib.suppress(StateError):  # a lost progress line must not fail the deploy
-            self.queue.add_step(self.job_id, name, outcome, detail)
+            self.queue.jobs.add_step(self.job_id, name, outcome, detail)
 
 
 def leave_stopping_to_the_worker() -> None:
@@ -88,8 +89,8 @@ def run_claimed(config: Config, job_id: str, attempt: int, *,
                 build_tools: Callable[[Config, Journal], JobTools]) -> int:
     """Run the job if it is still this process's to run (running, on this attempt), and record its outcome."""
     queue = Queue.for_state_dir(config.settings.state_dir)
-    job = queue.get(job_id)
-    if job is None or job.status != "running" or job.attempts != attempt:
+    job = queue.jobs.get(job_id)
+    if job is None or job.status != JobStatus.RUNNING or job.attempts != attempt:
         log.warning("job %s is no longer this process's to run", job_id)
         return 0
     journal = build_journal(config, [JobSteps(queue, job.id)])

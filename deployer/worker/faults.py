@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from deployer.queue.jobs import Job
+from deployer.queue.model import Job
 
 STALE_SECONDS = 15.0
 

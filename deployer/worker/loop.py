@@ -26,7 +26,9 @@ from deployer.config import Config
 from deployer.errors import DeployerError, LockError, StateError
 from deployer.folders import open_entry
 from deployer.journal import Journal
-from deployer.queue.jobs import ROLLOUT, Job, Queue, row_problem
+from deployer.queue.model import Job, JobKind, JobStatus
+from deployer.queue.queue import Queue
+from deployer.queue.rows import row_problem
 from deployer.worker.child import Running
 from deployer.worker.run import WORKER_ACTOR, fleet_apps, publish_active, refuse_row
 
@@ -132,10 +134,10 @@ class Worker:
         self.journal.record("worker.started", actor=WORKER_ACTOR, pid=os.getpid())
 
     def _recover_and_publish(self) -> None:
-        for job in self.queue.recover(max_attempts=MAX_ATTEMPTS):
-            self.journal.record("job.requeued" if job.status == "queued" else "job.failed", job=job.id, app=job.app,
-                                actor=WORKER_ACTOR, reason=job.reason, **({"outcome": "failed"}
-                                                                         if job.status == "failed" else {}))
+        for job in self.queue.jobs.recover(max_attempts=MAX_ATTEMPTS):
+            self.journal.record("job.requeued" if job.status == JobStatus.QUEUED else "job.failed", job=job.id,
+                                app=job.app, actor=WORKER_ACTOR, reason=job.reason, **({"outcome": "failed"}
+                                                                         if job.status == JobStatus.FAILED else {}))
         try:
             self.reconcile(None)
         except DeployerError as exc:
@@ -143,13 +145,13 @@ class Worker:
         for app in self.config.apps:
             with contextlib.suppress(DeployerError):
                 publish_active(self.queue, self.config, app)
-        self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at)
+        self.queue.heartbeat.heartbeat(pid=os.getpid(), started_at=self.started_at)
 
     def poll(self) -> bool:
         """Reap ended children, time out slow ones, claim new jobs. True when something happened."""
         busy = self._reap()
         while not self.stopping.is_set():
-            claim = self.queue.claim()
+            claim = self.queue.jobs.claim()
             if claim is None:
                 break
             busy = True
@@ -164,7 +166,7 @@ class Worker:
                 process = self.launch(claim.job)
             except OSError as exc:
                 reason = f"cannot start the deploy process: {exc.strerror or exc}"
-                self.queue.finish(claim.job, "failed", reason)
+                self.queue.jobs.finish(claim.job, JobStatus.FAILED, reason)
                 self.journal.record("job.failed", outcome="failed", job=claim.job.id, app=claim.job.app,
                                     actor=claim.job.actor, reason=reason)
                 continue
@@ -176,7 +178,7 @@ class Worker:
         for job_id, child in list(self.children.items()):
             code = child.process.poll()
             # A rollout bounds itself: each host's step has its own deadline ([fleet] host_timeout).
-            timed_out = (code is None and child.job.kind != ROLLOUT
+            timed_out = (code is None and child.job.kind != JobKind.ROLLOUT
                          and self.clock() - child.started > self.config.server.job_timeout)
             if code is None and not timed_out:
                 continue
@@ -233,19 +235,19 @@ class Worker:
         self.journal.record("worker.fault", outcome="ok", actor=WORKER_ACTOR, fault=part,
                             lasted_s=round(self.clock() - fault["since"], 1))
         with contextlib.suppress(StateError):
-            self.queue.wake(part)
+            self.queue.jobs.wake(part)
         return True
 
     def _settle(self, child: Child, code: int | None, timed_out: bool) -> None:
         """A child that ended without recording an outcome: fail the job, then repair the app."""
-        job = self.queue.get(child.job.id)
-        if job is None or job.status != "running" or job.attempts != child.job.attempts:
+        job = self.queue.jobs.get(child.job.id)
+        if job is None or job.status != JobStatus.RUNNING or job.attempts != child.job.attempts:
             return
         reason = (f"timed out after {self.config.server.job_timeout:g} s; the deploy was stopped" if timed_out
                   else f"the deploy process ended (exit status {code}) before it recorded an outcome")
-        self.queue.finish(child.job, "failed", reason)
+        self.queue.jobs.finish(child.job, JobStatus.FAILED, reason)
         self.journal.record("job.failed", outcome="failed", job=job.id, app=job.app, actor=job.actor, reason=reason)
-        if job.kind == ROLLOUT:
+        if job.kind == JobKind.ROLLOUT:
             return  # nothing of it runs here to repair: each host's own worker repairs its own deploy
         try:
             self.reconcile(job.app)
@@ -258,7 +260,7 @@ class Worker:
         """Probe Docker, netfilter, the registries and the disk; note what is wrong, wake what waited on what came
         back; beat."""
         if self.checks is None:
-            self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at)
+            self.queue.heartbeat.heartbeat(pid=os.getpid(), started_at=self.started_at)
             return
         docker_state, netfilter_state = self.checks()
         parts = {"docker": docker_state, "netfilter": netfilter_state}
@@ -275,7 +277,7 @@ class Worker:
                 self.note_fault(part, state)
         with self._faults_lock:
             faults = {part: dict(fault) for part, fault in self.faults.items()}
-        self.queue.heartbeat(pid=os.getpid(), started_at=self.started_at, docker=docker_state,
+        self.queue.heartbeat.heartbeat(pid=os.getpid(), started_at=self.started_at, docker=docker_state,
                              netfilter=netfilter_state, registry=registry_state, checked=True, faults=faults)
 
     def heartbeat_forever(self) -> None:

@@ -22,7 +22,9 @@ from deployer.host.engine import CanaryStart
 from deployer.host.state import StateStore
 from deployer.journal import Journal
 from deployer.plan import canary
-from deployer.queue.jobs import ROLLOUT, Job, Queue, row_problem
+from deployer.queue.model import Job, JobKind, JobStatus
+from deployer.queue.queue import Queue
+from deployer.queue.rows import row_problem
 
 BUSY_RETRY_SECONDS = 5.0
 # A job that meets a transient fault waits 1 s, 2, 4, 8, 16, then 30 s between tries, each cut by up to half at
@@ -61,7 +63,7 @@ def publish_active(queue: Queue, config: Config, app: str) -> None:
     """Copy the app's live tag and port set into the queue, where the receiver (which cannot read the
     records) answers GET /apps/<app> and dedupes releases."""
     active = StateStore(config.settings.state_dir).load(app).active
-    queue.set_active(app, active.tag if active else None, None, active.port_set if active else None)
+    queue.live.set_active(app, active.tag if active else None, None, active.port_set if active else None)
 
 
 def fleet_apps(config: Config) -> tuple[str, ...]:
@@ -71,9 +73,9 @@ def fleet_apps(config: Config) -> tuple[str, ...]:
 def refuse_row(queue: Queue, journal: Journal, job: Job, problem: str) -> str:
     """Fail a queue row that is not fit to act on; only its row number identifies it in the audit log."""
     reason = f"refused queue row {job.seq}: {problem}"
-    queue.finish(job, "failed", reason)
+    queue.jobs.finish(job, JobStatus.FAILED, reason)
     journal.record("job.failed", outcome="failed", actor=WORKER_ACTOR, row=job.seq, reason=reason)
-    return "failed"
+    return JobStatus.FAILED
 
 
 def canary_start(app: AppConfig) -> Any:
@@ -139,10 +141,10 @@ class JobRun:
             if exc.transient and self.may_wait:
                 return self.wait(exc, delay)
             if exc.transient:
-                return self.end("failed", f"gave up after {self.job.attempts} tries over "
-                                          f"{self.config.server.job_timeout:g} s: {exc}",
+                return self.end(JobStatus.FAILED, f"gave up after {self.job.attempts} tries over "
+                                                  f"{self.config.server.job_timeout:g} s: {exc}",
                                 error_type=type(exc).__name__, fault=exc.fault)
-            return self.end("failed", str(exc), error_type=type(exc).__name__)
+            return self.end(JobStatus.FAILED, str(exc), error_type=type(exc).__name__)
         return self.settle(outcome)
 
     def settle(self, outcome: str | Deployed) -> str:
@@ -157,8 +159,8 @@ class JobRun:
 
     def record_deploy(self, deployed: Deployed) -> str:
         tag, result = deployed.tag, deployed.result
-        self.queue.set_active(self.job.app, tag, self.job.id, getattr(result, "port_set", None))
-        return self.end("succeeded", f"{tag} is live on {result.port_set}", tag=tag,
+        self.queue.live.set_active(self.job.app, tag, self.job.id, getattr(result, "port_set", None))
+        return self.end(JobStatus.SUCCEEDED, f"{tag} is live on {result.port_set}", tag=tag,
                         digest=getattr(result, "digest", None))
 
     def end_canary(self, end: Callable[..., Any]) -> str:
@@ -166,33 +168,34 @@ class JobRun:
         reason = self.job.source.get("reason") if isinstance(self.job.source, dict) else None
         after = end(self.tools.engine(None), self.job.app, actor=self.job.actor, job=self.job.id, reason=reason)
         tag = after.active.tag if after.active else None
-        self.queue.set_active(self.job.app, tag, self.job.id, after.active.port_set if after.active else None)
-        return self.end("succeeded", f"{self.job.kind}: {tag} serves everything", tag=tag)
+        self.queue.live.set_active(self.job.app, tag, self.job.id, after.active.port_set if after.active else None)
+        return self.end(JobStatus.SUCCEEDED, f"{self.job.kind}: {tag} serves everything", tag=tag)
 
     def no_tag(self) -> str:
-        return self.end("failed", f"app {self.job.app!r} has no active release to redeploy; name a tag")
+        return self.end(JobStatus.FAILED, f"app {self.job.app!r} has no active release to redeploy; name a tag")
 
     def busy(self, exc: LockError) -> str:
         """The app's lock is held: try again shortly, until the job has waited `job_timeout`."""
         if self.now() - self.job.created_at > self.config.server.job_timeout:
-            return self.end("failed", f"the app stayed busy for longer than "
-                                      f"{self.config.server.job_timeout:g} s: {exc}")
-        self.queue.requeue(self.job, f"waiting: {exc}", delay=BUSY_RETRY_SECONDS)
+            return self.end(JobStatus.FAILED, f"the app stayed busy for longer than "
+                                              f"{self.config.server.job_timeout:g} s: {exc}")
+        self.queue.jobs.requeue(self.job, f"waiting: {exc}", delay=BUSY_RETRY_SECONDS)
         self.journal.record("job.requeued", reason=str(exc), **self.base)
-        return "queued"
+        return JobStatus.QUEUED
 
     def wait(self, exc: DeployerError, delay: float) -> str:
         """Back to the queue until the fault clears: the row and the audit log say on what, and how many tries so far."""
         reason = f"waiting on {exc.fault}: {exc}"
-        self.queue.requeue(self.job, reason, delay=delay, waiting_on=exc.fault)
+        self.queue.jobs.requeue(self.job, reason, delay=delay, waiting_on=exc.fault)
         self.journal.record("job.waiting", fault=exc.fault, reason=str(exc), attempt=self.job.attempts,
                             retry_in=delay, error_type=type(exc).__name__, **self.base)
-        return "queued"
+        return JobStatus.QUEUED
 
     def end(self, status: str, reason: str, **extra: Any) -> str:
-        owned = self.queue.finish(self.job, status, reason)
-        event = {"succeeded": "job.finished", "skipped": "job.finished"}.get(status, "job.failed")
-        self.journal.record(event, outcome={"succeeded": "ok", "skipped": "skipped"}.get(status, "failed"),
+        owned = self.queue.jobs.finish(self.job, status, reason)
+        event = {JobStatus.SUCCEEDED: "job.finished", JobStatus.SKIPPED: "job.finished"}.get(status, "job.failed")
+        outcome = {JobStatus.SUCCEEDED: "ok", JobStatus.SKIPPED: "skipped"}.get(status, "failed")
+        self.journal.record(event, outcome=outcome,
                             status=status, reason=reason,
                             **({} if owned else {"note": "the job was recovered meanwhile"}), **self.base, **extra)
         return status
@@ -214,7 +217,7 @@ def release(run: JobRun) -> str | Deployed:
         return run.no_tag()
     if active_tag(run.config, run.job.app) == tag:
         run.publish_active()
-        return run.end("skipped", f"tag {tag} is already active")
+        return run.end(JobStatus.SKIPPED, f"tag {tag} is already active")
     app = run.app
     if app.asset is not None and run.tools.load_asset is not None:
         with run.journal.step("asset", **run.base) as step:
@@ -245,11 +248,11 @@ def roll_out(run: JobRun) -> str:
     """A controller's rollout: it sequences the hosts' own deploys; a failure is the rollout's, named by host."""
     assert run.config.fleet is not None and run.tools.fleet is not None
     try:
-        summary = rollout.Rollout(run.job, fleet=run.config.fleet, queue=run.queue, journal=run.journal,
+        summary = rollout.Rollout(run.job, fleet=run.config.fleet, progress=run.queue.rollouts, journal=run.journal,
                                   hosts=run.tools.fleet()).run()
     except DeployerError as exc:
-        return run.end("failed", str(exc), error_type=type(exc).__name__)
-    return run.end("succeeded", summary, tag=run.job.tag)
+        return run.end(JobStatus.FAILED, str(exc), error_type=type(exc).__name__)
+    return run.end(JobStatus.SUCCEEDED, summary, tag=run.job.tag)
 
 
 @dataclass(frozen=True)
@@ -259,11 +262,11 @@ class Handler:
 
 
 HANDLERS: dict[str, Handler] = {
-    "release": Handler(release),
-    "redeploy": Handler(redeploy),
-    "promote": Handler(promote),
-    "abort": Handler(abort),
-    ROLLOUT: Handler(roll_out, retried=False),
+    JobKind.RELEASE: Handler(release),
+    JobKind.REDEPLOY: Handler(redeploy),
+    JobKind.PROMOTE: Handler(promote),
+    JobKind.ABORT: Handler(abort),
+    JobKind.ROLLOUT: Handler(roll_out, retried=False),
 }
 
 

@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from deployer.audit import AuditLog, Query
-from deployer.queue.jobs import TERMINAL
+from deployer.queue.model import FINISHED
 from support.fake_github import free_port
 from support.integration import IMAGE, run
 from support.load import TRAFFIC
@@ -185,17 +185,17 @@ def test_a_full_state_folder_answers_503_loses_no_accepted_job_and_recovers_with
         assert accepted
         queue = served.queue()
         deadline = time.monotonic() + 90
-        while any(queue.get(job_id).status not in ("succeeded", "superseded", "skipped", "failed")
+        while any(queue.jobs.get(job_id).status not in ("succeeded", "superseded", "skipped", "failed")
                   for job_id in accepted):
-            assert time.monotonic() < deadline, [queue.get(j).status for j in accepted]
+            assert time.monotonic() < deadline, [queue.jobs.get(j).status for j in accepted]
             time.sleep(0.5)
         assert served.process.poll() is None
-        statuses = {queue.get(job_id).status for job_id in accepted}
+        statuses = {queue.jobs.get(job_id).status for job_id in accepted}
         assert "failed" not in statuses and "succeeded" in statuses, statuses
         assert served_version(22320) == "v2"
         queued = {e["job"] for e in audit_events(served, "job.queued")}
         assert set(accepted) <= queued  # every 202 has its job.queued record
-        assert {j.id for j in queue.jobs()} >= set(accepted)
+        assert {j.id for j in queue.jobs.jobs()} >= set(accepted)
         verified = deployer.cli("audit", "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
 
@@ -280,7 +280,7 @@ def test_a_release_delivered_while_docker_does_not_answer_deploys_with_zero_down
             daemon["start"]()
             up = wait_for("docker reported up", lambda: health(served)["docker"] == "ok", 10)
             assert up < 5, up
-            deployed = wait_for("deployed", lambda: served.job(job_id)["status"] in TERMINAL, 60)
+            deployed = wait_for("deployed", lambda: served.job(job_id)["status"] in FINISHED, 60)
             job = served.job(job_id)
             assert (job["status"], job["reason"]) == ("succeeded", "v2 is live on green"), job
             assert deployed < 15, deployed

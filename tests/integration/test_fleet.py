@@ -131,7 +131,7 @@ def test_an_unreachable_host_stops_the_rollout_after_its_timeout_and_the_others_
         bed.stop_server(h2)  # mid-rollout: h1 is being deployed, h2 is next
         started = time.monotonic()
         deadline = time.monotonic() + 120
-        while (job := bed.queue.get(rollout)) is not None and not job.done and time.monotonic() < deadline:
+        while (job := bed.queue.jobs.get(rollout)) is not None and not job.done and time.monotonic() < deadline:
             time.sleep(0.5)
         took = time.monotonic() - started
         time.sleep(1.0)
@@ -159,7 +159,7 @@ def test_a_controller_killed_during_the_second_hosts_swap_resumes_and_deploys_it
     time.sleep(2.0)  # h2's own deploy goes on without the controller
     bed.start_controller()
     deadline = time.monotonic() + 300
-    while (job := bed.queue.get(rollout)) is not None and not job.done and time.monotonic() < deadline:
+    while (job := bed.queue.jobs.get(rollout)) is not None and not job.done and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(1.0)
     records = load.finish()

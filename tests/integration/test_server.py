@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from deployer.audit import AuditLog, Query
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from support.fake_github import FakeGitHub, free_port
 from support.integration import IMAGE, REPO
 from support.load import TRAFFIC
@@ -101,7 +101,7 @@ def test_a_signed_published_release_deploys_with_zero_failed_requests(serve, ima
     steps = [(s["name"], s["outcome"]) for s in job["steps"] if s["outcome"] != "running"]
     assert ("pull", "ok") in steps and ("flip", "ok") in steps and steps[-1] == ("job.finished", "ok")
     assert job["actor"] == "github:Codertocat (delivery d-published)"
-    assert len(served.queue().jobs()) == 2
+    assert len(served.queue().jobs.jobs()) == 2
     assert_no_secret_anywhere(served)
 
 
@@ -120,12 +120,12 @@ def test_the_redeploy_client_deploys_a_tag_and_redeploys_the_active_release(serv
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.rstrip().endswith("web: succeeded: v2 is live on green")
     assert served_version(22110) == "v2"
-    assert [j.actor for j in served.queue().jobs()] == ["key:ops", "key:ops"]
+    assert [j.actor for j in served.queue().jobs.jobs()] == ["key:ops", "key:ops"]
 
     refused = served.redeploy("web", "$(id)")
     assert refused.returncode == 2
     assert refused.stderr.startswith("deployer: the server refused the request (422): ")
-    assert len(served.queue().jobs()) == 2
+    assert len(served.queue().jobs.jobs()) == 2
     assert_no_secret_anywhere(served)
 
 
@@ -154,7 +154,7 @@ def test_waiting_releases_are_superseded_by_the_newest(serve):
     assert late.json()["reason"] == f"release v9 was superseded by {newest}; redeploy it with POST /deploy"
     active = served.deliver(release_payload("v2", action="released"))
     assert (active.status_code, active.json()["job"]) == (200, newest)
-    assert len(served.queue().jobs()) == 3
+    assert len(served.queue().jobs.jobs()) == 3
 
 
 # --- SIGKILL and restart ------------------------------------------------------------------------------
@@ -175,11 +175,11 @@ def test_sigkill_of_server_and_worker_loses_no_accepted_job(serve):
     accepted.append(manual.json()["job"])
 
     served.kill()  # mid-deploy: serve, gunicorn and the job's process all at once
-    assert {j.status for j in served.queue().jobs()} == {"running", "queued"}
+    assert {j.status for j in served.queue().jobs.jobs()} == {"running", "queued"}
 
     served.start()
     finished = {job_id: served.wait(job_id) for job_id in accepted}
-    assert set(finished) == {j.id for j in served.queue().jobs()}  # nothing lost, nothing extra
+    assert set(finished) == {j.id for j in served.queue().jobs.jobs()}  # nothing lost, nothing extra
     assert finished[accepted[3]]["status"] == "succeeded"
     for job_id in accepted[:3]:
         assert (finished[job_id]["status"], finished[job_id]["superseded_by"]) == ("superseded", accepted[3])
@@ -218,7 +218,7 @@ def test_refusals_over_gunicorn(serve):
     assert served.deliver(b"{broken").status_code == 400
     assert requests.get(f"{served.url}/hooks/github", timeout=10).status_code == 405
     assert served.signed("POST", "/deploy", json.dumps({"app": "nope"}).encode()).status_code == 404
-    assert served.queue().jobs() == []
+    assert served.queue().jobs.jobs() == []
     log = served.log_text()
     assert "verdict=rejected" in log  # the signed broken body; the unsigned one is counted, not logged alone
 
@@ -474,7 +474,7 @@ def test_the_receiver_runs_unprivileged_and_only_enqueues(deployer, images):
                                   start_new_session=True)
         queue = Queue.for_state_dir(shared / "state")
         deadline = time.monotonic() + 30
-        while not (queue.path.exists() and queue.worker_status()):
+        while not (queue.path.exists() and queue.heartbeat.worker_status()):
             assert time.monotonic() < deadline and worker.poll() is None, (shared / "worker.log").read_text()
             time.sleep(0.2)
 
@@ -560,7 +560,7 @@ def test_gunicorn_gets_the_receiver_secrets_only_and_each_app_its_own_github_sec
     # The shared secret no longer signs for an app with its own: refused before anything is queued.
     body = release_payload("v1")
     assert served.deliver(body).status_code == 401
-    assert served.queue().jobs() == []
+    assert served.queue().jobs.jobs() == []
     served.github_secret = app_secret
     response = served.deliver(body)
     assert response.status_code in (200, 202), response.text  # 200: the release has no image.tar asset

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from deployer.audit import AuditLog, Query
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from support.beds import Bed
 from support.cluster_bed import IMAGE, REPO, ClusterBed, Host, run
 
@@ -180,7 +180,7 @@ host_timeout = {host_timeout}
                 for h in self.cluster.hosts}
 
     def host_jobs(self, host: Host, rollout: str | None = None) -> list[Any]:
-        jobs = Queue.for_state_dir(host.state).jobs(app="web")
+        jobs = Queue.for_state_dir(host.state).jobs.jobs(app="web")
         return [j for j in jobs if rollout is None or j.source.get("rollout") == rollout]
 
     def audit(self, event: str, state_dir: Path | None = None) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import requests
 
 from deployer import signatures
-from deployer.queue.jobs import TERMINAL, Queue
+from deployer.queue.model import FINISHED
+from deployer.queue.queue import Queue
 from support.github_payloads import PAYLOADS
 from support.integration import REPO, Deployer, demo_app, http_get
 
@@ -127,7 +128,7 @@ class Served:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def wait(self, job_id: str, statuses: frozenset[str] | set[str] = TERMINAL, timeout: float = 90) -> dict:
+    def wait(self, job_id: str, statuses: frozenset[str] | set[str] = FINISHED, timeout: float = 90) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)

@@ -66,7 +66,7 @@ def run_job(config, queue, events, job_id, engine=None, clock=None):
     journal = Journal([events.append, JobSteps(queue, job_id)])
     engine = engine or FakeEngine(journal)
     engine.journal = journal
-    job = queue.get(job_id)
+    job = queue.jobs.get(job_id)
     status = execute(job, config=config, queue=queue, journal=journal, tools=JobTools(engine=lambda _: engine),
                      now=clock or Clock())
     return status, engine
@@ -74,5 +74,5 @@ def run_job(config, queue, events, job_id, engine=None, clock=None):
 
 def claimed(queue, **kwargs):
     defaults = dict(app="web", tag="v2", actor="github:octo (delivery d)", hook_id="1", delivery="d", source={})
-    queue.submit_release(**{**defaults, **kwargs})
-    return queue.claim().job
+    queue.jobs.submit_release(**{**defaults, **kwargs})
+    return queue.jobs.claim().job

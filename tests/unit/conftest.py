@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from deployer.journal import Journal
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from support.configs import app_toml, make_config
 from support.engine_fakes import Host

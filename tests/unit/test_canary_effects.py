@@ -124,22 +124,23 @@ def test_status_shows_the_split_and_the_live_flows_of_each_instance(host):
 
 def test_a_signed_promote_job_promotes_the_canary_and_says_so(host):
     from deployer.journal import Journal
-    from deployer.queue.jobs import Queue
+    from deployer.queue.queue import Queue
     from deployer.worker.run import JobTools, execute
 
     start(host)
     queue = Queue.for_state_dir(host.config.settings.state_dir)
-    queue.submit_release(app="web", tag="v3", actor="github:octo (delivery d)", hook_id="1", delivery="d", source={})
-    queue.submit_manual(app="web", tag=None, actor="key:alice", source={"reason": "looks good"}, kind="promote")
-    claim = queue.claim()
+    queue.jobs.submit_release(app="web", tag="v3", actor="github:octo (delivery d)", hook_id="1", delivery="d",
+                              source={})
+    queue.jobs.submit_manual(app="web", tag=None, actor="key:alice", source={"reason": "looks good"}, kind="promote")
+    claim = queue.jobs.claim()
     assert (claim.job.kind, claim.superseded) == ("promote", [])  # first, alone; the release still waits
     events: list = []
     status = execute(claim.job, config=host.config, queue=queue, journal=Journal([events.append]),
                      tools=JobTools(engine=lambda _: host.engine()))
     assert status == "succeeded"
-    assert queue.get(claim.job.id).reason == "promote: v2 serves everything"
+    assert queue.jobs.get(claim.job.id).reason == "promote: v2 serves everything"
     assert host.record() == ("deployer-web-green", "deployer-web-blue")
-    assert queue.claim().job.kind == "release"
+    assert queue.jobs.claim().job.kind == "release"
 
 
 def test_a_release_of_an_app_with_canary_set_starts_a_canary(tmp_path):

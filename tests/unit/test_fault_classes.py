@@ -18,7 +18,10 @@ from deployer.journal import Journal
 from deployer.plan.containers import Release
 from deployer.worker import loop as worker_module
 from deployer.worker.faults import fault_lines
-from deployer.queue.jobs import Job, Queue, state_error
+from deployer.queue.database import state_error
+from deployer.queue.jobs import JobStore
+from deployer.queue.model import Job
+from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from deployer.worker.loop import Worker
 from deployer.worker.run import wait_seconds
@@ -98,7 +101,7 @@ def test_a_transient_fault_puts_the_job_back_with_its_backoff_and_records_the_wa
     job = claimed(queue)
     down = FakeEngine(None, fail=DockerUnavailable("the Docker daemon at unix:///x.sock does not answer"))
     status, engine = run_job(config, queue, events, job.id, engine=down, clock=clock)
-    stored = queue.get(job.id)
+    stored = queue.jobs.get(job.id)
     assert (status, stored.status, stored.waiting_on, stored.not_before, stored.attempts) == (
         "queued", "queued", "docker", pytest.approx(clock.now + stored.not_before - clock.now), 1)
     assert 0.5 <= stored.not_before - clock.now <= 1.0  # the first wait: 1 s, cut by the jitter
@@ -112,9 +115,9 @@ def test_a_transient_fault_puts_the_job_back_with_its_backoff_and_records_the_wa
 def test_the_waiting_job_is_woken_when_its_fault_clears(config, queue, clock):
     job = claimed(queue)
     run_job(config, queue, [], job.id, engine=FakeEngine(None, fail=DockerUnavailable("down")), clock=clock)
-    assert queue.claim() is None  # still in its backoff
-    assert queue.wake("registry") == 0 and queue.wake("docker") == 1
-    assert queue.claim().job.id == job.id
+    assert queue.jobs.claim() is None  # still in its backoff
+    assert queue.jobs.wake("registry") == 0 and queue.jobs.wake("docker") == 1
+    assert queue.jobs.claim().job.id == job.id
 
 
 def test_a_transient_fault_past_the_job_timeout_fails_with_the_last_reason(config, queue, clock):
@@ -124,7 +127,7 @@ def test_a_transient_fault_past_the_job_timeout_fails_with_the_last_reason(confi
     late.now = job.created_at + 100  # job_timeout is 100 s: no wait ends in time
     engine = FakeEngine(None, fail=RegistryUnavailable("cannot pull web:v2: connection refused"))
     status, engine = run_job(config, queue, events, job.id, engine=engine, clock=late)
-    assert (status, queue.get(job.id).reason) == (
+    assert (status, queue.jobs.get(job.id).reason) == (
         "failed", "gave up after 1 tries over 100 s: cannot pull web:v2: connection refused")
     assert engine.waits == [False]  # so the engine runs on-failure, as for any failure
     assert [e["fault"] for e in events if e["event"] == "job.failed"] == ["registry"]
@@ -134,10 +137,28 @@ def test_a_fault_that_waiting_will_not_clear_fails_at_once(config, queue, clock)
     job = claimed(queue)
     status, engine = run_job(config, queue, [], job.id, engine=FakeEngine(None, fail=PullError("manifest unknown")),
                              clock=clock)
-    assert (status, queue.get(job.id).reason, engine.waits) == ("failed", "manifest unknown", [True])
+    assert (status, queue.jobs.get(job.id).reason, engine.waits) == ("failed", "manifest unknown", [True])
 
 
 # --- the worker on a full disk --------------------------------------------------------------------------
+
+
+class FillingJobs(JobStore):
+    """Real jobs whose claims fail with DiskFull while the queue's `full` is set; records what the worker asked."""
+
+    def __init__(self, owner: "FillingQueue") -> None:
+        super().__init__(owner.database)
+        self.owner = owner
+
+    def claim(self):
+        self.owner.calls.append("claim")
+        if self.owner.full:
+            raise DiskFull("cannot commit to the job queue: database or disk is full")
+        return super().claim()
+
+    def wake(self, fault):
+        self.owner.calls.append(f"wake {fault}")
+        return super().wake(fault)
 
 
 class FillingQueue(Queue):
@@ -146,15 +167,9 @@ class FillingQueue(Queue):
     full = True
     calls: list
 
-    def claim(self):
-        self.calls.append("claim")
-        if self.full:
-            raise DiskFull("cannot commit to the job queue: database or disk is full")
-        return super().claim()
-
-    def wake(self, fault):
-        self.calls.append(f"wake {fault}")
-        return super().wake(fault)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.jobs = FillingJobs(self)
 
 
 def test_a_full_disk_pauses_claiming_and_the_worker_resumes_by_itself(config, clock, monkeypatch):
@@ -167,7 +182,7 @@ def test_a_full_disk_pauses_claiming_and_the_worker_resumes_by_itself(config, cl
                     reconcile=lambda app: [], clock=clock)
     claimed_job = None
     FillingQueue.full = False
-    queue.submit_release(app="web", tag="v2", actor="a", hook_id="1", delivery="d", source={})
+    queue.jobs.submit_release(app="web", tag="v2", actor="a", hook_id="1", delivery="d", source={})
     FillingQueue.full = True
     assert worker.step() is False and worker.step() is False  # no exception: the worker lives on
     assert worker.paused == "cannot commit to the job queue: database or disk is full"
@@ -185,20 +200,20 @@ def test_a_worker_started_on_a_full_disk_waits_for_space_instead_of_exiting(conf
     monkeypatch.setattr(worker_module, "PAUSE_SECONDS", 0)
     queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
     full_rounds = [DiskFull("cannot commit to the job queue: database or disk is full")] * 2
-    real_recover = queue.recover
+    real_recover = queue.jobs.recover
 
     def recover(**kwargs):
         if full_rounds:
             raise full_rounds.pop()
         return real_recover(**kwargs)
 
-    monkeypatch.setattr(queue, "recover", recover)
+    monkeypatch.setattr(queue.jobs, "recover", recover)
     events = []
     worker = Worker(config, queue, Journal([events.append]), launch=lambda job: Process(None),
                     reconcile=lambda app: [], clock=clock)
     worker.start()
     try:
-        assert worker.paused is None and queue.worker_status() is not None
+        assert worker.paused is None and queue.heartbeat.worker_status() is not None
         assert [(e["event"], e.get("fault"), e.get("outcome")) for e in events] == [
             ("worker.fault", "disk", "failed"), ("worker.fault", "disk", "ok"), ("worker.resumed", None, None),
             ("worker.started", None, None)]
@@ -212,7 +227,7 @@ def test_a_worker_started_on_a_broken_queue_stops_with_the_reason(config, clock,
     def broken(**kwargs):
         raise StateError("the job queue is not a database: file is not a database")
 
-    monkeypatch.setattr(queue, "recover", broken)
+    monkeypatch.setattr(queue.jobs, "recover", broken)
     worker = Worker(config, queue, Journal([]), launch=lambda job: Process(None), reconcile=lambda app: [],
                     clock=clock)
     try:
@@ -235,13 +250,13 @@ def test_the_checks_note_a_fault_once_and_wake_its_jobs_when_it_clears(config, q
     worker.check_once()
     clock.now += 0.25  # still within the job's backoff
     worker.check_once()
-    assert queue.worker_status()["faults"] == {"docker": {"reason": "the Docker daemon does not answer",
+    assert queue.heartbeat.worker_status()["faults"] == {"docker": {"reason": "the Docker daemon does not answer",
                                                           "since": since}}
-    assert queue.claim() is None
+    assert queue.jobs.claim() is None
     worker.check_once()
-    assert queue.worker_status()["faults"] == {}
+    assert queue.heartbeat.worker_status()["faults"] == {}
     assert [(e["fault"], e["outcome"]) for e in events] == [("docker", "failed"), ("docker", "ok")]
-    assert queue.claim().job.id == job.id  # woken, not left to its backoff
+    assert queue.jobs.claim().job.id == job.id  # woken, not left to its backoff
 
 
 def test_a_registry_that_comes_back_wakes_the_jobs_that_wait_on_it_and_health_names_it(config, queue, clock):
@@ -253,17 +268,17 @@ def test_a_registry_that_comes_back_wakes_the_jobs_that_wait_on_it_and_health_na
     worker.started_at = clock.now
     job = claimed(queue)
     run_job(config, queue, [], job.id, engine=FakeEngine(None, fail=RegistryUnavailable("refused")), clock=clock)
-    assert queue.get(job.id).waiting_on == "registry"
+    assert queue.jobs.get(job.id).waiting_on == "registry"
     worker.check_once()
-    status = queue.worker_status()
+    status = queue.heartbeat.worker_status()
     assert status["registry"].startswith("registry 127.0.0.1:5001: ConnectionRefusedError")
     assert set(status["faults"]) == {"registry"}
-    assert queue.claim() is None  # still within its backoff
+    assert queue.jobs.claim() is None  # still within its backoff
     worker.check_once()
-    assert queue.worker_status()["registry"] == "ok"
-    assert queue.worker_status()["faults"] == {}
+    assert queue.heartbeat.worker_status()["registry"] == "ok"
+    assert queue.heartbeat.worker_status()["faults"] == {}
     assert [(e["fault"], e["outcome"]) for e in events] == [("registry", "failed"), ("registry", "ok")]
-    assert queue.claim().job.id == job.id
+    assert queue.jobs.claim().job.id == job.id
 
 
 def test_without_a_registry_check_the_heartbeat_names_no_registry(config, queue, clock):
@@ -271,7 +286,7 @@ def test_without_a_registry_check_the_heartbeat_names_no_registry(config, queue,
                     clock=clock, checks=lambda: ("ok", "ok"), disk=lambda: "ok")
     worker.started_at = clock.now
     worker.check_once()
-    assert queue.worker_status()["registry"] is None
+    assert queue.heartbeat.worker_status()["registry"] is None
 
 
 # --- the receiver: no 202 without the job and its audit record -----------------------------------------
@@ -302,20 +317,22 @@ def test_an_audit_record_that_cannot_be_written_withdraws_the_job_and_answers_50
     response = deliver(client, read_payload("release-published.payload.json"))
     assert (response.status_code, response.headers["Retry-After"]) == (503, "10")
     assert response.get_json() == {"error": "cannot append to the audit log: database or disk is full"}
-    assert queue.jobs() == [] and queue.delivery("109948940", "72d3162e-cc78-11e3-81ab-4c9367dc0958") is None
+    assert queue.jobs.jobs() == []
+    assert queue.deliveries.delivery("109948940", "72d3162e-cc78-11e3-81ab-4c9367dc0958") is None
     sink.failing = False
     again = deliver(client, read_payload("release-published.payload.json"))  # the sender's retry is new, not a dupe
     assert again.status_code == 202
-    assert [(j.id, j.status) for j in queue.jobs()] == [(again.get_json()["job"], "queued")]
+    assert [(j.id, j.status) for j in queue.jobs.jobs()] == [(again.get_json()["job"], "queued")]
     assert [e["job"] for e in events if e["event"] == "job.queued"] == [again.get_json()["job"]]
 
 
 def test_a_queue_that_cannot_be_written_answers_503_with_retry_after(settings, clock, tmp_path):
-    class FullQueue(Queue):
+    class FullJobs(JobStore):
         def submit_release(self, **kwargs):
             raise DiskFull("cannot commit to the job queue: database or disk is full")
 
-    queue = FullQueue.for_state_dir(settings.settings.state_dir, clock=clock)
+    queue = Queue.for_state_dir(settings.settings.state_dir, clock=clock)
+    queue.jobs = FullJobs(queue.database)
     client = create_app({"DEPLOYER_CONFIG": settings, "QUEUE": queue, "JOURNAL": Journal([]), "CLOCK": clock,
                          "TESTING": True}).test_client()
     response = deliver(client, read_payload("release-published.payload.json"))
@@ -323,10 +340,10 @@ def test_a_queue_that_cannot_be_written_answers_503_with_retry_after(settings, c
 
 
 def test_a_held_job_is_not_claimed_until_confirmed(queue):
-    held = queue.submit_manual(app="web", tag="v2", actor="key:alice", source={}, hold=True)
-    assert queue.claim() is None
-    queue.confirm(held)
-    assert queue.claim().job.id == held.id
+    held = queue.jobs.submit_manual(app="web", tag="v2", actor="key:alice", source={}, hold=True)
+    assert queue.jobs.claim() is None
+    queue.jobs.confirm(held)
+    assert queue.jobs.claim().job.id == held.id
 
 
 # --- status --------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import pytest
 
 from deployer.audit import AuditLog, Query
 from deployer.cli.main import main
-from deployer.queue.jobs import ROLLOUT, Queue
+from deployer.queue.model import JobKind
+from deployer.queue.queue import Queue
 from support.configs import app_toml, config_text
 
 
@@ -26,7 +27,7 @@ def controller(tmp_path: Path) -> Path:
 
 
 def queued(controller: Path) -> list:
-    return Queue.for_state_dir(controller.parent / "state").jobs()
+    return Queue.for_state_dir(controller.parent / "state").jobs.jobs()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -48,13 +49,13 @@ def test_a_rollout_is_queued_with_its_options_and_recorded(controller, capsys):
     assert main(["-c", str(controller), "rollout", "web", "v2", "--max-parallel", "50%", "--canary", "h2",
                  "--no-revert", "--reason", "release day"]) == 0
     [job] = queued(controller)
-    assert (job.app, job.tag, job.kind, job.status) == ("web", "v2", ROLLOUT, "queued")
+    assert (job.app, job.tag, job.kind, job.status) == ("web", "v2", JobKind.ROLLOUT, "queued")
     assert job.source == {"max_parallel": "50%", "canary": "h2", "bake": 5, "revert": False, "reason": "release day"}
     out, err = capsys.readouterr()
     assert out == f"web: queued rollout {job.id} of v2 over h1, h2, h3\n"
     assert "no worker runs on this controller's state folder" in err  # none was started here
     [record] = AuditLog.for_state_dir(controller.parent / "state").query(Query(event=("job.queued",)))
-    assert (record.get("job"), record.get("rollout"), record.get("kind")) == (job.id, job.id, ROLLOUT)
+    assert (record.get("job"), record.get("rollout"), record.get("kind")) == (job.id, job.id, JobKind.ROLLOUT)
 
 
 def test_a_command_of_the_fleet_on_a_deployer_without_fleet_says_so(tmp_path, capsys):
@@ -67,6 +68,6 @@ def test_a_command_of_the_fleet_on_a_deployer_without_fleet_says_so(tmp_path, ca
 def test_no_warning_while_the_controllers_worker_beats(controller, capsys):
     import time
 
-    Queue.for_state_dir(controller.parent / "state").heartbeat(pid=1, started_at=time.time())
+    Queue.for_state_dir(controller.parent / "state").heartbeat.heartbeat(pid=1, started_at=time.time())
     assert main(["-c", str(controller), "rollout", "web", "v2"]) == 0
     assert "no worker" not in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -15,7 +16,7 @@ import pytest
 
 from deployer.cli import fleet as fleet_cli
 from deployer.cli.main import main
-from deployer.queue.jobs import ROLLOUT, Job
+from deployer.queue.model import Job, JobKind
 from support.http_answers import Server, answering_servers, send
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]")  # every control character but the line's own \n
@@ -29,7 +30,7 @@ HOSTILE = "ok\x1b[2J\x1b]0;owned\x07\nforged: v9 is live\r\x9b\u202e"
 
 
 @dataclass
-class RecordedQueue:
+class RecordedJobs:
     job: Job
     recorded: list[dict[str, Any]] = field(default_factory=list)
 
@@ -41,13 +42,13 @@ class RecordedQueue:
 
 
 def test_rollout_wait_escapes_what_hosts_said(capsys):
-    job = Job(id="job-00000000000000aa", app="web", tag="v2", kind=ROLLOUT, actor="cli:ops", status="failed",
+    job = Job(id="job-00000000000000aa", app="web", tag="v2", kind=JobKind.ROLLOUT, actor="cli:ops", status="failed",
               reason=f"rollout of web v2 stopped: host h2: its deploy job job-0000000000000001 failed: {HOSTILE}")
-    queue = RecordedQueue(job, [
+    queue = SimpleNamespace(jobs=RecordedJobs(job, [
         {"name": "rollout.planned", "detail": {"batches": [["h1"], ["h2"]]}},
         {"name": "rollout.host", "detail": {"host": "h2", "state": "failed", "tag": "v2", "reason": HOSTILE,
                                             "host_job": "job-0000000000000001"}},
-    ])
+    ]))
     assert fleet_cli.follow(queue, job, timeout=1) == 1  # type: ignore[arg-type]
     out, err = capsys.readouterr()
     assert not CONTROL.search(out + err)

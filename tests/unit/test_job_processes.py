@@ -15,7 +15,7 @@ import pytest
 
 from deployer.adapters.processes import child_pids, start_job
 from deployer.journal import Journal
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from deployer.worker.loop import Worker
 from support.configs import app_toml, make_config
 
@@ -70,7 +70,7 @@ def test_a_job_killed_by_its_timeout_takes_its_running_hook_with_it(tmp_path, jo
     config = make_config(tmp_path, app_toml("web", 8000), server="job_timeout = 10")
     now = [1_000_000.0]
     queue = Queue.for_state_dir(config.settings.state_dir, clock=lambda: now[0])
-    queue.submit_release(app="web", tag="v1", actor="a", hook_id="1", delivery="d", source={})
+    queue.jobs.submit_release(app="web", tag="v1", actor="a", hook_id="1", delivery="d", source={})
     events = []
     worker = Worker(config, queue, Journal([events.append]), launch=lambda job: process,
                     reconcile=lambda app: [], clock=lambda: now[0])
@@ -79,7 +79,7 @@ def test_a_job_killed_by_its_timeout_takes_its_running_hook_with_it(tmp_path, jo
     now[0] += 11
     worker.poll()  # over the timeout: killed
     worker.lock.release()
-    assert queue.jobs()[0].reason.startswith("timed out after 10 s")
+    assert queue.jobs.jobs()[0].reason.startswith("timed out after 10 s")
     wait_for(lambda: gone(hook_pid) and gone(sleep_pid), timeout=1.0)  # the hook's whole group
     assert no_marker_after_the_sleep(marker)
 

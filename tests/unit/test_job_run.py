@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from deployer.queue.jobs import KINDS, ROLLOUT
+from deployer.queue.model import KINDS, JobKind
 from deployer.worker import run
 
 
@@ -15,7 +15,7 @@ from deployer.worker import run
     ("redeploy", run.redeploy, True),
     ("promote", run.promote, True),
     ("abort", run.abort, True),
-    (ROLLOUT, run.roll_out, False),  # bounded by [fleet] host_timeout per host, not by the job's fault policy
+    (JobKind.ROLLOUT, run.roll_out, False),  # bounded by [fleet] host_timeout per host, not by the job's fault policy
 ])
 def test_each_job_kind_has_its_handler(kind, act, retried):
     assert run.HANDLERS[kind] == run.Handler(act, retried=retried)

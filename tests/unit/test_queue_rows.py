@@ -11,7 +11,8 @@ import pytest
 
 from deployer.audit import AuditLog, AuditSink, Query
 from deployer.journal import Journal
-from deployer.queue.jobs import Queue, row_problem
+from deployer.queue.queue import Queue
+from deployer.queue.rows import row_problem
 from deployer.worker.loop import Worker
 from deployer.worker.run import JobTools, execute
 from support.configs import ASSET_SITE, app_toml, make_config
@@ -27,7 +28,7 @@ def config(tmp_path):
 @pytest.fixture
 def queue(config):
     queue = Queue.for_state_dir(config.settings.state_dir)
-    queue.worker_status()  # the schema
+    queue.heartbeat.worker_status()  # the schema
     return queue
 
 
@@ -70,7 +71,7 @@ def test_the_worker_fails_a_bad_row_it_claims_and_launches_nothing(config, queue
     worker = Worker(config, queue, journal, launch=launched.append, reconcile=lambda app: [])
     assert worker.poll()
     assert launched == []
-    [job] = queue.jobs()
+    [job] = queue.jobs.jobs()
     assert job.status == "failed" and why in job.reason
     [entry] = refusals(config)
     assert entry.get("reason") == job.reason and entry.get("actor") == "worker"
@@ -82,7 +83,7 @@ def test_a_row_whose_id_climbs_out_of_the_assets_folder_empties_nothing(config, 
     (victim / "keep").write_text("mine")
     (tmp_path / "state" / "assets").mkdir()
     plant(queue, id="../../victim", app="site", status="running", attempts=1)
-    [job] = queue.jobs()
+    [job] = queue.jobs.jobs()
     deployed = []
 
     def load_asset(job):  # what the real loader does when it is done: empty the job's asset folder
@@ -94,20 +95,20 @@ def test_a_row_whose_id_climbs_out_of_the_assets_folder_empties_nothing(config, 
     assert execute(job, config=config, queue=queue, journal=journal, tools=tools) == "failed"
     assert deployed == []
     assert (victim / "keep").read_text() == "mine"
-    assert queue.jobs()[0].status == "failed"
+    assert queue.jobs.jobs()[0].status == "failed"
     assert "refused queue row 1: job id '../../victim' is not a job id" in refusals(config)[0].get("reason")
 
 
 def test_a_row_the_receiver_wrote_passes(config):
     queue = Queue.for_state_dir(config.settings.state_dir)
-    job = queue.submit_manual(app="web", tag=None, actor="key:alice", source={"reason": "x"})
+    job = queue.jobs.submit_manual(app="web", tag=None, actor="key:alice", source={"reason": "x"})
     assert row_problem(job, config.apps) is None
 
 
 def test_promote_and_abort_rows_name_no_tag(config):
     queue = Queue.for_state_dir(config.settings.state_dir)
     for kind in ("promote", "abort"):
-        job = queue.submit_manual(app="web", tag=None, actor="key:alice", source={}, kind=kind)
+        job = queue.jobs.submit_manual(app="web", tag=None, actor="key:alice", source={}, kind=kind)
         assert row_problem(job, config.apps) is None
         tagged = dataclasses.replace(job, tag="v2")
         assert row_problem(tagged, config.apps) == f"a {kind} job names no tag, but this one names 'v2'"

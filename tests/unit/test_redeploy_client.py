@@ -17,7 +17,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from deployer.journal import Journal
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from support.configs import app_toml, make_config
 from support.receiver import ALICE_KEY, ALICE_SECRET
@@ -68,7 +68,7 @@ def test_redeploy_sends_a_signed_request_without_a_config_file(tmp_path, server)
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith("web: queued job-") and "(v2)" in sent.stdout
     job_id = sent.stdout.split()[2]
-    job = queue.get(job_id)
+    job = queue.jobs.get(job_id)
     assert (job.app, job.tag, job.kind, job.actor, job.source["reason"]) == ("web", "v2", "redeploy", "key:alice",
                                                                             "hotfix")
     assert ALICE_SECRET not in sent.stdout + sent.stderr

@@ -18,7 +18,8 @@ import pytest
 from deployer.config.fleet import FleetConfig, FleetHost
 from deployer.errors import DeployerError, RolloutFailed, Unauthorized, UnknownApp
 from deployer.journal import Journal
-from deployer.queue.jobs import ROLLOUT, Job, Queue
+from deployer.queue.model import Job, JobKind
+from deployer.queue.queue import Queue
 from deployer.fleet.rollout import Rollout
 from support.worker_fakes import Process, make_worker
 
@@ -109,18 +110,19 @@ def queue(tmp_path: Path, clock: Clock) -> Queue:
 
 
 def job(tag: str = "v2", **source: Any) -> Job:
-    return Job(id=ROLLOUT_ID, app="web", tag=tag, kind=ROLLOUT, actor="cli:ops", status="running", source=source)
+    return Job(id=ROLLOUT_ID, app="web", tag=tag, kind=JobKind.ROLLOUT, actor="cli:ops", status="running",
+               source=source)
 
 
 def run(queue: Queue, hosts: FakeHosts, clock: Clock, *, config: FleetConfig | None = None, events=None,
         **source: Any) -> str:
     journal = Journal([events.append] if events is not None else [])
-    return Rollout(job(**source), fleet=config or fleet(), queue=queue, journal=journal, hosts=hosts, clock=clock,
-                   sleep=clock.sleep, poll=1.0).run()
+    return Rollout(job(**source), fleet=config or fleet(), progress=queue.rollouts, journal=journal, hosts=hosts,
+                   clock=clock, sleep=clock.sleep, poll=1.0).run()
 
 
 def states(queue: Queue) -> dict[str, str]:
-    return {row.host: row.state for row in queue.rollout_hosts(ROLLOUT_ID)}
+    return {row.host: row.state for row in queue.rollouts.rollout_hosts(ROLLOUT_ID)}
 
 
 # --- the order ----------------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def test_a_host_that_refuses_the_key_or_does_not_know_the_app_stops_it_before_an
         run(queue, hosts, clock)
     assert str(failed.value) == f"host h3: {refusal}; nothing was changed on any host"
     assert hosts.deploys() == []
-    assert queue.rollout_hosts(ROLLOUT_ID) == []
+    assert queue.rollouts.rollout_hosts(ROLLOUT_ID) == []
 
 
 # --- a failure ---------------------------------------------------------------------------------------
@@ -329,8 +331,8 @@ def controller_config(tmp_path: Path):
 
 
 def claimed_rollout(queue: Queue, tag: str = "v2", app: str = "web") -> Job:
-    queue.submit_manual(app=app, tag=tag, actor="cli:ops", kind=ROLLOUT, source={"revert": True})
-    claim = queue.claim()
+    queue.jobs.submit_manual(app=app, tag=tag, actor="cli:ops", kind=JobKind.ROLLOUT, source={"revert": True})
+    claim = queue.jobs.claim()
     assert claim is not None
     return claim.job
 
@@ -347,8 +349,8 @@ def test_the_worker_runs_a_rollout_job_and_copies_its_progress_into_the_jobs_ste
     status = execute(job_, config=config, queue=queue, journal=journal,
                      tools=JobTools(engine=lambda _: None, fleet=lambda: hosts))  # type: ignore[arg-type, return-value]
     assert status == "succeeded"
-    assert queue.get(job_.id).reason == "v2 is live on every host (3 deployed, 0 already on it)"
-    done = [s["detail"]["host"] for s in queue.steps(job_.id)
+    assert queue.jobs.get(job_.id).reason == "v2 is live on every host (3 deployed, 0 already on it)"
+    done = [s["detail"]["host"] for s in queue.jobs.steps(job_.id)
             if s["name"] == "rollout.host" and s["detail"]["state"] == "done"]
     assert done == ["h1", "h2", "h3"]
 
@@ -362,7 +364,7 @@ def test_a_failed_rollout_fails_its_job_with_the_hosts_reason(tmp_path, queue):
     status = execute(job_, config=config, queue=queue, journal=Journal([]),
                      tools=JobTools(engine=lambda _: None, fleet=lambda: hosts))  # type: ignore[arg-type, return-value]
     assert status == "failed"
-    assert queue.get(job_.id).reason.startswith("rollout of web v2 stopped: host h1: its deploy job")
+    assert queue.jobs.get(job_.id).reason.startswith("rollout of web v2 stopped: host h1: its deploy job")
 
 
 def test_a_rollout_row_of_an_app_that_is_not_a_fleet_app_is_refused(tmp_path, queue):
@@ -374,24 +376,24 @@ def test_a_rollout_row_of_an_app_that_is_not_a_fleet_app_is_refused(tmp_path, qu
     status = execute(job_, config=config, queue=queue, journal=Journal([]),
                      tools=JobTools(engine=lambda _: None, fleet=lambda: hosts))  # type: ignore[arg-type, return-value]
     assert status == "failed"
-    assert "app 'api' is not a fleet app ([fleet] apps)" in queue.get(job_.id).reason
+    assert "app 'api' is not a fleet app ([fleet] apps)" in queue.jobs.get(job_.id).reason
     assert hosts.calls == []
 
 
 def test_a_rollout_job_outlives_the_job_timeout_and_a_dead_one_repairs_nothing_here(tmp_path, clock):
     config = controller_config(tmp_path)  # job_timeout: the default 1800 s
     queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
-    queue.submit_manual(app="web", tag="v2", actor="cli:ops", kind=ROLLOUT, source={})
+    queue.jobs.submit_manual(app="web", tag="v2", actor="cli:ops", kind=JobKind.ROLLOUT, source={})
     process, reconciled, events = Process(code=None), [], []
     worker = make_worker(config, queue, events, clock, lambda job: process, reconciled)
     worker.start()
     worker.poll()
     clock.now += 4000
     worker.poll()
-    assert queue.jobs()[0].status == "running" and not process.killed
+    assert queue.jobs.jobs()[0].status == "running" and not process.killed
     process.code = -9  # the controller's job process died (its hosts' deploys go on without it)
     worker.poll()
-    assert queue.jobs()[0].status == "failed"
+    assert queue.jobs.jobs()[0].status == "failed"
     assert reconciled == [None]  # at start only, over no app: a fleet app runs nowhere here
     worker.lock.release()
 

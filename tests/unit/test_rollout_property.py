@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,7 +37,8 @@ from deployer.fleet.client import FleetClient
 from deployer.fleet.rollout import Rollout
 from deployer.journal import Journal
 from deployer.plan import rollout as plan
-from deployer.queue.jobs import ROLLOUT, Job, Queue
+from deployer.queue.model import Job, JobKind
+from deployer.queue.queue import Queue
 
 HOSTS = ("h1", "h2", "h3")
 ROUTES = re.compile(r"^/deploy$|^/jobs/job-[0-9a-f]{16}$|^/apps/web$")
@@ -207,7 +209,7 @@ class Clock:
 
 
 @dataclass
-class RecordedQueue:
+class RecordedJobs:
     """What `rollout --wait` reads: the job and its steps, as the worker's JobSteps sink records them."""
 
     job: Job
@@ -231,15 +233,15 @@ def test_the_rollout_ends_whatever_the_hosts_answer(servers, scripts, revert):
         clock = Clock()
         queue = Queue(folder / "jobs.db", clock=clock)
         events: list[dict[str, Any]] = []
-        job = Job(id="job-00000000000000aa", app="web", tag="v2", kind=ROLLOUT, actor="cli:ops", status="running",
+        job = Job(id="job-00000000000000aa", app="web", tag="v2", kind=JobKind.ROLLOUT, actor="cli:ops", status="running",
                   source={"revert": revert})
-        rollout = Rollout(job, fleet=config, queue=queue, journal=Journal([events.append]),
+        rollout = Rollout(job, fleet=config, progress=queue.rollouts, journal=Journal([events.append]),
                           hosts=FleetClient(config, connect=SignedClient, timeout=CLIENT_TIMEOUT), clock=clock, sleep=clock.sleep, poll=1.0)
         try:
             summary, failure = rollout.run(), None
         except RolloutFailed as exc:
             summary, failure = None, exc
-        rows = {row.host: row for row in queue.rollout_hosts(job.id)}
+        rows = {row.host: row for row in queue.rollouts.rollout_hosts(job.id)}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -256,10 +258,10 @@ def test_the_rollout_ends_whatever_the_hosts_answer(servers, scripts, revert):
     assert [p for p in servers.paths if not ROUTES.fullmatch(p)] == []
 
     # What `rollout --wait` shows of it holds no control character.
-    finished = Job(id=job.id, app="web", tag="v2", kind=ROLLOUT, actor="cli:ops",
+    finished = Job(id=job.id, app="web", tag="v2", kind=JobKind.ROLLOUT, actor="cli:ops",
                    status="failed" if failure else "succeeded", reason=str(failure) if failure else summary)
     steps = [{"name": e["event"], "detail": e} for e in events]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        fleet_cli.follow(RecordedQueue(finished, steps), finished, timeout=1)  # type: ignore[arg-type]
+        fleet_cli.follow(SimpleNamespace(jobs=RecordedJobs(finished, steps)), finished, timeout=1)  # type: ignore[arg-type]
     assert not CONTROL.search(out.getvalue() + err.getvalue())

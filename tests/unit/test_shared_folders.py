@@ -15,7 +15,7 @@ from deployer import audit
 from deployer.audit import AuditLog, Query
 from deployer.errors import StateError
 from deployer.folders import share_folder
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from deployer.wiring import prepare_shared
 from deployer.worker.loop import WorkerLock
 from support.configs import app_toml, make_config
@@ -113,7 +113,7 @@ def test_opening_the_queue_refuses_a_planted_database_file(state, secret, name):
     before = fingerprint(secret)
     plant_link(state / "queue", name, secret)
     with pytest.raises(StateError, match=f"{name} is a symbolic link"):
-        Queue.for_state_dir(state).worker_status()
+        Queue.for_state_dir(state).heartbeat.worker_status()
     assert fingerprint(secret) == before
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from deployer.journal import Journal
 from deployer import signatures
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from support.receiver import (CAP, GITHUB_SECRET, NOW, assert_no_secret, deliver, published, read_payload,
                               redeploy_body, signed_call)
@@ -31,7 +31,7 @@ def test_a_signed_published_release_is_queued_and_answered_202(client, queue, ev
     response = deliver(client, read_payload("release-published.payload.json"))
     assert response.status_code == 202
     body = response.get_json()
-    job = queue.get(body["job"])
+    job = queue.jobs.get(body["job"])
     assert body == {"status": "queued", "job": job.id, "app": "web", "tag": "0.0.1", "reason": "queued",
                     "url": f"/jobs/{job.id}"}
     assert response.headers["Location"] == f"/jobs/{job.id}"
@@ -57,7 +57,7 @@ def test_the_form_encoded_content_type_is_accepted(client, queue):
     body = urlencode({"payload": read_payload("release-published.payload.json").decode()}).encode()
     response = deliver(client, body, content_type="application/x-www-form-urlencoded")
     assert response.status_code == 202
-    assert queue.get(response.get_json()["job"]).tag == "0.0.1"
+    assert queue.jobs.get(response.get_json()["job"]).tag == "0.0.1"
 
 
 def test_ping_answers_200(client, queue, events):
@@ -65,7 +65,7 @@ def test_ping_answers_200(client, queue, events):
     assert response.status_code == 200
     assert response.get_json() == {"status": "pong",
                                    "reason": "pong; no app is configured for repository Octocoders/Hello-World"}
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
     assert deliveries(events)[0]["verdict"] == "pong"
 
 
@@ -76,7 +76,7 @@ def test_a_redelivery_does_not_deploy_twice(client, queue):
     assert again.get_json() == {"status": "duplicate", "job": first.get_json()["job"], "job_status": "queued",
                                 "reason": "delivery 72d3162e-cc78-11e3-81ab-4c9367dc0958 was already received "
                                           "(queued)"}
-    assert len(queue.jobs()) == 1
+    assert len(queue.jobs.jobs()) == 1
 
 
 def test_published_and_released_of_one_release_make_one_job(client, queue):
@@ -84,14 +84,14 @@ def test_published_and_released_of_one_release_make_one_job(client, queue):
     second = deliver(client, read_payload("release-released.json"), delivery="d-released")
     assert second.status_code == 200
     assert second.get_json()["job"] == first.get_json()["job"]
-    assert len(queue.jobs()) == 1
+    assert len(queue.jobs.jobs()) == 1
 
 
 def test_a_tag_already_active_makes_no_job(client, queue):
-    queue.set_active("web", "0.0.1", None)
+    queue.live.set_active("web", "0.0.1", None)
     response = deliver(client, read_payload("release-released.json"))
     assert (response.status_code, response.get_json()["reason"]) == (200, "tag 0.0.1 is already active")
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
 
 
 def test_ignored_actions_are_acknowledged_with_the_reason(client, queue, events):
@@ -99,7 +99,7 @@ def test_ignored_actions_are_acknowledged_with_the_reason(client, queue, events)
     assert response.status_code == 200
     assert response.get_json() == {"status": "ignored", "reason": "the release is a prerelease, and app 'web' does "
                                                                   "not deploy prereleases (prereleases = false)"}
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
     assert deliveries(events)[0]["verdict"] == "ignore"
 
 
@@ -109,7 +109,7 @@ def test_ignored_actions_are_acknowledged_with_the_reason(client, queue, events)
 def assert_refused(response, status, error, queue, events, event="delivery"):
     assert response.status_code == status
     assert response.get_json() == {"error": error}
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
     records = [e for e in events if e["event"] == event]
     assert records and records[-1]["verdict"] == "rejected" and records[-1]["reason"] == error
     assert records[-1]["status"] == status
@@ -120,7 +120,7 @@ def assert_refused_before_auth(client, response, status, error, queue, events, e
     """Refused before it authenticated: no row of its own, but one aggregated row once the interval is flushed."""
     assert response.status_code == status
     assert response.get_json() == {"error": error}
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
     assert [e for e in events if e["event"] == event] == []
     client.application.extensions["deployer"].rejections.flush()
     [row] = [e for e in events if e["event"] == "rejected_requests"]
@@ -162,7 +162,7 @@ def test_malformed_json_is_400(client, queue, events):
     response = deliver(client, b'{"action": "published", ')
     assert response.status_code == 400
     assert response.get_json()["error"].startswith("the body is not valid JSON: ")
-    assert queue.jobs() == [] and deliveries(events)[-1]["verdict"] == "rejected"
+    assert queue.jobs.jobs() == [] and deliveries(events)[-1]["verdict"] == "rejected"
 
 
 @pytest.mark.parametrize("body, error", [
@@ -238,7 +238,7 @@ def test_a_hostile_tag_in_a_release_is_422_and_deploys_nothing(client, queue, ev
     response = deliver(client, published(tag_name=tag))
     assert response.status_code == 422
     assert "is not a valid Docker tag" in response.get_json()["error"]
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
     assert deliveries(events)[-1]["verdict"] == "rejected"
     assert deliveries(events)[-1].get("tag") is None  # the hostile text is not recorded as a tag
 
@@ -263,7 +263,7 @@ def test_a_wrong_method_is_405(client, queue, method, path):
     assert response.status_code == 405
     assert response.get_json()["error"].startswith("The method is not allowed")
     assert "Allow" in response.headers
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
 
 
 # --- signed manual requests ------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def test_a_wrong_method_is_405(client, queue, method, path):
 def test_a_signed_redeploy_is_queued(client, queue, events):
     response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2", reason="hotfix"))
     assert response.status_code == 202
-    job = queue.get(response.get_json()["job"])
+    job = queue.jobs.get(response.get_json()["job"])
     assert (job.app, job.tag, job.kind, job.actor) == ("web", "v2", "redeploy", "key:alice")
     assert job.source == {"key_id": "alice", "reason": "hotfix"}
     [record] = [e for e in events if e["event"] == "manual_request"]
@@ -284,12 +284,12 @@ def test_a_signed_redeploy_is_queued(client, queue, events):
 def test_a_redeploy_without_tag_means_the_active_release(client, queue):
     response = signed_call(client, "POST", "/deploy", redeploy_body())
     assert response.status_code == 202
-    assert queue.get(response.get_json()["job"]).tag is None
+    assert queue.jobs.get(response.get_json()["job"]).tag is None
 
 
 def test_a_job_is_readable_with_a_signed_get(client, queue, events):
     job_id = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2")).get_json()["job"]
-    queue.add_step(job_id, "pull", "ok", {"duration_ms": 12.5})
+    queue.jobs.add_step(job_id, "pull", "ok", {"duration_ms": 12.5})
     response = signed_call(client, "GET", f"/jobs/{job_id}", content_type=None)
     assert response.status_code == 200
     body = response.get_json()
@@ -331,7 +331,7 @@ def test_a_reused_nonce_is_401(client, queue, events):
     assert first.status_code == 202
     replay = signed_call(client, "POST", "/deploy", body, nonce="the-same-nonce-0001")
     assert replay.status_code == 401 and replay.get_json() == {"error": "nonce already used"}
-    assert len(queue.jobs()) == 1
+    assert len(queue.jobs.jobs()) == 1
 
 
 def test_a_nonce_is_spent_even_when_the_request_is_then_refused(client, queue):
@@ -364,7 +364,7 @@ def test_a_hostile_tag_in_a_redeploy_is_422(client, queue, tag):
     response = signed_call(client, "POST", "/deploy", redeploy_body(tag=tag))
     assert response.status_code == 422
     assert "is not a valid Docker tag" in response.get_json()["error"]
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
 
 
 @pytest.mark.parametrize("body, status, error", [
@@ -379,7 +379,7 @@ def test_malformed_redeploy_bodies(client, queue, body, status, error):
     assert response.status_code == status
     if error:
         assert response.get_json() == {"error": error}
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
 
 
 def test_a_redeploy_must_be_json(client, queue):
@@ -404,12 +404,13 @@ def test_health_is_degraded_without_a_worker(client):
 
 def test_unauthenticated_health_says_ok_or_degraded_and_nothing_else(client, queue, clock, settings):
     assert (client.get("/healthz").status_code, client.get("/healthz").get_json()) == (503, {"status": "degraded"})
-    queue.heartbeat(pid=1, started_at=clock.now, docker="cannot reach /var/run/docker.sock: permission denied",
-                    netfilter="ok", checked=True)
+    queue.heartbeat.heartbeat(pid=1, started_at=clock.now,
+                              docker="cannot reach /var/run/docker.sock: permission denied",
+                              netfilter="ok", checked=True)
     response = client.get("/healthz")
     assert (response.status_code, response.get_json()) == (503, {"status": "degraded"})
     assert b"docker.sock" not in response.data and str(settings.settings.state_dir).encode() not in response.data
-    queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
+    queue.heartbeat.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
     assert (client.get("/healthz").status_code, client.get("/healthz").get_json()) == (200, {"status": "ok"})
 
 
@@ -430,9 +431,9 @@ def test_health_details_refuse_a_bad_signature(client):
 
 
 def test_health_reports_the_workers_checks(client, queue, clock):
-    queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
+    queue.heartbeat.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
     assert signed_call(client, "GET", "/healthz").get_json()["status"] == "ok"
-    queue.heartbeat(pid=1, started_at=clock.now, docker="the Docker daemon does not answer", netfilter="ok",
+    queue.heartbeat.heartbeat(pid=1, started_at=clock.now, docker="the Docker daemon does not answer", netfilter="ok",
                     checked=True)
     response = signed_call(client, "GET", "/healthz")
     assert (response.status_code, response.get_json()["docker"]) == (503, "the Docker daemon does not answer")
@@ -441,14 +442,14 @@ def test_health_reports_the_workers_checks(client, queue, clock):
 
 
 def test_health_names_the_registry_only_when_the_worker_checks_one(client, queue, clock):
-    queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
+    queue.heartbeat.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
     assert "registry" not in signed_call(client, "GET", "/healthz").get_json()
-    queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True,
+    queue.heartbeat.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True,
                     registry="registry 127.0.0.1:5001: ConnectionRefusedError: [Errno 111] Connection refused")
     response = signed_call(client, "GET", "/healthz")
     assert (response.status_code, response.get_json()["registry"]) == (
         503, "registry 127.0.0.1:5001: ConnectionRefusedError: [Errno 111] Connection refused")
-    queue.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True, registry="ok")
+    queue.heartbeat.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True, registry="ok")
     assert signed_call(client, "GET", "/healthz").get_json()["registry"] == "ok"
 
 
@@ -456,7 +457,7 @@ def test_a_signed_promote_or_abort_is_queued_as_its_own_kind(client, queue):
     for action in ("promote", "abort"):
         response = signed_call(client, "POST", "/deploy", redeploy_body(action=action, reason="checked"))
         assert response.status_code == 202, response.get_json()
-    assert [(j.kind, j.tag) for j in queue.jobs()] == [("promote", None), ("abort", None)]
+    assert [(j.kind, j.tag) for j in queue.jobs.jobs()] == [("promote", None), ("abort", None)]
 
 
 @pytest.mark.parametrize("body, error", [
@@ -465,4 +466,4 @@ def test_a_signed_promote_or_abort_is_queued_as_its_own_kind(client, queue):
 def test_a_bad_canary_action_is_422(client, queue, body, error):
     response = signed_call(client, "POST", "/deploy", redeploy_body(**body))
     assert (response.status_code, response.get_json()) == (422, {"error": error})
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []

@@ -12,7 +12,7 @@ import pytest
 from deployer import config as config_module
 from deployer.journal import Journal
 from deployer import signatures
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from support.configs import app_toml, config_text
 
@@ -59,7 +59,7 @@ def deliver(client, body: bytes, secret: str, hook_id: str = B_HOOK, delivery: s
 
 
 def queued(queue) -> list[tuple[str, str]]:
-    return sorted((job.app, job.tag) for job in queue.jobs())
+    return sorted((job.app, job.tag) for job in queue.jobs.jobs())
 
 
 def test_a_delivery_for_app_b_signed_with_app_a_secret_is_refused_and_nothing_is_queued(client, queue, events):

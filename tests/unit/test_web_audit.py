@@ -12,7 +12,7 @@ import pytest
 
 from deployer.audit import AuditLog, Query
 from deployer import signatures
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from support.configs import app_toml, make_config
 from support.receiver import ALICE_KEY, ALICE_SECRET, NOW, Clock
@@ -140,7 +140,7 @@ def test_the_token_opens_get_audit_only(tmp_path, client):
     assert (deploy.status_code, deploy.get_json()) == (401, {"error": "missing X-Deployer-Key header"})
     job = with_token(client, "/jobs/job-0123456789abcdef")
     assert (job.status_code, job.get_json()) == (401, {"error": "missing X-Deployer-Key header"})
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
 
 
 def test_refusals_are_recorded_without_the_token_and_reads_are_not(tmp_path, client, log):

@@ -10,7 +10,9 @@ import pytest
 from deployer import config as config_module
 from deployer.errors import ConfigError
 from deployer.journal import Journal
-from deployer.queue.jobs import ROLLOUT, Queue, row_problem
+from deployer.queue.model import JobKind
+from deployer.queue.queue import Queue
+from deployer.queue.rows import row_problem
 from deployer.receiver.web import create_app
 from support.configs import config_text
 from support.receiver import (ALICE_KEY, ALICE_SECRET, GITHUB_SECRET, assert_no_secret, deliver, published,
@@ -22,7 +24,7 @@ ROLLOUT_ID = "job-00000000000000aa"
 def test_a_rollout_id_is_kept_in_the_jobs_source_and_its_queued_record(client, queue, events):
     response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2", rollout=ROLLOUT_ID, reason="rollout"))
     assert response.status_code == 202
-    job = queue.get(response.get_json()["job"])
+    job = queue.jobs.get(response.get_json()["job"])
     assert job.source == {"key_id": "alice", "reason": "rollout", "rollout": ROLLOUT_ID}
     [queued] = [e for e in events if e["event"] == "job.queued"]
     assert (queued["job"], queued["rollout"], queued["tag"]) == (job.id, ROLLOUT_ID, "v2")
@@ -35,12 +37,12 @@ def test_a_rollout_id_that_is_not_a_job_id_is_422_and_queues_nothing(client, que
         response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2", rollout=bad))
         assert response.status_code == 422, bad
         assert response.get_json() == {"error": "field rollout must be a rollout's id (job-<16 hex digits>)"}
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
 
 
 def test_get_apps_answers_the_live_tag_the_port_set_and_the_last_job(client, queue, events):
     job_id = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2", rollout=ROLLOUT_ID)).get_json()["job"]
-    queue.set_active("web", "v1", None, "blue")
+    queue.live.set_active("web", "v1", None, "blue")
     response = signed_call(client, "GET", "/apps/web", content_type=None)
     assert response.status_code == 200
     body = response.get_json()
@@ -109,10 +111,10 @@ def test_a_release_of_a_fleet_app_queues_a_rollout_on_the_controller(controller,
     client, queue, full = controller
     response = deliver(client, published())
     assert response.status_code == 202, response.get_json()
-    [job] = queue.jobs()
-    assert (job.app, job.kind, job.status) == ("web", ROLLOUT, "queued")
+    [job] = queue.jobs.jobs()
+    assert (job.app, job.kind, job.status) == ("web", JobKind.ROLLOUT, "queued")
     [queued] = [e for e in events if e["event"] == "job.queued"]
-    assert (queued["kind"], queued["rollout"]) == (ROLLOUT, job.id)
+    assert (queued["kind"], queued["rollout"]) == (JobKind.ROLLOUT, job.id)
     assert row_problem(job, full.apps, full.fleet.apps) is None  # the controller's worker runs it
     assert "fleet-host-secret-77aa" not in repr(events)
     # The receiver never holds the hosts' key: only the worker's config reads it.
@@ -125,7 +127,7 @@ def test_a_signed_redeploy_of_a_fleet_app_is_refused_on_the_controller(controlle
     response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"))
     assert response.status_code == 422
     assert "is a fleet app" in response.get_json()["error"]
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
 
 
 def test_a_release_policy_for_an_app_not_in_the_fleet_is_refused(tmp_path):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from deployer.journal import Journal
 from deployer import signatures
-from deployer.queue.jobs import Queue
+from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from support.configs import app_toml, make_config
 from support.receiver import ALICE_KEY, Clock
@@ -74,7 +74,7 @@ def test_random_requests_never_fail_never_queue_and_never_write_a_row_each(recei
     response = app.test_client().open(path, method=method, data=body, headers=sent)
     degraded = response.status_code == 503 and path == "/healthz"  # no worker runs here: degraded is the truth
     assert response.status_code < 500 or degraded, (response.status_code, response.get_data(as_text=True)[:300])
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []
     assert sum(1 for e in events if e["_durable"]) == rows_before  # counted, not recorded
     rejections = app.extensions["deployer"].rejections
     assert len(rejections._tallies) <= rejections.max_keys + 1

@@ -59,7 +59,7 @@ def test_5000_unsigned_requests_add_a_few_rows_and_a_signed_delivery_among_them_
     [delivery] = [r for r in written if r.get("event") == "delivery"]
     assert (delivery.get("delivery"), delivery.get("verdict"), delivery.get("status")) == (
         "good-delivery-2500", "queued", 202)
-    assert len(queue.jobs()) == 1
+    assert len(queue.jobs.jobs()) == 1
     assert GITHUB_SECRET not in json.dumps([r.fields for r in written])
 
 

@@ -21,10 +21,10 @@ def release(client, tag: str, published_at: str, release_id: int, delivery: str 
 
 def run(queue, tag_expected: str | None = None):
     """The worker's side: claim the next job and finish it, making its tag live."""
-    claim = queue.claim()
+    claim = queue.jobs.claim()
     assert claim is not None
-    queue.finish(claim.job, "succeeded")
-    queue.set_active(claim.job.app, claim.job.tag or queue.active_tag(claim.job.app), claim.job.id)
+    queue.jobs.finish(claim.job, "succeeded")
+    queue.live.set_active(claim.job.app, claim.job.tag or queue.live.active_tag(claim.job.app), claim.job.id)
     if tag_expected is not None:
         assert claim.job.tag == tag_expected
     return claim
@@ -39,7 +39,7 @@ def test_a_late_delivery_of_an_older_release_is_answered_200_and_recorded_not_de
     assert body["status"] == "older"
     assert body["reason"] == (f"release v2 (published {T2}) is older than release v3 (published {T3}), which is "
                               f"live; deploy it on purpose with POST /deploy")
-    assert [job.tag for job in queue.jobs()] == ["v3"]
+    assert [job.tag for job in queue.jobs.jobs()] == ["v3"]
     [record] = [e for e in events if e["event"] == "delivery" and e.get("tag") == "v2"]
     assert (record["verdict"], record["status"], record["reason"]) == ("older", 200, body["reason"])
     again = release(client, "v2", T2, 2)  # the same delivery once more gets the same answer
@@ -96,4 +96,4 @@ def test_a_release_without_a_usable_published_at_is_refused(client, queue):
     response = deliver(client, published(tag_name="v5", id=5, published_at="yesterday"))
     assert (response.status_code, response.get_json()) == (
         422, {"error": "field release.published_at must be a UTC time like 2019-05-15T15:20:53Z"})
-    assert queue.jobs() == []
+    assert queue.jobs.jobs() == []

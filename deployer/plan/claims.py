@@ -1,0 +1,84 @@
+"""Which waiting job runs next, and which of its app's waiting jobs it supersedes (pure).
+
+The queue reads the candidate rows and what is live inside its write transaction, calls `decide_claim`, and writes
+the outcome in that same transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Mapping, Sequence
+
+from deployer.plan.job_states import CANARY_KINDS, JobKind
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A queued job, as much of it as the decision reads. `not_before` is whatever the row holds: a row with a
+    malformed time is claimed at once, for the worker to refuse."""
+
+    seq: int
+    id: str
+    app: str
+    tag: str | None
+    kind: str
+    not_before: object = 0.0
+
+
+@dataclass(frozen=True)
+class Superseded:
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClaimDecision:
+    run: Candidate
+    superseded: tuple[Superseded, ...] = ()
+
+
+def decide_claim(waiting: Sequence[Candidate], *, busy: Collection[str], live: Mapping[str, str | None],
+                 now: float) -> ClaimDecision | None:
+    """The newest waiting job of an idle app runs; the older waiting jobs of that app are superseded.
+
+    `waiting` in queue order; `busy`: the apps with a running job; `live`: each app's live tag. Apps are served in
+    the order their oldest waiting job arrived, so a busy app does not starve others. A promote or abort ends the
+    canary the deploys after it would be refused during: it runs first, alone, and supersedes nothing.
+    """
+    order: list[str] = []
+    for job in waiting:
+        if job.app not in order:
+            order.append(job.app)
+    for app in order:
+        if app in busy:
+            continue
+        jobs = [j for j in waiting if j.app == app]
+        action = next((j for j in jobs if j.kind in CANARY_KINDS), None)
+        newest = action or winner(jobs, live.get(app))
+        if isinstance(newest.not_before, (int, float)) and newest.not_before > now:
+            continue
+        if action is not None:
+            return ClaimDecision(newest)
+        superseded = tuple(Superseded(older.seq, supersede_reason(newest, older)) for older in jobs
+                           if older.seq != newest.seq)
+        return ClaimDecision(newest, superseded)
+    return None
+
+
+def winner(waiting: Sequence[Candidate], live_tag: str | None) -> Candidate:
+    """The waiting job of an app that runs: the last queued, unless that only redeploys the live release
+    (no tag, or the live tag) while a release waits: a redeploy of what runs must not cancel something newer.
+    An explicit redeploy of another tag (a rollback) is meant, and wins as the last queued.
+    """
+    newest = waiting[-1]
+    if newest.kind == JobKind.REDEPLOY and newest.tag in (None, live_tag):
+        releases = [job for job in waiting if job.kind == JobKind.RELEASE]
+        if releases:
+            return releases[-1]
+    return newest
+
+
+def supersede_reason(newest: Candidate, older: Candidate) -> str:
+    why = ("which was queued later" if older.seq < newest.seq
+           else "a newer release than the live one this would redeploy")
+    return f"superseded by {newest.id} ({newest.tag or 'active release'}), {why}"

@@ -1,0 +1,48 @@
+"""What the worker last saw live of each app, so the receiver (which cannot read app state) can dedupe and a
+controller can read a host's release."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Mapping
+
+from deployer.queue.database import Database
+from deployer.queue.model import JOB_COLUMNS, JobStatus, job_from_row
+
+
+class LiveStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def set_active(self, app: str, tag: str | None, job_id: str | None = None, port_set: str | None = None) -> None:
+        with self.database.write() as conn:
+            conn.execute("INSERT INTO active (app, tag, job_id, updated_at, port_set) VALUES (?, ?, ?, ?, ?) "
+                         "ON CONFLICT (app) DO UPDATE SET tag = excluded.tag, job_id = excluded.job_id, "
+                         "updated_at = excluded.updated_at, port_set = excluded.port_set",
+                         (app, tag, job_id, self.database.clock(), port_set))
+
+    def active_tag(self, app: str) -> str | None:
+        rows = self.database.read("SELECT tag FROM active WHERE app = ?", (app,))
+        return rows[0][0] if rows else None
+
+    def live(self, app: str) -> dict[str, Any]:
+        """What the worker last saw live of `app` and its last job: what GET /apps/<app> answers a controller."""
+        rows = self.database.read("SELECT tag, port_set, job_id FROM active WHERE app = ?", (app,))
+        tag, port_set, job_id = rows[0] if rows else (None, None, None)
+        last = self.database.read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE app = ? AND status != ? "
+                                  "ORDER BY seq DESC LIMIT 1", (app, JobStatus.ACCEPTING))
+        job = job_from_row(last[0]) if last else None
+        return {"app": app, "tag": tag, "port_set": port_set, "job": job_id,
+                "last_job": None if job is None else {
+                    "id": job.id, "tag": job.tag, "kind": job.kind, "status": job.status, "reason": job.reason,
+                    "rollout": job.source.get("rollout") if isinstance(job.source, Mapping) else None}}
+
+
+def active_row(conn: sqlite3.Connection, app: str) -> tuple[str | None, str | None] | None:
+    """The live tag of `app` and the job that made it live, inside the caller's transaction."""
+    return conn.execute("SELECT tag, job_id FROM active WHERE app = ?", (app,)).fetchone()
+
+
+def live_tags(conn: sqlite3.Connection) -> dict[str, str | None]:
+    """Every app's live tag, inside the caller's transaction."""
+    return dict(conn.execute("SELECT app, tag FROM active").fetchall())
