@@ -169,6 +169,20 @@ class UnknownJob(RequestRejected):
     """No job has that id."""
 
 
+class Redirected(RequestRejected):
+    """The server answered with a redirect. A signed request is meant for one server: no redirect is followed."""
+
+
+class UnexpectedAnswer(RequestRejected):
+    """The server's answer is not one to act on: over the size cap, not a JSON object, or a field of the wrong form."""
+
+
+class InvalidUrl(DeployerError):
+    """A server URL that is not http(s)://host[:port][/prefix], or plain http to another host without consent."""
+
+    exit_code = 2
+
+
 class AssetError(DeployerError):
     """A release asset could not be downloaded, was too large, or did not match its .sha256."""
 

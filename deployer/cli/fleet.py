@@ -1,6 +1,8 @@
 """`deployer rollout` and `deployer fleet status`, on a controller ([fleet]). Thin: deployer/fleet/rollout.py acts.
 
 `rollout` queues a job in this controller's own queue; its worker runs it (`deployer worker` or `serve`).
+Whatever a host answered (tags, reasons, job ids, errors) is printed through `printable`: no control character
+from a host reaches the terminal.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from deployer.cli.ops import seconds
 from deployer.config.fleet import FleetConfig, check_canary, check_max_parallel
 from deployer.errors import ConfigError, DeployerError, InvalidTag
 from deployer.plan import rollout as plan
+from deployer.plan.printable import printable
 from deployer.plan.tags import DOCKER_TAG_RE
 from deployer.queue.accept import accept
 from deployer.queue.model import Job, JobKind, JobStatus
@@ -99,6 +102,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     accept(queue.jobs, journal, job, job=job.id, app=args.app, tag=args.tag, actor=actor, kind=JobKind.ROLLOUT,
            rollout=job.id, **source)
     print(f"{args.app}: queued rollout {job.id} of {args.tag} over {', '.join(fleet.host_names)}", flush=True)
+    if fleet.insecure_hosts:
+        print(f"deployer: warning: {insecure_warning(fleet.insecure_hosts)}", file=sys.stderr, flush=True)
     worker = queue.heartbeat.worker_status()
     if worker is None or time.time() - worker["heartbeat_at"] > WORKER_STALE_SECONDS:
         print("deployer: no worker runs on this controller's state folder: the rollout waits for `deployer worker` "
@@ -117,17 +122,17 @@ def follow(queue: Queue, job: Job, *, timeout: float, sleep: Callable[[float], N
         for step in steps[shown:]:
             line = describe(step)
             if line:
-                print("  " + line, flush=True)
+                print("  " + printable(line), flush=True)
         shown = len(steps)
         current = queue.jobs.get(job.id)
         if current is None or current.done or time.monotonic() > deadline:
             break
         sleep(POLL_SECONDS)
     if current is not None and current.status == JobStatus.SUCCEEDED:
-        print(f"{job.app}: {current.reason}")
+        print(f"{job.app}: {printable(current.reason)}")
         return 0
     if current is not None and current.done:
-        print(f"{job.app}: rollout {current.status}: {current.reason}", file=sys.stderr)
+        print(f"{job.app}: rollout {current.status}: {printable(current.reason)}", file=sys.stderr)
         return 1
     print(f"{job.app}: rollout {job.id} still {current.status if current else '?'} after {timeout:g} s; "
           f"it goes on (the worker runs it)", file=sys.stderr)
@@ -144,11 +149,18 @@ def describe(step: dict[str, Any]) -> str | None:
     if step["name"] == "rollout.planned":
         return "batches: " + " | ".join(", ".join(b) for b in detail.get("batches", [])) + (
             f"; skipped (already on the tag): {', '.join(detail['skipped'])}" if detail.get("skipped") else "")
+    if step["name"] == "rollout.insecure":
+        return "warning: " + insecure_warning(detail.get("hosts") or [])
     if step["name"] == "rollout.bake":
         return f"baking {detail.get('seconds')} s after batch {detail.get('batch')}"
     if step["name"] == "rollout.resumed":
         return "resumed: " + ", ".join(f"{h} {s}" for h, s in (detail.get("states") or {}).items())
     return None
+
+
+def insecure_warning(hosts: list[str] | tuple[str, ...]) -> str:
+    return (f"plain http to {', '.join(hosts)} (insecure_http = true in [[fleet.hosts]]): anyone on the path can "
+            f"read the signed requests and answer for {'that host' if len(hosts) == 1 else 'those hosts'}")
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
@@ -169,12 +181,12 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
             status["differs"] = name in differs
         report[app] = hosts
     bad = any("error" in s or s["differs"] for hosts in report.values() for s in hosts.values())
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
+    if args.json:  # JSON escapes C0 controls itself; DEL, C1 and the like are escaped here, line by line
+        print("\n".join(printable(line) for line in json.dumps(report, indent=2, default=str).splitlines()))
         return 1 if bad else 0
     for app, hosts in report.items():
         for name, s in hosts.items():
-            print(f"{app} {name}: " + (f"does not answer: {s['error']}" if "error" in s else host_line(s)))
+            print(printable(f"{app} {name}: " + (f"does not answer: {s['error']}" if "error" in s else host_line(s))))
     return 1 if bad else 0
 
 

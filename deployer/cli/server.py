@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from deployer.errors import RequestRejected
-from deployer.fleet.client import operator_signer
+from deployer.config.fleet import check_server_url, is_loopback_url
+from deployer.errors import ConfigError, RequestRejected
+from deployer.fleet.client import job_id_of, operator_signer
+from deployer.plan.printable import printable
 from deployer.queue.model import JobStatus
 
 
@@ -37,7 +39,12 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "superseded, 2 refused by the server.")
     p.add_argument("app")
     p.add_argument("tag", nargs="?")
-    p.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--url", required=True, help="the server's base URL, e.g. https://deploy.example:8443; plain "
+                                                "http only to this host itself, or with --insecure-http")
+    p.add_argument("--ca-file", type=Path, help="the CA bundle that verifies the server's certificate (a private "
+                                                "CA); default: the system's")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="accept a plain http:// URL to another host: its signed request can be read and replayed")
     p.add_argument("--key-id", required=True, help="the operator key id ([server.operators.KEY_ID])")
     p.add_argument("--secret-file", required=True, type=Path, help="file holding that key's secret")
     p.add_argument("--reason", help="why, for the audit record")
@@ -85,7 +92,15 @@ def read_secret_file(path: Path) -> str:
 def cmd_redeploy(args: argparse.Namespace) -> int:
     from deployer.wiring import SignedClient
 
-    client = SignedClient(args.url, operator_signer(args.key_id, read_secret_file(args.secret_file)))
+    check_server_url(args.url, insecure_http=args.insecure_http, path=None, key="--url",
+                     consent="pass --insecure-http")
+    if args.ca_file is not None and not args.ca_file.expanduser().is_file():
+        raise ConfigError(f"names no file: {args.ca_file}", key="--ca-file")
+    if args.insecure_http and args.url.startswith("http://") and not is_loopback_url(args.url):
+        print(f"deployer: warning: plain http to {args.url} (--insecure-http): anyone on the path can read and "
+              f"replay this signed request", file=sys.stderr, flush=True)
+    client = SignedClient(args.url, operator_signer(args.key_id, read_secret_file(args.secret_file)),
+                          ca_file=args.ca_file.expanduser() if args.ca_file else None)
     if args.action and args.tag:
         print(f"deployer: --action {args.action} takes no TAG: it ends the running canary", file=sys.stderr)
         return 2
@@ -93,7 +108,7 @@ def cmd_redeploy(args: argparse.Namespace) -> int:
                **({"action": args.action} if args.action else {}),
                **({"reason": args.reason} if args.reason else {})}
     _, answer = client.request("POST", "/deploy", json.dumps(request).encode())
-    job_id = answer["job"]
+    job_id = job_id_of(answer.get("job"), "the job id the server answered")
     what = f"{args.action} of the canary" if args.action else args.tag or "the active release"
     print(f"{args.app}: queued {job_id} ({what})", flush=True)
     if not args.wait:
@@ -106,16 +121,17 @@ def follow(updates: Iterable[dict[str, Any]], job_id: str, *, timeout: float) ->
     shown, job = 0, {}
     for job in updates:
         for step in job.get("steps", [])[shown:]:
-            print("  " + describe_step(step), flush=True)
+            print("  " + printable(describe_step(step)), flush=True)
         shown = len(job.get("steps", []))
     status = job["status"]
     if status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED):
-        print(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": "))
+        print(printable(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": ")))
         return 0
     if status in (JobStatus.FAILED, JobStatus.SUPERSEDED):
-        print(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": "), file=sys.stderr)
+        print(printable(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": ")), file=sys.stderr)
         return 1
-    print(f"{job['app']}: still {status} after {timeout:g} s; follow it with GET /jobs/{job_id}", file=sys.stderr)
+    print(printable(f"{job['app']}: still {status} after {timeout:g} s; follow it with GET /jobs/{job_id}"),
+          file=sys.stderr)
     return 1
 
 

@@ -4,6 +4,11 @@ Parsed on its own, beside the rest of the config, with its own checks: every hos
 its deployer server and an operator key that server knows, a batch size and a canary that fit the host count.
 Each error names the key, so a rollout never starts from a config that would skip a host or stall on one.
 
+Between hosts the controller speaks https: its requests are signed, but only TLS keeps anyone on the path from
+reading them, replaying them to another host or answering for a host. A plain http:// URL is accepted for a
+loopback address, and for another host only with `insecure_http = true` in its entry, which each rollout names in
+a warning. `ca_file` is the CA bundle that verifies a host's certificate when a private CA signed it.
+
     [fleet]
     apps = ["web"]
     max_parallel = "50%"     # or a count
@@ -13,9 +18,10 @@ Each error names the key, so a rollout never starts from a config that would ski
 
     [[fleet.hosts]]
     name = "h1"
-    url = "http://10.0.0.1:8000"
+    url = "https://h1.deploy.example:8443"
     key_id = "fleet"
-    secret_file = "/etc/deployer/fleet.secret"
+    secret_file = "/etc/deployer/fleet-h1.secret"   # each host its own
+    ca_file = "/etc/deployer/fleet-ca.pem"          # optional: a private CA
 
     [fleet.releases.web]     # optional: its GitHub releases, received here, queue a rollout
     repository = "example/web"
@@ -23,12 +29,13 @@ Each error names the key, so a rollout never starts from a config that would ski
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from deployer.config.fields import APP_NAME_RE, KEY_ID_RE, duration, integer, only_keys, table, typed
+from deployer.config.fields import APP_NAME_RE, KEY_ID_RE, absolute_path, duration, integer, only_keys, table, typed
 from deployer.errors import ConfigError
 
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
@@ -36,7 +43,7 @@ PERCENT_RE = re.compile(r"^([0-9]{1,3})%$")
 # scheme://host[:port][/prefix]: no user, query or fragment (the plan layer may not import urllib, even through here)
 URL_RE = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
 KEYS = {"apps", "hosts", "max_parallel", "canary", "bake", "host_timeout", "releases"}
-HOST_KEYS = {"name", "url", "key_id", "secret_file", "secret_env"}
+HOST_KEYS = {"name", "url", "key_id", "secret_file", "secret_env", "ca_file", "insecure_http"}
 DEFAULT_HOST_TIMEOUT = 600.0
 
 # read_secret(entry, name, where) -> the secret of `<name>_file` or `<name>_env`: load.py's one reader of secrets.
@@ -49,6 +56,8 @@ class FleetHost:
     url: str  # the base URL of its deployer server (POST /deploy, GET /jobs/<id>, GET /apps/<app>)
     key_id: str  # an operator key its server knows ([server.operators.KEY_ID] there)
     secret: str = field(repr=False)
+    ca_file: Path | None = None  # the CA bundle that verifies its https certificate; None: the system's
+    insecure_http: bool = False  # plain http to a host that is not this one, accepted in the config
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,11 @@ class FleetConfig:
     @property
     def host_names(self) -> tuple[str, ...]:
         return tuple(h.name for h in self.hosts)
+
+    @property
+    def insecure_hosts(self) -> tuple[str, ...]:
+        """The hosts reached over plain http across a network: each rollout warns of them."""
+        return tuple(h.name for h in self.hosts if h.insecure_http)
 
     def host(self, name: str) -> FleetHost:
         return next(h for h in self.hosts if h.name == name)
@@ -130,8 +144,20 @@ def _host(entry: Any, where: str, earlier: list[FleetHost], *, path: Path, read_
                           path=path, key=f"{where}.name")
     url = entry.get("url")
     if not isinstance(url, str) or not URL_RE.fullmatch(url):
-        raise ConfigError("must be the base URL of the host's deployer server, e.g. http://10.0.0.1:8000",
+        raise ConfigError("must be the base URL of the host's deployer server, e.g. https://h1.deploy.example:8443",
                           path=path, key=f"{where}.url")
+    insecure = typed(entry, "insecure_http", bool, False, path=path, key=f"{where}.insecure_http")
+    if insecure and not url.startswith("http://"):
+        raise ConfigError("is only for a plain http:// url", path=path, key=f"{where}.insecure_http")
+    check_server_url(url, insecure_http=insecure, path=path, key=f"{where}.url",
+                     consent=f"set insecure_http = true in [[fleet.hosts]] {name!r}")
+    ca_file = None
+    if "ca_file" in entry:
+        if not url.startswith("https://"):
+            raise ConfigError("is only for an https:// url", path=path, key=f"{where}.ca_file")
+        ca_file = absolute_path(entry["ca_file"], path.parent, path=path, key=f"{where}.ca_file")
+        if not ca_file.is_file():
+            raise ConfigError(f"names no file: {ca_file}", path=path, key=f"{where}.ca_file")
     key_id = entry.get("key_id")
     if not isinstance(key_id, str) or not KEY_ID_RE.fullmatch(key_id):
         raise ConfigError("must be an operator key id the host's server knows ([server.operators.KEY_ID] there)",
@@ -140,7 +166,41 @@ def _host(entry: Any, where: str, earlier: list[FleetHost], *, path: Path, read_
         if other.name == name or other.url.rstrip("/") == url.rstrip("/"):
             same = "name" if other.name == name else "url"
             raise ConfigError(f"host {name!r} is listed twice: {other.name!r} has that {same}", path=path, key=where)
-    return FleetHost(name=name, url=url.rstrip("/"), key_id=key_id, secret=read_secret(entry, "secret", where))
+    return FleetHost(name=name, url=url.rstrip("/"), key_id=key_id, secret=read_secret(entry, "secret", where),
+                     ca_file=ca_file, insecure_http=insecure and not is_loopback_url(url))
+
+
+def url_host(url: str) -> str | None:
+    """The host of an http(s) base URL (without brackets), or None when it is not one."""
+    match = URL_RE.fullmatch(url)
+    return match[1].strip("[]") if match else None
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether the URL names this host itself: localhost, 127.0.0.0/8 or ::1."""
+    host = url_host(url)
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_url(url: str, *, insecure_http: bool, path: Path | None, key: str, consent: str) -> str:
+    """A deployer server's base URL: https, or plain http to this host itself or with explicit consent.
+
+    `consent` says how to give it (the config key, or the flag), named in the refusal."""
+    if not URL_RE.fullmatch(url):
+        raise ConfigError("must be a server's base URL, http(s)://host[:port][/prefix], e.g. "
+                          "https://deploy.example:8443", path=path, key=key)
+    if url.startswith("http://") and not insecure_http and not is_loopback_url(url):
+        raise ConfigError("is plain http to another host: anyone on the path could read and replay its signed "
+                          f"requests. Use https:// (with a CA file for a private CA), or {consent} to accept it",
+                          path=path, key=key)
+    return url
 
 
 def check_max_parallel(value: Any, host_count: int, *, path: Path | None, key: str) -> int | str:

@@ -6,6 +6,10 @@
                 check GET /apps/<app> says the tag; then bake, then the next batch
     a failure   stop; unless revert is off, deploy back the tag each done host had; raise RolloutFailed
 
+A host step that raises anything unexpected (a bug, an answer no check foresaw) is that host's failure like any
+other: the stop and the revert run, and the rollout fails naming it, rather than the process dying with a host
+left on the tag.
+
 Every step is recorded before it is taken and after: a host is `posting` before its POST and `deploying`
 with the host's job id after it, so a controller killed at any point and started again follows that job
 instead of posting again, and a host already on the tag is `done` without a second deploy. There is no
@@ -22,6 +26,7 @@ from deployer.config.fleet import FleetConfig, check_canary, check_max_parallel
 from deployer.errors import DeployerError, RequestRejected, RolloutFailed
 from deployer.journal import Journal
 from deployer.plan import rollout as plan
+from deployer.plan.printable import printable
 from deployer.queue.model import FINISHED, Job, JobStatus, RolloutHost
 
 POLL_SECONDS = 1.0
@@ -80,6 +85,8 @@ class Rollout:
     def run(self) -> str:
         """Roll the tag out; return what happened. Raises RolloutFailed naming the host and the reason."""
         options = options_of(self.job.source, self.fleet)
+        if self.fleet.insecure_hosts:
+            self._record("rollout.insecure", hosts=list(self.fleet.insecure_hosts))
         rows = self.progress.rollout_hosts(self.id)
         if rows:
             self._record("rollout.resumed", states={r.host: r.state for r in rows})
@@ -116,6 +123,9 @@ class Rollout:
                 current[name] = self.hosts.status(name, self.job.app).get("tag")
             except DeployerError as exc:
                 raise RolloutFailed(f"host {name}: {exc}; nothing was changed on any host", host=name) from None
+            except Exception as exc:
+                raise RolloutFailed(f"host {name}: {unexpected(exc)}; nothing was changed on any host",
+                                    host=name) from None
         return current
 
     # --- one batch -----------------------------------------------------------------------------------
@@ -146,7 +156,7 @@ class Rollout:
         if row.state == before:
             try:
                 status = self.hosts.status(row.host, self.job.app)
-            except DeployerError:
+            except Exception:  # no answer to go by: post again, as for a row never posted
                 status = {}
             last = status.get("last_job") or {}
             if last.get("rollout") == self.id and last.get("tag") == tag:  # followed to its end, whatever it is
@@ -170,6 +180,9 @@ class Rollout:
                     self._set(row.host, failed, tag=tag, reason=self._silent(exc))
                     return
                 self.sleep(self.poll)
+            except Exception as exc:
+                self._set(row.host, failed, tag=tag, reason=unexpected(exc))
+                return
         self._set(row.host, following, host_job=job_id, tag=tag)
 
     def _check(self, row: RolloutHost, tag: str, *, done: str, failed: str) -> None:
@@ -188,6 +201,8 @@ class Rollout:
         except DeployerError as exc:
             if late:
                 self._set(row.host, failed, host_job=row.host_job, tag=tag, reason=self._silent(exc))
+        except Exception as exc:
+            self._set(row.host, failed, host_job=row.host_job, tag=tag, reason=unexpected(exc))
 
     def _ended(self, row: RolloutHost, job: Mapping[str, Any], tag: str, *, done: str, failed: str) -> None:
         if job.get("status") not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED):
@@ -215,8 +230,8 @@ class Rollout:
             for row in failed:
                 try:
                     current[row.host] = self.hosts.status(row.host, self.job.app).get("tag")
-                except DeployerError:
-                    current[row.host] = None  # it does not answer: left as it is
+                except Exception:  # it does not answer, or not sensibly: left as it is
+                    current[row.host] = None
             steps = [plan.HostStep(r.host, r.batch, r.previous, r.state) for r in rows]
             back = {host for host, _ in plan.reverts(steps, current)}
             for row in rows:
@@ -265,6 +280,11 @@ class Rollout:
     def _record(self, event: str, **fields: Any) -> None:
         self.journal.record(event, job=self.id, rollout=self.id, app=self.job.app, actor=self.job.actor,
                             **{k: v for k, v in fields.items() if v is not None})
+
+
+def unexpected(exc: Exception) -> str:
+    """The reason a host failed on an exception no step expected: its type and the start of its text."""
+    return f"its answer could not be handled ({type(exc).__name__}: {printable(exc, 200)})"
 
 
 def _batches(rows: list[RolloutHost]) -> list[list[str]]:

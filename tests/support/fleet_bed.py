@@ -88,6 +88,7 @@ secret_file = "{host.folder / 'fleet.secret'}"
 
     def write_controller(self, *, host_timeout: float, bake: float = 0) -> None:
         hosts = "".join(f'[[fleet.hosts]]\nname = "{h.name}"\nurl = "http://{h.address}:{PORT}"\n'
+                        'insecure_http = true\n'
                         f'key_id = "{KEY_ID}"\nsecret_file = "{self.folder / "fleet.secret"}"\n\n'
                         for h in self.cluster.hosts)
         self.config.write_text(f"""\

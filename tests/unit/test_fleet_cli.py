@@ -19,6 +19,7 @@ def controller(tmp_path: Path) -> Path:
     secret = tmp_path / "fleet.secret"
     secret.write_text("fleet-secret-0123456789abcdef\n")
     hosts = "".join(f'[[fleet.hosts]]\nname = "h{i}"\nurl = "http://10.0.0.{i}:8000"\nkey_id = "fleet"\n'
+                    'insecure_http = true\n'
                     f'secret_file = "{secret}"\n' for i in (1, 2, 3))
     path = tmp_path / "deployer.toml"
     path.write_text(config_text(tmp_path, tables=f'[fleet]\napps = ["web"]\nbake = 5\n{hosts}'))

@@ -21,8 +21,8 @@ def secret(tmp_path: Path) -> Path:
 
 
 def hosts(secret: Path, count: int = 3) -> list[dict]:
-    return [{"name": f"h{i}", "url": f"http://10.0.0.{i}:8000", "key_id": "fleet", "secret_file": str(secret)}
-            for i in range(1, count + 1)]
+    return [{"name": f"h{i}", "url": f"http://10.0.0.{i}:8000", "key_id": "fleet", "secret_file": str(secret),
+             "insecure_http": True} for i in range(1, count + 1)]
 
 
 def load(fleet: dict, tmp_path: Path, *, apps: dict | None = None) -> config.Config:
@@ -43,8 +43,8 @@ def test_a_controller_loads_with_no_app_of_its_own(tmp_path, secret):
     assert loaded.apps == {}
     assert loaded.fleet == FleetConfig(
         apps=("web",), max_parallel="50%", canary="h2", bake=5, host_timeout=120,
-        hosts=tuple(FleetHost(f"h{i}", f"http://10.0.0.{i}:8000", "fleet", "s3cret-of-the-fleet-key-0123456789")
-                    for i in (1, 2, 3)))
+        hosts=tuple(FleetHost(f"h{i}", f"http://10.0.0.{i}:8000", "fleet", "s3cret-of-the-fleet-key-0123456789",
+                              insecure_http=True) for i in (1, 2, 3)))
     assert "s3cret-of-the-fleet-key-0123456789" in loaded.secrets()  # masked in every log and audit entry
     assert "s3cret" not in repr(loaded.fleet)
 

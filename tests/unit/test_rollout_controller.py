@@ -323,8 +323,8 @@ def controller_config(tmp_path: Path):
 
     secret = tmp_path / "fleet.secret"
     secret.write_text("fleet-secret-0123456789abcdef\n")
-    hosts = [{"name": f"h{i}", "url": f"http://h{i}:8000", "key_id": "fleet", "secret_file": str(secret)}
-             for i in (1, 2, 3)]
+    hosts = [{"name": f"h{i}", "url": f"http://h{i}:8000", "key_id": "fleet", "secret_file": str(secret),
+              "insecure_http": True} for i in (1, 2, 3)]
     return config_module.parse({"deployer": {"state_dir": str(tmp_path / "state")},
                                 "fleet": {"apps": ["web"], "hosts": hosts}}, path=tmp_path / "deployer.toml",
                                environ={})
@@ -396,3 +396,56 @@ def test_a_rollout_job_outlives_the_job_timeout_and_a_dead_one_repairs_nothing_h
     assert queue.jobs.jobs()[0].status == "failed"
     assert reconciled == [None]  # at start only, over no app: a fleet app runs nowhere here
     worker.lock.release()
+
+
+# --- hosts that answer what they should not ----------------------------------------------------------
+
+
+def test_an_answer_of_the_wrong_shape_fails_that_host_and_the_done_hosts_are_reverted(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    original = hosts.job
+
+    def job(host: str, job_id: str) -> Any:
+        return [] if host == "h2" else original(host, job_id)  # `[]` has no .get: an AttributeError in the step
+
+    hosts.job = job  # type: ignore[method-assign]
+    with pytest.raises(RolloutFailed) as failed:
+        run(queue, hosts, clock)
+    assert states(queue) == {"h1": "reverted", "h2": "failed", "h3": "pending"}
+    assert hosts.tags["h1"] == "v1"
+    assert "host h2: its answer could not be handled (AttributeError: " in str(failed.value)
+    assert "reverted h1 to v1" in str(failed.value)
+
+
+def test_a_deploy_step_that_raises_anything_fails_the_host_without_killing_the_rollout(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    original = hosts.deploy
+
+    def deploy(host: str, *args: Any, **kwargs: Any) -> str:
+        if host == "h2":
+            raise KeyError("job")
+        return original(host, *args, **kwargs)
+
+    hosts.deploy = deploy  # type: ignore[method-assign]
+    with pytest.raises(RolloutFailed) as failed:
+        run(queue, hosts, clock)
+    assert states(queue) == {"h1": "reverted", "h2": "failed", "h3": "pending"}
+    assert "host h2: its answer could not be handled (KeyError: 'job')" in str(failed.value)
+
+
+def test_a_preflight_answer_that_raises_stops_the_rollout_before_any_deploy(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    hosts.status = lambda host, app: "v1"  # type: ignore[method-assign, assignment, return-value]
+    with pytest.raises(RolloutFailed, match="nothing was changed on any host"):
+        run(queue, hosts, clock)
+    assert hosts.deploys() == []
+
+
+def test_each_rollout_over_plain_http_records_a_warning_naming_the_hosts(queue, clock):
+    events: list = []
+    plain = fleet()
+    config_ = FleetConfig(apps=plain.apps, hosts=(plain.hosts[0], FleetHost("h2", "http://10.0.0.2:8000", "fleet",
+                                                                            "secret", insecure_http=True),
+                                                  plain.hosts[2]))
+    run(queue, FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}), clock, config=config_, events=events)
+    assert [e["hosts"] for e in events if e["event"] == "rollout.insecure"] == [["h2"]]

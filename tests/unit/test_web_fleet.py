@@ -76,6 +76,7 @@ apps = ["web"]
 [[fleet.hosts]]
 name = "h1"
 url = "http://10.0.0.1:8000"
+insecure_http = true
 key_id = "fleet"
 secret_file = "{secret}"
 

@@ -43,8 +43,8 @@ def test_the_worker_runs_an_asset_release_through_the_preloaded_image(tmp_path):
 def test_the_controller_gets_a_signed_client_of_each_host(tmp_path):
     secret = tmp_path / "fleet.secret"
     secret.write_text("fleet-secret-0123456789abcdef\n")
-    hosts = [{"name": f"h{i}", "url": f"http://h{i}:8000", "key_id": "fleet", "secret_file": str(secret)}
-             for i in (1, 2)]
+    hosts = [{"name": f"h{i}", "url": f"http://h{i}:8000", "key_id": "fleet", "secret_file": str(secret),
+              "insecure_http": True} for i in (1, 2)]
     controller = parse({"deployer": {"state_dir": str(tmp_path / "state")},
                         "fleet": {"apps": ["web"], "hosts": hosts}}, path=tmp_path / "deployer.toml", environ={})
     client = build_fleet_client(controller.fleet)
