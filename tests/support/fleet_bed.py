@@ -36,7 +36,7 @@ KEY_ID = "fleet"
 @dataclass
 class FleetBed(Bed):
     cluster: ClusterBed
-    secret: str = field(default_factory=lambda: secrets.token_hex(24))
+    host_secrets: dict[str, str] = field(default_factory=dict)  # each host's own fleet key, as docs/fleet.md says
     servers: dict[str, subprocess.Popen] = field(default_factory=dict)
     controller: subprocess.Popen | None = None
 
@@ -59,8 +59,10 @@ class FleetBed(Bed):
         run(["docker", "build", "-q", "-t", f"{IMAGE}:bad", "-"], input=bad)
         run(["docker", "push", "-q", f"{IMAGE}:bad"])
         self.folder.mkdir(parents=True)
-        (self.folder / "fleet.secret").write_text(self.secret + "\n")
-        (self.folder / "fleet.secret").chmod(0o600)
+        for host in self.cluster.hosts:
+            self.host_secrets[host.name] = secrets.token_hex(24)
+            (self.folder / f"{host.name}.secret").write_text(self.host_secrets[host.name] + "\n")
+            (self.folder / f"{host.name}.secret").chmod(0o600)
         for host in self.cluster.hosts:
             original = host.config.read_text()
             (host.folder / "deployer.base.toml").write_text(original)
@@ -76,7 +78,7 @@ class FleetBed(Bed):
         base = (host.folder / "deployer.base.toml").read_text()
         if env:
             base = base.replace('DRAIN_TIMEOUT = "3" }', f'DRAIN_TIMEOUT = "3", {env} }}')
-        (host.folder / "fleet.secret").write_text(self.secret + "\n")
+        (host.folder / "fleet.secret").write_text(self.host_secrets[host.name] + "\n")
         host.config.write_text(base + f"""
 [server]
 listen = "{host.address}:{PORT}"
@@ -84,12 +86,14 @@ job_timeout = 300
 
 [server.operators.{KEY_ID}]
 secret_file = "{host.folder / 'fleet.secret'}"
+scope = "fleet"
+apps = ["web"]
 """)
 
     def write_controller(self, *, host_timeout: float, bake: float = 0) -> None:
         hosts = "".join(f'[[fleet.hosts]]\nname = "{h.name}"\nurl = "http://{h.address}:{PORT}"\n'
                         'insecure_http = true\n'
-                        f'key_id = "{KEY_ID}"\nsecret_file = "{self.folder / "fleet.secret"}"\n\n'
+                        f'key_id = "{KEY_ID}"\nsecret_file = "{self.folder / f"{h.name}.secret"}"\n\n'
                         for h in self.cluster.hosts)
         self.config.write_text(f"""\
 [deployer]

@@ -20,6 +20,7 @@ import pytest
 from deployer.adapters.api_client import SignedClient
 from deployer.errors import DeployerError, InvalidUrl, Redirected, UnexpectedAnswer
 from support.http_answers import Server, answering_servers, send
+from support.integration import missing
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Server]]:
@@ -117,7 +118,7 @@ def test_a_url_without_an_http_scheme_and_a_host_is_a_clear_error(url):
 def private_ca(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
     """A self-signed certificate for 127.0.0.1: its own CA file, and the server's TLS context."""
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+        missing("openssl is not installed (scripts/install-deps installs it)")
     cert, key = tmp_path / "ca.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
