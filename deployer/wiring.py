@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any, Callable
 
-from deployer.adapters.api_client import SignedClient
+from deployer.adapters.api_client import SignedClient, Signer
 from deployer.adapters.deadlines import Deadlines
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.github import GitHubHttp
@@ -166,6 +166,11 @@ def build_job_tools(config: Config, journal: Journal) -> JobTools:
     return JobTools(engine=engine, load_asset=load_asset, fleet=fleet if config.fleet else None)
 
 
+def build_server_client(url: str, sign: Signer, *, ca_file: Path | None = None) -> SignedClient:
+    """The signed client of one running receiver: what `deployer redeploy` sends through."""
+    return SignedClient(url, sign, ca_file=ca_file)
+
+
 def build_fleet_client(fleet: FleetConfig) -> FleetClient:
     """The controller's client of its hosts, one signed client each."""
     return FleetClient(fleet, connect=SignedClient)
@@ -189,7 +194,7 @@ def build_cluster_control(config: Config) -> ClusterControl:
     return ClusterControl(config, Netfilter(wait_seconds=config.settings.iptables_wait), build_journal(config))
 
 
-__all__ = ["SignedClient", "build_asset_http", "build_cluster_agent", "build_cluster_control",
+__all__ = ["build_asset_http", "build_cluster_agent", "build_cluster_control",
            "build_engine", "build_fleet_client", "build_host_probes", "build_image_loader", "build_job_tools",
-           "build_journal", "build_maintenance_server", "build_netfilter", "build_worker", "die_with_parent", "prepare_shared", "spawn_process",
+           "build_journal", "build_maintenance_server", "build_netfilter", "build_server_client", "build_worker", "die_with_parent", "prepare_shared", "spawn_process",
            "start_job"]

@@ -24,6 +24,8 @@ from deployer.plan.tags import DOCKER_TAG_RE
 from deployer.queue.accept import accept
 from deployer.queue.model import Job, JobKind, JobStatus
 from deployer.queue.queue import Queue
+from deployer.wiring import build_fleet_client
+from deployer.wiring import build_journal
 
 POLL_SECONDS = 0.5
 WORKER_STALE_SECONDS = 15.0  # as /healthz judges the worker's heartbeat
@@ -86,7 +88,6 @@ def rollout_options(args: argparse.Namespace, fleet: FleetConfig) -> plan.Option
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    from deployer.wiring import build_journal
 
     config = args.loaded_config
     fleet = fleet_of(config, args.app)
@@ -164,7 +165,6 @@ def insecure_warning(hosts: list[str] | tuple[str, ...]) -> str:
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
-    from deployer.wiring import build_fleet_client
 
     fleet = fleet_of(args.loaded_config, args.app)
     client = build_fleet_client(fleet)

@@ -13,6 +13,8 @@ from deployer.errors import ConfigError, RequestRejected
 from deployer.fleet.client import job_id_of, operator_signer
 from deployer.plan.printable import printable
 from deployer.queue.model import JobStatus
+from deployer import wiring
+from deployer.worker import supervisor
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -59,8 +61,6 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deployer import wiring
-    from deployer.worker import supervisor
 
     config = args.loaded_config
     worker = wiring.build_worker(config, wiring.prepare_shared(config))
@@ -69,8 +69,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from deployer import wiring
-    from deployer.worker import supervisor
 
     config = args.loaded_config
     return supervisor.run_worker(wiring.build_worker(config, wiring.prepare_shared(config)))
@@ -90,8 +88,6 @@ def read_secret_file(path: Path) -> str:
 
 
 def cmd_redeploy(args: argparse.Namespace) -> int:
-    from deployer.wiring import SignedClient
-
     check_server_url(args.url, insecure_http=args.insecure_http, path=None, key="--url",
                      consent="pass --insecure-http")
     if args.ca_file is not None and not args.ca_file.expanduser().is_file():
@@ -99,8 +95,8 @@ def cmd_redeploy(args: argparse.Namespace) -> int:
     if args.insecure_http and args.url.startswith("http://") and not is_loopback_url(args.url):
         print(f"deployer: warning: plain http to {args.url} (--insecure-http): anyone on the path can read and "
               f"replay this signed request", file=sys.stderr, flush=True)
-    client = SignedClient(args.url, operator_signer(args.key_id, read_secret_file(args.secret_file)),
-                          ca_file=args.ca_file.expanduser() if args.ca_file else None)
+    client = wiring.build_server_client(args.url, operator_signer(args.key_id, read_secret_file(args.secret_file)),
+                                        ca_file=args.ca_file.expanduser() if args.ca_file else None)
     if args.action and args.tag:
         print(f"deployer: --action {args.action} takes no TAG: it ends the running canary", file=sys.stderr)
         return 2
