@@ -250,7 +250,7 @@ def timeline(records: Mapping[str, Sequence[Record]], switches: Sequence[tuple[f
     def slot(t: float) -> dict[str, Any]:
         return bins.setdefault(math.floor((t - start) / BIN_S + 1e-9), {"lat": [], "failed": 0, "lost": 0, "stale": 0})
 
-    for name, client_records in records.items():
+    for client_records in records.values():
         for record in client_records:
             if record.get("kind") == "udp":
                 if not record.get("answered"):

@@ -115,7 +115,7 @@ def run(entries: int, out: Path, runs: int = 20) -> dict:
         for name, args in QUERIES.items():
             query = audit_query_from_args(args, now=now)
             log.close()  # the first run opens the database, as a fresh CLI does
-            times, result = timed(lambda: log.query(query), runs)
+            times, result = timed(lambda query=query: log.query(query), runs)
             rows.append({"query": name, "args": args, "matches": len(result), "first_ms": round(times[0], 2),
                          "median_ms": round(statistics.median(times), 2), "max_ms": round(max(times), 2)})
         job = log.query(audit_query_from_args({"event": "deploy.finished", "limit": "1"}))[0].get("job")

@@ -42,8 +42,8 @@ def run_deploys(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[str
     for name in SCENARIOS:
         try:
             scenarios[name] = lab.again_after_docker_restart(
-                name, lambda: run_scenario(lab, plan, outside, name, tags),
-                lambda: (lab.remove_containers(name), lab.remove_app_chains([name])))
+                name, lambda name=name: run_scenario(lab, plan, outside, name, tags),
+                lambda name=name: (lab.remove_containers(name), lab.remove_app_chains([name])))
             s = scenarios[name]
             say(f"  {name}: {s['deploys']} deploys, {s['failed_requests']} failed of {s['requests']} requests, "
                 f"{s['udp_unanswered']} unanswered and {s['udp_stale_answers']} stale of {s['udp_sent']} datagrams")

@@ -38,10 +38,10 @@ def render_commands(parser: argparse.ArgumentParser) -> str:
         "| --- | --- |",
     ]
     commands = list(_subcommands(parser))
-    for name, sub, help_text in commands:
+    for name, _sub, help_text in commands:
         lines.append(f"| [`{name}`](#{_anchor(f'{parser.prog} {name}')}) | {_cell(help_text)} |")
     lines.append("")
-    for name, sub, help_text in commands:
+    for name, sub, _help in commands:
         lines.extend(_command_section(f"{parser.prog} {name}", sub))
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -78,7 +78,7 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
     for name in data:
         if name not in KEYS:
             raise ConfigError(f"unknown key (allowed: {', '.join(sorted(KEYS))})", path=path, key=f"cluster.{name}")
-    key = lambda k: f"cluster.{k}"
+    key = lambda k: f"cluster.{k}"  # noqa: E731
 
     interface = _string(data, "interface", path=path)
     if not INTERFACE_RE.fullmatch(interface):

@@ -18,7 +18,8 @@ import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Mapping, Protocol
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Mapping, Protocol
 
 from deployer.config import AppConfig, Config
 from deployer.errors import DeployerError, PreflightFailed, StateError
@@ -70,7 +71,7 @@ class Forwarder:
         self.clock = host.clock
         self.routing = routing
 
-    def _operation(self, kind: str, base: Mapping[str, Any], lock: ContextManager[Any]) -> Operation:
+    def _operation(self, kind: str, base: Mapping[str, Any], lock: AbstractContextManager[Any]) -> Operation:
         return Operation(self.journal, kind, base, lock=lock, clock=self.clock)
 
     # --- forward (the new host) ------------------------------------------------------------------

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
-from typing import Any, Callable, ContextManager, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Mapping
 
 from deployer.errors import DeployerError
 from deployer.journal import Journal, Step
@@ -29,7 +30,7 @@ FAILURES_ONLY = "failures-only"
 
 class Operation:
     def __init__(self, journal: Journal, kind: str, base: Mapping[str, Any], *,
-                 lock: ContextManager[Any] | None = None, shape: str = BRACKETED,
+                 lock: AbstractContextManager[Any] | None = None, shape: str = BRACKETED,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.journal = journal
         self.kind = kind
@@ -56,7 +57,7 @@ class Operation:
         if self.shape == BRACKETED:
             self.journal.record(f"{self.kind}.started", **fields, **self.base)
 
-    def step(self, name: str, **fields: Any) -> ContextManager[Step]:
+    def step(self, name: str, **fields: Any) -> AbstractContextManager[Step]:
         """A timed, journaled step with the operation's fields."""
         return self.journal.step(name, **fields, **self.base)
 

@@ -28,12 +28,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 
 from deployer.config import AppConfig, Config, ReceiverApp, ReceiverConfig
-
-# The responder may run unprivileged, on the receiver's part of the config (see cli/ops.py).
-AnyConfig = Config | ReceiverConfig
 from deployer.errors import DeployerError, StateError
 from deployer.host.state import StateStore
 from deployer.plan import maintenance
+
+# The responder may run unprivileged, on the receiver's part of the config (see cli/ops.py).
+AnyConfig = Config | ReceiverConfig
 
 log = logging.getLogger("deployer.responder")
 

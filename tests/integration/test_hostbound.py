@@ -62,7 +62,7 @@ class Nginx:
                 return
             except OSError:
                 if self.process.poll() is not None:
-                    raise AssertionError(f"nginx exited: {(self.root / 'error.log').read_text()}")
+                    raise AssertionError(f"nginx exited: {(self.root / 'error.log').read_text()}") from None
                 time.sleep(0.05)
         raise AssertionError("nginx did not listen within 10 s")
 
