@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from deployer.errors import ClusterError
+from deployer.folders import write_atomically
 
 STOP_LINE = "DEPLOYER STOP"  # written into the FIFO to end the reader; keepalived never writes it
 
@@ -41,13 +42,9 @@ class Keepalived:
             os.mkfifo(self.fifo, 0o600)
 
     def write_file(self, path: Path, text: str) -> None:
-        """Atomically: keepalived reads a track file whenever it changes, and must never see half of one."""
-        temporary = path.with_name(f".{path.name}.tmp")
-        try:
-            temporary.write_text(text)
-            os.replace(temporary, path)
-        except OSError as exc:
-            raise ClusterError(f"cannot write {path}: {exc.strerror}") from None
+        """Atomically: keepalived reads a track file whenever it changes, and must never see half of one. Not
+        durable: the agent writes them again from what it sees after any restart."""
+        write_atomically(path, text, durable=False, error=ClusterError)
 
     def start(self) -> int:
         for stale in (self.pidfile, self.vrrp_pidfile):

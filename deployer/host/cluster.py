@@ -19,7 +19,6 @@ it writes the intent ("join" or "leave"), the agent writes status.json.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 from deployer.config import AppConfig, Config
 from deployer.config.cluster import ClusterConfig
 from deployer.errors import ClusterError, DeployerError, LeaveRefused
+from deployer.folders import write_atomically
 from deployer.host.health import Prober, ProbeResult, set_port_probe
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
@@ -372,7 +372,7 @@ class ClusterControl:
         if problem and not force:
             self.journal.record("cluster.leave", actor=actor, outcome="refused", host=c.host, problem=problem)
             raise LeaveRefused(f"leaving now would leave buckets with no host: {problem}; --force leaves anyway")
-        write_text(self.paths.intent, f"{LEAVE}\n")
+        write_text(self.paths.intent, f"{LEAVE}\n", durable=True)
         self.journal.record("cluster.leave", actor=actor, outcome="requested", host=c.host, forced=force or None,
                             owned=status["owned"])
         if not wait:
@@ -386,7 +386,7 @@ class ClusterControl:
 
     def join(self, *, actor: str, wait: bool, timeout: float) -> dict[str, Any]:
         c = self.cluster
-        write_text(self.paths.intent, f"{JOIN}\n")
+        write_text(self.paths.intent, f"{JOIN}\n", durable=True)
         self.journal.record("cluster.join", actor=actor, outcome="requested", host=c.host)
         home = set(plan.home_buckets(c, c.host))
         if not wait:
@@ -409,12 +409,7 @@ class ClusterControl:
             self.sleep(0.1)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomically: the agent and the commands read these files while the other side writes them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise ClusterError(f"cannot write {path}: {exc.strerror}") from None
+def write_text(path: Path, text: str, *, durable: bool = False) -> None:
+    """Atomically: the agent and the commands read these files while the other side writes them. The status is
+    rewritten every tick, so only what must outlive a power loss (the operator's intent) is made durable."""
+    write_atomically(path, text, durable=durable, mode=0o644, error=ClusterError)

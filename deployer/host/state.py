@@ -1,20 +1,17 @@
 """The recorded state of each app, written atomically so it survives a crash or a power loss.
 
-One JSON file per app under `<state_dir>/apps/`. A write goes to a temporary file in the same
-folder, is fsynced, renamed over the old file and the folder is fsynced: a reader sees the old
-record or the new one, never half of one.
+One JSON file per app under `<state_dir>/apps/`, written by `folders.write_atomically` with durability:
+a reader sees the old record or the new one, never half of one, and a written record survives a power loss.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from deployer.errors import DiskFull, StateError
+from deployer.errors import StateError
+from deployer.folders import write_atomically
 from deployer.plan.records import SERVING, AppState, instance_from
 
 SCHEMA = 1
@@ -61,29 +58,3 @@ class StateStore:
         payload = {"schema": SCHEMA, **asdict(state)}
         write_atomically(self.path(state.app), json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
-
-def write_atomically(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # waiting helps: it is written once space returns
-            raise DiskFull(f"cannot write {path}: {exc.strerror}") from None
-        raise StateError(f"cannot write {path}: {exc.strerror}") from None
