@@ -194,13 +194,20 @@ class Engine:
             return self._deploy(operation, app, release, actor=actor, job=job, rollback=True)
 
     def reconcile(self, app_name: str | None = None, *, actor: str) -> list[str]:
-        """Bring rules, containers and the record back into agreement; return the repairs made."""
+        """Bring rules, containers and the record back into agreement; return the repairs made.
+
+        For every app, the nat table is read once, before the first app, and each app is repaired from that read:
+        `serve` reconciles at every start, and one read per app made that grow with the square of the apps. An
+        app whose chain in that read is not what its record calls for (one to repair, or one a deploy changed
+        since) has its own chain read again before anything is chosen from it (see `reconcile_app`).
+        """
         apps = [self.config.app(app_name)] if app_name else list(self.config.apps.values())
+        live = None if app_name else self.chains.table("nat")
         repairs: list[str] = []
         for app in apps:
             with self._operation("reconcile", app, actor, None, tag="reconcile", shape=FAILURES_ONLY) as operation:
                 operation.start()
-                repairs.extend(reconcile_app(self, app, actor=actor))
+                repairs.extend(reconcile_app(self, app, actor=actor, live=live))
         return repairs
 
     def status(self, app_name: str | None = None) -> list[AppStatus]:
