@@ -67,6 +67,7 @@ def build_engine(config: Config, journal: Journal | None = None, *, preloaded: s
         prober=Probes(),
         run_hook=run_hook,
         journal=journal or build_journal(config),
+        shared_address=SharedAddress() if config.cluster is not None else None,
     )
 
 

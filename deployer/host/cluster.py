@@ -65,6 +65,14 @@ class KeepalivedPort(Protocol):
 
 class SharedAddressPort(Protocol):
     def join(self, interface: str, address: str, mac: str, *, arp_mangle: bool) -> None: ...
+    def part(self, interface: str, address: str, mac: str) -> None: ...
+
+
+class RulesPort(Protocol):
+    """What taking the cluster's rules off a host needs of netfilter."""
+
+    def save_table(self, table: str) -> str: ...
+    def restore(self, text: str) -> None: ...
 
 
 ProbeFactory = Callable[[AppConfig], "Callable[[], ProbeResult] | None"]
@@ -305,6 +313,31 @@ class ClusterAgent:
     def _follow(self) -> None:
         for line in self.keepalived.notices():
             self.on_notice(line)
+
+
+# --- taking the cluster off a host -------------------------------------------------------------------
+
+
+def remove_cluster(config: Config, netfilter: RulesPort, shared: SharedAddressPort) -> list[str]:
+    """The shared address off this host, then the cluster's chains; what was removed (at `deployer uninstall`).
+
+    In this order: without its chain a host takes in every frame sent to the shared address and answers every
+    flow, its peers' too, so the address goes first and the host stops receiving them. The agent (`deployer
+    cluster run`) must be stopped before: it would write its chain back at its next change of buckets.
+    """
+    c = cluster_of(config)
+    names = ChainNames(config.settings.chain_prefix)
+    shared.part(c.interface, c.address, c.multicast_mac)
+    removed = [f"shared address {c.address} on {c.interface}"]
+    text = plan.render_removal(plan.parse(netfilter.save_table(plan.TABLE)), names)
+    if text:
+        netfilter.restore(text)
+        removed.append(f"{plan.TABLE} chain {plan.chain(names)}")
+    vrrp = plan.render_vrrp_removal(plan.parse_filter(netfilter.save_table(plan.FILTER_TABLE)), names)
+    if vrrp:
+        netfilter.restore(vrrp)
+        removed.append(f"{plan.FILTER_TABLE} chain {plan.vrrp_chain(names)}")
+    return removed
 
 
 # --- the control side: status, leave, join -------------------------------------------------------

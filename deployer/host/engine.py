@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 from deployer.config import AppConfig, Config
 from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack
 from deployer.host import modes
+from deployer.host.cluster import SharedAddressPort, remove_cluster
 from deployer.host.forwarder import Forwarder, RoutingPort
 from deployer.host.health import Prober, set_port_probe, wait_healthy
 from deployer.host.netfilter.backend import NetfilterBackend
@@ -145,7 +146,7 @@ class Engine:
     def __init__(self, config: Config, docker: DockerPort, netfilter: NetfilterBackend, *, routing: RoutingPort,
                  prober: Prober, run_hook: HookRunner, journal: Journal | None = None,
                  environ: Mapping[str, str] | None = None, retired_netfilter: NetfilterBackend | None = None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+                 shared_address: SharedAddressPort | None = None, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.settings = config.settings
         self.docker = docker
@@ -160,6 +161,7 @@ class Engine:
         self.chains = Chains(netfilter, docker, self.settings, retired=retired_netfilter, clock=clock, sleep=sleep)
         self.names = self.chains.names
         self.forwarder = Forwarder(self, routing)
+        self.shared_address = shared_address  # with [cluster]: uninstall takes the shared address off
 
     # --- public operations ---------------------------------------------------------------------
 
@@ -273,9 +275,12 @@ class Engine:
     def uninstall(self, *, actor: str) -> list[str]:
         """Remove everything the deployer made on this host: its containers, rules and records.
 
-        Images stay. Traffic to the apps stops: this is for taking a host out of service.
+        Images stay. Traffic to the apps stops: this is for taking a host out of service. With `[cluster]`, the
+        shared address and then the cluster's chains go first (see `remove_cluster`), before the apps' rules.
         """
         removed = []
+        if self.config.cluster is not None and self.shared_address is not None:
+            removed.extend(remove_cluster(self.config, self.netfilter, self.shared_address))
         for container in self.docker.containers(selector(self.settings)):
             self.docker.remove(container.id)
             removed.append(f"container {container.name}")
