@@ -8,6 +8,7 @@ hosts. The command line calls these and runs what it gets.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from pathlib import Path
@@ -46,6 +47,7 @@ from deployer.queue.queue import Queue
 from deployer.worker import assets
 from deployer.worker.child import process_launcher
 from deployer.worker.loop import Worker, host_checks
+from deployer.worker.registries import RegistryWatch
 from deployer.worker.run import WORKER_ACTOR, EngineLike, JobTools
 
 
@@ -91,16 +93,13 @@ def build_host_probes(config: Config) -> tuple[Callable[[], object], Callable[[]
             lambda: Netfilter(wait_seconds=config.settings.iptables_wait).save_nat())
 
 
-def build_registry_check(config: Config) -> Callable[[], str] | None:
-    """Whether every registry an app pulls from answers: "ok" or the reasons; None when no app names one."""
+def build_registry_watch(config: Config) -> RegistryWatch | None:
+    """Whether every registry an app pulls from answers, probed in parallel off the heartbeat; None when no app
+    names one."""
     registries = sorted({app.registry for app in config.apps.values() if app.registry})
     if not registries:
         return None
-
-    def check() -> str:
-        problems = [problem for problem in map(check_registry, registries) if problem]
-        return "; ".join(problems)[:300] if problems else "ok"
-    return check
+    return RegistryWatch({registry: functools.partial(check_registry, registry) for registry in registries})
 
 
 def build_image_loader(config: Config) -> Callable[[Path, str, str], str]:
@@ -146,8 +145,11 @@ def build_worker(config: Config, queue: Queue | None = None, journal: Journal | 
     def disk() -> str:
         return space_problem(config.settings.state_dir) or "ok"
 
+    registries = build_registry_watch(config)
     return Worker(config, queue, journal, launch=process_launcher(config, start_job), reconcile=reconcile,
-                  checks=host_checks(build_host_probes(config)), disk=disk, registry=build_registry_check(config))
+                  checks=host_checks(build_host_probes(config)), disk=disk,
+                  registry=registries.last if registries else None,
+                  registry_watch=registries.watch if registries else None)
 
 
 def build_job_tools(config: Config, journal: Journal) -> JobTools:
