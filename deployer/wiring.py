@@ -9,6 +9,7 @@ hosts. The command line calls these and runs what it gets.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 from pathlib import Path
@@ -31,17 +32,20 @@ from deployer import audit
 from deployer.audit import build_journal
 from deployer.config import Config
 from deployer.config.fleet import FleetConfig
-from deployer.errors import UnsafePath
+from deployer.errors import DeployerError, UnsafePath
 from deployer.fleet.client import FleetClient
 from deployer.folders import space_problem
 from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host import responder
 from deployer.host.engine import DockerPort, Engine
+from deployer.host.state import Publish
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.journal import Journal
 from deployer.plan import app_chain, nft
+from deployer.plan.records import AppState
 from deployer.queue import database
+from deployer.queue.database import queue_path
 from deployer.queue.model import Job
 from deployer.queue.queue import Queue
 from deployer.worker import assets
@@ -49,6 +53,8 @@ from deployer.worker.child import process_launcher
 from deployer.worker.loop import Worker, host_checks
 from deployer.worker.registries import RegistryWatch
 from deployer.worker.run import WORKER_ACTOR, EngineLike, JobTools
+
+log = logging.getLogger("deployer.wiring")
 
 
 def build_engine(config: Config, journal: Journal | None = None, *, preloaded: str | None = None,
@@ -70,7 +76,31 @@ def build_engine(config: Config, journal: Journal | None = None, *, preloaded: s
         run_hook=run_hook,
         journal=journal or build_journal(config),
         shared_address=SharedAddress() if config.cluster is not None else None,
+        publish=build_live_publisher(config),
     )
+
+
+def build_live_publisher(config: Config) -> Publish:
+    """What the engine tells the queue of every record it writes: what GET /apps/<app> answers is the host's own
+    record, after a deploy run by hand as after a job.
+
+    Before any `serve` made the queue there is nothing to tell (serve publishes every app when it starts), and
+    the command must not make the shared folder with root's modes. A queue that cannot be written loses this copy
+    only: the record is on disk and the deploy is done, so that is logged, and the next job or start catches up.
+    """
+    path = queue_path(config.settings.state_dir)
+    opened: list[Queue] = []
+
+    def publish(state: AppState) -> None:
+        if not path.exists():
+            return
+        try:
+            if not opened:
+                opened.append(Queue(path))
+            opened[0].live.publish(state)
+        except DeployerError as exc:
+            log.warning("the queue's copy of what is live of %s was not updated: %s", state.app, exc)
+    return publish
 
 
 def build_netfilter(config: Config) -> tuple[NetfilterBackend, NetfilterBackend]:

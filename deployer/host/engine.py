@@ -30,7 +30,7 @@ from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.netfilter.chains import Chains
 from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation
 from deployer.host.reconcile import reconcile_app
-from deployer.host.state import StateStore
+from deployer.host.state import Publish, StateStore
 from deployer.journal import Journal, utc_now
 from deployer.plan import app_chain, canary, conntrack, forwarding, hostbound, maintenance, nft, rules
 from deployer.plan.containers import (
@@ -146,7 +146,7 @@ class Engine:
     def __init__(self, config: Config, docker: DockerPort, netfilter: NetfilterBackend, *, routing: RoutingPort,
                  prober: Prober, run_hook: HookRunner, journal: Journal | None = None,
                  environ: Mapping[str, str] | None = None, retired_netfilter: NetfilterBackend | None = None,
-                 shared_address: SharedAddressPort | None = None, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+                 shared_address: SharedAddressPort | None = None, publish: Publish | None = None, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.settings = config.settings
         self.docker = docker
@@ -157,7 +157,7 @@ class Engine:
         self.environ = dict(os.environ if environ is None else environ)
         self.sleep = sleep
         self.clock = clock
-        self.store = StateStore(self.settings.state_dir)
+        self.store = StateStore(self.settings.state_dir, publish=publish)  # publish: what is live, to the queue
         self.chains = Chains(netfilter, docker, self.settings, retired=retired_netfilter, clock=clock, sleep=sleep)
         self.names = self.chains.names
         self.forwarder = Forwarder(self, routing)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from deployer.errors import StateError
 from deployer.folders import write_atomically
@@ -17,10 +18,20 @@ from deployer.plan.records import SERVING, AppState, instance_from
 SCHEMA = 1
 
 
+Publish = Callable[[AppState], None]
+
+
 class StateStore:
-    def __init__(self, state_dir: Path) -> None:
+    """The records; `publish`, when given, is told of every record written or forgotten, once it is on disk.
+
+    What is live changes only here, so this is where the queue's copy of it (what GET /apps/<app> answers) is
+    kept up to date, whoever changed it: a job, a command run by hand, a reconcile.
+    """
+
+    def __init__(self, state_dir: Path, *, publish: Publish | None = None) -> None:
         self.root = Path(state_dir)
         self.apps_dir = self.root / "apps"
+        self.publish = publish
 
     def path(self, app: str) -> Path:
         return self.apps_dir / f"{app}.json"
@@ -50,11 +61,15 @@ class StateStore:
         """Delete an app's record; True if there was one."""
         try:
             self.path(app).unlink()
-            return True
         except FileNotFoundError:
             return False
+        if self.publish is not None:
+            self.publish(AppState(app=app))
+        return True
 
     def save(self, state: AppState) -> None:
         payload = {"schema": SCHEMA, **asdict(state)}
         write_atomically(self.path(state.app), json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        if self.publish is not None:
+            self.publish(state)
 
