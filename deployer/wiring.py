@@ -224,5 +224,6 @@ def build_cluster_control(config: Config) -> ClusterControl:
 
 __all__ = ["SignedClient", "build_asset_http", "build_cluster_agent", "build_cluster_control",
            "build_engine", "build_fleet_client", "build_host_probes", "build_image_loader", "build_job_tools",
+           "build_live_publisher", "build_registry_watch",
            "build_journal", "build_maintenance_server", "build_netfilter", "build_worker", "die_with_parent", "prepare_shared", "spawn_process",
            "start_job"]

@@ -146,7 +146,8 @@ class Engine:
     def __init__(self, config: Config, docker: DockerPort, netfilter: NetfilterBackend, *, routing: RoutingPort,
                  prober: Prober, run_hook: HookRunner, journal: Journal | None = None,
                  environ: Mapping[str, str] | None = None, retired_netfilter: NetfilterBackend | None = None,
-                 shared_address: SharedAddressPort | None = None, publish: Publish | None = None, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+                 shared_address: SharedAddressPort | None = None, publish: Publish | None = None,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.settings = config.settings
         self.docker = docker
