@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,33 @@ class Keepalived:
             raise ClusterError(f"cannot start {self.binary}: {exc.strerror}") from None
         return self._process.pid
 
+    def stop_leftover(self, timeout: float = 5.0) -> int | None:
+        """Stop the keepalived a dead agent left running (found by its pidfile and its command line); its pid.
+
+        An agent that was killed leaves its keepalived behind, still following the same config; a second one
+        beside it would fight it for the buckets. SIGTERM: its master instances send priority 0, so the peers
+        take its buckets at once, until the new keepalived takes the home buckets back.
+        """
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            return None
+        except OSError as exc:
+            raise ClusterError(f"cannot check the keepalived of {self.pidfile}: {exc.strerror}") from None
+        if not command or Path(command[0].decode(errors="replace")).name != Path(self.binary).name \
+                or str(self.config_path).encode() not in command:
+            return None  # a pid reused by another process: not ours to stop
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        return pid
+
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -98,3 +126,12 @@ class Keepalived:
             finally:
                 os.close(fd)
 
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs: an exited process its new parent has not reaped yet (a zombie) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
