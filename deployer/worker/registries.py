@@ -10,8 +10,8 @@ holds one thread at most.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Callable, Mapping
 
 Probe = Callable[[], "str | None"]  # None when the registry answers, else why not
 
