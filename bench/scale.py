@@ -1,4 +1,5 @@
-"""Part 3: the flip time of one app while 1, 10, 100 and 1,000 other apps have rules installed.
+"""Part 3: the flip time of one app while 1, 10, 100 and 1,000 other apps have rules installed; and beside it a
+reconcile of every app on a host of 1 to 10,000 apps (bench/reconcile_scale.py).
 
 Beside each point's flips, the floor: the same add-only text a flip committed, aimed at a chain of its own and
 given to a bare `iptables-restore --noflush` (`subprocess.run`, nothing else around it), so the commit's cost
@@ -25,6 +26,7 @@ from bench import analysis
 from bench.drivers import EngineDriver
 from bench.lab import IMAGE, Lab, say
 from bench.plan import Plan, app_toml, filler_chains, filler_name, visits
+from bench.reconcile_scale import run_reconcile_scale
 from deployer.errors import DeployerError
 from deployer.plan import rules
 
@@ -75,6 +77,7 @@ def run_scale(lab: Lab, plan: Plan, tags: list[str]) -> dict[str, Any]:
             "points": points,
             "summary": analysis.scale_summary(points),
             "nftables": run_nft_scale(lab),
+            "reconcile": run_reconcile_scale(),
         }
     finally:
         with contextlib.suppress(DeployerError):  # a gone Docker daemon: the run's cleanup does it later

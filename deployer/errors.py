@@ -203,6 +203,10 @@ class CanaryError(ModeError):
     exit_code = 2
 
 
+class WatchdogDied(DeployerError):
+    """A watch of the failover watchdog died of an unexpected error: the watchdog stops, to be started again."""
+
+
 class ForwardingError(DeployerError):
     """Forwarding an app to another host, or routing its replies back, could not be set up or removed."""
 

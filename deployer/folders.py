@@ -19,6 +19,7 @@ keeps using what someone else can rewrite.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import grp
@@ -27,7 +28,7 @@ import stat
 import time
 from pathlib import Path
 
-from deployer.errors import StateError, UnsafePath
+from deployer.errors import DeployerError, DiskFull, StateError, UnsafePath
 
 FOLDER_MODE = 0o2770
 FILE_MODE = 0o660
@@ -226,3 +227,45 @@ def space_problem(path: str | os.PathLike[str], low: int = LOW_SPACE_BYTES) -> s
     if free < low:
         return f"{free // 1024} KiB free on the file system of {path} (below {low // 1024} KiB)"
     return None
+
+
+def write_atomically(path: Path, text: str, *, durable: bool = True, mode: int = 0o600,
+                     error: type[DeployerError] = StateError) -> None:
+    """Replace `path` with `text` whole: a reader sees the old file or the new one, never half of one.
+
+    The text goes to a temporary file in the same folder, made with O_EXCL and O_NOFOLLOW, and is renamed over
+    `path` through a descriptor on the folder, so a link planted at either name is replaced, never followed.
+    `durable` fsyncs the file before the rename and the folder after it, so the new file survives a power loss
+    (a record); without it the rename is atomic but may be lost with the page cache (a status file rewritten
+    every second). A full file system is DiskFull whatever `error` is: waiting clears it.
+    """
+    data = text.encode()
+    temporary = f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = open_folder(path.parent)
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_SURPRISES, mode, dir_fd=folder)
+            try:
+                try:
+                    os.fchmod(fd, mode)  # the umask narrowed it at creation; the mode is the caller's choice
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    if durable:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(temporary, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary, dir_fd=folder)
+                raise
+            if durable:
+                os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"cannot write {path}: {exc.strerror}") from None
+        raise error(f"cannot write {path}: {exc.strerror}") from None

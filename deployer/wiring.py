@@ -8,6 +8,8 @@ hosts. The command line calls these and runs what it gets.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import socket
 from pathlib import Path
@@ -30,23 +32,29 @@ from deployer import audit
 from deployer.audit import build_journal
 from deployer.config import Config
 from deployer.config.fleet import FleetConfig
-from deployer.errors import UnsafePath
+from deployer.errors import DeployerError, UnsafePath
 from deployer.fleet.client import FleetClient
 from deployer.folders import space_problem
 from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host import responder
 from deployer.host.engine import DockerPort, Engine
+from deployer.host.state import Publish
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.journal import Journal
 from deployer.plan import app_chain, nft
+from deployer.plan.records import AppState
 from deployer.queue import database
+from deployer.queue.database import queue_path
 from deployer.queue.model import Job
 from deployer.queue.queue import Queue
 from deployer.worker import assets
 from deployer.worker.child import process_launcher
 from deployer.worker.loop import Worker, host_checks
+from deployer.worker.registries import RegistryWatch
 from deployer.worker.run import WORKER_ACTOR, EngineLike, JobTools
+
+log = logging.getLogger("deployer.wiring")
 
 
 def build_engine(config: Config, journal: Journal | None = None, *, preloaded: str | None = None,
@@ -67,7 +75,32 @@ def build_engine(config: Config, journal: Journal | None = None, *, preloaded: s
         prober=Probes(),
         run_hook=run_hook,
         journal=journal or build_journal(config),
+        shared_address=SharedAddress() if config.cluster is not None else None,
+        publish=build_live_publisher(config),
     )
+
+
+def build_live_publisher(config: Config) -> Publish:
+    """What the engine tells the queue of every record it writes: what GET /apps/<app> answers is the host's own
+    record, after a deploy run by hand as after a job.
+
+    Before any `serve` made the queue there is nothing to tell (serve publishes every app when it starts), and
+    the command must not make the shared folder with root's modes. A queue that cannot be written loses this copy
+    only: the record is on disk and the deploy is done, so that is logged, and the next job or start catches up.
+    """
+    path = queue_path(config.settings.state_dir)
+    opened: list[Queue] = []
+
+    def publish(state: AppState) -> None:
+        if not path.exists():
+            return
+        try:
+            if not opened:
+                opened.append(Queue(path))
+            opened[0].live.publish(state)
+        except DeployerError as exc:
+            log.warning("the queue's copy of what is live of %s was not updated: %s", state.app, exc)
+    return publish
 
 
 def build_netfilter(config: Config) -> tuple[NetfilterBackend, NetfilterBackend]:
@@ -90,16 +123,13 @@ def build_host_probes(config: Config) -> tuple[Callable[[], object], Callable[[]
             lambda: Netfilter(wait_seconds=config.settings.iptables_wait).save_nat())
 
 
-def build_registry_check(config: Config) -> Callable[[], str] | None:
-    """Whether every registry an app pulls from answers: "ok" or the reasons; None when no app names one."""
+def build_registry_watch(config: Config) -> RegistryWatch | None:
+    """Whether every registry an app pulls from answers, probed in parallel off the heartbeat; None when no app
+    names one."""
     registries = sorted({app.registry for app in config.apps.values() if app.registry})
     if not registries:
         return None
-
-    def check() -> str:
-        problems = [problem for problem in map(check_registry, registries) if problem]
-        return "; ".join(problems)[:300] if problems else "ok"
-    return check
+    return RegistryWatch({registry: functools.partial(check_registry, registry) for registry in registries})
 
 
 def build_image_loader(config: Config) -> Callable[[Path, str, str], str]:
@@ -145,8 +175,11 @@ def build_worker(config: Config, queue: Queue | None = None, journal: Journal | 
     def disk() -> str:
         return space_problem(config.settings.state_dir) or "ok"
 
+    registries = build_registry_watch(config)
     return Worker(config, queue, journal, launch=process_launcher(config, start_job), reconcile=reconcile,
-                  checks=host_checks(build_host_probes(config)), disk=disk, registry=build_registry_check(config))
+                  checks=host_checks(build_host_probes(config)), disk=disk,
+                  registry=registries.last if registries else None,
+                  registry_watch=registries.watch if registries else None)
 
 
 def build_job_tools(config: Config, journal: Journal) -> JobTools:
@@ -196,5 +229,7 @@ def build_cluster_control(config: Config) -> ClusterControl:
 
 __all__ = ["build_asset_http", "build_cluster_agent", "build_cluster_control",
            "build_engine", "build_fleet_client", "build_host_probes", "build_image_loader", "build_job_tools",
-           "build_journal", "build_maintenance_server", "build_netfilter", "build_server_client", "build_worker", "die_with_parent", "prepare_shared", "spawn_process",
+           "build_journal", "build_live_publisher", "build_maintenance_server", "build_netfilter",
+           "build_registry_watch", "build_server_client", "build_worker", "die_with_parent", "prepare_shared",
+           "spawn_process",
            "start_job"]

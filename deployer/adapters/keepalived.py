@@ -11,10 +11,12 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from deployer.errors import ClusterError
+from deployer.folders import write_atomically
 
 STOP_LINE = "DEPLOYER STOP"  # written into the FIFO to end the reader; keepalived never writes it
 
@@ -41,13 +43,9 @@ class Keepalived:
             os.mkfifo(self.fifo, 0o600)
 
     def write_file(self, path: Path, text: str) -> None:
-        """Atomically: keepalived reads a track file whenever it changes, and must never see half of one."""
-        temporary = path.with_name(f".{path.name}.tmp")
-        try:
-            temporary.write_text(text)
-            os.replace(temporary, path)
-        except OSError as exc:
-            raise ClusterError(f"cannot write {path}: {exc.strerror}") from None
+        """Atomically: keepalived reads a track file whenever it changes, and must never see half of one. Not
+        durable: the agent writes them again from what it sees after any restart."""
+        write_atomically(path, text, durable=False, error=ClusterError)
 
     def start(self) -> int:
         for stale in (self.pidfile, self.vrrp_pidfile):
@@ -65,6 +63,33 @@ class Keepalived:
         except OSError as exc:
             raise ClusterError(f"cannot start {self.binary}: {exc.strerror}") from None
         return self._process.pid
+
+    def stop_leftover(self, timeout: float = 5.0) -> int | None:
+        """Stop the keepalived a dead agent left running (found by its pidfile and its command line); its pid.
+
+        An agent that was killed leaves its keepalived behind, still following the same config; a second one
+        beside it would fight it for the buckets. SIGTERM: its master instances send priority 0, so the peers
+        take its buckets at once, until the new keepalived takes the home buckets back.
+        """
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            return None
+        except OSError as exc:
+            raise ClusterError(f"cannot check the keepalived of {self.pidfile}: {exc.strerror}") from None
+        if not command or Path(command[0].decode(errors="replace")).name != Path(self.binary).name \
+                or str(self.config_path).encode() not in command:
+            return None  # a pid reused by another process: not ours to stop
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        return pid
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -101,3 +126,12 @@ class Keepalived:
             finally:
                 os.close(fd)
 
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs: an exited process its new parent has not reaped yet (a zombie) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")

@@ -19,7 +19,6 @@ it writes the intent ("join" or "leave"), the agent writes status.json.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 from deployer.config import AppConfig, Config
 from deployer.config.cluster import ClusterConfig
 from deployer.errors import ClusterError, DeployerError, LeaveRefused
+from deployer.folders import write_atomically
 from deployer.host.health import Prober, ProbeResult, set_port_probe
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
@@ -56,6 +56,7 @@ class KeepalivedPort(Protocol):
     def prepare(self, config_text: str) -> None: ...
     def write_file(self, path: Path, text: str) -> None: ...
     def start(self) -> int: ...
+    def stop_leftover(self) -> int | None: ...
     def running(self) -> bool: ...
     def pid(self) -> int | None: ...
     def stop(self, timeout: float = 5.0) -> None: ...
@@ -65,6 +66,14 @@ class KeepalivedPort(Protocol):
 
 class SharedAddressPort(Protocol):
     def join(self, interface: str, address: str, mac: str, *, arp_mangle: bool) -> None: ...
+    def part(self, interface: str, address: str, mac: str) -> None: ...
+
+
+class RulesPort(Protocol):
+    """What taking the cluster's rules off a host needs of netfilter."""
+
+    def save_table(self, table: str) -> str: ...
+    def restore(self, text: str) -> None: ...
 
 
 ProbeFactory = Callable[[AppConfig], "Callable[[], ProbeResult] | None"]
@@ -157,6 +166,12 @@ class ClusterAgent:
                                               self.names, c)
         if vrrp_filter:
             self.netfilter.restore(vrrp_filter)
+        # An agent that was killed (and started again by its unit) left its keepalived running: stopped only now,
+        # once the chain takes in nothing, so no moment has this host and a peer both answering a bucket.
+        leftover = self.keepalived.stop_leftover()
+        if leftover is not None:
+            self.journal.record("cluster.keepalived", actor="cluster", outcome="stopped", host=c.host, pid=leftover,
+                                reason="left running by an agent that died")
         self._start_keepalived()
         self.journal.record("cluster.run", actor="cluster", outcome="started", host=c.host,
                             home=plan.home_buckets(c, c.host), intent=self.state.intent)
@@ -307,6 +322,31 @@ class ClusterAgent:
             self.on_notice(line)
 
 
+# --- taking the cluster off a host -------------------------------------------------------------------
+
+
+def remove_cluster(config: Config, netfilter: RulesPort, shared: SharedAddressPort) -> list[str]:
+    """The shared address off this host, then the cluster's chains; what was removed (at `deployer uninstall`).
+
+    In this order: without its chain a host takes in every frame sent to the shared address and answers every
+    flow, its peers' too, so the address goes first and the host stops receiving them. The agent (`deployer
+    cluster run`) must be stopped before: it would write its chain back at its next change of buckets.
+    """
+    c = cluster_of(config)
+    names = ChainNames(config.settings.chain_prefix)
+    shared.part(c.interface, c.address, c.multicast_mac)
+    removed = [f"shared address {c.address} on {c.interface}"]
+    text = plan.render_removal(plan.parse(netfilter.save_table(plan.TABLE)), names)
+    if text:
+        netfilter.restore(text)
+        removed.append(f"{plan.TABLE} chain {plan.chain(names)}")
+    vrrp = plan.render_vrrp_removal(plan.parse_filter(netfilter.save_table(plan.FILTER_TABLE)), names)
+    if vrrp:
+        netfilter.restore(vrrp)
+        removed.append(f"{plan.FILTER_TABLE} chain {plan.vrrp_chain(names)}")
+    return removed
+
+
 # --- the control side: status, leave, join -------------------------------------------------------
 
 
@@ -372,7 +412,7 @@ class ClusterControl:
         if problem and not force:
             self.journal.record("cluster.leave", actor=actor, outcome="refused", host=c.host, problem=problem)
             raise LeaveRefused(f"leaving now would leave buckets with no host: {problem}; --force leaves anyway")
-        write_text(self.paths.intent, f"{LEAVE}\n")
+        write_text(self.paths.intent, f"{LEAVE}\n", durable=True)
         self.journal.record("cluster.leave", actor=actor, outcome="requested", host=c.host, forced=force or None,
                             owned=status["owned"])
         if not wait:
@@ -386,7 +426,7 @@ class ClusterControl:
 
     def join(self, *, actor: str, wait: bool, timeout: float) -> dict[str, Any]:
         c = self.cluster
-        write_text(self.paths.intent, f"{JOIN}\n")
+        write_text(self.paths.intent, f"{JOIN}\n", durable=True)
         self.journal.record("cluster.join", actor=actor, outcome="requested", host=c.host)
         home = set(plan.home_buckets(c, c.host))
         if not wait:
@@ -409,12 +449,7 @@ class ClusterControl:
             self.sleep(0.1)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomically: the agent and the commands read these files while the other side writes them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise ClusterError(f"cannot write {path}: {exc.strerror}") from None
+def write_text(path: Path, text: str, *, durable: bool = False) -> None:
+    """Atomically: the agent and the commands read these files while the other side writes them. The status is
+    rewritten every tick, so only what must outlive a power loss (the operator's intent) is made durable."""
+    write_atomically(path, text, durable=durable, mode=0o644, error=ClusterError)

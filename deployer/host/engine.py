@@ -23,13 +23,14 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 from deployer.config import AppConfig, Config
 from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack
 from deployer.host import modes
+from deployer.host.cluster import SharedAddressPort, remove_cluster
 from deployer.host.forwarder import Forwarder, RoutingPort
 from deployer.host.health import Prober, set_port_probe, wait_healthy
 from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.netfilter.chains import Chains
 from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation
 from deployer.host.reconcile import reconcile_app
-from deployer.host.state import StateStore
+from deployer.host.state import Publish, StateStore
 from deployer.journal import Journal, utc_now
 from deployer.plan import app_chain, canary, conntrack, forwarding, hostbound, maintenance, nft, rules
 from deployer.plan.containers import (
@@ -145,6 +146,7 @@ class Engine:
     def __init__(self, config: Config, docker: DockerPort, netfilter: NetfilterBackend, *, routing: RoutingPort,
                  prober: Prober, run_hook: HookRunner, journal: Journal | None = None,
                  environ: Mapping[str, str] | None = None, retired_netfilter: NetfilterBackend | None = None,
+                 shared_address: SharedAddressPort | None = None, publish: Publish | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.settings = config.settings
@@ -156,10 +158,11 @@ class Engine:
         self.environ = dict(os.environ if environ is None else environ)
         self.sleep = sleep
         self.clock = clock
-        self.store = StateStore(self.settings.state_dir)
+        self.store = StateStore(self.settings.state_dir, publish=publish)  # publish: what is live, to the queue
         self.chains = Chains(netfilter, docker, self.settings, retired=retired_netfilter, clock=clock, sleep=sleep)
         self.names = self.chains.names
         self.forwarder = Forwarder(self, routing)
+        self.shared_address = shared_address  # with [cluster]: uninstall takes the shared address off
 
     # --- public operations ---------------------------------------------------------------------
 
@@ -194,13 +197,20 @@ class Engine:
             return self._deploy(operation, app, release, actor=actor, job=job, rollback=True)
 
     def reconcile(self, app_name: str | None = None, *, actor: str) -> list[str]:
-        """Bring rules, containers and the record back into agreement; return the repairs made."""
+        """Bring rules, containers and the record back into agreement; return the repairs made.
+
+        For every app, the nat table is read once, before the first app, and each app is repaired from that read:
+        `serve` reconciles at every start, and one read per app made that grow with the square of the apps. An
+        app whose chain in that read is not what its record calls for (one to repair, or one a deploy changed
+        since) has its own chain read again before anything is chosen from it (see `reconcile_app`).
+        """
         apps = [self.config.app(app_name)] if app_name else list(self.config.apps.values())
+        live = None if app_name else self.chains.table("nat")
         repairs: list[str] = []
         for app in apps:
             with self._operation("reconcile", app, actor, None, tag="reconcile", shape=FAILURES_ONLY) as operation:
                 operation.start()
-                repairs.extend(reconcile_app(self, app, actor=actor))
+                repairs.extend(reconcile_app(self, app, actor=actor, live=live))
         return repairs
 
     def status(self, app_name: str | None = None) -> list[AppStatus]:
@@ -266,9 +276,12 @@ class Engine:
     def uninstall(self, *, actor: str) -> list[str]:
         """Remove everything the deployer made on this host: its containers, rules and records.
 
-        Images stay. Traffic to the apps stops: this is for taking a host out of service.
+        Images stay. Traffic to the apps stops: this is for taking a host out of service. With `[cluster]`, the
+        shared address and then the cluster's chains go first (see `remove_cluster`), before the apps' rules.
         """
         removed = []
+        if self.config.cluster is not None and self.shared_address is not None:
+            removed.extend(remove_cluster(self.config, self.netfilter, self.shared_address))
         for container in self.docker.containers(selector(self.settings)):
             self.docker.remove(container.id)
             removed.append(f"container {container.name}")

@@ -23,10 +23,11 @@ from typing import Any, Callable, Mapping, Protocol
 
 from deployer.config import AppConfig, Config
 from deployer.errors import DeployerError, PreflightFailed, StateError
+from deployer.folders import write_atomically
 from deployer.host.netfilter.chains import Chains
 from deployer.host.locks import HostLock
 from deployer.host.operation import Operation
-from deployer.host.state import StateStore, write_atomically
+from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
 from deployer.plan import conntrack, forwarding
 from deployer.plan.forwarding import MODE, ReturnPath, Target

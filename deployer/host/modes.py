@@ -24,6 +24,7 @@ from deployer.journal import Journal, utc_now
 from deployer.plan import conntrack, drain, hostbound, maintenance, retries
 from deployer.plan.containers import ContainerInfo
 from deployer.plan.records import SERVING, AppState
+from deployer.plan.rules import SavedTable
 
 Decide = Callable[[AppState], "AppState | None"]
 
@@ -210,11 +211,13 @@ def wait_drained(host: ModeHost, app_name: str, *, actor: str, timeout: float, s
 # --- host-bound apps -----------------------------------------------------------------------------
 
 
-def reconcile_host_bound(host: ModeHost, app: AppConfig, *, actor: str, job: str | None = None) -> list[str]:
-    """Jumps, the socket-match chain and the app's own chain as the config and the record say."""
+def reconcile_host_bound(host: ModeHost, app: AppConfig, *, actor: str, job: str | None = None,
+                         live: SavedTable | None = None) -> list[str]:
+    """Jumps, the socket-match chain and the app's own chain as the config and the record say; `live` is the nat
+    table when the caller read it already."""
     chains = host.chains
     repairs: list[str] = []
-    if chains.base_missing(chains.table("nat"), app):
+    if chains.base_missing(chains.table("nat") if live is None else live, app):
         chains.ensure_base(app)
         repairs.append(f"jumps and chains of {app.name} restored")
     if chains.rewrite(lambda nat: hostbound.render_ensure(nat, chains.names, host.config.apps,

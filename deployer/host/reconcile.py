@@ -38,8 +38,14 @@ class ReconcileHost(modes.ModeHost, Protocol):
     forwarder: Forwarder
 
 
-def reconcile_app(host: ReconcileHost, app: AppConfig, *, actor: str, job: str | None = None) -> list[str]:
+def reconcile_app(host: ReconcileHost, app: AppConfig, *, actor: str, job: str | None = None,
+                  live: rules.SavedTable | None = None) -> list[str]:
     """Make rules, containers and the record agree, choosing the instance that serves now.
+
+    `live` is the nat table as read once for a reconcile of every app (`Engine.reconcile`), so a host of N apps
+    reads it once, not N times; without it the table is read here. An app whose chain in that read is not what
+    its record calls for gets its chain read again (it may have changed since): the choice of the serving
+    instance is never made from an old picture of the app's rules. Each repair's transaction is the same.
 
     The serving instance is, in order: a running instance the live rules already point at
     (traffic is there; never move it needlessly); the recorded active instance if it runs;
@@ -47,12 +53,15 @@ def reconcile_app(host: ReconcileHost, app: AppConfig, *, actor: str, job: str |
     at it before anything else is stopped, so there is no moment without a target.
     """
     if app.host_bound:
-        return modes.reconcile_host_bound(host, app, actor=actor, job=job)
+        return modes.reconcile_host_bound(host, app, actor=actor, job=job, live=live)
     repairs: list[str] = []
     state = host.store.load(app.name)
     containers = host.docker.containers(selector(host.settings, app.name))
     running = [c for c in containers if c.status == "running" and c.address(host.settings.network)]
-    live = host.chains.table("nat")
+    if live is None:
+        live = host.chains.table("nat")
+    elif live.rules(host.chains.names.app(app.name)) != host.chains.wanted(app, state):
+        live = _with_chain_now(host, app, live)  # changed since the shared read, or to be repaired: read it again
     # The rules that still match new flows: an untidied flip leaves the old ones shadowed behind them.
     targets = rules.dnat_destinations(rules.unshadowed(live.rules(host.chains.names.app(app.name))))
     active_id = state.active.container_id if state.active else None
@@ -117,6 +126,16 @@ def reconcile_app(host: ReconcileHost, app: AppConfig, *, actor: str, job: str |
     repairs.extend(_remove_others(host, app, containers, {serving.id}))
     record_repairs(host.journal, repairs, app=app.name, actor=actor, job=job)
     return repairs
+
+
+def _with_chain_now(host: ReconcileHost, app: AppConfig, live: rules.SavedTable) -> rules.SavedTable:
+    """`live` with the app's chain as it is now: one chain read, whatever the size of the table."""
+    chain = host.chains.names.app(app.name)
+    now = host.chains.chain(app.name)
+    chains = {name: lines for name, lines in live.chains.items() if name != chain}
+    if now is not None:
+        chains[chain] = now
+    return rules.SavedTable(chains)
 
 
 def _remove_others(host: ReconcileHost, app: AppConfig, containers: list[ContainerInfo], keep: set[str]) -> list[str]:

@@ -1,29 +1,37 @@
 """The recorded state of each app, written atomically so it survives a crash or a power loss.
 
-One JSON file per app under `<state_dir>/apps/`. A write goes to a temporary file in the same
-folder, is fsynced, renamed over the old file and the folder is fsynced: a reader sees the old
-record or the new one, never half of one.
+One JSON file per app under `<state_dir>/apps/`, written by `folders.write_atomically` with durability:
+a reader sees the old record or the new one, never half of one, and a written record survives a power loss.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
-from deployer.errors import DiskFull, StateError
+from deployer.errors import StateError
+from deployer.folders import write_atomically
 from deployer.plan.records import SERVING, AppState, instance_from
 
 SCHEMA = 1
 
 
+Publish = Callable[[AppState], None]
+
+
 class StateStore:
-    def __init__(self, state_dir: Path) -> None:
+    """The records; `publish`, when given, is told of every record written or forgotten, once it is on disk.
+
+    What is live changes only here, so this is where the queue's copy of it (what GET /apps/<app> answers) is
+    kept up to date, whoever changed it: a job, a command run by hand, a reconcile.
+    """
+
+    def __init__(self, state_dir: Path, *, publish: Publish | None = None) -> None:
         self.root = Path(state_dir)
         self.apps_dir = self.root / "apps"
+        self.publish = publish
 
     def path(self, app: str) -> Path:
         return self.apps_dir / f"{app}.json"
@@ -53,37 +61,15 @@ class StateStore:
         """Delete an app's record; True if there was one."""
         try:
             self.path(app).unlink()
-            return True
         except FileNotFoundError:
             return False
+        if self.publish is not None:
+            self.publish(AppState(app=app))
+        return True
 
     def save(self, state: AppState) -> None:
         payload = {"schema": SCHEMA, **asdict(state)}
         write_atomically(self.path(state.app), json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        if self.publish is not None:
+            self.publish(state)
 
-
-def write_atomically(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # waiting helps: it is written once space returns
-            raise DiskFull(f"cannot write {path}: {exc.strerror}") from None
-        raise StateError(f"cannot write {path}: {exc.strerror}") from None

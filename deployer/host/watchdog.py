@@ -28,7 +28,7 @@ from typing import Callable
 
 from deployer.audit import build_journal
 from deployer.config import AppConfig, Config, WatchdogConfig
-from deployer.errors import DeployerError, LockError
+from deployer.errors import DeployerError, LockError, WatchdogDied
 from deployer.host import canary as canary_ops
 from deployer.host import modes
 from deployer.host.health import ProbeResult, set_port_probe
@@ -38,6 +38,8 @@ from deployer.plan import canary, maintenance
 from deployer.plan.records import SERVING, AppState, Instance
 
 log = logging.getLogger("deployer.watchdog")
+
+WATCH_CHECK_SECONDS = 0.5  # how soon a dead app watch stops the watchdog
 
 FAILED_OVER = "failed-over"  # the phases: SERVING (watching for a failure) or FAILED_OVER (for a recovery)
 CANARY = canary.MODE  # watching a canary: for a failure (abort) or the end of its bake time (promote)
@@ -162,15 +164,30 @@ def run_watchdog(config: Config, stop: threading.Event, build_engine: HostFactor
     engine = build_engine(config, journal)
     modes.ensure_retries(engine.chains, apps)
     journal.note("watchdog.started", actor="watchdog", apps=[a.name for a in apps])
-    threads = [threading.Thread(target=AppWatch(build_engine(config, journal), app, stop).run,
+    watching = threading.Event()  # the app watches' own stop: set with `stop`, or when one of them died
+    died: list[str] = []
+
+    def guarded(watch: AppWatch) -> None:
+        try:
+            watch.run()
+        except Exception as exc:  # noqa: BLE001 - reported below: the whole watchdog stops, to be started again
+            died.append(f"{watch.app.name}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=guarded, args=(AppWatch(build_engine(config, journal), app, watching),),
                                 name=f"watchdog-{app.name}", daemon=True) for app in apps]
     try:
         for thread in threads:
             thread.start()
         if ready is not None:
             ready.set()
-        stop.wait()
+        # An app's watch that died would leave that app without failover while the others go on: the watchdog
+        # stops whole instead, and whoever runs it starts it again (serve's restart loop, or the service manager).
+        while not stop.wait(WATCH_CHECK_SECONDS) and not died:
+            pass
+    finally:
+        watching.set()
         for thread in threads:
             thread.join()
-    finally:
         modes.remove_retries(engine.chains)
+    if died and not stop.is_set():
+        raise WatchdogDied(f"the watchdog's watch of {'; '.join(died)}; it stopped")

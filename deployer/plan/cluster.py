@@ -229,16 +229,23 @@ def render_vrrp_filter(live: SavedTable, names: ChainNames, cluster: ClusterConf
     c = vrrp_chain(names)
     jumps = [rule for rule in live.rules("INPUT") if rule.endswith(f" -j {c}")]
     if not cluster.unicast:
-        if not live.has_chain(c):
-            return None
-        return "\n".join([f"*{FILTER_TABLE}", *(rule.replace("-A ", "-D ", 1) for rule in jumps), f"-F {c}",
-                          f"-X {c}", "COMMIT", ""])
+        return render_vrrp_removal(live, names)
     mine = [rule for rule in jumps if rule.startswith(f"-A INPUT -i {cluster.interface} ")]
     lines = [f"*{FILTER_TABLE}", f":{c} - [0:0]", *vrrp_filter_rules(names, cluster),
              *(rule.replace("-A ", "-D ", 1) for rule in jumps if rule not in mine)]
     if not mine:
         lines.append(f"-I INPUT 1 -i {cluster.interface} -p {VRRP} -j {c}")
     return "\n".join([*lines, "COMMIT", ""])
+
+
+def render_vrrp_removal(live: SavedTable, names: ChainNames) -> str | None:
+    """The VRRP chain and every jump to it removed (a host back to multicast, or uninstalled); None without it."""
+    c = vrrp_chain(names)
+    if not live.has_chain(c):
+        return None
+    jumps = [rule for rule in live.rules("INPUT") if rule.endswith(f" -j {c}")]
+    return "\n".join([f"*{FILTER_TABLE}", *(rule.replace("-A ", "-D ", 1) for rule in jumps), f"-F {c}", f"-X {c}",
+                      "COMMIT", ""])
 
 
 def parse_filter(saved: str) -> SavedTable:

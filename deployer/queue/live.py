@@ -1,11 +1,16 @@
-"""What the worker last saw live of each app, so the receiver (which cannot read app state) can dedupe and a
-controller can read a host's release."""
+"""What is live of each app, copied from the host's records, so the receiver (which cannot read them) can dedupe and
+a controller can read a host's release.
+
+Every record written is copied here (`publish`, given to the records' store by the wiring), whoever wrote it: a
+job, a deploy run by hand, a reconcile; the worker adds the job that made a tag live.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from typing import Any, Mapping
 
+from deployer.plan.records import AppState
 from deployer.queue.database import Database
 from deployer.queue.model import JOB_COLUMNS, JobStatus, job_from_row
 
@@ -20,6 +25,12 @@ class LiveStore:
                          "ON CONFLICT (app) DO UPDATE SET tag = excluded.tag, job_id = excluded.job_id, "
                          "updated_at = excluded.updated_at, port_set = excluded.port_set",
                          (app, tag, job_id, self.database.clock(), port_set))
+
+    def publish(self, state: AppState) -> None:
+        """The app's record as it is now: its active tag and port set, made live by no job (or a job says so
+        after)."""
+        active = state.active
+        self.set_active(state.app, active.tag if active else None, None, active.port_set if active else None)
 
     def active_tag(self, app: str) -> str | None:
         rows = self.database.read("SELECT tag FROM active WHERE app = ?", (app,))

@@ -105,7 +105,8 @@ class Worker:
     checks: Callable[[], tuple[str, str]] | None = None  # -> (docker, netfilter): "ok" or the reason
     clock: Callable[[], float] = time.time
     disk: Callable[[], str] | None = None  # -> "ok" or why the state folder's disk is (nearly) full
-    registry: Callable[[], str] | None = None  # -> "ok" or why a registry an app pulls from does not answer
+    registry: Callable[[], str | None] | None = None  # -> "ok", why a registry does not answer, None: not yet known
+    registry_watch: Callable[[threading.Event], None] | None = None  # probes the registries in a thread of its own
     children: dict[str, Child] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> {"reason", "since"}
@@ -296,6 +297,8 @@ class Worker:
         """Until `stopping` is set; then wait for running jobs to end (a second stop kills them)."""
         beat = threading.Thread(target=self.heartbeat_forever, name="heartbeat", daemon=True)
         beat.start()
+        if self.registry_watch is not None:  # off the heartbeat's thread: a hanging registry must not stall it
+            threading.Thread(target=self.registry_watch, args=(self.stopping,), name="registries", daemon=True).start()
         try:
             while not self.stopping.is_set():
                 if not self.step():

@@ -62,8 +62,7 @@ def active_tag(config: Config, app: str) -> str | None:
 def publish_active(queue: Queue, config: Config, app: str) -> None:
     """Copy the app's live tag and port set into the queue, where the receiver (which cannot read the
     records) answers GET /apps/<app> and dedupes releases."""
-    active = StateStore(config.settings.state_dir).load(app).active
-    queue.live.set_active(app, active.tag if active else None, None, active.port_set if active else None)
+    queue.live.publish(StateStore(config.settings.state_dir).load(app))
 
 
 def fleet_apps(config: Config) -> tuple[str, ...]:

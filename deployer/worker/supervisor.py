@@ -3,7 +3,8 @@
 - `serve`: the deploy worker runs in this process's main thread; gunicorn (the receiver) is a child,
   started as `[server] user` when serve runs as root, and started again with a growing delay
   (1 s, doubling to 30 s; back to 1 s once it has run a minute) whenever it dies. A dead gunicorn
-  never stops the worker. With --watch the watchdog runs in a thread (it needs root), and the
+  never stops the worker. With --watch the watchdog runs in a thread (it needs root), started again the same
+  way when it dies (each restart logged and audited as `watchdog.restart`), and the
   maintenance responder, which anyone on the network reaches, in a `maintenance-server` child on a
   socket serve binds, as `[server] user` too, restarted the same way.
 - `run_threads`: the threads of `watch` and `maintenance-server`, and of serve's --watch: if one dies
@@ -34,6 +35,7 @@ from deployer.host import responder
 from deployer.host.watchdog import HostFactory, run_watchdog
 from deployer.worker.child import child_environment
 from deployer.worker.loop import Worker
+from deployer.worker.run import WORKER_ACTOR
 
 log = logging.getLogger("deployer.supervisor")
 
@@ -168,6 +170,32 @@ def keep_running(name: str, start: Callable[[], Process], stop: threading.Event,
             return
 
 
+def keep_thread_running(name: str, target: Callable[[threading.Event], None], stop: threading.Event, *,
+                        backoff: Backoff | None = None, clock: Callable[[], float] = time.monotonic,
+                        on_restart: Callable[[str], None] | None = None) -> None:
+    """Run `target(stop)` in this thread until `stop`; whenever it dies of an error, or returns before `stop`, run
+    it again after a backoff, as `keep_running` does for a child process."""
+    backoff = backoff or Backoff()
+    while not stop.is_set():
+        started = clock()
+        try:
+            target(stop)
+        except Exception as exc:  # noqa: BLE001 - the restart loop reports it and starts the target again
+            what = f"{name} died: {exc}" if isinstance(exc, DeployerError) else \
+                f"{name} died: {type(exc).__name__}: {exc}"
+        else:
+            if stop.is_set():
+                return
+            what = f"{name} ended on its own"
+        delay = backoff.after(clock() - started)
+        message = f"{what}; starting it again in {delay:g} s"
+        log.error("%s", message)
+        if on_restart is not None:
+            on_restart(message)
+        if stop.wait(delay):
+            return
+
+
 # --- threads beside each other ---------------------------------------------------------------------
 
 
@@ -249,7 +277,9 @@ def serve(config: Config, worker: Worker, *, spawn: Spawn, build_engine: HostFac
     if watch:
         listener = bind_listener(config)  # a taken port stops serve before anything starts
         children.append(("the maintenance responder", lambda: start_responder(config, spawn, listener)))
-        stop_watchdog = start_watchdog(config, build_engine)
+        stop_watchdog = start_watchdog(config, build_engine, backoff=backoff,
+                                       on_restart=lambda message: worker.journal.record(
+                                           "watchdog.restart", actor=WORKER_ACTOR, outcome="failed", reason=message))
     children_stop = threading.Event()
     threads = [threading.Thread(target=keep_running, name=name, args=(name, start, children_stop),
                                 kwargs={"backoff": backoff}, daemon=True) for name, start in children]
@@ -286,10 +316,19 @@ def start_responder(config: Config, spawn: Spawn, listener: Any, python: str = s
                  umask=0o077, pass_fds=(listener.fileno(),))
 
 
-def start_watchdog(config: Config, build_engine: HostFactory) -> Callable[[], None]:
-    """The failover watchdog in a thread beside the worker (it changes netfilter rules: root); returns its stop."""
+def start_watchdog(config: Config, build_engine: HostFactory, *, backoff: Backoff | None = None,
+                   on_restart: Callable[[str], None] | None = None) -> Callable[[], None]:
+    """The failover watchdog in a thread beside the worker (it changes netfilter rules: root); returns its stop.
+
+    A watchdog that dies is started again, with the children's backoff, and each restart is logged and given to
+    `on_restart` (serve audits it as `watchdog.restart`). Restarted here rather than by taking serve down: serve's
+    worker may be in the middle of deploys, and gunicorn would go down with it, for a failure of the failover
+    monitor alone; `deployer watch`, run on its own, exits instead and its unit restarts it.
+    """
     stop = threading.Event()
-    thread = threading.Thread(target=run_watchdog, args=(config, stop, build_engine), name="watchdog", daemon=True)
+    thread = threading.Thread(target=keep_thread_running, name="watchdog",
+                              args=("the watchdog", lambda stopped: run_watchdog(config, stopped, build_engine), stop),
+                              kwargs={"backoff": backoff, "on_restart": on_restart}, daemon=True)
     thread.start()
 
     def finish() -> None:

@@ -13,6 +13,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,6 +101,74 @@ def test_a_failed_hosts_buckets_are_served_by_the_others_within_2_s(bed: Cluster
           f"{statistics.median(takeovers):.3f}, max {max(takeovers):.3f}")
     save_figures(f"takeover_{how}", takeovers)
     assert max(takeovers) < 2.0, takeovers
+
+
+# --- the agent supervised: killed, it is back within seconds ----------------------------------------
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited and not yet reaped by its new parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+class AgentUnit:
+    """What deploy/systemd/deployer-cluster.service does for one host's agent: started again whenever it ends
+    (Restart=always), a second after (RestartSec=1). The keepalived a killed agent leaves is not killed here, as
+    KillMode=mixed would: the new agent stops it itself."""
+
+    def __init__(self, bed: ClusterBed, host, restart_sec: float = 1.0) -> None:
+        self.bed, self.host, self.restart_sec = bed, host, restart_sec
+        self.stop = threading.Event()
+        self.restarts: list[float] = []
+        self.thread = threading.Thread(target=self._run, name=f"unit-{host.name}", daemon=True)
+
+    def __enter__(self) -> AgentUnit:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            agent = self.host.agent
+            if agent is None or agent.poll() is not None:
+                if self.stop.wait(self.restart_sec):
+                    return
+                self.bed.start_agent(self.host)
+                self.restarts.append(time.monotonic())
+            self.stop.wait(0.1)
+
+
+def test_a_killed_agent_is_back_within_seconds_and_its_rules_follow_keepalived_again(bed: ClusterBed):
+    """SIGKILL to h1's agent while its keepalived runs: started again as its unit would, the new agent stops the
+    keepalived left running once its chain owns nothing, starts its own and takes its home buckets back. A takeover
+    during that window (h2's keepalived killed) is served: h2's sources are answered again, none twice."""
+    victim, other = bed.host("h1"), bed.host("h2")
+    left = bed.keepalived_pid(victim)
+    assert left is not None
+    with AgentUnit(bed, victim) as unit:
+        assert victim.agent is not None
+        victim.agent.kill()
+        victim.agent.wait()
+        killed_at = time.monotonic()
+        assert running(left)  # keepalived runs on without its agent: the rules no longer follow it
+        takeover = bed.takeover(other, "keepalived")  # heals h2 and waits for every bucket to be home again
+        back = bed.wait_for(lambda: bed.keepalived_pid(victim) not in (None, left) and victim.owned()
+                            and victim.status()["keepalived_pid"] == bed.keepalived_pid(victim), 30,
+                            "h1's agent back, with a keepalived of its own and its home buckets")
+        assert unit.restarts and unit.restarts[0] - killed_at < 3.0, unit.restarts
+        print(f"\nagent killed: started again after {unit.restarts[0] - killed_at:.2f} s; h2's takeover in that "
+              f"window served after {takeover:.3f} s; h1 followed keepalived again {back:.2f} s later")
+        assert not running(left)  # the keepalived the dead agent left is gone: one keepalived per host
+    bed.wait_for(bed.all_buckets_home, 30, "every bucket at its home host")
+    replies = bed.client_once()
+    wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
+    assert wrong == {}
 
 
 # --- planned changes: nothing fails -----------------------------------------------------------------

@@ -55,6 +55,7 @@ class FakeKeepalived:
     def __init__(self, effects: Effects) -> None:
         self.effects = effects
         self.alive = False
+        self.leftover = False  # a keepalived a killed agent left running
 
     def prepare(self, config_text: str) -> None:
         assert "vrrp_instance b3 {" in config_text
@@ -69,6 +70,12 @@ class FakeKeepalived:
         self.alive = True
         self.effects.append("keepalived start")
         return 4242
+
+    def stop_leftover(self) -> int | None:
+        if not self.leftover:
+            return None
+        self.effects.append("leftover keepalived stopped")
+        return 4141
 
     def running(self) -> bool:
         return self.alive
@@ -134,6 +141,17 @@ def test_start_joins_the_address_writes_the_chain_owning_nothing_then_starts_kee
     assert effects == ["tcp_loose=0", "shared 198.18.10.100 03:00:c6:12:0a:64 on eth0", "keepalived config",
                        "track-health=1", "track-leave=0", "rules [] +jump", "keepalived start"]
     assert [(e["event"], e["outcome"]) for e in events if e["_durable"]] == [("cluster.run", "started")]
+
+
+def test_an_agent_started_again_stops_the_keepalived_left_running_once_its_chain_owns_nothing(bed):
+    """A killed agent's keepalived runs on: the new agent drops every bucket first, then stops it, then starts its
+    own, so no moment has this host and a peer both answering a bucket, nor two keepalived fighting."""
+    agent, effects, _, _, events = bed
+    agent.keepalived.leftover = True
+    agent.start()
+    assert effects[-3:] == ["rules [] +jump", "leftover keepalived stopped", "keepalived start"]
+    assert [(e["event"], e["outcome"], e.get("pid")) for e in events if e["_durable"]] == [
+        ("cluster.keepalived", "stopped", 4141), ("cluster.run", "started", None)]
 
 
 def test_the_host_serves_only_after_its_health_checks_pass(bed):

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from deployer.errors import DiskFull, StateError
-from deployer.host.state import StateStore, write_atomically
+from deployer.folders import write_atomically
+from deployer.host.state import StateStore
 from deployer.plan.records import AppState, Instance
 
 BLUE_V1 = Instance(port_set="blue", tag="v1", image="127.0.0.1:5000/demo", digest="sha256:" + "11" * 32,

@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
-NAMES = ["deployer-receiver.service", "deployer-worker.service"]
+NAMES = ["deployer-receiver.service", "deployer-worker.service", "deployer-watch.service",
+         "deployer-cluster.service"]
+# The watchdog and the cluster agent come back whatever their exit status: while either is down, failover or the
+# rules that follow keepalived stop, and nothing else says so.
+RESTART = {"deployer-receiver.service": "on-failure", "deployer-worker.service": "on-failure",
+           "deployer-watch.service": "always", "deployer-cluster.service": "always"}
 VENV_BIN = "/opt/deployer/.venv/bin/"
 
 
@@ -57,7 +62,7 @@ def test_every_unit_verifies_without_a_warning(tmp_path, systemd_analyze):
 @pytest.mark.parametrize("name", NAMES)
 def test_a_unit_restarts_what_dies_and_runs_from_the_venv(name):
     service = sections(name)["Service"]
-    assert service["Restart"] == "on-failure"
+    assert service["Restart"] == RESTART[name]
     assert service["ExecStart"].startswith(VENV_BIN)
 
 
@@ -73,3 +78,19 @@ def test_the_worker_lets_a_running_deploy_finish():
     service = sections("deployer-worker.service")["Service"]
     assert (service["KillMode"], service["TimeoutStopSec"]) == ("mixed", "120")
     assert "User" not in service  # Docker and netfilter need root
+
+
+@pytest.mark.parametrize(("name", "command"), [("deployer-watch.service", "watch"),
+                                               ("deployer-cluster.service", "cluster run")])
+def test_the_watchdog_and_the_agent_each_stop_their_own_children(name, command):
+    service = sections(name)["Service"]
+    assert service["ExecStart"] == f"{VENV_BIN}deployer -c /etc/deployer/deployer.toml {command}"
+    assert service["KillMode"] == "mixed"  # SIGTERM to the command only: it drops its rules first
+    assert "User" not in service  # netfilter needs root
+
+
+def test_the_cluster_agent_keeps_network_capabilities_only():
+    service = sections("deployer-cluster.service")["Service"]
+    assert set(service["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_NICE"}
+    assert (service["NoNewPrivileges"], service["ProtectSystem"], service["PrivateTmp"]) == ("yes", "strict", "yes")
+    assert service["ReadWritePaths"].split() == ["/var/lib/deployer/state", "/run"]

@@ -1,0 +1,75 @@
+"""`deployer uninstall` on a cluster host: the shared address first, then the cluster's chains, then the apps.
+
+Without its chain a host takes in every frame sent to the shared address and answers every flow, its peers' too;
+with the address gone first it receives none of them, so no moment answers a flow that is another host's.
+"""
+
+from __future__ import annotations
+
+from deployer.config import parse
+from deployer.host.engine import Engine
+from deployer.journal import Journal
+from deployer.plan import cluster as plan
+from deployer.plan.rules import ChainNames
+from support.engine_fakes import Effects, FakeClock, FakeDocker, FakeNetfilter, FakeProber, NoRouting
+
+CLUSTER = {"address": "198.18.10.100", "interface": "eth0", "subnet": "198.18.10.0/24", "buckets": 4,
+           "hash_seed": 1, "host": "h1", "unicast": True,
+           "hosts": [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"}]}
+
+
+class FakeShared:
+    def __init__(self, effects: Effects) -> None:
+        self.effects = effects
+
+    def join(self, interface: str, address: str, mac: str, *, arp_mangle: bool) -> None:
+        raise AssertionError("uninstall joins nothing")
+
+    def part(self, interface: str, address: str, mac: str) -> None:
+        self.effects.add(f"part {address} {mac} {interface}")
+
+
+def cluster_host(tmp_path, effects: Effects, shared: FakeShared | None):
+    (tmp_path / "hooks").mkdir()
+    config = parse({"deployer": {"state_dir": str(tmp_path / "state"), "hooks_dir": str(tmp_path / "hooks"),
+                                 "network": "deployer", "bridge": "deployer0"},
+                    "apps": {"web": {"image": "127.0.0.1:5000/web", "cluster": True, "ports": [
+                        {"external": 80, "container": 8080, "blue": 8001, "green": 8002}]}},
+                    "cluster": CLUSTER}, path=tmp_path / "deployer.toml", environ={})
+    netfilter = FakeNetfilter(effects)
+    names = ChainNames(config.settings.chain_prefix)
+    assert config.cluster is not None
+    # What a running agent left: the owned chain and its jump, the VRRP chain and its jump.
+    netfilter.restore(plan.render_ensure(plan.SavedTable(), names, config.cluster, config.apps.values(), {0, 2}))
+    netfilter.restore(plan.render_vrrp_filter(plan.SavedTable(), names, config.cluster) or "")
+    effects.clear()
+    clock = FakeClock()
+    engine = Engine(config, FakeDocker(effects), netfilter, routing=NoRouting(), prober=FakeProber(effects),
+                    run_hook=lambda *a: None, journal=Journal([lambda event: None], clock=clock), environ={},
+                    clock=clock, sleep=clock.sleep, shared_address=shared)
+    return engine, netfilter, names
+
+
+def test_uninstall_takes_the_shared_address_off_before_the_cluster_chains(tmp_path):
+    effects = Effects()
+    engine, netfilter, names = cluster_host(tmp_path, effects, FakeShared(effects))
+    removed = engine.uninstall(actor="cli:ann")
+    assert removed[:3] == ["shared address 198.18.10.100 on eth0", "mangle chain DEPLOYER-CLUSTER",
+                           "filter chain DEPLOYER-VRRP"]
+    order = [line.split(" ")[0] + (" mangle" if "*mangle" in line else " filter" if "*filter" in line else "")
+             for line in effects if line.startswith(("part", "restore"))]
+    assert order[:3] == ["part", "restore mangle", "restore filter"]
+    assert effects[0].startswith("part 198.18.10.100 ")
+    assert plan.chain(names) not in netfilter.tables["mangle"]
+    assert not any(plan.chain(names) in rule for rule in netfilter.tables["mangle"]["PREROUTING"])
+    assert plan.vrrp_chain(names) not in netfilter.tables["filter"]
+    assert not any(plan.vrrp_chain(names) in rule for rule in netfilter.tables["filter"]["INPUT"])
+
+
+def test_a_second_uninstall_finds_no_cluster_chain_to_remove(tmp_path):
+    effects = Effects()
+    engine, netfilter, names = cluster_host(tmp_path, effects, FakeShared(effects))
+    engine.uninstall(actor="cli:ann")
+    again = engine.uninstall(actor="cli:ann")
+    assert again[0] == "shared address 198.18.10.100 on eth0"  # taken off again: parting checks nothing first
+    assert not [item for item in again if "DEPLOYER-CLUSTER" in item or "DEPLOYER-VRRP" in item]
