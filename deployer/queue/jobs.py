@@ -14,7 +14,7 @@ import sqlite3
 from typing import Any, Mapping
 
 from deployer.errors import StateError
-from deployer.plan.claims import Candidate, decide_claim
+from deployer.plan.claims import Candidate, Interrupted, Resumable, decide_claim, decide_recovery
 from deployer.queue.database import Database
 from deployer.queue.deliveries import forget_deliveries, remember_delivery, seen_delivery
 from deployer.queue.live import active_row, live_tags
@@ -187,29 +187,29 @@ class JobStore:
             return conn.execute("UPDATE jobs SET not_before = 0 WHERE status = ? AND waiting_on = ?",
                                 (JobStatus.QUEUED, fault)).rowcount
 
-    def recover(self, *, max_attempts: int) -> list[Job]:
-        """Jobs left running by a worker that died: back to the queue, or failed after too many tries.
+    def recover(self, *, max_attempts: int, rollout: Resumable | None = None) -> list[Job]:
+        """Jobs left running by a worker that died: back to the queue, or failed, as `decide_recovery` says.
 
         Only the one worker that holds the worker lock may call this: it knows no other worker runs.
+        `rollout`: how long a controller's rollouts are resumed (its [fleet] deadline).
         """
         now = self.database.clock()
         recovered = []
         with self.database.write() as conn:
             running = [job_from_row(r) for r in conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ?",
                                                              (JobStatus.RUNNING,))]
-            for job in running:
-                if job.attempts >= max_attempts:
-                    reason = (f"the worker stopped while this job ran, {job.attempts} times; not tried again "
-                              f"(check the worker's log, then redeploy by hand)")
-                    conn.execute("UPDATE jobs SET status = ?, reason = ?, finished_at = ? WHERE seq = ?",
-                                 (JobStatus.FAILED, reason, now, job.seq))
-                else:
-                    reason = "the worker stopped while this job ran; queued again"
+            decisions = decide_recovery([Interrupted(j.seq, j.id, j.kind, j.attempts, j.created_at) for j in running],
+                                        max_attempts=max_attempts, rollout=rollout, now=now)
+            for decision in decisions:
+                if decision.requeued:
                     conn.execute("UPDATE jobs SET status = ?, reason = ?, not_before = 0 WHERE seq = ?",
-                                 (JobStatus.QUEUED, reason, job.seq))
-                add_step(conn, job.id, "interrupted", "failed" if job.attempts >= max_attempts else "requeued",
-                         {"reason": reason}, now)
-                recovered.append(get_job(conn, job.id))
+                                 (JobStatus.QUEUED, decision.reason, decision.seq))
+                else:
+                    conn.execute("UPDATE jobs SET status = ?, reason = ?, finished_at = ? WHERE seq = ?",
+                                 (JobStatus.FAILED, decision.reason, now, decision.seq))
+                add_step(conn, decision.id, "interrupted", "requeued" if decision.requeued else "failed",
+                         {"reason": decision.reason}, now)
+                recovered.append(get_job(conn, decision.id))
         return [j for j in recovered if j is not None]
 
     def add_step(self, job_id: str, name: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
