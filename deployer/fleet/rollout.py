@@ -18,7 +18,9 @@ with the host's job id after it, so a controller killed at any point and started
 instead of posting again, and a host already on the tag is `done` without a second deploy. There is no
 consensus here: while the controller is down each host serves what it has, and the rollout waits. A host found
 `posting` whose status cannot be read is never posted again on a guess: it is asked until its host_timeout, then
-fails (so the fleet is reverted rather than a host given two jobs for one step).
+fails (so the fleet is reverted rather than a host given two jobs for one step). And should a step be posted
+twice all the same, the host answers the second POST with the first one's job: the rollout id, app and tag are
+the step's idempotency key there (`JobStore.submit_rollout_step`).
 
 A controller that stops is not the rollout's failure: the worker queues it again after any number of stops
 (`deployer.plan.claims.decide_recovery`), for as long as `resumable` says, and each run resumes from the record.

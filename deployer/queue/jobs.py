@@ -83,6 +83,24 @@ class JobStore:
             return insert_job(conn, app=app, tag=tag, kind=kind, actor=actor, source=source,
                               now=self.database.clock(), status=JobStatus.ACCEPTING if hold else JobStatus.QUEUED)
 
+    def submit_rollout_step(self, *, app: str, tag: str | None, actor: str, rollout: str,
+                            source: Mapping[str, Any]) -> tuple[Job, bool]:
+        """A controller's step of `rollout` on this host: one job per (rollout, app, tag), however often it is posted.
+
+        A controller restarted between its POST and its record of the answer may post the same step again: it gets
+        the job the first POST made (and False), not a second deploy. A rollout's deploy and its revert differ in
+        tag, so each is its own step. `source` carries `rollout`; the job is held as by `submit_manual`.
+        """
+        with self.database.write() as conn:
+            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE app = ? AND tag IS ? AND kind = ? "
+                               "AND json_extract(source, '$.rollout') = ? ORDER BY seq DESC LIMIT 1",
+                               (app, tag, JobKind.REDEPLOY, rollout)).fetchone()
+            if row is not None:
+                return job_from_row(row), False
+            return insert_job(conn, app=app, tag=tag, kind=JobKind.REDEPLOY, actor=actor,
+                              source={**source, "rollout": rollout}, now=self.database.clock(),
+                              status=JobStatus.ACCEPTING), True
+
     def confirm(self, job: Job) -> Job:
         """An accepting job's audit record is written: from now on a worker may claim it."""
         with self.database.write() as conn:
