@@ -643,3 +643,24 @@ def test_a_posted_host_whose_status_cannot_be_read_is_not_posted_again_but_fails
     assert [d for d in hosts.deploys() if d[0] == "h2"] == [("h2", "v2")]  # once, never on a guess
     assert "host h2: could not tell whether its deploy arrived" in str(failed.value)
     assert hosts.tags["h1"] == "v1"
+
+
+def test_a_starting_worker_queues_again_a_rollout_its_controller_stopped_under_many_times(tmp_path, clock):
+    config = controller_config(tmp_path)
+    queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
+    queue.jobs.submit_manual(app="web", tag="v2", actor="cli:ops", kind=JobKind.ROLLOUT, source={})
+    queue.jobs.submit_manual(app="api", tag="v2", actor="cli:ops", kind=JobKind.REDEPLOY, source={})
+    for _ in range(4):  # four stops: each claim is a run cut off
+        for claimed in (queue.jobs.claim(), queue.jobs.claim()):
+            assert claimed is not None
+        queue.jobs.recover(max_attempts=99)
+    for claimed in (queue.jobs.claim(), queue.jobs.claim()):
+        assert claimed is not None
+    events: list = []
+    worker = make_worker(config, queue, events, clock, lambda job: Process(code=None), [])
+    worker.start()
+    worker.lock.release()
+    statuses = {j.kind: (j.status, j.attempts) for j in queue.jobs.jobs()}
+    assert statuses == {JobKind.ROLLOUT: ("queued", 5), JobKind.REDEPLOY: ("failed", 5)}
+    assert [e["event"] for e in events if e["event"] in ("job.requeued", "job.failed")] == ["job.requeued",
+                                                                                           "job.failed"]
