@@ -32,7 +32,8 @@ WORKER_STALE_SECONDS = 15.0  # as /healthz judges the worker's heartbeat
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command(sub, "rollout", cmd_rollout, "roll a tag out across the fleet's hosts, batch by batch (docs/fleet.md)",
-                "deployer rollout web v2 --canary h1 --max-parallel 50% --bake 30 --wait\n  deployer rollout web --abort",
+                "deployer rollout web v2 --canary h1 --max-parallel 50% --bake 30 --wait\n"
+                "  deployer rollout web --abort",
                 "Queue a rollout in this controller's queue; its worker runs it. The canary batch goes first,\n"
                 "then batches of --max-parallel hosts: each host gets a signed POST /deploy and is followed to\n"
                 "its end (GET /jobs/<id>), then baked. A host already on TAG is skipped. At the first failure\n"

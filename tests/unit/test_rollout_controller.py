@@ -519,8 +519,9 @@ class KillableProgress:
 
 def killable_run(queue: Queue, hosts: FakeHosts, clock: Clock, points: KillPoints, job_: Job | None = None,
                  config: FleetConfig | None = None) -> str:
-    return Rollout(job_ or job(), fleet=config or fleet(), progress=KillableProgress(queue, points), journal=Journal([]),
-                   hosts=KillableHosts(hosts, points), clock=clock, sleep=clock.sleep, poll=1.0).run()
+    return Rollout(job_ or job(), fleet=config or fleet(), progress=KillableProgress(queue, points),
+                   journal=Journal([]), hosts=KillableHosts(hosts, points), clock=clock, sleep=clock.sleep,
+                   poll=1.0).run()
 
 
 def points_of_a_whole_rollout(tmp_path: Path) -> int:
