@@ -17,15 +17,14 @@ from typing import Any
 from deployer import config as config_module
 from deployer.cli.ops import seconds
 from deployer.config.fleet import FleetConfig, check_canary, check_max_parallel
-from deployer.errors import ConfigError, DeployerError, InvalidTag
+from deployer.errors import ConfigError, DeployerError, InvalidTag, StateError
 from deployer.plan import rollout as plan
 from deployer.plan.printable import printable
 from deployer.plan.tags import DOCKER_TAG_RE
 from deployer.queue.accept import accept
 from deployer.queue.model import Job, JobKind, JobStatus
 from deployer.queue.queue import Queue
-from deployer.wiring import build_fleet_client
-from deployer.wiring import build_journal
+from deployer.wiring import build_fleet_client, build_journal
 
 POLL_SECONDS = 0.5
 WORKER_STALE_SECONDS = 15.0  # as /healthz judges the worker's heartbeat
@@ -33,15 +32,22 @@ WORKER_STALE_SECONDS = 15.0  # as /healthz judges the worker's heartbeat
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command(sub, "rollout", cmd_rollout, "roll a tag out across the fleet's hosts, batch by batch (docs/fleet.md)",
-                "deployer rollout web v2 --canary h1 --max-parallel 50% --bake 30 --wait",
+                "deployer rollout web v2 --canary h1 --max-parallel 50% --bake 30 --wait\n"
+                "  deployer rollout web --abort",
                 "Queue a rollout in this controller's queue; its worker runs it. The canary batch goes first,\n"
                 "then batches of --max-parallel hosts: each host gets a signed POST /deploy and is followed to\n"
                 "its end (GET /jobs/<id>), then baked. A host already on TAG is skipped. At the first failure\n"
                 "(a failed health gate, a host that does not answer within [fleet] host_timeout) the rollout\n"
                 "stops and, unless --no-revert, deploys back the tag each done host had. With --wait, show each\n"
-                "host's progress; exit 1 when it failed, naming the host and the reason.")
+                "host's progress; exit 1 when it failed, naming the host and the reason. A rollout resumes\n"
+                "after any number of controller restarts until its [fleet] deadline, then gives up as for a\n"
+                "failure. `rollout APP --abort` gives up APP's queued or running rollout now: recorded in the\n"
+                "queue, carried out by the worker (at once, or when it next runs).")
     p.add_argument("app")
-    p.add_argument("tag")
+    p.add_argument("tag", nargs="?", help="the tag to roll out (none with --abort)")
+    p.add_argument("--abort", action="store_true",
+                   help="stop APP's queued or running rollout: the hosts it changed go back, unless it was "
+                        "started with --no-revert; the hosts not reached stay")
     p.add_argument("--max-parallel", help="hosts per batch: a count or a percentage such as 50%% "
                                           "(default: [fleet] max_parallel)")
     p.add_argument("--canary", help="the first batch, alone: a host's name or a count of hosts "
@@ -88,9 +94,12 @@ def rollout_options(args: argparse.Namespace, fleet: FleetConfig) -> plan.Option
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-
     config = args.loaded_config
     fleet = fleet_of(config, args.app)
+    if args.abort:
+        return abort_rollout(args, config)
+    if args.tag is None:
+        raise InvalidTag("give the TAG to roll out (or --abort to stop the running rollout)", app=args.app)
     if not DOCKER_TAG_RE.fullmatch(args.tag):
         raise InvalidTag(f"{args.tag[:60]!r} is not a valid Docker tag", app=args.app)
     options = rollout_options(args, fleet)
@@ -105,13 +114,45 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     print(f"{args.app}: queued rollout {job.id} of {args.tag} over {', '.join(fleet.host_names)}", flush=True)
     if fleet.insecure_hosts:
         print(f"deployer: warning: {insecure_warning(fleet.insecure_hosts)}", file=sys.stderr, flush=True)
-    worker = queue.heartbeat.worker_status()
-    if worker is None or time.time() - worker["heartbeat_at"] > WORKER_STALE_SECONDS:
-        print("deployer: no worker runs on this controller's state folder: the rollout waits for `deployer worker` "
-              "(or `deployer serve`)", file=sys.stderr, flush=True)
+    warn_without_worker(queue, "the rollout waits")
     if not args.wait:
         return 0
     return follow(queue, job, timeout=args.timeout)
+
+
+def abort_rollout(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Record the abort of the app's latest queued or running rollout; its own run carries it out.
+
+    Not carried out here: the rollout's run is the one writer of its hosts' records, and a worker that starts
+    meanwhile would race a revert done from the command line. A recorded abort outlives the controller."""
+    if args.tag is not None:
+        raise InvalidTag("--abort takes no TAG: it stops the app's running rollout", app=args.app)
+    queue = Queue.for_state_dir(config.settings.state_dir)
+    live = [j for j in queue.jobs.jobs(app=args.app) if j.kind == JobKind.ROLLOUT
+            and j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
+    if not live:
+        raise StateError(f"no rollout of {args.app} is queued or running")
+    job, actor = live[-1], config_module.local_actor()
+    if queue.rollouts.request_abort(job.id, actor=actor, reason=args.reason):
+        build_journal(config).record("rollout.aborted", job=job.id, rollout=job.id, app=args.app, tag=job.tag,
+                                     actor=actor, **({"reason": args.reason} if args.reason else {}))
+        print(f"{args.app}: abort of rollout {job.id} ({job.tag}) recorded; the hosts it changed go back "
+              f"unless it was started with --no-revert", flush=True)
+    else:
+        print(f"{args.app}: rollout {job.id} ({job.tag}) was already asked to stop", flush=True)
+    warn_without_worker(queue, "the abort is carried out when it next runs")
+    if not args.wait:
+        return 0
+    follow(queue, job, timeout=args.timeout)
+    ended = queue.jobs.get(job.id)
+    return 0 if ended is not None and ended.done else 1
+
+
+def warn_without_worker(queue: Queue, consequence: str) -> None:
+    worker = queue.heartbeat.worker_status()
+    if worker is None or time.time() - worker["heartbeat_at"] > WORKER_STALE_SECONDS:
+        print(f"deployer: no worker runs on this controller's state folder: {consequence} (`deployer worker` or "
+              f"`deployer serve`)", file=sys.stderr, flush=True)
 
 
 def follow(queue: Queue, job: Job, *, timeout: float, sleep: Callable[[float], None] = time.sleep) -> int:
@@ -154,6 +195,8 @@ def describe(step: dict[str, Any]) -> str | None:
         return "warning: " + insecure_warning(detail.get("hosts") or [])
     if step["name"] == "rollout.bake":
         return f"baking {detail.get('seconds')} s after batch {detail.get('batch')}"
+    if step["name"] == "rollout.stopping":
+        return f"stopping: {detail.get('reason')}" + ("" if detail.get("revert", True) else " (--no-revert)")
     if step["name"] == "rollout.resumed":
         return "resumed: " + ", ".join(f"{h} {s}" for h, s in (detail.get("states") or {}).items())
     return None
@@ -165,7 +208,6 @@ def insecure_warning(hosts: list[str] | tuple[str, ...]) -> str:
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
-
     fleet = fleet_of(args.loaded_config, args.app)
     client = build_fleet_client(fleet)
     report: dict[str, dict[str, Any]] = {}

@@ -15,6 +15,7 @@ a warning. `ca_file` is the CA bundle that verifies a host's certificate when a 
     canary = "h1"            # a host's name, or a count of hosts
     bake = 30                # seconds between batches
     host_timeout = 600       # seconds a host may take to finish its deploy job
+    deadline = 21600         # seconds a rollout may take from when it was queued (6 h): then it gives up and reverts
 
     [[fleet.hosts]]
     name = "h1"
@@ -42,9 +43,13 @@ HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 PERCENT_RE = re.compile(r"^([0-9]{1,3})%$")
 # scheme://host[:port][/prefix]: no user, query or fragment (the plan layer may not import urllib, even through here)
 URL_RE = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
-KEYS = {"apps", "hosts", "max_parallel", "canary", "bake", "host_timeout", "releases"}
+KEYS = {"apps", "hosts", "max_parallel", "canary", "bake", "host_timeout", "deadline", "releases"}
 HOST_KEYS = {"name", "url", "key_id", "secret_file", "secret_env", "ca_file", "insecure_http"}
 DEFAULT_HOST_TIMEOUT = 600.0
+# A rollout resumes after any number of controller stops, but not forever: past this (from when it was queued) it
+# gives up and reverts. A fixed span rather than host_timeout x hosts: a rollout's pace is set as much by its bake
+# and by how long a controller may stay down as by its hosts' deploys.
+DEFAULT_DEADLINE = 6 * 3600.0
 
 # read_secret(entry, name, where) -> the secret of `<name>_file` or `<name>_env`: load.py's one reader of secrets.
 SecretReader = Callable[[Mapping[str, Any], str, str], str]
@@ -70,6 +75,7 @@ class FleetConfig:
     canary: int | str | None = None  # a host's name, or how many hosts form the first batch
     bake: float = 0.0
     host_timeout: float = DEFAULT_HOST_TIMEOUT
+    deadline: float = DEFAULT_DEADLINE  # seconds from when a rollout was queued to when it gives up (and reverts)
     # [fleet.releases.APP]: the release policy of a fleet app whose GitHub releases queue a rollout here
     # (ReceiverApp values, parsed by load.py with the policy of every other app).
     releases: Mapping[str, Any] = field(default_factory=dict)
@@ -109,6 +115,7 @@ def parse_fleet(data: Any, *, path: Path, read_secret: SecretReader,
         canary=check_canary(data.get("canary"), names, path=path, key="fleet.canary"),
         bake=duration(data, "bake", 0.0, path=path, key="fleet.bake", zero=True),
         host_timeout=duration(data, "host_timeout", DEFAULT_HOST_TIMEOUT, path=path, key="fleet.host_timeout"),
+        deadline=duration(data, "deadline", DEFAULT_DEADLINE, path=path, key="fleet.deadline"),
         releases=dict(releases or {}),
     )
 

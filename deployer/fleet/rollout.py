@@ -5,6 +5,9 @@
     each batch  POST /deploy to each host (the rollout's id in the body), follow GET /jobs/<id> to the end,
                 check GET /apps/<app> says the tag; then bake, then the next batch
     a failure   stop; unless revert is off, deploy back the tag each done host had; raise RolloutFailed
+    giving up   its deadline ([fleet] deadline, from when it was queued) passed, or an operator aborted it
+                (`deployer rollout APP --abort`, recorded in the queue): no host is started again, the ones
+                deploying are followed to their end, then it stops as for a failure
 
 A host step that raises anything unexpected (a bug, an answer no check foresaw) is that host's failure like any
 other: the stop and the revert run, and the rollout fails naming it, rather than the process dying with a host
@@ -13,7 +16,14 @@ left on the tag.
 Every step is recorded before it is taken and after: a host is `posting` before its POST and `deploying`
 with the host's job id after it, so a controller killed at any point and started again follows that job
 instead of posting again, and a host already on the tag is `done` without a second deploy. There is no
-consensus here: while the controller is down each host serves what it has, and the rollout waits.
+consensus here: while the controller is down each host serves what it has, and the rollout waits. A host found
+`posting` whose status cannot be read is never posted again on a guess: it is asked until its host_timeout, then
+fails (so the fleet is reverted rather than a host given two jobs for one step). And should a step be posted
+twice all the same, the host answers the second POST with the first one's job: the rollout id, app and tag are
+the step's idempotency key there (`JobStore.submit_rollout_step`).
+
+A controller that stops is not the rollout's failure: the worker queues it again after any number of stops
+(`deployer.plan.claims.decide_recovery`), for as long as `resumable` says, and each run resumes from the record.
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ from deployer.errors import DeployerError, RequestRejected, RolloutFailed
 from deployer.journal import Journal
 from deployer.plan import rollout as plan
 from deployer.plan.printable import printable
-from deployer.queue.model import FINISHED, Job, JobStatus, RolloutHost
+from deployer.plan.claims import Resumable
+from deployer.queue.model import FINISHED, Job, JobStatus, RolloutAbort, RolloutHost
 
 POLL_SECONDS = 1.0
 
@@ -47,6 +58,13 @@ class Progress(Protocol):
     def rollout_hosts(self, rollout_id: str) -> list[RolloutHost]: ...
     def set_rollout_host(self, rollout_id: str, host: str, state: str, *, host_job: str | None = None,
                          reason: str | None = None, failure: str | None = None) -> RolloutHost: ...
+    def abort_of(self, rollout_id: str) -> RolloutAbort | None: ...
+
+
+def resumable(fleet: FleetConfig) -> Resumable:
+    """How long a stopped rollout is queued again: up to its deadline, and twice a host's timeout more, the time a
+    revert takes (its POSTs, then its deploys, each within host_timeout), so that giving up survives a stop too."""
+    return Resumable(deadline=fleet.deadline, grace=2 * fleet.host_timeout)
 
 
 def options_of(source: Mapping[str, Any], fleet: FleetConfig) -> plan.Options:
@@ -90,6 +108,9 @@ class Rollout:
         rows = self.progress.rollout_hosts(self.id)
         if rows:
             self._record("rollout.resumed", states={r.host: r.state for r in rows})
+        elif (why := self._why_stop()) is not None:
+            raise RolloutFailed(f"rollout of {self.job.app} {self.tag} stopped before it began: {why}; nothing was "
+                                f"changed on any host", app=self.job.app, tag=self.tag)
         else:
             current = self._preflight()
             steps = plan.plan(self.fleet.host_names, current, self.tag, options)
@@ -97,6 +118,8 @@ class Rollout:
                                                         for s in steps])
             self._record("rollout.planned", batches=_batches(rows), skipped=[r.host for r in rows
                                                                              if r.state == plan.SKIPPED])
+        if (why := self._why_stop()) is not None:
+            return self._give_up(why, options)
         if any(r.state in (plan.FAILED, plan.REVERTING, plan.REVERTED, plan.REVERT_FAILED) for r in rows):
             return self._stop(options)  # it had failed before the controller stopped: finish the stop
         numbers = sorted({r.batch for r in rows if r.batch >= 0})
@@ -104,14 +127,37 @@ class Rollout:
             batch = [r for r in self.progress.rollout_hosts(self.id) if r.batch == n]
             if all(r.state == plan.DONE for r in batch):
                 continue
+            if (why := self._why_stop()) is not None:
+                return self._give_up(why, options)
             self._deploy(batch)
+            if (why := self._why_stop()) is not None:
+                return self._give_up(why, options)
             if any(r.state == plan.FAILED for r in self.progress.rollout_hosts(self.id) if r.batch == n):
                 return self._stop(options)
             if options.bake and n != numbers[-1]:
                 self._record("rollout.bake", seconds=options.bake, batch=n)
-                self.sleep(options.bake)
+                if (why := self._bake(options.bake)) is not None:
+                    return self._give_up(why, options)
         done = [r.host for r in self.progress.rollout_hosts(self.id) if r.state == plan.DONE]
         return f"{self.tag} is live on every host ({len(done)} deployed, {len(rows) - len(done)} already on it)"
+
+    def _why_stop(self) -> str | None:
+        """Why the rollout must give up now (an operator's abort, its deadline), or None to go on."""
+        abort = self.progress.abort_of(self.id)
+        if abort is not None:
+            return f"aborted by {abort.actor}" + (f" ({printable(abort.reason, 200)})" if abort.reason else "")
+        if self.clock() > self.job.created_at + self.fleet.deadline:
+            return f"its deadline passed ({self.fleet.deadline:g} s after it was queued)"
+        return None
+
+    def _bake(self, seconds: float) -> str | None:
+        """Wait `seconds`, a poll at a time, so an abort or the deadline is heard during a long bake."""
+        end = self.clock() + seconds
+        while (left := end - self.clock()) > 0:
+            if (why := self._why_stop()) is not None:
+                return why
+            self.sleep(min(self.poll, left))
+        return None
 
     # --- before anything changes -------------------------------------------------------------------
 
@@ -138,7 +184,7 @@ class Rollout:
         while True:
             waiting = [r for r in self.progress.rollout_hosts(self.id)
                        if r.batch == batch[0].batch and r.state == plan.DEPLOYING]
-            if not waiting:
+            if not waiting or self._why_stop() is not None:  # giving up follows the deploying hosts itself
                 return
             for row in waiting:
                 self._check(row, self.tag, done=plan.DONE, failed=plan.FAILED)
@@ -154,10 +200,9 @@ class Rollout:
         done = plan.REVERTED if following == plan.REVERTING else plan.DONE
         before = plan.POSTING if following == plan.DEPLOYING else plan.REVERTING
         if row.state == before:
-            try:
-                status = self.hosts.status(row.host, self.job.app)
-            except Exception:  # no answer to go by: post again, as for a row never posted
-                status = {}
+            status = self._posted_status(row, tag, failed)
+            if status is None:
+                return
             last = status.get("last_job") or {}
             if last.get("rollout") == self.id and last.get("tag") == tag:  # followed to its end, whatever it is
                 self._set(row.host, following, host_job=last.get("id"), tag=tag)
@@ -184,6 +229,26 @@ class Rollout:
                 self._set(row.host, failed, tag=tag, reason=unexpected(exc))
                 return
         self._set(row.host, following, host_job=job_id, tag=tag)
+
+    def _posted_status(self, row: RolloutHost, tag: str, failed: str) -> Mapping[str, Any] | None:
+        """The status of a host whose POST may have arrived: asked until its host_timeout, never guessed (a guess
+        could post a second deploy for one step). None when the host failed instead."""
+        deadline = self.clock() + self.fleet.host_timeout
+        while True:
+            try:
+                return self.hosts.status(row.host, self.job.app)
+            except RequestRejected as exc:
+                self._set(row.host, failed, tag=tag, reason=f"refused: {exc}")
+                return None
+            except DeployerError as exc:
+                if self.clock() > deadline:
+                    self._set(row.host, failed, tag=tag,
+                              reason=f"could not tell whether its deploy arrived: {self._silent(exc)}")
+                    return None
+                self.sleep(self.poll)
+            except Exception as exc:
+                self._set(row.host, failed, tag=tag, reason=unexpected(exc))
+                return None
 
     def _check(self, row: RolloutHost, tag: str, *, done: str, failed: str) -> None:
         """One look at a host's job: still running, ended (then its tag is checked), or past its deadline."""
@@ -219,9 +284,35 @@ class Rollout:
     def _silent(self, exc: DeployerError) -> str:
         return f"did not answer within {self.fleet.host_timeout:g} s ({exc})"
 
+    # --- giving up ---
+
+    def _give_up(self, why: str, options: plan.Options) -> str:
+        """No host is started again: a host cut off around its POST is settled, the hosts deploying are followed to
+        their end (each within its host_timeout), then the rollout stops as for a failure, reverting the done ones."""
+        self._record("rollout.stopping", reason=why, revert=options.revert)
+        for row in self.progress.rollout_hosts(self.id):
+            if row.state == plan.POSTING:
+                status = self._posted_status(row, self.tag, plan.FAILED)
+                if status is None:
+                    continue
+                last = status.get("last_job") or {}
+                if last.get("rollout") == self.id and last.get("tag") == self.tag:
+                    self._set(row.host, plan.DEPLOYING, host_job=last.get("id"), tag=self.tag)
+                elif status.get("tag") == self.tag:
+                    self._set(row.host, plan.DONE, tag=self.tag, reason="already on the tag")
+                else:
+                    self._set(row.host, plan.PENDING, tag=self.tag, reason="not started: the rollout stopped")
+        while any(r.state == plan.DEPLOYING for r in self.progress.rollout_hosts(self.id)):
+            for row in self.progress.rollout_hosts(self.id):
+                if row.state == plan.DEPLOYING:
+                    self._check(row, self.tag, done=plan.DONE, failed=plan.FAILED)
+            if any(r.state == plan.DEPLOYING for r in self.progress.rollout_hosts(self.id)):
+                self.sleep(self.poll)
+        return self._stop(options, why)
+
     # --- a failure -----------------------------------------------------------------------------------
 
-    def _stop(self, options: plan.Options) -> str:
+    def _stop(self, options: plan.Options, why: str | None = None) -> str:
         """The hosts done go back (unless revert is off), the rest stay; then the rollout fails, naming why."""
         rows = self.progress.rollout_hosts(self.id)
         failed = [r for r in rows if r.state == plan.FAILED]
@@ -245,11 +336,12 @@ class Rollout:
                     self.sleep(self.poll)
         rows = self.progress.rollout_hosts(self.id)
         failed = [r for r in rows if r.failure]
-        raise RolloutFailed(self._failure(rows, options), app=self.job.app, tag=self.tag,
+        raise RolloutFailed(self._failure(rows, options, why), app=self.job.app, tag=self.tag,
                             host=failed[0].host if failed else None)
 
-    def _failure(self, rows: list[RolloutHost], options: plan.Options) -> str:
-        parts = [f"host {r.host}: {r.failure}" for r in rows if r.failure] or ["a host failed"]
+    def _failure(self, rows: list[RolloutHost], options: plan.Options, why: str | None = None) -> str:
+        failures = [f"host {r.host}: {r.failure}" for r in rows if r.failure]
+        parts = ([why] if why else []) + failures or ["a host failed"]
         reverted = [f"{r.host} to {r.previous}" for r in rows if r.state == plan.REVERTED]
         not_reverted = [f"{r.host} ({r.reason})" for r in rows if r.state == plan.REVERT_FAILED]
         kept_failed = [f"{r.host} on {r.previous}" for r in rows if r.state == plan.FAILED]

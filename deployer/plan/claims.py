@@ -1,4 +1,5 @@
-"""Which waiting job runs next, and which of its app's waiting jobs it supersedes (pure).
+"""Which waiting job runs next, and which of its app's waiting jobs it supersedes; which jobs a stopped worker left
+running are tried again (pure).
 
 The queue reads the candidate rows and what is live inside its write transaction, calls `decide_claim`, and writes
 the outcome in that same transaction.
@@ -82,3 +83,65 @@ def supersede_reason(newest: Candidate, older: Candidate) -> str:
     why = ("which was queued later" if older.seq < newest.seq
            else "a newer release than the live one this would redeploy")
     return f"superseded by {newest.id} ({newest.tag or 'active release'}), {why}"
+
+
+# --- jobs a stopped worker left running ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A job found running when a worker starts: its worker stopped (was killed, crashed, lost power) while it ran."""
+
+    seq: int
+    id: str
+    kind: str
+    attempts: int  # how many times it was claimed, this run included
+    created_at: float = 0.0  # when it was queued: a rollout's deadline counts from here
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """How long a rollout may be resumed: `deadline` seconds after it was queued it gives up (and reverts), and
+    for `grace` seconds more it is still resumed, so that the giving up itself survives a stop."""
+
+    deadline: float
+    grace: float
+
+
+@dataclass(frozen=True)
+class Recovery:
+    seq: int
+    id: str
+    requeued: bool  # False: failed, not tried again
+    reason: str
+
+
+def decide_recovery(interrupted: Sequence[Interrupted], *, max_attempts: int, rollout: Resumable | None,
+                    now: float) -> list[Recovery]:
+    """Each interrupted job back to the queue, or failed.
+
+    A job whose worker stopped `max_attempts` times may be what stops it: it is failed. A rollout is not: it is
+    built to resume from each host's recorded state, and its worker (the controller) stopping says nothing about
+    it. It is queued again after any number of stops until its deadline and grace have both passed (by then its
+    own run has given up and reverted, or the giving up itself keeps stopping the worker).
+    """
+    decisions = []
+    for job in interrupted:
+        if job.kind == JobKind.ROLLOUT and rollout is not None:
+            ends = job.created_at + rollout.deadline + rollout.grace
+            if now <= ends:
+                reason = (f"the controller stopped while this rollout ran ({job.attempts} "
+                          f"{'time' if job.attempts == 1 else 'times'}); it resumes from each host's recorded state")
+                decisions.append(Recovery(job.seq, job.id, True, reason))
+            else:
+                reason = (f"the controller stopped while this rollout ran, {job.attempts} times, the last after its "
+                          f"deadline ({rollout.deadline:g} s) and the time to revert ({rollout.grace:g} s) had passed; "
+                          f"not tried again (check `deployer fleet status`, then redeploy by hand)")
+                decisions.append(Recovery(job.seq, job.id, False, reason))
+        elif job.attempts >= max_attempts:
+            reason = (f"the worker stopped while this job ran, {job.attempts} times; not tried again "
+                      f"(check the worker's log, then redeploy by hand)")
+            decisions.append(Recovery(job.seq, job.id, False, reason))
+        else:
+            decisions.append(Recovery(job.seq, job.id, True, "the worker stopped while this job ran; queued again"))
+    return decisions

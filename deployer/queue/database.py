@@ -119,6 +119,16 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         )""",
         "ALTER TABLE active ADD COLUMN port_set TEXT",
     ]),
+    # An operator's abort of a rollout: recorded here, carried out by the rollout's run (at once if it runs, else
+    # when a worker next runs it), so an abort outlives a controller that is down.
+    ("0006_rollout_aborts", [
+        """CREATE TABLE rollout_aborts (
+            rollout_id TEXT PRIMARY KEY,   -- the controller's job id of the rollout
+            actor TEXT NOT NULL,
+            reason TEXT,
+            at REAL NOT NULL
+        )""",
+    ]),
 ]
 
 

@@ -14,7 +14,7 @@ import sqlite3
 from typing import Any, Mapping
 
 from deployer.errors import StateError
-from deployer.plan.claims import Candidate, decide_claim
+from deployer.plan.claims import Candidate, Interrupted, Resumable, decide_claim, decide_recovery
 from deployer.queue.database import Database
 from deployer.queue.deliveries import forget_deliveries, remember_delivery, seen_delivery
 from deployer.queue.live import active_row, live_tags
@@ -82,6 +82,24 @@ class JobStore:
         with self.database.write() as conn:
             return insert_job(conn, app=app, tag=tag, kind=kind, actor=actor, source=source,
                               now=self.database.clock(), status=JobStatus.ACCEPTING if hold else JobStatus.QUEUED)
+
+    def submit_rollout_step(self, *, app: str, tag: str | None, actor: str, rollout: str,
+                            source: Mapping[str, Any]) -> tuple[Job, bool]:
+        """A controller's step of `rollout` on this host: one job per (rollout, app, tag), however often it is posted.
+
+        A controller restarted between its POST and its record of the answer may post the same step again: it gets
+        the job the first POST made (and False), not a second deploy. A rollout's deploy and its revert differ in
+        tag, so each is its own step. `source` carries `rollout`; the job is held as by `submit_manual`.
+        """
+        with self.database.write() as conn:
+            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE app = ? AND tag IS ? AND kind = ? "
+                               "AND json_extract(source, '$.rollout') = ? ORDER BY seq DESC LIMIT 1",
+                               (app, tag, JobKind.REDEPLOY, rollout)).fetchone()
+            if row is not None:
+                return job_from_row(row), False
+            return insert_job(conn, app=app, tag=tag, kind=JobKind.REDEPLOY, actor=actor,
+                              source={**source, "rollout": rollout}, now=self.database.clock(),
+                              status=JobStatus.ACCEPTING), True
 
     def confirm(self, job: Job) -> Job:
         """An accepting job's audit record is written: from now on a worker may claim it."""
@@ -187,29 +205,29 @@ class JobStore:
             return conn.execute("UPDATE jobs SET not_before = 0 WHERE status = ? AND waiting_on = ?",
                                 (JobStatus.QUEUED, fault)).rowcount
 
-    def recover(self, *, max_attempts: int) -> list[Job]:
-        """Jobs left running by a worker that died: back to the queue, or failed after too many tries.
+    def recover(self, *, max_attempts: int, rollout: Resumable | None = None) -> list[Job]:
+        """Jobs left running by a worker that died: back to the queue, or failed, as `decide_recovery` says.
 
         Only the one worker that holds the worker lock may call this: it knows no other worker runs.
+        `rollout`: how long a controller's rollouts are resumed (its [fleet] deadline).
         """
         now = self.database.clock()
         recovered = []
         with self.database.write() as conn:
             running = [job_from_row(r) for r in conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ?",
                                                              (JobStatus.RUNNING,))]
-            for job in running:
-                if job.attempts >= max_attempts:
-                    reason = (f"the worker stopped while this job ran, {job.attempts} times; not tried again "
-                              f"(check the worker's log, then redeploy by hand)")
-                    conn.execute("UPDATE jobs SET status = ?, reason = ?, finished_at = ? WHERE seq = ?",
-                                 (JobStatus.FAILED, reason, now, job.seq))
-                else:
-                    reason = "the worker stopped while this job ran; queued again"
+            decisions = decide_recovery([Interrupted(j.seq, j.id, j.kind, j.attempts, j.created_at) for j in running],
+                                        max_attempts=max_attempts, rollout=rollout, now=now)
+            for decision in decisions:
+                if decision.requeued:
                     conn.execute("UPDATE jobs SET status = ?, reason = ?, not_before = 0 WHERE seq = ?",
-                                 (JobStatus.QUEUED, reason, job.seq))
-                add_step(conn, job.id, "interrupted", "failed" if job.attempts >= max_attempts else "requeued",
-                         {"reason": reason}, now)
-                recovered.append(get_job(conn, job.id))
+                                 (JobStatus.QUEUED, decision.reason, decision.seq))
+                else:
+                    conn.execute("UPDATE jobs SET status = ?, reason = ?, finished_at = ? WHERE seq = ?",
+                                 (JobStatus.FAILED, decision.reason, now, decision.seq))
+                add_step(conn, decision.id, "interrupted", "requeued" if decision.requeued else "failed",
+                         {"reason": decision.reason}, now)
+                recovered.append(get_job(conn, decision.id))
         return [j for j in recovered if j is not None]
 
     def add_step(self, job_id: str, name: str, outcome: str | None, detail: Mapping[str, Any]) -> None:

@@ -62,6 +62,15 @@ class RolloutHost:
 
 
 @dataclass(frozen=True)
+class RolloutAbort:
+    """An operator's request that a rollout stop (and revert, unless the rollout was started with --no-revert)."""
+
+    actor: str
+    reason: str | None
+    at: float
+
+
+@dataclass(frozen=True)
 class Submission:
     """What a delivery or request led to: a new job, an existing one, or none (ignored).
 

@@ -1,11 +1,11 @@
 """A controller's rollouts: each host's progress, written before and after each step, so a rollout resumes where it
-stood."""
+stood; and the operators' aborts, which its run reads between steps."""
 
 from __future__ import annotations
 
 from deployer.errors import StateError
 from deployer.queue.database import Database
-from deployer.queue.model import RolloutHost
+from deployer.queue.model import RolloutAbort, RolloutHost
 
 
 class RolloutStore:
@@ -40,3 +40,14 @@ class RolloutStore:
         if row is None:
             raise StateError(f"rollout {rollout_id} has no host {host!r}")
         return RolloutHost(*row)
+
+    def request_abort(self, rollout_id: str, *, actor: str, reason: str | None = None) -> bool:
+        """Record that an operator asked `rollout_id` to stop; False when it was asked already (the first stands)."""
+        with self.database.write() as conn:
+            return conn.execute("INSERT OR IGNORE INTO rollout_aborts (rollout_id, actor, reason, at) "
+                                "VALUES (?, ?, ?, ?)",
+                                (rollout_id, actor, reason, self.database.clock())).rowcount == 1
+
+    def abort_of(self, rollout_id: str) -> RolloutAbort | None:
+        rows = self.database.read("SELECT actor, reason, at FROM rollout_aborts WHERE rollout_id = ?", (rollout_id,))
+        return RolloutAbort(*rows[0]) if rows else None

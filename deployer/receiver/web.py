@@ -458,8 +458,17 @@ def deploy():
     actor = f"key:{key_id}"
     kind = wanted["action"] or JobKind.REDEPLOY
     rollout = {"rollout": wanted["rollout"]} if wanted["rollout"] else {}
-    job = receiver.queue.jobs.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor, kind=kind,
-                                            source={"key_id": key_id, "reason": wanted["reason"], **rollout}, hold=True)
+    source = {"key_id": key_id, "reason": wanted["reason"]}
+    if wanted["rollout"] and kind == JobKind.REDEPLOY:  # a controller's step: posted again, it is the same job
+        job, new = receiver.queue.jobs.submit_rollout_step(app=wanted["app"], tag=wanted["tag"], actor=actor,
+                                                           rollout=wanted["rollout"], source=source)
+        if not new:
+            record.update(job=job.id, verdict="duplicate", **rollout)
+            return _job_accepted(job.id, job.app, job.tag, f"rollout {wanted['rollout']} already has job {job.id} "
+                                                           f"for this tag")
+    else:
+        job = receiver.queue.jobs.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor, kind=kind,
+                                                source={**source, **rollout}, hold=True)
     record.update(job=job.id, verdict="queued", **rollout)
     accept(receiver.queue.jobs, receiver.journal, job, job=job.id, app=job.app, tag=job.tag, actor=actor, kind=kind,
            reason=wanted["reason"], **rollout)

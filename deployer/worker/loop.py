@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from deployer.config import Config
 from deployer.errors import DeployerError, LockError, StateError
+from deployer.fleet.rollout import resumable
 from deployer.host.locks import open_lock_file
 from deployer.journal import Journal
 from deployer.queue.model import Job, JobKind, JobStatus
@@ -134,7 +135,8 @@ class Worker:
         self.journal.record("worker.started", actor=WORKER_ACTOR, pid=os.getpid())
 
     def _recover_and_publish(self) -> None:
-        for job in self.queue.jobs.recover(max_attempts=MAX_ATTEMPTS):
+        fleet = self.config.fleet
+        for job in self.queue.jobs.recover(max_attempts=MAX_ATTEMPTS, rollout=resumable(fleet) if fleet else None):
             self.journal.record("job.requeued" if job.status == JobStatus.QUEUED else "job.failed", job=job.id,
                                 app=job.app, actor=WORKER_ACTOR, reason=job.reason, **({"outcome": "failed"}
                                                                          if job.status == JobStatus.FAILED else {}))

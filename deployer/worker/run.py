@@ -248,7 +248,7 @@ def roll_out(run: JobRun) -> str:
     assert run.config.fleet is not None and run.tools.fleet is not None
     try:
         summary = rollout.Rollout(run.job, fleet=run.config.fleet, progress=run.queue.rollouts, journal=run.journal,
-                                  hosts=run.tools.fleet()).run()
+                                  hosts=run.tools.fleet(), clock=run.queue.database.clock).run()
     except DeployerError as exc:
         return run.end(JobStatus.FAILED, str(exc), error_type=type(exc).__name__)
     return run.end(JobStatus.SUCCEEDED, summary, tag=run.job.tag)

@@ -3,14 +3,19 @@ deployer server and keepalived) and a controller with its own queue and worker (
 
 Each test starts from v1 everywhere (`FleetBed.reset`, itself a rollout) and reads the outcome from each host's
 own record and audit log, not only from what the controller says.
+
+The controller's kills are drawn from a seeded generator: FLEET_KILL_SEED=<seed> replays a failure's moments.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import time
 
 import pytest
 
+from deployer.audit import AuditLog
 from support.cluster_bed import ClusterBed, failed_requests, missing_tool
 from support.fleet_bed import FleetBed
 from support.integration import missing
@@ -172,3 +177,77 @@ def test_a_controller_killed_during_the_second_hosts_swap_resumes_and_deploys_it
     assert any(e.get("rollout") == rollout for e in bed.audit("rollout.resumed"))
     assert failed_requests(records) == {"new": [], "keepalive": []}
     assert udp_lost(records) == []
+
+
+def wait_done(bed: FleetBed, rollout: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while (job := bed.queue.jobs.get(rollout)) is not None and not job.done and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return job
+
+
+def assert_every_chain_verifies(bed: FleetBed) -> None:
+    for state in [bed.folder / "state", *(h.state for h in bed.cluster.hosts)]:
+        verdict = AuditLog.for_state_dir(state).verify()
+        assert verdict.ok, (state, verdict)
+
+
+def test_a_rollout_survives_five_controller_kills_at_random_moments_and_deploys_each_host_once(bed: FleetBed):
+    seed = int(os.environ.get("FLEET_KILL_SEED", "28"))
+    draw = random.Random(seed)
+    load = bed.cluster.client_load(300)
+    time.sleep(1.0)
+    queued = bed.deployer("rollout", "web", "v2", "--bake", "3")  # a bake between hosts: room for five kills
+    assert queued.returncode == 0, queued.stdout + queued.stderr
+    rollout = rollout_id(queued)
+    kills = 0
+    while kills < 5:
+        time.sleep(draw.uniform(0.5, 4.0))
+        job = bed.queue.jobs.get(rollout)
+        if job is None or job.done:
+            break
+        bed.kill_controller()
+        kills += 1
+        bed.start_controller()
+    job = wait_done(bed, rollout, 300)
+    time.sleep(1.0)
+    records = load.finish()
+    assert kills == 5, f"seed {seed}: the rollout ended after {kills} kills"
+    assert job is not None and job.status == "succeeded", (seed, job, bed.logs())
+    assert bed.tags() == {"h1": "v2", "h2": "v2", "h3": "v2"}
+    for host in bed.cluster.hosts:
+        assert [(j.tag, j.status) for j in bed.host_jobs(host, rollout)] == [("v2", "succeeded")], (seed, host.name)
+        queued_entries = [e for e in bed.audit("job.queued", host.state) if e.get("rollout") == rollout]
+        assert len(queued_entries) == 1, (seed, host.name, queued_entries)
+    assert failed_requests(records) == {"new": [], "keepalive": []}, seed
+    assert udp_lost(records) == [], seed
+    assert_every_chain_verifies(bed)
+
+
+def test_an_abort_of_a_rollout_whose_controller_is_down_reverts_h1_and_h2_and_leaves_h3(bed: FleetBed):
+    load = bed.cluster.client_load(300)
+    time.sleep(1.0)
+    queued = bed.deployer("rollout", "web", "v2", "--bake", "60")  # h3 waits out the bake: the controller dies first
+    assert queued.returncode == 0, queued.stdout + queued.stderr
+    rollout = rollout_id(queued)
+    bed.cluster.wait_for(lambda: ("h2", "done") in host_states(bed, rollout), 180, "h2 done")
+    bed.kill_controller()
+    aborted = bed.deployer("rollout", "web", "--abort", "--reason", "the controller is gone")
+    assert aborted.returncode == 0, aborted.stdout + aborted.stderr
+    assert f"abort of rollout {rollout} (v2) recorded" in aborted.stdout, aborted.stdout
+    assert [e.get("rollout") for e in bed.audit("rollout.aborted")][-1] == rollout
+    bed.start_controller()  # a worker runs again: it carries the recorded abort out
+    job = wait_done(bed, rollout, 180)
+    time.sleep(1.0)
+    records = load.finish()
+    assert job is not None and job.status == "failed", (job, bed.logs())
+    assert "aborted by" in job.reason and "reverted h1 to v1, h2 to v1" in job.reason, job.reason
+    assert "untouched: h3" in job.reason, job.reason
+    assert bed.tags() == {"h1": "v1", "h2": "v1", "h3": "v1"}
+    assert bed.host_jobs(bed.cluster.host("h3"), rollout) == []
+    for name in ("h1", "h2"):
+        assert [(j.tag, j.status) for j in bed.host_jobs(bed.cluster.host(name), rollout)] == [
+            ("v2", "succeeded"), ("v1", "succeeded")], name
+    assert failed_requests(records) == {"new": [], "keepalive": []}
+    assert udp_lost(records) == []
+    assert_every_chain_verifies(bed)

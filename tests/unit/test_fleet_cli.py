@@ -36,6 +36,7 @@ def queued(controller: Path) -> list:
     (["rollout", "web", "v2", "--max-parallel", "0"], "key '--max-parallel': must be a count of hosts from 1 to 3"),
     (["rollout", "web", "v2", "--max-parallel", "4"], "key '--max-parallel': must be a count of hosts from 1 to 3"),
     (["rollout", "web", "v2", "--canary", "h9"], "key '--canary': names no host of [[fleet.hosts]] (h1, h2, h3)"),
+    (["rollout", "web"], "give the TAG to roll out (or --abort to stop the running rollout)"),
     (["rollout", "web", "v2", "--canary", "3"], "key '--canary': must be a host's name or a count of hosts from 1 "
                                                 "to 2"),
 ])
@@ -71,3 +72,32 @@ def test_no_warning_while_the_controllers_worker_beats(controller, capsys):
     Queue.for_state_dir(controller.parent / "state").heartbeat.heartbeat(pid=1, started_at=time.time())
     assert main(["-c", str(controller), "rollout", "web", "v2"]) == 0
     assert "no worker" not in capsys.readouterr().err
+
+
+# --- --abort -------------------------------------------------------------------------------------------------
+
+
+def test_an_abort_is_recorded_in_the_queue_and_audited_for_the_worker_to_carry_out(controller, capsys):
+    assert main(["-c", str(controller), "rollout", "web", "v2"]) == 0
+    [job] = queued(controller)
+    capsys.readouterr()
+    assert main(["-c", str(controller), "rollout", "web", "--abort", "--reason", "h3 is in maintenance"]) == 0
+    out, err = capsys.readouterr()
+    assert out == (f"web: abort of rollout {job.id} (v2) recorded; the hosts it changed go back unless it was "
+                   f"started with --no-revert\n")
+    assert "the abort is carried out when it next runs" in err  # no worker was started here
+    abort = Queue.for_state_dir(controller.parent / "state").rollouts.abort_of(job.id)
+    assert abort is not None and abort.reason == "h3 is in maintenance"
+    [record] = AuditLog.for_state_dir(controller.parent / "state").query(Query(event=("rollout.aborted",)))
+    assert (record.get("rollout"), record.get("app"), record.get("reason")) == (job.id, "web", "h3 is in maintenance")
+    assert main(["-c", str(controller), "rollout", "web", "--abort"]) == 0
+    assert "was already asked to stop" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["rollout", "web", "--abort"], "no rollout of web is queued or running"),
+    (["rollout", "web", "v2", "--abort"], "--abort takes no TAG"),
+])
+def test_an_abort_with_nothing_to_stop_or_a_tag_is_refused(controller, capsys, args, message):
+    assert main(["-c", str(controller), *args]) != 0
+    assert message in capsys.readouterr().err

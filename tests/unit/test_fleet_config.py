@@ -39,10 +39,10 @@ def refusal(fleet: dict, tmp_path: Path, **kwargs) -> str:
 
 def test_a_controller_loads_with_no_app_of_its_own(tmp_path, secret):
     loaded = load({"apps": ["web"], "hosts": hosts(secret), "max_parallel": "50%", "canary": "h2", "bake": 5,
-                   "host_timeout": 120}, tmp_path)
+                   "host_timeout": 120, "deadline": 3600}, tmp_path)
     assert loaded.apps == {}
     assert loaded.fleet == FleetConfig(
-        apps=("web",), max_parallel="50%", canary="h2", bake=5, host_timeout=120,
+        apps=("web",), max_parallel="50%", canary="h2", bake=5, host_timeout=120, deadline=3600,
         hosts=tuple(FleetHost(f"h{i}", f"http://10.0.0.{i}:8000", "fleet", "s3cret-of-the-fleet-key-0123456789",
                               insecure_http=True) for i in (1, 2, 3)))
     assert "s3cret-of-the-fleet-key-0123456789" in loaded.secrets()  # masked in every log and audit entry
@@ -52,6 +52,7 @@ def test_a_controller_loads_with_no_app_of_its_own(tmp_path, secret):
 def test_the_defaults_one_host_at_a_time_no_canary_no_bake(tmp_path, secret):
     fleet = load({"apps": ["web"], "hosts": hosts(secret)}, tmp_path).fleet
     assert (fleet.max_parallel, fleet.canary, fleet.bake, fleet.host_timeout) == (1, None, 0.0, 600.0)
+    assert fleet.deadline == 6 * 3600  # a rollout resumed after any number of restarts gives up after 6 h
 
 
 @pytest.mark.parametrize("change, key, message", [
@@ -65,6 +66,7 @@ def test_the_defaults_one_host_at_a_time_no_canary_no_bake(tmp_path, secret):
     ({"canary": 0}, "fleet.canary", "a count of hosts from 1 to 2"),
     ({"bake": -1}, "fleet.bake", "must not be negative"),
     ({"host_timeout": 0}, "fleet.host_timeout", "must be greater than 0"),
+    ({"deadline": 0}, "fleet.deadline", "must be greater than 0"),
     ({"apps": []}, "fleet.apps", "must list the apps"),
     ({"apps": ["web", "web"]}, "fleet.apps", "each once"),
     ({"hosts": []}, "fleet.hosts", "at least one [[fleet.hosts]]"),

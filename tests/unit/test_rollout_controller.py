@@ -9,6 +9,7 @@ which no code catches: a new Rollout over the same queue and the same hosts then
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from deployer.errors import DeployerError, RolloutFailed, Unauthorized, UnknownA
 from deployer.journal import Journal
 from deployer.queue.model import Job, JobKind
 from deployer.queue.queue import Queue
-from deployer.fleet.rollout import Rollout
+from deployer.fleet.rollout import Rollout, resumable
 from support.worker_fakes import Process, make_worker
 
 ROLLOUT_ID = "job-00000000000000aa"
@@ -449,3 +450,218 @@ def test_each_rollout_over_plain_http_records_a_warning_naming_the_hosts(queue, 
                                                   plain.hosts[2]))
     run(queue, FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}), clock, config=config_, events=events)
     assert [e["hosts"] for e in events if e["event"] == "rollout.insecure"] == [["h2"]]
+
+
+# --- any number of controller stops; giving up (the deadline, an abort) ----------------------------------------
+
+
+class Killed(BaseException):
+    """The controller's process is SIGKILLed here: nothing after this point runs."""
+
+
+@dataclass
+class KillPoints:
+    """Every call the rollout makes to its hosts and to its record is two points, just before and just after it;
+    the `at`-th point (counted from 1) raises Killed, as does the named point `where` (call, host, "before"|"after")."""
+
+    at: int | None = None
+    where: tuple[str, str, str] | None = None
+    seen: int = 0
+
+    def point(self, call: str, host: str, phase: str) -> None:
+        self.seen += 1
+        if self.seen == self.at or (call, host, phase) == self.where:
+            self.at = self.where = None
+            raise Killed()
+
+    def wrap(self, call: str, fn: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            host = next((a for a in args if isinstance(a, str) and a.startswith("h")), "-")
+            self.point(call, host, "before")
+            result = fn(*args, **kwargs)
+            self.point(call, host, "after")
+            return result
+        return wrapped
+
+
+@dataclass
+class KillableHosts:
+    hosts: FakeHosts
+    points: KillPoints
+
+    def deploy(self, host: str, app: str, tag: str, **kwargs: Any) -> str:
+        return self.points.wrap("deploy", self.hosts.deploy)(host, app, tag, **kwargs)
+
+    def job(self, host: str, job_id: str) -> Any:
+        return self.points.wrap("job", self.hosts.job)(host, job_id)
+
+    def status(self, host: str, app: str) -> Any:
+        return self.points.wrap("status", self.hosts.status)(host, app)
+
+
+@dataclass
+class KillableProgress:
+    queue: Queue
+    points: KillPoints
+
+    def plan_rollout(self, rollout_id: str, steps: list) -> list:
+        return self.points.wrap("plan", self.queue.rollouts.plan_rollout)(rollout_id, steps)
+
+    def rollout_hosts(self, rollout_id: str) -> list:
+        return self.queue.rollouts.rollout_hosts(rollout_id)
+
+    def set_rollout_host(self, rollout_id: str, host: str, state: str, **kwargs: Any) -> Any:
+        return self.points.wrap("set", self.queue.rollouts.set_rollout_host)(rollout_id, host, state, **kwargs)
+
+    def abort_of(self, rollout_id: str) -> Any:
+        return self.queue.rollouts.abort_of(rollout_id)
+
+
+def killable_run(queue: Queue, hosts: FakeHosts, clock: Clock, points: KillPoints, job_: Job | None = None,
+                 config: FleetConfig | None = None) -> str:
+    return Rollout(job_ or job(), fleet=config or fleet(), progress=KillableProgress(queue, points),
+                   journal=Journal([]), hosts=KillableHosts(hosts, points), clock=clock, sleep=clock.sleep,
+                   poll=1.0).run()
+
+
+def points_of_a_whole_rollout(tmp_path: Path) -> int:
+    points = KillPoints()
+    killable_run(Queue(tmp_path / "count.db", clock=Clock()), FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}),
+                 Clock(), points)
+    return points.seen
+
+
+def test_killed_at_any_point_a_new_run_ends_with_every_host_on_the_tag_and_one_deploy_each(tmp_path):
+    total = points_of_a_whole_rollout(tmp_path)
+    assert total > 30  # plan, every status, post, follow and record: each before and after
+    for at in range(1, total + 1):
+        clock = Clock()
+        queue = Queue(tmp_path / f"at-{at}.db", clock=clock)
+        hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+        with pytest.raises(Killed):
+            killable_run(queue, hosts, clock, KillPoints(at=at))
+        summary = killable_run(queue, hosts, clock, KillPoints())
+        assert summary.startswith("v2 is live on every host"), at
+        assert hosts.tags == {"h1": "v2", "h2": "v2", "h3": "v2"}, at
+        assert sorted(hosts.deploys()) == [("h1", "v2"), ("h2", "v2"), ("h3", "v2")], at
+
+
+def test_five_controller_stops_in_a_row_are_resumed_by_the_worker_and_the_rollout_succeeds(tmp_path, clock):
+    config = controller_config(tmp_path)
+    queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    queue.jobs.submit_manual(app="web", tag="v2", actor="cli:ops", kind=JobKind.ROLLOUT, source={})
+    draw = random.Random(28)
+    total = points_of_a_whole_rollout(tmp_path)
+    for stop in range(1, 6):
+        claim = queue.jobs.claim()
+        assert claim is not None and claim.job.attempts == stop
+        with pytest.raises(Killed):
+            killable_run(queue, hosts, clock, KillPoints(at=draw.randint(1, total // 5)), claim.job, config.fleet)
+        clock.now += draw.uniform(0.5, 4.0)
+        [recovered] = queue.jobs.recover(max_attempts=3, rollout=resumable(config.fleet))
+        assert recovered.status == "queued", recovered.reason
+    claim = queue.jobs.claim()
+    assert claim is not None and claim.job.attempts == 6
+    killable_run(queue, hosts, clock, KillPoints(), claim.job, config.fleet)
+    assert hosts.tags == {"h1": "v2", "h2": "v2", "h3": "v2"}
+    assert sorted(hosts.deploys()) == [("h1", "v2"), ("h2", "v2"), ("h3", "v2")]
+
+
+def test_past_its_deadline_a_resumed_rollout_reverts_the_done_hosts_and_leaves_the_rest(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    with pytest.raises(Killed):  # the controller goes down for good just before h3's turn
+        killable_run(queue, hosts, clock, KillPoints(where=("deploy", "h3", "before")))
+    clock.now = job().created_at + fleet().deadline + 1
+    with pytest.raises(RolloutFailed) as failed:
+        killable_run(queue, hosts, clock, KillPoints())
+    assert hosts.tags == {"h1": "v1", "h2": "v1", "h3": "v1"}
+    assert hosts.deploys() == [("h1", "v2"), ("h2", "v2"), ("h1", "v1"), ("h2", "v1")]
+    assert states(queue) == {"h1": "reverted", "h2": "reverted", "h3": "pending"}
+    assert str(failed.value).startswith("rollout of web v2 stopped: its deadline passed (21600 s after it was queued)")
+    assert "untouched: h3" in str(failed.value)
+
+
+def test_an_abort_reverts_h1_and_h2_and_leaves_h3_untouched(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    with pytest.raises(Killed):
+        killable_run(queue, hosts, clock, KillPoints(where=("deploy", "h3", "before")))
+    assert queue.rollouts.request_abort(ROLLOUT_ID, actor="cli:ops", reason="h3 is in maintenance")
+    assert not queue.rollouts.request_abort(ROLLOUT_ID, actor="cli:other")  # the first one stands
+    events: list = []
+    with pytest.raises(RolloutFailed) as failed:
+        run(queue, hosts, clock, events=events)
+    assert hosts.tags == {"h1": "v1", "h2": "v1", "h3": "v1"}
+    assert ("h3", "v2") not in hosts.deploys()
+    assert states(queue) == {"h1": "reverted", "h2": "reverted", "h3": "pending"}
+    assert str(failed.value).startswith("rollout of web v2 stopped: aborted by cli:ops (h3 is in maintenance)")
+    assert [e["reason"] for e in events if e["event"] == "rollout.stopping"] == [
+        "aborted by cli:ops (h3 is in maintenance)"]
+
+
+def test_an_abort_during_a_deploy_follows_that_deploy_to_its_end_then_reverts_it(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    original = hosts.deploy
+
+    def deploy(host: str, app: str, tag: str, **kwargs: Any) -> str:
+        if (host, tag) == ("h2", "v2"):
+            queue.rollouts.request_abort(ROLLOUT_ID, actor="cli:ops")
+        return original(host, app, tag, **kwargs)
+
+    hosts.deploy = deploy  # type: ignore[method-assign]
+    with pytest.raises(RolloutFailed, match="aborted by cli:ops"):
+        run(queue, hosts, clock)
+    assert hosts.tags == {"h1": "v1", "h2": "v1", "h3": "v1"}
+    assert states(queue) == {"h1": "reverted", "h2": "reverted", "h3": "pending"}
+
+
+def test_an_abort_with_no_revert_leaves_the_done_hosts_on_the_tag_as_asked(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    with pytest.raises(Killed):
+        killable_run(queue, hosts, clock, KillPoints(where=("deploy", "h3", "before")), job(revert=False))
+    queue.rollouts.request_abort(ROLLOUT_ID, actor="cli:ops")
+    with pytest.raises(RolloutFailed) as failed:
+        run(queue, hosts, clock, revert=False)
+    assert hosts.tags == {"h1": "v2", "h2": "v2", "h3": "v1"}
+    assert "left on v2 (--no-revert): h1, h2" in str(failed.value)
+
+
+def test_an_abort_before_the_rollout_began_changes_nothing(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    queue.rollouts.request_abort(ROLLOUT_ID, actor="cli:ops")
+    with pytest.raises(RolloutFailed, match="stopped before it began: aborted by cli:ops; nothing was changed"):
+        run(queue, hosts, clock)
+    assert hosts.calls == []
+
+
+def test_a_posted_host_whose_status_cannot_be_read_is_not_posted_again_but_fails_and_the_rest_revert(queue, clock):
+    hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
+    with pytest.raises(Killed):  # h2's POST arrived; its job id was never recorded
+        killable_run(queue, hosts, clock, KillPoints(where=("deploy", "h2", "after")))
+    hosts.down.add("h2")
+    with pytest.raises(RolloutFailed) as failed:
+        run(queue, hosts, clock)
+    assert [d for d in hosts.deploys() if d[0] == "h2"] == [("h2", "v2")]  # once, never on a guess
+    assert "host h2: could not tell whether its deploy arrived" in str(failed.value)
+    assert hosts.tags["h1"] == "v1"
+
+
+def test_a_starting_worker_queues_again_a_rollout_its_controller_stopped_under_many_times(tmp_path, clock):
+    config = controller_config(tmp_path)
+    queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
+    queue.jobs.submit_manual(app="web", tag="v2", actor="cli:ops", kind=JobKind.ROLLOUT, source={})
+    queue.jobs.submit_manual(app="api", tag="v2", actor="cli:ops", kind=JobKind.REDEPLOY, source={})
+    for _ in range(4):  # four stops: each claim is a run cut off
+        for claimed in (queue.jobs.claim(), queue.jobs.claim()):
+            assert claimed is not None
+        queue.jobs.recover(max_attempts=99)
+    for claimed in (queue.jobs.claim(), queue.jobs.claim()):
+        assert claimed is not None
+    events: list = []
+    worker = make_worker(config, queue, events, clock, lambda job: Process(code=None), [])
+    worker.start()
+    worker.lock.release()
+    statuses = {j.kind: (j.status, j.attempts) for j in queue.jobs.jobs()}
+    assert statuses == {JobKind.ROLLOUT: ("queued", 5), JobKind.REDEPLOY: ("failed", 5)}
+    assert [e["event"] for e in events if e["event"] in ("job.requeued", "job.failed")] == ["job.requeued",
+                                                                                           "job.failed"]

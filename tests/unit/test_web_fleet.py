@@ -32,6 +32,22 @@ def test_a_rollout_id_is_kept_in_the_jobs_source_and_its_queued_record(client, q
     assert record["rollout"] == ROLLOUT_ID
 
 
+def test_a_rollout_step_posted_again_answers_its_first_job_and_queues_nothing_more(client, queue, events):
+    first = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2", rollout=ROLLOUT_ID))
+    again = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2", rollout=ROLLOUT_ID))
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.get_json()["job"] == first.get_json()["job"]
+    assert f"rollout {ROLLOUT_ID} already has job" in again.get_json()["reason"]
+    revert = signed_call(client, "POST", "/deploy", redeploy_body(tag="v1", rollout=ROLLOUT_ID))
+    other = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2", rollout="job-00000000000000bb"))
+    assert len({first.get_json()["job"], revert.get_json()["job"], other.get_json()["job"]}) == 3
+    assert [(j.tag, j.source["rollout"]) for j in queue.jobs.jobs()] == [
+        ("v2", ROLLOUT_ID), ("v1", ROLLOUT_ID), ("v2", "job-00000000000000bb")]
+    assert len([e for e in events if e["event"] == "job.queued"]) == 3
+    assert [e["verdict"] for e in events if e["event"] == "manual_request"] == [
+        "queued", "duplicate", "queued", "queued"]
+
+
 def test_a_rollout_id_that_is_not_a_job_id_is_422_and_queues_nothing(client, queue):
     for bad in ("../x", 7, "job-XYZ", "job-" + "0" * 17):
         response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2", rollout=bad))
