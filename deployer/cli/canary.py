@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import re
 from datetime import datetime, timezone
 from typing import Callable
 
 from deployer import config as config_module
+from deployer.config.fields import parse_duration
 from deployer.errors import CanaryError
 from deployer.host.engine import CanaryStart
 from deployer.plan import canary
 from deployer.host import canary as canary_ops
 from deployer.wiring import build_engine
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -87,10 +85,14 @@ def seed(text: str) -> int:
 
 
 def duration(text: str) -> float:
-    match = _DURATION.fullmatch(text.strip())
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"must be a time such as 600, 10m or 1h, not {text!r}")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    """`--bake`: a time greater than 0, in the config's duration format."""
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, not {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text!r}")
+    return value
 
 
 def _engine(args: argparse.Namespace):

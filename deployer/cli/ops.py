@@ -9,6 +9,7 @@ from typing import Callable
 
 from deployer import config as config_module
 from deployer.config import Config
+from deployer.config.fields import parse_duration
 from deployer.host import modes
 from deployer.host import responder
 from deployer.host.watchdog import run_watchdog, watched_apps
@@ -68,11 +69,11 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
 
 
 def seconds(text: str) -> float:
-    """An argparse type: a non-negative number of seconds (--timeout, --settle)."""
+    """An argparse type: a time that is not negative (--timeout, --settle, rollout --bake), as the config writes it."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+        value = float(parse_duration(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, not {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value

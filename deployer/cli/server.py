@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from deployer.cli.ops import seconds
 from deployer.config.fleet import check_server_url, is_loopback_url
 from deployer.errors import ConfigError, RequestRejected
 from deployer.fleet.client import job_id_of, operator_signer
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
     p.add_argument("--action", choices=["promote", "abort"],
                    help="instead of a redeploy, promote or abort the app's running canary (no TAG)")
     p.add_argument("--wait", action="store_true", help="follow the job to its end")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds --wait waits (default 1800)")
+    p.add_argument("--timeout", type=seconds, default=1800.0, help="seconds --wait waits (default 1800)")
     p.set_defaults(needs_config=False)
 
 
