@@ -552,12 +552,14 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
     folder = tmp_path / "etc" / "deployer"
     (folder / "env").mkdir(parents=True)
     (folder / "env" / "web.env").write_text("FROM_FILE=1\n")
-    path = write(folder, '[deployer]\nstate_dir = "state"\nhooks_dir = "/opt/hooks"\n'
+    for hooks in (tmp_path / "opt" / "hooks", folder / "web-hooks"):  # a configured hooks folder must exist
+        hooks.mkdir(parents=True)
+    path = write(folder, f'[deployer]\nstate_dir = "state"\nhooks_dir = "{tmp_path}/opt/hooks"\n'
                  + MINIMAL.replace("image =", 'hooks_dir = "web-hooks"\nenv_files = ["env/web.env"]\nimage ='))
     monkeypatch.chdir(tmp_path)  # somewhere else: the working folder must not matter
     loaded = config.load(path, environ={})
     assert loaded.settings.state_dir == folder / "state"
-    assert loaded.settings.hooks_dir == Path("/opt/hooks")
+    assert loaded.settings.hooks_dir == tmp_path / "opt" / "hooks"
     assert loaded.app("web").hooks_dir == folder / "web-hooks"
     assert loaded.hooks_dir_for(loaded.app("web")) == folder / "web-hooks"
     assert dict(loaded.app("web").env) == {"FROM_FILE": "1"}
