@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "Checks first (route, forwarding, the old host answering) and changes nothing when one fails.\n"
                 "--off flips back to the local instance (or to nothing), lets forwarded connections finish\n"
                 "(drain_seconds) and removes the rules. A later `deployer deploy` replaces the forward too.")
-    p.add_argument("app")
+    p.add_argument("app", help="the app's name, as in [apps.APP]")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--to", metavar="OLD_ADDR", help="the old host's IPv4 address")
     what.add_argument("--off", action="store_true", help="stop forwarding")
