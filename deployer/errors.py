@@ -6,6 +6,26 @@ so the CLI and the web layer each turn them into messages and exit codes in one 
 
 from __future__ import annotations
 
+# The exit codes, the same for every command (sysexits.h where one fits). Each error class carries its own as
+# `exit_code`; deployer/cli/main.py turns an error into its line and its code, and docs/commands.md lists them.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the operation failed (traffic stays where it was), or a check found a problem (status, verify)
+EXIT_USAGE = 2  # a bad flag or argument, or an invalid config (argparse's own code for usage errors)
+EXIT_REFUSED = 65  # EX_DATAERR: the server refused the request as sent (a signature, a scope, a field)
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: Docker, the server or a registry does not answer
+EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: try again later: a lock is held, the server answered 429 or 503
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_FAILED: "failed: the operation did not happen (traffic stays where it was), or a check found a problem",
+    EXIT_USAGE: "bad input: an unknown flag, a bad value, an invalid config",
+    EXIT_REFUSED: "refused by the server: a signature, a key's scope or a field it does not take",
+    EXIT_UNAVAILABLE: "unavailable: Docker, the server or a registry does not answer",
+    EXIT_TEMPFAIL: "try again later: a lock is held (another deploy of the app), or the server answered 429 or 503",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
 
 class DeployerError(Exception):
     """Base of every error the deployer raises on purpose.
@@ -14,7 +34,7 @@ class DeployerError(Exception):
     (app, port set, tag ...). Neither ever holds a secret.
     """
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
     # A fault of the host that clears by itself (a daemon restarting, a registry down, a full disk): a job
     # that meets one waits and tries again instead of failing. Set by the adapter that maps the library error.
     transient = False
@@ -32,7 +52,7 @@ class DeployerError(Exception):
 class ConfigError(DeployerError):
     """The config file is missing or invalid. Names the file, the app and the key."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, message: str, *, path: object = None, app: str | None = None, key: str | None = None) -> None:
         where = []
@@ -49,22 +69,29 @@ class ConfigError(DeployerError):
 class InvalidTag(DeployerError):
     """A tag that is not a valid Docker tag, or does not match the app's tag pattern."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class UnknownApp(DeployerError):
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class LockError(DeployerError):
     """A lock is held by another process: the app's (another deploy of it), or a host-wide one past its wait."""
 
-    exit_code = 75  # EX_TEMPFAIL: try again later
+    exit_code = EXIT_TEMPFAIL
+
+
+class UsageError(DeployerError):
+    """Flags that do not go together, or a value a flag does not take: nothing was done."""
+
+    exit_code = EXIT_USAGE
 
 
 class DockerUnavailable(DeployerError):
     """The Docker daemon does not answer."""
 
+    exit_code = EXIT_UNAVAILABLE
     transient = True
     fault = "docker"
 
@@ -76,6 +103,7 @@ class PullError(DeployerError):
 class RegistryUnavailable(PullError):
     """The registry refused the connection, timed out or answered 5xx: it may be back in a minute."""
 
+    exit_code = EXIT_UNAVAILABLE
     transient = True
     fault = "registry"
 
@@ -118,7 +146,7 @@ class UnsafePath(StateError):
 class NothingToRollBack(DeployerError):
     """The app has no previous release recorded."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class AuditError(DeployerError):
@@ -131,7 +159,7 @@ class AuditError(DeployerError):
 class RequestRejected(DeployerError):
     """An HTTP request the server refuses and does not act on; the web layer maps each kind to a status."""
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
 
 class Unauthorized(RequestRejected):
@@ -177,10 +205,22 @@ class UnexpectedAnswer(RequestRejected):
     """The server's answer is not one to act on: over the size cap, not a JSON object, or a field of the wrong form."""
 
 
+class ServerUnavailable(DeployerError):
+    """A server (a receiver, a fleet host) cannot be reached, or its answer broke off or came too late."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class ServerBusy(DeployerError):
+    """The server answered 429 (too many requests) or 503 (not ready): the same request may pass later."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
 class InvalidUrl(DeployerError):
     """A server URL that is not http(s)://host[:port][/prefix], or plain http to another host without consent."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class AssetError(DeployerError):
@@ -190,7 +230,7 @@ class AssetError(DeployerError):
 class NotDeployable(DeployerError):
     """The app is host-bound: it runs on the host itself, so the deployer has nothing to deploy."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class ModeError(DeployerError):
@@ -200,7 +240,7 @@ class ModeError(DeployerError):
 class CanaryError(ModeError):
     """A canary that cannot start, change or end as asked (a bad weight, no canary running, a deploy during one)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class WatchdogDied(DeployerError):
@@ -214,7 +254,7 @@ class ForwardingError(DeployerError):
 class InvalidForwarding(ForwardingError):
     """A forward or forward-return argument that is not valid (an address, a port, a mark)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class PreflightFailed(ForwardingError):
@@ -232,7 +272,7 @@ class ClusterError(DeployerError):
 class LeaveRefused(ClusterError):
     """Leaving now would leave buckets with no healthy host; --force overrides."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class RolloutFailed(DeployerError):

@@ -31,11 +31,15 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from deployer.adapters.deadlines import Deadlines
 from deployer.errors import (
     DeployerError,
+    Forbidden,
     InvalidRequest,
     InvalidUrl,
     MalformedRequest,
+    MisdirectedRequest,
     PayloadTooLarge,
     Redirected,
+    ServerBusy,
+    ServerUnavailable,
     Unauthorized,
     UnexpectedAnswer,
     UnknownApp,
@@ -51,8 +55,10 @@ CLIENT_TIMEOUT = 30
 MAX_ANSWER_BYTES = 1 << 20  # a receiver's answers are a few KiB; a job with all its steps stays far below this
 READ_CHUNK = 64 * 1024
 SHOWN_ERROR_CHARS = 200
-REJECTIONS = {400: MalformedRequest, 401: Unauthorized, 404: UnknownApp, 413: PayloadTooLarge,
-              415: UnsupportedMediaType, 422: InvalidRequest, 429: DeployerError}
+# What each status becomes: a refusal (exit 65), or a server to try again later (429, 503: exit 75).
+REJECTIONS = {400: MalformedRequest, 401: Unauthorized, 403: Forbidden, 404: UnknownApp, 413: PayloadTooLarge,
+              415: UnsupportedMediaType, 421: MisdirectedRequest, 422: InvalidRequest, 429: ServerBusy,
+              503: ServerBusy}
 DEADLINES = Deadlines()  # one watcher thread shuts down the late sockets of every client in this process
 
 
@@ -182,8 +188,8 @@ class SignedClient:
             raise
         except Exception as exc:  # requests', urllib3's and http.client's errors alike: the exchange broke off
             if time.monotonic() >= deadline:
-                raise DeployerError(f"{self.base_url} did not finish its answer within {self.timeout:g} s") from None
-            raise DeployerError(f"cannot reach {self.base_url}: {type(exc).__name__}") from None
+                raise ServerUnavailable(f"{self.base_url} did not finish its answer within {self.timeout:g} s") from None
+            raise ServerUnavailable(f"cannot reach {self.base_url}: {type(exc).__name__}") from None
 
     def job_updates(self, job_id: str, *, timeout: float, interval: float = 1.0,
                     sleep: Callable[[float], None] = time.sleep) -> Iterator[dict[str, Any]]:

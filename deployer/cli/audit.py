@@ -20,6 +20,10 @@ from deployer.errors import AuditError
 FILTERS = ("app", "since", "until", "event", "outcome", "actor", "limit")
 FOLLOW_INTERVAL = 1.0
 # Shown as their own columns (or not at all), so DETAIL leaves them out.
+# What the log writes as an entry's outcome: a step's or a job's end, a mode change, a rollout's host, a cluster
+# move; and the verdicts of deliveries and manual requests, which the filter matches as outcomes too.
+OUTCOMES = ("ok", "failed", "skipped", "refused", "started", "stopped", "healthy", "unhealthy", "waiting", "requested",
+            "joined", "left", "deploy", "ignore", "pong", "queued", "duplicate", "older", "answered", "rejected")
 SHOWN = {"seq", "ts", "event", "app", "actor", "job", "outcome", "step", "duration_ms", "started_at"}
 MAX_VALUE = 72
 
@@ -35,7 +39,8 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
     p.add_argument("--since", type=_valid_time("since"), help="from this time on (inclusive): 24h, 2024-05-01 ...")
     p.add_argument("--until", type=_valid_time("until"), help="before this time (exclusive)")
     p.add_argument("--event", help="event name, a prefix like 'deploy.*', or several separated by commas")
-    p.add_argument("--outcome", help="ok, failed, or a delivery's or manual request's verdict")
+    p.add_argument("--outcome", type=outcome, metavar="OUTCOME",
+                   help=f"an outcome or a request's verdict: {', '.join(OUTCOMES)}")
     p.add_argument("--actor", help="cli:USER, github:SENDER, key:ID ... or a prefix like 'github:*'")
     p.add_argument("--limit", type=_whole_number, default=50, help="at most this many entries (default 50; 0: all)")
     out = p.add_mutually_exclusive_group()
@@ -72,6 +77,14 @@ def _valid_time(name: str) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return text  # resolved when the command runs, so "24h" means 24h before now
     return check
+
+
+def outcome(text: str) -> str:
+    """`--outcome`: one the log records, so a typo is refused instead of matching nothing."""
+    if text not in OUTCOMES:
+        raise argparse.ArgumentTypeError(f"{text!r} is no outcome the audit log records (allowed: "
+                                         f"{', '.join(OUTCOMES)})")
+    return text
 
 
 def _whole_number(text: str) -> int:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import re
 from datetime import datetime, timezone
 from typing import Callable
 
 from deployer import config as config_module
-from deployer.errors import CanaryError
+from deployer.config.fields import parse_duration
+from deployer.errors import CanaryError, UsageError
 from deployer.host.engine import CanaryStart
 from deployer.plan import canary
 from deployer.host import canary as canary_ops
 from deployer.wiring import build_engine
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -22,20 +20,20 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "deployer canary demo 50",
                 "Rewrite APP's split in one transaction: PERCENT (1-99) of new tcp connections and new udp flows\n"
                 "go to the canary, the rest to the active instance. Open connections stay where they are.")
-    p.add_argument("app")
-    p.add_argument("percent", type=percent)
+    p.add_argument("app", help="the app's name, as in [apps.APP]")
+    p.add_argument("percent", type=percent, help="the share of new connections the canary gets, 1-99")
 
     p = command(sub, "promote", cmd_promote, "make the canary the release: all traffic to it, the old one stops",
                 "deployer promote demo",
                 "Move every new connection of APP to the canary in one transaction, record it as the release\n"
                 "(the old instance becomes the rollback target), clean its udp flows, drain and stop the old one.")
-    p.add_argument("app")
+    p.add_argument("app", help="the app's name, as in [apps.APP]")
 
     p = command(sub, "abort", cmd_abort, "end a canary: all traffic back to the active instance, the canary stops",
                 "deployer abort demo",
                 "Move every new connection of APP back to the active instance in one transaction, then drain\n"
                 "and stop the canary.")
-    p.add_argument("app")
+    p.add_argument("app", help="the app's name, as in [apps.APP]")
 
 
 def add_deploy_flags(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +54,10 @@ def canary_start(args: argparse.Namespace, app_bake: float | None = None) -> Can
     """The split a deploy asks for: the flags (--bake, else the app's canary_bake), else none."""
     if args.canary is None:
         if args.sticky or args.bake or args.seed is not None:
-            raise argparse.ArgumentTypeError("--sticky, --seed and --bake go with --canary")
+            raise UsageError("--sticky, --seed and --bake go with --canary")
         return None
     if args.seed is not None and not args.sticky:
-        raise argparse.ArgumentTypeError("--seed goes with --sticky: only a sticky split hashes addresses")
+        raise UsageError("--seed goes with --sticky: only a sticky split hashes addresses")
     bake_until = canary.bake_deadline(datetime.now(timezone.utc), args.bake or app_bake)
     if args.seed is None:
         return CanaryStart(args.canary, args.sticky, bake_until=bake_until)
@@ -87,10 +85,14 @@ def seed(text: str) -> int:
 
 
 def duration(text: str) -> float:
-    match = _DURATION.fullmatch(text.strip())
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"must be a time such as 600, 10m or 1h, not {text!r}")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    """`--bake`: a time greater than 0, in the config's duration format."""
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, not {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text!r}")
+    return value
 
 
 def _engine(args: argparse.Namespace):

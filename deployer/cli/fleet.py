@@ -17,7 +17,7 @@ from typing import Any
 from deployer import config as config_module
 from deployer.cli.ops import seconds
 from deployer.config.fleet import FleetConfig, check_canary, check_max_parallel
-from deployer.errors import ConfigError, DeployerError, InvalidTag, StateError
+from deployer.errors import ConfigError, DeployerError, InvalidTag, StateError, UsageError
 from deployer.plan import rollout as plan
 from deployer.plan.printable import printable
 from deployer.plan.tags import DOCKER_TAG_RE
@@ -32,7 +32,7 @@ WORKER_STALE_SECONDS = 15.0  # as /healthz judges the worker's heartbeat
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command(sub, "rollout", cmd_rollout, "roll a tag out across the fleet's hosts, batch by batch (docs/fleet.md)",
-                "deployer rollout web v2 --canary h1 --max-parallel 50% --bake 30 --wait\n"
+                "deployer rollout web v2 --canary-host h1 --max-parallel 50% --bake 10m --wait\n"
                 "  deployer rollout web --abort",
                 "Queue a rollout in this controller's queue; its worker runs it. The canary batch goes first,\n"
                 "then batches of --max-parallel hosts: each host gets a signed POST /deploy and is followed to\n"
@@ -43,20 +43,27 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "after any number of controller restarts until its [fleet] deadline, then gives up as for a\n"
                 "failure. `rollout APP --abort` gives up APP's queued or running rollout now: recorded in the\n"
                 "queue, carried out by the worker (at once, or when it next runs).")
-    p.add_argument("app")
-    p.add_argument("tag", nargs="?", help="the tag to roll out (none with --abort)")
+    p.add_argument("app", help="the fleet app's name, as in [fleet] apps")
+    p.add_argument("tag", nargs="?", help="the image tag to roll out (none with --abort)")
     p.add_argument("--abort", action="store_true",
                    help="stop APP's queued or running rollout: the hosts it changed go back, unless it was "
                         "started with --no-revert; the hosts not reached stay")
-    p.add_argument("--max-parallel", help="hosts per batch: a count or a percentage such as 50%% "
-                                          "(default: [fleet] max_parallel)")
-    p.add_argument("--canary", help="the first batch, alone: a host's name or a count of hosts "
-                                    "(default: [fleet] canary)")
-    p.add_argument("--bake", type=seconds, help="seconds to wait between batches (default: [fleet] bake)")
+    p.add_argument("--max-parallel", metavar="COUNT_OR_PERCENT",
+                   help="hosts per batch: a count or a percentage such as 50%% (default: [fleet] max_parallel)")
+    first = p.add_mutually_exclusive_group()
+    first.add_argument("--canary-host", metavar="HOST",
+                       help="the first batch, alone: this host of [[fleet.hosts]] (default: [fleet] canary)")
+    first.add_argument("--canary-hosts", metavar="COUNT", type=host_count,
+                       help="the first batch, alone: this many hosts (default: [fleet] canary)")
+    p.add_argument("--canary", dest="retired_canary", help=argparse.SUPPRESS)  # refused, naming the new flags
+    p.add_argument("--bake", type=seconds, metavar="TIME",
+                   help="time to wait between batches: 600, 10m, 1h (default: [fleet] bake)")
     p.add_argument("--no-revert", action="store_true", help="on a failure, leave the done hosts on TAG")
     p.add_argument("--reason", help="why, for the audit records of the controller and each host")
     p.add_argument("--wait", action="store_true", help="follow the rollout to its end")
     p.add_argument("--timeout", type=seconds, default=3600.0, help="seconds --wait waits (default 3600)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document: the queued job, or with --wait the job as it ended")
 
     p = command(sub, "fleet", cmd_fleet_status, "the fleet's hosts: each one's tag, port set and health",
                 "deployer fleet status web",
@@ -70,7 +77,7 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "One line per host and app: the live tag, the port set, the host's health and its last job.\n"
                 "A host whose tag differs from what most hosts run is marked DIFFERS. Exit 1 when a host\n"
                 "does not answer or any differs.")
-    s.add_argument("app", nargs="?")
+    s.add_argument("app", nargs="?", help="only this fleet app (default: every one)")
     s.add_argument("--json", action="store_true", help="print JSON for tools")
 
 
@@ -83,17 +90,33 @@ def fleet_of(config: config_module.Config, app: str | None = None) -> FleetConfi
     return config.fleet
 
 
+def host_count(text: str) -> int:
+    """`--canary-hosts`: a whole number of hosts; the fleet's size bounds it once the config is read."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number of hosts, not {text!r}")
+    return int(text)
+
+
 def rollout_options(args: argparse.Namespace, fleet: FleetConfig) -> plan.Options:
     """The flags over [fleet]'s values; a bad one is refused before anything is queued."""
     max_parallel = check_max_parallel(args.max_parallel if args.max_parallel is not None else fleet.max_parallel,
                                       len(fleet.hosts), path=None, key="--max-parallel")
-    canary = check_canary(args.canary if args.canary is not None else fleet.canary, fleet.host_names, path=None,
-                          key="--canary")
+    if args.canary_host is not None:
+        canary = check_canary(args.canary_host, fleet.host_names, path=None, key="--canary-host")
+        if not isinstance(canary, str):  # a name of digits only would read as a count
+            raise ConfigError(f"names no host of [[fleet.hosts]] ({', '.join(fleet.host_names)})", key="--canary-host")
+    elif args.canary_hosts is not None:
+        canary = check_canary(args.canary_hosts, fleet.host_names, path=None, key="--canary-hosts")
+    else:
+        canary = check_canary(fleet.canary, fleet.host_names, path=None, key="--canary")
     return plan.Options(max_parallel=max_parallel, canary=canary,
                         bake=args.bake if args.bake is not None else fleet.bake, revert=not args.no_revert)
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
+    if args.retired_canary is not None:
+        raise UsageError("rollout --canary is now --canary-host HOST (a host's name) or --canary-hosts COUNT "
+                         "(how many hosts)")
     config = args.loaded_config
     fleet = fleet_of(config, args.app)
     if args.abort:
@@ -111,13 +134,17 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                                    hold=True)
     accept(queue.jobs, journal, job, job=job.id, app=args.app, tag=args.tag, actor=actor, kind=JobKind.ROLLOUT,
            rollout=job.id, **source)
-    print(f"{args.app}: queued rollout {job.id} of {args.tag} over {', '.join(fleet.host_names)}", flush=True)
+    if not args.json:
+        print(f"{args.app}: queued rollout {job.id} of {args.tag} over {', '.join(fleet.host_names)}", flush=True)
     if fleet.insecure_hosts:
         print(f"deployer: warning: {insecure_warning(fleet.insecure_hosts)}", file=sys.stderr, flush=True)
     warn_without_worker(queue, "the rollout waits")
     if not args.wait:
+        if args.json:
+            print(json.dumps({"app": args.app, "tag": args.tag, "rollout": job.id, "hosts": list(fleet.host_names),
+                              **source}, indent=2))
         return 0
-    return follow(queue, job, timeout=args.timeout)
+    return follow(queue, job, timeout=args.timeout, as_json=args.json)
 
 
 def abort_rollout(args: argparse.Namespace, config: config_module.Config) -> int:
@@ -155,13 +182,15 @@ def warn_without_worker(queue: Queue, consequence: str) -> None:
               f"`deployer serve`)", file=sys.stderr, flush=True)
 
 
-def follow(queue: Queue, job: Job, *, timeout: float, sleep: Callable[[float], None] = time.sleep) -> int:
-    """Print each host's progress as the worker records it; the exit code says how the rollout ended."""
+def follow(queue: Queue, job: Job, *, timeout: float, sleep: Callable[[float], None] = time.sleep,
+           as_json: bool = False) -> int:
+    """Print each host's progress as the worker records it (with as_json, the rollout as it ended, alone);
+    the exit code says how the rollout ended."""
     deadline, shown = time.monotonic() + timeout, 0
     current: Job | None = job
     while True:
         steps = queue.jobs.steps(job.id)
-        for step in steps[shown:]:
+        for step in [] if as_json else steps[shown:]:
             line = describe(step)
             if line:
                 print("  " + printable(line), flush=True)
@@ -170,6 +199,8 @@ def follow(queue: Queue, job: Job, *, timeout: float, sleep: Callable[[float], N
         if current is None or current.done or time.monotonic() > deadline:
             break
         sleep(POLL_SECONDS)
+    if as_json:
+        return print_rollout(job, current, steps)
     if current is not None and current.status == JobStatus.SUCCEEDED:
         print(f"{job.app}: {printable(current.reason)}")
         return 0
@@ -179,6 +210,16 @@ def follow(queue: Queue, job: Job, *, timeout: float, sleep: Callable[[float], N
     print(f"{job.app}: rollout {job.id} still {current.status if current else '?'} after {timeout:g} s; "
           f"it goes on (the worker runs it)", file=sys.stderr)
     return 1
+
+
+def print_rollout(job: Job, current: Job | None, steps: list[dict[str, Any]]) -> int:
+    """`rollout --wait --json`: the rollout's job, its end and each host's last state, as one document."""
+    hosts = {step["detail"]["host"]: step["detail"] for step in steps
+             if step["name"] == "rollout.host" and (step.get("detail") or {}).get("host")}
+    document = {"rollout": job.id, "app": job.app, "tag": job.tag, "status": current.status if current else None,
+                "done": bool(current and current.done), "reason": current.reason if current else None, "hosts": hosts}
+    print("\n".join(printable(line) for line in json.dumps(document, indent=2, default=str).splitlines()))
+    return 0 if current is not None and current.status == JobStatus.SUCCEEDED else 1
 
 
 def describe(step: dict[str, Any]) -> str | None:

@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 from deployer import config as config_module
+from deployer.cli.ops import seconds
 from deployer.errors import InvalidForwarding
 from deployer.plan import forwarding
 from deployer.wiring import build_engine
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "Checks first (route, forwarding, the old host answering) and changes nothing when one fails.\n"
                 "--off flips back to the local instance (or to nothing), lets forwarded connections finish\n"
                 "(drain_seconds) and removes the rules. A later `deployer deploy` replaces the forward too.")
-    p.add_argument("app")
+    p.add_argument("app", help="the app's name, as in [apps.APP]")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--to", metavar="OLD_ADDR", help="the old host's IPv4 address")
     what.add_argument("--off", action="store_true", help="stop forwarding")
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                    help=f"routing table for the replies (default {forwarding.DEFAULT_TABLE})")
     p.add_argument("--priority", type=_number, default=forwarding.DEFAULT_PRIORITY,
                    help=f"priority of its ip rule (default {forwarding.DEFAULT_PRIORITY})")
-    p.add_argument("--drain", type=float, default=10.0,
+    p.add_argument("--drain", type=seconds, default=10.0,
                    help="--off: seconds to wait for marked connections to finish (default 10)")
 
 

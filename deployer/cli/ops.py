@@ -9,6 +9,7 @@ from typing import Callable
 
 from deployer import config as config_module
 from deployer.config import Config
+from deployer.config.fields import parse_duration
 from deployer.host import modes
 from deployer.host import responder
 from deployer.host.watchdog import run_watchdog, watched_apps
@@ -25,8 +26,8 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "refused when no responder answers on [deployer] maintenance_port.\n"
                 "off: serve the app again; refused while its instance fails its health check. It also ends an\n"
                 "automatic failover. A deploy during maintenance keeps the page up.")
-    p.add_argument("action", choices=["on", "off"])
-    p.add_argument("app")
+    p.add_argument("action", choices=["on", "off"], help="on: show the page; off: serve the app again")
+    p.add_argument("app", help="the app's name, as in [apps.APP]")
     p.add_argument("--message", help="a line shown on the page (on only)")
 
     p = command(sub, "maintenance-server", cmd_maintenance_server,
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "sessions. With --wait, wait until conntrack shows none of the app's tcp connections open and none\n"
                 "closed in the last --settle seconds (and at least that long); exit 1 if that has not happened\n"
                 "after --timeout.")
-    p.add_argument("app")
+    p.add_argument("app", help="the app's name, as in [apps.APP]")
     p.add_argument("--wait", action="store_true", help="wait until the app is idle")
     p.add_argument("--timeout", type=seconds, default=300.0, help="seconds --wait waits at most (default 300)")
     p.add_argument("--settle", type=seconds, default=5.0,
@@ -64,15 +65,15 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
 
     p = command(sub, "undrain", cmd_undrain, "put the host back into the upstream's rotation: restore the status port",
                 "deployer undrain demo")
-    p.add_argument("app")
+    p.add_argument("app", help="the app's name, as in [apps.APP]")
 
 
 def seconds(text: str) -> float:
-    """An argparse type: a non-negative number of seconds (--timeout, --settle)."""
+    """An argparse type: a time that is not negative (--timeout, --settle, rollout --bake), as the config writes it."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+        value = float(parse_duration(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, not {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value

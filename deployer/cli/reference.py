@@ -1,8 +1,9 @@
-"""The commands page (docs/commands.md), rendered from the parser, so it cannot fall behind the CLI.
+"""The commands page (docs/commands.md), the man page and the completion scripts, rendered from the parser, so
+none of them can fall behind the CLI.
 
-Regenerate it with `python3 -m deployer.cli.reference > docs/commands.md`; a unit test fails
-while the file differs from a fresh render. The render reads only the parser: no terminal width,
-no environment, so the same parser always gives the same text.
+Regenerate them with `python3 -m deployer.cli.reference --write`; a unit test fails while a file differs from
+a fresh render. The render reads only the parser: no terminal width, no environment, so the same parser always
+gives the same text. The man page comes from argparse-manpage, the completion scripts from shtab.
 
 argparse has no public way to list a parser's arguments and subcommands; the render reads its
 `_actions`, as argparse's own help formatter does.
@@ -11,10 +12,24 @@ argparse has no public way to list a parser's arguments and subcommands; the ren
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from deployer.cli.main import build_parser
+from pathlib import Path
+
+from argparse_manpage.manpage import Manpage
+
+from deployer.cli.main import COMPLETION_SHELLS, build_parser, completion_script, package_version
 
 REGENERATE = "python3 -m deployer.cli.reference > docs/commands.md"
+REGENERATE_ALL = "python3 -m deployer.cli.reference --write"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+# The files rendered from the parser, relative to docs/, and what renders each.
+MAN_PAGE = "man/deployer.1"
+COMPLETION_FILES = {"bash": "completion/deployer.bash", "zsh": "completion/_deployer"}
+# The man page's date: the month of the release it describes, changed with the version (a render of today's
+# date would make the checked-in page stale every day).
+MAN_DATE = "2026-12"
+MAN_WIDTH = 100
 # One usage line however long, instead of argparse's wrapping at the terminal's width.
 USAGE_WIDTH = 10_000
 
@@ -129,8 +144,44 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def main() -> int:
+def render_manpage(parser: argparse.ArgumentParser) -> str:
+    """deployer(1): every command with its flags, from the parser, through argparse-manpage."""
+    data = {"project_name": "deployer", "version": package_version(), "date": MAN_DATE, "manual_section": "1",
+            "manual_title": "Deployer Manual", "url": "docs/commands.md in the source tree"}
+    # argparse wraps usage lines at $COLUMNS; the page is rendered at one width, whatever the terminal.
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(MAN_WIDTH)
+    try:
+        return str(Manpage(parser, _data=data))
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
 
+
+def rendered_files() -> dict[str, str]:
+    """Each generated file under docs/ and the text a fresh render gives it."""
+    parser = build_parser()
+    return {"commands.md": render_commands(parser), MAN_PAGE: render_manpage(parser),
+            **{path: completion_script(shell) for shell, path in COMPLETION_FILES.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the commands page; with --write, write every generated file under docs/."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--write"]:
+        for name, text in rendered_files().items():
+            (DOCS / name).parent.mkdir(parents=True, exist_ok=True)
+            (DOCS / name).write_text(text)
+        return 0
+    if argv == ["--man"]:
+        sys.stdout.write(render_manpage(build_parser()))
+        return 0
+    if argv:
+        print(f"usage: python3 -m deployer.cli.reference [--write | --man]  (completion: deployer completion "
+              f"{'|'.join(COMPLETION_SHELLS)})", file=sys.stderr)
+        return 2
     sys.stdout.write(render_commands(build_parser()))
     return 0
 

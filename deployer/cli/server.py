@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from deployer.cli.ops import seconds
 from deployer.config.fleet import check_server_url, is_loopback_url
-from deployer.errors import ConfigError, RequestRejected
+from deployer.errors import EXIT_FAILED, ConfigError, UsageError
 from deployer.fleet.client import job_id_of, operator_signer
 from deployer.plan.printable import printable
 from deployer.queue.model import JobStatus
@@ -38,9 +39,11 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
                 "Send a signed POST /deploy. Without TAG the server redeploys the app's active release.\n"
                 "With --wait, follow the job (GET /jobs/<id>) to its end and show each step.\n"
                 "Exit codes: 0 queued (or, with --wait, succeeded or already active), 1 failed or\n"
-                "superseded, 2 refused by the server.")
-    p.add_argument("app")
-    p.add_argument("tag", nargs="?")
+                "superseded, 2 bad flags, 65 refused by the server, 69 the server cannot be reached,\n"
+                "75 the server answered 429 (too many requests) or 503 (not ready): try again later.",
+                reads_config=False)
+    p.add_argument("app", help="the app's name on the server")
+    p.add_argument("tag", nargs="?", help="the tag to deploy (default: the app's active release)")
     p.add_argument("--url", required=True, help="the server's base URL, e.g. https://deploy.example:8443; plain "
                                                 "http only to this host itself, or with --insecure-http")
     p.add_argument("--ca-file", type=Path, help="the CA bundle that verifies the server's certificate (a private "
@@ -53,7 +56,9 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
     p.add_argument("--action", choices=["promote", "abort"],
                    help="instead of a redeploy, promote or abort the app's running canary (no TAG)")
     p.add_argument("--wait", action="store_true", help="follow the job to its end")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds --wait waits (default 1800)")
+    p.add_argument("--timeout", type=seconds, default=1800.0, help="seconds --wait waits (default 1800)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document: the queued job, or with --wait the job as it ended")
     p.set_defaults(needs_config=False)
 
 
@@ -81,9 +86,9 @@ def read_secret_file(path: Path) -> str:
     try:
         secret = path.expanduser().read_text().strip()
     except OSError as exc:
-        raise RequestRejected(f"cannot read the secret file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read the secret file {path}: {exc.strerror}", key="--secret-file") from None
     if not secret:
-        raise RequestRejected(f"the secret file {path} is empty")
+        raise ConfigError(f"the secret file {path} is empty", key="--secret-file")
     return secret
 
 
@@ -98,28 +103,35 @@ def cmd_redeploy(args: argparse.Namespace) -> int:
     client = wiring.build_server_client(args.url, operator_signer(args.key_id, read_secret_file(args.secret_file)),
                                         ca_file=args.ca_file.expanduser() if args.ca_file else None)
     if args.action and args.tag:
-        print(f"deployer: --action {args.action} takes no TAG: it ends the running canary", file=sys.stderr)
-        return 2
+        raise UsageError(f"--action {args.action} takes no TAG: it ends the running canary")
     request = {"app": args.app, **({"tag": args.tag} if args.tag else {}),
                **({"action": args.action} if args.action else {}),
                **({"reason": args.reason} if args.reason else {})}
     _, answer = client.request("POST", "/deploy", json.dumps(request).encode())
     job_id = job_id_of(answer.get("job"), "the job id the server answered")
     what = f"{args.action} of the canary" if args.action else args.tag or "the active release"
-    print(f"{args.app}: queued {job_id} ({what})", flush=True)
+    if not args.json:
+        print(f"{args.app}: queued {job_id} ({what})", flush=True)
     if not args.wait:
+        if args.json:
+            print(json.dumps({"app": args.app, "job": job_id, "tag": args.tag, "action": args.action}, indent=2))
         return 0
-    return follow(client.job_updates(job_id, timeout=args.timeout), job_id, timeout=args.timeout)
+    return follow(client.job_updates(job_id, timeout=args.timeout), job_id, timeout=args.timeout,
+                  as_json=args.json)
 
 
-def follow(updates: Iterable[dict[str, Any]], job_id: str, *, timeout: float) -> int:
-    """Print each new step of the job as the updates come; the exit code says how it ended."""
+def follow(updates: Iterable[dict[str, Any]], job_id: str, *, timeout: float, as_json: bool = False) -> int:
+    """Print each new step of the job as the updates come (with as_json, the job as it ended, alone);
+    the exit code says how it ended."""
     shown, job = 0, {}
     for job in updates:
-        for step in job.get("steps", [])[shown:]:
+        for step in [] if as_json else job.get("steps", [])[shown:]:
             print("  " + printable(describe_step(step)), flush=True)
         shown = len(job.get("steps", []))
     status = job["status"]
+    if as_json:  # JSON escapes C0 controls itself; DEL, C1 and the like are escaped here, line by line
+        print("\n".join(printable(line) for line in json.dumps(job, indent=2, default=str).splitlines()))
+        return 0 if status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED) else EXIT_FAILED
     if status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED):
         print(printable(f"{job['app']}: {status}: {job.get('reason') or ''}".rstrip(": ")))
         return 0

@@ -24,6 +24,10 @@ ASSET_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,200}$")
 ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
 # GitHub's hook ids are positive 64-bit integers; the header carries them as decimal digits.
 MAX_HOOK_ID = 2**63 - 1
+# The one duration format of the config and the command line: seconds as a number, or 90s, 10m, 1h.
+DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+DURATION_FORMS = "a number of seconds or a time such as 600, 90s, 10m or 1h"
 
 
 def only_keys(data: Mapping[str, Any], allowed: set[str], *, path: Path, where: str | None,
@@ -80,10 +84,26 @@ def number(data: Mapping[str, Any], name: str, default: float, *, path: Path, ke
     return value
 
 
+def parse_duration(value: Any) -> float:
+    """Seconds from 600, 2.5, "600", "90s", "10m" or "1h": one parser for the config's keys and the flags.
+
+    Raises ValueError naming the forms it takes; the sign is the caller's to check.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    match = DURATION_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"must be {DURATION_FORMS}")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+
+
 def duration(data: Mapping[str, Any], name: str, default: float, *, path: Path, key: str, app: str | None = None,
              zero: bool = False) -> float:
-    """Seconds: greater than 0, or not negative when `zero` means something (no wait, no drain)."""
-    value = number(data, name, default, path=path, key=key, app=app)
+    """Seconds (parse_duration's forms): greater than 0, or not negative when `zero` means something (no wait)."""
+    try:
+        value = parse_duration(data.get(name, default))
+    except ValueError as exc:
+        raise ConfigError(str(exc), path=path, app=app, key=key) from None
     if zero and value < 0:
         raise ConfigError("must not be negative", path=path, app=app, key=key)
     if not zero and value <= 0:

@@ -17,7 +17,8 @@ from deployer.config.app import parse_app, parse_receiver_app, release_policy
 from deployer.config.cluster import check_cluster_apps, parse_cluster
 from deployer.config.fields import only_keys
 from deployer.config.fleet import parse_fleet, release_tables
-from deployer.config.model import AppConfig, Config, ReceiverApp, ReceiverConfig, ServerConfig
+from deployer.config.hooks import check_hooks_dir
+from deployer.config.model import AppConfig, Config, ReceiverApp, ReceiverConfig, ServerConfig, Settings
 from deployer.config.registries import parse_registries
 from deployer.config.secrets import read_secret
 from deployer.config.server import parse_server
@@ -96,6 +97,7 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
             for name, value in _apps_table(data, path=path).items()}
     _check_port_conflicts(apps, path=path, maintenance_port=settings.maintenance_port)
     _check_repositories(apps, path=path)
+    _check_hooks(settings, apps, configured="hooks_dir" in data.get("deployer", {}), path=path)
     server = parse_server(data.get("server", {}), path=path, base=base, environ=environ,
                           secret_env_names=receiver_env_names)
     cluster = parse_cluster(data["cluster"], path=path) if "cluster" in data else None
@@ -114,6 +116,15 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
     return Config(path=path, settings=settings, apps=apps, registries=registries,
                   secret_env_names=frozenset(secret_env_names | receiver_env_names), raw=data, server=server,
                   receiver_env_names=frozenset(receiver_env_names), cluster=cluster, fleet=fleet)
+
+
+def _check_hooks(settings: Settings, apps: Mapping[str, AppConfig], *, configured: bool, path: Path) -> None:
+    """The folders the deploys will run hooks from: the global one unless every app has its own, and each app's."""
+    if any(app.hooks_dir is None for app in apps.values()) or configured:
+        check_hooks_dir(settings.hooks_dir, configured=configured, path=path, key="deployer.hooks_dir")
+    for name, app in apps.items():
+        if app.hooks_dir is not None:
+            check_hooks_dir(app.hooks_dir, configured=True, path=path, key="hooks_dir", app=name)
 
 
 def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) -> ReceiverConfig:

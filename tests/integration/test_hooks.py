@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deployer import config as config_module
-from deployer.errors import HealthCheckFailed, HookFailed, PullError
+from deployer.errors import ConfigError, HealthCheckFailed, HookFailed, PullError
 from support.integration import REPO, demo_app, http_get, outside_get, owned_nat
 
 pytestmark = pytest.mark.integration
@@ -256,12 +256,12 @@ def test_shipped_smoke_test_hook_gates_a_real_deploy(deployer, monkeypatch):
     assert names(deployer) == [f"{deployer.prefix.lower()}-web-green"]
 
 
-def test_hook_that_is_not_executable_is_skipped(deployer):
+def test_hook_that_is_not_executable_is_refused_at_load(deployer):
     configure(deployer, web())
     path = deployer.hook("pre-deploy", "exit 1\n")
     path.chmod(0o644)
-    assert deployer.engine().deploy("web", "v1", actor="test").tag == "v1"
-    assert not any(step.startswith("hook") for step, _ in deployer.steps("web"))
+    with pytest.raises(ConfigError, match="pre-deploy is not executable"):
+        deployer.engine()
 
 
 def test_health_failure_runs_on_failure_but_not_post_hooks(deployer):

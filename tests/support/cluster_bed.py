@@ -235,6 +235,7 @@ class ClusterBed(Bed):
 
     def _configure(self, host: Host) -> None:
         hosts = "".join(f'[[cluster.hosts]]\nname = "{h.name}"\naddress = "{h.address}"\n\n' for h in self.hosts)
+        (host.folder / "hooks").mkdir(exist_ok=True)  # a configured hooks folder must exist
         host.config.write_text(f"""\
 [deployer]
 state_dir = "{host.state}"

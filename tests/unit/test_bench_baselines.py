@@ -26,6 +26,7 @@ def test_the_seed_recipe_appends_the_new_rule_then_deletes_the_old():
 
 def config(tmp_path: Path):
     path = tmp_path / "deployer.toml"
+    (tmp_path / "h").mkdir()  # a configured hooks folder must exist, as bench_config makes it
     path.write_text(deployer_toml(RunNames("DBABCDE"), tmp_path / "s", tmp_path / "h",
                                   [app_toml("stop-start", "127.0.0.1:5000/deployer-bench",
                                             Ports.block(0).scenario("stop-start"))]))

@@ -68,6 +68,7 @@ def test_the_rendered_config_loads_and_says_what_the_bench_meant(tmp_path: Path)
     ports = Ports.block(3).scenario("seed")
     text = app_toml("seed", "127.0.0.1:5000/deployer-bench", ports, bind="0.0.0.0", drain_seconds=1.5, stop_timeout=5)
     path = tmp_path / "deployer.toml"
+    (tmp_path / "hooks").mkdir()  # a configured hooks folder must exist, as bench_config makes it
     path.write_text(deployer_toml(names, tmp_path / "state", tmp_path / "hooks", [text]))
     config = config_module.load(path)
     assert config.settings.chain_prefix == "DBABCDE" and config.settings.bridge == "br-dbabcde"

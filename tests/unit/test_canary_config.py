@@ -7,7 +7,7 @@ import pytest
 from deployer.cli import canary as canary_cli
 from deployer.cli.main import build_parser
 from deployer.config import parse
-from deployer.errors import ConfigError
+from deployer.errors import ConfigError, UsageError
 
 
 def app_data(**extra):
@@ -74,5 +74,5 @@ def test_without_a_seed_each_canary_start_draws_one():
 @pytest.mark.parametrize("canary, sticky, message", [(None, False, "--seed and --bake go with --canary"),
                                                      (10, False, "--seed goes with --sticky")])
 def test_a_seed_without_a_sticky_canary_is_refused(canary, sticky, message):
-    with pytest.raises(argparse.ArgumentTypeError, match=message):
+    with pytest.raises(UsageError, match=message):
         canary_cli.canary_start(argparse.Namespace(canary=canary, sticky=sticky, seed=7, bake=None))

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import tomllib
 from pathlib import Path
 
-from deployer.cli.main import build_parser
-from deployer.cli.reference import REGENERATE, command_names, render_commands
+import pytest
+
+from deployer.cli.main import build_parser, main, package_version
+from deployer.cli.reference import (
+    COMPLETION_FILES,
+    MAN_PAGE,
+    REGENERATE,
+    REGENERATE_ALL,
+    command_names,
+    render_commands,
+    render_manpage,
+    rendered_files,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS_PAGE = REPO / "docs" / "commands.md"
@@ -111,7 +124,7 @@ def test_every_flag_of_every_command_is_on_the_page():
             continue
         listed = [line for line in sections[f"deployer {name}"].splitlines() if line.startswith("- `")]
         for action in parser._actions:
-            if isinstance(action, argparse._HelpAction):
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:  # a retired flag
                 continue
             for option in action.option_strings:
                 assert any(f"`{option}" in line or f" {option}" in line for line in listed), \
@@ -122,3 +135,49 @@ def test_docs_commands_md_is_fresh():
     expected = render_commands(build_parser())
     current = COMMANDS_PAGE.read_text() if COMMANDS_PAGE.exists() else ""
     assert current == expected, f"docs/commands.md is stale; regenerate it from the repository root: {REGENERATE}"
+
+
+def test_the_man_page_and_the_completion_scripts_are_fresh():
+    for name, expected in rendered_files().items():
+        path = REPO / "docs" / name
+        current = path.read_text() if path.exists() else ""
+        assert current == expected, f"docs/{name} is stale; regenerate it from the repository root: {REGENERATE_ALL}"
+
+
+def test_the_man_page_ignores_the_terminal_width(monkeypatch):
+    wide = render_manpage(build_parser())
+    monkeypatch.setenv("COLUMNS", "30")
+    assert render_manpage(build_parser()) == wide
+
+
+def test_the_man_page_and_the_completions_name_every_command():
+    page = (REPO / "docs" / MAN_PAGE).read_text()
+    scripts = {shell: (REPO / "docs" / path).read_text() for shell, path in COMPLETION_FILES.items()}
+    for name in command_names(build_parser()):
+        last = name.rpartition(" ")[2]
+        assert f"deployer {name}".replace("-", "\\-") in page.replace("\\fR \\fI\\,", " ").replace(
+            "\\/\\fR", "") or last.replace("-", "\\-") in page, f"{name} is not in the man page"
+        for shell, script in scripts.items():
+            assert last in script, f"{name} is not in the {shell} completion"
+    assert "--canary-host" in scripts["bash"] and "--canary-host" in scripts["zsh"]
+
+
+def test_the_bash_completion_is_valid_bash():
+    checked = subprocess.run(["bash", "-n", str(REPO / "docs" / COMPLETION_FILES["bash"])], capture_output=True,
+                             text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_deployer_completion_prints_the_checked_in_script(shell, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYER_CONFIG", str(tmp_path / "none.toml"))  # it reads no config
+    assert main(["completion", shell]) == 0
+    assert capsys.readouterr().out == (REPO / "docs" / COMPLETION_FILES[shell]).read_text()
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"deployer {package_version()}\n"
+    assert package_version() == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]

@@ -60,6 +60,7 @@ def make_folder(root: Path) -> Path:
     hook.parent.mkdir()
     hook.write_text("#!/bin/sh\necho \"post-healthy ran in $(pwd)\"\n")
     hook.chmod(0o755)
+    (etc / "api-hooks").mkdir()  # a configured hooks folder must exist
     (etc / "deployer.toml").write_text(CONFIG)
     return etc
 

@@ -374,7 +374,7 @@ def test_health_needs_a_tcp_port_at_all(tmp_path):
     ("expect_status = 99", "health.expect_status", "must be an HTTP status code"),
     ("successes = 0", "health.successes", "must be a whole number of at least 1"),
     ("interval = 0", "health.interval", "must be greater than 0"),
-    ('timeout = "2s"', "health.timeout", "must be a number"),
+    ('timeout = "2 days"', "health.timeout", "must be a number of seconds or a time such as 600, 90s, 10m or 1h"),
 ])
 def test_bad_health_values(tmp_path, line, key, message):
     path = write(tmp_path, MINIMAL + f"\n[apps.web.health]\n{line}\n")
@@ -404,7 +404,7 @@ def test_deadline_exactly_the_streak_time_is_accepted(tmp_path):
     ('command = ["serve", 1]', "command", "must be a list of strings"),
     ("drain_seconds = -1", "drain_seconds", "must not be negative"),
     ("prereleases = 1", "prereleases", "must be of type boolean"),
-    ("stop_timeout = true", "stop_timeout", "must be a number"),
+    ("stop_timeout = true", "stop_timeout", "must be a number of seconds or a time such as 600, 90s, 10m or 1h"),
     ('env = { "1X" = "y" }', "env.1X", "not a valid environment variable name"),
     ("env = { DEBUG = true }", "env.DEBUG", "must be a string or a number"),
 ])
@@ -552,12 +552,14 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
     folder = tmp_path / "etc" / "deployer"
     (folder / "env").mkdir(parents=True)
     (folder / "env" / "web.env").write_text("FROM_FILE=1\n")
-    path = write(folder, '[deployer]\nstate_dir = "state"\nhooks_dir = "/opt/hooks"\n'
+    for hooks in (tmp_path / "opt" / "hooks", folder / "web-hooks"):  # a configured hooks folder must exist
+        hooks.mkdir(parents=True)
+    path = write(folder, f'[deployer]\nstate_dir = "state"\nhooks_dir = "{tmp_path}/opt/hooks"\n'
                  + MINIMAL.replace("image =", 'hooks_dir = "web-hooks"\nenv_files = ["env/web.env"]\nimage ='))
     monkeypatch.chdir(tmp_path)  # somewhere else: the working folder must not matter
     loaded = config.load(path, environ={})
     assert loaded.settings.state_dir == folder / "state"
-    assert loaded.settings.hooks_dir == Path("/opt/hooks")
+    assert loaded.settings.hooks_dir == tmp_path / "opt" / "hooks"
     assert loaded.app("web").hooks_dir == folder / "web-hooks"
     assert loaded.hooks_dir_for(loaded.app("web")) == folder / "web-hooks"
     assert dict(loaded.app("web").env) == {"FROM_FILE": "1"}

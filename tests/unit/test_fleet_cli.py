@@ -35,10 +35,14 @@ def queued(controller: Path) -> list:
     (["rollout", "web", "v2;id"], "is not a valid Docker tag"),
     (["rollout", "web", "v2", "--max-parallel", "0"], "key '--max-parallel': must be a count of hosts from 1 to 3"),
     (["rollout", "web", "v2", "--max-parallel", "4"], "key '--max-parallel': must be a count of hosts from 1 to 3"),
-    (["rollout", "web", "v2", "--canary", "h9"], "key '--canary': names no host of [[fleet.hosts]] (h1, h2, h3)"),
+    (["rollout", "web", "v2", "--canary-host", "h9"], "key '--canary-host': names no host of [[fleet.hosts]] "
+                                                      "(h1, h2, h3)"),
+    (["rollout", "web", "v2", "--canary-host", "2"], "key '--canary-host': names no host of [[fleet.hosts]]"),
+    (["rollout", "web", "v2", "--canary-hosts", "3"], "key '--canary-hosts': must be a host's name or a count of "
+                                                      "hosts from 1 to 2"),
+    (["rollout", "web", "v2", "--canary", "h2"], "rollout --canary is now --canary-host HOST (a host's name) or "
+                                                 "--canary-hosts COUNT"),
     (["rollout", "web"], "give the TAG to roll out (or --abort to stop the running rollout)"),
-    (["rollout", "web", "v2", "--canary", "3"], "key '--canary': must be a host's name or a count of hosts from 1 "
-                                                "to 2"),
 ])
 def test_bad_input_is_refused_with_exit_2_and_queues_nothing(controller, capsys, args, message):
     assert main(["-c", str(controller), *args]) == 2
@@ -47,7 +51,7 @@ def test_bad_input_is_refused_with_exit_2_and_queues_nothing(controller, capsys,
 
 
 def test_a_rollout_is_queued_with_its_options_and_recorded(controller, capsys):
-    assert main(["-c", str(controller), "rollout", "web", "v2", "--max-parallel", "50%", "--canary", "h2",
+    assert main(["-c", str(controller), "rollout", "web", "v2", "--max-parallel", "50%", "--canary-host", "h2",
                  "--no-revert", "--reason", "release day"]) == 0
     [job] = queued(controller)
     assert (job.app, job.tag, job.kind, job.status) == ("web", "v2", JobKind.ROLLOUT, "queued")

@@ -216,7 +216,7 @@ def test_host_lock_wait_defaults_to_30_seconds_and_can_be_set(tmp_path):
     assert config_with(tmp_path, host_lock_wait=5).settings.host_lock_wait == 5
 
 
-@pytest.mark.parametrize("value", [0, -1, "30"])
+@pytest.mark.parametrize("value", [0, -1, "thirty"])
 def test_host_lock_wait_must_be_a_positive_number(tmp_path, value):
     with pytest.raises(ConfigError, match="deployer.host_lock_wait"):
         config_with(tmp_path, host_lock_wait=value)
