@@ -230,8 +230,10 @@ class Rootfs:
         tarball = cached_tarball(log)
         rootfs = cls(Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=WORK_DIR)))
         try:
-            rootfs.path.chmod(0o755)  # it becomes /: mkdtemp's 0700 would lock out _apt and every user
             check(["tar", "--numeric-owner", "-C", str(rootfs.path), "-xzf", str(tarball)])
+            # It becomes /: mkdtemp's 0700, which the tarball's own "./" entry also carries (it was packed from
+            # one), would lock out _apt and every user. Set after the extraction, which restores "./"'s mode.
+            rootfs.path.chmod(0o755)
             rootfs._prepare()
         except BaseException:
             rootfs.remove()
