@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 Record = Mapping[str, Any]
 Event = Mapping[str, Any]

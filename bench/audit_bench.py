@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -102,7 +102,7 @@ def timed(fn, runs: int) -> tuple[list[float], object]:
 
 
 def run(entries: int, out: Path, runs: int = 20) -> dict:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as folder:
         log = AuditLog.for_state_dir(folder)
         begin = time.perf_counter()

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.iptables import Netfilter

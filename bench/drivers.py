@@ -16,8 +16,8 @@ from bench.plan import deployer_toml
 from deployer import config as config_module
 from deployer.adapters.iptables import Netfilter
 from deployer.config import Config
-from deployer.wiring import build_engine
 from deployer.journal import Journal
+from deployer.wiring import build_engine
 
 
 def bench_config(lab: Lab, app: str, app_text: str, backend: str = "iptables") -> Config:

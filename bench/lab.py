@@ -19,8 +19,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from bench.plan import BLOCKS, OWNER_OF_RUN_RE, RUN_PREFIX_RE, Ports, RunNames, prefix_of_chain
 from deployer.adapters.docker_host import DockerHost
@@ -67,7 +68,7 @@ class Lab:
 
     # --- opening ---------------------------------------------------------------------------------
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             self._old_handlers[sig] = signal.signal(sig, _interrupt)
         owners.claim(self.names.prefix)

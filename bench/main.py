@@ -20,9 +20,10 @@ import subprocess
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench import analysis, machine, report
 from bench.lab import REPO, Lab, say, timed
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(plan: Plan, parts: list[str], results: Path, markdown: Path, command: str) -> int:
-    started, started_at = time.monotonic(), datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started, started_at = time.monotonic(), datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_start = machine.load_average()
     outputs: dict[str, Any] = {}
     errors: dict[str, str] = {}

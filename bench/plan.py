@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from deployer.plan import rules
 
@@ -139,7 +140,7 @@ class Ports:
         return self.base + 60 + index % 40
 
     @staticmethod
-    def block(index: int) -> "Ports":
+    def block(index: int) -> Ports:
         return Ports(PORT_FIRST + BLOCK * index)
 
 

@@ -7,8 +7,8 @@ they listen on the given addresses only (loopback and the outside namespace's ho
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 Address = tuple[str, int]
 

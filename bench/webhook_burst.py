@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deployer import config as config_module  # noqa: E402
-from deployer.wiring import spawn_process  # noqa: E402
 from deployer import signatures  # noqa: E402
-from deployer.worker.supervisor import start_gunicorn  # noqa: E402
 from deployer.queue.queue import Queue  # noqa: E402
+from deployer.wiring import spawn_process  # noqa: E402
+from deployer.worker.supervisor import start_gunicorn  # noqa: E402
 
 PAYLOAD = REPO / "tests" / "fixtures" / "github" / "release-published.payload.json"
 TARGET_P99_MS = 100.0

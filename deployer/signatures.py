@@ -27,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from secrets import token_hex
-from typing import Mapping
 
 from deployer.errors import Unauthorized
 

@@ -12,35 +12,36 @@ import functools
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from deployer import audit
 from deployer.adapters.api_client import SignedClient, Signer
 from deployer.adapters.deadlines import Deadlines
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.github import GitHubHttp
 from deployer.adapters.image_archive import PreloadedImage, load_image
-from deployer.adapters.keepalived import Keepalived
 from deployer.adapters.iptables import Netfilter
+from deployer.adapters.keepalived import Keepalived
 from deployer.adapters.nftables import Nftables
 from deployer.adapters.probes import Probes, check_registry
 from deployer.adapters.processes import die_with_parent, run_hook, start_job
 from deployer.adapters.processes import spawn as spawn_process
 from deployer.adapters.routing import Routing
 from deployer.adapters.shared_address import SharedAddress
-from deployer import audit
 from deployer.audit import build_journal
 from deployer.config import Config
 from deployer.config.fleet import FleetConfig
 from deployer.errors import DeployerError, UnsafePath
 from deployer.fleet.client import FleetClient
 from deployer.folders import space_problem
-from deployer.host.netfilter.backend import NetfilterBackend
-from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host import responder
+from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import DockerPort, Engine
-from deployer.host.state import Publish
+from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.netfilter.nftables import NftablesBackend
+from deployer.host.state import Publish
 from deployer.journal import Journal
 from deployer.plan import app_chain, nft
 from deployer.plan.records import AppState

@@ -13,7 +13,7 @@ import itertools
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 CHECK_SECONDS = 0.1
 

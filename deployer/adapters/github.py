@@ -6,7 +6,7 @@ this adapter only fetches, one hop at a time, and turns every requests error int
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
 
 import requests

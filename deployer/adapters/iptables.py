@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from deployer.errors import ConntrackError, DeployerError, RulesError
 from deployer.plan.rules import parse_chain_listing

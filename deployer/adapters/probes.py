@@ -44,7 +44,7 @@ def tcp_probe(host: str, port: int, timeout: float, hold: float = 0.2) -> Probe:
                 sock.settimeout(hold)
                 try:
                     data = sock.recv(1)
-                except socket.timeout:
+                except TimeoutError:
                     return ProbeResult(True, f"tcp {port}: open")
                 if data:
                     return ProbeResult(True, f"tcp {port}: open (banner)")

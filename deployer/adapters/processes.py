@@ -15,8 +15,9 @@ import ctypes
 import os
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO
 
 from deployer.errors import DeployerError
 from deployer.plan.hooks import HookOutcome

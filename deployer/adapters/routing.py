@@ -89,7 +89,7 @@ class Routing:
         try:
             with socket.create_connection((address, port), timeout=timeout):
                 return None
-        except socket.timeout:
+        except TimeoutError:
             return f"no answer within {timeout:g}s"
         except OSError as exc:
             return exc.strerror or type(exc).__name__

@@ -6,6 +6,7 @@ Every step checks first and changes only what differs.
 from __future__ import annotations
 
 import subprocess
+
 from deployer.errors import ClusterError
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from deployer.errors import AuditError
 from deployer.journal import Event, utc_now
@@ -64,8 +65,8 @@ def scrubbed(value: Any) -> Any:
 def format_ts(moment: datetime) -> str:
     """The journal's spelling (`2024-05-01T12:00:00.123Z`): stored times compare as plain strings."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def record_for(event: Event, *, now: str | None = None) -> dict[str, Any]:

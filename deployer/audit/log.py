@@ -16,9 +16,9 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from deployer.audit.chain import GENESIS, ROW_COLUMNS, Entry, Verdict, check_chain, entry_from_row, record_for, row_for
 from deployer.audit.query import Query, build_select, deploy_span
@@ -81,7 +81,7 @@ class AuditLog:
         self._local = threading.local()
 
     @classmethod
-    def for_state_dir(cls, state_dir: str | os.PathLike[str]) -> "AuditLog":
+    def for_state_dir(cls, state_dir: str | os.PathLike[str]) -> AuditLog:
         return cls(audit_path(state_dir), legacy=Path(state_dir) / DB_NAME)
 
     def location(self) -> Path:
@@ -206,7 +206,7 @@ class AuditLog:
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit log {self.path}: {exc}", path=str(self.path)) from None
 
-    def prune(self, before: str, *, actor: str) -> "Pruned":
+    def prune(self, before: str, *, actor: str) -> Pruned:
         """Drop the entries older than `before` (a prefix of the chain) and keep a checkpoint.
 
         The checkpoint holds the seq and hash of the last dropped entry, so what remains still

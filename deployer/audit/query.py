@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from deployer.audit.chain import ROW_COLUMNS, Entry, format_ts
 from deployer.errors import AuditError
@@ -22,7 +23,7 @@ def parse_time(text: str, *, now: datetime | None = None, field_name: str = "sin
     match = RELATIVE_RE.match(text)
     try:
         if match:
-            now = now or datetime.now(timezone.utc)
+            now = now or datetime.now(UTC)
             return format_ts(now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))}))
         return format_ts(datetime.fromisoformat(text.strip()))
     except OverflowError:  # before year 1 or after 9999, once made relative or moved to UTC
@@ -109,7 +110,7 @@ def audit_query_from_args(args: Mapping[str, str | None], *, now: datetime | Non
     if unknown:
         raise AuditError(f"unknown filter {unknown[0]!r} (known: {', '.join(QUERY_KEYS)})", field=unknown[0])
     value = {k: (v.strip() if isinstance(v, str) else v) or None for k, v in args.items()}
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     limit = _whole_number(value.get("limit"), "limit") if value.get("limit") is not None else default_limit
     if limit == 0 and max_limit is None:
         limit = None

@@ -31,7 +31,7 @@ class AuditSink:
     failures: int = field(default=0)
 
     @classmethod
-    def for_state_dir(cls, state_dir: str | os.PathLike[str]) -> "AuditSink":
+    def for_state_dir(cls, state_dir: str | os.PathLike[str]) -> AuditSink:
         return cls(AuditLog.for_state_dir(state_dir))
 
     def __call__(self, event: Event) -> None:
@@ -47,7 +47,7 @@ class AuditSink:
                     f"cannot append to the audit log: {exc}") from None
 
 
-def build_journal(config: "Config", extra_sinks: list[Sink] | None = None) -> Journal:
+def build_journal(config: Config, extra_sinks: list[Sink] | None = None) -> Journal:
     """The journal every operation writes to: the log, this host's audit log, and any extra sinks."""
     audit = AuditSink.for_state_dir(config.settings.state_dir)
     return Journal([log_sink, audit, *(extra_sinks or [])], secrets=config.secrets())

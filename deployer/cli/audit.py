@@ -9,9 +9,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from deployer import config as config_module
 from deployer.audit import AuditLog, Entry, Query, Verdict, audit_query_from_args, parse_time, query_to_json

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from deployer import config as config_module
 from deployer.config.fields import parse_duration
 from deployer.errors import CanaryError, UsageError
+from deployer.host import canary as canary_ops
 from deployer.host.engine import CanaryStart
 from deployer.plan import canary
-from deployer.host import canary as canary_ops
 from deployer.wiring import build_engine
 
 
@@ -58,7 +58,7 @@ def canary_start(args: argparse.Namespace, app_bake: float | None = None) -> Can
         return None
     if args.seed is not None and not args.sticky:
         raise UsageError("--seed goes with --sticky: only a sticky split hashes addresses")
-    bake_until = canary.bake_deadline(datetime.now(timezone.utc), args.bake or app_bake)
+    bake_until = canary.bake_deadline(datetime.now(UTC), args.bake or app_bake)
     if args.seed is None:
         return CanaryStart(args.canary, args.sticky, bake_until=bake_until)
     return CanaryStart(args.canary, args.sticky, args.seed, bake_until)

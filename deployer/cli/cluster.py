@@ -12,12 +12,10 @@ from typing import Any
 
 from deployer import config as config_module
 from deployer.cli.ops import seconds
-from deployer.host.cluster import cluster_of
+from deployer.host.cluster import ClusterPaths, cluster_of
 from deployer.plan import cluster as plan
 from deployer.plan.keepalived import render_config
-from deployer.host.cluster import ClusterPaths
-from deployer.wiring import build_cluster_agent
-from deployer.wiring import build_cluster_control
+from deployer.wiring import build_cluster_agent, build_cluster_control
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:

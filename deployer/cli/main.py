@@ -7,17 +7,17 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
-from typing import Callable, Sequence
 
 import shtab
 
 from deployer import config as config_module
 from deployer.cli import audit as audit_cli
+from deployer.cli import canary as canary_cli
 from deployer.cli import cluster as cluster_cli
 from deployer.cli import fleet as fleet_cli
-from deployer.cli import canary as canary_cli
 from deployer.cli import forward as forward_cli
 from deployer.cli import ops as ops_cli
 from deployer.cli import server as server_cli
@@ -33,8 +33,8 @@ from deployer.errors import (
 from deployer.folders import space_problem
 from deployer.queue.database import queue_path
 from deployer.queue.queue import Queue
-from deployer.worker.faults import fault_lines
 from deployer.wiring import build_engine
+from deployer.worker.faults import fault_lines
 
 Handler = Callable[[argparse.Namespace], int]
 COMPLETION_SHELLS = ("bash", "zsh")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from deployer import config as config_module
 from deployer.config import Config
 from deployer.config.fields import parse_duration
-from deployer.host import modes
-from deployer.host import responder
+from deployer.host import modes, responder
 from deployer.host.watchdog import run_watchdog, watched_apps
 from deployer.wiring import build_engine, build_maintenance_server, spawn_process
 from deployer.worker import supervisor

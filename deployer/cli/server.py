@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
+from deployer import wiring
 from deployer.cli.ops import seconds
 from deployer.config.fleet import check_server_url, is_loopback_url
 from deployer.errors import EXIT_FAILED, ConfigError, UsageError
 from deployer.fleet.client import job_id_of, operator_signer
 from deployer.plan.printable import printable
 from deployer.queue.model import JobStatus
-from deployer import wiring
 from deployer.worker import supervisor
 
 

@@ -6,8 +6,9 @@ TOML has booleans, and Python's `True == 1`: every number check here refuses a b
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from deployer.errors import ConfigError
 

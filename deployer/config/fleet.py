@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from deployer.config.fields import APP_NAME_RE, KEY_ID_RE, absolute_path, duration, integer, only_keys, table, typed
 from deployer.errors import ConfigError

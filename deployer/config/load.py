@@ -10,8 +10,9 @@ from __future__ import annotations
 import getpass
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from deployer.config.app import parse_app, parse_receiver_app, release_policy
 from deployer.config.cluster import check_cluster_apps, parse_cluster

@@ -6,9 +6,10 @@ Nothing here reads a file or the environment; `load.py` builds these, `fields.py
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from deployer.config.cluster import ClusterConfig
 from deployer.config.fleet import FleetConfig

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from deployer.config.fields import ACCOUNT_RE, KEY_ID_RE, duration, integer, only_keys, typed
 from deployer.config.model import OperatorKey, ServerConfig

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from deployer.config.fields import BRIDGE_RE, CHAIN_PREFIX_RE, absolute_path, duration, only_keys, port_number, typed
 from deployer.config.model import Settings

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from deployer.config.fleet import FleetConfig
 from deployer import signatures
+from deployer.config.fleet import FleetConfig
 from deployer.errors import UnexpectedAnswer
 from deployer.plan.printable import printable
 from deployer.plan.tags import DOCKER_TAG_RE

@@ -29,15 +29,16 @@ A controller that stops is not the rollout's failure: the worker queues it again
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from deployer.config.fleet import FleetConfig, check_canary, check_max_parallel
 from deployer.errors import DeployerError, RequestRejected, RolloutFailed
 from deployer.journal import Journal
 from deployer.plan import rollout as plan
-from deployer.plan.printable import printable
 from deployer.plan.claims import Resumable
+from deployer.plan.printable import printable
 from deployer.queue.model import FINISHED, Job, JobStatus, RolloutAbort, RolloutHost
 
 POLL_SECONDS = 1.0

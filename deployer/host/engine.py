@@ -16,9 +16,10 @@ import contextlib
 import os
 import secrets
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 from deployer.config import AppConfig, Config
 from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
-from contextlib import AbstractContextManager
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from deployer.config import AppConfig, Config
 from deployer.errors import DeployerError, PreflightFailed, StateError
 from deployer.folders import write_atomically
-from deployer.host.netfilter.chains import Chains
 from deployer.host.locks import HostLock
+from deployer.host.netfilter.chains import Chains
 from deployer.host.operation import Operation
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now

@@ -9,7 +9,8 @@ the engine, the modes and the watchdog receive as a `Prober`.
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from deployer.config import AppConfig, HealthCheck
 from deployer.errors import BootError, HealthCheckFailed

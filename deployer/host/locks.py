@@ -93,7 +93,7 @@ class AppLock:
         self.poll = poll
         self._fd: int | None = None
 
-    def __enter__(self) -> "AppLock":
+    def __enter__(self) -> AppLock:
         fd = open_lock_file(self.path)
         if not flock_within(fd, self.wait, first_poll=self.poll, last_poll=self.poll):
             who = describe_holder(fd)
@@ -128,7 +128,7 @@ class HostLock:
     def name(self) -> str:
         return self.path.stem
 
-    def __enter__(self) -> "HostLock":
+    def __enter__(self) -> HostLock:
         fd = open_lock_file(self.path)
         if not flock_within(fd, self.wait):  # held for milliseconds: tried again soon, then less often
             who = describe_holder(fd)

@@ -12,12 +12,13 @@ Every function takes the host's parts as one `ModeHost` (the engine is one), so 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from deployer.config import AppConfig, Config, Settings
 from deployer.errors import DeployerError, ModeError
-from deployer.host.netfilter.chains import Chains
 from deployer.host.health import Prober, set_port_probe
+from deployer.host.netfilter.chains import Chains
 from deployer.host.operation import ONE_EVENT, Operation, record_repairs
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now

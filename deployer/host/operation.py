@@ -16,9 +16,10 @@ does not allow the change) changed nothing and is the caller's error to report.
 from __future__ import annotations
 
 import time
-from types import TracebackType
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Mapping
+from types import TracebackType
+from typing import Any
 
 from deployer.errors import DeployerError
 from deployer.journal import Journal, Step
@@ -45,7 +46,7 @@ class Operation:
         self.ended = False
         self._began = 0.0
 
-    def __enter__(self) -> "Operation":
+    def __enter__(self) -> Operation:
         if self.lock is not None:
             self.lock.__enter__()
         return self

@@ -8,8 +8,9 @@ the engine.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from deployer.config import AppConfig
 from deployer.host import modes

@@ -7,9 +7,9 @@ a reader sees the old record or the new one, never half of one, and a written re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from deployer.errors import StateError
 from deployer.folders import write_atomically

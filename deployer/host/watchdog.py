@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from deployer.audit import build_journal
 from deployer.config import AppConfig, Config, WatchdogConfig
 from deployer.errors import DeployerError, LockError, WatchdogDied
 from deployer.host import canary as canary_ops
 from deployer.host import modes
-from deployer.host.health import ProbeResult, set_port_probe
 from deployer.host.canary import CanaryHost
+from deployer.host.health import ProbeResult, set_port_probe
 from deployer.journal import Journal, utc_now
 from deployer.plan import canary, maintenance
 from deployer.plan.records import SERVING, AppState, Instance

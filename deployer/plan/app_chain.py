@@ -12,8 +12,8 @@ The engine flips the chain to this list in one transaction whatever changed: a d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from deployer.config import AppConfig
 from deployer.plan import canary, drain, forwarding, maintenance

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any
 
 from deployer.errors import CanaryError
 from deployer.plan.records import SERVING, AppState, Instance, instance_from
@@ -66,7 +67,7 @@ def probability(weight: int) -> str:
     return f"{stored / 0x80000000:.11f}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sticky_nodes(weight: int) -> tuple[int, int]:
     """(share, total): the canary's cluster nodes out of `total`, the fraction nearest the weight (smallest total
     on a tie) that one rule per port can express (see `split_rules`: at most MASK_NODES nodes on either side)."""
@@ -181,7 +182,7 @@ class Split:
                 "since": self.since, "bake_until": self.bake_until, "actor": self.actor}
 
     @classmethod
-    def of(cls, state: AppState) -> "Split | None":
+    def of(cls, state: AppState) -> Split | None:
         if state.mode != MODE:
             return None
         d = state.mode_detail

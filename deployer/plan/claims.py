@@ -7,8 +7,8 @@ the outcome in that same transaction.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Collection, Mapping, Sequence
 
 from deployer.plan.job_states import CANARY_KINDS, JobKind
 

@@ -15,7 +15,7 @@ the reply source, so no other app's flows, and never the whole table, are touche
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from deployer.config import AppConfig
 

@@ -9,8 +9,9 @@ address on the deployer's network, so no docker-proxy is in the data path.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from deployer.config import AppConfig, Settings
 

@@ -19,8 +19,8 @@ dates it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable
 
 from deployer.config import AppConfig
 from deployer.plan.records import AppState, Instance

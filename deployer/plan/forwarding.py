@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from deployer.config import AppConfig
 from deployer.errors import InvalidForwarding
@@ -73,7 +74,7 @@ class Target:
                 **extra}
 
     @classmethod
-    def from_detail(cls, detail: Mapping[str, Any]) -> "Target":
+    def from_detail(cls, detail: Mapping[str, Any]) -> Target:
         return cls(address=detail["to"], masquerade=bool(detail.get("masquerade")),
                    ports=tuple(PortTarget(p["protocol"], int(p["external"]), int(p["to_port"]))
                                for p in detail.get("ports", [])))
@@ -267,7 +268,7 @@ class ReturnPath:
                 "priority": self.priority, **extra}
 
     @classmethod
-    def from_record(cls, data: Mapping[str, Any]) -> "ReturnPath":
+    def from_record(cls, data: Mapping[str, Any]) -> ReturnPath:
         return cls(via=data["via"], dev=data["dev"], lladdr=data.get("lladdr"), mark=int(data["mark"]),
                    table=int(data["table"]), priority=int(data["priority"]))
 

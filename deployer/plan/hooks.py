@@ -6,9 +6,9 @@ Pure: the process adapter runs what this module decides.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from deployer.config import HOOK_NAMES
 

@@ -21,7 +21,7 @@ Maintenance mode (`maintenance on`) works for a host-bound app as for any app, i
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from deployer.config import AppConfig
 from deployer.errors import NotDeployable

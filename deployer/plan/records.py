@@ -40,7 +40,7 @@ class AppState:
     # Apart from the mode, so a drained host can be redeployed or put in maintenance and stay drained.
     drained: dict[str, Any] | None = None
 
-    def promoted(self, instance: Instance, now: str) -> "AppState":
+    def promoted(self, instance: Instance, now: str) -> AppState:
         """The state after `instance` took over traffic: the old active becomes the rollback target."""
         previous = self.active if self.active and self.active.container_id != instance.container_id else self.previous
         return replace(self, active=instance, previous=previous, updated_at=now)

@@ -21,7 +21,7 @@ refusal. So `deployer watch` (and the server) writes the chain when it starts an
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from deployer.config import AppConfig
 from deployer.plan.rules import ChainNames, SavedTable, parse_table, save_string

@@ -17,8 +17,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from deployer.errors import DiskFull, StateError
 from deployer.folders import check_database, check_same_database, share_folder

@@ -11,16 +11,27 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from deployer.errors import StateError
 from deployer.plan.claims import Candidate, Interrupted, Resumable, decide_claim, decide_recovery
 from deployer.queue.database import Database
 from deployer.queue.deliveries import forget_deliveries, remember_delivery, seen_delivery
 from deployer.queue.live import active_row, live_tags
-from deployer.queue.model import (CANARY_KINDS, FINISHED, JOB_COLUMNS, WAITING, Claim, Job, JobKind, JobStatus,
-                                  Submission, job_from_row, new_job_id)
-
+from deployer.queue.model import (
+    CANARY_KINDS,
+    FINISHED,
+    JOB_COLUMNS,
+    WAITING,
+    Claim,
+    Job,
+    JobKind,
+    JobStatus,
+    Submission,
+    job_from_row,
+    new_job_id,
+)
 
 
 class JobStore:

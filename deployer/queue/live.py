@@ -8,7 +8,8 @@ job, a deploy run by hand, a reconcile; the worker adds the job that made a tag 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from deployer.plan.records import AppState
 from deployer.queue.database import Database

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from deployer.plan.job_states import CANARY_KINDS, FINISHED, KINDS, WAITING, JobKind, JobStatus
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from deployer.queue.database import Database, queue_path
 from deployer.queue.deliveries import DeliveryStore
@@ -30,7 +31,7 @@ class Queue:
         self.heartbeat = HeartbeatStore(self.database)
 
     @classmethod
-    def for_state_dir(cls, state_dir: str | os.PathLike[str], **kwargs: Any) -> "Queue":
+    def for_state_dir(cls, state_dir: str | os.PathLike[str], **kwargs: Any) -> Queue:
         return cls(queue_path(state_dir), **kwargs)
 
     @property

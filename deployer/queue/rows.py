@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from deployer.config import AppConfig
 from deployer.errors import InvalidTag

@@ -20,8 +20,9 @@ The policy, in the order it is applied:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from deployer.config import AppConfig, Config
 from deployer.errors import InvalidRequest, InvalidTag, UnknownApp

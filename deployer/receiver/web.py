@@ -15,14 +15,16 @@ import json
 import logging
 import re
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qs
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from deployer import config as config_module
+from deployer import signatures
 from deployer.audit import AuditLog, Query, audit_query_from_args, build_journal, query_to_json
 from deployer.config import Config, OperatorKey
 from deployer.errors import (
@@ -42,12 +44,10 @@ from deployer.errors import (
 )
 from deployer.folders import space_problem
 from deployer.journal import Journal
-from deployer.receiver import releases
-from deployer import signatures
 from deployer.queue.accept import accept
 from deployer.queue.model import CANARY_KINDS, JOB_ID_RE, JobKind, JobStatus
 from deployer.queue.queue import Queue
-from deployer.receiver import scopes
+from deployer.receiver import releases, scopes
 from deployer.receiver.rejections import Rejections
 from deployer.receiver.scopes import Action
 
@@ -583,7 +583,7 @@ def audit_query(args: Any, *, now: float) -> Query:
         raise MalformedRequest(f"parameter {repeated[:64]}: given more than once (several events: event=a,b)",
                                parameter=repeated[:64])
     try:
-        return audit_query_from_args(args.to_dict(), now=datetime.fromtimestamp(now, timezone.utc))
+        return audit_query_from_args(args.to_dict(), now=datetime.fromtimestamp(now, UTC))
     except AuditError as exc:
         name = str(exc.context.get("field", "?"))
         raise MalformedRequest(f"parameter {name[:64]}: {str(exc).removeprefix(name + ': ')}",

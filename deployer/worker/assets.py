@@ -15,9 +15,10 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 from deployer.config import Config

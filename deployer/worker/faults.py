@@ -7,8 +7,9 @@ stopped, or be unable to write the queue (a full disk).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from deployer.queue.model import Job
 
@@ -16,7 +17,7 @@ STALE_SECONDS = 15.0
 
 
 def _when(moment: float) -> str:
-    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def fault_lines(worker: Mapping[str, Any] | None, waiting: Iterable[Job], now: float) -> list[str]:

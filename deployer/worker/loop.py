@@ -18,9 +18,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from deployer.config import Config
 from deployer.errors import DeployerError, LockError, StateError

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from deployer.config import AppConfig, Config
 from deployer.errors import DeployerError, LockError
@@ -81,7 +82,7 @@ def canary_start(app: AppConfig) -> Any:
     """The split the app's config asks a release for (`canary`, `canary_sticky`, `canary_bake`)."""
     assert app.canary is not None
     return CanaryStart(app.canary, app.canary_sticky,
-                       bake_until=canary.bake_deadline(datetime.now(timezone.utc), app.canary_bake))
+                       bake_until=canary.bake_deadline(datetime.now(UTC), app.canary_bake))
 
 
 def asset_image(app: AppConfig, tag: str) -> str | None:

@@ -12,16 +12,25 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from deployer.adapters.docker_host import DockerHost
 from support import netns
 from support.fake_github import free_port
-from support.integration import (NETWORK, REPO, Deployer, Images, missing, other_sessions, owned_deployer,
-                                 remove_leftovers, run)
+from support.integration import (
+    NETWORK,
+    REPO,
+    Deployer,
+    Images,
+    missing,
+    other_sessions,
+    owned_deployer,
+    remove_leftovers,
+    run,
+)
 from support.owners import claim, release
 from support.served import PortTaken, Served
 

@@ -51,7 +51,7 @@ def test_flushed_chain_and_removed_jump_are_repaired(deployer, outside, backend)
         http_get("127.0.0.1", 18300, timeout=2)
 
     repaired = deployer.cli("reconcile")
-    assert repaired.returncode == 0 and f"rules of drift pointed at blue" in repaired.stdout
+    assert repaired.returncode == 0 and "rules of drift pointed at blue" in repaired.stdout
     assert status(deployer)["rules_match"] is True
     assert http_get("127.0.0.1", 18300).startswith("v1 ")
     assert udp_ask("127.0.0.1", 18303, "x") == "v1 x"

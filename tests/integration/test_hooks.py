@@ -244,7 +244,7 @@ def test_shipped_smoke_test_hook_gates_a_real_deploy(deployer, monkeypatch):
     assert result.tag == "v2"
     smoke = [e for e in deployer.events if e["event"] == "step" and e["step"] == "hook post-healthy"]
     assert [e["outcome"] for e in smoke] == ["ok", "ok"]
-    assert f"smoke test: GET / -> 200 b'v2 " in smoke[-1]["output"]
+    assert "smoke test: GET / -> 200 b'v2 " in smoke[-1]["output"]
     assert http_get("127.0.0.1", EXTERNAL).split()[0] == "v2"
 
     # The same hook refuses an instance that answers an error on a smoke path, before the flip.

@@ -45,7 +45,7 @@ class Hammer:
             except Exception as exc:  # every kind of failure counts
                 self.failures.append(f"{time.time():.3f} {type(exc).__name__}: {exc}")
 
-    def __enter__(self) -> "Hammer":
+    def __enter__(self) -> Hammer:
         self._thread.start()
         return self
 
@@ -74,7 +74,7 @@ class ChainWatcher:
                 self.seen.append(chain)
             self._stop.wait(0.05)
 
-    def __enter__(self) -> "ChainWatcher":
+    def __enter__(self) -> ChainWatcher:
         self._thread.start()
         return self
 

@@ -11,8 +11,8 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

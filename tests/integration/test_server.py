@@ -402,7 +402,6 @@ def _unprivileged_receiver(config_path: str, port: int, report) -> None:
     import werkzeug.serving
 
     from deployer.config import load
-    from deployer import wiring as runtime
     from deployer.receiver import web  # noqa: F401 - imported while root can still read the code
 
     # One request through a throwaway app, so lazily imported modules load before the drop.

@@ -9,8 +9,9 @@ deployer: nothing of the engine's cleanup runs, so the fakes are left as a dead 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from deployer.config import parse
 from deployer.errors import RulesError

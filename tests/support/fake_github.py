@@ -59,7 +59,7 @@ class FakeGitHub:
         # Another host name for the same loopback: a different origin, as GitHub's storage host is.
         return f"http://localhost:{self._servers[1].server_address[1]}"
 
-    def __enter__(self) -> "FakeGitHub":
+    def __enter__(self) -> FakeGitHub:
         fake = self
 
         class Api(BaseHTTPRequestHandler):

@@ -26,7 +26,8 @@ import ipaddress
 import random
 import secrets
 import subprocess
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from support import netns
 from support.beds import Bed

@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import ssl
 import threading
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterator
 
 # answer(handler): writes the whole answer to handler.wfile
 Answer = Callable[[BaseHTTPRequestHandler], None]

@@ -14,8 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from support.integration import host_address
 
@@ -54,7 +55,7 @@ class Background:
         self._file.close()
         return self.process.returncode
 
-    def __enter__(self) -> "Background":
+    def __enter__(self) -> Background:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -89,7 +90,7 @@ class Load:
         path = self.folder / f"{name}.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -132,7 +132,7 @@ def udp(host: str, port: int, out, pause: float, timeout: float) -> None:
             sock.settimeout(remaining)
             try:
                 data = sock.recv(2048).decode("utf-8", "replace")
-            except socket.timeout:
+            except TimeoutError:
                 break
             except OSError as exc:
                 record["error"] = f"recv: {exc}"

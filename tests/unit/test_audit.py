@@ -9,7 +9,7 @@ import logging
 import os
 import sqlite3
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,7 @@ from deployer.errors import AuditError
 from deployer.journal import Journal
 from support.configs import app_toml, config_text
 
-NOW = datetime(2024, 5, 10, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 10, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture

@@ -9,8 +9,15 @@ from typing import Any
 
 import pytest
 
-from deployer.errors import (DiskFull, DockerUnavailable, HealthCheckFailed, HookFailed, RegistryUnavailable, RulesError,
-                             StateError)
+from deployer.errors import (
+    DiskFull,
+    DockerUnavailable,
+    HealthCheckFailed,
+    HookFailed,
+    RegistryUnavailable,
+    RulesError,
+    StateError,
+)
 from support.engine_fakes import NEW, OLD, OLD_RULE, FakeNetfilter, Host, Killed, dnat
 
 TCP_TO_OLD = ["-p", "tcp", "--orig-port-dst", "18080", "--dst-nat", OLD]

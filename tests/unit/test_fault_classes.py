@@ -12,17 +12,25 @@ import pytest
 import requests
 
 from deployer.adapters.docker_host import DockerHost, pull_error
-from deployer.errors import (AuditError, DiskFull, DockerUnavailable, HealthCheckFailed, HookFailed, PullError,
-                             RegistryUnavailable, StateError)
+from deployer.errors import (
+    AuditError,
+    DiskFull,
+    DockerUnavailable,
+    HealthCheckFailed,
+    HookFailed,
+    PullError,
+    RegistryUnavailable,
+    StateError,
+)
 from deployer.journal import Journal
 from deployer.plan.containers import Release
-from deployer.worker import loop as worker_module
-from deployer.worker.faults import fault_lines
 from deployer.queue.database import state_error
 from deployer.queue.jobs import JobStore
 from deployer.queue.model import Job
 from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
+from deployer.worker import loop as worker_module
+from deployer.worker.faults import fault_lines
 from deployer.worker.loop import Worker
 from deployer.worker.run import wait_seconds
 from support.receiver import deliver, read_payload

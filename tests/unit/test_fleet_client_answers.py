@@ -5,7 +5,7 @@ the deployer makes, Docker tags, objects where objects belong, texts escaped. Ea
 from __future__ import annotations
 
 import json
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import re
-from types import SimpleNamespace
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 

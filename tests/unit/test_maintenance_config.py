@@ -9,6 +9,7 @@ from deployer.config import PortMapping, WatchdogConfig
 from deployer.errors import ConfigError
 from support.configs import app_toml
 
+
 def load(tmp_path: Path, text: str) -> config.Config:
     path = tmp_path / "deployer.toml"
     path.write_text(text)

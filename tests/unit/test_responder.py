@@ -12,10 +12,10 @@ import pytest
 from deployer.adapters.deadlines import Deadlines
 from deployer.adapters.probes import check_responder
 from deployer.config import parse
+from deployer.host import responder
 from deployer.host.state import StateStore
 from deployer.plan import maintenance
 from deployer.plan.records import AppState
-from deployer.host import responder
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ import pytest
 
 from deployer.config.fleet import FleetConfig, FleetHost
 from deployer.errors import DeployerError, RolloutFailed, Unauthorized, UnknownApp
+from deployer.fleet.rollout import Rollout, resumable
 from deployer.journal import Journal
 from deployer.queue.model import Job, JobKind
 from deployer.queue.queue import Queue
-from deployer.fleet.rollout import Rollout, resumable
 from support.worker_fakes import Process, make_worker
 
 ROLLOUT_ID = "job-00000000000000aa"

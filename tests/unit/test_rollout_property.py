@@ -20,11 +20,12 @@ import shutil
 import tempfile
 import threading
 import time
-from types import SimpleNamespace
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings

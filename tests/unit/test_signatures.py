@@ -2,8 +2,8 @@
 
 import pytest
 
-from deployer.errors import Unauthorized
 from deployer import signatures
+from deployer.errors import Unauthorized
 
 # GitHub's documented test vector ("Validating webhook deliveries").
 GITHUB_SECRET = "It's a Secret to Everybody"

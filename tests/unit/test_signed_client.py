@@ -11,9 +11,9 @@ import shutil
 import ssl
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -21,6 +21,7 @@ from deployer.adapters.api_client import SignedClient
 from deployer.errors import DeployerError, InvalidUrl, Redirected, UnexpectedAnswer
 from support.http_answers import Server, answering_servers, send
 from support.integration import missing
+
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Server]]:

@@ -10,12 +10,21 @@ from urllib.parse import urlencode
 
 import pytest
 
-from deployer.journal import Journal
 from deployer import signatures
+from deployer.journal import Journal
 from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
-from support.receiver import (CAP, GITHUB_SECRET, NOW, assert_no_secret, deliver, published, read_payload,
-                              redeploy_body, signed_call)
+from support.receiver import (
+    CAP,
+    GITHUB_SECRET,
+    NOW,
+    assert_no_secret,
+    deliver,
+    published,
+    read_payload,
+    redeploy_body,
+    signed_call,
+)
 
 HOSTILE_TAGS = ["v1;rm -rf /", "$(id)", "../x", "v" * 200]
 

@@ -10,8 +10,8 @@ import tomllib
 import pytest
 
 from deployer import config as config_module
-from deployer.journal import Journal
 from deployer import signatures
+from deployer.journal import Journal
 from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from support.configs import app_toml, config_text

@@ -10,8 +10,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from deployer.audit import AuditLog, Query
 from deployer import signatures
+from deployer.audit import AuditLog, Query
 from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from support.configs import app_toml, make_config

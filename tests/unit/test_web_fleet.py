@@ -15,8 +15,17 @@ from deployer.queue.queue import Queue
 from deployer.queue.rows import row_problem
 from deployer.receiver.web import create_app
 from support.configs import config_text
-from support.receiver import (ALICE_KEY, ALICE_SECRET, GITHUB_SECRET, NAMES, assert_no_secret, deliver, published,
-                              redeploy_body, signed_call)
+from support.receiver import (
+    ALICE_KEY,
+    ALICE_SECRET,
+    GITHUB_SECRET,
+    NAMES,
+    assert_no_secret,
+    deliver,
+    published,
+    redeploy_body,
+    signed_call,
+)
 
 ROLLOUT_ID = "job-00000000000000aa"
 

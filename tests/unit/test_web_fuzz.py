@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deployer.journal import Journal
 from deployer import signatures
+from deployer.journal import Journal
 from deployer.queue.queue import Queue
 from deployer.receiver.web import create_app
 from support.configs import app_toml, make_config

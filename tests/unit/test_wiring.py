@@ -10,8 +10,8 @@ from deployer.adapters.probes import Probes
 from deployer.adapters.processes import run_hook
 from deployer.adapters.routing import Routing
 from deployer.config import parse
-from deployer.wiring import build_engine, build_fleet_client, build_job_tools
 from deployer.journal import Journal
+from deployer.wiring import build_engine, build_fleet_client, build_job_tools
 
 
 def config(tmp_path):

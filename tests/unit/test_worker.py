@@ -11,7 +11,7 @@ from deployer.journal import Journal
 from deployer.plan.records import AppState, Instance
 from deployer.queue.queue import Queue
 from deployer.worker.child import JobSteps
-from deployer.worker.loop import Worker, WorkerLock
+from deployer.worker.loop import WorkerLock
 from deployer.worker.run import JobTools, execute
 from support.configs import ASSET_SITE, make_config
 from support.worker_fakes import Clock, FakeEngine, Process, claimed, make_worker, run_job

@@ -12,8 +12,9 @@ empties it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from deployer.config import AppConfig, Settings
 from deployer.errors import RulesError
@@ -23,7 +24,6 @@ from deployer.journal import utc_now
 from deployer.plan import app_chain, rules
 from deployer.plan.records import AppState
 from deployer.plan.rules import SavedTable
-
 
 Render = Callable[..., "str | None"]
 

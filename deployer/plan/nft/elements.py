@@ -9,8 +9,8 @@ ports), so drift detection compares the same text on both backends.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from deployer.errors import RulesError
 from deployer.plan.canary import probability

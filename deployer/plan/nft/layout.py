@@ -31,7 +31,7 @@ port there is, so the kernel never grows one in the middle of a flip.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 PROTOCOLS = ("tcp", "udp")
 MAINTENANCE = "maintenance-tcp"

@@ -7,7 +7,7 @@ written, an app's chain is empty (kept, for an app with no rules) or gone, and n
 
 from __future__ import annotations
 
-from typing import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from deployer.plan.nft.layout import is_app_chain
 
