@@ -41,8 +41,12 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 def summary(values: Sequence[float], digits: int = 2) -> dict[str, Any]:
     if not values:
         return {"n": 0, "median": None, "p95": None, "max": None}
-    return {"n": len(values), "median": round(statistics.median(values), digits),
-            "p95": round(percentile(values, 95), digits), "max": round(max(values), digits)}
+    return {
+        "n": len(values),
+        "median": round(statistics.median(values), digits),
+        "p95": round(percentile(values, 95), digits),
+        "max": round(max(values), digits),
+    }
 
 
 def _median(values: Iterable[float]) -> float | None:
@@ -74,16 +78,18 @@ def datapath_summary(rounds: Sequence[Mapping[str, Any]], baseline: str = "direc
             mine = [r for r in ok if r["client"] == client and r["path"] == path]
             entry: dict[str, Any] = {
                 "rounds": len(mine),
-                "failed_rounds": sum(1 for r in rounds if r["client"] == client and r["path"] == path
-                                     and r.get("rps") is None),
+                "failed_rounds": sum(
+                    1 for r in rounds if r["client"] == client and r["path"] == path and r.get("rps") is None
+                ),
                 "rps": _round(_median(r["rps"] for r in mine), 0),
                 "p50_ms": _round(_median(r["p50_ms"] for r in mine), 3),
                 "p99_ms": _round(_median(r["p99_ms"] for r in mine), 3),
                 "errors": sum(r.get("errors", 0) for r in mine),
             }
             for key in ("rps", "p50_ms", "p99_ms"):
-                ratios = [r[key] / direct[r["round"]][key] for r in mine
-                          if r["round"] in direct and direct[r["round"]][key]]
+                ratios = [
+                    r[key] / direct[r["round"]][key] for r in mine if r["round"] in direct and direct[r["round"]][key]
+                ]
                 entry[f"{key.removesuffix('_ms')}_ratio"] = _round(_median(ratios), 3)
             result[client][path] = entry
     return result
@@ -98,8 +104,14 @@ def step_span(event: Event) -> tuple[float, float]:
 
 
 def steps(events: Sequence[Event], name: str | None = None, *, since: float = -math.inf) -> list[Event]:
-    return [e for e in events if e.get("event") == "step" and e.get("outcome") == "ok"
-            and (name is None or e["step"] == name) and e["wall"] >= since]
+    return [
+        e
+        for e in events
+        if e.get("event") == "step"
+        and e.get("outcome") == "ok"
+        and (name is None or e["step"] == name)
+        and e["wall"] >= since
+    ]
 
 
 def switch_intervals(events: Sequence[Event], first: str, last: str, *, since: float) -> list[tuple[float, float]]:
@@ -161,8 +173,9 @@ def is_stale(record: Record, tags: Sequence[str], switch_ends: Sequence[float]) 
     return version in tags and tags.index(version) < tags.index(live)
 
 
-def udp_client(records: Sequence[Record], tags: Sequence[str], switches: Sequence[tuple[float, float]]) -> \
-        dict[str, Any]:
+def udp_client(
+    records: Sequence[Record], tags: Sequence[str], switches: Sequence[tuple[float, float]]
+) -> dict[str, Any]:
     ends = [e for _, e in switches]
     unanswered = [r for r in records if not r.get("answered")]
     stale = [r for r in records if is_stale(r, tags, ends)]
@@ -242,8 +255,13 @@ def flip_figures(events: Sequence[Event], *, since: float) -> dict[str, Any]:
     }
 
 
-def timeline(records: Mapping[str, Sequence[Record]], switches: Sequence[tuple[float, float]], *, start: float,
-             tags: Sequence[str]) -> dict[str, Any]:
+def timeline(
+    records: Mapping[str, Sequence[Record]],
+    switches: Sequence[tuple[float, float]],
+    *,
+    start: float,
+    tags: Sequence[str],
+) -> dict[str, Any]:
     """Per BIN_S of the load: the worst and the median HTTP latency, failures, lost or stale datagrams."""
     bins: dict[int, dict[str, Any]] = {}
     ends = [e for _, e in switches]
@@ -275,8 +293,14 @@ def timeline(records: Mapping[str, Sequence[Record]], switches: Sequence[tuple[f
     }
 
 
-def scenario_summary(events: Sequence[Event], records: Mapping[str, Sequence[Record]], *, tags: Sequence[str],
-                     load_start: float, switch_steps: tuple[str, str]) -> dict[str, Any]:
+def scenario_summary(
+    events: Sequence[Event],
+    records: Mapping[str, Sequence[Record]],
+    *,
+    tags: Sequence[str],
+    load_start: float,
+    switch_steps: tuple[str, str],
+) -> dict[str, Any]:
     """Everything reported for one scenario of the deploys-under-load part."""
     switches = switch_intervals(events, *switch_steps, since=load_start)
     clients: dict[str, Any] = {}
@@ -318,19 +342,31 @@ def scale_summary(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     Flat means the median commit at the largest point is within FLAT_FACTOR times, or
     FLAT_SLACK_MS above, the median at the smallest point (whichever allows more).
     """
-    rows = [{"other_apps": p["other_apps"], "install_ms": p.get("install_ms"),
-             "committed_ms": summary(p["committed_ms"]), "flip_step_ms": summary(p["flip_step_ms"]),
-             "deploy_ms": summary(p["deploy_ms"], 0), "floor_ms": summary(p.get("floor_ms", []))} for p in points]
+    rows = [
+        {
+            "other_apps": p["other_apps"],
+            "install_ms": p.get("install_ms"),
+            "committed_ms": summary(p["committed_ms"]),
+            "flip_step_ms": summary(p["flip_step_ms"]),
+            "deploy_ms": summary(p["deploy_ms"], 0),
+            "floor_ms": summary(p.get("floor_ms", [])),
+        }
+        for p in points
+    ]
     medians = [r["committed_ms"]["median"] for r in rows if r["committed_ms"]["median"] is not None]
     flat = None
     if len(medians) >= 2:
         flat = medians[-1] <= max(medians[0] * FLAT_FACTOR, medians[0] + FLAT_SLACK_MS)
-    pooled = {key: _median(v for p in points for v in p.get(key, [])) for key in
-              ("committed_ms", "flip_step_ms", "floor_ms")}
-    return {"points": rows, "flat": flat,
-            "largest_over_smallest": _round(medians[-1] / medians[0], 2) if len(medians) >= 2 and medians[0] else None,
-            "commit_over_floor": _ratio(pooled["committed_ms"], pooled["floor_ms"]),
-            "step_over_commit": _ratio(pooled["flip_step_ms"], pooled["committed_ms"])}
+    pooled = {
+        key: _median(v for p in points for v in p.get(key, [])) for key in ("committed_ms", "flip_step_ms", "floor_ms")
+    }
+    return {
+        "points": rows,
+        "flat": flat,
+        "largest_over_smallest": _round(medians[-1] / medians[0], 2) if len(medians) >= 2 and medians[0] else None,
+        "commit_over_floor": _ratio(pooled["committed_ms"], pooled["floor_ms"]),
+        "step_over_commit": _ratio(pooled["flip_step_ms"], pooled["committed_ms"]),
+    }
 
 
 NFT_COMMIT_MS = 1.0
@@ -339,16 +375,25 @@ NFT_FLAT_FACTOR = 1.3
 
 def nft_scale_summary(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The nftables flip per point; flat means the largest point's median within NFT_FLAT_FACTOR of the smallest."""
-    rows = [{"other_apps": p["other_apps"], "committed_ms": summary(p["committed_ms"], 3),
-             **{key: summary(p[key], 3) for key in ("backend_committed_ms", "backend_step_ms") if key in p}}
-            for p in points]
+    rows = [
+        {
+            "other_apps": p["other_apps"],
+            "committed_ms": summary(p["committed_ms"], 3),
+            **{key: summary(p[key], 3) for key in ("backend_committed_ms", "backend_step_ms") if key in p},
+        }
+        for p in points
+    ]
     result: dict[str, Any] = {"points": rows}
     for prefix, key in (("", "committed_ms"), ("backend_", "backend_committed_ms")):
         medians = [r[key]["median"] for r in rows if key in r and r[key]["median"] is not None]
         ratio = round(medians[-1] / medians[0], 2) if len(medians) >= 2 and medians[0] else None
-        result.update({f"{prefix}largest_over_smallest": ratio,
-                       f"{prefix}flat": ratio is not None and ratio <= NFT_FLAT_FACTOR,
-                       f"{prefix}worst_median_ms": max(medians) if medians else None})
+        result.update(
+            {
+                f"{prefix}largest_over_smallest": ratio,
+                f"{prefix}flat": ratio is not None and ratio <= NFT_FLAT_FACTOR,
+                f"{prefix}worst_median_ms": max(medians) if medians else None,
+            }
+        )
     return result
 
 
@@ -363,64 +408,120 @@ def _ratio(top: float | None, bottom: float | None) -> float | None:
 # --- targets ---------------------------------------------------------------------------------------
 
 
-def targets(datapath: Mapping[str, Any] | None, deploys: Mapping[str, Any] | None, scale: Mapping[str, Any] | None,
-            *, duration_s: float, quick: bool) -> list[dict[str, Any]]:
+def targets(
+    datapath: Mapping[str, Any] | None,
+    deploys: Mapping[str, Any] | None,
+    scale: Mapping[str, Any] | None,
+    *,
+    duration_s: float,
+    quick: bool,
+) -> list[dict[str, Any]]:
     """The issue's targets, each met or not, with the figure that decides it."""
     found: list[dict[str, Any]] = []
     if datapath:
         for client, paths in datapath["summary"].items():
-            for path, how in (("dnat", ""), ("dnat-addr", ", via a local address"), ("nft", ", nftables backend"),
-                              ("nft-addr", ", nftables backend via a local address"), ("split", ", canary split")):
+            for path, how in (
+                ("dnat", ""),
+                ("dnat-addr", ", via a local address"),
+                ("nft", ", nftables backend"),
+                ("nft-addr", ", nftables backend via a local address"),
+                ("split", ", canary split"),
+            ):
                 if path not in paths:
                     continue
                 rps, p50 = paths[path].get("rps_ratio"), paths[path].get("p50_ratio")
                 met = rps is not None and p50 is not None and rps >= 0.95 and p50 <= 1.05
-                found.append({"target": f"DNAT within 5% of direct ({client}{how}): throughput and p50",
-                              "met": met, "detail": f"throughput x{rps}, p50 x{p50}"})
+                found.append(
+                    {
+                        "target": f"DNAT within 5% of direct ({client}{how}): throughput and p50",
+                        "met": met,
+                        "detail": f"throughput x{rps}, p50 x{p50}",
+                    }
+                )
     if deploys:
         scenarios = deploys["scenarios"]
         ours = scenarios.get("ours")
         if ours:
-            found.append({"target": "0 failed requests across all deploys (ours)",
-                          "met": ours["failed_requests"] == 0,
-                          "detail": f"{ours['failed_requests']} failed of {ours['requests']} over {ours['deploys']} "
-                                    f"deploys; {ours['udp_unanswered']} of {ours['udp_sent']} datagrams unanswered"})
+            found.append(
+                {
+                    "target": "0 failed requests across all deploys (ours)",
+                    "met": ours["failed_requests"] == 0,
+                    "detail": f"{ours['failed_requests']} failed of {ours['requests']} over {ours['deploys']} "
+                    f"deploys; {ours['udp_unanswered']} of {ours['udp_sent']} datagrams unanswered",
+                }
+            )
             committed = ours["flip"]["committed_ms"]["median"]
-            found.append({"target": "flip under 10 ms at the median (rules committed)",
-                          "met": committed is not None and committed < 10,
-                          "detail": f"commit median {committed} ms; whole flip step median "
-                                    f"{ours['flip']['step_ms']['median']} ms"})
+            found.append(
+                {
+                    "target": "flip under 10 ms at the median (rules committed)",
+                    "met": committed is not None and committed < 10,
+                    "detail": f"commit median {committed} ms; whole flip step median "
+                    f"{ours['flip']['step_ms']['median']} ms",
+                }
+            )
         for name, scenario in scenarios.items():
             if name == "ours":
                 continue
             shown = scenario["failed_requests"] + scenario["udp_unanswered"] + scenario["udp_stale_answers"]
-            found.append({"target": f"baseline {name} shows its failures", "met": shown > 0,
-                          "detail": f"{scenario['failed_requests']} failed requests, {scenario['udp_unanswered']} "
-                                    f"unanswered and {scenario['udp_stale_answers']} stale datagrams"})
+            found.append(
+                {
+                    "target": f"baseline {name} shows its failures",
+                    "met": shown > 0,
+                    "detail": f"{scenario['failed_requests']} failed requests, {scenario['udp_unanswered']} "
+                    f"unanswered and {scenario['udp_stale_answers']} stale datagrams",
+                }
+            )
     if scale:
-        found.append({"target": "flip time flat across 1 to 1,000 other apps", "met": bool(scale["summary"]["flat"]),
-                      "detail": f"median commit at the largest point / smallest: "
-                                f"x{scale['summary']['largest_over_smallest']}"})
+        found.append(
+            {
+                "target": "flip time flat across 1 to 1,000 other apps",
+                "met": bool(scale["summary"]["flat"]),
+                "detail": f"median commit at the largest point / smallest: "
+                f"x{scale['summary']['largest_over_smallest']}",
+            }
+        )
     if scale and "commit_over_floor" in scale["summary"]:  # results from before the floor was measured lack it
         over_floor, over_commit = scale["summary"]["commit_over_floor"], scale["summary"]["step_over_commit"]
-        found.append({"target": f"flip commit within {COMMIT_OVER_FLOOR}x the floor (bare iptables-restore)",
-                      "met": over_floor is not None and over_floor <= COMMIT_OVER_FLOOR,
-                      "detail": f"median commit / median floor, all points: x{over_floor}"})
-        found.append({"target": f"whole flip step within {STEP_OVER_COMMIT}x the commit",
-                      "met": over_commit is not None and over_commit <= STEP_OVER_COMMIT,
-                      "detail": f"median flip step / median commit, all points: x{over_commit}"})
+        found.append(
+            {
+                "target": f"flip commit within {COMMIT_OVER_FLOOR}x the floor (bare iptables-restore)",
+                "met": over_floor is not None and over_floor <= COMMIT_OVER_FLOOR,
+                "detail": f"median commit / median floor, all points: x{over_floor}",
+            }
+        )
+        found.append(
+            {
+                "target": f"whole flip step within {STEP_OVER_COMMIT}x the commit",
+                "met": over_commit is not None and over_commit <= STEP_OVER_COMMIT,
+                "detail": f"median flip step / median commit, all points: x{over_commit}",
+            }
+        )
     if scale and "nftables" in scale:
         nft = scale["nftables"]["summary"]
         for prefix, what in (("", "nftables floor (a bare element replace)"), ("backend_", "nftables backend flip")):
             if nft.get(f"{prefix}worst_median_ms") is None:
                 continue
             worst = nft[f"{prefix}worst_median_ms"]
-            found.append({"target": f"{what} commit median within {NFT_COMMIT_MS:g} ms at every point",
-                          "met": worst <= NFT_COMMIT_MS, "detail": f"worst median {worst} ms"})
-            found.append({"target": f"{what} flat (within {NFT_FLAT_FACTOR}x) from 1 to 10,000 other apps",
-                          "met": bool(nft[f"{prefix}flat"]),
-                          "detail": f"largest point / smallest: x{nft[f'{prefix}largest_over_smallest']}"})
+            found.append(
+                {
+                    "target": f"{what} commit median within {NFT_COMMIT_MS:g} ms at every point",
+                    "met": worst <= NFT_COMMIT_MS,
+                    "detail": f"worst median {worst} ms",
+                }
+            )
+            found.append(
+                {
+                    "target": f"{what} flat (within {NFT_FLAT_FACTOR}x) from 1 to 10,000 other apps",
+                    "met": bool(nft[f"{prefix}flat"]),
+                    "detail": f"largest point / smallest: x{nft[f'{prefix}largest_over_smallest']}",
+                }
+            )
     limit = 180 if quick else 900
-    found.append({"target": f"{'quick' if quick else 'full'} run under {limit // 60} min", "met": duration_s < limit,
-                  "detail": f"{duration_s / 60:.1f} min"})
+    found.append(
+        {
+            "target": f"{'quick' if quick else 'full'} run under {limit // 60} min",
+            "met": duration_s < limit,
+            "detail": f"{duration_s / 60:.1f} min",
+        }
+    )
     return found

@@ -52,9 +52,22 @@ def deploy_events(rng: random.Random, job: int, moment: datetime) -> list[dict]:
     events = []
     if actor.startswith("github:"):
         verdict = "rejected" if rng.random() < 0.05 else "accepted"
-        events.append({"ts": at(0), "event": "delivery", "delivery": f"d{job}", "hook_id": 42, "action": "published",
-                       "repository": f"acme/{app}", "sender": actor[7:], "tag": tag, "verdict": verdict,
-                       "body_sha256": f"{job:064x}", "remote_addr": "192.0.2.10", "app": app})
+        events.append(
+            {
+                "ts": at(0),
+                "event": "delivery",
+                "delivery": f"d{job}",
+                "hook_id": 42,
+                "action": "published",
+                "repository": f"acme/{app}",
+                "sender": actor[7:],
+                "tag": tag,
+                "verdict": verdict,
+                "body_sha256": f"{job:064x}",
+                "remote_addr": "192.0.2.10",
+                "app": app,
+            }
+        )
         if verdict == "rejected":
             return events
     events.append({"ts": at(0.1), "event": "job.queued", "tag": tag, **base})
@@ -64,12 +77,29 @@ def deploy_events(rng: random.Random, job: int, moment: datetime) -> list[dict]:
     for step in STEPS:
         duration = rng.uniform(5, 3000)
         outcome = "failed" if step == failed_at else "ok"
-        events.append({"ts": at(t + duration / 1000), "event": "step", "step": step, "outcome": outcome,
-                       "started_at": at(t), "duration_ms": round(duration, 1), **base})
+        events.append(
+            {
+                "ts": at(t + duration / 1000),
+                "event": "step",
+                "step": step,
+                "outcome": outcome,
+                "started_at": at(t),
+                "duration_ms": round(duration, 1),
+                **base,
+            }
+        )
         t += duration / 1000
         if failed_at == step:
-            events.append({"ts": at(t), "event": "deploy.failed", "outcome": "failed", "tag": tag,
-                           "error": f"{step} failed", **base})
+            events.append(
+                {
+                    "ts": at(t),
+                    "event": "deploy.failed",
+                    "outcome": "failed",
+                    "tag": tag,
+                    "error": f"{step} failed",
+                    **base,
+                }
+            )
             return events
     events.append({"ts": at(t), "event": "deploy.finished", "outcome": "ok", "tag": tag, "set": "blue", **base})
     return events
@@ -84,7 +114,7 @@ def fill(log: AuditLog, entries: int, now: datetime, seed: int = 7) -> None:
     while written < entries:
         job += 1
         moment = start + timedelta(seconds=span * written / entries)
-        for event in deploy_events(rng, job, moment)[:entries - written]:
+        for event in deploy_events(rng, job, moment)[: entries - written]:
             batch.append(event)
             written += 1
         if len(batch) >= 2000 or written >= entries:
@@ -116,13 +146,28 @@ def run(entries: int, out: Path, runs: int = 20) -> dict:
             query = audit_query_from_args(args, now=now)
             log.close()  # the first run opens the database, as a fresh CLI does
             times, result = timed(lambda query=query: log.query(query), runs)
-            rows.append({"query": name, "args": args, "matches": len(result), "first_ms": round(times[0], 2),
-                         "median_ms": round(statistics.median(times), 2), "max_ms": round(max(times), 2)})
+            rows.append(
+                {
+                    "query": name,
+                    "args": args,
+                    "matches": len(result),
+                    "first_ms": round(times[0], 2),
+                    "median_ms": round(statistics.median(times), 2),
+                    "max_ms": round(max(times), 2),
+                }
+            )
         job = log.query(audit_query_from_args({"event": "deploy.finished", "limit": "1"}))[0].get("job")
         times, timeline = timed(lambda: log.timeline(job), runs)
-        rows.append({"query": "timeline(job)", "args": {"job": job}, "matches": len(timeline),
-                     "first_ms": round(times[0], 2), "median_ms": round(statistics.median(times), 2),
-                     "max_ms": round(max(times), 2)})
+        rows.append(
+            {
+                "query": "timeline(job)",
+                "args": {"job": job},
+                "matches": len(timeline),
+                "first_ms": round(times[0], 2),
+                "median_ms": round(statistics.median(times), 2),
+                "max_ms": round(max(times), 2),
+            }
+        )
         verify_times, verdict = timed(log.verify, 3)
 
     filtered = rows[0]
@@ -146,16 +191,24 @@ def run(entries: int, out: Path, runs: int = 20) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"audit log: {result['entries']:,} entries ({result['db_megabytes']} MB), filled in "
-             f"{result['fill_seconds']} s; one append (own transaction, fsync) median "
-             f"{result['single_append_ms']['median']} ms", "",
-             f"{'query':42} {'matches':>7} {'first ms':>9} {'median ms':>10} {'max ms':>8}"]
+    lines = [
+        f"audit log: {result['entries']:,} entries ({result['db_megabytes']} MB), filled in "
+        f"{result['fill_seconds']} s; one append (own transaction, fsync) median "
+        f"{result['single_append_ms']['median']} ms",
+        "",
+        f"{'query':42} {'matches':>7} {'first ms':>9} {'median ms':>10} {'max ms':>8}",
+    ]
     for row in result["queries"]:
-        lines.append(f"{row['query']:42} {row['matches']:>7} {row['first_ms']:>9.2f} {row['median_ms']:>10.2f} "
-                     f"{row['max_ms']:>8.2f}")
-    lines += ["", f"verify: {result['verify_checked']:,} entries in {result['verify_ms']['median']} ms "
-                  f"(median of 3), ok={result['verify_ok']}",
-              f"every query under {result['target_ms']:.0f} ms: {'yes' if result['within_target'] else 'NO'}"]
+        lines.append(
+            f"{row['query']:42} {row['matches']:>7} {row['first_ms']:>9.2f} {row['median_ms']:>10.2f} "
+            f"{row['max_ms']:>8.2f}"
+        )
+    lines += [
+        "",
+        f"verify: {result['verify_checked']:,} entries in {result['verify_ms']['median']} ms "
+        f"(median of 3), ok={result['verify_ok']}",
+        f"every query under {result['target_ms']:.0f} ms: {'yes' if result['within_target'] else 'NO'}",
+    ]
     return "\n".join(lines)
 
 

@@ -39,9 +39,29 @@ def iptables_dnat(action: str, chain: str, forward: rules.Forward, *, wait: int 
     """`iptables -t nat -A|-D CHAIN ...` for one DNAT rule, as the seed recipe typed it."""
     if action not in ("-A", "-D"):
         raise ValueError(f"not an append or delete: {action!r}")
-    return ["iptables", "-w", str(wait), "-t", "nat", action, chain, "-p", forward.protocol, "-m", forward.protocol,
-            "--dport", str(forward.external), "-m", "comment", "--comment", forward.comment,
-            "-j", "DNAT", "--to-destination", f"{forward.to_address}:{forward.to_port}"]
+    return [
+        "iptables",
+        "-w",
+        str(wait),
+        "-t",
+        "nat",
+        action,
+        chain,
+        "-p",
+        forward.protocol,
+        "-m",
+        forward.protocol,
+        "--dport",
+        str(forward.external),
+        "-m",
+        "comment",
+        "--comment",
+        forward.comment,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        f"{forward.to_address}:{forward.to_port}",
+    ]
 
 
 def seed_flip(chain: str, new: Sequence[rules.Forward], old: Sequence[rules.Forward]) -> list[list[str]]:
@@ -56,8 +76,9 @@ def app_flows(app: AppConfig) -> list[list[str]]:
 
 def forwards(app: AppConfig, address: str, port_set: str, tag: str) -> list[rules.Forward]:
     """The DNAT rules that send every external port of the app to one instance (as the deployer's)."""
-    return [rules.Forward(p.protocol, p.external, address, p.container, f"{app.name} {port_set} {tag}")
-            for p in app.ports]
+    return [
+        rules.Forward(p.protocol, p.external, address, p.container, f"{app.name} {port_set} {tag}") for p in app.ports
+    ]
 
 
 def filter_protocol(arguments: Sequence[str]) -> str | None:
@@ -68,12 +89,14 @@ def filter_protocol(arguments: Sequence[str]) -> str | None:
     return None
 
 
-def published_arguments(settings: Settings, app: AppConfig, port_set: str, release: Release,
-                        addresses: Sequence[str]) -> dict[str, Any]:
+def published_arguments(
+    settings: Settings, app: AppConfig, port_set: str, release: Release, addresses: Sequence[str]
+) -> dict[str, Any]:
     """The container of stop-then-start: like the deployer's, but publishing the external ports themselves."""
     arguments = run_arguments(settings, app, port_set, release)
-    arguments["ports"] = {f"{p.container}/{p.protocol}": [(address, p.external) for address in addresses]
-                          for p in app.ports}
+    arguments["ports"] = {
+        f"{p.container}/{p.protocol}": [(address, p.external) for address in addresses] for p in app.ports
+    }
     return arguments
 
 
@@ -94,8 +117,9 @@ class _Baseline:
 
     switch_steps = ("flip", "flip")
 
-    def __init__(self, settings: Settings, app: AppConfig, docker: DockerHost, netfilter: Netfilter,
-                 journal: Journal) -> None:
+    def __init__(
+        self, settings: Settings, app: AppConfig, docker: DockerHost, netfilter: Netfilter, journal: Journal
+    ) -> None:
         self.settings, self.app, self.docker, self.netfilter, self.journal = settings, app, docker, netfilter, journal
         self.active: tuple[ContainerInfo, str, str] | None = None  # container, port set, tag
 
@@ -109,6 +133,7 @@ class _Baseline:
 
     def _healthy(self, container: ContainerInfo, host: str, port: int) -> None:
         with self.journal.step("health", app=self.app.name) as step:
+
             def exited() -> str | None:
                 info = self.docker.inspect(container.id)
                 return None if info and info.status == "running" else f"{container.name} is not running"
@@ -135,8 +160,9 @@ class SeedRecipe(_Baseline):
         self.chain = self.names.app(self.app.name)
         # The same jumps and loopback masquerade as the deployer's, so only the flip differs.
         live = rules.parse_nat(self.netfilter.save_nat())
-        self.netfilter.restore(rules.render_restore(live, self.names, self.settings.bridge, {},
-                                                    ensure_apps=[self.app.name]))
+        self.netfilter.restore(
+            rules.render_restore(live, self.names, self.settings.bridge, {}, ensure_apps=[self.app.name])
+        )
 
     def _deploy(self, tag: str) -> None:
         release = self._pull(tag)
@@ -178,8 +204,7 @@ class StopThenStart(_Baseline):
             with self.journal.step("stop", app=self.app.name):
                 self.docker.stop(old[0].id, self.app.stop_timeout)
                 self.docker.remove(old[0].id)
-        container = self._start(release, published_arguments(self.settings, self.app, new_set, release,
-                                                              self.addresses))
+        container = self._start(release, published_arguments(self.settings, self.app, new_set, release, self.addresses))
         # Not a gate (watchtower has none): the moment it answers ends the outage being measured.
         tcp = next(p for p in self.app.ports if p.protocol == "tcp")
         self._healthy(container, self.addresses[0], tcp.external)

@@ -36,8 +36,23 @@ DEFAULT_RESULTS = REPO / "bench" / "results"
 
 
 def wrk(bed: ClusterBed, target: str, seconds: float) -> dict[str, float]:
-    out = subprocess.run(["ip", "netns", "exec", bed.client, "wrk", "-t1", "-c64", f"-d{seconds:g}s", "--latency",
-                          f"http://{target}:{TCP_PORT}/"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            bed.client,
+            "wrk",
+            "-t1",
+            "-c64",
+            f"-d{seconds:g}s",
+            "--latency",
+            f"http://{target}:{TCP_PORT}/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 1.0, "ms": 1000.0, "s": 1e6}[p50.group(2)]
@@ -51,12 +66,18 @@ def spread_sources(bed: ClusterBed, on: bool) -> None:
     lines = ["*nat", ":SPREAD - [0:0]"]
     if on:
         lines.append("-I POSTROUTING 1 -o c0 -p tcp --dport 80 -j SPREAD")
-        lines += [f"-A SPREAD -m statistic --mode nth --every {n - i} --packet 0 -j SNAT --to-source {source}"
-                  for i, source in enumerate(bed.sources)]
+        lines += [
+            f"-A SPREAD -m statistic --mode nth --every {n - i} --packet 0 -j SNAT --to-source {source}"
+            for i, source in enumerate(bed.sources)
+        ]
     else:
         lines += ["-D POSTROUTING -o c0 -p tcp --dport 80 -j SPREAD", "-X SPREAD"]
-    subprocess.run(["ip", "netns", "exec", bed.client, "iptables-restore", "--noflush"],
-                   input="\n".join([*lines, "COMMIT", ""]), text=True, check=True)
+    subprocess.run(
+        ["ip", "netns", "exec", bed.client, "iptables-restore", "--noflush"],
+        input="\n".join([*lines, "COMMIT", ""]),
+        text=True,
+        check=True,
+    )
 
 
 def start_haproxy(bed: ClusterBed) -> tuple[subprocess.Popen, str]:
@@ -77,8 +98,11 @@ frontend web
 backend hosts
     balance roundrobin
 {servers}""")
-    proc = subprocess.Popen(["ip", "netns", "exec", bed.segment, "haproxy", "-f", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", bed.segment, "haproxy", "-f", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1)
     return proc, front
 
@@ -99,8 +123,11 @@ def chain_counters(bed: ClusterBed) -> dict[str, dict[str, int]]:
 
 
 def measure(seconds: float, rounds: int, tries: int) -> dict[str, Any]:
-    results: dict[str, Any] = {"seconds": seconds, "rounds": rounds, "runs": {"direct": [], "shared": [],
-                                                                              "haproxy": [], "one_host": []}}
+    results: dict[str, Any] = {
+        "seconds": seconds,
+        "rounds": rounds,
+        "runs": {"direct": [], "shared": [], "haproxy": [], "one_host": []},
+    }
     with ClusterBed() as bed:
         bed.start()
         haproxy, front = start_haproxy(bed)
@@ -112,9 +139,12 @@ def measure(seconds: float, rounds: int, tries: int) -> dict[str, Any]:
                 before = chain_counters(bed)
                 results["runs"]["shared"].append(wrk(bed, bed.address, seconds))
                 after = chain_counters(bed)
-                results.setdefault("drops", []).append({
-                    name: {key: after[name][key] - before[name][key] for key in ("entered", "dropped")}
-                    for name in after})
+                results.setdefault("drops", []).append(
+                    {
+                        name: {key: after[name][key] - before[name][key] for key in ("entered", "dropped")}
+                        for name in after
+                    }
+                )
                 results["runs"]["haproxy"].append(wrk(bed, front, seconds))
             for other in bed.hosts[1:]:
                 bed.stop_agent(other)
@@ -133,24 +163,27 @@ def measure(seconds: float, rounds: int, tries: int) -> dict[str, Any]:
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    medians = {path: {"rps": statistics.median(r["rps"] for r in runs),
-                      "p50_us": statistics.median(r["p50_us"] for r in runs)}
-               for path, runs in results["runs"].items()}
+    medians = {
+        path: {"rps": statistics.median(r["rps"] for r in runs), "p50_us": statistics.median(r["p50_us"] for r in runs)}
+        for path, runs in results["runs"].items()
+    }
     direct = medians["direct"]
     results["medians"] = medians
-    results["ratios_to_direct"] = {path: {"throughput": round(m["rps"] / direct["rps"], 3),
-                                          "p50": round(m["p50_us"] / direct["p50_us"], 3)}
-                                   for path, m in medians.items()}
+    results["ratios_to_direct"] = {
+        path: {"throughput": round(m["rps"] / direct["rps"], 3), "p50": round(m["p50_us"] / direct["p50_us"], 3)}
+        for path, m in medians.items()
+    }
     drops = results.get("drops", [])
-    results["dropped_share"] = {name: round(sum(d[name]["dropped"] for d in drops)
-                                            / max(1, sum(d[name]["entered"] for d in drops)), 3)
-                                for name in (drops[0] if drops else {})}
-    results["dropped_per_second"] = {name: round(sum(d[name]["dropped"] for d in drops)
-                                                 / (results["seconds"] * len(drops)))
-                                     for name in (drops[0] if drops else {})}
+    results["dropped_share"] = {
+        name: round(sum(d[name]["dropped"] for d in drops) / max(1, sum(d[name]["entered"] for d in drops)), 3)
+        for name in (drops[0] if drops else {})
+    }
+    results["dropped_per_second"] = {
+        name: round(sum(d[name]["dropped"] for d in drops) / (results["seconds"] * len(drops)))
+        for name in (drops[0] if drops else {})
+    }
     takeovers = results["takeover_link_s"]
-    results["takeover_summary"] = {"median": statistics.median(takeovers), "max": max(takeovers),
-                                   "min": min(takeovers)}
+    results["takeover_summary"] = {"median": statistics.median(takeovers), "max": max(takeovers), "min": min(takeovers)}
     return results
 
 
@@ -184,8 +217,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/run --only cluster", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench/run --only cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per wrk run (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three paths, interleaved (default 3)")
@@ -195,8 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "cluster.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.results / "cluster.png")
-    print(json.dumps({k: results[k] for k in ("medians", "ratios_to_direct", "dropped_share", "dropped_per_second",
-                                               "takeover_summary")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: results[k]
+                for k in ("medians", "ratios_to_direct", "dropped_share", "dropped_per_second", "takeover_summary")
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

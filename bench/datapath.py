@@ -29,14 +29,20 @@ from deployer.host.engine import CanaryStart
 APP = "datapath"
 NOTES = {
     "docker": {"host": "127.0.0.1 -> docker-proxy (userland)", "outside": "Docker's own DNAT rule (no docker-proxy)"},
-    "dnat": {"host": "127.0.0.1 -> DNAT in OUTPUT, then the deployer's loopback MASQUERADE",
-             "outside": "DNAT in PREROUTING"},
+    "dnat": {
+        "host": "127.0.0.1 -> DNAT in OUTPUT, then the deployer's loopback MASQUERADE",
+        "outside": "DNAT in PREROUTING",
+    },
     "dnat-addr": {"host": "the namespace veth's host address -> DNAT in OUTPUT, no masquerade"},
-    "nft": {"host": "127.0.0.1 -> the nftables table's DNAT in output, then its loopback masquerade",
-            "outside": "the nftables table's DNAT in prerouting"},
+    "nft": {
+        "host": "127.0.0.1 -> the nftables table's DNAT in output, then its loopback masquerade",
+        "outside": "the nftables table's DNAT in prerouting",
+    },
     "nft-addr": {"host": "the namespace veth's host address -> the nftables table's DNAT in output"},
-    "split": {"host": "127.0.0.1 -> the canary's statistic match, then DNAT to one of two instances",
-              "outside": "the canary's statistic match in PREROUTING, then DNAT"},
+    "split": {
+        "host": "127.0.0.1 -> the canary's statistic match, then DNAT to one of two instances",
+        "outside": "the canary's statistic match in PREROUTING, then DNAT",
+    },
 }
 
 
@@ -61,20 +67,30 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
 
         targets: dict[str, dict[str, str]] = {}
         for client, host in (("host", "127.0.0.1"), ("outside", outside.host_ip)):
-            targets[client] = {"direct": f"{backend[0]}:{backend[1]}", "dnat": f"{host}:{ports.tcp}",
-                               "haproxy": f"{host}:{lab.ports.haproxy}", "nginx": f"{host}:{lab.ports.nginx}",
-                               "docker": f"{host}:{set_port}"}
+            targets[client] = {
+                "direct": f"{backend[0]}:{backend[1]}",
+                "dnat": f"{host}:{ports.tcp}",
+                "haproxy": f"{host}:{lab.ports.haproxy}",
+                "nginx": f"{host}:{lab.ports.nginx}",
+                "docker": f"{host}:{set_port}",
+            }
         # The host end of the namespace's veth is a local address of the host: DNAT without the
         # masquerade that a 127.0.0.1 client needs, to tell the two costs apart.
         targets["host"]["dnat-addr"] = f"{outside.host_ip}:{ports.tcp}"
-        paths = {client: [p for p in DATAPATHS if p in targets[client] and p not in ("split", "nft", "nft-addr")]
-                 for client in CLIENTS}
+        paths = {
+            client: [p for p in DATAPATHS if p in targets[client] and p not in ("split", "nft", "nft-addr")]
+            for client in CLIENTS
+        }
         for path in ("haproxy", "nginx", "docker", "dnat"):
             _wait_answers(targets["host"][path])
 
         def measure(client: str, path: str, seconds: float) -> dict[str, Any]:
-            argv = wrk_argv(f"http://{targets[client][path]}/", threads=plan.wrk_threads,
-                            connections=plan.wrk_connections, seconds=seconds)
+            argv = wrk_argv(
+                f"http://{targets[client][path]}/",
+                threads=plan.wrk_threads,
+                connections=plan.wrk_connections,
+                seconds=seconds,
+            )
             result = lab.run(argv, inside=outside if client == "outside" else None, timeout=seconds + 30, check=False)
             try:
                 return parse_wrk(result.stdout).as_dict()
@@ -88,8 +104,9 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         for number in range(plan.rounds):
             for client in CLIENTS:
                 for path in round_order(paths[client], number):
-                    rounds.append({"round": number, "client": client, "path": path,
-                                   **measure(client, path, plan.wrk_seconds)})
+                    rounds.append(
+                        {"round": number, "client": client, "path": path, **measure(client, path, plan.wrk_seconds)}
+                    )
             say(f"  round {number + 1}/{plan.rounds} done")
         # The same port through the nftables backend: the host switched to it, and back to iptables after.
         switched = driver.switch_backend(lab, app_text, "nftables")
@@ -100,8 +117,14 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         for number in range(plan.rounds):
             for client in CLIENTS:
                 for path in round_order([p for p in NFT_PATHS if p in targets[client]], number):
-                    rounds.append({"round": 2 * plan.rounds + number, "client": client, "path": path,
-                                   **measure(client, path, plan.wrk_seconds)})
+                    rounds.append(
+                        {
+                            "round": 2 * plan.rounds + number,
+                            "client": client,
+                            "path": path,
+                            **measure(client, path, plan.wrk_seconds),
+                        }
+                    )
             say(f"  nftables round {number + 1}/{plan.rounds} done")
         switched += driver.switch_backend(lab, app_text, "iptables")
         # The split: the same external port, now shared 50/50 by two instances of the same server.
@@ -112,15 +135,27 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         for number in range(plan.rounds):
             for client in CLIENTS:
                 for path in round_order(list(SPLIT_PATHS), number):
-                    rounds.append({"round": plan.rounds + number, "client": client, "path": path,
-                                   **measure(client, path, plan.wrk_seconds)})
+                    rounds.append(
+                        {
+                            "round": plan.rounds + number,
+                            "client": client,
+                            "path": path,
+                            **measure(client, path, plan.wrk_seconds),
+                        }
+                    )
             say(f"  split round {number + 1}/{plan.rounds} done")
         summary = analysis.datapath_summary(rounds)
         return {
-            "settings": {"tool": "wrk", "threads": plan.wrk_threads, "connections": plan.wrk_connections,
-                         "seconds": plan.wrk_seconds, "rounds": plan.rounds, "warmup_seconds": plan.wrk_warmup_seconds,
-                         "order": "each round runs every path for the host client, then for the outside client; "
-                                  "the order of the paths is reversed in every other round"},
+            "settings": {
+                "tool": "wrk",
+                "threads": plan.wrk_threads,
+                "connections": plan.wrk_connections,
+                "seconds": plan.wrk_seconds,
+                "rounds": plan.rounds,
+                "warmup_seconds": plan.wrk_warmup_seconds,
+                "order": "each round runs every path for the host client, then for the outside client; "
+                "the order of the paths is reversed in every other round",
+            },
             "backend": {"image": f"{IMAGE}:{tags[0]}", "address": backend[0], "set_port": set_port},
             "targets": targets,
             "notes": NOTES,

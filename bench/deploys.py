@@ -42,19 +42,28 @@ def run_deploys(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[str
     for name in SCENARIOS:
         try:
             scenarios[name] = lab.again_after_docker_restart(
-                name, lambda name=name: run_scenario(lab, plan, outside, name, tags),
-                lambda name=name: (lab.remove_containers(name), lab.remove_app_chains([name])))
+                name,
+                lambda name=name: run_scenario(lab, plan, outside, name, tags),
+                lambda name=name: (lab.remove_containers(name), lab.remove_app_chains([name])),
+            )
             s = scenarios[name]
-            say(f"  {name}: {s['deploys']} deploys, {s['failed_requests']} failed of {s['requests']} requests, "
-                f"{s['udp_unanswered']} unanswered and {s['udp_stale_answers']} stale of {s['udp_sent']} datagrams")
+            say(
+                f"  {name}: {s['deploys']} deploys, {s['failed_requests']} failed of {s['requests']} requests, "
+                f"{s['udp_unanswered']} unanswered and {s['udp_stale_answers']} stale of {s['udp_sent']} datagrams"
+            )
         except Exception as exc:  # one broken scenario must not hide the others' figures
             errors[name] = f"{type(exc).__name__}: {exc}"
             say(f"  {name} failed: {errors[name]}")
     return {
-        "settings": {"deploys": plan.deploys, "drain_seconds": plan.drain_seconds, "load_pause_s": plan.load_pause,
-                     "settle_seconds": plan.settle_seconds, "clients": [c[0] for c in CLIENTS],
-                     "around_switch_s": [analysis.AROUND_BEFORE_S, analysis.AROUND_AFTER_S],
-                     "sticky_grace_s": analysis.STICKY_GRACE_S},
+        "settings": {
+            "deploys": plan.deploys,
+            "drain_seconds": plan.drain_seconds,
+            "load_pause_s": plan.load_pause,
+            "settle_seconds": plan.settle_seconds,
+            "clients": [c[0] for c in CLIENTS],
+            "around_switch_s": [analysis.AROUND_BEFORE_S, analysis.AROUND_AFTER_S],
+            "sticky_grace_s": analysis.STICKY_GRACE_S,
+        },
         "scenarios": scenarios,
         "errors": errors,
     }
@@ -72,9 +81,20 @@ def run_scenario(lab: Lab, plan: Plan, outside: Any, name: str, tags: list[str])
         clients = []
         for client, where, mode, protocol in CLIENTS:
             port = ports.tcp if protocol == "tcp" else ports.udp
-            argv = [sys.executable, str(TRAFFIC), mode, f"{targets[where]}:{port}",
-                    "--out", str(out_dir / f"{client}.jsonl"), "--pause", str(plan.load_pause),
-                    "--timeout", str(UDP_TIMEOUT_S) if protocol == "udp" else "5", "--duration", "1800"]
+            argv = [
+                sys.executable,
+                str(TRAFFIC),
+                mode,
+                f"{targets[where]}:{port}",
+                "--out",
+                str(out_dir / f"{client}.jsonl"),
+                "--pause",
+                str(plan.load_pause),
+                "--timeout",
+                str(UDP_TIMEOUT_S) if protocol == "udp" else "5",
+                "--duration",
+                "1800",
+            ]
             clients.append(lab.popen(argv, inside=outside if where == "outside" else None))
         load_start = time.time()
         try:
@@ -87,8 +107,9 @@ def run_scenario(lab: Lab, plan: Plan, outside: Any, name: str, tags: list[str])
             for process in clients:
                 lab.stop(process, grace=8)
         records = {client: _load(out_dir / f"{client}.jsonl") for client, *_ in CLIENTS}
-        result = analysis.scenario_summary(driver.events, records, tags=tags, load_start=load_start,
-                                           switch_steps=driver.switch_steps)
+        result = analysis.scenario_summary(
+            driver.events, records, tags=tags, load_start=load_start, switch_steps=driver.switch_steps
+        )
         result["load_seconds"] = round(time.time() - load_start, 1)
         return result
     finally:

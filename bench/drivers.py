@@ -68,8 +68,7 @@ class EngineDriver:
         self.recorder = Recorder()
         journal = Journal([self.recorder], secrets=self.config.secrets())
         self.writes = TimedWrites(netfilter or Netfilter(), self.recorder)
-        self.engine = build_engine(self.config, journal, docker=lab.docker,
-                                   netfilter=self.writes)  # type: ignore[arg-type]
+        self.engine = build_engine(self.config, journal, docker=lab.docker, netfilter=self.writes)  # type: ignore[arg-type]
 
     @property
     def events(self) -> list[dict[str, Any]]:

@@ -122,8 +122,9 @@ class Lab:
         self._clients.append(client)
         return client.__enter__()
 
-    def popen(self, argv: Sequence[str], *, inside: netns.OutsideClient | None = None, **kwargs: Any) -> \
-            subprocess.Popen:
+    def popen(
+        self, argv: Sequence[str], *, inside: netns.OutsideClient | None = None, **kwargs: Any
+    ) -> subprocess.Popen:
         """Start a process in a process group of its own (Ctrl-C reaches the bench, which stops it)."""
         kwargs.setdefault("start_new_session", True)
         process = inside.popen(list(argv), **kwargs) if inside else subprocess.Popen(list(argv), **kwargs)
@@ -148,8 +149,14 @@ class Lab:
         if process in self._processes:
             self._processes.remove(process)
 
-    def run(self, argv: Sequence[str], *, inside: netns.OutsideClient | None = None, timeout: float = 120,
-            check: bool = True) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        inside: netns.OutsideClient | None = None,
+        timeout: float = 120,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess:
         argv = ["ip", "netns", "exec", inside.name, *argv] if inside else list(argv)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, start_new_session=True)
         if check and result.returncode != 0:
@@ -238,8 +245,9 @@ class Lab:
 
     def _teardown_chains(self) -> None:
         names = rules.ChainNames(self.names.prefix)
-        nftables = NftablesBackend(Nftables(handles=True), self.netfilter, table=nft.table_name(names.prefix),
-                                  prefix=names.prefix)
+        nftables = NftablesBackend(
+            Nftables(handles=True), self.netfilter, table=nft.table_name(names.prefix), prefix=names.prefix
+        )
         for backend in (self.netfilter, nftables):  # a run stopped while the nftables backend held its rules
             text = rules.render_teardown(rules.parse_nat(backend.save_table("nat")), names)
             if text:

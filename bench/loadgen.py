@@ -32,8 +32,15 @@ class WrkResult:
 
 
 def wrk_argv(url: str, *, threads: int, connections: int, seconds: float, timeout_s: float = 2.0) -> list[str]:
-    return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{_seconds(seconds)}", f"--timeout={_seconds(timeout_s)}",
-            "--latency", url]
+    return [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{_seconds(seconds)}",
+        f"--timeout={_seconds(timeout_s)}",
+        "--latency",
+        url,
+    ]
 
 
 def _seconds(value: float) -> str:
@@ -68,5 +75,10 @@ def parse_wrk(output: str) -> WrkResult:
     errors = sum(int(n) for n in _SOCKET_ERRORS.search(output).groups()) if _SOCKET_ERRORS.search(output) else 0
     non_2xx = _NON_2XX.search(output)
     errors += int(non_2xx.group(1)) if non_2xx else 0
-    return WrkResult(rps=float(rps.group(1)), p50_ms=percentiles[50.0], p99_ms=percentiles[99.0],
-                     requests=int(total.group(1)), errors=errors)
+    return WrkResult(
+        rps=float(rps.group(1)),
+        p50_ms=percentiles[50.0],
+        p99_ms=percentiles[99.0],
+        requests=int(total.group(1)),
+        errors=errors,
+    )

@@ -35,18 +35,30 @@ QUICK_RESULTS = DEFAULT_RESULTS / "tmp" / "quick"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes for CI: 3 deploys, 1 round, 2 flips a point")
-    parser.add_argument("--results", type=Path, help="folder for the JSON and PNG files "
-                                                     "(default bench/results, or bench/results/tmp/quick)")
-    parser.add_argument("--markdown", type=Path, help="where to write the report (default BENCHMARKS.md for a full "
-                                                      "run into bench/results, else RESULTS/BENCHMARKS.md)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="folder for the JSON and PNG files (default bench/results, or bench/results/tmp/quick)",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        help="where to write the report (default BENCHMARKS.md for a full "
+        "run into bench/results, else RESULTS/BENCHMARKS.md)",
+    )
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--deploys", type=int, help="deploys per scenario (default 20; quick 3)")
     parser.add_argument("--rounds", type=int, help="data-path rounds (default 6; quick 1)")
-    parser.add_argument("--only", choices=["cluster"], help="run one part that is not in the default run: cluster "
-                                                           "(three hosts sharing an address; see bench/cluster.py)")
+    parser.add_argument(
+        "--only",
+        choices=["cluster"],
+        help="run one part that is not in the default run: cluster "
+        "(three hosts sharing an address; see bench/cluster.py)",
+    )
     return parser
 
 
@@ -55,8 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "cluster":
         from bench.cluster import main as cluster_main
 
-        return cluster_main([*(["--results", str(args.results)] if args.results else []),
-                             *(["--rounds", str(args.rounds)] if args.rounds else []), *rest])
+        return cluster_main(
+            [
+                *(["--results", str(args.results)] if args.results else []),
+                *(["--rounds", str(args.rounds)] if args.rounds else []),
+                *rest,
+            ]
+        )
     if rest:
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -69,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan = plan_for(args.quick, deploys=args.deploys, rounds=args.rounds)
     results = args.results or (QUICK_RESULTS if args.quick else DEFAULT_RESULTS)
-    markdown = args.markdown or (REPO / "BENCHMARKS.md" if results.resolve() == DEFAULT_RESULTS.resolve()
-                                 else results / "BENCHMARKS.md")
+    markdown = args.markdown or (
+        REPO / "BENCHMARKS.md" if results.resolve() == DEFAULT_RESULTS.resolve() else results / "BENCHMARKS.md"
+    )
     command = " ".join(["sudo bench/run", *(argv if argv is not None else sys.argv[1:])]).strip()
     return run(plan, parts, results, markdown, command)
 
@@ -122,8 +140,9 @@ def run(plan: Plan, parts: list[str], results: Path, markdown: Path, command: st
         "errors": errors,
         "retried_after_dockerd_restart": retried,
     }
-    run_info["targets"] = analysis.targets(outputs.get("datapath"), outputs.get("deploys"), outputs.get("scale"),
-                                           duration_s=duration, quick=plan.quick)
+    run_info["targets"] = analysis.targets(
+        outputs.get("datapath"), outputs.get("deploys"), outputs.get("scale"), duration_s=duration, quick=plan.quick
+    )
     results.mkdir(parents=True, exist_ok=True)
     for part, output in outputs.items():
         write_json(results / f"{part}.json", {"part": part, "quick": plan.quick, "started_at": started_at, **output})
@@ -179,8 +198,13 @@ _VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?[\w.+~-]*")
 
 
 def tool_versions() -> dict[str, str]:
-    commands = {"wrk": ["wrk", "-v"], "HAProxy": ["haproxy", "-v"], "nginx": ["nginx", "-v"],
-                "Docker Engine": ["docker", "version", "--format", "{{.Server.Version}}"], "iptables": ["iptables", "-V"]}
+    commands = {
+        "wrk": ["wrk", "-v"],
+        "HAProxy": ["haproxy", "-v"],
+        "nginx": ["nginx", "-v"],
+        "Docker Engine": ["docker", "version", "--format", "{{.Server.Version}}"],
+        "iptables": ["iptables", "-V"],
+    }
     versions = {}
     for name, argv in commands.items():
         try:

@@ -73,11 +73,25 @@ def round_order(paths: tuple[str, ...] | list[str], number: int) -> list[str]:
 
 def plan_for(quick: bool, *, deploys: int | None = None, rounds: int | None = None) -> Plan:
     if quick:
-        plan = Plan(quick=True, rounds=1, wrk_seconds=1.0, wrk_warmup_seconds=0.3, deploys=3,
-                    scale_points=SCALE_POINTS, flips_per_point=2)
+        plan = Plan(
+            quick=True,
+            rounds=1,
+            wrk_seconds=1.0,
+            wrk_warmup_seconds=0.3,
+            deploys=3,
+            scale_points=SCALE_POINTS,
+            flips_per_point=2,
+        )
     else:
-        plan = Plan(quick=False, rounds=6, wrk_seconds=4.0, wrk_warmup_seconds=1.0, deploys=20,
-                    scale_points=SCALE_POINTS, flips_per_point=16)
+        plan = Plan(
+            quick=False,
+            rounds=6,
+            wrk_seconds=4.0,
+            wrk_warmup_seconds=1.0,
+            deploys=20,
+            scale_points=SCALE_POINTS,
+            flips_per_point=16,
+        )
     changes: dict[str, Any] = {}
     if deploys is not None:
         changes["deploys"] = deploys
@@ -188,27 +202,36 @@ def prefix_of_chain(chain: str) -> str | None:
 # --- deployer configs ------------------------------------------------------------------------------
 
 
-def deployer_toml(names: RunNames, state_dir: Path, hooks_dir: Path, apps: list[str], backend: str = "iptables"
-                  ) -> str:
-    return "\n".join([
-        "[deployer]",
-        f"state_dir = {json.dumps(str(state_dir))}",
-        f"hooks_dir = {json.dumps(str(hooks_dir))}",
-        f"chain_prefix = {json.dumps(names.prefix)}",
-        f"network = {json.dumps(names.network)}",
-        f"bridge = {json.dumps(names.bridge)}",
-        "hook_timeout = 20",
-        f"backend = {json.dumps(backend)}",
-        "",
-        *apps,
-    ])
+def deployer_toml(names: RunNames, state_dir: Path, hooks_dir: Path, apps: list[str], backend: str = "iptables") -> str:
+    return "\n".join(
+        [
+            "[deployer]",
+            f"state_dir = {json.dumps(str(state_dir))}",
+            f"hooks_dir = {json.dumps(str(hooks_dir))}",
+            f"chain_prefix = {json.dumps(names.prefix)}",
+            f"network = {json.dumps(names.network)}",
+            f"bridge = {json.dumps(names.bridge)}",
+            "hook_timeout = 20",
+            f"backend = {json.dumps(backend)}",
+            "",
+            *apps,
+        ]
+    )
 
 
 HEALTH = {"type": "http", "path": "/healthz", "interval": 0.1, "timeout": 1, "successes": 2, "deadline": 20}
 
 
-def app_toml(name: str, image: str, ports: AppPorts, *, bind: str = "127.0.0.1", drain_seconds: float = 1.0,
-             stop_timeout: int = 5, env: Mapping[str, str] | None = None) -> str:
+def app_toml(
+    name: str,
+    image: str,
+    ports: AppPorts,
+    *,
+    bind: str = "127.0.0.1",
+    drain_seconds: float = 1.0,
+    stop_timeout: int = 5,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """One demo app: its HTTP port and its UDP echo port, each with blue and green set ports."""
     env = {"DRAIN_TIMEOUT": str(max(1, stop_timeout - 2)), **(env or {})}
     lines = [
@@ -262,6 +285,15 @@ def filler_name(index: int) -> str:
 def filler_chains(names: RunNames, ports: Ports, indexes: range) -> dict[str, list[str]]:
     """Chain rules of stand-in apps, as the deployer renders an app's chain: one DNAT rule each."""
     chain_names = rules.ChainNames(names.prefix)
-    return {filler_name(i): rules.app_rules(chain_names, filler_name(i), [rules.Forward(
-        "tcp", ports.filler(i), f"{FILLER_NETWORK}.{i % 250 + 1}", 8080, f"{filler_name(i)} blue stand-in")])
-        for i in indexes}
+    return {
+        filler_name(i): rules.app_rules(
+            chain_names,
+            filler_name(i),
+            [
+                rules.Forward(
+                    "tcp", ports.filler(i), f"{FILLER_NETWORK}.{i % 250 + 1}", 8080, f"{filler_name(i)} blue stand-in"
+                )
+            ],
+        )
+        for i in indexes
+    }

@@ -9,10 +9,17 @@ from typing import Any
 from bench.plan import CLIENTS, DATAPATHS, SCENARIOS
 from bench.tables import SCENARIO_LABELS
 
-BAR_LABELS = {"direct": "direct", "dnat": "DNAT\n(deployer)", "dnat-addr": "DNAT via a\nlocal address",
-              "nft": "DNAT\n(nftables)", "nft-addr": "nftables via a\nlocal address",
-              "split": "canary split\n(50%)",
-              "haproxy": "HAProxy", "nginx": "nginx", "docker": "Docker\npublished port"}
+BAR_LABELS = {
+    "direct": "direct",
+    "dnat": "DNAT\n(deployer)",
+    "dnat-addr": "DNAT via a\nlocal address",
+    "nft": "DNAT\n(nftables)",
+    "nft-addr": "nftables via a\nlocal address",
+    "split": "canary split\n(50%)",
+    "haproxy": "HAProxy",
+    "nginx": "nginx",
+    "docker": "Docker\npublished port",
+}
 
 
 def _pyplot() -> Any:
@@ -37,11 +44,23 @@ def datapath_plot(datapath: Mapping[str, Any], path: Path) -> None:
         bars = rps_ax.bar(xs, rps, width, label=client, color=colours[client])
         for bar, entry in zip(bars, entries):
             if entry.get("rps_ratio") is not None:
-                rps_ax.annotate(f"x{entry['rps_ratio']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                                ha="center", va="bottom", fontsize=7)
+                rps_ax.annotate(
+                    f"x{entry['rps_ratio']:.2f}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
         lat_ax.bar(xs, [e.get("p50_ms") or 0 for e in entries], width, label=f"{client} p50", color=colours[client])
-        lat_ax.scatter(xs, [e.get("p99_ms") or 0 for e in entries], marker="_", s=200, color="black",
-                       label="p99" if client == "host" else None, zorder=3)
+        lat_ax.scatter(
+            xs,
+            [e.get("p99_ms") or 0 for e in entries],
+            marker="_",
+            s=200,
+            color="black",
+            label="p99" if client == "host" else None,
+            zorder=3,
+        )
     labels = [BAR_LABELS[p] for p in DATAPATHS]
     for ax in (rps_ax, lat_ax):
         ax.set_xticks(range(len(DATAPATHS)), labels, fontsize=8)
@@ -53,8 +72,10 @@ def datapath_plot(datapath: Mapping[str, Any], path: Path) -> None:
     lat_ax.set_yscale("log")
     lat_ax.set_title("Latency: p50 bars, p99 ticks")
     s = datapath["settings"]
-    fig.suptitle(f"Data path: wrk -t{s['threads']} -c{s['connections']} -d{s['seconds']:g}s, {s['rounds']} "
-                 "interleaved rounds", fontsize=10)
+    fig.suptitle(
+        f"Data path: wrk -t{s['threads']} -c{s['connections']} -d{s['seconds']:g}s, {s['rounds']} interleaved rounds",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -83,16 +104,26 @@ def deploys_plot(deploys: Mapping[str, Any], path: Path) -> None:
         for key, marker, colour, label in marks:
             xs = [x for x, n in zip(t, line[key]) if n]
             if xs:
-                ax.scatter(xs, [top * {"http_failed": 1.0, "udp_lost": 0.55, "udp_stale": 0.3}[key]] * len(xs),
-                           marker=marker, color=colour, s=18, label=f"{label} ({sum(line[key])})", zorder=3)
+                ax.scatter(
+                    xs,
+                    [top * {"http_failed": 1.0, "udp_lost": 0.55, "udp_stale": 0.3}[key]] * len(xs),
+                    marker=marker,
+                    color=colour,
+                    s=18,
+                    label=f"{label} ({sum(line[key])})",
+                    zorder=3,
+                )
         ax.set_yscale("log")
         ax.set_ylim(0.1, top * 1.6)
         ax.set_ylabel("latency (ms)")
         ax.grid(alpha=0.3)
-        ax.set_title(f"{SCENARIO_LABELS.get(name, name)}: {scenario['failed_requests']} failed of "
-                     f"{scenario['requests']:,} requests, {scenario['udp_unanswered']} unanswered and "
-                     f"{scenario['udp_stale_answers']} stale of {scenario['udp_sent']:,} datagrams "
-                     f"(green: switches)", fontsize=9)
+        ax.set_title(
+            f"{SCENARIO_LABELS.get(name, name)}: {scenario['failed_requests']} failed of "
+            f"{scenario['requests']:,} requests, {scenario['udp_unanswered']} unanswered and "
+            f"{scenario['udp_stale_answers']} stale of {scenario['udp_sent']:,} datagrams "
+            f"(green: switches)",
+            fontsize=9,
+        )
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
     axes[-1, 0].set_xlabel("seconds since the load started")
     fig.tight_layout()
@@ -109,9 +140,11 @@ def scale_plot(scale: Mapping[str, Any], path: Path) -> None:
     points = scale["summary"]["points"]
     xs = [p["other_apps"] for p in points]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for key, label, colour in (("floor_ms", "floor (bare iptables-restore)", "#55a868"),
-                               ("committed_ms", "flip commit (add-only restore)", "#4c72b0"),
-                               ("flip_step_ms", "whole flip step", "#dd8452")):
+    for key, label, colour in (
+        ("floor_ms", "floor (bare iptables-restore)", "#55a868"),
+        ("committed_ms", "flip commit (add-only restore)", "#4c72b0"),
+        ("flip_step_ms", "whole flip step", "#dd8452"),
+    ):
         if key not in points[0]:
             continue
         medians = [p[key]["median"] for p in points]

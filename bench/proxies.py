@@ -15,27 +15,29 @@ Address = tuple[str, int]
 
 def haproxy_config(listen: Sequence[Address], backend: Address) -> str:
     binds = [f"    bind {host}:{port}" for host, port in listen]
-    return "\n".join([
-        "global",
-        "    nbthread 1",
-        "    maxconn 4096",
-        "",
-        "defaults",
-        "    mode http",
-        "    option http-keep-alive",
-        "    timeout connect 2s",
-        "    timeout client 30s",
-        "    timeout server 30s",
-        "",
-        "frontend bench",
-        *binds,
-        "    default_backend app",
-        "",
-        "backend app",
-        "    http-reuse always",
-        f"    server app {backend[0]}:{backend[1]}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "global",
+            "    nbthread 1",
+            "    maxconn 4096",
+            "",
+            "defaults",
+            "    mode http",
+            "    option http-keep-alive",
+            "    timeout connect 2s",
+            "    timeout client 30s",
+            "    timeout server 30s",
+            "",
+            "frontend bench",
+            *binds,
+            "    default_backend app",
+            "",
+            "backend app",
+            "    http-reuse always",
+            f"    server app {backend[0]}:{backend[1]}",
+            "",
+        ]
+    )
 
 
 def haproxy_argv(config: Path) -> list[str]:
@@ -46,30 +48,32 @@ def haproxy_argv(config: Path) -> list[str]:
 def nginx_config(listen: Sequence[Address], backend: Address, workdir: Path) -> str:
     listens = [f"        listen {host}:{port};" for host, port in listen]
     temp = {name: workdir / f"{name}-temp" for name in ("client_body", "proxy", "fastcgi")}
-    return "\n".join([
-        "worker_processes 1;",
-        "daemon off;",
-        f"pid {workdir / 'nginx.pid'};",
-        f"error_log {workdir / 'nginx-error.log'} warn;",
-        "events { worker_connections 4096; }",
-        "http {",
-        "    access_log off;",
-        *(f"    {name}_temp_path {path};" for name, path in temp.items()),
-        "    upstream app {",
-        f"        server {backend[0]}:{backend[1]};",
-        "        keepalive 64;",
-        "    }",
-        "    server {",
-        *listens,
-        "        location / {",
-        "            proxy_pass http://app;",
-        "            proxy_http_version 1.1;",
-        '            proxy_set_header Connection "";',
-        "        }",
-        "    }",
-        "}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "worker_processes 1;",
+            "daemon off;",
+            f"pid {workdir / 'nginx.pid'};",
+            f"error_log {workdir / 'nginx-error.log'} warn;",
+            "events { worker_connections 4096; }",
+            "http {",
+            "    access_log off;",
+            *(f"    {name}_temp_path {path};" for name, path in temp.items()),
+            "    upstream app {",
+            f"        server {backend[0]}:{backend[1]};",
+            "        keepalive 64;",
+            "    }",
+            "    server {",
+            *listens,
+            "        location / {",
+            "            proxy_pass http://app;",
+            "            proxy_http_version 1.1;",
+            '            proxy_set_header Connection "";',
+            "        }",
+            "    }",
+            "}",
+            "",
+        ]
+    )
 
 
 def nginx_argv(config: Path, workdir: Path) -> list[str]:

@@ -109,29 +109,65 @@ class Unused:
 
 def host_of(count: int, folder: Path) -> tuple[Config, SavedTableBackend, RunningInstances]:
     """`count` healthy apps: their config, records on disk, running instances and a table that matches them."""
-    apps = {app_name(i): {"image": f"127.0.0.1:5000/{app_name(i)}", "health": {"type": "tcp", "port": 80},
-                          "ports": [{"external": 20000 + i, "container": 80, "blue": 40000 + i % 10000,
-                                     "green": 50000 + i % 10000}]} for i in range(count)}
+    apps = {
+        app_name(i): {
+            "image": f"127.0.0.1:5000/{app_name(i)}",
+            "health": {"type": "tcp", "port": 80},
+            "ports": [{"external": 20000 + i, "container": 80, "blue": 40000 + i % 10000, "green": 50000 + i % 10000}],
+        }
+        for i in range(count)
+    }
     (folder / "hooks").mkdir(parents=True, exist_ok=True)
-    config = parse({"deployer": {"state_dir": str(folder / "state"), "hooks_dir": str(folder / "hooks"),
-                                 "network": NETWORK, "bridge": "deployer0"}, "apps": apps},
-                   path=folder / "deployer.toml", environ={})
+    config = parse(
+        {
+            "deployer": {
+                "state_dir": str(folder / "state"),
+                "hooks_dir": str(folder / "hooks"),
+                "network": NETWORK,
+                "bridge": "deployer0",
+            },
+            "apps": apps,
+        },
+        path=folder / "deployer.toml",
+        environ={},
+    )
     store = StateStore(config.settings.state_dir)
     names = rules.ChainNames(config.settings.chain_prefix)
     instances, chains = {}, {}
     for i, (name, app) in enumerate(config.apps.items()):
-        info = ContainerInfo(id=f"id-{name}", name=f"deployer-{name}-blue", status="running", exit_code=None,
-                             restart_count=0, labels={**_owner(config, name), LABEL_SET: "blue", LABEL_TAG: "v1"},
-                             addresses={NETWORK: address(i)})
-        state = AppState(app=name).promoted(Instance(
-            port_set="blue", tag="v1", image=app.image, digest=None, container_id=info.id, container_name=info.name,
-            address=address(i), since="2026-01-01T00:00:00Z"), "2026-01-01T00:00:00Z")
+        info = ContainerInfo(
+            id=f"id-{name}",
+            name=f"deployer-{name}-blue",
+            status="running",
+            exit_code=None,
+            restart_count=0,
+            labels={**_owner(config, name), LABEL_SET: "blue", LABEL_TAG: "v1"},
+            addresses={NETWORK: address(i)},
+        )
+        state = AppState(app=name).promoted(
+            Instance(
+                port_set="blue",
+                tag="v1",
+                image=app.image,
+                digest=None,
+                container_id=info.id,
+                container_name=info.name,
+                address=address(i),
+                since="2026-01-01T00:00:00Z",
+            ),
+            "2026-01-01T00:00:00Z",
+        )
         store.save(state)
         instances[name] = info
         chains[name] = app_chain.for_record(names, app, state, config.settings.maintenance_port)
     table = applied(rules.render_restore(rules.SavedTable(), names, config.settings.bridge, chains))
-    lines = ["*nat", *(f":{c} {'ACCEPT' if c in BUILTIN else '-'} [0:0]" for c in table),
-             *(r for chain_rules in table.values() for r in chain_rules), "COMMIT", ""]
+    lines = [
+        "*nat",
+        *(f":{c} {'ACCEPT' if c in BUILTIN else '-'} [0:0]" for c in table),
+        *(r for chain_rules in table.values() for r in chain_rules),
+        "COMMIT",
+        "",
+    ]
     return config, SavedTableBackend("\n".join(lines), table), RunningInstances(instances)
 
 
@@ -158,8 +194,16 @@ def _owner(config: Config, app: str) -> dict[str, str]:
 
 
 def engine_for(config: Config, backend: SavedTableBackend, docker: RunningInstances) -> Engine:
-    return Engine(config, docker, backend, routing=Unused(), prober=Unused(), run_hook=Unused(),
-                  journal=Journal([lambda event: None]), environ={})
+    return Engine(
+        config,
+        docker,
+        backend,
+        routing=Unused(),
+        prober=Unused(),
+        run_hook=Unused(),
+        journal=Journal([lambda event: None]),
+        environ={},
+    )
 
 
 def measure(count: int, *, per_app: bool) -> dict[str, Any]:
@@ -171,9 +215,13 @@ def measure(count: int, *, per_app: bool) -> dict[str, Any]:
         repairs = engine.reconcile(actor="bench")
         elapsed = time.perf_counter() - started
         assert repairs == [] and backend.writes == 0, repairs[:3]
-        point: dict[str, Any] = {"apps": count, "reconcile_ms": round(elapsed * 1000, 1), "reads": backend.reads,
-                                 "chain_reads": backend.chain_reads,
-                                 "ms_per_app": round(elapsed * 1000 / count, 3)}
+        point: dict[str, Any] = {
+            "apps": count,
+            "reconcile_ms": round(elapsed * 1000, 1),
+            "reads": backend.reads,
+            "chain_reads": backend.chain_reads,
+            "ms_per_app": round(elapsed * 1000 / count, 3),
+        }
         if per_app:
             backend.reads = 0
             started = time.perf_counter()
@@ -191,16 +239,26 @@ def run_reconcile_scale(points: tuple[int, ...] = POINTS) -> dict[str, Any]:
     for count in points:
         point = measure(count, per_app=count <= PER_APP_UP_TO)
         figures.append(point)
-        say(f"  reconcile of {count} apps: {point['reconcile_ms']} ms, {point['reads']} read(s) of the table"
-            + (f"; one read per app: {point['one_read_per_app_ms']} ms" if "one_read_per_app_ms" in point else ""))
+        say(
+            f"  reconcile of {count} apps: {point['reconcile_ms']} ms, {point['reads']} read(s) of the table"
+            + (f"; one read per app: {point['one_read_per_app_ms']} ms" if "one_read_per_app_ms" in point else "")
+        )
     first, last = figures[0], figures[-1]
-    return {"settings": {"points": list(points), "table": "iptables-save text of N healthy apps, read from memory",
-                         "one_read_per_app": f"up to {PER_APP_UP_TO} apps"},
-            "points": figures,
-            # Linear or better: the cost of one app at the largest point over its cost at the smallest above 1.
-            "summary": {"reads": sorted({p["reads"] for p in figures}),
-                        "per_app_growth": round(last["ms_per_app"] / max(
-                            next((p for p in figures if p["apps"] >= 100), first)["ms_per_app"], 1e-6), 2)}}
+    return {
+        "settings": {
+            "points": list(points),
+            "table": "iptables-save text of N healthy apps, read from memory",
+            "one_read_per_app": f"up to {PER_APP_UP_TO} apps",
+        },
+        "points": figures,
+        # Linear or better: the cost of one app at the largest point over its cost at the smallest above 1.
+        "summary": {
+            "reads": sorted({p["reads"] for p in figures}),
+            "per_app_growth": round(
+                last["ms_per_app"] / max(next((p for p in figures if p["apps"] >= 100), first)["ms_per_app"], 1e-6), 2
+            ),
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -22,21 +22,38 @@ def terminal_report(run: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
             out += [f"Data path, {CLIENT_TITLES[client]}", tables.datapath_table(datapath["summary"], client), ""]
     if deploys and deploys["scenarios"]:
         scenarios = deploys["scenarios"]
-        out += ["Deploys under load", tables.deploys_table(scenarios), "", tables.switch_table(scenarios), "",
-                tables.steps_table(scenarios), "", tables.clients_table(scenarios), ""]
+        out += [
+            "Deploys under load",
+            tables.deploys_table(scenarios),
+            "",
+            tables.switch_table(scenarios),
+            "",
+            tables.steps_table(scenarios),
+            "",
+            tables.clients_table(scenarios),
+            "",
+        ]
     if scale:
-        out += ["Scale: flip time of one app with other apps' rules installed", tables.scale_table(scale["summary"]), ""]
+        out += [
+            "Scale: flip time of one app with other apps' rules installed",
+            tables.scale_table(scale["summary"]),
+            "",
+        ]
         if "nftables" in scale:
-            out += ["Scale, nftables: the floor (a bare element replace) and the backend's flip, other apps in the maps",
-                    tables.nft_scale_table(scale["nftables"]["summary"]), ""]
+            out += [
+                "Scale, nftables: the floor (a bare element replace) and the backend's flip, other apps in the maps",
+                tables.nft_scale_table(scale["nftables"]["summary"]),
+                "",
+            ]
     for part, error in run.get("errors", {}).items():
         out.append(f"ERROR in {part}: {error}")
     out += ["Targets", tables.targets_table(run["targets"])]
     return "\n".join(out)
 
 
-def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots: Mapping[str, str],
-                        others: Sequence[tuple[str, str]] = ()) -> str:
+def benchmarks_markdown(
+    run: Mapping[str, Any], parts: Mapping[str, Any], plots: Mapping[str, str], others: Sequence[tuple[str, str]] = ()
+) -> str:
     """The whole BENCHMARKS.md. `plots` maps a plot's name to its path relative to the file;
     `others` lists other result files of bench/ as (path, how it is made)."""
     machine = run["machine"]
@@ -50,9 +67,20 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
         "",
         f"Last run: {run['started_at']}, {run['duration_s'] / 60:.1f} min.",
         "",
-        tables.table(["CPUs (nproc)", "memory", "kernel", "CPU", "OS", "Python"],
-                     [[machine["nproc"], f"{machine['memory_gib']} GiB", machine["kernel"], machine["cpu"],
-                       machine.get("os") or "-", machine["python"]]], align="llllll"),
+        tables.table(
+            ["CPUs (nproc)", "memory", "kernel", "CPU", "OS", "Python"],
+            [
+                [
+                    machine["nproc"],
+                    f"{machine['memory_gib']} GiB",
+                    machine["kernel"],
+                    machine["cpu"],
+                    machine.get("os") or "-",
+                    machine["python"],
+                ]
+            ],
+            align="llllll",
+        ),
         "",
         "Tools: " + ", ".join(f"{name} {version}" for name, version in run.get("tools", {}).items()) + ".",
         "",
@@ -69,8 +97,11 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
         "",
     ]
     if run.get("retried_after_dockerd_restart"):
-        out += ["The Docker daemon was restarted by other work on the machine during this run; these parts ran "
-                "again from the start once it answered: " + ", ".join(run["retried_after_dockerd_restart"]) + ".", ""]
+        out += [
+            "The Docker daemon was restarted by other work on the machine during this run; these parts ran "
+            "again from the start once it answered: " + ", ".join(run["retried_after_dockerd_restart"]) + ".",
+            "",
+        ]
     if run.get("errors"):
         out += ["Parts that failed in this run: " + "; ".join(f"{k}: {v}" for k, v in run["errors"].items()), ""]
     if datapath:
@@ -88,7 +119,7 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
             out += [f"### {CLIENT_TITLES[client]}", "", tables.datapath_table(datapath["summary"], client), ""]
         out += [
             "From the host, the deployer's external port is reached on 127.0.0.1, which also needs the deployer's "
-            "loopback MASQUERADE; \"DNAT via a local non-loopback address\" is the same rule reached through the "
+            'loopback MASQUERADE; "DNAT via a local non-loopback address" is the same rule reached through the '
             "host end of the namespace's veth, without the masquerade. "
             "Docker's published port is docker-proxy (a userland copy loop) only for clients on 127.0.0.1; for "
             "the outside client Docker answers the published port with its own DNAT rule.",
@@ -108,17 +139,17 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
             "request, one keep-alive connection, and a UDP request/response stream on one socket "
             f"(a {s['load_pause_s'] * 1000:g} ms pause between requests). Every request is recorded and lined up "
             "with the deploy steps. A switch is the flip (or, for stop-then-start, the time from stopping the old "
-            "container until the new one answers); \"around a switch\" is "
+            'container until the new one answers); "around a switch" is '
             f"{s['around_switch_s'][0]:g} s before to {s['around_switch_s'][1]:g} s after it. A datagram "
-            "\"answered by an old release\" was sent more than "
+            '"answered by an old release" was sent more than '
             f"{s['sticky_grace_s'] * 1000:g} ms after a switch and still reached the previous instance.",
             "",
             tables.deploys_table(scenarios),
             "",
-            "Flip time. \"Commit\" is the write that moves new flows (`committed_ms` of the flip step: the "
-            "add-only `iptables-restore`; for the seed recipe its `iptables -A` and `-D` commands). \"Healthy -> "
-            "committed\" runs from the end of the health gate to the end of that write (timed by the bench around "
-            "the netfilter adapter), so it adds reading the app's chain before the write. \"Flip step\" also "
+            'Flip time. "Commit" is the write that moves new flows (`committed_ms` of the flip step: the '
+            'add-only `iptables-restore`; for the seed recipe its `iptables -A` and `-D` commands). "Healthy -> '
+            'committed" runs from the end of the health gate to the end of that write (timed by the bench around '
+            'the netfilter adapter), so it adds reading the app\'s chain before the write. "Flip step" also '
             "drops the shadowed rules and verifies the chain after the commit (and, for the seed recipe, flushes "
             "conntrack).",
             "",
@@ -157,11 +188,15 @@ def benchmarks_markdown(run: Mapping[str, Any], parts: Mapping[str, Any], plots:
             "",
         ]
         if "nftables" in scale:
-            out += ["The same flip on nftables, through libnftables in process (docs/backends.md), with 1 to 10,000 "
-                    "other apps' ports in the maps: the floor, a bare element replace given to libnftables, and the "
-                    "backend's own flip (read the app's chain, the add-only takeover that is the commit, the tidy), "
-                    "as `Chains.flip` runs it.", "",
-                    tables.nft_scale_table(scale["nftables"]["summary"]), ""]
+            out += [
+                "The same flip on nftables, through libnftables in process (docs/backends.md), with 1 to 10,000 "
+                "other apps' ports in the maps: the floor, a bare element replace given to libnftables, and the "
+                "backend's own flip (read the app's chain, the add-only takeover that is the commit, the tidy), "
+                "as `Chains.flip` runs it.",
+                "",
+                tables.nft_scale_table(scale["nftables"]["summary"]),
+                "",
+            ]
     if others:
         out += ["## Other benchmarks in bench/", ""]
         out += [f"- `{path}`: {how}" for path, how in others]
@@ -174,11 +209,17 @@ def _baseline_notes(scenarios: Mapping[str, Any]) -> list[str]:
     for name, scenario in scenarios.items():
         if name == "ours":
             continue
-        failing = {f"{client}: {', '.join(f'{n}x {kind}' for kind, n in c['errors'].items())}"
-                   for client, c in scenario["clients"].items() if c.get("failed")}
-        udp = [f"{client}: {c['unanswered']} unanswered, {c['stale_answers']} answered by an old release, longest "
-               f"silence {c['longest_silence_s']} s" for client, c in scenario["clients"].items()
-               if "sent" in c and (c["unanswered"] or c["stale_answers"])]
+        failing = {
+            f"{client}: {', '.join(f'{n}x {kind}' for kind, n in c['errors'].items())}"
+            for client, c in scenario["clients"].items()
+            if c.get("failed")
+        }
+        udp = [
+            f"{client}: {c['unanswered']} unanswered, {c['stale_answers']} answered by an old release, longest "
+            f"silence {c['longest_silence_s']} s"
+            for client, c in scenario["clients"].items()
+            if "sent" in c and (c["unanswered"] or c["stale_answers"])
+        ]
         what = sorted(failing) + udp
         if what:
             notes.append(f"- **{tables.SCENARIO_LABELS.get(name, name)}**: " + "; ".join(what) + ".")

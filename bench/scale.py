@@ -60,20 +60,24 @@ def run_scale(lab: Lab, plan: Plan, tags: list[str]) -> dict[str, Any]:
                 driver.deploy(next(next_tag))
             events = driver.events[mark:]
             flip_events = analysis.steps(events, "flip")
-            entry = figures.setdefault(point, {"committed_ms": [], "flip_step_ms": [], "deploy_ms": [],
-                                               "floor_ms": []})
+            entry = figures.setdefault(point, {"committed_ms": [], "flip_step_ms": [], "deploy_ms": [], "floor_ms": []})
             entry["committed_ms"] += [e["committed_ms"] for e in flip_events if "committed_ms" in e]
             entry["flip_step_ms"] += [e["duration_ms"] for e in flip_events]
             entry["deploy_ms"] += analysis.deploy_durations(events, since=0)
             entry["floor_ms"] += floor_ms(lab, names, _last_takeover(driver.writes.texts, names.app(APP)), flips)
-            say(f"  {point} other apps: flip commit median {analysis.summary(entry['committed_ms'])['median']} ms "
-                f"over {len(entry['committed_ms'])} flips; floor {analysis.summary(entry['floor_ms'])['median']} ms")
+            say(
+                f"  {point} other apps: flip commit median {analysis.summary(entry['committed_ms'])['median']} ms "
+                f"over {len(entry['committed_ms'])} flips; floor {analysis.summary(entry['floor_ms'])['median']} ms"
+            )
         points = [{"other_apps": p, "install_ms": install_ms.get(p), **figures[p]} for p in plan.scale_points]
         return {
-            "settings": {"points": list(plan.scale_points), "flips_per_point": plan.flips_per_point,
-                         "order": "up from 1 to the largest point, then back down, half the flips each way",
-                         "stand_ins": "one chain with one DNAT rule each, and its jump, under the run's prefix",
-                         "floor": f"a bare iptables-restore --noflush of a flip's add-only text, into {FLOOR}"},
+            "settings": {
+                "points": list(plan.scale_points),
+                "flips_per_point": plan.flips_per_point,
+                "order": "up from 1 to the largest point, then back down, half the flips each way",
+                "stand_ins": "one chain with one DNAT rule each, and its jump, under the run's prefix",
+                "floor": f"a bare iptables-restore --noflush of a flip's add-only text, into {FLOOR}",
+            },
             "points": points,
             "summary": analysis.scale_summary(points),
             "nftables": run_nft_scale(lab),
@@ -130,23 +134,42 @@ class BackendFlips:
         self.table = f"{nft.table_name(lab.names.prefix)}-backend"
         self.state = Path(tempfile.mkdtemp(prefix="deployer-bench-nft-"))
         ports = {APP: [("tcp", 1), ("udp", 2)]}
-        self.backend = NftablesBackend(self.runner, lab.netfilter, table=self.table, prefix=lab.names.prefix,
-                                       reader=self.reader, generation=self.state / "nftables.generation",
-                                       ports=lambda app: ports.get(app, ()))
+        self.backend = NftablesBackend(
+            self.runner,
+            lab.netfilter,
+            table=self.table,
+            prefix=lab.names.prefix,
+            reader=self.reader,
+            generation=self.state / "nftables.generation",
+            ports=lambda app: ports.get(app, ()),
+        )
         self.installed = 0
         self.current = self.rules(0)
         self.backend.restore(rules.render_chain(self.names, APP, self.current))
 
     def rules(self, i: int) -> list[str]:
-        return [rules.Forward(p, n, f"10.255.255.{i % 2 + 3}", 80, f"{APP} {i}").rule(self.names.app(APP))
-                for p, n in (("tcp", 1), ("udp", 2))]
+        return [
+            rules.Forward(p, n, f"10.255.255.{i % 2 + 3}", 80, f"{APP} {i}").rule(self.names.app(APP))
+            for p, n in (("tcp", 1), ("udp", 2))
+        ]
 
     def at(self, point: int, flips: int) -> dict[str, list[float]]:
         for start in range(self.installed, point, 1000):
             stop = min(point, start + 1000)
-            self.backend.restore("".join(rules.render_chain(self.names, filler_name(i), [
-                rules.Forward("tcp", 10 + i, "10.255.255.9", 80, filler_name(i)).rule(self.names.app(filler_name(i)))])
-                for i in range(start, stop)))
+            self.backend.restore(
+                "".join(
+                    rules.render_chain(
+                        self.names,
+                        filler_name(i),
+                        [
+                            rules.Forward("tcp", 10 + i, "10.255.255.9", 80, filler_name(i)).rule(
+                                self.names.app(filler_name(i))
+                            )
+                        ],
+                    )
+                    for i in range(start, stop)
+                )
+            )
         self.installed = point
         self.backend.list_chain(self.names.app(APP))  # as a deployer process that has read the table once
         committed, steps = [], []
@@ -181,23 +204,28 @@ def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
 
     nftables = Nftables()
     table = f"{nft.table_name(lab.names.prefix)}-scale"
-    app = [nft.element(rules.Forward("tcp", 1, "10.255.255.2", 80, APP)),
-           nft.element(rules.Forward("udp", 2, "10.255.255.2", 53, APP))]
+    app = [
+        nft.element(rules.Forward("tcp", 1, "10.255.255.2", 80, APP)),
+        nft.element(rules.Forward("udp", 2, "10.255.255.2", 53, APP)),
+    ]
     points: list[dict[str, Any]] = []
     backend: BackendFlips | None = None
     try:
         nftables.run("\n".join([*nft.map_declarations(table), *nft.add_elements(table, app), ""]))
         installed = 0
         for point in NFT_POINTS:
-            others = [nft.element(rules.Forward("tcp", 10 + i, f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}",
-                                                80, "f")) for i in range(installed, point)]
+            others = [
+                nft.element(rules.Forward("tcp", 10 + i, f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}", 80, "f"))
+                for i in range(installed, point)
+            ]
             for start in range(0, len(others), 1000):
-                nftables.run("\n".join([*nft.add_elements(table, others[start:start + 1000]), ""]))
+                nftables.run("\n".join([*nft.add_elements(table, others[start : start + 1000]), ""]))
             installed = point
             times, current = [], app
             for i in range(flips):
-                wanted = [dataclasses.replace(e, value=f"10.255.255.{i % 2 + 3} . {e.value.split(' . ')[1]}")
-                          for e in app]
+                wanted = [
+                    dataclasses.replace(e, value=f"10.255.255.{i % 2 + 3} . {e.value.split(' . ')[1]}") for e in app
+                ]
                 text = nft.render_replace(table, current, wanted)
                 started = time.perf_counter()
                 nftables.run(text or "")
@@ -210,14 +238,22 @@ def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
         backend = BackendFlips(lab)
         for entry in points:
             entry.update(backend.at(entry["other_apps"], flips))
-            say(f"  nftables backend, {entry['other_apps']} other apps: flip commit median "
-                f"{analysis.summary(entry['backend_committed_ms'], 3)['median']} ms")
+            say(
+                f"  nftables backend, {entry['other_apps']} other apps: flip commit median "
+                f"{analysis.summary(entry['backend_committed_ms'], 3)['median']} ms"
+            )
     finally:
         with contextlib.suppress(DeployerError):
             nftables.run(f"delete table ip {table}\n")
         if backend is not None:
             backend.close()
         nftables.close()
-    return {"settings": {"points": list(NFT_POINTS), "flips_per_point": flips,
-                         "table": "maps only, no hooks: the element replace of plan/nft.py, bare, in process"},
-            "points": points, "summary": analysis.nft_scale_summary(points)}
+    return {
+        "settings": {
+            "points": list(NFT_POINTS),
+            "flips_per_point": flips,
+            "table": "maps only, no hooks: the element replace of plan/nft.py, bare, in process",
+        },
+        "points": points,
+        "summary": analysis.nft_scale_summary(points),
+    }

@@ -64,22 +64,52 @@ def datapath_table(summary: Mapping[str, Mapping[str, Any]], client: str) -> str
         entry = summary.get(client, {}).get(path)
         if not entry:
             continue
-        rows.append([PATH_LABELS[path], count(entry["rps"] and round(entry["rps"])), ms(entry["p50_ms"]),
-                     ms(entry["p99_ms"]), ratio(entry["rps_ratio"]), ratio(entry["p50_ratio"]),
-                     ratio(entry["p99_ratio"]), count(entry["errors"])])
-    return table(["path", "requests/s", "p50", "p99", "req/s vs direct", "p50 vs direct", "p99 vs direct",
-                  "errors"], rows)
+        rows.append(
+            [
+                PATH_LABELS[path],
+                count(entry["rps"] and round(entry["rps"])),
+                ms(entry["p50_ms"]),
+                ms(entry["p99_ms"]),
+                ratio(entry["rps_ratio"]),
+                ratio(entry["p50_ratio"]),
+                ratio(entry["p99_ratio"]),
+                count(entry["errors"]),
+            ]
+        )
+    return table(
+        ["path", "requests/s", "p50", "p99", "req/s vs direct", "p50 vs direct", "p99 vs direct", "errors"], rows
+    )
 
 
 def deploys_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
     rows = []
     for name in _ordered(scenarios):
         s = scenarios[name]
-        rows.append([SCENARIO_LABELS.get(name, name), s["deploys"], count(s["requests"]), count(s["failed_requests"]),
-                     count(s["udp_sent"]), count(s["udp_unanswered"]), count(s["udp_stale_answers"]),
-                     ms(s["worst_latency_around_switch_ms"])])
-    return table(["scenario", "deploys", "HTTP requests", "failed", "UDP sent", "UDP unanswered",
-                  "UDP answered by an old release", "worst latency around a switch"], rows)
+        rows.append(
+            [
+                SCENARIO_LABELS.get(name, name),
+                s["deploys"],
+                count(s["requests"]),
+                count(s["failed_requests"]),
+                count(s["udp_sent"]),
+                count(s["udp_unanswered"]),
+                count(s["udp_stale_answers"]),
+                ms(s["worst_latency_around_switch_ms"]),
+            ]
+        )
+    return table(
+        [
+            "scenario",
+            "deploys",
+            "HTTP requests",
+            "failed",
+            "UDP sent",
+            "UDP unanswered",
+            "UDP answered by an old release",
+            "worst latency around a switch",
+        ],
+        rows,
+    )
 
 
 def switch_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
@@ -87,21 +117,45 @@ def switch_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
     for name in _ordered(scenarios):
         s = scenarios[name]
         flip = s["flip"]
-        rows.append([SCENARIO_LABELS.get(name, name), ms(flip["committed_ms"]["median"]),
-                     ms(flip["committed_ms"]["p95"]), ms(flip.get("healthy_to_committed_ms", {}).get("median")),
-                     ms(flip["step_ms"]["median"]), ms(flip["healthy_to_flip_done_ms"]["median"]),
-                     ms(s["switch_ms"]["median"]), ms(s["deploy_ms"]["median"])])
-    return table(["scenario", "commit (median)", "commit p95", "healthy -> committed (median)",
-                  "flip step (median)", "healthy -> flip step done", "switch window (median)", "deploy (median)"],
-                 rows)
+        rows.append(
+            [
+                SCENARIO_LABELS.get(name, name),
+                ms(flip["committed_ms"]["median"]),
+                ms(flip["committed_ms"]["p95"]),
+                ms(flip.get("healthy_to_committed_ms", {}).get("median")),
+                ms(flip["step_ms"]["median"]),
+                ms(flip["healthy_to_flip_done_ms"]["median"]),
+                ms(s["switch_ms"]["median"]),
+                ms(s["deploy_ms"]["median"]),
+            ]
+        )
+    return table(
+        [
+            "scenario",
+            "commit (median)",
+            "commit p95",
+            "healthy -> committed (median)",
+            "flip step (median)",
+            "healthy -> flip step done",
+            "switch window (median)",
+            "deploy (median)",
+        ],
+        rows,
+    )
 
 
 def steps_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
     present = [s for s in STEP_ORDER if any(s in sc["steps_ms"] for sc in scenarios.values())]
     extra = sorted({s for sc in scenarios.values() for s in sc["steps_ms"]} - set(STEP_ORDER))
     columns = present + extra
-    rows = [[SCENARIO_LABELS.get(name, name), *(ms(scenarios[name]["steps_ms"].get(step)) for step in columns),
-             ms(scenarios[name]["deploy_ms"]["median"])] for name in _ordered(scenarios)]
+    rows = [
+        [
+            SCENARIO_LABELS.get(name, name),
+            *(ms(scenarios[name]["steps_ms"].get(step)) for step in columns),
+            ms(scenarios[name]["deploy_ms"]["median"]),
+        ]
+        for name in _ordered(scenarios)
+    ]
     return table(["scenario (median ms per step)", *columns, "whole deploy"], rows)
 
 
@@ -111,37 +165,103 @@ def clients_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
         for client, c in scenarios[name]["clients"].items():
             if "requests" in c:
                 errors = "; ".join(f"{n}x {kind}" for kind, n in c["errors"].items()) or "-"
-                rows.append([name, client, count(c["requests"]), count(c["failed"]), ms(c["p50_ms"]), ms(c["p99_ms"]),
-                             ms(c["worst_around_switch_ms"]), errors])
+                rows.append(
+                    [
+                        name,
+                        client,
+                        count(c["requests"]),
+                        count(c["failed"]),
+                        ms(c["p50_ms"]),
+                        ms(c["p99_ms"]),
+                        ms(c["worst_around_switch_ms"]),
+                        errors,
+                    ]
+                )
             else:
-                rows.append([name, client, count(c["sent"]), count(c["unanswered"]), "-", "-", "-",
-                             f"{c['stale_answers']} answered by an old release; longest silence "
-                             f"{c['longest_silence_s']} s"])
-    return table(["scenario", "client", "requests", "failed", "p50", "p99", "worst around a switch",
-                  "what failed"], rows, align="llrrrrrl")
+                rows.append(
+                    [
+                        name,
+                        client,
+                        count(c["sent"]),
+                        count(c["unanswered"]),
+                        "-",
+                        "-",
+                        "-",
+                        f"{c['stale_answers']} answered by an old release; longest silence {c['longest_silence_s']} s",
+                    ]
+                )
+    return table(
+        ["scenario", "client", "requests", "failed", "p50", "p99", "worst around a switch", "what failed"],
+        rows,
+        align="llrrrrrl",
+    )
 
 
 def scale_table(summary: Mapping[str, Any]) -> str:
-    rows = [[count(p["other_apps"]), ms(p["install_ms"]), ms(p.get("floor_ms", {}).get("median")),
-             ms(p["committed_ms"]["median"]), ms(p["committed_ms"]["p95"]),
-             ms(p["flip_step_ms"]["median"]), ms(p["flip_step_ms"]["p95"]), ms(p["deploy_ms"]["median"]),
-             p["committed_ms"]["n"]] for p in summary["points"]]
-    return table(["other apps", "installing their rules", "floor (median)", "flip commit (median)", "commit p95",
-                  "flip step (median)", "flip step p95", "whole deploy (median)", "flips"], rows)
+    rows = [
+        [
+            count(p["other_apps"]),
+            ms(p["install_ms"]),
+            ms(p.get("floor_ms", {}).get("median")),
+            ms(p["committed_ms"]["median"]),
+            ms(p["committed_ms"]["p95"]),
+            ms(p["flip_step_ms"]["median"]),
+            ms(p["flip_step_ms"]["p95"]),
+            ms(p["deploy_ms"]["median"]),
+            p["committed_ms"]["n"],
+        ]
+        for p in summary["points"]
+    ]
+    return table(
+        [
+            "other apps",
+            "installing their rules",
+            "floor (median)",
+            "flip commit (median)",
+            "commit p95",
+            "flip step (median)",
+            "flip step p95",
+            "whole deploy (median)",
+            "flips",
+        ],
+        rows,
+    )
 
 
 def nft_scale_table(summary: Mapping[str, Any]) -> str:
     none = {"median": None, "p95": None}
-    rows = [[count(p["other_apps"]), ms(p["committed_ms"]["median"]), ms(p["committed_ms"]["p95"]),
-             ms(p.get("backend_committed_ms", none)["median"]), ms(p.get("backend_committed_ms", none)["p95"]),
-             ms(p.get("backend_step_ms", none)["median"]), p["committed_ms"]["n"]] for p in summary["points"]]
-    return table(["other apps", "floor: element replace (median)", "floor p95", "backend flip commit (median)",
-                  "backend commit p95", "backend flip step (median)", "flips"], rows)
+    rows = [
+        [
+            count(p["other_apps"]),
+            ms(p["committed_ms"]["median"]),
+            ms(p["committed_ms"]["p95"]),
+            ms(p.get("backend_committed_ms", none)["median"]),
+            ms(p.get("backend_committed_ms", none)["p95"]),
+            ms(p.get("backend_step_ms", none)["median"]),
+            p["committed_ms"]["n"],
+        ]
+        for p in summary["points"]
+    ]
+    return table(
+        [
+            "other apps",
+            "floor: element replace (median)",
+            "floor p95",
+            "backend flip commit (median)",
+            "backend commit p95",
+            "backend flip step (median)",
+            "flips",
+        ],
+        rows,
+    )
 
 
 def targets_table(found: Sequence[Mapping[str, Any]]) -> str:
-    return table(["target", "met", "figure"], [[t["target"], "yes" if t["met"] else "NO", t["detail"]]
-                                                for t in found], align="lll")
+    return table(
+        ["target", "met", "figure"],
+        [[t["target"], "yes" if t["met"] else "NO", t["detail"]] for t in found],
+        align="lll",
+    )
 
 
 def _ordered(scenarios: Mapping[str, Any]) -> list[str]:

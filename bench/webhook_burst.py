@@ -59,7 +59,7 @@ def write_config(root: Path, port: int, workers: int, secret: str) -> Path:
     path = root / "deployer.toml"
     path.write_text(f"""
 [deployer]
-state_dir = "{root / 'state'}"
+state_dir = "{root / "state"}"
 
 [server]
 listen = "127.0.0.1:{port}"
@@ -87,10 +87,21 @@ def deliveries(count: int, secret: str) -> list[dict]:
         template["release"]["id"] = 17372790 + n
         body = json.dumps(template).encode()
         delivery = str(uuid.uuid4())
-        made.append({"tag": f"v1.0.{n}", "delivery": delivery, "body": body, "headers": {
-            "Content-Type": "application/json", "User-Agent": "GitHub-Hookshot/bench", "X-GitHub-Event": "release",
-            "X-GitHub-Delivery": delivery, "X-GitHub-Hook-ID": "109948940",
-            "X-Hub-Signature-256": signatures.github_signature(secret, body)}})
+        made.append(
+            {
+                "tag": f"v1.0.{n}",
+                "delivery": delivery,
+                "body": body,
+                "headers": {
+                    "Content-Type": "application/json",
+                    "User-Agent": "GitHub-Hookshot/bench",
+                    "X-GitHub-Event": "release",
+                    "X-GitHub-Delivery": delivery,
+                    "X-GitHub-Hook-ID": "109948940",
+                    "X-Hub-Signature-256": signatures.github_signature(secret, body),
+                },
+            }
+        )
     return made
 
 
@@ -204,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             "target_p99_ms": TARGET_P99_MS,
             "host": f"{platform.node()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
         }
-        summary["ok"] = (summary["accepted_202"] == args.count and not missing
-                         and summary["jobs_in_queue"] == args.count)
+        summary["ok"] = summary["accepted_202"] == args.count and not missing and summary["jobs_in_queue"] == args.count
         summary["target_met"] = summary["ok"] and (summary["p99_ms"] or 1e9) < TARGET_P99_MS
     finally:
         if process is not None and process.poll() is None:
@@ -224,10 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(text)
     else:
-        print(f"{summary['accepted_202']}/{args.count} deliveries accepted (202), "
-              f"{summary['accepted_without_job']} without their job, {summary['jobs_in_queue']} jobs queued")
-        print(f"ack latency: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, max {summary['max_ms']} ms "
-              f"({args.concurrency} in flight, {args.workers} gunicorn workers, {summary['per_second']}/s)")
+        print(
+            f"{summary['accepted_202']}/{args.count} deliveries accepted (202), "
+            f"{summary['accepted_without_job']} without their job, {summary['jobs_in_queue']} jobs queued"
+        )
+        print(
+            f"ack latency: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, max {summary['max_ms']} ms "
+            f"({args.concurrency} in flight, {args.workers} gunicorn workers, {summary['per_second']}/s)"
+        )
         print(f"target p99 < {TARGET_P99_MS:g} ms: {'met' if summary['target_met'] else 'NOT met'}")
     return 0 if summary["ok"] else 1
 

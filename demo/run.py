@@ -46,13 +46,17 @@ def summarize(name: str, path: Path, flip: float) -> tuple[str, int]:
         answered = [r for r in records if r["answered"]]
         before = Counter(r["version"] for r in answered if r["t"] < flip)
         after = Counter(r["version"] for r in answered if r["t"] >= flip)
-        return (f"{name:<22} {len(records):>6} requests {len(records) - len(answered):>4} unanswered   "
-                f"before flip: {dict(before)}  after: {dict(after)}"), 0
+        return (
+            f"{name:<22} {len(records):>6} requests {len(records) - len(answered):>4} unanswered   "
+            f"before flip: {dict(before)}  after: {dict(after)}"
+        ), 0
     failed = [r for r in records if not r["ok"]]
     before = Counter(r.get("version") for r in records if r["ok"] and r["conn_t"] < flip)
     after = Counter(r.get("version") for r in records if r["ok"] and r["conn_t"] >= flip)
-    return (f"{name:<22} {len(records):>6} requests {len(failed):>4} failed       "
-            f"before flip: {dict(before)}  after: {dict(after)}"), len(failed)
+    return (
+        f"{name:<22} {len(records):>6} requests {len(failed):>4} failed       "
+        f"before flip: {dict(before)}  after: {dict(after)}"
+    ), len(failed)
 
 
 def main() -> int:
@@ -71,8 +75,17 @@ def main() -> int:
         clients = []
         for name, argv, inside in plans:
             path = out / (name.replace(" ", "_") + ".jsonl")
-            command = [sys.executable, str(TRAFFIC), *argv, "--out", str(path), "--pause", "0.01",
-                       "--timeout", "1" if argv[0] == "udp" else "5"]
+            command = [
+                sys.executable,
+                str(TRAFFIC),
+                *argv,
+                "--out",
+                str(path),
+                "--pause",
+                "0.01",
+                "--timeout",
+                "1" if argv[0] == "udp" else "5",
+            ]
             clients.append((name, path, outside.popen(command) if inside else subprocess.Popen(command)))
         try:
             time.sleep(2)
@@ -91,14 +104,18 @@ def main() -> int:
         print("\nwhat the traffic saw (versions by when each connection or datagram started):")
         results = [summarize(name, path, flip) for name, path, _ in clients]
         print("\n".join(line for line, _ in results))
-        print("New connections go to v2 from the flip on. A UDP stream moves when the deployer deletes its\n"
-              "conntrack entry, a few milliseconds after the flip; keep-alive connections finish on v1 until\n"
-              "the drain ends and v1 stops.")
+        print(
+            "New connections go to v2 from the flip on. A UDP stream moves when the deployer deletes its\n"
+            "conntrack entry, a few milliseconds after the flip; keep-alive connections finish on v1 until\n"
+            "the drain ends and v1 stops."
+        )
     deployer("status", "demo")
     failures = sum(failed for _, failed in results)
-    print(f"\n{'zero downtime: no failed request' if failures == 0 else f'{failures} FAILED REQUESTS'}; "
-          f"the demo keeps running on port {PORT}: curl http://127.0.0.1:{PORT}/ ; remove it with: "
-          f"scripts/demo clean")
+    print(
+        f"\n{'zero downtime: no failed request' if failures == 0 else f'{failures} FAILED REQUESTS'}; "
+        f"the demo keeps running on port {PORT}: curl http://127.0.0.1:{PORT}/ ; remove it with: "
+        f"scripts/demo clean"
+    )
     return 0 if failures == 0 else 1
 
 

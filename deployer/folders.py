@@ -98,9 +98,11 @@ def own_folder(path: str | os.PathLike[str], mode: int) -> Path:
         try:
             info = os.fstat(fd)
             if info.st_uid != os.geteuid():
-                raise UnsafePath(f"{folder} belongs to uid {info.st_uid}, not to uid {os.geteuid()} that runs the "
-                                 f"deployer; refusing to use it (chown {os.geteuid()} {folder}, or remove it)",
-                                 path=str(folder))
+                raise UnsafePath(
+                    f"{folder} belongs to uid {info.st_uid}, not to uid {os.geteuid()} that runs the "
+                    f"deployer; refusing to use it (chown {os.geteuid()} {folder}, or remove it)",
+                    path=str(folder),
+                )
             if stat.S_IMODE(info.st_mode) & ~mode:
                 os.fchmod(fd, stat.S_IMODE(info.st_mode) & mode)
         finally:
@@ -178,8 +180,9 @@ def share_folder(state_dir: str | os.PathLike[str], name: str, db_name: str, gro
         folder_fd = open_folder(folder)
         try:
             try:
-                os.close(os.open(db_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_SURPRISES, FILE_MODE,
-                                 dir_fd=folder_fd))
+                os.close(
+                    os.open(db_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_SURPRISES, FILE_MODE, dir_fd=folder_fd)
+                )
             except FileExistsError:
                 pass
             if group is not None:
@@ -209,8 +212,9 @@ def share_folder(state_dir: str | os.PathLike[str], name: str, db_name: str, gro
     except OSError as exc:
         raise StateError(f"cannot prepare the folder {folder}: {exc.strerror}") from None
     if refused:
-        raise UnsafePath(f"the shared folder {folder} holds entries root will not touch: " + "; ".join(refused),
-                         path=str(folder))
+        raise UnsafePath(
+            f"the shared folder {folder} holds entries root will not touch: " + "; ".join(refused), path=str(folder)
+        )
     return path
 
 
@@ -229,8 +233,9 @@ def space_problem(path: str | os.PathLike[str], low: int = LOW_SPACE_BYTES) -> s
     return None
 
 
-def write_atomically(path: Path, text: str, *, durable: bool = True, mode: int = 0o600,
-                     error: type[DeployerError] = StateError) -> None:
+def write_atomically(
+    path: Path, text: str, *, durable: bool = True, mode: int = 0o600, error: type[DeployerError] = StateError
+) -> None:
     """Replace `path` with `text` whole: a reader sees the old file or the new one, never half of one.
 
     The text goes to a temporary file in the same folder, made with O_EXCL and O_NOFOLLOW, and is renamed over
@@ -251,7 +256,7 @@ def write_atomically(path: Path, text: str, *, durable: bool = True, mode: int =
                     os.fchmod(fd, mode)  # the umask narrowed it at creation; the mode is the caller's choice
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(fd, view):]
+                        view = view[os.write(fd, view) :]
                     if durable:
                         os.fsync(fd)
                 finally:

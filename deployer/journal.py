@@ -34,8 +34,13 @@ class Step:
 
 
 class Journal:
-    def __init__(self, sinks: list[Sink] | None = None, *, secrets: list[str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        sinks: list[Sink] | None = None,
+        *,
+        secrets: list[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.sinks = list(sinks) if sinks is not None else [log_sink]
         # Longest first, so a secret that contains another is masked whole.
         self.secrets = sorted({s for s in (secrets or []) if s}, key=len, reverse=True)
@@ -63,12 +68,30 @@ class Journal:
         try:
             yield step
         except BaseException as exc:
-            self.record("step", **{**fields, **step.detail, "step": name, "outcome": "failed",
-                                   "started_at": started_at, "duration_ms": round((self.clock() - start) * 1000, 1),
-                                   "error": str(exc) or type(exc).__name__})
+            self.record(
+                "step",
+                **{
+                    **fields,
+                    **step.detail,
+                    "step": name,
+                    "outcome": "failed",
+                    "started_at": started_at,
+                    "duration_ms": round((self.clock() - start) * 1000, 1),
+                    "error": str(exc) or type(exc).__name__,
+                },
+            )
             raise
-        self.record("step", **{**fields, **step.detail, "step": name, "outcome": "ok", "started_at": started_at,
-                               "duration_ms": round((self.clock() - start) * 1000, 1)})
+        self.record(
+            "step",
+            **{
+                **fields,
+                **step.detail,
+                "step": name,
+                "outcome": "ok",
+                "started_at": started_at,
+                "duration_ms": round((self.clock() - start) * 1000, 1),
+            },
+        )
 
     def _emit(self, event: Event, *, durable: bool, required: bool = False) -> None:
         event = {"ts": utc_now(), **{k: v for k, v in event.items() if v is not None}}

@@ -68,12 +68,15 @@ def github_signature(secret: str, body: bytes) -> str:
 def verify_github(secret: str | None, body: bytes, header: str | None) -> None:
     """Raise Unauthorized unless `header` is GitHub's signature of exactly these bytes."""
     if not secret:
-        raise Unauthorized("webhook deliveries are refused: no GitHub secret is configured "
-                           "([server] github_secret_file or github_secret_env)")
+        raise Unauthorized(
+            "webhook deliveries are refused: no GitHub secret is configured "
+            "([server] github_secret_file or github_secret_env)"
+        )
     if not header:
         raise Unauthorized(f"missing {GITHUB_HEADER} header")
-    if not hmac.compare_digest(header.strip().encode("utf-8", "replace"),
-                               github_signature(secret, body).encode("ascii")):
+    if not hmac.compare_digest(
+        header.strip().encode("utf-8", "replace"), github_signature(secret, body).encode("ascii")
+    ):
         raise Unauthorized(f"{GITHUB_HEADER} does not match the body")
 
 
@@ -99,26 +102,31 @@ def request_target(path: str, query_string: bytes | str = b"") -> str:
     return f"{path}?{query}" if query else path
 
 
-def canonical_string(method: str, host: str, path: str, key_id: str, timestamp: int, nonce: str,
-                     body: bytes) -> str:
+def canonical_string(method: str, host: str, path: str, key_id: str, timestamp: int, nonce: str, body: bytes) -> str:
     """What a manual request's signature covers: a replay to another server, route, query or body fails.
 
     `host` is the Host header (`deploy.example:8443`); `path` is the `request_target`: the path and its query.
     """
-    return "\n".join([SCHEME, method.upper(), host.strip().lower(), path, key_id, str(timestamp), nonce,
-                      body_sha256(body)])
+    return "\n".join(
+        [SCHEME, method.upper(), host.strip().lower(), path, key_id, str(timestamp), nonce, body_sha256(body)]
+    )
 
 
 def manual_signature(secret: str, canonical: str) -> str:
     return SIGNATURE_PREFIX + _hmac_hex(secret, canonical.encode("utf-8"))
 
 
-def sign_request(secret: str, *, method: str, host: str, path: str, key_id: str, timestamp: int, nonce: str,
-                 body: bytes) -> dict[str, str]:
+def sign_request(
+    secret: str, *, method: str, host: str, path: str, key_id: str, timestamp: int, nonce: str, body: bytes
+) -> dict[str, str]:
     """The four headers a client sends with a manual request to the server it names in `host`."""
     canonical = canonical_string(method, host, path, key_id, timestamp, nonce, body)
-    return {KEY_HEADER: key_id, TIMESTAMP_HEADER: str(timestamp), NONCE_HEADER: nonce,
-            SIGNATURE_HEADER: manual_signature(secret, canonical)}
+    return {
+        KEY_HEADER: key_id,
+        TIMESTAMP_HEADER: str(timestamp),
+        NONCE_HEADER: nonce,
+        SIGNATURE_HEADER: manual_signature(secret, canonical),
+    }
 
 
 def read_signed_headers(headers: Mapping[str, str]) -> SignedHeaders:
@@ -134,21 +142,36 @@ def read_signed_headers(headers: Mapping[str, str]) -> SignedHeaders:
     if not NONCE_RE.match(values[NONCE_HEADER]):
         raise Unauthorized(f"{NONCE_HEADER} must be 16 to 128 letters, digits, '-' or '_'")
     if not values[SIGNATURE_HEADER].startswith(SIGNATURE_PREFIX):
-        raise Unauthorized(f"{SIGNATURE_HEADER} must be v2=<hex> (v1, which did not bind the Host, "
-                           f"is no longer accepted)")
-    return SignedHeaders(key_id=values[KEY_HEADER], timestamp=int(values[TIMESTAMP_HEADER]),
-                         nonce=values[NONCE_HEADER], signature=values[SIGNATURE_HEADER])
+        raise Unauthorized(
+            f"{SIGNATURE_HEADER} must be v2=<hex> (v1, which did not bind the Host, is no longer accepted)"
+        )
+    return SignedHeaders(
+        key_id=values[KEY_HEADER],
+        timestamp=int(values[TIMESTAMP_HEADER]),
+        nonce=values[NONCE_HEADER],
+        signature=values[SIGNATURE_HEADER],
+    )
 
 
 def check_timestamp(timestamp: int, now: float, window: int = WINDOW_SECONDS) -> None:
     """A request is valid for `window` seconds either side of the server's clock."""
     if abs(now - timestamp) > window:
-        raise Unauthorized(f"the timestamp is more than {window} s away from the server's clock "
-                           f"(check the client's clock)")
+        raise Unauthorized(
+            f"the timestamp is more than {window} s away from the server's clock (check the client's clock)"
+        )
 
 
-def verify_manual(secrets: Mapping[str, str], signed: SignedHeaders, *, method: str, host: str, path: str,
-                  body: bytes, now: float, window: int = WINDOW_SECONDS) -> None:
+def verify_manual(
+    secrets: Mapping[str, str],
+    signed: SignedHeaders,
+    *,
+    method: str,
+    host: str,
+    path: str,
+    body: bytes,
+    now: float,
+    window: int = WINDOW_SECONDS,
+) -> None:
     """Timestamp in the window, key known and signature right. The nonce's single use is the queue's to check.
 
     An unknown key is checked against a throwaway secret, so it costs what a wrong signature costs and
@@ -157,8 +180,9 @@ def verify_manual(secrets: Mapping[str, str], signed: SignedHeaders, *, method: 
     check_timestamp(signed.timestamp, now, window)
     known = signed.key_id in secrets
     secret = secrets[signed.key_id] if known else _UNKNOWN_KEY_SECRET
-    expected = manual_signature(secret, canonical_string(method, host, path, signed.key_id, signed.timestamp,
-                                                         signed.nonce, body))
+    expected = manual_signature(
+        secret, canonical_string(method, host, path, signed.key_id, signed.timestamp, signed.nonce, body)
+    )
     matches = hmac.compare_digest(signed.signature.encode("utf-8", "replace"), expected.encode("ascii"))
     if not (matches and known):
         raise Unauthorized(SIGNATURE_REFUSED)
@@ -174,8 +198,10 @@ def verify_bearer(token: str | None, header: str | None) -> None:
     scheme, _, given = (header or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise Unauthorized(f"the {AUTHORIZATION_HEADER} header must be: Bearer <token>")
-    if not hmac.compare_digest(hashlib.sha256(given.strip().encode("utf-8", "replace")).digest(),
-                               hashlib.sha256(token.encode("utf-8")).digest()):
+    if not hmac.compare_digest(
+        hashlib.sha256(given.strip().encode("utf-8", "replace")).digest(),
+        hashlib.sha256(token.encode("utf-8")).digest(),
+    ):
         raise Unauthorized("the bearer token does not match")
 
 

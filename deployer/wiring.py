@@ -58,8 +58,14 @@ from deployer.worker.run import WORKER_ACTOR, EngineLike, JobTools
 log = logging.getLogger("deployer.wiring")
 
 
-def build_engine(config: Config, journal: Journal | None = None, *, preloaded: str | None = None,
-                 docker: DockerPort | None = None, netfilter: NetfilterBackend | None = None) -> Engine:
+def build_engine(
+    config: Config,
+    journal: Journal | None = None,
+    *,
+    preloaded: str | None = None,
+    docker: DockerPort | None = None,
+    netfilter: NetfilterBackend | None = None,
+) -> Engine:
     """The engine with the real adapters.
 
     `preloaded`: an image reference already on the host (from a release asset), deployed without a pull;
@@ -101,6 +107,7 @@ def build_live_publisher(config: Config) -> Publish:
             opened[0].live.publish(state)
         except DeployerError as exc:
             log.warning("the queue's copy of what is live of %s was not updated: %s", state.app, exc)
+
     return publish
 
 
@@ -108,10 +115,15 @@ def build_netfilter(config: Config) -> tuple[NetfilterBackend, NetfilterBackend]
     """The backend `[deployer] backend` names, and the other one, whose rules reconcile removes after a switch."""
     iptables = Netfilter(wait_seconds=config.settings.iptables_wait)
     ports = {app.name: app_chain.ports(app) for app in config.apps.values()}
-    nftables = NftablesBackend(Nftables(), iptables, table=nft.table_name(config.settings.chain_prefix),
-                               prefix=config.settings.chain_prefix, reader=Nftables(handles=True),
-                               generation=Path(config.settings.state_dir) / "locks" / "nftables.generation",
-                               ports=lambda app: ports.get(app, ()))
+    nftables = NftablesBackend(
+        Nftables(),
+        iptables,
+        table=nft.table_name(config.settings.chain_prefix),
+        prefix=config.settings.chain_prefix,
+        reader=Nftables(handles=True),
+        generation=Path(config.settings.state_dir) / "locks" / "nftables.generation",
+        ports=lambda app: ports.get(app, ()),
+    )
     return (nftables, iptables) if config.settings.backend == "nftables" else (iptables, nftables)
 
 
@@ -120,8 +132,10 @@ def build_netfilter(config: Config) -> tuple[NetfilterBackend, NetfilterBackend]
 
 def build_host_probes(config: Config) -> tuple[Callable[[], object], Callable[[], object]]:
     """The worker's health probes: Docker answers, and the nat table can be read."""
-    return (lambda: DockerHost(config.settings.docker_host, timeout=5).ping(),
-            lambda: Netfilter(wait_seconds=config.settings.iptables_wait).save_nat())
+    return (
+        lambda: DockerHost(config.settings.docker_host, timeout=5).ping(),
+        lambda: Netfilter(wait_seconds=config.settings.iptables_wait).save_nat(),
+    )
 
 
 def build_registry_watch(config: Config) -> RegistryWatch | None:
@@ -177,10 +191,17 @@ def build_worker(config: Config, queue: Queue | None = None, journal: Journal | 
         return space_problem(config.settings.state_dir) or "ok"
 
     registries = build_registry_watch(config)
-    return Worker(config, queue, journal, launch=process_launcher(config, start_job), reconcile=reconcile,
-                  checks=host_checks(build_host_probes(config)), disk=disk,
-                  registry=registries.last if registries else None,
-                  registry_watch=registries.watch if registries else None)
+    return Worker(
+        config,
+        queue,
+        journal,
+        launch=process_launcher(config, start_job),
+        reconcile=reconcile,
+        checks=host_checks(build_host_probes(config)),
+        disk=disk,
+        registry=registries.last if registries else None,
+        registry_watch=registries.watch if registries else None,
+    )
 
 
 def build_job_tools(config: Config, journal: Journal) -> JobTools:
@@ -219,18 +240,38 @@ def build_maintenance_server(config: Config, listener: socket.socket | None = No
 
 
 def build_cluster_agent(config: Config, journal: Journal | None = None) -> ClusterAgent:
-    return ClusterAgent(config, Netfilter(wait_seconds=config.settings.iptables_wait),
-                        Keepalived(ClusterPaths.under(config.settings.state_dir).folder), SharedAddress(),
-                        journal=journal or build_journal(config), prober=Probes())
+    return ClusterAgent(
+        config,
+        Netfilter(wait_seconds=config.settings.iptables_wait),
+        Keepalived(ClusterPaths.under(config.settings.state_dir).folder),
+        SharedAddress(),
+        journal=journal or build_journal(config),
+        prober=Probes(),
+    )
 
 
 def build_cluster_control(config: Config) -> ClusterControl:
     return ClusterControl(config, Netfilter(wait_seconds=config.settings.iptables_wait), build_journal(config))
 
 
-__all__ = ["build_asset_http", "build_cluster_agent", "build_cluster_control",
-           "build_engine", "build_fleet_client", "build_host_probes", "build_image_loader", "build_job_tools",
-           "build_journal", "build_live_publisher", "build_maintenance_server", "build_netfilter",
-           "build_registry_watch", "build_server_client", "build_worker", "die_with_parent", "prepare_shared",
-           "spawn_process",
-           "start_job"]
+__all__ = [
+    "build_asset_http",
+    "build_cluster_agent",
+    "build_cluster_control",
+    "build_engine",
+    "build_fleet_client",
+    "build_host_probes",
+    "build_image_loader",
+    "build_job_tools",
+    "build_journal",
+    "build_live_publisher",
+    "build_maintenance_server",
+    "build_netfilter",
+    "build_registry_watch",
+    "build_server_client",
+    "build_worker",
+    "die_with_parent",
+    "prepare_shared",
+    "spawn_process",
+    "start_job",
+]

@@ -57,9 +57,18 @@ MAX_ANSWER_BYTES = 1 << 20  # a receiver's answers are a few KiB; a job with all
 READ_CHUNK = 64 * 1024
 SHOWN_ERROR_CHARS = 200
 # What each status becomes: a refusal (exit 65), or a server to try again later (429, 503: exit 75).
-REJECTIONS = {400: MalformedRequest, 401: Unauthorized, 403: Forbidden, 404: UnknownApp, 413: PayloadTooLarge,
-              415: UnsupportedMediaType, 421: MisdirectedRequest, 422: InvalidRequest, 429: ServerBusy,
-              503: ServerBusy}
+REJECTIONS = {
+    400: MalformedRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: UnknownApp,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    421: MisdirectedRequest,
+    422: InvalidRequest,
+    429: ServerBusy,
+    503: ServerBusy,
+}
 DEADLINES = Deadlines()  # one watcher thread shuts down the late sockets of every client in this process
 
 
@@ -111,8 +120,10 @@ def split_base_url(base_url: str) -> tuple[str, str, str]:
     """(scheme, host[:port], path prefix) of an http(s) base URL; InvalidUrl for anything else."""
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidUrl(f"{printable(base_url, 80)!r} is not a server URL: it must start with https:// (or "
-                         f"http://) and name the host, e.g. https://deploy.example:8443")
+        raise InvalidUrl(
+            f"{printable(base_url, 80)!r} is not a server URL: it must start with https:// (or "
+            f"http://) and name the host, e.g. https://deploy.example:8443"
+        )
     if parts.query or parts.fragment or "@" in parts.netloc:
         raise InvalidUrl(f"{printable(base_url, 80)!r} is not a server URL: no user, query or fragment")
     return parts.scheme, parts.netloc, parts.path
@@ -123,9 +134,16 @@ class SignedClient:
 
     `timeout`: seconds for one whole request, answer included; `max_bytes`: the largest answer read."""
 
-    def __init__(self, base_url: str, sign: Signer, *, timeout: float = CLIENT_TIMEOUT,
-                 ca_file: str | Path | None = None, max_bytes: int = MAX_ANSWER_BYTES,
-                 deadlines: Deadlines = DEADLINES) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        sign: Signer,
+        *,
+        timeout: float = CLIENT_TIMEOUT,
+        ca_file: str | Path | None = None,
+        max_bytes: int = MAX_ANSWER_BYTES,
+        deadlines: Deadlines = DEADLINES,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         _, self.host, self.prefix = split_base_url(self.base_url)
         self.sign = sign
@@ -165,17 +183,20 @@ class SignedClient:
             raise UnexpectedAnswer(f"the server answered {status} with something other than a JSON object")
         return status, data
 
-    def exchange(self, method: str, url: str, body: bytes, headers: dict[str, str],
-                 deadline: float) -> tuple[int, bytes]:
+    def exchange(
+        self, method: str, url: str, body: bytes, headers: dict[str, str], deadline: float
+    ) -> tuple[int, bytes]:
         """Send, then read the answer in chunks: (status, the body's bytes). Nothing is followed or inflated."""
         try:
-            response = self.session.request(method, url, data=body, headers=headers, timeout=self.timeout,
-                                            allow_redirects=False, stream=True)
+            response = self.session.request(
+                method, url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False, stream=True
+            )
             with response:
                 encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
                 if encoding not in ("", "identity"):
-                    raise UnexpectedAnswer(f"the server answered with a {printable(encoding, 40)} encoding, "
-                                           f"which was not asked for")
+                    raise UnexpectedAnswer(
+                        f"the server answered with a {printable(encoding, 40)} encoding, which was not asked for"
+                    )
                 chunks, size = [], 0
                 while chunk := response.raw.read(READ_CHUNK, decode_content=False):
                     size += len(chunk)
@@ -189,11 +210,14 @@ class SignedClient:
             raise
         except Exception as exc:  # requests', urllib3's and http.client's errors alike: the exchange broke off
             if time.monotonic() >= deadline:
-                raise ServerUnavailable(f"{self.base_url} did not finish its answer within {self.timeout:g} s") from None
+                raise ServerUnavailable(
+                    f"{self.base_url} did not finish its answer within {self.timeout:g} s"
+                ) from None
             raise ServerUnavailable(f"cannot reach {self.base_url}: {type(exc).__name__}") from None
 
-    def job_updates(self, job_id: str, *, timeout: float, interval: float = 1.0,
-                    sleep: Callable[[float], None] = time.sleep) -> Iterator[dict[str, Any]]:
+    def job_updates(
+        self, job_id: str, *, timeout: float, interval: float = 1.0, sleep: Callable[[float], None] = time.sleep
+    ) -> Iterator[dict[str, Any]]:
         """GET /jobs/<id> every `interval` seconds, yielding each answer, until the job ends or `timeout` passes."""
         deadline = time.monotonic() + timeout
         while True:

@@ -44,7 +44,9 @@ class DockerHost:
             try:
                 self._client = docker.DockerClient(base_url=self.base_url, timeout=self.timeout)
             except docker.errors.DockerException as exc:
-                raise DockerUnavailable(f"the Docker daemon at {self.base_url} does not answer: {_short(exc)}") from None
+                raise DockerUnavailable(
+                    f"the Docker daemon at {self.base_url} does not answer: {_short(exc)}"
+                ) from None
         return self._client
 
     def call(self, what: str, operation: Callable[[], Any]) -> Any:
@@ -52,8 +54,9 @@ class DockerHost:
         try:
             return operation()
         except _UNREACHABLE as exc:
-            raise DockerUnavailable(f"the Docker daemon at {self.base_url} does not answer ({what}): "
-                                    f"{_short(exc)}") from None
+            raise DockerUnavailable(
+                f"the Docker daemon at {self.base_url} does not answer ({what}): {_short(exc)}"
+            ) from None
 
     def ping(self) -> None:
         try:
@@ -66,8 +69,12 @@ class DockerHost:
     def pull(self, release: Release, auth: Mapping[str, str] | None = None) -> Release:
         """Pull the tag and return the release with the manifest digest the registry gave."""
         try:
-            image = self.call("pull", lambda: self.client.images.pull(
-                release.image, tag=release.tag, auth_config=dict(auth) if auth else None))
+            image = self.call(
+                "pull",
+                lambda: self.client.images.pull(
+                    release.image, tag=release.tag, auth_config=dict(auth) if auth else None
+                ),
+            )
         except docker.errors.APIError as exc:
             raise pull_error(exc, release) from None
         return Release(tag=release.tag, image=release.image, digest=_repo_digest(image.attrs, release.image))
@@ -96,9 +103,15 @@ class DockerHost:
             network = self.call("inspect network", lambda: self.client.networks.get(name))
         except docker.errors.NotFound:
             try:
-                self.call("create network", lambda: self.client.networks.create(
-                    name, driver="bridge", options={"com.docker.network.bridge.name": bridge},
-                    labels={"deployer.network": "1"}))
+                self.call(
+                    "create network",
+                    lambda: self.client.networks.create(
+                        name,
+                        driver="bridge",
+                        options={"com.docker.network.bridge.name": bridge},
+                        labels={"deployer.network": "1"},
+                    ),
+                )
                 return
             except docker.errors.APIError as exc:
                 # Another deployer process may have created it a moment ago: accept theirs if it fits.
@@ -111,8 +124,10 @@ class DockerHost:
         options = network.attrs.get("Options") or {}
         actual = options.get("com.docker.network.bridge.name")
         if actual != bridge:
-            raise DeployerError(f"Docker network {name!r} exists with bridge {actual!r}, not {bridge!r}: "
-                                f"remove it or set [deployer] bridge to match")
+            raise DeployerError(
+                f"Docker network {name!r} exists with bridge {actual!r}, not {bridge!r}: "
+                f"remove it or set [deployer] bridge to match"
+            )
 
     def remove_network(self, name: str) -> None:
         try:
@@ -166,8 +181,9 @@ class DockerHost:
 
     def logs_tail(self, container_id: str, lines: int = 20) -> str:
         try:
-            logs = self.call("logs", lambda: self.client.containers.get(container_id).logs(
-                tail=lines, stdout=True, stderr=True))
+            logs = self.call(
+                "logs", lambda: self.client.containers.get(container_id).logs(tail=lines, stdout=True, stderr=True)
+            )
             return logs.decode("utf-8", "replace").strip()
         except (docker.errors.APIError, DockerUnavailable):
             return ""
@@ -200,8 +216,9 @@ def pull_error(exc: docker.errors.APIError, release: Release) -> PullError:
     an unknown tag or refused credentials will not."""
     reason = _short(exc)
     status = exc.status_code or 500
-    permanent = isinstance(exc, docker.errors.NotFound) or status < 500 or any(
-        marker in reason.lower() for marker in _REFUSED)
+    permanent = (
+        isinstance(exc, docker.errors.NotFound) or status < 500 or any(marker in reason.lower() for marker in _REFUSED)
+    )
     kind = PullError if permanent else RegistryUnavailable
     return kind(f"cannot pull {release.reference}: {reason}", tag=release.tag)
 

@@ -43,8 +43,10 @@ class GitHubHttp:
 
     def get(self, url: str, headers: Mapping[str, str]) -> Reply:
         try:
-            return Reply(self.session.get(url, headers=dict(headers), allow_redirects=False, stream=True,
-                                          timeout=self.timeout))
+            return Reply(
+                self.session.get(url, headers=dict(headers), allow_redirects=False, stream=True, timeout=self.timeout)
+            )
         except requests.RequestException as exc:
-            raise AssetError(f"cannot download from {(urlsplit(url).hostname or '').lower()}: "
-                             f"{type(exc).__name__}") from None
+            raise AssetError(
+                f"cannot download from {(urlsplit(url).hostname or '').lower()}: {type(exc).__name__}"
+            ) from None

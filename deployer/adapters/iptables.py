@@ -93,12 +93,22 @@ class Netfilter:
             raise RulesError(f"cannot set {key.replace('/', '.')}={value}: {exc.strerror}") from None
 
 
-def _run(argv: list[str], error: Callable[[str], DeployerError], text: str | None = None,
-         ) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str],
+    error: Callable[[str], DeployerError],
+    text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Spawn one command directly, its input from `text`; a missing program is `error`, a failure is the caller's."""
     try:
-        return subprocess.run(argv, input=text, stdin=None if text is not None else subprocess.DEVNULL,
-                              capture_output=True, text=True, errors="replace", check=False)
+        return subprocess.run(
+            argv,
+            input=text,
+            stdin=None if text is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            check=False,
+        )
     except FileNotFoundError:
         raise error(f"{argv[0]} is not installed") from None
     except OSError as exc:

@@ -54,9 +54,23 @@ class Keepalived:
         try:
             log = self.log_path.open("ab")
             self._process = subprocess.Popen(
-                [self.binary, "-n", "-l", "-D", "-f", str(self.config_path), "-p", str(self.pidfile),
-                 "-r", str(self.vrrp_pidfile)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                [
+                    self.binary,
+                    "-n",
+                    "-l",
+                    "-D",
+                    "-f",
+                    str(self.config_path),
+                    "-p",
+                    str(self.pidfile),
+                    "-r",
+                    str(self.vrrp_pidfile),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
             log.close()
         except FileNotFoundError:
             raise ClusterError(f"{self.binary} is not installed (Debian: apt-get install keepalived)") from None
@@ -78,8 +92,11 @@ class Keepalived:
             return None
         except OSError as exc:
             raise ClusterError(f"cannot check the keepalived of {self.pidfile}: {exc.strerror}") from None
-        if not command or Path(command[0].decode(errors="replace")).name != Path(self.binary).name \
-                or str(self.config_path).encode() not in command:
+        if (
+            not command
+            or Path(command[0].decode(errors="replace")).name != Path(self.binary).name
+            or str(self.config_path).encode() not in command
+        ):
             return None  # a pid reused by another process: not ours to stop
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -125,7 +142,6 @@ class Keepalived:
                 os.write(fd, f"{STOP_LINE}\n".encode())
             finally:
                 os.close(fd)
-
 
 
 def _running(pid: int) -> bool:

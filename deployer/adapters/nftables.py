@@ -35,8 +35,9 @@ class Nftables:
             error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode("utf-8", "replace")
         if code != 0:
             excerpt = "\n".join(text.splitlines()[:12])
-            raise RulesError(f"nft refused the transaction: {' '.join(error.split())[:500] or f'code {code}'}",
-                             rules=excerpt)
+            raise RulesError(
+                f"nft refused the transaction: {' '.join(error.split())[:500] or f'code {code}'}", rules=excerpt
+            )
         return output
 
     def close(self) -> None:

@@ -37,9 +37,16 @@ def die_with_parent() -> None:
 def run_hook(path: Path, env: Mapping[str, str], timeout: float) -> HookOutcome:
     """Run one hook in its own process group, so a timeout kills what it started too."""
     try:
-        process = subprocess.Popen([str(path)], env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, cwd=path.parent, start_new_session=True,
-                                   preexec_fn=die_with_parent)
+        process = subprocess.Popen(
+            [str(path)],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=path.parent,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
     except OSError as exc:
         return HookOutcome(126, f"cannot run {path}: {exc.strerror}")
     except ValueError as exc:  # e.g. a NUL in the environment; hook_environment should have removed it
@@ -89,8 +96,16 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
-def spawn(argv: list[str], env: Mapping[str, str], *, user: str | None = None, group: str | None = None,
-          umask: int = 0o077, log: IO[bytes] | None = None, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+def spawn(
+    argv: list[str],
+    env: Mapping[str, str],
+    *,
+    user: str | None = None,
+    group: str | None = None,
+    umask: int = 0o077,
+    log: IO[bytes] | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> subprocess.Popen:
     """Start a long-running child (gunicorn, the maintenance responder), as `user` (no other groups) when given.
 
     `log`: a file for its output (default: this process's stdout and stderr); `pass_fds`: descriptors it
@@ -98,7 +113,15 @@ def spawn(argv: list[str], env: Mapping[str, str], *, user: str | None = None, g
     """
     drop: dict[str, object] = {"user": user, "group": group or user, "extra_groups": []} if user else {}
     try:
-        return subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, umask=umask, stdout=log,
-                                stderr=subprocess.STDOUT if log is not None else None, pass_fds=pass_fds, **drop)
+        return subprocess.Popen(
+            argv,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            umask=umask,
+            stdout=log,
+            stderr=subprocess.STDOUT if log is not None else None,
+            pass_fds=pass_fds,
+            **drop,
+        )
     except (OSError, KeyError) as exc:
         raise DeployerError(f"cannot start {Path(argv[0]).name} {' '.join(argv[1:3])}: {exc}") from None

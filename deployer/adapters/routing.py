@@ -77,7 +77,7 @@ class Routing:
                     sock.settimeout(left)
                     data, (source, _) = sock.recvfrom(2048)
                     start = (data[0] & 0x0F) * 4
-                    kind, _, _, got_ident, got_sequence = struct.unpack("!BBHHH", data[start:start + 8])
+                    kind, _, _, got_ident, got_sequence = struct.unpack("!BBHHH", data[start : start + 8])
                     if source == address and kind == 0 and (got_ident, got_sequence) == (ident, sequence):
                         return True
         except (OSError, struct.error):

@@ -93,8 +93,9 @@ def columns_for(record: Mapping[str, Any]) -> tuple[str | None, ...]:
     A delivery or manual request has a `verdict` rather than an `outcome`: it fills the outcome
     column, so `--outcome rejected` finds what was refused.
     """
-    return tuple(_text(record.get(c) if c != "outcome" else record.get("outcome", record.get("verdict")))
-                 for c in COLUMNS)
+    return tuple(
+        _text(record.get(c) if c != "outcome" else record.get("outcome", record.get("verdict"))) for c in COLUMNS
+    )
 
 
 def row_for(seq: int, prev_hash: str, record: Mapping[str, Any]) -> tuple:
@@ -119,13 +120,20 @@ class Verdict:
     problem: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": self.checked, "checkpoint_seq": self.start_seq,
-                "head_seq": self.head_seq, "head_hash": self.head_hash, "first_bad": self.first_bad,
-                "problem": self.problem}
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "checkpoint_seq": self.start_seq,
+            "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
+            "first_bad": self.first_bad,
+            "problem": self.problem,
+        }
 
 
-def check_chain(rows: Iterable[Sequence[Any]], *, start: tuple[int, str] = (0, GENESIS),
-                head: tuple[int, str] | None = None) -> Verdict:
+def check_chain(
+    rows: Iterable[Sequence[Any]], *, start: tuple[int, str] = (0, GENESIS), head: tuple[int, str] | None = None
+) -> Verdict:
     """Walk rows (ROW_COLUMNS, in seq order) from a checkpoint; name the first entry that does not fit.
 
     `head` is the (seq, hash) the log last appended; it reveals entries removed from the end.
@@ -141,8 +149,11 @@ def check_chain(rows: Iterable[Sequence[Any]], *, start: tuple[int, str] = (0, G
     for row in rows:
         seq, *columns, entry_json, prev_hash, digest = row
         if seq < expected:
-            return bad(seq, f"entry {seq} lies at or before the checkpoint (entry {start_seq}): "
-                            f"it was inserted, or the checkpoint was edited")
+            return bad(
+                seq,
+                f"entry {seq} lies at or before the checkpoint (entry {start_seq}): "
+                f"it was inserted, or the checkpoint was edited",
+            )
         if seq > expected:
             missing = f"entry {expected}" if seq == expected + 1 else f"entries {expected}-{seq - 1}"
             return bad(expected, f"{missing} removed: the chain jumps from entry {expected - 1} to entry {seq}")
@@ -157,13 +168,17 @@ def check_chain(rows: Iterable[Sequence[Any]], *, start: tuple[int, str] = (0, G
             return bad(seq, f"entry {seq} is out of order: its row holds entry {held} (rows were reordered)")
         if prev_hash != prev:
             if seq == start_seq + 1 and start_seq:
-                return bad(seq, f"entry {seq} does not follow the checkpoint at entry {start_seq}: "
-                                f"it or the checkpoint was edited")
+                return bad(
+                    seq,
+                    f"entry {seq} does not follow the checkpoint at entry {start_seq}: it or the checkpoint was edited",
+                )
             return bad(seq - 1, f"entry {seq - 1} was rewritten with a new hash: entry {seq} no longer links to it")
         for name, column, derived in zip(COLUMNS, columns, columns_for(record)):
             if column != derived:
-                return bad(seq, f"entry {seq} was edited: its {name} column says {column!r}, "
-                                f"its hashed content says {derived!r}")
+                return bad(
+                    seq,
+                    f"entry {seq} was edited: its {name} column says {column!r}, its hashed content says {derived!r}",
+                )
         prev = digest
         expected += 1
         checked += 1

@@ -52,8 +52,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS entries_event ON entries (event, seq)",
     "CREATE INDEX IF NOT EXISTS entries_job ON entries (job, seq)",
     # The seq and hash of the last entry appended: reveals entries removed from the end.
-    "CREATE TABLE IF NOT EXISTS head (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, "
-    "hash TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS head (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hash TEXT NOT NULL)",
     f"INSERT OR IGNORE INTO head (id, seq, hash) VALUES (0, 0, '{GENESIS}')",
     # The seq and hash of the last pruned entry: where verify starts.
     "CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, "
@@ -105,24 +104,32 @@ class AuditLog:
             return None
         try:
             if path != self.path:  # a log not moved yet is used where it is, never created there
-                conn = sqlite3.connect(path.absolute().as_uri() + "?mode=rw", uri=True,
-                                       timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(
+                    path.absolute().as_uri() + "?mode=rw",
+                    uri=True,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
             else:
                 if create:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     with contextlib.suppress(FileExistsError):
                         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
                 identity = check_database(path)  # the receiver's group can plant links here
-                conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                       check_same_thread=False)
+                conn = sqlite3.connect(
+                    path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+                )
                 try:
                     check_same_database(path, identity)
                 except BaseException:
                     conn.close()
                     raise
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if (conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION
-                    or conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal"):  # new, or just moved
+            if (
+                conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION
+                or conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal"
+            ):  # new, or just moved
                 with _init_lock(path):
                     self._create_schema(conn)
             conn.execute("PRAGMA synchronous = FULL")  # an audit entry must survive a power loss
@@ -163,8 +170,9 @@ class AuditLog:
                     row = row_for(seq, prev, record)
                     rows.append(row)
                     prev = row[-1]
-                conn.executemany(f"INSERT INTO entries ({', '.join(ROW_COLUMNS)}) "
-                                 f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})", rows)
+                conn.executemany(
+                    f"INSERT INTO entries ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})", rows
+                )
                 conn.execute("UPDATE head SET seq = ?, hash = ? WHERE id = 0", (seq, prev))
         except sqlite3.Error as exc:
             raise AuditError(f"cannot append to the audit log {self.path}: {exc}", path=str(self.path)) from None
@@ -190,8 +198,7 @@ class AuditLog:
         first = self.query(Query(after=seq - 1, limit=1, oldest_first=True))
         if not first or first[0].seq != seq or not first[0].get("app"):
             return []
-        return deploy_span(self.query(Query(app=first[0].get("app"), after=seq - 1, limit=10_000,
-                                            oldest_first=True)))
+        return deploy_span(self.query(Query(app=first[0].get("app"), after=seq - 1, limit=10_000, oldest_first=True)))
 
     def verify(self) -> Verdict:
         conn = self._connect(create=False)
@@ -228,17 +235,29 @@ class AuditLog:
                 if last is None:
                     count, first = 0, None
                 else:
-                    count, first = conn.execute("SELECT COUNT(*), MIN(seq) FROM entries WHERE seq <= ?",
-                                                (cut,)).fetchone()
-                    conn.execute("INSERT INTO checkpoint (id, seq, hash, pruned_at) VALUES (0, ?, ?, ?) "
-                                 "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
-                                 "pruned_at = excluded.pruned_at", (last[0], last[1], utc_now()))
+                    count, first = conn.execute(
+                        "SELECT COUNT(*), MIN(seq) FROM entries WHERE seq <= ?", (cut,)
+                    ).fetchone()
+                    conn.execute(
+                        "INSERT INTO checkpoint (id, seq, hash, pruned_at) VALUES (0, ?, ?, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
+                        "pruned_at = excluded.pruned_at",
+                        (last[0], last[1], utc_now()),
+                    )
                     conn.execute("DELETE FROM entries WHERE seq <= ?", (cut,))
         except sqlite3.Error as exc:
             raise AuditError(f"cannot prune the audit log {self.path}: {exc}", path=str(self.path)) from None
         pruned = Pruned(count=count, first=first, last=last[0] if last else None, checkpoint=last[1] if last else None)
-        self.append({"event": "audit.pruned", "actor": actor, "before": before, "entries": count,
-                     "first_seq": first, "last_seq": pruned.last})
+        self.append(
+            {
+                "event": "audit.pruned",
+                "actor": actor,
+                "before": before,
+                "entries": count,
+                "first_seq": first,
+                "last_seq": pruned.last,
+            }
+        )
         return pruned
 
 
@@ -258,8 +277,11 @@ def _init_lock(path: Path) -> Iterator[None]:
     fd = open_entry(lock, os.O_RDONLY | os.O_CREAT, 0o660)
     try:
         if not flock_within(fd, INIT_LOCK_WAIT):
-            raise AuditError(f"the audit log's init lock ({lock}) is still held after {INIT_LOCK_WAIT:g}s; "
-                             "another process is creating the log, or holds the lock", path=str(lock))
+            raise AuditError(
+                f"the audit log's init lock ({lock}) is still held after {INIT_LOCK_WAIT:g}s; "
+                "another process is creating the log, or holds the lock",
+                path=str(lock),
+            )
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -312,8 +334,11 @@ def prepare_folder(state_dir: str | os.PathLike[str], group: str | None = None) 
     finally:
         audit_log.close()
     if where != audit_log.path:
-        log.warning("audit: %s is in use by another process and stays there until the next start; "
-                    "until then the receiver cannot write it", where)
+        log.warning(
+            "audit: %s is in use by another process and stays there until the next start; "
+            "until then the receiver cannot write it",
+            where,
+        )
         return where
     return share_folder(state_dir, FOLDER, DB_NAME, group)
 

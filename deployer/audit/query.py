@@ -12,7 +12,7 @@ from typing import Any
 from deployer.audit.chain import ROW_COLUMNS, Entry, format_ts
 from deployer.errors import AuditError
 
-MAX_SEQ = 2 ** 63 - 1
+MAX_SEQ = 2**63 - 1
 RELATIVE_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 QUERY_KEYS = ("app", "since", "until", "event", "outcome", "actor", "job", "limit", "after")
@@ -29,8 +29,10 @@ def parse_time(text: str, *, now: datetime | None = None, field_name: str = "sin
     except OverflowError:  # before year 1 or after 9999, once made relative or moved to UTC
         raise AuditError(f"{field_name}: {text.strip()[:40]} is out of range", field=field_name) from None
     except ValueError:
-        raise AuditError(f"{field_name}: expected a time like 24h, 30m, 7d, 2024-05-01 or 2024-05-01T12:00Z, "
-                         f"not {text!r}", field=field_name) from None
+        raise AuditError(
+            f"{field_name}: expected a time like 24h, 30m, 7d, 2024-05-01 or 2024-05-01T12:00Z, not {text!r}",
+            field=field_name,
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,17 @@ class Query:
     oldest_first: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"app": self.app, "since": self.since, "until": self.until, "event": list(self.event),
-                "outcome": self.outcome, "actor": self.actor, "job": self.job, "limit": self.limit,
-                "after": self.after}
+        return {
+            "app": self.app,
+            "since": self.since,
+            "until": self.until,
+            "event": list(self.event),
+            "outcome": self.outcome,
+            "actor": self.actor,
+            "job": self.job,
+            "limit": self.limit,
+            "after": self.after,
+        }
 
 
 def _pattern(column: str, pattern: str) -> tuple[str, list[Any]]:
@@ -99,8 +109,13 @@ def build_select(query: Query) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def audit_query_from_args(args: Mapping[str, str | None], *, now: datetime | None = None,
-                          default_limit: int | None = 100, max_limit: int | None = 1000) -> Query:
+def audit_query_from_args(
+    args: Mapping[str, str | None],
+    *,
+    now: datetime | None = None,
+    default_limit: int | None = 100,
+    max_limit: int | None = 1000,
+) -> Query:
     """Build a Query from string arguments (the web route's query string, the CLI's flags).
 
     Unknown keys are refused: a mistyped filter must not silently return everything.

@@ -43,8 +43,9 @@ class AuditSink:
             self.failures += 1
             log.warning("audit: could not record %s: %s", event.get("event"), exc)
             if event.get("_required"):
-                raise exc if isinstance(exc, AuditError) else AuditError(
-                    f"cannot append to the audit log: {exc}") from None
+                raise (
+                    exc if isinstance(exc, AuditError) else AuditError(f"cannot append to the audit log: {exc}")
+                ) from None
 
 
 def build_journal(config: Config, extra_sinks: list[Sink] | None = None) -> Journal:

@@ -16,38 +16,67 @@ from deployer.wiring import build_engine
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
-    p = command(sub, "canary", cmd_canary, "change the share of new connections a running canary gets",
-                "deployer canary demo 50",
-                "Rewrite APP's split in one transaction: PERCENT (1-99) of new tcp connections and new udp flows\n"
-                "go to the canary, the rest to the active instance. Open connections stay where they are.")
+    p = command(
+        sub,
+        "canary",
+        cmd_canary,
+        "change the share of new connections a running canary gets",
+        "deployer canary demo 50",
+        "Rewrite APP's split in one transaction: PERCENT (1-99) of new tcp connections and new udp flows\n"
+        "go to the canary, the rest to the active instance. Open connections stay where they are.",
+    )
     p.add_argument("app", help="the app's name, as in [apps.APP]")
     p.add_argument("percent", type=percent, help="the share of new connections the canary gets, 1-99")
 
-    p = command(sub, "promote", cmd_promote, "make the canary the release: all traffic to it, the old one stops",
-                "deployer promote demo",
-                "Move every new connection of APP to the canary in one transaction, record it as the release\n"
-                "(the old instance becomes the rollback target), clean its udp flows, drain and stop the old one.")
+    p = command(
+        sub,
+        "promote",
+        cmd_promote,
+        "make the canary the release: all traffic to it, the old one stops",
+        "deployer promote demo",
+        "Move every new connection of APP to the canary in one transaction, record it as the release\n"
+        "(the old instance becomes the rollback target), clean its udp flows, drain and stop the old one.",
+    )
     p.add_argument("app", help="the app's name, as in [apps.APP]")
 
-    p = command(sub, "abort", cmd_abort, "end a canary: all traffic back to the active instance, the canary stops",
-                "deployer abort demo",
-                "Move every new connection of APP back to the active instance in one transaction, then drain\n"
-                "and stop the canary.")
+    p = command(
+        sub,
+        "abort",
+        cmd_abort,
+        "end a canary: all traffic back to the active instance, the canary stops",
+        "deployer abort demo",
+        "Move every new connection of APP back to the active instance in one transaction, then drain\n"
+        "and stop the canary.",
+    )
     p.add_argument("app", help="the app's name, as in [apps.APP]")
 
 
 def add_deploy_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--canary", type=percent, metavar="PERCENT",
-                        help="start a canary: the new instance gets PERCENT (1-99) of new connections, the old one "
-                             "keeps serving the rest until promote or abort")
-    parser.add_argument("--sticky", action="store_true",
-                        help="with --canary: split by client source address, so each client stays on one instance")
-    parser.add_argument("--seed", type=seed,
-                        help="with --sticky: the hash seed, which decides which addresses go to the canary "
-                             "(default: a random one for each canary)")
-    parser.add_argument("--bake", type=duration, metavar="TIME",
-                        help="with --canary: promote by itself after TIME (600, 10m, 1h) if the canary stayed "
-                             "healthy (needs `deployer watch`)")
+    parser.add_argument(
+        "--canary",
+        type=percent,
+        metavar="PERCENT",
+        help="start a canary: the new instance gets PERCENT (1-99) of new connections, the old one "
+        "keeps serving the rest until promote or abort",
+    )
+    parser.add_argument(
+        "--sticky",
+        action="store_true",
+        help="with --canary: split by client source address, so each client stays on one instance",
+    )
+    parser.add_argument(
+        "--seed",
+        type=seed,
+        help="with --sticky: the hash seed, which decides which addresses go to the canary "
+        "(default: a random one for each canary)",
+    )
+    parser.add_argument(
+        "--bake",
+        type=duration,
+        metavar="TIME",
+        help="with --canary: promote by itself after TIME (600, 10m, 1h) if the canary stayed "
+        "healthy (needs `deployer watch`)",
+    )
 
 
 def canary_start(args: argparse.Namespace, app_bake: float | None = None) -> CanaryStart | None:
@@ -78,8 +107,9 @@ def seed(text: str) -> int:
     try:
         return canary.check_seed(int(text, 0))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {canary.SEED_MAX:#x} (decimal or "
-                                         f"0x hex), not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 0 to {canary.SEED_MAX:#x} (decimal or 0x hex), not {text!r}"
+        ) from None
     except CanaryError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -103,8 +133,10 @@ def _engine(args: argparse.Namespace):
 def cmd_canary(args: argparse.Namespace) -> int:
 
     after = canary_ops.reweight(_engine(args), args.app, args.percent, actor=config_module.local_actor())
-    print(f"{args.app}: the canary " + ("already had" if after is None else "now gets") + f" {args.percent}% of "
-          "new connections")
+    print(
+        f"{args.app}: the canary " + ("already had" if after is None else "now gets") + f" {args.percent}% of "
+        "new connections"
+    )
     return 0
 
 
@@ -112,8 +144,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     after = canary_ops.promote(_engine(args), args.app, actor=config_module.local_actor())
     assert after.active is not None
-    print(f"{args.app}: {after.active.tag} is the release on {after.active.port_set}; "
-          f"{after.previous.tag if after.previous else 'the old instance'} stopped")
+    print(
+        f"{args.app}: {after.active.tag} is the release on {after.active.port_set}; "
+        f"{after.previous.tag if after.previous else 'the old instance'} stopped"
+    )
     return 0
 
 

@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     wiring.die_with_parent()  # a killed worker leaves no deploy running unseen
     child.leave_stopping_to_the_worker()
     config = config_module.load(args.config)
-    return child.run_claimed(config, args.job, args.attempt, build_journal=wiring.build_journal,
-                             build_tools=wiring.build_job_tools)
+    return child.run_claimed(
+        config, args.job, args.attempt, build_journal=wiring.build_journal, build_tools=wiring.build_job_tools
+    )
 
 
 if __name__ == "__main__":

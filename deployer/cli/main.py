@@ -68,12 +68,25 @@ COMMAND_FLAGS = _global_flags(defaults=False)
 CLIENT_FLAGS = _global_flags(defaults=False, config=False)
 
 
-def _command(sub: argparse._SubParsersAction, name: str, handler: Handler, help: str, example: str,
-             description: str | None = None, *, reads_config: bool = True) -> argparse.ArgumentParser:
+def _command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    handler: Handler,
+    help: str,
+    example: str,
+    description: str | None = None,
+    *,
+    reads_config: bool = True,
+) -> argparse.ArgumentParser:
     """One command (or a nested action such as `audit verify`): help with an example, and the global flags."""
-    parser = sub.add_parser(name, help=help, description=description or help,
-                            parents=[COMMAND_FLAGS if reads_config else CLIENT_FLAGS],
-                            epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        parents=[COMMAND_FLAGS if reads_config else CLIENT_FLAGS],
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.set_defaults(handler=handler, **({} if reads_config else {"needs_config": False}))
     return parser
 
@@ -87,64 +100,104 @@ def package_version() -> str:
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON document for tools (docs/deploys.md, JSON output)")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document for tools (docs/deploys.md, JSON output)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="deployer", description="Zero-downtime deploys of Docker apps by flipping DNAT rules.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_global_flags(defaults=True)])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
-                        help="print the version and exit")
+        prog="deployer",
+        description="Zero-downtime deploys of Docker apps by flipping DNAT rules.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_global_flags(defaults=True)],
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {package_version()}", help="print the version and exit"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = _command(sub, "deploy", cmd_deploy, "deploy a tag of an app with zero downtime",
-                 "deployer deploy demo v2",
-                 "Pull APP's image at TAG, start it on the idle port set, health-check it, flip the DNAT rules\n"
-                 "to it in one transaction, clean conntrack, drain and stop the old instance.\n"
-                 "With --canary PERCENT, the flip splits new connections instead and both instances serve\n"
-                 "until `deployer promote` or `deployer abort` (e.g. deployer deploy demo v2 --canary 10 --sticky).")
+    p = _command(
+        sub,
+        "deploy",
+        cmd_deploy,
+        "deploy a tag of an app with zero downtime",
+        "deployer deploy demo v2",
+        "Pull APP's image at TAG, start it on the idle port set, health-check it, flip the DNAT rules\n"
+        "to it in one transaction, clean conntrack, drain and stop the old instance.\n"
+        "With --canary PERCENT, the flip splits new connections instead and both instances serve\n"
+        "until `deployer promote` or `deployer abort` (e.g. deployer deploy demo v2 --canary 10 --sticky).",
+    )
     p.add_argument("app", help="the app's name, as in [apps.APP]")
     p.add_argument("tag", help="the image tag to deploy")
     canary_cli.add_deploy_flags(p)
     add_json_flag(p)
 
-    p = _command(sub, "rollback", cmd_rollback, "go back to the previous release, behind the same health gate",
-                 "deployer rollback demo")
+    p = _command(
+        sub,
+        "rollback",
+        cmd_rollback,
+        "go back to the previous release, behind the same health gate",
+        "deployer rollback demo",
+    )
     p.add_argument("app", help="the app's name, as in [apps.APP]")
     add_json_flag(p)
 
-    p = _command(sub, "status", cmd_status, "show the active release of each app and whether the live rules match",
-                 "deployer status demo --json",
-                 "Show the active release of each app and whether the live rules match. First, one line per\n"
-                 "fault of the host the worker has seen (docker, netfilter, disk, a stale worker heartbeat):\n"
-                 "what is wrong, since when, and which jobs wait on it. Exits 1 when the rules of an app differ\n"
-                 "or a fault is open, 69 when Docker does not answer.")
+    p = _command(
+        sub,
+        "status",
+        cmd_status,
+        "show the active release of each app and whether the live rules match",
+        "deployer status demo --json",
+        "Show the active release of each app and whether the live rules match. First, one line per\n"
+        "fault of the host the worker has seen (docker, netfilter, disk, a stale worker heartbeat):\n"
+        "what is wrong, since when, and which jobs wait on it. Exits 1 when the rules of an app differ\n"
+        "or a fault is open, 69 when Docker does not answer.",
+    )
     p.add_argument("app", nargs="?", help="only this app (default: every app)")
     add_json_flag(p)
 
-    p = _command(sub, "rules", cmd_rules, "print the transaction for an app (iptables-restore text, or nft commands on "
-                 "the nftables backend), without applying it",
-                 "deployer rules demo")
+    p = _command(
+        sub,
+        "rules",
+        cmd_rules,
+        "print the transaction for an app (iptables-restore text, or nft commands on "
+        "the nftables backend), without applying it",
+        "deployer rules demo",
+    )
     p.add_argument("app", help="the app's name, as in [apps.APP]")
     add_json_flag(p)
 
-    p = _command(sub, "reconcile", cmd_reconcile,
-                 "bring rules, containers and the record back into agreement (also runs when the server starts)",
-                 "deployer reconcile")
+    p = _command(
+        sub,
+        "reconcile",
+        cmd_reconcile,
+        "bring rules, containers and the record back into agreement (also runs when the server starts)",
+        "deployer reconcile",
+    )
     p.add_argument("app", nargs="?", help="only this app (default: every app)")
 
-    p = _command(sub, "uninstall", cmd_uninstall,
-                 "remove the deployer's containers, nat rules and records from this host (images stay)",
-                 "deployer uninstall --yes")
+    p = _command(
+        sub,
+        "uninstall",
+        cmd_uninstall,
+        "remove the deployer's containers, nat rules and records from this host (images stay)",
+        "deployer uninstall --yes",
+    )
     p.add_argument("--yes", action="store_true", help="confirm: the apps stop serving")
 
-    p = _command(sub, "completion", cmd_completion, "print the shell completion script for bash or zsh",
-                 "deployer completion bash > /etc/bash_completion.d/deployer",
-                 "Print a completion script generated from this parser, so it knows every command and flag of\n"
-                 "this version. bash: source it, or install it as /etc/bash_completion.d/deployer. zsh: install\n"
-                 "it as _deployer in a folder of $fpath.", reads_config=False)
+    p = _command(
+        sub,
+        "completion",
+        cmd_completion,
+        "print the shell completion script for bash or zsh",
+        "deployer completion bash > /etc/bash_completion.d/deployer",
+        "Print a completion script generated from this parser, so it knows every command and flag of\n"
+        "this version. bash: source it, or install it as /etc/bash_completion.d/deployer. zsh: install\n"
+        "it as _deployer in a folder of $fpath.",
+        reads_config=False,
+    )
     p.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell the script is for")
 
     for register in _extensions():
@@ -154,8 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[..., None]]:
     """Commands that live beside their own concern: the server, the audit log, maintenance, forwarding."""
-    return [server_cli.register, audit_cli.register, ops_cli.register, forward_cli.register, cluster_cli.register,
-            canary_cli.register, fleet_cli.register]
+    return [
+        server_cli.register,
+        audit_cli.register,
+        ops_cli.register,
+        forward_cli.register,
+        cluster_cli.register,
+        canary_cli.register,
+        fleet_cli.register,
+    ]
 
 
 def _engine(args: argparse.Namespace):
@@ -170,11 +230,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print_json(asdict(result))
         return 0
     if split is not None:
-        print(f"{result.app}: canary {result.tag} on {result.port_set} ({result.container}) gets {split.weight}% of "
-              f"new connections{' by client address' if split.sticky else ''}; {result.previous_tag} the rest")
+        print(
+            f"{result.app}: canary {result.tag} on {result.port_set} ({result.container}) gets {split.weight}% of "
+            f"new connections{' by client address' if split.sticky else ''}; {result.previous_tag} the rest"
+        )
         return 0
-    print(f"{result.app}: {result.tag} is live on {result.port_set} ({result.container}, {result.digest or 'no digest'})"
-          + (f", replacing {result.previous_tag}" if result.previous_tag else ""))
+    print(
+        f"{result.app}: {result.tag} is live on {result.port_set} ({result.container}, {result.digest or 'no digest'})"
+        + (f", replacing {result.previous_tag}" if result.previous_tag else "")
+    )
     return 0
 
 
@@ -284,8 +348,12 @@ def print_json(document: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     logging.getLogger("sh").setLevel(logging.WARNING)  # it logs every process start at INFO
     try:
         # A client command (redeploy) runs on an operator's machine, which has no config file.
@@ -306,4 +374,3 @@ def report_error(args: argparse.Namespace, message: str, code: int) -> int:
     if getattr(args, "json", False):
         print_json({"error": message, "exit_code": code})
     return code
-

@@ -85,7 +85,7 @@ def _subcommands(parser: argparse.ArgumentParser, prefix: str = ""):
 def _command_section(name: str, sub: argparse.ArgumentParser) -> list[str]:
     example = (sub.epilog or "").strip()
     if example.startswith("example:"):
-        example = example[len("example:"):].strip()
+        example = example[len("example:") :].strip()
     return [
         f"## {name}",
         "",
@@ -146,8 +146,14 @@ def _cell(text: str) -> str:
 
 def render_manpage(parser: argparse.ArgumentParser) -> str:
     """deployer(1): every command with its flags, from the parser, through argparse-manpage."""
-    data = {"project_name": "deployer", "version": package_version(), "date": MAN_DATE, "manual_section": "1",
-            "manual_title": "Deployer Manual", "url": "docs/commands.md in the source tree"}
+    data = {
+        "project_name": "deployer",
+        "version": package_version(),
+        "date": MAN_DATE,
+        "manual_section": "1",
+        "manual_title": "Deployer Manual",
+        "url": "docs/commands.md in the source tree",
+    }
     # argparse wraps usage lines at $COLUMNS; the page is rendered at one width, whatever the terminal.
     saved = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(MAN_WIDTH)
@@ -163,8 +169,11 @@ def render_manpage(parser: argparse.ArgumentParser) -> str:
 def rendered_files() -> dict[str, str]:
     """Each generated file under docs/ and the text a fresh render gives it."""
     parser = build_parser()
-    return {"commands.md": render_commands(parser), MAN_PAGE: render_manpage(parser),
-            **{path: completion_script(shell) for shell, path in COMPLETION_FILES.items()}}
+    return {
+        "commands.md": render_commands(parser),
+        MAN_PAGE: render_manpage(parser),
+        **{path: completion_script(shell) for shell, path in COMPLETION_FILES.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(render_manpage(build_parser()))
         return 0
     if argv:
-        print(f"usage: python3 -m deployer.cli.reference [--write | --man]  (completion: deployer completion "
-              f"{'|'.join(COMPLETION_SHELLS)})", file=sys.stderr)
+        print(
+            f"usage: python3 -m deployer.cli.reference [--write | --man]  (completion: deployer completion "
+            f"{'|'.join(COMPLETION_SHELLS)})",
+            file=sys.stderr,
+        )
         return 2
     sys.stdout.write(render_commands(build_parser()))
     return 0

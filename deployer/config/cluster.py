@@ -23,8 +23,23 @@ INTERFACE_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]{0,14}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 ARP_MODES = ("mangle", "none")
 
-KEYS = {"address", "interface", "subnet", "buckets", "hash_seed", "host", "hosts", "advert_interval",
-        "router_id_base", "mark", "multicast_mac", "check_interval", "handover_delay", "arp", "unicast"}
+KEYS = {
+    "address",
+    "interface",
+    "subnet",
+    "buckets",
+    "hash_seed",
+    "host",
+    "hosts",
+    "advert_interval",
+    "router_id_base",
+    "mark",
+    "multicast_mac",
+    "check_interval",
+    "handover_delay",
+    "arp",
+    "unicast",
+}
 
 
 @dataclass(frozen=True)
@@ -86,14 +101,16 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
     try:
         subnet = ipaddress.IPv4Network(_string(data, "subnet", path=path), strict=True)
     except ValueError:
-        raise ConfigError("must be the interface's IPv4 subnet, e.g. 198.18.10.0/24", path=path,
-                          key=key("subnet")) from None
+        raise ConfigError(
+            "must be the interface's IPv4 subnet, e.g. 198.18.10.0/24", path=path, key=key("subnet")
+        ) from None
     address = _address_in(data.get("address"), subnet, path=path, key=key("address"))
 
     buckets = data.get("buckets")
     if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= MAX_BUCKETS:
-        raise ConfigError(f"must be a whole number from 1 to {MAX_BUCKETS} (the cluster match's limit)",
-                          path=path, key=key("buckets"))
+        raise ConfigError(
+            f"must be a whole number from 1 to {MAX_BUCKETS} (the cluster match's limit)", path=path, key=key("buckets")
+        )
     hash_seed = _seed(data.get("hash_seed"), path=path)
 
     hosts_data = data.get("hosts")
@@ -109,42 +126,67 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
                 raise ConfigError("unknown key (allowed: address, name)", path=path, key=f"{where}.{name}")
         name = entry.get("name")
         if not isinstance(name, str) or not HOST_NAME_RE.fullmatch(name):
-            raise ConfigError("must be 1 to 31 lowercase letters, digits or '-', starting with a letter",
-                              path=path, key=f"{where}.name")
+            raise ConfigError(
+                "must be 1 to 31 lowercase letters, digits or '-', starting with a letter",
+                path=path,
+                key=f"{where}.name",
+            )
         host_address = _address_in(entry.get("address"), subnet, path=path, key=f"{where}.address")
         for other in hosts:
             if other.name == name or other.address == host_address:
-                raise ConfigError(f"host {name!r} ({host_address}) is listed twice: {other.name!r} has that "
-                                  f"{'name' if other.name == name else 'address'}", path=path, key=where)
+                raise ConfigError(
+                    f"host {name!r} ({host_address}) is listed twice: {other.name!r} has that "
+                    f"{'name' if other.name == name else 'address'}",
+                    path=path,
+                    key=where,
+                )
         if host_address == address:
-            raise ConfigError("is the shared address; each host needs an address of its own", path=path,
-                              key=f"{where}.address")
+            raise ConfigError(
+                "is the shared address; each host needs an address of its own", path=path, key=f"{where}.address"
+            )
         hosts.append(ClusterHost(name=name, address=host_address))
     if buckets < len(hosts):
-        raise ConfigError(f"must be at least the number of hosts ({len(hosts)}), so each host is home to a bucket",
-                          path=path, key=key("buckets"))
+        raise ConfigError(
+            f"must be at least the number of hosts ({len(hosts)}), so each host is home to a bucket",
+            path=path,
+            key=key("buckets"),
+        )
 
     host = _string(data, "host", path=path)
     if host not in {h.name for h in hosts}:
-        raise ConfigError(f"must name this host, one of [[cluster.hosts]] ({', '.join(h.name for h in hosts)})",
-                          path=path, key=key("host"))
+        raise ConfigError(
+            f"must name this host, one of [[cluster.hosts]] ({', '.join(h.name for h in hosts)})",
+            path=path,
+            key=key("host"),
+        )
 
     advert = _number(data, "advert_interval", 0.2, path=path)
     if not 0.01 <= advert <= 40:  # VRRPv3 counts it in centiseconds, 12 bits
         raise ConfigError("must be from 0.01 to 40 seconds", path=path, key=key("advert_interval"))
     router_id_base = data.get("router_id_base", 50)
-    if isinstance(router_id_base, bool) or not isinstance(router_id_base, int) \
-            or not 1 <= router_id_base <= 256 - buckets:
-        raise ConfigError(f"must be a whole number from 1 to {256 - buckets}: the buckets' VRRP router ids run "
-                          "from it and stay at most 255", path=path, key=key("router_id_base"))
+    if (
+        isinstance(router_id_base, bool)
+        or not isinstance(router_id_base, int)
+        or not 1 <= router_id_base <= 256 - buckets
+    ):
+        raise ConfigError(
+            f"must be a whole number from 1 to {256 - buckets}: the buckets' VRRP router ids run "
+            "from it and stay at most 255",
+            path=path,
+            key=key("router_id_base"),
+        )
     mark = data.get("mark", DEFAULT_MARK)
     if isinstance(mark, bool) or not isinstance(mark, int) or mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
-        raise ConfigError("must be a single bit, e.g. 0x4000000: it is matched with itself as the mask",
-                          path=path, key=key("mark"))
+        raise ConfigError(
+            "must be a single bit, e.g. 0x4000000: it is matched with itself as the mask", path=path, key=key("mark")
+        )
     mac = data.get("multicast_mac", default_multicast_mac(address))
     if not isinstance(mac, str) or not MAC_RE.fullmatch(mac) or not int(mac[:2], 16) & 1:
-        raise ConfigError("must be a multicast MAC address in lowercase, e.g. 03:00:c6:12:0a:64 (the first byte odd)",
-                          path=path, key=key("multicast_mac"))
+        raise ConfigError(
+            "must be a multicast MAC address in lowercase, e.g. 03:00:c6:12:0a:64 (the first byte odd)",
+            path=path,
+            key=key("multicast_mac"),
+        )
     arp = data.get("arp", "mangle")
     if arp not in ARP_MODES:
         raise ConfigError("must be 'mangle' or 'none'", path=path, key=key("arp"))
@@ -161,10 +203,23 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
     if not 0 <= handover <= 10:
         raise ConfigError("must be from 0 to 10 seconds", path=path, key=key("handover_delay"))
 
-    return ClusterConfig(address=address, interface=interface, subnet=str(subnet), buckets=buckets,
-                         hash_seed=hash_seed, host=host, hosts=tuple(hosts), advert_interval=advert,
-                         router_id_base=router_id_base, mark=mark, multicast_mac=mac,
-                         check_interval=check_interval, handover_delay=handover, arp=arp, unicast=unicast)
+    return ClusterConfig(
+        address=address,
+        interface=interface,
+        subnet=str(subnet),
+        buckets=buckets,
+        hash_seed=hash_seed,
+        host=host,
+        hosts=tuple(hosts),
+        advert_interval=advert,
+        router_id_base=router_id_base,
+        mark=mark,
+        multicast_mac=mac,
+        check_interval=check_interval,
+        handover_delay=handover,
+        arp=arp,
+        unicast=unicast,
+    )
 
 
 def check_cluster_apps(cluster: ClusterConfig | None, cluster_apps: Mapping[str, bool], *, path: Path) -> None:
@@ -172,8 +227,9 @@ def check_cluster_apps(cluster: ClusterConfig | None, cluster_apps: Mapping[str,
     if cluster is None:
         for name, served in cluster_apps.items():
             if served:
-                raise ConfigError("needs a [cluster] table: it names the shared address", path=path, app=name,
-                                  key="cluster")
+                raise ConfigError(
+                    "needs a [cluster] table: it names the shared address", path=path, app=name, key="cluster"
+                )
 
 
 def _string(data: Mapping[str, Any], name: str, *, path: Path) -> str:
@@ -189,8 +245,11 @@ def _address_in(value: Any, subnet: ipaddress.IPv4Network, *, path: Path, key: s
     except ValueError:
         raise ConfigError("must be an IPv4 address", path=path, key=key) from None
     if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
-        raise ConfigError(f"{address} is outside the interface's subnet {subnet}: hosts on one L2 segment share "
-                          "the address", path=path, key=key)
+        raise ConfigError(
+            f"{address} is outside the interface's subnet {subnet}: hosts on one L2 segment share the address",
+            path=path,
+            key=key,
+        )
     return str(address)
 
 
@@ -202,8 +261,11 @@ def _seed(value: Any, *, path: Path) -> int:
     elif isinstance(value, str) and re.fullmatch(r"^(0x[0-9a-fA-F]{1,8}|[0-9]{1,10})$", value):
         seed = int(value, 16) if value.startswith("0x") else int(value)
     if seed is None or not 0 <= seed <= 0xFFFFFFFF:
-        raise ConfigError("must be a number from 0 to 4294967295 (or a string such as \"0xdeadbeef\"); "
-                          "every host needs the same one", path=path, key="cluster.hash_seed")
+        raise ConfigError(
+            'must be a number from 0 to 4294967295 (or a string such as "0xdeadbeef"); every host needs the same one',
+            path=path,
+            key="cluster.hash_seed",
+        )
     return seed
 
 

@@ -29,7 +29,7 @@ def app_env(app: str, data: Mapping[str, Any], *, path: Path, base: Path) -> dic
             raise ConfigError(f"{env_path}: {exc}", path=path, app=app, key=key) from None
     inline = data.get("env", {})
     if not isinstance(inline, dict):
-        raise ConfigError("must be a table of NAME = \"value\"", path=path, app=app, key="env")
+        raise ConfigError('must be a table of NAME = "value"', path=path, app=app, key="env")
     for name, value in inline.items():
         if not ENV_NAME_RE.fullmatch(name):
             raise ConfigError("not a valid environment variable name", path=path, app=app, key=f"env.{name}")

@@ -31,23 +31,33 @@ DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 DURATION_FORMS = "a number of seconds or a time such as 600, 90s, 10m or 1h"
 
 
-def only_keys(data: Mapping[str, Any], allowed: set[str], *, path: Path, where: str | None,
-              app: str | None = None) -> None:
+def only_keys(
+    data: Mapping[str, Any], allowed: set[str], *, path: Path, where: str | None, app: str | None = None
+) -> None:
     for key in data:
         if key not in allowed:
             full = f"{where}.{key}" if where else key
             raise ConfigError(f"unknown key (allowed: {', '.join(sorted(allowed))})", path=path, app=app, key=full)
 
 
-def table(value: Any, *, path: Path, key: str | None, app: str | None = None, message: str = "must be a table"
-          ) -> dict[str, Any]:
+def table(
+    value: Any, *, path: Path, key: str | None, app: str | None = None, message: str = "must be a table"
+) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(message, path=path, app=app, key=key)
     return value
 
 
-def typed(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], default: Any, *, path: Path, key: str,
-          app: str | None = None) -> Any:
+def typed(
+    data: Mapping[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    default: Any,
+    *,
+    path: Path,
+    key: str,
+    app: str | None = None,
+) -> Any:
     """data[name] if it is of `kind` (a bool is never an int here), else `default` when it is missing."""
     if name not in data:
         return default
@@ -63,22 +73,36 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def integer(value: Any, *, minimum: int, maximum: int | None = None, path: Path, key: str, app: str | None = None,
-            message: str | None = None) -> int:
+def integer(
+    value: Any,
+    *,
+    minimum: int,
+    maximum: int | None = None,
+    path: Path,
+    key: str,
+    app: str | None = None,
+    message: str | None = None,
+) -> int:
     """A whole number in [minimum, maximum]; `message` says what it counts when the default would not."""
-    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
-            or (maximum is not None and value > maximum)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
         raise ConfigError(message or f"must be a whole number of at least {minimum}", path=path, app=app, key=key)
     return value
 
 
 def port_number(value: Any, *, path: Path, key: str, app: str | None = None) -> int:
-    return integer(value, minimum=1, maximum=65535, path=path, key=key, app=app,
-                   message="must be a port number from 1 to 65535")
+    return integer(
+        value, minimum=1, maximum=65535, path=path, key=key, app=app, message="must be a port number from 1 to 65535"
+    )
 
 
-def number(data: Mapping[str, Any], name: str, default: float, *, path: Path, key: str,
-           app: str | None = None) -> float:
+def number(
+    data: Mapping[str, Any], name: str, default: float, *, path: Path, key: str, app: str | None = None
+) -> float:
     value = data.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError("must be a number", path=path, app=app, key=key)
@@ -98,8 +122,16 @@ def parse_duration(value: Any) -> float:
     return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
-def duration(data: Mapping[str, Any], name: str, default: float, *, path: Path, key: str, app: str | None = None,
-             zero: bool = False) -> float:
+def duration(
+    data: Mapping[str, Any],
+    name: str,
+    default: float,
+    *,
+    path: Path,
+    key: str,
+    app: str | None = None,
+    zero: bool = False,
+) -> float:
     """Seconds (parse_duration's forms): greater than 0, or not negative when `zero` means something (no wait)."""
     try:
         value = parse_duration(data.get(name, default))
@@ -112,8 +144,7 @@ def duration(data: Mapping[str, Any], name: str, default: float, *, path: Path, 
     return value
 
 
-def matching(value: Any, regex: re.Pattern[str], message: str, *, path: Path, key: str,
-             app: str | None = None) -> str:
+def matching(value: Any, regex: re.Pattern[str], message: str, *, path: Path, key: str, app: str | None = None) -> str:
     if not isinstance(value, str) or not regex.fullmatch(value):
         raise ConfigError(message, path=path, app=app, key=key)
     return value
@@ -132,5 +163,12 @@ def absolute_path(value: Any, base: Path, *, path: Path, key: str, app: str | No
 
 
 def hook_id(value: Any, *, path: Path, key: str, app: str | None = None) -> int:
-    return integer(value, minimum=1, maximum=MAX_HOOK_ID, path=path, key=key, app=app,
-                   message="must be the GitHub webhook's id, a whole number (Settings, Webhooks, the hook's URL)")
+    return integer(
+        value,
+        minimum=1,
+        maximum=MAX_HOOK_ID,
+        path=path,
+        key=key,
+        app=app,
+        message="must be the GitHub webhook's id, a whole number (Settings, Webhooks, the hook's URL)",
+    )

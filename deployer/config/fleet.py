@@ -94,15 +94,20 @@ class FleetConfig:
         return next(h for h in self.hosts if h.name == name)
 
 
-def parse_fleet(data: Any, *, path: Path, read_secret: SecretReader,
-                releases: Mapping[str, Any] | None = None) -> FleetConfig:
+def parse_fleet(
+    data: Any, *, path: Path, read_secret: SecretReader, releases: Mapping[str, Any] | None = None
+) -> FleetConfig:
     data = table(data, path=path, key="fleet")
     only_keys(data, KEYS, path=path, where="fleet")
     apps = typed(data, "apps", list, None, path=path, key="fleet.apps")
-    if not apps or not all(isinstance(a, str) and APP_NAME_RE.fullmatch(a) for a in apps) \
-            or len(set(apps)) != len(apps):
-        raise ConfigError("must list the apps rolled out across the fleet, each once, e.g. [\"web\"]",
-                          path=path, key="fleet.apps")
+    if (
+        not apps
+        or not all(isinstance(a, str) and APP_NAME_RE.fullmatch(a) for a in apps)
+        or len(set(apps)) != len(apps)
+    ):
+        raise ConfigError(
+            'must list the apps rolled out across the fleet, each once, e.g. ["web"]', path=path, key="fleet.apps"
+        )
     hosts_data = typed(data, "hosts", list, None, path=path, key="fleet.hosts")
     if not hosts_data:
         raise ConfigError("at least one [[fleet.hosts]] entry is required", path=path, key="fleet.hosts")
@@ -111,7 +116,8 @@ def parse_fleet(data: Any, *, path: Path, read_secret: SecretReader,
         hosts.append(_host(entry, f"fleet.hosts[{i}]", hosts, path=path, read_secret=read_secret))
     names = [h.name for h in hosts]
     return FleetConfig(
-        apps=tuple(apps), hosts=tuple(hosts),
+        apps=tuple(apps),
+        hosts=tuple(hosts),
         max_parallel=check_max_parallel(data.get("max_parallel", 1), len(hosts), path=path, key="fleet.max_parallel"),
         canary=check_canary(data.get("canary"), names, path=path, key="fleet.canary"),
         bake=duration(data, "bake", 0.0, path=path, key="fleet.bake", zero=True),
@@ -121,8 +127,7 @@ def parse_fleet(data: Any, *, path: Path, read_secret: SecretReader,
     )
 
 
-RELEASE_KEYS = {"repository", "tag_pattern", "prereleases", "github_secret_file", "github_secret_env",
-                "github_hook_id"}
+RELEASE_KEYS = {"repository", "tag_pattern", "prereleases", "github_secret_file", "github_secret_env", "github_hook_id"}
 
 
 def release_tables(data: Mapping[str, Any], *, path: Path) -> dict[str, dict[str, Any]]:
@@ -138,8 +143,11 @@ def release_tables(data: Mapping[str, Any], *, path: Path) -> dict[str, dict[str
             raise ConfigError("names no app of [fleet] apps", path=path, key=where)
         only_keys(table(entry, path=path, key=where), RELEASE_KEYS, path=path, where=where)
         if "repository" not in entry:
-            raise ConfigError("is required: the GitHub repository whose releases roll this app out", path=path,
-                              key=f"{where}.repository")
+            raise ConfigError(
+                "is required: the GitHub repository whose releases roll this app out",
+                path=path,
+                key=f"{where}.repository",
+            )
     return tables
 
 
@@ -148,17 +156,26 @@ def _host(entry: Any, where: str, earlier: list[FleetHost], *, path: Path, read_
     only_keys(entry, HOST_KEYS, path=path, where=where)
     name = entry.get("name")
     if not isinstance(name, str) or not HOST_NAME_RE.fullmatch(name):
-        raise ConfigError("must be 1 to 31 lowercase letters, digits or '-', starting with a letter",
-                          path=path, key=f"{where}.name")
+        raise ConfigError(
+            "must be 1 to 31 lowercase letters, digits or '-', starting with a letter", path=path, key=f"{where}.name"
+        )
     url = entry.get("url")
     if not isinstance(url, str) or not URL_RE.fullmatch(url):
-        raise ConfigError("must be the base URL of the host's deployer server, e.g. https://h1.deploy.example:8443",
-                          path=path, key=f"{where}.url")
+        raise ConfigError(
+            "must be the base URL of the host's deployer server, e.g. https://h1.deploy.example:8443",
+            path=path,
+            key=f"{where}.url",
+        )
     insecure = typed(entry, "insecure_http", bool, False, path=path, key=f"{where}.insecure_http")
     if insecure and not url.startswith("http://"):
         raise ConfigError("is only for a plain http:// url", path=path, key=f"{where}.insecure_http")
-    check_server_url(url, insecure_http=insecure, path=path, key=f"{where}.url",
-                     consent=f"set insecure_http = true in [[fleet.hosts]] {name!r}")
+    check_server_url(
+        url,
+        insecure_http=insecure,
+        path=path,
+        key=f"{where}.url",
+        consent=f"set insecure_http = true in [[fleet.hosts]] {name!r}",
+    )
     ca_file = None
     if "ca_file" in entry:
         if not url.startswith("https://"):
@@ -168,14 +185,23 @@ def _host(entry: Any, where: str, earlier: list[FleetHost], *, path: Path, read_
             raise ConfigError(f"names no file: {ca_file}", path=path, key=f"{where}.ca_file")
     key_id = entry.get("key_id")
     if not isinstance(key_id, str) or not KEY_ID_RE.fullmatch(key_id):
-        raise ConfigError("must be an operator key id the host's server knows ([server.operators.KEY_ID] there)",
-                          path=path, key=f"{where}.key_id")
+        raise ConfigError(
+            "must be an operator key id the host's server knows ([server.operators.KEY_ID] there)",
+            path=path,
+            key=f"{where}.key_id",
+        )
     for other in earlier:
         if other.name == name or other.url.rstrip("/") == url.rstrip("/"):
             same = "name" if other.name == name else "url"
             raise ConfigError(f"host {name!r} is listed twice: {other.name!r} has that {same}", path=path, key=where)
-    return FleetHost(name=name, url=url.rstrip("/"), key_id=key_id, secret=read_secret(entry, "secret", where),
-                     ca_file=ca_file, insecure_http=insecure and not is_loopback_url(url))
+    return FleetHost(
+        name=name,
+        url=url.rstrip("/"),
+        key_id=key_id,
+        secret=read_secret(entry, "secret", where),
+        ca_file=ca_file,
+        insecure_http=insecure and not is_loopback_url(url),
+    )
 
 
 def url_host(url: str) -> str | None:
@@ -202,12 +228,18 @@ def check_server_url(url: str, *, insecure_http: bool, path: Path | None, key: s
 
     `consent` says how to give it (the config key, or the flag), named in the refusal."""
     if not URL_RE.fullmatch(url):
-        raise ConfigError("must be a server's base URL, http(s)://host[:port][/prefix], e.g. "
-                          "https://deploy.example:8443", path=path, key=key)
+        raise ConfigError(
+            "must be a server's base URL, http(s)://host[:port][/prefix], e.g. https://deploy.example:8443",
+            path=path,
+            key=key,
+        )
     if url.startswith("http://") and not insecure_http and not is_loopback_url(url):
-        raise ConfigError("is plain http to another host: anyone on the path could read and replay its signed "
-                          f"requests. Use https:// (with a CA file for a private CA), or {consent} to accept it",
-                          path=path, key=key)
+        raise ConfigError(
+            "is plain http to another host: anyone on the path could read and replay its signed "
+            f"requests. Use https:// (with a CA file for a private CA), or {consent} to accept it",
+            path=path,
+            key=key,
+        )
     return url
 
 
@@ -217,8 +249,14 @@ def check_max_parallel(value: Any, host_count: int, *, path: Path | None, key: s
         return value
     if isinstance(value, str) and value.isdigit():
         value = int(value)
-    return integer(value, minimum=1, maximum=host_count, path=path, key=key,
-                   message=f"must be a count of hosts from 1 to {host_count}, or a percentage such as \"50%\"")
+    return integer(
+        value,
+        minimum=1,
+        maximum=host_count,
+        path=path,
+        key=key,
+        message=f'must be a count of hosts from 1 to {host_count}, or a percentage such as "50%"',
+    )
 
 
 def check_canary(value: Any, names: list[str] | tuple[str, ...], *, path: Path | None, key: str) -> int | str | None:
@@ -231,5 +269,11 @@ def check_canary(value: Any, names: list[str] | tuple[str, ...], *, path: Path |
         if value not in names:
             raise ConfigError(f"names no host of [[fleet.hosts]] ({', '.join(names)})", path=path, key=key)
         return value
-    return integer(value, minimum=1, maximum=max(1, len(names) - 1), path=path, key=key,
-                   message=f"must be a host's name or a count of hosts from 1 to {max(1, len(names) - 1)}")
+    return integer(
+        value,
+        minimum=1,
+        maximum=max(1, len(names) - 1),
+        path=path,
+        key=key,
+        message=f"must be a host's name or a count of hosts from 1 to {max(1, len(names) - 1)}",
+    )

@@ -90,33 +90,59 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
     only_keys(data, TOP_LEVEL_KEYS, path=path, where=None)
     settings = parse_settings(data.get("deployer", {}), path=path, base=base, environ=environ)
     secret_env_names: set[str] = set()
-    registries = parse_registries(data.get("registries", {}), path=path, base=base, environ=environ,
-                                  secret_env_names=secret_env_names)
+    registries = parse_registries(
+        data.get("registries", {}), path=path, base=base, environ=environ, secret_env_names=secret_env_names
+    )
     receiver_env_names: set[str] = set()
-    apps = {name: parse_app(name, value, path=path, base=base, environ=environ, secret_env_names=secret_env_names,
-                            receiver_env_names=receiver_env_names)
-            for name, value in _apps_table(data, path=path).items()}
+    apps = {
+        name: parse_app(
+            name,
+            value,
+            path=path,
+            base=base,
+            environ=environ,
+            secret_env_names=secret_env_names,
+            receiver_env_names=receiver_env_names,
+        )
+        for name, value in _apps_table(data, path=path).items()
+    }
     _check_port_conflicts(apps, path=path, maintenance_port=settings.maintenance_port)
     _check_repositories(apps, path=path)
     _check_hooks(settings, apps, configured="hooks_dir" in data.get("deployer", {}), path=path)
-    server = parse_server(data.get("server", {}), path=path, base=base, environ=environ,
-                          secret_env_names=receiver_env_names)
+    server = parse_server(
+        data.get("server", {}), path=path, base=base, environ=environ, secret_env_names=receiver_env_names
+    )
     cluster = parse_cluster(data["cluster"], path=path) if "cluster" in data else None
     check_cluster_apps(cluster, {name: app.cluster for name, app in apps.items()}, path=path)
     fleet = None
     if "fleet" in data:
+
         def fleet_secret(entry: Mapping[str, Any], name: str, where: str) -> str:
-            return read_secret(entry, name, path=path, base=base, environ=environ, where=where,
-                               secret_env_names=secret_env_names)
-        fleet = parse_fleet(data["fleet"], path=path, read_secret=fleet_secret,
-                            releases=_fleet_releases(data, path=path, base=base, environ=environ,
-                                                     secret_env_names=receiver_env_names))
+            return read_secret(
+                entry, name, path=path, base=base, environ=environ, where=where, secret_env_names=secret_env_names
+            )
+
+        fleet = parse_fleet(
+            data["fleet"],
+            path=path,
+            read_secret=fleet_secret,
+            releases=_fleet_releases(data, path=path, base=base, environ=environ, secret_env_names=receiver_env_names),
+        )
         _check_fleet_apps(fleet.apps, apps, path=path)
         _check_repositories({**apps, **fleet.releases}, path=path)
     _check_key_apps(server, {*apps, *(fleet.apps if fleet else ())}, path=path)
-    return Config(path=path, settings=settings, apps=apps, registries=registries,
-                  secret_env_names=frozenset(secret_env_names | receiver_env_names), raw=data, server=server,
-                  receiver_env_names=frozenset(receiver_env_names), cluster=cluster, fleet=fleet)
+    return Config(
+        path=path,
+        settings=settings,
+        apps=apps,
+        registries=registries,
+        secret_env_names=frozenset(secret_env_names | receiver_env_names),
+        raw=data,
+        server=server,
+        receiver_env_names=frozenset(receiver_env_names),
+        cluster=cluster,
+        fleet=fleet,
+    )
 
 
 def _check_hooks(settings: Settings, apps: Mapping[str, AppConfig], *, configured: bool, path: Path) -> None:
@@ -134,18 +160,21 @@ def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str,
     only_keys(data, TOP_LEVEL_KEYS, path=path, where=None)
     settings = parse_settings(data.get("deployer", {}), path=path, base=base, environ=environ)
     secret_env_names: set[str] = set()
-    apps = {name: parse_receiver_app(name, value, path=path, base=base, environ=environ,
-                                     secret_env_names=secret_env_names)
-            for name, value in _apps_table(data, path=path).items()}
+    apps = {
+        name: parse_receiver_app(name, value, path=path, base=base, environ=environ, secret_env_names=secret_env_names)
+        for name, value in _apps_table(data, path=path).items()
+    }
     fleet_releases = _fleet_releases(data, path=path, base=base, environ=environ, secret_env_names=secret_env_names)
     _check_fleet_apps(tuple(fleet_releases), apps, path=path)
     apps.update(fleet_releases)
     _check_repositories(apps, path=path)
-    server = parse_server(data.get("server", {}), path=path, base=base, environ=environ,
-                          secret_env_names=secret_env_names)
+    server = parse_server(
+        data.get("server", {}), path=path, base=base, environ=environ, secret_env_names=secret_env_names
+    )
     _check_key_apps(server, set(apps), path=path)
-    return ReceiverConfig(path=path, settings=settings, apps=apps, server=server,
-                          secret_env_names=frozenset(secret_env_names))
+    return ReceiverConfig(
+        path=path, settings=settings, apps=apps, server=server, secret_env_names=frozenset(secret_env_names)
+    )
 
 
 def receiver_environment(config: Config, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -160,13 +189,18 @@ def receiver_environment(config: Config, environ: Mapping[str, str] | None = Non
     return env
 
 
-def _fleet_releases(data: Mapping[str, Any], *, path: Path, base: Path, environ: Mapping[str, str],
-                    secret_env_names: set[str]) -> dict[str, ReceiverApp]:
+def _fleet_releases(
+    data: Mapping[str, Any], *, path: Path, base: Path, environ: Mapping[str, str], secret_env_names: set[str]
+) -> dict[str, ReceiverApp]:
     """A controller's receiver knows a fleet app by its release policy alone: its releases queue a rollout."""
-    return {name: ReceiverApp(name=name, fleet=True, **release_policy(name, entry, path=path, base=base,
-                                                                      environ=environ,
-                                                                      secret_env_names=secret_env_names))
-            for name, entry in release_tables(data, path=path).items()}
+    return {
+        name: ReceiverApp(
+            name=name,
+            fleet=True,
+            **release_policy(name, entry, path=path, base=base, environ=environ, secret_env_names=secret_env_names),
+        )
+        for name, entry in release_tables(data, path=path).items()
+    }
 
 
 def _check_key_apps(server: ServerConfig, apps: set[str], *, path: Path) -> None:
@@ -181,8 +215,12 @@ def _check_fleet_apps(fleet_apps: tuple[str, ...], apps: Mapping[str, Any], *, p
     """A fleet app runs on the fleet's hosts, not here: one name must not mean both."""
     both = sorted(set(fleet_apps) & set(apps))
     if both:
-        raise ConfigError(f"app {both[0]!r} is also configured under [apps]: a controller rolls a fleet app out "
-                          "to its hosts and runs no copy of its own", path=path, key="fleet.apps")
+        raise ConfigError(
+            f"app {both[0]!r} is also configured under [apps]: a controller rolls a fleet app out "
+            "to its hosts and runs no copy of its own",
+            path=path,
+            key="fleet.apps",
+        )
 
 
 def _apps_table(data: Mapping[str, Any], *, path: Path) -> dict[str, Any]:
@@ -197,8 +235,7 @@ def _apps_table(data: Mapping[str, Any], *, path: Path) -> dict[str, Any]:
 # --- checks across tables ------------------------------------------------------------------------
 
 
-def _check_port_conflicts(apps: Mapping[str, AppConfig], *, path: Path,
-                          maintenance_port: int | None = None) -> None:
+def _check_port_conflicts(apps: Mapping[str, AppConfig], *, path: Path, maintenance_port: int | None = None) -> None:
     """A host port belongs to one role of one app: two owners would steal each other's traffic."""
     owners: dict[tuple[int, str], str] = {}
     for app in apps.values():
@@ -206,18 +243,29 @@ def _check_port_conflicts(apps: Mapping[str, AppConfig], *, path: Path,
             for role in ("external",) if app.host_bound else ("external", "blue", "green"):
                 key = (getattr(port, role), port.protocol)
                 if key in owners:
-                    raise ConfigError(f"host port {key[0]}/{key[1]} is already used as {owners[key]}",
-                                      path=path, app=app.name, key="ports")
+                    raise ConfigError(
+                        f"host port {key[0]}/{key[1]} is already used as {owners[key]}",
+                        path=path,
+                        app=app.name,
+                        key="ports",
+                    )
                 owners[key] = f"the {role} port of app {app.name!r}"
     for app in apps.values():
         if app.status_port is not None:
             if (app.status_port, "tcp") in owners:
-                raise ConfigError(f"host port {app.status_port}/tcp is already used as "
-                                  f"{owners[(app.status_port, 'tcp')]}", path=path, app=app.name, key="status_port")
+                raise ConfigError(
+                    f"host port {app.status_port}/tcp is already used as {owners[(app.status_port, 'tcp')]}",
+                    path=path,
+                    app=app.name,
+                    key="status_port",
+                )
             owners[(app.status_port, "tcp")] = f"the status port of app {app.name!r}"
     if maintenance_port is not None and (maintenance_port, "tcp") in owners:
-        raise ConfigError(f"port {maintenance_port}/tcp is already used as {owners[(maintenance_port, 'tcp')]}",
-                          path=path, key="deployer.maintenance_port")
+        raise ConfigError(
+            f"port {maintenance_port}/tcp is already used as {owners[(maintenance_port, 'tcp')]}",
+            path=path,
+            key="deployer.maintenance_port",
+        )
 
 
 def _check_repositories(apps: Mapping[str, AppConfig], *, path: Path) -> None:
@@ -226,8 +274,10 @@ def _check_repositories(apps: Mapping[str, AppConfig], *, path: Path) -> None:
         if app.repository:
             key = app.repository.lower()
             if key in seen:
-                raise ConfigError(f"repository {app.repository} already triggers app {seen[key]!r}",
-                                  path=path, app=app.name, key="repository")
+                raise ConfigError(
+                    f"repository {app.repository} already triggers app {seen[key]!r}",
+                    path=path,
+                    app=app.name,
+                    key="repository",
+                )
             seen[key] = app.name
-
-

@@ -247,8 +247,9 @@ class Config(AppLookup):
         values += self._server_secrets()
         values += [app.asset.token for app in self.apps.values() if app.asset and app.asset.token]
         values += [host.secret for host in self.fleet.hosts] if self.fleet else []
-        values += [app.github_secret for app in (self.fleet.releases.values() if self.fleet else ())
-                   if app.github_secret]
+        values += [
+            app.github_secret for app in (self.fleet.releases.values() if self.fleet else ()) if app.github_secret
+        ]
         return values
 
 

@@ -12,8 +12,9 @@ from deployer.config.secrets import read_secret
 from deployer.errors import ConfigError
 
 
-def parse_registries(data: Any, *, path: Path, base: Path, environ: Mapping[str, str],
-                     secret_env_names: set[str]) -> dict[str, RegistryAuth]:
+def parse_registries(
+    data: Any, *, path: Path, base: Path, environ: Mapping[str, str], secret_env_names: set[str]
+) -> dict[str, RegistryAuth]:
     if not isinstance(data, dict):
         raise ConfigError("must be a table of registry hosts", path=path, key="registries")
     registries = {}
@@ -26,7 +27,8 @@ def parse_registries(data: Any, *, path: Path, base: Path, environ: Mapping[str,
         username = typed(entry, "username", str, None, path=path, key=f"{where}.username")
         if not username:
             raise ConfigError("is required", path=path, key=f"{where}.username")
-        password = read_secret(entry, "password", path=path, base=base, environ=environ, where=where,
-                               secret_env_names=secret_env_names)
+        password = read_secret(
+            entry, "password", path=path, base=base, environ=environ, where=where, secret_env_names=secret_env_names
+        )
         registries[host] = RegistryAuth(registry=host, username=username, password=password)
     return registries

@@ -10,12 +10,22 @@ from deployer.config.fields import absolute_path, typed
 from deployer.errors import ConfigError
 
 
-def read_secret(entry: Mapping[str, Any], name: str, *, path: Path, base: Path, environ: Mapping[str, str],
-                where: str, secret_env_names: set[str], required: bool = True) -> str | None:
+def read_secret(
+    entry: Mapping[str, Any],
+    name: str,
+    *,
+    path: Path,
+    base: Path,
+    environ: Mapping[str, str],
+    where: str,
+    secret_env_names: set[str],
+    required: bool = True,
+) -> str | None:
     """Resolve `<name>_file` or `<name>_env`. A secret written inline in the config is refused."""
     if name in entry:
-        raise ConfigError(f"secrets are not written in the config: use {name}_file or {name}_env",
-                          path=path, key=f"{where}.{name}")
+        raise ConfigError(
+            f"secrets are not written in the config: use {name}_file or {name}_env", path=path, key=f"{where}.{name}"
+        )
     file_key, env_key = f"{name}_file", f"{name}_env"
     if file_key in entry and env_key in entry:
         raise ConfigError(f"set only one of {file_key} and {env_key}", path=path, key=where)
@@ -24,8 +34,9 @@ def read_secret(entry: Mapping[str, Any], name: str, *, path: Path, base: Path, 
         try:
             value = secret_path.read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"cannot read secret file {secret_path}: {exc.strerror}",
-                              path=path, key=f"{where}.{file_key}") from None
+            raise ConfigError(
+                f"cannot read secret file {secret_path}: {exc.strerror}", path=path, key=f"{where}.{file_key}"
+            ) from None
     elif env_key in entry:
         var = typed(entry, env_key, str, None, path=path, key=f"{where}.{env_key}")
         secret_env_names.add(var)

@@ -21,13 +21,28 @@ HOST_NAME_RE = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9]
 LOOPBACK_NAMES = {"127.0.0.1": ("localhost",), "::1": ("localhost",)}
 
 
-def parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, str],
-                 secret_env_names: set[str]) -> ServerConfig:
+def parse_server(
+    data: Any, *, path: Path, base: Path, environ: Mapping[str, str], secret_env_names: set[str]
+) -> ServerConfig:
     if not isinstance(data, dict):
         raise ConfigError("must be a table", path=path, key="server")
-    allowed = {"listen", "workers", "max_body_bytes", "github_secret", "github_secret_file", "github_secret_env",
-               "operators", "names", "job_timeout", "github_api", "user", "group", "audit_token", "audit_token_file",
-               "audit_token_env"}
+    allowed = {
+        "listen",
+        "workers",
+        "max_body_bytes",
+        "github_secret",
+        "github_secret_file",
+        "github_secret_env",
+        "operators",
+        "names",
+        "job_timeout",
+        "github_api",
+        "user",
+        "group",
+        "audit_token",
+        "audit_token_file",
+        "audit_token_env",
+    }
     only_keys(data, allowed, path=path, where="server")
     key = lambda k: f"server.{k}"  # noqa: E731
     defaults = ServerConfig()
@@ -41,14 +56,23 @@ def parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, str
     except ValueError:
         listen_port = 0
     if not sep or not 1 <= listen_port <= 65535:
-        raise ConfigError("must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:8000", path=path,
-                          key=key("listen"))
+        raise ConfigError("must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:8000", path=path, key=key("listen"))
 
     names = host_names(data, listen, path=path, key=key("names"))
-    workers = integer(data.get("workers", defaults.workers), minimum=2, path=path, key=key("workers"),
-                      message="must be a whole number of at least 2, so one slow request never holds up the others")
-    max_body = integer(data.get("max_body_bytes", defaults.max_body_bytes), minimum=1024, path=path,
-                       key=key("max_body_bytes"), message="must be a whole number of bytes, at least 1024")
+    workers = integer(
+        data.get("workers", defaults.workers),
+        minimum=2,
+        path=path,
+        key=key("workers"),
+        message="must be a whole number of at least 2, so one slow request never holds up the others",
+    )
+    max_body = integer(
+        data.get("max_body_bytes", defaults.max_body_bytes),
+        minimum=1024,
+        path=path,
+        key=key("max_body_bytes"),
+        message="must be a whole number of bytes, at least 1024",
+    )
 
     github_api = typed(data, "github_api", str, defaults.github_api, path=path, key=key("github_api"))
     if not re.fullmatch(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$", github_api):
@@ -61,13 +85,32 @@ def parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, str
             raise ConfigError("must be a user or group name", path=path, key=key(name))
         accounts[name] = value
 
-    github_secret = read_secret(data, "github_secret", path=path, base=base, environ=environ, where="server",
-                                secret_env_names=secret_env_names, required=False)
-    audit_token = read_secret(data, "audit_token", path=path, base=base, environ=environ, where="server",
-                              secret_env_names=secret_env_names, required=False)
+    github_secret = read_secret(
+        data,
+        "github_secret",
+        path=path,
+        base=base,
+        environ=environ,
+        where="server",
+        secret_env_names=secret_env_names,
+        required=False,
+    )
+    audit_token = read_secret(
+        data,
+        "audit_token",
+        path=path,
+        base=base,
+        environ=environ,
+        where="server",
+        secret_env_names=secret_env_names,
+        required=False,
+    )
     if audit_token is not None and len(audit_token) < MIN_OPERATOR_SECRET:
-        raise ConfigError(f"the token is shorter than {MIN_OPERATOR_SECRET} characters; "
-                          "make one with: openssl rand -hex 32", path=path, key=key("audit_token"))
+        raise ConfigError(
+            f"the token is shorter than {MIN_OPERATOR_SECRET} characters; make one with: openssl rand -hex 32",
+            path=path,
+            key=key("audit_token"),
+        )
 
     operators_data = data.get("operators", {})
     if not isinstance(operators_data, dict):
@@ -80,18 +123,23 @@ def parse_server(data: Any, *, path: Path, base: Path, environ: Mapping[str, str
         if not isinstance(entry, dict):
             raise ConfigError("must be a table", path=path, key=where)
         only_keys(entry, {"secret", "secret_file", "secret_env", "scope", "apps"}, path=path, where=where)
-        secret = read_secret(entry, "secret", path=path, base=base, environ=environ, where=where,
-                             secret_env_names=secret_env_names)
+        secret = read_secret(
+            entry, "secret", path=path, base=base, environ=environ, where=where, secret_env_names=secret_env_names
+        )
         if len(secret) < MIN_OPERATOR_SECRET:
-            raise ConfigError(f"the secret is shorter than {MIN_OPERATOR_SECRET} characters; "
-                              "make one with: openssl rand -hex 32", path=path, key=where)
+            raise ConfigError(
+                f"the secret is shorter than {MIN_OPERATOR_SECRET} characters; make one with: openssl rand -hex 32",
+                path=path,
+                key=where,
+            )
         scope = typed(entry, "scope", str, "operator", path=path, key=f"{where}.scope")
         if scope not in SCOPES:
             raise ConfigError(f"must be one of {', '.join(SCOPES)}", path=path, key=f"{where}.scope")
         apps = key_apps(entry, path=path, key=f"{where}.apps")
         if scope == "fleet" and not apps:
-            raise ConfigError("a fleet key names the apps it may deploy: apps = [\"web\"]", path=path,
-                              key=f"{where}.apps")
+            raise ConfigError(
+                'a fleet key names the apps it may deploy: apps = ["web"]', path=path, key=f"{where}.apps"
+            )
         operators[key_id] = OperatorKey(key_id=key_id, secret=secret, scope=scope, apps=apps)
 
     return ServerConfig(
@@ -119,19 +167,28 @@ def host_names(data: Mapping[str, Any], listen: str, *, path: Path, key: str) ->
         host, _, port = listen.rpartition(":")
         address = ipaddress.ip_address(host.strip("[]"))
         if address.is_unspecified:
-            raise ConfigError(f"listen = {listen!r} takes requests on every address, so the names this server "
-                              "answers to must be given: names = [\"deploy.example.com\", \"10.0.0.1:8000\"] "
-                              "(the Host header clients send)", path=path, key=key)
+            raise ConfigError(
+                f"listen = {listen!r} takes requests on every address, so the names this server "
+                'answers to must be given: names = ["deploy.example.com", "10.0.0.1:8000"] '
+                "(the Host header clients send)",
+                path=path,
+                key=key,
+            )
         shown = f"[{address}]" if address.version == 6 else str(address)
         return (f"{shown}:{port}", *(f"{name}:{port}" for name in LOOPBACK_NAMES.get(str(address), ())))
     names = data["names"]
     if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
-        raise ConfigError("must be a list of the Host names clients use, e.g. [\"deploy.example.com\"]",
-                          path=path, key=key)
+        raise ConfigError(
+            'must be a list of the Host names clients use, e.g. ["deploy.example.com"]', path=path, key=key
+        )
     for name in names:
         if not HOST_NAME_RE.fullmatch(name.lower()):
-            raise ConfigError(f"{name[:80]!r} is not a Host header: a name or an address, and :PORT unless it is "
-                              "the scheme's default", path=path, key=key)
+            raise ConfigError(
+                f"{name[:80]!r} is not a Host header: a name or an address, and :PORT unless it is "
+                "the scheme's default",
+                path=path,
+                key=key,
+            )
     return tuple(dict.fromkeys(name.lower() for name in names))
 
 

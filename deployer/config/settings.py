@@ -18,17 +18,33 @@ BACKENDS = ("iptables", "nftables")
 def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, str]) -> Settings:
     if not isinstance(data, dict):
         raise ConfigError("must be a table", path=path, key="deployer")
-    allowed = {"state_dir", "hooks_dir", "hook_timeout", "lock_wait", "host_lock_wait", "chain_prefix", "network",
-               "bridge", "docker_host", "iptables_wait", "maintenance_port", "backend"}
+    allowed = {
+        "state_dir",
+        "hooks_dir",
+        "hook_timeout",
+        "lock_wait",
+        "host_lock_wait",
+        "chain_prefix",
+        "network",
+        "bridge",
+        "docker_host",
+        "iptables_wait",
+        "maintenance_port",
+        "backend",
+    }
     only_keys(data, allowed, path=path, where="deployer")
     key = lambda k: f"deployer.{k}"  # noqa: E731
     prefix = typed(data, "chain_prefix", str, "DEPLOYER", path=path, key=key("chain_prefix"))
     if not CHAIN_PREFIX_RE.fullmatch(prefix):
-        raise ConfigError("must be 1 to 8 uppercase letters or digits, starting with a letter",
-                          path=path, key=key("chain_prefix"))
+        raise ConfigError(
+            "must be 1 to 8 uppercase letters or digits, starting with a letter", path=path, key=key("chain_prefix")
+        )
     if prefix in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD") or prefix.startswith("DOCKER"):
-        raise ConfigError("must not name a built-in chain or Docker's chains: the deployer owns every chain "
-                          "it names", path=path, key=key("chain_prefix"))
+        raise ConfigError(
+            "must not name a built-in chain or Docker's chains: the deployer owns every chain it names",
+            path=path,
+            key=key("chain_prefix"),
+        )
     bridge = typed(data, "bridge", str, "deployer0", path=path, key=key("bridge"))
     if not BRIDGE_RE.fullmatch(bridge):
         raise ConfigError("must be a Linux interface name of at most 15 characters", path=path, key=key("bridge"))
@@ -47,11 +63,14 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
         chain_prefix=prefix,
         network=network,
         bridge=bridge,
-        docker_host=(typed(data, "docker_host", str, None, path=path, key=key("docker_host"))
-                     or environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST),
+        docker_host=(
+            typed(data, "docker_host", str, None, path=path, key=key("docker_host"))
+            or environ.get("DOCKER_HOST")
+            or DEFAULT_DOCKER_HOST
+        ),
         iptables_wait=int(duration(data, "iptables_wait", 10, path=path, key=key("iptables_wait"))),
-        maintenance_port=port_number(data.get("maintenance_port", Settings.maintenance_port), path=path,
-                                     key=key("maintenance_port")),
+        maintenance_port=port_number(
+            data.get("maintenance_port", Settings.maintenance_port), path=path, key=key("maintenance_port")
+        ),
         backend=backend,
     )
-

@@ -41,9 +41,18 @@ Connect = Callable[..., HostClient]  # connect(url, signer, *, timeout, ca_file)
 
 def operator_signer(key_id: str, secret: str) -> Signer:
     """Sign as `key_id`: now, with a fresh nonce (the scheme of `server.signatures`)."""
+
     def sign(method: str, host: str, path: str, body: bytes) -> dict[str, str]:
-        return signatures.sign_request(secret, method=method, host=host, path=path, key_id=key_id,
-                                       timestamp=int(time.time()), nonce=secrets.token_urlsafe(24), body=body)
+        return signatures.sign_request(
+            secret,
+            method=method,
+            host=host,
+            path=path,
+            key_id=key_id,
+            timestamp=int(time.time()),
+            nonce=secrets.token_urlsafe(24),
+            body=body,
+        )
 
     return sign
 
@@ -52,9 +61,12 @@ class FleetClient:
     """post, follow and status of each host of [fleet], by its name."""
 
     def __init__(self, fleet: FleetConfig, *, connect: Connect, timeout: float = REQUEST_TIMEOUT) -> None:
-        self.clients = {host.name: connect(host.url, operator_signer(host.key_id, host.secret), timeout=timeout,
-                                           ca_file=host.ca_file)
-                        for host in fleet.hosts}
+        self.clients = {
+            host.name: connect(
+                host.url, operator_signer(host.key_id, host.secret), timeout=timeout, ca_file=host.ca_file
+            )
+            for host in fleet.hosts
+        }
 
     def deploy(self, host: str, app: str, tag: str, *, rollout: str, reason: str) -> str:
         """POST /deploy; returns the host's job id."""
@@ -96,8 +108,12 @@ def text_of(value: object, what: str) -> str | None:
 
 def checked_job(answer: dict[str, Any]) -> dict[str, Any]:
     """GET /jobs/<id>: its status and reason as short printable text, its tag a Docker tag."""
-    return {**answer, "status": text_of(answer.get("status"), "the job's status"),
-            "reason": text_of(answer.get("reason"), "the job's reason"), "tag": tag_of(answer.get("tag"), "the job's tag")}
+    return {
+        **answer,
+        "status": text_of(answer.get("status"), "the job's status"),
+        "reason": text_of(answer.get("reason"), "the job's reason"),
+        "tag": tag_of(answer.get("tag"), "the job's tag"),
+    }
 
 
 def checked_status(answer: dict[str, Any]) -> dict[str, Any]:
@@ -106,15 +122,21 @@ def checked_status(answer: dict[str, Any]) -> dict[str, Any]:
     if last is not None:
         if not isinstance(last, dict):
             raise unexpected("the last job", last)
-        last = {**last, "id": job_id_of(last.get("id"), "the last job's id"),
-                "tag": tag_of(last.get("tag"), "the last job's tag"),
-                "rollout": text_of(last.get("rollout"), "the last job's rollout"),
-                "status": text_of(last.get("status"), "the last job's status"),
-                "reason": text_of(last.get("reason"), "the last job's reason")}
+        last = {
+            **last,
+            "id": job_id_of(last.get("id"), "the last job's id"),
+            "tag": tag_of(last.get("tag"), "the last job's tag"),
+            "rollout": text_of(last.get("rollout"), "the last job's rollout"),
+            "status": text_of(last.get("status"), "the last job's status"),
+            "reason": text_of(last.get("reason"), "the last job's reason"),
+        }
     health = answer.get("health")
-    if health is not None and not (isinstance(health, dict)
-                                   and all(isinstance(v, str) for v in health.values())):
+    if health is not None and not (isinstance(health, dict) and all(isinstance(v, str) for v in health.values())):
         raise unexpected("the health", health)
-    return {**answer, "tag": tag_of(answer.get("tag"), "the live tag"), "last_job": last,
-            "port_set": text_of(answer.get("port_set"), "the port set"),
-            **({"health": {printable(k, 40): printable(v, 40) for k, v in health.items()}} if health else {})}
+    return {
+        **answer,
+        "tag": tag_of(answer.get("tag"), "the live tag"),
+        "last_job": last,
+        "port_set": text_of(answer.get("port_set"), "the port set"),
+        **({"health": {printable(k, 40): printable(v, 40) for k, v in health.items()}} if health else {}),
+    }

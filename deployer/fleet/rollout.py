@@ -57,8 +57,16 @@ class Progress(Protocol):
 
     def plan_rollout(self, rollout_id: str, steps: list[RolloutHost]) -> list[RolloutHost]: ...
     def rollout_hosts(self, rollout_id: str) -> list[RolloutHost]: ...
-    def set_rollout_host(self, rollout_id: str, host: str, state: str, *, host_job: str | None = None,
-                         reason: str | None = None, failure: str | None = None) -> RolloutHost: ...
+    def set_rollout_host(
+        self,
+        rollout_id: str,
+        host: str,
+        state: str,
+        *,
+        host_job: str | None = None,
+        reason: str | None = None,
+        failure: str | None = None,
+    ) -> RolloutHost: ...
     def abort_of(self, rollout_id: str) -> RolloutAbort | None: ...
 
 
@@ -75,10 +83,13 @@ def options_of(source: Mapping[str, Any], fleet: FleetConfig) -> plan.Options:
     if not isinstance(revert, bool) or isinstance(bake, bool) or not isinstance(bake, (int, float)) or bake < 0:
         raise RolloutFailed("the rollout job's options are not valid (revert, bake)")
     return plan.Options(
-        max_parallel=check_max_parallel(source.get("max_parallel", fleet.max_parallel), len(fleet.hosts),
-                                        path=None, key="max_parallel"),
+        max_parallel=check_max_parallel(
+            source.get("max_parallel", fleet.max_parallel), len(fleet.hosts), path=None, key="max_parallel"
+        ),
         canary=check_canary(source.get("canary", fleet.canary), fleet.host_names, path=None, key="canary"),
-        bake=float(bake), revert=revert)
+        bake=float(bake),
+        revert=revert,
+    )
 
 
 @dataclass
@@ -110,15 +121,20 @@ class Rollout:
         if rows:
             self._record("rollout.resumed", states={r.host: r.state for r in rows})
         elif (why := self._why_stop()) is not None:
-            raise RolloutFailed(f"rollout of {self.job.app} {self.tag} stopped before it began: {why}; nothing was "
-                                f"changed on any host", app=self.job.app, tag=self.tag)
+            raise RolloutFailed(
+                f"rollout of {self.job.app} {self.tag} stopped before it began: {why}; nothing was changed on any host",
+                app=self.job.app,
+                tag=self.tag,
+            )
         else:
             current = self._preflight()
             steps = plan.plan(self.fleet.host_names, current, self.tag, options)
-            rows = self.progress.plan_rollout(self.id, [RolloutHost(s.host, s.batch, s.previous, s.state)
-                                                        for s in steps])
-            self._record("rollout.planned", batches=_batches(rows), skipped=[r.host for r in rows
-                                                                             if r.state == plan.SKIPPED])
+            rows = self.progress.plan_rollout(
+                self.id, [RolloutHost(s.host, s.batch, s.previous, s.state) for s in steps]
+            )
+            self._record(
+                "rollout.planned", batches=_batches(rows), skipped=[r.host for r in rows if r.state == plan.SKIPPED]
+            )
         if (why := self._why_stop()) is not None:
             return self._give_up(why, options)
         if any(r.state in (plan.FAILED, plan.REVERTING, plan.REVERTED, plan.REVERT_FAILED) for r in rows):
@@ -171,8 +187,9 @@ class Rollout:
             except DeployerError as exc:
                 raise RolloutFailed(f"host {name}: {exc}; nothing was changed on any host", host=name) from None
             except Exception as exc:
-                raise RolloutFailed(f"host {name}: {unexpected(exc)}; nothing was changed on any host",
-                                    host=name) from None
+                raise RolloutFailed(
+                    f"host {name}: {unexpected(exc)}; nothing was changed on any host", host=name
+                ) from None
         return current
 
     # --- one batch -----------------------------------------------------------------------------------
@@ -183,8 +200,11 @@ class Rollout:
             if row.state in (plan.PENDING, plan.POSTING):
                 self._start(row, self.tag, plan.DEPLOYING)
         while True:
-            waiting = [r for r in self.progress.rollout_hosts(self.id)
-                       if r.batch == batch[0].batch and r.state == plan.DEPLOYING]
+            waiting = [
+                r
+                for r in self.progress.rollout_hosts(self.id)
+                if r.batch == batch[0].batch and r.state == plan.DEPLOYING
+            ]
             if not waiting or self._why_stop() is not None:  # giving up follows the deploying hosts itself
                 return
             for row in waiting:
@@ -243,8 +263,12 @@ class Rollout:
                 return None
             except DeployerError as exc:
                 if self.clock() > deadline:
-                    self._set(row.host, failed, tag=tag,
-                              reason=f"could not tell whether its deploy arrived: {self._silent(exc)}")
+                    self._set(
+                        row.host,
+                        failed,
+                        tag=tag,
+                        reason=f"could not tell whether its deploy arrived: {self._silent(exc)}",
+                    )
                     return None
                 self.sleep(self.poll)
             except Exception as exc:
@@ -259,9 +283,14 @@ class Rollout:
             if job.get("status") in FINISHED:
                 self._ended(row, job, tag, done=done, failed=failed)
             elif late:
-                self._set(row.host, failed, host_job=row.host_job, tag=tag,
-                          reason=f"its deploy job {row.host_job} did not finish within {self.fleet.host_timeout:g} s "
-                                 f"(still {job.get('status')})")
+                self._set(
+                    row.host,
+                    failed,
+                    host_job=row.host_job,
+                    tag=tag,
+                    reason=f"its deploy job {row.host_job} did not finish within {self.fleet.host_timeout:g} s "
+                    f"(still {job.get('status')})",
+                )
         except RequestRejected as exc:
             self._set(row.host, failed, host_job=row.host_job, tag=tag, reason=f"refused: {exc}")
         except DeployerError as exc:
@@ -272,13 +301,23 @@ class Rollout:
 
     def _ended(self, row: RolloutHost, job: Mapping[str, Any], tag: str, *, done: str, failed: str) -> None:
         if job.get("status") not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED):
-            self._set(row.host, failed, host_job=row.host_job, tag=tag,
-                      reason=f"its deploy job {row.host_job} {job.get('status')}: {job.get('reason') or '?'}")
+            self._set(
+                row.host,
+                failed,
+                host_job=row.host_job,
+                tag=tag,
+                reason=f"its deploy job {row.host_job} {job.get('status')}: {job.get('reason') or '?'}",
+            )
             return
         live = self.hosts.status(row.host, self.job.app).get("tag")
         if live != tag:
-            self._set(row.host, failed, host_job=row.host_job, tag=tag,
-                      reason=f"its deploy job {row.host_job} ended, but it runs {live}")
+            self._set(
+                row.host,
+                failed,
+                host_job=row.host_job,
+                tag=tag,
+                reason=f"its deploy job {row.host_job} ended, but it runs {live}",
+            )
             return
         self._set(row.host, done, host_job=row.host_job, tag=tag)
 
@@ -337,8 +376,9 @@ class Rollout:
                     self.sleep(self.poll)
         rows = self.progress.rollout_hosts(self.id)
         failed = [r for r in rows if r.failure]
-        raise RolloutFailed(self._failure(rows, options, why), app=self.job.app, tag=self.tag,
-                            host=failed[0].host if failed else None)
+        raise RolloutFailed(
+            self._failure(rows, options, why), app=self.job.app, tag=self.tag, host=failed[0].host if failed else None
+        )
 
     def _failure(self, rows: list[RolloutHost], options: plan.Options, why: str | None = None) -> str:
         failures = [f"host {r.host}: {r.failure}" for r in rows if r.failure]
@@ -355,8 +395,9 @@ class Rollout:
         if kept_failed and options.revert:
             parts.append("unchanged: " + ", ".join(kept_failed))
         if kept:
-            parts.append(f"left on {self.tag}" + (" (--no-revert)" if not options.revert else "") + ": "
-                         + ", ".join(kept))
+            parts.append(
+                f"left on {self.tag}" + (" (--no-revert)" if not options.revert else "") + ": " + ", ".join(kept)
+            )
         if untouched:
             parts.append("untouched: " + ", ".join(untouched))
         return f"rollout of {self.job.app} {self.tag} stopped: " + "; ".join(parts)
@@ -364,15 +405,29 @@ class Rollout:
     # --- the record --------------------------------------------------------------------------------
 
     def _set(self, host: str, state: str, *, tag: str, host_job: str | None = None, reason: str | None = None) -> None:
-        self.progress.set_rollout_host(self.id, host, state, host_job=host_job, reason=reason,
-                                       failure=reason if state == plan.FAILED else None)
+        self.progress.set_rollout_host(
+            self.id, host, state, host_job=host_job, reason=reason, failure=reason if state == plan.FAILED else None
+        )
         outcome = {plan.DONE: "ok", plan.REVERTED: "ok", plan.FAILED: "failed", plan.REVERT_FAILED: "failed"}
-        self._record("rollout.host", host=host, state=state, tag=tag, host_job=host_job, reason=reason,
-                     outcome=outcome.get(state))
+        self._record(
+            "rollout.host",
+            host=host,
+            state=state,
+            tag=tag,
+            host_job=host_job,
+            reason=reason,
+            outcome=outcome.get(state),
+        )
 
     def _record(self, event: str, **fields: Any) -> None:
-        self.journal.record(event, job=self.id, rollout=self.id, app=self.job.app, actor=self.job.actor,
-                            **{k: v for k, v in fields.items() if v is not None})
+        self.journal.record(
+            event,
+            job=self.id,
+            rollout=self.id,
+            app=self.job.app,
+            actor=self.job.actor,
+            **{k: v for k, v in fields.items() if v is not None},
+        )
 
 
 def unexpected(exc: Exception) -> str:

@@ -33,29 +33,39 @@ def reweight(host: ModeHost, app_name: str, weight: int, *, actor: str) -> AppSt
     """Give the canary `weight` percent of new flows; None if it already has that."""
     app = host.config.app(app_name)
     canary.check_weight(weight)
-    after = modes.apply(host, app, lambda state: canary.reweighted(state, weight, now=utc_now()),
-                        event="canary.weight", actor=actor, weight=weight)
+    after = modes.apply(
+        host,
+        app,
+        lambda state: canary.reweighted(state, weight, now=utc_now()),
+        event="canary.weight",
+        actor=actor,
+        weight=weight,
+    )
     if after is not None:
         with contextlib.suppress(DeployerError):
-            host.chains.clean_flows([f for address in canary.rehashed_udp(after)
-                                     for f in conntrack.flows_to(app, "udp", address)])
+            host.chains.clean_flows(
+                [f for address in canary.rehashed_udp(after) for f in conntrack.flows_to(app, "udp", address)]
+            )
     return after
 
 
-def promote(host: CanaryHost, app_name: str, *, actor: str, job: str | None = None,
-            reason: str | None = None) -> AppState:
+def promote(
+    host: CanaryHost, app_name: str, *, actor: str, job: str | None = None, reason: str | None = None
+) -> AppState:
     """All traffic to the canary, recorded as the release; the old active instance drains and stops."""
     return _end(host, app_name, promote=True, actor=actor, job=job, reason=reason)
 
 
-def abort(host: CanaryHost, app_name: str, *, actor: str, job: str | None = None,
-          reason: str | None = None) -> AppState:
+def abort(
+    host: CanaryHost, app_name: str, *, actor: str, job: str | None = None, reason: str | None = None
+) -> AppState:
     """All traffic back to the active instance; the canary drains and stops."""
     return _end(host, app_name, promote=False, actor=actor, job=job, reason=reason)
 
 
-def _end(host: CanaryHost, app_name: str, *, promote: bool, actor: str, job: str | None,
-         reason: str | None) -> AppState:
+def _end(
+    host: CanaryHost, app_name: str, *, promote: bool, actor: str, job: str | None, reason: str | None
+) -> AppState:
     app = host.config.app(app_name)
     kind = "promote" if promote else "abort"
     base: dict[str, Any] = {"app": app.name, "job": job, "actor": actor}
@@ -64,8 +74,7 @@ def _end(host: CanaryHost, app_name: str, *, promote: bool, actor: str, job: str
         state = host.store.load(app.name)
         split = canary.Split.of(state)
         if split is None or state.active is None:
-            raise CanaryError(f"app {app.name!r} runs no canary (mode {state.mode!r}): nothing to {kind}",
-                              app=app.name)
+            raise CanaryError(f"app {app.name!r} runs no canary (mode {state.mode!r}): nothing to {kind}", app=app.name)
         after = canary.promoted(state, now=utc_now()) if promote else canary.aborted(state, now=utc_now())
         retired = state.active if promote else split.canary
         operation.failed["tag"] = split.canary.tag

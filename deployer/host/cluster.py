@@ -129,9 +129,18 @@ class AgentState:
 
 
 class ClusterAgent:
-    def __init__(self, config: Config, netfilter: NetfilterPort, keepalived: KeepalivedPort,
-                 shared: SharedAddressPort, *, journal: Journal, prober: Prober | None = None,
-                 probe: ProbeFactory | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        netfilter: NetfilterPort,
+        keepalived: KeepalivedPort,
+        shared: SharedAddressPort,
+        *,
+        journal: Journal,
+        prober: Prober | None = None,
+        probe: ProbeFactory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.cluster = cluster_of(config)
         self.netfilter = netfilter
@@ -155,26 +164,46 @@ class ClusterAgent:
         c = self.cluster
         self.netfilter.disable_tcp_loose()
         self.shared.join(c.interface, c.address, c.multicast_mac, arp_mangle=c.arp == "mangle")
-        self.keepalived.prepare(render_config(c, notify_fifo=self.paths.fifo, health_file=self.paths.health_track,
-                                              leave_file=self.paths.leave_track, source=self.config.path))
+        self.keepalived.prepare(
+            render_config(
+                c,
+                notify_fifo=self.paths.fifo,
+                health_file=self.paths.health_track,
+                leave_file=self.paths.leave_track,
+                source=self.config.path,
+            )
+        )
         self.state.intent = read_intent(self.paths)
         self._write_tracks()  # unhealthy: no bucket before the health checks pass
         live = plan.parse(self.netfilter.save_table(plan.TABLE))
         self.netfilter.restore(plan.render_ensure(live, self.names, c, self.config.apps.values(), set()))
         self.state.owned = set()
-        vrrp_filter = plan.render_vrrp_filter(plan.parse_filter(self.netfilter.save_table(plan.FILTER_TABLE)),
-                                              self.names, c)
+        vrrp_filter = plan.render_vrrp_filter(
+            plan.parse_filter(self.netfilter.save_table(plan.FILTER_TABLE)), self.names, c
+        )
         if vrrp_filter:
             self.netfilter.restore(vrrp_filter)
         # An agent that was killed (and started again by its unit) left its keepalived running: stopped only now,
         # once the chain takes in nothing, so no moment has this host and a peer both answering a bucket.
         leftover = self.keepalived.stop_leftover()
         if leftover is not None:
-            self.journal.record("cluster.keepalived", actor="cluster", outcome="stopped", host=c.host, pid=leftover,
-                                reason="left running by an agent that died")
+            self.journal.record(
+                "cluster.keepalived",
+                actor="cluster",
+                outcome="stopped",
+                host=c.host,
+                pid=leftover,
+                reason="left running by an agent that died",
+            )
         self._start_keepalived()
-        self.journal.record("cluster.run", actor="cluster", outcome="started", host=c.host,
-                            home=plan.home_buckets(c, c.host), intent=self.state.intent)
+        self.journal.record(
+            "cluster.run",
+            actor="cluster",
+            outcome="started",
+            host=c.host,
+            home=plan.home_buckets(c, c.host),
+            intent=self.state.intent,
+        )
 
     def stop(self) -> None:
         self._apply(set(), reason="stopping")
@@ -228,8 +257,11 @@ class ClusterAgent:
             wanted = plan.owned_buckets(s.states, s.since, now, self.cluster.handover_delay)
             self._apply(wanted, reason="keepalived")
         self._write_status()
-        pending = [s.since[b] + self.cluster.handover_delay - now for b, state in s.states.items()
-                   if state == plan.MASTER and b not in wanted and not out]
+        pending = [
+            s.since[b] + self.cluster.handover_delay - now
+            for b, state in s.states.items()
+            if state == plan.MASTER and b not in wanted and not out
+        ]
         return min([self.cluster.check_interval, *[max(p, 0.001) for p in pending]])
 
     # --- the pieces ------------------------------------------------------------------------------
@@ -244,9 +276,16 @@ class ClusterAgent:
         before = self.state.owned or set()
         self.netfilter.restore(plan.render_owned(self.names, self.cluster, self.config.apps.values(), owned))
         self.state.owned = set(owned)
-        self.journal.record("cluster.buckets", actor="cluster", outcome="ok", host=self.cluster.host,
-                            owned=sorted(owned), gained=sorted(owned - before), lost=sorted(before - owned),
-                            reason=reason)
+        self.journal.record(
+            "cluster.buckets",
+            actor="cluster",
+            outcome="ok",
+            host=self.cluster.host,
+            owned=sorted(owned),
+            gained=sorted(owned - before),
+            lost=sorted(before - owned),
+            reason=reason,
+        )
 
     def _write_tracks(self) -> None:
         """keepalived's track files: non-zero puts every instance of this host into FAULT."""
@@ -269,8 +308,9 @@ class ClusterAgent:
         s.failures, s.passes, s.problem = s.failures + 1, 0, problem
         if s.healthy and s.failures >= FAILURES_TO_FAULT:
             s.healthy = False
-            self.journal.record("cluster.health", actor="cluster", outcome="unhealthy", host=self.cluster.host,
-                                problem=problem)
+            self.journal.record(
+                "cluster.health", actor="cluster", outcome="unhealthy", host=self.cluster.host, problem=problem
+            )
 
     def _unhealthy(self) -> str | None:
         """Why this host should not serve the shared address now, or None: every cluster app's instance answers."""
@@ -296,9 +336,14 @@ class ClusterAgent:
     def _write_status(self) -> None:
         s = self.state
         status = {
-            "host": self.cluster.host, "updated": utc_now(), "healthy": s.healthy, "intent": s.intent,
-            "problem": s.problem, "keepalived_pid": self.keepalived.pid(),
-            "states": {str(b): state for b, state in sorted(s.states.items())}, "owned": sorted(s.owned or ()),
+            "host": self.cluster.host,
+            "updated": utc_now(),
+            "healthy": s.healthy,
+            "intent": s.intent,
+            "problem": s.problem,
+            "keepalived_pid": self.keepalived.pid(),
+            "states": {str(b): state for b, state in sorted(s.states.items())},
+            "owned": sorted(s.owned or ()),
         }
         write_json(self.paths.status, status)
 
@@ -368,8 +413,9 @@ def read_status(paths: ClusterPaths) -> dict[str, Any]:
     try:
         return json.loads(paths.status.read_text())
     except FileNotFoundError:
-        raise ClusterError(f"no cluster agent has run here ({paths.status} is missing): start deployer cluster run") \
-            from None
+        raise ClusterError(
+            f"no cluster agent has run here ({paths.status} is missing): start deployer cluster run"
+        ) from None
     except (OSError, ValueError) as exc:
         raise ClusterError(f"cannot read {paths.status}: {exc}") from None
 
@@ -398,9 +444,16 @@ class ClusterControl:
         lines = self.netfilter.conntrack_list(plan.conntrack_filter(c))
         flows = plan.flows_per_bucket(lines, c)
         status["buckets"] = [
-            {"bucket": b, "home": plan.ranking(c, b)[0], "ranking": plan.ranking(c, b),
-             "state": status["states"].get(str(b), "unknown"), "taken_in": b in status["owned"], "flows": flows[b]}
-            for b in range(c.buckets)]
+            {
+                "bucket": b,
+                "home": plan.ranking(c, b)[0],
+                "ranking": plan.ranking(c, b),
+                "state": status["states"].get(str(b), "unknown"),
+                "taken_in": b in status["owned"],
+                "flows": flows[b],
+            }
+            for b in range(c.buckets)
+        ]
         status["open_tcp_flows"] = plan.open_tcp_flows(lines, c)
         return status
 
@@ -413,15 +466,24 @@ class ClusterControl:
             self.journal.record("cluster.leave", actor=actor, outcome="refused", host=c.host, problem=problem)
             raise LeaveRefused(f"leaving now would leave buckets with no host: {problem}; --force leaves anyway")
         write_text(self.paths.intent, f"{LEAVE}\n", durable=True)
-        self.journal.record("cluster.leave", actor=actor, outcome="requested", host=c.host, forced=force or None,
-                            owned=status["owned"])
+        self.journal.record(
+            "cluster.leave", actor=actor, outcome="requested", host=c.host, forced=force or None, owned=status["owned"]
+        )
         if not wait:
             return status
         started = self.clock()
-        done = self._wait(lambda s: not s["owned"] and s["open_tcp_flows"] == 0, timeout,
-                          "its buckets to go and its TCP connections to finish")
-        self.journal.record("cluster.leave", actor=actor, outcome="left", host=c.host,
-                            duration_ms=round((self.clock() - started) * 1000, 1))
+        done = self._wait(
+            lambda s: not s["owned"] and s["open_tcp_flows"] == 0,
+            timeout,
+            "its buckets to go and its TCP connections to finish",
+        )
+        self.journal.record(
+            "cluster.leave",
+            actor=actor,
+            outcome="left",
+            host=c.host,
+            duration_ms=round((self.clock() - started) * 1000, 1),
+        )
         return done
 
     def join(self, *, actor: str, wait: bool, timeout: float) -> dict[str, Any]:
@@ -433,8 +495,14 @@ class ClusterControl:
             return read_status(self.paths)
         started = self.clock()
         done = self._wait(lambda s: home <= set(s["owned"]), timeout, f"its home buckets {sorted(home)} to come back")
-        self.journal.record("cluster.join", actor=actor, outcome="joined", host=c.host, owned=done["owned"],
-                            duration_ms=round((self.clock() - started) * 1000, 1))
+        self.journal.record(
+            "cluster.join",
+            actor=actor,
+            outcome="joined",
+            host=c.host,
+            owned=done["owned"],
+            duration_ms=round((self.clock() - started) * 1000, 1),
+        )
         return done
 
     def _wait(self, done: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
@@ -444,8 +512,10 @@ class ClusterControl:
             if done(status):
                 return status
             if self.clock() >= deadline:
-                raise ClusterError(f"waited {timeout:g}s for {what}; still holding buckets {status['owned']} and "
-                                   f"{status['open_tcp_flows']} open TCP connection(s)")
+                raise ClusterError(
+                    f"waited {timeout:g}s for {what}; still holding buckets {status['owned']} and "
+                    f"{status['open_tcp_flows']} open TCP connection(s)"
+                )
             self.sleep(0.1)
 
 

@@ -139,16 +139,34 @@ class DeployRun:
         return self.new
 
     def result(self) -> DeployResult:
-        return DeployResult(self.app.name, self.release.tag, self.new_set, self.release.digest, self.started().name,
-                            self.old.tag if self.old else None)
+        return DeployResult(
+            self.app.name,
+            self.release.tag,
+            self.new_set,
+            self.release.digest,
+            self.started().name,
+            self.old.tag if self.old else None,
+        )
 
 
 class Engine:
-    def __init__(self, config: Config, docker: DockerPort, netfilter: NetfilterBackend, *, routing: RoutingPort,
-                 prober: Prober, run_hook: HookRunner, journal: Journal | None = None,
-                 environ: Mapping[str, str] | None = None, retired_netfilter: NetfilterBackend | None = None,
-                 shared_address: SharedAddressPort | None = None, publish: Publish | None = None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        docker: DockerPort,
+        netfilter: NetfilterBackend,
+        *,
+        routing: RoutingPort,
+        prober: Prober,
+        run_hook: HookRunner,
+        journal: Journal | None = None,
+        environ: Mapping[str, str] | None = None,
+        retired_netfilter: NetfilterBackend | None = None,
+        shared_address: SharedAddressPort | None = None,
+        publish: Publish | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.settings = config.settings
         self.docker = docker
@@ -167,8 +185,16 @@ class Engine:
 
     # --- public operations ---------------------------------------------------------------------
 
-    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None,
-               wait_on_transient: bool = False, canary_split: CanaryStart | None = None) -> DeployResult:
+    def deploy(
+        self,
+        app_name: str,
+        tag: str,
+        *,
+        actor: str,
+        job: str | None = None,
+        wait_on_transient: bool = False,
+        canary_split: CanaryStart | None = None,
+    ) -> DeployResult:
         """Deploy `tag`; with `canary_split`, the new instance takes that share of new flows and the old one stays.
 
         `wait_on_transient`: the caller will try again after a transient fault (every one strikes before the
@@ -223,8 +249,14 @@ class Engine:
             wanted = self.chains.wanted(app, state)
             live_rules = live.rules(self.names.app(app.name))
             containers = [
-                {"name": c.name, "id": c.id[:12], "status": c.status, "set": c.labels.get(LABEL_SET),
-                 "tag": c.labels.get(LABEL_TAG), "address": c.address(self.settings.network)}
+                {
+                    "name": c.name,
+                    "id": c.id[:12],
+                    "status": c.status,
+                    "set": c.labels.get(LABEL_SET),
+                    "tag": c.labels.get(LABEL_TAG),
+                    "address": c.address(self.settings.network),
+                }
                 for c in self.docker.containers(selector(self.settings, app.name))
             ]
             # Once deployed, the jumps into the app's chain must be there too, or outside clients miss it.
@@ -232,15 +264,27 @@ class Engine:
             if app.host_bound:
                 live_rules = live_rules + hostbound.live_app_rules(live, self.names, app)
                 wanted = wanted + hostbound.app_rules(self.names, app, self.settings.maintenance_port)
-                jumps_ok = (not self.chains.base_missing(live, app)
-                            and hostbound.jump(self.names) in live.rules("PREROUTING"))
+                jumps_ok = not self.chains.base_missing(live, app) and hostbound.jump(self.names) in live.rules(
+                    "PREROUTING"
+                )
             notes = forwarding.status_notes(app_chain.notes(app, state), state) + self._canary_flows(app, state)
             # A forward also needs its accept rules and IPv4 forwarding, or the old host never sees a packet.
             forward_problems = self.forwarder.drift(app.name, state, live) if state.mode == forwarding.MODE else []
-            result.append(AppStatus(app.name, state.active, state.previous,
-                                    live_rules == wanted and jumps_ok and not forward_problems, live_rules, wanted,
-                                    containers, state.mode, state.mode_detail, state.drained,
-                                    notes + forward_problems))
+            result.append(
+                AppStatus(
+                    app.name,
+                    state.active,
+                    state.previous,
+                    live_rules == wanted and jumps_ok and not forward_problems,
+                    live_rules,
+                    wanted,
+                    containers,
+                    state.mode,
+                    state.mode_detail,
+                    state.drained,
+                    notes + forward_problems,
+                )
+            )
         return result
 
     def _canary_flows(self, app: AppConfig, state: AppState) -> list[str]:
@@ -251,8 +295,10 @@ class Engine:
         counts = []
         for instance in (state.active, split.canary):
             try:
-                flows = sum(self.chains.count_flows(conntrack.flows_to(app, protocol, instance.address))
-                            for protocol in ("tcp", "udp"))
+                flows = sum(
+                    self.chains.count_flows(conntrack.flows_to(app, protocol, instance.address))
+                    for protocol in ("tcp", "udp")
+                )
             except DeployerError as exc:
                 return [f"live flows: unknown ({exc})"]
             counts.append(f"{instance.tag} ({instance.port_set} {instance.address}) {flows}")
@@ -298,14 +344,29 @@ class Engine:
 
     # --- the deploy sequence -------------------------------------------------------------------
 
-    def _operation(self, kind: str, app: AppConfig, actor: str, job: str | None, *, tag: str,
-                   shape: str = BRACKETED) -> Operation:
+    def _operation(
+        self, kind: str, app: AppConfig, actor: str, job: str | None, *, tag: str, shape: str = BRACKETED
+    ) -> Operation:
         """The operation's bookkeeping around its steps, holding the app's lock (`tag` says for what)."""
-        return Operation(self.journal, kind, {"app": app.name, "job": job, "actor": actor},
-                         lock=self.chains.app_lock(app.name, tag=tag, actor=actor), shape=shape, clock=self.clock)
+        return Operation(
+            self.journal,
+            kind,
+            {"app": app.name, "job": job, "actor": actor},
+            lock=self.chains.app_lock(app.name, tag=tag, actor=actor),
+            shape=shape,
+            clock=self.clock,
+        )
 
-    def _deploy(self, operation: Operation, app: AppConfig, release: Release, *, actor: str, job: str | None,
-                rollback: bool = False) -> DeployResult:
+    def _deploy(
+        self,
+        operation: Operation,
+        app: AppConfig,
+        release: Release,
+        *,
+        actor: str,
+        job: str | None,
+        rollback: bool = False,
+    ) -> DeployResult:
         """A deploy (and a rollback) inside its operation, which holds the app's lock: start the new instance,
         gate it, flip all traffic to it, then retire the old one."""
         self._open(operation, app, release)
@@ -326,19 +387,30 @@ class Engine:
         operation.finish(tag=run.release.tag, set=run.new_set, digest=run.release.digest)
         return run.result()
 
-    def _start_canary(self, operation: Operation, app: AppConfig, release: Release, split: CanaryStart, *,
-                      actor: str, job: str | None) -> DeployResult:
+    def _start_canary(
+        self, operation: Operation, app: AppConfig, release: Release, split: CanaryStart, *, actor: str, job: str | None
+    ) -> DeployResult:
         """A deploy that starts a canary: the same steps up to the flip, which gives the new instance `split`'s
         share of new flows; both serve until promote or abort, so nothing is retired."""
         before = self._open(operation, app, release, canary=split.weight)
         if before.active is None:
-            raise CanaryError(f"app {app.name!r} has no active instance to split traffic with; deploy it "
-                              f"without --canary first", app=app.name)
+            raise CanaryError(
+                f"app {app.name!r} has no active instance to split traffic with; deploy it without --canary first",
+                app=app.name,
+            )
         run = self._prepare(operation, app, release, actor=actor, job=job)
 
         def started(instance: Instance) -> AppState:
-            return canary.started(run.state, instance, weight=split.weight, sticky=split.sticky, seed=split.seed,
-                                  now=utc_now(), actor=actor, bake_until=split.bake_until)
+            return canary.started(
+                run.state,
+                instance,
+                weight=split.weight,
+                sticky=split.sticky,
+                seed=split.seed,
+                now=utc_now(),
+                actor=actor,
+                bake_until=split.bake_until,
+            )
 
         with self._abandoned_on_failure(run):
             self._start_new(run)
@@ -359,8 +431,16 @@ class Engine:
         canary.refuse_deploy(before)
         return before
 
-    def _prepare(self, operation: Operation, app: AppConfig, release: Release, *, actor: str, job: str | None,
-                 reconciled: bool = False) -> DeployRun:
+    def _prepare(
+        self,
+        operation: Operation,
+        app: AppConfig,
+        release: Release,
+        *,
+        actor: str,
+        job: str | None,
+        reconciled: bool = False,
+    ) -> DeployRun:
         """Reconcile first (unless done: a rollback reconciled before it chose its release), then read the record
         the deploy builds on."""
         if not reconciled:
@@ -372,12 +452,17 @@ class Engine:
                 if not operation.waits(exc):
                     with contextlib.suppress(DeployerError):
                         context = self._hook_context(app, release, actor, job, self.store.load(app.name))
-                        self._hook("on-failure", app, replace(context, error=str(exc)), operation.base,
-                                   must_pass=False)
+                        self._hook("on-failure", app, replace(context, error=str(exc)), operation.base, must_pass=False)
                 raise
         state = self.store.load(app.name)
-        return DeployRun(operation, app, release, state, self._hook_context(app, release, actor, job, state),
-                         new_set=other_set(state.active.port_set if state.active else None))
+        return DeployRun(
+            operation,
+            app,
+            release,
+            state,
+            self._hook_context(app, release, actor, job, state),
+            new_set=other_set(state.active.port_set if state.active else None),
+        )
 
     @contextlib.contextmanager
     def _abandoned_on_failure(self, run: DeployRun) -> Iterator[None]:
@@ -409,35 +494,55 @@ class Engine:
             step.detail.update(container=new.name, set=run.new_set, address=run.address)
             if not run.address:
                 # Most often the process has already exited: say so with its exit code, as the gate does.
-                raise BootError(self._not_running(new) or self._exit_reason(
-                    new.id, f"container {new.name} has no address on network {self.settings.network!r}"),
-                    app=app.name)
+                raise BootError(
+                    self._not_running(new)
+                    or self._exit_reason(
+                        new.id, f"container {new.name} has no address on network {self.settings.network!r}"
+                    ),
+                    app=app.name,
+                )
 
     def _gate(self, run: DeployRun) -> None:
         """Consecutive passing probes, then the app's restart policy, then post-healthy, which can still refuse."""
         new = run.started()
         with run.operation.step("health") as step:
             probe = set_port_probe(self.prober, run.app, run.new_set)
-            step.detail["probes"] = wait_healthy(run.app.health, probe, lambda: self._not_running(new),
-                                                 clock=self.clock, sleep=self.sleep)
+            step.detail["probes"] = wait_healthy(
+                run.app.health, probe, lambda: self._not_running(new), clock=self.clock, sleep=self.sleep
+            )
             self.docker.set_restart_policy(new.id, restart_policy(run.app.restart))
         self._hook("post-healthy", run.app, run.context, run.base)
 
-    def _flip(self, run: DeployRun, decide: Callable[[Instance], AppState], *,
-              committed: Callable[[AppState, str], AppState] = lambda after, at: after,
-              detail: Mapping[str, Any] | None = None) -> None:
+    def _flip(
+        self,
+        run: DeployRun,
+        decide: Callable[[Instance], AppState],
+        *,
+        committed: Callable[[AppState, str], AppState] = lambda after, at: after,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
         """Point the app's chain at the new instance in one transaction, as the record `decide` makes says."""
         new, release = run.started(), run.release
         with run.operation.step("flip") as step:
-            instance = Instance(port_set=run.new_set, tag=release.tag, image=release.image, digest=release.digest,
-                                container_id=new.id, container_name=new.name, address=run.address, since=utc_now())
+            instance = Instance(
+                port_set=run.new_set,
+                tag=release.tag,
+                image=release.image,
+                digest=release.digest,
+                container_id=new.id,
+                container_name=new.name,
+                address=run.address,
+                since=utc_now(),
+            )
             after = decide(instance)
             run.old_addresses = self.chains.flip(run.app, self.chains.wanted(run.app, after), step.detail, tidy=False)
             run.after = committed(after, step.detail.get("committed_at", utc_now()))
             step.detail.update(detail or {})
             step.detail.update(**app_chain.flip_detail(run.state, run.after))
-            step.detail.update(to=f"{run.new_set} {run.address}", **({"from": ",".join(sorted(run.old_addresses))}
-                                                                     if run.old_addresses else {}))
+            step.detail.update(
+                to=f"{run.new_set} {run.address}",
+                **({"from": ",".join(sorted(run.old_addresses))} if run.old_addresses else {}),
+            )
 
     def _record(self, run: DeployRun) -> None:
         """Traffic is on the new instance now. What follows tidies up; a failure no longer moves traffic.
@@ -486,8 +591,9 @@ class Engine:
         """Let the old instance's open connections finish, then stop and remove it (its image stays)."""
         if drain:
             with self.journal.step("drain", **base) as step:
-                step.detail["remaining"] = self.chains.wait_for_old_flows(conntrack.established_tcp(app, old.address),
-                                                                          app.drain_seconds)
+                step.detail["remaining"] = self.chains.wait_for_old_flows(
+                    conntrack.established_tcp(app, old.address), app.drain_seconds
+                )
         with self.journal.step("stop", container=old.container_name, **base):
             self.docker.stop(old.container_id, app.stop_timeout)
             self.docker.remove(old.container_id)
@@ -514,8 +620,9 @@ class Engine:
         if info is None:
             return f"container {container.name} disappeared"
         if info.status in ("exited", "dead") or info.restart_count > 0 or info.status == "restarting":
-            return self._exit_reason(container.id, f"container {container.name} exited "
-                                                   f"(exit code {info.exit_code}) before it became healthy")
+            return self._exit_reason(
+                container.id, f"container {container.name} exited (exit code {info.exit_code}) before it became healthy"
+            )
         return None
 
     def _exit_reason(self, container_id: str, message: str) -> str:
@@ -529,18 +636,28 @@ class Engine:
         auth = self.config.registries.get(app.registry or "")
         return {"username": auth.username, "password": auth.password} if auth else None
 
-    def _hook_context(self, app: AppConfig, release: Release, actor: str, job: str | None,
-                      state: AppState) -> HookContext:
+    def _hook_context(
+        self, app: AppConfig, release: Release, actor: str, job: str | None, state: AppState
+    ) -> HookContext:
         old = state.active
         new_set = other_set(old.port_set if old else None)
-        return HookContext(app=app.name, tag=release.tag, actor=actor, job=job, old_set=old.port_set if old
-                           else None, new_set=new_set, old_tag=old.tag if old else None,
-                           new_ports=self._set_ports(app, new_set),
-                           old_ports=self._set_ports(app, old.port_set) if old else None,
-                           bind=app.bind, health_path=app.health.path if app.health.type == "http" else None)
+        return HookContext(
+            app=app.name,
+            tag=release.tag,
+            actor=actor,
+            job=job,
+            old_set=old.port_set if old else None,
+            new_set=new_set,
+            old_tag=old.tag if old else None,
+            new_ports=self._set_ports(app, new_set),
+            old_ports=self._set_ports(app, old.port_set) if old else None,
+            bind=app.bind,
+            health_path=app.health.path if app.health.type == "http" else None,
+        )
 
-    def _hook(self, name: str, app: AppConfig, context: HookContext, base: dict[str, Any], *,
-              must_pass: bool = True) -> None:
+    def _hook(
+        self, name: str, app: AppConfig, context: HookContext, base: dict[str, Any], *, must_pass: bool = True
+    ) -> None:
         path = hook_path(self.config.hooks_dir_for(app), name)
         if path is None:
             return
@@ -553,8 +670,9 @@ class Engine:
                     raise HookFailed(f"hook {name} timed out after {self.settings.hook_timeout:g}s", app=app.name)
                 step.detail["exit_code"] = outcome.exit_code
                 if outcome.exit_code != 0:
-                    raise HookFailed(f"hook {name} exited with {outcome.exit_code}: {_tail(outcome.output, 3)}",
-                                     app=app.name)
+                    raise HookFailed(
+                        f"hook {name} exited with {outcome.exit_code}: {_tail(outcome.output, 3)}", app=app.name
+                    )
         except HookFailed:
             if must_pass:
                 raise

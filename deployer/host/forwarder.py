@@ -78,8 +78,9 @@ class Forwarder:
 
     # --- forward (the new host) ------------------------------------------------------------------
 
-    def forward(self, app_name: str, address: str, *, masquerade: bool = False, ports: tuple[str, ...] = (),
-                actor: str) -> Target:
+    def forward(
+        self, app_name: str, address: str, *, masquerade: bool = False, ports: tuple[str, ...] = (), actor: str
+    ) -> Target:
         """DNAT the app's external ports to `address`, ensuring forwarding and its accept rules first."""
         app = self.config.app(app_name)
         target = forwarding.plan_target(app, address, masquerade=masquerade, port_specs=ports)
@@ -90,12 +91,16 @@ class Forwarder:
             state = self.store.load(app.name)
             with op.step("preflight") as step:
                 facts = self.forward_facts(target)
-                step.detail.update(route=f"{facts.route.dev or '-'} via {facts.route.gateway or 'link'}",
-                                   ip_forward=facts.ip_forward, echo=facts.peer.echo)
+                step.detail.update(
+                    route=f"{facts.route.dev or '-'} via {facts.route.gateway or 'link'}",
+                    ip_forward=facts.ip_forward,
+                    echo=facts.peer.echo,
+                )
                 problems = forwarding.check_forward(app.name, target, facts, state.mode, state.mode_detail)
                 if problems:
-                    raise PreflightFailed(f"not forwarding {app.name} to {target.address}; nothing was changed:",
-                                          problems, app=app.name)
+                    raise PreflightFailed(
+                        f"not forwarding {app.name} to {target.address}; nothing was changed:", problems, app=app.name
+                    )
             if not facts.ip_forward:
                 with op.step("ip-forward"):
                     self.routing.set_sysctl("net/ipv4/ip_forward", "1")
@@ -112,9 +117,17 @@ class Forwarder:
                 raise
             with op.step("record"):
                 current = self.store.load(app.name)
-                self.store.save(replace(current, mode=MODE, updated_at=utc_now(), mode_detail=target.detail(
-                    since=current.mode_detail.get("since", utc_now()) if current.mode == MODE else utc_now(),
-                    dev=facts.route.dev)))
+                self.store.save(
+                    replace(
+                        current,
+                        mode=MODE,
+                        updated_at=utc_now(),
+                        mode_detail=target.detail(
+                            since=current.mode_detail.get("since", utc_now()) if current.mode == MODE else utc_now(),
+                            dev=facts.route.dev,
+                        ),
+                    )
+                )
             with contextlib.suppress(DeployerError), op.step("conntrack") as step:
                 step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, moved))
             op.finish(to=target.address, masquerade=target.masquerade)
@@ -124,8 +137,7 @@ class Forwarder:
         """Flip the app back to its local instance (or to nothing), then retire the forward. Returns what changed."""
         app = self.config.app(app_name)
         base = {"app": app.name, "actor": actor}
-        with self._operation("forward-off", base, self.chains.app_lock(app.name, tag="forward-off",
-                                                                        actor=actor)) as op:
+        with self._operation("forward-off", base, self.chains.app_lock(app.name, tag="forward-off", actor=actor)) as op:
             state = self.store.load(app.name)
             if state.mode != MODE:
                 leftovers = self._apply_extras(app.name, None)
@@ -137,11 +149,11 @@ class Forwarder:
             wanted = self.chains.wanted(app, replace(state, mode=SERVING, mode_detail={}))
             with op.step("flip") as step:
                 moved = self.chains.flip(app, wanted, step.detail)
-                step.detail["to"] = (f"{state.active.port_set} {state.active.address}" if state.active
-                                     else "nothing (no local instance)")
+                step.detail["to"] = (
+                    f"{state.active.port_set} {state.active.address}" if state.active else "nothing (no local instance)"
+                )
             with op.step("record"):
-                self.store.save(replace(self.store.load(app.name), mode=SERVING, mode_detail={},
-                                        updated_at=utc_now()))
+                self.store.save(replace(self.store.load(app.name), mode=SERVING, mode_detail={}, updated_at=utc_now()))
             with contextlib.suppress(DeployerError), op.step("conntrack") as step:
                 step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, moved))
             changes = [f"{app.name} no longer forwards to {state.mode_detail.get('to')}"]
@@ -152,8 +164,9 @@ class Forwarder:
         """After the flip away from a forward: drain its TCP connections, then drop its accept rules and flows."""
         target = Target.from_detail(detail)
         with self.journal.step("drain-forward", **base) as step:
-            step.detail["remaining"] = self.chains.wait_for_old_flows(conntrack.established_tcp(app, target.address),
-                                                                      app.drain_seconds)
+            step.detail["remaining"] = self.chains.wait_for_old_flows(
+                conntrack.established_tcp(app, target.address), app.drain_seconds
+            )
         with self.journal.step("forward-rules", **base) as step:
             step.detail["changed"] = self._apply_extras(app.name, None)
         with contextlib.suppress(DeployerError):
@@ -193,25 +206,47 @@ class Forwarder:
     def forward_facts(self, target: Target) -> forwarding.ForwardFacts:
         route = self.routing.route_get(target.address)
         unicast = route.kind == "unicast"
-        peer = (self.routing.probe_peer(target.address, None if route.gateway else route.dev) if unicast
-                else forwarding.Peer(False))
-        ports = {p.to_port: self.routing.tcp_open(target.address, p.to_port)
-                 for p in target.ports if p.protocol == "tcp"} if unicast else {}
+        peer = (
+            self.routing.probe_peer(target.address, None if route.gateway else route.dev)
+            if unicast
+            else forwarding.Peer(False)
+        )
+        ports = (
+            {p.to_port: self.routing.tcp_open(target.address, p.to_port) for p in target.ports if p.protocol == "tcp"}
+            if unicast
+            else {}
+        )
         return forwarding.ForwardFacts(
             ip_forward=self.routing.sysctl("net/ipv4/ip_forward") == "1",
             ip_forward_writable=self.routing.sysctl_writable("net/ipv4/ip_forward"),
-            route=route, peer=peer, ports=ports)
+            route=route,
+            peer=peer,
+            ports=ports,
+        )
 
     def _apply_extras(self, app: str, target: Target | None) -> bool:
         """Make the app's accept and masquerade rules those of `target` (None: none). True if anything changed."""
-        return self.chains.rewrite(lambda filter_table, nat: forwarding.render_extras(
-            filter_table, nat, self.names, app, target), "filter", "nat") is not None
+        return (
+            self.chains.rewrite(
+                lambda filter_table, nat: forwarding.render_extras(filter_table, nat, self.names, app, target),
+                "filter",
+                "nat",
+            )
+            is not None
+        )
 
     # --- forward-return (the old host) ------------------------------------------------------------
 
-    def forward_return(self, via: str, dev: str, *, mark: int = forwarding.DEFAULT_MARK,
-                       table: int = forwarding.DEFAULT_TABLE, priority: int = forwarding.DEFAULT_PRIORITY,
-                       actor: str) -> ReturnPath:
+    def forward_return(
+        self,
+        via: str,
+        dev: str,
+        *,
+        mark: int = forwarding.DEFAULT_MARK,
+        table: int = forwarding.DEFAULT_TABLE,
+        priority: int = forwarding.DEFAULT_PRIORITY,
+        actor: str,
+    ) -> ReturnPath:
         """Mark connections that arrive from the new host and route their replies back through it."""
         forwarding.check_return_arguments(via, dev, mark, table, priority)
         base = {"actor": actor}
@@ -224,16 +259,14 @@ class Forwarder:
                 step.detail.update(lladdr=path.lladdr, rp_filter=facts.rp_filter_dev, echo=facts.peer.echo)
                 problems = forwarding.check_return(path, facts)
                 if problems:
-                    raise PreflightFailed(f"not routing replies via {via} on {dev}; nothing was changed:",
-                                          problems)
+                    raise PreflightFailed(f"not routing replies via {via} on {dev}; nothing was changed:", problems)
             with op.step("return-route") as step:
                 commands = forwarding.route_commands(path, facts.rules)
                 step.detail["commands"] = [" ".join(c) for c in commands]
                 try:
                     for command in commands:
                         self.routing.run(command)
-                    self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, path),
-                                        "mangle")
+                    self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, path), "mangle")
                 except DeployerError:
                     if not recorded:
                         with contextlib.suppress(DeployerError):
@@ -246,19 +279,30 @@ class Forwarder:
             op.finish(via=via, dev=dev, lladdr=path.lladdr, mark=f"{mark:#x}", table=table)
         return path
 
-    def forward_return_off(self, *, drain: float = 10.0, mark: int = forwarding.DEFAULT_MARK,
-                           table: int = forwarding.DEFAULT_TABLE, priority: int = forwarding.DEFAULT_PRIORITY,
-                           actor: str) -> list[str]:
+    def forward_return_off(
+        self,
+        *,
+        drain: float = 10.0,
+        mark: int = forwarding.DEFAULT_MARK,
+        table: int = forwarding.DEFAULT_TABLE,
+        priority: int = forwarding.DEFAULT_PRIORITY,
+        actor: str,
+    ) -> list[str]:
         """Stop marking, let marked connections finish (up to `drain` seconds), then remove everything."""
         base = {"actor": actor}
         with self._operation("forward-return-off", base, self._return_lock()) as op:
             recorded = self.load_return()
-            path = (ReturnPath.from_record(recorded) if recorded
-                    else ReturnPath("", "", None, mark, table, priority))
+            path = ReturnPath.from_record(recorded) if recorded else ReturnPath("", "", None, mark, table, priority)
             op.start(via=path.via or None)
             with op.step("drain-return") as step:
-                self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, path, mark_new=False)
-                                    if mangle.has_chain(forwarding.return_chain(self.names)) else None, "mangle")
+                self.chains.rewrite(
+                    lambda mangle: (
+                        forwarding.render_return(mangle, self.names, path, mark_new=False)
+                        if mangle.has_chain(forwarding.return_chain(self.names))
+                        else None
+                    ),
+                    "mangle",
+                )
                 marked = [["-p", "tcp", "--mark", path.fwmark, "--state", "ESTABLISHED"]]
                 step.detail["remaining"] = self.chains.wait_for_old_flows(marked, drain)
             with op.step("return-route") as step:
@@ -268,28 +312,35 @@ class Forwarder:
             op.finish(removed=removed)
         return removed
 
-    def return_facts(self, via: str, dev: str, table: int,
-                     recorded: Mapping[str, Any] | None) -> forwarding.ReturnFacts:
+    def return_facts(
+        self, via: str, dev: str, table: int, recorded: Mapping[str, Any] | None
+    ) -> forwarding.ReturnFacts:
         link = self.routing.link(dev)
         route = self.routing.route_get(via)
         on_link = link.exists and route.kind == "unicast" and route.dev == dev and not route.gateway
         rp_dev = self.routing.sysctl(f"net/ipv4/conf/{dev}/rp_filter") if link.exists else None
         return forwarding.ReturnFacts(
-            link=link, route=route,
+            link=link,
+            route=route,
             rp_filter_all=int(self.routing.sysctl("net/ipv4/conf/all/rp_filter") or 0),
             rp_filter_dev=int(rp_dev) if rp_dev is not None else None,
             peer=self.routing.probe_peer(via, dev) if on_link else forwarding.Peer(False),
-            rules=self.routing.rules(), table_routes=self.routing.table_routes(table), recorded=recorded)
+            rules=self.routing.rules(),
+            table_routes=self.routing.table_routes(table),
+            recorded=recorded,
+        )
 
     def _remove_return(self, path: ReturnPath) -> list[str]:
         removed = []
         if self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, None), "mangle"):
             removed.append("mangle chains")
-        for command in forwarding.route_removal_commands(path, self.routing.rules(),
-                                                         self.routing.table_routes(path.table)):
+        for command in forwarding.route_removal_commands(
+            path, self.routing.rules(), self.routing.table_routes(path.table)
+        ):
             self.routing.run(command)
-            removed.append(f"ip rule {' '.join(command[4:])}" if command[2] == "rule"
-                           else f"the routes of table {path.table}")
+            removed.append(
+                f"ip rule {' '.join(command[4:])}" if command[2] == "rule" else f"the routes of table {path.table}"
+            )
         return removed
 
     # --- the host-level record and lock -------------------------------------------------------------
@@ -320,10 +371,12 @@ class Forwarder:
     def uninstall(self) -> list[str]:
         """Everything forwarding left on this host: accept and masquerade chains, the return path."""
         removed = []
-        if self.chains.rewrite(lambda filter_table, nat: forwarding.render_extras_teardown(
-                filter_table, nat, self.names), "filter", "nat"):
-            removed.append(f"forwarding chains {forwarding.forward_chain(self.names)} and "
-                           f"{forwarding.snat_chain(self.names)}")
+        if self.chains.rewrite(
+            lambda filter_table, nat: forwarding.render_extras_teardown(filter_table, nat, self.names), "filter", "nat"
+        ):
+            removed.append(
+                f"forwarding chains {forwarding.forward_chain(self.names)} and {forwarding.snat_chain(self.names)}"
+            )
         recorded = self.load_return()
         if recorded:
             removed += [f"return path: {item}" for item in self._remove_return(ReturnPath.from_record(recorded))]
@@ -331,4 +384,3 @@ class Forwarder:
         elif self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, None), "mangle"):
             removed.append("return path: mangle chains")
         return removed
-

@@ -60,5 +60,6 @@ def wait_healthy(
         if clock() + check.interval > deadline:
             raise HealthCheckFailed(
                 f"health check did not pass {check.successes} times in a row within {check.deadline:g}s "
-                f"({probes} probes; last: {last.detail})")
+                f"({probes} probes; last: {last.detail})"
+            )
         sleep(check.interval)

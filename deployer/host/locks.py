@@ -40,9 +40,11 @@ def open_lock_file(path: Path) -> int:
     try:
         info = os.fstat(fd)
         if info.st_uid != os.geteuid():
-            raise UnsafePath(f"the lock file {path} belongs to uid {info.st_uid}, not to uid {os.geteuid()} that runs "
-                             f"the deployer; whoever owns it can hold the lock for ever, so it is refused (remove it)",
-                             path=str(path))
+            raise UnsafePath(
+                f"the lock file {path} belongs to uid {info.st_uid}, not to uid {os.geteuid()} that runs "
+                f"the deployer; whoever owns it can hold the lock for ever, so it is refused (remove it)",
+                path=str(path),
+            )
         if stat.S_IMODE(info.st_mode) != LOCK_FILE_MODE:
             os.fchmod(fd, LOCK_FILE_MODE)
     except BaseException:
@@ -84,8 +86,9 @@ class AppLock:
     `wait` seconds to wait for a running deploy; 0 refuses at once with who holds the lock.
     """
 
-    def __init__(self, state_dir: Path, app: str, *, wait: float = 0.0, holder: dict | None = None,
-                 poll: float = 0.1) -> None:
+    def __init__(
+        self, state_dir: Path, app: str, *, wait: float = 0.0, holder: dict | None = None, poll: float = 0.1
+    ) -> None:
         self.path = Path(state_dir) / LOCKS / f"{app}.lock"
         self.app = app
         self.wait = wait
@@ -103,8 +106,9 @@ class AppLock:
         self._fd = fd
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -133,14 +137,18 @@ class HostLock:
         if not flock_within(fd, self.wait):  # held for milliseconds: tried again soon, then less often
             who = describe_holder(fd)
             os.close(fd)
-            raise LockError(f"the {self.name} lock ({self.path}) is still held{who or ' (holder unknown)'} after "
-                            f"{self.wait:g}s; try again later, or stop its holder", lock=self.name)
+            raise LockError(
+                f"the {self.name} lock ({self.path}) is still held{who or ' (holder unknown)'} after "
+                f"{self.wait:g}s; try again later, or stop its holder",
+                lock=self.name,
+            )
         write_holder(fd, {})
         self._fd = fd
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)

@@ -48,12 +48,14 @@ class ModeHost(Protocol):
     sleep: Callable[[float], None]
 
 
-def apply(host: ModeHost, app: AppConfig, decide: Decide, *, event: str, actor: str, wait: float | None = None,
-          **fields: Any) -> AppState | None:
+def apply(
+    host: ModeHost, app: AppConfig, decide: Decide, *, event: str, actor: str, wait: float | None = None, **fields: Any
+) -> AppState | None:
     """Lock, decide, flip, record, journal. `decide` returns None when there is nothing to change."""
     lock = host.chains.app_lock(app.name, wait=wait, tag=event, actor=actor)
-    with Operation(host.journal, event, {"app": app.name, "actor": actor, **fields}, lock=lock, shape=ONE_EVENT,
-                   clock=host.clock) as operation:
+    with Operation(
+        host.journal, event, {"app": app.name, "actor": actor, **fields}, lock=lock, shape=ONE_EVENT, clock=host.clock
+    ) as operation:
         after = decide(host.store.load(app.name))
         if after is None:
             return None
@@ -96,8 +98,11 @@ def maintenance_on(host: ModeHost, app_name: str, *, actor: str, message: str | 
     app = host.config.app(app_name)
     problem = host.prober.responder(host.settings.maintenance_port)
     if problem:
-        raise ModeError(f"no maintenance responder answers on port {host.settings.maintenance_port} ({problem}); "
-                        f"the app would refuse connections. Start one: deployer maintenance-server", app=app.name)
+        raise ModeError(
+            f"no maintenance responder answers on port {host.settings.maintenance_port} ({problem}); "
+            f"the app would refuse connections. Start one: deployer maintenance-server",
+            app=app.name,
+        )
 
     def decide(state: AppState) -> AppState | None:
         _serving_or_maintenance(state)
@@ -119,8 +124,11 @@ def maintenance_off(host: ModeHost, app_name: str, *, actor: str) -> AppState | 
         address = _current_address(host, state)
         failing = "its container is not running" if address is None else _probe_active(host, app, state)
         if failing:
-            raise ModeError(f"the active instance of {app.name!r} ({state.active.container_name}) fails its health "
-                            f"check: {failing}; maintenance stays on. Deploy a healthy release first.", app=app.name)
+            raise ModeError(
+                f"the active instance of {app.name!r} ({state.active.container_name}) fails its health "
+                f"check: {failing}; maintenance stays on. Deploy a healthy release first.",
+                app=app.name,
+            )
         return maintenance.back_to_serving(state, now=utc_now(), address=address)
 
     return apply(host, app, decide, event="maintenance.off", actor=actor)
@@ -136,8 +144,7 @@ def failover_on(host: ModeHost, app: AppConfig, *, container_id: str, failures: 
         failed["address"] = state.active.address
         return maintenance.failover_on(state, now=utc_now(), failures=failures, last=last)
 
-    after = apply(host, app, decide, event="failover.on", actor="watchdog", wait=0, failures=failures,
-                  last_probe=last)
+    after = apply(host, app, decide, event="failover.on", actor="watchdog", wait=0, failures=failures, last_probe=last)
     if after is not None:
         # Connections to the dead instance cannot finish; without their entries, the clients' retransmitted
         # SYNs pass the nat table again and reach the page instead of a dead address.
@@ -148,8 +155,7 @@ def failover_on(host: ModeHost, app: AppConfig, *, container_id: str, failures: 
 
 def failover_off(host: ModeHost, app: AppConfig, *, container_id: str, passes: int) -> AppState | None:
     def decide(state: AppState) -> AppState | None:
-        if not maintenance.failover_applies(state) or state.active is None \
-                or state.active.container_id != container_id:
+        if not maintenance.failover_applies(state) or state.active is None or state.active.container_id != container_id:
             return None
         address = _current_address(host, state)
         if address is None:
@@ -165,11 +171,16 @@ def failover_off(host: ModeHost, app: AppConfig, *, container_id: str, passes: i
 def _with_status_port(host: ModeHost, app_name: str) -> AppConfig:
     app = host.config.app(app_name)
     if app.host_bound:
-        raise ModeError(f"app {app.name!r} is host-bound and has no status port: point the upstream's checks at "
-                        f"its port itself", app=app.name)
+        raise ModeError(
+            f"app {app.name!r} is host-bound and has no status port: point the upstream's checks at its port itself",
+            app=app.name,
+        )
     if app.status_port is None:
-        raise ModeError(f"app {app.name!r} has no status_port: an upstream load balancer has nothing to check, so "
-                        f"there is nothing to drain. Set [apps.{app.name}] status_port.", app=app.name)
+        raise ModeError(
+            f"app {app.name!r} has no status_port: an upstream load balancer has nothing to check, so "
+            f"there is nothing to drain. Set [apps.{app.name}] status_port.",
+            app=app.name,
+        )
     return app
 
 
@@ -200,20 +211,28 @@ def wait_drained(host: ModeHost, app_name: str, *, actor: str, timeout: float, s
     filters = [["-p", "tcp", "--orig-port-dst", str(port)] for port in ports]
 
     def count() -> drain.Census:
-        return drain.census(host.chains.flows(filters), settle=settle, time_wait_timeout=time_wait,
-                            close_timeout=close)
+        return drain.census(host.chains.flows(filters), settle=settle, time_wait_timeout=time_wait, close_timeout=close)
 
     result = drain.wait_idle(count, timeout=timeout, min_wait=settle, clock=host.clock, sleep=host.sleep)
-    host.journal.record("drain.wait", app=app.name, actor=actor, outcome="ok" if result.idle else "failed",
-                        idle=result.idle, open=result.open, recent=result.recent, waited_s=result.waited)
+    host.journal.record(
+        "drain.wait",
+        app=app.name,
+        actor=actor,
+        outcome="ok" if result.idle else "failed",
+        idle=result.idle,
+        open=result.open,
+        recent=result.recent,
+        waited_s=result.waited,
+    )
     return result
 
 
 # --- host-bound apps -----------------------------------------------------------------------------
 
 
-def reconcile_host_bound(host: ModeHost, app: AppConfig, *, actor: str, job: str | None = None,
-                         live: SavedTable | None = None) -> list[str]:
+def reconcile_host_bound(
+    host: ModeHost, app: AppConfig, *, actor: str, job: str | None = None, live: SavedTable | None = None
+) -> list[str]:
     """Jumps, the socket-match chain and the app's own chain as the config and the record say; `live` is the nat
     table when the caller read it already."""
     chains = host.chains
@@ -221,8 +240,9 @@ def reconcile_host_bound(host: ModeHost, app: AppConfig, *, actor: str, job: str
     if chains.base_missing(chains.table("nat") if live is None else live, app):
         chains.ensure_base(app)
         repairs.append(f"jumps and chains of {app.name} restored")
-    if chains.rewrite(lambda nat: hostbound.render_ensure(nat, chains.names, host.config.apps,
-                                                          host.settings.maintenance_port), "nat"):
+    if chains.rewrite(
+        lambda nat: hostbound.render_ensure(nat, chains.names, host.config.apps, host.settings.maintenance_port), "nat"
+    ):
         repairs.append(f"socket-match rules of the host-bound apps written ({hostbound.chain(chains.names)})")
     wanted = chains.wanted(app, host.store.load(app.name))
     if chains.chain(app.name) != wanted:
@@ -237,8 +257,9 @@ def reconcile_host_bound(host: ModeHost, app: AppConfig, *, actor: str, job: str
 
 def ensure_retries(chains: Chains, apps: list[AppConfig]) -> None:
     """Write the mangle chain that turns these apps' refused handshakes into retries (see retries.py)."""
-    chains.rewrite(lambda mangle: retries.render_ensure(mangle, chains.names, apps, chains.settings.bridge),
-                   retries.TABLE)
+    chains.rewrite(
+        lambda mangle: retries.render_ensure(mangle, chains.names, apps, chains.settings.bridge), retries.TABLE
+    )
 
 
 def remove_retries(chains: Chains) -> list[str]:

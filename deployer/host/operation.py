@@ -30,9 +30,16 @@ FAILURES_ONLY = "failures-only"
 
 
 class Operation:
-    def __init__(self, journal: Journal, kind: str, base: Mapping[str, Any], *,
-                 lock: AbstractContextManager[Any] | None = None, shape: str = BRACKETED,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        kind: str,
+        base: Mapping[str, Any],
+        *,
+        lock: AbstractContextManager[Any] | None = None,
+        shape: str = BRACKETED,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.journal = journal
         self.kind = kind
         self.base = dict(base)
@@ -68,8 +75,13 @@ class Operation:
         if self.shape == BRACKETED:
             self.journal.record(f"{self.kind}.finished", outcome="ok", **fields, **self.base)
         elif self.shape == ONE_EVENT:
-            self.journal.record(self.kind, **self.base, outcome="ok", **fields,
-                                duration_ms=round((self.clock() - self._began) * 1000, 1))
+            self.journal.record(
+                self.kind,
+                **self.base,
+                outcome="ok",
+                **fields,
+                duration_ms=round((self.clock() - self._began) * 1000, 1),
+            )
 
     def waits(self, exc: DeployerError) -> bool:
         """Whether this failure only makes the caller wait and try again (a transient fault it waits on)."""
@@ -78,15 +90,24 @@ class Operation:
     def fail(self, exc: DeployerError) -> None:
         self.ended = True
         if self.waits(exc):
-            self.journal.record(f"{self.kind}.waiting", outcome="waiting", **self.failed, error=str(exc),
-                                error_type=type(exc).__name__, fault=exc.fault, **self.base)
+            self.journal.record(
+                f"{self.kind}.waiting",
+                outcome="waiting",
+                **self.failed,
+                error=str(exc),
+                error_type=type(exc).__name__,
+                fault=exc.fault,
+                **self.base,
+            )
             return
         name = self.kind if self.shape == ONE_EVENT else f"{self.kind}.failed"
-        self.journal.record(name, outcome="failed", **self.failed, error=str(exc), error_type=type(exc).__name__,
-                            **self.base)
+        self.journal.record(
+            name, outcome="failed", **self.failed, error=str(exc), error_type=type(exc).__name__, **self.base
+        )
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             if self.started and not self.ended:
                 if exc is None:
@@ -102,4 +123,3 @@ def record_repairs(journal: Journal, repairs: list[str], **base: Any) -> None:
     """One "reconcile.repair" event per repair: what reconcile changed, for the audit log."""
     for repair in repairs:
         journal.record("reconcile.repair", **base, detail=repair)
-

@@ -39,8 +39,9 @@ class ReconcileHost(modes.ModeHost, Protocol):
     forwarder: Forwarder
 
 
-def reconcile_app(host: ReconcileHost, app: AppConfig, *, actor: str, job: str | None = None,
-                  live: rules.SavedTable | None = None) -> list[str]:
+def reconcile_app(
+    host: ReconcileHost, app: AppConfig, *, actor: str, job: str | None = None, live: rules.SavedTable | None = None
+) -> list[str]:
     """Make rules, containers and the record agree, choosing the instance that serves now.
 
     `live` is the nat table as read once for a reconcile of every app (`Engine.reconcile`), so a host of N apps
@@ -87,15 +88,18 @@ def reconcile_app(host: ReconcileHost, app: AppConfig, *, actor: str, job: str |
         state = host.store.load(app.name)
         active_id = state.active.container_id if state.active else None
 
-    serving = (next((c for c in running if c.address(host.settings.network) in targets and c.id == active_id),
-                    None)
-               or next((c for c in running if c.address(host.settings.network) in targets), None)
-               or next((c for c in running if c.id == active_id), None)
-               or next((c for c in running if _probe_once(host, app, c)), None))
+    serving = (
+        next((c for c in running if c.address(host.settings.network) in targets and c.id == active_id), None)
+        or next((c for c in running if c.address(host.settings.network) in targets), None)
+        or next((c for c in running if c.id == active_id), None)
+        or next((c for c in running if _probe_once(host, app, c)), None)
+    )
     if serving is None:
         if state.active is not None:
-            repairs.append(f"no running instance of {app.name}: the recorded {state.active.port_set} "
-                           f"instance {state.active.container_name} is gone; rules left as they are")
+            repairs.append(
+                f"no running instance of {app.name}: the recorded {state.active.port_set} "
+                f"instance {state.active.container_name} is gone; rules left as they are"
+            )
             host.chains.ensure_base(app)
         record_repairs(host.journal, repairs, app=app.name, actor=actor, job=job)
         return repairs
@@ -103,9 +107,16 @@ def reconcile_app(host: ReconcileHost, app: AppConfig, *, actor: str, job: str |
     port_set = serving.labels.get(LABEL_SET, "blue")
     tag = serving.labels.get(LABEL_TAG, "unknown")
     address = serving.address(host.settings.network)
-    instance = Instance(port_set=port_set, tag=tag, image=serving.labels.get(LABEL_IMAGE, app.image),
-                        digest=serving.labels.get(LABEL_DIGEST) or None, container_id=serving.id,
-                        container_name=serving.name, address=address, since=utc_now())
+    instance = Instance(
+        port_set=port_set,
+        tag=tag,
+        image=serving.labels.get(LABEL_IMAGE, app.image),
+        digest=serving.labels.get(LABEL_DIGEST) or None,
+        container_id=serving.id,
+        container_name=serving.name,
+        address=address,
+        since=utc_now(),
+    )
     wanted = host.chains.wanted(app, state.promoted(instance, utc_now()))  # as the mode says
     if host.chains.base_missing(live, app):
         host.chains.ensure_base(app)
@@ -116,8 +127,11 @@ def reconcile_app(host: ReconcileHost, app: AppConfig, *, actor: str, job: str |
     if live_chain != wanted:
         old_addresses = host.chains.flip(app, wanted)
         host.chains.clean_flows(conntrack.after_flip(app, old_addresses))
-        repairs.append(f"shadowed rules of {app.name} removed" if rules.unshadowed(live_chain) == wanted
-                       else f"rules of {app.name} pointed at {port_set} {address} ({tag})")
+        repairs.append(
+            f"shadowed rules of {app.name} removed"
+            if rules.unshadowed(live_chain) == wanted
+            else f"rules of {app.name} pointed at {port_set} {address} ({tag})"
+        )
 
     if state.active is None or state.active.container_id != serving.id or state.active.address != address:
         host.store.save(state.promoted(instance, utc_now()))
@@ -150,13 +164,21 @@ def _remove_others(host: ReconcileHost, app: AppConfig, containers: list[Contain
         host.docker.remove(other.id)
         if other.address(host.settings.network):
             host.chains.clean_flows(conntrack.after_stop(app, other.address(host.settings.network)))
-        repairs.append(f"removed {other.name} ({other.labels.get(LABEL_TAG, '?')}, {other.status}), "
-                       f"which was not serving")
+        repairs.append(
+            f"removed {other.name} ({other.labels.get(LABEL_TAG, '?')}, {other.status}), which was not serving"
+        )
     return repairs
 
 
-def _reconcile_canary(host: ReconcileHost, app: AppConfig, state: AppState, split: canary.Split,
-                      running: list[ContainerInfo], live: rules.SavedTable, repairs: list[str]) -> set[str]:
+def _reconcile_canary(
+    host: ReconcileHost,
+    app: AppConfig,
+    state: AppState,
+    split: canary.Split,
+    running: list[ContainerInfo],
+    live: rules.SavedTable,
+    repairs: list[str],
+) -> set[str]:
     """Keep the split the record names while both instances run; the ids kept, or none when it ended.
 
     With one of them gone the canary is over: the record is set to the survivor (the canary promoted when
@@ -166,25 +188,31 @@ def _reconcile_canary(host: ReconcileHost, app: AppConfig, state: AppState, spli
     address = {c.id: c.address(host.settings.network) for c in running}
     active_up, canary_up = state.active.container_id in address, split.canary.container_id in address
     if active_up and canary_up:
-        state = replace(state, active=replace(state.active, address=address[state.active.container_id]),
-                        mode_detail=replace(split, canary=replace(
-                            split.canary, address=address[split.canary.container_id])).detail())
+        state = replace(
+            state,
+            active=replace(state.active, address=address[state.active.container_id]),
+            mode_detail=replace(
+                split, canary=replace(split.canary, address=address[split.canary.container_id])
+            ).detail(),
+        )
         if host.chains.base_missing(live, app):
             host.chains.ensure_base(app)
             repairs.append(f"jumps and chains of {app.name} restored")
         wanted = host.chains.wanted(app, state)
         if live.rules(host.chains.names.app(app.name)) != wanted:
             host.chains.clean_flows(conntrack.after_flip(app, host.chains.flip(app, wanted)))
-            repairs.append(f"rules of {app.name} set to the canary split the record names "
-                           f"({split.weight}% to {split.canary.tag})")
+            repairs.append(
+                f"rules of {app.name} set to the canary split the record names ({split.weight}% to {split.canary.tag})"
+            )
         if state != host.store.load(app.name):
             host.store.save(state)
             repairs.append(f"record of {app.name}: the instances' addresses updated")
         return {state.active.container_id, split.canary.container_id}
     if canary_up:
         host.store.save(canary.promoted(state, now=utc_now()))
-        repairs.append(f"canary of {app.name} promoted: the active instance {state.active.container_name} "
-                       f"is not running")
+        repairs.append(
+            f"canary of {app.name} promoted: the active instance {state.active.container_name} is not running"
+        )
     else:
         host.store.save(canary.aborted(state, now=utc_now()))
         repairs.append(f"canary of {app.name} ended: {split.canary.container_name} is not running")

@@ -65,8 +65,9 @@ class Pages:
     """Which app a port belongs to, and its page with the current message."""
 
     def __init__(self, config: AnyConfig) -> None:
-        self.apps: dict[int, AppConfig | ReceiverApp] = {p.external: app for app in config.apps.values() for p in app.ports
-                                           if p.protocol == "tcp"}
+        self.apps: dict[int, AppConfig | ReceiverApp] = {
+            p.external: app for app in config.apps.values() for p in app.ports if p.protocol == "tcp"
+        }
         self.store = StateStore(config.settings.state_dir)
 
     def for_port(self, port: int | None) -> tuple[str | None, bytes]:
@@ -125,9 +126,17 @@ class Responder(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = BACKLOG
 
-    def __init__(self, config: AnyConfig, host: str, port: int, *, deadlines: Deadlines,
-                 listener: socket.socket | None = None, max_connections: int = MAX_CONNECTIONS,
-                 request_seconds: float = REQUEST_SECONDS) -> None:
+    def __init__(
+        self,
+        config: AnyConfig,
+        host: str,
+        port: int,
+        *,
+        deadlines: Deadlines,
+        listener: socket.socket | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        request_seconds: float = REQUEST_SECONDS,
+    ) -> None:
         self.pages = Pages(config)
         self.deadlines = deadlines
         self.request_seconds = request_seconds
@@ -140,8 +149,9 @@ class Responder(ThreadingHTTPServer):
         try:
             super().__init__((host, port), Handler)
         except OSError as exc:
-            raise DeployerError(f"the maintenance responder cannot listen on {host or '*'}:{port}: "
-                                f"{exc.strerror}") from None
+            raise DeployerError(
+                f"the maintenance responder cannot listen on {host or '*'}:{port}: {exc.strerror}"
+            ) from None
 
     def process_request(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's names
         if not self._slots.acquire(blocking=False):
@@ -162,10 +172,23 @@ class Responder(ThreadingHTTPServer):
             self._slots.release()
 
 
-def make_server(config: AnyConfig, host: str = "0.0.0.0", port: int | None = None, *, deadlines: Deadlines,
-                listener: socket.socket | None = None, **limits: float) -> Responder:
-    return Responder(config, host, config.settings.maintenance_port if port is None else port,
-                     deadlines=deadlines, listener=listener, **limits)
+def make_server(
+    config: AnyConfig,
+    host: str = "0.0.0.0",
+    port: int | None = None,
+    *,
+    deadlines: Deadlines,
+    listener: socket.socket | None = None,
+    **limits: float,
+) -> Responder:
+    return Responder(
+        config,
+        host,
+        config.settings.maintenance_port if port is None else port,
+        deadlines=deadlines,
+        listener=listener,
+        **limits,
+    )
 
 
 def inherited_listener(fd: int) -> socket.socket:
@@ -179,14 +202,16 @@ def bind_listener(config: AnyConfig, host: str = "0.0.0.0") -> socket.socket:
     try:
         return socket.create_server((host, port), backlog=BACKLOG, reuse_port=False)
     except OSError as exc:
-        raise DeployerError(f"the maintenance responder cannot listen on {host or '*'}:{port}: "
-                            f"{exc.strerror}") from None
+        raise DeployerError(
+            f"the maintenance responder cannot listen on {host or '*'}:{port}: {exc.strerror}"
+        ) from None
 
 
 def serve(config: AnyConfig, stop: threading.Event, server: Responder) -> None:
     """Answer until `stop` is set (for `deployer watch` and `maintenance-server`, in a thread of their own)."""
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name="maintenance-responder", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="maintenance-responder", daemon=True
+    )
     thread.start()
     log.info("maintenance responder listening on *:%d", server.server_address[1])
     try:
@@ -195,4 +220,3 @@ def serve(config: AnyConfig, stop: threading.Event, server: Responder) -> None:
         server.shutdown()
         server.server_close()
         thread.join()
-

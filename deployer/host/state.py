@@ -72,4 +72,3 @@ class StateStore:
         write_atomically(self.path(state.app), json.dumps(payload, indent=2, sort_keys=True) + "\n")
         if self.publish is not None:
             self.publish(state)
-

@@ -87,8 +87,13 @@ def watched_apps(config: Config) -> list[AppConfig]:
 class AppWatch:
     """Probe one app's active instance until `stop` is set, flipping when `observe` says so."""
 
-    def __init__(self, engine: CanaryHost, app: AppConfig, stop: threading.Event,
-                 probe: Callable[[AppConfig, AppState], ProbeResult] | None = None) -> None:
+    def __init__(
+        self,
+        engine: CanaryHost,
+        app: AppConfig,
+        stop: threading.Event,
+        probe: Callable[[AppConfig, AppState], ProbeResult] | None = None,
+    ) -> None:
         self.engine = engine
         self.app = app
         self.stop = stop
@@ -116,8 +121,14 @@ class AppWatch:
         result = self.probe(self.app, state)
         self.streak, action = observe(self.streak, result.ok, watching[0], self.app.watchdog)
         if not result.ok and watching[0] in (SERVING, CANARY):
-            self.engine.journal.note("watchdog.probe", app=self.app.name, outcome="failed", detail=result.detail,
-                                     streak=self.streak.failing, of=self.app.watchdog.failures)
+            self.engine.journal.note(
+                "watchdog.probe",
+                app=self.app.name,
+                outcome="failed",
+                detail=result.detail,
+                streak=self.streak.failing,
+                of=self.app.watchdog.failures,
+            )
         if watching[0] == CANARY:
             self._judge_canary(state, action, result)
             return
@@ -125,24 +136,31 @@ class AppWatch:
             return
         try:
             if action == "fail":
-                modes.failover_on(self.engine, self.app, container_id=watching[1], failures=self.streak.failing,
-                                  last=result.detail)
+                modes.failover_on(
+                    self.engine, self.app, container_id=watching[1], failures=self.streak.failing, last=result.detail
+                )
             else:
                 modes.failover_off(self.engine, self.app, container_id=watching[1], passes=self.streak.passing)
         except LockError:
             return  # a deploy holds the app: it decides where traffic goes; the streak stands for the next probe
 
-
     def _judge_canary(self, state: AppState, action: str | None, result: ProbeResult) -> None:
         """Abort a canary that failed its checks; promote one whose bake time is over while it passes."""
         try:
             if action == "fail":
-                canary_ops.abort(self.engine, self.app.name, actor="watchdog",
-                                 reason=f"the canary failed {self.streak.failing} health checks in a row; "
-                                        f"last: {result.detail}")
+                canary_ops.abort(
+                    self.engine,
+                    self.app.name,
+                    actor="watchdog",
+                    reason=f"the canary failed {self.streak.failing} health checks in a row; last: {result.detail}",
+                )
             elif result.ok and self.streak.failing == 0 and canary.baked(state, utc_now()):
-                canary_ops.promote(self.engine, self.app.name, actor="watchdog",
-                                   reason="its bake time is over and it passed its health checks")
+                canary_ops.promote(
+                    self.engine,
+                    self.app.name,
+                    actor="watchdog",
+                    reason="its bake time is over and it passed its health checks",
+                )
         except LockError:
             return  # somebody else moves the app now; the next probe sees what they did
 
@@ -152,8 +170,14 @@ class AppWatch:
         return set_port_probe(self.engine.prober, app, instance.port_set)()
 
 
-def run_watchdog(config: Config, stop: threading.Event, build_engine: HostFactory, *,
-                 journal: Journal | None = None, ready: threading.Event | None = None) -> None:
+def run_watchdog(
+    config: Config,
+    stop: threading.Event,
+    build_engine: HostFactory,
+    *,
+    journal: Journal | None = None,
+    ready: threading.Event | None = None,
+) -> None:
     """Watch every app with the watchdog enabled until `stop` is set; for `deployer watch` and the server.
 
     `build_engine` makes the engine each app's watch flips through (wiring.build_engine: the caller picks the
@@ -173,8 +197,15 @@ def run_watchdog(config: Config, stop: threading.Event, build_engine: HostFactor
         except Exception as exc:  # noqa: BLE001 - reported below: the whole watchdog stops, to be started again
             died.append(f"{watch.app.name}: {type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=guarded, args=(AppWatch(build_engine(config, journal), app, watching),),
-                                name=f"watchdog-{app.name}", daemon=True) for app in apps]
+    threads = [
+        threading.Thread(
+            target=guarded,
+            args=(AppWatch(build_engine(config, journal), app, watching),),
+            name=f"watchdog-{app.name}",
+            daemon=True,
+        )
+        for app in apps
+    ]
     try:
         for thread in threads:
             thread.start()

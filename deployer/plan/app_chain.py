@@ -48,10 +48,12 @@ def for_record(names: ChainNames, app: AppConfig, state: AppState, maintenance_p
     split = canary.Split.of(state)
     if split is not None:
         new = split.canary
-        canary_forwards = [replace(f, comment=f"{f.comment} canary")
-                           for f in forwards_to(app, new.address, new.port_set, new.tag)]
-        result = canary.split_rules(names.app(app.name), forwards, canary_forwards, split.weight,
-                                    sticky=split.sticky, seed=split.seed)
+        canary_forwards = [
+            replace(f, comment=f"{f.comment} canary") for f in forwards_to(app, new.address, new.port_set, new.tag)
+        ]
+        result = canary.split_rules(
+            names.app(app.name), forwards, canary_forwards, split.weight, sticky=split.sticky, seed=split.seed
+        )
         return result + _status(names, app, state)
     return wanted(names, app, state, forwards, maintenance_port)
 
@@ -63,13 +65,15 @@ def _status(names: ChainNames, app: AppConfig, state: AppState) -> list[str]:
     return [] if status is None else [status.rule(names.app(app.name))]
 
 
-def wanted(names: ChainNames, app: AppConfig, state: AppState, forwards: Sequence[Forward],
-           maintenance_port: int) -> list[str]:
+def wanted(
+    names: ChainNames, app: AppConfig, state: AppState, forwards: Sequence[Forward], maintenance_port: int
+) -> list[str]:
     """`forwards`: the active instance's DNAT forwards (empty without one), as the engine renders them."""
     chain = names.app(app.name)
     if maintenance.in_maintenance(state):
-        return (maintenance.redirect_rules(chain, app, maintenance_port)
-                + app_rules(names, app.name, [f for f in forwards if f.protocol != "tcp"]))
+        return maintenance.redirect_rules(chain, app, maintenance_port) + app_rules(
+            names, app.name, [f for f in forwards if f.protocol != "tcp"]
+        )
     return app_rules(names, app.name, forwards) + _status(names, app, state)
 
 
@@ -79,8 +83,10 @@ def notes(app: AppConfig, state: AppState) -> list[str]:
     lines = [line for line in (mode, drain.describe(state)) if line]
     if app.host_bound:
         ports = ", ".join(str(p.external) for p in app.ports)
-        lines.append(f"host-bound: runs on the host; clients from other machines get the maintenance page while "
-                     f"nothing listens on port {ports}")
+        lines.append(
+            f"host-bound: runs on the host; clients from other machines get the maintenance page while "
+            f"nothing listens on port {ports}"
+        )
     return lines
 
 

@@ -49,8 +49,10 @@ SEED_MAX = 0xFFFFFFFF  # the cluster match's hash seed is 32 bits
 def check_weight(weight: Any) -> int:
     """A canary weight is a whole percentage from 1 to 99: 0 and 100 are no split at all (abort, promote)."""
     if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 99:
-        raise CanaryError(f"a canary weight is a whole percentage from 1 to 99, not {weight!r} "
-                          f"(0 is `deployer abort`, 100 is `deployer promote`)")
+        raise CanaryError(
+            f"a canary weight is a whole percentage from 1 to 99, not {weight!r} "
+            f"(0 is `deployer abort`, 100 is `deployer promote`)"
+        )
     return weight
 
 
@@ -72,8 +74,12 @@ def sticky_nodes(weight: int) -> tuple[int, int]:
     """(share, total): the canary's cluster nodes out of `total`, the fraction nearest the weight (smallest total
     on a tie) that one rule per port can express (see `split_rules`: at most MASK_NODES nodes on either side)."""
     target = Fraction(weight, 100)
-    candidates = [(abs(Fraction(k, n) - target), n, k) for n in range(2, MAX_NODES + 1) for k in range(1, n)
-                  if min(k, n - k) <= MASK_NODES]
+    candidates = [
+        (abs(Fraction(k, n) - target), n, k)
+        for n in range(2, MAX_NODES + 1)
+        for k in range(1, n)
+        if min(k, n - k) <= MASK_NODES
+    ]
     _, total, share = min(candidates)
     return share, total
 
@@ -110,13 +116,20 @@ def cluster_node(address: str, total: int, seed: int) -> int:
     m = 0xFFFFFFFF
     init = (seed + 0xDEADBEEF + (1 << 2)) & m
     a, b, c = (word + init) & m, init, init
-    c ^= b; c = (c - _rol32(b, 14)) & m  # noqa: E702 - __jhash_final, line for line
-    a ^= c; a = (a - _rol32(c, 11)) & m  # noqa: E702
-    b ^= a; b = (b - _rol32(a, 25)) & m  # noqa: E702
-    c ^= b; c = (c - _rol32(b, 16)) & m  # noqa: E702
-    a ^= c; a = (a - _rol32(c, 4)) & m  # noqa: E702
-    b ^= a; b = (b - _rol32(a, 14)) & m  # noqa: E702
-    c ^= b; c = (c - _rol32(b, 24)) & m  # noqa: E702
+    c ^= b
+    c = (c - _rol32(b, 14)) & m  # noqa: E702 - __jhash_final, line for line
+    a ^= c
+    a = (a - _rol32(c, 11)) & m  # noqa: E702
+    b ^= a
+    b = (b - _rol32(a, 25)) & m  # noqa: E702
+    c ^= b
+    c = (c - _rol32(b, 16)) & m  # noqa: E702
+    a ^= c
+    a = (a - _rol32(c, 4)) & m  # noqa: E702
+    b ^= a
+    b = (b - _rol32(a, 14)) & m  # noqa: E702
+    c ^= b
+    c = (c - _rol32(b, 24)) & m  # noqa: E702
     return (c * total) >> 32
 
 
@@ -130,18 +143,29 @@ def sticky_to_canary(address: str, weight: int, seed: int) -> bool:
 
 def cluster_match(nodes: int, total: int, seed: int) -> str:
     """Clients whose address hashes to one of the low `nodes` of `total`, as iptables-save prints it."""
-    return (f"-m cluster --cluster-local-nodemask 0x{(1 << nodes) - 1:08x} --cluster-total-nodes {total}"
-            f" --cluster-hash-seed 0x{seed:08x}")
+    return (
+        f"-m cluster --cluster-local-nodemask 0x{(1 << nodes) - 1:08x} --cluster-total-nodes {total}"
+        f" --cluster-hash-seed 0x{seed:08x}"
+    )
 
 
 def matched_rule(chain: str, forward: Forward, match: str) -> str:
-    return (f"-A {chain} -p {forward.protocol} -m {forward.protocol} --dport {forward.external} {match}"
-            f" -m comment --comment {save_string(forward.comment)}"
-            f" -j DNAT --to-destination {forward.to_address}:{forward.to_port}")
+    return (
+        f"-A {chain} -p {forward.protocol} -m {forward.protocol} --dport {forward.external} {match}"
+        f" -m comment --comment {save_string(forward.comment)}"
+        f" -j DNAT --to-destination {forward.to_address}:{forward.to_port}"
+    )
 
 
-def split_rules(chain: str, active: Sequence[Forward], canary: Sequence[Forward], weight: int, *,
-                sticky: bool = False, seed: int = LEGACY_SEED) -> list[str]:
+def split_rules(
+    chain: str,
+    active: Sequence[Forward],
+    canary: Sequence[Forward],
+    weight: int,
+    *,
+    sticky: bool = False,
+    seed: int = LEGACY_SEED,
+) -> list[str]:
     """Each port's canary rule, then the active instance's rules; weight 0 and 100 are the plain chains.
 
     Sticky with the canary on more than MASK_NODES nodes, the rule in front is the active instance's, on the
@@ -178,8 +202,15 @@ class Split:
     actor: str | None = None
 
     def detail(self) -> dict[str, Any]:
-        return {"canary": asdict(self.canary), "weight": self.weight, "sticky": self.sticky, "seed": self.seed,
-                "since": self.since, "bake_until": self.bake_until, "actor": self.actor}
+        return {
+            "canary": asdict(self.canary),
+            "weight": self.weight,
+            "sticky": self.sticky,
+            "seed": self.seed,
+            "since": self.since,
+            "bake_until": self.bake_until,
+            "actor": self.actor,
+        }
 
     @classmethod
     def of(cls, state: AppState) -> Split | None:
@@ -189,20 +220,37 @@ class Split:
         canary = instance_from(d.get("canary"))
         if canary is None:
             return None
-        return cls(canary, int(d["weight"]), bool(d.get("sticky")), int(d.get("seed", LEGACY_SEED)),
-                   str(d.get("since")), d.get("bake_until"), d.get("actor"))
+        return cls(
+            canary,
+            int(d["weight"]),
+            bool(d.get("sticky")),
+            int(d.get("seed", LEGACY_SEED)),
+            str(d.get("since")),
+            d.get("bake_until"),
+            d.get("actor"),
+        )
 
 
 def in_canary(state: AppState) -> bool:
     return Split.of(state) is not None
 
 
-def started(state: AppState, canary: Instance, *, weight: int, sticky: bool, seed: int, now: str,
-            actor: str, bake_until: str | None = None) -> AppState:
+def started(
+    state: AppState,
+    canary: Instance,
+    *,
+    weight: int,
+    sticky: bool,
+    seed: int,
+    now: str,
+    actor: str,
+    bake_until: str | None = None,
+) -> AppState:
     """A deploy's new instance takes `weight` percent; the active one stays active (and the rollback target)."""
     if state.active is None:
-        raise CanaryError(f"app {state.app!r} has no active instance to split traffic with; deploy it first",
-                          app=state.app)
+        raise CanaryError(
+            f"app {state.app!r} has no active instance to split traffic with; deploy it first", app=state.app
+        )
     split = Split(canary, check_weight(weight), sticky, seed, now, bake_until, actor)
     return replace(state, mode=MODE, mode_detail=split.detail(), updated_at=now)
 
@@ -263,8 +311,11 @@ def refuse_deploy(state: AppState) -> None:
     """A deploy during a canary would need a third instance: the operator decides first."""
     split = Split.of(state)
     if split is not None:
-        raise CanaryError(f"app {state.app!r} runs a canary of {split.canary.tag} ({split.weight}%): "
-                          f"`deployer promote {state.app}` or `deployer abort {state.app}` first", app=state.app)
+        raise CanaryError(
+            f"app {state.app!r} runs a canary of {split.canary.tag} ({split.weight}%): "
+            f"`deployer promote {state.app}` or `deployer abort {state.app}` first",
+            app=state.app,
+        )
 
 
 def describe(state: AppState) -> str | None:
@@ -275,5 +326,7 @@ def describe(state: AppState) -> str | None:
     share = effective_share(split.weight, split.sticky)
     bake = f", promotes itself at {split.bake_until} if healthy" if split.bake_until else ""
     active = state.active.tag if state.active else "?"
-    return (f"mode: canary {split.canary.tag} on {split.canary.port_set} ({split.canary.address}) takes "
-            f"{split.weight}% {how} (effective {share:.2f}%), {active} the rest; since {split.since}{bake}")
+    return (
+        f"mode: canary {split.canary.tag} on {split.canary.port_set} ({split.canary.address}) takes "
+        f"{split.weight}% {how} (effective {share:.2f}%), {active} the rest; since {split.since}{bake}"
+    )

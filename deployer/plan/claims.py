@@ -38,8 +38,9 @@ class ClaimDecision:
     superseded: tuple[Superseded, ...] = ()
 
 
-def decide_claim(waiting: Sequence[Candidate], *, busy: Collection[str], live: Mapping[str, str | None],
-                 now: float) -> ClaimDecision | None:
+def decide_claim(
+    waiting: Sequence[Candidate], *, busy: Collection[str], live: Mapping[str, str | None], now: float
+) -> ClaimDecision | None:
     """The newest waiting job of an idle app runs; the older waiting jobs of that app are superseded.
 
     `waiting` in queue order; `busy`: the apps with a running job; `live`: each app's live tag. Apps are served in
@@ -60,8 +61,9 @@ def decide_claim(waiting: Sequence[Candidate], *, busy: Collection[str], live: M
             continue
         if action is not None:
             return ClaimDecision(newest)
-        superseded = tuple(Superseded(older.seq, supersede_reason(newest, older)) for older in jobs
-                           if older.seq != newest.seq)
+        superseded = tuple(
+            Superseded(older.seq, supersede_reason(newest, older)) for older in jobs if older.seq != newest.seq
+        )
         return ClaimDecision(newest, superseded)
     return None
 
@@ -80,8 +82,9 @@ def winner(waiting: Sequence[Candidate], live_tag: str | None) -> Candidate:
 
 
 def supersede_reason(newest: Candidate, older: Candidate) -> str:
-    why = ("which was queued later" if older.seq < newest.seq
-           else "a newer release than the live one this would redeploy")
+    why = (
+        "which was queued later" if older.seq < newest.seq else "a newer release than the live one this would redeploy"
+    )
     return f"superseded by {newest.id} ({newest.tag or 'active release'}), {why}"
 
 
@@ -116,8 +119,9 @@ class Recovery:
     reason: str
 
 
-def decide_recovery(interrupted: Sequence[Interrupted], *, max_attempts: int, rollout: Resumable | None,
-                    now: float) -> list[Recovery]:
+def decide_recovery(
+    interrupted: Sequence[Interrupted], *, max_attempts: int, rollout: Resumable | None, now: float
+) -> list[Recovery]:
     """Each interrupted job back to the queue, or failed.
 
     A job whose worker stopped `max_attempts` times may be what stops it: it is failed. A rollout is not: it is
@@ -130,17 +134,23 @@ def decide_recovery(interrupted: Sequence[Interrupted], *, max_attempts: int, ro
         if job.kind == JobKind.ROLLOUT and rollout is not None:
             ends = job.created_at + rollout.deadline + rollout.grace
             if now <= ends:
-                reason = (f"the controller stopped while this rollout ran ({job.attempts} "
-                          f"{'time' if job.attempts == 1 else 'times'}); it resumes from each host's recorded state")
+                reason = (
+                    f"the controller stopped while this rollout ran ({job.attempts} "
+                    f"{'time' if job.attempts == 1 else 'times'}); it resumes from each host's recorded state"
+                )
                 decisions.append(Recovery(job.seq, job.id, True, reason))
             else:
-                reason = (f"the controller stopped while this rollout ran, {job.attempts} times, the last after its "
-                          f"deadline ({rollout.deadline:g} s) and the time to revert ({rollout.grace:g} s) had passed; "
-                          f"not tried again (check `deployer fleet status`, then redeploy by hand)")
+                reason = (
+                    f"the controller stopped while this rollout ran, {job.attempts} times, the last after its "
+                    f"deadline ({rollout.deadline:g} s) and the time to revert ({rollout.grace:g} s) had passed; "
+                    f"not tried again (check `deployer fleet status`, then redeploy by hand)"
+                )
                 decisions.append(Recovery(job.seq, job.id, False, reason))
         elif job.attempts >= max_attempts:
-            reason = (f"the worker stopped while this job ran, {job.attempts} times; not tried again "
-                      f"(check the worker's log, then redeploy by hand)")
+            reason = (
+                f"the worker stopped while this job ran, {job.attempts} times; not tried again "
+                f"(check the worker's log, then redeploy by hand)"
+            )
             decisions.append(Recovery(job.seq, job.id, False, reason))
         else:
             decisions.append(Recovery(job.seq, job.id, True, "the worker stopped while this job ran; queued again"))

@@ -75,13 +75,20 @@ def jhash_1word(a: int, initval: int) -> int:
     """The kernel's jhash_1word (include/linux/jhash.h): __jhash_nwords(a, 0, 0, initval + JHASH_INITVAL + 4)."""
     start = (initval + _JHASH_INITVAL + (1 << 2)) & _M32
     a, b, c = (a + start) & _M32, start, start
-    c ^= b; c = (c - _rol32(b, 14)) & _M32
-    a ^= c; a = (a - _rol32(c, 11)) & _M32
-    b ^= a; b = (b - _rol32(a, 25)) & _M32
-    c ^= b; c = (c - _rol32(b, 16)) & _M32
-    a ^= c; a = (a - _rol32(c, 4)) & _M32
-    b ^= a; b = (b - _rol32(a, 14)) & _M32
-    c ^= b; c = (c - _rol32(b, 24)) & _M32
+    c ^= b
+    c = (c - _rol32(b, 14)) & _M32
+    a ^= c
+    a = (a - _rol32(c, 11)) & _M32
+    b ^= a
+    b = (b - _rol32(a, 25)) & _M32
+    c ^= b
+    c = (c - _rol32(b, 16)) & _M32
+    a ^= c
+    a = (a - _rol32(c, 4)) & _M32
+    b ^= a
+    b = (b - _rol32(a, 14)) & _M32
+    c ^= b
+    c = (c - _rol32(b, 24)) & _M32
     return c
 
 
@@ -100,7 +107,7 @@ def ranking(cluster: ClusterConfig, bucket: int) -> list[str]:
     turns by one for each further bucket of the same home, so a failed host's buckets spread over the others."""
     names = list(cluster.host_names)
     home = names[bucket % len(names)]
-    others = names[bucket % len(names) + 1:] + names[:bucket % len(names)]
+    others = names[bucket % len(names) + 1 :] + names[: bucket % len(names)]
     turn = (bucket // len(names)) % len(others) if others else 0
     return [home, *others[turn:], *others[:turn]]
 
@@ -136,16 +143,19 @@ def jump(names: ChainNames, cluster: ClusterConfig) -> str:
 
 
 def _cluster_match(total: int, bucket: int, seed: int) -> str:
-    return (f"-m cluster --cluster-total-nodes {total} --cluster-local-node {bucket + 1} "
-            f"--cluster-hash-seed {seed:#010x}")
+    return (
+        f"-m cluster --cluster-total-nodes {total} --cluster-local-node {bucket + 1} --cluster-hash-seed {seed:#010x}"
+    )
 
 
 def _port_groups(apps: Iterable[AppConfig], protocol: str) -> list[str]:
     ports = sorted({p.external for app in apps if app.cluster for p in app.ports if p.protocol == protocol})
-    return [",".join(str(p) for p in ports[i:i + MULTIPORT_MAX]) for i in range(0, len(ports), MULTIPORT_MAX)]
+    return [",".join(str(p) for p in ports[i : i + MULTIPORT_MAX]) for i in range(0, len(ports), MULTIPORT_MAX)]
 
 
-def chain_rules(names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], owned: Iterable[int]) -> list[str]:
+def chain_rules(
+    names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], owned: Iterable[int]
+) -> list[str]:
     """The owned chain for this host's buckets `owned`, as iptables-restore takes it.
 
     One rule per owned bucket (`--cluster-local-node`), not one node mask: iptables 1.8.9 refuses a
@@ -157,13 +167,18 @@ def chain_rules(names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppCon
     mark = f"{cluster.mark:#x}/{cluster.mark:#x}"
     owned = sorted(set(owned))
     tcp, udp = _port_groups(apps, "tcp"), _port_groups(apps, "udp")
-    rules = [f"-A {c} {_cluster_match(1, 0, 0)} -m comment --comment {save_string('cluster: take the frame in')}",
-             f"-A {c} -p tcp -m connmark --mark {mark} -m comment --comment "
-             f"{save_string('cluster: a flow this host took in')} -j RETURN"]
+    rules = [
+        f"-A {c} {_cluster_match(1, 0, 0)} -m comment --comment {save_string('cluster: take the frame in')}",
+        f"-A {c} -p tcp -m connmark --mark {mark} -m comment --comment "
+        f"{save_string('cluster: a flow this host took in')} -j RETURN",
+    ]
     for bucket in owned:
         mine = _cluster_match(cluster.buckets, bucket, cluster.hash_seed)
-        rules += [f"-A {c} -p tcp -m multiport --dports {ports} -m conntrack --ctstate NEW {mine} "
-                  f"-j CONNMARK --set-xmark {mark}" for ports in tcp]
+        rules += [
+            f"-A {c} -p tcp -m multiport --dports {ports} -m conntrack --ctstate NEW {mine} "
+            f"-j CONNMARK --set-xmark {mark}"
+            for ports in tcp
+        ]
     if owned and tcp:
         rules.append(f"-A {c} -p tcp -m connmark --mark {mark} -j RETURN")
     for bucket in owned:
@@ -180,12 +195,12 @@ def parse(saved: str) -> SavedTable:
 
 def render_owned(names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], owned: Iterable[int]) -> str:
     """The node-mask change: the owned chain rewritten whole, in one transaction that touches nothing else."""
-    return "\n".join([f"*{TABLE}", f":{chain(names)} - [0:0]", *chain_rules(names, cluster, apps, owned),
-                      "COMMIT", ""])
+    return "\n".join([f"*{TABLE}", f":{chain(names)} - [0:0]", *chain_rules(names, cluster, apps, owned), "COMMIT", ""])
 
 
-def render_ensure(live: SavedTable, names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig],
-                  owned: Iterable[int]) -> str:
+def render_ensure(
+    live: SavedTable, names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], owned: Iterable[int]
+) -> str:
     """At start: the chain for `owned` and, when missing, the jump to it, first in PREROUTING."""
     lines = [f"*{TABLE}", f":{chain(names)} - [0:0]", *chain_rules(names, cluster, apps, owned)]
     if jump(names, cluster) not in live.rules("PREROUTING"):
@@ -198,8 +213,9 @@ def render_removal(live: SavedTable, names: ChainNames) -> str | None:
     the agent first, and take the host off the segment (or the shared address off it)."""
     if not live.has_chain(chain(names)):
         return None
-    deletes = [rule.replace("-A ", "-D ", 1) for rule in live.rules("PREROUTING")
-               if rule.endswith(f" -j {chain(names)}")]
+    deletes = [
+        rule.replace("-A ", "-D ", 1) for rule in live.rules("PREROUTING") if rule.endswith(f" -j {chain(names)}")
+    ]
     return "\n".join([f"*{TABLE}", *deletes, f"-F {chain(names)}", f"-X {chain(names)}", "COMMIT", ""])
 
 
@@ -231,8 +247,12 @@ def render_vrrp_filter(live: SavedTable, names: ChainNames, cluster: ClusterConf
     if not cluster.unicast:
         return render_vrrp_removal(live, names)
     mine = [rule for rule in jumps if rule.startswith(f"-A INPUT -i {cluster.interface} ")]
-    lines = [f"*{FILTER_TABLE}", f":{c} - [0:0]", *vrrp_filter_rules(names, cluster),
-             *(rule.replace("-A ", "-D ", 1) for rule in jumps if rule not in mine)]
+    lines = [
+        f"*{FILTER_TABLE}",
+        f":{c} - [0:0]",
+        *vrrp_filter_rules(names, cluster),
+        *(rule.replace("-A ", "-D ", 1) for rule in jumps if rule not in mine),
+    ]
     if not mine:
         lines.append(f"-I INPUT 1 -i {cluster.interface} -p {VRRP} -j {c}")
     return "\n".join([*lines, "COMMIT", ""])
@@ -244,8 +264,9 @@ def render_vrrp_removal(live: SavedTable, names: ChainNames) -> str | None:
     if not live.has_chain(c):
         return None
     jumps = [rule for rule in live.rules("INPUT") if rule.endswith(f" -j {c}")]
-    return "\n".join([f"*{FILTER_TABLE}", *(rule.replace("-A ", "-D ", 1) for rule in jumps), f"-F {c}", f"-X {c}",
-                      "COMMIT", ""])
+    return "\n".join(
+        [f"*{FILTER_TABLE}", *(rule.replace("-A ", "-D ", 1) for rule in jumps), f"-F {c}", f"-X {c}", "COMMIT", ""]
+    )
 
 
 def parse_filter(saved: str) -> SavedTable:
@@ -290,7 +311,7 @@ def leave_problem(cluster: ClusterConfig, states: Mapping[int, str]) -> str | No
     if not states:
         return "keepalived has not reported any bucket yet"
     if not any(state == BACKUP for state in states.values()):
-        return (f"this host is master of every bucket ({len(states)}); no other host is healthy to take them")
+        return f"this host is master of every bucket ({len(states)}); no other host is healthy to take them"
     return None
 
 
@@ -318,5 +339,11 @@ def flows_per_bucket(lines: Sequence[str], cluster: ClusterConfig) -> dict[int, 
 def open_tcp_flows(lines: Sequence[str], cluster: ClusterConfig) -> int:
     """TCP flows this host took in that are not closed yet: what `cluster leave --wait` waits for."""
     opened = (" SYN_SENT ", " SYN_RECV ", " ESTABLISHED ")
-    return sum(1 for line in lines if line.startswith("tcp") and any(word in line for word in opened)
-               and (mark := _MARK.search(line)) is not None and int(mark.group(1)) & cluster.mark)
+    return sum(
+        1
+        for line in lines
+        if line.startswith("tcp")
+        and any(word in line for word in opened)
+        and (mark := _MARK.search(line)) is not None
+        and int(mark.group(1)) & cluster.mark
+    )

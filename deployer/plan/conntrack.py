@@ -26,8 +26,9 @@ def _ports(app: AppConfig, protocol: str) -> list[int]:
 
 def flows_to(app: AppConfig, protocol: str, old_address: str) -> list[list[str]]:
     """Filters (conntrack arguments after -D or -L) for the app's flows answered by `old_address`."""
-    return [["-p", protocol, "--orig-port-dst", str(port), "--reply-src", old_address]
-            for port in _ports(app, protocol)]
+    return [
+        ["-p", protocol, "--orig-port-dst", str(port), "--reply-src", old_address] for port in _ports(app, protocol)
+    ]
 
 
 def unrouted_udp_flows(app: AppConfig) -> list[list[str]]:
@@ -36,8 +37,7 @@ def unrouted_udp_flows(app: AppConfig) -> list[list[str]]:
     They exist when datagrams arrived before any instance served; they would pin the client to
     "nowhere" after the first deploy. In such a flow the reply comes from the external port.
     """
-    return [["-p", "udp", "--orig-port-dst", str(port), "--reply-port-src", str(port)]
-            for port in _ports(app, "udp")]
+    return [["-p", "udp", "--orig-port-dst", str(port), "--reply-port-src", str(port)] for port in _ports(app, "udp")]
 
 
 def after_flip(app: AppConfig, old_addresses: Iterable[str]) -> list[list[str]]:

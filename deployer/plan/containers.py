@@ -76,14 +76,16 @@ def selector(settings: Settings, app: str | None = None) -> dict[str, list[str]]
 def run_arguments(settings: Settings, app: AppConfig, port_set: str, release: Release) -> dict[str, Any]:
     """Keyword arguments for `client.containers.run(image, **kwargs)`."""
     labels: dict[str, str] = dict(app.labels)
-    labels.update({
-        LABEL_OWNER: owner(settings),
-        LABEL_APP: app.name,
-        LABEL_SET: port_set,
-        LABEL_TAG: release.tag,
-        LABEL_DIGEST: release.digest or "",
-        LABEL_IMAGE: release.image,
-    })
+    labels.update(
+        {
+            LABEL_OWNER: owner(settings),
+            LABEL_APP: app.name,
+            LABEL_SET: port_set,
+            LABEL_TAG: release.tag,
+            LABEL_DIGEST: release.digest or "",
+            LABEL_IMAGE: release.image,
+        }
+    )
     arguments: dict[str, Any] = {
         "name": container_name(settings, app.name, port_set),
         "detach": True,

@@ -33,8 +33,13 @@ def status_forward(app: AppConfig, instance: Instance) -> Forward | None:
     """The forward the upstream checks, to the instance's health port; None when the app has no status port."""
     if app.status_port is None:
         return None
-    return Forward("tcp", app.status_port, instance.address, app.health.port,
-                   f"{app.name} status {instance.port_set} {instance.tag}")
+    return Forward(
+        "tcp",
+        app.status_port,
+        instance.address,
+        app.health.port,
+        f"{app.name} status {instance.port_set} {instance.tag}",
+    )
 
 
 def drained(state: AppState, *, actor: str, now: str) -> AppState:
@@ -48,8 +53,10 @@ def undrained(state: AppState, *, now: str) -> AppState:
 def describe(state: AppState) -> str | None:
     if not state.drained:
         return None
-    return (f"drained: out of the upstream's rotation (status port closed) by {state.drained.get('actor')} "
-            f"since {state.drained.get('since')}")
+    return (
+        f"drained: out of the upstream's rotation (status port closed) by {state.drained.get('actor')} "
+        f"since {state.drained.get('since')}"
+    )
 
 
 # --- the idle test -------------------------------------------------------------------------------
@@ -86,9 +93,15 @@ class IdleResult:
     waited: float  # seconds
 
 
-def wait_idle(count: Callable[[], Census], *, timeout: float, min_wait: float = 0.0,
-              clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-              poll: float = 0.25) -> IdleResult:
+def wait_idle(
+    count: Callable[[], Census],
+    *,
+    timeout: float,
+    min_wait: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    poll: float = 0.25,
+) -> IdleResult:
     """Poll until a census shows nothing open and nothing closed recently, or until `timeout`.
 
     Never idle before `min_wait`: a quiet moment right after the drain may only mean the upstream has not

@@ -69,44 +69,64 @@ class Target:
     ports: tuple[PortTarget, ...]
 
     def detail(self, **extra: Any) -> dict[str, Any]:
-        return {"to": self.address, "masquerade": self.masquerade,
-                "ports": [{"protocol": p.protocol, "external": p.external, "to_port": p.to_port} for p in self.ports],
-                **extra}
+        return {
+            "to": self.address,
+            "masquerade": self.masquerade,
+            "ports": [{"protocol": p.protocol, "external": p.external, "to_port": p.to_port} for p in self.ports],
+            **extra,
+        }
 
     @classmethod
     def from_detail(cls, detail: Mapping[str, Any]) -> Target:
-        return cls(address=detail["to"], masquerade=bool(detail.get("masquerade")),
-                   ports=tuple(PortTarget(p["protocol"], int(p["external"]), int(p["to_port"]))
-                               for p in detail.get("ports", [])))
+        return cls(
+            address=detail["to"],
+            masquerade=bool(detail.get("masquerade")),
+            ports=tuple(
+                PortTarget(p["protocol"], int(p["external"]), int(p["to_port"])) for p in detail.get("ports", [])
+            ),
+        )
 
 
-def plan_target(app: AppConfig, address: str, *, masquerade: bool = False,
-                port_specs: Sequence[str] = ()) -> Target:
+def plan_target(app: AppConfig, address: str, *, masquerade: bool = False, port_specs: Sequence[str] = ()) -> Target:
     """Validate `--to` and `--port EXTERNAL[/PROTO]=PORT`; every external port goes to the same number by default."""
     try:
         parsed = ipaddress.IPv4Address(address)
     except ValueError:
         raise InvalidForwarding(f"--to {address!r} is not an IPv4 address", app=app.name) from None
-    if parsed.is_loopback or parsed.is_multicast or parsed.is_unspecified or parsed.is_link_local \
-            or str(parsed) == "255.255.255.255":
+    if (
+        parsed.is_loopback
+        or parsed.is_multicast
+        or parsed.is_unspecified
+        or parsed.is_link_local
+        or str(parsed) == "255.255.255.255"
+    ):
         raise InvalidForwarding(f"--to {address} is not the unicast address of another host", app=app.name)
     overrides: dict[tuple[int, str | None], int] = {}
     for spec in port_specs:
         match = _PORT_SPEC.fullmatch(spec)
         if not match:
-            raise InvalidForwarding(f"--port {spec!r} must be EXTERNAL=PORT or EXTERNAL/tcp=PORT, e.g. 1000=2000",
-                                    app=app.name)
+            raise InvalidForwarding(
+                f"--port {spec!r} must be EXTERNAL=PORT or EXTERNAL/tcp=PORT, e.g. 1000=2000", app=app.name
+            )
         external, protocol, to_port = int(match.group(1)), match.group(2), int(match.group(3))
         if not 1 <= to_port <= 65535:
             raise InvalidForwarding(f"--port {spec!r}: {to_port} is not a port number", app=app.name)
         if not any(p.external == external and protocol in (None, p.protocol) for p in app.ports):
             known = ", ".join(f"{p.external}/{p.protocol}" for p in app.ports)
-            raise InvalidForwarding(f"--port {spec!r}: app {app.name!r} has no external port "
-                                    f"{external}{'/' + protocol if protocol else ''} (it has {known})", app=app.name)
+            raise InvalidForwarding(
+                f"--port {spec!r}: app {app.name!r} has no external port "
+                f"{external}{'/' + protocol if protocol else ''} (it has {known})",
+                app=app.name,
+            )
         overrides[(external, protocol)] = to_port
-    ports = tuple(PortTarget(p.protocol, p.external,
-                             overrides.get((p.external, p.protocol), overrides.get((p.external, None), p.external)))
-                  for p in app.ports)
+    ports = tuple(
+        PortTarget(
+            p.protocol,
+            p.external,
+            overrides.get((p.external, p.protocol), overrides.get((p.external, None), p.external)),
+        )
+        for p in app.ports
+    )
     return Target(str(parsed), masquerade, ports)
 
 
@@ -125,8 +145,9 @@ def status_notes(notes: Sequence[str], state: AppState) -> list[str]:
 def describe(detail: Mapping[str, Any]) -> str:
     """One line for `deployer status`."""
     target = Target.from_detail(detail)
-    ports = ", ".join(f"{p.external}/{p.protocol}" + (f"->{p.to_port}" if p.to_port != p.external else "")
-                      for p in target.ports)
+    ports = ", ".join(
+        f"{p.external}/{p.protocol}" + (f"->{p.to_port}" if p.to_port != p.external else "") for p in target.ports
+    )
     how = "masquerading clients" if target.masquerade else "keeping client addresses"
     return f"mode: forward to {target.address} ({ports}; {how})"
 
@@ -157,8 +178,9 @@ def _comment(app: str, target: Target) -> str:
 def app_rules(names: ChainNames, app: str, target: Target) -> list[str]:
     """The app chain in forward mode: each external port DNATed to the old host."""
     comment = _comment(app, target)
-    return [Forward(p.protocol, p.external, target.address, p.to_port, comment).rule(names.app(app))
-            for p in target.ports]
+    return [
+        Forward(p.protocol, p.external, target.address, p.to_port, comment).rule(names.app(app)) for p in target.ports
+    ]
 
 
 def accept_rules(names: ChainNames, app: str, target: Target) -> list[str]:
@@ -167,8 +189,10 @@ def accept_rules(names: ChainNames, app: str, target: Target) -> list[str]:
     lines = []
     for p in target.ports:
         for direction, side in (("-d", "--dport"), ("-s", "--sport")):
-            lines.append(f"-A {chain} {direction} {target.address}/32 -p {p.protocol} -m {p.protocol} {side} "
-                         f"{p.to_port} -m conntrack --ctstate DNAT -m comment --comment {comment} -j ACCEPT")
+            lines.append(
+                f"-A {chain} {direction} {target.address}/32 -p {p.protocol} -m {p.protocol} {side} "
+                f"{p.to_port} -m conntrack --ctstate DNAT -m comment --comment {comment} -j ACCEPT"
+            )
     return lines
 
 
@@ -177,8 +201,11 @@ def masquerade_rules(names: ChainNames, app: str, target: Target) -> list[str]:
     if not target.masquerade:
         return []
     chain, comment = snat_chain(names), save_string(_comment(app, target))
-    return [f"-A {chain} -d {target.address}/32 -p {p.protocol} -m {p.protocol} --dport {p.to_port} "
-            f"-m conntrack --ctstate DNAT -m comment --comment {comment} -j MASQUERADE" for p in target.ports]
+    return [
+        f"-A {chain} -d {target.address}/32 -p {p.protocol} -m {p.protocol} --dport {p.to_port} "
+        f"-m conntrack --ctstate DNAT -m comment --comment {comment} -j MASQUERADE"
+        for p in target.ports
+    ]
 
 
 def owned_by(line: str, app: str) -> bool:
@@ -190,12 +217,16 @@ def owned_by(line: str, app: str) -> bool:
 
 def jumps_to(table: SavedTable, chain: str) -> list[str]:
     """Every rule in another chain that jumps to `chain`."""
-    return [line for name, lines in table.chains.items() if name != chain
-            for line in lines if (m := _JUMP.search(line)) and m.group(1) == chain]
+    return [
+        line
+        for name, lines in table.chains.items()
+        if name != chain
+        for line in lines
+        if (m := _JUMP.search(line)) and m.group(1) == chain
+    ]
 
 
-def _shared_chain(live: SavedTable, chain: str, app: str, wanted: Sequence[str],
-                  jump: str) -> list[str]:
+def _shared_chain(live: SavedTable, chain: str, app: str, wanted: Sequence[str], jump: str) -> list[str]:
     """Lines of one table's transaction: the app's rules in a shared chain become `wanted`.
 
     The chain is rewritten whole (declaring it in a restore flushes it) with the other apps'
@@ -215,20 +246,29 @@ def _shared_chain(live: SavedTable, chain: str, app: str, wanted: Sequence[str],
     return [*(j.replace("-A ", "-D ", 1) for j in jumps), f"-F {chain}", f"-X {chain}"]
 
 
-def render_extras(filter_table: SavedTable, nat_table: SavedTable, names: ChainNames, app: str,
-                  target: Target | None) -> str | None:
+def render_extras(
+    filter_table: SavedTable, nat_table: SavedTable, names: ChainNames, app: str, target: Target | None
+) -> str | None:
     """The filter and nat transactions that give the app exactly `target`'s accept and masquerade
     rules (none for None), touching no other app's. None when nothing needs to change."""
     parent = "DOCKER-USER" if filter_table.has_chain("DOCKER-USER") else "FORWARD"
     sections = []
-    filter_lines = _shared_chain(filter_table, forward_chain(names), app,
-                                 accept_rules(names, app, target) if target else [],
-                                 f"-I {parent} 1 -j {forward_chain(names)}")
+    filter_lines = _shared_chain(
+        filter_table,
+        forward_chain(names),
+        app,
+        accept_rules(names, app, target) if target else [],
+        f"-I {parent} 1 -j {forward_chain(names)}",
+    )
     if filter_lines:
         sections += ["*filter", *filter_lines, "COMMIT"]
-    nat_lines = _shared_chain(nat_table, snat_chain(names), app,
-                              masquerade_rules(names, app, target) if target else [],
-                              f"-A POSTROUTING -j {snat_chain(names)}")
+    nat_lines = _shared_chain(
+        nat_table,
+        snat_chain(names),
+        app,
+        masquerade_rules(names, app, target) if target else [],
+        f"-A POSTROUTING -j {snat_chain(names)}",
+    )
     if nat_lines:
         sections += ["*nat", *nat_lines, "COMMIT"]
     return "\n".join([*sections, ""]) if sections else None
@@ -237,11 +277,18 @@ def render_extras(filter_table: SavedTable, nat_table: SavedTable, names: ChainN
 def render_extras_teardown(filter_table: SavedTable, nat_table: SavedTable, names: ChainNames) -> str | None:
     """Remove both shared chains whole, and the jumps to them."""
     sections = []
-    for table_name, table, chain in (("filter", filter_table, forward_chain(names)),
-                                     ("nat", nat_table, snat_chain(names))):
+    for table_name, table, chain in (
+        ("filter", filter_table, forward_chain(names)),
+        ("nat", nat_table, snat_chain(names)),
+    ):
         if table.has_chain(chain):
-            sections += [f"*{table_name}", *(j.replace("-A ", "-D ", 1) for j in jumps_to(table, chain)),
-                         f"-F {chain}", f"-X {chain}", "COMMIT"]
+            sections += [
+                f"*{table_name}",
+                *(j.replace("-A ", "-D ", 1) for j in jumps_to(table, chain)),
+                f"-F {chain}",
+                f"-X {chain}",
+                "COMMIT",
+            ]
     return "\n".join([*sections, ""]) if sections else None
 
 
@@ -264,13 +311,26 @@ class ReturnPath:
         return f"{self.mark:#x}/{self.mark:#x}"
 
     def record(self, **extra: Any) -> dict[str, Any]:
-        return {"via": self.via, "dev": self.dev, "lladdr": self.lladdr, "mark": self.mark, "table": self.table,
-                "priority": self.priority, **extra}
+        return {
+            "via": self.via,
+            "dev": self.dev,
+            "lladdr": self.lladdr,
+            "mark": self.mark,
+            "table": self.table,
+            "priority": self.priority,
+            **extra,
+        }
 
     @classmethod
     def from_record(cls, data: Mapping[str, Any]) -> ReturnPath:
-        return cls(via=data["via"], dev=data["dev"], lladdr=data.get("lladdr"), mark=int(data["mark"]),
-                   table=int(data["table"]), priority=int(data["priority"]))
+        return cls(
+            via=data["via"],
+            dev=data["dev"],
+            lladdr=data.get("lladdr"),
+            mark=int(data["mark"]),
+            table=int(data["table"]),
+            priority=int(data["priority"]),
+        )
 
 
 def check_return_arguments(via: str, dev: str, mark: int, table: int, priority: int) -> None:
@@ -284,11 +344,14 @@ def check_return_arguments(via: str, dev: str, mark: int, table: int, priority: 
     if not re.fullmatch(r"[A-Za-z0-9_.@:-]{1,15}", dev) or dev in (".", ".."):
         raise InvalidForwarding(f"--dev {dev!r} is not an interface name")
     if mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
-        raise InvalidForwarding(f"--mark {mark:#x} must be a single bit, e.g. 0x2000000: it is matched with "
-                                "itself as the mask, so other marks on the packet stay")
+        raise InvalidForwarding(
+            f"--mark {mark:#x} must be a single bit, e.g. 0x2000000: it is matched with "
+            "itself as the mask, so other marks on the packet stay"
+        )
     if not 1 <= table <= 0xFFFFFFFF or table in (253, 254, 255):
-        raise InvalidForwarding(f"--table {table} must be a routing table number other than 253, 254 and 255 "
-                                "(default, main, local)")
+        raise InvalidForwarding(
+            f"--table {table} must be a routing table number other than 253, 254 and 255 (default, main, local)"
+        )
     if not 1 <= priority <= 32765:
         raise InvalidForwarding(f"--priority {priority} must be from 1 to 32765 (before the main table's rule)")
 
@@ -303,12 +366,19 @@ def return_rules(names: ChainNames, path: ReturnPath, *, mark_new: bool = True) 
     """
     chain, local = return_chain(names), return_local_chain(names)
     mark = f"{path.mark:#x}"
-    restore = (f"-m conntrack --ctdir REPLY -m connmark --mark {path.fwmark} -j CONNMARK --restore-mark "
-               f"--nfmask {mark} --ctmask {mark}")
+    restore = (
+        f"-m conntrack --ctdir REPLY -m connmark --mark {path.fwmark} -j CONNMARK --restore-mark "
+        f"--nfmask {mark} --ctmask {mark}"
+    )
     source = f"-m mac --mac-source {path.lladdr.lower()} " if path.lladdr else ""
-    rules = [f"-A {chain} -i {path.dev} {source}-m conntrack --ctstate NEW -m comment --comment "
-             f"{save_string(f'deployer: forwarded by {path.via}')} -j CONNMARK --set-xmark {path.fwmark}"] \
-        if mark_new else []
+    rules = (
+        [
+            f"-A {chain} -i {path.dev} {source}-m conntrack --ctstate NEW -m comment --comment "
+            f"{save_string(f'deployer: forwarded by {path.via}')} -j CONNMARK --set-xmark {path.fwmark}"
+        ]
+        if mark_new
+        else []
+    )
     return {chain: rules + [f"-A {chain} {restore}"], local: [f"-A {local} {restore}"]}
 
 
@@ -330,8 +400,9 @@ def unmarked_flows(path: ReturnPath, addresses: Iterable[str]) -> list[list[str]
     return filters
 
 
-def render_return(mangle: SavedTable, names: ChainNames, path: ReturnPath | None, *,
-                  mark_new: bool = True) -> str | None:
+def render_return(
+    mangle: SavedTable, names: ChainNames, path: ReturnPath | None, *, mark_new: bool = True
+) -> str | None:
     """One mangle transaction: both chains rewritten whole (None: removed), jumps ensured first in line."""
     wanted = return_rules(names, path, mark_new=mark_new) if path else {}
     hooks = {return_chain(names): "PREROUTING", return_local_chain(names): "OUTPUT"}
@@ -351,23 +422,38 @@ def render_return(mangle: SavedTable, names: ChainNames, path: ReturnPath | None
 
 def route_commands(path: ReturnPath, rules_now: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     """The table's default route first, then the rule that sends marked packets to it (added once)."""
-    commands = [["ip", "-4", "route", "replace", "default", "via", path.via, "dev", path.dev,
-                 "table", str(path.table)]]
+    commands = [["ip", "-4", "route", "replace", "default", "via", path.via, "dev", path.dev, "table", str(path.table)]]
     if not any(_is_our_rule(rule, path) for rule in rules_now):
-        commands.append(["ip", "-4", "rule", "add", "fwmark", path.fwmark, "lookup", str(path.table),
-                         "priority", str(path.priority)])
+        commands.append(
+            [
+                "ip",
+                "-4",
+                "rule",
+                "add",
+                "fwmark",
+                path.fwmark,
+                "lookup",
+                str(path.table),
+                "priority",
+                str(path.priority),
+            ]
+        )
     return commands
 
 
-def route_removal_commands(path: ReturnPath, rules_now: Sequence[Mapping[str, Any]],
-                           table_routes: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+def route_removal_commands(
+    path: ReturnPath, rules_now: Sequence[Mapping[str, Any]], table_routes: Sequence[Mapping[str, Any]]
+) -> list[list[str]]:
     """The rule first (so nothing is sent to an emptied table), then the table's routes.
 
     Without a record (`path.via` empty) the table counts as ours only while our rule points at it:
     somebody else's table of the same number is left alone.
     """
-    commands = [["ip", "-4", "rule", "del", "fwmark", path.fwmark, "lookup", str(path.table),
-                 "priority", str(path.priority)] for rule in rules_now if _is_our_rule(rule, path)]
+    commands = [
+        ["ip", "-4", "rule", "del", "fwmark", path.fwmark, "lookup", str(path.table), "priority", str(path.priority)]
+        for rule in rules_now
+        if _is_our_rule(rule, path)
+    ]
     if table_routes and (path.via or commands):
         commands.append(["ip", "-4", "route", "flush", "table", str(path.table)])
     return commands
@@ -380,9 +466,12 @@ def _mark_of(rule: Mapping[str, Any]) -> tuple[int, int] | None:
 
 
 def _is_our_rule(rule: Mapping[str, Any], path: ReturnPath) -> bool:
-    return (rule.get("priority") == path.priority and _mark_of(rule) == (path.mark, path.mark)
-            and str(rule.get("table")) == str(path.table) and set(rule) <= {"priority", "src", "fwmark", "fwmask",
-                                                                            "table"})
+    return (
+        rule.get("priority") == path.priority
+        and _mark_of(rule) == (path.mark, path.mark)
+        and str(rule.get("table")) == str(path.table)
+        and set(rule) <= {"priority", "src", "fwmark", "fwmask", "table"}
+    )
 
 
 # --- facts and preflight decisions ----------------------------------------------------------------
@@ -446,15 +535,17 @@ class ReturnFacts:
     recorded: Mapping[str, Any] | None = None  # the forward-return record, if one is set up
 
 
-def check_forward(app: str, target: Target, facts: ForwardFacts, mode: str,
-                  mode_detail: Mapping[str, Any]) -> list[str]:
+def check_forward(
+    app: str, target: Target, facts: ForwardFacts, mode: str, mode_detail: Mapping[str, Any]
+) -> list[str]:
     """Everything wrong with forwarding `app` to `target` on this host; empty when it may go ahead."""
     problems = []
     if mode not in (SERVING, MODE):
         problems.append(f"app {app!r} is in mode {mode!r}; leave it first")
     elif mode == MODE and mode_detail.get("to") != target.address:
-        problems.append(f"app {app!r} already forwards to {mode_detail.get('to')}; run `deployer forward {app} "
-                        f"--off` first")
+        problems.append(
+            f"app {app!r} already forwards to {mode_detail.get('to')}; run `deployer forward {app} --off` first"
+        )
     route = facts.route
     if route.kind == "local":
         problems.append(f"{target.address} is an address of this host: forwarding to it would loop")
@@ -465,9 +556,11 @@ def check_forward(app: str, target: Target, facts: ForwardFacts, mode: str,
     if route.kind != "unicast":
         problems.append(f"{target.address} is a {route.kind} route, not a host")
     if not target.masquerade and route.gateway:
-        problems.append(f"{target.address} is reached through the gateway {route.gateway} on {route.dev}, not on a "
-                        f"link of its own: keeping client addresses needs a direct link or a tunnel to the old host, "
-                        f"whose replies come back the same way; use --masquerade over a routed network")
+        problems.append(
+            f"{target.address} is reached through the gateway {route.gateway} on {route.dev}, not on a "
+            f"link of its own: keeping client addresses needs a direct link or a tunnel to the old host, "
+            f"whose replies come back the same way; use --masquerade over a routed network"
+        )
     if not facts.ip_forward and not facts.ip_forward_writable:
         problems.append("IPv4 forwarding is off (net.ipv4.ip_forward=0) and cannot be switched on here")
     if not facts.peer.answers and not any(error is None for error in facts.ports.values()):
@@ -475,8 +568,10 @@ def check_forward(app: str, target: Target, facts: ForwardFacts, mode: str,
         problems.append(f"{target.address} does not answer{where}: no ICMP echo reply, no neighbour entry")
     for port, error in sorted(facts.ports.items()):
         if error is not None:
-            problems.append(f"{target.address}:{port}/tcp does not accept connections from this host ({error}): "
-                            f"is the app running on the old host?")
+            problems.append(
+                f"{target.address}:{port}/tcp does not accept connections from this host ({error}): "
+                f"is the app running on the old host?"
+            )
     return problems
 
 
@@ -490,29 +585,40 @@ def check_return(path: ReturnPath, facts: ReturnFacts) -> list[str]:
         problems.append(f"interface {path.dev} is down")
     recorded = facts.recorded
     if recorded and (recorded.get("via"), recorded.get("dev")) != (path.via, path.dev):
-        problems.append(f"replies already return via {recorded.get('via')} on {recorded.get('dev')}; run "
-                        f"`deployer forward-return --off` first")
+        problems.append(
+            f"replies already return via {recorded.get('via')} on {recorded.get('dev')}; run "
+            f"`deployer forward-return --off` first"
+        )
     route = facts.route
     if route.kind == "local":
         problems.append(f"{path.via} is an address of this host")
     elif route.kind is None or route.dev != path.dev or route.gateway:
-        how = ("there is no route to it" if route.kind is None else
-               f"it is reached through {route.gateway} on {route.dev}" if route.gateway else
-               f"it is reached on {route.dev}")
-        problems.append(f"{path.via} is not on {path.dev}'s link ({how}): the new host must be a neighbour on "
-                        f"{path.dev}, over a layer-2 link or a tunnel")
+        how = (
+            "there is no route to it"
+            if route.kind is None
+            else f"it is reached through {route.gateway} on {route.dev}"
+            if route.gateway
+            else f"it is reached on {route.dev}"
+        )
+        problems.append(
+            f"{path.via} is not on {path.dev}'s link ({how}): the new host must be a neighbour on "
+            f"{path.dev}, over a layer-2 link or a tunnel"
+        )
     effective = max(facts.rp_filter_all, facts.rp_filter_dev or 0)
     if effective == 1:
         which = "all" if facts.rp_filter_all == 1 else path.dev
-        problems.append(f"strict reverse-path filtering on {path.dev} (net.ipv4.conf.{which}.rp_filter=1) drops "
-                        f"forwarded packets, whose client sources route elsewhere: set it to loose, e.g. "
-                        f"sysctl -w net.ipv4.conf.{which}.rp_filter=2"
-                        + (f" (and net.ipv4.conf.{path.dev}.rp_filter to 0 or 2)" if which == "all" else ""))
+        problems.append(
+            f"strict reverse-path filtering on {path.dev} (net.ipv4.conf.{which}.rp_filter=1) drops "
+            f"forwarded packets, whose client sources route elsewhere: set it to loose, e.g. "
+            f"sysctl -w net.ipv4.conf.{which}.rp_filter=2"
+            + (f" (and net.ipv4.conf.{path.dev}.rp_filter to 0 or 2)" if which == "all" else "")
+        )
     if route.kind is not None and route.kind != "local" and not facts.peer.answers:
         problems.append(f"{path.via} does not answer on {path.dev}: no ICMP echo reply, no neighbour entry")
     elif link.arp and not facts.peer.lladdr and route.kind not in (None, "local"):
-        problems.append(f"{path.via} has no MAC address on {path.dev} in the neighbour table, so its packets "
-                        f"cannot be recognised")
+        problems.append(
+            f"{path.via} has no MAC address on {path.dev} in the neighbour table, so its packets cannot be recognised"
+        )
     for rule in facts.rules:
         if _is_our_rule(rule, path):
             continue
@@ -525,14 +631,21 @@ def check_return(path: ReturnPath, facts: ReturnFacts) -> list[str]:
         if str(rule.get("table")) == str(path.table):
             clash.append(f"table {path.table}")
         if clash:
-            problems.append(f"ip rule {describe_rule(rule)} already uses {' and '.join(clash)}: choose others "
-                            f"with --priority, --mark or --table")
-    ours = [r for r in facts.table_routes
-            if r.get("dst") == "default" and r.get("gateway") == path.via and r.get("dev") == path.dev]
+            problems.append(
+                f"ip rule {describe_rule(rule)} already uses {' and '.join(clash)}: choose others "
+                f"with --priority, --mark or --table"
+            )
+    ours = [
+        r
+        for r in facts.table_routes
+        if r.get("dst") == "default" and r.get("gateway") == path.via and r.get("dev") == path.dev
+    ]
     others = [r for r in facts.table_routes if r not in ours]
     if others and not (recorded and int(recorded.get("table", -1)) == path.table):
-        problems.append(f"routing table {path.table} is in use ({len(others)} route(s), e.g. "
-                        f"{describe_route(others[0])}): choose another with --table")
+        problems.append(
+            f"routing table {path.table} is in use ({len(others)} route(s), e.g. "
+            f"{describe_route(others[0])}): choose another with --table"
+        )
     return problems
 
 
@@ -561,8 +674,12 @@ def parse_route_get(data: Iterable[Mapping[str, Any]]) -> Route:
     if not entries:
         return Route(kind=None, error="no route")
     entry = entries[0]
-    return Route(kind=entry.get("type", "unicast"), dev=entry.get("dev"), gateway=entry.get("gateway"),
-                 source=entry.get("prefsrc"))
+    return Route(
+        kind=entry.get("type", "unicast"),
+        dev=entry.get("dev"),
+        gateway=entry.get("gateway"),
+        source=entry.get("prefsrc"),
+    )
 
 
 def parse_link(name: str, data: Iterable[Mapping[str, Any]]) -> Link:

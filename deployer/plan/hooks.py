@@ -49,9 +49,22 @@ def hook_path(hooks_dir: Path, name: str) -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-_FACT_NAMES = frozenset({"DEPLOYER_HOOK", "DEPLOYER_APP", "DEPLOYER_TAG", "DEPLOYER_ACTOR", "DEPLOYER_JOB",
-                         "DEPLOYER_DIGEST", "DEPLOYER_OLD_SET", "DEPLOYER_NEW_SET", "DEPLOYER_OLD_TAG",
-                         "DEPLOYER_BIND", "DEPLOYER_HEALTH_PATH", "DEPLOYER_ERROR"})
+_FACT_NAMES = frozenset(
+    {
+        "DEPLOYER_HOOK",
+        "DEPLOYER_APP",
+        "DEPLOYER_TAG",
+        "DEPLOYER_ACTOR",
+        "DEPLOYER_JOB",
+        "DEPLOYER_DIGEST",
+        "DEPLOYER_OLD_SET",
+        "DEPLOYER_NEW_SET",
+        "DEPLOYER_OLD_TAG",
+        "DEPLOYER_BIND",
+        "DEPLOYER_HEALTH_PATH",
+        "DEPLOYER_ERROR",
+    }
+)
 
 
 def _is_fact(name: str) -> bool:
@@ -59,15 +72,22 @@ def _is_fact(name: str) -> bool:
     return name in _FACT_NAMES or name.startswith(("DEPLOYER_NEW_PORT", "DEPLOYER_OLD_PORT"))
 
 
-def hook_environment(name: str, context: HookContext, inherited: Mapping[str, str],
-                     secret_names: frozenset[str] = frozenset()) -> dict[str, str]:
+def hook_environment(
+    name: str, context: HookContext, inherited: Mapping[str, str], secret_names: frozenset[str] = frozenset()
+) -> dict[str, str]:
     """The inherited environment without secrets, plus DEPLOYER_* facts about this deploy.
 
     Every value is one the kernel can pass: no NUL in it, and a fact is at most MAX_FACT_CHARS long.
     """
-    env = {k: _without_nul(v) for k, v in inherited.items()
-           if k not in secret_names and not k.startswith(_ALWAYS_DROPPED_PREFIXES) and not _is_fact(k)
-           and "\0" not in k and "=" not in k}
+    env = {
+        k: _without_nul(v)
+        for k, v in inherited.items()
+        if k not in secret_names
+        and not k.startswith(_ALWAYS_DROPPED_PREFIXES)
+        and not _is_fact(k)
+        and "\0" not in k
+        and "=" not in k
+    }
     facts = {
         "DEPLOYER_HOOK": name,
         "DEPLOYER_APP": context.app,
@@ -99,4 +119,4 @@ def _without_nul(value: str) -> str:
 
 
 def _bounded(value: str) -> str:
-    return value if len(value) <= MAX_FACT_CHARS else value[:MAX_FACT_CHARS - 3] + "..."
+    return value if len(value) <= MAX_FACT_CHARS else value[: MAX_FACT_CHARS - 3] + "..."

@@ -40,21 +40,29 @@ def jump(names: ChainNames) -> str:
 def app_rules(names: ChainNames, app: AppConfig, maintenance_port: int) -> list[str]:
     rules = []
     for port in sorted({p.external for p in app.ports if p.protocol == "tcp"}):
-        rules.append(f"-A {chain(names)} -p tcp -m tcp --dport {port} -m socket --nowildcard -m comment --comment "
-                     f"{save_string(f'{app.name}: a socket listens')} -j RETURN")
-        rules.append(f"-A {chain(names)} -p tcp -m tcp --dport {port} -m comment --comment "
-                     f"{save_string(f'{app.name}: nothing listens')} -j REDIRECT --to-ports {maintenance_port}")
+        rules.append(
+            f"-A {chain(names)} -p tcp -m tcp --dport {port} -m socket --nowildcard -m comment --comment "
+            f"{save_string(f'{app.name}: a socket listens')} -j RETURN"
+        )
+        rules.append(
+            f"-A {chain(names)} -p tcp -m tcp --dport {port} -m comment --comment "
+            f"{save_string(f'{app.name}: nothing listens')} -j REDIRECT --to-ports {maintenance_port}"
+        )
     return rules
 
 
 def chain_rules(names: ChainNames, apps: Iterable[AppConfig], maintenance_port: int) -> list[str]:
     """The whole chain: every host-bound app's rules, by app name."""
-    return [rule for app in sorted((a for a in apps if a.host_bound), key=lambda a: a.name)
-            for rule in app_rules(names, app, maintenance_port)]
+    return [
+        rule
+        for app in sorted((a for a in apps if a.host_bound), key=lambda a: a.name)
+        for rule in app_rules(names, app, maintenance_port)
+    ]
 
 
-def render_ensure(live: SavedTable, names: ChainNames, apps: Mapping[str, AppConfig],
-                  maintenance_port: int) -> str | None:
+def render_ensure(
+    live: SavedTable, names: ChainNames, apps: Mapping[str, AppConfig], maintenance_port: int
+) -> str | None:
     """One transaction that makes the chain and its PREROUTING jump what the config says; None if they are."""
     wanted = chain_rules(names, apps.values(), maintenance_port)
     lines = []
@@ -87,5 +95,8 @@ def with_socket_rules(text: str, names: ChainNames, app: AppConfig, maintenance_
 
 def check_deployable(app: AppConfig) -> None:
     if app.host_bound:
-        raise NotDeployable(f"app {app.name!r} is host-bound: it runs on the host itself, not in a container the "
-                            f"deployer starts, so there is nothing to deploy", app=app.name)
+        raise NotDeployable(
+            f"app {app.name!r} is host-bound: it runs on the host itself, not in a container the "
+            f"deployer starts, so there is nothing to deploy",
+            app=app.name,
+        )

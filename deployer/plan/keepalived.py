@@ -37,8 +37,9 @@ def placeholder_address(cluster: ClusterConfig, bucket: int) -> str:
     return f"127.255.{router_id(cluster, bucket)}.1/32"
 
 
-def render_config(cluster: ClusterConfig, *, notify_fifo: Path, health_file: Path, leave_file: Path,
-                  source: Path) -> str:
+def render_config(
+    cluster: ClusterConfig, *, notify_fifo: Path, health_file: Path, leave_file: Path, source: Path
+) -> str:
     """The whole keepalived.conf of this host."""
     me = cluster.peer(cluster.host)
     lines = [
@@ -74,8 +75,12 @@ def render_config(cluster: ClusterConfig, *, notify_fifo: Path, health_file: Pat
         if cluster.unicast:
             lines.append(f"    unicast_src_ip {me.address}")
             if cluster.peers:
-                lines += ["    check_unicast_src", "    unicast_peer {",
-                          *(f"        {peer.address}" for peer in cluster.peers), "    }"]
+                lines += [
+                    "    check_unicast_src",
+                    "    unicast_peer {",
+                    *(f"        {peer.address}" for peer in cluster.peers),
+                    "    }",
+                ]
         else:
             lines.append(f"    mcast_src_ip {me.address}")
         lines += [

@@ -41,8 +41,11 @@ def reason(state: AppState) -> str | None:
 
 def failover_applies(state: AppState) -> bool:
     """A failover is about one instance: once another one is active (a deploy), it no longer holds."""
-    return (reason(state) == FAILOVER and state.active is not None
-            and state.mode_detail.get("container_id") == state.active.container_id)
+    return (
+        reason(state) == FAILOVER
+        and state.active is not None
+        and state.mode_detail.get("container_id") == state.active.container_id
+    )
 
 
 def in_maintenance(state: AppState) -> bool:
@@ -65,8 +68,15 @@ def serving(state: AppState, *, now: str) -> AppState:
 
 def failover_on(state: AppState, *, now: str, failures: int, last: str) -> AppState:
     assert state.active is not None, "a failover needs an active instance"
-    detail = {"reason": FAILOVER, "actor": "watchdog", "since": now, "container_id": state.active.container_id,
-              "container": state.active.container_name, "failures": failures, "last_probe": last}
+    detail = {
+        "reason": FAILOVER,
+        "actor": "watchdog",
+        "since": now,
+        "container_id": state.active.container_id,
+        "container": state.active.container_name,
+        "failures": failures,
+        "last_probe": last,
+    }
     return replace(state, mode=MAINTENANCE, mode_detail=detail, updated_at=now)
 
 
@@ -92,8 +102,10 @@ def describe(state: AppState) -> str | None:
     if reason(state) == FAILOVER:
         if not failover_applies(state):
             return "mode: failover of an instance that is no longer active (ends at the next flip)"
-        return (f"mode: maintenance page (automatic failover since {detail.get('since')}: "
-                f"{detail.get('container')} failed {detail.get('failures')} checks; last: {detail.get('last_probe')})")
+        return (
+            f"mode: maintenance page (automatic failover since {detail.get('since')}: "
+            f"{detail.get('container')} failed {detail.get('failures')} checks; last: {detail.get('last_probe')})"
+        )
     if reason(state) == MANUAL:
         message = f", message {detail['message']!r}" if detail.get("message") else ""
         return f"mode: maintenance page (by {detail.get('actor')} since {detail.get('since')}{message})"
@@ -104,8 +116,10 @@ def describe(state: AppState) -> str | None:
 
 
 def redirect_rule(chain: str, app: str, port: int, maintenance_port: int) -> str:
-    return (f"-A {chain} -p tcp -m tcp --dport {port} -m comment --comment {save_string(f'{app} maintenance')}"
-            f" -j REDIRECT --to-ports {maintenance_port}")
+    return (
+        f"-A {chain} -p tcp -m tcp --dport {port} -m comment --comment {save_string(f'{app} maintenance')}"
+        f" -j REDIRECT --to-ports {maintenance_port}"
+    )
 
 
 def redirect_rules(chain: str, app: AppConfig, maintenance_port: int) -> list[str]:
@@ -144,7 +158,9 @@ def page(app: str | None, template: str | None = None, message: str | None = Non
     message_html = f"<p>{html.escape(message)}</p>" if message else ""
     if template is not None:
         message_html = html.escape(message or "")
-    text = (text.replace("{{app}}", html.escape(app or "This site"))
-            .replace("{{message}}", message_html)
-            .replace("{{retry}}", str(RETRY_AFTER)))
+    text = (
+        text.replace("{{app}}", html.escape(app or "This site"))
+        .replace("{{message}}", message_html)
+        .replace("{{retry}}", str(RETRY_AFTER))
+    )
     return text.encode("utf-8")

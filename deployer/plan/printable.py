@@ -25,5 +25,4 @@ def printable(value: object, limit: int | None = None) -> str:
     text = value if isinstance(value, str) else str(value)
     if limit is not None and len(text) > limit:
         text = text[:limit] + "..."
-    return "".join(escaped(c) if unicodedata.category(c) in HIDDEN_CATEGORIES else c
-                   for c in text)
+    return "".join(escaped(c) if unicodedata.category(c) in HIDDEN_CATEGORIES else c for c in text)

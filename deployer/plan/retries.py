@@ -42,9 +42,11 @@ def chain_rules(names: ChainNames, apps: Iterable[AppConfig], bridge: str) -> li
     for app in sorted(apps, key=lambda a: a.name):
         for port in sorted({p.external for p in app.ports if p.protocol == "tcp"}):
             comment = save_string(f"{app.name}: a refusal of its instance becomes a retry")
-            rules.append(f"-A {chain(names)} -i {bridge} -p tcp -m tcp --tcp-flags RST RST -m conntrack "
-                         f"--ctstate DNAT --ctorigdstport {port} ! --ctstatus ASSURED --ctdir REPLY "
-                         f"-m comment --comment {comment} -j DROP")
+            rules.append(
+                f"-A {chain(names)} -i {bridge} -p tcp -m tcp --tcp-flags RST RST -m conntrack "
+                f"--ctstate DNAT --ctorigdstport {port} ! --ctstatus ASSURED --ctdir REPLY "
+                f"-m comment --comment {comment} -j DROP"
+            )
     return rules
 
 

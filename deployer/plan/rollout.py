@@ -77,7 +77,7 @@ def batches(hosts: Sequence[str], *, max_parallel: int | str, canary: int | str 
         first = rest[:canary]
     rest = [h for h in rest if h not in first]
     size = batch_size(max_parallel, len(hosts))
-    return ([first] if first else []) + [rest[i:i + size] for i in range(0, len(rest), size)]
+    return ([first] if first else []) + [rest[i : i + size] for i in range(0, len(rest), size)]
 
 
 def plan(hosts: Sequence[str], current: Mapping[str, str | None], tag: str, options: Options) -> list[HostStep]:
@@ -100,8 +100,9 @@ def reverts(steps: Sequence[HostStep], current: Mapping[str, str | None]) -> lis
     for step in steps:
         if step.previous is None:
             continue
-        if step.state in (DONE, REVERTING) or (step.state == FAILED
-                                                and current.get(step.host) not in (None, step.previous)):
+        if step.state in (DONE, REVERTING) or (
+            step.state == FAILED and current.get(step.host) not in (None, step.previous)
+        ):
             back.append((step.host, step.previous))
     return back
 

@@ -119,8 +119,10 @@ def builtin_jumps(names: ChainNames) -> dict[str, str]:
 def postrouting_rules(names: ChainNames, bridge: str) -> list[str]:
     # A client on 127.0.0.1 is DNATed to a container; the reply must come back to an address the
     # container can route to, so loopback sources leaving through the bridge are masqueraded.
-    return [f"-A {names.postrouting} -s {LOOPBACK} -o {bridge} -m comment --comment "
-            f"{save_string('deployer: loopback clients')} -j MASQUERADE"]
+    return [
+        f"-A {names.postrouting} -s {LOOPBACK} -o {bridge} -m comment --comment "
+        f"{save_string('deployer: loopback clients')} -j MASQUERADE"
+    ]
 
 
 def app_jump(names: ChainNames, app: str) -> str:
@@ -267,4 +269,3 @@ def dnat_destinations(rules: Iterable[str]) -> set[str]:
         if match:
             found.add(match.group(1))
     return found
-

@@ -17,6 +17,7 @@ def check_tag(app: AppConfig, tag: object) -> str:
         shown = repr(tag)[:60]
         raise InvalidTag(f"{shown} is not a valid Docker tag", app=app.name)
     if app.tag_pattern is not None and not re.fullmatch(app.tag_pattern, tag):
-        raise InvalidTag(f"tag {tag!r} does not match the pattern of app {app.name!r}: {app.tag_pattern}",
-                         app=app.name, tag=tag)
+        raise InvalidTag(
+            f"tag {tag!r} does not match the pattern of app {app.name!r}: {app.tag_pattern}", app=app.name, tag=tag
+        )
     return tag

@@ -37,8 +37,14 @@ def accept(jobs: JobStore, journal: Recorder, held: Job, **fields: Any) -> Job:
         return jobs.confirm(held)
     except StateError as exc:
         withdraw(jobs, held)
-        journal.record("job.withdrawn", job=held.id, app=held.app, actor=held.actor, outcome="failed",
-                       reason=f"the job could not be released to the worker: {exc}")
+        journal.record(
+            "job.withdrawn",
+            job=held.id,
+            app=held.app,
+            actor=held.actor,
+            outcome="failed",
+            reason=f"the job could not be released to the worker: {exc}",
+        )
         raise
 
 

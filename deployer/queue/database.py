@@ -29,8 +29,10 @@ BUSY_TIMEOUT_MS = 30_000
 
 # Named migrations, applied once each, in order (never edit one that has shipped: add another).
 MIGRATIONS: list[tuple[str, list[str]]] = [
-    ("0001_jobs", [
-        """CREATE TABLE jobs (
+    (
+        "0001_jobs",
+        [
+            """CREATE TABLE jobs (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
             id TEXT NOT NULL UNIQUE,
             app TEXT NOT NULL,
@@ -47,10 +49,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             started_at REAL,
             finished_at REAL
         )""",
-        "CREATE INDEX jobs_app_status ON jobs (app, status, seq)",
-        "CREATE INDEX jobs_status ON jobs (status, seq)",
-        "CREATE INDEX jobs_app_tag ON jobs (app, tag, kind)",
-        """CREATE TABLE steps (
+            "CREATE INDEX jobs_app_status ON jobs (app, status, seq)",
+            "CREATE INDEX jobs_status ON jobs (status, seq)",
+            "CREATE INDEX jobs_app_tag ON jobs (app, tag, kind)",
+            """CREATE TABLE steps (
             job_id TEXT NOT NULL,
             n INTEGER NOT NULL,
             at REAL NOT NULL,
@@ -59,7 +61,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             detail TEXT NOT NULL,
             PRIMARY KEY (job_id, n)
         )""",
-        """CREATE TABLE deliveries (
+            """CREATE TABLE deliveries (
             hook_id TEXT NOT NULL,
             delivery TEXT NOT NULL,
             job_id TEXT,
@@ -68,16 +70,16 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             at REAL NOT NULL,
             PRIMARY KEY (hook_id, delivery)
         )""",
-        """CREATE TABLE nonces (
+            """CREATE TABLE nonces (
             key_id TEXT NOT NULL,
             nonce TEXT NOT NULL,
             expires_at REAL NOT NULL,
             PRIMARY KEY (key_id, nonce)
         )""",
-        "CREATE INDEX nonces_expiry ON nonces (expires_at)",
-        # What the worker last saw live, so the receiver (which cannot read app state) can dedupe.
-        "CREATE TABLE active (app TEXT PRIMARY KEY, tag TEXT, job_id TEXT, updated_at REAL NOT NULL)",
-        """CREATE TABLE worker (
+            "CREATE INDEX nonces_expiry ON nonces (expires_at)",
+            # What the worker last saw live, so the receiver (which cannot read app state) can dedupe.
+            "CREATE TABLE active (app TEXT PRIMARY KEY, tag TEXT, job_id TEXT, updated_at REAL NOT NULL)",
+            """CREATE TABLE worker (
             id INTEGER PRIMARY KEY CHECK (id = 0),
             pid INTEGER NOT NULL,
             started_at REAL NOT NULL,
@@ -86,25 +88,37 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             netfilter TEXT,
             checked_at REAL
         )""",
-    ]),
+        ],
+    ),
     # When GitHub published each release: a late or redelivered older release must not deploy over it.
-    ("0002_jobs_published_at", [
-        "ALTER TABLE jobs ADD COLUMN published_at TEXT",  # release.published_at (UTC, ...Z); NULL: not a release
-        "CREATE INDEX jobs_app_published ON jobs (app, kind, published_at)",
-    ]),
+    (
+        "0002_jobs_published_at",
+        [
+            "ALTER TABLE jobs ADD COLUMN published_at TEXT",  # release.published_at (UTC, ...Z); NULL: not a release
+            "CREATE INDEX jobs_app_published ON jobs (app, kind, published_at)",
+        ],
+    ),
     # The host's faults: what a waiting job waits on, and what the worker last saw wrong (JSON, see `heartbeat`).
-    ("0003_faults", [
-        "ALTER TABLE jobs ADD COLUMN waiting_on TEXT",
-        "ALTER TABLE worker ADD COLUMN faults TEXT",
-    ]),
+    (
+        "0003_faults",
+        [
+            "ALTER TABLE jobs ADD COLUMN waiting_on TEXT",
+            "ALTER TABLE worker ADD COLUMN faults TEXT",
+        ],
+    ),
     # Whether the registries the apps pull from answer: "ok", the reason, or NULL when no app names one.
-    ("0004_registry_health", [
-        "ALTER TABLE worker ADD COLUMN registry TEXT",
-    ]),
+    (
+        "0004_registry_health",
+        [
+            "ALTER TABLE worker ADD COLUMN registry TEXT",
+        ],
+    ),
     # A controller's rollouts: each host's progress, written before and after each step, so a rollout resumes
     # where it stood. And, on every host, the port set of the live release, for the controller to read.
-    ("0005_rollouts", [
-        """CREATE TABLE rollout_hosts (
+    (
+        "0005_rollouts",
+        [
+            """CREATE TABLE rollout_hosts (
             rollout_id TEXT NOT NULL,      -- the controller's job id of the rollout
             host TEXT NOT NULL,
             position INTEGER NOT NULL,     -- the deploy order
@@ -117,25 +131,30 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             since REAL NOT NULL,           -- when the state was entered: a host's deadline counts from here
             PRIMARY KEY (rollout_id, host)
         )""",
-        "ALTER TABLE active ADD COLUMN port_set TEXT",
-    ]),
+            "ALTER TABLE active ADD COLUMN port_set TEXT",
+        ],
+    ),
     # An operator's abort of a rollout: recorded here, carried out by the rollout's run (at once if it runs, else
     # when a worker next runs it), so an abort outlives a controller that is down.
-    ("0006_rollout_aborts", [
-        """CREATE TABLE rollout_aborts (
+    (
+        "0006_rollout_aborts",
+        [
+            """CREATE TABLE rollout_aborts (
             rollout_id TEXT PRIMARY KEY,   -- the controller's job id of the rollout
             actor TEXT NOT NULL,
             reason TEXT,
             at REAL NOT NULL
         )""",
-    ]),
+        ],
+    ),
 ]
 
 
 def state_error(what: str, exc: BaseException) -> StateError:
     """SQLite's "database or disk is full" (or ENOSPC) is DiskFull, a fault that waiting clears; the rest is StateError."""
-    full = (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-            or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC))
+    full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
+        isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    )
     detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
     return (DiskFull if full else StateError)(f"{what}: {detail}")
 
@@ -169,8 +188,9 @@ class Database:
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             identity = check_database(self.path)  # the receiver's group can plant links here
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
             try:
                 check_same_database(self.path, identity)
             except BaseException:

@@ -24,8 +24,9 @@ class DeliveryStore:
         return Submission(None, False, reason, "ignored")
 
     def delivery(self, hook_id: str, delivery: str) -> dict[str, Any] | None:
-        rows = self.database.read("SELECT job_id, verdict, reason FROM deliveries WHERE hook_id = ? AND delivery = ?",
-                                  (hook_id, delivery))
+        rows = self.database.read(
+            "SELECT job_id, verdict, reason FROM deliveries WHERE hook_id = ? AND delivery = ?", (hook_id, delivery)
+        )
         return dict(zip(("job_id", "verdict", "reason"), rows[0])) if rows else None
 
     def use_nonce(self, key_id: str, nonce: str, expires_at: float) -> None:
@@ -34,16 +35,18 @@ class DeliveryStore:
         with self.database.write() as conn:
             conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
             try:
-                conn.execute("INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?, ?, ?)",
-                             (key_id, nonce, expires_at))
+                conn.execute(
+                    "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?, ?, ?)", (key_id, nonce, expires_at)
+                )
             except sqlite3.IntegrityError:
                 raise Unauthorized("nonce already used") from None
 
 
 def seen_delivery(conn: sqlite3.Connection, hook_id: str, delivery: str) -> Submission | None:
     """The answer a delivery already got, inside the caller's transaction; None when it is new."""
-    row = conn.execute("SELECT job_id, verdict, reason FROM deliveries WHERE hook_id = ? AND delivery = ?",
-                       (hook_id, delivery)).fetchone()
+    row = conn.execute(
+        "SELECT job_id, verdict, reason FROM deliveries WHERE hook_id = ? AND delivery = ?", (hook_id, delivery)
+    ).fetchone()
     if row is None:
         return None
     job = None
@@ -53,10 +56,13 @@ def seen_delivery(conn: sqlite3.Connection, hook_id: str, delivery: str) -> Subm
     return Submission(job, False, f"delivery {delivery} was already received ({row[2]})")
 
 
-def remember_delivery(conn: sqlite3.Connection, hook_id: str, delivery: str, job_id: str | None, verdict: str,
-                      reason: str, now: float) -> None:
-    conn.execute("INSERT INTO deliveries (hook_id, delivery, job_id, verdict, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
-                 (hook_id, delivery, job_id, verdict, reason, now))
+def remember_delivery(
+    conn: sqlite3.Connection, hook_id: str, delivery: str, job_id: str | None, verdict: str, reason: str, now: float
+) -> None:
+    conn.execute(
+        "INSERT INTO deliveries (hook_id, delivery, job_id, verdict, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
+        (hook_id, delivery, job_id, verdict, reason, now),
+    )
 
 
 def forget_deliveries(conn: sqlite3.Connection, job_id: str) -> None:

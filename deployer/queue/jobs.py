@@ -40,9 +40,19 @@ class JobStore:
 
     # --- the receiver's side -------------------------------------------------------------------
 
-    def submit_release(self, *, app: str, tag: str, actor: str, hook_id: str, delivery: str,
-                       source: Mapping[str, Any], published_at: str | None = None, hold: bool = False,
-                       kind: str = JobKind.RELEASE) -> Submission:
+    def submit_release(
+        self,
+        *,
+        app: str,
+        tag: str,
+        actor: str,
+        hook_id: str,
+        delivery: str,
+        source: Mapping[str, Any],
+        published_at: str | None = None,
+        hold: bool = False,
+        kind: str = JobKind.RELEASE,
+    ) -> Submission:
         """Queue a release unless this delivery or this release already has its job, or a newer one is live or queued.
 
         "Newer" is GitHub's `published_at` (one spelling, `YYYY-MM-DDTHH:MM:SSZ`, so it compares as text): the
@@ -56,10 +66,11 @@ class JobStore:
             seen = seen_delivery(conn, hook_id, delivery)
             if seen is not None:
                 return seen
-            earlier = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE app = ? AND tag = ? AND status != ? "
-                                   "AND (kind = ? OR status IN (?, ?)) ORDER BY seq DESC LIMIT 1",
-                                   (app, tag, JobStatus.ACCEPTING, kind, JobStatus.QUEUED,
-                                    JobStatus.RUNNING)).fetchone()
+            earlier = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE app = ? AND tag = ? AND status != ? "
+                "AND (kind = ? OR status IN (?, ?)) ORDER BY seq DESC LIMIT 1",
+                (app, tag, JobStatus.ACCEPTING, kind, JobStatus.QUEUED, JobStatus.RUNNING),
+            ).fetchone()
             active = active_row(conn, app)
             if earlier is not None:
                 job = job_from_row(earlier)
@@ -69,14 +80,24 @@ class JobStore:
                 reason = f"tag {tag} is already active"
             elif (newer := newer_release(conn, app, published_at, active[0] if active else None, kind)) is not None:
                 job, where, newer_published_at = newer
-                reason = (f"release {tag} (published {published_at}) is older than release {job.tag} "
-                          f"(published {newer_published_at}), which is {where}; "
-                          f"deploy it on purpose with POST /deploy")
+                reason = (
+                    f"release {tag} (published {published_at}) is older than release {job.tag} "
+                    f"(published {newer_published_at}), which is {where}; "
+                    f"deploy it on purpose with POST /deploy"
+                )
                 remember_delivery(conn, hook_id, delivery, job.id, "older", reason, now)
                 return Submission(job, False, reason, "older")
             else:
-                job = insert_job(conn, app=app, tag=tag, kind=kind, actor=actor, source=source, now=now,
-                                 status=JobStatus.ACCEPTING if hold else JobStatus.QUEUED)
+                job = insert_job(
+                    conn,
+                    app=app,
+                    tag=tag,
+                    kind=kind,
+                    actor=actor,
+                    source=source,
+                    now=now,
+                    status=JobStatus.ACCEPTING if hold else JobStatus.QUEUED,
+                )
                 if published_at is not None:
                     conn.execute("UPDATE jobs SET published_at = ? WHERE seq = ?", (published_at, job.seq))
                 remember_delivery(conn, hook_id, delivery, job.id, "queued", "queued", now)
@@ -84,18 +105,35 @@ class JobStore:
             remember_delivery(conn, hook_id, delivery, job.id if job else None, "duplicate", reason, now)
             return Submission(job, False, reason)
 
-    def submit_manual(self, *, app: str, tag: str | None, actor: str, source: Mapping[str, Any],
-                      hold: bool = False, kind: str = JobKind.REDEPLOY) -> Job:
+    def submit_manual(
+        self,
+        *,
+        app: str,
+        tag: str | None,
+        actor: str,
+        source: Mapping[str, Any],
+        hold: bool = False,
+        kind: str = JobKind.REDEPLOY,
+    ) -> Job:
         """A signed redeploy (or promote, or abort) always makes a job: an operator who asks again means it.
 
         `hold`: as in submit_release."""
         assert kind in (JobKind.REDEPLOY, JobKind.ROLLOUT) or kind in CANARY_KINDS, kind
         with self.database.write() as conn:
-            return insert_job(conn, app=app, tag=tag, kind=kind, actor=actor, source=source,
-                              now=self.database.clock(), status=JobStatus.ACCEPTING if hold else JobStatus.QUEUED)
+            return insert_job(
+                conn,
+                app=app,
+                tag=tag,
+                kind=kind,
+                actor=actor,
+                source=source,
+                now=self.database.clock(),
+                status=JobStatus.ACCEPTING if hold else JobStatus.QUEUED,
+            )
 
-    def submit_rollout_step(self, *, app: str, tag: str | None, actor: str, rollout: str,
-                            source: Mapping[str, Any]) -> tuple[Job, bool]:
+    def submit_rollout_step(
+        self, *, app: str, tag: str | None, actor: str, rollout: str, source: Mapping[str, Any]
+    ) -> tuple[Job, bool]:
         """A controller's step of `rollout` on this host: one job per (rollout, app, tag), however often it is posted.
 
         A controller restarted between its POST and its record of the answer may post the same step again: it gets
@@ -103,20 +141,31 @@ class JobStore:
         tag, so each is its own step. `source` carries `rollout`; the job is held as by `submit_manual`.
         """
         with self.database.write() as conn:
-            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE app = ? AND tag IS ? AND kind = ? "
-                               "AND json_extract(source, '$.rollout') = ? ORDER BY seq DESC LIMIT 1",
-                               (app, tag, JobKind.REDEPLOY, rollout)).fetchone()
+            row = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE app = ? AND tag IS ? AND kind = ? "
+                "AND json_extract(source, '$.rollout') = ? ORDER BY seq DESC LIMIT 1",
+                (app, tag, JobKind.REDEPLOY, rollout),
+            ).fetchone()
             if row is not None:
                 return job_from_row(row), False
-            return insert_job(conn, app=app, tag=tag, kind=JobKind.REDEPLOY, actor=actor,
-                              source={**source, "rollout": rollout}, now=self.database.clock(),
-                              status=JobStatus.ACCEPTING), True
+            return insert_job(
+                conn,
+                app=app,
+                tag=tag,
+                kind=JobKind.REDEPLOY,
+                actor=actor,
+                source={**source, "rollout": rollout},
+                now=self.database.clock(),
+                status=JobStatus.ACCEPTING,
+            ), True
 
     def confirm(self, job: Job) -> Job:
         """An accepting job's audit record is written: from now on a worker may claim it."""
         with self.database.write() as conn:
-            row = conn.execute(f"UPDATE jobs SET status = ? WHERE id = ? AND status = ? RETURNING {JOB_COLUMNS}",
-                               (JobStatus.QUEUED, job.id, JobStatus.ACCEPTING)).fetchone()
+            row = conn.execute(
+                f"UPDATE jobs SET status = ? WHERE id = ? AND status = ? RETURNING {JOB_COLUMNS}",
+                (JobStatus.QUEUED, job.id, JobStatus.ACCEPTING),
+            ).fetchone()
         if row is None:
             raise StateError(f"job {job.id} is no longer being accepted")
         return job_from_row(row)
@@ -124,8 +173,9 @@ class JobStore:
     def withdraw(self, job: Job) -> bool:
         """Delete an accepting job and the delivery that led to it: it was never accepted, so a redelivery is new."""
         with self.database.write() as conn:
-            deleted = conn.execute("DELETE FROM jobs WHERE id = ? AND status = ?",
-                                   (job.id, JobStatus.ACCEPTING)).rowcount
+            deleted = conn.execute(
+                "DELETE FROM jobs WHERE id = ? AND status = ?", (job.id, JobStatus.ACCEPTING)
+            ).rowcount
             if deleted:
                 forget_deliveries(conn, job.id)
         return deleted == 1
@@ -145,20 +195,32 @@ class JobStore:
             where.append("status = ?")
             args.append(status)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        return [job_from_row(r) for r in self.database.read(f"SELECT {JOB_COLUMNS} FROM jobs{clause} ORDER BY seq",
-                                                            tuple(args))]
+        return [
+            job_from_row(r)
+            for r in self.database.read(f"SELECT {JOB_COLUMNS} FROM jobs{clause} ORDER BY seq", tuple(args))
+        ]
 
     def steps(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self.database.read("SELECT n, at, name, outcome, detail FROM steps WHERE job_id = ? ORDER BY n",
-                                  (job_id,))
-        return [{"n": n, "at": at, "name": name, "outcome": outcome, **({"detail": json.loads(detail)}
-                                                                        if detail != "{}" else {})}
-                for n, at, name, outcome, detail in rows]
+        rows = self.database.read(
+            "SELECT n, at, name, outcome, detail FROM steps WHERE job_id = ? ORDER BY n", (job_id,)
+        )
+        return [
+            {
+                "n": n,
+                "at": at,
+                "name": name,
+                "outcome": outcome,
+                **({"detail": json.loads(detail)} if detail != "{}" else {}),
+            }
+            for n, at, name, outcome, detail in rows
+        ]
 
     def waiting(self) -> list[Job]:
         """Queued jobs that wait on a fault of the host."""
-        rows = self.database.read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? AND waiting_on IS NOT NULL "
-                                  "ORDER BY seq", (JobStatus.QUEUED,))
+        rows = self.database.read(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? AND waiting_on IS NOT NULL ORDER BY seq",
+            (JobStatus.QUEUED,),
+        )
         return [job_from_row(r) for r in rows]
 
     # --- the worker's side ---------------------------------------------------------------------
@@ -168,33 +230,46 @@ class JobStore:
         transaction."""
         now = self.database.clock()
         with self.database.write() as conn:
-            busy = {row[0] for row in conn.execute("SELECT DISTINCT app FROM jobs WHERE status = ?",
-                                                   (JobStatus.RUNNING,))}
-            waiting = [job_from_row(r) for r in conn.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.QUEUED,))]
-            decision = decide_claim([Candidate(j.seq, j.id, j.app, j.tag, j.kind, j.not_before) for j in waiting],
-                                    busy=busy, live=live_tags(conn), now=now)
+            busy = {
+                row[0] for row in conn.execute("SELECT DISTINCT app FROM jobs WHERE status = ?", (JobStatus.RUNNING,))
+            }
+            waiting = [
+                job_from_row(r)
+                for r in conn.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.QUEUED,)
+                )
+            ]
+            decision = decide_claim(
+                [Candidate(j.seq, j.id, j.app, j.tag, j.kind, j.not_before) for j in waiting],
+                busy=busy,
+                live=live_tags(conn),
+                now=now,
+            )
             if decision is None:
                 return None
             superseded = []
             for older in decision.superseded:
-                row = conn.execute(f"UPDATE jobs SET status = ?, superseded_by = ?, reason = ?, finished_at = ? "
-                                   f"WHERE seq = ? RETURNING {JOB_COLUMNS}",
-                                   (JobStatus.SUPERSEDED, decision.run.id, older.reason, now, older.seq)).fetchone()
+                row = conn.execute(
+                    f"UPDATE jobs SET status = ?, superseded_by = ?, reason = ?, finished_at = ? "
+                    f"WHERE seq = ? RETURNING {JOB_COLUMNS}",
+                    (JobStatus.SUPERSEDED, decision.run.id, older.reason, now, older.seq),
+                ).fetchone()
                 superseded.append(job_from_row(row))
-            row = conn.execute(f"UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?, "
-                               f"reason = NULL, waiting_on = NULL WHERE seq = ? RETURNING {JOB_COLUMNS}",
-                               (JobStatus.RUNNING, now, decision.run.seq)).fetchone()
+            row = conn.execute(
+                f"UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?, "
+                f"reason = NULL, waiting_on = NULL WHERE seq = ? RETURNING {JOB_COLUMNS}",
+                (JobStatus.RUNNING, now, decision.run.seq),
+            ).fetchone()
             return Claim(job_from_row(row), superseded)
 
     def finish(self, job: Job, status: str, reason: str | None = None) -> bool:
         """End a running job. False when this attempt no longer owns it (it was recovered meanwhile)."""
         assert status in FINISHED, status
         with self.database.write() as conn:
-            updated = conn.execute("UPDATE jobs SET status = ?, reason = ?, finished_at = ? "
-                                   "WHERE id = ? AND status = ? AND attempts = ?",
-                                   (status, reason, self.database.clock(), job.id, JobStatus.RUNNING,
-                                    job.attempts)).rowcount
+            updated = conn.execute(
+                "UPDATE jobs SET status = ?, reason = ?, finished_at = ? WHERE id = ? AND status = ? AND attempts = ?",
+                (status, reason, self.database.clock(), job.id, JobStatus.RUNNING, job.attempts),
+            ).rowcount
         return updated == 1
 
     def skip(self, job: Job, reason: str) -> bool:
@@ -204,17 +279,27 @@ class JobStore:
         """Put a running job back: it runs again once `delay` has passed (or `wake(waiting_on)`), unless something
         newer supersedes it."""
         with self.database.write() as conn:
-            updated = conn.execute("UPDATE jobs SET status = ?, reason = ?, not_before = ?, waiting_on = ? "
-                                   "WHERE id = ? AND status = ? AND attempts = ?",
-                                   (JobStatus.QUEUED, reason, self.database.clock() + delay, waiting_on, job.id,
-                                    JobStatus.RUNNING, job.attempts)).rowcount
+            updated = conn.execute(
+                "UPDATE jobs SET status = ?, reason = ?, not_before = ?, waiting_on = ? "
+                "WHERE id = ? AND status = ? AND attempts = ?",
+                (
+                    JobStatus.QUEUED,
+                    reason,
+                    self.database.clock() + delay,
+                    waiting_on,
+                    job.id,
+                    JobStatus.RUNNING,
+                    job.attempts,
+                ),
+            ).rowcount
         return updated == 1
 
     def wake(self, fault: str) -> int:
         """The fault cleared: the jobs waiting on it may run now, not at the end of their backoff."""
         with self.database.write() as conn:
-            return conn.execute("UPDATE jobs SET not_before = 0 WHERE status = ? AND waiting_on = ?",
-                                (JobStatus.QUEUED, fault)).rowcount
+            return conn.execute(
+                "UPDATE jobs SET not_before = 0 WHERE status = ? AND waiting_on = ?", (JobStatus.QUEUED, fault)
+            ).rowcount
 
     def recover(self, *, max_attempts: int, rollout: Resumable | None = None) -> list[Job]:
         """Jobs left running by a worker that died: back to the queue, or failed, as `decide_recovery` says.
@@ -225,19 +310,35 @@ class JobStore:
         now = self.database.clock()
         recovered = []
         with self.database.write() as conn:
-            running = [job_from_row(r) for r in conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ?",
-                                                             (JobStatus.RUNNING,))]
-            decisions = decide_recovery([Interrupted(j.seq, j.id, j.kind, j.attempts, j.created_at) for j in running],
-                                        max_attempts=max_attempts, rollout=rollout, now=now)
+            running = [
+                job_from_row(r)
+                for r in conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ?", (JobStatus.RUNNING,))
+            ]
+            decisions = decide_recovery(
+                [Interrupted(j.seq, j.id, j.kind, j.attempts, j.created_at) for j in running],
+                max_attempts=max_attempts,
+                rollout=rollout,
+                now=now,
+            )
             for decision in decisions:
                 if decision.requeued:
-                    conn.execute("UPDATE jobs SET status = ?, reason = ?, not_before = 0 WHERE seq = ?",
-                                 (JobStatus.QUEUED, decision.reason, decision.seq))
+                    conn.execute(
+                        "UPDATE jobs SET status = ?, reason = ?, not_before = 0 WHERE seq = ?",
+                        (JobStatus.QUEUED, decision.reason, decision.seq),
+                    )
                 else:
-                    conn.execute("UPDATE jobs SET status = ?, reason = ?, finished_at = ? WHERE seq = ?",
-                                 (JobStatus.FAILED, decision.reason, now, decision.seq))
-                add_step(conn, decision.id, "interrupted", "requeued" if decision.requeued else "failed",
-                         {"reason": decision.reason}, now)
+                    conn.execute(
+                        "UPDATE jobs SET status = ?, reason = ?, finished_at = ? WHERE seq = ?",
+                        (JobStatus.FAILED, decision.reason, now, decision.seq),
+                    )
+                add_step(
+                    conn,
+                    decision.id,
+                    "interrupted",
+                    "requeued" if decision.requeued else "failed",
+                    {"reason": decision.reason},
+                    now,
+                )
                 recovered.append(get_job(conn, decision.id))
         return [j for j in recovered if j is not None]
 
@@ -251,24 +352,38 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> Job | None:
     return job_from_row(row) if row else None
 
 
-def insert_job(conn: sqlite3.Connection, *, app: str, tag: str | None, kind: str, actor: str,
-               source: Mapping[str, Any], now: float, status: str = JobStatus.QUEUED) -> Job:
+def insert_job(
+    conn: sqlite3.Connection,
+    *,
+    app: str,
+    tag: str | None,
+    kind: str,
+    actor: str,
+    source: Mapping[str, Any],
+    now: float,
+    status: str = JobStatus.QUEUED,
+) -> Job:
     row = conn.execute(
         f"INSERT INTO jobs (id, app, tag, kind, actor, source, status, created_at) "
         f"VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}",
-        (new_job_id(), app, tag, kind, actor, json.dumps(dict(source), sort_keys=True), status, now)).fetchone()
+        (new_job_id(), app, tag, kind, actor, json.dumps(dict(source), sort_keys=True), status, now),
+    ).fetchone()
     return job_from_row(row)
 
 
-def add_step(conn: sqlite3.Connection, job_id: str, name: str, outcome: str | None, detail: Mapping[str, Any],
-             now: float) -> None:
+def add_step(
+    conn: sqlite3.Connection, job_id: str, name: str, outcome: str | None, detail: Mapping[str, Any], now: float
+) -> None:
     n = conn.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM steps WHERE job_id = ?", (job_id,)).fetchone()[0]
-    conn.execute("INSERT INTO steps (job_id, n, at, name, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                 (job_id, n, now, name, outcome, json.dumps(dict(detail), sort_keys=True, default=str)))
+    conn.execute(
+        "INSERT INTO steps (job_id, n, at, name, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        (job_id, n, now, name, outcome, json.dumps(dict(detail), sort_keys=True, default=str)),
+    )
 
 
-def newer_release(conn: sqlite3.Connection, app: str, published_at: str | None, live_tag: str | None,
-                  kind: str = JobKind.RELEASE) -> tuple[Job, str, str] | None:
+def newer_release(
+    conn: sqlite3.Connection, app: str, published_at: str | None, live_tag: str | None, kind: str = JobKind.RELEASE
+) -> tuple[Job, str, str] | None:
     """The newest release of `app` published after `published_at` that is queued, running or live:
     the job, where it is and when it was published."""
     if published_at is None:
@@ -277,7 +392,8 @@ def newer_release(conn: sqlite3.Connection, app: str, published_at: str | None, 
         f"SELECT {JOB_COLUMNS}, published_at FROM jobs WHERE app = ? AND kind = ? AND published_at > ? "
         "AND (status IN (?, ?) OR (tag IS ? AND status != ?)) "
         "ORDER BY published_at DESC, seq DESC LIMIT 1",
-        (app, kind, published_at, JobStatus.QUEUED, JobStatus.RUNNING, live_tag, JobStatus.ACCEPTING)).fetchone()
+        (app, kind, published_at, JobStatus.QUEUED, JobStatus.RUNNING, live_tag, JobStatus.ACCEPTING),
+    ).fetchone()
     if row is None:
         return None
     job = job_from_row(row[:-1])

@@ -22,10 +22,12 @@ class LiveStore:
 
     def set_active(self, app: str, tag: str | None, job_id: str | None = None, port_set: str | None = None) -> None:
         with self.database.write() as conn:
-            conn.execute("INSERT INTO active (app, tag, job_id, updated_at, port_set) VALUES (?, ?, ?, ?, ?) "
-                         "ON CONFLICT (app) DO UPDATE SET tag = excluded.tag, job_id = excluded.job_id, "
-                         "updated_at = excluded.updated_at, port_set = excluded.port_set",
-                         (app, tag, job_id, self.database.clock(), port_set))
+            conn.execute(
+                "INSERT INTO active (app, tag, job_id, updated_at, port_set) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (app) DO UPDATE SET tag = excluded.tag, job_id = excluded.job_id, "
+                "updated_at = excluded.updated_at, port_set = excluded.port_set",
+                (app, tag, job_id, self.database.clock(), port_set),
+            )
 
     def publish(self, state: AppState) -> None:
         """The app's record as it is now: its active tag and port set, made live by no job (or a job says so
@@ -41,13 +43,27 @@ class LiveStore:
         """What the worker last saw live of `app` and its last job: what GET /apps/<app> answers a controller."""
         rows = self.database.read("SELECT tag, port_set, job_id FROM active WHERE app = ?", (app,))
         tag, port_set, job_id = rows[0] if rows else (None, None, None)
-        last = self.database.read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE app = ? AND status != ? "
-                                  "ORDER BY seq DESC LIMIT 1", (app, JobStatus.ACCEPTING))
+        last = self.database.read(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE app = ? AND status != ? ORDER BY seq DESC LIMIT 1",
+            (app, JobStatus.ACCEPTING),
+        )
         job = job_from_row(last[0]) if last else None
-        return {"app": app, "tag": tag, "port_set": port_set, "job": job_id,
-                "last_job": None if job is None else {
-                    "id": job.id, "tag": job.tag, "kind": job.kind, "status": job.status, "reason": job.reason,
-                    "rollout": job.source.get("rollout") if isinstance(job.source, Mapping) else None}}
+        return {
+            "app": app,
+            "tag": tag,
+            "port_set": port_set,
+            "job": job_id,
+            "last_job": None
+            if job is None
+            else {
+                "id": job.id,
+                "tag": job.tag,
+                "kind": job.kind,
+                "status": job.status,
+                "reason": job.reason,
+                "rollout": job.source.get("rollout") if isinstance(job.source, Mapping) else None,
+            },
+        }
 
 
 def active_row(conn: sqlite3.Connection, app: str) -> tuple[str | None, str | None] | None:

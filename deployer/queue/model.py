@@ -12,8 +12,22 @@ from typing import Any
 from deployer.plan.job_states import CANARY_KINDS, FINISHED, KINDS, WAITING, JobKind, JobStatus
 
 # The statuses and kinds are the plan layer's words (the claim policy decides on them); found here too.
-__all__ = ["CANARY_KINDS", "FINISHED", "JOB_COLUMNS", "JOB_ID_RE", "KINDS", "WAITING", "Claim", "Job", "JobKind",
-           "JobStatus", "RolloutHost", "Submission", "job_from_row", "new_job_id"]
+__all__ = [
+    "CANARY_KINDS",
+    "FINISHED",
+    "JOB_COLUMNS",
+    "JOB_ID_RE",
+    "KINDS",
+    "WAITING",
+    "Claim",
+    "Job",
+    "JobKind",
+    "JobStatus",
+    "RolloutHost",
+    "Submission",
+    "job_from_row",
+    "new_job_id",
+]
 
 JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
 
@@ -91,21 +105,54 @@ class Claim:
     superseded: list[Job]
 
 
-JOB_COLUMNS = ("seq, id, app, tag, kind, actor, status, source, reason, superseded_by, attempts, not_before, "
-               "created_at, started_at, finished_at, waiting_on")
+JOB_COLUMNS = (
+    "seq, id, app, tag, kind, actor, status, source, reason, superseded_by, attempts, not_before, "
+    "created_at, started_at, finished_at, waiting_on"
+)
 
 
 def job_from_row(row: tuple) -> Job:
     """A job from its row, `JOB_COLUMNS` in order; the row is not trusted (see `deployer/queue/rows.py`)."""
-    (seq, id_, app, tag, kind, actor, status, source, reason, superseded_by, attempts, not_before, created_at,
-     started_at, finished_at, waiting_on) = row
+    (
+        seq,
+        id_,
+        app,
+        tag,
+        kind,
+        actor,
+        status,
+        source,
+        reason,
+        superseded_by,
+        attempts,
+        not_before,
+        created_at,
+        started_at,
+        finished_at,
+        waiting_on,
+    ) = row
     try:
         source = json.loads(source)
     except (TypeError, ValueError):
         source = None  # a row the receiver's group wrote by hand; `row_problem` refuses it
-    return Job(id=id_, app=app, tag=tag, kind=kind, actor=actor, status=status, source=source,
-               reason=reason, superseded_by=superseded_by, attempts=attempts, not_before=not_before,
-               created_at=created_at, started_at=started_at, finished_at=finished_at, waiting_on=waiting_on, seq=seq)
+    return Job(
+        id=id_,
+        app=app,
+        tag=tag,
+        kind=kind,
+        actor=actor,
+        status=status,
+        source=source,
+        reason=reason,
+        superseded_by=superseded_by,
+        attempts=attempts,
+        not_before=not_before,
+        created_at=created_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        waiting_on=waiting_on,
+        seq=seq,
+    )
 
 
 def new_job_id() -> str:

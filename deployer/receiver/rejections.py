@@ -48,8 +48,17 @@ class Bucket:
 class Rejections:
     """The counters and buckets of one receiver process; thread-safe (gthread workers share it)."""
 
-    def __init__(self, emit: Callable[..., None], clock: Callable[[], float], *, interval: float = 60.0,
-                 max_keys: int = 64, burst: int = 30, per_second: float = 0.5, max_sources: int = 4096) -> None:
+    def __init__(
+        self,
+        emit: Callable[..., None],
+        clock: Callable[[], float],
+        *,
+        interval: float = 60.0,
+        max_keys: int = 64,
+        burst: int = 30,
+        per_second: float = 0.5,
+        max_sources: int = 4096,
+    ) -> None:
         self.emit = emit
         self.clock = clock
         self.interval = interval
@@ -95,9 +104,15 @@ class Rejections:
             tallies, self._tallies = self._tallies, {}
             since, self._since = self._since, self.clock()
         for (route, status, source), tally in tallies.items():
-            fields: dict[str, Any] = {"route": route, "source": source, "count": tally.count,
-                                      "reason": tally.reason, "first_at": tally.first_at,
-                                      "last_at": tally.last_at, "interval_start": since}
+            fields: dict[str, Any] = {
+                "route": route,
+                "source": source,
+                "count": tally.count,
+                "reason": tally.reason,
+                "first_at": tally.first_at,
+                "last_at": tally.last_at,
+                "interval_start": since,
+            }
             if (route, status, source) == OVERFLOW:
                 fields["reason"] = f"more than {self.max_keys} routes, statuses and sources in one interval"
             else:

@@ -89,13 +89,23 @@ def decide(event: str, payload: Mapping[str, Any], config: Config) -> Decision:
     sender = sender_of(payload)
     if event == "ping":
         app = config.app_for_repository(repository) if repository else None
-        where = f"; repository {repository} deploys app {app.name!r}" if app else (
-            f"; no app is configured for repository {repository}" if repository else "")
-        return Decision("pong", "pong" + where, event, repository=repository, sender=sender,
-                        app=app.name if app else None)
+        where = (
+            f"; repository {repository} deploys app {app.name!r}"
+            if app
+            else (f"; no app is configured for repository {repository}" if repository else "")
+        )
+        return Decision(
+            "pong", "pong" + where, event, repository=repository, sender=sender, app=app.name if app else None
+        )
     if event != "release":
-        return Decision("ignore", f"event {event!r} is not acted on; only 'release' deploys", event,
-                        action=_optional_str(payload, "action"), repository=repository, sender=sender)
+        return Decision(
+            "ignore",
+            f"event {event!r} is not acted on; only 'release' deploys",
+            event,
+            action=_optional_str(payload, "action"),
+            repository=repository,
+            sender=sender,
+        )
 
     action = _required(payload, "action", str)
     release = _required(payload, "release", Mapping)
@@ -109,8 +119,15 @@ def decide(event: str, payload: Mapping[str, Any], config: Config) -> Decision:
     if app is None:
         raise UnknownApp(f"no app is configured for repository {repository}")
 
-    base = dict(event=event, action=action, repository=repository, sender=sender, app=app.name,
-                release_id=release_id, tag=tag if DOCKER_TAG_RE.fullmatch(tag) else None)
+    base = dict(
+        event=event,
+        action=action,
+        repository=repository,
+        sender=sender,
+        app=app.name,
+        release_id=release_id,
+        tag=tag if DOCKER_TAG_RE.fullmatch(tag) else None,
+    )
     reason = _why_not(action, draft, prerelease, app)
     if reason is not None:
         return Decision("ignore", reason, **base)
@@ -123,11 +140,14 @@ def decide(event: str, payload: Mapping[str, Any], config: Config) -> Decision:
     if app.asset is not None:
         asset = find_asset(release, app.asset.name)
         if asset is None:
-            return Decision("ignore", f"the release has no uploaded asset named {app.asset.name!r}, which app "
-                                      f"{app.name!r} takes its image from", **base)
+            return Decision(
+                "ignore",
+                f"the release has no uploaded asset named {app.asset.name!r}, which app "
+                f"{app.name!r} takes its image from",
+                **base,
+            )
     kind = "prerelease" if prerelease else "release"
-    return Decision("deploy", f"{action} {kind} {tag}", asset=asset, published_at=published_at,
-                    **{**base, "tag": tag})
+    return Decision("deploy", f"{action} {kind} {tag}", asset=asset, published_at=published_at, **{**base, "tag": tag})
 
 
 def _why_not(action: str, draft: bool, prerelease: bool, app: AppConfig) -> str | None:
@@ -150,16 +170,25 @@ def find_asset(release: Mapping[str, Any], name: str) -> AssetRef | None:
         return None
     by_name = {}
     for entry in assets:
-        if (isinstance(entry, Mapping) and isinstance(entry.get("name"), str) and isinstance(entry.get("id"), int)
-                and not isinstance(entry.get("id"), bool) and entry.get("state", "uploaded") == "uploaded"):
+        if (
+            isinstance(entry, Mapping)
+            and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("id"), int)
+            and not isinstance(entry.get("id"), bool)
+            and entry.get("state", "uploaded") == "uploaded"
+        ):
             by_name[entry["name"]] = entry
     image = by_name.get(name)
     if image is None:
         return None
     checksum = by_name.get(f"{name}.sha256")
     size = image.get("size")
-    return AssetRef(asset_id=image["id"], name=name, size=size if isinstance(size, int) else None,
-                    checksum_id=checksum["id"] if checksum else None)
+    return AssetRef(
+        asset_id=image["id"],
+        name=name,
+        size=size if isinstance(size, int) else None,
+        checksum_id=checksum["id"] if checksum else None,
+    )
 
 
 def _repository(payload: Mapping[str, Any]) -> str | None:

@@ -81,8 +81,9 @@ RETRY_AFTER_SECONDS = 10  # a 503: the queue or the audit log cannot be written 
 class Receiver:
     """What the views share: the loaded config, the queue, the journal, the audit log and the clock."""
 
-    def __init__(self, config: Config, queue: Queue, journal: Journal, clock: Callable[[], float],
-                 audit: AuditLog | None = None) -> None:
+    def __init__(
+        self, config: Config, queue: Queue, journal: Journal, clock: Callable[[], float], audit: AuditLog | None = None
+    ) -> None:
         self.config = config
         self.queue = queue
         self.journal = journal
@@ -206,8 +207,12 @@ def _record_request(response):
         fields.setdefault("verdict", "rejected" if response.status_code >= 400 else "accepted")
         if fields["verdict"] == "rejected" and not g.get("authenticated"):
             # Anyone can send these: counted and recorded in aggregate, never a row each (rejections.py)
-            wait = _receiver().rejections.note(route=request.path[:64], status=response.status_code,
-                                               source=request.remote_addr, reason=str(fields.get("reason")))
+            wait = _receiver().rejections.note(
+                route=request.path[:64],
+                status=response.status_code,
+                source=request.remote_addr,
+                reason=str(fields.get("reason")),
+            )
             return _too_many(wait) if wait is not None and response.status_code == 401 else response
         journal = _receiver().journal
         # A status poll (`redeploy --wait` asks every second) goes to the log only; its refusals are recorded.
@@ -296,16 +301,17 @@ def github_payload(body: bytes, mimetype: str) -> dict[str, Any]:
         return parse_json_object(body)
     if mimetype == "application/x-www-form-urlencoded":
         try:
-            form = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=True,
-                            max_num_fields=20)
+            form = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=True, max_num_fields=20)
         except (UnicodeDecodeError, ValueError) as exc:
             raise MalformedRequest(f"the body is not a valid form: {str(exc)[:120]}") from None
         values = form.get("payload")
         if not values or len(values) != 1:
             raise MalformedRequest("the form has no single 'payload' field")
         return parse_json_object(values[0].encode("utf-8"), "payload field")
-    raise UnsupportedMediaType(f"content type {mimetype or '(none)'!r} is not accepted: use application/json "
-                               f"or application/x-www-form-urlencoded")
+    raise UnsupportedMediaType(
+        f"content type {mimetype or '(none)'!r} is not accepted: use application/json "
+        f"or application/x-www-form-urlencoded"
+    )
 
 
 def _header(name: str, pattern: re.Pattern[str], *, required: bool = True) -> str | None:
@@ -328,15 +334,18 @@ hooks = Blueprint("hooks", __name__)
 def github_hook():
     """Receive a GitHub delivery. Example: GitHub → Settings → Webhooks → https://host/hooks/github."""
     receiver = _receiver()
-    record = _begin_record("delivery",
-                           delivery=_safe_header("X-GitHub-Delivery", DELIVERY_RE),
-                           hook_id=_safe_header("X-GitHub-Hook-ID", HOOK_ID_RE),
-                           github_event=_safe_header("X-GitHub-Event", EVENT_RE))
+    record = _begin_record(
+        "delivery",
+        delivery=_safe_header("X-GitHub-Delivery", DELIVERY_RE),
+        hook_id=_safe_header("X-GitHub-Hook-ID", HOOK_ID_RE),
+        github_event=_safe_header("X-GitHub-Event", EVENT_RE),
+    )
     body = read_body(receiver.config.server.max_body_bytes)
     record["body_sha256"] = signatures.body_sha256(body)
     repository = _claimed_repository(body)  # picks the secret that must have signed; trusted only once it has
-    signatures.verify_github(receiver.config.github_secret_for(repository), body,
-                             request.headers.get(signatures.GITHUB_HEADER))
+    signatures.verify_github(
+        receiver.config.github_secret_for(repository), body, request.headers.get(signatures.GITHUB_HEADER)
+    )
     pinned_hook = receiver.config.github_hook_id_for(repository)
     if pinned_hook is not None and request.headers.get("X-GitHub-Hook-ID") != str(pinned_hook):
         raise Unauthorized("X-GitHub-Hook-ID is not the webhook this repository's app is pinned to (github_hook_id)")
@@ -347,8 +356,15 @@ def github_hook():
     hook_id = _header("X-GitHub-Hook-ID", HOOK_ID_RE, required=False) or "-"
 
     decision = releases.decide(event, payload, receiver.config)
-    record.update(action=decision.action, repository=decision.repository, sender=decision.sender,
-                  app=decision.app, tag=decision.tag, verdict=decision.verdict, reason=decision.reason)
+    record.update(
+        action=decision.action,
+        repository=decision.repository,
+        sender=decision.sender,
+        app=decision.app,
+        tag=decision.tag,
+        verdict=decision.verdict,
+        reason=decision.reason,
+    )
     if decision.verdict == "pong":
         return jsonify(status="pong", reason=decision.reason), 200
     if decision.verdict == "ignore":
@@ -357,24 +373,56 @@ def github_hook():
         return jsonify(status="ignored", reason=outcome.reason), 200
 
     actor = f"{decision.actor} (delivery {delivery})"
-    source = {"delivery": delivery, "hook_id": hook_id, "action": decision.action, "release_id": decision.release_id,
-              "published_at": decision.published_at, "repository": decision.repository, "sender": decision.sender}
+    source = {
+        "delivery": delivery,
+        "hook_id": hook_id,
+        "action": decision.action,
+        "release_id": decision.release_id,
+        "published_at": decision.published_at,
+        "repository": decision.repository,
+        "sender": decision.sender,
+    }
     if decision.asset is not None:
-        source["asset"] = {"id": decision.asset.asset_id, "name": decision.asset.name, "size": decision.asset.size,
-                           "checksum_id": decision.asset.checksum_id}
+        source["asset"] = {
+            "id": decision.asset.asset_id,
+            "name": decision.asset.name,
+            "size": decision.asset.size,
+            "checksum_id": decision.asset.checksum_id,
+        }
     # A controller's fleet app is not deployed here: its release is rolled out across the fleet (fleet.md).
     kind = JobKind.ROLLOUT if getattr(receiver.config.app(decision.app), "fleet", False) else JobKind.RELEASE
-    outcome = receiver.queue.jobs.submit_release(app=decision.app, tag=decision.tag, actor=actor, hook_id=hook_id,
-                                                 delivery=delivery, source=source, published_at=decision.published_at,
-                                                 hold=True, kind=kind)
+    outcome = receiver.queue.jobs.submit_release(
+        app=decision.app,
+        tag=decision.tag,
+        actor=actor,
+        hook_id=hook_id,
+        delivery=delivery,
+        source=source,
+        published_at=decision.published_at,
+        hold=True,
+        kind=kind,
+    )
     record.update(job=outcome.job.id if outcome.job else None, verdict=outcome.verdict, reason=outcome.reason)
     if outcome.created:
-        accept(receiver.queue.jobs, receiver.journal, outcome.job, job=outcome.job.id, app=decision.app,
-               tag=decision.tag, actor=actor, kind=kind, delivery=delivery,
-               **({"rollout": outcome.job.id} if kind == JobKind.ROLLOUT else {}))
+        accept(
+            receiver.queue.jobs,
+            receiver.journal,
+            outcome.job,
+            job=outcome.job.id,
+            app=decision.app,
+            tag=decision.tag,
+            actor=actor,
+            kind=kind,
+            delivery=delivery,
+            **({"rollout": outcome.job.id} if kind == JobKind.ROLLOUT else {}),
+        )
         return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
-    return jsonify(status=outcome.verdict, reason=outcome.reason, job=outcome.job.id if outcome.job else None,
-                   job_status=outcome.job.status if outcome.job else None), 200
+    return jsonify(
+        status=outcome.verdict,
+        reason=outcome.reason,
+        job=outcome.job.id if outcome.job else None,
+        job_status=outcome.job.status if outcome.job else None,
+    ), 200
 
 
 def _claimed_repository(body: bytes) -> str | None:
@@ -413,8 +461,10 @@ def check_host(receiver: Receiver) -> None:
     """
     host = request.host.lower()
     if host not in receiver.config.server.names:
-        raise MisdirectedRequest(f"this server answers to {', '.join(receiver.config.server.names)}, not to "
-                                 f"{request.host[:100]!r} ([server] names)")
+        raise MisdirectedRequest(
+            f"this server answers to {', '.join(receiver.config.server.names)}, not to "
+            f"{request.host[:100]!r} ([server] names)"
+        )
 
 
 def authenticate(body: bytes, record: dict[str, Any]) -> OperatorKey:
@@ -422,12 +472,16 @@ def authenticate(body: bytes, record: dict[str, Any]) -> OperatorKey:
     receiver = _receiver()
     check_host(receiver)
     signed = signatures.read_signed_headers(request.headers)
-    record.update(key_id=signed.key_id if signed.key_id in receiver.operator_secrets else None,
-                  nonce=signed.nonce, timestamp=signed.timestamp)
+    record.update(
+        key_id=signed.key_id if signed.key_id in receiver.operator_secrets else None,
+        nonce=signed.nonce,
+        timestamp=signed.timestamp,
+    )
     now = receiver.clock()
     path = signatures.request_target(request.script_root + request.path, request.query_string)
-    signatures.verify_manual(receiver.operator_secrets, signed, method=request.method, host=request.host,
-                             path=path, body=body, now=now)
+    signatures.verify_manual(
+        receiver.operator_secrets, signed, method=request.method, host=request.host, path=path, body=body, now=now
+    )
     receiver.queue.deliveries.use_nonce(signed.key_id, signed.nonce, signatures.nonce_expiry(signed.timestamp, now))
     _authenticated()
     return receiver.config.server.operators[signed.key_id]
@@ -450,8 +504,9 @@ def deploy():
     key = authenticate(body, record)
     key_id = key.key_id
     if request.mimetype != "application/json":
-        raise UnsupportedMediaType(f"content type {request.mimetype or '(none)'!r} is not accepted: "
-                                   f"use application/json")
+        raise UnsupportedMediaType(
+            f"content type {request.mimetype or '(none)'!r} is not accepted: use application/json"
+        )
     wanted = manual_request(parse_json_object(body), receiver.config)
     record.update(app=wanted["app"], tag=wanted["tag"], reason=wanted["reason"])
     permit(key, Action.END_CANARY if wanted["action"] else Action.DEPLOY, wanted["app"])
@@ -460,18 +515,31 @@ def deploy():
     rollout = {"rollout": wanted["rollout"]} if wanted["rollout"] else {}
     source = {"key_id": key_id, "reason": wanted["reason"]}
     if wanted["rollout"] and kind == JobKind.REDEPLOY:  # a controller's step: posted again, it is the same job
-        job, new = receiver.queue.jobs.submit_rollout_step(app=wanted["app"], tag=wanted["tag"], actor=actor,
-                                                           rollout=wanted["rollout"], source=source)
+        job, new = receiver.queue.jobs.submit_rollout_step(
+            app=wanted["app"], tag=wanted["tag"], actor=actor, rollout=wanted["rollout"], source=source
+        )
         if not new:
             record.update(job=job.id, verdict="duplicate", **rollout)
-            return _job_accepted(job.id, job.app, job.tag, f"rollout {wanted['rollout']} already has job {job.id} "
-                                                           f"for this tag")
+            return _job_accepted(
+                job.id, job.app, job.tag, f"rollout {wanted['rollout']} already has job {job.id} for this tag"
+            )
     else:
-        job = receiver.queue.jobs.submit_manual(app=wanted["app"], tag=wanted["tag"], actor=actor, kind=kind,
-                                                source={**source, **rollout}, hold=True)
+        job = receiver.queue.jobs.submit_manual(
+            app=wanted["app"], tag=wanted["tag"], actor=actor, kind=kind, source={**source, **rollout}, hold=True
+        )
     record.update(job=job.id, verdict="queued", **rollout)
-    accept(receiver.queue.jobs, receiver.journal, job, job=job.id, app=job.app, tag=job.tag, actor=actor, kind=kind,
-           reason=wanted["reason"], **rollout)
+    accept(
+        receiver.queue.jobs,
+        receiver.journal,
+        job,
+        job=job.id,
+        app=job.app,
+        tag=job.tag,
+        actor=actor,
+        kind=kind,
+        reason=wanted["reason"],
+        **rollout,
+    )
     return _job_accepted(job.id, job.app, job.tag, "queued")
 
 
@@ -487,18 +555,19 @@ def manual_request(data: Mapping[str, Any], config: Config) -> dict[str, Any]:
     if app is None:
         raise UnknownApp(f"unknown app {app_name[:64]!r}")
     if getattr(app, "fleet", False):  # (only a receiver's config knows fleet apps)
-        raise InvalidRequest(f"app {app.name!r} is a fleet app: it runs on the fleet's hosts; roll a tag out with "
-                             f"`deployer rollout {app.name} TAG` on this controller")
+        raise InvalidRequest(
+            f"app {app.name!r} is a fleet app: it runs on the fleet's hosts; roll a tag out with "
+            f"`deployer rollout {app.name} TAG` on this controller"
+        )
     tag = data.get("tag")
     if tag is not None:
         releases.valid_tag(app, tag)
     reason = data.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON
-                               or not reason.isprintable()):
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable()):
         raise InvalidRequest(f"field reason must be printable text of at most {MAX_REASON} characters")
     action = data.get("action")
     if action is not None and action not in CANARY_KINDS:
-        raise InvalidRequest("field action must be \"promote\" or \"abort\" (a canary's end)")
+        raise InvalidRequest('field action must be "promote" or "abort" (a canary\'s end)')
     if action is not None and tag is not None:
         raise InvalidRequest(f"field action {action!r} takes no tag: it ends the running canary")
     rollout = data.get("rollout")
@@ -580,14 +649,16 @@ def audit_query(args: Any, *, now: float) -> Query:
     """The filters of GET /audit (a MultiDict), each given once; a bad one is a 400 that names it."""
     repeated = next((name for name in args if len(args.getlist(name)) > 1), None)
     if repeated is not None:
-        raise MalformedRequest(f"parameter {repeated[:64]}: given more than once (several events: event=a,b)",
-                               parameter=repeated[:64])
+        raise MalformedRequest(
+            f"parameter {repeated[:64]}: given more than once (several events: event=a,b)", parameter=repeated[:64]
+        )
     try:
         return audit_query_from_args(args.to_dict(), now=datetime.fromtimestamp(now, UTC))
     except AuditError as exc:
         name = str(exc.context.get("field", "?"))
-        raise MalformedRequest(f"parameter {name[:64]}: {str(exc).removeprefix(name + ': ')}",
-                               parameter=name[:64]) from None
+        raise MalformedRequest(
+            f"parameter {name[:64]}: {str(exc).removeprefix(name + ': ')}", parameter=name[:64]
+        ) from None
 
 
 # --- GET /healthz ----------------------------------------------------------------------------------
@@ -625,13 +696,21 @@ def health_report(receiver: Receiver) -> dict[str, str]:
     now = receiver.clock()
     alive = worker is not None and now - worker["heartbeat_at"] < WORKER_STALE_SECONDS
     # The receiver checks the disk itself: a worker that cannot write the queue cannot report it either.
-    disk = space_problem(receiver.config.settings.state_dir) or (worker or {}).get("faults", {}).get("disk", {}).get(
-        "reason") or "ok"
+    disk = (
+        space_problem(receiver.config.settings.state_dir)
+        or (worker or {}).get("faults", {}).get("disk", {}).get("reason")
+        or "ok"
+    )
     report = {
         "receiver": "ok",
         "queue": queue_state,
-        "worker": ("ok" if alive else "no heartbeat" if worker is None
-                   else f"last heartbeat {now - worker['heartbeat_at']:.0f} s ago"),
+        "worker": (
+            "ok"
+            if alive
+            else "no heartbeat"
+            if worker is None
+            else f"last heartbeat {now - worker['heartbeat_at']:.0f} s ago"
+        ),
         "docker": (worker or {}).get("docker") or "unknown",
         "netfilter": (worker or {}).get("netfilter") or "unknown",
         "disk": disk,
@@ -643,8 +722,10 @@ def health_report(receiver: Receiver) -> dict[str, str]:
 
 def _offers_credentials() -> bool:
     """An operator's signature or the audit token (a GitHub signature opens no detail)."""
-    return (request.headers.get(signatures.AUTHORIZATION_HEADER) is not None
-            or request.headers.get(signatures.SIGNATURE_HEADER) is not None)
+    return (
+        request.headers.get(signatures.AUTHORIZATION_HEADER) is not None
+        or request.headers.get(signatures.SIGNATURE_HEADER) is not None
+    )
 
 
 def _share_gunicorn_logging() -> None:

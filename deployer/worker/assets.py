@@ -129,8 +129,7 @@ class AssetDownloader:
     def fetch(self, asset_id: int, dest: Path, *, max_bytes: int, name: str) -> tuple[int, str]:
         """Stream one asset into `dest`; return its size and SHA-256. Over `max_bytes` is an AssetError."""
         url = asset_url(self.api, self.repository, asset_id)
-        headers = {"Accept": "application/octet-stream", "User-Agent": "deployer",
-                   "X-GitHub-Api-Version": "2022-11-28"}
+        headers = {"Accept": "application/octet-stream", "User-Agent": "deployer", "X-GitHub-Api-Version": "2022-11-28"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         reply = self.http.get(url, headers)
@@ -144,9 +143,11 @@ class AssetDownloader:
                 reply.close()
                 reply = self.http.get(target, headers)
             if reply.status != 200:
-                raise AssetError(f"downloading asset {name} ({asset_id}) of {self.repository} failed: HTTP "
-                                 f"{reply.status}" + (" (a private repository needs asset.token_file)"
-                                                      if reply.status in (401, 403, 404) else ""))
+                raise AssetError(
+                    f"downloading asset {name} ({asset_id}) of {self.repository} failed: HTTP "
+                    f"{reply.status}"
+                    + (" (a private repository needs asset.token_file)" if reply.status in (401, 403, 404) else "")
+                )
             declared = reply.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise AssetError(f"asset {name} is {declared} bytes, over the limit of {max_bytes}")
@@ -181,8 +182,9 @@ class AssetDownloader:
         if asset.get("checksum_id"):
             checksum_path = folder / "image.tar.sha256"
             try:
-                self.fetch(int(asset["checksum_id"]), checksum_path, max_bytes=CHECKSUM_MAX_BYTES,
-                           name=f"{name}.sha256")
+                self.fetch(
+                    int(asset["checksum_id"]), checksum_path, max_bytes=CHECKSUM_MAX_BYTES, name=f"{name}.sha256"
+                )
                 expected = parse_checksum(checksum_path.read_bytes(), name)
             except BaseException:
                 path.unlink(missing_ok=True)
@@ -191,8 +193,10 @@ class AssetDownloader:
                 checksum_path.unlink(missing_ok=True)
             if expected != sha256:
                 path.unlink(missing_ok=True)
-                raise AssetError(f"{name} does not match {name}.sha256 (got sha256:{sha256[:12]}..., "
-                                 f"expected sha256:{expected[:12]}...)")
+                raise AssetError(
+                    f"{name} does not match {name}.sha256 (got sha256:{sha256[:12]}..., "
+                    f"expected sha256:{expected[:12]}...)"
+                )
             verified = True
         return Downloaded(path=path, size=size, sha256=sha256, checksum_verified=verified)
 

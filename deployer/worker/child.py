@@ -53,8 +53,10 @@ def job_argv(config: Config, job: Job, python: str = sys.executable) -> list[str
 
 def process_launcher(config: Config, start_job: StartJob) -> Callable[[Job], Running]:
     """Each job in `python -m deployer.cli.job`, in the worker's process group, sharing its stderr."""
+
     def launch(job: Job) -> Running:
         return start_job(job_argv(config, job), child_environment())
+
     return launch
 
 
@@ -85,9 +87,14 @@ def leave_stopping_to_the_worker() -> None:
     logging.getLogger("sh").setLevel(logging.WARNING)
 
 
-def run_claimed(config: Config, job_id: str, attempt: int, *,
-                build_journal: Callable[[Config, list[Sink]], Journal],
-                build_tools: Callable[[Config, Journal], JobTools]) -> int:
+def run_claimed(
+    config: Config,
+    job_id: str,
+    attempt: int,
+    *,
+    build_journal: Callable[[Config, list[Sink]], Journal],
+    build_tools: Callable[[Config, Journal], JobTools],
+) -> int:
     """Run the job if it is still this process's to run (running, on this attempt), and record its outcome."""
     queue = Queue.for_state_dir(config.settings.state_dir)
     job = queue.jobs.get(job_id)

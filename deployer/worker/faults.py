@@ -27,18 +27,23 @@ def fault_lines(worker: Mapping[str, Any] | None, waiting: Iterable[Job], now: f
     if worker is None:
         lines.append("fault worker: no heartbeat recorded (is `deployer serve` or `deployer worker` running?)")
     elif now - worker["heartbeat_at"] >= STALE_SECONDS:
-        lines.append(f"fault worker: last heartbeat {now - worker['heartbeat_at']:.0f} s ago, "
-                     f"at {_when(worker['heartbeat_at'])}")
+        lines.append(
+            f"fault worker: last heartbeat {now - worker['heartbeat_at']:.0f} s ago, at {_when(worker['heartbeat_at'])}"
+        )
     faults = dict((worker or {}).get("faults") or {})
     for part in sorted(set(faults) | {job.waiting_on for job in waiting if job.waiting_on}):
         fault = faults.get(part)
-        head = (f"fault {part}: {fault.get('reason')} (since {_when(fault['since'])}, {now - fault['since']:.0f} s)"
-                if isinstance(fault, Mapping) and isinstance(fault.get("since"), (int, float))
-                else f"fault {part}: seen by a job, not by the worker's checks")
+        head = (
+            f"fault {part}: {fault.get('reason')} (since {_when(fault['since'])}, {now - fault['since']:.0f} s)"
+            if isinstance(fault, Mapping) and isinstance(fault.get("since"), (int, float))
+            else f"fault {part}: seen by a job, not by the worker's checks"
+        )
         jobs = [job for job in waiting if job.waiting_on == part]
         if jobs:
-            head += "; waiting: " + ", ".join(f"{job.id} ({job.app} {job.tag or 'active release'}, "
-                                              f"{job.attempts} {'try' if job.attempts == 1 else 'tries'})"
-                                              for job in jobs)
+            head += "; waiting: " + ", ".join(
+                f"{job.id} ({job.app} {job.tag or 'active release'}, "
+                f"{job.attempts} {'try' if job.attempts == 1 else 'tries'})"
+                for job in jobs
+            )
         lines.append(head)
     return lines

@@ -44,6 +44,7 @@ POLL_SECONDS = 0.2
 
 def host_checks(probes: Sequence[Callable[[], object]]) -> Callable[[], tuple[str, str]]:
     """The worker's checks over its two probes (Docker, netfilter): "ok" or the reason, for each."""
+
     def checks() -> tuple[str, str]:
         results = []
         for probe in probes:
@@ -55,6 +56,7 @@ def host_checks(probes: Sequence[Callable[[], object]]) -> Callable[[], tuple[st
             except Exception as exc:  # noqa: BLE001 - a health probe reports, it never crashes the worker
                 results.append(f"{type(exc).__name__}: {str(exc)[:200]}")
         return results[0], results[1]
+
     return checks
 
 
@@ -138,9 +140,14 @@ class Worker:
     def _recover_and_publish(self) -> None:
         fleet = self.config.fleet
         for job in self.queue.jobs.recover(max_attempts=MAX_ATTEMPTS, rollout=resumable(fleet) if fleet else None):
-            self.journal.record("job.requeued" if job.status == JobStatus.QUEUED else "job.failed", job=job.id,
-                                app=job.app, actor=WORKER_ACTOR, reason=job.reason, **({"outcome": "failed"}
-                                                                         if job.status == JobStatus.FAILED else {}))
+            self.journal.record(
+                "job.requeued" if job.status == JobStatus.QUEUED else "job.failed",
+                job=job.id,
+                app=job.app,
+                actor=WORKER_ACTOR,
+                reason=job.reason,
+                **({"outcome": "failed"} if job.status == JobStatus.FAILED else {}),
+            )
         try:
             self.reconcile(None)
         except DeployerError as exc:
@@ -159,8 +166,15 @@ class Worker:
                 break
             busy = True
             for old in claim.superseded:
-                self.journal.record("job.superseded", job=old.id, app=old.app, tag=old.tag, actor=old.actor,
-                                    superseded_by=claim.job.id, reason=old.reason)
+                self.journal.record(
+                    "job.superseded",
+                    job=old.id,
+                    app=old.app,
+                    tag=old.tag,
+                    actor=old.actor,
+                    superseded_by=claim.job.id,
+                    reason=old.reason,
+                )
             problem = row_problem(claim.job, self.config.apps, fleet_apps(self.config))
             if problem is not None:
                 refuse_row(self.queue, self.journal, claim.job, problem)
@@ -170,8 +184,14 @@ class Worker:
             except OSError as exc:
                 reason = f"cannot start the deploy process: {exc.strerror or exc}"
                 self.queue.jobs.finish(claim.job, JobStatus.FAILED, reason)
-                self.journal.record("job.failed", outcome="failed", job=claim.job.id, app=claim.job.app,
-                                    actor=claim.job.actor, reason=reason)
+                self.journal.record(
+                    "job.failed",
+                    outcome="failed",
+                    job=claim.job.id,
+                    app=claim.job.app,
+                    actor=claim.job.actor,
+                    reason=reason,
+                )
                 continue
             self.children[claim.job.id] = Child(claim.job, process, self.clock())
         return busy
@@ -181,8 +201,11 @@ class Worker:
         for job_id, child in list(self.children.items()):
             code = child.process.poll()
             # A rollout bounds itself: each host's step has its own deadline ([fleet] host_timeout).
-            timed_out = (code is None and child.job.kind != JobKind.ROLLOUT
-                         and self.clock() - child.started > self.config.server.job_timeout)
+            timed_out = (
+                code is None
+                and child.job.kind != JobKind.ROLLOUT
+                and self.clock() - child.started > self.config.server.job_timeout
+            )
             if code is None and not timed_out:
                 continue
             if timed_out:
@@ -235,8 +258,13 @@ class Worker:
             fault = self.faults.pop(part, None)
         if fault is None:
             return False
-        self.journal.record("worker.fault", outcome="ok", actor=WORKER_ACTOR, fault=part,
-                            lasted_s=round(self.clock() - fault["since"], 1))
+        self.journal.record(
+            "worker.fault",
+            outcome="ok",
+            actor=WORKER_ACTOR,
+            fault=part,
+            lasted_s=round(self.clock() - fault["since"], 1),
+        )
         with contextlib.suppress(StateError):
             self.queue.jobs.wake(part)
         return True
@@ -246,8 +274,11 @@ class Worker:
         job = self.queue.jobs.get(child.job.id)
         if job is None or job.status != JobStatus.RUNNING or job.attempts != child.job.attempts:
             return
-        reason = (f"timed out after {self.config.server.job_timeout:g} s; the deploy was stopped" if timed_out
-                  else f"the deploy process ended (exit status {code}) before it recorded an outcome")
+        reason = (
+            f"timed out after {self.config.server.job_timeout:g} s; the deploy was stopped"
+            if timed_out
+            else f"the deploy process ended (exit status {code}) before it recorded an outcome"
+        )
         self.queue.jobs.finish(child.job, JobStatus.FAILED, reason)
         self.journal.record("job.failed", outcome="failed", job=job.id, app=job.app, actor=job.actor, reason=reason)
         if job.kind == JobKind.ROLLOUT:
@@ -280,8 +311,15 @@ class Worker:
                 self.note_fault(part, state)
         with self._faults_lock:
             faults = {part: dict(fault) for part, fault in self.faults.items()}
-        self.queue.heartbeat.heartbeat(pid=os.getpid(), started_at=self.started_at, docker=docker_state,
-                             netfilter=netfilter_state, registry=registry_state, checked=True, faults=faults)
+        self.queue.heartbeat.heartbeat(
+            pid=os.getpid(),
+            started_at=self.started_at,
+            docker=docker_state,
+            netfilter=netfilter_state,
+            registry=registry_state,
+            checked=True,
+            faults=faults,
+        )
 
     def heartbeat_forever(self) -> None:
         """Runs in its own thread: /healthz and `status` read the heartbeat, the checks and the faults."""

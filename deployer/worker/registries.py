@@ -26,13 +26,20 @@ def summary(problems: list[str]) -> str:
 
 
 class RegistryWatch:
-    def __init__(self, probes: Mapping[str, Probe], *, deadline: float = ROUND_DEADLINE,
-                 every: float = EVERY_SECONDS, threads: int = MAX_THREADS) -> None:
+    def __init__(
+        self,
+        probes: Mapping[str, Probe],
+        *,
+        deadline: float = ROUND_DEADLINE,
+        every: float = EVERY_SECONDS,
+        threads: int = MAX_THREADS,
+    ) -> None:
         self.probes = dict(probes)
         self.deadline = deadline
         self.every = every
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(self.probes))),
-                                       thread_name_prefix="registry-probe")
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(1, min(threads, len(self.probes))), thread_name_prefix="registry-probe"
+        )
         self.running: dict[str, Future[str | None]] = {}  # registry -> its probe, started and not yet read
         self._last: str | None = None
         self._lock = threading.Lock()

@@ -36,8 +36,16 @@ WORKER_ACTOR = "worker"
 
 
 class EngineLike(Protocol):
-    def deploy(self, app_name: str, tag: str, *, actor: str, job: str | None = None,
-               wait_on_transient: bool = False, canary_split: Any = None) -> Any: ...
+    def deploy(
+        self,
+        app_name: str,
+        tag: str,
+        *,
+        actor: str,
+        job: str | None = None,
+        wait_on_transient: bool = False,
+        canary_split: Any = None,
+    ) -> Any: ...
 
 
 def wait_seconds(attempt: int, jitter: float) -> float:
@@ -81,8 +89,9 @@ def refuse_row(queue: Queue, journal: Journal, job: Job, problem: str) -> str:
 def canary_start(app: AppConfig) -> Any:
     """The split the app's config asks a release for (`canary`, `canary_sticky`, `canary_bake`)."""
     assert app.canary is not None
-    return CanaryStart(app.canary, app.canary_sticky,
-                       bake_until=canary.bake_deadline(datetime.now(UTC), app.canary_bake))
+    return CanaryStart(
+        app.canary, app.canary_sticky, bake_until=canary.bake_deadline(datetime.now(UTC), app.canary_bake)
+    )
 
 
 def asset_image(app: AppConfig, tag: str) -> str | None:
@@ -121,8 +130,7 @@ class JobRun:
         return self.config.app(self.job.app)
 
     def started(self) -> None:
-        self.journal.record("job.started", tag=self.job.tag, kind=self.job.kind, attempt=self.job.attempts,
-                            **self.base)
+        self.journal.record("job.started", tag=self.job.tag, kind=self.job.kind, attempt=self.job.attempts, **self.base)
 
     def retrying(self, act: Callable[[JobRun], str | Deployed]) -> str:
         """Run `act` under the fault policy.
@@ -141,9 +149,12 @@ class JobRun:
             if exc.transient and self.may_wait:
                 return self.wait(exc, delay)
             if exc.transient:
-                return self.end(JobStatus.FAILED, f"gave up after {self.job.attempts} tries over "
-                                                  f"{self.config.server.job_timeout:g} s: {exc}",
-                                error_type=type(exc).__name__, fault=exc.fault)
+                return self.end(
+                    JobStatus.FAILED,
+                    f"gave up after {self.job.attempts} tries over {self.config.server.job_timeout:g} s: {exc}",
+                    error_type=type(exc).__name__,
+                    fault=exc.fault,
+                )
             return self.end(JobStatus.FAILED, str(exc), error_type=type(exc).__name__)
         return self.settle(outcome)
 
@@ -152,16 +163,22 @@ class JobRun:
         return self.record_deploy(outcome) if isinstance(outcome, Deployed) else outcome
 
     def deploy(self, tag: str, preloaded: str | None, split: Any = None) -> Deployed:
-        result = self.tools.engine(preloaded).deploy(self.job.app, tag, actor=self.job.actor, job=self.job.id,
-                                                     wait_on_transient=self.may_wait,
-                                                     **({"canary_split": split} if split else {}))
+        result = self.tools.engine(preloaded).deploy(
+            self.job.app,
+            tag,
+            actor=self.job.actor,
+            job=self.job.id,
+            wait_on_transient=self.may_wait,
+            **({"canary_split": split} if split else {}),
+        )
         return Deployed(tag, result)
 
     def record_deploy(self, deployed: Deployed) -> str:
         tag, result = deployed.tag, deployed.result
         self.queue.live.set_active(self.job.app, tag, self.job.id, getattr(result, "port_set", None))
-        return self.end(JobStatus.SUCCEEDED, f"{tag} is live on {result.port_set}", tag=tag,
-                        digest=getattr(result, "digest", None))
+        return self.end(
+            JobStatus.SUCCEEDED, f"{tag} is live on {result.port_set}", tag=tag, digest=getattr(result, "digest", None)
+        )
 
     def end_canary(self, end: Callable[..., Any]) -> str:
         """A signed promote or abort: the same transaction as `deployer promote` or `deployer abort`."""
@@ -177,8 +194,9 @@ class JobRun:
     def busy(self, exc: LockError) -> str:
         """The app's lock is held: try again shortly, until the job has waited `job_timeout`."""
         if self.now() - self.job.created_at > self.config.server.job_timeout:
-            return self.end(JobStatus.FAILED, f"the app stayed busy for longer than "
-                                              f"{self.config.server.job_timeout:g} s: {exc}")
+            return self.end(
+                JobStatus.FAILED, f"the app stayed busy for longer than {self.config.server.job_timeout:g} s: {exc}"
+            )
         self.queue.jobs.requeue(self.job, f"waiting: {exc}", delay=BUSY_RETRY_SECONDS)
         self.journal.record("job.requeued", reason=str(exc), **self.base)
         return JobStatus.QUEUED
@@ -187,17 +205,30 @@ class JobRun:
         """Back to the queue until the fault clears: the row and the audit log say on what, and how many tries so far."""
         reason = f"waiting on {exc.fault}: {exc}"
         self.queue.jobs.requeue(self.job, reason, delay=delay, waiting_on=exc.fault)
-        self.journal.record("job.waiting", fault=exc.fault, reason=str(exc), attempt=self.job.attempts,
-                            retry_in=delay, error_type=type(exc).__name__, **self.base)
+        self.journal.record(
+            "job.waiting",
+            fault=exc.fault,
+            reason=str(exc),
+            attempt=self.job.attempts,
+            retry_in=delay,
+            error_type=type(exc).__name__,
+            **self.base,
+        )
         return JobStatus.QUEUED
 
     def end(self, status: str, reason: str, **extra: Any) -> str:
         owned = self.queue.jobs.finish(self.job, status, reason)
         event = {JobStatus.SUCCEEDED: "job.finished", JobStatus.SKIPPED: "job.finished"}.get(status, "job.failed")
         outcome = {JobStatus.SUCCEEDED: "ok", JobStatus.SKIPPED: "skipped"}.get(status, "failed")
-        self.journal.record(event, outcome=outcome,
-                            status=status, reason=reason,
-                            **({} if owned else {"note": "the job was recovered meanwhile"}), **self.base, **extra)
+        self.journal.record(
+            event,
+            outcome=outcome,
+            status=status,
+            reason=reason,
+            **({} if owned else {"note": "the job was recovered meanwhile"}),
+            **self.base,
+            **extra,
+        )
         return status
 
     def refuse(self, problem: str) -> str:
@@ -248,8 +279,14 @@ def roll_out(run: JobRun) -> str:
     """A controller's rollout: it sequences the hosts' own deploys; a failure is the rollout's, named by host."""
     assert run.config.fleet is not None and run.tools.fleet is not None
     try:
-        summary = rollout.Rollout(run.job, fleet=run.config.fleet, progress=run.queue.rollouts, journal=run.journal,
-                                  hosts=run.tools.fleet(), clock=run.queue.database.clock).run()
+        summary = rollout.Rollout(
+            run.job,
+            fleet=run.config.fleet,
+            progress=run.queue.rollouts,
+            journal=run.journal,
+            hosts=run.tools.fleet(),
+            clock=run.queue.database.clock,
+        ).run()
     except DeployerError as exc:
         return run.end(JobStatus.FAILED, str(exc), error_type=type(exc).__name__)
     return run.end(JobStatus.SUCCEEDED, summary, tag=run.job.tag)
@@ -270,8 +307,16 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def execute(job: Job, *, config: Config, queue: Queue, journal: Journal, tools: JobTools,
-            now: Callable[[], float] = time.time, jitter: Callable[[], float] = random.random) -> str:
+def execute(
+    job: Job,
+    *,
+    config: Config,
+    queue: Queue,
+    journal: Journal,
+    tools: JobTools,
+    now: Callable[[], float] = time.time,
+    jitter: Callable[[], float] = random.random,
+) -> str:
     """Run one claimed job to its end and record the outcome in the queue; return the job's status."""
     run = JobRun(job, config, queue, journal, tools, now=now, jitter=jitter)
     problem = row_problem(job, config.apps, fleet_apps(config))

@@ -67,11 +67,37 @@ Spawn = Callable[..., Process]  # spawn(argv, env, *, user=None, group=None, uma
 
 def gunicorn_argv(config: Config, python: str = sys.executable) -> list[str]:
     server = config.server
-    return [python, "-m", "gunicorn", "--workers", str(server.workers), "--bind", server.listen,
-            "--worker-class", WORKER_CLASS, "--threads", str(THREADS), "--worker-connections", str(WORKER_CONNECTIONS),
-            "--keep-alive", "0", "--timeout", "30", "--graceful-timeout", "10",
-            "--access-logfile", "-", "--error-logfile", "-", "--log-level", "info", "--name", "deployer-receiver",
-            *_no_control_socket(), "deployer.receiver.web:create_app()"]
+    return [
+        python,
+        "-m",
+        "gunicorn",
+        "--workers",
+        str(server.workers),
+        "--bind",
+        server.listen,
+        "--worker-class",
+        WORKER_CLASS,
+        "--threads",
+        str(THREADS),
+        "--worker-connections",
+        str(WORKER_CONNECTIONS),
+        "--keep-alive",
+        "0",
+        "--timeout",
+        "30",
+        "--graceful-timeout",
+        "10",
+        "--access-logfile",
+        "-",
+        "--error-logfile",
+        "-",
+        "--log-level",
+        "info",
+        "--name",
+        "deployer-receiver",
+        *_no_control_socket(),
+        "deployer.receiver.web:create_app()",
+    ]
 
 
 def _no_control_socket() -> list[str]:
@@ -89,8 +115,9 @@ def receiver_user(config: Config) -> tuple[str, str] | None:
     if os.geteuid() == 0:
         return user, group or user
     if pwd.getpwuid(os.geteuid()).pw_name != user:
-        raise DeployerError(f"[server] user is {user!r}: start serve as root (it drops to {user!r} for "
-                            f"gunicorn), or as {user!r} itself")
+        raise DeployerError(
+            f"[server] user is {user!r}: start serve as root (it drops to {user!r} for gunicorn), or as {user!r} itself"
+        )
     return None
 
 
@@ -109,8 +136,14 @@ def start_gunicorn(config: Config, spawn: Spawn, log_file: Any = None) -> Proces
     """gunicorn with the app factory; as `[server] user` (whole process tree) when serve runs as root."""
     env = unprivileged_environment(config)
     drop = receiver_user(config)
-    return spawn(gunicorn_argv(config), env, user=drop[0] if drop else None, group=drop[1] if drop else None,
-                 umask=0o007, log=log_file)
+    return spawn(
+        gunicorn_argv(config),
+        env,
+        user=drop[0] if drop else None,
+        group=drop[1] if drop else None,
+        umask=0o007,
+        log=log_file,
+    )
 
 
 def stop_process(process: Process, seconds: float = GUNICORN_STOP_SECONDS) -> None:
@@ -145,9 +178,16 @@ class Backoff:
         return delay
 
 
-def keep_running(name: str, start: Callable[[], Process], stop: threading.Event, *, backoff: Backoff | None = None,
-                 clock: Callable[[], float] = time.monotonic, poll_seconds: float = 0.2,
-                 on_restart: Callable[[str], None] | None = None) -> None:
+def keep_running(
+    name: str,
+    start: Callable[[], Process],
+    stop: threading.Event,
+    *,
+    backoff: Backoff | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    poll_seconds: float = 0.2,
+    on_restart: Callable[[str], None] | None = None,
+) -> None:
     """Run `start()`'s process until `stop`; whenever it dies, or cannot start, start it again after a backoff."""
     backoff = backoff or Backoff()
     while not stop.is_set():
@@ -171,9 +211,15 @@ def keep_running(name: str, start: Callable[[], Process], stop: threading.Event,
             return
 
 
-def keep_thread_running(name: str, target: Callable[[threading.Event], None], stop: threading.Event, *,
-                        backoff: Backoff | None = None, clock: Callable[[], float] = time.monotonic,
-                        on_restart: Callable[[str], None] | None = None) -> None:
+def keep_thread_running(
+    name: str,
+    target: Callable[[threading.Event], None],
+    stop: threading.Event,
+    *,
+    backoff: Backoff | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    on_restart: Callable[[str], None] | None = None,
+) -> None:
     """Run `target(stop)` in this thread until `stop`; whenever it dies of an error, or returns before `stop`, run
     it again after a backoff, as `keep_running` does for a child process."""
     backoff = backoff or Backoff()
@@ -182,8 +228,9 @@ def keep_thread_running(name: str, target: Callable[[threading.Event], None], st
         try:
             target(stop)
         except Exception as exc:  # noqa: BLE001 - the restart loop reports it and starts the target again
-            what = f"{name} died: {exc}" if isinstance(exc, DeployerError) else \
-                f"{name} died: {type(exc).__name__}: {exc}"
+            what = (
+                f"{name} died: {exc}" if isinstance(exc, DeployerError) else f"{name} died: {type(exc).__name__}: {exc}"
+            )
         else:
             if stop.is_set():
                 return
@@ -212,8 +259,9 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def run_threads(stop: threading.Event, *targets: Callable[[], None], ready: threading.Event | None = None,
-                announce: str = "") -> int:
+def run_threads(
+    stop: threading.Event, *targets: Callable[[], None], ready: threading.Event | None = None, announce: str = ""
+) -> int:
     """Run each target in a thread until `stop`; if one dies of an error, stop the rest and return 1.
 
     `announce` is printed once `ready` is set: scripts wait for that line.
@@ -249,6 +297,7 @@ def run_threads(stop: threading.Event, *targets: Callable[[], None], ready: thre
 
 def stop_worker_on_signals(worker: Any) -> None:
     """The first SIGTERM/SIGINT stops claiming and waits for running deploys; the second kills them."""
+
     def handle(signum: int, _frame: Any) -> None:
         if worker.stopping.is_set():
             worker.kill_children()
@@ -266,8 +315,15 @@ def run_worker(worker: Worker) -> int:
     return 0
 
 
-def serve(config: Config, worker: Worker, *, spawn: Spawn, build_engine: HostFactory, watch: bool = False,
-          backoff: Backoff | None = None) -> int:
+def serve(
+    config: Config,
+    worker: Worker,
+    *,
+    spawn: Spawn,
+    build_engine: HostFactory,
+    watch: bool = False,
+    backoff: Backoff | None = None,
+) -> int:
     """The worker here; gunicorn and, with `watch`, the responder beside it (each restarted whenever it dies).
 
     `worker` is built on the folders shared with the receiver; `build_engine` gives the watchdog its engine.
@@ -278,12 +334,21 @@ def serve(config: Config, worker: Worker, *, spawn: Spawn, build_engine: HostFac
     if watch:
         listener = bind_listener(config)  # a taken port stops serve before anything starts
         children.append(("the maintenance responder", lambda: start_responder(config, spawn, listener)))
-        stop_watchdog = start_watchdog(config, build_engine, backoff=backoff,
-                                       on_restart=lambda message: worker.journal.record(
-                                           "watchdog.restart", actor=WORKER_ACTOR, outcome="failed", reason=message))
+        stop_watchdog = start_watchdog(
+            config,
+            build_engine,
+            backoff=backoff,
+            on_restart=lambda message: worker.journal.record(
+                "watchdog.restart", actor=WORKER_ACTOR, outcome="failed", reason=message
+            ),
+        )
     children_stop = threading.Event()
-    threads = [threading.Thread(target=keep_running, name=name, args=(name, start, children_stop),
-                                kwargs={"backoff": backoff}, daemon=True) for name, start in children]
+    threads = [
+        threading.Thread(
+            target=keep_running, name=name, args=(name, start, children_stop), kwargs={"backoff": backoff}, daemon=True
+        )
+        for name, start in children
+    ]
     for thread in threads:
         thread.start()
     stop_worker_on_signals(worker)
@@ -310,15 +375,34 @@ def start_responder(config: Config, spawn: Spawn, listener: Any, python: str = s
     The responder answers anyone on the network, so it does not run in the root worker's process.
     """
     drop = receiver_user(config)
-    argv = [python, "-m", "deployer", "-c", str(config.path), "maintenance-server",
-            "--listen-fd", str(listener.fileno())]
+    argv = [
+        python,
+        "-m",
+        "deployer",
+        "-c",
+        str(config.path),
+        "maintenance-server",
+        "--listen-fd",
+        str(listener.fileno()),
+    ]
     env = unprivileged_environment(config)
-    return spawn(argv, env, user=drop[0] if drop else None, group=drop[1] if drop else None,
-                 umask=0o077, pass_fds=(listener.fileno(),))
+    return spawn(
+        argv,
+        env,
+        user=drop[0] if drop else None,
+        group=drop[1] if drop else None,
+        umask=0o077,
+        pass_fds=(listener.fileno(),),
+    )
 
 
-def start_watchdog(config: Config, build_engine: HostFactory, *, backoff: Backoff | None = None,
-                   on_restart: Callable[[str], None] | None = None) -> Callable[[], None]:
+def start_watchdog(
+    config: Config,
+    build_engine: HostFactory,
+    *,
+    backoff: Backoff | None = None,
+    on_restart: Callable[[str], None] | None = None,
+) -> Callable[[], None]:
     """The failover watchdog in a thread beside the worker (it changes netfilter rules: root); returns its stop.
 
     A watchdog that dies is started again, with the children's backoff, and each restart is logged and given to
@@ -327,9 +411,13 @@ def start_watchdog(config: Config, build_engine: HostFactory, *, backoff: Backof
     monitor alone; `deployer watch`, run on its own, exits instead and its unit restarts it.
     """
     stop = threading.Event()
-    thread = threading.Thread(target=keep_thread_running, name="watchdog",
-                              args=("the watchdog", lambda stopped: run_watchdog(config, stopped, build_engine), stop),
-                              kwargs={"backoff": backoff, "on_restart": on_restart}, daemon=True)
+    thread = threading.Thread(
+        target=keep_thread_running,
+        name="watchdog",
+        args=("the watchdog", lambda stopped: run_watchdog(config, stopped, build_engine), stop),
+        kwargs={"backoff": backoff, "on_restart": on_restart},
+        daemon=True,
+    )
     thread.start()
 
     def finish() -> None:

@@ -99,10 +99,14 @@ def serve(deployer: Deployer) -> Iterator[Callable[..., Served]]:
         (folder / "ops").write_text(operator_secret + "\n")
         for attempt in range(3):
             port = free_port()
-            deployer.configure(*apps, settings=(
-                f"{settings}\n[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 2\nmax_body_bytes = 65536\n"
-                f"github_secret_file = \"{folder / 'github'}\"\njob_timeout = 300\n{server}\n"
-                f"[server.operators.ops]\nsecret_file = \"{folder / 'ops'}\"\n"))
+            deployer.configure(
+                *apps,
+                settings=(
+                    f'{settings}\n[server]\nlisten = "127.0.0.1:{port}"\nworkers = 2\nmax_body_bytes = 65536\n'
+                    f'github_secret_file = "{folder / "github"}"\njob_timeout = 300\n{server}\n'
+                    f'[server.operators.ops]\nsecret_file = "{folder / "ops"}"\n'
+                ),
+            )
             served = Served(deployer, port, github_secret, operator_secret, folder / "ops", serve_args=serve_args)
             started.append(served)
             try:

@@ -21,9 +21,16 @@ def test_eight_processes_append_8000_entries_to_one_valid_chain(tmp_path):
     state = tmp_path / "state"
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    writers = [subprocess.Popen([sys.executable, str(WRITER), str(state), f"w{i}", str(EACH), str(go)],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for i in range(PROCESSES)]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, str(WRITER), str(state), f"w{i}", str(EACH), str(go)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(PROCESSES)
+    ]
     try:
         time.sleep(0.5)  # let every interpreter start, so they all race for the first write
         go.touch()

@@ -21,16 +21,27 @@ pytestmark = pytest.mark.integration
 SECRET = "s3cret-registry-pass-4b1d"
 FIRST_DEPLOY = [
     ("deploy.started", None, None),
-    ("step", "pull", "ok"), ("step", "start", "ok"), ("step", "health", "ok"), ("step", "flip", "ok"),
-    ("step", "record", "ok"), ("step", "conntrack", "ok"),
+    ("step", "pull", "ok"),
+    ("step", "start", "ok"),
+    ("step", "health", "ok"),
+    ("step", "flip", "ok"),
+    ("step", "record", "ok"),
+    ("step", "conntrack", "ok"),
     ("deploy.finished", None, "ok"),
 ]
 # An upgrade's flip leaves the old rules shadowed behind the new ones; its tidy step removes them.
-UPGRADE = FIRST_DEPLOY[:-1] + [("step", "tidy", "ok"), ("step", "drain", "ok"), ("step", "stop", "ok"),
-                               ("deploy.finished", None, "ok")]
+UPGRADE = FIRST_DEPLOY[:-1] + [
+    ("step", "tidy", "ok"),
+    ("step", "drain", "ok"),
+    ("step", "stop", "ok"),
+    ("deploy.finished", None, "ok"),
+]
 FAILED_HEALTH = [
     ("deploy.started", None, None),
-    ("step", "pull", "ok"), ("step", "start", "ok"), ("step", "health", "failed"), ("step", "remove-new", "ok"),
+    ("step", "pull", "ok"),
+    ("step", "start", "ok"),
+    ("step", "health", "failed"),
+    ("step", "remove-new", "ok"),
     ("deploy.failed", None, "failed"),
 ]
 
@@ -38,9 +49,16 @@ FAILED_HEALTH = [
 def configure(deployer, *, health_status: int = 200):
     (deployer.root / "registry-password").write_text(SECRET + "\n")
     return deployer.configure(
-        demo_app("web", external=23000, blue=23001, green=23002, env={"HEALTH_STATUS": str(health_status)},
-                 health={"deadline": 2}),
-        settings='[registries."127.0.0.1:5000"]\nusername = "ci"\npassword_file = "registry-password"\n')
+        demo_app(
+            "web",
+            external=23000,
+            blue=23001,
+            green=23002,
+            env={"HEALTH_STATUS": str(health_status)},
+            health={"deadline": 2},
+        ),
+        settings='[registries."127.0.0.1:5000"]\nusername = "ci"\npassword_file = "registry-password"\n',
+    )
 
 
 def trail(entries) -> list[tuple]:
@@ -84,7 +102,9 @@ def test_deploys_and_a_failed_health_gate_leave_the_exact_audit_trail(deployer):
     assert failed[-1].get("error_type") == "HealthCheckFailed"
     assert failed[-1].get("tag") == "v1" and "health" in failed[-1].get("error")
     assert trail(log.query(Query(outcome="failed", limit=None, oldest_first=True))) == [
-        ("step", "health", "failed"), ("deploy.failed", None, "failed")]
+        ("step", "health", "failed"),
+        ("deploy.failed", None, "failed"),
+    ]
 
     assert log.verify().ok and log.verify().checked == len(entries)
     secret_absent(deployer, json.dumps([e.as_dict() for e in entries]))
@@ -106,8 +126,16 @@ def test_cli_deploy_is_audited_and_reviewable_from_the_cli(deployer):
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0] == f"deploy of web v1 by {CLI_ACTOR} (entries 1-8)"
-    assert [line.split()[2] for line in lines[2:-1]] == ["deploy.started", "pull", "start", "health", "flip",
-                                                         "record", "conntrack", "deploy.finished"]
+    assert [line.split()[2] for line in lines[2:-1]] == [
+        "deploy.started",
+        "pull",
+        "start",
+        "health",
+        "flip",
+        "record",
+        "conntrack",
+        "deploy.finished",
+    ]
     assert lines[-1].startswith("total ") and lines[-1].endswith(" s, deploy.finished ok")
 
     verified = deployer.cli("audit", "verify")

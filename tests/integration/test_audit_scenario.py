@@ -21,9 +21,12 @@ UNHEALTHY = "v3-unhealthy"
 @pytest.fixture
 def unhealthy_tag(images):
     """A tag whose image fails its health check: v1 with HEALTH_STATUS=500 baked in."""
-    build = subprocess.run(["docker", "build", "-q", "-t", f"{IMAGE}:{UNHEALTHY}", "-"],
-                           input=f"FROM {IMAGE}:v1\nENV HEALTH_STATUS=500 APP_VERSION={UNHEALTHY}\n",
-                           capture_output=True, text=True)
+    build = subprocess.run(
+        ["docker", "build", "-q", "-t", f"{IMAGE}:{UNHEALTHY}", "-"],
+        input=f"FROM {IMAGE}:v1\nENV HEALTH_STATUS=500 APP_VERSION={UNHEALTHY}\n",
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr
     push = subprocess.run(["docker", "push", "-q", f"{IMAGE}:{UNHEALTHY}"], capture_output=True, text=True)
     assert push.returncode == 0, push.stderr
@@ -33,8 +36,14 @@ def unhealthy_tag(images):
 
 def deploy_steps(*, first: bool) -> list[tuple]:
     """A successful deploy's steps; a first deploy has no old rules to tidy and no old instance to drain and stop."""
-    steps = [("step", "pull", "ok"), ("step", "start", "ok"), ("step", "health", "ok"), ("step", "flip", "ok"),
-             ("step", "record", "ok"), ("step", "conntrack", "ok")]
+    steps = [
+        ("step", "pull", "ok"),
+        ("step", "start", "ok"),
+        ("step", "health", "ok"),
+        ("step", "flip", "ok"),
+        ("step", "record", "ok"),
+        ("step", "conntrack", "ok"),
+    ]
     return steps if first else steps + [("step", "tidy", "ok"), ("step", "drain", "ok"), ("step", "stop", "ok")]
 
 
@@ -52,10 +61,18 @@ def test_webhook_manual_rejected_and_failed_gate_leave_the_exact_trail(serve, im
     manual_job = manual.json()["job"]
     assert served.wait(manual_job)["status"] == "succeeded"
 
-    forged = requests.post(f"{served.url}/hooks/github", data=real_payload("release-published.payload.json"),
-                           headers={"Content-Type": "application/json", "X-GitHub-Event": "release",
-                                    "X-GitHub-Delivery": "d-forged", "X-GitHub-Hook-ID": HOOK_ID,
-                                    "X-Hub-Signature-256": "sha256=" + "0" * 64}, timeout=10)
+    forged = requests.post(
+        f"{served.url}/hooks/github",
+        data=real_payload("release-published.payload.json"),
+        headers={
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "release",
+            "X-GitHub-Delivery": "d-forged",
+            "X-GitHub-Hook-ID": HOOK_ID,
+            "X-Hub-Signature-256": "sha256=" + "0" * 64,
+        },
+        timeout=10,
+    )
     assert forged.status_code == 401
 
     failing = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": unhealthy_tag}).encode())
@@ -69,9 +86,13 @@ def test_webhook_manual_rejected_and_failed_gate_leave_the_exact_trail(serve, im
     log = AuditLog.for_state_dir(served.deployer.root / "state")
     every = [e for e in log.query(Query(limit=None, oldest_first=True)) if e.event != "reconcile.repair"]
     [refusals] = [e for e in every if e.event == "rejected_requests"]
-    assert (refusals.get("route"), refusals.get("status"), refusals.get("count"), refusals.get("reason"),
-            refusals.get("source")) == ("/hooks/github", 401, 1, "X-Hub-Signature-256 does not match the body",
-                                        "127.0.0.1")
+    assert (
+        refusals.get("route"),
+        refusals.get("status"),
+        refusals.get("count"),
+        refusals.get("reason"),
+        refusals.get("source"),
+    ) == ("/hooks/github", 401, 1, "X-Hub-Signature-256 does not match the body", "127.0.0.1")
     entries = [e for e in every if e.event != "rejected_requests"]
     trail = [(e.event, e.get("step"), e.get("outcome") or e.get("verdict")) for e in entries]
     # The receiver commits the job before it records the delivery with its verdict: the 202 names a job
@@ -108,8 +129,13 @@ def test_webhook_manual_rejected_and_failed_gate_leave_the_exact_trail(serve, im
     for entry in entries:
         by_event.setdefault(entry.event, []).append(entry)
     [accepted] = by_event["delivery"]
-    assert (accepted.get("delivery"), accepted.get("repository"), accepted.get("sender"), accepted.get("tag"),
-            accepted.get("action")) == ("d-1", GITHUB_REPO, "Codertocat", "0.0.1", "published")
+    assert (
+        accepted.get("delivery"),
+        accepted.get("repository"),
+        accepted.get("sender"),
+        accepted.get("tag"),
+        accepted.get("action"),
+    ) == ("d-1", GITHUB_REPO, "Codertocat", "0.0.1", "published")
     assert len(accepted.get("body_sha256")) == 64 and accepted.get("remote_addr") == "127.0.0.1"
     first_manual = by_event["manual_request"][0]
     assert (first_manual.get("key_id"), first_manual.get("app"), first_manual.get("tag")) == ("ops", "web", "v2")

@@ -37,8 +37,7 @@ def _receiver(state_dir: str, conn) -> None:
     log = AuditLog.for_state_dir(state_dir)
     while (message := conn.recv()) != "stop":
         try:
-            seq = log.append({"event": "delivery", "actor": "github:octocat", "verdict": "rejected",
-                              "reason": message})
+            seq = log.append({"event": "delivery", "actor": "github:octocat", "verdict": "rejected", "reason": message})
             conn.send(("appended", seq, os.getuid(), os.getgid()))
         except Exception as exc:  # noqa: BLE001 - reported to the test
             conn.send(("failed", repr(exc)))
@@ -85,4 +84,7 @@ def test_the_receiver_as_nobody_appends_beside_root_and_the_chain_verifies(share
     assert (verdict.ok, verdict.checked, verdict.head_seq) == (True, 3, 3)
     entries = root_log.query(Query(oldest_first=True))
     assert [(e.get("actor"), e.get("reason")) for e in entries] == [
-        ("github:octocat", "first"), ("worker", None), ("github:octocat", "second")]
+        ("github:octocat", "first"),
+        ("worker", None),
+        ("github:octocat", "second"),
+    ]

@@ -21,8 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.parametrize("before, after", [("iptables", "nftables"), ("nftables", "iptables")])
 def test_a_switch_of_backends_under_load_fails_no_request(deployer, outside, images, tmp_path, before, after):
     images.ensure("v1", "v2")
-    app = demo_app("sw", external=18140, blue=18141, green=18142, udp=(18143, 18144, 18145), drain=1.0,
-                   stop_timeout=4)
+    app = demo_app("sw", external=18140, blue=18141, green=18142, udp=(18143, 18144, 18145), drain=1.0, stop_timeout=4)
     deployer.configure(app, settings=f'backend = "{before}"')
     deployer.engine().deploy("sw", "v1", actor="test")
 

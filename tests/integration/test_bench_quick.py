@@ -23,8 +23,13 @@ SCENARIOS = {"ours", "seed", "stop-start", "naive"}
 
 def test_quick_bench_writes_its_results_and_removes_what_it_made(host, tmp_path):
     results = tmp_path / "results"
-    run = subprocess.run([str(REPO / "bench" / "run"), "--quick", "--results", str(results)], cwd=REPO,
-                         capture_output=True, text=True, timeout=170)
+    run = subprocess.run(
+        [str(REPO / "bench" / "run"), "--quick", "--results", str(results)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
     assert run.returncode == 0, f"bench failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
 
     info = json.loads((results / "run.json").read_text())
@@ -45,8 +50,16 @@ def test_quick_bench_writes_its_results_and_removes_what_it_made(host, tmp_path)
     for name, scenario in deploys["scenarios"].items():
         assert scenario["deploys"] == 3, name
         assert scenario["requests"] > 100 and scenario["udp_sent"] > 100, name
-        assert {"failed_requests", "udp_unanswered", "udp_stale_answers", "worst_latency_around_switch_ms",
-                "flip", "steps_ms", "deploy_ms", "timeline"} <= set(scenario), name
+        assert {
+            "failed_requests",
+            "udp_unanswered",
+            "udp_stale_answers",
+            "worst_latency_around_switch_ms",
+            "flip",
+            "steps_ms",
+            "deploy_ms",
+            "timeline",
+        } <= set(scenario), name
     ours = deploys["scenarios"]["ours"]
     assert ours["failed_requests"] == 0 and ours["udp_stale_answers"] == 0
     assert ours["flip"]["committed_ms"]["n"] == 3 and ours["flip"]["healthy_to_committed_ms"]["n"] == 3
@@ -70,11 +83,13 @@ def test_quick_bench_writes_its_results_and_removes_what_it_made(host, tmp_path)
     assert not [chain for chain in nat.chains if chain.startswith(prefix)]
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
     assert prefix.lower() not in tables  # the nftables backend's table, and the scale part's
-    leftover = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=deployer.owner={prefix.lower()}"],
-                              capture_output=True, text=True).stdout.split()
+    leftover = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=deployer.owner={prefix.lower()}"], capture_output=True, text=True
+    ).stdout.split()
     assert not leftover
     assert prefix.lower() not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    networks = subprocess.run(["docker", "network", "ls", "--format", "{{.Name}}"], capture_output=True,
-                              text=True).stdout.split()
+    networks = subprocess.run(
+        ["docker", "network", "ls", "--format", "{{.Name}}"], capture_output=True, text=True
+    ).stdout.split()
     assert prefix.lower() not in networks
     assert not Path(f"/tmp/deployer-bench-{prefix}").exists()

@@ -34,7 +34,7 @@ def many_sources(outside) -> list[str]:
     taken = run(["ip", "-4", "-o", "addr", "show"]).stdout + run(["ip", "-4", "route", "show", "table", "all"]).stdout
     subnet = ipaddress.ip_network(outside.subnet)
     assert subnet.subnet_of(ipaddress.ip_network("198.18.0.0/15"))
-    addresses = [str(a) for a in list(subnet.hosts())[2:2 + SOURCES]]
+    addresses = [str(a) for a in list(subnet.hosts())[2 : 2 + SOURCES]]
     for address in addresses:
         assert f" {address}/" not in taken and f"{address} " not in taken, f"{address} is in use on this host"
         outside.run(["ip", "addr", "add", f"{address}/32", "dev", outside.name + "-n"], check=True)
@@ -42,8 +42,13 @@ def many_sources(outside) -> list[str]:
 
 
 def spread(outside, port: int, protocol: str, sources: list[str], count: int = FLOWS) -> dict:
-    result = outside.run(["python3", SPREAD, outside.host_ip, str(port), protocol, str(count), ",".join(sources)],
-                         capture_output=True, text=True, check=True, timeout=600)
+    result = outside.run(
+        ["python3", SPREAD, outside.host_ip, str(port), protocol, str(count), ",".join(sources)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     report = json.loads(result.stdout)
     assert report["failures"] == 0, f"{protocol}: {report['failures']} flows failed, first: {report['failed']}"
     return report[protocol]
@@ -55,16 +60,23 @@ def share(seen: dict, version: str) -> float:
 
 
 def audit(deployer, event: str) -> list[dict]:
-    return [e.as_dict() for e in AuditLog.for_state_dir(deployer.root / "state").query(
-        Query(event=(event,), oldest_first=True, limit=None))]
+    return [
+        e.as_dict()
+        for e in AuditLog.for_state_dir(deployer.root / "state").query(
+            Query(event=(event,), oldest_first=True, limit=None)
+        )
+    ]
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
-def test_a_per_connection_split_gives_the_canary_its_share_of_new_tcp_connections_and_udp_flows(deployer, outside,
-                                                                                               images, backend):
+def test_a_per_connection_split_gives_the_canary_its_share_of_new_tcp_connections_and_udp_flows(
+    deployer, outside, images, backend
+):
     images.ensure("v1", "v2")
-    deployer.configure(demo_app("cs", external=26100, blue=26101, green=26102, udp=(26103, 26104, 26105)),
-                       settings=f'backend = "{backend}"')
+    deployer.configure(
+        demo_app("cs", external=26100, blue=26101, green=26102, udp=(26103, 26104, 26105)),
+        settings=f'backend = "{backend}"',
+    )
     assert deployer.cli("deploy", "cs", "v1").returncode == 0
     started = deployer.cli("deploy", "cs", "v2", "--canary", "10")
     assert started.returncode == 0, started.stderr
@@ -90,18 +102,23 @@ def test_a_per_connection_split_gives_the_canary_its_share_of_new_tcp_connection
 def pick_seed(sources: list[str]) -> int:
     """A seed whose sticky split, as the model of the kernel's hash predicts it, is within 3 points at 10 and 50."""
     for seed in range(1, 100000):
-        if all(abs(100 * sum(canary.sticky_to_canary(a, w, seed) for a in sources) / len(sources) - w) <= 3
-               for w in (10, 50)):
+        if all(
+            abs(100 * sum(canary.sticky_to_canary(a, w, seed) for a in sources) / len(sources) - w) <= 3
+            for w in (10, 50)
+        ):
             return seed
     raise AssertionError("no seed splits these addresses evenly")
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
-def test_a_sticky_split_keeps_every_client_address_on_the_instance_the_hash_model_predicts(deployer, outside,
-                                                                                          images, backend):
+def test_a_sticky_split_keeps_every_client_address_on_the_instance_the_hash_model_predicts(
+    deployer, outside, images, backend
+):
     images.ensure("v1", "v2")
-    deployer.configure(demo_app("cy", external=26200, blue=26201, green=26202, udp=(26203, 26204, 26205)),
-                       settings=f'backend = "{backend}"')
+    deployer.configure(
+        demo_app("cy", external=26200, blue=26201, green=26202, udp=(26203, 26204, 26205)),
+        settings=f'backend = "{backend}"',
+    )
     assert deployer.cli("deploy", "cy", "v1").returncode == 0
     sources = many_sources(outside)
     seed = pick_seed(sources)
@@ -120,8 +137,9 @@ def test_a_sticky_split_keeps_every_client_address_on_the_instance_the_hash_mode
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
-def test_killed_right_after_the_canary_committed_both_serve_and_reconcile_keeps_the_split(deployer, outside,
-                                                                                          images, backend):
+def test_killed_right_after_the_canary_committed_both_serve_and_reconcile_keeps_the_split(
+    deployer, outside, images, backend
+):
     images.ensure("v1", "v2")
     deployer.configure(demo_app("ck", external=26300, blue=26301, green=26302), settings=f'backend = "{backend}"')
     assert deployer.cli("deploy", "ck", "v1").returncode == 0
@@ -150,13 +168,24 @@ def share_versions(seen: dict) -> Counter:
     return total
 
 
-@pytest.mark.parametrize("ending, backend", [("promote", "iptables"), ("abort", "iptables"),
-                                             ("promote", "nftables"), ("abort", "nftables")])
+@pytest.mark.parametrize(
+    "ending, backend", [("promote", "iptables"), ("abort", "iptables"), ("promote", "nftables"), ("abort", "nftables")]
+)
 def test_promote_and_abort_under_load_drop_nothing(deployer, outside, images, tmp_path, ending, backend):
     images.ensure("v1", "v2")
-    deployer.configure(demo_app("cp", external=26400, blue=26401, green=26402, udp=(26403, 26404, 26405),
-                                drain=2.0, stop_timeout=6, env={"DRAIN_TIMEOUT": "4"}),
-                       settings=f'backend = "{backend}"')
+    deployer.configure(
+        demo_app(
+            "cp",
+            external=26400,
+            blue=26401,
+            green=26402,
+            udp=(26403, 26404, 26405),
+            drain=2.0,
+            stop_timeout=6,
+            env={"DRAIN_TIMEOUT": "4"},
+        ),
+        settings=f'backend = "{backend}"',
+    )
     assert deployer.cli("deploy", "cp", "v1").returncode == 0
     assert deployer.cli("deploy", "cp", "v2", "--canary", "30").returncode == 0
     with Load(tmp_path / "load") as load:
@@ -194,9 +223,16 @@ def test_promote_and_abort_under_load_drop_nothing(deployer, outside, images, tm
 def test_a_canary_killed_mid_canary_is_aborted_by_the_watchdog_with_the_reason(deployer, outside, images, tmp_path):
     images.ensure("v1", "v2")
     interval, failures = 0.3, 3
-    deployer.configure(demo_app("cw", external=26500, blue=26501, green=26502,
-                                extra=f"[apps.cw.watchdog]\ninterval = {interval}\nfailures = {failures}\n"),
-                       settings="maintenance_port = 26590")
+    deployer.configure(
+        demo_app(
+            "cw",
+            external=26500,
+            blue=26501,
+            green=26502,
+            extra=f"[apps.cw.watchdog]\ninterval = {interval}\nfailures = {failures}\n",
+        ),
+        settings="maintenance_port = 26590",
+    )
     assert deployer.cli("deploy", "cw", "v1").returncode == 0
     assert deployer.cli("deploy", "cw", "v2", "--canary", "50").returncode == 0
     store = StateStore(deployer.root / "state")

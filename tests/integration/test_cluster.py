@@ -53,24 +53,53 @@ def test_the_hash_model_predicts_the_kernels_buckets(host: None):
         chain = f"DPC{os.getpid() % 100000:05d}"
         lines = ["*mangle", f":{chain} - [0:0]", f"-I PREROUTING 1 -i {client.host_if} -p udp --dport 9 -j {chain}"]
         for b in range(BUCKETS):
-            lines.append(f"-A {chain} -m cluster --cluster-total-nodes {BUCKETS} --cluster-local-node {b + 1} "
-                         f"--cluster-hash-seed {SEED} -j MARK --set-mark {b + 1}")
+            lines.append(
+                f"-A {chain} -m cluster --cluster-total-nodes {BUCKETS} --cluster-local-node {b + 1} "
+                f"--cluster-hash-seed {SEED} -j MARK --set-mark {b + 1}"
+            )
             lines.append(f"-A {chain} -m mark --mark {b + 1} -j DROP")
-        subprocess.run(["iptables-restore", "--noflush"], input="\n".join([*lines, "COMMIT", ""]), text=True,
-                       check=True)
+        subprocess.run(
+            ["iptables-restore", "--noflush"], input="\n".join([*lines, "COMMIT", ""]), text=True, check=True
+        )
         try:
             found = {}
             for source in sources:
                 subprocess.run(["iptables", "-t", "mangle", "-Z", chain], check=True)
-                client.run([sys.executable, "-c", "import socket; s = socket.socket(2, 2); "
-                            f"s.bind(('{source}', 0)); s.sendto(b'x', ('{client.host_ip}', 9))"], check=True)
-                listing = subprocess.run(["iptables", "-t", "mangle", "-L", chain, "-v", "-n", "-x"], check=True,
-                                         capture_output=True, text=True).stdout
+                client.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        "import socket; s = socket.socket(2, 2); "
+                        f"s.bind(('{source}', 0)); s.sendto(b'x', ('{client.host_ip}', 9))",
+                    ],
+                    check=True,
+                )
+                listing = subprocess.run(
+                    ["iptables", "-t", "mangle", "-L", chain, "-v", "-n", "-x"],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 marks = [line for line in listing.splitlines() if "MARK set" in line]
                 found[source] = [i for i, line in enumerate(marks) if line.split()[0] != "0"]
         finally:
-            subprocess.run(["iptables", "-t", "mangle", "-D", "PREROUTING", "-i", client.host_if, "-p", "udp",
-                            "--dport", "9", "-j", chain])
+            subprocess.run(
+                [
+                    "iptables",
+                    "-t",
+                    "mangle",
+                    "-D",
+                    "PREROUTING",
+                    "-i",
+                    client.host_if,
+                    "-p",
+                    "udp",
+                    "--dport",
+                    "9",
+                    "-j",
+                    chain,
+                ]
+            )
             subprocess.run(["iptables", "-t", "mangle", "-F", chain])
             subprocess.run(["iptables", "-t", "mangle", "-X", chain])
     assert found == {source: [bucket_of(source, BUCKETS, SEED)] for source in sources}
@@ -87,8 +116,13 @@ def test_every_source_is_answered_by_exactly_the_host_the_oracle_names(bed: Clus
     status = json.loads(bed.host("h2").deployer("cluster", "status", "--json").stdout)
     assert (status["healthy"], status["intent"], status["owned"]) == (True, "join", [1, 4])
     assert [(b["bucket"], b["home"], b["state"]) for b in status["buckets"]] == [
-        (0, "h1", "BACKUP"), (1, "h2", "MASTER"), (2, "h3", "BACKUP"), (3, "h1", "BACKUP"), (4, "h2", "MASTER"),
-        (5, "h3", "BACKUP")]
+        (0, "h1", "BACKUP"),
+        (1, "h2", "MASTER"),
+        (2, "h3", "BACKUP"),
+        (3, "h1", "BACKUP"),
+        (4, "h2", "MASTER"),
+        (5, "h3", "BACKUP"),
+    ]
 
 
 # --- failures: the others take the buckets ----------------------------------------------------------
@@ -97,8 +131,10 @@ def test_every_source_is_answered_by_exactly_the_host_the_oracle_names(bed: Clus
 @pytest.mark.parametrize("how", ["link", "keepalived", "instance"])
 def test_a_failed_hosts_buckets_are_served_by_the_others_within_2_s(bed: ClusterBed, how: str):
     takeovers = [bed.takeover(bed.hosts[attempt % len(bed.hosts)], how) for attempt in range(TRIES)]
-    print(f"\ntakeover after {how} ({TRIES} tries), seconds: {takeovers}; median "
-          f"{statistics.median(takeovers):.3f}, max {max(takeovers):.3f}")
+    print(
+        f"\ntakeover after {how} ({TRIES} tries), seconds: {takeovers}; median "
+        f"{statistics.median(takeovers):.3f}, max {max(takeovers):.3f}"
+    )
     save_figures(f"takeover_{how}", takeovers)
     assert max(takeovers) < 2.0, takeovers
 
@@ -158,12 +194,20 @@ def test_a_killed_agent_is_back_within_seconds_and_its_rules_follow_keepalived_a
         killed_at = time.monotonic()
         assert running(left)  # keepalived runs on without its agent: the rules no longer follow it
         takeover = bed.takeover(other, "keepalived")  # heals h2 and waits for every bucket to be home again
-        back = bed.wait_for(lambda: bed.keepalived_pid(victim) not in (None, left) and victim.owned()
-                            and victim.status()["keepalived_pid"] == bed.keepalived_pid(victim), 30,
-                            "h1's agent back, with a keepalived of its own and its home buckets")
+        back = bed.wait_for(
+            lambda: (
+                bed.keepalived_pid(victim) not in (None, left)
+                and victim.owned()
+                and victim.status()["keepalived_pid"] == bed.keepalived_pid(victim)
+            ),
+            30,
+            "h1's agent back, with a keepalived of its own and its home buckets",
+        )
         assert unit.restarts and unit.restarts[0] - killed_at < 3.0, unit.restarts
-        print(f"\nagent killed: started again after {unit.restarts[0] - killed_at:.2f} s; h2's takeover in that "
-              f"window served after {takeover:.3f} s; h1 followed keepalived again {back:.2f} s later")
+        print(
+            f"\nagent killed: started again after {unit.restarts[0] - killed_at:.2f} s; h2's takeover in that "
+            f"window served after {takeover:.3f} s; h1 followed keepalived again {back:.2f} s later"
+        )
         assert not running(left)  # the keepalived the dead agent left is gone: one keepalived per host
     bed.wait_for(bed.all_buckets_home, 30, "every bucket at its home host")
     replies = bed.client_once()
@@ -198,9 +242,28 @@ def test_leave_wait_under_load_fails_nothing_and_join_brings_the_buckets_home(be
     load = bed.client_load(120)
     time.sleep(1.0)  # every keep-alive connection is open before the leave
     leaving = subprocess.Popen(
-        ["ip", "netns", "exec", h2.namespace, sys.executable, "-m", "deployer", "-c", str(h2.config), "cluster",
-         "leave", "--wait", "--timeout", "60"], cwd=bed.root, env=h2.environ(), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        [
+            "ip",
+            "netns",
+            "exec",
+            h2.namespace,
+            sys.executable,
+            "-m",
+            "deployer",
+            "-c",
+            str(h2.config),
+            "cluster",
+            "leave",
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+        cwd=bed.root,
+        env=h2.environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     bed.wait_for(lambda: not h2.owned(), 10, "h2 to let its buckets go")
     gone_at = load.at()
     time.sleep(2.0)
@@ -298,9 +361,24 @@ def forge(bed: ClusterBed, stranger: str, source: str) -> subprocess.Popen:
     """The stranger advertises priority 255 for every bucket's router id, for FORGE_SECONDS."""
     router_ids = ",".join(str(50 + b) for b in range(BUCKETS))  # [cluster] router_id_base defaults to 50
     targets = ",".join([VRRP_GROUP, *(h.address for h in bed.hosts)])
-    return subprocess.Popen(["ip", "netns", "exec", stranger, sys.executable, "-c", FORGER, source,
-                             str(FORGE_SECONDS), router_ids, targets], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            stranger,
+            sys.executable,
+            "-c",
+            FORGER,
+            source,
+            str(FORGE_SECONDS),
+            router_ids,
+            targets,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def owners(bed: ClusterBed) -> dict[str, list[int]]:
@@ -327,8 +405,9 @@ def test_without_unicast_a_strangers_forged_advert_takes_the_buckets_away(bed: C
     home = owners(bed)
     address = str(list(bed.subnet.hosts())[50])  # .51: no host, source or shared address of the bed
     seen = watch_owners(bed, forge(bed, bed.stranger("x", address), address))
-    assert any(sum(len(o) for o in picture.values()) < BUCKETS for picture in seen), \
+    assert any(sum(len(o) for o in picture.values()) < BUCKETS for picture in seen), (
         f"the forged adverts moved nothing, so the test below would prove nothing: {seen}"
+    )
     bed.wait_for(bed.all_buckets_home, 30, "every bucket home again once the forged adverts stopped")
     assert owners(bed) == home
 
@@ -350,8 +429,9 @@ def test_with_unicast_a_strangers_forged_advert_changes_no_owner(host: None):
         assert seen == [home], f"the forged adverts moved buckets: {seen}"
         for member in bed.hosts:
             status = member.status()
-            assert {b for b, state in status["states"].items() if state == "MASTER"} == \
-                {str(b) for b in home[member.name]}, status
+            assert {b for b, state in status["states"].items() if state == "MASTER"} == {
+                str(b) for b in home[member.name]
+            }, status
             dropped = member.sh("iptables", "-w", "-L", "DEPLOYER-VRRP", "-v", "-n", "-x").stdout
             drop = next(line for line in dropped.splitlines() if "DROP" in line)
             assert int(drop.split()[0]) > 0, f"{member.name} never saw a forged advert:\n{dropped}"

@@ -40,17 +40,30 @@ def kill_at(process: subprocess.Popen, marker: str, delay: float = 0.0, timeout:
     raise AssertionError(f"the deploy never logged {marker!r}:\n" + "\n".join(lines))
 
 
-@pytest.mark.parametrize("marker,delay", [
-    ("start ok", 0.0),          # right after the new container started
-    ("health ...", 0.5),        # during the health check (the new release boots slowly)
-    ("flip ok", 0.0),           # right after the flip
-    ("drain ...", 0.3),         # during the drain, keep-alive clients still on the old instance
-], ids=["after-start", "during-health", "after-flip", "during-drain"])
+@pytest.mark.parametrize(
+    "marker,delay",
+    [
+        ("start ok", 0.0),  # right after the new container started
+        ("health ...", 0.5),  # during the health check (the new release boots slowly)
+        ("flip ok", 0.0),  # right after the flip
+        ("drain ...", 0.3),  # during the drain, keep-alive clients still on the old instance
+    ],
+    ids=["after-start", "during-health", "after-flip", "during-drain"],
+)
 def test_killed_deploy_keeps_traffic_and_reconciles(deployer, outside, tmp_path, marker, delay):
     def config(boot_delay: str) -> None:
-        deployer.configure(demo_app("crash", external=18200, blue=18201, green=18202, drain=3.0, stop_timeout=5,
-                                    env={"BOOT_DELAY": boot_delay, "DRAIN_TIMEOUT": "3"},
-                                    health={"successes": 3, "interval": 0.3}))
+        deployer.configure(
+            demo_app(
+                "crash",
+                external=18200,
+                blue=18201,
+                green=18202,
+                drain=3.0,
+                stop_timeout=5,
+                env={"BOOT_DELAY": boot_delay, "DRAIN_TIMEOUT": "3"},
+                health={"successes": 3, "interval": 0.3},
+            )
+        )
 
     config("0")
     assert deployer.cli("deploy", "crash", "v1").returncode == 0
@@ -59,12 +72,33 @@ def test_killed_deploy_keeps_traffic_and_reconciles(deployer, outside, tmp_path,
     out = tmp_path / "traffic"
     out.mkdir()
     clients = [
-        subprocess.Popen([sys.executable, TRAFFIC, "http-keepalive", "127.0.0.1:18200", "--out",
-                          str(out / "keepalive.jsonl"), "--pause", "0.01"]),
-        subprocess.Popen([sys.executable, TRAFFIC, "http-new", "127.0.0.1:18200", "--out",
-                          str(out / "new.jsonl"), "--pause", "0.01"]),
-        outside.popen([sys.executable, TRAFFIC, "http-new", f"{outside.host_ip}:18200", "--out",
-                       str(out / "outside.jsonl"), "--pause", "0.01"]),
+        subprocess.Popen(
+            [
+                sys.executable,
+                TRAFFIC,
+                "http-keepalive",
+                "127.0.0.1:18200",
+                "--out",
+                str(out / "keepalive.jsonl"),
+                "--pause",
+                "0.01",
+            ]
+        ),
+        subprocess.Popen(
+            [sys.executable, TRAFFIC, "http-new", "127.0.0.1:18200", "--out", str(out / "new.jsonl"), "--pause", "0.01"]
+        ),
+        outside.popen(
+            [
+                sys.executable,
+                TRAFFIC,
+                "http-new",
+                f"{outside.host_ip}:18200",
+                "--out",
+                str(out / "outside.jsonl"),
+                "--pause",
+                "0.01",
+            ]
+        ),
     ]
     try:
         time.sleep(0.5)
@@ -82,8 +116,13 @@ def test_killed_deploy_keeps_traffic_and_reconciles(deployer, outside, tmp_path,
     for name in ("keepalive", "new", "outside"):
         records = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
         failed = [r for r in records if not r["ok"]]
-        assert records and not failed, (f"{name}: {len(failed)} of {len(records)} failed: {failed[:3]}\n"
-                                        + "\n".join(log) + "\nreconcile:\n" + reconciled.stdout + reconciled.stderr)
+        assert records and not failed, (
+            f"{name}: {len(failed)} of {len(records)} failed: {failed[:3]}\n"
+            + "\n".join(log)
+            + "\nreconcile:\n"
+            + reconciled.stdout
+            + reconciled.stderr
+        )
 
     # Consistent: one instance runs, the rules point at it, and the record says so.
     status = json.loads(deployer.cli("status", "crash", "--json").stdout)[0]

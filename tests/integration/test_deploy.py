@@ -62,7 +62,8 @@ def test_rules_live_only_in_the_deployers_chains(deployer):
     p = deployer.prefix
     assert deployer.chain("web") == [
         f'-A {p}-web -p tcp -m tcp --dport 18020 -m comment --comment "web blue v1" '
-        f"-j DNAT --to-destination {address}:8080"]
+        f"-j DNAT --to-destination {address}:8080"
+    ]
     nat = deployer.nat()
     assert nat.rules(p) == [f"-A {p} -j {p}-web"]
     assert f"-A PREROUTING -m addrtype --dst-type LOCAL -j {p}" in nat.rules("PREROUTING")

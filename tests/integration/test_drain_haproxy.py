@@ -52,8 +52,12 @@ class HAProxy:
         self.config = root / "haproxy.cfg"
         self.config.write_text(HAPROXY_CFG.format(socket=self.socket, frontend=FRONTEND))
         self.log = open(root / "haproxy.log", "w")
-        self.process = subprocess.Popen(["haproxy", "-f", str(self.config), "-db"], stdin=subprocess.DEVNULL,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            ["haproxy", "-f", str(self.config), "-db"],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def status(self) -> dict[str, str]:
         """Server name -> UP, DOWN ... from the stats socket."""
@@ -107,11 +111,14 @@ def haproxy(tmp_path):
 
 def test_drain_redeploy_and_undrain_a_host_behind_haproxy(deployer, haproxy, tmp_path):
     deployer.configure(
-        demo_app("ha", external=25400, blue=25401, green=25402, env={"APP_VERSION": "hostA"},
-                 extra="status_port = 25403"),
-        demo_app("hb", external=25410, blue=25411, green=25412, env={"APP_VERSION": "hostB"},
-                 extra="status_port = 25413"),
-        settings="maintenance_port = 25490")
+        demo_app(
+            "ha", external=25400, blue=25401, green=25402, env={"APP_VERSION": "hostA"}, extra="status_port = 25403"
+        ),
+        demo_app(
+            "hb", external=25410, blue=25411, green=25412, env={"APP_VERSION": "hostB"}, extra="status_port = 25413"
+        ),
+        settings="maintenance_port = 25490",
+    )
     assert deployer.cli("deploy", "ha", "v1").returncode == 0
     assert deployer.cli("deploy", "hb", "v1").returncode == 0
     proxy = haproxy()
@@ -158,8 +165,13 @@ def test_drain_redeploy_and_undrain_a_host_behind_haproxy(deployer, haproxy, tmp
     assert {r["version"] for r in records if drain_returned < r["t"] < undrain_started} == {"hostB"}
     assert [r for r in served_by_a if r["t"] > back_up], "A served nothing after the undrain"
 
-    events = [(e["event"], e["actor"], e["outcome"]) for e in map(
-        json.loads, deployer.cli("audit", "--app", "ha", "--event", "drain,drain.wait,undrain", "--jsonl").stdout
-        .splitlines())]
-    assert sorted(events) == sorted([("drain", CLI_ACTOR, "ok"), ("drain.wait", CLI_ACTOR, "ok"),
-                                     ("undrain", CLI_ACTOR, "ok")])
+    events = [
+        (e["event"], e["actor"], e["outcome"])
+        for e in map(
+            json.loads,
+            deployer.cli("audit", "--app", "ha", "--event", "drain,drain.wait,undrain", "--jsonl").stdout.splitlines(),
+        )
+    ]
+    assert sorted(events) == sorted(
+        [("drain", CLI_ACTOR, "ok"), ("drain.wait", CLI_ACTOR, "ok"), ("undrain", CLI_ACTOR, "ok")]
+    )

@@ -39,8 +39,10 @@ def delete_local_jump(backend: str, prefix: str) -> None:
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_flushed_chain_and_removed_jump_are_repaired(deployer, outside, backend):
-    deployer.configure(demo_app("drift", external=18300, blue=18301, green=18302, udp=(18303, 18304, 18305)),
-                       settings=f'backend = "{backend}"')
+    deployer.configure(
+        demo_app("drift", external=18300, blue=18301, green=18302, udp=(18303, 18304, 18305)),
+        settings=f'backend = "{backend}"',
+    )
     assert deployer.cli("deploy", "drift", "v1").returncode == 0
     chain = f"{deployer.prefix}-drift"
 
@@ -58,8 +60,12 @@ def test_flushed_chain_and_removed_jump_are_repaired(deployer, outside, backend)
 
     # The jump from PREROUTING removed by hand: outside clients lose the app, reconcile restores it.
     delete_local_jump(backend, deployer.prefix)
-    probe = ["python3", "-c", f"import urllib.request; print(urllib.request.urlopen("
-                              f"'http://{outside.host_ip}:18300/', timeout=2).read().decode())"]
+    probe = [
+        "python3",
+        "-c",
+        f"import urllib.request; print(urllib.request.urlopen("
+        f"'http://{outside.host_ip}:18300/', timeout=2).read().decode())",
+    ]
     assert outside.run(probe, capture_output=True, text=True).returncode != 0
     assert status(deployer)["rules_match"] is False
     repaired = deployer.cli("reconcile", "drift")
@@ -103,9 +109,17 @@ def test_dockerd_restart_is_repaired(deployer, outside):
     assert after["active"]["container_id"] == before["container_id"]
     assert http_get("127.0.0.1", 18310).startswith("v1 ")
     assert udp_ask("127.0.0.1", 18313, "y") == "v1 y"
-    seen = outside.run(["python3", "-c", f"import urllib.request; print(urllib.request.urlopen("
-                                         f"'http://{outside.host_ip}:18310/', timeout=5).read().decode())"],
-                       capture_output=True, text=True, check=True).stdout
+    seen = outside.run(
+        [
+            "python3",
+            "-c",
+            f"import urllib.request; print(urllib.request.urlopen("
+            f"'http://{outside.host_ip}:18310/', timeout=5).read().decode())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert seen.split()[1].split(":")[0] == outside.client_ip
     # And the next deploy works on the restarted daemon.
     assert deployer.cli("deploy", "drift", "v2").returncode == 0

@@ -76,8 +76,18 @@ def test_failing_health_gate_keeps_v1_serving(deployer, outside):
     assert (state.active.tag, state.active.port_set) == ("v1", "blue")
 
     # The same app, but the next instance answers /healthz with 500.
-    deployer.configure(demo_app("web", external=21000, blue=21001, green=21002, drain=0.5, stop_timeout=3,
-                                env={"HEALTH_STATUS": "500"}, health={"deadline": 2}))
+    deployer.configure(
+        demo_app(
+            "web",
+            external=21000,
+            blue=21001,
+            green=21002,
+            drain=0.5,
+            stop_timeout=3,
+            env={"HEALTH_STATUS": "500"},
+            health={"deadline": 2},
+        )
+    )
     deployer.events.clear()
     with pytest.raises(HealthCheckFailed) as failed:
         deployer.engine().deploy("web", "v2", actor="test")
@@ -127,9 +137,19 @@ def test_container_that_exits_at_once_fails_fast(deployer, outside):
     deadline = 30
     without_exit_code = []
     for restart in ("unless-stopped", "no", "unless-stopped", "no", "unless-stopped", "no"):
-        deployer.configure(demo_app("web", external=21020, blue=21021, green=21022, drain=0.5, stop_timeout=3,
-                                    env={"CRASH": "1"}, health={"deadline": deadline},
-                                    extra=f'restart = "{restart}"'))
+        deployer.configure(
+            demo_app(
+                "web",
+                external=21020,
+                blue=21021,
+                green=21022,
+                drain=0.5,
+                stop_timeout=3,
+                env={"CRASH": "1"},
+                health={"deadline": deadline},
+                extra=f'restart = "{restart}"',
+            )
+        )
         started = time.monotonic()
         with pytest.raises(BootError) as failed:
             deployer.engine().deploy("web", "v2", actor="test")
@@ -163,8 +183,9 @@ def test_set_port_taken_by_another_process_fails_and_leaves_no_container(deploye
 HOSTILE_TAGS = ["v1;rm -rf /", "$(id)", "../x", "a" * 200, "v1 v2", "v1\nv2", "`id`"]
 
 
-@pytest.mark.parametrize("tag", HOSTILE_TAGS, ids=["semicolon", "subshell", "dotdot", "long", "space", "newline",
-                                                    "backtick"])
+@pytest.mark.parametrize(
+    "tag", HOSTILE_TAGS, ids=["semicolon", "subshell", "dotdot", "long", "space", "newline", "backtick"]
+)
 def test_hostile_tags_are_refused_before_anything_happens(deployer, tag):
     deployer.configure(demo_app("web", external=21030, blue=21031, green=21032, drain=0.5, stop_timeout=3))
     cli = deployer.cli("deploy", "web", tag)
@@ -210,8 +231,10 @@ def test_invalid_config_is_one_line_naming_file_app_and_key(deployer, case):
 
 
 def test_dead_docker_socket_fails_cleanly(deployer):
-    deployer.configure(demo_app("web", external=21050, blue=21051, green=21052, drain=0.5, stop_timeout=3),
-                       settings='docker_host = "unix:///tmp/no-such-docker.sock"')
+    deployer.configure(
+        demo_app("web", external=21050, blue=21051, green=21052, drain=0.5, stop_timeout=3),
+        settings='docker_host = "unix:///tmp/no-such-docker.sock"',
+    )
     started = time.monotonic()
     cli = deployer.cli("deploy", "web", "v1", timeout=60)
     assert cli.returncode == 1, cli.stderr

@@ -40,13 +40,19 @@ def own_registry(folder: Path, port: int) -> Iterator[dict]:
     storage = folder / "storage"
     storage.mkdir(parents=True, exist_ok=True)
     config = folder / "config.yml"
-    config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\n")
+    config.write_text(
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
     state: dict = {"process": None}
 
     def start() -> None:
-        state["process"] = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                                            stderr=open(folder / "registry.log", "a"), stdin=subprocess.DEVNULL)
+        state["process"] = subprocess.Popen(
+            ["docker-registry", "serve", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(folder / "registry.log", "a"),
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             with contextlib.suppress(requests.RequestException):
@@ -70,8 +76,9 @@ def own_registry(folder: Path, port: int) -> Iterator[dict]:
 
 
 def audit_events(served, *names: str) -> list[dict]:
-    entries = AuditLog.for_state_dir(served.deployer.root / "state").query(Query(event=names, limit=None,
-                                                                                  oldest_first=True))
+    entries = AuditLog.for_state_dir(served.deployer.root / "state").query(
+        Query(event=names, limit=None, oldest_first=True)
+    )
     return [entry.fields for entry in entries]
 
 
@@ -105,8 +112,22 @@ def test_a_release_delivered_while_the_registry_is_down_deploys_when_it_is_back(
             assert served.wait(first.json()["job"])["status"] == "succeeded"
             assert wait_for_health(served, "registry", lambda state: state == "ok") < 5
             out = tmp_path / "traffic.jsonl"
-            client = subprocess.Popen([sys.executable, TRAFFIC, "http-new", "127.0.0.1:22300", "--out", str(out),
-                                       "--pause", "0.01", "--timeout", "5", "--duration", "120"])
+            client = subprocess.Popen(
+                [
+                    sys.executable,
+                    TRAFFIC,
+                    "http-new",
+                    "127.0.0.1:22300",
+                    "--out",
+                    str(out),
+                    "--pause",
+                    "0.01",
+                    "--timeout",
+                    "5",
+                    "--duration",
+                    "120",
+                ]
+            )
             registry["stop"]()
             down = f"registry 127.0.0.1:{port}: "
             assert wait_for_health(served, "registry", lambda state: state.startswith(down)) < 5
@@ -168,8 +189,9 @@ def test_a_full_state_folder_answers_503_loses_no_accepted_job_and_recovers_with
             filler.write(b"\0" * max(0, free - 96 * 1024))
         answers = []
         for n in range(400):
-            response = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": "v2",
-                                                                    "reason": f"fill {n}"}).encode())
+            response = served.signed(
+                "POST", "/deploy", json.dumps({"app": "web", "tag": "v2", "reason": f"fill {n}"}).encode()
+            )
             answers.append(response)
             if sum(r.status_code == 503 for r in answers) >= 5:
                 break
@@ -185,8 +207,9 @@ def test_a_full_state_folder_answers_503_loses_no_accepted_job_and_recovers_with
         assert accepted
         queue = served.queue()
         deadline = time.monotonic() + 90
-        while any(queue.jobs.get(job_id).status not in ("succeeded", "superseded", "skipped", "failed")
-                  for job_id in accepted):
+        while any(
+            queue.jobs.get(job_id).status not in ("succeeded", "superseded", "skipped", "failed") for job_id in accepted
+        ):
             assert time.monotonic() < deadline, [queue.jobs.get(j).status for j in accepted]
             time.sleep(0.5)
         assert served.process.poll() is None
@@ -210,8 +233,10 @@ def docker_socket() -> Iterator[dict]:
     state: dict = {"process": None, "url": f"unix://{path}"}
 
     def start() -> None:
-        state["process"] = subprocess.Popen(["socat", f"UNIX-LISTEN:{path},fork,unlink-early",
-                                             "UNIX-CONNECT:/var/run/docker.sock"], stdin=subprocess.DEVNULL)
+        state["process"] = subprocess.Popen(
+            ["socat", f"UNIX-LISTEN:{path},fork,unlink-early", "UNIX-CONNECT:/var/run/docker.sock"],
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while not path.exists():
             assert time.monotonic() < deadline, "socat did not listen"
@@ -258,8 +283,22 @@ def test_a_release_delivered_while_docker_does_not_answer_deploys_with_zero_down
         assert wait_for("docker ok", lambda: health(served)["docker"] == "ok", 10) < 10
 
         out = tmp_path / "traffic.jsonl"
-        client = subprocess.Popen([sys.executable, TRAFFIC, "http-new", "127.0.0.1:22340", "--out", str(out),
-                                   "--pause", "0.01", "--timeout", "5", "--duration", "120"])
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                TRAFFIC,
+                "http-new",
+                "127.0.0.1:22340",
+                "--out",
+                str(out),
+                "--pause",
+                "0.01",
+                "--timeout",
+                "5",
+                "--duration",
+                "120",
+            ]
+        )
         try:
             daemon["stop"]()
             down = wait_for("docker reported down", lambda: health(served)["docker"] != "ok", 10)
@@ -271,8 +310,9 @@ def test_a_release_delivered_while_docker_does_not_answer_deploys_with_zero_down
             answer = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": "v2"}).encode())
             assert answer.status_code == 202, answer.text
             job_id = answer.json()["job"]
-            wait_for("job.waiting", lambda: [e for e in audit_events(served, "job.waiting")
-                                             if e.get("job") == job_id], 20)
+            wait_for(
+                "job.waiting", lambda: [e for e in audit_events(served, "job.waiting") if e.get("job") == job_id], 20
+            )
             status = served.deployer.cli("status")
             assert f"waiting: {job_id} (web v2" in status.stdout, status.stdout
             assert served_version(22340) == "v1"
@@ -295,7 +335,9 @@ def test_a_release_delivered_while_docker_does_not_answer_deploys_with_zero_down
         waits = [e for e in audit_events(served, "job.waiting") if e.get("job") == job_id]
         assert waits and {e["fault"] for e in waits} == {"docker"}
         assert [e["outcome"] for e in audit_events(served, "worker.fault") if e.get("fault") == "docker"][:2] == [
-            "failed", "ok"]
+            "failed",
+            "ok",
+        ]
 
 
 def test_a_fault_that_outlasts_the_job_timeout_fails_the_job_and_runs_on_failure(serve):
@@ -307,7 +349,8 @@ def test_a_fault_that_outlasts_the_job_timeout_fails_the_job_and_runs_on_failure
         served.deployer.hook("on-failure", f'echo "$DEPLOYER_TAG $DEPLOYER_ERROR" > {marker}\n')
         served.kill()
         served.deployer.config_path.write_text(
-            served.deployer.config_path.read_text().replace("job_timeout = 300", "job_timeout = 6"))
+            served.deployer.config_path.read_text().replace("job_timeout = 300", "job_timeout = 6")
+        )
         served.start()
         daemon["stop"]()
         answer = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": "v2"}).encode())

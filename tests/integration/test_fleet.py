@@ -64,9 +64,16 @@ def test_a_rollout_one_host_at_a_time_under_load_fails_nothing(bed: FleetBed):
     rollout = rollout_id(result)
     # The order, from the controller's audit log: each host done before the next one starts.
     assert host_states(bed, rollout) == [
-        ("h1", "posting"), ("h1", "deploying"), ("h1", "done"),
-        ("h2", "posting"), ("h2", "deploying"), ("h2", "done"),
-        ("h3", "posting"), ("h3", "deploying"), ("h3", "done")]
+        ("h1", "posting"),
+        ("h1", "deploying"),
+        ("h1", "done"),
+        ("h2", "posting"),
+        ("h2", "deploying"),
+        ("h2", "done"),
+        ("h3", "posting"),
+        ("h3", "deploying"),
+        ("h3", "done"),
+    ]
     # One id links them: each host's own `job.queued` names the rollout, and it deployed once.
     for host in bed.cluster.hosts:
         queued = [e for e in bed.audit("job.queued", host.state) if e.get("rollout") == rollout]
@@ -97,7 +104,9 @@ def test_a_failure_on_the_second_batch_reverts_the_done_hosts(bed: FleetBed):
     assert bed.tags() == {"h1": "v1", "h2": "v1", "h3": "v1"}
     rollout = rollout_id(result)
     assert [(j.tag, j.status) for j in bed.host_jobs(bed.cluster.host("h1"), rollout)] == [
-        ("v2", "succeeded"), ("v1", "succeeded")]
+        ("v2", "succeeded"),
+        ("v1", "succeeded"),
+    ]
     assert bed.host_jobs(bed.cluster.host("h3"), rollout) == []
 
 
@@ -247,7 +256,9 @@ def test_an_abort_of_a_rollout_whose_controller_is_down_reverts_h1_and_h2_and_le
     assert bed.host_jobs(bed.cluster.host("h3"), rollout) == []
     for name in ("h1", "h2"):
         assert [(j.tag, j.status) for j in bed.host_jobs(bed.cluster.host(name), rollout)] == [
-            ("v2", "succeeded"), ("v1", "succeeded")], name
+            ("v2", "succeeded"),
+            ("v1", "succeeded"),
+        ], name
     assert failed_requests(records) == {"new": [], "keepalive": []}
     assert udp_lost(records) == []
     assert_every_chain_verifies(bed)

@@ -44,8 +44,11 @@ def ensure_server() -> None:
     if SERVER.exists() and SERVER.stat().st_mtime >= source.stat().st_mtime:
         return
     SERVER.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-pthread", "-o", f"{SERVER}.tmp", str(source)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["gcc", "-static", "-O2", "-Wall", "-Wextra", "-pthread", "-o", f"{SERVER}.tmp", str(source)],
+        check=True,
+        capture_output=True,
+    )
     Path(f"{SERVER}.tmp").replace(SERVER)
 
 
@@ -55,19 +58,27 @@ def forwarded_app(ports: list[tuple[str, int, int, int, int]], *, bind: str = "1
 
 
 def serve(hosts: Hosts, namespace: str, version: str, http: int, udp: int) -> None:
-    hosts.popen(namespace, ["env", f"HTTP_PORT={http}", f"UDP_PORT={udp}", f"APP_VERSION={version}",
-                            "DRAIN_TIMEOUT=1", str(SERVER)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    probe = ("import socket,time\nfor _ in range(100):\n    try:\n        socket.create_connection(('127.0.0.1', "
-             f"{http}), 0.2).close(); break\n    except OSError: time.sleep(0.05)\nelse: raise SystemExit(1)")
+    hosts.popen(
+        namespace,
+        ["env", f"HTTP_PORT={http}", f"UDP_PORT={udp}", f"APP_VERSION={version}", "DRAIN_TIMEOUT=1", str(SERVER)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    probe = (
+        "import socket,time\nfor _ in range(100):\n    try:\n        socket.create_connection(('127.0.0.1', "
+        f"{http}), 0.2).close(); break\n    except OSError: time.sleep(0.05)\nelse: raise SystemExit(1)"
+    )
     assert hosts.run(namespace, [sys.executable, "-c", probe]).returncode == 0, f"{version} never listened"
 
 
 def get(hosts: Hosts, address: str, port: int, timeout: float = 3, source_port: int = 0) -> str:
     """One request from the client; `source_port` pins its port (0: an ephemeral one)."""
-    code = ("import http.client\n"
-            f"c = http.client.HTTPConnection({address!r}, {port}, timeout={timeout}, "
-            f"source_address=('0.0.0.0', {source_port}))\n"
-            "c.request('GET', '/')\nprint(c.getresponse().read().decode().strip())")
+    code = (
+        "import http.client\n"
+        f"c = http.client.HTTPConnection({address!r}, {port}, timeout={timeout}, "
+        f"source_address=('0.0.0.0', {source_port}))\n"
+        "c.request('GET', '/')\nprint(c.getresponse().read().decode().strip())"
+    )
     result = hosts.run(hosts.client, [sys.executable, "-c", code], timeout=timeout + 10)
     if result.returncode != 0:
         return f"FAILED: {result.stderr.strip()[-200:]}"
@@ -111,8 +122,10 @@ while time.monotonic() < deadline:
 def wait_for_flow(hosts: Hosts, namespace: str, protocol: str, source_port: int) -> None:
     """Until the host's conntrack has a flow from the client's `source_port`."""
     deadline = time.monotonic() + 10
-    while "src=" not in hosts.run(namespace, ["conntrack", "-L", "-p", protocol, "--orig-port-src",
-                                              str(source_port)]).stdout:
+    while (
+        "src="
+        not in hosts.run(namespace, ["conntrack", "-L", "-p", protocol, "--orig-port-src", str(source_port)]).stdout
+    ):
         assert time.monotonic() < deadline, f"no {protocol} flow from port {source_port} on {namespace}"
         time.sleep(0.05)
 
@@ -125,8 +138,20 @@ class Load:
         self.clients: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, mode: str, address: str, port: int) -> None:
-        argv = [sys.executable, TRAFFIC, mode, f"{address}:{port}", "--out", str(self.out / f"{name}.jsonl"),
-                "--pause", "0.02", "--timeout", "1" if mode == "udp" else "5", "--duration", "120"]
+        argv = [
+            sys.executable,
+            TRAFFIC,
+            mode,
+            f"{address}:{port}",
+            "--out",
+            str(self.out / f"{name}.jsonl"),
+            "--pause",
+            "0.02",
+            "--timeout",
+            "1" if mode == "udp" else "5",
+            "--duration",
+            "120",
+        ]
         self.clients[name] = self.hosts.popen(self.hosts.client, argv)
 
     def stop(self) -> dict[str, list[dict[str, Any]]]:
@@ -134,8 +159,10 @@ class Load:
             proc.send_signal(signal.SIGTERM)
         for proc in self.clients.values():
             proc.wait(timeout=15)
-        return {name: [json.loads(line) for line in (self.out / f"{name}.jsonl").read_text().splitlines()]
-                for name in self.clients}
+        return {
+            name: [json.loads(line) for line in (self.out / f"{name}.jsonl").read_text().splitlines()]
+            for name in self.clients
+        }
 
 
 def failed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -154,10 +181,12 @@ def new_host(host: None, tmp_path: Path) -> Iterator[Deployer]:
         yield instance
 
 
-def deployer_in(hosts: Hosts, namespace: str, deployer: Deployer, *args: str,
-                timeout: float = 120) -> subprocess.CompletedProcess:
-    return hosts.run(namespace, [sys.executable, "-m", "deployer", "-c", str(deployer.config_path), *args],
-                     cwd=REPO, timeout=timeout)
+def deployer_in(
+    hosts: Hosts, namespace: str, deployer: Deployer, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return hosts.run(
+        namespace, [sys.executable, "-m", "deployer", "-c", str(deployer.config_path), *args], cwd=REPO, timeout=timeout
+    )
 
 
 def like_a_docker_host(hosts: Hosts, *, docker_user: bool) -> None:
@@ -178,9 +207,13 @@ def deployer_leftovers(hosts: Hosts, namespace: str, prefix: str, *addresses: st
     """Anything forwarding leaves behind: chains, rules naming the old host, marks, ip rules, routes of the table;
     in iptables, and in the nftables backend's table."""
     saved = hosts.save(namespace) + hosts.nft_table(namespace, prefix.lower())
-    found = [line for line in saved.splitlines()
-             if any(f"{prefix}-{name}" in line for name in ("FORWARD", "SNAT", "RETURN"))
-             or "CONNMARK" in line or any(address in line for address in addresses)]
+    found = [
+        line
+        for line in saved.splitlines()
+        if any(f"{prefix}-{name}" in line for name in ("FORWARD", "SNAT", "RETURN"))
+        or "CONNMARK" in line
+        or any(address in line for address in addresses)
+    ]
     rules = hosts.run(namespace, ["ip", "-4", "rule", "show"]).stdout
     found += [f"ip rule: {line}" for line in rules.splitlines() if "fwmark" in line or f"lookup {TABLE}" in line]
     table = hosts.run(namespace, ["ip", "-4", "route", "show", "table", TABLE]).stdout
@@ -194,19 +227,33 @@ def deployer_leftovers(hosts: Hosts, namespace: str, prefix: str, *addresses: st
 def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None:
     with Hosts(container=True) as hosts:
         like_a_docker_host(hosts, docker_user=True)
-        new_host.configure(forwarded_app([("tcp", 26080, 8080, 26082, 26083), ("tcp", 26081, 8081, 26084, 26085),
-                                          ("udp", 26080, 9090, 26082, 26083)]))
+        new_host.configure(
+            forwarded_app(
+                [
+                    ("tcp", 26080, 8080, 26082, 26083),
+                    ("tcp", 26081, 8081, 26084, 26085),
+                    ("udp", 26080, 9090, 26082, 26083),
+                ]
+            )
+        )
         old_host = Deployer(root=new_host.root / "old", prefix=new_host.prefix)
         old_host.root.mkdir()
         old_host.configure(forwarded_app([("tcp", 26080, 8080, 26082, 26083)]))
         # The app on the old host: port 26080/tcp a local process, 26081/tcp and 26080/udp a container behind DNAT.
         serve(hosts, hosts.old, "old", 26080, 26089)
         serve(hosts, hosts.kube, "old-container", 26081, 26080)
-        hosts.iptables_restore(hosts.old, "\n".join([
-            "*nat",
-            f"-A PREROUTING -p tcp -m tcp --dport 26081 -j DNAT --to-destination {hosts.container_ip}:26081",
-            f"-A PREROUTING -p udp -m udp --dport 26080 -j DNAT --to-destination {hosts.container_ip}:26080",
-            "COMMIT", ""]))
+        hosts.iptables_restore(
+            hosts.old,
+            "\n".join(
+                [
+                    "*nat",
+                    f"-A PREROUTING -p tcp -m tcp --dport 26081 -j DNAT --to-destination {hosts.container_ip}:26081",
+                    f"-A PREROUTING -p udp -m udp --dport 26080 -j DNAT --to-destination {hosts.container_ip}:26080",
+                    "COMMIT",
+                    "",
+                ]
+            ),
+        )
 
         done = deployer_in(hosts, hosts.new, new_host, "forward", "web", "--to", hosts.old_link)
         assert done.returncode == 0, done.stderr
@@ -220,15 +267,26 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         assert get(hosts, hosts.old_public, 26080) == f"old {hosts.client_direct}", "direct clients broke"
         # Two clients already trying when the return path comes: a TCP connect still retrying its SYN,
         # and a UDP client sending from one port. Their flows began unmarked on the old host.
-        pending = {"tcp": hosts.popen(hosts.client, [sys.executable, "-c", PENDING_TCP, hosts.new_public, "26080",
-                                                     str(port - 1)], stdout=subprocess.PIPE, text=True),
-                   "udp": hosts.popen(hosts.client, [sys.executable, "-c", PENDING_UDP, hosts.new_public, "26080",
-                                                     str(port - 2)], stdout=subprocess.PIPE, text=True)}
+        pending = {
+            "tcp": hosts.popen(
+                hosts.client,
+                [sys.executable, "-c", PENDING_TCP, hosts.new_public, "26080", str(port - 1)],
+                stdout=subprocess.PIPE,
+                text=True,
+            ),
+            "udp": hosts.popen(
+                hosts.client,
+                [sys.executable, "-c", PENDING_UDP, hosts.new_public, "26080", str(port - 2)],
+                stdout=subprocess.PIPE,
+                text=True,
+            ),
+        }
         for protocol, source_port in (("tcp", port - 1), ("udp", port - 2)):
             wait_for_flow(hosts, hosts.old, protocol, source_port)
 
-        done = deployer_in(hosts, hosts.old, old_host, "forward-return", "--via", hosts.new_link,
-                           "--dev", hosts.old_dev)
+        done = deployer_in(
+            hosts, hosts.old, old_host, "forward-return", "--via", hosts.new_link, "--dev", hosts.old_dev
+        )
         assert done.returncode == 0, done.stderr
         assert "MAC" in done.stdout
         answers = {protocol: proc.communicate(timeout=30)[0].strip() for protocol, proc in pending.items()}
@@ -249,10 +307,13 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         assert "rules match" in status.stdout
         for name, records in seen.items():
             assert len(records) > 30, f"{name}: too little traffic to judge ({len(records)})"
-            assert not failed(records), f"{name}: {len(failed(records))} of {len(records)} failed: {failed(records)[:2]}"
+            assert not failed(records), (
+                f"{name}: {len(failed(records))} of {len(records)} failed: {failed(records)[:2]}"
+            )
         assert {(r["version"], client_ip_of(r)) for r in seen["forwarded-new"]} == {("old", hosts.client_ip)}
-        assert {(r["version"], client_ip_of(r)) for r in seen["forwarded-keepalive"]} == \
-            {("old-container", hosts.client_ip)}
+        assert {(r["version"], client_ip_of(r)) for r in seen["forwarded-keepalive"]} == {
+            ("old-container", hosts.client_ip)
+        }
         assert {r["version"] for r in seen["forwarded-udp"]} == {"old-container"}
         assert {(r["version"], client_ip_of(r)) for r in seen["direct"]} == {("old", hosts.client_direct)}
 
@@ -307,8 +368,12 @@ def docker_subnet() -> str:
     from deployer.adapters.docker_host import DockerHost
 
     DockerHost("unix:///var/run/docker.sock").ensure_network(NETWORK, BRIDGE)
-    result = subprocess.run(["docker", "network", "inspect", NETWORK, "-f", "{{(index .IPAM.Config 0).Subnet}}"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["docker", "network", "inspect", NETWORK, "-f", "{{(index .IPAM.Config 0).Subnet}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.strip()
 
 
@@ -324,8 +389,9 @@ def segments(records: list[dict[str, Any]]) -> list[tuple[str, set[str]]]:
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
-def test_masquerade_then_cut_over_to_a_local_deploy_and_back_without_a_failed_request(new_host: Deployer,
-                                                                                      images: Any, backend: str) -> None:
+def test_masquerade_then_cut_over_to_a_local_deploy_and_back_without_a_failed_request(
+    new_host: Deployer, images: Any, backend: str
+) -> None:
     """The new host's deployer deploys a real container of the machine's dockerd, from its own namespace.
 
     dockerd lives in the root namespace, so the new host reaches its containers over a veth to
@@ -338,10 +404,13 @@ def test_masquerade_then_cut_over_to_a_local_deploy_and_back_without_a_failed_re
         subnet = docker_subnet()
         hosts.run(hosts.new, ["ip", "route", "add", subnet, "via", hosts.root_ip], check=True)
         # What Docker's own FORWARD rules do on a real host: accept traffic to and from its containers.
-        hosts.iptables_restore(hosts.new, "*filter\n-A FORWARD -o to-root -j ACCEPT\n-A FORWARD -i to-root -j ACCEPT\n"
-                                          "COMMIT\n")
-        new_host.configure(forwarded_app([("tcp", 26180, 8080, 26181, 26182), ("udp", 26180, 9090, 26181, 26182)],
-                                         bind=hosts.root_ip), settings=f'backend = "{backend}"')
+        hosts.iptables_restore(
+            hosts.new, "*filter\n-A FORWARD -o to-root -j ACCEPT\n-A FORWARD -i to-root -j ACCEPT\nCOMMIT\n"
+        )
+        new_host.configure(
+            forwarded_app([("tcp", 26180, 8080, 26181, 26182), ("udp", 26180, 9090, 26181, 26182)], bind=hosts.root_ip),
+            settings=f'backend = "{backend}"',
+        )
         serve(hosts, hosts.old, "old", 26180, 26180)
 
         def step(*args: str) -> float:
@@ -365,20 +434,30 @@ def test_masquerade_then_cut_over_to_a_local_deploy_and_back_without_a_failed_re
         # The masquerade towards the old host is in the nat rules of the backend the config names, only there.
         assert (f"{new_host.prefix}-SNAT" in iptables_nat) == (backend == "iptables")
         assert (f"ip daddr {hosts.old_link} tcp dport 26180 ct status dnat masquerade" in table) == (
-            backend == "nftables")
+            backend == "nftables"
+        )
         took["off"] = step("forward", "web", "--off")
         time.sleep(1.5)
         seen = load.stop()
         audit = deployer_in(hosts, hosts.new, new_host, "audit", "--event", "step", "--limit", "0", "--jsonl")
-        commits = [json.loads(line).get("committed_ms") for line in audit.stdout.splitlines()
-                   if json.loads(line).get("step") == "flip"]
-        print(f"durations: { {k: round(v, 2) for k, v in took.items()} }, requests: "
-              f"{ {k: len(v) for k, v in seen.items()} }, unanswered datagrams: {len(failed(seen['udp']))}, "
-              f"flip commits (ms, newest first): {commits}")
+        commits = [
+            json.loads(line).get("committed_ms")
+            for line in audit.stdout.splitlines()
+            if json.loads(line).get("step") == "flip"
+        ]
+        print(
+            f"durations: { {k: round(v, 2) for k, v in took.items()} }, requests: "
+            f"{ {k: len(v) for k, v in seen.items()} }, unanswered datagrams: {len(failed(seen['udp']))}, "
+            f"flip commits (ms, newest first): {commits}"
+        )
 
         assert not failed(seen["new"]), f"{len(failed(seen['new']))} failed: {failed(seen['new'])[:3]}"
         assert [(version, clients) for version, clients in segments(seen["new"])] == [
-            ("old", {hosts.new_link}), ("v1", {hosts.client_ip}), ("old", {hosts.new_link}), ("v1", {hosts.client_ip})]
+            ("old", {hosts.new_link}),
+            ("v1", {hosts.client_ip}),
+            ("old", {hosts.new_link}),
+            ("v1", {hosts.client_ip}),
+        ]
         unanswered = failed(seen["udp"])
         assert len(unanswered) <= 3, f"{len(unanswered)} datagrams unanswered over 3 moves: {unanswered[:3]}"
         assert [v for v, _ in segments([r for r in seen["udp"] if r["answered"]])] == ["old", "v1", "old", "v1"]
@@ -405,9 +484,13 @@ def test_preflight_refusals_change_nothing(new_host: Deployer) -> None:
         old_host.root.mkdir()
         old_host.configure(forwarded_app([("tcp", 26280, 8080, 26281, 26282)]))
         spare = hosts.subnets["e"]  # routed nowhere yet
+
         def snapshot(namespace: str) -> tuple[list[str], str]:
-            rules = [re.sub(r"\[\d+:\d+\]", "", line) for line in hosts.save(namespace).splitlines()
-                     if not line.startswith("#")]
+            rules = [
+                re.sub(r"\[\d+:\d+\]", "", line)
+                for line in hosts.save(namespace).splitlines()
+                if not line.startswith("#")
+            ]
             return rules, hosts.run(namespace, ["ip", "rule"]).stdout
 
         before = {ns: snapshot(ns) for ns in (hosts.new, hosts.old)}
@@ -417,13 +500,14 @@ def test_preflight_refusals_change_nothing(new_host: Deployer) -> None:
             assert done.returncode == code, f"{args}: exit {done.returncode}: {done.stdout} {done.stderr}"
             return done.stderr
 
-        assert "is not an IPv4 address" in refused(hosts.new, new_host, "forward", "web", "--to", "198.18.0.256",
-                                                   code=2)
-        assert "has no external port 1234" in refused(hosts.new, new_host, "forward", "web", "--to", hosts.old_link,
-                                                      "--port", "1234=80", code=2)
+        assert "is not an IPv4 address" in refused(
+            hosts.new, new_host, "forward", "web", "--to", "198.18.0.256", code=2
+        )
+        assert "has no external port 1234" in refused(
+            hosts.new, new_host, "forward", "web", "--to", hosts.old_link, "--port", "1234=80", code=2
+        )
         assert f"no route to {spare[5]}" in refused(hosts.new, new_host, "forward", "web", "--to", str(spare[5]))
-        assert "is an address of this host" in refused(hosts.new, new_host, "forward", "web", "--to",
-                                                       hosts.new_public)
+        assert "is an address of this host" in refused(hosts.new, new_host, "forward", "web", "--to", hosts.new_public)
         message = refused(hosts.new, new_host, "forward", "web", "--to", hosts.old_link)
         assert f"{hosts.old_link}:26280/tcp does not accept connections from this host (Connection refused)" in message
         hosts.run(hosts.new, ["ip", "route", "add", str(spare), "via", hosts.old_link], check=True)
@@ -440,14 +524,16 @@ def test_preflight_refusals_change_nothing(new_host: Deployer) -> None:
         assert f"net.ipv4.conf.{hosts.old_dev}.rp_filter=1" in return_refusal(*via, "--dev", hosts.old_dev)
         hosts.sysctl(hosts.old, f"net/ipv4/conf/{hosts.old_dev}/rp_filter", "0")
         assert f"{hosts.client_direct} is not on {hosts.old_dev}'s link" in return_refusal(
-            "--via", hosts.client_direct, "--dev", hosts.old_dev)
+            "--via", hosts.client_direct, "--dev", hosts.old_dev
+        )
         silent = str(hosts.subnets["b"][9])
         assert f"{silent} does not answer on {hosts.old_dev}" in return_refusal("--via", silent, "--dev", hosts.old_dev)
         hosts.run(hosts.old, ["ip", "rule", "add", "priority", "202", "lookup", "100"], check=True)
         assert "already uses priority 202" in return_refusal(*via, "--dev", hosts.old_dev)
         hosts.run(hosts.old, ["ip", "rule", "del", "priority", "202", "lookup", "100"], check=True)
-        hosts.run(hosts.old, ["ip", "route", "add", "198.19.255.0/24", "via", hosts.new_link, "table", TABLE],
-                  check=True)
+        hosts.run(
+            hosts.old, ["ip", "route", "add", "198.19.255.0/24", "via", hosts.new_link, "table", TABLE], check=True
+        )
         assert f"routing table {TABLE} is in use" in return_refusal(*via, "--dev", hosts.old_dev)
         hosts.run(hosts.old, ["ip", "route", "flush", "table", TABLE], check=True)
 
@@ -462,8 +548,9 @@ def test_preflight_refusals_change_nothing(new_host: Deployer) -> None:
         # Set up once, a second new host is refused until --off.
         done = deployer_in(hosts, hosts.old, old_host, "forward-return", *via, "--dev", hosts.old_dev)
         assert done.returncode == 0, done.stderr
-        assert f"already return via {hosts.new_link}" in return_refusal("--via", str(hosts.subnets["b"][3]), "--dev",
-                                                                       hosts.old_dev)
+        assert f"already return via {hosts.new_link}" in return_refusal(
+            "--via", str(hosts.subnets["b"][3]), "--dev", hosts.old_dev
+        )
         # Uninstall takes the return path away too.
         done = deployer_in(hosts, hosts.old, old_host, "uninstall", "--yes")
         assert done.returncode == 0, done.stderr

@@ -79,17 +79,24 @@ def test_install_deps_and_the_unit_tests_pass_on_stock_debian_from_a_plain_clone
         assert python.stdout.splitlines()[0] == "Python 3.11.2", python.stdout
         assert python.stdout.splitlines()[-1] == "no pip", "pip came into the system Python"
 
-        system = step(rootfs, log, "system-wide",
-                      "cd / && ! command -v deployer && ! python3 -c 'import deployer' 2>/dev/null")
+        system = step(
+            rootfs, log, "system-wide", "cd / && ! command -v deployer && ! python3 -c 'import deployer' 2>/dev/null"
+        )
         assert system.returncode == 0, f"the deployer was installed system-wide: {system.stdout}"
 
         cli = step(rootfs, log, "deployer --help", f"{CLONE}/.venv/bin/deployer --help")
         assert cli.returncode == 0 and cli.stdout.startswith("usage: deployer"), cli.stdout[-2000:]
 
-        units = step(rootfs, log, "unit tests",
-                     f"cd {CLONE} && .venv/bin/python -m pytest tests/unit -q -p no:cacheprovider", timeout=600)
+        units = step(
+            rootfs,
+            log,
+            "unit tests",
+            f"cd {CLONE} && .venv/bin/python -m pytest tests/unit -q -p no:cacheprovider",
+            timeout=600,
+        )
         summary = units.stdout.strip().splitlines()[-1] if units.stdout.strip() else ""
         log.append(f"unit tests: {summary}")
         assert units.returncode == 0, units.stdout[-6000:]
         assert re.fullmatch(r"=*\s*\d+ passed(, \d+ warnings?)? in [\d.]+s( \([^)]*\))?\s*=*", summary), (
-            f"not every unit test passed: {summary}")
+            f"not every unit test passed: {summary}"
+        )

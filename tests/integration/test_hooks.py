@@ -93,13 +93,16 @@ def test_failing_post_healthy_hook_stops_before_the_flip(deployer, outside):
     before = snapshot(deployer)
     marker = deployer.root / "new-instance-answered"
     # The new instance is up and healthy when the hook runs: it answers on its set port.
-    deployer.hook("post-healthy", f"""python3 - > "{marker}" <<'EOF'
+    deployer.hook(
+        "post-healthy",
+        f"""python3 - > "{marker}" <<'EOF'
 import os, urllib.request
 port = os.environ["DEPLOYER_NEW_PORT"]
 print(urllib.request.urlopen("http://127.0.0.1:" + port + "/", timeout=5).read().decode())
 EOF
 exit 1
-""")
+""",
+    )
     on_failure = record_env(deployer, "on-failure")
     deployer.events.clear()
 

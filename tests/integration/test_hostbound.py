@@ -52,9 +52,13 @@ class Nginx:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(["nginx", "-c", str(self.conf), "-p", str(self.root), "-e",
-                                         str(self.root / "error.log")], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            ["nginx", "-c", str(self.conf), "-p", str(self.root), "-e", str(self.root / "error.log")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -101,8 +105,10 @@ def local_get(port: int) -> str:
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, outside, nginx, tmp_path, backend):
-    deployer.configure(f"[apps.web]\nhost_bound = true\n[[apps.web.ports]]\nexternal = {PORT}\n",
-                       settings=f'maintenance_port = 25390\nbackend = "{backend}"')
+    deployer.configure(
+        f"[apps.web]\nhost_bound = true\n[[apps.web.ports]]\nexternal = {PORT}\n",
+        settings=f'maintenance_port = 25390\nbackend = "{backend}"',
+    )
     nginx.start()
     refused = deployer.cli("deploy", "web", "v1")
     assert refused.returncode == 2 and "host-bound" in refused.stderr
@@ -115,11 +121,20 @@ def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, outside,
     nat = deployer.nat_of(backend)
     assert f"-A PREROUTING -m addrtype --dst-type LOCAL -j {hostbound_chain}" in nat.rules("PREROUTING")
     assert not [r for r in nat.rules("OUTPUT") if hostbound_chain in r]
-    assert not [r for r in deployer.nat_of("nftables" if backend == "iptables" else "iptables").chains
-                if r.startswith(deployer.prefix)]  # nothing of the deployer's in the other backend
+    assert not [
+        r
+        for r in deployer.nat_of("nftables" if backend == "iptables" else "iptables").chains
+        if r.startswith(deployer.prefix)
+    ]  # nothing of the deployer's in the other backend
 
-    with Background([sys.executable, "-m", "deployer", "-c", str(deployer.config_path), "maintenance-server"],
-                    tmp_path / "responder.log", cwd=REPO) as server, Load(tmp_path / "load") as load:
+    with (
+        Background(
+            [sys.executable, "-m", "deployer", "-c", str(deployer.config_path), "maintenance-server"],
+            tmp_path / "responder.log",
+            cwd=REPO,
+        ) as server,
+        Load(tmp_path / "load") as load,
+    ):
         server.wait_for("maintenance responder on port 25390")
         load.start("outside", "http-new", f"{outside.host_ip}:{PORT}", popen=outside.popen)
         time.sleep(1.0)
@@ -127,8 +142,9 @@ def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, outside,
         nginx.stop()
         stopped = time.time()
         time.sleep(1.0)
-        page = outside.run(["curl", "-sS", "-D", "-", f"http://{outside.host_ip}:{PORT}/"], capture_output=True,
-                           text=True).stdout
+        page = outside.run(
+            ["curl", "-sS", "-D", "-", f"http://{outside.host_ip}:{PORT}/"], capture_output=True, text=True
+        ).stdout
         # The socket match exists in PREROUTING only: a process on the host reaches the port directly.
         local_while_down = local_get(PORT)
         time.sleep(1.0)

@@ -129,8 +129,9 @@ def test_two_apps_deploy_at_the_same_time(deployer):
     # From nothing, then an upgrade of both at once: two threads, two engines.
     for tags in (("v1", "v1"), ("v2", "v1")):
         barrier = threading.Barrier(2)
-        threads = [threading.Thread(target=deploy, args=(name, tag, barrier))
-                   for name, tag in zip(("alpha", "beta"), tags)]
+        threads = [
+            threading.Thread(target=deploy, args=(name, tag, barrier)) for name, tag in zip(("alpha", "beta"), tags)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -155,8 +156,10 @@ def test_two_apps_deploy_at_the_same_time(deployer):
     statuses = {s.app: s for s in deployer.engine().status()}
     assert statuses["alpha"].rules_match and statuses["beta"].rules_match
     assert (statuses["alpha"].active.port_set, statuses["beta"].active.port_set) == ("blue", "blue")
-    assert sorted(c.name for c in deployer.containers()) == [f"{deployer.prefix.lower()}-alpha-blue",
-                                                             f"{deployer.prefix.lower()}-beta-blue"]
+    assert sorted(c.name for c in deployer.containers()) == [
+        f"{deployer.prefix.lower()}-alpha-blue",
+        f"{deployer.prefix.lower()}-beta-blue",
+    ]
 
 
 # --- one deploy at a time per app ------------------------------------------------------------------
@@ -247,8 +250,7 @@ def test_foreign_rules_and_chains_survive_every_operation(deployer):
     setup = ["*nat", f":{foreign} - [0:0]", canaries[-1]]
     for rule in canaries[:-1]:
         chain = rule.split()[1]
-        setup.append(rule.replace(f"-A {chain}", f"-I {chain} 1", 1) if rule.endswith("-first -j RETURN")
-                     else rule)
+        setup.append(rule.replace(f"-A {chain}", f"-I {chain} 1", 1) if rule.endswith("-first -j RETURN") else rule)
     docker_nat = {c for c in ("DOCKER",) if any(line.startswith(f":{c} ") for line in _nat_lines())}
     docker_filter = {c for c in _filter_chains() if c.startswith("DOCKER")}
     assert "DOCKER" in docker_nat and "DOCKER-USER" in docker_filter
@@ -312,16 +314,32 @@ def test_remove_leftovers_removes_what_a_dead_run_left_and_nothing_alive(deploye
     netfilter = Netfilter()
     leftover = None
     try:
-        netfilter.restore("\n".join([
-            "*nat", f":{dead} - [0:0]", f":{dead}-web - [0:0]", f":{dead}-POSTROUTING - [0:0]",
-            f"-A {dead} -j {dead}-web",
-            f"-A {dead}-web -p tcp -m tcp --dport 21269 -j DNAT --to-destination 192.0.2.1:8080",
-            f"-I OUTPUT 1 -m addrtype --dst-type LOCAL -j {dead}",
-            f"-A POSTROUTING -j {dead}-POSTROUTING", "COMMIT", ""]))
+        netfilter.restore(
+            "\n".join(
+                [
+                    "*nat",
+                    f":{dead} - [0:0]",
+                    f":{dead}-web - [0:0]",
+                    f":{dead}-POSTROUTING - [0:0]",
+                    f"-A {dead} -j {dead}-web",
+                    f"-A {dead}-web -p tcp -m tcp --dport 21269 -j DNAT --to-destination 192.0.2.1:8080",
+                    f"-I OUTPUT 1 -m addrtype --dst-type LOCAL -j {dead}",
+                    f"-A POSTROUTING -j {dead}-POSTROUTING",
+                    "COMMIT",
+                    "",
+                ]
+            )
+        )
         leftover = docker.client.containers.create(
-            f"{IMAGE}:v1", name=f"{dead.lower()}-web-blue",
-            labels={"deployer.owner": dead.lower(), "deployer.app": "web", "deployer.set": "blue",
-                    "test.deployer": "1"})
+            f"{IMAGE}:v1",
+            name=f"{dead.lower()}-web-blue",
+            labels={
+                "deployer.owner": dead.lower(),
+                "deployer.app": "web",
+                "deployer.set": "blue",
+                "test.deployer": "1",
+            },
+        )
         assert TEST_PREFIX_RE.match(dead)
 
         remove_leftovers()

@@ -30,20 +30,28 @@ def deployer_argv(deployer, *args: str) -> list[str]:
 
 
 def audit(deployer, event: str) -> list[dict]:
-    return [e.as_dict() for e in AuditLog.for_state_dir(deployer.root / "state").query(
-        Query(event=(event,), oldest_first=True, limit=None))]
+    return [
+        e.as_dict()
+        for e in AuditLog.for_state_dir(deployer.root / "state").query(
+            Query(event=(event,), oldest_first=True, limit=None)
+        )
+    ]
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_maintenance_on_and_off_under_load(deployer, outside, tmp_path, backend):
-    deployer.configure(demo_app("mt", external=25100, blue=25101, green=25102),
-                       settings=f'maintenance_port = 25190\nbackend = "{backend}"')
+    deployer.configure(
+        demo_app("mt", external=25100, blue=25101, green=25102),
+        settings=f'maintenance_port = 25190\nbackend = "{backend}"',
+    )
     assert deployer.cli("deploy", "mt", "v1").returncode == 0
     refused = deployer.cli("maintenance", "on", "mt")
     assert refused.returncode == 1 and "no maintenance responder answers on port 25190" in refused.stderr
 
-    with Background(deployer_argv(deployer, "maintenance-server"), tmp_path / "responder.log", cwd=REPO) as server, \
-            Load(tmp_path / "load") as load:
+    with (
+        Background(deployer_argv(deployer, "maintenance-server"), tmp_path / "responder.log", cwd=REPO) as server,
+        Load(tmp_path / "load") as load,
+    ):
         server.wait_for("maintenance responder on port 25190")
         load.start("outside", "http-new", f"{outside.host_ip}:25100", popen=outside.popen)
         load.start("loopback", "http-new", "127.0.0.1:25100")
@@ -57,10 +65,14 @@ def test_maintenance_on_and_off_under_load(deployer, outside, tmp_path, backend)
         assert on.returncode == 0, on.stderr
         time.sleep(1.5)
         status = json.loads(deployer.cli("status", "mt", "--json").stdout)[0]
-        page = subprocess.run(["curl", "-sS", "-D", "-", f"http://{outside.host_ip}:25100/any/path"],
-                              capture_output=True, text=True)
-        page_outside = outside.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
-                                    f"http://{outside.host_ip}:25100/"], capture_output=True, text=True)
+        page = subprocess.run(
+            ["curl", "-sS", "-D", "-", f"http://{outside.host_ip}:25100/any/path"], capture_output=True, text=True
+        )
+        page_outside = outside.run(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://{outside.host_ip}:25100/"],
+            capture_output=True,
+            text=True,
+        )
         off_started = time.time()
         off = deployer.cli("maintenance", "off", "mt")
         off_done = time.time()
@@ -94,7 +106,9 @@ def test_maintenance_on_and_off_under_load(deployer, outside, tmp_path, backend)
     assert keepalive and all(r["status"] == 200 and "error" not in r for r in keepalive)
 
     assert [(e["event"], e["actor"], e.get("message")) for e in audit(deployer, "maintenance.*")] == [
-        ("maintenance.on", CLI_ACTOR, "Back at 10:00 UTC"), ("maintenance.off", CLI_ACTOR, None)]
+        ("maintenance.on", CLI_ACTOR, "Back at 10:00 UTC"),
+        ("maintenance.off", CLI_ACTOR, None),
+    ]
     back = json.loads(deployer.cli("status", "mt", "--json").stdout)[0]
     assert back["mode"] == "serving" and back["rules_match"]
 
@@ -109,13 +123,20 @@ def no_retry_chain_left(deployer):
         netfilter.restore(text)
 
 
-def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(deployer, outside, tmp_path,
-                                                                              no_retry_chain_left):
+def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(
+    deployer, outside, tmp_path, no_retry_chain_left
+):
     interval, failures = 0.3, 3
-    deployer.configure(demo_app("fo", external=25200, blue=25201, green=25202,
-                                extra=f"[apps.fo.watchdog]\ninterval = {interval}\nfailures = {failures}\n"
-                                      "recoveries = 3\n"),
-                       settings="maintenance_port = 25290")
+    deployer.configure(
+        demo_app(
+            "fo",
+            external=25200,
+            blue=25201,
+            green=25202,
+            extra=f"[apps.fo.watchdog]\ninterval = {interval}\nfailures = {failures}\nrecoveries = 3\n",
+        ),
+        settings="maintenance_port = 25290",
+    )
     assert deployer.cli("deploy", "fo", "v1").returncode == 0
     store = StateStore(deployer.root / "state")
     container = store.load("fo").active.container_id
@@ -128,8 +149,10 @@ def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(de
             time.sleep(0.05)
         raise AssertionError(f"fo never reached mode {mode}:\n{watch.output()}")
 
-    with Background(deployer_argv(deployer, "watch"), tmp_path / "watch.log", cwd=REPO) as watch, \
-            Load(tmp_path / "load") as load:
+    with (
+        Background(deployer_argv(deployer, "watch"), tmp_path / "watch.log", cwd=REPO) as watch,
+        Load(tmp_path / "load") as load,
+    ):
         watch.wait_for("watching fo; maintenance responder on port 25290")
         assert retries.parse(Netfilter().save_table("mangle")).has_chain(f"{deployer.prefix}-RETRY")
         load.start("outside", "http-new", f"{outside.host_ip}:25200", popen=outside.popen)
@@ -148,14 +171,23 @@ def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(de
         load.stop()
         # How many resets of the dying instance became retries (it depends on timing, so it is only recorded).
         saved = subprocess.run(["iptables-save", "-c", "-t", "mangle"], capture_output=True, text=True).stdout
-        retried = sum(int(line[1:].split(":", 1)[0]) for line in saved.splitlines()
-                      if line.startswith("[") and f"-A {deployer.prefix}-RETRY " in line)
+        retried = sum(
+            int(line[1:].split(":", 1)[0])
+            for line in saved.splitlines()
+            if line.startswith("[") and f"-A {deployer.prefix}-RETRY " in line
+        )
     assert watch.process.returncode == 0, watch.output()
     assert not retries.parse(Netfilter().save_table("mangle")).has_chain(f"{deployer.prefix}-RETRY")
 
     threshold = failures * interval
-    timeline = {"killed": killed, "kill_returned": kill_returned, "failed_over": failed_over, "restarted": restarted, "recovered": recovered,
-                "resets_retried": retried}
+    timeline = {
+        "killed": killed,
+        "kill_returned": kill_returned,
+        "failed_over": failed_over,
+        "restarted": restarted,
+        "recovered": recovered,
+        "resets_retried": retried,
+    }
     (tmp_path / "timeline.json").write_text(json.dumps(timeline))  # to read when a run fails
     for name in ("outside", "loopback"):
         records = load.records(name)
@@ -175,7 +207,9 @@ def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(de
 
     events = audit(deployer, "failover.*")
     assert [(e["event"], e["actor"], e["outcome"]) for e in events] == [
-        ("failover.on", "watchdog", "ok"), ("failover.off", "watchdog", "ok")], events
+        ("failover.on", "watchdog", "ok"),
+        ("failover.off", "watchdog", "ok"),
+    ], events
     assert events[0]["failures"] == failures
     assert re.search(r"\[fo\] failover\.on ok", watch.output()), watch.output()
     status = json.loads(deployer.cli("status", "fo", "--json").stdout)[0]

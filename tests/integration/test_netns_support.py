@@ -56,8 +56,7 @@ def test_client_reaches_host_listener_with_its_own_source_address():
                 f"s = socket.create_connection(({client.host_ip!r}, {port}), timeout=5)\n"
                 "s.sendall(b'ping'); sys.stdout.write(s.recv(64).decode())\n"
             )
-            out = client.run([sys.executable, "-c", script],
-                             capture_output=True, text=True, timeout=10, check=True)
+            out = client.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=10, check=True)
             thread.join(timeout=5)
 
     assert out.stdout == "PING"
@@ -76,8 +75,9 @@ def test_teardown_runs_when_the_body_raises_and_stops_processes():
 
 def test_cleanup_stale_removes_leftovers_of_a_killed_run():
     subprocess.run(["ip", "netns", "add", PREFIX + "left"], check=True)
-    subprocess.run(["ip", "link", "add", PREFIX + "left-h", "type", "veth",
-                    "peer", "name", PREFIX + "left-n"], check=True)
+    subprocess.run(
+        ["ip", "link", "add", PREFIX + "left-h", "type", "veth", "peer", "name", PREFIX + "left-n"], check=True
+    )
     removed = cleanup_stale(PREFIX)
     assert PREFIX + "left" in removed
     assert {PREFIX + "left-h", PREFIX + "left-n"} & set(removed)  # one end takes the other

@@ -34,8 +34,15 @@ def backend(tmp_path: Path) -> Iterator[NftablesBackend]:
     except RulesError as exc:
         missing(str(exc))
     prefix = f"DT{uuid.uuid4().hex[:6].upper()}"
-    made = NftablesBackend(Nftables(), Netfilter(), table=prefix.lower(), prefix=prefix, reader=Nftables(handles=True),
-                           generation=tmp_path / "nftables.generation", ports=lambda app: PORTS.get(app, []))
+    made = NftablesBackend(
+        Nftables(),
+        Netfilter(),
+        table=prefix.lower(),
+        prefix=prefix,
+        reader=Nftables(handles=True),
+        generation=tmp_path / "nftables.generation",
+        ports=lambda app: PORTS.get(app, []),
+    )
     try:
         yield made
     finally:
@@ -115,13 +122,18 @@ def test_a_table_of_the_layout_before_the_maps_moves_app_by_app_and_every_port_k
     blue, blue_port = _serve(address, b"blue")
     green, green_port = _serve(address, b"green")
     ports = {"t": EXTERNAL, "u": EXTERNAL + 1000}
-    old = [f"add table ip {table}",
-           f"add chain ip {table} OUTPUT {{ type nat hook output priority -105; policy accept; }}",
-           f"add chain ip {table} {top}", f"add rule ip {table} OUTPUT fib daddr type local jump {top}"]
+    old = [
+        f"add table ip {table}",
+        f"add chain ip {table} OUTPUT {{ type nat hook output priority -105; policy accept; }}",
+        f"add chain ip {table} {top}",
+        f"add rule ip {table} OUTPUT fib daddr type local jump {top}",
+    ]
     for app, port in ports.items():
-        old += [f"add chain ip {table} {top}-{app}", f"add rule ip {table} {top} jump {top}-{app}",
-                f"add rule ip {table} {top}-{app} tcp dport {port} dnat to {address}:{blue_port} "
-                f'comment "{app} blue v1"']
+        old += [
+            f"add chain ip {table} {top}-{app}",
+            f"add rule ip {table} {top} jump {top}-{app}",
+            f'add rule ip {table} {top}-{app} tcp dport {port} dnat to {address}:{blue_port} comment "{app} blue v1"',
+        ]
     try:
         backend.runner.run("\n".join([*old, ""]))
         assert (_ask(address, ports["t"]), _ask(address, ports["u"])) == (b"blue", b"blue")

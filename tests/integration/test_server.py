@@ -67,16 +67,38 @@ def test_a_signed_published_release_deploys_with_zero_failed_requests(serve, ima
 
     out = tmp_path / "traffic"
     out.mkdir()
-    clients = [subprocess.Popen([sys.executable, TRAFFIC, mode, "127.0.0.1:22100", "--out", str(out / f"{mode}.jsonl"),
-                                 "--pause", "0.005", "--timeout", "5", "--duration", "120"])
-               for mode in ("http-new", "http-keepalive")]
+    clients = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                TRAFFIC,
+                mode,
+                "127.0.0.1:22100",
+                "--out",
+                str(out / f"{mode}.jsonl"),
+                "--pause",
+                "0.005",
+                "--timeout",
+                "5",
+                "--duration",
+                "120",
+            ]
+        )
+        for mode in ("http-new", "http-keepalive")
+    ]
     try:
         time.sleep(1.0)
         published = served.deliver(real_payload("release-published.payload.json"), delivery="d-published")
         assert published.status_code == 202, published.text
         job_id = published.json()["job"]
-        assert published.json() == {"status": "queued", "job": job_id, "app": "web", "tag": "0.0.1",
-                                    "reason": "queued", "url": f"/jobs/{job_id}"}
+        assert published.json() == {
+            "status": "queued",
+            "job": job_id,
+            "app": "web",
+            "tag": "0.0.1",
+            "reason": "queued",
+            "url": f"/jobs/{job_id}",
+        }
         # GitHub sends 'released' for the same release, and may redeliver: neither deploys again.
         released = served.deliver(real_payload("release-released.json"), delivery="d-released")
         again = served.deliver(real_payload("release-published.payload.json"), delivery="d-published")
@@ -207,13 +229,18 @@ def raw_request(port: int, head: str) -> str:
 def test_refusals_over_gunicorn(serve):
     served = serve(web_app(22140))
     body = real_payload("release-published.payload.json")
-    unsigned = requests.post(f"{served.url}/hooks/github", data=body, timeout=10,
-                             headers={"Content-Type": "application/json", "X-GitHub-Event": "release",
-                                      "X-GitHub-Delivery": "d-1"})
+    unsigned = requests.post(
+        f"{served.url}/hooks/github",
+        data=body,
+        timeout=10,
+        headers={"Content-Type": "application/json", "X-GitHub-Event": "release", "X-GitHub-Delivery": "d-1"},
+    )
     assert (unsigned.status_code, unsigned.json()) == (401, {"error": "missing X-Hub-Signature-256 header"})
     # A 100 MB body is refused from its Content-Length, without the server waiting for it.
-    answer = raw_request(served.port, "POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                                      "Content-Length: 100000000\r\n\r\n")
+    answer = raw_request(
+        served.port,
+        "POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n",
+    )
     assert answer.startswith("HTTP/1.1 413 ") and "the limit is 65536" in answer
     assert served.deliver(b"{broken").status_code == 400
     assert requests.get(f"{served.url}/hooks/github", timeout=10).status_code == 405
@@ -235,7 +262,7 @@ def drip_connections(port: int, count: int, stop: threading.Event) -> list[socke
         for n in range(len(head)):
             for sock in sockets:
                 with contextlib.suppress(OSError):
-                    sock.send(head[n:n + 1])
+                    sock.send(head[n : n + 1])
             if stop.wait(1.0):
                 return
 
@@ -274,9 +301,17 @@ def test_an_unsigned_flood_adds_few_rows_and_a_signed_delivery_in_it_is_served(s
             signed = served.deliver(release_payload("v1"))
             assert signed.status_code == 202, signed.text
             continue
-        response = session.post(f"{served.url}/hooks/github", data=body, timeout=10,
-                                headers={"Content-Type": "application/json", "X-GitHub-Event": "release",
-                                         "X-GitHub-Delivery": f"flood-{n}", "X-Hub-Signature-256": "sha256=0"})
+        response = session.post(
+            f"{served.url}/hooks/github",
+            data=body,
+            timeout=10,
+            headers={
+                "Content-Type": "application/json",
+                "X-GitHub-Event": "release",
+                "X-GitHub-Delivery": f"flood-{n}",
+                "X-Hub-Signature-256": "sha256=0",
+            },
+        )
         answers[response.status_code] = answers.get(response.status_code, 0) + 1
     assert set(answers) <= {401, 429} and answers.get(429, 0) > 0
     assert "Retry-After" in response.headers
@@ -340,18 +375,23 @@ def test_an_image_from_a_release_asset(serve, images, tmp_path):
     checksum = f"{hashlib.sha256(data).hexdigest()}  image.tar\n".encode()
     try:
         with FakeGitHub(GITHUB_REPO, assets={501: data, 502: checksum}, token=token, private=True) as github:
-            served = serve(web_app(22150, extra=f'[apps.web.asset]\nname = "image.tar"\n'
-                                                f'token_file = "{tmp_path / "token"}"\n'),
-                           server=f'github_api = "{github.api_url}"')
-            assets = [{"id": 501, "name": "image.tar", "size": len(data), "state": "uploaded"},
-                      {"id": 502, "name": "image.tar.sha256", "size": len(checksum), "state": "uploaded"}]
+            served = serve(
+                web_app(22150, extra=f'[apps.web.asset]\nname = "image.tar"\ntoken_file = "{tmp_path / "token"}"\n'),
+                server=f'github_api = "{github.api_url}"',
+            )
+            assets = [
+                {"id": 501, "name": "image.tar", "size": len(data), "state": "uploaded"},
+                {"id": 502, "name": "image.tar.sha256", "size": len(checksum), "state": "uploaded"},
+            ]
             response = served.deliver(release_payload(tag, assets=assets))
             assert response.status_code == 202, response.text
             job = served.wait(response.json()["job"])
             assert job["status"] == "succeeded", job
         assert served_version(22150) == "v2"  # what the archive holds
-        assert [s.path for s in github.api_seen] == [f"/repos/{GITHUB_REPO}/releases/assets/501",
-                                                     f"/repos/{GITHUB_REPO}/releases/assets/502"]
+        assert [s.path for s in github.api_seen] == [
+            f"/repos/{GITHUB_REPO}/releases/assets/501",
+            f"/repos/{GITHUB_REPO}/releases/assets/502",
+        ]
         assert all(s.headers.get("Authorization") == f"Bearer {token}" for s in github.api_seen)
         assert len(github.storage_seen) == 2
         assert all("Authorization" not in s.headers for s in github.storage_seen)
@@ -379,8 +419,12 @@ def test_an_image_from_a_release_asset(serve, images, tmp_path):
 
 
 def test_webhook_burst_smoke():
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "webhook_burst.py"), "--count", "20", "--json"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "webhook_burst.py"), "--count", "20", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)
     assert (summary["accepted_202"], summary["accepted_without_job"], summary["jobs_in_queue"]) == (20, 0, 20)
@@ -408,13 +452,16 @@ def _unprivileged_receiver(config_path: str, port: int, report) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="deployer-preload-"))
     preload_config = load(config_path)
     from dataclasses import replace
+
     scratch_config = replace(preload_config, settings=replace(preload_config.settings, state_dir=scratch))
     web.create_app({"DEPLOYER_CONFIG": scratch_config}).test_client().post(
-        "/hooks/github", data=b"{}", headers={"Content-Type": "application/json", "X-Hub-Signature-256": "x"})
+        "/hooks/github", data=b"{}", headers={"Content-Type": "application/json", "X-Hub-Signature-256": "x"}
+    )
     shutil.rmtree(scratch)
     holder: dict[str, Any] = {}
-    server = werkzeug.serving.make_server("127.0.0.1", port, lambda env, start: holder["app"](env, start),
-                                          threaded=True)  # it reads werkzeug's package metadata: as root
+    server = werkzeug.serving.make_server(
+        "127.0.0.1", port, lambda env, start: holder["app"](env, start), threaded=True
+    )  # it reads werkzeug's package metadata: as root
 
     user, group = pwd.getpwnam("nobody"), grp.getgrnam("nogroup")
     os.setgroups([])
@@ -460,17 +507,25 @@ def test_the_receiver_runs_unprivileged_and_only_enqueues(deployer, images):
             (folder / name).write_text(value)
             (folder / name).chmod(0o600)
         port = free_port()
-        deployer.configure(web_app(22160, extra=f'env_files = ["{folder / "web.env"}"]'), settings=(
-            f'\n[registries."registry.invalid:5000"]\nusername = "deploy"\n'
-            f'password_file = "{folder / "registry"}"\n'
-            f'\n[server]\nlisten = "127.0.0.1:{port}"\nuser = "nobody"\ngroup = "nogroup"\n'
-            f'github_secret_file = "{folder / "github"}"\n'
-            f'[server.operators.ops]\nsecret_file = "{folder / "ops"}"\n'))
+        deployer.configure(
+            web_app(22160, extra=f'env_files = ["{folder / "web.env"}"]'),
+            settings=(
+                f'\n[registries."registry.invalid:5000"]\nusername = "deploy"\n'
+                f'password_file = "{folder / "registry"}"\n'
+                f'\n[server]\nlisten = "127.0.0.1:{port}"\nuser = "nobody"\ngroup = "nogroup"\n'
+                f'github_secret_file = "{folder / "github"}"\n'
+                f'[server.operators.ops]\nsecret_file = "{folder / "ops"}"\n'
+            ),
+        )
         deployer.config_path.chmod(0o644)
 
-        worker = subprocess.Popen([sys.executable, "-m", "deployer", "-c", str(deployer.config_path), "worker"],
-                                  cwd=REPO, stdout=open(shared / "worker.log", "w"), stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "deployer", "-c", str(deployer.config_path), "worker"],
+            cwd=REPO,
+            stdout=open(shared / "worker.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         queue = Queue.for_state_dir(shared / "state")
         deadline = time.monotonic() + 30
         while not (queue.path.exists() and queue.heartbeat.worker_status()):
@@ -500,8 +555,11 @@ def test_the_receiver_runs_unprivileged_and_only_enqueues(deployer, images):
         assert job["status"] == "succeeded", job
         assert served_version(22160) == "v1"
 
-        modes = {p.name: (stat.S_IMODE(p.stat().st_mode), p.stat().st_gid) for p in queue.path.parent.iterdir()
-                 if p.name.startswith("jobs.db")}
+        modes = {
+            p.name: (stat.S_IMODE(p.stat().st_mode), p.stat().st_gid)
+            for p in queue.path.parent.iterdir()
+            if p.name.startswith("jobs.db")
+        }
         assert modes["jobs.db"] == (0o660, nogroup)
         assert stat.S_IMODE(queue.path.parent.stat().st_mode) == 0o2770
         assert all(gid == nogroup for _, gid in modes.values()), modes
@@ -545,9 +603,14 @@ def test_gunicorn_gets_the_receiver_secrets_only_and_each_app_its_own_github_sec
     worker_only = {"REGISTRY_PASSWORD": secrets.token_hex(16), "ASSET_TOKEN": secrets.token_hex(16)}
     for name, value in {"WEB_GITHUB_SECRET": app_secret, **worker_only}.items():
         monkeypatch.setenv(name, value)
-    served = serve(web_app(22170, extra='github_secret_env = "WEB_GITHUB_SECRET"\n[apps.web.asset]\n'
-                                        'name = "image.tar"\ntoken_env = "ASSET_TOKEN"'),
-                   settings='[registries."registry.invalid:5000"]\nusername = "u"\npassword_env = "REGISTRY_PASSWORD"')
+    served = serve(
+        web_app(
+            22170,
+            extra='github_secret_env = "WEB_GITHUB_SECRET"\n[apps.web.asset]\n'
+            'name = "image.tar"\ntoken_env = "ASSET_TOKEN"',
+        ),
+        settings='[registries."registry.invalid:5000"]\nusername = "u"\npassword_env = "REGISTRY_PASSWORD"',
+    )
     environments = _gunicorn_environments(served.process.pid)
     assert len(environments) >= 3  # the master and its two workers
     for env in environments:
@@ -573,8 +636,11 @@ def test_serve_with_watch_answers_with_the_page_when_the_instance_dies(serve):
     from deployer.adapters.iptables import Netfilter
     from deployer.plan import retries
 
-    served = serve(web_app(22130, extra="[apps.web.watchdog]\ninterval = 0.3\nfailures = 2\nrecoveries = 2\n"),
-                   settings="maintenance_port = 22139", serve_args=("--watch",))
+    served = serve(
+        web_app(22130, extra="[apps.web.watchdog]\ninterval = 0.3\nfailures = 2\nrecoveries = 2\n"),
+        settings="maintenance_port = 22139",
+        serve_args=("--watch",),
+    )
     assert served.redeploy("web", "v1", "--wait").returncode == 0
     assert served_version(22130) == "v1"
     assert requests.get("http://127.0.0.1:22139/", timeout=5).status_code == 503  # the responder answers

@@ -96,8 +96,13 @@ class Host:
         return {**os.environ, "PYTHONPATH": str(REPO), "DOCKER_HOST": self.socket}
 
     def deployer(self, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
-        return run(["ip", "netns", "exec", self.namespace, sys.executable, "-m", "deployer", "-c", str(self.config),
-                    *args], timeout=timeout, check=check, cwd=REPO, env=self.environ())
+        return run(
+            ["ip", "netns", "exec", self.namespace, sys.executable, "-m", "deployer", "-c", str(self.config), *args],
+            timeout=timeout,
+            check=check,
+            cwd=REPO,
+            env=self.environ(),
+        )
 
     def sh(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
         return run(["ip", "netns", "exec", self.namespace, *argv], check=check)
@@ -159,7 +164,7 @@ class ClusterBed(Bed):
                 run(["ip", "netns", "exec", self.segment, "sysctl", "-qw", f"net.bridge.{key}=0"], check=False)
         addresses = list(self.subnet.hosts())
         self.address = str(addresses[9])  # .10
-        self.sources = [str(a) for a in addresses[99:99 + self.sources_count]]  # .100 ...
+        self.sources = [str(a) for a in addresses[99 : 99 + self.sources_count]]  # .100 ...
         self._namespace(self.client)
         self._attach(self.client, f"{self.prefix}-cs", "c0")
         for source in self.sources:
@@ -192,8 +197,23 @@ class ClusterBed(Bed):
         return namespace
 
     def _attach(self, namespace: str, seg_end: str, inside: str) -> None:
-        run(["ip", "link", "add", seg_end, "netns", self.segment, "type", "veth", "peer", "name", inside,
-             "netns", namespace])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                seg_end,
+                "netns",
+                self.segment,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                inside,
+                "netns",
+                namespace,
+            ]
+        )
         run(["ip", "-n", self.segment, "link", "set", seg_end, "master", "br0", "up"])
         run(["ip", "-n", namespace, "link", "set", inside, "up"])
 
@@ -201,10 +221,26 @@ class ClusterBed(Bed):
         folder = host.folder
         log = (folder / "dockerd.log").open("w")
         subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{host.namespace}", "dockerd", "--data-root", str(folder / "data"),
-             "--exec-root", str(folder / "exec"), "--pidfile", str(folder / "dockerd.pid"), "-H", host.socket,
-             "--bridge", "none"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                "nsenter",
+                f"--net=/run/netns/{host.namespace}",
+                "dockerd",
+                "--data-root",
+                str(folder / "data"),
+                "--exec-root",
+                str(folder / "exec"),
+                "--pidfile",
+                str(folder / "dockerd.pid"),
+                "-H",
+                host.socket,
+                "--bridge",
+                "none",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
 
     def _wait_dockerd(self, host: Host, timeout: float = 60) -> None:
@@ -214,8 +250,9 @@ class ClusterBed(Bed):
                 host.dockerd_pid = int((host.folder / "dockerd.pid").read_text())
                 return
             time.sleep(0.3)
-        raise RuntimeError(f"dockerd of {host.name} did not answer in {timeout} s: "
-                           f"{(host.folder / 'dockerd.log').read_text()[-1500:]}")
+        raise RuntimeError(
+            f"dockerd of {host.name} did not answer in {timeout} s: {(host.folder / 'dockerd.log').read_text()[-1500:]}"
+        )
 
     def _registry_bridge(self) -> None:
         """The machine's registry (127.0.0.1:5000 of the root namespace) on 127.0.0.1:5000 of each host: one
@@ -224,14 +261,33 @@ class ClusterBed(Bed):
         for version in ("v1", "v2"):
             run([str(REPO / "scripts" / "build-app-image"), version, IMAGE])
         sock = self.root / "registry.sock"
-        self.procs.append(subprocess.Popen(
-            ["socat", f"UNIX-LISTEN:{sock},fork", "TCP:127.0.0.1:5000"], stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                ["socat", f"UNIX-LISTEN:{sock},fork", "TCP:127.0.0.1:5000"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         for host in self.hosts:
-            self.procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", host.namespace, "socat", "TCP-LISTEN:5000,bind=127.0.0.1,reuseaddr,fork",
-                 f"UNIX-CONNECT:{sock}"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        host.namespace,
+                        "socat",
+                        "TCP-LISTEN:5000,bind=127.0.0.1,reuseaddr,fork",
+                        f"UNIX-CONNECT:{sock}",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
 
     def _configure(self, host: Host) -> None:
         hosts = "".join(f'[[cluster.hosts]]\nname = "{h.name}"\naddress = "{h.address}"\n\n' for h in self.hosts)
@@ -239,7 +295,7 @@ class ClusterBed(Bed):
         host.config.write_text(f"""\
 [deployer]
 state_dir = "{host.state}"
-hooks_dir = "{host.folder / 'hooks'}"
+hooks_dir = "{host.folder / "hooks"}"
 chain_prefix = "DEPLOYER"
 backend = "{self.backend}"
 network = "dplc"
@@ -292,9 +348,26 @@ unicast = {"true" if self.unicast else "false"}
     def start_agent(self, host: Host) -> None:
         log = (host.folder / "agent.log").open("a")
         host.agent = subprocess.Popen(
-            ["ip", "netns", "exec", host.namespace, sys.executable, "-m", "deployer", "-c", str(host.config),
-             "cluster", "run"], cwd=REPO, env=host.environ(), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.namespace,
+                sys.executable,
+                "-m",
+                "deployer",
+                "-c",
+                str(host.config),
+                "cluster",
+                "run",
+            ],
+            cwd=REPO,
+            env=host.environ(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
 
     def stop_agent(self, host: Host, timeout: float = 10) -> None:
@@ -334,16 +407,19 @@ unicast = {"true" if self.unicast else "false"}
             if predicate():
                 return time.monotonic() - started
             time.sleep(interval)
-        raise AssertionError(f"not within {timeout} s: {what}; owned: "
-                             f"{ {h.name: h.owned() for h in self.hosts} }; logs:\n{self.logs()}")
+        raise AssertionError(
+            f"not within {timeout} s: {what}; owned: { {h.name: h.owned() for h in self.hosts} }; logs:\n{self.logs()}"
+        )
 
     def home_of(self, bucket: int) -> str:
         return ranking_names(self, bucket)[0]
 
     def all_buckets_home(self) -> bool:
         owned = {h.name: set(h.owned()) for h in self.hosts}
-        return all(bucket in owned[self.home_of(bucket)] for bucket in range(BUCKETS)) \
+        return (
+            all(bucket in owned[self.home_of(bucket)] for bucket in range(BUCKETS))
             and sum(len(o) for o in owned.values()) == BUCKETS
+        )
 
     def owner_of(self, source: str, alive: list[str] | None = None) -> str:
         """The oracle: which host answers `source` while the hosts `alive` are up (default: all)."""
@@ -357,16 +433,46 @@ unicast = {"true" if self.unicast else "false"}
     # --- the client -------------------------------------------------------------------------------
 
     def client_once(self) -> dict[str, dict]:
-        result = run(["ip", "netns", "exec", self.client, sys.executable, str(CLIENT_SCRIPT), "once", self.address,
-                      str(TCP_PORT), str(UDP_PORT), ",".join(self.sources)], timeout=120)
+        result = run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.client,
+                sys.executable,
+                str(CLIENT_SCRIPT),
+                "once",
+                self.address,
+                str(TCP_PORT),
+                str(UDP_PORT),
+                ",".join(self.sources),
+            ],
+            timeout=120,
+        )
         return json.loads(result.stdout)
 
     def client_load(self, seconds: float) -> ClientLoad:
         stopfile = self.root / f"stop-{secrets.token_hex(3)}"
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.client, sys.executable, str(CLIENT_SCRIPT), "load", self.address,
-             str(TCP_PORT), str(UDP_PORT), ",".join(self.sources), str(seconds), str(stopfile)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.client,
+                sys.executable,
+                str(CLIENT_SCRIPT),
+                "load",
+                self.address,
+                str(TCP_PORT),
+                str(UDP_PORT),
+                ",".join(self.sources),
+                str(seconds),
+                str(stopfile),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert "started" in first, proc.stderr.read() if proc.stderr else first
@@ -388,8 +494,11 @@ unicast = {"true" if self.unicast else "false"}
         # The clock starts once the fault is in place: `docker kill` is a CLI round trip to the host's daemon
         # (over a second, the first time), which is the test's own latency, not the cluster's.
         broke_at = load.at()
-        self.wait_for(lambda: not victim.owned() and sum(len(h.owned()) for h in self.hosts) == BUCKETS, 10,
-                      f"{victim.name}'s buckets with the others after its {how} failed")
+        self.wait_for(
+            lambda: not victim.owned() and sum(len(h.owned()) for h in self.hosts) == BUCKETS,
+            10,
+            f"{victim.name}'s buckets with the others after its {how} failed",
+        )
         time.sleep(2.5)
         records = load.finish()
         answered = {s: udp_answered(records["udp"], s, broke_at, others) for s in theirs}
@@ -494,8 +603,13 @@ def active_container(host: Host) -> str:
 
 def udp_answered(records: list, source: str, since: float, hosts: set[str]) -> float | None:
     """When `source` first had a datagram sent at or after `since` answered by one of `hosts`."""
-    times = [answer[0] for sent_at, src, _, answers in records if src == source and sent_at >= since
-             for answer in answers if answer[1] in hosts]
+    times = [
+        answer[0]
+        for sent_at, src, _, answers in records
+        if src == source and sent_at >= since
+        for answer in answers
+        if answer[1] in hosts
+    ]
     return min(times) if times else None
 
 

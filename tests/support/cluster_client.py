@@ -128,8 +128,7 @@ def load(address: str, tcp: int, udp: int, sources: list[str], seconds: float, s
                 for sock in ready:
                     with_version = sock.recv(2048).decode().split(" ", 1)
                     if len(with_version) == 2 and with_version[1].strip().isdigit():
-                        answers.setdefault((socks[sock], int(with_version[1])), []).append(
-                            [now(), with_version[0]])
+                        answers.setdefault((socks[sock], int(with_version[1])), []).append([now(), with_version[0]])
         time.sleep(0.5)
         for sock in socks:
             with contextlib.suppress(OSError, ValueError, IndexError):

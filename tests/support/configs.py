@@ -21,9 +21,20 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def app_toml(name: str, external: int | None = None, *, blue: int | None = None, green: int | None = None,
-             container: int = 80, protocol: str | None = None, ports: Sequence[tuple[str, int, int, int, int]] = (),
-             image: str | None = None, health: Mapping[str, Any] | None = None, extra: str = "", **keys: Any) -> str:
+def app_toml(
+    name: str,
+    external: int | None = None,
+    *,
+    blue: int | None = None,
+    green: int | None = None,
+    container: int = 80,
+    protocol: str | None = None,
+    ports: Sequence[tuple[str, int, int, int, int]] = (),
+    image: str | None = None,
+    health: Mapping[str, Any] | None = None,
+    extra: str = "",
+    **keys: Any,
+) -> str:
     """One app `name`: its image (registry.example:5000/<name> unless named), its own `keys` (drain_seconds, env,
     bind ...), `extra` TOML lines, its ports, then its [health] table. The port `external` goes to `container`, with
     blue and green on the next two ports unless named; `ports` adds (protocol, external, container, blue, green)."""
@@ -49,8 +60,14 @@ def config_text(tmp_path: Path, *apps: str, server: str = "", tables: str = "") 
     return f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n[server]\n{server}\n{tables}\n' + "".join(apps)
 
 
-def make_config(tmp_path: Path, *apps: str, server: str = "", tables: str = "",
-                environ: Mapping[str, str] | None = None, parse: Callable[..., Any] = config_module.parse) -> Config:
+def make_config(
+    tmp_path: Path,
+    *apps: str,
+    server: str = "",
+    tables: str = "",
+    environ: Mapping[str, str] | None = None,
+    parse: Callable[..., Any] = config_module.parse,
+) -> Config:
     """`config_text` parsed as tmp_path/deployer.toml (`parse_receiver` parses the receiver's part only)."""
     text = config_text(tmp_path, *apps, server=server, tables=tables)
     return parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ=dict(environ or {}))

@@ -75,8 +75,12 @@ def mirror(sources: Iterable[tuple[str, str]], suite: str = SUITE) -> str | None
                         continue
                     key, value = line.split(":", 1)
                     fields[key.strip().lower()] = value.strip()
-                if ("deb" in fields.get("types", "").split() and suite in fields.get("suites", "").split()
-                        and fields.get("enabled", "yes").lower() != "no" and fields.get("uris")):
+                if (
+                    "deb" in fields.get("types", "").split()
+                    and suite in fields.get("suites", "").split()
+                    and fields.get("enabled", "yes").lower() != "no"
+                    and fields.get("uris")
+                ):
                     return fields["uris"].split()[0]
         else:
             for line in text.splitlines():
@@ -165,7 +169,7 @@ def remove_leftovers() -> None:
     """Remove the trees and half-built caches of runs that were killed (their pid is gone)."""
     for folder in (WORK_DIR, CACHE):
         for entry in folder.glob(f"{PREFIX}*") if folder.is_dir() else []:
-            pid = entry.name[len(PREFIX):].split("-", 1)[0]
+            pid = entry.name[len(PREFIX) :].split("-", 1)[0]
             if pid.isdigit() and not _pid_alive(int(pid)) and entry.is_dir():
                 remove_tree(entry)
 
@@ -303,9 +307,15 @@ class Rootfs:
         SIGINT starts at its default, as in a terminal: a test run started in the background by a
         shell inherits it ignored, and Python then never turns it into KeyboardInterrupt.
         """
-        return subprocess.run(["chroot", str(self.path), "/usr/bin/env", "-i", *self.env(), "bash", "-c", script],
-                              check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                              preexec_fn=_default_sigint)
+        return subprocess.run(
+            ["chroot", str(self.path), "/usr/bin/env", "-i", *self.env(), "bash", "-c", script],
+            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            preexec_fn=_default_sigint,
+        )
 
     def remove(self) -> None:
         remove_tree(self.path)

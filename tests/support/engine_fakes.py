@@ -49,8 +49,11 @@ class Effects(list):
 class FakeNetfilter:
     """Tables as iptables keeps them; a restore applies its transaction whole, as iptables-restore does."""
 
-    BUILTIN = {"nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"), "filter": ("INPUT", "FORWARD", "OUTPUT"),
-               "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")}
+    BUILTIN = {
+        "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+        "filter": ("INPUT", "FORWARD", "OUTPUT"),
+        "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    }
 
     def __init__(self, effects: Effects) -> None:
         self.effects = effects
@@ -133,8 +136,7 @@ class FakeDocker:
 
     def containers(self, filters: Mapping[str, Any]) -> list[ContainerInfo]:
         wanted = set(filters.get("label", []))
-        return [c for c in self.containers_by_id.values()
-                if wanted <= {f"{k}={v}" for k, v in c.labels.items()}]
+        return [c for c in self.containers_by_id.values() if wanted <= {f"{k}={v}" for k, v in c.labels.items()}]
 
     def inspect(self, container_id: str) -> ContainerInfo | None:
         return self.containers_by_id.get(container_id)
@@ -142,9 +144,15 @@ class FakeDocker:
     def run(self, reference: str, arguments: Mapping[str, Any]) -> ContainerInfo:
         self.effects.add(f"run {arguments['name']} {reference} restart={arguments['restart_policy']['Name']}")
         name = arguments["name"]
-        info = ContainerInfo(id=f"id-{name}-{reference.rpartition(':')[2]}", name=name, status="running",
-                             exit_code=None, restart_count=0, labels=dict(arguments["labels"]),
-                             addresses={NETWORK: next(self.addresses)})
+        info = ContainerInfo(
+            id=f"id-{name}-{reference.rpartition(':')[2]}",
+            name=name,
+            status="running",
+            exit_code=None,
+            restart_count=0,
+            labels=dict(arguments["labels"]),
+            addresses={NETWORK: next(self.addresses)},
+        )
         self.containers_by_id[info.id] = info
         return info
 
@@ -211,12 +219,30 @@ class Host:
         self.events: list[dict[str, Any]] = []
         self.hook_exits: dict[str, int] = {}
         (tmp_path / "hooks").mkdir()
-        data = {"deployer": {"state_dir": str(tmp_path / "state"), "hooks_dir": str(tmp_path / "hooks"),
-                             "network": NETWORK, "bridge": "deployer0"},
-                "apps": {"web": {"image": "127.0.0.1:5000/web", "drain_seconds": 2, "stop_timeout": 5,
-                                 "health": {"type": "http", "port": 80, "path": "/health", "interval": 1,
-                                            "successes": 2, "deadline": 3},
-                                 "ports": [{"external": 18080, "container": 80, "blue": 18081, "green": 18082}]}}}
+        data = {
+            "deployer": {
+                "state_dir": str(tmp_path / "state"),
+                "hooks_dir": str(tmp_path / "hooks"),
+                "network": NETWORK,
+                "bridge": "deployer0",
+            },
+            "apps": {
+                "web": {
+                    "image": "127.0.0.1:5000/web",
+                    "drain_seconds": 2,
+                    "stop_timeout": 5,
+                    "health": {
+                        "type": "http",
+                        "port": 80,
+                        "path": "/health",
+                        "interval": 1,
+                        "successes": 2,
+                        "deadline": 3,
+                    },
+                    "ports": [{"external": 18080, "container": 80, "blue": 18081, "green": 18082}],
+                }
+            },
+        }
         self.config = parse(data, path=tmp_path / "deployer.toml", environ={})
 
     def hook(self, name: str, exit_code: int = 0) -> None:
@@ -231,9 +257,19 @@ class Host:
 
     def engine(self) -> Engine:
         journal = Journal([self.events.append], clock=self.clock)
-        return Engine(self.config, self.docker, self.netfilter, routing=NoRouting(), prober=self.prober,
-                      run_hook=self.run_hook, journal=journal, environ={}, clock=self.clock, sleep=self.clock.sleep,
-                      retired_netfilter=self.retired)
+        return Engine(
+            self.config,
+            self.docker,
+            self.netfilter,
+            routing=NoRouting(),
+            prober=self.prober,
+            run_hook=self.run_hook,
+            journal=journal,
+            environ={},
+            clock=self.clock,
+            sleep=self.clock.sleep,
+            retired_netfilter=self.retired,
+        )
 
     def taken(self) -> list[str]:
         """The effects so far, and a fresh list for what comes next."""
@@ -253,8 +289,10 @@ class Host:
 
     def record(self) -> tuple[str | None, str | None]:
         state = self.engine().store.load("web")
-        return (state.active.container_name if state.active else None,
-                state.previous.container_name if state.previous else None)
+        return (
+            state.active.container_name if state.active else None,
+            state.previous.container_name if state.previous else None,
+        )
 
 
 class NoRouting:
@@ -265,8 +303,10 @@ class NoRouting:
 
 
 def dnat(address: str, set_name: str, tag: str) -> str:
-    return (f'-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m comment --comment "web {set_name} {tag}" '
-            f"-j DNAT --to-destination {address}:80")
+    return (
+        f'-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m comment --comment "web {set_name} {tag}" '
+        f"-j DNAT --to-destination {address}:80"
+    )
 
 
 OLD_RULE = dnat(OLD, "blue", "v1")

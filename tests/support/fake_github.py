@@ -69,7 +69,7 @@ class FakeGitHub:
                 authorized = not fake.private or self.headers.get("Authorization") == f"Bearer {fake.token}"
                 if not self.path.startswith(prefix) or not authorized:
                     return self._answer(404, b'{"message": "Not Found"}')
-                asset_id = int(self.path[len(prefix):])
+                asset_id = int(self.path[len(prefix) :])
                 if asset_id not in fake.assets:
                     return self._answer(404, b'{"message": "Not Found"}')
                 if self.headers.get("Accept") != "application/octet-stream":
@@ -102,7 +102,7 @@ class FakeGitHub:
                     self.send_header("Connection", "close")
                     self.end_headers()
                     for start in range(0, len(data), 65536):
-                        piece = data[start:start + 65536]
+                        piece = data[start : start + 65536]
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                     self.wfile.write(b"0\r\n\r\n")
                 else:
@@ -124,4 +124,3 @@ class FakeGitHub:
         for server in self._servers:
             server.shutdown()
             server.server_close()
-

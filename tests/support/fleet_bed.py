@@ -79,25 +79,30 @@ class FleetBed(Bed):
         if env:
             base = base.replace('DRAIN_TIMEOUT = "3" }', f'DRAIN_TIMEOUT = "3", {env} }}')
         (host.folder / "fleet.secret").write_text(self.host_secrets[host.name] + "\n")
-        host.config.write_text(base + f"""
+        host.config.write_text(
+            base
+            + f"""
 [server]
 listen = "{host.address}:{PORT}"
 job_timeout = 300
 
 [server.operators.{KEY_ID}]
-secret_file = "{host.folder / 'fleet.secret'}"
+secret_file = "{host.folder / "fleet.secret"}"
 scope = "fleet"
 apps = ["web"]
-""")
+"""
+        )
 
     def write_controller(self, *, host_timeout: float, bake: float = 0) -> None:
-        hosts = "".join(f'[[fleet.hosts]]\nname = "{h.name}"\nurl = "http://{h.address}:{PORT}"\n'
-                        'insecure_http = true\n'
-                        f'key_id = "{KEY_ID}"\nsecret_file = "{self.folder / f"{h.name}.secret"}"\n\n'
-                        for h in self.cluster.hosts)
+        hosts = "".join(
+            f'[[fleet.hosts]]\nname = "{h.name}"\nurl = "http://{h.address}:{PORT}"\n'
+            "insecure_http = true\n"
+            f'key_id = "{KEY_ID}"\nsecret_file = "{self.folder / f"{h.name}.secret"}"\n\n'
+            for h in self.cluster.hosts
+        )
         self.config.write_text(f"""\
 [deployer]
-state_dir = "{self.folder / 'state'}"
+state_dir = "{self.folder / "state"}"
 
 [server]
 job_timeout = 900
@@ -114,21 +119,33 @@ host_timeout = {host_timeout}
         log = (host.folder / "serve.log").open("a")
         self.servers[host.name] = subprocess.Popen(
             ["ip", "netns", "exec", host.namespace, sys.executable, "-m", "deployer", "-c", str(host.config), "serve"],
-            cwd=REPO, env=host.environ(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            cwd=REPO,
+            env=host.environ(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
 
     def wait_server(self, host: Host, timeout: float = 60) -> None:
-        probe = (f"import urllib.request; urllib.request.urlopen('http://{host.address}:{PORT}/healthz', "
-                 f"timeout=2).read()")
+        probe = (
+            f"import urllib.request; urllib.request.urlopen('http://{host.address}:{PORT}/healthz', timeout=2).read()"
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if run(["ip", "netns", "exec", self.cluster.client, sys.executable, "-c", probe], check=False,
-                   timeout=10).returncode == 0:
+            if (
+                run(
+                    ["ip", "netns", "exec", self.cluster.client, sys.executable, "-c", probe], check=False, timeout=10
+                ).returncode
+                == 0
+            ):
                 return
             time.sleep(0.3)
-        raise RuntimeError(f"the server of {host.name} did not answer in {timeout} s: "
-                           f"{(host.folder / 'serve.log').read_text()[-2000:]}")
+        raise RuntimeError(
+            f"the server of {host.name} did not answer in {timeout} s: "
+            f"{(host.folder / 'serve.log').read_text()[-2000:]}"
+        )
 
     def stop_server(self, host: Host) -> None:
         proc = self.servers.pop(host.name, None)
@@ -143,9 +160,25 @@ host_timeout = {host_timeout}
     def start_controller(self) -> None:
         log = (self.folder / "worker.log").open("a")
         self.controller = subprocess.Popen(
-            ["ip", "netns", "exec", self.cluster.client, sys.executable, "-m", "deployer", "-c", str(self.config),
-             "worker"], cwd=REPO, env=self.environ(), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.cluster.client,
+                sys.executable,
+                "-m",
+                "deployer",
+                "-c",
+                str(self.config),
+                "worker",
+            ],
+            cwd=REPO,
+            env=self.environ(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
 
     def kill_controller(self) -> None:
@@ -172,16 +205,33 @@ host_timeout = {host_timeout}
 
     def deployer(self, *args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
         """The controller's CLI, in the client namespace."""
-        return run(["ip", "netns", "exec", self.cluster.client, sys.executable, "-m", "deployer", "-c",
-                    str(self.config), *args], timeout=timeout, check=check, cwd=REPO, env=self.environ())
+        return run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.cluster.client,
+                sys.executable,
+                "-m",
+                "deployer",
+                "-c",
+                str(self.config),
+                *args,
+            ],
+            timeout=timeout,
+            check=check,
+            cwd=REPO,
+            env=self.environ(),
+        )
 
     def rollout(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return self.deployer("rollout", "web", *args, "--wait", timeout=timeout)
 
     def tags(self) -> dict[str, str | None]:
         """Each host's live tag, from its own record (not through the API under test)."""
-        return {h.name: json.loads((h.state / "apps" / "web.json").read_text())["active"]["tag"]
-                for h in self.cluster.hosts}
+        return {
+            h.name: json.loads((h.state / "apps" / "web.json").read_text())["active"]["tag"] for h in self.cluster.hosts
+        }
 
     def host_jobs(self, host: Host, rollout: str | None = None) -> list[Any]:
         jobs = Queue.for_state_dir(host.state).jobs.jobs(app="web")

@@ -62,8 +62,10 @@ def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
 # Which test prefixes and sessions are alive: a session cleans only what dead ones left behind,
 # so two test runs on one machine never remove each other's containers, chains or namespaces.
 def other_sessions() -> bool:
-    return any(entry.name.startswith("session-") and entry.name != f"session-{os.getpid()}"
-               and owner_alive(entry.name) for entry in (OWNERS.iterdir() if OWNERS.exists() else []))
+    return any(
+        entry.name.startswith("session-") and entry.name != f"session-{os.getpid()}" and owner_alive(entry.name)
+        for entry in (OWNERS.iterdir() if OWNERS.exists() else [])
+    )
 
 
 def remove_leftovers() -> None:
@@ -74,8 +76,12 @@ def remove_leftovers() -> None:
         if TEST_PREFIX_RE.match(owner) and not owner_alive(owner):
             docker.remove(container.id)
     nf = Netfilter()
-    chains = [line[1:].split(" ", 1)[0] for table in ("nat", "mangle", "filter")
-              for line in nf.save_table(table).splitlines() if line.startswith(":")]
+    chains = [
+        line[1:].split(" ", 1)[0]
+        for table in ("nat", "mangle", "filter")
+        for line in nf.save_table(table).splitlines()
+        if line.startswith(":")
+    ]
     prefixes = {name.split("-")[0] for name in chains if TEST_PREFIX_RE.match(name)}
     for prefix in sorted(p for p in prefixes if not owner_alive(p)):
         uninstall_prefix(prefix)
@@ -99,7 +105,8 @@ def uninstall_prefix(prefix: str) -> None:
             f'[deployer]\nstate_dir = "{folder}/state"\nchain_prefix = "{prefix}"\n'
             f'network = "{NETWORK}"\nbridge = "{BRIDGE}"\n'
             f'[apps.cleanup]\nimage = "{IMAGE}"\n'
-            "[[apps.cleanup.ports]]\nexternal = 1\ncontainer = 1\nblue = 2\ngreen = 3\n")
+            "[[apps.cleanup.ports]]\nexternal = 1\ncontainer = 1\nblue = 2\ngreen = 3\n"
+        )
         cfg = config_module.load(path)
         engine = build_engine(cfg, Journal([]))
         engine.uninstall(actor="test-cleanup")
@@ -125,19 +132,43 @@ class Images:
             run(["docker", "rmi", "-f", f"{IMAGE}:{version}"])
 
 
-def demo_app(name: str, *, external: int | None = None, blue: int | None = None, green: int | None = None,
-             udp: tuple[int, int, int] | None = None, ports: list[tuple[str, int, int, int, int]] | None = None,
-             env: dict[str, str] | None = None, health: dict[str, Any] | None = None, drain: float = 2.0,
-             stop_timeout: int = 10, extra: str = "", **keys: Any) -> str:
+def demo_app(
+    name: str,
+    *,
+    external: int | None = None,
+    blue: int | None = None,
+    green: int | None = None,
+    udp: tuple[int, int, int] | None = None,
+    ports: list[tuple[str, int, int, int, int]] | None = None,
+    env: dict[str, str] | None = None,
+    health: dict[str, Any] | None = None,
+    drain: float = 2.0,
+    stop_timeout: int = 10,
+    extra: str = "",
+    **keys: Any,
+) -> str:
     """The TOML of one app of the test image: the demo server's HTTP port (8080), its UDP port (9090) when `udp`
     gives (external, blue, green), or the `ports` named; a drain timeout that fits in stop_timeout."""
     checks = {"type": "http", "path": "/healthz", "interval": 0.2, "timeout": 1, "successes": 2, "deadline": 15}
     checks.update(health or {})
     env = {key: str(value) for key, value in {"DRAIN_TIMEOUT": max(1, int(stop_timeout) - 2), **(env or {})}.items()}
     more = [("udp", udp[0], 9090, udp[1], udp[2])] if udp else []
-    return app_toml(name, external, blue=blue, green=green, container=8080, protocol="tcp",
-                    ports=[*more, *(ports or [])], image=IMAGE, health=checks, extra=extra, drain_seconds=drain,
-                    stop_timeout=stop_timeout, env=env, **keys)
+    return app_toml(
+        name,
+        external,
+        blue=blue,
+        green=green,
+        container=8080,
+        protocol="tcp",
+        ports=[*more, *(ports or [])],
+        image=IMAGE,
+        health=checks,
+        extra=extra,
+        drain_seconds=drain,
+        stop_timeout=stop_timeout,
+        env=env,
+        **keys,
+    )
 
 
 # --- a test deployer --------------------------------------------------------------------------------
@@ -162,7 +193,9 @@ class Deployer:
             f'network = "{NETWORK}"\n'
             f'bridge = "{BRIDGE}"\n'
             + ("" if "hook_timeout" in settings else "hook_timeout = 20\n")
-            + f"{settings}\n" + "\n".join(apps))
+            + f"{settings}\n"
+            + "\n".join(apps)
+        )
         (self.root / "hooks").mkdir(exist_ok=True)
         return self.config()
 
@@ -186,12 +219,19 @@ class Deployer:
         return path
 
     def cli(self, *args: str, timeout: float = 180, **kwargs: Any) -> subprocess.CompletedProcess:
-        return run([sys.executable, "-m", "deployer", "-c", str(self.config_path), *args], timeout=timeout,
-                   cwd=REPO, **kwargs)
+        return run(
+            [sys.executable, "-m", "deployer", "-c", str(self.config_path), *args], timeout=timeout, cwd=REPO, **kwargs
+        )
 
     def popen(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "deployer", "-c", str(self.config_path), *args],
-                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        return subprocess.Popen(
+            [sys.executable, "-m", "deployer", "-c", str(self.config_path), *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
 
     def nat(self) -> rules.SavedTable:
         return rules.parse_nat(Netfilter().save_nat())
@@ -203,8 +243,9 @@ class Deployer:
         """The deployer's nat rules as iptables-save lines, from the backend named."""
         if backend == "iptables":
             return self.nat()
-        nftables = NftablesBackend(Nftables(), Netfilter(), table=self.prefix.lower(), prefix=self.prefix,
-                                   reader=Nftables(handles=True))
+        nftables = NftablesBackend(
+            Nftables(), Netfilter(), table=self.prefix.lower(), prefix=self.prefix, reader=Nftables(handles=True)
+        )
         return rules.parse_nat(nftables.save_table("nat"))
 
     def nft_chain(self, app: str) -> list[str]:
@@ -217,8 +258,11 @@ class Deployer:
         return DockerHost("unix:///var/run/docker.sock").containers({"label": labels})
 
     def steps(self, app: str | None = None) -> list[tuple[str, str]]:
-        return [(e["step"], e["outcome"]) for e in self.events
-                if e["event"] == "step" and (app is None or e.get("app") == app)]
+        return [
+            (e["step"], e["outcome"])
+            for e in self.events
+            if e["event"] == "step" and (app is None or e.get("app") == app)
+        ]
 
     def teardown(self) -> None:
         uninstall_prefix(self.prefix)
@@ -251,9 +295,18 @@ def host_address() -> str:
 
 def outside_get(outside: netns.OutsideClient, port: int, timeout: float = 5) -> str:
     """GET / on the host's side of the veth, from the outside namespace (through nat PREROUTING)."""
-    result = outside.run(["python3", "-c", f"import urllib.request; print(urllib.request.urlopen("
-                                           f"'http://{outside.host_ip}:{port}/', timeout={timeout}).read().decode(), "
-                                           "end='')"], capture_output=True, text=True, check=True)
+    result = outside.run(
+        [
+            "python3",
+            "-c",
+            f"import urllib.request; print(urllib.request.urlopen("
+            f"'http://{outside.host_ip}:{port}/', timeout={timeout}).read().decode(), "
+            "end='')",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.strip()
 
 

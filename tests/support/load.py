@@ -24,12 +24,19 @@ TRAFFIC = str(Path(__file__).resolve().parent / "traffic.py")
 
 
 class Background:
-    def __init__(self, argv: Sequence[str], log: Path, *, popen: Callable[..., subprocess.Popen] = subprocess.Popen,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log: Path,
+        *,
+        popen: Callable[..., subprocess.Popen] = subprocess.Popen,
+        **kwargs: Any,
+    ) -> None:
         self.log = log
         self._file = open(log, "w")
-        self.process = popen(list(argv), stdout=self._file, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True, **kwargs)
+        self.process = popen(
+            list(argv), stdout=self._file, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs
+        )
 
     def output(self) -> str:
         return self.log.read_text()
@@ -70,10 +77,30 @@ class Load:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.clients: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, mode: str, target: str, *, popen: Callable[..., subprocess.Popen] = subprocess.Popen,
-              pause: float = 0.02, timeout: float = 10) -> None:
-        self.clients[name] = popen([sys.executable, TRAFFIC, mode, target, "--out", str(self.folder / f"{name}.jsonl"),
-                                    "--pause", str(pause), "--timeout", str(timeout)])
+    def start(
+        self,
+        name: str,
+        mode: str,
+        target: str,
+        *,
+        popen: Callable[..., subprocess.Popen] = subprocess.Popen,
+        pause: float = 0.02,
+        timeout: float = 10,
+    ) -> None:
+        self.clients[name] = popen(
+            [
+                sys.executable,
+                TRAFFIC,
+                mode,
+                target,
+                "--out",
+                str(self.folder / f"{name}.jsonl"),
+                "--pause",
+                str(pause),
+                "--timeout",
+                str(timeout),
+            ]
+        )
 
     def stop(self) -> None:
         for client in self.clients.values():
@@ -119,8 +146,20 @@ def start_clients(outside, out_dir: Path, tcp_port: int, udp_port: int) -> list[
     ]
     clients = []
     for name, target, mode, port, in_namespace in plans:
-        argv = [sys.executable, TRAFFIC, mode, f"{target}:{port}", "--out", str(out_dir / f"{name}.jsonl"),
-                "--pause", "0.01", "--timeout", "1" if mode == "udp" else "5", "--duration", "300"]
+        argv = [
+            sys.executable,
+            TRAFFIC,
+            mode,
+            f"{target}:{port}",
+            "--out",
+            str(out_dir / f"{name}.jsonl"),
+            "--pause",
+            "0.01",
+            "--timeout",
+            "1" if mode == "udp" else "5",
+            "--duration",
+            "300",
+        ]
         process = outside.popen(argv) if in_namespace else subprocess.Popen(argv)
         clients.append((name, process))
     return clients

@@ -33,7 +33,12 @@ from typing import Any
 from support.beds import Bed
 
 __all__ = [
-    "ADDRESS_POOL", "DEFAULT_PREFIX", "NetnsError", "OutsideClient", "cleanup_stale", "outside_clients",
+    "ADDRESS_POOL",
+    "DEFAULT_PREFIX",
+    "NetnsError",
+    "OutsideClient",
+    "cleanup_stale",
+    "outside_clients",
     "stop_processes",
 ]
 
@@ -47,8 +52,16 @@ _IFNAMSIZ = 15
 _NAME_TOKEN_LEN = 6
 _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _ROUTE_TYPES = {
-    "unicast", "local", "broadcast", "multicast", "anycast",
-    "blackhole", "unreachable", "prohibit", "throw", "nat",
+    "unicast",
+    "local",
+    "broadcast",
+    "multicast",
+    "anycast",
+    "blackhole",
+    "unreachable",
+    "prohibit",
+    "throw",
+    "nat",
 }
 
 
@@ -93,8 +106,7 @@ def _networks_in_use() -> list[ipaddress.IPv4Network]:
 
 def _free_subnet() -> ipaddress.IPv4Network:
     used = _networks_in_use()
-    candidates = [net for net in ADDRESS_POOL.subnets(new_prefix=24)
-                  if not any(net.overlaps(u) for u in used)]
+    candidates = [net for net in ADDRESS_POOL.subnets(new_prefix=24) if not any(net.overlaps(u) for u in used)]
     if not candidates:
         raise NetnsError(f"no free /24 left in {ADDRESS_POOL}")
     # A random pick keeps leftovers of a crashed run from being reused at once.
@@ -179,8 +191,7 @@ class OutsideClient(Bed):
     still running inside are removed on exit, even when the body raised.
     """
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX,
-                 subnet: str | ipaddress.IPv4Network | None = None) -> None:
+    def __init__(self, prefix: str = DEFAULT_PREFIX, subnet: str | ipaddress.IPv4Network | None = None) -> None:
         _validate_prefix(prefix)
         self.name = prefix + secrets.token_hex(_NAME_TOKEN_LEN // 2)
         self.host_if = self.name + "-h"
@@ -207,8 +218,7 @@ class OutsideClient(Bed):
                     raise NetnsError(f"{subnet} overlaps {clash[0]}, already used on this host")
             hosts = subnet.hosts()
             host_ip, client_ip = str(next(hosts)), str(next(hosts))
-            _ip("link", "add", self.host_if, "type", "veth",
-                "peer", "name", self._peer_if, "netns", self.name)
+            _ip("link", "add", self.host_if, "type", "veth", "peer", "name", self._peer_if, "netns", self.name)
             _ip("addr", "add", f"{host_ip}/{subnet.prefixlen}", "dev", self.host_if)
         _ip("link", "set", self.host_if, "up")
 

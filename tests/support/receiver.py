@@ -29,11 +29,24 @@ class Clock:
         return self.now
 
 
-def deliver(client, body: bytes, *, event="release", delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958",
-            hook_id="109948940", secret=GITHUB_SECRET, content_type="application/json", signature=None,
-            headers=None):
-    sent = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "X-GitHub-Hook-ID": hook_id,
-            "Content-Type": content_type}
+def deliver(
+    client,
+    body: bytes,
+    *,
+    event="release",
+    delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958",
+    hook_id="109948940",
+    secret=GITHUB_SECRET,
+    content_type="application/json",
+    signature=None,
+    headers=None,
+):
+    sent = {
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "X-GitHub-Hook-ID": hook_id,
+        "Content-Type": content_type,
+    }
     if secret is not None:
         sent["X-Hub-Signature-256"] = signature or signatures.github_signature(secret, body)
     sent.update(headers or {})
@@ -46,13 +59,26 @@ def published(**release_changes) -> bytes:
     return json.dumps(data).encode()
 
 
-def signed_call(client, method, path, body=b"", *, key_id="alice", secret=ALICE_SECRET, timestamp=NOW,
-                nonce=None, content_type="application/json", host=TEST_HOST, sent_to=None):
+def signed_call(
+    client,
+    method,
+    path,
+    body=b"",
+    *,
+    key_id="alice",
+    secret=ALICE_SECRET,
+    timestamp=NOW,
+    nonce=None,
+    content_type="application/json",
+    host=TEST_HOST,
+    sent_to=None,
+):
     """A request signed for `host` and sent with that Host (or, to replay it elsewhere, with `sent_to`'s)."""
     nonce = nonce or f"nonce-{signed_call.counter:016d}"
     signed_call.counter += 1
-    headers = signatures.sign_request(secret, method=method, host=host, path=path, key_id=key_id,
-                                      timestamp=timestamp, nonce=nonce, body=body)
+    headers = signatures.sign_request(
+        secret, method=method, host=host, path=path, key_id=key_id, timestamp=timestamp, nonce=nonce, body=body
+    )
     if content_type:
         headers["Content-Type"] = content_type
     return client.open(path, method=method, data=body, headers=headers, base_url=f"http://{sent_to or host}")

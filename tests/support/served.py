@@ -63,7 +63,12 @@ class Served:
         with open(log, "w") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "deployer", "-c", str(self.deployer.config_path), "serve", *self.serve_args],
-                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace")
@@ -73,8 +78,10 @@ class Served:
             assert self.process.poll() is None, f"serve exited:\n{text[-3000:]}"
             try:
                 # Our gunicorn must have bound the port: another test run's server may answer on it too.
-                if (f"Listening at: {self.url}" in text
-                        and requests.get(f"{self.url}/healthz", timeout=2).status_code == 200):
+                if (
+                    f"Listening at: {self.url}" in text
+                    and requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
+                ):
                     return
             except requests.RequestException:
                 pass
@@ -110,15 +117,27 @@ class Served:
         self.process = None
 
     def deliver(self, body: bytes, *, event: str = "release", delivery: str | None = None) -> requests.Response:
-        headers = {"Content-Type": "application/json", "User-Agent": "GitHub-Hookshot/test",
-                   "X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
-                   "X-GitHub-Hook-ID": HOOK_ID,
-                   "X-Hub-Signature-256": signatures.github_signature(self.github_secret, body)}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "GitHub-Hookshot/test",
+            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+            "X-GitHub-Hook-ID": HOOK_ID,
+            "X-Hub-Signature-256": signatures.github_signature(self.github_secret, body),
+        }
         return requests.post(f"{self.url}/hooks/github", data=body, headers=headers, timeout=10)
 
     def signed(self, method: str, path: str, body: bytes = b"") -> requests.Response:
-        headers = signatures.sign_request(self.operator_secret, method=method, host=urlsplit(self.url).netloc, path=path, key_id="ops",
-                                          timestamp=int(time.time()), nonce=secrets.token_urlsafe(18), body=body)
+        headers = signatures.sign_request(
+            self.operator_secret,
+            method=method,
+            host=urlsplit(self.url).netloc,
+            path=path,
+            key_id="ops",
+            timestamp=int(time.time()),
+            nonce=secrets.token_urlsafe(18),
+            body=body,
+        )
         if body:
             headers["Content-Type"] = "application/json"
         return requests.request(method, f"{self.url}{path}", data=body, headers=headers, timeout=10)
@@ -139,17 +158,43 @@ class Served:
             time.sleep(0.2)
 
     def redeploy(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "deployer", "-c", str(self.deployer.config_path), "redeploy",
-                               *args, "--url", self.url, "--key-id", "ops", "--secret-file", str(self.secret_file)],
-                              cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "deployer",
+                "-c",
+                str(self.deployer.config_path),
+                "redeploy",
+                *args,
+                "--url",
+                self.url,
+                "--key-id",
+                "ops",
+                "--secret-file",
+                str(self.secret_file),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def log_text(self) -> str:
         return "".join(path.read_text(errors="replace") for path in self.logs)
 
 
 def web_app(port: int, *, drain: float = 0.5, stop_timeout: int = 4, extra: str = "") -> str:
-    return demo_app("web", external=port, blue=port + 1, green=port + 2, drain=drain, stop_timeout=stop_timeout,
-                    env={"DRAIN_TIMEOUT": str(stop_timeout - 2)}, extra=f'repository = "{GITHUB_REPO}"\n{extra}')
+    return demo_app(
+        "web",
+        external=port,
+        blue=port + 1,
+        green=port + 2,
+        drain=drain,
+        stop_timeout=stop_timeout,
+        env={"DRAIN_TIMEOUT": str(stop_timeout - 2)},
+        extra=f'repository = "{GITHUB_REPO}"\n{extra}',
+    )
 
 
 def served_version(port: int) -> str:

@@ -82,9 +82,20 @@ def http_keepalive(host: str, port: int, out, pause: float, timeout: float) -> N
             try:
                 sock = socket.create_connection((host, port), timeout=timeout)
             except OSError as exc:
-                out.write(json.dumps({"kind": "http-keepalive", "conn": conn_id, "conn_t": conn_t, "t": conn_t,
-                                      "t_end": time.time(), "ok": False,
-                                      "error": f"connect: {type(exc).__name__}: {exc}"}) + "\n")
+                out.write(
+                    json.dumps(
+                        {
+                            "kind": "http-keepalive",
+                            "conn": conn_id,
+                            "conn_t": conn_t,
+                            "t": conn_t,
+                            "t_end": time.time(),
+                            "ok": False,
+                            "error": f"connect: {type(exc).__name__}: {exc}",
+                        }
+                    )
+                    + "\n"
+                )
                 sock = None
                 time.sleep(pause)
                 continue

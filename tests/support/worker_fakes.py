@@ -67,8 +67,9 @@ def run_job(config, queue, events, job_id, engine=None, clock=None):
     engine = engine or FakeEngine(journal)
     engine.journal = journal
     job = queue.jobs.get(job_id)
-    status = execute(job, config=config, queue=queue, journal=journal, tools=JobTools(engine=lambda _: engine),
-                     now=clock or Clock())
+    status = execute(
+        job, config=config, queue=queue, journal=journal, tools=JobTools(engine=lambda _: engine), now=clock or Clock()
+    )
     return status, engine
 
 

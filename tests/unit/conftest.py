@@ -18,8 +18,12 @@ from support.receiver import ALICE_KEY, ALICE_SECRET, CAP, GITHUB_SECRET, NAMES,
 @pytest.fixture
 def settings(tmp_path):
     web = app_toml("web", 8000, repository="Codertocat/Hello-World", tag_pattern="^[v0-9][A-Za-z0-9._-]*$")
-    return make_config(tmp_path, web, server=f'{NAMES}max_body_bytes = {CAP}\ngithub_secret_env = "GH_SECRET"\n{ALICE_KEY}',
-                       environ={"GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET})
+    return make_config(
+        tmp_path,
+        web,
+        server=f'{NAMES}max_body_bytes = {CAP}\ngithub_secret_env = "GH_SECRET"\n{ALICE_KEY}',
+        environ={"GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET},
+    )
 
 
 @pytest.fixture
@@ -40,8 +44,9 @@ def queue(settings, clock):
 @pytest.fixture
 def app(settings, queue, events, clock):
     journal = Journal([events.append], secrets=settings.secrets())
-    return create_app({"DEPLOYER_CONFIG": settings, "QUEUE": queue, "JOURNAL": journal, "CLOCK": clock,
-                       "TESTING": True})
+    return create_app(
+        {"DEPLOYER_CONFIG": settings, "QUEUE": queue, "JOURNAL": journal, "CLOCK": clock, "TESTING": True}
+    )
 
 
 @pytest.fixture

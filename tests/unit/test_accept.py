@@ -73,9 +73,16 @@ def test_a_job_that_cannot_be_released_is_withdrawn_and_recorded_so(queue):
     with pytest.raises(StateError):
         accept(jobs, journal, job, app="web")
     assert queue.jobs.get(job.id) is None
-    assert journal.events[-1] == ("job.withdrawn", {
-        "job": job.id, "app": "web", "actor": "key:alice", "outcome": "failed",
-        "reason": "the job could not be released to the worker: the job queue is not writable"})
+    assert journal.events[-1] == (
+        "job.withdrawn",
+        {
+            "job": job.id,
+            "app": "web",
+            "actor": "key:alice",
+            "outcome": "failed",
+            "reason": "the job could not be released to the worker: the job queue is not writable",
+        },
+    )
 
 
 def test_a_job_that_cannot_be_withdrawn_stays_accepting_and_is_logged(queue, caplog):

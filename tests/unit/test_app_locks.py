@@ -29,8 +29,12 @@ class Holder:
     """Another process that holds an app's lock until told to release it."""
 
     def __init__(self, state_dir, app):
-        self.process = subprocess.Popen([sys.executable, "-c", HOLDER, str(state_dir), app], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(state_dir), app],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.process.stdout.readline() == "locked\n"
 
     @property
@@ -70,8 +74,11 @@ def test_a_second_deploy_of_the_same_app_is_refused_at_once_naming_the_holder(tm
         with AppLock(tmp_path, "demo"):
             pytest.fail("the lock was granted twice")
     assert time.monotonic() - started < 0.5
-    assert re.fullmatch(rf"another deploy of app 'demo' is running \(pid {holder.pid}, tag v9, for \d+s\); "
-                        r"try again later", str(caught.value)), str(caught.value)
+    assert re.fullmatch(
+        rf"another deploy of app 'demo' is running \(pid {holder.pid}, tag v9, for \d+s\); "
+        r"try again later",
+        str(caught.value),
+    ), str(caught.value)
     assert caught.value.exit_code == 75
     assert caught.value.context == {"app": "demo"}
 

@@ -31,11 +31,15 @@ def downloader(github, token=TOKEN):
 
 
 def test_the_image_is_fetched_through_the_redirect_and_verified(github, tmp_path):
-    result = downloader(github).download_image({"id": 11, "name": "image.tar", "checksum_id": 12}, tmp_path,
-                                               max_bytes=10**6)
+    result = downloader(github).download_image(
+        {"id": 11, "name": "image.tar", "checksum_id": 12}, tmp_path, max_bytes=10**6
+    )
     assert result.path.read_bytes() == IMAGE_BYTES
     assert (result.size, result.sha256, result.checksum_verified) == (
-        len(IMAGE_BYTES), hashlib.sha256(IMAGE_BYTES).hexdigest(), True)
+        len(IMAGE_BYTES),
+        hashlib.sha256(IMAGE_BYTES).hexdigest(),
+        True,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tar"]  # the .sha256 is not kept
 
 
@@ -57,14 +61,14 @@ def test_a_private_repository_without_the_token_is_a_clear_error(tmp_path):
     with FakeGitHub(REPO, assets={11: IMAGE_BYTES}, token=TOKEN, private=True) as github:
         with pytest.raises(AssetError) as caught:
             downloader(github, token=None).download_image({"id": 11, "name": "image.tar"}, tmp_path, max_bytes=10**6)
-    assert str(caught.value) == (f"downloading asset image.tar (11) of {REPO} failed: HTTP 404 "
-                                 "(a private repository needs asset.token_file)")
+    assert str(caught.value) == (
+        f"downloading asset image.tar (11) of {REPO} failed: HTTP 404 (a private repository needs asset.token_file)"
+    )
 
 
 def test_a_mismatching_checksum_refuses_the_image_and_removes_it(github, tmp_path):
     with pytest.raises(AssetError) as caught:
-        downloader(github).download_image({"id": 11, "name": "image.tar", "checksum_id": 13}, tmp_path,
-                                          max_bytes=10**6)
+        downloader(github).download_image({"id": 11, "name": "image.tar", "checksum_id": 13}, tmp_path, max_bytes=10**6)
     assert str(caught.value).startswith("image.tar does not match image.tar.sha256 (got sha256:")
     assert list(tmp_path.iterdir()) == []
 
@@ -91,8 +95,9 @@ def test_an_asset_over_the_cap_without_a_declared_length_is_cut_off(tmp_path):
 
 def test_a_chunked_asset_within_the_cap_downloads(tmp_path):
     with FakeGitHub(REPO, assets={11: IMAGE_BYTES}, chunked=True) as github:
-        result = downloader(github, token=None).download_image({"id": 11, "name": "image.tar"}, tmp_path,
-                                                               max_bytes=10**6)
+        result = downloader(github, token=None).download_image(
+            {"id": 11, "name": "image.tar"}, tmp_path, max_bytes=10**6
+        )
     assert result.path.read_bytes() == IMAGE_BYTES
 
 
@@ -103,8 +108,12 @@ def test_the_authorization_header_is_kept_only_on_the_same_origin():
     api = "https://api.github.com/repos/o/r/releases/assets/1"
     headers = {"Authorization": "Bearer t", "Accept": "application/octet-stream"}
     assert assets.redirect_headers(api, "https://api.github.com/other", headers) == headers
-    for target in ("https://objects.githubusercontent.com/x", "https://api.github.com:8443/x",
-                   "http://api.github.com/x", "https://evil.example/api.github.com"):
+    for target in (
+        "https://objects.githubusercontent.com/x",
+        "https://api.github.com:8443/x",
+        "http://api.github.com/x",
+        "https://evil.example/api.github.com",
+    ):
         assert assets.redirect_headers(api, target, headers) == {"Accept": "application/octet-stream"}
 
 
@@ -123,14 +132,19 @@ def test_asset_ids_must_be_positive_whole_numbers(asset_id):
 
 
 def test_the_asset_url():
-    assert assets.asset_url("https://api.github.com/", REPO, 11) == \
-        "https://api.github.com/repos/Codertocat/Hello-World/releases/assets/11"
+    assert (
+        assets.asset_url("https://api.github.com/", REPO, 11)
+        == "https://api.github.com/repos/Codertocat/Hello-World/releases/assets/11"
+    )
 
 
-@pytest.mark.parametrize("text, digest", [
-    (b"ab" * 32 + b"  image.tar\n", "ab" * 32),
-    (b"AB" * 32 + b"\n", "ab" * 32),
-])
+@pytest.mark.parametrize(
+    "text, digest",
+    [
+        (b"ab" * 32 + b"  image.tar\n", "ab" * 32),
+        (b"AB" * 32 + b"\n", "ab" * 32),
+    ],
+)
 def test_checksum_files_in_sha256sum_format_or_bare(text, digest):
     assert assets.parse_checksum(text, "image.tar") == digest
 

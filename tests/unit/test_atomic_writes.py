@@ -30,10 +30,13 @@ def fsyncs(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize(("durable", "synced"), [
-    (True, ["file", "folder"]),
-    (False, []),
-])
+@pytest.mark.parametrize(
+    ("durable", "synced"),
+    [
+        (True, ["file", "folder"]),
+        (False, []),
+    ],
+)
 def test_durability_is_the_callers_choice(tmp_path, fsyncs, durable, synced):
     path = tmp_path / "records" / "demo.json"
     write_atomically(path, "{}\n", durable=durable)

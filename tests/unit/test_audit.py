@@ -45,8 +45,17 @@ def log(tmp_path: Path) -> AuditLog:
 
 
 def fill(log: AuditLog, count: int = 6) -> None:
-    log.append_many({"event": "step", "ts": f"2024-05-0{1 + i % 9}T10:00:00.000Z", "app": "web",
-                     "actor": "cli:ann", "step": f"s{i + 1}", "outcome": "ok"} for i in range(count))
+    log.append_many(
+        {
+            "event": "step",
+            "ts": f"2024-05-0{1 + i % 9}T10:00:00.000Z",
+            "app": "web",
+            "actor": "cli:ann",
+            "step": f"s{i + 1}",
+            "outcome": "ok",
+        }
+        for i in range(count)
+    )
 
 
 def sql(log: AuditLog, *statements: str) -> None:
@@ -102,8 +111,7 @@ def test_the_database_is_wal_and_refuses_plain_updates_and_deletes(log):
 
 def test_verify_names_an_edited_entry(log):
     fill(log)
-    sql(log, "UPDATE entries SET entry = replace(entry, '\"outcome\":\"ok\"', '\"outcome\":\"failed\"') "
-             "WHERE seq = 4")
+    sql(log, 'UPDATE entries SET entry = replace(entry, \'"outcome":"ok"\', \'"outcome":"failed"\') WHERE seq = 4')
     verdict = log.verify()
     assert (verdict.ok, verdict.first_bad, verdict.checked) == (False, 4, 3)
     assert verdict.problem == "entry 4 was edited: its content no longer matches its hash"
@@ -122,8 +130,10 @@ def test_verify_names_an_entry_rewritten_with_a_recomputed_hash(log):
     conn = sqlite3.connect(log.path)
     entry, prev = conn.execute("SELECT entry, prev_hash FROM entries WHERE seq = 3").fetchone()
     forged = entry.replace('"ok"', '"failed"')
-    sql(log, f"UPDATE entries SET entry = '{forged}', outcome = 'failed', hash = '{chain_hash(prev, forged)}' "
-             f"WHERE seq = 3")
+    sql(
+        log,
+        f"UPDATE entries SET entry = '{forged}', outcome = 'failed', hash = '{chain_hash(prev, forged)}' WHERE seq = 3",
+    )
     verdict = log.verify()
     assert verdict.first_bad == 3
     assert verdict.problem == "entry 3 was rewritten with a new hash: entry 4 no longer links to it"
@@ -152,13 +162,18 @@ def test_verify_names_the_last_entry_rewritten_with_a_recomputed_hash(log):
     sql(log, f"UPDATE entries SET entry = '{forged}', hash = '{chain_hash(prev, forged)}' WHERE seq = 6")
     verdict = log.verify()
     assert (verdict.first_bad, verdict.problem) == (
-        6, "entry 6 was rewritten with a new hash: the head records another hash")
+        6,
+        "entry 6 was rewritten with a new hash: the head records another hash",
+    )
 
 
 def test_verify_names_two_swapped_entries(log):
     fill(log)
-    sql(log, "UPDATE entries SET seq = -seq WHERE seq IN (3, 4)",
-        "UPDATE entries SET seq = CASE seq WHEN -3 THEN 4 ELSE 3 END WHERE seq IN (-3, -4)")
+    sql(
+        log,
+        "UPDATE entries SET seq = -seq WHERE seq IN (3, 4)",
+        "UPDATE entries SET seq = CASE seq WHEN -3 THEN 4 ELSE 3 END WHERE seq IN (-3, -4)",
+    )
     verdict = log.verify()
     assert verdict.first_bad == 3
     assert verdict.problem == "entry 3 is out of order: its row holds entry 4 (rows were reordered)"
@@ -167,12 +182,16 @@ def test_verify_names_two_swapped_entries(log):
 def test_verify_names_swapped_contents_too(log):
     fill(log)
     cols = "ts, event, app, actor, job, outcome, entry, prev_hash, hash"
-    sql(log, "CREATE TEMP TABLE keep AS SELECT * FROM entries WHERE seq IN (2, 5)",
-        f"UPDATE entries SET ({cols}) = (SELECT {cols} FROM keep WHERE keep.seq = 7 - entries.seq) "
-        f"WHERE seq IN (2, 5)")
+    sql(
+        log,
+        "CREATE TEMP TABLE keep AS SELECT * FROM entries WHERE seq IN (2, 5)",
+        f"UPDATE entries SET ({cols}) = (SELECT {cols} FROM keep WHERE keep.seq = 7 - entries.seq) WHERE seq IN (2, 5)",
+    )
     verdict = log.verify()
     assert (verdict.first_bad, verdict.problem) == (
-        2, "entry 2 is out of order: its row holds entry 5 (rows were reordered)")
+        2,
+        "entry 2 is out of order: its row holds entry 5 (rows were reordered)",
+    )
 
 
 def test_check_chain_is_pure_and_accepts_rows_from_anywhere():
@@ -196,8 +215,15 @@ def test_prune_keeps_a_checkpoint_so_the_rest_still_verifies(log):
     remaining = log.query(Query(limit=None, oldest_first=True))
     assert [e.seq for e in remaining] == [4, 5, 6, 7]
     assert remaining[-1].fields | {"ts": "-"} == {
-        "event": "audit.pruned", "actor": "cli:ann", "before": "2024-05-04T00:00:00.000Z", "entries": 3,
-        "first_seq": 1, "last_seq": 3, "seq": 7, "ts": "-"}
+        "event": "audit.pruned",
+        "actor": "cli:ann",
+        "before": "2024-05-04T00:00:00.000Z",
+        "entries": 3,
+        "first_seq": 1,
+        "last_seq": 3,
+        "seq": 7,
+        "ts": "-",
+    }
     verdict = log.verify()
     assert (verdict.ok, verdict.start_seq, verdict.checked, verdict.head_seq) == (True, 3, 4, 7)
     assert pruned.checkpoint == remaining[0].prev_hash
@@ -243,17 +269,42 @@ def test_parse_time_reads_relative_and_absolute_times():
 
 
 def test_build_select_renders_every_filter():
-    query = audit_query_from_args({"app": "web", "since": "24h", "until": "2024-05-10", "event": "deploy.*,step",
-                                   "outcome": "failed", "actor": "github:*", "job": "j1", "limit": "20"}, now=NOW)
+    query = audit_query_from_args(
+        {
+            "app": "web",
+            "since": "24h",
+            "until": "2024-05-10",
+            "event": "deploy.*,step",
+            "outcome": "failed",
+            "actor": "github:*",
+            "job": "j1",
+            "limit": "20",
+        },
+        now=NOW,
+    )
     assert build_select(query) == (
         "SELECT seq, ts, event, app, actor, job, outcome, entry, prev_hash, hash FROM entries "
         "WHERE app = ? AND outcome = ? AND job = ? AND ts >= ? AND ts < ? "
         "AND ((event >= ? AND event < ?) OR event = ?) AND (actor >= ? AND actor < ?) ORDER BY seq DESC LIMIT ?",
-        ["web", "failed", "j1", "2024-05-09T12:00:00.000Z", "2024-05-10T00:00:00.000Z",
-         "deploy.", "deploy/", "step", "github:", "github;", 20])
+        [
+            "web",
+            "failed",
+            "j1",
+            "2024-05-09T12:00:00.000Z",
+            "2024-05-10T00:00:00.000Z",
+            "deploy.",
+            "deploy/",
+            "step",
+            "github:",
+            "github;",
+            20,
+        ],
+    )
     assert build_select(Query(limit=None, after=7, oldest_first=True)) == (
         "SELECT seq, ts, event, app, actor, job, outcome, entry, prev_hash, hash FROM entries "
-        "WHERE seq > ? ORDER BY seq ASC", [7])
+        "WHERE seq > ? ORDER BY seq ASC",
+        [7],
+    )
 
 
 def test_query_args_refuse_unknown_keys_and_bad_limits():
@@ -302,23 +353,45 @@ def test_queries_filter_the_stored_entries_newest_first(log):
 
 
 def test_secret_looking_fields_are_never_recorded():
-    record = record_for({
-        "ts": "2024-05-01T00:00:00.000Z", "event": "delivery", "_durable": True, "delivery": "d-1",
-        "signature": "sha256=abc", "X-Hub-Signature-256": "sha256=abc", "headers": {"X-GitHub-Event": "release"},
-        "api_token": "t", "password": "p", "client_secret": "s", "Authorization": "Bearer x",
-        "request": {"raw_headers": "…", "Cookie": "c", "body_sha256": "f00", "remote_addr": "198.18.0.2"},
-        "key_id": "ops", "nonce": "n-1",
-    })
-    assert record == {"ts": "2024-05-01T00:00:00.000Z", "event": "delivery", "delivery": "d-1",
-                      "request": {"body_sha256": "f00", "remote_addr": "198.18.0.2"}, "key_id": "ops",
-                      "nonce": "n-1"}
+    record = record_for(
+        {
+            "ts": "2024-05-01T00:00:00.000Z",
+            "event": "delivery",
+            "_durable": True,
+            "delivery": "d-1",
+            "signature": "sha256=abc",
+            "X-Hub-Signature-256": "sha256=abc",
+            "headers": {"X-GitHub-Event": "release"},
+            "api_token": "t",
+            "password": "p",
+            "client_secret": "s",
+            "Authorization": "Bearer x",
+            "request": {"raw_headers": "…", "Cookie": "c", "body_sha256": "f00", "remote_addr": "198.18.0.2"},
+            "key_id": "ops",
+            "nonce": "n-1",
+        }
+    )
+    assert record == {
+        "ts": "2024-05-01T00:00:00.000Z",
+        "event": "delivery",
+        "delivery": "d-1",
+        "request": {"body_sha256": "f00", "remote_addr": "198.18.0.2"},
+        "key_id": "ops",
+        "nonce": "n-1",
+    }
 
 
 def test_known_secret_values_never_reach_the_database_file(log, tmp_path):
     secret = "hunter2-registry-password"
     journal = Journal([AuditSink(log)], secrets=[secret])
-    journal.record("step", app="web", step="pull", outcome="failed", error=f"login failed with {secret}",
-                   detail={"password": secret})
+    journal.record(
+        "step",
+        app="web",
+        step="pull",
+        outcome="failed",
+        error=f"login failed with {secret}",
+        detail={"password": secret},
+    )
     journal.record("delivery", app="web", signature=f"sha256={secret}", verdict="rejected")
     log.close()
     stored = b"".join(p.read_bytes() for p in log.path.parent.glob("audit.db*"))
@@ -327,10 +400,17 @@ def test_known_secret_values_never_reach_the_database_file(log, tmp_path):
 
 
 def test_record_for_normalises_time_and_values():
-    record = record_for({"ts": "2024-05-01T14:00:00+02:00", "event": "e", "path": Path("/x"),
-                         "ratio": float("nan"), "tags": {"b", "a"}, "empty": None})
-    assert record == {"ts": "2024-05-01T12:00:00.000Z", "event": "e", "path": "/x", "ratio": "nan",
-                      "tags": ["a", "b"]}
+    record = record_for(
+        {
+            "ts": "2024-05-01T14:00:00+02:00",
+            "event": "e",
+            "path": Path("/x"),
+            "ratio": float("nan"),
+            "tags": {"b", "a"},
+            "empty": None,
+        }
+    )
+    assert record == {"ts": "2024-05-01T12:00:00.000Z", "event": "e", "path": "/x", "ratio": "nan", "tags": ["a", "b"]}
     with pytest.raises(AuditError, match="needs an `event`"):
         record_for({"app": "web"})
 
@@ -350,10 +430,28 @@ def test_sink_records_durable_events_only_and_drops_the_flag(log):
     fields = entries[0].fields
     assert "_durable" not in fields
     assert {k: fields[k] for k in ("event", "step", "outcome", "duration_ms", "app", "actor", "job", "digest")} == {
-        "event": "step", "step": "pull", "outcome": "ok", "duration_ms": 250.0, "app": "web", "actor": "cli:ann",
-        "job": "j1", "digest": "sha256:0"}
-    assert set(fields) == {"ts", "seq", "event", "step", "outcome", "duration_ms", "started_at", "app", "actor",
-                           "job", "digest"}
+        "event": "step",
+        "step": "pull",
+        "outcome": "ok",
+        "duration_ms": 250.0,
+        "app": "web",
+        "actor": "cli:ann",
+        "job": "j1",
+        "digest": "sha256:0",
+    }
+    assert set(fields) == {
+        "ts",
+        "seq",
+        "event",
+        "step",
+        "outcome",
+        "duration_ms",
+        "started_at",
+        "app",
+        "actor",
+        "job",
+        "digest",
+    }
 
 
 def test_sink_never_raises_into_the_engine_but_warns(tmp_path, caplog):
@@ -370,9 +468,19 @@ def test_build_journal_adds_the_audit_sink_for_the_state_dir(tmp_path):
     from deployer.config import parse
     from deployer.wiring import build_journal
 
-    config = parse({"deployer": {"state_dir": "state"}, "apps": {"web": {
-        "image": "registry.example/web", "ports": [{"external": 8000, "container": 80, "blue": 8001, "green": 8002}],
-    }}}, path=tmp_path / "deployer.toml", environ={})
+    config = parse(
+        {
+            "deployer": {"state_dir": "state"},
+            "apps": {
+                "web": {
+                    "image": "registry.example/web",
+                    "ports": [{"external": 8000, "container": 80, "blue": 8001, "green": 8002}],
+                }
+            },
+        },
+        path=tmp_path / "deployer.toml",
+        environ={},
+    )
     build_journal(config).record("deploy.started", app="web", actor="cli:ann")
     entries = AuditLog(tmp_path / "state" / "audit" / "audit.db").query(Query())
     assert [(e.event, e.get("app"), e.get("actor")) for e in entries] == [("deploy.started", "web", "cli:ann")]
@@ -457,11 +565,27 @@ def _entry(seq: int, event: str, **fields) -> Entry:
 
 TIMELINE = [
     _entry(9, "deploy.started", ts="2024-05-01T10:00:00.000Z", tag="v2"),
-    _entry(10, "step", ts="2024-05-01T10:00:01.500Z", step="pull", outcome="ok", duration_ms=1480.2,
-           started_at="2024-05-01T10:00:00.020Z", digest="sha256:ab"),
+    _entry(
+        10,
+        "step",
+        ts="2024-05-01T10:00:01.500Z",
+        step="pull",
+        outcome="ok",
+        duration_ms=1480.2,
+        started_at="2024-05-01T10:00:00.020Z",
+        digest="sha256:ab",
+    ),
     _entry(11, "delivery", ts="2024-05-01T10:00:02.000Z", verdict="accepted"),
-    _entry(12, "step", ts="2024-05-01T10:00:04.000Z", step="health", outcome="failed", duration_ms=2480.0,
-           started_at="2024-05-01T10:00:01.520Z", error="did not pass\nlast log lines: ..."),
+    _entry(
+        12,
+        "step",
+        ts="2024-05-01T10:00:04.000Z",
+        step="health",
+        outcome="failed",
+        duration_ms=2480.0,
+        started_at="2024-05-01T10:00:01.520Z",
+        error="did not pass\nlast log lines: ...",
+    ),
     _entry(13, "deploy.failed", ts="2024-05-01T10:00:04.100Z", tag="v2", outcome="failed", error="did not pass"),
     _entry(14, "deploy.started", ts="2024-05-01T10:05:00.000Z", tag="v3"),
 ]
@@ -473,15 +597,17 @@ def test_deploy_span_takes_one_deploy_without_a_job_id():
 
 
 def test_timeline_shows_start_times_durations_and_outcomes():
-    assert format_timeline(deploy_span(TIMELINE)) == "\n".join([
-        "deploy of web v2 by cli:ann (entries 9-13)",
-        "STARTED (UTC)            STEP             DURATION  OUTCOME  DETAIL",
-        "2024-05-01 10:00:00.000  deploy.started",
-        "2024-05-01 10:00:00.020  pull            1480.2 ms  ok       digest=sha256:ab",
-        "2024-05-01 10:00:01.520  health          2480.0 ms  failed   error=did not pass …",
-        "2024-05-01 10:00:04.100  deploy.failed              failed   tag=v2 error=did not pass",
-        "total 4.1 s, deploy.failed failed",
-    ])
+    assert format_timeline(deploy_span(TIMELINE)) == "\n".join(
+        [
+            "deploy of web v2 by cli:ann (entries 9-13)",
+            "STARTED (UTC)            STEP             DURATION  OUTCOME  DETAIL",
+            "2024-05-01 10:00:00.000  deploy.started",
+            "2024-05-01 10:00:00.020  pull            1480.2 ms  ok       digest=sha256:ab",
+            "2024-05-01 10:00:01.520  health          2480.0 ms  failed   error=did not pass …",
+            "2024-05-01 10:00:04.100  deploy.failed              failed   tag=v2 error=did not pass",
+            "total 4.1 s, deploy.failed failed",
+        ]
+    )
 
 
 def test_timeline_by_job_is_oldest_first(log):
@@ -489,8 +615,11 @@ def test_timeline_by_job_is_oldest_first(log):
     log.append({"event": "deploy.started", "job": "j2", "app": "web"})
     log.append({"event": "deploy.started", "job": "j1", "app": "web"})
     log.append({"event": "deploy.finished", "job": "j1", "app": "web", "outcome": "ok"})
-    assert [(e.seq, e.event) for e in log.timeline("j1")] == [(1, "job.queued"), (3, "deploy.started"),
-                                                            (4, "deploy.finished")]
+    assert [(e.seq, e.event) for e in log.timeline("j1")] == [
+        (1, "job.queued"),
+        (3, "deploy.started"),
+        (4, "deploy.finished"),
+    ]
     assert [e.seq for e in log.span_from(3)] == [3, 4]
     assert log.span_from(1) == []
 
@@ -512,8 +641,10 @@ def test_cli_verify_exits_1_naming_the_entry_and_0_when_intact(config_file, caps
     assert capsys.readouterr().out.startswith("audit log intact: 6 entries checked; head entry 6 ")
     sql(log, "DELETE FROM entries WHERE seq = 4")
     assert cli(["-c", str(config_file), "audit", "verify"]) == 1
-    assert capsys.readouterr().out == ("audit log BROKEN at entry 4: entry 4 removed: the chain jumps from entry 3 "
-                                       "to entry 5\n(3 entries checked before it)\n")
+    assert capsys.readouterr().out == (
+        "audit log BROKEN at entry 4: entry 4 removed: the chain jumps from entry 3 "
+        "to entry 5\n(3 entries checked before it)\n"
+    )
 
 
 def test_cli_lists_filters_and_prints_json(config_file, capsys):
@@ -522,8 +653,10 @@ def test_cli_lists_filters_and_prints_json(config_file, capsys):
     assert cli(["-c", str(config_file), "audit", "--limit", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["SEQ", "TIME", "(UTC)", "EVENT", "APP", "ACTOR", "JOB", "OUTCOME", "DETAIL"]
-    assert [line.split()[:4] for line in lines[1:]] == [["3", "2024-05-03", "10:00:00", "step"],
-                                                        ["2", "2024-05-02", "10:00:00", "step"]]
+    assert [line.split()[:4] for line in lines[1:]] == [
+        ["3", "2024-05-03", "10:00:00", "step"],
+        ["2", "2024-05-02", "10:00:00", "step"],
+    ]
     assert cli(["-c", str(config_file), "audit", "--json", "--until", "2024-05-02"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["count"] == 1 and document["entries"][0]["step"] == "s1"
@@ -547,8 +680,7 @@ def test_cli_prune_and_show(config_file, capsys):
     assert cli(["-c", str(config_file), "audit", "verify"]) == 0
     assert "after the checkpoint at entry 2" in capsys.readouterr().out
     assert cli(["-c", str(config_file), "audit", "show", "nope"]) == 1
-    assert capsys.readouterr().err == ("deployer: no job 'nope' and no deploy started at entry nope "
-                                       "in the audit log\n")
+    assert capsys.readouterr().err == ("deployer: no job 'nope' and no deploy started at entry nope in the audit log\n")
 
 
 # --- the benchmark -------------------------------------------------------------------------------
@@ -560,8 +692,12 @@ def test_benchmark_smoke_runs_on_2000_entries(tmp_path):
 
     out = tmp_path / "audit.json"
     bench = Path(__file__).resolve().parents[2] / "bench" / "audit_bench.py"
-    done = subprocess.run([sys.executable, str(bench), "--entries", "2000", "--runs", "2", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(bench), "--entries", "2000", "--runs", "2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(out.read_text())
     assert (result["entries"], result["verify_ok"], result["verify_checked"]) == (2000, True, 2200)
@@ -583,11 +719,27 @@ def test_cli_follow_streams_new_entries_until_interrupted(config_file):
 
     log = AuditLog.for_state_dir(config_file.parent / "state")
     fill(log, 3)
-    follower = subprocess.Popen([sys.executable, "-m", "deployer", "-c", str(config_file), "audit", "--follow",
-                                 "--jsonl", "--limit", "2", "--event", "deploy.*,step"],
-                                cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                preexec_fn=default_sigint)  # noqa: PLW1509 - no other thread runs here
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deployer",
+            "-c",
+            str(config_file),
+            "audit",
+            "--follow",
+            "--jsonl",
+            "--limit",
+            "2",
+            "--event",
+            "deploy.*,step",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )  # noqa: PLW1509 - no other thread runs here
     try:
         first = [json.loads(follower.stdout.readline())["seq"] for _ in range(2)]
         log.append({"event": "job.queued", "app": "web"})  # filtered out

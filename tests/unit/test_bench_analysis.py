@@ -21,20 +21,45 @@ def test_percentiles_interpolate_and_summaries_round():
 def test_datapath_ratios_are_medians_of_per_round_ratios():
     rounds = []
     for number, (direct, dnat) in enumerate([(100.0, 98.0), (50.0, 51.0), (80.0, 40.0)]):
-        rounds.append({"round": number, "client": "host", "path": "direct", "rps": direct, "p50_ms": 1.0,
-                       "p99_ms": 2.0, "errors": 0})
-        rounds.append({"round": number, "client": "host", "path": "dnat", "rps": dnat, "p50_ms": 1.1,
-                       "p99_ms": 2.0, "errors": 1})
+        rounds.append(
+            {
+                "round": number,
+                "client": "host",
+                "path": "direct",
+                "rps": direct,
+                "p50_ms": 1.0,
+                "p99_ms": 2.0,
+                "errors": 0,
+            }
+        )
+        rounds.append(
+            {"round": number, "client": "host", "path": "dnat", "rps": dnat, "p50_ms": 1.1, "p99_ms": 2.0, "errors": 1}
+        )
     rounds.append({"round": 3, "client": "host", "path": "dnat", "rps": None, "error": "wrk failed"})
     summary = analysis.datapath_summary(rounds)["host"]
     assert summary["direct"]["rps_ratio"] == 1.0
-    assert summary["dnat"] == {"rounds": 3, "failed_rounds": 1, "rps": 51.0, "p50_ms": 1.1, "p99_ms": 2.0,
-                               "errors": 3, "rps_ratio": 0.98, "p50_ratio": 1.1, "p99_ratio": 1.0}
+    assert summary["dnat"] == {
+        "rounds": 3,
+        "failed_rounds": 1,
+        "rps": 51.0,
+        "p50_ms": 1.1,
+        "p99_ms": 2.0,
+        "errors": 3,
+        "rps_ratio": 0.98,
+        "p50_ratio": 1.1,
+        "p99_ratio": 1.0,
+    }
 
 
 def test_switch_intervals_of_a_flip_and_of_stop_then_start():
-    events = [step("flip", 5.0, 100), step("health", 9.0, 50), step("stop", 11.0, 500), step("pull", 11.5, 10),
-              step("health", 13.0, 800), step("flip", 20.0, 40)]
+    events = [
+        step("flip", 5.0, 100),
+        step("health", 9.0, 50),
+        step("stop", 11.0, 500),
+        step("pull", 11.5, 10),
+        step("health", 13.0, 800),
+        step("flip", 20.0, 40),
+    ]
     assert analysis.switch_intervals(events, "flip", "flip", since=0) == [(4.9, 5.0), (19.96, 20.0)]
     assert analysis.switch_intervals(events, "stop", "health", since=6) == [(10.5, 13.0)]
 
@@ -54,8 +79,11 @@ def test_a_datagram_is_stale_only_when_an_older_release_answers_well_after_the_s
     assert not analysis.is_stale(datagram(19.9, "v3"), tags, ends), "a newer release during its own switch"
     assert not analysis.is_stale(datagram(5.0, "v1"), tags, ends)
     assert not analysis.is_stale(datagram(12.0, None), tags, ends)
-    summary = analysis.udp_client([datagram(9.0, "v1"), datagram(10.5, "v1"), datagram(11.0, None),
-                                   datagram(11.5, None), datagram(12.0, "v2")], tags, [(9.9, 10.0), (19.9, 20.0)])
+    summary = analysis.udp_client(
+        [datagram(9.0, "v1"), datagram(10.5, "v1"), datagram(11.0, None), datagram(11.5, None), datagram(12.0, "v2")],
+        tags,
+        [(9.9, 10.0), (19.9, 20.0)],
+    )
     assert summary["sent"] == 5 and summary["unanswered"] == 2 and summary["stale_answers"] == 1
     assert summary["longest_silence_s"] == 1.0
     assert summary["stale_examples"] == [{"from_switch_s": 0.5, "live": "v2", "version": "v1"}]
@@ -65,8 +93,14 @@ def test_http_figures_and_the_worst_latency_around_a_switch():
     records = [
         {"kind": "http-new", "conn": 1, "t": 1.0, "t_end": 1.002, "ok": True},
         {"kind": "http-new", "conn": 2, "t": 9.8, "t_end": 9.9, "ok": True},  # around the switch at 10
-        {"kind": "http-new", "conn": 3, "t": 10.2, "t_end": 10.2, "ok": False,
-         "error": "ConnectionRefusedError: [Errno 111] Connection refused"},
+        {
+            "kind": "http-new",
+            "conn": 3,
+            "t": 10.2,
+            "t_end": 10.2,
+            "ok": False,
+            "error": "ConnectionRefusedError: [Errno 111] Connection refused",
+        },
         {"kind": "http-new", "conn": 4, "t": 30.0, "t_end": 30.5, "ok": True},  # slow, but far from it
     ]
     figures = analysis.http_client(records, [(9.99, 10.0)])
@@ -79,19 +113,24 @@ def test_http_figures_and_the_worst_latency_around_a_switch():
 def test_a_scenario_summary_lines_up_steps_records_and_deploys():
     events = [
         {"event": "deploy.started", "wall": 1.0},
-        step("pull", 1.1, 100), step("health", 1.5, 300),
-        {"event": "netfilter.write", "wall": 1.52}, {"event": "netfilter.write", "wall": 1.54},
+        step("pull", 1.1, 100),
+        step("health", 1.5, 300),
+        {"event": "netfilter.write", "wall": 1.52},
+        {"event": "netfilter.write", "wall": 1.54},
         step("flip", 1.55, 50, committed_ms=3.0),
         step("drain", 2.5, 900),
         {"event": "deploy.finished", "wall": 3.0},
     ]
     records = {
-        "host-new": [{"kind": "http-new", "conn": 1, "t": 1.2, "t_end": 1.21, "ok": True, "version": "v1"},
-                     {"kind": "http-new", "conn": 2, "t": 2.0, "t_end": 2.01, "ok": True, "version": "v2"}],
+        "host-new": [
+            {"kind": "http-new", "conn": 1, "t": 1.2, "t_end": 1.21, "ok": True, "version": "v1"},
+            {"kind": "http-new", "conn": 2, "t": 2.0, "t_end": 2.01, "ok": True, "version": "v2"},
+        ],
         "host-udp": [{"kind": "udp", "t": 2.0, "answered": True, "version": "v2"}],
     }
-    summary = analysis.scenario_summary(events, records, tags=["v1", "v2"], load_start=0.5,
-                                        switch_steps=("flip", "flip"))
+    summary = analysis.scenario_summary(
+        events, records, tags=["v1", "v2"], load_start=0.5, switch_steps=("flip", "flip")
+    )
     assert (summary["deploys"], summary["switches"], summary["requests"], summary["failed_requests"]) == (1, 1, 2, 0)
     assert summary["udp_sent"] == 1 and summary["udp_stale_answers"] == 0
     assert summary["flip"]["committed_ms"]["median"] == 3.0 and summary["flip"]["step_ms"]["median"] == 50
@@ -105,8 +144,13 @@ def test_a_scenario_summary_lines_up_steps_records_and_deploys():
 
 def test_scale_is_flat_within_a_factor_or_a_slack():
     def point(n: int, commit: float) -> dict:
-        return {"other_apps": n, "install_ms": 1.0, "committed_ms": [commit] * 3, "flip_step_ms": [30.0],
-                "deploy_ms": [900.0]}
+        return {
+            "other_apps": n,
+            "install_ms": 1.0,
+            "committed_ms": [commit] * 3,
+            "flip_step_ms": [30.0],
+            "deploy_ms": [900.0],
+        }
 
     flat = analysis.scale_summary([point(1, 4.0), point(1000, 5.9)])
     assert flat["flat"] and flat["largest_over_smallest"] == 1.48
@@ -116,8 +160,14 @@ def test_scale_is_flat_within_a_factor_or_a_slack():
 
 def test_scale_reads_the_commit_against_the_floor_and_the_step_against_the_commit():
     def point(n: int, commit: float, step: float, floor: float) -> dict:
-        return {"other_apps": n, "install_ms": 1.0, "committed_ms": [commit] * 3, "flip_step_ms": [step] * 3,
-                "deploy_ms": [900.0], "floor_ms": [floor] * 3}
+        return {
+            "other_apps": n,
+            "install_ms": 1.0,
+            "committed_ms": [commit] * 3,
+            "flip_step_ms": [step] * 3,
+            "deploy_ms": [900.0],
+            "floor_ms": [floor] * 3,
+        }
 
     summary = analysis.scale_summary([point(1, 3.0, 8.0, 2.5), point(1000, 3.0, 8.0, 2.5)])
     assert (summary["commit_over_floor"], summary["step_over_commit"]) == (1.2, 2.67)
@@ -125,7 +175,8 @@ def test_scale_reads_the_commit_against_the_floor_and_the_step_against_the_commi
     found = {t["target"]: t for t in analysis.targets(None, None, {"summary": summary}, duration_s=60, quick=True)}
     assert found["flip commit within 1.5x the floor (bare iptables-restore)"]["met"]
     assert found["whole flip step within 3.0x the commit"]["detail"] == (
-        "median flip step / median commit, all points: x2.67")
+        "median flip step / median commit, all points: x2.67"
+    )
     slow = analysis.scale_summary([point(1, 6.0, 20.0, 2.5)])
     found = {t["target"]: t["met"] for t in analysis.targets(None, None, {"summary": slow}, duration_s=60, quick=True)}
     assert not found["flip commit within 1.5x the floor (bare iptables-restore)"]
@@ -134,15 +185,24 @@ def test_scale_reads_the_commit_against_the_floor_and_the_step_against_the_commi
 
 def test_the_nftables_flip_is_judged_by_its_worst_median_and_its_flatness():
     def point(n: int, commit: float, backend: float) -> dict:
-        return {"other_apps": n, "committed_ms": [commit] * 3, "backend_committed_ms": [backend] * 3,
-                "backend_step_ms": [backend * 2] * 3}
+        return {
+            "other_apps": n,
+            "committed_ms": [commit] * 3,
+            "backend_committed_ms": [backend] * 3,
+            "backend_step_ms": [backend * 2] * 3,
+        }
 
     flat = analysis.nft_scale_summary([point(1, 0.2, 0.5), point(10000, 0.25, 0.6)])
     assert (flat["flat"], flat["largest_over_smallest"], flat["worst_median_ms"]) == (True, 1.25, 0.25)
     assert (flat["backend_flat"], flat["backend_largest_over_smallest"], flat["backend_worst_median_ms"]) == (
-        True, 1.2, 0.6)
-    steep = {"summary": analysis.scale_summary([]), "nftables": {"summary": analysis.nft_scale_summary(
-        [point(1, 0.2, 0.5), point(10000, 1.2, 0.55)])}}
+        True,
+        1.2,
+        0.6,
+    )
+    steep = {
+        "summary": analysis.scale_summary([]),
+        "nftables": {"summary": analysis.nft_scale_summary([point(1, 0.2, 0.5), point(10000, 1.2, 0.55)])},
+    }
     found = {t["target"]: t["met"] for t in analysis.targets(None, None, steep, duration_s=60, quick=True)}
     assert not found["nftables floor (a bare element replace) commit median within 1 ms at every point"]
     assert not found["nftables floor (a bare element replace) flat (within 1.3x) from 1 to 10,000 other apps"]
@@ -151,13 +211,25 @@ def test_the_nftables_flip_is_judged_by_its_worst_median_and_its_flatness():
 
 
 def test_targets_say_met_or_not_with_their_figure():
-    datapath = {"summary": {"host": {"dnat": {"rps_ratio": 0.97, "p50_ratio": 1.02}},
-                            "outside": {"dnat": {"rps_ratio": 0.90, "p50_ratio": 1.0}}}}
-    scenario = {"failed_requests": 0, "requests": 100, "deploys": 2, "udp_unanswered": 0, "udp_sent": 50,
-                "udp_stale_answers": 0, "flip": {"committed_ms": {"median": 4.0}, "step_ms": {"median": 30.0}}}
+    datapath = {
+        "summary": {
+            "host": {"dnat": {"rps_ratio": 0.97, "p50_ratio": 1.02}},
+            "outside": {"dnat": {"rps_ratio": 0.90, "p50_ratio": 1.0}},
+        }
+    }
+    scenario = {
+        "failed_requests": 0,
+        "requests": 100,
+        "deploys": 2,
+        "udp_unanswered": 0,
+        "udp_sent": 50,
+        "udp_stale_answers": 0,
+        "flip": {"committed_ms": {"median": 4.0}, "step_ms": {"median": 30.0}},
+    }
     deploys = {"scenarios": {"ours": scenario, "seed": {**scenario, "failed_requests": 3}, "naive": scenario}}
-    found = analysis.targets(datapath, deploys, {"summary": {"flat": True, "largest_over_smallest": 1.1}},
-                             duration_s=700, quick=False)
+    found = analysis.targets(
+        datapath, deploys, {"summary": {"flat": True, "largest_over_smallest": 1.1}}, duration_s=700, quick=False
+    )
     verdicts = {t["target"]: t["met"] for t in found}
     assert verdicts == {
         "DNAT within 5% of direct (host): throughput and p50": True,

@@ -48,5 +48,12 @@ def test_no_report_or_no_distribution_is_an_error():
 
 def test_command():
     assert wrk_argv("http://h:1/", threads=1, connections=32, seconds=4) == [
-        "wrk", "-t1", "-c32", "-d4s", "--timeout=2s", "--latency", "http://h:1/"]
+        "wrk",
+        "-t1",
+        "-c32",
+        "-d4s",
+        "--timeout=2s",
+        "--latency",
+        "http://h:1/",
+    ]
     assert wrk_argv("http://h:1/", threads=2, connections=8, seconds=0.3)[3] == "-d300ms"

@@ -34,7 +34,10 @@ def test_quick_plan_is_small_and_full_plan_has_the_issue_defaults():
 def test_data_path_rounds_alternate_their_order():
     paths = ("direct", "dnat", "haproxy")
     assert [round_order(paths, n) for n in range(3)] == [
-        ["direct", "dnat", "haproxy"], ["haproxy", "dnat", "direct"], ["direct", "dnat", "haproxy"]]
+        ["direct", "dnat", "haproxy"],
+        ["haproxy", "dnat", "direct"],
+        ["direct", "dnat", "haproxy"],
+    ]
 
 
 def test_every_port_of_every_block_stays_in_the_bench_range():
@@ -54,8 +57,12 @@ def test_every_port_of_every_block_stays_in_the_bench_range():
 
 def test_run_names_derive_from_the_prefix():
     names = RunNames("DB1A2B3")
-    assert (names.owner, names.network, names.bridge, names.netns_prefix) == ("db1a2b3", "db1a2b3", "br-db1a2b3",
-                                                                              "db1a2b3")
+    assert (names.owner, names.network, names.bridge, names.netns_prefix) == (
+        "db1a2b3",
+        "db1a2b3",
+        "br-db1a2b3",
+        "db1a2b3",
+    )
     assert str(names.scratch) == "/tmp/deployer-bench-DB1A2B3"
     assert prefix_of_chain("DB1A2B3-ours") == "DB1A2B3" and prefix_of_chain("DB1A2B3") == "DB1A2B3"
     assert prefix_of_chain("DT1A2B3-web") is None and prefix_of_chain("DOCKER") is None
@@ -75,17 +82,23 @@ def test_the_rendered_config_loads_and_says_what_the_bench_meant(tmp_path: Path)
     app = config.app("seed")
     assert app.bind == "0.0.0.0" and app.drain_seconds == 1.5 and app.env["DRAIN_TIMEOUT"] == "3"
     assert [(p.protocol, p.external, p.blue, p.green) for p in app.ports] == [
-        ("tcp", 24310, 24311, 24312), ("udp", 24313, 24314, 24315)]
+        ("tcp", 24310, 24311, 24312),
+        ("udp", 24313, 24314, 24315),
+    ]
     assert app.health.path == "/healthz" and app.health.interval == 0.1
 
 
 def test_stand_in_apps_are_rendered_like_the_deployer_renders_an_app_chain():
     chains = filler_chains(RunNames("DBABCDE"), Ports.block(0), range(2))
     assert chains == {
-        "f0000": ['-A DBABCDE-f0000 -p tcp -m tcp --dport 24060 -m comment --comment "f0000 blue stand-in" '
-                  '-j DNAT --to-destination 198.51.100.1:8080'],
-        "f0001": ['-A DBABCDE-f0001 -p tcp -m tcp --dport 24061 -m comment --comment "f0001 blue stand-in" '
-                  '-j DNAT --to-destination 198.51.100.2:8080'],
+        "f0000": [
+            '-A DBABCDE-f0000 -p tcp -m tcp --dport 24060 -m comment --comment "f0000 blue stand-in" '
+            "-j DNAT --to-destination 198.51.100.1:8080"
+        ],
+        "f0001": [
+            '-A DBABCDE-f0001 -p tcp -m tcp --dport 24061 -m comment --comment "f0001 blue stand-in" '
+            "-j DNAT --to-destination 198.51.100.2:8080"
+        ],
     }
 
 

@@ -8,7 +8,9 @@ from bench.proxies import haproxy_argv, haproxy_config, nginx_argv, nginx_config
 
 
 def test_haproxy_listens_where_told_with_one_thread_and_keep_alive_to_the_backend():
-    assert haproxy_config([("127.0.0.1", 24046), ("198.18.7.1", 24046)], ("172.19.0.2", 8080)) == """\
+    assert (
+        haproxy_config([("127.0.0.1", 24046), ("198.18.7.1", 24046)], ("172.19.0.2", 8080))
+        == """\
 global
     nbthread 1
     maxconn 4096
@@ -29,12 +31,15 @@ backend app
     http-reuse always
     server app 172.19.0.2:8080
 """
+    )
     assert haproxy_argv(Path("/tmp/x/haproxy.cfg")) == ["haproxy", "-db", "-f", "/tmp/x/haproxy.cfg"]
 
 
 def test_nginx_keeps_every_file_in_its_workdir_and_reuses_backend_connections():
     work = Path("/tmp/w")
-    assert nginx_config([("127.0.0.1", 24047)], ("172.19.0.2", 8080), work) == """\
+    assert (
+        nginx_config([("127.0.0.1", 24047)], ("172.19.0.2", 8080), work)
+        == """\
 worker_processes 1;
 daemon off;
 pid /tmp/w/nginx.pid;
@@ -59,5 +64,13 @@ http {
     }
 }
 """
-    assert nginx_argv(work / "nginx.conf", work) == ["nginx", "-p", "/tmp/w", "-e", "/tmp/w/nginx-error.log",
-                                                     "-c", "/tmp/w/nginx.conf"]
+    )
+    assert nginx_argv(work / "nginx.conf", work) == [
+        "nginx",
+        "-p",
+        "/tmp/w",
+        "-e",
+        "/tmp/w/nginx-error.log",
+        "-c",
+        "/tmp/w/nginx.conf",
+    ]

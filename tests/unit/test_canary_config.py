@@ -11,23 +11,37 @@ from deployer.errors import ConfigError, UsageError
 
 
 def app_data(**extra):
-    return {"deployer": {"state_dir": "/tmp/x"},
-            "apps": {"demo": {"image": "127.0.0.1:5000/demo", "ports": [{"external": 1000, "container": 80, "blue": 1001, "green": 1002}],
-                              **extra}}}
+    return {
+        "deployer": {"state_dir": "/tmp/x"},
+        "apps": {
+            "demo": {
+                "image": "127.0.0.1:5000/demo",
+                "ports": [{"external": 1000, "container": 80, "blue": 1001, "green": 1002}],
+                **extra,
+            }
+        },
+    }
 
 
 def test_canary_keys_load_and_default_to_no_canary(tmp_path):
     app = parse(app_data(), path=tmp_path / "d.toml", environ={}).app("demo")
     assert (app.canary, app.canary_sticky, app.canary_bake) == (None, False, None)
-    app = parse(app_data(canary=10, canary_sticky=True, canary_bake=600), path=tmp_path / "d.toml",
-                environ={}).app("demo")
+    app = parse(app_data(canary=10, canary_sticky=True, canary_bake=600), path=tmp_path / "d.toml", environ={}).app(
+        "demo"
+    )
     assert (app.canary, app.canary_sticky, app.canary_bake) == (10, True, 600)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("canary", 0, "whole percentage from 1 to 99"), ("canary", 100, "whole percentage from 1 to 99"),
-    ("canary", "10", "whole percentage from 1 to 99"), ("canary_sticky", "yes", "boolean"),
-    ("canary_bake", -1, "greater than 0")])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("canary", 0, "whole percentage from 1 to 99"),
+        ("canary", 100, "whole percentage from 1 to 99"),
+        ("canary", "10", "whole percentage from 1 to 99"),
+        ("canary_sticky", "yes", "boolean"),
+        ("canary_bake", -1, "greater than 0"),
+    ],
+)
 def test_a_bad_canary_key_is_refused_naming_it(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message) as caught:
         parse(app_data(**{key: value}), path=tmp_path / "d.toml", environ={})
@@ -60,8 +74,10 @@ def test_deploy_seed_abc_says_what_a_seed_is(capsys):
     with pytest.raises(SystemExit) as caught:
         build_parser().parse_args(["deploy", "demo", "v2", "--canary", "10", "--sticky", "--seed", "abc"])
     assert caught.value.code == 2
-    assert "argument --seed: must be a whole number from 0 to 0xffffffff (decimal or 0x hex), not 'abc'" \
+    assert (
+        "argument --seed: must be a whole number from 0 to 0xffffffff (decimal or 0x hex), not 'abc'"
         in capsys.readouterr().err
+    )
 
 
 def test_without_a_seed_each_canary_start_draws_one():
@@ -71,8 +87,10 @@ def test_without_a_seed_each_canary_start_draws_one():
     assert canary_cli.canary_start(argparse.Namespace(canary=10, sticky=True, seed=7, bake=None)).seed == 7
 
 
-@pytest.mark.parametrize("canary, sticky, message", [(None, False, "--seed and --bake go with --canary"),
-                                                     (10, False, "--seed goes with --sticky")])
+@pytest.mark.parametrize(
+    "canary, sticky, message",
+    [(None, False, "--seed and --bake go with --canary"), (10, False, "--seed goes with --sticky")],
+)
 def test_a_seed_without_a_sticky_canary_is_refused(canary, sticky, message):
     with pytest.raises(UsageError, match=message):
         canary_cli.canary_start(argparse.Namespace(canary=canary, sticky=sticky, seed=7, bake=None))

@@ -11,9 +11,13 @@ from deployer.host.engine import CanaryStart
 from deployer.plan import canary
 from support.engine_fakes import NEW, OLD, OLD_RULE, Host, Killed
 
-SPLIT = (f'-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m statistic --mode random --probability 0.10000000009 '
-         f'-m comment --comment "web green v2 canary" -j DNAT --to-destination {NEW}:80')
-ONLY_NEW = f'-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m comment --comment "web green v2" -j DNAT --to-destination {NEW}:80'
+SPLIT = (
+    f"-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m statistic --mode random --probability 0.10000000009 "
+    f'-m comment --comment "web green v2 canary" -j DNAT --to-destination {NEW}:80'
+)
+ONLY_NEW = (
+    f'-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m comment --comment "web green v2" -j DNAT --to-destination {NEW}:80'
+)
 
 
 def start(host: Host, weight: int = 10) -> None:
@@ -26,7 +30,8 @@ def test_a_canary_deploy_splits_in_one_add_only_transaction_and_stops_nothing(ho
     assert host.effects[-2:] == [  # add-only first, as every flip: the split and the old rule in front, at once
         f"restore *nat | -I DEPLOYER-web 1 {OLD_RULE.removeprefix('-A DEPLOYER-web ')} | "
         f"-I DEPLOYER-web 1 {SPLIT.removeprefix('-A DEPLOYER-web ')} | COMMIT",
-        f"restore *nat | :DEPLOYER-web - [0:0] | {SPLIT} | {OLD_RULE} | COMMIT"]
+        f"restore *nat | :DEPLOYER-web - [0:0] | {SPLIT} | {OLD_RULE} | COMMIT",
+    ]
     assert not any(e.startswith(("stop", "remove")) for e in host.effects)
     assert host.chain() == [SPLIT, OLD_RULE]
     assert host.running() == ["deployer-web-blue running", "deployer-web-green running"]
@@ -52,23 +57,29 @@ def test_promote_moves_everything_to_the_canary_then_drains_and_stops_the_old_in
         f"restore *nat | -I DEPLOYER-web 1 {ONLY_NEW.removeprefix('-A DEPLOYER-web ')} | COMMIT",
         f"restore *nat | :DEPLOYER-web - [0:0] | {ONLY_NEW} | COMMIT",
         f"conntrack -L -p tcp --orig-port-dst 18080 --reply-src {OLD} --state ESTABLISHED",
-        "stop deployer-web-blue", "remove deployer-web-blue",
+        "stop deployer-web-blue",
+        "remove deployer-web-blue",
         f"conntrack -D -p tcp --orig-port-dst 18080 --reply-src {OLD}",
     ]
     assert host.record() == ("deployer-web-green", "deployer-web-blue")
     assert host.engine().store.load("web").mode == "serving"
-    assert [e for e, _, _ in host.trail()][::len(host.trail()) - 1] == ["promote.started", "promote.finished"]
+    assert [e for e, _, _ in host.trail()][:: len(host.trail()) - 1] == ["promote.started", "promote.finished"]
 
 
 def test_abort_moves_everything_back_and_stops_the_canary(host):
     start(host)
     host.taken()
     canary_ops.abort(host.engine(), "web", actor="cli:ann", reason="watchdog: 3 failed checks")
-    assert host.effects[:2] == [f"restore *nat | -I DEPLOYER-web 1 {OLD_RULE.removeprefix('-A DEPLOYER-web ')} | COMMIT",
-                                f"restore *nat | :DEPLOYER-web - [0:0] | {OLD_RULE} | COMMIT"]
+    assert host.effects[:2] == [
+        f"restore *nat | -I DEPLOYER-web 1 {OLD_RULE.removeprefix('-A DEPLOYER-web ')} | COMMIT",
+        f"restore *nat | :DEPLOYER-web - [0:0] | {OLD_RULE} | COMMIT",
+    ]
     assert "stop deployer-web-green" in host.effects
-    assert (host.chain(), host.running(), host.record()) == ([OLD_RULE], ["deployer-web-blue running"],
-                                                             ("deployer-web-blue", None))
+    assert (host.chain(), host.running(), host.record()) == (
+        [OLD_RULE],
+        ["deployer-web-blue running"],
+        ("deployer-web-blue", None),
+    )
     assert host.events[0]["event"] == "abort.started" and host.events[0]["reason"] == "watchdog: 3 failed checks"
 
 
@@ -99,8 +110,9 @@ def test_reconcile_ends_a_canary_whose_instance_is_gone_and_restores_the_split_w
     start(host)
     engine = host.engine()
     host.netfilter.restore(f"*nat\n:DEPLOYER-web - [0:0]\n{OLD_RULE}\nCOMMIT\n")  # somebody flushed the split
-    assert engine.reconcile("web", actor="cli:ann") == ["rules of web set to the canary split the record names "
-                                                        "(10% to v2)"]
+    assert engine.reconcile("web", actor="cli:ann") == [
+        "rules of web set to the canary split the record names (10% to v2)"
+    ]
     assert host.chain() == [SPLIT, OLD_RULE]
     green = next(c for c in host.docker.containers_by_id.values() if c.name == "deployer-web-green")
     host.docker.stop(green.id, 1)
@@ -129,14 +141,20 @@ def test_a_signed_promote_job_promotes_the_canary_and_says_so(host):
 
     start(host)
     queue = Queue.for_state_dir(host.config.settings.state_dir)
-    queue.jobs.submit_release(app="web", tag="v3", actor="github:octo (delivery d)", hook_id="1", delivery="d",
-                              source={})
+    queue.jobs.submit_release(
+        app="web", tag="v3", actor="github:octo (delivery d)", hook_id="1", delivery="d", source={}
+    )
     queue.jobs.submit_manual(app="web", tag=None, actor="key:alice", source={"reason": "looks good"}, kind="promote")
     claim = queue.jobs.claim()
     assert (claim.job.kind, claim.superseded) == ("promote", [])  # first, alone; the release still waits
     events: list = []
-    status = execute(claim.job, config=host.config, queue=queue, journal=Journal([events.append]),
-                     tools=JobTools(engine=lambda _: host.engine()))
+    status = execute(
+        claim.job,
+        config=host.config,
+        queue=queue,
+        journal=Journal([events.append]),
+        tools=JobTools(engine=lambda _: host.engine()),
+    )
     assert status == "succeeded"
     assert queue.jobs.get(claim.job.id).reason == "promote: v2 serves everything"
     assert host.record() == ("deployer-web-green", "deployer-web-blue")
@@ -147,10 +165,22 @@ def test_a_release_of_an_app_with_canary_set_starts_a_canary(tmp_path):
     from deployer.config import parse
     from deployer.worker.run import canary_start
 
-    app = parse({"deployer": {"state_dir": str(tmp_path)},
-                 "apps": {"web": {"image": "r/web", "canary": 10, "canary_sticky": True, "canary_bake": 600,
-                                  "ports": [{"external": 1, "container": 2, "blue": 3, "green": 4}]}}},
-                path=tmp_path / "d.toml", environ={}).app("web")
+    app = parse(
+        {
+            "deployer": {"state_dir": str(tmp_path)},
+            "apps": {
+                "web": {
+                    "image": "r/web",
+                    "canary": 10,
+                    "canary_sticky": True,
+                    "canary_bake": 600,
+                    "ports": [{"external": 1, "container": 2, "blue": 3, "green": 4}],
+                }
+            },
+        },
+        path=tmp_path / "d.toml",
+        environ={},
+    ).app("web")
     split = canary_start(app)
     assert (split.weight, split.sticky, split.bake_until is not None) == (10, True, True)
 
@@ -164,9 +194,10 @@ def test_each_sticky_canary_draws_its_own_seed_and_the_rules_use_the_recorded_on
         seeds.append(split.seed)
         assert split.seed != canary.LEGACY_SEED
         assert [rule for rule in host.chain() if "-m cluster" in rule] == [
-            f'-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m cluster --cluster-local-nodemask 0x00000001 '
-            f'--cluster-total-nodes 10 --cluster-hash-seed 0x{split.seed:08x} '
-            f'-m comment --comment "web green v2 canary" -j DNAT --to-destination {split.canary.address}:80']
+            f"-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m cluster --cluster-local-nodemask 0x00000001 "
+            f"--cluster-total-nodes 10 --cluster-hash-seed 0x{split.seed:08x} "
+            f'-m comment --comment "web green v2 canary" -j DNAT --to-destination {split.canary.address}:80'
+        ]
         canary_ops.abort(host.engine(), "web", actor="cli:ann")
     assert seeds[0] != seeds[1]
 

@@ -12,13 +12,33 @@ from deployer.plan.records import SERVING, AppState, Instance
 from deployer.plan.rules import ChainNames
 
 NAMES = ChainNames("DEPLOYER")
-DEMO = AppConfig(name="demo", image="127.0.0.1:5000/demo",
-                 ports=(PortMapping(1000, 8080, "tcp", 1001, 1002), PortMapping(1000, 9090, "udp", 1001, 1002)),
-                 health=HealthCheck(type="http", port=8080, path="/healthz"), status_port=1005)
-BLUE = Instance(port_set="blue", tag="v1", image="127.0.0.1:5000/demo", digest=None, container_id="c1" * 32,
-                container_name="deployer-demo-blue", address="172.18.0.2", since="2026-11-21T09:00:00.000Z")
-GREEN = Instance(port_set="green", tag="v2", image="127.0.0.1:5000/demo", digest=None, container_id="c2" * 32,
-                 container_name="deployer-demo-green", address="172.18.0.3", since="2026-11-21T10:00:00.000Z")
+DEMO = AppConfig(
+    name="demo",
+    image="127.0.0.1:5000/demo",
+    ports=(PortMapping(1000, 8080, "tcp", 1001, 1002), PortMapping(1000, 9090, "udp", 1001, 1002)),
+    health=HealthCheck(type="http", port=8080, path="/healthz"),
+    status_port=1005,
+)
+BLUE = Instance(
+    port_set="blue",
+    tag="v1",
+    image="127.0.0.1:5000/demo",
+    digest=None,
+    container_id="c1" * 32,
+    container_name="deployer-demo-blue",
+    address="172.18.0.2",
+    since="2026-11-21T09:00:00.000Z",
+)
+GREEN = Instance(
+    port_set="green",
+    tag="v2",
+    image="127.0.0.1:5000/demo",
+    digest=None,
+    container_id="c2" * 32,
+    container_name="deployer-demo-green",
+    address="172.18.0.3",
+    since="2026-11-21T10:00:00.000Z",
+)
 NOW = "2026-11-21T11:00:00.000Z"
 
 ACTIVE = [
@@ -27,8 +47,10 @@ ACTIVE = [
     '-A DEPLOYER-demo -p udp -m udp --dport 1000 -m comment --comment "demo blue v1" '
     "-j DNAT --to-destination 172.18.0.2:9090",
 ]
-STATUS = ['-A DEPLOYER-demo -p tcp -m tcp --dport 1005 -m comment --comment "demo status blue v1" '
-          "-j DNAT --to-destination 172.18.0.2:8080"]
+STATUS = [
+    '-A DEPLOYER-demo -p tcp -m tcp --dport 1005 -m comment --comment "demo status blue v1" '
+    "-j DNAT --to-destination 172.18.0.2:8080"
+]
 ONLY_CANARY = [
     '-A DEPLOYER-demo -p tcp -m tcp --dport 1000 -m comment --comment "demo green v2 canary" '
     "-j DNAT --to-destination 172.18.0.3:8080",
@@ -48,18 +70,19 @@ def split_of(probability: str) -> list[str]:
 
 
 def chain_at(weight: int, *, sticky: bool = False, seed: int = canary.LEGACY_SEED) -> list[str]:
-    state = AppState(app="demo", active=BLUE, mode=canary.MODE,
-                     mode_detail=canary.Split(GREEN, weight, sticky, seed, NOW).detail())
+    state = AppState(
+        app="demo", active=BLUE, mode=canary.MODE, mode_detail=canary.Split(GREEN, weight, sticky, seed, NOW).detail()
+    )
     return app_chain.for_record(NAMES, DEMO, state, 8999)
 
 
 # --- the rules, exact ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("weight, printed", [(1, "0.00999999978"), (10, "0.10000000009"), (50, "0.50000000000"),
-                                             (99, "0.99000000022")])
-def test_a_split_puts_the_canary_rule_in_front_of_each_port_with_the_probability_iptables_save_prints(
-        weight, printed):
+@pytest.mark.parametrize(
+    "weight, printed", [(1, "0.00999999978"), (10, "0.10000000009"), (50, "0.50000000000"), (99, "0.99000000022")]
+)
+def test_a_split_puts_the_canary_rule_in_front_of_each_port_with_the_probability_iptables_save_prints(weight, printed):
     assert chain_at(weight) == split_of(printed) + STATUS
 
 
@@ -73,12 +96,20 @@ def test_weight_100_is_the_plain_chain_of_the_canary():
 
 def test_a_sticky_split_matches_a_hash_of_the_source_address_on_the_nearest_fraction_of_nodes():
     rules = chain_at(10, sticky=True, seed=0x1234)
-    assert rules[0] == ("-A DEPLOYER-demo -p tcp -m tcp --dport 1000 -m cluster --cluster-local-nodemask 0x00000001 "
-                        "--cluster-total-nodes 10 --cluster-hash-seed 0x00001234 "
-                        '-m comment --comment "demo green v2 canary" -j DNAT --to-destination 172.18.0.3:8080')
+    assert rules[0] == (
+        "-A DEPLOYER-demo -p tcp -m tcp --dport 1000 -m cluster --cluster-local-nodemask 0x00000001 "
+        "--cluster-total-nodes 10 --cluster-hash-seed 0x00001234 "
+        '-m comment --comment "demo green v2 canary" -j DNAT --to-destination 172.18.0.3:8080'
+    )
     assert rules[2:] == ACTIVE + STATUS
-    assert [canary.sticky_nodes(w) for w in (1, 10, 37, 50, 60, 99)] == [(1, 32), (1, 10), (3, 8), (1, 2), (3, 5),
-                                                                          (31, 32)]
+    assert [canary.sticky_nodes(w) for w in (1, 10, 37, 50, 60, 99)] == [
+        (1, 32),
+        (1, 10),
+        (3, 8),
+        (1, 2),
+        (3, 5),
+        (31, 32),
+    ]
 
 
 def test_a_sticky_canary_on_most_nodes_puts_the_active_instance_in_front_on_the_other_nodes():
@@ -92,10 +123,16 @@ def test_a_sticky_canary_on_most_nodes_puts_the_active_instance_in_front_on_the_
         "-A DEPLOYER-demo -p udp -m udp --dport 1000 -m cluster --cluster-local-nodemask 0x00000001 "
         "--cluster-total-nodes 32 --cluster-hash-seed 0x00000001 "
         '-m comment --comment "demo blue v1" -j DNAT --to-destination 172.18.0.2:9090',
-        *ONLY_CANARY, *STATUS]
+        *ONLY_CANARY,
+        *STATUS,
+    ]
     assert list(canary.canary_nodes(99)) == list(range(1, 32))
-    assert all(int(r.split("--cluster-local-nodemask ")[1].split()[0], 16) <= 32
-               for w in range(1, 100) for r in chain_at(w, sticky=True) if "cluster" in r)
+    assert all(
+        int(r.split("--cluster-local-nodemask ")[1].split()[0], 16) <= 32
+        for w in range(1, 100)
+        for r in chain_at(w, sticky=True)
+        if "cluster" in r
+    )
 
 
 @pytest.mark.parametrize("weight", [0, 100, -1, 101, 10.5, "10", True])
@@ -103,31 +140,40 @@ def test_a_weight_outside_1_to_99_is_refused_with_what_to_do_instead(weight):
     with pytest.raises(CanaryError, match=r"whole percentage from 1 to 99.*deployer abort.*deployer promote"):
         canary.check_weight(weight)
     with pytest.raises(CanaryError):
-        canary.started(AppState(app="demo", active=BLUE), GREEN, weight=weight, sticky=False, seed=1, now=NOW,
-                       actor="t")
+        canary.started(
+            AppState(app="demo", active=BLUE), GREEN, weight=weight, sticky=False, seed=1, now=NOW, actor="t"
+        )
 
 
 # --- the record ----------------------------------------------------------------------------------
 
 
 def test_a_canary_keeps_the_active_instance_and_names_the_canary_in_its_detail():
-    state = canary.started(AppState(app="demo", active=BLUE, previous=None), GREEN, weight=10, sticky=True, seed=7,
-                           now=NOW, actor="cli:root", bake_until="2026-11-21T11:10:00.000Z")
+    state = canary.started(
+        AppState(app="demo", active=BLUE, previous=None),
+        GREEN,
+        weight=10,
+        sticky=True,
+        seed=7,
+        now=NOW,
+        actor="cli:root",
+        bake_until="2026-11-21T11:10:00.000Z",
+    )
     assert state.active == BLUE and state.mode == canary.MODE
     assert canary.Split.of(state) == canary.Split(GREEN, 10, True, 7, NOW, "2026-11-21T11:10:00.000Z", "cli:root")
 
 
 def test_promote_records_the_canary_as_the_release_and_the_old_active_as_previous():
-    state = canary.started(AppState(app="demo", active=BLUE), GREEN, weight=10, sticky=False, seed=7, now=NOW,
-                           actor="t")
+    state = canary.started(
+        AppState(app="demo", active=BLUE), GREEN, weight=10, sticky=False, seed=7, now=NOW, actor="t"
+    )
     after = canary.promoted(state, now=NOW)
     assert (after.active, after.previous, after.mode, after.mode_detail) == (GREEN, BLUE, SERVING, {})
 
 
 def test_abort_leaves_the_active_instance_and_forgets_the_canary():
     start = AppState(app="demo", active=BLUE, previous=GREEN)
-    after = canary.aborted(canary.started(start, GREEN, weight=10, sticky=False, seed=7, now=NOW, actor="t"),
-                           now=NOW)
+    after = canary.aborted(canary.started(start, GREEN, weight=10, sticky=False, seed=7, now=NOW, actor="t"), now=NOW)
     assert (after.active, after.previous, after.mode, after.mode_detail) == (BLUE, GREEN, SERVING, {})
 
 
@@ -154,11 +200,13 @@ def test_a_sticky_weight_change_forgets_the_udp_flows_of_both_instances_and_a_pe
 
 
 def test_status_says_the_split_and_the_effective_share():
-    running = canary.started(AppState(app="demo", active=BLUE), GREEN, weight=1, sticky=True, seed=7, now=NOW,
-                             actor="t")
+    running = canary.started(
+        AppState(app="demo", active=BLUE), GREEN, weight=1, sticky=True, seed=7, now=NOW, actor="t"
+    )
     assert app_chain.notes(DEMO, running) == [
         f"mode: canary v2 on green (172.18.0.3) takes 1% by client address (sticky) (effective 3.12%), v1 the rest; "
-        f"since {NOW}"]
+        f"since {NOW}"
+    ]
 
 
 # --- the kernel's hash ---------------------------------------------------------------------------
@@ -182,8 +230,19 @@ def test_the_hash_model_matches_known_values():
 KNOWN_NODES = [15, 16, 2, 10]
 
 
-@pytest.mark.parametrize("seed, ok", [(0, True), (7, True), (0xFFFFFFFF, True), (-1, False), (0x100000000, False),
-                                      (True, False), ("7", False), (1.0, False)])
+@pytest.mark.parametrize(
+    "seed, ok",
+    [
+        (0, True),
+        (7, True),
+        (0xFFFFFFFF, True),
+        (-1, False),
+        (0x100000000, False),
+        (True, False),
+        ("7", False),
+        (1.0, False),
+    ],
+)
 def test_a_seed_is_a_whole_number_of_32_bits(seed, ok):
     if ok:
         assert canary.check_seed(seed) == seed

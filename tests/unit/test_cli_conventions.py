@@ -34,8 +34,9 @@ from deployer.host.engine import AppStatus, DeployResult
 from support.configs import app_toml, config_text
 
 JOB = "job-0123456789abcdef"
-RESULT = DeployResult(app="web", tag="v2", port_set="green", digest=None, container="deployer-web-green",
-                      previous_tag="v1")
+RESULT = DeployResult(
+    app="web", tag="v2", port_set="green", digest=None, container="deployer-web-green", previous_tag="v1"
+)
 
 
 class FakeEngine:
@@ -58,8 +59,11 @@ class FakeEngine:
 
     def status(self, app=None):
         self._maybe_raise()
-        return [AppStatus(app="web", active=None, previous=None, rules_match=self.rules_match, live_rules=[],
-                          wanted_rules=[])]
+        return [
+            AppStatus(
+                app="web", active=None, previous=None, rules_match=self.rules_match, live_rules=[], wanted_rules=[]
+            )
+        ]
 
     def rules_text(self, app):
         self._maybe_raise()
@@ -81,10 +85,12 @@ def config_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def engine(monkeypatch):
     """Install a FakeEngine for the commands that build one: engine(error=..., rules_match=...)."""
+
     def install(**kwargs) -> FakeEngine:
         fake = FakeEngine(**kwargs)
         monkeypatch.setattr(main_module, "build_engine", lambda config: fake)
         return fake
+
     return install
 
 
@@ -98,8 +104,16 @@ class Answers(BaseHTTPRequestHandler):
         self._answer(self.deploy_status, {"job": JOB} if self.deploy_status == 202 else {"error": "no"})
 
     def do_GET(self):
-        self._answer(200, {"id": JOB, "app": "web", "status": self.job_status, "reason": "the health gate failed",
-                           "steps": [{"name": "pull", "outcome": "ok"}]})
+        self._answer(
+            200,
+            {
+                "id": JOB,
+                "app": "web",
+                "status": self.job_status,
+                "reason": "the health gate failed",
+                "steps": [{"name": "pull", "outcome": "ok"}],
+            },
+        )
 
     def _answer(self, status: int, body: dict) -> None:
         raw = json.dumps(body).encode()
@@ -124,6 +138,7 @@ def receiver():
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         servers.append(httpd)
         return f"http://127.0.0.1:{httpd.server_address[1]}"
+
     yield start
     for httpd in servers:
         httpd.shutdown()
@@ -136,20 +151,29 @@ def redeploy(tmp_path: Path, url: str, *extra: str) -> list[str]:
     return ["redeploy", "web", "v2", "--url", url, "--key-id", "alice", "--secret-file", str(secret), *extra]
 
 
-@pytest.mark.parametrize("command, error, code", [
-    (["deploy", "web", "v2"], HealthCheckFailed("the new instance did not pass"), EXIT_FAILED),
-    (["deploy", "web", "v2"], LockError("app web is locked by another deploy"), EXIT_TEMPFAIL),
-    (["deploy", "web", "v2"], DockerUnavailable("cannot reach Docker"), EXIT_UNAVAILABLE),
-    (["deploy", "web", "v2"], RegistryUnavailable("registry.example:5000 does not answer"), EXIT_UNAVAILABLE),
-    (["deploy", "web", "v2"], UnknownApp("no app 'web'"), EXIT_USAGE),
-    (["rollback", "web"], NothingToRollBack("web has no previous release"), EXIT_USAGE),
-    (["rollback", "web"], DockerUnavailable("cannot reach Docker"), EXIT_UNAVAILABLE),
-    (["rules", "web"], DockerUnavailable("cannot reach Docker"), EXIT_UNAVAILABLE),
-    (["status"], DockerUnavailable("cannot reach Docker"), EXIT_UNAVAILABLE),
-    (["status", "--json"], DockerUnavailable("cannot reach Docker"), EXIT_UNAVAILABLE),
-    (["reconcile"], LockError("the netfilter lock is held"), EXIT_TEMPFAIL),
-], ids=lambda value: " ".join(value) if isinstance(value, list) else type(value).__name__ if isinstance(
-    value, Exception) else str(value))
+@pytest.mark.parametrize(
+    "command, error, code",
+    [
+        (["deploy", "web", "v2"], HealthCheckFailed("the new instance did not pass"), EXIT_FAILED),
+        (["deploy", "web", "v2"], LockError("app web is locked by another deploy"), EXIT_TEMPFAIL),
+        (["deploy", "web", "v2"], DockerUnavailable("cannot reach Docker"), EXIT_UNAVAILABLE),
+        (["deploy", "web", "v2"], RegistryUnavailable("registry.example:5000 does not answer"), EXIT_UNAVAILABLE),
+        (["deploy", "web", "v2"], UnknownApp("no app 'web'"), EXIT_USAGE),
+        (["rollback", "web"], NothingToRollBack("web has no previous release"), EXIT_USAGE),
+        (["rollback", "web"], DockerUnavailable("cannot reach Docker"), EXIT_UNAVAILABLE),
+        (["rules", "web"], DockerUnavailable("cannot reach Docker"), EXIT_UNAVAILABLE),
+        (["status"], DockerUnavailable("cannot reach Docker"), EXIT_UNAVAILABLE),
+        (["status", "--json"], DockerUnavailable("cannot reach Docker"), EXIT_UNAVAILABLE),
+        (["reconcile"], LockError("the netfilter lock is held"), EXIT_TEMPFAIL),
+    ],
+    ids=lambda value: (
+        " ".join(value)
+        if isinstance(value, list)
+        else type(value).__name__
+        if isinstance(value, Exception)
+        else str(value)
+    ),
+)
 def test_an_engine_error_gives_its_class_exit_code(config_file, engine, capsys, command, error, code):
     engine(error=error)
     assert main(["-c", str(config_file), *command]) == code
@@ -164,33 +188,44 @@ def test_status_exits_1_while_the_rules_differ(config_file, engine, capsys, rule
     assert ("RULES DIFFER" in capsys.readouterr().out) is not rules_match
 
 
-@pytest.mark.parametrize("rules_match, faults, code", [
-    ([True, True], [], 0), ([], [], 0), ([True, False], [], EXIT_FAILED),
-    ([True], ["fault docker: down since 10:00"], EXIT_FAILED),
-])
+@pytest.mark.parametrize(
+    "rules_match, faults, code",
+    [
+        ([True, True], [], 0),
+        ([], [], 0),
+        ([True, False], [], EXIT_FAILED),
+        ([True], ["fault docker: down since 10:00"], EXIT_FAILED),
+    ],
+)
 def test_status_exit_code(rules_match, faults, code):
     assert status_exit_code(rules_match, faults) == code
 
 
-@pytest.mark.parametrize("argv, code", [
-    (["deploy", "web"], EXIT_USAGE),  # argparse: a missing argument
-    (["deploy", "web", "v2", "--bake", "soon"], EXIT_USAGE),
-    (["canary", "web", "100"], EXIT_USAGE),
-    (["audit", "--outcome", "bogus"], EXIT_USAGE),
-    (["rollout", "web", "v2", "--canary-hosts", "two"], EXIT_USAGE),
-    (["no-such-command"], EXIT_USAGE),
-])
+@pytest.mark.parametrize(
+    "argv, code",
+    [
+        (["deploy", "web"], EXIT_USAGE),  # argparse: a missing argument
+        (["deploy", "web", "v2", "--bake", "soon"], EXIT_USAGE),
+        (["canary", "web", "100"], EXIT_USAGE),
+        (["audit", "--outcome", "bogus"], EXIT_USAGE),
+        (["rollout", "web", "v2", "--canary-hosts", "two"], EXIT_USAGE),
+        (["no-such-command"], EXIT_USAGE),
+    ],
+)
 def test_usage_errors_exit_2(argv, code, capsys):
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == code
 
 
-@pytest.mark.parametrize("argv", [
-    ["deploy", "web", "v2", "--sticky"],
-    ["deploy", "web", "v2", "--canary", "10", "--seed", "7"],
-    ["uninstall"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["deploy", "web", "v2", "--sticky"],
+        ["deploy", "web", "v2", "--canary", "10", "--seed", "7"],
+        ["uninstall"],
+    ],
+)
 def test_flags_that_do_not_go_together_exit_2_before_anything_is_done(config_file, engine, argv):
     engine(error=AssertionError("the engine must not be called"))
     assert main(["-c", str(config_file), *argv]) == EXIT_USAGE
@@ -207,17 +242,20 @@ def test_audit_show_of_an_unknown_job_exits_1(config_file):
     assert main(["-c", str(config_file), "audit", "show", "job-nope"]) == EXIT_FAILED
 
 
-@pytest.mark.parametrize("deploy_status, job_status, extra, code", [
-    (202, "succeeded", ["--wait"], 0),
-    (202, "failed", [], 0),  # queued: that is all it waits for
-    (202, "failed", ["--wait"], EXIT_FAILED),
-    (202, "superseded", ["--wait"], EXIT_FAILED),
-    (429, "failed", [], EXIT_TEMPFAIL),
-    (503, "failed", [], EXIT_TEMPFAIL),
-    (401, "failed", [], EXIT_REFUSED),
-    (403, "failed", [], EXIT_REFUSED),
-    (422, "failed", [], EXIT_REFUSED),
-])
+@pytest.mark.parametrize(
+    "deploy_status, job_status, extra, code",
+    [
+        (202, "succeeded", ["--wait"], 0),
+        (202, "failed", [], 0),  # queued: that is all it waits for
+        (202, "failed", ["--wait"], EXIT_FAILED),
+        (202, "superseded", ["--wait"], EXIT_FAILED),
+        (429, "failed", [], EXIT_TEMPFAIL),
+        (503, "failed", [], EXIT_TEMPFAIL),
+        (401, "failed", [], EXIT_REFUSED),
+        (403, "failed", [], EXIT_REFUSED),
+        (422, "failed", [], EXIT_REFUSED),
+    ],
+)
 def test_redeploy_tells_each_answer_apart(tmp_path, receiver, capsys, deploy_status, job_status, extra, code):
     assert main(redeploy(tmp_path, receiver(deploy_status, job_status), *extra, "--timeout", "5")) == code
     if deploy_status in (429, 503):
@@ -262,8 +300,10 @@ def controller(tmp_path: Path) -> Path:
     """A controller of two hosts on loopback ports where nothing listens."""
     secret = tmp_path / "fleet.secret"
     secret.write_text("fleet-secret-0123456789abcdef\n")
-    hosts = "".join(f'[[fleet.hosts]]\nname = "h{i}"\nurl = "http://127.0.0.1:{i}"\nkey_id = "fleet"\n'
-                    f'secret_file = "{secret}"\n' for i in (9, 13))
+    hosts = "".join(
+        f'[[fleet.hosts]]\nname = "h{i}"\nurl = "http://127.0.0.1:{i}"\nkey_id = "fleet"\nsecret_file = "{secret}"\n'
+        for i in (9, 13)
+    )
     path = tmp_path / "controller" / "deployer.toml"
     path.parent.mkdir()
     path.write_text(config_text(path.parent, tables=f'[fleet]\napps = ["web"]\n{hosts}'))
@@ -275,13 +315,17 @@ def one_document(out: str):
     return json.loads(out)
 
 
-@pytest.mark.parametrize("command, expected", [
-    (["deploy", "web", "v2", "--json"], {"app": "web", "tag": "v2", "port_set": "green", "previous_tag": "v1"}),
-    (["rollback", "web", "--json"], {"app": "web", "tag": "v2"}),
-    (["rules", "web", "--json"], {"app": "web", "backend": "iptables", "transaction": "*nat\nCOMMIT\n"}),
-    (["audit", "--json"], {"entries": []}),
-    (["audit", "verify", "--json"], {"ok": True}),
-], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (["deploy", "web", "v2", "--json"], {"app": "web", "tag": "v2", "port_set": "green", "previous_tag": "v1"}),
+        (["rollback", "web", "--json"], {"app": "web", "tag": "v2"}),
+        (["rules", "web", "--json"], {"app": "web", "backend": "iptables", "transaction": "*nat\nCOMMIT\n"}),
+        (["audit", "--json"], {"entries": []}),
+        (["audit", "verify", "--json"], {"ok": True}),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
 def test_a_command_prints_one_json_document(config_file, engine, capsys, command, expected):
     engine()
     assert main(["-c", str(config_file), *command]) == 0
@@ -296,10 +340,13 @@ def test_status_prints_one_document_with_each_app(config_file, engine, capsys):
     assert (status["app"], status["rules_match"]) == ("web", False)
 
 
-@pytest.mark.parametrize("command, code", [
-    (["deploy", "web", "v2", "--json"], EXIT_FAILED),
-    (["audit", "show", "job-nope", "--json"], EXIT_FAILED),
-])
+@pytest.mark.parametrize(
+    "command, code",
+    [
+        (["deploy", "web", "v2", "--json"], EXIT_FAILED),
+        (["audit", "show", "job-nope", "--json"], EXIT_FAILED),
+    ],
+)
 def test_an_error_with_json_is_a_json_document_too(config_file, engine, capsys, command, code):
     engine(error=HealthCheckFailed("the new instance did not pass its health gate"))
     assert main(["-c", str(config_file), *command]) == code
@@ -308,9 +355,14 @@ def test_an_error_with_json_is_a_json_document_too(config_file, engine, capsys, 
     assert document["exit_code"] == code and document["error"] in shown.err
 
 
-@pytest.mark.parametrize("extra, job_status, code", [
-    ([], "failed", 0), (["--wait"], "succeeded", 0), (["--wait"], "failed", EXIT_FAILED),
-])
+@pytest.mark.parametrize(
+    "extra, job_status, code",
+    [
+        ([], "failed", 0),
+        (["--wait"], "succeeded", 0),
+        (["--wait"], "failed", EXIT_FAILED),
+    ],
+)
 def test_redeploy_json(tmp_path, receiver, capsys, extra, job_status, code):
     assert main(redeploy(tmp_path, receiver(202, job_status), "--json", "--timeout", "5", *extra)) == code
     document = one_document(capsys.readouterr().out)

@@ -59,5 +59,3 @@ def test_nested_help_lists_the_global_flags(capsys):
         build_parser().parse_args(["audit", "verify", "--help"])
     out = capsys.readouterr().out
     assert "--config CONFIG, -c CONFIG" in out and "--quiet, -q" in out
-
-

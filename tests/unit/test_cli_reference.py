@@ -29,8 +29,9 @@ def small_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tool", description="Does things.", epilog="Exit codes: 0 done.")
     parser.add_argument("--config", "-c", help="the config file")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    flip = sub.add_parser("flip", help="flip a switch", description="Flip the switch\nof APP.",
-                          epilog="example:\n  tool flip on demo")
+    flip = sub.add_parser(
+        "flip", help="flip a switch", description="Flip the switch\nof APP.", epilog="example:\n  tool flip on demo"
+    )
     flip.add_argument("action", choices=["on", "off"])
     flip.add_argument("app", help="the app")
     either = flip.add_mutually_exclusive_group()
@@ -42,7 +43,9 @@ def small_parser() -> argparse.ArgumentParser:
 
 
 def test_a_small_parser_renders_exactly():
-    assert render_commands(small_parser()) == """\
+    assert (
+        render_commands(small_parser())
+        == """\
 # Commands
 
 <!-- Generated from the CLI parser by `python3 -m deployer.cli.reference > docs/commands.md`; do not edit by hand. -->
@@ -103,6 +106,7 @@ tool log verify [-h]
 check it
 ```
 """
+    )
 
 
 def test_the_render_ignores_the_terminal_width(monkeypatch):
@@ -127,8 +131,9 @@ def test_every_flag_of_every_command_is_on_the_page():
             if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:  # a retired flag
                 continue
             for option in action.option_strings:
-                assert any(f"`{option}" in line or f" {option}" in line for line in listed), \
+                assert any(f"`{option}" in line or f" {option}" in line for line in listed), (
                     f"deployer {name}: {option} is not listed"
+                )
 
 
 def test_docs_commands_md_is_fresh():
@@ -155,16 +160,19 @@ def test_the_man_page_and_the_completions_name_every_command():
     scripts = {shell: (REPO / "docs" / path).read_text() for shell, path in COMPLETION_FILES.items()}
     for name in command_names(build_parser()):
         last = name.rpartition(" ")[2]
-        assert f"deployer {name}".replace("-", "\\-") in page.replace("\\fR \\fI\\,", " ").replace(
-            "\\/\\fR", "") or last.replace("-", "\\-") in page, f"{name} is not in the man page"
+        assert (
+            f"deployer {name}".replace("-", "\\-") in page.replace("\\fR \\fI\\,", " ").replace("\\/\\fR", "")
+            or last.replace("-", "\\-") in page
+        ), f"{name} is not in the man page"
         for shell, script in scripts.items():
             assert last in script, f"{name} is not in the {shell} completion"
     assert "--canary-host" in scripts["bash"] and "--canary-host" in scripts["zsh"]
 
 
 def test_the_bash_completion_is_valid_bash():
-    checked = subprocess.run(["bash", "-n", str(REPO / "docs" / COMPLETION_FILES["bash"])], capture_output=True,
-                             text=True)
+    checked = subprocess.run(
+        ["bash", "-n", str(REPO / "docs" / COMPLETION_FILES["bash"])], capture_output=True, text=True
+    )
     assert checked.returncode == 0, checked.stderr
 
 

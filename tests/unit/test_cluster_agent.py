@@ -18,14 +18,31 @@ from deployer.journal import Journal
 
 
 def load(tmp_path: Path, host: str = "h1") -> config.Config:
-    return config.parse({
-        "deployer": {"state_dir": str(tmp_path / "state")},
-        "apps": {"web": {"image": "r.example/web", "cluster": True, "ports": [
-            {"external": 80, "container": 8080, "blue": 8001, "green": 8002}]}},
-        "cluster": {"address": "198.18.10.100", "interface": "eth0", "subnet": "198.18.10.0/24", "buckets": 4,
-                    "hash_seed": 1, "host": host, "handover_delay": 0.05, "check_interval": 0.2,
-                    "hosts": [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"}]},
-    }, path=tmp_path / "deployer.toml", environ={})
+    return config.parse(
+        {
+            "deployer": {"state_dir": str(tmp_path / "state")},
+            "apps": {
+                "web": {
+                    "image": "r.example/web",
+                    "cluster": True,
+                    "ports": [{"external": 80, "container": 8080, "blue": 8001, "green": 8002}],
+                }
+            },
+            "cluster": {
+                "address": "198.18.10.100",
+                "interface": "eth0",
+                "subnet": "198.18.10.0/24",
+                "buckets": 4,
+                "hash_seed": 1,
+                "host": host,
+                "handover_delay": 0.05,
+                "check_interval": 0.2,
+                "hosts": [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"}],
+            },
+        },
+        path=tmp_path / "deployer.toml",
+        environ={},
+    )
 
 
 class Effects(list):
@@ -116,9 +133,15 @@ def bed(tmp_path):
     health = {"ok": True}
     clock = Clock()
     events: list[dict] = []
-    agent = ClusterAgent(load(tmp_path), FakeNetfilter(effects), FakeKeepalived(effects), FakeShared(effects),
-                         journal=Journal([events.append]), clock=clock,
-                         probe=lambda app: (lambda: ProbeResult(health["ok"], "ok" if health["ok"] else "refused")))
+    agent = ClusterAgent(
+        load(tmp_path),
+        FakeNetfilter(effects),
+        FakeKeepalived(effects),
+        FakeShared(effects),
+        journal=Journal([events.append]),
+        clock=clock,
+        probe=lambda app: lambda: ProbeResult(health["ok"], "ok" if health["ok"] else "refused"),
+    )
     return agent, effects, health, clock, events
 
 
@@ -138,8 +161,15 @@ def serving(agent, clock, effects) -> None:
 def test_start_joins_the_address_writes_the_chain_owning_nothing_then_starts_keepalived(bed):
     agent, effects, _, _, events = bed
     agent.start()
-    assert effects == ["tcp_loose=0", "shared 198.18.10.100 03:00:c6:12:0a:64 on eth0", "keepalived config",
-                       "track-health=1", "track-leave=0", "rules [] +jump", "keepalived start"]
+    assert effects == [
+        "tcp_loose=0",
+        "shared 198.18.10.100 03:00:c6:12:0a:64 on eth0",
+        "keepalived config",
+        "track-health=1",
+        "track-leave=0",
+        "rules [] +jump",
+        "keepalived start",
+    ]
     assert [(e["event"], e["outcome"]) for e in events if e["_durable"]] == [("cluster.run", "started")]
 
 
@@ -151,7 +181,9 @@ def test_an_agent_started_again_stops_the_keepalived_left_running_once_its_chain
     agent.start()
     assert effects[-3:] == ["rules [] +jump", "leftover keepalived stopped", "keepalived start"]
     assert [(e["event"], e["outcome"], e.get("pid")) for e in events if e["_durable"]] == [
-        ("cluster.keepalived", "stopped", 4141), ("cluster.run", "started", None)]
+        ("cluster.keepalived", "stopped", 4141),
+        ("cluster.run", "started", None),
+    ]
 
 
 def test_the_host_serves_only_after_its_health_checks_pass(bed):
@@ -239,8 +271,11 @@ def test_the_status_file_says_what_the_chain_takes_in(bed):
     agent, effects, _, clock, _ = bed
     serving(agent, clock, effects)
     status = json.loads(agent.paths.status.read_text())
-    assert (status["owned"], status["states"], status["healthy"]) == ([0, 2], {"0": "MASTER", "1": "BACKUP",
-                                                                                "2": "MASTER"}, True)
+    assert (status["owned"], status["states"], status["healthy"]) == (
+        [0, 2],
+        {"0": "MASTER", "1": "BACKUP", "2": "MASTER"},
+        True,
+    )
 
 
 def test_leave_is_refused_when_no_peer_would_take_the_buckets_and_nothing_is_asked(bed, tmp_path):
@@ -253,11 +288,14 @@ def test_leave_is_refused_when_no_peer_would_take_the_buckets_and_nothing_is_ask
     control = ClusterControl(agent.config, agent.netfilter, agent.journal)
     with pytest.raises(LeaveRefused) as refused:
         control.leave(actor="cli:ops", wait=False, timeout=1, force=False)
-    assert str(refused.value) == ("leaving now would leave buckets with no host: this host is master of every bucket "
-                                  "(4); no other host is healthy to take them; --force leaves anyway")
+    assert str(refused.value) == (
+        "leaving now would leave buckets with no host: this host is master of every bucket "
+        "(4); no other host is healthy to take them; --force leaves anyway"
+    )
     assert not agent.paths.intent.exists()
     assert [(e["event"], e["outcome"]) for e in events if e["event"] == "cluster.leave"] == [
-        ("cluster.leave", "refused")]
+        ("cluster.leave", "refused")
+    ]
     control.leave(actor="cli:ops", wait=False, timeout=1, force=True)
     assert agent.paths.intent.read_text() == "leave\n"
 
@@ -265,8 +303,10 @@ def test_leave_is_refused_when_no_peer_would_take_the_buckets_and_nothing_is_ask
 def test_leave_wait_returns_once_the_buckets_are_gone_and_the_tcp_flows_finished(bed):
     agent, effects, _, clock, events = bed
     serving(agent, clock, effects)
-    open_flow = ("tcp      6 431999 ESTABLISHED src=198.18.20.1 dst=198.18.10.100 sport=40000 dport=80 "
-                 "src=172.24.0.2 dst=198.18.20.1 sport=8080 dport=40000 [ASSURED] mark=67108864 use=1")
+    open_flow = (
+        "tcp      6 431999 ESTABLISHED src=198.18.20.1 dst=198.18.10.100 sport=40000 dport=80 "
+        "src=172.24.0.2 dst=198.18.20.1 sport=8080 dport=40000 [ASSURED] mark=67108864 use=1"
+    )
     agent.netfilter.flows = [open_flow]
     rounds = []
 
@@ -324,25 +364,42 @@ class TextNetfilter(FakeNetfilter):
 def agent_with(tmp_path, netfilter: TextNetfilter, **cluster) -> ClusterAgent:
     loaded = load(tmp_path)
     loaded = dataclasses.replace(loaded, cluster=dataclasses.replace(loaded.cluster, **cluster))
-    return ClusterAgent(loaded, netfilter, FakeKeepalived(netfilter.effects), FakeShared(netfilter.effects),
-                        journal=Journal([]), probe=lambda app: (lambda: ProbeResult(True, "ok")))
+    return ClusterAgent(
+        loaded,
+        netfilter,
+        FakeKeepalived(netfilter.effects),
+        FakeShared(netfilter.effects),
+        journal=Journal([]),
+        probe=lambda app: lambda: ProbeResult(True, "ok"),
+    )
 
 
 def test_with_unicast_the_vrrp_filter_is_in_place_before_keepalived_starts(tmp_path):
     netfilter = TextNetfilter(Effects())
     agent_with(tmp_path, netfilter, unicast=True).start()
     assert netfilter.effects[-3:] == ["*mangle", "*filter vrrp", "keepalived start"]
-    assert netfilter.texts[-1] == "\n".join([
-        "*filter", ":DEPLOYER-VRRP - [0:0]",
-        '-A DEPLOYER-VRRP -s 198.18.10.2/32 -m comment --comment "cluster: VRRP from h2" -j RETURN',
-        '-A DEPLOYER-VRRP -m comment --comment "cluster: VRRP from anyone else" -j DROP',
-        "-I INPUT 1 -i eth0 -p 112 -j DEPLOYER-VRRP", "COMMIT", ""])
+    assert netfilter.texts[-1] == "\n".join(
+        [
+            "*filter",
+            ":DEPLOYER-VRRP - [0:0]",
+            '-A DEPLOYER-VRRP -s 198.18.10.2/32 -m comment --comment "cluster: VRRP from h2" -j RETURN',
+            '-A DEPLOYER-VRRP -m comment --comment "cluster: VRRP from anyone else" -j DROP',
+            "-I INPUT 1 -i eth0 -p 112 -j DEPLOYER-VRRP",
+            "COMMIT",
+            "",
+        ]
+    )
 
 
 def test_back_to_multicast_the_start_removes_the_vrrp_filter(tmp_path):
-    netfilter = TextNetfilter(Effects(), "*filter\n:INPUT ACCEPT [0:0]\n:DEPLOYER-VRRP - [0:0]\n"
-                                         "-A INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP\nCOMMIT\n")
+    netfilter = TextNetfilter(
+        Effects(),
+        "*filter\n:INPUT ACCEPT [0:0]\n:DEPLOYER-VRRP - [0:0]\n-A INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP\nCOMMIT\n",
+    )
     agent_with(tmp_path, netfilter).start()
     assert netfilter.effects[-3:] == ["*mangle", "*filter vrrp", "keepalived start"]
-    assert netfilter.texts[-1].splitlines()[1:4] == ["-D INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP", "-F DEPLOYER-VRRP",
-                                                     "-X DEPLOYER-VRRP"]
+    assert netfilter.texts[-1].splitlines()[1:4] == [
+        "-D INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP",
+        "-F DEPLOYER-VRRP",
+        "-X DEPLOYER-VRRP",
+    ]

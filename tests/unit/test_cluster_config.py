@@ -17,8 +17,11 @@ CLUSTER = {
     "buckets": 6,
     "hash_seed": "0xdeadbeef",
     "host": "h2",
-    "hosts": [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"},
-              {"name": "h3", "address": "198.18.10.3"}],
+    "hosts": [
+        {"name": "h1", "address": "198.18.10.1"},
+        {"name": "h2", "address": "198.18.10.2"},
+        {"name": "h3", "address": "198.18.10.3"},
+    ],
 }
 
 
@@ -45,11 +48,21 @@ def test_a_cluster_loads_on_the_nftables_backend_too():
 def test_a_cluster_loads_with_its_defaults():
     loaded = load(CLUSTER, app={"cluster": True})
     assert loaded.cluster == ClusterConfig(
-        address="198.18.10.100", interface="eth0", subnet="198.18.10.0/24", buckets=6, hash_seed=0xDEADBEEF,
-        host="h2", hosts=(ClusterHost("h1", "198.18.10.1"), ClusterHost("h2", "198.18.10.2"),
-                          ClusterHost("h3", "198.18.10.3")),
-        advert_interval=0.2, router_id_base=50, mark=0x4000000, multicast_mac="03:00:c6:12:0a:64",
-        check_interval=0.2, handover_delay=0.25, arp="mangle")
+        address="198.18.10.100",
+        interface="eth0",
+        subnet="198.18.10.0/24",
+        buckets=6,
+        hash_seed=0xDEADBEEF,
+        host="h2",
+        hosts=(ClusterHost("h1", "198.18.10.1"), ClusterHost("h2", "198.18.10.2"), ClusterHost("h3", "198.18.10.3")),
+        advert_interval=0.2,
+        router_id_base=50,
+        mark=0x4000000,
+        multicast_mac="03:00:c6:12:0a:64",
+        check_interval=0.2,
+        handover_delay=0.25,
+        arp="mangle",
+    )
     assert loaded.apps["web"].cluster is True
 
 
@@ -70,71 +83,83 @@ def test_a_decimal_seed_loads_as_a_number():
 
 def test_more_than_32_buckets_is_refused():
     assert refusal({**CLUSTER, "buckets": 33}) == (
-        f"{PATH}, key 'cluster.buckets': must be a whole number from 1 to 32 (the cluster match's limit)")
+        f"{PATH}, key 'cluster.buckets': must be a whole number from 1 to 32 (the cluster match's limit)"
+    )
 
 
 def test_fewer_buckets_than_hosts_is_refused():
     assert refusal({**CLUSTER, "buckets": 2}) == (
-        f"{PATH}, key 'cluster.buckets': must be at least the number of hosts (3), so each host is home to a bucket")
+        f"{PATH}, key 'cluster.buckets': must be at least the number of hosts (3), so each host is home to a bucket"
+    )
 
 
 def test_a_host_listed_twice_by_name_is_refused():
     hosts = [*CLUSTER["hosts"], {"name": "h1", "address": "198.18.10.9"}]
     assert refusal({**CLUSTER, "hosts": hosts}) == (
-        f"{PATH}, key 'cluster.hosts[3]': host 'h1' (198.18.10.9) is listed twice: 'h1' has that name")
+        f"{PATH}, key 'cluster.hosts[3]': host 'h1' (198.18.10.9) is listed twice: 'h1' has that name"
+    )
 
 
 def test_a_host_listed_twice_by_address_is_refused():
     hosts = [*CLUSTER["hosts"], {"name": "h4", "address": "198.18.10.3"}]
     assert refusal({**CLUSTER, "hosts": hosts}) == (
-        f"{PATH}, key 'cluster.hosts[3]': host 'h4' (198.18.10.3) is listed twice: 'h3' has that address")
+        f"{PATH}, key 'cluster.hosts[3]': host 'h4' (198.18.10.3) is listed twice: 'h3' has that address"
+    )
 
 
 def test_a_shared_address_outside_the_subnet_is_refused():
     assert refusal({**CLUSTER, "address": "198.18.11.100"}) == (
         f"{PATH}, key 'cluster.address': 198.18.11.100 is outside the interface's subnet 198.18.10.0/24: "
-        "hosts on one L2 segment share the address")
+        "hosts on one L2 segment share the address"
+    )
 
 
 def test_a_host_address_outside_the_subnet_is_refused():
     hosts = [CLUSTER["hosts"][0], {"name": "h2", "address": "10.0.0.2"}, CLUSTER["hosts"][2]]
     assert refusal({**CLUSTER, "hosts": hosts}) == (
         f"{PATH}, key 'cluster.hosts[1].address': 10.0.0.2 is outside the interface's subnet 198.18.10.0/24: "
-        "hosts on one L2 segment share the address")
+        "hosts on one L2 segment share the address"
+    )
 
 
 @pytest.mark.parametrize("seed", ["deadbeef", "0xnope", 1.5, True, -1, 2**32, "99999999999"])
 def test_a_seed_that_is_not_a_32_bit_number_is_refused(seed):
     assert refusal({**CLUSTER, "hash_seed": seed}) == (
         f"{PATH}, key 'cluster.hash_seed': must be a number from 0 to 4294967295 (or a string such as "
-        "\"0xdeadbeef\"); every host needs the same one")
+        '"0xdeadbeef"); every host needs the same one'
+    )
 
 
 def test_this_host_must_be_one_of_the_hosts():
     assert refusal({**CLUSTER, "host": "h9"}) == (
-        f"{PATH}, key 'cluster.host': must name this host, one of [[cluster.hosts]] (h1, h2, h3)")
+        f"{PATH}, key 'cluster.host': must name this host, one of [[cluster.hosts]] (h1, h2, h3)"
+    )
 
 
 def test_a_host_on_the_shared_address_is_refused():
     hosts = [*CLUSTER["hosts"][:2], {"name": "h3", "address": "198.18.10.100"}]
     assert refusal({**CLUSTER, "hosts": hosts}) == (
-        f"{PATH}, key 'cluster.hosts[2].address': is the shared address; each host needs an address of its own")
+        f"{PATH}, key 'cluster.hosts[2].address': is the shared address; each host needs an address of its own"
+    )
 
 
 def test_a_mark_of_more_than_one_bit_is_refused():
     assert refusal({**CLUSTER, "mark": 3}) == (
-        f"{PATH}, key 'cluster.mark': must be a single bit, e.g. 0x4000000: it is matched with itself as the mask")
+        f"{PATH}, key 'cluster.mark': must be a single bit, e.g. 0x4000000: it is matched with itself as the mask"
+    )
 
 
 def test_router_ids_past_255_are_refused():
     assert refusal({**CLUSTER, "router_id_base": 251}) == (
         f"{PATH}, key 'cluster.router_id_base': must be a whole number from 1 to 250: the buckets' VRRP router ids "
-        "run from it and stay at most 255")
+        "run from it and stay at most 255"
+    )
 
 
 def test_a_unicast_mac_is_refused():
     assert refusal({**CLUSTER, "multicast_mac": "02:00:00:00:00:01"}).startswith(
-        f"{PATH}, key 'cluster.multicast_mac': must be a multicast MAC address")
+        f"{PATH}, key 'cluster.multicast_mac': must be a multicast MAC address"
+    )
 
 
 def test_an_unknown_key_is_named():
@@ -143,7 +168,8 @@ def test_an_unknown_key_is_named():
 
 def test_an_app_on_the_shared_address_needs_a_cluster():
     assert refusal(app={"cluster": True}) == (
-        f"{PATH}, app 'web', key 'cluster': needs a [cluster] table: it names the shared address")
+        f"{PATH}, app 'web', key 'cluster': needs a [cluster] table: it names the shared address"
+    )
 
 
 def test_unicast_is_off_by_default_and_names_the_other_hosts_as_peers():

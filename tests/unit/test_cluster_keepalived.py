@@ -10,17 +10,41 @@ STATE = Path("/var/lib/deployer/state/cluster")
 
 
 def cluster(host: str, **extra):
-    return config.parse({"apps": {"web": {"image": "r.example/web", "cluster": True, "ports": [
-        {"external": 80, "container": 8080, "blue": 8001, "green": 8002}]}},
-        "cluster": {"address": "198.18.10.100", "interface": "eth1", "subnet": "198.18.10.0/24", "buckets": 3,
-                    "hash_seed": 7, "host": host, "advert_interval": 0.2, "router_id_base": 60,
-                    "hosts": [{"name": "a", "address": "198.18.10.1"}, {"name": "b", "address": "198.18.10.2"}],
-                    **extra}}, path=PATH, environ={}).cluster
+    return config.parse(
+        {
+            "apps": {
+                "web": {
+                    "image": "r.example/web",
+                    "cluster": True,
+                    "ports": [{"external": 80, "container": 8080, "blue": 8001, "green": 8002}],
+                }
+            },
+            "cluster": {
+                "address": "198.18.10.100",
+                "interface": "eth1",
+                "subnet": "198.18.10.0/24",
+                "buckets": 3,
+                "hash_seed": 7,
+                "host": host,
+                "advert_interval": 0.2,
+                "router_id_base": 60,
+                "hosts": [{"name": "a", "address": "198.18.10.1"}, {"name": "b", "address": "198.18.10.2"}],
+                **extra,
+            },
+        },
+        path=PATH,
+        environ={},
+    ).cluster
 
 
 def render(host: str, **extra) -> str:
-    return render_config(cluster(host, **extra), notify_fifo=STATE / "notify.fifo", health_file=STATE / "track-health",
-                         leave_file=STATE / "track-leave", source=PATH)
+    return render_config(
+        cluster(host, **extra),
+        notify_fifo=STATE / "notify.fifo",
+        health_file=STATE / "track-health",
+        leave_file=STATE / "track-leave",
+        source=PATH,
+    )
 
 
 def instance(bucket: int, priority: int, source: str, advert: str = "0.2") -> str:
@@ -66,10 +90,12 @@ track_file deployer_leave {
 
 
 def test_the_config_of_a_home_host_and_a_backup():
-    assert render("a") == HEAD % "a" + instance(0, 200, "198.18.10.1") + instance(1, 195, "198.18.10.1") \
-        + instance(2, 200, "198.18.10.1")
-    assert render("b") == HEAD % "b" + instance(0, 195, "198.18.10.2") + instance(1, 200, "198.18.10.2") \
-        + instance(2, 195, "198.18.10.2")
+    assert render("a") == HEAD % "a" + instance(0, 200, "198.18.10.1") + instance(1, 195, "198.18.10.1") + instance(
+        2, 200, "198.18.10.1"
+    )
+    assert render("b") == HEAD % "b" + instance(0, 195, "198.18.10.2") + instance(1, 200, "198.18.10.2") + instance(
+        2, 195, "198.18.10.2"
+    )
 
 
 def test_the_advert_interval_is_written_as_configured():
@@ -102,12 +128,16 @@ vrrp_instance b{bucket} {{
 
 
 def test_with_unicast_each_instance_sends_to_the_other_hosts_and_takes_adverts_from_them_only():
-    three = [{"name": "a", "address": "198.18.10.1"}, {"name": "b", "address": "198.18.10.2"},
-             {"name": "c", "address": "198.18.10.3"}]
-    assert render("b", unicast=True, hosts=three) == HEAD % "b" \
-        + unicast_instance(0, 195, "198.18.10.2", ["198.18.10.1", "198.18.10.3"]) \
-        + unicast_instance(1, 200, "198.18.10.2", ["198.18.10.1", "198.18.10.3"]) \
-        + unicast_instance(2, 190, "198.18.10.2", ["198.18.10.1", "198.18.10.3"])
+    three = [
+        {"name": "a", "address": "198.18.10.1"},
+        {"name": "b", "address": "198.18.10.2"},
+        {"name": "c", "address": "198.18.10.3"},
+    ]
+    assert render("b", unicast=True, hosts=three) == HEAD % "b" + unicast_instance(
+        0, 195, "198.18.10.2", ["198.18.10.1", "198.18.10.3"]
+    ) + unicast_instance(1, 200, "198.18.10.2", ["198.18.10.1", "198.18.10.3"]) + unicast_instance(
+        2, 190, "198.18.10.2", ["198.18.10.1", "198.18.10.3"]
+    )
     assert "mcast_src_ip" not in render("b", unicast=True, hosts=three)
 
 

@@ -11,18 +11,37 @@ NAMES = ChainNames("DEPLOYER")
 PATH = Path("/etc/deployer/deployer.toml")
 DATA = {
     "apps": {
-        "web": {"image": "r.example/web", "cluster": True, "ports": [
-            {"external": 80, "container": 8080, "blue": 8001, "green": 8002},
-            {"external": 53, "container": 5353, "protocol": "udp", "blue": 8001, "green": 8002}]},
-        "api": {"image": "r.example/api", "cluster": True, "ports": [
-            {"external": 443, "container": 8443, "blue": 9001, "green": 9002}]},
-        "local": {"image": "r.example/local", "ports": [
-            {"external": 8080, "container": 80, "blue": 7001, "green": 7002}]},
+        "web": {
+            "image": "r.example/web",
+            "cluster": True,
+            "ports": [
+                {"external": 80, "container": 8080, "blue": 8001, "green": 8002},
+                {"external": 53, "container": 5353, "protocol": "udp", "blue": 8001, "green": 8002},
+            ],
+        },
+        "api": {
+            "image": "r.example/api",
+            "cluster": True,
+            "ports": [{"external": 443, "container": 8443, "blue": 9001, "green": 9002}],
+        },
+        "local": {
+            "image": "r.example/local",
+            "ports": [{"external": 8080, "container": 80, "blue": 7001, "green": 7002}],
+        },
     },
-    "cluster": {"address": "198.18.10.100", "interface": "eth0", "subnet": "198.18.10.0/24", "buckets": 6,
-                "hash_seed": "0xdeadbeef", "host": "h1",
-                "hosts": [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"},
-                          {"name": "h3", "address": "198.18.10.3"}]},
+    "cluster": {
+        "address": "198.18.10.100",
+        "interface": "eth0",
+        "subnet": "198.18.10.0/24",
+        "buckets": 6,
+        "hash_seed": "0xdeadbeef",
+        "host": "h1",
+        "hosts": [
+            {"name": "h1", "address": "198.18.10.1"},
+            {"name": "h2", "address": "198.18.10.2"},
+            {"name": "h3", "address": "198.18.10.3"},
+        ],
+    },
 }
 LOADED = config.parse(DATA, path=PATH, environ={})
 CLUSTER = LOADED.cluster
@@ -60,23 +79,49 @@ def test_owning_no_bucket_keeps_the_own_tcp_flows_and_drops_the_rest():
 
 
 def test_more_than_15_ports_take_several_multiport_rules():
-    many = config.parse({**DATA, "apps": {"web": {"image": "r.example/web", "cluster": True, "ports": [
-        {"external": 1000 + i, "container": 2000 + i, "blue": 3000 + i, "green": 4000 + i} for i in range(16)]}}},
-        path=PATH, environ={})
+    many = config.parse(
+        {
+            **DATA,
+            "apps": {
+                "web": {
+                    "image": "r.example/web",
+                    "cluster": True,
+                    "ports": [
+                        {"external": 1000 + i, "container": 2000 + i, "blue": 3000 + i, "green": 4000 + i}
+                        for i in range(16)
+                    ],
+                }
+            },
+        },
+        path=PATH,
+        environ={},
+    )
     rules = cluster.chain_rules(NAMES, many.cluster, many.apps.values(), {1})
     assert [r.split(" -m conntrack")[0].split("--dports ")[1] for r in rules if "multiport" in r] == [
-        ",".join(str(1000 + i) for i in range(15)), "1015"]
+        ",".join(str(1000 + i) for i in range(15)),
+        "1015",
+    ]
 
 
 def test_the_start_transaction_writes_the_chain_and_inserts_the_jump_first():
-    assert cluster.render_ensure(parse_table("", "mangle"), NAMES, CLUSTER, APPS, set()) == "\n".join([
-        "*mangle", ":DEPLOYER-CLUSTER - [0:0]", *HEAD, TAIL,
-        "-I PREROUTING 1 -d 198.18.10.100/32 -j DEPLOYER-CLUSTER", "COMMIT", ""])
+    assert cluster.render_ensure(parse_table("", "mangle"), NAMES, CLUSTER, APPS, set()) == "\n".join(
+        [
+            "*mangle",
+            ":DEPLOYER-CLUSTER - [0:0]",
+            *HEAD,
+            TAIL,
+            "-I PREROUTING 1 -d 198.18.10.100/32 -j DEPLOYER-CLUSTER",
+            "COMMIT",
+            "",
+        ]
+    )
 
 
 def test_the_start_transaction_keeps_a_jump_that_is_there():
-    saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n:DEPLOYER-CLUSTER - [0:0]\n" \
-            "-A PREROUTING -d 198.18.10.100/32 -j DEPLOYER-CLUSTER\nCOMMIT\n"
+    saved = (
+        "*mangle\n:PREROUTING ACCEPT [0:0]\n:DEPLOYER-CLUSTER - [0:0]\n"
+        "-A PREROUTING -d 198.18.10.100/32 -j DEPLOYER-CLUSTER\nCOMMIT\n"
+    )
     text = cluster.render_ensure(cluster.parse(saved), NAMES, CLUSTER, APPS, set())
     assert "PREROUTING" not in text
 
@@ -90,18 +135,32 @@ def test_a_node_mask_change_rewrites_the_owned_chain_and_nothing_else():
 
 
 def test_removal_deletes_the_jump_then_the_chain():
-    saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n:DEPLOYER-CLUSTER - [0:0]\n" \
-            "-A PREROUTING -d 198.18.10.100/32 -j DEPLOYER-CLUSTER\n-A DEPLOYER-CLUSTER -j DROP\nCOMMIT\n"
-    assert cluster.render_removal(cluster.parse(saved), NAMES) == "\n".join([
-        "*mangle", "-D PREROUTING -d 198.18.10.100/32 -j DEPLOYER-CLUSTER", "-F DEPLOYER-CLUSTER",
-        "-X DEPLOYER-CLUSTER", "COMMIT", ""])
+    saved = (
+        "*mangle\n:PREROUTING ACCEPT [0:0]\n:DEPLOYER-CLUSTER - [0:0]\n"
+        "-A PREROUTING -d 198.18.10.100/32 -j DEPLOYER-CLUSTER\n-A DEPLOYER-CLUSTER -j DROP\nCOMMIT\n"
+    )
+    assert cluster.render_removal(cluster.parse(saved), NAMES) == "\n".join(
+        [
+            "*mangle",
+            "-D PREROUTING -d 198.18.10.100/32 -j DEPLOYER-CLUSTER",
+            "-F DEPLOYER-CLUSTER",
+            "-X DEPLOYER-CLUSTER",
+            "COMMIT",
+            "",
+        ]
+    )
     assert cluster.render_removal(cluster.parse("*mangle\nCOMMIT\n"), NAMES) is None
 
 
 def test_each_bucket_has_a_home_host_and_backups_that_spread_a_failed_hosts_buckets():
     assert [cluster.ranking(CLUSTER, b) for b in range(6)] == [
-        ["h1", "h2", "h3"], ["h2", "h3", "h1"], ["h3", "h1", "h2"],
-        ["h1", "h3", "h2"], ["h2", "h1", "h3"], ["h3", "h2", "h1"]]
+        ["h1", "h2", "h3"],
+        ["h2", "h3", "h1"],
+        ["h3", "h1", "h2"],
+        ["h1", "h3", "h2"],
+        ["h2", "h1", "h3"],
+        ["h3", "h2", "h1"],
+    ]
     assert [cluster.priority(CLUSTER, b, "h1") for b in range(6)] == [200, 190, 195, 200, 195, 190]
     assert cluster.home_buckets(CLUSTER, "h2") == [1, 4]
 
@@ -123,7 +182,8 @@ def test_a_bucket_is_taken_only_after_the_handover_delay():
 def test_leaving_is_refused_when_no_peer_would_take_the_buckets():
     assert cluster.leave_problem(CLUSTER, {0: "MASTER", 1: "BACKUP"}) is None
     assert cluster.leave_problem(CLUSTER, {b: "MASTER" for b in range(6)}) == (
-        "this host is master of every bucket (6); no other host is healthy to take them")
+        "this host is master of every bucket (6); no other host is healthy to take them"
+    )
     assert cluster.leave_problem(CLUSTER, {}) == "keepalived has not reported any bucket yet"
 
 
@@ -158,7 +218,6 @@ def test_flows_are_counted_per_bucket_only_when_this_host_took_them_in():
     assert cluster.open_tcp_flows(lines, CLUSTER) == 1
 
 
-
 UNICAST = config.parse({**DATA, "cluster": {**DATA["cluster"], "unicast": True}}, path=PATH, environ={}).cluster
 VRRP_CHAIN = [
     '-A DEPLOYER-VRRP -s 198.18.10.2/32 -m comment --comment "cluster: VRRP from h2" -j RETURN',
@@ -168,28 +227,45 @@ VRRP_CHAIN = [
 
 
 def test_with_unicast_vrrp_from_anyone_but_the_other_hosts_is_dropped_on_the_cluster_interface():
-    assert cluster.render_vrrp_filter(cluster.parse_filter(""), NAMES, UNICAST) == "\n".join([
-        "*filter", ":DEPLOYER-VRRP - [0:0]", *VRRP_CHAIN, "-I INPUT 1 -i eth0 -p 112 -j DEPLOYER-VRRP", "COMMIT", ""])
+    assert cluster.render_vrrp_filter(cluster.parse_filter(""), NAMES, UNICAST) == "\n".join(
+        ["*filter", ":DEPLOYER-VRRP - [0:0]", *VRRP_CHAIN, "-I INPUT 1 -i eth0 -p 112 -j DEPLOYER-VRRP", "COMMIT", ""]
+    )
 
 
 def test_the_vrrp_chain_is_rewritten_and_a_jump_that_is_there_kept_as_iptables_save_prints_it():
-    saved = "*filter\n:INPUT ACCEPT [0:0]\n:DEPLOYER-VRRP - [0:0]\n-A INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP\n" \
-            "-A DEPLOYER-VRRP -s 198.18.10.9/32 -j RETURN\nCOMMIT\n"
-    assert cluster.render_vrrp_filter(cluster.parse_filter(saved), NAMES, UNICAST) == "\n".join([
-        "*filter", ":DEPLOYER-VRRP - [0:0]", *VRRP_CHAIN, "COMMIT", ""])
+    saved = (
+        "*filter\n:INPUT ACCEPT [0:0]\n:DEPLOYER-VRRP - [0:0]\n-A INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP\n"
+        "-A DEPLOYER-VRRP -s 198.18.10.9/32 -j RETURN\nCOMMIT\n"
+    )
+    assert cluster.render_vrrp_filter(cluster.parse_filter(saved), NAMES, UNICAST) == "\n".join(
+        ["*filter", ":DEPLOYER-VRRP - [0:0]", *VRRP_CHAIN, "COMMIT", ""]
+    )
 
 
 def test_a_jump_from_another_interface_is_replaced():
     saved = "*filter\n:INPUT ACCEPT [0:0]\n:DEPLOYER-VRRP - [0:0]\n-A INPUT -i eth9 -p vrrp -j DEPLOYER-VRRP\nCOMMIT\n"
-    assert cluster.render_vrrp_filter(cluster.parse_filter(saved), NAMES, UNICAST) == "\n".join([
-        "*filter", ":DEPLOYER-VRRP - [0:0]", *VRRP_CHAIN, "-D INPUT -i eth9 -p vrrp -j DEPLOYER-VRRP",
-        "-I INPUT 1 -i eth0 -p 112 -j DEPLOYER-VRRP", "COMMIT", ""])
+    assert cluster.render_vrrp_filter(cluster.parse_filter(saved), NAMES, UNICAST) == "\n".join(
+        [
+            "*filter",
+            ":DEPLOYER-VRRP - [0:0]",
+            *VRRP_CHAIN,
+            "-D INPUT -i eth9 -p vrrp -j DEPLOYER-VRRP",
+            "-I INPUT 1 -i eth0 -p 112 -j DEPLOYER-VRRP",
+            "COMMIT",
+            "",
+        ]
+    )
 
 
 def test_without_unicast_the_vrrp_filter_is_removed_if_a_previous_start_left_it_and_nothing_is_done_otherwise():
-    saved = "*filter\n:INPUT ACCEPT [0:0]\n:DEPLOYER-VRRP - [0:0]\n-A INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP\n" \
-            '-A DEPLOYER-VRRP -m comment --comment "cluster: VRRP from anyone else" -j DROP\nCOMMIT\n'
-    assert cluster.render_vrrp_filter(cluster.parse_filter(saved), NAMES, CLUSTER) == "\n".join([
-        "*filter", "-D INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP", "-F DEPLOYER-VRRP", "-X DEPLOYER-VRRP", "COMMIT", ""])
-    assert cluster.render_vrrp_filter(cluster.parse_filter("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"), NAMES,
-                                      CLUSTER) is None
+    saved = (
+        "*filter\n:INPUT ACCEPT [0:0]\n:DEPLOYER-VRRP - [0:0]\n-A INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP\n"
+        '-A DEPLOYER-VRRP -m comment --comment "cluster: VRRP from anyone else" -j DROP\nCOMMIT\n'
+    )
+    assert cluster.render_vrrp_filter(cluster.parse_filter(saved), NAMES, CLUSTER) == "\n".join(
+        ["*filter", "-D INPUT -i eth0 -p vrrp -j DEPLOYER-VRRP", "-F DEPLOYER-VRRP", "-X DEPLOYER-VRRP", "COMMIT", ""]
+    )
+    assert (
+        cluster.render_vrrp_filter(cluster.parse_filter("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"), NAMES, CLUSTER)
+        is None
+    )

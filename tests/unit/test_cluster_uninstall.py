@@ -13,9 +13,16 @@ from deployer.plan import cluster as plan
 from deployer.plan.rules import ChainNames
 from support.engine_fakes import Effects, FakeClock, FakeDocker, FakeNetfilter, FakeProber, NoRouting
 
-CLUSTER = {"address": "198.18.10.100", "interface": "eth0", "subnet": "198.18.10.0/24", "buckets": 4,
-           "hash_seed": 1, "host": "h1", "unicast": True,
-           "hosts": [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"}]}
+CLUSTER = {
+    "address": "198.18.10.100",
+    "interface": "eth0",
+    "subnet": "198.18.10.0/24",
+    "buckets": 4,
+    "hash_seed": 1,
+    "host": "h1",
+    "unicast": True,
+    "hosts": [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"}],
+}
 
 
 class FakeShared:
@@ -31,11 +38,26 @@ class FakeShared:
 
 def cluster_host(tmp_path, effects: Effects, shared: FakeShared | None):
     (tmp_path / "hooks").mkdir()
-    config = parse({"deployer": {"state_dir": str(tmp_path / "state"), "hooks_dir": str(tmp_path / "hooks"),
-                                 "network": "deployer", "bridge": "deployer0"},
-                    "apps": {"web": {"image": "127.0.0.1:5000/web", "cluster": True, "ports": [
-                        {"external": 80, "container": 8080, "blue": 8001, "green": 8002}]}},
-                    "cluster": CLUSTER}, path=tmp_path / "deployer.toml", environ={})
+    config = parse(
+        {
+            "deployer": {
+                "state_dir": str(tmp_path / "state"),
+                "hooks_dir": str(tmp_path / "hooks"),
+                "network": "deployer",
+                "bridge": "deployer0",
+            },
+            "apps": {
+                "web": {
+                    "image": "127.0.0.1:5000/web",
+                    "cluster": True,
+                    "ports": [{"external": 80, "container": 8080, "blue": 8001, "green": 8002}],
+                }
+            },
+            "cluster": CLUSTER,
+        },
+        path=tmp_path / "deployer.toml",
+        environ={},
+    )
     netfilter = FakeNetfilter(effects)
     names = ChainNames(config.settings.chain_prefix)
     assert config.cluster is not None
@@ -44,9 +66,19 @@ def cluster_host(tmp_path, effects: Effects, shared: FakeShared | None):
     netfilter.restore(plan.render_vrrp_filter(plan.SavedTable(), names, config.cluster) or "")
     effects.clear()
     clock = FakeClock()
-    engine = Engine(config, FakeDocker(effects), netfilter, routing=NoRouting(), prober=FakeProber(effects),
-                    run_hook=lambda *a: None, journal=Journal([lambda event: None], clock=clock), environ={},
-                    clock=clock, sleep=clock.sleep, shared_address=shared)
+    engine = Engine(
+        config,
+        FakeDocker(effects),
+        netfilter,
+        routing=NoRouting(),
+        prober=FakeProber(effects),
+        run_hook=lambda *a: None,
+        journal=Journal([lambda event: None], clock=clock),
+        environ={},
+        clock=clock,
+        sleep=clock.sleep,
+        shared_address=shared,
+    )
     return engine, netfilter, names
 
 
@@ -54,10 +86,16 @@ def test_uninstall_takes_the_shared_address_off_before_the_cluster_chains(tmp_pa
     effects = Effects()
     engine, netfilter, names = cluster_host(tmp_path, effects, FakeShared(effects))
     removed = engine.uninstall(actor="cli:ann")
-    assert removed[:3] == ["shared address 198.18.10.100 on eth0", "mangle chain DEPLOYER-CLUSTER",
-                           "filter chain DEPLOYER-VRRP"]
-    order = [line.split(" ")[0] + (" mangle" if "*mangle" in line else " filter" if "*filter" in line else "")
-             for line in effects if line.startswith(("part", "restore"))]
+    assert removed[:3] == [
+        "shared address 198.18.10.100 on eth0",
+        "mangle chain DEPLOYER-CLUSTER",
+        "filter chain DEPLOYER-VRRP",
+    ]
+    order = [
+        line.split(" ")[0] + (" mangle" if "*mangle" in line else " filter" if "*filter" in line else "")
+        for line in effects
+        if line.startswith(("part", "restore"))
+    ]
     assert order[:3] == ["part", "restore mangle", "restore filter"]
     assert effects[0].startswith("part 198.18.10.100 ")
     assert plan.chain(names) not in netfilter.tables["mangle"]

@@ -25,8 +25,10 @@ def test_the_receiver_runs_unprivileged_without_docker_or_capabilities():
 
 def test_the_receiver_may_write_only_the_queue_and_the_audit_folders():
     writable = [v for v in SERVICES["receiver"]["volumes"] if not v.endswith(":ro")]
-    assert sorted(v.split(":")[1] for v in writable) == ["/var/lib/deployer/state/audit",
-                                                        "/var/lib/deployer/state/queue"]
+    assert sorted(v.split(":")[1] for v in writable) == [
+        "/var/lib/deployer/state/audit",
+        "/var/lib/deployer/state/queue",
+    ]
 
 
 def test_the_worker_holds_docker_and_the_hosts_netfilter():

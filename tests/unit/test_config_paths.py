@@ -52,13 +52,18 @@ github_secret_file = "secrets/github"
 def make_folder(root: Path) -> Path:
     """etc/deployer.toml and the files it names, relative to etc/."""
     etc = root / "etc"
-    for name, text in {"secrets/registry": "pw", "secrets/github": "gh", "secrets/web-github": "web-gh",
-                       "env/web.env": "A=1\n", "pages/web.html": "<p>soon</p>"}.items():
+    for name, text in {
+        "secrets/registry": "pw",
+        "secrets/github": "gh",
+        "secrets/web-github": "web-gh",
+        "env/web.env": "A=1\n",
+        "pages/web.html": "<p>soon</p>",
+    }.items():
         (etc / name).parent.mkdir(parents=True, exist_ok=True)
         (etc / name).write_text(text)
     hook = etc / "hooks" / "post-healthy"
     hook.parent.mkdir()
-    hook.write_text("#!/bin/sh\necho \"post-healthy ran in $(pwd)\"\n")
+    hook.write_text('#!/bin/sh\necho "post-healthy ran in $(pwd)"\n')
     hook.chmod(0o755)
     (etc / "api-hooks").mkdir()  # a configured hooks folder must exist
     (etc / "deployer.toml").write_text(CONFIG)
@@ -76,8 +81,13 @@ def test_a_config_named_by_a_relative_path_gives_absolute_paths_beside_it(tmp_pa
     assert loaded.app("api").hooks_dir == etc / "api-hooks"
     assert loaded.app("web").maintenance_page == etc / "pages/web.html"
     assert (loaded.app("web").env, loaded.registries["registry.example:5000"].password) == ({"A": "1"}, "pw")
-    for found in (loaded.path, loaded.settings.state_dir, loaded.settings.hooks_dir, loaded.app("api").hooks_dir,
-                  loaded.app("web").maintenance_page):
+    for found in (
+        loaded.path,
+        loaded.settings.state_dir,
+        loaded.settings.hooks_dir,
+        loaded.app("api").hooks_dir,
+        loaded.app("web").maintenance_page,
+    ):
         assert found.is_absolute()
 
 

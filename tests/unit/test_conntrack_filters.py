@@ -6,16 +6,20 @@ from deployer.plan import conntrack
 DEMO = AppConfig(
     name="demo",
     image="127.0.0.1:5000/demo",
-    ports=(PortMapping(external=1000, container=8080, protocol="tcp", blue=1001, green=1002),
-           PortMapping(external=1000, container=9090, protocol="udp", blue=1001, green=1002),
-           PortMapping(external=5353, container=53, protocol="udp", blue=5354, green=5355)),
+    ports=(
+        PortMapping(external=1000, container=8080, protocol="tcp", blue=1001, green=1002),
+        PortMapping(external=1000, container=9090, protocol="udp", blue=1001, green=1002),
+        PortMapping(external=5353, container=53, protocol="udp", blue=5354, green=5355),
+    ),
     health=HealthCheck(type="http", port=8080),
 )
 WEB = AppConfig(
     name="web",
     image="127.0.0.1:5000/web",
-    ports=(PortMapping(external=8000, container=80, protocol="tcp", blue=8001, green=8002),
-           PortMapping(external=8443, container=443, protocol="tcp", blue=8444, green=8445)),
+    ports=(
+        PortMapping(external=8000, container=80, protocol="tcp", blue=8001, green=8002),
+        PortMapping(external=8443, container=443, protocol="tcp", blue=8444, green=8445),
+    ),
     health=HealthCheck(type="tcp", port=80),
 )
 

@@ -12,8 +12,10 @@ SETTINGS = Settings(state_dir=Path("/var/lib/deployer"), hooks_dir=Path("/etc/de
 DEMO = AppConfig(
     name="demo",
     image="127.0.0.1:5000/demo",
-    ports=(PortMapping(external=1000, container=8080, protocol="tcp", blue=1001, green=1002),
-           PortMapping(external=1000, container=9090, protocol="udp", blue=1001, green=1002)),
+    ports=(
+        PortMapping(external=1000, container=8080, protocol="tcp", blue=1001, green=1002),
+        PortMapping(external=1000, container=9090, protocol="udp", blue=1001, green=1002),
+    ),
     health=HealthCheck(type="http", port=8080, path="/healthz"),
     env={"DRAIN_TIMEOUT": "5"},
 )
@@ -77,20 +79,28 @@ def test_run_arguments_with_everything_set():
 
 
 def test_reserved_labels_win_over_app_labels():
-    app = AppConfig(name="demo", image=DEMO.image, ports=DEMO.ports, health=DEMO.health,
-                    labels={"deployer.set": "forged", "team": "x"})
+    app = AppConfig(
+        name="demo",
+        image=DEMO.image,
+        ports=DEMO.ports,
+        health=DEMO.health,
+        labels={"deployer.set": "forged", "team": "x"},
+    )
     labels = containers.run_arguments(SETTINGS, app, "blue", RELEASE)["labels"]
     assert labels["deployer.set"] == "blue"
     assert labels["team"] == "x"
 
 
-@pytest.mark.parametrize(("restart", "policy"), [
-    ("no", {"Name": "no"}),
-    ("always", {"Name": "always"}),
-    ("unless-stopped", {"Name": "unless-stopped"}),
-    ("on-failure", {"Name": "on-failure"}),
-    ("on-failure:3", {"Name": "on-failure", "MaximumRetryCount": 3}),
-])
+@pytest.mark.parametrize(
+    ("restart", "policy"),
+    [
+        ("no", {"Name": "no"}),
+        ("always", {"Name": "always"}),
+        ("unless-stopped", {"Name": "unless-stopped"}),
+        ("on-failure", {"Name": "on-failure"}),
+        ("on-failure:3", {"Name": "on-failure", "MaximumRetryCount": 3}),
+    ],
+)
 def test_restart_policy(restart, policy):
     assert containers.restart_policy(restart) == policy
 

@@ -22,16 +22,20 @@ def test_a_deb822_paragraph_that_serves_the_suite_gives_its_first_uri():
 
 
 def test_disabled_paragraphs_source_packages_and_other_suites_are_passed_over():
-    sources = ("Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nEnabled: no\n\n"
-               "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n"
-               "Types: deb\nURIs: http://sec.example/debian-security\nSuites: bookworm-security\n")
+    sources = (
+        "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nEnabled: no\n\n"
+        "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n"
+        "Types: deb\nURIs: http://sec.example/debian-security\nSuites: bookworm-security\n"
+    )
     assert mirror([("a.sources", sources)]) is None
 
 
 def test_one_line_entries_with_options_and_comments():
-    sources = ("# deb http://commented.example/debian bookworm main\n"
-               "deb-src http://src.example/debian bookworm main\n"
-               "deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://list.example/debian bookworm main\n")
+    sources = (
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb-src http://src.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://list.example/debian bookworm main\n"
+    )
     assert mirror([("sources.list", sources)]) == "http://list.example/debian"
 
 

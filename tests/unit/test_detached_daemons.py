@@ -16,10 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_a_detached_daemon_inherits_no_descriptor_of_its_caller(tmp_path):
     log = tmp_path / "daemon.log"
     held = tmp_path / "held"
-    script = (f'. {REPO}/scripts/lib/detach.sh\n'
-              f'exec 7>{held} 9>{held}.lock\n'
-              f'start_detached {log} sleep 30\n'
-              'echo $!\n')
+    script = f". {REPO}/scripts/lib/detach.sh\nexec 7>{held} 9>{held}.lock\nstart_detached {log} sleep 30\necho $!\n"
     started = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=10, check=True)
     pid = int(started.stdout.split()[-1])
     try:

@@ -38,13 +38,15 @@ def commands() -> dict[str, argparse.ArgumentParser]:
 def test_every_command_has_help_with_an_example():
     for name, sub in commands().items():
         assert sub.description, f"deployer {name} has no description"
-        assert sub.epilog and "example:" in sub.epilog and f"deployer {name}" in sub.epilog, \
+        assert sub.epilog and "example:" in sub.epilog and f"deployer {name}" in sub.epilog, (
             f"deployer {name} --help has no example"
+        )
 
 
 def test_every_command_is_in_the_docs():
-    missing = [name for name in command_names(build_parser())
-               if not re.search(rf"deployer {re.escape(name)}(?![\w-])", DOCS)]
+    missing = [
+        name for name in command_names(build_parser()) if not re.search(rf"deployer {re.escape(name)}(?![\w-])", DOCS)
+    ]
     assert not missing, f"commands missing from docs/: {missing}"
 
 
@@ -55,7 +57,9 @@ def test_the_readme_opens_with_the_demo_and_the_test_command():
 
 def test_the_readme_is_a_front_page():
     lines = len(README.splitlines())
-    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move detail into docs/ (at most {README_MAX_LINES})"
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines; move detail into docs/ (at most {README_MAX_LINES})"
+    )
 
 
 def test_the_readme_links_to_every_page_of_the_docs():
@@ -69,13 +73,26 @@ def test_the_readme_links_to_every_page_of_the_docs():
 
 def routes(tmp_path) -> dict[str, object]:
     """`METHOD /path` of every route the receiver serves, and its view function."""
-    config = config_module.parse({"deployer": {"state_dir": str(tmp_path / "state")}, "apps": {"web": {
-        "image": "registry.example/web", "ports": [{"external": 8000, "container": 80, "blue": 8001, "green": 8002}],
-    }}}, path=tmp_path / "deployer.toml", environ={})
+    config = config_module.parse(
+        {
+            "deployer": {"state_dir": str(tmp_path / "state")},
+            "apps": {
+                "web": {
+                    "image": "registry.example/web",
+                    "ports": [{"external": 8000, "container": 80, "blue": 8001, "green": 8002}],
+                }
+            },
+        },
+        path=tmp_path / "deployer.toml",
+        environ={},
+    )
     app = create_app({"DEPLOYER_CONFIG": config})
-    return {f"{method} {rule.rule}": app.view_functions[rule.endpoint]
-            for rule in app.url_map.iter_rules() if rule.endpoint != "static"
-            for method in sorted(rule.methods - {"HEAD", "OPTIONS"})}
+    return {
+        f"{method} {rule.rule}": app.view_functions[rule.endpoint]
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"})
+    }
 
 
 def test_every_route_is_documented_in_the_docs(tmp_path):
@@ -113,9 +130,17 @@ TABLES = {
     "[server]": {"apps": {"web": APP}, "server": {PROBE: 1}},
     "[server.operators.NAME]": {"apps": {"web": APP}, "server": {"operators": {"alice": {PROBE: 1}}}},
     "[cluster]": {"apps": {"web": APP}, "cluster": {PROBE: 1}},
-    "[[cluster.hosts]]": {"apps": {"web": APP}, "cluster": {
-        "interface": "eth0", "subnet": "198.18.10.0/24", "address": "198.18.10.100", "buckets": 2, "hash_seed": 1,
-        "hosts": [{"name": "h1", "address": "198.18.10.1", PROBE: 1}]}},
+    "[[cluster.hosts]]": {
+        "apps": {"web": APP},
+        "cluster": {
+            "interface": "eth0",
+            "subnet": "198.18.10.0/24",
+            "address": "198.18.10.100",
+            "buckets": 2,
+            "hash_seed": 1,
+            "hosts": [{"name": "h1", "address": "198.18.10.1", PROBE: 1}],
+        },
+    },
     "[fleet]": {"fleet": {PROBE: 1}},
     "[[fleet.hosts]]": {"fleet": {"apps": ["web"], "hosts": [{PROBE: 1}]}},
 }
@@ -144,7 +169,7 @@ def test_every_config_key_is_documented(table):
     assert not missing, f"config keys of {table or 'the top level'} missing from docs/: {missing}"
     header = table.split(" ")[0]
     if header:
-        pattern = re.escape(header).replace("NAME", "[a-z][a-z0-9-]*").replace("HOST", '[^]]+')
+        pattern = re.escape(header).replace("NAME", "[a-z][a-z0-9-]*").replace("HOST", "[^]]+")
         assert re.search(pattern, DOCS), f"no example of the table {header} in docs/"
 
 
@@ -153,8 +178,9 @@ def test_every_config_key_is_documented(table):
 
 def markdown_links(text: str) -> list[str]:
     """Relative link targets of `[text](target)`, outside code blocks."""
-    return [target for target in re.findall(r"\]\(([^)\s]+)\)", strip_code_blocks(text))
-            if not re.match(r"[a-z]+:", target)]
+    return [
+        target for target in re.findall(r"\]\(([^)\s]+)\)", strip_code_blocks(text)) if not re.match(r"[a-z]+:", target)
+    ]
 
 
 def strip_code_blocks(text: str) -> str:
@@ -185,22 +211,30 @@ def test_every_link_resolves(path):
 
 def named_but_missing(pattern: str, exists) -> list[str]:
     """`FILE: name` for each match of `pattern` in the docs for which `exists(name)` is false."""
-    return [f"{path.name}: {named}" for path, text in ALL_TEXT.items()
-            for named in sorted(set(re.findall(pattern, text))) if not exists(named)]
+    return [
+        f"{path.name}: {named}"
+        for path, text in ALL_TEXT.items()
+        for named in sorted(set(re.findall(pattern, text)))
+        if not exists(named)
+    ]
 
 
 def test_every_test_file_the_docs_name_exists():
     test_files = {p.name for p in (REPO / "tests").rglob("test_*.py")}
-    missing = (named_but_missing(r"\btests/[\w/]+\.py\b", lambda named: (REPO / named).is_file())
-               + named_but_missing(r"(?<![\w/])(test_\w+\.py)\b", lambda named: named in test_files))
+    missing = named_but_missing(r"\btests/[\w/]+\.py\b", lambda named: (REPO / named).is_file()) + named_but_missing(
+        r"(?<![\w/])(test_\w+\.py)\b", lambda named: named in test_files
+    )
     assert not missing, f"the docs name test files that do not exist: {missing}"
 
 
 def test_every_module_the_docs_name_exists():
     # Not /etc/deployer/... or ~/.deployer/...: paths in the repository start with deployer/.
-    missing = (named_but_missing(r"(?<![\w./~-])deployer/[\w/]+(?:\.py)?", lambda named: (REPO / named).exists())
-               + named_but_missing(r"(?<![\w./~-])deployer(?:\.\w+)+",  # deployer.toml is a file
-                                   lambda named: (REPO / named).is_file() or importable_name(named)))
+    missing = named_but_missing(
+        r"(?<![\w./~-])deployer/[\w/]+(?:\.py)?", lambda named: (REPO / named).exists()
+    ) + named_but_missing(
+        r"(?<![\w./~-])deployer(?:\.\w+)+",  # deployer.toml is a file
+        lambda named: (REPO / named).is_file() or importable_name(named),
+    )
     assert not missing, f"the docs name modules that do not exist: {missing}"
 
 
@@ -237,8 +271,11 @@ def tree_entries(text: str) -> set[str]:
 
 def test_the_architecture_page_lists_every_module():
     listed = tree_entries((REPO / "docs" / "architecture.md").read_text())
-    real = {str(p.relative_to(REPO).with_suffix("")) + ".py" for p in (REPO / "deployer").rglob("*.py")
-            if p.name not in ("__init__.py", "__main__.py")}
+    real = {
+        str(p.relative_to(REPO).with_suffix("")) + ".py"
+        for p in (REPO / "deployer").rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    }
     real |= {str(p.relative_to(REPO)) for p in (REPO / "deployer").rglob("*") if p.is_dir() and p.name != "__pycache__"}
     missing = sorted(real - listed)
     assert not missing, f"docs/architecture.md's folder tree misses: {missing}"

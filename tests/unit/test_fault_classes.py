@@ -49,20 +49,26 @@ def api_error(status, explanation, kind=docker.errors.APIError):
 
 
 def test_a_registry_that_refuses_the_connection_is_transient():
-    exc = pull_error(api_error(500, 'Get "http://127.0.0.1:5001/v2/": dial tcp 127.0.0.1:5001: connect: '
-                                    'connection refused'), RELEASE)
+    exc = pull_error(
+        api_error(500, 'Get "http://127.0.0.1:5001/v2/": dial tcp 127.0.0.1:5001: connect: connection refused'), RELEASE
+    )
     assert (type(exc), exc.transient, exc.fault) == (RegistryUnavailable, True, "registry")
 
 
 def test_a_registry_that_times_out_or_answers_503_is_transient():
-    for explanation in ("Get \"http://r/v2/\": net/http: request canceled while waiting for connection "
-                        "(Client.Timeout exceeded while awaiting headers)", "received unexpected HTTP status: 503"):
+    for explanation in (
+        'Get "http://r/v2/": net/http: request canceled while waiting for connection '
+        "(Client.Timeout exceeded while awaiting headers)",
+        "received unexpected HTTP status: 503",
+    ):
         assert pull_error(api_error(500, explanation), RELEASE).transient
 
 
 def test_an_unknown_tag_or_refused_credentials_fail_at_once():
-    unknown = pull_error(api_error(404, "manifest for 127.0.0.1:5001/web:v2 not found: manifest unknown",
-                                   docker.errors.NotFound), RELEASE)
+    unknown = pull_error(
+        api_error(404, "manifest for 127.0.0.1:5001/web:v2 not found: manifest unknown", docker.errors.NotFound),
+        RELEASE,
+    )
     denied = pull_error(api_error(500, "unauthorized: authentication required"), RELEASE)
     assert [(type(e), e.transient) for e in (unknown, denied)] == [(PullError, False), (PullError, False)]
 
@@ -78,12 +84,14 @@ def test_a_full_database_or_disk_is_disk_full_and_other_queue_errors_are_not():
     full.sqlite_errorcode = sqlite3.SQLITE_FULL
     locked = sqlite3.OperationalError("database is locked")
     locked.sqlite_errorcode = sqlite3.SQLITE_BUSY
-    results = [state_error("cannot commit", e) for e in (full, OSError(errno.ENOSPC, "No space left on device"),
-                                                          locked)]
+    results = [
+        state_error("cannot commit", e) for e in (full, OSError(errno.ENOSPC, "No space left on device"), locked)
+    ]
     assert [(type(e), e.transient, str(e)) for e in results] == [
         (DiskFull, True, "cannot commit: database or disk is full"),
         (DiskFull, True, "cannot commit: No space left on device"),
-        (StateError, False, "cannot commit: database is locked")]
+        (StateError, False, "cannot commit: database is locked"),
+    ]
 
 
 def test_a_failed_health_gate_and_a_failed_hook_are_not_transient():
@@ -111,7 +119,12 @@ def test_a_transient_fault_puts_the_job_back_with_its_backoff_and_records_the_wa
     status, engine = run_job(config, queue, events, job.id, engine=down, clock=clock)
     stored = queue.jobs.get(job.id)
     assert (status, stored.status, stored.waiting_on, stored.not_before, stored.attempts) == (
-        "queued", "queued", "docker", pytest.approx(clock.now + stored.not_before - clock.now), 1)
+        "queued",
+        "queued",
+        "docker",
+        pytest.approx(clock.now + stored.not_before - clock.now),
+        1,
+    )
     assert 0.5 <= stored.not_before - clock.now <= 1.0  # the first wait: 1 s, cut by the jitter
     assert stored.reason == "waiting on docker: the Docker daemon at unix:///x.sock does not answer"
     assert engine.waits == [True]  # the engine was told the job waits: no on-failure hook
@@ -136,15 +149,18 @@ def test_a_transient_fault_past_the_job_timeout_fails_with_the_last_reason(confi
     engine = FakeEngine(None, fail=RegistryUnavailable("cannot pull web:v2: connection refused"))
     status, engine = run_job(config, queue, events, job.id, engine=engine, clock=late)
     assert (status, queue.jobs.get(job.id).reason) == (
-        "failed", "gave up after 1 tries over 100 s: cannot pull web:v2: connection refused")
+        "failed",
+        "gave up after 1 tries over 100 s: cannot pull web:v2: connection refused",
+    )
     assert engine.waits == [False]  # so the engine runs on-failure, as for any failure
     assert [e["fault"] for e in events if e["event"] == "job.failed"] == ["registry"]
 
 
 def test_a_fault_that_waiting_will_not_clear_fails_at_once(config, queue, clock):
     job = claimed(queue)
-    status, engine = run_job(config, queue, [], job.id, engine=FakeEngine(None, fail=PullError("manifest unknown")),
-                             clock=clock)
+    status, engine = run_job(
+        config, queue, [], job.id, engine=FakeEngine(None, fail=PullError("manifest unknown")), clock=clock
+    )
     assert (status, queue.jobs.get(job.id).reason, engine.waits) == ("failed", "manifest unknown", [True])
 
 
@@ -186,8 +202,14 @@ def test_a_full_disk_pauses_claiming_and_the_worker_resumes_by_itself(config, cl
     queue.calls = []
     events = []
     launched = []
-    worker = Worker(config, queue, Journal([events.append]), launch=lambda job: launched.append(job) or Process(None),
-                    reconcile=lambda app: [], clock=clock)
+    worker = Worker(
+        config,
+        queue,
+        Journal([events.append]),
+        launch=lambda job: launched.append(job) or Process(None),
+        reconcile=lambda app: [],
+        clock=clock,
+    )
     claimed_job = None
     FillingQueue.full = False
     queue.jobs.submit_release(app="web", tag="v2", actor="a", hook_id="1", delivery="d", source={})
@@ -200,7 +222,10 @@ def test_a_full_disk_pauses_claiming_and_the_worker_resumes_by_itself(config, cl
     claimed_job = launched[0]
     assert (worker.paused, claimed_job.app, claimed_job.tag) == (None, "web", "v2")
     assert [(e["event"], e.get("fault"), e.get("outcome")) for e in events] == [
-        ("worker.fault", "disk", "failed"), ("worker.fault", "disk", "ok"), ("worker.resumed", None, None)]
+        ("worker.fault", "disk", "failed"),
+        ("worker.fault", "disk", "ok"),
+        ("worker.resumed", None, None),
+    ]
     assert queue.calls == ["claim", "claim", "claim", "claim", "wake disk"]  # resumed once a round got through
 
 
@@ -217,14 +242,18 @@ def test_a_worker_started_on_a_full_disk_waits_for_space_instead_of_exiting(conf
 
     monkeypatch.setattr(queue.jobs, "recover", recover)
     events = []
-    worker = Worker(config, queue, Journal([events.append]), launch=lambda job: Process(None),
-                    reconcile=lambda app: [], clock=clock)
+    worker = Worker(
+        config, queue, Journal([events.append]), launch=lambda job: Process(None), reconcile=lambda app: [], clock=clock
+    )
     worker.start()
     try:
         assert worker.paused is None and queue.heartbeat.worker_status() is not None
         assert [(e["event"], e.get("fault"), e.get("outcome")) for e in events] == [
-            ("worker.fault", "disk", "failed"), ("worker.fault", "disk", "ok"), ("worker.resumed", None, None),
-            ("worker.started", None, None)]
+            ("worker.fault", "disk", "failed"),
+            ("worker.fault", "disk", "ok"),
+            ("worker.resumed", None, None),
+            ("worker.started", None, None),
+        ]
     finally:
         worker.lock.release()
 
@@ -236,8 +265,7 @@ def test_a_worker_started_on_a_broken_queue_stops_with_the_reason(config, clock,
         raise StateError("the job queue is not a database: file is not a database")
 
     monkeypatch.setattr(queue.jobs, "recover", broken)
-    worker = Worker(config, queue, Journal([]), launch=lambda job: Process(None), reconcile=lambda app: [],
-                    clock=clock)
+    worker = Worker(config, queue, Journal([]), launch=lambda job: Process(None), reconcile=lambda app: [], clock=clock)
     try:
         with pytest.raises(StateError, match="not a database"):
             worker.start()
@@ -247,10 +275,19 @@ def test_a_worker_started_on_a_broken_queue_stops_with_the_reason(config, clock,
 
 def test_the_checks_note_a_fault_once_and_wake_its_jobs_when_it_clears(config, queue, clock):
     events = []
-    answers = iter([("the Docker daemon does not answer", "ok"), ("the Docker daemon does not answer", "ok"),
-                    ("ok", "ok")])
-    worker = Worker(config, queue, Journal([events.append]), launch=lambda job: Process(None),
-                    reconcile=lambda app: [], clock=clock, checks=lambda: next(answers), disk=lambda: "ok")
+    answers = iter(
+        [("the Docker daemon does not answer", "ok"), ("the Docker daemon does not answer", "ok"), ("ok", "ok")]
+    )
+    worker = Worker(
+        config,
+        queue,
+        Journal([events.append]),
+        launch=lambda job: Process(None),
+        reconcile=lambda app: [],
+        clock=clock,
+        checks=lambda: next(answers),
+        disk=lambda: "ok",
+    )
     worker.started_at = clock.now
     job = claimed(queue)
     run_job(config, queue, [], job.id, engine=FakeEngine(None, fail=DockerUnavailable("down")), clock=clock)
@@ -258,8 +295,9 @@ def test_the_checks_note_a_fault_once_and_wake_its_jobs_when_it_clears(config, q
     worker.check_once()
     clock.now += 0.25  # still within the job's backoff
     worker.check_once()
-    assert queue.heartbeat.worker_status()["faults"] == {"docker": {"reason": "the Docker daemon does not answer",
-                                                          "since": since}}
+    assert queue.heartbeat.worker_status()["faults"] == {
+        "docker": {"reason": "the Docker daemon does not answer", "since": since}
+    }
     assert queue.jobs.claim() is None
     worker.check_once()
     assert queue.heartbeat.worker_status()["faults"] == {}
@@ -270,9 +308,17 @@ def test_the_checks_note_a_fault_once_and_wake_its_jobs_when_it_clears(config, q
 def test_a_registry_that_comes_back_wakes_the_jobs_that_wait_on_it_and_health_names_it(config, queue, clock):
     events = []
     registry = iter(["registry 127.0.0.1:5001: ConnectionRefusedError: [Errno 111] Connection refused", "ok"])
-    worker = Worker(config, queue, Journal([events.append]), launch=lambda job: Process(None),
-                    reconcile=lambda app: [], clock=clock, checks=lambda: ("ok", "ok"), disk=lambda: "ok",
-                    registry=lambda: next(registry))
+    worker = Worker(
+        config,
+        queue,
+        Journal([events.append]),
+        launch=lambda job: Process(None),
+        reconcile=lambda app: [],
+        clock=clock,
+        checks=lambda: ("ok", "ok"),
+        disk=lambda: "ok",
+        registry=lambda: next(registry),
+    )
     worker.started_at = clock.now
     job = claimed(queue)
     run_job(config, queue, [], job.id, engine=FakeEngine(None, fail=RegistryUnavailable("refused")), clock=clock)
@@ -290,8 +336,16 @@ def test_a_registry_that_comes_back_wakes_the_jobs_that_wait_on_it_and_health_na
 
 
 def test_without_a_registry_check_the_heartbeat_names_no_registry(config, queue, clock):
-    worker = Worker(config, queue, Journal([]), launch=lambda job: Process(None), reconcile=lambda app: [],
-                    clock=clock, checks=lambda: ("ok", "ok"), disk=lambda: "ok")
+    worker = Worker(
+        config,
+        queue,
+        Journal([]),
+        launch=lambda job: Process(None),
+        reconcile=lambda app: [],
+        clock=clock,
+        checks=lambda: ("ok", "ok"),
+        disk=lambda: "ok",
+    )
     worker.started_at = clock.now
     worker.check_once()
     assert queue.heartbeat.worker_status()["registry"] is None
@@ -315,8 +369,15 @@ class FailingAudit:
 def failing_receiver(settings, queue, clock):
     sink = FailingAudit()
     events = []
-    app = create_app({"DEPLOYER_CONFIG": settings, "QUEUE": queue, "JOURNAL": Journal([sink, events.append]),
-                      "CLOCK": clock, "TESTING": True})
+    app = create_app(
+        {
+            "DEPLOYER_CONFIG": settings,
+            "QUEUE": queue,
+            "JOURNAL": Journal([sink, events.append]),
+            "CLOCK": clock,
+            "TESTING": True,
+        }
+    )
     return app.test_client(), sink, events
 
 
@@ -341,8 +402,9 @@ def test_a_queue_that_cannot_be_written_answers_503_with_retry_after(settings, c
 
     queue = Queue.for_state_dir(settings.settings.state_dir, clock=clock)
     queue.jobs = FullJobs(queue.database)
-    client = create_app({"DEPLOYER_CONFIG": settings, "QUEUE": queue, "JOURNAL": Journal([]), "CLOCK": clock,
-                         "TESTING": True}).test_client()
+    client = create_app(
+        {"DEPLOYER_CONFIG": settings, "QUEUE": queue, "JOURNAL": Journal([]), "CLOCK": clock, "TESTING": True}
+    ).test_client()
     response = deliver(client, read_payload("release-published.payload.json"))
     assert (response.status_code, response.headers["Retry-After"]) == (503, "10")
 
@@ -358,12 +420,26 @@ def test_a_held_job_is_not_claimed_until_confirmed(queue):
 
 
 def test_status_names_each_fault_since_when_and_what_waits_on_it():
-    worker = {"heartbeat_at": 1_000.0, "faults": {"docker": {"reason": "the Docker daemon does not answer",
-                                                             "since": 990.0}}}
-    waiting = [Job(id="job-00000000000000aa", app="web", tag="v2", kind="release", actor="a", status="queued",
-                   attempts=3, waiting_on="docker")]
+    worker = {
+        "heartbeat_at": 1_000.0,
+        "faults": {"docker": {"reason": "the Docker daemon does not answer", "since": 990.0}},
+    }
+    waiting = [
+        Job(
+            id="job-00000000000000aa",
+            app="web",
+            tag="v2",
+            kind="release",
+            actor="a",
+            status="queued",
+            attempts=3,
+            waiting_on="docker",
+        )
+    ]
     assert fault_lines(worker, waiting, 1_002.0) == [
         "fault docker: the Docker daemon does not answer (since 1970-01-01T00:16:30Z, 12 s); "
-        "waiting: job-00000000000000aa (web v2, 3 tries)"]
+        "waiting: job-00000000000000aa (web v2, 3 tries)"
+    ]
     assert fault_lines({"heartbeat_at": 1_000.0, "faults": {}}, [], 1_020.0) == [
-        "fault worker: last heartbeat 20 s ago, at 1970-01-01T00:16:40Z"]
+        "fault worker: last heartbeat 20 s ago, at 1970-01-01T00:16:40Z"
+    ]

@@ -21,6 +21,8 @@ from deployer.queue.model import Job, JobKind
 from support.http_answers import Server, answering_servers, send
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]")  # every control character but the line's own \n
+
+
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Server]]:
     with answering_servers() as start:
@@ -43,13 +45,33 @@ class RecordedJobs:
 
 
 def test_rollout_wait_escapes_what_hosts_said(capsys):
-    job = Job(id="job-00000000000000aa", app="web", tag="v2", kind=JobKind.ROLLOUT, actor="cli:ops", status="failed",
-              reason=f"rollout of web v2 stopped: host h2: its deploy job job-0000000000000001 failed: {HOSTILE}")
-    queue = SimpleNamespace(jobs=RecordedJobs(job, [
-        {"name": "rollout.planned", "detail": {"batches": [["h1"], ["h2"]]}},
-        {"name": "rollout.host", "detail": {"host": "h2", "state": "failed", "tag": "v2", "reason": HOSTILE,
-                                            "host_job": "job-0000000000000001"}},
-    ]))
+    job = Job(
+        id="job-00000000000000aa",
+        app="web",
+        tag="v2",
+        kind=JobKind.ROLLOUT,
+        actor="cli:ops",
+        status="failed",
+        reason=f"rollout of web v2 stopped: host h2: its deploy job job-0000000000000001 failed: {HOSTILE}",
+    )
+    queue = SimpleNamespace(
+        jobs=RecordedJobs(
+            job,
+            [
+                {"name": "rollout.planned", "detail": {"batches": [["h1"], ["h2"]]}},
+                {
+                    "name": "rollout.host",
+                    "detail": {
+                        "host": "h2",
+                        "state": "failed",
+                        "tag": "v2",
+                        "reason": HOSTILE,
+                        "host_job": "job-0000000000000001",
+                    },
+                },
+            ],
+        )
+    )
     assert fleet_cli.follow(queue, job, timeout=1) == 1  # type: ignore[arg-type]
     out, err = capsys.readouterr()
     assert not CONTROL.search(out + err)
@@ -60,14 +82,29 @@ def test_rollout_wait_escapes_what_hosts_said(capsys):
 @pytest.mark.parametrize("as_json", [False, True])
 def test_fleet_status_escapes_a_hosts_error_and_health(tmp_path: Path, serve, capsys, as_json):
     refusing = serve(send(500, json.dumps({"error": HOSTILE}).encode()))
-    odd = serve(send(200, json.dumps({"tag": "v2", "port_set": "blue\x1b[31m", "health": {"worker\x07": HOSTILE},
-                                      "last_job": {"id": "job-00000000000000bb", "status": HOSTILE}}).encode()))
+    odd = serve(
+        send(
+            200,
+            json.dumps(
+                {
+                    "tag": "v2",
+                    "port_set": "blue\x1b[31m",
+                    "health": {"worker\x07": HOSTILE},
+                    "last_job": {"id": "job-00000000000000bb", "status": HOSTILE},
+                }
+            ).encode(),
+        )
+    )
     secret = tmp_path / "secret"
     secret.write_text("fleet-secret-0123456789abcdef\n")
     path = tmp_path / "deployer.toml"
-    path.write_text(f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n[fleet]\napps = ["web"]\n'
-                    + "".join(f'[[fleet.hosts]]\nname = "{name}"\nurl = "{url}"\nkey_id = "fleet"\n'
-                              f'secret_file = "{secret}"\n' for name, url in (("h1", refusing.url), ("h2", odd.url))))
+    path.write_text(
+        f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n[fleet]\napps = ["web"]\n'
+        + "".join(
+            f'[[fleet.hosts]]\nname = "{name}"\nurl = "{url}"\nkey_id = "fleet"\nsecret_file = "{secret}"\n'
+            for name, url in (("h1", refusing.url), ("h2", odd.url))
+        )
+    )
     assert main(["-c", str(path), "fleet", "status", "web", *(["--json"] if as_json else [])]) == 1
     out, err = capsys.readouterr()
     assert not CONTROL.search(out + err)

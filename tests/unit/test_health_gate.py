@@ -74,8 +74,7 @@ def test_raises_at_the_deadline_with_the_last_detail():
     with pytest.raises(HealthCheckFailed) as caught:
         wait_healthy(check, probe, running, clock=fake.clock, sleep=fake.sleep)
     # probes at t=0..5; after the one at t=5 the next could only run after the deadline
-    assert str(caught.value) == ("health check did not pass 2 times in a row within 5s "
-                                 "(6 probes; last: probe 6 ok)")
+    assert str(caught.value) == ("health check did not pass 2 times in a row within 5s (6 probes; last: probe 6 ok)")
     assert probe.taken == [1, 2, 3, 4, 5, 6]
     assert fake.sleeps == [1] * 5
     assert caught.value.exit_code == 1
@@ -91,8 +90,9 @@ def test_deadline_counts_the_time_the_probes_take():
 
     with pytest.raises(HealthCheckFailed) as caught:
         wait_healthy(check, slow_probe, running, clock=fake.clock, sleep=fake.sleep)
-    assert str(caught.value) == ("health check did not pass 3 times in a row within 10s "
-                                 "(3 probes; last: GET /: TimeoutError: timed out)")
+    assert str(caught.value) == (
+        "health check did not pass 3 times in a row within 10s (3 probes; last: GET /: TimeoutError: timed out)"
+    )
 
 
 def test_an_exited_instance_fails_at_once():
@@ -111,8 +111,9 @@ def test_an_instance_dead_before_the_first_probe_is_never_probed():
     fake = FakeTime()
     probe = scripted([])
     with pytest.raises(BootError):
-        wait_healthy(HealthCheck(type="tcp", port=80), probe, lambda: "container disappeared",
-                     clock=fake.clock, sleep=fake.sleep)
+        wait_healthy(
+            HealthCheck(type="tcp", port=80), probe, lambda: "container disappeared", clock=fake.clock, sleep=fake.sleep
+        )
     assert probe.taken == [] and fake.sleeps == []
 
 
@@ -212,16 +213,19 @@ def test_http_probe_ok_on_the_expected_status(http_port):
 
 
 def test_http_probe_fails_on_another_status(http_port):
-    assert http_probe("127.0.0.1", http_port, "/down", 200, 2)() == \
-        ProbeResult(False, "GET /down: status 503, expected 200")
-    assert http_probe("127.0.0.1", http_port, "/healthz", 204, 2)() == \
-        ProbeResult(False, "GET /healthz: status 200, expected 204")
+    assert http_probe("127.0.0.1", http_port, "/down", 200, 2)() == ProbeResult(
+        False, "GET /down: status 503, expected 200"
+    )
+    assert http_probe("127.0.0.1", http_port, "/healthz", 204, 2)() == ProbeResult(
+        False, "GET /healthz: status 200, expected 204"
+    )
 
 
 def test_http_probe_fails_when_nothing_listens():
     port = free_port()
-    assert http_probe("127.0.0.1", port, "/healthz", 200, 1)() == \
-        ProbeResult(False, "GET /healthz: ConnectionRefusedError: [Errno 111] Connection refused")
+    assert http_probe("127.0.0.1", port, "/healthz", 200, 1)() == ProbeResult(
+        False, "GET /healthz: ConnectionRefusedError: [Errno 111] Connection refused"
+    )
 
 
 def test_probe_for_uses_the_check_type(http_port, listener):
@@ -229,5 +233,6 @@ def test_probe_for_uses_the_check_type(http_port, listener):
     assert probe_for(http_check, "127.0.0.1", http_port)() == ProbeResult(False, "GET /down: status 503, expected 200")
     serve, _ = listener
     port = serve(lambda conn: None)
-    assert probe_for(HealthCheck(type="tcp", port=80, timeout=2), "127.0.0.1", port)() == \
-        ProbeResult(False, f"tcp {port}: closed by peer right after connect")
+    assert probe_for(HealthCheck(type="tcp", port=80, timeout=2), "127.0.0.1", port)() == ProbeResult(
+        False, f"tcp {port}: closed by peer right after connect"
+    )

@@ -20,18 +20,21 @@ green = 8002
 """
 
 
-@pytest.mark.parametrize("name, is_file, executable, problem", [
-    ("post-healthy", True, True, None),
-    ("pre-deploy", True, True, None),
-    ("post-healthy", True, False, "is not executable: a deploy would skip it (chmod +x it)"),
-    ("post-healthy", False, True, "is not a file: a hook is an executable file"),
-    ("post-healthy.sh", True, True, "is never run: a hook is named exactly 'post-healthy', without a suffix"),
-    ("on-failure.py", True, False, "is never run: a hook is named exactly 'on-failure', without a suffix"),
-    ("README.md", True, False, None),
-    ("lib", False, False, None),
-    (".post-healthy.swp", True, False, None),
-    ("post-healthy~", True, False, None),
-])
+@pytest.mark.parametrize(
+    "name, is_file, executable, problem",
+    [
+        ("post-healthy", True, True, None),
+        ("pre-deploy", True, True, None),
+        ("post-healthy", True, False, "is not executable: a deploy would skip it (chmod +x it)"),
+        ("post-healthy", False, True, "is not a file: a hook is an executable file"),
+        ("post-healthy.sh", True, True, "is never run: a hook is named exactly 'post-healthy', without a suffix"),
+        ("on-failure.py", True, False, "is never run: a hook is named exactly 'on-failure', without a suffix"),
+        ("README.md", True, False, None),
+        ("lib", False, False, None),
+        (".post-healthy.swp", True, False, None),
+        ("post-healthy~", True, False, None),
+    ],
+)
 def test_what_is_wrong_with_an_entry_of_a_hooks_folder(name, is_file, executable, problem):
     assert hook_file_problem(name, is_file=is_file, executable=executable) == problem
 
@@ -72,8 +75,10 @@ def test_the_default_folder_may_be_absent(tmp_path):
 def test_a_hook_without_the_exec_bit_is_refused_naming_the_file(tmp_path):
     hook(tmp_path / "hooks", "post-healthy", 0o644)
     path = write(tmp_path, 'hooks_dir = "hooks"')
-    assert refusal(path) == (f"{path}, key 'deployer.hooks_dir': {tmp_path / 'hooks' / 'post-healthy'} is not "
-                             f"executable: a deploy would skip it (chmod +x it)")
+    assert refusal(path) == (
+        f"{path}, key 'deployer.hooks_dir': {tmp_path / 'hooks' / 'post-healthy'} is not "
+        f"executable: a deploy would skip it (chmod +x it)"
+    )
 
 
 def test_a_hook_with_a_suffix_is_refused_in_the_default_folder_too(tmp_path):

@@ -55,8 +55,12 @@ FULL = HookContext(
 
 
 def test_hook_environment_has_the_facts_and_keeps_ordinary_variables():
-    inherited = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-                 "DEPLOYER_NOTIFY_URL": "https://hooks.example/notify"}
+    inherited = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "DEPLOYER_NOTIFY_URL": "https://hooks.example/notify",
+    }
     assert hook_environment("post-flip", FULL, inherited) == {
         "PATH": "/usr/bin:/bin",
         "HOME": "/root",
@@ -83,8 +87,14 @@ def test_hook_environment_has_the_facts_and_keeps_ordinary_variables():
 
 
 def test_first_deploy_has_only_the_facts_it_knows():
-    context = HookContext(app="demo", tag="v1", actor="github:acme/demo", new_set="blue",
-                          new_ports={"8080/tcp": 1001}, error="health check did not pass")
+    context = HookContext(
+        app="demo",
+        tag="v1",
+        actor="github:acme/demo",
+        new_set="blue",
+        new_ports={"8080/tcp": 1001},
+        error="health check did not pass",
+    )
     assert hook_environment("on-failure", context, {"PATH": "/bin"}) == {
         "PATH": "/bin",
         "DEPLOYER_HOOK": "on-failure",
@@ -112,8 +122,12 @@ def test_secrets_are_dropped_and_facts_override_inherited_values():
         "DEPLOYER_TAG": "forged",
         "DEPLOYER_HOOK": "forged",
     }
-    env = hook_environment("pre-deploy", HookContext(app="demo", tag="v2", actor="cli:bob"), inherited,
-                           frozenset({"REGISTRY_PASSWORD", "WEBHOOK_KEY"}))
+    env = hook_environment(
+        "pre-deploy",
+        HookContext(app="demo", tag="v2", actor="cli:bob"),
+        inherited,
+        frozenset({"REGISTRY_PASSWORD", "WEBHOOK_KEY"}),
+    )
     assert env == {
         "PATH": "/bin",
         "DEPLOYER_NOTIFY_URL": "https://hooks.example/notify",
@@ -133,13 +147,27 @@ def test_inherited_environment_is_not_modified():
 
 def test_inherited_values_of_unknown_facts_do_not_pass_as_facts():
     # e.g. the deployer run from another deploy's hook inherits that deploy's facts
-    inherited = {"PATH": "/bin", "DEPLOYER_OLD_TAG": "v7", "DEPLOYER_OLD_SET": "green", "DEPLOYER_ERROR": "stale",
-                 "DEPLOYER_OLD_PORT": "1002", "DEPLOYER_OLD_PORT_8080_TCP": "1002", "DEPLOYER_JOB": "job-1"}
+    inherited = {
+        "PATH": "/bin",
+        "DEPLOYER_OLD_TAG": "v7",
+        "DEPLOYER_OLD_SET": "green",
+        "DEPLOYER_ERROR": "stale",
+        "DEPLOYER_OLD_PORT": "1002",
+        "DEPLOYER_OLD_PORT_8080_TCP": "1002",
+        "DEPLOYER_JOB": "job-1",
+    }
     context = HookContext(app="demo", tag="v1", actor="cli:alice", new_set="blue", new_ports={"8080/tcp": 1001})
     env = hook_environment("post-deploy", context, inherited)
     assert sorted(k for k in env if k.startswith("DEPLOYER_")) == [
-        "DEPLOYER_ACTOR", "DEPLOYER_APP", "DEPLOYER_BIND", "DEPLOYER_HOOK", "DEPLOYER_NEW_PORT",
-        "DEPLOYER_NEW_PORT_8080_TCP", "DEPLOYER_NEW_SET", "DEPLOYER_TAG"]
+        "DEPLOYER_ACTOR",
+        "DEPLOYER_APP",
+        "DEPLOYER_BIND",
+        "DEPLOYER_HOOK",
+        "DEPLOYER_NEW_PORT",
+        "DEPLOYER_NEW_PORT_8080_TCP",
+        "DEPLOYER_NEW_SET",
+        "DEPLOYER_TAG",
+    ]
 
 
 def test_a_nul_in_a_fact_or_an_inherited_value_is_dropped():

@@ -46,8 +46,10 @@ def job_with_hook(tmp_path):
     hook = tmp_path / "pre-deploy"
     hook.write_text(f'#!/bin/sh\necho $$ > "{pid_file}"\nsleep {SLEEP}\ntouch "{marker}"\n')
     hook.chmod(0o755)
-    job = ("from pathlib import Path\nfrom deployer.adapters.processes import run_hook\n"
-           f"run_hook(Path({str(hook)!r}), {{'PATH': '/usr/bin:/bin'}}, 60)\n")
+    job = (
+        "from pathlib import Path\nfrom deployer.adapters.processes import run_hook\n"
+        f"run_hook(Path({str(hook)!r}), {{'PATH': '/usr/bin:/bin'}}, 60)\n"
+    )
     process = start_job([sys.executable, "-c", job], {**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
     hook_pid = int(pid_file.read_text())
@@ -72,8 +74,14 @@ def test_a_job_killed_by_its_timeout_takes_its_running_hook_with_it(tmp_path, jo
     queue = Queue.for_state_dir(config.settings.state_dir, clock=lambda: now[0])
     queue.jobs.submit_release(app="web", tag="v1", actor="a", hook_id="1", delivery="d", source={})
     events = []
-    worker = Worker(config, queue, Journal([events.append]), launch=lambda job: process,
-                    reconcile=lambda app: [], clock=lambda: now[0])
+    worker = Worker(
+        config,
+        queue,
+        Journal([events.append]),
+        launch=lambda job: process,
+        reconcile=lambda app: [],
+        clock=lambda: now[0],
+    )
     worker.start()
     worker.poll()  # launches: the job is the one already running its hook
     now[0] += 11

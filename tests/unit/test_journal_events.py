@@ -36,8 +36,16 @@ def test_a_step_that_succeeds_is_noted_then_recorded_once_with_its_duration():
         step.detail.update(digest="sha256:ab", image="127.0.0.1:5000/demo:v2")
     assert [without_times(e) for e in events] == [
         {"event": "step.begin", "step": "pull", "app": "demo", "_durable": False},
-        {"event": "step", "step": "pull", "outcome": "ok", "duration_ms": 123.4, "app": "demo",
-         "digest": "sha256:ab", "image": "127.0.0.1:5000/demo:v2", "_durable": True},
+        {
+            "event": "step",
+            "step": "pull",
+            "outcome": "ok",
+            "duration_ms": 123.4,
+            "app": "demo",
+            "digest": "sha256:ab",
+            "image": "127.0.0.1:5000/demo:v2",
+            "_durable": True,
+        },
     ]
 
 
@@ -48,8 +56,15 @@ def test_a_step_that_fails_is_recorded_failed_and_the_error_goes_on():
             step.detail["attempt"] = 2
             raise RuntimeError("registry down")
     assert without_times(events[-1]) == {
-        "event": "step", "step": "pull", "outcome": "failed", "duration_ms": 2500.0, "error": "registry down",
-        "app": "demo", "attempt": 2, "_durable": True}
+        "event": "step",
+        "step": "pull",
+        "outcome": "failed",
+        "duration_ms": 2500.0,
+        "error": "registry down",
+        "app": "demo",
+        "attempt": 2,
+        "_durable": True,
+    }
     assert len(events) == 2
 
 
@@ -90,13 +105,19 @@ def test_every_sink_gets_every_event():
 
 def test_secrets_are_masked_in_nested_values():
     j, events = journal(0.0, 1.0, secrets=["hunter2", "", "tok-123"])
-    j.record("pull.failed", error="login with hunter2 refused",
-             detail={"auth": {"password": "hunter2"}, "tries": ["tok-123", ("x", "hunter2hunter2")], "n": 3})
+    j.record(
+        "pull.failed",
+        error="login with hunter2 refused",
+        detail={"auth": {"password": "hunter2"}, "tries": ["tok-123", ("x", "hunter2hunter2")], "n": 3},
+    )
     with j.step("hook pre-deploy") as step:
         step.detail["output"] = "token tok-123 used"
     assert without_times(events[0]) == {
-        "event": "pull.failed", "error": "login with *** refused",
-        "detail": {"auth": {"password": "***"}, "tries": ["***", ["x", "******"]], "n": 3}, "_durable": True}
+        "event": "pull.failed",
+        "error": "login with *** refused",
+        "detail": {"auth": {"password": "***"}, "tries": ["***", ["x", "******"]], "n": 3},
+        "_durable": True,
+    }
     assert events[-1]["output"] == "token *** used"
     assert "hunter2" not in repr(events) and "tok-123" not in repr(events)
 
@@ -123,16 +144,47 @@ def test_a_detail_named_like_a_step_field_does_not_break_the_record():
 
 
 def test_format_event_lines():
-    assert format_event({"ts": "t", "event": "step.begin", "step": "pull", "app": "demo", "_durable": False}) == \
-        "[demo] pull ..."
-    assert format_event({"ts": "t", "event": "step", "step": "pull", "outcome": "ok", "duration_ms": 120.4,
-                         "started_at": "t0", "app": "demo", "digest": "sha256:ab", "empty": "", "none": None,
-                         "nothing": {}, "_durable": True}) == "[demo] pull ok 120.4ms digest=sha256:ab"
-    assert format_event({"ts": "t", "event": "deploy.failed", "outcome": "failed", "app": "demo", "tag": "v2",
-                         "error": "health check did not pass", "_durable": True}) == \
-        "[demo] deploy.failed failed tag=v2 error=health check did not pass"
-    assert format_event({"ts": "t", "event": "server.started", "port": 8000, "_durable": True}) == \
-        "[deployer] server.started port=8000"
+    assert (
+        format_event({"ts": "t", "event": "step.begin", "step": "pull", "app": "demo", "_durable": False})
+        == "[demo] pull ..."
+    )
+    assert (
+        format_event(
+            {
+                "ts": "t",
+                "event": "step",
+                "step": "pull",
+                "outcome": "ok",
+                "duration_ms": 120.4,
+                "started_at": "t0",
+                "app": "demo",
+                "digest": "sha256:ab",
+                "empty": "",
+                "none": None,
+                "nothing": {},
+                "_durable": True,
+            }
+        )
+        == "[demo] pull ok 120.4ms digest=sha256:ab"
+    )
+    assert (
+        format_event(
+            {
+                "ts": "t",
+                "event": "deploy.failed",
+                "outcome": "failed",
+                "app": "demo",
+                "tag": "v2",
+                "error": "health check did not pass",
+                "_durable": True,
+            }
+        )
+        == "[demo] deploy.failed failed tag=v2 error=health check did not pass"
+    )
+    assert (
+        format_event({"ts": "t", "event": "server.started", "port": 8000, "_durable": True})
+        == "[deployer] server.started port=8000"
+    )
 
 
 def test_log_sink_warns_on_failures(caplog):

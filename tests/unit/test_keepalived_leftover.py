@@ -15,11 +15,16 @@ from deployer.adapters.keepalived import Keepalived
 
 def _lookalike(argv0: str, config_path):
     """A process whose command line reads like keepalived's on `config_path` (tail -f keeps it running)."""
-    process = subprocess.Popen([argv0, "-f", str(config_path)], executable=shutil.which("tail"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [argv0, "-f", str(config_path)],
+        executable=shutil.which("tail"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 5
-    while process.poll() is None and not Path(f"/proc/{process.pid}/cmdline").read_bytes() \
-            and time.monotonic() < deadline:
+    while (
+        process.poll() is None and not Path(f"/proc/{process.pid}/cmdline").read_bytes() and time.monotonic() < deadline
+    ):
         time.sleep(0.01)  # Popen may return before the new program's command line shows
     return process
 

@@ -22,8 +22,15 @@ RECEIVER_MODULES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "deplo
 # What the internet-facing receiver must never have in memory: the Docker SDK, the command runner, and the
 # root side's code (it runs unprivileged and could not use them; loading them would only widen what an exploit
 # of the receiver finds at hand).
-ROOT_SIDE = ("docker", "sh", "deployer.host", "deployer.adapters", "deployer.worker", "deployer.fleet",
-             "deployer.wiring")
+ROOT_SIDE = (
+    "docker",
+    "sh",
+    "deployer.host",
+    "deployer.adapters",
+    "deployer.worker",
+    "deployer.fleet",
+    "deployer.wiring",
+)
 
 
 def lint(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -40,9 +47,11 @@ def test_the_import_contracts_hold():
 def test_importing_every_receiver_module_loads_nothing_of_the_root_side():
     """What gunicorn imports for `deployer.receiver.web:create_app()`, and every other receiver module, fresh."""
     modules = [dotted(p) for p in RECEIVER_MODULES]
-    probe = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
-             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {ROOT_SIDE!r}[:2]\n"
-             f"      or m.startswith({ROOT_SIDE[2:]!r})))")
+    probe = (
+        f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {ROOT_SIDE!r}[:2]\n"
+        f"      or m.startswith({ROOT_SIDE[2:]!r})))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

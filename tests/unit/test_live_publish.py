@@ -19,9 +19,19 @@ def cli_engine(config, queue: Queue) -> Engine:
     """The engine a `deployer deploy` on the host builds, over fakes, telling the queue what it records."""
     effects = Effects()
     clock = FakeClock()
-    return Engine(config, FakeDocker(effects), FakeNetfilter(effects), routing=NoRouting(), prober=FakeProber(effects),
-                  run_hook=lambda *a: None, journal=Journal([lambda event: None], clock=clock), environ={},
-                  clock=clock, sleep=clock.sleep, publish=queue.live.publish)
+    return Engine(
+        config,
+        FakeDocker(effects),
+        FakeNetfilter(effects),
+        routing=NoRouting(),
+        prober=FakeProber(effects),
+        run_hook=lambda *a: None,
+        journal=Journal([lambda event: None], clock=clock),
+        environ={},
+        clock=clock,
+        sleep=clock.sleep,
+        publish=queue.live.publish,
+    )
 
 
 def live(client) -> dict:
@@ -60,4 +70,7 @@ def test_the_wirings_publisher_copies_a_record_into_an_existing_queue(settings, 
     engine.store.publish = build_live_publisher(settings)  # as wiring.build_engine gives it
     engine.deploy("web", "v3", actor="cli:ann")
     assert {k: queue.live.live("web")[k] for k in ("tag", "port_set", "job")} == {
-        "tag": "v3", "port_set": "blue", "job": None}
+        "tag": "v3",
+        "port_set": "blue",
+        "job": None,
+    }

@@ -40,7 +40,10 @@ def test_a_new_state_folder_is_0750_its_locks_0700_and_each_lock_file_0600(tmp_p
     WorkerLock(state).acquire()
     assert (mode(state), mode(state / "locks")) == (0o750, 0o700)
     assert {p.name: mode(p) for p in (state / "locks").iterdir()} == {
-        "netfilter.lock": 0o600, "web.lock": 0o600, "worker.lock": 0o600}
+        "netfilter.lock": 0o600,
+        "web.lock": 0o600,
+        "worker.lock": 0o600,
+    }
 
 
 def test_folders_and_lock_files_left_too_open_are_narrowed_when_root_opens_them(tmp_path):
@@ -92,8 +95,10 @@ def test_a_lock_file_another_user_owns_is_refused(tmp_path):
     with pytest.raises(UnsafePath) as caught:
         with HostLock(path):
             pytest.fail("root took a lock another user owns")
-    assert str(caught.value) == (f"the lock file {path} belongs to uid {NOBODY}, not to uid 0 that runs the deployer; "
-                                 "whoever owns it can hold the lock for ever, so it is refused (remove it)")
+    assert str(caught.value) == (
+        f"the lock file {path} belongs to uid {NOBODY}, not to uid 0 that runs the deployer; "
+        "whoever owns it can hold the lock for ever, so it is refused (remove it)"
+    )
     assert os.stat(path).st_uid == NOBODY  # refused, not taken over
 
 
@@ -102,8 +107,11 @@ def test_a_lock_file_another_user_owns_is_refused(tmp_path):
 def test_a_state_or_locks_folder_another_user_owns_is_refused(tmp_path, owned_by_nobody):
     (tmp_path / "state" / "locks").mkdir(parents=True)
     os.chown(tmp_path / owned_by_nobody, NOBODY, NOBODY)
-    with pytest.raises(UnsafePath, match=rf"{tmp_path / owned_by_nobody} belongs to uid {NOBODY}, not to uid 0 "
-                                         rf"that runs the deployer; refusing to use it"):
+    with pytest.raises(
+        UnsafePath,
+        match=rf"{tmp_path / owned_by_nobody} belongs to uid {NOBODY}, not to uid 0 "
+        rf"that runs the deployer; refusing to use it",
+    ):
         with AppLock(tmp_path / "state", "web"):
             pytest.fail("root used a folder another user owns")
 
@@ -149,8 +157,11 @@ def test_a_held_host_lock_ends_the_wait_with_an_error_naming_the_lock_and_its_ho
                 pytest.fail("the lock was granted twice")
         waited = time.monotonic() - started
     assert 0.2 <= waited < 2
-    assert re.fullmatch(rf"the netfilter lock \({re.escape(str(path))}\) is still held \(pid {os.getpid()}, for \d+s\) "
-                        r"after 0.2s; try again later, or stop its holder", str(caught.value)), str(caught.value)
+    assert re.fullmatch(
+        rf"the netfilter lock \({re.escape(str(path))}\) is still held \(pid {os.getpid()}, for \d+s\) "
+        r"after 0.2s; try again later, or stop its holder",
+        str(caught.value),
+    ), str(caught.value)
     assert (caught.value.exit_code, caught.value.context) == (75, {"lock": "netfilter"})
     with HostLock(path, wait=0.2):  # released with the first holder
         pass
@@ -198,17 +209,25 @@ def test_the_audit_logs_init_lock_held_by_another_ends_the_wait_with_an_error(tm
     fd = os.open(lock, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(AuditError, match=r"the audit log's init lock \(.*audit.db.init-lock\) is still held "
-                                             r"after 0.1s"):
+        with pytest.raises(
+            AuditError,
+            match=r"the audit log's init lock \(.*audit.db.init-lock\) is still held "
+            r"after 0.1s",
+        ):
             log.append({"event": "test", "actor": "t"})
     finally:
         os.close(fd)
 
 
 def config_with(tmp_path, **deployer):
-    return parse({"deployer": {"state_dir": str(tmp_path), **deployer},
-                  "apps": {"web": {"image": "r/web", "ports": [{"external": 1, "container": 2, "blue": 3, "green": 4}]}}},
-                 path=tmp_path / "d.toml", environ={})
+    return parse(
+        {
+            "deployer": {"state_dir": str(tmp_path), **deployer},
+            "apps": {"web": {"image": "r/web", "ports": [{"external": 1, "container": 2, "blue": 3, "green": 4}]}},
+        },
+        path=tmp_path / "d.toml",
+        environ={},
+    )
 
 
 def test_host_lock_wait_defaults_to_30_seconds_and_can_be_set(tmp_path):

@@ -11,16 +11,44 @@ from deployer.plan.rules import ChainNames, Forward, SavedTable
 
 NAMES = ChainNames("DEPLOYER")
 MPORT = 8999
-DEMO = AppConfig(name="demo", image="127.0.0.1:5000/demo",
-                 ports=(PortMapping(1000, 8080, "tcp", 1001, 1002), PortMapping(1000, 9090, "udp", 1001, 1002),
-                        PortMapping(1443, 8443, "tcp", 1444, 1445)),
-                 health=HealthCheck(type="http", port=8080, path="/healthz"), status_port=1005)
-WEB = AppConfig(name="web", image="", ports=(PortMapping(80, 80, "tcp", 0, 0), PortMapping(443, 443, "tcp", 0, 0)),
-                health=HealthCheck(type="tcp", port=80), host_bound=True)
-GREEN = Instance(port_set="green", tag="v2", image="127.0.0.1:5000/demo", digest=None, container_id="c2" * 32,
-                 container_name="deployer-demo-green", address="172.18.0.3", since="2026-11-21T10:00:00.000Z")
-BLUE = Instance(port_set="blue", tag="v1", image="127.0.0.1:5000/demo", digest=None, container_id="c1" * 32,
-                container_name="deployer-demo-blue", address="172.18.0.2", since="2026-11-21T09:00:00.000Z")
+DEMO = AppConfig(
+    name="demo",
+    image="127.0.0.1:5000/demo",
+    ports=(
+        PortMapping(1000, 8080, "tcp", 1001, 1002),
+        PortMapping(1000, 9090, "udp", 1001, 1002),
+        PortMapping(1443, 8443, "tcp", 1444, 1445),
+    ),
+    health=HealthCheck(type="http", port=8080, path="/healthz"),
+    status_port=1005,
+)
+WEB = AppConfig(
+    name="web",
+    image="",
+    ports=(PortMapping(80, 80, "tcp", 0, 0), PortMapping(443, 443, "tcp", 0, 0)),
+    health=HealthCheck(type="tcp", port=80),
+    host_bound=True,
+)
+GREEN = Instance(
+    port_set="green",
+    tag="v2",
+    image="127.0.0.1:5000/demo",
+    digest=None,
+    container_id="c2" * 32,
+    container_name="deployer-demo-green",
+    address="172.18.0.3",
+    since="2026-11-21T10:00:00.000Z",
+)
+BLUE = Instance(
+    port_set="blue",
+    tag="v1",
+    image="127.0.0.1:5000/demo",
+    digest=None,
+    container_id="c1" * 32,
+    container_name="deployer-demo-blue",
+    address="172.18.0.2",
+    since="2026-11-21T09:00:00.000Z",
+)
 NOW = "2026-11-21T11:00:00.000Z"
 
 
@@ -109,36 +137,49 @@ def test_back_to_serving_takes_the_address_the_instance_has_now():
 
 
 def test_the_failover_record_names_the_instance_and_the_last_probe():
-    failed = maintenance.failover_on(AppState(app="demo", active=GREEN), now=NOW, failures=3,
-                                     last="GET /healthz: ConnectionRefusedError")
-    assert failed.mode_detail == {"reason": "failover", "actor": "watchdog", "since": NOW,
-                                  "container_id": GREEN.container_id, "container": "deployer-demo-green",
-                                  "failures": 3, "last_probe": "GET /healthz: ConnectionRefusedError"}
+    failed = maintenance.failover_on(
+        AppState(app="demo", active=GREEN), now=NOW, failures=3, last="GET /healthz: ConnectionRefusedError"
+    )
+    assert failed.mode_detail == {
+        "reason": "failover",
+        "actor": "watchdog",
+        "since": NOW,
+        "container_id": GREEN.container_id,
+        "container": "deployer-demo-green",
+        "failures": 3,
+        "last_probe": "GET /healthz: ConnectionRefusedError",
+    }
     assert maintenance.describe(failed) == (
         "mode: maintenance page (automatic failover since 2026-11-21T11:00:00.000Z: deployer-demo-green failed 3 "
-        "checks; last: GET /healthz: ConnectionRefusedError)")
+        "checks; last: GET /healthz: ConnectionRefusedError)"
+    )
 
 
 def test_status_notes():
-    state = drain.drained(maintenance.manual_on(AppState(app="demo", active=GREEN), actor="cli:ops", now=NOW,
-                                                message="db migration"), actor="cli:ops", now=NOW)
+    state = drain.drained(
+        maintenance.manual_on(AppState(app="demo", active=GREEN), actor="cli:ops", now=NOW, message="db migration"),
+        actor="cli:ops",
+        now=NOW,
+    )
     assert app_chain.notes(DEMO, state) == [
         "mode: maintenance page (by cli:ops since 2026-11-21T11:00:00.000Z, message 'db migration')",
-        "drained: out of the upstream's rotation (status port closed) by cli:ops since 2026-11-21T11:00:00.000Z"]
+        "drained: out of the upstream's rotation (status port closed) by cli:ops since 2026-11-21T11:00:00.000Z",
+    ]
     assert app_chain.notes(DEMO, AppState(app="demo", active=GREEN)) == []
     assert app_chain.notes(WEB, AppState(app="web")) == [
         "host-bound: runs on the host; clients from other machines get the maintenance page while nothing "
-        "listens on port 80, 443"]
+        "listens on port 80, 443"
+    ]
 
 
 # --- host-bound apps ------------------------------------------------------------------------------
 
 WEB_SOCKET_RULES = [
-    '-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 80 -m socket --nowildcard -m comment --comment '
+    "-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 80 -m socket --nowildcard -m comment --comment "
     '"web: a socket listens" -j RETURN',
     '-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 80 -m comment --comment "web: nothing listens" '
     "-j REDIRECT --to-ports 8999",
-    '-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 443 -m socket --nowildcard -m comment --comment '
+    "-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 443 -m socket --nowildcard -m comment --comment "
     '"web: a socket listens" -j RETURN',
     '-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 443 -m comment --comment "web: nothing listens" '
     "-j REDIRECT --to-ports 8999",
@@ -152,63 +193,101 @@ def test_socket_rules_let_a_listener_through_and_send_the_rest_to_the_page():
 
 def test_the_socket_chain_is_jumped_to_from_prerouting_only():
     text = hostbound.render_ensure(SavedTable(), NAMES, {"demo": DEMO, "web": WEB}, MPORT)
-    assert text == "\n".join(["*nat", ":DEPLOYER-HOSTBOUND - [0:0]", *WEB_SOCKET_RULES,
-                              "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND", "COMMIT", ""])
+    assert text == "\n".join(
+        [
+            "*nat",
+            ":DEPLOYER-HOSTBOUND - [0:0]",
+            *WEB_SOCKET_RULES,
+            "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND",
+            "COMMIT",
+            "",
+        ]
+    )
     assert "OUTPUT" not in text
 
 
 def test_ensuring_the_socket_chain_again_changes_nothing():
-    live = SavedTable({"PREROUTING": ["-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND"],
-                     "DEPLOYER-HOSTBOUND": list(WEB_SOCKET_RULES)})
+    live = SavedTable(
+        {
+            "PREROUTING": ["-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND"],
+            "DEPLOYER-HOSTBOUND": list(WEB_SOCKET_RULES),
+        }
+    )
     assert hostbound.render_ensure(live, NAMES, {"web": WEB}, MPORT) is None
     assert hostbound.live_app_rules(live, NAMES, WEB) == WEB_SOCKET_RULES
     live.chains["DEPLOYER-HOSTBOUND"] = WEB_SOCKET_RULES[:2]
     assert hostbound.render_ensure(live, NAMES, {"web": WEB}, MPORT) == "\n".join(
-        ["*nat", ":DEPLOYER-HOSTBOUND - [0:0]", *WEB_SOCKET_RULES, "COMMIT", ""])
+        ["*nat", ":DEPLOYER-HOSTBOUND - [0:0]", *WEB_SOCKET_RULES, "COMMIT", ""]
+    )
 
 
 def test_host_bound_maintenance_redirects_in_the_app_chain_for_every_client():
     state = maintenance.manual_on(AppState(app="web"), actor="cli:ops", now=NOW)
     assert app_chain.wanted(NAMES, WEB, state, [], MPORT) == [
         '-A DEPLOYER-web -p tcp -m tcp --dport 80 -m comment --comment "web maintenance" -j REDIRECT --to-ports 8999',
-        '-A DEPLOYER-web -p tcp -m tcp --dport 443 -m comment --comment "web maintenance" -j REDIRECT --to-ports 8999']
+        '-A DEPLOYER-web -p tcp -m tcp --dport 443 -m comment --comment "web maintenance" -j REDIRECT --to-ports 8999',
+    ]
     assert app_chain.wanted(NAMES, WEB, AppState(app="web"), [], MPORT) == []
 
 
 def test_rules_text_of_a_host_bound_app_shows_its_socket_rules():
     text = rules.render_restore(SavedTable(), NAMES, "deployer0", {"web": []})
-    assert hostbound.with_socket_rules(text, NAMES, WEB, MPORT) == "\n".join([
-        "*nat", ":DEPLOYER - [0:0]", ":DEPLOYER-POSTROUTING - [0:0]", ":DEPLOYER-web - [0:0]",
-        ":DEPLOYER-HOSTBOUND - [0:0]",
-        *rules.postrouting_rules(NAMES, "deployer0"),
-        "-A DEPLOYER -j DEPLOYER-web",
-        "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER",
-        "-I OUTPUT 1 -m addrtype --dst-type LOCAL -j DEPLOYER",
-        "-A POSTROUTING -j DEPLOYER-POSTROUTING",
-        *WEB_SOCKET_RULES,
-        "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND",
-        "COMMIT", ""])
+    assert hostbound.with_socket_rules(text, NAMES, WEB, MPORT) == "\n".join(
+        [
+            "*nat",
+            ":DEPLOYER - [0:0]",
+            ":DEPLOYER-POSTROUTING - [0:0]",
+            ":DEPLOYER-web - [0:0]",
+            ":DEPLOYER-HOSTBOUND - [0:0]",
+            *rules.postrouting_rules(NAMES, "deployer0"),
+            "-A DEPLOYER -j DEPLOYER-web",
+            "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER",
+            "-I OUTPUT 1 -m addrtype --dst-type LOCAL -j DEPLOYER",
+            "-A POSTROUTING -j DEPLOYER-POSTROUTING",
+            *WEB_SOCKET_RULES,
+            "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND",
+            "COMMIT",
+            "",
+        ]
+    )
 
 
 def test_teardown_removes_the_prerouting_jump_to_the_socket_chain_before_the_chain():
-    live = SavedTable({"PREROUTING": ["-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND",
-                                    "-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER"],
-                     "OUTPUT": ["-A OUTPUT -m addrtype --dst-type LOCAL -j DEPLOYER"],
-                     "DEPLOYER": [], "DEPLOYER-HOSTBOUND": list(WEB_SOCKET_RULES)})
-    assert rules.render_teardown(live, NAMES) == "\n".join([
-        "*nat",
-        "-D PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER",
-        "-D OUTPUT -m addrtype --dst-type LOCAL -j DEPLOYER",
-        "-D PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND",
-        "-F DEPLOYER", "-F DEPLOYER-HOSTBOUND", "-X DEPLOYER", "-X DEPLOYER-HOSTBOUND", "COMMIT", ""])
+    live = SavedTable(
+        {
+            "PREROUTING": [
+                "-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND",
+                "-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER",
+            ],
+            "OUTPUT": ["-A OUTPUT -m addrtype --dst-type LOCAL -j DEPLOYER"],
+            "DEPLOYER": [],
+            "DEPLOYER-HOSTBOUND": list(WEB_SOCKET_RULES),
+        }
+    )
+    assert rules.render_teardown(live, NAMES) == "\n".join(
+        [
+            "*nat",
+            "-D PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER",
+            "-D OUTPUT -m addrtype --dst-type LOCAL -j DEPLOYER",
+            "-D PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND",
+            "-F DEPLOYER",
+            "-F DEPLOYER-HOSTBOUND",
+            "-X DEPLOYER",
+            "-X DEPLOYER-HOSTBOUND",
+            "COMMIT",
+            "",
+        ]
+    )
 
 
 def test_a_host_bound_app_cannot_be_deployed():
     with pytest.raises(NotDeployable) as caught:
         hostbound.check_deployable(WEB)
     assert caught.value.exit_code == 2
-    assert str(caught.value) == ("app 'web' is host-bound: it runs on the host itself, not in a container the "
-                                 "deployer starts, so there is nothing to deploy")
+    assert str(caught.value) == (
+        "app 'web' is host-bound: it runs on the host itself, not in a container the "
+        "deployer starts, so there is nothing to deploy"
+    )
     hostbound.check_deployable(DEMO)
 
 
@@ -257,7 +336,8 @@ COMMIT
 def test_retry_rules_drop_only_resets_of_unfinished_handshakes_on_tcp_ports():
     assert retries.chain_rules(NAMES, [DEMO], "deployer0") == RETRY_RULES
     assert retries.render_ensure(SavedTable(), NAMES, [DEMO], "deployer0") == "\n".join(
-        ["*mangle", ":DEPLOYER-RETRY - [0:0]", *RETRY_RULES, "-I PREROUTING 1 -j DEPLOYER-RETRY", "COMMIT", ""])
+        ["*mangle", ":DEPLOYER-RETRY - [0:0]", *RETRY_RULES, "-I PREROUTING 1 -j DEPLOYER-RETRY", "COMMIT", ""]
+    )
 
 
 def test_retry_rules_in_place_are_read_back_and_left_alone_then_removed():
@@ -265,5 +345,6 @@ def test_retry_rules_in_place_are_read_back_and_left_alone_then_removed():
     assert live.rules("PREROUTING") == ["-A PREROUTING -j DEPLOYER-RETRY"]
     assert retries.render_ensure(live, NAMES, [DEMO], "deployer0") is None
     assert retries.render_removal(live, NAMES) == "\n".join(
-        ["*mangle", "-D PREROUTING -j DEPLOYER-RETRY", "-F DEPLOYER-RETRY", "-X DEPLOYER-RETRY", "COMMIT", ""])
+        ["*mangle", "-D PREROUTING -j DEPLOYER-RETRY", "-F DEPLOYER-RETRY", "-X DEPLOYER-RETRY", "COMMIT", ""]
+    )
     assert retries.render_removal(SavedTable(), NAMES) is None

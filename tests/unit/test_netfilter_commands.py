@@ -94,6 +94,9 @@ def test_the_hot_path_spawns_its_tools_without_the_sh_wrapper():
 
 
 def test_a_missing_libnftables_says_it_is_not_installed_and_how_to_install_it():
-    with pytest.raises(RulesError, match=r"^libnftables-missing\.so\.1 is not installed \(Debian: apt-get install "
-                                         r"libnftables1\)$"):
+    with pytest.raises(
+        RulesError,
+        match=r"^libnftables-missing\.so\.1 is not installed \(Debian: apt-get install "
+        r"libnftables1\)$",
+    ):
         Nftables(library="libnftables-missing.so.1").run("list tables")

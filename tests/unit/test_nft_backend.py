@@ -53,7 +53,8 @@ def test_a_first_deploy_becomes_one_transaction_the_base_chains_the_lookups_and_
         "insert rule ip deployer PREROUTING fib daddr type local jump DEPLOYER\n"
         "insert rule ip deployer OUTPUT fib daddr type local jump DEPLOYER\n"
         "add rule ip deployer POSTROUTING jump DEPLOYER-POSTROUTING\n"
-        'add element ip deployer tcp-ports { 18080 comment "web blue v1" : 172.18.0.2 . 80 }\n')
+        'add element ip deployer tcp-ports { 18080 comment "web blue v1" : 172.18.0.2 . 80 }\n'
+    )
     assert (translation.other, translation.apps) == ("", {"web": (_elements(BLUE).elements, [])})
 
 
@@ -62,62 +63,85 @@ def test_a_flips_takeover_replaces_the_elements_it_shadows_and_leaves_its_tidy_n
     assert takeover.nat == (
         "delete element ip deployer tcp-ports { 18080 }\n"
         'add element ip deployer tcp-ports { 18080 comment "web green v2" : 172.18.0.3 . 80 }\n'
-        'add element ip deployer udp-ports { 18081 comment "web green v2" : 172.18.0.3 . 53 }\n')
+        'add element ip deployer udp-ports { 18081 comment "web green v2" : 172.18.0.3 . 53 }\n'
+    )
     after = nft.Table(elements=takeover.apps["web"][0])
     assert _translate(rules.render_chain(NAMES, "web", [GREEN, UDP]), after, whole=False).nat == ""
     # The tidy of a chain that lost a port deletes that port's element.
     assert _translate(rules.render_chain(NAMES, "web", [GREEN]), after, whole=False).nat == (
-        "delete element ip deployer udp-ports { 18081 }\n")
+        "delete element ip deployer udp-ports { 18081 }\n"
+    )
 
 
 def test_maintenance_takes_a_tcp_port_from_its_forward_and_gives_it_back():
-    on = _translate(rules.render_takeover(NAMES, "web", [REDIRECT, UDP], [GREEN, UDP]), _elements(GREEN, UDP),
-                    whole=False)
-    assert on.nat == ("delete element ip deployer tcp-ports { 18080 }\n"
-                      'add element ip deployer maintenance-tcp { 18080 comment "web maintenance" : 8999 }\n')
-    off = _translate(rules.render_takeover(NAMES, "web", [GREEN, UDP], [REDIRECT, UDP]),
-                     nft.Table(elements=on.apps["web"][0]), whole=False)
-    assert off.nat == ("delete element ip deployer maintenance-tcp { 18080 }\n"
-                       'add element ip deployer tcp-ports { 18080 comment "web green v2" : 172.18.0.3 . 80 }\n')
+    on = _translate(
+        rules.render_takeover(NAMES, "web", [REDIRECT, UDP], [GREEN, UDP]), _elements(GREEN, UDP), whole=False
+    )
+    assert on.nat == (
+        "delete element ip deployer tcp-ports { 18080 }\n"
+        'add element ip deployer maintenance-tcp { 18080 comment "web maintenance" : 8999 }\n'
+    )
+    off = _translate(
+        rules.render_takeover(NAMES, "web", [GREEN, UDP], [REDIRECT, UDP]),
+        nft.Table(elements=on.apps["web"][0]),
+        whole=False,
+    )
+    assert off.nat == (
+        "delete element ip deployer maintenance-tcp { 18080 }\n"
+        'add element ip deployer tcp-ports { 18080 comment "web green v2" : 172.18.0.3 . 80 }\n'
+    )
 
 
 def test_an_app_with_no_rules_has_an_empty_chain_of_its_name_until_its_first_element():
     live = rules.parse_nat(nft.parse_listing(LISTING).saved("DEPLOYER", _ports))
-    ensure = _translate(rules.render_restore(live, NAMES, "deployer0", {}, ensure_apps=["nginx"]),
-                        nft.parse_listing(LISTING))
+    ensure = _translate(
+        rules.render_restore(live, NAMES, "deployer0", {}, ensure_apps=["nginx"]), nft.parse_listing(LISTING)
+    )
     assert ensure.nat.splitlines()[-1] == "add chain ip deployer DEPLOYER-nginx" and ensure.markers == {"nginx": True}
-    marked = nft.parse_listing(LISTING.replace("\tchain DEPLOYER {",
-                                               "\tchain DEPLOYER-nginx {\n\t}\n\n\tchain DEPLOYER {"))
+    marked = nft.parse_listing(
+        LISTING.replace("\tchain DEPLOYER {", "\tchain DEPLOYER-nginx {\n\t}\n\n\tchain DEPLOYER {")
+    )
     assert marked.view("DEPLOYER", _ports)["DEPLOYER-nginx"] == []
     assert rules.app_jump(NAMES, "nginx") in marked.view("DEPLOYER", _ports)["DEPLOYER"]
     page = maintenance.redirect_rule("DEPLOYER-nginx", "nginx", 80, 8999)
     first = _translate(rules.render_chain(NAMES, "nginx", [page]), marked)
     assert first.nat.splitlines()[-3:] == [
         'add element ip deployer maintenance-tcp { 80 comment "nginx maintenance" : 8999 }',
-        "flush chain ip deployer DEPLOYER-nginx", "delete chain ip deployer DEPLOYER-nginx"]
+        "flush chain ip deployer DEPLOYER-nginx",
+        "delete chain ip deployer DEPLOYER-nginx",
+    ]
 
 
-ACTIVE = [Forward("tcp", 18080, "172.18.0.2", 80, "web blue v1"),
-          Forward("udp", 18081, "172.18.0.2", 53, "web blue v1")]
-CANARY = [Forward("tcp", 18080, "172.18.0.3", 80, "web green v2 canary"),
-          Forward("udp", 18081, "172.18.0.3", 53, "web green v2 canary")]
+ACTIVE = [
+    Forward("tcp", 18080, "172.18.0.2", 80, "web blue v1"),
+    Forward("udp", 18081, "172.18.0.2", 53, "web blue v1"),
+]
+CANARY = [
+    Forward("tcp", 18080, "172.18.0.3", 80, "web green v2 canary"),
+    Forward("udp", 18081, "172.18.0.3", 53, "web green v2 canary"),
+]
 
 
-@pytest.mark.parametrize("weight, sticky, test", [
-    (10, False, "numgen random mod 100 < 10"),
-    (10, True, "jhash ip saddr mod 10 seed 0x5eed0001 < 1"),
-    (60, True, "jhash ip saddr mod 5 seed 0x5eed0001 < 3"),
-])
+@pytest.mark.parametrize(
+    "weight, sticky, test",
+    [
+        (10, False, "numgen random mod 100 < 10"),
+        (10, True, "jhash ip saddr mod 10 seed 0x5eed0001 < 1"),
+        (60, True, "jhash ip saddr mod 5 seed 0x5eed0001 < 3"),
+    ],
+)
 def test_a_canarys_split_is_a_rule_of_the_splits_chain_and_reads_back_as_iptables_prints_it(weight, sticky, test):
     wanted = canary.split_rules("DEPLOYER-web", ACTIVE, CANARY, weight, sticky=sticky, seed=0x5EED0001)
     splits = [nft.rule_of("DEPLOYER-web", line.split(" ", 2)[2]) for line in wanted[:2]]
     assert [s.nft for s in splits] == [  # type: ignore[union-attr]
         f'tcp dport 18080 {test} dnat to 172.18.0.3:80 comment "web green v2 canary"',
-        f'udp dport 18081 {test} dnat to 172.18.0.3:53 comment "web green v2 canary"']
+        f'udp dport 18081 {test} dnat to 172.18.0.3:53 comment "web green v2 canary"',
+    ]
     assert [s.rule("DEPLOYER-web") for s in splits] == wanted[:2]
     live = nft.Table(chains={"DEPLOYER-SPLITS": []}, elements=[nft.element(f) for f in ACTIVE])
-    started = _translate(rules.render_takeover(NAMES, "web", wanted, [f.rule("DEPLOYER-web") for f in ACTIVE]),
-                         live, whole=False)
+    started = _translate(
+        rules.render_takeover(NAMES, "web", wanted, [f.rule("DEPLOYER-web") for f in ACTIVE]), live, whole=False
+    )
     added = "".join(f"add rule ip deployer DEPLOYER-SPLITS {s.nft}\n" for s in splits)  # type: ignore[union-attr]
     assert started.nat == "flush chain ip deployer DEPLOYER-SPLITS\n" + added
     elements, written = started.apps["web"]
@@ -127,16 +151,20 @@ def test_a_canarys_split_is_a_rule_of_the_splits_chain_and_reads_back_as_iptable
 def test_a_promoted_canary_replaces_the_elements_and_empties_the_splits_chain():
     wanted = canary.split_rules("DEPLOYER-web", ACTIVE, CANARY, 10)
     splits = [nft.rule_of("DEPLOYER-web", line.split(" ", 2)[2]) for line in wanted[:2]]
-    live = nft.Table(chains={"DEPLOYER-SPLITS": [(s.nft, 0) for s in splits]},  # type: ignore[union-attr]
-                     elements=[nft.element(f) for f in ACTIVE])
-    promoted = _translate(rules.render_takeover(NAMES, "web", [f.rule("DEPLOYER-web") for f in CANARY], wanted),
-                          live, whole=False)
+    live = nft.Table(
+        chains={"DEPLOYER-SPLITS": [(s.nft, 0) for s in splits]},  # type: ignore[union-attr]
+        elements=[nft.element(f) for f in ACTIVE],
+    )
+    promoted = _translate(
+        rules.render_takeover(NAMES, "web", [f.rule("DEPLOYER-web") for f in CANARY], wanted), live, whole=False
+    )
     assert promoted.nat == (
         "delete element ip deployer tcp-ports { 18080 }\n"
         "delete element ip deployer udp-ports { 18081 }\n"
         'add element ip deployer tcp-ports { 18080 comment "web green v2 canary" : 172.18.0.3 . 80 }\n'
         'add element ip deployer udp-ports { 18081 comment "web green v2 canary" : 172.18.0.3 . 53 }\n'
-        "flush chain ip deployer DEPLOYER-SPLITS\n")
+        "flush chain ip deployer DEPLOYER-SPLITS\n"
+    )
 
 
 def test_a_maintenance_redirect_behind_a_split_of_its_port_is_refused():
@@ -202,18 +230,23 @@ HALF = """table ip deployer { # handle 1
 def test_the_layout_of_one_chain_per_app_moves_into_the_maps_one_app_at_a_time_never_without_a_dnat():
     legacy = nft.parse_listing(LEGACY)
     view = legacy.view("DEPLOYER", _ports)
-    assert view["DEPLOYER-web"] == ['-A DEPLOYER-web -m comment --comment '
-                                    '"nft: tcp dport 18080 dnat to 172.18.0.3:80 comment \\"web green v2\\""']
+    assert view["DEPLOYER-web"] == [
+        '-A DEPLOYER-web -m comment --comment "nft: tcp dport 18080 dnat to 172.18.0.3:80 comment \\"web green v2\\""'
+    ]
     moved = _translate(rules.render_chain(NAMES, "web", [GREEN]), legacy)
     assert moved.nat.splitlines()[4:] == [
-        "add chain ip deployer DEPLOYER-SPLITS", "add chain ip deployer DEPLOYER", "flush chain ip deployer DEPLOYER",
+        "add chain ip deployer DEPLOYER-SPLITS",
+        "add chain ip deployer DEPLOYER",
+        "flush chain ip deployer DEPLOYER",
         "add rule ip deployer DEPLOYER jump DEPLOYER-api",  # api's old chain still serves, in front
         "add rule ip deployer DEPLOYER meta l4proto tcp redirect to :tcp dport map @maintenance-tcp",
         "add rule ip deployer DEPLOYER jump DEPLOYER-SPLITS",
         "add rule ip deployer DEPLOYER dnat ip to tcp dport map @tcp-ports",
         "add rule ip deployer DEPLOYER dnat ip to udp dport map @udp-ports",
         'add element ip deployer tcp-ports { 18080 comment "web green v2" : 172.18.0.3 . 80 }',
-        "flush chain ip deployer DEPLOYER-web", "delete chain ip deployer DEPLOYER-web"]
+        "flush chain ip deployer DEPLOYER-web",
+        "delete chain ip deployer DEPLOYER-web",
+    ]
     assert not moved.ready
     half = nft.parse_listing(HALF)
     assert half.dispatching("DEPLOYER") and not half.dispatching("DEPLOYER", exact=True)
@@ -221,8 +254,10 @@ def test_the_layout_of_one_chain_per_app_moves_into_the_maps_one_app_at_a_time_n
     last = _translate(rules.render_chain(NAMES, "api", [api]), half)
     assert last.nat.splitlines()[4:] == [
         'add element ip deployer tcp-ports { 9000 comment "api blue v1" : 172.18.0.9 . 8080 }',
-        "delete rule ip deployer DEPLOYER handle 12", "flush chain ip deployer DEPLOYER-api",
-        "delete chain ip deployer DEPLOYER-api"]
+        "delete rule ip deployer DEPLOYER handle 12",
+        "flush chain ip deployer DEPLOYER-api",
+        "delete chain ip deployer DEPLOYER-api",
+    ]
     assert last.ready
 
 
@@ -230,7 +265,8 @@ def test_a_changed_comment_alone_replaces_the_element():
     relabelled = Forward("tcp", 18080, "172.18.0.3", 80, "web blue v2").rule("DEPLOYER-web")
     assert _translate(rules.render_chain(NAMES, "web", [relabelled]), _elements(GREEN), whole=False).nat == (
         "delete element ip deployer tcp-ports { 18080 }\n"
-        'add element ip deployer tcp-ports { 18080 comment "web blue v2" : 172.18.0.3 . 80 }\n')
+        'add element ip deployer tcp-ports { 18080 comment "web blue v2" : 172.18.0.3 . 80 }\n'
+    )
 
 
 def test_each_rule_of_an_app_chain_is_one_element_and_comes_back_as_the_line_iptables_save_prints():
@@ -239,18 +275,28 @@ def test_each_rule_of_an_app_chain_is_one_element_and_comes_back_as_the_line_ipt
         found = nft.element_of("DEPLOYER-web", line.split(" ", 2)[2])
         assert found.rule("DEPLOYER-web") == line
     assert nft.element_of("DEPLOYER-web", REDIRECT.split(" ", 2)[2]).text() == '18080 comment "web maintenance" : 8999'
-    target = forwarding.Target("10.0.0.2", True, (forwarding.PortTarget("tcp", 18080, 8080),
-                                                  forwarding.PortTarget("udp", 18081, 9090)))
-    for line in (rules.app_jump(NAMES, "web"), *rules.builtin_jumps(NAMES).values(),
-                 *rules.postrouting_rules(NAMES, "deployer0"), *forwarding.masquerade_rules(NAMES, "web", target),
-                 *hostbound.app_rules(NAMES, _host_bound(), 8999), hostbound.jump(NAMES)):
+    target = forwarding.Target(
+        "10.0.0.2", True, (forwarding.PortTarget("tcp", 18080, 8080), forwarding.PortTarget("udp", 18081, 9090))
+    )
+    for line in (
+        rules.app_jump(NAMES, "web"),
+        *rules.builtin_jumps(NAMES).values(),
+        *rules.postrouting_rules(NAMES, "deployer0"),
+        *forwarding.masquerade_rules(NAMES, "web", target),
+        *hostbound.app_rules(NAMES, _host_bound(), 8999),
+        hostbound.jump(NAMES),
+    ):
         chain, body = line.split(" ", 2)[1], line.split(" ", 2)[2]
         assert nft.rule_to_iptables(chain, nft.rule_to_nft(body)) == line
 
 
 def test_what_the_backend_cannot_write_is_refused_before_anything_is_applied():
-    split = canary.split_rules("DEPLOYER-web", [Forward("tcp", 18080, "172.18.0.2", 80, "web blue v1")],
-                               [Forward("tcp", 18080, "172.18.0.3", 80, "web green v2 canary")], 10)
+    split = canary.split_rules(
+        "DEPLOYER-web",
+        [Forward("tcp", 18080, "172.18.0.2", 80, "web blue v1")],
+        [Forward("tcp", 18080, "172.18.0.3", 80, "web green v2 canary")],
+        10,
+    )
     marked = "-A DEPLOYER-POSTROUTING -m mark --mark 0x1 -j MASQUERADE"
     odd = split[0].replace(canary.probability(10), "0.12345678901")  # no weight of canary.py's
     for line in (odd, marked):
@@ -270,8 +316,13 @@ def test_what_the_backend_cannot_write_is_refused_before_anything_is_applied():
 
 
 def _host_bound() -> AppConfig:
-    return AppConfig(name="nginx", image="", ports=(PortMapping(80, 80, "tcp", 0, 0),),
-                     health=HealthCheck(type="tcp", port=80), host_bound=True)
+    return AppConfig(
+        name="nginx",
+        image="",
+        ports=(PortMapping(80, 80, "tcp", 0, 0),),
+        health=HealthCheck(type="tcp", port=80),
+        host_bound=True,
+    )
 
 
 LISTING = """table ip deployer { # handle 1
@@ -325,29 +376,42 @@ def test_a_listing_reads_as_iptables_save_text_in_the_order_the_engine_renders()
         '-A DEPLOYER-api -p tcp -m tcp --dport 9000 -m comment --comment "api blue v1" '
         "-j DNAT --to-destination 172.18.0.9:8080\n"
         f"{UDP}\n{GREEN}\n"
-        "COMMIT\n")
+        "COMMIT\n"
+    )
 
 
 def test_without_its_lookups_the_top_chain_shows_no_jump_and_a_foreign_rule_never_equals_a_wanted_one():
-    broken = LISTING.replace("\t\tdnat ip to udp dport map @udp-ports # handle 8\n",
-                             "\t\tip daddr 10.0.0.1 counter packets 0 bytes 0 accept # handle 8\n")
+    broken = LISTING.replace(
+        "\t\tdnat ip to udp dport map @udp-ports # handle 8\n",
+        "\t\tip daddr 10.0.0.1 counter packets 0 bytes 0 accept # handle 8\n",
+    )
     view = nft.parse_listing(broken).view("DEPLOYER", _ports)
     assert view["DEPLOYER"][3:] == [
         '-A DEPLOYER -m comment --comment "nft: ip daddr 10.0.0.1 counter packets 0 bytes 0 accept"',
-        '-A DEPLOYER -m comment --comment "nft: tcp-ports element 7 : 10.0.0.1 . 7"']
+        '-A DEPLOYER -m comment --comment "nft: tcp-ports element 7 : 10.0.0.1 . 7"',
+    ]
     assert rules.app_jump(NAMES, "web") not in view["DEPLOYER"]
-    ensure = rules.render_restore(rules.parse_nat(nft.parse_listing(broken).saved("DEPLOYER", _ports)), NAMES,
-                                  "deployer0", {}, ensure_apps=["web"])
-    assert "add rule ip deployer DEPLOYER dnat ip to udp dport map @udp-ports" in \
-        _translate(ensure, nft.parse_listing(broken)).nat
+    ensure = rules.render_restore(
+        rules.parse_nat(nft.parse_listing(broken).saved("DEPLOYER", _ports)),
+        NAMES,
+        "deployer0",
+        {},
+        ensure_apps=["web"],
+    )
+    assert (
+        "add rule ip deployer DEPLOYER dnat ip to udp dport map @udp-ports"
+        in _translate(ensure, nft.parse_listing(broken)).nat
+    )
 
 
 def test_an_apps_removal_deletes_its_elements_and_a_teardown_the_table():
     table = nft.parse_listing(LISTING)
     live = rules.parse_nat(table.saved("DEPLOYER", _ports))
     removal = _translate(rules.render_removal(live, NAMES, ["web"]) or "", table)
-    assert removal.nat.splitlines()[-2:] == ["delete element ip deployer tcp-ports { 18080 }",
-                                             "delete element ip deployer udp-ports { 18081 }"]
+    assert removal.nat.splitlines()[-2:] == [
+        "delete element ip deployer tcp-ports { 18080 }",
+        "delete element ip deployer udp-ports { 18081 }",
+    ]
     assert removal.apps == {"web": ([], [])}
     teardown = _translate(rules.render_teardown(live, NAMES) or "", table)
     assert (teardown.nat, teardown.removes_table) == ("delete table ip deployer\n", True)
@@ -356,9 +420,13 @@ def test_an_apps_removal_deletes_its_elements_and_a_teardown_the_table():
 
 
 def test_an_apps_ports_are_its_config_ports_then_its_status_port():
-    app = AppConfig(name="web", image="web", ports=(PortMapping(18080, 80, "tcp", 1, 2),
-                                                    PortMapping(18080, 53, "udp", 3, 4)),
-                    health=HealthCheck(type="tcp", port=80), status_port=1005)
+    app = AppConfig(
+        name="web",
+        image="web",
+        ports=(PortMapping(18080, 80, "tcp", 1, 2), PortMapping(18080, 53, "udp", 3, 4)),
+        health=HealthCheck(type="tcp", port=80),
+        status_port=1005,
+    )
     assert app_chain.ports(app) == [("tcp", 18080), ("udp", 18080), ("tcp", 1005)]
 
 
@@ -396,8 +464,15 @@ class FakeIptables:
 
 def _backend(tmp_path: Path, listing: str | None = LISTING) -> tuple[NftablesBackend, FakeRunner, FakeRunner]:
     writer, reader = FakeRunner(), FakeRunner(listing)
-    backend = NftablesBackend(writer, FakeIptables(), table="deployer", prefix="DEPLOYER",  # type: ignore[arg-type]
-                              reader=reader, generation=tmp_path / "nftables.generation", ports=_ports)
+    backend = NftablesBackend(
+        writer,
+        FakeIptables(),
+        table="deployer",
+        prefix="DEPLOYER",  # type: ignore[arg-type]
+        reader=reader,
+        generation=tmp_path / "nftables.generation",
+        ports=_ports,
+    )
     return backend, writer, reader
 
 
@@ -408,8 +483,9 @@ def test_the_backend_writes_nat_in_its_table_and_leaves_filter_to_iptables(tmp_p
     backend.restore(f"*filter\n-A DEPLOYER-FORWARD -j ACCEPT\nCOMMIT\n*nat\n:DEPLOYER-web - [0:0]\n{GREEN}\nCOMMIT\n")
     iptables = backend.iptables
     assert iptables.ran == ["restore *filter | -A DEPLOYER-FORWARD -j ACCEPT | COMMIT"]  # type: ignore[attr-defined]
-    assert writer.ran[-1].endswith('add element ip deployer tcp-ports { 18080 comment "web green v2" : '
-                                   '172.18.0.3 . 80 }\n')
+    assert writer.ran[-1].endswith(
+        'add element ip deployer tcp-ports { 18080 comment "web green v2" : 172.18.0.3 . 80 }\n'
+    )
     assert backend.save_table("mangle") == "*mangle\nCOMMIT\n"
 
 
@@ -417,30 +493,39 @@ def test_a_flip_reads_nothing_while_no_other_process_has_written(tmp_path):
     backend, writer, reader = _backend(tmp_path)
     before = backend.list_chain("DEPLOYER-web")
     assert before == [UDP, GREEN] and reader.ran == ["list table ip deployer"]  # the first read is whole
-    blue = [Forward("udp", 18081, "172.18.0.2", 53, "web blue v3").rule("DEPLOYER-web"),
-            Forward("tcp", 18080, "172.18.0.2", 80, "web blue v3").rule("DEPLOYER-web")]
+    blue = [
+        Forward("udp", 18081, "172.18.0.2", 53, "web blue v3").rule("DEPLOYER-web"),
+        Forward("tcp", 18080, "172.18.0.2", 80, "web blue v3").rule("DEPLOYER-web"),
+    ]
     backend.restore(rules.render_takeover(NAMES, "web", blue, before or []))
     assert backend.list_chain("DEPLOYER-web") == blue  # what it committed, kept
     backend.restore(rules.render_chain(NAMES, "web", blue))  # the tidy: nothing to write
     assert reader.ran == ["list table ip deployer"]
-    assert writer.ran == ["delete element ip deployer tcp-ports { 18080 }\n"
-                          "delete element ip deployer udp-ports { 18081 }\n"
-                          'add element ip deployer tcp-ports { 18080 comment "web blue v3" : 172.18.0.2 . 80 }\n'
-                          'add element ip deployer udp-ports { 18081 comment "web blue v3" : 172.18.0.2 . 53 }\n']
+    assert writer.ran == [
+        "delete element ip deployer tcp-ports { 18080 }\n"
+        "delete element ip deployer udp-ports { 18081 }\n"
+        'add element ip deployer tcp-ports { 18080 comment "web blue v3" : 172.18.0.2 . 80 }\n'
+        'add element ip deployer udp-ports { 18081 comment "web blue v3" : 172.18.0.2 . 53 }\n'
+    ]
     assert (tmp_path / "nftables.generation").read_text() == f"{1:020d}"
 
 
 def test_a_canary_through_the_backend_rewrites_the_splits_chain_from_what_is_kept(tmp_path):
     backend, writer, reader = _backend(tmp_path)
     before = backend.list_chain("DEPLOYER-web") or []
-    active = [Forward("udp", 18081, "172.18.0.3", 53, "web green v2"), Forward("tcp", 18080, "172.18.0.3", 80,
-                                                                               "web green v2")]
-    wanted = canary.split_rules("DEPLOYER-web", active, [Forward("tcp", 18080, "172.18.0.4", 80, "web blue v3 canary")],
-                                25)
+    active = [
+        Forward("udp", 18081, "172.18.0.3", 53, "web green v2"),
+        Forward("tcp", 18080, "172.18.0.3", 80, "web green v2"),
+    ]
+    wanted = canary.split_rules(
+        "DEPLOYER-web", active, [Forward("tcp", 18080, "172.18.0.4", 80, "web blue v3 canary")], 25
+    )
     backend.restore(rules.render_takeover(NAMES, "web", wanted, before))
-    assert writer.ran == ["flush chain ip deployer DEPLOYER-SPLITS\n"
-                          "add rule ip deployer DEPLOYER-SPLITS tcp dport 18080 numgen random mod 100 < 25 "
-                          'dnat to 172.18.0.4:80 comment "web blue v3 canary"\n']
+    assert writer.ran == [
+        "flush chain ip deployer DEPLOYER-SPLITS\n"
+        "add rule ip deployer DEPLOYER-SPLITS tcp dport 18080 numgen random mod 100 < 25 "
+        'dnat to 172.18.0.4:80 comment "web blue v3 canary"\n'
+    ]
     assert backend.list_chain("DEPLOYER-web") == [wanted[0], *before] and reader.ran == ["list table ip deployer"]
 
 
@@ -459,8 +544,14 @@ def test_a_commit_by_another_process_or_a_refused_one_makes_the_next_flip_read_t
 
 def test_without_a_generation_file_every_flip_reads_the_table(tmp_path):
     writer, reader = FakeRunner(), FakeRunner(LISTING)
-    backend = NftablesBackend(writer, FakeIptables(), table="deployer", prefix="DEPLOYER",  # type: ignore[arg-type]
-                              reader=reader, ports=_ports)
+    backend = NftablesBackend(
+        writer,
+        FakeIptables(),
+        table="deployer",
+        prefix="DEPLOYER",  # type: ignore[arg-type]
+        reader=reader,
+        ports=_ports,
+    )
     backend.restore(rules.render_takeover(NAMES, "web", [BLUE], backend.list_chain("DEPLOYER-web") or []))
     backend.list_chain("DEPLOYER-web")
     assert reader.ran == ["list table ip deployer"] * 3
@@ -470,7 +561,7 @@ def test_after_a_count_it_cannot_read_the_backend_writes_one_no_process_has_seen
     (tmp_path / "nftables.generation").write_text("garbage")
     backend, writer, reader = _backend(tmp_path)
     backend.restore(rules.render_takeover(NAMES, "web", [BLUE], backend.list_chain("DEPLOYER-web") or []))
-    assert int((tmp_path / "nftables.generation").read_text()) > 10 ** 15
+    assert int((tmp_path / "nftables.generation").read_text()) > 10**15
     backend.list_chain("DEPLOYER-web")
     assert reader.ran == ["list table ip deployer"] * 3  # nothing was trusted: each call read the table
 

@@ -35,16 +35,24 @@ class Lock:
 
 def durable(events: list[dict]) -> list[dict]:
     """The audit log's view: durable events, without their times."""
-    return [{k: v for k, v in e.items() if k not in ("ts", "started_at", "_durable", "duration_ms")}
-            for e in events if e["_durable"]]
+    return [
+        {k: v for k, v in e.items() if k not in ("ts", "started_at", "_durable", "duration_ms")}
+        for e in events
+        if e["_durable"]
+    ]
 
 
 def operation(shape: str = BRACKETED, kind: str = "deploy"):
     events: list[dict] = []
     log: list[str] = []
     journal = Journal([lambda e: (events.append(e), log.append(e["event"]))], clock=Clock())
-    return Operation(journal, kind, {"app": "web", "job": None, "actor": "cli:ann"}, lock=Lock(log), shape=shape,
-                     clock=Clock()), events, log
+    return (
+        Operation(
+            journal, kind, {"app": "web", "job": None, "actor": "cli:ann"}, lock=Lock(log), shape=shape, clock=Clock()
+        ),
+        events,
+        log,
+    )
 
 
 def test_a_bracketed_operation_journals_started_its_steps_and_finished_inside_its_lock():
@@ -70,8 +78,15 @@ def test_a_failure_after_start_is_journaled_with_its_error_and_type_then_raised(
             op.failed["tag"] = "v2"
             raise RulesError("refused")
     assert log == ["lock", "deploy.started", "deploy.failed", "unlock"]
-    assert durable(events)[-1] == {"event": "deploy.failed", "outcome": "failed", "tag": "v2", "error": "refused",
-                                   "error_type": "RulesError", "app": "web", "actor": "cli:ann"}
+    assert durable(events)[-1] == {
+        "event": "deploy.failed",
+        "outcome": "failed",
+        "tag": "v2",
+        "error": "refused",
+        "error_type": "RulesError",
+        "app": "web",
+        "actor": "cli:ann",
+    }
 
 
 def test_what_is_refused_before_start_journals_nothing_and_still_unlocks():
@@ -102,8 +117,9 @@ def test_a_mode_change_is_one_event_with_its_outcome_and_duration():
         op.start()
         op.finish(mode="maintenance")
     assert log == ["lock", "maintenance.on", "unlock"]
-    assert durable(events) == [{"event": "maintenance.on", "app": "web", "actor": "cli:ann", "outcome": "ok",
-                                "mode": "maintenance"}]
+    assert durable(events) == [
+        {"event": "maintenance.on", "app": "web", "actor": "cli:ann", "outcome": "ok", "mode": "maintenance"}
+    ]
     assert events[0]["duration_ms"] == 250.0  # from start() to finish(), on the operation's clock
 
     op, events, log = operation(ONE_EVENT, "maintenance.on")
@@ -111,8 +127,16 @@ def test_a_mode_change_is_one_event_with_its_outcome_and_duration():
         with op:
             op.start()
             raise RulesError("refused")
-    assert durable(events) == [{"event": "maintenance.on", "outcome": "failed", "error": "refused",
-                                "error_type": "RulesError", "app": "web", "actor": "cli:ann"}]
+    assert durable(events) == [
+        {
+            "event": "maintenance.on",
+            "outcome": "failed",
+            "error": "refused",
+            "error_type": "RulesError",
+            "app": "web",
+            "actor": "cli:ann",
+        }
+    ]
 
 
 def test_a_reconcile_journals_only_its_repairs_and_a_failure():
@@ -121,8 +145,9 @@ def test_a_reconcile_journals_only_its_repairs_and_a_failure():
         op.start()
         record_repairs(op.journal, ["rules of web restored"], **op.base)
     assert log == ["lock", "reconcile.repair", "unlock"]
-    assert durable(events) == [{"event": "reconcile.repair", "app": "web", "actor": "cli:ann",
-                                "detail": "rules of web restored"}]
+    assert durable(events) == [
+        {"event": "reconcile.repair", "app": "web", "actor": "cli:ann", "detail": "rules of web restored"}
+    ]
     op, events, log = operation(FAILURES_ONLY, "reconcile")
     with pytest.raises(RulesError):
         with op:
@@ -140,19 +165,26 @@ def test_an_interrupt_is_not_a_failure_of_the_operation():
     assert log == ["lock", "deploy.started", "unlock"]
 
 
-@pytest.mark.parametrize("error, waits, event", [
-    (DockerUnavailable("the Docker daemon does not answer"), True, "deploy.waiting"),
-    (DockerUnavailable("the Docker daemon does not answer"), False, "deploy.failed"),
-    (PullError("manifest unknown"), True, "deploy.failed"),
-])
+@pytest.mark.parametrize(
+    "error, waits, event",
+    [
+        (DockerUnavailable("the Docker daemon does not answer"), True, "deploy.waiting"),
+        (DockerUnavailable("the Docker daemon does not answer"), False, "deploy.failed"),
+        (PullError("manifest unknown"), True, "deploy.failed"),
+    ],
+)
 def test_a_transient_fault_the_caller_waits_on_ends_the_operation_as_waiting(error, waits, event):
     events: list[dict] = []
     with pytest.raises(type(error)):
-        with Operation(Journal([events.append]), "deploy", {"app": "web", "job": "j", "actor": "a"},
-                       clock=Clock()) as operation:
+        with Operation(
+            Journal([events.append]), "deploy", {"app": "web", "job": "j", "actor": "a"}, clock=Clock()
+        ) as operation:
             operation.waits_on_transient = waits
             operation.start(tag="v2")
             raise error
     ended = durable(events)[-1]
     assert (ended["event"], ended["outcome"], ended["error"]) == (
-        event, "waiting" if event == "deploy.waiting" else "failed", str(error))
+        event,
+        "waiting" if event == "deploy.waiting" else "failed",
+        str(error),
+    )

@@ -7,18 +7,21 @@ import pytest
 from deployer.plan.printable import printable
 
 
-@pytest.mark.parametrize(("value", "shown"), [
-    ("v2.1.0", "v2.1.0"),
-    ("déploiement ok", "déploiement ok"),
-    ("\x1b[2J\x1b]0;owned\x07", "\\x1b[2J\\x1b]0;owned\\x07"),
-    ("line\nforged: ok\r", "line\\nforged: ok\\r"),
-    ("tab\there", "tab\\there"),
-    ("del\x7f c1\x9b", "del\\x7f c1\\x9b"),
-    ("bidi \u202eevil", "bidi \\u202eevil"),
-    ("sep\u2028arator", "sep\\u2028arator"),
-    (None, "None"),
-    (12, "12"),
-])
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("v2.1.0", "v2.1.0"),
+        ("déploiement ok", "déploiement ok"),
+        ("\x1b[2J\x1b]0;owned\x07", "\\x1b[2J\\x1b]0;owned\\x07"),
+        ("line\nforged: ok\r", "line\\nforged: ok\\r"),
+        ("tab\there", "tab\\there"),
+        ("del\x7f c1\x9b", "del\\x7f c1\\x9b"),
+        ("bidi \u202eevil", "bidi \\u202eevil"),
+        ("sep\u2028arator", "sep\\u2028arator"),
+        (None, "None"),
+        (12, "12"),
+    ],
+)
 def test_control_characters_are_escaped_and_the_rest_kept(value, shown):
     assert printable(value) == shown
 

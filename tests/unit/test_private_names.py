@@ -47,13 +47,18 @@ def private_uses(source: str) -> list[str]:
 
 
 def test_the_scan_flags_imports_and_attribute_access_of_private_names():
-    source = ("from deployer.host.engine import _tail, Engine\n"
-              "engine._flip(app)\nself._flip(app)\ncls._x\nsuper()._y()\nos._exit(1)\nnetns._ip()\n"
-              "x.__class__\nengine.chains.flip(app)\n")
+    source = (
+        "from deployer.host.engine import _tail, Engine\n"
+        "engine._flip(app)\nself._flip(app)\ncls._x\nsuper()._y()\nos._exit(1)\nnetns._ip()\n"
+        "x.__class__\nengine.chains.flip(app)\n"
+    )
     assert private_uses(source) == ["1: from deployer.host.engine import _tail", "2: engine._flip", "7: netns._ip"]
 
 
 def test_no_module_uses_another_modules_private_names():
-    hits = {str(path.relative_to(PACKAGE.parent)): uses for path in sorted(PACKAGE.rglob("*.py"))
-            if (uses := private_uses(path.read_text()))}
+    hits = {
+        str(path.relative_to(PACKAGE.parent)): uses
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (uses := private_uses(path.read_text()))
+    }
     assert hits == {}

@@ -33,8 +33,14 @@ def queue(tmp_path, clock):
 
 
 def release(queue, tag="v1", delivery="d-1", app="web", hook_id="42"):
-    return queue.jobs.submit_release(app=app, tag=tag, actor="github:octo (delivery x)", hook_id=hook_id,
-                                delivery=delivery, source={"delivery": delivery})
+    return queue.jobs.submit_release(
+        app=app,
+        tag=tag,
+        actor="github:octo (delivery x)",
+        hook_id=hook_id,
+        delivery=delivery,
+        source={"delivery": delivery},
+    )
 
 
 # --- dedupe ---------------------------------------------------------------------------------------
@@ -83,8 +89,10 @@ def test_a_late_delivery_of_a_superseded_release_does_not_downgrade(queue):
     new = release(queue, tag="v2", delivery="p2").job
     queue.jobs.claim()
     late = release(queue, tag="v1", delivery="r1")  # 'released' of v1 arriving after v2 was queued
-    assert (late.created, late.reason) == (False, f"release v1 was superseded by {new.id}; redeploy it with "
-                                                  f"POST /deploy")
+    assert (late.created, late.reason) == (
+        False,
+        f"release v1 was superseded by {new.id}; redeploy it with POST /deploy",
+    )
     assert queue.jobs.get(old.id).status == "superseded"
 
 
@@ -156,8 +164,7 @@ def test_recover_requeues_interrupted_jobs_then_gives_up(queue):
         job = queue.jobs.claim().job
         assert job.attempts == attempt
         [recovered] = queue.jobs.recover(max_attempts=3)
-        assert (recovered.status, recovered.reason) == ("queued", "the worker stopped while this job ran; "
-                                                                  "queued again")
+        assert (recovered.status, recovered.reason) == ("queued", "the worker stopped while this job ran; queued again")
     job = queue.jobs.claim().job
     [failed] = queue.jobs.recover(max_attempts=3)
     assert failed.status == "failed"

@@ -38,8 +38,17 @@ def journal(config):
 
 
 def plant(queue, **fields):
-    row = dict(id=GOOD_ID, app="web", tag="v1", kind="release", actor="github:octo", source="{}", status="queued",
-               attempts=0, created_at=1.0)
+    row = dict(
+        id=GOOD_ID,
+        app="web",
+        tag="v1",
+        kind="release",
+        actor="github:octo",
+        source="{}",
+        status="queued",
+        attempts=0,
+        created_at=1.0,
+    )
     row.update(fields)
     with sqlite3.connect(queue.path) as db:
         db.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))

@@ -71,10 +71,18 @@ audit_token_file = "audit.token"
 secret_env = "ALICE_SECRET"
 """
 
-ENVIRON = {"GH_SECRET": "global-github-secret", "ALICE_SECRET": "alice-secret-0123456789",
-           "REGISTRY_PASSWORD": "registry-password-from-env", "ASSET_TOKEN": "asset-token-from-env",
-           "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root", "SSH_AUTH_SOCK": "/tmp/agent",
-           "DOCKER_HOST": "unix:///run/docker.sock", "PYTHONPATH": "/opt/deployer"}
+ENVIRON = {
+    "GH_SECRET": "global-github-secret",
+    "ALICE_SECRET": "alice-secret-0123456789",
+    "REGISTRY_PASSWORD": "registry-password-from-env",
+    "ASSET_TOKEN": "asset-token-from-env",
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "HOME": "/root",
+    "SSH_AUTH_SOCK": "/tmp/agent",
+    "DOCKER_HOST": "unix:///run/docker.sock",
+    "PYTHONPATH": "/opt/deployer",
+}
 
 
 def write(folder: Path, text: str) -> Path:
@@ -93,15 +101,30 @@ def test_the_receiver_starts_without_the_worker_files_and_holds_none_of_the_work
 
     receiver = config.load_receiver(path, environ=ENVIRON)
     assert dict(receiver.apps) == {
-        "web": ReceiverApp(name="web", repository="acme/web", tag_pattern="^v[0-9]+$", prereleases=True,
-                           asset=AssetConfig(name="image.tar", token=None), github_secret="web-own-github-secret",
-                           github_hook_id=4242, ports=(PortMapping(8000, 80, "tcp", 8001, 8002),)),
-        "api": ReceiverApp(name="api", repository="acme/api", asset=AssetConfig(name="api.tar", token=None),
-                           ports=(PortMapping(9000, 80, "tcp", 9001, 9002),)),
+        "web": ReceiverApp(
+            name="web",
+            repository="acme/web",
+            tag_pattern="^v[0-9]+$",
+            prereleases=True,
+            asset=AssetConfig(name="image.tar", token=None),
+            github_secret="web-own-github-secret",
+            github_hook_id=4242,
+            ports=(PortMapping(8000, 80, "tcp", 8001, 8002),),
+        ),
+        "api": ReceiverApp(
+            name="api",
+            repository="acme/api",
+            asset=AssetConfig(name="api.tar", token=None),
+            ports=(PortMapping(9000, 80, "tcp", 9001, 9002),),
+        ),
         "edge": ReceiverApp(name="edge", host_bound=True, ports=(PortMapping(80, 80, "tcp", 0, 0),)),
     }
-    assert sorted(receiver.secrets()) == ["alice-secret-0123456789", "audit-token-0123456789abcdef",
-                                          "global-github-secret", "web-own-github-secret"]
+    assert sorted(receiver.secrets()) == [
+        "alice-secret-0123456789",
+        "audit-token-0123456789abcdef",
+        "global-github-secret",
+        "web-own-github-secret",
+    ]
     assert receiver.secret_env_names == frozenset({"GH_SECRET", "ALICE_SECRET"})
     held = repr(receiver) + repr(vars(receiver))
     for worker_secret in ("registry-password-from-env", "asset-token-from-env"):
@@ -152,8 +175,11 @@ def test_each_app_is_signed_for_by_its_own_secret_or_else_by_the_global_one(tmp_
 
 
 def test_an_app_secret_from_the_environment(tmp_path):
-    path = write(tmp_path, APPS.replace("root-only/", "").replace('github_secret_file = "web-github"',
-                                                                  'github_secret_env = "WEB_GH"') + SERVER)
+    path = write(
+        tmp_path,
+        APPS.replace("root-only/", "").replace('github_secret_file = "web-github"', 'github_secret_env = "WEB_GH"')
+        + SERVER,
+    )
     receiver = config.load_receiver(path, environ={**ENVIRON, "WEB_GH": "web-from-env"})
     assert receiver.github_secret_for("acme/web") == "web-from-env"
     assert "WEB_GH" in receiver.secret_env_names
@@ -163,18 +189,34 @@ def minimal(extra: str) -> str:
     return app_toml("web", 8000, repository="acme/web", extra=extra)
 
 
-@pytest.mark.parametrize("extra, where, message", [
-    ('github_secret = "inline"', "key 'apps.web.github_secret'",
-     "secrets are not written in the config: use github_secret_file or github_secret_env"),
-    ('github_secret_file = "web-github"\ngithub_secret_env = "X"', "key 'apps.web'",
-     "set only one of github_secret_file and github_secret_env"),
-    ('github_secret_env = "UNSET_VAR"', "key 'apps.web.github_secret_env'",
-     "environment variable UNSET_VAR is not set"),
-    ('github_secret_file = "missing"', "key 'apps.web.github_secret_file'", "cannot read secret file"),
-    ("github_hook_id = true", "app 'web', key 'github_hook_id'", "must be the GitHub webhook's id, a whole number"),
-    ("github_hook_id = 0", "app 'web', key 'github_hook_id'", "must be the GitHub webhook's id, a whole number"),
-    ('github_hook_id = "4242"', "app 'web', key 'github_hook_id'", "must be the GitHub webhook's id, a whole number"),
-])
+@pytest.mark.parametrize(
+    "extra, where, message",
+    [
+        (
+            'github_secret = "inline"',
+            "key 'apps.web.github_secret'",
+            "secrets are not written in the config: use github_secret_file or github_secret_env",
+        ),
+        (
+            'github_secret_file = "web-github"\ngithub_secret_env = "X"',
+            "key 'apps.web'",
+            "set only one of github_secret_file and github_secret_env",
+        ),
+        (
+            'github_secret_env = "UNSET_VAR"',
+            "key 'apps.web.github_secret_env'",
+            "environment variable UNSET_VAR is not set",
+        ),
+        ('github_secret_file = "missing"', "key 'apps.web.github_secret_file'", "cannot read secret file"),
+        ("github_hook_id = true", "app 'web', key 'github_hook_id'", "must be the GitHub webhook's id, a whole number"),
+        ("github_hook_id = 0", "app 'web', key 'github_hook_id'", "must be the GitHub webhook's id, a whole number"),
+        (
+            'github_hook_id = "4242"',
+            "app 'web', key 'github_hook_id'",
+            "must be the GitHub webhook's id, a whole number",
+        ),
+    ],
+)
 @pytest.mark.parametrize("loader", [config.load, config.load_receiver], ids=["load", "load_receiver"])
 def test_bad_app_github_keys_are_refused_naming_the_key(tmp_path, extra, where, message, loader):
     path = write(tmp_path, minimal(extra))
@@ -184,14 +226,17 @@ def test_bad_app_github_keys_are_refused_naming_the_key(tmp_path, extra, where, 
     assert "inline" not in str(caught.value)
 
 
-@pytest.mark.parametrize("extra, key", [('github_secret_file = "web-github"', "github_secret_file"),
-                                        ("github_hook_id = 7", "github_hook_id")])
+@pytest.mark.parametrize(
+    "extra, key",
+    [('github_secret_file = "web-github"', "github_secret_file"), ("github_hook_id = 7", "github_hook_id")],
+)
 def test_an_app_secret_or_hook_needs_a_repository(tmp_path, extra, key):
     path = write(tmp_path, minimal(extra).replace('repository = "acme/web"\n', ""))
     with pytest.raises(ConfigError) as caught:
         config.load_receiver(path, environ={})
-    assert str(caught.value) == (f"{path}, app 'web', key '{key}': needs repository: only deliveries from the "
-                                 "app's own repository use it")
+    assert str(caught.value) == (
+        f"{path}, app 'web', key '{key}': needs repository: only deliveries from the app's own repository use it"
+    )
 
 
 # --- gunicorn's environment ------------------------------------------------------------------------------
@@ -205,8 +250,11 @@ def test_gunicorn_gets_the_receiver_secrets_and_never_the_worker_secrets(tmp_pat
     assert {"REGISTRY_PASSWORD", "ASSET_TOKEN"} <= loaded.secret_env_names  # the worker does read them
 
     assert config.receiver_environment(loaded, ENVIRON) == {
-        "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": "/opt/deployer",
-        "GH_SECRET": "global-github-secret", "ALICE_SECRET": "alice-secret-0123456789",
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": "/opt/deployer",
+        "GH_SECRET": "global-github-secret",
+        "ALICE_SECRET": "alice-secret-0123456789",
         "DEPLOYER_CONFIG": str(path),
     }
 
@@ -215,4 +263,6 @@ def test_gunicorn_gets_an_app_secret_from_the_environment_too(tmp_path):
     path = write(tmp_path, minimal('github_secret_env = "WEB_GH"'))
     loaded = config.load(path, environ={"WEB_GH": "web-from-env", "OTHER": "x"})
     assert config.receiver_environment(loaded, {"WEB_GH": "web-from-env", "OTHER": "x"}) == {
-        "WEB_GH": "web-from-env", "DEPLOYER_CONFIG": str(path)}
+        "WEB_GH": "web-from-env",
+        "DEPLOYER_CONFIG": str(path),
+    }

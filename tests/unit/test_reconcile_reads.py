@@ -28,9 +28,13 @@ class CountingNetfilter(FakeNetfilter):
 
 def app(index: int) -> dict:
     base = 20000 + 10 * index
-    return {"image": f"127.0.0.1:5000/app{index}", "drain_seconds": 0, "stop_timeout": 1,
-            "health": {"type": "http", "port": 80, "path": "/health", "interval": 1, "successes": 1, "deadline": 3},
-            "ports": [{"external": base, "container": 80, "blue": base + 1, "green": base + 2}]}
+    return {
+        "image": f"127.0.0.1:5000/app{index}",
+        "drain_seconds": 0,
+        "stop_timeout": 1,
+        "health": {"type": "http", "port": 80, "path": "/health", "interval": 1, "successes": 1, "deadline": 3},
+        "ports": [{"external": base, "container": 80, "blue": base + 1, "green": base + 2}],
+    }
 
 
 class Apps:
@@ -43,9 +47,15 @@ class Apps:
         self.prober = FakeProber(self.effects)
         self.clock = FakeClock()
         (tmp_path / "hooks").mkdir()
-        data = {"deployer": {"state_dir": str(tmp_path / "state"), "hooks_dir": str(tmp_path / "hooks"),
-                             "network": "deployer", "bridge": "deployer0"},
-                "apps": {f"app{i}": app(i) for i in range(count)}}
+        data = {
+            "deployer": {
+                "state_dir": str(tmp_path / "state"),
+                "hooks_dir": str(tmp_path / "hooks"),
+                "network": "deployer",
+                "bridge": "deployer0",
+            },
+            "apps": {f"app{i}": app(i) for i in range(count)},
+        }
         self.config = parse(data, path=tmp_path / "deployer.toml", environ={})
         for name in self.config.apps:
             self.engine().deploy(name, "v1", actor="cli:ann")
@@ -53,9 +63,18 @@ class Apps:
         self.netfilter.reads.clear()
 
     def engine(self) -> Engine:
-        return Engine(self.config, self.docker, self.netfilter, routing=NoRouting(), prober=self.prober,
-                      run_hook=lambda *a: None, journal=Journal([lambda event: None], clock=self.clock), environ={},
-                      clock=self.clock, sleep=self.clock.sleep)
+        return Engine(
+            self.config,
+            self.docker,
+            self.netfilter,
+            routing=NoRouting(),
+            prober=self.prober,
+            run_hook=lambda *a: None,
+            journal=Journal([lambda event: None], clock=self.clock),
+            environ={},
+            clock=self.clock,
+            sleep=self.clock.sleep,
+        )
 
 
 @pytest.mark.parametrize("count", [1, 3, 12])

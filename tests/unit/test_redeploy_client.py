@@ -27,8 +27,9 @@ NO_CONFIG = {**os.environ, "DEPLOYER_CONFIG": "/nonexistent"}
 
 
 def deployer(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deployer", *argv], cwd=cwd, env=NO_CONFIG, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "deployer", *argv], cwd=cwd, env=NO_CONFIG, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture
@@ -36,8 +37,12 @@ def server(tmp_path):
     """The receiver on a free port from 27000-27999, in a thread of this process; it listens (and so answers to
     the Host) 127.0.0.1:PORT, as `deployer serve` would."""
     for port in random.sample(range(27000, 28000), 50):
-        config = make_config(tmp_path / "server", app_toml("web", 8000), server=f'listen = "127.0.0.1:{port}"\n'
-                             + ALICE_KEY, environ={"ALICE_SECRET": ALICE_SECRET})
+        config = make_config(
+            tmp_path / "server",
+            app_toml("web", 8000),
+            server=f'listen = "127.0.0.1:{port}"\n' + ALICE_KEY,
+            environ={"ALICE_SECRET": ALICE_SECRET},
+        )
         queue = Queue.for_state_dir(config.settings.state_dir)
         app = create_app({"DEPLOYER_CONFIG": config, "QUEUE": queue, "JOURNAL": Journal([])})
         try:
@@ -64,14 +69,31 @@ def test_redeploy_sends_a_signed_request_without_a_config_file(tmp_path, server)
     url, queue = server
     secret_file = tmp_path / "alice"
     secret_file.write_text(ALICE_SECRET + "\n")
-    sent = deployer("redeploy", "web", "v2", "--url", url, "--key-id", "alice", "--secret-file", str(secret_file),
-                    "--reason", "hotfix", cwd=tmp_path)
+    sent = deployer(
+        "redeploy",
+        "web",
+        "v2",
+        "--url",
+        url,
+        "--key-id",
+        "alice",
+        "--secret-file",
+        str(secret_file),
+        "--reason",
+        "hotfix",
+        cwd=tmp_path,
+    )
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith("web: queued job-") and "(v2)" in sent.stdout
     job_id = sent.stdout.split()[2]
     job = queue.jobs.get(job_id)
-    assert (job.app, job.tag, job.kind, job.actor, job.source["reason"]) == ("web", "v2", "redeploy", "key:alice",
-                                                                            "hotfix")
+    assert (job.app, job.tag, job.kind, job.actor, job.source["reason"]) == (
+        "web",
+        "v2",
+        "redeploy",
+        "key:alice",
+        "hotfix",
+    )
     assert ALICE_SECRET not in sent.stdout + sent.stderr
 
 

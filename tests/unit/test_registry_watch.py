@@ -32,19 +32,25 @@ class Registries:
                 self.released.wait(10)
                 return None
             return self.answers[name]
+
         return run
 
     def watch(self, **options) -> RegistryWatch:
         return RegistryWatch({name: self.probe(name) for name in self.answers}, **options)
 
 
-@pytest.mark.parametrize(("problems", "reported"), [
-    ([], "ok"),
-    (["registry a: answers 503"], "registry a: answers 503"),
-    (["registry a: answers 503", "registry b: no answer within 1 s"],
-     "registry a: answers 503; registry b: no answer within 1 s"),
-    (["x" * 400], "x" * 300),
-])
+@pytest.mark.parametrize(
+    ("problems", "reported"),
+    [
+        ([], "ok"),
+        (["registry a: answers 503"], "registry a: answers 503"),
+        (
+            ["registry a: answers 503", "registry b: no answer within 1 s"],
+            "registry a: answers 503; registry b: no answer within 1 s",
+        ),
+        (["x" * 400], "x" * 300),
+    ],
+)
 def test_what_the_heartbeat_reports(problems, reported):
     assert summary(problems) == reported
 
@@ -84,9 +90,18 @@ def test_a_probe_that_raises_is_reported_and_the_round_goes_on():
 def test_the_heartbeat_reports_the_last_round_at_once_while_a_round_hangs(config, queue, clock):
     registries = Registries({"a:5000": "hang", "b:5000": "hang"})
     watch = registries.watch(deadline=5, every=0.05)
-    worker = Worker(config, queue, Journal([]), launch=lambda job: Process(None), reconcile=lambda app: [],
-                    clock=clock, checks=lambda: ("ok", "ok"), disk=lambda: "ok", registry=watch.last,
-                    registry_watch=watch.watch)
+    worker = Worker(
+        config,
+        queue,
+        Journal([]),
+        launch=lambda job: Process(None),
+        reconcile=lambda app: [],
+        clock=clock,
+        checks=lambda: ("ok", "ok"),
+        disk=lambda: "ok",
+        registry=watch.last,
+        registry_watch=watch.watch,
+    )
     worker.started_at = clock.now
     stopping = threading.Event()
     thread = threading.Thread(target=watch.watch, args=(stopping,), daemon=True)

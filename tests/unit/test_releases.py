@@ -35,35 +35,49 @@ def app_config(prereleases: bool = False, tag_pattern: str | None = None, asset:
     return config_module.parse(tomllib.loads(text), path=Path("/etc/deployer/deployer.toml"), environ={})
 
 
-BASE = dict(event="release", repository="Codertocat/Hello-World", sender="Codertocat", app="web",
-            release_id=17372790, tag="0.0.1")
+BASE = dict(
+    event="release",
+    repository="Codertocat/Hello-World",
+    sender="Codertocat",
+    app="web",
+    release_id=17372790,
+    tag="0.0.1",
+)
 
 
 def test_published_release_deploys():
     assert releases.decide("release", payload(PUBLISHED), app_config()) == Decision(
-        "deploy", "published release 0.0.1", action="published", published_at="2019-05-15T15:20:53Z", **BASE)
+        "deploy", "published release 0.0.1", action="published", published_at="2019-05-15T15:20:53Z", **BASE
+    )
 
 
 def test_released_deploys_as_well_and_the_queue_makes_it_one_deploy():
     assert releases.decide("release", payload(RELEASED), app_config()) == Decision(
-        "deploy", "released release 0.0.1", action="released", published_at="2019-05-15T15:20:53Z", **BASE)
+        "deploy", "released release 0.0.1", action="released", published_at="2019-05-15T15:20:53Z", **BASE
+    )
 
 
 def test_a_prerelease_is_ignored_unless_the_app_opts_in():
     prerelease = payload(PUBLISHED, prerelease=True)
     assert releases.decide("release", prerelease, app_config()) == Decision(
-        "ignore", "the release is a prerelease, and app 'web' does not deploy prereleases (prereleases = false)",
-        action="published", **BASE)
+        "ignore",
+        "the release is a prerelease, and app 'web' does not deploy prereleases (prereleases = false)",
+        action="published",
+        **BASE,
+    )
     assert releases.decide("release", prerelease, app_config(prereleases=True)) == Decision(
-        "deploy", "published prerelease 0.0.1", action="published", published_at="2019-05-15T15:20:53Z", **BASE)
+        "deploy", "published prerelease 0.0.1", action="published", published_at="2019-05-15T15:20:53Z", **BASE
+    )
 
 
 def test_the_prereleased_action_defers_to_published():
     # GitHub's real 'prereleased' payload: GitHub also sends 'published' for the same release.
     decision = releases.decide("release", payload(PRERELEASED), app_config(prereleases=True))
     assert (decision.verdict, decision.reason) == (
-        "ignore", "action 'prereleased' is ignored: the 'published' delivery of the same release decides whether "
-                  "a prerelease deploys")
+        "ignore",
+        "action 'prereleased' is ignored: the 'published' delivery of the same release decides whether "
+        "a prerelease deploys",
+    )
 
 
 def test_a_promoted_prerelease_deploys_on_released():
@@ -76,14 +90,20 @@ def test_drafts_never_deploy():
     assert (decision.verdict, decision.reason) == ("ignore", "the release is a draft")
 
 
-@pytest.mark.parametrize("action, reason", [
-    ("created", "action 'created' is ignored: a created release is a draft or is followed by 'published'"),
-    ("edited", "action 'edited' is ignored: editing a release does not deploy it"),
-    ("deleted", "action 'deleted' is ignored: deleting a release does not deploy anything"),
-    ("unpublished", "action 'unpublished' is ignored: unpublishing does not deploy anything "
-                    "(roll back with `deployer rollback` if needed)"),
-    ("renamed", "action 'renamed' is ignored: only 'published' and 'released' deploy"),
-])
+@pytest.mark.parametrize(
+    "action, reason",
+    [
+        ("created", "action 'created' is ignored: a created release is a draft or is followed by 'published'"),
+        ("edited", "action 'edited' is ignored: editing a release does not deploy it"),
+        ("deleted", "action 'deleted' is ignored: deleting a release does not deploy anything"),
+        (
+            "unpublished",
+            "action 'unpublished' is ignored: unpublishing does not deploy anything "
+            "(roll back with `deployer rollback` if needed)",
+        ),
+        ("renamed", "action 'renamed' is ignored: only 'published' and 'released' deploy"),
+    ],
+)
 def test_other_actions_are_acknowledged_with_a_reason(action, reason):
     data = payload(PUBLISHED)
     data["action"] = action
@@ -93,11 +113,17 @@ def test_other_actions_are_acknowledged_with_a_reason(action, reason):
 def test_ping_answers_pong_and_says_whether_the_repository_is_configured():
     ping = payload(PING)
     assert releases.decide("ping", ping, app_config()) == Decision(
-        "pong", "pong; no app is configured for repository Octocoders/Hello-World", "ping",
-        repository="Octocoders/Hello-World", sender="Codertocat")
+        "pong",
+        "pong; no app is configured for repository Octocoders/Hello-World",
+        "ping",
+        repository="Octocoders/Hello-World",
+        sender="Codertocat",
+    )
     ping["repository"]["full_name"] = "codertocat/hello-world"  # GitHub names are case-insensitive
-    assert releases.decide("ping", ping, app_config()).reason == \
-        "pong; repository codertocat/hello-world deploys app 'web'"
+    assert (
+        releases.decide("ping", ping, app_config()).reason
+        == "pong; repository codertocat/hello-world deploys app 'web'"
+    )
 
 
 def test_other_events_are_ignored():
@@ -113,16 +139,19 @@ def test_an_unconfigured_repository_is_refused():
     assert str(caught.value) == "no app is configured for repository someone/else"
 
 
-@pytest.mark.parametrize("path, message", [
-    (("action",), "missing field action"),
-    (("release",), "missing field release"),
-    (("release", "tag_name"), "missing field release.tag_name"),
-    (("release", "draft"), "missing field release.draft"),
-    (("release", "prerelease"), "missing field release.prerelease"),
-    (("release", "id"), "missing field release.id"),
-    (("repository",), "missing field repository.full_name"),
-    (("repository", "full_name"), "missing field repository.full_name"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        (("action",), "missing field action"),
+        (("release",), "missing field release"),
+        (("release", "tag_name"), "missing field release.tag_name"),
+        (("release", "draft"), "missing field release.draft"),
+        (("release", "prerelease"), "missing field release.prerelease"),
+        (("release", "id"), "missing field release.id"),
+        (("repository",), "missing field repository.full_name"),
+        (("repository", "full_name"), "missing field repository.full_name"),
+    ],
+)
 def test_missing_fields_are_named(path, message):
     data = payload(PUBLISHED)
     parent = data
@@ -134,11 +163,14 @@ def test_missing_fields_are_named(path, message):
     assert str(caught.value) == message
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("tag_name", 1, "field release.tag_name must be a string"),
-    ("draft", "false", "field release.draft must be true or false"),
-    ("id", True, "field release.id must be a whole number"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("tag_name", 1, "field release.tag_name must be a string"),
+        ("draft", "false", "field release.draft must be true or false"),
+        ("id", True, "field release.id must be a whole number"),
+    ],
+)
 def test_fields_of_the_wrong_type_are_named(field, value, message):
     with pytest.raises(InvalidRequest) as caught:
         releases.decide("release", payload(PUBLISHED, **{field: value}), app_config())
@@ -172,9 +204,11 @@ def test_the_sender_is_reduced_to_login_characters():
 
 
 def test_an_asset_app_takes_the_asset_ids_from_the_release():
-    assets = [{"id": 11, "name": "image.tar", "size": 5000, "state": "uploaded"},
-              {"id": 12, "name": "image.tar.sha256", "size": 80, "state": "uploaded"},
-              {"id": 13, "name": "notes.txt", "size": 1, "state": "uploaded"}]
+    assets = [
+        {"id": 11, "name": "image.tar", "size": 5000, "state": "uploaded"},
+        {"id": 12, "name": "image.tar.sha256", "size": 80, "state": "uploaded"},
+        {"id": 13, "name": "notes.txt", "size": 1, "state": "uploaded"},
+    ]
     decision = releases.decide("release", payload(PUBLISHED, assets=assets), app_config(asset=True))
     assert decision.asset == AssetRef(asset_id=11, name="image.tar", size=5000, checksum_id=12)
 
@@ -183,7 +217,9 @@ def test_an_asset_app_ignores_a_release_without_the_asset():
     # The real payload has no assets; a half-uploaded asset does not count either.
     decision = releases.decide("release", payload(PUBLISHED), app_config(asset=True))
     assert (decision.verdict, decision.reason) == (
-        "ignore", "the release has no uploaded asset named 'image.tar', which app 'web' takes its image from")
+        "ignore",
+        "the release has no uploaded asset named 'image.tar', which app 'web' takes its image from",
+    )
     starting = [{"id": 11, "name": "image.tar", "size": 5000, "state": "starter"}]
     assert releases.decide("release", payload(PUBLISHED, assets=starting), app_config(asset=True)).verdict == "ignore"
 

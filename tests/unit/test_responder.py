@@ -21,11 +21,17 @@ from deployer.plan.records import AppState
 @pytest.fixture
 def cfg(tmp_path):
     (tmp_path / "demo.html").write_text("<title>{{app}}</title><p>{{message}}</p>")
-    data = {"deployer": {"state_dir": str(tmp_path / "state")},
-            "apps": {"demo": {"image": "demo", "maintenance_page": "demo.html",
-                              "ports": [{"external": 1000, "container": 80, "blue": 1001, "green": 1002}]},
-                     "api": {"image": "api",
-                             "ports": [{"external": 2000, "container": 80, "blue": 2001, "green": 2002}]}}}
+    data = {
+        "deployer": {"state_dir": str(tmp_path / "state")},
+        "apps": {
+            "demo": {
+                "image": "demo",
+                "maintenance_page": "demo.html",
+                "ports": [{"external": 1000, "container": 80, "blue": 1001, "green": 1002}],
+            },
+            "api": {"image": "api", "ports": [{"external": 2000, "container": 80, "blue": 2001, "green": 2002}]},
+        },
+    }
     return parse(data, path=tmp_path / "deployer.toml", environ={})
 
 
@@ -53,7 +59,7 @@ def drippers(port: int, count: int, stop: threading.Event) -> list[socket.socket
         for n in range(len(head)):
             for sock in sockets:
                 try:
-                    sock.send(head[n:n + 1])
+                    sock.send(head[n : n + 1])
                 except OSError:
                     pass
             if stop.wait(1.0):
@@ -148,7 +154,8 @@ def test_check_tells_a_responder_from_anything_else(server):
 def test_pages_by_original_port_with_the_recorded_message(cfg):
     pages = responder.Pages(cfg)
     StateStore(cfg.settings.state_dir).save(
-        maintenance.manual_on(AppState(app="demo"), actor="cli:ops", now="t", message="back at 10 & soon"))
+        maintenance.manual_on(AppState(app="demo"), actor="cli:ops", now="t", message="back at 10 & soon")
+    )
     assert pages.for_port(1000) == ("demo", b"<title>demo</title><p>back at 10 &amp; soon</p>")
     assert pages.for_port(2000) == ("api", maintenance.page("api"))
     assert pages.for_port(1001) == (None, maintenance.page(None))  # a set port is not an external one

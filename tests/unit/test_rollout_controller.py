@@ -96,8 +96,11 @@ class Clock:
 
 
 def fleet(count: int = 3, **options: Any) -> FleetConfig:
-    return FleetConfig(apps=("web",), hosts=tuple(FleetHost(f"h{i}", f"http://h{i}:8000", "fleet", "secret")
-                                                  for i in range(1, count + 1)), **options)
+    return FleetConfig(
+        apps=("web",),
+        hosts=tuple(FleetHost(f"h{i}", f"http://h{i}:8000", "fleet", "secret") for i in range(1, count + 1)),
+        **options,
+    )
 
 
 @pytest.fixture
@@ -111,15 +114,25 @@ def queue(tmp_path: Path, clock: Clock) -> Queue:
 
 
 def job(tag: str = "v2", **source: Any) -> Job:
-    return Job(id=ROLLOUT_ID, app="web", tag=tag, kind=JobKind.ROLLOUT, actor="cli:ops", status="running",
-               source=source)
+    return Job(
+        id=ROLLOUT_ID, app="web", tag=tag, kind=JobKind.ROLLOUT, actor="cli:ops", status="running", source=source
+    )
 
 
-def run(queue: Queue, hosts: FakeHosts, clock: Clock, *, config: FleetConfig | None = None, events=None,
-        **source: Any) -> str:
+def run(
+    queue: Queue, hosts: FakeHosts, clock: Clock, *, config: FleetConfig | None = None, events=None, **source: Any
+) -> str:
     journal = Journal([events.append] if events is not None else [])
-    return Rollout(job(**source), fleet=config or fleet(), progress=queue.rollouts, journal=journal, hosts=hosts,
-                   clock=clock, sleep=clock.sleep, poll=1.0).run()
+    return Rollout(
+        job(**source),
+        fleet=config or fleet(),
+        progress=queue.rollouts,
+        journal=journal,
+        hosts=hosts,
+        clock=clock,
+        sleep=clock.sleep,
+        poll=1.0,
+    ).run()
 
 
 def states(queue: Queue) -> dict[str, str]:
@@ -134,13 +147,31 @@ def test_one_host_at_a_time_each_followed_to_its_end_and_checked_before_the_next
     events: list = []
     summary = run(queue, hosts, clock, events=events)
     assert summary == "v2 is live on every host (3 deployed, 0 already on it)"
-    assert hosts.calls == [("status", "h1"), ("status", "h2"), ("status", "h3"),
-                           ("deploy", "h1", "v2"), ("job", "h1"), ("status", "h1"),
-                           ("deploy", "h2", "v2"), ("job", "h2"), ("status", "h2"),
-                           ("deploy", "h3", "v2"), ("job", "h3"), ("status", "h3")]
+    assert hosts.calls == [
+        ("status", "h1"),
+        ("status", "h2"),
+        ("status", "h3"),
+        ("deploy", "h1", "v2"),
+        ("job", "h1"),
+        ("status", "h1"),
+        ("deploy", "h2", "v2"),
+        ("job", "h2"),
+        ("status", "h2"),
+        ("deploy", "h3", "v2"),
+        ("job", "h3"),
+        ("status", "h3"),
+    ]
     assert [(e["host"], e["state"]) for e in events if e["event"] == "rollout.host"] == [
-        ("h1", "posting"), ("h1", "deploying"), ("h1", "done"), ("h2", "posting"), ("h2", "deploying"),
-        ("h2", "done"), ("h3", "posting"), ("h3", "deploying"), ("h3", "done")]
+        ("h1", "posting"),
+        ("h1", "deploying"),
+        ("h1", "done"),
+        ("h2", "posting"),
+        ("h2", "deploying"),
+        ("h2", "done"),
+        ("h3", "posting"),
+        ("h3", "deploying"),
+        ("h3", "done"),
+    ]
     assert all(e["rollout"] == ROLLOUT_ID for e in events)
     assert states(queue) == {"h1": "done", "h2": "done", "h3": "done"}
 
@@ -168,9 +199,14 @@ def test_a_host_already_on_the_tag_is_skipped(queue, clock):
 # --- before anything changes --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("refusal", [Unauthorized("the server refused the request (401): unknown key"),
-                                     UnknownApp("the server refused the request (404): unknown app 'web'"),
-                                     DeployerError("cannot reach http://h3:8000: ConnectTimeout")])
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        Unauthorized("the server refused the request (401): unknown key"),
+        UnknownApp("the server refused the request (404): unknown app 'web'"),
+        DeployerError("cannot reach http://h3:8000: ConnectTimeout"),
+    ],
+)
 def test_a_host_that_refuses_the_key_or_does_not_know_the_app_stops_it_before_any_deploy(queue, clock, refusal):
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}, refuse={"h3": refusal})
     with pytest.raises(RolloutFailed) as failed:
@@ -190,7 +226,8 @@ def test_a_canary_that_fails_its_health_gate_changes_no_other_host(queue, clock)
     assert hosts.deploys() == [("h2", "bad")]
     assert str(failed.value) == (
         "rollout of web bad stopped: host h2: its deploy job job-0000000000000001 failed: health check did not "
-        "pass before the deadline: status 500; unchanged: h2 on v1; untouched: h1, h3")
+        "pass before the deadline: status 500; unchanged: h2 on v1; untouched: h1, h3"
+    )
     assert failed.value.context["host"] == "h2"
 
 
@@ -237,8 +274,7 @@ def test_a_deploy_job_that_does_not_finish_in_time_fails_the_host(queue, clock):
     hosts.job = lambda host, job_id: {"id": job_id, "status": "running"}  # type: ignore[method-assign]
     with pytest.raises(RolloutFailed) as failed:
         run(queue, hosts, clock, config=fleet(2, host_timeout=5))
-    assert "host h1: its deploy job job-0000000000000001 did not finish within 5 s (still running)" \
-        in str(failed.value)
+    assert "host h1: its deploy job job-0000000000000001 did not finish within 5 s (still running)" in str(failed.value)
 
 
 # --- resuming after a crash, from each recorded step --------------------------------------------------
@@ -273,7 +309,10 @@ def test_killed_while_following_a_host_it_follows_the_recorded_job(queue, clock)
     run(queue, hosts, clock, events=events)
     assert hosts.deploys() == [("h1", "v2"), ("h2", "v2"), ("h3", "v2")]
     assert next(e for e in events if e["event"] == "rollout.resumed")["states"] == {
-        "h1": "done", "h2": "deploying", "h3": "pending"}
+        "h1": "done",
+        "h2": "deploying",
+        "h3": "pending",
+    }
 
 
 def test_killed_before_posting_when_the_host_already_runs_the_tag_it_is_done_without_a_deploy(queue, clock):
@@ -324,11 +363,21 @@ def controller_config(tmp_path: Path):
 
     secret = tmp_path / "fleet.secret"
     secret.write_text("fleet-secret-0123456789abcdef\n")
-    hosts = [{"name": f"h{i}", "url": f"http://h{i}:8000", "key_id": "fleet", "secret_file": str(secret),
-              "insecure_http": True} for i in (1, 2, 3)]
-    return config_module.parse({"deployer": {"state_dir": str(tmp_path / "state")},
-                                "fleet": {"apps": ["web"], "hosts": hosts}}, path=tmp_path / "deployer.toml",
-                               environ={})
+    hosts = [
+        {
+            "name": f"h{i}",
+            "url": f"http://h{i}:8000",
+            "key_id": "fleet",
+            "secret_file": str(secret),
+            "insecure_http": True,
+        }
+        for i in (1, 2, 3)
+    ]
+    return config_module.parse(
+        {"deployer": {"state_dir": str(tmp_path / "state")}, "fleet": {"apps": ["web"], "hosts": hosts}},
+        path=tmp_path / "deployer.toml",
+        environ={},
+    )
 
 
 def claimed_rollout(queue: Queue, tag: str = "v2", app: str = "web") -> Job:
@@ -347,12 +396,16 @@ def test_the_worker_runs_a_rollout_job_and_copies_its_progress_into_the_jobs_ste
     job_ = claimed_rollout(queue)
     events: list = []
     journal = Journal([events.append, JobSteps(queue, job_.id)])
-    status = execute(job_, config=config, queue=queue, journal=journal,
-                     tools=JobTools(engine=lambda _: None, fleet=lambda: hosts))  # type: ignore[arg-type, return-value]
+    status = execute(
+        job_, config=config, queue=queue, journal=journal, tools=JobTools(engine=lambda _: None, fleet=lambda: hosts)
+    )  # type: ignore[arg-type, return-value]
     assert status == "succeeded"
     assert queue.jobs.get(job_.id).reason == "v2 is live on every host (3 deployed, 0 already on it)"
-    done = [s["detail"]["host"] for s in queue.jobs.steps(job_.id)
-            if s["name"] == "rollout.host" and s["detail"]["state"] == "done"]
+    done = [
+        s["detail"]["host"]
+        for s in queue.jobs.steps(job_.id)
+        if s["name"] == "rollout.host" and s["detail"]["state"] == "done"
+    ]
     assert done == ["h1", "h2", "h3"]
 
 
@@ -362,8 +415,13 @@ def test_a_failed_rollout_fails_its_job_with_the_hosts_reason(tmp_path, queue):
     config = controller_config(tmp_path)
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}, fail={"h1": "v2"})
     job_ = claimed_rollout(queue)
-    status = execute(job_, config=config, queue=queue, journal=Journal([]),
-                     tools=JobTools(engine=lambda _: None, fleet=lambda: hosts))  # type: ignore[arg-type, return-value]
+    status = execute(
+        job_,
+        config=config,
+        queue=queue,
+        journal=Journal([]),
+        tools=JobTools(engine=lambda _: None, fleet=lambda: hosts),
+    )  # type: ignore[arg-type, return-value]
     assert status == "failed"
     assert queue.jobs.get(job_.id).reason.startswith("rollout of web v2 stopped: host h1: its deploy job")
 
@@ -374,8 +432,13 @@ def test_a_rollout_row_of_an_app_that_is_not_a_fleet_app_is_refused(tmp_path, qu
     config = controller_config(tmp_path)
     hosts = FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"})
     job_ = claimed_rollout(queue, app="api")
-    status = execute(job_, config=config, queue=queue, journal=Journal([]),
-                     tools=JobTools(engine=lambda _: None, fleet=lambda: hosts))  # type: ignore[arg-type, return-value]
+    status = execute(
+        job_,
+        config=config,
+        queue=queue,
+        journal=Journal([]),
+        tools=JobTools(engine=lambda _: None, fleet=lambda: hosts),
+    )  # type: ignore[arg-type, return-value]
     assert status == "failed"
     assert "app 'api' is not a fleet app ([fleet] apps)" in queue.jobs.get(job_.id).reason
     assert hosts.calls == []
@@ -445,9 +508,14 @@ def test_a_preflight_answer_that_raises_stops_the_rollout_before_any_deploy(queu
 def test_each_rollout_over_plain_http_records_a_warning_naming_the_hosts(queue, clock):
     events: list = []
     plain = fleet()
-    config_ = FleetConfig(apps=plain.apps, hosts=(plain.hosts[0], FleetHost("h2", "http://10.0.0.2:8000", "fleet",
-                                                                            "secret", insecure_http=True),
-                                                  plain.hosts[2]))
+    config_ = FleetConfig(
+        apps=plain.apps,
+        hosts=(
+            plain.hosts[0],
+            FleetHost("h2", "http://10.0.0.2:8000", "fleet", "secret", insecure_http=True),
+            plain.hosts[2],
+        ),
+    )
     run(queue, FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}), clock, config=config_, events=events)
     assert [e["hosts"] for e in events if e["event"] == "rollout.insecure"] == [["h2"]]
 
@@ -481,6 +549,7 @@ class KillPoints:
             result = fn(*args, **kwargs)
             self.point(call, host, "after")
             return result
+
         return wrapped
 
 
@@ -517,17 +586,31 @@ class KillableProgress:
         return self.queue.rollouts.abort_of(rollout_id)
 
 
-def killable_run(queue: Queue, hosts: FakeHosts, clock: Clock, points: KillPoints, job_: Job | None = None,
-                 config: FleetConfig | None = None) -> str:
-    return Rollout(job_ or job(), fleet=config or fleet(), progress=KillableProgress(queue, points),
-                   journal=Journal([]), hosts=KillableHosts(hosts, points), clock=clock, sleep=clock.sleep,
-                   poll=1.0).run()
+def killable_run(
+    queue: Queue,
+    hosts: FakeHosts,
+    clock: Clock,
+    points: KillPoints,
+    job_: Job | None = None,
+    config: FleetConfig | None = None,
+) -> str:
+    return Rollout(
+        job_ or job(),
+        fleet=config or fleet(),
+        progress=KillableProgress(queue, points),
+        journal=Journal([]),
+        hosts=KillableHosts(hosts, points),
+        clock=clock,
+        sleep=clock.sleep,
+        poll=1.0,
+    ).run()
 
 
 def points_of_a_whole_rollout(tmp_path: Path) -> int:
     points = KillPoints()
-    killable_run(Queue(tmp_path / "count.db", clock=Clock()), FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}),
-                 Clock(), points)
+    killable_run(
+        Queue(tmp_path / "count.db", clock=Clock()), FakeHosts({"h1": "v1", "h2": "v1", "h3": "v1"}), Clock(), points
+    )
     return points.seen
 
 
@@ -596,7 +679,8 @@ def test_an_abort_reverts_h1_and_h2_and_leaves_h3_untouched(queue, clock):
     assert states(queue) == {"h1": "reverted", "h2": "reverted", "h3": "pending"}
     assert str(failed.value).startswith("rollout of web v2 stopped: aborted by cli:ops (h3 is in maintenance)")
     assert [e["reason"] for e in events if e["event"] == "rollout.stopping"] == [
-        "aborted by cli:ops (h3 is in maintenance)"]
+        "aborted by cli:ops (h3 is in maintenance)"
+    ]
 
 
 def test_an_abort_during_a_deploy_follows_that_deploy_to_its_end_then_reverts_it(queue, clock):
@@ -663,5 +747,7 @@ def test_a_starting_worker_queues_again_a_rollout_its_controller_stopped_under_m
     worker.lock.release()
     statuses = {j.kind: (j.status, j.attempts) for j in queue.jobs.jobs()}
     assert statuses == {JobKind.ROLLOUT: ("queued", 5), JobKind.REDEPLOY: ("failed", 5)}
-    assert [e["event"] for e in events if e["event"] in ("job.requeued", "job.failed")] == ["job.requeued",
-                                                                                           "job.failed"]
+    assert [e["event"] for e in events if e["event"] in ("job.requeued", "job.failed")] == [
+        "job.requeued",
+        "job.failed",
+    ]

@@ -62,8 +62,13 @@ class Host:
         if method == "POST" and path == "/deploy":
             request = json.loads(body)
             job_id = f"job-{next(self.counter):016x}"
-            self.jobs[job_id] = {"id": job_id, "tag": request["tag"], "status": "running",
-                                 "rollout": request["rollout"], "reason": None}
+            self.jobs[job_id] = {
+                "id": job_id,
+                "tag": request["tag"],
+                "status": "running",
+                "rollout": request["rollout"],
+                "reason": None,
+            }
             return 202, {"job": job_id}
         if path.startswith("/jobs/") and path[6:] in self.jobs:
             job = self.jobs[path[6:]]
@@ -73,8 +78,13 @@ class Host:
             return 200, job
         if path == "/apps/web":
             last = list(self.jobs.values())[-1] if self.jobs else None
-            return 200, {"app": "web", "tag": self.tag, "port_set": "blue", "last_job": last,
-                         "health": {"worker": "ok"}}
+            return 200, {
+                "app": "web",
+                "tag": self.tag,
+                "port_set": "blue",
+                "last_job": last,
+                "health": {"worker": "ok"},
+            }
         return 404, {"error": "no such route"}
 
 
@@ -159,8 +169,11 @@ class Fleet:
 
 def write(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
     handler.send_response(status)
-    for name, value in {"Content-Type": "application/json", "Content-Length": str(len(body)),
-                        **(headers or {})}.items():
+    for name, value in {
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        **(headers or {}),
+    }.items():
         handler.send_header(name, value)
     handler.end_headers()
     handler.wfile.write(body)
@@ -173,24 +186,48 @@ def servers() -> Iterator[Fleet]:
     fleet.close()
 
 
-HOSTILE_TEXT = st.sampled_from(["../../audit?since=999d", "job-0000000000000001/../../audit", "job-\x1b[2J",
-                                "\x1b]0;owned\x07", "ok\nforged: v9 is live", "v2\r\x9b\u202e", ""]) | st.text(max_size=20)
+HOSTILE_TEXT = st.sampled_from(
+    [
+        "../../audit?since=999d",
+        "job-0000000000000001/../../audit",
+        "job-\x1b[2J",
+        "\x1b]0;owned\x07",
+        "ok\nforged: v9 is live",
+        "v2\r\x9b\u202e",
+        "",
+    ]
+) | st.text(max_size=20)
 HOSTILE_ID = HOSTILE_TEXT | st.sampled_from(["job-0000000000000001", "job-00000000000000ff"])
 HOSTILE_TAG = HOSTILE_TEXT | st.sampled_from(["v1", "v2", "v3"])
 SCALAR = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | HOSTILE_TEXT
-JOB = st.fixed_dictionaries({"status": st.sampled_from(["succeeded", "failed", "running", "skipped"]) | SCALAR},
-                            optional={"reason": SCALAR, "tag": HOSTILE_TAG | SCALAR, "id": HOSTILE_ID})
-STATUS = st.fixed_dictionaries({"tag": HOSTILE_TAG | SCALAR},
-                               optional={"last_job": st.none() | SCALAR | st.fixed_dictionaries(
-                                   {"id": HOSTILE_ID | SCALAR}, optional={"rollout": HOSTILE_ID | SCALAR,
-                                                                          "tag": HOSTILE_TAG, "status": SCALAR}),
-                                         "health": st.dictionaries(HOSTILE_TEXT, SCALAR, max_size=2) | SCALAR})
+JOB = st.fixed_dictionaries(
+    {"status": st.sampled_from(["succeeded", "failed", "running", "skipped"]) | SCALAR},
+    optional={"reason": SCALAR, "tag": HOSTILE_TAG | SCALAR, "id": HOSTILE_ID},
+)
+STATUS = st.fixed_dictionaries(
+    {"tag": HOSTILE_TAG | SCALAR},
+    optional={
+        "last_job": st.none()
+        | SCALAR
+        | st.fixed_dictionaries(
+            {"id": HOSTILE_ID | SCALAR}, optional={"rollout": HOSTILE_ID | SCALAR, "tag": HOSTILE_TAG, "status": SCALAR}
+        ),
+        "health": st.dictionaries(HOSTILE_TEXT, SCALAR, max_size=2) | SCALAR,
+    },
+)
 MOVE = st.one_of(
     st.tuples(st.just("redirect"), st.sampled_from([301, 302, 303, 307, 308])),
-    st.tuples(st.just("status"), st.tuples(st.integers(100, 599).filter(lambda c: c not in (101, 204, 304)),
-                                           st.none() | st.fixed_dictionaries({"error": HOSTILE_TEXT}) | SCALAR)),
-    st.tuples(st.just("json"), SCALAR | st.lists(SCALAR, max_size=3) | st.fixed_dictionaries({"job": HOSTILE_ID})
-              | JOB | STATUS),
+    st.tuples(
+        st.just("status"),
+        st.tuples(
+            st.integers(100, 599).filter(lambda c: c not in (101, 204, 304)),
+            st.none() | st.fixed_dictionaries({"error": HOSTILE_TEXT}) | SCALAR,
+        ),
+    ),
+    st.tuples(
+        st.just("json"),
+        SCALAR | st.lists(SCALAR, max_size=3) | st.fixed_dictionaries({"job": HOSTILE_ID}) | JOB | STATUS,
+    ),
     st.tuples(st.just("raw"), st.sampled_from([b"", b"not json", b"\xff\xfe\x00", b"[" * 50_000, b'{"job": '])),
     st.tuples(st.just("huge"), st.none()),
     st.tuples(st.just("slow"), st.none()),
@@ -228,17 +265,35 @@ class RecordedJobs:
 @given(scripts=SCRIPTS, revert=st.booleans())
 def test_the_rollout_ends_whatever_the_hosts_answer(servers, scripts, revert):
     servers.reset(scripts)
-    config = FleetConfig(apps=("web",), hosts=tuple(FleetHost(name, servers.url(servers.servers[name]), "fleet",
-                                                              "secret") for name in HOSTS), host_timeout=5)
+    config = FleetConfig(
+        apps=("web",),
+        hosts=tuple(FleetHost(name, servers.url(servers.servers[name]), "fleet", "secret") for name in HOSTS),
+        host_timeout=5,
+    )
     folder = Path(tempfile.mkdtemp(prefix="rollout-property-"))
     try:
         clock = Clock()
         queue = Queue(folder / "jobs.db", clock=clock)
         events: list[dict[str, Any]] = []
-        job = Job(id="job-00000000000000aa", app="web", tag="v2", kind=JobKind.ROLLOUT, actor="cli:ops", status="running",
-                  source={"revert": revert})
-        rollout = Rollout(job, fleet=config, progress=queue.rollouts, journal=Journal([events.append]),
-                          hosts=FleetClient(config, connect=SignedClient, timeout=CLIENT_TIMEOUT), clock=clock, sleep=clock.sleep, poll=1.0)
+        job = Job(
+            id="job-00000000000000aa",
+            app="web",
+            tag="v2",
+            kind=JobKind.ROLLOUT,
+            actor="cli:ops",
+            status="running",
+            source={"revert": revert},
+        )
+        rollout = Rollout(
+            job,
+            fleet=config,
+            progress=queue.rollouts,
+            journal=Journal([events.append]),
+            hosts=FleetClient(config, connect=SignedClient, timeout=CLIENT_TIMEOUT),
+            clock=clock,
+            sleep=clock.sleep,
+            poll=1.0,
+        )
         try:
             summary, failure = rollout.run(), None
         except RolloutFailed as exc:
@@ -253,16 +308,24 @@ def test_the_rollout_ends_whatever_the_hosts_answer(servers, scripts, revert):
     if failure is None:
         assert all(r.state in (plan.DONE, plan.SKIPPED) for r in rows.values())
     elif revert:  # a host that had no release has nothing to go back to: it stays, and the failure names it
-        assert not [r for r in rows.values() if r.state == plan.DONE and r.previous is not None], \
+        assert not [r for r in rows.values() if r.state == plan.DONE and r.previous is not None], (
             "a done host was not reverted"
+        )
 
     # It sent nothing anywhere but the hosts' own routes.
     assert servers.elsewhere_paths == []
     assert [p for p in servers.paths if not ROUTES.fullmatch(p)] == []
 
     # What `rollout --wait` shows of it holds no control character.
-    finished = Job(id=job.id, app="web", tag="v2", kind=JobKind.ROLLOUT, actor="cli:ops",
-                   status="failed" if failure else "succeeded", reason=str(failure) if failure else summary)
+    finished = Job(
+        id=job.id,
+        app="web",
+        tag="v2",
+        kind=JobKind.ROLLOUT,
+        actor="cli:ops",
+        status="failed" if failure else "succeeded",
+        reason=str(failure) if failure else summary,
+    )
     steps = [{"name": e["event"], "detail": e} for e in events]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -13,11 +13,13 @@ BRIDGE = "deployer0"
 
 def missing_jump_targets(restore_text: str, live: SavedTable) -> list[str]:
     """Chains jumped to in a restore text that neither it nor the live table declares (a render bug)."""
-    declared = set(live.chains) | {line[1:].split(" ", 1)[0] for line in restore_text.splitlines()
-                                   if line.startswith(":")}
+    declared = set(live.chains) | {
+        line[1:].split(" ", 1)[0] for line in restore_text.splitlines() if line.startswith(":")
+    }
     targets = set(re.findall(r" -j ([A-Za-z0-9_-]+)", restore_text))
     builtin_targets = {"DNAT", "MASQUERADE", "ACCEPT", "RETURN", "DROP", "REDIRECT", "SNAT", "MARK", "CONNMARK"}
     return sorted(t for t in targets - builtin_targets if t not in declared)
+
 
 # `iptables-save -t nat` on a host running Docker, the deployer (app demo on blue) and a foreign
 # masquerade rule of libvirt.
@@ -82,7 +84,8 @@ def app_table(apps: list[str]) -> SavedTable:
     for i, app in enumerate(apps):
         chains[f"DEPLOYER-{app}"] = [
             f'-A DEPLOYER-{app} -p tcp -m tcp --dport {2000 + i} -m comment --comment "{app} blue v1" '
-            f"-j DNAT --to-destination 172.18.0.{10 + i}:80"]
+            f"-j DNAT --to-destination 172.18.0.{10 + i}:80"
+        ]
     return SavedTable(chains)
 
 
@@ -91,10 +94,21 @@ def app_table(apps: list[str]) -> SavedTable:
 
 def test_parse_nat_reads_every_chain_and_rule_in_order():
     table = rules.parse_nat(SAVED)
-    assert list(table.chains) == ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "DEPLOYER", "DEPLOYER-POSTROUTING",
-                                  "DEPLOYER-demo", "DOCKER", "LIBVIRT_PRT"]
-    assert table.rules("PREROUTING") == ["-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER",
-                                         "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"]
+    assert list(table.chains) == [
+        "PREROUTING",
+        "INPUT",
+        "OUTPUT",
+        "POSTROUTING",
+        "DEPLOYER",
+        "DEPLOYER-POSTROUTING",
+        "DEPLOYER-demo",
+        "DOCKER",
+        "LIBVIRT_PRT",
+    ]
+    assert table.rules("PREROUTING") == [
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER",
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+    ]
     assert table.rules("INPUT") == []
     assert table.rules("POSTROUTING") == [
         "-A POSTROUTING -j LIBVIRT_PRT",
@@ -115,10 +129,12 @@ def test_parse_nat_reads_every_chain_and_rule_in_order():
 
 
 def test_parse_nat_ignores_the_other_tables_of_a_full_save():
-    full = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n"
-            "-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\nCOMMIT\n"
-            + SAVED
-            + "*mangle\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j MARK --set-xmark 0x1/0xffffffff\nCOMMIT\n")
+    full = (
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n"
+        "-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\nCOMMIT\n"
+        + SAVED
+        + "*mangle\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j MARK --set-xmark 0x1/0xffffffff\nCOMMIT\n"
+    )
     assert rules.parse_nat(full).chains == rules.parse_nat(SAVED).chains
     assert "DOCKER-USER" not in rules.parse_nat(full).chains
     assert rules.parse_nat("").chains == {}
@@ -129,17 +145,20 @@ def test_app_rules_are_rendered_exactly_as_iptables_save_prints_them():
     assert rules.postrouting_rules(NAMES, BRIDGE) == rules.parse_nat(SAVED).rules("DEPLOYER-POSTROUTING")
 
 
-@pytest.mark.parametrize(("value", "saved"), [
-    ("demo", "demo"),
-    ("Demo_1-blue", "Demo_1-blue"),
-    ("demo blue v1", '"demo blue v1"'),
-    ("v1.2", '"v1.2"'),
-    ("a:b", '"a:b"'),
-    ("", '""'),
-    ('say "hi"', '"say \\"hi\\""'),
-    ("it's", '"it\\\'s"'),
-    ("back\\slash", '"back\\\\slash"'),
-])
+@pytest.mark.parametrize(
+    ("value", "saved"),
+    [
+        ("demo", "demo"),
+        ("Demo_1-blue", "Demo_1-blue"),
+        ("demo blue v1", '"demo blue v1"'),
+        ("v1.2", '"v1.2"'),
+        ("a:b", '"a:b"'),
+        ("", '""'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("it's", '"it\\\'s"'),
+        ("back\\slash", '"back\\\\slash"'),
+    ],
+)
 def test_save_string_quotes_like_iptables_save(value, saved):
     assert rules.save_string(value) == saved
 
@@ -158,9 +177,15 @@ def test_chain_names():
 
 
 def test_render_restore_on_an_empty_table_creates_everything():
-    text = rules.render_restore(SavedTable(), NAMES, BRIDGE,
-                                {"demo": rules.app_rules(NAMES, "demo", demo_forwards("172.18.0.3", "green", "v2"))})
-    assert text == """\
+    text = rules.render_restore(
+        SavedTable(),
+        NAMES,
+        BRIDGE,
+        {"demo": rules.app_rules(NAMES, "demo", demo_forwards("172.18.0.3", "green", "v2"))},
+    )
+    assert (
+        text
+        == """\
 *nat
 :DEPLOYER - [0:0]
 :DEPLOYER-POSTROUTING - [0:0]
@@ -174,6 +199,7 @@ def test_render_restore_on_an_empty_table_creates_everything():
 -A POSTROUTING -j DEPLOYER-POSTROUTING
 COMMIT
 """
+    )
 
 
 def test_render_restore_on_a_fresh_docker_host_leaves_docker_alone():
@@ -191,7 +217,9 @@ def test_render_restore_on_a_fresh_docker_host_leaves_docker_alone():
 COMMIT
 """)
     text = rules.render_restore(live, NAMES, BRIDGE, {"demo": []})
-    assert text == """\
+    assert (
+        text
+        == """\
 *nat
 :DEPLOYER - [0:0]
 :DEPLOYER-POSTROUTING - [0:0]
@@ -203,20 +231,25 @@ COMMIT
 -A POSTROUTING -j DEPLOYER-POSTROUTING
 COMMIT
 """
+    )
     assert missing_jump_targets(text, live) == []
 
 
 def test_flip_with_the_base_in_place_declares_and_writes_only_the_app_chain():
     live = rules.parse_nat(SAVED)
-    text = rules.render_restore(live, NAMES, BRIDGE,
-                                {"demo": rules.app_rules(NAMES, "demo", demo_forwards("172.18.0.3", "green", "v2"))})
-    assert text == """\
+    text = rules.render_restore(
+        live, NAMES, BRIDGE, {"demo": rules.app_rules(NAMES, "demo", demo_forwards("172.18.0.3", "green", "v2"))}
+    )
+    assert (
+        text
+        == """\
 *nat
 :DEPLOYER-demo - [0:0]
 -A DEPLOYER-demo -p tcp -m tcp --dport 1000 -m comment --comment "demo green v2" -j DNAT --to-destination 172.18.0.3:8080
 -A DEPLOYER-demo -p udp -m udp --dport 1000 -m comment --comment "demo green v2" -j DNAT --to-destination 172.18.0.3:9090
 COMMIT
 """
+    )
 
 
 def test_restoring_the_saved_lines_puts_the_chain_back_verbatim():
@@ -229,26 +262,33 @@ def test_a_new_app_on_a_host_with_the_base_gets_its_chain_and_one_jump():
     live = rules.parse_nat(SAVED)
     forwards = [Forward("tcp", 3000, "172.18.0.7", 3000, "api blue v5")]
     text = rules.render_restore(live, NAMES, BRIDGE, {"api": rules.app_rules(NAMES, "api", forwards)})
-    assert text == """\
+    assert (
+        text
+        == """\
 *nat
 :DEPLOYER-api - [0:0]
 -A DEPLOYER-api -p tcp -m tcp --dport 3000 -m comment --comment "api blue v5" -j DNAT --to-destination 172.18.0.7:3000
 -A DEPLOYER -j DEPLOYER-api
 COMMIT
 """
+    )
 
 
 def test_a_wrong_postrouting_chain_is_flushed_and_rewritten():
     live = app_table(["demo"])
     live.chains["DEPLOYER-POSTROUTING"] = [
         '-A DEPLOYER-POSTROUTING -s 127.0.0.0/8 -o oldbridge -m comment --comment "deployer: loopback clients" '
-        "-j MASQUERADE"]
-    assert rules.render_restore(live, NAMES, BRIDGE, {}, ensure_apps=["demo"]) == """\
+        "-j MASQUERADE"
+    ]
+    assert (
+        rules.render_restore(live, NAMES, BRIDGE, {}, ensure_apps=["demo"])
+        == """\
 *nat
 :DEPLOYER-POSTROUTING - [0:0]
 -A DEPLOYER-POSTROUTING -s 127.0.0.0/8 -o deployer0 -m comment --comment "deployer: loopback clients" -j MASQUERADE
 COMMIT
 """
+    )
 
 
 def test_ensure_only_adds_what_is_missing():
@@ -256,20 +296,26 @@ def test_ensure_only_adds_what_is_missing():
     assert rules.render_restore(live, NAMES, BRIDGE, {}, ensure_apps=["demo"]) == "*nat\nCOMMIT\n"
     live.chains["OUTPUT"] = []
     live.chains["DEPLOYER"] = []
-    assert rules.render_restore(live, NAMES, BRIDGE, {}, ensure_apps=["demo"]) == """\
+    assert (
+        rules.render_restore(live, NAMES, BRIDGE, {}, ensure_apps=["demo"])
+        == """\
 *nat
 -A DEPLOYER -j DEPLOYER-demo
 -I OUTPUT 1 -m addrtype --dst-type LOCAL -j DEPLOYER
 COMMIT
 """
+    )
     del live.chains["DEPLOYER-demo"]
-    assert rules.render_restore(live, NAMES, BRIDGE, {}, ensure_apps=["demo"]) == """\
+    assert (
+        rules.render_restore(live, NAMES, BRIDGE, {}, ensure_apps=["demo"])
+        == """\
 *nat
 :DEPLOYER-demo - [0:0]
 -A DEPLOYER -j DEPLOYER-demo
 -I OUTPUT 1 -m addrtype --dst-type LOCAL -j DEPLOYER
 COMMIT
 """
+    )
 
 
 @pytest.mark.parametrize("count", [3, 40])
@@ -278,18 +324,23 @@ def test_rewriting_one_app_among_many_costs_the_same(count):
     live = app_table(apps)
     forwards = [Forward("tcp", 2001, "172.18.0.99", 80, "app01 green v2")]
     text = rules.render_restore(live, NAMES, BRIDGE, {"app01": rules.app_rules(NAMES, "app01", forwards)})
-    assert text == """\
+    assert (
+        text
+        == """\
 *nat
 :DEPLOYER-app01 - [0:0]
 -A DEPLOYER-app01 -p tcp -m tcp --dport 2001 -m comment --comment "app01 green v2" -j DNAT --to-destination 172.18.0.99:80
 COMMIT
 """
+    )
 
 
 def test_other_prefix_and_bridge():
     names = ChainNames("DPL2")
     text = rules.render_restore(SavedTable(), names, "br-blue", {}, ensure_apps=["web"])
-    assert text == """\
+    assert (
+        text
+        == """\
 *nat
 :DPL2 - [0:0]
 :DPL2-POSTROUTING - [0:0]
@@ -301,23 +352,41 @@ def test_other_prefix_and_bridge():
 -A POSTROUTING -j DPL2-POSTROUTING
 COMMIT
 """
+    )
 
 
 # --- jump targets --------------------------------------------------------------------------------
 
 RENDERED = {
-    "empty table, one app": (SavedTable(), {"demo": DEMO_BLUE_V1}, (),
-                             {"DEPLOYER", "DEPLOYER-demo", "DEPLOYER-POSTROUTING", "MASQUERADE", "DNAT"}),
-    "empty table, ensure only": (SavedTable(), {}, ("demo", "api"),
-                                 {"DEPLOYER", "DEPLOYER-demo", "DEPLOYER-api", "DEPLOYER-POSTROUTING", "MASQUERADE"}),
+    "empty table, one app": (
+        SavedTable(),
+        {"demo": DEMO_BLUE_V1},
+        (),
+        {"DEPLOYER", "DEPLOYER-demo", "DEPLOYER-POSTROUTING", "MASQUERADE", "DNAT"},
+    ),
+    "empty table, ensure only": (
+        SavedTable(),
+        {},
+        ("demo", "api"),
+        {"DEPLOYER", "DEPLOYER-demo", "DEPLOYER-api", "DEPLOYER-POSTROUTING", "MASQUERADE"},
+    ),
     "saved table, flip": (rules.parse_nat(SAVED), {"demo": DEMO_BLUE_V1}, (), {"DNAT"}),
     "saved table, new app": (rules.parse_nat(SAVED), {"api": []}, ("demo",), {"DEPLOYER-api"}),
     "many apps, one flip": (app_table(["a", "b", "c"]), {"b": []}, ("a", "c", "d"), {"DEPLOYER-d"}),
-    "top chain missing": (SavedTable({k: v for k, v in app_table(["a"]).chains.items() if k != "DEPLOYER"}),
-                          {}, ("a",), {"DEPLOYER-a"}),
-    "postrouting chain missing": (SavedTable({k: v for k, v in app_table(["a"]).chains.items()
-                                            if k != "DEPLOYER-POSTROUTING"} | {"POSTROUTING": []}),
-                                  {}, ("a",), {"DEPLOYER-POSTROUTING", "MASQUERADE"}),
+    "top chain missing": (
+        SavedTable({k: v for k, v in app_table(["a"]).chains.items() if k != "DEPLOYER"}),
+        {},
+        ("a",),
+        {"DEPLOYER-a"},
+    ),
+    "postrouting chain missing": (
+        SavedTable(
+            {k: v for k, v in app_table(["a"]).chains.items() if k != "DEPLOYER-POSTROUTING"} | {"POSTROUTING": []}
+        ),
+        {},
+        ("a",),
+        {"DEPLOYER-POSTROUTING", "MASQUERADE"},
+    ),
 }
 
 
@@ -330,9 +399,11 @@ def test_every_rendered_jump_has_a_target(case):
 
 
 def test_missing_jump_targets_names_an_undeclared_chain():
-    text = "*nat\n:DEPLOYER-api - [0:0]\n-A DEPLOYER -j DEPLOYER-api\n-A DEPLOYER -j DEPLOYER-ghost\n" \
-           "-I PREROUTING 1 -j KUBE-SERVICES\n-A DEPLOYER-api -p tcp -m tcp --dport 1 -j DNAT --to-destination " \
-           "172.18.0.9:1\nCOMMIT\n"
+    text = (
+        "*nat\n:DEPLOYER-api - [0:0]\n-A DEPLOYER -j DEPLOYER-api\n-A DEPLOYER -j DEPLOYER-ghost\n"
+        "-I PREROUTING 1 -j KUBE-SERVICES\n-A DEPLOYER-api -p tcp -m tcp --dport 1 -j DNAT --to-destination "
+        "172.18.0.9:1\nCOMMIT\n"
+    )
     assert missing_jump_targets(text, rules.parse_nat(SAVED)) == ["DEPLOYER-ghost", "KUBE-SERVICES"]
     live = SavedTable({"PREROUTING": [], "OUTPUT": [], "POSTROUTING": []})
     text = "*nat\n-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER\nCOMMIT\n"
@@ -344,18 +415,23 @@ def test_missing_jump_targets_names_an_undeclared_chain():
 
 def test_render_removal_deletes_the_jump_then_the_chain():
     live = rules.parse_nat(SAVED)
-    assert rules.render_removal(live, NAMES, ["demo"]) == """\
+    assert (
+        rules.render_removal(live, NAMES, ["demo"])
+        == """\
 *nat
 -D DEPLOYER -j DEPLOYER-demo
 -F DEPLOYER-demo
 -X DEPLOYER-demo
 COMMIT
 """
+    )
 
 
 def test_render_removal_of_several_apps_deletes_chains_last():
     live = app_table(["a", "b", "c"])
-    assert rules.render_removal(live, NAMES, ["c", "a", "gone"]) == """\
+    assert (
+        rules.render_removal(live, NAMES, ["c", "a", "gone"])
+        == """\
 *nat
 -D DEPLOYER -j DEPLOYER-a
 -F DEPLOYER-a
@@ -365,6 +441,7 @@ def test_render_removal_of_several_apps_deletes_chains_last():
 -X DEPLOYER-c
 COMMIT
 """
+    )
 
 
 def test_render_removal_with_nothing_to_remove():
@@ -374,7 +451,9 @@ def test_render_removal_with_nothing_to_remove():
 
 def test_render_teardown_deletes_jumps_before_its_chains_and_leaves_docker_alone():
     live = rules.parse_nat(SAVED)
-    assert rules.render_teardown(live, NAMES) == """\
+    assert (
+        rules.render_teardown(live, NAMES)
+        == """\
 *nat
 -D PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER
 -D OUTPUT -m addrtype --dst-type LOCAL -j DEPLOYER
@@ -387,11 +466,14 @@ def test_render_teardown_deletes_jumps_before_its_chains_and_leaves_docker_alone
 -X DEPLOYER-demo
 COMMIT
 """
+    )
 
 
 def test_render_teardown_with_nothing_owned():
-    docker_only = rules.parse_nat("*nat\n:PREROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n"
-                                  "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\nCOMMIT\n")
+    docker_only = rules.parse_nat(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n"
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\nCOMMIT\n"
+    )
     assert rules.render_teardown(docker_only, NAMES) is None
 
 
@@ -399,8 +481,9 @@ def test_dnat_destinations():
     live = rules.parse_nat(SAVED)
     assert rules.dnat_destinations(live.rules("DEPLOYER-demo")) == {"172.18.0.2"}
     assert rules.dnat_destinations(live.rules("POSTROUTING")) == set()
-    assert rules.dnat_destinations(DEMO_BLUE_V1 + rules.app_rules(
-        NAMES, "demo", demo_forwards("172.18.0.13", "green", "v2"))) == {"172.18.0.2", "172.18.0.13"}
+    assert rules.dnat_destinations(
+        DEMO_BLUE_V1 + rules.app_rules(NAMES, "demo", demo_forwards("172.18.0.13", "green", "v2"))
+    ) == {"172.18.0.2", "172.18.0.13"}
     assert rules.dnat_destinations([]) == set()
 
 
@@ -423,12 +506,14 @@ def test_takeover_inserts_the_new_rules_in_front_in_their_order_and_deletes_noth
         "-j DNAT --to-destination 172.18.0.3:9090\n"
         '-I DEPLOYER-demo 1 -p tcp -m tcp --dport 1000 -m comment --comment "demo green v2" '
         "-j DNAT --to-destination 172.18.0.3:8080\n"
-        "COMMIT\n")
+        "COMMIT\n"
+    )
 
 
 def test_takeover_of_an_empty_chain_writes_it_whole():
     assert rules.render_takeover(NAMES, "demo", NEW, []) == "\n".join(
-        ["*nat", ":DEPLOYER-demo - [0:0]", *NEW, "COMMIT", ""])
+        ["*nat", ":DEPLOYER-demo - [0:0]", *NEW, "COMMIT", ""]
+    )
 
 
 def test_render_chain_rewrites_one_chain_and_nothing_else():
@@ -443,8 +528,10 @@ def test_parse_chain_listing_keeps_only_the_chains_rules():
 
 
 def test_unshadowed_drops_the_rules_a_takeover_left_behind_the_ones_that_win():
-    redirect = ('-A DEPLOYER-demo -p tcp -m tcp --dport 1000 -m comment --comment "demo: \\"maint\\"" '
-                "-j REDIRECT --to-ports 8999")
+    redirect = (
+        '-A DEPLOYER-demo -p tcp -m tcp --dport 1000 -m comment --comment "demo: \\"maint\\"" '
+        "-j REDIRECT --to-ports 8999"
+    )
     udp = "-A DEPLOYER-demo -p udp -m udp --dport 1001 -m comment --comment demo -j DNAT --to-destination 172.18.0.2:53"
     assert rules.unshadowed([*NEW, *OLD]) == NEW
     assert rules.unshadowed([redirect, *OLD, udp]) == [redirect, OLD[1], udp]  # the same port over udp: kept

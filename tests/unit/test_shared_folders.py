@@ -20,8 +20,9 @@ from deployer.wiring import prepare_shared
 from deployer.worker.loop import WorkerLock
 from support.configs import app_toml, make_config
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
-                                reason="plants links for root to refuse: run as root")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 and os.environ.get("CI") != "true", reason="plants links for root to refuse: run as root"
+)
 
 GROUP = "nogroup"
 

@@ -30,20 +30,37 @@ def test_github_signature_matches_githubs_documented_vector():
     signatures.verify_github(GITHUB_SECRET, GITHUB_BODY, GITHUB_EXPECTED)
 
 
-@pytest.mark.parametrize("secret, body, header, message", [
-    (None, GITHUB_BODY, GITHUB_EXPECTED, "webhook deliveries are refused: no GitHub secret is configured "
-                                         "([server] github_secret_file or github_secret_env)"),
-    ("", GITHUB_BODY, GITHUB_EXPECTED, "webhook deliveries are refused: no GitHub secret is configured "
-                                       "([server] github_secret_file or github_secret_env)"),
-    (GITHUB_SECRET, GITHUB_BODY, None, "missing X-Hub-Signature-256 header"),
-    (GITHUB_SECRET, GITHUB_BODY, "", "missing X-Hub-Signature-256 header"),
-    (GITHUB_SECRET, GITHUB_BODY + b" ", GITHUB_EXPECTED, "X-Hub-Signature-256 does not match the body"),
-    ("another secret", GITHUB_BODY, GITHUB_EXPECTED, "X-Hub-Signature-256 does not match the body"),
-    (GITHUB_SECRET, GITHUB_BODY, GITHUB_EXPECTED.replace("sha256=", "sha1="),
-     "X-Hub-Signature-256 does not match the body"),
-    (GITHUB_SECRET, GITHUB_BODY, GITHUB_EXPECTED.upper(), "X-Hub-Signature-256 does not match the body"),
-    (GITHUB_SECRET, GITHUB_BODY, "sha256=\u00e9", "X-Hub-Signature-256 does not match the body"),
-])
+@pytest.mark.parametrize(
+    "secret, body, header, message",
+    [
+        (
+            None,
+            GITHUB_BODY,
+            GITHUB_EXPECTED,
+            "webhook deliveries are refused: no GitHub secret is configured "
+            "([server] github_secret_file or github_secret_env)",
+        ),
+        (
+            "",
+            GITHUB_BODY,
+            GITHUB_EXPECTED,
+            "webhook deliveries are refused: no GitHub secret is configured "
+            "([server] github_secret_file or github_secret_env)",
+        ),
+        (GITHUB_SECRET, GITHUB_BODY, None, "missing X-Hub-Signature-256 header"),
+        (GITHUB_SECRET, GITHUB_BODY, "", "missing X-Hub-Signature-256 header"),
+        (GITHUB_SECRET, GITHUB_BODY + b" ", GITHUB_EXPECTED, "X-Hub-Signature-256 does not match the body"),
+        ("another secret", GITHUB_BODY, GITHUB_EXPECTED, "X-Hub-Signature-256 does not match the body"),
+        (
+            GITHUB_SECRET,
+            GITHUB_BODY,
+            GITHUB_EXPECTED.replace("sha256=", "sha1="),
+            "X-Hub-Signature-256 does not match the body",
+        ),
+        (GITHUB_SECRET, GITHUB_BODY, GITHUB_EXPECTED.upper(), "X-Hub-Signature-256 does not match the body"),
+        (GITHUB_SECRET, GITHUB_BODY, "sha256=\u00e9", "X-Hub-Signature-256 does not match the body"),
+    ],
+)
 def test_github_refusals_never_reveal_the_expected_value(secret, body, header, message):
     with pytest.raises(Unauthorized) as caught:
         signatures.verify_github(secret, body, header)
@@ -56,20 +73,34 @@ def test_github_refusals_never_reveal_the_expected_value(secret, body, header, m
 
 def test_the_canonical_string_and_signature_of_the_documented_example():
     assert signatures.body_sha256(BODY) == BODY_SHA256
-    assert signatures.canonical_string("post", "Deploy.Example:8443", "/deploy", "alice", TIMESTAMP, NONCE,
-                                        BODY) == CANONICAL
+    assert (
+        signatures.canonical_string("post", "Deploy.Example:8443", "/deploy", "alice", TIMESTAMP, NONCE, BODY)
+        == CANONICAL
+    )
     assert signatures.manual_signature(SECRET, CANONICAL) == SIGNATURE
-    assert signatures.sign_request(SECRET, method="POST", host=HOST, path="/deploy", key_id="alice",
-                                   timestamp=TIMESTAMP, nonce=NONCE, body=BODY) == {
-        "X-Deployer-Key": "alice", "X-Deployer-Timestamp": "1767225600", "X-Deployer-Nonce": NONCE,
-        "X-Deployer-Signature": SIGNATURE}
+    assert signatures.sign_request(
+        SECRET, method="POST", host=HOST, path="/deploy", key_id="alice", timestamp=TIMESTAMP, nonce=NONCE, body=BODY
+    ) == {
+        "X-Deployer-Key": "alice",
+        "X-Deployer-Timestamp": "1767225600",
+        "X-Deployer-Nonce": NONCE,
+        "X-Deployer-Signature": SIGNATURE,
+    }
 
 
 def test_a_get_with_an_empty_body_signs_the_hash_of_nothing():
     # openssl: printf 'deployer-v2\nGET\ndeploy.example:8443\n/jobs/job-0123456789abcdef\nalice\n1767225600\n
     #                  n7Qk...a3d\n<sha256 of "">'
-    headers = signatures.sign_request(SECRET, method="GET", host=HOST, path="/jobs/job-0123456789abcdef",
-                                      key_id="alice", timestamp=TIMESTAMP, nonce="n7Qk2VxW9pLm4RtY8sZa3d", body=b"")
+    headers = signatures.sign_request(
+        SECRET,
+        method="GET",
+        host=HOST,
+        path="/jobs/job-0123456789abcdef",
+        key_id="alice",
+        timestamp=TIMESTAMP,
+        nonce="n7Qk2VxW9pLm4RtY8sZa3d",
+        body=b"",
+    )
     assert headers["X-Deployer-Signature"] == "v2=61eca3510964851bcf464adafc826cb3f67d09c85a9a69db7bd03d339e4b285f"
 
 
@@ -81,8 +112,16 @@ def test_the_query_string_is_bound_exactly_as_sent():
     #   printf 'deployer-v2\nGET\ndeploy.example:8443\n/audit?app=demo&since=24h&event=deploy.%%2A\nalice\n1767225600\n
     #           n7Qk2VxW9pLm4RtY8sZa3e\n<sha256 of "">' | openssl dgst -sha256 -hmac "$SECRET"
     target = signatures.request_target("/audit", b"app=demo&since=24h&event=deploy.%2A")
-    headers = signatures.sign_request(SECRET, method="GET", host=HOST, path=target, key_id="alice",
-                                      timestamp=TIMESTAMP, nonce="n7Qk2VxW9pLm4RtY8sZa3e", body=b"")
+    headers = signatures.sign_request(
+        SECRET,
+        method="GET",
+        host=HOST,
+        path=target,
+        key_id="alice",
+        timestamp=TIMESTAMP,
+        nonce="n7Qk2VxW9pLm4RtY8sZa3e",
+        body=b"",
+    )
     assert headers["X-Deployer-Signature"] == "v2=0fb77cdcd1b2680cfac86ddf7f9786b202a57bc4dbda480ea8dc5c2fc9f2e783"
 
 
@@ -94,16 +133,19 @@ def test_the_audit_token_is_accepted_as_a_bearer_token_only():
     signatures.verify_bearer(AUDIT_TOKEN, f"bearer  {AUDIT_TOKEN} ")
 
 
-@pytest.mark.parametrize("token, header, message", [
-    (None, f"Bearer {AUDIT_TOKEN}", "no audit token is configured ([server] audit_token_file or audit_token_env)"),
-    (AUDIT_TOKEN, None, "the Authorization header must be: Bearer <token>"),
-    (AUDIT_TOKEN, AUDIT_TOKEN, "the Authorization header must be: Bearer <token>"),
-    (AUDIT_TOKEN, f"Basic {AUDIT_TOKEN}", "the Authorization header must be: Bearer <token>"),
-    (AUDIT_TOKEN, "Bearer ", "the Authorization header must be: Bearer <token>"),
-    (AUDIT_TOKEN, f"Bearer {AUDIT_TOKEN[:-1]}", "the bearer token does not match"),
-    (AUDIT_TOKEN, f"Bearer {AUDIT_TOKEN}0", "the bearer token does not match"),
-    (AUDIT_TOKEN, "Bearer \u00e9t\u00e9", "the bearer token does not match"),
-])
+@pytest.mark.parametrize(
+    "token, header, message",
+    [
+        (None, f"Bearer {AUDIT_TOKEN}", "no audit token is configured ([server] audit_token_file or audit_token_env)"),
+        (AUDIT_TOKEN, None, "the Authorization header must be: Bearer <token>"),
+        (AUDIT_TOKEN, AUDIT_TOKEN, "the Authorization header must be: Bearer <token>"),
+        (AUDIT_TOKEN, f"Basic {AUDIT_TOKEN}", "the Authorization header must be: Bearer <token>"),
+        (AUDIT_TOKEN, "Bearer ", "the Authorization header must be: Bearer <token>"),
+        (AUDIT_TOKEN, f"Bearer {AUDIT_TOKEN[:-1]}", "the bearer token does not match"),
+        (AUDIT_TOKEN, f"Bearer {AUDIT_TOKEN}0", "the bearer token does not match"),
+        (AUDIT_TOKEN, "Bearer \u00e9t\u00e9", "the bearer token does not match"),
+    ],
+)
 def test_a_wrong_audit_token_is_refused_without_revealing_it(token, header, message):
     with pytest.raises(Unauthorized) as caught:
         signatures.verify_bearer(token, header)
@@ -111,15 +153,26 @@ def test_a_wrong_audit_token_is_refused_without_revealing_it(token, header, mess
 
 
 def signed(**changes):
-    headers = {"X-Deployer-Key": "alice", "X-Deployer-Timestamp": str(TIMESTAMP), "X-Deployer-Nonce": NONCE,
-               "X-Deployer-Signature": SIGNATURE}
+    headers = {
+        "X-Deployer-Key": "alice",
+        "X-Deployer-Timestamp": str(TIMESTAMP),
+        "X-Deployer-Nonce": NONCE,
+        "X-Deployer-Signature": SIGNATURE,
+    }
     headers.update(changes)
     return {k: v for k, v in headers.items() if v is not None}
 
 
 def verify(headers, *, method="POST", host=HOST, path="/deploy", body=BODY, now=TIMESTAMP + 10, keys=None):
-    signatures.verify_manual(keys or {"alice": SECRET}, signatures.read_signed_headers(headers), method=method,
-                             host=host, path=path, body=body, now=now)
+    signatures.verify_manual(
+        keys or {"alice": SECRET},
+        signatures.read_signed_headers(headers),
+        method=method,
+        host=host,
+        path=path,
+        body=body,
+        now=now,
+    )
 
 
 REFUSED = "X-Deployer-Signature does not verify (unknown key id or wrong signature)"
@@ -132,36 +185,53 @@ def test_the_documented_example_verifies_within_the_window():
     verify(signed(), now=TIMESTAMP - 300)
 
 
-@pytest.mark.parametrize("headers, message", [
-    (signed(**{"X-Deployer-Key": None}), "missing X-Deployer-Key header"),
-    (signed(**{"X-Deployer-Timestamp": None}), "missing X-Deployer-Timestamp header"),
-    (signed(**{"X-Deployer-Nonce": None}), "missing X-Deployer-Nonce header"),
-    (signed(**{"X-Deployer-Signature": None}), "missing X-Deployer-Signature header"),
-    (signed(**{"X-Deployer-Timestamp": "1767225600.5"}), "X-Deployer-Timestamp must be a unix time in whole seconds"),
-    (signed(**{"X-Deployer-Timestamp": "-1"}), "X-Deployer-Timestamp must be a unix time in whole seconds"),
-    (signed(**{"X-Deployer-Nonce": "short"}), "X-Deployer-Nonce must be 16 to 128 letters, digits, '-' or '_'"),
-    (signed(**{"X-Deployer-Nonce": "n7Qk2VxW9pLm4RtY8s/a3c"}),
-     "X-Deployer-Nonce must be 16 to 128 letters, digits, '-' or '_'"),
-    (signed(**{"X-Deployer-Signature": SIGNATURE[3:]}), V2_ONLY),
-    (signed(**{"X-Deployer-Signature": "v1=" + SIGNATURE[3:]}), V2_ONLY),
-])
+@pytest.mark.parametrize(
+    "headers, message",
+    [
+        (signed(**{"X-Deployer-Key": None}), "missing X-Deployer-Key header"),
+        (signed(**{"X-Deployer-Timestamp": None}), "missing X-Deployer-Timestamp header"),
+        (signed(**{"X-Deployer-Nonce": None}), "missing X-Deployer-Nonce header"),
+        (signed(**{"X-Deployer-Signature": None}), "missing X-Deployer-Signature header"),
+        (
+            signed(**{"X-Deployer-Timestamp": "1767225600.5"}),
+            "X-Deployer-Timestamp must be a unix time in whole seconds",
+        ),
+        (signed(**{"X-Deployer-Timestamp": "-1"}), "X-Deployer-Timestamp must be a unix time in whole seconds"),
+        (signed(**{"X-Deployer-Nonce": "short"}), "X-Deployer-Nonce must be 16 to 128 letters, digits, '-' or '_'"),
+        (
+            signed(**{"X-Deployer-Nonce": "n7Qk2VxW9pLm4RtY8s/a3c"}),
+            "X-Deployer-Nonce must be 16 to 128 letters, digits, '-' or '_'",
+        ),
+        (signed(**{"X-Deployer-Signature": SIGNATURE[3:]}), V2_ONLY),
+        (signed(**{"X-Deployer-Signature": "v1=" + SIGNATURE[3:]}), V2_ONLY),
+    ],
+)
 def test_malformed_headers_are_refused_before_any_secret_is_used(headers, message):
     with pytest.raises(Unauthorized) as caught:
         signatures.read_signed_headers(headers)
     assert str(caught.value) == message
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"now": TIMESTAMP + 301}, "the timestamp is more than 300 s away from the server's clock (check the client's clock)"),
-    ({"now": TIMESTAMP - 301}, "the timestamp is more than 300 s away from the server's clock (check the client's clock)"),
-    ({"keys": {"bob": SECRET}}, REFUSED),
-    ({"keys": {"alice": SECRET + "x"}}, REFUSED),
-    ({"method": "PUT"}, REFUSED),
-    ({"host": "other.example:8443"}, REFUSED),
-    ({"host": "deploy.example"}, REFUSED),
-    ({"path": "/jobs/job-0123456789abcdef"}, REFUSED),
-    ({"body": BODY.replace(b"v1.4.2", b"v1.4.3")}, REFUSED),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"now": TIMESTAMP + 301},
+            "the timestamp is more than 300 s away from the server's clock (check the client's clock)",
+        ),
+        (
+            {"now": TIMESTAMP - 301},
+            "the timestamp is more than 300 s away from the server's clock (check the client's clock)",
+        ),
+        ({"keys": {"bob": SECRET}}, REFUSED),
+        ({"keys": {"alice": SECRET + "x"}}, REFUSED),
+        ({"method": "PUT"}, REFUSED),
+        ({"host": "other.example:8443"}, REFUSED),
+        ({"host": "deploy.example"}, REFUSED),
+        ({"path": "/jobs/job-0123456789abcdef"}, REFUSED),
+        ({"body": BODY.replace(b"v1.4.2", b"v1.4.3")}, REFUSED),
+    ],
+)
 def test_a_change_to_any_bound_part_is_refused(change, message):
     with pytest.raises(Unauthorized) as caught:
         verify(signed(), **change)
@@ -187,12 +257,15 @@ def test_a_request_signed_for_one_server_is_refused_by_another_sharing_the_key()
         verify(signed(), host="deploy-2.example:8443")
 
 
-@pytest.mark.parametrize("headers", [
-    signed(**{"X-Deployer-Key": "mallory"}),  # the key id is part of what is signed, too
-    signed(**{"X-Deployer-Nonce": "n7Qk2VxW9pLm4RtY8sZa3X"}),
-    signed(**{"X-Deployer-Timestamp": str(TIMESTAMP + 1)}),
-    signed(**{"X-Deployer-Signature": SIGNATURE[:-1] + "f"}),
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        signed(**{"X-Deployer-Key": "mallory"}),  # the key id is part of what is signed, too
+        signed(**{"X-Deployer-Nonce": "n7Qk2VxW9pLm4RtY8sZa3X"}),
+        signed(**{"X-Deployer-Timestamp": str(TIMESTAMP + 1)}),
+        signed(**{"X-Deployer-Signature": SIGNATURE[:-1] + "f"}),
+    ],
+)
 def test_changed_headers_break_the_signature(headers):
     with pytest.raises(Unauthorized):
         verify(headers, keys={"alice": SECRET, "mallory": SECRET})

@@ -93,8 +93,9 @@ def test_a_compressed_answer_is_refused_rather_than_inflated(serve):
         client(server.url).request("GET", "/apps/web")
 
 
-@pytest.mark.parametrize("body", [b"[]", b'"job-00000000000000aa"', b"null", b"7", b"not json", b"\xff\xfe",
-                                  b"[" * 100_000])
+@pytest.mark.parametrize(
+    "body", [b"[]", b'"job-00000000000000aa"', b"null", b"7", b"not json", b"\xff\xfe", b"[" * 100_000]
+)
 def test_an_answer_that_is_not_a_json_object_is_unexpected(serve, body):
     server = serve(send(202, body))
     with pytest.raises(UnexpectedAnswer, match="other than a JSON object"):
@@ -121,9 +122,29 @@ def private_ca(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
     if shutil.which("openssl") is None:
         missing("openssl is not installed (scripts/install-deps installs it)")
     cert, key = tmp_path / "ca.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     return cert, context

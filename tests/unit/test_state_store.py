@@ -11,15 +11,36 @@ from deployer.folders import write_atomically
 from deployer.host.state import StateStore
 from deployer.plan.records import AppState, Instance
 
-BLUE_V1 = Instance(port_set="blue", tag="v1", image="127.0.0.1:5000/demo", digest="sha256:" + "11" * 32,
-                   container_id="c1" * 32, container_name="deployer-demo-blue", address="172.18.0.2",
-                   since="2026-11-21T09:00:00.000Z")
-GREEN_V2 = Instance(port_set="green", tag="v2", image="127.0.0.1:5000/demo", digest=None,
-                    container_id="c2" * 32, container_name="deployer-demo-green", address="172.18.0.3",
-                    since="2026-11-21T10:00:00.000Z")
-BLUE_V3 = Instance(port_set="blue", tag="v3", image="127.0.0.1:5000/demo", digest="sha256:" + "33" * 32,
-                   container_id="c3" * 32, container_name="deployer-demo-blue", address="172.18.0.4",
-                   since="2026-11-21T11:00:00.000Z")
+BLUE_V1 = Instance(
+    port_set="blue",
+    tag="v1",
+    image="127.0.0.1:5000/demo",
+    digest="sha256:" + "11" * 32,
+    container_id="c1" * 32,
+    container_name="deployer-demo-blue",
+    address="172.18.0.2",
+    since="2026-11-21T09:00:00.000Z",
+)
+GREEN_V2 = Instance(
+    port_set="green",
+    tag="v2",
+    image="127.0.0.1:5000/demo",
+    digest=None,
+    container_id="c2" * 32,
+    container_name="deployer-demo-green",
+    address="172.18.0.3",
+    since="2026-11-21T10:00:00.000Z",
+)
+BLUE_V3 = Instance(
+    port_set="blue",
+    tag="v3",
+    image="127.0.0.1:5000/demo",
+    digest="sha256:" + "33" * 32,
+    container_id="c3" * 32,
+    container_name="deployer-demo-blue",
+    address="172.18.0.4",
+    since="2026-11-21T11:00:00.000Z",
+)
 
 
 def test_missing_file_gives_an_empty_state(tmp_path):
@@ -28,8 +49,14 @@ def test_missing_file_gives_an_empty_state(tmp_path):
 
 def test_round_trip(tmp_path):
     store = StateStore(tmp_path)
-    state = AppState(app="demo", active=GREEN_V2, previous=BLUE_V1, updated_at="2026-11-21T10:00:01.000Z",
-                     mode="maintenance", mode_detail={"message": "back soon"})
+    state = AppState(
+        app="demo",
+        active=GREEN_V2,
+        previous=BLUE_V1,
+        updated_at="2026-11-21T10:00:01.000Z",
+        mode="maintenance",
+        mode_detail={"message": "back soon"},
+    )
     store.save(state)
     assert store.load("demo") == state
     assert store.path("demo") == tmp_path / "apps" / "demo.json"
@@ -96,11 +123,14 @@ def test_an_unwritable_folder_raises_state_error(tmp_path):
     assert str(caught.value).startswith(f"cannot write {blocker / 'demo.json'}: ")
 
 
-@pytest.mark.parametrize(("content", "detail"), [
-    ('{"app": "demo", "active": {', "Expecting property name enclosed in double quotes"),
-    ("", "Expecting value: line 1 column 1 (char 0)"),
-    (b"\xff\xfe\x00garbage", "codec can't decode"),
-])
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        ('{"app": "demo", "active": {', "Expecting property name enclosed in double quotes"),
+        ("", "Expecting value: line 1 column 1 (char 0)"),
+        (b"\xff\xfe\x00garbage", "codec can't decode"),
+    ],
+)
 def test_a_corrupt_file_raises_state_error(tmp_path, content, detail):
     store = StateStore(tmp_path)
     store.path("demo").parent.mkdir(parents=True)
@@ -116,13 +146,16 @@ def test_a_corrupt_file_raises_state_error(tmp_path, content, detail):
     assert caught.value.context == {"app": "demo"}
 
 
-@pytest.mark.parametrize("content", [
-    '{"active": null}',
-    '["demo"]',
-    '"demo"',
-    '{"app": "demo", "active": {"port_set": "blue"}}',
-    '{"app": "demo", "active": {"colour": "blue"}}',
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"active": null}',
+        '["demo"]',
+        '"demo"',
+        '{"app": "demo", "active": {"port_set": "blue"}}',
+        '{"app": "demo", "active": {"colour": "blue"}}',
+    ],
+)
 def test_valid_json_that_is_not_a_state_raises_state_error(tmp_path, content):
     store = StateStore(tmp_path)
     store.path("demo").parent.mkdir(parents=True)

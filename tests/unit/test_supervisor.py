@@ -74,9 +74,11 @@ def test_a_receiver_that_dies_is_started_again_with_a_growing_delay_and_stopped_
     keep_running("gunicorn", start, stop, clock=Clock(), on_restart=messages.append)
     assert [p.pid for p in started] == [100, 101, 102, 103]
     assert [w for w in stop.waits if w != 0.2] == [1.0, 2.0, 4.0]
-    assert messages == ["gunicorn exited with status -9; starting it again in 1 s",
-                        "gunicorn exited with status 1; starting it again in 2 s",
-                        "gunicorn exited with status -9; starting it again in 4 s"]
+    assert messages == [
+        "gunicorn exited with status -9; starting it again in 1 s",
+        "gunicorn exited with status 1; starting it again in 2 s",
+        "gunicorn exited with status -9; starting it again in 4 s",
+    ]
     assert started[-1].signals == ["TERM"]  # the running one is stopped, gracefully first
     assert all(p.signals == [] for p in started[:-1])
 
@@ -93,8 +95,9 @@ def test_a_receiver_that_cannot_start_is_tried_again():
     messages: list[str] = []
     keep_running("gunicorn", start, FakeStop(polls=1), clock=Clock(), on_restart=messages.append)
     assert len(attempts) == 3
-    assert messages[0] == ("gunicorn could not start: cannot start gunicorn: [Errno 2] No such file or directory; "
-                           "starting it again in 1 s")
+    assert messages[0] == (
+        "gunicorn could not start: cannot start gunicorn: [Errno 2] No such file or directory; starting it again in 1 s"
+    )
 
 
 def test_the_backoff_doubles_to_its_most_and_starts_over_after_a_stable_run():
@@ -146,6 +149,14 @@ def test_the_responder_of_serve_watch_is_a_child_on_the_socket_serve_bound(confi
     finally:
         listener.close()
     [(argv, options)] = calls
-    assert argv == ["/opt/deployer/.venv/bin/python", "-m", "deployer", "-c", str(config.path), "maintenance-server",
-                    "--listen-fd", str(options["pass_fds"][0])]
+    assert argv == [
+        "/opt/deployer/.venv/bin/python",
+        "-m",
+        "deployer",
+        "-c",
+        str(config.path),
+        "maintenance-server",
+        "--listen-fd",
+        str(options["pass_fds"][0]),
+    ]
     assert (options["user"], options["umask"]) == (None, 0o077)  # [server] user unset: no user to drop to

@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
-NAMES = ["deployer-receiver.service", "deployer-worker.service", "deployer-watch.service",
-         "deployer-cluster.service"]
+NAMES = ["deployer-receiver.service", "deployer-worker.service", "deployer-watch.service", "deployer-cluster.service"]
 # The watchdog and the cluster agent come back whatever their exit status: while either is down, failover or the
 # rules that follow keepalived stop, and nothing else says so.
-RESTART = {"deployer-receiver.service": "on-failure", "deployer-worker.service": "on-failure",
-           "deployer-watch.service": "always", "deployer-cluster.service": "always"}
+RESTART = {
+    "deployer-receiver.service": "on-failure",
+    "deployer-worker.service": "on-failure",
+    "deployer-watch.service": "always",
+    "deployer-cluster.service": "always",
+}
 VENV_BIN = "/opt/deployer/.venv/bin/"
 
 
@@ -53,9 +56,19 @@ def test_every_unit_verifies_without_a_warning(tmp_path, systemd_analyze):
         path.chmod(0o755)
     for name in NAMES:
         shutil.copy(UNITS / name, root / "etc/systemd/system" / name)
-    shown = subprocess.run([systemd_analyze, "verify", "--man=no", "--generators=no", f"--root={root}",
-                            *(f"/etc/systemd/system/{name}" for name in NAMES)],
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [
+            systemd_analyze,
+            "verify",
+            "--man=no",
+            "--generators=no",
+            f"--root={root}",
+            *(f"/etc/systemd/system/{name}" for name in NAMES),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (shown.returncode, shown.stdout + shown.stderr) == (0, "")
 
 
@@ -80,8 +93,9 @@ def test_the_worker_lets_a_running_deploy_finish():
     assert "User" not in service  # Docker and netfilter need root
 
 
-@pytest.mark.parametrize(("name", "command"), [("deployer-watch.service", "watch"),
-                                               ("deployer-cluster.service", "cluster run")])
+@pytest.mark.parametrize(
+    ("name", "command"), [("deployer-watch.service", "watch"), ("deployer-cluster.service", "cluster run")]
+)
 def test_the_watchdog_and_the_agent_each_stop_their_own_children(name, command):
     service = sections(name)["Service"]
     assert service["ExecStart"] == f"{VENV_BIN}deployer -c /etc/deployer/deployer.toml {command}"

@@ -31,13 +31,19 @@ def test_test_file_names_are_unique_across_folders():
 
 
 def test_test_files_sit_in_the_unit_and_integration_folders():
-    misplaced = [str(path.relative_to(TESTS)) for path in TESTS.rglob("*.py")
-                 if (path.name.startswith("test_") or path.name == "conftest.py") and path.parent not in TEST_FOLDERS]
+    misplaced = [
+        str(path.relative_to(TESTS))
+        for path in TESTS.rglob("*.py")
+        if (path.name.startswith("test_") or path.name == "conftest.py") and path.parent not in TEST_FOLDERS
+    ]
     assert not misplaced
 
 
 def test_no_file_imports_a_test_module_or_a_conftest():
-    offending = {str(path.relative_to(TESTS)): sorted(name for name in imported_modules(path)
-                                                       if name.startswith("test_") or name == "conftest")
-                 for path in TESTS.rglob("*.py")}
+    offending = {
+        str(path.relative_to(TESTS)): sorted(
+            name for name in imported_modules(path) if name.startswith("test_") or name == "conftest"
+        )
+        for path in TESTS.rglob("*.py")
+    }
     assert not {path: names for path, names in offending.items() if names}

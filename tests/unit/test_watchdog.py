@@ -14,8 +14,16 @@ from deployer.plan import maintenance
 from deployer.plan.records import AppState, Instance
 
 POLICY = WatchdogConfig(interval=0.5, failures=3, recoveries=2)
-ACTIVE = Instance(port_set="blue", tag="v1", image="demo", digest=None, container_id="c1", container_name="b",
-                  address="172.18.0.2", since="2026-11-21T09:00:00.000Z")
+ACTIVE = Instance(
+    port_set="blue",
+    tag="v1",
+    image="demo",
+    digest=None,
+    container_id="c1",
+    container_name="b",
+    address="172.18.0.2",
+    since="2026-11-21T09:00:00.000Z",
+)
 
 
 def run(probes: str, phase: str = SERVING, policy: WatchdogConfig = POLICY) -> list[tuple[int, str]]:
@@ -74,8 +82,13 @@ def test_what_the_watchdog_watches_for():
 
 # --- the watch loop, with the flips recorded instead of applied -----------------------------------
 
-APP = AppConfig(name="demo", image="demo", ports=(PortMapping(1000, 8080, "tcp", 1001, 1002),),
-                health=HealthCheck(type="tcp", port=8080), watchdog=POLICY)
+APP = AppConfig(
+    name="demo",
+    image="demo",
+    ports=(PortMapping(1000, 8080, "tcp", 1001, 1002),),
+    health=HealthCheck(type="tcp", port=8080),
+    watchdog=POLICY,
+)
 
 
 class Engine:
@@ -97,18 +110,17 @@ def watch_with(tmp_path, monkeypatch, probes, *, busy=0):
             locked["left"] -= 1
             raise LockError("a deploy runs")
         flips.append(("fail", failures))
-        engine_.store.save(maintenance.failover_on(engine_.store.load(app.name), now="t", failures=failures,
-                                                   last=last))
+        engine_.store.save(maintenance.failover_on(engine_.store.load(app.name), now="t", failures=failures, last=last))
 
     def failover_off(engine_, app, *, container_id, passes):
         flips.append(("recover", passes))
-        engine_.store.save(maintenance.back_to_serving(engine_.store.load(app.name), now="t",
-                                                       address=ACTIVE.address))
+        engine_.store.save(maintenance.back_to_serving(engine_.store.load(app.name), now="t", address=ACTIVE.address))
 
     monkeypatch.setattr(watchdog.modes, "failover_on", failover_on)
     monkeypatch.setattr(watchdog.modes, "failover_off", failover_off)
-    watch = watchdog.AppWatch(engine, APP, stop=None,
-                              probe=lambda app, state: ProbeResult(next(results) == "+", "probe"))
+    watch = watchdog.AppWatch(
+        engine, APP, stop=None, probe=lambda app, state: ProbeResult(next(results) == "+", "probe")
+    )
     for _ in probes:
         watch.round()
     return flips, engine
@@ -144,16 +156,34 @@ def test_a_change_by_someone_else_starts_a_new_streak(tmp_path, monkeypatch):
 
 # --- a canary ------------------------------------------------------------------------------------
 
-CANARY_GREEN = Instance(port_set="green", tag="v2", image="demo", digest=None, container_id="c2",
-                        container_name="g", address="172.18.0.3", since="2026-11-21T10:00:00.000Z")
+CANARY_GREEN = Instance(
+    port_set="green",
+    tag="v2",
+    image="demo",
+    digest=None,
+    container_id="c2",
+    container_name="g",
+    address="172.18.0.3",
+    since="2026-11-21T10:00:00.000Z",
+)
 
 
 def canary_watch(tmp_path, monkeypatch, probes, *, bake_until=None):
     from deployer.plan import canary
 
     engine = Engine(tmp_path)
-    engine.store.save(canary.started(AppState(app="demo", active=ACTIVE), CANARY_GREEN, weight=10, sticky=False,
-                                     seed=1, now="t", actor="cli:ann", bake_until=bake_until))
+    engine.store.save(
+        canary.started(
+            AppState(app="demo", active=ACTIVE),
+            CANARY_GREEN,
+            weight=10,
+            sticky=False,
+            seed=1,
+            now="t",
+            actor="cli:ann",
+            bake_until=bake_until,
+        )
+    )
     calls, probed, results = [], [], iter(probes)
 
     def ending(kind):
@@ -161,6 +191,7 @@ def canary_watch(tmp_path, monkeypatch, probes, *, bake_until=None):
             calls.append((kind, actor, reason))
             decide = canary.aborted if kind == "abort" else canary.promoted
             engine_.store.save(decide(engine_.store.load(app_name), now="t"))
+
         return end
 
     monkeypatch.setattr(watchdog.canary_ops, "abort", ending("abort"))

@@ -38,12 +38,15 @@ class Clock:
         return self.now
 
 
-@pytest.mark.parametrize(("runs", "delays"), [
-    ([], []),
-    (["raise"], [1.0]),
-    (["raise", "raise", "raise"], [1.0, 2.0, 4.0]),
-    (["return", "raise"], [1.0, 2.0]),
-])
+@pytest.mark.parametrize(
+    ("runs", "delays"),
+    [
+        ([], []),
+        (["raise"], [1.0]),
+        (["raise", "raise", "raise"], [1.0, 2.0, 4.0]),
+        (["return", "raise"], [1.0, 2.0]),
+    ],
+)
 def test_each_death_is_restarted_after_the_backoff_and_reported(runs, delays):
     stop, reported, started = FakeStop(), [], []
 
@@ -59,8 +62,9 @@ def test_each_death_is_restarted_after_the_backoff_and_reported(runs, delays):
     assert len(started) == len(runs) + 1
     assert stop.waits == delays
     said = {"raise": "died: RuntimeError: socket closed", "return": "ended on its own"}
-    assert reported == [f"the watchdog {said[what]}; starting it again in {delay:g} s"
-                        for what, delay in zip(runs, delays)]
+    assert reported == [
+        f"the watchdog {said[what]}; starting it again in {delay:g} s" for what, delay in zip(runs, delays)
+    ]
 
 
 class Chains:
@@ -114,12 +118,14 @@ def test_serves_watchdog_is_started_again_and_each_restart_reported(monkeypatch)
 
     monkeypatch.setattr(supervisor, "run_watchdog", run_watchdog)
     reported: list[str] = []
-    finish = supervisor.start_watchdog(object(), lambda *a: None, backoff=Backoff(first=0.01),
-                                       on_restart=reported.append)
+    finish = supervisor.start_watchdog(
+        object(), lambda *a: None, backoff=Backoff(first=0.01), on_restart=reported.append
+    )
     try:
         assert second.wait(5)
     finally:
         finish()
     assert runs == [0, 1]
-    assert reported == ["the watchdog died: the watchdog's watch of web: KeyError: 'x'; it stopped; "
-                        "starting it again in 0.01 s"]
+    assert reported == [
+        "the watchdog died: the watchdog's watch of web: KeyError: 'x'; it stopped; starting it again in 0.01 s"
+    ]

@@ -41,22 +41,44 @@ def test_a_signed_published_release_is_queued_and_answered_202(client, queue, ev
     assert response.status_code == 202
     body = response.get_json()
     job = queue.jobs.get(body["job"])
-    assert body == {"status": "queued", "job": job.id, "app": "web", "tag": "0.0.1", "reason": "queued",
-                    "url": f"/jobs/{job.id}"}
+    assert body == {
+        "status": "queued",
+        "job": job.id,
+        "app": "web",
+        "tag": "0.0.1",
+        "reason": "queued",
+        "url": f"/jobs/{job.id}",
+    }
     assert response.headers["Location"] == f"/jobs/{job.id}"
     assert (job.app, job.tag, job.kind, job.status) == ("web", "0.0.1", "release", "queued")
     assert job.actor == "github:Codertocat (delivery 72d3162e-cc78-11e3-81ab-4c9367dc0958)"
-    assert job.source == {"delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "hook_id": "109948940",
-                          "action": "published", "release_id": 17372790, "published_at": "2019-05-15T15:20:53Z",
-                          "repository": "Codertocat/Hello-World",
-                          "sender": "Codertocat"}
+    assert job.source == {
+        "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        "hook_id": "109948940",
+        "action": "published",
+        "release_id": 17372790,
+        "published_at": "2019-05-15T15:20:53Z",
+        "repository": "Codertocat/Hello-World",
+        "sender": "Codertocat",
+    }
     [record] = deliveries(events)
     assert {k: v for k, v in record.items() if k not in ("ts", "_durable")} == {
-        "event": "delivery", "remote_addr": "127.0.0.1", "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
-        "hook_id": "109948940", "github_event": "release", "action": "published",
-        "repository": "Codertocat/Hello-World", "sender": "Codertocat", "app": "web", "tag": "0.0.1",
+        "event": "delivery",
+        "remote_addr": "127.0.0.1",
+        "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        "hook_id": "109948940",
+        "github_event": "release",
+        "action": "published",
+        "repository": "Codertocat/Hello-World",
+        "sender": "Codertocat",
+        "app": "web",
+        "tag": "0.0.1",
         "body_sha256": signatures.body_sha256(read_payload("release-published.payload.json")),
-        "verdict": "queued", "reason": "queued", "job": job.id, "status": 202}
+        "verdict": "queued",
+        "reason": "queued",
+        "job": job.id,
+        "status": 202,
+    }
     queued = [e for e in events if e["event"] == "job.queued"]
     assert [(e["job"], e["app"], e["tag"], e["kind"]) for e in queued] == [(job.id, "web", "0.0.1", "release")]
     assert_no_secret(events, response)
@@ -72,8 +94,10 @@ def test_the_form_encoded_content_type_is_accepted(client, queue):
 def test_ping_answers_200(client, queue, events):
     response = deliver(client, read_payload("ping-payload.json"), event="ping")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "pong",
-                                   "reason": "pong; no app is configured for repository Octocoders/Hello-World"}
+    assert response.get_json() == {
+        "status": "pong",
+        "reason": "pong; no app is configured for repository Octocoders/Hello-World",
+    }
     assert queue.jobs.jobs() == []
     assert deliveries(events)[0]["verdict"] == "pong"
 
@@ -82,9 +106,12 @@ def test_a_redelivery_does_not_deploy_twice(client, queue):
     first = deliver(client, read_payload("release-published.payload.json"))
     again = deliver(client, read_payload("release-published.payload.json"))
     assert again.status_code == 200
-    assert again.get_json() == {"status": "duplicate", "job": first.get_json()["job"], "job_status": "queued",
-                                "reason": "delivery 72d3162e-cc78-11e3-81ab-4c9367dc0958 was already received "
-                                          "(queued)"}
+    assert again.get_json() == {
+        "status": "duplicate",
+        "job": first.get_json()["job"],
+        "job_status": "queued",
+        "reason": "delivery 72d3162e-cc78-11e3-81ab-4c9367dc0958 was already received (queued)",
+    }
     assert len(queue.jobs.jobs()) == 1
 
 
@@ -106,8 +133,10 @@ def test_a_tag_already_active_makes_no_job(client, queue):
 def test_ignored_actions_are_acknowledged_with_the_reason(client, queue, events):
     response = deliver(client, published(prerelease=True))
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ignored", "reason": "the release is a prerelease, and app 'web' does "
-                                                                  "not deploy prereleases (prereleases = false)"}
+    assert response.get_json() == {
+        "status": "ignored",
+        "reason": "the release is a prerelease, and app 'web' does not deploy prereleases (prereleases = false)",
+    }
     assert queue.jobs.jobs() == []
     assert deliveries(events)[0]["verdict"] == "ignore"
 
@@ -158,8 +187,15 @@ def test_an_unset_github_secret_refuses_every_delivery(settings, queue, events, 
     app = create_app({"DEPLOYER_CONFIG": unset, "QUEUE": queue, "JOURNAL": Journal([events.append]), "CLOCK": clock})
     client = app.test_client()
     response = deliver(client, read_payload("release-published.payload.json"))
-    assert_refused_before_auth(client, response, 401, "webhook deliveries are refused: no GitHub secret is configured "
-                                  "([server] github_secret_file or github_secret_env)", queue, events)
+    assert_refused_before_auth(
+        client,
+        response,
+        401,
+        "webhook deliveries are refused: no GitHub secret is configured "
+        "([server] github_secret_file or github_secret_env)",
+        queue,
+        events,
+    )
 
 
 def test_the_signature_is_checked_before_the_body_is_parsed(client, queue, events):
@@ -174,11 +210,16 @@ def test_malformed_json_is_400(client, queue, events):
     assert queue.jobs.jobs() == [] and deliveries(events)[-1]["verdict"] == "rejected"
 
 
-@pytest.mark.parametrize("body, error", [
-    (b"[1, 2]", "the body must be a JSON object"),
-    (b"\xff\xfe", "the body is not valid JSON: 'utf-8' codec can't decode byte 0xff in position 0: invalid "
-                  "start byte"),
-])
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        (b"[1, 2]", "the body must be a JSON object"),
+        (
+            b"\xff\xfe",
+            "the body is not valid JSON: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte",
+        ),
+    ],
+)
 def test_other_malformed_bodies_are_400(client, queue, events, body, error):
     assert_refused(deliver(client, body), 400, error, queue, events)
 
@@ -195,10 +236,13 @@ def test_missing_fields_are_422(client, queue, events):
     assert_refused(response, 422, "missing field release.tag_name", queue, events)
 
 
-@pytest.mark.parametrize("header, error", [
-    ("X-GitHub-Event", "missing X-GitHub-Event header"),
-    ("X-GitHub-Delivery", "missing X-GitHub-Delivery header"),
-])
+@pytest.mark.parametrize(
+    "header, error",
+    [
+        ("X-GitHub-Event", "missing X-GitHub-Event header"),
+        ("X-GitHub-Delivery", "missing X-GitHub-Delivery header"),
+    ],
+)
 def test_missing_github_headers_are_422(client, queue, events, header, error):
     response = deliver(client, read_payload("release-published.payload.json"), headers={header: None})
     assert_refused(response, 422, error, queue, events)
@@ -209,9 +253,11 @@ def test_a_body_over_the_cap_is_413_and_is_not_read(client, queue, events):
         def read(self, *_):
             raise AssertionError("the body was read")
 
-    response = client.post("/hooks/github", headers={"Content-Type": "application/json", "X-GitHub-Event": "release",
-                                                     "X-GitHub-Delivery": "d-1"},
-                           environ_overrides={"wsgi.input": Unread(), "CONTENT_LENGTH": str(CAP + 1)})
+    response = client.post(
+        "/hooks/github",
+        headers={"Content-Type": "application/json", "X-GitHub-Event": "release", "X-GitHub-Delivery": "d-1"},
+        environ_overrides={"wsgi.input": Unread(), "CONTENT_LENGTH": str(CAP + 1)},
+    )
     assert_refused_before_auth(client, response, 413, f"the body is {CAP + 1} bytes; the limit is {CAP}", queue, events)
 
 
@@ -228,18 +274,24 @@ def test_a_chunked_body_over_the_cap_is_413_after_reading_no_more_than_the_cap(c
             return len(buffer)
 
     stream = Endless()
-    response = client.post("/hooks/github", headers={"Content-Type": "application/json", "X-GitHub-Event": "release",
-                                                     "X-GitHub-Delivery": "d-1"},
-                           environ_overrides={"wsgi.input": stream, "wsgi.input_terminated": True,
-                                              "CONTENT_LENGTH": ""})
+    response = client.post(
+        "/hooks/github",
+        headers={"Content-Type": "application/json", "X-GitHub-Event": "release", "X-GitHub-Delivery": "d-1"},
+        environ_overrides={"wsgi.input": stream, "wsgi.input_terminated": True, "CONTENT_LENGTH": ""},
+    )
     assert_refused_before_auth(client, response, 413, f"the body is over the limit of {CAP} bytes", queue, events)
     assert stream.served <= CAP + 65536
 
 
 def test_an_unsupported_content_type_is_415(client, queue, events):
     response = deliver(client, read_payload("release-published.payload.json"), content_type="text/plain")
-    assert_refused(response, 415, "content type 'text/plain' is not accepted: use application/json or "
-                                  "application/x-www-form-urlencoded", queue, events)
+    assert_refused(
+        response,
+        415,
+        "content type 'text/plain' is not accepted: use application/json or application/x-www-form-urlencoded",
+        queue,
+        events,
+    )
 
 
 @pytest.mark.parametrize("tag", HOSTILE_TAGS)
@@ -254,8 +306,9 @@ def test_a_hostile_tag_in_a_release_is_422_and_deploys_nothing(client, queue, ev
 
 def test_a_tag_outside_the_apps_pattern_is_422(client, queue, events):
     response = deliver(client, published(tag_name="release_7"))
-    assert_refused(response, 422, "tag 'release_7' does not match the pattern of app 'web': ^[v0-9][A-Za-z0-9._-]*$",
-                   queue, events)
+    assert_refused(
+        response, 422, "tag 'release_7' does not match the pattern of app 'web': ^[v0-9][A-Za-z0-9._-]*$", queue, events
+    )
 
 
 def test_an_unconfigured_repository_is_404(client, queue, events):
@@ -265,8 +318,16 @@ def test_an_unconfigured_repository_is_404(client, queue, events):
     assert_refused(response, 404, "no app is configured for repository someone/else", queue, events)
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/hooks/github"), ("PUT", "/hooks/github"), ("GET", "/deploy"),
-                                          ("DELETE", "/jobs/job-0123456789abcdef"), ("POST", "/healthz")])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/hooks/github"),
+        ("PUT", "/hooks/github"),
+        ("GET", "/deploy"),
+        ("DELETE", "/jobs/job-0123456789abcdef"),
+        ("POST", "/healthz"),
+    ],
+)
 def test_a_wrong_method_is_405(client, queue, method, path):
     response = client.open(path, method=method)
     assert response.status_code == 405
@@ -324,9 +385,15 @@ def test_an_unknown_job_is_404_after_authentication(client):
 
 def test_a_stale_timestamp_is_401(client, queue, events):
     response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), timestamp=NOW - 301)
-    assert_refused_before_auth(client, response, 401, "the timestamp is more than 300 s away from the server's "
-                                                      "clock (check the client's clock)", queue, events,
-                               event="manual_request")
+    assert_refused_before_auth(
+        client,
+        response,
+        401,
+        "the timestamp is more than 300 s away from the server's clock (check the client's clock)",
+        queue,
+        events,
+        event="manual_request",
+    )
 
 
 def test_a_timestamp_from_the_future_is_401(client, queue, events):
@@ -344,23 +411,26 @@ def test_a_reused_nonce_is_401(client, queue, events):
 
 
 def test_a_nonce_is_spent_even_when_the_request_is_then_refused(client, queue):
-    assert signed_call(client, "POST", "/deploy", redeploy_body(tag="$(id)"), nonce="spent-nonce-00001") \
-        .status_code == 422
+    assert (
+        signed_call(client, "POST", "/deploy", redeploy_body(tag="$(id)"), nonce="spent-nonce-00001").status_code == 422
+    )
     again = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), nonce="spent-nonce-00001")
     assert again.status_code == 401
 
 
 def test_an_unknown_key_id_is_401(client, queue, events):
     response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), key_id="mallory")
-    assert_refused_before_auth(client, response, 401, signatures.SIGNATURE_REFUSED, queue, events,
-                               event="manual_request")
+    assert_refused_before_auth(
+        client, response, 401, signatures.SIGNATURE_REFUSED, queue, events, event="manual_request"
+    )
     assert "mallory" not in json.dumps(events)
 
 
 def test_a_wrong_manual_signature_is_401(client, queue, events):
     response = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2"), secret="x" * 30)
-    assert_refused_before_auth(client, response, 401, signatures.SIGNATURE_REFUSED, queue, events,
-                   event="manual_request")
+    assert_refused_before_auth(
+        client, response, 401, signatures.SIGNATURE_REFUSED, queue, events, event="manual_request"
+    )
 
 
 def test_an_unknown_app_is_404(client, queue, events):
@@ -376,13 +446,16 @@ def test_a_hostile_tag_in_a_redeploy_is_422(client, queue, tag):
     assert queue.jobs.jobs() == []
 
 
-@pytest.mark.parametrize("body, status, error", [
-    (b"{", 400, None),
-    (b'{"tag": "v2"}', 422, "missing field app"),
-    (b'{"app": 7}', 422, "field app must be a string"),
-    (b'{"app": "web", "reason": "a\\nb"}', 422, "field reason must be printable text of at most 500 characters"),
-    (b'{"app": "web", "force": true}', 422, "unknown field 'force' (allowed: app, tag, action, reason, rollout)"),
-])
+@pytest.mark.parametrize(
+    "body, status, error",
+    [
+        (b"{", 400, None),
+        (b'{"tag": "v2"}', 422, "missing field app"),
+        (b'{"app": 7}', 422, "field app must be a string"),
+        (b'{"app": "web", "reason": "a\\nb"}', 422, "field reason must be printable text of at most 500 characters"),
+        (b'{"app": "web", "force": true}', 422, "unknown field 'force' (allowed: app, tag, action, reason, rollout)"),
+    ],
+)
 def test_malformed_redeploy_bodies(client, queue, body, status, error):
     response = signed_call(client, "POST", "/deploy", body)
     assert response.status_code == status
@@ -407,15 +480,26 @@ def test_a_redeploy_over_the_cap_is_413(client, queue):
 def test_health_is_degraded_without_a_worker(client):
     response = signed_call(client, "GET", "/healthz")
     assert response.status_code == 503
-    assert response.get_json() == {"status": "degraded", "receiver": "ok", "queue": "ok", "worker": "no heartbeat",
-                                   "docker": "unknown", "netfilter": "unknown", "disk": "ok"}
+    assert response.get_json() == {
+        "status": "degraded",
+        "receiver": "ok",
+        "queue": "ok",
+        "worker": "no heartbeat",
+        "docker": "unknown",
+        "netfilter": "unknown",
+        "disk": "ok",
+    }
 
 
 def test_unauthenticated_health_says_ok_or_degraded_and_nothing_else(client, queue, clock, settings):
     assert (client.get("/healthz").status_code, client.get("/healthz").get_json()) == (503, {"status": "degraded"})
-    queue.heartbeat.heartbeat(pid=1, started_at=clock.now,
-                              docker="cannot reach /var/run/docker.sock: permission denied",
-                              netfilter="ok", checked=True)
+    queue.heartbeat.heartbeat(
+        pid=1,
+        started_at=clock.now,
+        docker="cannot reach /var/run/docker.sock: permission denied",
+        netfilter="ok",
+        checked=True,
+    )
     response = client.get("/healthz")
     assert (response.status_code, response.get_json()) == (503, {"status": "degraded"})
     assert b"docker.sock" not in response.data and str(settings.settings.state_dir).encode() not in response.data
@@ -426,8 +510,15 @@ def test_unauthenticated_health_says_ok_or_degraded_and_nothing_else(client, que
 def test_a_queue_error_is_not_shown_without_credentials(tmp_path, settings, events, clock):
     broken = Queue(tmp_path / "not-a-folder" / "jobs.db", clock=clock)
     (tmp_path / "not-a-folder").write_text("a file where the folder should be")
-    app = create_app({"DEPLOYER_CONFIG": settings, "QUEUE": broken, "CLOCK": clock, "TESTING": True,
-                      "JOURNAL": Journal([events.append])})
+    app = create_app(
+        {
+            "DEPLOYER_CONFIG": settings,
+            "QUEUE": broken,
+            "CLOCK": clock,
+            "TESTING": True,
+            "JOURNAL": Journal([events.append]),
+        }
+    )
     client = app.test_client()
     anonymous = client.get("/healthz")
     assert (anonymous.status_code, anonymous.get_json()) == (503, {"status": "degraded"})
@@ -442,8 +533,9 @@ def test_health_details_refuse_a_bad_signature(client):
 def test_health_reports_the_workers_checks(client, queue, clock):
     queue.heartbeat.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
     assert signed_call(client, "GET", "/healthz").get_json()["status"] == "ok"
-    queue.heartbeat.heartbeat(pid=1, started_at=clock.now, docker="the Docker daemon does not answer", netfilter="ok",
-                    checked=True)
+    queue.heartbeat.heartbeat(
+        pid=1, started_at=clock.now, docker="the Docker daemon does not answer", netfilter="ok", checked=True
+    )
     response = signed_call(client, "GET", "/healthz")
     assert (response.status_code, response.get_json()["docker"]) == (503, "the Docker daemon does not answer")
     clock.now += 60
@@ -453,11 +545,19 @@ def test_health_reports_the_workers_checks(client, queue, clock):
 def test_health_names_the_registry_only_when_the_worker_checks_one(client, queue, clock):
     queue.heartbeat.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True)
     assert "registry" not in signed_call(client, "GET", "/healthz").get_json()
-    queue.heartbeat.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True,
-                    registry="registry 127.0.0.1:5001: ConnectionRefusedError: [Errno 111] Connection refused")
+    queue.heartbeat.heartbeat(
+        pid=1,
+        started_at=clock.now,
+        docker="ok",
+        netfilter="ok",
+        checked=True,
+        registry="registry 127.0.0.1:5001: ConnectionRefusedError: [Errno 111] Connection refused",
+    )
     response = signed_call(client, "GET", "/healthz")
     assert (response.status_code, response.get_json()["registry"]) == (
-        503, "registry 127.0.0.1:5001: ConnectionRefusedError: [Errno 111] Connection refused")
+        503,
+        "registry 127.0.0.1:5001: ConnectionRefusedError: [Errno 111] Connection refused",
+    )
     queue.heartbeat.heartbeat(pid=1, started_at=clock.now, docker="ok", netfilter="ok", checked=True, registry="ok")
     assert signed_call(client, "GET", "/healthz").get_json()["registry"] == "ok"
 
@@ -469,9 +569,13 @@ def test_a_signed_promote_or_abort_is_queued_as_its_own_kind(client, queue):
     assert [(j.kind, j.tag) for j in queue.jobs.jobs()] == [("promote", None), ("abort", None)]
 
 
-@pytest.mark.parametrize("body, error", [
-    ({"action": "rollout"}, 'field action must be "promote" or "abort" (a canary\'s end)'),
-    ({"action": "promote", "tag": "v2"}, "field action 'promote' takes no tag: it ends the running canary")])
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ({"action": "rollout"}, 'field action must be "promote" or "abort" (a canary\'s end)'),
+        ({"action": "promote", "tag": "v2"}, "field action 'promote' takes no tag: it ends the running canary"),
+    ],
+)
 def test_a_bad_canary_action_is_422(client, queue, body, error):
     response = signed_call(client, "POST", "/deploy", redeploy_body(**body))
     assert (response.status_code, response.get_json()) == (422, {"error": error})

@@ -30,8 +30,9 @@ def loaded(tmp_path):
     text = config_text(tmp_path, alpha, beta, gamma, server='github_secret_env = "GH_GLOBAL"')
     path = tmp_path / "deployer.toml"
     path.write_text(text)
-    return config_module.parse_receiver(tomllib.loads(text), path=path,
-                                        environ={"GH_GLOBAL": GLOBAL_SECRET, "GH_A": A_SECRET, "GH_B": B_SECRET})
+    return config_module.parse_receiver(
+        tomllib.loads(text), path=path, environ={"GH_GLOBAL": GLOBAL_SECRET, "GH_A": A_SECRET, "GH_B": B_SECRET}
+    )
 
 
 @pytest.fixture
@@ -46,16 +47,34 @@ def client(loaded, queue, events):
 
 
 def release(repository: str, tag: str = "v1") -> bytes:
-    return json.dumps({"action": "published", "repository": {"full_name": repository},
-                       "sender": {"login": "octocat"},
-                       "release": {"id": 1, "tag_name": tag, "draft": False, "prerelease": False,
-                                   "published_at": "2026-12-01T10:00:00Z"}}).encode()
+    return json.dumps(
+        {
+            "action": "published",
+            "repository": {"full_name": repository},
+            "sender": {"login": "octocat"},
+            "release": {
+                "id": 1,
+                "tag_name": tag,
+                "draft": False,
+                "prerelease": False,
+                "published_at": "2026-12-01T10:00:00Z",
+            },
+        }
+    ).encode()
 
 
 def deliver(client, body: bytes, secret: str, hook_id: str = B_HOOK, delivery: str = "d-1"):
-    return client.post("/hooks/github", data=body, headers={
-        "Content-Type": "application/json", "X-GitHub-Event": "release", "X-GitHub-Delivery": delivery,
-        "X-GitHub-Hook-ID": hook_id, "X-Hub-Signature-256": signatures.github_signature(secret, body)})
+    return client.post(
+        "/hooks/github",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "release",
+            "X-GitHub-Delivery": delivery,
+            "X-GitHub-Hook-ID": hook_id,
+            "X-Hub-Signature-256": signatures.github_signature(secret, body),
+        },
+    )
 
 
 def queued(queue) -> list[tuple[str, str]]:
@@ -108,9 +127,16 @@ def test_a_repository_no_app_names_is_checked_against_the_global_secret(client, 
 
 def test_a_body_that_is_not_json_is_refused_by_its_signature_first(client, queue):
     body = b"not json"
-    response = client.post("/hooks/github", data=body, headers={
-        "Content-Type": "application/json", "X-GitHub-Event": "release", "X-GitHub-Delivery": "d-1",
-        "X-Hub-Signature-256": signatures.github_signature(A_SECRET, body)})
+    response = client.post(
+        "/hooks/github",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "release",
+            "X-GitHub-Delivery": "d-1",
+            "X-Hub-Signature-256": signatures.github_signature(A_SECRET, body),
+        },
+    )
     assert response.status_code == 401
     assert queued(queue) == []
 

@@ -51,10 +51,17 @@ def test_a_rollout_step_posted_again_answers_its_first_job_and_queues_nothing_mo
     other = signed_call(client, "POST", "/deploy", redeploy_body(tag="v2", rollout="job-00000000000000bb"))
     assert len({first.get_json()["job"], revert.get_json()["job"], other.get_json()["job"]}) == 3
     assert [(j.tag, j.source["rollout"]) for j in queue.jobs.jobs()] == [
-        ("v2", ROLLOUT_ID), ("v1", ROLLOUT_ID), ("v2", "job-00000000000000bb")]
+        ("v2", ROLLOUT_ID),
+        ("v1", ROLLOUT_ID),
+        ("v2", "job-00000000000000bb"),
+    ]
     assert len([e for e in events if e["event"] == "job.queued"]) == 3
     assert [e["verdict"] for e in events if e["event"] == "manual_request"] == [
-        "queued", "duplicate", "queued", "queued"]
+        "queued",
+        "duplicate",
+        "queued",
+        "queued",
+    ]
 
 
 def test_a_rollout_id_that_is_not_a_job_id_is_422_and_queues_nothing(client, queue):
@@ -71,10 +78,20 @@ def test_get_apps_answers_the_live_tag_the_port_set_and_the_last_job(client, que
     response = signed_call(client, "GET", "/apps/web", content_type=None)
     assert response.status_code == 200
     body = response.get_json()
-    assert {k: body[k] for k in ("app", "tag", "port_set", "job")} == {"app": "web", "tag": "v1", "port_set": "blue",
-                                                                         "job": None}
-    assert body["last_job"] == {"id": job_id, "tag": "v2", "kind": "redeploy", "status": "queued", "reason": None,
-                                "rollout": ROLLOUT_ID}
+    assert {k: body[k] for k in ("app", "tag", "port_set", "job")} == {
+        "app": "web",
+        "tag": "v1",
+        "port_set": "blue",
+        "job": None,
+    }
+    assert body["last_job"] == {
+        "id": job_id,
+        "tag": "v2",
+        "kind": "redeploy",
+        "status": "queued",
+        "reason": None,
+        "rollout": ROLLOUT_ID,
+    }
     assert set(body["health"]) == {"receiver", "queue", "worker", "docker", "netfilter", "disk"}
     assert_no_secret(events, response)
 
@@ -127,8 +144,9 @@ def controller(tmp_path, events, clock):
     receiver_config = config_module.load_receiver(path, environ=environ)
     queue = Queue.for_state_dir(receiver_config.settings.state_dir, clock=clock)
     journal = Journal([events.append], secrets=receiver_config.secrets())
-    app = create_app({"DEPLOYER_CONFIG": receiver_config, "QUEUE": queue, "JOURNAL": journal, "CLOCK": clock,
-                      "TESTING": True})
+    app = create_app(
+        {"DEPLOYER_CONFIG": receiver_config, "QUEUE": queue, "JOURNAL": journal, "CLOCK": clock, "TESTING": True}
+    )
     return app.test_client(), queue, config_module.load(path, environ=environ)
 
 
@@ -160,5 +178,6 @@ def test_a_release_policy_for_an_app_not_in_the_fleet_is_refused(tmp_path):
     secret.write_text("x" * 20)
     text = controller_text(tmp_path, secret).replace("[fleet.releases.web]", "[fleet.releases.api]")
     with pytest.raises(ConfigError, match=r"key 'fleet.releases.api': names no app of \[fleet\] apps"):
-        config_module.parse(tomllib.loads(text), path=tmp_path / "d.toml", environ={"GH_SECRET": "g" * 20,
-                                                                                    "ALICE_SECRET": "a" * 20})
+        config_module.parse(
+            tomllib.loads(text), path=tmp_path / "d.toml", environ={"GH_SECRET": "g" * 20, "ALICE_SECRET": "a" * 20}
+        )

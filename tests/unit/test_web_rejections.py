@@ -16,8 +16,9 @@ from support.receiver import GITHUB_SECRET, Clock, deliver, published, signed_ca
 
 def audited_app(settings, queue, clock):
     journal = build_journal(settings)
-    return create_app({"DEPLOYER_CONFIG": settings, "QUEUE": queue, "JOURNAL": journal, "CLOCK": clock,
-                       "TESTING": True})
+    return create_app(
+        {"DEPLOYER_CONFIG": settings, "QUEUE": queue, "JOURNAL": journal, "CLOCK": clock, "TESTING": True}
+    )
 
 
 def rows(settings) -> list:
@@ -58,7 +59,10 @@ def test_5000_unsigned_requests_add_a_few_rows_and_a_signed_delivery_among_them_
     assert sum(r.get("count") for r in aggregated) == 4999
     [delivery] = [r for r in written if r.get("event") == "delivery"]
     assert (delivery.get("delivery"), delivery.get("verdict"), delivery.get("status")) == (
-        "good-delivery-2500", "queued", 202)
+        "good-delivery-2500",
+        "queued",
+        202,
+    )
     assert len(queue.jobs.jobs()) == 1
     assert GITHUB_SECRET not in json.dumps([r.fields for r in written])
 
@@ -103,8 +107,9 @@ def test_a_refusal_after_authentication_is_still_recorded_one_by_one(settings, q
 def test_the_tally_folds_every_key_past_its_bound_into_one_overflow_row():
     written: list[dict] = []
     clock = Clock()
-    rejections = Rejections(lambda event, **fields: written.append({"event": event, **fields}), clock,
-                            max_keys=4, max_sources=8)
+    rejections = Rejections(
+        lambda event, **fields: written.append({"event": event, **fields}), clock, max_keys=4, max_sources=8
+    )
     for n in range(1000):
         rejections.note(route="/deploy", status=401, source=f"198.18.{n // 256}.{n % 256}", reason="no signature")
     rejections.flush()

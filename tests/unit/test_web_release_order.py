@@ -15,8 +15,11 @@ T1, T2, T3 = "2026-11-01T10:00:00Z", "2026-11-02T10:00:00Z", "2026-11-03T10:00:0
 
 
 def release(client, tag: str, published_at: str, release_id: int, delivery: str | None = None):
-    return deliver(client, published(tag_name=tag, id=release_id, published_at=published_at),
-                   delivery=delivery or f"delivery-{tag}-{release_id}")
+    return deliver(
+        client,
+        published(tag_name=tag, id=release_id, published_at=published_at),
+        delivery=delivery or f"delivery-{tag}-{release_id}",
+    )
 
 
 def run(queue, tag_expected: str | None = None):
@@ -37,8 +40,10 @@ def test_a_late_delivery_of_an_older_release_is_answered_200_and_recorded_not_de
     assert late.status_code == 200
     body = late.get_json()
     assert body["status"] == "older"
-    assert body["reason"] == (f"release v2 (published {T2}) is older than release v3 (published {T3}), which is "
-                              f"live; deploy it on purpose with POST /deploy")
+    assert body["reason"] == (
+        f"release v2 (published {T2}) is older than release v3 (published {T3}), which is "
+        f"live; deploy it on purpose with POST /deploy"
+    )
     assert [job.tag for job in queue.jobs.jobs()] == ["v3"]
     [record] = [e for e in events if e["event"] == "delivery" and e.get("tag") == "v2"]
     assert (record["verdict"], record["status"], record["reason"]) == ("older", 200, body["reason"])
@@ -86,8 +91,9 @@ def test_an_operator_can_still_roll_back_to_an_older_tag(client, queue, release_
     run(queue, "v3")
     if release_waiting:
         release(client, "v4", "2026-11-04T10:00:00Z", 4)
-    rollback = signed_call(client, "POST", "/deploy", json.dumps({"app": "web", "tag": "v1", "reason": "v3 is bad"})
-                           .encode())
+    rollback = signed_call(
+        client, "POST", "/deploy", json.dumps({"app": "web", "tag": "v1", "reason": "v3 is bad"}).encode()
+    )
     assert rollback.status_code == 202
     assert run(queue).job.tag == "v1"  # a deliberate rollback to another tag is the last word
 
@@ -95,5 +101,7 @@ def test_an_operator_can_still_roll_back_to_an_older_tag(client, queue, release_
 def test_a_release_without_a_usable_published_at_is_refused(client, queue):
     response = deliver(client, published(tag_name="v5", id=5, published_at="yesterday"))
     assert (response.status_code, response.get_json()) == (
-        422, {"error": "field release.published_at must be a UTC time like 2019-05-15T15:20:53Z"})
+        422,
+        {"error": "field release.published_at must be a UTC time like 2019-05-15T15:20:53Z"},
+    )
     assert queue.jobs.jobs() == []

@@ -27,17 +27,36 @@ READER_SECRET = "reader-key-secret-0123456789"
 
 def receiver(tmp_path, *, names='names = ["h2.example:8000"]', keys=""):
     """A receiver with the apps web and api, alice's unscoped key and `keys`, answering to `names`."""
-    apps = (app_toml("web", 8000, repository="Codertocat/Hello-World", tag_pattern="^[v0-9][A-Za-z0-9._-]*$"),
-            app_toml("api", 9000))
-    server = (f'{names}\nmax_body_bytes = {CAP}\ngithub_secret_env = "GH_SECRET"\n'
-              '[server.operators.alice]\nsecret_env = "ALICE_SECRET"\n' + keys)
-    config = make_config(tmp_path, *apps, server=server, environ={
-        "GH_SECRET": GITHUB_SECRET, "ALICE_SECRET": ALICE_SECRET, "FLEET_SECRET": FLEET_SECRET,
-        "READER_SECRET": READER_SECRET})
+    apps = (
+        app_toml("web", 8000, repository="Codertocat/Hello-World", tag_pattern="^[v0-9][A-Za-z0-9._-]*$"),
+        app_toml("api", 9000),
+    )
+    server = (
+        f'{names}\nmax_body_bytes = {CAP}\ngithub_secret_env = "GH_SECRET"\n'
+        '[server.operators.alice]\nsecret_env = "ALICE_SECRET"\n' + keys
+    )
+    config = make_config(
+        tmp_path,
+        *apps,
+        server=server,
+        environ={
+            "GH_SECRET": GITHUB_SECRET,
+            "ALICE_SECRET": ALICE_SECRET,
+            "FLEET_SECRET": FLEET_SECRET,
+            "READER_SECRET": READER_SECRET,
+        },
+    )
     queue = Queue.for_state_dir(config.settings.state_dir, clock=Clock())
     events = []
-    app = create_app({"DEPLOYER_CONFIG": config, "QUEUE": queue, "JOURNAL": Journal([events.append]),
-                      "CLOCK": Clock(), "TESTING": True})
+    app = create_app(
+        {
+            "DEPLOYER_CONFIG": config,
+            "QUEUE": queue,
+            "JOURNAL": Journal([events.append]),
+            "CLOCK": Clock(),
+            "TESTING": True,
+        }
+    )
     return app.test_client(), queue, events
 
 
@@ -53,15 +72,17 @@ def test_a_request_signed_for_another_server_and_sent_there_unchanged_is_refused
     client, queue, _ = receiver(tmp_path)
     answer = signed_call(client, "POST", "/deploy", deploy_body(tag="v2"), host="h1.example:8000")
     assert answer.status_code == 421
-    assert answer.get_json()["error"] == ("this server answers to h2.example:8000, not to 'h1.example:8000' "
-                                          "([server] names)")
+    assert answer.get_json()["error"] == (
+        "this server answers to h2.example:8000, not to 'h1.example:8000' ([server] names)"
+    )
     assert queue.jobs.jobs() == []
 
 
 def test_a_request_signed_for_another_server_with_its_host_rewritten_does_not_verify(tmp_path):
     client, queue, _ = receiver(tmp_path)
-    answer = signed_call(client, "POST", "/deploy", deploy_body(tag="v2"), host="h1.example:8000",
-                         sent_to="h2.example:8000")
+    answer = signed_call(
+        client, "POST", "/deploy", deploy_body(tag="v2"), host="h1.example:8000", sent_to="h2.example:8000"
+    )
     assert answer.status_code == 401
     assert queue.jobs.jobs() == []
 
@@ -119,13 +140,16 @@ def test_a_fleet_key_deploys_a_tag_of_its_app_and_follows_the_job(tmp_path):
     assert as_fleet(client, "GET", "/apps/web").status_code == 200
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status"), [
-    ("POST", "/deploy", deploy_body("api", tag="v2"), 403),  # another app
-    ("POST", "/deploy", deploy_body(action="promote"), 403),  # a canary's end
-    ("POST", "/deploy", deploy_body(action="abort"), 403),
-    ("GET", "/apps/api", b"", 403),
-    ("GET", "/audit", b"", 403),  # the log spans every app, hook output included
-])
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/deploy", deploy_body("api", tag="v2"), 403),  # another app
+        ("POST", "/deploy", deploy_body(action="promote"), 403),  # a canary's end
+        ("POST", "/deploy", deploy_body(action="abort"), 403),
+        ("GET", "/apps/api", b"", 403),
+        ("GET", "/audit", b"", 403),  # the log spans every app, hook output included
+    ],
+)
 def test_a_fleet_key_does_nothing_else(tmp_path, method, path, body, status):
     client, queue, _ = receiver(tmp_path, keys=FLEET_KEY)
     answer = as_fleet(client, method, path, body)
@@ -151,7 +175,9 @@ def test_a_read_key_reads_and_changes_nothing(tmp_path):
 
 def test_a_key_without_a_scope_keeps_every_right(tmp_path):
     client, _, _ = receiver(tmp_path)
-    assert signed_call(client, "POST", "/deploy", deploy_body("api", tag="v2"), host="h2.example:8000").status_code == 202
+    assert (
+        signed_call(client, "POST", "/deploy", deploy_body("api", tag="v2"), host="h2.example:8000").status_code == 202
+    )
     assert signed_call(client, "GET", "/audit", host="h2.example:8000").status_code == 200
 
 
@@ -159,22 +185,25 @@ def key(scope="operator", apps=None) -> OperatorKey:
     return OperatorKey("k", "s" * 16, scope=scope, apps=apps)
 
 
-@pytest.mark.parametrize(("scope", "apps", "action", "app", "allowed"), [
-    ("operator", None, Action.DEPLOY, "web", True),
-    ("operator", None, Action.END_CANARY, "web", True),
-    ("operator", None, Action.READ_LOG, None, True),
-    ("operator", ("web",), Action.DEPLOY, "api", False),
-    ("operator", ("web",), Action.READ_LOG, None, False),
-    ("fleet", ("web",), Action.DEPLOY, "web", True),
-    ("fleet", ("web",), Action.READ_APP, "web", True),
-    ("fleet", ("web",), Action.END_CANARY, "web", False),
-    ("fleet", ("web",), Action.DEPLOY, "api", False),
-    ("fleet", ("web",), Action.READ_LOG, None, False),
-    ("read", None, Action.READ_APP, "api", True),
-    ("read", None, Action.READ_LOG, None, True),
-    ("read", None, Action.DEPLOY, "web", False),
-    ("read", None, Action.END_CANARY, "web", False),
-])
+@pytest.mark.parametrize(
+    ("scope", "apps", "action", "app", "allowed"),
+    [
+        ("operator", None, Action.DEPLOY, "web", True),
+        ("operator", None, Action.END_CANARY, "web", True),
+        ("operator", None, Action.READ_LOG, None, True),
+        ("operator", ("web",), Action.DEPLOY, "api", False),
+        ("operator", ("web",), Action.READ_LOG, None, False),
+        ("fleet", ("web",), Action.DEPLOY, "web", True),
+        ("fleet", ("web",), Action.READ_APP, "web", True),
+        ("fleet", ("web",), Action.END_CANARY, "web", False),
+        ("fleet", ("web",), Action.DEPLOY, "api", False),
+        ("fleet", ("web",), Action.READ_LOG, None, False),
+        ("read", None, Action.READ_APP, "api", True),
+        ("read", None, Action.READ_LOG, None, True),
+        ("read", None, Action.DEPLOY, "web", False),
+        ("read", None, Action.END_CANARY, "web", False),
+    ],
+)
 def test_what_each_scope_allows(scope, apps, action, app, allowed):
     assert (scopes.refusal(key(scope, apps), action, app) is None) is allowed
 
@@ -189,20 +218,37 @@ class Tripwire(io.BytesIO):
         raise AssertionError("the body of a throttled request was read")
 
 
-@pytest.mark.parametrize("junk", [
-    {"X-Hub-Signature-256": "x"},
-    {"X-Deployer-Signature": "v2=00"},
-    {"X-Deployer-Key": "alice", "X-Deployer-Timestamp": "1", "X-Deployer-Nonce": "n" * 16,
-     "X-Deployer-Signature": "v2=00"},  # well-formed but far outside the time window
-    {"X-Deployer-Key": "nobody", "X-Deployer-Timestamp": str(int(Clock.now)), "X-Deployer-Nonce": "n" * 16,
-     "X-Deployer-Signature": "v2=00"},  # an unknown key
-    {"Authorization": "Bearer guessed"},
-])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        {"X-Hub-Signature-256": "x"},
+        {"X-Deployer-Signature": "v2=00"},
+        {
+            "X-Deployer-Key": "alice",
+            "X-Deployer-Timestamp": "1",
+            "X-Deployer-Nonce": "n" * 16,
+            "X-Deployer-Signature": "v2=00",
+        },  # well-formed but far outside the time window
+        {
+            "X-Deployer-Key": "nobody",
+            "X-Deployer-Timestamp": str(int(Clock.now)),
+            "X-Deployer-Nonce": "n" * 16,
+            "X-Deployer-Signature": "v2=00",
+        },  # an unknown key
+        {"Authorization": "Bearer guessed"},
+    ],
+)
 def test_a_junk_credential_from_a_throttled_source_gets_the_429_without_its_body_read(tmp_path, junk):
     client, _, _ = receiver(tmp_path)
     for _ in range(40):
-        client.post("/deploy", data=b"{}", headers={"Content-Type": "application/json"},
-                    base_url="http://h2.example:8000")
-    answer = client.post("/deploy", input_stream=Tripwire(b"{}"), content_length=2, base_url="http://h2.example:8000",
-                         headers={"Content-Type": "application/json", **junk})
+        client.post(
+            "/deploy", data=b"{}", headers={"Content-Type": "application/json"}, base_url="http://h2.example:8000"
+        )
+    answer = client.post(
+        "/deploy",
+        input_stream=Tripwire(b"{}"),
+        content_length=2,
+        base_url="http://h2.example:8000",
+        headers={"Content-Type": "application/json", **junk},
+    )
     assert answer.status_code == 429

@@ -15,9 +15,15 @@ from deployer.wiring import build_engine, build_fleet_client, build_job_tools
 
 
 def config(tmp_path):
-    data = {"deployer": {"state_dir": str(tmp_path / "state"), "iptables_wait": 3},
-            "apps": {"web": {"image": "127.0.0.1:5000/web",
-                             "ports": [{"external": 18080, "container": 80, "blue": 18081, "green": 18082}]}}}
+    data = {
+        "deployer": {"state_dir": str(tmp_path / "state"), "iptables_wait": 3},
+        "apps": {
+            "web": {
+                "image": "127.0.0.1:5000/web",
+                "ports": [{"external": 18080, "container": 80, "blue": 18081, "green": 18082}],
+            }
+        },
+    }
     return parse(data, path=tmp_path / "deployer.toml", environ={})
 
 
@@ -43,10 +49,23 @@ def test_the_worker_runs_an_asset_release_through_the_preloaded_image(tmp_path):
 def test_the_controller_gets_a_signed_client_of_each_host(tmp_path):
     secret = tmp_path / "fleet.secret"
     secret.write_text("fleet-secret-0123456789abcdef\n")
-    hosts = [{"name": f"h{i}", "url": f"http://h{i}:8000", "key_id": "fleet", "secret_file": str(secret),
-              "insecure_http": True} for i in (1, 2)]
-    controller = parse({"deployer": {"state_dir": str(tmp_path / "state")},
-                        "fleet": {"apps": ["web"], "hosts": hosts}}, path=tmp_path / "deployer.toml", environ={})
+    hosts = [
+        {
+            "name": f"h{i}",
+            "url": f"http://h{i}:8000",
+            "key_id": "fleet",
+            "secret_file": str(secret),
+            "insecure_http": True,
+        }
+        for i in (1, 2)
+    ]
+    controller = parse(
+        {"deployer": {"state_dir": str(tmp_path / "state")}, "fleet": {"apps": ["web"], "hosts": hosts}},
+        path=tmp_path / "deployer.toml",
+        environ={},
+    )
     client = build_fleet_client(controller.fleet)
     assert {name: (type(c), c.base_url, c.timeout) for name, c in client.clients.items()} == {
-        "h1": (SignedClient, "http://h1:8000", 5.0), "h2": (SignedClient, "http://h2:8000", 5.0)}
+        "h1": (SignedClient, "http://h1:8000", 5.0),
+        "h2": (SignedClient, "http://h2:8000", 5.0),
+    }

@@ -28,9 +28,21 @@ def queue(config, clock):
 
 
 def activate(config, app, tag):
-    StateStore(config.settings.state_dir).save(AppState(app=app, active=Instance(
-        port_set="blue", tag=tag, image="img", digest=None, container_id="c1", container_name="n", address="10.0.0.2",
-        since="2026-01-01T00:00:00Z")))
+    StateStore(config.settings.state_dir).save(
+        AppState(
+            app=app,
+            active=Instance(
+                port_set="blue",
+                tag=tag,
+                image="img",
+                digest=None,
+                container_id="c1",
+                container_name="n",
+                address="10.0.0.2",
+                since="2026-01-01T00:00:00Z",
+            ),
+        )
+    )
 
 
 # --- one job ----------------------------------------------------------------------------------------
@@ -44,7 +56,11 @@ def test_a_job_deploys_and_records_its_steps_and_outcome(config, queue, events):
     stored = queue.jobs.get(job.id)
     assert (stored.status, stored.reason) == ("succeeded", "v2 is live on green")
     assert [(s["name"], s["outcome"]) for s in queue.jobs.steps(job.id)] == [
-        ("job.started", None), ("pull", "running"), ("pull", "ok"), ("job.finished", "ok")]
+        ("job.started", None),
+        ("pull", "running"),
+        ("pull", "ok"),
+        ("job.finished", "ok"),
+    ]
     assert queue.jobs.steps(job.id)[2]["detail"]["image"] == "registry.example/web:v2"
     assert queue.live.active_tag("web") == "v2"
     assert [e["event"] for e in events if e["event"].startswith("job.")] == ["job.started", "job.finished"]
@@ -97,8 +113,9 @@ def test_a_busy_app_puts_the_job_back_until_the_job_timeout(config, queue, event
     late.now = job.created_at + 101
     status, _ = run_job(config, queue, events, job.id, engine=busy, clock=late)
     assert status == "failed"
-    assert queue.jobs.get(job.id).reason == ("the app stayed busy for longer than 100 s: another deploy of app 'web' "
-                                        "is running (pid 7)")
+    assert queue.jobs.get(job.id).reason == (
+        "the app stayed busy for longer than 100 s: another deploy of app 'web' is running (pid 7)"
+    )
 
 
 # --- the supervising worker -------------------------------------------------------------------------
@@ -125,8 +142,7 @@ def test_the_worker_runs_the_newest_job_per_app_and_supersedes_the_rest(config, 
     worker.lock.release()
 
 
-def test_a_job_process_that_dies_without_an_outcome_fails_the_job_and_reconciles_its_app(config, queue, events,
-                                                                                          clock):
+def test_a_job_process_that_dies_without_an_outcome_fails_the_job_and_reconciles_its_app(config, queue, events, clock):
     queue.jobs.submit_release(app="web", tag="v1", actor="a", hook_id="1", delivery="d", source={})
     reconciled = []
     worker = make_worker(config, queue, events, clock, lambda job: Process(code=-9), reconciled)
@@ -134,8 +150,10 @@ def test_a_job_process_that_dies_without_an_outcome_fails_the_job_and_reconciles
     worker.poll()  # launches
     worker.poll()  # reaps
     [job] = queue.jobs.jobs()
-    assert (job.status, job.reason) == ("failed", "the deploy process ended (exit status -9) before it recorded an "
-                                                  "outcome")
+    assert (job.status, job.reason) == (
+        "failed",
+        "the deploy process ended (exit status -9) before it recorded an outcome",
+    )
     assert reconciled == [None, "web"]  # everything at start, then the app the dead job touched
     worker.lock.release()
 
@@ -154,8 +172,7 @@ def test_a_job_over_the_timeout_is_killed_and_failed(config, queue, events, cloc
     worker.poll()
     assert process.killed
     first = queue.jobs.jobs()[0]
-    assert (first.status, first.reason) == ("failed", "timed out after 100 s; the deploy was "
-                                                      "stopped")
+    assert (first.status, first.reason) == ("failed", "timed out after 100 s; the deploy was stopped")
     assert reconciled == [None, "web"]
     worker.lock.release()
 
@@ -212,7 +229,8 @@ def test_job_steps_ignore_other_jobs_events(config, queue):
     sink({"event": "step", "step": "pull", "outcome": "ok", "job": "job-other", "_durable": True})
     sink({"event": "reconcile.repair", "job": job.id, "detail": "rules pointed at blue", "_durable": True})
     assert [(s["name"], s["detail"]) for s in queue.jobs.steps(job.id)] == [
-        ("reconcile.repair", {"detail": "rules pointed at blue"})]
+        ("reconcile.repair", {"detail": "rules pointed at blue"})
+    ]
 
 
 # --- an app whose releases come as assets ---------------------------------------------------------

@@ -29,9 +29,16 @@ Render = Callable[..., "str | None"]
 
 
 class Chains:
-    def __init__(self, backend: NetfilterBackend, network: BridgeNetwork, settings: Settings, *,
-                 retired: NetfilterBackend | None = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        backend: NetfilterBackend,
+        network: BridgeNetwork,
+        settings: Settings,
+        *,
+        retired: NetfilterBackend | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.backend = backend
         self.retired = retired  # the other backend, whose rules a switched host still holds until reconcile
         self.network = network
@@ -49,8 +56,9 @@ class Chains:
 
     def app_lock(self, app: str, *, wait: float | None = None, **holder: Any) -> AppLock:
         """The app's own lock: a deploy, a mode change and a forward of one app never interleave."""
-        return AppLock(self.settings.state_dir, app, wait=self.settings.lock_wait if wait is None else wait,
-                       holder=holder)
+        return AppLock(
+            self.settings.state_dir, app, wait=self.settings.lock_wait if wait is None else wait, holder=holder
+        )
 
     def lock_path(self, name: str) -> Path:
         return Path(self.settings.state_dir) / LOCKS / f"{name}.lock"
@@ -111,11 +119,13 @@ class Chains:
         self.prepare_bridge()
         live = self.table("nat")
         if self.base_missing(live, app):
-            self.backend.restore(rules.render_restore(live, self.names, self.settings.bridge, {},
-                                                      ensure_apps=[app.name]))
+            self.backend.restore(
+                rules.render_restore(live, self.names, self.settings.bridge, {}, ensure_apps=[app.name])
+            )
 
-    def flip(self, app: AppConfig, wanted: list[str], detail: dict[str, Any] | None = None, *,
-             tidy: bool = True) -> set[str]:
+    def flip(
+        self, app: AppConfig, wanted: list[str], detail: dict[str, Any] | None = None, *, tidy: bool = True
+    ) -> set[str]:
         """Make `wanted` the app's rules in one transaction; put the old rules back on failure.
 
         Touches the app's own chain only, so its cost does not grow with the number of apps. `detail`, when
@@ -141,7 +151,7 @@ class Chains:
                 before = []
             if before == wanted:
                 return set()
-            if before[:len(wanted)] == wanted:  # an earlier flip's move, untidied: only the tidy is left
+            if before[: len(wanted)] == wanted:  # an earlier flip's move, untidied: only the tidy is left
                 self.shadowed.pop(app.name, None)
                 self.rewrite_chain(app, wanted, before)
                 return rules.dnat_destinations(before) - rules.dnat_destinations(wanted)

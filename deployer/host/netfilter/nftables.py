@@ -95,8 +95,12 @@ class Picture:
 
     @classmethod
     def of(cls, table: nft.Table, prefix: str, generation: int | None) -> Picture:
-        picture = cls(generation, table.dispatching(prefix, exact=True), splits=table.splits(prefix),
-                      markers={chain[len(prefix) + 1:] for chain in table.chains if nft.is_app_chain(chain, prefix)})
+        picture = cls(
+            generation,
+            table.dispatching(prefix, exact=True),
+            splits=table.splits(prefix),
+            markers={chain[len(prefix) + 1 :] for chain in table.chains if nft.is_app_chain(chain, prefix)},
+        )
         for found in table.elements:
             picture.elements.setdefault(found.owner, []).append(found)
             picture.by_key.setdefault(found.key, []).append(found)
@@ -136,9 +140,17 @@ class Picture:
 
 
 class NftablesBackend:
-    def __init__(self, runner: NftRunner, iptables: NetfilterBackend, *, table: str, prefix: str,
-                 reader: NftRunner | None = None, generation: Path | None = None,
-                 ports: Callable[[str], Sequence[nft.Key]] = lambda app: ()) -> None:
+    def __init__(
+        self,
+        runner: NftRunner,
+        iptables: NetfilterBackend,
+        *,
+        table: str,
+        prefix: str,
+        reader: NftRunner | None = None,
+        generation: Path | None = None,
+        ports: Callable[[str], Sequence[nft.Key]] = lambda app: (),
+    ) -> None:
         self.runner = runner  # writes only
         self.reader = reader or runner
         self.iptables = iptables
@@ -166,8 +178,7 @@ class NftablesBackend:
 
     def _picture(self) -> Picture:
         """What the table holds: as kept, when no other process has written since; else read."""
-        if self.picture is None or self.picture.generation is None \
-                or self.picture.generation != self.generation.read():
+        if self.picture is None or self.picture.generation is None or self.picture.generation != self.generation.read():
             self.listing()
         assert self.picture is not None
         return self.picture
@@ -180,7 +191,7 @@ class NftablesBackend:
     def list_chain(self, chain: str) -> list[str] | None:
         """One chain as iptables-save lines; None when it does not exist."""
         if nft.is_app_chain(chain, self.prefix):
-            app = chain[len(self.prefix) + 1:]
+            app = chain[len(self.prefix) + 1 :]
             return self._picture().rules(self.prefix, app, self.ports(app))
         return self.listing().view(self.prefix, self.ports).get(chain)
 
@@ -193,8 +204,9 @@ class NftablesBackend:
             live = picture.table_for(self.prefix, nft.touched_apps(text, self.prefix))
             translation = nft.translate_restore(text, self.table, self.prefix, live, whole=False)
         else:
-            translation = nft.translate_restore(text, self.table, self.prefix,
-                                                self.listing() if nft.has_nat(text) else nft.Table())
+            translation = nft.translate_restore(
+                text, self.table, self.prefix, self.listing() if nft.has_nat(text) else nft.Table()
+            )
         if translation.other:
             self.iptables.restore(translation.other)
         if not translation.nat:

@@ -42,30 +42,41 @@ class Element:
     def rule(self, chain: str) -> str:
         """As iptables-save prints the rule."""
         if self.map == MAINTENANCE:
-            return (f"-A {chain} -p tcp -m tcp --dport {self.port} -m comment --comment {save_string(self.comment)}"
-                    f" -j REDIRECT --to-ports {self.value}")
+            return (
+                f"-A {chain} -p tcp -m tcp --dport {self.port} -m comment --comment {save_string(self.comment)}"
+                f" -j REDIRECT --to-ports {self.value}"
+            )
         address, port = self.value.split(" . ")
         return Forward(self.key[0], self.port, address, int(port), self.comment).rule(chain)
 
 
 def element(forward: Forward) -> Element:
-    return Element(map_name(forward.protocol), forward.external, forward.comment,
-                   f"{forward.to_address} . {forward.to_port}")
+    return Element(
+        map_name(forward.protocol), forward.external, forward.comment, f"{forward.to_address} . {forward.to_port}"
+    )
 
 
-_DNAT = re.compile(r'-p (?P<p>tcp|udp) -m (?P=p) --dport (?P<port>\d+) -m comment --comment '
-                   r'(?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j DNAT --to-destination '
-                   r'(?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+)')
-_REDIRECT = re.compile(r'-p tcp -m tcp --dport (?P<port>\d+) -m comment --comment '
-                       r'(?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j REDIRECT --to-ports (?P<to>\d+)')
+_DNAT = re.compile(
+    r"-p (?P<p>tcp|udp) -m (?P=p) --dport (?P<port>\d+) -m comment --comment "
+    r'(?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j DNAT --to-destination '
+    r"(?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+)"
+)
+_REDIRECT = re.compile(
+    r"-p tcp -m tcp --dport (?P<port>\d+) -m comment --comment "
+    r'(?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j REDIRECT --to-ports (?P<to>\d+)'
+)
 
 
 def element_of(chain: str, body: str) -> Element:
     """One rule of an app chain (its body, after `-A CHAIN `) as an element; RulesError when it is none."""
     match = _DNAT.fullmatch(body)
     if match:
-        found = Element(map_name(match["p"]), int(match["port"]), written_comment(match["comment"], body),
-                        f"{match['addr']} . {match['to']}")
+        found = Element(
+            map_name(match["p"]),
+            int(match["port"]),
+            written_comment(match["comment"], body),
+            f"{match['addr']} . {match['to']}",
+        )
     else:
         match = _REDIRECT.fullmatch(body)
         if match is None:
@@ -77,8 +88,11 @@ def element_of(chain: str, body: str) -> Element:
 
 def _check_owner(chain: str, body: str, comment: str) -> None:
     if f"{chain.split('-', 1)[0]}-{comment.split(' ', 1)[0]}" != chain:
-        raise RulesError(f"the nftables backend names a rule's app by its comment's first word, and "
-                         f"{comment!r} does not name the app of {chain}", rules=f"-A {chain} {body}")
+        raise RulesError(
+            f"the nftables backend names a rule's app by its comment's first word, and "
+            f"{comment!r} does not name the app of {chain}",
+            rules=f"-A {chain} {body}",
+        )
 
 
 @dataclass(frozen=True)
@@ -106,21 +120,29 @@ class Split:
         if match["weight"] is not None:
             test = f"-m statistic --mode random --probability {probability(int(match['weight']))}"
         else:
-            test = (f"-m cluster --cluster-local-nodemask 0x{(1 << int(match['nodes'])) - 1:08x} --cluster-total-nodes "
-                    f"{match['total']} --cluster-hash-seed 0x{int(match['seed'], 16):08x}")
-        return (f"-A {chain} -p {self.protocol} -m {self.protocol} --dport {self.port} {test} -m comment --comment "
-                f"{save_string(self.comment)} -j DNAT --to-destination {match['addr']}:{match['to']}")
+            test = (
+                f"-m cluster --cluster-local-nodemask 0x{(1 << int(match['nodes'])) - 1:08x} --cluster-total-nodes "
+                f"{match['total']} --cluster-hash-seed 0x{int(match['seed'], 16):08x}"
+            )
+        return (
+            f"-A {chain} -p {self.protocol} -m {self.protocol} --dport {self.port} {test} -m comment --comment "
+            f"{save_string(self.comment)} -j DNAT --to-destination {match['addr']}:{match['to']}"
+        )
 
 
-_SPLIT_IPT = re.compile(r'-p (?P<p>tcp|udp) -m (?P=p) --dport (?P<port>\d+) (?:-m statistic --mode random '
-                        r'--probability (?P<probability>0\.\d+)|-m cluster '
-                        r'--cluster-local-nodemask 0x(?P<mask>[0-9a-f]{8}) --cluster-total-nodes (?P<total>\d+) '
-                        r'--cluster-hash-seed 0x(?P<seed>[0-9a-f]{8})) '
-                        r'-m comment --comment (?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j DNAT '
-                        r'--to-destination (?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+)')
-_SPLIT_NFT = re.compile(r'(?P<p>tcp|udp) dport (?P<port>\d+) (?:numgen random mod 100 < (?P<weight>\d+)|jhash ip saddr '
-                        r'mod (?P<total>\d+) seed 0x(?P<seed>[0-9a-f]+) < (?P<nodes>\d+)) dnat to '
-                        r'(?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+) comment "(?P<comment>[^"]*)"')
+_SPLIT_IPT = re.compile(
+    r"-p (?P<p>tcp|udp) -m (?P=p) --dport (?P<port>\d+) (?:-m statistic --mode random "
+    r"--probability (?P<probability>0\.\d+)|-m cluster "
+    r"--cluster-local-nodemask 0x(?P<mask>[0-9a-f]{8}) --cluster-total-nodes (?P<total>\d+) "
+    r"--cluster-hash-seed 0x(?P<seed>[0-9a-f]{8})) "
+    r'-m comment --comment (?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j DNAT '
+    r"--to-destination (?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+)"
+)
+_SPLIT_NFT = re.compile(
+    r"(?P<p>tcp|udp) dport (?P<port>\d+) (?:numgen random mod 100 < (?P<weight>\d+)|jhash ip saddr "
+    r"mod (?P<total>\d+) seed 0x(?P<seed>[0-9a-f]+) < (?P<nodes>\d+)) dnat to "
+    r'(?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+) comment "(?P<comment>[^"]*)"'
+)
 
 
 def split_of(body: str) -> Split | None:
@@ -187,8 +209,11 @@ def effective(chain: str, lines: Iterable[str]) -> tuple[list[Element], list[Spl
             splits.append(found)
             continue
         if found.map == MAINTENANCE and found.key in split:
-            raise RulesError("the nftables backend looks up a maintenance redirect before a canary's split; "
-                             "it cannot put one behind the other", rules=line)
+            raise RulesError(
+                "the nftables backend looks up a maintenance redirect before a canary's split; "
+                "it cannot put one behind the other",
+                rules=line,
+            )
         taken.add(found.key)
         elements.append(found)
     return elements, splits
@@ -197,8 +222,11 @@ def effective(chain: str, lines: Iterable[str]) -> tuple[list[Element], list[Spl
 def app_view(chain: str, elements: Iterable[Element], splits: Iterable[Split], order: Sequence[Key]) -> list[str]:
     """An app's rules in the order nft evaluates them: maintenance redirects, splits, forwards."""
     found = ordered(elements, order)
-    return ([e.rule(chain) for e in found if e.map == MAINTENANCE] + [s.rule(chain) for s in splits]
-            + [e.rule(chain) for e in found if e.map != MAINTENANCE])
+    return (
+        [e.rule(chain) for e in found if e.map == MAINTENANCE]
+        + [s.rule(chain) for s in splits]
+        + [e.rule(chain) for e in found if e.map != MAINTENANCE]
+    )
 
 
 def ordered(elements: Iterable[Element], order: Sequence[Key]) -> list[Element]:

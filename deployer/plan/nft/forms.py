@@ -21,8 +21,11 @@ def written_comment(saved: str, body: str) -> str:
     """A rule's comment as iptables-save quoted it, unquoted; RulesError when nft cannot write it."""
     comment = _unsave(saved)
     if '"' in comment or len(comment) > COMMENT_LIMIT:
-        raise RulesError(f"the nftables backend cannot write the comment {comment!r}: nft takes at most "
-                         f"{COMMENT_LIMIT} characters and no double quote", rules=body)
+        raise RulesError(
+            f"the nftables backend cannot write the comment {comment!r}: nft takes at most "
+            f"{COMMENT_LIMIT} characters and no double quote",
+            rules=body,
+        )
     return comment
 
 
@@ -33,9 +36,16 @@ def _unsave(value: str) -> str:
     return re.sub(r"\\(.)", r"\1", value[1:-1])
 
 
-_IPT_FIELDS = {"p": r"tcp|udp", "port": r"\d+", "to": r"\d+", "addr": r"\d+\.\d+\.\d+\.\d+",
-               "src": r"\d+\.\d+\.\d+\.\d+/\d+", "target": r"[A-Za-z0-9_-]+", "out": r"[A-Za-z0-9_.-]+",
-               "comment": r'"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+'}
+_IPT_FIELDS = {
+    "p": r"tcp|udp",
+    "port": r"\d+",
+    "to": r"\d+",
+    "addr": r"\d+\.\d+\.\d+\.\d+",
+    "src": r"\d+\.\d+\.\d+\.\d+/\d+",
+    "target": r"[A-Za-z0-9_-]+",
+    "out": r"[A-Za-z0-9_.-]+",
+    "comment": r'"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+',
+}
 _NFT_FIELDS = {**_IPT_FIELDS, "out": r'"[A-Za-z0-9_.-]+"', "comment": r'"[^"]*"'}
 
 
@@ -50,18 +60,27 @@ class RuleForm:
 FORMS = (
     RuleForm("-m addrtype --dst-type LOCAL -j {target}", "fib daddr type local jump {target}"),
     # The loopback clients' masquerade (rules.py).
-    RuleForm("-s {src} -o {out} -m comment --comment {comment} -j MASQUERADE",
-             "ip saddr {src} oifname {out} masquerade comment {comment}"),
+    RuleForm(
+        "-s {src} -o {out} -m comment --comment {comment} -j MASQUERADE",
+        "ip saddr {src} oifname {out} masquerade comment {comment}",
+    ),
     # A forward's masquerade towards the old host (forwarding.py): `--ctstate DNAT` is conntrack's DNAT status.
-    RuleForm("-d {addr}/32 -p {p} -m {p} --dport {to} -m conntrack --ctstate DNAT -m comment --comment {comment} "
-             "-j MASQUERADE", "ip daddr {addr} {p} dport {to} ct status dnat masquerade comment {comment}"),
+    RuleForm(
+        "-d {addr}/32 -p {p} -m {p} --dport {to} -m conntrack --ctstate DNAT -m comment --comment {comment} "
+        "-j MASQUERADE",
+        "ip daddr {addr} {p} dport {to} ct status dnat masquerade comment {comment}",
+    ),
     # A host-bound app's socket match (hostbound.py). `-m socket --nowildcard` matches when any socket takes the
     # packet, a listener on 0.0.0.0 too; nft's socket expression finds the same socket, and either value of
     # its transparent flag means one was found.
-    RuleForm("-p tcp -m tcp --dport {port} -m socket --nowildcard -m comment --comment {comment} -j RETURN",
-             "tcp dport {port} socket transparent {{ 0, 1 }} return comment {comment}"),
-    RuleForm("-p tcp -m tcp --dport {port} -m comment --comment {comment} -j REDIRECT --to-ports {to}",
-             "tcp dport {port} redirect to :{to} comment {comment}"),
+    RuleForm(
+        "-p tcp -m tcp --dport {port} -m socket --nowildcard -m comment --comment {comment} -j RETURN",
+        "tcp dport {port} socket transparent {{ 0, 1 }} return comment {comment}",
+    ),
+    RuleForm(
+        "-p tcp -m tcp --dport {port} -m comment --comment {comment} -j REDIRECT --to-ports {to}",
+        "tcp dport {port} redirect to :{to} comment {comment}",
+    ),
     RuleForm("-j {target}", "jump {target}"),
 )
 

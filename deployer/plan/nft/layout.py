@@ -35,8 +35,11 @@ from collections.abc import Callable, Iterable, Sequence
 
 PROTOCOLS = ("tcp", "udp")
 MAINTENANCE = "maintenance-tcp"
-MAP_TYPES = {"tcp-ports": "ipv4_addr . inet_service", "udp-ports": "ipv4_addr . inet_service",
-             MAINTENANCE: "inet_service"}
+MAP_TYPES = {
+    "tcp-ports": "ipv4_addr . inet_service",
+    "udp-ports": "ipv4_addr . inet_service",
+    MAINTENANCE: "inet_service",
+}
 BASE_CHAINS = {
     "PREROUTING": "type nat hook prerouting priority dstnat - 5; policy accept;",
     "OUTPUT": "type nat hook output priority -105; policy accept;",
@@ -65,20 +68,28 @@ def dispatch(prefix: str) -> tuple[str, ...]:
     """The top chain's rules, as nft lists them: the maintenance redirect first, so it wins over anything else
     for its port, then the canary splits, then each protocol's forwards. A lookup that finds no element ends
     its rule, and the packet goes on."""
-    return (f"meta l4proto tcp redirect to :tcp dport map @{MAINTENANCE}", f"jump {splits_chain(prefix)}",
-            "dnat ip to tcp dport map @tcp-ports", "dnat ip to udp dport map @udp-ports")
+    return (
+        f"meta l4proto tcp redirect to :tcp dport map @{MAINTENANCE}",
+        f"jump {splits_chain(prefix)}",
+        "dnat ip to tcp dport map @tcp-ports",
+        "dnat ip to udp dport map @udp-ports",
+    )
 
 
 def is_app_chain(chain: str, prefix: str) -> bool:
     """DEPLOYER-web is an app's; DEPLOYER-POSTROUTING, -HOSTBOUND and the like are upper case, as no app is."""
-    return chain.startswith(f"{prefix}-") and chain[len(prefix) + 1:][:1].islower()
+    return chain.startswith(f"{prefix}-") and chain[len(prefix) + 1 :][:1].islower()
 
 
 def map_declarations(table: str) -> list[str]:
     """The table and its maps; `add` leaves what exists as it is."""
-    return [f"add table ip {table}",
-            *(f"add map ip {table} {name} {{ type inet_service : {data}; size 65536; }}"
-              for name, data in MAP_TYPES.items())]
+    return [
+        f"add table ip {table}",
+        *(
+            f"add map ip {table} {name} {{ type inet_service : {data}; size 65536; }}"
+            for name, data in MAP_TYPES.items()
+        ),
+    ]
 
 
 def base_declarations(table: str) -> list[str]:
@@ -89,6 +100,10 @@ def base_declarations(table: str) -> list[str]:
 def dispatch_rules(table: str, prefix: str, kept: Iterable[str] = ()) -> list[str]:
     """The top chain emptied and given its lookups through the maps, and the splits chain; `kept`: jumps of
     the old layout that stay in front, to app chains not yet moved into the maps."""
-    return [f"add chain ip {table} {splits_chain(prefix)}", f"add chain ip {table} {prefix}",
-            f"flush chain ip {table} {prefix}", *(f"add rule ip {table} {prefix} {rule}" for rule in kept),
-            *(f"add rule ip {table} {prefix} {rule}" for rule in dispatch(prefix))]
+    return [
+        f"add chain ip {table} {splits_chain(prefix)}",
+        f"add chain ip {table} {prefix}",
+        f"flush chain ip {table} {prefix}",
+        *(f"add rule ip {table} {prefix} {rule}" for rule in kept),
+        *(f"add rule ip {table} {prefix} {rule}" for rule in dispatch(prefix)),
+    ]

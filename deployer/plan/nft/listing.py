@@ -28,8 +28,9 @@ class Table:
 
     def splits(self, prefix: str) -> list[Split]:
         """The splits chain's rules that are the deployer's."""
-        return [found for text, _ in self.chains.get(splits_chain(prefix), [])
-                if (found := split_listed(text)) is not None]
+        return [
+            found for text, _ in self.chains.get(splits_chain(prefix), []) if (found := split_listed(text)) is not None
+        ]
 
     def owned_splits(self, prefix: str, app: str) -> list[Split]:
         return [found for found in self.splits(prefix) if found.owner == app]
@@ -43,20 +44,24 @@ class Table:
         and split is reached; `exact`: and nothing else (no app chain of the old layout is left)."""
         legacy = set() if exact else set(self.legacy_jumps(prefix))
         rules = tuple(text for text, handle in self.chains.get(prefix, []) if (text, handle) not in legacy)
-        return (rules == dispatch(prefix) and splits_chain(prefix) in self.chains and set(MAP_TYPES) <= self.maps)
+        return rules == dispatch(prefix) and splits_chain(prefix) in self.chains and set(MAP_TYPES) <= self.maps
 
     def view(self, prefix: str, order: Order) -> dict[str, list[str]]:
         """The chains as iptables-save would print them: chain -> its rules, the app chains among them."""
-        markers = {chain[len(prefix) + 1:]: found for chain, found in self.chains.items()
-                   if is_app_chain(chain, prefix)}
+        markers = {
+            chain[len(prefix) + 1 :]: found for chain, found in self.chains.items() if is_app_chain(chain, prefix)
+        }
         splits = self.splits(prefix)
         owners = sorted({e.owner for e in self.elements if e.comment} | {s.owner for s in splits} | set(markers))
         result: dict[str, list[str]] = {}
         for chain, found in self.chains.items():
             if chain == prefix:
                 dispatching = self.dispatching(prefix)
-                result[chain] = ([f"-A {prefix} -j {prefix}-{owner}" for owner in owners] if dispatching
-                                 else [rule_to_iptables(chain, text) for text, _ in found])
+                result[chain] = (
+                    [f"-A {prefix} -j {prefix}-{owner}" for owner in owners]
+                    if dispatching
+                    else [rule_to_iptables(chain, text) for text, _ in found]
+                )
             elif not is_app_chain(chain, prefix) and chain != splits_chain(prefix):
                 result[chain] = [rule_to_iptables(chain, text) for text, _ in found]
         for owner in owners:
@@ -64,8 +69,9 @@ class Table:
             result[chain] = app_view(chain, self.owned(owner), [s for s in splits if s.owner == owner], order(owner))
             result[chain] += [foreign(chain, text) for text, _ in markers.get(owner, [])]  # not in this layout
         strays = [foreign(prefix, f"{e.map} element {e.port} : {e.value}") for e in self.elements if not e.comment]
-        strays += [foreign(prefix, text) for text, _ in self.chains.get(splits_chain(prefix), [])
-                   if split_listed(text) is None]
+        strays += [
+            foreign(prefix, text) for text, _ in self.chains.get(splits_chain(prefix), []) if split_listed(text) is None
+        ]
         if strays:  # not the deployer's: shown where drift detection sees it
             result.setdefault(prefix, []).extend(strays)
         return result

@@ -17,8 +17,11 @@ Listed = Sequence[tuple[str, int]]  # a chain's rules as read: (nft text, handle
 def legacy_jumps(chains: Mapping[str, Listed], prefix: str) -> list[tuple[str, int]]:
     """The top chain's jumps to app chains. They stay in front of the lookups until each app's first write here
     moves its rules into the maps."""
-    return [(text, handle) for text, handle in chains.get(prefix, [])
-            if text.startswith(f"jump {prefix}-") and is_app_chain(text.removeprefix("jump "), prefix)]
+    return [
+        (text, handle)
+        for text, handle in chains.get(prefix, [])
+        if text.startswith(f"jump {prefix}-") and is_app_chain(text.removeprefix("jump "), prefix)
+    ]
 
 
 def kept_jumps(chains: Mapping[str, Listed], prefix: str, written: Collection[str]) -> list[str]:
@@ -26,16 +29,20 @@ def kept_jumps(chains: Mapping[str, Listed], prefix: str, written: Collection[st
     return [text for text, _ in legacy_jumps(chains, prefix) if text.removeprefix("jump ") not in written]
 
 
-def settle_chain(table: str, prefix: str, chain: str, chains: Mapping[str, Listed], *, kept: bool,
-                 unjump: bool) -> list[str]:
+def settle_chain(
+    table: str, prefix: str, chain: str, chains: Mapping[str, Listed], *, kept: bool, unjump: bool
+) -> list[str]:
     """An app chain the table holds, once the transaction has written its app: an empty chain of an app with no
     rules, or a chain of the old layout. Its rules go, and the chain too unless `kept` (the app has no rules
     now); `unjump`: its jump from the top chain is deleted by handle (else the top chain is rewritten without it).
     """
     commands = []
     if unjump:
-        commands += [f"delete rule ip {table} {prefix} handle {handle}"
-                     for text, handle in legacy_jumps(chains, prefix) if text == f"jump {chain}"]
+        commands += [
+            f"delete rule ip {table} {prefix} handle {handle}"
+            for text, handle in legacy_jumps(chains, prefix)
+            if text == f"jump {chain}"
+        ]
     if chains[chain] or not kept:
         commands.append(f"flush chain ip {table} {chain}")
     if not kept:

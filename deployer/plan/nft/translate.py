@@ -44,7 +44,7 @@ def touched_apps(text: str, prefix: str) -> dict[str, list[Key]]:
         chain = _chain_of(line)
         if not is_app_chain(chain, prefix):
             continue
-        keys = found.setdefault(chain[len(prefix) + 1:], [])
+        keys = found.setdefault(chain[len(prefix) + 1 :], [])
         if line.startswith(("-A ", "-I ", "-D ")):
             body = line.split(" ", 3)[3] if line.startswith("-I ") else line.split(" ", 2)[2]
             keys.append(rule_of(chain, body).key)
@@ -105,7 +105,7 @@ def play(text: str, table: str, prefix: str, live: Table) -> Played:
 
     def app_rules(chain: str) -> list[str]:
         if chain not in played.apps:
-            owner = chain[len(prefix) + 1:]
+            owner = chain[len(prefix) + 1 :]
             played.apps[chain] = app_view(chain, live.owned(owner), live.owned_splits(prefix, owner), ())
         return played.apps[chain]
 
@@ -163,8 +163,9 @@ def play(text: str, table: str, prefix: str, live: Table) -> Played:
                     played.chain_commands.append(f"add rule ip {table} {chain} {rule_to_nft(rest)}")
                 else:
                     wanted = rule_to_nft(rest)
-                    at = next((i for i, (found_text, _) in enumerate(handles.get(chain, []))
-                               if found_text == wanted), None)
+                    at = next(
+                        (i for i, (found_text, _) in enumerate(handles.get(chain, [])) if found_text == wanted), None
+                    )
                     if at is None:
                         raise RulesError("no such rule to delete", rules=line)
                     handle = handles[chain].pop(at)[1]
@@ -201,7 +202,7 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     """
     played = play(text, table, prefix, live)
     apps = played.apps
-    others = ("\n".join([*played.other, ""]) if played.other else "")
+    others = "\n".join([*played.other, ""]) if played.other else ""
     if played.removes_table:  # the teardown: everything the deployer owns in nat is this table
         return Translation(f"delete table ip {table}\n" if live.chains or live.maps else "", others, {}, True)
 
@@ -212,7 +213,7 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     splits_after = [found for found in splits_before if f"{prefix}-{found.owner}" not in apps]
     markers: dict[str, bool] = {}
     for chain, found in apps.items():
-        app = chain[len(prefix) + 1:]
+        app = chain[len(prefix) + 1 :]
         result[app] = effective(chain, found)
         before += live.owned(app)
         after += result[app][0]
@@ -221,15 +222,18 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     taken = {e.key: e.owner for e in live.elements if e not in before}
     for e in after:
         if e.key in taken and e not in before:
-            raise RulesError(f"port {e.port}/{e.key[0]} is already in the nftables maps, for "
-                             f"{taken[e.key] or 'a rule not of the deployer'}", rules=e.rule(f"{prefix}-{e.owner}"))
+            raise RulesError(
+                f"port {e.port}/{e.key[0]} is already in the nftables maps, for "
+                f"{taken[e.key] or 'a rule not of the deployer'}",
+                rules=e.rule(f"{prefix}-{e.owner}"),
+            )
     elements = render_replace(table, before, after)
     splits_changed = splits_after != splits_before
     wants_lookups = played.jumps or elements is not None or splits_changed or apps
     rewrite_dispatch = whole and (played.declares_top or (wants_lookups and not live.dispatching(prefix)))
     marker_commands: list[str] = []
     for chain in apps:
-        kept = markers[chain[len(prefix) + 1:]]
+        kept = markers[chain[len(prefix) + 1 :]]
         if chain in live.chains:  # an app's empty chain, or one of the old layout
             marker_commands += settle_chain(table, prefix, chain, live.chains, kept=kept, unjump=not rewrite_dispatch)
         elif kept:
@@ -240,15 +244,17 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     if whole and played.touches_base:
         nat += base_declarations(table)
     if rewrite_dispatch or (whole and (elements or marker_commands)):
-        nat += map_declarations(table)[0 if not nat else 1:]
+        nat += map_declarations(table)[0 if not nat else 1 :]
     if rewrite_dispatch:
         nat += dispatch_rules(table, prefix, old_jumps)
     nat += played.chain_commands
     if elements:
         nat.append(elements.rstrip("\n"))
     if splits_changed:
-        nat += [f"flush chain ip {table} {splits_chain(prefix)}",
-                *(f"add rule ip {table} {splits_chain(prefix)} {found.nft}" for found in splits_after)]
+        nat += [
+            f"flush chain ip {table} {splits_chain(prefix)}",
+            *(f"add rule ip {table} {splits_chain(prefix)} {found.nft}" for found in splits_after),
+        ]
     nat += marker_commands
     if not (elements or splits_changed or marker_commands or played.chain_commands or rewrite_dispatch):
         nat = []
