@@ -71,3 +71,19 @@ def make_config(
     """`config_text` parsed as tmp_path/deployer.toml (`parse_receiver` parses the receiver's part only)."""
     text = config_text(tmp_path, *apps, server=server, tables=tables)
     return parse(tomllib.loads(text), path=tmp_path / "deployer.toml", environ=dict(environ or {}))
+
+
+def cluster_config(path: Path, cluster: Mapping[str, Any], *, state_dir: Path | None = None) -> Config:
+    """A config of one clustered app, web (80 to 8080), with the [cluster] table `cluster` (under 198.18.10.0/24)."""
+    web = {
+        "image": "r.example/web",
+        "cluster": True,
+        "ports": [{"external": 80, "container": 8080, "blue": 8001, "green": 8002}],
+    }
+    data: dict[str, Any] = {
+        "apps": {"web": web},
+        "cluster": {"address": "198.18.10.100", "subnet": "198.18.10.0/24", **cluster},
+    }
+    if state_dir is not None:
+        data["deployer"] = {"state_dir": str(state_dir)}
+    return config_module.parse(data, path=path, environ={})

@@ -8,8 +8,9 @@ import pytest
 from deployer.config import AppConfig, HealthCheck, PortMapping
 from deployer.errors import CanaryError
 from deployer.plan import app_chain, canary
-from deployer.plan.records import SERVING, AppState, Instance
+from deployer.plan.records import SERVING, AppState
 from deployer.plan.rules import ChainNames
+from support.instances import BLUE, GREEN
 
 NAMES = ChainNames("DEPLOYER")
 DEMO = AppConfig(
@@ -18,26 +19,6 @@ DEMO = AppConfig(
     ports=(PortMapping(1000, 8080, "tcp", 1001, 1002), PortMapping(1000, 9090, "udp", 1001, 1002)),
     health=HealthCheck(type="http", port=8080, path="/healthz"),
     status_port=1005,
-)
-BLUE = Instance(
-    port_set="blue",
-    tag="v1",
-    image="127.0.0.1:5000/demo",
-    digest=None,
-    container_id="c1" * 32,
-    container_name="deployer-demo-blue",
-    address="172.18.0.2",
-    since="2026-11-21T09:00:00.000Z",
-)
-GREEN = Instance(
-    port_set="green",
-    tag="v2",
-    image="127.0.0.1:5000/demo",
-    digest=None,
-    container_id="c2" * 32,
-    container_name="deployer-demo-green",
-    address="172.18.0.3",
-    since="2026-11-21T10:00:00.000Z",
 )
 NOW = "2026-11-21T11:00:00.000Z"
 

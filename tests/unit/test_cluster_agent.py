@@ -15,34 +15,21 @@ from deployer.errors import LeaveRefused
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.health import ProbeResult
 from deployer.journal import Journal
+from support.configs import cluster_config
 
 
 def load(tmp_path: Path, host: str = "h1") -> config.Config:
-    return config.parse(
-        {
-            "deployer": {"state_dir": str(tmp_path / "state")},
-            "apps": {
-                "web": {
-                    "image": "r.example/web",
-                    "cluster": True,
-                    "ports": [{"external": 80, "container": 8080, "blue": 8001, "green": 8002}],
-                }
-            },
-            "cluster": {
-                "address": "198.18.10.100",
-                "interface": "eth0",
-                "subnet": "198.18.10.0/24",
-                "buckets": 4,
-                "hash_seed": 1,
-                "host": host,
-                "handover_delay": 0.05,
-                "check_interval": 0.2,
-                "hosts": [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"}],
-            },
-        },
-        path=tmp_path / "deployer.toml",
-        environ={},
-    )
+    hosts = [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"}]
+    cluster = {
+        "interface": "eth0",
+        "buckets": 4,
+        "hash_seed": 1,
+        "host": host,
+        "handover_delay": 0.05,
+        "check_interval": 0.2,
+        "hosts": hosts,
+    }
+    return cluster_config(tmp_path / "deployer.toml", cluster, state_dir=tmp_path / "state")
 
 
 class Effects(list):

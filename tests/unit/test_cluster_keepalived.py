@@ -2,39 +2,26 @@
 
 from pathlib import Path
 
-from deployer import config
 from deployer.plan.keepalived import render_config
+from support.configs import cluster_config
 
 PATH = Path("/etc/deployer/deployer.toml")
 STATE = Path("/var/lib/deployer/state/cluster")
 
 
 def cluster(host: str, **extra):
-    return config.parse(
-        {
-            "apps": {
-                "web": {
-                    "image": "r.example/web",
-                    "cluster": True,
-                    "ports": [{"external": 80, "container": 8080, "blue": 8001, "green": 8002}],
-                }
-            },
-            "cluster": {
-                "address": "198.18.10.100",
-                "interface": "eth1",
-                "subnet": "198.18.10.0/24",
-                "buckets": 3,
-                "hash_seed": 7,
-                "host": host,
-                "advert_interval": 0.2,
-                "router_id_base": 60,
-                "hosts": [{"name": "a", "address": "198.18.10.1"}, {"name": "b", "address": "198.18.10.2"}],
-                **extra,
-            },
-        },
-        path=PATH,
-        environ={},
-    ).cluster
+    hosts = [{"name": "a", "address": "198.18.10.1"}, {"name": "b", "address": "198.18.10.2"}]
+    table = {
+        "interface": "eth1",
+        "buckets": 3,
+        "hash_seed": 7,
+        "host": host,
+        "advert_interval": 0.2,
+        "router_id_base": 60,
+        "hosts": hosts,
+        **extra,
+    }
+    return cluster_config(PATH, table).cluster
 
 
 def render(host: str, **extra) -> str:

@@ -8,6 +8,7 @@ from deployer.errors import NotDeployable
 from deployer.plan import app_chain, drain, hostbound, maintenance, retries, rules
 from deployer.plan.records import AppState, Instance
 from deployer.plan.rules import ChainNames, Forward, SavedTable
+from support.instances import BLUE, GREEN
 
 NAMES = ChainNames("DEPLOYER")
 MPORT = 8999
@@ -28,26 +29,6 @@ WEB = AppConfig(
     ports=(PortMapping(80, 80, "tcp", 0, 0), PortMapping(443, 443, "tcp", 0, 0)),
     health=HealthCheck(type="tcp", port=80),
     host_bound=True,
-)
-GREEN = Instance(
-    port_set="green",
-    tag="v2",
-    image="127.0.0.1:5000/demo",
-    digest=None,
-    container_id="c2" * 32,
-    container_name="deployer-demo-green",
-    address="172.18.0.3",
-    since="2026-11-21T10:00:00.000Z",
-)
-BLUE = Instance(
-    port_set="blue",
-    tag="v1",
-    image="127.0.0.1:5000/demo",
-    digest=None,
-    container_id="c1" * 32,
-    container_name="deployer-demo-blue",
-    address="172.18.0.2",
-    since="2026-11-21T09:00:00.000Z",
 )
 NOW = "2026-11-21T11:00:00.000Z"
 

@@ -10,37 +10,11 @@ from deployer.errors import DiskFull, StateError
 from deployer.folders import write_atomically
 from deployer.host.state import StateStore
 from deployer.plan.records import AppState, Instance
+from support.instances import demo_instance
 
-BLUE_V1 = Instance(
-    port_set="blue",
-    tag="v1",
-    image="127.0.0.1:5000/demo",
-    digest="sha256:" + "11" * 32,
-    container_id="c1" * 32,
-    container_name="deployer-demo-blue",
-    address="172.18.0.2",
-    since="2026-11-21T09:00:00.000Z",
-)
-GREEN_V2 = Instance(
-    port_set="green",
-    tag="v2",
-    image="127.0.0.1:5000/demo",
-    digest=None,
-    container_id="c2" * 32,
-    container_name="deployer-demo-green",
-    address="172.18.0.3",
-    since="2026-11-21T10:00:00.000Z",
-)
-BLUE_V3 = Instance(
-    port_set="blue",
-    tag="v3",
-    image="127.0.0.1:5000/demo",
-    digest="sha256:" + "33" * 32,
-    container_id="c3" * 32,
-    container_name="deployer-demo-blue",
-    address="172.18.0.4",
-    since="2026-11-21T11:00:00.000Z",
-)
+BLUE_V1 = demo_instance("blue", "v1", 1, digest="sha256:" + "11" * 32)
+GREEN_V2 = demo_instance("green", "v2", 2)
+BLUE_V3 = demo_instance("blue", "v3", 3, digest="sha256:" + "33" * 32)
 
 
 def test_missing_file_gives_an_empty_state(tmp_path):
