@@ -237,7 +237,7 @@ def test_dead_docker_socket_fails_cleanly(deployer):
     )
     started = time.monotonic()
     cli = deployer.cli("deploy", "web", "v1", timeout=60)
-    assert cli.returncode == 1, cli.stderr
+    assert cli.returncode == 69, cli.stderr  # EX_UNAVAILABLE: the daemon does not answer
     assert time.monotonic() - started < 30
     reason = reason_line(cli.stderr)
     assert "does not answer" in reason and "/tmp/no-such-docker.sock" in reason

@@ -86,7 +86,7 @@ def test_a_rollout_one_host_at_a_time_under_load_fails_nothing(bed: FleetBed):
 
 def test_a_release_that_fails_its_health_gate_on_the_canary_changes_no_other_host(bed: FleetBed):
     before = {h.name: len(bed.host_jobs(h)) for h in bed.cluster.hosts}
-    result = bed.rollout("bad", "--canary", "h2")
+    result = bed.rollout("bad", "--canary-host", "h2")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "host h2" in result.stderr and "health check did not pass" in result.stderr, result.stderr
     assert bed.tags() == {"h1": "v1", "h2": "v1", "h3": "v1"}
@@ -236,7 +236,8 @@ def test_a_rollout_survives_five_controller_kills_at_random_moments_and_deploys_
 def test_an_abort_of_a_rollout_whose_controller_is_down_reverts_h1_and_h2_and_leaves_h3(bed: FleetBed):
     load = bed.cluster.client_load(300)
     time.sleep(1.0)
-    queued = bed.deployer("rollout", "web", "v2", "--bake", "60")  # h3 waits out the bake: the controller dies first
+    # h1 and h2 are the first batch; h3 waits out the bake after it, and the controller dies first.
+    queued = bed.deployer("rollout", "web", "v2", "--canary-hosts", "2", "--bake", "60")
     assert queued.returncode == 0, queued.stdout + queued.stderr
     rollout = rollout_id(queued)
     bed.cluster.wait_for(lambda: ("h2", "done") in host_states(bed, rollout), 180, "h2 done")

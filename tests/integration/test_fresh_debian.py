@@ -91,7 +91,7 @@ def test_install_deps_and_the_unit_tests_pass_on_stock_debian_from_a_plain_clone
             rootfs,
             log,
             "unit tests",
-            f"cd {CLONE} && .venv/bin/python -m pytest tests/unit -q -p no:cacheprovider",
+            f"cd {CLONE} && scripts/test --unit -q -p no:cacheprovider",
             timeout=600,
         )
         summary = units.stdout.strip().splitlines()[-1] if units.stdout.strip() else ""

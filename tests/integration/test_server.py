@@ -145,7 +145,7 @@ def test_the_redeploy_client_deploys_a_tag_and_redeploys_the_active_release(serv
     assert [j.actor for j in served.queue().jobs.jobs()] == ["key:ops", "key:ops"]
 
     refused = served.redeploy("web", "$(id)")
-    assert refused.returncode == 2
+    assert refused.returncode == 65  # EX_DATAERR: the server refused the request
     assert refused.stderr.startswith("deployer: the server refused the request (422): ")
     assert len(served.queue().jobs.jobs()) == 2
     assert_no_secret_anywhere(served)
