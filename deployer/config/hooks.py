@@ -7,10 +7,47 @@ without the exec bit or one named `post-healthy.sh` is a config error naming the
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from deployer.config.model import HOOK_NAMES
+from deployer.config.model import HOOK_NAMES, AppConfig, Settings
 from deployer.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class HooksFolder:
+    """A folder the deploys run hooks from, and the key that names it (with its app, for an app's own)."""
+
+    folder: Path
+    key: str  # "deployer.hooks_dir", or "hooks_dir" of `app`
+    configured: bool  # named in the config; the default folder may be absent (no hooks)
+    app: str | None = None
+
+
+def hooks_folders(settings: Settings, apps: Mapping[str, AppConfig], *, configured: bool) -> list[HooksFolder]:
+    """The folders the deploys will run hooks from: the global one unless every app has its own, and each app's.
+
+    `configured`: whether [deployer] names hooks_dir (else it is the default folder).
+    """
+    folders = []
+    if any(app.hooks_dir is None for app in apps.values()) or configured:
+        folders.append(HooksFolder(settings.hooks_dir, "deployer.hooks_dir", configured))
+    folders += [
+        HooksFolder(app.hooks_dir, "hooks_dir", True, app=name)
+        for name, app in apps.items()
+        if app.hooks_dir is not None
+    ]
+    return folders
+
+
+def hooks_folder_problem(folder: Path, *, exists: bool, is_dir: bool, configured: bool) -> str | None:
+    """What is wrong with a hooks folder itself, or None: missing when configured, or not a folder (pure)."""
+    if not exists:
+        return f"names no folder: {folder}" if configured else None
+    if not is_dir:
+        return f"is not a folder: {folder}"
+    return None
 
 
 def hook_file_problem(name: str, *, is_file: bool, executable: bool) -> str | None:
@@ -32,12 +69,11 @@ def check_hooks_dir(folder: Path, *, configured: bool, path: Path, key: str, app
 
     The default folder may be absent (no hooks); when it exists, its hooks are checked all the same.
     """
+    problem = hooks_folder_problem(folder, exists=folder.exists(), is_dir=folder.is_dir(), configured=configured)
+    if problem is not None:
+        raise ConfigError(problem, path=path, app=app, key=key)
     if not folder.exists():
-        if configured:
-            raise ConfigError(f"names no folder: {folder}", path=path, app=app, key=key)
         return
-    if not folder.is_dir():
-        raise ConfigError(f"is not a folder: {folder}", path=path, app=app, key=key)
     try:
         entries = sorted(folder.iterdir())
     except OSError as exc:

@@ -18,7 +18,7 @@ from deployer.config.app import parse_app, parse_receiver_app, release_policy
 from deployer.config.cluster import check_cluster_apps, parse_cluster
 from deployer.config.fields import only_keys
 from deployer.config.fleet import parse_fleet, release_tables
-from deployer.config.hooks import check_hooks_dir
+from deployer.config.hooks import check_hooks_dir, hooks_folders
 from deployer.config.model import AppConfig, Config, ReceiverApp, ReceiverConfig, ServerConfig, Settings
 from deployer.config.registries import parse_registries
 from deployer.config.secrets import read_secret
@@ -50,10 +50,16 @@ def local_actor(environ: Mapping[str, str] | None = None) -> str:
     return f"cli:{user}"
 
 
-def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file; raises ConfigError naming the file, app and key."""
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *, check_hooks: bool = True) -> Config:
+    """Read and validate a config file; raises ConfigError naming the file, app and key.
+
+    `check_hooks=False` leaves the hooks folders unchecked, for `deployer check`, which reports each of their
+    problems on its own line beside the host's instead of stopping at the first.
+    """
     path = _absolute(path)
-    return parse(_read_toml(path), path=path, environ=os.environ if environ is None else environ)
+    return parse(
+        _read_toml(path), path=path, environ=os.environ if environ is None else environ, check_hooks=check_hooks
+    )
 
 
 def load_receiver(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> ReceiverConfig:
@@ -84,7 +90,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"not valid TOML: {exc}", path=path) from None
 
 
-def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) -> Config:
+def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str], check_hooks: bool = True) -> Config:
     path = _absolute(path)
     base = path.parent
     only_keys(data, TOP_LEVEL_KEYS, path=path, where=None)
@@ -108,7 +114,8 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
     }
     _check_port_conflicts(apps, path=path, maintenance_port=settings.maintenance_port)
     _check_repositories(apps, path=path)
-    _check_hooks(settings, apps, configured="hooks_dir" in data.get("deployer", {}), path=path)
+    if check_hooks:
+        _check_hooks(settings, apps, configured="hooks_dir" in data.get("deployer", {}), path=path)
     server = parse_server(
         data.get("server", {}), path=path, base=base, environ=environ, secret_env_names=receiver_env_names
     )
@@ -146,12 +153,9 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) ->
 
 
 def _check_hooks(settings: Settings, apps: Mapping[str, AppConfig], *, configured: bool, path: Path) -> None:
-    """The folders the deploys will run hooks from: the global one unless every app has its own, and each app's."""
-    if any(app.hooks_dir is None for app in apps.values()) or configured:
-        check_hooks_dir(settings.hooks_dir, configured=configured, path=path, key="deployer.hooks_dir")
-    for name, app in apps.items():
-        if app.hooks_dir is not None:
-            check_hooks_dir(app.hooks_dir, configured=True, path=path, key="hooks_dir", app=name)
+    """The folders the deploys will run hooks from (`hooks_folders`), each checked: the first problem stops the load."""
+    for hooks in hooks_folders(settings, apps, configured=configured):
+        check_hooks_dir(hooks.folder, configured=hooks.configured, path=path, key=hooks.key, app=hooks.app)
 
 
 def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) -> ReceiverConfig:

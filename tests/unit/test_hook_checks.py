@@ -1,10 +1,12 @@
 """Hooks checked at load: a configured folder that is missing, a hook without the exec bit, a hook's name with a
 suffix: each is a config error naming the file, where a deploy would otherwise skip the hook without a word."""
 
+from pathlib import Path
+
 import pytest
 
 from deployer import config
-from deployer.config.hooks import hook_file_problem
+from deployer.config.hooks import hook_file_problem, hooks_folders
 from deployer.errors import ConfigError
 
 APP = """
@@ -97,3 +99,16 @@ def test_executable_hooks_and_other_files_load(tmp_path):
         hook(tmp_path / "hooks", name)
     hook(tmp_path / "hooks", "README.md", 0o644)
     assert config.load(write(tmp_path, 'hooks_dir = "hooks"'), environ={}).settings.hooks_dir == tmp_path / "hooks"
+
+
+def test_check_loads_a_config_the_hooks_would_refuse_and_lists_the_folders_to_judge(tmp_path):
+    hook(tmp_path / "web-hooks", "pre-deploy", 0o600)
+    path = write(tmp_path, 'hooks_dir = "/nonexistent/hooks"', app_line='hooks_dir = "web-hooks"')
+    assert "names no folder" in refusal(path)
+    loaded = config.load(path, environ={}, check_hooks=False)
+    folders = hooks_folders(loaded.settings, loaded.apps, configured=True)
+    assert [(f.folder, f.key, f.configured, f.app) for f in folders] == [
+        (Path("/nonexistent/hooks"), "deployer.hooks_dir", True, None),
+        (tmp_path / "web-hooks", "hooks_dir", True, "web"),
+    ]
+    assert hooks_folders(loaded.settings, loaded.apps, configured=False)[0].app == "web"  # every app has its own

@@ -9,6 +9,7 @@ import pytest
 
 from deployer import config
 from deployer.config import AssetConfig, PortMapping, ReceiverApp
+from deployer.config.receiver_files import receiver_files
 from deployer.errors import ConfigError
 from support.configs import app_toml
 
@@ -266,3 +267,20 @@ def test_gunicorn_gets_an_app_secret_from_the_environment_too(tmp_path):
         "WEB_GH": "web-from-env",
         "DEPLOYER_CONFIG": str(path),
     }
+
+
+def test_the_files_the_receiver_opens_are_listed_for_check_and_the_worker_files_are_not(tmp_path):
+    path = write(tmp_path, WORKER_SECRETS + APPS + SERVER)
+    (tmp_path / "root-only").mkdir()
+    for name in ("registry.password", "web.env", "asset.token"):
+        (tmp_path / "root-only" / name).write_text("VALUE=root-only\n")
+    (tmp_path / "page.html").write_text("<p>back soon</p>")
+    text = path.read_text().replace("[apps.api]\n", '[apps.api]\nmaintenance_page = "page.html"\n')
+    path.write_text(text)
+    found = [(item.key, item.path) for item in receiver_files(config.load(path, environ=ENVIRON))]
+    assert found == [
+        ("config", path),
+        ("server.audit_token_file", tmp_path / "audit.token"),
+        ("apps.web.github_secret_file", tmp_path / "web-github"),
+        ("apps.api.maintenance_page", tmp_path / "page.html"),
+    ]
