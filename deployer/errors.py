@@ -9,7 +9,7 @@ from __future__ import annotations
 # The exit codes, the same for every command (sysexits.h where one fits). Each error class carries its own as
 # `exit_code`; deployer/cli/main.py turns an error into its line and its code, and docs/commands.md lists them.
 EXIT_OK = 0
-EXIT_FAILED = 1  # the operation failed (traffic stays where it was), or a check found a problem (status, verify)
+EXIT_FAILED = 1  # the operation failed (traffic stays where it was), or a check found a problem (status, verify, check)
 EXIT_USAGE = 2  # a bad flag or argument, or an invalid config (argparse's own code for usage errors)
 EXIT_REFUSED = 65  # EX_DATAERR: the server refused the request as sent (a signature, a scope, a field)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: Docker, the server or a registry does not answer

@@ -37,6 +37,7 @@ from deployer.errors import DeployerError, UnsafePath
 from deployer.fleet.client import FleetClient
 from deployer.folders import space_problem
 from deployer.host import responder
+from deployer.host.checks import HostChecks, HostProbes
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import DockerPort, Engine
 from deployer.host.netfilter.backend import NetfilterBackend
@@ -136,6 +137,31 @@ def build_host_probes(config: Config) -> tuple[Callable[[], object], Callable[[]
         lambda: DockerHost(config.settings.docker_host, timeout=5).ping(),
         lambda: Netfilter(wait_seconds=config.settings.iptables_wait).save_nat(),
     )
+
+
+def build_host_checks(config: Config) -> HostChecks:
+    """`deployer check`'s probes: Docker (ping, a short timeout), each registry the apps pull from (/v2/), the
+    netfilter backend in use (its nat rules read), keepalived's version with [cluster]."""
+    settings = config.settings
+    if settings.backend == "nftables":
+        nftables = Nftables()
+
+        def netfilter() -> object:
+            return nftables.run("list tables")
+    else:
+
+        def netfilter() -> object:
+            return Netfilter(wait_seconds=settings.iptables_wait).save_nat()
+
+    registries = sorted({app.registry for app in config.apps.values() if app.registry})
+    keepalived = Keepalived(ClusterPaths.under(settings.state_dir).folder)
+    probes = HostProbes(
+        docker=lambda: DockerHost(settings.docker_host, timeout=5).ping(),
+        netfilter=netfilter,
+        registries={registry: functools.partial(check_registry, registry) for registry in registries},
+        keepalived=keepalived.version if config.cluster is not None else None,
+    )
+    return HostChecks(config, probes)
 
 
 def build_registry_watch(config: Config) -> RegistryWatch | None:
@@ -260,6 +286,7 @@ __all__ = [
     "build_cluster_control",
     "build_engine",
     "build_fleet_client",
+    "build_host_checks",
     "build_host_probes",
     "build_image_loader",
     "build_job_tools",

@@ -108,6 +108,29 @@ class Keepalived:
                 os.kill(pid, signal.SIGKILL)
         return pid
 
+    def version(self, timeout: float = 5.0) -> str:
+        """The first line `keepalived --version` prints ("Keepalived v2.2.7 (01/16,2022)"): it is installed and runs."""
+        try:
+            result = subprocess.run(
+                [self.binary, "--version"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise ClusterError(f"{self.binary} is not installed (Debian: apt-get install keepalived)") from None
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"{self.binary} --version did not end within {timeout:g} s") from None
+        except OSError as exc:
+            raise ClusterError(f"cannot run {self.binary}: {exc.strerror}") from None
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        if result.returncode != 0 or not lines:
+            raise ClusterError(f"{self.binary} --version failed with exit code {result.returncode}")
+        return lines[0].strip()[:100]
+
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

@@ -16,6 +16,7 @@ import shtab
 from deployer import config as config_module
 from deployer.cli import audit as audit_cli
 from deployer.cli import canary as canary_cli
+from deployer.cli import check as check_cli
 from deployer.cli import cluster as cluster_cli
 from deployer.cli import fleet as fleet_cli
 from deployer.cli import forward as forward_cli
@@ -210,6 +211,7 @@ def _extensions() -> list[Callable[..., None]]:
     return [
         server_cli.register,
         audit_cli.register,
+        check_cli.register,
         ops_cli.register,
         forward_cli.register,
         cluster_cli.register,
