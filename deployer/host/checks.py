@@ -119,11 +119,12 @@ class HostChecks:
     def state_tree(self) -> StateTree:
         folder = Path(self.config.settings.state_dir)
         group = self.config.server.group
+        itself = lstat_entry(folder)
         return StateTree(
             path=str(folder),
             above=tuple(entry for entry in map(stat_entry, folder.parents[::-1]) if entry is not None),
-            folder=lstat_entry(folder),
-            entries=tuple(walk(folder)),
+            folder=itself,
+            entries=tuple(walk(folder)) if itself is not None and stat.S_ISDIR(itself.mode) else (),  # not a link
             shared_gid=self.accounts.group(group) if group else None,
         )
 
@@ -138,6 +139,7 @@ class HostChecks:
                 configured=hooks.configured,
                 exists=folder.exists(),
                 is_dir=folder.is_dir(),
+                itself=stat_entry(folder),
             )
             if listing.is_dir:
                 try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from deployer.config.hooks import hook_file_problem, hooks_folder_problem
+from deployer.config.model import HOOK_NAMES
 
 SHARED_FOLDERS = ("queue", "audit")  # deployer/queue/database.py and deployer/audit/log.py: FOLDER
 SHARED_FOLDER_MODE = 0o2770  # deployer/folders.py: FOLDER_MODE
@@ -98,6 +99,7 @@ class HooksListing:
     is_dir: bool
     entries: tuple[Entry, ...] = ()
     unreadable: str | None = None  # why it could not be listed
+    itself: Entry | None = None  # the folder's own owner and mode
 
 
 @dataclass(frozen=True)
@@ -264,8 +266,11 @@ def file_problems(receiver: ReceiverIdentity | None, files: Sequence[ReadFile]) 
     return problems
 
 
-def hooks_problems(listings: Sequence[HooksListing]) -> list[Problem]:
-    """The problems the config loader refuses at load, all of them: a missing folder, a hook that would not run."""
+def hooks_problems(listings: Sequence[HooksListing], deployer_uid: int = 0) -> list[Problem]:
+    """The problems the config loader refuses at load, all of them: a missing folder, a hook that would not run.
+    And what it does not look at: root runs the hooks, so a hook or its folder that another user can change is one
+    too."""
+    trusted_uids, trusted_gids = frozenset({0, deployer_uid}), frozenset({0})
     problems = []
     for listing in listings:
         folder_problem = hooks_folder_problem(
@@ -277,6 +282,7 @@ def hooks_problems(listings: Sequence[HooksListing]) -> list[Problem]:
         if listing.unreadable is not None:
             problems.append(Problem(f"cannot list {listing.folder}: {listing.unreadable}", key=listing.key))
             continue
+        writable = [listing.itself] if listing.itself is not None else []
         for entry in listing.entries:
             name = PurePosixPath(entry.path).name
             problem = hook_file_problem(
@@ -284,6 +290,18 @@ def hooks_problems(listings: Sequence[HooksListing]) -> list[Problem]:
             )
             if problem is not None:
                 problems.append(Problem(problem, path=entry.path))
+            elif name in HOOK_NAMES:
+                writable.append(entry)
+        for entry in writable:
+            writers = writers_beyond(entry, trusted_uids, trusted_gids)
+            if writers is not None:
+                problems.append(
+                    Problem(
+                        f"{writers}: root runs the hooks, so only root may change them; chown root {entry.path}; "
+                        f"chmod go-w {entry.path}",
+                        path=entry.path,
+                    )
+                )
     return problems
 
 
@@ -293,11 +311,20 @@ def state_problems(state: StateTree | None, receiver: ReceiverIdentity | None, d
         return []  # the worker makes it, with its modes, when it first starts
     key = "deployer.state_dir"
     account = receiver.account if receiver is not None else None
+    if not stat.S_ISDIR(state.folder.mode):
+        return [
+            Problem(
+                f"{state.path} is not a folder (a link?): the deployer refuses to use it; make it a folder of its own",
+                key=key,
+                path=state.path,
+            )
+        ]
     if state.folder.uid != deployer_uid:
         return [
             Problem(
                 f"{state.path} belongs to uid {state.folder.uid}, not to uid {deployer_uid} that runs the "
-                f"deployer: it refuses a state folder another user could rewrite; chown {deployer_uid} {state.path}",
+                f"deployer: it refuses a state folder another user could rewrite; chown {deployer_uid} {state.path}"
+                + ("" if deployer_uid == 0 else " (or run check as root, as serve runs)"),
                 key=key,
                 path=state.path,
             )
@@ -404,7 +431,8 @@ def checked(observations: Observations) -> tuple[str, ...]:
     items = []
     if observations.receiver is not None:
         receiver = observations.receiver
-        items.append(f"receiver {receiver.user}:{receiver.group} reading {len(observations.files)} files")
+        count = len(observations.files)
+        items.append(f"receiver {receiver.user}:{receiver.group} reading {count} file{'s' if count != 1 else ''}")
     if observations.state is not None:
         items.append("state folder")
     if observations.hooks:
@@ -421,7 +449,7 @@ def judge(observations: Observations) -> Report:
         *receiver_problems(observations.receiver),
         *file_problems(observations.receiver, observations.files),
         *state_problems(observations.state, observations.receiver, observations.deployer_uid),
-        *hooks_problems(observations.hooks),
+        *hooks_problems(observations.hooks, observations.deployer_uid),
         *probe_problems(observations.probes),
     ]
     return Report(tuple(problems), checked(observations))

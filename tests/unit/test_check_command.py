@@ -108,14 +108,14 @@ class Setup:
         (self.root / "state").chmod(0o750)
         self.write_config()
 
-    def write_config(self, extra_apps: str = "") -> None:
+    def write_config(self, hooks: bool = True) -> None:
         self.config.write_text(
-            '[deployer]\nstate_dir = "state"\nhooks_dir = "hooks"\n'
-            '[server]\nuser = "deployer"\ngroup = "deployer"\ngithub_secret_file = "github-secret"\n'
+            '[deployer]\nstate_dir = "state"\n'
+            + ('hooks_dir = "hooks"\n' if hooks else "")
+            + '[server]\nuser = "deployer"\ngroup = "deployer"\ngithub_secret_file = "github-secret"\n'
             '[server.operators.ops]\nsecret_file = "ops-secret"\n'
             + (CLUSTER if self.cluster else "")
             + app_toml("web", 8000, extra="cluster = true" if self.cluster else "")
-            + extra_apps
         )
         self.config.chmod(0o644)
 
@@ -188,6 +188,8 @@ def hook_with_a_suffix(setup: Setup) -> None:
 
 def state_of_another_user(setup: Setup) -> None:
     setup.deployer_uid = os.geteuid() + 1  # the deployer runs as another user than the state folder's owner
+    shutil.rmtree(setup.root / "hooks")  # which would be that other user's too: no hooks, the default folder
+    setup.write_config(hooks=False)
 
 
 def docker_down(setup: Setup) -> None:
@@ -352,3 +354,17 @@ def test_a_secret_behind_a_link_is_read_through_the_folders_the_link_leads_to(se
         f"PROBLEM server.operators.ops.secret_file: the receiver's user 'deployer' cannot search {private} (uid "
     )
     assert line.endswith(f"so it cannot read {setup.root}/ops-secret; chgrp deployer {private}; chmod g+x {private}")
+
+
+def test_a_state_folder_that_is_a_link_is_one_line_and_what_it_leads_to_is_not_walked(setup, capsys):
+    elsewhere = setup.root / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "open").write_text("")
+    (elsewhere / "open").chmod(0o666)
+    (setup.root / "state").rmdir()
+    (setup.root / "state").symlink_to(elsewhere)
+    assert setup.check() == 1
+    assert problem_lines(capsys.readouterr().out) == [
+        f"PROBLEM deployer.state_dir: {setup.root}/state is not a folder (a link?): the deployer refuses to use it; "
+        "make it a folder of its own"
+    ]

@@ -203,6 +203,13 @@ APPS = (folder("/var/lib/state/apps", 0o700), plain("/var/lib/state/apps/web.jso
     "tree, lines",
     [
         (StateTree("/var/lib/state", ABOVE, None), []),  # not made yet: the worker makes it
+        (
+            state(top=link("/var/lib/state")),
+            [
+                "PROBLEM deployer.state_dir: /var/lib/state is not a folder (a link?): the deployer refuses to use "
+                "it; make it a folder of its own"
+            ],
+        ),
         (state(*SHARED, *APPS), []),
         (state(*APPS), []),  # no serve yet: no shared folder to reach
         (
@@ -312,6 +319,35 @@ def test_every_hook_problem_is_reported_not_just_the_first():
     ]
 
 
+def test_a_hook_or_hooks_folder_another_user_can_change_is_a_problem_root_runs_them():
+    listing = HooksListing(
+        "deployer.hooks_dir",
+        "/etc/deployer/hooks",
+        configured=True,
+        exists=True,
+        is_dir=True,
+        itself=folder("/etc/deployer/hooks", 0o777),
+        entries=(
+            plain("/etc/deployer/hooks/pre-deploy", 0o755, uid=1000),
+            plain("/etc/deployer/hooks/post-flip", 0o775, gid=1000),
+            plain("/etc/deployer/hooks/post-deploy", 0o755),
+            plain("/etc/deployer/hooks/README", 0o666, uid=1000),  # never run
+        ),
+    )
+    assert [problem.line() for problem in hooks_problems([listing])] == [
+        "PROBLEM /etc/deployer/hooks: is writable by every user: root runs the hooks, so only root may change them; "
+        "chown root /etc/deployer/hooks; chmod go-w /etc/deployer/hooks",
+        "PROBLEM /etc/deployer/hooks/pre-deploy: belongs to uid 1000: root runs the hooks, so only root may change "
+        "them; chown root /etc/deployer/hooks/pre-deploy; chmod go-w /etc/deployer/hooks/pre-deploy",
+        "PROBLEM /etc/deployer/hooks/post-flip: is writable by group 1000: root runs the hooks, so only root may "
+        "change them; chown root /etc/deployer/hooks/post-flip; chmod go-w /etc/deployer/hooks/post-flip",
+    ]
+    assert [p.path for p in hooks_problems([listing], deployer_uid=1000)] == [
+        "/etc/deployer/hooks",
+        "/etc/deployer/hooks/post-flip",
+    ]
+
+
 # --- probes ----------------------------------------------------------------------------------------------------
 
 
@@ -372,7 +408,7 @@ def test_the_summary_says_what_was_checked():
     report = judge(observations)
     assert report.ok
     assert report.summary("/etc/deployer/deployer.toml") == (
-        "ok: /etc/deployer/deployer.toml and this host are ready (receiver deployer:deployer reading 1 files, state "
+        "ok: /etc/deployer/deployer.toml and this host are ready (receiver deployer:deployer reading 1 file, state "
         "folder, Docker, iptables, Keepalived v2.2.7)"
     )
 
