@@ -18,15 +18,19 @@ from deployer.errors import DeployerError
 BACKLOG = 2048
 
 
+def where(host: str, port: int) -> str:
+    """host:port as [server] listen writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ipaddress.ip_address(host).version == 6 else f"{host}:{port}"
+
+
 def bind(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
     """A listening TCP socket on host:port, not inherited by children unless passed to them. Raises DeployerError."""
     family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     try:
         return socket.create_server((host, port), family=family, backlog=backlog)
     except OSError as exc:
-        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         reason = os.strerror(exc.errno) if exc.errno else str(exc)  # create_server's strerror repeats the address
-        raise DeployerError(f"the receiver cannot listen on {where}: {reason}") from None
+        raise DeployerError(f"the receiver cannot listen on {where(host, port)}: {reason}") from None
 
 
 def adopt(descriptor: int, host: str, port: int) -> socket.socket:
@@ -50,8 +54,8 @@ def adopt(descriptor: int, host: str, port: int) -> socket.socket:
     if ipaddress.ip_address(address[0]) != ipaddress.ip_address(host) or address[1] != port:
         sock.close()
         raise DeployerError(
-            f"the socket systemd passed listens on {address[0]}:{address[1]}, but [server] listen is {host}:{port}: "
-            f"make its ListenStream= and [server] listen the same"
+            f"the socket systemd passed listens on {where(address[0], address[1])}, but [server] listen is "
+            f"{where(host, port)}: make its ListenStream= and [server] listen the same"
         )
     sock.set_inheritable(False)  # passed to gunicorn explicitly, never to a job's process or a hook
     return sock

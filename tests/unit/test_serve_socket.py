@@ -184,3 +184,14 @@ def test_a_descriptor_that_is_no_socket_is_refused():
     finally:
         os.close(read)
         os.close(write)
+
+
+def test_an_ipv6_address_is_named_in_brackets_as_server_listen_writes_it():
+    with socket.create_server(("127.0.0.1", 0)) as unit:
+        port = unit.getsockname()[1]
+        with pytest.raises(DeployerError) as caught:
+            listeners.adopt(os.dup(unit.fileno()), "::1", port)
+    assert str(caught.value) == (
+        f"the socket systemd passed listens on 127.0.0.1:{port}, but [server] listen is [::1]:{port}: "
+        f"make its ListenStream= and [server] listen the same"
+    )
