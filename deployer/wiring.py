@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deployer import audit
+from deployer.adapters import listeners
 from deployer.adapters.api_client import SignedClient, Signer
 from deployer.adapters.deadlines import Deadlines
 from deployer.adapters.docker_host import DockerHost
@@ -44,7 +45,7 @@ from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.host.state import Publish
 from deployer.journal import Journal
-from deployer.plan import app_chain, nft
+from deployer.plan import app_chain, nft, socket_activation
 from deployer.plan.records import AppState
 from deployer.queue import database
 from deployer.queue.database import queue_path
@@ -260,6 +261,18 @@ def build_fleet_client(fleet: FleetConfig) -> FleetClient:
 def build_maintenance_server(config: Config, listener: socket.socket | None = None) -> responder.Responder:
     """The maintenance responder's server, bound now (a taken port fails before anything else), with deadlines."""
     return responder.make_server(config, deadlines=Deadlines(), listener=listener)
+
+
+def receiver_listener(config: Config) -> socket.socket:
+    """serve's listening socket for gunicorn: the one a `.socket` unit passed (LISTEN_FDS, LISTEN_PID naming serve),
+    else [server] listen bound now, so a taken port stops serve before anything starts."""
+    server = config.server
+    descriptor = socket_activation.receiver_descriptor(os.environ, os.getpid())
+    if descriptor is None:
+        return listeners.bind(server.host, server.port)
+    for name in socket_activation.VARIABLES:  # taken: not for the children, whatever their pid
+        os.environ.pop(name, None)
+    return listeners.adopt(descriptor, server.host, server.port)
 
 
 # --- the cluster agent and its commands ------------------------------------------------------------

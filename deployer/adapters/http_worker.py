@@ -10,6 +10,12 @@ HEADER_SECONDS + BODY_SECONDS at most, and only `threads x workers` of them at o
 The supervisor sets `--worker-connections` to `--threads`, so a worker whose threads are all busy
 accepts nothing and leaves new connections to the others (with more, it queues them in its pool).
 
+A master that dies, SIGKILL included, leaves its workers running: gthread's loop sees the parent change,
+stops accepting, and answers the connections it accepted (up to `--graceful-timeout`) before the worker
+exits, so no accepted request is reset; this class changes none of that (a deadline still ends a dripping
+client). Under serve the listening socket is serve's own (deployer/adapters/listeners.py): what no worker
+accepted meanwhile waits in its backlog for the next gunicorn.
+
 gunicorn runs it as `--worker-class deployer.adapters.http_worker.DeadlineThreadWorker`.
 """
 

@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
         "gunicorn on [server] listen, and run the deploy worker, which reconciles every app first. As\n"
         "root with [server] user and group set, gunicorn runs as that user: it only enqueues; the worker\n"
         "alone uses Docker and netfilter. SIGTERM waits for a running deploy; a second one stops it.\n"
-        "A gunicorn that dies is started again after 1 s, doubling to 30 s while it keeps dying.\n"
+        "A gunicorn that dies is started again after 1 s, doubling to 30 s while it keeps dying; serve\n"
+        "binds [server] listen once (or takes the socket of the .socket unit that started it) and hands\n"
+        "it to each gunicorn, so connections made meanwhile wait in its backlog and are answered.\n"
         "With --watch, the failover watchdog runs beside the worker, and the maintenance responder in\n"
         "a child process on the port serve binds, as [server] user too.",
     )
@@ -105,7 +107,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = args.loaded_config
     worker = wiring.build_worker(config, wiring.prepare_shared(config))
     return supervisor.serve(
-        config, worker, spawn=wiring.spawn_process, build_engine=wiring.build_engine, watch=args.watch
+        config,
+        worker,
+        spawn=wiring.spawn_process,
+        build_engine=wiring.build_engine,
+        listen=wiring.receiver_listener,
+        watch=args.watch,
     )
 
 

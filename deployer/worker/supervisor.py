@@ -3,7 +3,9 @@
 - `serve`: the deploy worker runs in this process's main thread; gunicorn (the receiver) is a child,
   started as `[server] user` when serve runs as root, and started again with a growing delay
   (1 s, doubling to 30 s; back to 1 s once it has run a minute) whenever it dies. A dead gunicorn
-  never stops the worker. With --watch the watchdog runs in a thread (it needs root), started again the same
+  never stops the worker, and loses no connection: serve binds [server] listen once (or takes the socket of its
+  `.socket` unit) and hands that socket to every gunicorn it starts, so connections made meanwhile wait in its
+  backlog for the next one. With --watch the watchdog runs in a thread (it needs root), started again the same
   way when it dies (each restart logged and audited as `watchdog.restart`), and the
   maintenance responder, which anyone on the network reaches, in a `maintenance-server` child on a
   socket serve binds, as `[server] user` too, restarted the same way.
@@ -65,7 +67,8 @@ Spawn = Callable[..., Process]  # spawn(argv, env, *, user=None, group=None, uma
 # --- the receiver's command line -------------------------------------------------------------------
 
 
-def gunicorn_argv(config: Config, python: str = sys.executable) -> list[str]:
+def gunicorn_argv(config: Config, python: str = sys.executable, listener_fd: int | None = None) -> list[str]:
+    """gunicorn's command line: on the socket inherited at `listener_fd` (`fd://N`), else binding [server] listen."""
     server = config.server
     return [
         python,
@@ -74,7 +77,7 @@ def gunicorn_argv(config: Config, python: str = sys.executable) -> list[str]:
         "--workers",
         str(server.workers),
         "--bind",
-        server.listen,
+        server.listen if listener_fd is None else f"fd://{listener_fd}",
         "--worker-class",
         WORKER_CLASS,
         "--threads",
@@ -132,17 +135,25 @@ def unprivileged_environment(config: Config) -> dict[str, str]:
     return env
 
 
-def start_gunicorn(config: Config, spawn: Spawn, log_file: Any = None) -> Process:
-    """gunicorn with the app factory; as `[server] user` (whole process tree) when serve runs as root."""
+def start_gunicorn(config: Config, spawn: Spawn, log_file: Any = None, listener: Any = None) -> Process:
+    """gunicorn with the app factory; as `[server] user` (whole process tree) when serve runs as root.
+
+    With `listener` (serve's socket), gunicorn inherits it and binds nothing. A gunicorn master that dies leaves its
+    workers behind for a moment: each sees its parent change, stops accepting, finishes the requests it accepted
+    (up to --graceful-timeout) and exits. Meanwhile the next gunicorn's workers accept on the same socket beside
+    them; each connection is accepted by one process only, and answered by it, so the two overlapping is harmless.
+    """
     env = unprivileged_environment(config)
     drop = receiver_user(config)
+    descriptors = () if listener is None else (listener.fileno(),)
     return spawn(
-        gunicorn_argv(config),
+        gunicorn_argv(config, listener_fd=descriptors[0] if descriptors else None),
         env,
         user=drop[0] if drop else None,
         group=drop[1] if drop else None,
         umask=0o007,
         log=log_file,
+        pass_fds=descriptors,
     )
 
 
@@ -321,47 +332,56 @@ def serve(
     *,
     spawn: Spawn,
     build_engine: HostFactory,
+    listen: Callable[[Config], Any],
     watch: bool = False,
     backoff: Backoff | None = None,
 ) -> int:
     """The worker here; gunicorn and, with `watch`, the responder beside it (each restarted whenever it dies).
 
-    `worker` is built on the folders shared with the receiver; `build_engine` gives the watchdog its engine.
+    `worker` is built on the folders shared with the receiver; `build_engine` gives the watchdog its engine;
+    `listen` gives the receiver's listening socket, which serve holds until it returns and passes to every gunicorn.
     """
     receiver_user(config)  # a wrong user fails now, not in the restart loop
-    children = [("gunicorn", lambda: start_gunicorn(config, spawn))]
-    stop_watchdog = None
-    if watch:
-        listener = bind_listener(config)  # a taken port stops serve before anything starts
-        children.append(("the maintenance responder", lambda: start_responder(config, spawn, listener)))
-        stop_watchdog = start_watchdog(
-            config,
-            build_engine,
-            backoff=backoff,
-            on_restart=lambda message: worker.journal.record(
-                "watchdog.restart", actor=WORKER_ACTOR, outcome="failed", reason=message
-            ),
-        )
-    children_stop = threading.Event()
-    threads = [
-        threading.Thread(
-            target=keep_running, name=name, args=(name, start, children_stop), kwargs={"backoff": backoff}, daemon=True
-        )
-        for name, start in children
-    ]
-    for thread in threads:
-        thread.start()
-    stop_worker_on_signals(worker)
-    try:
-        worker.start()
-        worker.run()
-    finally:
-        worker.stopping.set()
-        children_stop.set()
+    # Bound once, before anything starts (a taken port stops serve now), and closed only when serve returns: while
+    # a dead gunicorn is started again, connections wait in its backlog.
+    with listen(config) as listener:
+        children = [("gunicorn", lambda: start_gunicorn(config, spawn, listener=listener))]
+        stop_watchdog = None
+        if watch:
+            page_listener = bind_listener(config)  # a taken port stops serve before anything starts
+            children.append(("the maintenance responder", lambda: start_responder(config, spawn, page_listener)))
+            stop_watchdog = start_watchdog(
+                config,
+                build_engine,
+                backoff=backoff,
+                on_restart=lambda message: worker.journal.record(
+                    "watchdog.restart", actor=WORKER_ACTOR, outcome="failed", reason=message
+                ),
+            )
+        children_stop = threading.Event()
+        threads = [
+            threading.Thread(
+                target=keep_running,
+                name=name,
+                args=(name, start, children_stop),
+                kwargs={"backoff": backoff},
+                daemon=True,
+            )
+            for name, start in children
+        ]
         for thread in threads:
-            thread.join(GUNICORN_STOP_SECONDS + 5)
-        if stop_watchdog is not None:
-            stop_watchdog()
+            thread.start()
+        stop_worker_on_signals(worker)
+        try:
+            worker.start()
+            worker.run()
+        finally:
+            worker.stopping.set()
+            children_stop.set()
+            for thread in threads:
+                thread.join(GUNICORN_STOP_SECONDS + 5)
+            if stop_watchdog is not None:
+                stop_watchdog()
     return 0
 
 

@@ -30,17 +30,9 @@ from deployer.queue.queue import Queue
 from support.fake_github import FakeGitHub, free_port
 from support.integration import IMAGE, REPO
 from support.load import TRAFFIC
-from support.served import GITHUB_REPO, Served, real_payload, served_version, web_app
+from support.served import GITHUB_REPO, Served, gunicorn_master, real_payload, release_payload, served_version, web_app
 
 pytestmark = pytest.mark.integration
-
-
-def release_payload(tag: str, action: str = "published", **release: Any) -> bytes:
-    """GitHub's real 'published' payload, for another tag (each tag is its own release)."""
-    data = json.loads(real_payload("release-published.payload.json"))
-    data["action"] = action
-    data["release"].update(tag_name=tag, id=17372790 + sum(map(ord, tag)), **release)
-    return json.dumps(data).encode()
 
 
 def assert_no_secret_anywhere(served: Served, *more: str) -> None:
@@ -321,16 +313,6 @@ def test_an_unsigned_flood_adds_few_rows_and_a_signed_delivery_in_it_is_served(s
     deliveries = [e for e in written if e.get("event") == "delivery"]
     assert [(e.get("verdict"), e.get("status")) for e in deliveries] == [("queued", 202)]  # the signed one only
     assert len(written) < 60, [e.get("event") for e in written]  # its job's records; no row per refusal
-
-
-def gunicorn_master(serve_pid: int) -> int | None:
-    """The gunicorn child of a serve process, from /proc (its only child running gunicorn)."""
-    for task in Path(f"/proc/{serve_pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"gunicorn" in cmdline:
-                return int(child)
-    return None
 
 
 def test_serve_starts_gunicorn_again_when_it_is_killed(serve):

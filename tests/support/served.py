@@ -32,8 +32,26 @@ def real_payload(name: str) -> bytes:
     return (PAYLOADS / name).read_bytes()
 
 
+def release_payload(tag: str, action: str = "published", **release: Any) -> bytes:
+    """GitHub's real 'published' payload, for another tag (each tag is its own release)."""
+    data = json.loads(real_payload("release-published.payload.json"))
+    data["action"] = action
+    data["release"].update(tag_name=tag, id=17372790 + sum(map(ord, tag)), **release)
+    return json.dumps(data).encode()
+
+
 class PortTaken(Exception):
-    """Another process bound the listen port between the choice and gunicorn's bind."""
+    """Another process bound the listen port between the choice and serve's bind."""
+
+
+def gunicorn_master(serve_pid: int) -> int | None:
+    """The gunicorn child of a serve process, from /proc (its only child running gunicorn)."""
+    for task in Path(f"/proc/{serve_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"gunicorn" in cmdline:
+                return int(child)
+    return None
 
 
 @dataclass
@@ -71,11 +89,12 @@ class Served:
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = log.read_text(errors="replace")
-            if "Connection in use" in text:
+            exited = self.process.poll() is not None
+            text = log.read_text(errors="replace")  # read after the poll: all that an exited serve wrote
+            if f"the receiver cannot listen on 127.0.0.1:{self.port}" in text:  # serve binds it before anything
                 self.kill()
                 raise PortTaken(self.port)
-            assert self.process.poll() is None, f"serve exited:\n{text[-3000:]}"
+            assert not exited, f"serve exited:\n{text[-3000:]}"
             try:
                 # Our gunicorn must have bound the port: another test run's server may answer on it too.
                 if (
@@ -116,7 +135,9 @@ class Served:
             raise AssertionError("processes of the killed server are still alive")
         self.process = None
 
-    def deliver(self, body: bytes, *, event: str = "release", delivery: str | None = None) -> requests.Response:
+    def deliver(
+        self, body: bytes, *, event: str = "release", delivery: str | None = None, timeout: float = 10
+    ) -> requests.Response:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "GitHub-Hookshot/test",
@@ -125,7 +146,7 @@ class Served:
             "X-GitHub-Hook-ID": HOOK_ID,
             "X-Hub-Signature-256": signatures.github_signature(self.github_secret, body),
         }
-        return requests.post(f"{self.url}/hooks/github", data=body, headers=headers, timeout=10)
+        return requests.post(f"{self.url}/hooks/github", data=body, headers=headers, timeout=timeout)
 
     def signed(self, method: str, path: str, body: bytes = b"") -> requests.Response:
         headers = signatures.sign_request(

@@ -131,7 +131,7 @@ def test_the_receiver_is_spawned_with_its_config_and_umask(config, monkeypatch):
     supervisor.start_gunicorn(config, spawn)
     [(argv, env, options)] = calls
     assert env["DEPLOYER_CONFIG"] == str(config.path)
-    assert options == {"user": None, "group": None, "umask": 0o007, "log": None}
+    assert options == {"user": None, "group": None, "umask": 0o007, "log": None, "pass_fds": ()}
 
 
 def test_the_responder_of_serve_watch_is_a_child_on_the_socket_serve_bound(config):

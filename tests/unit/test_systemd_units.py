@@ -16,6 +16,7 @@ import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 NAMES = ["deployer-receiver.service", "deployer-worker.service", "deployer-watch.service", "deployer-cluster.service"]
+SOCKETS = ["deployer-receiver.socket"]  # held by systemd, so it outlives the service it starts
 # The watchdog and the cluster agent come back whatever their exit status: while either is down, failover or the
 # rules that follow keepalived stop, and nothing else says so.
 RESTART = {
@@ -54,7 +55,7 @@ def test_every_unit_verifies_without_a_warning(tmp_path, systemd_analyze):
         path = root / VENV_BIN.strip("/") / tool
         path.write_text("#!/bin/sh\n")
         path.chmod(0o755)
-    for name in NAMES:
+    for name in NAMES + SOCKETS:
         shutil.copy(UNITS / name, root / "etc/systemd/system" / name)
     shown = subprocess.run(
         [
@@ -63,7 +64,7 @@ def test_every_unit_verifies_without_a_warning(tmp_path, systemd_analyze):
             "--man=no",
             "--generators=no",
             f"--root={root}",
-            *(f"/etc/systemd/system/{name}" for name in NAMES),
+            *(f"/etc/systemd/system/{name}" for name in NAMES + SOCKETS),
         ],
         capture_output=True,
         text=True,
@@ -85,6 +86,17 @@ def test_the_receiver_keeps_the_hardening_and_the_threaded_worker():
     assert (service["NoNewPrivileges"], service["ProtectSystem"], service["PrivateTmp"]) == ("yes", "strict", "yes")
     assert service["ReadWritePaths"].split() == ["/var/lib/deployer/state/queue", "/var/lib/deployer/state/audit"]
     assert "--worker-class deployer.adapters.http_worker.DeadlineThreadWorker" in service["ExecStart"]
+
+
+def test_the_receiver_takes_its_socket_from_systemd_which_keeps_it_across_restarts():
+    socket_unit = sections("deployer-receiver.socket")
+    assert socket_unit["Socket"]["ListenStream"] == "127.0.0.1:8000"  # [server] listen's default
+    assert socket_unit["Socket"]["Backlog"] == "2048"
+    assert socket_unit["Install"]["WantedBy"] == "sockets.target"
+    receiver = sections("deployer-receiver.service")
+    assert receiver["Unit"]["Requires"] == "deployer-receiver.socket"
+    assert "deployer-receiver.socket" in receiver["Unit"]["After"].split()
+    assert "--bind" not in receiver["Service"]["ExecStart"]  # gunicorn takes LISTEN_FDS, binds nothing itself
 
 
 def test_the_worker_lets_a_running_deploy_finish():
