@@ -32,6 +32,7 @@ from deployer.adapters.routing import Routing
 from deployer.adapters.shared_address import SharedAddress
 from deployer.audit import build_journal
 from deployer.config import Config
+from deployer.config.accounts import receiver_account
 from deployer.config.fleet import FleetConfig
 from deployer.errors import DeployerError, UnsafePath
 from deployer.fleet.client import FleetClient
@@ -160,13 +161,13 @@ def build_asset_http() -> GitHubHttp:
 
 
 def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
-    """The queue's and the audit log's folders, shared with `[server] group` when run as root; returns the queue.
+    """The queue's and the audit log's folders, shared with the receiver's group when run as root; returns the queue.
 
     Run before the receiver starts. A planted link or odd file there is refused, and recorded as
     `security.refused` before the error stops the start.
     """
     state_dir = config.settings.state_dir
-    group = config.server.group if os.geteuid() == 0 else None
+    group = receiver_account(config.server).group if os.geteuid() == 0 else None
     try:
         database.prepare_folder(state_dir, group)
         audit.prepare_folder(state_dir, group)  # the receiver records deliveries there
