@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from deployer.adapters.api_client import SignedClient, Signer
 from deployer.adapters.deadlines import Deadlines
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.github import GitHubHttp
+from deployer.adapters.host_setup import HostSetup, configures_cluster, shipped_sources
 from deployer.adapters.image_archive import PreloadedImage, load_image
 from deployer.adapters.iptables import Netfilter
 from deployer.adapters.keepalived import Keepalived
@@ -46,6 +47,7 @@ from deployer.host.state import Publish
 from deployer.journal import Journal
 from deployer.plan import app_chain, nft
 from deployer.plan.records import AppState
+from deployer.plan.setup import Sources
 from deployer.queue import database
 from deployer.queue.database import queue_path
 from deployer.queue.model import Job
@@ -57,6 +59,8 @@ from deployer.worker.registries import RegistryWatch
 from deployer.worker.run import WORKER_ACTOR, EngineLike, JobTools
 
 log = logging.getLogger("deployer.wiring")
+# The clone the deployer runs from (an editable install): `deployer setup` installs its units and docs from it.
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def build_engine(
@@ -222,6 +226,20 @@ def build_job_tools(config: Config, journal: Journal) -> JobTools:
     return JobTools(engine=engine, load_asset=load_asset, fleet=fleet if config.fleet else None)
 
 
+def build_host_setup(root: Path) -> HostSetup:
+    """`deployer setup`'s effects under `root`: the host's accounts, files and systemctl."""
+    return HostSetup(root)
+
+
+def setup_sources(units: Sequence[str]) -> Sources:
+    """What setup installs, read from the clone this deployer runs from."""
+    return shipped_sources(CHECKOUT, units)
+
+
+def setup_configures_cluster(config: Path) -> bool:
+    return configures_cluster(config)
+
+
 def build_server_client(url: str, sign: Signer, *, ca_file: Path | None = None) -> SignedClient:
     """The signed client of one running receiver: what `deployer redeploy` sends through."""
     return SignedClient(url, sign, ca_file=ca_file)
@@ -261,6 +279,7 @@ __all__ = [
     "build_cluster_control",
     "build_engine",
     "build_fleet_client",
+    "build_host_setup",
     "build_host_probes",
     "build_image_loader",
     "build_job_tools",
@@ -273,6 +292,8 @@ __all__ = [
     "build_worker",
     "die_with_parent",
     "prepare_shared",
+    "setup_configures_cluster",
+    "setup_sources",
     "spawn_process",
     "start_job",
 ]
