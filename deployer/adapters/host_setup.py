@@ -64,6 +64,10 @@ class Accounts:
 class Systemctl:
     """systemd's units: reloaded after a change, enabled and started when asked."""
 
+    def booted(self) -> bool:
+        """Whether systemd is this host's init (sd_booted): not in a container or a chroot without it."""
+        return Path("/run/systemd/system").is_dir()
+
     def running(self, units: Iterable[str]) -> frozenset[str]:
         """The units among `units` that are both enabled and active."""
         return frozenset(

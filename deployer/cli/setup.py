@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
         "deployer-serve.service (serve), deployer-watch.service and, with a [cluster] table,\n"
         "deployer-cluster.service in /etc/systemd/system, then systemctl daemon-reload; the bash and zsh\n"
         "completions and the man page under /usr/local/share. A link planted where a file goes is refused.\n"
+        "The reload is left out where systemd does not run (a chroot, an image build).\n"
         "Units are enabled and started only with --enable (serve, and the cluster agent when configured).",
         reads_config=False,
     )
@@ -55,8 +56,14 @@ def cmd_setup(args: argparse.Namespace) -> int:
     if os.geteuid() != 0 and not args.dry_run and root == Path("/"):
         raise UsageError("setup creates an account and root's files: run it as root (sudo deployer setup)")
     host = wiring.build_host_setup(root)
+    booted = host.systemctl.booted()
+    if args.enable and not booted:
+        raise UsageError("--enable starts the units, and systemd does not run this host (no /run/systemd/system)")
     options = setup.Options(
-        root=root, enable=args.enable, cluster=wiring.setup_configures_cluster(setup.Layout(root).config)
+        root=root,
+        enable=args.enable,
+        cluster=wiring.setup_configures_cluster(setup.Layout(root).config),
+        systemd_running=booted,
     )
     wanted = setup.targets(options, wiring.setup_sources(setup.units_of(options)))
     steps = setup.steps(wanted, host.facts(wanted))

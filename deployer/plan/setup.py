@@ -93,6 +93,7 @@ class Options:
     root: Path = Path("/")
     enable: bool = False  # systemctl enable --now the units that run: serve, and the cluster agent when configured
     cluster: bool = False  # the config has a [cluster] table: its agent's unit is installed too
+    systemd_running: bool = True  # systemd is this host's init (/run/systemd/system): units are reloaded
 
 
 # --- what a set-up host holds ------------------------------------------------------------------------
@@ -122,7 +123,7 @@ class Targets:
     folders: tuple[Folder, ...]
     files: tuple[File, ...]
     enable: tuple[str, ...]  # the units to enable and start; empty: none
-    reload: bool  # systemctl daemon-reload after a unit changed (not under another root: no systemd runs there)
+    reload: bool  # systemctl daemon-reload after a unit changed: on this host, when systemd runs it
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -155,7 +156,7 @@ def targets(options: Options, sources: Sources) -> Targets:
         File(where.man_page, SHIPPED, sources.man_page),
     )
     running = tuple(name for name in units if name != WATCH_UNIT)  # the watchdog is enabled by choice
-    on_this_host = options.root == Path("/")
+    on_this_host = options.root == Path("/") and options.systemd_running
     return Targets(
         group=GROUP,
         user=USER,

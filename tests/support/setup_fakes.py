@@ -49,6 +49,9 @@ class FakeSystemctl:
         self.running_units = set(running)
         self.effects: list[tuple] = []
 
+    def booted(self):
+        return True
+
     def running(self, units):
         return frozenset(unit for unit in units if unit in self.running_units)
 

@@ -99,6 +99,12 @@ def test_a_fresh_host_gets_the_accounts_then_the_folders_then_the_files_then_a_r
             {"deployer-serve.service": PathFact("file", "root", "root", 0o644, "old")},
             ["replace /mnt/etc/systemd/system/deployer-serve.service (root:root 0644)"],
         ),
+        # where systemd does not run (a chroot, an image build) there is nothing to reload
+        (
+            Options(systemd_running=False),
+            {"deployer-serve.service": PathFact("file", "root", "root", 0o644, "old")},
+            ["replace /etc/systemd/system/deployer-serve.service (root:root 0644)"],
+        ),
         # --enable starts serve, and the cluster agent when configured; never the watchdog by itself
         (Options(enable=True), {}, ["systemctl enable --now deployer-serve.service"]),
         (
