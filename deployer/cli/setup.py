@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
         raise UsageError("--enable starts the units on this host: it does not go with --root")
     if os.geteuid() != 0 and not args.dry_run and root == Path("/"):
         raise UsageError("setup creates an account and root's files: run it as root (sudo deployer setup)")
+    warning = setup.interpreter_warning(sys.executable, os.path.realpath(sys.executable))
+    if warning is not None:
+        print(f"deployer: {warning}", file=sys.stderr)
     host = wiring.build_host_setup(root)
     booted = host.systemctl.booted()
     if args.enable and not booted:

@@ -325,6 +325,20 @@ def _file(file: File) -> tuple[Path, Owner, str]:
     return file.path, file.owner, file.text
 
 
+HOMES = ("/root/", "/home/")
+
+
+def interpreter_warning(venv_python: str, real_python: str) -> str | None:
+    """The receiver runs this venv's Python as the user `deployer`: one under a home folder, it cannot read."""
+    for path in (venv_python, real_python):
+        if path.startswith(HOMES):
+            return (
+                f"warning: the receiver would run {path}, under a home folder the user {USER} cannot read; make the "
+                f"venv in /opt/deployer with the system Python, /usr/bin/python3 (docs/production.md)"
+            )
+    return None
+
+
 def describe(plan: Sequence[Step], *, dry_run: bool) -> list[str]:
     """The lines setup prints: each step, or that the host is set up already."""
     if not plan:

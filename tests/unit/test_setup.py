@@ -142,6 +142,21 @@ def test_a_link_or_the_wrong_kind_of_entry_at_a_target_is_refused(name, fact, me
         setup.steps(wanted, set_up(wanted, **{name: fact}))
 
 
+@pytest.mark.parametrize(
+    ("venv", "real", "warned"),
+    [
+        ("/opt/deployer/.venv/bin/python", "/usr/bin/python3.11", None),
+        ("/opt/deployer/.venv/bin/python", "/root/.pyenv/versions/3.11.7/bin/python3.11", "/root/.pyenv"),
+        ("/home/ann/deployer/.venv/bin/python", "/usr/bin/python3.11", "/home/ann/deployer/.venv/bin/python"),
+    ],
+)
+def test_a_venv_or_python_under_a_home_folder_is_warned_about(venv, real, warned):
+    warning = setup.interpreter_warning(venv, real)
+    assert (warning is None) == (warned is None)
+    if warned is not None:
+        assert f"the receiver would run {warned}" in warning and "/usr/bin/python3" in warning
+
+
 def test_a_dry_run_says_would_and_a_set_up_host_says_so():
     assert setup.describe([setup.ReloadUnits()], dry_run=True) == ["would systemctl daemon-reload"]
     assert setup.describe([], dry_run=False) == ["nothing to change: this host is set up"]
