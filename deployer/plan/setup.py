@@ -271,15 +271,15 @@ class EnableUnits:
 Step = CreateGroup | CreateUser | MakeFolder | WriteFile | GenerateSecret | SetOwner | ReloadUnits | EnableUnits
 
 
-def refused(wanted: Targets, facts: Facts) -> list[str]:
-    """Why a target path cannot be used: a link, or the wrong kind of entry, where a folder or a file goes."""
+def refused(wanted: Targets, facts: Facts) -> list[tuple[Path, str]]:
+    """The target paths that cannot be used, and why: a link, or the wrong kind of entry, where one goes."""
     problems = []
     for path, kind in [*((f.path, "folder") for f in wanted.folders), *((f.path, "file") for f in wanted.files)]:
         fact = facts.paths.get(path)
         if fact is None or fact.kind == kind:
             continue
         what = "a symbolic link" if fact.kind == "link" else f"not a {'folder' if kind == 'folder' else 'plain file'}"
-        problems.append(f"{path} is {what}; refusing to use it (remove it)")
+        problems.append((path, f"{path} is {what}; refusing to use it (remove it)"))
     return problems
 
 
@@ -287,7 +287,7 @@ def steps(wanted: Targets, facts: Facts) -> list[Step]:
     """The changes, in order, that make the host hold `wanted`; [] when it does. UnsafePath when a path is refused."""
     problems = refused(wanted, facts)
     if problems:
-        raise UnsafePath("; ".join(problems), path=problems[0].split(" is ", 1)[0])
+        raise UnsafePath("; ".join(reason for _, reason in problems), path=str(problems[0][0]))
     plan: list[Step] = []
     if wanted.group not in facts.groups:
         plan.append(CreateGroup(wanted.group))
