@@ -218,8 +218,9 @@ def test_a_host_set_up_as_the_production_page_says_serves_a_signed_ping_as_deplo
         log.append(f"cloned {rootfs.clone(REPO, CLONE)[:12]} to {CLONE}")
     with rootfs.mounted():
         for number, script in enumerate(production_page.steps_in_a_tree(), 1):
-            # No terminal answers debconf here: apt must not wait for one.
-            unattended = f"export DEBIAN_FRONTEND=noninteractive\n{script}"
+            # No terminal answers debconf here: apt must not wait for one. set -e: a block fails at its first
+            # failing line, as it would stop a reader pasting it.
+            unattended = f"export DEBIAN_FRONTEND=noninteractive\nset -e\n{script}"
             done = step(rootfs, log, f"production page, step {number}", unattended, timeout=900)
             assert done.returncode == 0, f"docs/production.md step {number} failed:\n{script}\n{done.stdout[-4000:]}"
 
