@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import platform
+import pwd
 import shutil
 import socket
 import statistics
@@ -65,6 +66,7 @@ state_dir = "{root / "state"}"
 listen = "127.0.0.1:{port}"
 workers = {workers}
 github_secret_file = "github-secret"
+user = "{pwd.getpwuid(os.geteuid()).pw_name}"
 
 [apps.burst]
 image = "127.0.0.1:5000/burst"

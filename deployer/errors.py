@@ -143,6 +143,10 @@ class UnsafePath(StateError):
     """An entry in a folder another user can write is a link or not a plain file: root refuses to follow it."""
 
 
+class MissingAccount(DeployerError):
+    """The receiver's user or group does not exist on this host: `deployer setup` creates them."""
+
+
 class NothingToRollBack(DeployerError):
     """The app has no previous release recorded."""
 

@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from deployer.adapters.api_client import SignedClient, Signer
 from deployer.adapters.deadlines import Deadlines
 from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.github import GitHubHttp
+from deployer.adapters.host_setup import HostSetup, configures_cluster, shipped_sources
 from deployer.adapters.image_archive import PreloadedImage, load_image
 from deployer.adapters.iptables import Netfilter
 from deployer.adapters.keepalived import Keepalived
@@ -33,6 +34,7 @@ from deployer.adapters.routing import Routing
 from deployer.adapters.shared_address import SharedAddress
 from deployer.audit import build_journal
 from deployer.config import Config
+from deployer.config.accounts import receiver_account
 from deployer.config.fleet import FleetConfig
 from deployer.errors import DeployerError, UnsafePath
 from deployer.fleet.client import FleetClient
@@ -47,6 +49,7 @@ from deployer.host.state import Publish
 from deployer.journal import Journal
 from deployer.plan import app_chain, nft, socket_activation
 from deployer.plan.records import AppState
+from deployer.plan.setup import Sources
 from deployer.queue import database
 from deployer.queue.database import queue_path
 from deployer.queue.model import Job
@@ -58,6 +61,8 @@ from deployer.worker.registries import RegistryWatch
 from deployer.worker.run import WORKER_ACTOR, EngineLike, JobTools
 
 log = logging.getLogger("deployer.wiring")
+# The clone the deployer runs from (an editable install): `deployer setup` installs its units and docs from it.
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def build_engine(
@@ -187,13 +192,13 @@ def build_asset_http() -> GitHubHttp:
 
 
 def prepare_shared(config: Config, journal: Journal | None = None) -> Queue:
-    """The queue's and the audit log's folders, shared with `[server] group` when run as root; returns the queue.
+    """The queue's and the audit log's folders, shared with the receiver's group when run as root; returns the queue.
 
     Run before the receiver starts. A planted link or odd file there is refused, and recorded as
     `security.refused` before the error stops the start.
     """
     state_dir = config.settings.state_dir
-    group = config.server.group if os.geteuid() == 0 else None
+    group = receiver_account(config.server).group if os.geteuid() == 0 else None
     try:
         database.prepare_folder(state_dir, group)
         audit.prepare_folder(state_dir, group)  # the receiver records deliveries there
@@ -248,6 +253,20 @@ def build_job_tools(config: Config, journal: Journal) -> JobTools:
     return JobTools(engine=engine, load_asset=load_asset, fleet=fleet if config.fleet else None)
 
 
+def build_host_setup(root: Path) -> HostSetup:
+    """`deployer setup`'s effects under `root`: the host's accounts, files and systemctl."""
+    return HostSetup(root)
+
+
+def setup_sources(units: Sequence[str]) -> Sources:
+    """What setup installs, read from the clone this deployer runs from."""
+    return shipped_sources(CHECKOUT, units)
+
+
+def setup_configures_cluster(config: Path) -> bool:
+    return configures_cluster(config)
+
+
 def build_server_client(url: str, sign: Signer, *, ca_file: Path | None = None) -> SignedClient:
     """The signed client of one running receiver: what `deployer redeploy` sends through."""
     return SignedClient(url, sign, ca_file=ca_file)
@@ -300,6 +319,7 @@ __all__ = [
     "build_engine",
     "build_fleet_client",
     "build_host_checks",
+    "build_host_setup",
     "build_host_probes",
     "build_image_loader",
     "build_job_tools",
@@ -312,6 +332,8 @@ __all__ = [
     "build_worker",
     "die_with_parent",
     "prepare_shared",
+    "setup_configures_cluster",
+    "setup_sources",
     "spawn_process",
     "start_job",
 ]

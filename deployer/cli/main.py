@@ -22,6 +22,7 @@ from deployer.cli import fleet as fleet_cli
 from deployer.cli import forward as forward_cli
 from deployer.cli import ops as ops_cli
 from deployer.cli import server as server_cli
+from deployer.cli import setup as setup_cli
 from deployer.errors import (
     EXIT_CODES,
     EXIT_FAILED,
@@ -217,6 +218,7 @@ def _extensions() -> list[Callable[..., None]]:
         cluster_cli.register,
         canary_cli.register,
         fleet_cli.register,
+        setup_cli.register,
     ]
 
 

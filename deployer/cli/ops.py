@@ -155,7 +155,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     ready = threading.Event()
     targets = [lambda: run_watchdog(config, stop, build_engine, ready=ready)]
     if not args.no_responder:
-        # The watchdog needs root; the responder, which anyone reaches, runs in a child (as [server] user, if set).
+        # The watchdog needs root; the responder, which anyone reaches, runs in a child (as [server] user).
+        supervisor.receiver_user(config)  # a missing user fails now, not in the restart loop
         listener = supervisor.bind_listener(config)  # a taken port fails now, not in a thread
         targets.append(
             lambda: supervisor.keep_running(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -11,12 +12,15 @@ from typing import Any
 
 from deployer import wiring
 from deployer.cli.ops import seconds
+from deployer.config.accounts import root_warning
 from deployer.config.fleet import check_server_url, is_loopback_url
 from deployer.errors import EXIT_FAILED, ConfigError, UsageError
 from deployer.fleet.client import job_id_of, operator_signer
 from deployer.plan.printable import printable
 from deployer.queue.model import JobStatus
 from deployer.worker import supervisor
+
+log = logging.getLogger("deployer.serve")
 
 
 def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -28,7 +32,8 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
         "deployer serve --watch",
         "Serve POST /hooks/github, POST /deploy, GET /jobs/<id>, GET /apps/<app>, GET /audit and GET /healthz with\n"
         "gunicorn on [server] listen, and run the deploy worker, which reconciles every app first. As\n"
-        "root with [server] user and group set, gunicorn runs as that user: it only enqueues; the worker\n"
+        "root, gunicorn runs as [server] user (default deployer, which `deployer setup` creates;\n"
+        'user = "root" only when written, with a warning at every start): it only enqueues; the worker\n'
         "alone uses Docker and netfilter. SIGTERM waits for a running deploy; a second one stops it.\n"
         "A gunicorn that dies is started again after 1 s, doubling to 30 s while it keeps dying; serve\n"
         "binds [server] listen once (or takes the socket of the .socket unit that started it) and hands\n"
@@ -105,6 +110,8 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
 def cmd_serve(args: argparse.Namespace) -> int:
 
     config = args.loaded_config
+    if (warning := root_warning(config.server)) is not None:
+        log.warning("warning: %s", warning)
     worker = wiring.build_worker(config, wiring.prepare_shared(config))
     return supervisor.serve(
         config,

@@ -170,8 +170,8 @@ class ServerConfig:
     audit_token: str | None = field(default=None, repr=False)  # a bearer token that may read GET /audit only
     job_timeout: float = 1800.0
     github_api: str = "https://api.github.com"
-    user: str | None = None  # the receiver drops to this account when serve starts as root
-    group: str | None = None  # shares the queue with the worker
+    user: str = "deployer"  # the receiver drops to this account when serve starts as root; "root" only when said
+    group: str | None = None  # shares the queue with the worker; None: the user's primary group
 
     @property
     def host(self) -> str:

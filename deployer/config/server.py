@@ -80,7 +80,7 @@ def parse_server(
 
     accounts = {}
     for name in ("user", "group"):
-        value = typed(data, name, str, None, path=path, key=key(name))
+        value = typed(data, name, str, getattr(defaults, name), path=path, key=key(name))
         if value is not None and not ACCOUNT_RE.fullmatch(value):
             raise ConfigError("must be a user or group name", path=path, key=key(name))
         accounts[name] = value

@@ -12,6 +12,9 @@ from deployer.config.model import Settings
 from deployer.errors import ConfigError
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# A production host's layout: the config and its secrets in /etc/deployer, the state here (the shipped units write
+# only under it). A config that keeps its state beside itself says so: state_dir = "state".
+DEFAULT_STATE_DIR = "/var/lib/deployer/state"
 BACKENDS = ("iptables", "nftables")
 
 
@@ -55,7 +58,7 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
     if backend not in BACKENDS:
         raise ConfigError(f'must be "iptables" or "nftables", not {backend!r}', path=path, key=key("backend"))
     return Settings(
-        state_dir=absolute_path(data.get("state_dir", "state"), base, path=path, key=key("state_dir")),
+        state_dir=absolute_path(data.get("state_dir", DEFAULT_STATE_DIR), base, path=path, key=key("state_dir")),
         hooks_dir=absolute_path(data.get("hooks_dir", "hooks"), base, path=path, key=key("hooks_dir")),
         hook_timeout=duration(data, "hook_timeout", 60.0, path=path, key=key("hook_timeout")),
         lock_wait=duration(data, "lock_wait", 0.0, path=path, key=key("lock_wait"), zero=True),

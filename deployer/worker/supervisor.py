@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 import signal
 import sys
 import threading
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 
 from deployer import config as config_module
 from deployer.config import Config
+from deployer.config.accounts import receiver_account
 from deployer.errors import DeployerError
 from deployer.host import responder
 from deployer.host.watchdog import HostFactory, run_watchdog
@@ -112,12 +112,11 @@ def _no_control_socket() -> list[str]:
 
 def receiver_user(config: Config) -> tuple[str, str] | None:
     """The user and group the receiver runs as when serve drops to them; None when it runs as this user."""
-    user, group = config.server.user, config.server.group
-    if user is None:
-        return None
+    account = receiver_account(config.server)
+    user = account.user
     if os.geteuid() == 0:
-        return user, group or user
-    if pwd.getpwuid(os.geteuid()).pw_name != user:
+        return None if account.is_root else (account.user, account.group)
+    if os.geteuid() != account.uid:
         raise DeployerError(
             f"[server] user is {user!r}: start serve as root (it drops to {user!r} for gunicorn), or as {user!r} itself"
         )

@@ -102,7 +102,10 @@ def serve(deployer: Deployer) -> Iterator[Callable[..., Served]]:
             deployer.configure(
                 *apps,
                 settings=(
+                    # user = "root": the receiver reads this config and its secrets under root's 0700 tmp_path,
+                    # and CI has no `deployer` user; test_server.py runs one receiver unprivileged on purpose.
                     f'{settings}\n[server]\nlisten = "127.0.0.1:{port}"\nworkers = 2\nmax_body_bytes = 65536\n'
+                    'user = "root"\n'
                     f'github_secret_file = "{folder / "github"}"\njob_timeout = 300\n{server}\n'
                     f'[server.operators.ops]\nsecret_file = "{folder / "ops"}"\n'
                 ),

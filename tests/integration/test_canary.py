@@ -231,7 +231,7 @@ def test_a_canary_killed_mid_canary_is_aborted_by_the_watchdog_with_the_reason(d
             green=26502,
             extra=f"[apps.cw.watchdog]\ninterval = {interval}\nfailures = {failures}\n",
         ),
-        settings="maintenance_port = 26590",
+        settings='maintenance_port = 26590\n[server]\nuser = "root"',  # the responder reads root's tmp_path
     )
     assert deployer.cli("deploy", "cw", "v1").returncode == 0
     assert deployer.cli("deploy", "cw", "v2", "--canary", "50").returncode == 0

@@ -8,13 +8,17 @@ the apt packages (docker.io and the rest; policy-rc.d keeps their services from 
 python3 and python3-venv, and .venv are all proven, on Debian's own python3 (3.11.2). Then
 `.venv/bin/deployer --help` must answer and every unit test must pass with .venv's pytest.
 
-It drives no dockerd and no netfilter, so it needs none of the other integration fixtures; it
-needs root (chroot, mount), the package mirrors and the package index. Where CI=true, a missing
-prerequisite fails it instead of skipping it.
+The second test follows docs/production.md in the same tree (see its docstring).
+
+They drive no dockerd and no netfilter of this machine, so they need none of the other integration fixtures;
+they need root (chroot, mount, unshare), the package mirrors and the package index. Where CI=true, a missing
+prerequisite fails them instead of skipping them. The tree is built once for the module: the second test
+reuses the first one's clone and packages (and installs what the page says when it runs alone).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,7 +26,7 @@ import time
 
 import pytest
 
-from support import debian_rootfs
+from support import debian_rootfs, production_page
 from support.debian_rootfs import Rootfs, RootfsError
 from support.integration import REPO, missing
 
@@ -31,7 +35,7 @@ pytestmark = pytest.mark.integration
 CLONE = "/opt/deployer"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fresh_debian():
     if os.geteuid() != 0:
         missing("the fresh-Debian test needs root (debootstrap, chroot, mount)")
@@ -100,3 +104,152 @@ def test_install_deps_and_the_unit_tests_pass_on_stock_debian_from_a_plain_clone
         assert re.fullmatch(r"=*\s*\d+ passed(, \d+ warnings?)? in [\d.]+s( \([^)]*\))?\s*=*", summary), (
             f"not every unit test passed: {summary}"
         )
+
+
+# Run in the tree by the production test, in a network namespace of its own: `deployer serve` exactly as the
+# installed unit's ExecStart says, then a ping signed as GitHub signs it, then the receiver's processes' uids.
+SERVE_AND_PING = r"""
+import json, os, pwd, shlex, signal, subprocess, sys, time, uuid
+from pathlib import Path
+
+import requests
+
+from deployer import signatures
+
+UNIT = Path("/etc/systemd/system/deployer-serve.service")
+URL = "http://127.0.0.1:8000"
+[exec_start] = [line for line in UNIT.read_text().splitlines() if line.startswith("ExecStart=")]
+argv = shlex.split(exec_start.removeprefix("ExecStart="))
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def children(pid):
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            if int(fields["PPid"]) == pid:
+                found.append((int(entry.name), fields))
+    return found
+
+
+def descendants(pid):
+    found = []
+    for child, fields in children(pid):
+        found.append((child, fields))
+        found.extend(descendants(child))
+    return found
+
+
+result = {"argv": argv}
+log = open("/root/serve.log", "w")
+serve = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+try:
+    deadline = time.monotonic() + 90
+    while True:
+        if serve.poll() is not None:
+            raise SystemExit(f"serve exited with {serve.returncode}")
+        try:
+            result["healthz"] = requests.get(f"{URL}/healthz", timeout=2).status_code
+            break
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("serve did not answer on 127.0.0.1:8000 in 90 s")
+        time.sleep(0.3)
+    secret = Path("/etc/deployer/github-secret").read_text().strip()
+    body = Path("/opt/deployer/tests/fixtures/github/ping-payload.json").read_bytes()
+    answer = requests.post(
+        f"{URL}/hooks/github",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "GitHub-Hookshot/test",
+            "X-GitHub-Event": "ping",
+            "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-Hub-Signature-256": signatures.github_signature(secret, body),
+        },
+        timeout=10,
+    )
+    result["ping"] = [answer.status_code, answer.text[:500]]
+    result["serve_uid"] = int(Path(f"/proc/{serve.pid}/status").read_text().split("Uid:")[1].split()[0])
+    result["receiver"] = [
+        {"pid": pid, "name": fields["Name"].strip(), "uids": fields["Uid"].split(), "gids": fields["Gid"].split()}
+        for pid, fields in descendants(serve.pid)
+        if "gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    ]
+    result["deployer"] = [pwd.getpwnam("deployer").pw_uid, pwd.getpwnam("deployer").pw_gid]
+finally:
+    serve.send_signal(signal.SIGTERM)
+    try:
+        result["stopped"] = serve.wait(60)
+    except subprocess.TimeoutExpired:
+        serve.kill()
+        result["stopped"] = "killed after 60 s"
+    log.close()
+    result["log"] = Path("/root/serve.log").read_text(errors="replace")[-4000:]
+    print(json.dumps(result))
+"""
+
+
+def test_a_host_set_up_as_the_production_page_says_serves_a_signed_ping_as_deployer(fresh_debian):
+    """docs/production.md, step by step, in the stock tree: its sh blocks as the page has them (read from the
+    page by support/production_page.py), but the `git clone` (this checkout is cloned to /opt/deployer) and
+    `systemctl enable` (no systemd runs in a chroot). So: the packages and the venv made by the system Python,
+    `deployer setup`, the app's keys, `deployer -c /etc/deployer/deployer.toml check` exiting 0. Then
+    `systemd-analyze verify` on every unit setup installed (it runs without a systemd manager, as in the unit
+    test of the shipped units), and `deployer serve` started as root exactly as deployer-serve.service's
+    ExecStart says: it must answer a ping signed with the generated GitHub secret (200, "pong"), and every
+    gunicorn process must run as the user `deployer` that setup created, while serve stays root.
+
+    What runs in the chroot: no dockerd (its package is installed, policy-rc.d keeps it stopped), so serve's
+    worker finds Docker down, records its reconcile as failed and keeps running (Worker.start), while the
+    receiver answers: a ping needs no Docker. serve runs in a network namespace of its own (unshare --net),
+    so the netfilter rules its reconcile may write and its port 8000 are that namespace's, never this
+    machine's. It is stopped by its pid (SIGTERM, as systemd stops it); what is left in the tree is killed
+    when the tree is unmounted. About 30 s after the first test, about 2 minutes alone (the page's packages).
+    """
+    rootfs, log = fresh_debian
+    if not (rootfs.path / CLONE.lstrip("/") / ".git").exists():
+        log.append(f"cloned {rootfs.clone(REPO, CLONE)[:12]} to {CLONE}")
+    with rootfs.mounted():
+        for number, script in enumerate(production_page.steps_in_a_tree(), 1):
+            # No terminal answers debconf here: apt must not wait for one. set -e: a block fails at its first
+            # failing line, as it would stop a reader pasting it.
+            unattended = f"export DEBIAN_FRONTEND=noninteractive\nset -e\n{script}"
+            done = step(rootfs, log, f"production page, step {number}", unattended, timeout=900)
+            assert done.returncode == 0, f"docs/production.md step {number} failed:\n{script}\n{done.stdout[-4000:]}"
+
+        units = sorted(path.name for path in (rootfs.path / "etc/systemd/system").glob("deployer*.service"))
+        assert units == ["deployer-serve.service", "deployer-watch.service"], units
+        verify = step(
+            rootfs,
+            log,
+            "systemd-analyze verify",
+            "systemd-analyze verify --man=no --generators=no " + " ".join(f"/etc/systemd/system/{u}" for u in units),
+        )
+        assert verify.returncode == 0 and "deployer" not in verify.stdout, verify.stdout[-3000:]
+
+        (rootfs.path / "root" / "serve_and_ping.py").write_text(SERVE_AND_PING)
+        served = step(
+            rootfs,
+            log,
+            "serve as its unit says, and a signed ping",
+            f"unshare --net {CLONE}/.venv/bin/python /root/serve_and_ping.py",
+            timeout=240,
+        )
+        assert served.returncode == 0, served.stdout[-6000:]
+        result = json.loads(served.stdout.strip().splitlines()[-1])
+        assert result["argv"] == [f"{CLONE}/.venv/bin/deployer", "-c", "/etc/deployer/deployer.toml", "serve"]
+        status, text = result["ping"]
+        assert status == 200 and "pong" in text, result
+        assert result["serve_uid"] == 0, result
+        uid, gid = result["deployer"]
+        assert uid != 0 and result["receiver"], result
+        for process in result["receiver"]:
+            assert set(process["uids"]) == {str(uid)} and set(process["gids"]) == {str(gid)}, result
+        assert result["stopped"] == 0, result["log"]

@@ -135,7 +135,7 @@ def test_failover_to_the_page_when_the_instance_dies_and_back_when_it_returns(
             green=25202,
             extra=f"[apps.fo.watchdog]\ninterval = {interval}\nfailures = {failures}\nrecoveries = 3\n",
         ),
-        settings="maintenance_port = 25290",
+        settings='maintenance_port = 25290\n[server]\nuser = "root"',  # the responder reads root's tmp_path
     )
     assert deployer.cli("deploy", "fo", "v1").returncode == 0
     store = StateStore(deployer.root / "state")

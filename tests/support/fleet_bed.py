@@ -85,6 +85,7 @@ class FleetBed(Bed):
 [server]
 listen = "{host.address}:{PORT}"
 job_timeout = 300
+user = "root"
 
 [server.operators.{KEY_ID}]
 secret_file = "{host.folder / "fleet.secret"}"
@@ -106,6 +107,7 @@ state_dir = "{self.folder / "state"}"
 
 [server]
 job_timeout = 900
+user = "root"
 
 [fleet]
 apps = ["web"]

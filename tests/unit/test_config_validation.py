@@ -106,7 +106,8 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path):
     path = write(tmp_path, MINIMAL)
     loaded = config.load(path, environ={})
 
-    assert loaded.settings == Settings(state_dir=tmp_path / "state", hooks_dir=tmp_path / "hooks")
+    assert loaded.settings == Settings(state_dir=Path("/var/lib/deployer/state"), hooks_dir=tmp_path / "hooks")
+    assert (loaded.server.user, loaded.server.group) == ("deployer", None)  # the user's primary group
     assert loaded.settings.docker_host == "unix:///var/run/docker.sock"
     assert dict(loaded.apps) == {
         "web": AppConfig(

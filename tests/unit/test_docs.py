@@ -55,6 +55,14 @@ def test_the_readme_opens_with_the_demo_and_the_test_command():
     assert "scripts/demo" in first_block and "scripts/test" in first_block
 
 
+def test_the_readmes_first_screen_says_what_it_is_what_the_commands_change_and_where_production_is():
+    first_screen = "\n".join(README.splitlines()[:25])
+    assert "deploys Docker apps on a Linux host with zero downtime" in first_screen
+    for change in ("apt", "docker.io", "dockerd", "127.0.0.1:5000", "iptables", "network namespaces"):
+        assert change in first_screen, f"the README's first screen does not say the commands change: {change}"
+    assert "(docs/production.md)" in first_screen
+
+
 def test_the_readme_is_a_front_page():
     lines = len(README.splitlines())
     assert lines <= README_MAX_LINES, (

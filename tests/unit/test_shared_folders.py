@@ -136,7 +136,7 @@ def test_the_init_lock_creates_nothing_through_a_dangling_link(state, tmp_path):
 
 
 def test_a_refused_start_is_recorded_in_the_audit_log(tmp_path, state, secret):
-    config = make_config(tmp_path, app_toml("web", 8000), server=f'group = "{GROUP}"')
+    config = make_config(tmp_path, app_toml("web", 8000), server=f'user = "nobody"\ngroup = "{GROUP}"')
     audit.prepare_folder(state, GROUP)
     plant_link(state / "queue", "jobs.db.x", secret)
     with pytest.raises(StateError, match="jobs.db.x"):

@@ -5,6 +5,9 @@ Driven with hand-written fakes for the process and the stop event, so no test wa
 
 from __future__ import annotations
 
+import os
+import pwd
+
 import pytest
 
 from deployer.errors import DeployerError
@@ -109,7 +112,9 @@ def test_the_backoff_doubles_to_its_most_and_starts_over_after_a_stable_run():
 
 @pytest.fixture
 def config(tmp_path):
-    return make_config(tmp_path, app_toml("web", 8000), server='listen = "127.0.0.1:8123"\nworkers = 3')
+    """[server] user is whoever runs the tests: the receiver runs as this user, with no user to drop to."""
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    return make_config(tmp_path, app_toml("web", 8000), server=f'listen = "127.0.0.1:8123"\nworkers = 3\nuser = "{me}"')
 
 
 def test_gunicorn_runs_threads_with_request_deadlines_not_sync_workers(config):
@@ -159,4 +164,4 @@ def test_the_responder_of_serve_watch_is_a_child_on_the_socket_serve_bound(confi
         "--listen-fd",
         str(options["pass_fds"][0]),
     ]
-    assert (options["user"], options["umask"]) == (None, 0o077)  # [server] user unset: no user to drop to
+    assert (options["user"], options["umask"]) == (None, 0o077)  # [server] user is this user: no user to drop to

@@ -15,11 +15,18 @@ from pathlib import Path
 import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
-NAMES = ["deployer-receiver.service", "deployer-worker.service", "deployer-watch.service", "deployer-cluster.service"]
+NAMES = [
+    "deployer-serve.service",
+    "deployer-receiver.service",
+    "deployer-worker.service",
+    "deployer-watch.service",
+    "deployer-cluster.service",
+]
 SOCKETS = ["deployer-receiver.socket"]  # held by systemd, so it outlives the service it starts
 # The watchdog and the cluster agent come back whatever their exit status: while either is down, failover or the
 # rules that follow keepalived stop, and nothing else says so.
 RESTART = {
+    "deployer-serve.service": "on-failure",
     "deployer-receiver.service": "on-failure",
     "deployer-worker.service": "on-failure",
     "deployer-watch.service": "always",
