@@ -111,12 +111,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         f"{status['host']}: {health}; {'joined' if status['intent'] == 'join' else 'LEFT'}; keepalived "
         f"{'pid ' + str(status['keepalived_pid']) if status['keepalived_pid'] else 'NOT RUNNING'}; "
-        f"takes in buckets {status['owned'] or 'none'}; as of {status['updated']}"
+        f"takes in buckets {status['owned'] or 'none'}"
+        + (f"; relays {status['relaying']} to its peers" if status.get("relaying") else "")
+        + f"; as of {status['updated']}"
     )
     for bucket in status["buckets"]:
+        intake = (
+            "taken in"
+            if bucket["taken_in"]
+            else "relayed"
+            if bucket.get("relayed")
+            else "relays in"
+            if bucket.get("taken_from_relays")
+            else "-"
+        )
         print(
             f"  b{bucket['bucket']:<3} home {bucket['home']:<10} here {bucket['state']:<8} "
-            f"{'taken in' if bucket['taken_in'] else '-':<9} flows {bucket['flows']}"
+            f"{intake:<9} flows {bucket['flows']}"
         )
     return 0
 

@@ -6,10 +6,13 @@ deployer/wiring.py builds the real ones. The order of effects, which the unit te
 - start: join the shared address, write keepalived's config and track files, write the chain owning nothing,
   with `unicast` the filter that drops VRRP from anyone but the other hosts (removed without it), start
   keepalived. Until keepalived reports, this host takes in no new flow.
-- a bucket lost (BACKUP, FAULT, keepalived gone) is dropped from the chain at once; a bucket gained is taken
-  `handover_delay` after keepalived said MASTER, the moment the old owner needs to drop it.
-- to go out of service (unhealthy, or asked to leave): drop every bucket first, then tell keepalived (its track
-  file). The other way round, this host would still take in new flows after a peer took its buckets over.
+- a bucket gained is taken `handover_delay` after keepalived said MASTER, the moment the old owner needs to drop
+  it; meanwhile, and whenever in service, the flows a peer relays are taken in (plan/cluster.py, "The handover").
+- a bucket lost (BACKUP, FAULT, keepalived gone) stops being taken in at once and is relayed to the host keepalived
+  elects next, in the same transaction, for `relay_seconds` (lost to a host of higher priority, only when that
+  host is surely the one: `relays_when_outranked`). A bucket let go without a relay is simply dropped.
+- to go out of service (unhealthy, or asked to leave): let every bucket go (relayed) first, then tell keepalived
+  (its track file). The other way round, this host would still take in new flows after a peer took them over.
 - stop: drop every bucket, then stop keepalived by its pid (its instances send priority 0: a quick takeover).
 
 The control side (`cluster status`, `leave`, `join`) talks to the agent through files in <state_dir>/cluster/:
@@ -118,13 +121,15 @@ def cluster_of(config: Config) -> ClusterConfig:
 class AgentState:
     states: dict[int, str] = field(default_factory=dict)  # bucket -> keepalived's state of it here
     since: dict[int, float] = field(default_factory=dict)  # bucket -> when it became MASTER
-    owned: set[int] | None = None  # the buckets the chain takes in; None before the first write
+    releases: dict[int, float] = field(default_factory=dict)  # bucket -> when let go, while it is relayed
+    intake: plan.Intake | None = None  # what the chain does now; None before the first write
     healthy: bool = False
     failures: int = 0
     passes: int = 0
     intent: str = JOIN
     tracks: tuple[str, str] | None = None  # what the track files say now: health, leave
     died_at: float | None = None  # when keepalived was found dead
+    keepalived_since: float | None = None  # when this agent started keepalived
     problem: str | None = None
 
 
@@ -176,8 +181,8 @@ class ClusterAgent:
         self.state.intent = read_intent(self.paths)
         self._write_tracks()  # unhealthy: no bucket before the health checks pass
         live = plan.parse(self.netfilter.save_table(plan.TABLE))
-        self.netfilter.restore(plan.render_ensure(live, self.names, c, self.config.apps.values(), set()))
-        self.state.owned = set()
+        self.netfilter.restore(plan.render_ensure(live, self.names, c, self.config.apps.values(), plan.Intake()))
+        self.state.intake = plan.Intake()
         vrrp_filter = plan.render_vrrp_filter(
             plan.parse_filter(self.netfilter.save_table(plan.FILTER_TABLE)), self.names, c
         )
@@ -206,7 +211,8 @@ class ClusterAgent:
         )
 
     def stop(self) -> None:
-        self._apply(set(), reason="stopping")
+        self.state.releases.clear()
+        self._apply(plan.Intake(), reason="stopping")
         self.keepalived.stop()
         self.keepalived.end_notices()
         self._write_status()
@@ -217,13 +223,18 @@ class ClusterAgent:
         if notice is None or not 0 <= notice.bucket < self.cluster.buckets:
             return
         with self.lock:
-            before = self.state.states.get(notice.bucket)
-            self.state.states[notice.bucket] = notice.state
+            now = self.clock()
+            s = self.state
+            before = s.states.get(notice.bucket)
+            s.states[notice.bucket] = notice.state
             if notice.state == plan.MASTER and before != plan.MASTER:
-                self.state.since[notice.bucket] = self.clock()
-            if notice.state != plan.MASTER and self.state.owned and notice.bucket in self.state.owned:
-                # A lost bucket is let go at once, not at the next round.
-                self._apply(self.state.owned - {notice.bucket}, reason=f"keepalived: {notice.state}")
+                s.since[notice.bucket] = now
+            outranked = notice.state == plan.BACKUP
+            if notice.state != plan.MASTER and (
+                not outranked or plan.relays_when_outranked(self.cluster, notice.bucket)
+            ):
+                self._release({notice.bucket}, now)  # let go (and relayed) at once, not at the next round
+            self._settle(now, reason=f"keepalived: {notice.state}")
         self.changed.set()
 
     def tick(self) -> float:
@@ -241,49 +252,79 @@ class ClusterAgent:
                 s.problem = "keepalived is not running"
                 s.states.clear()
                 s.since.clear()
-            self._apply(set(), reason="keepalived is not running")
+            self._release(self._owned(), now)
+            self._settle(now, reason="keepalived is not running")
             if now - s.died_at >= RESTART_PAUSE:
                 s.died_at = None
                 self._start_keepalived()
         self._check_health(problem)
         s.intent = read_intent(self.paths)
-        out = not s.healthy or s.intent == LEAVE
-        if out:
-            self._apply(set(), reason="unhealthy" if not s.healthy else "leaving")
+        if not s.healthy or s.intent == LEAVE:
+            self._release(self._owned(), now)
+            self._settle(now, reason="unhealthy" if not s.healthy else "leaving")  # first: see the module's docstring
             self._write_tracks()
-            wanted: set[int] = set()
         else:
             self._write_tracks()
-            wanted = plan.owned_buckets(s.states, s.since, now, self.cluster.handover_delay)
-            self._apply(wanted, reason="keepalived")
+            self._settle(now, reason="keepalived")
         self._write_status()
-        pending = [
-            s.since[b] + self.cluster.handover_delay - now
-            for b, state in s.states.items()
-            if state == plan.MASTER and b not in wanted and not out
-        ]
-        return min([self.cluster.check_interval, *[max(p, 0.001) for p in pending]])
+        next_at = self._decide(now).next_at
+        wait = self.cluster.check_interval if next_at is None else min(self.cluster.check_interval, next_at - now)
+        return max(wait, 0.001)
+
+    def _in_service(self) -> bool:
+        s = self.state
+        return s.healthy and s.intent == JOIN and s.died_at is None
+
+    def _owned(self) -> set[int]:
+        return set(self.state.intake.owned) if self.state.intake else set()
+
+    def _release(self, buckets: set[int], now: float) -> None:
+        """Start handing over `buckets` that the chain takes in and that are not being handed over already."""
+        for bucket in buckets & self._owned():
+            self.state.releases.setdefault(bucket, now)
+
+    def _decide(self, now: float) -> plan.IntakeDecision:
+        s = self.state
+        return plan.decide_intake(
+            s.states,
+            s.since,
+            s.releases,
+            now,
+            buckets=self.cluster.buckets,
+            in_service=self._in_service(),
+            steady=s.keepalived_since is not None and now - s.keepalived_since >= plan.steady_seconds(self.cluster),
+            delay=self.cluster.handover_delay,
+            relay_for=plan.relay_seconds(self.cluster),
+        )
+
+    def _settle(self, now: float, *, reason: str) -> None:
+        decision = self._decide(now)
+        self.state.releases = dict(decision.releases)
+        self._apply(decision.intake, reason=reason)
 
     # --- the pieces ------------------------------------------------------------------------------
 
     def _start_keepalived(self) -> None:
+        self.state.keepalived_since = self.clock()
         pid = self.keepalived.start()
         self.journal.note("cluster.keepalived", host=self.cluster.host, pid=pid)
 
-    def _apply(self, owned: set[int], *, reason: str) -> None:
-        if owned == self.state.owned:
+    def _apply(self, intake: plan.Intake, *, reason: str) -> None:
+        if intake == self.state.intake:
             return
-        before = self.state.owned or set()
-        self.netfilter.restore(plan.render_owned(self.names, self.cluster, self.config.apps.values(), owned))
-        self.state.owned = set(owned)
+        before = self.state.intake or plan.Intake()
+        self.netfilter.restore(plan.render_owned(self.names, self.cluster, self.config.apps.values(), intake))
+        self.state.intake = intake
         self.journal.record(
             "cluster.buckets",
             actor="cluster",
             outcome="ok",
             host=self.cluster.host,
-            owned=sorted(owned),
-            gained=sorted(owned - before),
-            lost=sorted(before - owned),
+            owned=sorted(intake.owned),
+            gained=sorted(intake.owned - before.owned),
+            lost=sorted(before.owned - intake.owned),
+            relaying=sorted(intake.relayed_out),
+            taking_relays=sorted(intake.relayed_in),
             reason=reason,
         )
 
@@ -343,7 +384,9 @@ class ClusterAgent:
             "problem": s.problem,
             "keepalived_pid": self.keepalived.pid(),
             "states": {str(b): state for b, state in sorted(s.states.items())},
-            "owned": sorted(s.owned or ()),
+            "owned": sorted(self._owned()),
+            "relaying": sorted(s.intake.relayed_out if s.intake else ()),
+            "taking_relays": sorted(s.intake.relayed_in if s.intake else ()),
         }
         write_json(self.paths.status, status)
 
@@ -450,6 +493,8 @@ class ClusterControl:
                 "ranking": plan.ranking(c, b),
                 "state": status["states"].get(str(b), "unknown"),
                 "taken_in": b in status["owned"],
+                "relayed": b in status.get("relaying", ()),
+                "taken_from_relays": b in status.get("taking_relays", ()),
                 "flows": flows[b],
             }
             for b in range(c.buckets)
@@ -473,7 +518,7 @@ class ClusterControl:
             return status
         started = self.clock()
         done = self._wait(
-            lambda s: not s["owned"] and s["open_tcp_flows"] == 0,
+            lambda s: not s["owned"] and not s.get("relaying") and s["open_tcp_flows"] == 0,
             timeout,
             "its buckets to go and its TCP connections to finish",
         )

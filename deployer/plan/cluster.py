@@ -5,11 +5,18 @@ floods it. Each host takes in only the flows of its buckets, the buckets keepali
 owned chain in the mangle table, jumped to first from PREROUTING for packets to the shared address:
 
     mangle PREROUTING -d SHARED/32 -j PREFIX-CLUSTER
-    PREFIX-CLUSTER  -m cluster (1 node of 1)                      every packet: its pkt_type becomes host
+    PREFIX-CLUSTER  -i IF -p tcp -m pkttype unicast -m connmark --mark M/M -j RETURN        relayed: a tcp flow of ours
+                    -i IF -p tcp -m pkttype unicast --dports P --ctstate NEW -m cluster (bucket b) -j CONNMARK   per
+                    -i IF -p tcp -m pkttype unicast -m connmark --mark M/M -j RETURN        bucket taking relays
+                    -i IF -p udp -m pkttype unicast --dports Q -m cluster (bucket b) -j RETURN   per bucket taking relays
+                    -i IF -m pkttype unicast -j DROP                   relayed, of a bucket taken in or relayed here
+                    -m cluster (1 node of 1)                      every other packet: its pkt_type becomes host
                     -p tcp -m connmark --mark M/M -j RETURN       a tcp flow this host took in: keep it
                     -p tcp --dports P --ctstate NEW -m cluster (bucket b) -j CONNMARK --set-xmark M/M   per bucket
                     -p tcp -m connmark --mark M/M -j RETURN       the new flow just taken in
                     -p udp --dports Q -m cluster (bucket b) -j RETURN                                   per bucket
+                    -p tcp --dports P --ctstate NEW -m cluster (bucket b) -j TEE --gateway NEXT     per bucket let go:
+                    -p udp --dports Q -m cluster (bucket b) -j TEE --gateway NEXT                   relayed to its next
                     -j DROP                                        everything else, silently
 
 Why each line:
@@ -17,14 +24,30 @@ Why each line:
   then goes through the app's own nat chain, and a local deploy's flip works on the shared address unchanged.
 - A frame sent to a multicast MAC arrives as PACKET_MULTICAST, which TCP and forwarding throw away. The cluster
   match turns that into PACKET_HOST whenever it is evaluated (xt_cluster.c does that on purpose), so the first
-  rule evaluates one that always matches (one bucket of one), for every packet, before anything else.
+  rule that sees a client's frame evaluates one that always matches (one bucket of one), before anything else.
 - TCP: a host keeps the flows it took in (the connmark), whoever owns their bucket now. So on a planned leave the
   old owner finishes its established connections and the new owner takes only new ones. The new owner drops the
   old flows' packets: with nf_conntrack_tcp_loose=0 a mid-stream segment it never saw the SYN of is INVALID, has
   no connmark, and falls through to DROP (never a reset, which would kill the connection on the old owner).
 - UDP has no handshake, so no flow is "established" anywhere: each datagram goes to its bucket's owner of that
-  moment. A host that lost a bucket stops answering at once, without waiting for its conntrack entries to expire.
+  moment. A host that lost a bucket stops answering it at once, without waiting for its conntrack entries to expire.
 - DROP, not REJECT: the other hosts answer those packets.
+
+The handover. A bucket's new owner takes it in only `handover_delay` after keepalived made it master, so that the
+old owner has surely let go (two hosts answering one datagram is the failure to avoid). Between the two, nobody
+would answer a datagram or a SYN of that bucket. So the host that lets a bucket go relays its new flows for a while
+(`relay_seconds`): TEE sends a copy of each datagram and each SYN to the own address of the peer that keepalived
+elects next (`relay_target`), as a unicast frame to that peer's MAC, and the original is dropped, in the same
+transaction that stops taking the bucket in. A host in service answers relayed frames of the buckets it is master of
+and, once its keepalived is steady, backup of, unless it takes them in or relays them itself (`relayed_in`): so the
+next host answers from the moment the old one lets go, whether keepalived has elected it yet or not, and drops the
+relayed copies once it takes the bucket in. A datagram is
+answered once, as the relay goes to one host: right after an election two backups can both be master for a few
+milliseconds, and each would answer a copy sent to both. When the peer ranked next is out of service too, it
+answers no relay: that bucket is handed over as before, with the handover delay's gap. A bucket taken by a host of
+higher priority is relayed only when that host is surely the target (`relays_when_outranked`). A client's frame always goes
+to the multicast MAC, so a unicast frame to the shared address on the cluster's interface is a relay (a client with
+a stale ARP entry that names one host's MAC is dropped too).
 
 The buckets change in one iptables-restore of the owned chain alone; the jump is ensured once, when the agent
 starts. The ports P and Q are those of the apps served on the shared address (`cluster = true`).
@@ -46,7 +69,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deployer.config import AppConfig
 from deployer.config.cluster import ClusterConfig
@@ -116,6 +139,21 @@ def priority(cluster: ClusterConfig, bucket: int, host: str) -> int:
     return HOME_PRIORITY - PRIORITY_STEP * ranking(cluster, bucket).index(host)
 
 
+def relay_target(cluster: ClusterConfig, bucket: int) -> str:
+    """The address a bucket this host lets go is relayed to: the peer ranked first for it, which keepalived elects
+    next whether this host leaves or that peer comes back. One peer, not all: right after an election two backups
+    can both be master for a moment (their timers ran out together), and each would answer the relayed copy."""
+    return cluster.peer(next(name for name in ranking(cluster, bucket) if name != cluster.host)).address
+
+
+def relays_when_outranked(cluster: ClusterConfig, bucket: int) -> bool:
+    """Whether this host relays a bucket that a host of higher priority took from it: only when the one host above
+    it in the ranking is the bucket's home, so the relay target is surely the host that took it. Ranked lower, the
+    bucket may have gone to a host between the two while the home is still out, and relays to the home would reach
+    a second answer."""
+    return ranking(cluster, bucket).index(cluster.host) == 1
+
+
 def home_buckets(cluster: ClusterConfig, host: str) -> list[int]:
     return [b for b in range(cluster.buckets) if ranking(cluster, b)[0] == host]
 
@@ -153,37 +191,75 @@ def _port_groups(apps: Iterable[AppConfig], protocol: str) -> list[str]:
     return [",".join(str(p) for p in ports[i : i + MULTIPORT_MAX]) for i in range(0, len(ports), MULTIPORT_MAX)]
 
 
-def chain_rules(
-    names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], owned: Iterable[int]
-) -> list[str]:
-    """The owned chain for this host's buckets `owned`, as iptables-restore takes it.
+@dataclass(frozen=True)
+class Intake:
+    """What the owned chain does with each bucket's new flows (see the module's docstring, "The handover")."""
 
-    One rule per owned bucket (`--cluster-local-node`), not one node mask: iptables 1.8.9 refuses a
+    owned: frozenset[int] = frozenset()  # taken in from the shared address
+    relayed_in: frozenset[int] = frozenset()  # taken in when a peer relays them (in service: all but the two others)
+    relayed_out: frozenset[int] = frozenset()  # let go: relayed to the peers
+
+    @classmethod
+    def of(cls, owned: Iterable[int] = (), relayed_in: Iterable[int] = (), relayed_out: Iterable[int] = ()) -> Intake:
+        return cls(frozenset(owned), frozenset(relayed_in), frozenset(relayed_out))
+
+
+def chain_rules(names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], intake: Intake) -> list[str]:
+    """The owned chain for this host's `intake`, as iptables-restore takes it (and iptables-save prints it).
+
+    One rule per bucket (`--cluster-local-node`), not one node mask: iptables 1.8.9 refuses a
     `--cluster-local-nodemask` above 32 (it checks the mask against the node limit), although the kernel takes
     any mask, and iptables-save prints every rule as a mask, so its output of buckets 6 and up does not restore.
     """
     apps = list(apps)
     c = chain(names)
     mark = f"{cluster.mark:#x}/{cluster.mark:#x}"
-    owned = sorted(set(owned))
     tcp, udp = _port_groups(apps, "tcp"), _port_groups(apps, "udp")
+    relayed = f"-A {c} -i {cluster.interface}"
+    unicast = "-m pkttype --pkt-type unicast"
+
+    def bucket(b: int) -> str:
+        return _cluster_match(cluster.buckets, b, cluster.hash_seed)
+
     rules = [
-        f"-A {c} {_cluster_match(1, 0, 0)} -m comment --comment {save_string('cluster: take the frame in')}",
-        f"-A {c} -p tcp -m connmark --mark {mark} -m comment --comment "
-        f"{save_string('cluster: a flow this host took in')} -j RETURN",
+        f"{relayed} -p tcp {unicast} -m connmark --mark {mark} -m comment "
+        f"--comment {save_string('cluster: relayed, of a flow this host took in')} -j RETURN"
     ]
-    for bucket in owned:
-        mine = _cluster_match(cluster.buckets, bucket, cluster.hash_seed)
+    for b in sorted(intake.relayed_in):
         rules += [
-            f"-A {c} -p tcp -m multiport --dports {ports} -m conntrack --ctstate NEW {mine} "
+            f"{relayed} -p tcp {unicast} -m multiport --dports {ports} -m conntrack --ctstate NEW {bucket(b)} "
             f"-j CONNMARK --set-xmark {mark}"
             for ports in tcp
         ]
-    if owned and tcp:
+    if intake.relayed_in and tcp:
+        rules.append(f"{relayed} -p tcp {unicast} -m connmark --mark {mark} -j RETURN")
+    for b in sorted(intake.relayed_in):
+        rules += [f"{relayed} -p udp {unicast} -m multiport --dports {ports} {bucket(b)} -j RETURN" for ports in udp]
+    rules += [
+        f"{relayed} {unicast} -m comment --comment {save_string('cluster: relayed, not taken from a peer now')} "
+        "-j DROP",
+        f"-A {c} {_cluster_match(1, 0, 0)} -m comment --comment {save_string('cluster: take the frame in')}",
+        f"-A {c} -p tcp -m connmark --mark {mark} -m comment "
+        f"--comment {save_string('cluster: a flow this host took in')} -j RETURN",
+    ]
+    for b in sorted(intake.owned):
+        rules += [
+            f"-A {c} -p tcp -m multiport --dports {ports} -m conntrack --ctstate NEW {bucket(b)} "
+            f"-j CONNMARK --set-xmark {mark}"
+            for ports in tcp
+        ]
+    if intake.owned and tcp:
         rules.append(f"-A {c} -p tcp -m connmark --mark {mark} -j RETURN")
-    for bucket in owned:
-        mine = _cluster_match(cluster.buckets, bucket, cluster.hash_seed)
-        rules += [f"-A {c} -p udp -m multiport --dports {ports} {mine} -j RETURN" for ports in udp]
+    for b in sorted(intake.owned):
+        rules += [f"-A {c} -p udp -m multiport --dports {ports} {bucket(b)} -j RETURN" for ports in udp]
+    for b in sorted(intake.relayed_out - intake.owned):
+        peer = relay_target(cluster, b)
+        rules += [
+            f"-A {c} -p tcp -m multiport --dports {ports} -m conntrack --ctstate NEW {bucket(b)} "
+            f"-j TEE --gateway {peer}"
+            for ports in tcp
+        ]
+        rules += [f"-A {c} -p udp -m multiport --dports {ports} {bucket(b)} -j TEE --gateway {peer}" for ports in udp]
     rules.append(f"-A {c} -m comment --comment {save_string('cluster: another host answers')} -j DROP")
     return rules
 
@@ -193,16 +269,18 @@ def parse(saved: str) -> SavedTable:
     return parse_table(saved, TABLE)
 
 
-def render_owned(names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], owned: Iterable[int]) -> str:
-    """The node-mask change: the owned chain rewritten whole, in one transaction that touches nothing else."""
-    return "\n".join([f"*{TABLE}", f":{chain(names)} - [0:0]", *chain_rules(names, cluster, apps, owned), "COMMIT", ""])
+def render_owned(names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], intake: Intake) -> str:
+    """A change of buckets: the owned chain rewritten whole, in one transaction that touches nothing else."""
+    return "\n".join(
+        [f"*{TABLE}", f":{chain(names)} - [0:0]", *chain_rules(names, cluster, apps, intake), "COMMIT", ""]
+    )
 
 
 def render_ensure(
-    live: SavedTable, names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], owned: Iterable[int]
+    live: SavedTable, names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppConfig], intake: Intake
 ) -> str:
-    """At start: the chain for `owned` and, when missing, the jump to it, first in PREROUTING."""
-    lines = [f"*{TABLE}", f":{chain(names)} - [0:0]", *chain_rules(names, cluster, apps, owned)]
+    """At start: the chain for `intake` and, when missing, the jump to it, first in PREROUTING."""
+    lines = [f"*{TABLE}", f":{chain(names)} - [0:0]", *chain_rules(names, cluster, apps, intake)]
     if jump(names, cluster) not in live.rules("PREROUTING"):
         lines.append(f"-I PREROUTING 1 -d {cluster.address}/32 -j {chain(names)}")
     return "\n".join([*lines, "COMMIT", ""])
@@ -298,6 +376,61 @@ def owned_buckets(states: Mapping[int, str], since: Mapping[int, float], now: fl
     """The buckets to take in: MASTER for at least `delay`, so the old owner has let go of a bucket first
     (it drops it as soon as it hears the new master's advert; a lost bucket is let go at once)."""
     return {b for b, state in states.items() if state == MASTER and now - since.get(b, now) >= delay - 1e-9}
+
+
+def steady_seconds(cluster: ClusterConfig) -> float:
+    """How long keepalived runs before its backups take relays: past its first election (3 adverts and a skew)."""
+    return 4 * cluster.advert_interval
+
+
+def relay_seconds(cluster: ClusterConfig) -> float:
+    """How long a bucket let go is relayed: past the new master's handover delay, also when it is elected only after
+    its peers stopped hearing this host (3 adverts and a skew, for a failure)."""
+    return 2 * cluster.handover_delay + 4 * cluster.advert_interval
+
+
+@dataclass(frozen=True)
+class IntakeDecision:
+    intake: Intake
+    releases: dict[int, float] = field(default_factory=dict)  # bucket -> when let go, for those still relayed
+    next_at: float | None = None  # when the intake changes next with no new notice
+
+
+def decide_intake(
+    states: Mapping[int, str],
+    since: Mapping[int, float],
+    releases: Mapping[int, float],
+    now: float,
+    *,
+    buckets: int,
+    in_service: bool,
+    steady: bool,
+    delay: float,
+    relay_for: float,
+) -> IntakeDecision:
+    """The chain's buckets now: those keepalived made this host master of `delay` ago (when in service), those it
+    let go lately (relayed to their next host), and, in service, those it takes from a peer's relays: the ones it is
+    master of, and, once its keepalived is `steady`, the ones it is backup of.
+
+    A steady backup is one that would have been elected already if it outranked the master: so when the host ranked
+    first after the old owner receives its relays, no other host takes that bucket in meanwhile. A keepalived just
+    started is not steady: it may be about to preempt a master that another host's loss just elected, and both
+    would answer.
+
+    A release ends once its relaying is over, or at once when keepalived makes this host master again while it is
+    in service: the host that took the bucket relays it back.
+    """
+    masters = {b for b, state in states.items() if state == MASTER}
+    direct = owned_buckets(states, since, now, delay) if in_service else set()
+    back = masters if in_service else set()
+    running = {b: at for b, at in releases.items() if b not in back and b not in direct and now < at + relay_for}
+    takes = {MASTER, BACKUP} if steady else {MASTER}
+    relayed_in = {b for b in range(buckets) if states.get(b) in takes} - direct - set(running) if in_service else set()
+    changes = [at + relay_for for at in running.values()]
+    if in_service:
+        changes += [since[b] + delay for b in masters - direct if b in since]
+    later = [t for t in changes if t > now]
+    return IntakeDecision(Intake.of(direct, relayed_in, running), running, min(later) if later else None)
 
 
 def leave_problem(cluster: ClusterConfig, states: Mapping[int, str]) -> str | None:

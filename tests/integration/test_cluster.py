@@ -24,7 +24,7 @@ from support import netns
 from support.cluster_bed import BUCKETS, SEED, ClusterBed, failed_requests, missing_tool
 from support.integration import missing
 
-TRIES = int(os.environ.get("CLUSTER_TRIES", "10"))
+TRIES = int(os.environ.get("CLUSTER_TRIES", "6"))  # each host twice; the figures of docs/ were taken with 10
 FIGURES = Path(os.environ.get("CLUSTER_FIGURES", "/tmp/deployer-cluster-figures.json"))
 
 
@@ -236,7 +236,24 @@ def test_a_zero_downtime_deploy_on_one_host_under_cluster_load_fails_nothing(bed
     bed.host("h1").deployer("deploy", "web", "v1")
 
 
-def test_leave_wait_under_load_fails_nothing_and_join_brings_the_buckets_home(bed: ClusterBed):
+def handover_losses(records: dict) -> dict[str, list]:
+    """What a planned move must not lose: failed requests, datagrams nobody answered, datagrams answered twice."""
+    return {
+        **failed_requests(records),
+        "unanswered": [r for r in records["udp"] if not r[3]],
+        "twice": [r for r in records["udp"] if len(r[3]) > 1],
+    }
+
+
+NOTHING_LOST = {"new": [], "keepalive": [], "unanswered": [], "twice": []}
+
+
+def test_leave_wait_and_join_under_load_hand_every_bucket_over_without_losing_a_request_or_a_datagram(
+    bed: ClusterBed,
+):
+    """A planned move: the old owner keeps a bucket until the new master takes relays of it, then relays its new
+    flows (TEE) until the new master takes it in. So, from 64 sources, no request fails and every datagram is
+    answered exactly once, through the leave and through the join."""
     h2 = bed.host("h2")
     theirs = [s for s in bed.sources if bed.owner_of(s) == "h2"]
     load = bed.client_load(120)
@@ -271,8 +288,7 @@ def test_leave_wait_under_load_fails_nothing_and_join_brings_the_buckets_home(be
     records = load.finish()  # the client closes its connections: the leave can finish
     out, _ = leaving.communicate(timeout=30)
     assert leaving.returncode == 0, out
-    assert failed_requests(records) == {"new": [], "keepalive": []}
-    assert [r for r in records["udp"] if len(r[3]) > 1] == []
+    assert handover_losses(records) == NOTHING_LOST
     after = [r for r in records["keepalive"] if r[2] in theirs and r[0] > gone_at]
     assert after and {r[3] for r in after} == {"h2"}, "established connections left the old owner"
     late_new = {r[3] for r in records["new"] if r[2] in theirs and r[0] > gone_at}
@@ -286,10 +302,12 @@ def test_leave_wait_under_load_fails_nothing_and_join_brings_the_buckets_home(be
     joined_at = load.at()
     time.sleep(2.0)
     records = load.finish()
-    assert failed_requests(records) == {"new": [], "keepalive": []}
-    assert [r for r in records["udp"] if len(r[3]) > 1] == []
+    assert handover_losses(records) == NOTHING_LOST
     back = {r[3] for r in records["new"] if r[2] in theirs and r[0] > joined_at}
     assert back == {"h2"}
+    replies = bed.client_once()
+    wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
+    assert not wrong, f"after the join, answered by other hosts than the oracle's: {wrong}"
 
 
 # --- the nftables backend ------------------------------------------------------------------------------

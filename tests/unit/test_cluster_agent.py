@@ -45,8 +45,21 @@ class FakeNetfilter:
         return ""
 
     def restore(self, text: str) -> None:
-        buckets = sorted({int(n) - 1 for n in re.findall(r"--cluster-total-nodes 4 --cluster-local-node (\d+)", text)})
-        self.effects.append(f"rules {buckets}" + (" +jump" if "-I PREROUTING" in text else ""))
+        """`rules [taken in]`, then `in [taken from relays]` and `out [relayed]` when there are any."""
+        lines = text.splitlines()
+
+        def buckets(kept) -> list[int]:
+            node = r"--cluster-total-nodes 4 --cluster-local-node (\d+)"
+            return sorted({int(n) - 1 for line in lines if kept(line) for n in re.findall(node, line)})
+
+        taken = buckets(lambda line: " -i eth0 " not in line and " TEE " not in line)
+        relayed_in, relayed_out = buckets(lambda line: " -i eth0 " in line), buckets(lambda line: " TEE " in line)
+        self.effects.append(
+            f"rules {taken}"
+            + (f" in {relayed_in}" if relayed_in else "")
+            + (f" out {relayed_out}" if relayed_out else "")
+            + (" +jump" if "-I PREROUTING" in text else "")
+        )
 
     def conntrack_list(self, arguments: list[str]) -> list[str]:
         return self.flows
@@ -184,21 +197,68 @@ def test_the_host_serves_only_after_its_health_checks_pass(bed):
     assert effects == ["track-health=0", "track-leave=0"]
 
 
-def test_a_bucket_gained_is_taken_after_the_handover_delay_and_a_lost_one_is_let_go_at_once(bed):
+def test_a_bucket_gained_is_taken_in_after_the_handover_delay_and_taken_from_relays_meanwhile(bed):
     agent, effects, _, clock, events = bed
     agent.start()
     for _ in range(3):
         agent.tick()
     effects.clear()
-    agent.on_notice('INSTANCE "b0" MASTER 200\n')
+    agent.on_notice('INSTANCE "b0" MASTER 200\n')  # no tick: the notice itself takes the peer's relays
+    assert effects == ["rules [] in [0]"]
     assert agent.tick() == pytest.approx(0.05)  # the next round comes when the delay ends
-    assert effects == []
     clock.now += 0.05
     agent.tick()
-    assert effects == ["rules [0]"]
-    agent.on_notice('INSTANCE "b0" BACKUP 200\n')  # no tick: the notice itself lets go
-    assert effects == ["rules [0]", "rules []"]
-    assert [e["lost"] for e in events if e["event"] == "cluster.buckets"] == [[], [0]]
+    assert effects == ["rules [] in [0]", "rules [0]"]
+    assert [(e["gained"], e["taking_relays"]) for e in events if e["event"] == "cluster.buckets"] == [
+        ([], [0]),
+        ([0], []),
+    ]
+
+
+def test_a_backup_takes_relays_only_once_its_keepalived_is_steady(bed):
+    """Just started, keepalived may be about to preempt a master another host's loss just elected: its backups take
+    no relay until it has run past its first election (4 advert intervals)."""
+    agent, effects, _, clock, _ = bed
+    agent.start()
+    for _ in range(3):
+        agent.tick()
+    effects.clear()
+    agent.on_notice('INSTANCE "b1" BACKUP 195\n')
+    agent.on_notice('INSTANCE "b3" BACKUP 195\n')
+    assert effects == []
+    clock.now += 0.79
+    agent.tick()
+    assert effects == []
+    clock.now += 0.01
+    agent.tick()
+    assert effects == ["rules [] in [1, 3]"]
+
+
+def test_a_bucket_lost_to_a_fault_is_let_go_and_relayed_at_once_until_the_relaying_ends(bed):
+    agent, effects, _, clock, events = bed
+    serving(agent, clock, effects)
+    agent.on_notice('INSTANCE "b0" FAULT 200\n')  # no tick: the notice itself lets go
+    assert effects == ["rules [2] out [0]"]
+    assert agent.tick() == pytest.approx(0.2)  # the check interval: the relaying ends later (0.9 s)
+    clock.now += 0.9
+    agent.tick()
+    assert effects == ["rules [2] out [0]", "rules [2] in [1]"]  # keepalived is steady by now: its backups take relays
+    assert [(e["lost"], e["relaying"]) for e in events if e["event"] == "cluster.buckets"][-2:] == [
+        ([0], [0]),
+        ([], []),
+    ]
+
+
+def test_a_bucket_its_home_takes_back_is_relayed_to_the_home(bed):
+    """h2 came back: h1, ranked right after it for bucket 1, held the bucket and relays it to h2."""
+    agent, effects, _, clock, _ = bed
+    serving(agent, clock, effects)
+    agent.on_notice('INSTANCE "b1" MASTER 195\n')
+    clock.now += 0.06
+    agent.tick()
+    effects.clear()
+    agent.on_notice('INSTANCE "b1" BACKUP 195\n')
+    assert effects == ["rules [0, 2] out [1]"]
 
 
 def test_an_unhealthy_host_drops_its_buckets_before_it_tells_keepalived(bed):
@@ -208,27 +268,31 @@ def test_an_unhealthy_host_drops_its_buckets_before_it_tells_keepalived(bed):
     agent.tick()
     assert effects == []  # one failed probe is not enough
     agent.tick()
-    assert effects == ["rules []", "track-health=1", "track-leave=0"]
+    assert effects == ["rules [] out [0, 2]", "track-health=1", "track-leave=0"]
     assert [e["outcome"] for e in events if e["event"] == "cluster.health"] == ["healthy", "unhealthy"]
 
 
-def test_leaving_drops_the_buckets_before_the_track_file_and_joining_brings_them_back(bed, tmp_path):
+def test_leaving_relays_the_buckets_before_the_track_file_and_joining_brings_them_back(bed, tmp_path):
     agent, effects, _, clock, _ = bed
     serving(agent, clock, effects)
     paths = ClusterPaths.under(tmp_path / "state")
     paths.intent.write_text("leave\n")
     agent.tick()
-    assert effects == ["rules []", "track-health=0", "track-leave=1"]
+    assert effects == ["rules [] out [0, 2]", "track-health=0", "track-leave=1"]
     agent.on_notice('INSTANCE "b0" FAULT 200\n')
     agent.on_notice('INSTANCE "b2" FAULT 200\n')
+    assert effects == ["rules [] out [0, 2]", "track-health=0", "track-leave=1"]
+    clock.now += 0.9
+    agent.tick()
+    assert effects[-1] == "rules []"
     effects.clear()
     paths.intent.write_text("join\n")
     agent.tick()
-    assert effects == ["track-health=0", "track-leave=0"]
+    assert effects == ["track-health=0", "track-leave=0", "rules [] in [1]"]  # a steady backup of bucket 1
     agent.on_notice('INSTANCE "b0" MASTER 200\n')
     clock.now += 0.06
     agent.tick()
-    assert effects[-1] == "rules [0]"
+    assert effects[-1] == "rules [0] in [1]"
 
 
 def test_when_keepalived_dies_the_buckets_go_at_once_and_it_is_started_again_once_the_peers_have_them(bed):
@@ -236,15 +300,15 @@ def test_when_keepalived_dies_the_buckets_go_at_once_and_it_is_started_again_onc
     serving(agent, clock, effects)
     agent.keepalived.alive = False
     agent.tick()
-    assert effects == ["rules []"]
+    assert effects == ["rules [] out [0, 2]"]  # relayed: the peers are elected once they miss three adverts
     status = json.loads(agent.paths.status.read_text())
-    assert status["owned"] == [] and status["states"] == {}
+    assert status["owned"] == [] and status["states"] == {} and status["relaying"] == [0, 2]
     clock.now += 1.9
     agent.tick()
-    assert effects == ["rules []"]
+    assert effects == ["rules [] out [0, 2]", "rules []"]
     clock.now += 0.1
     agent.tick()
-    assert effects == ["rules []", "keepalived start"]
+    assert effects == ["rules [] out [0, 2]", "rules []", "keepalived start"]
 
 
 def test_stop_drops_the_buckets_before_it_stops_keepalived(bed):
@@ -299,13 +363,14 @@ def test_leave_wait_returns_once_the_buckets_are_gone_and_the_tcp_flows_finished
 
     def sleep(_seconds: float) -> None:
         rounds.append(1)
+        clock.now += 0.5
         agent.tick()  # the agent runs beside the command
         if len(rounds) == 3:
             agent.netfilter.flows = []  # the client closed its connection
 
     control = ClusterControl(agent.config, agent.netfilter, agent.journal, sleep=sleep)
     done = control.leave(actor="cli:ops", wait=True, timeout=60, force=False)
-    assert done["owned"] == [] and done["open_tcp_flows"] == 0 and len(rounds) == 3
+    assert done["owned"] == [] and done["relaying"] == [] and done["open_tcp_flows"] == 0 and len(rounds) == 3
     assert [e["outcome"] for e in events if e["event"] == "cluster.leave"] == ["requested", "left"]
 
 
@@ -323,10 +388,10 @@ def test_a_slow_health_probe_does_not_hold_up_letting_a_bucket_go(bed):
     round_ = threading.Thread(target=agent.tick)
     round_.start()
     assert probing.wait(5)
-    notice = threading.Thread(target=agent.on_notice, args=('INSTANCE "b0" BACKUP 200\n',))
+    notice = threading.Thread(target=agent.on_notice, args=('INSTANCE "b0" FAULT 200\n',))
     notice.start()
     notice.join(1)
-    assert effects == ["rules [2]"], "the lost bucket waited for the probe"
+    assert effects == ["rules [2] out [0]"], "the lost bucket waited for the probe"
     answer.set()
     round_.join(5)
     notice.join(5)

@@ -62,7 +62,9 @@ def cluster_host(tmp_path, effects: Effects, shared: FakeShared | None):
     names = ChainNames(config.settings.chain_prefix)
     assert config.cluster is not None
     # What a running agent left: the owned chain and its jump, the VRRP chain and its jump.
-    netfilter.restore(plan.render_ensure(plan.SavedTable(), names, config.cluster, config.apps.values(), {0, 2}))
+    netfilter.restore(
+        plan.render_ensure(plan.SavedTable(), names, config.cluster, config.apps.values(), plan.Intake.of({0, 2}))
+    )
     netfilter.restore(plan.render_vrrp_filter(plan.SavedTable(), names, config.cluster) or "")
     effects.clear()
     clock = FakeClock()
