@@ -18,11 +18,14 @@ reuses the first one's clone and packages (and installs what the page says when 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -196,7 +199,28 @@ finally:
 """
 
 
-def test_a_host_set_up_as_the_production_page_says_serves_a_signed_ping_as_deployer(fresh_debian):
+@contextlib.contextmanager
+def this_machines_docker(rootfs: Rootfs) -> Iterator[None]:
+    """The machine's dockerd socket at the tree's /run/docker.sock while the page's steps run: a production host has
+    Docker answering when `deployer check` runs, and the tree has no daemon of its own. Unmounted before serve
+    starts, so serve's worker never reaches this machine's engine."""
+    target = rootfs.path / "run" / "docker.sock"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.touch()
+    subprocess.run(["mount", "--bind", "/run/docker.sock", str(target)], check=True, timeout=60)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(target)], check=False, timeout=60)
+        target.unlink(missing_ok=True)
+
+
+# The page's app pulls from registry.example.com; in the tree, from this machine's registry, so that `deployer check`
+# finds the app's registry answering as it would on a real host.
+PAGE_REGISTRY, LOCAL_REGISTRY = "registry.example.com/web", "127.0.0.1:5000/deployer-demo"
+
+
+def test_a_host_set_up_as_the_production_page_says_serves_a_signed_ping_as_deployer(host, fresh_debian):
     """docs/production.md, step by step, in the stock tree: its sh blocks as the page has them (read from the
     page by support/production_page.py), but the `git clone` (this checkout is cloned to /opt/deployer) and
     `systemctl enable` (no systemd runs in a chroot). So: the packages and the venv made by the system Python,
@@ -205,6 +229,10 @@ def test_a_host_set_up_as_the_production_page_says_serves_a_signed_ping_as_deplo
     test of the shipped units), and `deployer serve` started as root exactly as deployer-serve.service's
     ExecStart says: it must answer a ping signed with the generated GitHub secret (200, "pong"), and every
     gunicorn process must run as the user `deployer` that setup created, while serve stays root.
+
+    Docker and the registry: while the page's steps run, this machine's dockerd answers on the tree's
+    /run/docker.sock, and the app's image is in this machine's registry (127.0.0.1:5000) instead of the page's
+    registry.example.com, so that `deployer check` sees what it would see on a production host.
 
     What runs in the chroot: no dockerd (its package is installed, policy-rc.d keeps it stopped), so serve's
     worker finds Docker down, records its reconcile as failed and keeps running (Worker.start), while the
@@ -217,12 +245,16 @@ def test_a_host_set_up_as_the_production_page_says_serves_a_signed_ping_as_deplo
     if not (rootfs.path / CLONE.lstrip("/") / ".git").exists():
         log.append(f"cloned {rootfs.clone(REPO, CLONE)[:12]} to {CLONE}")
     with rootfs.mounted():
-        for number, script in enumerate(production_page.steps_in_a_tree(), 1):
-            # No terminal answers debconf here: apt must not wait for one. set -e: a block fails at its first
-            # failing line, as it would stop a reader pasting it.
-            unattended = f"export DEBIAN_FRONTEND=noninteractive\nset -e\n{script}"
-            done = step(rootfs, log, f"production page, step {number}", unattended, timeout=900)
-            assert done.returncode == 0, f"docs/production.md step {number} failed:\n{script}\n{done.stdout[-4000:]}"
+        with this_machines_docker(rootfs):
+            for number, script in enumerate(production_page.steps_in_a_tree(), 1):
+                # No terminal answers debconf here: apt must not wait for one. set -e: a block fails at its first
+                # failing line, as it would stop a reader pasting it.
+                script = script.replace(PAGE_REGISTRY, LOCAL_REGISTRY)
+                unattended = f"export DEBIAN_FRONTEND=noninteractive\nset -e\n{script}"
+                done = step(rootfs, log, f"production page, step {number}", unattended, timeout=900)
+                assert done.returncode == 0, (
+                    f"docs/production.md step {number} failed:\n{script}\n{done.stdout[-4000:]}"
+                )
 
         units = sorted(path.name for path in (rootfs.path / "etc/systemd/system").glob("deployer*.service"))
         assert units == ["deployer-serve.service", "deployer-watch.service"], units
