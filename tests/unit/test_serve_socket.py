@@ -8,6 +8,7 @@ one list, in order.
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import threading
 
@@ -20,10 +21,13 @@ from deployer.worker import supervisor
 from deployer.worker.supervisor import Backoff
 from support.configs import app_toml, make_config
 
+# The receiver's user: whoever runs the tests (the default, `deployer`, need not exist here).
+ME = f'user = "{pwd.getpwuid(os.geteuid()).pw_name}"'
+
 
 @pytest.fixture
 def config(tmp_path):
-    return make_config(tmp_path, app_toml("web", 8000), server='listen = "127.0.0.1:8123"\nworkers = 3')
+    return make_config(tmp_path, app_toml("web", 8000), server=f'listen = "127.0.0.1:8123"\nworkers = 3\n{ME}')
 
 
 class FakeListener:
@@ -115,7 +119,7 @@ def test_a_taken_port_stops_serve_before_anything_starts(config, monkeypatch):
     effects: list[str] = []
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        busy = make_config(config.path.parent, app_toml("web", 8000), server=f'listen = "127.0.0.1:{port}"')
+        busy = make_config(config.path.parent, app_toml("web", 8000), server=f'listen = "127.0.0.1:{port}"\n{ME}')
         with pytest.raises(DeployerError) as caught:
             supervisor.serve(
                 busy,
