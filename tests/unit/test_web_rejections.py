@@ -120,6 +120,26 @@ def test_the_tally_folds_every_key_past_its_bound_into_one_overflow_row():
     assert len(rejections._buckets) == 8  # the least recently seen sources are forgotten first
 
 
+def test_a_source_meets_at_most_workers_times_the_burst_before_429_and_then_workers_times_the_rate():
+    """Each gunicorn worker process keeps its own buckets: the documented bound (docs/server.md, Rate limit) for a
+    receiver of two workers is 2 x 30 refusals in a burst, then 2 x 0.5 a second."""
+    clock = Clock()
+    workers = [Rejections(lambda event, **fields: None, clock) for _ in range(2)]
+    answered_401 = 0
+    for n in range(200):
+        worker = workers[n % 2]  # the kernel spreads connections over the workers
+        if worker.note(route="/deploy", status=401, source="198.18.0.9", reason="no signature") is None:
+            answered_401 += 1
+    assert answered_401 == 2 * 30
+    clock.now += 10.0  # 10 s at 0.5 a second, in each worker
+    answered_401 = sum(
+        worker.note(route="/deploy", status=401, source="198.18.0.9", reason="no signature") is None
+        for worker in workers
+        for _ in range(20)
+    )
+    assert answered_401 == 2 * 5
+
+
 def test_an_interval_is_written_once_it_is_over_and_not_before():
     written: list[dict] = []
     clock = Clock()
