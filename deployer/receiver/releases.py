@@ -12,7 +12,8 @@ The policy, in the order it is applied:
   `unpublished` and `deleted` never deploy.
 - When the app takes its image from a release asset, a release without that asset does not deploy.
 - A release that deploys carries its `published_at`: the queue refuses it when a release published
-  later is live or queued (a late delivery, a redelivery, two releases arriving out of order).
+  later is live or has succeeded, and queues it to wait when one is queued or running (a late delivery,
+  a redelivery, two releases arriving out of order; `deployer/plan/release_order.py`).
   Publication order, not the id (a draft made long ago gets an old id when it is published) or
   version order (`tag_pattern` says which tags are allowed, not how they sort).
 """

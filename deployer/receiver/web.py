@@ -415,6 +415,7 @@ def github_hook():
             kind=kind,
             delivery=delivery,
             **({"rollout": outcome.job.id} if kind == JobKind.ROLLOUT else {}),
+            **({"reason": outcome.reason} if outcome.verdict == "waiting" else {}),
         )
         return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
     return jsonify(
