@@ -30,7 +30,16 @@ from deployer.queue.queue import Queue
 from support.fake_github import FakeGitHub, free_port
 from support.integration import IMAGE, REPO
 from support.load import TRAFFIC
-from support.served import GITHUB_REPO, Served, gunicorn_master, real_payload, release_payload, served_version, web_app
+from support.served import (
+    GITHUB_REPO,
+    Served,
+    claimed_ping,
+    gunicorn_master,
+    real_payload,
+    release_payload,
+    served_version,
+    web_app,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -270,7 +279,7 @@ def test_dripping_clients_do_not_delay_a_delivery(serve):
         time.sleep(2)  # each dripper has sent its first bytes: the sync worker would be stuck behind them
         for n in range(5):
             started = time.monotonic()
-            answer = served.deliver(real_payload("ping-payload.json"), event="ping")
+            answer = served.deliver(claimed_ping(), event="ping")
             took = time.monotonic() - started
             assert (answer.status_code, answer.json()["status"]) == (200, "pong")
             assert took < 1.0, f"delivery {n} took {took:.2f} s beside 50 dripping clients"
@@ -332,7 +341,7 @@ def test_serve_starts_gunicorn_again_when_it_is_killed(serve):
         time.sleep(0.2)
     assert served.process.poll() is None  # the worker ran on
     assert "gunicorn exited with status -9; starting it again in 1 s" in served.log_text()
-    answer = served.deliver(real_payload("ping-payload.json"), event="ping")
+    answer = served.deliver(claimed_ping(), event="ping")
     assert answer.status_code == 200
 
 
