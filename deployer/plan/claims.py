@@ -1,5 +1,5 @@
-"""Which waiting job runs next, and which of its app's waiting jobs it supersedes; which jobs a stopped worker left
-running are tried again (pure).
+"""Which waiting job runs next, which of its app's waiting jobs it supersedes and which wait behind it; which jobs a
+stopped worker left running are tried again (pure).
 
 The queue reads the candidate rows and what is live inside its write transaction, calls `decide_claim`, and writes
 the outcome in that same transaction.
@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from deployer.plan.job_states import CANARY_KINDS, JobKind
+from deployer.plan.release_order import KnownRelease, stale_reason
 
 
 @dataclass(frozen=True)
@@ -24,48 +25,78 @@ class Candidate:
     tag: str | None
     kind: str
     not_before: object = 0.0
+    published_at: str | None = None  # a GitHub release's; None: its order is not known
 
 
 @dataclass(frozen=True)
 class Superseded:
     seq: int
     reason: str
+    by: str | None = None  # the job that supersedes it; None: the one the decision runs
 
 
 @dataclass(frozen=True)
 class ClaimDecision:
-    run: Candidate
+    run: Candidate | None  # None: nothing runs now, only `superseded` are written
     superseded: tuple[Superseded, ...] = ()
 
 
 def decide_claim(
-    waiting: Sequence[Candidate], *, busy: Collection[str], live: Mapping[str, str | None], now: float
+    waiting: Sequence[Candidate],
+    *,
+    busy: Collection[str],
+    live: Mapping[str, str | None],
+    now: float,
+    settled: Mapping[str, KnownRelease] | None = None,
 ) -> ClaimDecision | None:
-    """The newest waiting job of an idle app runs; the older waiting jobs of that app are superseded.
+    """The newest waiting job of an idle app runs; the older waiting jobs of that app are superseded, except the
+    releases published before the release that runs: they wait behind it, and the newest of them runs if it fails.
 
-    `waiting` in queue order; `busy`: the apps with a running job; `live`: each app's live tag. Apps are served in
-    the order their oldest waiting job arrived, so a busy app does not starve others. A promote or abort ends the
-    canary the deploys after it would be refused during: it runs first, alone, and supersedes nothing.
+    `waiting` in queue order; `busy`: the apps with a running job; `live`: each app's live tag; `settled`: each
+    app's newest release that is live or has succeeded: a waiting release published before it is superseded by it
+    (busy app or not), and never runs. Apps are served in the order their oldest waiting job arrived, so a busy app
+    does not starve others. A promote or abort ends the canary the deploys after it would be refused during: it runs
+    first, alone, and supersedes nothing.
     """
+    settled = settled or {}
+    stale = tuple(
+        Superseded(job.seq, stale_reason(job.tag, job.published_at, settled[job.app]), settled[job.app].id)
+        for job in waiting
+        if job.published_at is not None and job.app in settled and job.published_at < settled[job.app].published_at
+    )
+    gone = {old.seq for old in stale}
+    remaining = [job for job in waiting if job.seq not in gone]
     order: list[str] = []
-    for job in waiting:
+    for job in remaining:
         if job.app not in order:
             order.append(job.app)
     for app in order:
         if app in busy:
             continue
-        jobs = [j for j in waiting if j.app == app]
+        jobs = [j for j in remaining if j.app == app]
         action = next((j for j in jobs if j.kind in CANARY_KINDS), None)
-        newest = action or winner(jobs, live.get(app))
+        behind = waiting_behind(jobs)
+        newest = action or winner([j for j in jobs if j.seq not in behind], live.get(app))
         if isinstance(newest.not_before, (int, float)) and newest.not_before > now:
             continue
         if action is not None:
-            return ClaimDecision(newest)
+            return ClaimDecision(newest, stale)
+        kept = behind if newest.published_at is not None else set()
         superseded = tuple(
-            Superseded(older.seq, supersede_reason(newest, older)) for older in jobs if older.seq != newest.seq
+            Superseded(older.seq, supersede_reason(newest, older))
+            for older in jobs
+            if older.seq != newest.seq and older.seq not in kept
         )
-        return ClaimDecision(newest, superseded)
-    return None
+        return ClaimDecision(newest, stale + superseded)
+    return ClaimDecision(None, stale) if stale else None
+
+
+def waiting_behind(jobs: Sequence[Candidate]) -> set[int]:
+    """The releases of one app published before another waiting release of it: they wait for it to run."""
+    latest = max((job.published_at for job in jobs if job.published_at is not None), default=None)
+    return {
+        job.seq for job in jobs if job.published_at is not None and latest is not None and job.published_at < latest
+    }
 
 
 def winner(waiting: Sequence[Candidate], live_tag: str | None) -> Candidate:

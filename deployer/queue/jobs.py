@@ -1,6 +1,7 @@
 """The jobs and their steps: submit, confirm or withdraw, claim, finish, requeue, wake, recover.
 
-Job states: queued -> running -> succeeded | failed; queued -> superseded | skipped; a running job
+Job states: queued -> running -> succeeded | failed; queued -> superseded | skipped (a release published before
+another that is queued or running waits queued, with the reason, until that one fails or goes live); a running job
 whose worker died, whose app was busy, or that met a transient fault of the host (`waiting_on` names
 it: docker, registry, disk) goes back to queued. A job the receiver is still accepting is `accepting`:
 no worker claims it until its audit record is written (`confirm`); if that record cannot be written,
@@ -16,6 +17,7 @@ from typing import Any
 
 from deployer.errors import StateError
 from deployer.plan.claims import Candidate, Interrupted, Resumable, decide_claim, decide_recovery
+from deployer.plan.release_order import SETTLED, KnownRelease, decide_arrival, newest
 from deployer.queue.database import Database
 from deployer.queue.deliveries import forget_deliveries, remember_delivery, seen_delivery
 from deployer.queue.live import active_row, live_tags
@@ -53,13 +55,14 @@ class JobStore:
         hold: bool = False,
         kind: str = JobKind.RELEASE,
     ) -> Submission:
-        """Queue a release unless this delivery or this release already has its job, or a newer one is live or queued.
+        """Queue a release unless this delivery or this release already has its job, or a newer one is live or has
+        succeeded; behind a newer one that is queued or running it is queued to wait (`decide_arrival`).
 
-        "Newer" is GitHub's `published_at` (one spelling, `YYYY-MM-DDTHH:MM:SSZ`, so it compares as text): the
-        order in which releases were published, which a redelivery keeps and an out-of-order arrival does not
-        change. Without it (a caller that has none) the order is not checked. With `hold`, a new job is
-        `accepting` until `confirm` (or `withdraw`). `kind`: a controller queues a fleet app's release as a rollout.
-        The job and its delivery are written in one transaction.
+        "Newer" is GitHub's `published_at`: the order in which releases were published, which a redelivery keeps
+        and an out-of-order arrival does not change. Without it (a caller that has none) the order is not checked.
+        A waiting job's `reason` says what it waits behind. With `hold`, a new job is `accepting` until `confirm`
+        (or `withdraw`). `kind`: a controller queues a fleet app's release as a rollout. The job and its delivery
+        are written in one transaction.
         """
         now = self.database.clock()
         with self.database.write() as conn:
@@ -78,15 +81,14 @@ class JobStore:
             elif active is not None and active[0] == tag:
                 job = get_job(conn, active[1]) if active[1] else None
                 reason = f"tag {tag} is already active"
-            elif (newer := newer_release(conn, app, published_at, active[0] if active else None, kind)) is not None:
-                job, where, newer_published_at = newer
-                reason = (
-                    f"release {tag} (published {published_at}) is older than release {job.tag} "
-                    f"(published {newer_published_at}), which is {where}; "
-                    f"deploy it on purpose with POST /deploy"
+            elif (
+                arrival := decide_arrival(
+                    tag, published_at, known_releases(conn, app, published_at, active[0] if active else None, kind)
                 )
-                remember_delivery(conn, hook_id, delivery, job.id, "older", reason, now)
-                return Submission(job, False, reason, "older")
+            ).verdict == "older":
+                job = get_job(conn, arrival.newer.id)
+                remember_delivery(conn, hook_id, delivery, job.id, "older", arrival.reason, now)
+                return Submission(job, False, arrival.reason, "older")
             else:
                 job = insert_job(
                     conn,
@@ -98,10 +100,15 @@ class JobStore:
                     now=now,
                     status=JobStatus.ACCEPTING if hold else JobStatus.QUEUED,
                 )
+                waiting = arrival.verdict == "waiting"
                 if published_at is not None:
-                    conn.execute("UPDATE jobs SET published_at = ? WHERE seq = ?", (published_at, job.seq))
-                remember_delivery(conn, hook_id, delivery, job.id, "queued", "queued", now)
-                return Submission(job, True, "queued", "queued")
+                    conn.execute(
+                        "UPDATE jobs SET published_at = ?, reason = ? WHERE seq = ?",
+                        (published_at, arrival.reason if waiting else None, job.seq),
+                    )
+                    job = get_job(conn, job.id)
+                remember_delivery(conn, hook_id, delivery, job.id, arrival.verdict, arrival.reason, now)
+                return Submission(job, True, arrival.reason, arrival.verdict)
             remember_delivery(conn, hook_id, delivery, job.id if job else None, "duplicate", reason, now)
             return Submission(job, False, reason)
 
@@ -233,17 +240,26 @@ class JobStore:
             busy = {
                 row[0] for row in conn.execute("SELECT DISTINCT app FROM jobs WHERE status = ?", (JobStatus.RUNNING,))
             }
-            waiting = [
-                job_from_row(r)
-                for r in conn.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.QUEUED,)
-                )
-            ]
+            rows = conn.execute(
+                f"SELECT {JOB_COLUMNS}, published_at FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.QUEUED,)
+            ).fetchall()
+            waiting = [(job_from_row(r[:-1]), r[-1]) for r in rows]
+            live = live_tags(conn)
+            settled = {}
+            for app in {j.app for j, published_at in waiting if published_at is not None}:
+                known = known_releases(conn, app, "", live.get(app))
+                found = [release for release in known if release.where in SETTLED]
+                if found:
+                    settled[app] = newest(found)
             decision = decide_claim(
-                [Candidate(j.seq, j.id, j.app, j.tag, j.kind, j.not_before) for j in waiting],
+                [
+                    Candidate(j.seq, j.id, j.app, j.tag, j.kind, j.not_before, published_at)
+                    for j, published_at in waiting
+                ],
                 busy=busy,
-                live=live_tags(conn),
+                live=live,
                 now=now,
+                settled=settled,
             )
             if decision is None:
                 return None
@@ -252,9 +268,11 @@ class JobStore:
                 row = conn.execute(
                     f"UPDATE jobs SET status = ?, superseded_by = ?, reason = ?, finished_at = ? "
                     f"WHERE seq = ? RETURNING {JOB_COLUMNS}",
-                    (JobStatus.SUPERSEDED, decision.run.id, older.reason, now, older.seq),
+                    (JobStatus.SUPERSEDED, older.by or decision.run.id, older.reason, now, older.seq),
                 ).fetchone()
                 superseded.append(job_from_row(row))
+            if decision.run is None:
+                return Claim(None, superseded)
             row = conn.execute(
                 f"UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?, "
                 f"reason = NULL, waiting_on = NULL WHERE seq = ? RETURNING {JOB_COLUMNS}",
@@ -381,24 +399,34 @@ def add_step(
     )
 
 
-def newer_release(
-    conn: sqlite3.Connection, app: str, published_at: str | None, live_tag: str | None, kind: str = JobKind.RELEASE
-) -> tuple[Job, str, str] | None:
-    """The newest release of `app` published after `published_at` that is queued, running or live:
-    the job, where it is and when it was published."""
-    if published_at is None:
-        return None
-    row = conn.execute(
-        f"SELECT {JOB_COLUMNS}, published_at FROM jobs WHERE app = ? AND kind = ? AND published_at > ? "
-        "AND (status IN (?, ?) OR (tag IS ? AND status != ?)) "
-        "ORDER BY published_at DESC, seq DESC LIMIT 1",
-        (app, kind, published_at, JobStatus.QUEUED, JobStatus.RUNNING, live_tag, JobStatus.ACCEPTING),
-    ).fetchone()
-    if row is None:
-        return None
-    job = job_from_row(row[:-1])
-    where = "live" if job.tag == live_tag and job.status not in WAITING else job.status
-    return job, where, row[-1]
+def known_releases(
+    conn: sqlite3.Connection, app: str, after: str | None, live_tag: str | None, kind: str | None = None
+) -> list[KnownRelease]:
+    """The releases of `app` published after `after` that are queued, running, succeeded or live (of `kind`, when
+    given), for `deployer.plan.release_order`. Empty when `after` is None: the order is not checked."""
+    if after is None:
+        return []
+    rows = conn.execute(
+        f"SELECT {JOB_COLUMNS}, published_at FROM jobs WHERE app = ? AND (? IS NULL OR kind = ?) AND published_at > ? "
+        "AND (status IN (?, ?, ?) OR (tag IS ? AND status != ?)) ORDER BY seq",
+        (
+            app,
+            kind,
+            kind,
+            after,
+            JobStatus.QUEUED,
+            JobStatus.RUNNING,
+            JobStatus.SUCCEEDED,
+            live_tag,
+            JobStatus.ACCEPTING,
+        ),
+    ).fetchall()
+    known = []
+    for row in rows:
+        job = job_from_row(row[:-1])
+        where = "live" if job.tag == live_tag and job.status not in WAITING else job.status
+        known.append(KnownRelease(job.id, job.tag, row[-1], where))
+    return known
 
 
 def earlier_reason(job: Job) -> str:

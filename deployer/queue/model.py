@@ -89,8 +89,8 @@ class RolloutAbort:
 class Submission:
     """What a delivery or request led to: a new job, an existing one, or none (ignored).
 
-    verdict: "queued", "duplicate" (this delivery or release has its job), "older" (a newer release is
-    live or queued) or "ignored".
+    verdict: "queued", "waiting" (queued behind a newer release that is queued or running), "duplicate" (this
+    delivery or release has its job), "older" (a newer release is live or has succeeded) or "ignored".
     """
 
     job: Job | None
@@ -101,7 +101,7 @@ class Submission:
 
 @dataclass(frozen=True)
 class Claim:
-    job: Job
+    job: Job | None  # None: nothing runs now; the claim only superseded releases older than a live one
     superseded: list[Job]
 
 

@@ -2,7 +2,9 @@
 
 The policy, in the order it is applied:
 
-- `ping` answers pong; every other event but `release` is acknowledged and ignored.
+- `ping` answers pong when an app claims its repository; from a repository no app claims it is refused (404),
+  so GitHub shows that hook red; an organization's hook is answered with the repositories this server deploys.
+  Every other event but `release` is acknowledged and ignored.
 - `repository.full_name` picks the app; a repository no app names is refused (404).
 - A draft never deploys.
 - `published` deploys a release; a prerelease only when the app sets `prereleases = true`.
@@ -12,7 +14,8 @@ The policy, in the order it is applied:
   `unpublished` and `deleted` never deploy.
 - When the app takes its image from a release asset, a release without that asset does not deploy.
 - A release that deploys carries its `published_at`: the queue refuses it when a release published
-  later is live or queued (a late delivery, a redelivery, two releases arriving out of order).
+  later is live or has succeeded, and queues it to wait when one is queued or running (a late delivery,
+  a redelivery, two releases arriving out of order; `deployer/plan/release_order.py`).
   Publication order, not the id (a draft made long ago gets an old id when it is published) or
   version order (`tag_pattern` says which tags are allowed, not how they sort).
 """
@@ -62,6 +65,7 @@ class Decision:
     release_id: int | None = None
     published_at: str | None = None
     asset: AssetRef | None = None
+    repositories: tuple[str, ...] | None = None  # an organization's ping: the repositories this server deploys
 
     @property
     def actor(self) -> str:
@@ -88,15 +92,7 @@ def decide(event: str, payload: Mapping[str, Any], config: Config) -> Decision:
     repository = _repository(payload)
     sender = sender_of(payload)
     if event == "ping":
-        app = config.app_for_repository(repository) if repository else None
-        where = (
-            f"; repository {repository} deploys app {app.name!r}"
-            if app
-            else (f"; no app is configured for repository {repository}" if repository else "")
-        )
-        return Decision(
-            "pong", "pong" + where, event, repository=repository, sender=sender, app=app.name if app else None
-        )
+        return _pong(payload, repository, sender, config)
     if event != "release":
         return Decision(
             "ignore",
@@ -148,6 +144,38 @@ def decide(event: str, payload: Mapping[str, Any], config: Config) -> Decision:
             )
     kind = "prerelease" if prerelease else "release"
     return Decision("deploy", f"{action} {kind} {tag}", asset=asset, published_at=published_at, **{**base, "tag": tag})
+
+
+def _pong(payload: Mapping[str, Any], repository: str | None, sender: str | None, config: Config) -> Decision:
+    """A ping: an organization's hook hears which repositories deploy here; a repository's, whether it does."""
+    hook = payload.get("hook")
+    organization_hook = (isinstance(hook, Mapping) and hook.get("type") == "Organization") or (
+        isinstance(payload.get("organization"), Mapping) and repository is None
+    )
+    if organization_hook:
+        deployed = tuple(sorted({app.repository for app in config.apps.values() if app.repository}))
+        listed = ", ".join(deployed) if deployed else "none"
+        return Decision(
+            "pong",
+            f"pong; an organization's hook: this server deploys repositories {listed}",
+            "ping",
+            repository=repository,
+            sender=sender,
+            repositories=deployed,
+        )
+    if repository is None:
+        raise UnknownApp("the ping names no repository (repository.full_name) and is not an organization's hook")
+    app = config.app_for_repository(repository)
+    if app is None:
+        raise UnknownApp(f"no app is configured for repository {repository}; this hook deploys nothing here")
+    return Decision(
+        "pong",
+        f"pong; repository {repository} deploys app {app.name!r}",
+        "ping",
+        repository=repository,
+        sender=sender,
+        app=app.name,
+    )
 
 
 def _why_not(action: str, draft: bool, prerelease: bool, app: AppConfig) -> str | None:

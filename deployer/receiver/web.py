@@ -366,7 +366,8 @@ def github_hook():
         reason=decision.reason,
     )
     if decision.verdict == "pong":
-        return jsonify(status="pong", reason=decision.reason), 200
+        listed = {"repositories": list(decision.repositories)} if decision.repositories is not None else {}
+        return jsonify(status="pong", reason=decision.reason, **listed), 200
     if decision.verdict == "ignore":
         outcome = receiver.queue.deliveries.record_ignored(hook_id=hook_id, delivery=delivery, reason=decision.reason)
         record["reason"] = outcome.reason
@@ -415,6 +416,7 @@ def github_hook():
             kind=kind,
             delivery=delivery,
             **({"rollout": outcome.job.id} if kind == JobKind.ROLLOUT else {}),
+            **({"reason": outcome.reason} if outcome.verdict == "waiting" else {}),
         )
         return _job_accepted(outcome.job.id, decision.app, decision.tag, outcome.reason)
     return jsonify(

@@ -172,9 +172,11 @@ class Worker:
                     app=old.app,
                     tag=old.tag,
                     actor=old.actor,
-                    superseded_by=claim.job.id,
+                    superseded_by=old.superseded_by,
                     reason=old.reason,
                 )
+            if claim.job is None:
+                continue
             problem = row_problem(claim.job, self.config.apps, fleet_apps(self.config))
             if problem is not None:
                 refuse_row(self.queue, self.journal, claim.job, problem)

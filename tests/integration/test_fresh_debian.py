@@ -165,7 +165,10 @@ try:
             raise SystemExit("serve did not answer on 127.0.0.1:8000 in 90 s")
         time.sleep(0.3)
     secret = Path("/etc/deployer/github-secret").read_text().strip()
-    body = Path("/opt/deployer/tests/fixtures/github/ping-payload.json").read_bytes()
+    ping = json.loads(Path("/opt/deployer/tests/fixtures/github/ping-payload.json").read_bytes())
+    del ping["repository"]  # an organization's hook: answered whichever repositories the example config names
+    ping["hook"]["type"] = "Organization"
+    body = json.dumps(ping).encode()
     answer = requests.post(
         f"{URL}/hooks/github",
         data=body,

@@ -30,7 +30,16 @@ from deployer.queue.queue import Queue
 from support.fake_github import FakeGitHub, free_port
 from support.integration import IMAGE, REPO
 from support.load import TRAFFIC
-from support.served import GITHUB_REPO, Served, gunicorn_master, real_payload, release_payload, served_version, web_app
+from support.served import (
+    GITHUB_REPO,
+    Served,
+    claimed_ping,
+    gunicorn_master,
+    real_payload,
+    release_payload,
+    served_version,
+    web_app,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -171,6 +180,59 @@ def test_waiting_releases_are_superseded_by_the_newest(serve):
     assert len(served.queue().jobs.jobs()) == 3
 
 
+def test_a_newer_release_that_fails_leaves_the_newest_good_one_live(serve):
+    """9.9.9 (published last, its image never pushed) is held running; v2 and a late v1 arrive meanwhile and wait
+    behind it; 9.9.9 fails at its pull, v2 runs and goes live, v1 never deploys; a later delivery of a release
+    older than v2 is refused. The audit log says why for each."""
+    served = serve(web_app(22125))
+    served.deployer.hook("pre-deploy", "sleep 2\n")  # holds 9.9.9 while the others arrive
+    at = {"9.9.9": "2026-03-01T10:00:00Z", "v2": "2026-02-03T10:00:00Z", "v1": "2026-02-02T10:00:00Z"}
+    broken = served.deliver(release_payload("9.9.9", published_at=at["9.9.9"])).json()["job"]
+    served.wait(broken, {"running"})
+    good = served.deliver(release_payload("v2", published_at=at["v2"]))
+    late = served.deliver(release_payload("v1", published_at=at["v1"]))
+    for answer, tag in ((good, "v2"), (late, "v1")):
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["reason"] == (
+            f"release {tag} (published {at[tag]}) waits behind release 9.9.9 (published {at['9.9.9']}), "
+            f"which is running; it runs only if that one fails"
+        )
+    good, late = good.json()["job"], late.json()["job"]
+
+    failed = served.wait(broken)
+    assert failed["status"] == "failed" and failed["reason"], failed  # at its pull: the tag was never pushed
+    assert served.wait(good)["status"] == "succeeded"
+    assert served_version(22125) == "v2"
+    never = served.wait(late)
+    assert (never["status"], never["superseded_by"], never["started_at"]) == ("superseded", good, None)
+    assert (
+        never["reason"]
+        == f"release v1 (published {at['v1']}) is older than release v2 (published {at['v2']}), which is live"
+    )
+
+    older = served.deliver(release_payload("v0", published_at="2026-02-01T10:00:00Z"))
+    assert (older.status_code, older.json()["status"], older.json()["job"]) == (200, "older", good)
+    assert "which is live; deploy it on purpose with POST /deploy" in older.json()["reason"]
+    jobs = served.queue().jobs.jobs()
+    assert [(j.tag, j.status) for j in jobs] == [("9.9.9", "failed"), ("v2", "succeeded"), ("v1", "superseded")]
+
+    log = AuditLog.for_state_dir(served.deployer.root / "state")
+    entries = log.query(Query(limit=None, oldest_first=True))
+    log.close()
+    why = {
+        (e.get("event"), e.get("job") if e.get("event") == "job.failed" else e.get("tag"), e.get("verdict")): e.get(
+            "reason"
+        )
+        for e in entries
+        if e.get("event") in ("delivery", "job.failed", "job.superseded")
+    }
+    assert "waits behind release 9.9.9" in why[("delivery", "v2", "waiting")]
+    assert "waits behind release 9.9.9" in why[("delivery", "v1", "waiting")]
+    assert why[("job.failed", broken, None)] == failed["reason"]
+    assert "is older than release v2" in why[("job.superseded", "v1", None)]
+    assert "is older than release v2" in why[("delivery", "v0", "older")]
+
+
 # --- SIGKILL and restart ------------------------------------------------------------------------------
 
 
@@ -270,7 +332,7 @@ def test_dripping_clients_do_not_delay_a_delivery(serve):
         time.sleep(2)  # each dripper has sent its first bytes: the sync worker would be stuck behind them
         for n in range(5):
             started = time.monotonic()
-            answer = served.deliver(real_payload("ping-payload.json"), event="ping")
+            answer = served.deliver(claimed_ping(), event="ping")
             took = time.monotonic() - started
             assert (answer.status_code, answer.json()["status"]) == (200, "pong")
             assert took < 1.0, f"delivery {n} took {took:.2f} s beside 50 dripping clients"
@@ -332,7 +394,7 @@ def test_serve_starts_gunicorn_again_when_it_is_killed(serve):
         time.sleep(0.2)
     assert served.process.poll() is None  # the worker ran on
     assert "gunicorn exited with status -9; starting it again in 1 s" in served.log_text()
-    answer = served.deliver(real_payload("ping-payload.json"), event="ping")
+    answer = served.deliver(claimed_ping(), event="ping")
     assert answer.status_code == 200
 
 

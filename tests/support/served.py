@@ -32,6 +32,13 @@ def real_payload(name: str) -> bytes:
     return (PAYLOADS / name).read_bytes()
 
 
+def claimed_ping() -> bytes:
+    """GitHub's real ping, from the repository the test apps name: answered 200 (another repository's is 404)."""
+    data = json.loads(real_payload("ping-payload.json"))
+    data["repository"]["full_name"] = GITHUB_REPO
+    return json.dumps(data).encode()
+
+
 def release_payload(tag: str, action: str = "published", **release: Any) -> bytes:
     """GitHub's real 'published' payload, for another tag (each tag is its own release)."""
     data = json.loads(real_payload("release-published.payload.json"))

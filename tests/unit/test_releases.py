@@ -110,20 +110,60 @@ def test_other_actions_are_acknowledged_with_a_reason(action, reason):
     assert releases.decide("release", data, app_config()) == Decision("ignore", reason, action=action, **BASE)
 
 
-def test_ping_answers_pong_and_says_whether_the_repository_is_configured():
+def test_a_ping_from_a_repository_no_app_claims_is_refused_404():
+    with pytest.raises(UnknownApp) as refused:
+        releases.decide("ping", payload(PING), app_config())
+    assert str(refused.value) == (
+        "no app is configured for repository Octocoders/Hello-World; this hook deploys nothing here"
+    )
+
+
+def test_a_ping_from_a_repository_an_app_claims_answers_pong():
     ping = payload(PING)
+    ping["repository"]["full_name"] = "codertocat/hello-world"  # GitHub names are case-insensitive
     assert releases.decide("ping", ping, app_config()) == Decision(
         "pong",
-        "pong; no app is configured for repository Octocoders/Hello-World",
+        "pong; repository codertocat/hello-world deploys app 'web'",
         "ping",
-        repository="Octocoders/Hello-World",
+        repository="codertocat/hello-world",
         sender="Codertocat",
+        app="web",
     )
-    ping["repository"]["full_name"] = "codertocat/hello-world"  # GitHub names are case-insensitive
-    assert (
-        releases.decide("ping", ping, app_config()).reason
-        == "pong; repository codertocat/hello-world deploys app 'web'"
+
+
+def organization_ping(**hook_changes) -> dict:
+    ping = payload(PING)
+    del ping["repository"]
+    ping["organization"] = {"login": "Octocoders", "id": 38302899}
+    ping["hook"].update(type="Organization", **hook_changes)
+    return ping
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["organization, no repository", "hook type Organization", "hook type Organization, repository named"],
+)
+def test_an_organization_hook_ping_lists_the_repositories_this_server_deploys(shape):
+    ping = organization_ping()
+    if shape == "organization, no repository":
+        ping["hook"]["type"] = "Repository"
+    if shape == "hook type Organization":
+        del ping["organization"]
+    if shape == "hook type Organization, repository named":
+        ping["repository"] = {"full_name": "Octocoders/Other"}
+    decision = releases.decide("ping", ping, app_config())
+    assert (decision.verdict, decision.reason, decision.repositories) == (
+        "pong",
+        "pong; an organization's hook: this server deploys repositories Codertocat/Hello-World",
+        ("Codertocat/Hello-World",),
     )
+
+
+def test_a_ping_that_names_no_repository_and_no_organization_is_refused_404():
+    ping = payload(PING)
+    del ping["repository"]
+    with pytest.raises(UnknownApp, match="names no repository"):
+        releases.decide("ping", ping, app_config())
 
 
 def test_other_events_are_ignored():

@@ -91,15 +91,55 @@ def test_the_form_encoded_content_type_is_accepted(client, queue):
     assert queue.jobs.get(response.get_json()["job"]).tag == "0.0.1"
 
 
-def test_ping_answers_200(client, queue, events):
+def test_a_ping_from_a_repository_no_app_claims_answers_404_so_github_shows_it_red(client, queue, events):
     response = deliver(client, read_payload("ping-payload.json"), event="ping")
+    assert response.status_code == 404
+    assert response.get_json() == {
+        "error": "no app is configured for repository Octocoders/Hello-World; this hook deploys nothing here"
+    }
+    assert queue.jobs.jobs() == []
+    [record] = deliveries(events)
+    assert (record["verdict"], record["status"]) == ("rejected", 404)
+    assert "Octocoders/Hello-World" in record["reason"]
+
+
+def test_a_ping_from_a_repository_an_app_claims_answers_200(client, queue, events):
+    ping = json.loads(read_payload("ping-payload.json"))
+    ping["repository"]["full_name"] = "Codertocat/Hello-World"
+    response = deliver(client, json.dumps(ping).encode(), event="ping")
     assert response.status_code == 200
     assert response.get_json() == {
         "status": "pong",
-        "reason": "pong; no app is configured for repository Octocoders/Hello-World",
+        "reason": "pong; repository Codertocat/Hello-World deploys app 'web'",
     }
     assert queue.jobs.jobs() == []
     assert deliveries(events)[0]["verdict"] == "pong"
+
+
+def test_an_organization_hook_ping_answers_200_with_the_repositories_deployed_here(client, events):
+    ping = json.loads(read_payload("ping-payload.json"))
+    del ping["repository"]
+    ping["organization"] = {"login": "Octocoders", "id": 38302899}
+    ping["hook"]["type"] = "Organization"
+    response = deliver(client, json.dumps(ping).encode(), event="ping")
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "pong",
+        "reason": "pong; an organization's hook: this server deploys repositories Codertocat/Hello-World",
+        "repositories": ["Codertocat/Hello-World"],
+    }
+
+
+@pytest.mark.parametrize("repository", ["Octocoders/Hello-World", "Codertocat/Hello-World", None])
+def test_an_unsigned_ping_stays_401(client, events, repository):
+    ping = json.loads(read_payload("ping-payload.json"))
+    if repository is None:
+        del ping["repository"]
+        ping["hook"]["type"] = "Organization"
+    else:
+        ping["repository"]["full_name"] = repository
+    response = deliver(client, json.dumps(ping).encode(), event="ping", secret=None)
+    assert response.status_code == 401
 
 
 def test_a_redelivery_does_not_deploy_twice(client, queue):
