@@ -221,47 +221,51 @@ def chain_rules(names: ChainNames, cluster: ClusterConfig, apps: Iterable[AppCon
     def bucket(b: int) -> str:
         return _cluster_match(cluster.buckets, b, cluster.hash_seed)
 
-    rules = [
-        f"{relayed} -p tcp {unicast} -m connmark --mark {mark} -m comment "
-        f"--comment {save_string('cluster: relayed, of a flow this host took in')} -j RETURN"
-    ]
-    for b in sorted(intake.relayed_in):
-        rules += [
-            f"{relayed} -p tcp {unicast} -m multiport --dports {ports} -m conntrack --ctstate NEW {bucket(b)} "
+    def relayed_out() -> list[str]:
+        """The rules that relay each bucket let go to the peer keepalived elects next."""
+        rules: list[str] = []
+        for b in sorted(intake.relayed_out - intake.owned):
+            peer = relay_target(cluster, b)
+            rules += [
+                f"-A {c} -p tcp -m multiport --dports {ports} -m conntrack --ctstate NEW {bucket(b)} "
+                f"-j TEE --gateway {peer}"
+                for ports in tcp
+            ]
+            rules += [
+                f"-A {c} -p udp -m multiport --dports {ports} {bucket(b)} -j TEE --gateway {peer}" for ports in udp
+            ]
+        return rules
+
+    def take_in(head: str, match: str, buckets: Iterable[int]) -> list[str]:
+        """The rules that take `buckets` in: a new tcp flow is marked and kept, a datagram returns to the nat table."""
+        buckets = sorted(buckets)
+        taken = [
+            f"{head} -p tcp{match} -m multiport --dports {ports} -m conntrack --ctstate NEW {bucket(b)} "
             f"-j CONNMARK --set-xmark {mark}"
+            for b in buckets
             for ports in tcp
         ]
-    if intake.relayed_in and tcp:
-        rules.append(f"{relayed} -p tcp {unicast} -m connmark --mark {mark} -j RETURN")
-    for b in sorted(intake.relayed_in):
-        rules += [f"{relayed} -p udp {unicast} -m multiport --dports {ports} {bucket(b)} -j RETURN" for ports in udp]
-    rules += [
+        if buckets and tcp:
+            taken.append(f"{head} -p tcp{match} -m connmark --mark {mark} -j RETURN")
+        return taken + [
+            f"{head} -p udp{match} -m multiport --dports {ports} {bucket(b)} -j RETURN"
+            for b in buckets
+            for ports in udp
+        ]
+
+    return [
+        f"{relayed} -p tcp {unicast} -m connmark --mark {mark} -m comment "
+        f"--comment {save_string('cluster: relayed, of a flow this host took in')} -j RETURN",
+        *take_in(relayed, f" {unicast}", intake.relayed_in),
         f"{relayed} {unicast} -m comment --comment {save_string('cluster: relayed, not taken from a peer now')} "
         "-j DROP",
         f"-A {c} {_cluster_match(1, 0, 0)} -m comment --comment {save_string('cluster: take the frame in')}",
         f"-A {c} -p tcp -m connmark --mark {mark} -m comment "
         f"--comment {save_string('cluster: a flow this host took in')} -j RETURN",
+        *take_in(f"-A {c}", "", intake.owned),
+        *relayed_out(),
+        f"-A {c} -m comment --comment {save_string('cluster: another host answers')} -j DROP",
     ]
-    for b in sorted(intake.owned):
-        rules += [
-            f"-A {c} -p tcp -m multiport --dports {ports} -m conntrack --ctstate NEW {bucket(b)} "
-            f"-j CONNMARK --set-xmark {mark}"
-            for ports in tcp
-        ]
-    if intake.owned and tcp:
-        rules.append(f"-A {c} -p tcp -m connmark --mark {mark} -j RETURN")
-    for b in sorted(intake.owned):
-        rules += [f"-A {c} -p udp -m multiport --dports {ports} {bucket(b)} -j RETURN" for ports in udp]
-    for b in sorted(intake.relayed_out - intake.owned):
-        peer = relay_target(cluster, b)
-        rules += [
-            f"-A {c} -p tcp -m multiport --dports {ports} -m conntrack --ctstate NEW {bucket(b)} "
-            f"-j TEE --gateway {peer}"
-            for ports in tcp
-        ]
-        rules += [f"-A {c} -p udp -m multiport --dports {ports} {bucket(b)} -j TEE --gateway {peer}" for ports in udp]
-    rules.append(f"-A {c} -m comment --comment {save_string('cluster: another host answers')} -j DROP")
-    return rules
 
 
 def parse(saved: str) -> SavedTable:
