@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes for CI: 3 deploys, 1 round, 2 flips a point")
+    parser.add_argument("--quick", action="store_true", help="small sizes for CI: 2 deploys, 1 round, 2 flips a point")
     parser.add_argument(
         "--results",
         type=Path,
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run into bench/results, else RESULTS/BENCHMARKS.md)",
     )
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    parser.add_argument("--deploys", type=int, help="deploys per scenario (default 20; quick 3)")
+    parser.add_argument("--deploys", type=int, help="deploys per scenario (default 20; quick 2)")
     parser.add_argument("--rounds", type=int, help="data-path rounds (default 6; quick 1)")
     parser.add_argument(
         "--only",

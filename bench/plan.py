@@ -78,7 +78,7 @@ def plan_for(quick: bool, *, deploys: int | None = None, rounds: int | None = No
             rounds=1,
             wrk_seconds=1.0,
             wrk_warmup_seconds=0.3,
-            deploys=3,
+            deploys=2,
             scale_points=SCALE_POINTS,
             flips_per_point=2,
         )

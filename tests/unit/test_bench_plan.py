@@ -23,7 +23,7 @@ from deployer import config as config_module
 
 def test_quick_plan_is_small_and_full_plan_has_the_issue_defaults():
     quick, full = plan_for(True), plan_for(False)
-    assert (quick.deploys, quick.rounds, quick.flips_per_point) == (3, 1, 2)
+    assert (quick.deploys, quick.rounds, quick.flips_per_point) == (2, 1, 2)
     assert full.flips_per_point == 16
     assert (full.deploys, full.scale_points) == (20, (1, 10, 100, 1000))
     assert plan_for(False, deploys=5, rounds=2).deploys == 5
