@@ -30,10 +30,11 @@ from deployer.adapters.nftables import Nftables
 from deployer.adapters.probes import Probes, check_registry
 from deployer.adapters.processes import die_with_parent, run_hook, start_job
 from deployer.adapters.processes import spawn as spawn_process
+from deployer.adapters.registry_manifest import manifest_answer
 from deployer.adapters.routing import Routing
 from deployer.adapters.shared_address import SharedAddress
 from deployer.audit import build_journal
-from deployer.config import Config
+from deployer.config import AppConfig, Config
 from deployer.config.accounts import receiver_account
 from deployer.config.fleet import FleetConfig
 from deployer.errors import DeployerError, UnsafePath
@@ -48,6 +49,7 @@ from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.host.state import Publish
 from deployer.journal import Journal
 from deployer.plan import app_chain, nft, socket_activation
+from deployer.plan.image_wait import ManifestAnswer
 from deployer.plan.records import AppState
 from deployer.plan.setup import Sources
 from deployer.queue import database
@@ -250,7 +252,10 @@ def build_job_tools(config: Config, journal: Journal) -> JobTools:
         assert config.fleet is not None
         return build_fleet_client(config.fleet)
 
-    return JobTools(engine=engine, load_asset=load_asset, fleet=fleet if config.fleet else None)
+    def manifest(app: AppConfig, tag: str) -> ManifestAnswer:
+        return manifest_answer(app, tag, config.registries.get(app.registry or ""))
+
+    return JobTools(engine=engine, load_asset=load_asset, fleet=fleet if config.fleet else None, manifest=manifest)
 
 
 def build_host_setup(root: Path) -> HostSetup:

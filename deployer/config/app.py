@@ -72,6 +72,7 @@ APP_KEYS = {
     "canary",
     "canary_sticky",
     "canary_bake",
+    "image_wait",
 }
 HOST_BOUND_APP_KEYS = {"host_bound", "ports", "maintenance_page"}
 
@@ -276,6 +277,11 @@ def parse_app(
         canary_bake=(
             duration(data, "canary_bake", 0.0, path=path, key="canary_bake", app=name)
             if "canary_bake" in data
+            else None
+        ),
+        image_wait=(
+            duration(data, "image_wait", 0.0, path=path, key="image_wait", app=name, zero=True)
+            if "image_wait" in data
             else None
         ),
         **policy,

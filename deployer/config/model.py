@@ -108,6 +108,7 @@ class AppConfig:
     canary: int | None = None  # a GitHub release starts a canary with this share (see plan/canary.py)
     canary_sticky: bool = False  # that canary splits by client address
     canary_bake: float | None = None  # seconds a healthy canary runs before the watchdog promotes it
+    image_wait: float | None = None  # seconds a GitHub release waits for its image; None: [deployer] image_wait
 
     @property
     def registry(self) -> str | None:
@@ -134,6 +135,7 @@ class Settings:
     hook_timeout: float = 60.0
     lock_wait: float = 0.0
     host_lock_wait: float = 30.0  # how long the netfilter and forward-return locks are waited for
+    image_wait: float = 1800.0  # how long a GitHub release waits for its image to appear in the registry
     chain_prefix: str = "DEPLOYER"
     network: str = "deployer"
     bridge: str = "deployer0"

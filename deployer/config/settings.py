@@ -34,6 +34,7 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
         "iptables_wait",
         "maintenance_port",
         "backend",
+        "image_wait",
     }
     only_keys(data, allowed, path=path, where="deployer")
     key = lambda k: f"deployer.{k}"  # noqa: E731
@@ -63,6 +64,7 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
         hook_timeout=duration(data, "hook_timeout", 60.0, path=path, key=key("hook_timeout")),
         lock_wait=duration(data, "lock_wait", 0.0, path=path, key=key("lock_wait"), zero=True),
         host_lock_wait=duration(data, "host_lock_wait", 30.0, path=path, key=key("host_lock_wait")),
+        image_wait=duration(data, "image_wait", Settings.image_wait, path=path, key=key("image_wait"), zero=True),
         chain_prefix=prefix,
         network=network,
         bridge=bridge,

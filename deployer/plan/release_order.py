@@ -36,6 +36,18 @@ class Arrival:
     newer: KnownRelease | None = None
 
 
+def retried(previous_status: str | None, live: bool) -> bool:
+    """Whether a release that arrives again (a redelivery, or a new delivery of the same tag) is tried again: only
+    when its last job failed and the tag is not live now. A queued, running or finished one keeps its first answer."""
+    return previous_status == "failed" and not live
+
+
+def retry_reason(tag: str, failed_job: str, arrival_reason: str) -> str:
+    """The answer to a release tried again after `failed_job`."""
+    again = f"release {tag} failed in {failed_job}; queued again as a retry"
+    return again if arrival_reason == "queued" else f"{again}: {arrival_reason}"
+
+
 def decide_arrival(tag: str, published_at: str | None, known: Sequence[KnownRelease]) -> Arrival:
     """Queue the release, queue it to wait behind the newest release in flight, or refuse it as older.
 

@@ -2,7 +2,7 @@
 migrations.
 
 The receiver (gunicorn workers, possibly an unprivileged user) only inserts: jobs, deliveries it has seen, nonces it
-has used. The deploy worker claims and finishes jobs. A job is committed (WAL, synchronous=FULL) before the receiver
+has used (a failed release's delivery, delivered again, gets its retry's answer in place of the first). The deploy worker claims and finishes jobs. A job is committed (WAL, synchronous=FULL) before the receiver
 answers 202, so an accepted job survives SIGKILL of every process and a power loss.
 
 Every write is one `BEGIN IMMEDIATE` transaction: the write lock is taken before anything is read, so two processes

@@ -59,8 +59,11 @@ def seen_delivery(conn: sqlite3.Connection, hook_id: str, delivery: str) -> Subm
 def remember_delivery(
     conn: sqlite3.Connection, hook_id: str, delivery: str, job_id: str | None, verdict: str, reason: str, now: float
 ) -> None:
+    """The answer a delivery got; a redelivery of a failed release's delivery replaces it with its retry's."""
     conn.execute(
-        "INSERT INTO deliveries (hook_id, delivery, job_id, verdict, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO deliveries (hook_id, delivery, job_id, verdict, reason, at) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (hook_id, delivery) DO UPDATE SET "
+        "job_id = excluded.job_id, verdict = excluded.verdict, reason = excluded.reason, at = excluded.at",
         (hook_id, delivery, job_id, verdict, reason, now),
     )
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from deployer.errors import StateError
 from deployer.plan.claims import Candidate, Interrupted, Resumable, decide_claim, decide_recovery
-from deployer.plan.release_order import SETTLED, KnownRelease, decide_arrival, newest
+from deployer.plan.release_order import SETTLED, KnownRelease, decide_arrival, newest, retried, retry_reason
 from deployer.queue.database import Database
 from deployer.queue.deliveries import forget_deliveries, remember_delivery, seen_delivery
 from deployer.queue.live import active_row, live_tags
@@ -56,7 +56,9 @@ class JobStore:
         kind: str = JobKind.RELEASE,
     ) -> Submission:
         """Queue a release unless this delivery or this release already has its job, or a newer one is live or has
-        succeeded; behind a newer one that is queued or running it is queued to wait (`decide_arrival`).
+        succeeded; behind a newer one that is queued or running it is queued to wait (`decide_arrival`). A release
+        whose last job failed is queued again when it arrives again, redelivered or delivered anew (`retried`): the
+        new job's source names the failed one (`retry_of`), and the delivery's answer becomes the retry's.
 
         "Newer" is GitHub's `published_at`: the order in which releases were published, which a redelivery keeps
         and an out-of-order arrival does not change. Without it (a caller that has none) the order is not checked.
@@ -67,18 +69,21 @@ class JobStore:
         now = self.database.clock()
         with self.database.write() as conn:
             seen = seen_delivery(conn, hook_id, delivery)
-            if seen is not None:
-                return seen
             earlier = conn.execute(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE app = ? AND tag = ? AND status != ? "
                 "AND (kind = ? OR status IN (?, ?)) ORDER BY seq DESC LIMIT 1",
                 (app, tag, JobStatus.ACCEPTING, kind, JobStatus.QUEUED, JobStatus.RUNNING),
             ).fetchone()
             active = active_row(conn, app)
-            if earlier is not None:
-                job = job_from_row(earlier)
+            previous = job_from_row(earlier) if earlier is not None else None
+            live = active is not None and active[0] == tag
+            retry_of = previous.id if previous is not None and retried(previous.status, live) else None
+            if seen is not None and (retry_of is None or seen.job is None):
+                return seen
+            if previous is not None and previous.status != JobStatus.FAILED:
+                job = previous
                 reason = earlier_reason(job)
-            elif active is not None and active[0] == tag:
+            elif live:
                 job = get_job(conn, active[1]) if active[1] else None
                 reason = f"tag {tag} is already active"
             elif (
@@ -96,7 +101,7 @@ class JobStore:
                     tag=tag,
                     kind=kind,
                     actor=actor,
-                    source=source,
+                    source={**source, "retry_of": retry_of} if retry_of else source,
                     now=now,
                     status=JobStatus.ACCEPTING if hold else JobStatus.QUEUED,
                 )
@@ -107,8 +112,9 @@ class JobStore:
                         (published_at, arrival.reason if waiting else None, job.seq),
                     )
                     job = get_job(conn, job.id)
-                remember_delivery(conn, hook_id, delivery, job.id, arrival.verdict, arrival.reason, now)
-                return Submission(job, True, arrival.reason, arrival.verdict)
+                reason = retry_reason(tag, retry_of, arrival.reason) if retry_of else arrival.reason
+                remember_delivery(conn, hook_id, delivery, job.id, arrival.verdict, reason, now)
+                return Submission(job, True, reason, arrival.verdict)
             remember_delivery(conn, hook_id, delivery, job.id if job else None, "duplicate", reason, now)
             return Submission(job, False, reason)
 
@@ -438,5 +444,4 @@ def earlier_reason(job: Job) -> str:
         JobStatus.SUCCEEDED: f"release {tag} was already deployed by {job.id}",
         JobStatus.SUPERSEDED: f"release {tag} was superseded by {job.superseded_by}; redeploy it with POST /deploy",
         JobStatus.SKIPPED: f"release {tag} was already handled by {job.id} ({job.reason})",
-        JobStatus.FAILED: f"release {tag} already failed in {job.id}; retry with POST /deploy",
     }.get(job.status, f"release {tag} already has job {job.id}")

@@ -415,6 +415,7 @@ def github_hook():
             actor=actor,
             kind=kind,
             delivery=delivery,
+            **({"retry_of": outcome.job.source["retry_of"]} if "retry_of" in outcome.job.source else {}),
             **({"rollout": outcome.job.id} if kind == JobKind.ROLLOUT else {}),
             **({"reason": outcome.reason} if outcome.verdict == "waiting" else {}),
         )

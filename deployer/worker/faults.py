@@ -14,6 +14,9 @@ from typing import Any
 from deployer.queue.model import Job
 
 STALE_SECONDS = 15.0
+# Parts that only a job sees, never the worker's checks: what their line says instead of a check's reason.
+SEEN_BY_A_JOB = "seen by a job, not by the worker's checks"
+JOB_PARTS = {"image": "a release waits for its image to appear in the registry"}
 
 
 def _when(moment: float) -> str:
@@ -36,7 +39,7 @@ def fault_lines(worker: Mapping[str, Any] | None, waiting: Iterable[Job], now: f
         head = (
             f"fault {part}: {fault.get('reason')} (since {_when(fault['since'])}, {now - fault['since']:.0f} s)"
             if isinstance(fault, Mapping) and isinstance(fault.get("since"), (int, float))
-            else f"fault {part}: seen by a job, not by the worker's checks"
+            else f"fault {part}: {JOB_PARTS.get(part, SEEN_BY_A_JOB)}"
         )
         jobs = [job for job in waiting if job.waiting_on == part]
         if jobs:

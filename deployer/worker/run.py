@@ -23,6 +23,7 @@ from deployer.host.engine import CanaryStart
 from deployer.host.state import StateStore
 from deployer.journal import Journal
 from deployer.plan import canary
+from deployer.plan.image_wait import ImageStep, ManifestAnswer, decide_image
 from deployer.queue.model import Job, JobKind, JobStatus
 from deployer.queue.queue import Queue
 from deployer.queue.rows import row_problem
@@ -61,6 +62,7 @@ class JobTools:
     engine: Callable[[str | None], EngineLike]  # given the preloaded image reference, if any
     load_asset: Callable[[Job], str] | None = None  # downloads and loads the release asset; returns the reference
     fleet: Callable[[], Any] | None = None  # a controller's client of its hosts (deployer/fleet/client.py)
+    manifest: Callable[[AppConfig, str], ManifestAnswer] | None = None  # whether the registry has the app's tag
 
 
 def active_tag(config: Config, app: str) -> str | None:
@@ -72,6 +74,19 @@ def publish_active(queue: Queue, config: Config, app: str) -> None:
     """Copy the app's live tag and port set into the queue, where the receiver (which cannot read the
     records) answers GET /apps/<app> and dedupes releases."""
     queue.live.publish(StateStore(config.settings.state_dir).load(app))
+
+
+def from_release(job: Job) -> bool:
+    """Whether a GitHub delivery started the job (not `deploy`, `redeploy` or a controller)."""
+    return job.kind == JobKind.RELEASE and isinstance(job.source, dict) and "delivery" in job.source
+
+
+def image_wait(config: Config, app: AppConfig) -> float:
+    return app.image_wait if app.image_wait is not None else config.settings.image_wait
+
+
+def _utc(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def fleet_apps(config: Config) -> tuple[str, ...]:
@@ -231,6 +246,40 @@ class JobRun:
         )
         return status
 
+    def await_image(self, tag: str) -> str | None:
+        """Before the pull of a GitHub release: None when the pull may run now, else how the job ended for now
+        (back to the queue to look again, or failed once `image_wait` has passed)."""
+        if self.tools.manifest is None or not from_release(self.job):
+            return None
+        app = self.app
+        reference = f"{app.image}:{tag}"
+        decision = decide_image(
+            from_release=True,
+            answer=self.tools.manifest(app, tag),
+            reference=reference,
+            waited=self.now() - self.job.created_at,
+            image_wait=image_wait(self.config, app),
+            attempt=self.job.attempts,
+            since=_utc(self.job.created_at),
+        )
+        if decision.step == ImageStep.FAIL:
+            return self.end(JobStatus.FAILED, decision.reason, fault="image", image=reference)
+        if decision.step == ImageStep.WAIT:
+            self.queue.jobs.requeue(
+                self.job, f"waiting on image: {decision.reason}", delay=decision.delay, waiting_on="image"
+            )
+            self.journal.record(
+                "job.waiting",
+                fault="image",
+                reason=decision.reason,
+                attempt=self.job.attempts,
+                retry_in=decision.delay,
+                image=reference,
+                **self.base,
+            )
+            return JobStatus.QUEUED
+        return None
+
     def refuse(self, problem: str) -> str:
         return refuse_row(self.queue, self.journal, self.job, problem)
 
@@ -256,6 +305,9 @@ def release(run: JobRun) -> str | Deployed:
             step.detail["image"] = preloaded
     else:
         preloaded = asset_image(app, tag)
+        waited = run.await_image(tag) if preloaded is None else None
+        if waited is not None:
+            return waited
     return run.deploy(tag, preloaded, canary_start(app) if app.canary else None)
 
 

@@ -24,62 +24,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from deployer.audit import AuditLog, Query
 from deployer.queue.model import FINISHED
 from support.fake_github import free_port
 from support.integration import IMAGE, run
 from support.load import TRAFFIC
+from support.own_registry import audit_events, own_registry
 from support.served import served_version, web_app
 
 pytestmark = pytest.mark.integration
-
-
-@contextlib.contextmanager
-def own_registry(folder: Path, port: int) -> Iterator[dict]:
-    """Debian's docker-registry on 127.0.0.1:<port> with its own storage; `handle["stop"]()` / `["start"]()`."""
-    storage = folder / "storage"
-    storage.mkdir(parents=True, exist_ok=True)
-    config = folder / "config.yml"
-    config.write_text(
-        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    state: dict = {"process": None}
-
-    def start() -> None:
-        state["process"] = subprocess.Popen(
-            ["docker-registry", "serve", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(folder / "registry.log", "a"),
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise AssertionError("the test's registry did not start")
-
-    def stop() -> None:
-        process = state["process"]
-        if process is not None and process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)  # by its own pid: never by name
-            process.wait(timeout=10)
-        state["process"] = None
-
-    start()
-    try:
-        yield {"start": start, "stop": stop}
-    finally:
-        stop()
-
-
-def audit_events(served, *names: str) -> list[dict]:
-    entries = AuditLog.for_state_dir(served.deployer.root / "state").query(
-        Query(event=names, limit=None, oldest_first=True)
-    )
-    return [entry.fields for entry in entries]
 
 
 def wait_for_health(served, part: str, wanted, timeout: float = 15) -> float:

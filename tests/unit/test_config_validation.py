@@ -25,7 +25,7 @@ green = 8002
 ALLOWED_APP_KEYS = (
     "asset, bind, canary, canary_bake, canary_sticky, cluster, command, drain_seconds, env, "
     "env_files, github_hook_id, github_secret, "
-    "github_secret_env, github_secret_file, health, hooks_dir, host_bound, image, labels, "
+    "github_secret_env, github_secret_file, health, hooks_dir, host_bound, image, image_wait, labels, "
     "maintenance_page, ports, prereleases, repository, restart, status_port, stop_timeout, tag_pattern, "
     "volumes, watchdog"
 )
@@ -235,7 +235,7 @@ def test_unknown_key_in_the_deployer_table(tmp_path):
     path = write(tmp_path, '[deployer]\nstate_dri = "/var/lib/deployer"\n' + MINIMAL)
     assert str(refusal(path)) == (
         f"{path}, key 'deployer.state_dri': unknown key (allowed: backend, bridge, chain_prefix, docker_host, "
-        "hook_timeout, hooks_dir, host_lock_wait, iptables_wait, lock_wait, maintenance_port, network, state_dir)"
+        "hook_timeout, hooks_dir, host_lock_wait, image_wait, iptables_wait, lock_wait, maintenance_port, network, state_dir)"
     )
 
 
