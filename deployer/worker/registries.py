@@ -5,6 +5,9 @@ A probe takes up to its timeout (3 s) when a registry hangs, and the worker's he
 stalled it. Here each round probes every registry at once, in a bounded pool, and ends at one deadline; a probe
 still running then is reported as not answering and is not started again until it ends, so a hanging registry
 holds one thread at most.
+
+While a registry does not answer, rounds come every second instead of every five: jobs wait on that registry, and
+they are woken as soon as a round sees it back.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ Probe = Callable[[], "str | None"]  # None when the registry answers, else why n
 
 ROUND_DEADLINE = 5.0  # seconds a round waits for all its probes together
 EVERY_SECONDS = 5.0  # between the ends of two rounds
+EVERY_SECONDS_WHILE_DOWN = 1.0  # between the ends of two rounds while a registry does not answer
 MAX_THREADS = 8
 
 
@@ -32,11 +36,13 @@ class RegistryWatch:
         *,
         deadline: float = ROUND_DEADLINE,
         every: float = EVERY_SECONDS,
+        every_while_down: float = EVERY_SECONDS_WHILE_DOWN,
         threads: int = MAX_THREADS,
     ) -> None:
         self.probes = dict(probes)
         self.deadline = deadline
         self.every = every
+        self.every_while_down = every_while_down
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, min(threads, len(self.probes))), thread_name_prefix="registry-probe"
         )
@@ -77,7 +83,7 @@ class RegistryWatch:
         """Rounds until `stopping`; runs in its own thread."""
         try:
             while not stopping.is_set():
-                self.probe_once()
-                stopping.wait(self.every)
+                result = self.probe_once()
+                stopping.wait(self.every if result == "ok" else self.every_while_down)
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)

@@ -118,3 +118,30 @@ def test_the_heartbeat_reports_the_last_round_at_once_while_a_round_hangs(config
         thread.join(5)
     worker.check_once()
     assert queue.heartbeat.worker_status()["registry"] == "ok"
+
+
+class Rounds:
+    """A stop event that records each wait between rounds and stops after `count` of them."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.waits: list[float] = []
+
+    def is_set(self) -> bool:
+        return len(self.waits) >= self.count
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        return self.is_set()
+
+
+def test_rounds_come_every_second_while_a_registry_is_down_and_every_five_once_all_answer():
+    registries = Registries({"r1:5000": "refused"})
+    watch = RegistryWatch({"r1:5000": registries.probe("r1:5000")})
+    rounds = Rounds(2)
+    watch.watch(rounds)  # type: ignore[arg-type]
+    registries.answers["r1:5000"] = None
+    back = Rounds(1)
+    watch = RegistryWatch({"r1:5000": registries.probe("r1:5000")})
+    watch.watch(back)  # type: ignore[arg-type]
+    assert (rounds.waits, back.waits) == ([1.0, 1.0], [5.0])
