@@ -49,6 +49,9 @@ class Plan:
     deploys: int  # per scenario, under load
     scale_points: tuple[int, ...]
     flips_per_point: int
+    nft_points: tuple[int, ...] = (1, 10, 100, 1000, 10000)  # other apps in the nftables maps
+    reconcile_points: tuple[int, ...] = (1, 100, 1000, 10000)  # apps read back by one reconcile
+    one_read_per_app_up_to: int = 1000  # the comparison grows with the square of the apps
     wrk_threads: int = 1
     wrk_connections: int = 32
     drain_seconds: float = 1.0
@@ -81,6 +84,9 @@ def plan_for(quick: bool, *, deploys: int | None = None, rounds: int | None = No
             deploys=2,
             scale_points=SCALE_POINTS,
             flips_per_point=2,
+            nft_points=(1, 100, 1000),
+            reconcile_points=(1, 100, 1000),
+            one_read_per_app_up_to=100,
         )
     else:
         plan = Plan(

@@ -234,10 +234,10 @@ def measure(count: int, *, per_app: bool) -> dict[str, Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_reconcile_scale(points: tuple[int, ...] = POINTS) -> dict[str, Any]:
+def run_reconcile_scale(points: tuple[int, ...] = POINTS, *, per_app_up_to: int = PER_APP_UP_TO) -> dict[str, Any]:
     figures = []
     for count in points:
-        point = measure(count, per_app=count <= PER_APP_UP_TO)
+        point = measure(count, per_app=count <= per_app_up_to)
         figures.append(point)
         say(
             f"  reconcile of {count} apps: {point['reconcile_ms']} ms, {point['reads']} read(s) of the table"
@@ -248,7 +248,7 @@ def run_reconcile_scale(points: tuple[int, ...] = POINTS) -> dict[str, Any]:
         "settings": {
             "points": list(points),
             "table": "iptables-save text of N healthy apps, read from memory",
-            "one_read_per_app": f"up to {PER_APP_UP_TO} apps",
+            "one_read_per_app": f"up to {per_app_up_to} apps",
         },
         "points": figures,
         # Linear or better: the cost of one app at the largest point over its cost at the smallest above 1.

@@ -188,8 +188,9 @@ def benchmarks_markdown(
             "",
         ]
         if "nftables" in scale:
+            largest = max(scale["nftables"]["settings"]["points"])
             out += [
-                "The same flip on nftables, through libnftables in process (docs/backends.md), with 1 to 10,000 "
+                f"The same flip on nftables, through libnftables in process (docs/backends.md), with 1 to {largest:,} "
                 "other apps' ports in the maps: the floor, a bare element replace given to libnftables, and the "
                 "backend's own flip (read the app's chain, the add-only takeover that is the commit, the tidy), "
                 "as `Chains.flip` runs it.",

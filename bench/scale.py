@@ -80,8 +80,8 @@ def run_scale(lab: Lab, plan: Plan, tags: list[str]) -> dict[str, Any]:
             },
             "points": points,
             "summary": analysis.scale_summary(points),
-            "nftables": run_nft_scale(lab),
-            "reconcile": run_reconcile_scale(),
+            "nftables": run_nft_scale(lab, plan.nft_points),
+            "reconcile": run_reconcile_scale(plan.reconcile_points, per_app_up_to=plan.one_read_per_app_up_to),
         }
     finally:
         with contextlib.suppress(DeployerError):  # a gone Docker daemon: the run's cleanup does it later
@@ -114,9 +114,6 @@ def floor_ms(lab: Lab, names: rules.ChainNames, takeover: str | None, runs: int)
     finally:
         lab.netfilter.restore(f"*nat\n-F {chain}\n-X {chain}\nCOMMIT\n")
     return times
-
-
-NFT_POINTS = (1, 10, 100, 1000, 10000)
 
 
 class BackendFlips:
@@ -196,7 +193,7 @@ class BackendFlips:
 NFT_FLIPS = 30
 
 
-def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
+def run_nft_scale(lab: Lab, sizes: tuple[int, ...], flips: int = NFT_FLIPS) -> dict[str, Any]:
     """The nftables flip (plan/nft/'s transaction, through libnftables in process) with 1 to 10,000 other
     apps' ports in the maps. A table of the run's own with maps only and no hooks: no packet can meet it."""
     from deployer.adapters.nftables import Nftables
@@ -213,7 +210,7 @@ def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
     try:
         nftables.run("\n".join([*nft.map_declarations(table), *nft.add_elements(table, app), ""]))
         installed = 0
-        for point in NFT_POINTS:
+        for point in sizes:
             others = [
                 nft.element(rules.Forward("tcp", 10 + i, f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}", 80, "f"))
                 for i in range(installed, point)
@@ -250,7 +247,7 @@ def run_nft_scale(lab: Lab, flips: int = NFT_FLIPS) -> dict[str, Any]:
         nftables.close()
     return {
         "settings": {
-            "points": list(NFT_POINTS),
+            "points": list(sizes),
             "flips_per_point": flips,
             "table": "maps only, no hooks: the element replace of plan/nft.py, bare, in process",
         },

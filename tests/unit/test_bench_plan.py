@@ -26,6 +26,13 @@ def test_quick_plan_is_small_and_full_plan_has_the_issue_defaults():
     assert (quick.deploys, quick.rounds, quick.flips_per_point) == (2, 1, 2)
     assert full.flips_per_point == 16
     assert (full.deploys, full.scale_points) == (20, (1, 10, 100, 1000))
+    assert (full.nft_points, full.reconcile_points) == ((1, 10, 100, 1000, 10000), (1, 100, 1000, 10000))
+    # quick keeps a point above 100 for each, so a growth figure is still computed
+    assert (quick.nft_points, quick.reconcile_points, quick.one_read_per_app_up_to) == (
+        (1, 100, 1000),
+        (1, 100, 1000),
+        100,
+    )
     assert plan_for(False, deploys=5, rounds=2).deploys == 5
     assert full.rounds % 2 == 0, "an odd number of rounds leaves the order unbalanced"
     assert tags_for(quick) == ["v1", "v2", "v3"]
