@@ -155,9 +155,26 @@ class Ports:
     def scale(self) -> AppPorts:
         return self._app(50)
 
+    @property
+    def release(self) -> AppPorts:
+        """The release loop's app (bench/release_loop.py)."""
+        return self._app(60)
+
+    @property
+    def release_receiver(self) -> int:
+        return self.base + 66
+
+    @property
+    def release_registry(self) -> int:
+        return self.base + 67
+
+    @property
+    def release_github(self) -> int:
+        return self.base + 68
+
     def filler(self, index: int) -> int:
         """The external port of the index-th stand-in app of the scale part: never sent traffic."""
-        return self.base + 60 + index % 40
+        return self.base + 70 + index % 30
 
     @staticmethod
     def block(index: int) -> Ports:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 FIRST_SECONDS = 1.0
-MOST_SECONDS = 15.0
+# A look costs one manifest HEAD (no pull quota) and a job process: cheap enough to keep the gap after a push short.
+MOST_SECONDS = 5.0
 
 
 class ManifestAnswer(StrEnum):
@@ -39,7 +40,7 @@ class ImageDecision:
 
 
 def look_after(attempt: int, remaining: float) -> float:
-    """The wait after the `attempt`-th look found no tag: 1 s doubling to 15 s, never past the end of image_wait."""
+    """The wait after the `attempt`-th look found no tag: 1 s doubling to 5 s, never past the end of image_wait."""
     nominal = min(MOST_SECONDS, FIRST_SECONDS * 2 ** max(0, attempt - 1))
     return round(max(0.0, min(nominal, remaining)), 3)
 

@@ -50,8 +50,10 @@ def test_data_path_rounds_alternate_their_order():
 def test_every_port_of_every_block_stays_in_the_bench_range():
     for block in range(10):
         ports = Ports.block(block)
-        used = [ports.haproxy, ports.nginx, *(ports.filler(i) for i in range(1000))]
-        for app in [ports.datapath, ports.scale, *(ports.scenario(s) for s in ("ours", "seed", "stop-start", "naive"))]:
+        used = [ports.haproxy, ports.nginx, ports.release_receiver, ports.release_registry, ports.release_github]
+        used += [ports.filler(i) for i in range(1000)]
+        apps = [ports.datapath, ports.scale, ports.release]
+        for app in [*apps, *(ports.scenario(s) for s in ("ours", "seed", "stop-start", "naive"))]:
             used += [app.tcp, app.tcp_blue, app.tcp_green, app.udp, app.udp_blue, app.udp_green]
         assert all(ports.base <= p < ports.base + 100 for p in used)
         singles = [p for p in used if p not in {ports.filler(i) for i in range(1000)}]
@@ -99,11 +101,11 @@ def test_stand_in_apps_are_rendered_like_the_deployer_renders_an_app_chain():
     chains = filler_chains(RunNames("DBABCDE"), Ports.block(0), range(2))
     assert chains == {
         "f0000": [
-            '-A DBABCDE-f0000 -p tcp -m tcp --dport 24060 -m comment --comment "f0000 blue stand-in" '
+            '-A DBABCDE-f0000 -p tcp -m tcp --dport 24070 -m comment --comment "f0000 blue stand-in" '
             "-j DNAT --to-destination 198.51.100.1:8080"
         ],
         "f0001": [
-            '-A DBABCDE-f0001 -p tcp -m tcp --dport 24061 -m comment --comment "f0001 blue stand-in" '
+            '-A DBABCDE-f0001 -p tcp -m tcp --dport 24071 -m comment --comment "f0001 blue stand-in" '
             "-j DNAT --to-destination 198.51.100.2:8080"
         ],
     }

@@ -36,7 +36,7 @@ GAVE_UP = "the image 127.0.0.1:5000/web:v2 did not appear in 30m (waited since 2
         (True, PRESENT, 5, 1, ImageDecision(ImageStep.PULL)),
         (True, MISSING, 0, 1, ImageDecision(ImageStep.WAIT, 1.0, WAITING)),
         (True, MISSING, 10, 3, ImageDecision(ImageStep.WAIT, 4.0, WAITING)),
-        (True, MISSING, 60, 9, ImageDecision(ImageStep.WAIT, 15.0, WAITING)),  # the backoff stops at 15 s
+        (True, MISSING, 60, 9, ImageDecision(ImageStep.WAIT, 5.0, WAITING)),  # the backoff stops at 5 s
         (True, MISSING, 1795, 9, ImageDecision(ImageStep.WAIT, 5.0, WAITING)),  # never past the end of image_wait
         (True, MISSING, 1800, 9, ImageDecision(ImageStep.FAIL, reason=GAVE_UP)),
         (True, REFUSED, 0, 1, ImageDecision(ImageStep.PULL)),  # the pull fails on the credentials, at once
@@ -61,7 +61,7 @@ def test_whether_a_missing_image_is_waited_for(from_release, answer, waited, att
 
 
 def test_the_looks_back_off_from_1_s_doubling_to_15_s():
-    assert [look_after(n, 1000) for n in range(1, 7)] == [1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+    assert [look_after(n, 1000) for n in range(1, 7)] == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
 
 
 @pytest.mark.parametrize(
