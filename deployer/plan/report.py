@@ -29,20 +29,6 @@ END_STATES = ("success", "failure", "error", "inactive")
 KEPT_DEPLOYMENTS = 200  # the deployments a feed remembers: enough for the jobs in flight and those just ended
 KEPT_JOBS = 100
 
-NOTIFY_EVENTS = (
-    "deploy.succeeded",
-    "deploy.failed",
-    "rollback",
-    "canary.started",
-    "canary.promoted",
-    "canary.aborted",
-    "rollout.stopped",
-    "rollout.aborted",
-    "rollout.finished",
-    "fault.open",
-)
-DEFAULT_NOTIFY_EVENTS = ("deploy.failed", "rollback", "canary.aborted", "rollout.stopped", "rollout.aborted")
-
 FIRST_DELAY = 1.0
 MOST_DELAY = 60.0
 MOST_HEADER_DELAY = 3600.0  # a Retry-After or a rate limit's reset further away than this is waited for this long

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from deployer.config.reports import DEFAULT_NOTIFY_EVENTS
 from deployer.plan.report import (
-    DEFAULT_NOTIFY_EVENTS,
     CreateDeployment,
     DeploymentStatus,
     GithubTarget,
