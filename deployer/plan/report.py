@@ -283,6 +283,18 @@ def notification_body(note: Notification, fmt: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class HttpAnswer:
+    """What a POST or GET got: its status (None: no answer in time, or no connection), the JSON body, the headers
+    a wait is read from, and a short problem that names no secret."""
+
+    status: int | None
+    body: Any = None
+    retry_after: str | None = None
+    rate_reset: str | None = None
+    problem: str = ""
+
+
+@dataclass(frozen=True)
 class Verdict:
     """What becomes of a message after an answer: delivered, tried again after `delay` s, or refused for good."""
 
