@@ -38,6 +38,7 @@ KEY_HEADER = "X-Deployer-Key"
 TIMESTAMP_HEADER = "X-Deployer-Timestamp"
 NONCE_HEADER = "X-Deployer-Nonce"
 SIGNATURE_HEADER = "X-Deployer-Signature"
+DELIVERY_HEADER = "X-Deployer-Delivery"  # a notification's id; its signature is `github_signature` of the body
 AUTHORIZATION_HEADER = "Authorization"  # Bearer <audit token>
 
 SCHEME = "deployer-v2"

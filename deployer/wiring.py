@@ -31,12 +31,16 @@ from deployer.adapters.probes import Probes, check_registry
 from deployer.adapters.processes import die_with_parent, run_hook, start_job
 from deployer.adapters.processes import spawn as spawn_process
 from deployer.adapters.registry_manifest import manifest_answer
+from deployer.adapters.report_http import ReportHttp
 from deployer.adapters.routing import Routing
 from deployer.adapters.shared_address import SharedAddress
 from deployer.audit import build_journal
+from deployer.audit.log import AuditLog
+from deployer.audit.sinks import AuditSink
 from deployer.config import AppConfig, Config
 from deployer.config.accounts import receiver_account
 from deployer.config.fleet import FleetConfig
+from deployer.config.model import ReportsSetup
 from deployer.errors import DeployerError, UnsafePath
 from deployer.fleet.client import FleetClient
 from deployer.folders import space_problem
@@ -47,7 +51,7 @@ from deployer.host.engine import DockerPort, Engine
 from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.host.state import Publish
-from deployer.journal import Journal
+from deployer.journal import Journal, log_sink
 from deployer.plan import app_chain, nft, socket_activation
 from deployer.plan.image_wait import ManifestAnswer
 from deployer.plan.records import AppState
@@ -56,6 +60,7 @@ from deployer.queue import database
 from deployer.queue.database import queue_path
 from deployer.queue.model import Job
 from deployer.queue.queue import Queue
+from deployer.report.outbox import AuditEntries, GithubFeed, NotifyFeed, Outbox, backlog, feed_names
 from deployer.worker import assets
 from deployer.worker.child import process_launcher
 from deployer.worker.loop import Worker, host_checks
@@ -342,3 +347,29 @@ __all__ = [
     "spawn_process",
     "start_job",
 ]
+
+
+def build_outbox(setup: ReportsSetup) -> Outbox:
+    """The report loop: a feed for GitHub and one per [[notify]] target, over this host's audit log and queue."""
+    state_dir = setup.settings.state_dir
+    http = ReportHttp(timeout=setup.reports.timeout)
+    feeds: list[Any] = [GithubFeed(setup.reports.github, setup.github_api, http)] if setup.reports.github else []
+    feeds += [NotifyFeed(target, http) for target in setup.reports.notify]
+    journal = Journal([log_sink, AuditSink.for_state_dir(state_dir)], secrets=setup.reports.secrets())
+    queue = Queue.for_state_dir(state_dir)
+    return Outbox(feeds, queue.reports, AuditEntries(AuditLog.for_state_dir(state_dir)), journal)
+
+
+def begin_reports(config: Config, queue: Queue) -> None:
+    """Each feed's cursor, created at the audit log's head before the receiver starts, so no entry written from
+    then on is missed however late the report loop starts."""
+    head = AuditEntries(AuditLog.for_state_dir(config.settings.state_dir)).head()
+    for name in feed_names(config.reports):
+        queue.reports.begin(name, head)
+
+
+def report_backlog(config: Config) -> list[dict[str, Any]]:
+    """Each report feed's backlog: how many audit entries it is behind, its retry and its last problem."""
+    head = AuditEntries(AuditLog.for_state_dir(config.settings.state_dir)).head()
+    cursors = Queue.for_state_dir(config.settings.state_dir).reports.cursors()
+    return backlog([c for c in cursors if c.feed in feed_names(config.reports)], head)

@@ -21,6 +21,7 @@ from deployer.cli import cluster as cluster_cli
 from deployer.cli import fleet as fleet_cli
 from deployer.cli import forward as forward_cli
 from deployer.cli import ops as ops_cli
+from deployer.cli import report as report_cli
 from deployer.cli import server as server_cli
 from deployer.cli import setup as setup_cli
 from deployer.errors import (
@@ -35,7 +36,7 @@ from deployer.errors import (
 from deployer.folders import space_problem
 from deployer.queue.database import queue_path
 from deployer.queue.queue import Queue
-from deployer.wiring import build_engine
+from deployer.wiring import build_engine, report_backlog
 from deployer.worker.faults import fault_lines
 
 Handler = Callable[[argparse.Namespace], int]
@@ -211,6 +212,7 @@ def _extensions() -> list[Callable[..., None]]:
     """Commands that live beside their own concern: the server, the audit log, maintenance, forwarding."""
     return [
         server_cli.register,
+        report_cli.register,
         audit_cli.register,
         check_cli.register,
         ops_cli.register,
@@ -267,7 +269,18 @@ def host_faults(config: config_module.Config) -> list[str]:
             lines = [f"fault queue: {exc}"]
     if problem is not None and not any(line.startswith("fault disk:") for line in lines):
         lines.insert(0, f"fault disk: {problem}")
-    return lines
+    return lines + report_lines(config)
+
+
+def report_lines(config: config_module.Config) -> list[str]:
+    """Each report feed that is behind: how far, and why (the backlog of GitHub's statuses and notifications)."""
+    if not (config.reports.github or config.reports.notify) or not queue_path(config.settings.state_dir).exists():
+        return []
+    try:
+        rows = report_backlog(config)
+    except DeployerError as exc:
+        return [f"report: {exc}"]
+    return [line for line in report_cli.backlog_lines(rows, time.time()) if not line.endswith("caught up")]
 
 
 def status_exit_code(rules_match: Sequence[bool], faults: Sequence[str]) -> int:
@@ -363,7 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A client command (redeploy) runs on an operator's machine, which has no config file.
         # The maintenance responder runs unprivileged: it loads what the receiver loads, never the worker's secrets.
         needs_config = getattr(args, "needs_config", True)
-        load = config_module.load_receiver if needs_config == "receiver" else config_module.load
+        load = {"receiver": config_module.load_receiver, "reports": config_module.load_reports}.get(
+            needs_config, config_module.load
+        )
         args.loaded_config = load(config_module.config_path(args.config)) if needs_config else None
         return args.handler(args)
     except DeployerError as exc:

@@ -112,7 +112,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = args.loaded_config
     if (warning := root_warning(config.server)) is not None:
         log.warning("warning: %s", warning)
-    worker = wiring.build_worker(config, wiring.prepare_shared(config))
+    queue = wiring.prepare_shared(config)
+    wiring.begin_reports(config, queue)  # before the receiver queues anything: no entry is missed
+    worker = wiring.build_worker(config, queue)
     return supervisor.serve(
         config,
         worker,

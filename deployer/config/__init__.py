@@ -5,7 +5,7 @@ Secrets are never written in the config: it names a file or an environment varia
 
 - `model`: what a loaded config is (frozen dataclasses);
 - `load`: reading the file and the environment, making paths absolute, the checks across tables;
-- `settings`, `registries`, `app`, `server`, `cluster`, `fleet`: one table each, with its own checks;
+- `settings`, `registries`, `app`, `server`, `cluster`, `fleet`, `reports`: one table each, with its own checks;
 - `secrets`, `env_files`: what a config names instead of a secret, and an app's env files;
 - `fields`: one check per kind of value.
 """
@@ -18,10 +18,12 @@ from deployer.config.load import (
     config_path,
     load,
     load_receiver,
+    load_reports,
     local_actor,
     parse,
     parse_receiver,
     receiver_environment,
+    report_environment,
 )
 from deployer.config.model import (
     HOOK_NAMES,
@@ -70,10 +72,12 @@ __all__ = [
     "config_path",
     "load",
     "load_receiver",
+    "load_reports",
     "local_actor",
     "parse",
     "parse_env_file",
     "parse_receiver",
     "read_secret",
     "receiver_environment",
+    "report_environment",
 ]

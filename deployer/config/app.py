@@ -73,6 +73,12 @@ APP_KEYS = {
     "canary_sticky",
     "canary_bake",
     "image_wait",
+    # what reports its deploys to GitHub: read by config/reports.py
+    "github_environment",
+    "environment_url",
+    "github_token",
+    "github_token_file",
+    "github_token_env",
 }
 HOST_BOUND_APP_KEYS = {"host_bound", "ports", "maintenance_page"}
 

@@ -1,8 +1,9 @@
 """Read the TOML config once and build the model: paths made absolute, secrets resolved, every value checked.
 
-Nothing else in the project reads the environment. Two loaders: `load` for the deployer and its worker
+Nothing else in the project reads the environment. Three loaders: `load` for the deployer and its worker
 (everything), `load_receiver` for the unprivileged webhook receiver, which never opens a registry
-password file, an asset token or an app's env files, so those can stay readable by root alone.
+password file, an asset token or an app's env files, so those can stay readable by root alone, and
+`load_reports` for the unprivileged report loop, which reads only [deployer] and what reports deploys.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from deployer.config.cluster import check_cluster_apps, parse_cluster
 from deployer.config.fields import only_keys
 from deployer.config.fleet import parse_fleet, release_tables
 from deployer.config.hooks import check_hooks_dir, hooks_folders
-from deployer.config.model import AppConfig, Config, ReceiverApp, ReceiverConfig, ServerConfig, Settings
+from deployer.config.model import AppConfig, Config, ReceiverApp, ReceiverConfig, ReportsSetup, ServerConfig, Settings
 from deployer.config.registries import parse_registries
+from deployer.config.reports import parse_reports
 from deployer.config.secrets import read_secret
 from deployer.config.server import parse_server
 from deployer.config.settings import parse_settings
@@ -28,7 +30,7 @@ from deployer.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/deployer/deployer.toml")
 CONFIG_ENV = "DEPLOYER_CONFIG"
-TOP_LEVEL_KEYS = {"deployer", "apps", "registries", "server", "cluster", "fleet"}
+TOP_LEVEL_KEYS = {"deployer", "apps", "registries", "server", "cluster", "fleet", "notify"}
 # What gunicorn keeps of serve's environment besides the receiver's own secrets: none of these is a secret.
 RECEIVER_PLAIN_ENV = frozenset({"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH"})
 
@@ -138,15 +140,19 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str], ch
         _check_fleet_apps(fleet.apps, apps, path=path)
         _check_repositories({**apps, **fleet.releases}, path=path)
     _check_key_apps(server, {*apps, *(fleet.apps if fleet else ())}, path=path)
+    report_env_names: set[str] = set()
+    reports = parse_reports(data, path=path, base=base, environ=environ, secret_env_names=report_env_names)
     return Config(
         path=path,
         settings=settings,
         apps=apps,
         registries=registries,
-        secret_env_names=frozenset(secret_env_names | receiver_env_names),
+        secret_env_names=frozenset(secret_env_names | receiver_env_names | report_env_names),
         raw=data,
         server=server,
         receiver_env_names=frozenset(receiver_env_names),
+        reports=reports,
+        report_env_names=frozenset(report_env_names),
         cluster=cluster,
         fleet=fleet,
     )
@@ -156,6 +162,34 @@ def _check_hooks(settings: Settings, apps: Mapping[str, AppConfig], *, configure
     """The folders the deploys will run hooks from (`hooks_folders`), each checked: the first problem stops the load."""
     for hooks in hooks_folders(settings, apps, configured=configured):
         check_hooks_dir(hooks.folder, configured=hooks.configured, path=path, key=hooks.key, app=hooks.app)
+
+
+def load_reports(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> ReportsSetup:
+    """The report loop's part of the config: [deployer] (where the audit log and the queue are) and the reports.
+
+    It runs as [server] user: it reads the GitHub tokens and the notification secrets, nothing of the worker's.
+    """
+    path = _absolute(path)
+    data = _read_toml(path)
+    environ = os.environ if environ is None else environ
+    only_keys(data, TOP_LEVEL_KEYS, path=path, where=None)
+    settings = parse_settings(data.get("deployer", {}), path=path, base=path.parent, environ=environ)
+    names: set[str] = set()
+    reports = parse_reports(data, path=path, base=path.parent, environ=environ, secret_env_names=names)
+    server = data.get("server", {})
+    github_api = server.get("github_api", ServerConfig.github_api) if isinstance(server, Mapping) else None
+    if not isinstance(github_api, str):
+        raise ConfigError("must be an http(s) URL such as https://api.github.com", path=path, key="server.github_api")
+    return ReportsSetup(path=path, settings=settings, reports=reports, github_api=github_api.rstrip("/"))
+
+
+def report_environment(config: Config, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The report loop's whole environment: gunicorn's, and the variables its GitHub tokens and notification
+    secrets are named by (`*_env`)."""
+    environ = os.environ if environ is None else environ
+    env = receiver_environment(config, environ)
+    env.update({name: environ[name] for name in sorted(config.report_env_names) if name in environ})
+    return env
 
 
 def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str]) -> ReceiverConfig:

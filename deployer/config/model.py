@@ -226,6 +226,49 @@ class AppLookup:
 
 
 @dataclass(frozen=True)
+class GithubReport:
+    """An app whose deploys are reported to GitHub as deployments (config/reports.py)."""
+
+    repository: str
+    environment: str
+    environment_url: str | None = None
+    token: str = field(default="", repr=False)  # only `deployments: write` on the repository
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One [[notify]] target: where, in which format, signed with which secret, for which events."""
+
+    name: str
+    url: str
+    format: str = "json"
+    events: frozenset[str] = frozenset()
+    secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    """Who hears of the deploys: GitHub, per app, and the notification targets; read by the unprivileged report loop."""
+
+    github: Mapping[str, GithubReport] = field(default_factory=dict)
+    notify: tuple[NotifyTarget, ...] = ()
+    timeout: float = 10.0  # seconds an answer is waited for
+
+    def secrets(self) -> list[str]:
+        return [r.token for r in self.github.values() if r.token] + [t.secret for t in self.notify if t.secret]
+
+
+@dataclass(frozen=True)
+class ReportsSetup:
+    """The report loop's config: where the state is, whom it reports to, and GitHub's API."""
+
+    path: Path
+    settings: Settings
+    reports: ReportsConfig
+    github_api: str = "https://api.github.com"
+
+
+@dataclass(frozen=True)
 class Config(AppLookup):
     path: Path
     settings: Settings
@@ -239,6 +282,9 @@ class Config(AppLookup):
     fleet: FleetConfig | None = None  # this deployer is a controller: it rolls these apps out to these hosts
     # The subset of secret_env_names the receiver reads: the only secrets gunicorn's environment carries.
     receiver_env_names: frozenset[str] = frozenset()
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
+    # The subset of secret_env_names the report loop reads: the GitHub tokens and the notification secrets.
+    report_env_names: frozenset[str] = frozenset()
 
     def hooks_dir_for(self, app: AppConfig) -> Path:
         return app.hooks_dir or self.settings.hooks_dir
@@ -249,6 +295,7 @@ class Config(AppLookup):
         values += self._server_secrets()
         values += [app.asset.token for app in self.apps.values() if app.asset and app.asset.token]
         values += [host.secret for host in self.fleet.hosts] if self.fleet else []
+        values += self.reports.secrets()
         values += [
             app.github_secret for app in (self.fleet.releases.values() if self.fleet else ()) if app.github_secret
         ]

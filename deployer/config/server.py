@@ -42,6 +42,11 @@ def parse_server(
         "audit_token",
         "audit_token_file",
         "audit_token_env",
+        # the report loop's (config/reports.py)
+        "github_token",
+        "github_token_file",
+        "github_token_env",
+        "report_timeout",
     }
     only_keys(data, allowed, path=path, where="server")
     key = lambda k: f"server.{k}"  # noqa: E731

@@ -147,6 +147,23 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         )""",
         ],
     ),
+    # Each report feed's cursor over the audit log (deployer/report/outbox.py): the last entry whose messages were
+    # all delivered, how many of the next one's were, the feed's state (JSON), and its retry.
+    (
+        "0007_report_cursors",
+        [
+            """CREATE TABLE report_cursors (
+            feed TEXT PRIMARY KEY,         -- "github" or "notify:<name>"
+            seq INTEGER NOT NULL,          -- the audit entry last delivered whole
+            done INTEGER NOT NULL,         -- the messages of entry seq+1 delivered already
+            state TEXT NOT NULL,           -- JSON: the plan's state and the deployments' ids
+            attempts INTEGER NOT NULL,     -- failures in a row of the message it is on
+            retry_at REAL,                 -- when it is tried again; NULL: now
+            problem TEXT,                  -- the last failure, without any secret
+            updated_at REAL NOT NULL
+        )""",
+        ],
+    ),
 ]
 
 

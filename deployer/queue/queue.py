@@ -13,11 +13,12 @@ from deployer.queue.deliveries import DeliveryStore
 from deployer.queue.heartbeat import HeartbeatStore
 from deployer.queue.jobs import JobStore
 from deployer.queue.live import LiveStore
+from deployer.queue.reports import ReportStore
 from deployer.queue.rollouts import RolloutStore
 
 
 class Queue:
-    """The queue database and its stores: `jobs`, `deliveries`, `live`, `rollouts`, `heartbeat`.
+    """The queue database and its stores: `jobs`, `deliveries`, `live`, `rollouts`, `heartbeat`, `reports`.
 
     One connection per process and thread, shared by the stores; never shared across a fork.
     """
@@ -29,6 +30,7 @@ class Queue:
         self.live = LiveStore(self.database)
         self.rollouts = RolloutStore(self.database)
         self.heartbeat = HeartbeatStore(self.database)
+        self.reports = ReportStore(self.database)
 
     @classmethod
     def for_state_dir(cls, state_dir: str | os.PathLike[str], **kwargs: Any) -> Queue:

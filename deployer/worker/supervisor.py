@@ -8,7 +8,9 @@
   backlog for the next one. With --watch the watchdog runs in a thread (it needs root), started again the same
   way when it dies (each restart logged and audited as `watchdog.restart`), and the
   maintenance responder, which anyone on the network reaches, in a `maintenance-server` child on a
-  socket serve binds, as `[server] user` too, restarted the same way.
+  socket serve binds, as `[server] user` too, restarted the same way. When deploys are reported (to GitHub, to
+  [[notify]] targets), the report loop (`deployer report`) is a child too, as `[server] user`, restarted the same
+  way: it reads the audit log and delivers what it says, and never holds up a deploy.
 - `run_threads`: the threads of `watch` and `maintenance-server`, and of serve's --watch: if one dies
   of an error, the others are stopped and the command exits 1, so the service manager restarts it.
 - systemd restarts a whole command that dies (deploy/systemd: `Restart=on-failure`).
@@ -345,6 +347,8 @@ def serve(
     # a dead gunicorn is started again, connections wait in its backlog.
     with listen(config) as listener:
         children = [("gunicorn", lambda: start_gunicorn(config, spawn, listener=listener))]
+        if config.reports.github or config.reports.notify:
+            children.append(("the report loop", lambda: start_reporter(config, spawn)))
         stop_watchdog = None
         if watch:
             page_listener = bind_listener(config)  # a taken port stops serve before anything starts
@@ -412,6 +416,21 @@ def start_responder(config: Config, spawn: Spawn, listener: Any, python: str = s
         group=drop[1] if drop else None,
         umask=0o077,
         pass_fds=(listener.fileno(),),
+    )
+
+
+def start_reporter(config: Config, spawn: Spawn, python: str = sys.executable) -> Process:
+    """`deployer report`, as the receiver's user when serve drops to one: it talks to the internet, so it runs
+    unprivileged, with the receiver's environment and the variables of its own tokens and secrets only."""
+    drop = receiver_user(config)
+    env = config_module.report_environment(config)
+    env["PYTHONPATH"] = child_environment()["PYTHONPATH"]
+    return spawn(
+        [python, "-m", "deployer", "-c", str(config.path), "report"],
+        env,
+        user=drop[0] if drop else None,
+        group=drop[1] if drop else None,
+        umask=0o007,
     )
 
 

@@ -8,7 +8,7 @@
 _shtab_deployer_audit_subparsers=(verify show prune)
 _shtab_deployer_cluster_subparsers=(run status leave join config)
 _shtab_deployer_fleet_subparsers=(status)
-_shtab_deployer_subparsers=(deploy rollback status rules reconcile uninstall completion serve worker redeploy audit check maintenance maintenance-server watch drain undrain forward forward-return cluster canary promote abort rollout fleet setup)
+_shtab_deployer_subparsers=(deploy rollback status rules reconcile uninstall completion serve worker redeploy report audit check maintenance maintenance-server watch drain undrain forward forward-return cluster canary promote abort rollout fleet setup)
 
 _shtab_deployer_deploy_option_strings=(-h --help --config -c --quiet -q --canary --sticky --seed --bake --json)
 _shtab_deployer_rollback_option_strings=(-h --help --config -c --quiet -q --json)
@@ -20,6 +20,7 @@ _shtab_deployer_completion_option_strings=(-h --help --quiet -q)
 _shtab_deployer_serve_option_strings=(-h --help --config -c --quiet -q --watch)
 _shtab_deployer_worker_option_strings=(-h --help --config -c --quiet -q)
 _shtab_deployer_redeploy_option_strings=(-h --help --quiet -q --url --ca-file --insecure-http --key-id --secret-file --reason --action --wait --timeout --json)
+_shtab_deployer_report_option_strings=(-h --help --config -c --quiet -q --once)
 _shtab_deployer_audit_verify_option_strings=(-h --help --config -c --quiet -q --json)
 _shtab_deployer_audit_show_option_strings=(-h --help --config -c --quiet -q --json)
 _shtab_deployer_audit_prune_option_strings=(-h --help --config -c --quiet -q --before)
@@ -55,7 +56,7 @@ _shtab_deployer_audit_pos_0_choices=(verify show prune)
 _shtab_deployer_maintenance_pos_0_choices=(on off)
 _shtab_deployer_cluster_pos_0_choices=(run status leave join config)
 _shtab_deployer_fleet_pos_0_choices=(status)
-_shtab_deployer_pos_0_choices=(deploy rollback status rules reconcile uninstall completion serve worker redeploy audit check maintenance maintenance-server watch drain undrain forward forward-return cluster canary promote abort rollout fleet setup)
+_shtab_deployer_pos_0_choices=(deploy rollback status rules reconcile uninstall completion serve worker redeploy report audit check maintenance maintenance-server watch drain undrain forward forward-return cluster canary promote abort rollout fleet setup)
 
 _shtab_deployer_deploy__h_nargs=0
 _shtab_deployer_deploy___help_nargs=0
@@ -107,6 +108,11 @@ _shtab_deployer_redeploy__q_nargs=0
 _shtab_deployer_redeploy___insecure_http_nargs=0
 _shtab_deployer_redeploy___wait_nargs=0
 _shtab_deployer_redeploy___json_nargs=0
+_shtab_deployer_report__h_nargs=0
+_shtab_deployer_report___help_nargs=0
+_shtab_deployer_report___quiet_nargs=0
+_shtab_deployer_report__q_nargs=0
+_shtab_deployer_report___once_nargs=0
 _shtab_deployer_audit_verify__h_nargs=0
 _shtab_deployer_audit_verify___help_nargs=0
 _shtab_deployer_audit_verify___quiet_nargs=0

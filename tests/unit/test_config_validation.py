@@ -24,8 +24,8 @@ green = 8002
 
 ALLOWED_APP_KEYS = (
     "asset, bind, canary, canary_bake, canary_sticky, cluster, command, drain_seconds, env, "
-    "env_files, github_hook_id, github_secret, "
-    "github_secret_env, github_secret_file, health, hooks_dir, host_bound, image, image_wait, labels, "
+    "env_files, environment_url, github_environment, github_hook_id, github_secret, "
+    "github_secret_env, github_secret_file, github_token, github_token_env, github_token_file, health, hooks_dir, host_bound, image, image_wait, labels, "
     "maintenance_page, ports, prereleases, repository, restart, status_port, stop_timeout, tag_pattern, "
     "volumes, watchdog"
 )
@@ -243,7 +243,7 @@ def test_unknown_top_level_table(tmp_path):
     path = write(tmp_path, "[deploy]\nx = 1\n" + MINIMAL)
     assert (
         str(refusal(path))
-        == f"{path}, key 'deploy': unknown key (allowed: apps, cluster, deployer, fleet, registries, server)"
+        == f"{path}, key 'deploy': unknown key (allowed: apps, cluster, deployer, fleet, notify, registries, server)"
     )
 
 

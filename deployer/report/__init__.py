@@ -1,0 +1,1 @@
+"""UNPRIVILEGED: the report loop: each feed's cursor over the audit log, delivered to GitHub and notification targets."""
