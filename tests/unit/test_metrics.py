@@ -8,6 +8,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deployer.audit import AuditLog
+from deployer.config.receiver_files import receiver_files
 from deployer.errors import ConfigError
 from deployer.journal import Journal
 from deployer.plan import canary
@@ -358,3 +359,13 @@ def test_the_live_copy_keeps_the_digest_and_the_canary_weight(tmp_path):
     assert queue.live.releases() == [LiveRelease("web", "v1", "blue", "sha256:aa", 5)]
     queue.live.set_active("web", "v2", "job-00000000000000bb", "green")  # another tag: its digest is not known here
     assert queue.live.releases() == [LiveRelease("web", "v2", "green", None, 5)]
+
+
+def test_the_token_file_is_checked_like_every_file_the_receiver_reads_and_masked(tmp_path):
+    (tmp_path / "metrics.token").write_text(TOKEN + "\n")
+    settings = config(tmp_path, 'metrics_token_file = "metrics.token"\n')
+    assert settings.server.metrics_token == TOKEN
+    assert ("server.metrics_token_file", tmp_path / "metrics.token") in [
+        (item.key, item.path) for item in receiver_files(settings)
+    ]
+    assert TOKEN in settings.secrets()  # masked in the journal and in `check --print`
