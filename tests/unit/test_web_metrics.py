@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deployer.audit import AuditLog
 from deployer.config.receiver_files import receiver_files
-from deployer.errors import ConfigError
+from deployer.errors import ConfigError, StateError
 from deployer.journal import Journal
 from deployer.plan import canary
 from deployer.plan.records import AppState, Instance
@@ -369,3 +369,16 @@ def test_the_token_file_is_checked_like_every_file_the_receiver_reads_and_masked
         (item.key, item.path) for item in receiver_files(settings)
     ]
     assert TOKEN in settings.secrets()  # masked in the journal and in `check --print`
+
+
+def test_a_store_that_cannot_be_read_is_a_503_not_a_partial_scrape(tmp_path, monkeypatch):
+    settings, clock = config(tmp_path), Clock()
+    app = receiver(settings, clock)
+
+    def unreadable():
+        raise StateError("cannot read the job queue: disk I/O error")
+
+    monkeypatch.setattr(app.extensions["deployer"].queue.jobs, "outcomes", unreadable)
+    answer = app.test_client().get("/metrics", headers=BEARER)
+    assert (answer.status_code, answer.get_json()) == (503, {"error": "cannot read the job queue: disk I/O error"})
+    assert answer.headers["Retry-After"] == "10"
