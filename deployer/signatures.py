@@ -190,7 +190,8 @@ def verify_manual(
 
 
 def verify_bearer(token: str | None, header: str | None) -> None:
-    """Raise Unauthorized unless `header` is `Bearer <token>`: the read-only audit token, for GET /audit only.
+    """Raise Unauthorized unless `header` is `Bearer <token>`: a read-only token, the audit token's for GET /audit
+    (and a detailed /healthz), the metrics token's for GET /metrics.
 
     Both sides are hashed before the constant-time comparison, so not even the token's length shows.
     """

@@ -364,7 +364,9 @@ def begin_reports(config: Config, queue: Queue) -> None:
     """Each feed's cursor, created at the audit log's head before the receiver starts, so no entry written from
     then on is missed however late the report loop starts."""
     head = AuditEntries(AuditLog.for_state_dir(config.settings.state_dir)).head()
-    for name in feed_names(config.reports):
+    names = feed_names(config.reports)
+    queue.reports.retire_others(names)
+    for name in names:
         queue.reports.begin(name, head)
 
 

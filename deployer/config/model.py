@@ -174,6 +174,10 @@ class ServerConfig:
     github_api: str = "https://api.github.com"
     user: str = "deployer"  # the receiver drops to this account when serve starts as root; "root" only when said
     group: str | None = None  # shares the queue with the worker; None: the user's primary group
+    # Who may read GET /metrics: a bearer token, the peer's address in these networks, or both when both are set;
+    # neither set: nobody (docs/metrics.md).
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_allow: tuple[str, ...] = ()  # CIDRs, as ipaddress writes them
 
     @property
     def host(self) -> str:
@@ -221,6 +225,7 @@ class AppLookup:
         values = [self.server.github_secret] if self.server.github_secret else []
         values += [key.secret for key in self.server.operators.values()]
         values += [self.server.audit_token] if self.server.audit_token else []
+        values += [self.server.metrics_token] if self.server.metrics_token else []
         values += [app.github_secret for app in self.apps.values() if app.github_secret]
         return values
 

@@ -36,6 +36,7 @@ def receiver_files(config: Config) -> list[ReceiverFile]:
     server = data.get("server", {})
     named(server, "github_secret_file", "server")
     named(server, "audit_token_file", "server")
+    named(server, "metrics_token_file", "server")
     for key_id, entry in (server.get("operators", {}) if isinstance(server, Mapping) else {}).items():
         named(entry, "secret_file", f"server.operators.{key_id}")
     for name, entry in data.get("apps", {}).items():

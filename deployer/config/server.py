@@ -47,6 +47,10 @@ def parse_server(
         "github_token_file",
         "github_token_env",
         "report_timeout",
+        "metrics_token",
+        "metrics_token_file",
+        "metrics_token_env",
+        "metrics_allow",
     }
     only_keys(data, allowed, path=path, where="server")
     key = lambda k: f"server.{k}"  # noqa: E731
@@ -117,6 +121,24 @@ def parse_server(
             key=key("audit_token"),
         )
 
+    metrics_token = read_secret(
+        data,
+        "metrics_token",
+        path=path,
+        base=base,
+        environ=environ,
+        where="server",
+        secret_env_names=secret_env_names,
+        required=False,
+    )
+    if metrics_token is not None and len(metrics_token) < MIN_OPERATOR_SECRET:
+        raise ConfigError(
+            f"the token is shorter than {MIN_OPERATOR_SECRET} characters; make one with: openssl rand -hex 32",
+            path=path,
+            key=key("metrics_token"),
+        )
+    metrics_allow = networks(data.get("metrics_allow", []), path=path, key=key("metrics_allow"))
+
     operators_data = data.get("operators", {})
     if not isinstance(operators_data, dict):
         raise ConfigError("must be a table of [server.operators.KEY_ID] tables", path=path, key=key("operators"))
@@ -159,7 +181,23 @@ def parse_server(
         github_api=github_api.rstrip("/"),
         user=accounts["user"],
         group=accounts["group"],
+        metrics_token=metrics_token,
+        metrics_allow=metrics_allow,
     )
+
+
+def networks(value: Any, *, path: Path, key: str) -> tuple[str, ...]:
+    """A list of networks in CIDR notation ("10.0.0.0/8"; a bare address is its /32 or /128), each exact: an
+    address with host bits under its prefix ("10.0.0.1/8") is refused, not widened silently."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError('must be a list of networks, e.g. ["127.0.0.1/32", "10.0.0.0/8"]', path=path, key=key)
+    found = []
+    for item in value:
+        try:
+            found.append(str(ipaddress.ip_network(item.strip(), strict=True)))
+        except ValueError as exc:
+            raise ConfigError(f"{item[:64]!r} is not a network in CIDR notation: {exc}", path=path, key=key) from None
+    return tuple(dict.fromkeys(found))
 
 
 def host_names(data: Mapping[str, Any], listen: str, *, path: Path, key: str) -> tuple[str, ...]:

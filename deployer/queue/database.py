@@ -164,6 +164,15 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         )""",
         ],
     ),
+    # What GET /metrics reports of each app's live release that only root's record held: the image's digest and
+    # the canary's share of new flows (NULL: no canary).
+    (
+        "0008_live_digest_canary",
+        [
+            "ALTER TABLE active ADD COLUMN digest TEXT",
+            "ALTER TABLE active ADD COLUMN canary_weight INTEGER",
+        ],
+    ),
 ]
 
 

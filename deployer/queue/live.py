@@ -1,5 +1,5 @@
-"""What is live of each app, copied from the host's records, so the receiver (which cannot read them) can dedupe and
-a controller can read a host's release.
+"""What is live of each app, copied from the host's records, so the receiver (which cannot read them) can dedupe,
+a controller can read a host's release and GET /metrics can report it (the digest, the canary's weight).
 
 Every record written is copied here (`publish`, given to the records' store by the wiring), whoever wrote it: a
 job, a deploy run by hand, a reconcile; the worker adds the job that made a tag live.
@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from deployer.plan.canary import Split
 from deployer.plan.records import AppState
 from deployer.queue.database import Database
 from deployer.queue.model import JOB_COLUMNS, JobStatus, job_from_row
+
+
+@dataclass(frozen=True)
+class LiveRelease:
+    """One app's row: what serves it now (tag None: nothing) and the canary's percent of new flows (None: none)."""
+
+    app: str
+    tag: str | None
+    port_set: str | None
+    digest: str | None
+    canary_weight: int | None
 
 
 class LiveStore:
@@ -21,19 +34,42 @@ class LiveStore:
         self.database = database
 
     def set_active(self, app: str, tag: str | None, job_id: str | None = None, port_set: str | None = None) -> None:
+        """The live tag and the job that made it live. The digest and the canary's weight stay as the record's
+        copy wrote them (`publish`), the digest only while the tag is the same."""
         with self.database.write() as conn:
             conn.execute(
                 "INSERT INTO active (app, tag, job_id, updated_at, port_set) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (app) DO UPDATE SET tag = excluded.tag, job_id = excluded.job_id, "
-                "updated_at = excluded.updated_at, port_set = excluded.port_set",
+                "updated_at = excluded.updated_at, port_set = excluded.port_set, "
+                "digest = CASE WHEN active.tag IS excluded.tag THEN active.digest END",
                 (app, tag, job_id, self.database.clock(), port_set),
             )
 
     def publish(self, state: AppState) -> None:
-        """The app's record as it is now: its active tag and port set, made live by no job (or a job says so
-        after)."""
+        """The app's record as it is now: its active tag, port set and digest and its canary's weight, made live by
+        no job (or a job says so after)."""
         active = state.active
-        self.set_active(state.app, active.tag if active else None, None, active.port_set if active else None)
+        split = Split.of(state)
+        with self.database.write() as conn:
+            conn.execute(
+                "INSERT INTO active (app, tag, job_id, updated_at, port_set, digest, canary_weight) "
+                "VALUES (?, ?, NULL, ?, ?, ?, ?) "
+                "ON CONFLICT (app) DO UPDATE SET tag = excluded.tag, job_id = NULL, updated_at = excluded.updated_at, "
+                "port_set = excluded.port_set, digest = excluded.digest, canary_weight = excluded.canary_weight",
+                (
+                    state.app,
+                    active.tag if active else None,
+                    self.database.clock(),
+                    active.port_set if active else None,
+                    active.digest if active else None,
+                    split.weight if split is not None else None,
+                ),
+            )
+
+    def releases(self) -> list[LiveRelease]:
+        """Every app's row, by name: what GET /metrics reports as live."""
+        rows = self.database.read("SELECT app, tag, port_set, digest, canary_weight FROM active ORDER BY app")
+        return [LiveRelease(*row) for row in rows]
 
     def active_tag(self, app: str) -> str | None:
         rows = self.database.read("SELECT tag FROM active WHERE app = ?", (app,))

@@ -41,6 +41,20 @@ class ReportStore:
             )
         return self.cursor(feed)
 
+    def retire_others(self, feeds: list[str]) -> None:
+        """Forget the cursors of feeds the config no longer has: their backlog would only grow. One configured
+        again later starts at the head, as a new feed does."""
+        with self.database.write() as conn:
+            marks = ", ".join("?" for _ in feeds)
+            conn.execute(
+                f"DELETE FROM report_cursors WHERE feed NOT IN ({marks})" if feeds else "DELETE FROM report_cursors",
+                feeds,
+            )
+
+    def backlog(self, head: int) -> dict[str, int]:
+        """Each feed's audit entries not yet delivered whole, for GET /metrics."""
+        return {c.feed: max(0, head - c.seq) for c in self.cursors()}
+
     def cursor(self, feed: str) -> Cursor:
         rows = self.database.read(f"SELECT {COLUMNS} FROM report_cursors WHERE feed = ?", (feed,))
         if not rows:

@@ -1,4 +1,4 @@
-"""The HTTP receiver: GitHub webhooks, signed manual redeploys, job status, the audit log and health.
+"""The HTTP receiver: GitHub webhooks, signed manual redeploys, job status, the audit log, health and metrics.
 
 It only checks, decides, enqueues and reads; it never touches Docker or netfilter, so it can run as an
 unprivileged user. gunicorn serves it with `deployer.receiver.web:create_app()`. Every error becomes its
@@ -47,7 +47,7 @@ from deployer.journal import Journal
 from deployer.queue.accept import accept
 from deployer.queue.model import CANARY_KINDS, JOB_ID_RE, JobKind, JobStatus
 from deployer.queue.queue import Queue
-from deployer.receiver import releases, scopes
+from deployer.receiver import metrics, releases, scopes
 from deployer.receiver.rejections import Rejections
 from deployer.receiver.scopes import Action
 
@@ -90,8 +90,23 @@ class Receiver:
         self.clock = clock
         self.audit = audit or AuditLog.for_state_dir(config.settings.state_dir)
         self.rejections = Rejections(journal.record, clock)
+        # The report loop's feeds (GitHub, [[notify]]): serve keeps only the configured ones' cursors.
+        self.outbox_backlog: metrics.Backlog | None = self._outbox_backlog
+        self.metrics = metrics.registry(
+            lambda: metrics.facts(
+                self.queue,
+                self.audit,
+                now=self.clock(),
+                stale_after=WORKER_STALE_SECONDS,
+                backlog=self.outbox_backlog,
+            )
+        )
         # A receiver process that stops (gunicorn restarts its workers, serve stops) writes what it counted.
         atexit.register(self._flush_at_exit)
+
+    def _outbox_backlog(self) -> dict[str, int]:
+        newest = self.audit.query(Query(limit=1))
+        return self.queue.reports.backlog(newest[0].seq if newest else 0)
 
     def _flush_at_exit(self) -> None:
         try:
@@ -113,11 +128,13 @@ class Receiver:
         if GITHUB_SIGNATURE_RE.match(headers.get(signatures.GITHUB_HEADER) or ""):
             return True
         if headers.get(signatures.AUTHORIZATION_HEADER) is not None:
-            try:
-                signatures.verify_bearer(self.config.server.audit_token, headers.get(signatures.AUTHORIZATION_HEADER))
-                return True
-            except Unauthorized:
-                return False
+            for token in (self.config.server.audit_token, self.config.server.metrics_token):
+                try:
+                    signatures.verify_bearer(token, headers.get(signatures.AUTHORIZATION_HEADER))
+                    return True
+                except Unauthorized:
+                    pass
+            return False
         try:
             signed = signatures.read_signed_headers(headers)
             signatures.check_timestamp(signed.timestamp, self.clock())
@@ -129,7 +146,8 @@ class Receiver:
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """The app factory. gunicorn reads the config named by $DEPLOYER_CONFIG; tests pass their own parts.
 
-    test_config keys: DEPLOYER_CONFIG (a loaded Config), QUEUE, JOURNAL, CLOCK, AUDIT (the AuditLog GET /audit reads).
+    test_config keys: DEPLOYER_CONFIG (a loaded Config), QUEUE, JOURNAL, CLOCK, AUDIT (the AuditLog GET /audit reads),
+    OUTBOX_BACKLOG (what GET /metrics reports as the outbox's backlog: a function, feed -> entries not sent).
     """
 
     overrides = dict(test_config or {})
@@ -139,15 +157,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     journal = overrides.pop("JOURNAL", None) or build_journal(config)
     clock = overrides.pop("CLOCK", None) or time.time
     audit = overrides.pop("AUDIT", None)
+    backlog = overrides.pop("OUTBOX_BACKLOG", None)
 
     app = Flask("deployer")
     app.config.update(MAX_CONTENT_LENGTH=config.server.max_body_bytes, JSON_SORT_KEYS=False)
     app.config.update(overrides)
     app.extensions["deployer"] = Receiver(config, queue, journal, clock, audit)
+    if backlog is not None:
+        app.extensions["deployer"].outbox_backlog = backlog
     app.register_blueprint(hooks)
     app.register_blueprint(manual)
     app.register_blueprint(review)
     app.register_blueprint(health)
+    app.register_blueprint(scrapes)
     app.register_error_handler(DeployerError, _deployer_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -729,6 +751,29 @@ def _offers_credentials() -> bool:
         request.headers.get(signatures.AUTHORIZATION_HEADER) is not None
         or request.headers.get(signatures.SIGNATURE_HEADER) is not None
     )
+
+
+# --- GET /metrics ----------------------------------------------------------------------------------
+
+scrapes = Blueprint("metrics", __name__)
+
+
+@scrapes.route("/metrics", methods=["GET"])
+def scrape():
+    """The deployer's metrics in Prometheus's format, computed from the queue and the audit log (docs/metrics.md).
+
+    Only for a scraper that `[server] metrics_allow` or `metrics_token_file` admits; a refusal is counted like any
+    other before authentication. An answered scrape writes nothing: a scraper asks every 15 s.
+    Example: curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/metrics
+    """
+    receiver = _receiver()
+    _begin_record("metrics_scrape", route="/metrics")
+    metrics.check_scraper(
+        receiver.config.server, request.remote_addr, request.headers.get(signatures.AUTHORIZATION_HEADER)
+    )
+    g.pop("record_event")
+    body, content_type = metrics.render(receiver.metrics, request.headers.get("Accept"))
+    return body, 200, {"Content-Type": content_type, "Cache-Control": "no-store"}
 
 
 def _share_gunicorn_logging() -> None:

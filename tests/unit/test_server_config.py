@@ -130,8 +130,8 @@ def test_the_audit_token_is_read_like_a_secret_and_masked(tmp_path):
             "[server]\nport = 1\n",
             "key 'server.port': unknown key (allowed: audit_token, audit_token_env, audit_token_file, "
             "github_api, github_secret, github_secret_env, github_secret_file, github_token, github_token_env, "
-            "github_token_file, group, job_timeout, "
-            "listen, max_body_bytes, names, operators, report_timeout, user, workers)",
+            "github_token_file, group, job_timeout, listen, max_body_bytes, metrics_allow, metrics_token, "
+            "metrics_token_env, metrics_token_file, names, operators, report_timeout, user, workers)",
         ),
         (
             '[server]\naudit_token = "inline-token-inline"\n',

@@ -258,6 +258,7 @@ def test_the_example_config_loads_as_shipped_and_with_every_key_uncommented(tmp_
         "github-secret",
         "operators/admin",
         "audit-token",
+        "metrics-token",
         "registry.password",
         "github-deployments",
         "notify-secret",
