@@ -249,6 +249,7 @@ class NotifyTarget:
     format: str = "json"
     events: frozenset[str] = frozenset()
     secret: str | None = field(default=None, repr=False)
+    url_is_secret: bool = False  # from url_file or url_env (a Slack webhook's URL is its credential)
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,8 @@ class ReportsConfig:
     timeout: float = 10.0  # seconds an answer is waited for
 
     def secrets(self) -> list[str]:
-        return [r.token for r in self.github.values() if r.token] + [t.secret for t in self.notify if t.secret]
+        values = [r.token for r in self.github.values() if r.token] + [t.secret for t in self.notify if t.secret]
+        return values + [t.url for t in self.notify if t.url_is_secret]
 
 
 @dataclass(frozen=True)

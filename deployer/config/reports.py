@@ -29,7 +29,7 @@ NOTIFY_EVENTS = (
     "fault.open",
 )
 DEFAULT_NOTIFY_EVENTS = ("deploy.failed", "rollback", "canary.aborted", "rollout.stopped", "rollout.aborted")
-NOTIFY_KEYS = {"name", "url", "format", "secret_file", "secret_env", "events"}
+NOTIFY_KEYS = {"name", "url", "url_file", "url_env", "format", "secret_file", "secret_env", "events"}
 FORMATS = ("json", "slack")
 URL_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s#]*)?$")
 ENVIRONMENT_RE = re.compile(r"^[A-Za-z0-9_.:/ -]{1,255}$")
@@ -110,11 +110,16 @@ def _notify_target(n: int, entry: Any, secret: Any, *, path: Path) -> NotifyTarg
     name = typed(entry, "name", str, str(n), path=path, key=f"{where}.name")
     if not NAME_RE.fullmatch(name):
         raise ConfigError("must be 1 to 64 letters, digits, '.', '_' or '-'", path=path, key=f"{where}.name")
-    url = typed(entry, "url", str, None, path=path, key=f"{where}.url")
+    # A Slack incoming webhook's URL is its credential: url_file or url_env keep it a secret like the others.
+    secret_url = {"url_file", "url_env"} & set(entry)
+    if secret_url and "url" in entry:
+        raise ConfigError("set only one of url, url_file and url_env", path=path, key=where)
+    url_key = f"{where}.{sorted(secret_url)[0]}" if secret_url else f"{where}.url"
+    url = secret(entry, "url", where) if secret_url else typed(entry, "url", str, None, path=path, key=url_key)
     if url is None:
-        raise ConfigError("is required: the http(s) URL notifications are posted to", path=path, key=f"{where}.url")
+        raise ConfigError("is required: the http(s) URL notifications are posted to", path=path, key=url_key)
     if not URL_RE.fullmatch(url):
-        raise ConfigError("must be an http(s) URL", path=path, key=f"{where}.url")
+        raise ConfigError("must be an http(s) URL", path=path, key=url_key)
     fmt = typed(entry, "format", str, "json", path=path, key=f"{where}.format")
     if fmt not in FORMATS:
         raise ConfigError(f"must be one of {', '.join(FORMATS)}", path=path, key=f"{where}.format")
@@ -126,4 +131,11 @@ def _notify_target(n: int, entry: Any, secret: Any, *, path: Path) -> NotifyTarg
         raise ConfigError(
             f"unknown event {unknown[0]!r} (known: {', '.join(NOTIFY_EVENTS)}, or *)", path=path, key=f"{where}.events"
         )
-    return NotifyTarget(name=name, url=url, format=fmt, events=frozenset(events), secret=secret(entry, "secret", where))
+    return NotifyTarget(
+        name=name,
+        url=url,
+        format=fmt,
+        events=frozenset(events),
+        secret=secret(entry, "secret", where),
+        url_is_secret=bool(secret_url),
+    )

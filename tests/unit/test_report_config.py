@@ -111,11 +111,25 @@ def test_the_report_loop_reads_only_its_part(tmp_path):
         ("", "", 'url = "https://x.example"\nsecret = "inline"', "unknown key"),
         ("", "", 'url = "https://x.example"\nheaders = {}', "unknown key"),
         ("", "", 'url = "https://x.example"\nname = "a b"', "must be 1 to 64 letters"),
+        ("", "", 'url = "https://x.example"\nurl_env = "U"', "set only one of url, url_file and url_env"),
+        ("", "", 'url_file = "/nonexistent/slack-url"', "cannot read secret file /nonexistent/slack-url"),
     ],
 )
 def test_every_refusal(tmp_path, server, extra, notify, message):
     text = f"[server]\n{server}\n\n" + APP.format(extra=extra) + (f"\n[[notify]]\n{notify}\n" if notify else "")
     assert message in refused(tmp_path, text, {"T": "ghs_t"} if 'T"\n' in extra else {})
+
+
+def test_a_url_from_a_file_is_a_secret_like_a_token(tmp_path):
+    """A Slack incoming webhook's URL is its credential: from url_file it is masked wherever secrets are."""
+    (tmp_path / "slack-url").write_text("https://hooks.slack.com/services/T0/B0/sEcReTpart\n")
+    text = APP.format(extra="") + '\n[[notify]]\nurl_file = "slack-url"\nformat = "slack"\n'
+    loaded = load(tmp_path, text)
+    [target] = loaded.reports.notify
+    assert (target.url, target.url_is_secret) == ("https://hooks.slack.com/services/T0/B0/sEcReTpart", True)
+    assert target.url in loaded.secrets() and target.url in loaded.reports.secrets()
+    inline = load(tmp_path, APP.format(extra="") + '\n[[notify]]\nurl = "https://hooks.example/x"\n')
+    assert "https://hooks.example/x" not in inline.secrets()
 
 
 def test_a_github_key_without_a_repository_is_refused(tmp_path):

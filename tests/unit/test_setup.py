@@ -265,6 +265,7 @@ def test_the_example_config_loads_as_shipped_and_with_every_key_uncommented(tmp_
     ):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("0123456789abcdef0123456789abcdef\n")
+    (tmp_path / "slack-webhook-url").write_text("https://hooks.slack.com/services/T0/B0/0123456789abcdef\n")
     shipped = tmp_path / "deployer.toml"
     shipped.write_text(text)
     with pytest.raises(ConfigError, match="at least one app must be configured"):
