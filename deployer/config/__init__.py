@@ -5,7 +5,7 @@ Secrets are never written in the config: it names a file or an environment varia
 
 - `model`: what a loaded config is (frozen dataclasses);
 - `load`: reading the file and the environment, making paths absolute, the checks across tables;
-- `settings`, `registries`, `app`, `server`, `cluster`, `fleet`: one table each, with its own checks;
+- `settings`, `registries`, `app`, `server`, `cluster`, `fleet`, `console`: one table each, with its own checks;
 - `secrets`, `env_files`: what a config names instead of a secret, and an app's env files;
 - `fields`: one check per kind of value.
 """
@@ -31,6 +31,7 @@ from deployer.config.model import (
     AppConfig,
     AssetConfig,
     Config,
+    ConsoleConfig,
     HealthCheck,
     OperatorKey,
     PortMapping,
@@ -58,6 +59,7 @@ __all__ = [
     "AppConfig",
     "AssetConfig",
     "Config",
+    "ConsoleConfig",
     "HealthCheck",
     "OperatorKey",
     "PortMapping",

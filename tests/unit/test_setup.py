@@ -254,7 +254,7 @@ def test_enable_does_not_go_with_another_root(root, capsys):
 def test_the_example_config_loads_as_shipped_and_with_every_key_uncommented(tmp_path):
     """As shipped (the app commented) it lacks only an app; with every `#key` line uncommented it loads whole."""
     text = (REPO / "deploy/deployer.toml.example").read_text()
-    for name in ("github-secret", "operators/admin", "audit-token", "registry.password"):
+    for name in ("github-secret", "operators/admin", "audit-token", "registry.password", "console-session-key"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("0123456789abcdef0123456789abcdef\n")
     shipped = tmp_path / "deployer.toml"
