@@ -244,6 +244,26 @@ class AuditLog:
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit log {self.path}: {exc}", path=str(self.path)) from None
 
+    def verify_from(self, seq: int) -> Verdict:
+        """Whether the chain holds from entry `seq` to the head: the entries after it and the head, read once.
+
+        The entry's own link to the one before is taken as given, so a page of entries is checked from its oldest
+        entry without reading the whole log.
+        """
+        conn = self._connect(create=False)
+        if conn is None:
+            return Verdict(True, 0, 0, 0, GENESIS)
+        try:
+            with _transaction(conn, "BEGIN"):
+                first = conn.execute("SELECT prev_hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+                head = conn.execute("SELECT seq, hash FROM head WHERE id = 0").fetchone()
+                if first is None:
+                    return Verdict(False, 0, seq - 1, head[0], head[1], seq, f"entry {seq} is not in the log")
+                rows = conn.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM entries WHERE seq >= ? ORDER BY seq", (seq,))
+                return check_chain(rows, start=(seq - 1, first[0]), head=tuple(head) if head else None)
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot read the audit log {self.path}: {exc}", path=str(self.path)) from None
+
     def prune(self, before: str, *, actor: str) -> Pruned:
         """Drop the entries older than `before` (a prefix of the chain) and keep a checkpoint.
 

@@ -49,6 +49,7 @@ class Query:
     limit: int | None = 50
     after: int | None = None  # only entries with a larger seq (paging, --follow)
     oldest_first: bool = False
+    before: int | None = None  # only entries with a smaller seq (paging newest first: the console)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +62,7 @@ class Query:
             "job": self.job,
             "limit": self.limit,
             "after": self.after,
+            **({"before": self.before} if self.before is not None else {}),
         }
 
 
@@ -99,6 +101,9 @@ def build_select(query: Query) -> tuple[str, list[Any]]:
     if query.after is not None:
         where.append("seq > ?")
         params.append(query.after)
+    if query.before is not None:
+        where.append("seq < ?")
+        params.append(query.before)
     sql = f"SELECT {', '.join(ROW_COLUMNS)} FROM entries"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -18,6 +18,7 @@ from deployer.cli import audit as audit_cli
 from deployer.cli import canary as canary_cli
 from deployer.cli import check as check_cli
 from deployer.cli import cluster as cluster_cli
+from deployer.cli import console as console_cli
 from deployer.cli import fleet as fleet_cli
 from deployer.cli import forward as forward_cli
 from deployer.cli import ops as ops_cli
@@ -221,6 +222,7 @@ def _extensions() -> list[Callable[..., None]]:
         canary_cli.register,
         fleet_cli.register,
         setup_cli.register,
+        console_cli.register,
     ]
 
 

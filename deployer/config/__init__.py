@@ -5,7 +5,7 @@ Secrets are never written in the config: it names a file or an environment varia
 
 - `model`: what a loaded config is (frozen dataclasses);
 - `load`: reading the file and the environment, making paths absolute, the checks across tables;
-- `settings`, `registries`, `app`, `server`, `cluster`, `fleet`, `reports`: one table each, with its own checks;
+- `settings`, `registries`, `app`, `server`, `cluster`, `fleet`, `reports`, `console`: one table each, with its own checks;
 - `secrets`, `env_files`: what a config names instead of a secret, and an app's env files;
 - `fields`: one check per kind of value.
 """
@@ -33,6 +33,7 @@ from deployer.config.model import (
     AppConfig,
     AssetConfig,
     Config,
+    ConsoleConfig,
     HealthCheck,
     OperatorKey,
     PortMapping,
@@ -60,6 +61,7 @@ __all__ = [
     "AppConfig",
     "AssetConfig",
     "Config",
+    "ConsoleConfig",
     "HealthCheck",
     "OperatorKey",
     "PortMapping",

@@ -17,10 +17,20 @@ from typing import Any
 
 from deployer.config.app import parse_app, parse_receiver_app, release_policy
 from deployer.config.cluster import check_cluster_apps, parse_cluster
+from deployer.config.console import parse_console
 from deployer.config.fields import only_keys
 from deployer.config.fleet import parse_fleet, release_tables
 from deployer.config.hooks import check_hooks_dir, hooks_folders
-from deployer.config.model import AppConfig, Config, ReceiverApp, ReceiverConfig, ReportsSetup, ServerConfig, Settings
+from deployer.config.model import (
+    AppConfig,
+    Config,
+    ConsoleConfig,
+    ReceiverApp,
+    ReceiverConfig,
+    ReportsSetup,
+    ServerConfig,
+    Settings,
+)
 from deployer.config.registries import parse_registries
 from deployer.config.reports import parse_reports
 from deployer.config.secrets import read_secret
@@ -30,7 +40,7 @@ from deployer.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/deployer/deployer.toml")
 CONFIG_ENV = "DEPLOYER_CONFIG"
-TOP_LEVEL_KEYS = {"deployer", "apps", "registries", "server", "cluster", "fleet", "notify"}
+TOP_LEVEL_KEYS = {"deployer", "apps", "registries", "server", "cluster", "fleet", "notify", "console"}
 # What gunicorn keeps of serve's environment besides the receiver's own secrets: none of these is a secret.
 RECEIVER_PLAIN_ENV = frozenset({"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH"})
 
@@ -142,6 +152,7 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str], ch
     _check_key_apps(server, {*apps, *(fleet.apps if fleet else ())}, path=path)
     report_env_names: set[str] = set()
     reports = parse_reports(data, path=path, base=base, environ=environ, secret_env_names=report_env_names)
+    console = _console(data, path=path, base=base, environ=environ, secret_env_names=receiver_env_names)
     return Config(
         path=path,
         settings=settings,
@@ -155,6 +166,7 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str], ch
         report_env_names=frozenset(report_env_names),
         cluster=cluster,
         fleet=fleet,
+        console=console,
     )
 
 
@@ -210,9 +222,24 @@ def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str,
         data.get("server", {}), path=path, base=base, environ=environ, secret_env_names=secret_env_names
     )
     _check_key_apps(server, set(apps), path=path)
+    console = _console(data, path=path, base=base, environ=environ, secret_env_names=secret_env_names)
     return ReceiverConfig(
-        path=path, settings=settings, apps=apps, server=server, secret_env_names=frozenset(secret_env_names)
+        path=path,
+        settings=settings,
+        apps=apps,
+        server=server,
+        secret_env_names=frozenset(secret_env_names),
+        console=console,
     )
+
+
+def _console(
+    data: Mapping[str, Any], *, path: Path, base: Path, environ: Mapping[str, str], secret_env_names: set[str]
+) -> ConsoleConfig | None:
+    """[console], read by the receiver: its session key's variable goes into gunicorn's environment."""
+    if "console" not in data:
+        return None
+    return parse_console(data["console"], path=path, base=base, environ=environ, secret_env_names=secret_env_names)
 
 
 def receiver_environment(config: Config, environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -188,11 +188,24 @@ class ServerConfig:
         return int(self.listen.rpartition(":")[2])
 
 
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The read-only web console ([console]): who may sign in, the key that signs its cookie, a trusted proxy."""
+
+    viewers: Mapping[str, str] = field(default_factory=dict, repr=False)  # name -> scrypt$... line
+    session_key: str = field(default="", repr=False)
+    session_hours: float = 12.0
+    secure_cookie: bool = True  # off only for plain http on loopback (docs/console.md)
+    trusted_proxy_header: str | None = None  # e.g. X-Forwarded-User, believed from trusted_proxies only
+    trusted_proxies: tuple[str, ...] = ()
+
+
 class AppLookup:
     """What the deployer and the receiver both ask of their apps: by name, by repository, whose secret signs."""
 
     apps: Mapping[str, Any]
     server: ServerConfig
+    console: ConsoleConfig | None
 
     def app(self, name: str) -> Any:
         try:
@@ -227,6 +240,7 @@ class AppLookup:
         values += [self.server.audit_token] if self.server.audit_token else []
         values += [self.server.metrics_token] if self.server.metrics_token else []
         values += [app.github_secret for app in self.apps.values() if app.github_secret]
+        values += [self.console.session_key] if self.console else []
         return values
 
 
@@ -292,6 +306,7 @@ class Config(AppLookup):
     reports: ReportsConfig = field(default_factory=ReportsConfig)
     # The subset of secret_env_names the report loop reads: the GitHub tokens and the notification secrets.
     report_env_names: frozenset[str] = frozenset()
+    console: ConsoleConfig | None = None  # the read-only web console; None: off
 
     def hooks_dir_for(self, app: AppConfig) -> Path:
         return app.hooks_dir or self.settings.hooks_dir
@@ -336,6 +351,7 @@ class ReceiverConfig(AppLookup):
     apps: Mapping[str, ReceiverApp]
     server: ServerConfig = field(default_factory=ServerConfig)
     secret_env_names: frozenset[str] = frozenset()
+    console: ConsoleConfig | None = None
 
     def secrets(self) -> list[str]:
         return self._server_secrets()

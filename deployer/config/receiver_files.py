@@ -42,6 +42,7 @@ def receiver_files(config: Config) -> list[ReceiverFile]:
     for name, entry in data.get("apps", {}).items():
         named(entry, "github_secret_file", f"apps.{name}")
         named(entry, "maintenance_page", f"apps.{name}")
+    named(data.get("console", {}), "session_key_file", "console")
     fleet = data.get("fleet", {})
     for name, entry in (fleet.get("releases", {}) if isinstance(fleet, Mapping) else {}).items():
         named(entry, "github_secret_file", f"fleet.releases.{name}")

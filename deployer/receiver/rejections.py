@@ -63,13 +63,10 @@ class Rejections:
         self.clock = clock
         self.interval = interval
         self.max_keys = max_keys
-        self.burst = burst
-        self.per_second = per_second
-        self.max_sources = max_sources
+        self.buckets = SourceBuckets(burst=burst, per_second=per_second, max_sources=max_sources)
         self._lock = threading.Lock()
         self._tallies: dict[tuple[str, int, str], Tally] = {}
         self._since = clock()
-        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
 
     def note(self, *, route: str, status: int, source: str | None, reason: str) -> int | None:
         """Count one refusal; returns the seconds to wait when `source` is now over its limit, else None."""
@@ -85,14 +82,11 @@ class Rejections:
             else:
                 tally.count += 1
                 tally.last_at = now
-            return self._take(source, now)
+        return self.buckets.take(source, now)
 
     def retry_after(self, source: str | None) -> int | None:
         """The seconds `source` must wait before a refusal is answered as usual again; None when it need not."""
-        now = self.clock()
-        with self._lock:
-            bucket = self._refilled(source or "-", now)
-            return None if bucket.tokens >= 1 else self._wait(bucket)
+        return self.buckets.wait(source, self.clock())
 
     def flush_due(self) -> None:
         """Write the interval's rows once it is over."""
@@ -119,7 +113,39 @@ class Rejections:
                 fields["status"] = status
             self.emit("rejected_requests", **fields)
 
-    # --- the per-source token buckets ------------------------------------------------------------
+
+class SourceBuckets:
+    """A token bucket per source: `burst` at once, then `per_second`; the least recently seen go past `max_sources`.
+
+    Thread-safe. The refusals above take from them, and so do the console's sign-in attempts, with buckets of
+    their own.
+    """
+
+    def __init__(self, *, burst: int, per_second: float, max_sources: int = 4096) -> None:
+        self.burst = burst
+        self.per_second = per_second
+        self.max_sources = max_sources
+        self._lock = threading.Lock()
+        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        """How many sources it holds a bucket for."""
+        return len(self._buckets)
+
+    def take(self, source: str | None, now: float) -> int | None:
+        """Spend one token of `source`; the seconds to wait when it had none left, else None."""
+        with self._lock:
+            bucket = self._refilled(source or "-", now)
+            if bucket.tokens >= 1:
+                bucket.tokens -= 1
+                return None
+            return self._wait(bucket)
+
+    def wait(self, source: str | None, now: float) -> int | None:
+        """The seconds `source` must wait for a token; None when it has one."""
+        with self._lock:
+            bucket = self._refilled(source or "-", now)
+            return None if bucket.tokens >= 1 else self._wait(bucket)
 
     def _refilled(self, source: str, now: float) -> Bucket:
         bucket = self._buckets.get(source)
@@ -132,13 +158,6 @@ class Rejections:
             bucket.at = now
             self._buckets.move_to_end(source)
         return bucket
-
-    def _take(self, source: str, now: float) -> int | None:
-        bucket = self._refilled(source, now)
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return None
-        return self._wait(bucket)
 
     def _wait(self, bucket: Bucket) -> int:
         return max(1, math.ceil((1 - bucket.tokens) / self.per_second))

@@ -2,7 +2,7 @@
 
 It only checks, decides, enqueues and reads; it never touches Docker or netfilter, so it can run as an
 unprivileged user. gunicorn serves it with `deployer.receiver.web:create_app()`. Every error becomes its
-status code in `STATUS` below, the one place that maps them. Every delivery and manual request
+status code in `STATUS` (statuses.py), the one place that maps them. Every delivery and manual request
 is recorded in the journal (verdict and reason, never a secret or a raw header).
 
     curl -s http://127.0.0.1:8000/healthz
@@ -32,7 +32,6 @@ from deployer.errors import (
     DeployerError,
     Forbidden,
     InvalidRequest,
-    InvalidTag,
     MalformedRequest,
     MisdirectedRequest,
     PayloadTooLarge,
@@ -48,26 +47,13 @@ from deployer.queue.accept import accept
 from deployer.queue.model import CANARY_KINDS, JOB_ID_RE, JobKind, JobStatus
 from deployer.queue.queue import Queue
 from deployer.receiver import metrics, releases, scopes
+from deployer.receiver.console import register_console
 from deployer.receiver.rejections import Rejections
 from deployer.receiver.scopes import Action
+from deployer.receiver.statuses import status_for
 
 log = logging.getLogger("deployer.web")
 
-STATUS: list[tuple[type[DeployerError], int]] = [
-    (MisdirectedRequest, 421),
-    (Unauthorized, 401),
-    (Forbidden, 403),
-    (MalformedRequest, 400),
-    (InvalidRequest, 422),
-    (InvalidTag, 422),
-    (PayloadTooLarge, 413),
-    (UnsupportedMediaType, 415),
-    (UnknownApp, 404),
-    (UnknownJob, 404),
-    (StateError, 503),
-    (AuditError, 503),  # the log could not be read; a bad filter is a MalformedRequest by then
-    (DeployerError, 500),
-]
 
 DELIVERY_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 EVENT_RE = re.compile(r"^[a-z_]{1,64}$")
@@ -170,6 +156,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(review)
     app.register_blueprint(health)
     app.register_blueprint(scrapes)
+    if config.console is not None:  # off unless [console] is configured
+        register_console(app, config.console)
     app.register_error_handler(DeployerError, _deployer_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -244,10 +232,6 @@ def _record_request(response):
 
 
 # --- errors: the one place that maps them to status codes ------------------------------------------
-
-
-def status_for(exc: DeployerError) -> int:
-    return next(code for kind, code in STATUS if isinstance(exc, kind))
 
 
 def _deployer_error(exc: DeployerError):

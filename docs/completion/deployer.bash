@@ -8,7 +8,8 @@
 _shtab_deployer_audit_subparsers=(verify show prune)
 _shtab_deployer_cluster_subparsers=(run status leave join config)
 _shtab_deployer_fleet_subparsers=(status)
-_shtab_deployer_subparsers=(deploy rollback status rules reconcile uninstall completion serve worker redeploy report audit check maintenance maintenance-server watch drain undrain forward forward-return cluster canary promote abort rollout fleet setup)
+_shtab_deployer_console_subparsers=(passwd)
+_shtab_deployer_subparsers=(deploy rollback status rules reconcile uninstall completion serve worker redeploy report audit check maintenance maintenance-server watch drain undrain forward forward-return cluster canary promote abort rollout fleet setup console)
 
 _shtab_deployer_deploy_option_strings=(-h --help --config -c --quiet -q --canary --sticky --seed --bake --json)
 _shtab_deployer_rollback_option_strings=(-h --help --config -c --quiet -q --json)
@@ -46,6 +47,8 @@ _shtab_deployer_rollout_option_strings=(-h --help --config -c --quiet -q --abort
 _shtab_deployer_fleet_status_option_strings=(-h --help --config -c --quiet -q --json)
 _shtab_deployer_fleet_option_strings=(-h --help --config -c --quiet -q --json)
 _shtab_deployer_setup_option_strings=(-h --help --quiet -q --dry-run --enable --root)
+_shtab_deployer_console_passwd_option_strings=(-h --help --quiet -q)
+_shtab_deployer_console_option_strings=(-h --help --quiet -q)
 _shtab_deployer_option_strings=(-h --help --config -c --quiet -q --version)
 
 
@@ -56,7 +59,8 @@ _shtab_deployer_audit_pos_0_choices=(verify show prune)
 _shtab_deployer_maintenance_pos_0_choices=(on off)
 _shtab_deployer_cluster_pos_0_choices=(run status leave join config)
 _shtab_deployer_fleet_pos_0_choices=(status)
-_shtab_deployer_pos_0_choices=(deploy rollback status rules reconcile uninstall completion serve worker redeploy report audit check maintenance maintenance-server watch drain undrain forward forward-return cluster canary promote abort rollout fleet setup)
+_shtab_deployer_console_pos_0_choices=(passwd)
+_shtab_deployer_pos_0_choices=(deploy rollback status rules reconcile uninstall completion serve worker redeploy report audit check maintenance maintenance-server watch drain undrain forward forward-return cluster canary promote abort rollout fleet setup console)
 
 _shtab_deployer_deploy__h_nargs=0
 _shtab_deployer_deploy___help_nargs=0
@@ -242,6 +246,15 @@ _shtab_deployer_setup___quiet_nargs=0
 _shtab_deployer_setup__q_nargs=0
 _shtab_deployer_setup___dry_run_nargs=0
 _shtab_deployer_setup___enable_nargs=0
+_shtab_deployer_console_passwd__h_nargs=0
+_shtab_deployer_console_passwd___help_nargs=0
+_shtab_deployer_console_passwd___quiet_nargs=0
+_shtab_deployer_console_passwd__q_nargs=0
+_shtab_deployer_console_pos_0_nargs=A...
+_shtab_deployer_console__h_nargs=0
+_shtab_deployer_console___help_nargs=0
+_shtab_deployer_console___quiet_nargs=0
+_shtab_deployer_console__q_nargs=0
 _shtab_deployer_pos_0_nargs=A...
 _shtab_deployer__h_nargs=0
 _shtab_deployer___help_nargs=0

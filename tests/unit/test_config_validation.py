@@ -243,7 +243,7 @@ def test_unknown_top_level_table(tmp_path):
     path = write(tmp_path, "[deploy]\nx = 1\n" + MINIMAL)
     assert (
         str(refusal(path))
-        == f"{path}, key 'deploy': unknown key (allowed: apps, cluster, deployer, fleet, notify, registries, server)"
+        == f"{path}, key 'deploy': unknown key (allowed: apps, cluster, console, deployer, fleet, notify, registries, server)"
     )
 
 

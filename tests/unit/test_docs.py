@@ -25,6 +25,7 @@ README = README_PATH.read_text()
 PAGES = sorted((REPO / "docs").glob("*.md"))
 DOCS = "\n".join(page.read_text() for page in PAGES)
 README_MAX_LINES = 250
+CONSOLE_VIEWER = "scrypt$16$1$1$" + "00" * 16 + "$" + "00" * 32  # a well-formed line: the routes are only listed
 # Every Markdown file a reader meets: the checks of links, paths and modules cover them all.
 ALL_TEXT = {path: path.read_text() for path in [README_PATH, *PAGES, REPO / "state" / "README.md"]}
 
@@ -80,7 +81,7 @@ def test_the_readme_links_to_every_page_of_the_docs():
 
 
 def routes(tmp_path) -> dict[str, object]:
-    """`METHOD /path` of every route the receiver serves, and its view function."""
+    """`METHOD /path` of every route the receiver serves, the console's included, and its view function."""
     config = config_module.parse(
         {
             "deployer": {"state_dir": str(tmp_path / "state")},
@@ -90,9 +91,10 @@ def routes(tmp_path) -> dict[str, object]:
                     "ports": [{"external": 8000, "container": 80, "blue": 8001, "green": 8002}],
                 }
             },
+            "console": {"session_key_env": "CONSOLE_KEY", "viewers": {"alice": CONSOLE_VIEWER}},
         },
         path=tmp_path / "deployer.toml",
-        environ={},
+        environ={"CONSOLE_KEY": "k" * 32},
     )
     app = create_app({"DEPLOYER_CONFIG": config})
     return {
@@ -150,6 +152,7 @@ TABLES = {
         },
     },
     "[fleet]": {"fleet": {PROBE: 1}},
+    "[console]": {"apps": {"web": APP}, "console": {PROBE: 1}},
     "[[fleet.hosts]]": {"fleet": {"apps": ["web"], "hosts": [{PROBE: 1}]}},
 }
 

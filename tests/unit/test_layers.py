@@ -45,8 +45,12 @@ def test_the_import_contracts_hold():
 
 
 def test_importing_every_receiver_module_loads_nothing_of_the_root_side():
-    """What gunicorn imports for `deployer.receiver.web:create_app()`, and every other receiver module, fresh."""
+    """What gunicorn imports for `deployer.receiver.web:create_app()`, and every other receiver module, fresh:
+    the console's modules too, which the receiver loads when [console] is configured."""
     modules = [dotted(p) for p in RECEIVER_MODULES]
+    assert {"deployer.receiver.console", "deployer.receiver.console.pages", "deployer.receiver.console.auth"} <= set(
+        modules
+    )
     probe = (
         f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {ROOT_SIDE!r}[:2]\n"

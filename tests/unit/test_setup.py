@@ -262,6 +262,7 @@ def test_the_example_config_loads_as_shipped_and_with_every_key_uncommented(tmp_
         "registry.password",
         "github-deployments",
         "notify-secret",
+        "console-session-key",
     ):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("0123456789abcdef0123456789abcdef\n")

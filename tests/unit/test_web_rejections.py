@@ -117,7 +117,7 @@ def test_the_tally_folds_every_key_past_its_bound_into_one_overflow_row():
     assert sum(row["count"] for row in written) == 1000
     overflow = [row for row in written if row["source"] == "*"]
     assert overflow and overflow[0]["count"] == 996 and "status" not in overflow[0]
-    assert len(rejections._buckets) == 8  # the least recently seen sources are forgotten first
+    assert len(rejections.buckets) == 8  # the least recently seen sources are forgotten first
 
 
 def test_a_source_meets_at_most_workers_times_the_burst_before_429_and_then_workers_times_the_rate():
