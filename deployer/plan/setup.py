@@ -151,6 +151,7 @@ def targets(options: Options, sources: Sources) -> Targets:
         File(where.config, RECEIVER_READS, sources.example_config, keep=True),
         File(where.config_dir / "github-secret", RECEIVER_READS, None, keep=True),
         File(where.config_dir / "operators" / "admin", RECEIVER_READS, None, keep=True),
+        File(where.config_dir / "console-session-key", RECEIVER_READS, None, keep=True),  # signs console cookies
         *(File(where.units_dir / name, SHIPPED, sources.units[name], unit=name) for name in units),
         *(File(where.completions[shell], SHIPPED, text) for shell, text in sorted(sources.completions.items())),
         File(where.man_page, SHIPPED, sources.man_page),

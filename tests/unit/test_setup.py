@@ -46,7 +46,7 @@ def test_a_fresh_host_gets_the_accounts_then_the_folders_then_the_files_then_a_r
     wanted = setup.targets(Options(), SOURCES)
     plan = setup.steps(wanted, Facts(users=frozenset({"root"}), groups=frozenset({"root"})))
     assert kinds(plan) == (
-        ["CreateGroup", "CreateUser"] + ["MakeFolder"] * 7 + ["WriteFile"] + ["GenerateSecret"] * 2
+        ["CreateGroup", "CreateUser"] + ["MakeFolder"] * 7 + ["WriteFile"] + ["GenerateSecret"] * 3
         + ["WriteFile"] * 5 + ["ReloadUnits"]
     )  # fmt: skip
     assert [str(step) for step in plan[:3]] == [
@@ -57,6 +57,7 @@ def test_a_fresh_host_gets_the_accounts_then_the_folders_then_the_files_then_a_r
     modes = {str(step.path): str(step.owner) for step in plan if hasattr(step, "owner")}
     assert modes["/etc/deployer/deployer.toml"] == "root:deployer 0640"
     assert modes["/etc/deployer/github-secret"] == "root:deployer 0640"
+    assert modes["/etc/deployer/console-session-key"] == "root:deployer 0640"  # signs the console's cookies
     assert modes["/var/lib/deployer/state/queue"] == "root:deployer 2770"
     assert modes["/etc/systemd/system/deployer-serve.service"] == "root:root 0644"
     assert "/etc/systemd/system/deployer-cluster.service" not in modes
