@@ -1,0 +1,165 @@
+"""Reporting on a real `deployer serve`: GitHub deployments and their statuses at a fake GitHub API, and [[notify]]
+notifications at a receiver, from real deploys (dockerd, the registry, netfilter) through the report loop serve
+runs. Each case compares the exact calls that were answered, in order: GitHub failing in each of its ways, a worker
+SIGKILLed between the flip and its status, a receiver down for a while and serve restarted lose nothing and send
+nothing twice; a deploy never waits for either."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from deployer.audit import AuditLog, Query
+from support.fake_github_api import FakeGithubApi
+from support.integration import IMAGE, demo_app
+from support.served import GITHUB_REPO, Served, release_payload, served_version
+
+pytestmark = pytest.mark.integration
+
+SICK = "v3-sick"  # a tag whose image fails its health check
+ENVIRONMENT_URL = "https://web.example.com"
+DEPLOYMENTS = f"/repos/{GITHUB_REPO}/deployments"
+AT = {"v1": "2026-02-01T10:00:00Z", "v2": "2026-02-02T10:00:00Z", SICK: "2026-02-03T10:00:00Z"}
+
+
+@pytest.fixture(scope="module")
+def sick_tag(images) -> Iterator[str]:
+    """v1 with HEALTH_STATUS=500 baked in, pushed: its health gate never passes."""
+    try:
+        build = subprocess.run(
+            ["docker", "build", "-q", "-t", f"{IMAGE}:{SICK}", "-"],
+            input=f"FROM {IMAGE}:v1\nENV HEALTH_STATUS=500 APP_VERSION={SICK}\n",
+            capture_output=True,
+            text=True,
+        )
+        assert build.returncode == 0, build.stderr
+        push = subprocess.run(["docker", "push", "-q", f"{IMAGE}:{SICK}"], capture_output=True, text=True)
+        assert push.returncode == 0, push.stderr
+        yield SICK
+    finally:
+        subprocess.run(["docker", "rmi", "-f", f"{IMAGE}:{SICK}"], capture_output=True)
+
+
+def reported_app(port: int) -> str:
+    """The web app of the server tests, reported to GitHub, with a health gate that gives up after 3 s."""
+    return demo_app(
+        "web",
+        external=port,
+        blue=port + 1,
+        green=port + 2,
+        drain=0.5,
+        stop_timeout=4,
+        env={"DRAIN_TIMEOUT": "2"},
+        health={"deadline": 3},
+        extra=f'repository = "{GITHUB_REPO}"\nenvironment_url = "{ENVIRONMENT_URL}"\n',
+    )
+
+
+def github_server(fake: FakeGithubApi, token_file: Path) -> str:
+    return f'github_api = "{fake.url}"\ngithub_token_file = "{token_file}"\nreport_timeout = "2s"\n'
+
+
+def token_file(tmp_path: Path) -> tuple[str, Path]:
+    token = "ghp_" + secrets.token_hex(18)
+    path = tmp_path / "github-deployments-token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token, path
+
+
+def wait_for(what: str, condition: Callable[[], object], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
+        time.sleep(0.05)
+
+
+def release(served: Served, tag: str) -> str:
+    answer = served.deliver(release_payload(tag, published_at=AT[tag]))
+    assert answer.status_code == 202, answer.text
+    return answer.json()["job"]
+
+
+def manual_deploy(served: Served, tag: str) -> str:
+    answer = served.signed("POST", "/deploy", json.dumps({"app": "web", "tag": tag}).encode())
+    assert answer.status_code == 202, answer.text
+    return answer.json()["job"]
+
+
+def audit(served: Served, *events: str) -> list[dict]:
+    log = AuditLog.for_state_dir(served.deployer.root / "state")
+    try:
+        return [e.fields for e in log.query(Query(event=events, limit=None, oldest_first=True))]
+    finally:
+        log.close()
+
+
+def reported(tag: str, deployment: int, *statuses: tuple[str, str]) -> list[tuple]:
+    """A release's calls: its deployment created, then each (state, description) posted to it."""
+    statuses_path = f"{DEPLOYMENTS}/{deployment}/statuses"
+    return [("POST", DEPLOYMENTS, tag, "web"), *(("POST", statuses_path, s, d) for s, d in statuses)]
+
+
+# --- a: a release and a failed health gate, exactly as GitHub sees them --------------------------------
+
+
+def test_a_release_and_a_failed_health_gate_report_their_exact_statuses(serve, sick_tag, tmp_path):
+    token, path = token_file(tmp_path)
+    with FakeGithubApi() as fake:
+        served = serve(reported_app(22610), server=github_server(fake, path))
+        good = release(served, "v1")
+        assert served.wait(good)["status"] == "succeeded"
+        wait_for("v1's success", lambda: len(fake.delivered()) == 4)
+        bad = release(served, sick_tag)
+        failed = served.wait(bad)
+        assert failed["status"] == "failed", failed
+        assert served_version(22610) == "v1"
+        wait_for("the failure", lambda: len(fake.delivered()) == 8)
+        time.sleep(1.5)  # anything more would come now: the feed looks again every second
+
+        first, second = fake.deployment_ids()
+        error = [e["error"] for e in audit(served, "deploy.failed") if e.get("job") == bad]
+        assert len(error) == 1 and "health" in error[0], error
+        assert fake.delivered() == [
+            *reported(
+                "v1", first, ("queued", "v1 is queued"), ("in_progress", "deploying v1"), ("success", "v1 is live")
+            ),
+            *reported(
+                sick_tag,
+                second,
+                ("queued", f"{sick_tag} is queued"),
+                ("in_progress", f"deploying {sick_tag}"),
+                ("failure", error[0][:140]),
+            ),
+        ]
+        calls = fake.calls()
+        assert all(c.delivered for c in calls), [c.short() for c in calls if not c.delivered]
+        assert [c.body["payload"] for c in calls if c.path == DEPLOYMENTS] == [{"job": good}, {"job": bad}]
+        assert all(
+            (c.body["auto_merge"], c.body["required_contexts"]) == (False, []) for c in calls if c.path == DEPLOYMENTS
+        )
+        success = next(c.body for c in calls if c.short()[2] == "success")
+        assert success == {
+            "state": "success",
+            "description": "v1 is live",
+            "environment_url": ENVIRONMENT_URL,
+            "auto_inactive": True,
+        }
+        assert "environment_url" not in next(c.body for c in calls if c.short()[2] == "failure")
+        # The token is in the Authorization header and nowhere else: not in another header, a body, the audit
+        # log, the queue or serve's log.
+        for call in calls:
+            assert call.headers["Authorization"] == f"Bearer {token}"
+            assert call.headers["Accept"] == "application/vnd.github+json"
+            others = {k: v for k, v in call.headers.items() if k != "Authorization"}
+            assert token not in json.dumps(others) + json.dumps(call.body)
+        places = [*served.logs, *(p for p in (served.deployer.root / "state").rglob("*") if p.is_file())]
+        assert {"jobs.db", "audit.db"} <= {p.name for p in places}, places
+        for place in places:
+            assert token.encode() not in place.read_bytes(), f"the token is in {place}"
