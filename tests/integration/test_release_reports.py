@@ -163,3 +163,46 @@ def test_a_release_and_a_failed_health_gate_report_their_exact_statuses(serve, s
         assert {"jobs.db", "audit.db"} <= {p.name for p in places}, places
         for place in places:
             assert token.encode() not in place.read_bytes(), f"the token is in {place}"
+
+
+# --- b: GitHub failing in each of its ways never holds a deploy up, and loses nothing -----------------
+
+
+def test_github_failing_every_way_holds_no_deploy_and_each_status_arrives_once_in_order(serve, tmp_path):
+    _, path = token_file(tmp_path)
+    with FakeGithubApi(hang_seconds=4) as fake:  # a hung call outlasts report_timeout (2 s)
+        served = serve(reported_app(22620), server=github_server(fake, path))
+        fake.set_mode("500")
+        job = release(served, "v1")
+        answers: list[int | None] = []
+        for mode, answer in (("500", 500), ("hang", None), ("401", 401), ("rate-limit", 403), ("429", 429)):
+            fake.set_mode(mode)
+            wait_for(f"a call answered {mode}", lambda a=answer: len(fake.failed()) > len(answers), timeout=20)
+            answers.append(fake.failed()[-1].answer)
+        assert answers == [500, None, 401, 403, 429]
+        finished = served.wait(job, timeout=30)
+        assert (finished["status"], finished["reason"]) == ("succeeded", "v1 is live on blue"), finished
+        assert fake.delivered() == []  # the deploy finished while GitHub still failed
+        behind = served.deployer.cli("status").stdout
+        assert "report github: " in behind and "audit entries behind (try " in behind, behind
+        fake.set_mode("ok")
+        wait_for("every status", lambda: len(fake.delivered()) == 5, timeout=20)
+        time.sleep(1.5)  # a duplicate would come now
+
+        # The creation's first try was refused, so the feed looks for it before creating it again: it is not there.
+        (deployment,) = fake.deployment_ids()
+        assert fake.delivered() == [
+            ("GET", DEPLOYMENTS, "v1", "web"),
+            *reported(
+                "v1",
+                deployment,
+                ("queued", "v1 is queued"),
+                ("in_progress", "deploying v1"),
+                ("success", "v1 is live"),
+            ),
+        ]
+        # Every failed try was the same request: the creation first, then the look for it.
+        tries = [c.short() for c in fake.failed()]
+        assert tries == [("POST", DEPLOYMENTS, "v1", "web")] + [("GET", DEPLOYMENTS, "v1", "web")] * 4, tries
+        status = served.deployer.cli("status")
+        assert "report github" not in status.stdout, status.stdout  # caught up
