@@ -206,3 +206,42 @@ def test_github_failing_every_way_holds_no_deploy_and_each_status_arrives_once_i
         assert tries == [("POST", DEPLOYMENTS, "v1", "web")] + [("GET", DEPLOYMENTS, "v1", "web")] * 4, tries
         status = served.deployer.cli("status")
         assert "report github" not in status.stdout, status.stdout  # caught up
+
+
+# --- c: a worker SIGKILLed between the flip and its status --------------------------------------------
+
+
+def test_a_worker_killed_between_the_flip_and_its_status_reports_one_success(serve, tmp_path):
+    _, path = token_file(tmp_path)
+    with FakeGithubApi() as fake:
+        served = serve(reported_app(22630), server=github_server(fake, path))
+        flipped, go = tmp_path / "flipped", tmp_path / "go"
+        # Holds the deploy after its flip (and the record) until `go`, at most 15 s; it dies with its job.
+        served.deployer.hook(
+            "post-flip",
+            f"touch {flipped}\ni=0\nwhile [ ! -e {go} ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done\n",
+        )
+        fake.set_mode("500", only_state="success")  # the flip's status is not delivered before the kill
+        job = release(served, "v1")
+        wait_for("the post-flip hook", flipped.exists)
+        wait_for("a refused success", lambda: any(c.short()[2] == "success" for c in fake.failed()))
+        assert served.job(job)["status"] == "running"
+        served.kill()  # serve, gunicorn, the report loop, the job and its hook, all at once
+        assert [(j.id, j.status) for j in served.queue().jobs.jobs()] == [(job, "running")]
+
+        fake.set_mode("ok")
+        go.touch()
+        served.start()
+        finished = served.wait(job, timeout=40)
+        # Run again, it finds its tag live: the deploy had done its work before the kill.
+        assert (finished["status"], finished["reason"]) == ("skipped", "tag v1 is already active"), finished
+        assert ("interrupted", "requeued") in [(s["name"], s["outcome"]) for s in finished["steps"]], finished
+        assert served_version(22630) == "v1"
+        wait_for("the success", lambda: any(c[2] == "success" for c in fake.delivered()), timeout=20)
+        time.sleep(2)  # a second success, or a second deployment, would come now
+
+        (deployment,) = fake.deployment_ids()
+        assert fake.delivered() == reported(
+            "v1", deployment, ("queued", "v1 is queued"), ("in_progress", "deploying v1"), ("success", "v1 is live")
+        )
+        assert [c.short()[2] for c in fake.failed()] == ["success"] * len(fake.failed())
