@@ -6,6 +6,8 @@ nothing twice; a deploy never waits for either."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 import subprocess
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from deployer.audit import AuditLog, Query
-from support.fake_github_api import FakeGithubApi
+from support.fake_github_api import FakeGithubApi, NotifyReceiver
 from support.integration import IMAGE, demo_app
 from support.served import GITHUB_REPO, Served, release_payload, served_version
 
@@ -245,3 +247,74 @@ def test_a_worker_killed_between_the_flip_and_its_status_reports_one_success(ser
             "v1", deployment, ("queued", "v1 is queued"), ("in_progress", "deploying v1"), ("success", "v1 is live")
         )
         assert [c.short()[2] for c in fake.failed()] == ["success"] * len(fake.failed())
+
+
+# --- d: notifications, signed, through a receiver's outage and a restart of serve ---------------------
+
+
+def notify_targets(receiver: NotifyReceiver, secret_file: Path) -> str:
+    return (
+        f'[[notify]]\nname = "ops"\nurl = "{receiver.url}/ops"\nsecret_file = "{secret_file}"\nevents = ["*"]\n'
+        f'[[notify]]\nname = "chat"\nurl = "{receiver.url}/chat"\nformat = "slack"\n'  # the default events
+    )
+
+
+def test_notifications_arrive_once_signed_across_an_outage_and_a_restart(serve, sick_tag, tmp_path):
+    secret = secrets.token_hex(24)
+    secret_file = tmp_path / "notify-secret"
+    secret_file.write_text(secret + "\n")
+    secret_file.chmod(0o600)
+    with NotifyReceiver() as receiver:
+        served = serve(reported_app(22640), notify_targets(receiver, secret_file))
+        first = manual_deploy(served, "v1")
+        assert served.wait(first)["status"] == "succeeded"
+        sick = manual_deploy(served, sick_tag)
+        assert served.wait(sick)["status"] == "failed"
+        wait_for("two notifications", lambda: len(receiver.received("/ops")) == 2 and receiver.received("/chat"))
+
+        receiver.stop()  # an outage: the next notification is tried and refused until it ends
+        second = manual_deploy(served, "v2")
+        assert served.wait(second)["status"] == "succeeded"
+        queue = served.queue()
+        wait_for("a refused try", lambda: queue.reports.cursor("notify:ops").problem is not None, timeout=20)
+        assert len(receiver.received()) == 3
+        receiver.start()
+        wait_for("the missed notification", lambda: len(receiver.received("/ops")) == 3, timeout=20)
+
+        served.stop()
+        served.start()
+        time.sleep(2.5)  # the restarted report loop looks every second: a repeat would come now
+        ops, chat = receiver.received("/ops"), receiver.received("/chat")
+        failed = next(e for e in audit(served, "deploy.failed") if e.get("job") == sick)
+        entries = {e["job"]: e["seq"] for e in audit(served, "deploy.finished", "deploy.failed")}
+        assert [(r.json()["id"], r.json()["event"], r.json()["job"], r.json()["tag"]) for r in ops] == [
+            (f"audit-{entries[first]}", "deploy.succeeded", first, "v1"),
+            (f"audit-{entries[sick]}", "deploy.failed", sick, sick_tag),
+            (f"audit-{entries[second]}", "deploy.succeeded", second, "v2"),
+        ]
+        assert [r.json()["text"] for r in ops] == [
+            "web: v1 is live",
+            f"web: deploy of {sick_tag} failed: {failed['error']}",
+            "web: v2 is live",
+        ]
+        for r in ops:
+            body = r.json()
+            assert set(body) == {"id", "event", "text", "app", "job", "tag", "outcome", "ts"}, body
+            assert r.headers["X-Deployer-Delivery"] == body["id"]
+            expected = "sha256=" + hmac.new(secret.encode(), r.body, hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(r.headers["X-Deployer-Signature"], expected)
+            assert r.headers["Content-Type"] == "application/json"
+        # Slack: the default events (a failed deploy only), Slack's schema only, unsigned (no secret).
+        assert len(chat) == 1
+        (slack,) = chat
+        assert slack.headers["X-Deployer-Delivery"] == f"audit-{entries[sick]}"
+        assert "X-Deployer-Signature" not in slack.headers
+        body = slack.json()
+        assert set(body) == {"text", "blocks"}
+        assert body["text"] == f"web: deploy of {sick_tag} failed: {failed['error']}"
+        section, context = body["blocks"]
+        assert section == {"type": "section", "text": {"type": "mrkdwn", "text": f"*deploy.failed*: {body['text']}"}}
+        assert set(context) == {"type", "elements"} and context["type"] == "context"
+        assert all(set(e) == {"type", "text"} and e["type"] == "mrkdwn" for e in context["elements"])
+        assert sick in context["elements"][0]["text"] and f"audit-{entries[sick]}" in context["elements"][0]["text"]
+        assert secret.encode() not in b"".join(p.read_bytes() for p in served.logs)
