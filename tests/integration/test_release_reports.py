@@ -318,3 +318,41 @@ def test_notifications_arrive_once_signed_across_an_outage_and_a_restart(serve, 
         assert all(set(e) == {"type", "text"} and e["type"] == "mrkdwn" for e in context["elements"])
         assert sick in context["elements"][0]["text"] and f"audit-{entries[sick]}" in context["elements"][0]["text"]
         assert secret.encode() not in b"".join(p.read_bytes() for p in served.logs)
+
+
+# --- e: a refusal for good is recorded and skipped --------------------------------------------------------
+
+
+def test_a_release_github_refuses_is_recorded_as_dropped_and_the_next_is_reported(serve, tmp_path):
+    token, path = token_file(tmp_path)
+    with FakeGithubApi() as fake:
+        served = serve(reported_app(22650), server=github_server(fake, path))
+        fake.set_mode("422")  # GitHub does not know the tag: refused for good, not tried again
+        first = release(served, "v1")
+        assert served.wait(first)["status"] == "succeeded"
+        wait_for("the refusals recorded", lambda: len(audit(served, "report.dropped")) == 4)
+        fake.set_mode("ok")
+        second = release(served, "v2")
+        assert served.wait(second)["status"] == "succeeded"
+        wait_for("v2's success", lambda: len(fake.delivered()) == 4)
+        time.sleep(1.5)
+
+        dropped = [(e["feed"], e["job"], e["message"], e["reason"]) for e in audit(served, "report.dropped")]
+        assert dropped == [
+            ("github", first, "CreateDeployment", "HTTP 422 from 127.0.0.1"),
+            *[("github", first, "DeploymentStatus", "its deployment was not created")] * 3,
+        ]
+        assert [c.short() for c in fake.failed()] == [("POST", DEPLOYMENTS, "v1", "web")]  # tried once
+        (deployment,) = fake.deployment_ids()
+        assert fake.delivered() == reported(
+            "v2", deployment, ("queued", "v2 is queued"), ("in_progress", "deploying v2"), ("success", "v2 is live")
+        )
+        assert served.deployer.cli("status").stdout.count("report github") == 0
+        log = AuditLog.for_state_dir(served.deployer.root / "state")
+        try:
+            assert log.verify().ok  # the report loop's own entries keep the chain
+        finally:
+            log.close()
+        assert token.encode() not in b"".join(
+            p.read_bytes() for p in (served.deployer.root / "state").rglob("*") if p.is_file()
+        )

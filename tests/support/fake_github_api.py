@@ -23,7 +23,7 @@ from support.fake_github import free_port
 
 # What the fake answers: "ok" like GitHub; the others fail every call (or, with `only_state`, every status of
 # that state) without doing anything: no deployment created, no status kept.
-MODES = ("ok", "500", "hang", "401", "rate-limit", "429")
+MODES = ("ok", "500", "hang", "401", "rate-limit", "429", "422")
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,8 @@ class FakeGithubApi(_Loopback):
                 elif mode == "429":
                     status, message, headers = 429, "secondary rate limit", {"Retry-After": "1"}
                 else:
-                    status, message = int(mode), "Bad credentials" if mode == "401" else "Server Error"
+                    messages = {"401": "Bad credentials", "422": "No ref found for: the tag"}
+                    status, message = int(mode), messages.get(mode, "Server Error")
                 record(status)
                 self.answer(status, {"message": message}, headers)
 
