@@ -2,7 +2,7 @@
 notifications at a receiver, from real deploys (dockerd, the registry, netfilter) through the report loop serve
 runs. Each case compares the exact calls that were answered, in order: GitHub failing in each of its ways, a worker
 SIGKILLed between the flip and its status, a receiver down for a while and serve restarted lose nothing and send
-nothing twice; a deploy never waits for either."""
+nothing twice; a refusal for good is recorded and skipped; a deploy never waits for either."""
 
 from __future__ import annotations
 
