@@ -118,6 +118,9 @@ class GithubFeed:
             if not isinstance(answer.body, dict) or not isinstance(answer.body.get("id"), int):
                 return HttpAnswer(None, problem="GitHub's answer has no deployment id")
             self._created(memo, message.key, answer.body["id"])
+        elif isinstance(message, CreateDeployment) and answer.status is not None and 400 <= answer.status < 500:
+            # GitHub refused it: nothing was created, so nothing to look up (and no marker kept for ever)
+            memo["creating"] = [k for k in memo.get("creating", []) if k != message.key]
         return answer
 
     @staticmethod

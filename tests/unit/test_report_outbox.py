@@ -155,6 +155,28 @@ def test_a_refused_message_is_recorded_and_skipped_without_the_token():
     ]
     assert TOKEN not in json.dumps(records)
     assert cursors.saved["github"].seq == 13
+    assert cursors.saved["github"].state["memo"]["creating"] == []  # refused: not created, nothing to look up
+
+
+def test_a_creation_refused_with_4xx_is_posted_again_not_looked_up():
+    """A 4xx (here a rate limit) means GitHub created nothing: the next try creates, it need not look first; a
+    5xx or no answer may hide a creation, so the next try looks first."""
+    http, records = FakeHttp([HttpAnswer(429, retry_after="1"), HttpAnswer(502)]), []
+    box, cursors = outbox(GithubFeed(APPS, API, http), RELEASE[:1], records)
+    clock = box.clock
+    assert box.step(box.feeds[0]) == 1.0
+    clock.now += 1
+    assert box.step(box.feeds[0]) == 2.0
+    clock.now += 2
+    http.answers = [HttpAnswer(200, [])]
+    box.drain(box.feeds[0])
+    assert [(m, path) for m, path, _ in calls(http)] == [
+        ("POST", "/repos/octo/web/deployments"),
+        ("POST", "/repos/octo/web/deployments"),
+        ("GET", "/repos/octo/web/deployments?ref=v2&environment=production&per_page=100"),
+        ("POST", "/repos/octo/web/deployments"),
+        ("POST", "/repos/octo/web/deployments/101/statuses"),
+    ]
 
 
 def test_a_creation_marked_before_a_crash_is_looked_up_not_repeated():
