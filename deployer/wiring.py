@@ -353,8 +353,9 @@ def build_outbox(setup: ReportsSetup) -> Outbox:
     """The report loop: a feed for GitHub and one per [[notify]] target, over this host's audit log and queue."""
     state_dir = setup.settings.state_dir
     http = ReportHttp(timeout=setup.reports.timeout)
-    feeds: list[Any] = [GithubFeed(setup.reports.github, setup.github_api, http)] if setup.reports.github else []
-    feeds += [NotifyFeed(target, http) for target in setup.reports.notify]
+    links = setup.job_pages
+    feeds: list[Any] = [GithubFeed(setup.reports.github, setup.github_api, http, links)] if setup.reports.github else []
+    feeds += [NotifyFeed(target, http, links) for target in setup.reports.notify]
     journal = Journal([log_sink, AuditSink.for_state_dir(state_dir)], secrets=setup.reports.secrets())
     queue = Queue.for_state_dir(state_dir)
     return Outbox(feeds, queue.reports, AuditEntries(AuditLog.for_state_dir(state_dir)), journal)

@@ -34,7 +34,7 @@ from deployer.config.model import (
 from deployer.config.registries import parse_registries
 from deployer.config.reports import parse_reports
 from deployer.config.secrets import read_secret
-from deployer.config.server import parse_server
+from deployer.config.server import parse_public_url, parse_server
 from deployer.config.settings import parse_settings
 from deployer.errors import ConfigError
 
@@ -192,7 +192,14 @@ def load_reports(path: str | os.PathLike[str], environ: Mapping[str, str] | None
     github_api = server.get("github_api", ServerConfig.github_api) if isinstance(server, Mapping) else None
     if not isinstance(github_api, str):
         raise ConfigError("must be an http(s) URL such as https://api.github.com", path=path, key="server.github_api")
-    return ReportsSetup(path=path, settings=settings, reports=reports, github_api=github_api.rstrip("/"))
+    public_url = parse_public_url(server, path=path) if isinstance(server, Mapping) else None
+    return ReportsSetup(
+        path=path,
+        settings=settings,
+        reports=reports,
+        github_api=github_api.rstrip("/"),
+        job_pages=public_url if "console" in data else None,
+    )
 
 
 def report_environment(config: Config, environ: Mapping[str, str] | None = None) -> dict[str, str]:

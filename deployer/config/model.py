@@ -178,6 +178,7 @@ class ServerConfig:
     # neither set: nobody (docs/metrics.md).
     metrics_token: str | None = field(default=None, repr=False)
     metrics_allow: tuple[str, ...] = ()  # CIDRs, as ipaddress writes them
+    public_url: str | None = None  # where clients reach this server: job pages are linked under it
 
     @property
     def host(self) -> str:
@@ -287,6 +288,7 @@ class ReportsSetup:
     settings: Settings
     reports: ReportsConfig
     github_api: str = "https://api.github.com"
+    job_pages: str | None = None  # [server] public_url when a [console] serves job pages there
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ def parse_server(
         "names",
         "job_timeout",
         "github_api",
+        "public_url",
         "user",
         "group",
         "audit_token",
@@ -183,7 +184,24 @@ def parse_server(
         group=accounts["group"],
         metrics_token=metrics_token,
         metrics_allow=metrics_allow,
+        public_url=parse_public_url(data, path=path),
     )
+
+
+PUBLIC_URL_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$")
+
+
+def parse_public_url(data: Mapping[str, Any], *, path: Path) -> str | None:
+    """The address clients reach this server at (behind its TLS proxy): job pages are linked from GitHub's
+    deployment statuses and the notifications under it. No query, fragment or credentials: it is shown to all."""
+    value = typed(data, "public_url", str, None, path=path, key="server.public_url")
+    if value is None:
+        return None
+    if not PUBLIC_URL_RE.fullmatch(value):
+        raise ConfigError(
+            "must be an http(s) URL such as https://deploy.example.com", path=path, key="server.public_url"
+        )
+    return value.rstrip("/")
 
 
 def networks(value: Any, *, path: Path, key: str) -> tuple[str, ...]:

@@ -18,12 +18,14 @@ Pure: no I/O, no clock; `now` is given.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 GITHUB_FEED = "github"
+JOB_PAGE_RE = re.compile(r"^job-[0-9a-f]{16}$")  # the queue's job ids: only those have a console page
 DESCRIPTION_MAX = 140  # GitHub refuses a longer status description
 END_STATES = ("success", "failure", "error", "inactive")
 KEPT_DEPLOYMENTS = 200  # the deployments a feed remembers: enough for the jobs in flight and those just ended
@@ -75,11 +77,14 @@ class DeploymentStatus:
     state: str  # queued | in_progress | success | failure | error | inactive
     description: str
     environment_url: str | None = None
+    log_url: str | None = None  # the job's console page, where a [server] public_url and a [console] exist
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"state": self.state, "description": self.description[:DESCRIPTION_MAX]}
         if self.environment_url:
             body["environment_url"] = self.environment_url
+        if self.log_url:
+            body["log_url"] = self.log_url
         if self.state == "success":
             body["auto_inactive"] = True  # the release it replaced becomes inactive on GitHub's side
         return body
@@ -94,11 +99,22 @@ class Notification:
     fields: Mapping[str, Any]
 
 
+def job_page(public_url: str | None, job: str | None) -> str | None:
+    """A job's stable console page (`<public_url>/console/jobs/<id>`), for statuses and notifications to link to;
+    None without a public URL, or for a deploy run by hand, which is no job."""
+    if not public_url or not job or not JOB_PAGE_RE.fullmatch(job):
+        return None
+    return f"{public_url.rstrip('/')}/console/jobs/{job}"
+
+
 # --- GitHub ----------------------------------------------------------------------------------------
 
 
 def github_messages(
-    entry: Mapping[str, Any], targets: Mapping[str, GithubTarget], state: Mapping[str, Any]
+    entry: Mapping[str, Any],
+    targets: Mapping[str, GithubTarget],
+    state: Mapping[str, Any],
+    public_url: str | None = None,
 ) -> tuple[list[CreateDeployment | DeploymentStatus], dict[str, Any]]:
     """The GitHub messages of one audit entry and the feed's state after it.
 
@@ -128,7 +144,8 @@ def github_messages(
             return
         deployments[key] = {**known, "last": state_name}
         url = target.environment_url if state_name == "success" else None
-        messages.append(DeploymentStatus(key, app, target.repository, state_name, description, url))
+        log = job_page(public_url, key)
+        messages.append(DeploymentStatus(key, app, target.repository, state_name, description, url, log))
 
     tag = entry.get("tag")
     if event == "job.queued" and job and tag and entry.get("kind") in ("release", "redeploy"):
@@ -212,7 +229,7 @@ def found_deployment(answer: Any, key: str) -> int | None:
 
 
 def notify_messages(
-    entry: Mapping[str, Any], events: frozenset[str], state: Mapping[str, Any]
+    entry: Mapping[str, Any], events: frozenset[str], state: Mapping[str, Any], public_url: str | None = None
 ) -> tuple[list[Notification], dict[str, Any]]:
     """The notification an entry sends to a target that wants `events` ("*": all), and the feed's state after.
 
@@ -260,13 +277,20 @@ def notify_messages(
     if name is None or ("*" not in events and name not in events):
         return [], new
     fields = {k: entry.get(k) for k in ("app", "job", "tag", "outcome", "ts") if entry.get(k) is not None}
+    if (page := job_page(public_url, job)) is not None:
+        fields["url"] = page
     return [Notification(f"audit-{entry.get('seq')}", name, app, text, fields)], new
 
 
 def notification_body(note: Notification, fmt: str) -> bytes:
     """The bytes a notification posts: our JSON, or Slack's incoming-webhook schema (section and context blocks)."""
     if fmt == "slack":
-        context = " · ".join(str(note.fields[k]) for k in ("app", "job", "ts") if k in note.fields)
+        shown = (
+            {**note.fields, "job": f"<{note.fields['url']}|{note.fields['job']}>"}
+            if "url" in note.fields
+            else note.fields
+        )
+        context = " · ".join(str(shown[k]) for k in ("app", "job", "ts") if k in shown)
         body: dict[str, Any] = {
             "text": note.text,
             "blocks": [

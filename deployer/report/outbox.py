@@ -80,14 +80,15 @@ class GithubFeed:
 
     name = GITHUB_FEED
 
-    def __init__(self, apps: Mapping[str, GithubReport], api: str, http: Http) -> None:
+    def __init__(self, apps: Mapping[str, GithubReport], api: str, http: Http, public_url: str | None = None) -> None:
         self.apps = apps
+        self.public_url = public_url
         self.targets = {a: GithubTarget(r.repository, r.environment, r.environment_url) for a, r in apps.items()}
         self.api = api.rstrip("/")
         self.http = http
 
     def plan(self, entry: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[Sequence[Any], dict[str, Any]]:
-        return github_messages(entry, self.targets, state)
+        return github_messages(entry, self.targets, state, self.public_url)
 
     def send(self, message: Any, memo: dict[str, Any], save: Callable[[], None]) -> HttpAnswer:
         ids, creating = memo.setdefault("ids", {}), memo.setdefault("creating", [])
@@ -132,13 +133,14 @@ class GithubFeed:
 class NotifyFeed:
     """One [[notify]] target: a POST of each notification, signed when the target has a secret."""
 
-    def __init__(self, target: NotifyTarget, http: Http) -> None:
+    def __init__(self, target: NotifyTarget, http: Http, public_url: str | None = None) -> None:
         self.target = target
+        self.public_url = public_url
         self.name = f"notify:{target.name}"
         self.http = http
 
     def plan(self, entry: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[Sequence[Any], dict[str, Any]]:
-        return notify_messages(entry, self.target.events, state)
+        return notify_messages(entry, self.target.events, state, self.public_url)
 
     def send(self, message: Notification, memo: dict[str, Any], save: Callable[[], None]) -> HttpAnswer:
         body = notification_body(message, self.target.format)

@@ -15,8 +15,8 @@ import pytest
 from deployer.audit import AuditLog
 from deployer.journal import Journal
 from deployer.passwords import hash_password
+from deployer.plan.report import job_page
 from deployer.queue.queue import Queue
-from deployer.receiver.console import job_url
 from deployer.receiver.web import create_app
 from support.configs import app_toml, make_config
 from support.receiver import NAMES
@@ -245,10 +245,13 @@ def test_the_export_downloads_the_filter_as_json_lines(client, audit):
     assert len(lines[0]["hash"]) == 64
 
 
-def test_job_url_is_the_stable_job_page():
-    assert job_url("https://deploy.example.com/", JOB) == f"https://deploy.example.com/console/jobs/{JOB}"
-    with pytest.raises(Exception, match="not a job id"):
-        job_url("https://deploy.example.com", "../etc")
+def test_the_link_statuses_and_notifications_carry_is_the_job_pages_address():
+    page = job_page("https://deploy.example.com/", JOB)
+    assert page == f"https://deploy.example.com/console/jobs/{JOB}"
+    assert [
+        job_page(url, job)
+        for url, job in ((None, JOB), ("https://d.example", "../etc"), ("https://d.example", "web#12"))
+    ] == [None] * 3
 
 
 # --- the overview, an app, a job -----------------------------------------------------------------

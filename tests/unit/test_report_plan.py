@@ -318,6 +318,23 @@ def test_the_json_and_slack_bodies():
     }
 
 
+def test_with_a_public_url_a_jobs_statuses_and_notifications_link_its_console_page():
+    job = "job-0123456789abcdef"
+    page = f"https://deploy.example/console/jobs/{job}"
+    queued = {"seq": 1, "event": "job.queued", "app": "web", "job": job, "tag": "v2", "kind": "release"}
+    messages, _ = github_messages(queued, TARGETS, {}, "https://deploy.example/")
+    assert [m.body() for m in messages][1] == {"state": "queued", "description": "v2 is queued", "log_url": page}
+    failed = {"seq": 2, "event": "deploy.failed", "app": "web", "job": job, "tag": "v2", "error": "no"}
+    [note], _ = notify_messages(failed, frozenset({"*"}), {}, "https://deploy.example")
+    assert json.loads(notification_body(note, "json"))["url"] == page
+    context = json.loads(notification_body(note, "slack"))["blocks"][1]["elements"][0]["text"]
+    assert context.startswith(f"web · <{page}|{job}> · ")
+    # a deploy run by hand is no job: no page, no link
+    by_hand = {"seq": 3, "event": "deploy.failed", "app": "web", "tag": "v2", "error": "no"}
+    [note], _ = notify_messages(by_hand, frozenset({"*"}), {}, "https://deploy.example")
+    assert "url" not in json.loads(notification_body(note, "json"))
+
+
 # --- retries ---------------------------------------------------------------------------------------
 
 

@@ -127,11 +127,15 @@ def test_the_audit_token_is_read_like_a_secret_and_masked(tmp_path):
         ),
         ('[server]\nuser = "Root Admin"\n', "key 'server.user': must be a user or group name"),
         (
+            '[server]\npublic_url = "https://deploy.example/?x=1"\n',
+            "key 'server.public_url': must be an http(s) URL such as https://deploy.example.com",
+        ),
+        (
             "[server]\nport = 1\n",
             "key 'server.port': unknown key (allowed: audit_token, audit_token_env, audit_token_file, "
             "github_api, github_secret, github_secret_env, github_secret_file, github_token, github_token_env, "
             "github_token_file, group, job_timeout, listen, max_body_bytes, metrics_allow, metrics_token, "
-            "metrics_token_env, metrics_token_file, names, operators, report_timeout, user, workers)",
+            "metrics_token_env, metrics_token_file, names, operators, public_url, report_timeout, user, workers)",
         ),
         (
             '[server]\naudit_token = "inline-token-inline"\n',

@@ -12,9 +12,8 @@ from flask import Flask
 from deployer.config import ConsoleConfig
 from deployer.receiver.console.auth import COOKIE_NAME, Gate
 from deployer.receiver.console.pages import console
-from deployer.receiver.console.views import job_url
 
-__all__ = ["job_url", "register_console"]
+__all__ = ["register_console"]
 
 
 def register_console(app: Flask, settings: ConsoleConfig) -> None:

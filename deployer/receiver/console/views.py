@@ -12,8 +12,6 @@ from datetime import datetime
 from typing import Any
 
 from deployer.audit import Entry, Verdict
-from deployer.errors import UnknownJob
-from deployer.queue.model import JOB_ID_RE
 
 RELEASE_KINDS = ("deploy", "rollback", "promote", "abort")
 CHART_STEPS = ("pull", "start", "health", "flip", "drain", "stop")
@@ -21,13 +19,6 @@ CHART_DEPLOYS = 10
 CHART_WIDTH, BAR_HEIGHT, BAR_GAP, LABEL_WIDTH = 600, 18, 6, 120
 # Fields an entry's row shows in columns of their own, so its details leave them out.
 SHOWN = {"seq", "ts", "event", "app", "actor", "job", "outcome", "step", "duration_ms", "started_at", "output"}
-
-
-def job_url(public_url: str, job_id: str) -> str:
-    """A job's stable page on this host, for GitHub deployment statuses and notifications to link to."""
-    if not JOB_ID_RE.match(job_id):
-        raise UnknownJob(f"{job_id[:64]!r} is not a job id (job-<16 hex digits>)")
-    return f"{public_url.rstrip('/')}/console/jobs/{job_id}"
 
 
 def seconds_between(start: str, end: str) -> float | None:
