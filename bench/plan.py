@@ -79,8 +79,8 @@ def plan_for(quick: bool, *, deploys: int | None = None, rounds: int | None = No
         plan = Plan(
             quick=True,
             rounds=1,
-            wrk_seconds=1.0,
-            wrk_warmup_seconds=0.3,
+            wrk_seconds=0.5,
+            wrk_warmup_seconds=0.2,
             deploys=2,
             scale_points=SCALE_POINTS,
             flips_per_point=2,

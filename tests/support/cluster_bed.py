@@ -305,7 +305,7 @@ docker_host = "{host.socket}"
 [apps.web]
 image = "{IMAGE}"
 cluster = true
-drain_seconds = 2
+drain_seconds = 1
 stop_timeout = 5
 env = {{ APP_VERSION = "{host.name}", DRAIN_TIMEOUT = "3" }}
 
