@@ -120,8 +120,13 @@ def iso(ts: str) -> float:
 
 
 def check_page(browser: Browser) -> None:
-    """The page the browser shows holds no script (the policy would refuse one; there is none to refuse)."""
+    """The page the browser shows holds no script (the policy would refuse one; there is none to refuse), and fits
+    the window's width: no column (the audit log's chain marks) is out of view."""
     assert browser.inline_scripts() == 0, f"{browser.path()} holds a script"
+    wide, window = browser.driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert wide <= window, f"{browser.path()} is {wide} pixels wide in a {window}-pixel window"
 
 
 def test_the_console_in_a_browser_after_deploys_a_canary_and_a_rollback(serve, images, tmp_path):
@@ -224,7 +229,7 @@ def test_the_console_in_a_browser_after_deploys_a_canary_and_a_rollback(serve, i
         assert row[:5] == ["web", "v1", running["active"]["port_set"], running["active"]["digest"], "serving"], row
         assert row[5] == "v2 at 20%", row
         assert row[6] == "redeploy v9-missing failed", row
-        assert browser.links("main table")["redeploy v9-missing"] == f"/console/jobs/{failed['id']}"
+        assert browser.links("main table a")["redeploy v9-missing"] == f"/console/jobs/{failed['id']}"
         assert "Worker heartbeat" in browser.text() and "No open faults." in browser.text()
 
         # The canary's promote (a signed job), then a rollback by hand: v1 is live again.
@@ -315,6 +320,12 @@ def test_the_console_in_a_browser_after_deploys_a_canary_and_a_rollback(serve, i
         assert [(int(r[0]), r[2], r[8]) for r in rows] == [(e.seq, e.event, e.hash) for e in newest]
         assert int(rows[0][0]) >= signin.seq
         assert {r[9] for r in rows} == {"verifies"}
+        # The bed wrote more than a page: the next page follows on from the last entry shown.
+        assert len(entries(served, Query(limit=51, before=int(rows[0][0]) + 1))) == 51
+        browser.click("Older entries")
+        older = entries(served, Query(limit=50, before=int(rows[-1][0])))
+        assert [(int(r[0]), r[9]) for r in browser.rows("table.entries")] == [(e.seq, "verifies") for e in older]
+        browser.click("Audit log")
         browser.fill("form.filters", {"app": "web", "event": "deploy.*"})
         where = urlsplit(browser.path())
         assert (where.path, parse_qs(where.query)) == ("/console/audit", {"app": ["web"], "event": ["deploy.*"]})
@@ -324,13 +335,10 @@ def test_the_console_in_a_browser_after_deploys_a_canary_and_a_rollback(serve, i
             (e.seq, e.event, e.get("outcome") or "-") for e in matching
         ], rows
         assert rows and all(r[2].startswith("deploy.") and r[3] == "web" for r in rows)
+        check_page(browser)
         assert {r[9] for r in rows} == {"verifies"}
         assert browser.links("form.filters a")["Export as JSON lines"].startswith("/console/audit.jsonl?")
         browser.screenshot("audit")
-        if len(newest) == 50:  # the whole log is longer than a page: the next page follows on
-            browser.click("Older entries")
-            older = entries(served, Query(limit=50, before=newest[-1].seq))
-            assert [int(r[0]) for r in browser.rows("table.entries")] == [e.seq for e in older]
 
         # --- signing out ------------------------------------------------------------------------------------
         browser.navigate(driver.find_element("css selector", "form.signout button").click)
