@@ -283,6 +283,14 @@ def test_the_overview_shows_each_apps_release_the_faults_and_the_open_jobs(clien
     page = get(client, "/console/").get_data(as_text=True)
     for shown in ("v1", "blue", "sha256:v1", "serving", job.id, "registry down", "1970-01-01 00:00:01"):
         assert shown in page
+    assert f'href="/console/jobs/{job.id}">redeploy v2</a> queued' in page
+
+
+def test_the_overview_links_a_tagless_last_job_by_its_kind_alone(client, queue):
+    job = queue.jobs.submit_manual(app="web", tag=None, actor="key:alice", kind="redeploy", source={"reason": "x"})
+    sign_in(client)
+    page = get(client, "/console/").get_data(as_text=True)
+    assert f'href="/console/jobs/{job.id}">redeploy</a> queued' in page
 
 
 def test_an_apps_page_lists_its_releases_and_charts_their_steps(client, audit):
