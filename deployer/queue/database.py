@@ -1,9 +1,11 @@
 """The queue's one SQLite file, `<state_dir>/queue/jobs.db`, shared by processes: connections, transactions,
 migrations.
 
-The receiver (gunicorn workers, possibly an unprivileged user) only inserts: jobs, deliveries it has seen, nonces it
-has used (a failed release's delivery, delivered again, gets its retry's answer in place of the first). The deploy worker claims and finishes jobs. A job is committed (WAL, synchronous=FULL) before the receiver
-answers 202, so an accepted job survives SIGKILL of every process and a power loss.
+The receiver (gunicorn workers, possibly an unprivileged user) inserts jobs, deliveries it has seen and nonces it
+has used (a failed release's delivery, delivered again, gets its retry's answer in place of the first), and keeps
+the console's sign-in attempts, a row per source address. The deploy worker claims and finishes jobs. A job is
+committed (WAL, synchronous=FULL) before the receiver answers 202, so an accepted job survives SIGKILL of every
+process and a power loss.
 
 Every write is one `BEGIN IMMEDIATE` transaction: the write lock is taken before anything is read, so two processes
 can never both decide "this app is idle" or "this nonce is new".
@@ -171,6 +173,18 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         [
             "ALTER TABLE active ADD COLUMN digest TEXT",
             "ALTER TABLE active ADD COLUMN canary_weight INTEGER",
+        ],
+    ),
+    # The console's sign-in attempts per source address (deployer/queue/attempts.py): one token bucket a row,
+    # shared by every gunicorn worker.
+    (
+        "0009_signin_attempts",
+        [
+            """CREATE TABLE signin_attempts (
+            source TEXT PRIMARY KEY,       -- the address, as the receiver saw it
+            tokens REAL NOT NULL,          -- the attempts left at `at`
+            at REAL NOT NULL               -- when the bucket was last taken from
+        )""",
         ],
     ),
 ]

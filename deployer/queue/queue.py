@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from deployer.queue.attempts import AttemptStore
 from deployer.queue.database import Database, queue_path
 from deployer.queue.deliveries import DeliveryStore
 from deployer.queue.heartbeat import HeartbeatStore
@@ -18,7 +19,8 @@ from deployer.queue.rollouts import RolloutStore
 
 
 class Queue:
-    """The queue database and its stores: `jobs`, `deliveries`, `live`, `rollouts`, `heartbeat`, `reports`.
+    """The queue database and its stores: `jobs`, `deliveries`, `live`, `rollouts`, `heartbeat`, `reports`,
+    `attempts`.
 
     One connection per process and thread, shared by the stores; never shared across a fork.
     """
@@ -31,6 +33,7 @@ class Queue:
         self.rollouts = RolloutStore(self.database)
         self.heartbeat = HeartbeatStore(self.database)
         self.reports = ReportStore(self.database)
+        self.attempts = AttemptStore(self.database)
 
     @classmethod
     def for_state_dir(cls, state_dir: str | os.PathLike[str], **kwargs: Any) -> Queue:

@@ -117,8 +117,9 @@ class Rejections:
 class SourceBuckets:
     """A token bucket per source: `burst` at once, then `per_second`; the least recently seen go past `max_sources`.
 
-    Thread-safe. The refusals above take from them, and so do the console's sign-in attempts, with buckets of
-    their own.
+    Thread-safe. The refusals above take from them. Each gunicorn worker holds its own; the console's sign-in
+    attempts are counted in the queue database instead (deployer/queue/attempts.py), where every worker counts the
+    same ones.
     """
 
     def __init__(self, *, burst: int, per_second: float, max_sources: int = 4096) -> None:

@@ -141,6 +141,15 @@ def test_the_sixth_quick_attempt_from_one_address_is_throttled(client):
     assert sign_in(client, source="198.51.100.8").status_code == 302  # another address is not held up
 
 
+def test_every_gunicorn_worker_counts_the_same_sign_in_attempts(tmp_path, events, clock):
+    # Two apps over one state folder: two gunicorn workers of one receiver. Whichever answers, the sixth is refused.
+    first, second = (build(tmp_path, events, clock, console_table())[0].test_client() for _ in range(2))
+    codes = [sign_in(client, password="guess", source="198.51.100.7").status_code for client in [first, second] * 3]
+    assert codes == [401] * 5 + [429]
+    clock.now += 60
+    assert sign_in(second, source="198.51.100.7").status_code == 302  # one attempt back a minute later
+
+
 def test_a_forged_cookie_is_refused(client):
     client.set_cookie("deployer_console", "eyJ2aWV3ZXIiOiJhbGljZSJ9.forged.signature", path="/console")
     assert get(client, "/console/").status_code == 302
@@ -277,6 +286,14 @@ def test_the_overview_shows_each_apps_release_the_faults_and_the_open_jobs(clien
     page = get(client, "/console/").get_data(as_text=True)
     for shown in ("v1", "blue", "sha256:v1", "serving", job.id, "registry down", "1970-01-01 00:00:01"):
         assert shown in page
+    assert f'href="/console/jobs/{job.id}">redeploy v2</a> queued' in page
+
+
+def test_the_overview_links_a_tagless_last_job_by_its_kind_alone(client, queue):
+    job = queue.jobs.submit_manual(app="web", tag=None, actor="key:alice", kind="redeploy", source={"reason": "x"})
+    sign_in(client)
+    page = get(client, "/console/").get_data(as_text=True)
+    assert f'href="/console/jobs/{job.id}">redeploy</a> queued' in page
 
 
 def test_an_apps_page_lists_its_releases_and_charts_their_steps(client, audit):

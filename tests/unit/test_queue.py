@@ -262,3 +262,29 @@ def test_prepare_folder_without_a_group_keeps_the_queue_private(tmp_path):
     path = prepare_folder(tmp_path / "state")
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+# --- the console's sign-in attempts ------------------------------------------------------------------
+
+
+def test_sign_in_attempts_are_a_token_bucket_per_source_shared_by_every_connection(queue, tmp_path, clock):
+    other = Queue.for_state_dir(tmp_path / "state", clock=clock)  # another gunicorn worker
+    take = [queue.attempts.take, other.attempts.take]
+    waits = [take[n % 2]("198.51.100.7", clock.now, burst=5, per_second=1 / 60) for n in range(6)]
+    assert waits == [None] * 5 + [60]
+    assert queue.attempts.take("198.51.100.8", clock.now, burst=5, per_second=1 / 60) is None  # another source
+    assert other.attempts.take("198.51.100.7", clock.now + 30, burst=5, per_second=1 / 60) == 30  # nothing spent
+    assert other.attempts.take("198.51.100.7", clock.now + 60, burst=5, per_second=1 / 60) is None
+    assert queue.attempts.take("198.51.100.7", clock.now + 61, burst=5, per_second=1 / 60) == 59
+
+
+def test_a_full_bucket_is_forgotten_and_the_table_keeps_the_most_recent_sources(queue, clock):
+    for n in range(3):
+        queue.attempts.take(f"198.51.100.{n}", clock.now + n, burst=5, per_second=1 / 60)
+    rows = lambda: queue.database.read("SELECT source FROM signin_attempts ORDER BY source")  # noqa: E731
+    assert len(rows()) == 3
+    queue.attempts.take("198.51.100.9", clock.now + 301.5, burst=5, per_second=1 / 60)  # 0 and 1 are full again
+    assert rows() == [("198.51.100.2",), ("198.51.100.9",)]
+    queue.attempts.max_sources = 1
+    queue.attempts.take("198.51.100.10", clock.now + 302, burst=5, per_second=1 / 60)
+    assert rows() == [("198.51.100.10",)]

@@ -29,5 +29,5 @@ def register_console(app: Flask, settings: ConsoleConfig) -> None:
         PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_hours),
         SESSION_REFRESH_EACH_REQUEST=False,
     )
-    app.extensions["deployer.console"] = Gate(settings, receiver.journal, receiver.clock)
+    app.extensions["deployer.console"] = Gate(settings, receiver.journal, receiver.clock, receiver.queue.attempts)
     app.register_blueprint(console)

@@ -3,8 +3,8 @@
 The session is Flask's signed cookie, keyed by `[console] session_key_file`: it holds the viewer's name, when
 they signed in, a fingerprint of their password hash (a changed or removed line ends their sessions) and the
 form token. It expires `session_hours` after sign-in, whatever the cookie says. Sign-in attempts are limited
-per source address; each sign-in, refusal and sign-out is audited with the source and the name, never the
-password or the cookie.
+per source address, counted in the queue database so that every gunicorn worker counts the same ones; each
+sign-in, refusal and sign-out is audited with the source and the name, never the password or the cookie.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from deployer.config import ConsoleConfig
 from deployer.config.fields import KEY_ID_RE
 from deployer.journal import Journal
 from deployer.passwords import verify_or_waste
-from deployer.receiver.rejections import SourceBuckets
+from deployer.queue.attempts import AttemptStore
 
 SIGNIN_BURST = 5  # the sixth quick attempt from one address is answered 429
 SIGNIN_PER_SECOND = 1 / 60
@@ -31,11 +31,13 @@ COOKIE_NAME = "deployer_console"
 class Gate:
     """The console's sign-in rules, over its config, the journal and the clock."""
 
-    def __init__(self, console: ConsoleConfig, journal: Journal, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, console: ConsoleConfig, journal: Journal, clock: Callable[[], float], attempts: AttemptStore
+    ) -> None:
         self.console = console
         self.journal = journal
         self.clock = clock
-        self.attempts = SourceBuckets(burst=SIGNIN_BURST, per_second=SIGNIN_PER_SECOND)
+        self.attempts = attempts  # in the queue database: every gunicorn worker counts the same attempts
         self.proxies = [ipaddress.ip_network(network) for network in console.trusted_proxies]
 
     def viewer(self, session: Mapping[str, Any], headers: Mapping[str, str], source: str | None) -> str | None:
@@ -69,7 +71,7 @@ class Gate:
 
     def throttled(self, source: str | None) -> int | None:
         """Spend one of `source`'s sign-in attempts; the seconds to wait when it has none left."""
-        return self.attempts.take(source, self.clock())
+        return self.attempts.take(source, self.clock(), burst=SIGNIN_BURST, per_second=SIGNIN_PER_SECOND)
 
     def sign_in(self, name: str, password: str, source: str | None) -> dict[str, Any] | None:
         """The new session's content when `password` is `name`'s; None (and a refusal audited) when not."""

@@ -117,7 +117,8 @@ def releases(entries: Iterable[Entry]) -> list[Release]:
             open_.outcome = "ok" if phase == "finished" else "failed"
             open_.duration = seconds_between(open_.started, entry.ts)
             open_.error = entry.get("error")
-            if phase == "finished" and entry.get("tag") is not None:
+            # A canary's start leaves the live release as it was: only its promote makes its tag live.
+            if phase == "finished" and entry.get("tag") is not None and open_.kind != "canary":
                 live = entry.get("tag")
             open_ = None
     return found[::-1]
@@ -188,13 +189,21 @@ class AppSummary:
 
 
 def app_summary(name: str, live: Mapping[str, Any], recent: Iterable[Entry]) -> AppSummary:
-    """What the overview shows of an app: `live` as GET /apps/<app> answers it, `recent` its entries newest first."""
+    """What the overview shows of an app: `live` as GET /apps/<app> answers it, `recent` its entries newest first.
+
+    The live digest is the last finished deploy's or rollback's, but a canary's image is live only once promoted:
+    a running or aborted canary's digest is passed over, and a promote takes its canary's."""
     digest = mode = canary = canary_tag = None
-    canary_settled = False
+    canary_settled = promoted = False
     for entry in recent:
         kind, _, phase = entry.event.rpartition(".")
-        if digest is None and kind in ("deploy", "rollback") and phase == "finished" and entry.get("digest"):
-            digest = entry.get("digest")
+        if digest is None and phase == "finished" and kind in RELEASE_KINDS:
+            if kind == "promote":
+                promoted = True
+            elif kind == "deploy" and entry.get("canary") is not None:
+                digest, promoted = (entry.get("digest") if promoted else None), False
+            elif kind in ("deploy", "rollback"):
+                digest = entry.get("digest")
         if mode is None and entry.get("mode") is not None:
             mode = str(entry.get("mode"))
         if not canary_settled and phase == "finished" and kind in RELEASE_KINDS:
