@@ -188,8 +188,11 @@ def github_messages(
     elif event == "job.failed" and job:
         status(job, "failure", str(entry.get("reason") or "the job failed"))
     elif event == "job.finished" and job and entry.get("outcome") in ("ok", "skipped"):
-        # a job run again after its worker died finds its tag live: the deploy it reported had done its work
-        if (deployments.get(job) or {}).get("tag") == tag or entry.get("outcome") == "skipped":
+        # a job run again after its worker died finds its tag live: the deploy it reported had done its work.
+        # A release that started a canary ends with the canary running: its deployment waits for the promote.
+        if job in new["canary"].values():
+            pass
+        elif (deployments.get(job) or {}).get("tag") == tag or entry.get("outcome") == "skipped":
             status(job, "success", str(entry.get("reason") or "live"))
     new["deployments"] = _last(deployments, KEPT_DEPLOYMENTS)
     return messages, new
