@@ -87,5 +87,9 @@ def _end(
         with contextlib.suppress(DeployerError), operation.step("conntrack") as step:
             step.detail["deleted"] = host.chains.clean_flows(conntrack.after_flip(app, gone))
         host.retire(app, retired, operation.base, drain=True)
-        operation.finish(tag=after.active.tag if after.active else None, stopped=retired.container_name)
+        operation.finish(
+            tag=after.active.tag if after.active else None,
+            stopped=retired.container_name,
+            **({"reason": reason} if reason else {}),  # what the reports of the end say why with
+        )
         return after

@@ -118,8 +118,8 @@ def github_messages(
 ) -> tuple[list[CreateDeployment | DeploymentStatus], dict[str, Any]]:
     """The GitHub messages of one audit entry and the feed's state after it.
 
-    The state (plain JSON) holds `deployments` (key -> app, tag, the last state sent), `open` (app -> the key of
-    the deploy running now) and `canary` (app -> the key of its running canary).
+    The state (plain JSON) holds `deployments` (key -> app, tag, the last state and description sent), `open`
+    (app -> the key of the deploy running now) and `canary` (app -> the key of its running canary).
     """
     new = {
         "deployments": dict(state.get("deployments", {})),
@@ -140,9 +140,11 @@ def github_messages(
 
     def status(key: str | None, state_name: str, description: str) -> None:
         known = deployments.get(key) if key else None
-        if known is None or known["last"] in END_STATES or known["last"] == state_name:
+        if known is None or known["last"] in END_STATES:
             return
-        deployments[key] = {**known, "last": state_name}
+        if (known["last"], known.get("said")) == (state_name, description):
+            return  # the same status again (a job run again after its worker died starts again): sent once
+        deployments[key] = {**known, "last": state_name, "said": description}
         url = target.environment_url if state_name == "success" else None
         log = job_page(public_url, key)
         messages.append(DeploymentStatus(key, app, target.repository, state_name, description, url, log))
@@ -188,8 +190,11 @@ def github_messages(
     elif event == "job.failed" and job:
         status(job, "failure", str(entry.get("reason") or "the job failed"))
     elif event == "job.finished" and job and entry.get("outcome") in ("ok", "skipped"):
-        # a job run again after its worker died finds its tag live: the deploy it reported had done its work
-        if (deployments.get(job) or {}).get("tag") == tag or entry.get("outcome") == "skipped":
+        # a job run again after its worker died finds its tag live: the deploy it reported had done its work.
+        # A release that started a canary ends with the canary running: its deployment waits for the promote.
+        if job in new["canary"].values():
+            pass
+        elif (deployments.get(job) or {}).get("tag") == tag or entry.get("outcome") == "skipped":
             status(job, "success", str(entry.get("reason") or "live"))
     new["deployments"] = _last(deployments, KEPT_DEPLOYMENTS)
     return messages, new

@@ -88,18 +88,26 @@ def outside(host: None) -> Iterator[netns.OutsideClient]:
 
 @pytest.fixture
 def serve(deployer: Deployer) -> Iterator[Callable[..., Served]]:
-    """Configure the test's deployer with a [server] section and start `deployer serve` on it."""
+    """Configure the test's deployer with a [server] section and start `deployer serve` on it; `on`: another
+    deployer of the test's, from a fixture set up before this one, so its server is killed before it is removed."""
     started: list[Served] = []
 
-    def make(*apps: str, server: str = "", settings: str = "", serve_args: tuple[str, ...] = ()) -> Served:
-        folder = deployer.root / "secrets"
+    def make(
+        *apps: str,
+        server: str = "",
+        settings: str = "",
+        serve_args: tuple[str, ...] = (),
+        on: Deployer | None = None,
+    ) -> Served:
+        target = on or deployer
+        folder = target.root / "secrets"
         folder.mkdir(exist_ok=True)
         github_secret, operator_secret = secrets.token_hex(20), secrets.token_hex(24)
         (folder / "github").write_text(github_secret + "\n")
         (folder / "ops").write_text(operator_secret + "\n")
         for attempt in range(3):
             port = free_port()
-            deployer.configure(
+            target.configure(
                 *apps,
                 settings=(
                     # user = "root": the receiver reads this config and its secrets under root's 0700 tmp_path,
@@ -110,7 +118,7 @@ def serve(deployer: Deployer) -> Iterator[Callable[..., Served]]:
                     f'[server.operators.ops]\nsecret_file = "{folder / "ops"}"\n'
                 ),
             )
-            served = Served(deployer, port, github_secret, operator_secret, folder / "ops", serve_args=serve_args)
+            served = Served(target, port, github_secret, operator_secret, folder / "ops", serve_args=serve_args)
             started.append(served)
             try:
                 served.start()

@@ -2,15 +2,20 @@
 notifications at a receiver, from real deploys (dockerd, the registry, netfilter) through the report loop serve
 runs. Each case compares the exact calls that were answered, in order: GitHub failing in each of its ways, a worker
 SIGKILLed between the flip and its status, a receiver down for a while and serve restarted lose nothing and send
-nothing twice; a refusal for good is recorded and skipped; a deploy never waits for either."""
+nothing twice; a refusal for good is recorded and skipped; a deploy never waits for either. A rollback, canaries
+promoted and aborted, deploys by hand, a release superseded while another runs, and a fleet rollout (two hosts'
+servers on this machine and a controller) each send what docs/release-loop.md says."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +24,7 @@ import pytest
 
 from deployer.audit import AuditLog, Query
 from support.fake_github_api import FakeGithubApi, NotifyReceiver
-from support.integration import IMAGE, demo_app
+from support.integration import IMAGE, REPO, Deployer, demo_app, owned_deployer
 from support.served import GITHUB_REPO, Served, release_payload, served_version
 
 pytestmark = pytest.mark.integration
@@ -27,7 +32,12 @@ pytestmark = pytest.mark.integration
 SICK = "v3-sick"  # a tag whose image fails its health check
 ENVIRONMENT_URL = "https://web.example.com"
 DEPLOYMENTS = f"/repos/{GITHUB_REPO}/deployments"
-AT = {"v1": "2026-02-01T10:00:00Z", "v2": "2026-02-02T10:00:00Z", SICK: "2026-02-03T10:00:00Z"}
+AT = {
+    "v1": "2026-02-01T10:00:00Z",
+    "v2": "2026-02-02T10:00:00Z",
+    SICK: "2026-02-03T10:00:00Z",
+    "v3": "2026-02-04T10:00:00Z",
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +58,9 @@ def sick_tag(images) -> Iterator[str]:
         subprocess.run(["docker", "rmi", "-f", f"{IMAGE}:{SICK}"], capture_output=True)
 
 
-def reported_app(port: int) -> str:
-    """The web app of the server tests, reported to GitHub, with a health gate that gives up after 3 s."""
+def reported_app(port: int, more: str = "") -> str:
+    """The web app of the server tests, reported to GitHub, with a health gate that gives up after 3 s; `more`:
+    the app's other keys."""
     return demo_app(
         "web",
         external=port,
@@ -59,7 +70,7 @@ def reported_app(port: int) -> str:
         stop_timeout=4,
         env={"DRAIN_TIMEOUT": "2"},
         health={"deadline": 3},
-        extra=f'repository = "{GITHUB_REPO}"\nenvironment_url = "{ENVIRONMENT_URL}"\n',
+        extra=f'repository = "{GITHUB_REPO}"\nenvironment_url = "{ENVIRONMENT_URL}"\n{more}',
     )
 
 
@@ -75,10 +86,13 @@ def token_file(tmp_path: Path) -> tuple[str, Path]:
     return token, path
 
 
-def wait_for(what: str, condition: Callable[[], object], timeout: float = 30) -> None:
+def wait_for(
+    what: str, condition: Callable[[], object], timeout: float = 30, seen: Callable[[], object] | None = None
+) -> None:
+    """Wait for `condition`; `seen` says what there was instead, when it does not come."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s" + (f": {seen()}" if seen else "")
         time.sleep(0.05)
 
 
@@ -102,10 +116,49 @@ def audit(served: Served, *events: str) -> list[dict]:
         log.close()
 
 
-def reported(tag: str, deployment: int, *statuses: tuple[str, str]) -> list[tuple]:
+def reported(tag: str, deployment: int, *statuses: tuple[str, str], environment: str = "web") -> list[tuple]:
     """A release's calls: its deployment created, then each (state, description) posted to it."""
-    statuses_path = f"{DEPLOYMENTS}/{deployment}/statuses"
-    return [("POST", DEPLOYMENTS, tag, "web"), *(("POST", statuses_path, s, d) for s, d in statuses)]
+    return [created(tag, environment), *(posted(deployment, s, d) for s, d in statuses)]
+
+
+def created(tag: str, environment: str = "web") -> tuple:
+    """The call that creates a deployment of `tag`."""
+    return ("POST", DEPLOYMENTS, tag, environment)
+
+
+def posted(deployment: int, state: str, description: str) -> tuple:
+    """The call that posts a status to `deployment`."""
+    return ("POST", f"{DEPLOYMENTS}/{deployment}/statuses", state, description)
+
+
+def signed_job(served: Served, **request: str) -> str:
+    """A signed POST /deploy (a promote, an abort); the job's id once it succeeded."""
+    answer = served.signed("POST", "/deploy", json.dumps(request).encode())
+    assert answer.status_code == 202, answer.text
+    job = answer.json()["job"]
+    assert served.wait(job)["status"] == "succeeded"
+    return job
+
+
+def feed_started(served: Served) -> None:
+    """Wait for the report loop's GitHub cursor: a feed starts at the audit log's head, so what is recorded before
+    it began (a deploy by hand straight after serve started) would not be reported."""
+    queue = served.queue()
+
+    def begun() -> bool:
+        try:
+            queue.reports.cursor("github")
+        except KeyError:
+            return False
+        return True
+
+    wait_for("the GitHub feed", begun)
+
+
+def by_hand(served: Served, *args: str) -> None:
+    """A command run by hand on the host (`deployer deploy`, `rollback`): no job, the engine in its own process."""
+    done = served.deployer.cli(*args)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # --- a: a release and a failed health gate, exactly as GitHub sees them --------------------------------
@@ -356,3 +409,264 @@ def test_a_release_github_refuses_is_recorded_as_dropped_and_the_next_is_reporte
         assert token.encode() not in b"".join(
             p.read_bytes() for p in (served.deployer.root / "state").rglob("*") if p.is_file()
         )
+
+
+# --- f: a rollback ----------------------------------------------------------------------------------------
+
+
+def test_a_rollback_is_a_deployment_of_the_release_it_went_back_to(serve, tmp_path):
+    _, path = token_file(tmp_path)
+    with FakeGithubApi() as fake:
+        served = serve(reported_app(22660), server=github_server(fake, path))
+        feed_started(served)
+        for tag in ("v1", "v2"):
+            assert served.wait(release(served, tag))["status"] == "succeeded"
+        by_hand(served, "rollback", "web")
+        assert served_version(22660) == "v1"
+        wait_for("the rollback's success", lambda: len(fake.delivered()) == 10, timeout=20, seen=fake.delivered)
+        time.sleep(1.5)  # anything more would come now
+
+        first, second, third = fake.deployment_ids()
+        [back] = audit(served, "rollback.finished")
+        assert fake.delivered() == [
+            *reported(
+                "v1", first, ("queued", "v1 is queued"), ("in_progress", "deploying v1"), ("success", "v1 is live")
+            ),
+            *reported(
+                "v2", second, ("queued", "v2 is queued"), ("in_progress", "deploying v2"), ("success", "v2 is live")
+            ),
+            *reported("v1", third, ("success", "rolled back to v1")),
+        ]
+        calls = fake.calls()
+        assert all(c.delivered for c in calls), [c.short() for c in calls if not c.delivered]
+        # No job: the rollback's deployment is named by its audit entry.
+        assert [c.body["payload"] for c in calls if c.path == DEPLOYMENTS][-1] == {"job": f"web#{back['seq']}"}
+        assert calls[-1].body == {
+            "state": "success",
+            "description": "rolled back to v1",
+            "environment_url": ENVIRONMENT_URL,
+            "auto_inactive": True,  # v2's deployment becomes inactive on GitHub's side
+        }
+
+
+# --- g: canaries, promoted and aborted; a deploy by hand ----------------------------------------------------
+
+
+def test_a_canary_is_in_progress_with_its_weight_until_promoted_or_aborted(serve, tmp_path):
+    _, path = token_file(tmp_path)
+    with FakeGithubApi() as fake:
+        # Releases of this app start a canary at 20%; a deploy by hand splits only when asked to.
+        served = serve(reported_app(22670, "canary = 20\n"), server=github_server(fake, path))
+        feed_started(served)
+        by_hand(served, "deploy", "web", "v1")
+        canary = release(served, "v2")
+        finished = served.wait(canary)
+        assert finished["status"] == "succeeded", finished
+        wait_for("the canary's statuses", lambda: len(fake.delivered()) == 7, timeout=20, seen=fake.delivered)
+        time.sleep(1.5)  # the canary runs: nothing more comes until it ends
+        assert len(fake.delivered()) == 7
+        promote = signed_job(served, app="web", action="promote")
+        assert served_version(22670) == "v2"
+        by_hand(served, "deploy", "web", "v1", "--canary", "20")
+        signed_job(served, app="web", action="abort", reason="errors on /checkout")
+        assert served_version(22670) == "v2"
+        wait_for("the abort's failure", lambda: len(fake.delivered()) == 12, timeout=20, seen=fake.delivered)
+        time.sleep(1.5)
+
+        first, second, third = fake.deployment_ids()
+        assert fake.delivered() == [
+            *reported("v1", first, ("in_progress", "deploying v1"), ("success", "v1 is live")),
+            *reported(
+                "v2",
+                second,
+                ("queued", "v2 is queued"),
+                ("in_progress", "canary of v2 starting at 20%"),
+                ("in_progress", "canary: v2 takes 20% of the traffic"),
+                ("success", "canary promoted: v2 takes all the traffic"),
+            ),
+            *reported(
+                "v1",
+                third,
+                ("in_progress", "canary of v1 starting at 20%"),
+                ("in_progress", "canary: v1 takes 20% of the traffic"),
+                ("failure", "canary aborted: errors on /checkout"),
+            ),
+        ]
+        calls = fake.calls()
+        assert all(c.delivered for c in calls), [c.short() for c in calls if not c.delivered]
+        started = {e["seq"]: e.get("canary") for e in audit(served, "deploy.started")}
+        payloads = [c.body["payload"]["job"] for c in calls if c.path == DEPLOYMENTS]
+        # The deploys by hand are named by their deploy.started entries; the release by its job, not the promote's.
+        assert payloads[1] == canary != promote
+        assert [started[int(p.removeprefix("web#"))] for p in (payloads[0], payloads[2])] == [None, 20], payloads
+        promoted = next(c.body for c in calls if c.short()[2] == "success" and "promoted" in c.short()[3])
+        assert promoted["environment_url"] == ENVIRONMENT_URL and promoted["auto_inactive"] is True
+
+
+# --- h: releases superseded while another runs --------------------------------------------------------------
+
+
+def test_a_release_superseded_while_queued_is_inactive_and_the_newest_goes_live(serve, images, tmp_path):
+    images.ensure("v3")
+    _, path = token_file(tmp_path)
+    with FakeGithubApi() as fake:
+        served = serve(reported_app(22680), server=github_server(fake, path))
+        feed_started(served)
+        held, go = tmp_path / "held", tmp_path / "go"
+        # Holds each deploy before its pull until `go`, at most 15 s; v3's passes at once.
+        served.deployer.hook(
+            "pre-deploy",
+            f"touch {held}\ni=0\nwhile [ ! -e {go} ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done\n",
+        )
+        first = release(served, "v1")
+        wait_for("v1 held", held.exists)
+        wait_for("v1 in progress", lambda: len(fake.delivered()) == 3, timeout=20, seen=fake.delivered)
+        second, third = release(served, "v2"), release(served, "v3")
+        wait_for("v2 and v3 queued", lambda: len(fake.delivered()) == 7, timeout=20, seen=fake.delivered)
+        go.touch()
+        assert served.wait(first)["status"] == "succeeded"
+        assert served.wait(third)["status"] == "succeeded"
+        # v2 waited behind v3, the newer release; once v3 is live, v2 never runs.
+        assert served.wait(second)["status"] == "superseded"
+        assert served_version(22680) == "v3"
+        wait_for("v2 inactive", lambda: len(fake.delivered()) == 11, timeout=20, seen=fake.delivered)
+        time.sleep(1.5)
+
+        v1, v2, v3 = fake.deployment_ids()
+        assert fake.delivered() == [
+            *reported("v1", v1, ("queued", "v1 is queued"), ("in_progress", "deploying v1")),
+            *reported("v2", v2, ("queued", "v2 is queued")),
+            *reported("v3", v3, ("queued", "v3 is queued")),
+            posted(v1, "success", "v1 is live"),
+            posted(v3, "in_progress", "deploying v3"),
+            posted(v3, "success", "v3 is live"),
+            posted(v2, "inactive", f"superseded by {third}"),
+        ]
+        assert all(c.delivered for c in fake.calls())
+        assert [c.body["payload"] for c in fake.calls() if c.path == DEPLOYMENTS] == [
+            {"job": first},
+            {"job": second},
+            {"job": third},
+        ]
+
+
+# --- i: a fleet rollout: each host reports its own deploy ---------------------------------------------------
+
+
+@pytest.fixture
+def host_b(host, images, tmp_path) -> Iterator[Deployer]:
+    """A second host of the fleet: a deployer of its own (chains, state, containers) on this machine. Set up
+    before `serve`, so its server is killed before it is removed."""
+    (tmp_path / "host-b").mkdir()
+    with owned_deployer(tmp_path / "host-b") as instance:
+        yield instance
+
+
+@pytest.fixture
+def controller(host, images, tmp_path) -> Iterator[Deployer]:
+    """The fleet's controller: a deployer with no app of its own; its chain prefix is the test's all the same."""
+    (tmp_path / "controller").mkdir()
+    with owned_deployer(tmp_path / "controller") as instance:
+        yield instance
+
+
+def fleet_key(folder: Path) -> Path:
+    """A host's own secret for the controller's operator key `fleet`."""
+    folder.mkdir(exist_ok=True)
+    path = folder / "fleet.secret"
+    path.write_text(secrets.token_hex(24) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def controller_worker(controller: Deployer, hosts: dict[str, tuple[Served, Path]]) -> subprocess.Popen:
+    """The controller's config ([fleet], one host at a time, no bake) and its worker, which runs the rollouts."""
+    listed = "".join(
+        f'[[fleet.hosts]]\nname = "{name}"\nurl = "{served.url}"\nkey_id = "fleet"\nsecret_file = "{key}"\n\n'
+        for name, (served, key) in hosts.items()
+    )
+    controller.configure(
+        settings=(
+            '[server]\njob_timeout = 300\nuser = "root"\n\n'
+            '[fleet]\napps = ["web"]\nmax_parallel = 1\nbake = 0\nhost_timeout = 60\n\n' + listed
+        )
+    )
+    with open(controller.root / "worker.log", "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "deployer", "-c", str(controller.config_path), "worker"],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM a process group we started, then SIGKILL what is left of it."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def test_a_fleet_rollout_is_reported_by_each_host_in_its_own_environment(host_b, controller, serve, tmp_path):
+    with FakeGithubApi() as fake:
+        hosts: dict[str, tuple[Served, Path]] = {}
+        tokens: dict[str, str] = {}
+        for name, on, port in (("host-a", None, 22690), ("host-b", host_b, 22695)):
+            folder = tmp_path / f"{name}-secrets"
+            key = fleet_key(folder)
+            tokens[name], path = token_file(folder)  # each host's own token: its own report loop sends its calls
+            served = serve(
+                reported_app(port, f'github_environment = "production/{name}"\n'),
+                server=github_server(fake, path)
+                + f'[server.operators.fleet]\nsecret_file = "{key}"\nscope = "fleet"\napps = ["web"]\n',
+                on=on,
+            )
+            feed_started(served)
+            hosts[name] = (served, key)
+        worker = controller_worker(controller, hosts)
+        try:
+            rolled = controller.cli("rollout", "web", "v1", "--wait", timeout=120)
+            assert rolled.returncode == 0, rolled.stdout + rolled.stderr + (controller.root / "worker.log").read_text()
+        finally:
+            stop_group(worker)
+        rollout = next(w for w in rolled.stdout.splitlines()[0].split() if w.startswith("job-"))
+        assert [served_version(port) for port in (22690, 22695)] == ["v1", "v1"]
+        wait_for("each host's success", lambda: len(fake.delivered()) == 8, timeout=20, seen=fake.delivered)
+        time.sleep(1.5)
+
+        # One deployment per host, in its own environment, one host after the other; the controller reports none.
+        deployments = fake.deployments()
+        assert [(d["ref"], d["environment"]) for d in deployments] == [
+            ("v1", "production/host-a"),
+            ("v1", "production/host-b"),
+        ]
+        calls = fake.calls()
+        assert all(c.delivered for c in calls), [c.short() for c in calls if not c.delivered]
+        for deployment, (name, (served, _)) in zip(deployments, hosts.items(), strict=True):
+            environment = f"production/{name}"
+            mine = [
+                c
+                for c in calls
+                if c.short()[3] == environment or c.path == f"{DEPLOYMENTS}/{deployment['id']}/statuses"
+            ]
+            assert [c.short() for c in mine] == reported(
+                "v1",
+                deployment["id"],
+                ("queued", "v1 is queued"),
+                ("in_progress", "deploying v1"),
+                ("success", "v1 is live"),
+                environment=environment,
+            ), name
+            assert {c.headers["Authorization"] for c in mine} == {f"Bearer {tokens[name]}"}, name
+            # The host's job of this rollout is the deployment's.
+            [job] = [j for j in served.queue().jobs.jobs(app="web") if j.source.get("rollout") == rollout]
+            assert deployment["payload"] == {"job": job.id}, name

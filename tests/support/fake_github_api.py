@@ -186,6 +186,14 @@ class FakeGithubApi(_Loopback):
         with self._lock:
             return sorted(d["id"] for deployments in self._deployments.values() for d in deployments)
 
+    def deployments(self) -> list[dict[str, Any]]:
+        """The deployments created, oldest first, all repositories: id, ref, environment, payload."""
+        with self._lock:
+            found = [d for deployments in self._deployments.values() for d in deployments]
+        return sorted(
+            ({k: d[k] for k in ("id", "ref", "environment", "payload")} for d in found), key=lambda d: d["id"]
+        )
+
     def failed(self) -> list[Call]:
         return [c for c in self.calls() if not c.delivered]
 

@@ -81,6 +81,9 @@ def test_abort_moves_everything_back_and_stops_the_canary(host):
         ("deployer-web-blue", None),
     )
     assert host.events[0]["event"] == "abort.started" and host.events[0]["reason"] == "watchdog: 3 failed checks"
+    # the end carries the reason too: GitHub's failure status and the notification are made from it
+    [finished] = [e for e in host.events if e["event"] == "abort.finished"]
+    assert (finished["tag"], finished["reason"]) == ("v1", "watchdog: 3 failed checks"), finished
 
 
 def test_a_weight_change_is_one_transaction_and_journaled(host):

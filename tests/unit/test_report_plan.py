@@ -74,19 +74,27 @@ BY_HAND = entries(
     ("step", {"step": "flip", "outcome": "ok"}),
     ("deploy.finished", {"tag": "v5", "outcome": "ok"}),
 )
-CANARY_PROMOTED = entries(
+# A release that starts a canary: its job ends once the canary runs, and the promote is a job of its own.
+CANARY_STARTED = (
     ("job.queued", {"job": J1, "tag": "v2", "kind": "release"}),
     ("deploy.started", {"job": J1, "tag": "v2", "canary": 30}),
     ("step", {"job": J1, "step": "flip", "outcome": "ok", "canary": 30}),
     ("deploy.finished", {"job": J1, "tag": "v2", "outcome": "ok", "canary": 30}),
+    ("job.finished", {"job": J1, "tag": "v2", "outcome": "ok", "reason": "v2 is live on green"}),
+)
+CANARY_PROMOTED = entries(
+    *CANARY_STARTED,
+    ("job.queued", {"job": J2, "kind": "promote"}),
     ("promote.started", {"job": J2, "tag": "v2"}),
     ("step", {"job": J2, "step": "flip", "outcome": "ok"}),
     ("promote.finished", {"job": J2, "tag": "v2", "outcome": "ok"}),
+    ("job.finished", {"job": J2, "tag": "v2", "outcome": "ok", "reason": "promote: v2 serves everything"}),
 )
-CANARY_ABORTED = [
-    *CANARY_PROMOTED[:4],
-    {"seq": 5, "event": "abort.finished", "app": "web", "tag": "v1", "outcome": "ok", "reason": "errors"},
-]
+CANARY_ABORTED = entries(
+    *CANARY_STARTED,
+    ("abort.finished", {"job": J2, "tag": "v2", "outcome": "ok", "reason": "errors"}),
+    ("job.finished", {"job": J2, "tag": "v1", "outcome": "ok", "reason": "abort: v1 serves everything"}),
+)
 SUPERSEDED = entries(
     ("job.queued", {"job": J1, "tag": "v2", "kind": "release"}),
     ("job.queued", {"job": J2, "tag": "v3", "kind": "release"}),
@@ -144,6 +152,7 @@ ROLLBACK = entries(
                 ("create", J1, "v2", "production"),
                 ("queued", J1, "v2 is queued", None),
                 ("in_progress", J1, "canary of v2 starting at 30%", None),
+                ("in_progress", J1, "canary: v2 takes 30% of the traffic", None),
                 ("success", J1, "canary promoted: v2 takes all the traffic", "https://web.example"),
             ],
         ),
@@ -153,6 +162,7 @@ ROLLBACK = entries(
                 ("create", J1, "v2", "production"),
                 ("queued", J1, "v2 is queued", None),
                 ("in_progress", J1, "canary of v2 starting at 30%", None),
+                ("in_progress", J1, "canary: v2 takes 30% of the traffic", None),
                 ("failure", J1, "canary aborted: errors", None),
             ],
         ),
@@ -270,13 +280,13 @@ ROLLOUT = [
             ("*",),
             [
                 ("audit-4", "canary.started", "web: canary of v2 started at 30%"),
-                ("audit-5", "canary.aborted", "web: canary aborted, v1 serves everything (errors)"),
+                ("audit-6", "canary.aborted", "web: canary aborted, v2 serves everything (errors)"),
             ],
         ),
         (
             CANARY_PROMOTED,
             ("canary.promoted",),
-            [("audit-7", "canary.promoted", "web: canary promoted, v2 takes all the traffic")],
+            [("audit-9", "canary.promoted", "web: canary promoted, v2 takes all the traffic")],
         ),
         (ROLLBACK, DEFAULT_NOTIFY_EVENTS, [("audit-3", "rollback", "web: rolled back to v1")]),
         (
