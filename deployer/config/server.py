@@ -105,39 +105,23 @@ def parse_server(
         secret_env_names=secret_env_names,
         required=False,
     )
-    audit_token = read_secret(
-        data,
-        "audit_token",
-        path=path,
-        base=base,
-        environ=environ,
-        where="server",
-        secret_env_names=secret_env_names,
-        required=False,
-    )
-    if audit_token is not None and len(audit_token) < MIN_OPERATOR_SECRET:
-        raise ConfigError(
-            f"the token is shorter than {MIN_OPERATOR_SECRET} characters; make one with: openssl rand -hex 32",
-            path=path,
-            key=key("audit_token"),
-        )
 
-    metrics_token = read_secret(
-        data,
-        "metrics_token",
-        path=path,
-        base=base,
-        environ=environ,
-        where="server",
-        secret_env_names=secret_env_names,
-        required=False,
-    )
-    if metrics_token is not None and len(metrics_token) < MIN_OPERATOR_SECRET:
-        raise ConfigError(
-            f"the token is shorter than {MIN_OPERATOR_SECRET} characters; make one with: openssl rand -hex 32",
-            path=path,
-            key=key("metrics_token"),
-        )
+    def bearer_token(name: str) -> str | None:
+        """An optional bearer token of [server] (`<name>_file` or `<name>_env`), long enough to resist guessing."""
+        token = read_secret(
+            data, name, path=path, base=base, environ=environ, where="server", secret_env_names=secret_env_names,
+            required=False,
+        )  # fmt: skip
+        if token is not None and len(token) < MIN_OPERATOR_SECRET:
+            raise ConfigError(
+                f"the token is shorter than {MIN_OPERATOR_SECRET} characters; make one with: openssl rand -hex 32",
+                path=path,
+                key=key(name),
+            )
+        return token
+
+    audit_token = bearer_token("audit_token")
+    metrics_token = bearer_token("metrics_token")
     metrics_allow = networks(data.get("metrics_allow", []), path=path, key=key("metrics_allow"))
 
     operators_data = data.get("operators", {})
