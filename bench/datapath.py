@@ -98,7 +98,7 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
                 return {"rps": None, "error": f"{exc} {result.stderr.strip()[-200:]}"}
 
         for client in CLIENTS:
-            for path in paths[client]:
+            for path in paths[client] if plan.wrk_warmup_seconds else ():
                 measure(client, path, plan.wrk_warmup_seconds)
         rounds = []
         for number in range(plan.rounds):

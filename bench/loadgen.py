@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -44,7 +45,9 @@ def wrk_argv(url: str, *, threads: int, connections: int, seconds: float, timeou
 
 
 def _seconds(value: float) -> str:
-    return f"{value:g}s" if value >= 1 else f"{round(value * 1000)}ms"
+    """wrk reads -d and --timeout as whole seconds, minutes or hours ("1s", "2m"): "300ms" is refused with its usage
+    text, so a fraction is rounded up to the next second."""
+    return f"{max(1, math.ceil(value))}s"
 
 
 def duration_ms(text: str) -> float:

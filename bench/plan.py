@@ -44,8 +44,8 @@ class Plan:
 
     quick: bool
     rounds: int  # data path: interleaved rounds over all paths (even: the order alternates)
-    wrk_seconds: float
-    wrk_warmup_seconds: float
+    wrk_seconds: float  # wrk takes whole seconds
+    wrk_warmup_seconds: float  # 0: no warm-up run
     deploys: int  # per scenario, under load
     scale_points: tuple[int, ...]
     flips_per_point: int
@@ -79,8 +79,8 @@ def plan_for(quick: bool, *, deploys: int | None = None, rounds: int | None = No
         plan = Plan(
             quick=True,
             rounds=1,
-            wrk_seconds=0.5,
-            wrk_warmup_seconds=0.2,
+            wrk_seconds=1.0,
+            wrk_warmup_seconds=0.0,  # none: a smoke, not a figure
             deploys=2,
             scale_points=SCALE_POINTS,
             flips_per_point=2,

@@ -120,9 +120,7 @@ def test_install_deps_and_the_unit_tests_pass_on_stock_debian_from_a_plain_clone
         collected = step(rootfs, log, "unit tests collected", f"cd {CLONE} && .venv/bin/python -m pytest {COLLECT}")
         assert collected.returncode == 0, collected.stdout[-6000:]
         count = re.search(r"(\d+) tests collected", collected.stdout)
-        assert count and int(count.group(1)) > 1000 and "error" not in collected.stdout.lower(), collected.stdout[
-            -3000:
-        ]
+        assert count and int(count.group(1)) > 1000, collected.stdout[-3000:]
         units = step(rootfs, log, "unit tests", f"cd {CLONE} && .venv/bin/python -m pytest {ON_DEBIAN}", timeout=600)
         summary = units.stdout.strip().splitlines()[-1] if units.stdout.strip() else ""
         log.append(f"unit tests: {count.group(0)}; {summary}")

@@ -56,4 +56,9 @@ def test_command():
         "--latency",
         "http://h:1/",
     ]
-    assert wrk_argv("http://h:1/", threads=2, connections=8, seconds=0.3)[3] == "-d300ms"
+    # wrk refuses "300ms" (its -d takes s, m or h): a fraction is rounded up to a whole second
+    assert [wrk_argv("http://h:1/", threads=2, connections=8, seconds=s)[3] for s in (0.3, 1, 2.5)] == [
+        "-d1s",
+        "-d1s",
+        "-d3s",
+    ]
