@@ -189,6 +189,11 @@ class AuditLog:
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit log {self.path}: {exc}", path=str(self.path)) from None
 
+    def newest_seq(self) -> int:
+        """The seq of the newest entry; 0 for an empty or missing log. Where a reader of the log stands against it."""
+        newest = self.query(Query(limit=1))
+        return newest[0].seq if newest else 0
+
     def timeline(self, job: str) -> list[Entry]:
         """One job's entries, oldest first: its start, each step, its end."""
         return self.query(Query(job=job, limit=None, oldest_first=True))

@@ -21,6 +21,10 @@ HOST_NAME_RE = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9]
 LOOPBACK_NAMES = {"127.0.0.1": ("localhost",), "::1": ("localhost",)}
 
 
+# An http(s) URL without credentials, query or fragment: github_api and public_url are shown and sent as they are.
+HTTP_URL_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$")
+
+
 def parse_server(
     data: Any, *, path: Path, base: Path, environ: Mapping[str, str], secret_env_names: set[str]
 ) -> ServerConfig:
@@ -85,7 +89,7 @@ def parse_server(
     )
 
     github_api = typed(data, "github_api", str, defaults.github_api, path=path, key=key("github_api"))
-    if not re.fullmatch(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$", github_api):
+    if not HTTP_URL_RE.fullmatch(github_api):
         raise ConfigError("must be an http(s) URL such as https://api.github.com", path=path, key=key("github_api"))
 
     accounts = {}
@@ -172,16 +176,13 @@ def parse_server(
     )
 
 
-PUBLIC_URL_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$")
-
-
 def parse_public_url(data: Mapping[str, Any], *, path: Path) -> str | None:
     """The address clients reach this server at (behind its TLS proxy): job pages are linked from GitHub's
     deployment statuses and the notifications under it. No query, fragment or credentials: it is shown to all."""
     value = typed(data, "public_url", str, None, path=path, key="server.public_url")
     if value is None:
         return None
-    if not PUBLIC_URL_RE.fullmatch(value):
+    if not HTTP_URL_RE.fullmatch(value):
         raise ConfigError(
             "must be an http(s) URL such as https://deploy.example.com", path=path, key="server.public_url"
         )

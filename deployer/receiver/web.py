@@ -91,8 +91,7 @@ class Receiver:
         atexit.register(self._flush_at_exit)
 
     def _outbox_backlog(self) -> dict[str, int]:
-        newest = self.audit.query(Query(limit=1))
-        return self.queue.reports.backlog(newest[0].seq if newest else 0)
+        return self.queue.reports.backlog(self.audit.newest_seq())
 
     def _flush_at_exit(self) -> None:
         try:

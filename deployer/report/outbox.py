@@ -284,8 +284,7 @@ class AuditEntries:
         return [{**entry.fields, "seq": entry.seq} for entry in found]
 
     def head(self) -> int:
-        newest = self.audit_log.query(Query(limit=1))
-        return newest[0].seq if newest else 0
+        return self.audit_log.newest_seq()
 
 
 def feed_names(reports: ReportsConfig) -> list[str]:
