@@ -48,6 +48,9 @@ IMAGE = "127.0.0.1:5000/deployer-test"
 TCP_PORT, UDP_PORT = 80, 53
 BUCKETS, SEED = 6, 0x5EED
 INTERFACE = "eth1"
+# The demo app passes its gate in a fraction of a second; a release that never passes (the fleet's `bad`, a host
+# with HEALTH_STATUS=500) fails after this, not after a production-sized wait.
+HEALTH_DEADLINE = 4
 
 
 TOOLS = ("keepalived", "arptables", "socat", "nsenter", "dockerd")
@@ -328,7 +331,7 @@ path = "/healthz"
 interval = 0.2
 timeout = 1
 successes = 2
-deadline = 15
+deadline = {HEALTH_DEADLINE}
 
 [cluster]
 address = "{self.address}"
