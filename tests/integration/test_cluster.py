@@ -37,6 +37,18 @@ def bed(host: None):
         yield built
 
 
+@pytest.fixture(scope="module")
+def nft_unicast_bed(host: None):
+    """A second bed, for what the first one's hosts cannot show: `backend = "nftables"` and `unicast = true`. One bed
+    for both saves building three dockerds again: the app's DNAT backend and the VRRP filter are independent (the
+    buckets and the filter are iptables' on either backend), and each test checks its own part."""
+    if (tool := missing_tool()) is not None:
+        missing(f"{tool} is not installed (run scripts/install-deps)")
+    with ClusterBed(backend="nftables", unicast=True) as built:
+        built.start()
+        yield built
+
+
 def save_figures(name: str, values: object) -> None:
     figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
     figures[name] = values
@@ -313,21 +325,20 @@ def test_leave_wait_and_join_under_load_hand_every_bucket_over_without_losing_a_
 # --- the nftables backend ------------------------------------------------------------------------------
 
 
-def test_on_the_nftables_backend_each_source_is_answered_by_its_owner_and_a_deploy_fails_nothing(host: None):
+def test_on_the_nftables_backend_each_source_is_answered_by_its_owner_and_a_deploy_fails_nothing(
+    nft_unicast_bed: ClusterBed,
+):
     """The same hosts with `backend = "nftables"`: the buckets stay in mangle (iptables'), the app's DNAT is in
     the nftables table of each host, reached for the shared address as for any local one."""
-    if (tool := missing_tool()) is not None:
-        missing(f"{tool} is not installed (run scripts/install-deps)")
-    with ClusterBed(backend="nftables") as bed:
-        bed.start()
-        replies = bed.client_once()
-        wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
-        assert not wrong, f"answered by other hosts than the oracle's, twice, or not at all: {wrong}"
-        h1 = bed.host("h1")
-        table = h1.sh("nft", "list", "table", "ip", "deployer").stdout
-        assert "dnat ip to tcp dport map @tcp-ports" in table and 'comment "web blue' in table
-        assert "-A DEPLOYER-web" not in h1.sh("iptables-save", "-t", "nat").stdout
-        deploy_under_load(bed, "h1", "v2")
+    bed = nft_unicast_bed
+    replies = bed.client_once()
+    wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
+    assert not wrong, f"answered by other hosts than the oracle's, twice, or not at all: {wrong}"
+    h1 = bed.host("h1")
+    table = h1.sh("nft", "list", "table", "ip", "deployer").stdout
+    assert "dnat ip to tcp dport map @tcp-ports" in table and 'comment "web blue' in table
+    assert "-A DEPLOYER-web" not in h1.sh("iptables-save", "-t", "nat").stdout
+    deploy_under_load(bed, "h1", "v2")
 
 
 # --- VRRP from a stranger on the segment ------------------------------------------------------------
@@ -430,29 +441,26 @@ def test_without_unicast_a_strangers_forged_advert_takes_the_buckets_away(bed: C
     assert owners(bed) == home
 
 
-def test_with_unicast_a_strangers_forged_advert_changes_no_owner(host: None):
+def test_with_unicast_a_strangers_forged_advert_changes_no_owner(nft_unicast_bed: ClusterBed):
     """`unicast = true`: keepalived sends to and takes from the other hosts only, and the filter drops VRRP from
     anyone else on the interface. A stranger on the segment (a fourth namespace) forging priority 255 for every
     bucket, to the VRRP group and to each host, moves no bucket."""
-    if (tool := missing_tool()) is not None:
-        missing(f"{tool} is not installed (run scripts/install-deps)")
-    with ClusterBed(unicast=True) as bed:
-        bed.start()
-        home = owners(bed)
-        assert sum(len(o) for o in home.values()) == BUCKETS
-        h1 = bed.host("h1")
-        assert "unicast_peer" in (h1.state / "cluster" / "keepalived.conf").read_text()
-        address = str(list(bed.subnet.hosts())[50])
-        seen = watch_owners(bed, forge(bed, bed.stranger("x", address), address))
-        assert seen == [home], f"the forged adverts moved buckets: {seen}"
-        for member in bed.hosts:
-            status = member.status()
-            assert {b for b, state in status["states"].items() if state == "MASTER"} == {
-                str(b) for b in home[member.name]
-            }, status
-            dropped = member.sh("iptables", "-w", "-L", "DEPLOYER-VRRP", "-v", "-n", "-x").stdout
-            drop = next(line for line in dropped.splitlines() if "DROP" in line)
-            assert int(drop.split()[0]) > 0, f"{member.name} never saw a forged advert:\n{dropped}"
-        replies = bed.client_once()
-        wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
-        assert not wrong, f"answered by other hosts than the oracle's after the forged adverts: {wrong}"
+    bed = nft_unicast_bed
+    home = owners(bed)
+    assert sum(len(o) for o in home.values()) == BUCKETS
+    h1 = bed.host("h1")
+    assert "unicast_peer" in (h1.state / "cluster" / "keepalived.conf").read_text()
+    address = str(list(bed.subnet.hosts())[50])
+    seen = watch_owners(bed, forge(bed, bed.stranger("x", address), address))
+    assert seen == [home], f"the forged adverts moved buckets: {seen}"
+    for member in bed.hosts:
+        status = member.status()
+        assert {b for b, state in status["states"].items() if state == "MASTER"} == {
+            str(b) for b in home[member.name]
+        }, status
+        dropped = member.sh("iptables", "-w", "-L", "DEPLOYER-VRRP", "-v", "-n", "-x").stdout
+        drop = next(line for line in dropped.splitlines() if "DROP" in line)
+        assert int(drop.split()[0]) > 0, f"{member.name} never saw a forged advert:\n{dropped}"
+    replies = bed.client_once()
+    wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
+    assert not wrong, f"answered by other hosts than the oracle's after the forged adverts: {wrong}"
