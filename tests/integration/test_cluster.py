@@ -56,7 +56,9 @@ def save_figures(name: str, values: object) -> None:
 
 
 def test_the_hash_model_predicts_the_kernels_buckets(host: None):
-    """xt_cluster itself, one rule per bucket, one datagram per source: the model names the same bucket."""
+    """xt_cluster itself, one rule per bucket and source, one datagram per source: the model names the same bucket.
+    Each source has rules of its own (`-s`), so one datagram from each, sent by one process, and one read of the
+    counters tell every source's bucket apart."""
     with netns.OutsideClient() as client:
         sources = [str(a) for a in list(client.subnet.hosts())[9:73]]
         for source in sources:
@@ -64,36 +66,39 @@ def test_the_hash_model_predicts_the_kernels_buckets(host: None):
         # The host end of the pair is in the root namespace: count in a chain of this test's own.
         chain = f"DPC{os.getpid() % 100000:05d}"
         lines = ["*mangle", f":{chain} - [0:0]", f"-I PREROUTING 1 -i {client.host_if} -p udp --dport 9 -j {chain}"]
-        for b in range(BUCKETS):
-            lines.append(
-                f"-A {chain} -m cluster --cluster-total-nodes {BUCKETS} --cluster-local-node {b + 1} "
-                f"--cluster-hash-seed {SEED} -j MARK --set-mark {b + 1}"
-            )
-            lines.append(f"-A {chain} -m mark --mark {b + 1} -j DROP")
+        for source in sources:
+            for b in range(BUCKETS):
+                lines.append(
+                    f"-A {chain} -s {source}/32 -m cluster --cluster-total-nodes {BUCKETS} --cluster-local-node "
+                    f"{b + 1} --cluster-hash-seed {SEED} -j MARK --set-mark {b + 1}"
+                )
+                lines.append(f"-A {chain} -s {source}/32 -m mark --mark {b + 1} -j DROP")
         subprocess.run(
             ["iptables-restore", "--noflush"], input="\n".join([*lines, "COMMIT", ""]), text=True, check=True
         )
         try:
-            found = {}
-            for source in sources:
-                subprocess.run(["iptables", "-t", "mangle", "-Z", chain], check=True)
-                client.run(
-                    [
-                        sys.executable,
-                        "-c",
-                        "import socket; s = socket.socket(2, 2); "
-                        f"s.bind(('{source}', 0)); s.sendto(b'x', ('{client.host_ip}', 9))",
-                    ],
-                    check=True,
-                )
-                listing = subprocess.run(
-                    ["iptables", "-t", "mangle", "-L", chain, "-v", "-n", "-x"],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                ).stdout
-                marks = [line for line in listing.splitlines() if "MARK set" in line]
-                found[source] = [i for i, line in enumerate(marks) if line.split()[0] != "0"]
+            client.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import socket, sys\n"
+                    "for source in sys.argv[1].split(','):\n"
+                    "    s = socket.socket(2, 2); s.bind((source, 0))\n"
+                    f"    s.sendto(b'x', ('{client.host_ip}', 9)); s.close()\n",
+                    ",".join(sources),
+                ],
+                check=True,
+            )
+            listing = subprocess.run(
+                ["iptables", "-t", "mangle", "-L", chain, "-v", "-n", "-x"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            found: dict[str, list[int]] = {source: [] for source in sources}
+            for line in listing.splitlines():
+                if "MARK set" in line and line.split()[0] != "0":
+                    found[line.split()[7]].append(int(line.rsplit("MARK set", 1)[1].split()[0], 16) - 1)
         finally:
             subprocess.run(
                 [
