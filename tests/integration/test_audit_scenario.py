@@ -49,7 +49,8 @@ def deploy_steps(*, first: bool) -> list[tuple]:
 
 def test_webhook_manual_rejected_and_failed_gate_leave_the_exact_trail(serve, images, unhealthy_tag):
     images.ensure("0.0.1")  # the tag of GitHub's real payload
-    served = serve(web_app(22150, drain=0.5, stop_timeout=3))
+    # The demo app passes its gate in a fraction of a second; the unhealthy tag fails it after 2 s, not 15.
+    served = serve(web_app(22150, drain=0.5, stop_timeout=3, health={"deadline": 2}))
 
     published = served.deliver(real_payload("release-published.payload.json"), delivery="d-1")
     assert published.status_code == 202, published.text

@@ -37,6 +37,18 @@ def bed(host: None):
         yield built
 
 
+@pytest.fixture(scope="module")
+def nft_unicast_bed(host: None):
+    """A second bed, for what the first one's hosts cannot show: `backend = "nftables"` and `unicast = true`. One bed
+    for both saves building three dockerds again: the app's DNAT backend and the VRRP filter are independent (the
+    buckets and the filter are iptables' on either backend), and each test checks its own part."""
+    if (tool := missing_tool()) is not None:
+        missing(f"{tool} is not installed (run scripts/install-deps)")
+    with ClusterBed(backend="nftables", unicast=True) as built:
+        built.start()
+        yield built
+
+
 def save_figures(name: str, values: object) -> None:
     figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
     figures[name] = values
@@ -44,7 +56,9 @@ def save_figures(name: str, values: object) -> None:
 
 
 def test_the_hash_model_predicts_the_kernels_buckets(host: None):
-    """xt_cluster itself, one rule per bucket, one datagram per source: the model names the same bucket."""
+    """xt_cluster itself, one rule per bucket and source, one datagram per source: the model names the same bucket.
+    Each source has rules of its own (`-s`), so one datagram from each, sent by one process, and one read of the
+    counters tell every source's bucket apart."""
     with netns.OutsideClient() as client:
         sources = [str(a) for a in list(client.subnet.hosts())[9:73]]
         for source in sources:
@@ -52,36 +66,39 @@ def test_the_hash_model_predicts_the_kernels_buckets(host: None):
         # The host end of the pair is in the root namespace: count in a chain of this test's own.
         chain = f"DPC{os.getpid() % 100000:05d}"
         lines = ["*mangle", f":{chain} - [0:0]", f"-I PREROUTING 1 -i {client.host_if} -p udp --dport 9 -j {chain}"]
-        for b in range(BUCKETS):
-            lines.append(
-                f"-A {chain} -m cluster --cluster-total-nodes {BUCKETS} --cluster-local-node {b + 1} "
-                f"--cluster-hash-seed {SEED} -j MARK --set-mark {b + 1}"
-            )
-            lines.append(f"-A {chain} -m mark --mark {b + 1} -j DROP")
+        for source in sources:
+            for b in range(BUCKETS):
+                lines.append(
+                    f"-A {chain} -s {source}/32 -m cluster --cluster-total-nodes {BUCKETS} --cluster-local-node "
+                    f"{b + 1} --cluster-hash-seed {SEED} -j MARK --set-mark {b + 1}"
+                )
+                lines.append(f"-A {chain} -s {source}/32 -m mark --mark {b + 1} -j DROP")
         subprocess.run(
             ["iptables-restore", "--noflush"], input="\n".join([*lines, "COMMIT", ""]), text=True, check=True
         )
         try:
-            found = {}
-            for source in sources:
-                subprocess.run(["iptables", "-t", "mangle", "-Z", chain], check=True)
-                client.run(
-                    [
-                        sys.executable,
-                        "-c",
-                        "import socket; s = socket.socket(2, 2); "
-                        f"s.bind(('{source}', 0)); s.sendto(b'x', ('{client.host_ip}', 9))",
-                    ],
-                    check=True,
-                )
-                listing = subprocess.run(
-                    ["iptables", "-t", "mangle", "-L", chain, "-v", "-n", "-x"],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                ).stdout
-                marks = [line for line in listing.splitlines() if "MARK set" in line]
-                found[source] = [i for i, line in enumerate(marks) if line.split()[0] != "0"]
+            client.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import socket, sys\n"
+                    "for source in sys.argv[1].split(','):\n"
+                    "    s = socket.socket(2, 2); s.bind((source, 0))\n"
+                    f"    s.sendto(b'x', ('{client.host_ip}', 9)); s.close()\n",
+                    ",".join(sources),
+                ],
+                check=True,
+            )
+            listing = subprocess.run(
+                ["iptables", "-t", "mangle", "-L", chain, "-v", "-n", "-x"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            found: dict[str, list[int]] = {source: [] for source in sources}
+            for line in listing.splitlines():
+                if "MARK set" in line and line.split()[0] != "0":
+                    found[line.split()[7]].append(int(line.rsplit("MARK set", 1)[1].split()[0], 16) - 1)
         finally:
             subprocess.run(
                 [
@@ -313,21 +330,20 @@ def test_leave_wait_and_join_under_load_hand_every_bucket_over_without_losing_a_
 # --- the nftables backend ------------------------------------------------------------------------------
 
 
-def test_on_the_nftables_backend_each_source_is_answered_by_its_owner_and_a_deploy_fails_nothing(host: None):
+def test_on_the_nftables_backend_each_source_is_answered_by_its_owner_and_a_deploy_fails_nothing(
+    nft_unicast_bed: ClusterBed,
+):
     """The same hosts with `backend = "nftables"`: the buckets stay in mangle (iptables'), the app's DNAT is in
     the nftables table of each host, reached for the shared address as for any local one."""
-    if (tool := missing_tool()) is not None:
-        missing(f"{tool} is not installed (run scripts/install-deps)")
-    with ClusterBed(backend="nftables") as bed:
-        bed.start()
-        replies = bed.client_once()
-        wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
-        assert not wrong, f"answered by other hosts than the oracle's, twice, or not at all: {wrong}"
-        h1 = bed.host("h1")
-        table = h1.sh("nft", "list", "table", "ip", "deployer").stdout
-        assert "dnat ip to tcp dport map @tcp-ports" in table and 'comment "web blue' in table
-        assert "-A DEPLOYER-web" not in h1.sh("iptables-save", "-t", "nat").stdout
-        deploy_under_load(bed, "h1", "v2")
+    bed = nft_unicast_bed
+    replies = bed.client_once()
+    wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
+    assert not wrong, f"answered by other hosts than the oracle's, twice, or not at all: {wrong}"
+    h1 = bed.host("h1")
+    table = h1.sh("nft", "list", "table", "ip", "deployer").stdout
+    assert "dnat ip to tcp dport map @tcp-ports" in table and 'comment "web blue' in table
+    assert "-A DEPLOYER-web" not in h1.sh("iptables-save", "-t", "nat").stdout
+    deploy_under_load(bed, "h1", "v2")
 
 
 # --- VRRP from a stranger on the segment ------------------------------------------------------------
@@ -430,29 +446,26 @@ def test_without_unicast_a_strangers_forged_advert_takes_the_buckets_away(bed: C
     assert owners(bed) == home
 
 
-def test_with_unicast_a_strangers_forged_advert_changes_no_owner(host: None):
+def test_with_unicast_a_strangers_forged_advert_changes_no_owner(nft_unicast_bed: ClusterBed):
     """`unicast = true`: keepalived sends to and takes from the other hosts only, and the filter drops VRRP from
     anyone else on the interface. A stranger on the segment (a fourth namespace) forging priority 255 for every
     bucket, to the VRRP group and to each host, moves no bucket."""
-    if (tool := missing_tool()) is not None:
-        missing(f"{tool} is not installed (run scripts/install-deps)")
-    with ClusterBed(unicast=True) as bed:
-        bed.start()
-        home = owners(bed)
-        assert sum(len(o) for o in home.values()) == BUCKETS
-        h1 = bed.host("h1")
-        assert "unicast_peer" in (h1.state / "cluster" / "keepalived.conf").read_text()
-        address = str(list(bed.subnet.hosts())[50])
-        seen = watch_owners(bed, forge(bed, bed.stranger("x", address), address))
-        assert seen == [home], f"the forged adverts moved buckets: {seen}"
-        for member in bed.hosts:
-            status = member.status()
-            assert {b for b, state in status["states"].items() if state == "MASTER"} == {
-                str(b) for b in home[member.name]
-            }, status
-            dropped = member.sh("iptables", "-w", "-L", "DEPLOYER-VRRP", "-v", "-n", "-x").stdout
-            drop = next(line for line in dropped.splitlines() if "DROP" in line)
-            assert int(drop.split()[0]) > 0, f"{member.name} never saw a forged advert:\n{dropped}"
-        replies = bed.client_once()
-        wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
-        assert not wrong, f"answered by other hosts than the oracle's after the forged adverts: {wrong}"
+    bed = nft_unicast_bed
+    home = owners(bed)
+    assert sum(len(o) for o in home.values()) == BUCKETS
+    h1 = bed.host("h1")
+    assert "unicast_peer" in (h1.state / "cluster" / "keepalived.conf").read_text()
+    address = str(list(bed.subnet.hosts())[50])
+    seen = watch_owners(bed, forge(bed, bed.stranger("x", address), address))
+    assert seen == [home], f"the forged adverts moved buckets: {seen}"
+    for member in bed.hosts:
+        status = member.status()
+        assert {b for b, state in status["states"].items() if state == "MASTER"} == {
+            str(b) for b in home[member.name]
+        }, status
+        dropped = member.sh("iptables", "-w", "-L", "DEPLOYER-VRRP", "-v", "-n", "-x").stdout
+        drop = next(line for line in dropped.splitlines() if "DROP" in line)
+        assert int(drop.split()[0]) > 0, f"{member.name} never saw a forged advert:\n{dropped}"
+    replies = bed.client_once()
+    wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
+    assert not wrong, f"answered by other hosts than the oracle's after the forged adverts: {wrong}"

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ IMAGE = "127.0.0.1:5000/deployer-test"
 TCP_PORT, UDP_PORT = 80, 53
 BUCKETS, SEED = 6, 0x5EED
 INTERFACE = "eth1"
+# The demo app passes its gate in a fraction of a second; a release that never passes (the fleet's `bad`, a host
+# with HEALTH_STATUS=500) fails after this, not after a production-sized wait.
+HEALTH_DEADLINE = 4
 
 
 TOOLS = ("keepalived", "arptables", "socat", "nsenter", "dockerd")
@@ -186,7 +190,10 @@ class ClusterBed(Bed):
         for host in self.hosts:
             self._wait_dockerd(host)
             self._configure(host)
-            host.deployer("deploy", "web", "v1")
+        # Each host's first deploy, side by side: each has its own dockerd, state folder and namespace.
+        with ThreadPoolExecutor(len(self.hosts)) as pool:
+            for deploy in [pool.submit(host.deployer, "deploy", "web", "v1") for host in self.hosts]:
+                deploy.result()
 
     def stranger(self, name: str, address: str) -> str:
         """A namespace on the segment, at `address`, that is no host of the cluster; its name. Removed with the bed."""
@@ -328,7 +335,7 @@ path = "/healthz"
 interval = 0.2
 timeout = 1
 successes = 2
-deadline = 15
+deadline = {HEALTH_DEADLINE}
 
 [cluster]
 address = "{self.address}"
@@ -551,11 +558,13 @@ unicast = {"true" if self.unicast else "false"}
     # --- removing ---------------------------------------------------------------------------------
 
     def close(self) -> None:
+        for host in self.hosts:  # all told first, then each waited for: they stop side by side
+            if host.agent is not None and host.agent.poll() is None:
+                host.agent.send_signal(signal.SIGTERM)
         for host in self.hosts:
             with contextlib.suppress(Exception):
                 self.stop_agent(host, timeout=5)
-        for host in self.hosts:
-            self._stop_dockerd(host)
+        self._stop_dockerds()
         netns.stop_processes(self.procs, timeout=2)
         for namespace in reversed(self.namespaces):
             netns._delete_namespace(namespace)
@@ -563,19 +572,24 @@ unicast = {"true" if self.unicast else "false"}
         _unmount_under(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _stop_dockerd(self, host: Host) -> None:
-        pid = host.dockerd_pid
-        if pid is None:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                pid = int((host.folder / "dockerd.pid").read_text())
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    def _stop_dockerds(self) -> None:
+        """SIGTERM to every host's dockerd at once, so they stop their containers side by side; SIGKILL to any still
+        running 20 s later."""
+        pids = []
+        for host in self.hosts:
+            pid = host.dockerd_pid
+            if pid is None:
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    pid = int((host.folder / "dockerd.pid").read_text())
+            if pid is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            pids.append(pid)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
             time.sleep(0.1)
-        if _alive(pid):
+        for pid in filter(_alive, pids):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

@@ -270,6 +270,15 @@ host_timeout = {host_timeout}
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.stop_controller()
-        for host in self.cluster.hosts:
-            with contextlib.suppress(Exception):
-                self.stop_server(host)
+        # One SIGTERM each (a second one would kill a server's running deploys), all sent before any is waited for:
+        # the servers stop side by side.
+        for proc in self.servers.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.servers.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.servers.clear()

@@ -212,7 +212,9 @@ class Served:
         return "".join(path.read_text(errors="replace") for path in self.logs)
 
 
-def web_app(port: int, *, drain: float = 0.5, stop_timeout: int = 4, extra: str = "") -> str:
+def web_app(
+    port: int, *, drain: float = 0.5, stop_timeout: int = 4, extra: str = "", health: dict[str, Any] | None = None
+) -> str:
     return demo_app(
         "web",
         external=port,
@@ -221,6 +223,7 @@ def web_app(port: int, *, drain: float = 0.5, stop_timeout: int = 4, extra: str 
         drain=drain,
         stop_timeout=stop_timeout,
         env={"DRAIN_TIMEOUT": str(stop_timeout - 2)},
+        health=health,
         extra=f'repository = "{GITHUB_REPO}"\n{extra}',
     )
 
