@@ -77,3 +77,13 @@ def test_the_dockerfile_takes_its_base_and_the_offline_switch_as_arguments_and_u
     assert (REPO / ".dockerignore").read_text().splitlines()[0] == "*"
     assert "!wheelhouse/" in (REPO / ".dockerignore").read_text().splitlines()
     assert (REPO / "wheelhouse" / "README.md").is_file()
+
+
+def test_the_production_page_names_every_variable_with_its_default():
+    variables = dict(re.findall(r"\$\{(DEPLOYER_[A-Z_]+):-([^}]*)\}", (REPO / "compose.yaml").read_text()))
+    assert len(variables) == 6
+    page = (REPO / "docs" / "production.md").read_text()
+    section = page[page.index("\n## Compose\n") : page.index("\n## What restarts what\n")]
+    for name, default in variables.items():
+        assert f"`{name}` (`{default}`)" in section, name
+    assert "DEPLOYER_BASE=debian-local:bookworm DEPLOYER_OFFLINE=true docker-compose build" in section
