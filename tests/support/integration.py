@@ -95,7 +95,7 @@ def remove_leftovers() -> None:
 
 
 def remove_dead_compose_projects() -> None:
-    """What a killed test_compose.py left: its project's containers (restarted by dockerd otherwise), network and
+    """What a killed test_compose_run.py left: its project's containers (restarted by dockerd otherwise), network and
     images, all named `deployer-<test prefix>`."""
     listed = run(["docker", "ps", "-a", "--format", '{{.ID}} {{.Label "com.docker.compose.project"}}']).stdout
     images = run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]).stdout.split()

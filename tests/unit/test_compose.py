@@ -1,5 +1,5 @@
 """compose.yaml keeps the privilege split: only the worker holds the Docker socket and netfilter; the host's side of
-every path, the image and its base are variables with the production defaults (tests/integration/test_compose.py
+every path, the image and its base are variables with the production defaults (tests/integration/test_compose_run.py
 runs it)."""
 
 from __future__ import annotations
