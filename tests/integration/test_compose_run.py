@@ -47,12 +47,13 @@ CONTEXT_FILES = ("Dockerfile", ".dockerignore", "compose.yaml", "pyproject.toml"
 
 @dataclass
 class ComposeBed:
+    """One compose project of the test's own name, run with the variables that point it at the temporary folders."""
+
     project: str
     context: Path
     env: dict[str, str]
     served: Served
-
-    override: bool = False
+    override: bool = False  # only where `privileged` cannot start (the module's docstring)
 
     def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         files = ["-f", str(self.context / "compose.yaml")]
