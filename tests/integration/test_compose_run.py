@@ -74,17 +74,19 @@ class ComposeBed:
         return self.compose("logs", "--no-color", "--tail", "60").stdout
 
 
-def build_context(target: Path) -> None:
-    """The files the image takes, and a wheelhouse of the deployer and its dependencies made by this host's pip."""
+def build_context(target: Path) -> subprocess.Popen:
+    """The files the image takes, and this host's pip making a wheelhouse of the deployer and its dependencies in it;
+    started, not waited for, so the base's import runs meanwhile."""
     target.mkdir()
     for name in CONTEXT_FILES:
         shutil.copy(REPO / name, target / name)
     shutil.copytree(REPO / "deployer", target / "deployer", ignore=shutil.ignore_patterns("__pycache__"))
-    wheels = run(
+    return subprocess.Popen(
         [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(target / "wheelhouse"), str(target)],
-        timeout=300,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert wheels.returncode == 0, wheels.stderr[-3000:]
 
 
 def host_folders(root: Path, deployer: Deployer, receiver_port: int) -> tuple[Path, Path, str, str]:
@@ -174,16 +176,19 @@ def compose_bed(deployer: Deployer, images, tmp_path: Path) -> Iterator[ComposeB
     }
     bed = ComposeBed(project, tmp_path / "context", env, served, override=not full_capability_set())
     try:
-        with timed(times, "wheelhouse"):
-            build_context(bed.context)
+        with timed(times, "wheelhouse and import"):
+            wheels = build_context(bed.context)
+            try:
+                imported = run(["docker", "import", str(tarball), base], timeout=300)
+            finally:
+                _, errors = wheels.communicate(timeout=300)
+            assert wheels.returncode == 0, errors[-3000:]
+            assert imported.returncode == 0, imported.stderr
         if bed.override:
             (bed.context / "override.yaml").write_text(UNPRIVILEGED_WORKER)
             DockerHost("unix:///var/run/docker.sock").ensure_network(NETWORK, BRIDGE)
             Netfilter().enable_route_localnet(BRIDGE)
             log.append("no full capability set here: the worker runs with CAP_NET_ADMIN, not privileged")
-        with timed(times, "import"):
-            imported = run(["docker", "import", str(tarball), base], timeout=300)
-            assert imported.returncode == 0, imported.stderr
         with timed(times, "build"):
             built = bed.compose("build", timeout=600)
             assert built.returncode == 0, (built.stdout + built.stderr)[-4000:]
