@@ -86,11 +86,32 @@ def remove_leftovers() -> None:
     for prefix in sorted(p for p in prefixes if not owner_alive(p)):
         uninstall_prefix(prefix)
         release(prefix)
+    remove_dead_compose_projects()
     if not other_sessions():
         netns.cleanup_stale()
     for entry in list(OWNERS.iterdir()) if OWNERS.exists() else []:
         if not owner_alive(entry.name):  # the claim of a run that was killed: nothing of it is left now
             entry.unlink(missing_ok=True)
+
+
+def remove_dead_compose_projects() -> None:
+    """What a killed test_compose_run.py left: its project's containers (restarted by dockerd otherwise), network and
+    images, all named `deployer-<test prefix>`."""
+    listed = run(["docker", "ps", "-a", "--format", '{{.ID}} {{.Label "com.docker.compose.project"}}']).stdout
+    images = run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]).stdout.split()
+    projects = {line.split()[1] for line in listed.splitlines() if len(line.split()) == 2}
+    projects |= {name.split(":")[0].removesuffix("-base") for name in images}
+    for project in sorted(projects):
+        prefix = project.removeprefix("deployer-").upper()
+        if not project.startswith("deployer-") or not TEST_PREFIX_RE.match(prefix) or owner_alive(prefix):
+            continue
+        ids = [line.split()[0] for line in listed.splitlines() if line.split()[1:] == [project]]
+        if ids:
+            run(["docker", "rm", "-f", *ids])
+        run(["docker", "network", "rm", f"{project}_default"])
+        tags = [name for name in images if name.split(":")[0] in (project, f"{project}-base")]
+        if tags:
+            run(["docker", "rmi", "-f", *tags])
 
 
 def uninstall_prefix(prefix: str) -> None:
