@@ -74,7 +74,11 @@ def _signed_in_only():
     """Signed out, every page leads to the sign-in page (which comes back here after)."""
     if request.endpoint in ("console.signin", "console.stylesheet"):
         return None
-    g.viewer = _gate().viewer(session, request.headers, request.remote_addr)
+    g.viewer, started = _gate().admit(session, request.headers, request.remote_addr)
+    if started is not None:  # a trusted proxy's sign-in: the same signed cookie as a password's
+        session.clear()
+        session.update(started)
+        session.permanent = True
     if g.viewer is None:
         return redirect(url_for("console.signin", next=request.full_path.rstrip("?")))
     return None
