@@ -289,6 +289,20 @@ def test_the_overview_shows_each_apps_release_the_faults_and_the_open_jobs(clien
     assert f'href="/console/jobs/{job.id}">redeploy v2</a> queued' in page
 
 
+def test_the_overview_shows_the_sampled_health_flows_and_the_canarys_effective_share(client, queue, audit):
+    for entry in deploy_entries("job-000000000000000a", "v1"):
+        audit.append(entry)
+    audit.append({"event": "deploy.finished", "app": "web", "tag": "v2", "canary": 10, "outcome": "ok"})
+    sign_in(client)
+    assert get(client, "/console/").get_data(as_text=True).count("<td>no sample</td>") == 2
+    queue.flows.publish({"web": {"live": 3, "canary": 1, "old": 0, "health": "running (unhealthy)"}}, at=1.0)
+    page = get(client, "/console/").get_data(as_text=True)
+    assert "<td>v2 at 10%, 25.0% of flows</td>" in page
+    assert '<td class="problem">running (unhealthy)</td>' in page
+    assert "<td>live 3, canary 1</td>" in page  # the old instance only while it drains
+    assert "as of 1970-01-01 00:00:01 UTC" in page
+
+
 def test_the_overview_links_a_tagless_last_job_by_its_kind_alone(client, queue):
     job = queue.jobs.submit_manual(app="web", tag=None, actor="key:alice", kind="redeploy", source={"reason": "x"})
     sign_in(client)
