@@ -86,11 +86,10 @@ def build(folder: Path, entries: int, apps: list[str]) -> tuple[Any, dict[str, s
 
 
 def publish_flows(queue: Queue, apps: list[str]) -> None:
-    """A flows sample of every app, as the worker's heartbeat publishes it (when the queue has the table)."""
-    flows = getattr(queue, "flows", None)
-    if flows is None:
-        return
-    flows.publish({app: {"live": 40 + n} for n, app in enumerate(apps)}, at=time.time())
+    """A flows sample of every app, as the worker's heartbeat publishes it."""
+    queue.flows.publish(
+        {app: {"live": 40 + n, "old": 0, "health": "running"} for n, app in enumerate(apps)}, at=time.time()
+    )
 
 
 def run(entries: int, apps_count: int, rounds: int, out: Path) -> dict[str, Any]:
