@@ -112,6 +112,11 @@ def effective_share(counts: Mapping[str, int]) -> float | None:
     return round(100 * canary / (canary + live), 1)
 
 
-def flows_pause(spent: float) -> float:
-    """The seconds until the next sample, after one that took `spent`: FLOWS_SECONDS, or longer for a costly one."""
-    return max(FLOWS_SECONDS, spent / FLOWS_SHARE)
+def sample_due(now: float, last: float | None, spent: float, *, changed: bool) -> bool:
+    """Whether the heartbeat samples now: every FLOWS_SECONDS, and at once when what is live changed (a deploy, a
+    canary, a rollback), so the page follows it; but never sooner than a sample's cost allows (`spent`, the last
+    one's seconds: at most FLOWS_SHARE of the time), however big the conntrack table."""
+    if last is None:
+        return True
+    floor = spent / FLOWS_SHARE
+    return now - last >= (floor if changed else max(FLOWS_SECONDS, floor))

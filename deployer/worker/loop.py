@@ -28,7 +28,7 @@ from deployer.errors import DeployerError, LockError, StateError
 from deployer.fleet.rollout import resumable
 from deployer.host.locks import open_lock_file
 from deployer.journal import Journal
-from deployer.plan.flows import flows_pause
+from deployer.plan.flows import sample_due
 from deployer.queue.model import Job, JobKind, JobStatus
 from deployer.queue.queue import Queue
 from deployer.queue.rows import row_problem
@@ -118,7 +118,9 @@ class Worker:
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> {"reason", "since"}
     paused: str | None = None  # why the worker claims nothing now (the queue cannot be written)
     _faults_lock: threading.Lock = field(default_factory=threading.Lock)  # the heartbeat thread shares `faults`
-    _next_flows: float = 0.0  # when the heartbeat samples the flows next
+    _flows_at: float | None = None  # when the heartbeat last sampled the flows, how long it took, what was live
+    _flows_cost: float = 0.0
+    _flows_live: tuple[Any, ...] = ()
     _flows_failing: bool = False
 
     def start(self) -> None:
@@ -328,12 +330,13 @@ class Worker:
         )
 
     def sample_flows(self) -> None:
-        """On the heartbeat, every FLOWS_SECONDS or less often: each app's live flows and health, for the console.
-
-        The pause after a sample grows with its cost (`flows_pause`), so a big conntrack table is read less often
-        rather than taking the heartbeat's time. A sample that fails publishes nothing: the console shows the last
-        one with its time."""
-        if self.flows is None or self.clock() < self._next_flows:
+        """On the heartbeat: each app's live flows and health, for the console, every FLOWS_SECONDS and as soon as
+        what is live changes, no more often than the sample's cost allows (`sample_due`). A sample that fails
+        publishes nothing: the console shows the last one, with its time."""
+        if self.flows is None:
+            return
+        live = tuple(self.queue.live.releases())
+        if not sample_due(self.clock(), self._flows_at, self._flows_cost, changed=live != self._flows_live):
             return
         began = time.monotonic()
         try:
@@ -342,10 +345,10 @@ class Worker:
             if not self._flows_failing:  # once per outage
                 log.warning("worker: cannot sample the live flows: %s", exc)
             self._flows_failing, samples = True, None
-        self._next_flows = self.clock() + flows_pause(time.monotonic() - began)
+        self._flows_at, self._flows_cost, self._flows_live = self.clock(), time.monotonic() - began, live
         if samples is not None:
             self._flows_failing = False
-            self.queue.flows.publish(samples, at=self.clock())
+            self.queue.flows.publish(samples, at=self._flows_at)
 
     def heartbeat_forever(self) -> None:
         """Runs in its own thread: /healthz and `status` read the heartbeat, the checks and the faults."""

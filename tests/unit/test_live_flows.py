@@ -10,7 +10,7 @@ from deployer.host.flows import FlowSampler
 from deployer.host.state import StateStore
 from deployer.journal import Journal
 from deployer.plan import canary
-from deployer.plan.flows import Flow, count, effective_share, flows_pause, health, parse_flow, targets
+from deployer.plan.flows import Flow, count, effective_share, health, parse_flow, sample_due, targets
 from deployer.plan.records import AppState, Instance
 from deployer.queue.flows import FlowSample
 from deployer.queue.queue import Queue
@@ -111,9 +111,13 @@ def test_the_live_containers_health_is_dockers_state_and_healthcheck(state, stat
     assert health(state, status) == shown
 
 
-def test_a_costly_sample_waits_longer_before_the_next():
-    assert flows_pause(0.01) == 10.0
-    assert flows_pause(0.5) == 25.0  # 2 % of the time
+def test_a_sample_every_ten_seconds_at_once_on_a_change_and_never_more_often_than_its_cost_allows():
+    assert sample_due(100.0, None, 0.0, changed=False)
+    assert not sample_due(109.9, 100.0, 0.01, changed=False)
+    assert sample_due(110.0, 100.0, 0.01, changed=False)
+    assert sample_due(101.0, 100.0, 0.01, changed=True)
+    assert not sample_due(110.0, 100.0, 0.5, changed=True)  # 0.5 s a sample: 25 s apart at least (2 %)
+    assert sample_due(125.0, 100.0, 0.5, changed=False)
 
 
 # --- the sampler, the queue's copy and the heartbeat -------------------------------------------------
@@ -150,13 +154,13 @@ def test_the_queue_keeps_the_last_sample_whole(tmp_path, clock):
     assert (web.app, web.sampled_at, web.counts(), web.health) == ("web", 15.0, {"live": 2}, "exited")
 
 
-def test_the_heartbeat_samples_every_ten_seconds_and_publishes_nothing_it_could_not_read(config, clock):
+def test_the_heartbeat_samples_every_ten_seconds_and_on_a_change_and_publishes_nothing_it_could_not_read(config, clock):
     queue = Queue.for_state_dir(config.settings.state_dir, clock=clock)
-    answers = iter([{"web": {"live": 4, "health": "running"}}, ConntrackError("conntrack: no such file")])
+    answers = iter([{"web": {"live": 4}}, ConntrackError("conntrack: no such file"), {"web": {"live": 1}}])
     taken = []
 
     def sample():
-        taken.append(clock.now)
+        taken.append(clock.now - start)
         answer = next(answers)
         if isinstance(answer, Exception):
             raise answer
@@ -164,12 +168,17 @@ def test_the_heartbeat_samples_every_ten_seconds_and_publishes_nothing_it_could_
 
     worker = Worker(config, queue, Journal([]), launch=None, reconcile=lambda app: [], clock=clock, flows=sample)
     start = clock.now
-    for _ in range(8):  # a heartbeat every 2 s
+    shown = []
+    for beat in range(8):  # a heartbeat every 2 s
+        if beat == 6:
+            queue.live.set_active("web", "v2", None, "green")  # a deploy: sampled at the next beat
         worker.sample_flows()
+        web = queue.flows.samples()["web"]
+        shown.append((web.sampled_at - start, web.live))
         clock.now += 2
-    assert taken == [start, start + 10]
-    [web] = queue.flows.samples().values()
-    assert (web.sampled_at, web.live) == (start, 4)  # the failed sample left the last one, with its time
+    assert taken == [0, 10, 12]
+    # The failed sample at 10 s left the last one, with its time.
+    assert shown == [(0, 4)] * 6 + [(12, 1)] * 2
 
 
 def test_the_overview_shows_the_old_instance_only_while_it_drains_and_no_number_without_a_sample():
