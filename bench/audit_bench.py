@@ -43,9 +43,9 @@ QUERIES = {
 }
 
 
-def deploy_events(rng: random.Random, job: int, moment: datetime) -> list[dict]:
+def deploy_events(rng: random.Random, job: int, moment: datetime, apps: list[str] = APPS) -> list[dict]:
     """One job's worth of entries, as the webhook receiver and the engine record them."""
-    app, tag = rng.choice(APPS), f"v{rng.randint(1, 300)}"
+    app, tag = rng.choice(apps), f"v{rng.randint(1, 300)}"
     actor = rng.choice(["github:octocat", "github:hubot", "key:ops", "cli:ann"])
     base = {"app": app, "actor": actor, "job": f"j{job}"}
     at = lambda s: format_ts(moment + timedelta(seconds=s))  # noqa: E731
@@ -105,7 +105,7 @@ def deploy_events(rng: random.Random, job: int, moment: datetime) -> list[dict]:
     return events
 
 
-def fill(log: AuditLog, entries: int, now: datetime, seed: int = 7) -> None:
+def fill(log: AuditLog, entries: int, now: datetime, seed: int = 7, apps: list[str] = APPS) -> None:
     rng = random.Random(seed)
     start = now - timedelta(days=90)
     span = (now - start).total_seconds()
@@ -114,7 +114,7 @@ def fill(log: AuditLog, entries: int, now: datetime, seed: int = 7) -> None:
     while written < entries:
         job += 1
         moment = start + timedelta(seconds=span * written / entries)
-        for event in deploy_events(rng, job, moment)[: entries - written]:
+        for event in deploy_events(rng, job, moment, apps)[: entries - written]:
             batch.append(event)
             written += 1
         if len(batch) >= 2000 or written >= entries:

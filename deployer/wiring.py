@@ -48,11 +48,13 @@ from deployer.host import responder
 from deployer.host.checks import HostChecks, HostProbes
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import DockerPort, Engine
+from deployer.host.flows import FlowSampler
 from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.netfilter.nftables import NftablesBackend
-from deployer.host.state import Publish
+from deployer.host.state import Publish, StateStore
 from deployer.journal import Journal, log_sink
 from deployer.plan import app_chain, nft, socket_activation
+from deployer.plan.containers import selector
 from deployer.plan.image_wait import ManifestAnswer
 from deployer.plan.records import AppState
 from deployer.plan.setup import Sources
@@ -240,6 +242,20 @@ def build_worker(config: Config, queue: Queue | None = None, journal: Journal | 
         disk=disk,
         registry=registries.last if registries else None,
         registry_watch=registries.watch if registries else None,
+        flows=build_flow_sampler(config).sample,
+    )
+
+
+def build_flow_sampler(config: Config) -> FlowSampler:
+    """The heartbeat's sample of the live flows (one conntrack dump) and the live containers' health (one list)."""
+    settings = config.settings
+    netfilter = Netfilter(wait_seconds=settings.iptables_wait)
+    docker_host = DockerHost(settings.docker_host, timeout=5)
+    return FlowSampler(
+        config,
+        StateStore(settings.state_dir),
+        conntrack=lambda: netfilter.conntrack_list([]),
+        containers=lambda: docker_host.container_states(selector(settings)),
     )
 
 

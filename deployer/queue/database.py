@@ -187,6 +187,21 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         )""",
         ],
     ),
+    # What the worker last sampled of each app for the console (deployer/queue/flows.py): the live flows per
+    # instance (NULL: no such instance) and the live container's health, with the sample's time.
+    (
+        "0010_flows",
+        [
+            """CREATE TABLE flows (
+            app TEXT PRIMARY KEY,
+            sampled_at REAL NOT NULL,
+            live INTEGER,
+            canary INTEGER,
+            old INTEGER,
+            health TEXT
+        )""",
+        ],
+    ),
 ]
 
 

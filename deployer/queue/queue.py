@@ -11,6 +11,7 @@ from typing import Any
 from deployer.queue.attempts import AttemptStore
 from deployer.queue.database import Database, queue_path
 from deployer.queue.deliveries import DeliveryStore
+from deployer.queue.flows import FlowStore
 from deployer.queue.heartbeat import HeartbeatStore
 from deployer.queue.jobs import JobStore
 from deployer.queue.live import LiveStore
@@ -20,7 +21,7 @@ from deployer.queue.rollouts import RolloutStore
 
 class Queue:
     """The queue database and its stores: `jobs`, `deliveries`, `live`, `rollouts`, `heartbeat`, `reports`,
-    `attempts`.
+    `attempts`, `flows`.
 
     One connection per process and thread, shared by the stores; never shared across a fork.
     """
@@ -34,6 +35,7 @@ class Queue:
         self.heartbeat = HeartbeatStore(self.database)
         self.reports = ReportStore(self.database)
         self.attempts = AttemptStore(self.database)
+        self.flows = FlowStore(self.database)
 
     @classmethod
     def for_state_dir(cls, state_dir: str | os.PathLike[str], **kwargs: Any) -> Queue:

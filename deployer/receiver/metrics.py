@@ -32,6 +32,7 @@ from deployer import signatures
 from deployer.audit import AuditLog
 from deployer.config import ServerConfig
 from deployer.errors import Forbidden
+from deployer.queue.flows import FlowSample
 from deployer.queue.live import LiveRelease
 from deployer.queue.model import JobStatus
 from deployer.queue.queue import Queue
@@ -70,6 +71,7 @@ class Facts:
     faults: Sequence[str] = ()  # the parts with an open fault
     refusals: Sequence[tuple[int | None, int]] = ()  # (status, count) of refused requests
     backlog: Mapping[str, int] | None = None  # None: no outbox to report on
+    flows: Sequence[FlowSample] = ()  # the worker's last sample of each app's live flows
 
 
 def facts(queue: Queue, audit: AuditLog, *, now: float, stale_after: float, backlog: Backlog | None = None) -> Facts:
@@ -88,6 +90,7 @@ def facts(queue: Queue, audit: AuditLog, *, now: float, stale_after: float, back
         ),
         refusals=audit.refusals(),
         backlog=dict(backlog()) if backlog is not None else None,
+        flows=sorted(queue.flows.samples().values(), key=lambda sample: sample.app),
     )
 
 
@@ -166,6 +169,18 @@ def families(found: Facts) -> list[Metric]:
         for feed, count in sorted(found.backlog.items()):
             backlog.add_metric([feed], count)
         result.append(backlog)
+    if found.flows:  # none until the worker has sampled them
+        flows = GaugeMetricFamily(
+            "deployer_live_flows",
+            "Live flows each instance of an app answers (live, canary, old), as the worker last sampled conntrack.",
+            labels=["app", "instance"],
+        )
+        for sample in found.flows:
+            for role, count in sample.counts().items():
+                flows.add_metric([sample.app, role], count)
+        sampled = GaugeMetricFamily("deployer_live_flows_sampled", "When the live flows were sampled (unix time).")
+        sampled.add_metric([], max(sample.sampled_at for sample in found.flows))
+        result += [flows, sampled]
     return result
 
 

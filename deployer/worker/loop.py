@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from deployer.errors import DeployerError, LockError, StateError
 from deployer.fleet.rollout import resumable
 from deployer.host.locks import open_lock_file
 from deployer.journal import Journal
+from deployer.plan.flows import sample_due
 from deployer.queue.model import Job, JobKind, JobStatus
 from deployer.queue.queue import Queue
 from deployer.queue.rows import row_problem
@@ -111,11 +112,16 @@ class Worker:
     disk: Callable[[], str] | None = None  # -> "ok" or why the state folder's disk is (nearly) full
     registry: Callable[[], str | None] | None = None  # -> "ok", why a registry does not answer, None: not yet known
     registry_watch: Callable[[threading.Event], None] | None = None  # probes the registries in a thread of its own
+    flows: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None  # -> each app's live flows and health
     children: dict[str, Child] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> {"reason", "since"}
     paused: str | None = None  # why the worker claims nothing now (the queue cannot be written)
     _faults_lock: threading.Lock = field(default_factory=threading.Lock)  # the heartbeat thread shares `faults`
+    _flows_at: float | None = None  # when the heartbeat last sampled the flows, how long it took, what was live
+    _flows_cost: float = 0.0
+    _flows_live: tuple[Any, ...] = ()
+    _flows_failing: bool = False
 
     def start(self) -> None:
         """Recover what a dead worker left, reconcile every app, and publish what is live.
@@ -323,12 +329,34 @@ class Worker:
             faults=faults,
         )
 
+    def sample_flows(self) -> None:
+        """On the heartbeat: each app's live flows and health, for the console, every FLOWS_SECONDS and as soon as
+        what is live changes, no more often than the sample's cost allows (`sample_due`). A sample that fails
+        publishes nothing: the console shows the last one, with its time."""
+        if self.flows is None:
+            return
+        live = tuple(self.queue.live.releases())
+        if not sample_due(self.clock(), self._flows_at, self._flows_cost, changed=live != self._flows_live):
+            return
+        began = time.monotonic()
+        try:
+            samples = self.flows()
+        except DeployerError as exc:
+            if not self._flows_failing:  # once per outage
+                log.warning("worker: cannot sample the live flows: %s", exc)
+            self._flows_failing, samples = True, None
+        self._flows_at, self._flows_cost, self._flows_live = self.clock(), time.monotonic() - began, live
+        if samples is not None:
+            self._flows_failing = False
+            self.queue.flows.publish(samples, at=self._flows_at)
+
     def heartbeat_forever(self) -> None:
         """Runs in its own thread: /healthz and `status` read the heartbeat, the checks and the faults."""
         failing = False
         while not self.stopping.is_set():
             try:
                 self.check_once()
+                self.sample_flows()
                 failing = False
             except Exception as exc:  # noqa: BLE001 - the heartbeat reports; it must never end
                 if not failing:  # once per outage, not every 2 s

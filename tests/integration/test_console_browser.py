@@ -1,6 +1,9 @@
 """The web console in a real browser: headless Chromium (Debian's, through Selenium) over `deployer serve`, after a
 deploy, a failed deploy, a canary, its promote and a rollback on the test bed.
 
+While the canary runs, four connections held open to the app's port show as live flows of the live and the canary
+instance, as the worker's heartbeat sampled them, with the canary's effective share beside its weight.
+
 Signed out, every page leads to the sign-in page; a forged cookie and an expired one are refused; a wrong password
 is refused and audited, and the sixth quick attempt from the address is throttled. Signed in, each page's facts
 (tags, port sets, digests, outcomes, step names, durations, hashes) match the audit log and the records, its links
@@ -15,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +30,8 @@ from flask.sessions import SecureCookieSessionInterface
 
 from deployer.audit import AuditLog, Entry, Query
 from deployer.passwords import hash_password
+from deployer.queue.flows import FlowSample
+from deployer.queue.queue import Queue
 from deployer.receiver.console.auth import COOKIE_NAME, fingerprint
 from deployer.receiver.console.pages import CSP
 from support.browser import Browser, chromium, reports_violations
@@ -119,6 +125,21 @@ def iso(ts: str) -> float:
     return datetime.fromisoformat(ts).timestamp()
 
 
+def flows_sampled_after(served: Served, moment: float, timeout: float = 15.0) -> FlowSample:
+    """web's flows and health as the worker sampled them, once a sample is newer than `moment` (every 10 s)."""
+    queue = Queue.for_state_dir(served.deployer.root / "state")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            sample = queue.flows.samples().get("web")
+            if sample is not None and sample.sampled_at > moment:
+                return sample
+            assert time.monotonic() < deadline, f"no sample of the flows after {moment}: {sample}"
+            time.sleep(0.2)
+    finally:
+        queue.close()
+
+
 def check_page(browser: Browser) -> None:
     """The page the browser shows holds no script (the policy would refuse one; there is none to refuse), and fits
     the window's width: no column (the audit log's chain marks) is out of view."""
@@ -129,7 +150,7 @@ def check_page(browser: Browser) -> None:
     assert wide <= window, f"{browser.path()} is {wide} pixels wide in a {window}-pixel window"
 
 
-def test_the_console_in_a_browser_after_deploys_a_canary_and_a_rollback(serve, images, tmp_path):
+def test_the_console_in_a_browser_after_deploys_a_canary_and_a_rollback(serve, images, tmp_path, request):
     images.ensure("v1", "v2")
     shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -144,6 +165,9 @@ def test_the_console_in_a_browser_after_deploys_a_canary_and_a_rollback(serve, i
     failed = job(served, app="web", tag="v9-missing")
     assert failed["status"] == "failed", failed
     cli(served, "deploy", "web", "v2", "--canary", "20")
+    held = [socket.create_connection(("127.0.0.1", PORT), timeout=5) for _ in range(4)]  # live flows to count
+    held_since = time.time()
+    request.addfinalizer(lambda: [connection.close() for connection in held])
 
     with chromium() as driver:
         assert reports_violations(driver), "this browser does not report a refused inline script in its log"
@@ -225,19 +249,30 @@ def test_the_console_in_a_browser_after_deploys_a_canary_and_a_rollback(serve, i
         browser.open("/console/")
         check_page(browser)
         running = record(served)
+        sample = flows_sampled_after(served, held_since)
+        browser.open("/console/")  # with that sample
         [row] = browser.rows("main table")
         assert row[:5] == ["web", "v1", running["active"]["port_set"], running["active"]["digest"], "serving"], row
-        assert row[5] == "v2 at 20%", row
-        assert row[6] == "redeploy v9-missing failed", row
+        # The held connections, each on the live or the canary instance: its share of them beside its weight.
+        assert (sample.live + sample.canary, sample.old or 0) == (4, 0), sample
+        assert row[5] == f"v2 at 20%, {round(100 * sample.canary / 4, 1)}% of flows", (row, sample)
+        assert row[6] == sample.health and sample.health.startswith("running"), (row, sample)
+        assert row[7] == f"live {sample.live}, canary {sample.canary}", (row, sample)
+        assert row[8] == "redeploy v9-missing failed", row
+        assert "Health and live flows as of" in browser.text()
+        for connection in held:
+            connection.close()
         assert browser.links("main table a")["redeploy v9-missing"] == f"/console/jobs/{failed['id']}"
         assert "Worker heartbeat" in browser.text() and "No open faults." in browser.text()
 
         # The canary's promote (a signed job), then a rollback by hand: v1 is live again.
         promoted = job(served, app="web", action="promote")
         assert promoted["status"] == "succeeded", promoted
+        rolling_back = time.time()
         cli(served, "rollback", "web")
 
         # --- the overview after ---------------------------------------------------------------------------
+        sample = flows_sampled_after(served, rolling_back)  # the worker samples again once what is live changed
         browser.open("/console/")
         check_page(browser)
         now = record(served)
@@ -246,6 +281,8 @@ def test_the_console_in_a_browser_after_deploys_a_canary_and_a_rollback(serve, i
         [row] = browser.rows("main table")
         assert row[:6] == ["web", "v1", live["port_set"], now["active"]["digest"], "serving", "-"], row
         assert row[1:4] == [now["active"]["tag"], now["active"]["port_set"], now["active"]["digest"]]
+        # The connections were closed before the promote: ended, they are no live flows (the canary is gone too).
+        assert (sample.live, sample.canary, row[6], row[7]) == (0, None, sample.health, "live 0"), (row, sample)
         browser.screenshot("overview")
 
         # --- the app's page, reached by its link ----------------------------------------------------------

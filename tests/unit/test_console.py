@@ -289,6 +289,20 @@ def test_the_overview_shows_each_apps_release_the_faults_and_the_open_jobs(clien
     assert f'href="/console/jobs/{job.id}">redeploy v2</a> queued' in page
 
 
+def test_the_overview_shows_the_sampled_health_flows_and_the_canarys_effective_share(client, queue, audit):
+    for entry in deploy_entries("job-000000000000000a", "v1"):
+        audit.append(entry)
+    audit.append({"event": "deploy.finished", "app": "web", "tag": "v2", "canary": 10, "outcome": "ok"})
+    sign_in(client)
+    assert get(client, "/console/").get_data(as_text=True).count("<td>no sample</td>") == 2
+    queue.flows.publish({"web": {"live": 3, "canary": 1, "old": 0, "health": "running (unhealthy)"}}, at=1.0)
+    page = get(client, "/console/").get_data(as_text=True)
+    assert "<td>v2 at 10%, 25.0% of flows</td>" in page
+    assert '<td class="problem">running (unhealthy)</td>' in page
+    assert "<td>live 3, canary 1</td>" in page  # the old instance only while it drains
+    assert "as of 1970-01-01 00:00:01 UTC" in page
+
+
 def test_the_overview_links_a_tagless_last_job_by_its_kind_alone(client, queue):
     job = queue.jobs.submit_manual(app="web", tag=None, actor="key:alice", kind="redeploy", source={"reason": "x"})
     sign_in(client)
@@ -349,14 +363,73 @@ def test_the_console_is_off_without_its_table(tmp_path, events, clock):
     assert get(app.test_client(), "/console/").status_code == 404
 
 
-def test_a_trusted_proxys_header_names_the_viewer_from_its_address_only(tmp_path, events, clock):
+def proxied(tmp_path, events, clock):
     table = console_table(trusted_proxy_header='"X-Forwarded-User"', trusted_proxies='["10.0.0.1/32"]')
-    client = build(tmp_path, events, clock, table)[0].test_client()
-    header = {"X-Forwarded-User": "bob"}
-    assert get(client, "/console/", headers=header, environ_base={"REMOTE_ADDR": "10.0.0.1"}).status_code == 200
-    assert get(client, "/console/", headers=header, environ_base={"REMOTE_ADDR": "10.0.0.2"}).status_code == 302
-    bad = {"X-Forwarded-User": "<bob>"}
-    assert get(client, "/console/", headers=bad, environ_base={"REMOTE_ADDR": "10.0.0.1"}).status_code == 302
+    return build(tmp_path, events, clock, table)[0].test_client()
+
+
+def via_proxy(client, name, source="10.0.0.1"):
+    return get(client, "/console/", headers={"X-Forwarded-User": name}, environ_base={"REMOTE_ADDR": source})
+
+
+def test_a_trusted_proxys_header_names_the_viewer_from_its_address_only(tmp_path, events, clock):
+    client = proxied(tmp_path, events, clock)
+    assert via_proxy(client, "bob").status_code == 200
+    assert via_proxy(client, "bob", source="10.0.0.2").status_code == 302
+    assert via_proxy(client, "<bob>").status_code == 302
+
+
+def test_a_proxys_sign_in_starts_a_session_and_is_audited_once(tmp_path, events, clock):
+    client = proxied(tmp_path, events, clock)
+    first = via_proxy(client, "bob")
+    for attribute in ("deployer_console=", "Secure", "HttpOnly", "SameSite=Strict", "Path=/console"):
+        assert attribute in first.headers["Set-Cookie"]
+    for _ in range(3):
+        response = via_proxy(client, "bob")
+        assert response.status_code == 200 and "Set-Cookie" not in response.headers
+    [signin] = named(events, "console.signin")
+    assert {k: signin[k] for k in ("viewer", "source", "actor", "via", "outcome")} == {
+        "viewer": "bob",
+        "source": "10.0.0.1",
+        "actor": "console:bob",
+        "via": "proxy",
+        "outcome": "ok",
+    }
+    assert named(events, "console.signout") == []
+
+
+def test_a_proxys_session_counts_only_on_the_proxys_requests(tmp_path, events, clock):
+    client = proxied(tmp_path, events, clock)
+    via_proxy(client, "bob")
+    assert get(client, "/console/", environ_base={"REMOTE_ADDR": "10.0.0.2"}).status_code == 302
+    assert get(client, "/console/", environ_base={"REMOTE_ADDR": "10.0.0.1"}).status_code == 302
+
+
+def test_a_header_naming_someone_else_ends_the_session_and_starts_theirs(tmp_path, events, clock):
+    client = proxied(tmp_path, events, clock)
+    via_proxy(client, "bob")
+    assert via_proxy(client, "carol").status_code == 200
+    assert [(e["event"], e["viewer"]) for e in events if e["event"].startswith("console.")] == [
+        ("console.signin", "bob"),
+        ("console.signout", "bob"),
+        ("console.signin", "carol"),
+    ]
+    assert named(events, "console.signout")[0]["reason"] == "the proxy names another viewer"
+
+
+def test_a_proxys_session_expires_and_the_next_request_signs_in_again(tmp_path, events, clock):
+    client = proxied(tmp_path, events, clock)
+    via_proxy(client, "bob")
+    clock.now += 12.1 * 3600
+    assert via_proxy(client, "bob").status_code == 200
+    assert [e["viewer"] for e in named(events, "console.signin")] == ["bob", "bob"]
+
+
+def test_a_password_session_of_the_name_the_proxy_sends_is_kept(tmp_path, events, clock):
+    client = proxied(tmp_path, events, clock)
+    sign_in(client, source="10.0.0.1")
+    assert via_proxy(client, "alice").status_code == 200
+    assert [e.get("via") for e in named(events, "console.signin")] == [None]
 
 
 def test_the_console_writes_nothing_to_the_queue(client, queue, audit):

@@ -15,6 +15,7 @@ from deployer.errors import ConfigError, StateError
 from deployer.journal import Journal
 from deployer.plan import canary
 from deployer.plan.records import AppState, Instance
+from deployer.queue.flows import FlowSample
 from deployer.queue.live import LiveRelease
 from deployer.queue.model import JobStatus
 from deployer.queue.queue import Queue
@@ -404,3 +405,16 @@ def test_a_store_that_cannot_be_read_is_a_503_not_a_partial_scrape(tmp_path, mon
     answer = app.test_client().get("/metrics", headers=BEARER)
     assert (answer.status_code, answer.get_json()) == (503, {"error": "cannot read the job queue: disk I/O error"})
     assert answer.headers["Retry-After"] == "10"
+
+
+def test_the_live_flows_are_a_gauge_per_instance_once_the_worker_has_sampled_them():
+    assert "deployer_live_flows" not in generate_latest(metrics.registry(lambda: metrics.Facts())).decode()
+    found = metrics.Facts(flows=[FlowSample("web", 1700000000.0, 3, 1, 0, "running")])
+    text = generate_latest(metrics.registry(lambda: found)).decode()
+    body = [line for line in text.splitlines() if line.startswith("deployer_live_flows")]
+    assert body == [
+        'deployer_live_flows{app="web",instance="live"} 3.0',
+        'deployer_live_flows{app="web",instance="canary"} 1.0',
+        'deployer_live_flows{app="web",instance="old"} 0.0',
+        "deployer_live_flows_sampled 1.7e+09",
+    ]

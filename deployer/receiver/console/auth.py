@@ -1,5 +1,8 @@
 """Who is looking at the console: a viewer signed in with a password, or named by a trusted proxy's header.
 
+A proxy's first request naming a viewer starts a session for them, as a password's sign-in does (`via=proxy` in
+its audit entry); a header naming someone else than the session ends that session and starts theirs.
+
 The session is Flask's signed cookie, keyed by `[console] session_key_file`: it holds the viewer's name, when
 they signed in, a fingerprint of their password hash (a changed or removed line ends their sessions) and the
 form token. It expires `session_hours` after sign-in, whatever the cookie says. Sign-in attempts are limited
@@ -40,16 +43,35 @@ class Gate:
         self.attempts = attempts  # in the queue database: every gunicorn worker counts the same attempts
         self.proxies = [ipaddress.ip_network(network) for network in console.trusted_proxies]
 
-    def viewer(self, session: Mapping[str, Any], headers: Mapping[str, str], source: str | None) -> str | None:
-        """The viewer of a request: the trusted proxy's header, else a live session; None: signed out."""
+    def admit(
+        self, session: Mapping[str, Any], headers: Mapping[str, str], source: str | None
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """The viewer of a request (None: signed out), and the session to start when a trusted proxy names
+        someone the session does not hold: that is the proxy's sign-in, audited once, not on every request.
+        A session of someone else ends first (audited as a sign-out)."""
         proxied = self.proxied_viewer(headers, source)
-        if proxied is not None:
-            return proxied
+        held = self.session_viewer(session, proxied=proxied is not None)
+        if proxied is None or held == proxied:
+            return held, None
+        if held is not None:
+            self.sign_out(held, source, reason="the proxy names another viewer")
+        self.journal.record(
+            "console.signin", actor=f"console:{proxied}", viewer=proxied, source=source, outcome="ok", via="proxy"
+        )
+        return proxied, {"viewer": proxied, "at": self.clock(), "via": "proxy", "csrf": new_csrf()}
+
+    def session_viewer(self, session: Mapping[str, Any], *, proxied: bool = False) -> str | None:
+        """The viewer a live session holds. A proxy's session counts only on a request the proxy sent (`proxied`);
+        a password's only while the viewer's hash line is the one it was signed in with."""
         name, at = session.get("viewer"), session.get("at")
-        if not isinstance(name, str) or name not in self.console.viewers or not isinstance(at, (int, float)):
+        if not isinstance(name, str) or not isinstance(at, (int, float)):
             return None
         if not 0 <= self.clock() - at < self.console.session_hours * 3600:
             return None  # expired, or signed in the future (a clock set back)
+        if session.get("via") == "proxy":
+            return name if proxied else None
+        if name not in self.console.viewers:
+            return None
         if not hmac.compare_digest(str(session.get("hash", "")), fingerprint(self.console.viewers[name])):
             return None
         return name
@@ -86,8 +108,11 @@ class Gate:
         )
         return None
 
-    def sign_out(self, name: str, source: str | None) -> None:
-        self.journal.record("console.signout", actor=f"console:{name}", viewer=name, source=source, outcome="ok")
+    def sign_out(self, name: str, source: str | None, *, reason: str | None = None) -> None:
+        extra = {"reason": reason} if reason else {}
+        self.journal.record(
+            "console.signout", actor=f"console:{name}", viewer=name, source=source, outcome="ok", **extra
+        )
 
 
 def fingerprint(encoded: str) -> str:

@@ -74,7 +74,11 @@ def _signed_in_only():
     """Signed out, every page leads to the sign-in page (which comes back here after)."""
     if request.endpoint in ("console.signin", "console.stylesheet"):
         return None
-    g.viewer = _gate().viewer(session, request.headers, request.remote_addr)
+    g.viewer, started = _gate().admit(session, request.headers, request.remote_addr)
+    if started is not None:  # a trusted proxy's sign-in: the same signed cookie as a password's
+        session.clear()
+        session.update(started)
+        session.permanent = True
     if g.viewer is None:
         return redirect(url_for("console.signin", next=request.full_path.rstrip("?")))
     return None
@@ -158,7 +162,7 @@ def signout():
 
 @console.route("/", methods=["GET"])
 def overview():
-    """Every app's live tag, port set, digest, mode and canary; the host's faults; the open jobs.
+    """Every app's live tag, port set, digest, mode, canary, health and live flows; the host's faults; the open jobs.
     Example: https://host/console/"""
     receiver = _receiver()
     apps = [
@@ -167,9 +171,12 @@ def overview():
     ]
     worker = receiver.queue.heartbeat.worker_status()
     jobs = [job for status in OPEN_STATUSES for job in receiver.queue.jobs.jobs(status=status)]
+    samples = receiver.queue.flows.samples()
     return render_template(
         "console/overview.html",
         apps=apps,
+        samples={app.name: views.live_sample(samples.get(app.name)) for app in apps},
+        sampled_at=max((s.sampled_at for s in samples.values()), default=None),
         worker=worker,
         faults=sorted((worker or {}).get("faults", {}).items()),
         jobs=jobs,

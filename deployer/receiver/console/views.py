@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from deployer.audit import Entry, Verdict
+from deployer.plan.flows import ROLES, effective_share
+from deployer.queue.flows import FlowSample
 
 RELEASE_KINDS = ("deploy", "rollback", "promote", "abort")
 CHART_STEPS = ("pull", "start", "health", "flip", "drain", "stop")
@@ -220,6 +222,33 @@ def app_summary(name: str, live: Mapping[str, Any], recent: Iterable[Entry]) -> 
         canary_tag=canary_tag,
         last_job=live.get("last_job"),
     )
+
+
+# --- what the worker last sampled of an app -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveSample:
+    """An app's live container's health and each instance's live flows, as the worker last sampled them."""
+
+    health: str | None  # None: Docker did not answer that sample
+    flows: tuple[tuple[str, int], ...]  # (live, canary or old; flows), the old one only while it has flows
+    share: float | None  # a running canary's flows over the app's, in percent
+    sampled_at: float
+
+    @property
+    def unwell(self) -> bool:
+        """The container is not running, or its HEALTHCHECK fails (not: Docker did not answer)."""
+        return self.health is not None and (not self.health.startswith("running") or "unhealthy" in self.health)
+
+
+def live_sample(sample: FlowSample | None) -> LiveSample | None:
+    """What the overview shows of an app's sample; None: no sample (the page says so, and shows no number)."""
+    if sample is None:
+        return None
+    counts = sample.counts()
+    shown = tuple((role, counts[role]) for role in ROLES if role in counts and (role != "old" or counts[role]))
+    return LiveSample(sample.health, shown, effective_share(counts), sample.sampled_at)
 
 
 # --- a job's time line ---------------------------------------------------------------------------
