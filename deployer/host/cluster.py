@@ -80,6 +80,10 @@ class RulesPort(Protocol):
 
 
 ProbeFactory = Callable[[AppConfig], "Callable[[], ProbeResult] | None"]
+# record(host=, address=, healthy=, intent=, problem=, owners=): the queue's copy for the console
+# (deployer/queue/sightings.py), written when an owner changes and at least every OWNERS_HEARTBEAT seconds.
+OwnersRecord = Callable[..., None]
+OWNERS_HEARTBEAT = 5.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class ClusterAgent:
         journal: Journal,
         prober: Prober | None = None,
         probe: ProbeFactory | None = None,
+        owners: OwnersRecord | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -160,6 +165,8 @@ class ClusterAgent:
         self.prober = prober
         self.probe = probe or self._probe_active
         self.state = AgentState()
+        self.owners = owners
+        self.recorded: tuple[Any, ...] | None = None  # what the queue's copy says, and when it was written
         self.lock = threading.Lock()
         self.changed = threading.Event()
 
@@ -389,6 +396,31 @@ class ClusterAgent:
             "taking_relays": sorted(s.intake.relayed_in if s.intake else ()),
         }
         write_json(self.paths.status, status)
+        self._record_owners()
+
+    def _record_owners(self) -> None:
+        """The owners table and a heartbeat in the queue, for the console; a queue that cannot take them is noted,
+        never the agent's failure."""
+        if self.owners is None:
+            return
+        s = self.state
+        owners = plan.bucket_owners(self.cluster, s.states, self._owned())
+        facts = (owners, s.healthy, s.intent, s.problem)
+        now = self.clock()
+        if self.recorded is not None and self.recorded[0] == facts and now - self.recorded[1] < OWNERS_HEARTBEAT:
+            return
+        try:
+            self.owners(
+                host=self.cluster.host,
+                address=self.cluster.address,
+                healthy=s.healthy,
+                intent=s.intent,
+                problem=s.problem,
+                owners=owners,
+            )
+        except DeployerError as exc:
+            self.journal.note("cluster.owners", host=self.cluster.host, problem=str(exc))
+        self.recorded = (facts, now)
 
     # --- running ---------------------------------------------------------------------------------
 

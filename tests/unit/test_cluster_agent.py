@@ -455,3 +455,36 @@ def test_back_to_multicast_the_start_removes_the_vrrp_filter(tmp_path):
         "-F DEPLOYER-VRRP",
         "-X DEPLOYER-VRRP",
     ]
+
+
+def test_the_agent_records_each_buckets_owner_when_it_changes_and_a_heartbeat_every_5_s(tmp_path):
+    effects, clock, recorded = Effects(), Clock(), []
+    agent = ClusterAgent(
+        load(tmp_path),
+        FakeNetfilter(effects),
+        FakeKeepalived(effects),
+        FakeShared(effects),
+        journal=Journal([]),
+        clock=clock,
+        probe=lambda app: lambda: ProbeResult(True, "ok"),
+        owners=lambda **facts: recorded.append(facts),
+    )
+    serving(agent, clock, effects)
+    last = recorded[-1]
+    assert (last["host"], last["address"], last["healthy"], last["intent"]) == ("h1", "198.18.10.100", True, "join")
+    assert [(o.bucket, o.state, o.owner, o.known) for o in last["owners"]] == [
+        (0, "MASTER", "h1", True),
+        (1, "BACKUP", "h2", False),
+        (2, "MASTER", "h1", True),
+        (3, "unknown", "h2", False),
+    ]
+    count = len(recorded)
+    agent.tick()  # nothing changed, and too soon for a heartbeat
+    assert len(recorded) == count
+    clock.now += 5.0
+    agent.tick()
+    assert len(recorded) == count + 1
+    agent.on_notice('INSTANCE "b2" BACKUP 195\n')  # lost: recorded at the next round, before a heartbeat is due
+    agent.tick()
+    assert len(recorded) == count + 2
+    assert [(o.bucket, o.owner, o.known) for o in recorded[-1]["owners"]][2] == (2, "h2", False)
