@@ -19,7 +19,7 @@ from deployer.config.app import parse_app, parse_receiver_app, release_policy
 from deployer.config.cluster import check_cluster_apps, parse_cluster
 from deployer.config.console import parse_console
 from deployer.config.fields import only_keys
-from deployer.config.fleet import FleetConfig, parse_fleet, release_tables
+from deployer.config.fleet import fleet_names, parse_fleet, release_tables
 from deployer.config.hooks import check_hooks_dir, hooks_folders
 from deployer.config.model import (
     AppConfig,
@@ -230,7 +230,7 @@ def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str,
     )
     _check_key_apps(server, set(apps), path=path)
     console = _console(data, path=path, base=base, environ=environ, secret_env_names=secret_env_names)
-    fleet = _fleet_names(data, path=path)
+    fleet_apps, fleet_hosts = fleet_names(data["fleet"], path=path) if "fleet" in data else ((), ())
     return ReceiverConfig(
         path=path,
         settings=settings,
@@ -238,17 +238,10 @@ def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str,
         server=server,
         secret_env_names=frozenset(secret_env_names),
         console=console,
-        fleet_hosts=fleet.host_names if fleet else (),
-        fleet_apps=fleet.apps if fleet else (),
+        fleet_hosts=fleet_hosts,
+        fleet_apps=fleet_apps,
         cluster=parse_cluster(data["cluster"], path=path) if "cluster" in data else None,
     )
-
-
-def _fleet_names(data: Mapping[str, Any], *, path: Path) -> FleetConfig | None:
-    """[fleet] checked as the worker checks it, but with no secret read: the receiver keeps its names alone."""
-    if "fleet" not in data:
-        return None
-    return parse_fleet(data["fleet"], path=path, read_secret=lambda entry, name, where: "")
 
 
 def _console(

@@ -10,7 +10,7 @@ import tomllib
 import pytest
 
 from deployer import config as config_module
-from deployer.errors import ServerUnavailable, UnexpectedAnswer
+from deployer.errors import ConfigError, ServerUnavailable, UnexpectedAnswer
 from deployer.fleet.sightings import RecordingHosts
 from deployer.journal import Journal
 from deployer.plan.cluster import BucketOwner, bucket_owners
@@ -339,13 +339,23 @@ def test_signed_out_the_fleet_and_cluster_pages_lead_to_the_sign_in_page(tmp_pat
 
 
 def test_the_receiver_knows_the_fleet_by_name_without_reading_its_keys(tmp_path):
-    text = fleet_table(tmp_path, secret_name="no-such.secret") + CONSOLE_TABLE
+    # No secret file, and a CA file the receiver's account could not see: neither is looked at.
+    text = fleet_table(tmp_path, secret_name="no-such.secret").replace(
+        'key_id = "fleet"', 'key_id = "fleet"\nca_file = "/root/private/ca.pem"'
+    )
+    text += CONSOLE_TABLE
     receiver = config_module.parse_receiver(
         tomllib.loads(f'[deployer]\nstate_dir = "{tmp_path / "state"}"\n{text}'),
         path=tmp_path / "deployer.toml",
         environ=SESSION_ENV,
     )
     assert (receiver.fleet_hosts, receiver.fleet_apps, receiver.cluster) == (("h1", "h2", "h3", "h4"), ("site",), None)
+    with pytest.raises(ConfigError, match="fleet.hosts"):
+        config_module.parse_receiver(
+            {"deployer": {"state_dir": str(tmp_path)}, "fleet": {"apps": ["site"], "hosts": [{"url": "x"}]}},
+            path=tmp_path / "deployer.toml",
+            environ={},
+        )
 
 
 def test_the_cluster_page_shows_each_buckets_owner_this_hosts_own_marked_and_the_agents_heartbeat(tmp_path, clock):
