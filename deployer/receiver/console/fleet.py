@@ -17,6 +17,7 @@ from deployer.receiver.console.fleet_views import bucket_lines, fleet_grid, roll
 from deployer.receiver.console.pages import console
 
 ROLLOUTS_SHOWN = 10
+AGENT_STALE_SECONDS = 15.0  # the agent records at least every 5 s (host/cluster.py, OWNERS_HEARTBEAT)
 
 
 def _receiver() -> Any:
@@ -77,4 +78,5 @@ def cluster_page():
         agent=receiver.queue.sightings.cluster_agent(),
         buckets=bucket_lines(cluster.host, cluster.buckets, receiver.queue.sightings.bucket_owners(), homes),
         now=receiver.clock(),
+        stale_after=AGENT_STALE_SECONDS,
     )
