@@ -488,3 +488,40 @@ def test_the_agent_records_each_buckets_owner_when_it_changes_and_a_heartbeat_ev
     agent.tick()
     assert len(recorded) == count + 2
     assert [(o.bucket, o.owner, o.known) for o in recorded[-1]["owners"]][2] == (2, "h2", False)
+
+
+def test_a_queue_that_hangs_never_holds_up_keepaliveds_notices(tmp_path):
+    """The owners table is written by a thread of its own: while that write waits (a locked queue), the agent still
+    takes keepalived's notices and lets buckets go."""
+    entered, release, recorded = threading.Event(), threading.Event(), []
+
+    def hanging(**facts):
+        recorded.append(facts)
+        entered.set()
+        release.wait(10)
+
+    effects = Effects()
+    agent = ClusterAgent(
+        load(tmp_path),
+        FakeNetfilter(effects),
+        FakeKeepalived(effects),
+        FakeShared(effects),
+        journal=Journal([]),
+        probe=lambda app: lambda: ProbeResult(True, "ok"),
+        owners=hanging,
+    )
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        assert entered.wait(5), "the owners table was never written"
+        notice = threading.Thread(target=agent.on_notice, args=('INSTANCE "b0" FAULT 0\n',), daemon=True)
+        notice.start()
+        notice.join(2)
+        assert not notice.is_alive(), "a notice waited on the queue's write"
+    finally:
+        release.set()
+        stop.set()
+        runner.join(10)
+    assert not runner.is_alive()
+    assert recorded[-1]["owners"][0].owner == "h2"  # the table as the stop left it: nothing held here
