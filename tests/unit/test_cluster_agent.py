@@ -457,18 +457,23 @@ def test_back_to_multicast_the_start_removes_the_vrrp_filter(tmp_path):
     ]
 
 
-def test_the_agent_records_each_buckets_owner_when_it_changes_and_a_heartbeat_every_5_s(tmp_path):
-    effects, clock, recorded = Effects(), Clock(), []
-    agent = ClusterAgent(
+def recording_agent(tmp_path, effects: Effects, owners, **kwargs) -> ClusterAgent:
+    """A healthy agent whose owners tables go to `owners`."""
+    return ClusterAgent(
         load(tmp_path),
         FakeNetfilter(effects),
         FakeKeepalived(effects),
         FakeShared(effects),
         journal=Journal([]),
-        clock=clock,
         probe=lambda app: lambda: ProbeResult(True, "ok"),
-        owners=lambda **facts: recorded.append(facts),
+        owners=owners,
+        **kwargs,
     )
+
+
+def test_the_agent_records_each_buckets_owner_when_it_changes_and_a_heartbeat_every_5_s(tmp_path):
+    effects, clock, recorded = Effects(), Clock(), []
+    agent = recording_agent(tmp_path, effects, lambda **facts: recorded.append(facts), clock=clock)
     serving(agent, clock, effects)
     last = recorded[-1]
     assert (last["host"], last["address"], last["healthy"], last["intent"]) == ("h1", "198.18.10.100", True, "join")
@@ -500,16 +505,7 @@ def test_a_queue_that_hangs_never_holds_up_keepaliveds_notices(tmp_path):
         entered.set()
         release.wait(10)
 
-    effects = Effects()
-    agent = ClusterAgent(
-        load(tmp_path),
-        FakeNetfilter(effects),
-        FakeKeepalived(effects),
-        FakeShared(effects),
-        journal=Journal([]),
-        probe=lambda app: lambda: ProbeResult(True, "ok"),
-        owners=hanging,
-    )
+    agent = recording_agent(tmp_path, Effects(), hanging)
     stop = threading.Event()
     runner = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     runner.start()
