@@ -201,6 +201,10 @@ class UnknownJob(RequestRejected):
     """No job has that id."""
 
 
+class UnknownPage(RequestRejected):
+    """A console page this host has nothing for: the fleet page off a controller, the cluster page off a cluster."""
+
+
 class Redirected(RequestRejected):
     """The server answered with a redirect. A signed request is meant for one server: no redirect is followed."""
 

@@ -43,6 +43,7 @@ from deployer.config.fleet import FleetConfig
 from deployer.config.model import ReportsSetup
 from deployer.errors import DeployerError, UnsafePath
 from deployer.fleet.client import FleetClient
+from deployer.fleet.sightings import RecordingHosts
 from deployer.folders import space_problem
 from deployer.host import responder
 from deployer.host.checks import HostChecks, HostProbes
@@ -271,7 +272,7 @@ def build_job_tools(config: Config, journal: Journal) -> JobTools:
 
     def fleet() -> Any:
         assert config.fleet is not None
-        return build_fleet_client(config.fleet)
+        return build_fleet_client(config.fleet, Queue.for_state_dir(config.settings.state_dir))
 
     def manifest(app: AppConfig, tag: str) -> ManifestAnswer:
         return manifest_answer(app, tag, config.registries.get(app.registry or ""))
@@ -298,9 +299,11 @@ def build_server_client(url: str, sign: Signer, *, ca_file: Path | None = None) 
     return SignedClient(url, sign, ca_file=ca_file)
 
 
-def build_fleet_client(fleet: FleetConfig) -> FleetClient:
-    """The controller's client of its hosts, one signed client each."""
-    return FleetClient(fleet, connect=SignedClient)
+def build_fleet_client(fleet: FleetConfig, queue: Queue | None = None) -> FleetClient | RecordingHosts:
+    """The controller's client of its hosts, one signed client each; with `queue`, what the hosts answer of their
+    apps is kept there for the console."""
+    client = FleetClient(fleet, connect=SignedClient)
+    return client if queue is None else RecordingHosts(client, queue.sightings.record_facts, clock=queue.clock)
 
 
 def build_maintenance_server(config: Config, listener: socket.socket | None = None) -> responder.Responder:
@@ -331,6 +334,7 @@ def build_cluster_agent(config: Config, journal: Journal | None = None) -> Clust
         SharedAddress(),
         journal=journal or build_journal(config),
         prober=Probes(),
+        owners=Queue.for_state_dir(config.settings.state_dir).sightings.record_cluster,
     )
 
 

@@ -346,7 +346,9 @@ def insecure_warning(hosts: list[str] | tuple[str, ...]) -> str:
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     fleet = fleet_of(args.loaded_config, args.app)
-    client = build_fleet_client(fleet)
+    client = build_fleet_client(
+        fleet, Queue.for_state_dir(args.loaded_config.settings.state_dir)
+    )  # kept for the console
     report: dict[str, dict[str, Any]] = {}
     for app in [args.app] if args.app else list(fleet.apps):
         hosts: dict[str, Any] = {}

@@ -127,6 +127,21 @@ def parse_fleet(
     )
 
 
+def fleet_names(data: Any, *, path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """[fleet]'s apps and host names, for the receiver's console: no secret is read and no file looked at (a host's
+    ca_file may be where the receiver's account cannot see), so the worker's `parse_fleet` stays the full check."""
+    data = table(data, path=path, key="fleet")
+    apps = data.get("apps")
+    hosts = data.get("hosts")
+    if not isinstance(apps, list) or not all(isinstance(a, str) and APP_NAME_RE.fullmatch(a) for a in apps):
+        raise ConfigError('must list the apps rolled out across the fleet, e.g. ["web"]', path=path, key="fleet.apps")
+    if not isinstance(hosts, list) or not all(
+        isinstance(h, dict) and isinstance(h.get("name"), str) and HOST_NAME_RE.fullmatch(h["name"]) for h in hosts
+    ):
+        raise ConfigError("each [[fleet.hosts]] needs a name", path=path, key="fleet.hosts")
+    return tuple(apps), tuple(h["name"] for h in hosts)
+
+
 RELEASE_KEYS = {"repository", "tag_pattern", "prereleases", "github_secret_file", "github_secret_env", "github_hook_id"}
 
 

@@ -19,7 +19,7 @@ from deployer.config.app import parse_app, parse_receiver_app, release_policy
 from deployer.config.cluster import check_cluster_apps, parse_cluster
 from deployer.config.console import parse_console
 from deployer.config.fields import only_keys
-from deployer.config.fleet import parse_fleet, release_tables
+from deployer.config.fleet import fleet_names, parse_fleet, release_tables
 from deployer.config.hooks import check_hooks_dir, hooks_folders
 from deployer.config.model import (
     AppConfig,
@@ -230,6 +230,7 @@ def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str,
     )
     _check_key_apps(server, set(apps), path=path)
     console = _console(data, path=path, base=base, environ=environ, secret_env_names=secret_env_names)
+    fleet_apps, fleet_hosts = fleet_names(data["fleet"], path=path) if "fleet" in data else ((), ())
     return ReceiverConfig(
         path=path,
         settings=settings,
@@ -237,6 +238,9 @@ def parse_receiver(data: Mapping[str, Any], *, path: Path, environ: Mapping[str,
         server=server,
         secret_env_names=frozenset(secret_env_names),
         console=console,
+        fleet_hosts=fleet_hosts,
+        fleet_apps=fleet_apps,
+        cluster=parse_cluster(data["cluster"], path=path) if "cluster" in data else None,
     )
 
 

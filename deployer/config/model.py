@@ -310,6 +310,15 @@ class Config(AppLookup):
     report_env_names: frozenset[str] = frozenset()
     console: ConsoleConfig | None = None  # the read-only web console; None: off
 
+    @property
+    def fleet_hosts(self) -> tuple[str, ...]:
+        """The fleet's host names, as ReceiverConfig has them: what the console's fleet page reads."""
+        return self.fleet.host_names if self.fleet else ()
+
+    @property
+    def fleet_apps(self) -> tuple[str, ...]:
+        return self.fleet.apps if self.fleet else ()
+
     def hooks_dir_for(self, app: AppConfig) -> Path:
         return app.hooks_dir or self.settings.hooks_dir
 
@@ -354,6 +363,10 @@ class ReceiverConfig(AppLookup):
     server: ServerConfig = field(default_factory=ServerConfig)
     secret_env_names: frozenset[str] = frozenset()
     console: ConsoleConfig | None = None
+    # A controller's fleet by name alone (the console's fleet page); the keys to its hosts stay with the worker.
+    fleet_hosts: tuple[str, ...] = ()
+    fleet_apps: tuple[str, ...] = ()
+    cluster: ClusterConfig | None = None  # a cluster host's [cluster], for the console's cluster page
 
     def secrets(self) -> list[str]:
         return self._server_secrets()

@@ -80,6 +80,10 @@ class RulesPort(Protocol):
 
 
 ProbeFactory = Callable[[AppConfig], "Callable[[], ProbeResult] | None"]
+# record(host=, address=, healthy=, intent=, problem=, owners=): the queue's copy for the console
+# (deployer/queue/sightings.py), written when an owner changes and at least every OWNERS_HEARTBEAT seconds.
+OwnersRecord = Callable[..., None]
+OWNERS_HEARTBEAT = 5.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class ClusterAgent:
         journal: Journal,
         prober: Prober | None = None,
         probe: ProbeFactory | None = None,
+        owners: OwnersRecord | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -160,6 +165,12 @@ class ClusterAgent:
         self.prober = prober
         self.probe = probe or self._probe_active
         self.state = AgentState()
+        self.owners = owners
+        self.recorded: tuple[Any, ...] | None = None  # what the queue's copy says, and when it was written
+        self.pending: dict[str, Any] | None = None  # the owners table handed to the writer, not yet written
+        self.pending_lock = threading.Lock()
+        self.owners_due = threading.Event()
+        self.writer: threading.Thread | None = None  # None: each table is written at once (before run, in tests)
         self.lock = threading.Lock()
         self.changed = threading.Event()
 
@@ -389,6 +400,52 @@ class ClusterAgent:
             "taking_relays": sorted(s.intake.relayed_in if s.intake else ()),
         }
         write_json(self.paths.status, status)
+        self._record_owners()
+
+    def _record_owners(self) -> None:
+        """Hand the owners table and a heartbeat to the queue's writer (or, without one, write them now). Under the
+        agent's lock only the hand-over: a slow or locked queue must never hold up letting a bucket go."""
+        if self.owners is None:
+            return
+        s = self.state
+        owners = plan.bucket_owners(self.cluster, s.states, self._owned())
+        facts = (owners, s.healthy, s.intent, s.problem)
+        now = self.clock()
+        if self.recorded is not None and self.recorded[0] == facts and now - self.recorded[1] < OWNERS_HEARTBEAT:
+            return
+        self.recorded = (facts, now)
+        with self.pending_lock:
+            self.pending = {
+                "host": self.cluster.host,
+                "address": self.cluster.address,
+                "healthy": s.healthy,
+                "intent": s.intent,
+                "problem": s.problem,
+                "owners": owners,
+            }
+        if self.writer is None:
+            self._flush_owners()
+        else:
+            self.owners_due.set()
+
+    def _flush_owners(self) -> None:
+        """Write the latest owners table handed over, if any; a queue that cannot take it is noted, never the
+        agent's failure."""
+        with self.pending_lock:
+            pending, self.pending = self.pending, None
+        if pending is None or self.owners is None:
+            return
+        try:
+            self.owners(**pending)
+        except DeployerError as exc:
+            self.journal.note("cluster.owners", host=self.cluster.host, problem=str(exc))
+
+    def _write_owners(self, stop: threading.Event) -> None:
+        """The queue's writer: its own thread, so the rounds and keepalived's notices never wait on SQLite."""
+        while not stop.is_set():
+            self.owners_due.wait(1.0)
+            self.owners_due.clear()
+            self._flush_owners()
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -397,6 +454,9 @@ class ClusterAgent:
         self.start()
         reader = threading.Thread(target=self._follow, name="cluster-notices", daemon=True)
         reader.start()
+        if self.owners is not None:
+            self.writer = threading.Thread(target=self._write_owners, args=(stop,), name="cluster-owners", daemon=True)
+            self.writer.start()
         try:
             while not stop.is_set():
                 wait = self.tick()
@@ -404,6 +464,7 @@ class ClusterAgent:
                 self.changed.clear()
         finally:
             self.stop()
+            self._flush_owners()  # the table as the stop left it: every bucket with the others
 
     def _follow(self) -> None:
         for line in self.keepalived.notices():

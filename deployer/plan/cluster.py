@@ -484,3 +484,42 @@ def open_tcp_flows(lines: Sequence[str], cluster: ClusterConfig) -> int:
         and (mark := _MARK.search(line)) is not None
         and int(mark.group(1)) & cluster.mark
     )
+
+
+# --- who owns each bucket, as one host sees it ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BucketOwner:
+    """A bucket's owner as this host knows it. `known`: this host takes it in (keepalived made it master here);
+    otherwise `owner` is the host the ranking puts first among those that can be master now, an expectation: a
+    host learns only its own states from keepalived, never a peer's."""
+
+    bucket: int
+    state: str  # keepalived's state of the bucket here: MASTER, BACKUP, FAULT, STOP, or "unknown" before it says
+    owner: str | None
+    known: bool
+
+
+def bucket_owners(cluster: ClusterConfig, states: Mapping[int, str], owned: Iterable[int]) -> list[BucketOwner]:
+    """Each bucket's owner from this host's keepalived states and the buckets its chain takes in.
+
+    A BACKUP here is outranked: its master is one of the hosts above this one (the first, when all are up). In
+    FAULT, STOP or before keepalived speaks, it is whichever other host ranks first. MASTER but not taken in yet
+    (the handover delay) is this host, taking over."""
+    taken = set(owned)
+    found = []
+    for bucket in range(cluster.buckets):
+        state = states.get(bucket, "unknown")
+        order = ranking(cluster, bucket)
+        if bucket in taken:
+            found.append(BucketOwner(bucket, state, cluster.host, True))
+            continue
+        if state == MASTER:
+            candidates = [cluster.host]
+        elif state == BACKUP and cluster.host in order:
+            candidates = order[: order.index(cluster.host)] or [h for h in order if h != cluster.host]
+        else:
+            candidates = [h for h in order if h != cluster.host]
+        found.append(BucketOwner(bucket, state, candidates[0] if candidates else None, False))
+    return found

@@ -202,6 +202,43 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         )""",
         ],
     ),
+    # What the console shows of other hosts, written by the privileged side that learnt it: on a controller, each
+    # fleet host's app as it last answered (deployer/queue/sightings.py); on a cluster host, its agent's heartbeat
+    # and each bucket's owner as this host sees it.
+    (
+        "0011_sightings",
+        [
+            """CREATE TABLE fleet_hosts (
+            host TEXT NOT NULL,
+            app TEXT NOT NULL,
+            tag TEXT,                      -- as the host last answered; kept while it does not answer
+            port_set TEXT,
+            health TEXT NOT NULL,          -- JSON: part -> "ok" or what is wrong
+            last_job TEXT,
+            last_status TEXT,
+            seen_at REAL,                  -- when it last answered; NULL: never
+            problem TEXT,                  -- why the last ask failed; NULL: it answered
+            checked_at REAL NOT NULL,      -- when it was last asked
+            PRIMARY KEY (host, app)
+        )""",
+            """CREATE TABLE cluster_agent (
+            id INTEGER PRIMARY KEY CHECK (id = 0),
+            host TEXT NOT NULL,
+            address TEXT NOT NULL,         -- the shared address
+            healthy INTEGER NOT NULL,
+            intent TEXT NOT NULL,          -- join or leave
+            problem TEXT,
+            heartbeat_at REAL NOT NULL
+        )""",
+            """CREATE TABLE bucket_owners (
+            bucket INTEGER PRIMARY KEY,
+            state TEXT NOT NULL,           -- keepalived's state of it on this host
+            owner TEXT,
+            known INTEGER NOT NULL,        -- 1: this host takes it in; 0: the owner the ranking expects
+            since REAL NOT NULL            -- when this owner and state began
+        )""",
+        ],
+    ),
 ]
 
 

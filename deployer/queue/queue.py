@@ -17,11 +17,12 @@ from deployer.queue.jobs import JobStore
 from deployer.queue.live import LiveStore
 from deployer.queue.reports import ReportStore
 from deployer.queue.rollouts import RolloutStore
+from deployer.queue.sightings import SightingStore
 
 
 class Queue:
     """The queue database and its stores: `jobs`, `deliveries`, `live`, `rollouts`, `heartbeat`, `reports`,
-    `attempts`, `flows`.
+    `attempts`, `flows`, `sightings`.
 
     One connection per process and thread, shared by the stores; never shared across a fork.
     """
@@ -36,6 +37,7 @@ class Queue:
         self.reports = ReportStore(self.database)
         self.attempts = AttemptStore(self.database)
         self.flows = FlowStore(self.database)
+        self.sightings = SightingStore(self.database)
 
     @classmethod
     def for_state_dir(cls, state_dir: str | os.PathLike[str], **kwargs: Any) -> Queue:

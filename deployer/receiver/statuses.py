@@ -15,6 +15,7 @@ from deployer.errors import (
     Unauthorized,
     UnknownApp,
     UnknownJob,
+    UnknownPage,
     UnsupportedMediaType,
 )
 
@@ -29,6 +30,7 @@ STATUS: list[tuple[type[DeployerError], int]] = [
     (UnsupportedMediaType, 415),
     (UnknownApp, 404),
     (UnknownJob, 404),
+    (UnknownPage, 404),
     (StateError, 503),
     (AuditError, 503),  # the log could not be read; a bad filter is a MalformedRequest by then
     (DeployerError, 500),

@@ -22,6 +22,7 @@ import pytest
 from deployer.plan.cluster import bucket_of
 from support import netns
 from support.cluster_bed import BUCKETS, SEED, ClusterBed, failed_requests, missing_tool
+from support.console_pages import bucket_rows, console_page
 from support.integration import missing
 
 TRIES = int(os.environ.get("CLUSTER_TRIES", "3"))  # each host once; the figures of docs/ were taken with 10
@@ -140,6 +141,10 @@ def test_every_source_is_answered_by_exactly_the_host_the_oracle_names(bed: Clus
         (4, "h2", "MASTER"),
         (5, "h3", "BACKUP"),
     ]
+    # h2's console shows the owners its agent recorded: its own buckets, and the oracle's host for the others.
+    rows = bucket_rows(console_page(bed.host("h2").config, "/console/cluster"))
+    assert {b: row.split(" ")[1] for b, row in rows.items()} == {b: bed.home_of(b) for b in range(BUCKETS)}, rows
+    assert sorted(b for b, row in rows.items() if "(this host) MASTER" in row) == [1, 4], rows
 
 
 # --- failures: the others take the buckets ----------------------------------------------------------

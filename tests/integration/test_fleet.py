@@ -17,6 +17,7 @@ import pytest
 
 from deployer.audit import AuditLog
 from support.cluster_bed import ClusterBed, failed_requests, missing_tool
+from support.console_pages import console_page, fleet_cells, rollout_rows
 from support.fleet_bed import FleetBed
 from support.integration import missing
 
@@ -121,6 +122,15 @@ def test_with_no_revert_the_done_hosts_stay_and_status_shows_the_split(bed: Flee
     lines = {line.split(":")[0]: line for line in status.stdout.splitlines()}
     assert lines["web h1"].split(": ", 1)[1].startswith("v2 on ") and "DIFFERS" in lines["web h1"], status.stdout
     assert "DIFFERS" not in lines["web h2"] and "DIFFERS" not in lines["web h3"], status.stdout
+    # The controller's console shows the same split, from what the rollout and `fleet status` kept of each answer.
+    page = console_page(bed.config, "/console/fleet")
+    cells = fleet_cells(page, "web")
+    assert cells["h1"].startswith("cell answered differs | v2 differs on "), cells
+    assert cells["h2"].startswith("cell answered | v1 on ") and cells["h3"].startswith("cell answered | v1 on "), cells
+    states = [row.split(" 20")[0] for row in rollout_rows(page, rollout_id(result))]
+    assert [s.split(" v1 ")[0] for s in states] == ["batch 1 h1 done", "batch 2 h2 failed", "batch 3 h3 pending"], (
+        states
+    )
 
 
 def test_an_unreachable_host_stops_the_rollout_after_its_timeout_and_the_others_keep_serving(bed: FleetBed):

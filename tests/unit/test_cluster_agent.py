@@ -455,3 +455,69 @@ def test_back_to_multicast_the_start_removes_the_vrrp_filter(tmp_path):
         "-F DEPLOYER-VRRP",
         "-X DEPLOYER-VRRP",
     ]
+
+
+def recording_agent(tmp_path, effects: Effects, owners, **kwargs) -> ClusterAgent:
+    """A healthy agent whose owners tables go to `owners`."""
+    return ClusterAgent(
+        load(tmp_path),
+        FakeNetfilter(effects),
+        FakeKeepalived(effects),
+        FakeShared(effects),
+        journal=Journal([]),
+        probe=lambda app: lambda: ProbeResult(True, "ok"),
+        owners=owners,
+        **kwargs,
+    )
+
+
+def test_the_agent_records_each_buckets_owner_when_it_changes_and_a_heartbeat_every_5_s(tmp_path):
+    effects, clock, recorded = Effects(), Clock(), []
+    agent = recording_agent(tmp_path, effects, lambda **facts: recorded.append(facts), clock=clock)
+    serving(agent, clock, effects)
+    last = recorded[-1]
+    assert (last["host"], last["address"], last["healthy"], last["intent"]) == ("h1", "198.18.10.100", True, "join")
+    assert [(o.bucket, o.state, o.owner, o.known) for o in last["owners"]] == [
+        (0, "MASTER", "h1", True),
+        (1, "BACKUP", "h2", False),
+        (2, "MASTER", "h1", True),
+        (3, "unknown", "h2", False),
+    ]
+    count = len(recorded)
+    agent.tick()  # nothing changed, and too soon for a heartbeat
+    assert len(recorded) == count
+    clock.now += 5.0
+    agent.tick()
+    assert len(recorded) == count + 1
+    agent.on_notice('INSTANCE "b2" BACKUP 195\n')  # lost: recorded at the next round, before a heartbeat is due
+    agent.tick()
+    assert len(recorded) == count + 2
+    assert [(o.bucket, o.owner, o.known) for o in recorded[-1]["owners"]][2] == (2, "h2", False)
+
+
+def test_a_queue_that_hangs_never_holds_up_keepaliveds_notices(tmp_path):
+    """The owners table is written by a thread of its own: while that write waits (a locked queue), the agent still
+    takes keepalived's notices and lets buckets go."""
+    entered, release, recorded = threading.Event(), threading.Event(), []
+
+    def hanging(**facts):
+        recorded.append(facts)
+        entered.set()
+        release.wait(10)
+
+    agent = recording_agent(tmp_path, Effects(), hanging)
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        assert entered.wait(5), "the owners table was never written"
+        notice = threading.Thread(target=agent.on_notice, args=('INSTANCE "b0" FAULT 0\n',), daemon=True)
+        notice.start()
+        notice.join(2)
+        assert not notice.is_alive(), "a notice waited on the queue's write"
+    finally:
+        release.set()
+        stop.set()
+        runner.join(10)
+    assert not runner.is_alive()
+    assert recorded[-1]["owners"][0].owner == "h2"  # the table as the stop left it: nothing held here

@@ -10,6 +10,7 @@ from datetime import timedelta
 from flask import Flask
 
 from deployer.config import ConsoleConfig
+from deployer.receiver.console import fleet as _fleet_pages  # noqa: F401  (its routes join the blueprint)
 from deployer.receiver.console.auth import COOKIE_NAME, Gate
 from deployer.receiver.console.pages import console
 
