@@ -394,3 +394,12 @@ def test_a_buckets_since_stays_while_its_owner_does_and_moves_when_it_changes(tm
         (1, "h2", 10.0),
     ]
     assert queue.sightings.cluster_agent()["heartbeat_at"] == 20.0
+
+
+def test_a_rollouts_job_page_names_its_app_without_a_link_to_a_page_the_controller_has_not(controller):
+    client, queue = controller
+    rollout = queue.jobs.submit_manual(app="site", tag="v2", actor="cli:ann", kind="rollout", source={})
+    page = get_page(client, f"/console/jobs/{rollout.id}")
+    assert "rollout of site v2" in page
+    assert "/console/apps/site" not in page
+    assert client.get("/console/apps/site", base_url=HTTPS).status_code == 404

@@ -222,6 +222,7 @@ def job_page(job_id: str):
         "console/job.html",
         job_id=job_id,
         job=job,
+        app_page=job is not None and job.app in receiver.config.apps,  # a rollout's app has no page on a controller
         source=sorted((str(k), str(v)) for k, v in source.items()),
         moments=views.timeline(entries),
         hooks=views.hook_outputs(entries),
