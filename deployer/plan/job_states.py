@@ -6,6 +6,10 @@ They are StrEnums, so a member equals its string: a row written as text reads ba
 from __future__ import annotations
 
 import enum
+import re
+
+# A job's id as the queue makes it (deployer/queue/model.py's new_job_id): what every layer that meets one checks.
+JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
 
 
 class JobStatus(enum.StrEnum):

@@ -18,14 +18,14 @@ Pure: no I/O, no clock; `now` is given.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from deployer.plan.job_states import JOB_ID_RE
+
 GITHUB_FEED = "github"
-JOB_PAGE_RE = re.compile(r"^job-[0-9a-f]{16}$")  # the queue's job ids: only those have a console page
 DESCRIPTION_MAX = 140  # GitHub refuses a longer status description
 END_STATES = ("success", "failure", "error", "inactive")
 KEPT_DEPLOYMENTS = 200  # the deployments a feed remembers: enough for the jobs in flight and those just ended
@@ -102,7 +102,7 @@ class Notification:
 def job_page(public_url: str | None, job: str | None) -> str | None:
     """A job's stable console page (`<public_url>/console/jobs/<id>`), for statuses and notifications to link to;
     None without a public URL, or for a deploy run by hand, which is no job."""
-    if not public_url or not job or not JOB_PAGE_RE.fullmatch(job):
+    if not public_url or not job or not JOB_ID_RE.fullmatch(job):  # only the queue's jobs have a console page
         return None
     return f"{public_url.rstrip('/')}/console/jobs/{job}"
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deployer.errors import UnexpectedAnswer
+from deployer.plan.job_states import JOB_ID_RE
 from deployer.plan.printable import printable
 from deployer.plan.tags import DOCKER_TAG_RE
 
@@ -22,7 +23,6 @@ MAX_HEALTH_PARTS = 16
 PART_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 MAX_HEALTH_TEXT = 120
 MAX_PROBLEM_TEXT = 300
-JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")  # deployer/queue/model.py's form, which this layer cannot import
 STATUS_RE = re.compile(r"^[a-z_]{1,20}$")
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deployer.plan.job_states import CANARY_KINDS, FINISHED, KINDS, WAITING, JobKind, JobStatus
+from deployer.plan.job_states import CANARY_KINDS, FINISHED, JOB_ID_RE, KINDS, WAITING, JobKind, JobStatus
 
 # The statuses and kinds are the plan layer's words (the claim policy decides on them); found here too.
 __all__ = [
@@ -28,8 +27,6 @@ __all__ = [
     "job_from_row",
     "new_job_id",
 ]
-
-JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
 
 
 @dataclass(frozen=True)
