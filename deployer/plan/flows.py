@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from deployer.config import AppConfig
 from deployer.plan.canary import Split
+from deployer.plan.drain import CLOSED_STATES
 from deployer.plan.records import AppState
 
 FLOWS_SECONDS = 10.0  # the shortest pause between two samples
 FLOWS_SHARE = 0.02  # a sample that takes t seconds waits t / FLOWS_SHARE before the next: 2 % of one core at most
-ENDED_TCP = frozenset({"TIME_WAIT", "CLOSE"})
 ROLES = ("live", "canary", "old")
 _HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 
@@ -43,7 +43,7 @@ def parse_flow(line: str) -> Flow | None:
         fields = fields[2:]
     if not fields or fields[0] not in ("tcp", "udp"):
         return None
-    if fields[0] == "tcp" and len(fields) > 3 and fields[3] in ENDED_TCP:
+    if fields[0] == "tcp" and len(fields) > 3 and fields[3] in CLOSED_STATES:  # ended, as the drain counts it
         return None
     sources = [field[4:] for field in fields if field.startswith("src=")]
     ports = [field[6:] for field in fields if field.startswith("dport=")]
