@@ -194,8 +194,15 @@ def test_rollouts_come_newest_first_each_with_its_batches_in_deploy_order_and_th
             RolloutHost("h4", 1, "v1", "failed", failure="health gate"),
         ]
     }
-    views = rollouts_newest_first([job(JOB_A, 1.0), job(JOB_B, 3.0), job(JOB_C, 2.0)], rows, count=2)
+    asked = []
+
+    def rows_of(job_id):
+        asked.append(job_id)
+        return rows.get(job_id, ())
+
+    views = rollouts_newest_first([job(JOB_A, 1.0), job(JOB_B, 3.0), job(JOB_C, 2.0)], rows_of, count=2)
     assert [v.job.id for v in views] == [JOB_B, JOB_C]
+    assert asked == [JOB_B, JOB_C]  # the rollout not shown is never read
     assert [(b.label, [h.host for h in b.hosts]) for b in views[0].batches] == [
         ("batch 1", ["h1"]),
         ("batch 2", ["h2", "h4"]),

@@ -54,11 +54,10 @@ def fleet_page():
     rollouts = [
         job for app in config.fleet_apps for job in receiver.queue.jobs.jobs(app=app) if job.kind == JobKind.ROLLOUT
     ]
-    rows = {job.id: receiver.queue.rollouts.rollout_hosts(job.id) for job in rollouts}
     return render_template(
         "console/fleet.html",
         grid=fleet_grid(config.fleet_hosts, config.fleet_apps, receiver.queue.sightings.seen_hosts()),
-        rollouts=rollouts_newest_first(rollouts, rows, ROLLOUTS_SHOWN),
+        rollouts=rollouts_newest_first(rollouts, receiver.queue.rollouts.rollout_hosts, ROLLOUTS_SHOWN),
         now=receiver.clock(),
     )
 

@@ -6,7 +6,7 @@ and a host never asked or not answering is shown as such, never as running what 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from deployer.plan.cluster import BucketOwner
@@ -121,11 +121,12 @@ def rollout_view(job: Job, rows: Sequence[RolloutHost]) -> RolloutView:
 
 
 def rollouts_newest_first(
-    jobs: Iterable[Job], rows_of: Mapping[str, Sequence[RolloutHost]], count: int
+    jobs: Iterable[Job], rows_of: Callable[[str], Sequence[RolloutHost]], count: int
 ) -> list[RolloutView]:
-    """The last `count` rollouts, newest first (by when they were queued, then by the queue's order)."""
+    """The last `count` rollouts, newest first (by when they were queued, then by the queue's order); `rows_of`
+    reads a rollout's hosts, asked only for those shown, however long the history."""
     newest = sorted(jobs, key=lambda j: (j.created_at, j.seq), reverse=True)[:count]
-    return [rollout_view(job, rows_of.get(job.id, ())) for job in newest]
+    return [rollout_view(job, rows_of(job.id)) for job in newest]
 
 
 # --- the cluster --------------------------------------------------------------------------------------------
