@@ -26,9 +26,9 @@ from support.integration import missing
 
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 except ImportError:  # the test extra is not installed: `missing` says so when a test asks for the browser
     webdriver = None
@@ -86,6 +86,21 @@ class Answer:
     kind: str  # Document, Stylesheet ...
 
 
+def is_gone(element: Any) -> bool:
+    """Whether `element` no longer belongs to the page shown. Chromium answers a question about a node of the page
+    being replaced either as stale or, in a short window of the swap, with an inspector error saying the node does
+    not belong to the document; both mean the old page is gone."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error.msg):
+            return True
+        raise
+    return False
+
+
 @dataclass
 class Browser:
     """A driver on one site: opens its paths, reads what its pages say, saves screenshots, and fails on any
@@ -109,7 +124,7 @@ class Browser:
         action()
         wait = WebDriverWait(self.driver, LOAD_SECONDS, poll_frequency=0.05)
         if page is not None:
-            wait.until(expected_conditions.staleness_of(page))
+            wait.until(lambda driver: is_gone(page))
         wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
         deadline = time.monotonic() + LOAD_SECONDS
         while True:
