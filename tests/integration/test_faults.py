@@ -265,8 +265,13 @@ def test_a_release_delivered_while_docker_does_not_answer_deploys_with_zero_down
             wait_for(
                 "job.waiting", lambda: [e for e in audit_events(served, "job.waiting") if e.get("job") == job_id], 20
             )
-            status = served.deployer.cli("status")
-            assert f"waiting: {job_id} (web v2" in status.stdout, status.stdout
+            # The job is queued between its tries and running during one, so status is asked until it finds the job
+            # queued (a loaded host can take seconds to start the CLI, long enough for the next try to claim it).
+            wait_for(
+                "status shows the waiting job",
+                lambda: f"waiting: {job_id} (web v2" in served.deployer.cli("status").stdout,
+                20,
+            )
             assert served_version(22340) == "v1"
 
             daemon["start"]()
