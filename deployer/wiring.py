@@ -95,6 +95,8 @@ def build_engine(
         PreloadedImage(docker, preloaded) if preloaded is not None else docker,
         netfilter or chosen,
         retired_netfilter=None if netfilter is not None else other,  # a supplied adapter comes without a pair
+        netfilter6=build_netfilter6(config),
+        leftover6=None if config.settings.ipv6 else Netfilter(wait_seconds=config.settings.iptables_wait, ipv6=True),
         routing=Routing(),
         prober=Probes(),
         run_hook=run_hook,
@@ -142,6 +144,13 @@ def build_netfilter(config: Config) -> tuple[NetfilterBackend, NetfilterBackend]
         ports=lambda app: ports.get(app, ()),
     )
     return (nftables, iptables) if config.settings.backend == "nftables" else (iptables, nftables)
+
+
+def build_netfilter6(config: Config) -> NetfilterBackend | None:
+    """The IPv6 rules' backend on a dual-stack host (`[deployer] ipv6`): ip6tables; None otherwise."""
+    if not config.settings.ipv6:
+        return None
+    return Netfilter(wait_seconds=config.settings.iptables_wait, ipv6=True)
 
 
 # --- what the deploy worker acts with besides the engine ----------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,7 +28,16 @@ def _info(container: Any) -> ContainerInfo:
         restart_count=attrs.get("RestartCount", 0),
         labels=dict(container.labels),
         addresses={name: net.get("IPAddress", "") for name, net in networks.items()},
+        addresses6={name: _ipv6(net.get("GlobalIPv6Address", "")) for name, net in networks.items()},
     )
+
+
+def _ipv6(address: str) -> str:
+    """An IPv6 address as ip6tables and conntrack print it (compressed, lower case); "" for none."""
+    try:
+        return ipaddress.IPv6Address(address.split("/", 1)[0]).compressed if address else ""
+    except ValueError:
+        return ""
 
 
 class DockerHost:
@@ -97,11 +107,17 @@ class DockerHost:
 
     # --- networks ------------------------------------------------------------------------------
 
-    def ensure_network(self, name: str, bridge: str) -> None:
-        """A bridge network the deployer owns, with a known interface name for its netfilter rules."""
+    def ensure_network(self, name: str, bridge: str, ipv6_subnet: str | None = None) -> None:
+        """A bridge network the deployer owns, with a known interface name for its netfilter rules; dual-stack
+        with `ipv6_subnet` (Docker picks the IPv4 subnet as ever). An existing network is taken as it is when it
+        fits, and refused with the way out when it does not: Docker cannot add IPv6 to a network in place."""
         try:
             network = self.call("inspect network", lambda: self.client.networks.get(name))
         except docker.errors.NotFound:
+            ipv6 = {}
+            if ipv6_subnet is not None:
+                ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=ipv6_subnet)])
+                ipv6 = {"enable_ipv6": True, "ipam": ipam}
             try:
                 self.call(
                     "create network",
@@ -110,6 +126,7 @@ class DockerHost:
                         driver="bridge",
                         options={"com.docker.network.bridge.name": bridge},
                         labels={"deployer.network": "1"},
+                        **ipv6,
                     ),
                 )
                 return
@@ -128,6 +145,28 @@ class DockerHost:
                 f"Docker network {name!r} exists with bridge {actual!r}, not {bridge!r}: "
                 f"remove it or set [deployer] bridge to match"
             )
+        if ipv6_subnet is not None and not network.attrs.get("EnableIPv6"):
+            raise DeployerError(
+                f"Docker network {name!r} has no IPv6, and Docker cannot add it to a network in place: stop the "
+                f"deployer's containers and remove it (docker network rm {name}) so the next deploy makes it "
+                f"dual-stack, or set [deployer] ipv6 = false"
+            )
+
+    def addresses6(self, name: str) -> dict[str, str]:
+        """IPv4 -> IPv6 address of each container on the network: the twins the IPv6 rules are made from."""
+        try:
+            network = self.call("inspect network", lambda: self.client.networks.get(name))
+        except docker.errors.NotFound:
+            return {}
+        except docker.errors.APIError as exc:
+            raise DeployerError(f"cannot inspect Docker network {name!r}: {_short(exc)}") from None
+        twins = {}
+        for attached in (network.attrs.get("Containers") or {}).values():
+            ipv4 = (attached.get("IPv4Address") or "").split("/", 1)[0]
+            ipv6 = _ipv6(attached.get("IPv6Address") or "")
+            if ipv4 and ipv6:
+                twins[ipv4] = ipv6
+        return twins
 
     def remove_network(self, name: str) -> None:
         try:

@@ -21,36 +21,40 @@ _DELETED = re.compile(r"(\d+) flow entries have been (deleted|shown)")
 
 
 class Netfilter:
-    def __init__(self, *, wait_seconds: int = 10, proc_sys: Path = Path("/proc/sys")) -> None:
+    """iptables for IPv4, or with `ipv6=True` ip6tables (the same commands and text, the other family's tables);
+    conntrack reads IPv4 unless a filter says `-f ipv6`."""
+
+    def __init__(self, *, wait_seconds: int = 10, proc_sys: Path = Path("/proc/sys"), ipv6: bool = False) -> None:
         self.wait_seconds = wait_seconds
         self.proc_sys = proc_sys
+        self.command = "ip6tables" if ipv6 else "iptables"
 
     def save_nat(self) -> str:
         return self.save_table("nat")
 
     def save_table(self, table: str) -> str:
         """`iptables-save -t TABLE`: filter and mangle hold the forwarding chains (see forwarding.py)."""
-        result = _run(["iptables-save", "-t", table], RulesError)
+        result = _run([f"{self.command}-save", "-t", table], RulesError)
         if result.returncode != 0:
-            raise RulesError(f"iptables-save -t {table} failed: {_stderr(result)}")
+            raise RulesError(f"{self.command}-save -t {table} failed: {_stderr(result)}")
         return result.stdout
 
     def list_chain(self, chain: str) -> list[str] | None:
         """One nat chain's rules as saved, or None when it does not exist; costs the same for any table size."""
-        result = _run(["iptables", "-w", str(self.wait_seconds), "-t", "nat", "-S", chain], RulesError)
+        result = _run([self.command, "-w", str(self.wait_seconds), "-t", "nat", "-S", chain], RulesError)
         if result.returncode != 0:
             # The nft backend says "incompatible" for a chain that is not there.
             if any(word in _stderr(result) for word in ("No chain", "does not exist", "incompatible")):
                 return None
-            raise RulesError(f"iptables -S {chain} failed: {_stderr(result)}")
+            raise RulesError(f"{self.command} -S {chain} failed: {_stderr(result)}")
         return parse_chain_listing(result.stdout, chain)
 
     def restore(self, text: str) -> None:
         """Apply one transaction; iptables-restore applies all of it or nothing."""
-        result = _run(["iptables-restore", "-w", str(self.wait_seconds), "--noflush"], RulesError, text)
+        result = _run([f"{self.command}-restore", "-w", str(self.wait_seconds), "--noflush"], RulesError, text)
         if result.returncode != 0:
             excerpt = "\n".join(text.splitlines()[:12])
-            raise RulesError(f"iptables-restore refused the transaction: {_stderr(result)}", rules=excerpt)
+            raise RulesError(f"{self.command}-restore refused the transaction: {_stderr(result)}", rules=excerpt)
 
     def conntrack_delete(self, arguments: list[str]) -> int:
         """Delete the entries matching a filter; return how many went."""

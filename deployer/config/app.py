@@ -73,6 +73,7 @@ APP_KEYS = {
     "canary_sticky",
     "canary_bake",
     "image_wait",
+    "ipv6",
     # what reports its deploys to GitHub: read by config/reports.py
     "github_environment",
     "environment_url",
@@ -290,6 +291,7 @@ def parse_app(
             if "image_wait" in data
             else None
         ),
+        ipv6=get("ipv6", bool, True),
         **policy,
     )
 

@@ -133,6 +133,7 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str], ch
     )
     cluster = parse_cluster(data["cluster"], path=path) if "cluster" in data else None
     check_cluster_apps(cluster, {name: app.cluster for name, app in apps.items()}, path=path)
+    _check_ipv6(settings, cluster, path=path)
     fleet = None
     if "fleet" in data:
 
@@ -309,6 +310,25 @@ def _apps_table(data: Mapping[str, Any], *, path: Path) -> dict[str, Any]:
 
 
 # --- checks across tables ------------------------------------------------------------------------
+
+
+def _check_ipv6(settings: Settings, cluster: Any, *, path: Path) -> None:
+    """What a dual-stack host cannot do yet is refused here, with the reason, rather than half done."""
+    if not settings.ipv6:
+        return
+    if settings.backend == "nftables":
+        raise ConfigError(
+            'needs backend = "iptables" for now: the nftables backend writes IPv4 rules only',
+            path=path,
+            key="deployer.ipv6",
+        )
+    if cluster is not None:
+        raise ConfigError(
+            "cannot be on with [cluster] yet: the shared address and its buckets are IPv4 only (keepalived's IPv6 "
+            "VRRP is not set up); set ipv6 = false on cluster hosts",
+            path=path,
+            key="deployer.ipv6",
+        )
 
 
 def _check_port_conflicts(apps: Mapping[str, AppConfig], *, path: Path, maintenance_port: int | None = None) -> None:

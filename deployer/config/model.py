@@ -109,6 +109,7 @@ class AppConfig:
     canary_sticky: bool = False  # that canary splits by client address
     canary_bake: float | None = None  # seconds a healthy canary runs before the watchdog promotes it
     image_wait: float | None = None  # seconds a GitHub release waits for its image; None: [deployer] image_wait
+    ipv6: bool = True  # with [deployer] ipv6: IPv6 clients are DNATed too; false for an image that cannot listen on it
 
     @property
     def registry(self) -> str | None:
@@ -143,6 +144,9 @@ class Settings:
     iptables_wait: int = 10
     maintenance_port: int = 8999  # the maintenance responder's port, on every local address
     backend: str = "iptables"  # who writes the nat rules: iptables-restore, or nftables in process (backends.md)
+    # Dual-stack: instances get an IPv6 address from this subnet too, and IPv6 clients are DNATed as IPv4 ones.
+    ipv6: bool = False
+    ipv6_subnet: str = "fd6e:3b1d:5e2a::/64"  # a unique local /64 (RFC 4193), for the deployer's Docker network
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""The [deployer] table: where the state and hooks live, the chains' prefix, the network, the backend."""
+"""The [deployer] table: where the state and hooks live, the chains' prefix, the network, the backend, IPv6."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,8 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
         "maintenance_port",
         "backend",
         "image_wait",
+        "ipv6",
+        "ipv6_subnet",
     }
     only_keys(data, allowed, path=path, where="deployer")
     key = lambda k: f"deployer.{k}"  # noqa: E731
@@ -58,6 +61,21 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
     backend = typed(data, "backend", str, "iptables", path=path, key=key("backend"))
     if backend not in BACKENDS:
         raise ConfigError(f'must be "iptables" or "nftables", not {backend!r}', path=path, key=key("backend"))
+    ipv6_subnet = typed(data, "ipv6_subnet", str, Settings.ipv6_subnet, path=path, key=key("ipv6_subnet"))
+    try:
+        subnet = ipaddress.IPv6Network(ipv6_subnet)
+    except ValueError:
+        raise ConfigError(
+            "must be an IPv6 network with its prefix length, e.g. fd6e:3b1d:5e2a::/64",
+            path=path,
+            key=key("ipv6_subnet"),
+        ) from None
+    if not 48 <= subnet.prefixlen <= 64 or not (subnet.is_private or subnet.is_global) or subnet.is_link_local:
+        raise ConfigError(
+            "must be a unique local or global network of /48 to /64 (Docker gives each instance one address of it)",
+            path=path,
+            key=key("ipv6_subnet"),
+        )
     return Settings(
         state_dir=absolute_path(data.get("state_dir", DEFAULT_STATE_DIR), base, path=path, key=key("state_dir")),
         hooks_dir=absolute_path(data.get("hooks_dir", "hooks"), base, path=path, key=key("hooks_dir")),
@@ -78,4 +96,6 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
             data.get("maintenance_port", Settings.maintenance_port), path=path, key=key("maintenance_port")
         ),
         backend=backend,
+        ipv6=typed(data, "ipv6", bool, False, path=path, key=key("ipv6")),
+        ipv6_subnet=subnet.compressed,
     )

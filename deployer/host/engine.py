@@ -55,7 +55,8 @@ class DockerPort(Protocol):
     def pull(self, release: Release, auth: Mapping[str, str] | None = None) -> Release: ...
     def has_image(self, reference: str) -> bool: ...
     def tag_image(self, source: str, release: Release) -> None: ...
-    def ensure_network(self, name: str, bridge: str) -> None: ...
+    def ensure_network(self, name: str, bridge: str, ipv6_subnet: str | None = None) -> None: ...
+    def addresses6(self, name: str) -> dict[str, str]: ...
     def containers(self, filters: Mapping[str, Any]) -> list[ContainerInfo]: ...
     def inspect(self, container_id: str) -> ContainerInfo | None: ...
     def run(self, reference: str, arguments: Mapping[str, Any]) -> ContainerInfo: ...
@@ -162,6 +163,8 @@ class Engine:
         journal: Journal | None = None,
         environ: Mapping[str, str] | None = None,
         retired_netfilter: NetfilterBackend | None = None,
+        netfilter6: NetfilterBackend | None = None,
+        leftover6: NetfilterBackend | None = None,
         shared_address: SharedAddressPort | None = None,
         publish: Publish | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -178,7 +181,16 @@ class Engine:
         self.sleep = sleep
         self.clock = clock
         self.store = StateStore(self.settings.state_dir, publish=publish)  # publish: what is live, to the queue
-        self.chains = Chains(netfilter, docker, self.settings, retired=retired_netfilter, clock=clock, sleep=sleep)
+        self.chains = Chains(
+            netfilter,
+            docker,
+            self.settings,
+            retired=retired_netfilter,
+            backend6=netfilter6,
+            leftover6=leftover6,
+            clock=clock,
+            sleep=sleep,
+        )
         self.names = self.chains.names
         self.forwarder = Forwarder(self, routing)
         self.shared_address = shared_address  # with [cluster]: uninstall takes the shared address off
@@ -256,6 +268,7 @@ class Engine:
                     "set": c.labels.get(LABEL_SET),
                     "tag": c.labels.get(LABEL_TAG),
                     "address": c.address(self.settings.network),
+                    **({"address6": c.address6(self.settings.network)} if self.chains.backend6 is not None else {}),
                 }
                 for c in self.docker.containers(selector(self.settings, app.name))
             ]
@@ -268,6 +281,7 @@ class Engine:
                     "PREROUTING"
                 )
             notes = forwarding.status_notes(app_chain.notes(app, state), state) + self._canary_flows(app, state)
+            drifted6 = self._ipv6_note(app, wanted, notes)
             # A forward also needs its accept rules and IPv4 forwarding, or the old host never sees a packet.
             forward_problems = self.forwarder.drift(app.name, state, live) if state.mode == forwarding.MODE else []
             result.append(
@@ -275,7 +289,7 @@ class Engine:
                     app.name,
                     state.active,
                     state.previous,
-                    live_rules == wanted and jumps_ok and not forward_problems,
+                    live_rules == wanted and jumps_ok and not forward_problems and not drifted6,
                     live_rules,
                     wanted,
                     containers,
@@ -286,6 +300,23 @@ class Engine:
                 )
             )
         return result
+
+    def _ipv6_note(self, app: AppConfig, wanted: list[str], notes: list[str]) -> bool:
+        """On a dual-stack host, a line for the IPv6 side; whether its chain differs from what it should be."""
+        if self.chains.backend6 is None or app.host_bound:
+            return False
+        if not self.chains.dual(app):
+            notes.append("IPv6: off for this app (ipv6 = false); its IPv6 clients are not served")
+            return False
+        wanted6 = self.chains.wanted6(app, wanted) or []
+        live6 = self.chains.chain6(app.name)
+        if live6 == wanted6:
+            notes.append(f"IPv6: {len(wanted6)} rule{'' if len(wanted6) == 1 else 's'}, in step with IPv4")
+            return False
+        notes.append(
+            f"IPv6: the rules differ from what the record calls for ({len(live6 or [])} live, {len(wanted6)} wanted)"
+        )
+        return True
 
     def _canary_flows(self, app: AppConfig, state: AppState) -> list[str]:
         """While a canary runs: the live conntrack flows each instance answers, tcp and udp."""
@@ -485,7 +516,7 @@ class Engine:
         run.context = replace(run.context, digest=run.release.digest)
         with run.operation.step("start") as step:
             self._remove_leftovers(app, run.new_set, keep=old.container_id if old else None)
-            self.docker.ensure_network(self.settings.network, self.settings.bridge)
+            self.docker.ensure_network(self.settings.network, self.settings.bridge, self.chains.ipv6_subnet)
             arguments = run_arguments(self.settings, app, run.new_set, run.release)
             # No restarts before the gate passed: a crash stays a crash, with its exit code, not a loop.
             arguments["restart_policy"] = restart_policy("no")
@@ -501,6 +532,16 @@ class Engine:
                     ),
                     app=app.name,
                 )
+            if self.chains.dual(app):
+                address6 = new.address6(self.settings.network)
+                if not address6:
+                    raise BootError(
+                        f"container {new.name} has no IPv6 address on network {self.settings.network!r}, and "
+                        f"[deployer] ipv6 is on",
+                        app=app.name,
+                    )
+                step.detail["address6"] = address6
+                self.chains.ipv6_of[run.address] = address6
 
     def _gate(self, run: DeployRun) -> None:
         """Consecutive passing probes, then the app's restart policy, then post-healthy, which can still refuse."""

@@ -132,6 +132,9 @@ def reconcile_app(
             if rules.unshadowed(live_chain) == wanted
             else f"rules of {app.name} pointed at {port_set} {address} ({tag})"
         )
+    elif host.chains.drifted6(app, wanted):
+        host.chains.flip(app, wanted)
+        repairs.append(f"IPv6 rules of {app.name} pointed at {port_set} {address} ({tag}), as the IPv4 ones")
 
     if state.active is None or state.active.container_id != serving.id or state.active.address != address:
         host.store.save(state.promoted(instance, utc_now()))
@@ -199,7 +202,7 @@ def _reconcile_canary(
             host.chains.ensure_base(app)
             repairs.append(f"jumps and chains of {app.name} restored")
         wanted = host.chains.wanted(app, state)
-        if live.rules(host.chains.names.app(app.name)) != wanted:
+        if live.rules(host.chains.names.app(app.name)) != wanted or host.chains.drifted6(app, wanted):
             host.chains.clean_flows(conntrack.after_flip(app, host.chains.flip(app, wanted)))
             repairs.append(
                 f"rules of {app.name} set to the canary split the record names ({split.weight}% to {split.canary.tag})"

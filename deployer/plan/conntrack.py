@@ -57,3 +57,18 @@ def after_stop(app: AppConfig, old_address: str) -> list[list[str]]:
 def established_tcp(app: AppConfig, address: str) -> list[list[str]]:
     """Filters that list the app's TCP flows still served by `address` (for an early end of the drain)."""
     return [f + ["--state", "ESTABLISHED"] for f in flows_to(app, "tcp", address)]
+
+
+def for_ipv6(filters: Iterable[list[str]], ipv6_of: dict[str, str]) -> list[list[str]]:
+    """The IPv6 twins of IPv4 filters (`conntrack -L` and `-D` read one family, IPv4 unless told): a filter on an
+    instance's reply source names its IPv6 address instead, and one without an address (the unrouted UDP flows)
+    is the same filter for IPv6. A filter on an address with no IPv6 twin has none."""
+    result = []
+    for found in filters:
+        if "--reply-src" not in found:
+            result.append(["-f", "ipv6", *found])
+            continue
+        at = found.index("--reply-src") + 1
+        if found[at] in ipv6_of:
+            result.append(["-f", "ipv6", *found[:at], ipv6_of[found[at]], *found[at + 1 :]])
+    return result

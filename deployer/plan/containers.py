@@ -52,9 +52,13 @@ class ContainerInfo:
     restart_count: int
     labels: Mapping[str, str] = field(default_factory=dict)
     addresses: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv4 address
+    addresses6: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv6 address, on a dual-stack one
 
     def address(self, network: str) -> str | None:
         return self.addresses.get(network) or None
+
+    def address6(self, network: str) -> str | None:
+        return self.addresses6.get(network) or None
 
 
 def owner(settings: Settings) -> str:

@@ -13,6 +13,14 @@ A flip rewrites one app chain in one `iptables-restore --noflush` transaction, s
 not grow with the number of apps, and no other chain is touched. Missing jumps are ensured in
 the same transaction. Rules are rendered exactly as iptables-save prints them, so the live
 state can be compared with the wanted state as text.
+
+IPv6 has the same layout in ip6tables' nat table (`ipv6=True`): the same chains and jumps, and each app chain the
+IPv4 one with every instance's address swapped for its IPv6 address (`for_ipv6`), so every mode (serving,
+maintenance, a canary's split, a drain) is one rendering for both families. One difference: a connection to ::1
+is left alone (OUTPUT jumps only for other destinations), and DEPLOYER-POSTROUTING stays empty. IPv6 has no
+route_localnet: Linux never sends a packet from ::1 out of another interface, masqueraded or not (RFC 4291 keeps
+the loopback address inside the node), so a DNAT of it would hang the client; left alone, it is refused at once.
+Clients on the host reach an app over IPv6 through any of the host's own addresses.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from dataclasses import dataclass, field
 
 BUILTIN_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
 LOOPBACK = "127.0.0.0/8"
+LOOPBACK6 = "::1/128"
 _NO_QUOTE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -107,18 +116,22 @@ def parse_nat(saved: str) -> SavedTable:
     return parse_table(saved, "nat")
 
 
-def builtin_jumps(names: ChainNames) -> dict[str, str]:
+def builtin_jumps(names: ChainNames, ipv6: bool = False) -> dict[str, str]:
     """The jump rule from each built-in chain into the deployer's chains, as saved."""
+    unless_loopback = f"! -d {LOOPBACK6} " if ipv6 else ""
     return {
         "PREROUTING": f"-A PREROUTING -m addrtype --dst-type LOCAL -j {names.top}",
-        "OUTPUT": f"-A OUTPUT -m addrtype --dst-type LOCAL -j {names.top}",
+        "OUTPUT": f"-A OUTPUT {unless_loopback}-m addrtype --dst-type LOCAL -j {names.top}",
         "POSTROUTING": f"-A POSTROUTING -j {names.postrouting}",
     }
 
 
-def postrouting_rules(names: ChainNames, bridge: str) -> list[str]:
+def postrouting_rules(names: ChainNames, bridge: str, ipv6: bool = False) -> list[str]:
     # A client on 127.0.0.1 is DNATed to a container; the reply must come back to an address the
-    # container can route to, so loopback sources leaving through the bridge are masqueraded.
+    # container can route to, so loopback sources leaving through the bridge are masqueraded (see the module's
+    # docstring for ::1).
+    if ipv6:
+        return []
     return [
         f"-A {names.postrouting} -s {LOOPBACK} -o {bridge} -m comment --comment "
         f"{save_string('deployer: loopback clients')} -j MASQUERADE"
@@ -139,20 +152,22 @@ def render_restore(
     bridge: str,
     app_chains: Mapping[str, Sequence[str]],
     ensure_apps: Iterable[str] = (),
+    ipv6: bool = False,
 ) -> str:
     """One iptables-restore --noflush transaction.
 
     Rewrites each chain in `app_chains` whole with the given rule lines (from `app_rules`, or
     the lines saved before a flip, to put them back), and ensures (adds only when missing) the top chain,
     the POSTROUTING chain, the jumps from the built-in chains and the jumps to each app chain in
-    `app_chains` and `ensure_apps`. Chains not named here, and all foreign rules, are untouched.
+    `app_chains` and `ensure_apps`. Chains not named here, and all foreign rules, are untouched. `ipv6`: the
+    text for ip6tables.
     """
     declare: list[str] = []
     rules: list[str] = []
     if not live.has_chain(names.top):
         declare.append(names.top)
-    wanted_post = postrouting_rules(names, bridge)
-    if live.rules(names.postrouting) != wanted_post:
+    wanted_post = postrouting_rules(names, bridge, ipv6)
+    if not live.has_chain(names.postrouting) or live.rules(names.postrouting) != wanted_post:
         declare.append(names.postrouting)  # declaring a chain in a restore flushes it
         rules.extend(wanted_post)
 
@@ -167,7 +182,7 @@ def render_restore(
         if jump not in live.rules(names.top):
             rules.append(jump)
 
-    for builtin, jump in builtin_jumps(names).items():
+    for builtin, jump in builtin_jumps(names, ipv6).items():
         if jump not in live.rules(builtin):
             body = jump.removeprefix(f"-A {builtin} ")
             # First in PREROUTING and OUTPUT, so no earlier DNAT of somebody else's shadows ours;
@@ -258,14 +273,30 @@ def unshadowed(lines: Sequence[str]) -> list[str]:
     return result
 
 
-_DNAT_TARGET = re.compile(r"--to-destination (\d+\.\d+\.\d+\.\d+):(\d+)")
+_DNAT_TARGET = re.compile(r"--to-destination (?:(\d+\.\d+\.\d+\.\d+)|\[([0-9a-f:]+)\]):(\d+)")
 
 
 def dnat_destinations(rules: Iterable[str]) -> set[str]:
-    """The instance addresses the given rules send traffic to."""
+    """The instance addresses (IPv4, or IPv6 without brackets) the given rules send traffic to."""
     found = set()
     for rule in rules:
         match = _DNAT_TARGET.search(rule)
         if match:
-            found.add(match.group(1))
+            found.add(match.group(1) or match.group(2))
     return found
+
+
+def for_ipv6(lines: Sequence[str], ipv6_of: Mapping[str, str]) -> list[str]:
+    """An IPv4 app chain as the IPv6 one: each DNAT to an IPv4 address in `ipv6_of` goes to that address's IPv6
+    twin (the same container), in ip6tables' spelling ([address]:port); a DNAT to an address without one (a
+    forward to another host's IPv4 address, an instance started without IPv6) has no IPv6 rule. Every other rule
+    (a maintenance REDIRECT) reads the same in both families."""
+    result = []
+    for line in lines:
+        match = _DNAT_TARGET.search(line)
+        if match is None:
+            result.append(line)
+        elif match.group(1) in ipv6_of:
+            target = f"--to-destination [{ipv6_of[match.group(1)]}]:{match.group(3)}"
+            result.append(line[: match.start()] + target + line[match.end() :])
+    return result

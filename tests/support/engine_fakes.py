@@ -9,7 +9,8 @@ deployer: nothing of the engine's cleanup runs, so the fakes are left as a dead 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,9 @@ class FakeNetfilter:
         "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
     }
 
-    def __init__(self, effects: Effects) -> None:
+    def __init__(self, effects: Effects, family: str = "") -> None:
         self.effects = effects
+        self.family = family  # "ip6 " for ip6tables: its effects say so
         self.tables: dict[str, dict[str, list[str]]] = {t: {c: [] for c in cs} for t, cs in self.BUILTIN.items()}
         self.refuse: Callable[[str], bool] = lambda text: False
         self.flows: dict[str, list[str]] = {}  # a conntrack filter (joined) -> the entries it lists
@@ -73,7 +75,7 @@ class FakeNetfilter:
         return None if rules is None else list(rules)
 
     def restore(self, text: str) -> None:
-        self.effects.add("restore " + " | ".join(text.strip().splitlines()))
+        self.effects.add(f"{self.family}restore " + " | ".join(text.strip().splitlines()))
         if self.refuse(text):
             raise RulesError("iptables-restore refused the transaction: fake")
         tables = {name: {c: list(r) for c, r in chains.items()} for name, chains in self.tables.items()}
@@ -117,6 +119,7 @@ class FakeDocker:
         self.effects = effects
         self.containers_by_id: dict[str, ContainerInfo] = {}
         self.addresses = (f"172.18.0.{n}" for n in itertools.count(2))
+        self.next_address6: Iterator[str] | None = None  # on a dual-stack network: each container's IPv6 address
 
     def ping(self) -> None:
         pass
@@ -131,8 +134,16 @@ class FakeDocker:
     def tag_image(self, source: str, release: Release) -> None:
         self.effects.add(f"tag {source} {release.reference}")
 
-    def ensure_network(self, name: str, bridge: str) -> None:
-        self.effects.add(f"network {name} {bridge}")
+    def ensure_network(self, name: str, bridge: str, ipv6_subnet: str | None = None) -> None:
+        self.effects.add(f"network {name} {bridge}" + (f" {ipv6_subnet}" if ipv6_subnet else ""))
+
+    def addresses6(self, name: str) -> dict[str, str]:
+        """IPv4 -> IPv6 of the running containers on the network, as Docker's network inspect gives them."""
+        return {
+            c.addresses[name]: c.addresses6[name]
+            for c in self.containers_by_id.values()
+            if c.status == "running" and c.addresses.get(name) and c.addresses6.get(name)
+        }
 
     def containers(self, filters: Mapping[str, Any]) -> list[ContainerInfo]:
         wanted = set(filters.get("label", []))
@@ -152,6 +163,7 @@ class FakeDocker:
             restart_count=0,
             labels=dict(arguments["labels"]),
             addresses={NETWORK: next(self.addresses)},
+            addresses6={NETWORK: next(self.next_address6)} if self.next_address6 is not None else {},
         )
         self.containers_by_id[info.id] = info
         return info
@@ -213,6 +225,7 @@ class Host:
         self.effects = Effects()
         self.netfilter = FakeNetfilter(self.effects)
         self.retired: FakeNetfilter | None = None  # the backend a switch left behind
+        self.netfilter6: FakeNetfilter | None = None  # ip6tables, on a dual-stack host (`dual_stack`)
         self.docker = FakeDocker(self.effects)
         self.prober = FakeProber(self.effects)
         self.clock = FakeClock()
@@ -245,6 +258,12 @@ class Host:
         }
         self.config = parse(data, path=tmp_path / "deployer.toml", environ={})
 
+    def dual_stack(self) -> None:
+        """`[deployer] ipv6 = true`: ip6tables beside iptables, and IPv6 addresses for the containers."""
+        self.config = replace(self.config, settings=replace(self.config.settings, ipv6=True))
+        self.netfilter6 = FakeNetfilter(self.effects, "ip6 ")
+        self.docker.next_address6 = (f"fd6e:3b1d:5e2a::{n}" for n in itertools.count(2))
+
     def hook(self, name: str, exit_code: int = 0) -> None:
         path = self.tmp_path / "hooks" / name
         path.write_text("#!/bin/sh\n")
@@ -269,6 +288,7 @@ class Host:
             clock=self.clock,
             sleep=self.clock.sleep,
             retired_netfilter=self.retired,
+            netfilter6=self.netfilter6,
         )
 
     def taken(self) -> list[str]:

@@ -25,7 +25,7 @@ green = 8002
 ALLOWED_APP_KEYS = (
     "asset, bind, canary, canary_bake, canary_sticky, cluster, command, drain_seconds, env, "
     "env_files, environment_url, github_environment, github_hook_id, github_secret, "
-    "github_secret_env, github_secret_file, github_token, github_token_env, github_token_file, health, hooks_dir, host_bound, image, image_wait, labels, "
+    "github_secret_env, github_secret_file, github_token, github_token_env, github_token_file, health, hooks_dir, host_bound, image, image_wait, ipv6, labels, "
     "maintenance_page, ports, prereleases, repository, restart, status_port, stop_timeout, tag_pattern, "
     "volumes, watchdog"
 )
@@ -235,7 +235,7 @@ def test_unknown_key_in_the_deployer_table(tmp_path):
     path = write(tmp_path, '[deployer]\nstate_dri = "/var/lib/deployer"\n' + MINIMAL)
     assert str(refusal(path)) == (
         f"{path}, key 'deployer.state_dri': unknown key (allowed: backend, bridge, chain_prefix, docker_host, "
-        "hook_timeout, hooks_dir, host_lock_wait, image_wait, iptables_wait, lock_wait, maintenance_port, network, state_dir)"
+        "hook_timeout, hooks_dir, host_lock_wait, image_wait, iptables_wait, ipv6, ipv6_subnet, lock_wait, maintenance_port, network, state_dir)"
     )
 
 
@@ -696,3 +696,33 @@ def test_the_nftables_backend_takes_every_feature_a_host_bound_app_and_a_canary_
     web = MINIMAL.replace('image = "registry.example:5000/web"\n', 'image = "registry.example:5000/web"\ncanary = 10\n')
     loaded = config.load(write(tmp_path, '[deployer]\nbackend = "nftables"\n' + web + nginx), environ={})
     assert (loaded.apps["nginx"].host_bound, loaded.apps["web"].canary) == (True, 10)
+
+
+def test_ipv6_is_off_unless_said_and_its_subnet_is_checked(tmp_path):
+    loaded = config.load(write(tmp_path, MINIMAL), environ={})
+    assert (loaded.settings.ipv6, loaded.settings.ipv6_subnet, loaded.apps["web"].ipv6) == (
+        False,
+        "fd6e:3b1d:5e2a::/64",
+        True,
+    )
+    on = config.load(write(tmp_path, '[deployer]\nipv6 = true\nipv6_subnet = "FD42:0d0c::/56"\n' + MINIMAL), environ={})
+    assert (on.settings.ipv6, on.settings.ipv6_subnet) == (True, "fd42:d0c::/56")
+    for subnet, why in [
+        ("172.18.0.0/16", "must be an IPv6 network with its prefix length"),
+        ("fd42::1/64", "must be an IPv6 network with its prefix length"),  # host bits set
+        ("fd42::/96", "must be a unique local or global network of /48 to /64"),
+        ("fe80::/64", "must be a unique local or global network of /48 to /64"),
+    ]:
+        path = write(tmp_path, f'[deployer]\nipv6 = true\nipv6_subnet = "{subnet}"\n' + MINIMAL)
+        assert str(refusal(path)).startswith(f"{path}, key 'deployer.ipv6_subnet': {why}")
+
+
+def test_ipv6_is_refused_where_it_is_not_done_yet_naming_why(tmp_path):
+    path = write(tmp_path, '[deployer]\nipv6 = true\nbackend = "nftables"\n' + MINIMAL)
+    assert "the nftables backend writes IPv4 rules only" in str(refusal(path))
+    cluster = (
+        '[cluster]\naddress = "198.18.10.100"\ninterface = "eth0"\nsubnet = "198.18.10.0/24"\nbuckets = 2\nhash_seed = 7\n'
+        'host = "h1"\nhosts = [{ name = "h1", address = "198.18.10.1" }, { name = "h2", address = "198.18.10.2" }]\n'
+    )
+    path = write(tmp_path, "[deployer]\nipv6 = true\n" + MINIMAL + cluster)
+    assert str(refusal(path)).startswith(f"{path}, key 'deployer.ipv6': cannot be on with [cluster] yet")

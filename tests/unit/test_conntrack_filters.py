@@ -84,3 +84,18 @@ def test_flows_to_names_protocol_external_port_and_reply_source():
         ["-p", "tcp", "--orig-port-dst", "8443", "--reply-src", "172.18.0.4"],
     ]
     assert conntrack.flows_to(WEB, "udp", "172.18.0.4") == []
+
+
+def test_ipv6_twins_name_the_instances_ipv6_address_and_keep_address_free_filters():
+    filters = conntrack.after_flip(DEMO, {"172.18.0.2", "10.9.0.7"})  # 10.9.0.7: another host's, no twin
+    assert conntrack.for_ipv6(filters, {"172.18.0.2": "fd6e:3b1d:5e2a::2"}) == [
+        ["-f", "ipv6", "-p", "udp", "--orig-port-dst", "1000", "--reply-src", "fd6e:3b1d:5e2a::2"],
+        ["-f", "ipv6", "-p", "udp", "--orig-port-dst", "5353", "--reply-src", "fd6e:3b1d:5e2a::2"],
+        ["-f", "ipv6", "-p", "udp", "--orig-port-dst", "1000", "--reply-port-src", "1000"],
+        ["-f", "ipv6", "-p", "udp", "--orig-port-dst", "5353", "--reply-port-src", "5353"],
+    ]
+    drain = conntrack.established_tcp(WEB, "172.18.0.3")
+    assert conntrack.for_ipv6(drain, {"172.18.0.3": "fd6e:3b1d:5e2a::3"})[0] == [
+        *("-f", "ipv6", "-p", "tcp", "--orig-port-dst", "8000"),
+        *("--reply-src", "fd6e:3b1d:5e2a::3", "--state", "ESTABLISHED"),
+    ]

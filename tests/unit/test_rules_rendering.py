@@ -536,3 +536,58 @@ def test_unshadowed_drops_the_rules_a_takeover_left_behind_the_ones_that_win():
     assert rules.unshadowed([*NEW, *OLD]) == NEW
     assert rules.unshadowed([redirect, *OLD, udp]) == [redirect, OLD[1], udp]  # the same port over udp: kept
     assert rules.unshadowed(OLD) == OLD
+
+
+# --- IPv6: the same chains in ip6tables, as ip6tables-save prints them ---------------------------
+
+# `ip6tables-save -t nat` after the deployer's base (see rules.py on ::1), a canary split of demo (20 % to green) and a maintenance
+# redirect of another app, written with ip6tables-restore on this kind of host.
+SAVED6 = """\
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DEPLOYER - [0:0]
+:DEPLOYER-POSTROUTING - [0:0]
+:DEPLOYER-demo - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER
+-A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j DEPLOYER
+-A POSTROUTING -j DEPLOYER-POSTROUTING
+-A DEPLOYER -j DEPLOYER-demo
+-A DEPLOYER-demo -p tcp -m tcp --dport 1000 -m statistic --mode random --probability 0.20000000019 -m comment --comment "demo green v2 canary" -j DNAT --to-destination [fd42:d0c::3]:8080
+-A DEPLOYER-demo -p tcp -m tcp --dport 1000 -m comment --comment "demo blue v1" -j DNAT --to-destination [fd42:d0c::2]:8080
+-A DEPLOYER-demo -p tcp -m tcp --dport 1001 -j REDIRECT --to-ports 8999
+COMMIT
+"""
+TWINS = {"172.18.0.2": "fd42:d0c::2", "172.18.0.3": "fd42:d0c::3"}
+
+
+def test_the_ipv6_chain_is_the_ipv4_one_with_each_instances_ipv6_address_as_ip6tables_saves_it():
+    ipv4 = [
+        line.replace("[fd42:d0c::3]", "172.18.0.3").replace("[fd42:d0c::2]", "172.18.0.2")
+        for line in rules.parse_nat(SAVED6).rules("DEPLOYER-demo")
+    ]
+    assert rules.for_ipv6(ipv4, TWINS) == rules.parse_nat(SAVED6).rules("DEPLOYER-demo")
+    assert rules.dnat_destinations(rules.parse_nat(SAVED6).rules("DEPLOYER-demo")) == {"fd42:d0c::2", "fd42:d0c::3"}
+
+
+def test_a_dnat_to_an_address_without_an_ipv6_twin_has_no_ipv6_rule():
+    forward = Forward("tcp", 1000, "10.9.0.7", 8080, "demo forward 10.9.0.7").rule("DEPLOYER-demo")
+    assert rules.for_ipv6([forward, *OLD], TWINS) == [line.replace("172.18.0.2:", "[fd42:d0c::2]:") for line in OLD]
+
+
+def test_the_ipv6_base_leaves_connections_to_the_loopback_alone_and_masquerades_nothing():
+    text = rules.render_restore(SavedTable(), NAMES, BRIDGE, {"demo": []}, ensure_apps=["demo"], ipv6=True)
+    assert text == (
+        "*nat\n:DEPLOYER - [0:0]\n:DEPLOYER-POSTROUTING - [0:0]\n:DEPLOYER-demo - [0:0]\n"
+        "-A DEPLOYER -j DEPLOYER-demo\n"
+        "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER\n"
+        "-I OUTPUT 1 ! -d ::1/128 -m addrtype --dst-type LOCAL -j DEPLOYER\n"
+        "-A POSTROUTING -j DEPLOYER-POSTROUTING\nCOMMIT\n"
+    )
+    saved = rules.parse_nat(SAVED6)
+    assert rules.postrouting_rules(NAMES, BRIDGE, ipv6=True) == saved.rules("DEPLOYER-POSTROUTING") == []
+    assert rules.render_restore(saved, NAMES, BRIDGE, {}, ["demo"], ipv6=True) == "*nat\nCOMMIT\n"
+    teardown = rules.render_teardown(saved, NAMES)
+    assert teardown is not None and "-D OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j DEPLOYER" in teardown

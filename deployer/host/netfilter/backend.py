@@ -7,6 +7,8 @@ builds it:
 - iptables: `Netfilter` in deployer/adapters/iptables.py, the adapter itself, with no host-side code. An
   iptables-restore --noflush is already the transaction: it applies the whole text or nothing, and
   iptables-save reads the table back as it is, so there is nothing to keep between two calls.
+- IPv6: a second backend of the same kind for the family's own table (ip6tables, or `table ip6`), which the
+  chains give the same text with IPv6 addresses (plan/rules.for_ipv6).
 - nftables: `NftablesBackend` in host/netfilter/nftables.py, over the libnftables adapter
   (deployer/adapters/nftables.py). It translates the same text into its own table (plan/nft/), and keeps a
   picture of that table between commits, so a flip reads nothing from the kernel; keeping and checking that
@@ -33,6 +35,8 @@ class NetfilterBackend(Protocol):
 
 
 class BridgeNetwork(Protocol):
-    """The Docker network whose bridge the loopback masquerade names."""
+    """The Docker network whose bridge the loopback masquerade names; on a dual-stack host, who knows each
+    instance's IPv6 address."""
 
-    def ensure_network(self, name: str, bridge: str) -> None: ...
+    def ensure_network(self, name: str, bridge: str, ipv6_subnet: str | None = None) -> None: ...
+    def addresses6(self, name: str) -> dict[str, str]: ...

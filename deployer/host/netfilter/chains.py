@@ -7,25 +7,34 @@ flows after a commit and waits for old flows to end. The rendering is plan/'s; t
 The backend is a Protocol (backend.py), so another one (host/netfilter/nftables.py, or a test's fake) can take
 iptables-restore's place without touching the engine; after a switch, the other one is `retired` until reconcile
 empties it.
+
+On a dual-stack host (`[deployer] ipv6`) a second backend holds the IPv6 rules, and every change here is made in
+both families from one rendering: the IPv6 chain is the IPv4 one with each instance's IPv6 address
+(plan/rules.for_ipv6), conntrack filters get their IPv6 twins, and a flip moves both. On nftables both tables
+change in one transaction (`restore_pair`); on iptables, ip6tables-restore commits first and iptables-restore
+second, and a crash between them leaves the IPv6 chain ahead of the IPv4 one, serving, until the next start's
+reconcile finds the drift and rewrites it (docs/ipv6.md).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from deployer.config import AppConfig, Settings
-from deployer.errors import RulesError
+from deployer.errors import DeployerError, RulesError
 from deployer.host.locks import LOCKS, AppLock, HostLock
 from deployer.host.netfilter.backend import BridgeNetwork, NetfilterBackend
 from deployer.journal import utc_now
-from deployer.plan import app_chain, rules
+from deployer.plan import app_chain, conntrack, rules
 from deployer.plan.records import AppState
 from deployer.plan.rules import SavedTable
 
 Render = Callable[..., "str | None"]
+log = logging.getLogger(__name__)
 
 
 class Chains:
@@ -36,17 +45,23 @@ class Chains:
         settings: Settings,
         *,
         retired: NetfilterBackend | None = None,
+        backend6: NetfilterBackend | None = None,
+        leftover6: NetfilterBackend | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.backend = backend
         self.retired = retired  # the other backend, whose rules a switched host still holds until reconcile
+        self.backend6 = backend6  # the IPv6 rules' backend, on a dual-stack host
+        self.leftover6 = leftover6  # on a host with IPv6 off: where IPv6 rules of an earlier config may be left
+        self.ipv6_of: dict[str, str] = {}  # instance IPv4 address -> its IPv6 twin, as Docker last said
         self.network = network
         self.settings = settings
         self.names = rules.ChainNames(settings.chain_prefix)
         self.clock = clock
         self.sleep = sleep
-        self.shadowed: dict[str, list[str]] = {}  # app -> its wanted rules, with shadowed rules left behind them
+        # app -> (backend, its wanted rules) of each family whose chain has shadowed rules left behind them
+        self.shadowed: dict[str, list[tuple[NetfilterBackend, list[str]]]] = {}
 
     # --- locks ---------------------------------------------------------------------------------
 
@@ -78,9 +93,60 @@ class Chains:
         return app_chain.for_record(self.names, app, state, self.settings.maintenance_port)
 
     def base_missing(self, live: SavedTable, app: AppConfig) -> bool:
-        """Whether any of the jumps, the POSTROUTING chain or the app's chain is missing from `live`."""
+        """Whether any of the jumps, the POSTROUTING chain or the app's chain is missing from `live` (and, on a
+        dual-stack host, from the IPv6 table, read here)."""
         text = rules.render_restore(live, self.names, self.settings.bridge, {}, ensure_apps=[app.name])
-        return text.strip() != "*nat\nCOMMIT"
+        if text.strip() != "*nat\nCOMMIT":
+            return True
+        return self.backend6 is not None and self._base_text6(app) is not None
+
+    def _base_text6(self, app: AppConfig) -> str | None:
+        """What the IPv6 table lacks of the base chains, jumps and the app's chain, as a transaction; None: nothing."""
+        assert self.backend6 is not None
+        live6 = rules.parse_table(self.backend6.save_table("nat"), "nat")
+        text = rules.render_restore(live6, self.names, self.settings.bridge, {}, ensure_apps=[app.name], ipv6=True)
+        return None if text.strip() == "*nat\nCOMMIT" else text
+
+    # --- IPv6 ----------------------------------------------------------------------------------
+
+    @property
+    def ipv6_subnet(self) -> str | None:
+        """The Docker network's IPv6 subnet on a dual-stack host; None on an IPv4 one."""
+        return self.settings.ipv6_subnet if self.backend6 is not None else None
+
+    def dual(self, app: AppConfig) -> bool:
+        """Whether the app's IPv6 clients are served: a dual-stack host, and an app that has not opted out."""
+        return self.backend6 is not None and app.ipv6 and not app.host_bound
+
+    def twins(self, addresses: Iterable[str]) -> dict[str, str]:
+        """The IPv6 twin of each instance address known; Docker is asked when one of `addresses` is not. A Docker
+        that does not answer leaves what was known (an address with no twin then has no IPv6 rule)."""
+        wanted = set(addresses)
+        if not wanted <= set(self.ipv6_of):
+            try:
+                self.ipv6_of.update(self.network.addresses6(self.settings.network))
+            except DeployerError as exc:
+                log.warning("the instances' IPv6 addresses are unknown, Docker did not say: %s", exc)
+        return {address: self.ipv6_of[address] for address in wanted if address in self.ipv6_of}
+
+    def wanted6(self, app: AppConfig, wanted: list[str]) -> list[str] | None:
+        """The IPv6 chain for an IPv4 one; None on a host that is not dual-stack. An app that opted out has an
+        empty one, so rules it had before are gone."""
+        if self.backend6 is None:
+            return None
+        if not self.dual(app):
+            return []
+        return rules.for_ipv6(wanted, self.twins(rules.dnat_destinations(wanted)))
+
+    def chain6(self, app: str) -> list[str] | None:
+        """The app's IPv6 chain as it is now; None when it does not exist or the host is not dual-stack."""
+        return None if self.backend6 is None else self.backend6.list_chain(self.names.app(app))
+
+    def drifted6(self, app: AppConfig, wanted: list[str]) -> bool:
+        """Whether the IPv6 chain differs from what the IPv4 one calls for (a crash between the two commits on
+        iptables, or a rule changed by hand)."""
+        wanted6 = self.wanted6(app, wanted)
+        return wanted6 is not None and self.chain6(app.name) != wanted6
 
     # --- changes -------------------------------------------------------------------------------
 
@@ -94,12 +160,19 @@ class Chains:
         return text or None
 
     def teardown(self) -> bool:
-        """Remove every nat chain the deployer owns, from both backends; whether there was any."""
+        """Remove every nat chain the deployer owns, from both backends and both families (the IPv6 one also when
+        IPv6 is off now, for what an earlier config left); whether there was any."""
         removed = False
-        for backend in (self.backend, self.retired):
+        for backend in (self.backend, self.retired, self.backend6, self.leftover6):
             if backend is not None:
                 with self.lock():
-                    text = rules.render_teardown(rules.parse_table(backend.save_table("nat"), "nat"), self.names)
+                    try:
+                        saved = backend.save_table("nat")
+                    except RulesError as exc:
+                        if backend is self.leftover6 and "not installed" in str(exc):
+                            continue  # a host without ip6tables has no IPv6 rules to leave behind
+                        raise
+                    text = rules.render_teardown(rules.parse_table(saved, "nat"), self.names)
                     if text:
                         backend.restore(text)
                         removed = True
@@ -107,7 +180,7 @@ class Chains:
 
     def prepare_bridge(self) -> None:
         """The deployer's Docker network, and loopback clients allowed through its bridge."""
-        self.network.ensure_network(self.settings.network, self.settings.bridge)
+        self.network.ensure_network(self.settings.network, self.settings.bridge, self.ipv6_subnet)
         self.backend.enable_route_localnet(self.settings.bridge)
 
     def ensure_base(self, app: AppConfig, *, locked: bool = False) -> None:
@@ -118,10 +191,13 @@ class Chains:
             return
         self.prepare_bridge()
         live = self.table("nat")
-        if self.base_missing(live, app):
-            self.backend.restore(
-                rules.render_restore(live, self.names, self.settings.bridge, {}, ensure_apps=[app.name])
-            )
+        text = rules.render_restore(live, self.names, self.settings.bridge, {}, ensure_apps=[app.name])
+        if text.strip() != "*nat\nCOMMIT":
+            self.backend.restore(text)
+        if self.backend6 is not None:
+            text6 = self._base_text6(app)
+            if text6 is not None:
+                self.backend6.restore(text6)
 
     def flip(
         self, app: AppConfig, wanted: list[str], detail: dict[str, Any] | None = None, *, tidy: bool = True
@@ -142,37 +218,70 @@ class Chains:
         `tidy=False` leaves the tidy to `tidy()`, after the flip's timed step: a transaction that deletes rules
         waits 13 to 20 ms after its commit here (docs/benchmarks.md), and the traffic has already moved. A
         crash before it leaves shadowed rules that match nothing new; reconcile removes them.
+
+        On a dual-stack host the IPv6 chain makes the same move in the same step (see the module's docstring).
         """
         chain = self.names.app(app.name)
+        wanted6 = self.wanted6(app, wanted)
         with self.lock():
-            before = self.backend.list_chain(chain)
-            if before is None:
-                self.ensure_base(app, locked=True)
-                before = []
-            if before == wanted:
-                return set()
-            if before[: len(wanted)] == wanted:  # an earlier flip's move, untidied: only the tidy is left
+            families = [(self.backend, wanted)]
+            if wanted6 is not None and self.backend6 is not None:
+                families.append((self.backend6, wanted6))
+            befores = []
+            for backend, _ in families:
+                before = backend.list_chain(chain)
+                if before is None:
+                    self.ensure_base(app, locked=True)
+                    before = []
+                befores.append(before)
+            moves, left, untidied = [], [], []
+            for (backend, want), before in zip(families, befores, strict=True):
+                if before == want:
+                    continue
+                if before[: len(want)] == want:  # an earlier flip's move, untidied: only the tidy is left
+                    untidied.append((backend, want, before))
+                    continue
+                # Add-only when there are rules to shadow: new flows move at the commit; the tidy comes after.
+                moves.append((backend, rules.render_takeover(self.names, app.name, want, before)))
+                if before:
+                    left.append((backend, want, before))
+            if untidied:
                 self.shadowed.pop(app.name, None)
-                self.rewrite_chain(app, wanted, before)
-                return rules.dnat_destinations(before) - rules.dnat_destinations(wanted)
-            started = self.clock()
-            # Add-only when there are rules to shadow: new flows move at the commit; the tidy comes after.
-            self.backend.restore(rules.render_takeover(self.names, app.name, wanted, before))
-            if detail is not None:
-                detail["committed_ms"] = round((self.clock() - started) * 1000, 2)
-                detail["committed_at"] = utc_now()
-            if before and tidy:
-                self.rewrite_chain(app, wanted, before)
-            elif before:
-                self.shadowed[app.name] = list(wanted)
-        return rules.dnat_destinations(before) - rules.dnat_destinations(wanted)
+            for backend, want, before in untidied:
+                self.rewrite_chain(app, want, before, backend)
+            if moves:
+                started = self.clock()
+                self.commit(moves)
+                if detail is not None:
+                    detail["committed_ms"] = round((self.clock() - started) * 1000, 2)
+                    detail["committed_at"] = utc_now()
+            if tidy:
+                for backend, want, before in left:
+                    self.rewrite_chain(app, want, before, backend)
+            elif left:
+                self.shadowed[app.name] = [(backend, want) for backend, want, _ in left]
+        return rules.dnat_destinations(befores[0]) - rules.dnat_destinations(wanted)
 
-    def rewrite_chain(self, app: AppConfig, wanted: list[str], before: list[str]) -> None:
+    def commit(self, moves: list[tuple[NetfilterBackend, str]]) -> None:
+        """One transaction per family, or one for both where the backend can (nftables' `restore_pair`). On
+        iptables the IPv6 move commits first: a crash before the IPv4 one leaves both families serving, the
+        IPv4 one on the old instance, until reconcile."""
+        if len(moves) == 2 and hasattr(self.backend, "restore_pair"):
+            (first, text), (other, other_text) = moves
+            first.restore_pair(text, other, other_text)  # type: ignore[attr-defined]
+            return
+        for backend, text in reversed(moves):
+            backend.restore(text)
+
+    def rewrite_chain(
+        self, app: AppConfig, wanted: list[str], before: list[str], backend: NetfilterBackend | None = None
+    ) -> None:
         """The app's chain rewritten to `wanted`; `before` put back if that is refused. Under the lock."""
+        backend = backend or self.backend
         try:
-            self.backend.restore(rules.render_chain(self.names, app.name, wanted))
+            backend.restore(rules.render_chain(self.names, app.name, wanted))
         except RulesError as exc:
-            self.backend.restore(rules.render_chain(self.names, app.name, before))
+            backend.restore(rules.render_chain(self.names, app.name, before))
             raise RulesError(f"{exc}; the previous rules were restored", app=app.name) from None
 
     def tidy(self, app: AppConfig) -> bool:
@@ -181,11 +290,12 @@ class Chains:
         The caller still holds the app's lock, so the chain is what that flip made: no read is needed. A
         refusal leaves the wanted rules in front, still serving, and the shadowed ones to reconcile.
         """
-        wanted = self.shadowed.pop(app.name, None)
-        if wanted is None:
+        shadowed = self.shadowed.pop(app.name, None)
+        if shadowed is None:
             return False
         with self.lock():
-            self.backend.restore(rules.render_chain(self.names, app.name, wanted))
+            for backend, wanted in shadowed:
+                backend.restore(rules.render_chain(self.names, app.name, wanted))
         return True
 
     def retire_other(self, app: AppConfig) -> list[str]:
@@ -216,16 +326,23 @@ class Chains:
 
     # --- conntrack -----------------------------------------------------------------------------
 
+    def both_families(self, filters: list[list[str]]) -> list[list[str]]:
+        """The filters, and on a dual-stack host their IPv6 twins (plan/conntrack.for_ipv6)."""
+        if self.backend6 is None:
+            return filters
+        addresses = {f[f.index("--reply-src") + 1] for f in filters if "--reply-src" in f}
+        return filters + conntrack.for_ipv6(filters, self.twins(addresses))
+
     def clean_flows(self, filters: list[list[str]]) -> int:
         """Delete the conntrack entries matching each filter; how many went."""
-        return sum(self.backend.conntrack_delete(f) for f in filters)
+        return sum(self.backend.conntrack_delete(f) for f in self.both_families(filters))
 
     def flows(self, filters: list[list[str]]) -> list[str]:
         """The conntrack entries matching each filter, as `conntrack -L` prints them."""
-        return [line for f in filters for line in self.backend.conntrack_list(f)]
+        return [line for f in self.both_families(filters) for line in self.backend.conntrack_list(f)]
 
     def count_flows(self, filters: list[list[str]]) -> int:
-        return sum(len(self.backend.conntrack_list(f)) for f in filters)
+        return sum(len(self.backend.conntrack_list(f)) for f in self.both_families(filters))
 
     def wait_for_old_flows(self, filters: list[list[str]], seconds: float) -> int:
         """Wait up to `seconds` for the flows matching `filters` to end, returning early once none is left.

@@ -1,0 +1,115 @@
+"""A dual-stack host (`[deployer] ipv6 = true`) through the engine's hand-written fakes: the exact order of the
+effects on both families. The IPv6 chain is the IPv4 one with each instance's IPv6 address; on iptables its move
+commits first; conntrack filters get their IPv6 twins; a chain that fell behind (a crash between the two
+commits) is repaired by reconcile.
+"""
+
+from __future__ import annotations
+
+from support.engine_fakes import NEW, OLD, OLD_RULE, Host, dnat
+
+OLD6, NEW6 = "fd6e:3b1d:5e2a::2", "fd6e:3b1d:5e2a::3"
+NEW_RULE = dnat(NEW, "green", "v2")
+OLD_RULE6 = OLD_RULE.replace(f"{OLD}:80", f"[{OLD6}]:80")
+NEW_RULE6 = NEW_RULE.replace(f"{NEW}:80", f"[{NEW6}]:80")
+MASQUERADE = '-o deployer0 -m comment --comment "deployer: loopback clients" -j MASQUERADE'
+HEADS = "*nat | :DEPLOYER - [0:0] | :DEPLOYER-POSTROUTING - [0:0] | :DEPLOYER-web - [0:0]"
+BASE = (
+    f"restore {HEADS} | -A DEPLOYER-POSTROUTING -s 127.0.0.0/8 {MASQUERADE} | -A DEPLOYER -j DEPLOYER-web | "
+    "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER | -I OUTPUT 1 -m addrtype --dst-type LOCAL -j DEPLOYER | "
+    "-A POSTROUTING -j DEPLOYER-POSTROUTING | COMMIT"
+)
+BASE6 = (  # ::1 is left alone: IPv6 has no route_localnet (plan/rules.py)
+    f"ip6 restore {HEADS} | -A DEPLOYER -j DEPLOYER-web | -I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER | "
+    "-I OUTPUT 1 ! -d ::1/128 -m addrtype --dst-type LOCAL -j DEPLOYER | -A POSTROUTING -j DEPLOYER-POSTROUTING | COMMIT"
+)
+PREPARE_BRIDGE = ["network deployer deployer0 fd6e:3b1d:5e2a::/64", "route_localnet deployer0"]
+
+
+def dual_host(tmp_path) -> Host:
+    host = Host(tmp_path)
+    host.dual_stack()
+    host.engine().deploy("web", "v1", actor="cli:ann")
+    return host
+
+
+def test_the_first_deploy_builds_both_families_base_and_points_both_chains_at_blue(tmp_path):
+    host = Host(tmp_path)
+    host.dual_stack()
+    host.engine().deploy("web", "v1", actor="cli:ann")
+    assert host.taken() == [
+        "pull 127.0.0.1:5000/web:v1",
+        "network deployer deployer0 fd6e:3b1d:5e2a::/64",  # the network is made dual-stack
+        "run deployer-web-blue 127.0.0.1:5000/web:v1 restart=no",
+        "probe 127.0.0.1:18081",
+        "probe 127.0.0.1:18081",
+        "restart-policy deployer-web-blue unless-stopped",
+        *PREPARE_BRIDGE,
+        BASE,
+        BASE6,  # the same jumps and chains in ip6tables
+        # Both chains were empty: nothing to shadow, each is written whole, IPv6 first.
+        f"ip6 restore *nat | :DEPLOYER-web - [0:0] | {OLD_RULE6} | COMMIT",
+        f"restore *nat | :DEPLOYER-web - [0:0] | {OLD_RULE} | COMMIT",
+    ]
+    assert host.netfilter6 is not None and host.netfilter6.list_chain("DEPLOYER-web") == [OLD_RULE6]
+
+
+def test_a_deploy_moves_both_families_ipv6_first_then_tidies_and_cleans_both_families_flows(tmp_path):
+    host = dual_host(tmp_path)
+    host.taken()
+    host.engine().deploy("web", "v2", actor="cli:ann")
+    flips = [e for e in host.effects if "restore" in e or e.startswith("conntrack")]
+    assert flips == [
+        f"ip6 restore *nat | -I DEPLOYER-web 1 {NEW_RULE6.removeprefix('-A DEPLOYER-web ')} | COMMIT",
+        f"restore *nat | -I DEPLOYER-web 1 {NEW_RULE.removeprefix('-A DEPLOYER-web ')} | COMMIT",
+        f"restore *nat | :DEPLOYER-web - [0:0] | {NEW_RULE} | COMMIT",
+        f"ip6 restore *nat | :DEPLOYER-web - [0:0] | {NEW_RULE6} | COMMIT",
+        # The drain and the cleanup read both families: conntrack lists IPv4 unless told -f ipv6.
+        f"conntrack -L -p tcp --orig-port-dst 18080 --reply-src {OLD} --state ESTABLISHED",
+        f"conntrack -L -f ipv6 -p tcp --orig-port-dst 18080 --reply-src {OLD6} --state ESTABLISHED",
+        f"conntrack -D -p tcp --orig-port-dst 18080 --reply-src {OLD}",
+        f"conntrack -D -f ipv6 -p tcp --orig-port-dst 18080 --reply-src {OLD6}",
+    ]
+    assert host.chain() == [NEW_RULE]
+    assert host.netfilter6 is not None and host.netfilter6.list_chain("DEPLOYER-web") == [NEW_RULE6]
+
+
+def test_a_crash_between_the_two_commits_is_repaired_by_reconcile_on_the_ipv6_side_only(tmp_path):
+    host = dual_host(tmp_path)
+    assert host.netfilter6 is not None
+    host.netfilter6.restore(f"*nat\n:DEPLOYER-web - [0:0]\n{OLD_RULE6.replace(OLD6, 'fd6e:3b1d:5e2a::99')}\nCOMMIT\n")
+    host.taken()
+    assert host.engine().reconcile("web", actor="cli:ann") == [
+        f"IPv6 rules of web pointed at blue {OLD} (v1), as the IPv4 ones"
+    ]
+    assert [e for e in host.effects if "restore" in e] == [
+        f"ip6 restore *nat | -I DEPLOYER-web 1 {OLD_RULE6.removeprefix('-A DEPLOYER-web ')} | COMMIT",
+        f"ip6 restore *nat | :DEPLOYER-web - [0:0] | {OLD_RULE6} | COMMIT",
+    ]
+    assert host.netfilter6.list_chain("DEPLOYER-web") == [OLD_RULE6]
+    assert host.chain() == [OLD_RULE]
+
+
+def test_status_shows_both_families_and_an_ipv6_drift(tmp_path):
+    host = dual_host(tmp_path)
+    [status] = host.engine().status("web")
+    assert status.rules_match and "IPv6: 1 rule, in step with IPv4" in status.notes
+    assert [c["address6"] for c in status.containers] == [OLD6]
+    assert host.netfilter6 is not None
+    host.netfilter6.restore("*nat\n:DEPLOYER-web - [0:0]\nCOMMIT\n")
+    [status] = host.engine().status("web")
+    assert not status.rules_match
+    assert "IPv6: the rules differ from what the record calls for (0 live, 1 wanted)" in status.notes
+
+
+def test_an_app_that_opts_out_has_an_empty_ipv6_chain(tmp_path):
+    from dataclasses import replace
+
+    host = Host(tmp_path)
+    host.dual_stack()
+    web = replace(host.config.apps["web"], ipv6=False)
+    host.config = replace(host.config, apps={"web": web})
+    host.engine().deploy("web", "v1", actor="cli:ann")
+    assert host.netfilter6 is not None and host.netfilter6.list_chain("DEPLOYER-web") == []
+    assert host.chain() == [OLD_RULE]
+    assert not any("-f ipv6" in e for e in host.effects)
