@@ -266,7 +266,8 @@ class InvalidForwarding(ForwardingError):
 
 
 class PreflightFailed(ForwardingError):
-    """The host is not ready for a forward or a forward-return; nothing was changed. Names each problem."""
+    """The host is not ready for a forward, a forward-return or IPv6 forwarding; nothing was changed. Names each
+    problem."""
 
     def __init__(self, message: str, problems: list[str], **context: object) -> None:
         super().__init__(message + "".join(f"\n  - {problem}" for problem in problems), **context)
