@@ -25,6 +25,7 @@ from deployer.adapters.github import GitHubHttp
 from deployer.adapters.host_setup import HostSetup, configures_cluster, shipped_sources
 from deployer.adapters.image_archive import PreloadedImage, load_image
 from deployer.adapters.iptables import Netfilter
+from deployer.adapters.ipv6_sysctls import Ipv6Sysctls
 from deployer.adapters.keepalived import Keepalived
 from deployer.adapters.nftables import Nftables
 from deployer.adapters.probes import Probes, check_registry
@@ -50,6 +51,7 @@ from deployer.host.checks import HostChecks, HostProbes
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.engine import DockerPort, Engine
 from deployer.host.flows import FlowSampler
+from deployer.host.ipv6_forwarding import ensure_ipv6_forwarding
 from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.host.state import Publish, StateStore
@@ -97,6 +99,12 @@ def build_engine(
         retired_netfilter=None if netfilter is not None else other,  # a supplied adapter comes without a pair
         netfilter6=build_netfilter6(config),
         leftover6=None if config.settings.ipv6 else Netfilter(wait_seconds=config.settings.iptables_wait, ipv6=True),
+        forwarding6=functools.partial(
+            ensure_ipv6_forwarding,
+            Ipv6Sysctls(),
+            fix=config.settings.ipv6_forwarding == "fix",
+            skip=[config.settings.bridge],
+        ),
         routing=Routing(),
         prober=Probes(),
         run_hook=run_hook,

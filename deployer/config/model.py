@@ -147,6 +147,9 @@ class Settings:
     # Dual-stack: instances get an IPv6 address from this subnet too, and IPv6 clients are DNATed as IPv4 ones.
     ipv6: bool = False
     ipv6_subnet: str = "fd6e:3b1d:5e2a::/64"  # a unique local /64 (RFC 4193), for the deployer's Docker network
+    # "fix": the deployer turns IPv6 forwarding on, accept_ra=2 first where a default route needs it; "check": it
+    # refuses instead, naming the sysctls to set (docs/production.md)
+    ipv6_forwarding: str = "fix"
 
 
 @dataclass(frozen=True)

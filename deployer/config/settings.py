@@ -38,6 +38,7 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
         "image_wait",
         "ipv6",
         "ipv6_subnet",
+        "ipv6_forwarding",
     }
     only_keys(data, allowed, path=path, where="deployer")
     key = lambda k: f"deployer.{k}"  # noqa: E731
@@ -76,6 +77,9 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
             path=path,
             key=key("ipv6_subnet"),
         )
+    ipv6_forwarding = typed(data, "ipv6_forwarding", str, "fix", path=path, key=key("ipv6_forwarding"))
+    if ipv6_forwarding not in ("fix", "check"):
+        raise ConfigError(f'must be "fix" or "check", not {ipv6_forwarding!r}', path=path, key=key("ipv6_forwarding"))
     return Settings(
         state_dir=absolute_path(data.get("state_dir", DEFAULT_STATE_DIR), base, path=path, key=key("state_dir")),
         hooks_dir=absolute_path(data.get("hooks_dir", "hooks"), base, path=path, key=key("hooks_dir")),
@@ -98,4 +102,5 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
         backend=backend,
         ipv6=typed(data, "ipv6", bool, False, path=path, key=key("ipv6")),
         ipv6_subnet=subnet.compressed,
+        ipv6_forwarding=ipv6_forwarding,
     )

@@ -165,6 +165,7 @@ class Engine:
         retired_netfilter: NetfilterBackend | None = None,
         netfilter6: NetfilterBackend | None = None,
         leftover6: NetfilterBackend | None = None,
+        forwarding6: Callable[[], list[str]] | None = None,
         shared_address: SharedAddressPort | None = None,
         publish: Publish | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -188,6 +189,7 @@ class Engine:
             retired=retired_netfilter,
             backend6=netfilter6,
             leftover6=leftover6,
+            forwarding6=forwarding6,
             clock=clock,
             sleep=sleep,
         )

@@ -106,11 +106,11 @@ def _refusal(risky: tuple[str, ...], by_name: dict[str, Interface], steps: list[
             for name in risky
         )
         why = (
-            f"IPv6 forwarding needs changes the deployer may not make (fix = false): with forwarding on, {named} "
+            f"IPv6 forwarding needs changes the deployer may not make ([deployer] ipv6_forwarding = 'check'): with forwarding on, {named} "
             "would ignore router advertisements while accept_ra is 1, and lose the default route they give."
         )
     else:
-        why = "IPv6 forwarding is off, and the deployer may not turn it on (fix = false)."
+        why = "IPv6 forwarding is off, and the deployer may not turn it on ([deployer] ipv6_forwarding = 'check')."
     commands = "\n".join(f"  sysctl -w {key}={value}" for key, value in steps)
     return (
         f"{why} Run, in this order:\n{commands}\n"

@@ -211,8 +211,7 @@ class Deployer:
             f'state_dir = "{self.root / "state"}"\n'
             f'hooks_dir = "{self.root / "hooks"}"\n'
             f'chain_prefix = "{self.prefix}"\n'
-            f'network = "{NETWORK}"\n'
-            f'bridge = "{BRIDGE}"\n'
+            + ("" if "network =" in settings else f'network = "{NETWORK}"\nbridge = "{BRIDGE}"\n')
             + ("" if "hook_timeout" in settings else "hook_timeout = 20\n")
             + f"{settings}\n"
             + "\n".join(apps)

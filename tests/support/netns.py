@@ -191,8 +191,17 @@ class OutsideClient(Bed):
     still running inside are removed on exit, even when the body raised.
     """
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX, subnet: str | ipaddress.IPv4Network | None = None) -> None:
+    def __init__(
+        self,
+        prefix: str = DEFAULT_PREFIX,
+        subnet: str | ipaddress.IPv4Network | None = None,
+        ipv6: str | None = None,
+    ) -> None:
         _validate_prefix(prefix)
+        # With `ipv6` (a /64): the host end has its ::1, the client its ::2 and an IPv6 default route through it.
+        self._ipv6 = ipaddress.IPv6Network(ipv6) if ipv6 is not None else None
+        self.host_ip6 = ""
+        self.client_ip6 = ""
         self.name = prefix + secrets.token_hex(_NAME_TOKEN_LEN // 2)
         self.host_if = self.name + "-h"
         self._peer_if = self.name + "-n"
@@ -228,6 +237,12 @@ class OutsideClient(Bed):
         _ip(*inside, "link", "set", self._peer_if, "up")
         _ip(*inside, "route", "add", "default", "via", host_ip)
         self.subnet, self.host_ip, self.client_ip = subnet, host_ip, client_ip
+        if self._ipv6 is not None:
+            host_ip6, client_ip6 = str(self._ipv6[1]), str(self._ipv6[2])
+            _ip("-6", "addr", "add", f"{host_ip6}/64", "dev", self.host_if, "nodad")
+            _ip(*inside, "-6", "addr", "add", f"{client_ip6}/64", "dev", self._peer_if, "nodad")
+            _ip(*inside, "-6", "route", "add", "default", "via", host_ip6)
+            self.host_ip6, self.client_ip6 = host_ip6, client_ip6
 
     def _argv(self, argv: Sequence[str]) -> list[str]:
         if isinstance(argv, str):

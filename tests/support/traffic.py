@@ -122,8 +122,9 @@ def http_keepalive(host: str, port: int, out, pause: float, timeout: float) -> N
 
 def udp(host: str, port: int, out, pause: float, timeout: float) -> None:
     """Request/response over one socket; a reply that comes after its timeout still counts as late."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("0.0.0.0", 0))
+    ipv6 = ":" in host
+    sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("::" if ipv6 else "0.0.0.0", 0))
     sock.connect((host, port))
     number = 0
     while not stopping:
@@ -164,13 +165,14 @@ def _parse_body(body: bytes) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["http-new", "http-keepalive", "udp"])
-    parser.add_argument("target", help="HOST:PORT")
+    parser.add_argument("target", help="HOST:PORT, or [IPv6]:PORT")
     parser.add_argument("--out", required=True, help="JSON lines file to write")
     parser.add_argument("--pause", type=float, default=0.005, help="seconds between requests")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds a request may take")
     parser.add_argument("--duration", type=float, default=600.0, help="stop after this many seconds")
     args = parser.parse_args(argv)
     host, _, port = args.target.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [IPv6]:port
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGALRM, _stop)

@@ -235,7 +235,7 @@ def test_unknown_key_in_the_deployer_table(tmp_path):
     path = write(tmp_path, '[deployer]\nstate_dri = "/var/lib/deployer"\n' + MINIMAL)
     assert str(refusal(path)) == (
         f"{path}, key 'deployer.state_dri': unknown key (allowed: backend, bridge, chain_prefix, docker_host, "
-        "hook_timeout, hooks_dir, host_lock_wait, image_wait, iptables_wait, ipv6, ipv6_subnet, lock_wait, maintenance_port, network, state_dir)"
+        "hook_timeout, hooks_dir, host_lock_wait, image_wait, iptables_wait, ipv6, ipv6_forwarding, ipv6_subnet, lock_wait, maintenance_port, network, state_dir)"
     )
 
 
@@ -715,6 +715,14 @@ def test_ipv6_is_off_unless_said_and_its_subnet_is_checked(tmp_path):
     ]:
         path = write(tmp_path, f'[deployer]\nipv6 = true\nipv6_subnet = "{subnet}"\n' + MINIMAL)
         assert str(refusal(path)).startswith(f"{path}, key 'deployer.ipv6_subnet': {why}")
+
+
+def test_ipv6_forwarding_is_fixed_unless_the_config_says_check(tmp_path):
+    assert config.load(write(tmp_path, MINIMAL), environ={}).settings.ipv6_forwarding == "fix"
+    check = write(tmp_path, '[deployer]\nipv6_forwarding = "check"\n' + MINIMAL)
+    assert config.load(check, environ={}).settings.ipv6_forwarding == "check"
+    path = write(tmp_path, '[deployer]\nipv6_forwarding = "yes"\n' + MINIMAL)
+    assert str(refusal(path)) == f"{path}, key 'deployer.ipv6_forwarding': must be \"fix\" or \"check\", not 'yes'"
 
 
 def test_ipv6_is_refused_where_it_is_not_done_yet_naming_why(tmp_path):

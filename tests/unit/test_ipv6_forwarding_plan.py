@@ -1,4 +1,4 @@
-"""Turning IPv6 forwarding on: which interfaces get accept_ra=2 first, the refusal with fix = false, and the
+"""Turning IPv6 forwarding on: which interfaces get accept_ra=2 first, the refusal with ipv6_forwarding = "check", and the
 host function that applies the plan in order (deployer/plan/ipv6_forwarding.py, deployer/host/ipv6_forwarding.py)."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_fix_false_refuses_naming_the_interfaces_and_the_commands_in_order():
     assert result.refused
     assert result.at_risk == ("eth0", "eth1")
     assert result.message == (
-        "IPv6 forwarding needs changes the deployer may not make (fix = false): with forwarding on, eth0 (default "
+        "IPv6 forwarding needs changes the deployer may not make ([deployer] ipv6_forwarding = 'check'): with forwarding on, eth0 (default "
         "route from router advertisements), eth1 would ignore router advertisements while accept_ra is 1, and lose "
         "the default route they give. Run, in this order:\n"
         "  sysctl -w net.ipv6.conf.eth0.accept_ra=2\n"
@@ -99,7 +99,7 @@ def test_fix_false_with_no_interface_at_risk_asks_for_forwarding_alone():
     result = plan(Facts(0, (ra("eth0", accept_ra=0),)), fix=False)
     assert result.refused
     assert result.message == (
-        "IPv6 forwarding is off, and the deployer may not turn it on (fix = false). Run, in this order:\n"
+        "IPv6 forwarding is off, and the deployer may not turn it on ([deployer] ipv6_forwarding = 'check'). Run, in this order:\n"
         "  sysctl -w net.ipv6.conf.all.forwarding=1\n"
         "and put the same settings in a file under /etc/sysctl.d/ so that they hold after a reboot."
     )

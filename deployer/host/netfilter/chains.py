@@ -47,6 +47,7 @@ class Chains:
         retired: NetfilterBackend | None = None,
         backend6: NetfilterBackend | None = None,
         leftover6: NetfilterBackend | None = None,
+        forwarding6: Callable[[], list[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -54,6 +55,8 @@ class Chains:
         self.retired = retired  # the other backend, whose rules a switched host still holds until reconcile
         self.backend6 = backend6  # the IPv6 rules' backend, on a dual-stack host
         self.leftover6 = leftover6  # on a host with IPv6 off: where IPv6 rules of an earlier config may be left
+        # Turns the host's IPv6 forwarding on safely (host/ipv6_forwarding.py), once a process, on a dual-stack host.
+        self.forwarding6 = forwarding6
         self.ipv6_of: dict[str, str] = {}  # instance IPv4 address -> its IPv6 twin, as Docker last said
         self.network = network
         self.settings = settings
@@ -182,6 +185,10 @@ class Chains:
         """The deployer's Docker network, and loopback clients allowed through its bridge."""
         self.network.ensure_network(self.settings.network, self.settings.bridge, self.ipv6_subnet)
         self.backend.enable_route_localnet(self.settings.bridge)
+        if self.backend6 is not None and self.forwarding6 is not None:
+            for change in self.forwarding6():  # outside clients' IPv6 packets are forwarded to the instances
+                log.warning("IPv6 forwarding: %s", change)
+            self.forwarding6 = None
 
     def ensure_base(self, app: AppConfig, *, locked: bool = False) -> None:
         """Add whatever is missing of the jumps, the POSTROUTING chain and the app's (empty) chain."""

@@ -1,0 +1,152 @@
+"""Deploys under IPv6 and IPv4 load at once on a dual-stack host (`[deployer] ipv6 = true`): nothing dropped.
+
+The instances run on a dual-stack Docker network of the test's own. IPv6 clients come from an outside namespace
+(PREROUTING) and from the host itself over the host's own IPv6 address (OUTPUT), with new connections, keep-alive
+and a UDP stream, while IPv4 clients from outside and over 127.0.0.1 run beside them. Every connection opened
+after a flip is served by the new release, no request fails, and the IPv6 clients' source addresses reach the app
+unchanged. A connection to [::1] is refused at once rather than left hanging (IPv6 has no route_localnet:
+plan/rules.py). Then the IPv6 chain is broken by hand and reconcile repairs it from the IPv4 one, as after a crash
+between the two families' commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deployer.adapters.docker_host import DockerHost
+from deployer.adapters.iptables import Netfilter
+from deployer.plan import rules
+from support import netns
+from support.integration import Deployer, demo_app
+from support.load import TRAFFIC, read_records, stop_clients
+
+pytestmark = pytest.mark.integration
+
+NETWORK6, BRIDGE6 = "dpltest6", "dpltest6br"
+SUBNET6 = "fd42:7e57:d0c::/64"  # the instances' (ENVIRONMENT: fd00::/64 is the machine's own)
+OUTSIDE6 = "fd42:7e57:a::/64"  # the outside namespace's link
+PORT, BLUE, GREEN, UDP = 18300, 18301, 18302, (18303, 18304, 18305)
+DEPLOYS = 3
+
+
+@contextlib.contextmanager
+def dual_stack_network(deployer: Deployer) -> Iterator[None]:
+    """The test's own network, made dual-stack by the deployer's first deploy; its containers and it go at the end,
+    and the IPv6 sysctls the deployer set (forwarding, accept_ra) are put back as they were."""
+    docker = DockerHost("unix:///var/run/docker.sock")
+    docker.remove_network(NETWORK6)
+    sysctls = {
+        path: path.read_text()
+        for name in ("forwarding", "accept_ra")
+        for path in Path("/proc/sys/net/ipv6/conf").glob(f"*/{name}")
+    }
+    try:
+        yield
+    finally:
+        deployer.teardown()
+        docker.remove_network(NETWORK6)
+        for path, value in sysctls.items():
+            with contextlib.suppress(OSError):  # an interface of the test's that is gone
+                if path.read_text() != value:
+                    path.write_text(value)
+
+
+def clients(outside: netns.OutsideClient, out: Path) -> list[tuple[str, subprocess.Popen]]:
+    """Both families' clients: (name, target, mode, in the namespace)."""
+    plans = [
+        ("outside6-new", f"[{outside.host_ip6}]:{PORT}", "http-new", True),
+        ("outside6-keepalive", f"[{outside.host_ip6}]:{PORT}", "http-keepalive", True),
+        ("outside6-udp", f"[{outside.host_ip6}]:{UDP[0]}", "udp", True),
+        ("host6-new", f"[{outside.host_ip6}]:{PORT}", "http-new", False),
+        ("host6-keepalive", f"[{outside.host_ip6}]:{PORT}", "http-keepalive", False),
+        ("host6-udp", f"[{outside.host_ip6}]:{UDP[0]}", "udp", False),
+        ("outside4-new", f"{outside.host_ip}:{PORT}", "http-new", True),
+        ("loopback4-udp", f"127.0.0.1:{UDP[0]}", "udp", False),
+    ]
+    started = []
+    for name, target, mode, inside in plans:
+        argv = [sys.executable, TRAFFIC, mode, target, "--out", str(out / f"{name}.jsonl"), "--pause", "0.02"]
+        argv += ["--timeout", "1" if mode == "udp" else "5", "--duration", "120"]
+        started.append((name, outside.popen(argv) if inside else subprocess.Popen(argv)))
+    return started
+
+
+def test_deploys_under_ipv6_and_ipv4_load_drop_nothing_and_reconcile_repairs_the_ipv6_chain(deployer, images, tmp_path):
+    tags = [f"v{n}" for n in range(1, DEPLOYS + 2)]
+    images.ensure(*tags)
+    with dual_stack_network(deployer), netns.OutsideClient(ipv6=OUTSIDE6) as outside:
+        deployer.configure(
+            demo_app("six", external=PORT, blue=BLUE, green=GREEN, udp=UDP, drain=0.5, stop_timeout=6),
+            settings=f'network = "{NETWORK6}"\nbridge = "{BRIDGE6}"\nipv6 = true\nipv6_subnet = "{SUBNET6}"',
+        )
+        engine = deployer.engine()
+        engine.deploy("six", tags[0], actor="test")
+        assert Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() == "1"  # outside clients need it
+        ip6 = Netfilter(ipv6=True)
+        chain = f"{deployer.prefix}-six"
+        assert rules.dnat_destinations(ip6.list_chain(chain) or []) <= {
+            c.address6(NETWORK6) for c in deployer.containers("six")
+        }
+
+        started_at = time.monotonic()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("::1", PORT), timeout=5)
+        assert time.monotonic() - started_at < 1
+
+        out = tmp_path / "traffic"
+        out.mkdir()
+        started = clients(outside, out)
+        try:
+            time.sleep(1.0)
+            for tag in tags[1:]:
+                engine.deploy("six", tag, actor="test")
+            time.sleep(1.0)
+        finally:
+            stop_clients(started)
+
+        flips = [e["wall"] for e in deployer.events if e["event"] == "step" and e["step"] == "flip"][1:]
+        in_flight = [
+            (e["wall"] - e["duration_ms"] / 1000 - 0.01, e["wall"])
+            for e in deployer.events
+            if e["event"] == "step" and e["step"] == "flip"
+        ][1:]
+        assert len(flips) == DEPLOYS
+
+        def live_tag(moment: float) -> str:
+            return tags[sum(1 for flip in flips if flip <= moment)]
+
+        for name, _ in started:
+            records = read_records(out / f"{name}.jsonl")
+            assert len(records) > 30, f"{name}: too little traffic to judge ({len(records)} requests)"
+            if name.endswith("udp"):
+                unanswered = [r for r in records if not r["answered"]]
+                assert len(unanswered) <= DEPLOYS, f"{name}: {len(unanswered)} datagrams unanswered: {unanswered[:3]}"
+                continue
+            failed = [r for r in records if not r["ok"]]
+            assert not failed, f"{name}: {len(failed)} failed requests, first: {failed[:3]}"
+            wrong = [
+                r
+                for r in records
+                if r["version"] != live_tag(r["conn_t"]) and not any(a < r["conn_t"] <= b for a, b in in_flight)
+            ]
+            assert not wrong, f"{name}: connections opened after a flip were served by an old release: {wrong[:3]}"
+            if name == "outside6-new":  # the client's own IPv6 address reaches the app
+                assert {r["client"].rpartition(":")[0] for r in records} == {f"[{outside.client_ip6}]"}
+
+        # A crash between the two families' commits, or a hand: the IPv6 chain points at nothing. Reconcile
+        # rewrites it from the IPv4 one, which the record calls for.
+        good = ip6.list_chain(chain)
+        ip6.restore(f"*nat\n:{chain} - [0:0]\nCOMMIT\n")
+        [status] = engine.status("six")
+        assert not status.rules_match
+        repairs = deployer.engine().reconcile("six", actor="test")
+        assert any(r.startswith("IPv6 rules of six pointed at") for r in repairs), repairs
+        assert ip6.list_chain(chain) == good
