@@ -37,7 +37,9 @@ AnyConfig = Config | ReceiverConfig
 
 log = logging.getLogger("deployer.responder")
 
-SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+SO_ORIGINAL_DST = (
+    80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h) has the same number
+)
 HEADER = maintenance.RESPONDER_HEADER
 MAX_DISCARD = 64 * 1024  # request bytes read and dropped before answering, so the close sends FIN, not RST
 MAX_CONNECTIONS = 256
@@ -53,12 +55,21 @@ class Deadlines(Protocol):
 
 
 def original_port(connection: socket.socket) -> int | None:
-    """The destination port the client used, before the REDIRECT; None when conntrack does not know it."""
-    try:
-        raw = connection.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-    except OSError:
-        return None
-    return struct.unpack("!H", raw[2:4])[0]
+    """The destination port the client used, before the REDIRECT; None when conntrack does not know it. An IPv6
+    client's comes from the IPv6 option (a sockaddr_in6, the port at the same offset); an IPv4 client of a
+    dual-stack socket's from the IPv4 one."""
+    for level, size in ((socket.SOL_IP, 16), (socket.IPPROTO_IPV6, 28)):
+        try:
+            raw = connection.getsockopt(level, SO_ORIGINAL_DST, size)
+        except OSError:
+            continue
+        return struct.unpack("!H", raw[2:4])[0]
+    return None
+
+
+def listen_host(config: AnyConfig) -> str:
+    """Every local address: of both families on a dual-stack host (IPv6 clients are REDIRECTed here too)."""
+    return "::" if getattr(config.settings, "ipv6", False) else "0.0.0.0"
 
 
 class Pages:
@@ -141,6 +152,7 @@ class Responder(ThreadingHTTPServer):
         self.deadlines = deadlines
         self.request_seconds = request_seconds
         self._slots = threading.BoundedSemaphore(max_connections)
+        self.address_family = listener.family if listener is not None else _family(host)
         if listener is not None:  # bound by serve, which hands it over
             super().__init__(listener.getsockname()[:2], Handler, bind_and_activate=False)
             self.socket.close()
@@ -152,6 +164,11 @@ class Responder(ThreadingHTTPServer):
             raise DeployerError(
                 f"the maintenance responder cannot listen on {host or '*'}:{port}: {exc.strerror}"
             ) from None
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:  # both families on one socket, whatever the host's default
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
     def process_request(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's names
         if not self._slots.acquire(blocking=False):
@@ -172,9 +189,13 @@ class Responder(ThreadingHTTPServer):
             self._slots.release()
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def make_server(
     config: AnyConfig,
-    host: str = "0.0.0.0",
+    host: str | None = None,
     port: int | None = None,
     *,
     deadlines: Deadlines,
@@ -183,7 +204,7 @@ def make_server(
 ) -> Responder:
     return Responder(
         config,
-        host,
+        listen_host(config) if host is None else host,
         config.settings.maintenance_port if port is None else port,
         deadlines=deadlines,
         listener=listener,
@@ -196,11 +217,18 @@ def inherited_listener(fd: int) -> socket.socket:
     return socket.socket(fileno=fd)
 
 
-def bind_listener(config: AnyConfig, host: str = "0.0.0.0") -> socket.socket:
+def bind_listener(config: AnyConfig, host: str | None = None) -> socket.socket:
     """The responder's listening socket, for serve to bind (before it starts anything) and hand to its child."""
     port = config.settings.maintenance_port
+    host = listen_host(config) if host is None else host
     try:
-        return socket.create_server((host, port), backlog=BACKLOG, reuse_port=False)
+        return socket.create_server(
+            (host, port),
+            family=_family(host),
+            backlog=BACKLOG,
+            reuse_port=False,
+            dualstack_ipv6=_family(host) == socket.AF_INET6,
+        )
     except OSError as exc:
         raise DeployerError(
             f"the maintenance responder cannot listen on {host or '*'}:{port}: {exc.strerror}"

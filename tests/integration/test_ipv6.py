@@ -5,7 +5,7 @@ The instances run on a dual-stack Docker network of the test's own. IPv6 clients
 and a UDP stream, while IPv4 clients from outside and over 127.0.0.1 run beside them. Every connection opened
 after a flip is served by the new release, no request fails, and the IPv6 clients' source addresses reach the app
 unchanged. A connection to [::1] is refused at once rather than left hanging (IPv6 has no route_localnet:
-plan/rules.py). Then the IPv6 chain is broken by hand and reconcile repairs it from the IPv4 one, as after a crash
+plan/rules.py). In maintenance, both families get the app's page from one responder socket. Then the IPv6 chain is broken by hand and reconcile repairs it from the IPv4 one, as after a crash
 between the two families' commits.
 """
 
@@ -25,8 +25,8 @@ from deployer.adapters.docker_host import DockerHost
 from deployer.adapters.iptables import Netfilter
 from deployer.plan import rules
 from support import netns
-from support.integration import Deployer, demo_app
-from support.load import TRAFFIC, read_records, stop_clients
+from support.integration import REPO, Deployer, demo_app
+from support.load import TRAFFIC, Background, read_records, stop_clients
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +34,7 @@ NETWORK6, BRIDGE6 = "dpltest6", "dpltest6br"
 SUBNET6 = "fd42:7e57:d0c::/64"  # the instances' (ENVIRONMENT: fd00::/64 is the machine's own)
 OUTSIDE6 = "fd42:7e57:a::/64"  # the outside namespace's link
 PORT, BLUE, GREEN, UDP = 18300, 18301, 18302, (18303, 18304, 18305)
+RESPONDER = 18390
 DEPLOYS = 3
 
 
@@ -85,7 +86,10 @@ def test_deploys_under_ipv6_and_ipv4_load_drop_nothing_and_reconcile_repairs_the
     with dual_stack_network(deployer), netns.OutsideClient(ipv6=OUTSIDE6) as outside:
         deployer.configure(
             demo_app("six", external=PORT, blue=BLUE, green=GREEN, udp=UDP, drain=0.5, stop_timeout=6),
-            settings=f'network = "{NETWORK6}"\nbridge = "{BRIDGE6}"\nipv6 = true\nipv6_subnet = "{SUBNET6}"',
+            settings=(
+                f'network = "{NETWORK6}"\nbridge = "{BRIDGE6}"\nipv6 = true\nipv6_subnet = "{SUBNET6}"\n'
+                f"maintenance_port = {RESPONDER}"
+            ),
         )
         engine = deployer.engine()
         engine.deploy("six", tags[0], actor="test")
@@ -140,6 +144,21 @@ def test_deploys_under_ipv6_and_ipv4_load_drop_nothing_and_reconcile_repairs_the
             assert not wrong, f"{name}: connections opened after a flip were served by an old release: {wrong[:3]}"
             if name == "outside6-new":  # the client's own IPv6 address reaches the app
                 assert {r["client"].rpartition(":")[0] for r in records} == {f"[{outside.client_ip6}]"}
+
+        # Maintenance: one responder socket of both families; each family's REDIRECT reaches it, and it tells the
+        # app by the original port, an IPv6 client's too.
+        argv = [sys.executable, "-m", "deployer", "-c", str(deployer.config_path), "maintenance-server"]
+        with Background(argv, tmp_path / "responder.log", cwd=REPO) as server:
+            server.wait_for(f"maintenance responder on port {RESPONDER}")
+            assert deployer.cli("maintenance", "on", "six").returncode == 0
+            for target in (f"[{outside.host_ip6}]", outside.host_ip):
+                page = outside.run(
+                    ["curl", "-sS", "-D", "-", f"http://{target}:{PORT}/"], capture_output=True, text=True
+                )
+                assert page.stdout.startswith("HTTP/1.1 503") and "X-Deployer-Maintenance: six" in page.stdout, page
+            assert deployer.cli("maintenance", "off", "six").returncode == 0
+        back = outside.run(["curl", "-sS", f"http://[{outside.host_ip6}]:{PORT}/"], capture_output=True, text=True)
+        assert back.stdout.startswith(tags[-1]), back
 
         # A crash between the two families' commits, or a hand: the IPv6 chain points at nothing. Reconcile
         # rewrites it from the IPv4 one, which the record calls for.

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from support.beds import Bed
@@ -229,6 +230,11 @@ class OutsideClient(Bed):
             host_ip, client_ip = str(next(hosts)), str(next(hosts))
             _ip("link", "add", self.host_if, "type", "veth", "peer", "name", self._peer_if, "netns", self.name)
             _ip("addr", "add", f"{host_ip}/{subnet.prefixlen}", "dev", self.host_if)
+        if self._ipv6 is not None:
+            # No duplicate address detection on either end: while a link-local address is tentative (a second or
+            # so after the link comes up) neighbour discovery cannot run, and the first IPv6 packets are lost.
+            Path(f"/proc/sys/net/ipv6/conf/{self.host_if}/accept_dad").write_text("0")
+            self.run(["sysctl", "-qw", f"net.ipv6.conf.{self._peer_if}.accept_dad=0"], check=True)
         _ip("link", "set", self.host_if, "up")
 
         inside = ("-n", self.name)

@@ -91,8 +91,8 @@ def answered_within(port: int, seconds: float) -> int | None:
             time.sleep(0.05)
 
 
-def ask(port, method="GET", body=None):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+def ask(port, method="GET", body=None, address="127.0.0.1"):
+    connection = http.client.HTTPConnection(address, port, timeout=5)
     try:
         connection.request(method, "/some/page?x=1", body=body)
         response = connection.getresponse()
@@ -209,5 +209,24 @@ def test_connections_past_the_cap_are_closed_at_once_and_the_slots_come_back(cfg
         assert answered_within(port, 2.0) == 503  # a handler frees its slot just after it closes its socket
     finally:
         stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_on_a_dual_stack_host_one_socket_answers_both_families(cfg):
+    from dataclasses import replace
+
+    dual = replace(cfg, settings=replace(cfg.settings, ipv6=True))
+    assert (responder.listen_host(cfg), responder.listen_host(dual)) == ("0.0.0.0", "::")
+    listener = responder.bind_listener(replace(dual, settings=replace(dual.settings, maintenance_port=0)))
+    server = responder.make_server(dual, deadlines=Deadlines(), listener=listener)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        assert listener.family == socket.AF_INET6
+        port = listener.getsockname()[1]
+        for address in ("127.0.0.1", "::1"):
+            status, headers, page = ask(port, address=address)
+            assert (status, headers[responder.HEADER], page) == (503, "-", maintenance.page(None)), address
+    finally:
         server.shutdown()
         server.server_close()
