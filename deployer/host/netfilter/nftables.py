@@ -212,11 +212,11 @@ class NftablesBackend:
         if translation.nat:
             self._commit([(self, translation)])
 
-    def restore_pair(self, text: str, other: NftablesBackend, other_text: str) -> None:
+    def restore_pair(self, text: str | None, other: NftablesBackend, other_text: str | None) -> None:
         """`text` in this backend's table and `other_text` in `other`'s (the other family's), in one nft
         transaction: both tables change, or neither does. Both are translated first, so a rule either cannot
         write changes nothing; their filter and mangle parts go through each one's iptables-restore, as
-        `restore` does. An empty text leaves its table alone: the other's is a plain `restore`."""
+        `restore` does. An empty text (or None) leaves its table alone: the other's is a plain `restore`."""
         if not other_text:
             if text:
                 self.restore(text)
