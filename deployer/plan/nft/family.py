@@ -42,6 +42,16 @@ class Family:
         return network if "/" in network else f"{network}/{self.bits}"
 
 
+# A sticky split hashes what xt_cluster hashes, so the cluster match of the iptables view means what the table
+# does, and canary.cluster_node predicts it on both backends. xt_cluster hashes the connection's original source
+# (a nat chain sees a flow's first packet, whose source that is) with jhash_1word for IPv4, and for IPv6 with
+# jhash2(src, NF_CT_TUPLE_L3SIZE / sizeof(u32), seed): NF_CT_TUPLE_L3SIZE counts an address's 32-bit words (4),
+# not its bytes, so that is one word, the address's first 32 bits. nft's jhash runs jhash over the bytes of its
+# expression; over four bytes that is jhash_1word of them read as a little-endian word (both start from
+# JHASH_INITVAL + 4 + seed, add the word, and finalise), as xt_cluster reads the __be32 on x86. So `jhash ip
+# saddr` agrees for IPv4; `jhash ip6 saddr` (16 bytes) does not for IPv6, and `@nh,64,32` (the 32 bits at bit
+# 64 of the IPv6 header: the source's first word) does. Checked on the kernel: test_canary.py (IPv4) and
+# test_nftables_table.py (IPv6).
 IP = Family("ip", "ipv4_addr", 32, r"\d+\.\d+\.\d+\.\d+", "ip saddr")
 # As inet_ntop prints it, which both ip6tables-save and nft do: lower case, a run of zeros as `::`, the last 32
 # bits dotted for an IPv4-mapped address.
