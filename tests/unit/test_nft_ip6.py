@@ -124,6 +124,36 @@ def test_a_first_write_of_the_ip6tables_text_is_one_transaction_on_the_ip6_table
     )
 
 
+# What the chains render for a first deploy on a dual-stack host (rules.render_restore(..., ipv6=True)): the
+# OUTPUT jump leaves ::1 alone, and DEPLOYER-POSTROUTING stays empty.
+DUAL_STACK = f"""*nat
+:DEPLOYER - [0:0]
+:DEPLOYER-POSTROUTING - [0:0]
+:DEPLOYER-web - [0:0]
+{GREEN_TCP}
+-A DEPLOYER -j DEPLOYER-web
+-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER
+-I OUTPUT 1 ! -d ::1/128 -m addrtype --dst-type LOCAL -j DEPLOYER
+-A POSTROUTING -j DEPLOYER-POSTROUTING
+COMMIT
+"""
+
+
+def test_the_dual_stack_chains_ipv6_text_is_written_with_the_output_jump_that_leaves_loopback_alone():
+    assert _translate(DUAL_STACK, nft.Table(family=IP6)).nat.splitlines()[-5:] == [
+        "flush chain ip6 deployer DEPLOYER-POSTROUTING",
+        "insert rule ip6 deployer PREROUTING fib daddr type local jump DEPLOYER",
+        "insert rule ip6 deployer OUTPUT ip6 daddr != ::1 fib daddr type local jump DEPLOYER",
+        "add rule ip6 deployer POSTROUTING jump DEPLOYER-POSTROUTING",
+        'add element ip6 deployer tcp-ports { 1001 comment "web green v1" : fd42:d0c::2 . 8080 }',
+    ]
+    # As nft lists it (nftables 1.0.6), read back as ip6tables-save prints it.
+    listed = "ip6 daddr != ::1 fib daddr type local jump DEPLOYER"
+    assert nft.rule_to_iptables("OUTPUT", listed, IP6) == (
+        "-A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j DEPLOYER"
+    )
+
+
 def test_what_a_table_of_one_family_cannot_hold_is_refused():
     v4 = GREEN_TCP.replace("[fd42:d0c::2]", "172.18.0.2")
     with pytest.raises(RulesError, match='needs backend = "iptables"'):

@@ -46,6 +46,7 @@ def _fields(family: Family) -> tuple[dict[str, str], dict[str, str]]:
         "to": r"\d+",
         "addr": family.address,
         "src": rf"(?:{family.address})/\d+",
+        "dst": rf"(?:{family.address})/\d+",
         "target": r"[A-Za-z0-9_-]+",
         "out": r"[A-Za-z0-9_.-]+",
         "comment": r'"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+',
@@ -53,6 +54,7 @@ def _fields(family: Family) -> tuple[dict[str, str], dict[str, str]]:
     return iptables, {
         **iptables,
         "src": rf"(?:{family.address})(?:/\d+)?",
+        "dst": rf"(?:{family.address})(?:/\d+)?",
         "out": r'"[A-Za-z0-9_.-]+"',
         "comment": r'"[^"]*"',
     }
@@ -69,6 +71,10 @@ class RuleForm:
 # <ip> is the family's keyword (ip, ip6) and <bits> the length of a whole address (32, 128): forms().
 _TEMPLATES = (
     RuleForm("-m addrtype --dst-type LOCAL -j {target}", "fib daddr type local jump {target}"),
+    # IPv6's OUTPUT jump leaves ::1 alone (rules.builtin_jumps).
+    RuleForm(
+        "! -d {dst} -m addrtype --dst-type LOCAL -j {target}", "<ip> daddr != {dst} fib daddr type local jump {target}"
+    ),
     # The loopback clients' masquerade (rules.py).
     RuleForm(
         "-s {src} -o {out} -m comment --comment {comment} -j MASQUERADE",
@@ -144,8 +150,9 @@ def rule_to_nft(body: str, family: Family = IP) -> str:
             values["comment"] = f'"{written_comment(values["comment"], body)}"'
         if "out" in values:
             values["out"] = f'"{values["out"]}"'
-        if "src" in values:
-            values["src"] = family.prefix_to_nft(values["src"])
+        for network in ("src", "dst"):
+            if network in values:
+                values[network] = family.prefix_to_nft(values[network])
         return form.nft.format(**values)
     raise RulesError(CANNOT, rules=body)
 
@@ -162,8 +169,9 @@ def rule_to_iptables(chain: str, text: str, family: Family = IP) -> str:
             values["comment"] = save_string(values["comment"][1:-1])
         if "out" in values:
             values["out"] = values["out"][1:-1]
-        if "src" in values:
-            values["src"] = family.prefix_to_iptables(values["src"])
+        for network in ("src", "dst"):
+            if network in values:
+                values[network] = family.prefix_to_iptables(values[network])
         return f"-A {chain} {form.iptables.format(**values)}"
     return foreign(chain, text)
 
