@@ -208,6 +208,7 @@ V6 = """*nat
 :DEPLOYER-POSTROUTING - [0:0]
 :DEPLOYER-web - [0:0]
 -A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER
+-A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j DEPLOYER
 -A DEPLOYER -j DEPLOYER-web
 -A DEPLOYER-POSTROUTING -s ::1/128 -o br-x -m comment --comment "deployer: loopback clients" -j MASQUERADE
 -A DEPLOYER-web -p tcp -m tcp --dport 1000 -m statistic --mode random --probability 0.20000000019 -m comment --comment "web blue v2 canary" -j DNAT --to-destination [fd42:d0c::3]:8080
@@ -215,7 +216,12 @@ V6 = """*nat
 -A DEPLOYER-web -p tcp -m tcp --dport 1001 -m comment --comment "web green v1" -j DNAT --to-destination [fd42:d0c::2]:8080
 COMMIT
 """  # noqa: E501 - lines as ip6tables-save prints them
-V4 = V6.replace("::1/128", "127.0.0.0/8").replace("[fd42:d0c::3]", "172.18.0.3").replace("[fd42:d0c::2]", "172.18.0.2")
+V4 = (
+    V6.replace("! -d ::1/128 ", "")
+    .replace("::1/128", "127.0.0.0/8")
+    .replace("[fd42:d0c::3]", "172.18.0.3")
+    .replace("[fd42:d0c::2]", "172.18.0.2")
+)
 STICKY = (
     "-A DEPLOYER-web -p tcp -m tcp --dport 1001 -m cluster --cluster-local-nodemask 0x00000001 "
     '--cluster-total-nodes 32 --cluster-hash-seed 0x00000001 -m comment --comment "web blue v2 canary" '
