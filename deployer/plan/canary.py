@@ -20,6 +20,7 @@ The record: mode "canary", its detail naming the canary instance, weight, sticky
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -105,14 +106,26 @@ def _rol32(value: int, shift: int) -> int:
     return ((value << shift) | (value >> (32 - shift))) & 0xFFFFFFFF
 
 
+def hashed_bytes(address: str) -> bytes:
+    """What xt_cluster hashes of a source address: an IPv4 address whole, an IPv6 one's first 32 bits.
+
+    For IPv6 it calls jhash2(src, NF_CT_TUPLE_L3SIZE / sizeof(u32), seed), and NF_CT_TUPLE_L3SIZE is the
+    number of 32-bit words of an address (ARRAY_SIZE of nf_inet_addr.all: 4), not of bytes: so one word, the
+    first. jhash2 of one word is jhash_1word, as for IPv4; every client of one /32 lands on the same node.
+    """
+    if ":" in address:
+        return ipaddress.IPv6Address(address).packed[:4]
+    return bytes(int(part) for part in address.split("."))
+
+
 def cluster_node(address: str, total: int, seed: int) -> int:
     """The node xt_cluster assigns a source address: reciprocal_scale(jhash_1word(src, seed), total).
 
     jhash_1word (include/linux/jhash.h) is __jhash_nwords(src, 0, 0, seed + JHASH_INITVAL + 4): each word plus
-    the initial value, then __jhash_final. The address is the packet's __be32 read as a host-order u32 (x86:
-    little-endian), as the kernel does.
+    the initial value, then __jhash_final. The address (an IPv6 one's first word, `hashed_bytes`) is the
+    packet's __be32 read as a host-order u32 (x86: little-endian), as the kernel does.
     """
-    word = int.from_bytes(bytes(int(part) for part in address.split(".")), "little")
+    word = int.from_bytes(hashed_bytes(address), "little")
     m = 0xFFFFFFFF
     init = (seed + 0xDEADBEEF + (1 << 2)) & m
     a, b, c = (word + init) & m, init, init

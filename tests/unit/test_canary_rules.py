@@ -212,6 +212,26 @@ KNOWN_NODES = [15, 16, 2, 10]
 
 
 @pytest.mark.parametrize(
+    "address, node",
+    [
+        ("fd42:d0c::3", 13),
+        ("fd42:d0c:ffff::1", 13),  # the same first 32 bits: the same node, whatever follows
+        ("253.66.13.12", 13),  # fd42:0d0c as an IPv4 address: the same four bytes
+        ("fd42:d0d::3", 20),
+        ("2001:db8::1", 16),
+        ("2001:db8:85a3::8a2e:370:7334", 16),
+        ("::1", 25),
+        ("::ffff:198.18.1.10", 25),
+        ("0.0.0.0", 25),
+    ],
+)
+def test_an_ipv6_client_is_placed_by_the_first_32_bits_of_its_address(address, node):
+    # xt_cluster hashes one 32-bit word of an IPv6 source (canary.hashed_bytes); checked on this kernel, for
+    # both ip6tables' cluster match and the nftables table's jhash, by tests/integration/test_nftables_table.py.
+    assert canary.cluster_node(address, 32, 0x5EED0001) == node
+
+
+@pytest.mark.parametrize(
     "seed, ok",
     [
         (0, True),

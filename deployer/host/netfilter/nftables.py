@@ -14,6 +14,11 @@ deployer process has written since; all of them write under the netfilter lock a
 A change made by hand is seen at the next whole read (reconcile, status). A flip planned from a stale picture
 cannot make a wrong table either: nft refuses the whole transaction when a key it deletes is gone or one it
 adds is taken, and a changed value is replaced.
+
+Dual stack: one backend per family (`family="ip"`, `table ip deployer`; `family="ip6"`, `table ip6 deployer`),
+each with its own picture and generation file, under the one netfilter lock. The chains render the same text
+for both; `restore_pair` writes both tables in one nft transaction, so a flip never leaves the two families on
+different instances: nft commits a command buffer whole or not at all.
 """
 
 from __future__ import annotations
@@ -112,7 +117,7 @@ class Picture:
         found = nft.app_view(chain, self.elements.get(app, []), [s for s in self.splits if s.owner == app], order)
         return found or ([] if app in self.markers else None)
 
-    def table_for(self, prefix: str, touched: dict[str, list[nft.Key]]) -> nft.Table:
+    def table_for(self, prefix: str, touched: dict[str, list[nft.Key]], family: nft.Family) -> nft.Table:
         """What a transaction of these apps' chains is planned from: their elements, any other on the ports it
         names, the splits chain, their empty chains."""
         elements = [e for app in touched for e in self.elements.get(app, [])]
@@ -120,7 +125,7 @@ class Picture:
         elements += [e for key in keys for e in self.by_key.get(key, []) if e.owner not in touched]
         chains: dict[str, list[tuple[str, int]]] = {nft.splits_chain(prefix): [(s.nft, 0) for s in self.splits]}
         chains.update({f"{prefix}-{app}": [] for app in touched if app in self.markers})
-        return nft.Table(chains=chains, elements=elements)
+        return nft.Table(chains=chains, elements=elements, family=family)
 
     def apply(self, translation: nft.Translation, generation: int) -> None:
         """A committed transaction's outcome."""
@@ -150,10 +155,12 @@ class NftablesBackend:
         reader: NftRunner | None = None,
         generation: Path | None = None,
         ports: Callable[[str], Sequence[nft.Key]] = lambda app: (),
+        family: str = "ip",
     ) -> None:
         self.runner = runner  # writes only
         self.reader = reader or runner
         self.iptables = iptables
+        self.family = nft.family_of(family)  # the table's: ip or ip6
         self.table = table
         self.prefix = prefix
         self.ports = ports  # an app's ports from the config, in the order its rules are rendered
@@ -167,10 +174,10 @@ class NftablesBackend:
         reads it as empty (its reconcile and uninstall look here too), and a write says what is missing."""
         seen = self.generation.read()
         try:
-            table = nft.parse_listing(self.reader.run(f"list table ip {self.table}"))
+            table = nft.parse_listing(self.reader.run(f"list table {self.family.name} {self.table}"), self.family)
         except RulesError as exc:
             if "No such file or directory" in str(exc) or "is not installed" in str(exc):
-                table = nft.Table()
+                table = nft.Table(family=self.family)
             else:
                 raise
         self.picture = Picture.of(table, self.prefix, seen)
@@ -199,32 +206,65 @@ class NftablesBackend:
         """The nat part as one nft transaction, the rest through iptables-restore; both translated first, so a
         rule the backend cannot write changes nothing. A transaction of app chains alone (a flip) is planned
         from what is kept of the table; any other reads the table whole first."""
-        picture = self._picture() if nft.app_chains_only(text, self.prefix) else None
-        if picture is not None and picture.ready:
-            live = picture.table_for(self.prefix, nft.touched_apps(text, self.prefix))
-            translation = nft.translate_restore(text, self.table, self.prefix, live, whole=False)
-        else:
-            translation = nft.translate_restore(
-                text, self.table, self.prefix, self.listing() if nft.has_nat(text) else nft.Table()
-            )
+        translation = self.translate(text)
         if translation.other:
             self.iptables.restore(translation.other)
-        if not translation.nat:
+        if translation.nat:
+            self._commit([(self, translation)])
+
+    def restore_pair(self, text: str | None, other: NftablesBackend, other_text: str | None) -> None:
+        """`text` in this backend's table and `other_text` in `other`'s (the other family's), in one nft
+        transaction: both tables change, or neither does. Both are translated first, so a rule either cannot
+        write changes nothing; their filter and mangle parts go through each one's iptables-restore, as
+        `restore` does. An empty text (or None) leaves its table alone: the other's is a plain `restore`."""
+        if not other_text:
+            if text:
+                self.restore(text)
             return
-        # The picture was made or checked against the count just now (by `_picture` or `listing`), under the
+        if not text:
+            other.restore(other_text)
+            return
+        if (other.family, other.table) == (self.family, self.table):
+            raise RulesError(f"restore_pair writes two tables, and both are {self.family.name} {self.table}")
+        mine, theirs = self.translate(text), other.translate(other_text)
+        for backend, translation in ((self, mine), (other, theirs)):
+            if translation.other:
+                backend.iptables.restore(translation.other)
+        written = [(backend, t) for backend, t in ((self, mine), (other, theirs)) if t.nat]
+        if written:
+            self._commit(written)
+
+    def translate(self, text: str) -> nft.Translation:
+        """A restore's text as this table's commands, planned from the picture for a flip, else from a read."""
+        picture = self._picture() if nft.app_chains_only(text, self.prefix) else None
+        if picture is not None and picture.ready:
+            live = picture.table_for(self.prefix, nft.touched_apps(text, self.prefix, self.family), self.family)
+            return nft.translate_restore(text, self.table, self.prefix, live, whole=False, family=self.family)
+        live = self.listing() if nft.has_nat(text) else nft.Table(family=self.family)
+        return nft.translate_restore(text, self.table, self.prefix, live, family=self.family)
+
+    def _commit(self, written: Sequence[tuple[NftablesBackend, nft.Translation]]) -> None:
+        """The translations' nat commands as one transaction, through this backend's runner, then each
+        backend's picture and count moved on; a refusal leaves every picture to be read again."""
+        # Each picture was made or checked against its count just now (by `_picture` or `listing`), under the
         # netfilter lock, so the count is the picture's: no second read of the file.
-        picture = self.picture
-        current = picture.generation if picture is not None else self.generation.read()
+        counts = [
+            backend.picture.generation if backend.picture is not None else backend.generation.read()
+            for backend, _ in written
+        ]
+        pictures = [backend.picture for backend, _ in written]
         try:
-            self.runner.run(translation.nat)
+            self.runner.run("".join(translation.nat for _, translation in written))
         except RulesError:
-            self.picture = None  # what is there is to be read again
+            for backend, _ in written:
+                backend.picture = None  # what is there is to be read again
             raise
-        counted = self.generation.advance(current)
-        if picture is not None and current is not None and counted is not None:
-            picture.apply(translation, counted)
-        else:
-            self.picture = None
+        for (backend, translation), picture, current in zip(written, pictures, counts, strict=True):
+            counted = backend.generation.advance(current)
+            if picture is not None and current is not None and counted is not None:
+                picture.apply(translation, counted)
+            else:
+                backend.picture = None
 
     def conntrack_delete(self, arguments: list[str]) -> int:
         return self.iptables.conntrack_delete(arguments)

@@ -3,6 +3,7 @@
 The nftables backend (host/netfilter/nftables.py) stands where iptables-restore does: the host layer renders
 iptables-restore text and reads iptables-save lines as ever, and this package translates both ways. Its parts:
 
+- family.py: ip or ip6, the table's address family: its address type and patterns, the one place that knows both;
 - layout.py: the table (three maps keyed by port, a few chains), its names, the commands that declare it;
 - forms.py: the rule forms of the table's chains, both ways; comments as nft takes them;
 - elements.py: an app chain's rules as map elements and canary splits, and back as iptables rules;
@@ -31,7 +32,8 @@ from deployer.plan.nft.elements import (
     split_listed,
     split_of,
 )
-from deployer.plan.nft.forms import CANNOT, FORMS, RuleForm, rule_to_iptables, rule_to_nft
+from deployer.plan.nft.family import FAMILIES, IP, IP6, Family, destination, family_of
+from deployer.plan.nft.forms import CANNOT, FORMS, RuleForm, forms, rule_to_iptables, rule_to_nft
 from deployer.plan.nft.layout import (
     BASE_CHAINS,
     COMMENT_LIMIT,
@@ -46,6 +48,7 @@ from deployer.plan.nft.layout import (
     is_app_chain,
     map_declarations,
     map_name,
+    map_types,
     splits_chain,
     table_name,
 )
@@ -56,11 +59,15 @@ __all__ = [
     "BASE_CHAINS",
     "CANNOT",
     "COMMENT_LIMIT",
+    "FAMILIES",
     "FORMS",
+    "IP",
+    "IP6",
     "MAINTENANCE",
     "MAP_TYPES",
     "PROTOCOLS",
     "Element",
+    "Family",
     "Key",
     "Order",
     "Rule",
@@ -73,15 +80,19 @@ __all__ = [
     "app_view",
     "base_declarations",
     "delete_elements",
+    "destination",
     "dispatch",
     "dispatch_rules",
     "effective",
     "element",
     "element_of",
+    "family_of",
+    "forms",
     "has_nat",
     "is_app_chain",
     "map_declarations",
     "map_name",
+    "map_types",
     "ordered",
     "parse_listing",
     "render_replace",

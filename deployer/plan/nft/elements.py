@@ -8,12 +8,14 @@ ports), so drift detection compares the same text on both backends.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deployer.errors import RulesError
 from deployer.plan.canary import probability
+from deployer.plan.nft.family import IP, Family, destination
 from deployer.plan.nft.forms import CANNOT, written_comment
 from deployer.plan.nft.layout import MAINTENANCE, MAP_TYPES, Key, map_name
 from deployer.plan.rules import Forward, save_string
@@ -26,7 +28,7 @@ class Element:
     map: str
     port: int
     comment: str
-    value: str  # "172.18.0.3 . 80" in a protocol's map; the responder's port in maintenance-tcp
+    value: str  # "172.18.0.3 . 80" (or "fd42:d0c::3 . 80") in a protocol's map; the responder's port in maintenance-tcp
 
     @property
     def key(self) -> Key:
@@ -47,7 +49,15 @@ class Element:
                 f" -j REDIRECT --to-ports {self.value}"
             )
         address, port = self.value.split(" . ")
-        return Forward(self.key[0], self.port, address, int(port), self.comment).rule(chain)
+        return dnat_rule(chain, self.key[0], self.port, "", self.comment, destination(address, port))
+
+
+def dnat_rule(chain: str, protocol: str, port: int, test: str, comment: str, target: str) -> str:
+    """A DNAT of an app chain as iptables-save prints it; `test`: a canary's match, or none."""
+    return (
+        f"-A {chain} -p {protocol} -m {protocol} --dport {port} {test}{' ' if test else ''}-m comment --comment "
+        f"{save_string(comment)} -j DNAT --to-destination {target}"
+    )
 
 
 def element(forward: Forward) -> Element:
@@ -56,20 +66,48 @@ def element(forward: Forward) -> Element:
     )
 
 
-_DNAT = re.compile(
-    r"-p (?P<p>tcp|udp) -m (?P=p) --dport (?P<port>\d+) -m comment --comment "
-    r'(?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j DNAT --to-destination '
-    r"(?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+)"
-)
+_SAVED_COMMENT = r'(?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+)'
 _REDIRECT = re.compile(
-    r"-p tcp -m tcp --dport (?P<port>\d+) -m comment --comment "
-    r'(?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j REDIRECT --to-ports (?P<to>\d+)'
+    rf"-p tcp -m tcp --dport (?P<port>\d+) -m comment --comment {_SAVED_COMMENT} -j REDIRECT --to-ports (?P<to>\d+)"
 )
 
 
-def element_of(chain: str, body: str) -> Element:
+@dataclass(frozen=True)
+class _Patterns:
+    """An app chain's rules in a table of one family: a DNAT, a split as iptables-save prints it and as nft
+    lists it."""
+
+    dnat: re.Pattern[str]
+    split_iptables: re.Pattern[str]
+    split_nft: re.Pattern[str]
+
+
+@functools.cache
+def _patterns(family: Family) -> _Patterns:
+    to = family.destination_pattern()
+    return _Patterns(
+        re.compile(
+            rf"-p (?P<p>tcp|udp) -m (?P=p) --dport (?P<port>\d+) -m comment --comment {_SAVED_COMMENT} "
+            rf"-j DNAT --to-destination {to}"
+        ),
+        re.compile(
+            r"-p (?P<p>tcp|udp) -m (?P=p) --dport (?P<port>\d+) (?:-m statistic --mode random "
+            r"--probability (?P<probability>0\.\d+)|-m cluster "
+            r"--cluster-local-nodemask 0x(?P<mask>[0-9a-f]{8}) --cluster-total-nodes (?P<total>\d+) "
+            r"--cluster-hash-seed 0x(?P<seed>[0-9a-f]{8})) "
+            rf"-m comment --comment {_SAVED_COMMENT} -j DNAT --to-destination {to}"
+        ),
+        re.compile(
+            r"(?P<p>tcp|udp) dport (?P<port>\d+) (?:numgen random mod 100 < (?P<weight>\d+)|"
+            rf"jhash {re.escape(family.cluster_key)} mod (?P<total>\d+) seed 0x(?P<seed>[0-9a-f]+) < (?P<nodes>\d+)) "
+            rf'dnat to {to} comment "(?P<comment>[^"]*)"'
+        ),
+    )
+
+
+def element_of(chain: str, body: str, family: Family = IP) -> Element:
     """One rule of an app chain (its body, after `-A CHAIN `) as an element; RulesError when it is none."""
-    match = _DNAT.fullmatch(body)
+    match = _patterns(family).dnat.fullmatch(body)
     if match:
         found = Element(
             map_name(match["p"]),
@@ -104,6 +142,7 @@ class Split:
     port: int
     comment: str
     nft: str  # as nft lists it
+    family: Family = field(default=IP, repr=False)
 
     @property
     def key(self) -> Key:
@@ -115,7 +154,7 @@ class Split:
 
     def rule(self, chain: str) -> str:
         """As iptables-save prints the rule."""
-        match = _SPLIT_NFT.fullmatch(self.nft)
+        match = _patterns(self.family).split_nft.fullmatch(self.nft)
         assert match is not None
         if match["weight"] is not None:
             test = f"-m statistic --mode random --probability {probability(int(match['weight']))}"
@@ -124,36 +163,18 @@ class Split:
                 f"-m cluster --cluster-local-nodemask 0x{(1 << int(match['nodes'])) - 1:08x} --cluster-total-nodes "
                 f"{match['total']} --cluster-hash-seed 0x{int(match['seed'], 16):08x}"
             )
-        return (
-            f"-A {chain} -p {self.protocol} -m {self.protocol} --dport {self.port} {test} -m comment --comment "
-            f"{save_string(self.comment)} -j DNAT --to-destination {match['addr']}:{match['to']}"
-        )
+        return dnat_rule(chain, self.protocol, self.port, test, self.comment, destination(match["addr"], match["to"]))
 
 
-_SPLIT_IPT = re.compile(
-    r"-p (?P<p>tcp|udp) -m (?P=p) --dport (?P<port>\d+) (?:-m statistic --mode random "
-    r"--probability (?P<probability>0\.\d+)|-m cluster "
-    r"--cluster-local-nodemask 0x(?P<mask>[0-9a-f]{8}) --cluster-total-nodes (?P<total>\d+) "
-    r"--cluster-hash-seed 0x(?P<seed>[0-9a-f]{8})) "
-    r'-m comment --comment (?P<comment>"(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+) -j DNAT '
-    r"--to-destination (?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+)"
-)
-_SPLIT_NFT = re.compile(
-    r"(?P<p>tcp|udp) dport (?P<port>\d+) (?:numgen random mod 100 < (?P<weight>\d+)|jhash ip saddr "
-    r"mod (?P<total>\d+) seed 0x(?P<seed>[0-9a-f]+) < (?P<nodes>\d+)) dnat to "
-    r'(?P<addr>\d+\.\d+\.\d+\.\d+):(?P<to>\d+) comment "(?P<comment>[^"]*)"'
-)
-
-
-def split_of(body: str) -> Split | None:
+def split_of(body: str, family: Family = IP) -> Split | None:
     """A canary's split rule (its body, after `-A CHAIN `) for the splits chain; None when it is none.
 
     The random split is `numgen random mod 100 < weight`: the statistic match's probability is the weight's
     (canary.probability), so nothing else reads back the same. The sticky one hashes the client address as
-    xt_cluster does: nft's `jhash ip saddr` is the same jhash of the same four bytes, and `< nodes` is the
-    mask of the low nodes that canary.py sets; a mask of any other shape is not a split canary.py renders.
+    xt_cluster does (family.cluster_key): the same jhash of the same bytes, and `< nodes` is the mask of the
+    low nodes that canary.py sets; a mask of any other shape is not a split canary.py renders.
     """
-    match = _SPLIT_IPT.fullmatch(body)
+    match = _patterns(family).split_iptables.fullmatch(body)
     if match is None:
         return None
     comment = written_comment(match["comment"], body)
@@ -167,30 +188,31 @@ def split_of(body: str) -> Split | None:
         nodes = mask.bit_length()
         if mask != (1 << nodes) - 1 or not 0 < nodes < total:
             return None
-        test = f"jhash ip saddr mod {total} seed {int(match['seed'], 16):#x} < {nodes}"
-    text = f'{match["p"]} dport {match["port"]} {test} dnat to {match["addr"]}:{match["to"]} comment "{comment}"'
-    return Split(match["p"], int(match["port"]), comment, text)
+        test = f"jhash {family.cluster_key} mod {total} seed {int(match['seed'], 16):#x} < {nodes}"
+    target = destination(match["addr"], match["to"])
+    text = f'{match["p"]} dport {match["port"]} {test} dnat to {target} comment "{comment}"'
+    return Split(match["p"], int(match["port"]), comment, text, family)
 
 
-def split_listed(text: str) -> Split | None:
+def split_listed(text: str, family: Family = IP) -> Split | None:
     """A rule of the splits chain as nft lists it; None when it is not one of the deployer's."""
-    match = _SPLIT_NFT.fullmatch(text)
-    return None if match is None else Split(match["p"], int(match["port"]), match["comment"], text)
+    match = _patterns(family).split_nft.fullmatch(text)
+    return None if match is None else Split(match["p"], int(match["port"]), match["comment"], text, family)
 
 
 Rule = Element | Split
 
 
-def rule_of(chain: str, body: str) -> Rule:
+def rule_of(chain: str, body: str, family: Family = IP) -> Rule:
     """One rule of an app chain: an element, or a canary's split; RulesError when it is neither."""
-    found = split_of(body)
+    found = split_of(body, family)
     if found is None:
-        return element_of(chain, body)
+        return element_of(chain, body, family)
     _check_owner(chain, body, found.comment)
     return found
 
 
-def effective(chain: str, lines: Iterable[str]) -> tuple[list[Element], list[Split]]:
+def effective(chain: str, lines: Iterable[str], family: Family = IP) -> tuple[list[Element], list[Split]]:
     """An app chain's rules as elements and splits: the first rule that takes a port whole, as in a chain, and
     the splits before it; what comes after it for that port is dropped (it would never match).
 
@@ -201,7 +223,7 @@ def effective(chain: str, lines: Iterable[str]) -> tuple[list[Element], list[Spl
     split: set[Key] = set()
     elements, splits = [], []
     for line in lines:
-        found = rule_of(chain, line.split(" ", 2)[2])
+        found = rule_of(chain, line.split(" ", 2)[2], family)
         if found.key in taken:
             continue
         if isinstance(found, Split):
@@ -235,25 +257,25 @@ def ordered(elements: Iterable[Element], order: Sequence[Key]) -> list[Element]:
     return sorted(elements, key=lambda e: (e.map != MAINTENANCE, rank.get(e.key, len(rank)), e.map, e.port))
 
 
-def add_elements(table: str, elements: Iterable[Element]) -> list[str]:
+def add_elements(table: str, elements: Iterable[Element], family: Family = IP) -> list[str]:
     lines = []
     for name in MAP_TYPES:
         found = [e.text() for e in elements if e.map == name]
         if found:
-            lines.append(f"add element ip {table} {name} {{ {', '.join(found)} }}")
+            lines.append(f"add element {family.name} {table} {name} {{ {', '.join(found)} }}")
     return lines
 
 
-def delete_elements(table: str, elements: Iterable[Element]) -> list[str]:
+def delete_elements(table: str, elements: Iterable[Element], family: Family = IP) -> list[str]:
     lines = []
     for name in MAP_TYPES:
         found = [str(e.port) for e in elements if e.map == name]
         if found:
-            lines.append(f"delete element ip {table} {name} {{ {', '.join(found)} }}")
+            lines.append(f"delete element {family.name} {table} {name} {{ {', '.join(found)} }}")
     return lines
 
 
-def render_replace(table: str, before: Sequence[Element], wanted: Sequence[Element]) -> str | None:
+def render_replace(table: str, before: Sequence[Element], wanted: Sequence[Element], family: Family = IP) -> str | None:
     """What was read and is not wanted deleted, what is wanted and was not there added, in one transaction.
 
     nft deletes an element by its key, and refuses the whole transaction when the key is not there, or when an
@@ -265,4 +287,4 @@ def render_replace(table: str, before: Sequence[Element], wanted: Sequence[Eleme
     new = [e for e in wanted if e not in before]
     if not gone and not new:
         return None
-    return "\n".join([*delete_elements(table, gone), *add_elements(table, new), ""])
+    return "\n".join([*delete_elements(table, gone, family), *add_elements(table, new, family), ""])

@@ -1,6 +1,6 @@
 """The deployer's own nftables table: its maps, its chains, their names and the commands that declare them.
 
-    table ip deployer
+    table ip deployer                                                      (table ip6 deployer: family.py)
       map tcp-ports       { type inet_service : ipv4_addr . inet_service; size 65536; }  port -> instance
       map udp-ports       { ... }
       map maintenance-tcp { type inet_service : inet_service; size 65536; }           port -> the responder's
@@ -33,11 +33,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+from deployer.plan.nft.family import IP, Family
+
 PROTOCOLS = ("tcp", "udp")
 MAINTENANCE = "maintenance-tcp"
-MAP_TYPES = {
-    "tcp-ports": "ipv4_addr . inet_service",
-    "udp-ports": "ipv4_addr . inet_service",
+MAP_TYPES = {  # the maps, and their data in a table of family ip (map_types)
+    "tcp-ports": IP.instance(),
+    "udp-ports": IP.instance(),
     MAINTENANCE: "inet_service",
 }
 BASE_CHAINS = {
@@ -64,15 +66,20 @@ def splits_chain(prefix: str) -> str:
     return f"{prefix}-SPLITS"
 
 
-def dispatch(prefix: str) -> tuple[str, ...]:
+def map_types(family: Family = IP) -> dict[str, str]:
+    """Each map's data in a table of this family: the instance's address is of its type."""
+    return {name: family.instance() if name != MAINTENANCE else data for name, data in MAP_TYPES.items()}
+
+
+def dispatch(prefix: str, family: Family = IP) -> tuple[str, ...]:
     """The top chain's rules, as nft lists them: the maintenance redirect first, so it wins over anything else
     for its port, then the canary splits, then each protocol's forwards. A lookup that finds no element ends
     its rule, and the packet goes on."""
     return (
         f"meta l4proto tcp redirect to :tcp dport map @{MAINTENANCE}",
         f"jump {splits_chain(prefix)}",
-        "dnat ip to tcp dport map @tcp-ports",
-        "dnat ip to udp dport map @udp-ports",
+        f"dnat {family.name} to tcp dport map @tcp-ports",
+        f"dnat {family.name} to udp dport map @udp-ports",
     )
 
 
@@ -81,29 +88,32 @@ def is_app_chain(chain: str, prefix: str) -> bool:
     return chain.startswith(f"{prefix}-") and chain[len(prefix) + 1 :][:1].islower()
 
 
-def map_declarations(table: str) -> list[str]:
+def map_declarations(table: str, family: Family = IP) -> list[str]:
     """The table and its maps; `add` leaves what exists as it is."""
+    at = f"{family.name} {table}"
     return [
-        f"add table ip {table}",
+        f"add table {at}",
         *(
-            f"add map ip {table} {name} {{ type inet_service : {data}; size 65536; }}"
-            for name, data in MAP_TYPES.items()
+            f"add map {at} {name} {{ type inet_service : {data}; size 65536; }}"
+            for name, data in map_types(family).items()
         ),
     ]
 
 
-def base_declarations(table: str) -> list[str]:
+def base_declarations(table: str, family: Family = IP) -> list[str]:
     """The table and its three base chains; `add` leaves what exists as it is."""
-    return [f"add table ip {table}", *(f"add chain ip {table} {c} {{ {spec} }}" for c, spec in BASE_CHAINS.items())]
+    at = f"{family.name} {table}"
+    return [f"add table {at}", *(f"add chain {at} {c} {{ {spec} }}" for c, spec in BASE_CHAINS.items())]
 
 
-def dispatch_rules(table: str, prefix: str, kept: Iterable[str] = ()) -> list[str]:
+def dispatch_rules(table: str, prefix: str, kept: Iterable[str] = (), family: Family = IP) -> list[str]:
     """The top chain emptied and given its lookups through the maps, and the splits chain; `kept`: jumps of
     the old layout that stay in front, to app chains not yet moved into the maps."""
+    at = f"{family.name} {table}"
     return [
-        f"add chain ip {table} {splits_chain(prefix)}",
-        f"add chain ip {table} {prefix}",
-        f"flush chain ip {table} {prefix}",
-        *(f"add rule ip {table} {prefix} {rule}" for rule in kept),
-        *(f"add rule ip {table} {prefix} {rule}" for rule in dispatch(prefix)),
+        f"add chain {at} {splits_chain(prefix)}",
+        f"add chain {at} {prefix}",
+        f"flush chain {at} {prefix}",
+        *(f"add rule {at} {prefix} {rule}" for rule in kept),
+        *(f"add rule {at} {prefix} {rule}" for rule in dispatch(prefix, family)),
     ]

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from deployer.plan.nft.elements import Element, Split, app_view, split_listed
+from deployer.plan.nft.family import FAMILIES, IP, Family
 from deployer.plan.nft.forms import foreign, rule_to_iptables
 from deployer.plan.nft.layout import BASE_CHAINS, MAP_TYPES, Order, dispatch, is_app_chain, splits_chain
 from deployer.plan.nft.migrate import legacy_jumps
@@ -22,6 +23,7 @@ class Table:
     chains: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     elements: list[Element] = field(default_factory=list)
     maps: set[str] = field(default_factory=set)
+    family: Family = IP
 
     def owned(self, app: str) -> list[Element]:
         return [e for e in self.elements if e.owner == app]
@@ -29,7 +31,9 @@ class Table:
     def splits(self, prefix: str) -> list[Split]:
         """The splits chain's rules that are the deployer's."""
         return [
-            found for text, _ in self.chains.get(splits_chain(prefix), []) if (found := split_listed(text)) is not None
+            found
+            for text, _ in self.chains.get(splits_chain(prefix), [])
+            if (found := split_listed(text, self.family)) is not None
         ]
 
     def owned_splits(self, prefix: str, app: str) -> list[Split]:
@@ -44,7 +48,11 @@ class Table:
         and split is reached; `exact`: and nothing else (no app chain of the old layout is left)."""
         legacy = set() if exact else set(self.legacy_jumps(prefix))
         rules = tuple(text for text, handle in self.chains.get(prefix, []) if (text, handle) not in legacy)
-        return rules == dispatch(prefix) and splits_chain(prefix) in self.chains and set(MAP_TYPES) <= self.maps
+        return (
+            rules == dispatch(prefix, self.family)
+            and splits_chain(prefix) in self.chains
+            and set(MAP_TYPES) <= self.maps
+        )
 
     def view(self, prefix: str, order: Order) -> dict[str, list[str]]:
         """The chains as iptables-save would print them: chain -> its rules, the app chains among them."""
@@ -60,17 +68,19 @@ class Table:
                 result[chain] = (
                     [f"-A {prefix} -j {prefix}-{owner}" for owner in owners]
                     if dispatching
-                    else [rule_to_iptables(chain, text) for text, _ in found]
+                    else [rule_to_iptables(chain, text, self.family) for text, _ in found]
                 )
             elif not is_app_chain(chain, prefix) and chain != splits_chain(prefix):
-                result[chain] = [rule_to_iptables(chain, text) for text, _ in found]
+                result[chain] = [rule_to_iptables(chain, text, self.family) for text, _ in found]
         for owner in owners:
             chain = f"{prefix}-{owner}"
             result[chain] = app_view(chain, self.owned(owner), [s for s in splits if s.owner == owner], order(owner))
             result[chain] += [foreign(chain, text) for text, _ in markers.get(owner, [])]  # not in this layout
         strays = [foreign(prefix, f"{e.map} element {e.port} : {e.value}") for e in self.elements if not e.comment]
         strays += [
-            foreign(prefix, text) for text, _ in self.chains.get(splits_chain(prefix), []) if split_listed(text) is None
+            foreign(prefix, text)
+            for text, _ in self.chains.get(splits_chain(prefix), [])
+            if split_listed(text, self.family) is None
         ]
         if strays:  # not the deployer's: shown where drift detection sees it
             result.setdefault(prefix, []).extend(strays)
@@ -87,12 +97,19 @@ class Table:
 _CHAIN_LINE = re.compile(r"chain (\S+) \{(?: # handle \d+)?$")
 _MAP_LINE = re.compile(r"map (\S+) \{(?: # handle \d+)?$")
 _HANDLE = re.compile(r"^(.*) # handle (\d+)$")
-_ELEMENT = re.compile(r'(\d+)(?: comment "([^"]*)")? : (\d+\.\d+\.\d+\.\d+ \. \d+|\d+)')
 
 
-def parse_listing(listing: str) -> Table:
-    """`nft -a list table ip T` (or `get element`): each chain's rules with their handles, each map's elements."""
-    table = Table()
+def _element(family: Family) -> re.Pattern[str]:
+    return re.compile(rf'(\d+)(?: comment "([^"]*)")? : ((?:{family.address}) \. \d+|\d+)')
+
+
+_ELEMENTS = {family: _element(family) for family in FAMILIES.values()}
+
+
+def parse_listing(listing: str, family: Family = IP) -> Table:
+    """`nft -a list table ip T` (or `get element`, or a table ip6): each chain's rules with their handles, each
+    map's elements."""
+    table = Table(family=family)
     chain: str | None = None
     current_map: str | None = None
     elements: list[str] | None = None
@@ -128,5 +145,5 @@ def parse_listing(listing: str) -> Table:
 def _add_elements(table: Table, name: str | None, text: str) -> None:
     if name not in MAP_TYPES:
         return
-    for match in _ELEMENT.finditer(text.removeprefix("elements = {")):
+    for match in _ELEMENTS[table.family].finditer(text.removeprefix("elements = {")):
         table.elements.append(Element(name, int(match.group(1)), match.group(2) or "", match.group(3)))

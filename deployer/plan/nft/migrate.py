@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
+from deployer.plan.nft.family import IP, Family
 from deployer.plan.nft.layout import is_app_chain
 
 Listed = Sequence[tuple[str, int]]  # a chain's rules as read: (nft text, handle)
@@ -30,21 +31,29 @@ def kept_jumps(chains: Mapping[str, Listed], prefix: str, written: Collection[st
 
 
 def settle_chain(
-    table: str, prefix: str, chain: str, chains: Mapping[str, Listed], *, kept: bool, unjump: bool
+    table: str,
+    prefix: str,
+    chain: str,
+    chains: Mapping[str, Listed],
+    *,
+    kept: bool,
+    unjump: bool,
+    family: Family = IP,
 ) -> list[str]:
     """An app chain the table holds, once the transaction has written its app: an empty chain of an app with no
     rules, or a chain of the old layout. Its rules go, and the chain too unless `kept` (the app has no rules
     now); `unjump`: its jump from the top chain is deleted by handle (else the top chain is rewritten without it).
     """
+    at = f"{family.name} {table}"
     commands = []
     if unjump:
         commands += [
-            f"delete rule ip {table} {prefix} handle {handle}"
+            f"delete rule {at} {prefix} handle {handle}"
             for text, handle in legacy_jumps(chains, prefix)
             if text == f"jump {chain}"
         ]
     if chains[chain] or not kept:
-        commands.append(f"flush chain ip {table} {chain}")
+        commands.append(f"flush chain {at} {chain}")
     if not kept:
-        commands.append(f"delete chain ip {table} {chain}")
+        commands.append(f"delete chain {at} {chain}")
     return commands

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from deployer.errors import RulesError
 from deployer.plan.nft.elements import Element, Split, app_view, effective, render_replace, rule_of
+from deployer.plan.nft.family import IP, Family
 from deployer.plan.nft.forms import CANNOT, rule_to_nft
 from deployer.plan.nft.layout import (
     BASE_CHAINS,
@@ -37,7 +38,7 @@ def _chain_of(line: str) -> str:
     return parts[0][1:] if line.startswith(":") else parts[1] if len(parts) > 1 else ""
 
 
-def touched_apps(text: str, prefix: str) -> dict[str, list[Key]]:
+def touched_apps(text: str, prefix: str, family: Family = IP) -> dict[str, list[Key]]:
     """The apps whose chains a transaction writes, with the ports its rules name."""
     found: dict[str, list[Key]] = {}
     for line in _nat_lines(text):
@@ -47,7 +48,7 @@ def touched_apps(text: str, prefix: str) -> dict[str, list[Key]]:
         keys = found.setdefault(chain[len(prefix) + 1 :], [])
         if line.startswith(("-A ", "-I ", "-D ")):
             body = line.split(" ", 3)[3] if line.startswith("-I ") else line.split(" ", 2)[2]
-            keys.append(rule_of(chain, body).key)
+            keys.append(rule_of(chain, body, family).key)
     return found
 
 
@@ -95,11 +96,12 @@ class Played:
     removes_table: bool = False
 
 
-def play(text: str, table: str, prefix: str, live: Table) -> Played:
+def play(text: str, table: str, prefix: str, live: Table, family: Family = IP) -> Played:
     """The transaction's lines in order, as iptables-restore would take them: each app chain on its rules as
     read (`-I` in front, `-A` behind, `-D`, a declared chain flushed), the other chains' lines as nft commands
     (a deletion by the handle read). RulesError for a line the backend cannot write."""
     played = Played()
+    at = f"{family.name} {table}"
     section: str | None = None
     handles = {chain: list(found) for chain, found in live.chains.items()}
 
@@ -132,7 +134,7 @@ def play(text: str, table: str, prefix: str, live: Table) -> Played:
             elif chain == prefix:
                 played.declares_top = True
             else:
-                played.chain_commands += [f"add chain ip {table} {chain}", f"flush chain ip {table} {chain}"]
+                played.chain_commands += [f"add chain {at} {chain}", f"flush chain {at} {chain}"]
         elif line.startswith(("-A ", "-I ", "-D ")):
             verb, chain, rest = line.split(" ", 2)
             if verb == "-I":
@@ -141,7 +143,7 @@ def play(text: str, table: str, prefix: str, live: Table) -> Played:
                     raise RulesError("the nftables backend inserts at the top of a chain only", rules=line)
             if is_app_chain(chain, prefix):
                 found = app_rules(chain)
-                rule_of(chain, rest)  # refused now if it cannot be written
+                rule_of(chain, rest, family)  # refused now if it cannot be written
                 if verb == "-A":
                     found.append(f"-A {chain} {rest}")
                 elif verb == "-I":
@@ -158,24 +160,24 @@ def play(text: str, table: str, prefix: str, live: Table) -> Played:
             else:
                 played.touches_base = played.touches_base or chain in BASE_CHAINS
                 if verb == "-I":
-                    played.chain_commands.append(f"insert rule ip {table} {chain} {rule_to_nft(rest)}")
+                    played.chain_commands.append(f"insert rule {at} {chain} {rule_to_nft(rest, family)}")
                 elif verb == "-A":
-                    played.chain_commands.append(f"add rule ip {table} {chain} {rule_to_nft(rest)}")
+                    played.chain_commands.append(f"add rule {at} {chain} {rule_to_nft(rest, family)}")
                 else:
-                    wanted = rule_to_nft(rest)
+                    wanted = rule_to_nft(rest, family)
                     at = next(
                         (i for i, (found_text, _) in enumerate(handles.get(chain, [])) if found_text == wanted), None
                     )
                     if at is None:
                         raise RulesError("no such rule to delete", rules=line)
                     handle = handles[chain].pop(at)[1]
-                    played.chain_commands.append(f"delete rule ip {table} {chain} handle {handle}")
+                    played.chain_commands.append(f"delete rule {at} {chain} handle {handle}")
         elif line.startswith("-F "):
             chain = line[3:]
             if is_app_chain(chain, prefix):
                 app_rules(chain).clear()
             elif chain != prefix:
-                played.chain_commands.append(f"flush chain ip {table} {chain}")
+                played.chain_commands.append(f"flush chain {at} {chain}")
         elif line.startswith("-X "):
             chain = line[3:]
             if is_app_chain(chain, prefix):
@@ -184,13 +186,15 @@ def play(text: str, table: str, prefix: str, live: Table) -> Played:
             elif chain == prefix:
                 played.removes_table = True
             else:
-                played.chain_commands.append(f"delete chain ip {table} {chain}")
+                played.chain_commands.append(f"delete chain {at} {chain}")
         elif line.strip() and not line.startswith("#"):
             raise RulesError("the nftables backend cannot apply this line", rules=line)
     return played
 
 
-def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole: bool = True) -> Translation:
+def translate_restore(
+    text: str, table: str, prefix: str, live: Table, *, whole: bool = True, family: Family = IP
+) -> Translation:
     """An iptables-restore --noflush transaction, translated.
 
     `live` is the table as read: whole, or (`whole=False`, for a transaction that writes app chains alone)
@@ -198,13 +202,16 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     the text writes is played out on its rules as read, line by line as iptables-restore would; the outcome
     becomes elements and splits (`effective`), and only the difference is written: elements replaced, the
     splits chain rewritten whole when a split changed. The other chains' lines become rules, a deletion by the
-    handle read. filter and mangle stay iptables'.
+    handle read. filter and mangle stay iptables'. `family`: the table's, ip or ip6 (family.py); `live` is one
+    of the same family.
     """
-    played = play(text, table, prefix, live)
+    played = play(text, table, prefix, live, family)
     apps = played.apps
     others = "\n".join([*played.other, ""]) if played.other else ""
     if played.removes_table:  # the teardown: everything the deployer owns in nat is this table
-        return Translation(f"delete table ip {table}\n" if live.chains or live.maps else "", others, {}, True)
+        return Translation(
+            f"delete table {family.name} {table}\n" if live.chains or live.maps else "", others, {}, True
+        )
 
     result: dict[str, tuple[list[Element], list[Split]]] = {}
     before: list[Element] = []
@@ -214,7 +221,7 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     markers: dict[str, bool] = {}
     for chain, found in apps.items():
         app = chain[len(prefix) + 1 :]
-        result[app] = effective(chain, found)
+        result[app] = effective(chain, found, family)
         before += live.owned(app)
         after += result[app][0]
         splits_after += result[app][1]
@@ -227,7 +234,7 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
                 f"{taken[e.key] or 'a rule not of the deployer'}",
                 rules=e.rule(f"{prefix}-{e.owner}"),
             )
-    elements = render_replace(table, before, after)
+    elements = render_replace(table, before, after, family)
     splits_changed = splits_after != splits_before
     wants_lookups = played.jumps or elements is not None or splits_changed or apps
     rewrite_dispatch = whole and (played.declares_top or (wants_lookups and not live.dispatching(prefix)))
@@ -235,25 +242,27 @@ def translate_restore(text: str, table: str, prefix: str, live: Table, *, whole:
     for chain in apps:
         kept = markers[chain[len(prefix) + 1 :]]
         if chain in live.chains:  # an app's empty chain, or one of the old layout
-            marker_commands += settle_chain(table, prefix, chain, live.chains, kept=kept, unjump=not rewrite_dispatch)
+            marker_commands += settle_chain(
+                table, prefix, chain, live.chains, kept=kept, unjump=not rewrite_dispatch, family=family
+            )
         elif kept:
-            marker_commands.append(f"add chain ip {table} {chain}")
+            marker_commands.append(f"add chain {family.name} {table} {chain}")
     old_jumps = kept_jumps(live.chains, prefix, apps)
 
     nat: list[str] = []
     if whole and played.touches_base:
-        nat += base_declarations(table)
+        nat += base_declarations(table, family)
     if rewrite_dispatch or (whole and (elements or marker_commands)):
-        nat += map_declarations(table)[0 if not nat else 1 :]
+        nat += map_declarations(table, family)[0 if not nat else 1 :]
     if rewrite_dispatch:
-        nat += dispatch_rules(table, prefix, old_jumps)
+        nat += dispatch_rules(table, prefix, old_jumps, family)
     nat += played.chain_commands
     if elements:
         nat.append(elements.rstrip("\n"))
     if splits_changed:
         nat += [
-            f"flush chain ip {table} {splits_chain(prefix)}",
-            *(f"add rule ip {table} {splits_chain(prefix)} {found.nft}" for found in splits_after),
+            f"flush chain {family.name} {table} {splits_chain(prefix)}",
+            *(f"add rule {family.name} {table} {splits_chain(prefix)} {found.nft}" for found in splits_after),
         ]
     nat += marker_commands
     if not (elements or splits_changed or marker_commands or played.chain_commands or rewrite_dispatch):
