@@ -92,13 +92,14 @@ def build_engine(
     """
     docker = docker or DockerHost(config.settings.docker_host)
     chosen, other = build_netfilter(config)
+    chosen6, leftovers6 = build_netfilters6(config)
     return Engine(
         config,
         PreloadedImage(docker, preloaded) if preloaded is not None else docker,
         netfilter or chosen,
         retired_netfilter=None if netfilter is not None else other,  # a supplied adapter comes without a pair
-        netfilter6=build_netfilter6(config),
-        leftover6=None if config.settings.ipv6 else Netfilter(wait_seconds=config.settings.iptables_wait, ipv6=True),
+        netfilter6=chosen6,
+        leftovers6=leftovers6,
         forwarding6=functools.partial(
             ensure_ipv6_forwarding,
             Ipv6Sysctls(),
@@ -155,10 +156,31 @@ def build_netfilter(config: Config) -> tuple[NetfilterBackend, NetfilterBackend]
 
 
 def build_netfilter6(config: Config) -> NetfilterBackend | None:
-    """The IPv6 rules' backend on a dual-stack host (`[deployer] ipv6`): ip6tables; None otherwise."""
-    if not config.settings.ipv6:
-        return None
-    return Netfilter(wait_seconds=config.settings.iptables_wait, ipv6=True)
+    """The IPv6 rules' backend on a dual-stack host (`[deployer] ipv6`): ip6tables, or the nftables backend's
+    `table ip6` (a flip writes it in one transaction with the IPv4 table); None otherwise."""
+    chosen, _ = build_netfilters6(config)
+    return chosen
+
+
+def build_netfilters6(config: Config) -> tuple[NetfilterBackend | None, list[NetfilterBackend]]:
+    """The IPv6 backend in use (None with IPv6 off), and the ones not in use, where uninstall still looks for IPv6
+    rules an earlier config left (after IPv6 was turned off, or the backend switched)."""
+    settings = config.settings
+    ip6tables = Netfilter(wait_seconds=settings.iptables_wait, ipv6=True)
+    ports = {app.name: app_chain.ports(app) for app in config.apps.values()}
+    nftables = NftablesBackend(
+        Nftables(),
+        ip6tables,
+        table=nft.table_name(settings.chain_prefix),
+        prefix=settings.chain_prefix,
+        reader=Nftables(handles=True),
+        generation=Path(settings.state_dir) / "locks" / "nftables6.generation",
+        ports=lambda app: ports.get(app, ()),
+        family="ip6",
+    )
+    if not settings.ipv6:
+        return None, [ip6tables, nftables]
+    return (nftables, [ip6tables]) if settings.backend == "nftables" else (ip6tables, [nftables])
 
 
 # --- what the deploy worker acts with besides the engine ----------------------------------------

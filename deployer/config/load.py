@@ -316,12 +316,6 @@ def _check_ipv6(settings: Settings, cluster: Any, *, path: Path) -> None:
     """What a dual-stack host cannot do yet is refused here, with the reason, rather than half done."""
     if not settings.ipv6:
         return
-    if settings.backend == "nftables":
-        raise ConfigError(
-            'needs backend = "iptables" for now: the nftables backend writes IPv4 rules only',
-            path=path,
-            key="deployer.ipv6",
-        )
     if cluster is not None:
         raise ConfigError(
             "cannot be on with [cluster] yet: the shared address and its buckets are IPv4 only (keepalived's IPv6 "

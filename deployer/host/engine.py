@@ -16,7 +16,7 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -164,7 +164,7 @@ class Engine:
         environ: Mapping[str, str] | None = None,
         retired_netfilter: NetfilterBackend | None = None,
         netfilter6: NetfilterBackend | None = None,
-        leftover6: NetfilterBackend | None = None,
+        leftovers6: Sequence[NetfilterBackend] = (),
         forwarding6: Callable[[], list[str]] | None = None,
         shared_address: SharedAddressPort | None = None,
         publish: Publish | None = None,
@@ -188,7 +188,7 @@ class Engine:
             self.settings,
             retired=retired_netfilter,
             backend6=netfilter6,
-            leftover6=leftover6,
+            leftovers6=leftovers6,
             forwarding6=forwarding6,
             clock=clock,
             sleep=sleep,
@@ -553,6 +553,15 @@ class Engine:
             step.detail["probes"] = wait_healthy(
                 run.app.health, probe, lambda: self._not_running(new), clock=self.clock, sleep=self.sleep
             )
+            address6 = self.chains.ipv6_of.get(run.address) if self.chains.dual(run.app) else None
+            if address6:
+                # The same check over the instance's IPv6 address, through the bridge: for a second or so after
+                # its start its addresses are tentative (duplicate address detection) and it cannot answer IPv6,
+                # and the flip must not send IPv6 clients to it before it can.
+                probe6 = self.prober.health(run.app.health, address6, run.app.health.port)
+                step.detail["probes6"] = wait_healthy(
+                    run.app.health, probe6, lambda: self._not_running(new), clock=self.clock, sleep=self.sleep
+                )
             self.docker.set_restart_policy(new.id, restart_policy(run.app.restart))
         self._hook("post-healthy", run.app, run.context, run.base)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from deployer.adapters.docker_host import DockerHost
-from deployer.adapters.iptables import Netfilter
 from deployer.plan import rules
+from deployer.wiring import build_netfilter6
 from support import netns
 from support.integration import REPO, Deployer, demo_app
 from support.load import TRAFFIC, Background, read_records, stop_clients
@@ -35,7 +35,7 @@ SUBNET6 = "fd42:7e57:d0c::/64"  # the instances' (ENVIRONMENT: fd00::/64 is the 
 OUTSIDE6 = "fd42:7e57:a::/64"  # the outside namespace's link
 PORT, BLUE, GREEN, UDP = 18300, 18301, 18302, (18303, 18304, 18305)
 RESPONDER = 18390
-DEPLOYS = 3
+DEPLOYS = 2
 
 
 @contextlib.contextmanager
@@ -80,7 +80,10 @@ def clients(outside: netns.OutsideClient, out: Path) -> list[tuple[str, subproce
     return started
 
 
-def test_deploys_under_ipv6_and_ipv4_load_drop_nothing_and_reconcile_repairs_the_ipv6_chain(deployer, images, tmp_path):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_deploys_under_ipv6_and_ipv4_load_drop_nothing_and_reconcile_repairs_the_ipv6_chain(
+    deployer, images, tmp_path, backend
+):
     tags = [f"v{n}" for n in range(1, DEPLOYS + 2)]
     images.ensure(*tags)
     with dual_stack_network(deployer), netns.OutsideClient(ipv6=OUTSIDE6) as outside:
@@ -88,13 +91,14 @@ def test_deploys_under_ipv6_and_ipv4_load_drop_nothing_and_reconcile_repairs_the
             demo_app("six", external=PORT, blue=BLUE, green=GREEN, udp=UDP, drain=0.5, stop_timeout=6),
             settings=(
                 f'network = "{NETWORK6}"\nbridge = "{BRIDGE6}"\nipv6 = true\nipv6_subnet = "{SUBNET6}"\n'
-                f"maintenance_port = {RESPONDER}"
+                f'maintenance_port = {RESPONDER}\nbackend = "{backend}"'
             ),
         )
         engine = deployer.engine()
         engine.deploy("six", tags[0], actor="test")
         assert Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() == "1"  # outside clients need it
-        ip6 = Netfilter(ipv6=True)
+        ip6 = build_netfilter6(deployer.config())  # ip6tables, or the nftables backend's table ip6
+        assert ip6 is not None
         chain = f"{deployer.prefix}-six"
         assert rules.dnat_destinations(ip6.list_chain(chain) or []) <= {
             c.address6(NETWORK6) for c in deployer.containers("six")

@@ -43,6 +43,9 @@ def test_the_first_deploy_builds_both_families_base_and_points_both_chains_at_bl
         "run deployer-web-blue 127.0.0.1:5000/web:v1 restart=no",
         "probe 127.0.0.1:18081",
         "probe 127.0.0.1:18081",
+        # The same gate over the instance's IPv6 address: its addresses may still be tentative after its start.
+        f"probe {OLD6}:80",
+        f"probe {OLD6}:80",
         "restart-policy deployer-web-blue unless-stopped",
         *PREPARE_BRIDGE,
         BASE,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class Chains:
         *,
         retired: NetfilterBackend | None = None,
         backend6: NetfilterBackend | None = None,
-        leftover6: NetfilterBackend | None = None,
+        leftovers6: Sequence[NetfilterBackend] = (),
         forwarding6: Callable[[], list[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -54,7 +54,8 @@ class Chains:
         self.backend = backend
         self.retired = retired  # the other backend, whose rules a switched host still holds until reconcile
         self.backend6 = backend6  # the IPv6 rules' backend, on a dual-stack host
-        self.leftover6 = leftover6  # on a host with IPv6 off: where IPv6 rules of an earlier config may be left
+        # The IPv6 backends not in use, where IPv6 rules of an earlier config may be left (uninstall looks there).
+        self.leftovers6 = tuple(leftovers6)
         # Turns the host's IPv6 forwarding on safely (host/ipv6_forwarding.py), once a process, on a dual-stack host.
         self.forwarding6 = forwarding6
         self.ipv6_of: dict[str, str] = {}  # instance IPv4 address -> its IPv6 twin, as Docker last said
@@ -166,13 +167,13 @@ class Chains:
         """Remove every nat chain the deployer owns, from both backends and both families (the IPv6 one also when
         IPv6 is off now, for what an earlier config left); whether there was any."""
         removed = False
-        for backend in (self.backend, self.retired, self.backend6, self.leftover6):
+        for backend in (self.backend, self.retired, self.backend6, *self.leftovers6):
             if backend is not None:
                 with self.lock():
                     try:
                         saved = backend.save_table("nat")
                     except RulesError as exc:
-                        if backend is self.leftover6 and "not installed" in str(exc):
+                        if backend in self.leftovers6 and "not installed" in str(exc):
                             continue  # a host without ip6tables has no IPv6 rules to leave behind
                         raise
                     text = rules.render_teardown(rules.parse_table(saved, "nat"), self.names)
