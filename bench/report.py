@@ -67,7 +67,8 @@ def pinned_rounds(datapath: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None
         return None, f"Pinned rounds: skipped, {pinned['skipped']}."
     load, backend = pinned["load_cpu"], pinned["backend_cpu"]
     return pinned["summary"], (
-        f"Pinned rounds: {pinned['rounds']} rounds of {', '.join(pinned['paths'])}, after the unpinned rounds of "
+        f"Pinned rounds: {pinned['rounds']} round{'' if pinned['rounds'] == 1 else 's'} of "
+        f"{', '.join(pinned['paths'])}, after the unpinned rounds of "
         f"the iptables backend, with wrk pinned to CPU {load} (`taskset -c {load}`) and the container to CPU "
         f"{backend} (Docker's cpuset), HAProxy and nginx with it; their ratios are to the direct path of the "
         "pinned rounds. The unpinned rounds leave all three to the scheduler."
