@@ -225,8 +225,8 @@ def test_a_section_measured_by_an_earlier_run_says_so():
     }
     text = report.benchmarks_markdown(run, {"datapath": datapath, "deploys": deploys}, {})
     assert (
-        "Last run: 2026-12-07 22:00 UTC, 10.0 min, `sudo bench/run --parts datapath`: datapath only; deploys from "
-        "earlier runs, as each section says." in text
+        "Last run: `sudo bench/run --parts datapath`, 2026-12-07 22:00 UTC, 10.0 min; it measured datapath, and "
+        "deploys are from earlier runs, as each says." in text
     )
     assert text.count("These figures are from an earlier run") == 1
     assert "These figures are from an earlier run: 2026-12-02 03:28 UTC (`sudo bench/run`)." in text
