@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from bench.plan import DNAT_TARGETS, PINNED_MIN_THROUGHPUT
+
 Record = Mapping[str, Any]
 Event = Mapping[str, Any]
 
@@ -408,6 +410,40 @@ def _ratio(top: float | None, bottom: float | None) -> float | None:
 # --- targets ---------------------------------------------------------------------------------------
 
 
+def datapath_targets(datapath: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """DNAT against direct: within 5% in the unpinned rounds, and at least PINNED_MIN_THROUGHPUT in the pinned ones.
+
+    Each line names its rounds; results from before the pinned rounds (no "pinned") give the first kind only.
+    """
+    found = []
+    pinned = datapath.get("pinned") or {}
+    for rounds, summary in (("unpinned", datapath["summary"]), ("pinned", pinned.get("summary") or {})):
+        for client, paths in summary.items():
+            for path, how in DNAT_TARGETS.items():
+                if path not in paths:
+                    continue
+                rps, p50 = paths[path].get("rps_ratio"), paths[path].get("p50_ratio")
+                if rounds == "unpinned":
+                    found.append(
+                        {
+                            "target": f"DNAT within 5% of direct ({client}{how}; unpinned rounds): throughput and p50",
+                            "met": rps is not None and p50 is not None and rps >= 0.95 and p50 <= 1.05,
+                            "detail": f"throughput x{rps}, p50 x{p50}",
+                        }
+                    )
+                else:
+                    found.append(
+                        {
+                            "target": f"DNAT at least x{PINNED_MIN_THROUGHPUT} of direct throughput ({client}{how}; "
+                            f"pinned rounds)",
+                            "met": rps is not None and rps >= PINNED_MIN_THROUGHPUT,
+                            "detail": f"throughput x{rps}, p50 x{p50} (wrk on CPU {pinned['load_cpu']}, the "
+                            f"container on CPU {pinned['backend_cpu']})",
+                        }
+                    )
+    return found
+
+
 def targets(
     datapath: Mapping[str, Any] | None,
     deploys: Mapping[str, Any] | None,
@@ -415,29 +451,16 @@ def targets(
     *,
     duration_s: float,
     quick: bool,
+    ran: Sequence[str] = ("datapath", "deploys", "scale"),
 ) -> list[dict[str, Any]]:
-    """The issue's targets, each met or not, with the figure that decides it."""
+    """The issue's targets, each met or not, with the figure that decides it.
+
+    `ran` is the parts the run measured: the run's length is judged only for a run of them all ("met" None: not
+    measured), while the figures may come from earlier runs' results.
+    """
     found: list[dict[str, Any]] = []
     if datapath:
-        for client, paths in datapath["summary"].items():
-            for path, how in (
-                ("dnat", ""),
-                ("dnat-addr", ", via a local address"),
-                ("nft", ", nftables backend"),
-                ("nft-addr", ", nftables backend via a local address"),
-                ("split", ", canary split"),
-            ):
-                if path not in paths:
-                    continue
-                rps, p50 = paths[path].get("rps_ratio"), paths[path].get("p50_ratio")
-                met = rps is not None and p50 is not None and rps >= 0.95 and p50 <= 1.05
-                found.append(
-                    {
-                        "target": f"DNAT within 5% of direct ({client}{how}): throughput and p50",
-                        "met": met,
-                        "detail": f"throughput x{rps}, p50 x{p50}",
-                    }
-                )
+        found += datapath_targets(datapath)
     if deploys:
         scenarios = deploys["scenarios"]
         ours = scenarios.get("ours")
@@ -518,11 +541,14 @@ def targets(
                 }
             )
     limit = 180 if quick else 900
+    every = {"datapath", "deploys", "scale"} <= set(ran)
     found.append(
         {
             "target": f"{'quick' if quick else 'full'} run under {limit // 60} min",
-            "met": duration_s < limit,
-            "detail": f"{duration_s / 60:.1f} min",
+            "met": duration_s < limit if every else None,
+            "detail": f"{duration_s / 60:.1f} min"
+            if every
+            else f"not measured: the last run measured {', '.join(ran)} only, in {duration_s / 60:.1f} min",
         }
     )
     return found

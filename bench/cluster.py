@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three paths, interleaved (default 3)")
     parser.add_argument("--tries", type=int, default=10, help="link cuts for the takeover times (default 10)")
     args = parser.parse_args(argv)
-    results = measure(args.seconds, args.rounds, args.tries)
+    measured_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    results = {"measured_at": measured_at, **measure(args.seconds, args.rounds, args.tries)}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "cluster.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.results / "cluster.png")

@@ -5,7 +5,11 @@ Docker's own published port can be measured too. From the host, 127.0.0.1 on a p
 goes through docker-proxy; from the outside namespace Docker answers a published port with its
 own DNAT rule instead (docker-proxy is only in the loopback path), and the report says so.
 
-Then a canary of the next tag takes 50% of new connections (a statistic match in front of the DNAT rule, see
+After the unpinned rounds, pinned rounds of a few paths (plan.PINNED_PATHS) run on the same container with wrk
+on one core and the container and the proxies on another: on a 2-core machine the unpinned figures swing with
+where the scheduler puts wrk, and the pinned ones say what the path costs when it does not.
+
+Then the nftables backend, and a canary of the next tag takes 50% of new connections (a statistic match in front of the DNAT rule, see
 plan/canary.py), and more rounds measure that split path against direct, in the same run: its ratios stand beside
 the plain DNAT path's.
 """
@@ -14,14 +18,27 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
+import subprocess
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from bench import analysis
 from bench.drivers import EngineDriver, scratch_path
 from bench.lab import IMAGE, Lab, say
 from bench.loadgen import WrkOutputError, parse_wrk, wrk_argv
-from bench.plan import CLIENTS, DATAPATHS, NFT_PATHS, SPLIT_PATHS, Plan, app_toml, round_order
+from bench.plan import (
+    CLIENTS,
+    IPTABLES_PATHS,
+    NFT_PATHS,
+    SPLIT_PATHS,
+    Pinning,
+    Plan,
+    app_toml,
+    pinning_for,
+    round_order,
+)
 from bench.proxies import haproxy_argv, haproxy_config, nginx_argv, nginx_config
 from deployer.errors import DeployerError
 from deployer.host.engine import CanaryStart
@@ -77,74 +94,67 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         # The host end of the namespace's veth is a local address of the host: DNAT without the
         # masquerade that a 127.0.0.1 client needs, to tell the two costs apart.
         targets["host"]["dnat-addr"] = f"{outside.host_ip}:{ports.tcp}"
-        paths = {
-            client: [p for p in DATAPATHS if p in targets[client] and p not in ("split", "nft", "nft-addr")]
-            for client in CLIENTS
-        }
         for path in ("haproxy", "nginx", "docker", "dnat"):
             _wait_answers(targets["host"][path])
 
-        def measure(client: str, path: str, seconds: float) -> dict[str, Any]:
+        def measure(client: str, path: str, seconds: float, pin: Pinning | None = None) -> dict[str, Any]:
             argv = wrk_argv(
                 f"http://{targets[client][path]}/",
                 threads=plan.wrk_threads,
                 connections=plan.wrk_connections,
                 seconds=seconds,
             )
+            argv = pin.wrap(argv) if pin else argv
             result = lab.run(argv, inside=outside if client == "outside" else None, timeout=seconds + 30, check=False)
             try:
                 return parse_wrk(result.stdout).as_dict()
             except WrkOutputError as exc:
                 return {"rps": None, "error": f"{exc} {result.stderr.strip()[-200:]}"}
 
-        for client in CLIENTS:
-            for path in paths[client] if plan.wrk_warmup_seconds else ():
-                measure(client, path, plan.wrk_warmup_seconds)
-        rounds = []
-        for number in range(plan.rounds):
+        rounds: list[dict[str, Any]] = []
+
+        def run_set(name: str, first_round: int, count: int, wanted: Sequence[str], pin: Pinning | None = None) -> None:
+            """`count` interleaved rounds of the `wanted` paths each client has, numbered from `first_round`."""
+            chosen = {client: [p for p in wanted if p in targets[client]] for client in CLIENTS}
             for client in CLIENTS:
-                for path in round_order(paths[client], number):
-                    rounds.append(
-                        {"round": number, "client": client, "path": path, **measure(client, path, plan.wrk_seconds)}
-                    )
-            say(f"  round {number + 1}/{plan.rounds} done")
+                for path in chosen[client] if plan.wrk_warmup_seconds else ():
+                    measure(client, path, plan.wrk_warmup_seconds, pin)
+            for number in range(count):
+                for client in CLIENTS:
+                    for path in round_order(chosen[client], number):
+                        result = measure(client, path, plan.wrk_seconds, pin)
+                        rounds.append(
+                            {"round": first_round + number, "set": name, "client": client, "path": path, **result}
+                        )
+                say(f"  {name} round {number + 1}/{count} done")
+
+        run_set("iptables", 0, plan.rounds, IPTABLES_PATHS)
+        pinning = pinning_for(os.sched_getaffinity(0), plan.pinned_rounds)
+        if pinning.skipped:
+            say(f"  pinned rounds skipped: {pinning.skipped}")
+        else:
+            everywhere = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+            _pin(lab, container.id, proxies, str(pinning.backend))
+            try:
+                run_set("pinned", 3 * plan.rounds, plan.pinned_rounds, plan.pinned_paths, pinning)
+            finally:
+                _pin(lab, container.id, proxies, everywhere)
         # The same port through the nftables backend: the host switched to it, and back to iptables after.
         switched = driver.switch_backend(lab, app_text, "nftables")
         for client in CLIENTS:
             targets[client]["nft"] = targets[client]["dnat"]
         targets["host"]["nft-addr"] = targets["host"]["dnat-addr"]
         _wait_answers(targets["host"]["nft"])
-        for number in range(plan.rounds):
-            for client in CLIENTS:
-                for path in round_order([p for p in NFT_PATHS if p in targets[client]], number):
-                    rounds.append(
-                        {
-                            "round": 2 * plan.rounds + number,
-                            "client": client,
-                            "path": path,
-                            **measure(client, path, plan.wrk_seconds),
-                        }
-                    )
-            say(f"  nftables round {number + 1}/{plan.rounds} done")
+        run_set("nftables", 2 * plan.rounds, plan.rounds, NFT_PATHS)
         switched += driver.switch_backend(lab, app_text, "iptables")
         # The split: the same external port, now shared 50/50 by two instances of the same server.
         driver.engine.deploy(APP, tags[1], actor="bench", canary_split=CanaryStart(50))
         for client in CLIENTS:
             targets[client]["split"] = targets[client]["dnat"]
         _wait_answers(targets["host"]["split"])
-        for number in range(plan.rounds):
-            for client in CLIENTS:
-                for path in round_order(list(SPLIT_PATHS), number):
-                    rounds.append(
-                        {
-                            "round": plan.rounds + number,
-                            "client": client,
-                            "path": path,
-                            **measure(client, path, plan.wrk_seconds),
-                        }
-                    )
-            say(f"  split round {number + 1}/{plan.rounds} done")
-        summary = analysis.datapath_summary(rounds)
+        run_set("split", plan.rounds, plan.rounds, SPLIT_PATHS)
+        unpinned = [r for r in rounds if r["set"] != "pinned"]
+        pinned = [r for r in rounds if r["set"] == "pinned"]
         return {
             "settings": {
                 "tool": "wrk",
@@ -154,13 +164,20 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
                 "rounds": plan.rounds,
                 "warmup_seconds": plan.wrk_warmup_seconds,
                 "order": "each round runs every path for the host client, then for the outside client; "
-                "the order of the paths is reversed in every other round",
+                "the order of the paths is reversed in every other round; the sets of rounds run one after "
+                "the other: iptables (unpinned), pinned, nftables, split",
             },
             "backend": {"image": f"{IMAGE}:{tags[0]}", "address": backend[0], "set_port": set_port},
             "targets": targets,
             "notes": NOTES,
             "rounds": rounds,
-            "summary": summary,
+            "summary": analysis.datapath_summary(unpinned),
+            "pinned": {
+                **pinning.as_dict(),
+                "rounds": 0 if pinning.skipped else plan.pinned_rounds,
+                "paths": list(plan.pinned_paths),
+                "summary": analysis.datapath_summary(pinned),
+            },
             "backend_switches": switched,
         }
     finally:
@@ -169,6 +186,13 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         with contextlib.suppress(DeployerError):  # a gone Docker daemon: the run's cleanup does it later
             lab.remove_containers(APP)
         lab.remove_app_chains([APP])
+
+
+def _pin(lab: Lab, container_id: str, proxies: Sequence[subprocess.Popen], cpus: str) -> None:
+    """The backend container (Docker's cpuset, through the SDK) and every thread of each proxy onto `cpus`."""
+    lab.docker.call("update", lambda: lab.docker.client.containers.get(container_id).update(cpuset_cpus=cpus))
+    for process in proxies:
+        lab.pin_group(process, {int(c) for c in cpus.split(",")})
 
 
 def _wait_answers(target: str, timeout: float = 10.0) -> None:

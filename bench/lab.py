@@ -149,6 +149,13 @@ class Lab:
         if process in self._processes:
             self._processes.remove(process)
 
+    def pin_group(self, process: subprocess.Popen, cpus: set[int]) -> None:
+        """Every thread of every process in `process`'s group (nginx's worker too) onto `cpus`."""
+        for pid in _group_members({process.pid}):
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                with contextlib.suppress(ProcessLookupError, OSError, ValueError):
+                    os.sched_setaffinity(int(task.name), cpus)
+
     def run(
         self,
         argv: Sequence[str],
@@ -274,8 +281,9 @@ def _listening_ports() -> set[int]:
     return ports
 
 
-def _kill_groups(groups: set[int], sig: int) -> None:
-    """Signal every process whose process group is one of `groups` (groups the bench started)."""
+def _group_members(groups: set[int]) -> list[int]:
+    """The pids of every process whose process group is one of `groups` (groups the bench started)."""
+    members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -285,8 +293,14 @@ def _kill_groups(groups: set[int], sig: int) -> None:
         except (OSError, ValueError, IndexError):
             continue
         if pgrp in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), sig)
+            members.append(int(entry.name))
+    return members
+
+
+def _kill_groups(groups: set[int], sig: int) -> None:
+    for pid in _group_members(groups):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 def remove_leftovers(docker: DockerHost, netfilter: Netfilter) -> list[str]:

@@ -3,6 +3,8 @@
     bench/run                      # everything, ~10 min: bench/results/*.json|png and BENCHMARKS.md
     bench/run --quick              # the CI smoke, ~2 min: bench/results/tmp/quick/
     bench/run --only cluster       # three hosts sharing one address, ~3 min (bench/cluster.py)
+    bench/run --parts datapath     # one part; BENCHMARKS.md keeps the other parts' figures from their own runs
+    .venv/bin/python -m bench --report   # BENCHMARKS.md again from bench/results/*.json, nothing measured
     .venv/bin/python -m bench --parts scale --results /tmp/r    # one part, elsewhere (as root)
 
 `bench/run` installs what the bench needs first (.venv included); `python -m bench` assumes it is there.
@@ -54,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deploys", type=int, help="deploys per scenario (default 20; quick 2)")
     parser.add_argument("--rounds", type=int, help="data-path rounds (default 6; quick 1)")
     parser.add_argument(
+        "--pinned-rounds",
+        type=int,
+        help="data-path rounds with wrk and the container on cores of their own (default 4; quick 1; 0: none)",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="measure nothing: write the report again from the results folder's JSON files (no root needed)",
+    )
+    parser.add_argument(
         "--only",
         choices=["cluster"],
         help="run one part that is not in the default run: cluster "
@@ -76,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if rest:
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.report:
+        results = args.results or DEFAULT_RESULTS
+        markdown = args.markdown or default_markdown(results)
+        write_report(results, markdown, json.loads((results / "run.json").read_text()))
+        say(f"wrote {markdown} from {results}/*.json")
+        return 0
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -84,11 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench: run as root (dockerd, iptables, conntrack, network namespaces)", file=sys.stderr)
         return 2
-    plan = plan_for(args.quick, deploys=args.deploys, rounds=args.rounds)
+    plan = plan_for(args.quick, deploys=args.deploys, rounds=args.rounds, pinned_rounds=args.pinned_rounds)
     results = args.results or (QUICK_RESULTS if args.quick else DEFAULT_RESULTS)
-    markdown = args.markdown or (
-        REPO / "BENCHMARKS.md" if results.resolve() == DEFAULT_RESULTS.resolve() else results / "BENCHMARKS.md"
-    )
+    markdown = args.markdown or default_markdown(results)
     command = " ".join(["sudo bench/run", *(argv if argv is not None else sys.argv[1:])]).strip()
     return run(plan, parts, results, markdown, command)
 
@@ -141,20 +157,64 @@ def run(plan: Plan, parts: list[str], results: Path, markdown: Path, command: st
         "retried_after_dockerd_restart": retried,
     }
     run_info["targets"] = analysis.targets(
-        outputs.get("datapath"), outputs.get("deploys"), outputs.get("scale"), duration_s=duration, quick=plan.quick
+        outputs.get("datapath"),
+        outputs.get("deploys"),
+        outputs.get("scale"),
+        duration_s=duration,
+        quick=plan.quick,
+        ran=parts,
     )
     results.mkdir(parents=True, exist_ok=True)
     for part, output in outputs.items():
-        write_json(results / f"{part}.json", {"part": part, "quick": plan.quick, "started_at": started_at, **output})
+        write_json(
+            results / f"{part}.json",
+            {"part": part, "quick": plan.quick, "started_at": started_at, "command": command, **output},
+        )
     write_json(results / "run.json", run_info)
 
     plots = draw_plots(outputs, results, errors)
     print()
     print(report.terminal_report(run_info, outputs))
-    relative = {name: os.path.relpath(path, markdown.parent) for name, path in plots.items()}
-    markdown.write_text(report.benchmarks_markdown(run_info, outputs, relative, other_results(results, markdown)))
+    write_report(results, markdown, run_info, plots)
     say(f"wrote {results}/*.json, {len(plots)} plots and {markdown} in {duration / 60:.1f} min")
     return 1 if errors else 0
+
+
+def default_markdown(results: Path) -> Path:
+    return REPO / "BENCHMARKS.md" if results.resolve() == DEFAULT_RESULTS.resolve() else results / "BENCHMARKS.md"
+
+
+def write_report(results: Path, markdown: Path, run_info: dict[str, Any], drawn: dict[str, Path] | None = None) -> None:
+    """The report from every result file in `results`: this run's parts, and those an earlier run of the same
+    kind left there (a run of some parts keeps the others' figures, and each section names its run)."""
+    shown: dict[str, Any] = {}
+    for part in PARTS:
+        path = results / f"{part}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            if data.get("quick") == run_info["quick"]:
+                shown[part] = data
+    plots = {p: results / f"{p}.png" for p in shown if (results / f"{p}.png").exists()} | (drawn or {})
+    info = {
+        **run_info,
+        "targets": analysis.targets(
+            shown.get("datapath"),
+            shown.get("deploys"),
+            shown.get("scale"),
+            duration_s=run_info["duration_s"],
+            quick=run_info["quick"],
+            ran=run_info["parts"],
+        ),
+    }
+    relative = {name: os.path.relpath(path, markdown.parent) for name, path in plots.items()}
+    others = other_results(results, markdown)
+    extra = {}
+    for path, _ in others:
+        try:
+            extra[Path(path).stem] = json.loads((markdown.parent / path).read_text())
+        except (OSError, ValueError):
+            continue  # listed all the same, without its figures
+    markdown.write_text(report.benchmarks_markdown(info, shown, relative, others, extra))
 
 
 def draw_plots(outputs: dict[str, Any], results: Path, errors: dict[str, str]) -> dict[str, Path]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,28 @@ OWNER_OF_RUN_RE = re.compile(r"^db[0-9a-f]{5}$")
 # The scenarios of the deploys-under-load part, in the order they run.
 SCENARIOS = ("ours", "seed", "stop-start", "naive")
 DATAPATHS = ("direct", "dnat", "dnat-addr", "nft", "nft-addr", "split", "haproxy", "nginx", "docker")
+# The first set of rounds: the iptables backend, before the host is switched to nftables.
+IPTABLES_PATHS = tuple(p for p in DATAPATHS if p not in ("nft", "nft-addr", "split"))
 # The same DNAT through the nftables backend: the host switched to it, measured, and switched back.
 NFT_PATHS = ("direct", "nft", "nft-addr")
 # The canary's split (statistic match, 50%), measured after the others: it needs a second instance.
 SPLIT_PATHS = ("direct", "split")
 # DNAT through a local address that is not loopback: no masquerade. Only the host has such a path.
 HOST_ONLY_PATHS = ("dnat-addr", "nft-addr")
+# The paths the deployer's own rules carry, each with a target against direct, and what its target line adds
+# after the client's name. A new path with a target is one more entry here.
+DNAT_TARGETS = {
+    "dnat": "",
+    "dnat-addr": ", via a local address",
+    "nft": ", nftables backend",
+    "nft-addr": ", nftables backend via a local address",
+    "split": ", canary split",
+}
+# The pinned rounds: wrk on one core, the container and the proxies on another (see `pinning_for`). They run
+# after the unpinned rounds of the iptables backend, on the same container, and cost the full run about two
+# minutes, so they measure the paths with a target and one proxy hop beside them.
+PINNED_PATHS = ("direct", "dnat", "dnat-addr", "haproxy")
+PINNED_MIN_THROUGHPUT = 0.97
 CLIENTS = ("host", "outside")
 SCALE_POINTS = (1, 10, 100, 1000)
 
@@ -46,6 +62,7 @@ class Plan:
     rounds: int  # data path: interleaved rounds over all paths (even: the order alternates)
     wrk_seconds: float  # wrk takes whole seconds
     wrk_warmup_seconds: float  # 0: no warm-up run
+    pinned_rounds: int  # data path: rounds with wrk and the container on cores of their own (0: none)
     deploys: int  # per scenario, under load
     scale_points: tuple[int, ...]
     flips_per_point: int
@@ -57,6 +74,7 @@ class Plan:
     drain_seconds: float = 1.0
     settle_seconds: float = 0.6  # between deploys, so each flip stands apart in the plots
     load_pause: float = 0.01  # each load client's pause between requests
+    pinned_paths: tuple[str, ...] = PINNED_PATHS
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -74,13 +92,50 @@ def round_order(paths: tuple[str, ...] | list[str], number: int) -> list[str]:
     return list(paths) if number % 2 == 0 else list(reversed(paths))
 
 
-def plan_for(quick: bool, *, deploys: int | None = None, rounds: int | None = None) -> Plan:
+@dataclass(frozen=True)
+class Pinning:
+    """The cores of the pinned rounds, or why there are none.
+
+    wrk alone on `load`; the backend container (Docker's cpuset) and every proxy in a path (HAProxy,
+    nginx) on `backend`, so a proxy hop pays for its core as the container does.
+    """
+
+    load: int | None
+    backend: int | None
+    skipped: str | None = None
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """The load generator's command, pinned to its core."""
+        return ["taskset", "-c", str(self.load), *argv]
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.skipped:
+            return {"skipped": self.skipped}
+        return {"load_cpu": self.load, "backend_cpu": self.backend, "proxies_cpu": self.backend}
+
+
+def pinning_for(cpus: Iterable[int], rounds: int) -> Pinning:
+    """The first two of the cores the bench may use: the load generator on the first, the backend on the second."""
+    ordered = sorted(set(cpus))
+    if rounds <= 0:
+        return Pinning(None, None, "no pinned rounds asked for (--pinned-rounds 0)")
+    if len(ordered) < 2:
+        only = f"CPU {ordered[0]}" if ordered else "no CPU"
+        return Pinning(None, None, f"one core only ({only}): wrk and the container cannot be kept apart")
+    return Pinning(ordered[0], ordered[1])
+
+
+def plan_for(
+    quick: bool, *, deploys: int | None = None, rounds: int | None = None, pinned_rounds: int | None = None
+) -> Plan:
     if quick:
         plan = Plan(
             quick=True,
             rounds=1,
             wrk_seconds=1.0,
             wrk_warmup_seconds=0.0,  # none: a smoke, not a figure
+            pinned_rounds=1,
+            pinned_paths=("direct", "dnat"),  # the pinning's every step, in four wrk runs of a second
             deploys=2,
             scale_points=SCALE_POINTS,
             flips_per_point=2,
@@ -94,6 +149,7 @@ def plan_for(quick: bool, *, deploys: int | None = None, rounds: int | None = No
             rounds=6,
             wrk_seconds=4.0,
             wrk_warmup_seconds=1.0,
+            pinned_rounds=4,
             deploys=20,
             scale_points=SCALE_POINTS,
             flips_per_point=16,
@@ -103,6 +159,8 @@ def plan_for(quick: bool, *, deploys: int | None = None, rounds: int | None = No
         changes["deploys"] = deploys
     if rounds is not None:
         changes["rounds"] = rounds
+    if pinned_rounds is not None:
+        changes["pinned_rounds"] = pinned_rounds
     if changes:
         from dataclasses import replace
 

@@ -73,7 +73,7 @@ def datapath_plot(datapath: Mapping[str, Any], path: Path) -> None:
     lat_ax.set_title("Latency: p50 bars, p99 ticks")
     s = datapath["settings"]
     fig.suptitle(
-        f"Data path: wrk -t{s['threads']} -c{s['connections']} -d{s['seconds']:g}s, {s['rounds']} interleaved rounds",
+        f"Data path: wrk -t{s['threads']} -c{s['connections']} -d{s['seconds']:g}s, {s['rounds']} interleaved rounds, unpinned",
         fontsize=10,
     )
     fig.tight_layout()

@@ -58,27 +58,50 @@ def count(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
-def datapath_table(summary: Mapping[str, Mapping[str, Any]], client: str) -> str:
+def datapath_table(
+    summary: Mapping[str, Mapping[str, Any]], client: str, pinned: Mapping[str, Mapping[str, Any]] | None = None
+) -> str:
+    """One client's paths: the unpinned rounds' figures, and beside them the pinned rounds' (when `pinned`, the
+    pinned rounds' summary, is given). Every ratio is to the direct path of the same set of rounds."""
+    ours, theirs = summary.get(client, {}), (pinned or {}).get(client, {})
     rows = []
     for path in DATAPATHS:
-        entry = summary.get(client, {}).get(path)
-        if not entry:
+        entry, pin = ours.get(path), theirs.get(path)
+        if not entry and not pin:
             continue
-        rows.append(
-            [
-                PATH_LABELS[path],
-                count(entry["rps"] and round(entry["rps"])),
-                ms(entry["p50_ms"]),
-                ms(entry["p99_ms"]),
-                ratio(entry["rps_ratio"]),
-                ratio(entry["p50_ratio"]),
-                ratio(entry["p99_ratio"]),
-                count(entry["errors"]),
+        entry = entry or {}
+        row = [
+            PATH_LABELS[path],
+            count(entry.get("rps") and round(entry["rps"])),
+            ms(entry.get("p50_ms")),
+            ms(entry.get("p99_ms")),
+            ratio(entry.get("rps_ratio")),
+            ratio(entry.get("p50_ratio")),
+            ratio(entry.get("p99_ratio")),
+            count(entry.get("errors")),
+        ]
+        if pinned is not None:
+            pin = pin or {}
+            row += [
+                count(pin.get("rps") and round(pin["rps"])),
+                ratio(pin.get("rps_ratio")),
+                ratio(pin.get("p50_ratio")),
+                count(pin.get("errors")),
             ]
-        )
-    return table(
-        ["path", "requests/s", "p50", "p99", "req/s vs direct", "p50 vs direct", "p99 vs direct", "errors"], rows
-    )
+        rows.append(row)
+    headers = [
+        "path",
+        "requests/s, unpinned",
+        "p50, unpinned",
+        "p99, unpinned",
+        "req/s vs direct, unpinned",
+        "p50 vs direct, unpinned",
+        "p99 vs direct, unpinned",
+        "errors, unpinned",
+    ]
+    if pinned is not None:
+        headers += ["requests/s, pinned", "req/s vs direct, pinned", "p50 vs direct, pinned", "errors, pinned"]
+    return table(headers, rows)
 
 
 def deploys_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
@@ -259,7 +282,7 @@ def nft_scale_table(summary: Mapping[str, Any]) -> str:
 def targets_table(found: Sequence[Mapping[str, Any]]) -> str:
     return table(
         ["target", "met", "figure"],
-        [[t["target"], "yes" if t["met"] else "NO", t["detail"]] for t in found],
+        [[t["target"], {True: "yes", False: "NO", None: "-"}[t["met"]], t["detail"]] for t in found],
         align="lll",
     )
 

@@ -7,6 +7,7 @@ not asserted.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -44,6 +45,18 @@ def test_quick_bench_writes_its_results_and_removes_what_it_made(host, tmp_path)
         assert set(paths) == expected | ({"dnat-addr", "nft-addr"} if client == "host" else set())
         assert all(p["rps"] and p["p50_ms"] and p["p99_ms"] for p in paths.values()), paths
         assert paths["direct"]["rps_ratio"] == 1.0
+    # The pinned rounds: wrk on one core, the container on another, their ratios to their own direct.
+    pinned = datapath["pinned"]
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert (pinned["load_cpu"], pinned["rounds"]) == (min(os.sched_getaffinity(0)), 1)
+        assert pinned["backend_cpu"] != pinned["load_cpu"]
+        for client in ("host", "outside"):
+            paths = pinned["summary"][client]
+            assert set(paths) == {"direct", "dnat"} and paths["direct"]["rps_ratio"] == 1.0
+            assert paths["dnat"]["rps"] and paths["dnat"]["rps_ratio"], paths
+        assert {r["set"] for r in datapath["rounds"]} == {"iptables", "pinned", "nftables", "split"}
+    else:
+        assert pinned["skipped"].startswith("one core only")
 
     deploys = json.loads((results / "deploys.json").read_text())
     assert set(deploys["scenarios"]) == SCENARIOS and deploys["errors"] == {}
@@ -77,6 +90,8 @@ def test_quick_bench_writes_its_results_and_removes_what_it_made(host, tmp_path)
         assert (results / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
     report = (results / "BENCHMARKS.md").read_text()
     assert "](datapath.png)" in report and "## 2. Deploys under load" in report
+    assert "Pinned rounds: " in report
+    assert ("req/s vs direct, pinned" in report) == (len(os.sched_getaffinity(0)) >= 2)
 
     prefix = info["prefix"]
     nat = rules.parse_nat(Netfilter().save_nat())

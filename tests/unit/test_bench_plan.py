@@ -7,11 +7,16 @@ from pathlib import Path
 import pytest
 
 from bench.plan import (
+    DATAPATHS,
+    DNAT_TARGETS,
+    IPTABLES_PATHS,
+    PINNED_PATHS,
     Ports,
     RunNames,
     app_toml,
     deployer_toml,
     filler_chains,
+    pinning_for,
     plan_for,
     prefix_of_chain,
     round_order,
@@ -115,3 +120,29 @@ def test_scale_points_are_visited_up_then_down_with_half_the_flips_each_way():
     assert visits((1, 10, 100), 4) == [(1, 2), (10, 2), (100, 2), (100, 2), (10, 2), (1, 2)]
     assert visits((1, 10), 3) == [(1, 2), (10, 2), (10, 1), (1, 1)]
     assert visits((1, 10), 1) == [(1, 1), (10, 1)]
+
+
+def test_pinned_rounds_put_wrk_on_the_first_core_and_the_container_and_proxies_on_the_second():
+    pinning = pinning_for({3, 1, 0}, 4)
+    assert (pinning.load, pinning.backend, pinning.skipped) == (0, 1, None)
+    assert pinning.as_dict() == {"load_cpu": 0, "backend_cpu": 1, "proxies_cpu": 1}
+    assert pinning.wrap(["wrk", "-t1", "http://x/"]) == ["taskset", "-c", "0", "wrk", "-t1", "http://x/"]
+    assert pinning_for([5, 2], 1).as_dict() == {"load_cpu": 2, "backend_cpu": 5, "proxies_cpu": 5}
+
+
+def test_pinned_rounds_are_skipped_on_one_core_or_when_none_are_asked_for_and_say_why():
+    one = pinning_for({0}, 4)
+    assert (one.load, one.backend) == (None, None)
+    assert one.as_dict() == {"skipped": "one core only (CPU 0): wrk and the container cannot be kept apart"}
+    assert pinning_for({0, 1}, 0).skipped == "no pinned rounds asked for (--pinned-rounds 0)"
+
+
+def test_pinned_rounds_measure_paths_of_the_first_set_with_direct_and_a_target_among_them():
+    quick, full = plan_for(True), plan_for(False)
+    assert (quick.pinned_rounds, quick.pinned_paths) == (1, ("direct", "dnat"))
+    assert (full.pinned_rounds, full.pinned_paths) == (4, PINNED_PATHS)
+    assert full.pinned_rounds % 2 == 0, "an odd number of rounds leaves the order unbalanced"
+    assert plan_for(False, pinned_rounds=0).pinned_rounds == 0 and plan_for(False, rounds=2).pinned_rounds == 4
+    for paths in (quick.pinned_paths, full.pinned_paths):
+        assert paths[0] == "direct" and set(paths) <= set(IPTABLES_PATHS) and set(paths) & set(DNAT_TARGETS)
+    assert set(DNAT_TARGETS) <= set(DATAPATHS)

@@ -84,6 +84,7 @@ def run_info() -> dict:
         "load_average": {"start": [1.0, 1.0, 1.0], "end": [2.0, 1.5, 1.0]},
         "plan": {},
         "errors": {},
+        "parts": ["datapath", "deploys", "scale"],
         "targets": [{"target": "full run under 15 min", "met": True, "detail": "10.0 min"}],
     }
 
@@ -116,3 +117,164 @@ def test_machine_facts_are_read_from_proc_text():
     assert cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n") == "AMD EPYC 7B13"
     assert cpu_model("") == "unknown"
     assert memory_gib("MemTotal:       24683520 kB\nMemFree: 1 kB\n") == 23.5
+
+
+def path_figures(rps: float, ratio: float, p50: float = 0.4) -> dict:
+    return {
+        "rps": rps,
+        "p50_ms": p50,
+        "p99_ms": 1.5,
+        "rps_ratio": ratio,
+        "p50_ratio": 1.0,
+        "p99_ratio": 1.1,
+        "errors": 0,
+    }
+
+
+def datapath_results(pinned: dict) -> dict:
+    return {
+        "started_at": "2026-11-21 10:00 UTC",
+        "settings": {"threads": 1, "connections": 32, "seconds": 4.0, "rounds": 6, "warmup_seconds": 1.0},
+        "summary": {
+            "host": {
+                "direct": path_figures(40000, 1.0),
+                "dnat": path_figures(38000, 0.95),
+                "nginx": path_figures(20000, 0.5),
+            },
+            "outside": {"direct": path_figures(36000, 1.0), "dnat": path_figures(35000, 0.97)},
+        },
+        "pinned": pinned,
+    }
+
+
+PINNED = {
+    "load_cpu": 0,
+    "backend_cpu": 1,
+    "proxies_cpu": 1,
+    "rounds": 4,
+    "paths": ["direct", "dnat"],
+    "summary": {"host": {"direct": path_figures(30000, 1.0), "dnat": path_figures(29500, 0.983)}},
+}
+
+
+def test_the_data_path_table_sets_the_pinned_rounds_beside_the_unpinned_ones():
+    text = tables.datapath_table(datapath_results(PINNED)["summary"], "host", PINNED["summary"])
+    assert text.splitlines()[0] == (
+        "| path                          | requests/s, unpinned | p50, unpinned | p99, unpinned "
+        "| req/s vs direct, unpinned | p50 vs direct, unpinned | p99 vs direct, unpinned | errors, unpinned "
+        "| requests/s, pinned | req/s vs direct, pinned | p50 vs direct, pinned | errors, pinned |"
+    )
+    rows = [[c.strip() for c in row.strip("|").split("|")] for row in text.splitlines()[2:]]
+    assert rows == [
+        [
+            "direct to the container",
+            "40,000",
+            "400 µs",
+            "1.50 ms",
+            "x1.00",
+            "x1.00",
+            "x1.10",
+            "0",
+            "30,000",
+            "x1.00",
+            "x1.00",
+            "0",
+        ],
+        [
+            "deployer external port (DNAT)",
+            "38,000",
+            "400 µs",
+            "1.50 ms",
+            "x0.95",
+            "x1.00",
+            "x1.10",
+            "0",
+            "29,500",
+            "x0.98",
+            "x1.00",
+            "0",
+        ],
+        ["nginx reverse proxy", "20,000", "400 µs", "1.50 ms", "x0.50", "x1.00", "x1.10", "0", "-", "-", "-", "-"],
+    ]
+    # Without pinned rounds (results from before them), the unpinned columns alone.
+    assert ", pinned" not in tables.datapath_table(datapath_results(PINNED)["summary"], "host")
+
+
+def test_the_report_says_how_the_rounds_were_pinned_or_why_they_were_skipped():
+    pinned = report.benchmarks_markdown(run_info(), {"datapath": datapath_results(PINNED)}, {})
+    assert (
+        "Pinned rounds: 4 rounds of direct, dnat, after the unpinned rounds of the iptables backend, with wrk pinned "
+        "to CPU 0 (`taskset -c 0`) and the container to CPU 1 (Docker's cpuset), HAProxy and nginx with it;" in pinned
+    )
+    why = "one core only (CPU 0): wrk and the container cannot be kept apart"
+    skipped = report.benchmarks_markdown(run_info(), {"datapath": datapath_results({"skipped": why})}, {})
+    assert f"Pinned rounds: skipped, {why}." in skipped and "req/s vs direct, pinned" not in skipped
+    terminal = report.terminal_report(run_info(), {"datapath": datapath_results({"skipped": why})})
+    assert f"Pinned rounds: skipped, {why}." in terminal
+
+
+def test_a_section_measured_by_an_earlier_run_says_so():
+    run = {**run_info(), "started_at": "2026-12-07 22:00 UTC", "command": "sudo bench/run --parts datapath"}
+    run["parts"] = ["datapath"]
+    datapath = {**datapath_results(PINNED), "started_at": "2026-12-07 22:00 UTC"}
+    deploys = {
+        "started_at": "2026-12-02 03:28 UTC",
+        "command": "sudo bench/run",
+        "settings": {"deploys": 2, "load_pause_s": 0.01, "around_switch_s": [0.5, 1.0], "sticky_grace_s": 0.25},
+        "scenarios": {"ours": scenario()},
+    }
+    text = report.benchmarks_markdown(run, {"datapath": datapath, "deploys": deploys}, {})
+    assert (
+        "Last run: `sudo bench/run --parts datapath`, 2026-12-07 22:00 UTC, 10.0 min; it measured datapath, and "
+        "deploys are from earlier runs, as each says." in text
+    )
+    assert text.count("These figures are from an earlier run") == 1
+    assert "These figures are from an earlier run: 2026-12-02 03:28 UTC (`sudo bench/run`)." in text
+
+
+CLUSTER = {
+    "measured_at": "2026-12-07 22:30 UTC",
+    "seconds": 5.0,
+    "rounds": 3,
+    "medians": {
+        "direct": {"rps": 38914.57, "p50_us": 910.0},
+        "shared": {"rps": 29813.66, "p50_us": 1140.0},
+        "haproxy": {"rps": 21151.14, "p50_us": 2560.0},
+    },
+    "ratios_to_direct": {
+        "direct": {"throughput": 1.0, "p50": 1.0},
+        "shared": {"throughput": 0.766, "p50": 1.253},
+        "haproxy": {"throughput": 0.544, "p50": 2.813},
+    },
+    "dropped_share": {"h1": 0.606},
+    "dropped_per_second": {"h1": 17982},
+    "takeover_link_s": [0.7, 0.63, 0.6],
+    "takeover_summary": {"median": 0.63, "max": 0.7, "min": 0.6},
+}
+
+
+def test_the_cluster_figures_are_in_the_report_from_their_result_file():
+    text = report.benchmarks_markdown(
+        run_info(),
+        {},
+        {},
+        [("bench/results/cluster.json", "written by `python3 bench/cluster.py`")],
+        {"cluster": CLUSTER},
+    )
+    assert "## 4. Load sharing across hosts: the shared address against HAProxy" in text
+    assert "(bench/cluster.py, not in the default run), measured 2026-12-07 22:30 UTC:" in text
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ") and "three hosts" in line
+    ]
+    assert rows == [
+        ["the shared address, three hosts", "29,814", "1.14 ms", "x0.77", "x1.25"],
+        ["HAProxy in front of the three hosts", "21,151", "2.56 ms", "x0.54", "x2.81"],
+    ]
+    assert "Takeover after a host's link is cut (3 tries): median 0.63 s, min 0.6 s, max 0.7 s," in text
+    assert "h1 17,982 packets/s (61% of what reached it)." in text
+    assert "- `bench/results/cluster.json`: written by `python3 bench/cluster.py`" in text
+    # A result file of an older shape is listed, without a section.
+    older = report.benchmarks_markdown(run_info(), {}, {}, [], {"cluster": {"runs": {}}})
+    assert "## 4." not in older
