@@ -116,3 +116,13 @@ def test_an_app_that_opts_out_has_an_empty_ipv6_chain(tmp_path):
     assert host.netfilter6 is not None and host.netfilter6.list_chain("DEPLOYER-web") == []
     assert host.chain() == [OLD_RULE]
     assert not any("-f ipv6" in e for e in host.effects)
+
+
+def test_the_ipv6_rules_take_each_twin_from_docker_now_not_from_what_the_process_learnt_before(tmp_path):
+    host = dual_host(tmp_path)
+    engine = host.engine()
+    engine.chains.ipv6_of[OLD] = "fd6e:3b1d:5e2a::99"  # a twin of an earlier container that had the same IPv4
+    host.taken()
+    assert engine.reconcile("web", actor="cli:ann") == []  # the IPv6 chain is right: nothing to repair
+    assert host.netfilter6 is not None and host.netfilter6.list_chain("DEPLOYER-web") == [OLD_RULE6]
+    assert engine.chains.ipv6_of[OLD] == OLD6

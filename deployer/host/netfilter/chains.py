@@ -122,11 +122,12 @@ class Chains:
         """Whether the app's IPv6 clients are served: a dual-stack host, and an app that has not opted out."""
         return self.backend6 is not None and app.ipv6 and not app.host_bound
 
-    def twins(self, addresses: Iterable[str]) -> dict[str, str]:
-        """The IPv6 twin of each instance address known; Docker is asked when one of `addresses` is not. A Docker
-        that does not answer leaves what was known (an address with no twin then has no IPv6 rule)."""
+    def twins(self, addresses: Iterable[str], *, fresh: bool = False) -> dict[str, str]:
+        """The IPv6 twin of each instance address known; Docker is asked when one of `addresses` is not, or always
+        with `fresh` (rules: an IPv4 address Docker gave a container before may have a new twin now). A Docker that
+        does not answer leaves what was known (an address with no twin then has no IPv6 rule)."""
         wanted = set(addresses)
-        if not wanted <= set(self.ipv6_of):
+        if fresh or not wanted <= set(self.ipv6_of):
             try:
                 self.ipv6_of.update(self.network.addresses6(self.settings.network))
             except DeployerError as exc:
@@ -140,7 +141,7 @@ class Chains:
             return None
         if not self.dual(app):
             return []
-        return rules.for_ipv6(wanted, self.twins(rules.dnat_destinations(wanted)))
+        return rules.for_ipv6(wanted, self.twins(rules.dnat_destinations(wanted), fresh=True))
 
     def chain6(self, app: str) -> list[str] | None:
         """The app's IPv6 chain as it is now; None when it does not exist or the host is not dual-stack."""
