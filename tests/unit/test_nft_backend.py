@@ -584,3 +584,22 @@ def test_without_libnftables_the_table_reads_as_empty_and_a_write_says_what_is_m
     assert (backend.save_table("nat"), backend.list_chain("DEPLOYER-web")) == ("*nat\nCOMMIT\n", None)
     with pytest.raises(RulesError, match="is not installed"):
         backend.restore(rules.render_chain(NAMES, "web", [GREEN]))
+
+
+def test_a_rule_deleted_by_its_handle_leaves_the_next_commands_on_the_table():
+    listing = """table ip deployer { # handle 1
+	chain POSTROUTING { # handle 3
+		type nat hook postrouting priority srcnat + 5; policy accept;
+		jump DEPLOYER-POSTROUTING # handle 5
+		jump DEPLOYER-SNAT # handle 6
+	}
+	chain DEPLOYER-SNAT { # handle 4
+	}
+}
+"""
+    text = "*nat\n-D POSTROUTING -j DEPLOYER-SNAT\n-F DEPLOYER-SNAT\n-X DEPLOYER-SNAT\nCOMMIT\n"
+    assert _translate(text, nft.parse_listing(listing)).nat.splitlines()[4:] == [  # after the base chains
+        "delete rule ip deployer POSTROUTING handle 6",
+        "flush chain ip deployer DEPLOYER-SNAT",
+        "delete chain ip deployer DEPLOYER-SNAT",
+    ]

@@ -165,12 +165,12 @@ def play(text: str, table: str, prefix: str, live: Table, family: Family = IP) -
                     played.chain_commands.append(f"add rule {at} {chain} {rule_to_nft(rest, family)}")
                 else:
                     wanted = rule_to_nft(rest, family)
-                    at = next(
+                    index = next(
                         (i for i, (found_text, _) in enumerate(handles.get(chain, [])) if found_text == wanted), None
                     )
-                    if at is None:
+                    if index is None:
                         raise RulesError("no such rule to delete", rules=line)
-                    handle = handles[chain].pop(at)[1]
+                    handle = handles[chain].pop(index)[1]
                     played.chain_commands.append(f"delete rule {at} {chain} handle {handle}")
         elif line.startswith("-F "):
             chain = line[3:]
