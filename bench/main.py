@@ -115,7 +115,7 @@ def run(plan: Plan, parts: list[str], results: Path, markdown: Path, command: st
     outputs: dict[str, Any] = {}
     errors: dict[str, str] = {}
     tags = tags_for(plan)
-    with Lab() as lab:
+    with Lab(ipv6=plan.ipv6 and "datapath" in parts) as lab:
         owner = {"prefix": lab.names.prefix, "ports": [lab.ports.base, lab.ports.base + 99] if lab.ports else None}
         with timed("building images"):
             lab.again_after_docker_restart("building images", lambda: lab.build_images(tags), lambda: None)
