@@ -141,7 +141,12 @@ def pinning_for(cpus: Iterable[int], rounds: int) -> Pinning:
 
 
 def plan_for(
-    quick: bool, *, deploys: int | None = None, rounds: int | None = None, pinned_rounds: int | None = None
+    quick: bool,
+    *,
+    deploys: int | None = None,
+    rounds: int | None = None,
+    pinned_rounds: int | None = None,
+    ipv6: bool | None = None,
 ) -> Plan:
     if quick:
         plan = Plan(
@@ -177,6 +182,8 @@ def plan_for(
         changes["rounds"] = rounds
     if pinned_rounds is not None:
         changes["pinned_rounds"] = pinned_rounds
+    if ipv6 is not None:
+        changes["ipv6"] = ipv6
     if changes:
         from dataclasses import replace
 

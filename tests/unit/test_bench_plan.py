@@ -173,7 +173,7 @@ def test_ipv6_paths_share_the_rounds_of_both_backends_and_are_judged_against_ipv
     for paths in (IPTABLES_PATHS, NFT_PATHS, PINNED_PATHS):
         assert {baseline_of(p) for p in paths} <= set(paths)
     # The CI smoke stays IPv4 only, as short as before; every full run is dual-stack.
-    assert (plan_for(True).ipv6, plan_for(False).ipv6) == (False, True)
+    assert (plan_for(True).ipv6, plan_for(False).ipv6, plan_for(False, ipv6=False).ipv6) == (False, True, False)
 
 
 def test_a_run_has_ipv6_networks_of_its_own_apart_from_the_machines_and_the_tests():
