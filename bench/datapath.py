@@ -42,6 +42,7 @@ from bench.plan import (
     Pinning,
     Plan,
     app_toml,
+    host_and_port,
     pinning_for,
     round_order,
 )
@@ -228,11 +229,11 @@ def _pin(lab: Lab, container_id: str, proxies: Sequence[subprocess.Popen], cpus:
 
 
 def _wait_answers(target: str, timeout: float = 10.0) -> None:
-    host, _, port = target.rpartition(":")
+    host, port = host_and_port(target)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            connection = http.client.HTTPConnection(host, int(port), timeout=1)
+            connection = http.client.HTTPConnection(host, port, timeout=1)
             connection.request("GET", "/")
             if connection.getresponse().status == 200:
                 connection.close()

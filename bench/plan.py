@@ -97,6 +97,13 @@ class Plan:
         return asdict(self)
 
 
+def host_and_port(target: str) -> tuple[str, int]:
+    """A wrk target's "host:port" or "[IPv6]:port" as a socket takes it: http.client keeps the brackets of a host
+    given with its port, and no address then resolves."""
+    host, _, port = target.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 def round_order(paths: tuple[str, ...] | list[str], number: int) -> list[str]:
     """The paths of data-path round `number`: as listed in even rounds, reversed in odd ones.
 

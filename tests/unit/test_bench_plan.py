@@ -19,6 +19,7 @@ from bench.plan import (
     baseline_of,
     deployer_toml,
     filler_chains,
+    host_and_port,
     pinning_for,
     plan_for,
     prefix_of_chain,
@@ -198,3 +199,8 @@ def test_a_dual_stack_config_loads_with_the_runs_ipv6_subnet(tmp_path: Path):
     assert (settings.ipv6, settings.ipv6_subnet, settings.backend) == (True, "fd42:be4c:abcd::/64", "nftables")
     path.write_text(deployer_toml(names, tmp_path / "state", tmp_path / "hooks", [text]))
     assert config_module.load(path).settings.ipv6 is False
+
+
+def test_a_target_is_split_into_what_a_socket_connects_to_for_both_families():
+    assert host_and_port("127.0.0.1:24040") == ("127.0.0.1", 24040)
+    assert host_and_port("[fd42:be4c:1a2b::2]:8080") == ("fd42:be4c:1a2b::2", 8080)
