@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from bench.plan import DNAT_TARGETS, PINNED_MIN_THROUGHPUT
+from bench.plan import DNAT_TARGETS, PINNED_MIN_THROUGHPUT, baseline_of
 
 Record = Mapping[str, Any]
 Event = Mapping[str, Any]
@@ -63,8 +63,9 @@ def _round(value: float | None, digits: int) -> float | None:
 # --- data path -------------------------------------------------------------------------------------
 
 
-def datapath_summary(rounds: Sequence[Mapping[str, Any]], baseline: str = "direct") -> dict[str, dict[str, Any]]:
-    """Per client and path: medians over rounds, and the median of per-round ratios to `baseline`.
+def datapath_summary(rounds: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per client and path: medians over rounds, and the median of per-round ratios to the direct path of the
+    path's own address family (`plan.baseline_of`: direct, or direct6 for an IPv6 path).
 
     Ratios are taken within a round (each path against direct measured moments before), so
     noise from other work on the machine, which changes slowly, cancels out better than in a
@@ -74,9 +75,9 @@ def datapath_summary(rounds: Sequence[Mapping[str, Any]], baseline: str = "direc
     result: dict[str, dict[str, Any]] = {}
     for client in dict.fromkeys(r["client"] for r in rounds):
         paths = dict.fromkeys(r["path"] for r in rounds if r["client"] == client)
-        direct = {r["round"]: r for r in ok if r["client"] == client and r["path"] == baseline}
         result[client] = {}
         for path in paths:
+            direct = {r["round"]: r for r in ok if r["client"] == client and r["path"] == baseline_of(path)}
             mine = [r for r in ok if r["client"] == client and r["path"] == path]
             entry: dict[str, Any] = {
                 "rounds": len(mine),
@@ -411,7 +412,8 @@ def _ratio(top: float | None, bottom: float | None) -> float | None:
 
 
 def datapath_targets(datapath: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """DNAT against direct: within 5% in the unpinned rounds, and at least PINNED_MIN_THROUGHPUT in the pinned ones.
+    """DNAT against direct (an IPv6 path against IPv6 direct): within 5% in the unpinned rounds, and at least
+    PINNED_MIN_THROUGHPUT in the pinned ones.
 
     Each line names its rounds; results from before the pinned rounds (no "pinned") give the first kind only.
     """

@@ -12,6 +12,12 @@ where the scheduler puts wrk, and the pinned ones say what the path costs when i
 Then the nftables backend, and a canary of the next tag takes 50% of new connections (a statistic match in front of the DNAT rule, see
 plan/canary.py), and more rounds measure that split path against direct, in the same run: its ratios stand beside
 the plain DNAT path's.
+
+A dual-stack run (`plan.ipv6`, every full run) deploys the backend with `[deployer] ipv6 = true` for the whole part,
+and its rounds measure IPv6 paths beside the IPv4 ones: direct6 (the instance's IPv6 address), dnat6 (the external
+port on a host IPv6 address, the namespace veth's host end: OUTPUT from the host, PREROUTING from outside) and, on
+the nftables backend, dnat6-nft. Their ratios are to direct6. The IPv4 rules are the same with IPv6 on (the IPv6
+ones are in the ip6 tables, which IPv4 packets never cross), so the IPv4 figures stay comparable with earlier runs.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from bench.plan import (
     Pinning,
     Plan,
     app_toml,
+    host_and_port,
     pinning_for,
     round_order,
 )
@@ -60,6 +67,15 @@ NOTES = {
         "host": "127.0.0.1 -> the canary's statistic match, then DNAT to one of two instances",
         "outside": "the canary's statistic match in PREROUTING, then DNAT",
     },
+    "direct6": {"host": "the instance's IPv6 address", "outside": "the instance's IPv6 address, forwarded"},
+    "dnat6": {
+        "host": "the namespace veth's host IPv6 address -> ip6tables DNAT in OUTPUT (IPv6 has no loopback path)",
+        "outside": "ip6tables DNAT in PREROUTING",
+    },
+    "dnat6-nft": {
+        "host": "the namespace veth's host IPv6 address -> the table ip6's DNAT in output",
+        "outside": "the table ip6's DNAT in prerouting",
+    },
 }
 
 
@@ -67,7 +83,7 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
     assert lab.ports is not None
     ports = lab.ports.datapath
     app_text = app_toml(APP, IMAGE, ports, bind="0.0.0.0", drain_seconds=0.5)
-    driver = EngineDriver(lab, APP, app_text)
+    driver = EngineDriver(lab, APP, app_text, ipv6=plan.ipv6)
     workdir = scratch_path(lab, APP)
     proxies = []
     try:
@@ -94,7 +110,15 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         # The host end of the namespace's veth is a local address of the host: DNAT without the
         # masquerade that a 127.0.0.1 client needs, to tell the two costs apart.
         targets["host"]["dnat-addr"] = f"{outside.host_ip}:{ports.tcp}"
-        for path in ("haproxy", "nginx", "docker", "dnat"):
+        backend6 = None
+        if plan.ipv6:
+            backend6 = container.address6(lab.names.network)
+            if not backend6:
+                raise RuntimeError(f"the {APP} instance has no IPv6 address on {lab.names.network}")
+            for client in CLIENTS:
+                targets[client]["direct6"] = f"[{backend6}]:8080"
+                targets[client]["dnat6"] = f"[{outside.host_ip6}]:{ports.tcp}"
+        for path in ("haproxy", "nginx", "docker", "dnat", *(("direct6", "dnat6") if plan.ipv6 else ())):
             _wait_answers(targets["host"][path])
 
         def measure(client: str, path: str, seconds: float, pin: Pinning | None = None) -> dict[str, Any]:
@@ -144,6 +168,8 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
         for client in CLIENTS:
             targets[client]["nft"] = targets[client]["dnat"]
         targets["host"]["nft-addr"] = targets["host"]["dnat-addr"]
+        for client in CLIENTS if plan.ipv6 else ():
+            targets[client]["dnat6-nft"] = targets[client]["dnat6"]
         _wait_answers(targets["host"]["nft"])
         run_set("nftables", 2 * plan.rounds, plan.rounds, NFT_PATHS)
         switched += driver.switch_backend(lab, app_text, "iptables")
@@ -166,8 +192,15 @@ def run_datapath(lab: Lab, plan: Plan, outside: Any, tags: list[str]) -> dict[st
                 "order": "each round runs every path for the host client, then for the outside client; "
                 "the order of the paths is reversed in every other round; the sets of rounds run one after "
                 "the other: iptables (unpinned), pinned, nftables, split",
+                "ipv6": plan.ipv6,
+                "ratios": "each IPv4 path to direct, each IPv6 path to direct6, of the same round",
             },
-            "backend": {"image": f"{IMAGE}:{tags[0]}", "address": backend[0], "set_port": set_port},
+            "backend": {
+                "image": f"{IMAGE}:{tags[0]}",
+                "address": backend[0],
+                "address6": backend6,
+                "set_port": set_port,
+            },
             "targets": targets,
             "notes": NOTES,
             "rounds": rounds,
@@ -196,11 +229,11 @@ def _pin(lab: Lab, container_id: str, proxies: Sequence[subprocess.Popen], cpus:
 
 
 def _wait_answers(target: str, timeout: float = 10.0) -> None:
-    host, _, port = target.rpartition(":")
+    host, port = host_and_port(target)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            connection = http.client.HTTPConnection(host, int(port), timeout=1)
+            connection = http.client.HTTPConnection(host, port, timeout=1)
             connection.request("GET", "/")
             if connection.getresponse().status == 200:
                 connection.close()

@@ -20,12 +20,13 @@ from deployer.journal import Journal
 from deployer.wiring import build_engine
 
 
-def bench_config(lab: Lab, app: str, app_text: str, backend: str = "iptables") -> Config:
-    """A deployer config of its own for one app of this run: its state under the run's scratch folder."""
+def bench_config(lab: Lab, app: str, app_text: str, backend: str = "iptables", *, ipv6: bool = False) -> Config:
+    """A deployer config of its own for one app of this run: its state under the run's scratch folder; dual-stack
+    with `ipv6` (the run's network must then be: `Lab(ipv6=True)`)."""
     root = lab.scratch / app
     (root / "hooks").mkdir(parents=True, exist_ok=True)
     path = root / "deployer.toml"
-    path.write_text(deployer_toml(lab.names, root / "state", root / "hooks", [app_text], backend))
+    path.write_text(deployer_toml(lab.names, root / "state", root / "hooks", [app_text], backend, ipv6=ipv6))
     return config_module.load(path)
 
 
@@ -62,9 +63,12 @@ class EngineDriver:
 
     switch_steps = ("flip", "flip")
 
-    def __init__(self, lab: Lab, app: str, app_text: str, *, netfilter: Netfilter | None = None) -> None:
+    def __init__(
+        self, lab: Lab, app: str, app_text: str, *, netfilter: Netfilter | None = None, ipv6: bool = False
+    ) -> None:
         self.app = app
-        self.config = bench_config(lab, app, app_text)
+        self.ipv6 = ipv6
+        self.config = bench_config(lab, app, app_text, ipv6=ipv6)
         self.recorder = Recorder()
         journal = Journal([self.recorder], secrets=self.config.secrets())
         self.writes = TimedWrites(netfilter or Netfilter(), self.recorder)
@@ -79,7 +83,7 @@ class EngineDriver:
 
     def switch_backend(self, lab: Lab, app_text: str, backend: str) -> list[str]:
         """Rewrite the config with `backend` and reconcile, as an operator switches a host (docs/backends.md)."""
-        config = bench_config(lab, self.app, app_text, backend)
+        config = bench_config(lab, self.app, app_text, backend, ipv6=self.ipv6)
         return build_engine(config, Journal([self.recorder]), docker=lab.docker).reconcile(self.app, actor="bench")
 
 

@@ -53,8 +53,12 @@ def say(message: str) -> None:
 class Lab:
     """The host resources of one run. Use as a context manager; `close()` is safe to call twice."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, ipv6: bool = False) -> None:
         self.names = RunNames(self._free_prefix())
+        # A dual-stack run: its network and its outside client's link get IPv6 too (docs/ipv6.md), and the IPv6
+        # sysctls the deployer may set (forwarding, accept_ra) are put back as they were at the end.
+        self.ipv6 = ipv6
+        self._sysctls6: dict[Path, str] = {}
         self.docker = DockerHost(DOCKER_URL)
         self.netfilter = Netfilter()
         self.ports: Ports | None = None
@@ -79,7 +83,9 @@ class Lab:
             self._port_block = self._claim_port_block()
             self.ports = Ports.block(self._port_block)
             self.scratch.mkdir(parents=True)
-            self.docker.ensure_network(self.names.network, self.names.bridge)
+            if self.ipv6:
+                self._sysctls6 = ipv6_sysctls()
+            self.docker.ensure_network(self.names.network, self.names.bridge, self._subnet6)
             self.netfilter.enable_route_localnet(self.names.bridge)
         except BaseException:
             self.close()
@@ -117,8 +123,12 @@ class Lab:
 
     # --- what a run makes -------------------------------------------------------------------------
 
+    @property
+    def _subnet6(self) -> str | None:
+        return self.names.subnet6 if self.ipv6 else None
+
     def outside(self) -> netns.OutsideClient:
-        client = netns.OutsideClient(prefix=self.names.netns_prefix)
+        client = netns.OutsideClient(prefix=self.names.netns_prefix, ipv6=self.names.outside6 if self.ipv6 else None)
         self._clients.append(client)
         return client.__enter__()
 
@@ -182,10 +192,11 @@ class Lab:
             self.docker.remove(container.id)
 
     def remove_app_chains(self, apps: Sequence[str]) -> None:
-        live = rules.parse_nat(self.netfilter.save_nat())
-        text = rules.render_removal(live, rules.ChainNames(self.names.prefix), apps)
-        if text:
-            self.netfilter.restore(text)
+        for netfilter in (self.netfilter, *([Netfilter(ipv6=True)] if self.ipv6 else [])):
+            live = rules.parse_nat(netfilter.save_nat())
+            text = rules.render_removal(live, rules.ChainNames(self.names.prefix), apps)
+            if text:
+                netfilter.restore(text)
 
     def again_after_docker_restart(self, label: str, attempt: Callable[[], T], tidy: Callable[[], None]) -> T:
         """Run `attempt`; if the Docker daemon goes away meanwhile (a restart by other work on the
@@ -203,7 +214,7 @@ class Lab:
                     if time.monotonic() > deadline:
                         raise exc from None
                     time.sleep(1)
-            self.docker.ensure_network(self.names.network, self.names.bridge)
+            self.docker.ensure_network(self.names.network, self.names.bridge, self._subnet6)
             self.netfilter.enable_route_localnet(self.names.bridge)
             tidy()
             self.retried.append(label)
@@ -226,6 +237,7 @@ class Lab:
                 ("network", lambda: self.docker.remove_network(self.names.network)),
                 ("images", self._remove_images),
                 ("scratch", lambda: shutil.rmtree(self.scratch, ignore_errors=True)),
+                ("IPv6 sysctls", lambda: restore_ipv6_sysctls(self._sysctls6)),
             ]
             for what, step in steps:
                 try:
@@ -252,10 +264,18 @@ class Lab:
 
     def _teardown_chains(self) -> None:
         names = rules.ChainNames(self.names.prefix)
-        nftables = NftablesBackend(
-            Nftables(handles=True), self.netfilter, table=nft.table_name(names.prefix), prefix=names.prefix
-        )
-        for backend in (self.netfilter, nftables):  # a run stopped while the nftables backend held its rules
+        table = nft.table_name(names.prefix)
+        backends: list[Any] = [
+            self.netfilter,
+            NftablesBackend(Nftables(handles=True), self.netfilter, table=table, prefix=names.prefix),
+        ]
+        if self.ipv6:
+            ip6tables = Netfilter(ipv6=True)
+            backends += [
+                ip6tables,
+                NftablesBackend(Nftables(handles=True), ip6tables, table=table, prefix=names.prefix, family="ip6"),
+            ]
+        for backend in backends:  # a run stopped while the nftables backend held its rules
             text = rules.render_teardown(rules.parse_nat(backend.save_table("nat")), names)
             if text:
                 backend.restore(text)
@@ -327,13 +347,14 @@ def remove_leftovers(docker: DockerHost, netfilter: Netfilter) -> list[str]:
         if OWNER_OF_RUN_RE.fullmatch(owner) and dead(owner.upper()):
             docker.remove(container.id)
             removed.append(f"container {container.name}")
-    live = rules.parse_nat(netfilter.save_nat())
-    for prefix in sorted({p for p in map(prefix_of_chain, live.chains) if p and dead(p)}):
-        text = rules.render_teardown(live, rules.ChainNames(prefix))
-        if text:
-            netfilter.restore(text)
-            removed.append(f"nat chains {prefix}*")
-        live = rules.parse_nat(netfilter.save_nat())
+    for family in (netfilter, Netfilter(ipv6=True)):  # a dual-stack run's IPv6 chains too
+        live = rules.parse_nat(family.save_nat())
+        for prefix in sorted({p for p in map(prefix_of_chain, live.chains) if p and dead(p)}):
+            text = rules.render_teardown(live, rules.ChainNames(prefix))
+            if text:
+                family.restore(text)
+                removed.append(f"nat chains {prefix}*{' (IPv6)' if family is not netfilter else ''}")
+            live = rules.parse_nat(family.save_nat())
     for network in docker.client.networks.list(filters={"label": "deployer.network"}):
         if OWNER_OF_RUN_RE.fullmatch(network.name) and dead(network.name.upper()):
             docker.remove_network(network.name)
@@ -342,6 +363,23 @@ def remove_leftovers(docker: DockerHost, netfilter: Netfilter) -> list[str]:
         if dead(claim.name):
             owners.release(claim.name)
     return removed
+
+
+IPV6_SYSCTLS = Path("/proc/sys/net/ipv6/conf")
+
+
+def ipv6_sysctls() -> dict[Path, str]:
+    """Every interface's IPv6 forwarding and accept_ra as they are: what a dual-stack deploy may change."""
+    return {path: path.read_text() for name in ("forwarding", "accept_ra") for path in IPV6_SYSCTLS.glob(f"*/{name}")}
+
+
+def restore_ipv6_sysctls(saved: dict[Path, str]) -> None:
+    """Put back the values `ipv6_sysctls` read; an interface gone since (the run's own veth) is skipped. `all`
+    first: writing its forwarding sets every interface's, which the interfaces' own values then correct."""
+    for path, value in sorted(saved.items(), key=lambda item: item[0].parent.name != "all"):
+        with contextlib.suppress(OSError):
+            if path.read_text() != value:
+                path.write_text(value)
 
 
 def _namespaces_and_links() -> list[str]:

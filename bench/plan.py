@@ -9,6 +9,7 @@ Pure: nothing here touches the host. One run owns:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -24,14 +25,18 @@ BLOCKS = (PORT_LAST + 1 - PORT_FIRST) // BLOCK
 RUN_PREFIX_RE = re.compile(r"^DB[0-9A-F]{5}$")
 CHAIN_OF_RUN_RE = re.compile(r"^(DB[0-9A-F]{5})(?:-|$)")
 OWNER_OF_RUN_RE = re.compile(r"^db[0-9a-f]{5}$")
+IPV6_BENCH = "fd42:be4c"  # the first 32 bits of every IPv6 network of a run (RFC 4193, unique local)
 
 # The scenarios of the deploys-under-load part, in the order they run.
 SCENARIOS = ("ours", "seed", "stop-start", "naive")
-DATAPATHS = ("direct", "dnat", "dnat-addr", "nft", "nft-addr", "split", "haproxy", "nginx", "docker")
+# IPv6 clients (a dual-stack run, `Plan.ipv6`): wrk to the instance's IPv6 address, and to the external port on one
+# of the host's own IPv6 addresses (never ::1, which IPv6 keeps inside the node: docs/ipv6.md), on each backend.
+IPV6_PATHS = ("direct6", "dnat6", "dnat6-nft")
+DATAPATHS = ("direct", "dnat", "dnat-addr", "nft", "nft-addr", "split", "haproxy", "nginx", "docker", *IPV6_PATHS)
 # The first set of rounds: the iptables backend, before the host is switched to nftables.
-IPTABLES_PATHS = tuple(p for p in DATAPATHS if p not in ("nft", "nft-addr", "split"))
+IPTABLES_PATHS = tuple(p for p in DATAPATHS if p not in ("nft", "nft-addr", "split", "dnat6-nft"))
 # The same DNAT through the nftables backend: the host switched to it, measured, and switched back.
-NFT_PATHS = ("direct", "nft", "nft-addr")
+NFT_PATHS = ("direct", "nft", "nft-addr", "direct6", "dnat6-nft")
 # The canary's split (statistic match, 50%), measured after the others: it needs a second instance.
 SPLIT_PATHS = ("direct", "split")
 # DNAT through a local address that is not loopback: no masquerade. Only the host has such a path.
@@ -44,11 +49,20 @@ DNAT_TARGETS = {
     "nft": ", nftables backend",
     "nft-addr": ", nftables backend via a local address",
     "split": ", canary split",
+    "dnat6": ", IPv6, against IPv6 direct",
+    "dnat6-nft": ", IPv6, nftables backend, against IPv6 direct",
 }
+
+
+def baseline_of(path: str) -> str:
+    """The path a path's ratios are taken to: direct of its own address family, so IPv6 is not judged by IPv4."""
+    return "direct6" if path in IPV6_PATHS else "direct"
+
+
 # The pinned rounds: wrk on one core, the container and the proxies on another (see `pinning_for`). They run
 # after the unpinned rounds of the iptables backend, on the same container, and cost the full run about two
-# minutes, so they measure the paths with a target and one proxy hop beside them.
-PINNED_PATHS = ("direct", "dnat", "dnat-addr", "haproxy")
+# minutes (about three with IPv6's two paths), so they measure the paths with a target and one proxy hop beside them.
+PINNED_PATHS = ("direct", "dnat", "dnat-addr", "haproxy", "direct6", "dnat6")
 PINNED_MIN_THROUGHPUT = 0.97
 CLIENTS = ("host", "outside")
 SCALE_POINTS = (1, 10, 100, 1000)
@@ -75,11 +89,19 @@ class Plan:
     settle_seconds: float = 0.6  # between deploys, so each flip stands apart in the plots
     load_pause: float = 0.01  # each load client's pause between requests
     pinned_paths: tuple[str, ...] = PINNED_PATHS
+    ipv6: bool = True  # a dual-stack run: the network, the outside client's link and the IPv6 paths
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def host_and_port(target: str) -> tuple[str, int]:
+    """A wrk target's "host:port" or "[IPv6]:port" as a socket takes it: http.client keeps the brackets of a host
+    given with its port, and no address then resolves."""
+    host, _, port = target.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def round_order(paths: tuple[str, ...] | list[str], number: int) -> list[str]:
@@ -126,7 +148,12 @@ def pinning_for(cpus: Iterable[int], rounds: int) -> Pinning:
 
 
 def plan_for(
-    quick: bool, *, deploys: int | None = None, rounds: int | None = None, pinned_rounds: int | None = None
+    quick: bool,
+    *,
+    deploys: int | None = None,
+    rounds: int | None = None,
+    pinned_rounds: int | None = None,
+    ipv6: bool | None = None,
 ) -> Plan:
     if quick:
         plan = Plan(
@@ -136,6 +163,7 @@ def plan_for(
             wrk_warmup_seconds=0.0,  # none: a smoke, not a figure
             pinned_rounds=1,
             pinned_paths=("direct", "dnat"),  # the pinning's every step, in four wrk runs of a second
+            ipv6=False,  # the smoke stays as short as it was; the IPv6 paths are the full run's
             deploys=2,
             scale_points=SCALE_POINTS,
             flips_per_point=2,
@@ -161,6 +189,8 @@ def plan_for(
         changes["rounds"] = rounds
     if pinned_rounds is not None:
         changes["pinned_rounds"] = pinned_rounds
+    if ipv6 is not None:
+        changes["ipv6"] = ipv6
     if changes:
         from dataclasses import replace
 
@@ -271,6 +301,17 @@ class RunNames:
     def scratch(self) -> Path:
         return Path("/tmp") / f"deployer-bench-{self.prefix}"
 
+    @property
+    def subnet6(self) -> str:
+        """The run's Docker network's IPv6 /64: a unique local one of the bench's own, told apart by the prefix, never
+        the machine's (fd00::/64) nor the integration tests'."""
+        return str(ipaddress.IPv6Network(f"{IPV6_BENCH}:{self.prefix[2:6]}::/64"))
+
+    @property
+    def outside6(self) -> str:
+        """The outside namespace's IPv6 link (/64): the host end ::1, the client ::2."""
+        return str(ipaddress.IPv6Network(f"{IPV6_BENCH}:{self.prefix[2:6]}:1::/64"))
+
     def ports_claim(self, block: int) -> str:
         return f"bench-ports-{block}"
 
@@ -283,7 +324,17 @@ def prefix_of_chain(chain: str) -> str | None:
 # --- deployer configs ------------------------------------------------------------------------------
 
 
-def deployer_toml(names: RunNames, state_dir: Path, hooks_dir: Path, apps: list[str], backend: str = "iptables") -> str:
+def deployer_toml(
+    names: RunNames,
+    state_dir: Path,
+    hooks_dir: Path,
+    apps: list[str],
+    backend: str = "iptables",
+    *,
+    ipv6: bool = False,
+) -> str:
+    """A run's deployer config; with `ipv6`, dual-stack on the run's IPv6 subnet (docs/ipv6.md)."""
+    dual = ["ipv6 = true", f"ipv6_subnet = {json.dumps(names.subnet6)}"] if ipv6 else []
     return "\n".join(
         [
             "[deployer]",
@@ -294,6 +345,7 @@ def deployer_toml(names: RunNames, state_dir: Path, hooks_dir: Path, apps: list[
             f"bridge = {json.dumps(names.bridge)}",
             "hook_timeout = 20",
             f"backend = {json.dumps(backend)}",
+            *dual,
             "",
             *apps,
         ]

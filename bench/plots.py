@@ -19,6 +19,9 @@ BAR_LABELS = {
     "haproxy": "HAProxy",
     "nginx": "nginx",
     "docker": "Docker\npublished port",
+    "direct6": "IPv6\ndirect",
+    "dnat6": "IPv6 DNAT\n(deployer)",
+    "dnat6-nft": "IPv6 DNAT\n(nftables)",
 }
 
 

@@ -27,6 +27,8 @@ def terminal_report(run: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
                 tables.datapath_table(datapath["summary"], client, pinned),
                 "",
             ]
+        families = tables.families_table(datapath["summary"], pinned, CLIENTS)
+        out += ["Data path, IPv6 beside IPv4 (throughput ratios)", families, ""] if families else []
     if deploys and deploys["scenarios"]:
         scenarios = deploys["scenarios"]
         out += [
@@ -73,6 +75,25 @@ def pinned_rounds(datapath: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None
         f"{backend} (Docker's cpuset), HAProxy and nginx with it; their ratios are to the direct path of the "
         "pinned rounds. The unpinned rounds leave all three to the scheduler."
     )
+
+
+def ipv6_section(datapath: Mapping[str, Any], pinned: Mapping[str, Any] | None) -> list[str]:
+    """The IPv6 paths' ratios beside the IPv4 ones; nothing for a run without them."""
+    families = tables.families_table(datapath["summary"], pinned, CLIENTS)
+    if not families:
+        return []
+    return [
+        "### IPv6 beside IPv4",
+        "",
+        "The same rounds carry IPv6 paths (`[deployer] ipv6 = true` for the whole data-path part; the IPv4 rules "
+        "are the same with it, the IPv6 ones being in the ip6 tables): wrk to the instance's IPv6 address (direct6), "
+        "and to the external port on the host end of the namespace's veth, an IPv6 address of the host (from the "
+        "host through nat OUTPUT, from outside through PREROUTING; `[::1]` is refused by design, see "
+        "[docs/ipv6.md](docs/ipv6.md)). Each IPv6 ratio is to direct6, each IPv4 ratio to IPv4 direct.",
+        "",
+        families,
+        "",
+    ]
 
 
 def benchmarks_markdown(
@@ -158,6 +179,7 @@ def benchmarks_markdown(
             "the outside client Docker answers the published port with its own DNAT rule.",
             "HAProxy and nginx each run one worker on the host, with keep-alive to the backend.",
             "",
+            *ipv6_section(datapath, pinned),
             _image("Data path", plots.get("datapath")),
             "",
         ]

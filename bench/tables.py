@@ -17,7 +17,17 @@ PATH_LABELS = {
     "haproxy": "HAProxy (http mode)",
     "nginx": "nginx reverse proxy",
     "docker": "Docker published port",
+    "direct6": "IPv6: direct to the container's IPv6 address",
+    "dnat6": "IPv6: deployer external port (DNAT)",
+    "dnat6-nft": "IPv6: deployer external port, nftables backend",
 }
+# The families side by side: (column, path, its direct). Each ratio is the median of per-round ratios.
+FAMILY_COLUMNS = (
+    ("IPv4 DNAT / direct", "dnat", "direct"),
+    ("IPv6 DNAT / direct6", "dnat6", "direct6"),
+    ("IPv4 nftables / direct", "nft", "direct"),
+    ("IPv6 nftables / direct6", "dnat6-nft", "direct6"),
+)
 SCENARIO_LABELS = {
     "ours": "deployer (ours)",
     "seed": "seed recipe: iptables -A/-D, conntrack flush",
@@ -102,6 +112,32 @@ def datapath_table(
     if pinned is not None:
         headers += ["requests/s, pinned", "req/s vs direct, pinned", "p50 vs direct, pinned", "errors, pinned"]
     return table(headers, rows)
+
+
+def families_table(
+    summary: Mapping[str, Mapping[str, Any]],
+    pinned: Mapping[str, Mapping[str, Any]] | None,
+    clients: Sequence[str],
+) -> str:
+    """IPv6 beside IPv4: each family's DNAT throughput as a ratio to direct of its own family, per client and set
+    of rounds, and IPv6 direct's throughput against IPv4 direct's (a ratio of medians, for scale only)."""
+    rows = []
+    for rounds, figures in (("unpinned", summary), ("pinned", pinned or {})):
+        for client in clients:
+            paths = figures.get(client, {})
+            if "direct6" not in paths:
+                continue
+            v4, v6 = paths.get("direct", {}).get("rps"), paths["direct6"].get("rps")
+            rows.append(
+                [
+                    client,
+                    rounds,
+                    *(ratio(paths.get(path, {}).get("rps_ratio")) for _, path, _ in FAMILY_COLUMNS),
+                    ratio(round(v6 / v4, 3) if v4 and v6 else None),
+                ]
+            )
+    headers = ["client", "rounds", *(column for column, _, _ in FAMILY_COLUMNS), "direct6 / direct"]
+    return table(headers, rows) if rows else ""
 
 
 def deploys_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:

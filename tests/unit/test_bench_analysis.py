@@ -51,6 +51,46 @@ def test_datapath_ratios_are_medians_of_per_round_ratios():
     }
 
 
+def test_ipv6_paths_are_ratios_to_ipv6_direct_of_the_same_round_and_ipv4_paths_to_ipv4_direct():
+    figures = {"direct": (100.0, 80.0), "dnat": (95.0, 76.0), "direct6": (90.0, 60.0), "dnat6": (81.0, 60.0)}
+    rounds = [
+        {"round": n, "client": "outside", "path": path, "rps": rps[n], "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0}
+        for path, rps in figures.items()
+        for n in range(2)
+    ]
+    summary = analysis.datapath_summary(rounds)["outside"]
+    assert {path: summary[path]["rps_ratio"] for path in figures} == {
+        "direct": 1.0,
+        "dnat": 0.95,
+        "direct6": 1.0,
+        "dnat6": 0.95,  # median of 0.9 and 1.0, each to direct6, not to IPv4 direct
+    }
+
+
+def test_ipv6_dnat_has_targets_of_its_own_in_both_kinds_of_rounds():
+    datapath = {
+        "summary": {"host": {"dnat6": {"rps_ratio": 0.96, "p50_ratio": 1.02}}},
+        "pinned": {
+            "load_cpu": 0,
+            "backend_cpu": 1,
+            "summary": {"outside": {"dnat6": {"rps_ratio": 0.98, "p50_ratio": 1.0}}},
+        },
+    }
+    found = analysis.datapath_targets(datapath)
+    assert [(t["target"], t["met"], t["detail"]) for t in found] == [
+        (
+            "DNAT within 5% of direct (host, IPv6, against IPv6 direct; unpinned rounds): throughput and p50",
+            True,
+            "throughput x0.96, p50 x1.02",
+        ),
+        (
+            "DNAT at least x0.97 of direct throughput (outside, IPv6, against IPv6 direct; pinned rounds)",
+            True,
+            "throughput x0.98, p50 x1.0 (wrk on CPU 0, the container on CPU 1)",
+        ),
+    ]
+
+
 def test_switch_intervals_of_a_flip_and_of_stop_then_start():
     events = [
         step("flip", 5.0, 100),

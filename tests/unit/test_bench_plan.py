@@ -10,12 +10,16 @@ from bench.plan import (
     DATAPATHS,
     DNAT_TARGETS,
     IPTABLES_PATHS,
+    IPV6_PATHS,
+    NFT_PATHS,
     PINNED_PATHS,
     Ports,
     RunNames,
     app_toml,
+    baseline_of,
     deployer_toml,
     filler_chains,
+    host_and_port,
     pinning_for,
     plan_for,
     prefix_of_chain,
@@ -146,3 +150,57 @@ def test_pinned_rounds_measure_paths_of_the_first_set_with_direct_and_a_target_a
     for paths in (quick.pinned_paths, full.pinned_paths):
         assert paths[0] == "direct" and set(paths) <= set(IPTABLES_PATHS) and set(paths) & set(DNAT_TARGETS)
     assert set(DNAT_TARGETS) <= set(DATAPATHS)
+
+
+def test_ipv6_paths_share_the_rounds_of_both_backends_and_are_judged_against_ipv6_direct():
+    assert IPV6_PATHS == ("direct6", "dnat6", "dnat6-nft") and set(IPV6_PATHS) <= set(DATAPATHS)
+    assert IPTABLES_PATHS == ("direct", "dnat", "dnat-addr", "haproxy", "nginx", "docker", "direct6", "dnat6")
+    assert NFT_PATHS == ("direct", "nft", "nft-addr", "direct6", "dnat6-nft")
+    assert PINNED_PATHS == ("direct", "dnat", "dnat-addr", "haproxy", "direct6", "dnat6")
+    assert {p: baseline_of(p) for p in ("direct", "dnat", "nft", "split", *IPV6_PATHS)} == {
+        "direct": "direct",
+        "dnat": "direct",
+        "nft": "direct",
+        "split": "direct",
+        "direct6": "direct6",
+        "dnat6": "direct6",
+        "dnat6-nft": "direct6",
+    }
+    assert (DNAT_TARGETS["dnat6"], DNAT_TARGETS["dnat6-nft"]) == (
+        ", IPv6, against IPv6 direct",
+        ", IPv6, nftables backend, against IPv6 direct",
+    )
+    # Each set with an IPv6 DNAT path measures its direct6 in the same rounds.
+    for paths in (IPTABLES_PATHS, NFT_PATHS, PINNED_PATHS):
+        assert {baseline_of(p) for p in paths} <= set(paths)
+    # The CI smoke stays IPv4 only, as short as before; every full run is dual-stack.
+    assert (plan_for(True).ipv6, plan_for(False).ipv6, plan_for(False, ipv6=False).ipv6) == (False, True, False)
+
+
+def test_a_run_has_ipv6_networks_of_its_own_apart_from_the_machines_and_the_tests():
+    import ipaddress
+
+    names = RunNames("DB1A2B3")
+    assert (names.subnet6, names.outside6) == ("fd42:be4c:1a2b::/64", "fd42:be4c:1a2b:1::/64")
+    assert RunNames("DB0A2B3").subnet6 == "fd42:be4c:a2b::/64"  # written as Docker and the config compress it
+    others = [ipaddress.ip_network(n) for n in ("fd00::/64", "fd42:7e57:d0c::/64", "fd42:7e57:a::/64")]
+    ours = [ipaddress.ip_network(n) for n in (names.subnet6, names.outside6, RunNames("DB1A2C3").subnet6)]
+    assert not any(a.overlaps(b) for a in ours for b in others)
+    assert not any(a.overlaps(b) for i, a in enumerate(ours) for b in ours[i + 1 :])
+
+
+def test_a_dual_stack_config_loads_with_the_runs_ipv6_subnet(tmp_path: Path):
+    names = RunNames("DBABCDE")
+    (tmp_path / "hooks").mkdir()
+    path = tmp_path / "deployer.toml"
+    text = app_toml("datapath", "127.0.0.1:5000/deployer-bench", Ports.block(0).datapath)
+    path.write_text(deployer_toml(names, tmp_path / "state", tmp_path / "hooks", [text], "nftables", ipv6=True))
+    settings = config_module.load(path).settings
+    assert (settings.ipv6, settings.ipv6_subnet, settings.backend) == (True, "fd42:be4c:abcd::/64", "nftables")
+    path.write_text(deployer_toml(names, tmp_path / "state", tmp_path / "hooks", [text]))
+    assert config_module.load(path).settings.ipv6 is False
+
+
+def test_a_target_is_split_into_what_a_socket_connects_to_for_both_families():
+    assert host_and_port("127.0.0.1:24040") == ("127.0.0.1", 24040)
+    assert host_and_port("[fd42:be4c:1a2b::2]:8080") == ("fd42:be4c:1a2b::2", 8080)

@@ -278,3 +278,49 @@ def test_the_cluster_figures_are_in_the_report_from_their_result_file():
     # A result file of an older shape is listed, without a section.
     older = report.benchmarks_markdown(run_info(), {}, {}, [], {"cluster": {"runs": {}}})
     assert "## 4." not in older
+
+
+def dual_stack_results() -> dict:
+    results = datapath_results(PINNED)
+    results["summary"]["host"] |= {"direct6": path_figures(36000, 1.0), "dnat6": path_figures(34200, 0.95)}
+    results["summary"]["outside"] |= {"direct6": path_figures(30000, 1.0), "dnat6-nft": path_figures(29700, 0.99)}
+    results["pinned"] = {
+        **PINNED,
+        "summary": {"host": {**PINNED["summary"]["host"], "direct6": path_figures(27000, 1.0)}},
+    }
+    return results
+
+
+def test_ipv6_rows_stand_beside_the_ipv4_ones_each_against_direct_of_its_own_family():
+    results = dual_stack_results()
+    text = tables.families_table(results["summary"], results["pinned"]["summary"], ("host", "outside"))
+    rows = [[c.strip() for c in row.strip("|").split("|")] for row in text.splitlines()]
+    assert rows[0] == [
+        "client",
+        "rounds",
+        "IPv4 DNAT / direct",
+        "IPv6 DNAT / direct6",
+        "IPv4 nftables / direct",
+        "IPv6 nftables / direct6",
+        "direct6 / direct",
+    ]
+    assert rows[2:] == [
+        ["host", "unpinned", "x0.95", "x0.95", "-", "-", "x0.90"],
+        ["outside", "unpinned", "x0.97", "-", "-", "x0.99", "x0.83"],
+        ["host", "pinned", "x0.98", "-", "-", "-", "x0.90"],
+    ]
+    host = tables.datapath_table(results["summary"], "host").splitlines()
+    assert [row.split("|")[1].strip() for row in host[-2:]] == [
+        "IPv6: direct to the container's IPv6 address",
+        "IPv6: deployer external port (DNAT)",
+    ]
+
+
+def test_the_report_has_an_ipv6_section_only_for_a_dual_stack_run():
+    markdown = report.benchmarks_markdown(run_info(), {"datapath": dual_stack_results()}, {})
+    assert "### IPv6 beside IPv4" in markdown and "| IPv4 DNAT / direct | IPv6 DNAT / direct6 |" in markdown
+    terminal = report.terminal_report(run_info(), {"datapath": dual_stack_results()})
+    assert "Data path, IPv6 beside IPv4 (throughput ratios)" in terminal
+    ipv4_only = report.benchmarks_markdown(run_info(), {"datapath": datapath_results(PINNED)}, {})
+    assert "IPv6" not in ipv4_only
+    assert tables.families_table(datapath_results(PINNED)["summary"], None, ("host", "outside")) == ""
