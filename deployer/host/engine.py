@@ -29,7 +29,7 @@ from deployer.host.forwarder import Forwarder, RoutingPort
 from deployer.host.health import Prober, set_port_probe, wait_healthy
 from deployer.host.netfilter.backend import NetfilterBackend
 from deployer.host.netfilter.chains import Chains
-from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation
+from deployer.host.operation import BRACKETED, FAILURES_ONLY, Operation, record_repairs
 from deployer.host.reconcile import reconcile_app
 from deployer.host.state import Publish, StateStore
 from deployer.journal import Journal, utc_now
@@ -252,6 +252,10 @@ class Engine:
             with self._operation("reconcile", app, actor, None, tag="reconcile", shape=FAILURES_ONLY) as operation:
                 operation.start()
                 repairs.extend(reconcile_app(self, app, actor=actor, live=live))
+        if app_name is None:
+            retired = self.chains.retire_ipv6_leftovers()
+            record_repairs(self.journal, retired, actor=actor)
+            repairs.extend(retired)
         return repairs
 
     def status(self, app_name: str | None = None) -> list[AppStatus]:

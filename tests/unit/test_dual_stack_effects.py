@@ -6,6 +6,8 @@ commits) is repaired by reconcile.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from support.engine_fakes import NEW, OLD, OLD_RULE, Host, dnat
 
 OLD6, NEW6 = "fd6e:3b1d:5e2a::2", "fd6e:3b1d:5e2a::3"
@@ -106,8 +108,6 @@ def test_status_shows_both_families_and_an_ipv6_drift(tmp_path):
 
 
 def test_an_app_that_opts_out_has_an_empty_ipv6_chain(tmp_path):
-    from dataclasses import replace
-
     host = Host(tmp_path)
     host.dual_stack()
     web = replace(host.config.apps["web"], ipv6=False)
@@ -126,3 +126,18 @@ def test_the_ipv6_rules_take_each_twin_from_docker_now_not_from_what_the_process
     assert engine.reconcile("web", actor="cli:ann") == []  # the IPv6 chain is right: nothing to repair
     assert host.netfilter6 is not None and host.netfilter6.list_chain("DEPLOYER-web") == [OLD_RULE6]
     assert engine.chains.ipv6_of[OLD] == OLD6
+
+
+def test_once_ipv6_is_turned_off_reconcile_removes_the_ipv6_rules_an_earlier_config_left(tmp_path):
+    host = dual_host(tmp_path)
+    ip6 = host.netfilter6
+    assert ip6 is not None and ip6.list_chain("DEPLOYER-web") == [OLD_RULE6]
+    host.config = replace(host.config, settings=replace(host.config.settings, ipv6=False))
+    host.netfilter6 = None
+    engine = host.engine()
+    engine.chains.leftovers6 = (ip6,)  # what wiring gives a host with IPv6 off: the IPv6 backends, to empty
+    host.taken()
+    assert engine.reconcile(actor="cli:ann") == ["IPv6 rules of an earlier config removed (FakeNetfilter)"]
+    assert ip6.list_chain("DEPLOYER-web") is None and ip6.list_chain("DEPLOYER") is None
+    assert host.chain() == [OLD_RULE]  # IPv4 untouched
+    assert engine.reconcile(actor="cli:ann") == []

@@ -168,20 +168,37 @@ class Chains:
         """Remove every nat chain the deployer owns, from both backends and both families (the IPv6 one also when
         IPv6 is off now, for what an earlier config left); whether there was any."""
         removed = False
-        for backend in (self.backend, self.retired, self.backend6, *self.leftovers6):
+        for backend in (self.backend, self.retired, self.backend6):
             if backend is not None:
-                with self.lock():
-                    try:
-                        saved = backend.save_table("nat")
-                    except RulesError as exc:
-                        if backend in self.leftovers6 and "not installed" in str(exc):
-                            continue  # a host without ip6tables has no IPv6 rules to leave behind
-                        raise
-                    text = rules.render_teardown(rules.parse_table(saved, "nat"), self.names)
-                    if text:
-                        backend.restore(text)
-                        removed = True
+                removed = self._remove_owned(backend) or removed
+        for backend in self.leftovers6:
+            removed = self._remove_owned(backend, may_be_missing=True) or removed
         return removed
+
+    def retire_ipv6_leftovers(self) -> list[str]:
+        """Remove the deployer's IPv6 rules from the IPv6 backends not in use: all of them once IPv6 is turned off
+        (their DNAT would send IPv6 clients to instances that are gone after the next deploy), the other one after
+        a switch of backends. Called after every app's rules are in place. What was removed."""
+        return [
+            f"IPv6 rules of an earlier config removed ({type(backend).__name__})"
+            for backend in self.leftovers6
+            if self._remove_owned(backend, may_be_missing=True)
+        ]
+
+    def _remove_owned(self, backend: NetfilterBackend, *, may_be_missing: bool = False) -> bool:
+        """Every nat chain the deployer owns in one backend, removed in one transaction; whether there was any.
+        `may_be_missing`: a backend whose tool is not installed holds nothing (an IPv4-only host's ip6tables)."""
+        with self.lock():
+            try:
+                saved = backend.save_table("nat")
+            except RulesError as exc:
+                if may_be_missing and "not installed" in str(exc):
+                    return False
+                raise
+            text = rules.render_teardown(rules.parse_table(saved, "nat"), self.names)
+            if text:
+                backend.restore(text)
+        return bool(text)
 
     def prepare_bridge(self) -> None:
         """The deployer's Docker network, and loopback clients allowed through its bridge."""
