@@ -171,9 +171,7 @@ class Chains:
         for backend in (self.backend, self.retired, self.backend6):
             if backend is not None:
                 removed = self._remove_owned(backend) or removed
-        for backend in self.leftovers6:
-            removed = self._remove_owned(backend, may_be_missing=True) or removed
-        return removed
+        return bool(self.retire_ipv6_leftovers()) or removed
 
     def retire_ipv6_leftovers(self) -> list[str]:
         """Remove the deployer's IPv6 rules from the IPv6 backends not in use: all of them once IPv6 is turned off
