@@ -318,8 +318,10 @@ def _check_ipv6(settings: Settings, cluster: Any, *, path: Path) -> None:
         return
     if cluster is not None:
         raise ConfigError(
-            "cannot be on with [cluster] yet: the shared address and its buckets are IPv4 only (keepalived's IPv6 "
-            "VRRP is not set up); set ipv6 = false on cluster hosts",
+            "cannot be on with [cluster] yet: the shared address is IPv4 only. IPv6 clients need a bucket hash of "
+            "their own (xt_cluster hashes only the first 32 bits of an IPv6 source, so every client of one /32 would "
+            "land on one host) and neighbour advertisements that carry the multicast MAC; neither is built yet "
+            "(docs/ipv6.md#the-cluster-not-yet). Set ipv6 = false on cluster hosts",
             path=path,
             key="deployer.ipv6",
         )
