@@ -3,9 +3,10 @@
 It receives its adapters (netfilter, keepalived, the shared address, a probe factory) as arguments; only
 deployer/wiring.py builds the real ones. The order of effects, which the unit tests pin down:
 
-- start: join the shared address, write keepalived's config and track files, write the chain owning nothing,
-  with `unicast` the filter that drops VRRP from anyone but the other hosts (removed without it), start
-  keepalived. Until keepalived reports, this host takes in no new flow.
+- start: with a shared IPv6 address, its nftables table owning nothing (its neighbour discovery rewrite in place
+  before the address is), then join the shared address(es), write keepalived's config and track files, write the
+  chain owning nothing, with `unicast` the filter that drops VRRP from anyone but the other hosts (removed without
+  it), start keepalived. Until keepalived reports, this host takes in no new flow.
 - a bucket gained is taken `handover_delay` after keepalived said MASTER, the moment the old owner needs to drop
   it; meanwhile, and whenever in service, the flows a peer relays are taken in (plan/cluster.py, "The handover").
 - a bucket lost (BACKUP, FAULT, keepalived gone) stops being taken in at once and is relayed to the host keepalived
@@ -14,6 +15,7 @@ deployer/wiring.py builds the real ones. The order of effects, which the unit te
 - to go out of service (unhealthy, or asked to leave): let every bucket go (relayed) first, then tell keepalived
   (its track file). The other way round, this host would still take in new flows after a peer took them over.
 - stop: drop every bucket, then stop keepalived by its pid (its instances send priority 0: a quick takeover).
+- every change of buckets is written to the IPv4 chain, then to the IPv6 table's chain (plan/cluster6.py).
 
 The control side (`cluster status`, `leave`, `join`) talks to the agent through files in <state_dir>/cluster/:
 it writes the intent ("join" or "leave"), the agent writes status.json.
