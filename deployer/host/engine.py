@@ -589,6 +589,7 @@ class Engine:
                 container_name=new.name,
                 address=run.address,
                 since=utc_now(),
+                address6=new.address6(self.settings.network) if self.chains.dual(run.app) else None,
             )
             after = decide(instance)
             run.old_addresses = self.chains.flip(run.app, self.chains.wanted(run.app, after), step.detail, tidy=False)

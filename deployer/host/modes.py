@@ -142,6 +142,7 @@ def failover_on(host: ModeHost, app: AppConfig, *, container_id: str, failures: 
         if state.mode != SERVING or state.active is None or state.active.container_id != container_id:
             return None
         failed["address"] = state.active.address
+        host.chains.learn_twin(state.active.address, state.active.address6)
         return maintenance.failover_on(state, now=utc_now(), failures=failures, last=last)
 
     after = apply(host, app, decide, event="failover.on", actor="watchdog", wait=0, failures=failures, last_probe=last)
@@ -256,13 +257,17 @@ def reconcile_host_bound(
 
 
 def ensure_retries(chains: Chains, apps: list[AppConfig]) -> None:
-    """Write the mangle chain that turns these apps' refused handshakes into retries (see retries.py)."""
-    chains.rewrite(
-        lambda mangle: retries.render_ensure(mangle, chains.names, apps, chains.settings.bridge), retries.TABLE
-    )
+    """Write the mangle chain that turns these apps' refused handshakes into retries (see retries.py), in both
+    families on a dual-stack host: an IPv6 client of a dying instance is refused as quickly as an IPv4 one."""
+    bridge = chains.settings.bridge
+    dual = [app for app in apps if chains.dual(app)]
+    chains.rewrite6(lambda mangle: retries.render_ensure(mangle, chains.names, dual, bridge), retries.TABLE)
+    chains.rewrite(lambda mangle: retries.render_ensure(mangle, chains.names, apps, bridge), retries.TABLE)
 
 
 def remove_retries(chains: Chains) -> list[str]:
-    if chains.rewrite(lambda mangle: retries.render_removal(mangle, chains.names), retries.TABLE) is None:
-        return []
-    return [f"mangle chain {retries.chain(chains.names)}"]
+    removed = []
+    for family, rewrite in (("", chains.rewrite), ("IPv6 ", chains.rewrite6)):
+        if rewrite(lambda mangle: retries.render_removal(mangle, chains.names), retries.TABLE) is not None:
+            removed.append(f"{family}mangle chain {retries.chain(chains.names)}")
+    return removed

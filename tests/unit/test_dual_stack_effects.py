@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from deployer.host import modes
 from support.engine_fakes import NEW, OLD, OLD_RULE, Host, dnat
 
 OLD6, NEW6 = "fd6e:3b1d:5e2a::2", "fd6e:3b1d:5e2a::3"
@@ -141,3 +142,37 @@ def test_once_ipv6_is_turned_off_reconcile_removes_the_ipv6_rules_an_earlier_con
     assert ip6.list_chain("DEPLOYER-web") is None and ip6.list_chain("DEPLOYER") is None
     assert host.chain() == [OLD_RULE]  # IPv4 untouched
     assert engine.reconcile(actor="cli:ann") == []
+
+
+def test_a_failover_cleans_the_dead_instances_ipv6_flows_by_the_twin_its_record_keeps(tmp_path):
+    host = dual_host(tmp_path)
+    state = host.engine().store.load("web")
+    assert state.active is not None and state.active.address6 == OLD6
+    host.docker.stop(state.active.container_id, 0)  # dead: Docker no longer tells its addresses
+    host.taken()
+    # A fresh process (the watchdog's), which has not learnt the twin from Docker while it lived.
+    engine = host.engine()
+    assert modes.failover_on(
+        engine, host.config.apps["web"], container_id=state.active.container_id, failures=3, last="x"
+    )
+    assert [e for e in host.effects if e.startswith("conntrack")] == [
+        f"conntrack -D -p tcp --orig-port-dst 18080 --reply-src {OLD}",
+        f"conntrack -D -f ipv6 -p tcp --orig-port-dst 18080 --reply-src {OLD6}",
+    ]
+
+
+def test_the_watchdogs_retry_chain_is_written_and_removed_in_both_families_ipv6_first(tmp_path):
+    host = dual_host(tmp_path)
+    host.taken()
+    engine = host.engine()
+    modes.ensure_retries(engine.chains, [host.config.apps["web"]])
+    rule = (
+        "-A DEPLOYER-RETRY -i deployer0 -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT "
+        '--ctorigdstport 18080 ! --ctstatus ASSURED --ctdir REPLY -m comment --comment "web: a refusal of its '
+        'instance becomes a retry" -j DROP'
+    )
+    chain = f"*mangle | :DEPLOYER-RETRY - [0:0] | {rule} | -I PREROUTING 1 -j DEPLOYER-RETRY | COMMIT"
+    assert host.taken() == [f"ip6 restore {chain}", f"restore {chain}"]
+    assert modes.remove_retries(engine.chains) == ["mangle chain DEPLOYER-RETRY", "IPv6 mangle chain DEPLOYER-RETRY"]
+    removal = "*mangle | -D PREROUTING -j DEPLOYER-RETRY | -F DEPLOYER-RETRY | -X DEPLOYER-RETRY | COMMIT"
+    assert host.taken() == [f"restore {removal}", f"ip6 restore {removal}"]

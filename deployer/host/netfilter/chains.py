@@ -134,6 +134,12 @@ class Chains:
                 log.warning("the instances' IPv6 addresses are unknown, Docker did not say: %s", exc)
         return {address: self.ipv6_of[address] for address in wanted if address in self.ipv6_of}
 
+    def learn_twin(self, address: str, address6: str | None) -> None:
+        """An instance's IPv6 twin as its record keeps it: Docker forgets a dead instance's addresses, and its
+        IPv6 flows still need their filters (a failover's cleanup)."""
+        if address6:
+            self.ipv6_of.setdefault(address, address6)
+
     def wanted6(self, app: AppConfig, wanted: list[str]) -> list[str] | None:
         """The IPv6 chain for an IPv4 one; None on a host that is not dual-stack. An app that opted out has an
         empty one, so rules it had before are gone."""
@@ -162,6 +168,16 @@ class Chains:
             text = render(*(self.table(name) for name in tables))
             if text:
                 self.backend.restore(text)
+        return text or None
+
+    def rewrite6(self, render: Render, *tables: str) -> str | None:
+        """`rewrite` in the IPv6 backend: None on a host that is not dual-stack, or with nothing to change."""
+        if self.backend6 is None:
+            return None
+        with self.lock():
+            text = render(*(rules.parse_table(self.backend6.save_table(name), name) for name in tables))
+            if text:
+                self.backend6.restore(text)
         return text or None
 
     def teardown(self) -> bool:
