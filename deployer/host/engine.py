@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from deployer.config import AppConfig, Config
-from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack
+from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack, UsageError
 from deployer.host import modes
 from deployer.host.cluster import SharedAddressPort, remove_cluster
 from deployer.host.forwarder import Forwarder, RoutingPort
@@ -341,20 +341,30 @@ class Engine:
             counts.append(f"{instance.tag} ({instance.port_set} {instance.address}) {flows}")
         return ["live flows: " + ", ".join(counts)]
 
-    def rules_text(self, app_name: str) -> str:
+    def rules_text(self, app_name: str, *, ipv6: bool = False) -> str:
         """Every rule the deployer keeps for the app's recorded active instance, as one transaction: the
-        iptables-restore text, or on the nftables backend the nft commands it becomes.
+        iptables-restore text, or on the nftables backend the nft commands it becomes. With `ipv6`, the IPv6
+        family's (ip6tables-restore text, or `table ip6` commands), a transaction of its own as it is applied.
 
         Rendered against an empty table, so it shows the jumps and chains too, not a diff.
         """
         app = self.config.app(app_name)
         chain_rules = self.chains.wanted(app, self.store.load(app.name))
-        text = rules.render_restore(rules.SavedTable(), self.names, self.settings.bridge, {app.name: chain_rules})
-        if app.host_bound:
+        if ipv6:
+            chain_rules6 = self.chains.wanted6(app, chain_rules)
+            if chain_rules6 is None:
+                raise UsageError("IPv6 is off on this host ([deployer] ipv6 = false): it has no IPv6 rules")
+            chain_rules = chain_rules6
+        text = rules.render_restore(
+            rules.SavedTable(), self.names, self.settings.bridge, {app.name: chain_rules}, ipv6=ipv6
+        )
+        if app.host_bound and not ipv6:
             text = hostbound.with_socket_rules(text, self.names, app, self.settings.maintenance_port)
         if self.settings.backend == "nftables":
-            prefix = self.settings.chain_prefix
-            return nft.translate_restore(text, nft.table_name(prefix), prefix, nft.Table()).nat
+            prefix, family = self.settings.chain_prefix, nft.family_of("ip6" if ipv6 else "ip")
+            return nft.translate_restore(
+                text, nft.table_name(prefix), prefix, nft.Table(family=family), family=family
+            ).nat
         return text
 
     def uninstall(self, *, actor: str) -> list[str]:

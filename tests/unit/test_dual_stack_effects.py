@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
+from deployer.errors import UsageError
 from deployer.host import modes
 from support.engine_fakes import NEW, OLD, OLD_RULE, Host, dnat
 
@@ -176,3 +179,35 @@ def test_the_watchdogs_retry_chain_is_written_and_removed_in_both_families_ipv6_
     assert modes.remove_retries(engine.chains) == ["mangle chain DEPLOYER-RETRY", "IPv6 mangle chain DEPLOYER-RETRY"]
     removal = "*mangle | -D PREROUTING -j DEPLOYER-RETRY | -F DEPLOYER-RETRY | -X DEPLOYER-RETRY | COMMIT"
     assert host.taken() == [f"restore {removal}", f"ip6 restore {removal}"]
+
+
+def test_rules_ipv6_prints_the_ipv6_familys_transaction_as_it_is_applied(tmp_path):
+    host = dual_host(tmp_path)
+    engine = host.engine()
+    assert engine.rules_text("web", ipv6=True) == "\n".join(
+        [
+            *HEADS.split(" | "),
+            OLD_RULE6,  # no masquerade of loopback clients: IPv6 has no route_localnet
+            "-A DEPLOYER -j DEPLOYER-web",
+            "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER",
+            "-I OUTPUT 1 ! -d ::1/128 -m addrtype --dst-type LOCAL -j DEPLOYER",
+            "-A POSTROUTING -j DEPLOYER-POSTROUTING",
+            "COMMIT",
+            "",
+        ]
+    )
+    assert f"--to-destination {OLD}:80" in engine.rules_text("web")  # without --ipv6: the IPv4 family's, as before
+
+
+def test_rules_ipv6_on_the_nftables_backend_prints_the_table_ip6_commands(tmp_path):
+    host = dual_host(tmp_path)
+    host.config = replace(host.config, settings=replace(host.config.settings, backend="nftables"))
+    text = host.engine().rules_text("web", ipv6=True)
+    assert text.startswith("add table ip6 deployer\n") and " ip deployer " not in text, text
+    assert "insert rule ip6 deployer OUTPUT ip6 daddr != ::1 fib daddr type local jump DEPLOYER\n" in text
+    assert text.endswith(f'add element ip6 deployer tcp-ports {{ 18080 comment "web blue v1" : {OLD6} . 80 }}\n')
+
+
+def test_rules_ipv6_on_a_host_without_ipv6_is_a_usage_error_that_says_why(tmp_path):
+    with pytest.raises(UsageError, match=r"IPv6 is off on this host \(\[deployer\] ipv6 = false\)"):
+        Host(tmp_path).engine().rules_text("web", ipv6=True)
