@@ -190,6 +190,7 @@ class Engine:
             backend6=netfilter6,
             leftovers6=leftovers6,
             forwarding6=forwarding6,
+            host_changed=lambda change: self.journal.record("host.sysctl", detail=change),
             clock=clock,
             sleep=sleep,
         )

@@ -211,3 +211,16 @@ def test_rules_ipv6_on_the_nftables_backend_prints_the_table_ip6_commands(tmp_pa
 def test_rules_ipv6_on_a_host_without_ipv6_is_a_usage_error_that_says_why(tmp_path):
     with pytest.raises(UsageError, match=r"IPv6 is off on this host \(\[deployer\] ipv6 = false\)"):
         Host(tmp_path).engine().rules_text("web", ipv6=True)
+
+
+def test_the_hosts_ipv6_forwarding_changes_are_audited_once_a_process(tmp_path):
+    host = Host(tmp_path)
+    host.dual_stack()
+    changes = ["net.ipv6.conf.eth0.accept_ra=2 (was 1): eth0 keeps its default route", "net.ipv6.conf.all.forwarding=1"]
+    asked = []
+    host.forwarding6 = lambda: asked.append("asked") or changes
+    engine = host.engine()
+    engine.deploy("web", "v1", actor="cli:ann")
+    engine.deploy("web", "v2", actor="cli:ann")
+    assert asked == ["asked"]
+    assert [e["detail"] for e in host.events if e["event"] == "host.sysctl"] == changes

@@ -48,6 +48,7 @@ class Chains:
         backend6: NetfilterBackend | None = None,
         leftovers6: Sequence[NetfilterBackend] = (),
         forwarding6: Callable[[], list[str]] | None = None,
+        host_changed: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -58,6 +59,8 @@ class Chains:
         self.leftovers6 = tuple(leftovers6)
         # Turns the host's IPv6 forwarding on safely (host/ipv6_forwarding.py), once a process, on a dual-stack host.
         self.forwarding6 = forwarding6
+        # Told each change to the host's own settings (a sysctl), for the audit log.
+        self.host_changed = host_changed or (lambda change: log.warning("host setting changed: %s", change))
         self.ipv6_of: dict[str, str] = {}  # instance IPv4 address -> its IPv6 twin, as Docker last said
         self.network = network
         self.settings = settings
@@ -220,7 +223,7 @@ class Chains:
         self.backend.enable_route_localnet(self.settings.bridge)
         if self.backend6 is not None and self.forwarding6 is not None:
             for change in self.forwarding6():  # outside clients' IPv6 packets are forwarded to the instances
-                log.warning("IPv6 forwarding: %s", change)
+                self.host_changed(change)
             self.forwarding6 = None
 
     def ensure_base(self, app: AppConfig, *, locked: bool = False) -> None:
