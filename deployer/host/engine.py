@@ -281,14 +281,14 @@ class Engine:
             ]
             # Once deployed, the jumps into the app's chain must be there too, or outside clients miss it.
             jumps_ok = state.active is None or not self.chains.base_missing(live, app)
+            notes = forwarding.status_notes(app_chain.notes(app, state), state) + self._canary_flows(app, state)
+            drifted6 = self._ipv6_note(app, wanted, notes)
             if app.host_bound:
                 live_rules = live_rules + hostbound.live_app_rules(live, self.names, app)
                 wanted = wanted + hostbound.app_rules(self.names, app, self.settings.maintenance_port)
                 jumps_ok = not self.chains.base_missing(live, app) and hostbound.jump(self.names) in live.rules(
                     "PREROUTING"
                 )
-            notes = forwarding.status_notes(app_chain.notes(app, state), state) + self._canary_flows(app, state)
-            drifted6 = self._ipv6_note(app, wanted, notes)
             # A forward also needs its accept rules and IPv4 forwarding, or the old host never sees a packet.
             forward_problems = self.forwarder.drift(app.name, state, live) if state.mode == forwarding.MODE else []
             result.append(
@@ -309,17 +309,28 @@ class Engine:
         return result
 
     def _ipv6_note(self, app: AppConfig, wanted: list[str], notes: list[str]) -> bool:
-        """On a dual-stack host, a line for the IPv6 side; whether its chain differs from what it should be."""
-        if self.chains.backend6 is None or app.host_bound:
+        """On a dual-stack host, a line for the IPv6 side (and one for a host-bound app's socket match); whether its
+        rules differ from what they should be."""
+        if self.chains.backend6 is None:
             return False
         if not self.chains.dual(app):
             notes.append("IPv6: off for this app (ipv6 = false); its IPv6 clients are not served")
             return False
         wanted6 = self.chains.wanted6(app, wanted) or []
         live6 = self.chains.chain6(app.name)
+        socket_ok = True
+        if app.host_bound:
+            socket_ok = hostbound.in_step(
+                self.chains.table("nat", ipv6=True), self.names, app, self.settings.maintenance_port
+            )
+            notes.append(
+                "IPv6: the socket-match rules are in place"
+                if socket_ok
+                else "IPv6: the socket-match rules or their PREROUTING jump differ from what the config calls for"
+            )
         if live6 == wanted6:
             notes.append(f"IPv6: {len(wanted6)} rule{'' if len(wanted6) == 1 else 's'}, in step with IPv4")
-            return False
+            return not socket_ok
         notes.append(
             f"IPv6: the rules differ from what the record calls for ({len(live6 or [])} live, {len(wanted6)} wanted)"
         )

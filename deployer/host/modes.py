@@ -234,21 +234,29 @@ def wait_drained(host: ModeHost, app_name: str, *, actor: str, timeout: float, s
 def reconcile_host_bound(
     host: ModeHost, app: AppConfig, *, actor: str, job: str | None = None, live: SavedTable | None = None
 ) -> list[str]:
-    """Jumps, the socket-match chain and the app's own chain as the config and the record say; `live` is the nat
-    table when the caller read it already."""
+    """Jumps, the socket-match chain and the app's own chain as the config and the record say, in both families on
+    a dual-stack host; `live` is the nat table when the caller read it already."""
     chains = host.chains
     repairs: list[str] = []
     if chains.base_missing(chains.table("nat") if live is None else live, app):
         chains.ensure_base(app)
         repairs.append(f"jumps and chains of {app.name} restored")
-    if chains.rewrite(
-        lambda nat: hostbound.render_ensure(nat, chains.names, host.config.apps, host.settings.maintenance_port), "nat"
-    ):
-        repairs.append(f"socket-match rules of the host-bound apps written ({hostbound.chain(chains.names)})")
+
+    def ensure(nat: SavedTable) -> str | None:
+        return hostbound.render_ensure(nat, chains.names, host.config.apps, host.settings.maintenance_port)
+
+    written = hostbound.chain(chains.names)
+    if chains.rewrite(ensure, "nat"):
+        repairs.append(f"socket-match rules of the host-bound apps written ({written})")
+    if chains.rewrite(ensure, "nat", ipv6=True):  # one rendering: the rules read the same in ip6tables
+        repairs.append(f"IPv6 socket-match rules of the host-bound apps written ({written})")
     wanted = chains.wanted(app, host.store.load(app.name))
     if chains.chain(app.name) != wanted:
         chains.flip(app, wanted)
         repairs.append(f"rules of {app.name} set as its record says")
+    elif chains.drifted6(app, wanted):
+        chains.flip(app, wanted)
+        repairs.append(f"IPv6 rules of {app.name} set as its record says")
     record_repairs(host.journal, repairs, app=app.name, actor=actor, job=job)
     return repairs
 

@@ -1,7 +1,7 @@
 """A dual-stack host (`[deployer] ipv6 = true`) through the engine's hand-written fakes: the exact order of the
 effects on both families. The IPv6 chain is the IPv4 one with each instance's IPv6 address; on iptables its move
 commits first; conntrack filters get their IPv6 twins; a chain that fell behind (a crash between the two
-commits) is repaired by reconcile.
+commits) is repaired by reconcile. A host-bound app's socket match and its page reach its IPv6 clients too.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from dataclasses import replace
 
 import pytest
 
+from deployer.config import AppConfig, HealthCheck, PortMapping
 from deployer.errors import UsageError
 from deployer.host import modes
-from support.engine_fakes import NEW, OLD, OLD_RULE, Host, dnat
+from support.engine_fakes import NEW, OLD, OLD_RULE, FakeNetfilter, Host, dnat
 
 OLD6, NEW6 = "fd6e:3b1d:5e2a::2", "fd6e:3b1d:5e2a::3"
 NEW_RULE = dnat(NEW, "green", "v2")
@@ -224,3 +225,131 @@ def test_the_hosts_ipv6_forwarding_changes_are_audited_once_a_process(tmp_path):
     engine.deploy("web", "v2", actor="cli:ann")
     assert asked == ["asked"]
     assert [e["detail"] for e in host.events if e["event"] == "host.sysctl"] == changes
+
+
+# --- a host-bound app (a server on the host itself) ---------------------------------------------
+
+SOCKET_RULES = [
+    "-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 18080 -m socket --nowildcard -m comment --comment "
+    '"web: a socket listens" -j RETURN',
+    '-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 18080 -m comment --comment "web: nothing listens" '
+    "-j REDIRECT --to-ports 8999",
+]
+HOSTBOUND_JUMP = "-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND"
+# The same text in both families: the socket match, REDIRECT and the address type read the same in ip6tables.
+SOCKET_CHAIN = (
+    f"*nat | :DEPLOYER-HOSTBOUND - [0:0] | {' | '.join(SOCKET_RULES)} | "
+    "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND | COMMIT"
+)
+PAGE = '-A DEPLOYER-web -p tcp -m tcp --dport 18080 -m comment --comment "web maintenance" -j REDIRECT --to-ports 8999'
+
+
+def host_bound(tmp_path) -> Host:
+    """A dual-stack host whose app `web` is a server on the host itself, listening on port 18080."""
+    host = Host(tmp_path)
+    host.dual_stack()
+    web = AppConfig(
+        name="web",
+        image="",
+        ports=(PortMapping(18080, 18080, "tcp", 0, 0),),
+        health=HealthCheck(type="tcp", port=18080),
+        host_bound=True,
+    )
+    host.config = replace(host.config, apps={"web": web})
+    return host
+
+
+def test_reconcile_writes_a_host_bound_apps_socket_match_in_both_families_and_then_changes_nothing(tmp_path):
+    host = host_bound(tmp_path)
+    engine = host.engine()
+    assert engine.reconcile("web", actor="cli:ann") == [
+        "jumps and chains of web restored",
+        "socket-match rules of the host-bound apps written (DEPLOYER-HOSTBOUND)",
+        "IPv6 socket-match rules of the host-bound apps written (DEPLOYER-HOSTBOUND)",
+    ]
+    assert host.taken() == [
+        *PREPARE_BRIDGE,
+        BASE,
+        BASE6,
+        f"restore {SOCKET_CHAIN}",
+        f"ip6 restore {SOCKET_CHAIN}",  # no Docker read for twins: the app chain has no DNAT
+    ]
+    assert host.netfilter6 is not None
+    for family in (host.netfilter, host.netfilter6):
+        assert family.list_chain("DEPLOYER-HOSTBOUND") == SOCKET_RULES
+        assert family.tables["nat"]["PREROUTING"][0] == HOSTBOUND_JUMP  # before the jump to the app chains
+        assert family.list_chain("DEPLOYER-web") == []
+    assert engine.reconcile("web", actor="cli:ann") == []
+    assert not [e for e in host.taken() if "restore" in e]
+    [status] = engine.status("web")
+    assert status.rules_match, status
+    assert "IPv6: the socket-match rules are in place" in status.notes
+    assert "IPv6: 0 rules, in step with IPv4" in status.notes
+
+
+def test_maintenance_of_a_host_bound_app_redirects_its_ipv6_clients_too(tmp_path):
+    host = host_bound(tmp_path)
+    host.engine().reconcile("web", actor="cli:ann")
+    host.taken()
+    modes.maintenance_on(host.engine(), "web", actor="cli:ann")
+    modes.maintenance_off(host.engine(), "web", actor="cli:ann")
+    assert [e for e in host.effects if "restore" in e] == [
+        f"ip6 restore *nat | :DEPLOYER-web - [0:0] | {PAGE} | COMMIT",  # an empty chain: written whole
+        f"restore *nat | :DEPLOYER-web - [0:0] | {PAGE} | COMMIT",
+        # Back to an empty chain: no rule to put in front, so each family is rewritten, in the tidy's order.
+        "restore *nat | :DEPLOYER-web - [0:0] | COMMIT",
+        "ip6 restore *nat | :DEPLOYER-web - [0:0] | COMMIT",
+    ]
+    assert not [e for e in host.effects if e.startswith("conntrack")]  # nothing was DNATed: no flow to clean
+
+
+def test_a_host_bound_apps_ipv6_socket_match_or_page_gone_is_seen_by_status_and_repaired_by_reconcile(tmp_path):
+    host = host_bound(tmp_path)
+    engine = host.engine()
+    engine.reconcile("web", actor="cli:ann")
+    modes.maintenance_on(engine, "web", actor="cli:ann")
+    ip6 = host.netfilter6
+    assert ip6 is not None
+    ip6.restore(f"*nat\n-D PREROUTING {HOSTBOUND_JUMP.removeprefix('-A PREROUTING ')}\n:DEPLOYER-web - [0:0]\nCOMMIT\n")
+    [status] = engine.status("web")
+    assert not status.rules_match
+    assert status.live_rules == [PAGE, *SOCKET_RULES]  # the IPv4 side, as it was
+    assert "IPv6: the socket-match rules or their PREROUTING jump differ from what the config calls for" in (
+        status.notes
+    )
+    assert "IPv6: the rules differ from what the record calls for (0 live, 1 wanted)" in status.notes
+    host.taken()
+    assert engine.reconcile("web", actor="cli:ann") == [
+        "IPv6 socket-match rules of the host-bound apps written (DEPLOYER-HOSTBOUND)",
+        "IPv6 rules of web set as its record says",
+    ]
+    assert [e for e in host.effects if "restore" in e] == [
+        "ip6 restore *nat | -I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND | COMMIT",
+        f"ip6 restore *nat | :DEPLOYER-web - [0:0] | {PAGE} | COMMIT",
+    ]
+    [status] = engine.status("web")
+    assert status.rules_match, status
+
+
+def test_a_host_bound_apps_ipv6_rules_go_once_ipv6_is_turned_off(tmp_path):
+    host = host_bound(tmp_path)
+    host.engine().reconcile("web", actor="cli:ann")
+    ip6 = host.netfilter6
+    assert ip6 is not None and ip6.list_chain("DEPLOYER-HOSTBOUND") == SOCKET_RULES
+    host.config = replace(host.config, settings=replace(host.config.settings, ipv6=False))
+    host.netfilter6 = None
+    engine = host.engine()
+    engine.chains.leftovers6 = (ip6,)  # what wiring gives a host with IPv6 off: the IPv6 backends, to empty
+    assert engine.reconcile(actor="cli:ann") == ["IPv6 rules of an earlier config removed (FakeNetfilter)"]
+    assert ip6.tables["nat"]["PREROUTING"] == [] and ip6.list_chain("DEPLOYER-HOSTBOUND") is None
+    assert host.netfilter.list_chain("DEPLOYER-HOSTBOUND") == SOCKET_RULES  # IPv4 untouched
+
+
+def test_teardown_removes_a_host_bound_apps_socket_match_from_both_families(tmp_path):
+    host = host_bound(tmp_path)
+    engine = host.engine()
+    engine.reconcile("web", actor="cli:ann")
+    assert engine.chains.teardown()
+    for family in (host.netfilter, host.netfilter6):
+        assert family is not None
+        assert family.tables["nat"] == {c: [] for c in FakeNetfilter.BUILTIN["nat"]}

@@ -87,9 +87,11 @@ class Chains:
 
     # --- reading and rendering -------------------------------------------------------------------
 
-    def table(self, name: str) -> SavedTable:
-        """One table as it is now (nat, filter or mangle), parsed."""
-        return rules.parse_table(self.backend.save_table(name), name)
+    def table(self, name: str, *, ipv6: bool = False) -> SavedTable:
+        """One table as it is now (nat, filter or mangle), parsed; `ipv6`: the IPv6 backend's (a dual-stack host's)."""
+        backend = self.backend6 if ipv6 else self.backend
+        assert backend is not None, "an IPv6 table is read on a dual-stack host only"
+        return rules.parse_table(backend.save_table(name), name)
 
     def chain(self, app: str) -> list[str] | None:
         """The app's chain as it is now; None when it does not exist."""
@@ -123,7 +125,7 @@ class Chains:
 
     def dual(self, app: AppConfig) -> bool:
         """Whether the app's IPv6 clients are served: a dual-stack host, and an app that has not opted out."""
-        return self.backend6 is not None and app.ipv6 and not app.host_bound
+        return self.backend6 is not None and app.ipv6
 
     def twins(self, addresses: Iterable[str], *, fresh: bool = False) -> dict[str, str]:
         """The IPv6 twin of each instance address known; Docker is asked when one of `addresses` is not, or always
@@ -150,7 +152,9 @@ class Chains:
             return None
         if not self.dual(app):
             return []
-        return rules.for_ipv6(wanted, self.twins(rules.dnat_destinations(wanted), fresh=True))
+        # A chain with no DNAT (a host-bound app's, maintenance's redirects alone) needs no twins: Docker is not asked.
+        destinations = rules.dnat_destinations(wanted)
+        return rules.for_ipv6(wanted, self.twins(destinations, fresh=True) if destinations else {})
 
     def chain6(self, app: str) -> list[str] | None:
         """The app's IPv6 chain as it is now; None when it does not exist or the host is not dual-stack."""
@@ -164,13 +168,17 @@ class Chains:
 
     # --- changes -------------------------------------------------------------------------------
 
-    def rewrite(self, render: Render, *tables: str) -> str | None:
+    def rewrite(self, render: Render, *tables: str, ipv6: bool = False) -> str | None:
         """Under the lock, read `tables`, render a transaction from them and restore it; the text, or None if
-        there was nothing to change."""
+        there was nothing to change. `ipv6`: in the IPv6 backend's tables, None at once on a host that is not
+        dual-stack."""
+        backend = self.backend6 if ipv6 else self.backend
+        if backend is None:
+            return None
         with self.lock():
-            text = render(*(self.table(name) for name in tables))
+            text = render(*(self.table(name, ipv6=ipv6) for name in tables))
             if text:
-                self.backend.restore(text)
+                backend.restore(text)
         return text or None
 
     def rewrite6(self, render: Render, *tables: str) -> str | None:
