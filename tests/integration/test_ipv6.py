@@ -17,18 +17,15 @@ broken by hand and reconcile repairs it from the IPv4 one, as after a crash betw
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from deployer.adapters.docker_host import DockerHost
 from deployer.audit import AuditLog, Query
 from deployer.host import canary as canary_ops
 from deployer.host.engine import CanaryStart
@@ -36,7 +33,7 @@ from deployer.host.state import StateStore
 from deployer.plan import canary, rules
 from deployer.wiring import build_netfilter6
 from support import netns
-from support.integration import REPO, Deployer, demo_app, run
+from support.integration import REPO, Deployer, demo_app, dual_stack_network, run
 from support.load import TRAFFIC, Background, Load, read_records, statuses, stop_clients
 
 pytestmark = pytest.mark.integration
@@ -49,28 +46,6 @@ PORT, BLUE, GREEN, UDP = 18300, 18301, 18302, (18303, 18304, 18305)
 RESPONDER = 18390
 WEIGHT = 50
 SPREAD = str(REPO / "tests" / "support" / "spread.py")
-
-
-@contextlib.contextmanager
-def dual_stack_network(deployer: Deployer) -> Iterator[None]:
-    """The test's own network, made dual-stack by the deployer's first deploy; its containers and it go at the end,
-    and the IPv6 sysctls the deployer set (forwarding, accept_ra) are put back as they were."""
-    docker = DockerHost("unix:///var/run/docker.sock")
-    docker.remove_network(NETWORK6)
-    sysctls = {
-        path: path.read_text()
-        for name in ("forwarding", "accept_ra")
-        for path in Path("/proc/sys/net/ipv6/conf").glob(f"*/{name}")
-    }
-    try:
-        yield
-    finally:
-        deployer.teardown()
-        docker.remove_network(NETWORK6)
-        for path, value in sysctls.items():
-            with contextlib.suppress(OSError):  # an interface of the test's that is gone
-                if path.read_text() != value:
-                    path.write_text(value)
 
 
 def clients(outside: netns.OutsideClient, out: Path) -> list[tuple[str, str, subprocess.Popen]]:
@@ -129,7 +104,7 @@ def test_a_deploy_and_a_sticky_canary_under_ipv6_and_ipv4_load_then_failover_and
 ):
     tags = ["v1", "v2", "v3"]
     images.ensure(*tags)
-    with dual_stack_network(deployer), netns.OutsideClient(ipv6=OUTSIDE6) as outside:
+    with dual_stack_network(deployer, NETWORK6), netns.OutsideClient(ipv6=OUTSIDE6) as outside:
         deployer.configure(
             demo_app(
                 "six",
