@@ -370,7 +370,7 @@ class Engine:
         text = rules.render_restore(
             rules.SavedTable(), self.names, self.settings.bridge, {app.name: chain_rules}, ipv6=ipv6
         )
-        if app.host_bound and not ipv6:
+        if app.host_bound:  # the same socket-match text in both families
             text = hostbound.with_socket_rules(text, self.names, app, self.settings.maintenance_port)
         if self.settings.backend == "nftables":
             prefix, family = self.settings.chain_prefix, nft.family_of("ip6" if ipv6 else "ip")

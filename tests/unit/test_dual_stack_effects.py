@@ -331,6 +331,26 @@ def test_a_host_bound_apps_ipv6_socket_match_or_page_gone_is_seen_by_status_and_
     assert status.rules_match, status
 
 
+def test_rules_ipv6_of_a_host_bound_app_shows_its_socket_rules_in_the_ipv6_transaction(tmp_path):
+    host = host_bound(tmp_path)
+    modes.maintenance_on(host.engine(), "web", actor="cli:ann")
+    assert host.engine().rules_text("web", ipv6=True) == "\n".join(
+        [
+            *HEADS.split(" | "),
+            ":DEPLOYER-HOSTBOUND - [0:0]",
+            PAGE,
+            "-A DEPLOYER -j DEPLOYER-web",
+            "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER",
+            "-I OUTPUT 1 ! -d ::1/128 -m addrtype --dst-type LOCAL -j DEPLOYER",
+            "-A POSTROUTING -j DEPLOYER-POSTROUTING",
+            *SOCKET_RULES,
+            "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND",
+            "COMMIT",
+            "",
+        ]
+    )
+
+
 def test_a_host_bound_apps_ipv6_rules_go_once_ipv6_is_turned_off(tmp_path):
     host = host_bound(tmp_path)
     host.engine().reconcile("web", actor="cli:ann")
