@@ -248,7 +248,7 @@ def reconcile_host_bound(
     written = hostbound.chain(chains.names)
     if chains.rewrite(ensure, "nat"):
         repairs.append(f"socket-match rules of the host-bound apps written ({written})")
-    if chains.rewrite(ensure, "nat", ipv6=True):  # one rendering: the rules read the same in ip6tables
+    if chains.rewrite6(ensure, "nat"):  # one rendering: the rules read the same in ip6tables
         repairs.append(f"IPv6 socket-match rules of the host-bound apps written ({written})")
     wanted = chains.wanted(app, host.store.load(app.name))
     if chains.chain(app.name) != wanted:

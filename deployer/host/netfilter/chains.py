@@ -168,17 +168,13 @@ class Chains:
 
     # --- changes -------------------------------------------------------------------------------
 
-    def rewrite(self, render: Render, *tables: str, ipv6: bool = False) -> str | None:
+    def rewrite(self, render: Render, *tables: str) -> str | None:
         """Under the lock, read `tables`, render a transaction from them and restore it; the text, or None if
-        there was nothing to change. `ipv6`: in the IPv6 backend's tables, None at once on a host that is not
-        dual-stack."""
-        backend = self.backend6 if ipv6 else self.backend
-        if backend is None:
-            return None
+        there was nothing to change."""
         with self.lock():
-            text = render(*(self.table(name, ipv6=ipv6) for name in tables))
+            text = render(*(self.table(name) for name in tables))
             if text:
-                backend.restore(text)
+                self.backend.restore(text)
         return text or None
 
     def rewrite6(self, render: Render, *tables: str) -> str | None:
@@ -186,7 +182,7 @@ class Chains:
         if self.backend6 is None:
             return None
         with self.lock():
-            text = render(*(rules.parse_table(self.backend6.save_table(name), name) for name in tables))
+            text = render(*(self.table(name, ipv6=True) for name in tables))
             if text:
                 self.backend6.restore(text)
         return text or None
