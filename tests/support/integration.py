@@ -303,6 +303,28 @@ def owned_deployer(root: Path) -> Iterator[Deployer]:
 # --- requests to what it serves ---------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def dual_stack_network(deployer: Deployer, network: str) -> Iterator[None]:
+    """A test's own Docker network (`network`), made dual-stack by the deployer's first rules; its containers and
+    it go at the end, and the IPv6 sysctls the deployer set (forwarding, accept_ra) are put back as they were."""
+    docker = DockerHost("unix:///var/run/docker.sock")
+    docker.remove_network(network)
+    sysctls = {
+        path: path.read_text()
+        for name in ("forwarding", "accept_ra")
+        for path in Path("/proc/sys/net/ipv6/conf").glob(f"*/{name}")
+    }
+    try:
+        yield
+    finally:
+        deployer.teardown()
+        docker.remove_network(network)
+        for path, value in sysctls.items():
+            with contextlib.suppress(OSError):  # an interface of the test's that is gone
+                if path.read_text() != value:
+                    path.write_text(value)
+
+
 def host_address() -> str:
     """The host's own primary IPv4 address (what a client on the host uses besides 127.0.0.1)."""
     out = run(["ip", "-4", "-o", "addr", "show", "scope", "global"]).stdout

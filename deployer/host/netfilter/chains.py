@@ -48,6 +48,7 @@ class Chains:
         backend6: NetfilterBackend | None = None,
         leftovers6: Sequence[NetfilterBackend] = (),
         forwarding6: Callable[[], list[str]] | None = None,
+        host_changed: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -58,6 +59,8 @@ class Chains:
         self.leftovers6 = tuple(leftovers6)
         # Turns the host's IPv6 forwarding on safely (host/ipv6_forwarding.py), once a process, on a dual-stack host.
         self.forwarding6 = forwarding6
+        # Told each change to the host's own settings (a sysctl), for the audit log.
+        self.host_changed = host_changed or (lambda change: log.warning("host setting changed: %s", change))
         self.ipv6_of: dict[str, str] = {}  # instance IPv4 address -> its IPv6 twin, as Docker last said
         self.network = network
         self.settings = settings
@@ -84,9 +87,11 @@ class Chains:
 
     # --- reading and rendering -------------------------------------------------------------------
 
-    def table(self, name: str) -> SavedTable:
-        """One table as it is now (nat, filter or mangle), parsed."""
-        return rules.parse_table(self.backend.save_table(name), name)
+    def table(self, name: str, *, ipv6: bool = False) -> SavedTable:
+        """One table as it is now (nat, filter or mangle), parsed; `ipv6`: the IPv6 backend's (a dual-stack host's)."""
+        backend = self.backend6 if ipv6 else self.backend
+        assert backend is not None, "an IPv6 table is read on a dual-stack host only"
+        return rules.parse_table(backend.save_table(name), name)
 
     def chain(self, app: str) -> list[str] | None:
         """The app's chain as it is now; None when it does not exist."""
@@ -120,7 +125,7 @@ class Chains:
 
     def dual(self, app: AppConfig) -> bool:
         """Whether the app's IPv6 clients are served: a dual-stack host, and an app that has not opted out."""
-        return self.backend6 is not None and app.ipv6 and not app.host_bound
+        return self.backend6 is not None and app.ipv6
 
     def twins(self, addresses: Iterable[str], *, fresh: bool = False) -> dict[str, str]:
         """The IPv6 twin of each instance address known; Docker is asked when one of `addresses` is not, or always
@@ -134,6 +139,12 @@ class Chains:
                 log.warning("the instances' IPv6 addresses are unknown, Docker did not say: %s", exc)
         return {address: self.ipv6_of[address] for address in wanted if address in self.ipv6_of}
 
+    def learn_twin(self, address: str, address6: str | None) -> None:
+        """An instance's IPv6 twin as its record keeps it: Docker forgets a dead instance's addresses, and its
+        IPv6 flows still need their filters (a failover's cleanup)."""
+        if address6:
+            self.ipv6_of.setdefault(address, address6)
+
     def wanted6(self, app: AppConfig, wanted: list[str]) -> list[str] | None:
         """The IPv6 chain for an IPv4 one; None on a host that is not dual-stack. An app that opted out has an
         empty one, so rules it had before are gone."""
@@ -141,7 +152,9 @@ class Chains:
             return None
         if not self.dual(app):
             return []
-        return rules.for_ipv6(wanted, self.twins(rules.dnat_destinations(wanted), fresh=True))
+        # A chain with no DNAT (a host-bound app's, maintenance's redirects alone) needs no twins: Docker is not asked.
+        destinations = rules.dnat_destinations(wanted)
+        return rules.for_ipv6(wanted, self.twins(destinations, fresh=True) if destinations else {})
 
     def chain6(self, app: str) -> list[str] | None:
         """The app's IPv6 chain as it is now; None when it does not exist or the host is not dual-stack."""
@@ -162,6 +175,16 @@ class Chains:
             text = render(*(self.table(name) for name in tables))
             if text:
                 self.backend.restore(text)
+        return text or None
+
+    def rewrite6(self, render: Render, *tables: str) -> str | None:
+        """`rewrite` in the IPv6 backend: None on a host that is not dual-stack, or with nothing to change."""
+        if self.backend6 is None:
+            return None
+        with self.lock():
+            text = render(*(self.table(name, ipv6=True) for name in tables))
+            if text:
+                self.backend6.restore(text)
         return text or None
 
     def teardown(self) -> bool:
@@ -204,7 +227,7 @@ class Chains:
         self.backend.enable_route_localnet(self.settings.bridge)
         if self.backend6 is not None and self.forwarding6 is not None:
             for change in self.forwarding6():  # outside clients' IPv6 packets are forwarded to the instances
-                log.warning("IPv6 forwarding: %s", change)
+                self.host_changed(change)
             self.forwarding6 = None
 
     def ensure_base(self, app: AppConfig, *, locked: bool = False) -> None:
