@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from deployer.config import AppConfig, Config
 from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack, UsageError
 from deployer.host import modes
-from deployer.host.cluster import SharedAddressPort, remove_cluster
+from deployer.host.cluster import NftPort, SharedAddressPort, remove_cluster
 from deployer.host.forwarder import Forwarder, RoutingPort
 from deployer.host.health import Prober, set_port_probe, wait_healthy
 from deployer.host.netfilter.backend import NetfilterBackend
@@ -167,6 +167,7 @@ class Engine:
         leftovers6: Sequence[NetfilterBackend] = (),
         forwarding6: Callable[[], list[str]] | None = None,
         shared_address: SharedAddressPort | None = None,
+        cluster_nft: NftPort | None = None,
         publish: Publish | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -197,6 +198,7 @@ class Engine:
         self.names = self.chains.names
         self.forwarder = Forwarder(self, routing)
         self.shared_address = shared_address  # with [cluster]: uninstall takes the shared address off
+        self.cluster_nft = cluster_nft  # with [cluster] address6: and the shared IPv6 address's nftables table
 
     # --- public operations ---------------------------------------------------------------------
 
@@ -387,7 +389,7 @@ class Engine:
         """
         removed = []
         if self.config.cluster is not None and self.shared_address is not None:
-            removed.extend(remove_cluster(self.config, self.netfilter, self.shared_address))
+            removed.extend(remove_cluster(self.config, self.netfilter, self.shared_address, self.cluster_nft))
         for container in self.docker.containers(selector(self.settings)):
             self.docker.remove(container.id)
             removed.append(f"container {container.name}")
