@@ -333,8 +333,9 @@ def deployer_toml(
     *,
     ipv6: bool = False,
 ) -> str:
-    """A run's deployer config; with `ipv6`, dual-stack on the run's IPv6 subnet (docs/ipv6.md)."""
-    dual = ["ipv6 = true", f"ipv6_subnet = {json.dumps(names.subnet6)}"] if ipv6 else []
+    """A run's deployer config; with `ipv6`, dual-stack on the run's IPv6 subnet (docs/ipv6.md), else IPv4 only
+    (said: IPv6 is on by default), as the runs that measure IPv4 alone were made."""
+    dual = ["ipv6 = true", f"ipv6_subnet = {json.dumps(names.subnet6)}"] if ipv6 else ["ipv6 = false"]
     return "\n".join(
         [
             "[deployer]",

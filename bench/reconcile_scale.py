@@ -95,7 +95,9 @@ class RunningInstances:
     def inspect(self, container_id: str) -> ContainerInfo | None:
         return next((c for c in self.by_app.values() if c.id == container_id), None)
 
-    def ensure_network(self, name: str, bridge: str, ipv6_subnet: str | None = None) -> None:
+    def ensure_network(
+        self, name: str, bridge: str, ipv6_subnet: str | None = None, *, ipv6_required: bool = True
+    ) -> None:
         pass
 
     def __getattr__(self, name: str) -> Any:

@@ -179,8 +179,8 @@ def build_netfilters6(config: Config) -> tuple[NetfilterBackend | None, list[Net
         ports=lambda app: ports.get(app, ()),
         family="ip6",
     )
-    if not settings.ipv6:
-        return None, [ip6tables, nftables]
+    if not settings.ipv6 or (not settings.ipv6_explicit and not Ipv6Sysctls().kernel_has_ipv6()):
+        return None, [ip6tables, nftables]  # by default, a host without IPv6 serves IPv4 alone
     return (nftables, [ip6tables]) if settings.backend == "nftables" else (ip6tables, [nftables])
 
 

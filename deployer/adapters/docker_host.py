@@ -107,10 +107,14 @@ class DockerHost:
 
     # --- networks ------------------------------------------------------------------------------
 
-    def ensure_network(self, name: str, bridge: str, ipv6_subnet: str | None = None) -> None:
+    def ensure_network(
+        self, name: str, bridge: str, ipv6_subnet: str | None = None, *, ipv6_required: bool = True
+    ) -> None:
         """A bridge network the deployer owns, with a known interface name for its netfilter rules; dual-stack
         with `ipv6_subnet` (Docker picks the IPv4 subnet as ever). An existing network is taken as it is when it
-        fits, and refused with the way out when it does not: Docker cannot add IPv6 to a network in place."""
+        fits, and refused with the way out when it does not: Docker cannot add IPv6 to a network in place. Without
+        `ipv6_required` (IPv6 on by default, not asked for), an existing IPv4-only network is taken as it is: its
+        instances have no IPv6 address, so no IPv6 rule leads to them (status says so)."""
         try:
             network = self.call("inspect network", lambda: self.client.networks.get(name))
         except docker.errors.NotFound:
@@ -145,7 +149,7 @@ class DockerHost:
                 f"Docker network {name!r} exists with bridge {actual!r}, not {bridge!r}: "
                 f"remove it or set [deployer] bridge to match"
             )
-        if ipv6_subnet is not None and not network.attrs.get("EnableIPv6"):
+        if ipv6_subnet is not None and not network.attrs.get("EnableIPv6") and ipv6_required:
             raise DeployerError(
                 f"Docker network {name!r} has no IPv6, and Docker cannot add it to a network in place: stop the "
                 f"deployer's containers and remove it (docker network rm {name}) so the next deploy makes it "

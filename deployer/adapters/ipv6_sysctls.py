@@ -26,6 +26,14 @@ class Ipv6Sysctls:
         self.proc_sys = proc_sys
         self.ip = list(ip)
 
+    def kernel_has_ipv6(self) -> bool:
+        """Whether the kernel has IPv6 and it is not turned off for the host (`ipv6.disable=1` at boot leaves no
+        /proc/sys/net/ipv6; `disable_ipv6=1` keeps it but no address works)."""
+        try:
+            return (self.proc_sys / "net/ipv6/conf/all/disable_ipv6").read_text().strip() == "0"
+        except OSError:
+            return False
+
     def facts(self) -> Facts:
         """Every interface's accept_ra and forwarding, all.forwarding, and the interfaces with a default route
         learnt from an RA. An interface that goes away while it is read is left out."""

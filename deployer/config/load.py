@@ -12,6 +12,7 @@ import getpass
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def parse(data: Mapping[str, Any], *, path: Path, environ: Mapping[str, str], ch
     )
     cluster = parse_cluster(data["cluster"], path=path) if "cluster" in data else None
     check_cluster_apps(cluster, {name: app.cluster for name, app in apps.items()}, path=path)
-    _check_ipv6(settings, cluster, path=path)
+    settings = _check_ipv6(settings, cluster, path=path)
     fleet = None
     if "fleet" in data:
 
@@ -312,23 +313,25 @@ def _apps_table(data: Mapping[str, Any], *, path: Path) -> dict[str, Any]:
 # --- checks across tables ------------------------------------------------------------------------
 
 
-def _check_ipv6(settings: Settings, cluster: Any, *, path: Path) -> None:
-    """What a dual-stack host cannot do yet is refused here, with the reason, rather than half done."""
+def _check_ipv6(settings: Settings, cluster: Any, *, path: Path) -> Settings:
+    """The settings with IPv6 as the cluster allows it: a dual-stack cluster host needs its shared IPv6 address,
+    so without one, IPv6 is off unless the config asked for it (then refused, with the reason)."""
     if cluster is not None and cluster.address6 is not None and not settings.ipv6:
         raise ConfigError(
             "needs [deployer] ipv6 = true: the apps' IPv6 rules serve what the shared IPv6 address takes in",
             path=path,
             key="cluster.address6",
         )
-    if not settings.ipv6:
-        return
-    if cluster is not None and cluster.address6 is None:
-        raise ConfigError(
-            "needs [cluster] address6 and subnet6 on a cluster host, and an address6 for each of [[cluster.hosts]]: "
-            "IPv6 clients are served on a shared IPv6 address of their own (docs/ipv6.md#the-cluster)",
-            path=path,
-            key="deployer.ipv6",
-        )
+    if not settings.ipv6 or cluster is None or cluster.address6 is not None:
+        return settings
+    if not settings.ipv6_explicit:
+        return replace(settings, ipv6=False)
+    raise ConfigError(
+        "needs [cluster] address6 and subnet6 on a cluster host, and an address6 for each of [[cluster.hosts]]: "
+        "IPv6 clients are served on a shared IPv6 address of their own (docs/ipv6.md#the-cluster)",
+        path=path,
+        key="deployer.ipv6",
+    )
 
 
 def _check_port_conflicts(apps: Mapping[str, AppConfig], *, path: Path, maintenance_port: int | None = None) -> None:

@@ -145,8 +145,14 @@ class Settings:
     maintenance_port: int = 8999  # the maintenance responder's port, on every local address
     backend: str = "iptables"  # who writes the nat rules: iptables-restore, or nftables in process (backends.md)
     # Dual-stack: instances get an IPv6 address from this subnet too, and IPv6 clients are DNATed as IPv4 ones.
-    ipv6: bool = False
-    ipv6_subnet: str = "fd6e:3b1d:5e2a::/64"  # a unique local /64 (RFC 4193), for the deployer's Docker network
+    # On unless the config says `ipv6 = false`, or a [cluster] has no IPv6 address. Said in the config
+    # (`ipv6_explicit`), what cannot be done is refused; by default, a host without IPv6 in its kernel, or a Docker
+    # network made IPv4-only before, serves IPv4 clients alone and says so (docs/ipv6.md).
+    ipv6: bool = True
+    ipv6_explicit: bool = False
+    # A unique local /64 (RFC 4193); by default picked by the network's name (settings.default_ipv6_subnet): this
+    # one is the default network's, "deployer".
+    ipv6_subnet: str = "fd6e:3b1d:5e2a:eeb9::/64"
     # "fix": the deployer turns IPv6 forwarding on, accept_ra=2 first where a default route needs it; "check": it
     # refuses instead, naming the sysctls to set (docs/production.md)
     ipv6_forwarding: str = "fix"

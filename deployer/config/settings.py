@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -17,6 +18,13 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 # only under it). A config that keeps its state beside itself says so: state_dir = "state".
 DEFAULT_STATE_DIR = "/var/lib/deployer/state"
 BACKENDS = ("iptables", "nftables")
+
+
+def default_ipv6_subnet(network: str) -> str:
+    """A /64 of the deployer's unique local /48 (fd6e:3b1d:5e2a::/48), picked by the network's name: two
+    deployer networks on one Docker daemon (two configs, say) get two subnets, which Docker requires."""
+    picked = int.from_bytes(hashlib.sha256(network.encode()).digest()[:2], "big")
+    return f"fd6e:3b1d:5e2a:{picked:x}::/64"
 
 
 def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, str]) -> Settings:
@@ -62,7 +70,7 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
     backend = typed(data, "backend", str, "iptables", path=path, key=key("backend"))
     if backend not in BACKENDS:
         raise ConfigError(f'must be "iptables" or "nftables", not {backend!r}', path=path, key=key("backend"))
-    ipv6_subnet = typed(data, "ipv6_subnet", str, Settings.ipv6_subnet, path=path, key=key("ipv6_subnet"))
+    ipv6_subnet = typed(data, "ipv6_subnet", str, default_ipv6_subnet(network), path=path, key=key("ipv6_subnet"))
     try:
         subnet = ipaddress.IPv6Network(ipv6_subnet)
     except ValueError:
@@ -100,7 +108,8 @@ def parse_settings(data: Any, *, path: Path, base: Path, environ: Mapping[str, s
             data.get("maintenance_port", Settings.maintenance_port), path=path, key=key("maintenance_port")
         ),
         backend=backend,
-        ipv6=typed(data, "ipv6", bool, False, path=path, key=key("ipv6")),
+        ipv6=typed(data, "ipv6", bool, True, path=path, key=key("ipv6")),
+        ipv6_explicit="ipv6" in data,
         ipv6_subnet=subnet.compressed,
         ipv6_forwarding=ipv6_forwarding,
     )

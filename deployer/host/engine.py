@@ -55,7 +55,9 @@ class DockerPort(Protocol):
     def pull(self, release: Release, auth: Mapping[str, str] | None = None) -> Release: ...
     def has_image(self, reference: str) -> bool: ...
     def tag_image(self, source: str, release: Release) -> None: ...
-    def ensure_network(self, name: str, bridge: str, ipv6_subnet: str | None = None) -> None: ...
+    def ensure_network(
+        self, name: str, bridge: str, ipv6_subnet: str | None = None, *, ipv6_required: bool = True
+    ) -> None: ...
     def addresses6(self, name: str) -> dict[str, str]: ...
     def containers(self, filters: Mapping[str, Any]) -> list[ContainerInfo]: ...
     def inspect(self, container_id: str) -> ContainerInfo | None: ...
@@ -285,6 +287,12 @@ class Engine:
             jumps_ok = state.active is None or not self.chains.base_missing(live, app)
             notes = forwarding.status_notes(app_chain.notes(app, state), state) + self._canary_flows(app, state)
             drifted6 = self._ipv6_note(app, wanted, notes)
+            if self.chains.dual(app) and any(c.get("address") and not c.get("address6") for c in containers):
+                notes.append(
+                    f"IPv6: not served: the instances have no IPv6 address, because the Docker network "
+                    f"{self.settings.network!r} was made without IPv6. Remove it while nothing runs on it, and "
+                    f"the next deploy makes it dual-stack (docs/ipv6.md)"
+                )
             if app.host_bound:
                 live_rules = live_rules + hostbound.live_app_rules(live, self.names, app)
                 wanted = wanted + hostbound.app_rules(self.names, app, self.settings.maintenance_port)
@@ -546,7 +554,12 @@ class Engine:
         run.context = replace(run.context, digest=run.release.digest)
         with run.operation.step("start") as step:
             self._remove_leftovers(app, run.new_set, keep=old.container_id if old else None)
-            self.docker.ensure_network(self.settings.network, self.settings.bridge, self.chains.ipv6_subnet)
+            self.docker.ensure_network(
+                self.settings.network,
+                self.settings.bridge,
+                self.chains.ipv6_subnet,
+                ipv6_required=self.settings.ipv6_explicit,
+            )
             arguments = run_arguments(self.settings, app, run.new_set, run.release)
             # No restarts before the gate passed: a crash stays a crash, with its exit code, not a loop.
             arguments["restart_policy"] = restart_policy("no")
@@ -562,16 +575,16 @@ class Engine:
                     ),
                     app=app.name,
                 )
-            if self.chains.dual(app):
-                address6 = new.address6(self.settings.network)
-                if not address6:
-                    raise BootError(
-                        f"container {new.name} has no IPv6 address on network {self.settings.network!r}, and "
-                        f"[deployer] ipv6 is on",
-                        app=app.name,
-                    )
+            address6 = new.address6(self.settings.network) if self.chains.dual(app) else None
+            if address6:
                 step.detail["address6"] = address6
                 self.chains.ipv6_of[run.address] = address6
+            elif self.chains.dual(app) and self.settings.ipv6_explicit:
+                raise BootError(
+                    f"container {new.name} has no IPv6 address on network {self.settings.network!r}, and "
+                    f"[deployer] ipv6 = true",
+                    app=app.name,
+                )
 
     def _gate(self, run: DeployRun) -> None:
         """Consecutive passing probes, then the app's restart policy, then post-healthy, which can still refuse."""

@@ -68,8 +68,18 @@ def original_port(connection: socket.socket) -> int | None:
 
 
 def listen_host(config: AnyConfig) -> str:
-    """Every local address: of both families on a dual-stack host (IPv6 clients are REDIRECTed here too)."""
-    return "::" if getattr(config.settings, "ipv6", False) else "0.0.0.0"
+    """Every local address: of both families on a dual-stack host (IPv6 clients are REDIRECTed here too), of IPv4
+    alone where IPv6 is off, by the config or in the kernel (IPv6 is on by default, and on such a host the
+    deployer serves IPv4 clients alone)."""
+    return "::" if getattr(config.settings, "ipv6", False) and _ipv6_sockets_open() else "0.0.0.0"
+
+
+def _ipv6_sockets_open() -> bool:
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:  # a kernel without IPv6 (ipv6.disable=1): EAFNOSUPPORT
+        return False
+    return True
 
 
 class Pages:

@@ -97,7 +97,7 @@ def host_folders(root: Path, deployer: Deployer, receiver_port: int) -> tuple[Pa
     config = (
         "[deployer]\n"
         'state_dir = "/var/lib/deployer/state"\n'
-        f'chain_prefix = "{deployer.prefix}"\nnetwork = "{NETWORK}"\nbridge = "{BRIDGE}"\n'
+        f'chain_prefix = "{deployer.prefix}"\nnetwork = "{NETWORK}"\nbridge = "{BRIDGE}"\nipv6 = false\n'
         f'[server]\nnames = ["127.0.0.1:{receiver_port}"]\ngithub_secret_file = "/etc/deployer/github-secret"\n'
         '[server.operators.ops]\nsecret_file = "/etc/deployer/operators/ops"\n' + web_app(EXTERNAL)
     )

@@ -1,5 +1,6 @@
-"""A deploy, a sticky canary and its promotion under IPv6 and IPv4 load at once on a dual-stack host
-(`[deployer] ipv6 = true`): nothing dropped, and every client on the side the hash model names.
+"""A deploy, a sticky canary and its promotion under IPv6 and IPv4 load at once on a dual-stack host (`[deployer]
+ipv6 = true` on iptables; on nftables, IPv6 as it is by default): nothing dropped, and every client on the side the
+hash model names.
 
 The instances run on a dual-stack Docker network of the test's own. IPv6 clients come from an outside namespace
 (PREROUTING) and from the host itself over the host's own IPv6 address (OUTPUT), with new connections, keep-alive
@@ -117,7 +118,9 @@ def test_a_deploy_and_a_sticky_canary_under_ipv6_and_ipv4_load_then_failover_and
                 extra="[apps.six.watchdog]\ninterval = 0.3\nfailures = 3\nrecoveries = 3\n",
             ),
             settings=(
-                f'network = "{NETWORK6}"\nbridge = "{BRIDGE6}"\nipv6 = true\nipv6_subnet = "{SUBNET6}"\n'
+                # IPv6 said on iptables; on nftables, on by default (no `ipv6` key)
+                f'network = "{NETWORK6}"\nbridge = "{BRIDGE6}"\n{"ipv6 = true" if backend == "iptables" else ""}\n'
+                f'ipv6_subnet = "{SUBNET6}"\n'
                 f'maintenance_port = {RESPONDER}\nbackend = "{backend}"\n[server]\nuser = "root"'
             ),
         )

@@ -134,7 +134,9 @@ class FakeDocker:
     def tag_image(self, source: str, release: Release) -> None:
         self.effects.add(f"tag {source} {release.reference}")
 
-    def ensure_network(self, name: str, bridge: str, ipv6_subnet: str | None = None) -> None:
+    def ensure_network(
+        self, name: str, bridge: str, ipv6_subnet: str | None = None, *, ipv6_required: bool = True
+    ) -> None:
         self.effects.add(f"network {name} {bridge}" + (f" {ipv6_subnet}" if ipv6_subnet else ""))
 
     def addresses6(self, name: str) -> dict[str, str]:

@@ -104,6 +104,7 @@ apps = ["web"]
         self.config.write_text(f"""\
 [deployer]
 state_dir = "{self.folder / "state"}"
+ipv6 = false
 
 [server]
 job_timeout = 900

@@ -213,6 +213,8 @@ class Deployer:
             f'chain_prefix = "{self.prefix}"\n'
             + ("" if "network =" in settings else f'network = "{NETWORK}"\nbridge = "{BRIDGE}"\n')
             + ("" if "hook_timeout" in settings else "hook_timeout = 20\n")
+            # IPv4 alone unless the test speaks of IPv6: IPv6 is on by default, and its own tests cover it.
+            + ("" if "ipv6" in settings else "ipv6 = false\n")
             + f"{settings}\n"
             + "\n".join(apps)
         )

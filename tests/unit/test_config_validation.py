@@ -698,15 +698,21 @@ def test_the_nftables_backend_takes_every_feature_a_host_bound_app_and_a_canary_
     assert (loaded.apps["nginx"].host_bound, loaded.apps["web"].canary) == (True, 10)
 
 
-def test_ipv6_is_off_unless_said_and_its_subnet_is_checked(tmp_path):
+def test_ipv6_is_on_unless_said_and_its_subnet_is_one_per_network_name_unless_said(tmp_path):
     loaded = config.load(write(tmp_path, MINIMAL), environ={})
-    assert (loaded.settings.ipv6, loaded.settings.ipv6_subnet, loaded.apps["web"].ipv6) == (
-        False,
-        "fd6e:3b1d:5e2a::/64",
+    settings = loaded.settings
+    assert (settings.ipv6, settings.ipv6_explicit, settings.ipv6_subnet, loaded.apps["web"].ipv6) == (
+        True,
+        False,  # on by default: where it cannot be done, the host serves IPv4 alone rather than refuse
+        "fd6e:3b1d:5e2a:eeb9::/64",
         True,
     )
+    other = config.load(write(tmp_path, '[deployer]\nnetwork = "other"\n' + MINIMAL), environ={}).settings
+    assert other.ipv6_subnet == "fd6e:3b1d:5e2a:d929::/64"  # two networks on one Docker daemon: two subnets
+    off = config.load(write(tmp_path, "[deployer]\nipv6 = false\n" + MINIMAL), environ={}).settings
+    assert (off.ipv6, off.ipv6_explicit) == (False, True)
     on = config.load(write(tmp_path, '[deployer]\nipv6 = true\nipv6_subnet = "FD42:0d0c::/56"\n' + MINIMAL), environ={})
-    assert (on.settings.ipv6, on.settings.ipv6_subnet) == (True, "fd42:d0c::/56")
+    assert (on.settings.ipv6, on.settings.ipv6_explicit, on.settings.ipv6_subnet) == (True, True, "fd42:d0c::/56")
     for subnet, why in [
         ("172.18.0.0/16", "must be an IPv6 network with its prefix length"),
         ("fd42::1/64", "must be an IPv6 network with its prefix length"),  # host bits set
@@ -735,3 +741,5 @@ def test_ipv6_is_refused_where_it_is_not_done_yet_naming_why(tmp_path):
     )
     path = write(tmp_path, "[deployer]\nipv6 = true\n" + MINIMAL + cluster)
     assert str(refusal(path)).startswith(f"{path}, key 'deployer.ipv6': needs [cluster] address6 and subnet6")
+    # Not asked for, IPv6 is off on a cluster host without its shared IPv6 address: it serves as before.
+    assert config.load(write(tmp_path, MINIMAL + cluster), environ={}).settings.ipv6 is False

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from deployer.config import AppConfig, HealthCheck, PortMapping
-from deployer.errors import UsageError
+from deployer.errors import BootError, UsageError
 from deployer.host import modes
 from support.engine_fakes import NEW, OLD, OLD_RULE, FakeNetfilter, Host, dnat
 
@@ -30,7 +30,7 @@ BASE6 = (  # ::1 is left alone: IPv6 has no route_localnet (plan/rules.py)
     f"ip6 restore {HEADS} | -A DEPLOYER -j DEPLOYER-web | -I PREROUTING 1 -m addrtype --dst-type LOCAL -j DEPLOYER | "
     "-I OUTPUT 1 ! -d ::1/128 -m addrtype --dst-type LOCAL -j DEPLOYER | -A POSTROUTING -j DEPLOYER-POSTROUTING | COMMIT"
 )
-PREPARE_BRIDGE = ["network deployer deployer0 fd6e:3b1d:5e2a::/64", "route_localnet deployer0"]
+PREPARE_BRIDGE = ["network deployer deployer0 fd6e:3b1d:5e2a:eeb9::/64", "route_localnet deployer0"]
 
 
 def dual_host(tmp_path) -> Host:
@@ -46,7 +46,7 @@ def test_the_first_deploy_builds_both_families_base_and_points_both_chains_at_bl
     host.engine().deploy("web", "v1", actor="cli:ann")
     assert host.taken() == [
         "pull 127.0.0.1:5000/web:v1",
-        "network deployer deployer0 fd6e:3b1d:5e2a::/64",  # the network is made dual-stack
+        "network deployer deployer0 fd6e:3b1d:5e2a:eeb9::/64",  # the network is made dual-stack
         "run deployer-web-blue 127.0.0.1:5000/web:v1 restart=no",
         "probe 127.0.0.1:18081",
         "probe 127.0.0.1:18081",
@@ -373,3 +373,32 @@ def test_teardown_removes_a_host_bound_apps_socket_match_from_both_families(tmp_
     for family in (host.netfilter, host.netfilter6):
         assert family is not None
         assert family.tables["nat"] == {c: [] for c in FakeNetfilter.BUILTIN["nat"]}
+
+
+def ipv4_only_network(tmp_path, *, explicit: bool) -> Host:
+    """IPv6 on, by default or said, and a Docker network made IPv4-only before: no instance gets an IPv6 address."""
+    host = Host(tmp_path)
+    host.dual_stack()
+    host.config = replace(host.config, settings=replace(host.config.settings, ipv6_explicit=explicit))
+    host.docker.next_address6 = None
+    return host
+
+
+def test_by_default_an_ipv4_only_network_serves_ipv4_clients_alone_and_status_says_why(tmp_path):
+    host = ipv4_only_network(tmp_path, explicit=False)
+    host.engine().deploy("web", "v1", actor="cli:ann")
+    assert host.chain() == [OLD_RULE]
+    assert host.netfilter6 is not None and host.netfilter6.list_chain("DEPLOYER-web") == []  # no IPv6 rule to nothing
+    [status] = host.engine().status("web")
+    assert status.rules_match
+    assert (
+        "IPv6: not served: the instances have no IPv6 address, because the Docker network 'deployer' was made "
+        "without IPv6. Remove it while nothing runs on it, and the next deploy makes it dual-stack (docs/ipv6.md)"
+    ) in status.notes
+
+
+def test_with_ipv6_said_in_the_config_an_instance_without_an_ipv6_address_fails_the_deploy(tmp_path):
+    host = ipv4_only_network(tmp_path, explicit=True)
+    with pytest.raises(BootError, match=r"has no IPv6 address on network 'deployer', and \[deployer\] ipv6 = true"):
+        host.engine().deploy("web", "v1", actor="cli:ann")
+    assert host.chain() is None

@@ -134,3 +134,15 @@ def test_a_write_that_fails_is_an_error(tmp_path):
     root = proc_tree(tmp_path / "proc", {"all": (1, 0)})
     with pytest.raises(ForwardingError, match=r"cannot set net.ipv6.conf.eth9.accept_ra=2: No such file"):
         Ipv6Sysctls(proc_sys=root).set("net.ipv6.conf.eth9.accept_ra", "2")
+
+
+def test_whether_the_kernel_has_ipv6_is_read_from_disable_ipv6(tmp_path):
+    """IPv6 is on by default; a host whose kernel has none (ipv6.disable=1: no tree) or has it turned off for every
+    interface (disable_ipv6=1) serves IPv4 clients alone."""
+    assert Ipv6Sysctls(proc_sys=tmp_path).kernel_has_ipv6() is False
+    conf = tmp_path / "net/ipv6/conf/all"
+    conf.mkdir(parents=True)
+    (conf / "disable_ipv6").write_text("1\n")
+    assert Ipv6Sysctls(proc_sys=tmp_path).kernel_has_ipv6() is False
+    (conf / "disable_ipv6").write_text("0\n")
+    assert Ipv6Sysctls(proc_sys=tmp_path).kernel_has_ipv6() is True

@@ -217,7 +217,8 @@ def test_on_a_dual_stack_host_one_socket_answers_both_families(cfg):
     from dataclasses import replace
 
     dual = replace(cfg, settings=replace(cfg.settings, ipv6=True))
-    assert (responder.listen_host(cfg), responder.listen_host(dual)) == ("0.0.0.0", "::")
+    off = replace(cfg, settings=replace(cfg.settings, ipv6=False))
+    assert (responder.listen_host(off), responder.listen_host(dual)) == ("0.0.0.0", "::")
     listener = responder.bind_listener(replace(dual, settings=replace(dual.settings, maintenance_port=0)))
     server = responder.make_server(dual, deadlines=Deadlines(), listener=listener)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()

@@ -223,7 +223,9 @@ class Chains:
 
     def prepare_bridge(self) -> None:
         """The deployer's Docker network, and loopback clients allowed through its bridge."""
-        self.network.ensure_network(self.settings.network, self.settings.bridge, self.ipv6_subnet)
+        self.network.ensure_network(
+            self.settings.network, self.settings.bridge, self.ipv6_subnet, ipv6_required=self.settings.ipv6_explicit
+        )
         self.backend.enable_route_localnet(self.settings.bridge)
         if self.backend6 is not None and self.forwarding6 is not None:
             for change in self.forwarding6():  # outside clients' IPv6 packets are forwarded to the instances
