@@ -2,7 +2,8 @@
 
 Clients run from the host (127.0.0.1 and the host's own address, through nat OUTPUT) and from a
 network namespace that plays an outside machine (through nat PREROUTING): new-connection and
-keep-alive HTTP, and a UDP request/response stream. Run it through `scripts/demo`, which
+keep-alive HTTP, and a UDP request/response stream; on a dual-stack host (the default), IPv6 clients
+from outside and from the host as well. Run it through `scripts/demo`, which
 installs and starts what it needs first.
 """
 
@@ -23,11 +24,25 @@ from support.netns import OutsideClient  # noqa: E402
 CONFIG = REPO / "deployer.toml"
 TRAFFIC = REPO / "tests" / "support" / "traffic.py"
 PORT = 1000
+OUTSIDE6 = "fd42:de70:a::/64"  # the outside namespace's IPv6 link, when the demo is dual-stack
 
 
 def deployer(*args: str) -> None:
     print(f"\n$ deployer {' '.join(args)}", flush=True)
     subprocess.run([sys.executable, "-m", "deployer", "-c", str(CONFIG), *args], cwd=REPO, check=True)
+
+
+def serves_ipv6() -> bool:
+    """Whether the deployer serves IPv6 clients here: the active instance has an IPv6 address (IPv6 is on by
+    default; a host without it, or a network an earlier version made IPv4-only, serves IPv4 alone)."""
+    status = subprocess.run(
+        [sys.executable, "-m", "deployer", "-c", str(CONFIG), "status", "demo", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return any(c.get("address6") for c in json.loads(status.stdout)[0]["containers"] if c["status"] == "running")
 
 
 def host_address() -> str:
@@ -63,7 +78,8 @@ def main() -> int:
     deployer("deploy", "demo", "v1")
     out = Path("/tmp/deployer-demo")
     out.mkdir(exist_ok=True)
-    with OutsideClient(prefix="dpd-") as outside:
+    dual = serves_ipv6()
+    with OutsideClient(prefix="dpd-", ipv6=OUTSIDE6 if dual else None) as outside:
         plans = [
             ("outside new-conn", ["http-new", f"{outside.host_ip}:{PORT}"], True),
             ("outside keep-alive", ["http-keepalive", f"{outside.host_ip}:{PORT}"], True),
@@ -72,6 +88,12 @@ def main() -> int:
             ("host-ip keep-alive", ["http-keepalive", f"{host_address()}:{PORT}"], False),
             ("127.0.0.1 udp", ["udp", f"127.0.0.1:{PORT}"], False),
         ]
+        if dual:  # IPv6 clients too, from outside and from the host (on its address there: ::1 is not DNATed)
+            plans += [
+                ("outside6 new-conn", ["http-new", f"[{outside.host_ip6}]:{PORT}"], True),
+                ("outside6 udp", ["udp", f"[{outside.host_ip6}]:{PORT}"], True),
+                ("host6 new-conn", ["http-new", f"[{outside.host_ip6}]:{PORT}"], False),
+            ]
         clients = []
         for name, argv, inside in plans:
             path = out / (name.replace(" ", "_") + ".jsonl")
