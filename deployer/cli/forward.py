@@ -19,10 +19,13 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
         "forward",
         cmd_forward,
         "send an app's external ports to the host it is moving from, or stop (--off)",
-        "deployer forward demo --to 203.0.113.7",
+        "deployer forward demo --to 203.0.113.7 --to 2001:db8::7 --masquerade",
         "On the new host, while DNS still points at the old one: DNAT the app's external ports to\n"
         "OLD_ADDR (the same port numbers unless --port says otherwise) in one transaction on the app's\n"
         "chain, after switching on IPv4 forwarding and accepting the forwarded flows in FORWARD.\n"
+        "On a dual-stack host ([deployer] ipv6) a second --to names the old host's IPv6 address, and\n"
+        "IPv6 clients are forwarded there too (masqueraded: --masquerade is needed); without it they\n"
+        "are refused while the app is forwarded.\n"
         "By default clients keep their addresses: the old host must route the replies back with\n"
         "`deployer forward-return`. With --masquerade the old host sees this host as the client.\n"
         "Checks first (route, forwarding, the old host answering) and changes nothing when one fails.\n"
@@ -31,7 +34,12 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
     )
     p.add_argument("app", help="the app's name, as in [apps.APP]")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--to", metavar="OLD_ADDR", help="the old host's IPv4 address")
+    what.add_argument(
+        "--to",
+        action="append",
+        metavar="OLD_ADDR",
+        help="the old host's IPv4 address; again for its IPv6 address (at most one of each family)",
+    )
     what.add_argument("--off", action="store_true", help="stop forwarding")
     p.add_argument(
         "--masquerade",
@@ -110,10 +118,12 @@ def cmd_forward(args: argparse.Namespace) -> int:
         changes = _forwarder(args).forward_off(args.app, actor=actor)
         print("\n".join(changes) if changes else f"{args.app}: not forwarding; nothing to remove")
         return 0
-    target = _forwarder(args).forward(
-        args.app, args.to, masquerade=args.masquerade, ports=tuple(args.port), actor=actor
-    )
+    forwarder = _forwarder(args)
+    target = forwarder.forward(args.app, args.to, masquerade=args.masquerade, ports=tuple(args.port), actor=actor)
     print(f"{args.app}: {forwarding.describe(target.detail()).removeprefix('mode: ')}")
+    refused = forwarding.ipv6_refused(target, forwarder.chains.dual(forwarder.config.app(args.app)))
+    if refused:
+        print(f"  {refused}", file=sys.stderr)
     if not target.masquerade:
         print(
             "  the old host must route replies back: deployer forward-return --via <this host's address> "

@@ -286,8 +286,10 @@ class Engine:
                 jumps_ok = not self.chains.base_missing(live, app) and hostbound.jump(self.names) in live.rules(
                     "PREROUTING"
                 )
-            notes = forwarding.status_notes(app_chain.notes(app, state), state) + self._canary_flows(app, state)
-            drifted6 = self._ipv6_note(app, wanted, notes)
+            notes = forwarding.status_notes(
+                app_chain.notes(app, state), state, dual=self.chains.dual(app)
+            ) + self._canary_flows(app, state)
+            drifted6 = self._ipv6_note(app, state, wanted, notes)
             # A forward also needs its accept rules and IPv4 forwarding, or the old host never sees a packet.
             forward_problems = self.forwarder.drift(app.name, state, live) if state.mode == forwarding.MODE else []
             result.append(
@@ -307,14 +309,14 @@ class Engine:
             )
         return result
 
-    def _ipv6_note(self, app: AppConfig, wanted: list[str], notes: list[str]) -> bool:
+    def _ipv6_note(self, app: AppConfig, state: AppState, wanted: list[str], notes: list[str]) -> bool:
         """On a dual-stack host, a line for the IPv6 side; whether its chain differs from what it should be."""
         if self.chains.backend6 is None or app.host_bound:
             return False
         if not self.chains.dual(app):
             notes.append("IPv6: off for this app (ipv6 = false); its IPv6 clients are not served")
             return False
-        wanted6 = self.chains.wanted6(app, wanted) or []
+        wanted6 = self.chains.wanted6(app, wanted, forwarding.twins6(state)) or []
         live6 = self.chains.chain6(app.name)
         if live6 == wanted6:
             notes.append(f"IPv6: {len(wanted6)} rule{'' if len(wanted6) == 1 else 's'}, in step with IPv4")

@@ -9,14 +9,17 @@ The order is what keeps traffic flowing:
 - on the old host, the return route and `ip rule` exist before the first connection is marked,
   and at `--off` marking stops first while replies of open connections still find their way.
 
-The app chain is flipped by the same one-transaction flip as a deploy's (`Chains.flip`).
+The app chain is flipped by the same one-transaction flip as a deploy's (`Chains.flip`). On a dual-stack
+host a forward that names the old host's IPv6 address moves the IPv6 chain in the same flip, and its accept
+and masquerade rules are written in both families, IPv6 first; a forward without one leaves the app's IPv6
+chain empty (its IPv6 clients refused) and removes any IPv6 rules of an earlier forward.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -30,12 +33,17 @@ from deployer.host.netfilter.chains import Chains
 from deployer.host.operation import Operation
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
-from deployer.plan import conntrack, forwarding
+from deployer.plan import conntrack, forwarding, rules
 from deployer.plan.forwarding import MODE, ReturnPath, Target
 from deployer.plan.records import SERVING, AppState
 from deployer.plan.rules import SavedTable
 
 RETURN_RECORD = "forward-return.json"
+
+
+def _to6(target: Target) -> dict[str, str]:
+    """The audit log's `to6`, when the forward names an IPv6 address."""
+    return {"to6": target.address6} if target.address6 else {}
 
 
 class RoutingPort(Protocol):
@@ -79,15 +87,24 @@ class Forwarder:
     # --- forward (the new host) ------------------------------------------------------------------
 
     def forward(
-        self, app_name: str, address: str, *, masquerade: bool = False, ports: tuple[str, ...] = (), actor: str
+        self,
+        app_name: str,
+        addresses: str | Sequence[str],
+        *,
+        masquerade: bool = False,
+        ports: tuple[str, ...] = (),
+        actor: str,
     ) -> Target:
-        """DNAT the app's external ports to `address`, ensuring forwarding and its accept rules first."""
+        """DNAT the app's external ports to `addresses` (the old host's IPv4 address, and its IPv6 one on a
+        dual-stack host), ensuring forwarding and its accept rules first."""
         app = self.config.app(app_name)
-        target = forwarding.plan_target(app, address, masquerade=masquerade, port_specs=ports)
+        target = forwarding.plan_target(
+            app, addresses, masquerade=masquerade, port_specs=ports, ipv6=self.chains.backend6 is not None
+        )
         base = {"app": app.name, "actor": actor}
         with self._operation("forward", base, self.chains.app_lock(app.name, tag="forward", actor=actor)) as op:
             op.failed["to"] = target.address
-            op.start(to=target.address, masquerade=target.masquerade)
+            op.start(to=target.address, masquerade=target.masquerade, **_to6(target))
             state = self.store.load(app.name)
             with op.step("preflight") as step:
                 facts = self.forward_facts(target)
@@ -104,13 +121,20 @@ class Forwarder:
             if not facts.ip_forward:
                 with op.step("ip-forward"):
                     self.routing.set_sysctl("net/ipv4/ip_forward", "1")
+            if target.address6:
+                with op.step("ipv6-forwarding") as step:
+                    step.detail["changed"] = self.chains.ensure_forwarding6()
             before = Target.from_detail(state.mode_detail) if state.mode == MODE else None
             with op.step("forward-rules") as step:
                 step.detail["changed"] = self._apply_extras(app.name, target)
             try:
                 with op.step("flip") as step:
-                    moved = self.chains.flip(app, forwarding.app_rules(self.names, app.name, target), step.detail)
-                    step.detail["to"] = f"forward {target.address}"
+                    moved = self.chains.flip(
+                        app, forwarding.app_rules(self.names, app.name, target), step.detail, extra6=target.twins6
+                    )
+                    step.detail["to"] = f"forward {target.address}" + (
+                        f" [{target.address6}]" if target.address6 else ""
+                    )
             except DeployerError:
                 with contextlib.suppress(DeployerError):
                     self._apply_extras(app.name, before)
@@ -130,7 +154,7 @@ class Forwarder:
                 )
             with contextlib.suppress(DeployerError), op.step("conntrack") as step:
                 step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, moved))
-            op.finish(to=target.address, masquerade=target.masquerade)
+            op.finish(to=target.address, masquerade=target.masquerade, **_to6(target))
         return target
 
     def forward_off(self, app_name: str, *, actor: str) -> list[str]:
@@ -145,7 +169,7 @@ class Forwarder:
                     op.finish(removed="leftover accept rules")
                     return [f"leftover accept and masquerade rules of {app.name}"]
                 return []
-            op.start(to=state.mode_detail.get("to"))
+            op.start(to=state.mode_detail.get("to"), **_to6(Target.from_detail(state.mode_detail)))
             wanted = self.chains.wanted(app, replace(state, mode=SERVING, mode_detail={}))
             with op.step("flip") as step:
                 moved = self.chains.flip(app, wanted, step.detail)
@@ -155,8 +179,9 @@ class Forwarder:
             with op.step("record"):
                 self.store.save(replace(self.store.load(app.name), mode=SERVING, mode_detail={}, updated_at=utc_now()))
             with contextlib.suppress(DeployerError), op.step("conntrack") as step:
-                step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, moved))
-            changes = [f"{app.name} no longer forwards to {state.mode_detail.get('to')}"]
+                twins6 = Target.from_detail(state.mode_detail).twins6
+                step.detail["deleted"] = self.chains.clean_flows(conntrack.after_flip(app, moved), twins6)
+            changes = [f"{app.name} no longer forwards to {forwarding.describe_to(state.mode_detail)}"]
             changes += self.leave(app, state.mode_detail, base)
         return changes
 
@@ -165,13 +190,15 @@ class Forwarder:
         target = Target.from_detail(detail)
         with self.journal.step("drain-forward", **base) as step:
             step.detail["remaining"] = self.chains.wait_for_old_flows(
-                conntrack.established_tcp(app, target.address), app.drain_seconds
+                conntrack.established_tcp(app, target.address), app.drain_seconds, target.twins6
             )
         with self.journal.step("forward-rules", **base) as step:
             step.detail["changed"] = self._apply_extras(app.name, None)
         with contextlib.suppress(DeployerError):
-            self.chains.clean_flows(conntrack.after_stop(app, target.address))
-        return [f"accept{' and masquerade' if target.masquerade else ''} rules for {target.address} removed"]
+            self.chains.clean_flows(conntrack.after_stop(app, target.address), target.twins6)
+        return [
+            f"accept{' and masquerade' if target.masquerade else ''} rules for {forwarding.describe_to(detail)} removed"
+        ]
 
     def reconcile(self, app: AppConfig, state: AppState, live: SavedTable) -> list[str]:
         """Forward mode: the app chain, the accept rules and forwarding as the record says; instances untouched."""
@@ -180,60 +207,89 @@ class Forwarder:
         if self.routing.sysctl("net/ipv4/ip_forward") != "1":
             self.routing.set_sysctl("net/ipv4/ip_forward", "1")
             repairs.append("IPv4 forwarding switched on again")
+        if target.address6:
+            repairs += [f"IPv6 forwarding: {change}" for change in self.chains.ensure_forwarding6()]
         if self._apply_extras(app.name, target):
-            repairs.append(f"accept rules of {app.name}'s forward to {target.address} restored")
+            repairs.append(
+                f"accept rules of {app.name}'s forward to {forwarding.describe_to(state.mode_detail)} restored"
+            )
         wanted = forwarding.app_rules(self.names, app.name, target)
         if self.chains.base_missing(live, app):
             self.chains.ensure_base(app)
             repairs.append(f"jumps and chains of {app.name} restored")
         if live.rules(self.names.app(app.name)) != wanted:
-            moved = self.chains.flip(app, wanted)
+            moved = self.chains.flip(app, wanted, extra6=target.twins6)
             self.chains.clean_flows(conntrack.after_flip(app, moved))
             repairs.append(f"rules of {app.name} forwarded to {target.address} again")
+        elif self.chains.drifted6(app, wanted, target.twins6):
+            self.chains.flip(app, wanted, extra6=target.twins6)
+            where = f"[{target.address6}]" if target.address6 else "nowhere (no IPv6 address in the forward)"
+            repairs.append(f"IPv6 rules of {app.name} forwarded to {where} again")
         return repairs
 
     def drift(self, app: str, state: AppState, nat: SavedTable) -> list[str]:
         """What `status` finds wrong with a forward beyond the app chain: its filter and nat rules, forwarding."""
         target = Target.from_detail(state.mode_detail)
         problems = []
+        which = "accept and masquerade rules" if target.masquerade else "accept rules"
         if forwarding.render_extras(self.chains.table("filter"), nat, self.names, app, target) is not None:
-            which = "accept and masquerade rules" if target.masquerade else "accept rules"
             problems.append(f"the forward's {which} are missing or changed")
+        if self._extras6_differ(app, target):
+            problems.append(f"the forward's IPv6 {which} are missing or changed")
         if self.routing.sysctl("net/ipv4/ip_forward") != "1":
             problems.append("IPv4 forwarding is off")
+        if target.address6 and self.routing.sysctl("net/ipv6/conf/all/forwarding") != "1":
+            problems.append("IPv6 forwarding is off")
         return problems
 
+    def _extras6_differ(self, app: str, target: Target) -> bool:
+        """Whether ip6tables' accept and masquerade rules differ from what the forward calls for (read only)."""
+        backend6 = self.chains.backend6
+        if backend6 is None:
+            return False
+        tables = [rules.parse_table(backend6.save_table(name), name) for name in ("filter", "nat")]
+        return forwarding.render_extras(*tables, self.names, app, target, ipv6=True) is not None
+
     def forward_facts(self, target: Target) -> forwarding.ForwardFacts:
-        route = self.routing.route_get(target.address)
-        unicast = route.kind == "unicast"
-        peer = (
-            self.routing.probe_peer(target.address, None if route.gateway else route.dev)
-            if unicast
-            else forwarding.Peer(False)
-        )
-        ports = (
-            {p.to_port: self.routing.tcp_open(target.address, p.to_port) for p in target.ports if p.protocol == "tcp"}
-            if unicast
-            else {}
-        )
+        four = self._reach(target, target.address)
         return forwarding.ForwardFacts(
             ip_forward=self.routing.sysctl("net/ipv4/ip_forward") == "1",
             ip_forward_writable=self.routing.sysctl_writable("net/ipv4/ip_forward"),
-            route=route,
-            peer=peer,
-            ports=ports,
+            route=four.route,
+            peer=four.peer,
+            ports=four.ports,
+            ipv6=self._reach(target, target.address6) if target.address6 else None,
+        )
+
+    def _reach(self, target: Target, address: str) -> forwarding.FamilyFacts:
+        """The route to one address of the old host, one echo, and each TCP port it should accept."""
+        route = self.routing.route_get(address)
+        if route.kind != "unicast":
+            return forwarding.FamilyFacts(route, forwarding.Peer(False))
+        return forwarding.FamilyFacts(
+            route,
+            self.routing.probe_peer(address, None if route.gateway else route.dev),
+            {p.to_port: self.routing.tcp_open(address, p.to_port) for p in target.ports if p.protocol == "tcp"},
         )
 
     def _apply_extras(self, app: str, target: Target | None) -> bool:
-        """Make the app's accept and masquerade rules those of `target` (None: none). True if anything changed."""
-        return (
-            self.chains.rewrite(
-                lambda filter_table, nat: forwarding.render_extras(filter_table, nat, self.names, app, target),
-                "filter",
-                "nat",
+        """Make the app's accept and masquerade rules those of `target` (None: none), in both families on a
+        dual-stack host, IPv6 first as a flip commits. True if anything changed."""
+        changed = False
+        for ipv6 in (True, False):
+            changed = (
+                self.chains.rewrite(
+                    lambda filter_table, nat, ipv6=ipv6: forwarding.render_extras(
+                        filter_table, nat, self.names, app, target, ipv6=ipv6
+                    ),
+                    "filter",
+                    "nat",
+                    ipv6=ipv6,
+                )
+                is not None
+                or changed
             )
-            is not None
-        )
+        return changed
 
     # --- forward-return (the old host) ------------------------------------------------------------
 
@@ -371,9 +427,16 @@ class Forwarder:
     def uninstall(self) -> list[str]:
         """Everything forwarding left on this host: accept and masquerade chains, the return path."""
         removed = []
-        if self.chains.rewrite(
-            lambda filter_table, nat: forwarding.render_extras_teardown(filter_table, nat, self.names), "filter", "nat"
-        ):
+        if [
+            ipv6
+            for ipv6 in (True, False)
+            if self.chains.rewrite(
+                lambda filter_table, nat: forwarding.render_extras_teardown(filter_table, nat, self.names),
+                "filter",
+                "nat",
+                ipv6=ipv6,
+            )
+        ]:
             removed.append(
                 f"forwarding chains {forwarding.forward_chain(self.names)} and {forwarding.snat_chain(self.names)}"
             )

@@ -25,6 +25,14 @@ Chains, all owned by the deployer (PREFIX is [deployer] chain_prefix):
 Docker sets the FORWARD policy to DROP, so DNATed flows that leave the host again need an
 accept rule. Docker keeps DOCKER-USER first in FORWARD and never flushes it, so the jump goes
 there when it exists; rules appended to FORWARD would sit behind Docker's own.
+
+On a dual-stack host a forward may name the old host's IPv6 address too (`--to OLD4 --to OLD6`):
+the IPv6 app chain is the IPv4 one with OLD6 as OLD4's twin (rules.for_ipv6), and the same
+accept and masquerade chains are written in ip6tables. Docker with its ip6tables option off (the
+deployer's setting) leaves ip6tables alone: no DOCKER-USER, FORWARD's policy whatever the host's
+firewall set, so the jump goes first in FORWARD there. IPv6 clients are masqueraded only: the old
+host's return path (forward-return) is IPv4 only, so a forward that would keep IPv6 client
+addresses is refused rather than left without a way back.
 """
 
 from __future__ import annotations
@@ -67,10 +75,12 @@ class Target:
     address: str
     masquerade: bool
     ports: tuple[PortTarget, ...]
+    address6: str | None = None  # the old host's IPv6 address, on a dual-stack host; None: IPv4 clients only
 
     def detail(self, **extra: Any) -> dict[str, Any]:
         return {
             "to": self.address,
+            **({"to6": self.address6} if self.address6 else {}),
             "masquerade": self.masquerade,
             "ports": [{"protocol": p.protocol, "external": p.external, "to_port": p.to_port} for p in self.ports],
             **extra,
@@ -84,23 +94,44 @@ class Target:
             ports=tuple(
                 PortTarget(p["protocol"], int(p["external"]), int(p["to_port"])) for p in detail.get("ports", [])
             ),
+            address6=detail.get("to6"),
         )
 
+    def address_of(self, ipv6: bool) -> str | None:
+        return self.address6 if ipv6 else self.address
 
-def plan_target(app: AppConfig, address: str, *, masquerade: bool = False, port_specs: Sequence[str] = ()) -> Target:
-    """Validate `--to` and `--port EXTERNAL[/PROTO]=PORT`; every external port goes to the same number by default."""
-    try:
-        parsed = ipaddress.IPv4Address(address)
-    except ValueError:
-        raise InvalidForwarding(f"--to {address!r} is not an IPv4 address", app=app.name) from None
-    if (
-        parsed.is_loopback
-        or parsed.is_multicast
-        or parsed.is_unspecified
-        or parsed.is_link_local
-        or str(parsed) == "255.255.255.255"
-    ):
-        raise InvalidForwarding(f"--to {address} is not the unicast address of another host", app=app.name)
+    @property
+    def twins6(self) -> dict[str, str]:
+        """The old host's IPv6 address as its IPv4 address's twin, for the IPv6 chain and conntrack filters."""
+        return {self.address: self.address6} if self.address6 else {}
+
+
+def plan_target(
+    app: AppConfig,
+    addresses: str | Sequence[str],
+    *,
+    masquerade: bool = False,
+    port_specs: Sequence[str] = (),
+    ipv6: bool = False,
+) -> Target:
+    """Validate `--to` (the old host's IPv4 address, and its IPv6 one on a dual-stack host: `ipv6`) and
+    `--port EXTERNAL[/PROTO]=PORT`; every external port goes to the same number by default."""
+    address4, address6 = _addresses(app, [addresses] if isinstance(addresses, str) else list(addresses))
+    if address6 is not None:
+        if not ipv6:
+            raise InvalidForwarding(
+                f"--to {address6}: IPv6 is off on this host ([deployer] ipv6), so it has no IPv6 clients to forward",
+                app=app.name,
+            )
+        if not app.ipv6 or app.host_bound:
+            why = "is host-bound, its IPv6 clients reach the host itself" if app.host_bound else "has ipv6 = false"
+            raise InvalidForwarding(f"--to {address6}: app {app.name!r} {why}; it has no IPv6 chain", app=app.name)
+        if not masquerade:
+            raise InvalidForwarding(
+                f"--to {address6} needs --masquerade: keeping IPv6 clients' addresses needs a return path over "
+                "IPv6 on the old host, which `deployer forward-return` does not set up (it routes IPv4 replies only)",
+                app=app.name,
+            )
     overrides: dict[tuple[int, str | None], int] = {}
     for spec in port_specs:
         match = _PORT_SPEC.fullmatch(spec)
@@ -127,7 +158,48 @@ def plan_target(app: AppConfig, address: str, *, masquerade: bool = False, port_
         )
         for p in app.ports
     )
-    return Target(str(parsed), masquerade, ports)
+    return Target(address4, masquerade, ports, address6)
+
+
+def _addresses(app: AppConfig, given: Sequence[str]) -> tuple[str, str | None]:
+    """The IPv4 address and the IPv6 one (or None) of `--to`, each checked to be another host's unicast address."""
+    found: dict[int, str] = {}
+    for address in given:
+        try:
+            parsed = ipaddress.ip_address(address)
+        except ValueError:
+            raise InvalidForwarding(f"--to {address!r} is not an IPv4 or IPv6 address", app=app.name) from None
+        if getattr(parsed, "scope_id", None):
+            raise InvalidForwarding(
+                f"--to {address}: an address with a zone is a link's; give the old host's global or unique "
+                "local address",
+                app=app.name,
+            )
+        if (
+            parsed.is_loopback
+            or parsed.is_multicast
+            or parsed.is_unspecified
+            or parsed.is_link_local
+            or str(parsed) == "255.255.255.255"
+            or (isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None)
+        ):
+            raise InvalidForwarding(f"--to {address} is not the unicast address of another host", app=app.name)
+        if parsed.version in found:
+            raise InvalidForwarding(
+                f"--to {found[parsed.version]} and --to {parsed}: at most one address of each family "
+                "(the old host's IPv4 address, and its IPv6 one)",
+                app=app.name,
+            )
+        found[parsed.version] = str(parsed)
+    if 4 not in found:
+        raise InvalidForwarding(
+            f"--to {found[6]} needs the old host's IPv4 address beside it (--to OLD4 --to OLD6): "
+            "IPv4 clients would have nowhere to go"
+            if 6 in found
+            else "--to needs the old host's IPv4 address",
+            app=app.name,
+        )
+    return found[4], found.get(6)
 
 
 def after_promotion(state: AppState) -> AppState:
@@ -135,11 +207,32 @@ def after_promotion(state: AppState) -> AppState:
     return replace(state, mode=SERVING, mode_detail={}) if state.mode == MODE else state
 
 
-def status_notes(notes: Sequence[str], state: AppState) -> list[str]:
-    """`deployer status` lines: the forward described in full instead of the bare mode name."""
+def status_notes(notes: Sequence[str], state: AppState, *, dual: bool = False) -> list[str]:
+    """`deployer status` lines: the forward described in full instead of the bare mode name; with `dual` (the
+    app's IPv6 clients are served on this host), what becomes of them."""
     if state.mode != MODE:
         return list(notes)
-    return [describe(state.mode_detail)] + [note for note in notes if note != f"mode: {MODE}"]
+    refused = ipv6_refused(Target.from_detail(state.mode_detail), dual)
+    return (
+        [describe(state.mode_detail)]
+        + ([refused] if refused else [])
+        + [note for note in notes if note != f"mode: {MODE}"]
+    )
+
+
+def twins6(state: AppState) -> dict[str, str]:
+    """A forwarded app's old host, IPv4 address to IPv6 one, when the forward names both; else nothing."""
+    return Target.from_detail(state.mode_detail).twins6 if state.mode == MODE else {}
+
+
+def ipv6_refused(target: Target, dual: bool) -> str | None:
+    """The line that says a forward leaves the IPv6 clients of a dual-stack app refused; None when it does not."""
+    if not dual or target.address6:
+        return None
+    return (
+        "IPv6 clients are refused while forwarded: the forward names no IPv6 address of the old host "
+        "(add --to OLD6 --masquerade)"
+    )
 
 
 def describe(detail: Mapping[str, Any]) -> str:
@@ -149,7 +242,12 @@ def describe(detail: Mapping[str, Any]) -> str:
         f"{p.external}/{p.protocol}" + (f"->{p.to_port}" if p.to_port != p.external else "") for p in target.ports
     )
     how = "masquerading clients" if target.masquerade else "keeping client addresses"
-    return f"mode: forward to {target.address} ({ports}; {how})"
+    return f"mode: forward to {describe_to(detail)} ({ports}; {how})"
+
+
+def describe_to(detail: Mapping[str, Any]) -> str:
+    """Where a forward goes: the old host's IPv4 address, and its IPv6 one in brackets when it has one."""
+    return f"{detail.get('to')} and [{detail['to6']}]" if detail.get("to6") else str(detail.get("to"))
 
 
 # --- rules --------------------------------------------------------------------------------------
@@ -171,38 +269,47 @@ def return_local_chain(names: ChainNames) -> str:
     return f"{names.prefix}-RETURN-LOCAL"
 
 
-def _comment(app: str, target: Target) -> str:
-    return f"{app} forward {target.address}"
+def _comment(app: str, address: str) -> str:
+    return f"{app} forward {address}"
+
+
+def _whole(address: str) -> str:
+    """One host as iptables-save prints it: /32, or /128 for IPv6."""
+    return f"{address}/128" if ":" in address else f"{address}/32"
 
 
 def app_rules(names: ChainNames, app: str, target: Target) -> list[str]:
     """The app chain in forward mode: each external port DNATed to the old host."""
-    comment = _comment(app, target)
+    comment = _comment(app, target.address)
     return [
         Forward(p.protocol, p.external, target.address, p.to_port, comment).rule(names.app(app)) for p in target.ports
     ]
 
 
-def accept_rules(names: ChainNames, app: str, target: Target) -> list[str]:
-    """Filter FORWARD: only flows this host DNATed to the old host, both ways."""
-    chain, comment = forward_chain(names), save_string(_comment(app, target))
+def accept_rules(names: ChainNames, app: str, target: Target, *, ipv6: bool = False) -> list[str]:
+    """Filter FORWARD: only flows this host DNATed to the old host, both ways; `ipv6`: ip6tables' rules."""
+    address = target.address_of(ipv6)
+    if address is None:
+        return []
+    chain, comment = forward_chain(names), save_string(_comment(app, address))
     lines = []
     for p in target.ports:
         for direction, side in (("-d", "--dport"), ("-s", "--sport")):
             lines.append(
-                f"-A {chain} {direction} {target.address}/32 -p {p.protocol} -m {p.protocol} {side} "
+                f"-A {chain} {direction} {_whole(address)} -p {p.protocol} -m {p.protocol} {side} "
                 f"{p.to_port} -m conntrack --ctstate DNAT -m comment --comment {comment} -j ACCEPT"
             )
     return lines
 
 
-def masquerade_rules(names: ChainNames, app: str, target: Target) -> list[str]:
+def masquerade_rules(names: ChainNames, app: str, target: Target, *, ipv6: bool = False) -> list[str]:
     """nat POSTROUTING: the old host answers the new host, which undoes both translations."""
-    if not target.masquerade:
+    address = target.address_of(ipv6)
+    if not target.masquerade or address is None:
         return []
-    chain, comment = snat_chain(names), save_string(_comment(app, target))
+    chain, comment = snat_chain(names), save_string(_comment(app, address))
     return [
-        f"-A {chain} -d {target.address}/32 -p {p.protocol} -m {p.protocol} --dport {p.to_port} "
+        f"-A {chain} -d {_whole(address)} -p {p.protocol} -m {p.protocol} --dport {p.to_port} "
         f"-m conntrack --ctstate DNAT -m comment --comment {comment} -j MASQUERADE"
         for p in target.ports
     ]
@@ -247,17 +354,27 @@ def _shared_chain(live: SavedTable, chain: str, app: str, wanted: Sequence[str],
 
 
 def render_extras(
-    filter_table: SavedTable, nat_table: SavedTable, names: ChainNames, app: str, target: Target | None
+    filter_table: SavedTable,
+    nat_table: SavedTable,
+    names: ChainNames,
+    app: str,
+    target: Target | None,
+    *,
+    ipv6: bool = False,
 ) -> str | None:
     """The filter and nat transactions that give the app exactly `target`'s accept and masquerade
-    rules (none for None), touching no other app's. None when nothing needs to change."""
+    rules (none for None), touching no other app's. None when nothing needs to change.
+
+    `ipv6`: the tables are ip6tables', and the rules those of the target's IPv6 address (none without one).
+    Without Docker's DOCKER-USER (ip6tables, whose FORWARD Docker leaves alone) the jump goes first in FORWARD.
+    """
     parent = "DOCKER-USER" if filter_table.has_chain("DOCKER-USER") else "FORWARD"
     sections = []
     filter_lines = _shared_chain(
         filter_table,
         forward_chain(names),
         app,
-        accept_rules(names, app, target) if target else [],
+        accept_rules(names, app, target, ipv6=ipv6) if target else [],
         f"-I {parent} 1 -j {forward_chain(names)}",
     )
     if filter_lines:
@@ -266,7 +383,7 @@ def render_extras(
         nat_table,
         snat_chain(names),
         app,
-        masquerade_rules(names, app, target) if target else [],
+        masquerade_rules(names, app, target, ipv6=ipv6) if target else [],
         f"-A POSTROUTING -j {snat_chain(names)}",
     )
     if nat_lines:
@@ -515,12 +632,22 @@ class Link:
 
 
 @dataclass(frozen=True)
+class FamilyFacts:
+    """How this host reaches one address of the old host: its route, whether it answers, its TCP ports."""
+
+    route: Route
+    peer: Peer
+    ports: Mapping[int, str | None] = field(default_factory=dict)  # tcp port -> None if it accepted, else why
+
+
+@dataclass(frozen=True)
 class ForwardFacts:
     ip_forward: bool
     ip_forward_writable: bool
     route: Route
     peer: Peer
     ports: Mapping[int, str | None] = field(default_factory=dict)  # tcp port -> None if it accepted, else why
+    ipv6: FamilyFacts | None = None  # the same of the old host's IPv6 address, when the forward names one
 
 
 @dataclass(frozen=True)
@@ -546,30 +673,43 @@ def check_forward(
         problems.append(
             f"app {app!r} already forwards to {mode_detail.get('to')}; run `deployer forward {app} --off` first"
         )
+    elif mode == MODE and mode_detail.get("to6") not in (None, target.address6):
+        problems.append(
+            f"app {app!r} already forwards IPv6 clients to {mode_detail.get('to6')}; "
+            f"run `deployer forward {app} --off` first"
+        )
+    problems += _check_address(target.address, target.masquerade, FamilyFacts(facts.route, facts.peer, facts.ports))
+    if facts.route.kind not in (None, "local") and not facts.ip_forward and not facts.ip_forward_writable:
+        problems.append("IPv4 forwarding is off (net.ipv4.ip_forward=0) and cannot be switched on here")
+    if target.address6 is not None and facts.ipv6 is not None:
+        problems += _check_address(target.address6, target.masquerade, facts.ipv6)
+    return problems
+
+
+def _check_address(address: str, masquerade: bool, facts: FamilyFacts) -> list[str]:
+    """What is wrong with one address of the old host: a loop, no route, a gateway where a link is needed, silence."""
     route = facts.route
     if route.kind == "local":
-        problems.append(f"{target.address} is an address of this host: forwarding to it would loop")
-        return problems
+        return [f"{address} is an address of this host: forwarding to it would loop"]
     if route.kind is None:
-        problems.append(f"no route to {target.address}" + (f" ({route.error})" if route.error else ""))
-        return problems
+        return [f"no route to {address}" + (f" ({route.error})" if route.error else "")]
+    problems = []
     if route.kind != "unicast":
-        problems.append(f"{target.address} is a {route.kind} route, not a host")
-    if not target.masquerade and route.gateway:
+        problems.append(f"{address} is a {route.kind} route, not a host")
+    if not masquerade and route.gateway:
         problems.append(
-            f"{target.address} is reached through the gateway {route.gateway} on {route.dev}, not on a "
+            f"{address} is reached through the gateway {route.gateway} on {route.dev}, not on a "
             f"link of its own: keeping client addresses needs a direct link or a tunnel to the old host, "
             f"whose replies come back the same way; use --masquerade over a routed network"
         )
-    if not facts.ip_forward and not facts.ip_forward_writable:
-        problems.append("IPv4 forwarding is off (net.ipv4.ip_forward=0) and cannot be switched on here")
     if not facts.peer.answers and not any(error is None for error in facts.ports.values()):
         where = f" on {route.dev}" if route.dev else ""
-        problems.append(f"{target.address} does not answer{where}: no ICMP echo reply, no neighbour entry")
+        problems.append(f"{address} does not answer{where}: no ICMP echo reply, no neighbour entry")
+    shown = f"[{address}]" if ":" in address else address
     for port, error in sorted(facts.ports.items()):
         if error is not None:
             problems.append(
-                f"{target.address}:{port}/tcp does not accept connections from this host ({error}): "
+                f"{shown}:{port}/tcp does not accept connections from this host ({error}): "
                 f"is the app running on the old host?"
             )
     return problems

@@ -500,7 +500,7 @@ def test_preflight_refusals_change_nothing(new_host: Deployer) -> None:
             assert done.returncode == code, f"{args}: exit {done.returncode}: {done.stdout} {done.stderr}"
             return done.stderr
 
-        assert "is not an IPv4 address" in refused(
+        assert "is not an IPv4 or IPv6 address" in refused(
             hosts.new, new_host, "forward", "web", "--to", "198.18.0.256", code=2
         )
         assert "has no external port 1234" in refused(

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from deployer.config import parse
 from deployer.errors import InvalidForwarding
 from deployer.plan import forwarding, rules
 from deployer.plan.forwarding import (
@@ -23,27 +20,13 @@ from deployer.plan.forwarding import (
 )
 from deployer.plan.records import AppState
 from deployer.plan.rules import ChainNames
+from support.configs import FORWARDED_DEMO
 
 NAMES = ChainNames("DEPLOYER")
 OLD = "203.0.113.7"
 NEW = "203.0.113.20"
 
-CONFIG = parse(
-    {
-        "apps": {
-            "demo": {
-                "image": "registry.example:5000/demo",
-                "ports": [
-                    {"external": 1000, "container": 8080, "blue": 1001, "green": 1002},
-                    {"external": 1000, "container": 9090, "protocol": "udp", "blue": 1001, "green": 1002},
-                    {"external": 1443, "container": 8443, "blue": 1444, "green": 1445},
-                ],
-            }
-        }
-    },
-    path=Path("/etc/deployer/deployer.toml"),
-    environ={},
-)
+CONFIG = FORWARDED_DEMO
 APP = CONFIG.apps["demo"]
 TARGET = forwarding.plan_target(APP, OLD)
 MASQ = forwarding.plan_target(APP, OLD, masquerade=True)
@@ -92,8 +75,8 @@ def test_port_overrides_by_number_or_by_number_and_protocol():
 @pytest.mark.parametrize(
     "address, message",
     [
-        ("old-host", "is not an IPv4 address"),
-        ("203.0.113.300", "is not an IPv4 address"),
+        ("old-host", "is not an IPv4 or IPv6 address"),
+        ("203.0.113.300", "is not an IPv4 or IPv6 address"),
         ("127.0.0.1", "not the unicast address of another host"),
         ("0.0.0.0", "not the unicast address of another host"),
         ("224.0.0.5", "not the unicast address of another host"),
