@@ -11,53 +11,27 @@ between the two families' commits.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from deployer.adapters.docker_host import DockerHost
 from deployer.plan import rules
 from deployer.wiring import build_netfilter6
 from support import netns
-from support.integration import REPO, Deployer, demo_app
+from support.integration import BRIDGE6, NETWORK6, REPO, demo_app, dual_stack_network
 from support.load import TRAFFIC, Background, read_records, stop_clients
 
 pytestmark = pytest.mark.integration
 
-NETWORK6, BRIDGE6 = "dpltest6", "dpltest6br"
 SUBNET6 = "fd42:7e57:d0c::/64"  # the instances' (ENVIRONMENT: fd00::/64 is the machine's own)
 OUTSIDE6 = "fd42:7e57:a::/64"  # the outside namespace's link
 PORT, BLUE, GREEN, UDP = 18300, 18301, 18302, (18303, 18304, 18305)
 RESPONDER = 18390
 DEPLOYS = 2
-
-
-@contextlib.contextmanager
-def dual_stack_network(deployer: Deployer) -> Iterator[None]:
-    """The test's own network, made dual-stack by the deployer's first deploy; its containers and it go at the end,
-    and the IPv6 sysctls the deployer set (forwarding, accept_ra) are put back as they were."""
-    docker = DockerHost("unix:///var/run/docker.sock")
-    docker.remove_network(NETWORK6)
-    sysctls = {
-        path: path.read_text()
-        for name in ("forwarding", "accept_ra")
-        for path in Path("/proc/sys/net/ipv6/conf").glob(f"*/{name}")
-    }
-    try:
-        yield
-    finally:
-        deployer.teardown()
-        docker.remove_network(NETWORK6)
-        for path, value in sysctls.items():
-            with contextlib.suppress(OSError):  # an interface of the test's that is gone
-                if path.read_text() != value:
-                    path.write_text(value)
 
 
 def clients(outside: netns.OutsideClient, out: Path) -> list[tuple[str, subprocess.Popen]]:
