@@ -40,12 +40,12 @@ class Routing:
         except ForwardingError:
             return forwarding.Link(name, exists=False)
 
-    def rules(self) -> list[dict[str, Any]]:
-        return self._json("-4", "rule", "show")
+    def rules(self, ipv6: bool = False) -> list[dict[str, Any]]:
+        return self._json("-6" if ipv6 else "-4", "rule", "show")
 
-    def table_routes(self, table: int) -> list[dict[str, Any]]:
+    def table_routes(self, table: int, ipv6: bool = False) -> list[dict[str, Any]]:
         try:
-            return self._json("-4", "route", "show", "table", str(table))
+            return self._json("-6" if ipv6 else "-4", "route", "show", "table", str(table))
         except ForwardingError as exc:
             if "does not exist" in str(exc):  # a table that never had a route
                 return []

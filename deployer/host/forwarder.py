@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from deployer.config import AppConfig, Config
-from deployer.errors import DeployerError, PreflightFailed, StateError
+from deployer.errors import DeployerError, InvalidForwarding, PreflightFailed, StateError
 from deployer.folders import write_atomically
 from deployer.host.locks import HostLock
 from deployer.host.netfilter.chains import Chains
@@ -51,8 +51,8 @@ class RoutingPort(Protocol):
 
     def route_get(self, address: str) -> forwarding.Route: ...
     def link(self, name: str) -> forwarding.Link: ...
-    def rules(self) -> list[dict[str, Any]]: ...
-    def table_routes(self, table: int) -> list[dict[str, Any]]: ...
+    def rules(self, ipv6: bool = False) -> list[dict[str, Any]]: ...
+    def table_routes(self, table: int, ipv6: bool = False) -> list[dict[str, Any]]: ...
     def probe_peer(self, address: str, dev: str | None, timeout: float = 1.0) -> forwarding.Peer: ...
     def tcp_open(self, address: str, port: int, timeout: float = 2.0) -> str | None: ...
     def sysctl(self, key: str) -> str | None: ...
@@ -295,7 +295,7 @@ class Forwarder:
 
     def forward_return(
         self,
-        via: str,
+        via: str | Sequence[str],
         dev: str,
         *,
         mark: int = forwarding.DEFAULT_MARK,
@@ -303,26 +303,41 @@ class Forwarder:
         priority: int = forwarding.DEFAULT_PRIORITY,
         actor: str,
     ) -> ReturnPath:
-        """Mark connections that arrive from the new host and route their replies back through it."""
-        forwarding.check_return_arguments(via, dev, mark, table, priority)
+        """Mark connections that arrive from the new host and route their replies back through it; both
+        families' when `via` names its IPv6 address on the link too (a dual-stack host only)."""
+        via4, via6 = forwarding.return_addresses([via] if isinstance(via, str) else list(via))
+        forwarding.check_return_arguments(via4, dev, mark, table, priority)
+        if via6 is not None and self.chains.backend6 is None:
+            raise InvalidForwarding(
+                f"--via {via6}: IPv6 is off on this host ([deployer] ipv6), so it has no ip6tables rules to mark "
+                "IPv6 connections with"
+            )
         base = {"actor": actor}
         with self._operation("forward-return", base, self._return_lock()) as op:
-            op.start(via=via, dev=dev)
+            op.start(via=via4, dev=dev, **({"via6": via6} if via6 else {}))
             with op.step("preflight") as step:
                 recorded = self.load_return()
-                facts = self.return_facts(via, dev, table, recorded)
-                path = ReturnPath(via, dev, facts.peer.lladdr if facts.link.arp else None, mark, table, priority)
+                facts = self.return_facts(via4, dev, table, recorded, via6)
+                path = ReturnPath(via4, dev, facts.peer.lladdr if facts.link.arp else None, mark, table, priority, via6)
                 step.detail.update(lladdr=path.lladdr, rp_filter=facts.rp_filter_dev, echo=facts.peer.echo)
                 problems = forwarding.check_return(path, facts)
                 if problems:
-                    raise PreflightFailed(f"not routing replies via {via} on {dev}; nothing was changed:", problems)
+                    where = f"{via4} and {via6}" if via6 else via4
+                    raise PreflightFailed(f"not routing replies via {where} on {dev}; nothing was changed:", problems)
             with op.step("return-route") as step:
-                commands = forwarding.route_commands(path, facts.rules)
+                commands = forwarding.route_commands(path, facts.rules) + forwarding.route_commands(
+                    path, facts.ipv6.rules if facts.ipv6 else [], ipv6=True
+                )
                 step.detail["commands"] = [" ".join(c) for c in commands]
                 try:
                     for command in commands:
                         self.routing.run(command)
-                    self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, path), "mangle")
+                    for ipv6 in (True, False):
+                        self.chains.rewrite(
+                            lambda mangle, ipv6=ipv6: forwarding.render_return(mangle, self.names, path, ipv6=ipv6),
+                            "mangle",
+                            ipv6=ipv6,
+                        )
                 except DeployerError:
                     if not recorded:
                         with contextlib.suppress(DeployerError):
@@ -330,9 +345,13 @@ class Forwarder:
                     raise
             self._save_return(path.record(since=(recorded or {}).get("since", utc_now())))
             with contextlib.suppress(DeployerError), op.step("conntrack") as step:
+                # Each filter names an address of its own family: no IPv6 twin of an IPv4 one, which conntrack
+                # refuses ("mismatched address family").
                 filters = forwarding.unmarked_flows(path, facts.link.addresses)
-                step.detail["deleted"] = self.chains.clean_flows(filters)
-            op.finish(via=via, dev=dev, lladdr=path.lladdr, mark=f"{mark:#x}", table=table)
+                if via6:
+                    filters += forwarding.unmarked_flows(path, facts.link.addresses6, ipv6=True)
+                step.detail["deleted"] = self.chains.clean_flows(filters, as_given=True)
+            op.finish(via=via4, dev=dev, lladdr=path.lladdr, mark=f"{mark:#x}", table=table)
         return path
 
     def forward_return_off(
@@ -351,14 +370,17 @@ class Forwarder:
             path = ReturnPath.from_record(recorded) if recorded else ReturnPath("", "", None, mark, table, priority)
             op.start(via=path.via or None)
             with op.step("drain-return") as step:
-                self.chains.rewrite(
-                    lambda mangle: (
-                        forwarding.render_return(mangle, self.names, path, mark_new=False)
-                        if mangle.has_chain(forwarding.return_chain(self.names))
-                        else None
-                    ),
-                    "mangle",
-                )
+                for ipv6 in (True, False):  # the IPv6 chains only on a dual-stack host (rewrite: None otherwise)
+                    self.chains.rewrite(
+                        lambda mangle, ipv6=ipv6: (
+                            forwarding.render_return(mangle, self.names, path, mark_new=False, ipv6=ipv6)
+                            if mangle.has_chain(forwarding.return_chain(self.names))
+                            else None
+                        ),
+                        "mangle",
+                        ipv6=ipv6,
+                    )
+                # On a dual-stack host the filter gets its IPv6 twin (Chains.both_families): IPv6 flows drain too.
                 marked = [["-p", "tcp", "--mark", path.fwmark, "--state", "ESTABLISHED"]]
                 step.detail["remaining"] = self.chains.wait_for_old_flows(marked, drain)
             with op.step("return-route") as step:
@@ -369,34 +391,53 @@ class Forwarder:
         return removed
 
     def return_facts(
-        self, via: str, dev: str, table: int, recorded: Mapping[str, Any] | None
+        self, via: str, dev: str, table: int, recorded: Mapping[str, Any] | None, via6: str | None = None
     ) -> forwarding.ReturnFacts:
         link = self.routing.link(dev)
-        route = self.routing.route_get(via)
-        on_link = link.exists and route.kind == "unicast" and route.dev == dev and not route.gateway
+        route, peer = self._neighbour(link, via, dev)
         rp_dev = self.routing.sysctl(f"net/ipv4/conf/{dev}/rp_filter") if link.exists else None
+        ipv6 = None
+        if via6 is not None:
+            route6, peer6 = self._neighbour(link, via6, dev)
+            ipv6 = forwarding.ReturnFamily(
+                route6, peer6, self.routing.rules(ipv6=True), self.routing.table_routes(table, ipv6=True)
+            )
         return forwarding.ReturnFacts(
             link=link,
             route=route,
             rp_filter_all=int(self.routing.sysctl("net/ipv4/conf/all/rp_filter") or 0),
             rp_filter_dev=int(rp_dev) if rp_dev is not None else None,
-            peer=self.routing.probe_peer(via, dev) if on_link else forwarding.Peer(False),
+            peer=peer,
             rules=self.routing.rules(),
             table_routes=self.routing.table_routes(table),
             recorded=recorded,
+            ipv6=ipv6,
         )
 
+    def _neighbour(self, link: forwarding.Link, via: str, dev: str) -> tuple[forwarding.Route, forwarding.Peer]:
+        """The route to the new host's address, and, when it is on `dev`'s link, its answer and MAC address."""
+        route = self.routing.route_get(via)
+        on_link = link.exists and route.kind == "unicast" and route.dev == dev and not route.gateway
+        return route, self.routing.probe_peer(via, dev) if on_link else forwarding.Peer(False)
+
     def _remove_return(self, path: ReturnPath) -> list[str]:
+        """Both families' mangle chains, `ip rule`s and table routes (IPv6's on a dual-stack host)."""
         removed = []
-        if self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, None), "mangle"):
-            removed.append("mangle chains")
-        for command in forwarding.route_removal_commands(
-            path, self.routing.rules(), self.routing.table_routes(path.table)
-        ):
-            self.routing.run(command)
-            removed.append(
-                f"ip rule {' '.join(command[4:])}" if command[2] == "rule" else f"the routes of table {path.table}"
-            )
+        families = (False, True) if self.chains.backend6 is not None else (False,)
+        for ipv6 in families:
+            if self.chains.rewrite(
+                lambda mangle: forwarding.render_return(mangle, self.names, None), "mangle", ipv6=ipv6
+            ):
+                removed.append("IPv6 mangle chains" if ipv6 else "mangle chains")
+        for ipv6 in families:
+            for command in forwarding.route_removal_commands(
+                path, self.routing.rules(ipv6), self.routing.table_routes(path.table, ipv6), ipv6=ipv6
+            ):
+                self.routing.run(command)
+                what = f"ip {command[1]} rule {' '.join(command[4:])}" if ipv6 else f"ip rule {' '.join(command[4:])}"
+                removed.append(
+                    what if command[2] == "rule" else f"the {'IPv6 ' if ipv6 else ''}routes of table {path.table}"
+                )
         return removed
 
     # --- the host-level record and lock -------------------------------------------------------------
@@ -444,6 +485,12 @@ class Forwarder:
         if recorded:
             removed += [f"return path: {item}" for item in self._remove_return(ReturnPath.from_record(recorded))]
             self.forget_return()
-        elif self.chains.rewrite(lambda mangle: forwarding.render_return(mangle, self.names, None), "mangle"):
-            removed.append("return path: mangle chains")
+        else:
+            removed += [
+                f"return path: {'IPv6 ' if ipv6 else ''}mangle chains"
+                for ipv6 in (False, True)
+                if self.chains.rewrite(
+                    lambda mangle: forwarding.render_return(mangle, self.names, None), "mangle", ipv6=ipv6
+                )
+            ]
         return removed

@@ -231,10 +231,13 @@ def deployer_leftovers(hosts: Hosts, namespace: str, prefix: str, *addresses: st
         or "CONNMARK" in line
         or any(address in line for address in addresses)
     ]
-    rules = hosts.run(namespace, ["ip", "-4", "rule", "show"]).stdout
-    found += [f"ip rule: {line}" for line in rules.splitlines() if "fwmark" in line or f"lookup {TABLE}" in line]
-    table = hosts.run(namespace, ["ip", "-4", "route", "show", "table", TABLE]).stdout
-    found += [f"table {TABLE}: {line}" for line in table.splitlines() if line.strip()]
+    for family in ("-4", "-6"):
+        rules = hosts.run(namespace, ["ip", family, "rule", "show"]).stdout
+        found += [
+            f"ip {family} rule: {line}" for line in rules.splitlines() if "fwmark" in line or f"lookup {TABLE}" in line
+        ]
+        table = hosts.run(namespace, ["ip", family, "route", "show", "table", TABLE]).stdout
+        found += [f"ip {family} table {TABLE}: {line}" for line in table.splitlines() if line.strip()]
     return found
 
 
@@ -256,7 +259,7 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         )
         old_host = Deployer(root=new_host.root / "old", prefix=new_host.prefix)
         old_host.root.mkdir()
-        old_host.configure(forwarded_app([("tcp", 26080, 8080, 26082, 26083)]))
+        old_host.configure(forwarded_app([("tcp", 26080, 8080, 26082, 26083)]), settings=DUAL_STACK)
         # The app on the old host: port 26080/tcp a local process, 26081/tcp and 26080/udp a container behind DNAT.
         serve(hosts, hosts.old, "old", 26080, 26089)
         serve(hosts, hosts.kube, "old-container", 26081, 26080)
@@ -306,11 +309,10 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         for protocol, source_port in (("tcp", port - 1), ("udp", port - 2)):
             wait_for_flow(hosts, hosts.old, protocol, source_port)
 
-        done = deployer_in(
-            hosts, hosts.old, old_host, "forward-return", "--via", hosts.new_link, "--dev", hosts.old_dev
-        )
+        via = ("--via", hosts.new_link, "--via", hosts.new_link6)  # IPv6 replies return too
+        done = deployer_in(hosts, hosts.old, old_host, "forward-return", *via, "--dev", hosts.old_dev)
         assert done.returncode == 0, done.stderr
-        assert "MAC" in done.stdout
+        assert f"{hosts.new_link} and {hosts.new_link6} (MAC" in done.stdout, done.stdout
         answers = {protocol: proc.communicate(timeout=30)[0].strip() for protocol, proc in pending.items()}
         assert answers == {"tcp": f"old {hosts.client_ip}:{port - 1}", "udp": "old-container req"}, answers
 
@@ -340,23 +342,15 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         assert {r["version"] for r in seen["forwarded-udp"]} == {"old-container"}
         assert {(r["version"], client_ip_of(r)) for r in seen["direct"]} == {("old", hosts.client_direct)}
 
-        # IPv6 clients too: the same forward names the old host's IPv6 address as well, masqueraded (the
-        # return path carries IPv4 replies only), and from now on the IPv4 clients are masqueraded with them.
+        # IPv6 clients too: the same forward names the old host's IPv6 address as well, and they keep their
+        # addresses, their replies coming back through the return path's IPv6 side (the old host's own IPv6
+        # default route is its uplink, where they would be lost).
         old6 = hosts.old_link6
         unrouted = deployer_in(
-            hosts,
-            hosts.new,
-            new_host,
-            "forward",
-            "web",
-            "--to",
-            hosts.old_link,
-            "--to",
-            "fd42:f06d:e::5",
-            "--masquerade",
+            hosts, hosts.new, new_host, "forward", "web", "--to", hosts.old_link, "--to", "fd42:f06d:e::5"
         )
         assert unrouted.returncode == 1 and "no route to fd42:f06d:e::5 (" in unrouted.stderr, unrouted.stderr
-        to_both = ("forward", "web", "--to", hosts.old_link, "--to", old6, "--masquerade")
+        to_both = ("forward", "web", "--to", hosts.old_link, "--to", old6)
         done = deployer_in(hosts, hosts.new, new_host, *to_both)
         assert done.returncode == 0, done.stderr
         assert "IPv6 clients are refused" not in done.stderr and f"and [{old6}]" in done.stdout, done.stdout
@@ -373,8 +367,13 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
                 f"{name}: {len(failed(records))} of {len(records)} failed: {failed(records)[:2]}"
             )
         for name in ("forwarded6-new", "forwarded6-keepalive"):
-            assert {(r["version"], client_ip_of(r)) for r in seen[name]} == {("old", f"[{hosts.new_link6}]")}
-        assert {(r["version"], client_ip_of(r)) for r in seen["forwarded4-new"]} == {("old", hosts.new_link)}
+            assert {(r["version"], client_ip_of(r)) for r in seen[name]} == {("old", f"[{hosts.client_ip6}]")}
+        assert {(r["version"], client_ip_of(r)) for r in seen["forwarded4-new"]} == {("old", hosts.client_ip)}
+
+        # With --masquerade both families' clients reach the old host as the new host.
+        done = deployer_in(hosts, hosts.new, new_host, *to_both, "--masquerade")
+        assert done.returncode == 0, done.stderr
+        assert get(hosts, hosts.new_public6, 26080) == f"old [{hosts.new_link6}]"
 
         # Drift shows in status, each kind on its own: the accept jumps deleted (both families), IPv4
         # forwarding switched off (the app chain is still right), then both app chains flushed. Reconcile

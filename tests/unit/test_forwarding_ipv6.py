@@ -21,6 +21,7 @@ from deployer.plan.rules import ChainNames
 from support.configs import FORWARDED_DEMO
 from support.engine_fakes import Host
 from support.nft_fakes import FakeIptables, FakeRunner
+from support.return_path import RESTORE, new_return_mangle
 
 NAMES = ChainNames("DEPLOYER")
 OLD, OLD6 = "203.0.113.7", "2001:db8::7"
@@ -87,7 +88,6 @@ def test_one_address_of_each_family_in_either_order():
         ([OLD, OLD6], True, False, APP, r"IPv6 is off on this host \(\[deployer\] ipv6\)"),
         ([OLD, OLD6], True, True, _app(ipv6=False), "app 'demo' has ipv6 = false; it has no IPv6 chain"),
         ([OLD, OLD6], True, True, _app(host_bound=True), "app 'demo' is host-bound"),
-        ([OLD, OLD6], False, True, APP, "needs --masquerade: keeping IPv6 clients' addresses needs a return path"),
     ],
 )
 def test_ipv6_target_refusals(addresses, masquerade, ipv6, app, message):
@@ -112,8 +112,7 @@ def test_status_names_both_addresses_or_says_ipv6_clients_are_refused():
         f"mode: forward to {OLD} and [{OLD6}] (1000/tcp, 1000/udp, 1443/tcp; masquerading clients)"
     ]
     refused = (
-        "IPv6 clients are refused while forwarded: the forward names no IPv6 address of the old host "
-        "(add --to OLD6 --masquerade)"
+        "IPv6 clients are refused while forwarded: the forward names no IPv6 address of the old host (add --to OLD6)"
     )
     assert forwarding.status_notes(["mode: forward"], only4, dual=True) == [
         f"mode: forward to {OLD} (1000/tcp, 1000/udp, 1443/tcp; masquerading clients)",
@@ -269,6 +268,15 @@ def test_a_ready_ipv6_target_passes_even_through_a_gateway_as_it_is_masqueraded(
     # Naming the IPv6 address again, or adding it to an IPv4-only forward of the same host, is no conflict.
     assert check_forward("demo", BOTH, READY, "forward", BOTH.detail()) == []
     assert check_forward("demo", BOTH, READY, "forward", MASQ.detail()) == []
+    # Keeping client addresses needs the old host's IPv6 address on a link of this host too.
+    keeping = replace(BOTH, masquerade=False)
+    assert check_forward("demo", keeping, READY, "serving", {}) == [
+        f"{OLD6} is reached through the gateway 2001:db8::1 on eth1, not on a link of its own: keeping client "
+        "addresses needs a direct link or a tunnel to the old host, whose replies come back the same way; use "
+        "--masquerade over a routed network"
+    ]
+    on_link = replace(READY, ipv6=replace(READY.ipv6, route=ON_LINK))
+    assert check_forward("demo", keeping, on_link, "serving", {}) == []
 
 
 @pytest.mark.parametrize(
@@ -316,13 +324,37 @@ class Routing:
     def __init__(self, effects: list[str]) -> None:
         self.effects = effects
         self.sysctls = {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"}
+        self.ip_rules: dict[bool, list[dict[str, Any]]] = {False: [], True: []}  # by family: ipv6?
+        self.routes: dict[bool, list[dict[str, Any]]] = {False: [], True: []}  # table 202's
 
     def route_get(self, address: str) -> Route:
         return Route("unicast", dev="eth1")
 
     def probe_peer(self, address: str, dev: str | None, timeout: float = 1.0) -> Peer:
         self.effects.append(f"probe {address}")
-        return Peer(True)
+        return Peer(True, "52:54:00:ab:cd:ef", ("REACHABLE",))
+
+    def link(self, name: str) -> forwarding.Link:
+        return forwarding.Link(name, True, True, True, ("203.0.113.7",), ("2001:db8:1::7",))
+
+    def rules(self, ipv6: bool = False) -> list[dict[str, Any]]:
+        return list(self.ip_rules[ipv6])
+
+    def table_routes(self, table: int, ipv6: bool = False) -> list[dict[str, Any]]:
+        return list(self.routes[ipv6])
+
+    def run(self, command: list[str]) -> None:
+        """`ip` as the kernel would take it: the rule and the table's route kept, by family."""
+        self.effects.append(" ".join(command))
+        ipv6, what, verb = command[1] == "-6", command[2], command[3]
+        if (what, verb) == ("rule", "add"):
+            self.ip_rules[ipv6].append(OUR_RULE6)
+        elif (what, verb) == ("rule", "del"):
+            self.ip_rules[ipv6].remove(OUR_RULE6)
+        elif (what, verb) == ("route", "replace"):
+            self.routes[ipv6] = [{"dst": "default", "gateway": command[6], "dev": command[8]}]
+        elif (what, verb) == ("route", "flush"):
+            self.routes[ipv6] = []
 
     def tcp_open(self, address: str, port: int, timeout: float = 2.0) -> str | None:
         return None
@@ -341,9 +373,10 @@ class Routing:
 HEAD = "*nat | :DEPLOYER - [0:0] | :DEPLOYER-POSTROUTING - [0:0] | :DEPLOYER-web - [0:0]"
 
 
-def forwarding_host(tmp_path: Path) -> tuple[Host, Engine]:
+def forwarding_host(tmp_path: Path, *, dual: bool = True) -> tuple[Host, Engine]:
     host = Host(tmp_path)
-    host.dual_stack()
+    if dual:
+        host.dual_stack()
     engine = Engine(
         host.config,
         host.docker,
@@ -469,8 +502,7 @@ def test_an_ipv4_only_forward_on_a_dual_stack_host_leaves_the_ipv6_chain_empty_a
     [status] = engine.status("web")
     assert status.rules_match
     assert (
-        "IPv6 clients are refused while forwarded: the forward names no IPv6 address of the old host "
-        "(add --to OLD6 --masquerade)"
+        "IPv6 clients are refused while forwarded: the forward names no IPv6 address of the old host (add --to OLD6)"
     ) in status.notes
     # Adding the IPv6 address later is a change of the same forward, not a conflict.
     engine.forwarder.forward("web", [NEW4, NEW6], masquerade=True, actor="cli:ann")
@@ -480,3 +512,210 @@ def test_an_ipv4_only_forward_on_a_dual_stack_host_leaves_the_ipv6_chain_empty_a
     assert removed == ["forwarding chains DEPLOYER-FORWARD and DEPLOYER-SNAT"]
     assert "DEPLOYER-FORWARD" not in host.netfilter6.tables["filter"]
     assert "DEPLOYER-SNAT" not in host.netfilter6.tables["nat"]
+
+
+# --- the return path on the old host, over IPv6 ---------------------------------------------------------------
+
+VIA4, NEW6_LINK = "203.0.113.20", "2001:db8:1::20"
+PATH6 = forwarding.ReturnPath(VIA4, "eth1", "52:54:00:ab:cd:ef", via6=NEW6_LINK)
+EMPTY_MANGLE = rules.parse_table("*mangle\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", "mangle")
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ([VIA4, NEW6_LINK, "2001:db8:1::21"], "at most one address of each family"),
+        ([NEW6_LINK], "--via needs the new host's IPv4 address on the link"),
+        ([VIA4, "fe80::20"], "give its global or unique local IPv6 address on the link"),
+        ([VIA4, "::1"], "--via ::1 is not the unicast address of another host"),
+        ([VIA4, "new-host"], "is not an IPv4 or IPv6 address"),
+    ],
+)
+def test_return_address_refusals(given, message):
+    with pytest.raises(InvalidForwarding, match=message):
+        forwarding.return_addresses(given)
+
+
+def test_the_return_record_keeps_the_ipv6_address_and_an_old_one_still_reads():
+    assert forwarding.return_addresses([NEW6_LINK, VIA4]) == (VIA4, NEW6_LINK)
+    record = PATH6.record()
+    assert record["via6"] == NEW6_LINK and forwarding.ReturnPath.from_record(record) == PATH6
+    old = replace(PATH6, via6=None).record()
+    assert "via6" not in old and forwarding.ReturnPath.from_record(old).via6 is None
+
+
+def test_ip6tables_mangle_marks_by_the_same_mac_and_restores_in_both_hooks():
+    assert forwarding.render_return(EMPTY_MANGLE, NAMES, PATH6, ipv6=True) == "\n".join(
+        [*new_return_mangle(NEW6_LINK), ""]
+    )
+    # A path without an IPv6 address has no IPv6 chains, and removes those an earlier one left.
+    assert forwarding.render_return(EMPTY_MANGLE, NAMES, replace(PATH6, via6=None), ipv6=True) is None
+    live = rules.parse_table(
+        forwarding.render_return(EMPTY_MANGLE, NAMES, PATH6, ipv6=True)
+        .replace("-I PREROUTING 1", "-A PREROUTING")
+        .replace("-I OUTPUT 1", "-A OUTPUT"),
+        "mangle",
+    )
+    assert forwarding.render_return(live, NAMES, replace(PATH6, via6=None), ipv6=True) == "\n".join(
+        [
+            "*mangle",
+            "-D PREROUTING -j DEPLOYER-RETURN",
+            "-F DEPLOYER-RETURN",
+            "-X DEPLOYER-RETURN",
+            "-D OUTPUT -j DEPLOYER-RETURN-LOCAL",
+            "-F DEPLOYER-RETURN-LOCAL",
+            "-X DEPLOYER-RETURN-LOCAL",
+            "COMMIT",
+            "",
+        ]
+    )
+
+
+OUR_RULE6 = {"priority": 202, "src": "all", "fwmark": "0x2000000", "fwmask": "0x2000000", "table": "202"}
+
+
+def test_ip6_route_and_rule_commands_and_their_removal():
+    assert forwarding.route_commands(PATH6, [], ipv6=True) == [
+        ["ip", "-6", "route", "replace", "default", "via", NEW6_LINK, "dev", "eth1", "table", "202"],
+        ["ip", "-6", "rule", "add", "fwmark", "0x2000000/0x2000000", "lookup", "202", "priority", "202"],
+    ]
+    assert forwarding.route_commands(PATH6, [OUR_RULE6], ipv6=True) == [
+        ["ip", "-6", "route", "replace", "default", "via", NEW6_LINK, "dev", "eth1", "table", "202"],
+    ]
+    assert forwarding.route_commands(replace(PATH6, via6=None), [], ipv6=True) == []
+    route6 = {"dst": "default", "gateway": NEW6_LINK, "dev": "eth1"}
+    assert forwarding.route_removal_commands(PATH6, [OUR_RULE6], [route6], ipv6=True) == [
+        ["ip", "-6", "rule", "del", "fwmark", "0x2000000/0x2000000", "lookup", "202", "priority", "202"],
+        ["ip", "-6", "route", "flush", "table", "202"],
+    ]
+
+
+def test_ipv6_flows_that_arrived_before_the_marking_are_forgotten_in_conntracks_ipv6_table():
+    assert forwarding.unmarked_flows(PATH6, ["2001:db8:1::7"], ipv6=True) == [
+        ["-f", "ipv6", "-p", "tcp", "--orig-dst", "2001:db8:1::7", "--mark", "0/0x2000000", "--state", "SYN_RECV"],
+        ["-f", "ipv6", "-p", "udp", "--orig-dst", "2001:db8:1::7", "--mark", "0/0x2000000"],
+    ]
+
+
+def test_parse_link_keeps_global_ipv6_addresses_only():
+    data = [
+        {
+            "ifname": "eth1",
+            "flags": ["BROADCAST", "UP", "LOWER_UP"],
+            "link_type": "ether",
+            "addr_info": [
+                {"family": "inet", "local": "203.0.113.7", "scope": "global"},
+                {"family": "inet6", "local": "2001:db8:1::7", "scope": "global"},
+                {"family": "inet6", "local": "fe80::1", "scope": "link"},
+            ],
+        }
+    ]
+    link = forwarding.parse_link("eth1", data)
+    assert (link.addresses, link.addresses6) == (("203.0.113.7",), ("2001:db8:1::7",))
+
+
+def return_facts6(**changes: Any) -> forwarding.ReturnFacts:
+    six = forwarding.ReturnFamily(Route("unicast", dev="eth1"), Peer(True, "52:54:00:ab:cd:ef", ("REACHABLE",)), [], [])
+    return forwarding.ReturnFacts(
+        link=forwarding.Link("eth1", True, True, True),
+        route=Route("unicast", dev="eth1"),
+        rp_filter_all=0,
+        rp_filter_dev=2,
+        peer=Peer(True, "52:54:00:ab:cd:ef", ("REACHABLE",)),
+        rules=[],
+        table_routes=[],
+        ipv6=replace(six, **changes),
+    )
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({}, []),
+        (
+            {"route": Route("unicast", dev="eth0", gateway="2001:db8::1")},
+            [
+                f"{NEW6_LINK} is not on eth1's link (it is reached through 2001:db8::1 on eth0): the new host must "
+                "be a neighbour on eth1, over a layer-2 link or a tunnel"
+            ],
+        ),
+        ({"peer": Peer(False)}, [f"{NEW6_LINK} does not answer on eth1: no ICMP echo reply, no neighbour entry"]),
+        (
+            {"peer": Peer(True, "52:54:00:00:00:99", ("REACHABLE",))},
+            [
+                f"{VIA4} and {NEW6_LINK} are not the same host on eth1 (MAC 52:54:00:ab:cd:ef and "
+                "52:54:00:00:00:99): both must be the new host's addresses on that link"
+            ],
+        ),
+        (
+            {"rules": [{"priority": 202, "src": "all", "table": "100"}]},
+            [
+                "ip -6 rule 202: from all lookup 100 already uses priority 202: choose others with --priority, "
+                "--mark or --table"
+            ],
+        ),
+        (
+            {"table_routes": [{"dst": "2001:db8:9::/64", "gateway": "2001:db8:1::1", "dev": "eth1"}]},
+            [
+                "IPv6 routing table 202 is in use (1 route(s), e.g. 2001:db8:9::/64 via 2001:db8:1::1 dev eth1): "
+                "choose another with --table"
+            ],
+        ),
+    ],
+)
+def test_ipv6_return_preflight(changes, expected):
+    assert forwarding.check_return(PATH6, return_facts6(**changes)) == expected
+
+
+def test_forward_return_over_both_families_on_a_dual_stack_old_host_and_off_removes_both(tmp_path):
+    host, engine = forwarding_host(tmp_path)
+    path = engine.forwarder.forward_return([VIA4, NEW6_LINK], "eth1", actor="cli:ann")
+    assert (path.via, path.via6, path.lladdr) == (VIA4, NEW6_LINK, "52:54:00:ab:cd:ef")
+    unmarked = "--mark 0/0x2000000"
+    assert host.taken() == [
+        f"probe {VIA4}",
+        f"probe {NEW6_LINK}",
+        # The routes and rules first, both families, so the first marked reply has its way back.
+        f"ip -4 route replace default via {VIA4} dev eth1 table 202",
+        "ip -4 rule add fwmark 0x2000000/0x2000000 lookup 202 priority 202",
+        f"ip -6 route replace default via {NEW6_LINK} dev eth1 table 202",
+        "ip -6 rule add fwmark 0x2000000/0x2000000 lookup 202 priority 202",
+        "ip6 restore " + " | ".join(new_return_mangle(NEW6_LINK)),
+        "restore " + " | ".join(new_return_mangle(VIA4)),
+        # Flows that began unmarked are forgotten: to the link's IPv4 address, and to its IPv6 address in
+        # conntrack's IPv6 table (no IPv6 twin of an IPv4 filter: conntrack refuses a mismatched family).
+        f"conntrack -D -p tcp --orig-dst 203.0.113.7 {unmarked} --state SYN_RECV",
+        f"conntrack -D -p udp --orig-dst 203.0.113.7 {unmarked}",
+        f"conntrack -D -f ipv6 -p tcp --orig-dst 2001:db8:1::7 {unmarked} --state SYN_RECV",
+        f"conntrack -D -f ipv6 -p udp --orig-dst 2001:db8:1::7 {unmarked}",
+    ]
+    assert engine.forwarder.load_return()["via6"] == NEW6_LINK
+
+    removed = engine.forwarder.forward_return_off(drain=1, actor="cli:ann")
+    assert removed == [
+        "mangle chains",
+        "IPv6 mangle chains",
+        "ip rule fwmark 0x2000000/0x2000000 lookup 202 priority 202",
+        "the routes of table 202",
+        "ip -6 rule fwmark 0x2000000/0x2000000 lookup 202 priority 202",
+        "the IPv6 routes of table 202",
+    ]
+    taken = host.taken()
+    # Marking stops first in both families, while marked connections of both drain.
+    assert taken[:2] == [
+        f"ip6 restore *mangle | :DEPLOYER-RETURN - [0:0] | -A DEPLOYER-RETURN {RESTORE} | COMMIT",
+        f"restore *mangle | :DEPLOYER-RETURN - [0:0] | -A DEPLOYER-RETURN {RESTORE} | COMMIT",
+    ]
+    assert "conntrack -L -f ipv6 -p tcp --mark 0x2000000/0x2000000 --state ESTABLISHED" in taken
+    assert host.netfilter6 is not None
+    for netfilter in (host.netfilter, host.netfilter6):
+        assert not any(chain.startswith("DEPLOYER-RETURN") for chain in netfilter.tables["mangle"])
+        assert netfilter.tables["mangle"]["PREROUTING"] == [] and netfilter.tables["mangle"]["OUTPUT"] == []
+    assert engine.forwarder.load_return() is None
+
+
+def test_an_ipv6_return_path_needs_ipv6_on(tmp_path):
+    host, engine = forwarding_host(tmp_path, dual=False)
+    with pytest.raises(InvalidForwarding, match=r"--via 2001:db8:1::20: IPv6 is off on this host"):
+        engine.forwarder.forward_return([VIA4, NEW6_LINK], "eth1", actor="cli:ann")
+    assert host.taken() == []

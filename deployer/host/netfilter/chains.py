@@ -379,9 +379,14 @@ class Chains:
         addresses = {f[f.index("--reply-src") + 1] for f in filters if "--reply-src" in f} - set(extra6 or {})
         return filters + conntrack.for_ipv6(filters, {**self.twins(addresses), **(extra6 or {})})
 
-    def clean_flows(self, filters: list[list[str]], extra6: Mapping[str, str] | None = None) -> int:
-        """Delete the conntrack entries matching each filter; how many went."""
-        return sum(self.backend.conntrack_delete(f) for f in self.both_families(filters, extra6))
+    def clean_flows(
+        self, filters: list[list[str]], extra6: Mapping[str, str] | None = None, *, as_given: bool = False
+    ) -> int:
+        """Delete the conntrack entries matching each filter; how many went. `as_given`: the filters name their
+        family themselves (`-f ipv6`), and get no twins."""
+        return sum(
+            self.backend.conntrack_delete(f) for f in (filters if as_given else self.both_families(filters, extra6))
+        )
 
     def flows(self, filters: list[list[str]]) -> list[str]:
         """The conntrack entries matching each filter, as `conntrack -L` prints them."""
