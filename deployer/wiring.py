@@ -111,6 +111,7 @@ def build_engine(
         run_hook=run_hook,
         journal=journal or build_journal(config),
         shared_address=SharedAddress() if config.cluster is not None else None,
+        cluster_nft=Nftables() if config.cluster is not None and config.cluster.address6 is not None else None,
         publish=build_live_publisher(config),
     )
 
@@ -374,6 +375,7 @@ def build_cluster_agent(config: Config, journal: Journal | None = None) -> Clust
         journal=journal or build_journal(config),
         prober=Probes(),
         owners=Queue.for_state_dir(config.settings.state_dir).sightings.record_cluster,
+        nft=Nftables() if config.cluster is not None and config.cluster.address6 is not None else None,
     )
 
 

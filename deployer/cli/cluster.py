@@ -94,7 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, handle)
     c = agent.cluster
     print(
-        f"cluster agent of {c.host}: {c.address} on {c.interface}, home buckets "
+        f"cluster agent of {c.host}: {c.address}{' and ' + c.address6 if c.address6 else ''} on {c.interface}, "
+        "home buckets "
         f"{plan.home_buckets(c, c.host)} of {c.buckets}",
         flush=True,
     )
@@ -109,7 +110,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     health = "healthy" if status["healthy"] else f"UNHEALTHY ({status.get('problem') or 'not checked yet'})"
     print(
-        f"{status['host']}: {health}; {'joined' if status['intent'] == 'join' else 'LEFT'}; keepalived "
+        f"{status['host']} ({' and '.join(status['addresses'])}): {health}; "
+        f"{'joined' if status['intent'] == 'join' else 'LEFT'}; keepalived "
         f"{'pid ' + str(status['keepalived_pid']) if status['keepalived_pid'] else 'NOT RUNNING'}; "
         f"takes in buckets {status['owned'] or 'none'}"
         + (f"; relays {status['relaying']} to its peers" if status.get("relaying") else "")

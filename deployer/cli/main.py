@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         "deployer rules demo",
     )
     p.add_argument("app", help="the app's name, as in [apps.APP]")
+    p.add_argument(
+        "--ipv6",
+        action="store_true",
+        help="the IPv6 family's transaction (ip6tables-restore text, or nft commands for table ip6) on a "
+        "dual-stack host",
+    )
     add_json_flag(p)
 
     p = _command(
@@ -324,9 +330,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
-    text = _engine(args).rules_text(args.app)
+    text = _engine(args).rules_text(args.app, ipv6=args.ipv6)
     if args.json:
-        print_json({"app": args.app, "backend": args.loaded_config.settings.backend, "transaction": text})
+        backend = args.loaded_config.settings.backend
+        print_json(
+            {"app": args.app, "backend": backend, "family": "ipv6" if args.ipv6 else "ipv4", "transaction": text}
+        )
         return 0
     sys.stdout.write(text)
     return 0

@@ -39,6 +39,8 @@ KEYS = {
     "handover_delay",
     "arp",
     "unicast",
+    "address6",
+    "subnet6",
 }
 
 
@@ -46,6 +48,7 @@ KEYS = {
 class ClusterHost:
     name: str
     address: str  # its own address on the interface: keepalived's VRRP adverts come from it
+    address6: str | None = None  # its own IPv6 address there: the IPv6 relays go to it
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class ClusterConfig:
     handover_delay: float = 0.25  # a bucket gained is taken this long after keepalived said MASTER (see parse)
     arp: str = "mangle"  # "mangle": the hosts answer ARP for the address with the multicast MAC; "none": the router
     unicast: bool = False  # VRRP adverts to the other hosts' addresses only, and VRRP from anyone else dropped
+    address6: str | None = None  # the shared IPv6 address, on a dual-stack host; the same buckets take it in
+    subnet6: str | None = None  # the interface's IPv6 subnet: address6 and every host's address6 are in it
 
     @property
     def peers(self) -> tuple[ClusterHost, ...]:
@@ -122,8 +127,8 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
         if not isinstance(entry, dict):
             raise ConfigError("must be a table", path=path, key=where)
         for name in entry:
-            if name not in ("name", "address"):
-                raise ConfigError("unknown key (allowed: address, name)", path=path, key=f"{where}.{name}")
+            if name not in ("name", "address", "address6"):
+                raise ConfigError("unknown key (allowed: address, address6, name)", path=path, key=f"{where}.{name}")
         name = entry.get("name")
         if not isinstance(name, str) or not HOST_NAME_RE.fullmatch(name):
             raise ConfigError(
@@ -144,7 +149,7 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
             raise ConfigError(
                 "is the shared address; each host needs an address of its own", path=path, key=f"{where}.address"
             )
-        hosts.append(ClusterHost(name=name, address=host_address))
+        hosts.append(ClusterHost(name=name, address=host_address, address6=entry.get("address6")))
     if buckets < len(hosts):
         raise ConfigError(
             f"must be at least the number of hosts ({len(hosts)}), so each host is home to a bucket",
@@ -203,6 +208,7 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
     if not 0 <= handover <= 10:
         raise ConfigError("must be from 0 to 10 seconds", path=path, key=key("handover_delay"))
 
+    subnet6, address6, hosts = _ipv6(data, hosts, path=path)
     return ClusterConfig(
         address=address,
         interface=interface,
@@ -219,7 +225,60 @@ def parse_cluster(data: Any, *, path: Path) -> ClusterConfig:
         handover_delay=handover,
         arp=arp,
         unicast=unicast,
+        address6=address6,
+        subnet6=subnet6,
     )
+
+
+def _ipv6(
+    data: Mapping[str, Any], hosts: list[ClusterHost], *, path: Path
+) -> tuple[str | None, str | None, list[ClusterHost]]:
+    """The shared IPv6 address and its subnet, and each host's own IPv6 address (where relays of IPv6 flows go):
+    all of them or none."""
+    if "address6" not in data and "subnet6" not in data:
+        for i, host in enumerate(hosts):
+            if host.address6 is not None:
+                raise ConfigError(
+                    "needs [cluster] address6 and subnet6: a host's IPv6 address serves the shared IPv6 address",
+                    path=path,
+                    key=f"cluster.hosts[{i}].address6",
+                )
+        return None, None, hosts
+    try:
+        subnet6 = ipaddress.IPv6Network(_string(data, "subnet6", path=path), strict=True)
+    except ValueError:
+        raise ConfigError(
+            "must be the interface's IPv6 subnet, e.g. 2001:db8:10::/64", path=path, key="cluster.subnet6"
+        ) from None
+    address6 = _address6_in(data.get("address6"), subnet6, path=path, key="cluster.address6")
+    found: list[ClusterHost] = []
+    for i, host in enumerate(hosts):
+        own = _address6_in(host.address6, subnet6, path=path, key=f"cluster.hosts[{i}].address6")
+        if own == address6 or own in {h.address6 for h in found}:
+            whose = "the shared IPv6 address" if own == address6 else "another host's"
+            raise ConfigError(
+                f"{own} is {whose}; each host needs an IPv6 address of its own",
+                path=path,
+                key=f"cluster.hosts[{i}].address6",
+            )
+        found.append(ClusterHost(name=host.name, address=host.address, address6=own))
+    return str(subnet6), address6, found
+
+
+def _address6_in(value: Any, subnet: ipaddress.IPv6Network, *, path: Path, key: str) -> str:
+    try:
+        address = ipaddress.IPv6Address(value if isinstance(value, str) else "")
+    except ValueError:
+        raise ConfigError(
+            "must be an IPv6 address (with [cluster] address6, on every host)", path=path, key=key
+        ) from None
+    if address not in subnet or address == subnet.network_address or address.is_multicast or address.is_link_local:
+        raise ConfigError(
+            f"{address} is outside the interface's IPv6 subnet {subnet}: hosts on one L2 segment share the address",
+            path=path,
+            key=key,
+        )
+    return str(address)
 
 
 def check_cluster_apps(cluster: ClusterConfig | None, cluster_apps: Mapping[str, bool], *, path: Path) -> None:

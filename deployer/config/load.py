@@ -314,12 +314,18 @@ def _apps_table(data: Mapping[str, Any], *, path: Path) -> dict[str, Any]:
 
 def _check_ipv6(settings: Settings, cluster: Any, *, path: Path) -> None:
     """What a dual-stack host cannot do yet is refused here, with the reason, rather than half done."""
+    if cluster is not None and cluster.address6 is not None and not settings.ipv6:
+        raise ConfigError(
+            "needs [deployer] ipv6 = true: the apps' IPv6 rules serve what the shared IPv6 address takes in",
+            path=path,
+            key="cluster.address6",
+        )
     if not settings.ipv6:
         return
-    if cluster is not None:
+    if cluster is not None and cluster.address6 is None:
         raise ConfigError(
-            "cannot be on with [cluster] yet: the shared address and its buckets are IPv4 only (keepalived's IPv6 "
-            "VRRP is not set up); set ipv6 = false on cluster hosts",
+            "needs [cluster] address6 and subnet6 on a cluster host, and an address6 for each of [[cluster.hosts]]: "
+            "IPv6 clients are served on a shared IPv6 address of their own (docs/ipv6.md#the-cluster)",
             path=path,
             key="deployer.ipv6",
         )

@@ -3,9 +3,10 @@
 It receives its adapters (netfilter, keepalived, the shared address, a probe factory) as arguments; only
 deployer/wiring.py builds the real ones. The order of effects, which the unit tests pin down:
 
-- start: join the shared address, write keepalived's config and track files, write the chain owning nothing,
-  with `unicast` the filter that drops VRRP from anyone but the other hosts (removed without it), start
-  keepalived. Until keepalived reports, this host takes in no new flow.
+- start: with a shared IPv6 address, its nftables table owning nothing (its neighbour discovery rewrite in place
+  before the address is), then join the shared address(es), write keepalived's config and track files, write the
+  chain owning nothing, with `unicast` the filter that drops VRRP from anyone but the other hosts (removed without
+  it), start keepalived. Until keepalived reports, this host takes in no new flow.
 - a bucket gained is taken `handover_delay` after keepalived said MASTER, the moment the old owner needs to drop
   it; meanwhile, and whenever in service, the flows a peer relays are taken in (plan/cluster.py, "The handover").
 - a bucket lost (BACKUP, FAULT, keepalived gone) stops being taken in at once and is relayed to the host keepalived
@@ -14,6 +15,7 @@ deployer/wiring.py builds the real ones. The order of effects, which the unit te
 - to go out of service (unhealthy, or asked to leave): let every bucket go (relayed) first, then tell keepalived
   (its track file). The other way round, this host would still take in new flows after a peer took them over.
 - stop: drop every bucket, then stop keepalived by its pid (its instances send priority 0: a quick takeover).
+- every change of buckets is written to the IPv4 chain, then to the IPv6 table's chain (plan/cluster6.py).
 
 The control side (`cluster status`, `leave`, `join`) talks to the agent through files in <state_dir>/cluster/:
 it writes the intent ("join" or "leave"), the agent writes status.json.
@@ -37,6 +39,7 @@ from deployer.host.health import Prober, ProbeResult, set_port_probe
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
 from deployer.plan import cluster as plan
+from deployer.plan import cluster6
 from deployer.plan.keepalived import render_config
 from deployer.plan.rules import ChainNames
 
@@ -68,8 +71,17 @@ class KeepalivedPort(Protocol):
 
 
 class SharedAddressPort(Protocol):
-    def join(self, interface: str, address: str, mac: str, *, arp_mangle: bool) -> None: ...
-    def part(self, interface: str, address: str, mac: str) -> None: ...
+    def join(
+        self, interface: str, address: str, mac: str, *, arp_mangle: bool, address6: str | None = None
+    ) -> None: ...
+    def own_mac(self, interface: str) -> str: ...
+    def part(self, interface: str, address: str, mac: str, *, address6: str | None = None) -> None: ...
+
+
+class NftPort(Protocol):
+    """nftables, for the shared IPv6 address's table (plan/cluster6.py): one transaction per call."""
+
+    def run(self, text: str) -> str: ...
 
 
 class RulesPort(Protocol):
@@ -149,10 +161,14 @@ class ClusterAgent:
         prober: Prober | None = None,
         probe: ProbeFactory | None = None,
         owners: OwnersRecord | None = None,
+        nft: NftPort | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.cluster = cluster_of(config)
+        if self.cluster.address6 is not None and nft is None:
+            raise ClusterError("the shared IPv6 address needs nftables (the agent was built without it)")
+        self.nft = nft
         self.netfilter = netfilter
         self.keepalived = keepalived
         self.shared = shared
@@ -179,7 +195,11 @@ class ClusterAgent:
     def start(self) -> None:
         c = self.cluster
         self.netfilter.disable_tcp_loose()
-        self.shared.join(c.interface, c.address, c.multicast_mac, arp_mangle=c.arp == "mangle")
+        if c.address6 is not None and self.nft is not None:
+            # Before the address: the host's neighbour advertisements for it carry the multicast MAC from the first.
+            own_mac = self.shared.own_mac(c.interface)
+            self.nft.run(cluster6.render_ensure(self.names, c, self.config.apps.values(), plan.Intake(), own_mac))
+        self.shared.join(c.interface, c.address, c.multicast_mac, arp_mangle=c.arp == "mangle", address6=c.address6)
         self.keepalived.prepare(
             render_config(
                 c,
@@ -325,6 +345,8 @@ class ClusterAgent:
             return
         before = self.state.intake or plan.Intake()
         self.netfilter.restore(plan.render_owned(self.names, self.cluster, self.config.apps.values(), intake))
+        if self.cluster.address6 is not None and self.nft is not None:
+            self.nft.run(cluster6.render_owned(self.names, self.cluster, self.config.apps.values(), intake))
         self.state.intake = intake
         self.journal.record(
             "cluster.buckets",
@@ -474,7 +496,9 @@ class ClusterAgent:
 # --- taking the cluster off a host -------------------------------------------------------------------
 
 
-def remove_cluster(config: Config, netfilter: RulesPort, shared: SharedAddressPort) -> list[str]:
+def remove_cluster(
+    config: Config, netfilter: RulesPort, shared: SharedAddressPort, nft: NftPort | None = None
+) -> list[str]:
     """The shared address off this host, then the cluster's chains; what was removed (at `deployer uninstall`).
 
     In this order: without its chain a host takes in every frame sent to the shared address and answers every
@@ -483,8 +507,10 @@ def remove_cluster(config: Config, netfilter: RulesPort, shared: SharedAddressPo
     """
     c = cluster_of(config)
     names = ChainNames(config.settings.chain_prefix)
-    shared.part(c.interface, c.address, c.multicast_mac)
+    shared.part(c.interface, c.address, c.multicast_mac, address6=c.address6)
     removed = [f"shared address {c.address} on {c.interface}"]
+    if c.address6 is not None:
+        removed.append(f"shared address {c.address6} on {c.interface}")
     text = plan.render_removal(plan.parse(netfilter.save_table(plan.TABLE)), names)
     if text:
         netfilter.restore(text)
@@ -493,6 +519,9 @@ def remove_cluster(config: Config, netfilter: RulesPort, shared: SharedAddressPo
     if vrrp:
         netfilter.restore(vrrp)
         removed.append(f"{plan.FILTER_TABLE} chain {plan.vrrp_chain(names)}")
+    if nft is not None and cluster6.has_table(nft.run(f"list tables {cluster6.FAMILY}"), names):
+        nft.run(cluster6.render_removal(names))
+        removed.append(f"nftables table {cluster6.FAMILY} {cluster6.table_name(names)}")
     return removed
 
 
@@ -546,6 +575,8 @@ class ClusterControl:
         c = self.cluster
         status = read_status(self.paths)
         lines = self.netfilter.conntrack_list(plan.conntrack_filter(c))
+        if c.address6 is not None:
+            lines += self.netfilter.conntrack_list(plan.conntrack_filter6(c))
         flows = plan.flows_per_bucket(lines, c)
         status["buckets"] = [
             {
@@ -561,6 +592,7 @@ class ClusterControl:
             for b in range(c.buckets)
         ]
         status["open_tcp_flows"] = plan.open_tcp_flows(lines, c)
+        status["addresses"] = [c.address, *([c.address6] if c.address6 else [])]  # the shared ones, IPv4 first
         return status
 
     def leave(self, *, actor: str, wait: bool, timeout: float, force: bool) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from deployer.config import AppConfig, Config
-from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack
+from deployer.errors import BootError, CanaryError, DeployerError, HookFailed, NothingToRollBack, UsageError
 from deployer.host import modes
-from deployer.host.cluster import SharedAddressPort, remove_cluster
+from deployer.host.cluster import NftPort, SharedAddressPort, remove_cluster
 from deployer.host.forwarder import Forwarder, RoutingPort
 from deployer.host.health import Prober, set_port_probe, wait_healthy
 from deployer.host.netfilter.backend import NetfilterBackend
@@ -167,6 +167,7 @@ class Engine:
         leftovers6: Sequence[NetfilterBackend] = (),
         forwarding6: Callable[[], list[str]] | None = None,
         shared_address: SharedAddressPort | None = None,
+        cluster_nft: NftPort | None = None,
         publish: Publish | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -190,12 +191,14 @@ class Engine:
             backend6=netfilter6,
             leftovers6=leftovers6,
             forwarding6=forwarding6,
+            host_changed=lambda change: self.journal.record("host.sysctl", detail=change),
             clock=clock,
             sleep=sleep,
         )
         self.names = self.chains.names
         self.forwarder = Forwarder(self, routing)
         self.shared_address = shared_address  # with [cluster]: uninstall takes the shared address off
+        self.cluster_nft = cluster_nft  # with [cluster] address6: and the shared IPv6 address's nftables table
 
     # --- public operations ---------------------------------------------------------------------
 
@@ -280,16 +283,16 @@ class Engine:
             ]
             # Once deployed, the jumps into the app's chain must be there too, or outside clients miss it.
             jumps_ok = state.active is None or not self.chains.base_missing(live, app)
+            notes = forwarding.status_notes(
+                app_chain.notes(app, state), state, dual=self.chains.dual(app)
+            ) + self._canary_flows(app, state)
+            drifted6 = self._ipv6_note(app, state, wanted, notes)
             if app.host_bound:
                 live_rules = live_rules + hostbound.live_app_rules(live, self.names, app)
                 wanted = wanted + hostbound.app_rules(self.names, app, self.settings.maintenance_port)
                 jumps_ok = not self.chains.base_missing(live, app) and hostbound.jump(self.names) in live.rules(
                     "PREROUTING"
                 )
-            notes = forwarding.status_notes(
-                app_chain.notes(app, state), state, dual=self.chains.dual(app)
-            ) + self._canary_flows(app, state)
-            drifted6 = self._ipv6_note(app, state, wanted, notes)
             # A forward also needs its accept rules and IPv4 forwarding, or the old host never sees a packet.
             forward_problems = self.forwarder.drift(app.name, state, live) if state.mode == forwarding.MODE else []
             result.append(
@@ -310,17 +313,28 @@ class Engine:
         return result
 
     def _ipv6_note(self, app: AppConfig, state: AppState, wanted: list[str], notes: list[str]) -> bool:
-        """On a dual-stack host, a line for the IPv6 side; whether its chain differs from what it should be."""
-        if self.chains.backend6 is None or app.host_bound:
+        """On a dual-stack host, a line for the IPv6 side (and one for a host-bound app's socket match); whether its
+        rules differ from what they should be."""
+        if self.chains.backend6 is None:
             return False
         if not self.chains.dual(app):
             notes.append("IPv6: off for this app (ipv6 = false); its IPv6 clients are not served")
             return False
         wanted6 = self.chains.wanted6(app, wanted, forwarding.twins6(state)) or []
         live6 = self.chains.chain6(app.name)
+        socket_ok = True
+        if app.host_bound:
+            socket_ok = hostbound.in_step(
+                self.chains.table("nat", ipv6=True), self.names, app, self.settings.maintenance_port
+            )
+            notes.append(
+                "IPv6: the socket-match rules are in place"
+                if socket_ok
+                else "IPv6: the socket-match rules or their PREROUTING jump differ from what the config calls for"
+            )
         if live6 == wanted6:
             notes.append(f"IPv6: {len(wanted6)} rule{'' if len(wanted6) == 1 else 's'}, in step with IPv4")
-            return False
+            return not socket_ok
         notes.append(
             f"IPv6: the rules differ from what the record calls for ({len(live6 or [])} live, {len(wanted6)} wanted)"
         )
@@ -343,20 +357,30 @@ class Engine:
             counts.append(f"{instance.tag} ({instance.port_set} {instance.address}) {flows}")
         return ["live flows: " + ", ".join(counts)]
 
-    def rules_text(self, app_name: str) -> str:
+    def rules_text(self, app_name: str, *, ipv6: bool = False) -> str:
         """Every rule the deployer keeps for the app's recorded active instance, as one transaction: the
-        iptables-restore text, or on the nftables backend the nft commands it becomes.
+        iptables-restore text, or on the nftables backend the nft commands it becomes. With `ipv6`, the IPv6
+        family's (ip6tables-restore text, or `table ip6` commands), a transaction of its own as it is applied.
 
         Rendered against an empty table, so it shows the jumps and chains too, not a diff.
         """
         app = self.config.app(app_name)
         chain_rules = self.chains.wanted(app, self.store.load(app.name))
-        text = rules.render_restore(rules.SavedTable(), self.names, self.settings.bridge, {app.name: chain_rules})
-        if app.host_bound:
+        if ipv6:
+            chain_rules6 = self.chains.wanted6(app, chain_rules)
+            if chain_rules6 is None:
+                raise UsageError("IPv6 is off on this host ([deployer] ipv6 = false): it has no IPv6 rules")
+            chain_rules = chain_rules6
+        text = rules.render_restore(
+            rules.SavedTable(), self.names, self.settings.bridge, {app.name: chain_rules}, ipv6=ipv6
+        )
+        if app.host_bound:  # the same socket-match text in both families
             text = hostbound.with_socket_rules(text, self.names, app, self.settings.maintenance_port)
         if self.settings.backend == "nftables":
-            prefix = self.settings.chain_prefix
-            return nft.translate_restore(text, nft.table_name(prefix), prefix, nft.Table()).nat
+            prefix, family = self.settings.chain_prefix, nft.family_of("ip6" if ipv6 else "ip")
+            return nft.translate_restore(
+                text, nft.table_name(prefix), prefix, nft.Table(family=family), family=family
+            ).nat
         return text
 
     def uninstall(self, *, actor: str) -> list[str]:
@@ -367,7 +391,7 @@ class Engine:
         """
         removed = []
         if self.config.cluster is not None and self.shared_address is not None:
-            removed.extend(remove_cluster(self.config, self.netfilter, self.shared_address))
+            removed.extend(remove_cluster(self.config, self.netfilter, self.shared_address, self.cluster_nft))
         for container in self.docker.containers(selector(self.settings)):
             self.docker.remove(container.id)
             removed.append(f"container {container.name}")
@@ -591,6 +615,7 @@ class Engine:
                 container_name=new.name,
                 address=run.address,
                 since=utc_now(),
+                address6=new.address6(self.settings.network) if self.chains.dual(run.app) else None,
             )
             after = decide(instance)
             run.old_addresses = self.chains.flip(run.app, self.chains.wanted(run.app, after), step.detail, tidy=False)

@@ -33,7 +33,7 @@ from deployer.host.netfilter.chains import Chains
 from deployer.host.operation import Operation
 from deployer.host.state import StateStore
 from deployer.journal import Journal, utc_now
-from deployer.plan import conntrack, forwarding, rules
+from deployer.plan import conntrack, forwarding
 from deployer.plan.forwarding import MODE, ReturnPath, Target
 from deployer.plan.records import SERVING, AppState
 from deployer.plan.rules import SavedTable
@@ -244,10 +244,9 @@ class Forwarder:
 
     def _extras6_differ(self, app: str, target: Target) -> bool:
         """Whether ip6tables' accept and masquerade rules differ from what the forward calls for (read only)."""
-        backend6 = self.chains.backend6
-        if backend6 is None:
+        if self.chains.backend6 is None:
             return False
-        tables = [rules.parse_table(backend6.save_table(name), name) for name in ("filter", "nat")]
+        tables = [self.chains.table(name, ipv6=True) for name in ("filter", "nat")]
         return forwarding.render_extras(*tables, self.names, app, target, ipv6=True) is not None
 
     def forward_facts(self, target: Target) -> forwarding.ForwardFacts:

@@ -142,6 +142,7 @@ def failover_on(host: ModeHost, app: AppConfig, *, container_id: str, failures: 
         if state.mode != SERVING or state.active is None or state.active.container_id != container_id:
             return None
         failed["address"] = state.active.address
+        host.chains.learn_twin(state.active.address, state.active.address6)
         return maintenance.failover_on(state, now=utc_now(), failures=failures, last=last)
 
     after = apply(host, app, decide, event="failover.on", actor="watchdog", wait=0, failures=failures, last_probe=last)
@@ -233,21 +234,29 @@ def wait_drained(host: ModeHost, app_name: str, *, actor: str, timeout: float, s
 def reconcile_host_bound(
     host: ModeHost, app: AppConfig, *, actor: str, job: str | None = None, live: SavedTable | None = None
 ) -> list[str]:
-    """Jumps, the socket-match chain and the app's own chain as the config and the record say; `live` is the nat
-    table when the caller read it already."""
+    """Jumps, the socket-match chain and the app's own chain as the config and the record say, in both families on
+    a dual-stack host; `live` is the nat table when the caller read it already."""
     chains = host.chains
     repairs: list[str] = []
     if chains.base_missing(chains.table("nat") if live is None else live, app):
         chains.ensure_base(app)
         repairs.append(f"jumps and chains of {app.name} restored")
-    if chains.rewrite(
-        lambda nat: hostbound.render_ensure(nat, chains.names, host.config.apps, host.settings.maintenance_port), "nat"
-    ):
-        repairs.append(f"socket-match rules of the host-bound apps written ({hostbound.chain(chains.names)})")
+
+    def ensure(nat: SavedTable) -> str | None:
+        return hostbound.render_ensure(nat, chains.names, host.config.apps, host.settings.maintenance_port)
+
+    written = hostbound.chain(chains.names)
+    if chains.rewrite(ensure, "nat"):
+        repairs.append(f"socket-match rules of the host-bound apps written ({written})")
+    if chains.rewrite6(ensure, "nat"):  # one rendering: the rules read the same in ip6tables
+        repairs.append(f"IPv6 socket-match rules of the host-bound apps written ({written})")
     wanted = chains.wanted(app, host.store.load(app.name))
     if chains.chain(app.name) != wanted:
         chains.flip(app, wanted)
         repairs.append(f"rules of {app.name} set as its record says")
+    elif chains.drifted6(app, wanted):
+        chains.flip(app, wanted)
+        repairs.append(f"IPv6 rules of {app.name} set as its record says")
     record_repairs(host.journal, repairs, app=app.name, actor=actor, job=job)
     return repairs
 
@@ -256,13 +265,17 @@ def reconcile_host_bound(
 
 
 def ensure_retries(chains: Chains, apps: list[AppConfig]) -> None:
-    """Write the mangle chain that turns these apps' refused handshakes into retries (see retries.py)."""
-    chains.rewrite(
-        lambda mangle: retries.render_ensure(mangle, chains.names, apps, chains.settings.bridge), retries.TABLE
-    )
+    """Write the mangle chain that turns these apps' refused handshakes into retries (see retries.py), in both
+    families on a dual-stack host: an IPv6 client of a dying instance is refused as quickly as an IPv4 one."""
+    bridge = chains.settings.bridge
+    dual = [app for app in apps if chains.dual(app)]
+    chains.rewrite6(lambda mangle: retries.render_ensure(mangle, chains.names, dual, bridge), retries.TABLE)
+    chains.rewrite(lambda mangle: retries.render_ensure(mangle, chains.names, apps, bridge), retries.TABLE)
 
 
 def remove_retries(chains: Chains) -> list[str]:
-    if chains.rewrite(lambda mangle: retries.render_removal(mangle, chains.names), retries.TABLE) is None:
-        return []
-    return [f"mangle chain {retries.chain(chains.names)}"]
+    removed = []
+    for family, rewrite in (("", chains.rewrite), ("IPv6 ", chains.rewrite6)):
+        if rewrite(lambda mangle: retries.render_removal(mangle, chains.names), retries.TABLE) is not None:
+            removed.append(f"{family}mangle chain {retries.chain(chains.names)}")
+    return removed

@@ -116,6 +116,7 @@ def reconcile_app(
         container_name=serving.name,
         address=address,
         since=utc_now(),
+        address6=serving.address6(host.settings.network) if host.chains.dual(app) else None,
     )
     wanted = host.chains.wanted(app, state.promoted(instance, utc_now()))  # as the mode says
     if host.chains.base_missing(live, app):

@@ -72,7 +72,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from deployer.config import AppConfig
-from deployer.config.cluster import ClusterConfig
+from deployer.config.cluster import ClusterConfig, ClusterHost
 from deployer.plan.rules import ChainNames, SavedTable, parse_table, save_string
 
 TABLE = "mangle"
@@ -97,7 +97,39 @@ def _rol32(value: int, shift: int) -> int:
 def jhash_1word(a: int, initval: int) -> int:
     """The kernel's jhash_1word (include/linux/jhash.h): __jhash_nwords(a, 0, 0, initval + JHASH_INITVAL + 4)."""
     start = (initval + _JHASH_INITVAL + (1 << 2)) & _M32
-    a, b, c = (a + start) & _M32, start, start
+    return _jhash_final((a + start) & _M32, start, start)
+
+
+def _jhash_mix(a: int, b: int, c: int) -> tuple[int, int, int]:
+    """__jhash_mix: six rounds of `x -= z; x ^= rol32(z, r); z += y`, x going a, b, c, a, b, c."""
+    v = [a, b, c]
+    for step, shift in enumerate((4, 6, 8, 16, 19, 4)):
+        x, y, z = step % 3, (step + 1) % 3, (step + 2) % 3
+        v[x] = ((v[x] - v[z]) & _M32) ^ _rol32(v[z], shift)
+        v[z] = (v[z] + v[y]) & _M32
+    return v[0], v[1], v[2]
+
+
+def jhash(data: bytes, initval: int) -> int:
+    """The kernel's jhash(key, length, initval), which nftables' `jhash` expression calls on the bytes it hashes:
+    12 bytes at a time (three little-endian words, as x86 and arm64 read them), the rest zero-padded."""
+    state = [(_JHASH_INITVAL + len(data) + initval) & _M32] * 3
+    while len(data) > 12:
+        state = list(_jhash_mix(*_plus_block(state, data[:12])))
+        data = data[12:]
+    if not data:
+        return state[2]
+    return _jhash_final(*_plus_block(state, data.ljust(12, b"\0")))
+
+
+def _plus_block(state: Sequence[int], block: bytes) -> tuple[int, int, int]:
+    """a, b and c, each plus its little-endian word of a 12-byte block."""
+    a, b, c = ((state[i] + int.from_bytes(block[4 * i : 4 * i + 4], "little")) & _M32 for i in range(3))
+    return a, b, c
+
+
+def _jhash_final(a: int, b: int, c: int) -> int:
+    """__jhash_final, line for line; its c."""
     c ^= b
     c = (c - _rol32(b, 14)) & _M32
     a ^= c
@@ -113,6 +145,12 @@ def jhash_1word(a: int, initval: int) -> int:
     c ^= b
     c = (c - _rol32(b, 24)) & _M32
     return c
+
+
+def bucket_of6(source: str, buckets: int, seed: int) -> int:
+    """The bucket nftables' `jhash ip6 saddr mod buckets seed seed` puts an IPv6 source in: all 128 bits hashed.
+    Not xt_cluster's: it hashes the first 32 bits of an IPv6 source only, so one /32's clients would share a host."""
+    return (jhash(ipaddress.IPv6Address(source).packed, seed) * buckets) >> 32
 
 
 def bucket_of(source: str, buckets: int, seed: int) -> int:
@@ -139,11 +177,15 @@ def priority(cluster: ClusterConfig, bucket: int, host: str) -> int:
     return HOME_PRIORITY - PRIORITY_STEP * ranking(cluster, bucket).index(host)
 
 
-def relay_target(cluster: ClusterConfig, bucket: int) -> str:
-    """The address a bucket this host lets go is relayed to: the peer ranked first for it, which keepalived elects
+def relay_peer(cluster: ClusterConfig, bucket: int) -> ClusterHost:
+    """The host a bucket this host lets go is relayed to: the peer ranked first for it, which keepalived elects
     next whether this host leaves or that peer comes back. One peer, not all: right after an election two backups
     can both be master for a moment (their timers ran out together), and each would answer the relayed copy."""
-    return cluster.peer(next(name for name in ranking(cluster, bucket) if name != cluster.host)).address
+    return cluster.peer(next(name for name in ranking(cluster, bucket) if name != cluster.host))
+
+
+def relay_target(cluster: ClusterConfig, bucket: int) -> str:
+    return relay_peer(cluster, bucket).address
 
 
 def relays_when_outranked(cluster: ClusterConfig, bucket: int) -> bool:
@@ -454,7 +496,7 @@ def leave_problem(cluster: ClusterConfig, states: Mapping[int, str]) -> str | No
 
 # --- flows ---------------------------------------------------------------------------------------
 
-_SRC = re.compile(r"\bsrc=(\d+\.\d+\.\d+\.\d+)\b")
+_SRC = re.compile(r"\bsrc=([0-9a-fA-F:.]+)\s")
 _MARK = re.compile(r"\bmark=(\d+)\b")
 
 
@@ -463,13 +505,20 @@ def conntrack_filter(cluster: ClusterConfig) -> list[str]:
     return ["-f", "ipv4", "--orig-dst", cluster.address]
 
 
+def conntrack_filter6(cluster: ClusterConfig) -> list[str]:
+    """The flows to the shared IPv6 address (`conntrack` reads one family at a time)."""
+    return ["-f", "ipv6", "--orig-dst", str(cluster.address6)]
+
+
 def flows_per_bucket(lines: Sequence[str], cluster: ClusterConfig) -> dict[int, int]:
-    """Flows this host took in (its connmark bit), counted per bucket of their source."""
+    """Flows this host took in (its connmark bit), counted per bucket of their source: an IPv6 source by the IPv6
+    buckets' hash."""
     counts = {b: 0 for b in range(cluster.buckets)}
     for line in lines:
         source, mark = _SRC.search(line), _MARK.search(line)
         if source and mark and int(mark.group(1)) & cluster.mark:
-            counts[bucket_of(source.group(1), cluster.buckets, cluster.hash_seed)] += 1
+            of = bucket_of6 if ":" in source.group(1) else bucket_of
+            counts[of(source.group(1), cluster.buckets, cluster.hash_seed)] += 1
     return counts
 
 

@@ -17,6 +17,11 @@ decided per connection by the kernel, with no watchdog delay.
   machines; processes on the host itself reach the server directly.
 
 Maintenance mode (`maintenance on`) works for a host-bound app as for any app, in its own chain, for every client.
+
+On a dual-stack host (`[deployer] ipv6`) the chain, its jump and the app chain are the same text in the IPv6 table
+too: the socket match, REDIRECT and the address-type match read the same in ip6tables, so one rendering serves
+both families, and an IPv6 client of a server that listens on IPv6 (`[::]:80`) is let through or shown the page
+as an IPv4 one is.
 """
 
 from __future__ import annotations
@@ -80,6 +85,13 @@ def live_app_rules(live: SavedTable, names: ChainNames, app: AppConfig) -> list[
     """The app's rules as they are in the live chain (picked by its ports, which no other app shares)."""
     ports = {f"--dport {p.external} " for p in app.ports if p.protocol == "tcp"}
     return [rule for rule in live.rules(chain(names)) if any(port in rule for port in ports)]
+
+
+def in_step(live: SavedTable, names: ChainNames, app: AppConfig, maintenance_port: int) -> bool:
+    """Whether `live` (a nat table of either family) holds the app's socket-match rules and the jump to them."""
+    return live_app_rules(live, names, app) == app_rules(names, app, maintenance_port) and jump(names) in live.rules(
+        "PREROUTING"
+    )
 
 
 def with_socket_rules(text: str, names: ChainNames, app: AppConfig, maintenance_port: int) -> str:

@@ -21,6 +21,7 @@ class Instance:
     container_name: str
     address: str
     since: str  # ISO 8601 UTC time it became active
+    address6: str | None = None  # on a dual-stack host; kept for the cleanup of a dead instance's IPv6 flows
 
 
 SERVING = "serving"  # the mode in which the external ports lead to the active instance

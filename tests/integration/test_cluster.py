@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from deployer.plan.cluster import bucket_of
+from deployer.config.cluster import default_multicast_mac
+from deployer.plan.cluster import bucket_of, bucket_of6
 from support import netns
 from support.cluster_bed import BUCKETS, SEED, ClusterBed, failed_requests, missing_tool
 from support.console_pages import bucket_rows, console_page
@@ -40,12 +41,13 @@ def bed(host: None):
 
 @pytest.fixture(scope="module")
 def nft_unicast_bed(host: None):
-    """A second bed, for what the first one's hosts cannot show: `backend = "nftables"` and `unicast = true`. One bed
-    for both saves building three dockerds again: the app's DNAT backend and the VRRP filter are independent (the
-    buckets and the filter are iptables' on either backend), and each test checks its own part."""
+    """A second bed, for what the first one's hosts cannot show: `backend = "nftables"`, `unicast = true` and
+    dual-stack hosts with a shared IPv6 address. One bed for all three saves building three dockerds again: the app's
+    DNAT backend, the VRRP filter and the IPv6 address's table are independent (the IPv4 buckets and the filter are
+    iptables' on either backend, the IPv6 buckets nftables'), and each test checks its own part."""
     if (tool := missing_tool()) is not None:
         missing(f"{tool} is not installed (run scripts/install-deps)")
-    with ClusterBed(backend="nftables", unicast=True) as built:
+    with ClusterBed(backend="nftables", unicast=True, ipv6=True) as built:
         built.start()
         yield built
 
@@ -351,6 +353,24 @@ def test_on_the_nftables_backend_each_source_is_answered_by_its_owner_and_a_depl
     assert "dnat ip to tcp dport map @tcp-ports" in table and 'comment "web blue' in table
     assert "-A DEPLOYER-web" not in h1.sh("iptables-save", "-t", "nat").stdout
     deploy_under_load(bed, "h1", "v2")
+
+
+def test_ipv6_sources_are_answered_by_exactly_the_host_the_oracle_names(nft_unicast_bed: ClusterBed):
+    """The shared IPv6 address: the client learnt the multicast MAC from the hosts' neighbour advertisements (each
+    host rewrites its own), so every host receives every packet, and each of 64 sources of one /64 is answered by
+    the host whose bucket nftables' jhash of the whole address names, over HTTP and UDP, once. The cluster match
+    would have put all 64 in one bucket."""
+    bed = nft_unicast_bed
+    assert {bucket_of6(s, BUCKETS, SEED) for s in bed.sources6} == set(range(BUCKETS))
+    replies = bed.client_once(ipv6=True)
+    wrong = {s: r for s, r in replies.items() if r != {"http": bed.owner_of(s), "udp": [bed.owner_of(s)]}}
+    assert not wrong, f"answered by other hosts than the oracle's, twice, or not at all: {wrong}"
+    neighbour = subprocess.run(
+        ["ip", "-n", bed.client, "-6", "neigh", "show", bed.address6], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"lladdr {default_multicast_mac(bed.address)} " in neighbour, neighbour
+    status = json.loads(bed.host("h2").deployer("cluster", "status", "--json").stdout)
+    assert status["addresses"] == [bed.address, bed.address6]
 
 
 # --- VRRP from a stranger on the segment ------------------------------------------------------------

@@ -32,24 +32,15 @@ from typing import Any
 import pytest
 
 from support.hosts import Hosts
-from support.integration import (
-    BRIDGE,
-    BRIDGE6,
-    NETWORK,
-    NETWORK6,
-    REPO,
-    Deployer,
-    demo_app,
-    dual_stack_network,
-    owned_deployer,
-)
+from support.integration import BRIDGE, NETWORK, REPO, Deployer, demo_app, dual_stack_network, owned_deployer
 from support.load import TRAFFIC
 
 pytestmark = pytest.mark.integration
 
 SERVER = REPO / "demo" / "app" / "build" / "server"
 TABLE = "202"
-# The dual-stack network's IPv6 subnet: the network is only made, no container runs on it.
+# The first test's dual-stack network, of its own: it is only made, no container runs on it.
+NETWORK6, BRIDGE6 = "dpltestfwd6", "dpltestfwd6br"
 DUAL_STACK = f'network = "{NETWORK6}"\nbridge = "{BRIDGE6}"\nipv6 = true\nipv6_subnet = "fd42:f06d:d0c::/64"'
 
 
@@ -246,7 +237,7 @@ def deployer_leftovers(hosts: Hosts, namespace: str, prefix: str, *addresses: st
 
 
 def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None:
-    with Hosts(container=True, ipv6=True) as hosts, dual_stack_network(new_host):
+    with Hosts(container=True, ipv6=True) as hosts, dual_stack_network(new_host, NETWORK6):
         like_a_docker_host(hosts, docker_user=True, bridge=BRIDGE6)
         new_host.configure(
             forwarded_app(

@@ -1,5 +1,7 @@
 """A host-bound server (Debian's nginx, on the host) restarted under load: while it is down, clients from other
-machines get the maintenance page through the socket match, not a refusal."""
+machines get the maintenance page through the socket match, not a refusal. The host is dual-stack (`[deployer]
+ipv6 = true`, on a network of the test's own): an IPv6 client from outside reaches nginx while it runs, gets the
+page while it is down and in maintenance, through the same chains in the IPv6 table."""
 
 from __future__ import annotations
 
@@ -15,12 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from support.integration import REPO, missing
+from deployer.plan import rules
+from deployer.wiring import build_netfilter6
+from support import netns
+from support.integration import REPO, dual_stack_network, missing
 from support.load import Background, Load, statuses
 
 pytestmark = pytest.mark.integration
 
 PORT = 25300
+NETWORK6, BRIDGE6 = "dplhb6", "dplhb6br"
+SUBNET6 = "fd42:b0d:6::/64"  # the Docker network's (nothing runs on it; fd00::/64 is the machine's own)
+OUTSIDE6 = "fd42:b0d:a::/64"  # the outside namespace's link
 NGINX_CONF = """\
 worker_processes 1;
 pid {root}/nginx.pid;
@@ -36,6 +44,7 @@ http {{
     scgi_temp_path {root}/scgi;
     server {{
         listen {port};
+        listen [::]:{port};
         location / {{ default_type text/plain; return 200 "nginx $remote_addr\\n"; }}
     }}
 }}
@@ -94,6 +103,14 @@ def nginx(tmp_path):
         server.stop()
 
 
+def outside_get(outside: netns.OutsideClient, host: str, *options: str) -> str:
+    """One request from the outside namespace (through nat PREROUTING); what curl printed, or its error."""
+    done = outside.run(
+        ["curl", "-sS", "--max-time", "5", *options, f"http://{host}:{PORT}/"], capture_output=True, text=True
+    )
+    return done.stdout or done.stderr
+
+
 def local_get(port: int) -> str:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
@@ -104,10 +121,18 @@ def local_get(port: int) -> str:
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
-def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, outside, nginx, tmp_path, backend):
+def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, host, nginx, tmp_path, backend):
+    with dual_stack_network(deployer, NETWORK6), netns.OutsideClient(ipv6=OUTSIDE6) as outside:
+        restarted_under_load(deployer, outside, nginx, tmp_path, backend)
+
+
+def restarted_under_load(deployer, outside: netns.OutsideClient, nginx: Nginx, tmp_path: Path, backend: str) -> None:
     deployer.configure(
         f"[apps.web]\nhost_bound = true\n[[apps.web.ports]]\nexternal = {PORT}\n",
-        settings=f'maintenance_port = 25390\nbackend = "{backend}"',
+        settings=(
+            f'network = "{NETWORK6}"\nbridge = "{BRIDGE6}"\nipv6 = true\nipv6_subnet = "{SUBNET6}"\n'
+            f'maintenance_port = 25390\nbackend = "{backend}"'
+        ),
     )
     nginx.start()
     refused = deployer.cli("deploy", "web", "v1")
@@ -115,12 +140,16 @@ def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, outside,
     reconciled = deployer.cli("reconcile", "web")
     assert reconciled.returncode == 0 and "socket-match rules" in reconciled.stdout, reconciled.stderr
     status = json.loads(deployer.cli("status", "web", "--json").stdout)[0]
-    assert status["rules_match"], status
+    assert status["rules_match"], status  # both families' rules
     assert f"--dport {PORT} -m socket --nowildcard" in status["live_rules"][0]
     hostbound_chain = f"{deployer.prefix}-HOSTBOUND"
-    nat = deployer.nat_of(backend)
-    assert f"-A PREROUTING -m addrtype --dst-type LOCAL -j {hostbound_chain}" in nat.rules("PREROUTING")
-    assert not [r for r in nat.rules("OUTPUT") if hostbound_chain in r]
+    ip6 = build_netfilter6(deployer.config())  # ip6tables, or the nftables backend's table ip6
+    assert ip6 is not None
+    nat6 = rules.parse_nat(ip6.save_table("nat"))
+    for nat in (deployer.nat_of(backend), nat6):
+        assert f"-A PREROUTING -m addrtype --dst-type LOCAL -j {hostbound_chain}" in nat.rules("PREROUTING")
+        assert not [r for r in nat.rules("OUTPUT") if hostbound_chain in r]
+    assert nat6.rules(hostbound_chain) == deployer.nat_of(backend).rules(hostbound_chain)
     assert not [
         r
         for r in deployer.nat_of("nftables" if backend == "iptables" else "iptables").chains
@@ -138,13 +167,13 @@ def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, outside,
         server.wait_for("maintenance responder on port 25390")
         load.start("outside", "http-new", f"{outside.host_ip}:{PORT}", popen=outside.popen)
         time.sleep(1.0)
+        served6 = outside_get(outside, f"[{outside.host_ip6}]")
         stopping = time.time()
         nginx.stop()
         stopped = time.time()
         time.sleep(1.0)
-        page = outside.run(
-            ["curl", "-sS", "-D", "-", f"http://{outside.host_ip}:{PORT}/"], capture_output=True, text=True
-        ).stdout
+        page = outside_get(outside, outside.host_ip, "-D-")
+        page6 = outside_get(outside, f"[{outside.host_ip6}]", "-D-")
         # The socket match exists in PREROUTING only: a process on the host reaches the port directly.
         local_while_down = local_get(PORT)
         time.sleep(1.0)
@@ -157,6 +186,7 @@ def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, outside,
         # `maintenance on` covers every client of a host-bound app, the host's own too, while nginx runs.
         assert deployer.cli("maintenance", "on", "web").returncode == 0
         local_in_maintenance = local_get(PORT)
+        maintenance6 = outside_get(outside, f"[{outside.host_ip6}]", "-D-")
         assert deployer.cli("maintenance", "off", "web").returncode == 0
         local_after = local_get(PORT)
 
@@ -171,5 +201,10 @@ def test_a_restarted_host_server_shows_the_page_not_a_refusal(deployer, outside,
     up = [r for r in records if r["t"] > started]
     assert len(up) > 20 and {(r["status"], r["version"]) for r in up} == {(200, "nginx")}
     assert page.startswith("HTTP/1.1 503") and "X-Deployer-Maintenance: web" in page, page
+    # IPv6: nginx answers while it runs (seeing the client's own address), the page while it is down or in
+    # maintenance, never a refusal.
+    assert served6 == f"nginx {outside.client_ip6}\n", served6
+    for answer in (page6, maintenance6):
+        assert answer.startswith("HTTP/1.1 503") and "X-Deployer-Maintenance: web" in answer, answer
     assert local_while_down == "ConnectionRefusedError"
     assert (local_in_maintenance, local_after) == ("HTTP/1.1 503 Service Unavailable", "HTTP/1.1 200 OK")

@@ -202,14 +202,19 @@ CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
 # As ip6tables-save prints the deployer's rules (an app chain's rules each with a comment naming the app: the
-# nftables backend writes no other), and the same for IPv4.
+# nftables backend writes no other), and the same for IPv4; with a host-bound app's socket match, which the kernel
+# takes in a table ip6 as in a table ip.
 V6 = """*nat
 :DEPLOYER - [0:0]
+:DEPLOYER-HOSTBOUND - [0:0]
 :DEPLOYER-POSTROUTING - [0:0]
 :DEPLOYER-web - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND
 -A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER
 -A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j DEPLOYER
 -A DEPLOYER -j DEPLOYER-web
+-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 1080 -m socket --nowildcard -m comment --comment "nginx: a socket listens" -j RETURN
+-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 1080 -m comment --comment "nginx: nothing listens" -j REDIRECT --to-ports 8999
 -A DEPLOYER-POSTROUTING -s ::1/128 -o br-x -m comment --comment "deployer: loopback clients" -j MASQUERADE
 -A DEPLOYER-web -p tcp -m tcp --dport 1000 -m statistic --mode random --probability 0.20000000019 -m comment --comment "web blue v2 canary" -j DNAT --to-destination [fd42:d0c::3]:8080
 -A DEPLOYER-web -p udp -m udp --dport 1000 -m comment --comment "web green v1" -j DNAT --to-destination [fd42:d0c::2]:8080

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import secrets
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from deployer import config
-from deployer.plan.cluster import bucket_of, ranking
+from deployer.plan.cluster import bucket_of, bucket_of6, ranking
 from support import netns
 from support.beds import Bed
 
@@ -83,6 +84,7 @@ class Host:
     folder: Path
     agent: subprocess.Popen | None = None
     dockerd_pid: int | None = None
+    address6: str = ""  # with the bed's ipv6: its own IPv6 address on the segment
 
     @property
     def socket(self) -> str:
@@ -127,6 +129,7 @@ class ClusterBed(Bed):
     sources_count: int = 64
     backend: str = "iptables"  # the hosts' [deployer] backend
     unicast: bool = False  # the hosts' [cluster] unicast: VRRP to the peers only, and from them only
+    ipv6: bool = False  # dual-stack hosts ([deployer] ipv6 = true) with a shared IPv6 address; sources of both
     token: str = field(default_factory=lambda: secrets.token_hex(2))
     hosts: list[Host] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
@@ -134,6 +137,9 @@ class ClusterBed(Bed):
     subnet: Any = None
     address: str = ""
     sources: list[str] = field(default_factory=list)
+    subnet6: Any = None  # with ipv6: the segment's IPv6 /64, a unique local one of the bed's own
+    address6: str = ""
+    sources6: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -173,6 +179,12 @@ class ClusterBed(Bed):
         self._attach(self.client, f"{self.prefix}-cs", "c0")
         for source in self.sources:
             run(["ip", "-n", self.client, "addr", "add", f"{source}/24", "dev", "c0"])
+        if self.ipv6:
+            self.subnet6 = ipaddress.IPv6Network(f"fd5c:{self.token}::/64")
+            self.address6 = str(self.subnet6[0x10])
+            self.sources6 = [str(self.subnet6[0x100 + i]) for i in range(self.sources_count)]
+            for source in self.sources6:  # nodad: usable at once
+                run(["ip", "-n", self.client, "addr", "add", f"{source}/64", "dev", "c0", "nodad"])
         for i in range(self.hosts_count):
             name = f"h{i + 1}"
             namespace = f"{self.prefix}-{name}"
@@ -183,6 +195,9 @@ class ClusterBed(Bed):
             folder.mkdir(parents=True)
             host = Host(name, namespace, str(addresses[i]), link, folder)
             run(["ip", "-n", namespace, "addr", "add", f"{host.address}/24", "dev", INTERFACE])
+            if self.ipv6:
+                host.address6 = str(self.subnet6[i + 1])
+                run(["ip", "-n", namespace, "addr", "add", f"{host.address6}/64", "dev", INTERFACE, "nodad"])
             self.hosts.append(host)
         for host in self.hosts:
             self._start_dockerd(host)
@@ -297,7 +312,13 @@ class ClusterBed(Bed):
             )
 
     def _configure(self, host: Host) -> None:
-        hosts = "".join(f'[[cluster.hosts]]\nname = "{h.name}"\naddress = "{h.address}"\n\n' for h in self.hosts)
+        hosts = "".join(
+            f'[[cluster.hosts]]\nname = "{h.name}"\naddress = "{h.address}"\n'
+            + (f'address6 = "{h.address6}"\n' if self.ipv6 else "")
+            + "\n"
+            for h in self.hosts
+        )
+        ipv6 = f'address6 = "{self.address6}"\nsubnet6 = "{self.subnet6}"\n' if self.ipv6 else ""
         (host.folder / "hooks").mkdir(exist_ok=True)  # a configured hooks folder must exist
         host.config.write_text(f"""\
 [deployer]
@@ -308,6 +329,7 @@ backend = "{self.backend}"
 network = "dplc"
 bridge = "dplc0"
 docker_host = "{host.socket}"
+ipv6 = {"true" if self.ipv6 else "false"}
 
 [apps.web]
 image = "{IMAGE}"
@@ -347,7 +369,7 @@ host = "{host.name}"
 advert_interval = 0.2
 check_interval = 0.1
 unicast = {"true" if self.unicast else "false"}
-
+{ipv6}
 {hosts}""")
 
     # --- the agents -------------------------------------------------------------------------------
@@ -429,8 +451,9 @@ unicast = {"true" if self.unicast else "false"}
         )
 
     def owner_of(self, source: str, alive: list[str] | None = None) -> str:
-        """The oracle: which host answers `source` while the hosts `alive` are up (default: all)."""
-        bucket = bucket_of(source, BUCKETS, SEED)
+        """The oracle: which host answers `source` while the hosts `alive` are up (default: all). An IPv6 source's
+        bucket is nftables' jhash of the whole address, an IPv4 one's the cluster match's."""
+        bucket = (bucket_of6 if ":" in source else bucket_of)(source, BUCKETS, SEED)
         names = ranking_names(self, bucket)
         return next(n for n in names if alive is None or n in alive)
 
@@ -439,7 +462,8 @@ unicast = {"true" if self.unicast else "false"}
 
     # --- the client -------------------------------------------------------------------------------
 
-    def client_once(self) -> dict[str, dict]:
+    def client_once(self, *, ipv6: bool = False) -> dict[str, dict]:
+        """From each source (IPv6 ones to the shared IPv6 address with `ipv6`), one HTTP request and one datagram."""
         result = run(
             [
                 "ip",
@@ -449,10 +473,10 @@ unicast = {"true" if self.unicast else "false"}
                 sys.executable,
                 str(CLIENT_SCRIPT),
                 "once",
-                self.address,
+                self.address6 if ipv6 else self.address,
                 str(TCP_PORT),
                 str(UDP_PORT),
-                ",".join(self.sources),
+                ",".join(self.sources6 if ipv6 else self.sources),
             ],
             timeout=120,
         )

@@ -41,7 +41,7 @@ def http_get(address: str, port: int, source: str) -> str:
 
 
 def udp_replies(address: str, port: int, source: str, wait: float = 0.5) -> list[str]:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(socket.AF_INET6 if ":" in source else socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((source, 0))
         sock.sendto(b"q", (address, port))
         replies, deadline = [], time.monotonic() + wait

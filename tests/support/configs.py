@@ -11,6 +11,23 @@ from typing import Any
 from deployer import config as config_module
 from deployer.config import Config
 
+# Two apps served on the shared address (tcp 80 and 443, udp 53): the cluster rules' tests render their ports.
+CLUSTER_APPS: dict[str, Any] = {
+    "web": {
+        "image": "r.example/web",
+        "cluster": True,
+        "ports": [
+            {"external": 80, "container": 8080, "blue": 8001, "green": 8002},
+            {"external": 53, "container": 5353, "protocol": "udp", "blue": 8001, "green": 8002},
+        ],
+    },
+    "api": {
+        "image": "r.example/api",
+        "cluster": True,
+        "ports": [{"external": 443, "container": 8443, "blue": 9001, "green": 9002}],
+    },
+}
+
 
 def toml_value(value: Any) -> str:
     """A TOML value: strings quoted (JSON's escapes are TOML's), booleans lowercase, tables inline."""

@@ -226,6 +226,7 @@ class Host:
         self.netfilter = FakeNetfilter(self.effects)
         self.retired: FakeNetfilter | None = None  # the backend a switch left behind
         self.netfilter6: FakeNetfilter | None = None  # ip6tables, on a dual-stack host (`dual_stack`)
+        self.forwarding6: Callable[[], list[str]] | None = None  # the host's IPv6 forwarding made safe: its changes
         self.docker = FakeDocker(self.effects)
         self.prober = FakeProber(self.effects)
         self.clock = FakeClock()
@@ -289,6 +290,7 @@ class Host:
             sleep=self.clock.sleep,
             retired_netfilter=self.retired,
             netfilter6=self.netfilter6,
+            forwarding6=self.forwarding6,
         )
 
     def taken(self) -> list[str]:

@@ -39,7 +39,6 @@ REGISTRY = "127.0.0.1:5000"
 IMAGE = f"{REGISTRY}/deployer-test"
 NETWORK = "dpltest"
 BRIDGE = "dpltest0"
-NETWORK6, BRIDGE6 = "dpltest6", "dpltest6br"  # a dual-stack network of the tests' own (dual_stack_network)
 TEST_PREFIX_RE = re.compile(r"^DT[0-9A-F]{5}(-|$)")
 IN_CI = os.environ.get("CI") == "true"
 # The audit actor of the CLI the tests start: cli:root, or the user behind sudo (`sudo scripts/test`).
@@ -304,6 +303,28 @@ def owned_deployer(root: Path) -> Iterator[Deployer]:
 # --- requests to what it serves ---------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def dual_stack_network(deployer: Deployer, network: str) -> Iterator[None]:
+    """A test's own Docker network (`network`), made dual-stack by the deployer's first rules; its containers and
+    it go at the end, and the IPv6 sysctls the deployer set (forwarding, accept_ra) are put back as they were."""
+    docker = DockerHost("unix:///var/run/docker.sock")
+    docker.remove_network(network)
+    sysctls = {
+        path: path.read_text()
+        for name in ("forwarding", "accept_ra")
+        for path in Path("/proc/sys/net/ipv6/conf").glob(f"*/{name}")
+    }
+    try:
+        yield
+    finally:
+        deployer.teardown()
+        docker.remove_network(network)
+        for path, value in sysctls.items():
+            with contextlib.suppress(OSError):  # an interface of the test's that is gone
+                if path.read_text() != value:
+                    path.write_text(value)
+
+
 def host_address() -> str:
     """The host's own primary IPv4 address (what a client on the host uses besides 127.0.0.1)."""
     out = run(["ip", "-4", "-o", "addr", "show", "scope", "global"]).stdout
@@ -356,25 +377,3 @@ def udp_ask(host: str, port: int, payload: str = "ping", timeout: float = 2) -> 
         sock.settimeout(timeout)
         sock.sendto(payload.encode(), (host, port))
         return sock.recv(2048).decode()
-
-
-@contextlib.contextmanager
-def dual_stack_network(deployer: Deployer) -> Iterator[None]:
-    """The test's own network, made dual-stack by the deployer's first deploy; its containers and it go at the end,
-    and the IPv6 sysctls the deployer set (forwarding, accept_ra) are put back as they were."""
-    docker = DockerHost("unix:///var/run/docker.sock")
-    docker.remove_network(NETWORK6)
-    sysctls = {
-        path: path.read_text()
-        for name in ("forwarding", "accept_ra")
-        for path in Path("/proc/sys/net/ipv6/conf").glob(f"*/{name}")
-    }
-    try:
-        yield
-    finally:
-        deployer.teardown()
-        docker.remove_network(NETWORK6)
-        for path, value in sysctls.items():
-            with contextlib.suppress(OSError):  # an interface of the test's that is gone
-                if path.read_text() != value:
-                    path.write_text(value)

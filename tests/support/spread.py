@@ -1,7 +1,8 @@
 """Many new flows from many source addresses, counting which release answered each: for the canary's split.
 
 Runs inside an outside namespace (stdlib only). Each flow is a new tcp connection (one GET) or a new udp socket
-(one datagram), from the source addresses in turn, so every flow is a new conntrack entry. Prints one JSON object:
+(one datagram), from the source addresses in turn, so every flow is a new conntrack entry. HOST and the sources
+are of one family, IPv4 or IPv6. Prints one JSON object:
 {"tcp" or "udp": {source address: {version: count}}, "failed": [first few errors]}.
 
     python3 spread.py HOST PORT tcp|udp COUNT ADDRESS[,ADDRESS...]
@@ -17,7 +18,8 @@ from collections import defaultdict
 
 def tcp_version(host: str, port: int, source: str) -> str:
     with socket.create_connection((host, port), timeout=5, source_address=(source, 0)) as sock:
-        sock.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        name = f"[{host}]" if ":" in host else host
+        sock.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
         data = b""
         while chunk := sock.recv(4096):
             data += chunk
@@ -26,7 +28,7 @@ def tcp_version(host: str, port: int, source: str) -> str:
 
 
 def udp_version(host: str, port: int, source: str) -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((source, 0))
         sock.settimeout(2)
         sock.sendto(b"spread", (host, port))

@@ -65,7 +65,7 @@ class FakeEngine:
             )
         ]
 
-    def rules_text(self, app):
+    def rules_text(self, app, *, ipv6=False):
         self._maybe_raise()
         return "*nat\nCOMMIT\n"
 
@@ -320,7 +320,10 @@ def one_document(out: str):
     [
         (["deploy", "web", "v2", "--json"], {"app": "web", "tag": "v2", "port_set": "green", "previous_tag": "v1"}),
         (["rollback", "web", "--json"], {"app": "web", "tag": "v2"}),
-        (["rules", "web", "--json"], {"app": "web", "backend": "iptables", "transaction": "*nat\nCOMMIT\n"}),
+        (
+            ["rules", "web", "--json"],
+            {"app": "web", "backend": "iptables", "family": "ipv4", "transaction": "*nat\nCOMMIT\n"},
+        ),
         (["audit", "--json"], {"entries": []}),
         (["audit", "verify", "--json"], {"ok": True}),
     ],

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from deployer import config
-from deployer.errors import LeaveRefused
+from deployer.errors import ClusterError, LeaveRefused
 from deployer.host.cluster import ClusterAgent, ClusterControl, ClusterPaths
 from deployer.host.health import ProbeResult
 from deployer.journal import Journal
+from deployer.plan import cluster as plan
 from support.configs import cluster_config
 
 
@@ -115,8 +116,30 @@ class FakeShared:
     def __init__(self, effects: Effects) -> None:
         self.effects = effects
 
-    def join(self, interface: str, address: str, mac: str, *, arp_mangle: bool) -> None:
-        self.effects.append(f"shared {address} {mac} on {interface}")
+    def join(self, interface: str, address: str, mac: str, *, arp_mangle: bool, address6: str | None = None) -> None:
+        self.effects.append(f"shared {address} {mac} on {interface}" + (f" and {address6}" if address6 else ""))
+
+    def own_mac(self, interface: str) -> str:
+        return "4e:e0:8e:cc:fe:a3"
+
+
+class FakeNft:
+    """The shared IPv6 address's table: `nft table [taken in]` at start, `nft [taken in] out [relayed]` at each
+    change."""
+
+    def __init__(self, effects: Effects) -> None:
+        self.effects = effects
+
+    def run(self, text: str) -> str:
+        taken = re.findall(
+            r"^add rule ip6 deployer-cluster buckets tcp dport .* \{ ([\d, ]+) \} ct mark set", text, re.M
+        )
+        buckets = [int(b) for found in taken for b in found.split(", ")]
+        out = sorted({int(b) for b in re.findall(r"seed 0x1 (\d+) dup to 2001:db8:10::2$", text, re.M)})
+        self.effects.append(
+            ("nft table " if "delete table" in text else "nft ") + str(buckets) + (f" out {out}" if out else "")
+        )
+        return ""
 
 
 class Clock:
@@ -521,3 +544,106 @@ def test_a_queue_that_hangs_never_holds_up_keepaliveds_notices(tmp_path):
         runner.join(10)
     assert not runner.is_alive()
     assert recorded[-1]["owners"][0].owner == "h2"  # the table as the stop left it: nothing held here
+
+
+def ipv6_agent(tmp_path: Path) -> tuple[ClusterAgent, Effects, Clock]:
+    """h1 of two dual-stack hosts, with the shared IPv6 address."""
+    hosts = [
+        {"name": "h1", "address": "198.18.10.1", "address6": "2001:db8:10::1"},
+        {"name": "h2", "address": "198.18.10.2", "address6": "2001:db8:10::2"},
+    ]
+    loaded = config.parse(
+        {
+            "deployer": {"state_dir": str(tmp_path / "state"), "ipv6": True},
+            "apps": {
+                "web": {
+                    "image": "r.example/web",
+                    "cluster": True,
+                    "ports": [{"external": 80, "container": 8080, "blue": 8001, "green": 8002}],
+                }
+            },
+            "cluster": {
+                "address": "198.18.10.100",
+                "subnet": "198.18.10.0/24",
+                "address6": "2001:db8:10::100",
+                "subnet6": "2001:db8:10::/64",
+                "interface": "eth0",
+                "buckets": 4,
+                "hash_seed": 1,
+                "host": "h1",
+                "handover_delay": 0.05,
+                "hosts": hosts,
+            },
+        },
+        path=tmp_path / "deployer.toml",
+        environ={},
+    )
+    effects, clock = Effects(), Clock()
+    agent = ClusterAgent(
+        loaded,
+        FakeNetfilter(effects),
+        FakeKeepalived(effects),
+        FakeShared(effects),
+        journal=Journal([lambda event: None]),
+        clock=clock,
+        probe=lambda app: lambda: ProbeResult(True, "ok"),
+        nft=FakeNft(effects),
+    )
+    return agent, effects, clock
+
+
+def test_with_a_shared_ipv6_address_its_table_comes_before_the_address_and_follows_every_change(tmp_path):
+    """The neighbour discovery rewrite is in place before the address is added, so no advertisement for it ever
+    carries this host's own MAC; every change of buckets writes the IPv6 table after the IPv4 chain, the same
+    buckets in both."""
+    agent, effects, clock = ipv6_agent(tmp_path)
+    agent.start()
+    assert effects[:3] == [
+        "tcp_loose=0",
+        "nft table []",
+        "shared 198.18.10.100 03:00:c6:12:0a:64 on eth0 and 2001:db8:10::100",
+    ]
+    serving(agent, clock, effects)
+    agent.on_notice('INSTANCE "b0" FAULT 0\n')
+    assert effects == ["rules [2] out [0]", "nft [2] out [0]"]
+    effects.clear()
+    agent.stop()
+    assert effects[:3] == ["rules []", "nft []", "keepalived stop"]
+
+
+def test_a_shared_ipv6_address_without_nftables_is_refused(tmp_path):
+    loaded = load(tmp_path)
+    agent = ClusterAgent(
+        loaded, FakeNetfilter(Effects()), FakeKeepalived(Effects()), FakeShared(Effects()), journal=Journal([])
+    )
+    assert agent.nft is None  # IPv4 alone needs none
+    ipv6 = dataclasses.replace(loaded, cluster=dataclasses.replace(loaded.cluster, address6="2001:db8:10::100"))
+    with pytest.raises(ClusterError, match="the shared IPv6 address needs nftables"):
+        ClusterAgent(
+            ipv6, FakeNetfilter(Effects()), FakeKeepalived(Effects()), FakeShared(Effects()), journal=Journal([])
+        )
+
+
+def test_the_status_of_a_dual_stack_host_names_both_addresses_and_counts_the_ipv6_flows_by_their_hash(tmp_path):
+    agent, effects, clock = ipv6_agent(tmp_path)
+    serving(agent, clock, effects)
+    asked: list[list[str]] = []
+    flows = {
+        "ipv4": [],
+        "ipv6": [
+            "tcp      6 431999 ESTABLISHED src=2001:db8:20::5 dst=2001:db8:10::100 sport=40000 dport=80 "
+            "src=fd6e::2 dst=2001:db8:20::5 sport=8080 dport=40000 [ASSURED] mark=67108864 use=1"
+        ],
+    }
+
+    def conntrack_list(arguments: list[str]) -> list[str]:
+        asked.append(arguments)
+        return flows[arguments[1]]
+
+    agent.netfilter.conntrack_list = conntrack_list
+    status = ClusterControl(agent.config, agent.netfilter, agent.journal).status()
+    assert asked == [["-f", "ipv4", "--orig-dst", "198.18.10.100"], ["-f", "ipv6", "--orig-dst", "2001:db8:10::100"]]
+    assert status["addresses"] == ["198.18.10.100", "2001:db8:10::100"]
+    bucket = plan.bucket_of6("2001:db8:20::5", 4, 1)
+    assert [b["flows"] for b in status["buckets"]] == [int(b == bucket) for b in range(4)]
+    assert status["open_tcp_flows"] == 1  # leave --wait waits for it

@@ -182,3 +182,90 @@ def test_unicast_is_off_by_default_and_names_the_other_hosts_as_peers():
 @pytest.mark.parametrize("value", ["yes", 1, "true"])
 def test_unicast_must_be_true_or_false(value):
     assert refusal({**CLUSTER, "unicast": value}) == f"{PATH}, key 'cluster.unicast': must be true or false"
+
+
+# --- the shared IPv6 address -------------------------------------------------------------------------
+
+CLUSTER6 = {
+    **CLUSTER,
+    "address6": "2001:db8:10::100",
+    "subnet6": "2001:db8:10::/64",
+    "hosts": [{**h, "address6": f"2001:db8:10::{i + 1}"} for i, h in enumerate(CLUSTER["hosts"])],
+}
+
+
+def load6(cluster: dict, *, ipv6: bool = True) -> config.Config:
+    data = {"deployer": {"ipv6": ipv6}, "apps": {"web": {**APP, "cluster": True}}, "cluster": cluster}
+    return config.parse(data, path=PATH, environ={})
+
+
+def refusal6(cluster: dict, *, ipv6: bool = True) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load6(cluster, ipv6=ipv6)
+    return str(caught.value)
+
+
+def test_a_dual_stack_cluster_loads_with_its_shared_ipv6_address_and_each_hosts_own():
+    loaded = load6(CLUSTER6).cluster
+    assert (loaded.address6, loaded.subnet6) == ("2001:db8:10::100", "2001:db8:10::/64")
+    assert [(h.name, h.address6) for h in loaded.hosts] == [
+        ("h1", "2001:db8:10::1"),
+        ("h2", "2001:db8:10::2"),
+        ("h3", "2001:db8:10::3"),
+    ]
+    assert loaded.multicast_mac == "03:00:c6:12:0a:64"  # one MAC for both families
+    assert load(CLUSTER).cluster.address6 is None
+
+
+def test_ipv6_on_a_cluster_host_needs_the_shared_ipv6_address():
+    assert refusal6(CLUSTER) == (
+        f"{PATH}, key 'deployer.ipv6': needs [cluster] address6 and subnet6 on a cluster host, and an address6 for "
+        "each of [[cluster.hosts]]: IPv6 clients are served on a shared IPv6 address of their own "
+        "(docs/ipv6.md#the-cluster)"
+    )
+
+
+def test_a_shared_ipv6_address_needs_ipv6_on():
+    assert refusal6(CLUSTER6, ipv6=False) == (
+        f"{PATH}, key 'cluster.address6': needs [deployer] ipv6 = true: the apps' IPv6 rules serve what the shared "
+        "IPv6 address takes in"
+    )
+
+
+def test_every_host_needs_an_ipv6_address_of_its_own_in_the_subnet():
+    hosts = [*CLUSTER6["hosts"][:2], CLUSTER["hosts"][2]]
+    assert refusal6({**CLUSTER6, "hosts": hosts}) == (
+        f"{PATH}, key 'cluster.hosts[2].address6': must be an IPv6 address (with [cluster] address6, on every host)"
+    )
+    hosts = [*CLUSTER6["hosts"][:2], {**CLUSTER6["hosts"][2], "address6": "2001:db8:11::3"}]
+    assert refusal6({**CLUSTER6, "hosts": hosts}) == (
+        f"{PATH}, key 'cluster.hosts[2].address6': 2001:db8:11::3 is outside the interface's IPv6 subnet "
+        "2001:db8:10::/64: hosts on one L2 segment share the address"
+    )
+    hosts = [*CLUSTER6["hosts"][:2], {**CLUSTER6["hosts"][2], "address6": "2001:db8:10::2"}]
+    assert refusal6({**CLUSTER6, "hosts": hosts}) == (
+        f"{PATH}, key 'cluster.hosts[2].address6': 2001:db8:10::2 is another host's; each host needs an IPv6 "
+        "address of its own"
+    )
+    hosts = [*CLUSTER6["hosts"][:2], {**CLUSTER6["hosts"][2], "address6": "2001:db8:10::100"}]
+    assert refusal6({**CLUSTER6, "hosts": hosts}).endswith(
+        "2001:db8:10::100 is the shared IPv6 address; each host needs an IPv6 address of its own"
+    )
+
+
+def test_the_shared_ipv6_address_is_refused_outside_its_subnet_or_without_one():
+    assert refusal6({**CLUSTER6, "address6": "fe80::100"}).startswith(
+        f"{PATH}, key 'cluster.address6': fe80::100 is outside the interface's IPv6 subnet"
+    )
+    without = {k: v for k, v in CLUSTER6.items() if k != "subnet6"}
+    assert refusal6(without) == f"{PATH}, key 'cluster.subnet6': is required and must be a string"
+    assert refusal6({**CLUSTER6, "subnet6": "2001:db8:10::1/64"}) == (
+        f"{PATH}, key 'cluster.subnet6': must be the interface's IPv6 subnet, e.g. 2001:db8:10::/64"
+    )
+
+
+def test_a_hosts_ipv6_address_without_the_shared_one_is_refused():
+    assert refusal({**CLUSTER, "hosts": CLUSTER6["hosts"]}) == (
+        f"{PATH}, key 'cluster.hosts[0].address6': needs [cluster] address6 and subnet6: a host's IPv6 address "
+        "serves the shared IPv6 address"
+    )

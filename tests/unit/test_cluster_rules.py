@@ -8,24 +8,13 @@ import pytest
 from deployer import config
 from deployer.plan import cluster
 from deployer.plan.rules import ChainNames, parse_table
+from support.configs import CLUSTER_APPS
 
 NAMES = ChainNames("DEPLOYER")
 PATH = Path("/etc/deployer/deployer.toml")
 DATA = {
     "apps": {
-        "web": {
-            "image": "r.example/web",
-            "cluster": True,
-            "ports": [
-                {"external": 80, "container": 8080, "blue": 8001, "green": 8002},
-                {"external": 53, "container": 5353, "protocol": "udp", "blue": 8001, "green": 8002},
-            ],
-        },
-        "api": {
-            "image": "r.example/api",
-            "cluster": True,
-            "ports": [{"external": 443, "container": 8443, "blue": 9001, "green": 9002}],
-        },
+        **CLUSTER_APPS,
         "local": {
             "image": "r.example/local",
             "ports": [{"external": 8080, "container": 80, "blue": 7001, "green": 7002}],

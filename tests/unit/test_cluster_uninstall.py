@@ -24,19 +24,44 @@ CLUSTER = {
     "hosts": [{"name": "h1", "address": "198.18.10.1"}, {"name": "h2", "address": "198.18.10.2"}],
 }
 
+CLUSTER6 = {
+    **CLUSTER,
+    "address6": "2001:db8:10::100",
+    "subnet6": "2001:db8:10::/64",
+    "hosts": [{**h, "address6": f"2001:db8:10::{i + 1}"} for i, h in enumerate(CLUSTER["hosts"])],
+}
+
 
 class FakeShared:
     def __init__(self, effects: Effects) -> None:
         self.effects = effects
 
-    def join(self, interface: str, address: str, mac: str, *, arp_mangle: bool) -> None:
+    def join(self, interface: str, address: str, mac: str, *, arp_mangle: bool, address6: str | None = None) -> None:
         raise AssertionError("uninstall joins nothing")
 
-    def part(self, interface: str, address: str, mac: str) -> None:
-        self.effects.add(f"part {address} {mac} {interface}")
+    def own_mac(self, interface: str) -> str:
+        raise AssertionError("uninstall reads no MAC")
+
+    def part(self, interface: str, address: str, mac: str, *, address6: str | None = None) -> None:
+        self.effects.add(f"part {address} {mac} {interface}" + (f" {address6}" if address6 else ""))
 
 
-def cluster_host(tmp_path, effects: Effects, shared: FakeShared | None):
+class FakeNft:
+    """The shared IPv6 address's table, there until deleted."""
+
+    def __init__(self, effects: Effects) -> None:
+        self.effects = effects
+        self.table = True
+
+    def run(self, text: str) -> str:
+        if text.startswith("list tables"):
+            return "table ip6 deployer\ntable ip6 deployer-cluster\n" if self.table else "table ip6 deployer\n"
+        self.effects.add(f"nft {' '.join(text.split())}")
+        self.table = False
+        return ""
+
+
+def cluster_host(tmp_path, effects: Effects, shared: FakeShared | None, nft: FakeNft | None = None):
     (tmp_path / "hooks").mkdir()
     config = parse(
         {
@@ -45,6 +70,7 @@ def cluster_host(tmp_path, effects: Effects, shared: FakeShared | None):
                 "hooks_dir": str(tmp_path / "hooks"),
                 "network": "deployer",
                 "bridge": "deployer0",
+                "ipv6": nft is not None,
             },
             "apps": {
                 "web": {
@@ -53,7 +79,7 @@ def cluster_host(tmp_path, effects: Effects, shared: FakeShared | None):
                     "ports": [{"external": 80, "container": 8080, "blue": 8001, "green": 8002}],
                 }
             },
-            "cluster": CLUSTER,
+            "cluster": CLUSTER6 if nft is not None else CLUSTER,
         },
         path=tmp_path / "deployer.toml",
         environ={},
@@ -80,6 +106,7 @@ def cluster_host(tmp_path, effects: Effects, shared: FakeShared | None):
         clock=clock,
         sleep=clock.sleep,
         shared_address=shared,
+        cluster_nft=nft,
     )
     return engine, netfilter, names
 
@@ -113,3 +140,20 @@ def test_a_second_uninstall_finds_no_cluster_chain_to_remove(tmp_path):
     again = engine.uninstall(actor="cli:ann")
     assert again[0] == "shared address 198.18.10.100 on eth0"  # taken off again: parting checks nothing first
     assert not [item for item in again if "DEPLOYER-CLUSTER" in item or "DEPLOYER-VRRP" in item]
+
+
+def test_uninstall_takes_both_shared_addresses_off_before_the_chains_and_the_ipv6_table(tmp_path):
+    effects = Effects()
+    nft = FakeNft(effects)
+    engine, netfilter, names = cluster_host(tmp_path, effects, FakeShared(effects), nft)
+    removed = engine.uninstall(actor="cli:ann")
+    assert removed[:5] == [
+        "shared address 198.18.10.100 on eth0",
+        "shared address 2001:db8:10::100 on eth0",
+        "mangle chain DEPLOYER-CLUSTER",
+        "filter chain DEPLOYER-VRRP",
+        "nftables table ip6 deployer-cluster",
+    ]
+    assert effects[0] == "part 198.18.10.100 03:00:c6:12:0a:64 eth0 2001:db8:10::100"
+    assert "nft add table ip6 deployer-cluster delete table ip6 deployer-cluster" in effects
+    assert "nftables table ip6 deployer-cluster" not in engine.uninstall(actor="cli:ann")

@@ -726,6 +726,7 @@ def test_ipv6_forwarding_is_fixed_unless_the_config_says_check(tmp_path):
 
 
 def test_ipv6_is_refused_where_it_is_not_done_yet_naming_why(tmp_path):
+    """A cluster host takes IPv6 only with its shared IPv6 address (tests/unit/test_cluster_config.py)."""
     nftables = write(tmp_path, '[deployer]\nipv6 = true\nbackend = "nftables"\n' + MINIMAL)
     assert config.load(nftables, environ={}).settings.backend == "nftables"  # both backends write IPv6
     cluster = (
@@ -733,4 +734,4 @@ def test_ipv6_is_refused_where_it_is_not_done_yet_naming_why(tmp_path):
         'host = "h1"\nhosts = [{ name = "h1", address = "198.18.10.1" }, { name = "h2", address = "198.18.10.2" }]\n'
     )
     path = write(tmp_path, "[deployer]\nipv6 = true\n" + MINIMAL + cluster)
-    assert str(refusal(path)).startswith(f"{path}, key 'deployer.ipv6': cannot be on with [cluster] yet")
+    assert str(refusal(path)).startswith(f"{path}, key 'deployer.ipv6': needs [cluster] address6 and subnet6")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from deployer.config import AppConfig, HealthCheck, PortMapping
 from deployer.errors import RulesError
 from deployer.host.netfilter.nftables import NftablesBackend
-from deployer.plan import nft, rules
+from deployer.plan import hostbound, nft, rules
 from deployer.plan.rules import ChainNames
 from support.nft_fakes import FakeIptables, FakeRunner
 
@@ -296,6 +297,42 @@ def test_an_address_crosses_as_each_side_prints_it():
         'ip6 daddr fd42:d0c::9 tcp dport 8080 ct status dnat masquerade comment "web forward"'
     )
     assert nft.rule_to_iptables("DEPLOYER-SNAT", nft.rule_to_nft(body, IP6), IP6) == forward
+
+
+def test_a_host_bound_apps_socket_match_becomes_rules_of_the_ip6_table_and_reads_back_as_ip6tables_prints_it():
+    """The text is the IPv4 one (test_maintenance_rules.py), written to ip6tables as it is (test_dual_stack_effects)."""
+    web = AppConfig(
+        name="web",
+        image="",
+        ports=(PortMapping(80, 80, "tcp", 0, 0),),
+        health=HealthCheck(type="tcp", port=80),
+        host_bound=True,
+    )
+    text = hostbound.render_ensure(rules.SavedTable(), NAMES, {"web": web}, 8999)
+    socket_rules = [
+        "-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 80 -m socket --nowildcard -m comment --comment "
+        '"web: a socket listens" -j RETURN',
+        '-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 80 -m comment --comment "web: nothing listens" '
+        "-j REDIRECT --to-ports 8999",
+    ]
+    written = [
+        "add chain ip6 deployer DEPLOYER-HOSTBOUND",
+        "flush chain ip6 deployer DEPLOYER-HOSTBOUND",
+        'add rule ip6 deployer DEPLOYER-HOSTBOUND tcp dport 80 socket transparent { 0, 1 } return comment "web: a '
+        'socket listens"',
+        'add rule ip6 deployer DEPLOYER-HOSTBOUND tcp dport 80 redirect to :8999 comment "web: nothing listens"',
+        "insert rule ip6 deployer PREROUTING fib daddr type local jump DEPLOYER-HOSTBOUND",
+    ]
+    assert _translate(text, nft.Table(family=IP6)).nat.splitlines() == [
+        *nft.base_declarations("deployer", IP6),
+        *written,
+    ]
+    # As nft lists the rules, read back as ip6tables-save prints them: drift detection compares the same text.
+    for line, rule in zip(
+        written[2:], [*socket_rules, "-A PREROUTING -m addrtype --dst-type LOCAL -j DEPLOYER-HOSTBOUND"], strict=True
+    ):
+        chain, listed = line.split(" ")[4], line.split(" ", 5)[5]
+        assert nft.rule_to_iptables(chain, listed, IP6) == rule
 
 
 # --- the backend: both families in one transaction --------------------------------------------------------------

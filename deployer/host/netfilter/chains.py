@@ -48,6 +48,7 @@ class Chains:
         backend6: NetfilterBackend | None = None,
         leftovers6: Sequence[NetfilterBackend] = (),
         forwarding6: Callable[[], list[str]] | None = None,
+        host_changed: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -59,6 +60,8 @@ class Chains:
         # Turns the host's IPv6 forwarding on safely (host/ipv6_forwarding.py), on a dual-stack host.
         self.forwarding6 = forwarding6
         self.forwarding6_done = False  # once a process for the instances; a forward asks again
+        # Told each change to the host's own settings (a sysctl), for the audit log.
+        self.host_changed = host_changed or (lambda change: log.warning("host setting changed: %s", change))
         self.ipv6_of: dict[str, str] = {}  # instance IPv4 address -> its IPv6 twin, as Docker last said
         self.network = network
         self.settings = settings
@@ -85,9 +88,11 @@ class Chains:
 
     # --- reading and rendering -------------------------------------------------------------------
 
-    def table(self, name: str) -> SavedTable:
-        """One table as it is now (nat, filter or mangle), parsed."""
-        return rules.parse_table(self.backend.save_table(name), name)
+    def table(self, name: str, *, ipv6: bool = False) -> SavedTable:
+        """One table as it is now (nat, filter or mangle), parsed; `ipv6`: the IPv6 backend's (a dual-stack host's)."""
+        backend = self.backend6 if ipv6 else self.backend
+        assert backend is not None, "an IPv6 table is read on a dual-stack host only"
+        return rules.parse_table(backend.save_table(name), name)
 
     def chain(self, app: str) -> list[str] | None:
         """The app's chain as it is now; None when it does not exist."""
@@ -121,7 +126,7 @@ class Chains:
 
     def dual(self, app: AppConfig) -> bool:
         """Whether the app's IPv6 clients are served: a dual-stack host, and an app that has not opted out."""
-        return self.backend6 is not None and app.ipv6 and not app.host_bound
+        return self.backend6 is not None and app.ipv6
 
     def twins(self, addresses: Iterable[str], *, fresh: bool = False) -> dict[str, str]:
         """The IPv6 twin of each instance address known; Docker is asked when one of `addresses` is not, or always
@@ -135,6 +140,12 @@ class Chains:
                 log.warning("the instances' IPv6 addresses are unknown, Docker did not say: %s", exc)
         return {address: self.ipv6_of[address] for address in wanted if address in self.ipv6_of}
 
+    def learn_twin(self, address: str, address6: str | None) -> None:
+        """An instance's IPv6 twin as its record keeps it: Docker forgets a dead instance's addresses, and its
+        IPv6 flows still need their filters (a failover's cleanup)."""
+        if address6:
+            self.ipv6_of.setdefault(address, address6)
+
     def wanted6(self, app: AppConfig, wanted: list[str], extra6: Mapping[str, str] | None = None) -> list[str] | None:
         """The IPv6 chain for an IPv4 one; None on a host that is not dual-stack. An app that opted out has an
         empty one, so rules it had before are gone. `extra6`: the IPv6 twins of addresses that are not instances
@@ -143,7 +154,10 @@ class Chains:
             return None
         if not self.dual(app):
             return []
-        twins = self.twins(rules.dnat_destinations(wanted) - set(extra6 or {}), fresh=True)
+        # A chain with no DNAT to an instance (a host-bound app's, maintenance's redirects alone, a forward to
+        # another host) needs no twins from Docker: it is not asked.
+        destinations = rules.dnat_destinations(wanted) - set(extra6 or {})
+        twins = self.twins(destinations, fresh=True) if destinations else {}
         return rules.for_ipv6(wanted, {**twins, **(extra6 or {})})
 
     def chain6(self, app: str) -> list[str] | None:
@@ -165,10 +179,14 @@ class Chains:
         if backend is None:
             return None
         with self.lock():
-            text = render(*(rules.parse_table(backend.save_table(name), name) for name in tables))
+            text = render(*(self.table(name, ipv6=ipv6) for name in tables))
             if text:
                 backend.restore(text)
         return text or None
+
+    def rewrite6(self, render: Render, *tables: str) -> str | None:
+        """`rewrite` in the IPv6 backend: None on a host that is not dual-stack, or with nothing to change."""
+        return self.rewrite(render, *tables, ipv6=True)
 
     def teardown(self) -> bool:
         """Remove every nat chain the deployer owns, from both backends and both families (the IPv6 one also when
@@ -209,16 +227,18 @@ class Chains:
         self.network.ensure_network(self.settings.network, self.settings.bridge, self.ipv6_subnet)
         self.backend.enable_route_localnet(self.settings.bridge)
         if not self.forwarding6_done:
-            for change in self.ensure_forwarding6():  # outside clients' IPv6 packets are forwarded to the instances
-                log.warning("IPv6 forwarding: %s", change)
+            self.ensure_forwarding6()  # outside clients' IPv6 packets are forwarded to the instances
 
     def ensure_forwarding6(self) -> list[str]:
-        """Turn the host's IPv6 forwarding on (accept_ra kept first) on a dual-stack host; what was changed. Reads
-        the sysctls each call: a forward to another host's IPv6 address asks again."""
+        """Turn the host's IPv6 forwarding on (accept_ra kept first) on a dual-stack host; what was changed, each
+        change told to `host_changed` too. Reads the sysctls each call: a forward to another host's IPv6 address
+        asks again."""
         if self.backend6 is None or self.forwarding6 is None:
             return []
         changes = self.forwarding6()
         self.forwarding6_done = True
+        for change in changes:
+            self.host_changed(change)
         return changes
 
     def ensure_base(self, app: AppConfig, *, locked: bool = False) -> None:
