@@ -7,6 +7,7 @@ free text.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -29,7 +30,7 @@ class Routing:
 
     def route_get(self, address: str) -> forwarding.Route:
         try:
-            return forwarding.parse_route_get(self._json("-4", "route", "get", address))
+            return forwarding.parse_route_get(self._json(_family(address), "route", "get", address))
         except ForwardingError as exc:
             return forwarding.Route(kind=None, error=str(exc).rpartition(": ")[2])
 
@@ -39,12 +40,12 @@ class Routing:
         except ForwardingError:
             return forwarding.Link(name, exists=False)
 
-    def rules(self) -> list[dict[str, Any]]:
-        return self._json("-4", "rule", "show")
+    def rules(self, ipv6: bool = False) -> list[dict[str, Any]]:
+        return self._json("-6" if ipv6 else "-4", "rule", "show")
 
-    def table_routes(self, table: int) -> list[dict[str, Any]]:
+    def table_routes(self, table: int, ipv6: bool = False) -> list[dict[str, Any]]:
         try:
-            return self._json("-4", "route", "show", "table", str(table))
+            return self._json("-6" if ipv6 else "-4", "route", "show", "table", str(table))
         except ForwardingError as exc:
             if "does not exist" in str(exc):  # a table that never had a route
                 return []
@@ -62,23 +63,30 @@ class Routing:
         return forwarding.Peer(echo, lladdr, state)
 
     def echo(self, address: str, dev: str | None = None, timeout: float = 1.0) -> bool:
-        """Send one ICMP echo request and wait for its reply. Needs a raw socket (root)."""
+        """Send one ICMP echo request (ICMPv6 for an IPv6 address) and wait for its reply. Needs a raw socket (root).
+
+        An ICMPv6 raw socket gets the message without the IPv6 header, and the kernel fills in its checksum
+        (over a pseudo-header with the addresses, which only it knows for sure)."""
+        ipv6 = ":" in address
+        request, reply = (128, 129) if ipv6 else (8, 0)
         ident, sequence = os.getpid() & 0xFFFF, int(time.monotonic() * 1000) & 0xFFFF
-        header = struct.pack("!BBHHH", 8, 0, 0, ident, sequence)
+        header = struct.pack("!BBHHH", request, 0, 0, ident, sequence)
         payload = b"deployer preflight"
-        packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, sequence) + payload
+        checksum = 0 if ipv6 else _checksum(header + payload)
+        packet = struct.pack("!BBHHH", request, 0, checksum, ident, sequence) + payload
+        family, protocol = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if ipv6 else (socket.AF_INET, socket.IPPROTO_ICMP)
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+            with socket.socket(family, socket.SOCK_RAW, protocol) as sock:
                 if dev:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
                 sock.sendto(packet, (address, 0))
                 deadline = time.monotonic() + timeout
                 while (left := deadline - time.monotonic()) > 0:
                     sock.settimeout(left)
-                    data, (source, _) = sock.recvfrom(2048)
-                    start = (data[0] & 0x0F) * 4
+                    data, (source, *_) = sock.recvfrom(2048)
+                    start = 0 if ipv6 else (data[0] & 0x0F) * 4
                     kind, _, _, got_ident, got_sequence = struct.unpack("!BBHHH", data[start : start + 8])
-                    if source == address and kind == 0 and (got_ident, got_sequence) == (ident, sequence):
+                    if _same(source, address) and kind == reply and (got_ident, got_sequence) == (ident, sequence):
                         return True
         except (OSError, struct.error):
             return False
@@ -136,6 +144,19 @@ class Routing:
         except ValueError:
             raise ForwardingError(f"ip -j {' '.join(arguments)} printed no JSON: {out[:200]!r}") from None
         return data if isinstance(data, list) else []
+
+
+def _family(address: str) -> str:
+    """`ip`'s family option for an address."""
+    return "-6" if ":" in address else "-4"
+
+
+def _same(one: str, other: str) -> bool:
+    """Two spellings of one address (an IPv6 address has several)."""
+    try:
+        return ipaddress.ip_address(one.partition("%")[0]) == ipaddress.ip_address(other)
+    except ValueError:
+        return False
 
 
 def _checksum(data: bytes) -> int:

@@ -19,10 +19,12 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
         "forward",
         cmd_forward,
         "send an app's external ports to the host it is moving from, or stop (--off)",
-        "deployer forward demo --to 203.0.113.7",
+        "deployer forward demo --to 203.0.113.7 --to 2001:db8::7 --masquerade",
         "On the new host, while DNS still points at the old one: DNAT the app's external ports to\n"
         "OLD_ADDR (the same port numbers unless --port says otherwise) in one transaction on the app's\n"
         "chain, after switching on IPv4 forwarding and accepting the forwarded flows in FORWARD.\n"
+        "On a dual-stack host ([deployer] ipv6) a second --to names the old host's IPv6 address, and\n"
+        "IPv6 clients are forwarded there too; without it they are refused while the app is forwarded.\n"
         "By default clients keep their addresses: the old host must route the replies back with\n"
         "`deployer forward-return`. With --masquerade the old host sees this host as the client.\n"
         "Checks first (route, forwarding, the old host answering) and changes nothing when one fails.\n"
@@ -31,7 +33,12 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
     )
     p.add_argument("app", help="the app's name, as in [apps.APP]")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--to", metavar="OLD_ADDR", help="the old host's IPv4 address")
+    what.add_argument(
+        "--to",
+        action="append",
+        metavar="OLD_ADDR",
+        help="the old host's IPv4 address; again for its IPv6 address (at most one of each family)",
+    )
     what.add_argument("--off", action="store_true", help="stop forwarding")
     p.add_argument(
         "--masquerade",
@@ -58,10 +65,16 @@ def register(sub: argparse._SubParsersAction, command: Callable[..., argparse.Ar
         "app sees the clients' own addresses. Needs a layer-2 link or a tunnel to the new host and\n"
         "loose or no reverse-path filtering on it. Checks first and changes nothing when one fails.\n"
         "--off stops marking, waits up to --drain seconds for marked connections, removes the rules,\n"
-        "the ip rule and the table's routes.",
+        "the ip rule and the table's routes. On a dual-stack host ([deployer] ipv6) a second --via names\n"
+        "the new host's IPv6 address on the link: the same rules in ip6tables, ip -6 rule and route.",
     )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--via", metavar="NEW_ADDR", help="the new host's address on the link")
+    what.add_argument(
+        "--via",
+        action="append",
+        metavar="NEW_ADDR",
+        help="the new host's IPv4 address on the link; again for its IPv6 address (dual-stack hosts)",
+    )
     what.add_argument("--off", action="store_true", help="remove the return path")
     p.add_argument("--dev", help="the link to the new host (an Ethernet device or a tunnel)")
     p.add_argument(
@@ -110,14 +123,17 @@ def cmd_forward(args: argparse.Namespace) -> int:
         changes = _forwarder(args).forward_off(args.app, actor=actor)
         print("\n".join(changes) if changes else f"{args.app}: not forwarding; nothing to remove")
         return 0
-    target = _forwarder(args).forward(
-        args.app, args.to, masquerade=args.masquerade, ports=tuple(args.port), actor=actor
-    )
+    forwarder = _forwarder(args)
+    target = forwarder.forward(args.app, args.to, masquerade=args.masquerade, ports=tuple(args.port), actor=actor)
     print(f"{args.app}: {forwarding.describe(target.detail()).removeprefix('mode: ')}")
+    refused = forwarding.ipv6_refused(target, forwarder.chains.dual(forwarder.config.app(args.app)))
+    if refused:
+        print(f"  {refused}", file=sys.stderr)
     if not target.masquerade:
         print(
             "  the old host must route replies back: deployer forward-return --via <this host's address> "
-            "--dev <its link to this host>",
+            + ("--via <its IPv6 address> " if target.address6 else "")
+            + "--dev <its link to this host>",
             file=sys.stderr,
         )
     return 0
@@ -136,11 +152,12 @@ def cmd_forward_return(args: argparse.Namespace) -> int:
     if not args.dev:
         raise InvalidForwarding("--via needs --dev, the link to the new host")
     path = _forwarder(args).forward_return(
-        args.via, args.dev, mark=args.mark, table=args.table, priority=args.priority, actor=actor
+        tuple(args.via), args.dev, mark=args.mark, table=args.table, priority=args.priority, actor=actor
     )
     recognised = f"MAC {path.lladdr}" if path.lladdr else f"device {path.dev}"
+    where = f"{path.via} and {path.via6}" if path.via6 else path.via
     print(
-        f"replies to connections from {path.via} ({recognised}) return through it: fwmark {path.fwmark} "
+        f"replies to connections from {where} ({recognised}) return through it: fwmark {path.fwmark} "
         f"-> table {path.table} (priority {path.priority})"
     )
     return 0

@@ -285,8 +285,10 @@ class Engine:
             ]
             # Once deployed, the jumps into the app's chain must be there too, or outside clients miss it.
             jumps_ok = state.active is None or not self.chains.base_missing(live, app)
-            notes = forwarding.status_notes(app_chain.notes(app, state), state) + self._canary_flows(app, state)
-            drifted6 = self._ipv6_note(app, wanted, notes)
+            notes = forwarding.status_notes(
+                app_chain.notes(app, state), state, dual=self.chains.dual(app)
+            ) + self._canary_flows(app, state)
+            drifted6 = self._ipv6_note(app, state, wanted, notes)
             if self.chains.dual(app) and any(c.get("address") and not c.get("address6") for c in containers):
                 notes.append(
                     f"IPv6: not served: the instances have no IPv6 address, because the Docker network "
@@ -318,7 +320,7 @@ class Engine:
             )
         return result
 
-    def _ipv6_note(self, app: AppConfig, wanted: list[str], notes: list[str]) -> bool:
+    def _ipv6_note(self, app: AppConfig, state: AppState, wanted: list[str], notes: list[str]) -> bool:
         """On a dual-stack host, a line for the IPv6 side (and one for a host-bound app's socket match); whether its
         rules differ from what they should be."""
         if self.chains.backend6 is None:
@@ -326,7 +328,7 @@ class Engine:
         if not self.chains.dual(app):
             notes.append("IPv6: off for this app (ipv6 = false); its IPv6 clients are not served")
             return False
-        wanted6 = self.chains.wanted6(app, wanted) or []
+        wanted6 = self.chains.wanted6(app, wanted, forwarding.twins6(state)) or []
         live6 = self.chains.chain6(app.name)
         socket_ok = True
         if app.host_bound:

@@ -25,6 +25,14 @@ Chains, all owned by the deployer (PREFIX is [deployer] chain_prefix):
 Docker sets the FORWARD policy to DROP, so DNATed flows that leave the host again need an
 accept rule. Docker keeps DOCKER-USER first in FORWARD and never flushes it, so the jump goes
 there when it exists; rules appended to FORWARD would sit behind Docker's own.
+
+On a dual-stack host a forward may name the old host's IPv6 address too (`--to OLD4 --to OLD6`):
+the IPv6 app chain is the IPv4 one with OLD6 as OLD4's twin (rules.for_ipv6), and the same
+accept and masquerade chains are written in ip6tables. Docker with its ip6tables option off (the
+deployer's setting) leaves ip6tables alone: no DOCKER-USER, FORWARD's policy whatever the host's
+firewall set, so the jump goes first in FORWARD there. The old host's return path covers IPv6 when
+`forward-return` names the new host's IPv6 address too (`--via NEW4 --via NEW6`): the same mangle
+chains in ip6tables, and `ip -6 rule` and `ip -6 route` in the same table.
 """
 
 from __future__ import annotations
@@ -67,10 +75,12 @@ class Target:
     address: str
     masquerade: bool
     ports: tuple[PortTarget, ...]
+    address6: str | None = None  # the old host's IPv6 address, on a dual-stack host; None: IPv4 clients only
 
     def detail(self, **extra: Any) -> dict[str, Any]:
         return {
             "to": self.address,
+            **({"to6": self.address6} if self.address6 else {}),
             "masquerade": self.masquerade,
             "ports": [{"protocol": p.protocol, "external": p.external, "to_port": p.to_port} for p in self.ports],
             **extra,
@@ -84,23 +94,38 @@ class Target:
             ports=tuple(
                 PortTarget(p["protocol"], int(p["external"]), int(p["to_port"])) for p in detail.get("ports", [])
             ),
+            address6=detail.get("to6"),
         )
 
+    def address_of(self, ipv6: bool) -> str | None:
+        return self.address6 if ipv6 else self.address
 
-def plan_target(app: AppConfig, address: str, *, masquerade: bool = False, port_specs: Sequence[str] = ()) -> Target:
-    """Validate `--to` and `--port EXTERNAL[/PROTO]=PORT`; every external port goes to the same number by default."""
-    try:
-        parsed = ipaddress.IPv4Address(address)
-    except ValueError:
-        raise InvalidForwarding(f"--to {address!r} is not an IPv4 address", app=app.name) from None
-    if (
-        parsed.is_loopback
-        or parsed.is_multicast
-        or parsed.is_unspecified
-        or parsed.is_link_local
-        or str(parsed) == "255.255.255.255"
-    ):
-        raise InvalidForwarding(f"--to {address} is not the unicast address of another host", app=app.name)
+    @property
+    def twins6(self) -> dict[str, str]:
+        """The old host's IPv6 address as its IPv4 address's twin, for the IPv6 chain and conntrack filters."""
+        return {self.address: self.address6} if self.address6 else {}
+
+
+def plan_target(
+    app: AppConfig,
+    addresses: str | Sequence[str],
+    *,
+    masquerade: bool = False,
+    port_specs: Sequence[str] = (),
+    ipv6: bool = False,
+) -> Target:
+    """Validate `--to` (the old host's IPv4 address, and its IPv6 one on a dual-stack host: `ipv6`) and
+    `--port EXTERNAL[/PROTO]=PORT`; every external port goes to the same number by default."""
+    address4, address6 = _addresses(app, [addresses] if isinstance(addresses, str) else list(addresses))
+    if address6 is not None:
+        if not ipv6:
+            raise InvalidForwarding(
+                f"--to {address6}: IPv6 is off on this host ([deployer] ipv6), so it has no IPv6 clients to forward",
+                app=app.name,
+            )
+        if not app.ipv6 or app.host_bound:
+            why = "is host-bound, its IPv6 clients reach the host itself" if app.host_bound else "has ipv6 = false"
+            raise InvalidForwarding(f"--to {address6}: app {app.name!r} {why}; it has no IPv6 chain", app=app.name)
     overrides: dict[tuple[int, str | None], int] = {}
     for spec in port_specs:
         match = _PORT_SPEC.fullmatch(spec)
@@ -127,7 +152,48 @@ def plan_target(app: AppConfig, address: str, *, masquerade: bool = False, port_
         )
         for p in app.ports
     )
-    return Target(str(parsed), masquerade, ports)
+    return Target(address4, masquerade, ports, address6)
+
+
+def _addresses(app: AppConfig, given: Sequence[str]) -> tuple[str, str | None]:
+    """The IPv4 address and the IPv6 one (or None) of `--to`, each checked to be another host's unicast address."""
+    found: dict[int, str] = {}
+    for address in given:
+        try:
+            parsed = ipaddress.ip_address(address)
+        except ValueError:
+            raise InvalidForwarding(f"--to {address!r} is not an IPv4 or IPv6 address", app=app.name) from None
+        if getattr(parsed, "scope_id", None):
+            raise InvalidForwarding(
+                f"--to {address}: an address with a zone is a link's; give the old host's global or unique "
+                "local address",
+                app=app.name,
+            )
+        if (
+            parsed.is_loopback
+            or parsed.is_multicast
+            or parsed.is_unspecified
+            or parsed.is_link_local
+            or str(parsed) == "255.255.255.255"
+            or (isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None)
+        ):
+            raise InvalidForwarding(f"--to {address} is not the unicast address of another host", app=app.name)
+        if parsed.version in found:
+            raise InvalidForwarding(
+                f"--to {found[parsed.version]} and --to {parsed}: at most one address of each family "
+                "(the old host's IPv4 address, and its IPv6 one)",
+                app=app.name,
+            )
+        found[parsed.version] = str(parsed)
+    if 4 not in found:
+        raise InvalidForwarding(
+            f"--to {found[6]} needs the old host's IPv4 address beside it (--to OLD4 --to OLD6): "
+            "IPv4 clients would have nowhere to go"
+            if 6 in found
+            else "--to needs the old host's IPv4 address",
+            app=app.name,
+        )
+    return found[4], found.get(6)
 
 
 def after_promotion(state: AppState) -> AppState:
@@ -135,11 +201,29 @@ def after_promotion(state: AppState) -> AppState:
     return replace(state, mode=SERVING, mode_detail={}) if state.mode == MODE else state
 
 
-def status_notes(notes: Sequence[str], state: AppState) -> list[str]:
-    """`deployer status` lines: the forward described in full instead of the bare mode name."""
+def status_notes(notes: Sequence[str], state: AppState, *, dual: bool = False) -> list[str]:
+    """`deployer status` lines: the forward described in full instead of the bare mode name; with `dual` (the
+    app's IPv6 clients are served on this host), what becomes of them."""
     if state.mode != MODE:
         return list(notes)
-    return [describe(state.mode_detail)] + [note for note in notes if note != f"mode: {MODE}"]
+    refused = ipv6_refused(Target.from_detail(state.mode_detail), dual)
+    return (
+        [describe(state.mode_detail)]
+        + ([refused] if refused else [])
+        + [note for note in notes if note != f"mode: {MODE}"]
+    )
+
+
+def twins6(state: AppState) -> dict[str, str]:
+    """A forwarded app's old host, IPv4 address to IPv6 one, when the forward names both; else nothing."""
+    return Target.from_detail(state.mode_detail).twins6 if state.mode == MODE else {}
+
+
+def ipv6_refused(target: Target, dual: bool) -> str | None:
+    """The line that says a forward leaves the IPv6 clients of a dual-stack app refused; None when it does not."""
+    if not dual or target.address6:
+        return None
+    return "IPv6 clients are refused while forwarded: the forward names no IPv6 address of the old host (add --to OLD6)"
 
 
 def describe(detail: Mapping[str, Any]) -> str:
@@ -149,7 +233,12 @@ def describe(detail: Mapping[str, Any]) -> str:
         f"{p.external}/{p.protocol}" + (f"->{p.to_port}" if p.to_port != p.external else "") for p in target.ports
     )
     how = "masquerading clients" if target.masquerade else "keeping client addresses"
-    return f"mode: forward to {target.address} ({ports}; {how})"
+    return f"mode: forward to {describe_to(detail)} ({ports}; {how})"
+
+
+def describe_to(detail: Mapping[str, Any]) -> str:
+    """Where a forward goes: the old host's IPv4 address, and its IPv6 one in brackets when it has one."""
+    return f"{detail.get('to')} and [{detail['to6']}]" if detail.get("to6") else str(detail.get("to"))
 
 
 # --- rules --------------------------------------------------------------------------------------
@@ -171,38 +260,47 @@ def return_local_chain(names: ChainNames) -> str:
     return f"{names.prefix}-RETURN-LOCAL"
 
 
-def _comment(app: str, target: Target) -> str:
-    return f"{app} forward {target.address}"
+def _comment(app: str, address: str) -> str:
+    return f"{app} forward {address}"
+
+
+def _whole(address: str) -> str:
+    """One host as iptables-save prints it: /32, or /128 for IPv6."""
+    return f"{address}/128" if ":" in address else f"{address}/32"
 
 
 def app_rules(names: ChainNames, app: str, target: Target) -> list[str]:
     """The app chain in forward mode: each external port DNATed to the old host."""
-    comment = _comment(app, target)
+    comment = _comment(app, target.address)
     return [
         Forward(p.protocol, p.external, target.address, p.to_port, comment).rule(names.app(app)) for p in target.ports
     ]
 
 
-def accept_rules(names: ChainNames, app: str, target: Target) -> list[str]:
-    """Filter FORWARD: only flows this host DNATed to the old host, both ways."""
-    chain, comment = forward_chain(names), save_string(_comment(app, target))
+def accept_rules(names: ChainNames, app: str, target: Target, *, ipv6: bool = False) -> list[str]:
+    """Filter FORWARD: only flows this host DNATed to the old host, both ways; `ipv6`: ip6tables' rules."""
+    address = target.address_of(ipv6)
+    if address is None:
+        return []
+    chain, comment = forward_chain(names), save_string(_comment(app, address))
     lines = []
     for p in target.ports:
         for direction, side in (("-d", "--dport"), ("-s", "--sport")):
             lines.append(
-                f"-A {chain} {direction} {target.address}/32 -p {p.protocol} -m {p.protocol} {side} "
+                f"-A {chain} {direction} {_whole(address)} -p {p.protocol} -m {p.protocol} {side} "
                 f"{p.to_port} -m conntrack --ctstate DNAT -m comment --comment {comment} -j ACCEPT"
             )
     return lines
 
 
-def masquerade_rules(names: ChainNames, app: str, target: Target) -> list[str]:
+def masquerade_rules(names: ChainNames, app: str, target: Target, *, ipv6: bool = False) -> list[str]:
     """nat POSTROUTING: the old host answers the new host, which undoes both translations."""
-    if not target.masquerade:
+    address = target.address_of(ipv6)
+    if not target.masquerade or address is None:
         return []
-    chain, comment = snat_chain(names), save_string(_comment(app, target))
+    chain, comment = snat_chain(names), save_string(_comment(app, address))
     return [
-        f"-A {chain} -d {target.address}/32 -p {p.protocol} -m {p.protocol} --dport {p.to_port} "
+        f"-A {chain} -d {_whole(address)} -p {p.protocol} -m {p.protocol} --dport {p.to_port} "
         f"-m conntrack --ctstate DNAT -m comment --comment {comment} -j MASQUERADE"
         for p in target.ports
     ]
@@ -247,17 +345,27 @@ def _shared_chain(live: SavedTable, chain: str, app: str, wanted: Sequence[str],
 
 
 def render_extras(
-    filter_table: SavedTable, nat_table: SavedTable, names: ChainNames, app: str, target: Target | None
+    filter_table: SavedTable,
+    nat_table: SavedTable,
+    names: ChainNames,
+    app: str,
+    target: Target | None,
+    *,
+    ipv6: bool = False,
 ) -> str | None:
     """The filter and nat transactions that give the app exactly `target`'s accept and masquerade
-    rules (none for None), touching no other app's. None when nothing needs to change."""
+    rules (none for None), touching no other app's. None when nothing needs to change.
+
+    `ipv6`: the tables are ip6tables', and the rules those of the target's IPv6 address (none without one).
+    Without Docker's DOCKER-USER (ip6tables, whose FORWARD Docker leaves alone) the jump goes first in FORWARD.
+    """
     parent = "DOCKER-USER" if filter_table.has_chain("DOCKER-USER") else "FORWARD"
     sections = []
     filter_lines = _shared_chain(
         filter_table,
         forward_chain(names),
         app,
-        accept_rules(names, app, target) if target else [],
+        accept_rules(names, app, target, ipv6=ipv6) if target else [],
         f"-I {parent} 1 -j {forward_chain(names)}",
     )
     if filter_lines:
@@ -266,7 +374,7 @@ def render_extras(
         nat_table,
         snat_chain(names),
         app,
-        masquerade_rules(names, app, target) if target else [],
+        masquerade_rules(names, app, target, ipv6=ipv6) if target else [],
         f"-A POSTROUTING -j {snat_chain(names)}",
     )
     if nat_lines:
@@ -305,14 +413,19 @@ class ReturnPath:
     mark: int = DEFAULT_MARK
     table: int = DEFAULT_TABLE
     priority: int = DEFAULT_PRIORITY
+    via6: str | None = None  # the new host's IPv6 address on the link: IPv6 replies return too
 
     @property
     def fwmark(self) -> str:
         return f"{self.mark:#x}/{self.mark:#x}"
 
+    def via_of(self, ipv6: bool) -> str | None:
+        return self.via6 if ipv6 else self.via
+
     def record(self, **extra: Any) -> dict[str, Any]:
         return {
             "via": self.via,
+            **({"via6": self.via6} if self.via6 else {}),
             "dev": self.dev,
             "lladdr": self.lladdr,
             "mark": self.mark,
@@ -330,17 +443,43 @@ class ReturnPath:
             mark=int(data["mark"]),
             table=int(data["table"]),
             priority=int(data["priority"]),
+            via6=data.get("via6"),
         )
+
+
+def return_addresses(given: Sequence[str]) -> tuple[str, str | None]:
+    """`--via`: the new host's IPv4 address on the link, and its IPv6 one (or None); at most one of each family."""
+    found: dict[int, str] = {}
+    for via in given:
+        try:
+            parsed = ipaddress.ip_address(via)
+        except ValueError:
+            raise InvalidForwarding(f"--via {via!r} is not an IPv4 or IPv6 address") from None
+        if (
+            parsed.is_loopback
+            or parsed.is_multicast
+            or parsed.is_unspecified
+            or getattr(parsed, "scope_id", None)
+            or (isinstance(parsed, ipaddress.IPv6Address) and (parsed.is_link_local or parsed.ipv4_mapped))
+        ):
+            raise InvalidForwarding(
+                f"--via {via} is not the unicast address of another host"
+                + (": give its global or unique local IPv6 address on the link" if parsed.version == 6 else "")
+            )
+        if parsed.version in found:
+            raise InvalidForwarding(
+                f"--via {found[parsed.version]} and --via {parsed}: at most one address of each family "
+                "(the new host's IPv4 address on the link, and its IPv6 one)"
+            )
+        found[parsed.version] = str(parsed)
+    if 4 not in found:
+        raise InvalidForwarding("--via needs the new host's IPv4 address on the link (and may add its IPv6 one)")
+    return found[4], found.get(6)
 
 
 def check_return_arguments(via: str, dev: str, mark: int, table: int, priority: int) -> None:
     """Bad input, refused before any fact is gathered."""
-    try:
-        parsed = ipaddress.IPv4Address(via)
-    except ValueError:
-        raise InvalidForwarding(f"--via {via!r} is not an IPv4 address") from None
-    if parsed.is_loopback or parsed.is_multicast or parsed.is_unspecified:
-        raise InvalidForwarding(f"--via {via} is not the unicast address of another host")
+    return_addresses([via])
     if not re.fullmatch(r"[A-Za-z0-9_.@:-]{1,15}", dev) or dev in (".", ".."):
         raise InvalidForwarding(f"--dev {dev!r} is not an interface name")
     if mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
@@ -356,13 +495,16 @@ def check_return_arguments(via: str, dev: str, mark: int, table: int, priority: 
         raise InvalidForwarding(f"--priority {priority} must be from 1 to 32765 (before the main table's rule)")
 
 
-def return_rules(names: ChainNames, path: ReturnPath, *, mark_new: bool = True) -> dict[str, list[str]]:
+def return_rules(
+    names: ChainNames, path: ReturnPath, *, mark_new: bool = True, ipv6: bool = False
+) -> dict[str, list[str]]:
     """The mangle chains: mark new connections from the new host; copy the mark onto their replies.
 
     CONNMARK sets the connection's mark, not the packet's, so the forwarded packets themselves
     are routed as usual; only reply-direction packets get the packet mark that `ip rule` sees:
     in OUTPUT when a local process answers, in PREROUTING when a container's answer is forwarded.
-    `mark_new=False` renders the restore rules alone, to let open connections finish at --off.
+    `mark_new=False` renders the restore rules alone, to let open connections finish at --off. `ipv6`:
+    ip6tables' chains, the same rules (the new host's MAC is one for both families) naming its IPv6 address.
     """
     chain, local = return_chain(names), return_local_chain(names)
     mark = f"{path.mark:#x}"
@@ -374,7 +516,7 @@ def return_rules(names: ChainNames, path: ReturnPath, *, mark_new: bool = True) 
     rules = (
         [
             f"-A {chain} -i {path.dev} {source}-m conntrack --ctstate NEW -m comment --comment "
-            f"{save_string(f'deployer: forwarded by {path.via}')} -j CONNMARK --set-xmark {path.fwmark}"
+            f"{save_string(f'deployer: forwarded by {path.via_of(ipv6)}')} -j CONNMARK --set-xmark {path.fwmark}"
         ]
         if mark_new
         else []
@@ -382,7 +524,7 @@ def return_rules(names: ChainNames, path: ReturnPath, *, mark_new: bool = True) 
     return {chain: rules + [f"-A {chain} {restore}"], local: [f"-A {local} {restore}"]}
 
 
-def unmarked_flows(path: ReturnPath, addresses: Iterable[str]) -> list[list[str]]:
+def unmarked_flows(path: ReturnPath, addresses: Iterable[str], *, ipv6: bool = False) -> list[list[str]]:
     """conntrack filters for flows that reached `addresses` before the return path marked them.
 
     Connection tracking decides once per flow, so a flow that began before `forward-return` stays
@@ -391,20 +533,24 @@ def unmarked_flows(path: ReturnPath, addresses: Iterable[str]) -> list[list[str]
     port never does either. Deleting those entries lets the next packet start a flow that gets the
     mark. Only TCP handshakes that never completed (SYN_RECV) and UDP flows are taken: an
     established TCP connection was never one of these, and it would break if its entry went.
+    `ipv6`: the link's IPv6 addresses, in conntrack's IPv6 table.
     """
-    unmarked = f"0/{path.mark:#x}"
+    unmarked, family = f"0/{path.mark:#x}", ["-f", "ipv6"] if ipv6 else []
     filters = []
     for address in sorted(set(addresses)):
-        filters.append(["-p", "tcp", "--orig-dst", address, "--mark", unmarked, "--state", "SYN_RECV"])
-        filters.append(["-p", "udp", "--orig-dst", address, "--mark", unmarked])
+        filters.append([*family, "-p", "tcp", "--orig-dst", address, "--mark", unmarked, "--state", "SYN_RECV"])
+        filters.append([*family, "-p", "udp", "--orig-dst", address, "--mark", unmarked])
     return filters
 
 
 def render_return(
-    mangle: SavedTable, names: ChainNames, path: ReturnPath | None, *, mark_new: bool = True
+    mangle: SavedTable, names: ChainNames, path: ReturnPath | None, *, mark_new: bool = True, ipv6: bool = False
 ) -> str | None:
-    """One mangle transaction: both chains rewritten whole (None: removed), jumps ensured first in line."""
-    wanted = return_rules(names, path, mark_new=mark_new) if path else {}
+    """One mangle transaction: both chains rewritten whole (None: removed), jumps ensured first in line.
+    `ipv6`: ip6tables' mangle table, whose chains go when the path names no IPv6 address."""
+    if ipv6 and path is not None and path.via6 is None:
+        path = None
+    wanted = return_rules(names, path, mark_new=mark_new, ipv6=ipv6) if path else {}
     hooks = {return_chain(names): "PREROUTING", return_local_chain(names): "OUTPUT"}
     lines: list[str] = []
     for chain, hook in hooks.items():
@@ -420,14 +566,18 @@ def render_return(
     return "\n".join(["*mangle", *lines, "COMMIT", ""]) if lines else None
 
 
-def route_commands(path: ReturnPath, rules_now: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    """The table's default route first, then the rule that sends marked packets to it (added once)."""
-    commands = [["ip", "-4", "route", "replace", "default", "via", path.via, "dev", path.dev, "table", str(path.table)]]
+def route_commands(path: ReturnPath, rules_now: Sequence[Mapping[str, Any]], *, ipv6: bool = False) -> list[list[str]]:
+    """The table's default route first, then the rule that sends marked packets to it (added once). `ipv6`: the
+    same with `ip -6`, through the new host's IPv6 address (none when the path names none)."""
+    via, family = path.via_of(ipv6), "-6" if ipv6 else "-4"
+    if via is None:
+        return []
+    commands = [["ip", family, "route", "replace", "default", "via", via, "dev", path.dev, "table", str(path.table)]]
     if not any(_is_our_rule(rule, path) for rule in rules_now):
         commands.append(
             [
                 "ip",
-                "-4",
+                family,
                 "rule",
                 "add",
                 "fwmark",
@@ -442,20 +592,25 @@ def route_commands(path: ReturnPath, rules_now: Sequence[Mapping[str, Any]]) -> 
 
 
 def route_removal_commands(
-    path: ReturnPath, rules_now: Sequence[Mapping[str, Any]], table_routes: Sequence[Mapping[str, Any]]
+    path: ReturnPath,
+    rules_now: Sequence[Mapping[str, Any]],
+    table_routes: Sequence[Mapping[str, Any]],
+    *,
+    ipv6: bool = False,
 ) -> list[list[str]]:
-    """The rule first (so nothing is sent to an emptied table), then the table's routes.
+    """The rule first (so nothing is sent to an emptied table), then the table's routes; `ipv6`: `ip -6`'s.
 
     Without a record (`path.via` empty) the table counts as ours only while our rule points at it:
     somebody else's table of the same number is left alone.
     """
+    family = "-6" if ipv6 else "-4"
     commands = [
-        ["ip", "-4", "rule", "del", "fwmark", path.fwmark, "lookup", str(path.table), "priority", str(path.priority)]
+        ["ip", family, "rule", "del", "fwmark", path.fwmark, "lookup", str(path.table), "priority", str(path.priority)]
         for rule in rules_now
         if _is_our_rule(rule, path)
     ]
-    if table_routes and (path.via or commands):
-        commands.append(["ip", "-4", "route", "flush", "table", str(path.table)])
+    if table_routes and (path.via_of(ipv6) or commands):
+        commands.append(["ip", family, "route", "flush", "table", str(path.table)])
     return commands
 
 
@@ -512,6 +667,16 @@ class Link:
     up: bool = False
     arp: bool = True  # False on links without link-layer addresses (tunnels): no MAC to match
     addresses: tuple[str, ...] = ()  # its IPv4 addresses: where the new host's forwarded flows arrive
+    addresses6: tuple[str, ...] = ()  # its global IPv6 addresses, the same for IPv6
+
+
+@dataclass(frozen=True)
+class FamilyFacts:
+    """How this host reaches one address of the old host: its route, whether it answers, its TCP ports."""
+
+    route: Route
+    peer: Peer
+    ports: Mapping[int, str | None] = field(default_factory=dict)  # tcp port -> None if it accepted, else why
 
 
 @dataclass(frozen=True)
@@ -521,6 +686,7 @@ class ForwardFacts:
     route: Route
     peer: Peer
     ports: Mapping[int, str | None] = field(default_factory=dict)  # tcp port -> None if it accepted, else why
+    ipv6: FamilyFacts | None = None  # the same of the old host's IPv6 address, when the forward names one
 
 
 @dataclass(frozen=True)
@@ -533,6 +699,18 @@ class ReturnFacts:
     rules: Sequence[Mapping[str, Any]]  # `ip -j -4 rule show`
     table_routes: Sequence[Mapping[str, Any]]  # `ip -j -4 route show table N`
     recorded: Mapping[str, Any] | None = None  # the forward-return record, if one is set up
+    ipv6: ReturnFamily | None = None  # the same of the new host's IPv6 address, when the path names one
+
+
+@dataclass(frozen=True)
+class ReturnFamily:
+    """The IPv6 side of the return path's facts: the route to the new host's IPv6 address, its answer, and
+    `ip -6 rule` and `ip -6 route show table N`."""
+
+    route: Route
+    peer: Peer
+    rules: Sequence[Mapping[str, Any]]
+    table_routes: Sequence[Mapping[str, Any]]
 
 
 def check_forward(
@@ -546,37 +724,51 @@ def check_forward(
         problems.append(
             f"app {app!r} already forwards to {mode_detail.get('to')}; run `deployer forward {app} --off` first"
         )
+    elif mode == MODE and mode_detail.get("to6") not in (None, target.address6):
+        problems.append(
+            f"app {app!r} already forwards IPv6 clients to {mode_detail.get('to6')}; "
+            f"run `deployer forward {app} --off` first"
+        )
+    problems += _check_address(target.address, target.masquerade, FamilyFacts(facts.route, facts.peer, facts.ports))
+    if facts.route.kind not in (None, "local") and not facts.ip_forward and not facts.ip_forward_writable:
+        problems.append("IPv4 forwarding is off (net.ipv4.ip_forward=0) and cannot be switched on here")
+    if target.address6 is not None and facts.ipv6 is not None:
+        problems += _check_address(target.address6, target.masquerade, facts.ipv6)
+    return problems
+
+
+def _check_address(address: str, masquerade: bool, facts: FamilyFacts) -> list[str]:
+    """What is wrong with one address of the old host: a loop, no route, a gateway where a link is needed, silence."""
     route = facts.route
     if route.kind == "local":
-        problems.append(f"{target.address} is an address of this host: forwarding to it would loop")
-        return problems
+        return [f"{address} is an address of this host: forwarding to it would loop"]
     if route.kind is None:
-        problems.append(f"no route to {target.address}" + (f" ({route.error})" if route.error else ""))
-        return problems
+        return [f"no route to {address}" + (f" ({route.error})" if route.error else "")]
+    problems = []
     if route.kind != "unicast":
-        problems.append(f"{target.address} is a {route.kind} route, not a host")
-    if not target.masquerade and route.gateway:
+        problems.append(f"{address} is a {route.kind} route, not a host")
+    if not masquerade and route.gateway:
         problems.append(
-            f"{target.address} is reached through the gateway {route.gateway} on {route.dev}, not on a "
+            f"{address} is reached through the gateway {route.gateway} on {route.dev}, not on a "
             f"link of its own: keeping client addresses needs a direct link or a tunnel to the old host, "
             f"whose replies come back the same way; use --masquerade over a routed network"
         )
-    if not facts.ip_forward and not facts.ip_forward_writable:
-        problems.append("IPv4 forwarding is off (net.ipv4.ip_forward=0) and cannot be switched on here")
     if not facts.peer.answers and not any(error is None for error in facts.ports.values()):
         where = f" on {route.dev}" if route.dev else ""
-        problems.append(f"{target.address} does not answer{where}: no ICMP echo reply, no neighbour entry")
+        problems.append(f"{address} does not answer{where}: no ICMP echo reply, no neighbour entry")
+    shown = f"[{address}]" if ":" in address else address
     for port, error in sorted(facts.ports.items()):
         if error is not None:
             problems.append(
-                f"{target.address}:{port}/tcp does not accept connections from this host ({error}): "
+                f"{shown}:{port}/tcp does not accept connections from this host ({error}): "
                 f"is the app running on the old host?"
             )
     return problems
 
 
 def check_return(path: ReturnPath, facts: ReturnFacts) -> list[str]:
-    """Everything wrong with routing replies back through `path` on this host."""
+    """Everything wrong with routing replies back through `path` on this host (both families when it names the
+    new host's IPv6 address and `facts.ipv6` says how this host reaches it)."""
     problems = []
     link = facts.link
     if not link.exists:
@@ -589,21 +781,11 @@ def check_return(path: ReturnPath, facts: ReturnFacts) -> list[str]:
             f"replies already return via {recorded.get('via')} on {recorded.get('dev')}; run "
             f"`deployer forward-return --off` first"
         )
-    route = facts.route
-    if route.kind == "local":
-        problems.append(f"{path.via} is an address of this host")
-    elif route.kind is None or route.dev != path.dev or route.gateway:
-        how = (
-            "there is no route to it"
-            if route.kind is None
-            else f"it is reached through {route.gateway} on {route.dev}"
-            if route.gateway
-            else f"it is reached on {route.dev}"
-        )
+    elif recorded and recorded.get("via6") not in (None, path.via6):
         problems.append(
-            f"{path.via} is not on {path.dev}'s link ({how}): the new host must be a neighbour on "
-            f"{path.dev}, over a layer-2 link or a tunnel"
+            f"IPv6 replies already return via {recorded.get('via6')}; run `deployer forward-return --off` first"
         )
+    problems += _on_link(path.via, path.dev, facts.route)
     effective = max(facts.rp_filter_all, facts.rp_filter_dev or 0)
     if effective == 1:
         which = "all" if facts.rp_filter_all == 1 else path.dev
@@ -613,13 +795,63 @@ def check_return(path: ReturnPath, facts: ReturnFacts) -> list[str]:
             f"sysctl -w net.ipv4.conf.{which}.rp_filter=2"
             + (f" (and net.ipv4.conf.{path.dev}.rp_filter to 0 or 2)" if which == "all" else "")
         )
-    if route.kind is not None and route.kind != "local" and not facts.peer.answers:
-        problems.append(f"{path.via} does not answer on {path.dev}: no ICMP echo reply, no neighbour entry")
-    elif link.arp and not facts.peer.lladdr and route.kind not in (None, "local"):
-        problems.append(
-            f"{path.via} has no MAC address on {path.dev} in the neighbour table, so its packets cannot be recognised"
-        )
-    for rule in facts.rules:
+    problems += _answers(path.via, path.dev, link, facts.route, facts.peer)
+    problems += _rules_and_table(path, path.via, facts.rules, facts.table_routes, recorded, "")
+    six = facts.ipv6
+    if path.via6 is not None and six is not None:
+        problems += _on_link(path.via6, path.dev, six.route)
+        problems += _answers(path.via6, path.dev, link, six.route, six.peer)
+        if facts.peer.lladdr and six.peer.lladdr and facts.peer.lladdr.lower() != six.peer.lladdr.lower():
+            problems.append(
+                f"{path.via} and {path.via6} are not the same host on {path.dev} (MAC {facts.peer.lladdr} and "
+                f"{six.peer.lladdr}): both must be the new host's addresses on that link"
+            )
+        problems += _rules_and_table(path, path.via6, six.rules, six.table_routes, recorded, "-6 ")
+    return problems
+
+
+def _on_link(via: str, dev: str, route: Route) -> list[str]:
+    """The new host must be a neighbour on `dev`: the route to it is that link's, without a gateway."""
+    if route.kind == "local":
+        return [f"{via} is an address of this host"]
+    if route.kind is not None and route.dev == dev and not route.gateway:
+        return []
+    how = (
+        "there is no route to it"
+        if route.kind is None
+        else f"it is reached through {route.gateway} on {route.dev}"
+        if route.gateway
+        else f"it is reached on {route.dev}"
+    )
+    return [
+        f"{via} is not on {dev}'s link ({how}): the new host must be a neighbour on {dev}, over a layer-2 link "
+        "or a tunnel"
+    ]
+
+
+def _answers(via: str, dev: str, link: Link, route: Route, peer: Peer) -> list[str]:
+    """The new host answers on the link, with a MAC address to recognise its packets by (on a link with them)."""
+    if route.kind in (None, "local"):
+        return []
+    if not peer.answers:
+        return [f"{via} does not answer on {dev}: no ICMP echo reply, no neighbour entry"]
+    if link.arp and not peer.lladdr:
+        return [f"{via} has no MAC address on {dev} in the neighbour table, so its packets cannot be recognised"]
+    return []
+
+
+def _rules_and_table(
+    path: ReturnPath,
+    via: str,
+    rules_now: Sequence[Mapping[str, Any]],
+    table_routes: Sequence[Mapping[str, Any]],
+    recorded: Mapping[str, Any] | None,
+    family: str,
+) -> list[str]:
+    """Another `ip rule` of the priority, mark or table, or routes of somebody else's in the table (`family`:
+    "" for IPv4, "-6 " for IPv6, as the messages name the command)."""
+    problems = []
+    for rule in rules_now:
         if _is_our_rule(rule, path):
             continue
         clash = []
@@ -632,18 +864,16 @@ def check_return(path: ReturnPath, facts: ReturnFacts) -> list[str]:
             clash.append(f"table {path.table}")
         if clash:
             problems.append(
-                f"ip rule {describe_rule(rule)} already uses {' and '.join(clash)}: choose others "
+                f"ip {family}rule {describe_rule(rule)} already uses {' and '.join(clash)}: choose others "
                 f"with --priority, --mark or --table"
             )
     ours = [
-        r
-        for r in facts.table_routes
-        if r.get("dst") == "default" and r.get("gateway") == path.via and r.get("dev") == path.dev
+        r for r in table_routes if r.get("dst") == "default" and r.get("gateway") == via and r.get("dev") == path.dev
     ]
-    others = [r for r in facts.table_routes if r not in ours]
+    others = [r for r in table_routes if r not in ours]
     if others and not (recorded and int(recorded.get("table", -1)) == path.table):
         problems.append(
-            f"routing table {path.table} is in use ({len(others)} route(s), e.g. "
+            f"{'IPv6 ' if family else ''}routing table {path.table} is in use ({len(others)} route(s), e.g. "
             f"{describe_route(others[0])}): choose another with --table"
         )
     return problems
@@ -689,8 +919,19 @@ def parse_link(name: str, data: Iterable[Mapping[str, Any]]) -> Link:
     entry = entries[0]
     flags = set(entry.get("flags", []))
     has_mac = entry.get("link_type") in ("ether", "ieee802.1q") and "NOARP" not in flags
-    addresses = tuple(a["local"] for a in entry.get("addr_info", []) if a.get("family") == "inet" and a.get("local"))
-    return Link(name, exists=True, up="UP" in flags and "LOWER_UP" in flags, arp=has_mac, addresses=addresses)
+    infos = entry.get("addr_info", [])
+    addresses = tuple(a["local"] for a in infos if a.get("family") == "inet" and a.get("local"))
+    addresses6 = tuple(
+        a["local"] for a in infos if a.get("family") == "inet6" and a.get("local") and a.get("scope") == "global"
+    )
+    return Link(
+        name,
+        exists=True,
+        up="UP" in flags and "LOWER_UP" in flags,
+        arp=has_mac,
+        addresses=addresses,
+        addresses6=addresses6,
+    )
 
 
 def parse_neighbour(address: str, data: Iterable[Mapping[str, Any]]) -> tuple[str | None, tuple[str, ...]]:

@@ -10,6 +10,11 @@ socket (mangle OUTPUT restores the mark), the second's answers are forwarded (ma
 The old host's default route is its own uplink, so without the return path its replies to
 forwarded clients go there and are lost: the tests show that first, then that every request is
 served once the return path is set up.
+
+In the first test both hosts are dual-stack (`[deployer] ipv6`; the new host's Docker network is one of
+the tests' own): an IPv4-only forward leaves the IPv6 clients refused, and says so; naming the old host's
+IPv6 address too forwards them, keeping their addresses through the return path's IPv6 side, then
+masqueraded.
 """
 
 from __future__ import annotations
@@ -27,13 +32,16 @@ from typing import Any
 import pytest
 
 from support.hosts import Hosts
-from support.integration import BRIDGE, NETWORK, REPO, Deployer, demo_app, owned_deployer
+from support.integration import BRIDGE, NETWORK, REPO, Deployer, demo_app, dual_stack_network, owned_deployer
 from support.load import TRAFFIC
 
 pytestmark = pytest.mark.integration
 
 SERVER = REPO / "demo" / "app" / "build" / "server"
 TABLE = "202"
+# The first test's dual-stack network, of its own: it is only made, no container runs on it.
+NETWORK6, BRIDGE6 = "dpltestfwd6", "dpltestfwd6br"
+DUAL_STACK = f'network = "{NETWORK6}"\nbridge = "{BRIDGE6}"\nipv6 = true\nipv6_subnet = "fd42:f06d:d0c::/64"'
 
 
 # --- helpers -----------------------------------------------------------------------------------------
@@ -72,11 +80,11 @@ def serve(hosts: Hosts, namespace: str, version: str, http: int, udp: int) -> No
 
 
 def get(hosts: Hosts, address: str, port: int, timeout: float = 3, source_port: int = 0) -> str:
-    """One request from the client; `source_port` pins its port (0: an ephemeral one)."""
+    """One request from the client; `source_port` pins its port (0: an ephemeral one). An IPv6 address bare."""
     code = (
         "import http.client\n"
         f"c = http.client.HTTPConnection({address!r}, {port}, timeout={timeout}, "
-        f"source_address=('0.0.0.0', {source_port}))\n"
+        f"source_address=({'::' if ':' in address else '0.0.0.0'!r}, {source_port}))\n"
         "c.request('GET', '/')\nprint(c.getresponse().read().decode().strip())"
     )
     result = hosts.run(hosts.client, [sys.executable, "-c", code], timeout=timeout + 10)
@@ -189,7 +197,7 @@ def deployer_in(
     )
 
 
-def like_a_docker_host(hosts: Hosts, *, docker_user: bool) -> None:
+def like_a_docker_host(hosts: Hosts, *, docker_user: bool, bridge: str = BRIDGE) -> None:
     """FORWARD policy DROP, as dockerd sets it, and (with docker_user) its DOCKER-USER chain first in FORWARD.
 
     The new host also gets an empty bridge named like the deployer's bridge: the bridge itself
@@ -199,14 +207,15 @@ def like_a_docker_host(hosts: Hosts, *, docker_user: bool) -> None:
     if docker_user:
         rules += [":DOCKER-USER - [0:0]", "-A FORWARD -j DOCKER-USER", "-A DOCKER-USER -j RETURN"]
     hosts.iptables_restore(hosts.new, "\n".join(rules + ["COMMIT", ""]))
-    hosts.run(hosts.new, ["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+    hosts.run(hosts.new, ["ip", "link", "add", bridge, "type", "bridge"], check=True)
     hosts.sysctl(hosts.new, "net/ipv4/ip_forward", "0")
 
 
 def deployer_leftovers(hosts: Hosts, namespace: str, prefix: str, *addresses: str) -> list[str]:
     """Anything forwarding leaves behind: chains, rules naming the old host, marks, ip rules, routes of the table;
-    in iptables, and in the nftables backend's table."""
-    saved = hosts.save(namespace) + hosts.nft_table(namespace, prefix.lower())
+    in iptables and ip6tables, and in the nftables backend's tables."""
+    saved = hosts.save(namespace) + hosts.save(namespace, "ip6tables-save")
+    saved += hosts.nft_table(namespace, prefix.lower()) + hosts.nft_table(namespace, prefix.lower(), "ip6")
     found = [
         line
         for line in saved.splitlines()
@@ -214,10 +223,13 @@ def deployer_leftovers(hosts: Hosts, namespace: str, prefix: str, *addresses: st
         or "CONNMARK" in line
         or any(address in line for address in addresses)
     ]
-    rules = hosts.run(namespace, ["ip", "-4", "rule", "show"]).stdout
-    found += [f"ip rule: {line}" for line in rules.splitlines() if "fwmark" in line or f"lookup {TABLE}" in line]
-    table = hosts.run(namespace, ["ip", "-4", "route", "show", "table", TABLE]).stdout
-    found += [f"table {TABLE}: {line}" for line in table.splitlines() if line.strip()]
+    for family in ("-4", "-6"):
+        rules = hosts.run(namespace, ["ip", family, "rule", "show"]).stdout
+        found += [
+            f"ip {family} rule: {line}" for line in rules.splitlines() if "fwmark" in line or f"lookup {TABLE}" in line
+        ]
+        table = hosts.run(namespace, ["ip", family, "route", "show", "table", TABLE]).stdout
+        found += [f"ip {family} table {TABLE}: {line}" for line in table.splitlines() if line.strip()]
     return found
 
 
@@ -225,8 +237,8 @@ def deployer_leftovers(hosts: Hosts, namespace: str, prefix: str, *addresses: st
 
 
 def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None:
-    with Hosts(container=True) as hosts:
-        like_a_docker_host(hosts, docker_user=True)
+    with Hosts(container=True, ipv6=True) as hosts, dual_stack_network(new_host, NETWORK6):
+        like_a_docker_host(hosts, docker_user=True, bridge=BRIDGE6)
         new_host.configure(
             forwarded_app(
                 [
@@ -234,14 +246,17 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
                     ("tcp", 26081, 8081, 26084, 26085),
                     ("udp", 26080, 9090, 26082, 26083),
                 ]
-            )
+            ),
+            settings=DUAL_STACK,
         )
         old_host = Deployer(root=new_host.root / "old", prefix=new_host.prefix)
         old_host.root.mkdir()
-        old_host.configure(forwarded_app([("tcp", 26080, 8080, 26082, 26083)]))
+        old_host.configure(forwarded_app([("tcp", 26080, 8080, 26082, 26083)]), settings=DUAL_STACK)
         # The app on the old host: port 26080/tcp a local process, 26081/tcp and 26080/udp a container behind DNAT.
         serve(hosts, hosts.old, "old", 26080, 26089)
         serve(hosts, hosts.kube, "old-container", 26081, 26080)
+        # The container has no IPv6 address: the old host answers IPv6 clients of 26081/tcp itself.
+        serve(hosts, hosts.old, "old", 26081, 26088)
         hosts.iptables_restore(
             hosts.old,
             "\n".join(
@@ -257,7 +272,9 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
 
         done = deployer_in(hosts, hosts.new, new_host, "forward", "web", "--to", hosts.old_link)
         assert done.returncode == 0, done.stderr
+        assert "IPv6 clients are refused while forwarded" in done.stderr, done.stderr
         assert hosts.run(hosts.new, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
+        assert get(hosts, hosts.new_public6, 26080).startswith("FAILED")  # refused: the IPv6 chain is empty
         # Without the return path the old host answers forwarded clients through its own uplink: lost.
         # The attempt leaves a half-open handshake and conntrack entries behind for a minute or two, and a
         # load connection that happened to get the same client port would inherit them; so it comes from
@@ -284,26 +301,37 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         for protocol, source_port in (("tcp", port - 1), ("udp", port - 2)):
             wait_for_flow(hosts, hosts.old, protocol, source_port)
 
-        done = deployer_in(
-            hosts, hosts.old, old_host, "forward-return", "--via", hosts.new_link, "--dev", hosts.old_dev
-        )
+        via = ("--via", hosts.new_link, "--via", hosts.new_link6)  # IPv6 replies return too
+        done = deployer_in(hosts, hosts.old, old_host, "forward-return", *via, "--dev", hosts.old_dev)
         assert done.returncode == 0, done.stderr
-        assert "MAC" in done.stdout
+        assert f"{hosts.new_link} and {hosts.new_link6} (MAC" in done.stdout, done.stdout
         answers = {protocol: proc.communicate(timeout=30)[0].strip() for protocol, proc in pending.items()}
         assert answers == {"tcp": f"old {hosts.client_ip}:{port - 1}", "udp": "old-container req"}, answers
+
+        # IPv6 clients too: the same forward names the old host's IPv6 address as well, and they keep their
+        # addresses, their replies coming back through the return path's IPv6 side (the old host's own IPv6
+        # default route is its uplink, where they would be lost).
+        old6 = hosts.old_link6
+        to_both = ("forward", "web", "--to", hosts.old_link, "--to", old6)
+        done = deployer_in(hosts, hosts.new, new_host, *to_both)
+        assert done.returncode == 0, done.stderr
+        assert "IPv6 clients are refused" not in done.stderr and f"and [{old6}]" in done.stdout, done.stdout
 
         load = Load(hosts, new_host.root)
         load.start("forwarded-new", "http-new", hosts.new_public, 26080)
         load.start("forwarded-keepalive", "http-keepalive", hosts.new_public, 26081)
         load.start("forwarded-udp", "udp", hosts.new_public, 26080)
         load.start("direct", "http-new", hosts.old_public, 26080)
+        load.start("forwarded6-new", "http-new", f"[{hosts.new_public6}]", 26080)
+        load.start("forwarded6-keepalive", "http-keepalive", f"[{hosts.new_public6}]", 26081)
         time.sleep(4)
         status = deployer_in(hosts, hosts.new, new_host, "status", "web")
         seen = load.stop()
 
         print(f"requests: { {name: len(records) for name, records in seen.items()} }")
         assert status.returncode == 0, status.stderr
-        assert f"mode: forward to {hosts.old_link}" in status.stdout and "keeping client addresses" in status.stdout
+        assert f"mode: forward to {hosts.old_link} and [{old6}]" in status.stdout, status.stdout
+        assert "keeping client addresses" in status.stdout and "IPv6: 3 rules, in step with IPv4" in status.stdout
         assert "rules match" in status.stdout
         for name, records in seen.items():
             assert len(records) > 30, f"{name}: too little traffic to judge ({len(records)})"
@@ -316,33 +344,47 @@ def test_forward_keeping_client_addresses_under_load(new_host: Deployer) -> None
         }
         assert {r["version"] for r in seen["forwarded-udp"]} == {"old-container"}
         assert {(r["version"], client_ip_of(r)) for r in seen["direct"]} == {("old", hosts.client_direct)}
+        for name in ("forwarded6-new", "forwarded6-keepalive"):  # the old host's own process answers both
+            assert {(r["version"], client_ip_of(r)) for r in seen[name]} == {("old", f"[{hosts.client_ip6}]")}
 
-        # Drift shows in status, each kind on its own: the accept jump deleted, IPv4 forwarding switched
-        # off (the app chain is still right), then the app chain flushed. Reconcile repairs all three.
-        hosts.run(hosts.new, ["iptables", "-D", "DOCKER-USER", "-j", f"{new_host.prefix}-FORWARD"], check=True)
+        # With --masquerade both families' clients reach the old host as the new host (seen after the repairs).
+        done = deployer_in(hosts, hosts.new, new_host, *to_both, "--masquerade")
+        assert done.returncode == 0, done.stderr
+
+        # Drift shows in status, each kind on its own: the accept jumps deleted (both families), IPv4
+        # forwarding switched off (the app chain is still right), then both app chains flushed. Reconcile
+        # repairs them all.
+        prefix = new_host.prefix
+        hosts.run(hosts.new, ["iptables", "-D", "DOCKER-USER", "-j", f"{prefix}-FORWARD"], check=True)
+        hosts.run(hosts.new, ["ip6tables", "-D", "FORWARD", "-j", f"{prefix}-FORWARD"], check=True)  # no DOCKER-USER
         drifted = deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
-        assert "RULES DIFFER" in drifted and "the forward's accept rules are missing or changed" in drifted, drifted
+        assert "RULES DIFFER" in drifted, drifted
+        assert "the forward's accept and masquerade rules are missing or changed" in drifted
+        assert "the forward's IPv6 accept and masquerade rules are missing or changed" in drifted
         assert "IPv4 forwarding is off" not in drifted
         hosts.sysctl(hosts.new, "net/ipv4/ip_forward", "0")
         assert "IPv4 forwarding is off" in deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
-        hosts.run(hosts.new, ["iptables", "-t", "nat", "-F", f"{new_host.prefix}-web"], check=True)
+        hosts.run(hosts.new, ["iptables", "-t", "nat", "-F", f"{prefix}-web"], check=True)
+        hosts.run(hosts.new, ["ip6tables", "-t", "nat", "-F", f"{prefix}-web"], check=True)
         assert "RULES DIFFER" in deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
         repaired = deployer_in(hosts, hosts.new, new_host, "reconcile", "web")
         assert repaired.returncode == 0, repaired.stderr
         assert "IPv4 forwarding switched on again" in repaired.stdout
-        assert f"accept rules of web's forward to {hosts.old_link} restored" in repaired.stdout
+        assert f"accept rules of web's forward to {hosts.old_link} and [{old6}] restored" in repaired.stdout
         assert f"rules of web forwarded to {hosts.old_link} again" in repaired.stdout
         repaired_status = deployer_in(hosts, hosts.new, new_host, "status", "web").stdout
         assert "rules match" in repaired_status and "missing or changed" not in repaired_status, repaired_status
-        assert get(hosts, hosts.new_public, 26080) == f"old {hosts.client_ip}"
+        assert "IPv6: 3 rules, in step with IPv4" in repaired_status, repaired_status
+        assert get(hosts, hosts.new_public, 26080) == f"old {hosts.new_link}"  # masqueraded, both families
+        assert get(hosts, hosts.new_public6, 26080) == f"old [{hosts.new_link6}]"
 
         # Off on both hosts, and nothing of the deployer's is left.
         done = deployer_in(hosts, hosts.new, new_host, "forward", "web", "--off")
         assert done.returncode == 0, done.stderr
         done = deployer_in(hosts, hosts.old, old_host, "forward-return", "--off")
         assert done.returncode == 0, done.stderr
-        assert deployer_leftovers(hosts, hosts.new, new_host.prefix, hosts.old_link) == []
-        assert deployer_leftovers(hosts, hosts.old, old_host.prefix, hosts.new_link) == []
+        assert deployer_leftovers(hosts, hosts.new, new_host.prefix, hosts.old_link, old6) == []
+        assert deployer_leftovers(hosts, hosts.old, old_host.prefix, hosts.new_link, hosts.new_link6) == []
         assert hosts.save(hosts.new).count(f":{new_host.prefix}-web ") == 1
         assert not any(line.startswith(f"-A {new_host.prefix}-web ") for line in hosts.save(hosts.new).splitlines())
         assert get(hosts, hosts.old_public, 26080) == f"old {hosts.client_direct}"
@@ -500,7 +542,7 @@ def test_preflight_refusals_change_nothing(new_host: Deployer) -> None:
             assert done.returncode == code, f"{args}: exit {done.returncode}: {done.stdout} {done.stderr}"
             return done.stderr
 
-        assert "is not an IPv4 address" in refused(
+        assert "is not an IPv4 or IPv6 address" in refused(
             hosts.new, new_host, "forward", "web", "--to", "198.18.0.256", code=2
         )
         assert "has no external port 1234" in refused(

@@ -104,3 +104,22 @@ def cluster_config(path: Path, cluster: Mapping[str, Any], *, state_dir: Path | 
     if state_dir is not None:
         data["deployer"] = {"state_dir": str(state_dir)}
     return config_module.parse(data, path=path, environ={})
+
+
+# The app of the forwarding tests: two TCP ports and a UDP one on the first's number.
+FORWARDED_DEMO = config_module.parse(
+    {
+        "apps": {
+            "demo": {
+                "image": "registry.example:5000/demo",
+                "ports": [
+                    {"external": 1000, "container": 8080, "blue": 1001, "green": 1002},
+                    {"external": 1000, "container": 9090, "protocol": "udp", "blue": 1001, "green": 1002},
+                    {"external": 1443, "container": 8443, "blue": 1444, "green": 1445},
+                ],
+            }
+        }
+    },
+    path=Path("/etc/deployer/deployer.toml"),
+    environ={},
+)

@@ -14,7 +14,9 @@ Optionally the old host runs its app behind a DNAT to a "container" namespace (a
 host does), and the new host gets a link to the root namespace through which it reaches the
 containers of the machine's dockerd (`root_link`).
 
-Every subnet is a free /24 of 198.18.0.0/15, chosen under the same lock as OutsideClient's.
+Every subnet is a free /24 of 198.18.0.0/15, chosen under the same lock as OutsideClient's. With
+`ipv6`, links (a), (b) and (c) get IPv6 addresses too, from fd42:f06d::/48 (the machine's own is fd00::/64;
+no other test uses it, and each namespace has routes of its own), with the same default routes.
 Everything is removed on exit, on failure too: processes, namespaces, the root veth and route.
 """
 
@@ -33,6 +35,7 @@ from support import netns
 from support.beds import Bed
 
 PREFIX = netns.DEFAULT_PREFIX  # so a killed run's leftovers go with the session cleanup
+LINKS6 = {"a": "fd42:f06d:a::", "b": "fd42:f06d:b::", "c": "fd42:f06d:c::"}
 
 
 def ip(*args: str, check: bool = True) -> str:
@@ -40,12 +43,12 @@ def ip(*args: str, check: bool = True) -> str:
 
 
 class Hosts(Bed):
-    def __init__(self, *, container: bool = False, root_link: bool = False) -> None:
+    def __init__(self, *, container: bool = False, root_link: bool = False, ipv6: bool = False) -> None:
         token = secrets.token_hex(3)
         self.client, self.new, self.old = (f"{PREFIX}{token}-{s}" for s in ("c", "n", "o"))
         self.kube = f"{PREFIX}{token}-k" if container else None
         self.root_if = f"{PREFIX}{token}-r" if root_link else None
-        self.want_container, self.want_root = container, root_link
+        self.want_container, self.want_root, self.want_ipv6 = container, root_link, ipv6
         self.procs: list[subprocess.Popen] = []
         self.namespaces: list[str] = []
         self.root_routes: list[list[str]] = []
@@ -54,6 +57,10 @@ class Hosts(Bed):
         self.old_public = self.client_direct = self.root_ip = self.new_root_ip = ""
         self.container_ip = self.old_container_gw = ""
         self.old_dev, self.new_dev = "to-new", "to-old"
+        # with ipv6: the same hosts' IPv6 addresses, [1] of each link's prefix on the new host's side, [2] beyond
+        self.new_public6, self.client_ip6 = f"{LINKS6['a']}1", f"{LINKS6['a']}2"
+        self.new_link6, self.old_link6 = f"{LINKS6['b']}1", f"{LINKS6['b']}2"
+        self.old_public6, self.client_direct6 = f"{LINKS6['c']}1", f"{LINKS6['c']}2"
 
     def _subnets(self, count: int) -> list[ipaddress.IPv4Network]:
         used = netns._networks_in_use()
@@ -87,6 +94,18 @@ class Hosts(Bed):
         self._pair(self.client, "to-old", self.client_direct, self.old, "uplink", self.old_public)
         ip("-n", self.client, "route", "add", "default", "via", self.new_public)
         ip("-n", self.old, "route", "add", "default", "via", self.client_direct)
+        if self.want_ipv6:
+            for namespace, dev, address in (
+                (self.client, "to-new", self.client_ip6),
+                (self.new, "to-client", self.new_public6),
+                (self.new, self.new_dev, self.new_link6),
+                (self.old, self.old_dev, self.old_link6),
+                (self.client, "to-old", self.client_direct6),
+                (self.old, "uplink", self.old_public6),
+            ):  # nodad: usable at once, not tentative for a second
+                ip("-n", namespace, "addr", "add", f"{address}/64", "dev", dev, "nodad")
+            ip("-n", self.client, "-6", "route", "add", "default", "via", self.new_public6)
+            ip("-n", self.old, "-6", "route", "add", "default", "via", self.client_direct6)
         if self.want_root:
             ip("-n", self.new, "addr", "add", f"{self.new_root_ip}/24", "dev", "to-root")
             ip("-n", self.new, "link", "set", "to-root", "up")
@@ -125,12 +144,12 @@ class Hosts(Bed):
         result = self.run(namespace, ["iptables-restore", "--noflush"], input=text)
         assert result.returncode == 0, result.stderr
 
-    def save(self, namespace: str) -> str:
-        return self.run(namespace, ["iptables-save"], check=True).stdout
+    def save(self, namespace: str, command: str = "iptables-save") -> str:
+        return self.run(namespace, [command], check=True).stdout
 
-    def nft_table(self, namespace: str, table: str) -> str:
-        """`nft list table ip TABLE` in the namespace; empty when there is none."""
-        return self.run(namespace, ["nft", "list", "table", "ip", table]).stdout
+    def nft_table(self, namespace: str, table: str, family: str = "ip") -> str:
+        """`nft list table FAMILY TABLE` in the namespace; empty when there is none."""
+        return self.run(namespace, ["nft", "list", "table", family, table]).stdout
 
     def close(self) -> None:
         netns.stop_processes(self.procs, timeout=3)

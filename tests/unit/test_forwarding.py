@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from deployer.config import parse
 from deployer.errors import InvalidForwarding
 from deployer.plan import forwarding, rules
 from deployer.plan.forwarding import (
@@ -23,27 +20,14 @@ from deployer.plan.forwarding import (
 )
 from deployer.plan.records import AppState
 from deployer.plan.rules import ChainNames
+from support.configs import FORWARDED_DEMO
+from support.return_path import RESTORE, mark_rule, new_return_mangle
 
 NAMES = ChainNames("DEPLOYER")
 OLD = "203.0.113.7"
 NEW = "203.0.113.20"
 
-CONFIG = parse(
-    {
-        "apps": {
-            "demo": {
-                "image": "registry.example:5000/demo",
-                "ports": [
-                    {"external": 1000, "container": 8080, "blue": 1001, "green": 1002},
-                    {"external": 1000, "container": 9090, "protocol": "udp", "blue": 1001, "green": 1002},
-                    {"external": 1443, "container": 8443, "blue": 1444, "green": 1445},
-                ],
-            }
-        }
-    },
-    path=Path("/etc/deployer/deployer.toml"),
-    environ={},
-)
+CONFIG = FORWARDED_DEMO
 APP = CONFIG.apps["demo"]
 TARGET = forwarding.plan_target(APP, OLD)
 MASQ = forwarding.plan_target(APP, OLD, masquerade=True)
@@ -92,8 +76,8 @@ def test_port_overrides_by_number_or_by_number_and_protocol():
 @pytest.mark.parametrize(
     "address, message",
     [
-        ("old-host", "is not an IPv4 address"),
-        ("203.0.113.300", "is not an IPv4 address"),
+        ("old-host", "is not an IPv4 or IPv6 address"),
+        ("203.0.113.300", "is not an IPv4 or IPv6 address"),
         ("127.0.0.1", "not the unicast address of another host"),
         ("0.0.0.0", "not the unicast address of another host"),
         ("224.0.0.5", "not the unicast address of another host"),
@@ -270,31 +254,11 @@ def test_teardown_removes_both_shared_chains_and_their_jumps():
 
 PATH = ReturnPath(NEW, "eth1", "52:54:00:AB:CD:EF")
 EMPTY_MANGLE = table("*mangle\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", "mangle")
-MARK_RULE = (
-    "-A DEPLOYER-RETURN -i eth1 -m mac --mac-source 52:54:00:ab:cd:ef -m conntrack --ctstate NEW "
-    '-m comment --comment "deployer: forwarded by 203.0.113.20" -j CONNMARK --set-xmark 0x2000000/0x2000000'
-)
-RESTORE = (
-    "-m conntrack --ctdir REPLY -m connmark --mark 0x2000000/0x2000000 -j CONNMARK --restore-mark "
-    "--nfmask 0x2000000 --ctmask 0x2000000"
-)
+MARK_RULE = mark_rule(NEW)
 
 
 def test_the_mangle_transaction_marks_by_mac_and_restores_in_both_hooks():
-    assert forwarding.render_return(EMPTY_MANGLE, NAMES, PATH) == "\n".join(
-        [
-            "*mangle",
-            ":DEPLOYER-RETURN - [0:0]",
-            MARK_RULE,
-            f"-A DEPLOYER-RETURN {RESTORE}",
-            "-I PREROUTING 1 -j DEPLOYER-RETURN",
-            ":DEPLOYER-RETURN-LOCAL - [0:0]",
-            f"-A DEPLOYER-RETURN-LOCAL {RESTORE}",
-            "-I OUTPUT 1 -j DEPLOYER-RETURN-LOCAL",
-            "COMMIT",
-            "",
-        ]
-    )
+    assert forwarding.render_return(EMPTY_MANGLE, NAMES, PATH) == "\n".join([*new_return_mangle(NEW), ""])
 
 
 def test_on_a_tunnel_the_device_alone_recognises_the_new_host():
@@ -389,7 +353,7 @@ def test_without_a_record_a_table_is_flushed_only_while_our_rule_points_at_it():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("new-host", "eth1", 0x2000000, 202, 202), "is not an IPv4 address"),
+        (("new-host", "eth1", 0x2000000, 202, 202), "is not an IPv4 or IPv6 address"),
         ((NEW, "eth1; reboot", 0x2000000, 202, 202), "is not an interface name"),
         ((NEW, "eth1", 0x3000000, 202, 202), "must be a single bit"),
         ((NEW, "eth1", 0x2000000, 254, 202), "other than 253, 254 and 255"),

@@ -13,6 +13,7 @@ from deployer.errors import RulesError
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.plan import hostbound, nft, rules
 from deployer.plan.rules import ChainNames
+from support.nft_fakes import FakeIptables, FakeRunner
 
 NAMES = ChainNames("DEPLOYER")
 IP6 = nft.IP6
@@ -335,32 +336,6 @@ def test_a_host_bound_apps_socket_match_becomes_rules_of_the_ip6_table_and_reads
 
 
 # --- the backend: both families in one transaction --------------------------------------------------------------
-
-
-class FakeRunner:
-    def __init__(self, listings: dict[str, str] | None = None) -> None:
-        self.listings = listings or {}  # `list table ip6 deployer` -> what it prints; absent: there is no table
-        self.ran: list[str] = []
-        self.refuse = False
-
-    def run(self, text: str) -> str:
-        self.ran.append(text)
-        if text.startswith("list "):
-            if text not in self.listings:
-                raise RulesError("nft refused the transaction: Error: No such file or directory")
-            return self.listings[text]
-        if self.refuse:
-            raise RulesError("nft refused the transaction: Error: Could not process rule: No such file or directory")
-        return ""
-
-
-class FakeIptables:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.ran: list[str] = []
-
-    def restore(self, text: str) -> None:
-        self.ran.append(f"{self.name} " + " | ".join(text.strip().splitlines()))
 
 
 V4_LISTING = LISTING.replace("table ip6", "table ip").replace("ipv6_addr", "ipv4_addr")

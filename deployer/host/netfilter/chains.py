@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,9 @@ class Chains:
         self.backend6 = backend6  # the IPv6 rules' backend, on a dual-stack host
         # The IPv6 backends not in use, where IPv6 rules of an earlier config may be left (uninstall looks there).
         self.leftovers6 = tuple(leftovers6)
-        # Turns the host's IPv6 forwarding on safely (host/ipv6_forwarding.py), once a process, on a dual-stack host.
+        # Turns the host's IPv6 forwarding on safely (host/ipv6_forwarding.py), on a dual-stack host.
         self.forwarding6 = forwarding6
+        self.forwarding6_done = False  # once a process for the instances; a forward asks again
         # Told each change to the host's own settings (a sysctl), for the audit log.
         self.host_changed = host_changed or (lambda change: log.warning("host setting changed: %s", change))
         self.ipv6_of: dict[str, str] = {}  # instance IPv4 address -> its IPv6 twin, as Docker last said
@@ -145,47 +146,47 @@ class Chains:
         if address6:
             self.ipv6_of.setdefault(address, address6)
 
-    def wanted6(self, app: AppConfig, wanted: list[str]) -> list[str] | None:
+    def wanted6(self, app: AppConfig, wanted: list[str], extra6: Mapping[str, str] | None = None) -> list[str] | None:
         """The IPv6 chain for an IPv4 one; None on a host that is not dual-stack. An app that opted out has an
-        empty one, so rules it had before are gone."""
+        empty one, so rules it had before are gone. `extra6`: the IPv6 twins of addresses that are not instances
+        (a forward's old host, plan/forwarding.Target.twins6)."""
         if self.backend6 is None:
             return None
         if not self.dual(app):
             return []
-        # A chain with no DNAT (a host-bound app's, maintenance's redirects alone) needs no twins: Docker is not asked.
-        destinations = rules.dnat_destinations(wanted)
-        return rules.for_ipv6(wanted, self.twins(destinations, fresh=True) if destinations else {})
+        # A chain with no DNAT to an instance (a host-bound app's, maintenance's redirects alone, a forward to
+        # another host) needs no twins from Docker: it is not asked.
+        destinations = rules.dnat_destinations(wanted) - set(extra6 or {})
+        twins = self.twins(destinations, fresh=True) if destinations else {}
+        return rules.for_ipv6(wanted, {**twins, **(extra6 or {})})
 
     def chain6(self, app: str) -> list[str] | None:
         """The app's IPv6 chain as it is now; None when it does not exist or the host is not dual-stack."""
         return None if self.backend6 is None else self.backend6.list_chain(self.names.app(app))
 
-    def drifted6(self, app: AppConfig, wanted: list[str]) -> bool:
+    def drifted6(self, app: AppConfig, wanted: list[str], extra6: Mapping[str, str] | None = None) -> bool:
         """Whether the IPv6 chain differs from what the IPv4 one calls for (a crash between the two commits on
         iptables, or a rule changed by hand)."""
-        wanted6 = self.wanted6(app, wanted)
+        wanted6 = self.wanted6(app, wanted, extra6)
         return wanted6 is not None and self.chain6(app.name) != wanted6
 
     # --- changes -------------------------------------------------------------------------------
 
-    def rewrite(self, render: Render, *tables: str) -> str | None:
+    def rewrite(self, render: Render, *tables: str, ipv6: bool = False) -> str | None:
         """Under the lock, read `tables`, render a transaction from them and restore it; the text, or None if
-        there was nothing to change."""
+        there was nothing to change. `ipv6`: the IPv6 backend's tables (None on a host that is not dual-stack)."""
+        backend = self.backend6 if ipv6 else self.backend
+        if backend is None:
+            return None
         with self.lock():
-            text = render(*(self.table(name) for name in tables))
+            text = render(*(self.table(name, ipv6=ipv6) for name in tables))
             if text:
-                self.backend.restore(text)
+                backend.restore(text)
         return text or None
 
     def rewrite6(self, render: Render, *tables: str) -> str | None:
         """`rewrite` in the IPv6 backend: None on a host that is not dual-stack, or with nothing to change."""
-        if self.backend6 is None:
-            return None
-        with self.lock():
-            text = render(*(self.table(name, ipv6=True) for name in tables))
-            if text:
-                self.backend6.restore(text)
-        return text or None
+        return self.rewrite(render, *tables, ipv6=True)
 
     def teardown(self) -> bool:
         """Remove every nat chain the deployer owns, from both backends and both families (the IPv6 one also when
@@ -227,10 +228,20 @@ class Chains:
             self.settings.network, self.settings.bridge, self.ipv6_subnet, ipv6_required=self.settings.ipv6_explicit
         )
         self.backend.enable_route_localnet(self.settings.bridge)
-        if self.backend6 is not None and self.forwarding6 is not None:
-            for change in self.forwarding6():  # outside clients' IPv6 packets are forwarded to the instances
-                self.host_changed(change)
-            self.forwarding6 = None
+        if not self.forwarding6_done:
+            self.ensure_forwarding6()  # outside clients' IPv6 packets are forwarded to the instances
+
+    def ensure_forwarding6(self) -> list[str]:
+        """Turn the host's IPv6 forwarding on (accept_ra kept first) on a dual-stack host; what was changed, each
+        change told to `host_changed` too. Reads the sysctls each call: a forward to another host's IPv6 address
+        asks again."""
+        if self.backend6 is None or self.forwarding6 is None:
+            return []
+        changes = self.forwarding6()
+        self.forwarding6_done = True
+        for change in changes:
+            self.host_changed(change)
+        return changes
 
     def ensure_base(self, app: AppConfig, *, locked: bool = False) -> None:
         """Add whatever is missing of the jumps, the POSTROUTING chain and the app's (empty) chain."""
@@ -249,7 +260,13 @@ class Chains:
                 self.backend6.restore(text6)
 
     def flip(
-        self, app: AppConfig, wanted: list[str], detail: dict[str, Any] | None = None, *, tidy: bool = True
+        self,
+        app: AppConfig,
+        wanted: list[str],
+        detail: dict[str, Any] | None = None,
+        *,
+        tidy: bool = True,
+        extra6: Mapping[str, str] | None = None,
     ) -> set[str]:
         """Make `wanted` the app's rules in one transaction; put the old rules back on failure.
 
@@ -268,10 +285,11 @@ class Chains:
         waits 13 to 20 ms after its commit here (docs/benchmarks.md), and the traffic has already moved. A
         crash before it leaves shadowed rules that match nothing new; reconcile removes them.
 
-        On a dual-stack host the IPv6 chain makes the same move in the same step (see the module's docstring).
+        On a dual-stack host the IPv6 chain makes the same move in the same step (see the module's docstring);
+        `extra6` as for wanted6.
         """
         chain = self.names.app(app.name)
-        wanted6 = self.wanted6(app, wanted)
+        wanted6 = self.wanted6(app, wanted, extra6)
         with self.lock():
             families = [(self.backend, wanted)]
             if wanted6 is not None and self.backend6 is not None:
@@ -375,25 +393,33 @@ class Chains:
 
     # --- conntrack -----------------------------------------------------------------------------
 
-    def both_families(self, filters: list[list[str]]) -> list[list[str]]:
-        """The filters, and on a dual-stack host their IPv6 twins (plan/conntrack.for_ipv6)."""
+    def both_families(self, filters: list[list[str]], extra6: Mapping[str, str] | None = None) -> list[list[str]]:
+        """The filters, and on a dual-stack host their IPv6 twins (plan/conntrack.for_ipv6); `extra6` as for
+        wanted6."""
         if self.backend6 is None:
             return filters
-        addresses = {f[f.index("--reply-src") + 1] for f in filters if "--reply-src" in f}
-        return filters + conntrack.for_ipv6(filters, self.twins(addresses))
+        addresses = {f[f.index("--reply-src") + 1] for f in filters if "--reply-src" in f} - set(extra6 or {})
+        return filters + conntrack.for_ipv6(filters, {**self.twins(addresses), **(extra6 or {})})
 
-    def clean_flows(self, filters: list[list[str]]) -> int:
-        """Delete the conntrack entries matching each filter; how many went."""
-        return sum(self.backend.conntrack_delete(f) for f in self.both_families(filters))
+    def clean_flows(
+        self, filters: list[list[str]], extra6: Mapping[str, str] | None = None, *, as_given: bool = False
+    ) -> int:
+        """Delete the conntrack entries matching each filter; how many went. `as_given`: the filters name their
+        family themselves (`-f ipv6`), and get no twins."""
+        return sum(
+            self.backend.conntrack_delete(f) for f in (filters if as_given else self.both_families(filters, extra6))
+        )
 
     def flows(self, filters: list[list[str]]) -> list[str]:
         """The conntrack entries matching each filter, as `conntrack -L` prints them."""
         return [line for f in self.both_families(filters) for line in self.backend.conntrack_list(f)]
 
-    def count_flows(self, filters: list[list[str]]) -> int:
-        return sum(len(self.backend.conntrack_list(f)) for f in self.both_families(filters))
+    def count_flows(self, filters: list[list[str]], extra6: Mapping[str, str] | None = None) -> int:
+        return sum(len(self.backend.conntrack_list(f)) for f in self.both_families(filters, extra6))
 
-    def wait_for_old_flows(self, filters: list[list[str]], seconds: float) -> int:
+    def wait_for_old_flows(
+        self, filters: list[list[str]], seconds: float, extra6: Mapping[str, str] | None = None
+    ) -> int:
         """Wait up to `seconds` for the flows matching `filters` to end, returning early once none is left.
 
         What a retired instance, a forward or a return path is given to finish its open connections; returns
@@ -401,7 +427,7 @@ class Chains:
         """
         deadline = self.clock() + seconds
         while True:
-            remaining = self.count_flows(filters)
+            remaining = self.count_flows(filters, extra6)
             if remaining == 0 or self.clock() >= deadline:
                 return remaining
             self.sleep(min(0.25, max(0.0, deadline - self.clock())))
