@@ -556,12 +556,7 @@ class Engine:
         run.context = replace(run.context, digest=run.release.digest)
         with run.operation.step("start") as step:
             self._remove_leftovers(app, run.new_set, keep=old.container_id if old else None)
-            self.docker.ensure_network(
-                self.settings.network,
-                self.settings.bridge,
-                self.chains.ipv6_subnet,
-                ipv6_required=self.settings.ipv6_explicit,
-            )
+            self.chains.ensure_network()
             arguments = run_arguments(self.settings, app, run.new_set, run.release)
             # No restarts before the gate passed: a crash stays a crash, with its exit code, not a loop.
             arguments["restart_policy"] = restart_policy("no")

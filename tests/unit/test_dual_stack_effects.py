@@ -402,3 +402,14 @@ def test_with_ipv6_said_in_the_config_an_instance_without_an_ipv6_address_fails_
     with pytest.raises(BootError, match=r"has no IPv6 address on network 'deployer', and \[deployer\] ipv6 = true"):
         host.engine().deploy("web", "v1", actor="cli:ann")
     assert host.chain() is None
+
+
+def test_the_hosts_ipv6_forwarding_is_made_safe_before_docker_makes_the_dual_stack_network(tmp_path):
+    """Docker writes all.forwarding=1 itself when it makes a network with IPv6: accept_ra=2 must be there first."""
+    host = Host(tmp_path)
+    host.dual_stack()
+    host.forwarding6 = lambda: host.effects.add("ipv6 forwarding made safe") or []
+    host.engine().deploy("web", "v1", actor="cli:ann")
+    network = "network deployer deployer0 fd6e:3b1d:5e2a:eeb9::/64"
+    assert host.effects.index("ipv6 forwarding made safe") < host.effects.index(network)
+    assert host.effects.count("ipv6 forwarding made safe") == 1  # once a process

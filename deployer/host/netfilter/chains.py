@@ -222,14 +222,22 @@ class Chains:
                 backend.restore(text)
         return bool(text)
 
-    def prepare_bridge(self) -> None:
-        """The deployer's Docker network, and loopback clients allowed through its bridge."""
+    def ensure_network(self) -> None:
+        """The deployer's Docker network; on a dual-stack host, the host's IPv6 forwarding made safe first.
+
+        First, because Docker itself writes `net.ipv6.conf.all.forwarding=1` when it makes (or, at its start,
+        restores) a network with IPv6: done after it, the `accept_ra=2` would come too late, and the kernel drops
+        the default routes learnt from router advertisements the moment forwarding turns on."""
+        if not self.forwarding6_done:
+            self.ensure_forwarding6()  # outside clients' IPv6 packets are forwarded to the instances
         self.network.ensure_network(
             self.settings.network, self.settings.bridge, self.ipv6_subnet, ipv6_required=self.settings.ipv6_explicit
         )
+
+    def prepare_bridge(self) -> None:
+        """The deployer's Docker network, and loopback clients allowed through its bridge."""
+        self.ensure_network()
         self.backend.enable_route_localnet(self.settings.bridge)
-        if not self.forwarding6_done:
-            self.ensure_forwarding6()  # outside clients' IPv6 packets are forwarded to the instances
 
     def ensure_forwarding6(self) -> list[str]:
         """Turn the host's IPv6 forwarding on (accept_ra kept first) on a dual-stack host; what was changed, each
