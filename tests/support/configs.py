@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from deployer import config as config_module
-from deployer.config import Config
+from deployer.config import AppConfig, Config, HealthCheck, PortMapping
 
 # Two apps served on the shared address (tcp 80 and 443, udp 53): the cluster rules' tests render their ports.
 CLUSTER_APPS: dict[str, Any] = {
@@ -69,6 +69,17 @@ def app_toml(
 
 
 ASSET_SITE = app_toml("site", 9000, extra='repository = "acme/site"\n[apps.site.asset]\nname = "image.tar"\n')
+
+
+def host_bound_app(name: str, *ports: int) -> AppConfig:
+    """A host-bound app (a server on the host itself, not a container) on these tcp ports, as its config makes it."""
+    return AppConfig(
+        name=name,
+        image="",
+        ports=tuple(PortMapping(port, port, "tcp", 0, 0) for port in ports),
+        health=HealthCheck(type="tcp", port=ports[0]),
+        host_bound=True,
+    )
 
 
 def config_text(tmp_path: Path, *apps: str, server: str = "", tables: str = "") -> str:

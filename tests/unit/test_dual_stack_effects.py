@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from deployer.config import AppConfig, HealthCheck, PortMapping
 from deployer.errors import BootError, UsageError
 from deployer.host import modes
+from support.configs import host_bound_app
 from support.engine_fakes import NEW, OLD, OLD_RULE, FakeNetfilter, Host, dnat
 
 OLD6, NEW6 = "fd6e:3b1d:5e2a::2", "fd6e:3b1d:5e2a::3"
@@ -248,14 +248,7 @@ def host_bound(tmp_path) -> Host:
     """A dual-stack host whose app `web` is a server on the host itself, listening on port 18080."""
     host = Host(tmp_path)
     host.dual_stack()
-    web = AppConfig(
-        name="web",
-        image="",
-        ports=(PortMapping(18080, 18080, "tcp", 0, 0),),
-        health=HealthCheck(type="tcp", port=18080),
-        host_bound=True,
-    )
-    host.config = replace(host.config, apps={"web": web})
+    host.config = replace(host.config, apps={"web": host_bound_app("web", 18080)})
     return host
 
 

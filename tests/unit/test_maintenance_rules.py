@@ -8,6 +8,7 @@ from deployer.errors import NotDeployable
 from deployer.plan import app_chain, drain, hostbound, maintenance, retries, rules
 from deployer.plan.records import AppState, Instance
 from deployer.plan.rules import ChainNames, Forward, SavedTable
+from support.configs import host_bound_app
 from support.instances import BLUE, GREEN
 
 NAMES = ChainNames("DEPLOYER")
@@ -23,13 +24,7 @@ DEMO = AppConfig(
     health=HealthCheck(type="http", port=8080, path="/healthz"),
     status_port=1005,
 )
-WEB = AppConfig(
-    name="web",
-    image="",
-    ports=(PortMapping(80, 80, "tcp", 0, 0), PortMapping(443, 443, "tcp", 0, 0)),
-    health=HealthCheck(type="tcp", port=80),
-    host_bound=True,
-)
+WEB = host_bound_app("web", 80, 443)
 NOW = "2026-11-21T11:00:00.000Z"
 
 

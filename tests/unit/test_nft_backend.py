@@ -12,6 +12,7 @@ from deployer.errors import RulesError
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.plan import app_chain, canary, forwarding, hostbound, maintenance, nft, rules
 from deployer.plan.rules import ChainNames, Forward, SavedTable
+from support.configs import host_bound_app
 
 NAMES = ChainNames("DEPLOYER")
 BLUE = Forward("tcp", 18080, "172.18.0.2", 80, "web blue v1").rule("DEPLOYER-web")
@@ -283,7 +284,7 @@ def test_each_rule_of_an_app_chain_is_one_element_and_comes_back_as_the_line_ipt
         *rules.builtin_jumps(NAMES).values(),
         *rules.postrouting_rules(NAMES, "deployer0"),
         *forwarding.masquerade_rules(NAMES, "web", target),
-        *hostbound.app_rules(NAMES, _host_bound(), 8999),
+        *hostbound.app_rules(NAMES, host_bound_app("nginx", 80), 8999),
         hostbound.jump(NAMES),
     ):
         chain, body = line.split(" ", 2)[1], line.split(" ", 2)[2]
@@ -313,16 +314,6 @@ def test_what_the_backend_cannot_write_is_refused_before_anything_is_applied():
     api = Forward("tcp", 18080, "172.18.0.9", 80, "api blue v1").rule("DEPLOYER-api")
     with pytest.raises(RulesError, match="18080/tcp is already in the nftables maps, for api"):
         _translate(rules.render_chain(NAMES, "web", [GREEN]), _elements(api), whole=False)
-
-
-def _host_bound() -> AppConfig:
-    return AppConfig(
-        name="nginx",
-        image="",
-        ports=(PortMapping(80, 80, "tcp", 0, 0),),
-        health=HealthCheck(type="tcp", port=80),
-        host_bound=True,
-    )
 
 
 LISTING = """table ip deployer { # handle 1

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from deployer.config import AppConfig, HealthCheck, PortMapping
 from deployer.errors import RulesError
 from deployer.host.netfilter.nftables import NftablesBackend
 from deployer.plan import hostbound, nft, rules
 from deployer.plan.rules import ChainNames
+from support.configs import host_bound_app
 from support.nft_fakes import FakeIptables, FakeRunner
 
 NAMES = ChainNames("DEPLOYER")
@@ -301,13 +301,7 @@ def test_an_address_crosses_as_each_side_prints_it():
 
 def test_a_host_bound_apps_socket_match_becomes_rules_of_the_ip6_table_and_reads_back_as_ip6tables_prints_it():
     """The text is the IPv4 one (test_maintenance_rules.py), written to ip6tables as it is (test_dual_stack_effects)."""
-    web = AppConfig(
-        name="web",
-        image="",
-        ports=(PortMapping(80, 80, "tcp", 0, 0),),
-        health=HealthCheck(type="tcp", port=80),
-        host_bound=True,
-    )
+    web = host_bound_app("web", 80)
     text = hostbound.render_ensure(rules.SavedTable(), NAMES, {"web": web}, 8999)
     socket_rules = [
         "-A DEPLOYER-HOSTBOUND -p tcp -m tcp --dport 80 -m socket --nowildcard -m comment --comment "
