@@ -373,9 +373,10 @@ class Engine:
         Rendered against an empty table, so it shows the jumps and chains too, not a diff.
         """
         app = self.config.app(app_name)
-        chain_rules = self.chains.wanted(app, self.store.load(app.name))
+        state = self.store.load(app.name)
+        chain_rules = self.chains.wanted(app, state)
         if ipv6:
-            chain_rules6 = self.chains.wanted6(app, chain_rules)
+            chain_rules6 = self.chains.wanted6(app, chain_rules, forwarding.twins6(state))
             if chain_rules6 is None:
                 raise UsageError("IPv6 is off on this host ([deployer] ipv6 = false): it has no IPv6 rules")
             chain_rules = chain_rules6

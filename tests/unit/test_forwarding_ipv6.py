@@ -454,6 +454,7 @@ def test_forward_to_both_addresses_writes_ip6tables_first_and_off_removes_both(t
     assert status.rules_match, status.notes
     assert f"mode: forward to {NEW4} and [{NEW6}] (18080/tcp; masquerading clients)" in status.notes
     assert "IPv6: 1 rule, in step with IPv4" in status.notes
+    assert f"{DNAT6}\n" in engine.rules_text("web", ipv6=True)  # `deployer rules web --ipv6`: the rule as applied
 
     # Drift on the IPv6 side alone shows in status and reconcile repairs it.
     host.netfilter6.restore("*filter\n-D FORWARD -j DEPLOYER-FORWARD\nCOMMIT\n*nat\n-F DEPLOYER-web\nCOMMIT\n")
