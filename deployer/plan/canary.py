@@ -29,6 +29,7 @@ from fractions import Fraction
 from typing import Any
 
 from deployer.errors import CanaryError
+from deployer.plan.cluster import jhash_1word
 from deployer.plan.records import SERVING, AppState, Instance, instance_from
 from deployer.plan.rules import Forward, save_string
 
@@ -102,10 +103,6 @@ def effective_share(weight: int, sticky: bool) -> float:
 # --- the kernel's hash, for `sticky` -------------------------------------------------------------
 
 
-def _rol32(value: int, shift: int) -> int:
-    return ((value << shift) | (value >> (32 - shift))) & 0xFFFFFFFF
-
-
 def hashed_bytes(address: str) -> bytes:
     """What xt_cluster hashes of a source address: an IPv4 address whole, an IPv6 one's first 32 bits.
 
@@ -126,24 +123,7 @@ def cluster_node(address: str, total: int, seed: int) -> int:
     packet's __be32 read as a host-order u32 (x86: little-endian), as the kernel does.
     """
     word = int.from_bytes(hashed_bytes(address), "little")
-    m = 0xFFFFFFFF
-    init = (seed + 0xDEADBEEF + (1 << 2)) & m
-    a, b, c = (word + init) & m, init, init
-    c ^= b
-    c = (c - _rol32(b, 14)) & m  # noqa: E702 - __jhash_final, line for line
-    a ^= c
-    a = (a - _rol32(c, 11)) & m  # noqa: E702
-    b ^= a
-    b = (b - _rol32(a, 25)) & m  # noqa: E702
-    c ^= b
-    c = (c - _rol32(b, 16)) & m  # noqa: E702
-    a ^= c
-    a = (a - _rol32(c, 4)) & m  # noqa: E702
-    b ^= a
-    b = (b - _rol32(a, 14)) & m  # noqa: E702
-    c ^= b
-    c = (c - _rol32(b, 24)) & m  # noqa: E702
-    return (c * total) >> 32
+    return (jhash_1word(word, seed) * total) >> 32
 
 
 def sticky_to_canary(address: str, weight: int, seed: int) -> bool:
